@@ -1,0 +1,137 @@
+"""The instance actor: runs one workflow instance to a terminal status.
+
+Two cancel scopes wrap the forward run: the outer one is what ``engine.cancel()`` cancels, the
+inner one carries the workflow timeout. Compensation runs after both have exited, so neither can
+interrupt it; an engine shutdown can (the instance stays resumable, its compensation position
+recorded), while ``execute_workflow``, which has no resume, shields it completely.
+"""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+from trioflow._decide import (
+    MAIN,
+    begin_compensation,
+    finish,
+    pending_compensations,
+    record_compensated,
+    record_compensation_failed,
+)
+from trioflow._definition import TaskStep
+from trioflow._errors import WorkflowCancelledError, WorkflowTimeoutError, describe_error
+from trioflow._snapshot import Status
+
+from ._lane import run_lane
+from ._run import Run, StepFailure, now
+from ._task import compensate
+
+
+def _deadline(run: Run) -> float:
+    """The trio-clock deadline of the workflow timeout, counting time spent before a resume."""
+    timeout = run.definition.timeout
+    if timeout is None:
+        return math.inf
+    started = run.state.started_at
+    spent = max(0.0, now() - started) if (run.resumed and started is not None) else 0.0
+    return trio.current_time() + max(0.0, timeout - spent)
+
+
+async def run_instance(run: Run) -> None:
+    """Drive ``run.state`` from wherever it stands to a terminal status."""
+    state = run.state
+    definition = run.definition
+    if state.phase == "compensating":
+        await _compensate_and_finish(run)
+        return
+    if not run.resumed:
+        if run.bus.active:
+            run.emit("workflow.started", input=state.input)
+        if run.has_hooks:
+            await run.hook("on_start", run.context(MAIN, len(definition.steps)))
+    outcome: Status = "completed"
+    error: BaseException | None = None
+    failed_step: str | None = None
+    try:
+        with trio.CancelScope() as run.cancel_scope:
+            if run.cancel_requested:
+                run.cancel_scope.cancel()
+            with trio.CancelScope(deadline=_deadline(run)) as timeout_scope:
+                try:
+                    await run_lane(run, MAIN, definition.index, run.context(MAIN, len(definition.steps)))
+                except StepFailure as failure:
+                    outcome, error, failed_step = "failed", failure.error, failure.step_name
+            if timeout_scope.cancelled_caught:
+                assert definition.timeout is not None
+                outcome, error = "timed_out", WorkflowTimeoutError(definition.name, definition.timeout)
+        if run.cancel_scope.cancelled_caught:
+            outcome, error = "cancelled", WorkflowCancelledError(f"instance {state.instance_id!r} was cancelled")
+    except trio.Cancelled:
+        if not run.compensate_on_outer_cancel:
+            raise  # engine shutdown: leave the instance as last persisted, for resume
+        with trio.CancelScope(shield=True):
+            await _end_badly(run, "cancelled", WorkflowCancelledError("the caller was cancelled"), None)
+        raise
+    if error is None:
+        await _complete(run)
+    else:
+        await _end_badly(run, outcome, error, failed_step)
+
+
+async def _complete(run: Run) -> None:
+    state = run.state
+    finish(state, run.definition, "completed", now())
+    await run.persist()
+    if run.bus.active:
+        total = len(run.definition.steps)
+        done = sum(1 for s in run.definition.steps if s.name in state.completed)
+        run.emit("workflow.progress", progress=100, current_step=None, completed_steps=done, total_steps=total)
+        run.emit("workflow.completed", output=state.output)
+    if run.has_hooks:
+        await run.hook("on_complete", run.result())
+
+
+async def _end_badly(run: Run, outcome: Status, error: BaseException, failed_step: str | None) -> None:
+    run.error = error
+    begin_compensation(run.state, outcome, describe_error(error), failed_step)
+    await run.persist()
+    if run.compensate_on_outer_cancel:
+        with trio.CancelScope(shield=True):
+            await _compensate_and_finish(run)
+    else:
+        await _compensate_and_finish(run)
+
+
+async def _compensate_and_finish(run: Run) -> None:
+    """Compensate every completed step that has a compensation, newest first, exactly once."""
+    state = run.state
+    lookup = run.definition.lookup
+    for name in pending_compensations(state, run.definition):
+        step, lane_key = lookup[name]
+        assert isinstance(step, TaskStep)
+        ctx = run.context(lane_key, 0)
+        if run.has_hooks:
+            await run.hook("on_compensate", name, ctx)
+        try:
+            await compensate(run, step, ctx)
+        except StepFailure as failure:
+            record_compensation_failed(state, name, describe_error(failure.error))
+        else:
+            record_compensated(state, name)
+            if run.bus.active:
+                run.emit("workflow.step.compensated", step_name=name)
+        await run.persist()
+    outcome = state.outcome or "failed"
+    finish(state, run.definition, outcome, now())
+    await run.persist()
+    if run.bus.active:
+        if outcome == "cancelled":
+            run.emit("workflow.cancelled")
+        elif outcome == "timed_out":
+            run.emit("workflow.timed_out", error=state.error)
+        else:
+            run.emit("workflow.failed", error=state.error, failed_step=state.failed_step)
+    if run.has_hooks:
+        await run.hook("on_failed", run.result())

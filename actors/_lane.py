@@ -1,0 +1,110 @@
+"""Running a lane of steps; parallel steps run each branch as an actor in their own nursery."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from trioflow._context import WorkflowContext
+from trioflow._decide import MAIN, choose, complete_step, next_of, open_branches, parallel_output, progress
+from trioflow._definition import Branch, ChoiceStep, ParallelStep, PassStep, TaskStep
+from trioflow._errors import BranchError, ParallelError
+
+from ._run import Run, StepFailure, now
+from ._task import run_task, step_failed
+
+
+async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: WorkflowContext) -> Any:
+    """Run a lane from its current step to its end; returns the output of its last step.
+
+    After each step the state is persisted before the next step starts, so a crash never loses
+    a completed step and a resume continues from the lane's recorded position.
+    """
+    state = run.state
+    lane = state.lanes[lane_key]
+    lookup = run.definition.lookup
+    bus = run.bus
+    while (name := lane.step) is not None:
+        step = lookup[name][0]
+        ctx.step_index = index[name]
+        started_at = now()
+        if bus.active:
+            run.emit("workflow.step.started", step_name=name, step_type=step.kind)
+        data = None
+        attempts = 1
+        if isinstance(step, TaskStep):
+            output, data, attempts = await run_task(run, step, ctx, started_at)
+            target = next_of(step)
+        elif isinstance(step, ParallelStep):
+            output = await run_parallel(run, step, ctx, started_at)
+            target = next_of(step)
+        else:
+            try:
+                if isinstance(step, ChoiceStep):
+                    output, target = lane.output, choose(step, ctx)
+                else:
+                    output, target = _pass_output(step, lane.output, ctx), next_of(step)
+            except Exception as exc:
+                await step_failed(run, name, exc, 1, started_at, ctx)
+                raise StepFailure(name, exc, 1) from exc
+        complete_step(state, lane_key, step, output, target, input=data, attempts=attempts, started_at=started_at, now=now())
+        await run.persist()
+        if bus.active:
+            run.emit("workflow.step.completed", step_name=name, output=output)
+            if lane_key == MAIN:
+                percent, done = progress(state, run.definition)
+                run.emit(
+                    "workflow.progress", progress=percent, current_step=lane.step,
+                    completed_steps=done, total_steps=len(run.definition.steps),
+                )
+        if run.has_hooks:
+            await run.hook("on_step_complete", name, output, ctx)
+    return lane.output
+
+
+def _pass_output(step: PassStep, previous: Any, ctx: WorkflowContext) -> Any:
+    if step.transform is not None:
+        return step.transform(ctx)
+    return step.result if step.has_result else previous
+
+
+async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext, started_at: float) -> dict[str, Any]:
+    """Run the branches as actors in one nursery (fail-fast cancels it at the first failure).
+
+    A resumed parallel step restarts only the branches that had not finished.
+    """
+    state = run.state
+    open_branches(state, step)
+    failures: list[BranchError] = []
+    fail_fast = step.on_error == "fail-fast"
+    async with trio.open_nursery() as nursery:
+        for branch in step.branches:
+            key = f"{step.name}/{branch.name}"
+            if state.lanes[key].step is not None:
+                nursery.start_soon(_branch_actor, run, branch, key, failures, nursery.cancel_scope if fail_fast else None)
+    if not failures:
+        return parallel_output(state, step)
+    if fail_fast:
+        first = failures[0]
+        run_error: BaseException = first
+        failed = StepFailure(first.step_name, first, 1)
+    else:
+        order = {b.name: i for i, b in enumerate(step.branches)}
+        run_error = ParallelError(step.name, sorted(failures, key=lambda e: order[e.branch_name]))
+        failed = StepFailure(step.name, run_error, 1)
+    await step_failed(run, step.name, run_error, 1, started_at, ctx)
+    raise failed
+
+
+async def _branch_actor(
+    run: Run, branch: Branch, key: str, failures: list[BranchError], cancel_siblings: trio.CancelScope | None
+) -> None:
+    ctx = run.context(key, len(branch.steps))
+    try:
+        await run_lane(run, key, branch.index, ctx)
+    except StepFailure as failure:
+        failures.append(BranchError(branch.name, failure.step_name, failure.error))
+        if cancel_siblings is not None:
+            cancel_siblings.cancel()

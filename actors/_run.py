@@ -1,0 +1,142 @@
+"""What one instance's actors share: its definition, state, services, storage and listeners."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import trio
+
+from trioflow._context import WorkflowContext
+from trioflow._definition import StepFn, WorkflowDefinition
+from trioflow._errors import TrioflowError
+from trioflow._events import EventBus
+from trioflow._jobs import JobRegistry
+from trioflow._snapshot import InstanceState, WorkflowResult, metadata_of
+from trioflow.adapters._codec import check_encodable, encode
+from trioflow.adapters._protocol import Adapter
+
+log = logging.getLogger("trioflow")
+
+#: The bus of runs nobody can subscribe to (``execute_workflow``): always inactive.
+SILENT = EventBus()
+
+
+class StepFailure(Exception):
+    """A step failed for good; carries the step's name, the error and the attempts made."""
+
+    def __init__(self, step_name: str, error: BaseException, attempts: int) -> None:
+        super().__init__(step_name, error)
+        self.step_name = step_name
+        self.error = error
+        self.attempts = attempts
+
+
+class WorkflowFailedError(TrioflowError):
+    """The recorded error of a run that ended before this process saw the exception itself
+    (a resumed instance): the message is the error as it was stored."""
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    """``async def`` functions (and objects whose ``__call__`` is one) are awaited, not threaded."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+async def invoke(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a step callable: await it, or run a plain function in a worker thread so it never
+    blocks the event loop. ``abandon_on_cancel`` lets a timeout or cancel move on without
+    waiting for a thread that cannot be interrupted (jobs are at-least-once anyway)."""
+    if is_async(fn):
+        return await fn(*args)
+    return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+
+
+class Run:
+    """The shared context of one instance run, owned by its instance actor."""
+
+    def __init__(
+        self,
+        definition: WorkflowDefinition,
+        state: InstanceState,
+        *,
+        adapter: Adapter | None,
+        jobs: JobRegistry,
+        services: Mapping[str, Any],
+        driver: Any,
+        bus: EventBus = SILENT,
+        resumed: bool = False,
+        compensate_on_outer_cancel: bool = False,
+    ) -> None:
+        self.definition = definition
+        self.state = state
+        self.adapter = adapter
+        self.jobs = jobs
+        self.services = services
+        self.driver = driver
+        self.bus = bus
+        self.resumed = resumed
+        #: ``execute_workflow`` has no resume, so its caller's cancellation compensates at once;
+        #: an engine leaves instances interrupted by its shutdown to the next resume.
+        self.compensate_on_outer_cancel = compensate_on_outer_cancel
+        self.has_hooks = definition.hooks.any()
+        self.cancel_scope: trio.CancelScope | None = None
+        self.cancel_requested = False
+        self.error: BaseException | None = None
+        self.started = trio.current_time()
+        self.done = trio.Event()
+
+    def context(self, lane: str, total_steps: int) -> WorkflowContext:
+        """A context for one lane of this run."""
+        return WorkflowContext(
+            self.state, lane=lane, total_steps=total_steps, services=self.services, driver=self.driver,
+            encodable=check_encodable if self.adapter is not None else None,
+        )
+
+    def callable(self, fn: StepFn | str) -> Callable[..., Any]:
+        """A step's callable, looking registered job names up."""
+        return self.jobs[fn] if isinstance(fn, str) else fn
+
+    async def persist(self) -> None:
+        """Hand the current snapshot to the adapter and wait until it is stored."""
+        if self.adapter is not None:
+            s = self.state
+            await self.adapter.save(s.instance_id, s.workflow_name, s.status, encode(s))
+
+    def emit(self, name: str, **payload: Any) -> None:
+        """Publish an event about this instance (callers check ``bus.active`` first)."""
+        payload["instance_id"] = self.state.instance_id
+        payload["workflow_name"] = self.state.workflow_name
+        self.bus.emit(name, payload)
+
+    async def hook(self, name: str, *args: Any) -> None:
+        """Call a lifecycle hook; one that raises is logged and never changes the outcome."""
+        fn = getattr(self.definition.hooks, name)
+        if fn is None:
+            return
+        try:
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("hook %s of workflow %r raised; ignored", name, self.definition.name)
+
+    def result(self) -> WorkflowResult:
+        """The outcome of a finished run."""
+        s = self.state
+        error = self.error
+        if error is None and s.error is not None:
+            error = WorkflowFailedError(s.error)
+        return WorkflowResult(
+            success=s.status == "completed", status=s.status, instance_id=s.instance_id, data=s.data,
+            output=s.output, error=error, failed_step=s.failed_step, compensated_steps=tuple(s.compensated),
+            compensation_errors=dict(s.compensation_errors), duration=trio.current_time() - self.started,
+            metadata=metadata_of(s),
+        )
+
+
+def now() -> float:
+    """Wall-clock timestamp for records (Unix seconds)."""
+    return time.time()

@@ -1,0 +1,95 @@
+"""Running one task step (or its compensation): attempts, per-attempt timeout, retry sleeps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from trioflow._decide import fail_step
+from trioflow._definition import TaskStep
+from trioflow._errors import StepTimeoutError, describe_error
+from trioflow._retry import NO_RETRY
+from trioflow.adapters._codec import check_encodable
+
+from ._run import Run, StepFailure, invoke, now
+
+
+async def attempt(run: Run, step: TaskStep, fn: Any, args: tuple[Any, ...], *, announce: bool) -> tuple[Any, int]:
+    """Call ``fn(*args)`` until it succeeds or the step's retry policy gives up.
+
+    Each attempt is bounded by the step's timeout (a cancel scope); between attempts the actor
+    sleeps on trio's clock. Raises :class:`StepFailure` with the last error.
+    """
+    retry = step.retry or NO_RETRY
+    timeout = step.timeout
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            if timeout is None:
+                return await invoke(fn, *args), attempts
+            with trio.move_on_after(timeout):
+                return await invoke(fn, *args), attempts
+            error: BaseException = StepTimeoutError(step.name, timeout)
+        except Exception as exc:
+            error = exc
+        delay = retry.next_delay(attempts, error)
+        if delay is None:
+            raise StepFailure(step.name, error, attempts)
+        if announce and run.bus.active:
+            run.emit(
+                "workflow.step.retry", step_name=step.name, attempt=attempts + 1,
+                max_attempts=retry.max_attempts, delay=delay, error=describe_error(error),
+            )
+        await trio.sleep(delay)
+
+
+async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tuple[Any, Any, int]:
+    """Run a task step; returns ``(output, input, attempts)`` or raises :class:`StepFailure`
+    after recording the failure."""
+    data = None
+    attempts = 0
+    try:
+        fn = run.callable(step.run)
+        if step.style == "job":
+            data = step.input(ctx) if step.input is not None else ctx.input
+            result, attempts = await attempt(run, step, fn, (data,), announce=True)
+        else:
+            result, attempts = await attempt(run, step, fn, (ctx,), announce=True)
+        output = step.output(result, ctx) if step.output is not None else result
+        if run.adapter is not None:
+            check_encodable(output, f"output of step {step.name!r}")
+        return output, data, attempts
+    except StepFailure as failure:
+        await step_failed(run, step.name, failure.error, failure.attempts, started_at, ctx, data)
+        raise
+    except trio.Cancelled:
+        fail_step(run.state, step.name, "cancelled", attempts=attempts, started_at=started_at, now=now(), input=data)
+        raise
+    except Exception as exc:  # input/output mapping, unknown job, unencodable output: no retry
+        await step_failed(run, step.name, exc, max(attempts, 1), started_at, ctx, data)
+        raise StepFailure(step.name, exc, max(attempts, 1)) from exc
+
+
+async def step_failed(
+    run: Run, step_name: str, error: BaseException, attempts: int, started_at: float, ctx: Any, data: Any = None
+) -> None:
+    """Record a step that failed for good, tell listeners and the hook."""
+    fail_step(run.state, step_name, describe_error(error), attempts=attempts, started_at=started_at, now=now(), input=data)
+    if run.bus.active:
+        run.emit("workflow.step.failed", step_name=step_name, error=describe_error(error), attempts=attempts)
+    if run.has_hooks:
+        await run.hook("on_step_failed", step_name, error, ctx)
+
+
+async def compensate(run: Run, step: TaskStep, ctx: Any) -> None:
+    """Run a step's compensation with the step's retry policy; raises :class:`StepFailure`."""
+    assert step.compensate is not None
+    output = run.state.step_results[step.name].output
+    try:
+        fn = run.callable(step.compensate)
+    except Exception as exc:
+        raise StepFailure(step.name, exc, 0) from exc
+    args = (ctx, output) if step.style == "saga" else (output,)
+    await attempt(run, step, fn, args, announce=False)

@@ -1,0 +1,5 @@
+"""Persistence adapters and the snapshot codec."""
+
+from ._memory import MemoryAdapter as MemoryAdapter
+from ._protocol import Adapter as Adapter
+from ._protocol import InstanceRecord as InstanceRecord

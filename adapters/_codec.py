@@ -1,0 +1,152 @@
+"""Snapshot codec: ``InstanceState`` <-> msgpack bytes, with a type tag and a format version.
+
+Decoding builds plain values and attrs objects field by field; it never imports or calls
+anything named by the data (no pickle, no msgpack ext hooks), so a hostile snapshot can at worst
+be refused with :class:`SnapshotDecodeError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+from trioflow._errors import SnapshotDecodeError, UnencodableValueError
+from trioflow._snapshot import InstanceState, Lane, StepResult
+
+TAG = "trioflow.instance"
+#: Bumped on every incompatible change; a newer version than this is refused, never guessed at.
+FORMAT_VERSION = 1
+#: Snapshots larger than this are refused on decode (a corrupt length can't make us allocate GBs).
+MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
+
+_packer = msgpack.Packer(use_bin_type=True, datetime=False)
+
+
+def encode(state: InstanceState) -> bytes:
+    """The snapshot bytes of ``state``; :class:`UnencodableValueError` names the bad value."""
+    try:
+        return _packer.pack(_fields(state))
+    except (TypeError, ValueError, OverflowError) as exc:
+        _packer.reset()
+        raise UnencodableValueError(_locate(state, exc)) from exc
+
+
+def check_encodable(value: Any, what: str) -> None:
+    """Raise :class:`UnencodableValueError` naming ``what`` (and the path inside it) unless
+    ``value`` can be stored."""
+    try:
+        msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise UnencodableValueError(_describe(what, value, exc)) from exc
+
+
+def decode(data: bytes) -> InstanceState:
+    """Rebuild the state from snapshot bytes, or raise :class:`SnapshotDecodeError`."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SnapshotDecodeError(f"a snapshot must be bytes, got {type(data).__name__}")
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise SnapshotDecodeError(f"snapshot of {len(data)} bytes exceeds the {MAX_SNAPSHOT_BYTES}-byte limit")
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:
+        raise SnapshotDecodeError(f"snapshot is not valid msgpack: {exc}") from exc
+    if not isinstance(raw, list) or len(raw) < 2 or raw[0] != TAG:
+        raise SnapshotDecodeError("data is not a trioflow instance snapshot (missing type tag)")
+    version = raw[1]
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise SnapshotDecodeError(
+            f"snapshot format version {version!r} is not supported (this trioflow reads up to {FORMAT_VERSION})"
+        )
+    try:
+        return _state(raw)
+    except SnapshotDecodeError:
+        raise
+    except Exception as exc:
+        raise SnapshotDecodeError(f"snapshot fields are malformed: {type(exc).__name__}: {exc}") from exc
+
+
+def _fields(s: InstanceState) -> list[Any]:
+    return [
+        TAG, FORMAT_VERSION, s.instance_id, s.workflow_name, s.fingerprint, s.status, s.input, s.data,
+        {k: [lane.step, lane.output] for k, lane in s.lanes.items()},
+        {
+            k: [r.status, r.input, r.output, r.error, r.started_at, r.completed_at, r.attempts]
+            for k, r in s.step_results.items()
+        },
+        s.completed, s.phase, s.outcome, s.output, s.error, s.failed_step, s.compensated,
+        s.compensation_errors, s.created_at, s.started_at, s.completed_at,
+    ]
+
+
+_STATUSES = {"pending", "running", "completed", "failed", "cancelled", "timed_out"}
+_STEP_STATUSES = {"pending", "running", "completed", "failed", "skipped", "compensated"}
+_PHASES = {"forward", "compensating", "done"}
+
+
+def _state(raw: list[Any]) -> InstanceState:
+    (_, _, iid, name, fingerprint, status, input, data, lanes, results, completed, phase, outcome,
+     output, error, failed_step, compensated, comp_errors, created_at, started_at, completed_at) = raw
+    _expect(isinstance(iid, str) and isinstance(name, str), "instance id and workflow name must be strings")
+    _expect(status in _STATUSES and phase in _PHASES, f"unknown status {status!r} or phase {phase!r}")
+    _expect(outcome is None or outcome in _STATUSES, f"unknown outcome {outcome!r}")
+    _expect(isinstance(data, dict) and isinstance(lanes, dict) and isinstance(results, dict), "malformed maps")
+    step_results: dict[str, StepResult] = {}
+    for key, (st, s_in, s_out, s_err, s_start, s_end, attempts) in results.items():
+        _expect(st in _STEP_STATUSES, f"step {key!r} has unknown status {st!r}")
+        step_results[key] = StepResult(
+            step_name=key, status=st, input=s_in, output=s_out, error=s_err,
+            started_at=s_start, completed_at=s_end, attempts=attempts,
+        )
+    _expect(isinstance(completed, list) and isinstance(compensated, list), "malformed step lists")
+    _expect(isinstance(comp_errors, dict), "malformed compensation errors")
+    return InstanceState(
+        instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input,
+        data=data, lanes={k: Lane(step=v[0], output=v[1]) for k, v in lanes.items()},
+        step_results=step_results, completed=completed, phase=phase, outcome=outcome, output=output,
+        error=error, failed_step=failed_step, compensated=compensated, compensation_errors=comp_errors,
+        created_at=created_at, started_at=started_at, completed_at=completed_at,
+    )
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise SnapshotDecodeError(f"snapshot fields are malformed: {message}")
+
+
+def _locate(state: InstanceState, exc: BaseException) -> str:
+    """Find which part of a state could not be encoded, for the error message."""
+    parts: list[tuple[str, Any]] = [("workflow input", state.input), ("shared data", state.data)]
+    parts += [(f"output of step {k!r}", r.output) for k, r in state.step_results.items()]
+    parts += [(f"input of step {k!r}", r.input) for k, r in state.step_results.items()]
+    for what, value in parts:
+        try:
+            msgpack.packb(value, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as inner:
+            return _describe(what, value, inner)
+    return f"instance {state.instance_id!r} cannot be encoded: {exc}"
+
+
+def _describe(what: str, value: Any, exc: BaseException) -> str:
+    path, bad = _find(value, "")
+    where = f"{what}{path}" if path else what
+    return f"{where} is a {type(bad).__name__} ({bad!r:.60}), which msgpack cannot encode ({exc})"
+
+
+def _find(value: Any, path: str) -> tuple[str, Any]:
+    """The path to the first value msgpack refuses inside ``value``."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            for item, sub in ((k, f"{path}[key {k!r}]"), (v, f"{path}[{k!r}]")):
+                try:
+                    msgpack.packb(item, use_bin_type=True)
+                except (TypeError, ValueError, OverflowError):
+                    return _find(item, sub)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            try:
+                msgpack.packb(v, use_bin_type=True)
+            except (TypeError, ValueError, OverflowError):
+                return _find(v, f"{path}[{i}]")
+    return path, value

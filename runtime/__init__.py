@@ -1,0 +1,48 @@
+"""trioflow: durable workflow orchestration (sagas and state machines) as supervised trio actors.
+
+This module is the public facade; everything is defined in private modules and re-exported.
+"""
+
+from . import adapters as adapters
+from ._builder import BranchBuilder as BranchBuilder
+from ._builder import WorkflowBuilder as WorkflowBuilder
+from ._builder import branch as branch
+from ._builder import step as step
+from ._builder import when as when
+from ._builder import workflow as workflow
+from ._context import WorkflowContext as WorkflowContext
+from ._definition import Branch as Branch
+from ._definition import Choice as Choice
+from ._definition import ChoiceStep as ChoiceStep
+from ._definition import Hooks as Hooks
+from ._definition import ParallelStep as ParallelStep
+from ._definition import PassStep as PassStep
+from ._definition import TaskStep as TaskStep
+from ._definition import WorkflowDefinition as WorkflowDefinition
+from ._errors import BranchError as BranchError
+from ._errors import DefinitionError as DefinitionError
+from ._errors import DefinitionMismatchError as DefinitionMismatchError
+from ._errors import EngineClosedError as EngineClosedError
+from ._errors import InstanceNotLiveError as InstanceNotLiveError
+from ._errors import NoChoiceMatchedError as NoChoiceMatchedError
+from ._errors import ParallelError as ParallelError
+from ._errors import SnapshotDecodeError as SnapshotDecodeError
+from ._errors import StepError as StepError
+from ._errors import StepTimeoutError as StepTimeoutError
+from ._errors import TrioflowError as TrioflowError
+from ._errors import UnencodableValueError as UnencodableValueError
+from ._errors import UnknownInstanceError as UnknownInstanceError
+from ._errors import UnknownJobError as UnknownJobError
+from ._errors import UnknownServiceError as UnknownServiceError
+from ._errors import UnknownWorkflowError as UnknownWorkflowError
+from ._errors import WorkflowCancelledError as WorkflowCancelledError
+from ._errors import WorkflowTimeoutError as WorkflowTimeoutError
+from ._events import EventBus as EventBus
+from ._inprocess import execute_workflow as execute_workflow
+from ._inprocess import run_workflow as run_workflow
+from ._jobs import JobRegistry as JobRegistry
+from ._retry import Retry as Retry
+from ._snapshot import StepResult as StepResult
+from ._snapshot import WorkflowInstance as WorkflowInstance
+from ._snapshot import WorkflowMetadata as WorkflowMetadata
+from ._snapshot import WorkflowResult as WorkflowResult

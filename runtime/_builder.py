@@ -1,0 +1,298 @@
+"""Fluent builders: ``workflow(name)`` and ``branch(name)`` -> validated frozen definitions."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Self
+
+import attrs
+
+from ._definition import (
+    Branch,
+    Choice,
+    ChoiceStep,
+    Hooks,
+    OnError,
+    ParallelStep,
+    PassStep,
+    Step,
+    StepFn,
+    TaskStep,
+    WorkflowDefinition,
+)
+from ._errors import DefinitionError
+from ._retry import Retry
+from ._validate import check_lane, check_unique_names
+
+_UNSET: Any = object()
+
+
+def step(
+    name: str,
+    execute: StepFn | str,
+    compensate: StepFn | str | None = None,
+    *,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+    next: str | None = None,
+    end: bool = False,
+) -> TaskStep:
+    """A saga step: ``execute(ctx) -> result``, optional ``compensate(ctx, result)``."""
+    return TaskStep(
+        name=name, run=execute, style="saga", compensate=compensate,
+        retry=retry, timeout=timeout, next=next, end=end,
+    )
+
+
+def when(condition: Callable[[Any], Any], *, next: str) -> Choice:
+    """A choice rule: go to ``next`` when ``condition(ctx)`` is true."""
+    return Choice(condition=condition, next=next)
+
+
+class _LaneBuilder:
+    """The step-adding methods shared by workflows and branches."""
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise DefinitionError(f"a workflow or branch name must be a non-empty string, got {name!r}")
+        self._name = name
+        self._steps: list[Step] = []
+
+    def step(
+        self,
+        name: str | TaskStep,
+        execute: StepFn | str | None = None,
+        compensate: StepFn | str | None = None,
+        *,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        next: str | None = None,
+        end: bool = False,
+    ) -> Self:
+        """Add a saga step, or a prebuilt one from :func:`trioflow.step`."""
+        if isinstance(name, TaskStep):
+            self._steps.append(name)
+            return self
+        if execute is None:
+            raise DefinitionError(f"{self._owner()}, step {name!r}: execute is missing")
+        self._steps.append(
+            step(name, execute, compensate, retry=retry, timeout=timeout, next=next, end=end)
+        )
+        return self
+
+    add_step = step
+
+    def task(
+        self,
+        name: str,
+        *,
+        job: StepFn | str,
+        input: Callable[[Any], Any] | None = None,
+        output: Callable[[Any, Any], Any] | None = None,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        compensate: StepFn | str | None = None,
+        next: str | None = None,
+        end: bool = False,
+    ) -> Self:
+        """Add a task: ``job(input(ctx))`` whose result, through ``output``, is the step output."""
+        self._steps.append(
+            TaskStep(
+                name=name, run=job, style="job", input=input, output=output, retry=retry,
+                timeout=timeout, compensate=compensate, next=next, end=end,
+            )
+        )
+        return self
+
+    def choice(self, name: str, *, choices: Sequence[Choice], default: str | None = None) -> Self:
+        """Add a choice: the first rule whose condition holds wins, else ``default``."""
+        self._steps.append(ChoiceStep(name=name, choices=tuple(choices), default=default))
+        return self
+
+    def parallel(
+        self,
+        name: str,
+        *,
+        branches: Sequence[Branch],
+        on_error: OnError = "fail-fast",
+        next: str | None = None,
+        end: bool = False,
+    ) -> Self:
+        """Add a parallel step whose branches run as actors in one nursery."""
+        self._steps.append(
+            ParallelStep(name=name, branches=tuple(branches), on_error=on_error, next=next, end=end)
+        )
+        return self
+
+    def pass_(
+        self,
+        name: str,
+        *,
+        transform: Callable[[Any], Any] | None = None,
+        result: Any = _UNSET,
+        next: str | None = None,
+        end: bool = False,
+    ) -> Self:
+        """Add a pass step: ``transform(ctx)``, a fixed ``result``, or the previous output."""
+        has_result = result is not _UNSET
+        self._steps.append(
+            PassStep(
+                name=name, transform=transform, result=result if has_result else None,
+                has_result=has_result, next=next, end=end,
+            )
+        )
+        return self
+
+    def end(self, name: str) -> Self:
+        """Add a pass step that ends the lane (shorthand for ``pass_(name, end=True)``)."""
+        return self.pass_(name, end=True)
+
+    def _owner(self) -> str:
+        raise NotImplementedError
+
+    def _resolved(self, default_retry: Retry | None) -> tuple[tuple[Step, ...], dict[str, int]]:
+        """Validate this lane, then fill in fall-through ``next`` and the default retry."""
+        check_lane(self._owner(), self._steps)
+        return _resolve(self._steps, default_retry)
+
+
+def _resolve(steps: Sequence[Step], default_retry: Retry | None) -> tuple[tuple[Step, ...], dict[str, int]]:
+    out: list[Step] = []
+    for i, s in enumerate(steps):
+        changes: dict[str, Any] = {}
+        if not isinstance(s, ChoiceStep) and s.next is None and not s.end and i + 1 < len(steps):
+            changes["next"] = steps[i + 1].name
+        if isinstance(s, TaskStep) and s.retry is None and default_retry is not None:
+            changes["retry"] = default_retry
+        if isinstance(s, ParallelStep) and default_retry is not None:
+            changes["branches"] = tuple(_with_default_retry(b, default_retry) for b in s.branches)
+        out.append(attrs.evolve(s, **changes) if changes else s)
+    return tuple(out), {s.name: i for i, s in enumerate(out)}
+
+
+def _with_default_retry(branch: Branch, default_retry: Retry) -> Branch:
+    steps, index = _resolve(branch.steps, default_retry)
+    return attrs.evolve(branch, steps=steps, index=index)
+
+
+class BranchBuilder(_LaneBuilder):
+    """Builds a :class:`Branch` for a parallel step."""
+
+    def _owner(self) -> str:
+        return f"branch {self._name!r}"
+
+    def build(self) -> Branch:
+        steps, index = self._resolved(None)
+        return Branch(name=self._name, steps=steps, index=index)
+
+
+class WorkflowBuilder(_LaneBuilder):
+    """Builds a validated, frozen :class:`WorkflowDefinition`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._data: dict[str, Any] = {}
+        self._transactional = False
+        self._timeout: float | None = None
+        self._default_retry: Retry | None = None
+        self._hooks = Hooks()
+
+    def _owner(self) -> str:
+        return f"workflow {self._name!r}"
+
+    def with_data(self, data: Mapping[str, Any]) -> Self:
+        """Initial shared data (``ctx.data``)."""
+        self._data = dict(data)
+        return self
+
+    def transactional(self, enabled: bool = True) -> Self:
+        """Run the workflow's driver calls inside one ``driver.transaction()``."""
+        self._transactional = enabled
+        return self
+
+    def with_timeout(self, seconds: float) -> Self:
+        """Bound the whole run; an instance past it ends ``timed_out`` and is compensated."""
+        if not isinstance(seconds, (int, float)) or seconds <= 0:
+            raise DefinitionError(f"{self._owner()}: timeout must be a number of seconds > 0, got {seconds!r}")
+        self._timeout = float(seconds)
+        return self
+
+    timeout = with_timeout
+
+    def default_retry(self, retry: Retry) -> Self:
+        """The retry policy of every task that sets none of its own, branches included."""
+        if not isinstance(retry, Retry):
+            raise DefinitionError(f"{self._owner()}: default_retry must be a trioflow.Retry, got {retry!r}")
+        self._default_retry = retry
+        return self
+
+    def with_hooks(self, **hooks: Callable[..., Any]) -> Self:
+        """Lifecycle hooks: on_start, on_step_complete, on_step_failed, on_compensate,
+        on_complete, on_failed."""
+        try:
+            self._hooks = attrs.evolve(self._hooks, **hooks)
+        except TypeError as exc:
+            names = ", ".join(f.name for f in attrs.fields(Hooks))
+            raise DefinitionError(f"{self._owner()}: unknown hook in {sorted(hooks)}; hooks are {names}") from exc
+        return self
+
+    def build(self) -> WorkflowDefinition:
+        steps, index = self._resolved(self._default_retry)
+        check_unique_names(self._owner(), steps)
+        lookup: dict[str, tuple[Step, str]] = {}
+        _index_steps(lookup, "", steps)
+        return WorkflowDefinition(
+            name=self._name, steps=steps, index=index, lookup=lookup, data=dict(self._data),
+            transactional=self._transactional, timeout=self._timeout, hooks=self._hooks,
+            fingerprint=_fingerprint(steps),
+        )
+
+
+def _index_steps(lookup: dict[str, tuple[Step, str]], lane: str, steps: Iterable[Step]) -> None:
+    for s in steps:
+        lookup[s.name] = (s, lane)
+        if isinstance(s, ParallelStep):
+            for b in s.branches:
+                _index_steps(lookup, branch_lane(s.name, b.name), b.steps)
+
+
+def branch_lane(parallel_name: str, branch_name: str) -> str:
+    """The key of a branch's lane in snapshots; the main lane's key is ``""``."""
+    return f"{parallel_name}/{branch_name}"
+
+
+def _fingerprint(steps: Iterable[Step]) -> str:
+    """A short hash of the definition's shape (names, kinds, flow), not of its callables."""
+    digest = hashlib.sha256()
+
+    def feed(lane: Iterable[Step]) -> None:
+        for s in lane:
+            digest.update(f"{s.kind}:{s.name}>{s.next}|".encode())
+            if isinstance(s, ChoiceStep):
+                digest.update(repr([c.next for c in s.choices] + [s.default]).encode())
+            if isinstance(s, ParallelStep):
+                for b in s.branches:
+                    digest.update(f"[{b.name}".encode())
+                    feed(b.steps)
+                    digest.update(b"]")
+
+    feed(steps)
+    return digest.hexdigest()[:16]
+
+
+def branch(name: str) -> BranchBuilder:
+    """Start a branch for a parallel step."""
+    return BranchBuilder(name)
+
+
+class _WorkflowFactory:
+    """``workflow(name)`` starts a builder; ``workflow.branch(name)`` starts a branch."""
+
+    branch = staticmethod(branch)
+
+    def __call__(self, name: str) -> WorkflowBuilder:
+        return WorkflowBuilder(name)
+
+
+workflow = _WorkflowFactory()

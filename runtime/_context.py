@@ -1,0 +1,101 @@
+"""The context handed to steps, conditions and mappers (``ctx``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ._errors import UnknownServiceError
+from ._snapshot import InstanceState, WorkflowInstance, WorkflowMetadata, metadata_of, to_instance
+
+
+class StepOutputs(Mapping[str, Any]):
+    """``ctx.steps``: outputs of the completed steps by name, a live read-only view."""
+
+    __slots__ = ("_results",)
+
+    def __init__(self, state: InstanceState) -> None:
+        self._results = state.step_results
+
+    def __getitem__(self, name: str) -> Any:
+        result = self._results[name]
+        if result.status not in ("completed", "compensated"):
+            raise KeyError(name)
+        return result.output
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n, r in self._results.items() if r.status in ("completed", "compensated"))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class WorkflowContext:
+    """What a step sees of its run: input, shared data, earlier results, services.
+
+    One context per lane (the main line, or one parallel branch); ``step_index`` and
+    ``total_steps`` count within that lane.
+    """
+
+    __slots__ = ("_state", "_services", "_encodable", "driver", "lane", "step_index", "total_steps", "steps")
+
+    def __init__(
+        self,
+        state: InstanceState,
+        *,
+        lane: str,
+        total_steps: int,
+        services: Mapping[str, Any],
+        driver: Any,
+        encodable: Any = None,
+    ) -> None:
+        self._state = state
+        self._services = services
+        self._encodable = encodable
+        self.driver = driver
+        self.lane = lane
+        self.step_index = 0
+        self.total_steps = total_steps
+        self.steps = StepOutputs(state)
+
+    @property
+    def input(self) -> Any:
+        """The workflow input given to ``start`` / ``execute_workflow``."""
+        return self._state.input
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """Shared data between steps (starts as ``with_data``); prefer :meth:`set` to write."""
+        return self._state.data
+
+    def set(self, key: str, value: Any) -> None:
+        """Store ``value`` in the shared data. In a durable engine the value must be
+        msgpack-encodable; an unencodable one is refused here, naming the key."""
+        if self._encodable is not None:
+            self._encodable(value, f"ctx.set({key!r})")
+        self._state.data[key] = value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Read the shared data (``default`` when unset)."""
+        return self._state.data.get(key, default)
+
+    def get_step_result(self, name: str) -> Any:
+        """The output of a completed step, or ``None``."""
+        return self.steps.get(name)
+
+    @property
+    def metadata(self) -> WorkflowMetadata:
+        return metadata_of(self._state)
+
+    @property
+    def instance(self) -> WorkflowInstance:
+        """The instance as it stands now (a view; do not mutate)."""
+        return to_instance(self._state)
+
+    def resolve(self, name: str) -> Any:
+        """A service given to the engine or to ``execute_workflow(services=...)``."""
+        try:
+            return self._services[name]
+        except KeyError:
+            known = ", ".join(sorted(self._services)) or "none"
+            raise UnknownServiceError(f"no service named {name!r} (services given: {known})") from None

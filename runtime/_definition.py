@@ -1,0 +1,142 @@
+"""Frozen values that say what a workflow is. Built by :mod:`trioflow._builder`, never mutated.
+
+Implicit flow is resolved at build time: every step that does not end its lane carries the name
+of the step that follows it in ``next``, so the runtime never has to work out fall-through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Union
+
+import attrs
+
+from ._retry import Retry
+
+#: A step callable: ``async def`` or plain ``def`` (plain ones run in a worker thread).
+StepFn = Callable[..., Any]
+OnError = Literal["fail-fast", "wait-all"]
+StepKind = Literal["task", "choice", "parallel", "pass"]
+
+
+@attrs.frozen(kw_only=True)
+class TaskStep:
+    """Runs a callable with retries and a per-attempt timeout.
+
+    ``style="saga"``: ``execute(ctx)`` / ``compensate(ctx, result)`` (seed 000).
+    ``style="job"``: ``job(data)`` with ``data = input(ctx)``, output through ``output(result,
+    ctx)``; ``compensate(output)`` (seed 003). ``job`` and ``compensate`` may be registered names.
+    """
+
+    name: str
+    run: StepFn | str
+    style: Literal["saga", "job"] = "saga"
+    input: Callable[[Any], Any] | None = None
+    output: Callable[[Any, Any], Any] | None = None
+    compensate: StepFn | str | None = None
+    retry: Retry | None = None
+    timeout: float | None = None
+    next: str | None = None
+    end: bool = False
+    kind: StepKind = attrs.field(default="task", init=False)
+
+
+@attrs.frozen(kw_only=True)
+class Choice:
+    """One rule of a choice step: when ``condition(ctx)`` is true, go to ``next``."""
+
+    condition: Callable[[Any], Any]
+    next: str
+
+
+@attrs.frozen(kw_only=True)
+class ChoiceStep:
+    """Goes to the first choice whose condition holds, else ``default``."""
+
+    name: str
+    choices: tuple[Choice, ...]
+    default: str | None = None
+    kind: StepKind = attrs.field(default="choice", init=False)
+
+    @property
+    def next(self) -> None:
+        """A choice never falls through; its targets are in ``choices`` and ``default``."""
+        return None
+
+    @property
+    def end(self) -> bool:
+        return False
+
+
+@attrs.frozen(kw_only=True)
+class PassStep:
+    """Produces ``transform(ctx)``, or ``result``, or passes the previous output through."""
+
+    name: str
+    transform: Callable[[Any], Any] | None = None
+    result: Any = None
+    has_result: bool = False
+    next: str | None = None
+    end: bool = False
+    kind: StepKind = attrs.field(default="pass", init=False)
+
+
+@attrs.frozen(kw_only=True)
+class Branch:
+    """A named sequence of steps run as its own actor inside a parallel step."""
+
+    name: str
+    steps: tuple[Step, ...]
+    index: Mapping[str, int] = attrs.field(eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class ParallelStep:
+    """Runs its branches concurrently in one nursery; output ``{branch_name: branch_output}``."""
+
+    name: str
+    branches: tuple[Branch, ...]
+    on_error: OnError = "fail-fast"
+    next: str | None = None
+    end: bool = False
+    kind: StepKind = attrs.field(default="parallel", init=False)
+
+
+Step = Union[TaskStep, ChoiceStep, PassStep, ParallelStep]
+
+
+@attrs.frozen(kw_only=True)
+class Hooks:
+    """Lifecycle callbacks (seed 000). Sync or async; one that raises is logged and ignored."""
+
+    on_start: Callable[..., Any] | None = None
+    on_step_complete: Callable[..., Any] | None = None
+    on_step_failed: Callable[..., Any] | None = None
+    on_compensate: Callable[..., Any] | None = None
+    on_complete: Callable[..., Any] | None = None
+    on_failed: Callable[..., Any] | None = None
+
+    def any(self) -> bool:
+        """Whether at least one hook is set (the hot path skips hook work otherwise)."""
+        return any(getattr(self, f.name) is not None for f in attrs.fields(Hooks))
+
+
+@attrs.frozen(kw_only=True)
+class WorkflowDefinition:
+    """A validated workflow: its main lane of steps and its options.
+
+    ``lookup`` maps every step name (branches included; names are unique in a workflow, as in
+    Amazon States Language) to the step and the key of the lane it lives in.
+    ``fingerprint`` identifies the definition's shape; snapshots record it so a resume can tell
+    when the definition changed under a running instance.
+    """
+
+    name: str
+    steps: tuple[Step, ...]
+    index: Mapping[str, int] = attrs.field(eq=False, repr=False)
+    lookup: Mapping[str, tuple[Step, str]] = attrs.field(eq=False, repr=False)
+    data: Mapping[str, Any] = attrs.field(factory=dict)
+    transactional: bool = False
+    timeout: float | None = None
+    hooks: Hooks = attrs.field(factory=Hooks)
+    fingerprint: str = ""

@@ -1,0 +1,133 @@
+"""The event bus: ``engine.events.on(pattern, cb)`` and ``engine.events.subscribe(pattern)``.
+
+Publishing never waits on a subscriber. Sync callbacks run inline and must be quick; async
+callbacks and subscription streams each get a bounded queue drained by their own task, and a
+queue that is full drops the event (logged once per subscriber) rather than stall a workflow.
+A subscriber that raises is logged and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from ._errors import EngineClosedError
+
+log = logging.getLogger("trioflow.events")
+
+Event = dict[str, Any]
+Callback = Callable[[Event], Any]
+
+#: Events a subscriber may hold before the bus starts dropping for it.
+DEFAULT_BUFFER = 10_000
+
+
+class _Subscriber:
+    __slots__ = ("match", "callback", "send", "dropped")
+
+    def __init__(self, pattern: str, callback: Callback | None, send: trio.MemorySendChannel[Event] | None) -> None:
+        self.match = re.compile(fnmatch.translate(pattern)).match
+        self.callback = callback
+        self.send = send
+        self.dropped = 0
+
+
+class EventBus:
+    """Per-engine publish/subscribe of workflow events (payloads are dicts with an ``event`` key)."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[_Subscriber] = []
+        self._routes: dict[str, list[_Subscriber]] = {}
+        self._nursery: trio.Nursery | None = None
+        #: ``False`` while nobody listens: publishers skip building payloads altogether.
+        self.active = False
+
+    def attach(self, nursery: trio.Nursery | None) -> None:
+        """Give the bus the nursery its async dispatch tasks live in (``None``: closed)."""
+        self._nursery = nursery
+
+    def on(self, pattern: str, callback: Callback, *, buffer: int = DEFAULT_BUFFER) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event whose name matches ``pattern`` (``*`` globs).
+
+        Returns a function that unsubscribes.
+        """
+        if not inspect.iscoroutinefunction(callback):
+            return self._add(_Subscriber(pattern, callback, None))
+        if self._nursery is None:
+            raise EngineClosedError("async event callbacks need a running engine")
+        send, receive = trio.open_memory_channel[Event](buffer)
+        self._nursery.start_soon(self._drain, receive, callback)
+        remove = self._add(_Subscriber(pattern, None, send))
+
+        def unsubscribe() -> None:
+            remove()
+            send.close()
+
+        return unsubscribe
+
+    @asynccontextmanager
+    async def subscribe(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
+        """An async iterator of matching events for the duration of the block."""
+        send, receive = trio.open_memory_channel[Event](buffer)
+        remove = self._add(_Subscriber(pattern, None, send))
+        try:
+            async with receive:
+                yield receive
+        finally:
+            remove()
+            send.close()
+
+    def emit(self, name: str, payload: Event) -> None:
+        """Publish one event. Never blocks, never raises."""
+        subscribers = self._routes.get(name)
+        if subscribers is None:
+            subscribers = self._routes[name] = [s for s in self._subscribers if s.match(name)]
+        if not subscribers:
+            return
+        payload["event"] = name
+        for sub in subscribers:
+            if sub.send is not None:
+                try:
+                    sub.send.send_nowait(payload)
+                except trio.WouldBlock:
+                    if not sub.dropped:
+                        log.warning("event subscriber is too slow; dropping events for it")
+                    sub.dropped += 1
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            else:
+                try:
+                    sub.callback(payload)  # type: ignore[misc]
+                except Exception:
+                    log.exception("event callback for %r raised; ignored", name)
+
+    def _add(self, sub: _Subscriber) -> Callable[[], None]:
+        self._subscribers.append(sub)
+        self._changed()
+
+        def remove() -> None:
+            if sub in self._subscribers:
+                self._subscribers.remove(sub)
+                self._changed()
+
+        return remove
+
+    def _changed(self) -> None:
+        self._routes.clear()
+        self.active = bool(self._subscribers)
+
+    @staticmethod
+    async def _drain(receive: trio.MemoryReceiveChannel[Event], callback: Callback) -> None:
+        async with receive:
+            async for event in receive:
+                try:
+                    await callback(event)
+                except Exception:
+                    log.exception("async event callback for %r raised; ignored", event.get("event"))

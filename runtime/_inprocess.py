@@ -1,0 +1,68 @@
+"""Running one workflow in the caller's task, without an engine or storage (seed 000 style)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from trioflow.actors._instance import run_instance
+from trioflow.actors._run import Run, now
+
+from ._builder import WorkflowBuilder
+from ._decide import new_state
+from ._definition import TaskStep, WorkflowDefinition
+from ._errors import DefinitionError
+from ._jobs import JobRegistry
+from ._snapshot import WorkflowResult
+
+
+async def execute_workflow(
+    driver: Any,
+    workflow: WorkflowDefinition,
+    input: Any = None,
+    *,
+    services: Mapping[str, Any] | None = None,
+    jobs: Mapping[str, Callable[..., Any]] | None = None,
+    instance_id: str | None = None,
+) -> WorkflowResult:
+    """Run ``workflow`` to its end in the calling task and return its :class:`WorkflowResult`.
+
+    Nothing is stored; a failure compensates the completed steps and is reported on the result
+    (it is not raised). Cancelling the caller cancels the run, compensates (shielded), and
+    re-raises the cancellation.
+    """
+    if not isinstance(workflow, WorkflowDefinition):
+        raise DefinitionError(f"execute_workflow needs a built WorkflowDefinition, got {workflow!r}")
+    state = new_state(workflow, instance_id or uuid.uuid4().hex, input, now())
+    run = Run(
+        workflow, state, adapter=None, jobs=jobs if isinstance(jobs, JobRegistry) else JobRegistry(jobs),
+        services=services or {}, driver=driver, compensate_on_outer_cancel=True,
+    )
+    await run_instance(run)
+    return run.result()
+
+
+async def run_workflow(
+    driver: Any,
+    name: str,
+    steps: Sequence[TaskStep],
+    input: Any = None,
+    *,
+    use_transaction: bool = False,
+    timeout: float | None = None,
+    initial_data: Mapping[str, Any] | None = None,
+    services: Mapping[str, Any] | None = None,
+    hooks: Mapping[str, Callable[..., Any]] | None = None,
+) -> WorkflowResult:
+    """Build a saga from ``steps`` and execute it at once (seed 000's ``runWorkflow``)."""
+    builder = WorkflowBuilder(name).transactional(use_transaction)
+    for s in steps:
+        builder.step(s)
+    if timeout is not None:
+        builder.with_timeout(timeout)
+    if initial_data is not None:
+        builder.with_data(initial_data)
+    if hooks:
+        builder.with_hooks(**hooks)
+    return await execute_workflow(driver, builder.build(), input, services=services)

@@ -1,0 +1,52 @@
+"""Jobs registered by name, for tasks that say ``job="name"``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+from ._errors import DefinitionError, UnknownJobError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class JobRegistry(Mapping[str, Callable[..., Any]]):
+    """Name -> callable. Each engine has its own (no process-wide state)."""
+
+    def __init__(self, jobs: Mapping[str, Callable[..., Any]] | None = None) -> None:
+        self._jobs: dict[str, Callable[..., Any]] = {}
+        for name, fn in (jobs or {}).items():
+            self.register(name, fn)
+
+    def register(self, name: str, fn: Callable[..., Any]) -> None:
+        """Register ``fn`` (``async def`` or plain ``def``, called as ``fn(data)``) as ``name``."""
+        if not isinstance(name, str) or not name:
+            raise DefinitionError(f"a job name must be a non-empty string, got {name!r}")
+        if not callable(fn):
+            raise DefinitionError(f"job {name!r}: {fn!r} is not callable")
+        self._jobs[name] = fn
+
+    def job(self, name: str) -> Callable[[F], F]:
+        """Decorator form of :meth:`register`."""
+
+        def decorate(fn: F) -> F:
+            self.register(name, fn)
+            return fn
+
+        return decorate
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        try:
+            return self._jobs[name]
+        except KeyError:
+            known = ", ".join(sorted(self._jobs)) or "none"
+            raise UnknownJobError(f"no job registered as {name!r} (registered: {known})") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._jobs)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._jobs

@@ -1,0 +1,106 @@
+"""Retry policy: how often a step is tried and how long to sleep between attempts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Union
+
+import attrs
+
+#: What ``retry_on`` accepts: exception types, message fragments, predicates, or a mix.
+RetryOn = Union[type[BaseException], str, Callable[[BaseException], bool]]
+
+
+def _positive_int(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"Retry.{attribute.name} must be an int >= 1, got {value!r}")
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"Retry.{attribute.name} must be a number >= 0, got {value!r}")
+
+
+def _backoff(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, (int, float)) or value < 1:
+        raise ValueError(f"Retry.{attribute.name} must be a number >= 1, got {value!r}")
+
+
+def _retry_on_tuple(value: object) -> tuple[RetryOn, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, type)) or callable(value):
+        value = (value,)
+    items = tuple(value)  # type: ignore[call-overload]
+    for item in items:
+        if not (isinstance(item, str) or callable(item)):
+            raise ValueError(f"Retry.retry_on items must be exception types, strings or predicates, got {item!r}")
+    return items
+
+
+@attrs.frozen(kw_only=True)
+class Retry:
+    """How a step is retried. Defaults follow the seeds: 3 attempts, 1 s, doubling, capped at 30 s.
+
+    ``max_attempts`` counts the first try. The delay before attempt ``n + 1`` is
+    ``min(interval * backoff_rate ** (n - 1), max_interval)``. ``retry_on`` restricts which errors
+    are retried (``None``: all). Its items are checked in a fixed precedence: exception types
+    first (``isinstance``), then strings (a match when the string is the error's class name or
+    occurs in its message), then predicates (``predicate(error) -> bool``).
+    """
+
+    max_attempts: int = attrs.field(default=3, validator=_positive_int)
+    interval: float = attrs.field(default=1.0, validator=_non_negative)
+    backoff_rate: float = attrs.field(default=2.0, validator=_backoff)
+    max_interval: float = attrs.field(default=30.0, validator=_non_negative)
+    retry_on: tuple[RetryOn, ...] | None = attrs.field(default=None, converter=_retry_on_tuple)
+
+    def __init__(
+        self,
+        max_attempts: int = 3,
+        interval: float = 1.0,
+        backoff_rate: float = 2.0,
+        max_interval: float = 30.0,
+        retry_on: RetryOn | tuple[RetryOn, ...] | list[RetryOn] | None = None,
+    ) -> None:
+        # Positional arguments are allowed here (``Retry(5)``) because it reads naturally.
+        self.__attrs_init__(  # type: ignore[attr-defined]
+            max_attempts=max_attempts,
+            interval=interval,
+            backoff_rate=backoff_rate,
+            max_interval=max_interval,
+            retry_on=retry_on,
+        )
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to sleep after failed attempt number ``attempt`` (1-based)."""
+        return float(min(self.interval * self.backoff_rate ** (attempt - 1), self.max_interval))
+
+    def retries(self, error: BaseException) -> bool:
+        """Whether ``error`` is one this policy retries (ignoring the attempt count)."""
+        if self.retry_on is None:
+            return True
+        types = [i for i in self.retry_on if isinstance(i, type)]
+        if types and isinstance(error, tuple(types)):
+            return True
+        text = str(error)
+        name = type(error).__name__
+        if any(isinstance(i, str) and (i == name or i in text) for i in self.retry_on):
+            return True
+        return any(
+            not isinstance(i, (str, type)) and i(error)  # type: ignore[operator]
+            for i in self.retry_on
+        )
+
+    def next_delay(self, attempt: int, error: BaseException) -> float | None:
+        """The sleep before the next attempt, or ``None`` when the step has failed for good.
+
+        ``None`` after the last attempt: there is never a sleep that no attempt follows.
+        """
+        if attempt >= self.max_attempts or not self.retries(error):
+            return None
+        return self.delay(attempt)
+
+
+#: The policy of a step that has none of its own and whose workflow sets no default.
+NO_RETRY = Retry(max_attempts=1)

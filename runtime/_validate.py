@@ -1,0 +1,134 @@
+"""Checks a lane of steps before it becomes a definition (SPEC §7). Every error names the step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from ._definition import Branch, ChoiceStep, ParallelStep, PassStep, Step, TaskStep
+from ._errors import DefinitionError
+from ._retry import Retry
+
+
+def check_lane(owner: str, steps: Sequence[Step]) -> None:
+    """Validate one lane (a workflow's main line or a branch) as written by the user.
+
+    ``owner`` says whose lane it is ("workflow 'x'", "branch 'b'") for the messages.
+    Runs before fall-through is resolved, so ``next`` still means "written by the user".
+    """
+    if not steps:
+        raise DefinitionError(f"{owner} has no steps")
+    names = [s.name for s in steps]
+    for step in steps:
+        _check_step(owner, step, names)
+    _check_reachable(owner, steps)
+
+
+def check_unique_names(owner: str, steps: Sequence[Step]) -> None:
+    """Step names are unique across a whole workflow, branches included.
+
+    Like Amazon States Language: one name space keeps ``ctx.steps``, ``compensated_steps`` and
+    snapshots unambiguous.
+    """
+    seen: dict[str, str] = {}
+    for where, step in _walk(owner, steps):
+        if step.name in seen:
+            raise DefinitionError(
+                f"{owner}: step name {step.name!r} is used twice ({seen[step.name]} and {where});"
+                " step names must be unique in a workflow, branches included"
+            )
+        seen[step.name] = where
+
+
+def _walk(where: str, steps: Sequence[Step]) -> Iterator[tuple[str, Step]]:
+    for step in steps:
+        yield where, step
+        if isinstance(step, ParallelStep):
+            for branch in step.branches:
+                yield from _walk(f"branch {branch.name!r} of step {step.name!r}", branch.steps)
+
+
+def _check_step(owner: str, step: Step, names: list[str]) -> None:
+    if not isinstance(step.name, str) or not step.name:
+        raise DefinitionError(f"{owner}: a step name must be a non-empty string, got {step.name!r}")
+    label = f"{owner}, step {step.name!r}"
+    if step.next is not None and step.end:
+        raise DefinitionError(f"{label}: 'next' and 'end' are mutually exclusive")
+    if step.next is not None:
+        _check_target(label, "next", step.next, names)
+    if isinstance(step, TaskStep):
+        _check_task(label, step)
+    elif isinstance(step, ChoiceStep):
+        if not step.choices:
+            raise DefinitionError(f"{label}: a choice step needs at least one choice")
+        for choice in step.choices:
+            if not callable(choice.condition):
+                raise DefinitionError(f"{label}: choice condition {choice.condition!r} is not callable")
+            _check_target(label, "choice next", choice.next, names)
+        if step.default is not None:
+            _check_target(label, "default", step.default, names)
+    elif isinstance(step, ParallelStep):
+        _check_parallel(label, step)
+    elif isinstance(step, PassStep):
+        if step.transform is not None and step.has_result:
+            raise DefinitionError(f"{label}: give either 'transform' or 'result', not both")
+        if step.transform is not None and not callable(step.transform):
+            raise DefinitionError(f"{label}: transform {step.transform!r} is not callable")
+    else:  # pragma: no cover - the builder only makes the four kinds
+        raise DefinitionError(f"{owner}: {step!r} is not a step")
+
+
+def _check_target(label: str, field: str, target: str, names: list[str]) -> None:
+    if target not in names:
+        raise DefinitionError(f"{label}: {field} {target!r} is not a step of this lane")
+
+
+def _check_task(label: str, step: TaskStep) -> None:
+    if not (callable(step.run) or (isinstance(step.run, str) and step.run)):
+        what = "execute" if step.style == "saga" else "job"
+        raise DefinitionError(f"{label}: {what} must be a callable or a job name, got {step.run!r}")
+    if step.compensate is not None and not (callable(step.compensate) or isinstance(step.compensate, str)):
+        raise DefinitionError(f"{label}: compensate must be a callable or a job name, got {step.compensate!r}")
+    for field, fn in (("input", step.input), ("output", step.output)):
+        if fn is not None and not callable(fn):
+            raise DefinitionError(f"{label}: {field} must be callable, got {fn!r}")
+    if step.retry is not None and not isinstance(step.retry, Retry):
+        raise DefinitionError(f"{label}: retry must be a trioflow.Retry, got {step.retry!r}")
+    if step.timeout is not None and not (isinstance(step.timeout, (int, float)) and step.timeout > 0):
+        raise DefinitionError(f"{label}: timeout must be a number of seconds > 0, got {step.timeout!r}")
+
+
+def _check_parallel(label: str, step: ParallelStep) -> None:
+    if step.on_error not in ("fail-fast", "wait-all"):
+        raise DefinitionError(f"{label}: on_error must be 'fail-fast' or 'wait-all', got {step.on_error!r}")
+    if not step.branches:
+        raise DefinitionError(f"{label}: a parallel step needs at least one branch")
+    seen: set[str] = set()
+    for branch in step.branches:
+        if not isinstance(branch, Branch):
+            raise DefinitionError(f"{label}: {branch!r} is not a branch (use trioflow.branch(name)...build())")
+        if branch.name in seen:
+            raise DefinitionError(f"{label}: branch name {branch.name!r} is used twice")
+        seen.add(branch.name)
+
+
+def _check_reachable(owner: str, steps: Sequence[Step]) -> None:
+    reached: set[str] = set()
+    todo = [0]
+    position = {s.name: i for i, s in enumerate(steps)}
+    while todo:
+        i = todo.pop()
+        step = steps[i]
+        if step.name in reached:
+            continue
+        reached.add(step.name)
+        targets: list[str] = []
+        if isinstance(step, ChoiceStep):
+            targets = [c.next for c in step.choices] + ([step.default] if step.default else [])
+        elif step.next is not None:
+            targets = [step.next]
+        elif not step.end and i + 1 < len(steps):
+            targets = [steps[i + 1].name]
+        todo.extend(position[t] for t in targets)
+    for step in steps:
+        if step.name not in reached:
+            raise DefinitionError(f"{owner}, step {step.name!r}: can never be reached")
