@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(PY) examples/onboarding.py
 
 typecheck: $(STAMP)
-	$(PY) -m mypy runtime actors adapters
+	PYTHON=$(abspath $(PY)) scripts/typecheck
 
 test: $(STAMP) typecheck
 	$(PY) -m pytest -q

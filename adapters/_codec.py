@@ -27,7 +27,8 @@ _packer = msgpack.Packer(use_bin_type=True, datetime=False)
 def encode(state: InstanceState) -> bytes:
     """The snapshot bytes of ``state``; :class:`UnencodableValueError` names the bad value."""
     try:
-        return _packer.pack(_fields(state))
+        packed: bytes = _packer.pack(_fields(state))
+        return packed
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
         raise UnencodableValueError(_locate(state, exc)) from exc

@@ -31,7 +31,7 @@ class MemoryAdapter:
     async def load(self, instance_id: str) -> InstanceRecord | None:
         return self._records.get(instance_id)
 
-    async def list(self, workflow_name: str, status: Status | None = None) -> list[InstanceRecord]:
+    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[InstanceRecord]:
         return [
             r for r in self._records.values()
             if r.workflow_name == workflow_name and (status is None or r.status == status)

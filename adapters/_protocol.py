@@ -39,7 +39,7 @@ class Adapter(Protocol):
         """One instance, or ``None``."""
         ...
 
-    async def list(self, workflow_name: str, status: Status | None = None) -> list[InstanceRecord]:
+    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[InstanceRecord]:
         """Instances of a workflow, optionally of one status, oldest first."""
         ...
 

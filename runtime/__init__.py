@@ -46,3 +46,7 @@ from ._snapshot import StepResult as StepResult
 from ._snapshot import WorkflowInstance as WorkflowInstance
 from ._snapshot import WorkflowMetadata as WorkflowMetadata
 from ._snapshot import WorkflowResult as WorkflowResult
+from ._engine import Engine as Engine
+from ._engine import open_engine as open_engine
+from ._errors import InstanceIdConflictError as InstanceIdConflictError
+from ._errors import InvalidArgumentError as InvalidArgumentError

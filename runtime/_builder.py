@@ -246,6 +246,10 @@ class WorkflowBuilder(_LaneBuilder):
             name=self._name, steps=steps, index=index, lookup=lookup, data=dict(self._data),
             transactional=self._transactional, timeout=self._timeout, hooks=self._hooks,
             fingerprint=_fingerprint(steps),
+            job_names=frozenset(
+                ref for s, _ in lookup.values() if isinstance(s, TaskStep)
+                for ref in (s.run, s.compensate) if isinstance(ref, str)
+            ),
         )
 
 

@@ -162,6 +162,44 @@ def finish(state: InstanceState, definition: WorkflowDefinition, status: Status,
     main.step = None
 
 
+def fail_alone(state: InstanceState, error: str, now: float) -> None:
+    """End an instance as failed without running anything more (it cannot be run on)."""
+    state.status = "failed"
+    state.phase = "done"
+    state.error = error
+    state.completed_at = now
+    for lane in state.lanes.values():
+        lane.step = None
+
+
+def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
+    """Why a stored instance can no longer run on ``definition`` (``None``: it still fits).
+
+    Same fingerprint: fits. Otherwise every lane position, every running parallel step's set of
+    branches, and every completed step must still exist where the snapshot says they are.
+    """
+    if state.fingerprint == definition.fingerprint:
+        return None
+    lookup = definition.lookup
+    for key, lane in state.lanes.items():
+        if lane.step is None:
+            continue
+        entry = lookup.get(lane.step)
+        if entry is None:
+            return f"step {lane.step!r}, where the instance stands, is no longer in workflow {definition.name!r}"
+        if entry[1] != key:
+            return f"step {lane.step!r} is no longer in the same lane ({key or 'main'!r}) of workflow {definition.name!r}"
+    for name, (step, _) in lookup.items():
+        if isinstance(step, ParallelStep):
+            stored = {k for k in state.lanes if k.startswith(name + "/")}
+            if stored and stored != set(branch_keys(step)):
+                return f"parallel step {name!r} changed its branches while the instance was running it"
+    for name in state.completed:
+        if name not in lookup:
+            return f"completed step {name!r} is no longer in workflow {definition.name!r}"
+    return None
+
+
 def progress(state: InstanceState, definition: WorkflowDefinition) -> tuple[int, int]:
     """(percent, completed main-lane steps). 100 only once the instance completed."""
     total = len(definition.steps)

@@ -140,3 +140,5 @@ class WorkflowDefinition:
     timeout: float | None = None
     hooks: Hooks = attrs.field(factory=Hooks)
     fingerprint: str = ""
+    #: Job names the steps refer to (``job=`` and ``compensate=`` strings), branches included.
+    job_names: frozenset[str] = frozenset()

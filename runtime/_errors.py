@@ -46,6 +46,14 @@ class DefinitionMismatchError(TrioflowError):
     """A stored instance no longer fits the registered definition of its workflow."""
 
 
+class InvalidArgumentError(TrioflowError, ValueError):
+    """An argument to an engine call is not acceptable (the message names it)."""
+
+
+class InstanceIdConflictError(TrioflowError, ValueError):
+    """``start(..., instance_id=X)`` where X already belongs to another workflow."""
+
+
 class EngineClosedError(TrioflowError, RuntimeError):
     """The engine was used after its ``async with`` block ended."""
 
@@ -98,8 +106,10 @@ class BranchError(TrioflowError):
         self.error = error
 
 
-class ParallelError(ExceptionGroup[BranchError], TrioflowError):  # type: ignore[misc]
+class ParallelError(ExceptionGroup[BranchError], TrioflowError):
     """A ``wait-all`` parallel step in which one or more branches failed: all their errors."""
+
+    step_name: str
 
     def __new__(cls, step_name: str, errors: Sequence[BranchError]) -> ParallelError:
         failed = ", ".join(repr(e.branch_name) for e in errors)

@@ -31,7 +31,9 @@ def _retry_on_tuple(value: object) -> tuple[RetryOn, ...] | None:
         return None
     if isinstance(value, (str, type)) or callable(value):
         value = (value,)
-    items = tuple(value)  # type: ignore[call-overload]
+    if not isinstance(value, (tuple, list)):
+        raise ValueError(f"Retry.retry_on must be a type, string, predicate or a list of them, got {value!r}")
+    items: tuple[RetryOn, ...] = tuple(value)
     for item in items:
         if not (isinstance(item, str) or callable(item)):
             raise ValueError(f"Retry.retry_on items must be exception types, strings or predicates, got {item!r}")
@@ -88,7 +90,7 @@ class Retry:
         if any(isinstance(i, str) and (i == name or i in text) for i in self.retry_on):
             return True
         return any(
-            not isinstance(i, (str, type)) and i(error)  # type: ignore[operator]
+            not isinstance(i, (str, type)) and i(error)
             for i in self.retry_on
         )
 

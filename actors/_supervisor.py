@@ -1,0 +1,36 @@
+"""Supervision of instance actors, mirroring trio's nursery API (as tractor does).
+
+An actor that crashes (a bug, a failing adapter) is logged; the crash never propagates into the
+nursery, so it never cancels the other actors. Actors record their own failure first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+log = logging.getLogger("trioflow")
+
+
+class Supervisor:
+    """Starts actors in a nursery and contains their crashes."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    @property
+    def cancel_scope(self) -> trio.CancelScope:
+        return self._nursery.cancel_scope
+
+    def start_soon(self, name: str, actor: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``actor(*args)`` as a supervised task named ``name``."""
+        self._nursery.start_soon(self._supervise, name, actor, args, name=name)
+
+    async def _supervise(self, name: str, actor: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        try:
+            await actor(*args)
+        except Exception:
+            log.exception("actor %s crashed", name)

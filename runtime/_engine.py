@@ -1,0 +1,283 @@
+"""The engine service: registers workflows and jobs, starts, inspects, cancels and resumes
+instances, each run by a supervised instance actor in the engine's nursery."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import trio
+
+from trioflow.actors._instance import run_instance
+from trioflow.actors._run import Run, now
+from trioflow.actors._supervisor import Supervisor
+from trioflow.adapters._codec import check_encodable, decode, encode
+from trioflow.adapters._memory import MemoryAdapter
+from trioflow.adapters._protocol import Adapter, InstanceRecord
+
+from ._decide import admit, fail_alone, misfit, new_state
+from ._definition import WorkflowDefinition
+from ._errors import (
+    DefinitionError,
+    EngineClosedError,
+    InstanceIdConflictError,
+    InstanceNotLiveError,
+    InvalidArgumentError,
+    SnapshotDecodeError,
+    UnknownInstanceError,
+    UnknownJobError,
+    UnknownWorkflowError,
+    describe_error,
+)
+from ._events import EventBus
+from ._jobs import JobRegistry
+from ._snapshot import TERMINAL, InstanceState, Lane, Status, WorkflowInstance, to_instance
+
+log = logging.getLogger("trioflow")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Engine:
+    """A running engine (get one from :func:`open_engine`). No process-wide state: any number
+    of engines can run side by side."""
+
+    def __init__(
+        self, supervisor: Supervisor, adapter: Adapter, *, max_running: int,
+        services: Mapping[str, Any], driver: Any, auto_resume: bool,
+    ) -> None:
+        self.jobs = JobRegistry()
+        self.events = EventBus()
+        self.adapter = adapter
+        self._supervisor = supervisor
+        self._services = dict(services)
+        self._driver = driver
+        self._auto_resume = auto_resume
+        self._max_running = max_running
+        self._limiter = trio.CapacityLimiter(max_running)
+        self._definitions: dict[str, WorkflowDefinition] = {}
+        #: Instances whose actor lives in this engine; ``None`` while ``start`` is storing it.
+        self._live: dict[str, Run | None] = {}
+        self._closed = False
+
+    # -- registration -------------------------------------------------------------------------
+
+    def job(self, name: str) -> Callable[[F], F]:
+        """Decorator: ``@engine.job("name")`` registers a job."""
+        return self.jobs.job(name)
+
+    def register(self, definition: WorkflowDefinition) -> None:
+        """Make a workflow startable. With auto-resume on (the default), this also resumes the
+        instances of that workflow that a previous engine left running on the adapter."""
+        self._check_open()
+        if not isinstance(definition, WorkflowDefinition):
+            raise DefinitionError(f"register() needs a built WorkflowDefinition, got {definition!r}")
+        self._definitions[definition.name] = definition
+        if self._auto_resume:
+            self._supervisor.start_soon(f"resume {definition.name}", self._resume_workflow, definition.name)
+
+    # -- instances ----------------------------------------------------------------------------
+
+    async def start(self, workflow_name: str, input: Any = None, *, instance_id: str | None = None) -> str:
+        """Start an instance and return its id once it is stored.
+
+        With ``instance_id`` the call is idempotent: an id that exists already is returned as it
+        is, and nothing new starts. Bad input raises before anything is stored.
+        """
+        self._check_open()
+        definition = self._definitions.get(workflow_name)
+        if definition is None:
+            known = ", ".join(sorted(self._definitions)) or "none"
+            raise UnknownWorkflowError(f"no workflow registered as {workflow_name!r} (registered: {known})")
+        missing = sorted(n for n in definition.job_names if n not in self.jobs)
+        if missing:
+            raise UnknownJobError(f"workflow {workflow_name!r} uses jobs nobody registered: {', '.join(missing)}")
+        if instance_id is None:
+            instance_id = uuid.uuid4().hex
+        elif not isinstance(instance_id, str) or not instance_id:
+            raise InvalidArgumentError(f"instance_id must be a non-empty string, got {instance_id!r}")
+        if instance_id in self._live:
+            return instance_id
+        check_encodable(input, "workflow input")
+        status: Status = "pending" if len(self._live) >= self._max_running else "running"
+        state = new_state(definition, instance_id, input, now(), status=status)
+        snapshot = encode(state)
+        self._live[instance_id] = None
+        try:
+            created = await self.adapter.create(instance_id, workflow_name, status, snapshot)
+        finally:
+            if self._live.get(instance_id, False) is None:
+                del self._live[instance_id]
+        if not created:
+            existing = await self.adapter.load(instance_id)
+            if existing is not None and existing.workflow_name != workflow_name:
+                raise InstanceIdConflictError(
+                    f"instance id {instance_id!r} already belongs to workflow {existing.workflow_name!r}"
+                )
+            return instance_id
+        self._spawn(definition, state, resumed=False)
+        return instance_id
+
+    async def get_instance(self, instance_id: str) -> WorkflowInstance | None:
+        """The instance as it stands (``None`` if unknown)."""
+        run = self._live.get(instance_id)
+        if run is not None:
+            return to_instance(decode(encode(run.state)))  # a consistent copy, never aliased
+        record = await self.adapter.load(instance_id)
+        return None if record is None else to_instance(decode(record.snapshot))
+
+    async def wait(self, instance_id: str) -> WorkflowInstance:
+        """Wait until the instance has reached a terminal status (compensation included)."""
+        while instance_id in self._live and self._live[instance_id] is None:
+            await trio.sleep(0)  # ``start`` is still storing it
+        run = self._live.get(instance_id)
+        if run is not None:
+            await run.done.wait()
+        instance = await self.get_instance(instance_id)
+        if instance is None:
+            raise UnknownInstanceError(f"no instance {instance_id!r}")
+        if instance.status not in TERMINAL:
+            raise InstanceNotLiveError(
+                f"instance {instance_id!r} is {instance.status} in storage but not running in this engine;"
+                " register its workflow or call resume()"
+            )
+        return instance
+
+    async def cancel(self, instance_id: str) -> bool:
+        """Cancel a running instance: its running step is cancelled, then its completed steps
+        are compensated. ``True`` if the instance was running here and is now being cancelled."""
+        run = self._live.get(instance_id)
+        if run is None or run.state.phase != "forward" or run.cancel_requested:
+            return False
+        run.cancel_requested = True
+        if run.cancel_scope is not None:
+            run.cancel_scope.cancel()
+        return True
+
+    async def get_instances(self, workflow_name: str, status: Status | None = None) -> list[WorkflowInstance]:
+        """Instances of a workflow, optionally only those of one status."""
+        out = []
+        for record in await self.adapter.list_instances(workflow_name, status):
+            run = self._live.get(record.instance_id)
+            state = decode(encode(run.state)) if run is not None else decode(record.snapshot)
+            out.append(to_instance(state))
+        return out
+
+    async def resume(self) -> list[str]:
+        """Resume every stored ``pending``/``running`` instance of a registered workflow that is
+        not already running here; returns their ids. Never starts an instance twice."""
+        self._check_open()
+        return await self._resume(await self.adapter.resumable())
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _resume_workflow(self, workflow_name: str) -> None:
+        records = [r for r in await self.adapter.resumable() if r.workflow_name == workflow_name]
+        await self._resume(records)
+
+    async def _resume(self, records: list[InstanceRecord]) -> list[str]:
+        resumed = []
+        for record in records:
+            definition = self._definitions.get(record.workflow_name)
+            if record.instance_id in self._live or definition is None:
+                continue
+            try:
+                state = decode(record.snapshot)
+            except SnapshotDecodeError as exc:
+                await self._fail_unreadable(record, exc)
+                continue
+            problem = misfit(state, definition)
+            if problem is not None:
+                fail_alone(state, f"DefinitionMismatchError: {problem}", now())
+                await self.adapter.save(state.instance_id, state.workflow_name, state.status, encode(state))
+                continue
+            if record.instance_id in self._live:
+                continue  # resumed by a concurrent call while we awaited
+            self._spawn(definition, state, resumed=True)
+            resumed.append(record.instance_id)
+        return resumed
+
+    async def _fail_unreadable(self, record: InstanceRecord, exc: SnapshotDecodeError) -> None:
+        """An unreadable snapshot fails its own instance, with the reason recorded on it."""
+        log.error("instance %s has an unreadable snapshot: %s", record.instance_id, exc)
+        state = InstanceState(
+            instance_id=record.instance_id, workflow_name=record.workflow_name, fingerprint="",
+            status="failed", input=None, data={}, lanes={"": Lane(step=None)},
+        )
+        fail_alone(state, describe_error(exc), now())
+        await self.adapter.save(record.instance_id, record.workflow_name, "failed", encode(state))
+
+    def _spawn(self, definition: WorkflowDefinition, state: InstanceState, *, resumed: bool) -> None:
+        run = Run(
+            definition, state, adapter=self.adapter, jobs=self.jobs, services=self._services,
+            driver=self._driver, bus=self.events, resumed=resumed,
+        )
+        self._live[state.instance_id] = run
+        self._supervisor.start_soon(state.instance_id, self._instance_actor, run)
+
+    async def _instance_actor(self, run: Run) -> None:
+        state = run.state
+        try:
+            async with self._limiter:
+                if state.status == "pending":
+                    admit(state, now())
+                    await run.persist()
+                await run_instance(run)
+        except Exception as exc:
+            # A bug or a failing adapter: this instance fails alone, the others go on.
+            fail_alone(state, f"internal error: {describe_error(exc)}", now())
+            try:
+                await run.persist()
+            finally:
+                raise
+        finally:
+            self._live.pop(state.instance_id, None)
+            run.done.set()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosedError("the engine is closed (its async with block has ended)")
+
+    def _close(self) -> None:
+        self._closed = True
+        self.events.attach(None)
+
+
+@asynccontextmanager
+async def open_engine(
+    *,
+    adapter: Adapter | None = None,
+    max_running: int = 10_000,
+    services: Mapping[str, Any] | None = None,
+    driver: Any = None,
+    resume: bool = True,
+) -> AsyncIterator[Engine]:
+    """Run an engine for the duration of the block.
+
+    ``adapter`` defaults to a fresh :class:`MemoryAdapter`. At most ``max_running`` instances
+    run at once; more wait as ``pending``. With ``resume`` (the default), registering a workflow
+    resumes the instances of it that the adapter holds as running. Leaving the block stops every
+    actor; running instances stay ``running`` in the adapter for the next engine to resume.
+    """
+    if not isinstance(max_running, int) or max_running < 1:
+        raise InvalidArgumentError(f"max_running must be an int >= 1, got {max_running!r}")
+    try:
+        async with trio.open_nursery() as nursery:
+            engine = Engine(
+                Supervisor(nursery), adapter if adapter is not None else MemoryAdapter(),
+                max_running=max_running, services=services or {}, driver=driver, auto_resume=resume,
+            )
+            engine.events.attach(nursery)
+            try:
+                yield engine
+            finally:
+                engine._close()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The actors never raise into this nursery, so a group holds the block's own exception:
+        # hand it back as the caller raised it rather than wrapped.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
