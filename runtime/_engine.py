@@ -60,6 +60,11 @@ class Engine:
         self._definitions: dict[str, WorkflowDefinition] = {}
         #: Instances whose actor lives in this engine; ``None`` while ``start`` is storing it.
         self._live: dict[str, Run | None] = {}
+        #: Resumes started by ``register`` that have not finished; ``wait``/``cancel`` let them
+        #: settle first, so an instance being resumed is never mistaken for one that is not.
+        self._pending_resumes = 0
+        self._resumes_settled = trio.Event()
+        self._resumes_settled.set()
         self._closed = False
 
     # -- registration -------------------------------------------------------------------------
@@ -76,6 +81,9 @@ class Engine:
             raise DefinitionError(f"register() needs a built WorkflowDefinition, got {definition!r}")
         self._definitions[definition.name] = definition
         if self._auto_resume:
+            if self._pending_resumes == 0:
+                self._resumes_settled = trio.Event()
+            self._pending_resumes += 1
             self._supervisor.start_soon(f"resume {definition.name}", self._resume_workflow, definition.name)
 
     # -- instances ----------------------------------------------------------------------------
@@ -130,6 +138,7 @@ class Engine:
 
     async def wait(self, instance_id: str) -> WorkflowInstance:
         """Wait until the instance has reached a terminal status (compensation included)."""
+        await self._resumes_settled.wait()
         while instance_id in self._live and self._live[instance_id] is None:
             await trio.sleep(0)  # ``start`` is still storing it
         run = self._live.get(instance_id)
@@ -148,6 +157,7 @@ class Engine:
     async def cancel(self, instance_id: str) -> bool:
         """Cancel a running instance: its running step is cancelled, then its completed steps
         are compensated. ``True`` if the instance was running here and is now being cancelled."""
+        await self._resumes_settled.wait()
         run = self._live.get(instance_id)
         if run is None or run.state.phase != "forward" or run.cancel_requested:
             return False
@@ -174,8 +184,13 @@ class Engine:
     # -- internals ----------------------------------------------------------------------------
 
     async def _resume_workflow(self, workflow_name: str) -> None:
-        records = [r for r in await self.adapter.resumable() if r.workflow_name == workflow_name]
-        await self._resume(records)
+        try:
+            records = [r for r in await self.adapter.resumable() if r.workflow_name == workflow_name]
+            await self._resume(records)
+        finally:
+            self._pending_resumes -= 1
+            if self._pending_resumes == 0:
+                self._resumes_settled.set()
 
     async def _resume(self, records: list[InstanceRecord]) -> list[str]:
         resumed = []
