@@ -12,14 +12,16 @@ from typing import Any
 
 import msgpack
 
-from trioflow._errors import SnapshotDecodeError, UnencodableValueError
+from trioflow._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError
 from trioflow._snapshot import InstanceState, Lane, StepResult
 
 TAG = "trioflow.instance"
 #: Bumped on every incompatible change; a newer version than this is refused, never guessed at.
 FORMAT_VERSION = 1
-#: Snapshots larger than this are refused on decode (a corrupt length can't make us allocate GBs).
-MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
+#: Largest encoded input, output or shared-data value: larger ones are refused, naming them.
+MAX_VALUE_BYTES = 16 * 1024 * 1024
+#: Largest snapshot encoded or decoded (a corrupt length can't make us allocate gigabytes).
+MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
 
 _packer = msgpack.Packer(use_bin_type=True, datetime=False)
 
@@ -28,19 +30,26 @@ def encode(state: InstanceState) -> bytes:
     """The snapshot bytes of ``state``; :class:`UnencodableValueError` names the bad value."""
     try:
         packed: bytes = _packer.pack(_fields(state))
-        return packed
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
         raise UnencodableValueError(_locate(state, exc)) from exc
+    if len(packed) > MAX_SNAPSHOT_BYTES:
+        raise ValueTooLargeError(
+            f"the snapshot of instance {state.instance_id!r} is {len(packed) / 2**20:.1f} MiB,"
+            f" over the {MAX_SNAPSHOT_BYTES >> 20} MiB limit"
+        )
+    return packed
 
 
 def check_encodable(value: Any, what: str) -> None:
     """Raise :class:`UnencodableValueError` naming ``what`` (and the path inside it) unless
     ``value`` can be stored."""
     try:
-        msgpack.packb(value, use_bin_type=True)
+        size = len(msgpack.packb(value, use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
         raise UnencodableValueError(_describe(what, value, exc)) from exc
+    if size > MAX_VALUE_BYTES:
+        raise ValueTooLargeError(f"{what} is {size / 2**20:.1f} MiB encoded, over the {MAX_VALUE_BYTES >> 20} MiB limit")
 
 
 def decode(data: bytes) -> InstanceState:

@@ -15,6 +15,12 @@ class MemoryAdapter:
     def __init__(self) -> None:
         self._records: dict[str, InstanceRecord] = {}
 
+    async def open(self) -> None:
+        """Nothing to acquire: the storage is this object."""
+
+    async def close(self) -> None:
+        """Nothing to release: what is stored stays for the next engine."""
+
     async def create(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> bool:
         if instance_id in self._records:
             return False

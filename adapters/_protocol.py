@@ -27,6 +27,14 @@ class Adapter(Protocol):
     does not start an instance's next step before that.
     """
 
+    async def open(self) -> None:
+        """Acquire what the adapter needs (files, locks, threads); called by ``open_engine``."""
+        ...
+
+    async def close(self) -> None:
+        """Flush and release; called when the engine stops. The adapter may be opened again."""
+        ...
+
     async def create(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> bool:
         """Store a new instance; ``False`` (and no write) when the id already exists."""
         ...

@@ -31,6 +31,7 @@ from ._errors import StepError as StepError
 from ._errors import StepTimeoutError as StepTimeoutError
 from ._errors import TrioflowError as TrioflowError
 from ._errors import UnencodableValueError as UnencodableValueError
+from ._errors import ValueTooLargeError as ValueTooLargeError
 from ._errors import UnknownInstanceError as UnknownInstanceError
 from ._errors import UnknownJobError as UnknownJobError
 from ._errors import UnknownServiceError as UnknownServiceError

@@ -144,6 +144,8 @@ class Engine:
         run = self._live.get(instance_id)
         if run is not None:
             await run.done.wait()
+            if run.state.status in TERMINAL:  # stored already; no need to read it back
+                return to_instance(decode(encode(run.state)))
         instance = await self.get_instance(instance_id)
         if instance is None:
             raise UnknownInstanceError(f"no instance {instance_id!r}")
@@ -278,11 +280,13 @@ async def open_engine(
     """
     if not isinstance(max_running, int) or max_running < 1:
         raise InvalidArgumentError(f"max_running must be an int >= 1, got {max_running!r}")
+    storage: Adapter = adapter if adapter is not None else MemoryAdapter()
+    await storage.open()
     try:
         async with trio.open_nursery() as nursery:
             engine = Engine(
-                Supervisor(nursery), adapter if adapter is not None else MemoryAdapter(),
-                max_running=max_running, services=services or {}, driver=driver, auto_resume=resume,
+                Supervisor(nursery), storage, max_running=max_running, services=services or {},
+                driver=driver, auto_resume=resume,
             )
             engine.events.attach(nursery)
             try:
@@ -296,3 +300,6 @@ async def open_engine(
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+    finally:
+        with trio.CancelScope(shield=True):
+            await storage.close()

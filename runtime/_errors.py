@@ -38,6 +38,10 @@ class UnencodableValueError(TrioflowError, TypeError):
     """A value that must be stored (input, output, shared data) cannot be encoded by msgpack."""
 
 
+class ValueTooLargeError(UnencodableValueError):
+    """A value that must be stored is larger than the codec's limit (the message names it)."""
+
+
 class SnapshotDecodeError(TrioflowError, ValueError):
     """A stored snapshot cannot be read (corrupt, foreign, or from a newer format version)."""
 

@@ -1,0 +1,297 @@
+"""SQLite adapter: a real database file, WAL mode, one writer thread with group commit.
+
+Calls made during one pass of trio's scheduler are gathered into one batch and handed to one
+thread that owns the connection; that thread applies everything handed over since its last
+commit in one transaction, so one fsync covers many instances' snapshots (group commit). Each
+caller's task stays parked until the transaction holding its own write has committed, so
+"``save`` returned" still means "on disk". The trio thread never touches the disk.
+
+One engine per database file: a second adapter opened on a file that is in use (by this process
+or another) is refused with :class:`DatabaseLockedError`. The lock is an ``flock`` on a sidecar
+file, which the kernel drops when the process dies, even by SIGKILL.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import outcome
+import trio
+
+from trioflow._errors import TrioflowError
+from trioflow._snapshot import Status
+
+from ._protocol import InstanceRecord
+
+#: Version of the table layout, kept in ``PRAGMA user_version``.
+SCHEMA_VERSION = 1
+#: Most operations applied in one transaction.
+MAX_BATCH = 4096
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+
+class DatabaseError(TrioflowError):
+    """The SQLite database cannot be used (wrong version, locked, closed, I/O failure)."""
+
+
+class DatabaseLockedError(DatabaseError):
+    """Another engine (in this process or another) has the database open."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trioflow_instances (
+    instance_id   TEXT PRIMARY KEY,
+    workflow_name TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    snapshot      BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trioflow_instances_by_workflow ON trioflow_instances (workflow_name, status);
+CREATE INDEX IF NOT EXISTS trioflow_instances_by_status ON trioflow_instances (status);
+"""
+
+_Op = tuple[str, tuple[Any, ...]]
+_STOP = object()
+
+
+def _cannot_abort(_: Any) -> trio.lowlevel.Abort:
+    # A queued write is not taken back: the caller learns its fate when the batch is done, so a
+    # cancelled task never leaves a write that may or may not have happened.
+    return trio.lowlevel.Abort.FAILED
+
+
+class SQLiteAdapter:
+    """Instances in a SQLite file. ``synchronous="FULL"`` (default) survives power loss;
+    ``"NORMAL"`` survives a process crash but may lose the last commits on power loss."""
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: Synchronous = "FULL") -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise DatabaseError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: list[tuple[Any, _Op]] = []
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._thread: threading.Thread | None = None
+        self._lock_fd: int | None = None
+        #: Transactions committed and operations applied by the writer (group-commit ratio).
+        self.transactions = 0
+        self.operations = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the file, take the lock, create or check the schema, start the writer."""
+        if self._thread is not None:
+            raise DatabaseLockedError(f"{self.path} is already open through this adapter")
+        conn = await trio.to_thread.run_sync(self._connect)
+        self._queue = queue.SimpleQueue()
+        self._pending = []
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(
+            target=self._writer, args=(conn, self._token),
+            name=f"trioflow-sqlite-writer:{self.path.name}", daemon=True,
+        )
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Finish what is queued, stop the writer, release the lock."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._thread = None
+        self._queue.put(_STOP)
+        await trio.to_thread.run_sync(thread.join)
+        self._unlock()
+
+    def _connect(self) -> sqlite3.Connection:
+        self._lock()
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise DatabaseError(
+                        f"{self.path} was written by a newer trioflow (schema version {version}; "
+                        f"this one reads up to {SCHEMA_VERSION})"
+                    )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.DatabaseError as exc:
+            self._unlock()
+            raise DatabaseError(f"cannot open {self.path} as a trioflow database: {exc}") from exc
+        except BaseException:
+            self._unlock()
+            raise
+        return conn
+
+    def _lock(self) -> None:
+        lock_path = f"{self.path}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DatabaseLockedError(
+                f"{self.path} is in use by another trioflow engine (lock {lock_path} is held);"
+                " one engine per database file"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    # -- the Adapter protocol -----------------------------------------------------------------
+
+    async def create(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> bool:
+        created: bool = await self._submit(("create", (instance_id, workflow_name, status, snapshot)))
+        return created
+
+    async def save(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> None:
+        await self._submit(("save", (instance_id, workflow_name, status, snapshot)))
+
+    async def load(self, instance_id: str) -> InstanceRecord | None:
+        rows = await self._submit(("select", ("WHERE instance_id = ?", (instance_id,))))
+        return rows[0] if rows else None
+
+    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[InstanceRecord]:
+        where: tuple[str, tuple[Any, ...]]
+        if status is None:
+            where = ("WHERE workflow_name = ? ORDER BY rowid", (workflow_name,))
+        else:
+            where = ("WHERE workflow_name = ? AND status = ? ORDER BY rowid", (workflow_name, status))
+        rows: list[InstanceRecord] = await self._submit(("select", where))
+        return rows
+
+    async def resumable(self) -> list[InstanceRecord]:
+        rows: list[InstanceRecord] = await self._submit(
+            ("select", ("WHERE status IN ('pending', 'running') ORDER BY rowid", ()))
+        )
+        return rows
+
+    async def delete(self, instance_id: str) -> bool:
+        deleted: bool = await self._submit(("delete", (instance_id,)))
+        return deleted
+
+    # -- the trio side of the writer ------------------------------------------------------------
+
+    async def _submit(self, op: _Op) -> Any:
+        if self._thread is None or self._token is None:
+            raise DatabaseError(f"{self.path} is not open (use the adapter inside open_engine)")
+        if not self._pending:
+            # First call of this scheduler pass: hand the whole pass's calls over at its end.
+            self._token.run_sync_soon(self._flush)
+        self._pending.append((trio.lowlevel.current_task(), op))
+        return await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        self._queue.put(batch)
+
+    @staticmethod
+    def _wake(results: list[tuple[Any, outcome.Outcome[Any]]]) -> None:
+        for task, result in results:
+            trio.lowlevel.reschedule(task, result)
+
+    # -- the writer thread --------------------------------------------------------------------
+
+    def _writer(self, conn: sqlite3.Connection, token: trio.lowlevel.TrioToken) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                batch = list(item)
+                stop = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stop = True
+                        break
+                    batch.extend(nxt)
+                results = _apply(conn, batch)
+                self.transactions += 1
+                self.operations += len(batch)
+                token.run_sync_soon(self._wake, results)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+
+def _apply(conn: sqlite3.Connection, batch: list[tuple[Any, _Op]]) -> list[tuple[Any, outcome.Outcome[Any]]]:
+    """Apply a batch in one transaction; if it fails, apply each op alone so that only the
+    op at fault gets the error."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        values = [_run(conn, op) for _, op in batch]
+        conn.execute("COMMIT")
+        return [(task, outcome.Value(v)) for (task, _), v in zip(batch, values)]
+    except Exception:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    results: list[tuple[Any, outcome.Outcome[Any]]] = []
+    for task, op in batch:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            value = _run(conn, op)
+            conn.execute("COMMIT")
+            results.append((task, outcome.Value(value)))
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            results.append((task, outcome.Error(DatabaseError(f"SQLite {op[0]} failed: {exc}"))))
+    return results
+
+
+def _run(conn: sqlite3.Connection, op: _Op) -> Any:
+    kind, args = op
+    return _OPS[kind](conn, *args)
+
+
+def _create(conn: sqlite3.Connection, iid: str, name: str, status: str, snapshot: bytes) -> bool:
+    cur = conn.execute(
+        "INSERT INTO trioflow_instances (instance_id, workflow_name, status, snapshot) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (instance_id) DO NOTHING",
+        (iid, name, status, snapshot),
+    )
+    return cur.rowcount == 1
+
+
+def _save(conn: sqlite3.Connection, iid: str, name: str, status: str, snapshot: bytes) -> None:
+    conn.execute(
+        "INSERT INTO trioflow_instances (instance_id, workflow_name, status, snapshot) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (instance_id) DO UPDATE SET status = excluded.status, snapshot = excluded.snapshot",
+        (iid, name, status, snapshot),
+    )
+
+
+def _select(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> list[InstanceRecord]:
+    rows = conn.execute(
+        f"SELECT instance_id, workflow_name, status, snapshot FROM trioflow_instances {where}", params
+    ).fetchall()
+    return [InstanceRecord(instance_id=r[0], workflow_name=r[1], status=r[2], snapshot=r[3]) for r in rows]
+
+
+def _delete(conn: sqlite3.Connection, iid: str) -> bool:
+    return conn.execute("DELETE FROM trioflow_instances WHERE instance_id = ?", (iid,)).rowcount == 1
+
+
+_OPS: dict[str, Callable[..., Any]] = {"create": _create, "save": _save, "select": _select, "delete": _delete}

@@ -1,0 +1,105 @@
+"""Crash tests with real processes: SIGKILL mid-step, mid-compensation and inside parallel
+branches, then a new process resumes from the SQLite file (SPEC §6, issue 4)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHILD = str(Path(__file__).with_name("crash_child.py"))
+N = 300
+
+
+def calls(log: Path) -> collections.Counter[tuple[str, str]]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return collections.Counter(tuple(line.split()) for line in lines)  # type: ignore[misc]
+
+
+def run_and_kill(tmp_path: Path, scenario: str, ready: set[str]) -> tuple[Path, Path]:
+    """Start the child, wait until every instance has logged every step in ``ready``, SIGKILL it."""
+    db, log = tmp_path / "flows.db", tmp_path / "jobs.log"
+    child = subprocess.Popen([sys.executable, CHILD, str(db), str(log), scenario, "run", str(N)],
+                             stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not all(sum(1 for (_, s) in calls(log) if s == step) >= N for step in ready):
+            assert child.poll() is None, "the child died before it was killed"
+            assert time.monotonic() < deadline, f"instances never reached {ready}: {calls(log).most_common(3)}"
+            time.sleep(0.05)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    with sqlite3.connect(db) as conn:
+        running = conn.execute("SELECT count(*) FROM trioflow_instances WHERE status = 'running'").fetchone()[0]
+    assert running == N, "every instance must be left running by the crash"
+    return db, log
+
+
+def resume(db: Path, log: Path, scenario: str) -> dict[str, dict[str, object]]:
+    done = subprocess.run([sys.executable, CHILD, str(db), str(log), scenario, "resume"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary: dict[str, dict[str, object]] = json.loads(done.stdout)
+    assert len(summary) == N, "no instance may be lost"
+    return summary
+
+
+def test_sigkill_inside_step_two_then_resume(tmp_path: Path) -> None:
+    db, log = run_and_kill(tmp_path, "linear", {"b"})
+    summary = resume(db, log, "linear")
+    counts = calls(log)
+    for i in range(N):
+        iid = f"i{i}"
+        assert summary[iid]["status"] == "completed"
+        assert counts[(iid, "a")] == 1, "a completed step never runs again"
+        assert counts[(iid, "b")] == 2, "the step in flight at the crash runs again"
+        assert counts[(iid, "c")] == 1
+
+
+def test_sigkill_during_compensation_then_resume(tmp_path: Path) -> None:
+    db, log = run_and_kill(tmp_path, "compensation", {"undo-b"})
+    summary = resume(db, log, "compensation")
+    counts = calls(log)
+    for i in range(N):
+        iid = f"i{i}"
+        assert summary[iid] == {"status": "failed", "compensated": ["b", "a"], "output": None}
+        assert counts[(iid, "c")] == 1, "the failed step is not retried by the resume"
+        assert counts[(iid, "undo-b")] == 2, "the compensation in flight runs again"
+        assert counts[(iid, "undo-a")] == 1, "every other compensation runs exactly once"
+
+
+def test_sigkill_inside_parallel_branches_then_resume(tmp_path: Path) -> None:
+    db, log = run_and_kill(tmp_path, "parallel", {"x2", "y1"})
+    summary = resume(db, log, "parallel")
+    counts = calls(log)
+    for i in range(N):
+        iid = f"i{i}"
+        assert summary[iid]["status"] == "completed" and summary[iid]["output"] == "after-done"
+        assert counts[(iid, "x1")] == counts[(iid, "x2")] == 1, "a finished branch is not run again"
+        assert counts[(iid, "y1")] == 2 and counts[(iid, "after")] == 1
+
+
+def test_a_second_engine_on_a_live_database_is_refused(tmp_path: Path) -> None:
+    scenario = "linear"
+    db, log = tmp_path / "flows.db", tmp_path / "jobs.log"
+    child = subprocess.Popen([sys.executable, CHILD, str(db), str(log), scenario, "run", "1"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "started"
+        second = subprocess.run([sys.executable, CHILD, str(db), str(log), scenario, "resume"],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode != 0 and "DatabaseLockedError" in second.stderr
+        assert "in use by another trioflow engine" in second.stderr
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        assert child.stdout is not None
+        child.stdout.close()

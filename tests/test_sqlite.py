@@ -1,0 +1,136 @@
+"""SQLiteAdapter specifics: group commit, locking, schema versions, permissions, indexes."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import trioflow as tf
+from trioflow.adapters._sqlite import SCHEMA_VERSION
+
+
+async def test_group_commit_puts_many_instances_in_one_transaction(tmp_path: Path) -> None:
+    adapter = tf.adapters.SQLiteAdapter(tmp_path / "f.db")
+
+    async def step(data: Any) -> int:
+        return 1
+
+    async with tf.open_engine(adapter=adapter) as engine:
+        engine.register(tf.workflow("w").task("a", job=step).task("b", job=step).build())
+        statuses = []
+        async with trio.open_nursery() as nursery:
+            async def run_one() -> None:
+                statuses.append((await engine.wait(await engine.start("w"))).status)
+            for _ in range(500):
+                nursery.start_soon(run_one)
+    assert statuses == ["completed"] * 500
+    # 500 creates + 500 x 3 saves (2 steps + the terminal snapshot) + one read by the resume
+    assert adapter.operations == 2001
+    assert adapter.transactions <= 20, (adapter.operations, adapter.transactions)
+
+
+async def test_a_second_adapter_on_an_open_file_is_refused_until_it_closes(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    first = tf.adapters.SQLiteAdapter(path)
+    await first.open()
+    with pytest.raises(tf.adapters.DatabaseLockedError, match="in use by another trioflow engine"):
+        await tf.adapters.SQLiteAdapter(path).open()
+    with pytest.raises(tf.adapters.DatabaseLockedError, match="already open"):
+        await first.open()
+    await first.close()
+    second = tf.adapters.SQLiteAdapter(path)
+    await second.open()
+    await second.close()
+
+
+async def test_a_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(tf.adapters.DatabaseError, match="written by a newer trioflow"):
+        await tf.adapters.SQLiteAdapter(path).open()
+    await tf.adapters.SQLiteAdapter(tmp_path / "other.db").open()  # the lock was released
+
+
+async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(tf.adapters.DatabaseError, match="cannot open .* as a trioflow database"):
+        await tf.adapters.SQLiteAdapter(path).open()
+
+
+async def test_bad_options_and_use_without_open_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(tf.adapters.DatabaseError, match="synchronous must be 'FULL' or 'NORMAL'"):
+        tf.adapters.SQLiteAdapter(tmp_path / "f.db", synchronous="OFF")  # type: ignore[arg-type]
+    with pytest.raises(tf.adapters.DatabaseError, match="is not open"):
+        await tf.adapters.SQLiteAdapter(tmp_path / "f.db").load("x")
+
+
+async def test_files_follow_the_umask_and_are_never_world_writable(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        adapter = tf.adapters.SQLiteAdapter(tmp_path / "f.db")
+        await adapter.open()
+        await adapter.create("i", "w", "running", b".")
+        for name in ("f.db", "f.db.lock", "f.db-wal"):
+            mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
+            assert not mode & stat.S_IWOTH, f"{name} is world-writable ({oct(mode)})"
+        await adapter.close()
+    finally:
+        os.umask(old)
+
+
+async def test_listing_by_workflow_and_status_uses_an_index(tmp_path: Path) -> None:
+    adapter = tf.adapters.SQLiteAdapter(tmp_path / "f.db")
+    await adapter.open()
+    await adapter.close()
+    with sqlite3.connect(tmp_path / "f.db") as conn:
+        for sql, args in (
+            ("SELECT * FROM trioflow_instances WHERE workflow_name = ? AND status = ? ORDER BY rowid", ("w", "r")),
+            ("SELECT * FROM trioflow_instances WHERE status IN ('pending', 'running') ORDER BY rowid", ()),
+        ):
+            plan = " ".join(str(row) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+            assert "USING INDEX" in plan and "SCAN trioflow_instances" not in plan, plan
+
+
+async def test_an_unreadable_row_fails_alone_on_sqlite(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+
+    async def hang(data: Any) -> None:
+        await trio.sleep_forever()
+
+    async def ok(data: Any) -> str:
+        return "ok"
+
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
+        engine.register(tf.workflow("w").task("a", job=hang).build())
+        good = await engine.start("w")
+        with trio.move_on_after(0.1):
+            await engine.wait(good)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO trioflow_instances VALUES ('bad', 'w', 'running', x'c1c1c1')")
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
+        engine.register(tf.workflow("w").task("a", job=ok).build())
+        assert (await engine.wait(good)).output == "ok"
+        bad = await engine.wait("bad")
+    assert bad.status == "failed" and "SnapshotDecodeError" in (bad.error or "")
+
+
+async def test_oversized_values_are_refused_naming_them(autojump_clock: trio.testing.MockClock) -> None:
+    big = "x" * (17 * 1024 * 1024)
+
+    async def huge_output(data: Any) -> str:
+        return big
+
+    async with tf.open_engine() as engine:
+        engine.register(tf.workflow("w").task("t", job=huge_output).build())
+        with pytest.raises(tf.ValueTooLargeError, match="workflow input is 17.0 MiB encoded, over the 16 MiB limit"):
+            await engine.start("w", big)
+        inst = await engine.wait(await engine.start("w"))
+    assert inst.status == "failed" and "output of step 't' is 17.0 MiB" in (inst.error or "")
