@@ -25,6 +25,11 @@ MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
 
 _packer = msgpack.Packer(use_bin_type=True, datetime=False)
 
+# msgpack packs values nested a few levels deeper than the 1,023 it unpacks, so a value
+# could be stored and never read back. Values are checked wrapped in this many extra levels:
+# anything accepted then sits well inside the unpacker's limit, even inside a snapshot.
+_DEPTH_HEADROOM = 128
+
 
 def encode(state: InstanceState) -> bytes:
     """The snapshot bytes of ``state``; :class:`UnencodableValueError` names the bad value."""
@@ -44,9 +49,16 @@ def encode(state: InstanceState) -> bytes:
 def check_encodable(value: Any, what: str) -> None:
     """Raise :class:`UnencodableValueError` naming ``what`` (and the path inside it) unless
     ``value`` can be stored."""
+    wrapped = value
+    for _ in range(_DEPTH_HEADROOM):
+        wrapped = [wrapped]
     try:
-        size = len(msgpack.packb(value, use_bin_type=True))
-    except (TypeError, ValueError, OverflowError) as exc:
+        size = len(msgpack.packb(wrapped, use_bin_type=True)) - _DEPTH_HEADROOM
+    except ValueError as exc:
+        if "recursion limit" in str(exc):
+            raise UnencodableValueError(f"{what} is nested too deeply to be stored (about 890 levels at most)") from exc
+        raise UnencodableValueError(_describe(what, value, exc)) from exc
+    except (TypeError, OverflowError) as exc:
         raise UnencodableValueError(_describe(what, value, exc)) from exc
     if size > MAX_VALUE_BYTES:
         raise ValueTooLargeError(f"{what} is {size / 2**20:.1f} MiB encoded, over the {MAX_VALUE_BYTES >> 20} MiB limit")

@@ -64,3 +64,28 @@ def test_unencodable_state_names_the_part() -> None:
     state.data["bad"] = {1, 2}
     with pytest.raises(tf.UnencodableValueError, match=r"shared data\['bad'\] is a set"):
         encode(state)
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_values_nested_too_deeply_to_read_back_are_refused_up_front() -> None:
+    with pytest.raises(tf.UnencodableValueError, match="workflow input is nested too deeply"):
+        check_encodable(nested(1000), "workflow input")
+
+
+def test_accepted_deep_values_read_back_inside_a_snapshot() -> None:
+    value = nested(850)
+    check_encodable(value, "workflow input")
+    state = new_state(WF, "i", value, 0.0)
+    complete_step(state, "", WF.steps[0], value, "b", input=value, attempts=1, started_at=0.0, now=1.0)
+    assert decode(encode(state)).step_results["a"].output == value
+
+
+def test_decoding_never_blows_the_stack() -> None:
+    with pytest.raises(tf.SnapshotDecodeError):
+        decode(b"\x91" * 5000)
