@@ -45,13 +45,18 @@ def is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
-async def invoke(fn: Callable[..., Any], *args: Any) -> Any:
+async def invoke(fn: Callable[..., Any], args: tuple[Any, ...], threads: bool) -> Any:
     """Call a step callable: await it, or run a plain function in a worker thread so it never
     blocks the event loop. ``abandon_on_cancel`` lets a timeout or cancel move on without
-    waiting for a thread that cannot be interrupted (jobs are at-least-once anyway)."""
+    waiting for a thread that cannot be interrupted (jobs are at-least-once anyway).
+
+    ``threads=False`` calls plain functions inline instead: a test engine on an autojump clock
+    needs that, or virtual time would jump ahead while a thread is busy."""
     if is_async(fn):
         return await fn(*args)
-    return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+    if threads:
+        return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+    return fn(*args)
 
 
 class Run:
@@ -69,6 +74,7 @@ class Run:
         bus: EventBus = SILENT,
         resumed: bool = False,
         compensate_on_outer_cancel: bool = False,
+        threads: bool = True,
     ) -> None:
         self.definition = definition
         self.state = state
@@ -81,6 +87,7 @@ class Run:
         #: ``execute_workflow`` has no resume, so its caller's cancellation compensates at once;
         #: an engine leaves instances interrupted by its shutdown to the next resume.
         self.compensate_on_outer_cancel = compensate_on_outer_cancel
+        self.threads = threads
         self.has_hooks = definition.hooks.any()
         self.cancel_scope: trio.CancelScope | None = None
         self.cancel_requested = False

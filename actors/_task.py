@@ -28,9 +28,9 @@ async def attempt(run: Run, step: TaskStep, fn: Any, args: tuple[Any, ...], *, a
         attempts += 1
         try:
             if timeout is None:
-                return await invoke(fn, *args), attempts
+                return await invoke(fn, args, run.threads), attempts
             with trio.move_on_after(timeout):
-                return await invoke(fn, *args), attempts
+                return await invoke(fn, args, run.threads), attempts
             error: BaseException = StepTimeoutError(step.name, timeout)
         except Exception as exc:
             error = exc

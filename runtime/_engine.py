@@ -46,7 +46,7 @@ class Engine:
 
     def __init__(
         self, supervisor: Supervisor, adapter: Adapter, *, max_running: int,
-        services: Mapping[str, Any], driver: Any, auto_resume: bool,
+        services: Mapping[str, Any], driver: Any, auto_resume: bool, threads: bool = True,
     ) -> None:
         self.jobs = JobRegistry()
         self.events = EventBus()
@@ -55,6 +55,7 @@ class Engine:
         self._services = dict(services)
         self._driver = driver
         self._auto_resume = auto_resume
+        self._threads = threads
         self._max_running = max_running
         self._limiter = trio.CapacityLimiter(max_running)
         self._definitions: dict[str, WorkflowDefinition] = {}
@@ -229,7 +230,7 @@ class Engine:
     def _spawn(self, definition: WorkflowDefinition, state: InstanceState, *, resumed: bool) -> None:
         run = Run(
             definition, state, adapter=self.adapter, jobs=self.jobs, services=self._services,
-            driver=self._driver, bus=self.events, resumed=resumed,
+            driver=self._driver, bus=self.events, resumed=resumed, threads=self._threads,
         )
         self._live[state.instance_id] = run
         self._supervisor.start_soon(state.instance_id, self._instance_actor, run)
@@ -270,6 +271,7 @@ async def open_engine(
     services: Mapping[str, Any] | None = None,
     driver: Any = None,
     resume: bool = True,
+    threads: bool = True,
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the block.
 
@@ -277,6 +279,8 @@ async def open_engine(
     run at once; more wait as ``pending``. With ``resume`` (the default), registering a workflow
     resumes the instances of it that the adapter holds as running. Leaving the block stops every
     actor; running instances stay ``running`` in the adapter for the next engine to resume.
+    Plain ``def`` jobs run in worker threads; ``threads=False`` runs them inline in the trio
+    thread (what ``trioflow.testing.open_test_engine`` does, to keep virtual time still).
     """
     if not isinstance(max_running, int) or max_running < 1:
         raise InvalidArgumentError(f"max_running must be an int >= 1, got {max_running!r}")
@@ -286,7 +290,7 @@ async def open_engine(
         async with trio.open_nursery() as nursery:
             engine = Engine(
                 Supervisor(nursery), storage, max_running=max_running, services=services or {},
-                driver=driver, auto_resume=resume,
+                driver=driver, auto_resume=resume, threads=threads,
             )
             engine.events.attach(nursery)
             try:

@@ -1,3 +1,25 @@
-"""Tools for testing code built on trioflow, and adapters written for it."""
+"""Tools for testing code built on trioflow, and adapters written for it.
+
+- :func:`open_test_engine` / :func:`run` / the ``trioflow_engine`` pytest fixture: a
+  time-skipping engine on trio's ``MockClock``;
+- :class:`ScriptedJob` with :func:`returns`, :func:`raises`, :func:`sleeps`, :func:`hangs`:
+  jobs that follow a script and record their calls;
+- :func:`explore_crashes`: crash at every snapshot write, resume, compare with the clean run;
+- :mod:`trioflow.testing.strategies`: hypothesis strategies for workflows and job behaviours;
+- :func:`check_persistence_adapter`: the conformance checks every adapter must pass.
+"""
 
 from ._conformance import check_persistence_adapter as check_persistence_adapter
+from ._engine import NotOnMockClockError as NotOnMockClockError
+from ._engine import open_test_engine as open_test_engine
+from ._engine import run as run
+from ._scripted import Call as Call
+from ._scripted import Hangs as Hangs
+from ._scripted import Raises as Raises
+from ._scripted import Returns as Returns
+from ._scripted import ScriptedJob as ScriptedJob
+from ._scripted import Sleeps as Sleeps
+from ._scripted import hangs as hangs
+from ._scripted import raises as raises
+from ._scripted import returns as returns
+from ._scripted import sleeps as sleeps

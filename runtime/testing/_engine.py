@@ -1,0 +1,47 @@
+"""A time-skipping test engine: trio's MockClock with autojump, a MemoryAdapter, jobs inline."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import trio
+import trio.testing
+
+from trioflow._engine import Engine, open_engine
+from trioflow._errors import TrioflowError
+from trioflow.adapters._memory import MemoryAdapter
+
+T = TypeVar("T")
+
+
+class NotOnMockClockError(TrioflowError, RuntimeError):
+    """``open_test_engine`` was used in a trio run whose clock is not a ``MockClock``."""
+
+
+@asynccontextmanager
+async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
+    """An engine for tests: sleeps, retries and timeouts of hours take no real time.
+
+    Must run on trio's ``MockClock`` (use :func:`run`, the ``trioflow_engine`` pytest fixture,
+    or pytest-trio's ``autojump_clock``); its autojump threshold is set to 0. Defaults: a fresh
+    ``MemoryAdapter``, and plain ``def`` jobs called inline (in a worker thread they would let
+    virtual time jump ahead while they run). Other options are ``open_engine``'s.
+    """
+    clock = trio.lowlevel.current_clock()
+    if not isinstance(clock, trio.testing.MockClock):
+        raise NotOnMockClockError(
+            "open_test_engine needs trio's MockClock: run the test with trioflow.testing.run(), the "
+            "trioflow_engine fixture, or pytest-trio's autojump_clock fixture"
+        )
+    clock.autojump_threshold = 0
+    engine_options.setdefault("adapter", MemoryAdapter())
+    engine_options.setdefault("threads", False)
+    async with open_engine(**engine_options) as engine:
+        yield engine
+
+
+def run(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``trio.run`` on a ``MockClock(autojump_threshold=0)``: virtual time, real semantics."""
+    return trio.run(async_fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -1,0 +1,44 @@
+"""pytest plugin (entry point ``pytest11``): the ``trioflow_engine`` fixture.
+
+A test that uses the fixture runs on an autojump ``MockClock`` without asking for a clock itself:
+the plugin marks it ``trio(run=...)`` with a runner that supplies one (needs pytest-trio).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trioflow._engine import Engine
+
+from ._engine import open_test_engine
+
+FIXTURE = "trioflow_engine"
+
+
+def _run_on_mock_clock(
+    fn: Callable[..., Any], *args: Any, clock: trio.abc.Clock | None = None,
+    instruments: Sequence[trio.abc.Instrument] = (),
+) -> Any:
+    if clock is None:
+        clock = trio.testing.MockClock(autojump_threshold=0)
+    return trio.run(fn, *args, clock=clock, instruments=instruments)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if FIXTURE in getattr(item, "fixturenames", ()):
+            # Prepended: pytest-trio uses the first trio marker with a runner, and its trio_mode
+            # marks every async test with the plain one.
+            item.add_marker(pytest.mark.trio(run=_run_on_mock_clock), append=False)
+
+
+@pytest.fixture
+async def trioflow_engine() -> AsyncIterator[Engine]:
+    """A time-skipping test engine (see ``trioflow.testing.open_test_engine``)."""
+    async with open_test_engine() as engine:
+        yield engine
