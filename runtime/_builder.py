@@ -241,7 +241,7 @@ class WorkflowBuilder(_LaneBuilder):
         steps, index = self._resolved(self._default_retry)
         check_unique_names(self._owner(), steps)
         lookup: dict[str, tuple[Step, str]] = {}
-        _index_steps(lookup, "", steps)
+        index_steps(lookup, "", steps)
         return WorkflowDefinition(
             name=self._name, steps=steps, index=index, lookup=lookup, data=dict(self._data),
             transactional=self._transactional, timeout=self._timeout, hooks=self._hooks,
@@ -253,12 +253,12 @@ class WorkflowBuilder(_LaneBuilder):
         )
 
 
-def _index_steps(lookup: dict[str, tuple[Step, str]], lane: str, steps: Iterable[Step]) -> None:
+def index_steps(lookup: dict[str, tuple[Step, str]], lane: str, steps: Iterable[Step]) -> None:
     for s in steps:
         lookup[s.name] = (s, lane)
         if isinstance(s, ParallelStep):
             for b in s.branches:
-                _index_steps(lookup, branch_lane(s.name, b.name), b.steps)
+                index_steps(lookup, branch_lane(s.name, b.name), b.steps)
 
 
 def branch_lane(parallel_name: str, branch_name: str) -> str:

@@ -23,3 +23,8 @@ from ._scripted import hangs as hangs
 from ._scripted import raises as raises
 from ._scripted import returns as returns
 from ._scripted import sleeps as sleeps
+from ._crashes import CrashDivergenceError as CrashDivergenceError
+from ._crashes import CrashPoint as CrashPoint
+from ._crashes import CrashReport as CrashReport
+from ._crashes import Outcome as Outcome
+from ._crashes import explore_crashes as explore_crashes
