@@ -27,6 +27,9 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
     lookup = run.definition.lookup
     bus = run.bus
     while (name := lane.step) is not None:
+        # Steps that never reach a checkpoint would otherwise keep a cancelled lane (a fail-fast
+        # sibling, a cancelled instance) starting new steps; this costs nothing when not cancelled.
+        await trio.lowlevel.checkpoint_if_cancelled()
         step = lookup[name][0]
         ctx.step_index = index[name]
         started_at = now()

@@ -1,0 +1,217 @@
+"""The engine's semantics as properties over generated workflows and faults (issue 5),
+written with the public kit: trioflow.testing and trioflow.testing.strategies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import trioflow as tf
+from trioflow._definition import ChoiceStep, ParallelStep, Step, TaskStep
+from trioflow.testing import Raises, Returns, ScriptedJob, Sleeps, explore_crashes, open_test_engine
+from trioflow.testing.strategies import GeneratedWorkflow, task_steps, workflows
+
+
+def run_generated(gen: GeneratedWorkflow) -> tuple[tf.WorkflowInstance, list[dict[str, Any]]]:
+    gen.reset()
+
+    async def main() -> tuple[tf.WorkflowInstance, list[dict[str, Any]]]:
+        async with open_test_engine() as engine:
+            for name, job in gen.jobs.items():
+                engine.jobs.register(name, job)
+            engine.register(gen.definition)
+            events: list[dict[str, Any]] = []
+            engine.events.on("workflow.*", events.append)
+            instance = await engine.wait(await engine.start("generated", gen.input))
+            return instance, events
+
+    return tf.testing.run(main)
+
+
+def completion_order(instance: tf.WorkflowInstance) -> list[str]:
+    return [n for n, r in instance.step_results.items() if r.status in ("completed", "compensated")]
+
+
+def lane_path(gen: GeneratedWorkflow, steps: tuple[Step, ...]) -> list[Step]:
+    """The steps a lane runs when nothing fails, following the generated flags."""
+    by_name = {s.name: s for s in steps}
+    path, name = [], steps[0].name
+    while name is not None:
+        step = by_name[name]
+        path.append(step)
+        if isinstance(step, ChoiceStep):
+            name = step.choices[0].next if gen.input["flags"][int(step.name.split("-")[1])] else step.default
+        else:
+            name = None if step.end else step.next
+    return path
+
+
+def inside(step: ParallelStep) -> dict[str, str]:
+    """Step name -> name of the branch of ``step`` it is in (nested steps included)."""
+    out: dict[str, str] = {}
+
+    def walk(steps: tuple[Step, ...], branch: str) -> None:
+        for s in steps:
+            out[s.name] = branch
+            if isinstance(s, ParallelStep):
+                for b in s.branches:
+                    walk(b.steps, branch)
+
+    for b in step.branches:
+        walk(b.steps, b.name)
+    return out
+
+
+def direct(step: ParallelStep) -> set[str]:
+    """Names of the steps that sit directly in one of ``step``'s branch lanes."""
+    return {s.name for b in step.branches for s in b.steps}
+
+
+@given(workflows())
+def test_every_instance_ends_with_the_status_its_faults_imply(gen: GeneratedWorkflow) -> None:
+    instance, _ = run_generated(gen)
+    assert instance.status == gen.expected_status()
+    assert instance.completed_at is not None and instance.current_step is None
+
+
+@given(workflows())
+def test_each_completed_compensable_step_is_compensated_once_newest_first(gen: GeneratedWorkflow) -> None:
+    instance, _ = run_generated(gen)
+    compensable = {s.name for s in task_steps(gen.definition) if s.compensate is not None}
+    done = [n for n in completion_order(instance) if n in compensable]
+    if instance.status == "completed":
+        assert instance.compensated_steps == () and instance.compensation_errors == {}
+        return
+    handled = list(reversed(done))
+    assert list(instance.compensated_steps) == [n for n in handled if n not in instance.compensation_errors]
+    assert set(instance.compensation_errors) <= set(handled)
+    for step in task_steps(gen.definition):
+        if step.compensate is None:
+            continue
+        undo = gen.jobs[str(step.compensate)]
+        successes = sum(isinstance(undo.behaviour(c.number), Returns) for c in undo.calls)
+        if step.name in instance.compensated_steps:
+            assert successes == 1, f"{step.name} compensated {successes} times"
+        elif step.name not in done:
+            assert undo.calls == [], f"{step.name} never completed but was compensated"
+
+
+@given(workflows())
+def test_fail_fast_starts_no_sibling_step_after_the_first_failure(gen: GeneratedWorkflow) -> None:
+    _, events = run_generated(gen)
+    for step, _lane in gen.definition.lookup.values():
+        if not isinstance(step, ParallelStep) or step.on_error != "fail-fast":
+            continue
+        branch_of = inside(step)
+        # A branch has failed when a step of its own lane fails; a failure deeper down (inside a
+        # nested parallel step) becomes the branch's only once that inner step has wound down.
+        own = direct(step)
+        failures = [i for i, e in enumerate(events)
+                    if e["event"] == "workflow.step.failed" and e["step_name"] in own]
+        if not failures:
+            continue
+        first = failures[0]
+        failed_branch = branch_of[events[first]["step_name"]]
+        late = [e["step_name"] for e in events[first:] if e["event"] == "workflow.step.started"
+                and branch_of.get(e["step_name"], failed_branch) != failed_branch]
+        assert late == [], f"siblings of {failed_branch} started {late} after its failure"
+
+
+@given(workflows())
+def test_wait_all_runs_every_branch_to_its_end(gen: GeneratedWorkflow) -> None:
+    instance, _ = run_generated(gen)
+    results = instance.step_results
+    for step, _lane in gen.definition.lookup.values():
+        if not isinstance(step, ParallelStep) or step.on_error != "wait-all" or step.name not in results:
+            continue
+        if results[step.name].status == "skipped":
+            continue
+        for branch in step.branches:
+            for s in lane_path(gen, branch.steps):
+                assert s.name in results, f"branch {branch.name} of {step.name} stopped before {s.name}"
+                if results[s.name].status == "failed":
+                    break
+
+
+def attempt_duration(behaviour: Any, timeout: float | None) -> float:
+    seconds = behaviour.seconds if isinstance(behaviour, Sleeps) else (float("inf") if not isinstance(
+        behaviour, (Raises, Returns)) else 0.0)
+    return seconds if timeout is None else min(seconds, timeout)
+
+
+@given(workflows(parallel=False))
+def test_retries_happen_when_the_policy_says(gen: GeneratedWorkflow) -> None:
+    run_generated(gen)
+    for step in task_steps(gen.definition):
+        assert isinstance(step, TaskStep) and isinstance(step.run, str)
+        job = gen.jobs[step.run]
+        policy = step.retry or tf.Retry(max_attempts=1)
+        assert len(job.calls) <= policy.max_attempts
+        for before, after in zip(job.calls, job.calls[1:]):
+            expected = attempt_duration(job.behaviour(before.number), step.timeout) + policy.delay(before.number)
+            assert after.time - before.time == pytest.approx(expected), step.name
+
+
+@given(workflows())
+def test_event_streams_are_well_formed(gen: GeneratedWorkflow) -> None:
+    instance, events = run_generated(gen)
+    names = [e["event"] for e in events]
+    terminal = [n for n in names if n in ("workflow.completed", "workflow.failed", "workflow.cancelled",
+                                         "workflow.timed_out")]
+    assert names[0] == "workflow.started"
+    assert len(terminal) == 1 and names[-1] == terminal[0]
+    progress = [e["progress"] for e in events if e["event"] == "workflow.progress"]
+    assert progress == sorted(progress)
+    assert (progress[-1:] == [100]) == (instance.status == "completed")
+
+
+@settings(max_examples=15)
+@given(workflows(max_steps=3))
+def test_crash_exploration_finds_no_divergence_on_memory(gen: GeneratedWorkflow) -> None:
+    async def main() -> None:
+        report = await explore_crashes(gen.definition, gen.input, jobs=gen.jobs)
+        assert report.writes >= 2 and len(report.points) == report.writes
+
+    tf.testing.run(main)
+
+
+@settings(max_examples=5)
+@given(workflows(max_steps=3, timing=False), st.integers(0, 10**9))
+def test_crash_exploration_finds_no_divergence_on_sqlite(gen: GeneratedWorkflow, salt: int) -> None:
+    async def main(tmp: str) -> None:
+        files = iter(range(10**6))
+        await explore_crashes(gen.definition, gen.input, jobs=gen.jobs,
+                              adapter_factory=lambda: tf.adapters.SQLiteAdapter(Path(tmp) / f"{next(files)}.db"))
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trio.run(main, tmp)
+
+
+def test_the_explorer_names_the_crash_point_that_diverges() -> None:
+    calls = {"n": 0}
+
+    async def not_idempotent(data: Any) -> int:
+        calls["n"] += 1  # state outside the job's script: a resume sees a different world
+        return calls["n"]
+
+    wf = (tf.workflow("w").task("a", job=not_idempotent).task("b", job=ScriptedJob(Returns(value=1)))
+          .pass_("out", transform=lambda ctx: ctx.steps["a"]).build())
+
+    async def main() -> None:
+        with pytest.raises(tf.testing.CrashDivergenceError,
+                           match=r"crash after snapshot write 1 of 5 \(instance created\), then resume: output 2"):
+            await explore_crashes(wf)
+        calls["n"] = 0
+        report = await explore_crashes(wf, check=False)
+        assert [p.after for p in report.points] == [
+            "instance created", "step 'a' completed", "step 'b' completed", "step 'out' completed",
+            "instance completed"]
+
+    tf.testing.run(main)
