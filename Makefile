@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) examples/checkout_saga.py
+	$(PY) examples/ecommerce_sqlite.py
 	$(PY) examples/order_state_machine.py
 	$(PY) examples/onboarding.py
 

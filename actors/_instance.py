@@ -4,6 +4,11 @@ Two cancel scopes wrap the forward run: the outer one is what ``engine.cancel()`
 inner one carries the workflow timeout. Compensation runs after both have exited, so neither can
 interrupt it; an engine shutdown can (the instance stays resumable, its compensation position
 recorded), while ``execute_workflow``, which has no resume, shields it completely.
+
+A transactional workflow runs its forward part inside one ``driver.transaction()``. The
+transaction is then the unit of durability: step snapshots taken inside it are not written until
+it commits, because a crash rolls the database back to before the transaction, and the stored
+instance must not claim steps whose writes are gone. A resume then starts the run afresh.
 """
 
 from __future__ import annotations
@@ -51,23 +56,11 @@ async def run_instance(run: Run) -> None:
             run.emit("workflow.started", input=state.input)
         if run.has_hooks:
             await run.hook("on_start", run.context(MAIN, len(definition.steps)))
-    outcome: Status = "completed"
-    error: BaseException | None = None
-    failed_step: str | None = None
     try:
-        with trio.CancelScope() as run.cancel_scope:
-            if run.cancel_requested:
-                run.cancel_scope.cancel()
-            with trio.CancelScope(deadline=_deadline(run)) as timeout_scope:
-                try:
-                    await run_lane(run, MAIN, definition.index, run.context(MAIN, len(definition.steps)))
-                except StepFailure as failure:
-                    outcome, error, failed_step = "failed", failure.error, failure.step_name
-            if timeout_scope.cancelled_caught:
-                assert definition.timeout is not None
-                outcome, error = "timed_out", WorkflowTimeoutError(definition.name, definition.timeout)
-        if run.cancel_scope.cancelled_caught:
-            outcome, error = "cancelled", WorkflowCancelledError(f"instance {state.instance_id!r} was cancelled")
+        if definition.transactional and run.driver is not None:
+            outcome, error, failed_step = await _forward_in_transaction(run)
+        else:
+            outcome, error, failed_step = await _forward(run)
     except trio.Cancelled:
         if not run.compensate_on_outer_cancel:
             raise  # engine shutdown: leave the instance as last persisted, for resume
@@ -78,6 +71,56 @@ async def run_instance(run: Run) -> None:
         await _complete(run)
     else:
         await _end_badly(run, outcome, error, failed_step)
+
+
+Forward = tuple[Status, "BaseException | None", "str | None"]
+
+
+async def _forward(run: Run) -> Forward:
+    """Run the main lane under the cancel and timeout scopes; say how it ended."""
+    state = run.state
+    definition = run.definition
+    outcome: Status = "completed"
+    error: BaseException | None = None
+    failed_step: str | None = None
+    with trio.CancelScope() as run.cancel_scope:
+        if run.cancel_requested:
+            run.cancel_scope.cancel()
+        with trio.CancelScope(deadline=_deadline(run)) as timeout_scope:
+            try:
+                await run_lane(run, MAIN, definition.index, run.context(MAIN, len(definition.steps)))
+            except StepFailure as failure:
+                outcome, error, failed_step = "failed", failure.error, failure.step_name
+        if timeout_scope.cancelled_caught:
+            assert definition.timeout is not None
+            outcome, error = "timed_out", WorkflowTimeoutError(definition.name, definition.timeout)
+    if run.cancel_scope.cancelled_caught:
+        outcome, error = "cancelled", WorkflowCancelledError(f"instance {state.instance_id!r} was cancelled")
+    return outcome, error, failed_step
+
+
+class _RollBack(Exception):
+    """Leaves the transaction block so that the driver rolls it back."""
+
+
+async def _forward_in_transaction(run: Run) -> Forward:
+    result: Forward = ("failed", None, None)
+    run.deferred = True
+    try:
+        async with run.driver.transaction():
+            result = await _forward(run)
+            if result[1] is not None:
+                raise _RollBack
+        return result
+    except BaseException as exc:
+        run.state.rolled_back = True
+        if isinstance(exc, _RollBack):
+            return result
+        if isinstance(exc, Exception):  # the commit itself failed
+            return "failed", exc, None
+        raise
+    finally:
+        run.deferred = False
 
 
 async def _complete(run: Run) -> None:

@@ -89,6 +89,8 @@ class Run:
         self.compensate_on_outer_cancel = compensate_on_outer_cancel
         self.threads = threads
         self.has_hooks = definition.hooks.any()
+        #: Inside a transactional run's transaction: snapshots wait for its commit.
+        self.deferred = False
         self.cancel_scope: trio.CancelScope | None = None
         self.cancel_requested = False
         self.error: BaseException | None = None
@@ -108,7 +110,7 @@ class Run:
 
     async def persist(self) -> None:
         """Hand the current snapshot to the adapter and wait until it is stored."""
-        if self.adapter is not None:
+        if self.adapter is not None and not self.deferred:
             s = self.state
             await self.adapter.save(s.instance_id, s.workflow_name, s.status, encode(s))
 
@@ -139,7 +141,8 @@ class Run:
         return WorkflowResult(
             success=s.status == "completed", status=s.status, instance_id=s.instance_id, data=s.data,
             output=s.output, error=error, failed_step=s.failed_step, compensated_steps=tuple(s.compensated),
-            compensation_errors=dict(s.compensation_errors), duration=trio.current_time() - self.started,
+            compensation_errors=dict(s.compensation_errors), rolled_back=s.rolled_back,
+            duration=trio.current_time() - self.started,
             metadata=metadata_of(s),
         )
 

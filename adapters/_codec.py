@@ -98,7 +98,7 @@ def _fields(s: InstanceState) -> list[Any]:
             for k, r in s.step_results.items()
         },
         s.completed, s.phase, s.outcome, s.output, s.error, s.failed_step, s.compensated,
-        s.compensation_errors, s.created_at, s.started_at, s.completed_at,
+        s.compensation_errors, s.created_at, s.started_at, s.completed_at, s.rolled_back,
     ]
 
 
@@ -109,7 +109,8 @@ _PHASES = {"forward", "compensating", "done"}
 
 def _state(raw: list[Any]) -> InstanceState:
     (_, _, iid, name, fingerprint, status, input, data, lanes, results, completed, phase, outcome,
-     output, error, failed_step, compensated, comp_errors, created_at, started_at, completed_at) = raw
+     output, error, failed_step, compensated, comp_errors, created_at, started_at, completed_at,
+     rolled_back) = raw
     _expect(isinstance(iid, str) and isinstance(name, str), "instance id and workflow name must be strings")
     _expect(status in _STATUSES and phase in _PHASES, f"unknown status {status!r} or phase {phase!r}")
     _expect(outcome is None or outcome in _STATUSES, f"unknown outcome {outcome!r}")
@@ -128,7 +129,7 @@ def _state(raw: list[Any]) -> InstanceState:
         data=data, lanes={k: Lane(step=v[0], output=v[1]) for k, v in lanes.items()},
         step_results=step_results, completed=completed, phase=phase, outcome=outcome, output=output,
         error=error, failed_step=failed_step, compensated=compensated, compensation_errors=comp_errors,
-        created_at=created_at, started_at=started_at, completed_at=completed_at,
+        created_at=created_at, started_at=started_at, completed_at=completed_at, rolled_back=bool(rolled_back),
     )
 
 

@@ -51,3 +51,6 @@ from ._engine import Engine as Engine
 from ._engine import open_engine as open_engine
 from ._errors import InstanceIdConflictError as InstanceIdConflictError
 from ._errors import InvalidArgumentError as InvalidArgumentError
+from ._entity_steps import create_entity_step as create_entity_step
+from ._entity_steps import delete_entity_step as delete_entity_step
+from ._entity_steps import update_entity_step as update_entity_step

@@ -122,14 +122,19 @@ def begin_compensation(
 
 
 def pending_compensations(state: InstanceState, definition: WorkflowDefinition) -> list[str]:
-    """Completed steps with a compensation, newest first, minus those already handled."""
+    """Completed steps with a compensation, newest first, minus those already handled.
+
+    After a rolled-back transaction, entity steps are left out: the rollback undid their writes.
+    """
     handled = set(state.compensated) | state.compensation_errors.keys()
     plan: list[str] = []
     for name in reversed(state.completed):
         if name in handled or name in plan:
             continue
         entry = definition.lookup.get(name)
-        if entry is not None and isinstance(entry[0], TaskStep) and entry[0].compensate is not None:
+        if entry is None or not isinstance(entry[0], TaskStep) or entry[0].compensate is None:
+            continue
+        if not (state.rolled_back and entry[0].entity is not None):
             plan.append(name)
     return plan
 

@@ -38,6 +38,9 @@ class TaskStep:
     timeout: float | None = None
     next: str | None = None
     end: bool = False
+    #: Set by the entity steps: the entity their driver writes go to. A rolled-back transaction
+    #: has already undone those writes, so their compensation is skipped then.
+    entity: str | None = None
     kind: StepKind = attrs.field(default="task", init=False)
 
 

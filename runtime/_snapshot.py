@@ -65,6 +65,8 @@ class InstanceState:
     phase: Phase = "forward"
     #: While compensating: the status the instance ends with once compensation is done.
     outcome: Status | None = None
+    #: A transactional run whose driver transaction was rolled back.
+    rolled_back: bool = False
     output: Any = None
     error: str | None = None
     failed_step: str | None = None
@@ -99,6 +101,7 @@ class WorkflowInstance:
     step_results: dict[str, StepResult]
     compensated_steps: tuple[str, ...]
     compensation_errors: dict[str, str]
+    rolled_back: bool
     created_at: float
     started_at: float | None
     completed_at: float | None
@@ -109,7 +112,8 @@ class WorkflowResult:
     """The outcome of one run (``execute_workflow`` and the ``on_complete``/``on_failed`` hooks).
 
     ``error`` is the exception that ended the run (``None`` on success); ``compensation_errors``
-    maps each compensation that still failed after its retries to its error.
+    maps each compensation that still failed after its retries to its error; ``rolled_back``
+    says a transactional run's driver transaction was rolled back.
     """
 
     success: bool
@@ -121,6 +125,7 @@ class WorkflowResult:
     failed_step: str | None
     compensated_steps: tuple[str, ...]
     compensation_errors: dict[str, str]
+    rolled_back: bool
     duration: float
     metadata: WorkflowMetadata
 
@@ -139,6 +144,7 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
         step_results=state.step_results,
         compensated_steps=tuple(state.compensated),
         compensation_errors=state.compensation_errors,
+        rolled_back=state.rolled_back,
         created_at=state.created_at,
         started_at=state.started_at,
         completed_at=state.completed_at,

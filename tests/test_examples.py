@@ -23,6 +23,12 @@ EXPECTED = {
         "ORD-124: completed; ran ['validate', 'check-inventory', 'backorder', 'complete']",
         "100% (next: None)",
     ],
+    "ecommerce_sqlite.py": [
+        "success=True rolled_back=False",
+        "    order     [(1, 1, 2, 5000, 'paid', 'ch_1')]",
+        "success=False rolled_back=True failed_step='charge-payment' error=card 4000-0000-0000-0002 declined",
+        "charges: {'ch_1': 5000}",
+    ],
     "onboarding.py": [
         "Ada (enterprise): completed -> {'user_id': 'user-ada', 'plan': 'enterprise', 'setup_complete': True}",
         "skipped: ['standard-setup']; send-welcome-email attempts: 2",

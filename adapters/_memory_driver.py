@@ -1,0 +1,89 @@
+"""In-memory data driver: tables of dicts, with real transactions (a rollback leaves no trace)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from ._driver import DriverError, Row, TransactionOwnership, UnknownEntityError
+
+
+class MemoryDriver:
+    """Entities are dicts of rows keyed by ``id``. ``create`` assigns integer ids (1, 2, ...)
+    unless the data carries one. ``entities`` fixes the known entities (others are refused with
+    :class:`UnknownEntityError`); by default any entity name is accepted and created on use."""
+
+    def __init__(self, entities: Mapping[str, list[Row]] | None = None, *, strict: bool | None = None) -> None:
+        self.tables: dict[str, dict[Any, Row]] = {}
+        self._next_id: dict[str, int] = {}
+        self._strict = bool(entities) if strict is None else strict
+        for entity, rows in (entities or {}).items():
+            table = self.tables.setdefault(entity, {})
+            for row in rows:
+                table[row["id"]] = dict(row)
+            self._next_id[entity] = max((r for r in table if isinstance(r, int)), default=0) + 1
+        self._ownership = TransactionOwnership()
+
+    async def create(self, entity: str, data: Mapping[str, Any]) -> Row:
+        async with self._ownership.call():
+            table = self._table(entity)
+            row = dict(data)
+            if "id" not in row:
+                row["id"] = self._next_id.get(entity, 1)
+            if row["id"] in table:
+                raise DriverError(f"{entity}: a row with id {row['id']!r} already exists")
+            if isinstance(row["id"], int):
+                self._next_id[entity] = max(self._next_id.get(entity, 1), row["id"] + 1)
+            table[row["id"]] = row
+            return dict(row)
+
+    async def find_one(self, entity: str, where: Mapping[str, Any]) -> Row | None:
+        rows = await self.find_many(entity, where)
+        return rows[0] if rows else None
+
+    async def find_many(self, entity: str, where: Mapping[str, Any]) -> list[Row]:
+        async with self._ownership.call():
+            return [dict(r) for r in self._matching(entity, where)]
+
+    async def update(self, entity: str, where: Mapping[str, Any], data: Mapping[str, Any]) -> list[Row]:
+        async with self._ownership.call():
+            rows = self._matching(entity, where)
+            for row in rows:
+                row.update(data)
+            return [dict(r) for r in rows]
+
+    async def delete(self, entity: str, where: Mapping[str, Any]) -> int:
+        async with self._ownership.call():
+            table = self._table(entity)
+            rows = self._matching(entity, where)
+            for row in rows:
+                del table[row["id"]]
+            return len(rows)
+
+    async def primary_key(self, entity: str) -> str:
+        self._table(entity)
+        return "id"
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        async with self._ownership.transaction():
+            saved = copy.deepcopy((self.tables, self._next_id))
+            try:
+                yield
+            except BaseException:
+                self.tables, self._next_id = saved
+                raise
+
+    def _table(self, entity: str) -> dict[Any, Row]:
+        if entity not in self.tables:
+            if self._strict:
+                raise UnknownEntityError(f"no entity {entity!r} (entities: {', '.join(sorted(self.tables))})")
+            self.tables[entity] = {}
+        return self.tables[entity]
+
+    def _matching(self, entity: str, where: Mapping[str, Any]) -> list[Row]:
+        items = list(where.items())
+        return [r for _, r in sorted(self._table(entity).items(), key=lambda kv: str(kv[0]))
+                if all(k in r and r[k] == v for k, v in items)]

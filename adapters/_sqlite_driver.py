@@ -1,0 +1,205 @@
+"""SQLite data driver over the user's own tables (real columns), through a worker thread.
+
+Table and column names are checked against the database's real schema before any SQL is built,
+and only then quoted into the statement; values are always bound parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import trio
+
+from ._driver import DriverError, Row, TransactionOwnership, UnknownColumnError, UnknownEntityError
+
+T = TypeVar("T")
+
+
+class SQLiteDriver:
+    """Works on existing tables of a SQLite file (a path) or of a connection you hand over.
+
+    A connection handed over must have been made with ``check_same_thread=False``; the driver
+    switches it to autocommit mode and manages transactions itself (``BEGIN``/``SAVEPOINT``).
+    Every call runs in a worker thread, one at a time, never blocking the event loop.
+    """
+
+    def __init__(self, path_or_connection: str | os.PathLike[str] | sqlite3.Connection) -> None:
+        self._source = path_or_connection
+        self._conn: sqlite3.Connection | None = None
+        self._columns: dict[str, tuple[list[str], str]] = {}
+        self._limiter = trio.CapacityLimiter(1)
+        self._ownership = TransactionOwnership()
+
+    # -- the Driver protocol ------------------------------------------------------------------
+
+    async def create(self, entity: str, data: Mapping[str, Any]) -> Row:
+        async with self._ownership.call():
+            columns, key = await self._schema(entity)
+            names = self._checked(entity, columns, data)
+
+            def insert(conn: sqlite3.Connection) -> Row:
+                cols = ", ".join(f'"{c}"' for c in names)
+                marks = ", ".join("?" for _ in names)
+                sql = f'INSERT INTO "{entity}" ({cols}) VALUES ({marks})' if names else f'INSERT INTO "{entity}" DEFAULT VALUES'
+                cur = conn.execute(sql, [data[c] for c in names])
+                return _rows(conn.execute(f'SELECT * FROM "{entity}" WHERE rowid = ?', (cur.lastrowid,)))[0]
+
+            return await self._run(insert, f"create in {entity!r}")
+
+    async def find_one(self, entity: str, where: Mapping[str, Any]) -> Row | None:
+        rows = await self.find_many(entity, where)
+        return rows[0] if rows else None
+
+    async def find_many(self, entity: str, where: Mapping[str, Any]) -> list[Row]:
+        async with self._ownership.call():
+            columns, key = await self._schema(entity)
+            clause, params = self._where(entity, columns, where)
+
+            def select(conn: sqlite3.Connection) -> list[Row]:
+                sql = f'SELECT * FROM "{entity}"{clause} ORDER BY "{key}"'
+                return _rows(conn.execute(sql, params))
+
+            return await self._run(select, f"find in {entity!r}")
+
+    async def update(self, entity: str, where: Mapping[str, Any], data: Mapping[str, Any]) -> list[Row]:
+        async with self._ownership.call():
+            columns, key = await self._schema(entity)
+            names = self._checked(entity, columns, data)
+            clause, params = self._where(entity, columns, where)
+            if not names:
+                raise DriverError(f"update of {entity!r}: no columns to set")
+
+            def update(conn: sqlite3.Connection) -> list[Row]:
+                keys = [r[0] for r in conn.execute(f'SELECT "{key}" FROM "{entity}"{clause}', params).fetchall()]
+                sets = ", ".join(f'"{c}" = ?' for c in names)
+                for k in keys:
+                    conn.execute(f'UPDATE "{entity}" SET {sets} WHERE "{key}" = ?', [data[c] for c in names] + [k])
+                return [_rows(conn.execute(f'SELECT * FROM "{entity}" WHERE "{key}" = ?', (k,)))[0] for k in keys]
+
+            return await self._run(_atomic(update), f"update of {entity!r}")
+
+    async def delete(self, entity: str, where: Mapping[str, Any]) -> int:
+        async with self._ownership.call():
+            columns, _ = await self._schema(entity)
+            clause, params = self._where(entity, columns, where)
+
+            def delete(conn: sqlite3.Connection) -> int:
+                return conn.execute(f'DELETE FROM "{entity}"{clause}', params).rowcount
+
+            return await self._run(delete, f"delete from {entity!r}")
+
+    async def primary_key(self, entity: str) -> str:
+        return (await self._schema(entity))[1]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        async with self._ownership.transaction() as level:
+            name = f"trioflow_{level}"
+            await self._run(lambda c: c.execute("BEGIN IMMEDIATE" if level == 1 else f"SAVEPOINT {name}"), "begin")
+            try:
+                yield
+            except BaseException:
+                with trio.CancelScope(shield=True):  # a cancelled block must still roll back
+                    await self._run(_rollback(level, name), "rollback")
+                raise
+            await self._run(lambda c: c.execute("COMMIT" if level == 1 else f"RELEASE {name}"), "commit")
+
+    async def aclose(self) -> None:
+        """Close the connection the driver opened itself (a handed-over one stays open)."""
+        if self._conn is not None and not isinstance(self._source, sqlite3.Connection):
+            conn, self._conn = self._conn, None
+            await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            source = self._source
+
+            def connect() -> sqlite3.Connection:
+                conn = source if isinstance(source, sqlite3.Connection) else sqlite3.connect(
+                    source, check_same_thread=False)
+                conn.isolation_level = None
+                return conn
+
+            self._conn = await trio.to_thread.run_sync(connect, limiter=self._limiter)
+        return self._conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], what: str) -> T:
+        try:
+            conn = await self._connection()
+            return await trio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+        except sqlite3.ProgrammingError as exc:
+            if "thread" in str(exc):
+                raise DriverError(
+                    "the connection given to SQLiteDriver was made in another thread; "
+                    "create it with sqlite3.connect(..., check_same_thread=False)") from exc
+            raise DriverError(f"{what} failed: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise DriverError(f"{what} failed: {exc}") from exc
+
+    async def _schema(self, entity: str) -> tuple[list[str], str]:
+        if entity not in self._columns:
+            def read(conn: sqlite3.Connection) -> tuple[list[str], list[str], str]:
+                tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+                if entity not in tables:
+                    return tables, [], ""
+                info = conn.execute("SELECT name, pk FROM pragma_table_info(?)", (entity,)).fetchall()
+                keys = [r[0] for r in sorted(info, key=lambda r: r[1]) if r[1]]
+                return tables, [r[0] for r in info], keys[0] if keys else "rowid"
+
+            tables, columns, key = await self._run(read, f"reading the schema of {entity!r}")
+            if not columns:
+                raise UnknownEntityError(
+                    f"no table {entity!r} in the database (tables: {', '.join(sorted(tables)) or 'none'})")
+            self._columns[entity] = (columns, key)
+        return self._columns[entity]
+
+    @staticmethod
+    def _checked(entity: str, columns: list[str], data: Mapping[str, Any]) -> list[str]:
+        unknown = [c for c in data if c not in columns]
+        if unknown:
+            raise UnknownColumnError(
+                f"table {entity!r} has no column {unknown[0]!r} (columns: {', '.join(columns)})")
+        return list(data)
+
+    def _where(self, entity: str, columns: list[str], where: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        names = self._checked(entity, columns, where)
+        if not names:
+            return "", []
+        return " WHERE " + " AND ".join(f'"{c}" IS ?' for c in names), [where[c] for c in names]
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[Row]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, r)) for r in cursor.fetchall()]
+
+
+def _rollback(level: int, name: str) -> Callable[[sqlite3.Connection], None]:
+    def rollback(conn: sqlite3.Connection) -> None:
+        if level == 1:
+            conn.execute("ROLLBACK")
+        else:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+    return rollback
+
+
+def _atomic(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+    """Several statements as one unit, in one thread call: a savepoint works both inside an open
+    transaction and outside one (where releasing it commits)."""
+    def atomic(conn: sqlite3.Connection) -> T:
+        conn.execute("SAVEPOINT trioflow_op")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK TO trioflow_op")
+            conn.execute("RELEASE trioflow_op")
+            raise
+        conn.execute("RELEASE trioflow_op")
+        return result
+    return atomic
