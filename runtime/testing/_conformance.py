@@ -8,7 +8,8 @@ Third-party adapters run it in their own test suite (see docs/adapters.md)::
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -40,50 +41,44 @@ async def check_persistence_adapter(open_adapter: OpenAdapter) -> list[str]:
     return passed
 
 
-async def _opened(open_adapter: OpenAdapter, key: str) -> Adapter:
+@asynccontextmanager
+async def _opened(open_adapter: OpenAdapter, key: str) -> AsyncIterator[Adapter]:
     adapter = open_adapter(key)
     await adapter.open()
-    return adapter
+    try:
+        yield adapter
+    finally:
+        await adapter.close()
 
 
 async def create_and_load(open_adapter: OpenAdapter) -> None:
-    a = await _opened(open_adapter, "create_and_load")
-    try:
+    async with _opened(open_adapter, "create_and_load") as a:
         assert await a.create("i1", "wf", "running", _BLOB) is True, "create of a new id must return True"
         record = await a.load("i1")
         assert record is not None, "load after create returned None"
         assert (record.instance_id, record.workflow_name, record.status) == ("i1", "wf", "running"), record
         assert bytes(record.snapshot) == _BLOB, "snapshot bytes must round-trip unchanged"
         assert await a.load("missing") is None, "load of an unknown id must return None"
-    finally:
-        await a.close()
 
 
 async def create_is_idempotent(open_adapter: OpenAdapter) -> None:
-    a = await _opened(open_adapter, "create_is_idempotent")
-    try:
+    async with _opened(open_adapter, "create_is_idempotent") as a:
         await a.create("i1", "wf", "running", b"first")
         assert await a.create("i1", "wf", "pending", b"second") is False, "create of an existing id must return False"
         record = await a.load("i1")
         assert record is not None and bytes(record.snapshot) == b"first", "a refused create must not write"
-    finally:
-        await a.close()
 
 
 async def save_replaces(open_adapter: OpenAdapter) -> None:
-    a = await _opened(open_adapter, "save_replaces")
-    try:
+    async with _opened(open_adapter, "save_replaces") as a:
         await a.create("i1", "wf", "running", b"v1")
         await a.save("i1", "wf", "completed", b"v2")
         record = await a.load("i1")
         assert record is not None and record.status == "completed" and bytes(record.snapshot) == b"v2", record
-    finally:
-        await a.close()
 
 
 async def list_by_name_and_status(open_adapter: OpenAdapter) -> None:
-    a = await _opened(open_adapter, "list_by_name_and_status")
-    try:
+    async with _opened(open_adapter, "list_by_name_and_status") as a:
         rows = [("i1", "a", "running"), ("i2", "b", "running"), ("i3", "a", "completed"), ("i4", "a", "running")]
         for iid, name, status in rows:
             await a.create(iid, name, status, iid.encode())  # type: ignore[arg-type]
@@ -92,44 +87,32 @@ async def list_by_name_and_status(open_adapter: OpenAdapter) -> None:
         ids = [r.instance_id for r in await a.list_instances("a", "running")]
         assert ids == ["i1", "i4"], f"list_instances('a', 'running') got {ids}"
         assert await a.list_instances("nobody") == [], "an unknown workflow lists nothing"
-    finally:
-        await a.close()
 
 
 async def resumable_lists_pending_and_running(open_adapter: OpenAdapter) -> None:
-    a = await _opened(open_adapter, "resumable")
-    try:
+    async with _opened(open_adapter, "resumable") as a:
         for iid, status in (("p", "pending"), ("r", "running"), ("c", "completed"), ("f", "failed"),
                             ("x", "cancelled"), ("t", "timed_out")):
             await a.create(iid, "wf", status, b".")  # type: ignore[arg-type]
         ids = sorted(r.instance_id for r in await a.resumable())
         assert ids == ["p", "r"], f"resumable() must return exactly the pending and running instances, got {ids}"
-    finally:
-        await a.close()
 
 
 async def delete_removes(open_adapter: OpenAdapter) -> None:
-    a = await _opened(open_adapter, "delete")
-    try:
+    async with _opened(open_adapter, "delete") as a:
         await a.create("i1", "wf", "running", b".")
         assert await a.delete("i1") is True and await a.load("i1") is None, "delete must remove the instance"
         assert await a.delete("i1") is False, "delete of an unknown id must return False"
-    finally:
-        await a.close()
 
 
 async def survives_reopen(open_adapter: OpenAdapter) -> None:
-    a = await _opened(open_adapter, "reopen")
-    await a.create("i1", "wf", "running", b"v1")
-    await a.save("i1", "wf", "running", b"v2")
-    await a.close()
-    b = await _opened(open_adapter, "reopen")
-    try:
+    async with _opened(open_adapter, "reopen") as a:
+        await a.create("i1", "wf", "running", b"v1")
+        await a.save("i1", "wf", "running", b"v2")
+    async with _opened(open_adapter, "reopen") as b:
         record = await b.load("i1")
         assert record is not None and bytes(record.snapshot) == b"v2", "what was saved must be there after a reopen"
         assert [r.instance_id for r in await b.resumable()] == ["i1"], "a reopened adapter must offer it for resume"
-    finally:
-        await b.close()
 
 
 async def step_is_durable_before_the_next_starts(open_adapter: OpenAdapter) -> None:
