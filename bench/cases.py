@@ -1,0 +1,261 @@
+"""One benchmark case per process: ``python bench/cases.py CASE [--quick]`` prints one JSON object
+of figures. ``bench/run.py`` runs these in fresh processes, interleaved, and aggregates."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+SAGAS = 20_000
+STEPS = 3
+LIMIT = 1_000
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def noop(_: Any) -> None:
+    return None
+
+
+# -- throughput of short sagas ----------------------------------------------------------------
+
+
+def bare_trio(n: int) -> dict[str, float]:
+    """One task per saga in one nursery, CapacityLimiter(1000), 3 awaited no-op steps."""
+    async def main() -> None:
+        limiter = trio.CapacityLimiter(LIMIT)
+
+        async def saga() -> None:
+            async with limiter:
+                for _ in range(STEPS):
+                    await noop(None)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(n):
+                nursery.start_soon(saga)
+
+    start = time.perf_counter()
+    trio.run(main)
+    return {"sagas_per_s": n / (time.perf_counter() - start)}
+
+
+def three_noop_steps() -> Any:
+    import trioflow as tf
+    return tf.workflow("bench").step("a", noop).step("b", noop).step("c", noop).build()
+
+
+def execute_workflow(n: int) -> dict[str, float]:
+    """The same load through tf.execute_workflow (no storage)."""
+    import trioflow as tf
+    wf = three_noop_steps()
+
+    async def main() -> None:
+        limiter = trio.CapacityLimiter(LIMIT)
+
+        async def saga() -> None:
+            async with limiter:
+                await tf.execute_workflow(None, wf)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(n):
+                nursery.start_soon(saga)
+
+    start = time.perf_counter()
+    trio.run(main)
+    return {"sagas_per_s": n / (time.perf_counter() - start)}
+
+
+def engine_memory(n: int) -> dict[str, float]:
+    """The same load through an engine on a MemoryAdapter (max_running=1000)."""
+    import trioflow as tf
+    wf = three_noop_steps()
+
+    async def main() -> None:
+        async with tf.open_engine(max_running=LIMIT) as engine:
+            engine.register(wf)
+
+            async def saga() -> None:
+                await engine.wait(await engine.start("bench"))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(n):
+                    nursery.start_soon(saga)
+
+    start = time.perf_counter()
+    trio.run(main)
+    return {"sagas_per_s": n / (time.perf_counter() - start)}
+
+
+# -- durable steps on SQLite ---------------------------------------------------------------------
+
+
+def durable(quick: bool) -> dict[str, float]:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from durable_steps import measure  # the same code as bench/durable_steps.py
+
+    out = {}
+    with tempfile.TemporaryDirectory(dir=Path(__file__).parent, prefix="tmp-") as tmp:
+        for synchronous in ("FULL", "NORMAL"):
+            for concurrency in (1, 100, 1000):
+                instances = 20 if quick else max(200, 3 * concurrency)
+                path = Path(tmp) / f"{synchronous}-{concurrency}.db"
+                out[f"{synchronous}_{concurrency}"] = trio.run(measure, path, concurrency, instances, synchronous)
+    return out
+
+
+# -- memory per parked instance ----------------------------------------------------------------
+
+
+def parked_bare(n: int) -> dict[str, float]:
+    async def main() -> float:
+        release = trio.Event()
+        gc.collect()
+        before = rss_bytes()
+
+        async def parked() -> None:
+            await release.wait()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(n):
+                nursery.start_soon(parked)
+            await trio.testing.wait_all_tasks_blocked()
+            gc.collect()
+            used = rss_bytes() - before
+            release.set()
+        return used / n
+
+    import trio.testing
+    return {"bytes_per_task": trio.run(main)}
+
+
+def parked_engine(n: int) -> dict[str, float]:
+    import trioflow as tf
+
+    async def main() -> float:
+        release = trio.Event()
+
+        async def park(_: Any) -> None:
+            await release.wait()
+
+        wf = tf.workflow("park").task("wait", job=park).build()
+        async with tf.open_engine(max_running=n) as engine:
+            engine.register(wf)
+            gc.collect()
+            before = rss_bytes()
+            for _ in range(n):
+                await engine.start("park")
+            await trio.testing.wait_all_tasks_blocked()
+            gc.collect()
+            used = rss_bytes() - before
+            release.set()
+        return used / n
+
+    import trio.testing
+    return {"bytes_per_instance": trio.run(main)}
+
+
+# -- recovery after SIGKILL -----------------------------------------------------------------------
+
+RECOVERY_CHILD = r'''
+import sys, trio, trioflow as tf
+db, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+async def step(data):
+    return None
+async def hang(data):
+    if mode == "crash":
+        await trio.sleep_forever()
+wf = tf.workflow("recover").task("a", job=step).task("b", job=hang).task("c", job=step).build()
+async def main():
+    import time
+    t0 = time.perf_counter()
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db)) as engine:
+        engine.register(wf)
+        if mode == "crash":
+            ids = []
+            async with trio.open_nursery() as nursery:
+                async def start():
+                    ids.append(await engine.start("recover"))
+                for _ in range(n):
+                    nursery.start_soon(start)
+            while True:  # until every instance is inside step b
+                running = await engine.get_instances("recover", status="running")
+                if sum(1 for i in running if i.current_step == "b") == n:
+                    break
+                await trio.sleep(0.1)
+            print("ready", flush=True)
+            await trio.sleep_forever()
+        records = await engine.adapter.resumable()
+        for r in records:
+            await engine.wait(r.instance_id)
+        print(time.perf_counter() - t0, len(records), flush=True)
+trio.run(main)
+'''
+
+
+def recovery(n: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(dir=Path(__file__).parent, prefix="tmp-") as tmp:
+        db = str(Path(tmp) / "recover.db")
+        child = subprocess.Popen([sys.executable, "-c", RECOVERY_CHILD, db, "crash", str(n)],
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        if line.strip() != "ready":
+            raise RuntimeError("the crashing child never got every instance into step b")
+        done = subprocess.run([sys.executable, "-c", RECOVERY_CHILD, db, "resume", str(n)],
+                              capture_output=True, text=True, check=True)
+        seconds, resumed = done.stdout.split()
+        if int(resumed) != n:
+            raise RuntimeError(f"resumed {resumed} of {n} instances")
+        return {"seconds": float(seconds)}
+
+
+# -- import time --------------------------------------------------------------------------------
+
+
+def import_time(repeats: int) -> dict[str, float]:
+    def timed(code: str) -> float:
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            samples.append(time.perf_counter() - start)
+        samples.sort()
+        return samples[len(samples) // 2]
+
+    empty, trio_s, flow_s = timed("pass"), timed("import trio"), timed("import trioflow")
+    return {"trio_s": trio_s - empty, "trioflow_s": flow_s - empty}
+
+
+CASES = {
+    "bare_trio": lambda q: bare_trio(2_000 if q else SAGAS),
+    "execute_workflow": lambda q: execute_workflow(2_000 if q else SAGAS),
+    "engine_memory": lambda q: engine_memory(2_000 if q else SAGAS),
+    "durable_sqlite": durable,
+    "parked_bare": lambda q: parked_bare(5_000 if q else 100_000),
+    "parked_engine": lambda q: parked_engine(5_000 if q else 100_000),
+    "recovery": lambda q: recovery(500 if q else 10_000),
+    "import_time": lambda q: import_time(3 if q else 15),
+}
+
+if __name__ == "__main__":
+    case, quick = sys.argv[1], "--quick" in sys.argv[2:]
+    print(json.dumps(CASES[case](quick)))

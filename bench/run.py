@@ -1,0 +1,142 @@
+"""The benchmark suite (issue 7): every case in a fresh process, repetitions interleaved.
+
+    python bench/run.py [--repeats 3] [--quick] [--json FILE] [--no-peer]
+
+Prints machine facts, then median (min-max) of every figure, each ratio against its baseline
+from the same invocation (paired per repetition, then the median), and whether each SPEC
+target is met. ``--quick`` runs tiny sizes as a smoke test: it says nothing about speed.
+``--json FILE`` writes records ``{"name", "value", "unit", "target", "met"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ORDER = ["bare_trio", "execute_workflow", "engine_memory", "durable_sqlite", "parked_bare", "parked_engine",
+         "recovery", "import_time"]
+
+
+def run_case(case: str, quick: bool) -> dict[str, float]:
+    args = [sys.executable, str(HERE / "cases.py"), case] + (["--quick"] if quick else [])
+    done = subprocess.run(args, capture_output=True, text=True, check=True)
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def machine_facts() -> dict[str, str]:
+    import trio
+
+    return {"cpus": str(os.cpu_count()), "python": platform.python_version(), "trio": trio.__version__,
+            "sqlite": sqlite3.sqlite_version, "machine": platform.machine()}
+
+
+class Figure:
+    """One reported figure: its samples (one per repetition) and its target."""
+
+    def __init__(self, name: str, unit: str, samples: list[float], target: str = "",
+                 met: Callable[[float], bool] | None = None) -> None:
+        self.name, self.unit, self.samples, self.target, self._met = name, unit, samples, target, met
+
+    @property
+    def value(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def met(self) -> bool | None:
+        return None if self._met is None else self._met(self.value)
+
+    def line(self) -> str:
+        lo, hi = min(self.samples), max(self.samples)
+        verdict = "" if self.met is None else ("  met" if self.met else "  NOT met")
+        target = f"  (target {self.target})" if self.target else ""
+        return f"{self.name:<46}{self.value:>12,.3f} {self.unit:<16}[{lo:,.3f} - {hi:,.3f}]{target}{verdict}"
+
+
+def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] | None) -> list[Figure]:
+    def series(case: str, key: str) -> list[float]:
+        return [r[key] for r in results[case]]
+
+    def ratio(case: str, key: str, base: str, base_key: str) -> list[float]:
+        return [a / b for a, b in zip(series(case, key), series(base, base_key))]
+
+    out = [
+        Figure("bare trio: 3-step sagas", "sagas/s", series("bare_trio", "sagas_per_s")),
+        Figure("execute_workflow: 3-step sagas", "sagas/s", series("execute_workflow", "sagas_per_s")),
+        Figure("execute_workflow / bare trio", "ratio", ratio("execute_workflow", "sagas_per_s", "bare_trio",
+               "sagas_per_s"), ">= 0.50", lambda v: v >= 0.50),
+        Figure("engine + MemoryAdapter: 3-step sagas", "sagas/s", series("engine_memory", "sagas_per_s")),
+        Figure("engine + MemoryAdapter / bare trio", "ratio", ratio("engine_memory", "sagas_per_s", "bare_trio",
+               "sagas_per_s"), ">= 0.33", lambda v: v >= 0.33),
+    ]
+    for key in results["durable_sqlite"][0]:
+        synchronous, concurrency = key.split("_")
+        target = (">= 10,000", lambda v: v >= 10_000) if key == "FULL_1000" else ("", None)
+        out.append(Figure(f"SQLite {synchronous}, {concurrency} concurrent", "durable steps/s",
+                          series("durable_sqlite", key), target[0], target[1]))
+    per_instance = [e - b for e, b in zip(series("parked_engine", "bytes_per_instance"),
+                                           series("parked_bare", "bytes_per_task"))]
+    out += [
+        Figure("bare trio task parked", "bytes", series("parked_bare", "bytes_per_task")),
+        Figure("instance parked in a step, above a bare task", "bytes", per_instance, "<= 5,120",
+               lambda v: v <= 5 * 1024),
+        Figure("recovery: open_engine to all completed", "s", series("recovery", "seconds"), "<= 2.0",
+               lambda v: v <= 2.0),
+        Figure("import trioflow / import trio", "ratio", ratio("import_time", "trioflow_s", "import_time", "trio_s"),
+               "<= 1.3", lambda v: v <= 1.3),
+    ]
+    if peer is not None:
+        ours = statistics.median(series("durable_sqlite", f"FULL_{int(peer['concurrency'])}"))
+        out += [
+            Figure(f"DBOS Transact on SQLite, {int(peer['concurrency'])} threads", "durable steps/s",
+                   [peer["steps_per_s"]]),
+            Figure("trioflow / DBOS (durable steps/s, same concurrency)", "ratio", [ours / peer["steps_per_s"]],
+                   ">= 50", lambda v: v >= 50),
+        ]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="trioflow benchmark suite")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--no-peer", action="store_true", help="skip the DBOS Transact comparison")
+    args = parser.parse_args()
+    facts = machine_facts()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
+    results: dict[str, list[dict[str, float]]] = {case: [] for case in ORDER}
+    for repeat in range(args.repeats):
+        for case in ORDER:
+            results[case].append(run_case(case, args.quick))
+        print(f"repetition {repeat + 1}/{args.repeats} done", flush=True)
+    peer = None
+    if not args.no_peer:
+        sys.path.insert(0, str(HERE))
+        from peer_dbos import run_peer
+
+        peer = run_peer(args.quick)
+    rows = figures(results, peer)
+    print()
+    for figure in rows:
+        print(figure.line())
+    if args.json:
+        records: list[dict[str, Any]] = [
+            {"name": f.name, "value": f.value, "unit": f.unit, "target": f.target or None, "met": f.met}
+            for f in rows
+        ]
+        Path(args.json).write_text(json.dumps({"machine": facts, "figures": records}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
