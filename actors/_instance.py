@@ -1,8 +1,10 @@
 """The instance actor: runs one workflow instance to a terminal status.
 
-Two cancel scopes wrap the forward run: the outer one is what ``engine.cancel()`` cancels, the
-inner one carries the workflow timeout. Compensation runs after both have exited, so neither can
-interrupt it; an engine shutdown can (the instance stays resumable, its compensation position
+One cancel scope wraps the forward run: it carries the workflow timeout as its deadline, and it
+is what ``engine.cancel()`` cancels (``run.cancel_requested`` tells the two apart). A run that
+nothing can cancel or time out (``execute_workflow`` without a timeout) opens no scope at all:
+scopes cost more than the steps of a short saga. Compensation runs after the scope has exited,
+so neither can interrupt it; an engine shutdown can (the instance stays resumable, its compensation position
 recorded), while ``execute_workflow``, which has no resume, shields it completely.
 
 A transactional workflow runs its forward part inside one ``driver.transaction()``. The
@@ -25,6 +27,7 @@ from trioflow._decide import (
     record_compensated,
     record_compensation_failed,
 )
+from trioflow._context import WorkflowContext
 from trioflow._definition import TaskStep
 from trioflow._errors import WorkflowCancelledError, WorkflowTimeoutError, describe_error
 from trioflow._snapshot import Status
@@ -77,26 +80,28 @@ Forward = tuple[Status, "BaseException | None", "str | None"]
 
 
 async def _forward(run: Run) -> Forward:
-    """Run the main lane under the cancel and timeout scopes; say how it ended."""
-    state = run.state
+    """Run the main lane under the run's cancel scope (if it needs one); say how it ended."""
     definition = run.definition
-    outcome: Status = "completed"
-    error: BaseException | None = None
-    failed_step: str | None = None
-    with trio.CancelScope() as run.cancel_scope:
+    ctx = run.context(MAIN, len(definition.steps))
+    deadline = _deadline(run)
+    if not run.cancellable and deadline == math.inf:
+        return await _main_lane(run, ctx)
+    with trio.CancelScope(deadline=deadline) as run.cancel_scope:
         if run.cancel_requested:
             run.cancel_scope.cancel()
-        with trio.CancelScope(deadline=_deadline(run)) as timeout_scope:
-            try:
-                await run_lane(run, MAIN, definition.index, run.context(MAIN, len(definition.steps)))
-            except StepFailure as failure:
-                outcome, error, failed_step = "failed", failure.error, failure.step_name
-        if timeout_scope.cancelled_caught:
-            assert definition.timeout is not None
-            outcome, error = "timed_out", WorkflowTimeoutError(definition.name, definition.timeout)
-    if run.cancel_scope.cancelled_caught:
-        outcome, error = "cancelled", WorkflowCancelledError(f"instance {state.instance_id!r} was cancelled")
-    return outcome, error, failed_step
+        return await _main_lane(run, ctx)
+    if run.cancel_requested:
+        return "cancelled", WorkflowCancelledError(f"instance {run.state.instance_id!r} was cancelled"), None
+    assert definition.timeout is not None
+    return "timed_out", WorkflowTimeoutError(definition.name, definition.timeout), None
+
+
+async def _main_lane(run: Run, ctx: WorkflowContext) -> Forward:
+    try:
+        await run_lane(run, MAIN, run.definition.index, ctx)
+    except StepFailure as failure:
+        return "failed", failure.error, failure.step_name
+    return "completed", None, None
 
 
 class _RollBack(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -40,8 +41,11 @@ class WorkflowFailedError(TrioflowError):
     (a resumed instance): the message is the error as it was stored."""
 
 
+@functools.lru_cache(maxsize=4096)
 def is_async(fn: Callable[..., Any]) -> bool:
-    """``async def`` functions (and objects whose ``__call__`` is one) are awaited, not threaded."""
+    """``async def`` functions (and objects whose ``__call__`` is one) are awaited, not threaded.
+
+    Cached: it is asked on every step call, and ``inspect`` walks code flags each time."""
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
@@ -74,6 +78,7 @@ class Run:
         bus: EventBus = SILENT,
         resumed: bool = False,
         compensate_on_outer_cancel: bool = False,
+        cancellable: bool = True,
         threads: bool = True,
     ) -> None:
         self.definition = definition
@@ -87,15 +92,18 @@ class Run:
         #: ``execute_workflow`` has no resume, so its caller's cancellation compensates at once;
         #: an engine leaves instances interrupted by its shutdown to the next resume.
         self.compensate_on_outer_cancel = compensate_on_outer_cancel
+        #: Whether something (``engine.cancel``) may cancel this run from outside its steps.
+        self.cancellable = cancellable
         self.threads = threads
-        self.has_hooks = definition.hooks.any()
+        self.has_hooks = definition.has_hooks
         #: Inside a transactional run's transaction: snapshots wait for its commit.
         self.deferred = False
         self.cancel_scope: trio.CancelScope | None = None
         self.cancel_requested = False
         self.error: BaseException | None = None
         self.started = trio.current_time()
-        self.done = trio.Event()
+        #: Set when the run has ended; only engines (``wait``) create one.
+        self.done: trio.Event | None = None
 
     def context(self, lane: str, total_steps: int) -> WorkflowContext:
         """A context for one lane of this run."""

@@ -6,6 +6,7 @@ in which order. The actors call these and then persist; tests and hypothesis cal
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ._definition import ChoiceStep, ParallelStep, Step, TaskStep, WorkflowDefinition
@@ -13,6 +14,11 @@ from ._errors import NoChoiceMatchedError
 from ._snapshot import InstanceState, Lane, Status, StepResult
 
 MAIN = ""
+
+
+def new_instance_id() -> str:
+    """A random 128-bit id in hex (what ``uuid4().hex`` gives, at a fraction of its cost)."""
+    return os.urandom(16).hex()
 
 
 def new_state(

@@ -120,7 +120,7 @@ class Hooks:
     on_failed: Callable[..., Any] | None = None
 
     def any(self) -> bool:
-        """Whether at least one hook is set (the hot path skips hook work otherwise)."""
+        """Whether at least one hook is set."""
         return any(getattr(self, f.name) is not None for f in attrs.fields(Hooks))
 
 
@@ -145,3 +145,5 @@ class WorkflowDefinition:
     fingerprint: str = ""
     #: Job names the steps refer to (``job=`` and ``compensate=`` strings), branches included.
     job_names: frozenset[str] = frozenset()
+    #: Whether any hook is set, worked out once: runs without hooks skip all hook work.
+    has_hooks: bool = attrs.field(init=False, default=attrs.Factory(lambda self: self.hooks.any(), takes_self=True))

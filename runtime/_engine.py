@@ -4,7 +4,6 @@ instances, each run by a supervised instance actor in the engine's nursery."""
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -18,7 +17,7 @@ from trioflow.adapters._codec import check_encodable, decode, encode
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, InstanceRecord
 
-from ._decide import admit, fail_alone, misfit, new_state
+from ._decide import admit, fail_alone, misfit, new_instance_id, new_state
 from ._definition import WorkflowDefinition
 from ._errors import (
     DefinitionError,
@@ -104,7 +103,7 @@ class Engine:
         if missing:
             raise UnknownJobError(f"workflow {workflow_name!r} uses jobs nobody registered: {', '.join(missing)}")
         if instance_id is None:
-            instance_id = uuid.uuid4().hex
+            instance_id = new_instance_id()
         elif not isinstance(instance_id, str) or not instance_id:
             raise InvalidArgumentError(f"instance_id must be a non-empty string, got {instance_id!r}")
         if instance_id in self._live:
@@ -144,6 +143,7 @@ class Engine:
             await trio.sleep(0)  # ``start`` is still storing it
         run = self._live.get(instance_id)
         if run is not None:
+            assert run.done is not None
             await run.done.wait()
             if run.state.status in TERMINAL:  # stored already; no need to read it back
                 return to_instance(decode(encode(run.state)))
@@ -232,6 +232,7 @@ class Engine:
             definition, state, adapter=self.adapter, jobs=self.jobs, services=self._services,
             driver=self._driver, bus=self.events, resumed=resumed, threads=self._threads,
         )
+        run.done = trio.Event()
         self._live[state.instance_id] = run
         self._supervisor.start_soon(state.instance_id, self._instance_actor, run)
 
@@ -252,6 +253,7 @@ class Engine:
                 raise
         finally:
             self._live.pop(state.instance_id, None)
+            assert run.done is not None
             run.done.set()
 
     def _check_open(self) -> None:

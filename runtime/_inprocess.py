@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -10,7 +9,7 @@ from trioflow.actors._instance import run_instance
 from trioflow.actors._run import Run, now
 
 from ._builder import WorkflowBuilder
-from ._decide import new_state
+from ._decide import new_instance_id, new_state
 from ._definition import TaskStep, WorkflowDefinition
 from ._errors import DefinitionError
 from ._jobs import JobRegistry
@@ -34,10 +33,10 @@ async def execute_workflow(
     """
     if not isinstance(workflow, WorkflowDefinition):
         raise DefinitionError(f"execute_workflow needs a built WorkflowDefinition, got {workflow!r}")
-    state = new_state(workflow, instance_id or uuid.uuid4().hex, input, now())
+    state = new_state(workflow, instance_id or new_instance_id(), input, now())
     run = Run(
         workflow, state, adapter=None, jobs=jobs if isinstance(jobs, JobRegistry) else JobRegistry(jobs),
-        services=services or {}, driver=driver, compensate_on_outer_cancel=True,
+        services=services or {}, driver=driver, compensate_on_outer_cancel=True, cancellable=False,
     )
     await run_instance(run)
     return run.result()
