@@ -29,6 +29,8 @@ _packer = msgpack.Packer(use_bin_type=True, datetime=False)
 # could be stored and never read back. Values are checked wrapped in this many extra levels:
 # anything accepted then sits well inside the unpacker's limit, even inside a snapshot.
 _DEPTH_HEADROOM = 128
+_MAX_DEPTH = 890
+_SCALARS = frozenset({bool, int, float})
 
 
 def encode(state: InstanceState) -> bytes:
@@ -49,11 +51,17 @@ def encode(state: InstanceState) -> bytes:
 def check_encodable(value: Any, what: str) -> None:
     """Raise :class:`UnencodableValueError` naming ``what`` (and the path inside it) unless
     ``value`` can be stored."""
-    wrapped = value
-    for _ in range(_DEPTH_HEADROOM):
-        wrapped = [wrapped]
+    if value is None or type(value) in _SCALARS:
+        return
     try:
-        size = len(msgpack.packb(wrapped, use_bin_type=True)) - _DEPTH_HEADROOM
+        size = len(msgpack.packb(value, use_bin_type=True))
+        if size > _MAX_DEPTH:
+            # Every level of nesting takes at least a byte, so only values at least this large
+            # can be too deep: check them wrapped in the headroom the snapshot needs.
+            wrapped = value
+            for _ in range(_DEPTH_HEADROOM):
+                wrapped = [wrapped]
+            msgpack.packb(wrapped, use_bin_type=True)
     except ValueError as exc:
         if "recursion limit" in str(exc):
             raise UnencodableValueError(f"{what} is nested too deeply to be stored (about 890 levels at most)") from exc

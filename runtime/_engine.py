@@ -145,8 +145,9 @@ class Engine:
         if run is not None:
             assert run.done is not None
             await run.done.wait()
-            if run.state.status in TERMINAL:  # stored already; no need to read it back
-                return to_instance(decode(encode(run.state)))
+            if run.state.status in TERMINAL:
+                # Stored already, and a finished run's state is never touched again: view it as is.
+                return to_instance(run.state)
         instance = await self.get_instance(instance_id)
         if instance is None:
             raise UnknownInstanceError(f"no instance {instance_id!r}")
@@ -241,8 +242,9 @@ class Engine:
         try:
             async with self._limiter:
                 if state.status == "pending":
+                    # Not written on its own: a resume treats pending and running alike, and the
+                    # first step's snapshot records the new status anyway.
                     admit(state, now())
-                    await run.persist()
                 await run_instance(run)
         except Exception as exc:
             # A bug or a failing adapter: this instance fails alone, the others go on.
