@@ -101,6 +101,9 @@ class Run:
         self.cancel_scope: trio.CancelScope | None = None
         self.cancel_requested = False
         self.error: BaseException | None = None
+        #: The status of the last snapshot the adapter has taken (``None``: none yet). ``wait``
+        #: trusts the in-memory state of a finished run only once its end is stored.
+        self.stored_status: str | None = None
         self.started = trio.current_time()
         #: Set when the run has ended; only engines (``wait``) create one.
         self.done: trio.Event | None = None
@@ -120,7 +123,9 @@ class Run:
         """Hand the current snapshot to the adapter and wait until it is stored."""
         if self.adapter is not None and not self.deferred:
             s = self.state
-            await self.adapter.save(s.instance_id, s.workflow_name, s.status, encode(s))
+            status = s.status
+            await self.adapter.save(s.instance_id, s.workflow_name, status, encode(s))
+            self.stored_status = status
 
     def emit(self, name: str, **payload: Any) -> None:
         """Publish an event about this instance (callers check ``bus.active`` first)."""

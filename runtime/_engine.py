@@ -138,20 +138,28 @@ class Engine:
 
     async def wait(self, instance_id: str) -> WorkflowInstance:
         """Wait until the instance has reached a terminal status (compensation included)."""
-        await self._resumes_settled.wait()
+        await self._settle_resumes()
         while instance_id in self._live and self._live[instance_id] is None:
             await trio.sleep(0)  # ``start`` is still storing it
         run = self._live.get(instance_id)
         if run is not None:
             assert run.done is not None
             await run.done.wait()
-            if run.state.status in TERMINAL:
-                # Stored already, and a finished run's state is never touched again: view it as is.
+            if run.stored_status in TERMINAL:
+                # Its end is stored, and a finished run's state is never touched again.
                 return to_instance(run.state)
         instance = await self.get_instance(instance_id)
         if instance is None:
             raise UnknownInstanceError(f"no instance {instance_id!r}")
         if instance.status not in TERMINAL:
+            # Not ended and not running here. If the engine is stopping, a waiter inside its
+            # block is being cancelled: let that land rather than report the instance as idle.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._closed:
+                raise EngineClosedError(
+                    f"the engine stopped before instance {instance_id!r} ended; it stays {instance.status}"
+                    " in storage for the next engine to resume"
+                )
             raise InstanceNotLiveError(
                 f"instance {instance_id!r} is {instance.status} in storage but not running in this engine;"
                 " register its workflow or call resume()"
@@ -161,7 +169,7 @@ class Engine:
     async def cancel(self, instance_id: str) -> bool:
         """Cancel a running instance: its running step is cancelled, then its completed steps
         are compensated. ``True`` if the instance was running here and is now being cancelled."""
-        await self._resumes_settled.wait()
+        await self._settle_resumes()
         run = self._live.get(instance_id)
         if run is None or run.state.phase != "forward" or run.cancel_requested:
             return False
@@ -186,6 +194,10 @@ class Engine:
         return await self._resume(await self.adapter.resumable())
 
     # -- internals ----------------------------------------------------------------------------
+
+    async def _settle_resumes(self) -> None:
+        if not self._resumes_settled.is_set():  # Event.wait() yields even when it is set
+            await self._resumes_settled.wait()
 
     async def _resume_workflow(self, workflow_name: str) -> None:
         try:
@@ -240,12 +252,19 @@ class Engine:
     async def _instance_actor(self, run: Run) -> None:
         state = run.state
         try:
-            async with self._limiter:
+            try:
+                # A free slot is taken without the scheduler round trip acquire() always makes.
+                self._limiter.acquire_nowait()
+            except trio.WouldBlock:
+                await self._limiter.acquire()
+            try:
                 if state.status == "pending":
                     # Not written on its own: a resume treats pending and running alike, and the
                     # first step's snapshot records the new status anyway.
                     admit(state, now())
                 await run_instance(run)
+            finally:
+                self._limiter.release()
         except Exception as exc:
             # A bug or a failing adapter: this instance fails alone, the others go on.
             fail_alone(state, f"internal error: {describe_error(exc)}", now())
