@@ -53,7 +53,10 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 await step_failed(run, name, exc, 1, started_at, ctx)
                 raise StepFailure(name, exc, 1) from exc
         complete_step(state, lane_key, step, output, target, input=data, attempts=attempts, started_at=started_at, now=now())
-        await run.persist()
+        if target is not None or lane_key != MAIN:
+            # The main line's last step needs no write of its own: the instance's terminal
+            # snapshot, written next with no step in between, records it.
+            await run.persist()
         if bus.active:
             run.emit("workflow.step.completed", step_name=name, output=output)
             if lane_key == MAIN:

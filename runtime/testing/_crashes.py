@@ -193,7 +193,9 @@ def _describe_write(states: list[InstanceState], k: int) -> str:
         return "instance created"
     before = states[k - 2]
     if len(state.completed) > len(before.completed):
-        return f"step {state.completed[-1]!r} completed"
+        done = f"step {state.completed[-1]!r} completed"
+        # The main line's last step is recorded by the instance's terminal snapshot.
+        return f"{done}; instance {state.status}" if state.phase == "done" else done
     if len(state.compensated) > len(before.compensated):
         return f"step {state.compensated[-1]!r} compensated"
     if len(state.compensation_errors) > len(before.compensation_errors):
