@@ -1,15 +1,44 @@
-"""Persistence adapters and the snapshot codec."""
+"""Persistence adapters, the snapshot codec, and data drivers.
+
+The SQLite adapter and the data drivers load on first use (PEP 562): most programs use one
+adapter, and ``import trioflow`` should not pay for sqlite3, threads and queues it never uses.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from ._memory import MemoryAdapter as MemoryAdapter
 from ._protocol import Adapter as Adapter
 from ._protocol import InstanceRecord as InstanceRecord
-from ._sqlite import DatabaseError as DatabaseError
-from ._sqlite import DatabaseLockedError as DatabaseLockedError
-from ._sqlite import SQLiteAdapter as SQLiteAdapter
-from ._driver import Driver as Driver
-from ._driver import DriverError as DriverError
-from ._driver import EntityNotFoundError as EntityNotFoundError
-from ._driver import UnknownColumnError as UnknownColumnError
-from ._driver import UnknownEntityError as UnknownEntityError
-from ._memory_driver import MemoryDriver as MemoryDriver
-from ._sqlite_driver import SQLiteDriver as SQLiteDriver
+
+if TYPE_CHECKING:
+    from ._driver import Driver as Driver
+    from ._driver import DriverError as DriverError
+    from ._driver import EntityNotFoundError as EntityNotFoundError
+    from ._driver import UnknownColumnError as UnknownColumnError
+    from ._driver import UnknownEntityError as UnknownEntityError
+    from ._memory_driver import MemoryDriver as MemoryDriver
+    from ._sqlite import DatabaseError as DatabaseError
+    from ._sqlite import DatabaseLockedError as DatabaseLockedError
+    from ._sqlite import SQLiteAdapter as SQLiteAdapter
+    from ._sqlite_driver import SQLiteDriver as SQLiteDriver
+
+_LAZY = {
+    "SQLiteAdapter": "_sqlite", "DatabaseError": "_sqlite", "DatabaseLockedError": "_sqlite",
+    "Driver": "_driver", "DriverError": "_driver", "EntityNotFoundError": "_driver",
+    "UnknownColumnError": "_driver", "UnknownEntityError": "_driver",
+    "MemoryDriver": "_memory_driver", "SQLiteDriver": "_sqlite_driver",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

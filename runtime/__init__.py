@@ -3,6 +3,8 @@
 This module is the public facade; everything is defined in private modules and re-exported.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from . import adapters as adapters
 from ._builder import BranchBuilder as BranchBuilder
 from ._builder import WorkflowBuilder as WorkflowBuilder
@@ -39,18 +41,42 @@ from ._errors import UnknownWorkflowError as UnknownWorkflowError
 from ._errors import WorkflowCancelledError as WorkflowCancelledError
 from ._errors import WorkflowTimeoutError as WorkflowTimeoutError
 from ._events import EventBus as EventBus
-from ._inprocess import execute_workflow as execute_workflow
-from ._inprocess import run_workflow as run_workflow
 from ._jobs import JobRegistry as JobRegistry
 from ._retry import Retry as Retry
 from ._snapshot import StepResult as StepResult
 from ._snapshot import WorkflowInstance as WorkflowInstance
 from ._snapshot import WorkflowMetadata as WorkflowMetadata
 from ._snapshot import WorkflowResult as WorkflowResult
-from ._engine import Engine as Engine
-from ._engine import open_engine as open_engine
 from ._errors import InstanceIdConflictError as InstanceIdConflictError
 from ._errors import InvalidArgumentError as InvalidArgumentError
-from ._entity_steps import create_entity_step as create_entity_step
-from ._entity_steps import delete_entity_step as delete_entity_step
-from ._entity_steps import update_entity_step as update_entity_step
+
+if TYPE_CHECKING:
+    from ._engine import Engine as Engine
+    from ._engine import open_engine as open_engine
+    from ._entity_steps import create_entity_step as create_entity_step
+    from ._entity_steps import delete_entity_step as delete_entity_step
+    from ._entity_steps import update_entity_step as update_entity_step
+    from ._inprocess import execute_workflow as execute_workflow
+    from ._inprocess import run_workflow as run_workflow
+
+# What runs workflows (engine, actors, codec, msgpack) and the entity steps (data drivers) load
+# on first use (PEP 562): a module that only defines workflows should import fast.
+_LAZY = {
+    "Engine": "_engine", "open_engine": "_engine", "execute_workflow": "_inprocess",
+    "run_workflow": "_inprocess", "create_entity_step": "_entity_steps",
+    "update_entity_step": "_entity_steps", "delete_entity_step": "_entity_steps",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
