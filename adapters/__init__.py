@@ -4,13 +4,14 @@ The SQLite adapter and the data drivers load on first use (PEP 562): most progra
 adapter, and ``import trioflow`` should not pay for sqlite3, threads and queues it never uses.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from ._memory import MemoryAdapter as MemoryAdapter
 from ._protocol import Adapter as Adapter
 from ._protocol import InstanceRecord as InstanceRecord
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from ._driver import Driver as Driver
     from ._driver import DriverError as DriverError
     from ._driver import EntityNotFoundError as EntityNotFoundError
@@ -30,7 +31,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name in _LAZY:
         import importlib
 

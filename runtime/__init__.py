@@ -3,7 +3,8 @@
 This module is the public facade; everything is defined in private modules and re-exported.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from . import adapters as adapters
 from ._builder import BranchBuilder as BranchBuilder
@@ -50,7 +51,7 @@ from ._snapshot import WorkflowResult as WorkflowResult
 from ._errors import InstanceIdConflictError as InstanceIdConflictError
 from ._errors import InvalidArgumentError as InvalidArgumentError
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from ._engine import Engine as Engine
     from ._engine import open_engine as open_engine
     from ._entity_steps import create_entity_step as create_entity_step
@@ -68,7 +69,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name in _LAZY:
         import importlib
 
