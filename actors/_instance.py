@@ -15,6 +15,7 @@ instance must not claim steps whose writes are gone. A resume then starts the ru
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import trio
@@ -27,7 +28,6 @@ from trioflow._decide import (
     record_compensated,
     record_compensation_failed,
 )
-from trioflow._context import WorkflowContext
 from trioflow._definition import TaskStep
 from trioflow._errors import WorkflowCancelledError, WorkflowTimeoutError, describe_error
 from trioflow._snapshot import Status
@@ -84,24 +84,24 @@ async def _forward(run: Run) -> Forward:
     definition = run.definition
     ctx = run.context(MAIN, len(definition.steps))
     deadline = _deadline(run)
-    if not run.cancellable and deadline == math.inf:
-        return await _main_lane(run, ctx)
-    with trio.CancelScope(deadline=deadline) as run.cancel_scope:
+    scope = None
+    if run.cancellable or deadline != math.inf:
+        scope = run.cancel_scope = trio.CancelScope(deadline=deadline)
         if run.cancel_requested:
-            run.cancel_scope.cancel()
-        return await _main_lane(run, ctx)
+            scope.cancel()
+    # Written out rather than split into a helper: every coroutine frame stays alive as long as
+    # the instance is parked in a step, and parked instances should be cheap.
+    with scope if scope is not None else contextlib.nullcontext():
+        try:
+            await run_lane(run, MAIN, definition.index, ctx)
+        except StepFailure as failure:
+            return "failed", failure.error, failure.step_name
+        return "completed", None, None
     if run.cancel_requested:
         return "cancelled", WorkflowCancelledError(f"instance {run.state.instance_id!r} was cancelled"), None
     assert definition.timeout is not None
     return "timed_out", WorkflowTimeoutError(definition.name, definition.timeout), None
 
-
-async def _main_lane(run: Run, ctx: WorkflowContext) -> Forward:
-    try:
-        await run_lane(run, MAIN, run.definition.index, ctx)
-    except StepFailure as failure:
-        return "failed", failure.error, failure.step_name
-    return "completed", None, None
 
 
 class _RollBack(Exception):

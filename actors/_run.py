@@ -49,22 +49,17 @@ def is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
-async def invoke(fn: Callable[..., Any], args: tuple[Any, ...], threads: bool) -> Any:
-    """Call a step callable: await it, or run a plain function in a worker thread so it never
-    blocks the event loop. ``abandon_on_cancel`` lets a timeout or cancel move on without
-    waiting for a thread that cannot be interrupted (jobs are at-least-once anyway).
-
-    ``threads=False`` calls plain functions inline instead: a test engine on an autojump clock
-    needs that, or virtual time would jump ahead while a thread is busy."""
-    if is_async(fn):
-        return await fn(*args)
-    if threads:
-        return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
-    return fn(*args)
-
-
 class Run:
-    """The shared context of one instance run, owned by its instance actor."""
+    """The shared context of one instance run, owned by its instance actor.
+
+    Slotted: one lives for every instance in flight, and parked instances should cost little.
+    """
+
+    __slots__ = (
+        "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed",
+        "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
+        "cancel_requested", "error", "stored_status", "started", "done",
+    )
 
     def __init__(
         self,
@@ -105,7 +100,7 @@ class Run:
         #: trusts the in-memory state of a finished run only once its end is stored.
         self.stored_status: str | None = None
         self.started = trio.current_time()
-        #: Set when the run has ended; only engines (``wait``) create one.
+        #: Set when the run has ended; made by the engine's first ``wait`` on it.
         self.done: trio.Event | None = None
 
     def context(self, lane: str, total_steps: int) -> WorkflowContext:

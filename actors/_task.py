@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import trio
@@ -12,7 +13,9 @@ from trioflow._errors import StepTimeoutError, describe_error
 from trioflow._retry import NO_RETRY
 from trioflow.adapters._codec import check_encodable
 
-from ._run import Run, StepFailure, invoke, now
+from ._run import Run, StepFailure, is_async, now
+
+_NO_TIMEOUT = contextlib.nullcontext()
 
 
 async def attempt(run: Run, step: TaskStep, fn: Any, args: tuple[Any, ...], *, announce: bool) -> tuple[Any, int]:
@@ -23,14 +26,23 @@ async def attempt(run: Run, step: TaskStep, fn: Any, args: tuple[Any, ...], *, a
     """
     retry = step.retry or NO_RETRY
     timeout = step.timeout
+    asynchronous = is_async(fn)
     attempts = 0
     while True:
         attempts += 1
         try:
-            if timeout is None:
-                return await invoke(fn, args, run.threads), attempts
-            with trio.move_on_after(timeout):
-                return await invoke(fn, args, run.threads), attempts
+            # The call is written out here, not in a helper coroutine: a parked instance keeps
+            # every frame of its await chain alive. Plain functions run in a worker thread
+            # (``abandon_on_cancel``: a timeout or cancel need not wait for a thread that cannot
+            # be interrupted; jobs are at-least-once anyway), or inline for a test engine, where
+            # a busy thread would let the autojump clock race ahead.
+            with trio.move_on_after(timeout) if timeout is not None else _NO_TIMEOUT:
+                if asynchronous:
+                    return await fn(*args), attempts
+                if run.threads:
+                    return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True), attempts
+                return fn(*args), attempts
+            assert timeout is not None
             error: BaseException = StepTimeoutError(step.name, timeout)
         except Exception as exc:
             error = exc

@@ -143,7 +143,8 @@ class Engine:
             await trio.sleep(0)  # ``start`` is still storing it
         run = self._live.get(instance_id)
         if run is not None:
-            assert run.done is not None
+            if run.done is None:  # made on first wait: most instances are never waited on
+                run.done = trio.Event()
             await run.done.wait()
             if run.stored_status in TERMINAL:
                 # Its end is stored, and a finished run's state is never touched again.
@@ -245,7 +246,6 @@ class Engine:
             definition, state, adapter=self.adapter, jobs=self.jobs, services=self._services,
             driver=self._driver, bus=self.events, resumed=resumed, threads=self._threads,
         )
-        run.done = trio.Event()
         self._live[state.instance_id] = run
         self._supervisor.start_soon(state.instance_id, self._instance_actor, run)
 
@@ -274,8 +274,8 @@ class Engine:
                 raise
         finally:
             self._live.pop(state.instance_id, None)
-            assert run.done is not None
-            run.done.set()
+            if run.done is not None:
+                run.done.set()
 
     def _check_open(self) -> None:
         if self._closed:
