@@ -185,7 +185,7 @@ wf = tf.workflow("recover").task("a", job=step).task("b", job=hang).task("c", jo
 async def main():
     import time
     t0 = time.perf_counter()
-    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db)) as engine:
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db), resume=(mode == "crash")) as engine:
         engine.register(wf)
         if mode == "crash":
             ids = []
@@ -201,10 +201,11 @@ async def main():
                 await trio.sleep(0.1)
             print("ready", flush=True)
             await trio.sleep_forever()
-        records = await engine.adapter.resumable()
-        for r in records:
-            await engine.wait(r.instance_id)
-        print(time.perf_counter() - t0, len(records), flush=True)
+        resumed = await engine.resume()
+        async with trio.open_nursery() as nursery:  # every resumed instance, waited on at once
+            for iid in resumed:
+                nursery.start_soon(engine.wait, iid)
+        print(time.perf_counter() - t0, len(resumed), flush=True)
 trio.run(main)
 '''
 
