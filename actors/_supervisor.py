@@ -21,10 +21,6 @@ class Supervisor:
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
 
-    @property
-    def cancel_scope(self) -> trio.CancelScope:
-        return self._nursery.cancel_scope
-
     def start_soon(self, name: str, actor: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``actor(*args)`` as a supervised task named ``name``."""
         self._nursery.start_soon(self._supervise, name, actor, args, name=name)

@@ -3,6 +3,7 @@ instances, each run by a supervised instance actor in the engine's nursery."""
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -56,7 +57,10 @@ class Engine:
         self._auto_resume = auto_resume
         self._threads = threads
         self._max_running = max_running
-        self._limiter = trio.CapacityLimiter(max_running)
+        #: Actors running now, and runs waiting for a slot. A waiting run has no task yet:
+        #: thousands of queued instances cost a deque entry each, not a parked task.
+        self._running = 0
+        self._waiting: collections.deque[Run] = collections.deque()
         self._definitions: dict[str, WorkflowDefinition] = {}
         #: Instances whose actor lives in this engine; ``None`` while ``start`` is storing it.
         self._live: dict[str, Run | None] = {}
@@ -109,7 +113,7 @@ class Engine:
         if instance_id in self._live:
             return instance_id
         check_encodable(input, "workflow input")
-        status: Status = "pending" if len(self._live) >= self._max_running else "running"
+        status: Status = "pending" if self._running >= self._max_running else "running"
         state = new_state(definition, instance_id, input, now(), status=status)
         snapshot = encode(state)
         self._live[instance_id] = None
@@ -247,24 +251,23 @@ class Engine:
             driver=self._driver, bus=self.events, resumed=resumed, threads=self._threads,
         )
         self._live[state.instance_id] = run
-        self._supervisor.start_soon(state.instance_id, self._instance_actor, run)
+        if self._running < self._max_running:
+            self._launch(run)
+        else:
+            self._waiting.append(run)
+
+    def _launch(self, run: Run) -> None:
+        self._running += 1
+        self._supervisor.start_soon(run.state.instance_id, self._instance_actor, run)
 
     async def _instance_actor(self, run: Run) -> None:
         state = run.state
         try:
-            try:
-                # A free slot is taken without the scheduler round trip acquire() always makes.
-                self._limiter.acquire_nowait()
-            except trio.WouldBlock:
-                await self._limiter.acquire()
-            try:
-                if state.status == "pending":
-                    # Not written on its own: a resume treats pending and running alike, and the
-                    # first step's snapshot records the new status anyway.
-                    admit(state, now())
-                await run_instance(run)
-            finally:
-                self._limiter.release()
+            if state.status == "pending":
+                # Not written on its own: a resume treats pending and running alike, and the
+                # first step's snapshot records the new status anyway.
+                admit(state, now())
+            await run_instance(run)
         except Exception as exc:
             # A bug or a failing adapter: this instance fails alone, the others go on.
             fail_alone(state, f"internal error: {describe_error(exc)}", now())
@@ -276,6 +279,11 @@ class Engine:
             self._live.pop(state.instance_id, None)
             if run.done is not None:
                 run.done.set()
+            self._running -= 1
+            # Hand the slot on, unless the engine is stopping: a queued run stays stored as it
+            # is, for the next engine to resume.
+            while self._waiting and self._running < self._max_running and not self._closed:
+                self._launch(self._waiting.popleft())
 
     def _check_open(self) -> None:
         if self._closed:
