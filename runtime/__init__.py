@@ -4,7 +4,8 @@ This module is the public facade; everything is defined in private modules and r
 """
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
-from typing import Any as _Any
+
+from ._lazy import lazy_exports
 
 from . import adapters as adapters
 from ._builder import BranchBuilder as BranchBuilder
@@ -69,15 +70,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> _Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
