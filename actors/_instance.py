@@ -103,12 +103,12 @@ async def _forward(run: Run) -> Forward:
     return "timed_out", WorkflowTimeoutError(definition.name, definition.timeout), None
 
 
-
 class _RollBack(Exception):
     """Leaves the transaction block so that the driver rolls it back."""
 
 
 async def _forward_in_transaction(run: Run) -> Forward:
+    """``_forward`` inside one driver transaction: committed on success, rolled back otherwise."""
     result: Forward = ("failed", None, None)
     run.deferred = True
     try:
