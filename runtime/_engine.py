@@ -181,6 +181,11 @@ class Engine:
         run.cancel_requested = True
         if run.cancel_scope is not None:
             run.cancel_scope.cancel()
+        elif run in self._waiting:
+            # Queued for a slot: start it now; it ends before its first step, so it holds the
+            # slot only for an instant and nothing waits behind a cancelled instance.
+            self._waiting.remove(run)
+            self._launch(run)
         return True
 
     async def get_instances(self, workflow_name: str, status: Status | None = None) -> list[WorkflowInstance]:

@@ -143,6 +143,22 @@ async def test_max_running_limits_concurrency_and_queues_as_pending(autojump_clo
         assert peak == 2
 
 
+async def test_cancelling_a_queued_instance_ends_it_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    async def slow(data: Any) -> str:
+        await trio.sleep(10)
+        return "ok"
+
+    async with tf.open_engine(max_running=1) as engine:
+        engine.register(tf.workflow("w").task("t", job=slow).build())
+        first, queued = await engine.start("w"), await engine.start("w")
+        assert (await engine.get_instance(queued)).status == "pending"  # type: ignore[union-attr]
+        assert await engine.cancel(queued) is True
+        start = trio.current_time()
+        assert (await engine.wait(queued)).status == "cancelled"
+        assert trio.current_time() == start  # not after the running instance's 10 s
+        assert (await engine.wait(first)).status == "completed"
+
+
 async def test_event_stream_is_well_formed_with_exact_names_and_payloads(autojump_clock: trio.testing.MockClock) -> None:
     async with tf.open_engine() as engine:
         jobs = Jobs()

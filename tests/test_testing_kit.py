@@ -45,6 +45,15 @@ def test_open_test_engine_refuses_a_real_clock() -> None:
         trio.run(main)
 
 
+def test_the_kit_is_reachable_from_a_plain_import() -> None:
+    import subprocess
+    import sys
+
+    code = "import trioflow as tf; print(tf.testing.open_test_engine.__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "open_test_engine", done.stderr
+
+
 def test_run_helper_skips_time() -> None:
     async def main() -> float:
         await trio.sleep(86_400)
