@@ -46,7 +46,8 @@ class Engine:
 
     def __init__(
         self, supervisor: Supervisor, adapter: Adapter, *, max_running: int,
-        services: Mapping[str, Any], driver: Any, auto_resume: bool, threads: bool = True,
+        services: Mapping[str, Any], driver: Any, threads: bool = True,
+        leftovers: list[InstanceRecord] | None = None,
     ) -> None:
         self.jobs = JobRegistry()
         self.events = EventBus()
@@ -54,7 +55,13 @@ class Engine:
         self._supervisor = supervisor
         self._services = dict(services)
         self._driver = driver
-        self._auto_resume = auto_resume
+        #: Instances a previous engine left unfinished, read when this one opened, by workflow:
+        #: ``register`` resumes a workflow's share (``None``: auto-resume is off).
+        self._leftovers: dict[str, list[InstanceRecord]] | None = None
+        if leftovers is not None:
+            self._leftovers = {}
+            for record in leftovers:
+                self._leftovers.setdefault(record.workflow_name, []).append(record)
         self._threads = threads
         self._max_running = max_running
         #: Actors running now, and runs waiting for a slot. A waiting run has no task yet:
@@ -79,16 +86,18 @@ class Engine:
 
     def register(self, definition: WorkflowDefinition) -> None:
         """Make a workflow startable. With auto-resume on (the default), this also resumes the
-        instances of that workflow that a previous engine left running on the adapter."""
+        instances of that workflow that were left unfinished on the adapter when this engine
+        opened."""
         self._check_open()
         if not isinstance(definition, WorkflowDefinition):
             raise DefinitionError(f"register() needs a built WorkflowDefinition, got {definition!r}")
         self._definitions[definition.name] = definition
-        if self._auto_resume:
+        records = self._leftovers.pop(definition.name, None) if self._leftovers is not None else None
+        if records:
             if self._pending_resumes == 0:
                 self._resumes_settled = trio.Event()
             self._pending_resumes += 1
-            self._supervisor.start_soon(f"resume {definition.name}", self._resume_workflow, definition.name)
+            self._supervisor.start_soon(f"resume {definition.name}", self._resume_leftovers, records)
 
     # -- instances ----------------------------------------------------------------------------
 
@@ -209,9 +218,8 @@ class Engine:
         if not self._resumes_settled.is_set():  # Event.wait() yields even when it is set
             await self._resumes_settled.wait()
 
-    async def _resume_workflow(self, workflow_name: str) -> None:
+    async def _resume_leftovers(self, records: list[InstanceRecord]) -> None:
         try:
-            records = [r for r in await self.adapter.resumable() if r.workflow_name == workflow_name]
             await self._resume(records)
         finally:
             self._pending_resumes -= 1
@@ -312,8 +320,9 @@ async def open_engine(
     """Run an engine for the duration of the block.
 
     ``adapter`` defaults to a fresh :class:`MemoryAdapter`. At most ``max_running`` instances
-    run at once; more wait as ``pending``. With ``resume`` (the default), registering a workflow
-    resumes the instances of it that the adapter holds as running. Leaving the block stops every
+    run at once; more wait as ``pending``. With ``resume`` (the default), the instances the
+    adapter holds as pending or running when the engine opens are resumed, each when its
+    workflow is registered. Leaving the block stops every
     actor; running instances stay ``running`` in the adapter for the next engine to resume.
     Plain ``def`` jobs run in worker threads; ``threads=False`` runs them inline in the trio
     thread (what ``trioflow.testing.open_test_engine`` does, to keep virtual time still).
@@ -323,10 +332,12 @@ async def open_engine(
     storage: Adapter = adapter if adapter is not None else MemoryAdapter()
     await storage.open()
     try:
+        # Read before anything starts: what to resume is what a previous engine left.
+        leftovers = await storage.resumable() if resume else None
         async with trio.open_nursery() as nursery:
             engine = Engine(
                 Supervisor(nursery), storage, max_running=max_running, services=services or {},
-                driver=driver, auto_resume=resume, threads=threads,
+                driver=driver, threads=threads, leftovers=leftovers,
             )
             engine.events.attach(nursery)
             try:
