@@ -58,7 +58,7 @@ class Run:
     __slots__ = (
         "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed",
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
-        "cancel_requested", "error", "stored_status", "started", "done",
+        "cancel_requested", "error", "stored_status", "started", "waiters",
     )
 
     def __init__(
@@ -100,8 +100,8 @@ class Run:
         #: trusts the in-memory state of a finished run only once its end is stored.
         self.stored_status: str | None = None
         self.started = trio.current_time()
-        #: Set when the run has ended; made by the engine's first ``wait`` on it.
-        self.done: trio.Event | None = None
+        #: Tasks parked until the run ends (``None``: nobody has waited yet, the usual case).
+        self.waiters: list[trio.lowlevel.Task] | None = None
 
     def context(self, lane: str, total_steps: int) -> WorkflowContext:
         """A context for one lane of this run."""
@@ -121,6 +121,31 @@ class Run:
             status = s.status
             await self.adapter.save(s.instance_id, s.workflow_name, status, encode(s))
             self.stored_status = status
+
+    async def wait_ended(self) -> None:
+        """Park the calling task until :meth:`ended` is called.
+
+        Parks the task directly rather than through a ``trio.Event``: most runs are waited on
+        once, and an event with its parking lot would be made for each of them.
+        """
+        task = trio.lowlevel.current_task()
+        if self.waiters is None:
+            self.waiters = []
+        waiters = self.waiters
+        waiters.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            waiters.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def ended(self) -> None:
+        """Wake every task in :meth:`wait_ended`; called once, when the run has ended."""
+        if self.waiters is not None:
+            for task in self.waiters:
+                trio.lowlevel.reschedule(task)
+            self.waiters.clear()
 
     def emit(self, name: str, **payload: Any) -> None:
         """Publish an event about this instance (callers check ``bus.active`` first)."""
@@ -155,6 +180,6 @@ class Run:
         )
 
 
-def now() -> float:
-    """Wall-clock timestamp for records (Unix seconds)."""
-    return time.time()
+#: Wall-clock timestamp for records (Unix seconds): ``time.time`` itself rather than a wrapper,
+#: since it is read several times per step.
+now = time.time

@@ -97,17 +97,20 @@ def decode(data: bytes) -> InstanceState:
         raise SnapshotDecodeError(f"snapshot fields are malformed: {type(exc).__name__}: {exc}") from exc
 
 
-def _fields(s: InstanceState) -> list[Any]:
-    return [
-        TAG, FORMAT_VERSION, s.instance_id, s.workflow_name, s.fingerprint, s.status, s.input, s.data,
-        {k: [lane.step, lane.output] for k, lane in s.lanes.items()},
-        {
-            k: [r.status, r.input, r.output, r.error, r.started_at, r.completed_at, r.attempts]
-            for k, r in s.step_results.items()
-        },
-        s.completed, s.phase, s.outcome, s.output, s.error, s.failed_step, s.compensated,
+def _fields(s: InstanceState) -> tuple[Any, ...]:
+    # Tuples and plain loops: this runs for every stored step, and msgpack packs a tuple as the
+    # same array a list would be.
+    lanes = {}
+    for key, lane in s.lanes.items():
+        lanes[key] = (lane.step, lane.output)
+    results = {}
+    for key, r in s.step_results.items():
+        results[key] = (r.status, r.input, r.output, r.error, r.started_at, r.completed_at, r.attempts)
+    return (
+        TAG, FORMAT_VERSION, s.instance_id, s.workflow_name, s.fingerprint, s.status, s.input, s.data, lanes,
+        results, s.completed, s.phase, s.outcome, s.output, s.error, s.failed_step, s.compensated,
         s.compensation_errors, s.created_at, s.started_at, s.completed_at, s.rolled_back,
-    ]
+    )
 
 
 _STATUSES = {"pending", "running", "completed", "failed", "cancelled", "timed_out"}

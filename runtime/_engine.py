@@ -69,6 +69,9 @@ class Engine:
         self._running = 0
         self._waiting: collections.deque[Run] = collections.deque()
         self._definitions: dict[str, WorkflowDefinition] = {}
+        #: The definition ``start`` last found all jobs registered for (jobs are never removed):
+        #: a burst of starts of one workflow checks its jobs once.
+        self._jobs_found: WorkflowDefinition | None = None
         #: Instances whose actor lives in this engine; ``None`` while ``start`` is storing it.
         self._live: dict[str, Run | None] = {}
         #: Resumes started by ``register`` that have not finished; ``wait``/``cancel`` let them
@@ -112,9 +115,11 @@ class Engine:
         if definition is None:
             known = ", ".join(sorted(self._definitions)) or "none"
             raise UnknownWorkflowError(f"no workflow registered as {workflow_name!r} (registered: {known})")
-        missing = sorted(n for n in definition.job_names if n not in self.jobs)
-        if missing:
-            raise UnknownJobError(f"workflow {workflow_name!r} uses jobs nobody registered: {', '.join(missing)}")
+        if definition is not self._jobs_found:
+            missing = sorted(n for n in definition.job_names if n not in self.jobs)
+            if missing:
+                raise UnknownJobError(f"workflow {workflow_name!r} uses jobs nobody registered: {', '.join(missing)}")
+            self._jobs_found = definition
         if instance_id is None:
             instance_id = new_instance_id()
         elif not isinstance(instance_id, str) or not instance_id:
@@ -151,14 +156,14 @@ class Engine:
 
     async def wait(self, instance_id: str) -> WorkflowInstance:
         """Wait until the instance has reached a terminal status (compensation included)."""
-        await self._settle_resumes()
-        while instance_id in self._live and self._live[instance_id] is None:
-            await trio.sleep(0)  # ``start`` is still storing it
+        if self._pending_resumes:
+            await self._resumes_settled.wait()
         run = self._live.get(instance_id)
+        while run is None and instance_id in self._live:
+            await trio.sleep(0)  # ``start`` is still storing it
+            run = self._live.get(instance_id)
         if run is not None:
-            if run.done is None:  # made on first wait: most instances are never waited on
-                run.done = trio.Event()
-            await run.done.wait()
+            await run.wait_ended()
             if run.stored_status in TERMINAL:
                 # Its end is stored, and a finished run's state is never touched again.
                 return to_instance(run.state)
@@ -183,7 +188,8 @@ class Engine:
     async def cancel(self, instance_id: str) -> bool:
         """Cancel a running instance: its running step is cancelled, then its completed steps
         are compensated. ``True`` if the instance was running here and is now being cancelled."""
-        await self._settle_resumes()
+        if self._pending_resumes:
+            await self._resumes_settled.wait()
         run = self._live.get(instance_id)
         if run is None or run.state.phase != "forward" or run.cancel_requested:
             return False
@@ -213,10 +219,6 @@ class Engine:
         return await self._resume(await self.adapter.resumable())
 
     # -- internals ----------------------------------------------------------------------------
-
-    async def _settle_resumes(self) -> None:
-        if not self._resumes_settled.is_set():  # Event.wait() yields even when it is set
-            await self._resumes_settled.wait()
 
     async def _resume_leftovers(self, records: list[InstanceRecord]) -> None:
         try:
@@ -290,8 +292,7 @@ class Engine:
                 raise
         finally:
             self._live.pop(state.instance_id, None)
-            if run.done is not None:
-                run.done.set()
+            run.ended()
             self._running -= 1
             # Hand the slot on, unless the engine is stopping: a queued run stays stored as it
             # is, for the next engine to resume.
