@@ -72,11 +72,11 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
         if step.retry is None and step.timeout is None and is_async(fn):
             # The common case, written out: one attempt, no timeout scope, and one coroutine
             # frame fewer, both per step and for as long as an instance is parked in it.
-            attempts = 1
             try:
                 result = await fn(arg)
             except Exception as exc:
                 raise StepFailure(step.name, exc, 1) from None
+            attempts = 1
         else:
             result, attempts = await attempt(run, step, fn, (arg,), announce=True)
         output = step.output(result, ctx) if step.output is not None else result
