@@ -1,6 +1,6 @@
 """The benchmark suite (issue 7): every case in a fresh process, repetitions interleaved.
 
-    python bench/run.py [--repeats 3] [--quick] [--json FILE] [--no-peer]
+    python bench/run.py [--repeats 5] [--quick] [--json FILE] [--no-peer]
 
 Prints machine facts, then median (min-max) of every figure, each ratio against its baseline
 from the same invocation (paired per repetition, then the median), and whether each SPEC
@@ -108,7 +108,7 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="trioflow benchmark suite")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="repetitions of every case (medians of 5 hold still on a noisy machine)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--no-peer", action="store_true", help="skip the DBOS Transact comparison")
