@@ -61,6 +61,35 @@ async def test_start_wait_and_inspect(autojump_clock: trio.testing.MockClock) ->
         assert await engine.get_instances("w", status="running") == []
 
 
+async def test_a_waiter_that_gives_up_leaves_the_other_waiters_waiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    release = trio.Event()
+
+    async def gated(data: Any) -> str:
+        await release.wait()
+        return "done"
+
+    async with tf.open_engine() as engine:
+        engine.register(tf.workflow("w").task("a", job=gated).build())
+        iid = await engine.start("w")
+        outputs: list[Any] = []
+
+        async def patient() -> None:
+            outputs.append((await engine.wait(iid)).output)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(patient)
+            with trio.move_on_after(5) as scope:
+                await engine.wait(iid)
+            assert scope.cancelled_caught
+            nursery.start_soon(patient)
+            await trio.sleep(1)
+            assert outputs == []
+            release.set()
+        assert outputs == ["done", "done"]
+
+
 async def test_bad_input_is_refused_before_anything_is_stored(autojump_clock: trio.testing.MockClock) -> None:
     adapter = tf.adapters.MemoryAdapter()
     async with tf.open_engine(adapter=adapter) as engine:
