@@ -108,7 +108,8 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="trioflow benchmark suite")
-    parser.add_argument("--repeats", type=int, default=5, help="repetitions of every case (medians of 5 hold still on a noisy machine)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="repetitions of every case (medians of 5 hold still on a noisy machine)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--no-peer", action="store_true", help="skip the DBOS Transact comparison")
