@@ -7,10 +7,8 @@ scopes cost more than the steps of a short saga. Compensation runs after the sco
 so neither can interrupt it; an engine shutdown can (the instance stays resumable, its compensation position
 recorded), while ``execute_workflow``, which has no resume, shields it completely.
 
-A transactional workflow runs its forward part inside one ``driver.transaction()``. The
-transaction is then the unit of durability: step snapshots taken inside it are not written until
-it commits, because a crash rolls the database back to before the transaction, and the stored
-instance must not claim steps whose writes are gone. A resume then starts the run afresh.
+A transactional workflow runs its forward part inside one ``driver.transaction()`` (see
+:mod:`._transaction`).
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ from trioflow._snapshot import Status
 from ._lane import run_lane
 from ._run import Run, StepFailure, now
 from ._task import compensate
+from ._transaction import Forward, forward_in_transaction
 
 
 def _deadline(run: Run) -> float:
@@ -61,7 +60,7 @@ async def run_instance(run: Run) -> None:
             await run.hook("on_start", run.context(MAIN, len(definition.steps)))
     try:
         if definition.transactional and run.driver is not None:
-            outcome, error, failed_step = await _forward_in_transaction(run)
+            outcome, error, failed_step = await forward_in_transaction(run, _forward)
         else:
             outcome, error, failed_step = await _forward(run)
     except trio.Cancelled:
@@ -76,7 +75,6 @@ async def run_instance(run: Run) -> None:
         await _end_badly(run, outcome, error, failed_step)
 
 
-Forward = tuple[Status, "BaseException | None", "str | None"]
 
 
 async def _forward(run: Run) -> Forward:
@@ -101,31 +99,6 @@ async def _forward(run: Run) -> Forward:
         return "cancelled", WorkflowCancelledError(f"instance {run.state.instance_id!r} was cancelled"), None
     assert definition.timeout is not None
     return "timed_out", WorkflowTimeoutError(definition.name, definition.timeout), None
-
-
-class _RollBack(Exception):
-    """Leaves the transaction block so that the driver rolls it back."""
-
-
-async def _forward_in_transaction(run: Run) -> Forward:
-    """``_forward`` inside one driver transaction: committed on success, rolled back otherwise."""
-    result: Forward = ("failed", None, None)
-    run.deferred = True
-    try:
-        async with run.driver.transaction():
-            result = await _forward(run)
-            if result[1] is not None:
-                raise _RollBack
-        return result
-    except BaseException as exc:
-        run.state.rolled_back = True
-        if isinstance(exc, _RollBack):
-            return result
-        if isinstance(exc, Exception):  # the commit itself failed
-            return "failed", exc, None
-        raise
-    finally:
-        run.deferred = False
 
 
 async def _complete(run: Run) -> None:
