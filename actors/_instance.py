@@ -139,6 +139,10 @@ async def _compensate_and_finish(run: Run) -> None:
             await compensate(run, step, ctx)
         except StepFailure as failure:
             record_compensation_failed(state, name, describe_error(failure.error))
+        except Exception as exc:
+            # Whatever went wrong around the compensation (a ``retry_on`` predicate that raised,
+            # a broken callable) is that compensation's failure: the others still run.
+            record_compensation_failed(state, name, describe_error(exc))
         else:
             record_compensated(state, name)
             if run.bus.active:

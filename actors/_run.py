@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import time
@@ -39,14 +38,6 @@ class StepFailure(Exception):
 class WorkflowFailedError(TrioflowError):
     """The recorded error of a run that ended before this process saw the exception itself
     (a resumed instance): the message is the error as it was stored."""
-
-
-@functools.lru_cache(maxsize=4096)
-def is_async(fn: Callable[..., Any]) -> bool:
-    """``async def`` functions (and objects whose ``__call__`` is one) are awaited, not threaded.
-
-    Cached: it is asked on every step call, and ``inspect`` walks code flags each time."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
 class Run:
@@ -110,9 +101,10 @@ class Run:
             encodable=check_encodable if self.adapter is not None else None,
         )
 
-    def callable(self, fn: StepFn | str) -> Callable[..., Any]:
-        """A step's callable, looking registered job names up."""
-        return self.jobs[fn] if isinstance(fn, str) else fn
+    def callable(self, fn: StepFn | str, asynchronous: bool) -> tuple[Callable[..., Any], bool]:
+        """A step's callable and whether it is awaited, looking registered job names up
+        (``asynchronous`` is the definition's flag for a callable given directly)."""
+        return self.jobs.resolve(fn) if isinstance(fn, str) else (fn, asynchronous)
 
     async def persist(self) -> None:
         """Hand the current snapshot to the adapter and wait until it is stored."""

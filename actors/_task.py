@@ -13,12 +13,14 @@ from trioflow._errors import StepTimeoutError, describe_error
 from trioflow._retry import NO_RETRY
 from trioflow.adapters._codec import check_encodable
 
-from ._run import Run, StepFailure, is_async, now
+from ._run import Run, StepFailure, now
 
 _NO_TIMEOUT = contextlib.nullcontext()
 
 
-async def attempt(run: Run, step: TaskStep, fn: Any, args: tuple[Any, ...], *, announce: bool) -> tuple[Any, int]:
+async def attempt(
+    run: Run, step: TaskStep, fn: Any, asynchronous: bool, args: tuple[Any, ...], *, announce: bool
+) -> tuple[Any, int]:
     """Call ``fn(*args)`` until it succeeds or the step's retry policy gives up.
 
     Each attempt is bounded by the step's timeout (a cancel scope); between attempts the actor
@@ -26,7 +28,6 @@ async def attempt(run: Run, step: TaskStep, fn: Any, args: tuple[Any, ...], *, a
     """
     retry = step.retry or NO_RETRY
     timeout = step.timeout
-    asynchronous = is_async(fn)
     attempts = 0
     while True:
         attempts += 1
@@ -63,13 +64,13 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
     data = None
     attempts = 0
     try:
-        fn = run.callable(step.run)
+        fn, asynchronous = run.callable(step.run, step.run_is_async)
         if step.style == "job":
             data = step.input(ctx) if step.input is not None else ctx.input
             arg = data
         else:
             arg = ctx
-        if step.retry is None and step.timeout is None and is_async(fn):
+        if step.retry is None and step.timeout is None and asynchronous:
             # The common case, written out: one attempt, no timeout scope, and one coroutine
             # frame fewer, both per step and for as long as an instance is parked in it.
             try:
@@ -78,7 +79,7 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
                 raise StepFailure(step.name, exc, 1) from None
             attempts = 1
         else:
-            result, attempts = await attempt(run, step, fn, (arg,), announce=True)
+            result, attempts = await attempt(run, step, fn, asynchronous, (arg,), announce=True)
         output = step.output(result, ctx) if step.output is not None else result
         if run.adapter is not None:
             check_encodable(output, f"output of step {step.name!r}")
@@ -110,8 +111,8 @@ async def compensate(run: Run, step: TaskStep, ctx: Any) -> None:
     assert step.compensate is not None
     output = run.state.step_results[step.name].output
     try:
-        fn = run.callable(step.compensate)
+        fn, asynchronous = run.callable(step.compensate, step.compensate_is_async)
     except Exception as exc:
         raise StepFailure(step.name, exc, 0) from exc
     args = (ctx, output) if step.style == "saga" else (output,)
-    await attempt(run, step, fn, args, announce=False)
+    await attempt(run, step, fn, asynchronous, args, announce=False)

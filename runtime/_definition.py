@@ -6,6 +6,7 @@ of the step that follows it in ``next``, so the runtime never has to work out fa
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union
 
@@ -17,6 +18,19 @@ from ._retry import Retry
 StepFn = Callable[..., Any]
 OnError = Literal["fail-fast", "wait-all"]
 StepKind = Literal["task", "choice", "parallel", "pass"]
+
+
+def is_async(fn: object) -> bool:
+    """Whether ``fn`` is awaited (``async def``, or an object whose ``__call__`` is one) rather
+    than run in a worker thread. Asked once per definition or registration, never per call:
+    ``inspect`` walks code flags each time, and a cache keyed by callables would keep them (and
+    whatever their closures hold) alive, and fail on unhashable ones."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+def _callable_is_async(fn: object) -> bool:
+    # A registered job name is looked up (with its own flag) in the job registry at run time.
+    return fn is not None and not isinstance(fn, str) and is_async(fn)
 
 
 @attrs.frozen(kw_only=True)
@@ -42,6 +56,12 @@ class TaskStep:
     #: has already undone those writes, so their compensation is skipped then.
     entity: str | None = None
     kind: StepKind = attrs.field(default="task", init=False)
+    #: Whether ``run`` / ``compensate`` (when callables, not job names) are awaited.
+    run_is_async: bool = attrs.field(
+        init=False, eq=False, repr=False, default=attrs.Factory(lambda s: _callable_is_async(s.run), takes_self=True))
+    compensate_is_async: bool = attrs.field(
+        init=False, eq=False, repr=False,
+        default=attrs.Factory(lambda s: _callable_is_async(s.compensate), takes_self=True))
 
 
 @attrs.frozen(kw_only=True)

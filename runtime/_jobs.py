@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from ._definition import is_async
 from ._errors import DefinitionError, UnknownJobError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -15,6 +16,8 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
 
     def __init__(self, jobs: Mapping[str, Callable[..., Any]] | None = None) -> None:
         self._jobs: dict[str, Callable[..., Any]] = {}
+        #: Whether each job is awaited (``True``) or run in a thread, worked out at registration.
+        self._async: dict[str, bool] = {}
         for name, fn in (jobs or {}).items():
             self.register(name, fn)
 
@@ -25,6 +28,7 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
         if not callable(fn):
             raise DefinitionError(f"job {name!r}: {fn!r} is not callable")
         self._jobs[name] = fn
+        self._async[name] = is_async(fn)
 
     def job(self, name: str) -> Callable[[F], F]:
         """Decorator form of :meth:`register`."""
@@ -41,6 +45,10 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
         except KeyError:
             known = ", ".join(sorted(self._jobs)) or "none"
             raise UnknownJobError(f"no job registered as {name!r} (registered: {known})") from None
+
+    def resolve(self, name: str) -> tuple[Callable[..., Any], bool]:
+        """The job registered as ``name`` and whether it is awaited."""
+        return self[name], self._async[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._jobs)

@@ -23,11 +23,10 @@ import attrs
 import trio
 
 from trioflow._builder import index_steps
-from trioflow._definition import ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition
+from trioflow._definition import ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition, is_async
 from trioflow._engine import open_engine
 from trioflow._errors import UnknownJobError
 from trioflow._snapshot import InstanceState, Status
-from trioflow.actors._run import is_async
 from trioflow.adapters._codec import decode
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, InstanceRecord
