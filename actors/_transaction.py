@@ -3,18 +3,30 @@
 The transaction is the unit of durability: step snapshots taken inside it are not written until
 it commits, because a crash rolls the database back to before the transaction, and the stored
 instance must not claim steps whose writes are gone. A resume then starts the run afresh.
+
+The other window, a crash after the commit but before the terminal snapshot, is closed by the
+driver's run ledger (:class:`~trioflow.adapters._driver.RunLedger`), when it has one: the state
+the forward run ended in is recorded inside the transaction, so it commits atomically with the
+run's writes. A resume that finds that record takes it as the outcome of the forward run instead
+of running it (and writing its rows) again. Without a ledger, such a resume runs it again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from trioflow._snapshot import Status
+import attrs
 
-from ._run import Run
+from trioflow._snapshot import InstanceState, Status
+from trioflow.adapters._codec import decode, encode
+from trioflow.adapters._driver import RunLedger
+
+from ._run import Run, log
 
 #: How a forward run ended: the outcome, the error (``None``: completed) and the failed step.
 Forward = tuple[Status, "BaseException | None", "str | None"]
+
+_FIELDS = tuple(f.name for f in attrs.fields(InstanceState))
 
 
 class _RollBack(Exception):
@@ -22,21 +34,65 @@ class _RollBack(Exception):
 
 
 async def forward_in_transaction(run: Run, forward: Callable[[Run], Awaitable[Forward]]) -> Forward:
-    """``forward(run)`` inside one driver transaction: committed on success, rolled back otherwise."""
+    """``forward(run)`` inside one driver transaction: committed on success, rolled back otherwise.
+
+    With a ledger, a successful run records its final state in the transaction; a resumed run
+    whose record is found is not run again (see the module docstring).
+    """
     result: Forward = ("failed", None, None)
+    ledger = _ledger(run)
     run.deferred = True
     try:
         async with run.driver.transaction():
+            # Looked up inside the transaction: the check and the run it may skip are one unit.
+            if ledger is not None and run.resumed and run.state.phase == "forward":
+                if await _recover(run, ledger):
+                    return "completed", None, None
             result = await forward(run)
             if result[1] is not None:
                 raise _RollBack
+            if ledger is not None:
+                await ledger.record_run(run.state.instance_id, encode(run.state))
         return result
     except BaseException as exc:
         run.state.rolled_back = True
         if isinstance(exc, _RollBack):
             return result
-        if isinstance(exc, Exception):  # the commit itself failed
+        if isinstance(exc, Exception):  # the commit (or the ledger) failed
             return "failed", exc, None
         raise
     finally:
         run.deferred = False
+
+
+def _ledger(run: Run) -> RunLedger | None:
+    """The driver as a run ledger, if it is one and the run can be resumed at all.
+
+    ``execute_workflow`` runs (no adapter) are never resumed, so a record would only take room
+    in the user's database.
+    """
+    if run.adapter is None or not isinstance(run.driver, RunLedger):
+        return None
+    return run.driver
+
+
+async def _recover(run: Run, ledger: RunLedger) -> bool:
+    """Take the recorded end state of a forward run that committed before a crash.
+
+    Returns whether there was one. The state is copied into ``run.state`` field by field rather
+    than replacing the object: the instance actor's callers hold on to that object.
+    """
+    state = run.state
+    payload = await ledger.find_run(state.instance_id)
+    if payload is None:
+        return False
+    recorded = decode(payload)
+    identity = (state.instance_id, state.workflow_name, state.created_at)
+    if (recorded.instance_id, recorded.workflow_name, recorded.created_at) != identity:
+        # Another instance that had the same id (an engine on other storage, same database):
+        # not this run's record. This run's own commit will replace it.
+        log.warning("ignoring the ledger record of an earlier instance %r in the driver", state.instance_id)
+        return False
+    for name in _FIELDS:
+        setattr(state, name, getattr(recorded, name))
+    return True

@@ -66,6 +66,29 @@ class Driver(Protocol):
         ...
 
 
+@runtime_checkable
+class RunLedger(Protocol):
+    """Optional driver capability: a small record of committed transactional runs, kept in the
+    driver's own storage (the user's database) and written inside the run's transaction.
+
+    Why: a transactional run commits its writes first and stores its terminal snapshot after.
+    A crash between the two leaves the instance stored ``running``; the record, committed
+    atomically with the writes, tells the resume that the forward part is done and what state
+    it ended in, so it is not run (and its rows not written) a second time. DBOS records
+    transaction outputs the same way. A driver without these methods keeps the older behaviour:
+    such a resume runs the forward part again.
+    """
+
+    async def record_run(self, key: str, payload: bytes) -> None:
+        """Store ``payload`` under ``key`` (replacing any earlier one) in the transaction that is
+        open: a rollback discards it with the rest. Outside a transaction: :class:`DriverError`."""
+        ...
+
+    async def find_run(self, key: str) -> bytes | None:
+        """The payload committed under ``key``, or ``None``."""
+        ...
+
+
 class TransactionOwnership:
     """Who may use a driver while a transaction is open (see the module docstring)."""
 
@@ -74,6 +97,16 @@ class TransactionOwnership:
     def __init__(self) -> None:
         self._lock = trio.Lock()
         self._depth = contextvars.ContextVar[int](f"trioflow-driver-{next(self._ids)}", default=0)
+
+    def inside(self) -> bool:
+        """Whether the calling task takes part in an open transaction (opened it or was spawned
+        inside it)."""
+        return self._depth.get() > 0
+
+    def require_transaction(self, what: str) -> None:
+        """Refuse ``what`` outside a transaction: its write must commit or roll back with one."""
+        if not self.inside():
+            raise DriverError(f"{what} must be called inside driver.transaction()")
 
     @asynccontextmanager
     async def call(self) -> AsyncIterator[None]:

@@ -1,4 +1,8 @@
-"""In-memory data driver: tables of dicts, with real transactions (a rollback leaves no trace)."""
+"""In-memory data driver: tables of dicts, with real transactions (a rollback leaves no trace).
+
+It also keeps the run ledger (:class:`~._driver.RunLedger`) of transactional runs, as a dict
+that a rollback restores along with the tables.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,10 @@ from ._driver import DriverError, Row, TransactionOwnership, UnknownEntityError
 class MemoryDriver:
     """Entities are dicts of rows keyed by ``id``. ``create`` assigns integer ids (1, 2, ...)
     unless the data carries one. ``entities`` fixes the known entities (others are refused with
-    :class:`UnknownEntityError`); by default any entity name is accepted and created on use."""
+    :class:`UnknownEntityError`); by default any entity name is accepted and created on use.
+
+    ``ledger`` holds the run records of committed transactional runs (see :meth:`record_run`).
+    """
 
     def __init__(self, entities: Mapping[str, list[Row]] | None = None, *, strict: bool | None = None) -> None:
         self.tables: dict[str, dict[Any, Row]] = {}
@@ -24,6 +31,8 @@ class MemoryDriver:
             for row in rows:
                 table[row["id"]] = dict(row)
             self._next_id[entity] = max((r for r in table if isinstance(r, int)), default=0) + 1
+        #: Run records by key: payloads are immutable bytes, so a shallow copy snapshots it.
+        self.ledger: dict[str, bytes] = {}
         self._ownership = TransactionOwnership()
 
     async def create(self, entity: str, data: Mapping[str, Any]) -> Row:
@@ -70,11 +79,25 @@ class MemoryDriver:
     async def transaction(self) -> AsyncIterator[None]:
         async with self._ownership.transaction():
             saved = copy.deepcopy((self.tables, self._next_id))
+            saved_ledger = dict(self.ledger)
             try:
                 yield
             except BaseException:
                 self.tables, self._next_id = saved
+                self.ledger = saved_ledger
                 raise
+
+    # -- the RunLedger protocol ---------------------------------------------------------------
+
+    async def record_run(self, key: str, payload: bytes) -> None:
+        """Store ``payload`` under ``key`` in the open transaction (its rollback removes it)."""
+        self._ownership.require_transaction("record_run")
+        self.ledger[key] = bytes(payload)
+
+    async def find_run(self, key: str) -> bytes | None:
+        """The payload recorded under ``key`` by a transaction that did not roll back."""
+        async with self._ownership.call():
+            return self.ledger.get(key)
 
     def _table(self, entity: str) -> dict[Any, Row]:
         if entity not in self.tables:

@@ -1,7 +1,12 @@
 """SQLite data driver over the user's own tables (real columns), through a worker thread.
 
 Table and column names are checked against the database's real schema before any SQL is built,
-and only then quoted into the statement; values are always bound parameters.
+and only then quoted into the statement (by :func:`_quote`, the one place that does it); values
+are always bound parameters.
+
+The driver also keeps the run ledger (:class:`~._driver.RunLedger`) of transactional runs in a
+table of the user's database, ``trioflow_transactions``, created on first use inside the run's
+own transaction, so the record commits (or rolls back) with the run's writes.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ import trio
 from ._driver import DriverError, Row, TransactionOwnership, UnknownColumnError, UnknownEntityError
 
 T = TypeVar("T")
+
+#: The run ledger's table in the user's database (see :meth:`SQLiteDriver.record_run`).
+LEDGER_TABLE = "trioflow_transactions"
+_LEDGER_SCHEMA = f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (run_key TEXT PRIMARY KEY, state BLOB NOT NULL)"
 
 
 class SQLiteDriver:
@@ -40,13 +49,14 @@ class SQLiteDriver:
         async with self._ownership.call():
             columns, key = await self._schema(entity)
             names = self._checked(entity, columns, data)
+            table = _quote(entity)
 
             def insert(conn: sqlite3.Connection) -> Row:
-                cols = ", ".join(f'"{c}"' for c in names)
+                cols = ", ".join(_quote(c) for c in names)
                 marks = ", ".join("?" for _ in names)
-                sql = f'INSERT INTO "{entity}" ({cols}) VALUES ({marks})' if names else f'INSERT INTO "{entity}" DEFAULT VALUES'
+                sql = f"INSERT INTO {table} ({cols}) VALUES ({marks})" if names else f"INSERT INTO {table} DEFAULT VALUES"
                 cur = conn.execute(sql, [data[c] for c in names])
-                return _rows(conn.execute(f'SELECT * FROM "{entity}" WHERE rowid = ?', (cur.lastrowid,)))[0]
+                return _rows(conn.execute(f"SELECT * FROM {table} WHERE rowid = ?", (cur.lastrowid,)))[0]
 
             return await self._run(insert, f"create in {entity!r}")
 
@@ -58,9 +68,9 @@ class SQLiteDriver:
         async with self._ownership.call():
             columns, key = await self._schema(entity)
             clause, params = self._where(entity, columns, where)
+            sql = f"SELECT * FROM {_quote(entity)}{clause} ORDER BY {_quote(key)}"
 
             def select(conn: sqlite3.Connection) -> list[Row]:
-                sql = f'SELECT * FROM "{entity}"{clause} ORDER BY "{key}"'
                 return _rows(conn.execute(sql, params))
 
             return await self._run(select, f"find in {entity!r}")
@@ -73,12 +83,14 @@ class SQLiteDriver:
             if not names:
                 raise DriverError(f"update of {entity!r}: no columns to set")
 
+            table, key_col = _quote(entity), _quote(key)
+            sets = ", ".join(f"{_quote(c)} = ?" for c in names)
+
             def update(conn: sqlite3.Connection) -> list[Row]:
-                keys = [r[0] for r in conn.execute(f'SELECT "{key}" FROM "{entity}"{clause}', params).fetchall()]
-                sets = ", ".join(f'"{c}" = ?' for c in names)
+                keys = [r[0] for r in conn.execute(f"SELECT {key_col} FROM {table}{clause}", params).fetchall()]
                 for k in keys:
-                    conn.execute(f'UPDATE "{entity}" SET {sets} WHERE "{key}" = ?', [data[c] for c in names] + [k])
-                return [_rows(conn.execute(f'SELECT * FROM "{entity}" WHERE "{key}" = ?', (k,)))[0] for k in keys]
+                    conn.execute(f"UPDATE {table} SET {sets} WHERE {key_col} = ?", [data[c] for c in names] + [k])
+                return [_rows(conn.execute(f"SELECT * FROM {table} WHERE {key_col} = ?", (k,)))[0] for k in keys]
 
             return await self._run(_atomic(update), f"update of {entity!r}")
 
@@ -86,9 +98,10 @@ class SQLiteDriver:
         async with self._ownership.call():
             columns, _ = await self._schema(entity)
             clause, params = self._where(entity, columns, where)
+            sql = f"DELETE FROM {_quote(entity)}{clause}"
 
             def delete(conn: sqlite3.Connection) -> int:
-                return conn.execute(f'DELETE FROM "{entity}"{clause}', params).rowcount
+                return conn.execute(sql, params).rowcount
 
             return await self._run(delete, f"delete from {entity!r}")
 
@@ -107,6 +120,36 @@ class SQLiteDriver:
                     await self._run(_rollback(level, name), "rollback")
                 raise
             await self._run(lambda c: c.execute("COMMIT" if level == 1 else f"RELEASE {name}"), "commit")
+
+    # -- the RunLedger protocol ---------------------------------------------------------------
+
+    async def record_run(self, key: str, payload: bytes) -> None:
+        """Store ``payload`` under ``key`` in the open transaction (its rollback removes it).
+
+        The ledger table is created here, in the same transaction, rather than up front: a
+        database that only ever sees plain runs never gets it.
+        """
+        self._ownership.require_transaction("record_run")
+        data = bytes(payload)
+
+        def record(conn: sqlite3.Connection) -> None:
+            conn.execute(_LEDGER_SCHEMA)
+            conn.execute(f"INSERT OR REPLACE INTO {LEDGER_TABLE} (run_key, state) VALUES (?, ?)", (key, data))
+
+        await self._run(record, f"recording run {key!r}")
+
+    async def find_run(self, key: str) -> bytes | None:
+        """The payload committed under ``key`` (``None`` if there is none, or no ledger yet)."""
+        async with self._ownership.call():
+            def find(conn: sqlite3.Connection) -> bytes | None:
+                exists = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (LEDGER_TABLE,)).fetchone()
+                if exists is None:
+                    return None
+                row = conn.execute(f"SELECT state FROM {LEDGER_TABLE} WHERE run_key = ?", (key,)).fetchone()
+                return None if row is None else bytes(row[0])
+
+            return await self._run(find, f"looking up run {key!r}")
 
     async def aclose(self) -> None:
         """Close the connection the driver opened itself (a handed-over one stays open)."""
@@ -145,7 +188,8 @@ class SQLiteDriver:
     async def _schema(self, entity: str) -> tuple[list[str], str]:
         if entity not in self._columns:
             def read(conn: sqlite3.Connection) -> tuple[list[str], list[str], str]:
-                tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+                tables = [r[0] for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name != ?", (LEDGER_TABLE,))]
                 if entity not in tables:
                     return tables, [], ""
                 info = conn.execute("SELECT name, pk FROM pragma_table_info(?)", (entity,)).fetchall()
@@ -171,7 +215,16 @@ class SQLiteDriver:
         names = self._checked(entity, columns, where)
         if not names:
             return "", []
-        return " WHERE " + " AND ".join(f'"{c}" IS ?' for c in names), [where[c] for c in names]
+        return " WHERE " + " AND ".join(f"{_quote(c)} IS ?" for c in names), [where[c] for c in names]
+
+
+def _quote(name: str) -> str:
+    """``name`` as a SQL identifier: in double quotes, with any double quote in it doubled.
+
+    Only names already found in the real schema reach here; quoting them exactly still matters,
+    since a real name may contain a double quote, which a plain ``f'"{name}"'`` would end early.
+    """
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _rows(cursor: sqlite3.Cursor) -> list[Row]:
