@@ -27,13 +27,16 @@ from trioflow._decide import (
     record_compensation_failed,
 )
 from trioflow._definition import TaskStep
-from trioflow._errors import WorkflowCancelledError, WorkflowTimeoutError, describe_error
+from trioflow._errors import CompensationTimeoutError, WorkflowCancelledError, WorkflowTimeoutError, describe_error
 from trioflow._snapshot import Status
 
 from ._lane import run_lane
 from ._run import Run, StepFailure, now
 from ._task import compensate
 from ._transaction import Forward, forward_in_transaction
+
+
+_UNBOUNDED = contextlib.nullcontext()
 
 
 def _deadline(run: Run) -> float:
@@ -53,11 +56,8 @@ async def run_instance(run: Run) -> None:
     if state.phase == "compensating":
         await _compensate_and_finish(run)
         return
-    if not run.resumed:
-        if run.bus.active:
-            run.emit("workflow.started", input=state.input)
-        if run.has_hooks:
-            await run.hook("on_start", run.context(MAIN, len(definition.steps)))
+    if not run.resumed and run.bus.active:
+        run.emit("workflow.started", input=state.input)
     try:
         if definition.transactional and run.driver is not None:
             outcome, error, failed_step = await forward_in_transaction(run, _forward)
@@ -91,6 +91,9 @@ async def _forward(run: Run) -> Forward:
     # the instance is parked in a step, and parked instances should be cheap.
     with scope if scope is not None else contextlib.nullcontext():
         try:
+            if run.has_hooks and not run.resumed:
+                # Inside the scope: a cancel or the workflow timeout reaches a slow hook too.
+                await run.hook("on_start", ctx)
             await run_lane(run, MAIN, definition.index, ctx)
         except StepFailure as failure:
             return "failed", failure.error, failure.step_name
@@ -111,7 +114,7 @@ async def _complete(run: Run) -> None:
         run.emit("workflow.progress", progress=100, current_step=None, completed_steps=done, total_steps=total)
         run.emit("workflow.completed", output=state.output)
     if run.has_hooks:
-        await run.hook("on_complete", run.result())
+        await run.end_hook("on_complete")
 
 
 async def _end_badly(run: Run, outcome: Status, error: BaseException, failed_step: str | None) -> None:
@@ -136,7 +139,11 @@ async def _compensate_and_finish(run: Run) -> None:
         if run.has_hooks:
             await run.hook("on_compensate", name, ctx)
         try:
-            await compensate(run, step, ctx)
+            with trio.fail_after(bound) if (bound := run.definition.compensation_timeout) else _UNBOUNDED:
+                await compensate(run, step, ctx)
+        except trio.TooSlowError:
+            assert bound is not None
+            record_compensation_failed(state, name, describe_error(CompensationTimeoutError(name, bound)))
         except StepFailure as failure:
             record_compensation_failed(state, name, describe_error(failure.error))
         except Exception as exc:
@@ -159,4 +166,4 @@ async def _compensate_and_finish(run: Run) -> None:
         else:
             run.emit("workflow.failed", error=state.error, failed_step=state.failed_step)
     if run.has_hooks:
-        await run.hook("on_failed", run.result())
+        await run.end_hook("on_failed")

@@ -12,14 +12,23 @@ import trio
 
 from trioflow._context import WorkflowContext
 from trioflow._definition import StepFn, WorkflowDefinition
-from trioflow._errors import TrioflowError
+from trioflow._errors import StorageUnavailableError, TrioflowError
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
 from trioflow._snapshot import InstanceState, WorkflowResult, metadata_of
 from trioflow.adapters._codec import check_encodable, encode
 from trioflow.adapters._protocol import Adapter
 
+from ._threads import ThreadSlots
+
 log = logging.getLogger("trioflow")
+
+#: Longest a lifecycle hook may run; one that takes longer is cancelled and logged, so a hook
+#: never holds an instance, its waiters or its slot.
+HOOK_TIMEOUT = 30.0
+#: Default of ``open_engine(storage_retry_for=...)``: how long a checkpoint that fails for a
+#: reason that may pass (busy, locked, full) is retried before the instance is left resumable.
+STORAGE_RETRY_FOR = 60.0
 
 #: The bus of runs nobody can subscribe to (``execute_workflow``): always inactive.
 SILENT = EventBus()
@@ -49,7 +58,8 @@ class Run:
     __slots__ = (
         "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed",
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
-        "cancel_requested", "error", "stored_status", "started", "waiters",
+        "cancel_requested", "error", "stored_status", "started", "waiters", "spawn", "storage_retry_for",
+        "storage_error",
     )
 
     def __init__(
@@ -65,7 +75,9 @@ class Run:
         resumed: bool = False,
         compensate_on_outer_cancel: bool = False,
         cancellable: bool = True,
-        threads: bool = True,
+        threads: ThreadSlots | None = None,
+        spawn: Callable[..., None] | None = None,
+        storage_retry_for: float = STORAGE_RETRY_FOR,
     ) -> None:
         self.definition = definition
         self.state = state
@@ -80,7 +92,14 @@ class Run:
         self.compensate_on_outer_cancel = compensate_on_outer_cancel
         #: Whether something (``engine.cancel``) may cancel this run from outside its steps.
         self.cancellable = cancellable
+        #: Where plain ``def`` callables run (``None``: inline, as the test engine wants).
         self.threads = threads
+        #: Starts a task beside the instance (the engine's supervisor): end-of-run hooks run there,
+        #: apart from the instance's lifecycle. ``None``: they run inline (``execute_workflow``).
+        self.spawn = spawn
+        self.storage_retry_for = storage_retry_for
+        #: Set when storage stayed unusable and the run gave up, leaving the instance resumable.
+        self.storage_error: StorageUnavailableError | None = None
         self.has_hooks = definition.has_hooks
         #: Inside a transactional run's transaction: snapshots wait for its commit.
         self.deferred = False
@@ -107,12 +126,41 @@ class Run:
         return self.jobs.resolve(fn) if isinstance(fn, str) else (fn, asynchronous)
 
     async def persist(self) -> None:
-        """Hand the current snapshot to the adapter and wait until it is stored."""
+        """Hand the current snapshot to the adapter and wait until it is stored.
+
+        A failure that may pass (:class:`StorageUnavailableError`) is retried with backoff for
+        up to ``storage_retry_for`` seconds; after that the error propagates and the instance
+        stays as last stored, for a later resume.
+        """
         if self.adapter is not None and not self.deferred:
             s = self.state
             status = s.status
-            await self.adapter.save(s.instance_id, s.workflow_name, status, encode(s))
+            snapshot = encode(s)
+            try:
+                await self.adapter.save(s.instance_id, s.workflow_name, status, snapshot)
+            except StorageUnavailableError as exc:
+                await self._save_again(status, snapshot, exc)
             self.stored_status = status
+
+    async def _save_again(self, status: Any, snapshot: bytes, error: StorageUnavailableError) -> None:
+        assert self.adapter is not None
+        s = self.state
+        deadline = trio.current_time() + self.storage_retry_for
+        delay = 0.05
+        while True:
+            log.warning(
+                "checkpoint of instance %s failed (%s); retrying in %.2f s", s.instance_id, error, delay,
+                extra={"instance_id": s.instance_id, "workflow_name": s.workflow_name},
+            )
+            if trio.current_time() + delay > deadline:
+                raise error
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                await self.adapter.save(s.instance_id, s.workflow_name, status, snapshot)
+                return
+            except StorageUnavailableError as exc:
+                error = exc
 
     async def wait_ended(self) -> None:
         """Park the calling task until :meth:`ended` is called.
@@ -146,16 +194,28 @@ class Run:
         self.bus.emit(name, payload)
 
     async def hook(self, name: str, *args: Any) -> None:
-        """Call a lifecycle hook; one that raises is logged and never changes the outcome."""
+        """Call a lifecycle hook, bounded by :data:`HOOK_TIMEOUT`; one that raises or overruns
+        is logged and never changes the outcome."""
         fn = getattr(self.definition.hooks, name)
         if fn is None:
             return
-        try:
-            result = fn(*args)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception("hook %s of workflow %r raised; ignored", name, self.definition.name)
+        with trio.move_on_after(HOOK_TIMEOUT) as scope:
+            try:
+                result = fn(*args)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("hook %s of workflow %r raised; ignored", name, self.definition.name)
+        if scope.cancelled_caught:
+            log.error("hook %s of workflow %r ran over %g s; cancelled", name, self.definition.name, HOOK_TIMEOUT)
+
+    async def end_hook(self, name: str) -> None:
+        """The ``on_complete``/``on_failed`` hook of a run that has ended: beside the instance
+        when an engine runs it (waiters and the slot are not held by it), else inline."""
+        if self.spawn is not None:
+            self.spawn(f"{name} {self.state.instance_id}", self.hook, name, self.result())
+        else:
+            await self.hook(name, self.result())
 
     def result(self) -> WorkflowResult:
         """The outcome of a finished run."""

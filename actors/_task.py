@@ -34,14 +34,14 @@ async def attempt(
         try:
             # The call is written out here, not in a helper coroutine: a parked instance keeps
             # every frame of its await chain alive. Plain functions run in a worker thread
-            # (``abandon_on_cancel``: a timeout or cancel need not wait for a thread that cannot
+            # (abandoned on cancel: a timeout or cancel need not wait for a thread that cannot
             # be interrupted; jobs are at-least-once anyway), or inline for a test engine, where
             # a busy thread would let the autojump clock race ahead.
             with trio.move_on_after(timeout) if timeout is not None else _NO_TIMEOUT:
                 if asynchronous:
                     return await fn(*args), attempts
-                if run.threads:
-                    return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True), attempts
+                if run.threads is not None:
+                    return await run.threads.run(fn, *args), attempts
                 return fn(*args), attempts
             assert timeout is not None
             error: BaseException = StepTimeoutError(step.name, timeout)

@@ -21,11 +21,13 @@ if _TYPE_CHECKING:
     from ._memory_driver import MemoryDriver as MemoryDriver
     from ._sqlite import DatabaseError as DatabaseError
     from ._sqlite import DatabaseLockedError as DatabaseLockedError
+    from ._sqlite import DatabaseUnavailableError as DatabaseUnavailableError
     from ._sqlite import SQLiteAdapter as SQLiteAdapter
     from ._sqlite_driver import SQLiteDriver as SQLiteDriver
 
 _LAZY = {
     "SQLiteAdapter": "_sqlite", "DatabaseError": "_sqlite", "DatabaseLockedError": "_sqlite",
+    "DatabaseUnavailableError": "_sqlite",
     "Driver": "_driver", "DriverError": "_driver", "EntityNotFoundError": "_driver",
     "UnknownColumnError": "_driver", "UnknownEntityError": "_driver",
     "MemoryDriver": "_memory_driver", "SQLiteDriver": "_sqlite_driver",

@@ -13,6 +13,7 @@ file, which the kernel drops when the process dies, even by SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import queue
@@ -25,7 +26,7 @@ from typing import Any, Literal
 import outcome
 import trio
 
-from trioflow._errors import TrioflowError
+from trioflow._errors import StorageError, StorageUnavailableError
 from trioflow._snapshot import Status
 
 from ._protocol import InstanceRecord
@@ -39,12 +40,17 @@ MAX_BATCH = 256
 Synchronous = Literal["FULL", "NORMAL"]
 
 
-class DatabaseError(TrioflowError):
+class DatabaseError(StorageError):
     """The SQLite database cannot be used (wrong version, locked, closed, I/O failure)."""
 
 
 class DatabaseLockedError(DatabaseError):
     """Another engine (in this process or another) has the database open."""
+
+
+class DatabaseUnavailableError(DatabaseError, StorageUnavailableError):
+    """A write or read failed for a reason that may pass: another connection holds the write
+    lock past the busy timeout, the disk is full, I/O failed. The engine retries checkpoints."""
 
 
 _SCHEMA = """
@@ -72,11 +78,17 @@ class SQLiteAdapter:
     """Instances in a SQLite file. ``synchronous="FULL"`` (default) survives power loss;
     ``"NORMAL"`` survives a process crash but may lose the last commits on power loss."""
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: Synchronous = "FULL") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, synchronous: Synchronous = "FULL", busy_timeout: float = 5.0
+    ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise DatabaseError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or not busy_timeout >= 0:
+            raise DatabaseError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
         self.path = Path(path)
         self.synchronous = synchronous
+        #: How long a write waits for another connection's lock before failing (and being retried).
+        self.busy_timeout = float(busy_timeout)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending: list[tuple[Any, _Op]] = []
         self._token: trio.lowlevel.TrioToken | None = None
@@ -92,7 +104,8 @@ class SQLiteAdapter:
         """Open the file, take the lock, create or check the schema, start the writer."""
         if self._thread is not None:
             raise DatabaseLockedError(f"{self.path} is already open through this adapter")
-        conn = await trio.to_thread.run_sync(self._connect)
+        # A limiter of its own: the default one may be held by abandoned job threads.
+        conn = await trio.to_thread.run_sync(self._connect, limiter=trio.CapacityLimiter(1))
         self._queue = queue.SimpleQueue()
         self._pending = []
         self._token = trio.lowlevel.current_trio_token()
@@ -103,19 +116,26 @@ class SQLiteAdapter:
         self._thread.start()
 
     async def close(self) -> None:
-        """Finish what is queued, stop the writer, release the lock."""
+        """Finish what is queued, stop the writer, release the lock.
+
+        Calls of this scheduler pass that are not handed over yet go before the stop, so no
+        caller is left parked on a write nobody will do; later calls get :class:`DatabaseError`.
+        """
         thread = self._thread
         if thread is None:
             return
         self._thread = None
+        if self._pending:
+            self._flush()
         self._queue.put(_STOP)
-        await trio.to_thread.run_sync(thread.join)
+        await trio.to_thread.run_sync(thread.join, limiter=trio.CapacityLimiter(1))
         self._unlock()
 
     def _connect(self) -> sqlite3.Connection:
         self._lock()
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
@@ -140,7 +160,13 @@ class SQLiteAdapter:
 
     def _lock(self) -> None:
         lock_path = f"{self.path}.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot open {self.path}: its lock file {lock_path} cannot be created ({exc.strerror});"
+                " the directory must exist and be writable"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -200,8 +226,9 @@ class SQLiteAdapter:
         return await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
 
     def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        self._queue.put(batch)
+        if self._pending:  # ``close`` may have handed this pass's calls over already
+            batch, self._pending = self._pending, []
+            self._queue.put(batch)
 
     @staticmethod
     def _wake(results: list[tuple[Any, outcome.Outcome[Any]]]) -> None:
@@ -239,19 +266,35 @@ class SQLiteAdapter:
                     return
         finally:
             conn.close()
+            self._refuse_leftovers(token)
+
+    def _refuse_leftovers(self, token: trio.lowlevel.TrioToken) -> None:
+        """Calls handed over after the stop get an error instead of waiting forever."""
+        closed = DatabaseError(f"{self.path} was closed before this operation ran")
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP:
+                refused: list[tuple[Any, outcome.Outcome[Any]]] = [(task, outcome.Error(closed)) for task, _ in item]
+                token.run_sync_soon(self._wake, refused)
 
 
 def _apply(conn: sqlite3.Connection, batch: list[tuple[Any, _Op]]) -> list[tuple[Any, outcome.Outcome[Any]]]:
-    """Apply a batch in one transaction; if it fails, apply each op alone so that only the
-    op at fault gets the error."""
+    """Apply a batch in one transaction; if one op fails, apply each op alone so that only the
+    op at fault gets the error. If the database itself fails (busy, locked, full, I/O), every op
+    gets that error at once: trying each alone would wait out the busy timeout once per op."""
     try:
         conn.execute("BEGIN IMMEDIATE")
         values = _run_all(conn, [op for _, op in batch])
         conn.execute("COMMIT")
         return [(task, outcome.Value(v)) for (task, _), v in zip(batch, values)]
+    except sqlite3.OperationalError as exc:
+        _roll_back(conn)
+        return [(task, outcome.Error(_failure(op[0], exc))) for task, op in batch]
     except Exception:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        _roll_back(conn)
     results: list[tuple[Any, outcome.Outcome[Any]]] = []
     for task, op in batch:
         try:
@@ -260,10 +303,24 @@ def _apply(conn: sqlite3.Connection, batch: list[tuple[Any, _Op]]) -> list[tuple
             conn.execute("COMMIT")
             results.append((task, outcome.Value(value)))
         except Exception as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            results.append((task, outcome.Error(DatabaseError(f"SQLite {op[0]} failed: {exc}"))))
+            _roll_back(conn)
+            results.append((task, outcome.Error(_failure(op[0], exc))))
     return results
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    # A failing disk can make the rollback fail too; SQLite has then rolled back already.
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _failure(kind: str, exc: Exception) -> DatabaseError:
+    """The error a caller gets for a failed operation: busy, locked, full and I/O errors
+    (``OperationalError``) may pass and are retried by the engine; others are final."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return DatabaseUnavailableError(f"SQLite {kind} failed: {exc}")
+    return DatabaseError(f"SQLite {kind} failed: {exc}")
 
 
 def _run_all(conn: sqlite3.Connection, ops: list[_Op]) -> list[Any]:

@@ -32,6 +32,9 @@ from ._errors import NoChoiceMatchedError as NoChoiceMatchedError
 from ._errors import ParallelError as ParallelError
 from ._errors import SnapshotDecodeError as SnapshotDecodeError
 from ._errors import StepError as StepError
+from ._errors import CompensationTimeoutError as CompensationTimeoutError
+from ._errors import StorageError as StorageError
+from ._errors import StorageUnavailableError as StorageUnavailableError
 from ._errors import StepTimeoutError as StepTimeoutError
 from ._errors import TrioflowError as TrioflowError
 from ._errors import UnencodableValueError as UnencodableValueError

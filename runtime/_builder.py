@@ -23,7 +23,7 @@ from ._definition import (
 )
 from ._errors import DefinitionError
 from ._retry import Retry
-from ._validate import check_lane, check_unique_names
+from ._validate import check_lane, check_timeout, check_unique_names
 
 _UNSET: Any = object()
 
@@ -213,8 +213,7 @@ class WorkflowBuilder(_LaneBuilder):
 
     def with_timeout(self, seconds: float) -> Self:
         """Bound the whole run; an instance past it ends ``timed_out`` and is compensated."""
-        if not isinstance(seconds, (int, float)) or seconds <= 0:
-            raise DefinitionError(f"{self._owner()}: timeout must be a number of seconds > 0, got {seconds!r}")
+        check_timeout(self._owner(), seconds)
         self._timeout = float(seconds)
         return self
 

@@ -18,6 +18,8 @@ from ._retry import Retry
 StepFn = Callable[..., Any]
 OnError = Literal["fail-fast", "wait-all"]
 StepKind = Literal["task", "choice", "parallel", "pass"]
+#: Seconds a compensation may take, all attempts together, unless the workflow says otherwise.
+DEFAULT_COMPENSATION_TIMEOUT = 300.0
 
 
 def is_async(fn: object) -> bool:
@@ -161,6 +163,10 @@ class WorkflowDefinition:
     data: Mapping[str, Any] = attrs.field(factory=dict)
     transactional: bool = False
     timeout: float | None = None
+    #: Bound on each compensation, all its attempts together (``None``: unbounded). A hanging
+    #: compensation would otherwise keep its instance running forever; one that overruns is
+    #: recorded as a :class:`CompensationTimeoutError` and the rest still run.
+    compensation_timeout: float | None = DEFAULT_COMPENSATION_TIMEOUT
     hooks: Hooks = attrs.field(factory=Hooks)
     fingerprint: str = ""
     #: Job names the steps refer to (``job=`` and ``compensate=`` strings), branches included.

@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 import trio
 
 from trioflow.actors._instance import run_instance
-from trioflow.actors._run import Run, now
+from trioflow.actors._run import STORAGE_RETRY_FOR, Run, now
 from trioflow.actors._supervisor import Supervisor
+from trioflow.actors._threads import ThreadSlots
 from trioflow.adapters._codec import check_encodable, decode, encode
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, InstanceRecord
@@ -27,6 +28,8 @@ from ._errors import (
     InstanceNotLiveError,
     InvalidArgumentError,
     SnapshotDecodeError,
+    StorageError,
+    StorageUnavailableError,
     UnknownInstanceError,
     UnknownJobError,
     UnknownWorkflowError,
@@ -34,7 +37,7 @@ from ._errors import (
 )
 from ._events import EventBus
 from ._jobs import JobRegistry
-from ._snapshot import TERMINAL, InstanceState, Lane, Status, WorkflowInstance, to_instance
+from ._snapshot import TERMINAL, InstanceState, Status, WorkflowInstance, to_instance, unreadable_instance
 
 log = logging.getLogger("trioflow")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,9 +50,9 @@ class Engine:
     def __init__(
         self, supervisor: Supervisor, adapter: Adapter, *, max_running: int,
         services: Mapping[str, Any], driver: Any, threads: bool = True,
-        leftovers: list[InstanceRecord] | None = None,
+        leftovers: list[InstanceRecord] | None = None, storage_retry_for: float = STORAGE_RETRY_FOR,
     ) -> None:
-        self.jobs = JobRegistry()
+        self.jobs = JobRegistry(on_register=self._jobs_registered)
         self.events = EventBus()
         self.adapter = adapter
         self._supervisor = supervisor
@@ -62,7 +65,8 @@ class Engine:
             self._leftovers = {}
             for record in leftovers:
                 self._leftovers.setdefault(record.workflow_name, []).append(record)
-        self._threads = threads
+        self._threads = ThreadSlots() if threads else None
+        self._storage_retry_for = storage_retry_for
         self._max_running = max_running
         #: Actors running now, and runs waiting for a slot. A waiting run has no task yet:
         #: thousands of queued instances cost a deque entry each, not a parked task.
@@ -72,8 +76,17 @@ class Engine:
         #: The definition ``start`` last found all jobs registered for (jobs are never removed):
         #: a burst of starts of one workflow checks its jobs once.
         self._jobs_found: WorkflowDefinition | None = None
-        #: Instances whose actor lives in this engine; ``None`` while ``start`` is storing it.
-        self._live: dict[str, Run | None] = {}
+        #: Instances whose actor lives in this engine (running, or queued for a slot).
+        self._live: dict[str, Run] = {}
+        #: Ids ``start`` is storing now, with their workflow: a concurrent ``start`` of the same id
+        #: must not start it twice, and a resume must not take them for live.
+        self._storing: dict[str, str] = {}
+        #: Stored instances held back from a resume until their workflow's jobs are registered
+        #: (a resume that ran them now would fail them for good), by workflow.
+        self._held: dict[str, list[InstanceRecord]] = {}
+        #: Instances whose stored snapshot this release cannot read: failed for callers, with
+        #: the reason, while their stored bytes stay untouched (a newer release may read them).
+        self._unreadable: dict[str, WorkflowInstance] = {}
         #: Resumes started by ``register`` that have not finished; ``wait``/``cancel`` let them
         #: settle first, so an instance being resumed is never mistaken for one that is not.
         self._pending_resumes = 0
@@ -97,10 +110,29 @@ class Engine:
         self._definitions[definition.name] = definition
         records = self._leftovers.pop(definition.name, None) if self._leftovers is not None else None
         if records:
-            if self._pending_resumes == 0:
-                self._resumes_settled = trio.Event()
-            self._pending_resumes += 1
-            self._supervisor.start_soon(f"resume {definition.name}", self._resume_leftovers, records)
+            self._resume_soon(definition, records)
+
+    def _resume_soon(self, definition: WorkflowDefinition, records: list[InstanceRecord]) -> None:
+        """Resume ``records`` in the background, or hold them until the jobs they need exist."""
+        if self._missing_jobs(definition):
+            self._held.setdefault(definition.name, []).extend(records)
+            return
+        if self._pending_resumes == 0:
+            self._resumes_settled = trio.Event()
+        self._pending_resumes += 1
+        self._supervisor.start_soon(f"resume {definition.name}", self._resume_leftovers, records)
+
+    def _jobs_registered(self) -> None:
+        """A job was registered: resume the held instances whose jobs now all exist."""
+        if self._closed:
+            return
+        for name in list(self._held):
+            definition = self._definitions[name]
+            if not self._missing_jobs(definition):
+                self._resume_soon(definition, self._held.pop(name))
+
+    def _missing_jobs(self, definition: WorkflowDefinition) -> list[str]:
+        return sorted(n for n in definition.job_names if n not in self.jobs)
 
     # -- instances ----------------------------------------------------------------------------
 
@@ -116,7 +148,7 @@ class Engine:
             known = ", ".join(sorted(self._definitions)) or "none"
             raise UnknownWorkflowError(f"no workflow registered as {workflow_name!r} (registered: {known})")
         if definition is not self._jobs_found:
-            missing = sorted(n for n in definition.job_names if n not in self.jobs)
+            missing = self._missing_jobs(definition)
             if missing:
                 raise UnknownJobError(f"workflow {workflow_name!r} uses jobs nobody registered: {', '.join(missing)}")
             self._jobs_found = definition
@@ -124,60 +156,87 @@ class Engine:
             instance_id = new_instance_id()
         elif not isinstance(instance_id, str) or not instance_id:
             raise InvalidArgumentError(f"instance_id must be a non-empty string, got {instance_id!r}")
-        if instance_id in self._live:
+        live = self._live.get(instance_id)
+        owner = live.state.workflow_name if live is not None else self._storing.get(instance_id)
+        if owner is not None:
+            _check_same_workflow(instance_id, owner, workflow_name)
             return instance_id
         check_encodable(input, "workflow input")
         status: Status = "pending" if self._running >= self._max_running else "running"
         state = new_state(definition, instance_id, input, now(), status=status)
         snapshot = encode(state)
-        self._live[instance_id] = None
+        self._storing[instance_id] = workflow_name
         try:
             created = await self.adapter.create(instance_id, workflow_name, status, snapshot)
         finally:
-            if self._live.get(instance_id, False) is None:
-                del self._live[instance_id]
+            del self._storing[instance_id]
         if not created:
-            existing = await self.adapter.load(instance_id)
-            if existing is not None and existing.workflow_name != workflow_name:
-                raise InstanceIdConflictError(
-                    f"instance id {instance_id!r} already belongs to workflow {existing.workflow_name!r}"
-                )
+            # It exists: stored by an earlier engine (a resume may be running it here by now),
+            # or by a concurrent ``start``. Idempotent, unless it is another workflow's.
+            run = self._live.get(instance_id)
+            if run is not None:
+                _check_same_workflow(instance_id, run.state.workflow_name, workflow_name)
+            else:
+                existing = await self.adapter.load(instance_id)
+                if existing is not None:
+                    _check_same_workflow(instance_id, existing.workflow_name, workflow_name)
             return instance_id
         self._spawn(definition, state, resumed=False)
         return instance_id
 
     async def get_instance(self, instance_id: str) -> WorkflowInstance | None:
         """The instance as it stands (``None`` if unknown)."""
+        self._check_open()
         run = self._live.get(instance_id)
         if run is not None:
             return to_instance(decode(encode(run.state)))  # a consistent copy, never aliased
         record = await self.adapter.load(instance_id)
-        return None if record is None else to_instance(decode(record.snapshot))
+        return None if record is None else self._view(record)
+
+    def _view(self, record: InstanceRecord) -> WorkflowInstance:
+        """The public view of a stored record; an unreadable one is reported failed, with why."""
+        try:
+            state = decode(record.snapshot)
+            _check_identity(state, record)
+        except SnapshotDecodeError as exc:
+            return unreadable_instance(record.instance_id, record.workflow_name, describe_error(exc))
+        return to_instance(state)
 
     async def wait(self, instance_id: str) -> WorkflowInstance:
         """Wait until the instance has reached a terminal status (compensation included)."""
+        self._check_open()
         if self._pending_resumes:
             await self._resumes_settled.wait()
-        run = self._live.get(instance_id)
-        while run is None and instance_id in self._live:
+        while instance_id in self._storing:
             await trio.sleep(0)  # ``start`` is still storing it
-            run = self._live.get(instance_id)
+        run = self._live.get(instance_id)
         if run is not None:
             await run.wait_ended()
             if run.stored_status in TERMINAL:
                 # Its end is stored, and a finished run's state is never touched again.
                 return to_instance(run.state)
+            if run.storage_error is not None:
+                raise StorageUnavailableError(
+                    f"instance {instance_id!r} could not be checkpointed ({run.storage_error}); it stays"
+                    f" {run.stored_status or 'as first stored'} in storage and resumes with the next engine"
+                    " or engine.resume()"
+                )
+            self._check_stopped(instance_id)
+        unreadable = self._unreadable.get(instance_id)
+        if unreadable is not None:
+            return unreadable
         instance = await self.get_instance(instance_id)
         if instance is None:
             raise UnknownInstanceError(f"no instance {instance_id!r}")
         if instance.status not in TERMINAL:
-            # Not ended and not running here. If the engine is stopping, a waiter inside its
-            # block is being cancelled: let that land rather than report the instance as idle.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if self._closed:
-                raise EngineClosedError(
-                    f"the engine stopped before instance {instance_id!r} ended; it stays {instance.status}"
-                    " in storage for the next engine to resume"
+            self._check_stopped(instance_id)
+            held = next((name for name, records in self._held.items()
+                         if any(r.instance_id == instance_id for r in records)), None)
+            if held is not None:
+                missing = ", ".join(self._missing_jobs(self._definitions[held]))
+                raise InstanceNotLiveError(
+                    f"instance {instance_id!r} resumes once the jobs its workflow uses are registered"
+                    f" (missing: {missing})"
                 )
             raise InstanceNotLiveError(
                 f"instance {instance_id!r} is {instance.status} in storage but not running in this engine;"
@@ -185,9 +244,18 @@ class Engine:
             )
         return instance
 
+    def _check_stopped(self, instance_id: str) -> None:
+        """A run that did not end while waited on: the engine is stopping."""
+        if self._closed:
+            raise EngineClosedError(
+                f"the engine stopped before instance {instance_id!r} ended; it stays in storage"
+                " for the next engine to resume"
+            )
+
     async def cancel(self, instance_id: str) -> bool:
         """Cancel a running instance: its running step is cancelled, then its completed steps
         are compensated. ``True`` if the instance was running here and is now being cancelled."""
+        self._check_open()
         if self._pending_resumes:
             await self._resumes_settled.wait()
         run = self._live.get(instance_id)
@@ -205,11 +273,11 @@ class Engine:
 
     async def get_instances(self, workflow_name: str, status: Status | None = None) -> list[WorkflowInstance]:
         """Instances of a workflow, optionally only those of one status."""
+        self._check_open()
         out = []
         for record in await self.adapter.list_instances(workflow_name, status):
             run = self._live.get(record.instance_id)
-            state = decode(encode(run.state)) if run is not None else decode(record.snapshot)
-            out.append(to_instance(state))
+            out.append(to_instance(decode(encode(run.state))) if run is not None else self._view(record))
         return out
 
     async def resume(self) -> list[str]:
@@ -232,38 +300,54 @@ class Engine:
         resumed = []
         for record in records:
             definition = self._definitions.get(record.workflow_name)
-            if record.instance_id in self._live or definition is None:
+            if record.instance_id in self._live or definition is None or self._closed:
+                continue
+            if self._missing_jobs(definition):
+                self._held.setdefault(definition.name, []).append(record)
                 continue
             try:
-                state = decode(record.snapshot)
-            except SnapshotDecodeError as exc:
-                await self._fail_unreadable(record, exc)
-                continue
-            problem = misfit(state, definition)
-            if problem is not None:
-                fail_alone(state, f"DefinitionMismatchError: {problem}", now())
-                await self.adapter.save(state.instance_id, state.workflow_name, state.status, encode(state))
-                continue
-            if record.instance_id in self._live:
-                continue  # resumed by a concurrent call while we awaited
-            self._spawn(definition, state, resumed=True)
-            resumed.append(record.instance_id)
+                # Each record resumes or fails alone: one bad row never stops the others.
+                if await self._resume_one(definition, record):
+                    resumed.append(record.instance_id)
+            except StorageError as exc:
+                log.error("instance %s could not be resumed: %s", record.instance_id, exc,
+                          extra={"instance_id": record.instance_id, "workflow_name": record.workflow_name})
         return resumed
 
-    async def _fail_unreadable(self, record: InstanceRecord, exc: SnapshotDecodeError) -> None:
-        """An unreadable snapshot fails its own instance, with the reason recorded on it."""
-        log.error("instance %s has an unreadable snapshot: %s", record.instance_id, exc)
-        state = InstanceState(
-            instance_id=record.instance_id, workflow_name=record.workflow_name, fingerprint="",
-            status="failed", input=None, data={}, lanes={"": Lane(step=None)},
-        )
-        fail_alone(state, describe_error(exc), now())
-        await self.adapter.save(record.instance_id, record.workflow_name, "failed", encode(state))
+    async def _resume_one(self, definition: WorkflowDefinition, record: InstanceRecord) -> bool:
+        """Resume one stored instance; whether it now runs here."""
+        try:
+            state = decode(record.snapshot)
+            _check_identity(state, record)
+            problem = misfit(state, definition)
+        except SnapshotDecodeError as exc:
+            self._refuse_unreadable(record, exc)
+            return False
+        except Exception as exc:  # a decodable snapshot the kernel cannot make sense of
+            self._refuse_unreadable(record, SnapshotDecodeError(f"snapshot fields are malformed: {describe_error(exc)}"))
+            return False
+        if problem is not None:
+            fail_alone(state, f"DefinitionMismatchError: {problem}", now())
+            await self.adapter.save(state.instance_id, state.workflow_name, state.status, encode(state))
+            return False
+        if record.instance_id in self._live:
+            return False  # resumed by a concurrent call while we awaited
+        self._spawn(definition, state, resumed=True)
+        return True
+
+    def _refuse_unreadable(self, record: InstanceRecord, exc: SnapshotDecodeError) -> None:
+        """An unreadable snapshot fails its instance for this engine's callers. Its stored bytes
+        are left as they are: a newer release (after a rolled-back deploy) may still read them."""
+        log.error("instance %s has a snapshot this release cannot read, left untouched: %s", record.instance_id, exc,
+                  extra={"instance_id": record.instance_id, "workflow_name": record.workflow_name})
+        self._unreadable[record.instance_id] = unreadable_instance(
+            record.instance_id, record.workflow_name, describe_error(exc))
 
     def _spawn(self, definition: WorkflowDefinition, state: InstanceState, *, resumed: bool) -> None:
         run = Run(
             definition, state, adapter=self.adapter, jobs=self.jobs, services=self._services,
             driver=self._driver, bus=self.events, resumed=resumed, threads=self._threads,
+            spawn=self._supervisor.start_soon, storage_retry_for=self._storage_retry_for,
         )
         self._live[state.instance_id] = run
         if self._running < self._max_running:
@@ -283,6 +367,14 @@ class Engine:
                 # first step's snapshot records the new status anyway.
                 admit(state, now())
             await run_instance(run)
+        except StorageUnavailableError as exc:
+            # Storage stayed unusable past the retries: leave the instance as last stored, to be
+            # resumed, rather than claim an end that could not be recorded.
+            run.storage_error = exc
+            log.error(
+                "instance %s stopped: storage unusable (%s); it stays resumable", state.instance_id, exc,
+                extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name},
+            )
         except Exception as exc:
             # A bug or a failing adapter: this instance fails alone, the others go on.
             fail_alone(state, f"internal error: {describe_error(exc)}", now())
@@ -306,6 +398,9 @@ class Engine:
     def _close(self) -> None:
         self._closed = True
         self.events.attach(None)
+        # Queued runs have no actor to end them: release their waiters (``EngineClosedError``).
+        for run in self._waiting:
+            run.ended()
 
 
 @asynccontextmanager
@@ -317,6 +412,7 @@ async def open_engine(
     driver: Any = None,
     resume: bool = True,
     threads: bool = True,
+    storage_retry_for: float = STORAGE_RETRY_FOR,
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the block.
 
@@ -326,7 +422,12 @@ async def open_engine(
     workflow is registered. Leaving the block stops every
     actor; running instances stay ``running`` in the adapter for the next engine to resume.
     Plain ``def`` jobs run in worker threads; ``threads=False`` runs them inline in the trio
-    thread (what ``trioflow.testing.open_test_engine`` does, to keep virtual time still).
+    thread (what ``trioflow.testing.open_test_engine`` does, to keep virtual time still); a job
+    abandoned by its timeout or a cancel gives its thread slot back at once.
+    A checkpoint that fails for a reason that may pass (database busy or locked, disk full) is
+    retried for up to ``storage_retry_for`` seconds; if storage is still unusable then, the
+    instance stops where it was last stored, resumable, and ``wait()`` raises
+    :class:`StorageUnavailableError`.
     """
     if not isinstance(max_running, int) or max_running < 1:
         raise InvalidArgumentError(f"max_running must be an int >= 1, got {max_running!r}")
@@ -338,7 +439,7 @@ async def open_engine(
         async with trio.open_nursery() as nursery:
             engine = Engine(
                 Supervisor(nursery), storage, max_running=max_running, services=services or {},
-                driver=driver, threads=threads, leftovers=leftovers,
+                driver=driver, threads=threads, leftovers=leftovers, storage_retry_for=storage_retry_for,
             )
             engine.events.attach(nursery)
             try:
@@ -355,3 +456,18 @@ async def open_engine(
     finally:
         with trio.CancelScope(shield=True):
             await storage.close()
+
+
+def _check_same_workflow(instance_id: str, stored: str, asked: str) -> None:
+    if stored != asked:
+        raise InstanceIdConflictError(f"instance id {instance_id!r} already belongs to workflow {stored!r}")
+
+
+def _check_identity(state: InstanceState, record: InstanceRecord) -> None:
+    """A snapshot must be the one of the row that holds it: a row whose snapshot names another
+    instance (a copied or tampered row) would otherwise run that instance a second time."""
+    if state.instance_id != record.instance_id or state.workflow_name != record.workflow_name:
+        raise SnapshotDecodeError(
+            f"the row of instance {record.instance_id!r} ({record.workflow_name!r}) holds the snapshot of"
+            f" instance {state.instance_id!r} ({state.workflow_name!r})"
+        )

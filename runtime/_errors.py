@@ -54,8 +54,27 @@ class InvalidArgumentError(TrioflowError, ValueError):
     """An argument to an engine call is not acceptable (the message names it)."""
 
 
+class StorageError(TrioflowError):
+    """The persistence adapter could not store or read what it was asked to."""
+
+
+class StorageUnavailableError(StorageError):
+    """Storage failed in a way that may pass (busy, locked by another connection, full, failing
+    I/O). The engine retries a checkpoint for a while; if storage stays unusable, the instance is
+    left as it was last stored, resumable, and ``wait()`` raises this error saying so."""
+
+
+class CompensationTimeoutError(TrioflowError, TimeoutError):
+    """A compensation ran longer than its workflow's ``compensation_timeout`` (all attempts)."""
+
+    def __init__(self, step_name: str, timeout: float) -> None:
+        super().__init__(f"compensation of step {step_name!r} did not finish within {timeout:g} s")
+        self.step_name = step_name
+        self.timeout = timeout
+
+
 class InstanceIdConflictError(TrioflowError, ValueError):
-    """``start(..., instance_id=X)`` where X already belongs to another workflow."""
+    """``start(..., instance_id=X)`` where X already belongs to another workflow (running or not)."""
 
 
 class EngineClosedError(TrioflowError, RuntimeError):

@@ -7,6 +7,7 @@ from typing import Any
 
 from trioflow.actors._instance import run_instance
 from trioflow.actors._run import Run, now
+from trioflow.actors._threads import ThreadSlots
 
 from ._builder import WorkflowBuilder
 from ._decide import new_instance_id, new_state
@@ -37,6 +38,7 @@ async def execute_workflow(
     run = Run(
         workflow, state, adapter=None, jobs=jobs if isinstance(jobs, JobRegistry) else JobRegistry(jobs),
         services=services or {}, driver=driver, compensate_on_outer_cancel=True, cancellable=False,
+        threads=ThreadSlots(),
     )
     await run_instance(run)
     return run.result()

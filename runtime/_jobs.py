@@ -14,7 +14,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 class JobRegistry(Mapping[str, Callable[..., Any]]):
     """Name -> callable. Each engine has its own (no process-wide state)."""
 
-    def __init__(self, jobs: Mapping[str, Callable[..., Any]] | None = None) -> None:
+    def __init__(
+        self, jobs: Mapping[str, Callable[..., Any]] | None = None, *, on_register: Callable[[], None] | None = None
+    ) -> None:
+        #: Told after each registration (the engine resumes instances that waited for a job).
+        self._on_register = on_register
         self._jobs: dict[str, Callable[..., Any]] = {}
         #: Whether each job is awaited (``True``) or run in a thread, worked out at registration.
         self._async: dict[str, bool] = {}
@@ -29,6 +33,8 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
             raise DefinitionError(f"job {name!r}: {fn!r} is not callable")
         self._jobs[name] = fn
         self._async[name] = is_async(fn)
+        if self._on_register is not None:
+            self._on_register()
 
     def job(self, name: str) -> Callable[[F], F]:
         """Decorator form of :meth:`register`."""

@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Union
 
 import attrs
+
+from ._errors import DefinitionError
 
 #: What ``retry_on`` accepts: exception types, message fragments, predicates, or a mix.
 RetryOn = Union[type[BaseException], str, Callable[[BaseException], bool]]
 
 
 def _positive_int(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"Retry.{attribute.name} must be an int >= 1, got {value!r}")
+    # ``True`` is an ``int`` to Python, never a count of attempts to a reader.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DefinitionError(f"Retry.{attribute.name} must be an int >= 1, got {value!r}")
 
 
-def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"Retry.{attribute.name} must be a number >= 0, got {value!r}")
+def _finite_at_least(minimum: float) -> Callable[[object, attrs.Attribute[float], float], None]:
+    """A validator for a finite number (not a bool) of at least ``minimum``.
 
+    NaN compares false with everything, so "is it below the minimum?" would wave it through;
+    the test is written as "is it in range?" instead. Infinities are refused too: an infinite
+    interval or backoff rate makes delays infinite (or NaN: ``0 * inf``), and an infinite cap
+    leaves nothing to stop the delays growing to infinity.
+    """
 
-def _backoff(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not isinstance(value, (int, float)) or value < 1:
-        raise ValueError(f"Retry.{attribute.name} must be a number >= 1, got {value!r}")
+    def check(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (minimum <= value < math.inf):
+            raise DefinitionError(f"Retry.{attribute.name} must be a finite number >= {minimum:g}, got {value!r}")
+
+    return check
 
 
 def _retry_on_tuple(value: object) -> tuple[RetryOn, ...] | None:
@@ -32,11 +42,14 @@ def _retry_on_tuple(value: object) -> tuple[RetryOn, ...] | None:
     if isinstance(value, (str, type)) or callable(value):
         value = (value,)
     if not isinstance(value, (tuple, list)):
-        raise ValueError(f"Retry.retry_on must be a type, string, predicate or a list of them, got {value!r}")
+        raise DefinitionError(f"Retry.retry_on must be a type, string, predicate or a list of them, got {value!r}")
     items: tuple[RetryOn, ...] = tuple(value)
     for item in items:
-        if not (isinstance(item, str) or callable(item)):
-            raise ValueError(f"Retry.retry_on items must be exception types, strings or predicates, got {item!r}")
+        # A class is matched with ``isinstance`` (see ``retries``), never called as a predicate,
+        # so one that is not an exception class (``int``) could never match anything.
+        valid = issubclass(item, BaseException) if isinstance(item, type) else isinstance(item, str) or callable(item)
+        if not valid:
+            raise DefinitionError(f"Retry.retry_on items must be exception types, strings or predicates, got {item!r}")
     return items
 
 
@@ -49,12 +62,16 @@ class Retry:
     are retried (``None``: all). Its items are checked in a fixed precedence: exception types
     first (``isinstance``), then strings (a match when the string is the error's class name or
     occurs in its message), then predicates (``predicate(error) -> bool``).
+
+    An invalid policy raises :class:`~trioflow.DefinitionError` naming the field: the numbers
+    must be finite, and ``interval`` may not exceed ``max_interval`` (default 30 s), since the
+    delay is capped at ``max_interval``, so such an interval would never be waited in full.
     """
 
     max_attempts: int = attrs.field(default=3, validator=_positive_int)
-    interval: float = attrs.field(default=1.0, validator=_non_negative)
-    backoff_rate: float = attrs.field(default=2.0, validator=_backoff)
-    max_interval: float = attrs.field(default=30.0, validator=_non_negative)
+    interval: float = attrs.field(default=1.0, validator=_finite_at_least(0))
+    backoff_rate: float = attrs.field(default=2.0, validator=_finite_at_least(1))
+    max_interval: float = attrs.field(default=30.0, validator=_finite_at_least(0))
     retry_on: tuple[RetryOn, ...] | None = attrs.field(default=None, converter=_retry_on_tuple)
 
     def __init__(
@@ -74,9 +91,23 @@ class Retry:
             retry_on=retry_on,
         )
 
+    def __attrs_post_init__(self) -> None:
+        """Checks across fields; attrs runs it after the per-field validators."""
+        if self.interval > self.max_interval:
+            raise DefinitionError(
+                f"Retry.interval ({self.interval!r}) is greater than Retry.max_interval ({self.max_interval!r});"
+                " every delay is capped at max_interval, so raise max_interval or lower interval"
+            )
+
     def delay(self, attempt: int) -> float:
         """Seconds to sleep after failed attempt number ``attempt`` (1-based)."""
-        return float(min(self.interval * self.backoff_rate ** (attempt - 1), self.max_interval))
+        try:
+            grown = self.interval * self.backoff_rate ** (attempt - 1)
+        except OverflowError:
+            # ``backoff_rate ** n`` outgrew floats (a long-polling policy, attempt ~1000 at rate
+            # 2): any interval but 0 is then far past the cap, which is finite.
+            grown = self.max_interval if self.interval else 0.0
+        return float(min(grown, self.max_interval))
 
     def retries(self, error: BaseException) -> bool:
         """Whether ``error`` is one this policy retries (ignoring the attempt count)."""

@@ -151,6 +151,15 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
     )
 
 
+def unreadable_instance(instance_id: str, workflow_name: str, error: str) -> WorkflowInstance:
+    """What callers see of an instance whose stored snapshot cannot be read: failed, with why."""
+    return WorkflowInstance(
+        id=instance_id, workflow_name=workflow_name, status="failed", current_step=None, input=None,
+        output=None, error=error, failed_step=None, step_results={}, compensated_steps=(),
+        compensation_errors={}, rolled_back=False, created_at=0.0, started_at=None, completed_at=None,
+    )
+
+
 def metadata_of(state: InstanceState) -> WorkflowMetadata:
     """``ctx.metadata`` / ``WorkflowResult.metadata`` for a state."""
     return WorkflowMetadata(id=state.instance_id, workflow_name=state.workflow_name, started_at=state.started_at)

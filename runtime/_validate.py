@@ -39,6 +39,17 @@ def check_unique_names(owner: str, steps: Sequence[Step]) -> None:
         seen[step.name] = where
 
 
+def check_timeout(label: str, seconds: object) -> None:
+    """A timeout (a workflow's or a step's) is a number of seconds > 0.
+
+    ``bool`` is refused although it is an ``int``: ``timeout=True`` is a mistake, not 1 s.
+    NaN compares false with everything, so the test asks "is it > 0?" rather than "is it <= 0?",
+    which NaN would pass. ``inf`` is accepted: like a trio deadline of ``inf``, it never expires.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise DefinitionError(f"{label}: timeout must be a number of seconds > 0, got {seconds!r}")
+
+
 def _walk(where: str, steps: Sequence[Step]) -> Iterator[tuple[str, Step]]:
     for step in steps:
         yield where, step
@@ -93,8 +104,8 @@ def _check_task(label: str, step: TaskStep) -> None:
             raise DefinitionError(f"{label}: {field} must be callable, got {fn!r}")
     if step.retry is not None and not isinstance(step.retry, Retry):
         raise DefinitionError(f"{label}: retry must be a trioflow.Retry, got {step.retry!r}")
-    if step.timeout is not None and not (isinstance(step.timeout, (int, float)) and step.timeout > 0):
-        raise DefinitionError(f"{label}: timeout must be a number of seconds > 0, got {step.timeout!r}")
+    if step.timeout is not None:
+        check_timeout(label, step.timeout)
 
 
 def _check_parallel(label: str, step: ParallelStep) -> None:

@@ -54,7 +54,7 @@ def retry_policies(*, timing: bool = True) -> st.SearchStrategy[Retry]:
         max_attempts=st.integers(1, 4),
         interval=st.sampled_from((0.1, 1.0, 3.0)) if timing else st.just(0.0),
         backoff_rate=st.sampled_from((1.0, 2.0)),
-        max_interval=st.sampled_from((2.0, 30.0)),
+        max_interval=st.sampled_from((3.0, 30.0)),  # never below the largest interval
     )
 
 
