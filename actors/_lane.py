@@ -85,11 +85,16 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext, start
     open_branches(state, step)
     failures: list[BranchError] = []
     fail_fast = step.on_error == "fail-fast"
-    async with trio.open_nursery() as nursery:
-        for branch in step.branches:
-            key = f"{step.name}/{branch.name}"
-            if state.lanes[key].step is not None:
-                nursery.start_soon(_branch_actor, run, branch, key, failures, nursery.cancel_scope if fail_fast else None)
+    try:
+        async with trio.open_nursery() as nursery:
+            for branch in step.branches:
+                key = f"{step.name}/{branch.name}"
+                if state.lanes[key].step is not None:
+                    nursery.start_soon(_branch_actor, run, branch, key, failures, nursery.cancel_scope if fail_fast else None)
+    except BaseExceptionGroup as group:
+        # Branch failures are values (``failures``); what escapes is KeyboardInterrupt,
+        # SystemExit or a cancellation, which callers expect as themselves, not wrapped.
+        raise _first_fatal(group) from None
     if not failures:
         return parallel_output(state, step)
     if fail_fast:
@@ -102,6 +107,23 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext, start
         failed = StepFailure(step.name, run_error, 1)
     await step_failed(run, step.name, run_error, 1, started_at, ctx)
     raise failed
+
+
+def _first_fatal(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """KeyboardInterrupt or SystemExit if a branch raised one, else the group's only exception,
+    else the group itself."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    for exc in leaves:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return exc
+    return leaves[0] if len(leaves) == 1 else group
 
 
 async def _branch_actor(

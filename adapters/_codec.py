@@ -51,10 +51,12 @@ def encode(state: InstanceState) -> bytes:
 def check_encodable(value: Any, what: str) -> None:
     """Raise :class:`UnencodableValueError` naming ``what`` (and the path inside it) unless
     ``value`` can be stored."""
-    if value is None or type(value) in _SCALARS:
+    kind = type(value)
+    if value is None or kind in _SCALARS:
         return
     try:
-        size = len(msgpack.packb(value, use_bin_type=True))
+        packed = msgpack.packb(value, use_bin_type=True)
+        size = len(packed)
         if size > _MAX_DEPTH:
             # Every level of nesting takes at least a byte, so only values at least this large
             # can be too deep: check them wrapped in the headroom the snapshot needs.
@@ -70,6 +72,39 @@ def check_encodable(value: Any, what: str) -> None:
         raise UnencodableValueError(_describe(what, value, exc)) from exc
     if size > MAX_VALUE_BYTES:
         raise ValueTooLargeError(f"{what} is {size / 2**20:.1f} MiB encoded, over the {MAX_VALUE_BYTES >> 20} MiB limit")
+    if kind is not str and kind is not bytes:
+        _check_readable(packed, what, value)
+
+
+def _check_readable(packed: bytes, what: str, value: Any) -> None:
+    """Refuse a value that packs but cannot be unpacked: a dict key that is a tuple packs as an
+    array, which unpacks as a list, which cannot be a key. Stored, it would make the whole
+    snapshot unreadable (``get_instance`` and resume would fail), so it is refused up front."""
+    try:
+        msgpack.unpackb(packed, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:
+        path, key = _find_unreadable_key(value, "")
+        raise UnencodableValueError(
+            f"{what}{path} has a dict key of type {type(key).__name__} ({key!r:.60}), which would be stored"
+            " as a list and could not be read back as a key; use a string, number or bytes key"
+        ) from exc
+
+
+def _find_unreadable_key(value: Any, path: str) -> tuple[str, Any]:
+    """The path to the first dict whose key is a list or tuple, and that key."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if isinstance(k, (list, tuple)):
+                return path, k
+            found = _find_unreadable_key(v, f"{path}[{k!r}]")
+            if found[0] or found[1] is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _find_unreadable_key(v, f"{path}[{i}]")
+            if found[0] or found[1] is not None:
+                return found
+    return "", None
 
 
 def decode(data: bytes) -> InstanceState:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import gc
 import weakref
+from pathlib import Path
 from typing import Any
 
 import attrs
+import msgpack
+import pytest
 import trio
 import trio.testing
 
 import trioflow as tf
+from trioflow.adapters._codec import decode, encode
 
 
 class Boom(Exception):
@@ -98,3 +102,234 @@ async def test_step_callables_are_not_kept_alive_by_the_engine(autojump_clock: t
         del handler, wf, payload
     gc.collect()
     assert sum(r() is not None for r in refs) == 0
+
+
+# -- helpers for the engine items -----------------------------------------------------------------
+
+
+def three_steps(name: str = "w") -> tf.WorkflowDefinition:
+    return tf.workflow(name).task("a", job="a").task("b", job="b").task("c", job="c").build()
+
+
+class Jobs:
+    """Async jobs ``a``, ``b``, ``c`` that log their calls; ``b`` can be made to hang."""
+
+    def __init__(self, b_hangs: bool = False) -> None:
+        self.calls: list[str] = []
+        self.b_hangs = b_hangs
+
+    def register(self, engine: tf.Engine) -> None:
+        for name in ("a", "b", "c"):
+            engine.jobs.register(name, self._job(name))
+
+    def _job(self, name: str) -> Any:
+        async def job(data: Any) -> str:
+            self.calls.append(name)
+            if name == "b" and self.b_hangs:
+                await trio.sleep_forever()
+            return f"{name}-out"
+        return job
+
+
+async def left_in_b(adapter: tf.adapters.Adapter, *ids: str) -> None:
+    """Leave instances stored as running, inside step ``b``, as a killed engine would."""
+    async with tf.open_engine(adapter=adapter) as engine:
+        Jobs(b_hangs=True).register(engine)
+        engine.register(three_steps())
+        for iid in ids:
+            await engine.start("w", {"id": iid}, instance_id=iid)
+        await trio.sleep(1)
+
+
+async def test_resubmitting_an_id_right_after_a_restart_runs_the_instance(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Item 5: a client retrying ``start(instance_id=...)`` while the restart resumes it."""
+    path = tmp_path / "flows.db"
+    await left_in_b(tf.adapters.SQLiteAdapter(path), "order-0")
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
+        jobs = Jobs()
+        jobs.register(engine)
+        engine.register(three_steps())
+        assert await engine.start("w", {"id": "order-0"}, instance_id="order-0") == "order-0"
+        done = await engine.wait("order-0")
+    assert done.status == "completed" and jobs.calls == ["b", "c"]
+
+
+async def test_a_malformed_row_does_not_stop_the_resume_of_the_others(autojump_clock: trio.testing.MockClock) -> None:
+    """Item 6: a decodable snapshot with a lane position of the wrong type fails alone."""
+    adapter = tf.adapters.MemoryAdapter()
+    await left_in_b(adapter, "first", "bad", "last")
+    record = await adapter.load("bad")
+    assert record is not None
+    state = decode(record.snapshot)
+    state.lanes[""].step = ["not", "a", "name"]  # type: ignore[assignment]
+    state.fingerprint = "changed"  # so that the resume checks where it stands
+    await adapter.save("bad", "w", "running", encode(state))
+    async with tf.open_engine(adapter=adapter) as engine:
+        Jobs().register(engine)
+        engine.register(three_steps())
+        assert (await engine.wait("first")).status == "completed"
+        assert (await engine.wait("last")).status == "completed"
+        bad = await engine.wait("bad")
+    assert bad.status == "failed" and "SnapshotDecodeError" in (bad.error or "")
+
+
+async def test_a_row_holding_another_instances_snapshot_is_not_run(autojump_clock: trio.testing.MockClock) -> None:
+    """Item 7: a copied row would otherwise run its instance twice at once."""
+    adapter = tf.adapters.MemoryAdapter()
+    await left_in_b(adapter, "real")
+    record = await adapter.load("real")
+    assert record is not None
+    await adapter.create("copy", "w", "running", record.snapshot)
+    async with tf.open_engine(adapter=adapter) as engine:
+        jobs = Jobs()
+        jobs.register(engine)
+        engine.register(three_steps())
+        assert (await engine.wait("real")).status == "completed"
+        copy = await engine.wait("copy")
+    assert jobs.calls == ["b", "c"], "the instance ran once"
+    assert copy.status == "failed" and "holds the snapshot of instance 'real'" in (copy.error or "")
+    stored = await adapter.load("copy")
+    assert stored is not None and stored.snapshot == record.snapshot, "the row is left as it was"
+
+
+async def test_a_snapshot_from_a_newer_release_is_refused_and_left_untouched(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Item 2: after a rolled-back deploy, the newer release's rows must survive the older one."""
+    adapter = tf.adapters.MemoryAdapter()
+    await left_in_b(adapter, "mine")
+    record = await adapter.load("mine")
+    assert record is not None
+    newer = msgpack.packb(["trioflow.instance", 99, "future", "w", "..."])
+    await adapter.create("future", "w", "running", newer)
+    async with tf.open_engine(adapter=adapter) as engine:
+        Jobs().register(engine)
+        engine.register(three_steps())
+        assert (await engine.wait("mine")).status == "completed"
+        future = await engine.wait("future")
+        assert (await engine.get_instance("future")) == future
+        listed = {i.id: i for i in await engine.get_instances("w")}
+    assert future.status == "failed" and "format version 99 is not supported" in (future.error or "")
+    assert listed["future"].status == "failed" and listed["mine"].status == "completed"
+    stored = await adapter.load("future")
+    assert stored is not None and stored.snapshot == newer and stored.status == "running"
+
+
+async def test_one_corrupt_finished_row_does_not_break_listing(autojump_clock: trio.testing.MockClock) -> None:
+    """Item 17: ``get_instances`` lists the readable rows and reports the unreadable one failed."""
+    adapter = tf.adapters.MemoryAdapter()
+    async with tf.open_engine(adapter=adapter) as engine:
+        Jobs().register(engine)
+        engine.register(three_steps())
+        good = await engine.start("w")
+        await engine.wait(good)
+    await adapter.create("corrupt", "w", "completed", b"\xc1\xc1")
+    async with tf.open_engine(adapter=adapter) as engine:
+        engine.register(three_steps())
+        listed = {i.id: i for i in await engine.get_instances("w")}
+    assert listed[good].status == "completed"
+    assert listed["corrupt"].status == "failed" and "SnapshotDecodeError" in (listed["corrupt"].error or "")
+
+
+async def test_a_resume_waits_for_the_jobs_it_needs(autojump_clock: trio.testing.MockClock) -> None:
+    """Item 8: registering the workflow before its jobs must not fail its instances for good."""
+    adapter = tf.adapters.MemoryAdapter()
+    await left_in_b(adapter, "x")
+    async with tf.open_engine(adapter=adapter) as engine:
+        engine.register(three_steps())
+        await trio.sleep(1)
+        with pytest.raises(tf.InstanceNotLiveError, match="missing: a, b, c"):
+            await engine.wait("x")
+        jobs = Jobs()
+        jobs.register(engine)
+        done = await engine.wait("x")
+    assert done.status == "completed" and jobs.calls == ["b", "c"]
+
+
+async def test_a_live_instance_id_cannot_be_reused_for_another_workflow(autojump_clock: trio.testing.MockClock) -> None:
+    """Item 9: the conflict is raised while the instance runs, as it is once it has finished."""
+    async with tf.open_engine() as engine:
+        Jobs(b_hangs=True).register(engine)
+        engine.register(three_steps("w"))
+        engine.register(three_steps("other"))
+        await engine.start("w", instance_id="shared")
+        with pytest.raises(tf.InstanceIdConflictError, match="already belongs to workflow 'w'"):
+            await engine.start("other", instance_id="shared")
+        assert await engine.start("w", instance_id="shared") == "shared"
+
+
+async def test_a_waiter_on_a_queued_instance_is_released_when_the_engine_stops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Item 10: ``max_running=1``, the second instance queued, the engine leaves its block."""
+    outcome: list[BaseException] = []
+
+    async def waiter(engine: tf.Engine, iid: str) -> None:
+        try:
+            await engine.wait(iid)
+        except tf.EngineClosedError as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as outer:
+            async with tf.open_engine(max_running=1) as engine:
+                Jobs(b_hangs=True).register(engine)
+                engine.register(three_steps())
+                await engine.start("w")
+                queued = await engine.start("w")
+                assert (await engine.get_instance(queued)).status == "pending"  # type: ignore[union-attr]
+                outer.start_soon(waiter, engine, queued)
+                await trio.sleep(1)
+    assert len(outcome) == 1
+
+
+async def test_engine_calls_after_close_raise_engine_closed(autojump_clock: trio.testing.MockClock) -> None:
+    """Item 17: ``cancel()`` after close said "Nursery is closed to new arrivals"."""
+    async with tf.open_engine() as engine:
+        Jobs().register(engine)
+        engine.register(three_steps())
+        iid = await engine.start("w")
+        await engine.wait(iid)
+    with pytest.raises(tf.EngineClosedError):
+        await engine.cancel(iid)
+    with pytest.raises(tf.EngineClosedError):
+        await engine.get_instance(iid)
+
+
+@pytest.mark.parametrize("fatal", [KeyboardInterrupt, SystemExit])
+async def test_keyboard_interrupt_and_system_exit_from_a_branch_come_out_as_themselves(
+    fatal: type[BaseException], autojump_clock: trio.testing.MockClock
+) -> None:
+    """Item 17: not wrapped in a BaseExceptionGroup, so ``except KeyboardInterrupt`` works."""
+
+    async def stop(ctx: Any) -> None:
+        raise fatal()
+
+    async def slow(ctx: Any) -> None:
+        await trio.sleep(10)
+
+    wf = tf.workflow("w").parallel("p", branches=[
+        tf.branch("x").step("stop", stop).build(), tf.branch("y").step("slow", slow).build()]).build()
+    with pytest.raises(fatal):
+        await tf.execute_workflow(None, wf)
+
+
+async def test_inputs_and_outputs_that_cannot_be_read_back_are_refused(autojump_clock: trio.testing.MockClock) -> None:
+    """Item 3: a dict with tuple keys packs, but unpacks as list keys, which Python refuses."""
+    adapter = tf.adapters.MemoryAdapter()
+
+    async def tuple_keys(data: Any) -> Any:
+        return {"totals": {("eu", 2026): 10}}
+
+    async with tf.open_engine(adapter=adapter) as engine:
+        engine.register(tf.workflow("w").task("t", job=tuple_keys).build())
+        with pytest.raises(tf.UnencodableValueError, match=r"workflow input\['by'\] has a dict key of type tuple"):
+            await engine.start("w", {"by": {(1, 2): 3}}, instance_id="refused")
+        assert await adapter.load("refused") is None, "nothing is stored"
+        iid = await engine.start("w")
+        done = await engine.wait(iid)
+        assert done.status == "failed" and "output of step 't'['totals'] has a dict key" in (done.error or "")
+        assert (await engine.get_instance(iid)) is not None
+        assert [i.id for i in await engine.get_instances("w")] == [iid]
