@@ -11,6 +11,7 @@ import attrs
 from ._definition import (
     Branch,
     Choice,
+    DEFAULT_COMPENSATION_TIMEOUT,
     ChoiceStep,
     Hooks,
     OnError,
@@ -195,6 +196,7 @@ class WorkflowBuilder(_LaneBuilder):
         self._data: dict[str, Any] = {}
         self._transactional = False
         self._timeout: float | None = None
+        self._compensation_timeout: float | None = DEFAULT_COMPENSATION_TIMEOUT
         self._default_retry: Retry | None = None
         self._hooks = Hooks()
 
@@ -218,6 +220,17 @@ class WorkflowBuilder(_LaneBuilder):
         return self
 
     timeout = with_timeout
+
+    def with_compensation_timeout(self, seconds: float | None) -> Self:
+        """Bound each compensation, all its attempts together (default 300 s; ``None``:
+        unbounded). One that overruns is recorded in ``compensation_errors`` as a
+        ``CompensationTimeoutError`` and the others still run, so a hanging compensation can
+        never keep an instance (or a cancelled ``execute_workflow`` caller) waiting forever."""
+        if seconds is not None:
+            check_timeout(f"{self._owner()} compensation", seconds)
+            seconds = float(seconds)
+        self._compensation_timeout = seconds
+        return self
 
     def default_retry(self, retry: Retry) -> Self:
         """The retry policy of every task that sets none of its own, branches included."""
@@ -243,7 +256,8 @@ class WorkflowBuilder(_LaneBuilder):
         index_steps(lookup, "", steps)
         return WorkflowDefinition(
             name=self._name, steps=steps, index=index, lookup=lookup, data=dict(self._data),
-            transactional=self._transactional, timeout=self._timeout, hooks=self._hooks,
+            transactional=self._transactional, timeout=self._timeout,
+            compensation_timeout=self._compensation_timeout, hooks=self._hooks,
             fingerprint=_fingerprint(steps),
             job_names=frozenset(
                 ref for s, _ in lookup.values() if isinstance(s, TaskStep)

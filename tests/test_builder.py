@@ -108,3 +108,11 @@ def test_choice_loops_back_are_reachable_and_valid() -> None:
           .choice("done?", choices=[tf.when(lambda c: True, next="finish")], default="poll")
           .end("finish").build())
     assert wf.steps[-1].end
+
+
+def test_compensation_timeout_defaults_to_five_minutes_and_can_be_set_or_lifted() -> None:
+    assert tf.workflow("w").step("a", lambda ctx: None).build().compensation_timeout == 300.0
+    assert tf.workflow("w").step("a", lambda ctx: None).with_compensation_timeout(5).build().compensation_timeout == 5.0
+    assert tf.workflow("w").step("a", lambda ctx: None).with_compensation_timeout(None).build().compensation_timeout is None
+    with pytest.raises(tf.DefinitionError, match="compensation: timeout must be a number of seconds > 0"):
+        tf.workflow("w").with_compensation_timeout(float("nan"))
