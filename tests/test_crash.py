@@ -10,8 +10,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from processes import kill_when
 
 CHILD = str(Path(__file__).with_name("crash_child.py"))
 N = 300
@@ -27,16 +28,8 @@ def run_and_kill(tmp_path: Path, scenario: str, ready: set[str]) -> tuple[Path, 
     db, log = tmp_path / "flows.db", tmp_path / "jobs.log"
     child = subprocess.Popen([sys.executable, CHILD, str(db), str(log), scenario, "run", str(N)],
                              stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while not all(sum(1 for (_, s) in calls(log) if s == step) >= N for step in ready):
-            assert child.poll() is None, "the child died before it was killed"
-            assert time.monotonic() < deadline, f"instances never reached {ready}: {calls(log).most_common(3)}"
-            time.sleep(0.05)
-    finally:
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-    assert child.returncode == -signal.SIGKILL
+    kill_when(child, lambda: all(sum(1 for (_, s) in calls(log) if s == step) >= N for step in ready),
+              lambda: f"instances never reached {ready}: {calls(log).most_common(3)}")
     with sqlite3.connect(db) as conn:
         running = conn.execute("SELECT count(*) FROM trioflow_instances WHERE status = 'running'").fetchone()[0]
     assert running == N, "every instance must be left running by the crash"

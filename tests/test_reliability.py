@@ -16,6 +16,8 @@ import trio.testing
 import trioflow as tf
 from trioflow.adapters._codec import decode, encode
 
+from test_engine import Jobs, three_steps
+
 
 class Boom(Exception):
     pass
@@ -105,30 +107,6 @@ async def test_step_callables_are_not_kept_alive_by_the_engine(autojump_clock: t
 
 
 # -- helpers for the engine items -----------------------------------------------------------------
-
-
-def three_steps(name: str = "w") -> tf.WorkflowDefinition:
-    return tf.workflow(name).task("a", job="a").task("b", job="b").task("c", job="c").build()
-
-
-class Jobs:
-    """Async jobs ``a``, ``b``, ``c`` that log their calls; ``b`` can be made to hang."""
-
-    def __init__(self, b_hangs: bool = False) -> None:
-        self.calls: list[str] = []
-        self.b_hangs = b_hangs
-
-    def register(self, engine: tf.Engine) -> None:
-        for name in ("a", "b", "c"):
-            engine.jobs.register(name, self._job(name))
-
-    def _job(self, name: str) -> Any:
-        async def job(data: Any) -> str:
-            self.calls.append(name)
-            if name == "b" and self.b_hangs:
-                await trio.sleep_forever()
-            return f"{name}-out"
-        return job
 
 
 async def left_in_b(adapter: tf.adapters.Adapter, *ids: str) -> None:

@@ -7,12 +7,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -29,6 +26,8 @@ from trioflow.adapters import MemoryDriver, SQLiteDriver
 from trioflow.adapters._codec import decode, encode
 from trioflow.adapters._driver import RunLedger
 from trioflow.adapters._sqlite_driver import LEDGER_TABLE
+
+from processes import kill_when
 
 CHILD = str(Path(__file__).with_name("tx_crash_child.py"))
 N = 50
@@ -164,16 +163,8 @@ def test_sigkill_after_commit_before_terminal_snapshot_applies_once(tmp_path: Pa
         conn.execute(ORDERS)
     child = subprocess.Popen([sys.executable, CHILD, str(db), str(userdb), str(log), "run", str(N)],
                              stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while terminal_markers(log) < N:
-            assert child.poll() is None, "the child died before it was killed"
-            assert time.monotonic() < deadline, f"only {terminal_markers(log)} of {N} instances committed"
-            time.sleep(0.05)
-    finally:
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-    assert child.returncode == -signal.SIGKILL
+    kill_when(child, lambda: terminal_markers(log) >= N,
+              lambda: f"only {terminal_markers(log)} of {N} instances committed", timeout=60)
     with sqlite3.connect(db) as conn:
         running = conn.execute("SELECT count(*) FROM trioflow_instances WHERE status = 'running'").fetchone()[0]
     assert running == N, "the crash left every instance stored running"
