@@ -138,8 +138,9 @@ async def _compensate_and_finish(run: Run) -> None:
         ctx = run.context(lane_key, 0)
         if run.has_hooks:
             await run.hook("on_compensate", name, ctx)
+        bound = run.definition.compensation_timeout
         try:
-            with trio.fail_after(bound) if (bound := run.definition.compensation_timeout) else _UNBOUNDED:
+            with trio.fail_after(bound) if bound is not None else _UNBOUNDED:
                 await compensate(run, step, ctx)
         except trio.TooSlowError:
             assert bound is not None

@@ -59,7 +59,6 @@ class Run:
         "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed",
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "waiters", "spawn", "storage_retry_for",
-        "storage_error",
     )
 
     def __init__(
@@ -98,8 +97,6 @@ class Run:
         #: apart from the instance's lifecycle. ``None``: they run inline (``execute_workflow``).
         self.spawn = spawn
         self.storage_retry_for = storage_retry_for
-        #: Set when storage stayed unusable and the run gave up, leaving the instance resumable.
-        self.storage_error: StorageUnavailableError | None = None
         self.has_hooks = definition.has_hooks
         #: Inside a transactional run's transaction: snapshots wait for its commit.
         self.deferred = False

@@ -9,15 +9,12 @@ stuck thread costs only itself.
 
 from __future__ import annotations
 
-import math
-import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-if TYPE_CHECKING:
-    from trio.testing import MockClock
+from trioflow._virtual_time import mock_clock, real_time_while_threads
 
 #: Jobs the engine waits on in threads at once (trio's default thread limit).
 DEFAULT_THREADS = 40
@@ -38,9 +35,9 @@ class ThreadSlots:
         if self._limiter is None:
             self._limiter = trio.CapacityLimiter(self._total)
         slot = _Slot(self._limiter)
-        clock = _mock_clock()
+        clock = mock_clock()
         if clock is not None:
-            _real_time_while_threads(clock, +1)
+            real_time_while_threads(clock, +1)
         try:
             # trio takes any object with CapacityLimiter's acquire/release_on_behalf_of methods.
             return await trio.to_thread.run_sync(
@@ -50,34 +47,7 @@ class ThreadSlots:
             raise
         finally:
             if clock is not None:
-                _real_time_while_threads(clock, -1)
-
-
-def _mock_clock() -> MockClock | None:
-    from trio.testing import MockClock  # only runs that call threads pay for importing it
-
-    clock = trio.lowlevel.current_clock()
-    return clock if isinstance(clock, MockClock) else None
-
-
-#: For each MockClock: thread calls in flight, and the settings to restore when none are left.
-_paused: weakref.WeakKeyDictionary[MockClock, tuple[int, float, float]] = weakref.WeakKeyDictionary()
-
-
-def _real_time_while_threads(clock: MockClock, change: int) -> None:
-    """Under a MockClock (tests), a thread's work takes real time that the trio side cannot see:
-    an autojumping clock would leap to the next deadline (a 600 s workflow timeout would fire
-    while a job works for 0.5 s). While any thread call is in flight, virtual time runs at real
-    speed and does not jump; the clock's own settings come back when the last one returns."""
-    count, rate, threshold = _paused.get(clock, (0, clock.rate, clock.autojump_threshold))
-    count += change
-    if count == 0:
-        del _paused[clock]
-        clock.rate, clock.autojump_threshold = rate, threshold
-        return
-    if count == 1 and change > 0:
-        clock.rate, clock.autojump_threshold = 1.0, math.inf
-    _paused[clock] = (count, rate, threshold)
+                real_time_while_threads(clock, -1)
 
 
 class _Slot:

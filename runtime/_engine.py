@@ -87,6 +87,9 @@ class Engine:
         #: Instances whose stored snapshot this release cannot read: failed for callers, with
         #: the reason, while their stored bytes stay untouched (a newer release may read them).
         self._unreadable: dict[str, WorkflowInstance] = {}
+        #: Instances whose run stopped because storage stayed unusable, with the error ``wait``
+        #: raises for them, until a resume runs them again.
+        self._stalled: dict[str, StorageUnavailableError] = {}
         #: Resumes started by ``register`` that have not finished; ``wait``/``cancel`` let them
         #: settle first, so an instance being resumed is never mistaken for one that is not.
         self._pending_resumes = 0
@@ -215,13 +218,10 @@ class Engine:
             if run.stored_status in TERMINAL:
                 # Its end is stored, and a finished run's state is never touched again.
                 return to_instance(run.state)
-            if run.storage_error is not None:
-                raise StorageUnavailableError(
-                    f"instance {instance_id!r} could not be checkpointed ({run.storage_error}); it stays"
-                    f" {run.stored_status or 'as first stored'} in storage and resumes with the next engine"
-                    " or engine.resume()"
-                )
             self._check_stopped(instance_id)
+        stalled = self._stalled.get(instance_id)
+        if stalled is not None:
+            raise stalled
         unreadable = self._unreadable.get(instance_id)
         if unreadable is not None:
             return unreadable
@@ -350,6 +350,7 @@ class Engine:
             spawn=self._supervisor.start_soon, storage_retry_for=self._storage_retry_for,
         )
         self._live[state.instance_id] = run
+        self._stalled.pop(state.instance_id, None)
         if self._running < self._max_running:
             self._launch(run)
         else:
@@ -370,7 +371,11 @@ class Engine:
         except StorageUnavailableError as exc:
             # Storage stayed unusable past the retries: leave the instance as last stored, to be
             # resumed, rather than claim an end that could not be recorded.
-            run.storage_error = exc
+            self._stalled[state.instance_id] = StorageUnavailableError(
+                f"instance {state.instance_id!r} could not be checkpointed ({exc}); it stays"
+                f" {run.stored_status or 'as first stored'} in storage and resumes with the next engine"
+                " or engine.resume()"
+            )
             log.error(
                 "instance %s stopped: storage unusable (%s); it stays resumable", state.instance_id, exc,
                 extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name},

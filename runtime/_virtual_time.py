@@ -1,0 +1,52 @@
+"""Virtual time while the trio side waits on threads (trio's ``MockClock``, in tests).
+
+A task parked on a worker thread looks idle to trio, so an autojumping ``MockClock`` would leap
+to the next deadline while the thread works. Whoever waits on a thread (jobs in threads, the
+SQLite adapter's writer) brackets the wait with :func:`real_time_while_threads`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import weakref
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from trio.testing import MockClock
+
+
+def mock_clock() -> MockClock | None:
+    """The run's clock if it is trio's ``MockClock`` (a test), else ``None``."""
+    # A MockClock can only exist once ``trio.testing`` is imported: production runs never pay
+    # for importing it, nor for an isinstance check against it.
+    testing = sys.modules.get("trio.testing")
+    if testing is None:
+        return None
+    mock: type[MockClock] = testing.MockClock
+    clock = trio.lowlevel.current_clock()
+    return clock if isinstance(clock, mock) else None
+
+
+#: For each MockClock: thread calls in flight, and the settings to restore when none are left.
+_paused: weakref.WeakKeyDictionary[MockClock, tuple[int, float, float]] = weakref.WeakKeyDictionary()
+
+
+def real_time_while_threads(clock: MockClock, change: int) -> None:
+    """Under a MockClock (tests), a thread's work takes real time that the trio side cannot see:
+    an autojumping clock would leap to the next deadline (a 600 s workflow timeout would fire
+    while a job works for 0.5 s, or while the SQLite adapter's writer commits). While any thread
+    call is in flight (``change=+1`` when one starts, ``-1`` when it is over), virtual time runs
+    at real speed and does not jump; the clock's own settings come back when the last one ends.
+    Shared by every user of threads in the run, so that their settings are saved only once."""
+    count, rate, threshold = _paused.get(clock, (0, clock.rate, clock.autojump_threshold))
+    count += change
+    if count == 0:
+        del _paused[clock]
+        clock.rate, clock.autojump_threshold = rate, threshold
+        return
+    if count == 1 and change > 0:
+        clock.rate, clock.autojump_threshold = 1.0, math.inf
+    _paused[clock] = (count, rate, threshold)
