@@ -19,7 +19,6 @@ import math
 import trio
 
 from trioflow._decide import (
-    MAIN,
     begin_compensation,
     finish,
     pending_compensations,
@@ -28,6 +27,7 @@ from trioflow._decide import (
 )
 from trioflow._definition import TaskStep
 from trioflow._errors import CompensationTimeoutError, WorkflowCancelledError, WorkflowTimeoutError, describe_error
+from trioflow._lanes import MAIN
 from trioflow._snapshot import Status
 
 from ._lane import run_lane
@@ -110,7 +110,7 @@ async def _complete(run: Run) -> None:
     await run.persist()
     if run.bus.active:
         total = len(run.definition.steps)
-        done = sum(1 for s in run.definition.steps if s.name in state.completed)
+        done = sum(1 for s in run.definition.steps if s.name in state.latest)
         run.emit("workflow.progress", progress=100, current_step=None, completed_steps=done, total_steps=total)
         run.emit("workflow.completed", output=state.output)
     if run.has_hooks:
@@ -132,27 +132,28 @@ async def _compensate_and_finish(run: Run) -> None:
     """Compensate every completed step that has a compensation, newest first, exactly once."""
     state = run.state
     lookup = run.definition.lookup
-    for name in pending_compensations(state, run.definition):
-        step, lane_key = lookup[name]
+    for record in pending_compensations(state, run.definition):
+        name = record.step_name
+        step = lookup[name][0]
         assert isinstance(step, TaskStep)
-        ctx = run.context(lane_key, 0)
+        ctx = run.context(record.lane, 0)
         if run.has_hooks:
             await run.hook("on_compensate", name, ctx)
         bound = run.definition.compensation_timeout
         try:
             with trio.fail_after(bound) if bound is not None else _UNBOUNDED:
-                await compensate(run, step, ctx)
+                await compensate(run, step, record, ctx)
         except trio.TooSlowError:
             assert bound is not None
-            record_compensation_failed(state, name, describe_error(CompensationTimeoutError(name, bound)))
+            record_compensation_failed(state, record.seq, describe_error(CompensationTimeoutError(name, bound)))
         except StepFailure as failure:
-            record_compensation_failed(state, name, describe_error(failure.error))
+            record_compensation_failed(state, record.seq, describe_error(failure.error))
         except Exception as exc:
             # Whatever went wrong around the compensation (a ``retry_on`` predicate that raised,
             # a broken callable) is that compensation's failure: the others still run.
-            record_compensation_failed(state, name, describe_error(exc))
+            record_compensation_failed(state, record.seq, describe_error(exc))
         else:
-            record_compensated(state, name)
+            record_compensated(state, record.seq)
             if run.bus.active:
                 run.emit("workflow.step.compensated", step_name=name)
         await run.persist()

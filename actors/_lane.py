@@ -8,9 +8,10 @@ from typing import Any
 import trio
 
 from trioflow._context import WorkflowContext
-from trioflow._decide import MAIN, choose, complete_step, next_of, open_branches, parallel_output, progress
-from trioflow._definition import Branch, ChoiceStep, ParallelStep, PassStep, TaskStep
-from trioflow._errors import BranchError, ParallelError
+from trioflow._decide import choose, complete_step, new_execution, next_of, open_branches, parallel_output, progress
+from trioflow._definition import Branch, ChoiceStep, ParallelStep, TaskStep
+from trioflow._errors import BranchError, ParallelError, RecordedError, StorageUnavailableError, UnencodableValueError
+from trioflow._lanes import MAIN, branch_lane
 
 from ._run import Run, StepFailure, now
 from ._task import run_task, step_failed
@@ -30,15 +31,21 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         # Steps that never reach a checkpoint would otherwise keep a cancelled lane (a fail-fast
         # sibling, a cancelled instance) starting new steps; this costs nothing when not cancelled.
         await trio.lowlevel.checkpoint_if_cancelled()
+        if lane.failed is not None:
+            # Resumed after this step failed for good: that decision stands.
+            failed = state.records[lane.failed]
+            raise StepFailure(name, RecordedError(failed.error or "failed"), failed.attempts)
         step = lookup[name][0]
         ctx.step_index = index[name]
         started_at = now()
         if bus.active:
             run.emit("workflow.step.started", step_name=name, step_type=step.kind)
         data = None
+        uses_input = False
         attempts = 1
+        passes = None
         if isinstance(step, TaskStep):
-            output, data, attempts = await run_task(run, step, ctx, started_at)
+            output, data, uses_input, attempts = await run_task(run, step, ctx, started_at)
             target = next_of(step)
         elif isinstance(step, ParallelStep):
             output = await run_parallel(run, step, ctx, started_at)
@@ -46,13 +53,29 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         else:
             try:
                 if isinstance(step, ChoiceStep):
-                    output, target = lane.output, choose(step, ctx)
+                    target = choose(step, ctx)
+                    passes = lane.last
+                elif step.transform is None and not step.has_result:
+                    target = next_of(step)
+                    passes = lane.last
                 else:
-                    output, target = _pass_output(step, lane.output, ctx), next_of(step)
+                    output = step.transform(ctx) if step.transform is not None else step.result
+                    target = next_of(step)
             except Exception as exc:
                 await step_failed(run, name, exc, 1, started_at, ctx)
                 raise StepFailure(name, exc, 1) from exc
-        complete_step(state, lane_key, step, output, target, input=data, attempts=attempts, started_at=started_at, now=now())
+            if passes is not None or isinstance(step, ChoiceStep):
+                output = state.output_of(passes)
+        record = new_execution(
+            state, lane_key, name, "completed", output=output, input=data, input_is_workflow_input=uses_input,
+            passes=passes, attempts=attempts, started_at=started_at, now=now(),
+        )
+        try:
+            run.stage(record)
+        except UnencodableValueError as exc:  # an output or input that cannot be stored
+            await step_failed(run, name, exc, attempts, started_at, ctx, data, uses_input)
+            raise StepFailure(name, exc, attempts) from exc
+        complete_step(state, step, record, target)
         if target is not None or lane_key != MAIN:
             # The main line's last step needs no write of its own: the instance's terminal
             # snapshot, written next with no step in between, records it.
@@ -67,13 +90,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 )
         if run.has_hooks:
             await run.hook("on_step_complete", name, output, ctx)
-    return lane.output
-
-
-def _pass_output(step: PassStep, previous: Any, ctx: WorkflowContext) -> Any:
-    if step.transform is not None:
-        return step.transform(ctx)
-    return step.result if step.has_result else previous
+    return state.output_of(lane.last)
 
 
 async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext, started_at: float) -> dict[str, Any]:
@@ -88,13 +105,13 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext, start
     try:
         async with trio.open_nursery() as nursery:
             for branch in step.branches:
-                key = f"{step.name}/{branch.name}"
+                key = branch_lane(step.name, branch.name)
                 if state.lanes[key].step is not None:
                     nursery.start_soon(_branch_actor, run, branch, key, failures, nursery.cancel_scope if fail_fast else None)
     except BaseExceptionGroup as group:
-        # Branch failures are values (``failures``); what escapes is KeyboardInterrupt,
-        # SystemExit or a cancellation, which callers expect as themselves, not wrapped.
-        raise _first_fatal(group) from None
+        # Branch failures are values (``failures``); what escapes (KeyboardInterrupt,
+        # SystemExit, cancellation, storage gone) callers expect as itself, not wrapped.
+        raise _unwrapped(group) from None
     if not failures:
         return parallel_output(state, step)
     if fail_fast:
@@ -109,9 +126,10 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext, start
     raise failed
 
 
-def _first_fatal(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """KeyboardInterrupt or SystemExit if a branch raised one, else the group's only exception,
-    else the group itself."""
+def _unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What a parallel step's nursery raised, as its callers expect it: KeyboardInterrupt or
+    SystemExit if a branch raised one; else, when every branch raised the same kind of thing (a
+    cancellation, storage that stayed unusable), the first of them; else the group itself."""
     leaves: list[BaseException] = []
     pending: list[BaseException] = [group]
     while pending:
@@ -123,6 +141,9 @@ def _first_fatal(group: BaseExceptionGroup[BaseException]) -> BaseException:
     for exc in leaves:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             return exc
+    for kind in (trio.Cancelled, StorageUnavailableError):
+        if all(isinstance(exc, kind) for exc in leaves):
+            return leaves[0]
     return leaves[0] if len(leaves) == 1 else group
 
 

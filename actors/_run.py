@@ -8,15 +8,18 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 import trio
 
 from trioflow._context import WorkflowContext
 from trioflow._definition import StepFn, WorkflowDefinition
-from trioflow._errors import StorageUnavailableError, TrioflowError
+from trioflow._decide import fail_step
+from trioflow._errors import StorageUnavailableError, TrioflowError, UnencodableValueError
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
-from trioflow._snapshot import InstanceState, WorkflowResult, metadata_of
-from trioflow.adapters._codec import check_encodable, encode
+from trioflow._snapshot import InstanceState, WorkflowResult, compensated_steps, compensation_errors, metadata_of
+from trioflow._codec import Changes, changes, check_encodable, committed, decode_whole, encode_whole, stage
+from trioflow._snapshot import StepResult
 from trioflow.adapters._protocol import Adapter
 
 from ._threads import ThreadSlots
@@ -59,6 +62,7 @@ class Run:
         "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed",
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "waiters", "spawn", "storage_retry_for",
+        "gathering", "writing",
     )
 
     def __init__(
@@ -97,6 +101,10 @@ class Run:
         #: apart from the instance's lifecycle. ``None``: they run inline (``execute_workflow``).
         self.spawn = spawn
         self.storage_retry_for = storage_retry_for
+        #: While branches run: the checkpoint gathering this scheduler pass's completions, and
+        #: the lock that keeps one checkpoint of this instance in flight at a time.
+        self.gathering: _Gathering | None = None
+        self.writing: trio.Lock | None = None
         self.has_hooks = definition.has_hooks
         #: Inside a transactional run's transaction: snapshots wait for its commit.
         self.deferred = False
@@ -122,24 +130,78 @@ class Run:
         (``asynchronous`` is the definition's flag for a callable given directly)."""
         return self.jobs.resolve(fn) if isinstance(fn, str) else (fn, asynchronous)
 
+    def stage(self, record: StepResult) -> None:
+        """Encode a step execution's record as it ends (durable runs only), so that an output
+        that cannot be stored fails its step, and the checkpoint needs no second encode.
+        Raises :class:`UnencodableValueError` naming the value."""
+        if self.adapter is not None:
+            stage(self.state, record)
+
+    def add_failure(self, record: StepResult) -> StepResult:
+        """Add the record of a failed execution (returned as added). Its input is dropped if it
+        cannot be stored: the step has failed already, and the record must still be written."""
+        try:
+            self.stage(record)
+        except UnencodableValueError:
+            record = attrs.evolve(record, input=None, input_is_workflow_input=False)
+            self.stage(record)
+        fail_step(self.state, record)
+        return record
+
     async def persist(self) -> None:
-        """Hand the current snapshot to the adapter and wait until it is stored.
+        """Checkpoint: hand the header and the new records to the adapter, and wait until they
+        are stored.
 
-        A failure that may pass (:class:`StorageUnavailableError`) is retried with backoff for
-        up to ``storage_retry_for`` seconds; after that the error propagates and the instance
-        stays as last stored, for a later resume.
+        While branches run, the lanes that complete steps in one scheduler pass share one
+        checkpoint: each lane still returns only once a checkpoint holding its own step is
+        stored. A failure that may pass (:class:`StorageUnavailableError`) is retried with
+        backoff for up to ``storage_retry_for`` seconds; after that the error propagates and the
+        instance stays as last stored, for a later resume.
         """
-        if self.adapter is not None and not self.deferred:
-            s = self.state
-            status = s.status
-            snapshot = encode(s)
-            try:
-                await self.adapter.save(s.instance_id, s.workflow_name, status, snapshot)
-            except StorageUnavailableError as exc:
-                await self._save_again(status, snapshot, exc)
-            self.stored_status = status
+        if self.adapter is None or self.deferred:
+            return
+        if len(self.state.lanes) > 1:
+            await self._persist_together()
+        else:
+            await self._write()
 
-    async def _save_again(self, status: Any, snapshot: bytes, error: StorageUnavailableError) -> None:
+    async def _persist_together(self) -> None:
+        gathering = self.gathering
+        if gathering is not None:
+            await gathering.joined()
+            return
+        gathering = self.gathering = _Gathering()
+        try:
+            # One pass of the scheduler: sibling lanes whose steps end in it join this checkpoint.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self.gathering = None
+            if self.writing is None:
+                self.writing = trio.Lock()
+            async with self.writing:
+                await self._write()
+        except BaseException as exc:
+            gathering.failed(exc)
+            raise
+        finally:
+            if self.gathering is gathering:
+                self.gathering = None
+            gathering.done.set()
+
+    async def _write(self) -> None:
+        assert self.adapter is not None
+        s = self.state
+        change = changes(s)
+        try:
+            await self.adapter.checkpoint(
+                s.instance_id, change.status, change.header, change.records, first_seq=change.first_seq,
+                start=change.start,
+            )
+        except StorageUnavailableError as exc:
+            await self._write_again(change, exc)
+        committed(s, change)
+        self.stored_status = change.status
+
+    async def _write_again(self, change: Changes, error: StorageUnavailableError) -> None:
         assert self.adapter is not None
         s = self.state
         deadline = trio.current_time() + self.storage_retry_for
@@ -154,7 +216,10 @@ class Run:
             await trio.sleep(delay)
             delay = min(delay * 2, 5.0)
             try:
-                await self.adapter.save(s.instance_id, s.workflow_name, status, snapshot)
+                await self.adapter.checkpoint(
+                    s.instance_id, change.status, change.header, change.records, first_seq=change.first_seq,
+                    start=change.start,
+                )
                 return
             except StorageUnavailableError as exc:
                 error = exc
@@ -210,23 +275,43 @@ class Run:
         """The ``on_complete``/``on_failed`` hook of a run that has ended: beside the instance
         when an engine runs it (waiters and the slot are not held by it), else inline."""
         if self.spawn is not None:
-            self.spawn(f"{name} {self.state.instance_id}", self.hook, name, self.result())
+            # A copy: the hook runs beside callers that already hold the instance's values.
+            self.spawn(f"{name} {self.state.instance_id}", self.hook, name, self.result(copy=True))
         else:
             await self.hook(name, self.result())
 
-    def result(self) -> WorkflowResult:
-        """The outcome of a finished run."""
-        s = self.state
+    def result(self, *, copy: bool = False) -> WorkflowResult:
+        """The outcome of a finished run (``copy``: holding none of the run's own values)."""
+        s = decode_whole(encode_whole(self.state)) if copy and self.adapter is not None else self.state
         error = self.error
         if error is None and s.error is not None:
             error = WorkflowFailedError(s.error)
         return WorkflowResult(
             success=s.status == "completed", status=s.status, instance_id=s.instance_id, data=s.data,
-            output=s.output, error=error, failed_step=s.failed_step, compensated_steps=tuple(s.compensated),
-            compensation_errors=dict(s.compensation_errors), rolled_back=s.rolled_back,
+            output=s.output, error=error, failed_step=s.failed_step, compensated_steps=compensated_steps(s),
+            compensation_errors=compensation_errors(s), rolled_back=s.rolled_back,
             duration=trio.current_time() - self.started,
             metadata=metadata_of(s),
         )
+
+
+class _Gathering:
+    """One checkpoint that the lanes completing steps in one scheduler pass share."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+    def failed(self, error: BaseException) -> None:
+        self.error = error
+
+    async def joined(self) -> None:
+        """Wait until the shared checkpoint is stored; raise what made it fail."""
+        await self.done.wait()
+        if isinstance(self.error, Exception):
+            raise self.error
 
 
 #: Wall-clock timestamp for records (Unix seconds): ``time.time`` itself rather than a wrapper,

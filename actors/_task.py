@@ -7,11 +7,11 @@ from typing import Any
 
 import trio
 
-from trioflow._decide import fail_step
+from trioflow._decide import new_execution
 from trioflow._definition import TaskStep
 from trioflow._errors import StepTimeoutError, describe_error
 from trioflow._retry import NO_RETRY
-from trioflow.adapters._codec import check_encodable
+from trioflow._snapshot import StepResult
 
 from ._run import Run, StepFailure, now
 
@@ -58,15 +58,19 @@ async def attempt(
         await trio.sleep(delay)
 
 
-async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tuple[Any, Any, int]:
-    """Run a task step; returns ``(output, input, attempts)`` or raises :class:`StepFailure`
-    after recording the failure."""
+async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tuple[Any, Any, bool, int]:
+    """Run a task step; returns ``(output, input, input is the workflow input, attempts)`` or
+    raises :class:`StepFailure` after recording the failure."""
     data = None
+    uses_input = False
     attempts = 0
     try:
         fn, asynchronous = run.callable(step.run, step.run_is_async)
         if step.style == "job":
-            data = step.input(ctx) if step.input is not None else ctx.input
+            if step.input is None:
+                uses_input, data = True, ctx.input
+            else:
+                data = step.input(ctx)
             arg = data
         else:
             arg = ctx
@@ -81,38 +85,45 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
         else:
             result, attempts = await attempt(run, step, fn, asynchronous, (arg,), announce=True)
         output = step.output(result, ctx) if step.output is not None else result
-        if run.adapter is not None:
-            check_encodable(output, f"output of step {step.name!r}")
-        return output, data, attempts
+        return output, data, uses_input, attempts
     except StepFailure as failure:
-        await step_failed(run, step.name, failure.error, failure.attempts, started_at, ctx, data)
+        await step_failed(run, step.name, failure.error, failure.attempts, started_at, ctx, data, uses_input)
         raise
     except trio.Cancelled:
-        fail_step(run.state, step.name, "cancelled", attempts=attempts, started_at=started_at, now=now(), input=data)
+        run.add_failure(new_execution(
+            run.state, ctx.lane, step.name, "failed", error="cancelled", input=data,
+            input_is_workflow_input=uses_input, attempts=attempts, started_at=started_at, now=now(),
+        ))
         raise
-    except Exception as exc:  # input/output mapping, unknown job, unencodable output: no retry
-        await step_failed(run, step.name, exc, max(attempts, 1), started_at, ctx, data)
+    except Exception as exc:  # input/output mapping, unknown job: no retry
+        await step_failed(run, step.name, exc, max(attempts, 1), started_at, ctx, data, uses_input)
         raise StepFailure(step.name, exc, max(attempts, 1)) from exc
 
 
 async def step_failed(
-    run: Run, step_name: str, error: BaseException, attempts: int, started_at: float, ctx: Any, data: Any = None
+    run: Run, step_name: str, error: BaseException, attempts: int, started_at: float, ctx: Any, data: Any = None,
+    uses_input: bool = False,
 ) -> None:
-    """Record a step that failed for good, tell listeners and the hook."""
-    fail_step(run.state, step_name, describe_error(error), attempts=attempts, started_at=started_at, now=now(), input=data)
+    """Record a step execution that failed for good (its lane will not run it again, even
+    after a restart), tell listeners and the hook."""
+    record = run.add_failure(new_execution(
+        run.state, ctx.lane, step_name, "failed", error=describe_error(error), input=data,
+        input_is_workflow_input=uses_input, attempts=attempts, started_at=started_at, now=now(),
+    ))
+    run.state.lanes[ctx.lane].failed = record.seq
     if run.bus.active:
         run.emit("workflow.step.failed", step_name=step_name, error=describe_error(error), attempts=attempts)
     if run.has_hooks:
         await run.hook("on_step_failed", step_name, error, ctx)
 
 
-async def compensate(run: Run, step: TaskStep, ctx: Any) -> None:
-    """Run a step's compensation with the step's retry policy; raises :class:`StepFailure`."""
+async def compensate(run: Run, step: TaskStep, record: StepResult, ctx: Any) -> None:
+    """Run the compensation of one execution of a step (it gets that execution's output), with
+    the step's retry policy; raises :class:`StepFailure`."""
     assert step.compensate is not None
-    output = run.state.step_results[step.name].output
     try:
         fn, asynchronous = run.callable(step.compensate, step.compensate_is_async)
     except Exception as exc:
         raise StepFailure(step.name, exc, 0) from exc
-    args = (ctx, output) if step.style == "saga" else (output,)
+    args = (ctx, record.output) if step.style == "saga" else (record.output,)
     await attempt(run, step, fn, asynchronous, args, announce=False)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 
 from trioflow._snapshot import InstanceState, Status
-from trioflow.adapters._codec import decode, encode
+from trioflow._codec import decode_whole, encode_whole
 from trioflow.adapters._driver import RunLedger
 
 from ._run import Run, log
@@ -26,7 +26,8 @@ from ._run import Run, log
 #: How a forward run ended: the outcome, the error (``None``: completed) and the failed step.
 Forward = tuple[Status, "BaseException | None", "str | None"]
 
-_FIELDS = tuple(f.name for f in attrs.fields(InstanceState))
+#: What a recorded state brings back; how much of it is in storage stays this run's own knowledge.
+_FIELDS = tuple(f.name for f in attrs.fields(InstanceState) if f.name not in ("stored", "start_stored", "staged"))
 
 
 class _RollBack(Exception):
@@ -52,7 +53,7 @@ async def forward_in_transaction(run: Run, forward: Callable[[Run], Awaitable[Fo
             if result[1] is not None:
                 raise _RollBack
             if ledger is not None:
-                await ledger.record_run(run.state.instance_id, encode(run.state))
+                await ledger.record_run(run.state.instance_id, encode_whole(run.state))
         return result
     except BaseException as exc:
         run.state.rolled_back = True
@@ -86,7 +87,7 @@ async def _recover(run: Run, ledger: RunLedger) -> bool:
     payload = await ledger.find_run(state.instance_id)
     if payload is None:
         return False
-    recorded = decode(payload)
+    recorded = decode_whole(payload)
     identity = (state.instance_id, state.workflow_name, state.created_at)
     if (recorded.instance_id, recorded.workflow_name, recorded.created_at) != identity:
         # Another instance that had the same id (an engine on other storage, same database):
@@ -95,4 +96,5 @@ async def _recover(run: Run, ledger: RunLedger) -> bool:
         return False
     for name in _FIELDS:
         setattr(state, name, getattr(recorded, name))
+    state.staged = []  # the next checkpoint encodes the records it has to store
     return True

@@ -10,7 +10,7 @@ from trioflow._lazy import lazy_exports
 
 from ._memory import MemoryAdapter as MemoryAdapter
 from ._protocol import Adapter as Adapter
-from ._protocol import InstanceRecord as InstanceRecord
+from ._protocol import StoredInstance as StoredInstance
 
 if _TYPE_CHECKING:
     from ._driver import Driver as Driver

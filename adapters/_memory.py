@@ -1,23 +1,44 @@
-"""In-memory adapter: encoded snapshots in a dict, shared by every engine opened on it."""
+"""In-memory adapter: encoded instances in dicts, shared by every engine opened on it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
+from trioflow._errors import CheckpointConflictError, UnknownInstanceError
 from trioflow._snapshot import RESUMABLE, Status
 
-from ._protocol import InstanceRecord
+from ._protocol import StoredInstance
 
 
-_Row = tuple[str, Status, bytes]  # workflow name, status, snapshot
+class _Row:
+    """One stored instance. Slotted and mutable: checkpoints are the hot path."""
+
+    __slots__ = ("order", "workflow_name", "status", "start", "header", "records")
+
+    def __init__(self, order: int, workflow_name: str, status: Status, start: bytes | None, header: bytes) -> None:
+        #: Creation order: listings are oldest first.
+        self.order = order
+        self.workflow_name = workflow_name
+        self.status: Status = status
+        self.start = start
+        self.header = header
+        self.records: list[bytes] = []
 
 
 class MemoryAdapter:
-    """Keeps encoded snapshots, exactly as a durable adapter would, so everything that is
+    """Keeps encoded instances, exactly as a durable adapter would, so everything that is
     stored went through the codec. Lives as long as the object: a second engine opened on the
-    same adapter resumes what the first left running."""
+    same adapter resumes what the first left running.
+
+    Indexed by workflow and status, so listing the running instances of a workflow, or what a
+    resume must pick up, never scans the finished ones.
+    """
 
     def __init__(self) -> None:
-        # Plain tuples: saves are the hot path; record objects are made only for reads.
         self._rows: dict[str, _Row] = {}
+        self._created = 0
+        self._by_status: dict[str, dict[str, None]] = {}
+        self._by_workflow: dict[str, dict[str, None]] = {}
 
     async def open(self) -> None:
         """Nothing to acquire: the storage is this object."""
@@ -25,31 +46,71 @@ class MemoryAdapter:
     async def close(self) -> None:
         """Nothing to release: what is stored stays for the next engine."""
 
-    async def create(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> bool:
+    async def create(self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes) -> bool:
         if instance_id in self._rows:
             return False
-        self._rows[instance_id] = (workflow_name, status, bytes(snapshot))
+        self._created += 1
+        self._rows[instance_id] = _Row(self._created, workflow_name, status, bytes(start), bytes(header))
+        self._by_status.setdefault(status, {})[instance_id] = None
+        self._by_workflow.setdefault(workflow_name, {})[instance_id] = None
         return True
 
-    async def save(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> None:
-        self._rows[instance_id] = (workflow_name, status, bytes(snapshot))
-
-    async def load(self, instance_id: str) -> InstanceRecord | None:
+    async def checkpoint(
+        self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
+        first_seq: int, start: bytes | None = None,
+    ) -> None:
         row = self._rows.get(instance_id)
-        return None if row is None else _record(instance_id, row)
+        if row is None:
+            raise UnknownInstanceError(f"no stored instance {instance_id!r} to checkpoint")
+        if first_seq != len(row.records):
+            raise CheckpointConflictError(
+                f"instance {instance_id!r} has {len(row.records)} records stored; a checkpoint"
+                f" appending at {first_seq} is refused"
+            )
+        # Everything is converted before anything changes: all or nothing.
+        new = [bytes(r) for r in records]
+        header = bytes(header)
+        start = None if start is None else bytes(start)
+        if status != row.status:
+            del self._by_status[row.status][instance_id]
+            self._by_status.setdefault(status, {})[instance_id] = None
+            row.status = status
+        row.header = header
+        row.records.extend(new)
+        if start is not None:
+            row.start = start
 
-    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[InstanceRecord]:
-        return [
-            _record(iid, row) for iid, row in self._rows.items()
-            if row[0] == workflow_name and (status is None or row[1] == status)
-        ]
+    async def load(self, instance_id: str) -> StoredInstance | None:
+        row = self._rows.get(instance_id)
+        return None if row is None else _stored(instance_id, row)
 
-    async def resumable(self) -> list[InstanceRecord]:
-        return [_record(iid, row) for iid, row in self._rows.items() if row[1] in RESUMABLE]
+    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[StoredInstance]:
+        ids: Iterable[str] = self._by_workflow.get(workflow_name, {})
+        if status is not None:
+            # Walk the smaller index, look up in the other: never a scan of every stored row.
+            small, large = sorted((self._by_workflow.get(workflow_name, {}), self._by_status.get(status, {})), key=len)
+            ids = [i for i in small if i in large]
+        return self._oldest_first(ids)
+
+    async def resumable(self) -> list[StoredInstance]:
+        ids = [i for status in RESUMABLE for i in self._by_status.get(status, {})]
+        return self._oldest_first(ids)
 
     async def delete(self, instance_id: str) -> bool:
-        return self._rows.pop(instance_id, None) is not None
+        row = self._rows.pop(instance_id, None)
+        if row is None:
+            return False
+        del self._by_status[row.status][instance_id]
+        del self._by_workflow[row.workflow_name][instance_id]
+        return True
+
+    def _oldest_first(self, ids: Iterable[str]) -> list[StoredInstance]:
+        rows = self._rows
+        return [_stored(i, rows[i]) for i in sorted(ids, key=lambda i: rows[i].order)]
 
 
-def _record(instance_id: str, row: _Row) -> InstanceRecord:
-    return InstanceRecord(instance_id=instance_id, workflow_name=row[0], status=row[1], snapshot=row[2])
+def _stored(instance_id: str, row: _Row) -> StoredInstance:
+    return StoredInstance(
+        instance_id=instance_id, workflow_name=row.workflow_name, status=row.status, start=row.start,
+        header=row.header, records=tuple(row.records),
+    )

@@ -1,7 +1,19 @@
-"""What a persistence adapter is. Adapters store snapshot bytes; they never decode them."""
+"""What a persistence adapter is (protocol version 2). Adapters store bytes; they never decode.
+
+An instance is stored as three kinds of bytes (SPEC §10):
+
+- ``start``: written once, by :meth:`Adapter.create` (input, creation time, definition
+  fingerprint): what never changes;
+- ``header``: small, replaced by every checkpoint (status, lane positions, shared data, errors);
+- ``records``: one per step execution, appended by the checkpoint that follows the execution's
+  end and never rewritten. Record ``n`` (its *seq*) is the instance's ``n``-th record, from 0.
+
+So the bytes a checkpoint writes do not grow with the number of steps already run.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -10,22 +22,24 @@ from trioflow._snapshot import Status
 
 
 @attrs.frozen(kw_only=True)
-class InstanceRecord:
-    """One stored instance: the fields an adapter indexes, and the opaque snapshot."""
+class StoredInstance:
+    """One stored instance as an adapter holds it: the fields it indexes, and opaque bytes."""
 
     instance_id: str
     workflow_name: str
     status: Status
-    snapshot: bytes
+    #: ``None`` for a row written before format 2, whose header still holds what start holds.
+    start: bytes | None
+    header: bytes
+    #: Every record, in seq order (``records[n]`` is seq ``n``).
+    records: tuple[bytes, ...] = ()
 
 
 @runtime_checkable
 class Adapter(Protocol):
-    """Persistence for instances. Every method is a checkpoint-free await on the hot path.
-
-    ``save`` returns only once the snapshot is as durable as the adapter promises: the engine
-    does not start an instance's next step before that.
-    """
+    """Persistence for instances. ``create`` and ``checkpoint`` return only once what they
+    wrote is as durable as the adapter promises: the engine does not start an instance's next
+    step before that. Each is atomic: all of it is stored, or none of it."""
 
     async def open(self) -> None:
         """Acquire what the adapter needs (files, locks, threads); called by ``open_engine``."""
@@ -35,26 +49,34 @@ class Adapter(Protocol):
         """Flush and release; called when the engine stops. The adapter may be opened again."""
         ...
 
-    async def create(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> bool:
-        """Store a new instance; ``False`` (and no write) when the id already exists."""
+    async def create(self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes) -> bool:
+        """Store a new instance with no records; ``False`` (and no write) when the id exists."""
         ...
 
-    async def save(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> None:
-        """Replace the snapshot of an existing instance."""
+    async def checkpoint(
+        self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
+        first_seq: int, start: bytes | None = None,
+    ) -> None:
+        """In one atomic write: replace the status and header, and append ``records`` as seq
+        ``first_seq``, ``first_seq + 1``, ... ``first_seq`` must equal the number of records
+        stored: otherwise (a write repeated or lost) raise :class:`CheckpointConflictError` and
+        write nothing. ``start``, when given, sets the start bytes (a row from before format 2
+        gets them on its first checkpoint). An unknown instance raises
+        :class:`UnknownInstanceError`."""
         ...
 
-    async def load(self, instance_id: str) -> InstanceRecord | None:
-        """One instance, or ``None``."""
+    async def load(self, instance_id: str) -> StoredInstance | None:
+        """One instance with all its records, or ``None``."""
         ...
 
-    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[InstanceRecord]:
-        """Instances of a workflow, optionally of one status, oldest first."""
+    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[StoredInstance]:
+        """Instances of a workflow, optionally of one status, oldest first, with their records."""
         ...
 
-    async def resumable(self) -> list[InstanceRecord]:
-        """Instances a resume must pick up: status ``pending`` or ``running``."""
+    async def resumable(self) -> list[StoredInstance]:
+        """Instances a resume must pick up (status ``pending`` or ``running``), oldest first."""
         ...
 
     async def delete(self, instance_id: str) -> bool:
-        """Remove an instance; whether it existed."""
+        """Remove an instance and its records; whether it existed."""
         ...

@@ -2,9 +2,16 @@
 
 Calls made during one pass of trio's scheduler are gathered into one batch and handed to one
 thread that owns the connection; that thread applies everything handed over since its last
-commit in one transaction, so one fsync covers many instances' snapshots (group commit). Each
+commit in one transaction, so one fsync covers many instances' checkpoints (group commit). Each
 caller's task stays parked until the transaction holding its own write has committed, so
-"``save`` returned" still means "on disk". The trio thread never touches the disk.
+"``checkpoint`` returned" still means "on disk". The trio thread never touches the disk.
+
+Storage (schema version 2, protocol version 2): one row per instance in ``trioflow_instances``
+(indexed fields, the ``start`` bytes, the ``header`` bytes, and ``next_seq``: how many records it
+has), and one row per step-execution record in ``trioflow_records``, keyed by (instance, seq) and
+never rewritten. A checkpoint is fenced on ``next_seq``: it applies only where the instance has
+exactly ``first_seq`` records. A file of schema version 1 (one snapshot per instance) is migrated
+in place when opened.
 
 One engine per database file: a second adapter opened on a file that is in use (by this process
 or another) is refused with :class:`DatabaseLockedError`. The lock is an ``flock`` on a sidecar
@@ -19,24 +26,25 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import outcome
 import trio
 
-from trioflow._errors import StorageError, StorageUnavailableError
-from trioflow._snapshot import Status
+from trioflow._errors import CheckpointConflictError, StorageError, StorageUnavailableError, UnknownInstanceError
+from trioflow._snapshot import RESUMABLE, Status
 from trioflow._virtual_time import mock_clock, real_time_while_threads
 
-from ._protocol import InstanceRecord
+from ._protocol import StoredInstance
 
 if TYPE_CHECKING:
     from trio.testing import MockClock
 
-#: Version of the table layout, kept in ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+#: Version of the table layout, kept in ``PRAGMA user_version``: 1 had one snapshot per
+#: instance; 2 has a header per instance and one row per step-execution record.
+SCHEMA_VERSION = 2
 #: Most operations in one transaction. Small enough that the trio side runs the next steps of
 #: one slice while the next slice is written (measured: recovery of 10k instances, 256 best).
 MAX_BATCH = 256
@@ -57,16 +65,35 @@ class DatabaseUnavailableError(DatabaseError, StorageUnavailableError):
     lock past the busy timeout, the disk is full, I/O failed. The engine retries checkpoints."""
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS trioflow_instances (
-    instance_id   TEXT PRIMARY KEY,
-    workflow_name TEXT NOT NULL,
-    status        TEXT NOT NULL,
-    snapshot      BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS trioflow_instances_by_workflow ON trioflow_instances (workflow_name, status);
-CREATE INDEX IF NOT EXISTS trioflow_instances_by_status ON trioflow_instances (status);
-"""
+#: Schema version 2, as statements run in one transaction (``IF NOT EXISTS``: a reopen).
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS trioflow_instances (
+        instance_id   TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        header        BLOB NOT NULL,
+        start         BLOB,
+        next_seq      INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS trioflow_instances_by_workflow ON trioflow_instances (workflow_name, status)",
+    "CREATE INDEX IF NOT EXISTS trioflow_instances_by_status ON trioflow_instances (status)",
+    """CREATE TABLE IF NOT EXISTS trioflow_records (
+        instance_id TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        data        BLOB NOT NULL,
+        PRIMARY KEY (instance_id, seq)
+    ) WITHOUT ROWID""",
+)
+
+#: From schema version 1 (``trioflow_instances(instance_id, workflow_name, status, snapshot)``):
+#: a v1 row keeps its snapshot bytes as its header, with no start and no records; the kernel
+#: reads them as a format-1 snapshot, and the row's first checkpoint writes start and records.
+_MIGRATE_FROM_1 = (
+    "ALTER TABLE trioflow_instances RENAME COLUMN snapshot TO header",
+    "ALTER TABLE trioflow_instances ADD COLUMN start BLOB",
+    "ALTER TABLE trioflow_instances ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 0",
+    *_SCHEMA,
+)
 
 _Op = tuple[str, tuple[Any, ...]]
 _STOP = object()
@@ -163,16 +190,10 @@ class SQLiteAdapter:
             conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
             try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise DatabaseError(
-                        f"{self.path} was written by a newer trioflow (schema version {version}; "
-                        f"this one reads up to {SCHEMA_VERSION})"
-                    )
+                self._check_version(conn.execute("PRAGMA user_version").fetchone()[0])
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
-                conn.executescript(_SCHEMA)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._prepare_schema(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -183,6 +204,30 @@ class SQLiteAdapter:
             self._unlock()
             raise
         return conn
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise DatabaseError(
+                f"{self.path} was written by a newer trioflow (schema version {version}; "
+                f"this one reads up to {SCHEMA_VERSION})"
+            )
+
+    def _prepare_schema(self, conn: sqlite3.Connection) -> None:
+        """Create schema version 2, or migrate a version 1 file to it: in one transaction, so a
+        crash leaves the file at one version or the other, never between."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Read again under the write lock: the version decides what runs.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            self._check_version(version)
+            for statement in _MIGRATE_FROM_1 if version == 1 else _SCHEMA:
+                conn.execute(statement)
+            if version != SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            _roll_back(conn)
+            raise
 
     def _lock(self) -> None:
         lock_path = f"{self.path}.lock"
@@ -213,30 +258,48 @@ class SQLiteAdapter:
 
     # -- the Adapter protocol -----------------------------------------------------------------
 
-    async def create(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> bool:
-        created: bool = await self._submit(("create", (instance_id, workflow_name, status, snapshot)))
+    async def create(self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes) -> bool:
+        if type(start) is not bytes:
+            start = _blob(start, "start")
+        if type(header) is not bytes:
+            header = _blob(header, "header")
+        created: bool = await self._submit(("create", (instance_id, workflow_name, status, start, header)))
         return created
 
-    async def save(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> None:
-        await self._submit(("save", (instance_id, workflow_name, status, snapshot)))
+    async def checkpoint(
+        self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
+        first_seq: int, start: bytes | None = None,
+    ) -> None:
+        # Everything is checked and copied here, before anything is handed to the writer: a
+        # value that cannot be stored fails the call and nothing is written.
+        if type(first_seq) is not int or first_seq < 0:
+            raise DatabaseError(f"first_seq must be an int >= 0, got {first_seq!r}")
+        stored = records if type(records) is tuple else tuple(records)
+        for record in stored:
+            if type(record) is not bytes:  # rare: convert (and check) them all
+                stored = tuple(_blob(r, f"record {first_seq + k}") for k, r in enumerate(stored))
+                break
+        if type(header) is not bytes:
+            header = _blob(header, "header")
+        if start is not None and type(start) is not bytes:
+            start = _blob(start, "start")
+        await self._submit(("checkpoint", (status, header, start, len(stored), instance_id, first_seq, stored)))
 
-    async def load(self, instance_id: str) -> InstanceRecord | None:
-        rows = await self._submit(("select", ("WHERE instance_id = ?", (instance_id,))))
+    async def load(self, instance_id: str) -> StoredInstance | None:
+        rows: list[StoredInstance] = await self._submit(("select", ("i.instance_id = ?", (instance_id,))))
         return rows[0] if rows else None
 
-    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[InstanceRecord]:
+    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[StoredInstance]:
         where: tuple[str, tuple[Any, ...]]
         if status is None:
-            where = ("WHERE workflow_name = ? ORDER BY rowid", (workflow_name,))
+            where = ("i.workflow_name = ?", (workflow_name,))
         else:
-            where = ("WHERE workflow_name = ? AND status = ? ORDER BY rowid", (workflow_name, status))
-        rows: list[InstanceRecord] = await self._submit(("select", where))
+            where = ("i.workflow_name = ? AND i.status = ?", (workflow_name, status))
+        rows: list[StoredInstance] = await self._submit(("select", where))
         return rows
 
-    async def resumable(self) -> list[InstanceRecord]:
-        rows: list[InstanceRecord] = await self._submit(
-            ("select", ("WHERE status IN ('pending', 'running') ORDER BY rowid", ()))
-        )
+    async def resumable(self) -> list[StoredInstance]:
+        rows: list[StoredInstance] = await self._submit(("select", ("i.status IN ('pending', 'running')", ())))
         return rows
 
     async def delete(self, instance_id: str) -> bool:
@@ -270,6 +333,9 @@ class SQLiteAdapter:
     # -- the writer thread --------------------------------------------------------------------
 
     def _writer(self, conn: sqlite3.Connection, token: trio.lowlevel.TrioToken) -> None:
+        #: Status of each pending or running instance as last committed by this writer: a
+        #: checkpoint that keeps it leaves the two status indexes alone (see :func:`_apply`).
+        known: dict[str, str] = {}
         try:
             while True:
                 item = self._queue.get()
@@ -290,7 +356,7 @@ class SQLiteAdapter:
                 # the next slice is written, instead of everyone waiting for one huge commit.
                 for start in range(0, len(pending), MAX_BATCH):
                     batch = pending[start:start + MAX_BATCH]
-                    results = _apply(conn, batch)
+                    results = _apply(conn, batch, known)
                     self.transactions += 1
                     self.operations += len(batch)
                     token.run_sync_soon(self._wake, results)
@@ -313,30 +379,55 @@ class SQLiteAdapter:
                 token.run_sync_soon(self._wake, refused)
 
 
-def _apply(conn: sqlite3.Connection, batch: list[tuple[Any, _Op]]) -> list[tuple[Any, outcome.Outcome[Any]]]:
+def _apply(
+    conn: sqlite3.Connection, batch: list[tuple[Any, _Op]], known: dict[str, str],
+) -> list[tuple[Any, outcome.Outcome[Any]]]:
     """Apply a batch in one transaction; if one op fails, apply each op alone so that only the
     op at fault gets the error. If the database itself fails (busy, locked, full, I/O), every op
-    gets that error at once: trying each alone would wait out the busy timeout once per op."""
+    gets that error at once: trying each alone would wait out the busy timeout once per op.
+
+    ``known`` holds the status this writer last committed for each pending or running
+    instance: a checkpoint that keeps its instance's status does not write the status column,
+    which spares SQLite the update of both status indexes (most checkpoints keep it). What a
+    transaction writes enters ``known`` only once it has committed; after any failure (a
+    failed COMMIT may still have committed) ``known`` starts over empty. (One engine per file:
+    no one else writes these rows.)"""
+    changes: dict[str, str | None] = {}
     try:
         conn.execute("BEGIN IMMEDIATE")
-        values = _run_all(conn, [op for _, op in batch])
+        done = _run_all(conn, [op for _, op in batch], known, changes)
         conn.execute("COMMIT")
-        return [(task, outcome.Value(v)) for (task, _), v in zip(batch, values)]
+        _learn(known, changes)
+        return [(task, result) for (task, _), result in zip(batch, done)]
     except Exception as exc:
         _roll_back(conn)
+        known.clear()
         if _may_pass(exc):
             return [(task, outcome.Error(_failure(op[0], exc))) for task, op in batch]
     results: list[tuple[Any, outcome.Outcome[Any]]] = []
     for task, op in batch:
+        changes = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
-            value = _run(conn, op)
+            result = _run_all(conn, [op], known, changes)[0]
             conn.execute("COMMIT")
-            results.append((task, outcome.Value(value)))
+            _learn(known, changes)
         except Exception as exc:
             _roll_back(conn)
-            results.append((task, outcome.Error(_failure(op[0], exc))))
+            known.clear()
+            result = outcome.Error(_failure(op[0], exc))
+        results.append((task, result))
     return results
+
+
+def _learn(known: dict[str, str], changes: dict[str, str | None]) -> None:
+    """After a commit: the statuses it wrote. Finished (and deleted) instances are forgotten, so
+    ``known`` holds no more than the instances still pending or running."""
+    for instance_id, status in changes.items():
+        if status is None or status not in RESUMABLE:
+            known.pop(instance_id, None)
+        else:
+            known[instance_id] = status
 
 
 def _roll_back(conn: sqlite3.Connection) -> None:
@@ -365,57 +456,218 @@ def _failure(kind: str, exc: Exception) -> DatabaseError:
     return DatabaseError(f"SQLite {kind} failed: {exc}")
 
 
-def _run_all(conn: sqlite3.Connection, ops: list[_Op]) -> list[Any]:
-    """Apply ops in order; each run of consecutive saves goes through one ``executemany``."""
-    values: list[Any] = []
-    i = 0
-    while i < len(ops):
-        j = i
-        while j < len(ops) and ops[j][0] == "save":
-            j += 1
-        if j > i:
-            conn.executemany(_SAVE_SQL, [op[1] for op in ops[i:j]])
-            values.extend([None] * (j - i))
-            i = j
-        else:
-            values.append(_run(conn, ops[i]))
+def _run_all(
+    conn: sqlite3.Connection, ops: list[_Op], known: dict[str, str], changes: dict[str, str | None],
+) -> list[outcome.Outcome[Any]]:
+    """Apply ops in order, inside the caller's transaction, noting in ``changes`` the status each
+    write leaves (``None``: deleted). A refused checkpoint (fence, unknown instance) is an
+    ``Error`` outcome of that op alone, having written nothing; any other failure raises, and
+    the caller rolls the whole transaction back.
+
+    Writes go in runs: each run of consecutive creates and checkpoints is applied as one
+    ``executemany`` of creates, one or two of header updates and one of record inserts. Inside a
+    run, creates go before checkpoints; a run ends before an op on an instance that an op of the
+    other kind in the run touches, so that reordering never changes what any op sees."""
+    results: list[outcome.Outcome[Any]] = []
+    i, n = 0, len(ops)
+    while i < n:
+        kind = ops[i][0]
+        if kind != "create" and kind != "checkpoint":
+            if kind == "delete":
+                changes[ops[i][1][0]] = None
+            results.append(outcome.Value(_OPS[kind](conn, *ops[i][1])))
             i += 1
-    return values
+            continue
+        creates: list[tuple[Any, ...]] = []
+        checkpoints: list[tuple[Any, ...]] = []
+        created: set[str] = set()
+        checkpointed: set[str] = set()
+        j = i
+        while j < n:
+            kind, args = ops[j]
+            if kind == "create":
+                if args[0] in checkpointed:
+                    break
+                created.add(args[0])
+                creates.append(args)
+            elif kind == "checkpoint":
+                if args[4] in created:
+                    break
+                checkpointed.add(args[4])
+                checkpoints.append(args)
+            else:
+                break
+            j += 1
+        if not checkpoints:
+            results.extend(_create_many(conn, creates, changes))
+        elif not creates:
+            results.extend(_checkpoint_many(conn, checkpoints, known, changes))
+        else:
+            created_iter = iter(_create_many(conn, creates, changes))
+            checkpointed_iter = iter(_checkpoint_many(conn, checkpoints, known, changes))
+            results.extend(next(created_iter if ops[k][0] == "create" else checkpointed_iter) for k in range(i, j))
+        i = j
+    return results
 
 
-def _run(conn: sqlite3.Connection, op: _Op) -> Any:
-    kind, args = op
-    return _OPS[kind](conn, *args)
-
-
-def _create(conn: sqlite3.Connection, iid: str, name: str, status: str, snapshot: bytes) -> bool:
-    cur = conn.execute(
-        "INSERT INTO trioflow_instances (instance_id, workflow_name, status, snapshot) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (instance_id) DO NOTHING",
-        (iid, name, status, snapshot),
-    )
-    return cur.rowcount == 1
-
-
-_SAVE_SQL = (
-    "INSERT INTO trioflow_instances (instance_id, workflow_name, status, snapshot) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (instance_id) DO UPDATE SET status = excluded.status, snapshot = excluded.snapshot"
+_CREATE_SQL = (
+    "INSERT INTO trioflow_instances (instance_id, workflow_name, status, start, header) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (instance_id) DO NOTHING"
 )
+#: Fenced: applies only where the instance has exactly ``first_seq`` records. Parameters:
+#: status, header, start, number of records, instance id, first_seq.
+_CHECKPOINT_SQL = (
+    "UPDATE trioflow_instances SET status = ?, header = ?, start = coalesce(?, start), next_seq = next_seq + ?"
+    " WHERE instance_id = ? AND next_seq = ?"
+)
+#: The same for a checkpoint that keeps the stored status: the same parameters but the first.
+_SAME_STATUS_SQL = (
+    "UPDATE trioflow_instances SET header = ?, start = coalesce(?, start), next_seq = next_seq + ?"
+    " WHERE instance_id = ? AND next_seq = ?"
+)
+_RECORD_SQL = "INSERT INTO trioflow_records (instance_id, seq, data) VALUES (?, ?, ?)"
 
 
-def _save(conn: sqlite3.Connection, iid: str, name: str, status: str, snapshot: bytes) -> None:
-    conn.execute(_SAVE_SQL, (iid, name, status, snapshot))
+def _create_many(
+    conn: sqlite3.Connection, creates: list[tuple[Any, ...]], changes: dict[str, str | None],
+) -> list[outcome.Outcome[Any]]:
+    """Insert new instances; for each, whether it was new."""
+    if len(creates) > 1:
+        # All at once; if some id existed already, take it back and go one by one to know which.
+        conn.execute("SAVEPOINT trioflow_creates")
+        if conn.executemany(_CREATE_SQL, creates).rowcount == len(creates):
+            conn.execute("RELEASE trioflow_creates")
+            for args in creates:
+                changes[args[0]] = args[2]
+            return [outcome.Value(True) for _ in creates]
+        conn.execute("ROLLBACK TO trioflow_creates")
+        conn.execute("RELEASE trioflow_creates")
+    results: list[outcome.Outcome[Any]] = []
+    for args in creates:
+        created = conn.execute(_CREATE_SQL, args).rowcount == 1
+        if created:
+            changes[args[0]] = args[2]
+        results.append(outcome.Value(created))
+    return results
 
 
-def _select(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> list[InstanceRecord]:
-    rows = conn.execute(
-        f"SELECT instance_id, workflow_name, status, snapshot FROM trioflow_instances {where}", params
-    ).fetchall()
-    return [InstanceRecord(instance_id=r[0], workflow_name=r[1], status=r[2], snapshot=r[3]) for r in rows]
+def _checkpoint_many(
+    conn: sqlite3.Connection, checkpoints: list[tuple[Any, ...]], known: dict[str, str],
+    changes: dict[str, str | None],
+) -> list[outcome.Outcome[Any]]:
+    """Apply fenced checkpoints: the header updates in one ``executemany`` (two: those that
+    change their instance's status, then those that keep it), then every record in another.
+    Updates of one instance apply in order, each fenced on what the one before left; were two
+    of them split between the two statements out of order, the fence refuses the second. If
+    some update found its instance unknown or at another seq, take the run back and apply each
+    alone, so that only the refused ones get an error."""
+    if len(checkpoints) > 1:
+        conn.execute("SAVEPOINT trioflow_checkpoints")
+        changing: list[tuple[Any, ...]] = []
+        keeping: list[tuple[Any, ...]] = []
+        leaves: dict[str, str] = {}
+        for args in checkpoints:
+            status, instance_id = args[0], args[4]
+            was: str | None
+            if instance_id in leaves:
+                was = leaves[instance_id]
+            else:
+                was = changes[instance_id] if instance_id in changes else known.get(instance_id)
+            if was == status:
+                keeping.append(args[1:6])
+            else:
+                changing.append(args[:6])
+            leaves[instance_id] = status
+        updated = conn.executemany(_CHECKPOINT_SQL, changing).rowcount if changing else 0
+        if keeping:
+            updated += conn.executemany(_SAME_STATUS_SQL, keeping).rowcount
+        if updated == len(checkpoints):
+            conn.executemany(_RECORD_SQL, _record_rows(checkpoints))
+            conn.execute("RELEASE trioflow_checkpoints")
+            changes.update(leaves)
+            return [outcome.Value(None) for _ in checkpoints]
+        conn.execute("ROLLBACK TO trioflow_checkpoints")
+        conn.execute("RELEASE trioflow_checkpoints")
+    return [_checkpoint_one(conn, args, known, changes) for args in checkpoints]
+
+
+def _checkpoint_one(
+    conn: sqlite3.Connection, args: tuple[Any, ...], known: dict[str, str], changes: dict[str, str | None],
+) -> outcome.Outcome[Any]:
+    status, instance_id, first_seq = args[0], args[4], args[5]
+    was = changes[instance_id] if instance_id in changes else known.get(instance_id)
+    if was == status:
+        updated = conn.execute(_SAME_STATUS_SQL, args[1:6]).rowcount
+    else:
+        updated = conn.execute(_CHECKPOINT_SQL, args[:6]).rowcount
+    if updated != 1:
+        # Nothing was written: say why.
+        row = conn.execute("SELECT next_seq FROM trioflow_instances WHERE instance_id = ?", (instance_id,)).fetchone()
+        if row is None:
+            return outcome.Error(UnknownInstanceError(f"no stored instance {instance_id!r} to checkpoint"))
+        return outcome.Error(CheckpointConflictError(
+            f"instance {instance_id!r} has {row[0]} records stored; a checkpoint appending at {first_seq} is refused"
+        ))
+    if args[3]:
+        conn.executemany(_RECORD_SQL, _record_rows((args,)))
+    changes[instance_id] = status
+    return outcome.Value(None)
+
+
+def _record_rows(checkpoints: Sequence[tuple[Any, ...]]) -> list[tuple[str, int, bytes]]:
+    return [
+        (instance_id, first_seq + k, data)
+        for _, _, _, _, instance_id, first_seq, records in checkpoints
+        for k, data in enumerate(records)
+    ]
+
+
+_COLUMNS = "i.instance_id, i.workflow_name, i.status, i.start, i.header, i.next_seq"
+
+
+def _select(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> list[StoredInstance]:
+    """Instances matching ``where``, oldest first, each with all its records: one query for the
+    instances and one for the records of all of them, whatever their number."""
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM trioflow_instances AS i WHERE {where} ORDER BY i.rowid", params).fetchall()
+    records: dict[str, list[Any]] = {row[0]: [None] * row[5] for row in rows if row[5]}
+    if records:
+        # Each record goes to its place by seq: no ORDER BY, so SQLite never sorts the data.
+        try:
+            for instance_id, seq, data in conn.execute(
+                "SELECT r.instance_id, r.seq, r.data FROM trioflow_instances AS i"
+                f" JOIN trioflow_records AS r ON r.instance_id = i.instance_id WHERE {where}",
+                params,
+            ):
+                records[instance_id][seq] = data
+        except (KeyError, IndexError):
+            raise DatabaseError(f"the records of instance {instance_id!r} do not match its record count") from None
+        for instance_id, found in records.items():
+            if None in found:
+                raise DatabaseError(f"instance {instance_id!r} is missing records: {found.count(None)} of {len(found)}")
+    return [
+        StoredInstance(
+            instance_id=instance_id, workflow_name=workflow_name, status=status, start=start, header=header,
+            records=tuple(records[instance_id]) if next_seq else (),
+        )
+        for instance_id, workflow_name, status, start, header, next_seq in rows
+    ]
 
 
 def _delete(conn: sqlite3.Connection, iid: str) -> bool:
+    conn.execute("DELETE FROM trioflow_records WHERE instance_id = ?", (iid,))
     return conn.execute("DELETE FROM trioflow_instances WHERE instance_id = ?", (iid,)).rowcount == 1
 
 
-_OPS: dict[str, Callable[..., Any]] = {"create": _create, "save": _save, "select": _select, "delete": _delete}
+#: Ops applied one at a time (creates and checkpoints go in runs: see :func:`_run_all`).
+_OPS: dict[str, Callable[..., Any]] = {"select": _select, "delete": _delete}
+
+
+def _blob(value: Any, what: str) -> bytes:
+    """``value`` as ``bytes`` (a copy of a bytearray or memoryview, which the caller might change
+    before the writer gets to it); :class:`DatabaseError` naming ``what`` for anything else
+    (SQLite would store an int or a str without complaint, in a column meant for bytes)."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise DatabaseError(f"{what} must be bytes, got {type(value).__name__}; nothing was written")

@@ -268,6 +268,13 @@ def import_time(repeats: int) -> dict[str, float]:
     return {"trio_s": trio_s, "trioflow_s": flow_s}
 
 
+def _storage_v2() -> Any:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import storage_v2  # the storage-v2 cases live in their own module
+
+    return storage_v2
+
+
 CASES = {
     "bare_trio": lambda q: bare_trio(2_000 if q else SAGAS),
     "execute_workflow": lambda q: execute_workflow(2_000 if q else SAGAS),
@@ -277,6 +284,9 @@ CASES = {
     "parked_engine": lambda q: parked_engine(5_000 if q else 100_000),
     "recovery": lambda q: recovery(500 if q else 10_000),
     "import_time": lambda q: import_time(3 if q else 15),
+    "long_workflows": lambda q: _storage_v2().long_workflows(q),
+    "wide_parallel": lambda q: _storage_v2().wide_parallel(q),
+    "big_outputs": lambda q: _storage_v2().big_outputs(q),
 }
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from ._definition import (
     WorkflowDefinition,
 )
 from ._errors import DefinitionError
+from ._lanes import branch_lane
 from ._retry import Retry
 from ._validate import check_lane, check_timeout, check_unique_names
 
@@ -272,11 +273,6 @@ def index_steps(lookup: dict[str, tuple[Step, str]], lane: str, steps: Iterable[
         if isinstance(s, ParallelStep):
             for b in s.branches:
                 index_steps(lookup, branch_lane(s.name, b.name), b.steps)
-
-
-def branch_lane(parallel_name: str, branch_name: str) -> str:
-    """The key of a branch's lane in snapshots; the main lane's key is ``""``."""
-    return f"{parallel_name}/{branch_name}"
 
 
 def _fingerprint(steps: Iterable[Step]) -> str:

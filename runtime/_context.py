@@ -10,24 +10,21 @@ from ._snapshot import InstanceState, WorkflowInstance, WorkflowMetadata, metada
 
 
 class StepOutputs(Mapping[str, Any]):
-    """``ctx.steps``: outputs of the completed steps by name, a live read-only view."""
+    """``ctx.steps``: the newest completed output of each step by name, a live read-only view."""
 
-    __slots__ = ("_results",)
+    __slots__ = ("_latest",)
 
     def __init__(self, state: InstanceState) -> None:
-        self._results = state.step_results
+        self._latest = state.latest
 
     def __getitem__(self, name: str) -> Any:
-        result = self._results[name]
-        if result.status not in ("completed", "compensated"):
-            raise KeyError(name)
-        return result.output
+        return self._latest[name].output
 
     def __iter__(self) -> Iterator[str]:
-        return (n for n, r in self._results.items() if r.status in ("completed", "compensated"))
+        return iter(self._latest)
 
     def __len__(self) -> int:
-        return sum(1 for _ in self)
+        return len(self._latest)
 
 
 class WorkflowContext:

@@ -7,18 +7,20 @@ in which order. The actors call these and then persist; tests and hypothesis cal
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from ._definition import ChoiceStep, ParallelStep, Step, TaskStep, WorkflowDefinition
 from ._errors import NoChoiceMatchedError
+from ._lanes import MAIN, branch_lane, execution_id, step_key
 from ._snapshot import InstanceState, Lane, Status, StepResult
-
-MAIN = ""
 
 
 def new_instance_id() -> str:
-    """A random 128-bit id in hex (what ``uuid4().hex`` gives, at a fraction of its cost)."""
-    return os.urandom(16).hex()
+    """A 128-bit id in hex whose first 48 bits are the creation time in milliseconds, the rest
+    random (the layout of a UUIDv7): ids made one after another sort together, so storage
+    indexes keyed by them grow at one end instead of being written all over."""
+    return f"{int(time.time() * 1000) & 0xFFFF_FFFF_FFFF:012x}{os.urandom(10).hex()}"
 
 
 def new_state(
@@ -55,19 +57,31 @@ def choose(step: ChoiceStep, ctx: Any) -> str:
     return step.default
 
 
-def complete_step(
-    state: InstanceState, lane_key: str, step: Step, output: Any, next_step: str | None,
-    *, input: Any = None, attempts: int = 1, started_at: float, now: float,
-) -> None:
-    """Record a completed step and move its lane on (``next_step`` ``None``: the lane is done)."""
-    state.step_results[step.name] = StepResult(
-        step_name=step.name, status="completed", input=input, output=output,
-        started_at=started_at, completed_at=now, attempts=attempts,
+def new_execution(
+    state: InstanceState, lane_key: str, step_name: str, status: Any, *, output: Any = None, error: str | None = None,
+    input: Any = None, input_is_workflow_input: bool = False, passes: int | None = None, attempts: int = 1,
+    started_at: float | None, now: float,
+) -> StepResult:
+    """The record of a step execution that just ended, not yet added to the state (the actor
+    first encodes it: an output that cannot be stored fails the step instead).
+
+    ``passes`` is the seq of the record whose output this one passes on unchanged;
+    ``input_is_workflow_input`` says ``input`` is the workflow input itself."""
+    execution = state.executions.get(step_key(lane_key, step_name), 0) + 1
+    return StepResult(
+        step_name=step_name, status=status, input=input, output=output, error=error, started_at=started_at,
+        completed_at=now, attempts=attempts, id=execution_id(lane_key, step_name, execution), lane=lane_key,
+        execution=execution, seq=len(state.records), passes=passes, input_is_workflow_input=input_is_workflow_input,
     )
-    state.completed.append(step.name)
-    lane = state.lanes[lane_key]
+
+
+def complete_step(state: InstanceState, step: Step, record: StepResult, next_step: str | None) -> None:
+    """Add a completed execution's record and move its lane on (``next_step`` ``None``: the
+    lane is done)."""
+    state.add(record)
+    lane = state.lanes[record.lane]
     lane.step = next_step
-    lane.output = output
+    lane.last = record.seq
     if isinstance(step, ParallelStep):
         # A finished parallel step's branch lanes are spent; dropping them means a parallel
         # step entered again (a loop through a choice) starts its branches afresh.
@@ -75,15 +89,9 @@ def complete_step(
             state.lanes.pop(key, None)
 
 
-def fail_step(
-    state: InstanceState, step_name: str, error: str, *, attempts: int, started_at: float | None, now: float,
-    input: Any = None,
-) -> None:
-    """Record a step that failed for good (or was cancelled while running)."""
-    state.step_results[step_name] = StepResult(
-        step_name=step_name, status="failed", input=input, error=error,
-        started_at=started_at, completed_at=now, attempts=attempts,
-    )
+def fail_step(state: InstanceState, record: StepResult) -> None:
+    """Add the record of an execution that failed for good (or was cancelled while running)."""
+    state.add(record)
 
 
 def next_of(step: Step) -> str | None:
@@ -92,7 +100,7 @@ def next_of(step: Step) -> str | None:
 
 
 def branch_keys(step: ParallelStep) -> list[str]:
-    return [f"{step.name}/{b.name}" for b in step.branches]
+    return [branch_lane(step.name, b.name) for b in step.branches]
 
 
 def open_branches(state: InstanceState, step: ParallelStep) -> bool:
@@ -110,7 +118,7 @@ def open_branches(state: InstanceState, step: ParallelStep) -> bool:
 
 def parallel_output(state: InstanceState, step: ParallelStep) -> dict[str, Any]:
     """``{branch_name: branch_output}`` in the order the branches are defined."""
-    return {b.name: state.lanes[key].output for key, b in zip(branch_keys(step), step.branches)}
+    return {b.name: state.lane_output(key) for key, b in zip(branch_keys(step), step.branches)}
 
 
 def begin_compensation(
@@ -127,50 +135,43 @@ def begin_compensation(
     state.failed_step = failed_step
 
 
-def pending_compensations(state: InstanceState, definition: WorkflowDefinition) -> list[str]:
-    """Completed steps with a compensation, newest first, minus those already handled.
+def pending_compensations(state: InstanceState, definition: WorkflowDefinition) -> list[StepResult]:
+    """Completed step executions with a compensation, newest first, minus those already handled.
 
-    After a rolled-back transaction, entity steps are left out: the rollback undid their writes.
+    Every execution is compensated on its own: a loop that reserved twice releases twice. After
+    a rolled-back transaction, entity steps are left out: the rollback undid their writes.
     """
-    handled = set(state.compensated) | state.compensation_errors.keys()
-    plan: list[str] = []
-    for name in reversed(state.completed):
-        if name in handled or name in plan:
+    handled = set(state.compensated)
+    handled.update(state.compensation_errors)
+    plan: list[StepResult] = []
+    for record in reversed(state.records):
+        if record.status != "completed" or record.seq in handled:
             continue
-        entry = definition.lookup.get(name)
+        entry = definition.lookup.get(record.step_name)
         if entry is None or not isinstance(entry[0], TaskStep) or entry[0].compensate is None:
             continue
         if not (state.rolled_back and entry[0].entity is not None):
-            plan.append(name)
+            plan.append(record)
     return plan
 
 
-def record_compensated(state: InstanceState, step_name: str) -> None:
-    state.compensated.append(step_name)
-    old = state.step_results.get(step_name)
-    if old is not None:
-        state.step_results[step_name] = StepResult(
-            step_name=step_name, status="compensated", input=old.input, output=old.output,
-            started_at=old.started_at, completed_at=old.completed_at, attempts=old.attempts,
-        )
+def record_compensated(state: InstanceState, seq: int) -> None:
+    state.compensated.append(seq)
 
 
-def record_compensation_failed(state: InstanceState, step_name: str, error: str) -> None:
-    state.compensation_errors[step_name] = error
+def record_compensation_failed(state: InstanceState, seq: int, error: str) -> None:
+    state.compensation_errors[seq] = error
 
 
 def finish(state: InstanceState, definition: WorkflowDefinition, status: Status, now: float) -> None:
-    """Terminal state. On completion, main-lane steps that never ran are marked skipped."""
+    """Terminal state. On completion, main-lane steps that never ran are recorded as skipped."""
     state.status = status
     state.phase = "done"
     state.completed_at = now
-    main = state.lanes[MAIN]
     if status == "completed":
-        state.output = main.output
-        for s in definition.steps:
-            if s.name not in state.step_results:
-                state.step_results[s.name] = StepResult(step_name=s.name, status="skipped")
-    main.step = None
+        ran = {r.step_name for r in state.records}
+        state.skipped = [s.name for s in definition.steps if s.name not in ran]
+    state.lanes[MAIN].step = None
 
 
 def fail_alone(state: InstanceState, error: str, now: float) -> None:
@@ -186,11 +187,10 @@ def fail_alone(state: InstanceState, error: str, now: float) -> None:
 def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
     """Why a stored instance can no longer run on ``definition`` (``None``: it still fits).
 
-    Same fingerprint: fits. Otherwise every lane position, every running parallel step's set of
-    branches, and every completed step must still exist where the snapshot says they are.
+    Every lane position must exist where the snapshot says it is (checked whatever the
+    fingerprint: a damaged row must fail alone, not crash its run). With another fingerprint,
+    every running parallel step's set of branches and every step that ran must still exist too.
     """
-    if state.fingerprint == definition.fingerprint:
-        return None
     lookup = definition.lookup
     for key, lane in state.lanes.items():
         if lane.step is None:
@@ -200,21 +200,23 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
             return f"step {lane.step!r}, where the instance stands, is no longer in workflow {definition.name!r}"
         if entry[1] != key:
             return f"step {lane.step!r} is no longer in the same lane ({key or 'main'!r}) of workflow {definition.name!r}"
+    if state.fingerprint == definition.fingerprint:
+        return None
     for name, (step, _) in lookup.items():
         if isinstance(step, ParallelStep):
-            stored = {k for k in state.lanes if k.startswith(name + "/")}
+            stored = {k for k in state.lanes if k.startswith(branch_lane(name, ""))}
             if stored and stored != set(branch_keys(step)):
                 return f"parallel step {name!r} changed its branches while the instance was running it"
-    for name in state.completed:
+    for name in dict.fromkeys(r.step_name for r in state.records):
         if name not in lookup:
-            return f"completed step {name!r} is no longer in workflow {definition.name!r}"
+            return f"step {name!r}, which the instance ran, is no longer in workflow {definition.name!r}"
     return None
 
 
 def progress(state: InstanceState, definition: WorkflowDefinition) -> tuple[int, int]:
     """(percent, completed main-lane steps). 100 only once the instance completed."""
     total = len(definition.steps)
-    done = sum(1 for s in definition.steps if s.name in state.completed)
+    done = sum(1 for s in definition.steps if s.name in state.latest)
     if state.status == "completed":
         return 100, done
     return min(99, done * 100 // total), done

@@ -15,9 +15,9 @@ from trioflow.actors._instance import run_instance
 from trioflow.actors._run import STORAGE_RETRY_FOR, Run, now
 from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
-from trioflow.adapters._codec import check_encodable, decode, encode
+from trioflow._codec import changes, check_encodable, committed, decode_stored, decode_whole, encode_header, encode_start, encode_whole
 from trioflow.adapters._memory import MemoryAdapter
-from trioflow.adapters._protocol import Adapter, InstanceRecord
+from trioflow.adapters._protocol import Adapter, StoredInstance
 
 from ._decide import admit, fail_alone, misfit, new_instance_id, new_state
 from ._definition import WorkflowDefinition
@@ -37,7 +37,7 @@ from ._errors import (
 )
 from ._events import EventBus
 from ._jobs import JobRegistry
-from ._snapshot import TERMINAL, InstanceState, Status, WorkflowInstance, to_instance, unreadable_instance
+from ._snapshot import RESUMABLE, TERMINAL, InstanceState, Status, WorkflowInstance, to_instance, unreadable_instance
 
 log = logging.getLogger("trioflow")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,7 +50,7 @@ class Engine:
     def __init__(
         self, supervisor: Supervisor, adapter: Adapter, *, max_running: int,
         services: Mapping[str, Any], driver: Any, threads: bool = True,
-        leftovers: list[InstanceRecord] | None = None, storage_retry_for: float = STORAGE_RETRY_FOR,
+        leftovers: list[StoredInstance] | None = None, storage_retry_for: float = STORAGE_RETRY_FOR,
     ) -> None:
         self.jobs = JobRegistry(on_register=self._jobs_registered)
         self.events = EventBus()
@@ -60,7 +60,7 @@ class Engine:
         self._driver = driver
         #: Instances a previous engine left unfinished, read when this one opened, by workflow:
         #: ``register`` resumes a workflow's share (``None``: auto-resume is off).
-        self._leftovers: dict[str, list[InstanceRecord]] | None = None
+        self._leftovers: dict[str, list[StoredInstance]] | None = None
         if leftovers is not None:
             self._leftovers = {}
             for record in leftovers:
@@ -78,12 +78,15 @@ class Engine:
         self._jobs_found: WorkflowDefinition | None = None
         #: Instances whose actor lives in this engine (running, or queued for a slot).
         self._live: dict[str, Run] = {}
-        #: Ids ``start`` is storing now, with their workflow: a concurrent ``start`` of the same id
-        #: must not start it twice, and a resume must not take them for live.
-        self._storing: dict[str, str] = {}
+        #: Ids ``start`` is storing now: their workflow, and an event set once the store is over.
+        #: A concurrent ``start`` or ``wait`` of the same id waits for it; a resume leaves them be.
+        self._storing: dict[str, tuple[str, trio.Event]] = {}
+        #: Ids a resume has run in this engine: a resume working from rows read earlier must
+        #: not run one of them again from its old snapshot.
+        self._resumed: set[str] = set()
         #: Stored instances held back from a resume until their workflow's jobs are registered
         #: (a resume that ran them now would fail them for good), by workflow.
-        self._held: dict[str, list[InstanceRecord]] = {}
+        self._held: dict[str, list[StoredInstance]] = {}
         #: Instances whose stored snapshot this release cannot read: failed for callers, with
         #: the reason, while their stored bytes stay untouched (a newer release may read them).
         self._unreadable: dict[str, WorkflowInstance] = {}
@@ -110,15 +113,17 @@ class Engine:
         self._check_open()
         if not isinstance(definition, WorkflowDefinition):
             raise DefinitionError(f"register() needs a built WorkflowDefinition, got {definition!r}")
+        check_encodable(dict(definition.data), f"the initial data (with_data) of workflow {definition.name!r}")
         self._definitions[definition.name] = definition
         records = self._leftovers.pop(definition.name, None) if self._leftovers is not None else None
         if records:
             self._resume_soon(definition, records)
 
-    def _resume_soon(self, definition: WorkflowDefinition, records: list[InstanceRecord]) -> None:
-        """Resume ``records`` in the background, or hold them until the jobs they need exist."""
+    def _resume_soon(self, definition: WorkflowDefinition, records: list[StoredInstance]) -> None:
+        """Resume ``records`` in the background, or hold them until the jobs they need exist
+        (refusing at once those that cannot be read: they are reported failed meanwhile)."""
         if self._missing_jobs(definition):
-            self._held.setdefault(definition.name, []).extend(records)
+            self._held.setdefault(definition.name, []).extend(r for r in records if self._readable(r))
             return
         if self._pending_resumes == 0:
             self._resumes_settled = trio.Event()
@@ -159,30 +164,44 @@ class Engine:
             instance_id = new_instance_id()
         elif not isinstance(instance_id, str) or not instance_id:
             raise InvalidArgumentError(f"instance_id must be a non-empty string, got {instance_id!r}")
+        while (storing := self._storing.get(instance_id)) is not None:
+            # Another ``start`` of this id is storing it: its outcome decides this one's.
+            _check_same_workflow(instance_id, storing[0], workflow_name)
+            await storing[1].wait()
         live = self._live.get(instance_id)
-        owner = live.state.workflow_name if live is not None else self._storing.get(instance_id)
-        if owner is not None:
-            _check_same_workflow(instance_id, owner, workflow_name)
+        if live is not None:
+            _check_same_workflow(instance_id, live.state.workflow_name, workflow_name)
             return instance_id
         check_encodable(input, "workflow input")
         status: Status = "pending" if self._running >= self._max_running else "running"
         state = new_state(definition, instance_id, input, now(), status=status)
-        snapshot = encode(state)
-        self._storing[instance_id] = workflow_name
+        start, header = encode_start(state), encode_header(state)
+        stored = trio.Event()
+        self._storing[instance_id] = (workflow_name, stored)
         try:
-            created = await self.adapter.create(instance_id, workflow_name, status, snapshot)
+            created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
         finally:
             del self._storing[instance_id]
+            stored.set()
+        if created and self._closed:
+            raise EngineClosedError(
+                f"the engine closed while instance {instance_id!r} was being stored; it is stored {status}"
+                " and the next engine resumes it"
+            )
         if not created:
             # It exists: stored by an earlier engine (a resume may be running it here by now),
             # or by a concurrent ``start``. Idempotent, unless it is another workflow's.
             run = self._live.get(instance_id)
             if run is not None:
                 _check_same_workflow(instance_id, run.state.workflow_name, workflow_name)
-            else:
-                existing = await self.adapter.load(instance_id)
-                if existing is not None:
-                    _check_same_workflow(instance_id, existing.workflow_name, workflow_name)
+                return instance_id
+            existing = await self.adapter.load(instance_id)
+            if existing is not None:
+                _check_same_workflow(instance_id, existing.workflow_name, workflow_name)
+                if self._leftovers is not None and existing.status in RESUMABLE:
+                    # Unfinished and not running here (a resume may have passed it over while
+                    # this call stored it): with auto-resume on, resuming is this call's job.
+                    await self._resume_one(definition, existing)
             return instance_id
         self._spawn(definition, state, resumed=False)
         return instance_id
@@ -192,14 +211,14 @@ class Engine:
         self._check_open()
         run = self._live.get(instance_id)
         if run is not None:
-            return to_instance(decode(encode(run.state)))  # a consistent copy, never aliased
+            return _copy(run.state)
         record = await self.adapter.load(instance_id)
         return None if record is None else self._view(record)
 
-    def _view(self, record: InstanceRecord) -> WorkflowInstance:
+    def _view(self, record: StoredInstance) -> WorkflowInstance:
         """The public view of a stored record; an unreadable one is reported failed, with why."""
         try:
-            state = decode(record.snapshot)
+            state = decode_stored(record)
             _check_identity(state, record)
         except SnapshotDecodeError as exc:
             return unreadable_instance(record.instance_id, record.workflow_name, describe_error(exc))
@@ -210,8 +229,8 @@ class Engine:
         self._check_open()
         if self._pending_resumes:
             await self._resumes_settled.wait()
-        while instance_id in self._storing:
-            await trio.sleep(0)  # ``start`` is still storing it
+        while (storing := self._storing.get(instance_id)) is not None:
+            await storing[1].wait()  # ``start`` is still storing it
         run = self._live.get(instance_id)
         if run is not None:
             await run.wait_ended()
@@ -277,7 +296,13 @@ class Engine:
         out = []
         for record in await self.adapter.list_instances(workflow_name, status):
             run = self._live.get(record.instance_id)
-            out.append(to_instance(decode(encode(run.state))) if run is not None else self._view(record))
+            view = _copy(run.state) if run is not None else self._view(record)
+            # An unreadable row is reported failed, whatever status it is stored with.
+            if status is None or view.status == status:
+                out.append(view)
+        if status == "failed":
+            listed = {i.id for i in out}
+            out += [v for v in self._unreadable.values() if v.workflow_name == workflow_name and v.id not in listed]
         return out
 
     async def resume(self) -> list[str]:
@@ -288,7 +313,7 @@ class Engine:
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _resume_leftovers(self, records: list[InstanceRecord]) -> None:
+    async def _resume_leftovers(self, records: list[StoredInstance]) -> None:
         try:
             await self._resume(records)
         finally:
@@ -296,11 +321,12 @@ class Engine:
             if self._pending_resumes == 0:
                 self._resumes_settled.set()
 
-    async def _resume(self, records: list[InstanceRecord]) -> list[str]:
+    async def _resume(self, records: list[StoredInstance]) -> list[str]:
         resumed = []
         for record in records:
             definition = self._definitions.get(record.workflow_name)
-            if record.instance_id in self._live or definition is None or self._closed:
+            iid = record.instance_id
+            if iid in self._live or iid in self._resumed or definition is None or self._closed:
                 continue
             if self._missing_jobs(definition):
                 self._held.setdefault(definition.name, []).append(record)
@@ -314,10 +340,10 @@ class Engine:
                           extra={"instance_id": record.instance_id, "workflow_name": record.workflow_name})
         return resumed
 
-    async def _resume_one(self, definition: WorkflowDefinition, record: InstanceRecord) -> bool:
+    async def _resume_one(self, definition: WorkflowDefinition, record: StoredInstance) -> bool:
         """Resume one stored instance; whether it now runs here."""
         try:
-            state = decode(record.snapshot)
+            state = decode_stored(record)
             _check_identity(state, record)
             problem = misfit(state, definition)
         except SnapshotDecodeError as exc:
@@ -328,14 +354,29 @@ class Engine:
             return False
         if problem is not None:
             fail_alone(state, f"DefinitionMismatchError: {problem}", now())
-            await self.adapter.save(state.instance_id, state.workflow_name, state.status, encode(state))
+            change = changes(state)
+            await self.adapter.checkpoint(
+                state.instance_id, change.status, change.header, change.records, first_seq=change.first_seq,
+                start=change.start,
+            )
+            committed(state, change)
             return False
-        if record.instance_id in self._live:
-            return False  # resumed by a concurrent call while we awaited
+        iid = record.instance_id
+        if iid in self._live or iid in self._storing or iid in self._resumed:
+            return False  # running here, being started, or resumed by a concurrent call meanwhile
+        self._resumed.add(iid)
         self._spawn(definition, state, resumed=True)
         return True
 
-    def _refuse_unreadable(self, record: InstanceRecord, exc: SnapshotDecodeError) -> None:
+    def _readable(self, record: StoredInstance) -> bool:
+        try:
+            _check_identity(decode_stored(record), record)
+        except SnapshotDecodeError as exc:
+            self._refuse_unreadable(record, exc)
+            return False
+        return True
+
+    def _refuse_unreadable(self, record: StoredInstance, exc: SnapshotDecodeError) -> None:
         """An unreadable snapshot fails its instance for this engine's callers. Its stored bytes
         are left as they are: a newer release (after a rolled-back deploy) may still read them."""
         log.error("instance %s has a snapshot this release cannot read, left untouched: %s", record.instance_id, exc,
@@ -354,6 +395,9 @@ class Engine:
         if self._running < self._max_running:
             self._launch(run)
         else:
+            # Queued: pending until a slot frees (what ``start`` stored may say running, when
+            # slots were taken while it stored; the first step's checkpoint records the truth).
+            state.status = "pending"
             self._waiting.append(run)
 
     def _launch(self, run: Run) -> None:
@@ -456,7 +500,8 @@ async def open_engine(
         # The actors never raise into this nursery, so a group holds the block's own exception:
         # hand it back as the caller raised it rather than wrapped.
         if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
+            exc = group.exceptions[0]
+            raise exc from exc.__cause__  # the caller's own chain, not the group
         raise
     finally:
         with trio.CancelScope(shield=True):
@@ -468,7 +513,12 @@ def _check_same_workflow(instance_id: str, stored: str, asked: str) -> None:
         raise InstanceIdConflictError(f"instance id {instance_id!r} already belongs to workflow {stored!r}")
 
 
-def _check_identity(state: InstanceState, record: InstanceRecord) -> None:
+def _copy(state: InstanceState) -> WorkflowInstance:
+    """The view of a live instance as it stands now: a copy, never aliased to the running state."""
+    return to_instance(decode_whole(encode_whole(state)))
+
+
+def _check_identity(state: InstanceState, record: StoredInstance) -> None:
     """A snapshot must be the one of the row that holds it: a row whose snapshot names another
     instance (a copied or tampered row) would otherwise run that instance a second time."""
     if state.instance_id != record.instance_id or state.workflow_name != record.workflow_name:

@@ -64,6 +64,11 @@ class StorageUnavailableError(StorageError):
     left as it was last stored, resumable, and ``wait()`` raises this error saying so."""
 
 
+class CheckpointConflictError(StorageError):
+    """A checkpoint would append records at a position the stored instance is not at (a write
+    repeated after it had landed, or one lost before it): refused, with nothing written."""
+
+
 class CompensationTimeoutError(TrioflowError, TimeoutError):
     """A compensation ran longer than its workflow's ``compensation_timeout`` (all attempts)."""
 
@@ -148,7 +153,14 @@ class ParallelError(ExceptionGroup[BranchError], TrioflowError):
         return ParallelError(self.step_name, excs)
 
 
+class RecordedError(TrioflowError):
+    """An error known only as it was recorded (a step that failed for good before a restart):
+    described exactly as it was."""
+
+
 def describe_error(error: BaseException) -> str:
     """``TypeName: message``: how an error is recorded in snapshots and events."""
     text = str(error)
+    if isinstance(error, RecordedError):
+        return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import attrs
 
+from ._lanes import MAIN, step_key
+
 Status = Literal["pending", "running", "completed", "failed", "cancelled", "timed_out"]
 StepStatus = Literal["pending", "running", "completed", "failed", "skipped", "compensated"]
 Phase = Literal["forward", "compensating", "done"]
@@ -24,7 +26,13 @@ RESUMABLE: frozenset[str] = frozenset({"pending", "running"})
 
 @attrs.frozen(kw_only=True)
 class StepResult:
-    """What happened to one step of one instance."""
+    """One execution of one step of one instance (a record of its history).
+
+    ``id`` names the execution: its lane, its step and a counter (``"charge#2"``: the second
+    run of ``charge``); ``seq`` is its place in the instance's history, from 0. ``status`` is
+    ``"compensated"`` once this execution's compensation ran (views only: records are never
+    rewritten; the header lists what was compensated).
+    """
 
     step_name: str
     status: StepStatus
@@ -34,23 +42,43 @@ class StepResult:
     started_at: float | None = None
     completed_at: float | None = None
     attempts: int = 0
+    id: str = ""
+    lane: str = ""
+    execution: int = 0
+    seq: int = -1
+    #: The record whose output this one passes on unchanged (a choice, or a pass step without
+    #: transform/result): stored as a reference, not a second copy.
+    passes: int | None = None
+    #: Whether ``input`` is the workflow input itself (a task without an ``input=`` mapper):
+    #: stored as a flag, not a second copy.
+    input_is_workflow_input: bool = False
+    #: Why this execution's compensation failed for good (views only, like ``compensated``).
+    compensation_error: str | None = None
 
 
 @attrs.define(kw_only=True)
 class Lane:
     """Progress of one lane: the main line (key ``""``) or one branch of a running parallel step.
 
-    ``step`` is the step to run next (``None`` once the lane is done); ``output`` is the output
-    of the lane's last completed step, which a pass step passes on and a branch returns.
+    ``step`` is the step to run next (``None`` once the lane is done); ``last`` is the seq of the
+    lane's last completed step execution, whose output a pass step passes on and a branch returns.
     """
 
     step: str | None
-    output: Any = None
+    last: int | None = None
+    #: The seq of the record of ``step``'s execution that failed for good, once it has: a
+    #: resume must not run that step again, only go on failing from there.
+    failed: int | None = None
 
 
 @attrs.define(kw_only=True, eq=False)
 class InstanceState:
-    """Everything a snapshot holds; encoded by :mod:`trioflow.adapters._codec`."""
+    """Where an instance stands: what its start, header and records hold (see ``trioflow._codec``).
+
+    ``records`` is the instance's whole history in memory; the first ``stored`` of them are in
+    storage, the rest go with the next checkpoint. ``latest`` and ``executions`` are indexes
+    over ``records``, kept as records are added and rebuilt when an instance is loaded.
+    """
 
     instance_id: str
     workflow_name: str
@@ -59,22 +87,55 @@ class InstanceState:
     input: Any
     data: dict[str, Any]
     lanes: dict[str, Lane]
-    step_results: dict[str, StepResult] = attrs.field(factory=dict)
-    #: Names of completed steps in completion order, branch steps included.
-    completed: list[str] = attrs.field(factory=list)
+    records: list[StepResult] = attrs.field(factory=list)
+    #: How many of ``records`` are stored.
+    stored: int = 0
+    #: Whether the start bytes are stored (``False`` for an instance read from a format-1 row).
+    start_stored: bool = True
+    #: Encoded records not stored yet, for ``records[stored:]`` in order (each record is
+    #: encoded once, when it is added; a checkpoint takes them from here).
+    staged: list[bytes] = attrs.field(factory=list)
+    #: The newest completed execution of each step, by step name (what ``ctx.steps`` shows).
+    latest: dict[str, StepResult] = attrs.field(factory=dict)
+    #: How many executions each step has had, by lane and step (:func:`trioflow._lanes.step_key`).
+    executions: dict[str, int] = attrs.field(factory=dict)
     phase: Phase = "forward"
     #: While compensating: the status the instance ends with once compensation is done.
     outcome: Status | None = None
     #: A transactional run whose driver transaction was rolled back.
     rolled_back: bool = False
-    output: Any = None
     error: str | None = None
     failed_step: str | None = None
-    compensated: list[str] = attrs.field(factory=list)
-    compensation_errors: dict[str, str] = attrs.field(factory=dict)
+    #: Seqs of the executions compensated, in the order they were.
+    compensated: list[int] = attrs.field(factory=list)
+    #: Seq of each execution whose compensation failed for good -> its error.
+    compensation_errors: dict[int, str] = attrs.field(factory=dict)
+    #: Main-line steps a completed instance never ran (a choice went elsewhere).
+    skipped: list[str] = attrs.field(factory=list)
     created_at: float = 0.0
     started_at: float | None = None
     completed_at: float | None = None
+
+    def add(self, record: StepResult) -> None:
+        """Append a record (its ``seq`` must be the next one) and index it."""
+        self.records.append(record)
+        if record.status == "completed":
+            self.latest[record.step_name] = record
+        if record.execution:
+            self.executions[step_key(record.lane, record.step_name)] = record.execution
+
+    def output_of(self, seq: int | None) -> Any:
+        """The output of the record at ``seq`` (``None``: no record, no output)."""
+        return None if seq is None else self.records[seq].output
+
+    def lane_output(self, key: str) -> Any:
+        """The output of a lane's last completed step."""
+        return self.output_of(self.lanes[key].last)
+
+    @property
+    def output(self) -> Any:
+        """The workflow's output: the main line's, once the instance completed."""
+        return self.lane_output(MAIN) if self.status == "completed" and MAIN in self.lanes else None
 
 
 @attrs.frozen(kw_only=True)
@@ -105,6 +166,9 @@ class WorkflowInstance:
     created_at: float
     started_at: float | None
     completed_at: float | None
+    #: Every step execution, in the order each ended (``step_results`` holds the newest of
+    #: each step).
+    history: tuple[StepResult, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -132,23 +196,53 @@ class WorkflowResult:
 
 def to_instance(state: InstanceState) -> WorkflowInstance:
     """The public view of a state. Shares values with ``state``: give it a decoded copy."""
+    compensated = set(state.compensated)
+    history = tuple(viewed(r, compensated, state.compensation_errors) for r in state.records)
+    results = {r.step_name: r for r in history}
+    for name in state.skipped:
+        results.setdefault(name, StepResult(step_name=name, status="skipped"))
     return WorkflowInstance(
         id=state.instance_id,
         workflow_name=state.workflow_name,
         status=state.status,
-        current_step=state.lanes[""].step if "" in state.lanes else None,
+        current_step=state.lanes[MAIN].step if MAIN in state.lanes else None,
         input=state.input,
         output=state.output,
         error=state.error,
         failed_step=state.failed_step,
-        step_results=state.step_results,
-        compensated_steps=tuple(state.compensated),
-        compensation_errors=state.compensation_errors,
+        step_results=results,
+        compensated_steps=compensated_steps(state),
+        compensation_errors=compensation_errors(state),
         rolled_back=state.rolled_back,
         created_at=state.created_at,
         started_at=state.started_at,
         completed_at=state.completed_at,
+        history=history,
     )
+
+
+def viewed(record: StepResult, compensated: set[int], errors: dict[int, str]) -> StepResult:
+    """A record as callers see it: ``compensated`` once its compensation ran, or with the error
+    its compensation failed with."""
+    if record.status == "completed" and record.seq in compensated:
+        return attrs.evolve(record, status="compensated")
+    if record.seq in errors:
+        return attrs.evolve(record, compensation_error=errors[record.seq])
+    return record
+
+
+def compensated_steps(state: InstanceState) -> tuple[str, ...]:
+    """Names of the compensated executions' steps, in the order they were compensated."""
+    return tuple(state.records[seq].step_name for seq in state.compensated)
+
+
+def compensation_errors(state: InstanceState) -> dict[str, str]:
+    """Step name -> error, for each step whose compensation failed for good (a step run more
+    than once: its newest failing execution's error; ``history`` has them all)."""
+    out: dict[str, str] = {}
+    for seq, error in sorted(state.compensation_errors.items()):
+        out[state.records[seq].step_name] = error
+    return out
 
 
 def unreadable_instance(instance_id: str, workflow_name: str, error: str) -> WorkflowInstance:

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 
 from ._definition import Branch, ChoiceStep, ParallelStep, PassStep, Step, TaskStep
 from ._errors import DefinitionError
+from ._lanes import check_name
 from ._retry import Retry
 
 
@@ -61,6 +62,7 @@ def _walk(where: str, steps: Sequence[Step]) -> Iterator[tuple[str, Step]]:
 def _check_step(owner: str, step: Step, names: list[str]) -> None:
     if not isinstance(step.name, str) or not step.name:
         raise DefinitionError(f"{owner}: a step name must be a non-empty string, got {step.name!r}")
+    check_name(owner, "step", step.name)
     label = f"{owner}, step {step.name!r}"
     if step.next is not None and step.end:
         raise DefinitionError(f"{label}: 'next' and 'end' are mutually exclusive")
@@ -117,6 +119,7 @@ def _check_parallel(label: str, step: ParallelStep) -> None:
     for branch in step.branches:
         if not isinstance(branch, Branch):
             raise DefinitionError(f"{label}: {branch!r} is not a branch (use trioflow.branch(name)...build())")
+        check_name(label, "branch", branch.name)
         if branch.name in seen:
             raise DefinitionError(f"{label}: branch name {branch.name!r} is used twice")
         seen.add(branch.name)

@@ -1,4 +1,5 @@
-"""Snapshot codec: round trips, refusals, and no code execution."""
+"""Instance codec (format 2: start, header, one record per step execution): round trips,
+refusals, constant-size headers, references instead of copies, and no code execution."""
 
 from __future__ import annotations
 
@@ -11,8 +12,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import trioflow as tf
-from trioflow._decide import complete_step, new_state
-from trioflow.adapters._codec import FORMAT_VERSION, TAG, check_encodable, decode, encode
+from trioflow._codec import (
+    FORMAT_VERSION,
+    HEADER_TAG,
+    START_TAG,
+    TAG,
+    changes,
+    check_encodable,
+    committed,
+    decode,
+    encode_header,
+    encode_record,
+    encode_start,
+)
+from trioflow._decide import complete_step, new_execution, new_state
+from trioflow._snapshot import InstanceState
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text() | st.binary(),
@@ -23,35 +37,94 @@ values = st.recursive(
 WF = tf.workflow("w").task("a", job="j").task("b", job="j").build()
 
 
+def ran(state: InstanceState, name: str, output: Any, next_step: str | None, **fields: Any) -> None:
+    """Record a completed execution of step ``name`` on the main lane."""
+    fields.setdefault("attempts", 1)
+    record = new_execution(state, "", name, "completed", output=output, started_at=1.0, now=2.0, **fields)
+    complete_step(state, WF.lookup[name][0], record, next_step)
+
+
+def round_trip(state: InstanceState) -> InstanceState:
+    return decode(encode_start(state), encode_header(state), [encode_record(r) for r in state.records])
+
+
 @given(input=values, output=values, data=st.dictionaries(st.text(max_size=5), values, max_size=3))
 def test_state_round_trips(input: Any, output: Any, data: dict[str, Any]) -> None:
     state = new_state(WF, "id-1", input, 1.5)
     state.data.update(data)
-    complete_step(state, "", WF.steps[0], output, "b", input=input, attempts=2, started_at=1.0, now=2.0)
-    again = decode(encode(state))
-    assert encode(again) == encode(state)
-    assert again.step_results["a"].output == output and again.step_results["a"].attempts == 2
-    assert again.lanes[""].step == "b"
+    ran(state, "a", output, "b", input=input, attempts=2)
+    again = round_trip(state)
+    assert encode_header(again) == encode_header(state) and encode_start(again) == encode_start(state)
+    assert again.latest["a"].output == output and again.latest["a"].attempts == 2
+    assert again.latest["a"].input == input and again.latest["a"].id == "a#1"
+    assert again.lanes[""].step == "b" and again.lane_output("") == output
+
+
+def test_the_header_does_not_grow_with_the_steps_run() -> None:
+    loop = tf.workflow("w").task("a", job="j").build()
+    state = new_state(loop, "i", {"big": "x" * 1000}, 0.0)
+    sizes = []
+    for n in range(50):
+        record = new_execution(state, "", "a", "completed", output={"n": n, "pad": "y" * 100}, started_at=0.0, now=1.0)
+        complete_step(state, loop.steps[0], record, "a")
+        sizes.append(len(encode_header(state)))
+    assert max(sizes) - min(sizes) <= 2, sizes  # only the record count's own width may change
+    assert sizes[-1] < 200, "no output and no input in the header"
+    assert state.records[-1].id == "a#50" and state.records[-1].execution == 50
+
+
+def test_pass_through_outputs_and_the_workflow_input_are_stored_by_reference() -> None:
+    big = "z" * 10_000
+    state = new_state(WF, "i", big, 0.0)
+    ran(state, "a", {"payload": big}, "b", input=big, input_is_workflow_input=True)
+    ran(state, "b", state.lane_output(""), None, passes=0)
+    records = [encode_record(r) for r in state.records]
+    assert all(len(r) < 200 for r in records[1:]) and len(records[0]) < 10_200
+    again = round_trip(state)
+    assert again.records[0].input == big and again.records[1].output == {"payload": big}
+
+
+def test_checkpoint_changes_hold_only_what_is_not_stored() -> None:
+    state = new_state(WF, "i", None, 0.0)
+    ran(state, "a", 1, "b")
+    first = changes(state)
+    assert (first.first_seq, len(first.records), first.start) == (0, 1, None)
+    committed(state, first)
+    ran(state, "b", 2, None)
+    second = changes(state)
+    assert (second.first_seq, len(second.records)) == (1, 1)
 
 
 def test_newer_format_version_is_refused() -> None:
-    raw = msgpack.unpackb(encode(new_state(WF, "i", None, 0.0)))
+    state = new_state(WF, "i", None, 0.0)
+    raw = msgpack.unpackb(encode_header(state))
     raw[1] = FORMAT_VERSION + 1
-    with pytest.raises(tf.SnapshotDecodeError, match="format version 2 is not supported"):
-        decode(msgpack.packb(raw))
+    with pytest.raises(tf.SnapshotDecodeError, match=f"format version {FORMAT_VERSION + 1} is not supported"):
+        decode(encode_start(state), msgpack.packb(raw))
 
 
-@pytest.mark.parametrize("data", [b"", b"\xc1garbage", msgpack.packb({"a": 1}), msgpack.packb([TAG, 1, "short"])])
+def test_missing_records_are_detected() -> None:
+    state = new_state(WF, "i", None, 0.0)
+    ran(state, "a", 1, "b")
+    with pytest.raises(tf.SnapshotDecodeError, match="counts 1 step records, 0 are stored"):
+        decode(encode_start(state), encode_header(state), [])
+
+
+@pytest.mark.parametrize("data", [b"", b"\xc1garbage", msgpack.packb({"a": 1}), msgpack.packb([TAG, 1, "short"]),
+                                  msgpack.packb([HEADER_TAG, 2, "short"])])
 def test_garbage_is_refused_with_snapshot_decode_error(data: bytes) -> None:
+    start = encode_start(new_state(WF, "i", None, 0.0))
     with pytest.raises(tf.SnapshotDecodeError):
-        decode(data)
+        decode(start, data)
+    with pytest.raises(tf.SnapshotDecodeError):
+        decode(data, encode_header(new_state(WF, "i", None, 0.0)))
 
 
 def test_ext_types_are_never_interpreted() -> None:
     # A pickle payload hidden in an ext type stays inert: decoding refuses the shape, runs nothing.
-    evil = msgpack.packb([TAG, 1, msgpack.ExtType(1, b"cos\nsystem\n(S'echo pwned'\ntR.")])
+    evil = msgpack.packb([START_TAG, 2, msgpack.ExtType(1, b"cos\nsystem\n(S'echo pwned'\ntR.")])
     with pytest.raises(tf.SnapshotDecodeError):
-        decode(evil)
+        decode(evil, encode_header(new_state(WF, "i", None, 0.0)))
 
 
 def test_unencodable_value_names_the_path() -> None:
@@ -63,7 +136,14 @@ def test_unencodable_state_names_the_part() -> None:
     state = new_state(WF, "i", None, 0.0)
     state.data["bad"] = {1, 2}
     with pytest.raises(tf.UnencodableValueError, match=r"shared data\['bad'\] is a set"):
-        encode(state)
+        encode_header(state)
+
+
+def test_an_unencodable_output_is_named_by_its_record() -> None:
+    state = new_state(WF, "i", None, 0.0)
+    record = new_execution(state, "", "a", "completed", output={"at": {1, 2}}, started_at=0.0, now=1.0)
+    with pytest.raises(tf.UnencodableValueError, match=r"output of step 'a'\['at'\] is a set"):
+        encode_record(record)
 
 
 def nested(depth: int) -> Any:
@@ -78,14 +158,14 @@ def test_values_nested_too_deeply_to_read_back_are_refused_up_front() -> None:
         check_encodable(nested(1000), "workflow input")
 
 
-def test_accepted_deep_values_read_back_inside_a_snapshot() -> None:
+def test_accepted_deep_values_read_back_inside_a_record() -> None:
     value = nested(850)
     check_encodable(value, "workflow input")
     state = new_state(WF, "i", value, 0.0)
-    complete_step(state, "", WF.steps[0], value, "b", input=value, attempts=1, started_at=0.0, now=1.0)
-    assert decode(encode(state)).step_results["a"].output == value
+    ran(state, "a", value, "b", input=value)
+    assert round_trip(state).latest["a"].output == value
 
 
 def test_decoding_never_blows_the_stack() -> None:
     with pytest.raises(tf.SnapshotDecodeError):
-        decode(b"\x91" * 5000)
+        decode(None, b"\x91" * 5000)

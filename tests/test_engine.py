@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 import trioflow as tf
-from trioflow.adapters._codec import encode
+from trioflow._codec import decode_stored
 
 class Boom(Exception):
     pass
@@ -461,7 +461,7 @@ async def test_an_unreadable_snapshot_fails_alone(autojump_clock: trio.testing.M
         engine.register(three_steps())
         good = await engine.start("w")
         await trio.sleep(1)
-    await adapter.create("broken", "w", "running", b"\x93garbage")
+    await adapter.create("broken", "w", "running", start=b"\x93garbage", header=b"\x93garbage")
     async with tf.open_engine(adapter=adapter) as engine:
         Jobs().register(engine)
         engine.register(three_steps())
@@ -488,10 +488,10 @@ async def test_an_instance_that_no_longer_fits_the_definition_fails_alone_naming
 
 async def test_a_failing_adapter_fails_its_instance_alone(autojump_clock: trio.testing.MockClock) -> None:
     class FlakyAdapter(tf.adapters.MemoryAdapter):
-        async def save(self, instance_id: str, workflow_name: str, status: Any, snapshot: bytes) -> None:
+        async def checkpoint(self, instance_id: str, status: Any, header: bytes, records: Any, **kw: Any) -> None:
             if instance_id == "doomed":
                 raise OSError("disk full")
-            await super().save(instance_id, workflow_name, status, snapshot)
+            await super().checkpoint(instance_id, status, header, records, **kw)
 
     async with tf.open_engine(adapter=FlakyAdapter()) as engine:
         Jobs().register(engine)
@@ -509,7 +509,8 @@ async def test_snapshots_in_the_adapter_are_msgpack_bytes(autojump_clock: trio.t
         Jobs().register(engine)
         engine.register(three_steps())
         iid = await engine.wait(await engine.start("w"))
-    record = await adapter.load(iid.id)
-    assert record is not None and isinstance(record.snapshot, bytes) and record.status == "completed"
-    assert record.snapshot[:1] != b"\x80"  # not a pickle
-    assert encode  # the codec is the only writer (see test_codec.py)
+    stored = await adapter.load(iid.id)
+    assert stored is not None and stored.status == "completed" and stored.start is not None
+    for blob in (stored.start, stored.header, *stored.records):
+        assert isinstance(blob, bytes) and blob[:1] != b"\x80"  # msgpack, not a pickle
+    assert len(stored.records) == 3 and decode_stored(stored).output == "c-out"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
 
 import trioflow as tf
-from trioflow.adapters._codec import decode
+from trioflow._codec import decode_stored
 
 STEPS = ("reserve", "charge", "ship")
 
@@ -119,13 +119,13 @@ class EngineMachine(RuleBasedStateMachine):
 
     @invariant()
     def storage_agrees_with_the_model(self) -> None:
-        async def load() -> list[tf.adapters.InstanceRecord]:
+        async def load() -> list[tf.adapters.StoredInstance]:
             return await self.adapter.list_instances("order")
 
         records = {r.instance_id: r for r in trio.run(load)}
         assert set(records) == set(self.expected), "an instance was lost or invented"
         for iid, record in records.items():
-            state = decode(record.snapshot)
+            state = decode_stored(record)
             assert state.status == record.status
             if iid in self.terminal_seen:
                 assert state.status == self.terminal_seen[iid], f"{iid} left its terminal status"
@@ -133,7 +133,8 @@ class EngineMachine(RuleBasedStateMachine):
                 self.terminal_seen[iid] = state.status
                 assert state.status == self.expected[iid]
             # A step stored as completed never runs again, a stored compensation never reruns.
-            done = [(iid, s) for s in state.completed] + [(iid, f"undo-{s}") for s in state.compensated]
+            done = [(iid, r.step_name) for r in state.records if r.status == "completed"]
+            done += [(iid, f"undo-{state.records[seq].step_name}") for seq in state.compensated]
             for key in done:
                 count = self.frozen_counts.setdefault(key, self.calls[key])
                 assert self.calls[key] == count >= 1, f"{key} ran again after it was stored as done"

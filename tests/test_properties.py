@@ -215,3 +215,95 @@ def test_the_explorer_names_the_crash_point_that_diverges() -> None:
             "step 'out' completed; instance completed"]
 
     tf.testing.run(main)
+
+
+# -- storage v2: loops and identity per execution (issue 12) -----------------------------------
+
+
+@given(workflows(loops=True))
+def test_every_execution_of_a_compensable_step_is_compensated_once_newest_first(gen: GeneratedWorkflow) -> None:
+    instance, _ = run_generated(gen)
+    compensable = {s.name for s in task_steps(gen.definition) if s.compensate is not None}
+    ran = [r for r in instance.history if r.status in ("completed", "compensated") and r.step_name in compensable]
+    assert len({r.id for r in instance.history}) == len(instance.history), "every execution has its own id"
+    if instance.status == "completed":
+        assert instance.compensated_steps == () and all(r.status == "completed" for r in ran)
+        return
+    compensated = [r for r in reversed(ran) if r.status == "compensated"]
+    assert list(instance.compensated_steps) == [r.step_name for r in compensated], "newest first, once each"
+    for step in task_steps(gen.definition):
+        if step.compensate is None:
+            continue
+        undo = gen.jobs[str(step.compensate)]
+        successes = sum(isinstance(undo.behaviour(c.number), Returns) for c in undo.calls)
+        executions = [r for r in ran if r.step_name == step.name]
+        assert successes == sum(r.status == "compensated" for r in executions), step.name
+        if step.name not in instance.compensation_errors:
+            assert all(r.status == "compensated" for r in executions), f"an execution of {step.name} leaked"
+
+
+@given(workflows(loops=True))
+def test_ctx_steps_is_the_newest_execution_and_history_keeps_them_all(gen: GeneratedWorkflow) -> None:
+    instance, _ = run_generated(gen)
+    for name, result in instance.step_results.items():
+        runs = [r for r in instance.history if r.step_name == name]
+        if runs:
+            assert result == runs[-1] and [r.execution for r in runs] == list(range(1, len(runs) + 1))
+    assert [r.seq for r in instance.history] == list(range(len(instance.history)))
+
+
+@settings(max_examples=15)
+@given(workflows(max_steps=3, loops=True))
+def test_crash_exploration_of_looping_workflows_finds_no_divergence(gen: GeneratedWorkflow) -> None:
+    async def main() -> None:
+        report = await explore_crashes(gen.definition, gen.input, jobs=gen.jobs)
+        assert len(report.points) == report.writes
+
+    tf.testing.run(main)
+
+
+def test_a_loop_that_reserved_twice_releases_twice_newest_first() -> None:
+    """The issue's reproduction: reserve -> loop back to reserve once -> a failing step."""
+    released: list[str] = []
+    counter = {"n": 0}
+
+    async def reserve(data: Any) -> str:
+        counter["n"] += 1
+        return f"hold-{counter['n']}"
+
+    async def release(output: Any) -> None:
+        released.append(output)
+
+    async def fail(data: Any) -> None:
+        raise RuntimeError("card declined")
+
+    wf = (tf.workflow("w").task("reserve", job=reserve, compensate=release)
+          .choice("again", choices=[tf.when(lambda ctx: ctx.steps["reserve"] == "hold-1", next="reserve")],
+                  default="pay")
+          .task("pay", job=fail).build())
+
+    async def main() -> tf.WorkflowInstance:
+        async with open_test_engine() as engine:
+            engine.register(wf)
+            return await engine.wait(await engine.start("w"))
+
+    instance = tf.testing.run(main)
+    assert instance.status == "failed" and released == ["hold-2", "hold-1"]
+    assert instance.compensated_steps == ("reserve", "reserve")
+    assert [(r.id, r.status) for r in instance.history] == [
+        ("reserve#1", "compensated"), ("again#1", "completed"), ("reserve#2", "compensated"),
+        ("again#2", "completed"), ("pay#1", "failed")]
+
+
+def wide(branches: int) -> tf.WorkflowDefinition:
+    return tf.workflow("wide").parallel("p", branches=[
+        tf.branch(f"b{i}").task(f"t{i}", job=ScriptedJob(Returns(value=i))).build() for i in range(branches)
+    ]).task("after", job=ScriptedJob(Raises(error=RuntimeError))).build()
+
+
+def test_crash_exploration_of_a_wide_parallel_step_finds_no_divergence() -> None:
+    async def main() -> None:
+        report = await explore_crashes(wide(12))
+        assert report.baseline.status == "failed"
+
+    tf.testing.run(main)

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 import trioflow as tf
-from trioflow.adapters._codec import decode, encode
+from trioflow._codec import HEADER_TAG, decode_stored, encode_header
 
 from test_engine import Jobs, three_steps
 
@@ -140,10 +140,9 @@ async def test_a_malformed_row_does_not_stop_the_resume_of_the_others(autojump_c
     await left_in_b(adapter, "first", "bad", "last")
     record = await adapter.load("bad")
     assert record is not None
-    state = decode(record.snapshot)
+    state = decode_stored(record)
     state.lanes[""].step = ["not", "a", "name"]  # type: ignore[assignment]
-    state.fingerprint = "changed"  # so that the resume checks where it stands
-    await adapter.save("bad", "w", "running", encode(state))
+    await adapter.checkpoint("bad", "running", encode_header(state), [], first_seq=len(record.records))
     async with tf.open_engine(adapter=adapter) as engine:
         Jobs().register(engine)
         engine.register(three_steps())
@@ -159,7 +158,8 @@ async def test_a_row_holding_another_instances_snapshot_is_not_run(autojump_cloc
     await left_in_b(adapter, "real")
     record = await adapter.load("real")
     assert record is not None
-    await adapter.create("copy", "w", "running", record.snapshot)
+    await adapter.create("copy", "w", "running", start=record.start or b"", header=record.header)
+    await adapter.checkpoint("copy", "running", record.header, record.records, first_seq=0)
     async with tf.open_engine(adapter=adapter) as engine:
         jobs = Jobs()
         jobs.register(engine)
@@ -169,7 +169,8 @@ async def test_a_row_holding_another_instances_snapshot_is_not_run(autojump_cloc
     assert jobs.calls == ["b", "c"], "the instance ran once"
     assert copy.status == "failed" and "holds the snapshot of instance 'real'" in (copy.error or "")
     stored = await adapter.load("copy")
-    assert stored is not None and stored.snapshot == record.snapshot, "the row is left as it was"
+    assert stored is not None and (stored.start, stored.header, stored.records) == (
+        record.start, record.header, record.records), "the row is left as it was"
 
 
 async def test_a_snapshot_from_a_newer_release_is_refused_and_left_untouched(
@@ -180,8 +181,9 @@ async def test_a_snapshot_from_a_newer_release_is_refused_and_left_untouched(
     await left_in_b(adapter, "mine")
     record = await adapter.load("mine")
     assert record is not None
-    newer = msgpack.packb(["trioflow.instance", 99, "future", "w", "..."])
-    await adapter.create("future", "w", "running", newer)
+    newer = msgpack.packb([HEADER_TAG, 99, "running", "..."])
+    assert record.start is not None
+    await adapter.create("future", "w", "running", start=record.start, header=newer)
     async with tf.open_engine(adapter=adapter) as engine:
         Jobs().register(engine)
         engine.register(three_steps())
@@ -192,7 +194,7 @@ async def test_a_snapshot_from_a_newer_release_is_refused_and_left_untouched(
     assert future.status == "failed" and "format version 99 is not supported" in (future.error or "")
     assert listed["future"].status == "failed" and listed["mine"].status == "completed"
     stored = await adapter.load("future")
-    assert stored is not None and stored.snapshot == newer and stored.status == "running"
+    assert stored is not None and stored.header == newer and stored.status == "running"
 
 
 async def test_one_corrupt_finished_row_does_not_break_listing(autojump_clock: trio.testing.MockClock) -> None:
@@ -203,7 +205,7 @@ async def test_one_corrupt_finished_row_does_not_break_listing(autojump_clock: t
         engine.register(three_steps())
         good = await engine.start("w")
         await engine.wait(good)
-    await adapter.create("corrupt", "w", "completed", b"\xc1\xc1")
+    await adapter.create("corrupt", "w", "completed", start=b"\xc1\xc1", header=b"\xc1\xc1")
     async with tf.open_engine(adapter=adapter) as engine:
         engine.register(three_steps())
         listed = {i.id: i for i in await engine.get_instances("w")}

@@ -28,15 +28,15 @@ from trioflow._snapshot import Status
 
 
 class RecordingSQLite(tf.adapters.SQLiteAdapter):
-    """A SQLiteAdapter that remembers every save that failed, and why."""
+    """A SQLiteAdapter that remembers every checkpoint that failed, and why."""
 
     def __init__(self, path: Path, **options: Any) -> None:
         super().__init__(path, **options)
         self.failed_saves: list[tuple[str, BaseException]] = []
 
-    async def save(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> None:
+    async def checkpoint(self, instance_id: str, status: Status, header: bytes, records: Any, **kw: Any) -> None:
         try:
-            await super().save(instance_id, workflow_name, status, snapshot)
+            await super().checkpoint(instance_id, status, header, records, **kw)
         except Exception as exc:
             self.failed_saves.append((instance_id, exc))
             raise
@@ -58,7 +58,7 @@ class SmallDisk(RecordingSQLite):
 
 
 class FlakyMemory(tf.adapters.MemoryAdapter):
-    """A MemoryAdapter whose saves fail with StorageUnavailableError while ``broken`` is set."""
+    """A MemoryAdapter whose checkpoints fail with StorageUnavailableError while ``broken`` is set."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,12 +66,12 @@ class FlakyMemory(tf.adapters.MemoryAdapter):
         self.refused = 0
         self.saved_statuses: list[str] = []
 
-    async def save(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> None:
+    async def checkpoint(self, instance_id: str, status: Status, header: bytes, records: Any, **kw: Any) -> None:
         if self.broken:
             self.refused += 1
             raise tf.StorageUnavailableError("the storage service is down (test)")
         self.saved_statuses.append(status)
-        await super().save(instance_id, workflow_name, status, snapshot)
+        await super().checkpoint(instance_id, status, header, records, **kw)
 
 
 def stored_statuses(path: Path) -> dict[str, str]:

@@ -78,7 +78,7 @@ async def test_files_follow_the_umask_and_are_never_world_writable(tmp_path: Pat
     try:
         adapter = tf.adapters.SQLiteAdapter(tmp_path / "f.db")
         await adapter.open()
-        await adapter.create("i", "w", "running", b".")
+        await adapter.create("i", "w", "running", start=b".", header=b".")
         for name in ("f.db", "f.db.lock", "f.db-wal"):
             mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
             assert not mode & stat.S_IWOTH, f"{name} is world-writable ({oct(mode)})"
@@ -115,7 +115,8 @@ async def test_an_unreadable_row_fails_alone_on_sqlite(tmp_path: Path) -> None:
         with trio.move_on_after(0.1):
             await engine.wait(good)
     with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO trioflow_instances VALUES ('bad', 'w', 'running', x'c1c1c1')")
+        conn.execute("INSERT INTO trioflow_instances (instance_id, workflow_name, status, header, start)"
+                     " VALUES ('bad', 'w', 'running', x'c1c1c1', x'c1c1c1')")
     async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
         engine.register(tf.workflow("w").task("a", job=ok).build())
         assert (await engine.wait(good)).output == "ok"

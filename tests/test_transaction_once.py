@@ -23,7 +23,7 @@ import trioflow as tf
 from trioflow._decide import new_state
 from trioflow._snapshot import TERMINAL, Status
 from trioflow.adapters import MemoryDriver, SQLiteDriver
-from trioflow.adapters._codec import decode, encode
+from trioflow._codec import decode_stored, encode_whole
 from trioflow.adapters._driver import RunLedger
 from trioflow.adapters._sqlite_driver import LEDGER_TABLE
 
@@ -47,11 +47,11 @@ class HangOnTerminalSave(tf.adapters.MemoryAdapter):
         self.hang = True
         self.reached = trio.Event()
 
-    async def save(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> None:
+    async def checkpoint(self, instance_id: str, status: Status, header: bytes, records: Any, **kw: Any) -> None:
         if self.hang and status in TERMINAL:
             self.reached.set()
             await trio.sleep_forever()
-        await super().save(instance_id, workflow_name, status, snapshot)
+        await super().checkpoint(instance_id, status, header, records, **kw)
 
 
 class PlainDriver:
@@ -202,7 +202,7 @@ async def test_a_run_committed_before_a_crash_is_not_run_again(driver: Any) -> N
     assert [r["ref"] for r in rows] == ["r1"]
     assert inst.output == rows[0] and inst.step_results["create-order"].output == rows[0]
     stored = await adapter.load(iid)
-    assert stored is not None and decode(stored.snapshot).data == {"order_id": rows[0]["id"]}
+    assert stored is not None and decode_stored(stored).data == {"order_id": rows[0]["id"]}
 
 
 async def test_a_recovered_run_does_not_repeat_step_events_or_hooks(driver: Any) -> None:
@@ -321,7 +321,7 @@ async def test_sqlite_ledger_table_is_made_on_first_record_and_is_not_an_entity(
             return {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
 
     assert LEDGER_TABLE not in tables()
-    state_bytes = encode(new_state(order_flow(), "sample", {"ref": "r"}, 1.0))
+    state_bytes = encode_whole(new_state(order_flow(), "sample", {"ref": "r"}, 1.0))
     async with d.transaction():
         await d.record_run("k", state_bytes)
     assert LEDGER_TABLE in tables() and await d.find_run("k") == state_bytes

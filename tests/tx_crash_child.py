@@ -30,11 +30,11 @@ log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 class HangingTerminalSave(tf.adapters.SQLiteAdapter):
     """Stores every snapshot but the terminal ones: those are logged, then never return."""
 
-    async def save(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> None:
+    async def checkpoint(self, instance_id: str, status: Status, header: bytes, records: Any, **kw: Any) -> None:
         if status in TERMINAL:
             os.write(log_fd, f"terminal {instance_id}\n".encode())
             await trio.sleep_forever()
-        await super().save(instance_id, workflow_name, status, snapshot)
+        await super().checkpoint(instance_id, status, header, records, **kw)
 
 
 def definition() -> tf.WorkflowDefinition:

@@ -8,20 +8,21 @@ Third-party adapters run it in their own test suite (see docs/adapters.md)::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, overload
 
 import trio
 
 from trioflow._builder import workflow
+from trioflow._codec import decode_stored
 from trioflow._engine import open_engine
-from trioflow._errors import UnencodableValueError
-from trioflow.adapters._codec import decode
-from trioflow.adapters._protocol import Adapter
+from trioflow._errors import CheckpointConflictError, UnencodableValueError, UnknownInstanceError
+from trioflow.adapters._protocol import Adapter, StoredInstance
 
 OpenAdapter = Callable[[str], Adapter]
 _BLOB = bytes(range(256)) * 3
+_START = b"start:" + bytes(range(255, -1, -1))
 
 
 async def check_persistence_adapter(open_adapter: OpenAdapter) -> list[str]:
@@ -51,68 +52,232 @@ async def _opened(open_adapter: OpenAdapter, key: str) -> AsyncIterator[Adapter]
         await adapter.close()
 
 
+def _view(stored: StoredInstance | None) -> tuple[Any, ...] | None:
+    """What a stored instance holds, as plain values (bytes-like values as ``bytes``)."""
+    if stored is None:
+        return None
+    return (
+        stored.instance_id, stored.workflow_name, stored.status,
+        None if stored.start is None else bytes(stored.start), bytes(stored.header),
+        tuple(bytes(r) for r in stored.records),
+    )
+
+
+async def _stored(a: Adapter, instance_id: str) -> tuple[Any, ...]:
+    view = _view(await a.load(instance_id))
+    assert view is not None, f"load({instance_id!r}) returned None for a stored instance"
+    return view
+
+
 async def create_and_load(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "create_and_load") as a:
-        assert await a.create("i1", "wf", "running", _BLOB) is True, "create of a new id must return True"
-        record = await a.load("i1")
-        assert record is not None, "load after create returned None"
-        assert (record.instance_id, record.workflow_name, record.status) == ("i1", "wf", "running"), record
-        assert bytes(record.snapshot) == _BLOB, "snapshot bytes must round-trip unchanged"
+        assert await a.create("i1", "wf", "running", start=_START, header=_BLOB) is True, (
+            "create of a new id must return True")
+        stored = await a.load("i1")
+        assert stored is not None, "load after create returned None"
+        assert isinstance(stored, StoredInstance), f"load must return a StoredInstance, got {type(stored).__name__}"
+        assert _view(stored) == ("i1", "wf", "running", _START, _BLOB, ()), (
+            f"start and header must round-trip unchanged, with no records; got {stored}")
         assert await a.load("missing") is None, "load of an unknown id must return None"
 
 
 async def create_is_idempotent(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "create_is_idempotent") as a:
-        await a.create("i1", "wf", "running", b"first")
-        assert await a.create("i1", "wf", "pending", b"second") is False, "create of an existing id must return False"
-        record = await a.load("i1")
-        assert record is not None and bytes(record.snapshot) == b"first", "a refused create must not write"
+        await a.create("i1", "wf", "running", start=b"start-1", header=b"first")
+        await a.checkpoint("i1", "running", b"second", [b"r0"], first_seq=0)
+        before = await _stored(a, "i1")
+        assert await a.create("i1", "other", "pending", start=b"start-2", header=b"third") is False, (
+            "create of an existing id must return False")
+        after = await _stored(a, "i1")
+        assert after == before, f"a refused create must write nothing: was {before}, now {after}"
 
 
-async def save_replaces(open_adapter: OpenAdapter) -> None:
-    async with _opened(open_adapter, "save_replaces") as a:
-        await a.create("i1", "wf", "running", b"v1")
-        await a.save("i1", "wf", "completed", b"v2")
-        record = await a.load("i1")
-        assert record is not None and record.status == "completed" and bytes(record.snapshot) == b"v2", record
+async def checkpoint_appends(open_adapter: OpenAdapter) -> None:
+    async with _opened(open_adapter, "checkpoint_appends") as a:
+        await a.create("i1", "wf", "pending", start=_START, header=b"h0")
+        await a.create("i2", "wf", "running", start=b"other", header=b"x0")
+        await a.checkpoint("i1", "running", b"h1", [b"r0", b"r1"], first_seq=0)
+        await a.checkpoint("i2", "running", b"x1", [b"x-r0"], first_seq=0)
+        await a.checkpoint("i1", "running", b"h2", [], first_seq=2)
+        await a.checkpoint("i1", "completed", b"h3", (b"r2",), first_seq=2)
+        stored = await _stored(a, "i1")
+        assert stored == ("i1", "wf", "completed", _START, b"h3", (b"r0", b"r1", b"r2")), (
+            "a checkpoint must replace status and header and append its records in seq order, start"
+            f" unchanged; got {stored}")
+        other = await _stored(a, "i2")
+        assert other == ("i2", "wf", "running", b"other", b"x1", (b"x-r0",)), (
+            f"a checkpoint must touch only its own instance; got {other}")
+        completed = [s.instance_id for s in await a.list_instances("wf", "completed")]
+        running = [s.instance_id for s in await a.list_instances("wf", "running")]
+        resumable = [s.instance_id for s in await a.resumable()]
+        assert (completed, running, resumable) == (["i1"], ["i2"], ["i2"]), (
+            "listings must follow the status a checkpoint stored: completed, running, resumable were"
+            f" {completed}, {running}, {resumable}")
+
+
+async def checkpoint_is_fenced(open_adapter: OpenAdapter) -> None:
+    async with _opened(open_adapter, "checkpoint_is_fenced") as a:
+        await a.create("i1", "wf", "running", start=_START, header=b"h0")
+        await a.checkpoint("i1", "running", b"h1", [b"r0", b"r1"], first_seq=0)
+        before = await _stored(a, "i1")
+        for first_seq, what in ((0, "repeated"), (1, "overlapping"), (3, "after a lost one")):
+            try:
+                await a.checkpoint("i1", "failed", b"bad", [b"bad"], first_seq=first_seq, start=b"bad")
+            except CheckpointConflictError:
+                pass
+            else:
+                raise AssertionError(
+                    f"a checkpoint at first_seq={first_seq} ({what}) of an instance with 2 records must"
+                    " raise CheckpointConflictError")
+            after = await _stored(a, "i1")
+            assert after == before, (
+                f"a refused checkpoint at first_seq={first_seq} must write nothing: was {before}, now {after}")
+        await a.checkpoint("i1", "running", b"h2", [b"r2"], first_seq=2)
+        assert (await _stored(a, "i1"))[4:] == (b"h2", (b"r0", b"r1", b"r2")), "the right seq must still be accepted"
+
+
+async def checkpoint_of_unknown_instance(open_adapter: OpenAdapter) -> None:
+    async with _opened(open_adapter, "checkpoint_of_unknown_instance") as a:
+        try:
+            await a.checkpoint("nobody", "running", b"h", [b"r0"], first_seq=0)
+        except UnknownInstanceError:
+            pass
+        else:
+            raise AssertionError("a checkpoint of an instance never created must raise UnknownInstanceError")
+        assert await a.load("nobody") is None, "a refused checkpoint must not create the instance"
+        assert await a.list_instances("wf") == [] and await a.resumable() == [], "a refused checkpoint must store nothing"
+
+
+class _FailsPartWay(Sequence[bytes]):
+    """Records whose second one cannot be read: storing them fails after the first."""
+
+    def __len__(self) -> int:
+        return 2
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[bytes]: ...
+    def __getitem__(self, index: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(2))]
+        if index in (0, -2):
+            return b"part-1"
+        if index in (1, -1):
+            raise OSError("the second record cannot be read (a conformance check's deliberate failure)")
+        raise IndexError(index)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self[0]
+        yield self[1]
+
+
+async def checkpoint_is_atomic(open_adapter: OpenAdapter) -> None:
+    async with _opened(open_adapter, "checkpoint_is_atomic") as a:
+        await a.create("i1", "wf", "running", start=_START, header=b"h0")
+        await a.checkpoint("i1", "running", b"h1", [b"r0"], first_seq=0)
+        before = await _stored(a, "i1")
+        # A record that is not bytes-like (None: also what a NOT NULL column refuses), and records
+        # that fail while being read: either way the first new record could be written first.
+        for what, records in (("a record that is None", [b"part-1", None]), ("a record that fails to read", _FailsPartWay())):
+            try:
+                await a.checkpoint("i1", "completed", b"new-header", records, first_seq=1, start=b"new-start")  # type: ignore[arg-type]
+            except Exception:
+                pass
+            else:
+                raise AssertionError(f"a checkpoint with {what} must raise")
+            after = await _stored(a, "i1")
+            assert after == before, (
+                f"a checkpoint that failed part way ({what}) must write nothing, neither status, header, start"
+                f" nor records: was {before}, now {after}")
+        await a.checkpoint("i1", "running", b"h2", [b"r1"], first_seq=1)
+        assert (await _stored(a, "i1"))[4:] == (b"h2", (b"r0", b"r1")), (
+            "after a failed checkpoint, the next one at the same seq must be accepted")
+
+
+async def start_set_once(open_adapter: OpenAdapter) -> None:
+    async with _opened(open_adapter, "start_set_once") as a:
+        await a.create("i1", "wf", "running", start=b"start-0", header=b"h0")
+        await a.checkpoint("i1", "running", b"h1", [b"r0"], first_seq=0, start=_START)
+        stored = await _stored(a, "i1")
+        assert stored[3] == _START, f"a checkpoint given start= must store those start bytes; got {stored[3]!r}"
+        await a.checkpoint("i1", "running", b"h2", [b"r1"], first_seq=1)
+        stored = await _stored(a, "i1")
+        assert stored[3] == _START, f"a checkpoint without start= must leave start as it is; got {stored[3]!r}"
 
 
 async def list_by_name_and_status(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "list_by_name_and_status") as a:
-        rows = [("i1", "a", "running"), ("i2", "b", "running"), ("i3", "a", "completed"), ("i4", "a", "running")]
+        rows = [("i4", "a", "running"), ("i2", "b", "running"), ("i3", "a", "completed"), ("i1", "a", "running")]
         for iid, name, status in rows:
-            await a.create(iid, name, status, iid.encode())  # type: ignore[arg-type]
-        ids = [r.instance_id for r in await a.list_instances("a")]
-        assert ids == ["i1", "i3", "i4"], f"list_instances('a') must list a's instances oldest first, got {ids}"
-        ids = [r.instance_id for r in await a.list_instances("a", "running")]
-        assert ids == ["i1", "i4"], f"list_instances('a', 'running') got {ids}"
+            await a.create(iid, name, status, start=b"s", header=iid.encode())  # type: ignore[arg-type]
+        await a.checkpoint("i4", "running", b"i4", [b"i4-r0"], first_seq=0)
+        listed = await a.list_instances("a")
+        ids = [s.instance_id for s in listed]
+        assert ids == ["i4", "i3", "i1"], f"list_instances('a') must list a's instances oldest first, got {ids}"
+        assert [tuple(bytes(r) for r in s.records) for s in listed] == [(b"i4-r0",), (), ()], (
+            "listed instances must come with their records")
+        ids = [s.instance_id for s in await a.list_instances("a", "running")]
+        assert ids == ["i4", "i1"], f"list_instances('a', 'running') got {ids}"
+        await a.checkpoint("i4", "completed", b"i4", [], first_seq=1)
+        ids = [s.instance_id for s in await a.list_instances("a", "running")]
+        assert ids == ["i1"], f"list_instances('a', 'running') after i4 completed got {ids}"
+        ids = [s.instance_id for s in await a.list_instances("a", "completed")]
+        assert ids == ["i4", "i3"], f"list_instances('a', 'completed') must stay oldest first, got {ids}"
         assert await a.list_instances("nobody") == [], "an unknown workflow lists nothing"
 
 
 async def resumable_lists_pending_and_running(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "resumable") as a:
-        for iid, status in (("p", "pending"), ("r", "running"), ("c", "completed"), ("f", "failed"),
-                            ("x", "cancelled"), ("t", "timed_out")):
-            await a.create(iid, "wf", status, b".")  # type: ignore[arg-type]
-        ids = sorted(r.instance_id for r in await a.resumable())
-        assert ids == ["p", "r"], f"resumable() must return exactly the pending and running instances, got {ids}"
+        for iid, status in (("r", "running"), ("c", "completed"), ("p", "pending"), ("f", "failed"),
+                            ("x", "cancelled"), ("t", "timed_out"), ("q", "pending")):
+            await a.create(iid, "wf", status, start=b"s", header=b".")  # type: ignore[arg-type]
+        await a.checkpoint("r", "running", b".", [b"r-r0"], first_seq=0)
+        found = await a.resumable()
+        ids = [s.instance_id for s in found]
+        assert ids == ["r", "p", "q"], (
+            f"resumable() must return exactly the pending and running instances, oldest first, got {ids}")
+        assert tuple(bytes(r) for r in found[0].records) == (b"r-r0",), "resumable instances must come with their records"
+        await a.checkpoint("q", "completed", b".", [], first_seq=0)
+        ids = [s.instance_id for s in await a.resumable()]
+        assert ids == ["r", "p"], f"an instance checkpointed as completed must not be resumable, got {ids}"
 
 
 async def delete_removes(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "delete") as a:
-        await a.create("i1", "wf", "running", b".")
+        await a.create("i1", "wf", "running", start=b"s", header=b".")
+        await a.checkpoint("i1", "running", b".", [b"r0", b"r1"], first_seq=0)
         assert await a.delete("i1") is True and await a.load("i1") is None, "delete must remove the instance"
         assert await a.delete("i1") is False, "delete of an unknown id must return False"
+        assert await a.list_instances("wf") == [] and await a.resumable() == [], "a deleted instance must not be listed"
+        assert await a.create("i1", "wf", "running", start=b"s2", header=b"h2") is True, (
+            "after a delete, the id must be free for a new instance")
+        assert await _stored(a, "i1") == ("i1", "wf", "running", b"s2", b"h2", ()), (
+            "delete must remove the instance's records too")
+        await a.checkpoint("i1", "running", b"h3", [b"new"], first_seq=0)
+        assert (await _stored(a, "i1"))[5] == (b"new",), "a new instance under a deleted id starts at seq 0"
 
 
 async def survives_reopen(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "reopen") as a:
-        await a.create("i1", "wf", "running", b"v1")
-        await a.save("i1", "wf", "running", b"v2")
+        await a.create("i1", "wf", "running", start=_START, header=b"h0")
+        await a.checkpoint("i1", "running", _BLOB, [b"r0", _BLOB], first_seq=0)
+        before = await _stored(a, "i1")
     async with _opened(open_adapter, "reopen") as b:
-        record = await b.load("i1")
-        assert record is not None and bytes(record.snapshot) == b"v2", "what was saved must be there after a reopen"
-        assert [r.instance_id for r in await b.resumable()] == ["i1"], "a reopened adapter must offer it for resume"
+        after = _view(await b.load("i1"))
+        assert after == before, f"what was stored must be there after a reopen: was {before}, now {after}"
+        assert [s.instance_id for s in await b.resumable()] == ["i1"], "a reopened adapter must offer it for resume"
+        try:
+            await b.checkpoint("i1", "running", b"bad", [b"bad"], first_seq=0)
+        except CheckpointConflictError:
+            pass
+        else:
+            raise AssertionError("after a reopen, the fence must still know how many records are stored")
+        await b.checkpoint("i1", "completed", b"h2", [b"r2"], first_seq=2)
+    async with _opened(open_adapter, "reopen") as c:
+        after = await _stored(c, "i1")
+        assert after == ("i1", "wf", "completed", _START, b"h2", (b"r0", _BLOB, b"r2")), (
+            f"a checkpoint after a reopen must be there after the next one; got {after}")
 
 
 async def step_is_durable_before_the_next_starts(open_adapter: OpenAdapter) -> None:
@@ -123,10 +288,9 @@ async def step_is_durable_before_the_next_starts(open_adapter: OpenAdapter) -> N
         return "one"
 
     async def second(data: Any) -> str:
-        record = await adapter.load(seen["id"])
-        assert record is not None
-        state = decode(record.snapshot)
-        seen["first_stored"] = state.step_results.get("first")
+        stored = await adapter.load(seen["id"])
+        assert stored is not None
+        seen["first_stored"] = decode_stored(stored).latest.get("first")
         return "two"
 
     wf = workflow("conformance").task("first", job=first).task("second", job=second).build()
@@ -158,7 +322,8 @@ async def bad_data_is_never_stored(open_adapter: OpenAdapter) -> None:
 
 
 _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
-    create_and_load, create_is_idempotent, save_replaces, list_by_name_and_status,
+    create_and_load, create_is_idempotent, checkpoint_appends, checkpoint_is_fenced,
+    checkpoint_of_unknown_instance, checkpoint_is_atomic, start_set_once, list_by_name_and_status,
     resumable_lists_pending_and_running, delete_removes, survives_reopen,
     step_is_durable_before_the_next_starts, bad_data_is_never_stored,
 ]

@@ -16,7 +16,7 @@ newest first.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -26,10 +26,10 @@ from trioflow._builder import index_steps
 from trioflow._definition import ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition, is_async
 from trioflow._engine import open_engine
 from trioflow._errors import UnknownJobError
-from trioflow._snapshot import InstanceState, Status
-from trioflow.adapters._codec import decode
+from trioflow._snapshot import InstanceState, Status, StepResult
+from trioflow._codec import decode_stored
 from trioflow.adapters._memory import MemoryAdapter
-from trioflow.adapters._protocol import Adapter, InstanceRecord
+from trioflow.adapters._protocol import Adapter, StoredInstance
 
 from ._scripted import ScriptedJob
 
@@ -50,6 +50,8 @@ class Outcome:
     calls: Mapping[str, int]
     #: Of those, the calls made after the resume (empty for the fault-free run).
     calls_after_resume: Mapping[str, int] = attrs.field(factory=dict)
+    #: Every step execution, in order.
+    history: tuple[StepResult, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -110,6 +112,10 @@ async def explore_crashes(
     compensable = frozenset(
         s.name for s, _ in workflow.lookup.values() if isinstance(s, TaskStep) and s.compensate is not None
     )
+    attempts_of = {
+        s.name: (s.retry.max_attempts if s.retry is not None else 1)
+        for s, _ in workflow.lookup.values() if isinstance(s, TaskStep)
+    }
 
     async def one_run(crash_after: int | None) -> tuple[Outcome, _CrashingAdapter]:
         for job in scripted:
@@ -129,11 +135,10 @@ async def explore_crashes(
                 engine.register(instrumented)
                 instance = await engine.wait(INSTANCE_ID)
         outcome = Outcome(
+            history=instance.history,
             status=instance.status, output=instance.output, compensated_steps=instance.compensated_steps,
             compensation_errors=tuple(instance.compensation_errors),
-            completion_order=tuple(
-                n for n, r in instance.step_results.items() if r.status in ("completed", "compensated")
-            ),
+            completion_order=tuple(r.step_name for r in instance.history if r.status in ("completed", "compensated")),
             calls=dict(before_crash + counter.counts), calls_after_resume=dict(counter.counts),
         )
         return outcome, crashing
@@ -145,7 +150,7 @@ async def explore_crashes(
         assert crashed.crash_state is not None
         point = CrashPoint(
             write=k, after=_describe_write(clean.states, k), outcome=outcome,
-            divergence=_compare(baseline, crashed.crash_state, outcome, compensable),
+            divergence=_compare(baseline, crashed.crash_state, outcome, compensable, attempts_of),
         )
         points.append(point)
     report = CrashReport(baseline=baseline, writes=clean.writes, points=tuple(points))
@@ -163,20 +168,40 @@ class _Counter:
         self.counts: collections.Counter[str] = collections.Counter()
 
 
-def _compare(base: Outcome, at_crash: InstanceState, got: Outcome, compensable: frozenset[str]) -> str | None:
+def _compare(
+    base: Outcome, at_crash: InstanceState, got: Outcome, compensable: frozenset[str], attempts_of: Mapping[str, int]
+) -> str | None:
     if got.status != base.status:
         return f"final status {got.status!r}, the fault-free run ended {base.status!r}"
     if got.output != base.output:
         return f"output {got.output!r}, the fault-free run gave {base.output!r}"
-    for step in at_crash.completed:
-        if got.calls_after_resume.get(step, 0):
-            return f"step {step!r} had completed before the crash but ran again after the resume"
-    for step in at_crash.compensated:
-        if got.calls_after_resume.get(f"{step} (compensate)", 0):
+    stored = at_crash.records
+    if [r.id for r in got.history[:len(stored)]] != [r.id for r in stored]:
+        return "the history stored before the crash was not kept as it was"
+    # Every call after the resume belongs to an execution recorded after the crash point (a step
+    # in flight at the crash runs again; a loop runs a step again as a new execution): none to
+    # an execution that had completed before it.
+    later: collections.Counter[str] = collections.Counter()
+    for r in got.history[len(stored):]:
+        later[r.step_name] += max(r.attempts, 1)
+    for step, calls in got.calls_after_resume.items():
+        if step.endswith(" (compensate)"):
+            continue
+        if calls > later[step]:
+            return (f"step {step!r} ran {calls} times after the resume, but only {later[step]} attempts of it"
+                    " were recorded after the crash: an execution that had completed ran again")
+    done_before = collections.Counter(stored[seq].step_name for seq in at_crash.compensated)
+    done_before.update(stored[seq].step_name for seq in at_crash.compensation_errors)
+    done_after = collections.Counter(got.compensated_steps) - done_before
+    for step in compensable:
+        calls = got.calls_after_resume.get(f"{step} (compensate)", 0)
+        allowed = (done_after[step] + 1) * attempts_of.get(step, 1)  # + 1: one in flight at the crash
+        if calls > allowed:
             return f"step {step!r} had been compensated before the crash but was compensated again"
     if got.status != "completed":
         expected = tuple(
-            s for s in reversed(got.completion_order) if s in compensable and s not in got.compensation_errors
+            r.step_name for r in reversed(got.history)
+            if r.status in ("completed", "compensated") and r.step_name in compensable and r.compensation_error is None
         )
         if got.compensated_steps != expected:
             return (f"compensated steps {list(got.compensated_steps)}; its completed compensable steps,"
@@ -191,17 +216,22 @@ def _describe_write(states: list[InstanceState], k: int) -> str:
     if k == 1:
         return "instance created"
     before = states[k - 2]
-    if len(state.completed) > len(before.completed):
-        done = f"step {state.completed[-1]!r} completed"
-        # The main line's last step is recorded by the instance's terminal snapshot.
+    if len(state.records) > len(before.records):
+        done = ", ".join(_described(r) for r in state.records[len(before.records):])
+        # The main line's last step is recorded by the instance's terminal checkpoint.
         return f"{done}; instance {state.status}" if state.phase == "done" else done
     if len(state.compensated) > len(before.compensated):
-        return f"step {state.compensated[-1]!r} compensated"
+        return _described(state.records[state.compensated[-1]], "compensated")
     if len(state.compensation_errors) > len(before.compensation_errors):
         return "a compensation failed for good"
     if state.phase == "compensating" and before.phase != "compensating":
         return f"failure recorded ({state.error}); compensation starts"
     return f"instance {state.status}"
+
+
+def _described(record: StepResult, status: str | None = None) -> str:
+    run = f" (execution {record.execution})" if record.execution > 1 else ""
+    return f"step {record.step_name!r}{run} {status or record.status}"
 
 
 class _CrashingAdapter:
@@ -222,24 +252,27 @@ class _CrashingAdapter:
     async def close(self) -> None:
         await self.inner.close()
 
-    async def create(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> bool:
+    async def create(self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes) -> bool:
         await self._before_write()
-        created = await self.inner.create(instance_id, workflow_name, status, snapshot)
-        self._after_write(snapshot)
+        created = await self.inner.create(instance_id, workflow_name, status, start=start, header=header)
+        await self._after_write(instance_id)
         return created
 
-    async def save(self, instance_id: str, workflow_name: str, status: Status, snapshot: bytes) -> None:
+    async def checkpoint(
+        self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
+        first_seq: int, start: bytes | None = None,
+    ) -> None:
         await self._before_write()
-        await self.inner.save(instance_id, workflow_name, status, snapshot)
-        self._after_write(snapshot)
+        await self.inner.checkpoint(instance_id, status, header, records, first_seq=first_seq, start=start)
+        await self._after_write(instance_id)
 
-    async def load(self, instance_id: str) -> InstanceRecord | None:
+    async def load(self, instance_id: str) -> StoredInstance | None:
         return await self.inner.load(instance_id)
 
-    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[InstanceRecord]:
+    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[StoredInstance]:
         return await self.inner.list_instances(workflow_name, status)
 
-    async def resumable(self) -> list[InstanceRecord]:
+    async def resumable(self) -> list[StoredInstance]:
         return await self.inner.resumable()
 
     async def delete(self, instance_id: str) -> bool:
@@ -249,13 +282,18 @@ class _CrashingAdapter:
         if self.crashed:
             await trio.sleep_forever()  # a dead process writes nothing more
 
-    def _after_write(self, snapshot: bytes) -> None:
+    async def _after_write(self, instance_id: str) -> None:
         self.writes += 1
+        if self.crash_after is not None and self.writes != self.crash_after:
+            return
+        stored = await self.inner.load(instance_id)
+        assert stored is not None
+        state = decode_stored(stored)
         if self.crash_after is None:
-            self.states.append(decode(snapshot))
-        elif self.writes == self.crash_after:
+            self.states.append(state)
+        else:
             self.crashed = True
-            self.crash_state = decode(snapshot)
+            self.crash_state = state
             assert self.process is not None
             self.process.cancel()
 

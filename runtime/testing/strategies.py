@@ -93,7 +93,9 @@ class GeneratedWorkflow:
                 return False
             if isinstance(step, ParallelStep) and not all(self._lane_ok(b.steps) for b in step.branches):
                 return False
-            if isinstance(step, ChoiceStep):
+            if isinstance(step, ChoiceStep) and step.name.startswith("again-"):
+                name = step.default  # a loop's body always succeeds: only where it ends matters
+            elif isinstance(step, ChoiceStep):
                 flag = self.input["flags"][int(step.name.split("-")[1])]
                 name = step.choices[0].next if flag else step.default
             else:
@@ -114,11 +116,14 @@ def _attempt_succeeds(b: Behaviour, timeout: float | None) -> bool:
 @st.composite
 def workflows(
     draw: st.DrawFn, *, max_steps: int = 4, max_depth: int = 2, timing: bool = True, parallel: bool = True,
+    loops: bool = False,
 ) -> GeneratedWorkflow:
     """A valid random workflow with scripted jobs (see the module docstring).
 
     ``timing=False`` leaves out sleeps, hangs, step timeouts and retry intervals (for runs on a
-    real clock); ``parallel=False`` leaves out parallel steps.
+    real clock); ``parallel=False`` leaves out parallel steps; ``loops=True`` adds loops: a
+    step run again and again through a choice's back-edge (``body-N`` then ``again-N``), a
+    given number of times, its job always succeeding (its compensation may fail).
     """
     ids = itertools.count()
     jobs: dict[str, ScriptedJob] = {}
@@ -140,13 +145,28 @@ def workflows(
         else:
             builder.task(name, job=f"job-{name}", compensate=compensate, retry=retry, timeout=timeout, next=next)
 
+    def loop(builder: WorkflowBuilder | BranchBuilder, n: int) -> None:
+        body, times = f"body-{n}", draw(st.integers(1, 3))
+        jobs[f"job-{body}"] = ScriptedJob(Returns(value=n, times=times), name=f"job-{body}")
+        compensate = None
+        if draw(st.booleans()):
+            compensate = f"undo-{body}"
+            undo = draw(st.sampled_from(((Returns(times=times),), (Raises(error=ScriptedFailure), Returns(times=times)))))
+            jobs[compensate] = ScriptedJob(*undo, name=compensate)
+        builder.task(body, job=f"job-{body}", compensate=compensate)
+        builder.choice(f"again-{n}", choices=[when(_fewer_runs_than(body, times), next=body)], default=f"done-{n}")
+        builder.pass_(f"done-{n}")
+
     def lane(builder: WorkflowBuilder | BranchBuilder, depth: int) -> None:
-        kinds = ["task", "choice"] + (["parallel"] if parallel and depth < max_depth else [])
+        kinds = ["task", "choice"] + (["parallel"] if parallel and depth < max_depth else []) + (
+            ["loop"] if loops else [])
         for _ in range(draw(st.integers(1, max_steps))):
             kind = draw(st.sampled_from(kinds))
             n = next(ids)
             if kind == "task":
                 task(builder, f"t{n}")
+            elif kind == "loop":
+                loop(builder, n)
             elif kind == "choice":
                 flag = len(flags)
                 flags.append(draw(st.booleans()))
@@ -170,6 +190,10 @@ def workflows(
 
 def _flag(i: int) -> Any:
     return lambda ctx: ctx.input["flags"][i]
+
+
+def _fewer_runs_than(step: str, times: int) -> Any:
+    return lambda ctx: sum(r.step_name == step for r in ctx.instance.history) < times
 
 
 def task_steps(definition: WorkflowDefinition) -> Iterator[TaskStep]:

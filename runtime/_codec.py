@@ -1,0 +1,443 @@
+"""The instance codec: ``InstanceState`` <-> msgpack bytes (SPEC §10), beside the model it encodes.
+
+Format 2 stores an instance as three kinds of bytes (see ``trioflow.adapters._protocol``): a
+*start* written once, a small *header* rewritten by each checkpoint, and one *record* per step
+execution, appended once. Each value is encoded once, when the record or header holding it is
+written; a record stores a pass-through output or the workflow input as a reference, not a copy.
+Format 1 (one snapshot holding everything, rewritten at every step) is still read: databases
+written by earlier releases open and resume.
+
+Decoding builds plain values and attrs objects field by field; it never imports or calls
+anything named by the data (no pickle, no msgpack ext hooks), so hostile bytes can at worst be
+refused with :class:`SnapshotDecodeError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+import msgpack
+
+from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError
+from ._lanes import MAIN, execution_id
+from ._snapshot import InstanceState, Lane, Status, StepResult
+
+#: Type tags: format 1's snapshot, format 2's start and header.
+TAG = "trioflow.instance"
+START_TAG = "trioflow.start"
+HEADER_TAG = "trioflow.header"
+#: Bumped on every incompatible change; a newer version than this is refused, never guessed at.
+FORMAT_VERSION = 2
+#: Largest encoded input, output or shared-data value: larger ones are refused, naming them.
+MAX_VALUE_BYTES = 16 * 1024 * 1024
+#: Largest snapshot encoded or decoded (a corrupt length can't make us allocate gigabytes).
+MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
+
+_packer = msgpack.Packer(use_bin_type=True, datetime=False)
+
+# msgpack packs values nested a few levels deeper than the 1,023 it unpacks, so a value
+# could be stored and never read back. Values are checked wrapped in this many extra levels:
+# anything accepted then sits well inside the unpacker's limit, even inside a snapshot.
+_DEPTH_HEADROOM = 128
+_MAX_DEPTH = 890
+_SCALARS = frozenset({bool, int, float})
+_PLAIN = frozenset({bool, int, float, str, bytes})
+
+
+class Stored(Protocol):
+    """What an adapter hands back for one instance (``StoredInstance`` has these)."""
+
+    @property
+    def start(self) -> bytes | None: ...
+    @property
+    def header(self) -> bytes: ...
+    @property
+    def records(self) -> tuple[bytes, ...]: ...
+
+
+def encode_start(state: InstanceState) -> bytes:
+    """What never changes: written once, when the instance is created."""
+    return _pack(
+        (START_TAG, FORMAT_VERSION, state.instance_id, state.workflow_name, state.fingerprint, state.input,
+         state.created_at),
+        lambda: _locate(state, (("workflow input", state.input),)),
+    )
+
+
+def encode_header(state: InstanceState) -> bytes:
+    """Where the instance stands now: rewritten by every checkpoint, small, and no bigger for
+    the steps already run (it holds no step outputs)."""
+    lanes = {}
+    for key, lane in state.lanes.items():
+        lanes[key] = (lane.step, lane.last, lane.failed)
+    packed = _pack(
+        (HEADER_TAG, FORMAT_VERSION, state.status, state.phase, state.outcome, state.rolled_back, state.data,
+         lanes, state.error, state.failed_step, state.compensated, state.compensation_errors, state.skipped,
+         state.started_at, state.completed_at, len(state.records)),
+        lambda: _locate(state, (("shared data", state.data),)),
+    )
+    if len(packed) > MAX_SNAPSHOT_BYTES:
+        raise ValueTooLargeError(
+            f"the header of instance {state.instance_id!r} is {len(packed) / 2**20:.1f} MiB,"
+            f" over the {MAX_SNAPSHOT_BYTES >> 20} MiB limit"
+        )
+    return packed
+
+
+def encode_record(r: StepResult) -> bytes:
+    """One step execution, encoded once, when it ends. Raises :class:`UnencodableValueError`
+    naming the step's output or input (and the path inside it) when it cannot be stored: that
+    fails the step."""
+    input = None if r.input_is_workflow_input else r.input
+    output = None if r.passes is not None else r.output
+    packed = _pack(
+        (r.seq, r.lane, r.step_name, r.execution, r.status, r.input_is_workflow_input, input, output, r.passes,
+         r.error, r.started_at, r.completed_at, r.attempts),
+        lambda: _locate_in_record(r, input, output),
+    )
+    if len(packed) > MAX_VALUE_BYTES or not (_plain(output) and _plain(input)):
+        try:
+            if len(packed) > MAX_VALUE_BYTES:
+                raise ValueTooLargeError(f"step record {r.id!r} is too large")
+            # Values that packed may still not read back (a dict key that is a tuple): one
+            # unpack of the record finds out, and the per-value check below names the culprit.
+            msgpack.unpackb(packed, raw=False, strict_map_key=False, use_list=True)
+        except Exception:
+            for what, value in ((f"output of step {r.step_name!r}", output), (f"input of step {r.step_name!r}", input)):
+                check_encodable(value, what)
+            raise
+    return packed
+
+
+@attrs.frozen(kw_only=True)
+class Changes:
+    """What the next checkpoint of an instance writes (see ``Adapter.checkpoint``)."""
+
+    status: Status
+    header: bytes
+    records: tuple[bytes, ...]
+    first_seq: int
+    start: bytes | None
+
+
+def stage(state: InstanceState, record: StepResult) -> None:
+    """Encode ``record`` (about to be added to ``state``) into the staging list, after any
+    record not staged yet (a format-1 instance's rebuilt records). Raises
+    :class:`UnencodableValueError` naming the value, and then stages nothing of ``record``."""
+    _stage_all(state)
+    state.staged.append(encode_record(record))
+
+
+def _stage_all(state: InstanceState) -> None:
+    staged = state.staged
+    for record in state.records[state.stored + len(staged):]:
+        staged.append(encode_record(record))
+
+
+def changes(state: InstanceState) -> Changes:
+    """The header, and every record not stored yet, of ``state`` as it stands."""
+    _stage_all(state)
+    staged = state.staged
+    return Changes(
+        status=state.status, header=encode_header(state), records=tuple(staged), first_seq=state.stored,
+        start=None if state.start_stored else encode_start(state),
+    )
+
+
+def committed(state: InstanceState, written: Changes) -> None:
+    """``written`` is stored: its records leave the staging list."""
+    del state.staged[:len(written.records)]
+    state.stored += len(written.records)
+    state.start_stored = True
+
+
+def encode_whole(state: InstanceState) -> bytes:
+    """An instance in one blob (start, header, every record), for the transaction ledger."""
+    records = [encode_record(r) for r in state.records]
+    packed: bytes = _packer.pack((encode_start(state), encode_header(state), records))
+    return packed
+
+
+def decode_whole(data: bytes) -> InstanceState:
+    """The state of :func:`encode_whole`'s blob."""
+    raw = _unpack(data, "recorded instance")
+    if not (isinstance(raw, list) and len(raw) == 3 and all(isinstance(p, bytes) for p in raw[:2])
+            and isinstance(raw[2], list)):
+        raise SnapshotDecodeError("a recorded instance must be its start, header and records")
+    return decode(raw[0], raw[1], raw[2])
+
+
+def _plain(value: Any) -> bool:
+    """Scalars and strings read back as they were written."""
+    return value is None or type(value) in _PLAIN
+
+
+def _pack(fields: tuple[Any, ...], locate: Callable[[], str]) -> bytes:
+    try:
+        packed: bytes = _packer.pack(fields)
+    except (TypeError, ValueError, OverflowError) as exc:
+        _packer.reset()
+        raise UnencodableValueError(locate()) from exc
+    return packed
+
+
+def check_encodable(value: Any, what: str) -> None:
+    """Raise :class:`UnencodableValueError` naming ``what`` (and the path inside it) unless
+    ``value`` can be stored."""
+    kind = type(value)
+    if value is None or kind in _SCALARS:
+        return
+    try:
+        packed = msgpack.packb(value, use_bin_type=True)
+        size = len(packed)
+        if size > _MAX_DEPTH:
+            # Every level of nesting takes at least a byte, so only values at least this large
+            # can be too deep: check them wrapped in the headroom the snapshot needs.
+            wrapped = value
+            for _ in range(_DEPTH_HEADROOM):
+                wrapped = [wrapped]
+            msgpack.packb(wrapped, use_bin_type=True)
+    except ValueError as exc:
+        if "recursion limit" in str(exc):
+            raise UnencodableValueError(f"{what} is nested too deeply to be stored (about 890 levels at most)") from exc
+        raise UnencodableValueError(_describe(what, value, exc)) from exc
+    except (TypeError, OverflowError) as exc:
+        raise UnencodableValueError(_describe(what, value, exc)) from exc
+    if size > MAX_VALUE_BYTES:
+        raise ValueTooLargeError(f"{what} is {size / 2**20:.1f} MiB encoded, over the {MAX_VALUE_BYTES >> 20} MiB limit")
+    if kind is not str and kind is not bytes:
+        _check_readable(packed, what, value)
+
+
+def _check_readable(packed: bytes, what: str, value: Any) -> None:
+    """Refuse a value that packs but cannot be unpacked: a dict key that is a tuple packs as an
+    array, which unpacks as a list, which cannot be a key. Stored, it would make the whole
+    snapshot unreadable (``get_instance`` and resume would fail), so it is refused up front."""
+    try:
+        msgpack.unpackb(packed, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:
+        path, key = _find_unreadable_key(value, "")
+        raise UnencodableValueError(
+            f"{what}{path} has a dict key of type {type(key).__name__} ({key!r:.60}), which would be stored"
+            " as a list and could not be read back as a key; use a string, number or bytes key"
+        ) from exc
+
+
+def _find_unreadable_key(value: Any, path: str) -> tuple[str, Any]:
+    """The path to the first dict whose key is a list or tuple, and that key."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if isinstance(k, (list, tuple)):
+                return path, k
+            found = _find_unreadable_key(v, f"{path}[{k!r}]")
+            if found[0] or found[1] is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _find_unreadable_key(v, f"{path}[{i}]")
+            if found[0] or found[1] is not None:
+                return found
+    return "", None
+
+
+def decode_stored(stored: Stored) -> InstanceState:
+    """The state of a stored instance (see :func:`decode`)."""
+    return decode(stored.start, stored.header, stored.records)
+
+
+def decode(start: bytes | None, header: bytes, records: Sequence[bytes] = ()) -> InstanceState:
+    """Rebuild the state from its stored bytes, or raise :class:`SnapshotDecodeError`.
+
+    ``start`` is ``None`` for an instance stored in format 1, whose one snapshot is ``header``.
+    """
+    raw_header = _unpack(header, "header")
+    if isinstance(raw_header, list) and len(raw_header) >= 2 and raw_header[0] == TAG:
+        _version(raw_header[1], 1, 1)
+        return _fields_guarded(lambda: _state_v1(raw_header))
+    if start is None:
+        raise SnapshotDecodeError("data is not a trioflow instance (no start record, and no format-1 snapshot)")
+    raw_start = _unpack(start, "start record")
+    for raw, tag in ((raw_start, START_TAG), (raw_header, HEADER_TAG)):
+        if not isinstance(raw, list) or len(raw) < 2 or raw[0] != tag:
+            raise SnapshotDecodeError(f"data is not a trioflow instance (missing {tag!r} tag)")
+        _version(raw[1], 2, FORMAT_VERSION)
+    return _fields_guarded(lambda: _state_v2(raw_start, raw_header, [_unpack(r, "step record") for r in records]))
+
+
+def _unpack(data: bytes, what: str) -> Any:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SnapshotDecodeError(f"a stored {what} must be bytes, got {type(data).__name__}")
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise SnapshotDecodeError(f"{what} of {len(data)} bytes exceeds the {MAX_SNAPSHOT_BYTES}-byte limit")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:
+        raise SnapshotDecodeError(f"{what} is not valid msgpack: {exc}") from exc
+
+
+def _version(version: Any, lowest: int, highest: int) -> None:
+    if not isinstance(version, int) or isinstance(version, bool) or not lowest <= version <= highest:
+        raise SnapshotDecodeError(
+            f"snapshot format version {version!r} is not supported (this trioflow reads up to {FORMAT_VERSION})"
+        )
+
+
+def _fields_guarded(build: Callable[[], InstanceState]) -> InstanceState:
+    try:
+        return build()
+    except SnapshotDecodeError:
+        raise
+    except Exception as exc:
+        raise SnapshotDecodeError(f"snapshot fields are malformed: {type(exc).__name__}: {exc}") from exc
+
+
+_STATUSES = {"pending", "running", "completed", "failed", "cancelled", "timed_out"}
+_STEP_STATUSES = {"pending", "running", "completed", "failed", "skipped", "compensated"}
+_PHASES = {"forward", "compensating", "done"}
+
+
+def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> InstanceState:
+    (_, _, iid, name, fingerprint, input, created_at) = start
+    (_, _, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated, comp_errors,
+     skipped, started_at, completed_at, count) = header
+    _expect(isinstance(iid, str) and isinstance(name, str), "instance id and workflow name must be strings")
+    _expect(status in _STATUSES and phase in _PHASES, f"unknown status {status!r} or phase {phase!r}")
+    _expect(outcome is None or outcome in _STATUSES, f"unknown outcome {outcome!r}")
+    _expect(isinstance(data, dict) and isinstance(lanes, dict), "malformed maps")
+    _expect(count == len(records), f"the header counts {count!r} step records, {len(records)} are stored")
+    state = InstanceState(
+        instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=data,
+        lanes={}, phase=phase, outcome=outcome, rolled_back=bool(rolled_back), error=error,
+        failed_step=failed_step, created_at=created_at, started_at=started_at, completed_at=completed_at,
+    )
+    for seq, fields in enumerate(records):
+        (r_seq, lane, step, execution, st, uses_input, s_in, s_out, passes, s_err, s_start, s_end, attempts) = fields
+        _expect(r_seq == seq, f"step record {seq} says it is record {r_seq!r}")
+        _expect(isinstance(step, str) and isinstance(lane, str), f"step record {seq} is malformed")
+        _expect(isinstance(execution, int) and execution >= 1, f"step record {seq} is malformed")
+        _expect(st in _STEP_STATUSES, f"step record {seq} has unknown status {st!r}")
+        if passes is not None:
+            _expect(isinstance(passes, int) and 0 <= passes < seq, f"step record {seq} passes on record {passes!r}")
+            s_out = state.records[passes].output
+        state.add(StepResult(
+            step_name=step, status=st, input=input if uses_input else s_in, output=s_out, error=s_err,
+            started_at=s_start, completed_at=s_end, attempts=attempts, id=execution_id(lane, step, execution),
+            lane=lane, execution=execution, seq=seq, passes=passes, input_is_workflow_input=bool(uses_input),
+        ))
+    for key, (step, last, failed) in lanes.items():
+        _expect(isinstance(key, str) and (step is None or isinstance(step, str)), f"lane {key!r} is malformed")
+        for seq in (last, failed):
+            _expect(seq is None or (isinstance(seq, int) and 0 <= seq < len(records)), f"lane {key!r} is malformed")
+        state.lanes[key] = Lane(step=step, last=last, failed=failed)
+    _expect(isinstance(compensated, list) and all(isinstance(q, int) and 0 <= q < len(records) for q in compensated),
+            "malformed compensation list")
+    _expect(isinstance(comp_errors, dict) and all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors),
+            "malformed compensation errors")
+    _expect(isinstance(skipped, list), "malformed skipped steps")
+    state.compensated = compensated
+    state.compensation_errors = comp_errors
+    state.skipped = skipped
+    state.stored = len(records)
+    return state
+
+
+def _state_v1(raw: list[Any]) -> InstanceState:
+    """A format-1 snapshot: step results by name plus the completion order. Its records are
+    rebuilt from those; neither they nor the start are stored yet, so the first checkpoint
+    after a resume writes them all (and the instance is in format 2 from then on)."""
+    (_, _, iid, name, fingerprint, status, input, data, lanes, results, completed, phase, outcome,
+     output, error, failed_step, compensated, comp_errors, created_at, started_at, completed_at,
+     rolled_back) = raw
+    _expect(isinstance(iid, str) and isinstance(name, str), "instance id and workflow name must be strings")
+    _expect(status in _STATUSES and phase in _PHASES, f"unknown status {status!r} or phase {phase!r}")
+    _expect(outcome is None or outcome in _STATUSES, f"unknown outcome {outcome!r}")
+    _expect(isinstance(data, dict) and isinstance(lanes, dict) and isinstance(results, dict), "malformed maps")
+    _expect(isinstance(completed, list) and isinstance(compensated, list), "malformed step lists")
+    _expect(isinstance(comp_errors, dict), "malformed compensation errors")
+    state = InstanceState(
+        instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=data,
+        lanes={}, phase=phase, outcome=outcome, rolled_back=bool(rolled_back), error=error,
+        failed_step=failed_step, created_at=created_at, started_at=started_at, completed_at=completed_at,
+        start_stored=False,
+    )
+    # Completed steps in completion order, then the failed one(s); format 1 kept one result per
+    # step name, so each step has one execution.
+    order = [n for n in dict.fromkeys(completed) if n in results] + [n for n in results if n not in completed]
+    for step in order:
+        (st, s_in, s_out, s_err, s_start, s_end, attempts) = results[step]
+        _expect(st in _STEP_STATUSES, f"step {step!r} has unknown status {st!r}")
+        if st == "skipped":
+            state.skipped.append(step)
+            continue
+        state.add(StepResult(
+            step_name=step, status="completed" if st == "compensated" else st, input=s_in, output=s_out,
+            error=s_err, started_at=s_start, completed_at=s_end, attempts=attempts,
+            id=execution_id(MAIN, step, 1), execution=1, seq=len(state.records),
+        ))
+    for key, (step, lane_output) in lanes.items():
+        # Format 1 kept each lane's output itself and no lane per step: the lane's last step is
+        # the newest completed record with that output (an output-less lane has none).
+        last = None
+        if lane_output is not None:
+            last = next((r.seq for r in reversed(state.records) if r.status == "completed" and r.output == lane_output),
+                        None)
+            _expect(last is not None, f"lane {key!r} holds an output no completed step produced")
+        state.lanes[key] = Lane(step=step, last=last)
+    if status == "completed":
+        _expect(MAIN in state.lanes and state.output == output, "the output is not the main line's")
+    newest = {r.step_name: r.seq for r in state.records}
+    _expect(all(n in newest for n in compensated) and all(n in newest for n in comp_errors),
+            "a compensated step has no result")
+    state.compensated = [newest[n] for n in compensated]
+    state.compensation_errors = {newest[n]: e for n, e in comp_errors.items()}
+    return state
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise SnapshotDecodeError(f"snapshot fields are malformed: {message}")
+
+
+def _locate(state: InstanceState, parts: tuple[tuple[str, Any], ...]) -> str:
+    """Which of ``parts`` could not be encoded, for the error message."""
+    for what, value in parts:
+        try:
+            msgpack.packb(value, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as inner:
+            return _describe(what, value, inner)
+    return f"instance {state.instance_id!r} cannot be encoded"
+
+
+def _locate_in_record(r: StepResult, input: Any, output: Any) -> str:
+    for what, value in ((f"output of step {r.step_name!r}", output), (f"input of step {r.step_name!r}", input)):
+        try:
+            check_encodable(value, what)
+        except UnencodableValueError as exc:
+            return str(exc)
+    return f"step record {r.id!r} cannot be encoded"
+
+
+def _describe(what: str, value: Any, exc: BaseException) -> str:
+    path, bad = _find(value, "")
+    where = f"{what}{path}" if path else what
+    return f"{where} is a {type(bad).__name__} ({bad!r:.60}), which msgpack cannot encode ({exc})"
+
+
+def _find(value: Any, path: str) -> tuple[str, Any]:
+    """The path to the first value msgpack refuses inside ``value``."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            for item, sub in ((k, f"{path}[key {k!r}]"), (v, f"{path}[{k!r}]")):
+                try:
+                    msgpack.packb(item, use_bin_type=True)
+                except (TypeError, ValueError, OverflowError):
+                    return _find(item, sub)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            try:
+                msgpack.packb(v, use_bin_type=True)
+            except (TypeError, ValueError, OverflowError):
+                return _find(v, f"{path}[{i}]")
+    return path, value

@@ -1,0 +1,67 @@
+"""A database written by the previous release (SQLite schema 1, snapshot format 1) opens with
+this one, and its unfinished instances resume and finish (issue 12; fixture made by
+tests/fixtures/make_v1_fixture.py with that release's own code)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import trioflow as tf
+
+FIXTURE = Path(__file__).with_name("fixtures") / "v1_flows.db"
+
+WORKFLOW = tf.workflow("fixture").task("a", job="a").task("b", job="b", compensate="undo-b").task("c", job="c").build()
+
+
+def register(engine: tf.Engine, calls: list[str]) -> None:
+    def job(name: str) -> Any:
+        async def run(data: Any) -> dict[str, Any]:
+            calls.append(f"{name} {data['mode']}")
+            return {name: data["mode"]}
+        return run
+
+    for name in ("a", "b", "c"):
+        engine.jobs.register(name, job(name))
+
+    async def undo_b(result: Any) -> None:
+        calls.append("undo-b")
+
+    engine.jobs.register("undo-b", undo_b)
+
+
+async def test_a_database_of_the_previous_release_opens_and_its_instances_resume(tmp_path: Path) -> None:
+    db = tmp_path / "flows.db"
+    shutil.copy(FIXTURE, db)
+    calls: list[str] = []
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db)) as engine:
+        register(engine, calls)
+        engine.register(WORKFLOW)
+        running = await engine.wait("running-1")
+        pending = await engine.wait("pending-1")
+        done = await engine.get_instance("done-1")
+        failed = await engine.get_instance("failed-1")
+    assert running.status == "completed" and running.output == {"c": "hang"}
+    assert [r.step_name for r in running.history] == ["a", "b", "c"]
+    assert running.history[0].output == {"a": "hang"}, "the step completed under the old release is kept"
+    assert pending.status == "completed" and pending.output == {"c": "ok"}
+    assert sorted(calls) == sorted(["b hang", "c hang", "a ok", "b ok", "c ok"]), "nothing completed runs again"
+    assert done is not None and done.status == "completed" and done.output == {"c": "ok"}
+    assert [r.status for r in done.history] == ["completed"] * 3
+    assert failed is not None and failed.status == "failed" and failed.compensated_steps == ("b",)
+    assert failed.step_results["c"].status == "failed" and "c fails on purpose" in (failed.error or "")
+
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        rows = dict(conn.execute("SELECT instance_id, start IS NOT NULL FROM trioflow_instances").fetchall())
+        records = dict(conn.execute("SELECT instance_id, count(*) FROM trioflow_records GROUP BY instance_id"))
+    assert rows == {"done-1": 0, "failed-1": 0, "running-1": 1, "pending-1": 1}, "finished rows are read as they are"
+    assert records == {"running-1": 3, "pending-1": 3}
+
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db)) as engine:
+        register(engine, calls)
+        engine.register(WORKFLOW)
+        again = {i.id: i for i in await engine.get_instances("fixture")}
+    assert again["running-1"].history == running.history and again["done-1"].output == {"c": "ok"}
