@@ -17,8 +17,8 @@ from trioflow._decide import fail_step
 from trioflow._errors import StorageUnavailableError, TrioflowError, UnencodableValueError
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
-from trioflow._snapshot import InstanceState, WorkflowResult, compensated_steps, compensation_errors, metadata_of
-from trioflow._codec import Changes, changes, check_encodable, committed, decode_whole, encode_whole, stage
+from trioflow._snapshot import InstanceState, Status, WorkflowResult, compensated_steps, compensation_errors, metadata_of
+from trioflow._codec import check_encodable, decode_whole, encode_whole, stage, take_changes, taken
 from trioflow._snapshot import StepResult
 from trioflow.adapters._protocol import Adapter
 
@@ -190,18 +190,19 @@ class Run:
     async def _write(self) -> None:
         assert self.adapter is not None
         s = self.state
-        change = changes(s)
+        header, records, first_seq, start = take_changes(s)
+        status = s.status
         try:
-            await self.adapter.checkpoint(
-                s.instance_id, change.status, change.header, change.records, first_seq=change.first_seq,
-                start=change.start,
-            )
+            await self.adapter.checkpoint(s.instance_id, status, header, records, first_seq=first_seq, start=start)
         except StorageUnavailableError as exc:
-            await self._write_again(change, exc)
-        committed(s, change)
-        self.stored_status = change.status
+            await self._write_again(status, header, records, first_seq, start, exc)
+        taken(s, len(records))
+        self.stored_status = status
 
-    async def _write_again(self, change: Changes, error: StorageUnavailableError) -> None:
+    async def _write_again(
+        self, status: Status, header: bytes, records: list[bytes], first_seq: int, start: bytes | None,
+        error: StorageUnavailableError,
+    ) -> None:
         assert self.adapter is not None
         s = self.state
         deadline = trio.current_time() + self.storage_retry_for
@@ -216,10 +217,7 @@ class Run:
             await trio.sleep(delay)
             delay = min(delay * 2, 5.0)
             try:
-                await self.adapter.checkpoint(
-                    s.instance_id, change.status, change.header, change.records, first_seq=change.first_seq,
-                    start=change.start,
-                )
+                await self.adapter.checkpoint(s.instance_id, status, header, records, first_seq=first_seq, start=start)
                 return
             except StorageUnavailableError as exc:
                 error = exc

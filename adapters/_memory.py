@@ -67,10 +67,13 @@ class MemoryAdapter:
                 f"instance {instance_id!r} has {len(row.records)} records stored; a checkpoint"
                 f" appending at {first_seq} is refused"
             )
-        # Everything is converted before anything changes: all or nothing.
-        new = [bytes(r) for r in records]
-        header = bytes(header)
-        start = None if start is None else bytes(start)
+        # Everything is converted before anything changes: all or nothing. (``bytes`` of a
+        # bytes object is that object: the usual case copies nothing.)
+        new = [r if type(r) is bytes else bytes(r) for r in records]
+        if type(header) is not bytes:
+            header = bytes(header)
+        if start is not None and type(start) is not bytes:
+            start = bytes(start)
         if status != row.status:
             del self._by_status[row.status][instance_id]
             self._by_status.setdefault(status, {})[instance_id] = None

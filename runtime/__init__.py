@@ -15,6 +15,9 @@ from ._builder import step as step
 from ._builder import when as when
 from ._builder import workflow as workflow
 from ._context import WorkflowContext as WorkflowContext
+from ._current import NotInStepError as NotInStepError
+from ._current import StepInfo as StepInfo
+from ._current import current_step as current_step
 from ._definition import Branch as Branch
 from ._definition import Choice as Choice
 from ._definition import ChoiceStep as ChoiceStep

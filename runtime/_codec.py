@@ -21,7 +21,7 @@ import attrs
 import msgpack
 
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError
-from ._lanes import MAIN, execution_id
+from ._lanes import MAIN
 from ._snapshot import InstanceState, Lane, Status, StepResult
 
 #: Type tags: format 1's snapshot, format 2's start and header.
@@ -74,7 +74,7 @@ def encode_header(state: InstanceState) -> bytes:
         lanes[key] = (lane.step, lane.last, lane.failed)
     packed = _pack(
         (HEADER_TAG, FORMAT_VERSION, state.status, state.phase, state.outcome, state.rolled_back, state.data,
-         lanes, state.error, state.failed_step, state.compensated, state.compensation_errors, state.skipped,
+         lanes, state.error, state.failed_step, state.compensated, _packable(state.compensation_errors), state.skipped,
          state.started_at, state.completed_at, len(state.records)),
         lambda: _locate(state, (("shared data", state.data),)),
     )
@@ -84,6 +84,14 @@ def encode_header(state: InstanceState) -> bytes:
             f" over the {MAX_SNAPSHOT_BYTES >> 20} MiB limit"
         )
     return packed
+
+
+def _packable(errors: Mapping[int, str]) -> Mapping[int, str]:
+    # The shared empty default is a read-only proxy, which msgpack does not pack.
+    return errors if isinstance(errors, dict) else _NO_MAP
+
+
+_NO_MAP: dict[int, str] = {}
 
 
 def encode_record(r: StepResult) -> bytes:
@@ -132,8 +140,25 @@ def stage(state: InstanceState, record: StepResult) -> None:
 
 def _stage_all(state: InstanceState) -> None:
     staged = state.staged
-    for record in state.records[state.stored + len(staged):]:
-        staged.append(encode_record(record))
+    if state.stored + len(staged) < len(state.records):  # only format-1 instances' rebuilt records
+        for record in state.records[state.stored + len(staged):]:
+            staged.append(encode_record(record))
+
+
+def take_changes(state: InstanceState) -> tuple[bytes, list[bytes], int, bytes | None]:
+    """:func:`changes` for the checkpoint hot path, without building a :class:`Changes`: the
+    header, the staged records (taken out of the state: records staged from now on go with
+    the next checkpoint), their first seq, and the start bytes if they are not stored yet.
+    Call :func:`taken` once they are stored."""
+    _stage_all(state)
+    records, state.staged = state.staged, []
+    return encode_header(state), records, state.stored, None if state.start_stored else encode_start(state)
+
+
+def taken(state: InstanceState, count: int) -> None:
+    """``count`` records taken by :func:`take_changes` are stored."""
+    state.stored += count
+    state.start_stored = True
 
 
 def changes(state: InstanceState) -> Changes:
@@ -323,7 +348,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             s_out = state.records[passes].output
         state.add(StepResult(
             step_name=step, status=st, input=input if uses_input else s_in, output=s_out, error=s_err,
-            started_at=s_start, completed_at=s_end, attempts=attempts, id=execution_id(lane, step, execution),
+            started_at=s_start, completed_at=s_end, attempts=attempts,
             lane=lane, execution=execution, seq=seq, passes=passes, input_is_workflow_input=bool(uses_input),
         ))
     for key, (step, last, failed) in lanes.items():
@@ -336,9 +361,9 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     _expect(isinstance(comp_errors, dict) and all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors),
             "malformed compensation errors")
     _expect(isinstance(skipped, list), "malformed skipped steps")
-    state.compensated = compensated
+    state.compensated = tuple(compensated)
     state.compensation_errors = comp_errors
-    state.skipped = skipped
+    state.skipped = tuple(skipped)
     state.stored = len(records)
     return state
 
@@ -365,16 +390,17 @@ def _state_v1(raw: list[Any]) -> InstanceState:
     # Completed steps in completion order, then the failed one(s); format 1 kept one result per
     # step name, so each step has one execution.
     order = [n for n in dict.fromkeys(completed) if n in results] + [n for n in results if n not in completed]
+    skipped = []
     for step in order:
         (st, s_in, s_out, s_err, s_start, s_end, attempts) = results[step]
         _expect(st in _STEP_STATUSES, f"step {step!r} has unknown status {st!r}")
         if st == "skipped":
-            state.skipped.append(step)
+            skipped.append(step)
             continue
         state.add(StepResult(
             step_name=step, status="completed" if st == "compensated" else st, input=s_in, output=s_out,
             error=s_err, started_at=s_start, completed_at=s_end, attempts=attempts,
-            id=execution_id(MAIN, step, 1), execution=1, seq=len(state.records),
+            execution=1, seq=len(state.records),
         ))
     for key, (step, lane_output) in lanes.items():
         # Format 1 kept each lane's output itself and no lane per step: the lane's last step is
@@ -390,8 +416,9 @@ def _state_v1(raw: list[Any]) -> InstanceState:
     newest = {r.step_name: r.seq for r in state.records}
     _expect(all(n in newest for n in compensated) and all(n in newest for n in comp_errors),
             "a compensated step has no result")
-    state.compensated = [newest[n] for n in compensated]
+    state.compensated = tuple(newest[n] for n in compensated)
     state.compensation_errors = {newest[n]: e for n, e in comp_errors.items()}
+    state.skipped = tuple(skipped)
     return state
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from ._definition import ChoiceStep, ParallelStep, Step, TaskStep, WorkflowDefinition
 from ._errors import NoChoiceMatchedError
-from ._lanes import MAIN, branch_lane, execution_id, step_key
+from ._lanes import MAIN, branch_lane, step_key
 from ._snapshot import InstanceState, Lane, Status, StepResult
 
 
@@ -70,7 +70,7 @@ def new_execution(
     execution = state.executions.get(step_key(lane_key, step_name), 0) + 1
     return StepResult(
         step_name=step_name, status=status, input=input, output=output, error=error, started_at=started_at,
-        completed_at=now, attempts=attempts, id=execution_id(lane_key, step_name, execution), lane=lane_key,
+        completed_at=now, attempts=attempts, lane=lane_key,
         execution=execution, seq=len(state.records), passes=passes, input_is_workflow_input=input_is_workflow_input,
     )
 
@@ -156,11 +156,11 @@ def pending_compensations(state: InstanceState, definition: WorkflowDefinition) 
 
 
 def record_compensated(state: InstanceState, seq: int) -> None:
-    state.compensated.append(seq)
+    state.compensated += (seq,)
 
 
 def record_compensation_failed(state: InstanceState, seq: int, error: str) -> None:
-    state.compensation_errors[seq] = error
+    state.compensation_errors = {**state.compensation_errors, seq: error}
 
 
 def finish(state: InstanceState, definition: WorkflowDefinition, status: Status, now: float) -> None:
@@ -170,7 +170,7 @@ def finish(state: InstanceState, definition: WorkflowDefinition, status: Status,
     state.completed_at = now
     if status == "completed":
         ran = {r.step_name for r in state.records}
-        state.skipped = [s.name for s in definition.steps if s.name not in ran]
+        state.skipped = tuple(s.name for s in definition.steps if s.name not in ran)
     state.lanes[MAIN].step = None
 
 

@@ -8,11 +8,13 @@ allocation on the hot path. Callers never see it: they get :class:`WorkflowInsta
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Literal
 
 import attrs
 
-from ._lanes import MAIN, step_key
+from ._lanes import MAIN, execution_id, step_key
 
 Status = Literal["pending", "running", "completed", "failed", "cancelled", "timed_out"]
 StepStatus = Literal["pending", "running", "completed", "failed", "skipped", "compensated"]
@@ -22,6 +24,8 @@ Phase = Literal["forward", "compensating", "done"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "timed_out"})
 #: Statuses of instances a resume picks up.
 RESUMABLE: frozenset[str] = frozenset({"pending", "running"})
+
+_NO_ERRORS: Mapping[int, str] = MappingProxyType({})
 
 
 @attrs.frozen(kw_only=True)
@@ -42,7 +46,6 @@ class StepResult:
     started_at: float | None = None
     completed_at: float | None = None
     attempts: int = 0
-    id: str = ""
     lane: str = ""
     execution: int = 0
     seq: int = -1
@@ -54,6 +57,11 @@ class StepResult:
     input_is_workflow_input: bool = False
     #: Why this execution's compensation failed for good (views only, like ``compensated``).
     compensation_error: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The execution's id: its lane, its step and its counter (``"fulfill/ship/ship#2"``)."""
+        return execution_id(self.lane, self.step_name, self.execution)
 
 
 @attrs.define(kw_only=True)
@@ -106,12 +114,15 @@ class InstanceState:
     rolled_back: bool = False
     error: str | None = None
     failed_step: str | None = None
+    # The three below are replaced, never mutated, and start as shared empty values: most
+    # instances never compensate nor skip a step, and fewer containers per instance means less
+    # work for the cyclic garbage collector.
     #: Seqs of the executions compensated, in the order they were.
-    compensated: list[int] = attrs.field(factory=list)
+    compensated: tuple[int, ...] = ()
     #: Seq of each execution whose compensation failed for good -> its error.
-    compensation_errors: dict[int, str] = attrs.field(factory=dict)
+    compensation_errors: Mapping[int, str] = _NO_ERRORS
     #: Main-line steps a completed instance never ran (a choice went elsewhere).
-    skipped: list[str] = attrs.field(factory=list)
+    skipped: tuple[str, ...] = ()
     created_at: float = 0.0
     started_at: float | None = None
     completed_at: float | None = None
@@ -196,8 +207,11 @@ class WorkflowResult:
 
 def to_instance(state: InstanceState) -> WorkflowInstance:
     """The public view of a state. Shares values with ``state``: give it a decoded copy."""
-    compensated = set(state.compensated)
-    history = tuple(viewed(r, compensated, state.compensation_errors) for r in state.records)
+    if state.compensated or state.compensation_errors:
+        compensated = set(state.compensated)
+        history = tuple(viewed(r, compensated, state.compensation_errors) for r in state.records)
+    else:
+        history = tuple(state.records)
     results = {r.step_name: r for r in history}
     for name in state.skipped:
         results.setdefault(name, StepResult(step_name=name, status="skipped"))
@@ -221,7 +235,7 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
     )
 
 
-def viewed(record: StepResult, compensated: set[int], errors: dict[int, str]) -> StepResult:
+def viewed(record: StepResult, compensated: set[int], errors: Mapping[int, str]) -> StepResult:
     """A record as callers see it: ``compensated`` once its compensation ran, or with the error
     its compensation failed with."""
     if record.status == "completed" and record.seq in compensated:

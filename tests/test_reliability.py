@@ -313,3 +313,42 @@ async def test_inputs_and_outputs_that_cannot_be_read_back_are_refused(autojump_
         assert done.status == "failed" and "output of step 't'['totals'] has a dict key" in (done.error or "")
         assert (await engine.get_instance(iid)) is not None
         assert [i.id for i in await engine.get_instances("w")] == [iid]
+
+
+async def test_current_step_names_the_execution_and_attempt_for_idempotency_keys(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Jobs build idempotency keys from ``tf.current_step()``: stable across retries of one
+    execution, new for the next execution; plain ``def`` jobs in threads see it too."""
+    seen: list[tuple[str, str, int, bool]] = []
+
+    async def flaky(data: Any) -> str:
+        info = tf.current_step()
+        seen.append((info.step_name, info.execution_id, info.attempt, info.compensating))
+        if info.attempt == 1:
+            raise Boom("first attempt fails")
+        return info.instance_id
+
+    def in_thread(data: Any) -> str:
+        info = tf.current_step()
+        seen.append((info.step_name, info.execution_id, info.attempt, info.compensating))
+        return info.workflow_name
+
+    async def undo(output: Any) -> None:
+        info = tf.current_step()
+        seen.append((info.step_name, info.execution_id, info.attempt, info.compensating))
+
+    async def fail(data: Any) -> None:
+        raise Boom("no")
+
+    wf = (tf.workflow("keys").task("charge", job=flaky, retry=tf.Retry(max_attempts=2, interval=0.0),
+                                   compensate=undo)
+          .task("thread", job=in_thread).task("fail", job=fail).build())
+    async with tf.open_engine() as engine:
+        engine.register(wf)
+        inst = await engine.wait(await engine.start("keys", instance_id="order-7"))
+    assert inst.step_results["charge"].output == "order-7" and inst.step_results["thread"].output == "keys"
+    assert seen == [("charge", "charge#1", 1, False), ("charge", "charge#1", 2, False),
+                    ("thread", "thread#1", 1, False), ("charge", "charge#1", 1, True)]
+    with pytest.raises(tf.NotInStepError):
+        tf.current_step()

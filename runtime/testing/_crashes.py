@@ -28,6 +28,7 @@ from trioflow._engine import open_engine
 from trioflow._errors import UnknownJobError
 from trioflow._snapshot import InstanceState, Status, StepResult
 from trioflow._codec import decode_stored
+from trioflow._current import current_step
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
 
@@ -121,6 +122,7 @@ async def explore_crashes(
         for job in scripted:
             job.reset()
         counter.counts = collections.Counter()
+        counter.numbers = {}
         storage = adapter_factory()
         crashing = _CrashingAdapter(storage, crash_after)
         with trio.CancelScope() as crashing.process:
@@ -147,12 +149,15 @@ async def explore_crashes(
     points = []
     for k in range(1, clean.writes + 1):
         outcome, crashed = await one_run(k)
-        assert crashed.crash_state is not None
-        point = CrashPoint(
-            write=k, after=_describe_write(clean.states, k), outcome=outcome,
-            divergence=_compare(baseline, crashed.crash_state, outcome, compensable, attempts_of),
-        )
-        points.append(point)
+        if crashed.crash_state is None:
+            # Branches that end in one scheduler pass share a checkpoint, so how many writes a
+            # run makes can vary with scheduling (real threads): this run ended before write k.
+            after = f"no crash: this run made {crashed.writes} writes"
+            divergence = _compare_uncrashed(baseline, outcome)
+        else:
+            after = _describe_write(crashed.states, k)
+            divergence = _compare(baseline, crashed.crash_state, outcome, compensable, attempts_of)
+        points.append(CrashPoint(write=k, after=after, outcome=outcome, divergence=divergence))
     report = CrashReport(baseline=baseline, writes=clean.writes, points=tuple(points))
     if check and report.divergent:
         first = report.divergent[0]
@@ -166,6 +171,14 @@ async def explore_crashes(
 class _Counter:
     def __init__(self) -> None:
         self.counts: collections.Counter[str] = collections.Counter()
+        #: For each scripted job (by id): the script position each attempt got, in this run.
+        self.numbers: dict[int, dict[tuple[str, int, bool], int]] = {}
+
+
+def _compare_uncrashed(base: Outcome, got: Outcome) -> str | None:
+    if (got.status, got.output) != (base.status, base.output):
+        return f"a run without a crash ended {got.status!r} with {got.output!r}, another {base.status!r}"
+    return None
 
 
 def _compare(
@@ -284,18 +297,18 @@ class _CrashingAdapter:
 
     async def _after_write(self, instance_id: str) -> None:
         self.writes += 1
-        if self.crash_after is not None and self.writes != self.crash_after:
-            return
-        stored = await self.inner.load(instance_id)
-        assert stored is not None
-        state = decode_stored(stored)
-        if self.crash_after is None:
-            self.states.append(state)
-        else:
-            self.crashed = True
-            self.crash_state = state
+        crash = self.writes == self.crash_after
+        if crash:
+            self.crashed = True  # before anything else can write: this write is the last
             assert self.process is not None
             self.process.cancel()
+        with trio.CancelScope(shield=True):
+            stored = await self.inner.load(instance_id)
+        assert stored is not None
+        state = decode_stored(stored)
+        self.states.append(state)
+        if crash:
+            self.crash_state = state
 
 
 def _instrument(definition: WorkflowDefinition, jobs: dict[str, StepFn], counter: _Counter) -> WorkflowDefinition:
@@ -333,6 +346,8 @@ def _instrument(definition: WorkflowDefinition, jobs: dict[str, StepFn], counter
 
 
 def _counted(key: str, fn: StepFn, counter: _Counter) -> StepFn:
+    if isinstance(fn, ScriptedJob):
+        return _replayed(key, fn, counter)
     if is_async(fn):
         async def counted_async(*args: Any) -> Any:
             counter.counts[key] += 1
@@ -343,6 +358,23 @@ def _counted(key: str, fn: StepFn, counter: _Counter) -> StepFn:
         counter.counts[key] += 1
         return fn(*args)
     return counted
+
+
+def _replayed(key: str, job: ScriptedJob, counter: _Counter) -> StepFn:
+    """A scripted job whose script advances per attempt, not per call: an attempt run again
+    after a resume (the one in flight at the crash, or one whose failure was not stored yet)
+    gets the behaviour it got before, as a real service would answer the same request the same
+    way. Without this, a resumed run would meet a different world and diverge for no fault of
+    the engine's."""
+
+    async def replayed(*args: Any) -> Any:
+        counter.counts[key] += 1
+        step = current_step()
+        attempt = (step.execution_id, step.attempt, step.compensating)
+        number = counter.numbers.setdefault(id(job), {}).setdefault(attempt, len(counter.numbers[id(job)]) + 1)
+        return await job.play(number, *args)
+
+    return replayed
 
 
 def _scripted_jobs(definition: WorkflowDefinition, jobs: Mapping[str, StepFn]) -> list[ScriptedJob]:

@@ -107,7 +107,11 @@ class ScriptedJob:
         return self.behaviours[-1]
 
     async def __call__(self, *args: Any) -> Any:
-        number = len(self.calls) + 1
+        return await self.play(len(self.calls) + 1, *args)
+
+    async def play(self, number: int, *args: Any) -> Any:
+        """Be called as call ``number`` of the script (the crash explorer replays the behaviour
+        an attempt got before a crash when the same attempt runs again after the resume)."""
         self.calls.append(Call(args=args, time=trio.current_time(), number=number))
         return await _play(self.behaviour(number))
 
