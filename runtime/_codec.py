@@ -59,11 +59,14 @@ class Stored(Protocol):
 
 def encode_start(state: InstanceState) -> bytes:
     """What never changes: written once, when the instance is created."""
-    return _pack(
-        (START_TAG, FORMAT_VERSION, state.instance_id, state.workflow_name, state.fingerprint, state.input,
-         state.created_at),
-        lambda: _locate(state, (("workflow input", state.input),)),
-    )
+    try:
+        packed: bytes = _packer.pack(
+            (START_TAG, FORMAT_VERSION, state.instance_id, state.workflow_name, state.fingerprint, state.input,
+             state.created_at))
+    except (TypeError, ValueError, OverflowError) as exc:
+        _packer.reset()
+        raise UnencodableValueError(_locate(state, (("workflow input", state.input),))) from exc
+    return packed
 
 
 def encode_header(state: InstanceState) -> bytes:
@@ -72,12 +75,17 @@ def encode_header(state: InstanceState) -> bytes:
     lanes = {}
     for key, lane in state.lanes.items():
         lanes[key] = (lane.step, lane.last, lane.failed)
-    packed = _pack(
-        (HEADER_TAG, FORMAT_VERSION, state.status, state.phase, state.outcome, state.rolled_back, state.data,
-         lanes, state.error, state.failed_step, state.compensated, _packable(state.compensation_errors), state.skipped,
-         state.started_at, state.completed_at, len(state.records)),
-        lambda: _locate(state, (("shared data", state.data),)),
-    )
+    errors = state.compensation_errors
+    # Packed inline, not through a helper: this runs at every checkpoint.
+    try:
+        packed: bytes = _packer.pack((
+            HEADER_TAG, FORMAT_VERSION, state.status, state.phase, state.outcome, state.rolled_back, state.data,
+            lanes, state.error, state.failed_step, state.compensated, errors if type(errors) is dict else _NO_MAP,
+            state.skipped, state.started_at, state.completed_at, len(state.records),
+        ))
+    except (TypeError, ValueError, OverflowError) as exc:
+        _packer.reset()
+        raise UnencodableValueError(_locate(state, (("shared data", state.data),))) from exc
     if len(packed) > MAX_SNAPSHOT_BYTES:
         raise ValueTooLargeError(
             f"the header of instance {state.instance_id!r} is {len(packed) / 2**20:.1f} MiB,"
@@ -86,11 +94,8 @@ def encode_header(state: InstanceState) -> bytes:
     return packed
 
 
-def _packable(errors: Mapping[int, str]) -> Mapping[int, str]:
-    # The shared empty default is a read-only proxy, which msgpack does not pack.
-    return errors if isinstance(errors, dict) else _NO_MAP
-
-
+#: Packed in place of the shared empty default of compensation errors, a read-only proxy that
+#: msgpack does not pack.
 _NO_MAP: dict[int, str] = {}
 
 
@@ -100,12 +105,17 @@ def encode_record(r: StepResult) -> bytes:
     fails the step."""
     input = None if r.input_is_workflow_input else r.input
     output = None if r.passes is not None else r.output
-    packed = _pack(
-        (r.seq, r.lane, r.step_name, r.execution, r.status, r.input_is_workflow_input, input, output, r.passes,
-         r.error, r.started_at, r.completed_at, r.attempts),
-        lambda: _locate_in_record(r, input, output),
-    )
-    if len(packed) > MAX_VALUE_BYTES or not (_plain(output) and _plain(input)):
+    try:
+        packed: bytes = _packer.pack((
+            r.seq, r.lane, r.step_name, r.execution, r.status, r.input_is_workflow_input, input, output, r.passes,
+            r.error, r.started_at, r.completed_at, r.attempts,
+        ))
+    except (TypeError, ValueError, OverflowError) as exc:
+        _packer.reset()
+        raise UnencodableValueError(_locate_in_record(r, input, output)) from exc
+    if len(packed) > MAX_VALUE_BYTES or not (
+        (output is None or type(output) in _PLAIN) and (input is None or type(input) in _PLAIN)
+    ):
         try:
             if len(packed) > MAX_VALUE_BYTES:
                 raise ValueTooLargeError(f"step record {r.id!r} is too large")
@@ -134,15 +144,16 @@ def stage(state: InstanceState, record: StepResult) -> None:
     """Encode ``record`` (about to be added to ``state``) into the staging list, after any
     record not staged yet (a format-1 instance's rebuilt records). Raises
     :class:`UnencodableValueError` naming the value, and then stages nothing of ``record``."""
-    _stage_all(state)
+    if state.stored + len(state.staged) < len(state.records):
+        _stage_all(state)
     state.staged.append(encode_record(record))
 
 
 def _stage_all(state: InstanceState) -> None:
+    """Stage the records not staged yet (only a format-1 instance's rebuilt records)."""
     staged = state.staged
-    if state.stored + len(staged) < len(state.records):  # only format-1 instances' rebuilt records
-        for record in state.records[state.stored + len(staged):]:
-            staged.append(encode_record(record))
+    for record in state.records[state.stored + len(staged):]:
+        staged.append(encode_record(record))
 
 
 def take_changes(state: InstanceState) -> tuple[bytes, list[bytes], int, bytes | None]:
@@ -150,7 +161,8 @@ def take_changes(state: InstanceState) -> tuple[bytes, list[bytes], int, bytes |
     header, the staged records (taken out of the state: records staged from now on go with
     the next checkpoint), their first seq, and the start bytes if they are not stored yet.
     Call :func:`taken` once they are stored."""
-    _stage_all(state)
+    if state.stored + len(state.staged) < len(state.records):
+        _stage_all(state)
     records, state.staged = state.staged, []
     return encode_header(state), records, state.stored, None if state.start_stored else encode_start(state)
 
@@ -192,20 +204,6 @@ def decode_whole(data: bytes) -> InstanceState:
             and isinstance(raw[2], list)):
         raise SnapshotDecodeError("a recorded instance must be its start, header and records")
     return decode(raw[0], raw[1], raw[2])
-
-
-def _plain(value: Any) -> bool:
-    """Scalars and strings read back as they were written."""
-    return value is None or type(value) in _PLAIN
-
-
-def _pack(fields: tuple[Any, ...], locate: Callable[[], str]) -> bytes:
-    try:
-        packed: bytes = _packer.pack(fields)
-    except (TypeError, ValueError, OverflowError) as exc:
-        _packer.reset()
-        raise UnencodableValueError(locate()) from exc
-    return packed
 
 
 def check_encodable(value: Any, what: str) -> None:

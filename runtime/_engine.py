@@ -78,9 +78,9 @@ class Engine:
         self._jobs_found: WorkflowDefinition | None = None
         #: Instances whose actor lives in this engine (running, or queued for a slot).
         self._live: dict[str, Run] = {}
-        #: Ids ``start`` is storing now: their workflow, and an event set once the store is over.
-        #: A concurrent ``start`` or ``wait`` of the same id waits for it; a resume leaves them be.
-        self._storing: dict[str, tuple[str, trio.Event]] = {}
+        #: Ids ``start`` is storing now. A concurrent ``start`` or ``wait`` of the same id waits
+        #: until the store is over; a resume leaves them be.
+        self._storing: dict[str, _Storing] = {}
         #: Ids a resume has run in this engine: a resume working from rows read earlier must
         #: not run one of them again from its old snapshot.
         self._resumed: set[str] = set()
@@ -166,8 +166,8 @@ class Engine:
             raise InvalidArgumentError(f"instance_id must be a non-empty string, got {instance_id!r}")
         while (storing := self._storing.get(instance_id)) is not None:
             # Another ``start`` of this id is storing it: its outcome decides this one's.
-            _check_same_workflow(instance_id, storing[0], workflow_name)
-            await storing[1].wait()
+            _check_same_workflow(instance_id, storing.workflow_name, workflow_name)
+            await storing.wait()
         live = self._live.get(instance_id)
         if live is not None:
             _check_same_workflow(instance_id, live.state.workflow_name, workflow_name)
@@ -176,13 +176,12 @@ class Engine:
         status: Status = "pending" if self._running >= self._max_running else "running"
         state = new_state(definition, instance_id, input, now(), status=status)
         start, header = encode_start(state), encode_header(state)
-        stored = trio.Event()
-        self._storing[instance_id] = (workflow_name, stored)
+        storing = self._storing[instance_id] = _Storing(workflow_name)
         try:
             created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
         finally:
             del self._storing[instance_id]
-            stored.set()
+            storing.done()
         if created and self._closed:
             raise EngineClosedError(
                 f"the engine closed while instance {instance_id!r} was being stored; it is stored {status}"
@@ -230,7 +229,7 @@ class Engine:
         if self._pending_resumes:
             await self._resumes_settled.wait()
         while (storing := self._storing.get(instance_id)) is not None:
-            await storing[1].wait()  # ``start`` is still storing it
+            await storing.wait()  # ``start`` is still storing it
         run = self._live.get(instance_id)
         if run is not None:
             await run.wait_ended()
@@ -506,6 +505,26 @@ async def open_engine(
     finally:
         with trio.CancelScope(shield=True):
             await storage.close()
+
+
+class _Storing:
+    """An id ``start`` is storing: its workflow, and the tasks waiting for the store to end (the
+    event is made only if someone waits: most starts are waited on by nobody)."""
+
+    __slots__ = ("workflow_name", "_over")
+
+    def __init__(self, workflow_name: str) -> None:
+        self.workflow_name = workflow_name
+        self._over: trio.Event | None = None
+
+    async def wait(self) -> None:
+        if self._over is None:
+            self._over = trio.Event()
+        await self._over.wait()
+
+    def done(self) -> None:
+        if self._over is not None:
+            self._over.set()
 
 
 def _check_same_workflow(instance_id: str, stored: str, asked: str) -> None:
