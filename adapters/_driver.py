@@ -1,24 +1,30 @@
 """The data-driver protocol (seed 000's ``ctx.driver``) and what the shipped drivers share.
 
-Transactions: an open transaction belongs to the task that opened it and to that task's child
-tasks (a context variable, inherited when tasks are spawned), so the parallel branches of a
-transactional workflow take part in it; any other task's call waits until it ends. That is what
-makes a rollback safe with many workflows on one driver: it can only discard its own writes.
+Transactions: an open transaction belongs to the task that opened it and to that task's
+descendants in trio's task tree, so the parallel branches of a transactional workflow take part
+in it; any other task's call waits until it ends. That is what makes a rollback safe with many
+workflows on one driver: it can only discard its own writes. Ownership follows the task tree and
+not a context variable, because trio copies context variables into every task a task spawns,
+wherever it spawns it: an engine actor started from a step would inherit the step's transaction.
+
+A nested transaction (a savepoint) is exclusive within that tree: while one is open, only the
+task that opened it and its descendants use the driver; other tasks of the tree (a sibling
+branch, the outer transaction's own task) wait for it to end. So savepoints never interleave,
+and rolling one back discards exactly the writes made inside it.
 """
 
 from __future__ import annotations
 
-import contextvars
-import itertools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import trio
 
 from trioflow._errors import TrioflowError
 
 Row = dict[str, Any]
+S = TypeVar("S")
 
 
 class DriverError(TrioflowError):
@@ -90,18 +96,37 @@ class RunLedger(Protocol):
 
 
 class TransactionOwnership:
-    """Who may use a driver while a transaction is open (see the module docstring)."""
+    """Who may use a driver, and when, while transactions are open (see the module docstring).
 
-    _ids = itertools.count()
+    A driver wraps each call in :meth:`call` and each transaction block in :meth:`transaction`,
+    handing it the statements that open and close a block; this class decides who waits.
+
+    State: ``_holders`` is the stack of open blocks, one task per block (``[0]`` owns the
+    outermost transaction, the last one is the innermost block). A task of the owner tree may
+    run a call when it descends from the innermost holder. ``_lock`` keeps every task outside
+    the tree out for the whole outer transaction (and makes their plain calls wait for each
+    other, as before: FIFO, so a transaction waiting to start is not starved by them).
+    """
 
     def __init__(self) -> None:
         self._lock = trio.Lock()
-        self._depth = contextvars.ContextVar[int](f"trioflow-driver-{next(self._ids)}", default=0)
+        self._holders: list[trio.lowlevel.Task] = []
+        #: Calls of the owner tree in progress. A block opens and closes only when none is: in
+        #: SQLiteDriver a call is several awaits, and a sibling's statement that ran after a
+        #: ``SAVEPOINT`` would be rolled back with a block it was never part of.
+        self._calls = 0
+        #: A block's opening or closing statement is running: no other statement may run.
+        self._switching = False
+        #: An admitted opener waiting for the calls in progress to end: new calls wait behind
+        #: it, or a steady stream of sibling calls could keep it out for ever.
+        self._draining: trio.lowlevel.Task | None = None
+        #: Woken (all at once; each waiter checks again) whenever any of the above changes.
+        self._changed = trio.lowlevel.ParkingLot()
 
     def inside(self) -> bool:
-        """Whether the calling task takes part in an open transaction (opened it or was spawned
-        inside it)."""
-        return self._depth.get() > 0
+        """Whether the calling task takes part in an open transaction (it opened it, or it
+        descends from the task that did)."""
+        return self._inside(trio.lowlevel.current_task())
 
     def require_transaction(self, what: str) -> None:
         """Refuse ``what`` outside a transaction: its write must commit or roll back with one."""
@@ -110,30 +135,135 @@ class TransactionOwnership:
 
     @asynccontextmanager
     async def call(self) -> AsyncIterator[None]:
-        """Around one driver call: waits for another task's open transaction to end."""
-        if self._depth.get():
+        """Around one driver call: outside the owner tree, waits for an open transaction to end;
+        inside it, waits while a block that the calling task is not part of is open."""
+        task = trio.lowlevel.current_task()
+        # Checked again after every wait: the transaction may have ended meanwhile.
+        while self._inside(task):
+            if self._admits(task) and self._draining is None:
+                self._calls += 1
+                try:
+                    yield
+                finally:
+                    self._calls -= 1
+                    if not self._calls:
+                        self._changed.unpark_all()
+                return
+            await self._changed.park()
+        async with self._lock:
             yield
-        else:
-            async with self._lock:
-                yield
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[int]:
-        """Around a transaction block; yields its nesting level (1: outermost)."""
-        depth = self._depth.get()
-        if depth:
-            token = self._depth.set(depth + 1)
+    async def transaction(
+        self,
+        begin: Callable[[int], Awaitable[S]],
+        commit: Callable[[int, S], Awaitable[None]],
+        rollback: Callable[[int, S], Awaitable[None]],
+    ) -> AsyncIterator[int]:
+        """Around a transaction block; yields its nesting level (1: outermost).
+
+        ``begin(level)`` opens the block in the driver and returns what ``commit`` or
+        ``rollback`` (``level``, that value) need to close it. They run here, while no other
+        statement can, shielded from cancellation: a block half opened or half closed would
+        leave the driver and this stack disagreeing. ``rollback`` runs when the body raises,
+        and also when ``commit`` fails (the block must not stay open).
+        """
+        task = trio.lowlevel.current_task()
+        while self._inside(task):  # a nested block: wait for the tree to let this task switch
+            if self._admits(task) and self._draining in (None, task):
+                if not self._calls:
+                    self._draining = None
+                    async with self._block(task, begin, commit, rollback) as level:
+                        yield level
+                    return
+                self._draining = task
             try:
-                yield depth + 1
-            finally:
-                self._depth.reset(token)
-            return
+                await self._changed.park()
+            except BaseException:
+                if self._draining is task:  # cancelled while draining: let the calls go on
+                    self._draining = None
+                    self._changed.unpark_all()
+                raise
+        if self._draining is task:  # the transaction ended while this task waited in it
+            self._draining = None
+            self._changed.unpark_all()
         async with self._lock:
-            token = self._depth.set(1)
+            async with self._block(task, begin, commit, rollback) as level:
+                yield level
+
+    @asynccontextmanager
+    async def _block(
+        self,
+        task: trio.lowlevel.Task,
+        begin: Callable[[int], Awaitable[S]],
+        commit: Callable[[int, S], Awaitable[None]],
+        rollback: Callable[[int, S], Awaitable[None]],
+    ) -> AsyncIterator[int]:
+        """Push ``task`` as the innermost holder and open its block; close it at the end."""
+        self._holders.append(task)
+        level = len(self._holders)
+        self._switching = True
+        try:
+            with trio.CancelScope(shield=True):
+                state = await begin(level)
+        except BaseException:
+            self._holders.pop()
+            raise
+        finally:
+            self._switching = False
+            self._changed.unpark_all()
+
+        async def finish() -> None:
             try:
-                yield 1
+                await commit(level, state)
+            except BaseException:
+                await rollback(level, state)
+                raise
+
+        try:
+            yield level
+        except BaseException:
+            await self._close(level, lambda: rollback(level, state))
+            raise
+        await self._close(level, finish)
+
+    async def _close(self, level: int, statement: Callable[[], Awaitable[None]]) -> None:
+        """Run the statement that closes the block at ``level``, then pop it.
+
+        It waits, shielded, until that block is the innermost one and no call is in progress:
+        a descendant spawned before the block opened may still be in a call or in a deeper
+        block of its own (like a nursery, a block does not end before what runs inside it)."""
+        with trio.CancelScope(shield=True):
+            while len(self._holders) != level or self._calls or self._switching:
+                await self._changed.park()
+            self._switching = True
+            try:
+                await statement()
             finally:
-                self._depth.reset(token)
+                self._holders.pop()
+                self._switching = False
+                self._changed.unpark_all()
+
+    def _inside(self, task: trio.lowlevel.Task) -> bool:
+        return bool(self._holders) and _descends(task, self._holders[0])
+
+    def _admits(self, task: trio.lowlevel.Task) -> bool:
+        """Whether ``task`` may use the driver now, as far as the blocks go: it is part of the
+        innermost open block and no block is being opened or closed."""
+        return not self._switching and _descends(task, self._holders[-1])
+
+
+def _descends(task: trio.lowlevel.Task, ancestor: trio.lowlevel.Task) -> bool:
+    """Whether ``task`` is ``ancestor`` or was spawned, at any depth, in a nursery that
+    ``ancestor`` (or one of its descendants) opened. A task spawned into a nursery opened
+    elsewhere (an engine's, for instance actors) is not, wherever it was spawned from."""
+    current: trio.lowlevel.Task | None = task
+    while current is not None:
+        if current is ancestor:
+            return True
+        nursery = current.parent_nursery
+        current = None if nursery is None else nursery.parent_task
+    return False
 
 
 class EntityNotFoundError(DriverError, LookupError):

@@ -13,6 +13,9 @@ from typing import Any
 
 from ._driver import DriverError, Row, TransactionOwnership, UnknownEntityError
 
+#: What a rollback restores: the tables and id counters (deep-copied), and the run ledger.
+_Saved = tuple[tuple[dict[str, dict[Any, Row]], dict[str, int]], dict[str, bytes]]
+
 
 class MemoryDriver:
     """Entities are dicts of rows keyed by ``id``. ``create`` assigns integer ids (1, 2, ...)
@@ -77,22 +80,28 @@ class MemoryDriver:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
-        async with self._ownership.transaction():
-            saved = copy.deepcopy((self.tables, self._next_id))
-            saved_ledger = dict(self.ledger)
-            try:
-                yield
-            except BaseException:
-                self.tables, self._next_id = saved
-                self.ledger = saved_ledger
-                raise
+        """Commit on success, roll back on error; nests. A block's rollback restores the tables
+        as they were when it opened, which discards exactly its own writes: while it is open,
+        only its task and that task's descendants can write (see :class:`TransactionOwnership`)."""
+        async with self._ownership.transaction(self._save, self._keep, self._restore):
+            yield
+
+    async def _save(self, level: int) -> _Saved:
+        return copy.deepcopy((self.tables, self._next_id)), dict(self.ledger)
+
+    async def _keep(self, level: int, saved: _Saved) -> None:
+        """Committing keeps the writes as they are: they were made in place."""
+
+    async def _restore(self, level: int, saved: _Saved) -> None:
+        (self.tables, self._next_id), self.ledger = saved
 
     # -- the RunLedger protocol ---------------------------------------------------------------
 
     async def record_run(self, key: str, payload: bytes) -> None:
         """Store ``payload`` under ``key`` in the open transaction (its rollback removes it)."""
         self._ownership.require_transaction("record_run")
-        self.ledger[key] = bytes(payload)
+        async with self._ownership.call():  # not while a sibling's nested block is open
+            self.ledger[key] = bytes(payload)
 
     async def find_run(self, key: str) -> bytes | None:
         """The payload recorded under ``key`` by a transaction that did not roll back."""

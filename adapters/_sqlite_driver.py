@@ -110,16 +110,23 @@ class SQLiteDriver:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
-        async with self._ownership.transaction() as level:
-            name = f"trioflow_{level}"
-            await self._run(lambda c: c.execute("BEGIN IMMEDIATE" if level == 1 else f"SAVEPOINT {name}"), "begin")
-            try:
-                yield
-            except BaseException:
-                with trio.CancelScope(shield=True):  # a cancelled block must still roll back
-                    await self._run(_rollback(level, name), "rollback")
-                raise
-            await self._run(lambda c: c.execute("COMMIT" if level == 1 else f"RELEASE {name}"), "commit")
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, nested blocks as savepoints ``trioflow_<level>``.
+
+        Savepoint names are unique because blocks never interleave: a nested block is exclusive
+        within its transaction's task tree (see :class:`TransactionOwnership`), so the open
+        savepoints are always one stack, as SQLite keeps them."""
+        async with self._ownership.transaction(self._open_block, self._commit_block, self._roll_back_block):
+            yield
+
+    async def _open_block(self, level: int) -> None:
+        await self._run(lambda c: c.execute("BEGIN IMMEDIATE" if level == 1 else f"SAVEPOINT trioflow_{level}"),
+                        "begin")
+
+    async def _commit_block(self, level: int, _: None) -> None:
+        await self._run(lambda c: c.execute("COMMIT" if level == 1 else f"RELEASE trioflow_{level}"), "commit")
+
+    async def _roll_back_block(self, level: int, _: None) -> None:
+        await self._run(_rollback(level, f"trioflow_{level}"), "rollback")
 
     # -- the RunLedger protocol ---------------------------------------------------------------
 
@@ -136,7 +143,8 @@ class SQLiteDriver:
             conn.execute(_LEDGER_SCHEMA)
             conn.execute(f"INSERT OR REPLACE INTO {LEDGER_TABLE} (run_key, state) VALUES (?, ?)", (key, data))
 
-        await self._run(record, f"recording run {key!r}")
+        async with self._ownership.call():  # not while a sibling's nested block is open
+            await self._run(record, f"recording run {key!r}")
 
     async def find_run(self, key: str) -> bytes | None:
         """The payload committed under ``key`` (``None`` if there is none, or no ledger yet)."""

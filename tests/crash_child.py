@@ -2,6 +2,7 @@
 
     python crash_child.py DB LOG SCENARIO run N   # starts N instances; a chosen step hangs
     python crash_child.py DB LOG SCENARIO resume  # resumes them all and prints a JSON summary
+    python crash_child.py DB LOG SCENARIO resubmit N  # the same, starting every id again first
 
 Every job appends "instance step" to LOG with one O_APPEND write, so the log survives SIGKILL.
 """
@@ -63,6 +64,10 @@ async def main() -> None:
                 await engine.start("crash", {"id": f"i{i}"}, instance_id=f"i{i}")
             print("started", flush=True)
             await trio.sleep_forever()
+        if mode == "resubmit":
+            # A client retrying its requests right after the restart, while the resume runs.
+            for i in range(int(sys.argv[5])):
+                await engine.start("crash", {"id": f"i{i}"}, instance_id=f"i{i}")
         summary = {}
         for inst in await engine.get_instances("crash"):
             done = await engine.wait(inst.id)

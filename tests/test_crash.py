@@ -36,8 +36,8 @@ def run_and_kill(tmp_path: Path, scenario: str, ready: set[str]) -> tuple[Path, 
     return db, log
 
 
-def resume(db: Path, log: Path, scenario: str) -> dict[str, dict[str, object]]:
-    done = subprocess.run([sys.executable, CHILD, str(db), str(log), scenario, "resume"],
+def resume(db: Path, log: Path, scenario: str, mode: str = "resume") -> dict[str, dict[str, object]]:
+    done = subprocess.run([sys.executable, CHILD, str(db), str(log), scenario, mode, str(N)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     summary: dict[str, dict[str, object]] = json.loads(done.stdout)
@@ -55,6 +55,18 @@ def test_sigkill_inside_step_two_then_resume(tmp_path: Path) -> None:
         assert counts[(iid, "a")] == 1, "a completed step never runs again"
         assert counts[(iid, "b")] == 2, "the step in flight at the crash runs again"
         assert counts[(iid, "c")] == 1
+
+
+def test_sigkill_then_clients_resubmit_every_id_while_the_resume_runs(tmp_path: Path) -> None:
+    """Issue 11, item 5: idempotent re-submission right after a restart must not orphan the
+    instance; each runs once more from where it stood."""
+    db, log = run_and_kill(tmp_path, "linear", {"b"})
+    summary = resume(db, log, "linear", mode="resubmit")
+    counts = calls(log)
+    for i in range(N):
+        iid = f"i{i}"
+        assert summary[iid]["status"] == "completed", summary[iid]
+        assert (counts[(iid, "a")], counts[(iid, "b")], counts[(iid, "c")]) == (1, 2, 1)
 
 
 def test_sigkill_during_compensation_then_resume(tmp_path: Path) -> None:
