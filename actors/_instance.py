@@ -18,6 +18,7 @@ import math
 
 import trio
 
+from trioflow._current import lane_context
 from trioflow._decide import (
     begin_compensation,
     finish,
@@ -53,26 +54,32 @@ async def run_instance(run: Run) -> None:
     """Drive ``run.state`` from wherever it stands to a terminal status."""
     state = run.state
     definition = run.definition
-    if state.phase == "compensating":
-        await _compensate_and_finish(run)
-        return
-    if not run.resumed and run.bus.active:
-        run.emit("workflow.started", input=state.input)
+    # The lanes below put their contexts here for current_step(); the caller's value (an
+    # execute_workflow caller's task) comes back when the run is over.
+    token = lane_context.set(None)
     try:
-        if definition.transactional and run.driver is not None:
-            outcome, error, failed_step = await forward_in_transaction(run, _forward)
+        if state.phase == "compensating":
+            await _compensate_and_finish(run)
+            return
+        if not run.resumed and run.bus.active:
+            run.emit("workflow.started", input=state.input)
+        try:
+            if definition.transactional and run.driver is not None:
+                outcome, error, failed_step = await forward_in_transaction(run, _forward)
+            else:
+                outcome, error, failed_step = await _forward(run)
+        except trio.Cancelled:
+            if not run.compensate_on_outer_cancel:
+                raise  # engine shutdown: leave the instance as last persisted, for resume
+            with trio.CancelScope(shield=True):
+                await _end_badly(run, "cancelled", WorkflowCancelledError("the caller was cancelled"), None)
+            raise
+        if error is None:
+            await _complete(run)
         else:
-            outcome, error, failed_step = await _forward(run)
-    except trio.Cancelled:
-        if not run.compensate_on_outer_cancel:
-            raise  # engine shutdown: leave the instance as last persisted, for resume
-        with trio.CancelScope(shield=True):
-            await _end_badly(run, "cancelled", WorkflowCancelledError("the caller was cancelled"), None)
-        raise
-    if error is None:
-        await _complete(run)
-    else:
-        await _end_badly(run, outcome, error, failed_step)
+            await _end_badly(run, outcome, error, failed_step)
+    finally:
+        lane_context.reset(token)
 
 
 
@@ -81,6 +88,7 @@ async def _forward(run: Run) -> Forward:
     """Run the main lane under the run's cancel scope (if it needs one); say how it ended."""
     definition = run.definition
     ctx = run.context(MAIN, len(definition.steps))
+    lane_context.set(ctx)
     deadline = _deadline(run)
     scope = None
     if run.cancellable or deadline != math.inf:
@@ -137,6 +145,7 @@ async def _compensate_and_finish(run: Run) -> None:
         step = lookup[name][0]
         assert isinstance(step, TaskStep)
         ctx = run.context(record.lane, 0)
+        lane_context.set(ctx)
         if run.has_hooks:
             await run.hook("on_compensate", name, ctx)
         bound = run.definition.compensation_timeout

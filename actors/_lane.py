@@ -8,6 +8,7 @@ from typing import Any
 import trio
 
 from trioflow._context import WorkflowContext
+from trioflow._current import lane_context
 from trioflow._decide import choose, complete_step, new_execution, next_of, open_branches, parallel_output, progress
 from trioflow._definition import Branch, ChoiceStep, ParallelStep, TaskStep
 from trioflow._errors import BranchError, ParallelError, RecordedError, StorageUnavailableError, UnencodableValueError
@@ -151,6 +152,7 @@ async def _branch_actor(
     run: Run, branch: Branch, key: str, failures: list[BranchError], cancel_siblings: trio.CancelScope | None
 ) -> None:
     ctx = run.context(key, len(branch.steps))
+    lane_context.set(ctx)  # this task's own context: the branch's steps report this lane
     try:
         await run_lane(run, key, branch.index, ctx)
     except StepFailure as failure:

@@ -7,7 +7,6 @@ from typing import Any
 
 import trio
 
-from trioflow._current import enter, leave
 from trioflow._decide import new_execution
 from trioflow._definition import TaskStep
 from trioflow._errors import StepTimeoutError, describe_error
@@ -20,23 +19,20 @@ _NO_TIMEOUT = contextlib.nullcontext()
 
 
 async def attempt(
-    run: Run, step: TaskStep, fn: Any, asynchronous: bool, args: tuple[Any, ...], *, lane: str,
-    execution: int | None = None, announce: bool,
+    run: Run, step: TaskStep, fn: Any, asynchronous: bool, args: tuple[Any, ...], *, ctx: Any, announce: bool,
 ) -> tuple[Any, int]:
     """Call ``fn(*args)`` until it succeeds or the step's retry policy gives up.
 
     Each attempt is bounded by the step's timeout (a cancel scope); between attempts the actor
-    sleeps on trio's clock. Raises :class:`StepFailure` with the last error. ``lane`` and
-    ``execution`` (``None``: the one running now; a number: the one being compensated) are
-    what ``current_step()`` reports.
+    sleeps on trio's clock. Raises :class:`StepFailure` with the last error. Each call is
+    marked on ``ctx`` (the lane's context) for ``current_step()``.
     """
     retry = step.retry or NO_RETRY
     timeout = step.timeout
     attempts = 0
-    compensating = execution is not None
     while True:
         attempts += 1
-        where = enter((run.state, lane, step.name, execution, attempts, compensating))
+        ctx._calling, ctx._attempt = step.name, attempts
         try:
             # The call is written out here, not in a helper coroutine: a parked instance keeps
             # every frame of its await chain alive. Plain functions run in a worker thread
@@ -54,7 +50,7 @@ async def attempt(
         except Exception as exc:
             error = exc
         finally:
-            leave(where)
+            ctx._calling = None
         delay = retry.next_delay(attempts, error)
         if delay is None:
             raise StepFailure(step.name, error, attempts)
@@ -85,16 +81,16 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
         if step.retry is None and step.timeout is None and asynchronous:
             # The common case, written out: one attempt, no timeout scope, and one coroutine
             # frame fewer, both per step and for as long as an instance is parked in it.
-            where = enter((run.state, ctx.lane, step.name, None, 1, False))
+            ctx._calling, ctx._attempt = step.name, 1
             try:
                 result = await fn(arg)
             except Exception as exc:
                 raise StepFailure(step.name, exc, 1) from None
             finally:
-                leave(where)
+                ctx._calling = None
             attempts = 1
         else:
-            result, attempts = await attempt(run, step, fn, asynchronous, (arg,), lane=ctx.lane, announce=True)
+            result, attempts = await attempt(run, step, fn, asynchronous, (arg,), ctx=ctx, announce=True)
         output = step.output(result, ctx) if step.output is not None else result
         return output, data, uses_input, attempts
     except StepFailure as failure:
@@ -137,4 +133,5 @@ async def compensate(run: Run, step: TaskStep, record: StepResult, ctx: Any) -> 
     except Exception as exc:
         raise StepFailure(step.name, exc, 0) from exc
     args = (ctx, record.output) if step.style == "saga" else (record.output,)
-    await attempt(run, step, fn, asynchronous, args, lane=record.lane, execution=record.execution, announce=False)
+    ctx._compensating = record.execution
+    await attempt(run, step, fn, asynchronous, args, ctx=ctx, announce=False)

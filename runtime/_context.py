@@ -34,7 +34,10 @@ class WorkflowContext:
     ``total_steps`` count within that lane.
     """
 
-    __slots__ = ("_state", "_services", "_encodable", "driver", "lane", "step_index", "total_steps", "steps")
+    __slots__ = (
+        "_state", "_services", "_encodable", "driver", "lane", "step_index", "total_steps", "steps",
+        "_calling", "_attempt", "_compensating",
+    )
 
     def __init__(
         self,
@@ -54,6 +57,12 @@ class WorkflowContext:
         self.step_index = 0
         self.total_steps = total_steps
         self.steps = StepOutputs(state)
+        # What ``trioflow.current_step()`` reports: the step whose callable the lane is calling
+        # now (``None`` between calls), the attempt, and, while compensating, the execution
+        # being compensated. Set by the actors around each call.
+        self._calling: str | None = None
+        self._attempt = 0
+        self._compensating: int | None = None
 
     @property
     def input(self) -> Any:
