@@ -18,7 +18,7 @@ import math
 
 import trio
 
-from trioflow._current import lane_context
+from trioflow._current import swap_lane
 from trioflow._decide import (
     begin_compensation,
     finish,
@@ -54,9 +54,9 @@ async def run_instance(run: Run) -> None:
     """Drive ``run.state`` from wherever it stands to a terminal status."""
     state = run.state
     definition = run.definition
-    # The lanes below put their contexts here for current_step(); the caller's value (an
-    # execute_workflow caller's task) comes back when the run is over.
-    token = lane_context.set(None)
+    # The lanes below register their contexts for current_step(); what the calling task had
+    # (an execute_workflow run inside a step) comes back when the run is over.
+    previous = swap_lane(None)
     try:
         if state.phase == "compensating":
             await _compensate_and_finish(run)
@@ -79,7 +79,7 @@ async def run_instance(run: Run) -> None:
         else:
             await _end_badly(run, outcome, error, failed_step)
     finally:
-        lane_context.reset(token)
+        swap_lane(previous)
 
 
 
@@ -88,7 +88,7 @@ async def _forward(run: Run) -> Forward:
     """Run the main lane under the run's cancel scope (if it needs one); say how it ended."""
     definition = run.definition
     ctx = run.context(MAIN, len(definition.steps))
-    lane_context.set(ctx)
+    swap_lane(ctx)
     deadline = _deadline(run)
     scope = None
     if run.cancellable or deadline != math.inf:
@@ -145,7 +145,7 @@ async def _compensate_and_finish(run: Run) -> None:
         step = lookup[name][0]
         assert isinstance(step, TaskStep)
         ctx = run.context(record.lane, 0)
-        lane_context.set(ctx)
+        swap_lane(ctx)
         if run.has_hooks:
             await run.hook("on_compensate", name, ctx)
         bound = run.definition.compensation_timeout

@@ -8,7 +8,7 @@ from typing import Any
 import trio
 
 from trioflow._context import WorkflowContext
-from trioflow._current import lane_context
+from trioflow._current import swap_lane
 from trioflow._decide import choose, complete_step, new_execution, next_of, open_branches, parallel_output, progress
 from trioflow._definition import Branch, ChoiceStep, ParallelStep, TaskStep
 from trioflow._errors import BranchError, ParallelError, RecordedError, StorageUnavailableError, UnencodableValueError
@@ -152,10 +152,12 @@ async def _branch_actor(
     run: Run, branch: Branch, key: str, failures: list[BranchError], cancel_siblings: trio.CancelScope | None
 ) -> None:
     ctx = run.context(key, len(branch.steps))
-    lane_context.set(ctx)  # this task's own context: the branch's steps report this lane
+    swap_lane(ctx)  # the branch's steps report this lane
     try:
         await run_lane(run, key, branch.index, ctx)
     except StepFailure as failure:
         failures.append(BranchError(branch.name, failure.step_name, failure.error))
         if cancel_siblings is not None:
             cancel_siblings.cancel()
+    finally:
+        swap_lane(None)  # the task ends: leave no entry behind

@@ -7,6 +7,7 @@ from typing import Any
 
 import trio
 
+from trioflow._current import in_lane
 from trioflow._decide import new_execution
 from trioflow._definition import TaskStep
 from trioflow._errors import StepTimeoutError, describe_error
@@ -43,7 +44,7 @@ async def attempt(
                 if asynchronous:
                     return await fn(*args), attempts
                 if run.threads is not None:
-                    return await run.threads.run(fn, *args), attempts
+                    return await run.threads.run(in_lane(ctx, fn), *args), attempts
                 return fn(*args), attempts
             assert timeout is not None
             error: BaseException = StepTimeoutError(step.name, timeout)

@@ -1,19 +1,23 @@
 """``tf.current_step()``: which step execution the calling code runs in, for idempotency keys
 (what Temporal's ``activity.info()`` and DBOS's step ids give).
 
-Each lane actor puts its :class:`~trioflow.WorkflowContext` in a context variable once (the
-main line in the instance actor, each branch in its own actor, compensation while it runs), and
-marks on it which step it is calling and which attempt: nothing is allocated per step, and a
-:class:`StepInfo` is built only when asked for. Plain ``def`` jobs in worker threads see it too
-(trio copies the context into them), and so do tasks a job spawns.
+Each lane actor registers its :class:`~trioflow.WorkflowContext` under its own trio task while
+it runs (the main line in the instance actor, each branch in its own actor, compensation in the
+instance actor), and marks on it which step it is calling and which attempt: nothing is
+allocated per step, and a :class:`StepInfo` is built only when asked for. A task a job spawns
+finds its lane through its parent tasks; a plain ``def`` job in a worker thread through a
+thread-local set for the call. (Not a context variable: setting one in every instance's task
+would keep three more objects alive per instance for the garbage collector to walk.)
 """
 
 from __future__ import annotations
 
-from contextvars import ContextVar
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
+import trio
 
 from ._errors import TrioflowError
 from ._lanes import execution_id, step_key
@@ -41,13 +45,52 @@ class StepInfo:
     compensating: bool = False
 
 
-#: The context of the lane the calling task belongs to.
-lane_context: ContextVar[WorkflowContext | None] = ContextVar("trioflow_lane", default=None)
+#: The lane each running lane actor's task runs (tasks are unique, whatever the engine).
+_lanes: dict[trio.lowlevel.Task, WorkflowContext] = {}
+#: The lane of the step whose plain ``def`` job this worker thread runs.
+_in_thread = threading.local()
+
+
+def swap_lane(ctx: WorkflowContext | None) -> WorkflowContext | None:
+    """Make ``ctx`` the lane of the calling task (``None``: no lane), returning what it had:
+    a run restores that when it ends (a step that runs ``execute_workflow`` nests a run in its
+    own task), and a task that ends must leave no entry behind."""
+    task = trio.lowlevel.current_task()
+    previous = _lanes.pop(task, None)
+    if ctx is not None:
+        _lanes[task] = ctx
+    return previous
+
+
+def in_lane(ctx: WorkflowContext, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` for a worker thread, seeing ``ctx`` as its lane."""
+    def call(*args: Any) -> Any:
+        _in_thread.ctx = ctx
+        try:
+            return fn(*args)
+        finally:
+            _in_thread.ctx = None
+    return call
+
+
+def _lane_of_caller() -> WorkflowContext | None:
+    try:
+        task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
+    except RuntimeError:  # not in the trio thread: a worker thread
+        ctx: WorkflowContext | None = getattr(_in_thread, "ctx", None)
+        return ctx
+    while task is not None:
+        found = _lanes.get(task)
+        if found is not None:
+            return found
+        nursery = task.parent_nursery
+        task = nursery.parent_task if nursery is not None else None
+    return None
 
 
 def current_step() -> StepInfo:
     """The step execution the calling code runs in; :class:`NotInStepError` outside of one."""
-    ctx = lane_context.get()
+    ctx = _lane_of_caller()
     step = None if ctx is None else ctx._calling
     if ctx is None or step is None:
         raise NotInStepError(
