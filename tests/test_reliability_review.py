@@ -15,9 +15,11 @@ import trio
 import trio.testing
 
 import trioflow as tf
-from trioflow.adapters import MemoryDriver
 
 from trioflow._codec import decode_stored, encode_header
+
+from test_engine import Jobs, three_steps
+from test_reliability import left_in_b
 
 
 class Boom(Exception):
@@ -26,40 +28,6 @@ class Boom(Exception):
 
 async def ok(data: Any) -> str:
     return "ok"
-
-
-def three_steps(name: str = "w") -> tf.WorkflowDefinition:
-    return tf.workflow(name).task("a", job="a").task("b", job="b").task("c", job="c").build()
-
-
-class Jobs:
-    """Async jobs ``a``, ``b``, ``c`` that log their calls; ``b`` can be made to hang."""
-
-    def __init__(self, b_hangs: bool = False) -> None:
-        self.calls: list[str] = []
-        self.b_hangs = b_hangs
-
-    def register(self, engine: tf.Engine) -> None:
-        for name in ("a", "b", "c"):
-            engine.jobs.register(name, self._job(name))
-
-    def _job(self, name: str) -> Any:
-        async def job(data: Any) -> str:
-            self.calls.append(name)
-            if name == "b" and self.b_hangs:
-                await trio.sleep_forever()
-            return f"{name}-out"
-        return job
-
-
-async def left_in_b(adapter: tf.adapters.Adapter, *ids: str) -> None:
-    """Leave instances stored as running, inside step ``b``, as a killed engine would."""
-    async with tf.open_engine(adapter=adapter) as engine:
-        Jobs(b_hangs=True).register(engine)
-        engine.register(three_steps())
-        for iid in ids:
-            await engine.start("w", {"id": iid}, instance_id=iid)
-        await trio.sleep(1)
 
 
 # -- start() and resume() races -----------------------------------------------------------------
