@@ -69,7 +69,11 @@ class MemoryAdapter:
             )
         # Everything is converted before anything changes: all or nothing. (``bytes`` of a
         # bytes object is that object: the usual case copies nothing.)
-        new = [r if type(r) is bytes else bytes(r) for r in records]
+        new = records
+        for r in records:
+            if type(r) is not bytes:
+                new = [bytes(r) for r in records]
+                break
         if type(header) is not bytes:
             header = bytes(header)
         if start is not None and type(start) is not bytes:

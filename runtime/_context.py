@@ -12,19 +12,19 @@ from ._snapshot import InstanceState, WorkflowInstance, WorkflowMetadata, metada
 class StepOutputs(Mapping[str, Any]):
     """``ctx.steps``: the newest completed output of each step by name, a live read-only view."""
 
-    __slots__ = ("_latest",)
+    __slots__ = ("_state",)
 
     def __init__(self, state: InstanceState) -> None:
-        self._latest = state.latest
+        self._state = state
 
     def __getitem__(self, name: str) -> Any:
-        return self._latest[name].output
+        return self._state.latest[name].output
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._latest)
+        return iter(self._state.latest)
 
     def __len__(self) -> int:
-        return len(self._latest)
+        return len(self._state.latest)
 
 
 class WorkflowContext:
@@ -35,7 +35,7 @@ class WorkflowContext:
     """
 
     __slots__ = (
-        "_state", "_services", "_encodable", "driver", "lane", "step_index", "total_steps", "steps",
+        "_state", "_services", "_encodable", "driver", "lane", "step_index", "total_steps",
         "_calling", "_attempt", "_compensating",
     )
 
@@ -56,13 +56,18 @@ class WorkflowContext:
         self.lane = lane
         self.step_index = 0
         self.total_steps = total_steps
-        self.steps = StepOutputs(state)
         # What ``trioflow.current_step()`` reports: the step whose callable the lane is calling
         # now (``None`` between calls), the attempt, and, while compensating, the execution
         # being compensated. Set by the actors around each call.
         self._calling: str | None = None
         self._attempt = 0
         self._compensating: int | None = None
+
+    @property
+    def steps(self) -> StepOutputs:
+        """Outputs of the completed steps by name: the newest execution's (a live, read-only
+        view; made on access, as most steps never look)."""
+        return StepOutputs(self._state)
 
     @property
     def input(self) -> Any:

@@ -103,8 +103,8 @@ class InstanceState:
     #: Encoded records not stored yet, for ``records[stored:]`` in order (each record is
     #: encoded once, when it is added; a checkpoint takes them from here).
     staged: list[bytes] = attrs.field(factory=list)
-    #: The newest completed execution of each step, by step name (what ``ctx.steps`` shows).
-    latest: dict[str, StepResult] = attrs.field(factory=dict)
+    #: Index behind :attr:`latest`, built on first use (most runs never ask).
+    _latest: dict[str, StepResult] | None = attrs.field(default=None, alias="_latest")
     #: How many executions each step has had, by lane and step (:func:`trioflow._lanes.step_key`).
     executions: dict[str, int] = attrs.field(factory=dict)
     phase: Phase = "forward"
@@ -127,11 +127,18 @@ class InstanceState:
     started_at: float | None = None
     completed_at: float | None = None
 
+    @property
+    def latest(self) -> dict[str, StepResult]:
+        """The newest completed execution of each step, by step name (what ``ctx.steps`` shows)."""
+        if self._latest is None:
+            self._latest = {r.step_name: r for r in self.records if r.status == "completed"}
+        return self._latest
+
     def add(self, record: StepResult) -> None:
         """Append a record (its ``seq`` must be the next one) and index it."""
         self.records.append(record)
-        if record.status == "completed":
-            self.latest[record.step_name] = record
+        if record.status == "completed" and self._latest is not None:
+            self._latest[record.step_name] = record
         if record.execution:
             self.executions[step_key(record.lane, record.step_name)] = record.execution
 
