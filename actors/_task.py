@@ -69,6 +69,7 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
     data = None
     uses_input = False
     attempts = 0
+    ctx._attempt = 0  # the attempts made so far, for a cancellation to record truthfully
     try:
         fn, asynchronous = run.callable(step.run, step.run_is_async)
         if step.style == "job":
@@ -100,7 +101,7 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
     except trio.Cancelled:
         run.add_failure(new_execution(
             run.state, ctx.lane, step.name, "failed", error="cancelled", input=data,
-            input_is_workflow_input=uses_input, attempts=attempts, started_at=started_at, now=now(),
+            input_is_workflow_input=uses_input, attempts=ctx._attempt, started_at=started_at, now=now(),
         ))
         raise
     except Exception as exc:  # input/output mapping, unknown job: no retry
