@@ -73,8 +73,8 @@ class Engine:
         self._running = 0
         self._waiting: collections.deque[Run] = collections.deque()
         self._definitions: dict[str, WorkflowDefinition] = {}
-        #: The definition ``start`` last found all jobs registered for (jobs are never removed):
-        #: a burst of starts of one workflow checks its jobs once.
+        #: The definition last found to have all its jobs registered (jobs are never removed):
+        #: a burst of starts, or a resume of many instances, of one workflow checks them once.
         self._jobs_found: WorkflowDefinition | None = None
         #: Instances whose actor lives in this engine (running, or queued for a slot).
         self._live: dict[str, Run] = {}
@@ -140,7 +140,12 @@ class Engine:
                 self._resume_soon(definition, self._held.pop(name))
 
     def _missing_jobs(self, definition: WorkflowDefinition) -> list[str]:
-        return sorted(n for n in definition.job_names if n not in self.jobs)
+        if definition is self._jobs_found:
+            return []  # jobs are never unregistered: found once, found for good
+        missing = sorted(n for n in definition.job_names if n not in self.jobs)
+        if not missing:
+            self._jobs_found = definition
+        return missing
 
     # -- instances ----------------------------------------------------------------------------
 
@@ -155,11 +160,9 @@ class Engine:
         if definition is None:
             known = ", ".join(sorted(self._definitions)) or "none"
             raise UnknownWorkflowError(f"no workflow registered as {workflow_name!r} (registered: {known})")
-        if definition is not self._jobs_found:
-            missing = self._missing_jobs(definition)
-            if missing:
-                raise UnknownJobError(f"workflow {workflow_name!r} uses jobs nobody registered: {', '.join(missing)}")
-            self._jobs_found = definition
+        missing = self._missing_jobs(definition)
+        if missing:
+            raise UnknownJobError(f"workflow {workflow_name!r} uses jobs nobody registered: {', '.join(missing)}")
         if instance_id is None:
             instance_id = new_instance_id()
         elif not isinstance(instance_id, str) or not instance_id:
