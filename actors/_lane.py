@@ -53,20 +53,18 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             target = next_of(step)
         else:
             try:
-                if isinstance(step, ChoiceStep):
-                    target = choose(step, ctx)
+                if isinstance(step, ChoiceStep) or (step.transform is None and not step.has_result):
+                    # Passes the lane's last output on (none, first in its lane): stored as a
+                    # reference to the record that holds it.
+                    target = choose(step, ctx) if isinstance(step, ChoiceStep) else next_of(step)
                     passes = lane.last
-                elif step.transform is None and not step.has_result:
-                    target = next_of(step)
-                    passes = lane.last
+                    output = state.output_of(passes)
                 else:
                     output = step.transform(ctx) if step.transform is not None else step.result
                     target = next_of(step)
             except Exception as exc:
                 await step_failed(run, name, exc, 1, started_at, ctx)
                 raise StepFailure(name, exc, 1) from exc
-            if passes is not None or isinstance(step, ChoiceStep):
-                output = state.output_of(passes)
         record = new_execution(
             state, lane_key, name, "completed", output=output, input=data, input_is_workflow_input=uses_input,
             passes=passes, attempts=attempts, started_at=started_at, now=now(),

@@ -18,7 +18,7 @@ from trioflow._errors import StorageUnavailableError, TrioflowError, Unencodable
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
 from trioflow._snapshot import InstanceState, Status, WorkflowResult, compensated_steps, compensation_errors, metadata_of
-from trioflow._codec import check_encodable, decode_whole, encode_whole, stage, take_changes, taken
+from trioflow._codec import check_encodable, decode_whole, encode_whole, not_taken, stage, take_changes, taken
 from trioflow._snapshot import StepResult
 from trioflow.adapters._protocol import Adapter
 
@@ -166,10 +166,10 @@ class Run:
             await self._write()
 
     async def _persist_together(self) -> None:
-        gathering = self.gathering
-        if gathering is not None:
-            await gathering.joined()
-            return
+        while (gathering := self.gathering) is not None:
+            if await gathering.joined():
+                return
+            # Its leader was cancelled before it wrote: gather (and write) again.
         gathering = self.gathering = _Gathering()
         try:
             # One pass of the scheduler: sibling lanes whose steps end in it join this checkpoint.
@@ -193,9 +193,13 @@ class Run:
         header, records, first_seq, start = take_changes(s)
         status = s.status
         try:
-            await self.adapter.checkpoint(s.instance_id, status, header, records, first_seq=first_seq, start=start)
-        except StorageUnavailableError as exc:
-            await self._write_again(status, header, records, first_seq, start, exc)
+            try:
+                await self.adapter.checkpoint(s.instance_id, status, header, records, first_seq=first_seq, start=start)
+            except StorageUnavailableError as exc:
+                await self._write_again(status, header, records, first_seq, start, exc)
+        except BaseException:
+            not_taken(s, records)
+            raise
         taken(s, len(records))
         self.stored_status = status
 
@@ -305,11 +309,14 @@ class _Gathering:
     def failed(self, error: BaseException) -> None:
         self.error = error
 
-    async def joined(self) -> None:
-        """Wait until the shared checkpoint is stored; raise what made it fail."""
+    async def joined(self) -> bool:
+        """Wait until the shared checkpoint is over: ``True`` if it was stored, ``False`` if its
+        leader was cancelled first (the caller must checkpoint itself); raises what made the
+        write fail."""
         await self.done.wait()
         if isinstance(self.error, Exception):
             raise self.error
+        return self.error is None
 
 
 #: Wall-clock timestamp for records (Unix seconds): ``time.time`` itself rather than a wrapper,

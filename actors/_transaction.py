@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 
 from trioflow._snapshot import InstanceState, Status
-from trioflow._codec import decode_whole, encode_whole
+from trioflow._codec import decode_whole, encode_record, encode_whole
 from trioflow.adapters._driver import RunLedger
 
 from ._run import Run, log
@@ -27,7 +27,9 @@ from ._run import Run, log
 Forward = tuple[Status, "BaseException | None", "str | None"]
 
 #: What a recorded state brings back; how much of it is in storage stays this run's own knowledge.
-_FIELDS = tuple(f.name for f in attrs.fields(InstanceState) if f.name not in ("stored", "start_stored", "staged"))
+_FIELDS = tuple(
+    f.name for f in attrs.fields(InstanceState) if f.name not in ("stored", "inflight", "start_stored", "staged")
+)
 
 
 class _RollBack(Exception):
@@ -96,5 +98,7 @@ async def _recover(run: Run, ledger: RunLedger) -> bool:
         return False
     for name in _FIELDS:
         setattr(state, name, getattr(recorded, name))
-    state.staged = []  # the next checkpoint encodes the records it has to store
+    # What the run stored before the transaction stays stored; the rest is staged for the
+    # terminal checkpoint (nothing is in flight: the run wrote nothing inside the transaction).
+    state.staged = [encode_record(r) for r in state.records[state.stored:]]
     return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from trioflow._errors import CheckpointConflictError, UnknownInstanceError
+from trioflow._errors import CheckpointConflictError, StorageError, UnknownInstanceError
 from trioflow._snapshot import RESUMABLE, Status
 
 from ._protocol import StoredInstance
@@ -49,8 +49,9 @@ class MemoryAdapter:
     async def create(self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes) -> bool:
         if instance_id in self._rows:
             return False
+        start, header = _blob(start, "start"), _blob(header, "header")
         self._created += 1
-        self._rows[instance_id] = _Row(self._created, workflow_name, status, bytes(start), bytes(header))
+        self._rows[instance_id] = _Row(self._created, workflow_name, status, start, header)
         self._by_status.setdefault(status, {})[instance_id] = None
         self._by_workflow.setdefault(workflow_name, {})[instance_id] = None
         return True
@@ -72,12 +73,12 @@ class MemoryAdapter:
         new = records
         for r in records:
             if type(r) is not bytes:
-                new = [bytes(r) for r in records]
+                new = [_blob(r, f"record {first_seq + k}") for k, r in enumerate(records)]
                 break
         if type(header) is not bytes:
-            header = bytes(header)
+            header = _blob(header, "header")
         if start is not None and type(start) is not bytes:
-            start = bytes(start)
+            start = _blob(start, "start")
         if status != row.status:
             del self._by_status[row.status][instance_id]
             self._by_status.setdefault(status, {})[instance_id] = None
@@ -121,3 +122,13 @@ def _stored(instance_id: str, row: _Row) -> StoredInstance:
         instance_id=instance_id, workflow_name=row.workflow_name, status=row.status, start=row.start,
         header=row.header, records=tuple(row.records),
     )
+
+
+def _blob(value: object, what: str) -> bytes:
+    """``value`` as ``bytes`` (a copy of a bytearray or memoryview); anything else is refused,
+    naming ``what`` (``bytes(3)`` would quietly store three zero bytes)."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise StorageError(f"{what} must be bytes, got {type(value).__name__}; nothing was written")

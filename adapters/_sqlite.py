@@ -632,18 +632,19 @@ def _select(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> li
     records: dict[str, list[Any]] = {row[0]: [None] * row[5] for row in rows if row[5]}
     if records:
         # Each record goes to its place by seq: no ORDER BY, so SQLite never sorts the data.
-        try:
-            for instance_id, seq, data in conn.execute(
-                "SELECT r.instance_id, r.seq, r.data FROM trioflow_instances AS i"
-                f" JOIN trioflow_records AS r ON r.instance_id = i.instance_id WHERE {where}",
-                params,
-            ):
-                records[instance_id][seq] = data
-        except (KeyError, IndexError):
-            raise DatabaseError(f"the records of instance {instance_id!r} do not match its record count") from None
+        for instance_id, seq, data in conn.execute(
+            "SELECT r.instance_id, r.seq, r.data FROM trioflow_instances AS i"
+            f" JOIN trioflow_records AS r ON r.instance_id = i.instance_id WHERE {where}",
+            params,
+        ):
+            slots = records.get(instance_id)
+            if slots is not None and type(seq) is int and 0 <= seq < len(slots):
+                slots[seq] = data  # a row outside the stored count was never part of a checkpoint
         for instance_id, found in records.items():
             if None in found:
-                raise DatabaseError(f"instance {instance_id!r} is missing records: {found.count(None)} of {len(found)}")
+                # A damaged instance (records missing) is handed back as it is: the kernel finds
+                # the count wrong and reports that one instance unreadable; the others go on.
+                records[instance_id] = [data for data in found if data is not None]
     return [
         StoredInstance(
             instance_id=instance_id, workflow_name=workflow_name, status=status, start=start, header=header,

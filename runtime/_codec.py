@@ -141,41 +141,39 @@ class Changes:
 
 
 def stage(state: InstanceState, record: StepResult) -> None:
-    """Encode ``record`` (about to be added to ``state``) into the staging list, after any
-    record not staged yet (a format-1 instance's rebuilt records). Raises
-    :class:`UnencodableValueError` naming the value, and then stages nothing of ``record``."""
-    if state.stored + len(state.staged) < len(state.records):
-        _stage_all(state)
+    """Encode ``record`` (about to be added to ``state``) into the staging list. Raises
+    :class:`UnencodableValueError` naming the value, and then stages nothing."""
     state.staged.append(encode_record(record))
-
-
-def _stage_all(state: InstanceState) -> None:
-    """Stage the records not staged yet (only a format-1 instance's rebuilt records)."""
-    staged = state.staged
-    for record in state.records[state.stored + len(staged):]:
-        staged.append(encode_record(record))
 
 
 def take_changes(state: InstanceState) -> tuple[bytes, list[bytes], int, bytes | None]:
     """:func:`changes` for the checkpoint hot path, without building a :class:`Changes`: the
     header, the staged records (taken out of the state: records staged from now on go with
     the next checkpoint), their first seq, and the start bytes if they are not stored yet.
-    Call :func:`taken` once they are stored."""
-    if state.stored + len(state.staged) < len(state.records):
-        _stage_all(state)
+    Call :func:`taken` once they are stored, or :func:`not_taken` if the write failed."""
     records, state.staged = state.staged, []
-    return encode_header(state), records, state.stored, None if state.start_stored else encode_start(state)
+    first_seq = state.stored + state.inflight
+    state.inflight += len(records)
+    return encode_header(state), records, first_seq, None if state.start_stored else encode_start(state)
 
 
 def taken(state: InstanceState, count: int) -> None:
     """``count`` records taken by :func:`take_changes` are stored."""
+    state.inflight -= count
     state.stored += count
     state.start_stored = True
 
 
+def not_taken(state: InstanceState, records: list[bytes]) -> None:
+    """A write of records taken by :func:`take_changes` failed: they go back to the front of
+    the staging list, for the next checkpoint."""
+    state.inflight -= len(records)
+    state.staged[:0] = records
+
+
 def changes(state: InstanceState) -> Changes:
-    """The header, and every record not stored yet, of ``state`` as it stands."""
-    _stage_all(state)
+    """The header, and every record not stored yet, of ``state`` as it stands (no write may be
+    in flight)."""
     staged = state.staged
     return Changes(
         status=state.status, header=encode_header(state), records=tuple(staged), first_seq=state.stored,
@@ -411,6 +409,9 @@ def _state_v1(raw: list[Any]) -> InstanceState:
         state.lanes[key] = Lane(step=step, last=last)
     if status == "completed":
         _expect(MAIN in state.lanes and state.output == output, "the output is not the main line's")
+    # None of these records is stored in format 2 yet: staged now, the instance's first
+    # checkpoint writes them all.
+    state.staged = [encode_record(r) for r in state.records]
     newest = {r.step_name: r.seq for r in state.records}
     _expect(all(n in newest for n in compensated) and all(n in newest for n in comp_errors),
             "a compensated step has no result")

@@ -100,8 +100,10 @@ class InstanceState:
     stored: int = 0
     #: Whether the start bytes are stored (``False`` for an instance read from a format-1 row).
     start_stored: bool = True
-    #: Encoded records not stored yet, for ``records[stored:]`` in order (each record is
-    #: encoded once, when it is added; a checkpoint takes them from here).
+    #: Encoded records taken by a checkpoint still being written.
+    inflight: int = 0
+    #: Encoded records not stored yet, nor being written: ``records[stored + inflight:]`` in
+    #: order (each record is encoded once, when it is added; a checkpoint takes them from here).
     staged: list[bytes] = attrs.field(factory=list)
     #: Index behind :attr:`latest`, built on first use (most runs never ask).
     _latest: dict[str, StepResult] | None = attrs.field(default=None, alias="_latest")

@@ -24,6 +24,7 @@ from trioflow._codec import (
     encode_header,
     encode_record,
     encode_start,
+    stage,
 )
 from trioflow._decide import complete_step, new_execution, new_state
 from trioflow._snapshot import InstanceState
@@ -41,6 +42,7 @@ def ran(state: InstanceState, name: str, output: Any, next_step: str | None, **f
     """Record a completed execution of step ``name`` on the main lane."""
     fields.setdefault("attempts", 1)
     record = new_execution(state, "", name, "completed", output=output, started_at=1.0, now=2.0, **fields)
+    stage(state, record)  # as the actors do: each record is encoded once, when it is added
     complete_step(state, WF.lookup[name][0], record, next_step)
 
 
