@@ -67,9 +67,10 @@ def main() -> None:
                     results.setdefault((synchronous, concurrency), []).append(rate)
     for (synchronous, concurrency), rates in results.items():
         print(f"{synchronous:<12}{concurrency:>11}{statistics.median(rates):>27,.0f}{min(rates):>10,.0f}{max(rates):>10,.0f}")
-    target = statistics.median(results[("FULL", 1000)])
-    print(f"target >= 10,000 durable steps/s at 1,000 concurrent (FULL): {target:,.0f} -> "
-          f"{'met' if target >= 10_000 else 'NOT met'}")
+    measured = statistics.median(results[("FULL", 1000)])
+    for wave, target in (("wave 1", 10_000), ("wave 2", 25_000)):
+        print(f"{wave} target >= {target:,} durable steps/s at 1,000 concurrent (FULL): {measured:,.0f} -> "
+              f"{'met' if measured >= target else 'NOT met'}")
 
 
 if __name__ == "__main__":
