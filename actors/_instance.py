@@ -23,6 +23,7 @@ from trioflow._decide import (
     begin_compensation,
     finish,
     pending_compensations,
+    progress,
     record_compensated,
     record_compensation_failed,
 )
@@ -117,9 +118,9 @@ async def _complete(run: Run) -> None:
     finish(state, run.definition, "completed", now())
     await run.persist()
     if run.bus.active:
-        total = len(run.definition.steps)
-        done = sum(1 for s in run.definition.steps if s.name in state.latest)
-        run.emit("workflow.progress", progress=100, current_step=None, completed_steps=done, total_steps=total)
+        percent, done = progress(state, run.definition)  # 100: the instance completed
+        run.emit("workflow.progress", progress=percent, current_step=None, completed_steps=done,
+                 total_steps=len(run.definition.steps))
         run.emit("workflow.completed", output=state.output)
     if run.has_hooks:
         await run.end_hook("on_complete")

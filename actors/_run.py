@@ -11,15 +11,14 @@ from typing import Any
 import attrs
 import trio
 
+from trioflow._codec import check_encodable, decode_whole, encode_whole, not_taken, stage, take_changes, taken
 from trioflow._context import WorkflowContext
-from trioflow._definition import StepFn, WorkflowDefinition
 from trioflow._decide import fail_step
+from trioflow._definition import StepFn, WorkflowDefinition
 from trioflow._errors import StorageUnavailableError, TrioflowError, UnencodableValueError
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
-from trioflow._snapshot import InstanceState, Status, WorkflowResult, compensated_steps, compensation_errors, metadata_of
-from trioflow._codec import check_encodable, decode_whole, encode_whole, not_taken, stage, take_changes, taken
-from trioflow._snapshot import StepResult
+from trioflow._snapshot import InstanceState, StepResult, WorkflowResult, compensated_steps, compensation_errors, metadata_of
 from trioflow.adapters._protocol import Adapter
 
 from ._threads import ThreadSlots
@@ -137,16 +136,15 @@ class Run:
         if self.adapter is not None:
             stage(self.state, record)
 
-    def add_failure(self, record: StepResult) -> StepResult:
-        """Add the record of a failed execution (returned as added). Its input is dropped if it
-        cannot be stored: the step has failed already, and the record must still be written."""
+    def add_failure(self, record: StepResult, *, for_good: bool) -> None:
+        """Add the record of a failed execution (see :func:`fail_step`). Its input is dropped if
+        it cannot be stored: the step has failed already, and the record must still be written."""
         try:
             self.stage(record)
         except UnencodableValueError:
             record = attrs.evolve(record, input=None, input_is_workflow_input=False)
             self.stage(record)
-        fail_step(self.state, record)
-        return record
+        fail_step(self.state, record, for_good=for_good)
 
     async def persist(self) -> None:
         """Checkpoint: hand the header and the new records to the adapter, and wait until they
@@ -192,39 +190,36 @@ class Run:
         s = self.state
         header, records, first_seq, start = take_changes(s)
         status = s.status
+        deadline: float | None = None
+        delay = 0.05
         try:
-            try:
-                await self.adapter.checkpoint(s.instance_id, status, header, records, first_seq=first_seq, start=start)
-            except StorageUnavailableError as exc:
-                await self._write_again(status, header, records, first_seq, start, exc)
+            while True:
+                try:
+                    await self.adapter.checkpoint(
+                        s.instance_id, status, header, records, first_seq=first_seq, start=start)
+                    break
+                except StorageUnavailableError as exc:
+                    if deadline is None:
+                        deadline = trio.current_time() + self.storage_retry_for
+                    await self._back_off(exc, deadline, delay)
+                    delay = min(delay * 2, 5.0)
         except BaseException:
             not_taken(s, records)
             raise
         taken(s, len(records))
         self.stored_status = status
 
-    async def _write_again(
-        self, status: Status, header: bytes, records: list[bytes], first_seq: int, start: bytes | None,
-        error: StorageUnavailableError,
-    ) -> None:
-        assert self.adapter is not None
+    async def _back_off(self, error: StorageUnavailableError, deadline: float, delay: float) -> None:
+        """Before trying a failed checkpoint again: log, and sleep ``delay``, or re-raise
+        ``error`` if that would pass ``deadline``."""
         s = self.state
-        deadline = trio.current_time() + self.storage_retry_for
-        delay = 0.05
-        while True:
-            log.warning(
-                "checkpoint of instance %s failed (%s); retrying in %.2f s", s.instance_id, error, delay,
-                extra={"instance_id": s.instance_id, "workflow_name": s.workflow_name},
-            )
-            if trio.current_time() + delay > deadline:
-                raise error
-            await trio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            try:
-                await self.adapter.checkpoint(s.instance_id, status, header, records, first_seq=first_seq, start=start)
-                return
-            except StorageUnavailableError as exc:
-                error = exc
+        log.warning(
+            "checkpoint of instance %s failed (%s); retrying in %.2f s", s.instance_id, error, delay,
+            extra={"instance_id": s.instance_id, "workflow_name": s.workflow_name},
+        )
+        if trio.current_time() + delay > deadline:
+            raise error
+        await trio.sleep(delay)
 
     async def wait_ended(self) -> None:
         """Park the calling task until :meth:`ended` is called.

@@ -102,7 +102,7 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
         run.add_failure(new_execution(
             run.state, ctx.lane, step.name, "failed", error="cancelled", input=data,
             input_is_workflow_input=uses_input, attempts=ctx._attempt, started_at=started_at, now=now(),
-        ))
+        ), for_good=False)
         raise
     except Exception as exc:  # input/output mapping, unknown job: no retry
         await step_failed(run, step.name, exc, max(attempts, 1), started_at, ctx, data, uses_input)
@@ -115,11 +115,10 @@ async def step_failed(
 ) -> None:
     """Record a step execution that failed for good (its lane will not run it again, even
     after a restart), tell listeners and the hook."""
-    record = run.add_failure(new_execution(
+    run.add_failure(new_execution(
         run.state, ctx.lane, step_name, "failed", error=describe_error(error), input=data,
         input_is_workflow_input=uses_input, attempts=attempts, started_at=started_at, now=now(),
-    ))
-    run.state.lanes[ctx.lane].failed = record.seq
+    ), for_good=True)
     if run.bus.active:
         run.emit("workflow.step.failed", step_name=step_name, error=describe_error(error), attempts=attempts)
     if run.has_hooks:

@@ -17,12 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import attrs
 import msgpack
 
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError
 from ._lanes import MAIN
-from ._snapshot import InstanceState, Lane, Status, StepResult
+from ._snapshot import InstanceState, Lane, StepResult
 
 #: Type tags: format 1's snapshot, format 2's start and header.
 TAG = "trioflow.instance"
@@ -129,17 +128,6 @@ def encode_record(r: StepResult) -> bytes:
     return packed
 
 
-@attrs.frozen(kw_only=True)
-class Changes:
-    """What the next checkpoint of an instance writes (see ``Adapter.checkpoint``)."""
-
-    status: Status
-    header: bytes
-    records: tuple[bytes, ...]
-    first_seq: int
-    start: bytes | None
-
-
 def stage(state: InstanceState, record: StepResult) -> None:
     """Encode ``record`` (about to be added to ``state``) into the staging list. Raises
     :class:`UnencodableValueError` naming the value, and then stages nothing."""
@@ -147,7 +135,7 @@ def stage(state: InstanceState, record: StepResult) -> None:
 
 
 def take_changes(state: InstanceState) -> tuple[bytes, list[bytes], int, bytes | None]:
-    """:func:`changes` for the checkpoint hot path, without building a :class:`Changes`: the
+    """What the next checkpoint of ``state`` writes (see ``Adapter.checkpoint``): the
     header, the staged records (taken out of the state: records staged from now on go with
     the next checkpoint), their first seq, and the start bytes if they are not stored yet.
     Call :func:`taken` once they are stored, or :func:`not_taken` if the write failed."""
@@ -169,23 +157,6 @@ def not_taken(state: InstanceState, records: list[bytes]) -> None:
     the staging list, for the next checkpoint."""
     state.inflight -= len(records)
     state.staged[:0] = records
-
-
-def changes(state: InstanceState) -> Changes:
-    """The header, and every record not stored yet, of ``state`` as it stands (no write may be
-    in flight)."""
-    staged = state.staged
-    return Changes(
-        status=state.status, header=encode_header(state), records=tuple(staged), first_seq=state.stored,
-        start=None if state.start_stored else encode_start(state),
-    )
-
-
-def committed(state: InstanceState, written: Changes) -> None:
-    """``written`` is stored: its records leave the staging list."""
-    del state.staged[:len(written.records)]
-    state.stored += len(written.records)
-    state.start_stored = True
 
 
 def encode_whole(state: InstanceState) -> bytes:

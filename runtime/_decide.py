@@ -89,9 +89,13 @@ def complete_step(state: InstanceState, step: Step, record: StepResult, next_ste
             state.lanes.pop(key, None)
 
 
-def fail_step(state: InstanceState, record: StepResult) -> None:
-    """Add the record of an execution that failed for good (or was cancelled while running)."""
+def fail_step(state: InstanceState, record: StepResult, *, for_good: bool) -> None:
+    """Add the record of an execution that failed: ``for_good`` (retries spent, or an error
+    nothing retries), its lane stays failed even across a restart; otherwise (cancelled while
+    running) a resume runs the step again."""
     state.add(record)
+    if for_good:
+        state.lanes[record.lane].failed = record.seq
 
 
 def next_of(step: Step) -> str | None:

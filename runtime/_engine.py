@@ -15,7 +15,7 @@ from trioflow.actors._instance import run_instance
 from trioflow.actors._run import STORAGE_RETRY_FOR, Run, now
 from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
-from trioflow._codec import changes, check_encodable, committed, decode_stored, decode_whole, encode_header, encode_start, encode_whole
+from trioflow._codec import check_encodable, decode_stored, decode_whole, encode_header, encode_start, encode_whole, take_changes
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
 
@@ -220,8 +220,7 @@ class Engine:
     def _view(self, record: StoredInstance) -> WorkflowInstance:
         """The public view of a stored record; an unreadable one is reported failed, with why."""
         try:
-            state = decode_stored(record)
-            _check_identity(state, record)
+            state = _decoded(record)
         except SnapshotDecodeError as exc:
             return unreadable_instance(record.instance_id, record.workflow_name, describe_error(exc))
         return to_instance(state)
@@ -345,8 +344,7 @@ class Engine:
     async def _resume_one(self, definition: WorkflowDefinition, record: StoredInstance) -> bool:
         """Resume one stored instance; whether it now runs here."""
         try:
-            state = decode_stored(record)
-            _check_identity(state, record)
+            state = _decoded(record)
             problem = misfit(state, definition)
         except SnapshotDecodeError as exc:
             self._refuse_unreadable(record, exc)
@@ -356,12 +354,9 @@ class Engine:
             return False
         if problem is not None:
             fail_alone(state, f"DefinitionMismatchError: {problem}", now())
-            change = changes(state)
-            await self.adapter.checkpoint(
-                state.instance_id, change.status, change.header, change.records, first_seq=change.first_seq,
-                start=change.start,
-            )
-            committed(state, change)
+            header, records, first_seq, start = take_changes(state)
+            await self.adapter.checkpoint(state.instance_id, state.status, header, records, first_seq=first_seq,
+                                          start=start)
             return False
         iid = record.instance_id
         if iid in self._live or iid in self._storing or iid in self._resumed:
@@ -372,7 +367,7 @@ class Engine:
 
     def _readable(self, record: StoredInstance) -> bool:
         try:
-            _check_identity(decode_stored(record), record)
+            _decoded(record)
         except SnapshotDecodeError as exc:
             self._refuse_unreadable(record, exc)
             return False
@@ -540,11 +535,14 @@ def _copy(state: InstanceState) -> WorkflowInstance:
     return to_instance(decode_whole(encode_whole(state)))
 
 
-def _check_identity(state: InstanceState, record: StoredInstance) -> None:
-    """A snapshot must be the one of the row that holds it: a row whose snapshot names another
-    instance (a copied or tampered row) would otherwise run that instance a second time."""
+def _decoded(record: StoredInstance) -> InstanceState:
+    """The state a stored row holds, or :class:`SnapshotDecodeError`. It must be the row's own:
+    a row holding another instance's data (a copied or tampered row) would otherwise run that
+    instance a second time."""
+    state = decode_stored(record)
     if state.instance_id != record.instance_id or state.workflow_name != record.workflow_name:
         raise SnapshotDecodeError(
             f"the row of instance {record.instance_id!r} ({record.workflow_name!r}) holds the snapshot of"
             f" instance {state.instance_id!r} ({state.workflow_name!r})"
         )
+    return state

@@ -20,11 +20,6 @@ def branch_lane(parallel: str, branch: str) -> str:
     return f"{parallel}{SEPARATOR}{branch}"
 
 
-def parallel_of(lane: str) -> str | None:
-    """The parallel step a branch lane belongs to (``None`` for the main lane)."""
-    return lane.rpartition(SEPARATOR)[0] or None if lane else None
-
-
 def step_key(lane: str, step: str) -> str:
     """What executions of ``step`` in ``lane`` are counted by."""
     return f"{lane}{SEPARATOR}{step}" if lane else step

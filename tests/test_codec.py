@@ -17,14 +17,14 @@ from trioflow._codec import (
     HEADER_TAG,
     START_TAG,
     TAG,
-    changes,
     check_encodable,
-    committed,
     decode,
     encode_header,
     encode_record,
     encode_start,
     stage,
+    take_changes,
+    taken,
 )
 from trioflow._decide import complete_step, new_execution, new_state
 from trioflow._snapshot import InstanceState
@@ -89,12 +89,12 @@ def test_pass_through_outputs_and_the_workflow_input_are_stored_by_reference() -
 def test_checkpoint_changes_hold_only_what_is_not_stored() -> None:
     state = new_state(WF, "i", None, 0.0)
     ran(state, "a", 1, "b")
-    first = changes(state)
-    assert (first.first_seq, len(first.records), first.start) == (0, 1, None)
-    committed(state, first)
+    _, records, first_seq, start = take_changes(state)
+    assert (first_seq, len(records), start) == (0, 1, None)
+    taken(state, len(records))
     ran(state, "b", 2, None)
-    second = changes(state)
-    assert (second.first_seq, len(second.records)) == (1, 1)
+    _, records, first_seq, _ = take_changes(state)
+    assert (first_seq, len(records)) == (1, 1)
 
 
 def test_newer_format_version_is_refused() -> None:

@@ -52,6 +52,15 @@ async def _opened(open_adapter: OpenAdapter, key: str) -> AsyncIterator[Adapter]
         await adapter.close()
 
 
+async def _refused(call: Awaitable[Any], error: type[BaseException], message: str) -> None:
+    """``call`` must raise ``error``; ``message`` says what the check expected otherwise."""
+    try:
+        await call
+    except error:
+        return
+    raise AssertionError(message)
+
+
 def _view(stored: StoredInstance | None) -> tuple[Any, ...] | None:
     """What a stored instance holds, as plain values (bytes-like values as ``bytes``)."""
     if stored is None:
@@ -121,14 +130,11 @@ async def checkpoint_is_fenced(open_adapter: OpenAdapter) -> None:
         await a.checkpoint("i1", "running", b"h1", [b"r0", b"r1"], first_seq=0)
         before = await _stored(a, "i1")
         for first_seq, what in ((0, "repeated"), (1, "overlapping"), (3, "after a lost one")):
-            try:
-                await a.checkpoint("i1", "failed", b"bad", [b"bad"], first_seq=first_seq, start=b"bad")
-            except CheckpointConflictError:
-                pass
-            else:
-                raise AssertionError(
-                    f"a checkpoint at first_seq={first_seq} ({what}) of an instance with 2 records must"
-                    " raise CheckpointConflictError")
+            await _refused(
+                a.checkpoint("i1", "failed", b"bad", [b"bad"], first_seq=first_seq, start=b"bad"),
+                CheckpointConflictError,
+                f"a checkpoint at first_seq={first_seq} ({what}) of an instance with 2 records must"
+                " raise CheckpointConflictError")
             after = await _stored(a, "i1")
             assert after == before, (
                 f"a refused checkpoint at first_seq={first_seq} must write nothing: was {before}, now {after}")
@@ -138,12 +144,8 @@ async def checkpoint_is_fenced(open_adapter: OpenAdapter) -> None:
 
 async def checkpoint_of_unknown_instance(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "checkpoint_of_unknown_instance") as a:
-        try:
-            await a.checkpoint("nobody", "running", b"h", [b"r0"], first_seq=0)
-        except UnknownInstanceError:
-            pass
-        else:
-            raise AssertionError("a checkpoint of an instance never created must raise UnknownInstanceError")
+        await _refused(a.checkpoint("nobody", "running", b"h", [b"r0"], first_seq=0), UnknownInstanceError,
+                       "a checkpoint of an instance never created must raise UnknownInstanceError")
         assert await a.load("nobody") is None, "a refused checkpoint must not create the instance"
         assert await a.list_instances("wf") == [] and await a.resumable() == [], "a refused checkpoint must store nothing"
 
@@ -180,12 +182,9 @@ async def checkpoint_is_atomic(open_adapter: OpenAdapter) -> None:
         # A record that is not bytes-like (None: also what a NOT NULL column refuses), and records
         # that fail while being read: either way the first new record could be written first.
         for what, records in (("a record that is None", [b"part-1", None]), ("a record that fails to read", _FailsPartWay())):
-            try:
-                await a.checkpoint("i1", "completed", b"new-header", records, first_seq=1, start=b"new-start")  # type: ignore[arg-type]
-            except Exception:
-                pass
-            else:
-                raise AssertionError(f"a checkpoint with {what} must raise")
+            await _refused(
+                a.checkpoint("i1", "completed", b"new-header", records, first_seq=1, start=b"new-start"),  # type: ignore[arg-type]
+                Exception, f"a checkpoint with {what} must raise")
             after = await _stored(a, "i1")
             assert after == before, (
                 f"a checkpoint that failed part way ({what}) must write nothing, neither status, header, start"
@@ -267,12 +266,8 @@ async def survives_reopen(open_adapter: OpenAdapter) -> None:
         after = _view(await b.load("i1"))
         assert after == before, f"what was stored must be there after a reopen: was {before}, now {after}"
         assert [s.instance_id for s in await b.resumable()] == ["i1"], "a reopened adapter must offer it for resume"
-        try:
-            await b.checkpoint("i1", "running", b"bad", [b"bad"], first_seq=0)
-        except CheckpointConflictError:
-            pass
-        else:
-            raise AssertionError("after a reopen, the fence must still know how many records are stored")
+        await _refused(b.checkpoint("i1", "running", b"bad", [b"bad"], first_seq=0), CheckpointConflictError,
+                       "after a reopen, the fence must still know how many records are stored")
         await b.checkpoint("i1", "completed", b"h2", [b"r2"], first_seq=2)
     async with _opened(open_adapter, "reopen") as c:
         after = await _stored(c, "i1")
@@ -311,12 +306,8 @@ async def bad_data_is_never_stored(open_adapter: OpenAdapter) -> None:
     wf = workflow("conformance").task("only", job=lambda data: data).build()
     async with open_engine(adapter=adapter) as engine:
         engine.register(wf)
-        try:
-            await engine.start("conformance", {"bad": object()})
-        except UnencodableValueError:
-            pass
-        else:
-            raise AssertionError("an unencodable input must be refused")
+        await _refused(engine.start("conformance", {"bad": object()}), UnencodableValueError,
+                       "an unencodable input must be refused")
         stored = await adapter.list_instances("conformance")
     assert stored == [], f"a refused start must store nothing, found {stored}"
 
