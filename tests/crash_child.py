@@ -19,7 +19,9 @@ import trio
 import trioflow as tf
 
 db, log_path, scenario, mode = sys.argv[1:5]
-HANG = {"linear": "b", "compensation": "undo-b", "parallel": "y1"}[scenario]
+HANG = {"linear": "b", "compensation": "undo-b", "parallel": "y1", "failed-branch": "y1"}[scenario]
+#: failed-branch: x1 fails for good; y0 waits for that, so that y0's checkpoint stores x1's failure.
+x1_failed: dict[str, trio.Event] = {}
 log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
 
@@ -30,6 +32,12 @@ def job(name: str) -> Any:
             await trio.sleep_forever()
         if name == "c" and scenario == "compensation":
             raise RuntimeError("c fails for good")
+        if scenario == "failed-branch" and name in ("x1", "y0"):
+            failed = x1_failed.setdefault(data["id"], trio.Event())
+            if name == "x1":
+                failed.set()
+                raise RuntimeError("x1 fails for good")
+            await failed.wait()
         return f"{name}-done"
     return run
 
@@ -50,6 +58,12 @@ def definition() -> tf.WorkflowDefinition:
             tf.branch("y").task("y1", job=job("y1"), input=ident).build(),
         ]).task("after", job=job("after"), input=ident).build())
     keep_id = lambda result, ctx: {"id": ctx.input["id"], "result": result}  # noqa: E731
+    if scenario == "failed-branch":
+        return (tf.workflow("crash").parallel("p", on_error="wait-all", branches=[
+            tf.branch("x").task("x1", job=job("x1"), input=ident).build(),
+            tf.branch("y").task("y0", job=job("y0"), input=ident, output=keep_id, compensate=compensation("undo-y0"))
+            .task("y1", job=job("y1"), input=ident).build(),
+        ]).task("after", job=job("after"), input=ident).build())
     return (tf.workflow("crash")
             .task("a", job=job("a"), input=ident, output=keep_id, compensate=compensation("undo-a"))
             .task("b", job=job("b"), input=ident, output=keep_id, compensate=compensation("undo-b"))

@@ -69,6 +69,20 @@ def test_sigkill_then_clients_resubmit_every_id_while_the_resume_runs(tmp_path: 
         assert (counts[(iid, "a")], counts[(iid, "b")], counts[(iid, "c")]) == (1, 2, 1)
 
 
+def test_sigkill_after_a_branch_failed_for_good_then_resume(tmp_path: Path) -> None:
+    """A step that failed for good, its failure stored by a sibling branch's checkpoint, is not
+    run again by the resume: the instance fails as it would have, compensating once."""
+    db, log = run_and_kill(tmp_path, "failed-branch", {"y1"})
+    summary = resume(db, log, "failed-branch")
+    counts = calls(log)
+    for i in range(N):
+        iid = f"i{i}"
+        assert summary[iid] == {"status": "failed", "compensated": ["y0"], "output": None}, summary[iid]
+        assert counts[(iid, "x1")] == 1, "the step that failed for good runs no more"
+        assert (counts[(iid, "y0")], counts[(iid, "y1")], counts[(iid, "after")]) == (1, 2, 0)
+        assert counts[(iid, "undo-y0")] == 1
+
+
 def test_sigkill_during_compensation_then_resume(tmp_path: Path) -> None:
     db, log = run_and_kill(tmp_path, "compensation", {"undo-b"})
     summary = resume(db, log, "compensation")
