@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -60,7 +60,7 @@ class Run:
     __slots__ = (
         "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed",
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
-        "cancel_requested", "error", "stored_status", "started", "waiters", "spawn", "storage_retry_for",
+        "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
         "gathering", "writing",
     )
 
@@ -114,8 +114,9 @@ class Run:
         #: trusts the in-memory state of a finished run only once its end is stored.
         self.stored_status: str | None = None
         self.started = trio.current_time()
-        #: Tasks parked until the run ends (``None``: nobody has waited yet, the usual case).
-        self.waiters: list[trio.lowlevel.Task] | None = None
+        #: Tasks parked until the run ends: the first, and any others (``None``: none).
+        self.first_waiter: trio.lowlevel.Task | None = None
+        self.more_waiters: list[trio.lowlevel.Task] | None = None
 
     def context(self, lane: str, total_steps: int) -> WorkflowContext:
         """A context for one lane of this run."""
@@ -221,30 +222,41 @@ class Run:
             raise error
         await trio.sleep(delay)
 
-    async def wait_ended(self) -> None:
-        """Park the calling task until :meth:`ended` is called.
+    def wait_ended(self) -> Awaitable[None]:
+        """Park the calling task until :meth:`ended` is called (await what this returns).
 
-        Parks the task directly rather than through a ``trio.Event``: most runs are waited on
-        once, and an event with its parking lot would be made for each of them.
+        Parks the task directly rather than through a ``trio.Event``, and the usual only waiter
+        in a slot of its own with a bound method to abort it: a parked waiter then costs no
+        event, list or closure, and every instance in flight usually has one.
         """
         task = trio.lowlevel.current_task()
-        if self.waiters is None:
-            self.waiters = []
-        waiters = self.waiters
+        if self.first_waiter is None:
+            self.first_waiter = task
+            return trio.lowlevel.wait_task_rescheduled(self._abort_first_waiter)
+        if self.more_waiters is None:
+            self.more_waiters = []
+        waiters = self.more_waiters
         waiters.append(task)
 
         def abort(_: object) -> trio.lowlevel.Abort:
             waiters.remove(task)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        return trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _abort_first_waiter(self, _: object) -> trio.lowlevel.Abort:
+        self.first_waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def ended(self) -> None:
         """Wake every task in :meth:`wait_ended`; called once, when the run has ended."""
-        if self.waiters is not None:
-            for task in self.waiters:
+        if self.first_waiter is not None:
+            trio.lowlevel.reschedule(self.first_waiter)
+            self.first_waiter = None
+        if self.more_waiters is not None:
+            for task in self.more_waiters:
                 trio.lowlevel.reschedule(task)
-            self.waiters.clear()
+            self.more_waiters.clear()
 
     def emit(self, name: str, **payload: Any) -> None:
         """Publish an event about this instance (callers check ``bus.active`` first)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from trioflow._errors import CheckpointConflictError, StorageError, UnknownInstanceError
-from trioflow._snapshot import RESUMABLE, Status
+from trioflow._snapshot import RESUMABLE, TERMINAL, Status
 
 from ._protocol import StoredInstance
 
@@ -22,7 +22,10 @@ class _Row:
         self.status: Status = status
         self.start = start
         self.header = header
-        self.records: list[bytes] = []
+        #: An empty tuple until the first record, a list while the instance runs, a tuple again
+        #: once it has ended: the cyclic garbage collector tracks no list for the many waiting
+        #: or finished instances a process holds.
+        self.records: list[bytes] | tuple[bytes, ...] = ()
 
 
 class MemoryAdapter:
@@ -84,7 +87,13 @@ class MemoryAdapter:
             self._by_status.setdefault(status, {})[instance_id] = None
             row.status = status
         row.header = header
-        row.records.extend(new)
+        if new:
+            if isinstance(row.records, list):
+                row.records.extend(new)
+            else:
+                row.records = [*row.records, *new]
+        if status in TERMINAL:
+            row.records = tuple(row.records)
         if start is not None:
             row.start = start
 

@@ -131,15 +131,19 @@ def encode_record(r: StepResult) -> bytes:
 def stage(state: InstanceState, record: StepResult) -> None:
     """Encode ``record`` (about to be added to ``state``) into the staging list. Raises
     :class:`UnencodableValueError` naming the value, and then stages nothing."""
-    state.staged.append(encode_record(record))
+    packed = encode_record(record)
+    if isinstance(state.staged, list):
+        state.staged.append(packed)
+    else:
+        state.staged = [packed]
 
 
-def take_changes(state: InstanceState) -> tuple[bytes, list[bytes], int, bytes | None]:
+def take_changes(state: InstanceState) -> tuple[bytes, Sequence[bytes], int, bytes | None]:
     """What the next checkpoint of ``state`` writes (see ``Adapter.checkpoint``): the
     header, the staged records (taken out of the state: records staged from now on go with
     the next checkpoint), their first seq, and the start bytes if they are not stored yet.
     Call :func:`taken` once they are stored, or :func:`not_taken` if the write failed."""
-    records, state.staged = state.staged, []
+    records, state.staged = state.staged, ()
     first_seq = state.stored + state.inflight
     state.inflight += len(records)
     return encode_header(state), records, first_seq, None if state.start_stored else encode_start(state)
@@ -152,11 +156,11 @@ def taken(state: InstanceState, count: int) -> None:
     state.start_stored = True
 
 
-def not_taken(state: InstanceState, records: list[bytes]) -> None:
+def not_taken(state: InstanceState, records: Sequence[bytes]) -> None:
     """A write of records taken by :func:`take_changes` failed: they go back to the front of
     the staging list, for the next checkpoint."""
     state.inflight -= len(records)
-    state.staged[:0] = records
+    state.staged = [*records, *state.staged]
 
 
 def encode_whole(state: InstanceState) -> bytes:

@@ -95,7 +95,8 @@ class InstanceState:
     input: Any
     data: dict[str, Any]
     lanes: dict[str, Lane]
-    records: list[StepResult] = attrs.field(factory=list)
+    #: An empty tuple until the first record: one list fewer per instance waiting for a slot.
+    records: list[StepResult] | tuple[()] = ()
     #: How many of ``records`` are stored.
     stored: int = 0
     #: Whether the start bytes are stored (``False`` for an instance read from a format-1 row).
@@ -104,7 +105,8 @@ class InstanceState:
     inflight: int = 0
     #: Encoded records not stored yet, nor being written: ``records[stored + inflight:]`` in
     #: order (each record is encoded once, when it is added; a checkpoint takes them from here).
-    staged: list[bytes] = attrs.field(factory=list)
+    #: An empty tuple while there are none: one list fewer per instance in flight.
+    staged: list[bytes] | tuple[()] = ()
     #: Index behind :attr:`latest`, built on first use (most runs never ask).
     _latest: dict[str, StepResult] | None = attrs.field(default=None, alias="_latest")
     #: How many executions each step has had, by lane and step (:func:`trioflow._lanes.step_key`).
@@ -138,7 +140,10 @@ class InstanceState:
 
     def add(self, record: StepResult) -> None:
         """Append a record (its ``seq`` must be the next one) and index it."""
-        self.records.append(record)
+        if isinstance(self.records, list):
+            self.records.append(record)
+        else:
+            self.records = [record]
         if record.status == "completed" and self._latest is not None:
             self._latest[record.step_name] = record
         if record.execution:

@@ -87,7 +87,7 @@ async def test_the_kit_fails_an_adapter_whose_checkpoint_is_not_all_or_nothing()
             await super().checkpoint(instance_id, status, header, [], first_seq=first_seq, start=start)
             row = self._rows[instance_id]
             for record in records:
-                row.records.append(bytes(record))
+                row.records = [*row.records, bytes(record)]
 
     message = await _kit_failure(RecordByRecordAdapter)
     assert "check 'checkpoint_is_atomic' failed" in message
