@@ -128,7 +128,7 @@ async def _complete(run: Run) -> None:
 
 async def _end_badly(run: Run, outcome: Status, error: BaseException, failed_step: str | None) -> None:
     run.error = error
-    begin_compensation(run.state, outcome, describe_error(error), failed_step)
+    begin_compensation(run.state, outcome, error, failed_step)
     await run.persist()
     if run.compensate_on_outer_cancel:
         with trio.CancelScope(shield=True):

@@ -10,8 +10,16 @@ import trio
 from trioflow._context import WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._decide import choose, complete_step, new_execution, next_of, open_branches, parallel_output, progress
-from trioflow._definition import Branch, ChoiceStep, ParallelStep, TaskStep
-from trioflow._errors import BranchError, ParallelError, RecordedError, StorageUnavailableError, UnencodableValueError
+from trioflow._definition import Branch, ChoiceStep, FailStep, ParallelStep, PassStep, SucceedStep, TaskStep
+from trioflow._errors import (
+    BranchError,
+    FailStepError,
+    ParallelError,
+    RecordedError,
+    StorageUnavailableError,
+    UnencodableValueError,
+)
+from trioflow._snapshot import InstanceState, Lane
 from trioflow._lanes import MAIN, branch_lane
 
 from ._run import Run, StepFailure, now
@@ -22,7 +30,8 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
     """Run a lane from its current step to its end; returns the output of its last step.
 
     After each step the state is persisted before the next step starts, so a crash never loses
-    a completed step and a resume continues from the lane's recorded position.
+    a completed step and a resume continues from the lane's recorded position. A step that fails
+    for good raises :class:`StepFailure`, unless one of its catchers routes the lane on.
     """
     state = run.state
     lane = state.lanes[lane_key]
@@ -35,7 +44,8 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         if lane.failed is not None:
             # Resumed after this step failed for good: that decision stands.
             failed = state.records[lane.failed]
-            raise StepFailure(name, RecordedError(failed.error or "failed"), failed.attempts)
+            error = RecordedError(failed.error or "failed", failed.error_name, failed.cause)
+            raise StepFailure(name, error, failed.attempts)
         step = lookup[name][0]
         ctx.step_index = index[name]
         started_at = now()
@@ -45,35 +55,29 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         uses_input = False
         attempts = 1
         passes = None
-        if isinstance(step, TaskStep):
-            output, data, uses_input, attempts = await run_task(run, step, ctx, started_at)
-            target = next_of(step)
-        elif isinstance(step, ParallelStep):
-            output = await run_parallel(run, step, ctx, started_at)
-            target = next_of(step)
-        else:
-            try:
-                if isinstance(step, ChoiceStep) or (step.transform is None and not step.has_result):
-                    # Passes the lane's last output on (none, first in its lane): stored as a
-                    # reference to the record that holds it.
-                    target = choose(step, ctx) if isinstance(step, ChoiceStep) else next_of(step)
-                    passes = lane.last
-                    output = state.output_of(passes)
-                else:
-                    output = step.transform(ctx) if step.transform is not None else step.result
-                    target = next_of(step)
-            except Exception as exc:
-                await step_failed(run, name, exc, 1, started_at, ctx)
-                raise StepFailure(name, exc, 1) from exc
-        record = new_execution(
-            state, lane_key, name, "completed", output=output, input=data, input_is_workflow_input=uses_input,
-            passes=passes, attempts=attempts, started_at=started_at, now=now(),
-        )
         try:
-            run.stage(record)
-        except UnencodableValueError as exc:  # an output or input that cannot be stored
-            await step_failed(run, name, exc, attempts, started_at, ctx, data, uses_input)
-            raise StepFailure(name, exc, attempts) from exc
+            if isinstance(step, TaskStep):
+                output, data, uses_input, attempts = await run_task(run, step, ctx, started_at)
+                target = next_of(step)
+            elif isinstance(step, ParallelStep):
+                output = await run_parallel(run, step, ctx)
+                target = next_of(step)
+            else:
+                output, passes, target = _decide_step(step, state, lane, ctx)
+            record = new_execution(
+                state, lane_key, name, "completed", output=output, input=data, input_is_workflow_input=uses_input,
+                passes=passes, attempts=attempts, started_at=started_at, now=now(),
+            )
+            try:
+                # A value this step left that cannot be stored (in the shared data, its output,
+                # its input) fails it: not retried, catchable, compensated like any failure.
+                run.check_data()
+                run.stage(record)
+            except UnencodableValueError as exc:
+                raise StepFailure(name, exc, attempts, data, uses_input) from exc
+        except StepFailure as failure:
+            await step_failed(run, step, failure, started_at, ctx)  # raises unless caught
+            continue
         complete_step(state, step, record, target)
         if target is not None or lane_key != MAIN:
             # The main line's last step needs no write of its own: the instance's terminal
@@ -92,7 +96,33 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
     return state.output_of(lane.last)
 
 
-async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext, started_at: float) -> dict[str, Any]:
+def _decide_step(
+    step: ChoiceStep | PassStep | SucceedStep | FailStep, state: InstanceState, lane: Lane, ctx: WorkflowContext,
+) -> tuple[Any, int | None, str | None]:
+    """A step that runs no job: ``(output, seq of the record whose output it passes on, next
+    step)``; raises :class:`StepFailure` when it fails (a fail step always does)."""
+    try:
+        if isinstance(step, FailStep):
+            cause = step.cause(ctx) if callable(step.cause) else step.cause
+            raise StepFailure(step.name, FailStepError(step.error, str(cause)), 1)
+        if isinstance(step, ChoiceStep):
+            # Passes the lane's last output on (none, first in its lane): stored as a reference
+            # to the record that holds it.
+            return state.output_of(lane.last), lane.last, choose(step, ctx)
+        if isinstance(step, SucceedStep):
+            if not step.has_output:
+                return state.output_of(lane.last), lane.last, None
+            return (step.output(ctx) if callable(step.output) else step.output), None, None
+        if step.transform is None and not step.has_result:
+            return state.output_of(lane.last), lane.last, next_of(step)
+        return (step.transform(ctx) if step.transform is not None else step.result), None, next_of(step)
+    except StepFailure:
+        raise
+    except Exception as exc:
+        raise StepFailure(step.name, exc, 1) from exc
+
+
+async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> dict[str, Any]:
     """Run the branches as actors in one nursery (fail-fast cancels it at the first failure).
 
     A resumed parallel step restarts only the branches that had not finished.
@@ -114,15 +144,10 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext, start
     if not failures:
         return parallel_output(state, step)
     if fail_fast:
-        first = failures[0]
-        run_error: BaseException = first
-        failed = StepFailure(first.step_name, first, 1)
-    else:
-        order = {b.name: i for i, b in enumerate(step.branches)}
-        run_error = ParallelError(step.name, sorted(failures, key=lambda e: order[e.branch_name]))
-        failed = StepFailure(step.name, run_error, 1)
-    await step_failed(run, step.name, run_error, 1, started_at, ctx)
-    raise failed
+        # ``failed_step`` names the branch step that failed first; the record is the parallel's.
+        raise StepFailure(failures[0].step_name, failures[0], 1)
+    order = {b.name: i for i, b in enumerate(step.branches)}
+    raise StepFailure(step.name, ParallelError(step.name, sorted(failures, key=lambda e: order[e.branch_name])), 1)
 
 
 def _unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:

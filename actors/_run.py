@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
@@ -11,10 +12,19 @@ from typing import Any
 import attrs
 import trio
 
-from trioflow._codec import check_encodable, decode_whole, encode_whole, not_taken, stage, take_changes, taken
+from trioflow._codec import (
+    check_data,
+    check_encodable,
+    decode_whole,
+    encode_whole,
+    not_taken,
+    stage,
+    take_changes,
+    taken,
+)
 from trioflow._context import WorkflowContext
-from trioflow._decide import fail_step
-from trioflow._definition import StepFn, WorkflowDefinition
+from trioflow._decide import catch_failure, fail_step
+from trioflow._definition import Catch, Step, StepFn, WorkflowDefinition
 from trioflow._errors import StorageUnavailableError, TrioflowError, UnencodableValueError
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
@@ -37,13 +47,18 @@ SILENT = EventBus()
 
 
 class StepFailure(Exception):
-    """A step failed for good; carries the step's name, the error and the attempts made."""
+    """A step failed for good; carries the step's name, the error, the attempts made and the
+    input the failed execution had (recorded with it)."""
 
-    def __init__(self, step_name: str, error: BaseException, attempts: int) -> None:
+    def __init__(
+        self, step_name: str, error: BaseException, attempts: int, input: Any = None, uses_input: bool = False,
+    ) -> None:
         super().__init__(step_name, error)
         self.step_name = step_name
         self.error = error
         self.attempts = attempts
+        self.input = input
+        self.uses_input = uses_input
 
 
 class WorkflowFailedError(TrioflowError):
@@ -137,15 +152,34 @@ class Run:
         if self.adapter is not None:
             stage(self.state, record)
 
+    def check_data(self) -> None:
+        """As a step execution ends (durable runs only): raise :class:`UnencodableValueError`
+        if the shared data can no longer be stored, having put it back as it was at the last
+        check (see :func:`check_data`)."""
+        if self.adapter is not None:
+            check_data(self.state)
+
     def add_failure(self, record: StepResult, *, for_good: bool) -> None:
         """Add the record of a failed execution (see :func:`fail_step`). Its input is dropped if
-        it cannot be stored: the step has failed already, and the record must still be written."""
+        it cannot be stored, and what it left in the shared data that cannot be stored is put
+        back: the step has failed already, and the record must still be written."""
+        fail_step(self.state, self._stage_ended(record), for_good=for_good)
+
+    def add_caught(self, record: StepResult, step: Step, catcher: Catch) -> None:
+        """Add the record of a caught failure and route its lane (see :func:`catch_failure`)."""
+        catch_failure(self.state, step, self._stage_ended(record), catcher)
+
+    def _stage_ended(self, record: StepResult) -> StepResult:
+        """Stage the record of a failed execution; returns it as staged (without its input, if
+        that could not be stored)."""
+        with contextlib.suppress(UnencodableValueError):
+            self.check_data()
         try:
             self.stage(record)
         except UnencodableValueError:
             record = attrs.evolve(record, input=None, input_is_workflow_input=False)
             self.stage(record)
-        fail_step(self.state, record, for_good=for_good)
+        return record
 
     async def persist(self) -> None:
         """Checkpoint: hand the header and the new records to the adapter, and wait until they
@@ -300,7 +334,7 @@ class Run:
             output=s.output, error=error, failed_step=s.failed_step, compensated_steps=compensated_steps(s),
             compensation_errors=compensation_errors(s), rolled_back=s.rolled_back,
             duration=trio.current_time() - self.started,
-            metadata=metadata_of(s),
+            metadata=metadata_of(s), error_name=s.error_name, cause=s.cause,
         )
 
 

@@ -8,9 +8,9 @@ from typing import Any
 import trio
 
 from trioflow._current import in_lane
-from trioflow._decide import new_execution
-from trioflow._definition import TaskStep
-from trioflow._errors import StepTimeoutError, describe_error
+from trioflow._decide import catcher_for, new_execution
+from trioflow._definition import Step, TaskStep
+from trioflow._errors import StepTimeoutError, UnencodableValueError, describe_error, error_cause, error_name
 from trioflow._retry import NO_RETRY
 from trioflow._snapshot import StepResult
 
@@ -52,7 +52,8 @@ async def attempt(
             error = exc
         finally:
             ctx._calling = None
-        delay = retry.next_delay(attempts, error)
+        # A value that cannot be stored (put into ctx.data) fails the same way on every attempt.
+        delay = None if isinstance(error, UnencodableValueError) else retry.next_delay(attempts, error)
         if delay is None:
             raise StepFailure(step.name, error, attempts)
         if announce and run.bus.active:
@@ -65,7 +66,8 @@ async def attempt(
 
 async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tuple[Any, Any, bool, int]:
     """Run a task step; returns ``(output, input, input is the workflow input, attempts)`` or
-    raises :class:`StepFailure` after recording the failure."""
+    raises :class:`StepFailure` (not recorded yet: the lane decides whether a catch routes it).
+    A cancellation is recorded here, as an execution a resume runs again."""
     data = None
     uses_input = False
     attempts = 0
@@ -96,33 +98,45 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
         output = step.output(result, ctx) if step.output is not None else result
         return output, data, uses_input, attempts
     except StepFailure as failure:
-        await step_failed(run, step.name, failure.error, failure.attempts, started_at, ctx, data, uses_input)
+        failure.input, failure.uses_input = data, uses_input
         raise
     except trio.Cancelled:
         run.add_failure(new_execution(
-            run.state, ctx.lane, step.name, "failed", error="cancelled", input=data,
-            input_is_workflow_input=uses_input, attempts=ctx._attempt, started_at=started_at, now=now(),
+            run.state, ctx.lane, step.name, "failed", error="cancelled", error_name="Cancelled",
+            cause="cancelled while running", input=data, input_is_workflow_input=uses_input,
+            attempts=ctx._attempt, started_at=started_at, now=now(),
         ), for_good=False)
         raise
     except Exception as exc:  # input/output mapping, unknown job: no retry
-        await step_failed(run, step.name, exc, max(attempts, 1), started_at, ctx, data, uses_input)
-        raise StepFailure(step.name, exc, max(attempts, 1)) from exc
+        raise StepFailure(step.name, exc, max(attempts, 1), data, uses_input) from exc
 
 
-async def step_failed(
-    run: Run, step_name: str, error: BaseException, attempts: int, started_at: float, ctx: Any, data: Any = None,
-    uses_input: bool = False,
-) -> None:
-    """Record a step execution that failed for good (its lane will not run it again, even
-    after a restart), tell listeners and the hook."""
-    run.add_failure(new_execution(
-        run.state, ctx.lane, step_name, "failed", error=describe_error(error), input=data,
-        input_is_workflow_input=uses_input, attempts=attempts, started_at=started_at, now=now(),
-    ), for_good=True)
+async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: float, ctx: Any) -> None:
+    """A step failed for good (retries spent, or an error nothing retries). If one of its
+    catchers matches the error, record the execution as caught, move the lane to the catcher's
+    target and return; otherwise record the failure (its lane will not run the step again, even
+    after a restart), tell listeners and the hook, and raise ``failure``."""
+    error = failure.error
+    catcher = catcher_for(step, error)
+    name, cause = error_name(error), error_cause(error)
+    record = new_execution(
+        run.state, ctx.lane, step.name, "failed" if catcher is None else "caught", error=describe_error(error),
+        error_name=name, cause=cause, output=None if catcher is None else {"error": name, "cause": cause},
+        input=failure.input, input_is_workflow_input=failure.uses_input, attempts=failure.attempts,
+        started_at=started_at, now=now(),
+    )
+    if catcher is not None:
+        run.add_caught(record, step, catcher)
+        await run.persist()
+        if run.bus.active:
+            run.emit("workflow.step.caught", step_name=step.name, error=name, cause=cause, next=catcher.next)
+        return
+    run.add_failure(record, for_good=True)
     if run.bus.active:
-        run.emit("workflow.step.failed", step_name=step_name, error=describe_error(error), attempts=attempts)
+        run.emit("workflow.step.failed", step_name=step.name, error=record.error, attempts=failure.attempts)
     if run.has_hooks:
-        await run.hook("on_step_failed", step_name, error, ctx)
+        await run.hook("on_step_failed", step.name, error, ctx)
+    raise failure
 
 
 async def compensate(run: Run, step: TaskStep, record: StepResult, ctx: Any) -> None:

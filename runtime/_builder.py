@@ -10,15 +10,18 @@ import attrs
 
 from ._definition import (
     Branch,
+    Catch,
     Choice,
     DEFAULT_COMPENSATION_TIMEOUT,
     ChoiceStep,
+    FailStep,
     Hooks,
     OnError,
     ParallelStep,
     PassStep,
     Step,
     StepFn,
+    SucceedStep,
     TaskStep,
     WorkflowDefinition,
 )
@@ -37,14 +40,24 @@ def step(
     *,
     retry: Retry | None = None,
     timeout: float | None = None,
+    catch: Sequence[Catch] | Catch = (),
     next: str | None = None,
     end: bool = False,
 ) -> TaskStep:
     """A saga step: ``execute(ctx) -> result``, optional ``compensate(ctx, result)``."""
     return TaskStep(
         name=name, run=execute, style="saga", compensate=compensate,
-        retry=retry, timeout=timeout, next=next, end=end,
+        retry=retry, timeout=timeout, catch=_catchers(catch), next=next, end=end,
     )
+
+
+def _catchers(catch: Sequence[Catch] | Catch) -> tuple[Catch, ...]:
+    """``catch=`` as a tuple (one ``Catch`` alone is accepted too); ``build()`` checks its items."""
+    if isinstance(catch, Catch):
+        return (catch,)
+    if isinstance(catch, (list, tuple)):
+        return tuple(catch)
+    raise DefinitionError(f"catch must be a list of trioflow.Catch, got {catch!r}")
 
 
 def when(condition: Callable[[Any], Any], *, next: str) -> Choice:
@@ -69,6 +82,7 @@ class _LaneBuilder:
         *,
         retry: Retry | None = None,
         timeout: float | None = None,
+        catch: Sequence[Catch] | Catch = (),
         next: str | None = None,
         end: bool = False,
     ) -> Self:
@@ -79,7 +93,7 @@ class _LaneBuilder:
         if execute is None:
             raise DefinitionError(f"{self._owner()}, step {name!r}: execute is missing")
         self._steps.append(
-            step(name, execute, compensate, retry=retry, timeout=timeout, next=next, end=end)
+            step(name, execute, compensate, retry=retry, timeout=timeout, catch=catch, next=next, end=end)
         )
         return self
 
@@ -95,6 +109,7 @@ class _LaneBuilder:
         retry: Retry | None = None,
         timeout: float | None = None,
         compensate: StepFn | str | None = None,
+        catch: Sequence[Catch] | Catch = (),
         next: str | None = None,
         end: bool = False,
     ) -> Self:
@@ -102,7 +117,7 @@ class _LaneBuilder:
         self._steps.append(
             TaskStep(
                 name=name, run=job, style="job", input=input, output=output, retry=retry,
-                timeout=timeout, compensate=compensate, next=next, end=end,
+                timeout=timeout, compensate=compensate, catch=_catchers(catch), next=next, end=end,
             )
         )
         return self
@@ -118,12 +133,16 @@ class _LaneBuilder:
         *,
         branches: Sequence[Branch],
         on_error: OnError = "fail-fast",
+        catch: Sequence[Catch] | Catch = (),
         next: str | None = None,
         end: bool = False,
     ) -> Self:
-        """Add a parallel step whose branches run as actors in one nursery."""
+        """Add a parallel step whose branches run as actors in one nursery. A ``catch`` routes
+        the step's failure (fail-fast: after the other branches are cancelled)."""
         self._steps.append(
-            ParallelStep(name=name, branches=tuple(branches), on_error=on_error, next=next, end=end)
+            ParallelStep(
+                name=name, branches=tuple(branches), on_error=on_error, catch=_catchers(catch), next=next, end=end,
+            )
         )
         return self
 
@@ -146,6 +165,20 @@ class _LaneBuilder:
         )
         return self
 
+    def succeed(self, name: str, *, output: Any = _UNSET) -> Self:
+        """Add a step that ends its lane successfully: with ``output(ctx)`` if ``output`` is
+        callable, else ``output``, else (not given) the lane's last output."""
+        has_output = output is not _UNSET
+        self._steps.append(SucceedStep(name=name, output=output if has_output else None, has_output=has_output))
+        return self
+
+    def fail(self, name: str, *, error: str, cause: str | Callable[[Any], Any] = "") -> Self:
+        """Add a step that fails its lane with the error name ``error`` and ``cause`` (text, or
+        ``cause(ctx)``): the workflow fails and compensates, unless a catch on an enclosing
+        parallel step routes the failure."""
+        self._steps.append(FailStep(name=name, error=error, cause=cause))
+        return self
+
     def end(self, name: str) -> Self:
         """Add a pass step that ends the lane (shorthand for ``pass_(name, end=True)``)."""
         return self.pass_(name, end=True)
@@ -163,7 +196,7 @@ def _resolve(steps: Sequence[Step], default_retry: Retry | None) -> tuple[tuple[
     out: list[Step] = []
     for i, s in enumerate(steps):
         changes: dict[str, Any] = {}
-        if not isinstance(s, ChoiceStep) and s.next is None and not s.end and i + 1 < len(steps):
+        if isinstance(s, (TaskStep, PassStep, ParallelStep)) and s.next is None and not s.end and i + 1 < len(steps):
             changes["next"] = steps[i + 1].name
         if isinstance(s, TaskStep) and s.retry is None and default_retry is not None:
             changes["retry"] = default_retry
@@ -282,6 +315,8 @@ def _fingerprint(steps: Iterable[Step]) -> str:
     def feed(lane: Iterable[Step]) -> None:
         for s in lane:
             digest.update(f"{s.kind}:{s.name}>{s.next}|".encode())
+            if isinstance(s, (TaskStep, ParallelStep)) and s.catch:
+                digest.update(repr([c.next for c in s.catch]).encode())
             if isinstance(s, ChoiceStep):
                 digest.update(repr([c.next for c in s.choices] + [s.default]).encode())
             if isinstance(s, ParallelStep):

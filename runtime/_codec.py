@@ -19,9 +19,9 @@ from typing import Any, Protocol
 
 import msgpack
 
-from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError
+from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, split_description
 from ._lanes import MAIN
-from ._snapshot import InstanceState, Lane, StepResult
+from ._snapshot import PHASES, STATUSES, STEP_STATUSES, InstanceState, Lane, StepResult
 
 #: Type tags: format 1's snapshot, format 2's start and header.
 TAG = "trioflow.instance"
@@ -80,7 +80,7 @@ def encode_header(state: InstanceState) -> bytes:
         packed: bytes = _packer.pack((
             HEADER_TAG, FORMAT_VERSION, state.status, state.phase, state.outcome, state.rolled_back, state.data,
             lanes, state.error, state.failed_step, state.compensated, errors if type(errors) is dict else _NO_MAP,
-            state.skipped, state.started_at, state.completed_at, len(state.records),
+            state.skipped, state.started_at, state.completed_at, len(state.records), state.error_name, state.cause,
         ))
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
@@ -98,6 +98,52 @@ def encode_header(state: InstanceState) -> bytes:
 _NO_MAP: dict[int, str] = {}
 
 
+#: Largest encoded shared data: what the header holds besides it is small.
+MAX_DATA_BYTES = MAX_SNAPSHOT_BYTES - (1 << 20)
+
+
+def check_data(state: InstanceState) -> None:
+    """Check, as a step execution ends, that the shared data can still be stored; it is
+    remembered as it is now. If it cannot (a value put into ``ctx.data`` that msgpack refuses,
+    or many values each under the limit that together pass it), the data goes back to what it
+    was at the last check, and :class:`UnencodableValueError` (or :class:`ValueTooLargeError`)
+    names what was wrong: that step fails, and its checkpoint can still be written."""
+    data = state.data
+    if not data:
+        state.good_data = None
+        return
+    try:
+        packed: bytes = _packer.pack(data)
+        if packed != state.good_data:  # changed since the last check: it must also read back
+            if len(packed) > MAX_DATA_BYTES:
+                raise ValueTooLargeError(
+                    f"the shared data is {len(packed) / 2**20:.1f} MiB encoded, over the {MAX_DATA_BYTES >> 20} MiB"
+                    " limit; keep large values out of ctx.data (in a step's output, or outside the workflow)")
+            try:
+                msgpack.unpackb(packed, raw=False, strict_map_key=False, use_list=True)
+            except Exception:
+                for key, value in data.items():
+                    check_encodable(value, f"shared data[{key!r}]")
+                raise
+    except Exception as exc:
+        _packer.reset()
+        _restore_data(state)
+        if isinstance(exc, UnencodableValueError):
+            raise
+        raise UnencodableValueError(_locate(state, (("shared data", data),))) from exc
+    state.good_data = packed
+
+
+def remember_data(state: InstanceState) -> None:
+    """Take the shared data as it is now as the last good one (a new or decoded instance)."""
+    state.good_data = _packer.pack(state.data) if state.data else None
+
+
+def _restore_data(state: InstanceState) -> None:
+    good = state.good_data
+    state.data = {} if good is None else msgpack.unpackb(good, raw=False, strict_map_key=False, use_list=True)
+
+
 def encode_record(r: StepResult) -> bytes:
     """One step execution, encoded once, when it ends. Raises :class:`UnencodableValueError`
     naming the step's output or input (and the path inside it) when it cannot be stored: that
@@ -107,7 +153,7 @@ def encode_record(r: StepResult) -> bytes:
     try:
         packed: bytes = _packer.pack((
             r.seq, r.lane, r.step_name, r.execution, r.status, r.input_is_workflow_input, input, output, r.passes,
-            r.error, r.started_at, r.completed_at, r.attempts,
+            r.error, r.started_at, r.completed_at, r.attempts, r.error_name, r.cause,
         ))
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
@@ -251,15 +297,19 @@ def decode(start: bytes | None, header: bytes, records: Sequence[bytes] = ()) ->
     raw_header = _unpack(header, "header")
     if isinstance(raw_header, list) and len(raw_header) >= 2 and raw_header[0] == TAG:
         _version(raw_header[1], 1, 1)
-        return _fields_guarded(lambda: _state_v1(raw_header))
-    if start is None:
-        raise SnapshotDecodeError("data is not a trioflow instance (no start record, and no format-1 snapshot)")
-    raw_start = _unpack(start, "start record")
-    for raw, tag in ((raw_start, START_TAG), (raw_header, HEADER_TAG)):
-        if not isinstance(raw, list) or len(raw) < 2 or raw[0] != tag:
-            raise SnapshotDecodeError(f"data is not a trioflow instance (missing {tag!r} tag)")
-        _version(raw[1], 2, FORMAT_VERSION)
-    return _fields_guarded(lambda: _state_v2(raw_start, raw_header, [_unpack(r, "step record") for r in records]))
+        state = _fields_guarded(lambda: _state_v1(raw_header))
+    else:
+        if start is None:
+            raise SnapshotDecodeError("data is not a trioflow instance (no start record, and no format-1 snapshot)")
+        raw_start = _unpack(start, "start record")
+        for raw, tag in ((raw_start, START_TAG), (raw_header, HEADER_TAG)):
+            if not isinstance(raw, list) or len(raw) < 2 or raw[0] != tag:
+                raise SnapshotDecodeError(f"data is not a trioflow instance (missing {tag!r} tag)")
+            _version(raw[1], 2, FORMAT_VERSION)
+        state = _fields_guarded(
+            lambda: _state_v2(raw_start, raw_header, [_unpack(r, "step record") for r in records]))
+    remember_data(state)
+    return state
 
 
 def _unpack(data: bytes, what: str) -> Any:
@@ -289,31 +339,37 @@ def _fields_guarded(build: Callable[[], InstanceState]) -> InstanceState:
         raise SnapshotDecodeError(f"snapshot fields are malformed: {type(exc).__name__}: {exc}") from exc
 
 
-_STATUSES = {"pending", "running", "completed", "failed", "cancelled", "timed_out"}
-_STEP_STATUSES = {"pending", "running", "completed", "failed", "skipped", "compensated"}
-_PHASES = {"forward", "compensating", "done"}
+#: What a format-2 record or header written before errors had a name and a cause lacks.
+_NO_NAME_NOR_CAUSE = (None, None)
 
 
 def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> InstanceState:
     (_, _, iid, name, fingerprint, input, created_at) = start
     (_, _, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated, comp_errors,
-     skipped, started_at, completed_at, count) = header
+     skipped, started_at, completed_at, count, error_name, cause) = header if len(header) == 18 else (
+        *header, *_NO_NAME_NOR_CAUSE)
     _expect(isinstance(iid, str) and isinstance(name, str), "instance id and workflow name must be strings")
-    _expect(status in _STATUSES and phase in _PHASES, f"unknown status {status!r} or phase {phase!r}")
-    _expect(outcome is None or outcome in _STATUSES, f"unknown outcome {outcome!r}")
+    _expect(status in STATUSES and phase in PHASES, f"unknown status {status!r} or phase {phase!r}")
+    _expect(outcome is None or outcome in STATUSES, f"unknown outcome {outcome!r}")
     _expect(isinstance(data, dict) and isinstance(lanes, dict), "malformed maps")
     _expect(count == len(records), f"the header counts {count!r} step records, {len(records)} are stored")
     state = InstanceState(
         instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=data,
         lanes={}, phase=phase, outcome=outcome, rolled_back=bool(rolled_back), error=error,
         failed_step=failed_step, created_at=created_at, started_at=started_at, completed_at=completed_at,
+        error_name=error_name, cause=cause,
     )
+    if error is not None and error_name is None:
+        state.error_name, state.cause = split_description(error)
     for seq, fields in enumerate(records):
-        (r_seq, lane, step, execution, st, uses_input, s_in, s_out, passes, s_err, s_start, s_end, attempts) = fields
+        (r_seq, lane, step, execution, st, uses_input, s_in, s_out, passes, s_err, s_start, s_end, attempts,
+         r_name, r_cause) = fields if len(fields) == 15 else (*fields, *_NO_NAME_NOR_CAUSE)
+        if s_err is not None and r_name is None:
+            r_name, r_cause = split_description(s_err)
         _expect(r_seq == seq, f"step record {seq} says it is record {r_seq!r}")
         _expect(isinstance(step, str) and isinstance(lane, str), f"step record {seq} is malformed")
         _expect(isinstance(execution, int) and execution >= 1, f"step record {seq} is malformed")
-        _expect(st in _STEP_STATUSES, f"step record {seq} has unknown status {st!r}")
+        _expect(st in STEP_STATUSES, f"step record {seq} has unknown status {st!r}")
         if passes is not None:
             _expect(isinstance(passes, int) and 0 <= passes < seq, f"step record {seq} passes on record {passes!r}")
             s_out = state.records[passes].output
@@ -321,6 +377,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             step_name=step, status=st, input=input if uses_input else s_in, output=s_out, error=s_err,
             started_at=s_start, completed_at=s_end, attempts=attempts,
             lane=lane, execution=execution, seq=seq, passes=passes, input_is_workflow_input=bool(uses_input),
+            error_name=r_name, cause=r_cause,
         ))
     for key, (step, last, failed) in lanes.items():
         _expect(isinstance(key, str) and (step is None or isinstance(step, str)), f"lane {key!r} is malformed")
@@ -347,8 +404,8 @@ def _state_v1(raw: list[Any]) -> InstanceState:
      output, error, failed_step, compensated, comp_errors, created_at, started_at, completed_at,
      rolled_back) = raw
     _expect(isinstance(iid, str) and isinstance(name, str), "instance id and workflow name must be strings")
-    _expect(status in _STATUSES and phase in _PHASES, f"unknown status {status!r} or phase {phase!r}")
-    _expect(outcome is None or outcome in _STATUSES, f"unknown outcome {outcome!r}")
+    _expect(status in STATUSES and phase in PHASES, f"unknown status {status!r} or phase {phase!r}")
+    _expect(outcome is None or outcome in STATUSES, f"unknown outcome {outcome!r}")
     _expect(isinstance(data, dict) and isinstance(lanes, dict) and isinstance(results, dict), "malformed maps")
     _expect(isinstance(completed, list) and isinstance(compensated, list), "malformed step lists")
     _expect(isinstance(comp_errors, dict), "malformed compensation errors")
@@ -358,20 +415,23 @@ def _state_v1(raw: list[Any]) -> InstanceState:
         failed_step=failed_step, created_at=created_at, started_at=started_at, completed_at=completed_at,
         start_stored=False,
     )
+    if error is not None:
+        state.error_name, state.cause = split_description(error)
     # Completed steps in completion order, then the failed one(s); format 1 kept one result per
     # step name, so each step has one execution.
     order = [n for n in dict.fromkeys(completed) if n in results] + [n for n in results if n not in completed]
     skipped = []
     for step in order:
         (st, s_in, s_out, s_err, s_start, s_end, attempts) = results[step]
-        _expect(st in _STEP_STATUSES, f"step {step!r} has unknown status {st!r}")
+        _expect(st in STEP_STATUSES, f"step {step!r} has unknown status {st!r}")
         if st == "skipped":
             skipped.append(step)
             continue
+        r_name, r_cause = split_description(s_err) if s_err is not None else _NO_NAME_NOR_CAUSE
         state.add(StepResult(
             step_name=step, status="completed" if st == "compensated" else st, input=s_in, output=s_out,
             error=s_err, started_at=s_start, completed_at=s_end, attempts=attempts,
-            execution=1, seq=len(state.records),
+            execution=1, seq=len(state.records), error_name=r_name, cause=r_cause,
         ))
     for key, (step, lane_output) in lanes.items():
         # Format 1 kept each lane's output itself and no lane per step: the lane's last step is

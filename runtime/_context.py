@@ -86,6 +86,16 @@ class WorkflowContext:
             self._encodable(value, f"ctx.set({key!r})")
         self._state.data[key] = value
 
+    @property
+    def error(self) -> dict[str, str] | None:
+        """The failure a catch routed this lane past most recently, as
+        ``{"error": name, "cause": message}`` (``None``: none was caught in this lane)."""
+        for record in reversed(self._state.records):
+            if record.lane == self.lane and record.status == "caught":
+                output: dict[str, str] = record.output
+                return output
+        return None
+
     def get(self, key: str, default: Any = None) -> Any:
         """Read the shared data (``default`` when unset)."""
         return self._state.data.get(key, default)

@@ -10,9 +10,10 @@ import os
 import time
 from typing import Any
 
-from ._definition import ChoiceStep, ParallelStep, Step, TaskStep, WorkflowDefinition
-from ._errors import NoChoiceMatchedError
+from ._definition import Catch, ChoiceStep, ParallelStep, Step, TaskStep, WorkflowDefinition
+from ._errors import NoChoiceMatchedError, describe_error, error_cause, error_name, split_description
 from ._lanes import MAIN, branch_lane, step_key
+from ._matching import matches
 from ._snapshot import InstanceState, Lane, Status, StepResult
 
 
@@ -59,7 +60,7 @@ def choose(step: ChoiceStep, ctx: Any) -> str:
 
 def new_execution(
     state: InstanceState, lane_key: str, step_name: str, status: Any, *, output: Any = None, error: str | None = None,
-    input: Any = None, input_is_workflow_input: bool = False, passes: int | None = None, attempts: int = 1,
+    error_name: str | None = None, cause: str | None = None, input: Any = None, input_is_workflow_input: bool = False, passes: int | None = None, attempts: int = 1,
     started_at: float | None, now: float,
 ) -> StepResult:
     """The record of a step execution that just ended, not yet added to the state (the actor
@@ -72,6 +73,7 @@ def new_execution(
         step_name=step_name, status=status, input=input, output=output, error=error, started_at=started_at,
         completed_at=now, attempts=attempts, lane=lane_key,
         execution=execution, seq=len(state.records), passes=passes, input_is_workflow_input=input_is_workflow_input,
+        error_name=error_name, cause=cause,
     )
 
 
@@ -87,6 +89,24 @@ def complete_step(state: InstanceState, step: Step, record: StepResult, next_ste
         # step entered again (a loop through a choice) starts its branches afresh.
         for key in branch_keys(step):
             state.lanes.pop(key, None)
+
+
+def catcher_for(step: Step, error: BaseException) -> Catch | None:
+    """The first of a failed step's catchers whose errors match ``error`` (``None``: none)."""
+    if isinstance(step, (TaskStep, ParallelStep)):
+        for catcher in step.catch:
+            if matches(catcher.errors, error):
+                return catcher
+    return None
+
+
+def catch_failure(state: InstanceState, step: Step, record: StepResult, catcher: Catch) -> None:
+    """A failure a catcher matched: add its record (status ``caught``, output the error) and
+    send the lane to the catcher's target; ``result`` also puts the error in the shared data.
+    Nothing is compensated: the lane goes on."""
+    complete_step(state, step, record, catcher.next)
+    if catcher.result is not None:
+        state.data[catcher.result] = record.output
 
 
 def fail_step(state: InstanceState, record: StepResult, *, for_good: bool) -> None:
@@ -125,9 +145,7 @@ def parallel_output(state: InstanceState, step: ParallelStep) -> dict[str, Any]:
     return {b.name: state.lane_output(key) for key, b in zip(branch_keys(step), step.branches)}
 
 
-def begin_compensation(
-    state: InstanceState, outcome: Status, error: str, failed_step: str | None
-) -> None:
+def begin_compensation(state: InstanceState, outcome: Status, error: BaseException, failed_step: str | None) -> None:
     """The forward run ended badly: remember how, and switch to compensating.
 
     The stored status stays "running" until compensation is done, so a crash in between leaves
@@ -135,7 +153,8 @@ def begin_compensation(
     """
     state.phase = "compensating"
     state.outcome = outcome
-    state.error = error
+    state.error = describe_error(error)
+    state.error_name, state.cause = error_name(error), error_cause(error)
     state.failed_step = failed_step
 
 
@@ -183,6 +202,7 @@ def fail_alone(state: InstanceState, error: str, now: float) -> None:
     state.status = "failed"
     state.phase = "done"
     state.error = error
+    state.error_name, state.cause = split_description(error)
     state.completed_at = now
     for lane in state.lanes.values():
         lane.step = None

@@ -12,12 +12,14 @@ from typing import Any, Literal, Union
 
 import attrs
 
+from ._errors import DefinitionError
+from ._matching import ErrorMatcher, matcher_tuple
 from ._retry import Retry
 
 #: A step callable: ``async def`` or plain ``def`` (plain ones run in a worker thread).
 StepFn = Callable[..., Any]
 OnError = Literal["fail-fast", "wait-all"]
-StepKind = Literal["task", "choice", "parallel", "pass"]
+StepKind = Literal["task", "choice", "parallel", "pass", "succeed", "fail"]
 #: Seconds a compensation may take, all attempts together, unless the workflow says otherwise.
 DEFAULT_COMPENSATION_TIMEOUT = 300.0
 
@@ -33,6 +35,40 @@ def is_async(fn: object) -> bool:
 def _callable_is_async(fn: object) -> bool:
     # A registered job name is looked up (with its own flag) in the job registry at run time.
     return fn is not None and not isinstance(fn, str) and is_async(fn)
+
+
+def _errors_tuple(value: object) -> tuple[ErrorMatcher, ...]:
+    items = matcher_tuple(value, "Catch.errors")
+    if not items:
+        raise DefinitionError("Catch.errors must name at least one error (trioflow.ALL catches them all)")
+    return items
+
+
+def _catch_target(_: object, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise DefinitionError(f"Catch.next must be the name of a step, got {value!r}")
+
+
+def _result_key(_: object, attribute: attrs.Attribute[str | None], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise DefinitionError(f"Catch.result must be a key of the shared data (a non-empty string) or None, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Catch:
+    """Where a step's lane goes when the step fails for good (its retries spent) with an error
+    that ``errors`` matches (exception types, error names or message fragments, predicates, or
+    :data:`trioflow.ALL`; the precedence of ``Retry.retry_on``).
+
+    The failed execution's output is ``{"error": name, "cause": message}``, which the next step
+    sees as ``ctx.steps[step]`` and ``ctx.error``; ``result="key"`` also puts it in the shared
+    data. A caught failure compensates nothing (Amazon States Language's ``Catch``:
+    ``ErrorEquals``, ``Next``, ``ResultPath``).
+    """
+
+    errors: tuple[ErrorMatcher, ...] = attrs.field(converter=_errors_tuple)
+    next: str = attrs.field(validator=_catch_target)
+    result: str | None = attrs.field(default=None, validator=_result_key)
 
 
 @attrs.frozen(kw_only=True)
@@ -52,6 +88,7 @@ class TaskStep:
     compensate: StepFn | str | None = None
     retry: Retry | None = None
     timeout: float | None = None
+    catch: tuple[Catch, ...] = ()
     next: str | None = None
     end: bool = False
     #: Set by the entity steps: the entity their driver writes go to. A rolled-back transaction
@@ -122,12 +159,52 @@ class ParallelStep:
     name: str
     branches: tuple[Branch, ...]
     on_error: OnError = "fail-fast"
+    catch: tuple[Catch, ...] = ()
     next: str | None = None
     end: bool = False
     kind: StepKind = attrs.field(default="parallel", init=False)
 
 
-Step = Union[TaskStep, ChoiceStep, PassStep, ParallelStep]
+@attrs.frozen(kw_only=True)
+class SucceedStep:
+    """Ends its lane successfully with ``output(ctx)``, ``output``, or (neither given) the
+    lane's last output (Amazon States Language's ``Succeed``)."""
+
+    name: str
+    output: Any = None
+    has_output: bool = False
+    kind: StepKind = attrs.field(default="succeed", init=False)
+
+    @property
+    def next(self) -> None:
+        return None
+
+    @property
+    def end(self) -> bool:
+        return True
+
+
+@attrs.frozen(kw_only=True)
+class FailStep:
+    """Fails its lane with the error name ``error`` and ``cause`` (text, or ``cause(ctx)``):
+    the workflow fails and compensates, unless a catch on an enclosing parallel step routes it
+    (Amazon States Language's ``Fail``)."""
+
+    name: str
+    error: str
+    cause: str | Callable[[Any], Any] = ""
+    kind: StepKind = attrs.field(default="fail", init=False)
+
+    @property
+    def next(self) -> None:
+        return None
+
+    @property
+    def end(self) -> bool:
+        return True
+
+
+Step = Union[TaskStep, ChoiceStep, PassStep, ParallelStep, SucceedStep, FailStep]
 
 
 @attrs.frozen(kw_only=True)

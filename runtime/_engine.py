@@ -15,7 +15,16 @@ from trioflow.actors._instance import run_instance
 from trioflow.actors._run import STORAGE_RETRY_FOR, Run, now
 from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
-from trioflow._codec import check_encodable, decode_stored, decode_whole, encode_header, encode_start, encode_whole, take_changes
+from trioflow._codec import (
+    check_encodable,
+    decode_stored,
+    decode_whole,
+    encode_header,
+    encode_start,
+    encode_whole,
+    remember_data,
+    take_changes,
+)
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
 
@@ -178,6 +187,7 @@ class Engine:
         check_encodable(input, "workflow input")
         status: Status = "pending" if self._running >= self._max_running else "running"
         state = new_state(definition, instance_id, input, now(), status=status)
+        remember_data(state)
         start, header = encode_start(state), encode_header(state)
         storing = self._storing[instance_id] = _Storing(workflow_name)
         try:

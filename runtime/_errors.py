@@ -124,6 +124,16 @@ class WorkflowCancelledError(TrioflowError):
     """The instance was cancelled (``engine.cancel`` or the caller's cancellation)."""
 
 
+class FailStepError(StepError):
+    """The failure a ``fail`` step ends its lane with: the error name and cause it gives, which
+    are recorded as they are (not this class's name)."""
+
+    def __init__(self, error_name: str, cause: str) -> None:
+        super().__init__(cause)
+        self.error_name = error_name
+        self.cause = cause
+
+
 class BranchError(TrioflowError):
     """A step inside a parallel branch failed; names the branch and the step."""
 
@@ -135,32 +145,80 @@ class BranchError(TrioflowError):
 
 
 class ParallelError(ExceptionGroup[BranchError], TrioflowError):
-    """A ``wait-all`` parallel step in which one or more branches failed: all their errors."""
+    """A ``wait-all`` parallel step in which one or more branches failed: all their errors,
+    each named in the message with its branch, error name and cause."""
 
     step_name: str
 
     def __new__(cls, step_name: str, errors: Sequence[BranchError]) -> ParallelError:
-        failed = ", ".join(repr(e.branch_name) for e in errors)
-        self = super().__new__(cls, f"parallel step {step_name!r}: branches {failed} failed", errors)
+        self = super().__new__(cls, _parallel_message(step_name, errors), errors)
         self.step_name = step_name
         return self
 
     def __init__(self, step_name: str, errors: Sequence[BranchError]) -> None:
-        failed = ", ".join(repr(e.branch_name) for e in errors)
-        super().__init__(f"parallel step {step_name!r}: branches {failed} failed", errors)
+        super().__init__(_parallel_message(step_name, errors), errors)
+
+    def __str__(self) -> str:
+        # The message already names every branch's error: no "(2 sub-exceptions)" suffix.
+        return self.message
 
     def derive(self, excs: Sequence[BranchError]) -> ParallelError:  # type: ignore[override]
         return ParallelError(self.step_name, excs)
 
 
+def _parallel_message(step_name: str, errors: Sequence[BranchError]) -> str:
+    failed = "; ".join(f"branch {e.branch_name!r} failed with {describe_error(e.error)}" for e in errors)
+    return f"parallel step {step_name!r}: {failed}"
+
+
 class RecordedError(TrioflowError):
     """An error known only as it was recorded (a step that failed for good before a restart):
-    described exactly as it was."""
+    described exactly as it was, with the name and cause it was recorded with."""
+
+    def __init__(self, description: str, error_name: str | None = None, cause: str | None = None) -> None:
+        super().__init__(description)
+        self.error_name = error_name or split_description(description)[0]
+        self.cause = cause if cause is not None else split_description(description)[1]
+
+
+def root_error(error: BaseException) -> BaseException:
+    """The error a failure is about: a branch's own error rather than the :class:`BranchError`
+    wrapping it (a fail-fast parallel step fails with its first branch's error)."""
+    while isinstance(error, BranchError):
+        error = error.error
+    return error
+
+
+def error_name(error: BaseException) -> str:
+    """The name a failure is recorded and matched by: the exception's class name, or the name
+    a ``fail`` step (or an earlier record) gave it."""
+    error = root_error(error)
+    if isinstance(error, (FailStepError, RecordedError)):
+        return error.error_name
+    return type(error).__name__
+
+
+def error_cause(error: BaseException) -> str:
+    """The message of a failure (for a fail-fast parallel step, its first branch's)."""
+    error = root_error(error)
+    if isinstance(error, (FailStepError, RecordedError)):
+        return error.cause
+    return str(error)
 
 
 def describe_error(error: BaseException) -> str:
-    """``TypeName: message``: how an error is recorded in snapshots and events."""
-    text = str(error)
+    """``Name: cause``: how an error is recorded in snapshots and events."""
     if isinstance(error, RecordedError):
-        return text
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+        return str(error)
+    name = error.error_name if isinstance(error, FailStepError) else type(error).__name__
+    text = str(error)
+    return f"{name}: {text}" if text else name
+
+
+def split_description(description: str) -> tuple[str, str]:
+    """``(name, cause)`` of a description written by :func:`describe_error` (records written
+    before names and causes were stored separately)."""
+    name, sep, cause = description.partition(": ")
+    if sep and name.isidentifier():
+        return name, cause
+    return (description, "") if description.isidentifier() else ("Error", description)

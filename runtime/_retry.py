@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Union
 
 import attrs
 
 from ._errors import DefinitionError
+from ._matching import ErrorMatcher, matcher_tuple, matches
 
-#: What ``retry_on`` accepts: exception types, message fragments, predicates, or a mix.
-RetryOn = Union[type[BaseException], str, Callable[[BaseException], bool]]
+#: What ``retry_on`` accepts: exception types, error names or message fragments, predicates,
+#: :data:`trioflow.ALL`, or a mix (see :mod:`trioflow._matching`).
+RetryOn = ErrorMatcher
 
 
 def _positive_int(_: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -36,21 +37,8 @@ def _finite_at_least(minimum: float) -> Callable[[object, attrs.Attribute[float]
     return check
 
 
-def _retry_on_tuple(value: object) -> tuple[RetryOn, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, (str, type)) or callable(value):
-        value = (value,)
-    if not isinstance(value, (tuple, list)):
-        raise DefinitionError(f"Retry.retry_on must be a type, string, predicate or a list of them, got {value!r}")
-    items: tuple[RetryOn, ...] = tuple(value)
-    for item in items:
-        # A class is matched with ``isinstance`` (see ``retries``), never called as a predicate,
-        # so one that is not an exception class (``int``) could never match anything.
-        valid = issubclass(item, BaseException) if isinstance(item, type) else isinstance(item, str) or callable(item)
-        if not valid:
-            raise DefinitionError(f"Retry.retry_on items must be exception types, strings or predicates, got {item!r}")
-    return items
+def _retry_on_tuple(value: object) -> tuple[ErrorMatcher, ...] | None:
+    return None if value is None else matcher_tuple(value, "Retry.retry_on")
 
 
 @attrs.frozen(kw_only=True)
@@ -60,8 +48,8 @@ class Retry:
     ``max_attempts`` counts the first try. The delay before attempt ``n + 1`` is
     ``min(interval * backoff_rate ** (n - 1), max_interval)``. ``retry_on`` restricts which errors
     are retried (``None``: all). Its items are checked in a fixed precedence: exception types
-    first (``isinstance``), then strings (a match when the string is the error's class name or
-    occurs in its message), then predicates (``predicate(error) -> bool``).
+    first (``isinstance``), then strings (a match when the string is the error's name or occurs
+    in its message), then :data:`trioflow.ALL`, then predicates (``predicate(error) -> bool``).
 
     An invalid policy raises :class:`~trioflow.DefinitionError` naming the field: the numbers
     must be finite, and ``interval`` may not exceed ``max_interval`` (default 30 s), since the
@@ -111,19 +99,7 @@ class Retry:
 
     def retries(self, error: BaseException) -> bool:
         """Whether ``error`` is one this policy retries (ignoring the attempt count)."""
-        if self.retry_on is None:
-            return True
-        types = [i for i in self.retry_on if isinstance(i, type)]
-        if types and isinstance(error, tuple(types)):
-            return True
-        text = str(error)
-        name = type(error).__name__
-        if any(isinstance(i, str) and (i == name or i in text) for i in self.retry_on):
-            return True
-        return any(
-            not isinstance(i, (str, type)) and i(error)
-            for i in self.retry_on
-        )
+        return self.retry_on is None or matches(self.retry_on, error)
 
     def next_delay(self, attempt: int, error: BaseException) -> float | None:
         """The sleep before the next attempt, or ``None`` when the step has failed for good.

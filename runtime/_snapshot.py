@@ -10,15 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import attrs
 
+from ._errors import split_description
 from ._lanes import MAIN, execution_id, step_key
 
 Status = Literal["pending", "running", "completed", "failed", "cancelled", "timed_out"]
-StepStatus = Literal["pending", "running", "completed", "failed", "skipped", "compensated"]
+StepStatus = Literal["pending", "running", "completed", "failed", "caught", "skipped", "compensated"]
 Phase = Literal["forward", "compensating", "done"]
+
+#: Every status, step status and phase (what a stored snapshot may say).
+STATUSES: frozenset[str] = frozenset(get_args(Status))
+STEP_STATUSES: frozenset[str] = frozenset(get_args(StepStatus))
+PHASES: frozenset[str] = frozenset(get_args(Phase))
+#: Step executions whose output later steps see (``ctx.steps``): a caught failure's output is
+#: its error, ``{"error": name, "cause": message}``.
+HAS_OUTPUT: frozenset[str] = frozenset({"completed", "caught"})
 
 #: Statuses an instance never leaves.
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "timed_out"})
@@ -35,7 +44,10 @@ class StepResult:
     ``id`` names the execution: its lane, its step and a counter (``"charge#2"``: the second
     run of ``charge``); ``seq`` is its place in the instance's history, from 0. ``status`` is
     ``"compensated"`` once this execution's compensation ran (views only: records are never
-    rewritten; the header lists what was compensated).
+    rewritten; the header lists what was compensated). A failed execution says why in
+    ``error_name`` (the exception's class name, or a ``fail`` step's error) and ``cause`` (its
+    message); ``error`` is the two as one line. ``"caught"``: it failed and a catch routed its
+    lane on; its output is ``{"error": error_name, "cause": cause}``.
     """
 
     step_name: str
@@ -57,6 +69,8 @@ class StepResult:
     input_is_workflow_input: bool = False
     #: Why this execution's compensation failed for good (views only, like ``compensated``).
     compensation_error: str | None = None
+    error_name: str | None = None
+    cause: str | None = None
 
     @property
     def id(self) -> str:
@@ -117,6 +131,13 @@ class InstanceState:
     #: A transactional run whose driver transaction was rolled back.
     rolled_back: bool = False
     error: str | None = None
+    #: The shared data as packed at the last step end whose check passed (``None``: it was
+    #: empty); what ``data`` goes back to when a step leaves something in it that cannot be
+    #: stored (see ``trioflow._codec.check_data``).
+    good_data: bytes | None = None
+    #: The instance's error as a name and a cause (see :class:`StepResult`).
+    error_name: str | None = None
+    cause: str | None = None
     failed_step: str | None = None
     # The three below are replaced, never mutated, and start as shared empty values: most
     # instances never compensate nor skip a step, and fewer containers per instance means less
@@ -135,7 +156,7 @@ class InstanceState:
     def latest(self) -> dict[str, StepResult]:
         """The newest completed execution of each step, by step name (what ``ctx.steps`` shows)."""
         if self._latest is None:
-            self._latest = {r.step_name: r for r in self.records if r.status == "completed"}
+            self._latest = {r.step_name: r for r in self.records if r.status in HAS_OUTPUT}
         return self._latest
 
     def add(self, record: StepResult) -> None:
@@ -144,7 +165,7 @@ class InstanceState:
             self.records.append(record)
         else:
             self.records = [record]
-        if record.status == "completed" and self._latest is not None:
+        if record.status in HAS_OUTPUT and self._latest is not None:
             self._latest[record.step_name] = record
         if record.execution:
             self.executions[step_key(record.lane, record.step_name)] = record.execution
@@ -194,6 +215,10 @@ class WorkflowInstance:
     #: Every step execution, in the order each ended (``step_results`` holds the newest of
     #: each step).
     history: tuple[StepResult, ...] = ()
+    #: Why the instance failed, as a name (an exception's class name, or a ``fail`` step's
+    #: error) and a cause (its message); ``error`` says both in one line.
+    error_name: str | None = None
+    cause: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -217,6 +242,9 @@ class WorkflowResult:
     rolled_back: bool
     duration: float
     metadata: WorkflowMetadata
+    #: ``error`` as a name and a cause, as :class:`WorkflowInstance` has them.
+    error_name: str | None = None
+    cause: str | None = None
 
 
 def to_instance(state: InstanceState) -> WorkflowInstance:
@@ -246,6 +274,8 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
         started_at=state.started_at,
         completed_at=state.completed_at,
         history=history,
+        error_name=state.error_name,
+        cause=state.cause,
     )
 
 
@@ -275,10 +305,12 @@ def compensation_errors(state: InstanceState) -> dict[str, str]:
 
 def unreadable_instance(instance_id: str, workflow_name: str, error: str) -> WorkflowInstance:
     """What callers see of an instance whose stored snapshot cannot be read: failed, with why."""
+    name, cause = split_description(error)
     return WorkflowInstance(
         id=instance_id, workflow_name=workflow_name, status="failed", current_step=None, input=None,
         output=None, error=error, failed_step=None, step_results={}, compensated_steps=(),
         compensation_errors={}, rolled_back=False, created_at=0.0, started_at=None, completed_at=None,
+        error_name=name, cause=cause,
     )
 
 

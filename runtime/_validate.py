@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from ._definition import Branch, ChoiceStep, ParallelStep, PassStep, Step, TaskStep
+from ._definition import Branch, Catch, ChoiceStep, FailStep, ParallelStep, PassStep, Step, SucceedStep, TaskStep
 from ._errors import DefinitionError
 from ._lanes import check_name
 from ._retry import Retry
@@ -68,6 +68,11 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
         raise DefinitionError(f"{label}: 'next' and 'end' are mutually exclusive")
     if step.next is not None:
         _check_target(label, "next", step.next, names)
+    if isinstance(step, (TaskStep, ParallelStep)):
+        for catcher in step.catch:
+            if not isinstance(catcher, Catch):
+                raise DefinitionError(f"{label}: catch items must be trioflow.Catch, got {catcher!r}")
+            _check_target(label, "catch next", catcher.next, names)
     if isinstance(step, TaskStep):
         _check_task(label, step)
     elif isinstance(step, ChoiceStep):
@@ -86,7 +91,12 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
             raise DefinitionError(f"{label}: give either 'transform' or 'result', not both")
         if step.transform is not None and not callable(step.transform):
             raise DefinitionError(f"{label}: transform {step.transform!r} is not callable")
-    else:  # pragma: no cover - the builder only makes the four kinds
+    elif isinstance(step, FailStep):
+        if not isinstance(step.error, str) or not step.error:
+            raise DefinitionError(f"{label}: error must be a non-empty error name, got {step.error!r}")
+        if not (isinstance(step.cause, str) or callable(step.cause)):
+            raise DefinitionError(f"{label}: cause must be text or a callable of ctx, got {step.cause!r}")
+    elif not isinstance(step, SucceedStep):
         raise DefinitionError(f"{owner}: {step!r} is not a step")
 
 
@@ -142,6 +152,8 @@ def _check_reachable(owner: str, steps: Sequence[Step]) -> None:
             targets = [step.next]
         elif not step.end and i + 1 < len(steps):
             targets = [steps[i + 1].name]
+        if isinstance(step, (TaskStep, ParallelStep)):
+            targets += [c.next for c in step.catch]
         todo.extend(position[t] for t in targets)
     for step in steps:
         if step.name not in reached:

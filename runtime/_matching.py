@@ -1,0 +1,65 @@
+"""Which errors a retry policy retries and a catcher catches: one kind of matcher, one precedence.
+
+A matcher is an exception type (``isinstance``), a string (the error's name, or a fragment of
+its message), a predicate (``predicate(error) -> bool``), or :data:`ALL`. They are tried in that
+order whatever order they are given in, so a predicate that raises is never reached when a type
+or a name matched already.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Union, final
+
+from ._errors import DefinitionError, StorageError, error_cause, error_name, root_error
+
+
+@final
+class _All:
+    """The type of :data:`ALL`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "trioflow.ALL"
+
+
+#: Matches every error except trioflow's own definition and storage errors, which no workflow
+#: should route around (Amazon States Language's ``States.ALL``).
+ALL = _All()
+
+ErrorMatcher = Union[type[BaseException], str, Callable[[BaseException], bool], _All]
+
+
+def matcher_tuple(value: object, label: str) -> tuple[ErrorMatcher, ...]:
+    """``value`` (one matcher or a list of them) as a tuple; anything else is a
+    :class:`DefinitionError` naming ``label``."""
+    if isinstance(value, (str, type, _All)) or callable(value):
+        value = (value,)
+    if not isinstance(value, (tuple, list)):
+        raise DefinitionError(f"{label} must be a type, string, predicate or a list of them, got {value!r}")
+    items: tuple[ErrorMatcher, ...] = tuple(value)
+    for item in items:
+        # A class is matched with ``isinstance``, never called as a predicate, so one that is
+        # not an exception class (``int``) could never match anything.
+        valid = (issubclass(item, BaseException) if isinstance(item, type)
+                 else isinstance(item, (str, _All)) or callable(item))
+        if not valid:
+            raise DefinitionError(f"{label} items must be exception types, strings or predicates, got {item!r}")
+    return items
+
+
+def matches(items: tuple[ErrorMatcher, ...], error: BaseException) -> bool:
+    """Whether any of ``items`` matches ``error`` (for a failed parallel branch, its own error)."""
+    root = root_error(error)
+    types = tuple(i for i in items if isinstance(i, type))
+    if types and (isinstance(error, types) or isinstance(root, types)):
+        return True
+    strings = [i for i in items if isinstance(i, str)]
+    if strings:
+        name, cause = error_name(error), error_cause(error)
+        if any(i == name or i in cause for i in strings):
+            return True
+    if any(isinstance(i, _All) for i in items) and not isinstance(root, (DefinitionError, StorageError)):
+        return True
+    return any(not isinstance(i, (str, type, _All)) and i(root) for i in items)
