@@ -18,6 +18,7 @@ from trioflow._codec import (
     decode_whole,
     encode_whole,
     not_taken,
+    restore_data,
     stage,
     take_changes,
     taken,
@@ -223,7 +224,18 @@ class Run:
     async def _write(self) -> None:
         assert self.adapter is not None
         s = self.state
-        header, records, first_seq, start = take_changes(s)
+        try:
+            header, records, first_seq, start = take_changes(s)
+        except UnencodableValueError as exc:
+            # The shared data was changed in place after the last step ended (a job still
+            # running in a sibling branch): what cannot be stored is dropped, not the checkpoint.
+            log.warning(
+                "instance %s: the shared data can no longer be stored (%s); it goes back to what it was"
+                " when the last step ended", s.instance_id, exc,
+                extra={"instance_id": s.instance_id, "workflow_name": s.workflow_name},
+            )
+            restore_data(s)
+            header, records, first_seq, start = take_changes(s)
         status = s.status
         deadline: float | None = None
         delay = 0.05

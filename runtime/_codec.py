@@ -127,7 +127,7 @@ def check_data(state: InstanceState) -> None:
                 raise
     except Exception as exc:
         _packer.reset()
-        _restore_data(state)
+        restore_data(state)
         if isinstance(exc, UnencodableValueError):
             raise
         raise UnencodableValueError(_locate(state, (("shared data", data),))) from exc
@@ -139,7 +139,8 @@ def remember_data(state: InstanceState) -> None:
     state.good_data = _packer.pack(state.data) if state.data else None
 
 
-def _restore_data(state: InstanceState) -> None:
+def restore_data(state: InstanceState) -> None:
+    """Put the shared data back to what it was at the last step end (see :func:`check_data`)."""
     good = state.good_data
     state.data = {} if good is None else msgpack.unpackb(good, raw=False, strict_map_key=False, use_list=True)
 
@@ -189,10 +190,12 @@ def take_changes(state: InstanceState) -> tuple[bytes, Sequence[bytes], int, byt
     header, the staged records (taken out of the state: records staged from now on go with
     the next checkpoint), their first seq, and the start bytes if they are not stored yet.
     Call :func:`taken` once they are stored, or :func:`not_taken` if the write failed."""
+    header = encode_header(state)  # first: if it raises, nothing is taken
+    start = None if state.start_stored else encode_start(state)
     records, state.staged = state.staged, ()
     first_seq = state.stored + state.inflight
     state.inflight += len(records)
-    return encode_header(state), records, first_seq, None if state.start_stored else encode_start(state)
+    return header, records, first_seq, start
 
 
 def taken(state: InstanceState, count: int) -> None:

@@ -99,9 +99,10 @@ class Engine:
         #: Instances whose stored snapshot this release cannot read: failed for callers, with
         #: the reason, while their stored bytes stay untouched (a newer release may read them).
         self._unreadable: dict[str, WorkflowInstance] = {}
-        #: Instances whose run stopped because storage stayed unusable, with the error ``wait``
-        #: raises for them, until a resume runs them again.
-        self._stalled: dict[str, StorageUnavailableError] = {}
+        #: Instances whose run stopped because storage stayed unusable (or took no checkpoint at
+        #: all, not even of their failure), with the error ``wait`` raises for them, until a
+        #: resume runs them again.
+        self._stalled: dict[str, StorageUnavailableError | InstanceNotLiveError] = {}
         #: Resumes started by ``register`` that have not finished; ``wait``/``cancel`` let them
         #: settle first, so an instance being resumed is never mistaken for one that is not.
         self._pending_resumes = 0
@@ -436,8 +437,17 @@ class Engine:
             fail_alone(state, f"internal error: {describe_error(exc)}", now())
             try:
                 await run.persist()
-            finally:
-                raise
+            except Exception as again:
+                # Not even its failure can be stored: it stays as last stored, resumable, and
+                # ``wait()`` says so rather than report a run that is not going on.
+                self._stalled[state.instance_id] = InstanceNotLiveError(
+                    f"instance {state.instance_id!r} failed ({describe_error(exc)}) and its failure could not be"
+                    f" stored ({describe_error(again)}); it stays {run.stored_status or 'as first stored'} in"
+                    " storage and resumes with the next engine or engine.resume()"
+                )
+                log.error("instance %s failed and its failure could not be stored: %s", state.instance_id, again,
+                          extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
+            raise
         finally:
             self._live.pop(state.instance_id, None)
             run.ended()

@@ -499,7 +499,7 @@ async def test_a_failing_adapter_fails_its_instance_alone(autojump_clock: trio.t
         await engine.start("w", instance_id="doomed")
         fine = await engine.start("w")
         assert (await engine.wait(fine)).status == "completed"
-        with pytest.raises(tf.InstanceNotLiveError):
+        with pytest.raises(tf.InstanceNotLiveError, match="its failure could not be stored"):
             await engine.wait("doomed")  # stored as it was last written: running, and not live
 
 
