@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(PY) examples/ecommerce_sqlite.py
 	$(PY) examples/order_state_machine.py
 	$(PY) examples/onboarding.py
+	$(PY) examples/checkout_catch.py
 
 typecheck: $(STAMP)
 	PYTHON=$(abspath $(PY)) scripts/typecheck

@@ -153,6 +153,12 @@ class Run:
         if self.adapter is not None:
             stage(self.state, record)
 
+    def check_value(self, value: Any, what: str) -> None:
+        """Raise :class:`UnencodableValueError` naming ``what`` if ``value`` cannot be stored
+        (durable runs only)."""
+        if self.adapter is not None:
+            check_encodable(value, what)
+
     def check_data(self) -> None:
         """As a step execution ends (durable runs only): raise :class:`UnencodableValueError`
         if the shared data can no longer be stored, having put it back as it was at the last

@@ -79,6 +79,9 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
                 uses_input, data = True, ctx.input
             else:
                 data = step.input(ctx)
+                # Checked before the job runs: a job must not act on an input that fails its
+                # step only once it is recorded.
+                run.check_value(data, f"input of step {step.name!r}")
             arg = data
         else:
             arg = ctx

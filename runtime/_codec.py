@@ -134,6 +134,19 @@ def check_data(state: InstanceState) -> None:
     state.good_data = packed
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are the same value once stored (a tuple and a list with the same
+    items are); a value that cannot be stored is the same as nothing."""
+    try:
+        return bool(_read_back(a) == _read_back(b))
+    except Exception:
+        return False
+
+
+def _read_back(value: Any) -> Any:
+    return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False, strict_map_key=False)
+
+
 def remember_data(state: InstanceState) -> None:
     """Take the shared data as it is now as the last good one (a new or decoded instance)."""
     state.good_data = _packer.pack(state.data) if state.data else None

@@ -4,6 +4,7 @@ instances, each run by a supervised instance actor in the engine's nursery."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from trioflow._codec import (
     encode_start,
     encode_whole,
     remember_data,
+    same_value,
     take_changes,
 )
 from trioflow.adapters._memory import MemoryAdapter
@@ -116,13 +118,25 @@ class Engine:
         """Decorator: ``@engine.job("name")`` registers a job."""
         return self.jobs.job(name)
 
-    def register(self, definition: WorkflowDefinition) -> None:
+    def register(self, definition: WorkflowDefinition, *, replace: bool = False) -> None:
         """Make a workflow startable. With auto-resume on (the default), this also resumes the
         instances of that workflow that were left unfinished on the adapter when this engine
-        opened."""
+        opened.
+
+        Registering the same definition again does nothing; another definition under a name
+        already registered raises :class:`DefinitionError` unless ``replace=True`` (then
+        instances started from now on use it)."""
         self._check_open()
         if not isinstance(definition, WorkflowDefinition):
             raise DefinitionError(f"register() needs a built WorkflowDefinition, got {definition!r}")
+        known = self._definitions.get(definition.name)
+        if known is not None and not replace:
+            if known == definition:
+                return
+            raise DefinitionError(
+                f"workflow {definition.name!r} is registered already with another definition;"
+                " pass replace=True to replace it"
+            )
         check_encodable(dict(definition.data), f"the initial data (with_data) of workflow {definition.name!r}")
         self._definitions[definition.name] = definition
         records = self._leftovers.pop(definition.name, None) if self._leftovers is not None else None
@@ -183,7 +197,7 @@ class Engine:
             await storing.wait()
         live = self._live.get(instance_id)
         if live is not None:
-            _check_same_workflow(instance_id, live.state.workflow_name, workflow_name)
+            _check_same_start(instance_id, live.state, workflow_name, input)
             return instance_id
         check_encodable(input, "workflow input")
         status: Status = "pending" if self._running >= self._max_running else "running"
@@ -206,11 +220,13 @@ class Engine:
             # or by a concurrent ``start``. Idempotent, unless it is another workflow's.
             run = self._live.get(instance_id)
             if run is not None:
-                _check_same_workflow(instance_id, run.state.workflow_name, workflow_name)
+                _check_same_start(instance_id, run.state, workflow_name, input)
                 return instance_id
             existing = await self.adapter.load(instance_id)
             if existing is not None:
                 _check_same_workflow(instance_id, existing.workflow_name, workflow_name)
+                with contextlib.suppress(SnapshotDecodeError):  # unreadable: reported as such elsewhere
+                    _check_same_start(instance_id, _decoded(existing), workflow_name, input)
                 if self._leftovers is not None and existing.status in RESUMABLE:
                     # Unfinished and not running here (a resume may have passed it over while
                     # this call stored it): with auto-resume on, resuming is this call's job.
@@ -548,6 +564,17 @@ class _Storing:
 def _check_same_workflow(instance_id: str, stored: str, asked: str) -> None:
     if stored != asked:
         raise InstanceIdConflictError(f"instance id {instance_id!r} already belongs to workflow {stored!r}")
+
+
+def _check_same_start(instance_id: str, state: InstanceState, workflow_name: str, input: Any) -> None:
+    """A ``start`` with the id of an existing instance returns it only if it asks for the same
+    workflow with the same input (as Step Functions does for an execution name)."""
+    _check_same_workflow(instance_id, state.workflow_name, workflow_name)
+    if not same_value(state.input, input):
+        raise InstanceIdConflictError(
+            f"instance id {instance_id!r} already belongs to an instance of {workflow_name!r} with another input;"
+            " start with the same input to get that instance, or under another id"
+        )
 
 
 def _copy(state: InstanceState) -> WorkflowInstance:

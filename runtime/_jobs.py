@@ -25,12 +25,19 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
         for name, fn in (jobs or {}).items():
             self.register(name, fn)
 
-    def register(self, name: str, fn: Callable[..., Any]) -> None:
-        """Register ``fn`` (``async def`` or plain ``def``, called as ``fn(data)``) as ``name``."""
+    def register(self, name: str, fn: Callable[..., Any], *, replace: bool = False) -> None:
+        """Register ``fn`` (``async def`` or plain ``def``, called as ``fn(data)``) as ``name``.
+        The same callable again does nothing; another one under a name already registered
+        raises :class:`DefinitionError` unless ``replace=True``."""
         if not isinstance(name, str) or not name:
             raise DefinitionError(f"a job name must be a non-empty string, got {name!r}")
         if not callable(fn):
             raise DefinitionError(f"job {name!r}: {fn!r} is not callable")
+        known = self._jobs.get(name)
+        if known is not None and not replace:
+            if known == fn:
+                return
+            raise DefinitionError(f"job {name!r} is registered already as {known!r}; pass replace=True to replace it")
         self._jobs[name] = fn
         self._async[name] = is_async(fn)
         if self._on_register is not None:

@@ -234,7 +234,7 @@ async def test_retry_and_failure_events_carry_their_fields(autojump_clock: trio.
         engine.events.on("workflow.step.*", events.append)
         engine.events.on("workflow.failed", events.append)
         Jobs(b_fails=True).register(engine)
-        engine.jobs.register("c", lambda d: None)
+        engine.jobs.register("c", lambda d: None, replace=True)
         engine.register(wf)
         inst = await engine.wait(await engine.start("w"))
     retry = next(e for e in events if e["event"] == "workflow.step.retry")

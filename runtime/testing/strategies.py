@@ -2,21 +2,34 @@
 
 ``workflows()`` draws a :class:`GeneratedWorkflow`: a definition (sagas and task chains, choice
 diamonds on generated flags, nested parallels with fail-fast and wait-all, retries and step
-timeouts), the scripted jobs its steps name, an input, and :meth:`GeneratedWorkflow.expected_status`,
-the status the faults it injected must lead to.
+timeouts; with ``catches=True`` also catchers, succeed and fail steps), the scripted jobs its
+steps name, an input, and :meth:`GeneratedWorkflow.expected_status`, the status the faults it
+injected must lead to.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Union
 
 import attrs
 from hypothesis import strategies as st
 
 from trioflow._builder import BranchBuilder, WorkflowBuilder, branch, when, workflow
-from trioflow._definition import ChoiceStep, ParallelStep, Step, TaskStep, WorkflowDefinition
+from trioflow._definition import (
+    Branch,
+    Catch,
+    ChoiceStep,
+    FailStep,
+    OnError,
+    ParallelStep,
+    Step,
+    SucceedStep,
+    TaskStep,
+    WorkflowDefinition,
+)
+from trioflow._matching import ALL, ErrorMatcher
 from trioflow._retry import NO_RETRY, Retry
 from trioflow._snapshot import Status
 
@@ -30,6 +43,25 @@ class ScriptedFailure(Exception):
 #: Sleep lengths and step timeouts are disjoint, so "sleep == timeout" races never arise.
 SLEEPS = (0.5, 2.0, 10.0)
 TIMEOUTS = (1.0, 5.0)
+
+#: The error name generated ``fail`` steps give.
+DECLINED = "Declined"
+
+
+def is_scripted(error: BaseException) -> bool:
+    """A predicate matcher: the error is a :class:`ScriptedFailure`."""
+    return isinstance(error, ScriptedFailure)
+
+
+#: What a generated catcher that is meant to match may list. Each matches a modelled error
+#: exactly as :func:`_matches` says; no generated step name, branch name or cause contains one of
+#: the strings, so a string matches only as an error's name (or, in a wait-all parallel step's
+#: message, as the name of one of its branches' errors).
+CATCH_MATCHERS: tuple[ErrorMatcher, ...] = (
+    ScriptedFailure, "ScriptedFailure", is_scripted, ALL, "StepTimeoutError", DECLINED, "ParallelError",
+)
+#: Matchers no generated failure matches (a catcher put before the one that may match).
+DECOY_MATCHERS: tuple[ErrorMatcher, ...] = (KeyError, "NoSuchError")
 
 
 def job_behaviours(*, may_hang: bool = False, timing: bool = True) -> st.SearchStrategy[tuple[Behaviour, ...]]:
@@ -58,6 +90,152 @@ def retry_policies(*, timing: bool = True) -> st.SearchStrategy[Retry]:
     )
 
 
+# -- the model: which error a generated step fails with, and where a catch sends its lane ------
+
+
+@attrs.frozen
+class _Leaf:
+    """A step's own failure: ``name`` as recorded, whether it is a :class:`ScriptedFailure`,
+    and the step it comes from (failures of different steps are told apart)."""
+
+    name: str
+    scripted: bool
+    origin: str
+
+
+@attrs.frozen
+class _Group:
+    """A wait-all parallel step's failure (a ``ParallelError``): its failed branches' errors,
+    in branch order."""
+
+    members: tuple[_Error, ...]
+
+
+_Error = Union[_Leaf, _Group]
+
+
+class UndecidedCatchError(Exception):
+    """The model cannot tell where a catch sends a lane: in a fail-fast parallel step whose
+    branches fail differently, the first failure is the scheduler's choice."""
+
+
+def _names(error: _Error) -> frozenset[str]:
+    """The error names a failure's message holds (a wait-all step names every branch error)."""
+    if isinstance(error, _Leaf):
+        return frozenset({error.name})
+    return frozenset({"ParallelError"}).union(*(_names(m) for m in error.members))
+
+
+def _matches(matcher: ErrorMatcher, error: _Error) -> bool:
+    """Whether ``matcher`` (one of :data:`CATCH_MATCHERS` or :data:`DECOY_MATCHERS`) matches
+    ``error`` (for a fail-fast parallel step: its first failed branch's own error)."""
+    if matcher is ALL:
+        return True
+    if matcher is ScriptedFailure or matcher is is_scripted:
+        return isinstance(error, _Leaf) and error.scripted
+    if isinstance(matcher, str):
+        return matcher in _names(error)
+    return False
+
+
+def _first_catcher(catch: Sequence[Catch], error: _Error) -> int | None:
+    for i, catcher in enumerate(catch):
+        if any(_matches(m, error) for m in catcher.errors):
+            return i
+    return None
+
+
+class _Model:
+    """Predicts a generated lane from its scripts and flags (see :meth:`lane`)."""
+
+    def __init__(self, jobs: dict[str, ScriptedJob], flags: Sequence[bool]) -> None:
+        self.jobs = jobs
+        self.flags = flags
+
+    def task_error(self, step: TaskStep) -> _Error | None:
+        """``None`` if the task's script succeeds within its retry policy, else the error of
+        its last attempt."""
+        assert isinstance(step.run, str)
+        job = self.jobs[step.run]
+        error: _Error | None = None
+        for attempt in range(1, (step.retry or NO_RETRY).max_attempts + 1):
+            error = _attempt_error(job.behaviour(attempt), step)
+            if error is None:
+                return None
+        return error
+
+    def catcher(self, catch: Sequence[Catch], errors: frozenset[_Error]) -> Catch | None:
+        """The catcher that routes a failure with one of ``errors`` (``None``: it propagates).
+        Raises :class:`UndecidedCatchError` unless that is the same for each of them, and, if
+        it is caught, there is only one (the caught error becomes an output)."""
+        chosen = {_first_catcher(catch, e) for e in errors}
+        if len(chosen) > 1 or (chosen != {None} and len(errors) > 1):
+            raise UndecidedCatchError(f"errors {sorted(map(repr, errors))} are routed differently by {catch!r}")
+        (index,) = chosen
+        return None if index is None else catch[index]
+
+    def lane(self, steps: tuple[Step, ...], caught: list[str] | None = None) -> frozenset[_Error]:
+        """The errors the lane may fail with (empty: it ends well), following the flags and the
+        catches; the names of the steps whose failures are caught go into ``caught``."""
+        by_name = {s.name: s for s in steps}
+        name: str | None = steps[0].name
+        while name is not None:
+            step = by_name[name]
+            errors: frozenset[_Error] = frozenset()
+            if isinstance(step, TaskStep):
+                error = self.task_error(step)
+                errors = frozenset() if error is None else frozenset({error})
+            elif isinstance(step, ParallelStep):
+                errors = self.parallel_errors(step)
+            elif isinstance(step, FailStep):
+                return frozenset({_Leaf(name=step.error, scripted=False, origin=step.name)})
+            elif isinstance(step, SucceedStep):
+                return frozenset()
+            if errors:
+                assert isinstance(step, (TaskStep, ParallelStep))
+                catcher = self.catcher(step.catch, errors)
+                if catcher is None:
+                    return errors
+                if caught is not None:
+                    caught.append(step.name)
+                name = catcher.next
+            elif isinstance(step, ChoiceStep) and step.name.startswith("again-"):
+                name = step.default  # a loop's body always succeeds: only where it ends matters
+            elif isinstance(step, ChoiceStep):
+                flag = self.flags[int(step.name.split("-")[1])]
+                name = step.choices[0].next if flag else step.default
+            else:
+                name = None if step.end else step.next
+        return frozenset()
+
+    def parallel_errors(self, step: ParallelStep) -> frozenset[_Error]:
+        return self.branch_errors(step.branches, step.on_error)
+
+    def branch_errors(self, branches: Sequence[Branch], on_error: OnError) -> frozenset[_Error]:
+        """What a parallel step may fail with: fail-fast, the error of whichever failing branch
+        fails first; wait-all, one group of all failing branches' errors."""
+        failing = [e for e in (self.lane(b.steps) for b in branches) if e]
+        if not failing:
+            return frozenset()
+        if on_error == "fail-fast":
+            return frozenset().union(*failing)
+        return frozenset(_Group(members=combo) for combo in itertools.product(*failing))
+
+
+def _attempt_error(b: Behaviour, step: TaskStep) -> _Error | None:
+    timeout = _Leaf(name="StepTimeoutError", scripted=False, origin=step.name)
+    if isinstance(b, Hangs):
+        return timeout  # only generated with a timeout
+    if isinstance(b, Sleeps):
+        if step.timeout is not None and b.seconds > step.timeout:
+            return timeout
+        b = b.then
+    if isinstance(b, Raises):
+        return _Leaf(name=type(b.exception()).__name__, scripted=isinstance(b.exception(), ScriptedFailure),
+                     origin=step.name)
+    return None
+
+
 @attrs.frozen(kw_only=True)
 class GeneratedWorkflow:
     """A generated definition, the jobs it names (register them all), and its input."""
@@ -71,52 +249,35 @@ class GeneratedWorkflow:
         for job in self.jobs.values():
             job.reset()
 
+    def _model(self) -> _Model:
+        return _Model(self.jobs, self.input["flags"])
+
     def step_succeeds(self, step: TaskStep) -> bool:
         """Whether a task step's script yields a success within its retry policy."""
-        assert isinstance(step.run, str)
-        job = self.jobs[step.run]
-        for attempt in range(1, (step.retry or NO_RETRY).max_attempts + 1):
-            if _attempt_succeeds(job.behaviour(attempt), step.timeout):
-                return True
-        return False
+        return self._model().task_error(step) is None
 
     def expected_status(self) -> Status:
-        """``completed`` if no step on the path the flags choose fails for good, else ``failed``."""
-        return "completed" if self._lane_ok(self.definition.steps) else "failed"
+        """``completed`` if no step on the path the flags and catches choose fails for good
+        (or only a ``succeed`` step ends it early), else ``failed``."""
+        return "failed" if self._model().lane(self.definition.steps) else "completed"
 
-    def _lane_ok(self, steps: tuple[Step, ...]) -> bool:
-        by_name = {s.name: s for s in steps}
-        name: str | None = steps[0].name
-        while name is not None:
-            step = by_name[name]
-            if isinstance(step, TaskStep) and not self.step_succeeds(step):
-                return False
-            if isinstance(step, ParallelStep) and not all(self._lane_ok(b.steps) for b in step.branches):
-                return False
-            if isinstance(step, ChoiceStep) and step.name.startswith("again-"):
-                name = step.default  # a loop's body always succeeds: only where it ends matters
-            elif isinstance(step, ChoiceStep):
-                flag = self.input["flags"][int(step.name.split("-")[1])]
-                name = step.choices[0].next if flag else step.default
-            else:
-                name = None if step.end else step.next
-        return True
+    def expected_error_names(self) -> frozenset[str]:
+        """The error names the instance may fail with (empty: it completes). More than one
+        only where fail-fast branches fail differently and the scheduler picks the first."""
+        errors = self._model().lane(self.definition.steps)
+        return frozenset("ParallelError" if isinstance(e, _Group) else e.name for e in errors)
 
-
-def _attempt_succeeds(b: Behaviour, timeout: float | None) -> bool:
-    if isinstance(b, Hangs):
-        return False  # only generated with a timeout
-    if isinstance(b, Sleeps):
-        if timeout is not None and b.seconds > timeout:
-            return False
-        return isinstance(b.then, Returns)
-    return isinstance(b, Returns)
+    def expected_caught(self) -> list[str]:
+        """The main line's steps whose failures a catch routes, in the order they run."""
+        caught: list[str] = []
+        self._model().lane(self.definition.steps, caught)
+        return caught
 
 
 @st.composite
 def workflows(
     draw: st.DrawFn, *, max_steps: int = 4, max_depth: int = 2, timing: bool = True, parallel: bool = True,
-    loops: bool = False,
+    loops: bool = False, catches: bool = False,
 ) -> GeneratedWorkflow:
     """A valid random workflow with scripted jobs (see the module docstring).
 
@@ -124,12 +285,35 @@ def workflows(
     real clock); ``parallel=False`` leaves out parallel steps; ``loops=True`` adds loops: a
     step run again and again through a choice's back-edge (``body-N`` then ``again-N``), a
     given number of times, its job always succeeding (its compensation may fail).
+
+    ``catches=True`` adds errors as values: catchers (:data:`CATCH_MATCHERS`, sometimes after a
+    decoy that matches nothing, sometimes with ``result="err-STEP"``) on task and parallel
+    steps, routing to a later step of the same lane (a landing pass ``at-L-K`` before its K-th
+    part) or to the lane's catch route (``caught-L``, then maybe a task ``h-L``, then maybe a
+    ``fail`` or ``succeed`` step, the normal flow ending before it at ``ok-L``); choice arms
+    that are ``succeed`` or ``fail`` steps. A catcher on a fail-fast parallel step is only kept
+    where it routes the lane, and the error it stores, do not depend on which branch
+    fails first.
     """
     ids = itertools.count()
     jobs: dict[str, ScriptedJob] = {}
     flags: list[bool] = []
+    model = _Model(jobs, flags)
 
-    def task(builder: WorkflowBuilder | BranchBuilder, name: str, next: str | None = None) -> None:
+    def catchers(name: str, targets: Sequence[str]) -> list[Catch]:
+        if not targets or not draw(st.booleans()):
+            return []
+        out = []
+        if draw(st.booleans()):
+            out.append(Catch(errors=draw(st.sampled_from(DECOY_MATCHERS)), next=draw(st.sampled_from(targets))))
+        picks = draw(st.lists(st.integers(0, len(CATCH_MATCHERS) - 1), min_size=1, max_size=2, unique=True))
+        result = f"err-{name}" if draw(st.booleans()) else None
+        out.append(Catch(errors=[CATCH_MATCHERS[i] for i in picks], next=draw(st.sampled_from(targets)),
+                         result=result))
+        return out
+
+    def task(builder: WorkflowBuilder | BranchBuilder, name: str, next: str | None = None,
+             targets: Sequence[str] = (), targeted: set[str] | None = None) -> None:
         timeout = draw(st.sampled_from((None, *TIMEOUTS))) if timing else None
         script = draw(job_behaviours(may_hang=timeout is not None, timing=timing))
         retry = draw(st.none() | retry_policies(timing=timing))
@@ -140,10 +324,31 @@ def workflows(
             undo = draw(st.sampled_from(((Returns(),), (Raises(error=ScriptedFailure), Returns()),
                                          (Raises(error=ScriptedFailure, times=9),))))
             jobs[compensate] = ScriptedJob(*undo, name=compensate)
+        catch = catchers(name, targets) if catches else []
+        if targeted is not None:
+            targeted.update(c.next for c in catch)
         if draw(st.booleans()):  # saga style: execute(ctx), compensate(ctx, result)
-            builder.step(name, f"job-{name}", compensate, retry=retry, timeout=timeout, next=next)
+            builder.step(name, f"job-{name}", compensate, retry=retry, timeout=timeout, catch=catch, next=next)
         else:
-            builder.task(name, job=f"job-{name}", compensate=compensate, retry=retry, timeout=timeout, next=next)
+            builder.task(name, job=f"job-{name}", compensate=compensate, retry=retry, timeout=timeout, catch=catch,
+                         next=next)
+
+    def terminal(builder: WorkflowBuilder | BranchBuilder, kind: str, name: str) -> None:
+        if kind == "fail":
+            builder.fail(name, error=DECLINED, cause=draw(st.sampled_from(("card declined", _cause_from_ctx))))
+        else:
+            output = draw(st.sampled_from((None, {"won": name})))
+            if output is None:
+                builder.succeed(name)
+            else:
+                builder.succeed(name, output=output)
+
+    def arm(builder: WorkflowBuilder | BranchBuilder, name: str, join: str, kind: str,
+            targets: Sequence[str], targeted: set[str]) -> None:
+        if kind == "task":
+            task(builder, name, next=join, targets=targets, targeted=targeted)
+        else:
+            terminal(builder, kind, name)
 
     def loop(builder: WorkflowBuilder | BranchBuilder, n: int) -> None:
         body, times = f"body-{n}", draw(st.integers(1, 3))
@@ -160,20 +365,34 @@ def workflows(
     def lane(builder: WorkflowBuilder | BranchBuilder, depth: int) -> None:
         kinds = ["task", "choice"] + (["parallel"] if parallel and depth < max_depth else []) + (
             ["loop"] if loops else [])
-        for _ in range(draw(st.integers(1, max_steps))):
+        parts = draw(st.integers(1, max_steps))
+        # Catch targets: a landing pass before a later part (added once something targets it),
+        # or this lane's catch route after its normal end.
+        lane_id = next(ids) if catches else 0
+        landings = [f"at-{lane_id}-{k}" for k in range(parts)]
+        route = f"caught-{lane_id}"
+        targeted: set[str] = set()
+        for k in range(parts):
+            targets = (*landings[k + 1:], route) if catches else ()
+            if landings[k] in targeted:
+                builder.pass_(landings[k])
             kind = draw(st.sampled_from(kinds))
             n = next(ids)
             if kind == "task":
-                task(builder, f"t{n}")
+                task(builder, f"t{n}", targets=targets, targeted=targeted)
             elif kind == "loop":
                 loop(builder, n)
             elif kind == "choice":
                 flag = len(flags)
                 flags.append(draw(st.booleans()))
                 join = f"join-{n}"
+                yes = no = "task"
+                if catches:  # at most one arm ends the lane, so the join is reached
+                    yes = draw(st.sampled_from(("task", "task", "succeed", "fail")))
+                    no = "task" if yes != "task" else draw(st.sampled_from(("task", "task", "succeed", "fail")))
                 builder.choice(f"choice-{flag}-{n}", choices=[when(_flag(flag), next=f"yes-{n}")], default=f"no-{n}")
-                task(builder, f"yes-{n}", next=join)
-                task(builder, f"no-{n}", next=join)
+                arm(builder, f"yes-{n}", join, yes, targets, targeted)
+                arm(builder, f"no-{n}", join, no, targets, targeted)
                 builder.pass_(join)
             else:
                 branches = []
@@ -181,7 +400,25 @@ def workflows(
                     b = branch(f"b{next(ids)}")
                     lane(b, depth + 1)
                     branches.append(b.build())
-                builder.parallel(f"p{n}", branches=branches, on_error=draw(st.sampled_from(("fail-fast", "wait-all"))))
+                on_error: OnError = draw(st.sampled_from(("fail-fast", "wait-all")))
+                catch = catchers(f"p{n}", targets) if catches else []
+                if catch:
+                    errors = model.branch_errors(branches, on_error)
+                    try:
+                        if errors:
+                            model.catcher(catch, errors)
+                    except UndecidedCatchError:
+                        catch = []
+                targeted.update(c.next for c in catch)
+                builder.parallel(f"p{n}", branches=branches, on_error=on_error, catch=catch)
+        if route in targeted:
+            terminal(builder, "succeed", f"ok-{lane_id}")  # the normal flow ends here
+            builder.pass_(route)
+            if draw(st.booleans()):
+                task(builder, f"h-{lane_id}")
+            end = draw(st.sampled_from(("fail", "succeed", None)))
+            if end is not None:
+                terminal(builder, end, f"{'fail' if end == 'fail' else 'win'}-{lane_id}")
 
     builder = workflow("generated")
     lane(builder, 0)
@@ -194,6 +431,12 @@ def _flag(i: int) -> Any:
 
 def _fewer_runs_than(step: str, times: int) -> Any:
     return lambda ctx: sum(r.step_name == step for r in ctx.instance.history) < times
+
+
+def _cause_from_ctx(ctx: Any) -> str:
+    """A fail step's cause computed from ``ctx.error`` (lower case: it names no error)."""
+    caught = ctx.error
+    return "declined after " + (caught["error"].lower() if caught is not None else "nothing")
 
 
 def task_steps(definition: WorkflowDefinition) -> Iterator[TaskStep]:
