@@ -25,6 +25,8 @@ from ._definition import (
     TaskStep,
     WorkflowDefinition,
 )
+from ._durations import Seconds
+from ._durations import seconds as as_seconds
 from ._errors import DefinitionError
 from ._lanes import branch_lane
 from ._retry import Retry
@@ -39,7 +41,7 @@ def step(
     compensate: StepFn | str | None = None,
     *,
     retry: Retry | None = None,
-    timeout: float | None = None,
+    timeout: Seconds | None = None,
     catch: Sequence[Catch] | Catch = (),
     next: str | None = None,
     end: bool = False,
@@ -81,7 +83,7 @@ class _LaneBuilder:
         compensate: StepFn | str | None = None,
         *,
         retry: Retry | None = None,
-        timeout: float | None = None,
+        timeout: Seconds | None = None,
         catch: Sequence[Catch] | Catch = (),
         next: str | None = None,
         end: bool = False,
@@ -107,7 +109,7 @@ class _LaneBuilder:
         input: Callable[[Any], Any] | None = None,
         output: Callable[[Any, Any], Any] | None = None,
         retry: Retry | None = None,
-        timeout: float | None = None,
+        timeout: Seconds | None = None,
         compensate: StepFn | str | None = None,
         catch: Sequence[Catch] | Catch = (),
         next: str | None = None,
@@ -247,23 +249,25 @@ class WorkflowBuilder(_LaneBuilder):
         self._transactional = enabled
         return self
 
-    def with_timeout(self, seconds: float) -> Self:
+    def with_timeout(self, seconds: Seconds) -> Self:
         """Bound the whole run; an instance past it ends ``timed_out`` and is compensated."""
-        check_timeout(self._owner(), seconds)
-        self._timeout = float(seconds)
+        value = as_seconds(seconds)
+        check_timeout(self._owner(), value)
+        self._timeout = float(value)
         return self
 
     timeout = with_timeout
 
-    def with_compensation_timeout(self, seconds: float | None) -> Self:
+    def with_compensation_timeout(self, seconds: Seconds | None) -> Self:
         """Bound each compensation, all its attempts together (default 300 s; ``None``:
         unbounded). One that overruns is recorded in ``compensation_errors`` as a
         ``CompensationTimeoutError`` and the others still run, so a hanging compensation can
         never keep an instance (or a cancelled ``execute_workflow`` caller) waiting forever."""
-        if seconds is not None:
-            check_timeout(f"{self._owner()} compensation", seconds)
-            seconds = float(seconds)
-        self._compensation_timeout = seconds
+        value = None if seconds is None else as_seconds(seconds)
+        if value is not None:
+            check_timeout(f"{self._owner()} compensation", value)
+            value = float(value)
+        self._compensation_timeout = value
         return self
 
     def default_retry(self, retry: Retry) -> Self:

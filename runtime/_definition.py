@@ -12,6 +12,7 @@ from typing import Any, Literal, Union
 
 import attrs
 
+from ._durations import seconds
 from ._errors import DefinitionError
 from ._matching import ErrorMatcher, matcher_tuple
 from ._retry import Retry
@@ -87,7 +88,8 @@ class TaskStep:
     output: Callable[[Any, Any], Any] | None = None
     compensate: StepFn | str | None = None
     retry: Retry | None = None
-    timeout: float | None = None
+    #: Seconds (a ``timedelta`` is converted).
+    timeout: float | None = attrs.field(default=None, converter=seconds)
     catch: tuple[Catch, ...] = ()
     next: str | None = None
     end: bool = False

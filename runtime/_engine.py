@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from trioflow.actors._instance import run_instance
 from trioflow.actors._run import STORAGE_RETRY_FOR, Run, now
 from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
+from trioflow._durations import Seconds, seconds
 from trioflow._codec import (
     check_encodable,
     decode_stored,
@@ -494,7 +496,7 @@ async def open_engine(
     driver: Any = None,
     resume: bool = True,
     threads: bool = True,
-    storage_retry_for: float = STORAGE_RETRY_FOR,
+    storage_retry_for: Seconds = STORAGE_RETRY_FOR,
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the block.
 
@@ -513,6 +515,10 @@ async def open_engine(
     """
     if not isinstance(max_running, int) or max_running < 1:
         raise InvalidArgumentError(f"max_running must be an int >= 1, got {max_running!r}")
+    storage_retry_for = seconds(storage_retry_for)
+    if isinstance(storage_retry_for, bool) or not isinstance(storage_retry_for, (int, float)) or not (
+            0 <= storage_retry_for < math.inf):
+        raise InvalidArgumentError(f"storage_retry_for must be a finite number of seconds >= 0, got {storage_retry_for!r}")
     storage: Adapter = adapter if adapter is not None else MemoryAdapter()
     await storage.open()
     try:

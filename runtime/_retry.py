@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import attrs
 
+from ._durations import Seconds, seconds
 from ._errors import DefinitionError
 from ._matching import ErrorMatcher, matcher_tuple, matches
 
@@ -45,7 +46,8 @@ def _retry_on_tuple(value: object) -> tuple[ErrorMatcher, ...] | None:
 class Retry:
     """How a step is retried. Defaults follow the seeds: 3 attempts, 1 s, doubling, capped at 30 s.
 
-    ``max_attempts`` counts the first try. The delay before attempt ``n + 1`` is
+    ``max_attempts`` counts the first try; ``interval`` and ``max_interval`` are seconds (or
+    ``timedelta``). The delay before attempt ``n + 1`` is
     ``min(interval * backoff_rate ** (n - 1), max_interval)``. ``retry_on`` restricts which errors
     are retried (``None``: all). Its items are checked in a fixed precedence: exception types
     first (``isinstance``), then strings (a match when the string is the error's name or occurs
@@ -57,17 +59,17 @@ class Retry:
     """
 
     max_attempts: int = attrs.field(default=3, validator=_positive_int)
-    interval: float = attrs.field(default=1.0, validator=_finite_at_least(0))
+    interval: float = attrs.field(default=1.0, converter=seconds, validator=_finite_at_least(0))
     backoff_rate: float = attrs.field(default=2.0, validator=_finite_at_least(1))
-    max_interval: float = attrs.field(default=30.0, validator=_finite_at_least(0))
+    max_interval: float = attrs.field(default=30.0, converter=seconds, validator=_finite_at_least(0))
     retry_on: tuple[RetryOn, ...] | None = attrs.field(default=None, converter=_retry_on_tuple)
 
     def __init__(
         self,
         max_attempts: int = 3,
-        interval: float = 1.0,
+        interval: Seconds = 1.0,
         backoff_rate: float = 2.0,
-        max_interval: float = 30.0,
+        max_interval: Seconds = 30.0,
         retry_on: RetryOn | tuple[RetryOn, ...] | list[RetryOn] | None = None,
     ) -> None:
         # Positional arguments are allowed here (``Retry(5)``) because it reads naturally.
