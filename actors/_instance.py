@@ -23,7 +23,6 @@ from trioflow._decide import (
     begin_compensation,
     finish,
     pending_compensations,
-    progress,
     record_compensated,
     record_compensation_failed,
 )
@@ -118,9 +117,7 @@ async def _complete(run: Run) -> None:
     finish(state, run.definition, "completed", now())
     await run.persist()
     if run.bus.active:
-        percent, done = progress(state, run.definition)  # 100: the instance completed
-        run.emit("workflow.progress", progress=percent, current_step=None, completed_steps=done,
-                 total_steps=len(run.definition.steps))
+        # The main line's last step reported progress 100 already.
         run.emit("workflow.completed", output=state.output)
     if run.has_hooks:
         await run.end_hook("on_complete")

@@ -238,9 +238,12 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
 
 
 def progress(state: InstanceState, definition: WorkflowDefinition) -> tuple[int, int]:
-    """(percent, completed main-lane steps). 100 only once the instance completed."""
+    """(percent, completed main-lane steps). 100 once the main line has run its last step (the
+    instance completes next), and only then: a percentage never goes down, and a run reports
+    100 once."""
     total = len(definition.steps)
     done = sum(1 for s in definition.steps if s.name in state.latest)
-    if state.status == "completed":
+    main = state.lanes.get(MAIN)
+    if state.status == "completed" or (main is not None and main.step is None and main.failed is None):
         return 100, done
     return min(99, done * 100 // total), done
