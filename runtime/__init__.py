@@ -57,7 +57,9 @@ from ._events import EventBus as EventBus
 from ._jobs import JobRegistry as JobRegistry
 from ._matching import ALL as ALL
 from ._retry import Retry as Retry
+from ._snapshot import Status as Status
 from ._snapshot import StepResult as StepResult
+from ._snapshot import StepStatus as StepStatus
 from ._snapshot import WorkflowInstance as WorkflowInstance
 from ._snapshot import WorkflowMetadata as WorkflowMetadata
 from ._snapshot import WorkflowResult as WorkflowResult

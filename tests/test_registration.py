@@ -80,3 +80,10 @@ async def test_an_existing_id_with_another_input_is_a_conflict(storage: str, tmp
         with pytest.raises(tf.InstanceIdConflictError, match="another input"):
             await engine.start("w", "x", instance_id="order-1")
         assert (await engine.get_instance("order-1")) is not None
+
+
+def test_statuses_are_exported_as_types() -> None:
+    from typing import get_args
+
+    assert set(get_args(tf.Status)) == {"pending", "running", "completed", "failed", "cancelled", "timed_out"}
+    assert "caught" in get_args(tf.StepStatus)
