@@ -331,6 +331,13 @@ class Run:
                 log.exception("hook %s of workflow %r raised; ignored", name, self.definition.name)
         if scope.cancelled_caught:
             log.error("hook %s of workflow %r ran over %g s; cancelled", name, self.definition.name, HOOK_TIMEOUT)
+        try:
+            self.check_data()
+        except UnencodableValueError as exc:
+            # A hook never fails a step: what it left that cannot be stored is dropped here,
+            # before the next step's check would blame that step.
+            log.warning("hook %s of workflow %r left shared data that cannot be stored; dropped: %s",
+                        name, self.definition.name, exc)
 
     async def end_hook(self, name: str) -> None:
         """The ``on_complete``/``on_failed`` hook of a run that has ended: beside the instance

@@ -120,7 +120,12 @@ async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: fl
     target and return; otherwise record the failure (its lane will not run the step again, even
     after a restart), tell listeners and the hook, and raise ``failure``."""
     error = failure.error
-    catcher = catcher_for(step, error)
+    try:
+        catcher = catcher_for(step, error)
+    except Exception as exc:
+        # A predicate that raises: the step fails with that error, as with ``retry_on``.
+        catcher, error = None, exc
+        failure = StepFailure(failure.step_name, exc, failure.attempts, failure.input, failure.uses_input)
     name, cause = error_name(error), error_cause(error)
     record = new_execution(
         run.state, ctx.lane, step.name, "failed" if catcher is None else "caught", error=describe_error(error),

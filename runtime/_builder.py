@@ -49,17 +49,17 @@ def step(
     """A saga step: ``execute(ctx) -> result``, optional ``compensate(ctx, result)``."""
     return TaskStep(
         name=name, run=execute, style="saga", compensate=compensate,
-        retry=retry, timeout=timeout, catch=_catchers(catch), next=next, end=end,
+        retry=retry, timeout=timeout, catch=_catchers(name, catch), next=next, end=end,
     )
 
 
-def _catchers(catch: Sequence[Catch] | Catch) -> tuple[Catch, ...]:
+def _catchers(step_name: str, catch: Sequence[Catch] | Catch) -> tuple[Catch, ...]:
     """``catch=`` as a tuple (one ``Catch`` alone is accepted too); ``build()`` checks its items."""
     if isinstance(catch, Catch):
         return (catch,)
     if isinstance(catch, (list, tuple)):
         return tuple(catch)
-    raise DefinitionError(f"catch must be a list of trioflow.Catch, got {catch!r}")
+    raise DefinitionError(f"step {step_name!r}: catch must be a list of trioflow.Catch, got {catch!r}")
 
 
 def when(condition: Callable[[Any], Any], *, next: str) -> Choice:
@@ -119,7 +119,7 @@ class _LaneBuilder:
         self._steps.append(
             TaskStep(
                 name=name, run=job, style="job", input=input, output=output, retry=retry,
-                timeout=timeout, compensate=compensate, catch=_catchers(catch), next=next, end=end,
+                timeout=timeout, compensate=compensate, catch=_catchers(name, catch), next=next, end=end,
             )
         )
         return self
@@ -143,7 +143,7 @@ class _LaneBuilder:
         the step's failure (fail-fast: after the other branches are cancelled)."""
         self._steps.append(
             ParallelStep(
-                name=name, branches=tuple(branches), on_error=on_error, catch=_catchers(catch), next=next, end=end,
+                name=name, branches=tuple(branches), on_error=on_error, catch=_catchers(name, catch), next=next, end=end,
             )
         )
         return self

@@ -127,10 +127,12 @@ def check_data(state: InstanceState) -> None:
                 raise
     except Exception as exc:
         _packer.reset()
+        error = exc if isinstance(exc, UnencodableValueError) else UnencodableValueError(
+            _locate(state, (("shared data", data),)))
         restore_data(state)
-        if isinstance(exc, UnencodableValueError):
+        if error is exc:
             raise
-        raise UnencodableValueError(_locate(state, (("shared data", data),))) from exc
+        raise error from exc
     state.good_data = packed
 
 
@@ -153,9 +155,29 @@ def remember_data(state: InstanceState) -> None:
 
 
 def restore_data(state: InstanceState) -> None:
-    """Put the shared data back to what it was at the last step end (see :func:`check_data`)."""
-    good = state.good_data
-    state.data = {} if good is None else msgpack.unpackb(good, raw=False, strict_map_key=False, use_list=True)
+    """Put back what in the shared data cannot be stored: each such value goes back to what it
+    was at the last check (see :func:`check_data`), or goes if it was not there. Other values
+    stay, a running sibling branch's among them; only when the data is too large as a whole
+    does every value changed since the last check go back."""
+    good = {} if state.good_data is None else msgpack.unpackb(
+        state.good_data, raw=False, strict_map_key=False, use_list=True)
+    data = state.data
+    bad = [key for key, value in data.items() if not _storable(key, value)]
+    if not bad:
+        bad = [key for key, value in data.items() if key not in good or not same_value(value, good[key])]
+    for key in bad:
+        if key in good:
+            data[key] = good[key]
+        else:
+            del data[key]
+
+
+def _storable(key: Any, value: Any) -> bool:
+    try:
+        check_encodable({key: value}, "")
+    except UnencodableValueError:
+        return False
+    return True
 
 
 def encode_record(r: StepResult) -> bytes:

@@ -167,8 +167,13 @@ class ParallelError(ExceptionGroup[BranchError], TrioflowError):
 
 
 def _parallel_message(step_name: str, errors: Sequence[BranchError]) -> str:
-    failed = "; ".join(f"branch {e.branch_name!r} failed with {describe_error(e.error)}" for e in errors)
+    failed = "; ".join(f"branch {e.branch_name!r} failed with {_name_and_cause(e.error)}" for e in errors)
     return f"parallel step {step_name!r}: {failed}"
+
+
+def _name_and_cause(error: BaseException) -> str:
+    cause = error_cause(error)
+    return f"{error_name(error)}: {cause}" if cause else error_name(error)
 
 
 class RecordedError(TrioflowError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Union, final
 
-from ._errors import DefinitionError, StorageError, error_cause, error_name, root_error
+from ._errors import DefinitionError, RecordedError, StorageError, error_cause, error_name, root_error
 
 
 @final
@@ -55,6 +55,8 @@ def matches(items: tuple[ErrorMatcher, ...], error: BaseException) -> bool:
     types = tuple(i for i in items if isinstance(i, type))
     if types and (isinstance(error, types) or isinstance(root, types)):
         return True
+    if types and isinstance(root, RecordedError) and any(_names_a_subclass(t, root.error_name) for t in types):
+        return True  # a failure known from its record (before a restart): matched by class name
     strings = [i for i in items if isinstance(i, str)]
     if strings:
         name, cause = error_name(error), error_cause(error)
@@ -63,3 +65,17 @@ def matches(items: tuple[ErrorMatcher, ...], error: BaseException) -> bool:
     if any(isinstance(i, _All) for i in items) and not isinstance(root, (DefinitionError, StorageError)):
         return True
     return any(not isinstance(i, (str, type, _All)) and i(root) for i in items)
+
+
+def _names_a_subclass(kind: type[BaseException], name: str) -> bool:
+    """Whether ``kind`` or one of its subclasses (loaded in this process) is called ``name``."""
+    seen: set[type[BaseException]] = set()
+    todo: list[type[BaseException]] = [kind]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == name:
+            return True
+        seen.add(cls)
+        subclasses: list[type[BaseException]] = cls.__subclasses__()
+        todo.extend(sub for sub in subclasses if sub not in seen)
+    return False
