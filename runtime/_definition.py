@@ -167,8 +167,22 @@ class ParallelStep:
     kind: StepKind = attrs.field(default="parallel", init=False)
 
 
+class _EndsItsLane:
+    """Succeed and fail steps: nothing follows them in their lane."""
+
+    __slots__ = ()
+
+    @property
+    def next(self) -> None:
+        return None
+
+    @property
+    def end(self) -> bool:
+        return True
+
+
 @attrs.frozen(kw_only=True)
-class SucceedStep:
+class SucceedStep(_EndsItsLane):
     """Ends its lane successfully with ``output(ctx)``, ``output``, or (neither given) the
     lane's last output (Amazon States Language's ``Succeed``)."""
 
@@ -177,17 +191,9 @@ class SucceedStep:
     has_output: bool = False
     kind: StepKind = attrs.field(default="succeed", init=False)
 
-    @property
-    def next(self) -> None:
-        return None
-
-    @property
-    def end(self) -> bool:
-        return True
-
 
 @attrs.frozen(kw_only=True)
-class FailStep:
+class FailStep(_EndsItsLane):
     """Fails its lane with the error name ``error`` and ``cause`` (text, or ``cause(ctx)``):
     the workflow fails and compensates, unless a catch on an enclosing parallel step routes it
     (Amazon States Language's ``Fail``)."""
@@ -196,14 +202,6 @@ class FailStep:
     error: str
     cause: str | Callable[[Any], Any] = ""
     kind: StepKind = attrs.field(default="fail", init=False)
-
-    @property
-    def next(self) -> None:
-        return None
-
-    @property
-    def end(self) -> bool:
-        return True
 
 
 Step = Union[TaskStep, ChoiceStep, PassStep, ParallelStep, SucceedStep, FailStep]
