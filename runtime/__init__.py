@@ -33,6 +33,8 @@ from ._errors import BranchError as BranchError
 from ._errors import DefinitionError as DefinitionError
 from ._errors import DefinitionMismatchError as DefinitionMismatchError
 from ._errors import EngineClosedError as EngineClosedError
+from ._errors import RecordedError as RecordedError
+from ._errors import error_name as error_name
 from ._errors import FailStepError as FailStepError
 from ._errors import InstanceNotLiveError as InstanceNotLiveError
 from ._errors import NoChoiceMatchedError as NoChoiceMatchedError

@@ -291,24 +291,27 @@ def workflows(
     steps, routing to a later step of the same lane (a landing pass ``at-L-K`` before its K-th
     part) or to the lane's catch route (``caught-L``, then maybe a task ``h-L``, then maybe a
     ``fail`` or ``succeed`` step, the normal flow ending before it at ``ok-L``); choice arms
-    that are ``succeed`` or ``fail`` steps. A catcher on a fail-fast parallel step is only kept
-    where it routes the lane, and the error it stores, do not depend on which branch
-    fails first.
+    that are ``succeed`` or ``fail`` steps. A parallel step's catchers are left out where the
+    route they pick, or the error they store, would depend on which fail-fast branch fails
+    first, so :meth:`GeneratedWorkflow.expected_status` stays exact.
     """
     ids = itertools.count()
     jobs: dict[str, ScriptedJob] = {}
     flags: list[bool] = []
     model = _Model(jobs, flags)
 
-    def catchers(name: str, targets: Sequence[str]) -> list[Catch]:
+    def catchers(name: str, targets: Sequence[str], *, predicates: bool = True) -> list[Catch]:
         if not targets or not draw(st.booleans()):
             return []
         out = []
         if draw(st.booleans()):
             out.append(Catch(errors=draw(st.sampled_from(DECOY_MATCHERS)), next=draw(st.sampled_from(targets))))
-        picks = draw(st.lists(st.integers(0, len(CATCH_MATCHERS) - 1), min_size=1, max_size=2, unique=True))
+        # A parallel step's catch may, after a restart, see a branch failure only as recorded
+        # (docs/errors.md): its generated catchers match by type, name or ALL, never predicate.
+        allowed = [m for m in CATCH_MATCHERS if predicates or m is not is_scripted]
+        picks = draw(st.lists(st.integers(0, len(allowed) - 1), min_size=1, max_size=2, unique=True))
         result = f"err-{name}" if draw(st.booleans()) else None
-        out.append(Catch(errors=[CATCH_MATCHERS[i] for i in picks], next=draw(st.sampled_from(targets)),
+        out.append(Catch(errors=[allowed[i] for i in picks], next=draw(st.sampled_from(targets)),
                          result=result))
         return out
 
@@ -401,7 +404,7 @@ def workflows(
                     lane(b, depth + 1)
                     branches.append(b.build())
                 on_error: OnError = draw(st.sampled_from(("fail-fast", "wait-all")))
-                catch = catchers(f"p{n}", targets) if catches else []
+                catch = catchers(f"p{n}", targets, predicates=False) if catches else []
                 if catch:
                     errors = model.branch_errors(branches, on_error)
                     try:
