@@ -10,7 +10,17 @@ import trio
 from trioflow._context import WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._decide import choose, complete_step, new_execution, next_of, open_branches, parallel_output, progress
-from trioflow._definition import Branch, ChoiceStep, FailStep, ParallelStep, PassStep, SucceedStep, TaskStep
+from trioflow._definition import (
+    Branch,
+    ChoiceStep,
+    FailStep,
+    ParallelStep,
+    PassStep,
+    ReceiveStep,
+    SucceedStep,
+    TaskStep,
+    WaitStep,
+)
 from trioflow._errors import (
     BranchError,
     FailStepError,
@@ -24,6 +34,7 @@ from trioflow._lanes import MAIN, branch_lane
 
 from ._run import Run, StepFailure, now
 from ._task import run_task, step_failed
+from ._wait import run_receive, run_wait
 
 
 async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: WorkflowContext) -> Any:
@@ -62,6 +73,11 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             elif isinstance(step, ParallelStep):
                 output = await run_parallel(run, step, ctx)
                 target = next_of(step)
+            elif isinstance(step, WaitStep):
+                await run_wait(run, step, lane, ctx)
+                output, passes, target = state.output_of(lane.last), lane.last, next_of(step)
+            elif isinstance(step, ReceiveStep):
+                output, target = await run_receive(run, step, lane), next_of(step)
             else:
                 output, passes, target = _decide_step(step, state, lane, ctx)
             record = new_execution(

@@ -14,6 +14,7 @@ import trio
 
 from trioflow._codec import (
     check_data,
+    decode_payload,
     check_encodable,
     decode_whole,
     encode_whole,
@@ -47,6 +48,9 @@ STORAGE_RETRY_FOR = 60.0
 SILENT = EventBus()
 
 
+_NO_EXTRA: dict[str, Any] = {}
+
+
 class StepFailure(Exception):
     """A step failed for good; carries the step's name, the error, the attempts made and the
     input the failed execution had (recorded with it)."""
@@ -77,6 +81,7 @@ class Run:
         "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed",
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
+        "clock", "arrived", "consumed_seqs",
         "gathering", "writing",
     )
 
@@ -96,6 +101,7 @@ class Run:
         threads: ThreadSlots | None = None,
         spawn: Callable[..., None] | None = None,
         storage_retry_for: float = STORAGE_RETRY_FOR,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.definition = definition
         self.state = state
@@ -116,6 +122,13 @@ class Run:
         #: apart from the instance's lifecycle. ``None``: they run inline (``execute_workflow``).
         self.spawn = spawn
         self.storage_retry_for = storage_retry_for
+        #: The engine's wall clock (Unix seconds): timers' due times are on it.
+        self.clock = clock
+        #: Set (and dropped) when a signal is delivered while a receive step waits.
+        self.arrived: trio.Event | None = None
+        #: Seqs of the signals this run's receive steps took (never taken twice, even while the
+        #: checkpoint deleting them is in flight).
+        self.consumed_seqs: set[int] | None = None
         #: While branches run: the checkpoint gathering this scheduler pass's completions, and
         #: the lock that keeps one checkpoint of this instance in flight at a time.
         self.gathering: _Gathering | None = None
@@ -152,6 +165,41 @@ class Run:
         Raises :class:`UnencodableValueError` naming the value."""
         if self.adapter is not None:
             stage(self.state, record)
+
+    def deliver(self, seq: int, name: str, payload: Any) -> None:
+        """A signal stored for this instance while it runs here: keep it for a receive step."""
+        state = self.state
+        if (self.consumed_seqs is not None and seq in self.consumed_seqs) or any(q == seq for q, _, _ in state.signals):
+            return
+        signals = state.signals if isinstance(state.signals, list) else []
+        signals.append((seq, name, payload))
+        signals.sort(key=lambda s: s[0])
+        state.signals = signals
+        if self.arrived is not None:
+            self.arrived.set()
+            self.arrived = None
+
+    async def fetch_signals(self) -> None:
+        """Deliver the signals storage holds for this instance (sent before it ran here)."""
+        if self.adapter is None:
+            return
+        for seq, name, payload in await self.adapter.signals(self.state.instance_id):
+            self.deliver(seq, name, decode_payload(payload))
+
+    def take_signal(self, name: str) -> tuple[int, Any] | None:
+        """The oldest delivered signal named ``name``, consumed: ``(seq, payload)``, or ``None``.
+        The next checkpoint deletes it from storage, with the record of the step that took it."""
+        state = self.state
+        for i, (seq, signal, payload) in enumerate(state.signals):
+            if signal == name:
+                assert isinstance(state.signals, list)
+                del state.signals[i]
+                state.consumed = [*state.consumed, seq]
+                if self.consumed_seqs is None:
+                    self.consumed_seqs = set()
+                self.consumed_seqs.add(seq)
+                return seq, payload
+        return None
 
     def check_value(self, value: Any, what: str) -> None:
         """Raise :class:`UnencodableValueError` naming ``what`` if ``value`` cannot be stored
@@ -231,7 +279,7 @@ class Run:
         assert self.adapter is not None
         s = self.state
         try:
-            header, records, first_seq, start = take_changes(s)
+            header, records, first_seq, start, consumed = take_changes(s)
         except UnencodableValueError as exc:
             # The shared data was changed in place after the last step ended (a job still
             # running in a sibling branch): what cannot be stored is dropped, not the checkpoint.
@@ -241,15 +289,18 @@ class Run:
                 extra={"instance_id": s.instance_id, "workflow_name": s.workflow_name},
             )
             restore_data(s)
-            header, records, first_seq, start = take_changes(s)
+            header, records, first_seq, start, consumed = take_changes(s)
         status = s.status
+        # Only a checkpoint that consumes signals passes ``consumed``: adapters written before
+        # signals existed keep working for workflows that receive none.
+        extra = {"consumed": consumed} if consumed else _NO_EXTRA
         deadline: float | None = None
         delay = 0.05
         try:
             while True:
                 try:
                     await self.adapter.checkpoint(
-                        s.instance_id, status, header, records, first_seq=first_seq, start=start)
+                        s.instance_id, status, header, records, first_seq=first_seq, start=start, **extra)
                     break
                 except StorageUnavailableError as exc:
                     if deadline is None:
@@ -257,7 +308,7 @@ class Run:
                     await self._back_off(exc, deadline, delay)
                     delay = min(delay * 2, 5.0)
         except BaseException:
-            not_taken(s, records)
+            not_taken(s, records, consumed)
             raise
         taken(s, len(records))
         self.stored_status = status

@@ -13,7 +13,7 @@ from ._protocol import StoredInstance
 class _Row:
     """One stored instance. Slotted and mutable: checkpoints are the hot path."""
 
-    __slots__ = ("order", "workflow_name", "status", "start", "header", "records")
+    __slots__ = ("order", "workflow_name", "status", "start", "header", "records", "signals")
 
     def __init__(self, order: int, workflow_name: str, status: Status, start: bytes | None, header: bytes) -> None:
         #: Creation order: listings are oldest first.
@@ -26,6 +26,8 @@ class _Row:
         #: once it has ended: the cyclic garbage collector tracks no list for the many waiting
         #: or finished instances a process holds.
         self.records: list[bytes] | tuple[bytes, ...] = ()
+        #: Pending signals by seq (``None`` until the first one).
+        self.signals: dict[int, tuple[str, bytes]] | None = None
 
 
 class MemoryAdapter:
@@ -40,6 +42,8 @@ class MemoryAdapter:
     def __init__(self) -> None:
         self._rows: dict[str, _Row] = {}
         self._created = 0
+        #: The last signal seq handed out (seqs only grow, across instances).
+        self._signals = 0
         self._by_status: dict[str, dict[str, None]] = {}
         self._by_workflow: dict[str, dict[str, None]] = {}
 
@@ -61,7 +65,7 @@ class MemoryAdapter:
 
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
-        first_seq: int, start: bytes | None = None,
+        first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (),
     ) -> None:
         row = self._rows.get(instance_id)
         if row is None:
@@ -70,6 +74,12 @@ class MemoryAdapter:
             raise CheckpointConflictError(
                 f"instance {instance_id!r} has {len(row.records)} records stored; a checkpoint"
                 f" appending at {first_seq} is refused"
+            )
+        missing = [seq for seq in consumed if not row.signals or seq not in row.signals]
+        if missing or len(set(consumed)) != len(consumed):
+            raise CheckpointConflictError(
+                f"instance {instance_id!r}: a checkpoint consuming signals {list(consumed)} is refused"
+                f" ({missing or 'repeated'} not pending)"
             )
         # Everything is converted before anything changes: all or nothing. (``bytes`` of a
         # bytes object is that object: the usual case copies nothing.)
@@ -96,6 +106,28 @@ class MemoryAdapter:
             row.records = tuple(row.records)
         if start is not None:
             row.start = start
+        if consumed and row.signals is not None:
+            for seq in consumed:
+                del row.signals[seq]
+
+    async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
+        row = self._rows.get(instance_id)
+        if row is None:
+            raise UnknownInstanceError(f"no stored instance {instance_id!r} to signal")
+        payload = _blob(payload, "signal payload")
+        if row.status not in RESUMABLE:
+            return None
+        self._signals += 1
+        if row.signals is None:
+            row.signals = {}
+        row.signals[self._signals] = (name, payload)
+        return self._signals
+
+    async def signals(self, instance_id: str) -> list[tuple[int, str, bytes]]:
+        row = self._rows.get(instance_id)
+        if row is None or not row.signals:
+            return []
+        return [(seq, name, payload) for seq, (name, payload) in sorted(row.signals.items())]
 
     async def load(self, instance_id: str) -> StoredInstance | None:
         row = self._rows.get(instance_id)

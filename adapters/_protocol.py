@@ -55,14 +55,25 @@ class Adapter(Protocol):
 
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
-        first_seq: int, start: bytes | None = None,
+        first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (),
     ) -> None:
-        """In one atomic write: replace the status and header, and append ``records`` as seq
-        ``first_seq``, ``first_seq + 1``, ... ``first_seq`` must equal the number of records
-        stored: otherwise (a write repeated or lost) raise :class:`CheckpointConflictError` and
-        write nothing. ``start``, when given, sets the start bytes (a row from before format 2
-        gets them on its first checkpoint). An unknown instance raises
-        :class:`UnknownInstanceError`."""
+        """In one atomic write: replace the status and header, append ``records`` as seq
+        ``first_seq``, ``first_seq + 1``, ..., and delete the pending signals whose seqs are in
+        ``consumed`` (the engine passes it only when a receive step consumed some). ``first_seq``
+        must equal the number of records stored, and every consumed signal must be pending:
+        otherwise (a write repeated or lost) raise :class:`CheckpointConflictError` and write
+        nothing. ``start``, when given, sets the start bytes (a row from before format 2 gets
+        them on its first checkpoint). An unknown instance raises :class:`UnknownInstanceError`."""
+        ...
+
+    async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
+        """Store a signal for an instance, durably, and return its seq (seqs only grow, so
+        signals sort in the order they were stored). ``None``, and nothing stored, when the
+        instance has ended; an unknown instance raises :class:`UnknownInstanceError`."""
+        ...
+
+    async def signals(self, instance_id: str) -> list[tuple[int, str, bytes]]:
+        """The instance's pending signals, ``(seq, name, payload)`` in seq order."""
         ...
 
     async def load(self, instance_id: str) -> StoredInstance | None:
@@ -78,5 +89,5 @@ class Adapter(Protocol):
         ...
 
     async def delete(self, instance_id: str) -> bool:
-        """Remove an instance and its records; whether it existed."""
+        """Remove an instance, its records and its signals; whether it existed."""
         ...

@@ -83,6 +83,16 @@ _SCHEMA = (
         data        BLOB NOT NULL,
         PRIMARY KEY (instance_id, seq)
     ) WITHOUT ROWID""",
+    # Signals sent to instances and not consumed yet. AUTOINCREMENT: a seq is never handed out
+    # twice, so an instance's signals sort in the order they were stored. (Added within schema
+    # version 2: a file without the table gets it when it opens.)
+    """CREATE TABLE IF NOT EXISTS trioflow_signals (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance_id TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        payload     BLOB NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS trioflow_signals_by_instance ON trioflow_signals (instance_id, seq)",
 )
 
 #: From schema version 1 (``trioflow_instances(instance_id, workflow_name, status, snapshot)``):
@@ -268,7 +278,7 @@ class SQLiteAdapter:
 
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
-        first_seq: int, start: bytes | None = None,
+        first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (),
     ) -> None:
         # Everything is checked and copied here, before anything is handed to the writer: a
         # value that cannot be stored fails the call and nothing is written.
@@ -283,7 +293,24 @@ class SQLiteAdapter:
             header = _blob(header, "header")
         if start is not None and type(start) is not bytes:
             start = _blob(start, "start")
-        await self._submit(("checkpoint", (status, header, start, len(stored), instance_id, first_seq, stored)))
+        if consumed:
+            consumed = tuple(consumed)
+            if any(type(seq) is not int for seq in consumed) or len(set(consumed)) != len(consumed):
+                raise DatabaseError(f"consumed must be distinct signal seqs, got {consumed!r}")
+        await self._submit(
+            ("checkpoint", (status, header, start, len(stored), instance_id, first_seq, stored, tuple(consumed))))
+
+    async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
+        payload = _blob(payload, "signal payload")
+        known, seq = await self._submit(("signal", (instance_id, name, payload)))
+        if not known:
+            raise UnknownInstanceError(f"no stored instance {instance_id!r} to signal")
+        result: int | None = seq
+        return result
+
+    async def signals(self, instance_id: str) -> list[tuple[int, str, bytes]]:
+        rows: list[tuple[int, str, bytes]] = await self._submit(("signals", (instance_id,)))
+        return rows
 
     async def load(self, instance_id: str) -> StoredInstance | None:
         rows: list[StoredInstance] = await self._submit(("select", ("i.instance_id = ?", (instance_id,))))
@@ -526,6 +553,7 @@ _SAME_STATUS_SQL = (
     " WHERE instance_id = ? AND next_seq = ?"
 )
 _RECORD_SQL = "INSERT INTO trioflow_records (instance_id, seq, data) VALUES (?, ?, ?)"
+_CONSUME_SQL = "DELETE FROM trioflow_signals WHERE seq = ? AND instance_id = ?"
 
 
 def _create_many(
@@ -581,6 +609,9 @@ def _checkpoint_many(
         updated = conn.executemany(_CHECKPOINT_SQL, changing).rowcount if changing else 0
         if keeping:
             updated += conn.executemany(_SAME_STATUS_SQL, keeping).rowcount
+        consumed = [(seq, args[4]) for args in checkpoints for seq in args[7]]
+        if consumed and updated == len(checkpoints):
+            updated -= len(consumed) - conn.executemany(_CONSUME_SQL, consumed).rowcount
         if updated == len(checkpoints):
             conn.executemany(_RECORD_SQL, _record_rows(checkpoints))
             conn.execute("RELEASE trioflow_checkpoints")
@@ -594,7 +625,15 @@ def _checkpoint_many(
 def _checkpoint_one(
     conn: sqlite3.Connection, args: tuple[Any, ...], known: dict[str, str], changes: dict[str, str | None],
 ) -> outcome.Outcome[Any]:
-    status, instance_id, first_seq = args[0], args[4], args[5]
+    status, instance_id, first_seq, consumed = args[0], args[4], args[5], args[7]
+    if consumed:
+        pending = conn.execute(
+            f"SELECT count(*) FROM trioflow_signals WHERE instance_id = ? AND seq IN ({', '.join('?' * len(consumed))})",
+            (instance_id, *consumed)).fetchone()[0]
+        if pending != len(consumed):
+            return outcome.Error(CheckpointConflictError(
+                f"instance {instance_id!r}: a checkpoint consuming signals {list(consumed)} is refused"
+                " (not all of them are pending)"))
     was = changes[instance_id] if instance_id in changes else known.get(instance_id)
     if was == status:
         updated = conn.execute(_SAME_STATUS_SQL, args[1:6]).rowcount
@@ -610,6 +649,8 @@ def _checkpoint_one(
         ))
     if args[3]:
         conn.executemany(_RECORD_SQL, _record_rows((args,)))
+    if consumed:
+        conn.executemany(_CONSUME_SQL, [(seq, instance_id) for seq in consumed])
     changes[instance_id] = status
     return outcome.Value(None)
 
@@ -617,7 +658,7 @@ def _checkpoint_one(
 def _record_rows(checkpoints: Sequence[tuple[Any, ...]]) -> list[tuple[str, int, bytes]]:
     return [
         (instance_id, first_seq + k, data)
-        for _, _, _, _, instance_id, first_seq, records in checkpoints
+        for _, _, _, _, instance_id, first_seq, records, _ in checkpoints
         for k, data in enumerate(records)
     ]
 
@@ -654,13 +695,31 @@ def _select(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> li
     ]
 
 
+def _signal(conn: sqlite3.Connection, iid: str, name: str, payload: bytes) -> tuple[bool, int | None]:
+    """Store a signal unless its instance has ended: (whether the instance exists, the seq)."""
+    row = conn.execute("SELECT status FROM trioflow_instances WHERE instance_id = ?", (iid,)).fetchone()
+    if row is None:
+        return False, None
+    if row[0] not in RESUMABLE:
+        return True, None
+    cursor = conn.execute("INSERT INTO trioflow_signals (instance_id, name, payload) VALUES (?, ?, ?)",
+                          (iid, name, payload))
+    return True, cursor.lastrowid
+
+
+def _signals(conn: sqlite3.Connection, iid: str) -> list[tuple[int, str, bytes]]:
+    return [(seq, name, payload) for seq, name, payload in conn.execute(
+        "SELECT seq, name, payload FROM trioflow_signals WHERE instance_id = ? ORDER BY seq", (iid,))]
+
+
 def _delete(conn: sqlite3.Connection, iid: str) -> bool:
+    conn.execute("DELETE FROM trioflow_signals WHERE instance_id = ?", (iid,))
     conn.execute("DELETE FROM trioflow_records WHERE instance_id = ?", (iid,))
     return conn.execute("DELETE FROM trioflow_instances WHERE instance_id = ?", (iid,)).rowcount == 1
 
 
 #: Ops applied one at a time (creates and checkpoints go in runs: see :func:`_run_all`).
-_OPS: dict[str, Callable[..., Any]] = {"select": _select, "delete": _delete}
+_OPS: dict[str, Callable[..., Any]] = {"select": _select, "delete": _delete, "signal": _signal, "signals": _signals}
 
 
 def _blob(value: Any, what: str) -> bytes:

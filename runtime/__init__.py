@@ -26,8 +26,10 @@ from ._definition import FailStep as FailStep
 from ._definition import Hooks as Hooks
 from ._definition import ParallelStep as ParallelStep
 from ._definition import PassStep as PassStep
+from ._definition import ReceiveStep as ReceiveStep
 from ._definition import SucceedStep as SucceedStep
 from ._definition import TaskStep as TaskStep
+from ._definition import WaitStep as WaitStep
 from ._definition import WorkflowDefinition as WorkflowDefinition
 from ._errors import BranchError as BranchError
 from ._errors import DefinitionError as DefinitionError
@@ -45,6 +47,7 @@ from ._errors import CompensationTimeoutError as CompensationTimeoutError
 from ._errors import StorageError as StorageError
 from ._errors import CheckpointConflictError as CheckpointConflictError
 from ._errors import StorageUnavailableError as StorageUnavailableError
+from ._errors import SignalTimeoutError as SignalTimeoutError
 from ._errors import StepTimeoutError as StepTimeoutError
 from ._errors import TrioflowError as TrioflowError
 from ._errors import UnencodableValueError as UnencodableValueError

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Self
 
 import attrs
 
 from ._definition import (
+    CATCHING,
     Branch,
     Catch,
     Choice,
@@ -19,10 +21,13 @@ from ._definition import (
     OnError,
     ParallelStep,
     PassStep,
+    ReceiveStep,
     Step,
     StepFn,
     SucceedStep,
     TaskStep,
+    WaitStep,
+    When,
     WorkflowDefinition,
 )
 from ._durations import Seconds
@@ -181,6 +186,32 @@ class _LaneBuilder:
         self._steps.append(FailStep(name=name, error=error, cause=cause))
         return self
 
+    def wait(
+        self, name: str, *, seconds: Seconds | Callable[[Any], Any] | None = None,
+        until: When | datetime | None = None, next: str | None = None, end: bool = False,
+    ) -> Self:
+        """Add a durable timer: wait ``seconds`` (a number, a ``timedelta``, or a callable of
+        ctx giving one) or until ``until`` (Unix seconds, an aware ``datetime``, or a callable
+        of ctx giving either). The due time is stored when the step starts; the lane's last
+        output passes on."""
+        if isinstance(until, datetime):
+            if until.tzinfo is None:
+                raise DefinitionError(f"{self._owner()}, step {name!r}: until must be an aware datetime (with a tzinfo)")
+            until = until.timestamp()
+        self._steps.append(WaitStep(name=name, seconds=as_seconds(seconds), until=until, next=next, end=end))
+        return self
+
+    def receive(
+        self, name: str, *, signal: str, timeout: Seconds | None = None, catch: Sequence[Catch] | Catch = (),
+        next: str | None = None, end: bool = False,
+    ) -> Self:
+        """Add a step that waits for the next signal named ``signal`` (``engine.signal``), first
+        in first out; its payload is the step's output. ``timeout`` fails the step with
+        ``SignalTimeoutError`` (catchable) when none arrives in time."""
+        self._steps.append(ReceiveStep(
+            name=name, signal=signal, timeout=timeout, catch=_catchers(name, catch), next=next, end=end))
+        return self
+
     def end(self, name: str) -> Self:
         """Add a pass step that ends the lane (shorthand for ``pass_(name, end=True)``)."""
         return self.pass_(name, end=True)
@@ -198,7 +229,8 @@ def _resolve(steps: Sequence[Step], default_retry: Retry | None) -> tuple[tuple[
     out: list[Step] = []
     for i, s in enumerate(steps):
         changes: dict[str, Any] = {}
-        if isinstance(s, (TaskStep, PassStep, ParallelStep)) and s.next is None and not s.end and i + 1 < len(steps):
+        if (isinstance(s, (TaskStep, PassStep, ParallelStep, WaitStep, ReceiveStep)) and s.next is None and not s.end
+                and i + 1 < len(steps)):
             changes["next"] = steps[i + 1].name
         if isinstance(s, TaskStep) and s.retry is None and default_retry is not None:
             changes["retry"] = default_retry
@@ -319,7 +351,7 @@ def _fingerprint(steps: Iterable[Step]) -> str:
     def feed(lane: Iterable[Step]) -> None:
         for s in lane:
             digest.update(f"{s.kind}:{s.name}>{s.next}|".encode())
-            if isinstance(s, (TaskStep, ParallelStep)) and s.catch:
+            if isinstance(s, CATCHING) and s.catch:
                 digest.update(repr([c.next for c in s.catch]).encode())
             if isinstance(s, ChoiceStep):
                 digest.update(repr([c.next for c in s.choices] + [s.default]).encode())

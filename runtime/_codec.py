@@ -73,7 +73,8 @@ def encode_header(state: InstanceState) -> bytes:
     the steps already run (it holds no step outputs)."""
     lanes = {}
     for key, lane in state.lanes.items():
-        lanes[key] = (lane.step, lane.last, lane.failed)
+        lanes[key] = (lane.step, lane.last, lane.failed) if lane.waiting is None else (
+            lane.step, lane.last, lane.failed, lane.waiting)
     errors = state.compensation_errors
     # Packed inline, not through a helper: this runs at every checkpoint.
     try:
@@ -134,6 +135,19 @@ def check_data(state: InstanceState) -> None:
             raise
         raise error from exc
     state.good_data = packed
+
+
+def encode_payload(value: Any, what: str) -> bytes:
+    """A value stored on its own (a signal's payload); :class:`UnencodableValueError` naming
+    ``what`` if it cannot be stored."""
+    check_encodable(value, what)
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
+def decode_payload(data: bytes) -> Any:
+    """The value of :func:`encode_payload`'s bytes."""
+    return _unpack(data, "signal payload")
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -220,17 +234,19 @@ def stage(state: InstanceState, record: StepResult) -> None:
         state.staged = [packed]
 
 
-def take_changes(state: InstanceState) -> tuple[bytes, Sequence[bytes], int, bytes | None]:
+def take_changes(state: InstanceState) -> tuple[bytes, Sequence[bytes], int, bytes | None, Sequence[int]]:
     """What the next checkpoint of ``state`` writes (see ``Adapter.checkpoint``): the
     header, the staged records (taken out of the state: records staged from now on go with
-    the next checkpoint), their first seq, and the start bytes if they are not stored yet.
+    the next checkpoint), their first seq, the start bytes if they are not stored yet, and the
+    seqs of the signals consumed since the last checkpoint.
     Call :func:`taken` once they are stored, or :func:`not_taken` if the write failed."""
     header = encode_header(state)  # first: if it raises, nothing is taken
     start = None if state.start_stored else encode_start(state)
     records, state.staged = state.staged, ()
+    consumed, state.consumed = state.consumed, ()
     first_seq = state.stored + state.inflight
     state.inflight += len(records)
-    return header, records, first_seq, start
+    return header, records, first_seq, start, consumed
 
 
 def taken(state: InstanceState, count: int) -> None:
@@ -240,11 +256,13 @@ def taken(state: InstanceState, count: int) -> None:
     state.start_stored = True
 
 
-def not_taken(state: InstanceState, records: Sequence[bytes]) -> None:
-    """A write of records taken by :func:`take_changes` failed: they go back to the front of
-    the staging list, for the next checkpoint."""
+def not_taken(state: InstanceState, records: Sequence[bytes], consumed: Sequence[int] = ()) -> None:
+    """A write of records taken by :func:`take_changes` failed: they (and the signals it
+    consumed) go back to the front, for the next checkpoint."""
     state.inflight -= len(records)
     state.staged = [*records, *state.staged]
+    if consumed:
+        state.consumed = [*consumed, *state.consumed]
 
 
 def encode_whole(state: InstanceState) -> bytes:
@@ -417,11 +435,14 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             lane=lane, execution=execution, seq=seq, passes=passes, input_is_workflow_input=bool(uses_input),
             error_name=r_name, cause=r_cause,
         ))
-    for key, (step, last, failed) in lanes.items():
+    for key, fields in lanes.items():
+        # A lane that waits (a timer, a signal) has a fourth field saying for what.
+        (step, last, failed, waiting) = fields if len(fields) == 4 else (*fields, None)
         _expect(isinstance(key, str) and (step is None or isinstance(step, str)), f"lane {key!r} is malformed")
         for seq in (last, failed):
             _expect(seq is None or (isinstance(seq, int) and 0 <= seq < len(records)), f"lane {key!r} is malformed")
-        state.lanes[key] = Lane(step=step, last=last, failed=failed)
+        _expect(waiting is None or isinstance(waiting, dict), f"lane {key!r} is malformed")
+        state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting)
     _expect(isinstance(compensated, list) and all(isinstance(q, int) and 0 <= q < len(records) for q in compensated),
             "malformed compensation list")
     _expect(isinstance(comp_errors, dict) and all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors),

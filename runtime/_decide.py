@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from ._definition import Catch, ChoiceStep, ParallelStep, Step, TaskStep, WorkflowDefinition
+from ._definition import CATCHING, Catch, ChoiceStep, ParallelStep, Step, TaskStep, WorkflowDefinition
 from ._errors import NoChoiceMatchedError, describe_error, error_cause, error_name, split_description
 from ._lanes import MAIN, branch_lane, step_key
 from ._matching import matches
@@ -93,7 +93,7 @@ def complete_step(state: InstanceState, step: Step, record: StepResult, next_ste
 
 def catcher_for(step: Step, error: BaseException) -> Catch | None:
     """The first of a failed step's catchers whose errors match ``error`` (``None``: none)."""
-    if isinstance(step, (TaskStep, ParallelStep)):
+    if isinstance(step, CATCHING):
         for catcher in step.catch:
             if matches(catcher.errors, error):
                 return catcher

@@ -20,7 +20,7 @@ from ._retry import Retry
 #: A step callable: ``async def`` or plain ``def`` (plain ones run in a worker thread).
 StepFn = Callable[..., Any]
 OnError = Literal["fail-fast", "wait-all"]
-StepKind = Literal["task", "choice", "parallel", "pass", "succeed", "fail"]
+StepKind = Literal["task", "choice", "parallel", "pass", "succeed", "fail", "wait", "receive"]
 #: Seconds a compensation may take, all attempts together, unless the workflow says otherwise.
 DEFAULT_COMPENSATION_TIMEOUT = 300.0
 
@@ -204,7 +204,43 @@ class FailStep(_EndsItsLane):
     kind: StepKind = attrs.field(default="fail", init=False)
 
 
-Step = Union[TaskStep, ChoiceStep, PassStep, ParallelStep, SucceedStep, FailStep]
+#: A due time for a timer: Unix seconds, or worked out from the context when the step starts.
+When = Union[float, Callable[[Any], Any]]
+
+
+@attrs.frozen(kw_only=True)
+class WaitStep:
+    """A durable timer: waits ``seconds`` (from when the step starts) or until ``until`` (Unix
+    seconds, or an aware ``datetime`` given to the builder); either may be a callable of ctx.
+    The due time is stored when the step starts, on the engine's wall clock, so a resumed
+    instance waits only what is left. Passes the lane's last output on."""
+
+    name: str
+    seconds: When | None = None
+    until: When | None = None
+    next: str | None = None
+    end: bool = False
+    kind: StepKind = attrs.field(default="wait", init=False)
+
+
+@attrs.frozen(kw_only=True)
+class ReceiveStep:
+    """Waits for the next signal named ``signal`` sent to the instance (first in, first out;
+    signals sent before the step starts are kept); its payload is the step's output. With
+    ``timeout`` (seconds), fails with :class:`SignalTimeoutError` when none arrives in time."""
+
+    name: str
+    signal: str
+    timeout: float | None = attrs.field(default=None, converter=seconds)
+    catch: tuple[Catch, ...] = ()
+    next: str | None = None
+    end: bool = False
+    kind: StepKind = attrs.field(default="receive", init=False)
+
+
+Step = Union[TaskStep, ChoiceStep, PassStep, ParallelStep, SucceedStep, FailStep, WaitStep, ReceiveStep]
+#: The step kinds a catch can sit on (the others cannot fail, or end their lane themselves).
+CATCHING = (TaskStep, ParallelStep, ReceiveStep)
 
 
 @attrs.frozen(kw_only=True)

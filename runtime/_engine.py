@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import time
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -20,9 +21,11 @@ from trioflow.actors._threads import ThreadSlots
 from trioflow._durations import Seconds, seconds
 from trioflow._codec import (
     check_encodable,
+    decode_payload,
     decode_stored,
     decode_whole,
     encode_header,
+    encode_payload,
     encode_start,
     encode_whole,
     remember_data,
@@ -64,6 +67,7 @@ class Engine:
         self, supervisor: Supervisor, adapter: Adapter, *, max_running: int,
         services: Mapping[str, Any], driver: Any, threads: bool = True,
         leftovers: list[StoredInstance] | None = None, storage_retry_for: float = STORAGE_RETRY_FOR,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.jobs = JobRegistry(on_register=self._jobs_registered)
         self.events = EventBus()
@@ -80,6 +84,8 @@ class Engine:
                 self._leftovers.setdefault(record.workflow_name, []).append(record)
         self._threads = ThreadSlots() if threads else None
         self._storage_retry_for = storage_retry_for
+        #: The wall clock timers are on (Unix seconds; ``open_engine(clock=...)``).
+        self._clock = clock
         self._max_running = max_running
         #: Actors running now, and runs waiting for a slot. A waiting run has no task yet:
         #: thousands of queued instances cost a deque entry each, not a parked task.
@@ -237,6 +243,24 @@ class Engine:
         self._spawn(definition, state, resumed=False)
         return instance_id
 
+    async def signal(self, instance_id: str, name: str, payload: Any = None) -> None:
+        """Send the signal ``name`` to an instance; returns once it is stored. The instance's
+        next receive step for that name takes it (first in, first out), now or later, even
+        after a restart; each signal is taken once.
+
+        Raises :class:`UnknownInstanceError` for an unknown instance, and
+        :class:`InstanceNotLiveError` for one that has ended (nothing is stored then)."""
+        self._check_open()
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"a signal name must be a non-empty string, got {name!r}")
+        data = encode_payload(payload, f"the payload of signal {name!r}")
+        seq = await self.adapter.send_signal(instance_id, name, data)
+        if seq is None:
+            raise InstanceNotLiveError(f"instance {instance_id!r} has ended; signal {name!r} was not stored")
+        run = self._live.get(instance_id)
+        if run is not None:
+            run.deliver(seq, name, decode_payload(data))  # a copy: the caller keeps its object
+
     async def get_instance(self, instance_id: str) -> WorkflowInstance | None:
         """The instance as it stands (``None`` if unknown)."""
         self._check_open()
@@ -383,7 +407,7 @@ class Engine:
             return False
         if problem is not None:
             fail_alone(state, f"DefinitionMismatchError: {problem}", now())
-            header, records, first_seq, start = take_changes(state)
+            header, records, first_seq, start, _ = take_changes(state)
             await self.adapter.checkpoint(state.instance_id, state.status, header, records, first_seq=first_seq,
                                           start=start)
             return False
@@ -414,7 +438,7 @@ class Engine:
         run = Run(
             definition, state, adapter=self.adapter, jobs=self.jobs, services=self._services,
             driver=self._driver, bus=self.events, resumed=resumed, threads=self._threads,
-            spawn=self._supervisor.start_soon, storage_retry_for=self._storage_retry_for,
+            spawn=self._supervisor.start_soon, storage_retry_for=self._storage_retry_for, clock=self._clock,
         )
         self._live[state.instance_id] = run
         self._stalled.pop(state.instance_id, None)
@@ -497,6 +521,7 @@ async def open_engine(
     resume: bool = True,
     threads: bool = True,
     storage_retry_for: Seconds = STORAGE_RETRY_FOR,
+    clock: Callable[[], float] | None = None,
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the block.
 
@@ -511,7 +536,8 @@ async def open_engine(
     A checkpoint that fails for a reason that may pass (database busy or locked, disk full) is
     retried for up to ``storage_retry_for`` seconds; if storage is still unusable then, the
     instance stops where it was last stored, resumable, and ``wait()`` raises
-    :class:`StorageUnavailableError`.
+    :class:`StorageUnavailableError`. ``clock`` is the wall clock (Unix seconds) durable timers
+    are on: ``time.time`` by default; the test engine runs one on trio's ``MockClock``.
     """
     if not isinstance(max_running, int) or max_running < 1:
         raise InvalidArgumentError(f"max_running must be an int >= 1, got {max_running!r}")
@@ -528,6 +554,7 @@ async def open_engine(
             engine = Engine(
                 Supervisor(nursery), storage, max_running=max_running, services=services or {},
                 driver=driver, threads=threads, leftovers=leftovers, storage_retry_for=storage_retry_for,
+                clock=clock if clock is not None else time.time,
             )
             engine.events.attach(nursery)
             try:

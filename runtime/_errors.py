@@ -103,6 +103,16 @@ class StepTimeoutError(StepError, TimeoutError):
         self.timeout = timeout
 
 
+class SignalTimeoutError(StepError, TimeoutError):
+    """A receive step's signal did not arrive within its ``timeout`` (catchable)."""
+
+    def __init__(self, step_name: str, signal: str, timeout: float) -> None:
+        super().__init__(f"step {step_name!r}: no signal {signal!r} arrived within {timeout:g} s")
+        self.step_name = step_name
+        self.signal = signal
+        self.timeout = timeout
+
+
 class NoChoiceMatchedError(StepError):
     """A choice step found no matching condition and has no ``default``."""
 

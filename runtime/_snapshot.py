@@ -91,6 +91,9 @@ class Lane:
     #: The seq of the record of ``step``'s execution that failed for good, once it has: a
     #: resume must not run that step again, only go on failing from there.
     failed: int | None = None
+    #: What ``step`` waits for, stored when it starts waiting: ``{"timer": due}`` or
+    #: ``{"signal": name, "timeout": due or None}`` (due times in Unix seconds).
+    waiting: dict[str, Any] | None = None
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -135,6 +138,12 @@ class InstanceState:
     #: empty); what ``data`` goes back to when a step leaves something in it that cannot be
     #: stored (see ``trioflow._codec.check_data``).
     good_data: bytes | None = None
+    #: Signals delivered to this run and not consumed yet, ``(seq, name, payload)`` in seq
+    #: order (loaded from storage when a receive step needs them), and the seqs consumed by
+    #: receive steps that the next checkpoint deletes, atomically with their records.
+    #: (Empty tuples until there are some: most instances never receive a signal.)
+    signals: list[tuple[int, str, Any]] | tuple[()] = ()
+    consumed: list[int] | tuple[()] = ()
     #: The instance's error as a name and a cause (see :class:`StepResult`).
     error_name: str | None = None
     cause: str | None = None
@@ -219,6 +228,9 @@ class WorkflowInstance:
     #: error) and a cause (its message); ``error`` says both in one line.
     error_name: str | None = None
     cause: str | None = None
+    #: What the instance waits for: ``{"timer": due}`` or ``{"signal": name, "timeout": due}``
+    #: (the main line's wait, else the first waiting branch's; ``None``: none).
+    waiting: dict[str, Any] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -276,6 +288,7 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
         history=history,
         error_name=state.error_name,
         cause=state.cause,
+        waiting=next((dict(lane.waiting) for lane in state.lanes.values() if lane.waiting is not None), None),
     )
 
 

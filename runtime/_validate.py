@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
-from ._definition import Branch, Catch, ChoiceStep, FailStep, ParallelStep, PassStep, Step, SucceedStep, TaskStep
+from ._definition import (
+    CATCHING,
+    Branch,
+    Catch,
+    ChoiceStep,
+    FailStep,
+    ParallelStep,
+    PassStep,
+    ReceiveStep,
+    Step,
+    SucceedStep,
+    TaskStep,
+    WaitStep,
+)
 from ._errors import DefinitionError
 from ._lanes import check_name
 from ._retry import Retry
@@ -68,7 +82,7 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
         raise DefinitionError(f"{label}: 'next' and 'end' are mutually exclusive")
     if step.next is not None:
         _check_target(label, "next", step.next, names)
-    if isinstance(step, (TaskStep, ParallelStep)):
+    if isinstance(step, CATCHING):
         for catcher in step.catch:
             if not isinstance(catcher, Catch):
                 raise DefinitionError(f"{label}: catch items must be trioflow.Catch, got {catcher!r}")
@@ -96,8 +110,27 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
             raise DefinitionError(f"{label}: error must be a non-empty error name, got {step.error!r}")
         if not (isinstance(step.cause, str) or callable(step.cause)):
             raise DefinitionError(f"{label}: cause must be text or a callable of ctx, got {step.cause!r}")
+    elif isinstance(step, WaitStep):
+        _check_wait(label, step)
+    elif isinstance(step, ReceiveStep):
+        if not isinstance(step.signal, str) or not step.signal:
+            raise DefinitionError(f"{label}: signal must be a non-empty signal name, got {step.signal!r}")
+        if step.timeout is not None:
+            check_timeout(label, step.timeout)
     elif not isinstance(step, SucceedStep):
         raise DefinitionError(f"{owner}: {step!r} is not a step")
+
+
+def _check_wait(label: str, step: WaitStep) -> None:
+    if (step.seconds is None) == (step.until is None):
+        raise DefinitionError(f"{label}: give either 'seconds' or 'until'")
+    for field, value in (("seconds", step.seconds), ("until", step.until)):
+        if value is None or callable(value):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise DefinitionError(
+                f"{label}: {field} must be a finite number of seconds >= 0 (or a timedelta, an aware datetime for"
+                f" 'until', or a callable of ctx), got {value!r}")
 
 
 def _check_target(label: str, field: str, target: str, names: list[str]) -> None:
@@ -152,7 +185,7 @@ def _check_reachable(owner: str, steps: Sequence[Step]) -> None:
             targets = [step.next]
         elif not step.end and i + 1 < len(steps):
             targets = [steps[i + 1].name]
-        if isinstance(step, (TaskStep, ParallelStep)):
+        if isinstance(step, CATCHING):
             targets += [c.next for c in step.catch]
         todo.extend(position[t] for t in targets)
     for step in steps:

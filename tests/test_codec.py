@@ -89,11 +89,11 @@ def test_pass_through_outputs_and_the_workflow_input_are_stored_by_reference() -
 def test_checkpoint_changes_hold_only_what_is_not_stored() -> None:
     state = new_state(WF, "i", None, 0.0)
     ran(state, "a", 1, "b")
-    _, records, first_seq, start = take_changes(state)
-    assert (first_seq, len(records), start) == (0, 1, None)
+    _, records, first_seq, start, consumed = take_changes(state)
+    assert (first_seq, len(records), start, tuple(consumed)) == (0, 1, None, ())
     taken(state, len(records))
     ran(state, "b", 2, None)
-    _, records, first_seq, _ = take_changes(state)
+    _, records, first_seq, _, _ = take_changes(state)
     assert (first_seq, len(records)) == (1, 1)
 
 

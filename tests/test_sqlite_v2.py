@@ -229,7 +229,7 @@ async def test_ops_on_one_instance_in_one_batch_keep_their_order(tmp_path: Path)
         return ("create", (i, "w", "running", b"S", b"H"))
 
     def checkpoint(i: str, first_seq: int, *records: bytes) -> Any:
-        return ("checkpoint", ("running", f"H{first_seq}".encode(), None, len(records), i, first_seq, records))
+        return ("checkpoint", ("running", f"H{first_seq}".encode(), None, len(records), i, first_seq, records, ()))
 
     batch = [
         checkpoint("x", 0, b"x0"),          # before x is created: unknown

@@ -25,6 +25,7 @@ import trio
 from trioflow._builder import index_steps
 from trioflow._definition import ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition, is_async
 from trioflow._engine import open_engine
+from trioflow._virtual_time import mock_clock
 from trioflow._errors import UnknownJobError
 from trioflow._snapshot import InstanceState, Status, StepResult
 from trioflow._codec import decode_stored
@@ -32,6 +33,7 @@ from trioflow._current import current_step
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
 
+from ._engine import virtual_wall_clock
 from ._scripted import ScriptedJob
 
 INSTANCE_ID = "explored-instance"
@@ -125,15 +127,17 @@ async def explore_crashes(
         counter.numbers = {}
         storage = adapter_factory()
         crashing = _CrashingAdapter(storage, crash_after)
+        # Durable timers on virtual time when the run is on a MockClock (tests).
+        clock = virtual_wall_clock() if mock_clock() is not None else None
         with trio.CancelScope() as crashing.process:
-            async with open_engine(adapter=crashing, services=services, threads=False) as engine:
+            async with open_engine(adapter=crashing, services=services, threads=False, clock=clock) as engine:
                 engine.register(instrumented)
                 await engine.start(workflow.name, input, instance_id=INSTANCE_ID)
                 instance = await engine.wait(INSTANCE_ID)
         before_crash = counter.counts
         counter.counts = collections.Counter()
         if crashing.crashed:
-            async with open_engine(adapter=storage, services=services, threads=False) as engine:
+            async with open_engine(adapter=storage, services=services, threads=False, clock=clock) as engine:
                 engine.register(instrumented)
                 instance = await engine.wait(INSTANCE_ID)
         outcome = Outcome(
@@ -273,11 +277,18 @@ class _CrashingAdapter:
 
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
-        first_seq: int, start: bytes | None = None,
+        first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (),
     ) -> None:
         await self._before_write()
-        await self.inner.checkpoint(instance_id, status, header, records, first_seq=first_seq, start=start)
+        extra = {"consumed": consumed} if consumed else {}
+        await self.inner.checkpoint(instance_id, status, header, records, first_seq=first_seq, start=start, **extra)
         await self._after_write(instance_id)
+
+    async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
+        return await self.inner.send_signal(instance_id, name, payload)
+
+    async def signals(self, instance_id: str) -> list[tuple[int, str, bytes]]:
+        return await self.inner.signals(instance_id)
 
     async def load(self, instance_id: str) -> StoredInstance | None:
         return await self.inner.load(instance_id)

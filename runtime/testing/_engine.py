@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -26,8 +27,9 @@ async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
 
     Must run on trio's ``MockClock`` (use :func:`run`, the ``trioflow_engine`` pytest fixture,
     or pytest-trio's ``autojump_clock``); its autojump threshold is set to 0. Defaults: a fresh
-    ``MemoryAdapter``, and plain ``def`` jobs called inline (in a worker thread they would let
-    virtual time jump ahead while they run). Other options are ``open_engine``'s.
+    ``MemoryAdapter``, plain ``def`` jobs called inline (in a worker thread they would let
+    virtual time jump ahead while they run), and a wall clock on virtual time (durable timers
+    of days take no real time). Other options are ``open_engine``'s.
     """
     clock = trio.lowlevel.current_clock()
     if not isinstance(clock, trio.testing.MockClock):
@@ -38,8 +40,16 @@ async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
     clock.autojump_threshold = 0
     engine_options.setdefault("adapter", MemoryAdapter())
     engine_options.setdefault("threads", False)
+    engine_options.setdefault("clock", virtual_wall_clock())
     async with open_engine(**engine_options) as engine:
         yield engine
+
+
+def virtual_wall_clock() -> Callable[[], float]:
+    """A wall clock (Unix seconds) that moves with the trio run's clock: under a ``MockClock``,
+    durable timers of days fall due as soon as virtual time gets there. Starts at the real time."""
+    offset = time.time() - trio.current_time()
+    return lambda: offset + trio.current_time()
 
 
 def run(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:

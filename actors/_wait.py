@@ -1,0 +1,108 @@
+"""Steps that wait: durable timers (``wait``) and signals (``receive``).
+
+What a lane waits for is stored in its header entry before it waits (``Lane.waiting``), on the
+engine's wall clock, so a resumed instance waits only what is left and a timer that fell due
+while no engine ran fires at once. A signal is taken from those delivered to the run (or
+stored before it ran here) and deleted from storage by the checkpoint that records the receive
+step: never lost once sent, never delivered twice.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import trio
+
+from trioflow._context import WorkflowContext
+from trioflow._definition import ReceiveStep, WaitStep
+from trioflow._durations import seconds
+from trioflow._errors import InvalidArgumentError, SignalTimeoutError
+from trioflow._snapshot import Lane
+
+from ._run import Run, StepFailure
+
+
+async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext) -> None:
+    """Wait until the timer's due time, stored when the step first starts."""
+    if lane.waiting is None:
+        try:
+            due = _due(run, step, ctx)
+        except Exception as exc:  # the step's callable raised, or gave no due time
+            raise StepFailure(step.name, exc, 1) from exc
+        lane.waiting = {"timer": due}
+        await _announce(run, step, lane)
+    delay = lane.waiting["timer"] - run.clock()
+    if delay > 0:
+        await trio.sleep(delay)
+    lane.waiting = None
+
+
+async def run_receive(run: Run, step: ReceiveStep, lane: Lane) -> Any:
+    """Take the next signal named ``step.signal``, waiting for it (until the timeout, if any);
+    returns its payload, or raises :class:`StepFailure` with :class:`SignalTimeoutError`."""
+    fetched = False
+    if lane.waiting is None:
+        due = None if step.timeout is None else run.clock() + step.timeout
+        lane.waiting = {"signal": step.signal, "timeout": due}
+        taken = run.take_signal(step.signal)
+        if taken is None:
+            await run.fetch_signals()
+            fetched = True
+            taken = run.take_signal(step.signal)
+        if taken is None:
+            await _announce(run, step, lane)  # stored: a resume waits on, with the same timeout
+    else:
+        taken = run.take_signal(step.signal)
+    while taken is None:
+        if not fetched:
+            await run.fetch_signals()  # sent before this run went live here
+            fetched = True
+        else:
+            due = lane.waiting["timeout"]
+            left = math.inf if due is None else due - run.clock()
+            if left <= 0:
+                lane.waiting = None
+                assert step.timeout is not None
+                error = SignalTimeoutError(step.name, step.signal, step.timeout)
+                raise StepFailure(step.name, error, 1)
+            if run.arrived is None:
+                run.arrived = trio.Event()
+            with trio.move_on_after(left):
+                await run.arrived.wait()
+        taken = run.take_signal(step.signal)
+    lane.waiting = None
+    seq, payload = taken
+    if run.bus.active:
+        run.emit("workflow.signal.received", step_name=step.name, signal=step.signal, seq=seq, payload=payload)
+    return payload
+
+
+async def _announce(run: Run, step: WaitStep | ReceiveStep, lane: Lane) -> None:
+    """Store what the lane waits for, then tell listeners."""
+    await run.persist()
+    if run.bus.active:
+        run.emit("workflow.step.waiting", step_name=step.name, waiting=dict(lane.waiting or {}))
+
+
+def _due(run: Run, step: WaitStep, ctx: WorkflowContext) -> float:
+    """The timer's due time in Unix seconds on the engine's clock."""
+    if step.seconds is not None:
+        value = seconds(step.seconds(ctx) if callable(step.seconds) else step.seconds)
+        _check_number(step, "seconds", value)
+        return float(run.clock() + value)
+    assert step.until is not None
+    value = step.until(ctx) if callable(step.until) else step.until
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidArgumentError(f"step {step.name!r}: until gave a naive datetime; give an aware one")
+        value = value.timestamp()
+    _check_number(step, "until", value)
+    return float(value)
+
+
+def _check_number(step: WaitStep, field: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf):
+        raise InvalidArgumentError(
+            f"step {step.name!r}: {field} must give a finite number of seconds >= 0, got {value!r}")
