@@ -92,3 +92,20 @@ async def test_the_kit_fails_an_adapter_whose_checkpoint_is_not_all_or_nothing()
     message = await _kit_failure(RecordByRecordAdapter)
     assert "check 'checkpoint_is_atomic' failed" in message
     assert "failed part way (a record that is None) must write nothing" in message
+
+
+async def test_the_kit_fails_an_adapter_that_consumes_signals_apart_from_its_checkpoint() -> None:
+    class ConsumesFirstAdapter(tf.adapters.MemoryAdapter):
+        """Deletes the consumed signals before it checks the fence: a refused checkpoint has
+        consumed them anyway, and a signal is lost."""
+
+        async def checkpoint(self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
+                             first_seq: int, start: bytes | None = None, consumed: Sequence[int] = ()) -> None:
+            row = self._rows.get(instance_id)
+            if row is not None and row.signals:
+                for seq in consumed:
+                    row.signals.pop(seq, None)
+            await super().checkpoint(instance_id, status, header, records, first_seq=first_seq, start=start)
+
+    message = await _kit_failure(ConsumesFirstAdapter)
+    assert "check 'signals_are_kept_in_order_and_consumed_once' failed" in message

@@ -312,9 +312,43 @@ async def bad_data_is_never_stored(open_adapter: OpenAdapter) -> None:
     assert stored == [], f"a refused start must store nothing, found {stored}"
 
 
+async def signals_are_kept_in_order_and_consumed_once(open_adapter: OpenAdapter) -> None:
+    async with _opened(open_adapter, "signals") as a:
+        await _refused(a.send_signal("nobody", "go", b"x"), UnknownInstanceError,
+                       "a signal to an instance never created must raise UnknownInstanceError")
+        await a.create("i1", "wf", "running", start=b"s", header=b"h0")
+        await a.create("i2", "wf", "running", start=b"s", header=b"h0")
+        seqs = [await a.send_signal(i, name, payload)
+                for i, name, payload in (("i1", "go", b"one"), ("i2", "go", b"elsewhere"), ("i1", "stop", _BLOB),
+                                         ("i1", "go", b"three"))]
+        assert all(isinstance(q, int) for q in seqs), f"send_signal must return the seq it stored, got {seqs}"
+        first, other, second, third = (int(q or 0) for q in seqs)
+        assert first < second < third, f"signal seqs must grow in the order signals are stored, got {seqs}"
+        pending = await a.signals("i1")
+        assert pending == [(first, "go", b"one"), (second, "stop", _BLOB), (third, "go", b"three")], (
+            f"signals() must list an instance's own pending signals in seq order, got {pending}")
+        before = await _stored(a, "i1")
+        await _refused(a.checkpoint("i1", "running", b"h1", [b"r0"], first_seq=0, consumed=[first, 10**9]),
+                       CheckpointConflictError, "a checkpoint consuming a signal that is not pending must be refused")
+        assert await _stored(a, "i1") == before and len(await a.signals("i1")) == 3, (
+            "a checkpoint refused for its consumed signals must write nothing, and consume nothing")
+        await a.checkpoint("i1", "running", b"h1", [b"r0"], first_seq=0, consumed=[first])
+        assert [q for q, _, _ in await a.signals("i1")] == [second, third], (
+            "a checkpoint must delete the signals it consumes, and only those")
+        await _refused(a.checkpoint("i1", "running", b"h2", [b"r1"], first_seq=1, consumed=[first]),
+                       CheckpointConflictError, "a signal consumed once cannot be consumed again")
+        await a.checkpoint("i1", "completed", b"h2", [b"r1"], first_seq=1, consumed=[third])
+        assert await a.send_signal("i1", "go", b"late") is None, "a signal to a finished instance must not be stored"
+        assert [q for q, _, _ in await a.signals("i1")] == [second], "nothing is stored for a finished instance"
+        assert await a.delete("i1") is True and await a.signals("i1") == [], "delete must remove the signals too"
+        assert [q for q, _, _ in await a.signals("i2")] == [other], "another instance's signals stay"
+    async with _opened(open_adapter, "signals") as b:
+        assert [q for q, _, _ in await b.signals("i2")] == [other], "pending signals must survive a reopen"
+
+
 _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     create_and_load, create_is_idempotent, checkpoint_appends, checkpoint_is_fenced,
     checkpoint_of_unknown_instance, checkpoint_is_atomic, start_set_once, list_by_name_and_status,
     resumable_lists_pending_and_running, delete_removes, survives_reopen,
-    step_is_durable_before_the_next_starts, bad_data_is_never_stored,
+    step_is_durable_before_the_next_starts, bad_data_is_never_stored, signals_are_kept_in_order_and_consumed_once,
 ]
