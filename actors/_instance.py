@@ -32,7 +32,7 @@ from trioflow._lanes import MAIN
 from trioflow._snapshot import Status
 
 from ._lane import run_lane
-from ._run import Run, StepFailure, now
+from ._run import Parked, Run, StepFailure, now
 from ._task import compensate
 from ._transaction import Forward, forward_in_transaction
 
@@ -46,7 +46,7 @@ def _deadline(run: Run) -> float:
     if timeout is None:
         return math.inf
     started = run.state.started_at
-    spent = max(0.0, now() - started) if (run.resumed and started is not None) else 0.0
+    spent = max(0.0, run.clock() - started) if (run.resumed and started is not None) else 0.0
     return trio.current_time() + max(0.0, timeout - spent)
 
 
@@ -68,6 +68,8 @@ async def run_instance(run: Run) -> None:
                 outcome, error, failed_step = await forward_in_transaction(run, _forward)
             else:
                 outcome, error, failed_step = await _forward(run)
+        except Parked:
+            return  # it waits, stored, without a task; the engine wakes it
         except trio.Cancelled:
             if not run.compensate_on_outer_cancel:
                 raise  # engine shutdown: leave the instance as last persisted, for resume

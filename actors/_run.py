@@ -25,7 +25,7 @@ from trioflow._codec import (
     taken,
 )
 from trioflow._context import WorkflowContext
-from trioflow._decide import catch_failure, fail_step
+from trioflow._decide import catch_failure, fail_step, wake_at
 from trioflow._definition import Catch, Step, StepFn, WorkflowDefinition
 from trioflow._errors import StorageUnavailableError, TrioflowError, UnencodableValueError
 from trioflow._events import EventBus
@@ -49,6 +49,11 @@ SILENT = EventBus()
 
 
 _NO_EXTRA: dict[str, Any] = {}
+
+
+class Parked(Exception):
+    """Raised by a step that waits long: the instance's wait is stored, and its actor ends
+    without finishing it, holding no task and no slot; the engine wakes it when it is due."""
 
 
 class StepFailure(Exception):
@@ -81,7 +86,7 @@ class Run:
         "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed",
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
-        "clock", "arrived", "consumed_seqs",
+        "clock", "arrived", "consumed_seqs", "park_after", "parked", "stored_wake_at",
         "gathering", "writing",
     )
 
@@ -102,6 +107,7 @@ class Run:
         spawn: Callable[..., None] | None = None,
         storage_retry_for: float = STORAGE_RETRY_FOR,
         clock: Callable[[], float] = time.time,
+        park_after: float | None = None,
     ) -> None:
         self.definition = definition
         self.state = state
@@ -129,6 +135,12 @@ class Run:
         #: Seqs of the signals this run's receive steps took (never taken twice, even while the
         #: checkpoint deleting them is in flight).
         self.consumed_seqs: set[int] | None = None
+        #: Waits longer than this many seconds let the instance leave memory (``None``: never,
+        #: as in ``execute_workflow``, which has nothing to wake it again); ``parked`` says it did.
+        self.park_after = park_after
+        self.parked = False
+        #: The ``wake_at`` the adapter holds for this instance (see :func:`wake_at`).
+        self.stored_wake_at: float | None = None
         #: While branches run: the checkpoint gathering this scheduler pass's completions, and
         #: the lock that keeps one checkpoint of this instance in flight at a time.
         self.gathering: _Gathering | None = None
@@ -165,6 +177,13 @@ class Run:
         Raises :class:`UnencodableValueError` naming the value."""
         if self.adapter is not None:
             stage(self.state, record)
+
+    def may_park(self, seconds: float) -> bool:
+        """Whether a wait of ``seconds`` lets the instance leave memory: an engine runs it, the
+        wait is long enough, and its main line is all that runs (a waiting branch stays in
+        memory beside its running siblings)."""
+        return self.park_after is not None and seconds > self.park_after and len(self.state.lanes) == 1 \
+            and not self.deferred
 
     def deliver(self, seq: int, name: str, payload: Any) -> None:
         """A signal stored for this instance while it runs here: keep it for a receive step."""
@@ -291,9 +310,13 @@ class Run:
             restore_data(s)
             header, records, first_seq, start, consumed = take_changes(s)
         status = s.status
-        # Only a checkpoint that consumes signals passes ``consumed``: adapters written before
-        # signals existed keep working for workflows that receive none.
+        # Only a checkpoint that consumes signals passes ``consumed``, and only one of an
+        # instance that waits (or did) passes ``wake_at``: adapters written before either
+        # existed keep working for workflows that use neither.
+        wake = wake_at(s, self.definition)
         extra = {"consumed": consumed} if consumed else _NO_EXTRA
+        if wake is not None or self.stored_wake_at is not None:
+            extra = {**extra, "wake_at": wake}
         deadline: float | None = None
         delay = 0.05
         try:
@@ -312,6 +335,7 @@ class Run:
             raise
         taken(s, len(records))
         self.stored_status = status
+        self.stored_wake_at = wake
 
     async def _back_off(self, error: StorageUnavailableError, deadline: float, delay: float) -> None:
         """Before trying a failed checkpoint again: log, and sleep ``delay``, or re-raise

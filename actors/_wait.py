@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -21,7 +21,7 @@ from trioflow._durations import seconds
 from trioflow._errors import InvalidArgumentError, SignalTimeoutError
 from trioflow._snapshot import Lane
 
-from ._run import Run, StepFailure
+from ._run import Parked, Run, StepFailure
 
 
 async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext) -> None:
@@ -34,6 +34,8 @@ async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext) -
         lane.waiting = {"timer": due}
         await _announce(run, step, lane)
     delay = lane.waiting["timer"] - run.clock()
+    if run.may_park(delay):
+        await _park(run)
     if delay > 0:
         await trio.sleep(delay)
     lane.waiting = None
@@ -55,6 +57,13 @@ async def run_receive(run: Run, step: ReceiveStep, lane: Lane) -> Any:
             await _announce(run, step, lane)  # stored: a resume waits on, with the same timeout
     else:
         taken = run.take_signal(step.signal)
+    if taken is None and not fetched:
+        await run.fetch_signals()  # sent before this run went live here
+        fetched = True
+        taken = run.take_signal(step.signal)
+    due = lane.waiting["timeout"]
+    if taken is None and run.may_park(math.inf if due is None else due - run.clock()):
+        await _park(run)  # a signal for it, or its timeout, wakes it
     while taken is None:
         if not fetched:
             await run.fetch_signals()  # sent before this run went live here
@@ -77,6 +86,13 @@ async def run_receive(run: Run, step: ReceiveStep, lane: Lane) -> Any:
     if run.bus.active:
         run.emit("workflow.signal.received", step_name=step.name, signal=step.signal, seq=seq, payload=payload)
     return payload
+
+
+async def _park(run: Run) -> NoReturn:
+    """Leave memory: what the lane waits for is stored already (see ``Run.may_park``)."""
+    await trio.lowlevel.checkpoint_if_cancelled()  # a cancel that woke it goes first
+    run.parked = True
+    raise Parked()
 
 
 async def _announce(run: Run, step: WaitStep | ReceiveStep, lane: Lane) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 
 from trioflow._errors import CheckpointConflictError, StorageError, UnknownInstanceError
@@ -13,7 +14,7 @@ from ._protocol import StoredInstance
 class _Row:
     """One stored instance. Slotted and mutable: checkpoints are the hot path."""
 
-    __slots__ = ("order", "workflow_name", "status", "start", "header", "records", "signals")
+    __slots__ = ("order", "workflow_name", "status", "start", "header", "records", "signals", "wake_at")
 
     def __init__(self, order: int, workflow_name: str, status: Status, start: bytes | None, header: bytes) -> None:
         #: Creation order: listings are oldest first.
@@ -28,6 +29,8 @@ class _Row:
         self.records: list[bytes] | tuple[bytes, ...] = ()
         #: Pending signals by seq (``None`` until the first one).
         self.signals: dict[int, tuple[str, bytes]] | None = None
+        #: When a waiting instance is due (``None``: it does not wait).
+        self.wake_at: float | None = None
 
 
 class MemoryAdapter:
@@ -44,6 +47,9 @@ class MemoryAdapter:
         self._created = 0
         #: The last signal seq handed out (seqs only grow, across instances).
         self._signals = 0
+        #: ``(wake_at, order, instance_id)`` of waiting instances; entries an instance has
+        #: since left (woken, ended, deleted) are dropped when they come up.
+        self._wakes: list[tuple[float, int, str]] = []
         self._by_status: dict[str, dict[str, None]] = {}
         self._by_workflow: dict[str, dict[str, None]] = {}
 
@@ -65,7 +71,7 @@ class MemoryAdapter:
 
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
-        first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (),
+        first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
     ) -> None:
         row = self._rows.get(instance_id)
         if row is None:
@@ -109,6 +115,9 @@ class MemoryAdapter:
         if consumed and row.signals is not None:
             for seq in consumed:
                 del row.signals[seq]
+        row.wake_at = wake_at
+        if wake_at is not None:
+            heapq.heappush(self._wakes, (wake_at, row.order, instance_id))
 
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
         row = self._rows.get(instance_id)
@@ -142,8 +151,33 @@ class MemoryAdapter:
         return self._oldest_first(ids)
 
     async def resumable(self) -> list[StoredInstance]:
-        ids = [i for status in RESUMABLE for i in self._by_status.get(status, {})]
+        rows = self._rows
+        ids = [i for status in RESUMABLE for i in self._by_status.get(status, {}) if rows[i].wake_at is None]
         return self._oldest_first(ids)
+
+    async def due(self, before: float, limit: int) -> list[StoredInstance]:
+        out: list[StoredInstance] = []
+        kept: list[tuple[float, int, str]] = []
+        wakes = self._wakes
+        while wakes and wakes[0][0] <= before and len(out) < limit:
+            entry = heapq.heappop(wakes)
+            row = self._rows.get(entry[2])
+            if row is not None and row.wake_at == entry[0] and row.status in RESUMABLE:
+                out.append(_stored(entry[2], row))
+                kept.append(entry)  # it stays due until its next checkpoint says otherwise
+        for entry in kept:
+            heapq.heappush(wakes, entry)
+        return out
+
+    async def next_wake(self) -> float | None:
+        wakes = self._wakes
+        while wakes:
+            wake_at, _, instance_id = wakes[0]
+            row = self._rows.get(instance_id)
+            if row is not None and row.wake_at == wake_at and row.status in RESUMABLE:
+                return wake_at
+            heapq.heappop(wakes)  # stale: the instance woke, ended or was deleted since
+        return None
 
     async def delete(self, instance_id: str) -> bool:
         row = self._rows.pop(instance_id, None)

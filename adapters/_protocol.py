@@ -55,15 +55,28 @@ class Adapter(Protocol):
 
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
-        first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (),
+        first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
     ) -> None:
-        """In one atomic write: replace the status and header, append ``records`` as seq
+        """In one atomic write: replace the status, header and ``wake_at``, append ``records`` as seq
         ``first_seq``, ``first_seq + 1``, ..., and delete the pending signals whose seqs are in
         ``consumed`` (the engine passes it only when a receive step consumed some). ``first_seq``
         must equal the number of records stored, and every consumed signal must be pending:
         otherwise (a write repeated or lost) raise :class:`CheckpointConflictError` and write
         nothing. ``start``, when given, sets the start bytes (a row from before format 2 gets
-        them on its first checkpoint). An unknown instance raises :class:`UnknownInstanceError`."""
+        them on its first checkpoint). An unknown instance raises :class:`UnknownInstanceError`.
+
+        ``wake_at`` (Unix seconds, ``inf`` allowed) marks an instance that waits with no task:
+        :meth:`resumable` leaves it out and :meth:`due` hands it back once its time has come.
+        ``None`` (the default, and what the engine passes by leaving it out) means it does not wait."""
+        ...
+
+    async def due(self, before: float, limit: int) -> list[StoredInstance]:
+        """Waiting ``pending``/``running`` instances whose ``wake_at`` is at most ``before``,
+        soonest first, at most ``limit`` of them."""
+        ...
+
+    async def next_wake(self) -> float | None:
+        """The soonest ``wake_at`` of a waiting ``pending``/``running`` instance (``None``: none)."""
         ...
 
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
@@ -85,7 +98,8 @@ class Adapter(Protocol):
         ...
 
     async def resumable(self) -> list[StoredInstance]:
-        """Instances a resume must pick up (status ``pending`` or ``running``), oldest first."""
+        """Instances a resume must pick up (status ``pending`` or ``running``, and not waiting
+        with a ``wake_at``), oldest first."""
         ...
 
     async def delete(self, instance_id: str) -> bool:

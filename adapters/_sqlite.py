@@ -73,7 +73,8 @@ _SCHEMA = (
         status        TEXT NOT NULL,
         header        BLOB NOT NULL,
         start         BLOB,
-        next_seq      INTEGER NOT NULL DEFAULT 0
+        next_seq      INTEGER NOT NULL DEFAULT 0,
+        wake_at       REAL
     )""",
     "CREATE INDEX IF NOT EXISTS trioflow_instances_by_workflow ON trioflow_instances (workflow_name, status)",
     "CREATE INDEX IF NOT EXISTS trioflow_instances_by_status ON trioflow_instances (status)",
@@ -232,6 +233,12 @@ class SQLiteAdapter:
             self._check_version(version)
             for statement in _MIGRATE_FROM_1 if version == 1 else _SCHEMA:
                 conn.execute(statement)
+            # Added within schema version 2 (waiting instances): a file without it gets it.
+            if "wake_at" not in {row[1] for row in conn.execute("PRAGMA table_info(trioflow_instances)")}:
+                conn.execute("ALTER TABLE trioflow_instances ADD COLUMN wake_at REAL")
+            conn.execute(
+                "CREATE INDEX IF NOT EXISTS trioflow_instances_by_wake ON trioflow_instances (wake_at)"
+                " WHERE wake_at IS NOT NULL")
             if version != SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -278,7 +285,7 @@ class SQLiteAdapter:
 
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
-        first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (),
+        first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
     ) -> None:
         # Everything is checked and copied here, before anything is handed to the writer: a
         # value that cannot be stored fails the call and nothing is written.
@@ -297,8 +304,11 @@ class SQLiteAdapter:
             consumed = tuple(consumed)
             if any(type(seq) is not int for seq in consumed) or len(set(consumed)) != len(consumed):
                 raise DatabaseError(f"consumed must be distinct signal seqs, got {consumed!r}")
-        await self._submit(
-            ("checkpoint", (status, header, start, len(stored), instance_id, first_seq, stored, tuple(consumed))))
+        if wake_at is not None and (isinstance(wake_at, bool) or not isinstance(wake_at, (int, float))
+                                    or wake_at != wake_at):
+            raise DatabaseError(f"wake_at must be a number of Unix seconds or None, got {wake_at!r}")
+        await self._submit(("checkpoint", (
+            status, header, start, len(stored), wake_at, instance_id, first_seq, stored, tuple(consumed))))
 
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
         payload = _blob(payload, "signal payload")
@@ -326,8 +336,17 @@ class SQLiteAdapter:
         return rows
 
     async def resumable(self) -> list[StoredInstance]:
-        rows: list[StoredInstance] = await self._submit(("select", ("i.status IN ('pending', 'running')", ())))
+        rows: list[StoredInstance] = await self._submit(
+            ("select", ("i.status IN ('pending', 'running') AND i.wake_at IS NULL", ())))
         return rows
+
+    async def due(self, before: float, limit: int) -> list[StoredInstance]:
+        rows: list[StoredInstance] = await self._submit(("due", (float(before), int(limit))))
+        return rows
+
+    async def next_wake(self) -> float | None:
+        wake: float | None = await self._submit(("next_wake", ()))
+        return wake
 
     async def delete(self, instance_id: str) -> bool:
         deleted: bool = await self._submit(("delete", (instance_id,)))
@@ -518,9 +537,9 @@ def _run_all(
                 created.add(args[0])
                 creates.append(args)
             elif kind == "checkpoint":
-                if args[4] in created:
+                if args[5] in created:
                     break
-                checkpointed.add(args[4])
+                checkpointed.add(args[5])
                 checkpoints.append(args)
             else:
                 break
@@ -542,14 +561,14 @@ _CREATE_SQL = (
     " ON CONFLICT (instance_id) DO NOTHING"
 )
 #: Fenced: applies only where the instance has exactly ``first_seq`` records. Parameters:
-#: status, header, start, number of records, instance id, first_seq.
+#: status, header, start, number of records, wake_at, instance id, first_seq.
 _CHECKPOINT_SQL = (
-    "UPDATE trioflow_instances SET status = ?, header = ?, start = coalesce(?, start), next_seq = next_seq + ?"
-    " WHERE instance_id = ? AND next_seq = ?"
+    "UPDATE trioflow_instances SET status = ?, header = ?, start = coalesce(?, start), next_seq = next_seq + ?,"
+    " wake_at = ? WHERE instance_id = ? AND next_seq = ?"
 )
 #: The same for a checkpoint that keeps the stored status: the same parameters but the first.
 _SAME_STATUS_SQL = (
-    "UPDATE trioflow_instances SET header = ?, start = coalesce(?, start), next_seq = next_seq + ?"
+    "UPDATE trioflow_instances SET header = ?, start = coalesce(?, start), next_seq = next_seq + ?, wake_at = ?"
     " WHERE instance_id = ? AND next_seq = ?"
 )
 _RECORD_SQL = "INSERT INTO trioflow_records (instance_id, seq, data) VALUES (?, ?, ?)"
@@ -595,21 +614,21 @@ def _checkpoint_many(
         keeping: list[tuple[Any, ...]] = []
         leaves: dict[str, str] = {}
         for args in checkpoints:
-            status, instance_id = args[0], args[4]
+            status, instance_id = args[0], args[5]
             was: str | None
             if instance_id in leaves:
                 was = leaves[instance_id]
             else:
                 was = changes[instance_id] if instance_id in changes else known.get(instance_id)
             if was == status:
-                keeping.append(args[1:6])
+                keeping.append(args[1:7])
             else:
-                changing.append(args[:6])
+                changing.append(args[:7])
             leaves[instance_id] = status
         updated = conn.executemany(_CHECKPOINT_SQL, changing).rowcount if changing else 0
         if keeping:
             updated += conn.executemany(_SAME_STATUS_SQL, keeping).rowcount
-        consumed = [(seq, args[4]) for args in checkpoints for seq in args[7]]
+        consumed = [(seq, args[5]) for args in checkpoints for seq in args[8]]
         if consumed and updated == len(checkpoints):
             updated -= len(consumed) - conn.executemany(_CONSUME_SQL, consumed).rowcount
         if updated == len(checkpoints):
@@ -625,7 +644,7 @@ def _checkpoint_many(
 def _checkpoint_one(
     conn: sqlite3.Connection, args: tuple[Any, ...], known: dict[str, str], changes: dict[str, str | None],
 ) -> outcome.Outcome[Any]:
-    status, instance_id, first_seq, consumed = args[0], args[4], args[5], args[7]
+    status, instance_id, first_seq, consumed = args[0], args[5], args[6], args[8]
     if consumed:
         pending = conn.execute(
             f"SELECT count(*) FROM trioflow_signals WHERE instance_id = ? AND seq IN ({', '.join('?' * len(consumed))})",
@@ -636,9 +655,9 @@ def _checkpoint_one(
                 " (not all of them are pending)"))
     was = changes[instance_id] if instance_id in changes else known.get(instance_id)
     if was == status:
-        updated = conn.execute(_SAME_STATUS_SQL, args[1:6]).rowcount
+        updated = conn.execute(_SAME_STATUS_SQL, args[1:7]).rowcount
     else:
-        updated = conn.execute(_CHECKPOINT_SQL, args[:6]).rowcount
+        updated = conn.execute(_CHECKPOINT_SQL, args[:7]).rowcount
     if updated != 1:
         # Nothing was written: say why.
         row = conn.execute("SELECT next_seq FROM trioflow_instances WHERE instance_id = ?", (instance_id,)).fetchone()
@@ -658,7 +677,7 @@ def _checkpoint_one(
 def _record_rows(checkpoints: Sequence[tuple[Any, ...]]) -> list[tuple[str, int, bytes]]:
     return [
         (instance_id, first_seq + k, data)
-        for _, _, _, _, instance_id, first_seq, records, _ in checkpoints
+        for _, _, _, _, _, instance_id, first_seq, records, _ in checkpoints
         for k, data in enumerate(records)
     ]
 
@@ -695,6 +714,25 @@ def _select(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> li
     ]
 
 
+_WAITING = "i.status IN ('pending', 'running') AND i.wake_at IS NOT NULL"
+
+
+def _due(conn: sqlite3.Connection, before: float, limit: int) -> list[StoredInstance]:
+    """Waiting instances due by ``before``, soonest first (the index on wake_at finds them)."""
+    ids = [row[0] for row in conn.execute(
+        f"SELECT i.instance_id FROM trioflow_instances AS i WHERE {_WAITING} AND i.wake_at <= ?"
+        " ORDER BY i.wake_at LIMIT ?", (before, limit))]
+    if not ids:
+        return []
+    found = {s.instance_id: s for s in _select(conn, f"i.instance_id IN ({', '.join('?' * len(ids))})", tuple(ids))}
+    return [found[i] for i in ids if i in found]
+
+
+def _next_wake(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute(f"SELECT min(i.wake_at) FROM trioflow_instances AS i WHERE {_WAITING}").fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
 def _signal(conn: sqlite3.Connection, iid: str, name: str, payload: bytes) -> tuple[bool, int | None]:
     """Store a signal unless its instance has ended: (whether the instance exists, the seq)."""
     row = conn.execute("SELECT status FROM trioflow_instances WHERE instance_id = ?", (iid,)).fetchone()
@@ -719,7 +757,9 @@ def _delete(conn: sqlite3.Connection, iid: str) -> bool:
 
 
 #: Ops applied one at a time (creates and checkpoints go in runs: see :func:`_run_all`).
-_OPS: dict[str, Callable[..., Any]] = {"select": _select, "delete": _delete, "signal": _signal, "signals": _signals}
+_OPS: dict[str, Callable[..., Any]] = {
+    "select": _select, "delete": _delete, "signal": _signal, "signals": _signals, "due": _due, "next_wake": _next_wake,
+}
 
 
 def _blob(value: Any, what: str) -> bytes:

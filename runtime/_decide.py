@@ -6,6 +6,7 @@ in which order. The actors call these and then persist; tests and hypothesis cal
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
@@ -235,6 +236,24 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
         if name not in lookup:
             return f"step {name!r}, which the instance ran, is no longer in workflow {definition.name!r}"
     return None
+
+
+def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | None:
+    """When a waiting instance must be woken (Unix seconds; ``inf``: only by a signal), or
+    ``None`` unless every lane that has a step to run waits (a running lane must be resumed at
+    once after a restart). The workflow's timeout counts: it must fire while the instance waits."""
+    due = math.inf
+    for lane in state.lanes.values():
+        if lane.step is None:
+            continue
+        if lane.waiting is None:
+            return None
+        due = min(due, lane.waiting.get("timer", math.inf), lane.waiting.get("timeout") or math.inf)
+    if due == math.inf and not any(lane.waiting for lane in state.lanes.values()):
+        return None
+    if definition.timeout is not None and state.started_at is not None:
+        due = min(due, state.started_at + definition.timeout)
+    return due
 
 
 def progress(state: InstanceState, definition: WorkflowDefinition) -> tuple[int, int]:

@@ -84,6 +84,13 @@ class Engine:
                 self._leftovers.setdefault(record.workflow_name, []).append(record)
         self._threads = ThreadSlots() if threads else None
         self._storage_retry_for = storage_retry_for
+        #: Set when what the waker waits for may have changed (an instance parked, a workflow
+        #: was registered); the waker replaces it each time it looks.
+        self._wake_changed = trio.Event()
+        #: Workflows of due instances the waker found with no definition registered.
+        self._unregistered_due: set[str] = set()
+        #: For callers of ``wait()`` on a parked instance: set when it runs here again.
+        self._next_run: dict[str, trio.Event] = {}
         #: The wall clock timers are on (Unix seconds; ``open_engine(clock=...)``).
         self._clock = clock
         self._max_running = max_running
@@ -147,6 +154,8 @@ class Engine:
             )
         check_encodable(dict(definition.data), f"the initial data (with_data) of workflow {definition.name!r}")
         self._definitions[definition.name] = definition
+        if definition.name in self._unregistered_due:
+            self._wake_changed.set()  # due instances of this workflow can be woken now
         records = self._leftovers.pop(definition.name, None) if self._leftovers is not None else None
         if records:
             self._resume_soon(definition, records)
@@ -260,6 +269,24 @@ class Engine:
         run = self._live.get(instance_id)
         if run is not None:
             run.deliver(seq, name, decode_payload(data))  # a copy: the caller keeps its object
+        else:
+            await self._wake_if_waiting(instance_id, lambda waiting: waiting.get("signal") == name)
+
+    async def _wake_if_waiting(self, instance_id: str, wakes: Callable[[dict[str, Any]], bool]) -> Run | None:
+        """Resume a parked instance here if what its lanes wait for passes ``wakes``; the run."""
+        stored = await self.adapter.load(instance_id)
+        if stored is None or stored.status not in RESUMABLE or instance_id in self._live:
+            return self._live.get(instance_id)
+        definition = self._definitions.get(stored.workflow_name)
+        if definition is None:
+            return None
+        try:
+            state = _decoded(stored)
+        except SnapshotDecodeError:
+            return None
+        if any(lane.waiting is not None and wakes(lane.waiting) for lane in state.lanes.values()):
+            await self._resume_one(definition, stored)
+        return self._live.get(instance_id)
 
     async def get_instance(self, instance_id: str) -> WorkflowInstance | None:
         """The instance as it stands (``None`` if unknown)."""
@@ -301,6 +328,14 @@ class Engine:
         instance = await self.get_instance(instance_id)
         if instance is None:
             raise UnknownInstanceError(f"no instance {instance_id!r}")
+        if instance.status not in TERMINAL and instance.waiting is not None \
+                and instance.workflow_name in self._definitions:
+            # Parked: it waits in storage, without a task, until the waker (or a signal)
+            # resumes it here; then wait for that run.
+            if instance_id not in self._live:
+                event = self._next_run.setdefault(instance_id, trio.Event())
+                await event.wait()
+            return await self.wait(instance_id)
         if instance.status not in TERMINAL:
             self._check_stopped(instance_id)
             held = next((name for name, records in self._held.items()
@@ -332,6 +367,8 @@ class Engine:
         if self._pending_resumes:
             await self._resumes_settled.wait()
         run = self._live.get(instance_id)
+        if run is None:
+            run = await self._wake_if_waiting(instance_id, lambda waiting: True)  # parked
         if run is None or run.state.phase != "forward" or run.cancel_requested:
             return False
         run.cancel_requested = True
@@ -439,8 +476,12 @@ class Engine:
             definition, state, adapter=self.adapter, jobs=self.jobs, services=self._services,
             driver=self._driver, bus=self.events, resumed=resumed, threads=self._threads,
             spawn=self._supervisor.start_soon, storage_retry_for=self._storage_retry_for, clock=self._clock,
+            park_after=PARK_AFTER,
         )
         self._live[state.instance_id] = run
+        next_run = self._next_run.pop(state.instance_id, None)
+        if next_run is not None:
+            next_run.set()  # callers of wait() on a parked instance: it runs again
         self._stalled.pop(state.instance_id, None)
         if self._running < self._max_running:
             self._launch(run)
@@ -492,12 +533,40 @@ class Engine:
             raise
         finally:
             self._live.pop(state.instance_id, None)
+            if run.parked:
+                # It waits in storage now: a later wake resumes it, and the waker looks again.
+                self._resumed.discard(state.instance_id)
+                self._wake_changed.set()
             run.ended()
             self._running -= 1
             # Hand the slot on, unless the engine is stopping: a queued run stays stored as it
             # is, for the next engine to resume.
             while self._waiting and self._running < self._max_running and not self._closed:
                 self._launch(self._waiting.popleft())
+
+    async def _waker(self) -> None:
+        """Resume parked instances as they fall due (their ``wake_at``, on the engine's clock):
+        waits for the soonest, or for something to change, then hands the due ones to slots."""
+        while True:
+            changed = self._wake_changed = trio.Event()
+            soonest = await self.adapter.next_wake()
+            delay = math.inf if soonest is None else soonest - self._clock()
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    await changed.wait()
+                continue
+            woke = 0
+            for stored in await self.adapter.due(self._clock(), WAKE_BATCH):
+                definition = self._definitions.get(stored.workflow_name)
+                if definition is None:
+                    self._unregistered_due.add(stored.workflow_name)
+                elif await self._resume_one(definition, stored):
+                    woke += 1
+            if not woke:
+                # Due ones that cannot run here (workflow not registered, running already until
+                # their next checkpoint): look again when something changes, or shortly.
+                with trio.move_on_after(WAKE_RETRY):
+                    await changed.wait()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -509,6 +578,15 @@ class Engine:
         # Queued runs have no actor to end them: release their waiters (``EngineClosedError``).
         for run in self._waiting:
             run.ended()
+
+
+#: Waits longer than this (seconds) let an instance leave memory: it is stored with what it
+#: waits for and holds no task and no ``max_running`` slot until it is due or signalled.
+PARK_AFTER = 1.0
+#: Most parked instances woken at once; and how long the waker waits before it looks again at
+#: due instances it could not wake.
+WAKE_BATCH = 1000
+WAKE_RETRY = 0.05
 
 
 @asynccontextmanager
@@ -557,6 +635,7 @@ async def open_engine(
                 clock=clock if clock is not None else time.time,
             )
             engine.events.attach(nursery)
+            engine._supervisor.start_soon("waker", engine._waker)
             try:
                 yield engine
             finally:

@@ -66,14 +66,16 @@ async def test_a_new_file_gets_schema_version_2(tmp_path: Path) -> None:
         columns = [(r[1], r[2], r[3]) for r in conn.execute("PRAGMA table_info(trioflow_instances)")]
         assert columns == [
             ("instance_id", "TEXT", 0), ("workflow_name", "TEXT", 1), ("status", "TEXT", 1),
-            ("header", "BLOB", 1), ("start", "BLOB", 0), ("next_seq", "INTEGER", 1),
+            ("header", "BLOB", 1), ("start", "BLOB", 0), ("next_seq", "INTEGER", 1), ("wake_at", "REAL", 0),
         ]
+        columns = [(r[1], r[2], r[3]) for r in conn.execute("PRAGMA table_info(trioflow_signals)")]
+        assert columns == [("seq", "INTEGER", 0), ("instance_id", "TEXT", 1), ("name", "TEXT", 1), ("payload", "BLOB", 1)]
         columns = [(r[1], r[2], r[5]) for r in conn.execute("PRAGMA table_info(trioflow_records)")]
         assert columns == [("instance_id", "TEXT", 1), ("seq", "INTEGER", 2), ("data", "BLOB", 0)]
         sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'trioflow_records'").fetchone()[0]
         assert sql.rstrip().endswith("WITHOUT ROWID")
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(trioflow_instances)")}
-        assert {"trioflow_instances_by_workflow", "trioflow_instances_by_status"} <= indexes
+        assert {"trioflow_instances_by_workflow", "trioflow_instances_by_status", "trioflow_instances_by_wake"} <= indexes
     # A reopen leaves it as it is.
     await (await _opened(path)).close()
     with _raw(path) as conn:
@@ -229,7 +231,7 @@ async def test_ops_on_one_instance_in_one_batch_keep_their_order(tmp_path: Path)
         return ("create", (i, "w", "running", b"S", b"H"))
 
     def checkpoint(i: str, first_seq: int, *records: bytes) -> Any:
-        return ("checkpoint", ("running", f"H{first_seq}".encode(), None, len(records), i, first_seq, records, ()))
+        return ("checkpoint", ("running", f"H{first_seq}".encode(), None, len(records), None, i, first_seq, records, ()))
 
     batch = [
         checkpoint("x", 0, b"x0"),          # before x is created: unknown
@@ -381,7 +383,7 @@ async def test_a_database_written_by_the_previous_release_is_migrated(tmp_path: 
     with _raw(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         assert [r[1] for r in conn.execute("PRAGMA table_info(trioflow_instances)")] == [
-            "instance_id", "workflow_name", "status", "header", "start", "next_seq"]
+            "instance_id", "workflow_name", "status", "header", "start", "next_seq", "wake_at"]
     stored = await adapter.list_instances("fixture")
     assert [(s.instance_id, s.workflow_name, s.status, s.header) for s in stored] == v1, "v1 snapshots become headers, unchanged"
     assert all(s.start is None and s.records == () for s in stored)

@@ -277,10 +277,12 @@ class _CrashingAdapter:
 
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
-        first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (),
+        first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
     ) -> None:
         await self._before_write()
-        extra = {"consumed": consumed} if consumed else {}
+        extra: dict[str, Any] = {"consumed": consumed} if consumed else {}
+        if wake_at is not None:
+            extra["wake_at"] = wake_at
         await self.inner.checkpoint(instance_id, status, header, records, first_seq=first_seq, start=start, **extra)
         await self._after_write(instance_id)
 
@@ -298,6 +300,12 @@ class _CrashingAdapter:
 
     async def resumable(self) -> list[StoredInstance]:
         return await self.inner.resumable()
+
+    async def due(self, before: float, limit: int) -> list[StoredInstance]:
+        return await self.inner.due(before, limit)
+
+    async def next_wake(self) -> float | None:
+        return await self.inner.next_wake()
 
     async def delete(self, instance_id: str) -> bool:
         return await self.inner.delete(instance_id)
