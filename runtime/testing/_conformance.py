@@ -346,9 +346,36 @@ async def signals_are_kept_in_order_and_consumed_once(open_adapter: OpenAdapter)
         assert [q for q, _, _ in await b.signals("i2")] == [other], "pending signals must survive a reopen"
 
 
+async def waiting_instances_wake_when_due(open_adapter: OpenAdapter) -> None:
+    async with _opened(open_adapter, "waiting") as a:
+        assert await a.next_wake() is None and await a.due(1e12, 10) == [], "nothing waits in a new store"
+        for i in ("soon", "later", "signal", "runs"):
+            await a.create(i, "wf", "running", start=b"s", header=b"h0")
+        await a.checkpoint("later", "running", b"h1", [], first_seq=0, wake_at=2000.0)
+        await a.checkpoint("soon", "running", b"h1", [b"r0"], first_seq=0, wake_at=1000.0)
+        await a.checkpoint("signal", "running", b"h1", [], first_seq=0, wake_at=float("inf"))
+        assert [s.instance_id for s in await a.resumable()] == ["runs"], (
+            "resumable() must leave out instances that wait with a wake_at")
+        assert await a.next_wake() == 1000.0, "next_wake() must give the soonest wake_at"
+        due = await a.due(1500.0, 10)
+        assert [(s.instance_id, s.records) for s in due] == [("soon", (b"r0",))], (
+            f"due() must give the instances due by then, with their records; got {due}")
+        assert [s.instance_id for s in await a.due(1e12, 10)] == ["soon", "later"], "soonest first, never inf"
+        assert [s.instance_id for s in await a.due(1e12, 1)] == ["soon"], "at most limit"
+        await a.checkpoint("soon", "running", b"h2", [], first_seq=1)  # woke: no wake_at
+        assert await a.next_wake() == 2000.0 and sorted(s.instance_id for s in await a.resumable()) == ["runs", "soon"], (
+            "a checkpoint without wake_at ends the wait")
+        await a.checkpoint("later", "completed", b"h2", [], first_seq=0)
+        assert await a.next_wake() == float("inf"), "a finished instance is not woken"
+    async with _opened(open_adapter, "waiting") as b:
+        assert await b.next_wake() == float("inf") and [s.instance_id for s in await b.due(1e12, 10)] == [], (
+            "wake_at must survive a reopen")
+
+
 _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     create_and_load, create_is_idempotent, checkpoint_appends, checkpoint_is_fenced,
     checkpoint_of_unknown_instance, checkpoint_is_atomic, start_set_once, list_by_name_and_status,
     resumable_lists_pending_and_running, delete_removes, survives_reopen,
     step_is_durable_before_the_next_starts, bad_data_is_never_stored, signals_are_kept_in_order_and_consumed_once,
+    waiting_instances_wake_when_due,
 ]
