@@ -35,6 +35,7 @@ from ._lane import run_lane
 from ._run import Parked, Run, StepFailure, now
 from ._task import compensate
 from ._transaction import Forward, forward_in_transaction
+from ._wait import wait_for_start
 
 
 _UNBOUNDED = contextlib.nullcontext()
@@ -104,6 +105,9 @@ async def _forward(run: Run) -> Forward:
             if run.has_hooks and not run.resumed:
                 # Inside the scope: a cancel or the workflow timeout reaches a slow hook too.
                 await run.hook("on_start", ctx)
+            main = run.state.lanes[MAIN]
+            if main.waiting is not None and "start" in main.waiting:
+                await wait_for_start(run, main)
             await run_lane(run, MAIN, definition.index, ctx)
         except StepFailure as failure:
             return "failed", failure.error, failure.step_name

@@ -183,7 +183,7 @@ class Run:
         wait is long enough, and its main line is all that runs (a waiting branch stays in
         memory beside its running siblings)."""
         return self.park_after is not None and seconds > self.park_after and len(self.state.lanes) == 1 \
-            and not self.deferred
+            and not self.deferred and self.state.phase == "forward"
 
     def deliver(self, seq: int, name: str, payload: Any) -> None:
         """A signal stored for this instance while it runs here: keep it for a receive step."""

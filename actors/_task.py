@@ -14,7 +14,8 @@ from trioflow._errors import StepTimeoutError, UnencodableValueError, describe_e
 from trioflow._retry import NO_RETRY
 from trioflow._snapshot import StepResult
 
-from ._run import Run, StepFailure, now
+from ._run import Parked, Run, StepFailure, now
+from ._wait import wait_for_retry
 
 _NO_TIMEOUT = contextlib.nullcontext()
 
@@ -31,6 +32,13 @@ async def attempt(
     retry = step.retry or NO_RETRY
     timeout = step.timeout
     attempts = 0
+    # A step's own attempts (not a compensation's) wait between them durably: the lane stores
+    # the attempt count and when the next is due, so a restart neither starts the count over
+    # nor waits the whole delay again; a long delay lets the instance leave memory.
+    lane = run.state.lanes.get(ctx.lane) if announce else None
+    if lane is not None and lane.waiting is not None and "retry" in lane.waiting:
+        attempts = lane.waiting["attempt"]
+        await wait_for_retry(run, lane)
     while True:
         attempts += 1
         ctx._calling, ctx._attempt = step.name, attempts
@@ -61,7 +69,12 @@ async def attempt(
                 "workflow.step.retry", step_name=step.name, attempt=attempts + 1,
                 max_attempts=retry.max_attempts, delay=delay, error=describe_error(error),
             )
-        await trio.sleep(delay)
+        if lane is not None and run.adapter is not None:
+            lane.waiting = {"retry": run.clock() + delay, "attempt": attempts}
+            await run.persist()
+            await wait_for_retry(run, lane)
+        else:
+            await trio.sleep(delay)
 
 
 async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tuple[Any, Any, bool, int]:
@@ -103,6 +116,8 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
     except StepFailure as failure:
         failure.input, failure.uses_input = data, uses_input
         raise
+    except Parked:
+        raise  # between attempts, stored: the instance left memory
     except trio.Cancelled:
         run.add_failure(new_execution(
             run.state, ctx.lane, step.name, "failed", error="cancelled", error_name="Cancelled",

@@ -41,6 +41,29 @@ async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext) -
     lane.waiting = None
 
 
+async def wait_for_start(run: Run, lane: Lane) -> None:
+    """A delayed start: wait (or leave memory) until the time stored under ``start``."""
+    await _wait_stored(run, lane, "start")
+
+
+async def wait_for_retry(run: Run, lane: Lane) -> None:
+    """Between two attempts of a step: wait (or leave memory) until the time stored under
+    ``retry``."""
+    await _wait_stored(run, lane, "retry")
+
+
+async def _wait_stored(run: Run, lane: Lane, key: str) -> None:
+    assert lane.waiting is not None
+    delay = lane.waiting[key] - run.clock()
+    if run.may_park(delay):
+        if run.stored_wake_at is None:
+            await run.persist()  # the wake time goes with it: the waker needs it
+        await _park(run)
+    if delay > 0:
+        await trio.sleep(delay)
+    lane.waiting = None
+
+
 async def run_receive(run: Run, step: ReceiveStep, lane: Lane) -> Any:
     """Take the next signal named ``step.signal``, waiting for it (until the timeout, if any);
     returns its payload, or raises :class:`StepFailure` with :class:`SignalTimeoutError`."""

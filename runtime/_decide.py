@@ -248,7 +248,9 @@ def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | Non
             continue
         if lane.waiting is None:
             return None
-        due = min(due, lane.waiting.get("timer", math.inf), lane.waiting.get("timeout") or math.inf)
+        waiting = lane.waiting
+        due = min(due, waiting.get("timer", math.inf), waiting.get("start", math.inf), waiting.get("retry", math.inf),
+                  waiting.get("timeout") or math.inf)
     if due == math.inf and not any(lane.waiting for lane in state.lanes.values()):
         return None
     if definition.timeout is not None and state.started_at is not None:

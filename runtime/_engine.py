@@ -10,6 +10,7 @@ import time
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
 import trio
@@ -18,7 +19,7 @@ from trioflow.actors._instance import run_instance
 from trioflow.actors._run import STORAGE_RETRY_FOR, Run, now
 from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
-from trioflow._durations import Seconds, seconds
+from trioflow._virtual_time import mock_clock, virtual_wall_clock
 from trioflow._codec import (
     check_encodable,
     decode_payload,
@@ -37,6 +38,7 @@ from trioflow.adapters._protocol import Adapter, StoredInstance
 
 from ._decide import admit, fail_alone, misfit, new_instance_id, new_state
 from ._definition import WorkflowDefinition
+from ._durations import Seconds, seconds
 from ._errors import (
     DefinitionError,
     EngineClosedError,
@@ -53,6 +55,7 @@ from ._errors import (
 )
 from ._events import EventBus
 from ._jobs import JobRegistry
+from ._lanes import MAIN
 from ._snapshot import RESUMABLE, TERMINAL, InstanceState, Status, WorkflowInstance, to_instance, unreadable_instance
 
 log = logging.getLogger("trioflow")
@@ -190,13 +193,20 @@ class Engine:
 
     # -- instances ----------------------------------------------------------------------------
 
-    async def start(self, workflow_name: str, input: Any = None, *, instance_id: str | None = None) -> str:
+    async def start(
+        self, workflow_name: str, input: Any = None, *, instance_id: str | None = None,
+        delay: Seconds | None = None, start_at: datetime | float | None = None,
+    ) -> str:
         """Start an instance and return its id once it is stored.
 
         With ``instance_id`` the call is idempotent: an id that exists already is returned as it
-        is, and nothing new starts. Bad input raises before anything is stored.
+        is, and nothing new starts. Bad input raises before anything is stored. ``delay``
+        (seconds or a ``timedelta``) or ``start_at`` (an aware ``datetime`` or Unix seconds)
+        holds the first step back until then, durably: the instance is stored now, waits
+        without a task, and starts on time even after a restart.
         """
         self._check_open()
+        starts_at = self._start_time(delay, start_at)
         definition = self._definitions.get(workflow_name)
         if definition is None:
             known = ", ".join(sorted(self._definitions)) or "none"
@@ -219,6 +229,8 @@ class Engine:
         check_encodable(input, "workflow input")
         status: Status = "pending" if self._running >= self._max_running else "running"
         state = new_state(definition, instance_id, input, now(), status=status)
+        if starts_at is not None:
+            state.lanes[MAIN].waiting = {"start": starts_at}
         remember_data(state)
         start, header = encode_start(state), encode_header(state)
         storing = self._storing[instance_id] = _Storing(workflow_name)
@@ -251,6 +263,25 @@ class Engine:
             return instance_id
         self._spawn(definition, state, resumed=False)
         return instance_id
+
+    def _start_time(self, delay: Seconds | None, start_at: datetime | float | None) -> float | None:
+        """When a delayed start starts (Unix seconds on the engine's clock), or ``None``."""
+        if delay is not None and start_at is not None:
+            raise InvalidArgumentError("give either delay or start_at, not both")
+        if delay is not None:
+            value = seconds(delay)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise InvalidArgumentError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+            return float(self._clock() + value)
+        if start_at is None:
+            return None
+        if isinstance(start_at, datetime):
+            if start_at.tzinfo is None:
+                raise InvalidArgumentError(f"start_at must be an aware datetime (with a tzinfo), got {start_at!r}")
+            return start_at.timestamp()
+        if isinstance(start_at, bool) or not isinstance(start_at, (int, float)) or not 0 <= start_at < math.inf:
+            raise InvalidArgumentError(f"start_at must be an aware datetime or Unix seconds, got {start_at!r}")
+        return float(start_at)
 
     async def signal(self, instance_id: str, name: str, payload: Any = None) -> None:
         """Send the signal ``name`` to an instance; returns once it is stored. The instance's
@@ -615,7 +646,8 @@ async def open_engine(
     retried for up to ``storage_retry_for`` seconds; if storage is still unusable then, the
     instance stops where it was last stored, resumable, and ``wait()`` raises
     :class:`StorageUnavailableError`. ``clock`` is the wall clock (Unix seconds) durable timers
-    are on: ``time.time`` by default; the test engine runs one on trio's ``MockClock``.
+    are on: ``time.time`` by default, or, in a trio run on a ``MockClock`` (tests), one that
+    moves with virtual time, so timers of days take no real time.
     """
     if not isinstance(max_running, int) or max_running < 1:
         raise InvalidArgumentError(f"max_running must be an int >= 1, got {max_running!r}")
@@ -632,7 +664,7 @@ async def open_engine(
             engine = Engine(
                 Supervisor(nursery), storage, max_running=max_running, services=services or {},
                 driver=driver, threads=threads, leftovers=leftovers, storage_retry_for=storage_retry_for,
-                clock=clock if clock is not None else time.time,
+                clock=clock if clock is not None else virtual_wall_clock() if mock_clock() is not None else time.time,
             )
             engine.events.attach(nursery)
             engine._supervisor.start_soon("waker", engine._waker)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -50,3 +52,11 @@ def real_time_while_threads(clock: MockClock, change: int) -> None:
     if count == 1 and change > 0:
         clock.rate, clock.autojump_threshold = 1.0, math.inf
     _paused[clock] = (count, rate, threshold)
+
+
+def virtual_wall_clock() -> Callable[[], float]:
+    """A wall clock (Unix seconds) that moves with the trio run's clock: under a ``MockClock``,
+    durable timers of days fall due as soon as virtual time gets there. Starts at the real time.
+    ``open_engine`` uses one by default in a run on a ``MockClock``."""
+    offset = time.time() - trio.current_time()
+    return lambda: offset + trio.current_time()

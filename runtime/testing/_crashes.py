@@ -25,7 +25,7 @@ import trio
 from trioflow._builder import index_steps
 from trioflow._definition import ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition, is_async
 from trioflow._engine import open_engine
-from trioflow._virtual_time import mock_clock
+from trioflow._virtual_time import mock_clock, virtual_wall_clock
 from trioflow._errors import UnknownJobError
 from trioflow._snapshot import InstanceState, Status, StepResult
 from trioflow._codec import decode_stored
@@ -33,7 +33,6 @@ from trioflow._current import current_step
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
 
-from ._engine import virtual_wall_clock
 from ._scripted import ScriptedJob
 
 INSTANCE_ID = "explored-instance"
@@ -127,7 +126,7 @@ async def explore_crashes(
         counter.numbers = {}
         storage = adapter_factory()
         crashing = _CrashingAdapter(storage, crash_after)
-        # Durable timers on virtual time when the run is on a MockClock (tests).
+        # One wall clock for the crash run and its resume (on virtual time under a MockClock).
         clock = virtual_wall_clock() if mock_clock() is not None else None
         with trio.CancelScope() as crashing.process:
             async with open_engine(adapter=crashing, services=services, threads=False, clock=clock) as engine:

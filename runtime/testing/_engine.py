@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -12,6 +11,7 @@ import trio.testing
 
 from trioflow._engine import Engine, open_engine
 from trioflow._errors import TrioflowError
+from trioflow._virtual_time import virtual_wall_clock as virtual_wall_clock
 from trioflow.adapters._memory import MemoryAdapter
 
 T = TypeVar("T")
@@ -40,16 +40,9 @@ async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
     clock.autojump_threshold = 0
     engine_options.setdefault("adapter", MemoryAdapter())
     engine_options.setdefault("threads", False)
-    engine_options.setdefault("clock", virtual_wall_clock())
+
     async with open_engine(**engine_options) as engine:
         yield engine
-
-
-def virtual_wall_clock() -> Callable[[], float]:
-    """A wall clock (Unix seconds) that moves with the trio run's clock: under a ``MockClock``,
-    durable timers of days fall due as soon as virtual time gets there. Starts at the real time."""
-    offset = time.time() - trio.current_time()
-    return lambda: offset + trio.current_time()
 
 
 def run(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
