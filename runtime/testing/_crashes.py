@@ -95,6 +95,7 @@ async def explore_crashes(
     services: Mapping[str, Any] | None = None,
     adapter_factory: Callable[[], Adapter] = MemoryAdapter,
     check: bool = True,
+    signals: Sequence[tuple[str, Any]] = (),
 ) -> CrashReport:
     """Run ``workflow`` once without faults, then once per snapshot write k, dying after write k
     and resuming in a fresh engine over the same storage.
@@ -105,7 +106,10 @@ async def explore_crashes(
     steps, newest first (see the module docstring for why this, and not equal call counts, is
     what is compared). Meant for workflows without loops. ``ScriptedJob`` objects (in ``jobs`` or
     in the definition) are reset before every run. ``adapter_factory()`` gives fresh, unopened storage for each run.
-    Raises :class:`CrashDivergenceError` naming the first crash point that differs (unless
+    ``signals`` (``(name, payload)`` pairs) are sent to the instance right after it starts, in
+    order (a receive step keeps them until it runs): timers and signals are explored like any
+    step, every crash run must receive each signal exactly once. Raises
+    :class:`CrashDivergenceError` naming the first crash point that differs (unless
     ``check=False``); returns the :class:`CrashReport`.
     """
     counter = _Counter()
@@ -126,18 +130,30 @@ async def explore_crashes(
         counter.numbers = {}
         storage = adapter_factory()
         crashing = _CrashingAdapter(storage, crash_after)
+        sent = 0
         # One wall clock for the crash run and its resume (on virtual time under a MockClock).
         clock = virtual_wall_clock() if mock_clock() is not None else None
-        with trio.CancelScope() as crashing.process:
-            async with open_engine(adapter=crashing, services=services, threads=False, clock=clock) as engine:
-                engine.register(instrumented)
-                await engine.start(workflow.name, input, instance_id=INSTANCE_ID)
-                instance = await engine.wait(INSTANCE_ID)
+        try:
+            with trio.CancelScope() as crashing.process:
+                async with open_engine(adapter=crashing, services=services, threads=False, clock=clock) as engine:
+                    engine.register(instrumented)
+                    await engine.start(workflow.name, input, instance_id=INSTANCE_ID)
+                    for name, payload in signals:
+                        await engine.signal(INSTANCE_ID, name, payload)
+                        sent += 1
+                    instance = await engine.wait(INSTANCE_ID)
+        except Exception:
+            # What a process that has died raised on its way down (a wait() that saw its
+            # instance stop, an adapter call the crash cut short) is nobody's outcome.
+            if not crashing.crashed:
+                raise
         before_crash = counter.counts
         counter.counts = collections.Counter()
         if crashing.crashed:
             async with open_engine(adapter=storage, services=services, threads=False, clock=clock) as engine:
                 engine.register(instrumented)
+                for name, payload in signals[sent:]:  # never acknowledged: the sender sends again
+                    await engine.signal(INSTANCE_ID, name, payload)
                 instance = await engine.wait(INSTANCE_ID)
         outcome = Outcome(
             history=instance.history,
