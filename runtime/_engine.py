@@ -36,7 +36,7 @@ from trioflow._codec import (
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
 
-from ._decide import admit, fail_alone, misfit, new_instance_id, new_state
+from ._decide import admit, fail_alone, misfit, new_instance_id, new_state, wake_at
 from ._definition import WorkflowDefinition
 from ._durations import Seconds, seconds
 from ._errors import (
@@ -90,6 +90,9 @@ class Engine:
         #: Set when what the waker waits for may have changed (an instance parked, a workflow
         #: was registered); the waker replaces it each time it looks.
         self._wake_changed = trio.Event()
+        #: Instances the waker resumed that storage may still say are due (they have not
+        #: checkpointed since): it passes them over.
+        self._waking: set[str] = set()
         #: Workflows of due instances the waker found with no definition registered.
         self._unregistered_due: set[str] = set()
         #: For callers of ``wait()`` on a parked instance: set when it runs here again.
@@ -483,7 +486,9 @@ class Engine:
         if iid in self._live or iid in self._storing or iid in self._resumed:
             return False  # running here, being started, or resumed by a concurrent call meanwhile
         self._resumed.add(iid)
-        self._spawn(definition, state, resumed=True)
+        run = self._spawn(definition, state, resumed=True)
+        # What storage holds for it until its first checkpoint here (the waker passes it over).
+        run.stored_wake_at = wake_at(state, definition)
         return True
 
     def _readable(self, record: StoredInstance) -> bool:
@@ -502,7 +507,7 @@ class Engine:
         self._unreadable[record.instance_id] = unreadable_instance(
             record.instance_id, record.workflow_name, describe_error(exc))
 
-    def _spawn(self, definition: WorkflowDefinition, state: InstanceState, *, resumed: bool) -> None:
+    def _spawn(self, definition: WorkflowDefinition, state: InstanceState, *, resumed: bool) -> Run:
         run = Run(
             definition, state, adapter=self.adapter, jobs=self.jobs, services=self._services,
             driver=self._driver, bus=self.events, resumed=resumed, threads=self._threads,
@@ -521,6 +526,7 @@ class Engine:
             # slots were taken while it stored; the first step's checkpoint records the truth).
             state.status = "pending"
             self._waiting.append(run)
+        return run
 
     def _launch(self, run: Run) -> None:
         self._running += 1
@@ -575,29 +581,43 @@ class Engine:
             while self._waiting and self._running < self._max_running and not self._closed:
                 self._launch(self._waiting.popleft())
 
-    async def _waker(self) -> None:
+    async def _waker(self, soonest: float | None) -> None:
         """Resume parked instances as they fall due (their ``wake_at``, on the engine's clock):
-        waits for the soonest, or for something to change, then hands the due ones to slots."""
+        waits for the soonest, or for something to change, then hands the due ones to slots.
+        ``soonest`` is what storage said when the engine opened."""
+        changed = self._wake_changed
         while True:
-            changed = self._wake_changed = trio.Event()
-            soonest = await self.adapter.next_wake()
             delay = math.inf if soonest is None else soonest - self._clock()
             if delay > 0:
                 with trio.move_on_after(delay):
                     await changed.wait()
+            else:
+                await self._wake_due(changed)
+            # A fresh event before asking: a change while the question is in flight is not missed.
+            changed = self._wake_changed = trio.Event()
+            soonest = await self.adapter.next_wake()
+
+    async def _wake_due(self, changed: trio.Event) -> None:
+        """Resume the instances due now, up to a batch."""
+        woke = 0
+        # Instances woken before stay due in storage until their first checkpoint: ask for as
+        # many more as are still in that state, and pass them over.
+        waking = self._waking = {
+            i for i in self._waking if (run := self._live.get(i)) is not None and run.stored_wake_at is not None}
+        for stored in await self.adapter.due(self._clock(), WAKE_BATCH + len(waking)):
+            if stored.instance_id in waking:
                 continue
-            woke = 0
-            for stored in await self.adapter.due(self._clock(), WAKE_BATCH):
-                definition = self._definitions.get(stored.workflow_name)
-                if definition is None:
-                    self._unregistered_due.add(stored.workflow_name)
-                elif await self._resume_one(definition, stored):
-                    woke += 1
-            if not woke:
-                # Due ones that cannot run here (workflow not registered, running already until
-                # their next checkpoint): look again when something changes, or shortly.
-                with trio.move_on_after(WAKE_RETRY):
-                    await changed.wait()
+            definition = self._definitions.get(stored.workflow_name)
+            if definition is None:
+                self._unregistered_due.add(stored.workflow_name)
+            elif await self._resume_one(definition, stored):
+                waking.add(stored.instance_id)
+                woke += 1
+        if not woke:
+            # Due ones that cannot run here (workflow not registered, running already until
+            # their next checkpoint): look again when something changes, or shortly.
+            with trio.move_on_after(WAKE_RETRY):
+                await changed.wait()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -667,7 +687,9 @@ async def open_engine(
                 clock=clock if clock is not None else virtual_wall_clock() if mock_clock() is not None else time.time,
             )
             engine.events.attach(nursery)
-            engine._supervisor.start_soon("waker", engine._waker)
+            # Asked before the caller gets the engine: the waker's reads then only follow
+            # instances that wait, never run beside the caller's first calls.
+            engine._supervisor.start_soon("waker", engine._waker, await storage.next_wake())
             try:
                 yield engine
             finally:

@@ -1,0 +1,154 @@
+"""Bench cases for durable waiting (issue 14): what a waiting instance costs the engine process,
+how fast timers that fall due together fire, and how fast signals reach waiting instances. Each
+runs on SQLite (FULL) on the real clock. Called by ``bench/cases.py``; alone:
+
+    python bench/waiting.py [--quick] [--large]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import trioflow as tf
+
+HERE = Path(__file__).resolve().parent
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def _noop(data: Any) -> Any:
+    return data
+
+
+async def _start_all(engine: tf.Engine, n: int, **options: Any) -> list[str]:
+    """Start ``n`` instances, 1,000 at a time in flight."""
+    ids: list[str] = []
+    limit = trio.CapacityLimiter(1000)
+
+    async def one(i: int) -> None:
+        async with limit:
+            ids.append(await engine.start("w", i, **options))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(one, i)
+    return ids
+
+
+def memory_per_waiting_instance(n: int) -> dict[str, float]:
+    """Bytes of engine-process memory per instance waiting on a day-long timer, measured once
+    every instance has left memory (RSS growth over ``n`` instances; SQLite's page cache is
+    bounded, so it fades as ``n`` grows)."""
+    wf = tf.workflow("w").wait("sleep", seconds=86_400).task("after", job=_noop).build()
+
+    async def main() -> float:
+        with tempfile.TemporaryDirectory(dir=HERE, prefix="tmp-") as tmp:
+            async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(Path(tmp) / "w.db")) as engine:
+                engine.register(wf)
+                await _start_all(engine, 1000)  # warm: statements, caches, the first pages
+                while engine._live:
+                    await trio.sleep(0.05)
+                gc.collect()
+                before = _rss()
+                await _start_all(engine, n)
+                while engine._live:
+                    await trio.sleep(0.05)
+                gc.collect()
+                return (_rss() - before) / n
+
+    return {"bytes_per_waiting_instance": trio.run(main)}
+
+
+def timers_firing(n: int, lead: float = 15.0) -> dict[str, float]:
+    """``n`` instances wait until one moment (``lead`` seconds after the first start, enough
+    for every instance to be started and out of memory); from that moment, how many per second
+    are resumed and have their next step checkpointed, and how late the last one is."""
+    wf = (tf.workflow("w").wait("until", until=lambda ctx: ctx.input["due"])
+          .task("after", job=_noop).build())
+
+    async def main() -> tuple[float, float]:
+        with tempfile.TemporaryDirectory(dir=HERE, prefix="tmp-") as tmp:
+            async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(Path(tmp) / "t.db")) as engine:
+                engine.register(wf)
+                due = time.time() + lead
+                ends: list[float] = []
+                engine.events.on("workflow.completed", lambda e: ends.append(time.time()))
+                ids: list[str] = []
+                limit = trio.CapacityLimiter(1000)
+
+                async def one() -> None:
+                    async with limit:
+                        ids.append(await engine.start("w", {"due": due}))
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(n):
+                        nursery.start_soon(one)
+                while engine._live:
+                    await trio.sleep(0.05)
+                if time.time() >= due:
+                    raise RuntimeError(f"starting {n} instances took longer than the {lead} s lead")
+                for iid in ids:
+                    await engine.wait(iid)
+                last = max(ends) - due
+                return n / last, last
+
+    rate, latest = trio.run(main)
+    return {"timers_per_s": rate, "latest_s": latest}
+
+
+def signals_delivered(n: int, senders: int = 1000) -> dict[str, float]:
+    """``n`` instances wait in a receive step (no task each); ``senders`` concurrent tasks send
+    one signal to each; signals per second until every receive step is checkpointed."""
+    wf = tf.workflow("w").receive("approval", signal="approved").build()
+
+    async def main() -> float:
+        with tempfile.TemporaryDirectory(dir=HERE, prefix="tmp-") as tmp:
+            async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(Path(tmp) / "s.db")) as engine:
+                engine.register(wf)
+                ids = await _start_all(engine, n)
+                while engine._live:
+                    await trio.sleep(0.05)
+                start = time.perf_counter()
+                queue = iter(ids)
+
+                async def sender() -> None:
+                    for iid in queue:
+                        await engine.signal(iid, "approved", {"by": "manager"})
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(senders):
+                        nursery.start_soon(sender)
+                for iid in ids:
+                    await engine.wait(iid)
+                return n / (time.perf_counter() - start)
+
+    return {"signals_per_s": trio.run(main)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--large", action="store_true", help="1,000,000 waiting instances")
+    args = parser.parse_args()
+    n = 2_000 if args.quick else 1_000_000 if args.large else 100_000
+    print(json.dumps(memory_per_waiting_instance(n)))
+    print(json.dumps(timers_firing(2_000 if args.quick else 20_000)))
+    print(json.dumps(signals_delivered(2_000 if args.quick else 20_000)))
+
+
+if __name__ == "__main__":
+    main()
