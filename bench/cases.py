@@ -275,6 +275,13 @@ def _storage_v2() -> Any:
     return storage_v2
 
 
+def _waiting() -> Any:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import waiting  # the durable-waiting cases live in their own module
+
+    return waiting
+
+
 CASES = {
     "bare_trio": lambda q: bare_trio(2_000 if q else SAGAS),
     "execute_workflow": lambda q: execute_workflow(2_000 if q else SAGAS),
@@ -287,6 +294,9 @@ CASES = {
     "long_workflows": lambda q: _storage_v2().long_workflows(q),
     "wide_parallel": lambda q: _storage_v2().wide_parallel(q),
     "big_outputs": lambda q: _storage_v2().big_outputs(q),
+    "waiting_memory": lambda q: _waiting().memory_per_waiting_instance(2_000 if q else 100_000),
+    "timers_firing": lambda q: _waiting().timers_firing(2_000 if q else 20_000),
+    "signals": lambda q: _waiting().signals_delivered(2_000 if q else 20_000),
 }
 
 if __name__ == "__main__":

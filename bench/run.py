@@ -24,7 +24,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["bare_trio", "execute_workflow", "engine_memory", "durable_sqlite", "parked_bare", "parked_engine",
-         "recovery", "import_time", "long_workflows", "wide_parallel", "big_outputs"]
+         "recovery", "import_time", "long_workflows", "wide_parallel", "big_outputs", "waiting_memory",
+         "timers_firing", "signals"]
 
 
 def run_case(case: str, quick: bool) -> dict[str, float]:
@@ -109,6 +110,14 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
                "<= 2", lambda v: v <= 2.0),
         Figure("3 x 1 MB outputs: bytes written / outputs", "ratio", series("big_outputs", "bytes_over_outputs"),
                "<= 1.2", lambda v: v <= 1.2),
+        Figure("instance waiting on a timer (100k, SQLite)", "bytes", series("waiting_memory",
+               "bytes_per_waiting_instance"), "<= 200", lambda v: v <= 200),
+        Figure("timers due together, resumed + checkpointed", "timers/s", series("timers_firing", "timers_per_s"),
+               ">= 10,000", lambda v: v >= 10_000),
+        Figure("timers due together: last one late by", "s", series("timers_firing", "latest_s"), "<= 1",
+               lambda v: v <= 1.0),
+        Figure("signals to waiting instances, 1,000 senders", "signals/s", series("signals", "signals_per_s"),
+               ">= 10,000", lambda v: v >= 10_000),
     ]
     if peer is not None:
         ours = statistics.median(series("durable_sqlite", f"FULL_{int(peer['concurrency'])}"))

@@ -73,7 +73,7 @@ def memory_per_waiting_instance(n: int) -> dict[str, float]:
     return {"bytes_per_waiting_instance": trio.run(main)}
 
 
-def timers_firing(n: int, lead: float = 15.0) -> dict[str, float]:
+def timers_firing(n: int, lead: float | None = None) -> dict[str, float]:
     """``n`` instances wait until one moment (``lead`` seconds after the first start, enough
     for every instance to be started and out of memory); from that moment, how many per second
     are resumed and have their next step checkpointed, and how late the last one is."""
@@ -84,7 +84,8 @@ def timers_firing(n: int, lead: float = 15.0) -> dict[str, float]:
         with tempfile.TemporaryDirectory(dir=HERE, prefix="tmp-") as tmp:
             async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(Path(tmp) / "t.db")) as engine:
                 engine.register(wf)
-                due = time.time() + lead
+                ahead = 2.0 + n / 2000 if lead is None else lead
+                due = time.time() + ahead
                 ends: list[float] = []
                 engine.events.on("workflow.completed", lambda e: ends.append(time.time()))
                 ids: list[str] = []
@@ -100,7 +101,7 @@ def timers_firing(n: int, lead: float = 15.0) -> dict[str, float]:
                 while engine._live:
                     await trio.sleep(0.05)
                 if time.time() >= due:
-                    raise RuntimeError(f"starting {n} instances took longer than the {lead} s lead")
+                    raise RuntimeError(f"starting {n} instances took longer than the {ahead} s lead")
                 for iid in ids:
                     await engine.wait(iid)
                 last = max(ends) - due
