@@ -6,7 +6,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -86,7 +86,7 @@ class Run:
         "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed",
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
-        "clock", "arrived", "consumed_seqs", "park_after", "parked", "stored_wake_at",
+        "clock", "arrived", "consumed_seqs", "signals_fetched", "park_after", "parked", "stored_wake_at",
         "gathering", "writing",
     )
 
@@ -135,6 +135,9 @@ class Run:
         #: Seqs of the signals this run's receive steps took (never taken twice, even while the
         #: checkpoint deleting them is in flight).
         self.consumed_seqs: set[int] | None = None
+        #: Whether the signals storage held for the instance were delivered to this run (they
+        #: are looked up once; later ones are delivered as they are sent).
+        self.signals_fetched = False
         #: Waits longer than this many seconds let the instance leave memory (``None``: never,
         #: as in ``execute_workflow``, which has nothing to wake it again); ``parked`` says it did.
         self.park_after = park_after
@@ -200,10 +203,14 @@ class Run:
 
     async def fetch_signals(self) -> None:
         """Deliver the signals storage holds for this instance (sent before it ran here)."""
-        if self.adapter is None:
-            return
-        for seq, name, payload in await self.adapter.signals(self.state.instance_id):
+        if self.adapter is not None:
+            self.deliver_stored(await self.adapter.signals(self.state.instance_id))
+
+    def deliver_stored(self, signals: Sequence[tuple[int, str, bytes]]) -> None:
+        """Deliver every signal storage held (all of them, as read in one go)."""
+        for seq, name, payload in signals:
             self.deliver(seq, name, decode_payload(payload))
+        self.signals_fetched = True
 
     def take_signal(self, name: str) -> tuple[int, Any] | None:
         """The oldest delivered signal named ``name``, consumed: ``(seq, payload)``, or ``None``.

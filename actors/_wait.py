@@ -67,48 +67,43 @@ async def _wait_stored(run: Run, lane: Lane, key: str) -> None:
 async def run_receive(run: Run, step: ReceiveStep, lane: Lane) -> Any:
     """Take the next signal named ``step.signal``, waiting for it (until the timeout, if any);
     returns its payload, or raises :class:`StepFailure` with :class:`SignalTimeoutError`."""
-    fetched = False
     if lane.waiting is None:
         due = None if step.timeout is None else run.clock() + step.timeout
         lane.waiting = {"signal": step.signal, "timeout": due}
-        taken = run.take_signal(step.signal)
-        if taken is None:
-            await run.fetch_signals()
-            fetched = True
-            taken = run.take_signal(step.signal)
+        taken = await _take(run, step.signal)
         if taken is None:
             await _announce(run, step, lane)  # stored: a resume waits on, with the same timeout
     else:
-        taken = run.take_signal(step.signal)
-    if taken is None and not fetched:
-        await run.fetch_signals()  # sent before this run went live here
-        fetched = True
-        taken = run.take_signal(step.signal)
+        taken = await _take(run, step.signal)
     due = lane.waiting["timeout"]
     if taken is None and run.may_park(math.inf if due is None else due - run.clock()):
         await _park(run)  # a signal for it, or its timeout, wakes it
     while taken is None:
-        if not fetched:
-            await run.fetch_signals()  # sent before this run went live here
-            fetched = True
-        else:
-            due = lane.waiting["timeout"]
-            left = math.inf if due is None else due - run.clock()
-            if left <= 0:
-                lane.waiting = None
-                assert step.timeout is not None
-                error = SignalTimeoutError(step.name, step.signal, step.timeout)
-                raise StepFailure(step.name, error, 1)
-            if run.arrived is None:
-                run.arrived = trio.Event()
-            with trio.move_on_after(left):
-                await run.arrived.wait()
+        left = math.inf if due is None else due - run.clock()
+        if left <= 0:
+            lane.waiting = None
+            assert step.timeout is not None
+            raise StepFailure(step.name, SignalTimeoutError(step.name, step.signal, step.timeout), 1)
+        if run.arrived is None:
+            run.arrived = trio.Event()
+        with trio.move_on_after(left):
+            await run.arrived.wait()
         taken = run.take_signal(step.signal)
     lane.waiting = None
     seq, payload = taken
     if run.bus.active:
         run.emit("workflow.signal.received", step_name=step.name, signal=step.signal, seq=seq, payload=payload)
     return payload
+
+
+async def _take(run: Run, name: str) -> tuple[int, Any] | None:
+    """The oldest signal named ``name`` delivered to the run, looking in storage once per run
+    for those sent before it ran here; later ones are delivered to it as they are sent."""
+    taken = run.take_signal(name)
+    if taken is None and not run.signals_fetched:
+        await run.fetch_signals()
+        taken = run.take_signal(name)
+    return taken
 
 
 async def _park(run: Run) -> NoReturn:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Sequence
 
+import attrs
+
 from trioflow._errors import CheckpointConflictError, StorageError, UnknownInstanceError
 from trioflow._snapshot import RESUMABLE, TERMINAL, Status
 
@@ -140,7 +142,13 @@ class MemoryAdapter:
 
     async def load(self, instance_id: str) -> StoredInstance | None:
         row = self._rows.get(instance_id)
-        return None if row is None else _stored(instance_id, row)
+        if row is None:
+            return None
+        stored = _stored(instance_id, row)
+        if row.signals:
+            stored = attrs.evolve(stored, signals=tuple(
+                (seq, name, payload) for seq, (name, payload) in sorted(row.signals.items())))
+        return stored
 
     async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[StoredInstance]:
         ids: Iterable[str] = self._by_workflow.get(workflow_name, {})

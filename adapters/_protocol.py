@@ -33,6 +33,9 @@ class StoredInstance:
     header: bytes
     #: Every record, in seq order (``records[n]`` is seq ``n``).
     records: tuple[bytes, ...] = ()
+    #: Pending signals ``(seq, name, payload)`` in seq order: given by :meth:`Adapter.load`
+    #: (listings leave them out).
+    signals: tuple[tuple[int, str, bytes], ...] = ()
 
 
 @runtime_checkable
@@ -90,7 +93,7 @@ class Adapter(Protocol):
         ...
 
     async def load(self, instance_id: str) -> StoredInstance | None:
-        """One instance with all its records, or ``None``."""
+        """One instance with all its records and its pending signals, or ``None``."""
         ...
 
     async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[StoredInstance]:

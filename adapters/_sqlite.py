@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import attrs
 import outcome
 import trio
 
@@ -323,8 +324,8 @@ class SQLiteAdapter:
         return rows
 
     async def load(self, instance_id: str) -> StoredInstance | None:
-        rows: list[StoredInstance] = await self._submit(("select", ("i.instance_id = ?", (instance_id,))))
-        return rows[0] if rows else None
+        stored: StoredInstance | None = await self._submit(("load", (instance_id,)))
+        return stored
 
     async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[StoredInstance]:
         where: tuple[str, tuple[Any, ...]]
@@ -733,6 +734,15 @@ def _next_wake(conn: sqlite3.Connection) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
+def _load(conn: sqlite3.Connection, iid: str) -> StoredInstance | None:
+    """One instance, its records and its pending signals."""
+    rows = _select(conn, "i.instance_id = ?", (iid,))
+    if not rows:
+        return None
+    signals = _signals(conn, iid)
+    return attrs.evolve(rows[0], signals=tuple(signals)) if signals else rows[0]
+
+
 def _signal(conn: sqlite3.Connection, iid: str, name: str, payload: bytes) -> tuple[bool, int | None]:
     """Store a signal unless its instance has ended: (whether the instance exists, the seq)."""
     row = conn.execute("SELECT status FROM trioflow_instances WHERE instance_id = ?", (iid,)).fetchone()
@@ -758,7 +768,7 @@ def _delete(conn: sqlite3.Connection, iid: str) -> bool:
 
 #: Ops applied one at a time (creates and checkpoints go in runs: see :func:`_run_all`).
 _OPS: dict[str, Callable[..., Any]] = {
-    "select": _select, "delete": _delete, "signal": _signal, "signals": _signals, "due": _due, "next_wake": _next_wake,
+    "select": _select, "load": _load, "delete": _delete, "signal": _signal, "signals": _signals, "due": _due, "next_wake": _next_wake,
 }
 
 

@@ -301,10 +301,10 @@ class Engine:
         if seq is None:
             raise InstanceNotLiveError(f"instance {instance_id!r} has ended; signal {name!r} was not stored")
         run = self._live.get(instance_id)
+        if run is None:  # parked (or stored, not running here): resumed if it waits for this
+            run = await self._wake_if_waiting(instance_id, lambda waiting: waiting.get("signal") == name)
         if run is not None:
             run.deliver(seq, name, decode_payload(data))  # a copy: the caller keeps its object
-        else:
-            await self._wake_if_waiting(instance_id, lambda waiting: waiting.get("signal") == name)
 
     async def _wake_if_waiting(self, instance_id: str, wakes: Callable[[dict[str, Any]], bool]) -> Run | None:
         """Resume a parked instance here if what its lanes wait for passes ``wakes``; the run."""
@@ -319,7 +319,10 @@ class Engine:
         except SnapshotDecodeError:
             return None
         if any(lane.waiting is not None and wakes(lane.waiting) for lane in state.lanes.values()):
-            await self._resume_one(definition, stored)
+            run = await self._resume_one(definition, stored, state)
+            if run is not None:
+                # Every signal storage held came with the load: the run needs no look of its own.
+                run.deliver_stored(stored.signals)
         return self._live.get(instance_id)
 
     async def get_instance(self, instance_id: str) -> WorkflowInstance | None:
@@ -465,31 +468,34 @@ class Engine:
                           extra={"instance_id": record.instance_id, "workflow_name": record.workflow_name})
         return resumed
 
-    async def _resume_one(self, definition: WorkflowDefinition, record: StoredInstance) -> bool:
-        """Resume one stored instance; whether it now runs here."""
+    async def _resume_one(
+        self, definition: WorkflowDefinition, record: StoredInstance, state: InstanceState | None = None,
+    ) -> Run | None:
+        """Resume one stored instance (``state``: already decoded from it); its run, if it now
+        runs here."""
         try:
-            state = _decoded(record)
+            state = _decoded(record) if state is None else state
             problem = misfit(state, definition)
         except SnapshotDecodeError as exc:
             self._refuse_unreadable(record, exc)
-            return False
+            return None
         except Exception as exc:  # a decodable snapshot the kernel cannot make sense of
             self._refuse_unreadable(record, SnapshotDecodeError(f"snapshot fields are malformed: {describe_error(exc)}"))
-            return False
+            return None
         if problem is not None:
             fail_alone(state, f"DefinitionMismatchError: {problem}", now())
             header, records, first_seq, start, _ = take_changes(state)
             await self.adapter.checkpoint(state.instance_id, state.status, header, records, first_seq=first_seq,
                                           start=start)
-            return False
+            return None
         iid = record.instance_id
         if iid in self._live or iid in self._storing or iid in self._resumed:
-            return False  # running here, being started, or resumed by a concurrent call meanwhile
+            return None  # running here, being started, or resumed by a concurrent call meanwhile
         self._resumed.add(iid)
         run = self._spawn(definition, state, resumed=True)
         # What storage holds for it until its first checkpoint here (the waker passes it over).
         run.stored_wake_at = wake_at(state, definition)
-        return True
+        return run
 
     def _readable(self, record: StoredInstance) -> bool:
         try:
