@@ -468,8 +468,8 @@ def _apply(
 
 
 def _learn(known: dict[str, str], changes: dict[str, str | None]) -> None:
-    """After a commit: the statuses it wrote. Finished (and deleted) instances are forgotten, so
-    ``known`` holds no more than the instances still pending or running."""
+    """After a commit: the statuses it wrote. Finished, deleted and waiting instances (``None``)
+    are forgotten, so ``known`` holds no more than the instances that run."""
     for instance_id, status in changes.items():
         if status is None or status not in RESUMABLE:
             known.pop(instance_id, None)
@@ -613,7 +613,7 @@ def _checkpoint_many(
         conn.execute("SAVEPOINT trioflow_checkpoints")
         changing: list[tuple[Any, ...]] = []
         keeping: list[tuple[Any, ...]] = []
-        leaves: dict[str, str] = {}
+        leaves: dict[str, str | None] = {}
         for args in checkpoints:
             status, instance_id = args[0], args[5]
             was: str | None
@@ -625,7 +625,9 @@ def _checkpoint_many(
                 keeping.append(args[1:7])
             else:
                 changing.append(args[:7])
-            leaves[instance_id] = status
+            # A waiting instance (wake_at) is forgotten: it may wait for days, and ``known``
+            # should hold no more than the instances that run.
+            leaves[instance_id] = status if args[4] is None else None
         updated = conn.executemany(_CHECKPOINT_SQL, changing).rowcount if changing else 0
         if keeping:
             updated += conn.executemany(_SAME_STATUS_SQL, keeping).rowcount
@@ -671,7 +673,7 @@ def _checkpoint_one(
         conn.executemany(_RECORD_SQL, _record_rows((args,)))
     if consumed:
         conn.executemany(_CONSUME_SQL, [(seq, instance_id) for seq in consumed])
-    changes[instance_id] = status
+    changes[instance_id] = status if args[4] is None else None  # a waiting instance is forgotten
     return outcome.Value(None)
 
 
