@@ -6,7 +6,7 @@ adapter, and ``import trioflow`` should not pay for sqlite3, threads and queues 
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from trioflow._lazy import lazy_exports
+from trioflow._lazy import lazy_exports, public_module
 
 from ._memory import MemoryAdapter as MemoryAdapter
 from ._protocol import Adapter as Adapter
@@ -36,3 +36,4 @@ _LAZY = {
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
+public_module(__name__, globals())

@@ -5,7 +5,9 @@ This module is the public facade; everything is defined in private modules and r
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from ._lazy import lazy_exports
+from ._lazy import lazy_exports, public_module
+
+__version__ = "0.2.0.dev0"
 
 from . import adapters as adapters
 from ._builder import BranchBuilder as BranchBuilder
@@ -91,3 +93,4 @@ _LAZY = {
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
+public_module(__name__, globals())

@@ -1,4 +1,5 @@
-"""Lazy re-exports for package facades (PEP 562): a name is imported on first access."""
+"""Package facades: lazy re-exports (PEP 562: a name is imported on first access), and public
+names that report the facade as their module."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def lazy_exports(
             module = importlib.import_module(f"{package}.{names[name]}")
             value = module if names[name] == name else getattr(module, name)
             namespace[name] = value
+            public_module(package, {name: value})
             return value
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
@@ -26,3 +28,15 @@ def lazy_exports(
         return sorted([*namespace, *names])
 
     return __getattr__, __dir__
+
+
+def public_module(package: str, namespace: Mapping[str, Any]) -> None:
+    """Make the classes and functions ``package`` re-exports from its private modules report
+    ``package`` as their ``__module__`` (as trio does): reprs, tracebacks and docs then name the
+    public path (``trioflow.DefinitionError``), not where the code happens to live."""
+    for name, value in namespace.items():
+        if name.startswith("_") or not (isinstance(value, type) or callable(value) and hasattr(value, "__code__")):
+            continue
+        module = getattr(value, "__module__", None)
+        if isinstance(module, str) and module.startswith(f"{package}._"):
+            value.__module__ = package

@@ -29,3 +29,7 @@ from ._crashes import CrashPoint as CrashPoint
 from ._crashes import CrashReport as CrashReport
 from ._crashes import Outcome as Outcome
 from ._crashes import explore_crashes as explore_crashes
+
+from trioflow._lazy import public_module as _public_module
+
+_public_module(__name__, globals())

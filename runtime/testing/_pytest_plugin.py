@@ -29,12 +29,25 @@ def _run_on_mock_clock(
     return trio.run(fn, *args, clock=clock, instruments=instruments)
 
 
+#: What a test using the fixture needs and this installation may lack.
+MISSING_PYTEST_TRIO = (
+    "the trioflow_engine fixture needs pytest-trio; install trioflow's testing extra:"
+    " pip install 'trioflow[testing]'"
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if FIXTURE in getattr(item, "fixturenames", ()):
             # Prepended: pytest-trio uses the first trio marker with a runner, and its trio_mode
             # marks every async test with the plain one.
             item.add_marker(pytest.mark.trio(run=_run_on_mock_clock), append=False)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if FIXTURE in getattr(item, "fixturenames", ()) and not item.config.pluginmanager.hasplugin("trio"):
+        # Without pytest-trio nothing runs the async fixture: say what to install.
+        pytest.fail(MISSING_PYTEST_TRIO, pytrace=False)
 
 
 @pytest.fixture

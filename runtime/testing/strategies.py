@@ -14,7 +14,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Union
 
 import attrs
-from hypothesis import strategies as st
+try:
+    from hypothesis import strategies as st
+except ImportError as exc:  # pragma: no cover - exercised in a venv without hypothesis
+    raise ImportError(
+        "trioflow.testing.strategies needs hypothesis; install trioflow's testing extra:"
+        " pip install 'trioflow[testing]'"
+    ) from exc
 
 from trioflow._builder import BranchBuilder, WorkflowBuilder, branch, when, workflow
 from trioflow._definition import (

@@ -1,0 +1,44 @@
+"""What a user installing trioflow meets first (issue 16, item 13): its version, the names the
+public classes report, and clear errors when the testing extra is missing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import trioflow as tf
+import trioflow.testing
+
+
+def test_the_version_is_the_installed_distributions() -> None:
+    assert tf.__version__ == version("trioflow")
+
+
+def test_public_classes_and_functions_report_the_public_module() -> None:
+    for value in (tf.WorkflowInstance, tf.Catch, tf.Retry, tf.DefinitionError, tf.open_engine, tf.execute_workflow,
+                  tf.Engine, tf.FailStepError):
+        assert value.__module__ == "trioflow", value
+    assert repr(tf.DefinitionError("x")) == "DefinitionError('x')"
+    assert tf.adapters.SQLiteAdapter.__module__ == tf.adapters.MemoryAdapter.__module__ == "trioflow.adapters"
+    assert trioflow.testing.ScriptedJob.__module__ == "trioflow.testing"
+
+
+def test_the_fixture_without_pytest_trio_names_the_extra_to_install(tmp_path: Path) -> None:
+    (tmp_path / "test_uses_engine.py").write_text("async def test_x(trioflow_engine):\n    pass\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:trio", "-p", "no:cacheprovider", "-W", "ignore", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert done.returncode != 0
+    assert "the trioflow_engine fixture needs pytest-trio" in done.stdout
+    assert "pip install 'trioflow[testing]'" in done.stdout
+
+
+def test_strategies_without_hypothesis_name_the_extra_to_install() -> None:
+    code = "import sys; sys.modules['hypothesis'] = None\nimport trioflow.testing.strategies"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "trioflow.testing.strategies needs hypothesis" in done.stderr
+    assert "pip install 'trioflow[testing]'" in done.stderr
