@@ -14,6 +14,7 @@ A transactional workflow runs its forward part inside one ``driver.transaction()
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import trio
@@ -39,6 +40,9 @@ from ._wait import wait_for_start
 
 
 _UNBOUNDED = contextlib.nullcontext()
+log = logging.getLogger("trioflow")
+#: How the lifecycle log line says an instance ended badly.
+_ENDED = {"failed": "failed", "cancelled": "was cancelled", "timed_out": "timed out"}
 
 
 def _deadline(run: Run) -> float:
@@ -173,6 +177,12 @@ async def _compensate_and_finish(run: Run) -> None:
     outcome = state.outcome or "failed"
     finish(state, run.definition, outcome, now())
     await run.persist()
+    log.warning(
+        "instance %s of workflow %r %s at step %r: %s", state.instance_id, state.workflow_name,
+        _ENDED[outcome], state.failed_step, state.error,
+        extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name, "status": outcome,
+               "failed_step": state.failed_step, "error_name": state.error_name, "cause": state.cause},
+    )
     if run.bus.active:
         if outcome == "cancelled":
             run.emit("workflow.cancelled")

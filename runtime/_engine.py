@@ -443,7 +443,11 @@ class Engine:
 
     async def _resume_leftovers(self, records: list[StoredInstance]) -> None:
         try:
-            await self._resume(records)
+            resumed = await self._resume(records)
+            if resumed:
+                name = records[0].workflow_name
+                log.info("resumed %d unfinished instance(s) of workflow %r left by an earlier engine", len(resumed),
+                         name, extra={"workflow_name": name, "resumed": len(resumed)})
         finally:
             self._pending_resumes -= 1
             if self._pending_resumes == 0:
