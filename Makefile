@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(PY) examples/order_state_machine.py
 	$(PY) examples/onboarding.py
 	$(PY) examples/checkout_catch.py
+	$(PY) examples/approval.py
 
 typecheck: $(STAMP)
 	PYTHON=$(abspath $(PY)) scripts/typecheck

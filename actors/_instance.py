@@ -33,7 +33,7 @@ from trioflow._lanes import MAIN
 from trioflow._snapshot import Status
 
 from ._lane import run_lane
-from ._run import Parked, Run, StepFailure, now
+from ._run import Parked, Run, StepFailure
 from ._task import compensate
 from ._transaction import Forward, forward_in_transaction
 from ._wait import wait_for_start
@@ -112,6 +112,10 @@ async def _forward(run: Run) -> Forward:
             main = run.state.lanes[MAIN]
             if main.waiting is not None and "start" in main.waiting:
                 await wait_for_start(run, main)
+                # A delayed instance starts now: its timeout counts from here.
+                run.state.started_at = run.clock()
+                if scope is not None and definition.timeout is not None:
+                    scope.deadline = trio.current_time() + definition.timeout
             await run_lane(run, MAIN, definition.index, ctx)
         except StepFailure as failure:
             return "failed", failure.error, failure.step_name
@@ -124,7 +128,7 @@ async def _forward(run: Run) -> Forward:
 
 async def _complete(run: Run) -> None:
     state = run.state
-    finish(state, run.definition, "completed", now())
+    finish(state, run.definition, "completed", run.clock())
     await run.persist()
     if run.bus.active:
         # The main line's last step reported progress 100 already.
@@ -175,7 +179,7 @@ async def _compensate_and_finish(run: Run) -> None:
                 run.emit("workflow.step.compensated", step_name=name)
         await run.persist()
     outcome = state.outcome or "failed"
-    finish(state, run.definition, outcome, now())
+    finish(state, run.definition, outcome, run.clock())
     await run.persist()
     log.warning(
         "instance %s of workflow %r %s at step %r: %s", state.instance_id, state.workflow_name,

@@ -32,7 +32,7 @@ from trioflow._errors import (
 from trioflow._snapshot import InstanceState, Lane
 from trioflow._lanes import MAIN, branch_lane
 
-from ._run import Run, StepFailure, now
+from ._run import Run, StepFailure
 from ._task import run_task, step_failed
 from ._wait import run_receive, run_wait
 
@@ -59,7 +59,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             raise StepFailure(name, error, failed.attempts)
         step = lookup[name][0]
         ctx.step_index = index[name]
-        started_at = now()
+        started_at = run.clock()
         if bus.active:
             run.emit("workflow.step.started", step_name=name, step_type=step.kind)
         data = None
@@ -82,7 +82,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 output, passes, target = _decide_step(step, state, lane, ctx)
             record = new_execution(
                 state, lane_key, name, "completed", output=output, input=data, input_is_workflow_input=uses_input,
-                passes=passes, attempts=attempts, started_at=started_at, now=now(),
+                passes=passes, attempts=attempts, started_at=started_at, now=run.clock(),
             )
             try:
                 # A value this step left that cannot be stored (in the shared data, its output,

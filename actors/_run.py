@@ -128,7 +128,8 @@ class Run:
         #: apart from the instance's lifecycle. ``None``: they run inline (``execute_workflow``).
         self.spawn = spawn
         self.storage_retry_for = storage_retry_for
-        #: The engine's wall clock (Unix seconds): timers' due times are on it.
+        #: The engine's wall clock (Unix seconds): timestamps, timers' due times and timeouts
+        #: that outlive a restart are all on it.
         self.clock = clock
         #: Set (and dropped) when a signal is delivered while a receive step waits.
         self.arrived: trio.Event | None = None
@@ -466,7 +467,3 @@ class _Gathering:
             raise self.error
         return self.error is None
 
-
-#: Wall-clock timestamp for records (Unix seconds): ``time.time`` itself rather than a wrapper,
-#: since it is read several times per step.
-now = time.time

@@ -14,7 +14,7 @@ from trioflow._errors import StepTimeoutError, UnencodableValueError, describe_e
 from trioflow._retry import NO_RETRY
 from trioflow._snapshot import StepResult
 
-from ._run import Parked, Run, StepFailure, now
+from ._run import Parked, Run, StepFailure
 from ._wait import wait_for_retry
 
 _NO_TIMEOUT = contextlib.nullcontext()
@@ -122,7 +122,7 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
         run.add_failure(new_execution(
             run.state, ctx.lane, step.name, "failed", error="cancelled", error_name="Cancelled",
             cause="cancelled while running", input=data, input_is_workflow_input=uses_input,
-            attempts=ctx._attempt, started_at=started_at, now=now(),
+            attempts=ctx._attempt, started_at=started_at, now=run.clock(),
         ), for_good=False)
         raise
     except Exception as exc:  # input/output mapping, unknown job: no retry
@@ -146,7 +146,7 @@ async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: fl
         run.state, ctx.lane, step.name, "failed" if catcher is None else "caught", error=describe_error(error),
         error_name=name, cause=cause, output=None if catcher is None else {"error": name, "cause": cause},
         input=failure.input, input_is_workflow_input=failure.uses_input, attempts=failure.attempts,
-        started_at=started_at, now=now(),
+        started_at=started_at, now=run.clock(),
     )
     if catcher is not None:
         run.add_caught(record, step, catcher)

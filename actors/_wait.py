@@ -77,7 +77,12 @@ async def run_receive(run: Run, step: ReceiveStep, lane: Lane) -> Any:
         taken = await _take(run, step.signal)
     due = lane.waiting["timeout"]
     if taken is None and run.may_park(math.inf if due is None else due - run.clock()):
-        await _park(run)  # a signal for it, or its timeout, wakes it
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancel that woke it goes first
+        # A signal delivered while the wait was being stored (or just now) is taken, not left
+        # behind: from here to leaving memory nothing awaits, so none can slip in between.
+        taken = run.take_signal(step.signal)
+        if taken is None:
+            _leave(run)  # a signal for it, or its timeout, wakes it
     while taken is None:
         left = math.inf if due is None else due - run.clock()
         if left <= 0:
@@ -109,6 +114,10 @@ async def _take(run: Run, name: str) -> tuple[int, Any] | None:
 async def _park(run: Run) -> NoReturn:
     """Leave memory: what the lane waits for is stored already (see ``Run.may_park``)."""
     await trio.lowlevel.checkpoint_if_cancelled()  # a cancel that woke it goes first
+    _leave(run)
+
+
+def _leave(run: Run) -> NoReturn:
     run.parked = True
     raise Parked()
 

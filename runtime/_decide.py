@@ -253,7 +253,9 @@ def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | Non
                   waiting.get("timeout") or math.inf)
     if due == math.inf and not any(lane.waiting for lane in state.lanes.values()):
         return None
-    if definition.timeout is not None and state.started_at is not None:
+    main = state.lanes.get(MAIN)
+    delayed = main is not None and main.waiting is not None and "start" in main.waiting
+    if definition.timeout is not None and state.started_at is not None and not delayed:
         due = min(due, state.started_at + definition.timeout)
     return due
 

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 import trio
 
 from trioflow.actors._instance import run_instance
-from trioflow.actors._run import STORAGE_RETRY_FOR, Run, now
+from trioflow.actors._run import STORAGE_RETRY_FOR, Run
 from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
-from trioflow._virtual_time import mock_clock, virtual_wall_clock
+from trioflow._virtual_time import default_clock
 from trioflow._codec import (
     check_encodable,
     decode_payload,
@@ -93,6 +93,10 @@ class Engine:
         #: Instances the waker resumed that storage may still say are due (they have not
         #: checkpointed since): it passes them over.
         self._waking: set[str] = set()
+        #: Waits longer than this let an instance leave memory (``None``: never).
+        self._park_after: float | None = PARK_AFTER
+        #: Instances signalled before their workflow was registered, by workflow name.
+        self._wake_on_register: dict[str, set[str]] = {}
         #: Workflows of due instances the waker found with no definition registered.
         self._unregistered_due: set[str] = set()
         #: For callers of ``wait()`` on a parked instance: set when it runs here again.
@@ -162,6 +166,9 @@ class Engine:
         self._definitions[definition.name] = definition
         if definition.name in self._unregistered_due:
             self._wake_changed.set()  # due instances of this workflow can be woken now
+        signalled = self._wake_on_register.pop(definition.name, None)
+        if signalled:
+            self._supervisor.start_soon(f"wake signalled {definition.name}", self._wake_signalled, signalled)
         records = self._leftovers.pop(definition.name, None) if self._leftovers is not None else None
         if records:
             self._resume_soon(definition, records)
@@ -231,9 +238,10 @@ class Engine:
             return instance_id
         check_encodable(input, "workflow input")
         status: Status = "pending" if self._running >= self._max_running else "running"
-        state = new_state(definition, instance_id, input, now(), status=status)
+        state = new_state(definition, instance_id, input, self._clock(), status=status)
         if starts_at is not None:
             state.lanes[MAIN].waiting = {"start": starts_at}
+            state.started_at = None  # set when it starts: its timeout counts from then
         remember_data(state)
         start, header = encode_start(state), encode_header(state)
         storing = self._storing[instance_id] = _Storing(workflow_name)
@@ -306,6 +314,13 @@ class Engine:
         if run is not None:
             run.deliver(seq, name, decode_payload(data))  # a copy: the caller keeps its object
 
+    async def _wake_signalled(self, instance_ids: set[str]) -> None:
+        """Instances signalled before their workflow was registered: resumed if they wait for a
+        signal (the run takes what storage holds for it)."""
+        for instance_id in instance_ids:
+            if instance_id not in self._live:
+                await self._wake_if_waiting(instance_id, lambda waiting: "signal" in waiting)
+
     async def _wake_if_waiting(self, instance_id: str, wakes: Callable[[dict[str, Any]], bool]) -> Run | None:
         """Resume a parked instance here if what its lanes wait for passes ``wakes``; the run."""
         stored = await self.adapter.load(instance_id)
@@ -313,6 +328,8 @@ class Engine:
             return self._live.get(instance_id)
         definition = self._definitions.get(stored.workflow_name)
         if definition is None:
+            # Woken once its workflow is registered (it may wait for this very signal).
+            self._wake_on_register.setdefault(stored.workflow_name, set()).add(instance_id)
             return None
         try:
             state = _decoded(stored)
@@ -372,6 +389,7 @@ class Engine:
             if instance_id not in self._live:
                 event = self._next_run.setdefault(instance_id, trio.Event())
                 await event.wait()
+                self._check_stopped(instance_id)
             return await self.wait(instance_id)
         if instance.status not in TERMINAL:
             self._check_stopped(instance_id)
@@ -487,7 +505,7 @@ class Engine:
             self._refuse_unreadable(record, SnapshotDecodeError(f"snapshot fields are malformed: {describe_error(exc)}"))
             return None
         if problem is not None:
-            fail_alone(state, f"DefinitionMismatchError: {problem}", now())
+            fail_alone(state, f"DefinitionMismatchError: {problem}", self._clock())
             header, records, first_seq, start, _ = take_changes(state)
             await self.adapter.checkpoint(state.instance_id, state.status, header, records, first_seq=first_seq,
                                           start=start)
@@ -522,7 +540,7 @@ class Engine:
             definition, state, adapter=self.adapter, jobs=self.jobs, services=self._services,
             driver=self._driver, bus=self.events, resumed=resumed, threads=self._threads,
             spawn=self._supervisor.start_soon, storage_retry_for=self._storage_retry_for, clock=self._clock,
-            park_after=PARK_AFTER,
+            park_after=self._park_after,
         )
         self._live[state.instance_id] = run
         next_run = self._next_run.pop(state.instance_id, None)
@@ -548,7 +566,7 @@ class Engine:
             if state.status == "pending":
                 # Not written on its own: a resume treats pending and running alike, and the
                 # first step's snapshot records the new status anyway.
-                admit(state, now())
+                admit(state, self._clock())
             await run_instance(run)
         except StorageUnavailableError as exc:
             # Storage stayed unusable past the retries: leave the instance as last stored, to be
@@ -564,7 +582,7 @@ class Engine:
             )
         except Exception as exc:
             # A bug or a failing adapter: this instance fails alone, the others go on.
-            fail_alone(state, f"internal error: {describe_error(exc)}", now())
+            fail_alone(state, f"internal error: {describe_error(exc)}", self._clock())
             try:
                 await run.persist()
             except Exception as again:
@@ -636,6 +654,9 @@ class Engine:
     def _close(self) -> None:
         self._closed = True
         self.events.attach(None)
+        # Callers of wait() on parked instances: they learn the engine closed.
+        for event in self._next_run.values():
+            event.set()
         # Queued runs have no actor to end them: release their waiters (``EngineClosedError``).
         for run in self._waiting:
             run.ended()
@@ -694,12 +715,16 @@ async def open_engine(
             engine = Engine(
                 Supervisor(nursery), storage, max_running=max_running, services=services or {},
                 driver=driver, threads=threads, leftovers=leftovers, storage_retry_for=storage_retry_for,
-                clock=clock if clock is not None else virtual_wall_clock() if mock_clock() is not None else time.time,
+                clock=clock if clock is not None else default_clock(),
             )
             engine.events.attach(nursery)
             # Asked before the caller gets the engine: the waker's reads then only follow
             # instances that wait, never run beside the caller's first calls.
-            engine._supervisor.start_soon("waker", engine._waker, await storage.next_wake())
+            if hasattr(storage, "next_wake") and hasattr(storage, "due"):
+                engine._supervisor.start_soon("waker", engine._waker, await storage.next_wake())
+            else:
+                # An adapter from before waiting instances existed: they wait in memory.
+                engine._park_after = None
             try:
                 yield engine
             finally:

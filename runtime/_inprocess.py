@@ -6,7 +6,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from trioflow.actors._instance import run_instance
-from trioflow.actors._run import Run, now
+from trioflow.actors._run import Run
+from trioflow._virtual_time import default_clock
 from trioflow.actors._threads import ThreadSlots
 
 from ._builder import WorkflowBuilder
@@ -34,11 +35,12 @@ async def execute_workflow(
     """
     if not isinstance(workflow, WorkflowDefinition):
         raise DefinitionError(f"execute_workflow needs a built WorkflowDefinition, got {workflow!r}")
-    state = new_state(workflow, instance_id or new_instance_id(), input, now())
+    clock = default_clock()
+    state = new_state(workflow, instance_id or new_instance_id(), input, clock())
     run = Run(
         workflow, state, adapter=None, jobs=jobs if isinstance(jobs, JobRegistry) else JobRegistry(jobs),
         services=services or {}, driver=driver, compensate_on_outer_cancel=True, cancellable=False,
-        threads=ThreadSlots(),
+        threads=ThreadSlots(), clock=clock,
     )
     await run_instance(run)
     return run.result()

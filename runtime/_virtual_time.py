@@ -60,3 +60,9 @@ def virtual_wall_clock() -> Callable[[], float]:
     ``open_engine`` uses one by default in a run on a ``MockClock``."""
     offset = time.time() - trio.current_time()
     return lambda: offset + trio.current_time()
+
+
+def default_clock() -> Callable[[], float]:
+    """The wall clock an engine or ``execute_workflow`` uses unless given one: ``time.time``,
+    or, in a run on a ``MockClock`` (tests), :func:`virtual_wall_clock`."""
+    return virtual_wall_clock() if mock_clock() is not None else time.time

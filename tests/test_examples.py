@@ -1,5 +1,5 @@
-"""Every example runs as a program and prints what the seeds say happens; checkout_catch's
-outcome is also checked value by value, and under a crash at every checkpoint."""
+"""Every example runs as a program and prints what the seeds say happens; checkout_catch's and
+approval's outcomes are also checked value by value, and under a crash at every checkpoint."""
 
 from __future__ import annotations
 
@@ -15,11 +15,33 @@ import trio
 import trio.testing
 
 import trioflow as tf
-from trioflow.testing import explore_crashes, open_test_engine
+from trioflow.adapters import MemoryAdapter, SQLiteAdapter
+from trioflow.testing import explore_crashes, open_test_engine, virtual_wall_clock
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 EXPECTED = {
+    "approval.py": [
+        "after submitting (day 0.0):",
+        "  exp-1: running, waiting {'timer': 'day 1.0'}",
+        "  exp-2: running, waiting {'signal': 'approved', 'timeout': 'day 4.0'}",
+        "exp-1 approved by kim on day 2.0: completed, output {'report_id': 'exp-1', 'paid_to': 'ada', 'amount': 420,"
+        " 'approved_by': 'kim'}",
+        "engine stopped on day 2.0; exp-2 stays stored, waiting",
+        "a new engine on the same file (day 3.0):",
+        "  exp-2: running, waiting {'signal': 'director-approved', 'timeout': None}",
+        "exp-2 approved by lee on day 5.0: completed, output {'report_id': 'exp-2', 'paid_to': 'ada', 'amount': 1250,"
+        " 'approved_by': 'lee'}",
+        "  manager-approval: caught, SignalTimeoutError: step 'manager-approval': no signal 'approved' arrived"
+        " within 259200 s",
+        "  steps run: ['submit', 'remind-later', 'remind-manager', 'manager-approval', 'escalate',"
+        " 'director-approval', 'pay', 'paid']",
+        "day 4.0 workflow.step.waiting: exp-2 director-approval {'signal': 'director-approved', 'timeout': None}",
+        "day 5.0 workflow.signal.received: exp-2 director-approval {'signal': 'director-approved', 'payload':"
+        " {'by': 'lee'}}",
+        "paid: {'exp-1': 420, 'exp-2': 1250}",
+        "  to lee: exp-2 was not approved in time, please decide",
+    ],
     "checkout_saga.py": [
         "checkout ord-1 with card-ok: success=True",
         "checkout ord-2 with card-declined: success=False",
@@ -128,3 +150,122 @@ async def test_checkout_catch_survives_a_crash_at_every_checkpoint(
     report = await explore_crashes(example.checkout, order, services=services)  # raises on a divergence
     assert report.baseline.status == ("completed" if card.endswith("4242") else "failed")
     assert all(point.outcome.status == report.baseline.status for point in report.points)
+
+
+DAY = 86400.0
+REPORT = {"employee": "ada", "manager": "kim", "director": "lee"}
+
+
+async def _waiting(engine: tf.Engine, iid: str) -> dict[str, Any] | None:
+    inst = await engine.get_instance(iid)
+    assert inst is not None and inst.status == "running"
+    return inst.waiting
+
+
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+async def test_approval_pays_in_time_or_escalates_after_three_days(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, storage: str) -> None:
+    example = _load("approval.py")
+    services = {"payments": example.Payments(), "outbox": []}
+    events: list[dict[str, Any]] = []
+    clock = virtual_wall_clock()
+    adapter = MemoryAdapter() if storage == "memory" else SQLiteAdapter(tmp_path / "expenses.db")
+    # On SQLite, virtual time runs at real speed while the writer thread commits: a little slack.
+    slack = 0.0 if storage == "memory" else 5.0
+    async with open_test_engine(adapter=adapter, services=services, clock=clock) as engine:
+        engine.events.on("workflow.step.waiting", events.append)
+        engine.events.on("workflow.signal.received", events.append)
+        engine.register(example.expense_report)
+        t0, epoch = trio.current_time(), clock()
+        for report_id, amount in (("exp-1", 420), ("exp-2", 1250)):
+            await engine.start("expense-report", {**REPORT, "report_id": report_id, "amount": amount},
+                               instance_id=report_id)
+        await trio.sleep(60)
+        for iid in ("exp-1", "exp-2"):  # the reminder timer, stored with its due time
+            waiting = await _waiting(engine, iid)
+            assert waiting is not None and set(waiting) == {"timer"}
+            assert waiting["timer"] == pytest.approx(epoch + DAY, abs=slack + 1)
+        await trio.sleep(2 * DAY - 60)  # day 2: both reminded, both wait for their manager
+        for iid in ("exp-1", "exp-2"):
+            waiting = await _waiting(engine, iid)
+            assert waiting is not None and waiting["signal"] == "approved"
+            assert waiting["timeout"] == pytest.approx(epoch + 4 * DAY, abs=slack + 1)  # 3 days after the reminder
+        await engine.signal("exp-1", "approved", {"by": "kim"})
+        approved = await engine.wait("exp-1")
+        assert trio.current_time() - t0 == pytest.approx(2 * DAY, abs=slack + 1)
+        await trio.sleep(2 * DAY + 60)  # day 4 has passed: exp-2's receive timed out and was escalated
+        assert await _waiting(engine, "exp-2") == {"signal": "director-approved", "timeout": None}
+        await engine.signal("exp-2", "director-approved", {"by": "lee"})
+        escalated = await engine.wait("exp-2")
+        with pytest.raises(tf.InstanceNotLiveError):
+            await engine.signal("exp-2", "approved", {"by": "kim"})  # too late: it has ended
+
+    assert approved.status == "completed" and approved.waiting is None
+    assert approved.output == {"report_id": "exp-1", "paid_to": "ada", "amount": 420, "approved_by": "kim"}
+    assert [(r.step_name, r.status) for r in approved.history] == [
+        ("submit", "completed"), ("remind-later", "completed"), ("remind-manager", "completed"),
+        ("manager-approval", "completed"), ("pay", "completed"), ("paid", "completed")]
+    assert approved.step_results["manager-approval"].output == {"by": "kim"}  # the payload is the output
+
+    timeout = {"error": "SignalTimeoutError",
+               "cause": "step 'manager-approval': no signal 'approved' arrived within 259200 s"}
+    assert escalated.status == "completed" and escalated.waiting is None
+    assert escalated.output == {"report_id": "exp-2", "paid_to": "ada", "amount": 1250, "approved_by": "lee"}
+    assert [(r.step_name, r.status) for r in escalated.history] == [
+        ("submit", "completed"), ("remind-later", "completed"), ("remind-manager", "completed"),
+        ("manager-approval", "caught"), ("escalate", "completed"), ("director-approval", "completed"),
+        ("pay", "completed"), ("paid", "completed")]
+    caught = escalated.step_results["manager-approval"]
+    assert (caught.error_name, caught.cause, caught.output) == (timeout["error"], timeout["cause"], timeout)
+    assert escalated.step_results["escalate"].output == {"escalated_to": "lee", "because": timeout["cause"]}
+    assert escalated.step_results["director-approval"].output == {"by": "lee"}
+    assert escalated.compensated_steps == ()
+
+    assert services["payments"].paid == {"exp-1": 420, "exp-2": 1250}
+    assert sorted(services["outbox"]) == [  # the two reports run side by side: in either order
+        "to kim: please approve exp-1 (420 EUR)", "to kim: please approve exp-2 (1250 EUR)",
+        "to kim: reminder, exp-1 awaits your approval", "to kim: reminder, exp-2 awaits your approval",
+        "to lee: exp-2 was not approved in time, please decide"]
+    seen = [(e["event"], e["instance_id"], e["step_name"]) for e in events]
+    assert sorted(seen) == sorted([
+        ("workflow.step.waiting", "exp-1", "remind-later"), ("workflow.step.waiting", "exp-2", "remind-later"),
+        ("workflow.step.waiting", "exp-1", "manager-approval"), ("workflow.step.waiting", "exp-2", "manager-approval"),
+        ("workflow.signal.received", "exp-1", "manager-approval"),
+        ("workflow.step.waiting", "exp-2", "director-approval"),
+        ("workflow.signal.received", "exp-2", "director-approval")])
+    received = [e for e in events if e["event"] == "workflow.signal.received"]
+    assert [(e["signal"], e["payload"]) for e in received] == [
+        ("approved", {"by": "kim"}), ("director-approved", {"by": "lee"})]
+
+
+async def test_approval_keeps_an_approval_sent_before_the_reminder(autojump_clock: trio.testing.MockClock) -> None:
+    example = _load("approval.py")
+    services = {"payments": example.Payments(), "outbox": []}
+    async with open_test_engine(services=services) as engine:
+        engine.register(example.expense_report)
+        t0 = trio.current_time()
+        iid = await engine.start("expense-report", {**REPORT, "report_id": "exp-3", "amount": 80})
+        await trio.sleep(3600)
+        await engine.signal(iid, "approved", {"by": "kim"})  # kept until the receive step runs, on day 1
+        done = await engine.wait(iid)
+    assert trio.current_time() - t0 == pytest.approx(DAY)
+    assert done.status == "completed" and done.output["approved_by"] == "kim"
+    assert [r.step_name for r in done.history] == [
+        "submit", "remind-later", "remind-manager", "manager-approval", "pay", "paid"]
+
+
+@pytest.mark.parametrize("signal, approver", [("approved", "kim"), ("director-approved", "lee")])
+async def test_approval_survives_a_crash_at_every_checkpoint(
+        autojump_clock: trio.testing.MockClock, signal: str, approver: str) -> None:
+    example = _load("approval.py")
+    services = {"payments": example.Payments(), "outbox": []}
+    report = {**REPORT, "report_id": "exp-9", "amount": 99}
+    # Sent right after the start and kept: "approved" is taken on day 1; "director-approved" only
+    # once the manager's receive has timed out on day 4 and the report was escalated.
+    report_out = await explore_crashes(example.expense_report, report, services=services,
+                                       signals=[(signal, {"by": approver})])  # raises on a divergence
+    assert report_out.baseline.status == "completed"
+    assert report_out.baseline.output == {"report_id": "exp-9", "paid_to": "ada", "amount": 99,
+                                          "approved_by": approver}
+    assert all(point.outcome.status == "completed" for point in report_out.points)
+    assert ("escalate" in report_out.baseline.completion_order) == (signal == "director-approved")

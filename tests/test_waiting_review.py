@@ -1,0 +1,131 @@
+"""Durable waiting: cases a review found (each failed before its fix)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trioflow as tf
+from trioflow.testing import open_test_engine
+
+
+class SlowCheckpoints(tf.adapters.MemoryAdapter):
+    """Every checkpoint takes 0.1 s, as on a busy disk."""
+
+    async def checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        await trio.sleep(0.1)
+        await super().checkpoint(*args, **kwargs)
+
+
+async def test_a_signal_sent_while_the_wait_is_being_stored_is_taken(autojump_clock: trio.testing.MockClock) -> None:
+    wf = tf.workflow("w").receive("approval", signal="approved").build()
+    async with open_test_engine(adapter=SlowCheckpoints()) as engine:
+        engine.register(wf)
+        iid = await engine.start("w")
+        await trio.sleep(0.05)  # the receive step is storing its wait
+        await engine.signal(iid, "approved", "yes")
+        with trio.fail_after(60):
+            done = await engine.wait(iid)
+    assert done.status == "completed" and done.output == "yes"
+
+
+async def test_a_workflow_timeout_counts_on_the_engines_clock(autojump_clock: trio.testing.MockClock) -> None:
+    async def ok(data: Any) -> str:
+        return "ok"
+
+    wf = tf.workflow("w").wait("hour", seconds=3600).task("after", job=ok).with_timeout(86400).build()
+    async with open_test_engine() as engine:
+        engine.register(wf)
+        await trio.sleep(5 * 86400)  # virtual time moves on before the instance starts
+        done = await engine.wait(await engine.start("w"))
+    assert done.status == "completed", done.error
+
+
+async def test_wait_on_an_instance_out_of_memory_raises_when_the_engine_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    wf = tf.workflow("w").wait("day", seconds=86400).build()
+    errors: list[BaseException] = []
+    async with open_test_engine() as engine:
+        engine.register(wf)
+        iid = await engine.start("w")
+
+        async def waiter() -> None:
+            try:
+                await engine.wait(iid)
+            except tf.EngineClosedError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.sleep(10)
+            engine._close()
+    assert len(errors) == 1
+
+
+async def test_a_signal_sent_before_the_workflow_is_registered_wakes_the_instance_once_it_is(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    adapter = tf.adapters.MemoryAdapter()
+    wf = tf.workflow("w").receive("approval", signal="approved").build()
+    async with open_test_engine(adapter=adapter) as engine:
+        engine.register(wf)
+        iid = await engine.start("w")
+        await trio.sleep(1)
+    async with open_test_engine(adapter=adapter) as engine:
+        await engine.signal(iid, "approved", "late")
+        engine.register(wf)
+        with trio.fail_after(60):
+            done = await engine.wait(iid)
+    assert done.output == "late"
+
+
+async def test_execute_workflow_times_a_receive_out_on_virtual_time(autojump_clock: trio.testing.MockClock) -> None:
+    wf = tf.workflow("w").receive("approval", signal="approved", timeout=3 * 86400).build()
+    started = time.monotonic()
+    result = await tf.execute_workflow(None, wf)
+    assert result.status == "failed" and result.error_name == "SignalTimeoutError"
+    assert time.monotonic() - started < 2, "virtual time: no real wait, no busy loop"
+
+
+async def test_an_adapter_from_before_waiting_instances_still_runs_waits_in_memory(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Older:
+        """Delegates everything but due() and next_wake()."""
+
+        def __init__(self) -> None:
+            self.inner = tf.adapters.MemoryAdapter()
+
+        def __getattr__(self, name: str) -> Any:
+            if name in ("due", "next_wake"):
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    async def ok(data: Any) -> str:
+        return "ok"
+
+    wf = tf.workflow("w").wait("day", seconds=86400).task("after", job=ok).build()
+    async with tf.open_engine(adapter=Older()) as engine:  # type: ignore[arg-type]
+        engine.register(wf)
+        done = await engine.wait(await engine.start("w"))
+    assert done.status == "completed" and done.output == "ok"
+
+
+async def test_a_delayed_starts_timeout_counts_from_its_start(autojump_clock: trio.testing.MockClock) -> None:
+    async def ok(data: Any) -> str:
+        await trio.sleep(60)
+        return "ok"
+
+    wf = tf.workflow("w").task("a", job=ok).with_timeout(3600).build()
+    async with open_test_engine() as engine:
+        engine.register(wf)
+        t0 = trio.current_time()
+        done = await engine.wait(await engine.start("w", delay=7200))
+    assert done.status == "completed", done.error
+    assert trio.current_time() - t0 == pytest.approx(7260, abs=1)
