@@ -22,6 +22,7 @@ import msgpack
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, split_description
 from ._lanes import MAIN
 from ._snapshot import PHASES, STATUSES, STEP_STATUSES, InstanceState, Lane, StepResult
+from ._values import SUPPORTED, from_ext, to_ext
 
 #: Type tags: format 1's snapshot, format 2's start and header.
 TAG = "trioflow.instance"
@@ -34,7 +35,18 @@ MAX_VALUE_BYTES = 16 * 1024 * 1024
 #: Largest snapshot encoded or decoded (a corrupt length can't make us allocate gigabytes).
 MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
 
-_packer = msgpack.Packer(use_bin_type=True, datetime=False)
+_packer = msgpack.Packer(use_bin_type=True, datetime=False, default=to_ext)
+
+
+def _pack(value: Any) -> bytes:
+    """One value on its own (checks, payloads), with the same value types as every snapshot."""
+    packed: bytes = msgpack.packb(value, use_bin_type=True, datetime=False, default=to_ext)
+    return packed
+
+
+def _read(data: bytes) -> Any:
+    """What :func:`_pack` (or the packer) wrote."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True, ext_hook=from_ext)
 
 # msgpack packs values nested a few levels deeper than the 1,023 it unpacks, so a value
 # could be stored and never read back. Values are checked wrapped in this many extra levels:
@@ -121,7 +133,7 @@ def check_data(state: InstanceState) -> None:
                     f"the shared data is {len(packed) / 2**20:.1f} MiB encoded, over the {MAX_DATA_BYTES >> 20} MiB"
                     " limit; keep large values out of ctx.data (in a step's output, or outside the workflow)")
             try:
-                msgpack.unpackb(packed, raw=False, strict_map_key=False, use_list=True)
+                _read(packed)
             except Exception:
                 for key, value in data.items():
                     check_encodable(value, f"shared data[{key!r}]")
@@ -141,7 +153,7 @@ def encode_payload(value: Any, what: str) -> bytes:
     """A value stored on its own (a signal's payload); :class:`UnencodableValueError` naming
     ``what`` if it cannot be stored."""
     check_encodable(value, what)
-    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    packed: bytes = _pack(value)
     return packed
 
 
@@ -160,7 +172,7 @@ def same_value(a: Any, b: Any) -> bool:
 
 
 def _read_back(value: Any) -> Any:
-    return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False, strict_map_key=False)
+    return _read(_pack(value))
 
 
 def remember_data(state: InstanceState) -> None:
@@ -173,8 +185,7 @@ def restore_data(state: InstanceState) -> None:
     was at the last check (see :func:`check_data`), or goes if it was not there. Other values
     stay, a running sibling branch's among them; only when the data is too large as a whole
     does every value changed since the last check go back."""
-    good = {} if state.good_data is None else msgpack.unpackb(
-        state.good_data, raw=False, strict_map_key=False, use_list=True)
+    good = {} if state.good_data is None else _read(state.good_data)
     data = state.data
     bad = [key for key, value in data.items() if not _storable(key, value)]
     if not bad:
@@ -216,7 +227,7 @@ def encode_record(r: StepResult) -> bytes:
                 raise ValueTooLargeError(f"step record {r.id!r} is too large")
             # Values that packed may still not read back (a dict key that is a tuple): one
             # unpack of the record finds out, and the per-value check below names the culprit.
-            msgpack.unpackb(packed, raw=False, strict_map_key=False, use_list=True)
+            _read(packed)
         except Exception:
             for what, value in ((f"output of step {r.step_name!r}", output), (f"input of step {r.step_name!r}", input)):
                 check_encodable(value, what)
@@ -288,7 +299,7 @@ def check_encodable(value: Any, what: str) -> None:
     if value is None or kind in _SCALARS:
         return
     try:
-        packed = msgpack.packb(value, use_bin_type=True)
+        packed = _pack(value)
         size = len(packed)
         if size > _MAX_DEPTH:
             # Every level of nesting takes at least a byte, so only values at least this large
@@ -296,7 +307,7 @@ def check_encodable(value: Any, what: str) -> None:
             wrapped = value
             for _ in range(_DEPTH_HEADROOM):
                 wrapped = [wrapped]
-            msgpack.packb(wrapped, use_bin_type=True)
+            _pack(wrapped)
     except ValueError as exc:
         if "recursion limit" in str(exc):
             raise UnencodableValueError(f"{what} is nested too deeply to be stored (about 890 levels at most)") from exc
@@ -314,7 +325,7 @@ def _check_readable(packed: bytes, what: str, value: Any) -> None:
     array, which unpacks as a list, which cannot be a key. Stored, it would make the whole
     snapshot unreadable (``get_instance`` and resume would fail), so it is refused up front."""
     try:
-        msgpack.unpackb(packed, raw=False, strict_map_key=False, use_list=True)
+        _read(packed)
     except Exception as exc:
         path, key = _find_unreadable_key(value, "")
         raise UnencodableValueError(
@@ -374,7 +385,7 @@ def _unpack(data: bytes, what: str) -> Any:
     if len(data) > MAX_SNAPSHOT_BYTES:
         raise SnapshotDecodeError(f"{what} of {len(data)} bytes exceeds the {MAX_SNAPSHOT_BYTES}-byte limit")
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+        return _read(data)
     except Exception as exc:
         raise SnapshotDecodeError(f"{what} is not valid msgpack: {exc}") from exc
 
@@ -524,7 +535,7 @@ def _locate(state: InstanceState, parts: tuple[tuple[str, Any], ...]) -> str:
     """Which of ``parts`` could not be encoded, for the error message."""
     for what, value in parts:
         try:
-            msgpack.packb(value, use_bin_type=True)
+            _pack(value)
         except (TypeError, ValueError, OverflowError) as inner:
             return _describe(what, value, inner)
     return f"instance {state.instance_id!r} cannot be encoded"
@@ -542,7 +553,8 @@ def _locate_in_record(r: StepResult, input: Any, output: Any) -> str:
 def _describe(what: str, value: Any, exc: BaseException) -> str:
     path, bad = _find(value, "")
     where = f"{what}{path}" if path else what
-    return f"{where} is a {type(bad).__name__} ({bad!r:.60}), which msgpack cannot encode ({exc})"
+    return (f"{where} is a {type(bad).__name__} ({bad!r:.60}), which cannot be stored ({exc}); convert it to a"
+            f" supported type: None, bool, int, float, str, bytes, lists, dicts, or {SUPPORTED}")
 
 
 def _find(value: Any, path: str) -> tuple[str, Any]:
@@ -551,13 +563,13 @@ def _find(value: Any, path: str) -> tuple[str, Any]:
         for k, v in value.items():
             for item, sub in ((k, f"{path}[key {k!r}]"), (v, f"{path}[{k!r}]")):
                 try:
-                    msgpack.packb(item, use_bin_type=True)
+                    _pack(item)
                 except (TypeError, ValueError, OverflowError):
                     return _find(item, sub)
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             try:
-                msgpack.packb(v, use_bin_type=True)
+                _pack(v)
             except (TypeError, ValueError, OverflowError):
                 return _find(v, f"{path}[{i}]")
     return path, value

@@ -129,9 +129,13 @@ def test_ext_types_are_never_interpreted() -> None:
         decode(evil, encode_header(new_state(WF, "i", None, 0.0)))
 
 
-def test_unencodable_value_names_the_path() -> None:
-    with pytest.raises(tf.UnencodableValueError, match=r"workflow input\['order'\]\['when'\] is a datetime"):
-        check_encodable({"order": {"when": datetime.datetime.now()}}, "workflow input")
+def test_unencodable_value_names_the_path_and_what_to_do() -> None:
+    class Money:
+        pass
+
+    with pytest.raises(tf.UnencodableValueError, match=r"workflow input\['order'\]\['total'\] is a Money .*"
+                       r"convert it to a supported type"):
+        check_encodable({"order": {"total": Money()}}, "workflow input")
 
 
 def test_unencodable_state_names_the_part() -> None:

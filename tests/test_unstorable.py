@@ -81,7 +81,7 @@ def assert_failed_for_good(live: tf.WorkflowInstance, stored: Stored, step: str,
     assert live.status == "failed" and live.failed_step == step, (live.status, live.error)
     assert live.error_name == "UnencodableValueError"
     assert live.cause is not None and path in live.cause, live.cause
-    assert "msgpack cannot encode" in live.cause
+    assert "cannot be stored" in live.cause and "convert it to a supported type" in live.cause
     record = [r for r in live.history if r.step_name == step][-1]
     assert record.status == "failed" and record.error_name == "UnencodableValueError" and path in (record.cause or "")
     assert stored.status == "failed" and stored.instance.status == "failed"
@@ -293,7 +293,7 @@ async def test_an_unstorable_value_is_caught_by_a_catch_and_the_lane_goes_on(
     live, stored = await run_and_reopen(storage, wf)
     assert live.status == "completed" and log == [] and live.compensated_steps == ()
     error, bad_in_data, why = live.output
-    assert error == why and error["error"] == "UnencodableValueError" and "msgpack cannot encode" in error["cause"]
+    assert error == why and error["error"] == "UnencodableValueError" and "cannot be stored" in error["cause"]
     assert bad_in_data is False
     assert live.step_results["risky"].status == "caught"
     assert stored.status == "completed" and stored.instance.output == live.output

@@ -1,0 +1,82 @@
+"""Value types stored beyond msgpack's own: ``datetime`` (aware and naive), ``date``, ``time``,
+``timedelta``, ``Decimal`` and ``UUID``, as msgpack extension types.
+
+Each round-trips exactly (an aware ``datetime`` keeps its instant and, for a ``ZoneInfo``, its
+zone). Decoding builds these types from plain fields and never imports or calls anything the
+data names, so stored bytes cannot run code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+#: Extension type codes: a promise of the storage format, never reused.
+_DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID = 1, 2, 3, 4, 5, 6
+
+#: The types stored as extensions, by name, for messages.
+SUPPORTED = "datetime, date, time, timedelta, Decimal and UUID"
+
+
+def to_ext(value: Any) -> msgpack.ExtType:
+    """msgpack's ``default`` hook: a supported value as an extension type; anything else
+    ``TypeError`` (msgpack's way to say it cannot be encoded)."""
+    kind = type(value)
+    if kind is _dt.datetime:
+        zone = getattr(value.tzinfo, "key", None)  # a ZoneInfo: kept by name
+        return msgpack.ExtType(_DATETIME, msgpack.packb((value.isoformat(), value.fold, zone)))
+    if kind is _dt.date:
+        return msgpack.ExtType(_DATE, value.isoformat().encode())
+    if kind is _dt.time:
+        return msgpack.ExtType(_TIME, msgpack.packb((value.isoformat(), value.fold)))
+    if kind is _dt.timedelta:
+        return msgpack.ExtType(_TIMEDELTA, msgpack.packb((value.days, value.seconds, value.microseconds)))
+    if kind is decimal.Decimal:
+        return msgpack.ExtType(_DECIMAL, str(value).encode())
+    if kind is uuid.UUID:
+        return msgpack.ExtType(_UUID, value.bytes)
+    raise TypeError(f"can not serialize {kind.__name__!r} object")
+
+
+def _datetime(data: bytes) -> _dt.datetime:
+    iso, fold, zone = msgpack.unpackb(data)
+    value = _dt.datetime.fromisoformat(iso).replace(fold=fold)
+    if zone is not None:
+        from zoneinfo import ZoneInfo  # a zone name, looked up in the tz database: no code runs
+
+        value = value.astimezone(ZoneInfo(zone))
+    return value
+
+
+def _time(data: bytes) -> _dt.time:
+    iso, fold = msgpack.unpackb(data)
+    return _dt.time.fromisoformat(iso).replace(fold=fold)
+
+
+def _timedelta(data: bytes) -> _dt.timedelta:
+    days, seconds, microseconds = msgpack.unpackb(data)
+    return _dt.timedelta(days=days, seconds=seconds, microseconds=microseconds)
+
+
+_DECODERS: dict[int, Callable[[bytes], Any]] = {
+    _DATETIME: _datetime,
+    _DATE: lambda data: _dt.date.fromisoformat(data.decode()),
+    _TIME: _time,
+    _TIMEDELTA: _timedelta,
+    _DECIMAL: lambda data: decimal.Decimal(data.decode()),
+    _UUID: lambda data: uuid.UUID(bytes=data),
+}
+
+
+def from_ext(code: int, data: bytes) -> Any:
+    """msgpack's ``ext_hook``: the value of a known extension type; an unknown code is an
+    error (a newer release's type, or damage), never guessed at."""
+    decoder = _DECODERS.get(code)
+    if decoder is None:
+        raise ValueError(f"unknown msgpack extension type {code}")
+    return decoder(data)
