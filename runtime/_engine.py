@@ -36,11 +36,12 @@ from trioflow._codec import (
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
 
-from ._decide import admit, fail_alone, misfit, new_instance_id, new_state, wake_at
+from ._decide import admit, begin_compensation, fail_alone, misfit, new_instance_id, new_state, wake_at
 from ._definition import WorkflowDefinition
 from ._durations import Seconds, seconds
 from ._errors import (
     DefinitionError,
+    DefinitionMismatchError,
     EngineClosedError,
     InstanceIdConflictError,
     InstanceNotLiveError,
@@ -56,7 +57,7 @@ from ._errors import (
 from ._events import EventBus
 from ._jobs import JobRegistry
 from ._lanes import MAIN
-from ._snapshot import RESUMABLE, TERMINAL, InstanceState, Status, WorkflowInstance, to_instance, unreadable_instance
+from ._snapshot import RESUMABLE, TERMINAL, InstanceState, Lane, Status, WorkflowInstance, to_instance, unreadable_instance
 
 log = logging.getLogger("trioflow")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -504,7 +505,12 @@ class Engine:
         except Exception as exc:  # a decodable snapshot the kernel cannot make sense of
             self._refuse_unreadable(record, SnapshotDecodeError(f"snapshot fields are malformed: {describe_error(exc)}"))
             return None
-        if problem is not None:
+        if problem is not None and state.phase == "forward":
+            # It cannot go on, but what it did can be undone: it fails, and the completed steps
+            # the new definition still has are compensated, newest first, as for any failure.
+            begin_compensation(state, "failed", DefinitionMismatchError(problem), None)
+            state.lanes = {MAIN: Lane(step=None)}  # positions the definition no longer has
+        elif problem is not None:
             fail_alone(state, f"DefinitionMismatchError: {problem}", self._clock())
             header, records, first_seq, start, _ = take_changes(state)
             await self.adapter.checkpoint(state.instance_id, state.status, header, records, first_seq=first_seq,

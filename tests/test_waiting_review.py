@@ -129,3 +129,34 @@ async def test_a_delayed_starts_timeout_counts_from_its_start(autojump_clock: tr
         done = await engine.wait(await engine.start("w", delay=7200))
     assert done.status == "completed", done.error
     assert trio.current_time() - t0 == pytest.approx(7260, abs=1)
+
+
+async def test_an_instance_that_no_longer_fits_its_definition_compensates_what_it_can(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 16, item 10: it fails, and the completed steps the new definition still has are
+    compensated, newest first (a reservation no longer leaks)."""
+    released: list[str] = []
+
+    async def reserve(data: Any) -> str:
+        return "stock-1"
+
+    async def release(output: Any) -> None:
+        released.append(output)
+
+    async def hang(data: Any) -> None:
+        await trio.sleep_forever()
+
+    adapter = tf.adapters.MemoryAdapter()
+    async with tf.open_engine(adapter=adapter) as engine:
+        engine.register(tf.workflow("w").task("reserve", job=reserve, compensate=release)
+                        .task("charge", job=hang).build())
+        iid = await engine.start("w")
+        await trio.sleep(1)
+    changed = tf.workflow("w").task("reserve", job=reserve, compensate=release).task("pay", job=reserve).build()
+    async with tf.open_engine(adapter=adapter) as engine:
+        engine.register(changed)
+        done = await engine.wait(iid)
+    assert done.status == "failed" and done.error_name == "DefinitionMismatchError"
+    assert "'charge'" in (done.cause or "")
+    assert released == ["stock-1"] and done.compensated_steps == ("reserve",)
