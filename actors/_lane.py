@@ -60,7 +60,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         step = lookup[name][0]
         ctx.step_index = index[name]
         started_at = run.clock()
-        if bus.active:
+        if bus.active and lane.waiting is None:  # a wait taken up again started before
             run.emit("workflow.step.started", step_name=name, step_type=step.kind)
         data = None
         uses_input = False

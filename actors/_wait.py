@@ -91,9 +91,14 @@ async def run_receive(run: Run, step: ReceiveStep, lane: Lane) -> Any:
             raise StepFailure(step.name, SignalTimeoutError(step.name, step.signal, step.timeout), 1)
         if run.arrived is None:
             run.arrived = trio.Event()
-        with trio.move_on_after(left):
-            await run.arrived.wait()
+        arrived = run.arrived
+        # Taken before waiting: one delivered while the wait was stored set no event. From
+        # here to the wait nothing awaits, so any later one sets this one.
         taken = run.take_signal(step.signal)
+        if taken is None:
+            with trio.move_on_after(left):
+                await arrived.wait()
+            taken = run.take_signal(step.signal)
     lane.waiting = None
     seq, payload = taken
     if run.bus.active:

@@ -160,7 +160,8 @@ class MemoryAdapter:
 
     async def resumable(self) -> list[StoredInstance]:
         rows = self._rows
-        ids = [i for status in RESUMABLE for i in self._by_status.get(status, {}) if rows[i].wake_at is None]
+        ids = [i for status in RESUMABLE for i in self._by_status.get(status, {})
+               if rows[i].wake_at is None or rows[i].signals]
         return self._oldest_first(ids)
 
     async def due(self, before: float, limit: int) -> list[StoredInstance]:

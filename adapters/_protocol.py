@@ -101,8 +101,9 @@ class Adapter(Protocol):
         ...
 
     async def resumable(self) -> list[StoredInstance]:
-        """Instances a resume must pick up (status ``pending`` or ``running``, and not waiting
-        with a ``wake_at``), oldest first."""
+        """Instances a resume must pick up, oldest first: status ``pending`` or ``running``, and
+        not waiting with a ``wake_at`` unless signals are pending for it (one stored just before
+        a crash must still reach it)."""
         ...
 
     async def delete(self, instance_id: str) -> bool:

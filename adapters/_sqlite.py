@@ -303,8 +303,10 @@ class SQLiteAdapter:
             start = _blob(start, "start")
         if consumed:
             consumed = tuple(consumed)
-            if any(type(seq) is not int for seq in consumed) or len(set(consumed)) != len(consumed):
-                raise DatabaseError(f"consumed must be distinct signal seqs, got {consumed!r}")
+            if any(type(seq) is not int for seq in consumed):
+                raise DatabaseError(f"consumed must be signal seqs, got {consumed!r}")
+            if len(set(consumed)) != len(consumed):
+                raise CheckpointConflictError(f"instance {instance_id!r}: a signal cannot be consumed twice: {consumed!r}")
         if wake_at is not None and (isinstance(wake_at, bool) or not isinstance(wake_at, (int, float))
                                     or wake_at != wake_at):
             raise DatabaseError(f"wake_at must be a number of Unix seconds or None, got {wake_at!r}")
@@ -338,7 +340,8 @@ class SQLiteAdapter:
 
     async def resumable(self) -> list[StoredInstance]:
         rows: list[StoredInstance] = await self._submit(
-            ("select", ("i.status IN ('pending', 'running') AND i.wake_at IS NULL", ())))
+            ("select", ("i.status IN ('pending', 'running') AND (i.wake_at IS NULL OR EXISTS"
+                        " (SELECT 1 FROM trioflow_signals AS s WHERE s.instance_id = i.instance_id))", ())))
         return rows
 
     async def due(self, before: float, limit: int) -> list[StoredInstance]:

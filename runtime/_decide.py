@@ -154,6 +154,8 @@ def begin_compensation(state: InstanceState, outcome: Status, error: BaseExcepti
     """
     state.phase = "compensating"
     state.outcome = outcome
+    for lane in state.lanes.values():
+        lane.waiting = None  # what a cancelled or timed-out step waited for is over
     state.error = describe_error(error)
     state.error_name, state.cause = error_name(error), error_cause(error)
     state.failed_step = failed_step
@@ -192,6 +194,8 @@ def finish(state: InstanceState, definition: WorkflowDefinition, status: Status,
     state.status = status
     state.phase = "done"
     state.completed_at = now
+    for lane in state.lanes.values():
+        lane.waiting = None
     if status == "completed":
         ran = {r.step_name for r in state.records}
         state.skipped = tuple(s.name for s in definition.steps if s.name not in ran)
@@ -242,6 +246,8 @@ def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | Non
     """When a waiting instance must be woken (Unix seconds; ``inf``: only by a signal), or
     ``None`` unless every lane that has a step to run waits (a running lane must be resumed at
     once after a restart). The workflow's timeout counts: it must fire while the instance waits."""
+    if state.phase != "forward":
+        return None  # compensating or done: nothing left to wait for
     due = math.inf
     for lane in state.lanes.values():
         if lane.step is None:

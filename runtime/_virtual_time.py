@@ -56,10 +56,19 @@ def real_time_while_threads(clock: MockClock, change: int) -> None:
 
 def virtual_wall_clock() -> Callable[[], float]:
     """A wall clock (Unix seconds) that moves with the trio run's clock: under a ``MockClock``,
-    durable timers of days fall due as soon as virtual time gets there. Starts at the real time.
+    durable timers of days fall due as soon as virtual time gets there. Starts at the real time
+    when the run first asks, and is the same clock for everything in that run.
     ``open_engine`` uses one by default in a run on a ``MockClock``."""
-    offset = time.time() - trio.current_time()
+    try:
+        offset = _WALL_OFFSET.get()
+    except LookupError:
+        # One per trio run: every engine opened in it (a restart in a test) reads one clock.
+        offset = time.time() - trio.current_time()
+        _WALL_OFFSET.set(offset)
     return lambda: offset + trio.current_time()
+
+
+_WALL_OFFSET: trio.lowlevel.RunVar[float] = trio.lowlevel.RunVar("trioflow_wall_offset")
 
 
 def default_clock() -> Callable[[], float]:
