@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,18 +21,9 @@ import trio
 import trioflow as tf
 
 HERE = Path(__file__).resolve().parent
-
-
-def _rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
-
-
-async def _noop(data: Any) -> Any:
-    return data
+sys.path.insert(0, str(HERE))
+from cases import noop as _noop  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from cases import rss_bytes as _rss  # noqa: E402
 
 
 async def _start_all(engine: tf.Engine, n: int, **options: Any) -> list[str]:
