@@ -30,6 +30,7 @@ from trioflow._definition import Catch, Step, StepFn, WorkflowDefinition
 from trioflow._errors import StorageUnavailableError, TrioflowError, UnencodableValueError
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
+from trioflow._lanes import MAIN
 from trioflow._snapshot import InstanceState, StepResult, WorkflowResult, compensated_steps, compensation_errors, metadata_of
 from trioflow.adapters._protocol import Adapter
 
@@ -321,17 +322,25 @@ class Run:
         # Only a checkpoint that consumes signals passes ``consumed``, and only one of an
         # instance that waits (or did) passes ``wake_at``: adapters written before either
         # existed keep working for workflows that use neither.
-        wake = wake_at(s, self.definition)
-        extra = {"consumed": consumed} if consumed else _NO_EXTRA
-        if wake is not None or self.stored_wake_at is not None:
-            extra = {**extra, "wake_at": wake}
+        # A definition with nothing that waits, started without a delay, never waits.
+        wake = wake_at(s, self.definition) if self.definition.waits or s.lanes[MAIN].waiting or self.stored_wake_at \
+            is not None else None
+        extra = _NO_EXTRA
+        if consumed or wake is not None or self.stored_wake_at is not None:
+            extra = {"consumed": consumed} if consumed else {}
+            if wake is not None or self.stored_wake_at is not None:
+                extra["wake_at"] = wake
         deadline: float | None = None
         delay = 0.05
         try:
             while True:
                 try:
-                    await self.adapter.checkpoint(
-                        s.instance_id, status, header, records, first_seq=first_seq, start=start, **extra)
+                    if extra is _NO_EXTRA:  # the usual case: no keyword dict to build
+                        await self.adapter.checkpoint(s.instance_id, status, header, records, first_seq=first_seq,
+                                                      start=start)
+                    else:
+                        await self.adapter.checkpoint(
+                            s.instance_id, status, header, records, first_seq=first_seq, start=start, **extra)
                     break
                 except StorageUnavailableError as exc:
                     if deadline is None:

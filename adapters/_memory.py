@@ -83,12 +83,13 @@ class MemoryAdapter:
                 f"instance {instance_id!r} has {len(row.records)} records stored; a checkpoint"
                 f" appending at {first_seq} is refused"
             )
-        missing = [seq for seq in consumed if not row.signals or seq not in row.signals]
-        if missing or len(set(consumed)) != len(consumed):
-            raise CheckpointConflictError(
-                f"instance {instance_id!r}: a checkpoint consuming signals {list(consumed)} is refused"
-                f" ({missing or 'repeated'} not pending)"
-            )
+        if consumed:
+            missing = [seq for seq in consumed if not row.signals or seq not in row.signals]
+            if missing or len(set(consumed)) != len(consumed):
+                raise CheckpointConflictError(
+                    f"instance {instance_id!r}: a checkpoint consuming signals {list(consumed)} is refused"
+                    f" ({missing or 'repeated'} not pending)"
+                )
         # Everything is converted before anything changes: all or nothing. (``bytes`` of a
         # bytes object is that object: the usual case copies nothing.)
         new = records
@@ -117,9 +118,9 @@ class MemoryAdapter:
         if consumed and row.signals is not None:
             for seq in consumed:
                 del row.signals[seq]
-        row.wake_at = wake_at
         if wake_at is not None:
             heapq.heappush(self._wakes, (wake_at, row.order, instance_id))
+        row.wake_at = wake_at
 
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
         row = self._rows.get(instance_id)

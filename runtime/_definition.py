@@ -286,3 +286,8 @@ class WorkflowDefinition:
     job_names: frozenset[str] = frozenset()
     #: Whether any hook is set, worked out once: runs without hooks skip all hook work.
     has_hooks: bool = attrs.field(init=False, default=attrs.Factory(lambda self: self.hooks.any(), takes_self=True))
+    #: Whether a step can wait (a timer, a signal, a retry delay), worked out once: the
+    #: checkpoints of runs that cannot skip working out when to wake them.
+    waits: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
+        lambda self: any(isinstance(s, (WaitStep, ReceiveStep)) or isinstance(s, TaskStep) and s.retry is not None
+                         for s, _ in self.lookup.values()), takes_self=True))

@@ -217,7 +217,7 @@ class Engine:
         without a task, and starts on time even after a restart.
         """
         self._check_open()
-        starts_at = self._start_time(delay, start_at)
+        starts_at = None if delay is None and start_at is None else self._start_time(delay, start_at)
         definition = self._definitions.get(workflow_name)
         if definition is None:
             known = ", ".join(sorted(self._definitions)) or "none"
@@ -243,7 +243,8 @@ class Engine:
         if starts_at is not None:
             state.lanes[MAIN].waiting = {"start": starts_at}
             state.started_at = None  # set when it starts: its timeout counts from then
-        remember_data(state)
+        if state.data:
+            remember_data(state)
         start, header = encode_start(state), encode_header(state)
         storing = self._storing[instance_id] = _Storing(workflow_name)
         try:

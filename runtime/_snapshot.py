@@ -288,8 +288,15 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
         history=history,
         error_name=state.error_name,
         cause=state.cause,
-        waiting=next((dict(lane.waiting) for lane in state.lanes.values() if lane.waiting is not None), None),
+        waiting=_waiting(state),
     )
+
+
+def _waiting(state: InstanceState) -> dict[str, Any] | None:
+    for lane in state.lanes.values():
+        if lane.waiting is not None:
+            return dict(lane.waiting)
+    return None
 
 
 def viewed(record: StepResult, compensated: set[int], errors: Mapping[int, str]) -> StepResult:
