@@ -77,6 +77,12 @@ class StepResult:
         """The execution's id: its lane, its step and its counter (``"fulfill/ship/ship#2"``)."""
         return execution_id(self.lane, self.step_name, self.execution)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready values (see :meth:`WorkflowInstance.to_dict`), with its id."""
+        from ._json import json_ready  # loaded on first use: import trioflow stays light
+
+        return {"id": self.id, **json_ready(attrs.asdict(self, recurse=False))}
+
 
 @attrs.define(kw_only=True)
 class Lane:
@@ -232,6 +238,12 @@ class WorkflowInstance:
     #: (the main line's wait, else the first waiting branch's; ``None``: none).
     waiting: dict[str, Any] | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The instance as JSON-ready values (``json.dumps`` takes it as it is): records as
+        dicts with their ids, tuples as lists, dates and times as ISO 8601 text, a ``timedelta``
+        as seconds, ``Decimal`` and ``UUID`` as text, bytes as base64."""
+        return _instance_dict(self)
+
 
 @attrs.frozen(kw_only=True)
 class WorkflowResult:
@@ -290,6 +302,16 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
         cause=state.cause,
         waiting=_waiting(state),
     )
+
+
+def _instance_dict(instance: WorkflowInstance) -> dict[str, Any]:
+    from ._json import json_ready  # loaded on first use: import trioflow stays light
+
+    fields = attrs.asdict(instance, recurse=False)
+    fields["step_results"] = {name: r.to_dict() for name, r in instance.step_results.items()}
+    fields["history"] = [r.to_dict() for r in instance.history]
+    out: dict[str, Any] = json_ready(fields)
+    return out
 
 
 def _waiting(state: InstanceState) -> dict[str, Any] | None:

@@ -80,3 +80,4 @@ def from_ext(code: int, data: bytes) -> Any:
     if decoder is None:
         raise ValueError(f"unknown msgpack extension type {code}")
     return decoder(data)
+
