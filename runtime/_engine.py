@@ -73,7 +73,7 @@ class Engine:
         leftovers: list[StoredInstance] | None = None, storage_retry_for: float = STORAGE_RETRY_FOR,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.jobs = JobRegistry(on_register=self._jobs_registered)
+        self.jobs = JobRegistry(on_register=self._jobs_registered, check_open=self._check_open)
         self.events = EventBus()
         self.adapter = adapter
         self._supervisor = supervisor
@@ -142,6 +142,7 @@ class Engine:
 
     def job(self, name: str) -> Callable[[F], F]:
         """Decorator: ``@engine.job("name")`` registers a job."""
+        self._check_open()
         return self.jobs.job(name)
 
     def register(self, definition: WorkflowDefinition, *, replace: bool = False) -> None:

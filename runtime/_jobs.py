@@ -15,10 +15,13 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
     """Name -> callable. Each engine has its own (no process-wide state)."""
 
     def __init__(
-        self, jobs: Mapping[str, Callable[..., Any]] | None = None, *, on_register: Callable[[], None] | None = None
+        self, jobs: Mapping[str, Callable[..., Any]] | None = None, *, on_register: Callable[[], None] | None = None,
+        check_open: Callable[[], None] | None = None,
     ) -> None:
         #: Told after each registration (the engine resumes instances that waited for a job).
         self._on_register = on_register
+        #: Asked before each registration (an engine's: raises once it has closed).
+        self._check_open = check_open
         self._jobs: dict[str, Callable[..., Any]] = {}
         #: Whether each job is awaited (``True``) or run in a thread, worked out at registration.
         self._async: dict[str, bool] = {}
@@ -29,6 +32,8 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
         """Register ``fn`` (``async def`` or plain ``def``, called as ``fn(data)``) as ``name``.
         The same callable again does nothing; another one under a name already registered
         raises :class:`DefinitionError` unless ``replace=True``."""
+        if self._check_open is not None:
+            self._check_open()
         if not isinstance(name, str) or not name:
             raise DefinitionError(f"a job name must be a non-empty string, got {name!r}")
         if not callable(fn):

@@ -87,3 +87,24 @@ def test_statuses_are_exported_as_types() -> None:
 
     assert set(get_args(tf.Status)) == {"pending", "running", "completed", "failed", "cancelled", "timed_out"}
     assert "caught" in get_args(tf.StepStatus)
+
+
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+async def test_every_engine_method_after_close_raises_engine_closed(storage: str, tmp_path: Path) -> None:
+    """Issue 16, item 9, on every adapter: nothing is read or written through a closed engine."""
+    adapter = tf.adapters.MemoryAdapter() if storage == "memory" else tf.adapters.SQLiteAdapter(tmp_path / "x.db")
+    async with tf.open_engine(adapter=adapter) as engine:
+        engine.register(one_step())
+        iid = await engine.wait(await engine.start("w", 1))
+    calls: list[Any] = [
+        lambda: engine.start("w", 2), lambda: engine.wait(iid.id), lambda: engine.get_instance(iid.id),
+        lambda: engine.get_instances("w"), lambda: engine.cancel(iid.id), lambda: engine.resume(),
+        lambda: engine.signal(iid.id, "go"),
+    ]
+    for call in calls:
+        with pytest.raises(tf.EngineClosedError):
+            await call()
+    for sync_call in (lambda: engine.register(one_step("v")), lambda: engine.job("j"),
+                      lambda: engine.jobs.register("k", noop)):
+        with pytest.raises(tf.EngineClosedError):
+            sync_call()
