@@ -181,9 +181,10 @@ async def _compensate_and_finish(run: Run) -> None:
     outcome = state.outcome or "failed"
     finish(state, run.definition, outcome, run.clock())
     await run.persist()
+    at = f" at step {state.failed_step!r}" if state.failed_step is not None else ""
     log.warning(
-        "instance %s of workflow %r %s at step %r: %s", state.instance_id, state.workflow_name,
-        _ENDED[outcome], state.failed_step, state.error,
+        "instance %s of workflow %r %s%s: %s", state.instance_id, state.workflow_name,
+        _ENDED[outcome], at, state.error,
         extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name, "status": outcome,
                "failed_step": state.failed_step, "error_name": state.error_name, "cause": state.cause},
     )

@@ -34,6 +34,7 @@ import attrs
 import outcome
 import trio
 
+from trioflow._durations import Seconds, seconds
 from trioflow._errors import CheckpointConflictError, StorageError, StorageUnavailableError, UnknownInstanceError
 from trioflow._snapshot import RESUMABLE, Status
 from trioflow._virtual_time import mock_clock, real_time_while_threads
@@ -122,10 +123,11 @@ class SQLiteAdapter:
     ``"NORMAL"`` survives a process crash but may lose the last commits on power loss."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, synchronous: Synchronous = "FULL", busy_timeout: float = 5.0
+        self, path: str | os.PathLike[str], *, synchronous: Synchronous = "FULL", busy_timeout: Seconds = 5.0
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise DatabaseError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        busy_timeout = seconds(busy_timeout)
         if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or not busy_timeout >= 0:
             raise DatabaseError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
         self.path = Path(path)

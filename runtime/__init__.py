@@ -3,6 +3,7 @@
 This module is the public facade; everything is defined in private modules and re-exported.
 """
 
+import logging as _logging
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from ._lazy import lazy_exports, public_module
@@ -94,3 +95,7 @@ _LAZY = {
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 public_module(__name__, globals())
+
+# A library's log lines go where the application sends them, and nowhere if it configures no
+# logging (not to stderr through Python's last-resort handler).
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())

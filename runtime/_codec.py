@@ -553,7 +553,12 @@ def _locate_in_record(r: StepResult, input: Any, output: Any) -> str:
 def _describe(what: str, value: Any, exc: BaseException) -> str:
     path, bad = _find(value, "")
     where = f"{what}{path}" if path else what
-    return (f"{where} is a {type(bad).__name__} ({bad!r:.60}), which cannot be stored ({exc}); convert it to a"
+    kind = type(bad).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    if isinstance(bad, int):
+        return (f"{where} is an int ({bad!r:.60}) outside 64 bits, which cannot be stored; store it as a str or a"
+                " Decimal")
+    return (f"{where} is {article} {kind} ({bad!r:.60}), which cannot be stored ({exc}); convert it to a"
             f" supported type: None, bool, int, float, str, bytes, lists, dicts, or {SUPPORTED}")
 
 

@@ -151,8 +151,11 @@ class Engine:
         opened.
 
         Registering the same definition again does nothing; another definition under a name
-        already registered raises :class:`DefinitionError` unless ``replace=True`` (then
-        instances started from now on use it)."""
+        already registered raises :class:`DefinitionError` unless ``replace=True``. Then
+        instances started from now on use it, and so do instances taken up from storage (after
+        a restart, or waking from a wait out of memory); one that no longer fits it fails with
+        :class:`DefinitionMismatchError` and compensates what it can. Instances running in
+        memory finish on the definition they run with."""
         self._check_open()
         if not isinstance(definition, WorkflowDefinition):
             raise DefinitionError(f"register() needs a built WorkflowDefinition, got {definition!r}")

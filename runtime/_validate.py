@@ -128,9 +128,9 @@ def _check_wait(label: str, step: WaitStep) -> None:
         if value is None or callable(value):
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-            raise DefinitionError(
-                f"{label}: {field} must be a finite number of seconds >= 0 (or a timedelta, an aware datetime for"
-                f" 'until', or a callable of ctx), got {value!r}")
+            allowed = ("a number of seconds >= 0, a timedelta, or a callable of ctx" if field == "seconds"
+                       else "Unix seconds, an aware datetime, or a callable of ctx")
+            raise DefinitionError(f"{label}: {field} must be {allowed}, got {value!r}")
 
 
 def _check_target(label: str, field: str, target: str, names: list[str]) -> None:

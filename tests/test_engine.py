@@ -99,7 +99,7 @@ async def test_bad_input_is_refused_before_anything_is_stored(autojump_clock: tr
         with pytest.raises(tf.UnknownJobError, match="uses jobs nobody registered: a, b, c"):
             await engine.start("w")
         Jobs().register(engine)
-        with pytest.raises(tf.UnencodableValueError, match=r"workflow input\['when'\] is a object"):
+        with pytest.raises(tf.UnencodableValueError, match=r"workflow input\['when'\] is an object"):
             await engine.start("w", {"when": object()})
         with pytest.raises(tf.InvalidArgumentError, match="instance_id"):
             await engine.start("w", instance_id="")  # nothing stored for any of these
@@ -312,8 +312,8 @@ async def test_unencodable_output_or_data_fails_the_step_naming_it(autojump_cloc
         engine.register(tf.workflow("w2").step("s", bad_set).build())
         one = await engine.wait(await engine.start("w1"))
         two = await engine.wait(await engine.start("w2"))
-    assert one.status == "failed" and "output of step 't'['when'] is a object" in (one.error or "")
-    assert two.status == "failed" and "ctx.set('conn') is a object" in (two.error or "")
+    assert one.status == "failed" and "output of step 't'['when'] is an object" in (one.error or "")
+    assert two.status == "failed" and "ctx.set('conn') is an object" in (two.error or "")
 
 
 async def test_workflow_timeout_in_the_engine_ends_timed_out(autojump_clock: trio.testing.MockClock) -> None:

@@ -110,3 +110,12 @@ def test_an_unknown_extension_type_is_refused_when_read() -> None:
     data = msgpack.packb(msgpack.ExtType(99, b"anything"))
     with pytest.raises(ValueError, match="unknown msgpack extension type 99"):
         _read(data)
+
+
+def test_an_integer_outside_64_bits_says_to_store_it_as_text_or_decimal() -> None:
+    with pytest.raises(tf.UnencodableValueError, match=r"output\['n'\] is an int .* outside 64 bits.*str or a Decimal"):
+        check_encodable({"n": 2**64}, "output")
+
+
+def test_sqlite_busy_timeout_takes_a_timedelta(tmp_path: Path) -> None:
+    assert tf.adapters.SQLiteAdapter(tmp_path / "x.db", busy_timeout=dt.timedelta(seconds=2)).busy_timeout == 2.0
