@@ -1,4 +1,4 @@
-"""Seed 000's e-commerce checkout as a saga: reserve inventory, charge, update the order, mail.
+"""An e-commerce checkout as a saga: reserve inventory, charge, update the order, mail.
 
 Run twice: once the charge goes through; once the card is declined, and the reservation made
 by the first step is released by its compensation.
