@@ -295,7 +295,7 @@ CASES = {
     "wide_parallel": lambda q: _storage_v2().wide_parallel(q),
     "big_outputs": lambda q: _storage_v2().big_outputs(q),
     "waiting_memory": lambda q: _waiting().memory_per_waiting_instance(2_000 if q else 100_000),
-    "timers_firing": lambda q: _waiting().timers_firing(2_000 if q else 20_000),
+    "timers_firing": lambda q: _waiting().timers_firing(2_000 if q else 10_000),
     "signals": lambda q: _waiting().signals_delivered(2_000 if q else 20_000),
 }
 

@@ -166,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     n = 2_000 if args.quick else 1_000_000 if args.large else 100_000
     print(json.dumps(memory_per_waiting_instance(n)))
-    print(json.dumps(timers_firing(2_000 if args.quick else 20_000)))
+    print(json.dumps(timers_firing(2_000 if args.quick else 10_000)))
     print(json.dumps(signals_delivered(2_000 if args.quick else 20_000)))
 
 
