@@ -96,11 +96,9 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             await step_failed(run, step, failure, started_at, ctx)  # raises unless caught
             continue
         complete_step(state, step, record, target)
-        if (target is not None or lane_key != MAIN) and not isinstance(step, WaitStep):
+        if target is not None or lane_key != MAIN:
             # The main line's last step needs no write of its own: the instance's terminal
-            # snapshot, written next with no step in between, records it. Nor does a timer
-            # that fired: the next checkpoint records it, and a timer taken up again after a
-            # crash fires at once (its due time has passed), so nothing is lost but a write.
+            # snapshot, written next with no step in between, records it.
             await run.persist()
         if bus.active:
             run.emit("workflow.step.completed", step_name=name, output=output)

@@ -91,6 +91,8 @@ class Engine:
         #: Set when what the waker waits for may have changed (an instance parked, a workflow
         #: was registered); the waker replaces it each time it looks.
         self._wake_changed = trio.Event()
+        #: While the waker asks storage what is due: the instances whose runs ended meanwhile.
+        self._ended_while_asking: set[str] | None = None
         #: Instances the waker resumed that storage may still say are due (they have not
         #: checkpointed since): it passes them over.
         self._waking: set[str] = set()
@@ -609,6 +611,8 @@ class Engine:
             raise
         finally:
             self._live.pop(state.instance_id, None)
+            if self._ended_while_asking is not None:
+                self._ended_while_asking.add(state.instance_id)
             if run.parked:
                 # It waits in storage now: a later wake resumes it, and the waker looks again.
                 self._resumed.discard(state.instance_id)
@@ -643,8 +647,15 @@ class Engine:
         # many more as are still in that state, and pass them over.
         waking = self._waking = {
             i for i in self._waking if (run := self._live.get(i)) is not None and run.stored_wake_at is not None}
-        for stored in await self.adapter.due(self._clock(), WAKE_BATCH + len(waking)):
-            if stored.instance_id in waking:
+        # A run that ends (or leaves memory) while the question is in flight may be read as it
+        # stood before its last checkpoint: such an answer is stale, and is passed over.
+        ended = self._ended_while_asking = set()
+        try:
+            found = await self.adapter.due(self._clock(), WAKE_BATCH + len(waking))
+        finally:
+            self._ended_while_asking = None
+        for stored in found:
+            if stored.instance_id in waking or stored.instance_id in ended:
                 continue
             definition = self._definitions.get(stored.workflow_name)
             if definition is None:
