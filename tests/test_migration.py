@@ -65,3 +65,37 @@ async def test_a_database_of_the_previous_release_opens_and_its_instances_resume
         engine.register(WORKFLOW)
         again = {i.id: i for i in await engine.get_instances("fixture")}
     assert again["running-1"].history == running.history and again["done-1"].output == {"c": "ok"}
+
+
+V2_FIXTURE = Path(__file__).with_name("fixtures") / "v2_flows.db"
+
+
+async def test_a_database_of_storage_v2_before_waiting_opens_and_its_instances_resume(tmp_path: Path) -> None:
+    """Schema 2 without the signals table and the wake_at column, records of 13 fields and
+    headers of 16 (no error name and cause), as written by commit cca1d7c: it opens, gets the
+    table and column, its unfinished instances resume and finish, and the errors it stored as
+    one line read back with a name and a cause."""
+    db = tmp_path / "flows.db"
+    shutil.copy(V2_FIXTURE, db)
+    calls: list[str] = []
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db)) as engine:
+        register(engine, calls)
+        engine.register(WORKFLOW)
+        running = await engine.wait("running-1")
+        pending = await engine.wait("pending-1")
+        failed = await engine.get_instance("failed-1")
+        done = await engine.get_instance("done-1")
+    assert running.status == "completed" and running.output == {"c": "hang"}
+    assert running.history[0].output == {"a": "hang"}, "the step completed under the old release is kept"
+    assert pending.status == "completed" and pending.output == {"c": "ok"}
+    assert sorted(calls) == sorted(["b hang", "c hang", "a ok", "b ok", "c ok"]), "nothing completed runs again"
+    assert done is not None and done.status == "completed"
+    assert failed is not None and failed.status == "failed" and failed.compensated_steps == ("b",)
+    assert (failed.error_name, failed.cause) == ("RuntimeError", "c fails on purpose")
+    c = failed.step_results["c"]
+    assert (c.status, c.error_name, c.cause) == ("failed", "RuntimeError", "c fails on purpose")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(trioflow_instances)")]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert columns[-1] == "wake_at" and "trioflow_signals" in tables
