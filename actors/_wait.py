@@ -33,12 +33,7 @@ async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext) -
             raise StepFailure(step.name, exc, 1) from exc
         lane.waiting = {"timer": due}
         await _announce(run, step, lane)
-    delay = lane.waiting["timer"] - run.clock()
-    if run.may_park(delay):
-        await _park(run)
-    if delay > 0:
-        await trio.sleep(delay)
-    lane.waiting = None
+    await _wait_stored(run, lane, "timer")
 
 
 async def wait_for_start(run: Run, lane: Lane) -> None:

@@ -369,51 +369,54 @@ class Engine:
 
     async def wait(self, instance_id: str) -> WorkflowInstance:
         """Wait until the instance has reached a terminal status (compensation included)."""
-        self._check_open()
-        if self._pending_resumes:
-            await self._resumes_settled.wait()
-        while (storing := self._storing.get(instance_id)) is not None:
-            await storing.wait()  # ``start`` is still storing it
-        run = self._live.get(instance_id)
-        if run is not None:
-            await run.wait_ended()
-            if run.stored_status in TERMINAL:
-                # Its end is stored, and a finished run's state is never touched again.
-                return to_instance(run.state)
-            self._check_stopped(instance_id)
-        stalled = self._stalled.get(instance_id)
-        if stalled is not None:
-            raise stalled
-        unreadable = self._unreadable.get(instance_id)
-        if unreadable is not None:
-            return unreadable
-        instance = await self.get_instance(instance_id)
-        if instance is None:
-            raise UnknownInstanceError(f"no instance {instance_id!r}")
-        if instance.status not in TERMINAL and instance.waiting is not None \
-                and instance.workflow_name in self._definitions:
-            # Parked: it waits in storage, without a task, until the waker (or a signal)
-            # resumes it here; then wait for that run.
-            if instance_id not in self._live:
-                event = self._next_run.setdefault(instance_id, trio.Event())
-                await event.wait()
+        # A loop, not a recursion: an instance that waits out of memory many times over is
+        # followed across each of its runs.
+        while True:
+            self._check_open()
+            if self._pending_resumes:
+                await self._resumes_settled.wait()
+            while (storing := self._storing.get(instance_id)) is not None:
+                await storing.wait()  # ``start`` is still storing it
+            run = self._live.get(instance_id)
+            if run is not None:
+                await run.wait_ended()
+                if run.stored_status in TERMINAL:
+                    # Its end is stored, and a finished run's state is never touched again.
+                    return to_instance(run.state)
                 self._check_stopped(instance_id)
-            return await self.wait(instance_id)
-        if instance.status not in TERMINAL:
-            self._check_stopped(instance_id)
-            held = next((name for name, records in self._held.items()
-                         if any(r.instance_id == instance_id for r in records)), None)
-            if held is not None:
-                missing = ", ".join(self._missing_jobs(self._definitions[held]))
+            stalled = self._stalled.get(instance_id)
+            if stalled is not None:
+                raise stalled
+            unreadable = self._unreadable.get(instance_id)
+            if unreadable is not None:
+                return unreadable
+            instance = await self.get_instance(instance_id)
+            if instance is None:
+                raise UnknownInstanceError(f"no instance {instance_id!r}")
+            if instance.status not in TERMINAL and instance.waiting is not None \
+                    and instance.workflow_name in self._definitions:
+                # Parked: it waits in storage, without a task, until the waker (or a signal)
+                # resumes it here; then wait for that run.
+                if instance_id not in self._live:
+                    event = self._next_run.setdefault(instance_id, trio.Event())
+                    await event.wait()
+                    self._check_stopped(instance_id)
+                continue
+            if instance.status not in TERMINAL:
+                self._check_stopped(instance_id)
+                held = next((name for name, records in self._held.items()
+                             if any(r.instance_id == instance_id for r in records)), None)
+                if held is not None:
+                    missing = ", ".join(self._missing_jobs(self._definitions[held]))
+                    raise InstanceNotLiveError(
+                        f"instance {instance_id!r} resumes once the jobs its workflow uses are registered"
+                        f" (missing: {missing})"
+                    )
                 raise InstanceNotLiveError(
-                    f"instance {instance_id!r} resumes once the jobs its workflow uses are registered"
-                    f" (missing: {missing})"
+                    f"instance {instance_id!r} is {instance.status} in storage but not running in this engine;"
+                    " register its workflow or call resume()"
                 )
-            raise InstanceNotLiveError(
-                f"instance {instance_id!r} is {instance.status} in storage but not running in this engine;"
-                " register its workflow or call resume()"
-            )
-        return instance
+            return instance
 
     def _check_stopped(self, instance_id: str) -> None:
         """A run that did not end while waited on: the engine is stopping."""

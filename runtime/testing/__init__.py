@@ -12,7 +12,7 @@
 from ._conformance import check_persistence_adapter as check_persistence_adapter
 from ._engine import NotOnMockClockError as NotOnMockClockError
 from ._engine import open_test_engine as open_test_engine
-from ._engine import virtual_wall_clock as virtual_wall_clock
+from trioflow._virtual_time import virtual_wall_clock as virtual_wall_clock
 from ._engine import run as run
 from ._scripted import Call as Call
 from ._scripted import Hangs as Hangs

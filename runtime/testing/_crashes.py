@@ -25,7 +25,6 @@ import trio
 from trioflow._builder import index_steps
 from trioflow._definition import ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition, is_async
 from trioflow._engine import open_engine
-from trioflow._virtual_time import mock_clock, virtual_wall_clock
 from trioflow._errors import UnknownJobError
 from trioflow._snapshot import InstanceState, Status, StepResult
 from trioflow._codec import decode_stored
@@ -131,11 +130,9 @@ async def explore_crashes(
         storage = adapter_factory()
         crashing = _CrashingAdapter(storage, crash_after)
         sent = 0
-        # One wall clock for the crash run and its resume (on virtual time under a MockClock).
-        clock = virtual_wall_clock() if mock_clock() is not None else None
         try:
             with trio.CancelScope() as crashing.process:
-                async with open_engine(adapter=crashing, services=services, threads=False, clock=clock) as engine:
+                async with open_engine(adapter=crashing, services=services, threads=False) as engine:
                     engine.register(instrumented)
                     await engine.start(workflow.name, input, instance_id=INSTANCE_ID)
                     for name, payload in signals:
@@ -150,7 +147,7 @@ async def explore_crashes(
         before_crash = counter.counts
         counter.counts = collections.Counter()
         if crashing.crashed:
-            async with open_engine(adapter=storage, services=services, threads=False, clock=clock) as engine:
+            async with open_engine(adapter=storage, services=services, threads=False) as engine:
                 engine.register(instrumented)
                 for name, payload in signals[sent:]:  # never acknowledged: the sender sends again
                     await engine.signal(INSTANCE_ID, name, payload)

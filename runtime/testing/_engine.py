@@ -11,7 +11,6 @@ import trio.testing
 
 from trioflow._engine import Engine, open_engine
 from trioflow._errors import TrioflowError
-from trioflow._virtual_time import virtual_wall_clock as virtual_wall_clock
 from trioflow.adapters._memory import MemoryAdapter
 
 T = TypeVar("T")
