@@ -161,13 +161,14 @@ async def timers_run(first_delay: float) -> None:
 
 
 async def timers_resume(first_delay: float) -> None:
-    summary: dict[str, Any] = {"opened": 0.0, "stored_waiting": {}, "final": {}}
+    summary: dict[str, Any] = {"opened": 0.0, "stored_waiting": {}, "stored_steps": {}, "final": {}}
     async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db)) as engine:
         summary["opened"] = time.time()
         for iid in IDS:  # as stored, before the workflow is registered (and its instances resumed)
             inst = await engine.get_instance(iid)
             assert inst is not None
             summary["stored_waiting"][iid] = inst.waiting
+            summary["stored_steps"][iid] = [r.step_name for r in inst.history]
         engine.register(timers_workflow(first_delay))
         with trio.move_on_after(20):
             for iid in IDS:
