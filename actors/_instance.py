@@ -30,6 +30,7 @@ from trioflow._decide import (
 from trioflow._definition import TaskStep
 from trioflow._errors import CompensationTimeoutError, WorkflowCancelledError, WorkflowTimeoutError, describe_error
 from trioflow._lanes import MAIN
+from trioflow._map import ItemIndex
 from trioflow._snapshot import Status
 
 from ._lane import run_lane
@@ -152,11 +153,12 @@ async def _compensate_and_finish(run: Run) -> None:
     """Compensate every completed step that has a compensation, newest first, exactly once."""
     state = run.state
     lookup = run.definition.lookup
+    items = ItemIndex(state.records)
     for record in pending_compensations(state, run.definition):
         name = record.step_name
         step = lookup[name][0]
         assert isinstance(step, TaskStep)
-        ctx = run.context(record.lane, 0)
+        ctx = run.context(record.lane, 0, items.item(record))
         swap_lane(ctx)
         if run.has_hooks:
             await run.hook("on_compensate", name, ctx)

@@ -14,6 +14,7 @@ from trioflow._definition import (
     Branch,
     ChoiceStep,
     FailStep,
+    MapStep,
     ParallelStep,
     PassStep,
     ReceiveStep,
@@ -35,6 +36,9 @@ from trioflow._lanes import MAIN, branch_lane
 from ._run import Run, StepFailure
 from ._task import run_task, step_failed
 from ._wait import run_receive, run_wait
+
+# A module, not its function: the map actor runs its items' lanes through run_lane, here.
+from . import _map
 
 
 async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: WorkflowContext) -> Any:
@@ -73,6 +77,8 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             elif isinstance(step, ParallelStep):
                 output = await run_parallel(run, step, ctx)
                 target = next_of(step)
+            elif isinstance(step, MapStep):
+                output, target = await _map.run_map(run, step, lane_key, ctx), next_of(step)
             elif isinstance(step, WaitStep):
                 await run_wait(run, step, lane, ctx)
                 output, passes, target = state.output_of(lane.last), lane.last, next_of(step)
@@ -157,7 +163,7 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
     except BaseExceptionGroup as group:
         # Branch failures are values (``failures``); what escapes (KeyboardInterrupt,
         # SystemExit, cancellation, storage gone) callers expect as itself, not wrapped.
-        raise _unwrapped(group) from None
+        raise unwrapped(group) from None
     if not failures:
         return parallel_output(state, step)
     if fail_fast:
@@ -167,8 +173,8 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
     raise StepFailure(step.name, ParallelError(step.name, sorted(failures, key=lambda e: order[e.branch_name])), 1)
 
 
-def _unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """What a parallel step's nursery raised, as its callers expect it: KeyboardInterrupt or
+def unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What a parallel or map step's nursery raised, as its callers expect it: KeyboardInterrupt or
     SystemExit if a branch raised one; else, when every branch raised the same kind of thing (a
     cancellation, storage that stayed unusable), the first of them; else the group itself."""
     leaves: list[BaseException] = []

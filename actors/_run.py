@@ -164,11 +164,11 @@ class Run:
         self.first_waiter: trio.lowlevel.Task | None = None
         self.more_waiters: list[trio.lowlevel.Task] | None = None
 
-    def context(self, lane: str, total_steps: int) -> WorkflowContext:
-        """A context for one lane of this run."""
+    def context(self, lane: str, total_steps: int, item: tuple[int, Any] | None = None) -> WorkflowContext:
+        """A context for one lane of this run (``item``: a map item's index and item)."""
         return WorkflowContext(
             self.state, lane=lane, total_steps=total_steps, services=self.services, driver=self.driver,
-            encodable=check_encodable if self.adapter is not None else None,
+            encodable=check_encodable if self.adapter is not None else None, item=item,
         )
 
     def callable(self, fn: StepFn | str, asynchronous: bool) -> tuple[Callable[..., Any], bool]:

@@ -27,6 +27,7 @@ from ._definition import Choice as Choice
 from ._definition import ChoiceStep as ChoiceStep
 from ._definition import FailStep as FailStep
 from ._definition import Hooks as Hooks
+from ._definition import MapStep as MapStep
 from ._definition import ParallelStep as ParallelStep
 from ._definition import PassStep as PassStep
 from ._definition import ReceiveStep as ReceiveStep
@@ -42,6 +43,9 @@ from ._errors import RecordedError as RecordedError
 from ._errors import error_name as error_name
 from ._errors import FailStepError as FailStepError
 from ._errors import InstanceNotLiveError as InstanceNotLiveError
+from ._errors import InvalidItemsError as InvalidItemsError
+from ._errors import ItemError as ItemError
+from ._errors import MapError as MapError
 from ._errors import NoChoiceMatchedError as NoChoiceMatchedError
 from ._errors import ParallelError as ParallelError
 from ._errors import SnapshotDecodeError as SnapshotDecodeError

@@ -17,7 +17,9 @@ from ._definition import (
     DEFAULT_COMPENSATION_TIMEOUT,
     ChoiceStep,
     FailStep,
+    FANNING_OUT,
     Hooks,
+    MapStep,
     OnError,
     ParallelStep,
     PassStep,
@@ -33,7 +35,7 @@ from ._definition import (
 from ._durations import Seconds
 from ._durations import seconds as as_seconds
 from ._errors import DefinitionError
-from ._lanes import branch_lane
+from ._lanes import branch_lane, item_lanes
 from ._retry import Retry
 from ._validate import check_lane, check_timeout, check_unique_names
 
@@ -153,6 +155,31 @@ class _LaneBuilder:
         )
         return self
 
+    def map(
+        self,
+        name: str,
+        *,
+        items: Callable[[Any], Any],
+        branch: Branch,
+        max_concurrency: int | None = None,
+        on_error: OnError = "fail-fast",
+        tolerated_failures: int | float = 0,
+        catch: Sequence[Catch] | Catch = (),
+        next: str | None = None,
+        end: bool = False,
+    ) -> Self:
+        """Add a map step: ``branch`` runs once per item of ``items(ctx)``, each item as its own
+        actor (``ctx.item``, ``ctx.item_index``), at most ``max_concurrency`` at once; the
+        output is the items' outputs in item order. ``tolerated_failures`` (a count, or a
+        fraction such as ``0.1``) items may fail and leave ``{"error", "cause"}`` in their slot;
+        one more fails the step (``on_error``: cancelling the running items at once, or once all
+        have ended). A ``catch`` routes the step's failure."""
+        self._steps.append(MapStep(
+            name=name, items=items, branch=branch, max_concurrency=max_concurrency, on_error=on_error,
+            tolerated_failures=tolerated_failures, catch=_catchers(name, catch), next=next, end=end,
+        ))
+        return self
+
     def pass_(
         self,
         name: str,
@@ -229,13 +256,15 @@ def _resolve(steps: Sequence[Step], default_retry: Retry | None) -> tuple[tuple[
     out: list[Step] = []
     for i, s in enumerate(steps):
         changes: dict[str, Any] = {}
-        if (isinstance(s, (TaskStep, PassStep, ParallelStep, WaitStep, ReceiveStep)) and s.next is None and not s.end
-                and i + 1 < len(steps)):
+        if (isinstance(s, (TaskStep, PassStep, ParallelStep, MapStep, WaitStep, ReceiveStep)) and s.next is None
+                and not s.end and i + 1 < len(steps)):
             changes["next"] = steps[i + 1].name
         if isinstance(s, TaskStep) and s.retry is None and default_retry is not None:
             changes["retry"] = default_retry
         if isinstance(s, ParallelStep) and default_retry is not None:
             changes["branches"] = tuple(_with_default_retry(b, default_retry) for b in s.branches)
+        if isinstance(s, MapStep) and default_retry is not None:
+            changes["branch"] = _with_default_retry(s.branch, default_retry)
         out.append(attrs.evolve(s, **changes) if changes else s)
     return tuple(out), {s.name: i for i, s in enumerate(out)}
 
@@ -342,6 +371,8 @@ def index_steps(lookup: dict[str, tuple[Step, str]], lane: str, steps: Iterable[
         if isinstance(s, ParallelStep):
             for b in s.branches:
                 index_steps(lookup, branch_lane(s.name, b.name), b.steps)
+        elif isinstance(s, MapStep):
+            index_steps(lookup, item_lanes(s.name), s.branch.steps)
 
 
 def _fingerprint(steps: Iterable[Step]) -> str:
@@ -355,8 +386,8 @@ def _fingerprint(steps: Iterable[Step]) -> str:
                 digest.update(repr([c.next for c in s.catch]).encode())
             if isinstance(s, ChoiceStep):
                 digest.update(repr([c.next for c in s.choices] + [s.default]).encode())
-            if isinstance(s, ParallelStep):
-                for b in s.branches:
+            if isinstance(s, FANNING_OUT):
+                for b in s.branches if isinstance(s, ParallelStep) else (s.branch,):
                     digest.update(f"[{b.name}".encode())
                     feed(b.steps)
                     digest.update(b"]")
@@ -366,7 +397,7 @@ def _fingerprint(steps: Iterable[Step]) -> str:
 
 
 def branch(name: str) -> BranchBuilder:
-    """Start a branch for a parallel step."""
+    """Start a branch for a parallel step, or the branch each item of a map step runs."""
     return BranchBuilder(name)
 
 

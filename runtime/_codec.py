@@ -21,7 +21,7 @@ import msgpack
 
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, split_description
 from ._lanes import MAIN
-from ._snapshot import PHASES, STATUSES, STEP_STATUSES, InstanceState, Lane, StepResult
+from ._snapshot import PHASES, STATUSES, STEP_STATUSES, InstanceState, Lane, MapProgress, StepResult
 from ._values import SUPPORTED, from_ext, to_ext
 
 #: Type tags: format 1's snapshot, format 2's start and header.
@@ -83,10 +83,16 @@ def encode_start(state: InstanceState) -> bytes:
 def encode_header(state: InstanceState) -> bytes:
     """Where the instance stands now: rewritten by every checkpoint, small, and no bigger for
     the steps already run (it holds no step outputs)."""
-    lanes = {}
+    lanes: dict[str, tuple[Any, ...]] = {}
     for key, lane in state.lanes.items():
-        lanes[key] = (lane.step, lane.last, lane.failed) if lane.waiting is None else (
-            lane.step, lane.last, lane.failed, lane.waiting)
+        if lane.fanout is not None:
+            f = lane.fanout
+            lanes[key] = (lane.step, lane.last, lane.failed, lane.waiting,
+                          (f.items, f.count, f.started, f.ended, f.ended_count, f.failed))
+        elif lane.waiting is not None:
+            lanes[key] = (lane.step, lane.last, lane.failed, lane.waiting)
+        else:
+            lanes[key] = (lane.step, lane.last, lane.failed)
     errors = state.compensation_errors
     # Packed inline, not through a helper: this runs at every checkpoint.
     try:
@@ -447,13 +453,15 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             error_name=r_name, cause=r_cause,
         ))
     for key, fields in lanes.items():
-        # A lane that waits (a timer, a signal) has a fourth field saying for what.
-        (step, last, failed, waiting) = fields if len(fields) == 4 else (*fields, None)
+        # A lane that waits (a timer, a signal) has a fourth field saying for what; one running
+        # a map step, a fifth saying how far its items are.
+        (step, last, failed, waiting, fanout) = (*fields, None, None)[:5]
         _expect(isinstance(key, str) and (step is None or isinstance(step, str)), f"lane {key!r} is malformed")
         for seq in (last, failed):
             _expect(seq is None or (isinstance(seq, int) and 0 <= seq < len(records)), f"lane {key!r} is malformed")
         _expect(waiting is None or isinstance(waiting, dict), f"lane {key!r} is malformed")
-        state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting)
+        state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting,
+                                fanout=None if fanout is None else _map_progress(key, fanout, len(records)))
     _expect(isinstance(compensated, list) and all(isinstance(q, int) and 0 <= q < len(records) for q in compensated),
             "malformed compensation list")
     _expect(isinstance(comp_errors, dict) and all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors),
@@ -464,6 +472,16 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     state.skipped = tuple(skipped)
     state.stored = len(records)
     return state
+
+
+def _map_progress(key: str, fields: Any, records: int) -> MapProgress:
+    (items, count, started, ended, ended_count, failed) = fields
+    _expect(isinstance(items, int) and 0 <= items < records, f"lane {key!r} holds a malformed map position")
+    for n in (count, started, ended_count, failed):
+        _expect(isinstance(n, int) and 0 <= n <= count, f"lane {key!r} holds a malformed map position")
+    _expect(isinstance(ended, list) and len(ended) % 2 == 0 and all(isinstance(i, int) for i in ended)
+            and ended == sorted(ended), f"lane {key!r} holds a malformed map position")
+    return MapProgress(items=items, count=count, started=started, ended=ended, ended_count=ended_count, failed=failed)
 
 
 def _state_v1(raw: list[Any]) -> InstanceState:

@@ -30,13 +30,13 @@ class StepOutputs(Mapping[str, Any]):
 class WorkflowContext:
     """What a step sees of its run: input, shared data, earlier results, services.
 
-    One context per lane (the main line, or one parallel branch); ``step_index`` and
+    One context per lane (the main line, one parallel branch, one map item); ``step_index`` and
     ``total_steps`` count within that lane.
     """
 
     __slots__ = (
         "_state", "_services", "_encodable", "driver", "lane", "step_index", "total_steps",
-        "_calling", "_attempt", "_compensating",
+        "_calling", "_attempt", "_compensating", "_item",
     )
 
     def __init__(
@@ -48,6 +48,7 @@ class WorkflowContext:
         services: Mapping[str, Any],
         driver: Any,
         encodable: Any = None,
+        item: tuple[int, Any] | None = None,
     ) -> None:
         self._state = state
         self._services = services
@@ -62,6 +63,18 @@ class WorkflowContext:
         self._calling: str | None = None
         self._attempt = 0
         self._compensating: int | None = None
+        self._item = item
+
+    @property
+    def item(self) -> Any:
+        """In a map step's item (its steps, and their compensations): the item it runs for;
+        elsewhere ``None``."""
+        return None if self._item is None else self._item[1]
+
+    @property
+    def item_index(self) -> int | None:
+        """In a map step's item: the item's index in the list, from 0; elsewhere ``None``."""
+        return None if self._item is None else self._item[0]
 
     @property
     def steps(self) -> StepOutputs:

@@ -11,9 +11,9 @@ import os
 import time
 from typing import Any
 
-from ._definition import CATCHING, Catch, ChoiceStep, ParallelStep, Step, TaskStep, WorkflowDefinition
+from ._definition import CATCHING, Catch, ChoiceStep, MapStep, ParallelStep, Step, TaskStep, WorkflowDefinition
 from ._errors import NoChoiceMatchedError, describe_error, error_cause, error_name, split_description
-from ._lanes import MAIN, branch_lane, step_key
+from ._lanes import MAIN, branch_lane, item_lanes, lane_in_definition, step_key
 from ._matching import matches
 from ._snapshot import InstanceState, Lane, Status, StepResult
 
@@ -68,8 +68,15 @@ def new_execution(
     first encodes it: an output that cannot be stored fails the step instead).
 
     ``passes`` is the seq of the record whose output this one passes on unchanged;
-    ``input_is_workflow_input`` says ``input`` is the workflow input itself."""
-    execution = state.executions.get(step_key(lane_key, step_name), 0) + 1
+    ``input_is_workflow_input`` says ``input`` is the workflow input itself. An execution that
+    has a start record (a map step's, see ``trioflow._map``) ends with that record's counter
+    and start time: it is one execution, begun before a restart perhaps."""
+    lane = state.lanes.get(lane_key)
+    if lane is not None and lane.fanout is not None and lane.step == step_name:
+        begun = state.records[lane.fanout.items]
+        execution, started_at = begun.execution, begun.started_at
+    else:
+        execution = state.executions.get(step_key(lane_key, step_name), 0) + 1
     return StepResult(
         step_name=step_name, status=status, input=input, output=output, error=error, started_at=started_at,
         completed_at=now, attempts=attempts, lane=lane_key,
@@ -90,6 +97,13 @@ def complete_step(state: InstanceState, step: Step, record: StepResult, next_ste
         # step entered again (a loop through a choice) starts its branches afresh.
         for key in branch_keys(step):
             state.lanes.pop(key, None)
+    elif isinstance(step, MapStep):
+        # Likewise a map's progress, and the lanes of items a fail-fast cancelled before a
+        # catch routed the step on.
+        lane.fanout = None
+        prefix = item_lanes(step.name)
+        for key in [k for k in state.lanes if k.startswith(prefix)]:
+            del state.lanes[key]
 
 
 def catcher_for(step: Step, error: BaseException) -> Catch | None:
@@ -227,7 +241,7 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
         entry = lookup.get(lane.step)
         if entry is None:
             return f"step {lane.step!r}, where the instance stands, is no longer in workflow {definition.name!r}"
-        if entry[1] != key:
+        if entry[1] != lane_in_definition(key):
             return f"step {lane.step!r} is no longer in the same lane ({key or 'main'!r}) of workflow {definition.name!r}"
     if state.fingerprint == definition.fingerprint:
         return None

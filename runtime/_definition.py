@@ -20,7 +20,7 @@ from ._retry import Retry
 #: A step callable: ``async def`` or plain ``def`` (plain ones run in a worker thread).
 StepFn = Callable[..., Any]
 OnError = Literal["fail-fast", "wait-all"]
-StepKind = Literal["task", "choice", "parallel", "pass", "succeed", "fail", "wait", "receive"]
+StepKind = Literal["task", "choice", "parallel", "pass", "succeed", "fail", "wait", "receive", "map"]
 #: Seconds a compensation may take, all attempts together, unless the workflow says otherwise.
 DEFAULT_COMPENSATION_TIMEOUT = 300.0
 
@@ -167,6 +167,37 @@ class ParallelStep:
     kind: StepKind = attrs.field(default="parallel", init=False)
 
 
+@attrs.frozen(kw_only=True)
+class MapStep:
+    """Runs ``branch`` once per item of ``items(ctx)`` (a list worked out when the step starts
+    and stored before any item runs), each item as its own actor with ``ctx.item`` and
+    ``ctx.item_index``, at most ``max_concurrency`` at once (``None``: all). The output is the
+    list of the items' outputs, in item order.
+
+    Up to ``tolerated_failures`` items (a count, or a fraction of the items such as ``0.1``) may
+    fail; their slots then hold ``{"error": name, "cause": message}``. One more failure fails
+    the step: at once, cancelling the running items (``on_error="fail-fast"``), or once every
+    item has ended (``"wait-all"``). Amazon States Language's ``Map``.
+    """
+
+    name: str
+    items: Callable[[Any], Any]
+    branch: Branch
+    max_concurrency: int | None = None
+    on_error: OnError = "fail-fast"
+    tolerated_failures: int | float = 0
+    catch: tuple[Catch, ...] = ()
+    next: str | None = None
+    end: bool = False
+    kind: StepKind = attrs.field(default="map", init=False)
+
+    def tolerated(self, count: int) -> int:
+        """How many of ``count`` items may fail without failing the step."""
+        if isinstance(self.tolerated_failures, float):
+            return int(self.tolerated_failures * count)
+        return self.tolerated_failures
+
+
 class _EndsItsLane:
     """Succeed and fail steps: nothing follows them in their lane."""
 
@@ -238,9 +269,11 @@ class ReceiveStep:
     kind: StepKind = attrs.field(default="receive", init=False)
 
 
-Step = Union[TaskStep, ChoiceStep, PassStep, ParallelStep, SucceedStep, FailStep, WaitStep, ReceiveStep]
+Step = Union[TaskStep, ChoiceStep, PassStep, ParallelStep, MapStep, SucceedStep, FailStep, WaitStep, ReceiveStep]
 #: The step kinds a catch can sit on (the others cannot fail, or end their lane themselves).
-CATCHING = (TaskStep, ParallelStep, ReceiveStep)
+CATCHING = (TaskStep, ParallelStep, MapStep, ReceiveStep)
+#: The step kinds that run lanes of their own (branches, items) inside their lane.
+FANNING_OUT = (ParallelStep, MapStep)
 
 
 @attrs.frozen(kw_only=True)

@@ -176,6 +176,53 @@ class ParallelError(ExceptionGroup[BranchError], TrioflowError):
         return ParallelError(self.step_name, excs)
 
 
+class ItemError(BranchError):
+    """A step of one item of a map step failed; names the map, the item's index and the step."""
+
+    def __init__(self, map_step: str, index: int, step_name: str, error: BaseException) -> None:
+        TrioflowError.__init__(self, f"map step {map_step!r}, item {index}, step {step_name!r}: {describe_error(error)}")
+        self.branch_name = f"{map_step}[{index}]"
+        self.map_step = map_step
+        self.index = index
+        self.step_name = step_name
+        self.error = error
+
+
+#: Item errors a :class:`MapError`'s message names; the rest are counted.
+_ITEMS_NAMED = 5
+
+
+class MapError(ExceptionGroup[ItemError], TrioflowError):
+    """More items of a map step failed than it tolerates (or, with ``on_error="wait-all"``, any
+    did and it tolerates none): their errors, the first few named in the message."""
+
+    step_name: str
+
+    def __new__(cls, step_name: str, errors: Sequence[ItemError], total: int, tolerated: int) -> MapError:
+        self = super().__new__(cls, _map_message(step_name, errors, total, tolerated), errors)
+        self.step_name = step_name
+        return self
+
+    def __init__(self, step_name: str, errors: Sequence[ItemError], total: int, tolerated: int) -> None:
+        super().__init__(_map_message(step_name, errors, total, tolerated), errors)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def derive(self, excs: Sequence[ItemError]) -> MapError:  # type: ignore[override]
+        return MapError(self.step_name, excs, len(excs), 0)
+
+
+def _map_message(step_name: str, errors: Sequence[ItemError], total: int, tolerated: int) -> str:
+    named = "; ".join(f"item {e.index} failed with {_name_and_cause(e.error)}" for e in errors[:_ITEMS_NAMED])
+    more = f"; and {len(errors) - _ITEMS_NAMED} more" if len(errors) > _ITEMS_NAMED else ""
+    return (f"map step {step_name!r}: {len(errors)} of {total} items failed, {tolerated} tolerated: {named}{more}")
+
+
+class InvalidItemsError(StepError, TypeError):
+    """A map step's ``items(ctx)`` gave something that is not a list of items."""
+
+
 def _parallel_message(step_name: str, errors: Sequence[BranchError]) -> str:
     failed = "; ".join(f"branch {e.branch_name!r} failed with {_name_and_cause(e.error)}" for e in errors)
     return f"parallel step {step_name!r}: {failed}"

@@ -1,9 +1,11 @@
 """Lane keys and step-execution ids: built and parsed here, and nowhere else.
 
-A *lane* is a line of steps run by one actor: the main line (key ``""``) or one branch of a
-running parallel step (key ``"parallel/branch"``). Every execution of a step has an id made of
-its lane, its step and a counter: ``"charge#1"``, ``"fulfill/shipping/ship#2"``. Names that
-contain the separator or the counter mark would make keys ambiguous, so ``build()`` refuses them.
+A *lane* is a line of steps run by one actor: the main line (key ``""``), one branch of a
+running parallel step (key ``"parallel/branch"``), or one item of a running map step (key
+``"map/#3"``: the counter mark and the item's index, which no branch name can be). Every
+execution of a step has an id made of its lane, its step and a counter: ``"charge#1"``,
+``"fulfill/shipping/ship#2"``, ``"charge-all/#3/charge#1"``. Names that contain the separator or
+the counter mark would make keys ambiguous, so ``build()`` refuses them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,32 @@ COUNTER_MARK = "#"
 def branch_lane(parallel: str, branch: str) -> str:
     """The key of a parallel step's branch lane."""
     return f"{parallel}{SEPARATOR}{branch}"
+
+
+def item_lane(map_step: str, index: int) -> str:
+    """The key of the lane running item ``index`` (from 0) of a map step."""
+    return f"{map_step}{SEPARATOR}{COUNTER_MARK}{index}"
+
+
+def item_lanes(map_step: str) -> str:
+    """What every item lane key of a map step starts with (and, in a definition's lookup, the
+    lane the map's branch steps live in)."""
+    return f"{map_step}{SEPARATOR}{COUNTER_MARK}"
+
+
+def item_of(lane: str) -> tuple[str, int] | None:
+    """``(map step, item index)`` of an item lane key; ``None`` for any other lane."""
+    head, sep, tail = lane.rpartition(f"{SEPARATOR}{COUNTER_MARK}")
+    if not sep or not tail.isdigit():
+        return None
+    return head, int(tail)
+
+
+def lane_in_definition(lane: str) -> str:
+    """The lane a definition's lookup places the steps of ``lane`` in: item lanes of one map
+    share their map's (see :func:`item_lanes`); any other lane is its own."""
+    item = item_of(lane)
+    return lane if item is None else item_lanes(item[0])
 
 
 def step_key(lane: str, step: str) -> str:

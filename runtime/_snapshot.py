@@ -8,6 +8,7 @@ allocation on the hot path. Callers never see it: they get :class:`WorkflowInsta
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Literal, get_args
@@ -85,8 +86,48 @@ class StepResult:
 
 
 @attrs.define(kw_only=True)
+class MapProgress:
+    """Where a running map step stands, kept in its lane (so in the header): small whatever the
+    number of items. The items themselves are in the record at ``items``; items run in index
+    order, so those below ``started`` were started, and each either still has its lane or is in
+    ``ended``, kept as half-open ranges ``[lo, hi, lo, hi, ...]`` (as many as there are gaps
+    between ended items, which only running items make)."""
+
+    items: int
+    count: int
+    started: int = 0
+    ended: list[int] = attrs.field(factory=list)
+    #: How many items ended (what ``ended`` covers), and how many of them failed for good and
+    #: were tolerated.
+    ended_count: int = 0
+    failed: int = 0
+
+    def end(self, index: int) -> None:
+        """Mark item ``index`` ended (once)."""
+        ranges = self.ended
+        i = bisect.bisect_right(ranges, index)
+        if i % 2:  # inside a range already
+            return
+        self.ended_count += 1
+        joins_left = i > 0 and ranges[i - 1] == index
+        joins_right = i < len(ranges) and ranges[i] == index + 1
+        if joins_left and joins_right:
+            del ranges[i - 1:i + 1]
+        elif joins_left:
+            ranges[i - 1] = index + 1
+        elif joins_right:
+            ranges[i] = index
+        else:
+            ranges[i:i] = [index, index + 1]
+
+    def has_ended(self, index: int) -> bool:
+        return bisect.bisect_right(self.ended, index) % 2 == 1
+
+
+@attrs.define(kw_only=True)
 class Lane:
-    """Progress of one lane: the main line (key ``""``) or one branch of a running parallel step.
+    """Progress of one lane: the main line (key ``""``), one branch of a running parallel step,
+    or one item of a running map step.
 
     ``step`` is the step to run next (``None`` once the lane is done); ``last`` is the seq of the
     lane's last completed step execution, whose output a pass step passes on and a branch returns.
@@ -100,6 +141,8 @@ class Lane:
     #: What ``step`` waits for, stored when it starts waiting: ``{"timer": due}`` or
     #: ``{"signal": name, "timeout": due or None}`` (due times in Unix seconds).
     waiting: dict[str, Any] | None = None
+    #: While ``step`` is a map step that has started its items: how far they are.
+    fanout: MapProgress | None = None
 
 
 @attrs.define(kw_only=True, eq=False)

@@ -11,6 +11,7 @@ from ._definition import (
     Catch,
     ChoiceStep,
     FailStep,
+    MapStep,
     ParallelStep,
     PassStep,
     ReceiveStep,
@@ -71,6 +72,8 @@ def _walk(where: str, steps: Sequence[Step]) -> Iterator[tuple[str, Step]]:
         if isinstance(step, ParallelStep):
             for branch in step.branches:
                 yield from _walk(f"branch {branch.name!r} of step {step.name!r}", branch.steps)
+        elif isinstance(step, MapStep) and isinstance(step.branch, Branch):
+            yield from _walk(f"the branch of map step {step.name!r}", step.branch.steps)
 
 
 def _check_step(owner: str, step: Step, names: list[str]) -> None:
@@ -100,6 +103,8 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
             _check_target(label, "default", step.default, names)
     elif isinstance(step, ParallelStep):
         _check_parallel(label, step)
+    elif isinstance(step, MapStep):
+        _check_map(label, step)
     elif isinstance(step, PassStep):
         if step.transform is not None and step.has_result:
             raise DefinitionError(f"{label}: give either 'transform' or 'result', not both")
@@ -153,9 +158,37 @@ def _check_task(label: str, step: TaskStep) -> None:
         check_timeout(label, step.timeout)
 
 
+def _check_on_error(label: str, on_error: object) -> None:
+    if on_error not in ("fail-fast", "wait-all"):
+        raise DefinitionError(f"{label}: on_error must be 'fail-fast' or 'wait-all', got {on_error!r}")
+
+
+def _check_map(label: str, step: MapStep) -> None:
+    _check_on_error(label, step.on_error)
+    if not callable(step.items):
+        raise DefinitionError(f"{label}: items must be a callable of ctx giving the list of items, got {step.items!r}")
+    if not isinstance(step.branch, Branch):
+        raise DefinitionError(f"{label}: branch must be a branch (trioflow.branch(name)...build()), got {step.branch!r}")
+    limit = step.max_concurrency
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DefinitionError(f"{label}: max_concurrency must be an int >= 1 or None, got {limit!r}")
+    tolerated = step.tolerated_failures
+    count = isinstance(tolerated, int) and not isinstance(tolerated, bool) and tolerated >= 0
+    fraction = isinstance(tolerated, float) and 0.0 <= tolerated <= 1.0
+    if not (count or fraction):
+        raise DefinitionError(
+            f"{label}: tolerated_failures must be a count (an int >= 0) or a fraction of the items (a float from 0"
+            f" to 1), got {tolerated!r}")
+    for inner in step.branch.steps:
+        if isinstance(inner, (ParallelStep, MapStep)):
+            # Every item runs the branch at once: their nested lanes would share keys.
+            raise DefinitionError(
+                f"{label}: the branch holds {inner.kind} step {inner.name!r}; a map's items cannot fan out again"
+                " (make the branch start a child workflow that does, or map over the combined items)")
+
+
 def _check_parallel(label: str, step: ParallelStep) -> None:
-    if step.on_error not in ("fail-fast", "wait-all"):
-        raise DefinitionError(f"{label}: on_error must be 'fail-fast' or 'wait-all', got {step.on_error!r}")
+    _check_on_error(label, step.on_error)
     if not step.branches:
         raise DefinitionError(f"{label}: a parallel step needs at least one branch")
     seen: set[str] = set()

@@ -1,0 +1,139 @@
+"""Running a map step: each item runs the map's branch as an actor in the step's nursery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from trioflow._context import WorkflowContext
+from trioflow._current import swap_lane
+from trioflow._definition import MapStep
+from trioflow._errors import ItemError, RecordedError, UnencodableValueError
+from trioflow._map import (
+    final_records,
+    item_ended,
+    item_finished,
+    items_list,
+    items_of,
+    map_failure,
+    map_output,
+    open_items,
+    running_items,
+    start_item,
+    start_record,
+)
+from trioflow._snapshot import MapProgress
+
+from . import _lane
+from ._run import Run, StepFailure
+
+
+async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) -> list[Any]:
+    """Store the items, then run them (at most ``max_concurrency`` at once); returns their
+    outputs in item order, or raises :class:`StepFailure` when more fail than are tolerated.
+
+    A resumed map step runs only the items that had not ended: those with a lane go on from
+    where their lane stands, the others start in index order after the last one started.
+    """
+    state = run.state
+    lane = state.lanes[lane_key]
+    progress = lane.fanout
+    if progress is None:
+        try:
+            items = items_list(step, step.items(ctx))
+        except Exception as exc:
+            raise StepFailure(step.name, exc, 1) from exc
+        start = start_record(state, lane_key, step, items, run.clock())
+        try:
+            run.stage(start)
+        except UnencodableValueError as exc:
+            raise StepFailure(step.name, exc, 1) from exc
+        progress = open_items(state, lane, start)
+        await run.persist()  # the items are stored before any item runs
+    fanout = _Items(run, step, progress)
+    resumed = []
+    for index, key in running_items(state, step):
+        if item_finished(state.lanes[key]) is False:
+            item_ended(state, progress, index, key, failed=False)
+        else:
+            resumed.append((index, key))  # one that failed for good fails again, from its record
+    limit = step.max_concurrency or max(progress.count, 1)
+    fanout.slots = trio.Semaphore(max(0, limit - len(resumed)))
+    try:
+        async with trio.open_nursery() as nursery:
+            if step.on_error == "fail-fast":
+                fanout.cancel = nursery.cancel_scope
+            items = items_of(state, progress)
+            for index, key in resumed:
+                nursery.start_soon(fanout.item_actor, index, key, items[index])
+            while progress.started < progress.count and not fanout.over():
+                await fanout.slots.acquire()
+                index, key = start_item(state, step, progress)
+                nursery.start_soon(fanout.item_actor, index, key, items[index])
+    except BaseExceptionGroup as group:
+        raise _lane.unwrapped(group) from None
+    if progress.failed > fanout.tolerated:
+        raise fanout.failure()
+    return map_output(state, step, progress)
+
+
+class _Items:
+    """What the item actors of one map execution share."""
+
+    __slots__ = ("run", "step", "progress", "tolerated", "slots", "cancel", "live")
+
+    def __init__(self, run: Run, step: MapStep, progress: MapProgress) -> None:
+        self.run = run
+        self.step = step
+        self.progress = progress
+        self.tolerated = step.tolerated(progress.count)
+        self.slots = trio.Semaphore(0)
+        #: The nursery's scope under ``fail-fast``: cancelled once one failure too many is in.
+        self.cancel: trio.CancelScope | None = None
+        #: The errors this run saw items fail with, by index (others are known as recorded).
+        self.live: dict[int, tuple[str, BaseException]] = {}
+
+    def over(self) -> bool:
+        """Whether a fail-fast map has had more failures than it tolerates."""
+        return self.cancel is not None and self.progress.failed > self.tolerated
+
+    async def item_actor(self, index: int, key: str, item: Any) -> None:
+        run, step = self.run, self.step
+        ctx = run.context(key, len(step.branch.steps), (index, item))
+        swap_lane(ctx)  # the item's steps report its lane
+        failed = False
+        try:
+            await _lane.run_lane(run, key, step.branch.index, ctx)
+        except StepFailure as failure:
+            failed = True
+            self.live[index] = (failure.step_name, failure.error)
+        finally:
+            swap_lane(None)
+            self.slots.release()
+        progress = self.progress
+        item_ended(run.state, progress, index, key, failed=failed)
+        if self.over():
+            assert self.cancel is not None
+            self.cancel.cancel()
+        if run.bus.active:
+            run.emit("workflow.map.progress", step_name=step.name, done=progress.ended_count, total=progress.count,
+                     failed=progress.failed)
+
+    def failure(self) -> StepFailure:
+        """The map's failure. Fail-fast with nothing tolerated fails as its first failed item
+        did (as a fail-fast parallel step fails as its branch did); otherwise with a
+        :class:`MapError` naming every failed item."""
+        step, state, progress = self.step, self.run.state, self.progress
+        if self.cancel is not None and self.tolerated == 0:
+            if self.live:
+                index = next(iter(self.live))  # the first to fail (others may have in the same pass)
+                step_name, error = self.live[index]
+            else:  # it failed before a restart
+                failed = min((r for r in final_records(state, step, progress).items() if r[1].status == "failed"),
+                             key=lambda r: r[1].seq)
+                index, step_name = failed[0], failed[1].step_name
+                error = RecordedError(failed[1].error or "failed", failed[1].error_name, failed[1].cause)
+            return StepFailure(step_name, ItemError(step.name, index, step_name, error), 1)
+        live = {index: error for index, (_, error) in self.live.items()}
+        return StepFailure(step.name, map_failure(state, step, progress, live), 1)

@@ -1,0 +1,155 @@
+"""The map step's decisions, as plain functions over an :class:`InstanceState` (see ``_decide``).
+
+A map execution is stored as a *start record* (status ``running``, its input the list of items,
+appended before any item runs) and, once every item has ended, the execution's record proper,
+which shares its id. Each item runs the map's branch in a lane of its own
+(:func:`trioflow._lanes.item_lane`) whose step executions are records like any other; its lane
+leaves the header once the item has ended, and the lane's :class:`MapProgress` says which
+items have, so the header stays small however many items there are.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from typing import Any
+
+from ._decide import new_execution
+from ._definition import MapStep
+from ._errors import InvalidItemsError, ItemError, MapError, RecordedError
+from ._lanes import item_lane, item_lanes, item_of
+from ._snapshot import InstanceState, Lane, MapProgress, StepResult
+
+
+def items_list(step: MapStep, items: Any) -> list[Any]:
+    """``items(ctx)``'s result as the list of items, or :class:`InvalidItemsError`."""
+    if isinstance(items, (list, tuple)):
+        return list(items)
+    raise InvalidItemsError(
+        f"map step {step.name!r}: items(ctx) must give a list or tuple of items, got {type(items).__name__}")
+
+
+def start_record(state: InstanceState, lane_key: str, step: MapStep, items: list[Any], now: float) -> StepResult:
+    """The record of a map execution's start, holding its items (not added yet: the actor
+    first encodes it, and items that cannot be stored fail the step)."""
+    return new_execution(state, lane_key, step.name, "running", input=items, started_at=now, now=now)
+
+
+def open_items(state: InstanceState, lane: Lane, start: StepResult) -> MapProgress:
+    """Add a map execution's start record and put the lane's map progress at its first item."""
+    state.add(start)
+    progress = lane.fanout = MapProgress(items=start.seq, count=len(start.input))
+    return progress
+
+
+def items_of(state: InstanceState, progress: MapProgress) -> list[Any]:
+    items: list[Any] = state.records[progress.items].input
+    return items
+
+
+def running_items(state: InstanceState, step: MapStep) -> list[tuple[int, str]]:
+    """``(index, lane key)`` of the items of ``step`` that have a lane (a resume finds them),
+    in index order."""
+    prefix = item_lanes(step.name)
+    found = []
+    for key in state.lanes:
+        if key.startswith(prefix):
+            item = item_of(key)
+            if item is not None and item[0] == step.name:
+                found.append((item[1], key))
+    return sorted(found)
+
+
+def start_item(state: InstanceState, step: MapStep, progress: MapProgress) -> tuple[int, str]:
+    """Give the next item its lane: ``(index, lane key)``."""
+    index = progress.started
+    progress.started += 1
+    key = item_lane(step.name, index)
+    state.lanes[key] = Lane(step=step.branch.steps[0].name)
+    return index, key
+
+
+def item_ended(state: InstanceState, progress: MapProgress, index: int, key: str, *, failed: bool) -> None:
+    """An item's lane is done (``failed``: with a step that failed for good): it leaves the
+    header, and the progress counts it."""
+    state.lanes.pop(key, None)
+    if not progress.has_ended(index):
+        progress.end(index)
+        if failed:
+            progress.failed += 1
+
+
+def item_finished(lane: Lane) -> bool | None:
+    """What a resume makes of an item's stored lane: ``False`` if it completed before the
+    restart, ``True`` if a step failed it for good, ``None`` if it must run on."""
+    if lane.failed is not None:
+        return True
+    return False if lane.step is None else None
+
+
+def final_records(state: InstanceState, step: MapStep, progress: MapProgress) -> dict[int, StepResult]:
+    """The newest record of each item of the map execution ``progress`` belongs to."""
+    last: dict[int, StepResult] = {}
+    prefix = item_lanes(step.name)
+    for record in state.records[progress.items + 1:]:
+        if record.lane.startswith(prefix):
+            item = item_of(record.lane)
+            if item is not None and item[0] == step.name:
+                last[item[1]] = record
+    return last
+
+
+def map_output(state: InstanceState, step: MapStep, progress: MapProgress) -> list[Any]:
+    """The items' outputs in item order; a (tolerated) failed item's slot holds its error as
+    ``{"error": name, "cause": message}``."""
+    last = final_records(state, step, progress)
+    out: list[Any] = []
+    for index in range(progress.count):
+        record = last.get(index)
+        if record is None:
+            out.append(None)
+        elif record.status == "failed":
+            out.append({"error": record.error_name, "cause": record.cause})
+        else:
+            out.append(record.output)
+    return out
+
+
+def map_failure(
+    state: InstanceState, step: MapStep, progress: MapProgress, live: dict[int, BaseException],
+) -> MapError:
+    """The error of a map execution whose items failed beyond what it tolerates: each failed
+    item's error, the exception itself where this run saw it (``live``), else as recorded."""
+    errors = []
+    for index, record in sorted(final_records(state, step, progress).items()):
+        if record.status == "failed":
+            error = live.get(index) or RecordedError(record.error or "failed", record.error_name, record.cause)
+            errors.append(ItemError(step.name, index, record.step_name, error))
+    return MapError(step.name, errors, progress.count, step.tolerated(progress.count))
+
+
+class ItemIndex:
+    """Finds the item an item lane's record ran for (``ctx.item`` while compensating) in one
+    pass over the records, however many are asked about."""
+
+    def __init__(self, records: Sequence[StepResult]) -> None:
+        self._records = records
+        self._starts: dict[str, list[int]] | None = None
+
+    def item(self, record: StepResult) -> tuple[int, Any] | None:
+        """``(index, item)`` for a record of an item lane, else ``None``."""
+        found = item_of(record.lane)
+        if found is None:
+            return None
+        if self._starts is None:
+            self._starts = {}
+            for r in self._records:
+                if r.status == "running":
+                    self._starts.setdefault(r.step_name, []).append(r.seq)
+        name, index = found
+        seqs = self._starts.get(name, [])
+        at = bisect.bisect_left(seqs, record.seq) - 1
+        if at < 0:
+            return None
+        items = self._records[seqs[at]].input
+        return (index, items[index]) if isinstance(items, list) and index < len(items) else None
