@@ -68,7 +68,11 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
             for index, key in resumed:
                 nursery.start_soon(fanout.item_actor, index, key, items[index])
             while progress.started < progress.count and not fanout.over():
-                await fanout.slots.acquire()
+                try:
+                    # Free slots are taken without a trip through the scheduler per item.
+                    fanout.slots.acquire_nowait()
+                except trio.WouldBlock:
+                    await fanout.slots.acquire()
                 index, key = start_item(state, step, progress)
                 nursery.start_soon(fanout.item_actor, index, key, items[index])
     except BaseExceptionGroup as group:

@@ -288,12 +288,14 @@ class Run:
             # Its leader was cancelled before it wrote: gather (and write) again.
         gathering = self.gathering = _Gathering()
         try:
-            # One pass of the scheduler: sibling lanes whose steps end in it join this checkpoint.
+            # One pass of the scheduler at least: sibling lanes whose steps end in it join this
+            # checkpoint; and while the one before it is being written, every lane whose step
+            # ends joins too (a group commit: one write in flight, one gathering behind it).
             await trio.lowlevel.cancel_shielded_checkpoint()
-            self.gathering = None
             if self.writing is None:
                 self.writing = trio.Lock()
             async with self.writing:
+                self.gathering = None
                 await self._write()
         except BaseException as exc:
             gathering.failed(exc)

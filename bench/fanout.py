@@ -1,0 +1,66 @@
+"""Bench cases for Map steps and child workflows (issue 15), on SQLite (FULL) on the real clock.
+Called by ``bench/cases.py``; alone:
+
+    python bench/fanout.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import trioflow as tf
+
+HERE = Path(__file__).resolve().parent
+
+
+async def _noop_item(ctx: Any) -> None:
+    return None
+
+
+def _map_seconds(items: int, concurrency: int) -> float:
+    """Seconds one instance takes to map ``items`` items of one no-op async step, from start to
+    completed (the item list stored, every item's step checkpointed, the map's output stored)."""
+    wf = (tf.workflow("w").map("each", items=lambda ctx: list(range(ctx.input)), max_concurrency=concurrency,
+                               branch=tf.branch("item").step("work", _noop_item).build())
+          .build())
+
+    async def main() -> float:
+        with tempfile.TemporaryDirectory(dir=HERE, prefix="tmp-") as tmp:
+            async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(Path(tmp) / "m.db")) as engine:
+                engine.register(wf)
+                start = time.perf_counter()
+                done = await engine.wait(await engine.start("w", items))
+                seconds = time.perf_counter() - start
+                if done.status != "completed":
+                    raise RuntimeError(f"the map ended {done.status}: {done.error}")
+                return seconds
+
+    return trio.run(main)
+
+
+def map_items(small: int, large: int, concurrency: int = 1000) -> dict[str, float]:
+    """Items per second through one map of ``small`` items, and the cost per item of ``large``
+    items over that of ``small`` (cost per item must not grow with the item count)."""
+    small_s = _map_seconds(small, concurrency)
+    large_s = _map_seconds(large, concurrency)
+    return {"items_per_s": small / small_s, "large_over_small_per_item": (large_s / large) / (small_s / small)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(map_items(1_000, 5_000) if args.quick else map_items(10_000, 100_000)))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    main()
