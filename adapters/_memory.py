@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import heapq
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
-from trioflow._errors import CheckpointConflictError, StorageError, UnknownInstanceError
+from trioflow._errors import CheckpointConflictError, InstanceStillRunningError, StorageError, UnknownInstanceError
 from trioflow._snapshot import RESUMABLE, TERMINAL, Status
 
 from ._protocol import StoredInstance
@@ -16,10 +18,14 @@ from ._protocol import StoredInstance
 class _Row:
     """One stored instance. Slotted and mutable: checkpoints are the hot path."""
 
-    __slots__ = ("order", "workflow_name", "status", "start", "header", "records", "signals", "wake_at")
+    __slots__ = ("instance_id", "order", "workflow_name", "status", "start", "header", "records", "signals", "wake_at",
+                 "finished_at")
 
-    def __init__(self, order: int, workflow_name: str, status: Status, start: bytes | None, header: bytes) -> None:
-        #: Creation order: listings are oldest first.
+    def __init__(
+        self, instance_id: str, order: int, workflow_name: str, status: Status, start: bytes | None, header: bytes,
+    ) -> None:
+        self.instance_id = instance_id
+        #: Creation order: listings go by it.
         self.order = order
         self.workflow_name = workflow_name
         self.status: Status = status
@@ -33,6 +39,8 @@ class _Row:
         self.signals: dict[int, tuple[str, bytes]] | None = None
         #: When a waiting instance is due (``None``: it does not wait).
         self.wake_at: float | None = None
+        #: When it finished (``None``: it has not), on the adapter's clock.
+        self.finished_at: float | None = None
 
 
 class MemoryAdapter:
@@ -41,7 +49,8 @@ class MemoryAdapter:
     same adapter resumes what the first left running.
 
     Indexed by workflow and status, so listing the running instances of a workflow, or what a
-    resume must pick up, never scans the finished ones.
+    resume must pick up, never scans the finished ones; and finished rows in the order they
+    finished, so a purge walks only those it may delete.
     """
 
     def __init__(self) -> None:
@@ -54,6 +63,14 @@ class MemoryAdapter:
         self._wakes: list[tuple[float, int, str]] = []
         self._by_status: dict[str, dict[str, None]] = {}
         self._by_workflow: dict[str, dict[str, None]] = {}
+        #: Rows in the order they finished (so by finish time, the clock permitting). A row
+        #: deleted or purged since stays until it reaches the front, where it is dropped: a
+        #: deque, because purges take from the front, and a dict would keep the holes.
+        self._finished: collections.deque[_Row] = collections.deque()
+        self._clock: Callable[[], float] = time.time
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
 
     async def open(self) -> None:
         """Nothing to acquire: the storage is this object."""
@@ -66,9 +83,10 @@ class MemoryAdapter:
             return False
         start, header = _blob(start, "start"), _blob(header, "header")
         self._created += 1
-        self._rows[instance_id] = _Row(self._created, workflow_name, status, start, header)
+        row = self._rows[instance_id] = _Row(instance_id, self._created, workflow_name, status, start, header)
         self._by_status.setdefault(status, {})[instance_id] = None
         self._by_workflow.setdefault(workflow_name, {})[instance_id] = None
+        self._stamp(row)
         return True
 
     async def checkpoint(
@@ -105,6 +123,7 @@ class MemoryAdapter:
             del self._by_status[row.status][instance_id]
             self._by_status.setdefault(status, {})[instance_id] = None
             row.status = status
+            self._stamp(row)
         row.header = header
         if new:
             if isinstance(row.records, list):
@@ -151,13 +170,29 @@ class MemoryAdapter:
                 (seq, name, payload) for seq, (name, payload) in sorted(row.signals.items())))
         return stored
 
-    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[StoredInstance]:
-        ids: Iterable[str] = self._by_workflow.get(workflow_name, {})
-        if status is not None:
-            # Walk the smaller index, look up in the other: never a scan of every stored row.
-            small, large = sorted((self._by_workflow.get(workflow_name, {}), self._by_status.get(status, {})), key=len)
-            ids = [i for i in small if i in large]
-        return self._oldest_first(ids)
+    async def list_instances(
+        self, workflow_name: str | None = None, status: Status | None = None, *,
+        after: str | None = None, limit: int | None = None, newest_first: bool = False,
+    ) -> list[StoredInstance]:
+        rows = self._rows
+        # Walk the smaller index that applies, look up in the other: every stored row is read
+        # only when neither a workflow nor a status is given.
+        indexes = sorted((index.get(key, {}) for index, key in ((self._by_workflow, workflow_name),
+                                                               (self._by_status, status)) if key is not None), key=len)
+        ids: Iterable[str] = indexes[0] if indexes else rows
+        if len(indexes) == 2:
+            ids = [i for i in indexes[0] if i in indexes[1]]
+        if after is not None:
+            cursor = rows.get(after)
+            if cursor is None:
+                raise UnknownInstanceError(f"no stored instance {after!r} to list after (deleted or purged since?)")
+            place = cursor.order
+            ids = [i for i in ids if (rows[i].order < place if newest_first else rows[i].order > place)]
+        if limit is None:
+            chosen = sorted(ids, key=lambda i: rows[i].order, reverse=newest_first)
+        else:
+            chosen = (heapq.nlargest if newest_first else heapq.nsmallest)(limit, ids, key=lambda i: rows[i].order)
+        return [_stored(i, rows[i]) for i in chosen]
 
     async def resumable(self) -> list[StoredInstance]:
         rows = self._rows
@@ -190,12 +225,53 @@ class MemoryAdapter:
         return None
 
     async def delete(self, instance_id: str) -> bool:
-        row = self._rows.pop(instance_id, None)
+        row = self._rows.get(instance_id)
         if row is None:
             return False
-        del self._by_status[row.status][instance_id]
-        del self._by_workflow[row.workflow_name][instance_id]
+        if row.status in RESUMABLE:
+            raise InstanceStillRunningError(instance_id, row.status)
+        self._remove(row)
         return True
+
+    async def purge(
+        self, finished_by: float, limit: int, *, status: Status | None = None, workflow_name: str | None = None,
+    ) -> int:
+        finished = self._finished
+        purged = 0
+        for row in finished:  # rows leave the dicts here, never the deque: iterating it is safe
+            if not self._current(row):
+                continue
+            assert row.finished_at is not None
+            if row.finished_at > finished_by or purged == limit:
+                # Finish order: the rows after this one finished later (a wall clock stepped
+                # back only delays them until this one is due).
+                break
+            if (status is None or row.status == status) and (workflow_name is None or row.workflow_name == workflow_name):
+                self._remove(row)
+                purged += 1
+        while finished and not self._current(finished[0]):
+            finished.popleft()
+        return purged
+
+    def _stamp(self, row: _Row) -> None:
+        """A row that has just taken a status: note when it finished, if it did."""
+        if row.status in TERMINAL:
+            row.finished_at = self._clock()
+            self._finished.append(row)
+        else:
+            row.finished_at = None
+
+    def _current(self, row: _Row) -> bool:
+        """Whether a row in the finish order is still stored and finished. (The deque keeps
+        rows deleted since; a row whose status changed between finished ones has a place for
+        each change, each reading its last finish time: harmless, it is purged once.)"""
+        return row.finished_at is not None and self._rows.get(row.instance_id) is row
+
+    def _remove(self, row: _Row) -> None:
+        del self._rows[row.instance_id]
+        del self._by_status[row.status][row.instance_id]
+        del self._by_workflow[row.workflow_name][row.instance_id]
+        row.finished_at = None  # its place in the finish order is dropped when it comes up
 
     def _oldest_first(self, ids: Iterable[str]) -> list[StoredInstance]:
         rows = self._rows

@@ -1,4 +1,4 @@
-"""What a persistence adapter is (protocol version 2). Adapters store bytes; they never decode.
+"""What a persistence adapter is (protocol version 3). Adapters store bytes; they never decode.
 
 An instance is stored as three kinds of bytes (SPEC §10):
 
@@ -9,11 +9,15 @@ An instance is stored as three kinds of bytes (SPEC §10):
   end and never rewritten. Record ``n`` (its *seq*) is the instance's ``n``-th record, from 0.
 
 So the bytes a checkpoint writes do not grow with the number of steps already run.
+
+Beside the bytes, an adapter keeps what it indexes: the workflow name, the status, the creation
+order (listings page through it), and the *finish time* of a finished instance (``purge`` deletes
+by it), stamped by the adapter itself from the clock :meth:`Adapter.use_clock` gives it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -96,8 +100,19 @@ class Adapter(Protocol):
         """One instance with all its records and its pending signals, or ``None``."""
         ...
 
-    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[StoredInstance]:
-        """Instances of a workflow, optionally of one status, oldest first, with their records."""
+    async def list_instances(
+        self, workflow_name: str | None = None, status: Status | None = None, *,
+        after: str | None = None, limit: int | None = None, newest_first: bool = False,
+    ) -> list[StoredInstance]:
+        """Instances of one workflow (``None``: of every workflow), optionally of one status,
+        with their records, in creation order: oldest first, or newest first. At most ``limit``
+        of them (``None``: all). ``after`` (an instance id) lists only the instances that come
+        after that one in this order, by its place whatever its workflow or status is now: pages
+        are stable while instances are created (new ones come after the last page oldest first,
+        before the first page newest first). An ``after`` that is not stored raises
+        :class:`UnknownInstanceError`. Served from the adapter's indexes on workflow and status
+        (a SQL adapter also pages through them in creation order), not by reading every
+        stored instance."""
         ...
 
     async def resumable(self) -> list[StoredInstance]:
@@ -107,5 +122,25 @@ class Adapter(Protocol):
         ...
 
     async def delete(self, instance_id: str) -> bool:
-        """Remove an instance, its records and its signals; whether it existed."""
+        """Remove a finished instance, its records and its signals; whether it existed. An
+        instance that is ``pending`` or ``running`` is refused with
+        :class:`InstanceStillRunningError`, nothing deleted (its run would store it again)."""
+        ...
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """The wall clock (Unix seconds) to stamp finish times with from now on. ``open_engine``
+        gives the engine's own before it calls :meth:`open`, so finish times and the cutoffs
+        the engine passes to :meth:`purge` are on one clock; an adapter given none uses
+        ``time.time``."""
+        ...
+
+    async def purge(
+        self, finished_by: float, limit: int, *, status: Status | None = None, workflow_name: str | None = None,
+    ) -> int:
+        """Delete up to ``limit`` finished instances (status in ``TERMINAL``) that finished at or
+        before ``finished_by``, earliest finish first, optionally only those of one status or
+        one workflow, with their records and pending signals; returns how many. Atomic, and
+        found through an index on finish time: its cost follows what it deletes, not what is
+        stored. An instance's finish time is stamped when a create or checkpoint gives it a
+        finished status, and survives a reopen."""
         ...

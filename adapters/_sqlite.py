@@ -6,11 +6,11 @@ commit in one transaction, so one fsync covers many instances' checkpoints (grou
 caller's task stays parked until the transaction holding its own write has committed, so
 "``checkpoint`` returned" still means "on disk". The trio thread never touches the disk.
 
-Storage (schema version 2, protocol version 2): one row per instance in ``trioflow_instances``
-(indexed fields, the ``start`` bytes, the ``header`` bytes, and ``next_seq``: how many records it
-has), and one row per step-execution record in ``trioflow_records``, keyed by (instance, seq) and
-never rewritten. A checkpoint is fenced on ``next_seq``: it applies only where the instance has
-exactly ``first_seq`` records. A file of schema version 1 (one snapshot per instance) is migrated
+Storage (schema version 2, protocol version 3): one row per instance in ``trioflow_instances``
+(indexed fields, the ``start`` bytes, the ``header`` bytes, ``next_seq``: how many records it
+has, and ``finished_at``: when it finished), and one row per step-execution record in
+``trioflow_records``, keyed by (instance, seq) and never rewritten. A checkpoint is fenced on
+``next_seq``: it applies only where the instance has exactly ``first_seq`` records. A file of schema version 1 (one snapshot per instance) is migrated
 in place when opened.
 
 One engine per database file: a second adapter opened on a file that is in use (by this process
@@ -26,6 +26,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,8 +36,14 @@ import outcome
 import trio
 
 from trioflow._durations import Seconds, seconds
-from trioflow._errors import CheckpointConflictError, StorageError, StorageUnavailableError, UnknownInstanceError
-from trioflow._snapshot import RESUMABLE, Status
+from trioflow._errors import (
+    CheckpointConflictError,
+    InstanceStillRunningError,
+    StorageError,
+    StorageUnavailableError,
+    UnknownInstanceError,
+)
+from trioflow._snapshot import RESUMABLE, TERMINAL, Status
 from trioflow._virtual_time import mock_clock, real_time_while_threads
 
 from ._protocol import StoredInstance
@@ -76,10 +83,14 @@ _SCHEMA = (
         header        BLOB NOT NULL,
         start         BLOB,
         next_seq      INTEGER NOT NULL DEFAULT 0,
-        wake_at       REAL
+        wake_at       REAL,
+        finished_at   REAL
     )""",
+    # Each index ends in the rowid (creation order), so that listings page through it.
     "CREATE INDEX IF NOT EXISTS trioflow_instances_by_workflow ON trioflow_instances (workflow_name, status)",
     "CREATE INDEX IF NOT EXISTS trioflow_instances_by_status ON trioflow_instances (status)",
+    # Listings of one workflow, all statuses (added within schema version 2: only adds).
+    "CREATE INDEX IF NOT EXISTS trioflow_instances_by_workflow_name ON trioflow_instances (workflow_name)",
     """CREATE TABLE IF NOT EXISTS trioflow_records (
         instance_id TEXT NOT NULL,
         seq         INTEGER NOT NULL,
@@ -107,6 +118,19 @@ _MIGRATE_FROM_1 = (
     "ALTER TABLE trioflow_instances ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 0",
     *_SCHEMA,
 )
+
+#: Columns added within schema version 2, with their types: a file without one gets it when it
+#: opens (wake_at: waiting instances; finished_at: retention).
+_ADDED_COLUMNS = (("wake_at", "REAL"), ("finished_at", "REAL"))
+#: SQL for "the row is finished", as written in the partial index on finish times (a query uses
+#: that index only if its WHERE clause holds this very term).
+_FINISHED = f"status IN ({', '.join(repr(s) for s in sorted(TERMINAL))})"
+#: Partial: only finished rows are in it, so a checkpoint of a running instance never touches
+#: it, and a purge finds what finished before a time without reading anything else. Its
+#: ``finished_at IS NULL`` end holds finished rows not stamped yet (see :meth:`_prepare_schema`).
+#: Written as SQLite keeps it in ``sqlite_master``: a file whose index was made for another set
+#: of finished statuses (another release) has it made again.
+_FINISH_INDEX = f"CREATE INDEX trioflow_instances_by_finish ON trioflow_instances (finished_at) WHERE {_FINISHED}"
 
 _Op = tuple[str, tuple[Any, ...]]
 _STOP = object()
@@ -141,17 +165,26 @@ class SQLiteAdapter:
         self._lock_fd: int | None = None
         #: The run's clock while open, if it is trio's MockClock (tests): see :meth:`_in_thread`.
         self._clock: MockClock | None = None
+        #: What finish times are stamped with (see :meth:`use_clock`).
+        self._wall_clock: Callable[[], float] = time.time
+        #: Its time when the file was last opened: the finish time of finished rows that have
+        #: none (see :meth:`_prepare_schema`).
+        self._opened_at = 0.0
         #: Transactions committed and operations applied by the writer (group-commit ratio).
         self.transactions = 0
         self.operations = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        self._wall_clock = clock
+
     async def open(self) -> None:
         """Open the file, take the lock, create or check the schema, start the writer."""
         if self._thread is not None:
             raise DatabaseLockedError(f"{self.path} is already open through this adapter")
         self._clock = mock_clock()
+        self._opened_at = self._wall_clock()  # read here: a clock on virtual time works in the trio thread only
         with self._in_thread():
             # A limiter of its own: the default one may be held by abandoned job threads.
             conn = await trio.to_thread.run_sync(self._connect, limiter=trio.CapacityLimiter(1))
@@ -228,7 +261,11 @@ class SQLiteAdapter:
 
     def _prepare_schema(self, conn: sqlite3.Connection) -> None:
         """Create schema version 2, or migrate a version 1 file to it: in one transaction, so a
-        crash leaves the file at one version or the other, never between."""
+        crash leaves the file at one version or the other, never between.
+
+        Finished rows with no finish time (all of them in a file from before retention; those a
+        release before it finished since) get the time of this open: adapters never decode the
+        header that holds the real time, so they are purgeable ``older_than`` after this open."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Read again under the write lock: the version decides what runs.
@@ -236,12 +273,20 @@ class SQLiteAdapter:
             self._check_version(version)
             for statement in _MIGRATE_FROM_1 if version == 1 else _SCHEMA:
                 conn.execute(statement)
-            # Added within schema version 2 (waiting instances): a file without it gets it.
-            if "wake_at" not in {row[1] for row in conn.execute("PRAGMA table_info(trioflow_instances)")}:
-                conn.execute("ALTER TABLE trioflow_instances ADD COLUMN wake_at REAL")
+            present = {row[1] for row in conn.execute("PRAGMA table_info(trioflow_instances)")}
+            for column, kind in _ADDED_COLUMNS:
+                if column not in present:
+                    conn.execute(f"ALTER TABLE trioflow_instances ADD COLUMN {column} {kind}")
             conn.execute(
                 "CREATE INDEX IF NOT EXISTS trioflow_instances_by_wake ON trioflow_instances (wake_at)"
                 " WHERE wake_at IS NOT NULL")
+            made = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'trioflow_instances_by_finish'").fetchone()
+            if made is None or made[0] != _FINISH_INDEX:
+                conn.execute("DROP INDEX IF EXISTS trioflow_instances_by_finish")
+                conn.execute(_FINISH_INDEX)
+            # Through the index's NULL end: costs nothing once every finished row is stamped.
+            conn.execute(f"UPDATE trioflow_instances SET finished_at = ? WHERE {_FINISHED} AND finished_at IS NULL",
+                         (self._opened_at,))
             if version != SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -283,7 +328,8 @@ class SQLiteAdapter:
             start = _blob(start, "start")
         if type(header) is not bytes:
             header = _blob(header, "header")
-        created: bool = await self._submit(("create", (instance_id, workflow_name, status, start, header)))
+        finished_at = self._wall_clock() if status in TERMINAL else None
+        created: bool = await self._submit(("create", (instance_id, workflow_name, status, start, header, finished_at)))
         return created
 
     async def checkpoint(
@@ -312,8 +358,9 @@ class SQLiteAdapter:
         if wake_at is not None and (isinstance(wake_at, bool) or not isinstance(wake_at, (int, float))
                                     or wake_at != wake_at):
             raise DatabaseError(f"wake_at must be a number of Unix seconds or None, got {wake_at!r}")
+        finished_at = self._wall_clock() if status in TERMINAL else None
         await self._submit(("checkpoint", (
-            status, header, start, len(stored), wake_at, instance_id, first_seq, stored, tuple(consumed))))
+            status, header, start, len(stored), wake_at, instance_id, first_seq, finished_at, stored, tuple(consumed))))
 
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
         payload = _blob(payload, "signal payload")
@@ -331,13 +378,14 @@ class SQLiteAdapter:
         stored: StoredInstance | None = await self._submit(("load", (instance_id,)))
         return stored
 
-    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[StoredInstance]:
-        where: tuple[str, tuple[Any, ...]]
-        if status is None:
-            where = ("i.workflow_name = ?", (workflow_name,))
-        else:
-            where = ("i.workflow_name = ? AND i.status = ?", (workflow_name, status))
-        rows: list[StoredInstance] = await self._submit(("select", where))
+    async def list_instances(
+        self, workflow_name: str | None = None, status: Status | None = None, *,
+        after: str | None = None, limit: int | None = None, newest_first: bool = False,
+    ) -> list[StoredInstance]:
+        rows: list[StoredInstance] | None = await self._submit(
+            ("list", (workflow_name, status, after, limit, newest_first)))
+        if rows is None:
+            raise UnknownInstanceError(f"no stored instance {after!r} to list after (deleted or purged since?)")
         return rows
 
     async def resumable(self) -> list[StoredInstance]:
@@ -355,8 +403,18 @@ class SQLiteAdapter:
         return wake
 
     async def delete(self, instance_id: str) -> bool:
-        deleted: bool = await self._submit(("delete", (instance_id,)))
-        return deleted
+        status: str | None = await self._submit(("delete", (instance_id,)))
+        if status in RESUMABLE:
+            raise InstanceStillRunningError(instance_id, status)
+        return status is not None
+
+    async def purge(
+        self, finished_by: float, limit: int, *, status: Status | None = None, workflow_name: str | None = None,
+    ) -> int:
+        # One transaction per call: the engine purges in batches, so the writer commits other
+        # instances' checkpoints between them.
+        purged: int = await self._submit(("purge", (float(finished_by), int(limit), status, workflow_name)))
+        return purged
 
     # -- the trio side of the writer ------------------------------------------------------------
 
@@ -563,16 +621,18 @@ def _run_all(
 
 
 _CREATE_SQL = (
-    "INSERT INTO trioflow_instances (instance_id, workflow_name, status, start, header) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (instance_id) DO NOTHING"
+    "INSERT INTO trioflow_instances (instance_id, workflow_name, status, start, header, finished_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (instance_id) DO NOTHING"
 )
 #: Fenced: applies only where the instance has exactly ``first_seq`` records. Parameters:
-#: status, header, start, number of records, wake_at, instance id, first_seq.
+#: status, header, start, number of records, wake_at, instance id, first_seq, finished_at:
+#: numbered, as they are the checkpoint op's arguments, handed over as a slice of them.
 _CHECKPOINT_SQL = (
-    "UPDATE trioflow_instances SET status = ?, header = ?, start = coalesce(?, start), next_seq = next_seq + ?,"
-    " wake_at = ? WHERE instance_id = ? AND next_seq = ?"
+    "UPDATE trioflow_instances SET status = ?1, header = ?2, start = coalesce(?3, start), next_seq = next_seq + ?4,"
+    " wake_at = ?5, finished_at = ?8 WHERE instance_id = ?6 AND next_seq = ?7"
 )
-#: The same for a checkpoint that keeps the stored status: the same parameters but the first.
+#: The same for a checkpoint that keeps the stored status (and so its finish time): parameters
+#: 2 to 7 of the above.
 _SAME_STATUS_SQL = (
     "UPDATE trioflow_instances SET header = ?, start = coalesce(?, start), next_seq = next_seq + ?, wake_at = ?"
     " WHERE instance_id = ? AND next_seq = ?"
@@ -629,14 +689,14 @@ def _checkpoint_many(
             if was == status:
                 keeping.append(args[1:7])
             else:
-                changing.append(args[:7])
+                changing.append(args[:8])
             # A waiting instance (wake_at) is forgotten: it may wait for days, and ``known``
             # should hold no more than the instances that run.
             leaves[instance_id] = status if args[4] is None else None
         updated = conn.executemany(_CHECKPOINT_SQL, changing).rowcount if changing else 0
         if keeping:
             updated += conn.executemany(_SAME_STATUS_SQL, keeping).rowcount
-        consumed = [(seq, args[5]) for args in checkpoints for seq in args[8]]
+        consumed = [(seq, args[5]) for args in checkpoints for seq in args[9]]
         if consumed and updated == len(checkpoints):
             updated -= len(consumed) - conn.executemany(_CONSUME_SQL, consumed).rowcount
         if updated == len(checkpoints):
@@ -652,7 +712,7 @@ def _checkpoint_many(
 def _checkpoint_one(
     conn: sqlite3.Connection, args: tuple[Any, ...], known: dict[str, str], changes: dict[str, str | None],
 ) -> outcome.Outcome[Any]:
-    status, instance_id, first_seq, consumed = args[0], args[5], args[6], args[8]
+    status, instance_id, first_seq, consumed = args[0], args[5], args[6], args[9]
     if consumed:
         pending = conn.execute(
             f"SELECT count(*) FROM trioflow_signals WHERE instance_id = ? AND seq IN ({', '.join('?' * len(consumed))})",
@@ -665,7 +725,7 @@ def _checkpoint_one(
     if was == status:
         updated = conn.execute(_SAME_STATUS_SQL, args[1:7]).rowcount
     else:
-        updated = conn.execute(_CHECKPOINT_SQL, args[:7]).rowcount
+        updated = conn.execute(_CHECKPOINT_SQL, args[:8]).rowcount
     if updated != 1:
         # Nothing was written: say why.
         row = conn.execute("SELECT next_seq FROM trioflow_instances WHERE instance_id = ?", (instance_id,)).fetchone()
@@ -685,7 +745,7 @@ def _checkpoint_one(
 def _record_rows(checkpoints: Sequence[tuple[Any, ...]]) -> list[tuple[str, int, bytes]]:
     return [
         (instance_id, first_seq + k, data)
-        for _, _, _, _, _, instance_id, first_seq, records, _ in checkpoints
+        for _, _, _, _, _, instance_id, first_seq, _, records, _ in checkpoints
         for k, data in enumerate(records)
     ]
 
@@ -767,15 +827,88 @@ def _signals(conn: sqlite3.Connection, iid: str) -> list[tuple[int, str, bytes]]
         "SELECT seq, name, payload FROM trioflow_signals WHERE instance_id = ? ORDER BY seq", (iid,))]
 
 
-def _delete(conn: sqlite3.Connection, iid: str) -> bool:
-    conn.execute("DELETE FROM trioflow_signals WHERE instance_id = ?", (iid,))
-    conn.execute("DELETE FROM trioflow_records WHERE instance_id = ?", (iid,))
-    return conn.execute("DELETE FROM trioflow_instances WHERE instance_id = ?", (iid,)).rowcount == 1
+#: What deleting an instance runs (one parameter each: its id): nothing of it is left behind.
+_REMOVE_SQL = (
+    "DELETE FROM trioflow_signals WHERE instance_id = ?",
+    "DELETE FROM trioflow_records WHERE instance_id = ?",
+    "DELETE FROM trioflow_instances WHERE instance_id = ?",
+)
+
+
+def _remove(conn: sqlite3.Connection, ids: list[tuple[str]]) -> None:
+    for sql in _REMOVE_SQL:
+        conn.executemany(sql, ids)
+
+
+def _delete(conn: sqlite3.Connection, iid: str) -> str | None:
+    """Remove a finished instance with its records and signals; the status it had (``None``: it
+    was not stored). One that has not finished is left as it is."""
+    row = conn.execute("SELECT status FROM trioflow_instances WHERE instance_id = ?", (iid,)).fetchone()
+    if row is not None and row[0] not in RESUMABLE:
+        _remove(conn, [(iid,)])
+    return None if row is None else str(row[0])
+
+
+def _matching(workflow_name: str | None, status: str | None) -> tuple[list[str], list[Any]]:
+    """SQL terms and their parameters for "of this workflow, of this status" (``None``: any)."""
+    terms: list[str] = []
+    params: list[Any] = []
+    for column, value in (("workflow_name", workflow_name), ("status", status)):
+        if value is not None:
+            terms.append(f"{column} = ?")
+            params.append(value)
+    return terms, params
+
+
+def _purge(conn: sqlite3.Connection, finished_by: float, limit: int, status: str | None,
+           workflow_name: str | None) -> int:
+    """Remove up to ``limit`` instances finished by then, earliest first; how many."""
+    terms, params = _matching(workflow_name, status)
+    terms += [_FINISHED, "finished_at <= ?"]
+    params.append(finished_by)
+    # INDEXED BY: with a status or workflow to match, the planner could take their index and
+    # sort every finished row of it by time; this way it reads finished rows by time, from the
+    # earliest, and stops at ``limit``.
+    ids = conn.execute(
+        "SELECT instance_id FROM trioflow_instances INDEXED BY trioflow_instances_by_finish"
+        f" WHERE {' AND '.join(terms)} ORDER BY finished_at LIMIT ?", (*params, limit)).fetchall()
+    _remove(conn, ids)
+    return len(ids)
+
+
+#: The index each listing pages through (each ends in the rowid, the creation order), by
+#: (whether a workflow is given, whether a status is): forced, as the planner might sort a
+#: whole workflow instead; none given, the table itself, which is in rowid order.
+_LISTING_INDEX = {
+    (True, True): "INDEXED BY trioflow_instances_by_workflow",
+    (True, False): "INDEXED BY trioflow_instances_by_workflow_name",
+    (False, True): "INDEXED BY trioflow_instances_by_status",
+    (False, False): "NOT INDEXED",
+}
+
+
+def _list(conn: sqlite3.Connection, workflow_name: str | None, status: str | None, after: str | None,
+          limit: int | None, newest_first: bool) -> list[StoredInstance] | None:
+    """A page of instances in creation order (rowid); ``None`` if ``after`` is not stored."""
+    terms, params = _matching(workflow_name, status)
+    if after is not None:
+        place = conn.execute("SELECT rowid FROM trioflow_instances WHERE instance_id = ?", (after,)).fetchone()
+        if place is None:
+            return None
+        terms.append("rowid < ?" if newest_first else "rowid > ?")
+        params.append(place[0])
+    page = (
+        f"i.rowid IN (SELECT rowid FROM trioflow_instances {_LISTING_INDEX[workflow_name is not None, status is not None]}"
+        f" WHERE {' AND '.join(['1', *terms])} ORDER BY rowid {'DESC' if newest_first else 'ASC'} LIMIT ?)"
+    )
+    rows = _select(conn, page, (*params, -1 if limit is None else limit))  # -1: no limit
+    return rows[::-1] if newest_first else rows
 
 
 #: Ops applied one at a time (creates and checkpoints go in runs: see :func:`_run_all`).
 _OPS: dict[str, Callable[..., Any]] = {
-    "select": _select, "load": _load, "delete": _delete, "signal": _signal, "signals": _signals, "due": _due, "next_wake": _next_wake,
+    "select": _select, "list": _list, "load": _load, "delete": _delete, "purge": _purge, "signal": _signal,
+    "signals": _signals, "due": _due, "next_wake": _next_wake,
 }
 
 

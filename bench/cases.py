@@ -3,7 +3,10 @@ of figures. ``bench/run.py`` runs these in fresh processes, interleaved, and agg
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import gc
+import importlib
 import json
 import os
 import shutil
@@ -29,6 +32,17 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def settled_memory() -> tuple[int, int]:
+    """Resident bytes and Python's allocated blocks, after a collection and after glibc gave
+    back the memory it holds free (so that RSS counts what is in use, not a high-water mark)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: RSS then includes freed memory
+        pass
+    return rss_bytes(), sys.getallocatedblocks()
 
 
 async def noop(_: Any) -> None:
@@ -268,18 +282,19 @@ def import_time(repeats: int) -> dict[str, float]:
     return {"trio_s": trio_s, "trioflow_s": flow_s}
 
 
-def _storage_v2() -> Any:
+def size_options(description: str, large: str) -> argparse.Namespace:
+    """The command line of a case module run alone: ``--quick`` (tiny sizes, a smoke test) and
+    ``--large`` (``large`` says what it runs)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--large", action="store_true", help=large)
+    return parser.parse_args()
+
+
+def _module(name: str) -> Any:
+    """A module of cases beside this one (bench/ is a folder of scripts, not a package)."""
     sys.path.insert(0, str(Path(__file__).parent))
-    import storage_v2  # the storage-v2 cases live in their own module
-
-    return storage_v2
-
-
-def _waiting() -> Any:
-    sys.path.insert(0, str(Path(__file__).parent))
-    import waiting  # the durable-waiting cases live in their own module
-
-    return waiting
+    return importlib.import_module(name)
 
 
 CASES = {
@@ -291,12 +306,13 @@ CASES = {
     "parked_engine": lambda q: parked_engine(5_000 if q else 100_000),
     "recovery": lambda q: recovery(500 if q else 10_000),
     "import_time": lambda q: import_time(3 if q else 15),
-    "long_workflows": lambda q: _storage_v2().long_workflows(q),
-    "wide_parallel": lambda q: _storage_v2().wide_parallel(q),
-    "big_outputs": lambda q: _storage_v2().big_outputs(q),
-    "waiting_memory": lambda q: _waiting().memory_per_waiting_instance(2_000 if q else 100_000),
-    "timers_firing": lambda q: _waiting().timers_firing(2_000 if q else 10_000),
-    "signals": lambda q: _waiting().signals_delivered(2_000 if q else 20_000),
+    "long_workflows": lambda q: _module("storage_v2").long_workflows(q),
+    "wide_parallel": lambda q: _module("storage_v2").wide_parallel(q),
+    "big_outputs": lambda q: _module("storage_v2").big_outputs(q),
+    "waiting_memory": lambda q: _module("waiting").memory_per_waiting_instance(2_000 if q else 100_000),
+    "timers_firing": lambda q: _module("waiting").timers_firing(2_000 if q else 10_000),
+    "signals": lambda q: _module("waiting").signals_delivered(2_000 if q else 20_000),
+    "retention": lambda q: _module("retention").memory_with_retention(5_000 if q else 200_000),
 }
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ORDER = ["bare_trio", "execute_workflow", "engine_memory", "durable_sqlite", "parked_bare", "parked_engine",
          "recovery", "import_time", "long_workflows", "wide_parallel", "big_outputs", "waiting_memory",
-         "timers_firing", "signals"]
+         "timers_firing", "signals", "retention"]
 
 
 def run_case(case: str, quick: bool) -> dict[str, float]:
@@ -120,6 +120,8 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
                lambda v: v <= 1.0),
         Figure("signals to waiting instances, 1,000 senders", "signals/s", series("signals", "signals_per_s"),
                ">= 10,000", lambda v: v >= 10_000),
+        Figure("retain_finished=0: RSS after 200k sagas / after 20k", "ratio",
+               series("retention", "rss_late_over_early"), "<= 1.10", lambda v: v <= 1.10),
     ]
     if peer is not None:
         ours = statistics.median(series("durable_sqlite", f"FULL_{int(peer['concurrency'])}"))

@@ -7,9 +7,6 @@ runs on SQLite (FULL) on the real clock. Called by ``bench/cases.py``; alone:
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import gc
 import json
 import sys
 import tempfile
@@ -24,7 +21,8 @@ import trioflow as tf
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from cases import noop as _noop  # noqa: E402  (bench/ is a folder of scripts, not a package)
-from cases import rss_bytes as _rss  # noqa: E402
+from cases import settled_memory as _settled  # noqa: E402
+from cases import size_options  # noqa: E402
 
 
 async def _start_all(engine: tf.Engine, n: int, **options: Any) -> list[str]:
@@ -40,17 +38,6 @@ async def _start_all(engine: tf.Engine, n: int, **options: Any) -> list[str]:
         for i in range(n):
             nursery.start_soon(one, i)
     return ids
-
-
-def _settled() -> tuple[int, int]:
-    """Resident bytes and Python's allocated blocks, after a collection and after glibc gave
-    back the memory it holds free (so that RSS counts what is in use, not a high-water mark)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: RSS then includes freed memory
-        pass
-    return _rss(), sys.getallocatedblocks()
 
 
 def memory_per_waiting_instance(n: int) -> dict[str, float]:
@@ -160,10 +147,7 @@ def signals_delivered(n: int, senders: int = 1000) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--large", action="store_true", help="1,000,000 waiting instances")
-    args = parser.parse_args()
+    args = size_options(__doc__.splitlines()[0], "1,000,000 waiting instances")
     n = 2_000 if args.quick else 1_000_000 if args.large else 100_000
     print(json.dumps(memory_per_waiting_instance(n)))
     print(json.dumps(timers_firing(2_000 if args.quick else 10_000)))

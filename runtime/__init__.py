@@ -43,6 +43,7 @@ from ._errors import RecordedError as RecordedError
 from ._errors import error_name as error_name
 from ._errors import FailStepError as FailStepError
 from ._errors import InstanceNotLiveError as InstanceNotLiveError
+from ._errors import InstanceStillRunningError as InstanceStillRunningError
 from ._errors import InvalidItemsError as InvalidItemsError
 from ._errors import ItemError as ItemError
 from ._errors import MapError as MapError

@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import trio
 
@@ -57,10 +57,22 @@ from ._errors import (
 from ._events import EventBus
 from ._jobs import JobRegistry
 from ._lanes import MAIN
-from ._snapshot import RESUMABLE, TERMINAL, InstanceState, Lane, Status, WorkflowInstance, to_instance, unreadable_instance
+from ._snapshot import (
+    RESUMABLE,
+    STATUSES,
+    TERMINAL,
+    InstanceState,
+    Lane,
+    Status,
+    WorkflowInstance,
+    to_instance,
+    unreadable_instance,
+)
 
 log = logging.getLogger("trioflow")
 F = TypeVar("F", bound=Callable[..., Any])
+#: The order ``get_instances`` lists in: by creation, oldest or newest first.
+Order = Literal["oldest", "newest"]
 
 
 class Engine:
@@ -138,6 +150,10 @@ class Engine:
         self._pending_resumes = 0
         self._resumes_settled = trio.Event()
         self._resumes_settled.set()
+        #: With ``retain_finished``: set when :data:`RETAIN_EVERY` instances finished here since
+        #: the last purge, so a busy engine purges before its finished instances pile up.
+        self._retain_wake: trio.Event | None = None
+        self._finished_since_purge = 0
         self._closed = False
 
     # -- registration -------------------------------------------------------------------------
@@ -447,20 +463,89 @@ class Engine:
             self._launch(run)
         return True
 
-    async def get_instances(self, workflow_name: str, status: Status | None = None) -> list[WorkflowInstance]:
-        """Instances of a workflow, optionally only those of one status."""
+    async def get_instances(
+        self, workflow_name: str | None = None, status: Status | None = None, *,
+        limit: int | None = None, after: str | None = None, order: Order = "oldest",
+    ) -> list[WorkflowInstance]:
+        """Instances of one workflow (``None``: of every workflow), optionally only those of one
+        status, in creation order: oldest first (the default) or, with ``order="newest"``,
+        newest first.
+
+        Pages: at most ``limit`` instances; ``after=`` the id of the last instance of the
+        previous page gives the next page. Pages go by each instance's place in the creation
+        order, so they are stable while instances are created: none is listed twice and none
+        left out (new ones come on the last page oldest first, and not at all newest first).
+        A page shorter than ``limit`` is the last. An ``after`` instance deleted or purged since
+        raises :class:`UnknownInstanceError`: list again from the first page.
+
+        An instance whose snapshot this release cannot read is reported ``failed``; an unpaged
+        ``status="failed"`` listing includes those stored with another status too."""
         self._check_open()
-        out = []
-        for record in await self.adapter.list_instances(workflow_name, status):
-            run = self._live.get(record.instance_id)
-            view = _copy(run.state) if run is not None else self._view(record)
-            # An unreadable row is reported failed, whatever status it is stored with.
-            if status is None or view.status == status:
-                out.append(view)
-        if status == "failed":
+        _check_listing(workflow_name, status, limit, after, order)
+        out: list[WorkflowInstance] = []
+        cursor = after
+        while True:
+            wanted = None if limit is None else limit - len(out)
+            records = await self.adapter.list_instances(
+                workflow_name, status, after=cursor, limit=wanted, newest_first=order == "newest")
+            for record in records:
+                run = self._live.get(record.instance_id)
+                view = _copy(run.state) if run is not None else self._view(record)
+                # An unreadable row is reported failed, whatever status it is stored with.
+                if status is None or view.status == status:
+                    out.append(view)
+            if wanted is None or len(records) < wanted or len(out) == limit:
+                break
+            cursor = records[-1].instance_id  # rows were left out: fill the page from after them
+        if status == "failed" and limit is None and after is None:
             listed = {i.id for i in out}
-            out += [v for v in self._unreadable.values() if v.workflow_name == workflow_name and v.id not in listed]
+            out += [v for v in self._unreadable.values()
+                    if workflow_name in (None, v.workflow_name) and v.id not in listed]
         return out
+
+    async def purge(self, *, older_than: Seconds, status: Status | None = None, workflow: str | None = None) -> int:
+        """Delete the finished instances (every status but pending and running) that finished
+        at least ``older_than`` seconds (or a ``timedelta``) ago on the engine's clock, with
+        their records and pending signals; optionally only those of one finished ``status`` or
+        of one ``workflow``. Returns how many were deleted. Running and pending instances are
+        never touched. Deletes in batches of :data:`PURGE_BATCH` (on SQLite, one transaction
+        each), letting instances run and checkpoint between them."""
+        self._check_open()
+        age = _duration(older_than, "older_than")
+        if status is not None and status not in TERMINAL:
+            raise InvalidArgumentError(
+                f"status must be one of {', '.join(sorted(TERMINAL))} (only finished instances are purged),"
+                f" got {status!r}")
+        if workflow is not None and not isinstance(workflow, str):
+            raise InvalidArgumentError(f"workflow must be a workflow name or None, got {workflow!r}")
+        finished_by = self._clock() - age
+        total = 0
+        while True:
+            purged = await self.adapter.purge(finished_by, PURGE_BATCH, status=status, workflow_name=workflow)
+            total += purged
+            if purged < PURGE_BATCH:
+                return total
+            await trio.lowlevel.checkpoint()  # an adapter that never yields (memory) lets others run
+
+    async def _retain(self, keep: float, wake: trio.Event) -> None:
+        """The retention task (``open_engine(retain_finished=keep)``): purges what finished
+        ``keep`` seconds ago every ``keep`` seconds (at least once a minute, at most once a
+        second), and as soon as :data:`RETAIN_EVERY` instances finished here since the last
+        purge (``wake`` is set then). A purge that fails is logged and tried again next time."""
+        period = min(max(keep, RETAIN_PERIOD_MIN), RETAIN_PERIOD_MAX)
+        while True:
+            with trio.move_on_after(period):
+                await wake.wait()
+            # Counted afresh before the purge: what finishes while it runs counts toward the next.
+            wake = self._retain_wake = trio.Event()
+            self._finished_since_purge = 0
+            try:
+                purged = await self.purge(older_than=keep)
+            except Exception as exc:
+                log.warning("retention: purging finished instances failed (%s); trying again in %g s", exc, period,
+                            exc_info=True)
+            else:
+                log.debug("retention: purged %d finished instance(s)", purged, extra={"purged": purged})
 
     async def resume(self) -> list[str]:
         """Resume every stored ``pending``/``running`` instance of a registered workflow that is
@@ -620,6 +705,10 @@ class Engine:
                 # It waits in storage now: a later wake resumes it, and the waker looks again.
                 self._resumed.discard(state.instance_id)
                 self._wake_changed.set()
+            if self._retain_wake is not None and run.stored_status in TERMINAL:
+                self._finished_since_purge += 1
+                if self._finished_since_purge == RETAIN_EVERY:
+                    self._retain_wake.set()
             run.ended()
             self._running -= 1
             # Hand the slot on, unless the engine is stopping: a queued run stays stored as it
@@ -694,6 +783,13 @@ PARK_AFTER = 1.0
 #: due instances it could not wake.
 WAKE_BATCH = 1000
 WAKE_RETRY = 0.05
+#: Most instances one adapter call of a purge deletes (on SQLite, one transaction).
+PURGE_BATCH = 1000
+#: The bounds of how often the retention task purges (seconds), and after how many instances
+#: finished it purges sooner.
+RETAIN_PERIOD_MIN = 1.0
+RETAIN_PERIOD_MAX = 60.0
+RETAIN_EVERY = 1000
 
 
 @asynccontextmanager
@@ -707,6 +803,7 @@ async def open_engine(
     threads: bool = True,
     storage_retry_for: Seconds = STORAGE_RETRY_FOR,
     clock: Callable[[], float] | None = None,
+    retain_finished: Seconds | None = None,
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the block.
 
@@ -723,15 +820,23 @@ async def open_engine(
     instance stops where it was last stored, resumable, and ``wait()`` raises
     :class:`StorageUnavailableError`. ``clock`` is the wall clock (Unix seconds) durable timers
     are on: ``time.time`` by default, or, in a trio run on a ``MockClock`` (tests), one that
-    moves with virtual time, so timers of days take no real time.
+    moves with virtual time, so timers of days take no real time; the adapter stamps finish
+    times with it too. ``retain_finished`` (seconds or a ``timedelta``; ``None``, the default:
+    keep them all) has a background task delete finished instances that long after they
+    finished (see :meth:`Engine.purge`): it runs every ``retain_finished`` seconds (at least
+    once a minute, at most once a second), so one is deleted within that period after it is
+    due, and sooner after every 1,000 instances that finish in this engine, so a busy engine's
+    finished instances do not pile up between runs. Read an instance's outcome (``wait``,
+    ``get_instance``) before it is deleted.
     """
     if not isinstance(max_running, int) or max_running < 1:
         raise InvalidArgumentError(f"max_running must be an int >= 1, got {max_running!r}")
-    storage_retry_for = seconds(storage_retry_for)
-    if isinstance(storage_retry_for, bool) or not isinstance(storage_retry_for, (int, float)) or not (
-            0 <= storage_retry_for < math.inf):
-        raise InvalidArgumentError(f"storage_retry_for must be a finite number of seconds >= 0, got {storage_retry_for!r}")
+    retry_for = _duration(storage_retry_for, "storage_retry_for")
+    keep = None if retain_finished is None else _duration(retain_finished, "retain_finished")
     storage: Adapter = adapter if adapter is not None else MemoryAdapter()
+    wall_clock = clock if clock is not None else default_clock()
+    if hasattr(storage, "use_clock"):  # an adapter from before retention stamps no finish times
+        storage.use_clock(wall_clock)
     await storage.open()
     try:
         # Read before anything starts: what to resume is what a previous engine left.
@@ -739,8 +844,8 @@ async def open_engine(
         async with trio.open_nursery() as nursery:
             engine = Engine(
                 Supervisor(nursery), storage, max_running=max_running, services=services or {},
-                driver=driver, threads=threads, leftovers=leftovers, storage_retry_for=storage_retry_for,
-                clock=clock if clock is not None else default_clock(),
+                driver=driver, threads=threads, leftovers=leftovers, storage_retry_for=retry_for,
+                clock=wall_clock,
             )
             engine.events.attach(nursery)
             # Asked before the caller gets the engine: the waker's reads then only follow
@@ -750,6 +855,9 @@ async def open_engine(
             else:
                 # An adapter from before waiting instances existed: they wait in memory.
                 engine._park_after = None
+            if keep is not None:
+                engine._retain_wake = trio.Event()  # finishes count from now, not from the task's start
+                engine._supervisor.start_soon("retention", engine._retain, keep, engine._retain_wake)
             try:
                 yield engine
             finally:
@@ -785,6 +893,28 @@ class _Storing:
     def done(self) -> None:
         if self._over is not None:
             self._over.set()
+
+
+def _duration(value: Seconds, name: str) -> float:
+    """A duration argument in seconds, or :class:`InvalidArgumentError` naming it."""
+    number = seconds(value)
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < math.inf:
+        raise InvalidArgumentError(f"{name} must be a finite number of seconds >= 0 (or a timedelta), got {value!r}")
+    return float(number)
+
+
+def _check_listing(workflow_name: object, status: object, limit: object, after: object, order: object) -> None:
+    """The arguments of ``get_instances``, or :class:`InvalidArgumentError` naming the one at fault."""
+    if workflow_name is not None and not isinstance(workflow_name, str):
+        raise InvalidArgumentError(f"workflow_name must be a workflow name or None, got {workflow_name!r}")
+    if status is not None and status not in STATUSES:
+        raise InvalidArgumentError(f"status must be one of {', '.join(sorted(STATUSES))} or None, got {status!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidArgumentError(f"limit must be an int >= 1 or None, got {limit!r}")
+    if after is not None and (not isinstance(after, str) or not after):
+        raise InvalidArgumentError(f"after must be the id of the last instance of the previous page, got {after!r}")
+    if order not in ("oldest", "newest"):
+        raise InvalidArgumentError(f"order must be 'oldest' or 'newest', got {order!r}")
 
 
 def _check_same_workflow(instance_id: str, stored: str, asked: str) -> None:

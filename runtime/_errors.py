@@ -90,6 +90,20 @@ class InstanceNotLiveError(TrioflowError, RuntimeError):
     """``wait()`` on an instance that is running in storage but not in this engine."""
 
 
+class InstanceStillRunningError(TrioflowError, RuntimeError):
+    """An adapter was asked to delete an instance that has not finished (``pending`` or
+    ``running``): refused, with nothing deleted, because its run would store it again at its
+    next checkpoint. Cancel it and wait for it to end first."""
+
+    def __init__(self, instance_id: str, status: str) -> None:
+        super().__init__(
+            f"instance {instance_id!r} is {status}: only a finished instance can be deleted (cancel it and"
+            " wait for it to end first); nothing was deleted"
+        )
+        self.instance_id = instance_id
+        self.status = status
+
+
 class StepError(TrioflowError):
     """Base of the errors that describe why one step failed."""
 

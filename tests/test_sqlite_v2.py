@@ -67,6 +67,7 @@ async def test_a_new_file_gets_schema_version_2(tmp_path: Path) -> None:
         assert columns == [
             ("instance_id", "TEXT", 0), ("workflow_name", "TEXT", 1), ("status", "TEXT", 1),
             ("header", "BLOB", 1), ("start", "BLOB", 0), ("next_seq", "INTEGER", 1), ("wake_at", "REAL", 0),
+            ("finished_at", "REAL", 0),
         ]
         columns = [(r[1], r[2], r[3]) for r in conn.execute("PRAGMA table_info(trioflow_signals)")]
         assert columns == [("seq", "INTEGER", 0), ("instance_id", "TEXT", 1), ("name", "TEXT", 1), ("payload", "BLOB", 1)]
@@ -75,7 +76,8 @@ async def test_a_new_file_gets_schema_version_2(tmp_path: Path) -> None:
         sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'trioflow_records'").fetchone()[0]
         assert sql.rstrip().endswith("WITHOUT ROWID")
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(trioflow_instances)")}
-        assert {"trioflow_instances_by_workflow", "trioflow_instances_by_status", "trioflow_instances_by_wake"} <= indexes
+        assert {"trioflow_instances_by_workflow", "trioflow_instances_by_status", "trioflow_instances_by_wake",
+                "trioflow_instances_by_workflow_name", "trioflow_instances_by_finish"} <= indexes
     # A reopen leaves it as it is.
     await (await _opened(path)).close()
     with _raw(path) as conn:
@@ -228,10 +230,11 @@ async def test_ops_on_one_instance_in_one_batch_keep_their_order(tmp_path: Path)
     await adapter.close()
 
     def create(i: str) -> Any:
-        return ("create", (i, "w", "running", b"S", b"H"))
+        return ("create", (i, "w", "running", b"S", b"H", None))
 
-    def checkpoint(i: str, first_seq: int, *records: bytes) -> Any:
-        return ("checkpoint", ("running", f"H{first_seq}".encode(), None, len(records), None, i, first_seq, records, ()))
+    def checkpoint(i: str, first_seq: int, *records: bytes, status: str = "running") -> Any:
+        return ("checkpoint", (status, f"H{first_seq}".encode(), None, len(records), None, i, first_seq, None,
+                               records, ()))
 
     batch = [
         checkpoint("x", 0, b"x0"),          # before x is created: unknown
@@ -243,8 +246,8 @@ async def test_ops_on_one_instance_in_one_batch_keep_their_order(tmp_path: Path)
         checkpoint("old", 0, b"o0"),
         create("z"),
         checkpoint("old", 1, b"o1"),
-        checkpoint("z", 0, b"z0"),
-        ("delete", ("z",)),
+        checkpoint("z", 0, b"z0", status="completed"),
+        ("delete", ("z",)),                 # gives the status it deleted
         checkpoint("z", 1, b"z1"),          # after the delete: unknown
         ("select", ("i.instance_id = ?", ("x",))),
     ]
@@ -252,7 +255,8 @@ async def test_ops_on_one_instance_in_one_batch_keep_their_order(tmp_path: Path)
         results = [result for _, result in _sqlite._apply(conn, [(None, op) for op in batch], {})]
     values: list[Any] = [r.value if isinstance(r, outcome.Value) else type(r.error).__name__ for r in results]  # type: ignore[attr-defined]
     assert values[:12] == [
-        "UnknownInstanceError", True, None, None, True, False, None, True, None, None, True, "UnknownInstanceError",
+        "UnknownInstanceError", True, None, None, True, False, None, True, None, None, "completed",
+        "UnknownInstanceError",
     ]
     [x] = values[12]
     assert x.records == (b"x0", b"x1", b"x2") and x.header == b"H1"
@@ -325,7 +329,7 @@ async def test_delete_removes_the_instance_and_its_records(tmp_path: Path) -> No
     adapter = await _opened(path)
     for i in ("a", "b"):
         await adapter.create(i, "w", "running", start=b"S", header=b"H")
-        await adapter.checkpoint(i, "running", b"H", [b"0", b"1"], first_seq=0)
+        await adapter.checkpoint(i, "completed", b"H", [b"0", b"1"], first_seq=0)
     assert await adapter.delete("a") is True
     assert await adapter.delete("a") is False
     # The id can be used again, from seq 0.
@@ -385,7 +389,7 @@ async def test_a_database_written_by_the_previous_release_is_migrated(tmp_path: 
     with _raw(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         assert [r[1] for r in conn.execute("PRAGMA table_info(trioflow_instances)")] == [
-            "instance_id", "workflow_name", "status", "header", "start", "next_seq", "wake_at"]
+            "instance_id", "workflow_name", "status", "header", "start", "next_seq", "wake_at", "finished_at"]
     stored = await adapter.list_instances("fixture")
     assert [(s.instance_id, s.workflow_name, s.status, s.header) for s in stored] == v1, "v1 snapshots become headers, unchanged"
     assert all(s.start is None and s.records == () for s in stored)

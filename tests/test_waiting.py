@@ -1335,6 +1335,7 @@ async def test_adapter_delete_removes_signals(autojump_clock: trio.testing.MockC
     await adapter.send_signal("i1", "a", b"1")
     await adapter.send_signal("i1", "b", b"2")
     s = await adapter.send_signal("i2", "a", b"keep")
+    await adapter.checkpoint("i1", "failed", b"h", [], first_seq=0)  # only a finished instance can be deleted
     assert await adapter.delete("i1") is True
     assert await adapter.signals("i1") == []
     with pytest.raises(tf.UnknownInstanceError):

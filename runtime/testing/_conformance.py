@@ -17,7 +17,13 @@ import trio
 from trioflow._builder import workflow
 from trioflow._codec import decode_stored
 from trioflow._engine import open_engine
-from trioflow._errors import CheckpointConflictError, UnencodableValueError, UnknownInstanceError
+from trioflow._errors import (
+    CheckpointConflictError,
+    InstanceStillRunningError,
+    UnencodableValueError,
+    UnknownInstanceError,
+)
+from trioflow._snapshot import TERMINAL
 from trioflow.adapters._protocol import Adapter, StoredInstance
 
 OpenAdapter = Callable[[str], Adapter]
@@ -245,7 +251,7 @@ async def resumable_lists_pending_and_running(open_adapter: OpenAdapter) -> None
 async def delete_removes(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "delete") as a:
         await a.create("i1", "wf", "running", start=b"s", header=b".")
-        await a.checkpoint("i1", "running", b".", [b"r0", b"r1"], first_seq=0)
+        await a.checkpoint("i1", "completed", b".", [b"r0", b"r1"], first_seq=0)
         assert await a.delete("i1") is True and await a.load("i1") is None, "delete must remove the instance"
         assert await a.delete("i1") is False, "delete of an unknown id must return False"
         assert await a.list_instances("wf") == [] and await a.resumable() == [], "a deleted instance must not be listed"
@@ -372,10 +378,107 @@ async def waiting_instances_wake_when_due(open_adapter: OpenAdapter) -> None:
             "wake_at must survive a reopen")
 
 
+async def delete_refuses_unfinished(open_adapter: OpenAdapter) -> None:
+    async with _opened(open_adapter, "delete_unfinished") as a:
+        for iid, status in (("p", "pending"), ("r", "running")):
+            await a.create(iid, "wf", status, start=b"s", header=b".")  # type: ignore[arg-type]
+            await a.checkpoint(iid, status, b"h", [b"r0"], first_seq=0)  # type: ignore[arg-type]
+            await a.send_signal(iid, "go", b"x")
+            before = await _stored(a, iid)
+            await _refused(a.delete(iid), InstanceStillRunningError,
+                           f"delete of a {status} instance must raise InstanceStillRunningError")
+            assert await _stored(a, iid) == before and len(await a.signals(iid)) == 1, (
+                f"a refused delete of a {status} instance must delete nothing")
+        for status in sorted(TERMINAL):
+            await a.create(status, "wf", "running", start=b"s", header=b".")
+            await a.checkpoint(status, status, b"h", [], first_seq=0)  # type: ignore[arg-type]
+            assert await a.delete(status) is True and await a.load(status) is None, (
+                f"delete of a {status} instance must remove it")
+
+
+class _Clock:
+    """A wall clock the checks set by hand (Unix seconds)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def purge_by_finish_time(open_adapter: OpenAdapter) -> None:
+    clock = _Clock(1000.0)
+    finishing = [("a", "w1", "completed", 1000.0), ("b", "w1", "failed", 2000.0), ("c", "w2", "cancelled", 3000.0),
+                 ("e", "w1", "timed_out", 4000.0)]
+    async with _opened(open_adapter, "purge") as a:
+        a.use_clock(clock)
+        for iid, name, _, _ in finishing:
+            await a.create(iid, name, "running", start=b"s", header=b".")
+        await a.create("d", "w1", "pending", start=b"s", header=b".")
+        await a.create("r", "w1", "running", start=b"s", header=b".")
+        await a.send_signal("a", "left", b"unconsumed")
+        for iid, _, status, at in finishing:
+            clock.now = at
+            await a.checkpoint(iid, status, b"h", [b"r0", b"r1"], first_seq=0)  # type: ignore[arg-type]
+        clock.now = 9000.0
+        await a.checkpoint("r", "running", b"h", [b"r0"], first_seq=0)
+        assert await a.purge(999.0, 10) == 0, "nothing finished by 999"
+        assert await a.purge(2500.0, 1) == 1 and await a.load("a") is None, (
+            "purge must delete the earliest finished instance first, at most limit")
+        assert await a.signals("a") == [], "purge must delete an instance's pending signals"
+        assert await a.purge(2500.0, 10, status="completed") == 0, "purge(status=) must leave other statuses"
+        assert await a.purge(1e12, 10, workflow_name="w2") == 1 and await a.load("c") is None, (
+            "purge(workflow_name=) must delete that workflow's finished instances")
+        assert await a.purge(1e12, 10, status="failed") == 1 and await a.load("b") is None, (
+            "purge(status=) must delete the finished instances of that status")
+        assert await a.purge(3999.0, 10) == 0, "a finish time is when the instance finished, not when it was created"
+        assert await a.purge(float("inf"), 10) == 1 and await a.load("e") is None, "purge must delete timed_out too"
+        assert [s.instance_id for s in await a.list_instances()] == ["d", "r"], (
+            "purge must never delete a pending or running instance")
+        assert await a.create("a", "w1", "running", start=b"s2", header=b"h2") is True, (
+            "after a purge, the id must be free for a new instance")
+        await a.checkpoint("a", "running", b"h3", [b"new"], first_seq=0)
+        assert (await _stored(a, "a"))[5] == (b"new",), "purge must delete the instance's records too"
+        await a.create("made-finished", "w1", "completed", start=b"s", header=b".")
+    async with _opened(open_adapter, "purge") as b:
+        b.use_clock(_Clock(99_999.0))
+        assert await b.purge(8999.0, 10) == 0, "finish times must survive a reopen"
+        assert await b.purge(9000.0, 10) == 1 and await b.load("made-finished") is None, (
+            "an instance created finished has the time of its create as its finish time")
+
+
+async def lists_pages_in_creation_order(open_adapter: OpenAdapter) -> None:
+    async with _opened(open_adapter, "pages") as a:
+        rows = [("n1", "x", "running"), ("n2", "y", "completed"), ("n3", "x", "completed"), ("n4", "y", "running"),
+                ("n5", "x", "running")]
+        for iid, name, status in rows:
+            await a.create(iid, name, status, start=b"s", header=b".")  # type: ignore[arg-type]
+
+        async def ids(*args: Any, **kwargs: Any) -> list[str]:
+            return [s.instance_id for s in await a.list_instances(*args, **kwargs)]
+
+        assert await ids() == ["n1", "n2", "n3", "n4", "n5"], "list_instances() must list every workflow, oldest first"
+        assert await ids(newest_first=True) == ["n5", "n4", "n3", "n2", "n1"], "newest_first=True lists newest first"
+        assert await ids(None, "running") == ["n1", "n4", "n5"], "a status, every workflow"
+        assert await ids("x", limit=2) == ["n1", "n3"] and await ids("x", limit=2, after="n3") == ["n5"], (
+            "limit and after page through a workflow")
+        assert await ids("x", "running", limit=1, after="n1") == ["n5"], "pages of a workflow and status"
+        assert await ids(limit=2, after="n4", newest_first=True) == ["n3", "n2"], "pages newest first"
+        assert await ids(after="n5") == [] and await ids(after="n1", newest_first=True) == [], "past the end"
+        await a.checkpoint("n3", "running", b".", [], first_seq=0)
+        assert await ids("x", "completed", after="n3") == [], (
+            "after= goes by the instance's place, whatever its status is now")
+        await a.create("n6", "x", "running", start=b"s", header=b".")
+        assert await ids("x", after="n3") == ["n5", "n6"], "an instance created since comes on a later page, oldest first"
+        assert await ids("x", after="n3", newest_first=True) == ["n1"], "and never again on a page newest first"
+        await _refused(a.list_instances(after="never-stored"), UnknownInstanceError,
+                       "after= an instance that is not stored must raise UnknownInstanceError")
+
+
 _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     create_and_load, create_is_idempotent, checkpoint_appends, checkpoint_is_fenced,
     checkpoint_of_unknown_instance, checkpoint_is_atomic, start_set_once, list_by_name_and_status,
     resumable_lists_pending_and_running, delete_removes, survives_reopen,
     step_is_durable_before_the_next_starts, bad_data_is_never_stored, signals_are_kept_in_order_and_consumed_once,
-    waiting_instances_wake_when_due,
+    waiting_instances_wake_when_due, delete_refuses_unfinished, purge_by_finish_time, lists_pages_in_creation_order,
 ]

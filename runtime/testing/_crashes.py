@@ -307,8 +307,12 @@ class _CrashingAdapter:
     async def load(self, instance_id: str) -> StoredInstance | None:
         return await self.inner.load(instance_id)
 
-    async def list_instances(self, workflow_name: str, status: Status | None = None) -> list[StoredInstance]:
-        return await self.inner.list_instances(workflow_name, status)
+    async def list_instances(
+        self, workflow_name: str | None = None, status: Status | None = None, *,
+        after: str | None = None, limit: int | None = None, newest_first: bool = False,
+    ) -> list[StoredInstance]:
+        return await self.inner.list_instances(
+            workflow_name, status, after=after, limit=limit, newest_first=newest_first)
 
     async def resumable(self) -> list[StoredInstance]:
         return await self.inner.resumable()
@@ -321,6 +325,14 @@ class _CrashingAdapter:
 
     async def delete(self, instance_id: str) -> bool:
         return await self.inner.delete(instance_id)
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        self.inner.use_clock(clock)
+
+    async def purge(
+        self, finished_by: float, limit: int, *, status: Status | None = None, workflow_name: str | None = None,
+    ) -> int:
+        return await self.inner.purge(finished_by, limit, status=status, workflow_name=workflow_name)
 
     async def _before_write(self) -> None:
         if self.crashed:
