@@ -27,12 +27,19 @@ from trioflow._decide import (
     record_compensated,
     record_compensation_failed,
 )
-from trioflow._definition import TaskStep
-from trioflow._errors import CompensationTimeoutError, WorkflowCancelledError, WorkflowTimeoutError, describe_error
-from trioflow._lanes import MAIN
+from trioflow._definition import ChildStep, TaskStep
+from trioflow._errors import (
+    ChildCompensationError,
+    CompensationTimeoutError,
+    WorkflowCancelledError,
+    WorkflowTimeoutError,
+    describe_error,
+)
+from trioflow._lanes import MAIN, child_instance_id
 from trioflow._map import ItemIndex
-from trioflow._snapshot import Status
+from trioflow._snapshot import Status, StepResult
 
+from ._child import cancel_children
 from ._lane import run_lane
 from ._run import Parked, Run, StepFailure
 from ._task import compensate
@@ -140,6 +147,7 @@ async def _complete(run: Run) -> None:
 
 async def _end_badly(run: Run, outcome: Status, error: BaseException, failed_step: str | None) -> None:
     run.error = error
+    await cancel_children(run, run.state.lanes.values())  # before their waits are forgotten
     begin_compensation(run.state, outcome, error, failed_step)
     await run.persist()
     if run.compensate_on_outer_cancel:
@@ -149,15 +157,28 @@ async def _end_badly(run: Run, outcome: Status, error: BaseException, failed_ste
         await _compensate_and_finish(run)
 
 
+async def undo(run: Run) -> None:
+    """Compensate a completed instance as a unit (a child whose parent compensates): its
+    completed steps newest first, then its status becomes ``compensated``. Taken up where it
+    stood if an earlier undo was interrupted."""
+    state = run.state
+    if state.phase == "done":
+        # Stored status stays "completed" until the end: a crash in between leaves the undo
+        # to the parent's compensation, which asks for it again.
+        state.phase = "compensating"
+        state.outcome = "compensated"
+    await _compensate_and_finish(run)
+
+
 async def _compensate_and_finish(run: Run) -> None:
-    """Compensate every completed step that has a compensation, newest first, exactly once."""
+    """Compensate every completed step that has a compensation (and every completed child),
+    newest first, exactly once."""
     state = run.state
     lookup = run.definition.lookup
     items = ItemIndex(state.records)
     for record in pending_compensations(state, run.definition):
         name = record.step_name
         step = lookup[name][0]
-        assert isinstance(step, TaskStep)
         ctx = run.context(record.lane, 0, items.item(record))
         swap_lane(ctx)
         if run.has_hooks:
@@ -165,7 +186,11 @@ async def _compensate_and_finish(run: Run) -> None:
         bound = run.definition.compensation_timeout
         try:
             with trio.fail_after(bound) if bound is not None else _UNBOUNDED:
-                await compensate(run, step, record, ctx)
+                if isinstance(step, ChildStep):
+                    await _undo_child(run, record)
+                else:
+                    assert isinstance(step, TaskStep)
+                    await compensate(run, step, record, ctx)
         except trio.TooSlowError:
             assert bound is not None
             record_compensation_failed(state, record.seq, describe_error(CompensationTimeoutError(name, bound)))
@@ -183,6 +208,13 @@ async def _compensate_and_finish(run: Run) -> None:
     outcome = state.outcome or "failed"
     finish(state, run.definition, outcome, run.clock())
     await run.persist()
+    if outcome == "compensated":
+        log.info("instance %s of workflow %r was compensated by its parent %s", state.instance_id,
+                 state.workflow_name, state.parent_id,
+                 extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name, "status": outcome})
+        if run.bus.active:
+            run.emit("workflow.compensated")
+        return
     at = f" at step {state.failed_step!r}" if state.failed_step is not None else ""
     log.warning(
         "instance %s of workflow %r %s%s: %s", state.instance_id, state.workflow_name,
@@ -199,3 +231,12 @@ async def _compensate_and_finish(run: Run) -> None:
             run.emit("workflow.failed", error=state.error, failed_step=state.failed_step)
     if run.has_hooks:
         await run.end_hook("on_failed")
+
+
+async def _undo_child(run: Run, record: StepResult) -> None:
+    """Compensate the child that a child step's execution started, as a unit."""
+    assert run.children is not None  # a child step completed: an engine ran it
+    child_id = child_instance_id(run.state.instance_id, record.id)
+    problem = await run.children.compensate(child_id)
+    if problem is not None:
+        raise ChildCompensationError(child_id, problem)

@@ -9,9 +9,19 @@ import trio
 
 from trioflow._context import WorkflowContext
 from trioflow._current import swap_lane
-from trioflow._decide import choose, complete_step, new_execution, next_of, open_branches, parallel_output, progress
+from trioflow._decide import (
+    branch_keys,
+    choose,
+    complete_step,
+    new_execution,
+    next_of,
+    open_branches,
+    parallel_output,
+    progress,
+)
 from trioflow._definition import (
     Branch,
+    ChildStep,
     ChoiceStep,
     FailStep,
     MapStep,
@@ -34,6 +44,7 @@ from trioflow._snapshot import InstanceState, Lane
 from trioflow._lanes import MAIN, branch_lane
 
 from ._run import Run, StepFailure
+from ._child import cancel_children, run_child
 from ._task import run_task, step_failed
 from ._wait import run_receive, run_wait
 
@@ -64,7 +75,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         step = lookup[name][0]
         ctx.step_index = index[name]
         started_at = run.clock()
-        if bus.active and lane.waiting is None:  # a wait taken up again started before
+        if bus.active and lane.waiting is None and lane.begun is None:  # one taken up again started before
             run.emit("workflow.step.started", step_name=name, step_type=step.kind)
         data = None
         uses_input = False
@@ -84,6 +95,8 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 output, passes, target = state.output_of(lane.last), lane.last, next_of(step)
             elif isinstance(step, ReceiveStep):
                 output, target = await run_receive(run, step, lane), next_of(step)
+            elif isinstance(step, ChildStep):
+                output, target = await run_child(run, step, lane_key, lane, ctx), next_of(step)
             else:
                 output, passes, target = _decide_step(step, state, lane, ctx)
             record = new_execution(
@@ -166,6 +179,8 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
         raise unwrapped(group) from None
     if not failures:
         return parallel_output(state, step)
+    # Branches a fail-fast cancelled may wait on children: those go too.
+    await cancel_children(run, [state.lanes[key] for key in branch_keys(step)])
     if fail_fast:
         # ``failed_step`` names the branch step that failed first; the record is the parallel's.
         raise StepFailure(failures[0].step_name, failures[0], 1)

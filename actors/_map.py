@@ -23,9 +23,10 @@ from trioflow._map import (
     start_item,
     start_record,
 )
-from trioflow._snapshot import MapProgress
+from trioflow._snapshot import Lane, MapProgress
 
 from . import _lane
+from ._child import cancel_children
 from ._run import Run, StepFailure
 
 
@@ -51,7 +52,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
             raise StepFailure(step.name, exc, 1) from exc
         progress = open_items(state, lane, start)
         await run.persist()  # the items are stored before any item runs
-    fanout = _Items(run, step, progress)
+    fanout = _Items(run, step, lane, progress)
     resumed = []
     for index, key in running_items(state, step):
         if item_finished(state.lanes[key]) is False:
@@ -64,7 +65,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
         async with trio.open_nursery() as nursery:
             if step.on_error == "fail-fast":
                 fanout.cancel = nursery.cancel_scope
-            items = items_of(state, progress)
+            items = items_of(state, lane)
             for index, key in resumed:
                 nursery.start_soon(fanout.item_actor, index, key, items[index])
             while progress.started < progress.count and not fanout.over():
@@ -78,18 +79,21 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
     except BaseExceptionGroup as group:
         raise _lane.unwrapped(group) from None
     if progress.failed > fanout.tolerated:
+        # Items a fail-fast cancelled may wait on children: those go too.
+        await cancel_children(run, [state.lanes[key] for _, key in running_items(state, step)])
         raise fanout.failure()
-    return map_output(state, step, progress)
+    return map_output(state, step, lane)
 
 
 class _Items:
     """What the item actors of one map execution share."""
 
-    __slots__ = ("run", "step", "progress", "tolerated", "slots", "cancel", "live")
+    __slots__ = ("run", "step", "lane", "progress", "tolerated", "slots", "cancel", "live")
 
-    def __init__(self, run: Run, step: MapStep, progress: MapProgress) -> None:
+    def __init__(self, run: Run, step: MapStep, lane: Lane, progress: MapProgress) -> None:
         self.run = run
         self.step = step
+        self.lane = lane
         self.progress = progress
         self.tolerated = step.tolerated(progress.count)
         self.slots = trio.Semaphore(0)
@@ -128,16 +132,16 @@ class _Items:
         """The map's failure. Fail-fast with nothing tolerated fails as its first failed item
         did (as a fail-fast parallel step fails as its branch did); otherwise with a
         :class:`MapError` naming every failed item."""
-        step, state, progress = self.step, self.run.state, self.progress
+        step, state, lane = self.step, self.run.state, self.lane
         if self.cancel is not None and self.tolerated == 0:
             if self.live:
                 index = next(iter(self.live))  # the first to fail (others may have in the same pass)
                 step_name, error = self.live[index]
             else:  # it failed before a restart
-                failed = min((r for r in final_records(state, step, progress).items() if r[1].status == "failed"),
+                failed = min((r for r in final_records(state, step, lane).items() if r[1].status == "failed"),
                              key=lambda r: r[1].seq)
                 index, step_name = failed[0], failed[1].step_name
                 error = RecordedError(failed[1].error or "failed", failed[1].error_name, failed[1].cause)
             return StepFailure(step_name, ItemError(step.name, index, step_name, error), 1)
         live = {index: error for index, (_, error) in self.live.items()}
-        return StepFailure(step.name, map_failure(state, step, progress, live), 1)
+        return StepFailure(step.name, map_failure(state, step, lane, live), 1)

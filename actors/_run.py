@@ -7,7 +7,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -15,6 +15,7 @@ import trio
 from trioflow._codec import (
     check_data,
     decode_payload,
+    encode_payload,
     check_encodable,
     decode_whole,
     encode_whole,
@@ -30,8 +31,16 @@ from trioflow._definition import Catch, Step, StepFn, WorkflowDefinition
 from trioflow._errors import StorageUnavailableError, TrioflowError, UnencodableValueError
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
-from trioflow._lanes import MAIN
-from trioflow._snapshot import InstanceState, StepResult, WorkflowResult, compensated_steps, compensation_errors, metadata_of
+from trioflow._lanes import MAIN, child_ended_signal
+from trioflow._snapshot import (
+    TERMINAL,
+    InstanceState,
+    StepResult,
+    WorkflowResult,
+    compensated_steps,
+    compensation_errors,
+    metadata_of,
+)
 from trioflow.adapters._protocol import Adapter
 
 from ._threads import ThreadSlots
@@ -72,6 +81,31 @@ class StepFailure(Exception):
         self.uses_input = uses_input
 
 
+class Children(Protocol):
+    """What a run's child steps ask of the engine that runs it (``Run.children``)."""
+
+    @property
+    def closing(self) -> bool:
+        """Whether the engine is stopping (a run cancelled then leaves its children be)."""
+        ...
+
+    async def start(self, workflow: str, input: Any, child_id: str, parent_id: str) -> None:
+        """Start (or find already started) the child instance ``child_id``."""
+        ...
+
+    async def cancel(self, child_id: str) -> None:
+        """Cancel the child instance (and so its own children), if it still runs."""
+        ...
+
+    async def compensate(self, child_id: str) -> str | None:
+        """Compensate a completed child as a unit; ``None``, or why a compensation failed."""
+        ...
+
+    async def ended(self, parent_id: str, notice: str) -> None:
+        """A child's end notice to its parent is stored: deliver it, or wake the parent."""
+        ...
+
+
 class WorkflowFailedError(TrioflowError):
     """The recorded error of a run that ended before this process saw the exception itself
     (a resumed instance): the message is the error as it was stored."""
@@ -88,7 +122,7 @@ class Run:
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "park_after", "parked", "stored_wake_at",
-        "gathering", "writing",
+        "gathering", "writing", "children",
     )
 
     def __init__(
@@ -109,6 +143,7 @@ class Run:
         storage_retry_for: float = STORAGE_RETRY_FOR,
         clock: Callable[[], float] = time.time,
         park_after: float | None = None,
+        children: Children | None = None,
     ) -> None:
         self.definition = definition
         self.state = state
@@ -150,6 +185,8 @@ class Run:
         #: the lock that keeps one checkpoint of this instance in flight at a time.
         self.gathering: _Gathering | None = None
         self.writing: trio.Lock | None = None
+        #: The engine, for child steps (``None``: no engine, as in ``execute_workflow``).
+        self.children = children
         self.has_hooks = definition.has_hooks
         #: Inside a transactional run's transaction: snapshots wait for its commit.
         self.deferred = False
@@ -332,6 +369,9 @@ class Run:
             extra = {"consumed": consumed} if consumed else {}
             if wake is not None or self.stored_wake_at is not None:
                 extra["wake_at"] = wake
+        notify = self._end_notice(status)
+        if notify is not None:
+            extra = {**extra, "notify": notify}
         deadline: float | None = None
         delay = 0.05
         try:
@@ -355,6 +395,19 @@ class Run:
         taken(s, len(records))
         self.stored_status = status
         self.stored_wake_at = wake
+        if notify is not None and self.children is not None and self.spawn is not None:
+            # Beside the run: waking the parent may read storage, and is not this run's work.
+            self.spawn(f"notify parent {notify[0]}", self.children.ended, notify[0], notify[1])
+
+    def _end_notice(self, status: str) -> tuple[str, str, bytes] | None:
+        """The signal a child instance's end sends its parent, stored with the checkpoint that
+        records that end (``None``: not a child, or not its end)."""
+        s = self.state
+        if s.parent_id is None or status not in TERMINAL or status == "compensated" or self.stored_status in TERMINAL:
+            return None
+        outcome = {"status": status, "output": s.output, "error": s.error, "error_name": s.error_name,
+                   "cause": s.cause}
+        return s.parent_id, child_ended_signal(s.instance_id), encode_payload(outcome, "the child's outcome")
 
     async def _back_off(self, error: StorageUnavailableError, deadline: float, delay: float) -> None:
         """Before trying a failed checkpoint again: log, and sleep ``delay``, or re-raise

@@ -1,4 +1,5 @@
-"""Steps that wait: durable timers (``wait``) and signals (``receive``).
+"""Steps that wait: durable timers (``wait``) and signals (``receive``); child steps wait for
+their child's end the way a receive step waits for a signal (see ``_child``).
 
 What a lane waits for is stored in its header entry before it waits (``Lane.waiting``), on the
 engine's wall clock, so a resumed instance waits only what is left and a timer that fell due
@@ -16,7 +17,7 @@ from typing import Any, NoReturn
 import trio
 
 from trioflow._context import WorkflowContext
-from trioflow._definition import ReceiveStep, WaitStep
+from trioflow._definition import ReceiveStep, Step, WaitStep
 from trioflow._durations import seconds
 from trioflow._errors import InvalidArgumentError, SignalTimeoutError
 from trioflow._snapshot import Lane
@@ -32,7 +33,7 @@ async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext) -
         except Exception as exc:  # the step's callable raised, or gave no due time
             raise StepFailure(step.name, exc, 1) from exc
         lane.waiting = {"timer": due}
-        await _announce(run, step, lane)
+        await announce(run, step, lane)
     await _wait_stored(run, lane, "timer")
 
 
@@ -65,43 +66,56 @@ async def run_receive(run: Run, step: ReceiveStep, lane: Lane) -> Any:
     if lane.waiting is None:
         due = None if step.timeout is None else run.clock() + step.timeout
         lane.waiting = {"signal": step.signal, "timeout": due}
-        taken = await _take(run, step.signal)
+        taken = await take(run, step.signal)
         if taken is None:
-            await _announce(run, step, lane)  # stored: a resume waits on, with the same timeout
+            await announce(run, step, lane)  # stored: a resume waits on, with the same timeout
     else:
-        taken = await _take(run, step.signal)
-    due = lane.waiting["timeout"]
-    if taken is None and run.may_park(math.inf if due is None else due - run.clock()):
-        await trio.lowlevel.checkpoint_if_cancelled()  # a cancel that woke it goes first
-        # A signal delivered while the wait was being stored (or just now) is taken, not left
-        # behind: from here to leaving memory nothing awaits, so none can slip in between.
-        taken = run.take_signal(step.signal)
-        if taken is None:
-            _leave(run)  # a signal for it, or its timeout, wakes it
-    while taken is None:
-        left = math.inf if due is None else due - run.clock()
-        if left <= 0:
-            lane.waiting = None
-            assert step.timeout is not None
-            raise StepFailure(step.name, SignalTimeoutError(step.name, step.signal, step.timeout), 1)
-        if run.arrived is None:
-            run.arrived = trio.Event()
-        arrived = run.arrived
-        # Taken before waiting: one delivered while the wait was stored set no event. From
-        # here to the wait nothing awaits, so any later one sets this one.
-        taken = run.take_signal(step.signal)
-        if taken is None:
-            with trio.move_on_after(left):
-                await arrived.wait()
-            taken = run.take_signal(step.signal)
+        taken = await take(run, step.signal)
+    taken = await signal_or_timeout(run, lane, step.signal, taken)
     lane.waiting = None
+    if taken is None:
+        assert step.timeout is not None
+        raise StepFailure(step.name, SignalTimeoutError(step.name, step.signal, step.timeout), 1)
     seq, payload = taken
     if run.bus.active:
         run.emit("workflow.signal.received", step_name=step.name, signal=step.signal, seq=seq, payload=payload)
     return payload
 
 
-async def _take(run: Run, name: str) -> tuple[int, Any] | None:
+async def signal_or_timeout(
+    run: Run, lane: Lane, name: str, taken: tuple[int, Any] | None,
+) -> tuple[int, Any] | None:
+    """``taken``, or else the next signal named ``name`` delivered to the run, waited for until
+    ``lane.waiting["timeout"]`` (``None``: no timeout; a timeout gives ``None``). A long wait of
+    a lane that runs alone leaves memory instead (:class:`Parked`): what it waits for is
+    stored, and a signal or the timeout wakes it."""
+    assert lane.waiting is not None
+    due = lane.waiting["timeout"]
+    if taken is None and run.may_park(math.inf if due is None else due - run.clock()):
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancel that woke it goes first
+        # A signal delivered while the wait was being stored (or just now) is taken, not left
+        # behind: from here to leaving memory nothing awaits, so none can slip in between.
+        taken = run.take_signal(name)
+        if taken is None:
+            _leave(run)  # a signal for it, or its timeout, wakes it
+    while taken is None:
+        left = math.inf if due is None else due - run.clock()
+        if left <= 0:
+            return None
+        if run.arrived is None:
+            run.arrived = trio.Event()
+        arrived = run.arrived
+        # Taken before waiting: one delivered while the wait was stored set no event. From
+        # here to the wait nothing awaits, so any later one sets this one.
+        taken = run.take_signal(name)
+        if taken is None:
+            with trio.move_on_after(left):
+                await arrived.wait()
+            taken = run.take_signal(name)
+    return taken
+
+
+async def take(run: Run, name: str) -> tuple[int, Any] | None:
     """The oldest signal named ``name`` delivered to the run, looking in storage once per run
     for those sent before it ran here; later ones are delivered to it as they are sent."""
     taken = run.take_signal(name)
@@ -122,7 +136,7 @@ def _leave(run: Run) -> NoReturn:
     raise Parked()
 
 
-async def _announce(run: Run, step: WaitStep | ReceiveStep, lane: Lane) -> None:
+async def announce(run: Run, step: Step, lane: Lane) -> None:
     """Store what the lane waits for, then tell listeners."""
     await run.persist()
     if run.bus.active:

@@ -92,6 +92,7 @@ class MemoryAdapter:
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
         first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
+        notify: tuple[str, str, bytes] | None = None,
     ) -> None:
         row = self._rows.get(instance_id)
         if row is None:
@@ -119,6 +120,8 @@ class MemoryAdapter:
             header = _blob(header, "header")
         if start is not None and type(start) is not bytes:
             start = _blob(start, "start")
+        if notify is not None:
+            notify = (notify[0], notify[1], _blob(notify[2], "notice payload"))
         if status != row.status:
             del self._by_status[row.status][instance_id]
             self._by_status.setdefault(status, {})[instance_id] = None
@@ -140,12 +143,18 @@ class MemoryAdapter:
         if wake_at is not None:
             heapq.heappush(self._wakes, (wake_at, row.order, instance_id))
         row.wake_at = wake_at
+        if notify is not None and notify[0] in self._rows:
+            self._store_signal(*notify)
 
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
         row = self._rows.get(instance_id)
         if row is None:
             raise UnknownInstanceError(f"no stored instance {instance_id!r} to signal")
-        payload = _blob(payload, "signal payload")
+        return self._store_signal(instance_id, name, _blob(payload, "signal payload"))
+
+    def _store_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
+        """Store a signal for a known instance unless it has ended; its seq."""
+        row = self._rows[instance_id]
         if row.status not in RESUMABLE:
             return None
         self._signals += 1

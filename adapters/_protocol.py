@@ -63,6 +63,7 @@ class Adapter(Protocol):
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
         first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
+        notify: tuple[str, str, bytes] | None = None,
     ) -> None:
         """In one atomic write: replace the status, header and ``wake_at``, append ``records`` as seq
         ``first_seq``, ``first_seq + 1``, ..., and delete the pending signals whose seqs are in
@@ -74,7 +75,12 @@ class Adapter(Protocol):
 
         ``wake_at`` (Unix seconds, ``inf`` allowed) marks an instance that waits with no task:
         :meth:`resumable` leaves it out and :meth:`due` hands it back once its time has come.
-        ``None`` (the default, and what the engine passes by leaving it out) means it does not wait."""
+        ``None`` (the default, and what the engine passes by leaving it out) means it does not wait.
+
+        ``notify`` ``(instance_id, name, payload)``: also store that signal for that instance, as
+        :meth:`send_signal` would (nothing if it has ended or is unknown), in the same atomic
+        write. The engine passes it with the checkpoint that records a child instance's end:
+        its notice to its parent is then never lost, nor sent for an end that was not stored."""
         ...
 
     async def due(self, before: float, limit: int) -> list[StoredInstance]:

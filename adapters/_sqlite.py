@@ -335,6 +335,7 @@ class SQLiteAdapter:
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
         first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
+        notify: tuple[str, str, bytes] | None = None,
     ) -> None:
         # Everything is checked and copied here, before anything is handed to the writer: a
         # value that cannot be stored fails the call and nothing is written.
@@ -358,9 +359,12 @@ class SQLiteAdapter:
         if wake_at is not None and (isinstance(wake_at, bool) or not isinstance(wake_at, (int, float))
                                     or wake_at != wake_at):
             raise DatabaseError(f"wake_at must be a number of Unix seconds or None, got {wake_at!r}")
+        if notify is not None:
+            notify = (notify[0], notify[1], _blob(notify[2], "notice payload"))
         finished_at = self._wall_clock() if status in TERMINAL else None
         await self._submit(("checkpoint", (
-            status, header, start, len(stored), wake_at, instance_id, first_seq, finished_at, stored, tuple(consumed))))
+            status, header, start, len(stored), wake_at, instance_id, first_seq, finished_at, stored, tuple(consumed),
+            notify)))
 
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
         payload = _blob(payload, "signal payload")
@@ -701,6 +705,9 @@ def _checkpoint_many(
             updated -= len(consumed) - conn.executemany(_CONSUME_SQL, consumed).rowcount
         if updated == len(checkpoints):
             conn.executemany(_RECORD_SQL, _record_rows(checkpoints))
+            for args in checkpoints:
+                if args[10] is not None:
+                    _signal(conn, *args[10])
             conn.execute("RELEASE trioflow_checkpoints")
             changes.update(leaves)
             return [outcome.Value(None) for _ in checkpoints]
@@ -738,6 +745,8 @@ def _checkpoint_one(
         conn.executemany(_RECORD_SQL, _record_rows((args,)))
     if consumed:
         conn.executemany(_CONSUME_SQL, [(seq, instance_id) for seq in consumed])
+    if args[10] is not None:
+        _signal(conn, *args[10])
     changes[instance_id] = status if args[4] is None else None  # a waiting instance is forgotten
     return outcome.Value(None)
 
@@ -745,7 +754,7 @@ def _checkpoint_one(
 def _record_rows(checkpoints: Sequence[tuple[Any, ...]]) -> list[tuple[str, int, bytes]]:
     return [
         (instance_id, first_seq + k, data)
-        for _, _, _, _, _, instance_id, first_seq, _, records, _ in checkpoints
+        for _, _, _, _, _, instance_id, first_seq, _, records, _, _ in checkpoints
         for k, data in enumerate(records)
     ]
 

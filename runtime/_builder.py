@@ -13,6 +13,7 @@ from ._definition import (
     CATCHING,
     Branch,
     Catch,
+    ChildStep,
     Choice,
     DEFAULT_COMPENSATION_TIMEOUT,
     ChoiceStep,
@@ -180,6 +181,25 @@ class _LaneBuilder:
         ))
         return self
 
+    def child(
+        self,
+        name: str,
+        *,
+        workflow: str,
+        input: Callable[[Any], Any] | None = None,
+        catch: Sequence[Catch] | Catch = (),
+        next: str | None = None,
+        end: bool = False,
+    ) -> Self:
+        """Add a child step: start the registered workflow ``workflow`` as a child instance with
+        ``input(ctx)`` (default: the workflow input) and wait for it to end; its output is the
+        step's output, and a child that does not complete fails the step
+        (``ChildWorkflowError``, catchable). When this workflow compensates, a completed child
+        is compensated as a unit at this step's place."""
+        self._steps.append(ChildStep(name=name, workflow=workflow, input=input, catch=_catchers(name, catch),
+                                     next=next, end=end))
+        return self
+
     def pass_(
         self,
         name: str,
@@ -256,7 +276,7 @@ def _resolve(steps: Sequence[Step], default_retry: Retry | None) -> tuple[tuple[
     out: list[Step] = []
     for i, s in enumerate(steps):
         changes: dict[str, Any] = {}
-        if (isinstance(s, (TaskStep, PassStep, ParallelStep, MapStep, WaitStep, ReceiveStep)) and s.next is None
+        if (isinstance(s, (TaskStep, PassStep, ParallelStep, MapStep, ChildStep, WaitStep, ReceiveStep)) and s.next is None
                 and not s.end and i + 1 < len(steps)):
             changes["next"] = steps[i + 1].name
         if isinstance(s, TaskStep) and s.retry is None and default_retry is not None:

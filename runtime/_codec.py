@@ -71,9 +71,10 @@ class Stored(Protocol):
 def encode_start(state: InstanceState) -> bytes:
     """What never changes: written once, when the instance is created."""
     try:
-        packed: bytes = _packer.pack(
-            (START_TAG, FORMAT_VERSION, state.instance_id, state.workflow_name, state.fingerprint, state.input,
-             state.created_at))
+        start = (START_TAG, FORMAT_VERSION, state.instance_id, state.workflow_name, state.fingerprint, state.input,
+                 state.created_at)
+        # A child instance's start also names its parent (one started by a caller: 7 fields).
+        packed: bytes = _packer.pack(start if state.parent_id is None else (*start, state.parent_id))
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
         raise UnencodableValueError(_locate(state, (("workflow input", state.input),))) from exc
@@ -85,10 +86,10 @@ def encode_header(state: InstanceState) -> bytes:
     the steps already run (it holds no step outputs)."""
     lanes: dict[str, tuple[Any, ...]] = {}
     for key, lane in state.lanes.items():
-        if lane.fanout is not None:
+        if lane.begun is not None:
             f = lane.fanout
-            lanes[key] = (lane.step, lane.last, lane.failed, lane.waiting,
-                          (f.items, f.count, f.started, f.ended, f.ended_count, f.failed))
+            lanes[key] = (lane.step, lane.last, lane.failed, lane.waiting, lane.begun,
+                          None if f is None else (f.count, f.started, f.ended, f.ended_count, f.failed))
         elif lane.waiting is not None:
             lanes[key] = (lane.step, lane.last, lane.failed, lane.waiting)
         else:
@@ -417,7 +418,8 @@ _NO_NAME_NOR_CAUSE = (None, None)
 
 
 def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> InstanceState:
-    (_, _, iid, name, fingerprint, input, created_at) = start
+    (_, _, iid, name, fingerprint, input, created_at, parent_id) = start if len(start) == 8 else (*start, None)
+    _expect(parent_id is None or isinstance(parent_id, str), "the parent id must be a string")
     (_, _, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated, comp_errors,
      skipped, started_at, completed_at, count, error_name, cause) = header if len(header) == 18 else (
         *header, *_NO_NAME_NOR_CAUSE)
@@ -430,7 +432,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=data,
         lanes={}, phase=phase, outcome=outcome, rolled_back=bool(rolled_back), error=error,
         failed_step=failed_step, created_at=created_at, started_at=started_at, completed_at=completed_at,
-        error_name=error_name, cause=cause,
+        error_name=error_name, cause=cause, parent_id=parent_id,
     )
     if error is not None and error_name is None:
         state.error_name, state.cause = split_description(error)
@@ -453,15 +455,16 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             error_name=r_name, cause=r_cause,
         ))
     for key, fields in lanes.items():
-        # A lane that waits (a timer, a signal) has a fourth field saying for what; one running
-        # a map step, a fifth saying how far its items are.
-        (step, last, failed, waiting, fanout) = (*fields, None, None)[:5]
+        # A lane that waits (a timer, a signal) has a fourth field saying for what; one whose
+        # step has a start record (a map, a child step), a fifth with its seq and a sixth saying
+        # how far a map's items are.
+        (step, last, failed, waiting, begun, fanout) = (*fields, None, None, None)[:6]
         _expect(isinstance(key, str) and (step is None or isinstance(step, str)), f"lane {key!r} is malformed")
-        for seq in (last, failed):
+        for seq in (last, failed, begun):
             _expect(seq is None or (isinstance(seq, int) and 0 <= seq < len(records)), f"lane {key!r} is malformed")
         _expect(waiting is None or isinstance(waiting, dict), f"lane {key!r} is malformed")
-        state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting,
-                                fanout=None if fanout is None else _map_progress(key, fanout, len(records)))
+        state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting, begun=begun,
+                                fanout=None if fanout is None else _map_progress(key, fanout))
     _expect(isinstance(compensated, list) and all(isinstance(q, int) and 0 <= q < len(records) for q in compensated),
             "malformed compensation list")
     _expect(isinstance(comp_errors, dict) and all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors),
@@ -474,14 +477,13 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     return state
 
 
-def _map_progress(key: str, fields: Any, records: int) -> MapProgress:
-    (items, count, started, ended, ended_count, failed) = fields
-    _expect(isinstance(items, int) and 0 <= items < records, f"lane {key!r} holds a malformed map position")
+def _map_progress(key: str, fields: Any) -> MapProgress:
+    (count, started, ended, ended_count, failed) = fields
     for n in (count, started, ended_count, failed):
         _expect(isinstance(n, int) and 0 <= n <= count, f"lane {key!r} holds a malformed map position")
     _expect(isinstance(ended, list) and len(ended) % 2 == 0 and all(isinstance(i, int) for i in ended)
             and ended == sorted(ended), f"lane {key!r} holds a malformed map position")
-    return MapProgress(items=items, count=count, started=started, ended=ended, ended_count=ended_count, failed=failed)
+    return MapProgress(count=count, started=started, ended=ended, ended_count=ended_count, failed=failed)
 
 
 def _state_v1(raw: list[Any]) -> InstanceState:

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from ._definition import CATCHING, Catch, ChoiceStep, MapStep, ParallelStep, Step, TaskStep, WorkflowDefinition
+from ._definition import CATCHING, Catch, ChildStep, ChoiceStep, MapStep, ParallelStep, Step, TaskStep, WorkflowDefinition
 from ._errors import NoChoiceMatchedError, describe_error, error_cause, error_name, split_description
 from ._lanes import MAIN, branch_lane, item_lanes, lane_in_definition, step_key
 from ._matching import matches
@@ -69,11 +69,11 @@ def new_execution(
 
     ``passes`` is the seq of the record whose output this one passes on unchanged;
     ``input_is_workflow_input`` says ``input`` is the workflow input itself. An execution that
-    has a start record (a map step's, see ``trioflow._map``) ends with that record's counter
+    has a start record (``Lane.begun``: a map or child step's) ends with that record's counter
     and start time: it is one execution, begun before a restart perhaps."""
     lane = state.lanes.get(lane_key)
-    if lane is not None and lane.fanout is not None and lane.step == step_name:
-        begun = state.records[lane.fanout.items]
+    if lane is not None and lane.begun is not None and lane.step == step_name:
+        begun = state.records[lane.begun]
         execution, started_at = begun.execution, begun.started_at
     else:
         execution = state.executions.get(step_key(lane_key, step_name), 0) + 1
@@ -92,6 +92,7 @@ def complete_step(state: InstanceState, step: Step, record: StepResult, next_ste
     lane = state.lanes[record.lane]
     lane.step = next_step
     lane.last = record.seq
+    lane.begun = None
     if isinstance(step, ParallelStep):
         # A finished parallel step's branch lanes are spent; dropping them means a parallel
         # step entered again (a loop through a choice) starts its branches afresh.
@@ -176,7 +177,8 @@ def begin_compensation(state: InstanceState, outcome: Status, error: BaseExcepti
 
 
 def pending_compensations(state: InstanceState, definition: WorkflowDefinition) -> list[StepResult]:
-    """Completed step executions with a compensation, newest first, minus those already handled.
+    """Completed step executions with a compensation (and completed child steps, whose child is
+    compensated as a unit), newest first, minus those already handled.
 
     Every execution is compensated on its own: a loop that reserved twice releases twice. After
     a rolled-back transaction, entity steps are left out: the rollback undid their writes.
@@ -188,6 +190,9 @@ def pending_compensations(state: InstanceState, definition: WorkflowDefinition) 
         if record.status != "completed" or record.seq in handled:
             continue
         entry = definition.lookup.get(record.step_name)
+        if entry is not None and isinstance(entry[0], ChildStep):
+            plan.append(record)  # a completed child is compensated as a unit, here
+            continue
         if entry is None or not isinstance(entry[0], TaskStep) or entry[0].compensate is None:
             continue
         if not (state.rolled_back and entry[0].entity is not None):

@@ -20,7 +20,7 @@ from ._retry import Retry
 #: A step callable: ``async def`` or plain ``def`` (plain ones run in a worker thread).
 StepFn = Callable[..., Any]
 OnError = Literal["fail-fast", "wait-all"]
-StepKind = Literal["task", "choice", "parallel", "pass", "succeed", "fail", "wait", "receive", "map"]
+StepKind = Literal["task", "choice", "parallel", "pass", "succeed", "fail", "wait", "receive", "map", "child"]
 #: Seconds a compensation may take, all attempts together, unless the workflow says otherwise.
 DEFAULT_COMPENSATION_TIMEOUT = 300.0
 
@@ -198,6 +198,24 @@ class MapStep:
         return self.tolerated_failures
 
 
+@attrs.frozen(kw_only=True)
+class ChildStep:
+    """Starts the registered workflow ``workflow`` as a child instance with ``input(ctx)`` (no
+    ``input``: the workflow input) and waits for it to end, holding no task while it waits when
+    it can; the child's output is the step's output, and a child that fails, is cancelled or
+    times out fails the step with :class:`ChildWorkflowError`. The child's id comes from the
+    parent's id and the step execution's, so a resume never starts it twice. When the parent
+    compensates, a completed child is compensated as a unit, at this step's place."""
+
+    name: str
+    workflow: str
+    input: Callable[[Any], Any] | None = None
+    catch: tuple[Catch, ...] = ()
+    next: str | None = None
+    end: bool = False
+    kind: StepKind = attrs.field(default="child", init=False)
+
+
 class _EndsItsLane:
     """Succeed and fail steps: nothing follows them in their lane."""
 
@@ -269,9 +287,10 @@ class ReceiveStep:
     kind: StepKind = attrs.field(default="receive", init=False)
 
 
-Step = Union[TaskStep, ChoiceStep, PassStep, ParallelStep, MapStep, SucceedStep, FailStep, WaitStep, ReceiveStep]
+Step = Union[
+    TaskStep, ChoiceStep, PassStep, ParallelStep, MapStep, ChildStep, SucceedStep, FailStep, WaitStep, ReceiveStep]
 #: The step kinds a catch can sit on (the others cannot fail, or end their lane themselves).
-CATCHING = (TaskStep, ParallelStep, MapStep, ReceiveStep)
+CATCHING = (TaskStep, ParallelStep, MapStep, ChildStep, ReceiveStep)
 #: The step kinds that run lanes of their own (branches, items) inside their lane.
 FANNING_OUT = (ParallelStep, MapStep)
 
@@ -319,8 +338,8 @@ class WorkflowDefinition:
     job_names: frozenset[str] = frozenset()
     #: Whether any hook is set, worked out once: runs without hooks skip all hook work.
     has_hooks: bool = attrs.field(init=False, default=attrs.Factory(lambda self: self.hooks.any(), takes_self=True))
-    #: Whether a step can wait (a timer, a signal, a retry delay), worked out once: the
-    #: checkpoints of runs that cannot skip working out when to wake them.
+    #: Whether a step can wait (a timer, a signal, a child, a retry delay), worked out once:
+    #: the checkpoints of runs that cannot skip working out when to wake them.
     waits: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
-        lambda self: any(isinstance(s, (WaitStep, ReceiveStep)) or isinstance(s, TaskStep) and s.retry is not None
-                         for s, _ in self.lookup.values()), takes_self=True))
+        lambda self: any(isinstance(s, (WaitStep, ReceiveStep, ChildStep)) or isinstance(s, TaskStep)
+                         and s.retry is not None for s, _ in self.lookup.values()), takes_self=True))

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 import trio
 
-from trioflow.actors._instance import run_instance
+from trioflow.actors._instance import run_instance, undo
 from trioflow.actors._run import STORAGE_RETRY_FOR, Run
 from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
@@ -56,7 +56,8 @@ from ._errors import (
 )
 from ._events import EventBus
 from ._jobs import JobRegistry
-from ._lanes import MAIN
+from ._children import EngineChildren
+from ._lanes import MAIN, RESERVED_SIGNALS
 from ._snapshot import (
     RESUMABLE,
     STATUSES,
@@ -65,6 +66,7 @@ from ._snapshot import (
     Lane,
     Status,
     WorkflowInstance,
+    compensation_errors,
     to_instance,
     unreadable_instance,
 )
@@ -154,6 +156,7 @@ class Engine:
         #: the last purge, so a busy engine purges before its finished instances pile up.
         self._retain_wake: trio.Event | None = None
         self._finished_since_purge = 0
+        self._children = EngineChildren(self)
         self._closed = False
 
     # -- registration -------------------------------------------------------------------------
@@ -240,6 +243,23 @@ class Engine:
         """
         self._check_open()
         starts_at = None if delay is None and start_at is None else self._start_time(delay, start_at)
+        return await self._start(workflow_name, input, instance_id, starts_at)
+
+    async def _start_child(self, workflow_name: str, input: Any, child_id: str, parent_id: str) -> None:
+        """Start a child instance for a child step (``trioflow._children``). An existing child
+        is the one a resumed parent started before: taken as it is, whatever its input (an
+        ``input`` callable may give another value after a restart). A child of a parent that
+        cannot leave memory while it waits (its child steps run in map items or parallel
+        branches) runs in its parent's slot rather than wait for one of its own: parents
+        holding every slot would otherwise wait forever for their children."""
+        parent = self._live.get(parent_id)
+        slot = parent is None or parent.may_park(math.inf)
+        await self._start(workflow_name, input, child_id, None, parent_id=parent_id, slot=slot)
+
+    async def _start(
+        self, workflow_name: str, input: Any, instance_id: str | None, starts_at: float | None, *,
+        parent_id: str | None = None, slot: bool = True,
+    ) -> str:
         definition = self._definitions.get(workflow_name)
         if definition is None:
             known = ", ".join(sorted(self._definitions)) or "none"
@@ -257,11 +277,12 @@ class Engine:
             await storing.wait()
         live = self._live.get(instance_id)
         if live is not None:
-            _check_same_start(instance_id, live.state, workflow_name, input)
+            _check_same_start(instance_id, live.state, workflow_name, input, parent_id)
             return instance_id
         check_encodable(input, "workflow input")
-        status: Status = "pending" if self._running >= self._max_running else "running"
+        status: Status = "pending" if slot and self._running >= self._max_running else "running"
         state = new_state(definition, instance_id, input, self._clock(), status=status)
+        state.parent_id = parent_id
         if starts_at is not None:
             state.lanes[MAIN].waiting = {"start": starts_at}
             state.started_at = None  # set when it starts: its timeout counts from then
@@ -284,19 +305,19 @@ class Engine:
             # or by a concurrent ``start``. Idempotent, unless it is another workflow's.
             run = self._live.get(instance_id)
             if run is not None:
-                _check_same_start(instance_id, run.state, workflow_name, input)
+                _check_same_start(instance_id, run.state, workflow_name, input, parent_id)
                 return instance_id
             existing = await self.adapter.load(instance_id)
             if existing is not None:
                 _check_same_workflow(instance_id, existing.workflow_name, workflow_name)
                 with contextlib.suppress(SnapshotDecodeError):  # unreadable: reported as such elsewhere
-                    _check_same_start(instance_id, _decoded(existing), workflow_name, input)
+                    _check_same_start(instance_id, _decoded(existing), workflow_name, input, parent_id)
                 if self._leftovers is not None and existing.status in RESUMABLE:
                     # Unfinished and not running here (a resume may have passed it over while
                     # this call stored it): with auto-resume on, resuming is this call's job.
                     await self._resume_one(definition, existing)
             return instance_id
-        self._spawn(definition, state, resumed=False)
+        self._spawn(definition, state, resumed=False, slot=slot)
         return instance_id
 
     def _start_time(self, delay: Seconds | None, start_at: datetime | float | None) -> float | None:
@@ -326,8 +347,10 @@ class Engine:
         Raises :class:`UnknownInstanceError` for an unknown instance, and
         :class:`InstanceNotLiveError` for one that has ended (nothing is stored then)."""
         self._check_open()
-        if not isinstance(name, str) or not name:
-            raise InvalidArgumentError(f"a signal name must be a non-empty string, got {name!r}")
+        if not isinstance(name, str) or not name or name.startswith(RESERVED_SIGNALS):
+            raise InvalidArgumentError(
+                f"a signal name must be a non-empty string not starting with {RESERVED_SIGNALS!r} (trioflow's"
+                f" own), got {name!r}")
         data = encode_payload(payload, f"the payload of signal {name!r}")
         seq = await self.adapter.send_signal(instance_id, name, data)
         if seq is None:
@@ -636,19 +659,15 @@ class Engine:
         self._unreadable[record.instance_id] = unreadable_instance(
             record.instance_id, record.workflow_name, describe_error(exc))
 
-    def _spawn(self, definition: WorkflowDefinition, state: InstanceState, *, resumed: bool) -> Run:
-        run = Run(
-            definition, state, adapter=self.adapter, jobs=self.jobs, services=self._services,
-            driver=self._driver, bus=self.events, resumed=resumed, threads=self._threads,
-            spawn=self._supervisor.start_soon, storage_retry_for=self._storage_retry_for, clock=self._clock,
-            park_after=self._park_after,
-        )
+    def _spawn(self, definition: WorkflowDefinition, state: InstanceState, *, resumed: bool, slot: bool = True) -> Run:
+        """Run an instance here: at once if a slot is free (or it needs none), else queued."""
+        run = self._run(definition, state, resumed=resumed)
         self._live[state.instance_id] = run
         next_run = self._next_run.pop(state.instance_id, None)
         if next_run is not None:
             next_run.set()  # callers of wait() on a parked instance: it runs again
         self._stalled.pop(state.instance_id, None)
-        if self._running < self._max_running:
+        if not slot or self._running < self._max_running:
             self._launch(run)
         else:
             # Queued: pending until a slot frees (what ``start`` stored may say running, when
@@ -656,6 +675,37 @@ class Engine:
             state.status = "pending"
             self._waiting.append(run)
         return run
+
+    def _run(self, definition: WorkflowDefinition, state: InstanceState, *, resumed: bool) -> Run:
+        return Run(
+            definition, state, adapter=self.adapter, jobs=self.jobs, services=self._services,
+            driver=self._driver, bus=self.events, resumed=resumed, threads=self._threads,
+            spawn=self._supervisor.start_soon, storage_retry_for=self._storage_retry_for, clock=self._clock,
+            park_after=self._park_after, children=self._children,
+        )
+
+    async def _undo_child(self, child_id: str) -> str | None:
+        """Compensate a completed child instance as a unit, in its parent's compensation (an
+        undo an earlier engine left half done is taken up where it stood); ``None``, or what
+        kept it from being undone whole."""
+        stored = await self.adapter.load(child_id)
+        if stored is None:
+            return "it is no longer stored (purged before its parent compensated it?)"
+        state = _decoded(stored)
+        if state.status == "compensated":
+            return None
+        if state.status != "completed":
+            return f"it is {state.status}, not completed"
+        definition = self._definitions.get(state.workflow_name)
+        if definition is None:
+            return f"its workflow {state.workflow_name!r} is not registered"
+        run = self._run(definition, state, resumed=True)
+        run.stored_status = state.status
+        await undo(run)
+        if state.compensation_errors:
+            failed = "; ".join(f"step {name!r}: {error}" for name, error in compensation_errors(state).items())
+            return f"its compensations failed: {failed}"
+        return None
 
     def _launch(self, run: Run) -> None:
         self._running += 1
@@ -922,11 +972,15 @@ def _check_same_workflow(instance_id: str, stored: str, asked: str) -> None:
         raise InstanceIdConflictError(f"instance id {instance_id!r} already belongs to workflow {stored!r}")
 
 
-def _check_same_start(instance_id: str, state: InstanceState, workflow_name: str, input: Any) -> None:
+def _check_same_start(
+    instance_id: str, state: InstanceState, workflow_name: str, input: Any, parent_id: str | None = None,
+) -> None:
     """A ``start`` with the id of an existing instance returns it only if it asks for the same
-    workflow with the same input (as Step Functions does for an execution name)."""
+    workflow with the same input (as Step Functions does for an execution name). A child step
+    (``parent_id``) finding its child takes it whatever its input: the child it started before
+    a restart, whose input a callable of ctx may now work out otherwise."""
     _check_same_workflow(instance_id, state.workflow_name, workflow_name)
-    if not same_value(state.input, input):
+    if parent_id is None and not same_value(state.input, input):
         raise InstanceIdConflictError(
             f"instance id {instance_id!r} already belongs to an instance of {workflow_name!r} with another input;"
             " start with the same input to get that instance, or under another id"

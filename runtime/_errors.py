@@ -233,6 +233,29 @@ def _map_message(step_name: str, errors: Sequence[ItemError], total: int, tolera
     return (f"map step {step_name!r}: {len(errors)} of {total} items failed, {tolerated} tolerated: {named}{more}")
 
 
+class ChildWorkflowError(StepError):
+    """A child step's child instance ended without completing (failed, cancelled, timed out):
+    names the child, its workflow and how it ended; ``error`` is the child's own error, which
+    the step is recorded and caught by (a catch for ``"CardDeclined"`` matches a child that
+    failed with it)."""
+
+    def __init__(self, child_id: str, workflow: str, status: str, error: BaseException) -> None:
+        super().__init__(f"child {child_id!r} of workflow {workflow!r} {status}: {describe_error(error)}")
+        self.child_id = child_id
+        self.workflow = workflow
+        self.status = status
+        self.error = error
+
+
+class ChildCompensationError(TrioflowError):
+    """Compensating a child instance as a unit did not undo all of it: names the child and
+    what went wrong (its compensations that failed, or why it could not be compensated)."""
+
+    def __init__(self, child_id: str, problem: str) -> None:
+        super().__init__(f"child {child_id!r}: {problem}")
+        self.child_id = child_id
+
+
 class InvalidItemsError(StepError, TypeError):
     """A map step's ``items(ctx)`` gave something that is not a list of items."""
 
@@ -258,9 +281,10 @@ class RecordedError(TrioflowError):
 
 
 def root_error(error: BaseException) -> BaseException:
-    """The error a failure is about: a branch's own error rather than the :class:`BranchError`
-    wrapping it (a fail-fast parallel step fails with its first branch's error)."""
-    while isinstance(error, BranchError):
+    """The error a failure is about: a branch's (or map item's, or child's) own error rather
+    than the :class:`BranchError` or :class:`ChildWorkflowError` wrapping it (a fail-fast
+    parallel step fails with its first branch's error)."""
+    while isinstance(error, (BranchError, ChildWorkflowError)):
         error = error.error
     return error
 

@@ -48,6 +48,21 @@ def lane_in_definition(lane: str) -> str:
     return lane if item is None else item_lanes(item[0])
 
 
+#: Signal names trioflow sends itself (a child's end, to its parent): refused to users.
+RESERVED_SIGNALS = "trioflow."
+
+
+def child_instance_id(parent_id: str, execution: str) -> str:
+    """The id of the child instance a child step's execution starts: the same after a restart,
+    so a resume never starts it twice (``"0190ab.../charge-all/#3/invoice#1"``)."""
+    return f"{parent_id}{SEPARATOR}{execution}"
+
+
+def child_ended_signal(child_id: str) -> str:
+    """The name of the signal a child's end sends its parent."""
+    return f"{RESERVED_SIGNALS}child-ended:{child_id}"
+
+
 def step_key(lane: str, step: str) -> str:
     """What executions of ``step`` in ``lane`` are counted by."""
     return f"{lane}{SEPARATOR}{step}" if lane else step

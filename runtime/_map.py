@@ -1,6 +1,6 @@
 """The map step's decisions, as plain functions over an :class:`InstanceState` (see ``_decide``).
 
-A map execution is stored as a *start record* (status ``running``, its input the list of items,
+A map execution is stored as a *start record* (status ``started``, its input the list of items,
 appended before any item runs) and, once every item has ended, the execution's record proper,
 which shares its id. Each item runs the map's branch in a lane of its own
 (:func:`trioflow._lanes.item_lane`) whose step executions are records like any other; its lane
@@ -32,18 +32,21 @@ def items_list(step: MapStep, items: Any) -> list[Any]:
 def start_record(state: InstanceState, lane_key: str, step: MapStep, items: list[Any], now: float) -> StepResult:
     """The record of a map execution's start, holding its items (not added yet: the actor
     first encodes it, and items that cannot be stored fail the step)."""
-    return new_execution(state, lane_key, step.name, "running", input=items, started_at=now, now=now)
+    return new_execution(state, lane_key, step.name, "started", input=items, started_at=now, now=now)
 
 
 def open_items(state: InstanceState, lane: Lane, start: StepResult) -> MapProgress:
     """Add a map execution's start record and put the lane's map progress at its first item."""
     state.add(start)
-    progress = lane.fanout = MapProgress(items=start.seq, count=len(start.input))
+    lane.begun = start.seq
+    progress = lane.fanout = MapProgress(count=len(start.input))
     return progress
 
 
-def items_of(state: InstanceState, progress: MapProgress) -> list[Any]:
-    items: list[Any] = state.records[progress.items].input
+def items_of(state: InstanceState, lane: Lane) -> list[Any]:
+    """The items of the map execution ``lane`` runs, from its start record."""
+    assert lane.begun is not None
+    items: list[Any] = state.records[lane.begun].input
     return items
 
 
@@ -87,11 +90,12 @@ def item_finished(lane: Lane) -> bool | None:
     return False if lane.step is None else None
 
 
-def final_records(state: InstanceState, step: MapStep, progress: MapProgress) -> dict[int, StepResult]:
-    """The newest record of each item of the map execution ``progress`` belongs to."""
+def final_records(state: InstanceState, step: MapStep, lane: Lane) -> dict[int, StepResult]:
+    """The newest record of each item of the map execution ``lane`` runs."""
+    assert lane.begun is not None
     last: dict[int, StepResult] = {}
     prefix = item_lanes(step.name)
-    for record in state.records[progress.items + 1:]:
+    for record in state.records[lane.begun + 1:]:
         if record.lane.startswith(prefix):
             item = item_of(record.lane)
             if item is not None and item[0] == step.name:
@@ -99,12 +103,13 @@ def final_records(state: InstanceState, step: MapStep, progress: MapProgress) ->
     return last
 
 
-def map_output(state: InstanceState, step: MapStep, progress: MapProgress) -> list[Any]:
+def map_output(state: InstanceState, step: MapStep, lane: Lane) -> list[Any]:
     """The items' outputs in item order; a (tolerated) failed item's slot holds its error as
     ``{"error": name, "cause": message}``."""
-    last = final_records(state, step, progress)
+    last = final_records(state, step, lane)
     out: list[Any] = []
-    for index in range(progress.count):
+    assert lane.fanout is not None
+    for index in range(lane.fanout.count):
         record = last.get(index)
         if record is None:
             out.append(None)
@@ -115,17 +120,17 @@ def map_output(state: InstanceState, step: MapStep, progress: MapProgress) -> li
     return out
 
 
-def map_failure(
-    state: InstanceState, step: MapStep, progress: MapProgress, live: dict[int, BaseException],
-) -> MapError:
+def map_failure(state: InstanceState, step: MapStep, lane: Lane, live: dict[int, BaseException]) -> MapError:
     """The error of a map execution whose items failed beyond what it tolerates: each failed
     item's error, the exception itself where this run saw it (``live``), else as recorded."""
     errors = []
-    for index, record in sorted(final_records(state, step, progress).items()):
+    for index, record in sorted(final_records(state, step, lane).items()):
         if record.status == "failed":
             error = live.get(index) or RecordedError(record.error or "failed", record.error_name, record.cause)
             errors.append(ItemError(step.name, index, record.step_name, error))
-    return MapError(step.name, errors, progress.count, step.tolerated(progress.count))
+    assert lane.fanout is not None
+    count = lane.fanout.count
+    return MapError(step.name, errors, count, step.tolerated(count))
 
 
 class ItemIndex:
@@ -144,7 +149,7 @@ class ItemIndex:
         if self._starts is None:
             self._starts = {}
             for r in self._records:
-                if r.status == "running":
+                if r.status == "started":
                     self._starts.setdefault(r.step_name, []).append(r.seq)
         name, index = found
         seqs = self._starts.get(name, [])

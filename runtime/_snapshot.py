@@ -18,8 +18,8 @@ import attrs
 from ._errors import split_description
 from ._lanes import MAIN, execution_id, step_key
 
-Status = Literal["pending", "running", "completed", "failed", "cancelled", "timed_out"]
-StepStatus = Literal["pending", "running", "completed", "failed", "caught", "skipped", "compensated"]
+Status = Literal["pending", "running", "completed", "failed", "cancelled", "timed_out", "compensated"]
+StepStatus = Literal["pending", "running", "started", "completed", "failed", "caught", "skipped", "compensated"]
 Phase = Literal["forward", "compensating", "done"]
 
 #: Every status, step status and phase (what a stored snapshot may say).
@@ -30,8 +30,9 @@ PHASES: frozenset[str] = frozenset(get_args(Phase))
 #: its error, ``{"error": name, "cause": message}``.
 HAS_OUTPUT: frozenset[str] = frozenset({"completed", "caught"})
 
-#: Statuses an instance never leaves.
-TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "timed_out"})
+#: Statuses an instance has once its run has ended. It never leaves them, but for one: a child
+#: instance that completed becomes ``compensated`` when its parent compensates it.
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "timed_out", "compensated"})
 #: Statuses of instances a resume picks up.
 RESUMABLE: frozenset[str] = frozenset({"pending", "running"})
 
@@ -48,7 +49,10 @@ class StepResult:
     rewritten; the header lists what was compensated). A failed execution says why in
     ``error_name`` (the exception's class name, or a ``fail`` step's error) and ``cause`` (its
     message); ``error`` is the two as one line. ``"caught"``: it failed and a catch routed its
-    lane on; its output is ``{"error": error_name, "cause": cause}``.
+    lane on; its output is ``{"error": error_name, "cause": cause}``. ``"started"``: the start of
+    an execution that a later record with the same id ends: a map step's (its input is the
+    list of items) or a child step's (its input is the child's input, its output the child's
+    instance id).
     """
 
     step_name: str
@@ -88,12 +92,11 @@ class StepResult:
 @attrs.define(kw_only=True)
 class MapProgress:
     """Where a running map step stands, kept in its lane (so in the header): small whatever the
-    number of items. The items themselves are in the record at ``items``; items run in index
-    order, so those below ``started`` were started, and each either still has its lane or is in
-    ``ended``, kept as half-open ranges ``[lo, hi, lo, hi, ...]`` (as many as there are gaps
-    between ended items, which only running items make)."""
+    number of items. The items themselves are in the step's start record (``Lane.begun``);
+    items run in index order, so those below ``started`` were started, and each either still
+    has its lane or is in ``ended``, kept as half-open ranges ``[lo, hi, lo, hi, ...]`` (as many
+    as there are gaps between ended items, which only running items make)."""
 
-    items: int
     count: int
     started: int = 0
     ended: list[int] = attrs.field(factory=list)
@@ -141,6 +144,10 @@ class Lane:
     #: What ``step`` waits for, stored when it starts waiting: ``{"timer": due}`` or
     #: ``{"signal": name, "timeout": due or None}`` (due times in Unix seconds).
     waiting: dict[str, Any] | None = None
+    #: The seq of the start record of ``step``'s execution, once it has one: a map step's
+    #: (holding its items) or a child step's (holding the child's id). The record that ends
+    #: the execution has the same id (see :func:`trioflow._decide.new_execution`).
+    begun: int | None = None
     #: While ``step`` is a map step that has started its items: how far they are.
     fanout: MapProgress | None = None
 
@@ -161,6 +168,8 @@ class InstanceState:
     input: Any
     data: dict[str, Any]
     lanes: dict[str, Lane]
+    #: The instance whose child step started this one (``None``: started by a caller).
+    parent_id: str | None = None
     #: An empty tuple until the first record: one list fewer per instance waiting for a slot.
     records: list[StepResult] | tuple[()] = ()
     #: How many of ``records`` are stored.
@@ -280,6 +289,10 @@ class WorkflowInstance:
     #: What the instance waits for: ``{"timer": due}`` or ``{"signal": name, "timeout": due}``
     #: (the main line's wait, else the first waiting branch's; ``None``: none).
     waiting: dict[str, Any] | None = None
+    #: The instance whose child step started this one (``None``: started by a caller), and the
+    #: child instances this one's child steps started, in the order they were.
+    parent_id: str | None = None
+    children: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The instance as JSON-ready values (``json.dumps`` takes it as it is): records as
@@ -344,6 +357,8 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
         error_name=state.error_name,
         cause=state.cause,
         waiting=_waiting(state),
+        parent_id=state.parent_id,
+        children=tuple(r.output for r in state.records if r.status == "started" and isinstance(r.output, str)),
     )
 
 

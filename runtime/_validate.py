@@ -9,6 +9,7 @@ from ._definition import (
     CATCHING,
     Branch,
     Catch,
+    ChildStep,
     ChoiceStep,
     FailStep,
     MapStep,
@@ -21,7 +22,7 @@ from ._definition import (
     WaitStep,
 )
 from ._errors import DefinitionError
-from ._lanes import check_name
+from ._lanes import RESERVED_SIGNALS, check_name
 from ._retry import Retry
 
 
@@ -105,6 +106,11 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
         _check_parallel(label, step)
     elif isinstance(step, MapStep):
         _check_map(label, step)
+    elif isinstance(step, ChildStep):
+        if not isinstance(step.workflow, str) or not step.workflow:
+            raise DefinitionError(f"{label}: workflow must be the name of a registered workflow, got {step.workflow!r}")
+        if step.input is not None and not callable(step.input):
+            raise DefinitionError(f"{label}: input must be a callable of ctx, got {step.input!r}")
     elif isinstance(step, PassStep):
         if step.transform is not None and step.has_result:
             raise DefinitionError(f"{label}: give either 'transform' or 'result', not both")
@@ -118,8 +124,10 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
     elif isinstance(step, WaitStep):
         _check_wait(label, step)
     elif isinstance(step, ReceiveStep):
-        if not isinstance(step.signal, str) or not step.signal:
-            raise DefinitionError(f"{label}: signal must be a non-empty signal name, got {step.signal!r}")
+        if not isinstance(step.signal, str) or not step.signal or step.signal.startswith(RESERVED_SIGNALS):
+            raise DefinitionError(
+                f"{label}: signal must be a non-empty signal name not starting with {RESERVED_SIGNALS!r}, got"
+                f" {step.signal!r}")
         if step.timeout is not None:
             check_timeout(label, step.timeout)
     elif not isinstance(step, SucceedStep):

@@ -103,7 +103,7 @@ async def test_each_item_execution_has_its_own_id_and_the_map_one_record_of_its_
           .step("after", lambda ctx: ctx.steps["each"]).build())
     inst = await run_one(wf, None, storage())
     ids = [(r.id, r.status) for r in inst.history]
-    assert ids[0] == ("each#1", "running")
+    assert ids[0] == ("each#1", "started")
     assert sorted(ids[1:3]) == [("each/#0/work#1", "completed"), ("each/#1/work#1", "completed")]
     assert ids[3:] == [("each#1", "completed"), ("after#1", "completed")]
     assert inst.history[0].input == ["x", "y"]

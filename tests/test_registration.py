@@ -85,8 +85,9 @@ async def test_an_existing_id_with_another_input_is_a_conflict(storage: str, tmp
 def test_statuses_are_exported_as_types() -> None:
     from typing import get_args
 
-    assert set(get_args(tf.Status)) == {"pending", "running", "completed", "failed", "cancelled", "timed_out"}
-    assert "caught" in get_args(tf.StepStatus)
+    assert set(get_args(tf.Status)) == {
+        "pending", "running", "completed", "failed", "cancelled", "timed_out", "compensated"}
+    assert {"caught", "started"} <= set(get_args(tf.StepStatus))
 
 
 @pytest.mark.parametrize("storage", ["memory", "sqlite"])

@@ -234,7 +234,7 @@ async def test_ops_on_one_instance_in_one_batch_keep_their_order(tmp_path: Path)
 
     def checkpoint(i: str, first_seq: int, *records: bytes, status: str = "running") -> Any:
         return ("checkpoint", (status, f"H{first_seq}".encode(), None, len(records), None, i, first_seq, None,
-                               records, ()))
+                               records, (), None))
 
     batch = [
         checkpoint("x", 0, b"x0"),          # before x is created: unknown

@@ -290,11 +290,14 @@ class _CrashingAdapter:
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
         first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
+        notify: tuple[str, str, bytes] | None = None,
     ) -> None:
         await self._before_write()
         extra: dict[str, Any] = {"consumed": consumed} if consumed else {}
         if wake_at is not None:
             extra["wake_at"] = wake_at
+        if notify is not None:
+            extra["notify"] = notify
         await self.inner.checkpoint(instance_id, status, header, records, first_seq=first_seq, start=start, **extra)
         await self._after_write(instance_id)
 

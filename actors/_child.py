@@ -1,0 +1,96 @@
+"""Child steps: start a child instance, wait for its end as for a signal, take its outcome.
+
+The child's id comes from the parent's id and the step execution's id, so starting it is
+idempotent: a parent resumed before it stored that it started the child starts the same child
+again, which the engine takes as the one already there. The parent's lane stores what it waits
+for (the child's end notice, a signal trioflow sends) and a lane that runs alone leaves memory
+meanwhile, holding no task and no ``max_running`` slot. The child's last checkpoint stores that
+notice in the same atomic write that records its end, so it is never lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import trio
+
+from trioflow._context import WorkflowContext
+from trioflow._decide import new_execution
+from trioflow._definition import ChildStep
+from trioflow._errors import (
+    ChildWorkflowError,
+    InstanceIdConflictError,
+    InvalidArgumentError,
+    RecordedError,
+    UnknownJobError,
+    UnknownWorkflowError,
+)
+from trioflow._lanes import child_ended_signal, child_instance_id
+from trioflow._snapshot import Lane
+
+from ._run import Run, StepFailure
+from ._wait import announce, signal_or_timeout, take
+
+
+async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: WorkflowContext) -> Any:
+    """Start the child (unless this execution did already) and wait for it to end; its output,
+    or :class:`StepFailure` with :class:`ChildWorkflowError` if it did not complete."""
+    children = run.children
+    if children is None:
+        raise StepFailure(step.name, InvalidArgumentError(
+            f"step {step.name!r} starts a child workflow, which needs an engine (open_engine); execute_workflow"
+            " runs no child instances"), 1)
+    if lane.begun is None:
+        await _start(run, step, lane_key, lane, ctx)
+    assert lane.waiting is not None
+    child_id, notice = lane.waiting["child"], lane.waiting["signal"]
+    taken = await signal_or_timeout(run, lane, notice, await take(run, notice))
+    lane.waiting = None
+    assert taken is not None  # no timeout
+    outcome = taken[1]
+    if outcome["status"] == "completed":
+        return outcome["output"]
+    error = RecordedError(outcome["error"] or outcome["status"], outcome["error_name"], outcome["cause"])
+    raise StepFailure(step.name, ChildWorkflowError(child_id, step.workflow, outcome["status"], error), 1)
+
+
+async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: WorkflowContext) -> None:
+    """Record the execution's start (with the child's id and input), store what the lane waits
+    for, and start the child."""
+    state = run.state
+    assert run.children is not None
+    try:
+        uses_input = step.input is None
+        child_input = ctx.input if step.input is None else step.input(ctx)
+        run.check_value(child_input, f"input of step {step.name!r}")
+    except Exception as exc:
+        raise StepFailure(step.name, exc, 1) from exc
+    now = run.clock()
+    start = new_execution(state, lane_key, step.name, "started", input=child_input, input_is_workflow_input=uses_input,
+                          started_at=now, now=now)
+    child_id = child_instance_id(state.instance_id, start.id)
+    start = attrs.evolve(start, output=child_id)
+    try:
+        await run.children.start(step.workflow, child_input, child_id, state.instance_id)
+    except (UnknownWorkflowError, UnknownJobError, InstanceIdConflictError) as exc:  # the step fails
+        raise StepFailure(step.name, exc, 1, child_input, uses_input) from exc
+    run.stage(start)
+    state.add(start)
+    lane.begun = start.seq
+    lane.waiting = {"signal": child_ended_signal(child_id), "timeout": None, "child": child_id}
+    await announce(run, step, lane)
+
+
+async def cancel_children(run: Run, lanes: Iterable[Lane]) -> None:
+    """Cancel the children that ``lanes`` wait on: the lanes of a parent whose run ended badly
+    (cancelled, timed out, failed), or of fan-out siblings a fail-fast cancelled. Not when the
+    engine is stopping: parents and children then resume with the next engine."""
+    children = run.children
+    if children is None or children.closing:
+        return
+    waited = [lane.waiting["child"] for lane in lanes if lane.waiting is not None and "child" in lane.waiting]
+    with trio.CancelScope(shield=True):  # the parent's own cancellation must not stop this
+        for child_id in waited:
+            await children.cancel(child_id)

@@ -1,0 +1,296 @@
+"""Child workflows and nested sagas (SPEC §14, issue 15).
+
+What a user relies on: a child's output is its step's output; parent and child are linked
+(``parent_id``, ``children``) by an id that is the same after a restart, so a resume never starts
+a child twice; a parent waiting on its child holds no task and no ``max_running`` slot; a child
+that fails fails the step (catchable, by the child's own error); cancelling a parent cancels its
+running children and theirs; when a parent compensates, each completed child is compensated as a
+unit at its step's place, and says so; a map whose branch starts a child per item.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trioflow as tf
+from trioflow.adapters import Adapter, MemoryAdapter, SQLiteAdapter
+from trioflow.testing import open_test_engine, virtual_wall_clock
+
+
+class Declined(Exception):
+    pass
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Adapter]:
+    """Adapters on one storage: each call gives one on the same data, as a restart would."""
+    if request.param == "memory":
+        memory = MemoryAdapter()
+        return lambda: memory
+    path = tmp_path / "flows.db"
+    return lambda: SQLiteAdapter(path)
+
+
+async def run_all(adapter: Adapter, *workflows: tf.WorkflowDefinition, input: Any = None,
+                  **options: Any) -> tuple[tf.WorkflowInstance, dict[str, tf.WorkflowInstance]]:
+    """Run the first workflow; returns it and every instance stored, by id."""
+    async with open_test_engine(adapter=adapter, clock=virtual_wall_clock(), **options) as engine:
+        for wf in workflows:
+            engine.register(wf)
+        inst = await engine.wait(await engine.start(workflows[0].name, input))
+        stored: dict[str, tf.WorkflowInstance] = {}
+        for wf in workflows:
+            for i in await engine.get_instances(wf.name):
+                stored[i.id] = i
+        return inst, stored
+
+
+def invoice_saga(log: list[str], *, decline: Callable[[Any], bool] = lambda _: False) -> tf.WorkflowDefinition:
+    async def reserve(ctx: tf.WorkflowContext) -> str:
+        log.append(f"reserve {ctx.input}")
+        return f"r-{ctx.input}"
+
+    async def release(ctx: tf.WorkflowContext, result: str) -> None:
+        log.append(f"release {result}")
+
+    async def charge(ctx: tf.WorkflowContext) -> str:
+        if decline(ctx.input):
+            raise Declined(f"card for {ctx.input} declined")
+        log.append(f"charge {ctx.input}")
+        return f"c-{ctx.input}"
+
+    async def refund(ctx: tf.WorkflowContext, result: str) -> None:
+        log.append(f"refund {result}")
+
+    return (tf.workflow("invoice").step("reserve", reserve, release).step("charge", charge, refund)
+            .pass_("receipt", transform=lambda ctx: {"invoice": ctx.input, "paid": ctx.steps["charge"]}).build())
+
+
+# -- outputs and links ----------------------------------------------------------------------------
+
+
+async def test_the_childs_output_is_the_steps_output_and_both_are_linked(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    log: list[str] = []
+    parent = (tf.workflow("order").child("bill", workflow="invoice", input=lambda ctx: ctx.input["invoice"])
+              .pass_("done", transform=lambda ctx: ctx.steps["bill"]).build())
+    inst, stored = await run_all(storage(), parent, invoice_saga(log), input={"invoice": "A1"})
+    assert (inst.status, inst.output) == ("completed", {"invoice": "A1", "paid": "c-A1"})
+    (child_id,) = inst.children
+    assert child_id == f"{inst.id}/bill#1"
+    child = stored[child_id]
+    assert (child.status, child.parent_id, child.input) == ("completed", inst.id, "A1")
+    assert inst.parent_id is None
+    assert [r.status for r in inst.history if r.step_name == "bill"] == ["started", "completed"]
+
+
+async def test_the_child_input_defaults_to_the_workflow_input(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    echo = tf.workflow("echo").pass_("same", transform=lambda ctx: ctx.input).build()
+    parent = tf.workflow("p").child("c", workflow="echo").build()
+    inst, _ = await run_all(storage(), parent, echo, input={"x": [1, 2]})
+    assert inst.output == {"x": [1, 2]}
+
+
+async def test_a_parent_waiting_on_its_child_holds_no_slot(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    """With one slot, a parent that held it while waiting would wait forever for its child."""
+    async def slow(ctx: tf.WorkflowContext) -> int:
+        await trio.sleep(5)
+        return int(ctx.input) + 1
+
+    child = tf.workflow("slow").step("work", slow).build()
+    parent = tf.workflow("p").child("c", workflow="slow", input=lambda ctx: ctx.input).build()
+    async with open_test_engine(adapter=storage(), clock=virtual_wall_clock(), max_running=2) as engine:
+        engine.register(parent)
+        engine.register(child)
+        ids = [await engine.start("p", i) for i in range(20)]
+        results = [await engine.wait(i) for i in ids]
+    assert [r.output for r in results] == [i + 1 for i in range(20)]
+
+
+async def test_a_map_can_start_a_child_per_item(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    log: list[str] = []
+    parent = (tf.workflow("batch")
+              .map("each", items=lambda ctx: ctx.input, max_concurrency=3,
+                   branch=tf.branch("one").child("bill", workflow="invoice", input=lambda ctx: ctx.item).build())
+              .build())
+    inst, stored = await run_all(storage(), parent, invoice_saga(log), input=["A", "B", "C", "D", "E"],
+                                 max_running=2)
+    assert inst.status == "completed"
+    assert inst.output == [{"invoice": x, "paid": f"c-{x}"} for x in "ABCDE"]
+    assert sorted(inst.children) == sorted(f"{inst.id}/each/#{i}/bill#1" for i in range(5))
+    assert all(stored[c].parent_id == inst.id for c in inst.children)
+
+
+# -- failures --------------------------------------------------------------------------------------
+
+
+async def test_a_failed_child_fails_the_step_with_its_own_error(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    log: list[str] = []
+    parent = tf.workflow("order").child("bill", workflow="invoice", input=lambda ctx: "A1").build()
+    inst, stored = await run_all(storage(), parent, invoice_saga(log, decline=lambda _: True))
+    assert inst.status == "failed"
+    assert (inst.error_name, inst.cause, inst.failed_step) == ("Declined", "card for A1 declined", "bill")
+    assert inst.error is not None and inst.error.startswith("ChildWorkflowError: child")
+    child = stored[inst.children[0]]
+    assert child.status == "failed" and child.compensated_steps == ("reserve",)
+    assert log == ["reserve A1", "release r-A1"]  # the child compensated itself, once
+
+
+async def test_a_catch_routes_a_failed_child_by_the_childs_error(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    log: list[str] = []
+    parent = (tf.workflow("order")
+              .child("bill", workflow="invoice", input=lambda ctx: "A1",
+                     catch=[tf.Catch(errors=["Declined"], next="apologise")])
+              .succeed("paid")
+              .pass_("apologise", transform=lambda ctx: ctx.error)
+              .build())
+    inst, _ = await run_all(storage(), parent, invoice_saga(log, decline=lambda _: True))
+    assert (inst.status, inst.output) == ("completed", {"error": "Declined", "cause": "card for A1 declined"})
+
+
+async def test_an_unknown_child_workflow_fails_the_step(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    parent = tf.workflow("order").child("bill", workflow="nobody").build()
+    inst, _ = await run_all(storage(), parent)
+    assert (inst.status, inst.error_name, inst.failed_step) == ("failed", "UnknownWorkflowError", "bill")
+    assert inst.children == ()
+
+
+async def test_execute_workflow_refuses_child_steps_clearly() -> None:
+    parent = tf.workflow("order").child("bill", workflow="invoice").build()
+    result = await tf.execute_workflow(None, parent)
+    assert result.status == "failed"
+    assert "needs an engine" in str(result.error)
+
+
+async def test_signal_names_trioflow_sends_itself_are_refused(autojump_clock: trio.testing.MockClock) -> None:
+    with pytest.raises(tf.DefinitionError, match="not starting with 'trioflow.'"):
+        tf.workflow("w").receive("r", signal="trioflow.child-ended:x").build()
+    wf = tf.workflow("w").receive("r", signal="go").build()
+    async with open_test_engine(clock=virtual_wall_clock()) as engine:
+        engine.register(wf)
+        iid = await engine.start("w")
+        with pytest.raises(tf.InvalidArgumentError, match="trioflow."):
+            await engine.signal(iid, "trioflow.child-ended:x", {"status": "completed"})
+        await engine.cancel(iid)
+
+
+# -- cancel and resume --------------------------------------------------------------------------
+
+
+async def test_cancelling_a_parent_cancels_its_children_and_theirs(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    async def forever(ctx: tf.WorkflowContext) -> None:
+        await trio.sleep_forever()
+
+    grandchild = tf.workflow("grand").step("hang", forever).build()
+    child = tf.workflow("child").child("deeper", workflow="grand").build()
+    parent = tf.workflow("parent").child("first", workflow="child").build()
+    async with open_test_engine(adapter=storage(), clock=virtual_wall_clock()) as engine:
+        for wf in (parent, child, grandchild):
+            engine.register(wf)
+        iid = await engine.start("parent")
+        await trio.sleep(10)
+        assert await engine.cancel(iid)
+        assert (await engine.wait(iid)).status == "cancelled"
+        child_id = f"{iid}/first#1"
+        assert (await engine.wait(child_id)).status == "cancelled"
+        assert (await engine.wait(f"{child_id}/deeper#1")).status == "cancelled"
+
+
+async def test_a_resume_never_starts_a_child_twice(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    calls: Counter[str] = Counter()
+    gate = trio.Event()
+
+    async def work(ctx: tf.WorkflowContext) -> str:
+        calls[ctx.metadata.id] += 1
+        await gate.wait()  # never set while the first engine runs
+        return "done"
+
+    child = tf.workflow("child").step("work", work).build()
+    parent = tf.workflow("parent").child("c", workflow="child").pass_("after", transform=lambda c: c.steps["c"]).build()
+    clock = virtual_wall_clock()
+    async with open_test_engine(adapter=storage(), clock=clock) as engine:
+        engine.register(parent)
+        engine.register(child)
+        iid = await engine.start("parent")
+        await trio.sleep(5)
+    gate.set()
+    async with open_test_engine(adapter=storage(), clock=clock) as engine:
+        engine.register(parent)
+        engine.register(child)
+        inst = await engine.wait(iid)
+        assert (inst.status, inst.output) == ("completed", "done")
+        assert len(await engine.get_instances("child")) == 1
+    assert list(calls.values()) == [2]  # the one child, interrupted once, run again
+
+
+# -- nested sagas -----------------------------------------------------------------------------------
+
+
+async def test_a_parent_compensates_each_completed_child_as_a_unit_in_its_reverse_order(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    log: list[str] = []
+
+    async def hold(ctx: tf.WorkflowContext) -> str:
+        log.append("hold")
+        return "h"
+
+    async def unhold(ctx: tf.WorkflowContext, result: str) -> None:
+        log.append("unhold")
+
+    async def ship(ctx: tf.WorkflowContext) -> None:
+        raise Declined("no courier")
+
+    parent = (tf.workflow("order")
+              .step("hold", hold, unhold)
+              .child("bill-a", workflow="invoice", input=lambda ctx: "A")
+              .child("bill-b", workflow="invoice", input=lambda ctx: "B")
+              .step("ship", ship)
+              .build())
+    inst, stored = await run_all(storage(), parent, invoice_saga(log))
+    assert inst.status == "failed"
+    assert log == [
+        "hold", "reserve A", "charge A", "reserve B", "charge B",
+        # newest first: child B as a unit (its own steps newest first), child A, then hold
+        "refund c-B", "release r-B", "refund c-A", "release r-A", "unhold",
+    ]
+    assert inst.compensated_steps == ("bill-b", "bill-a", "hold")
+    for child_id in inst.children:
+        child = stored[child_id]
+        assert child.status == "compensated"
+        assert child.compensated_steps == ("charge", "reserve")
+        assert child.output is None
+
+
+async def test_a_child_whose_compensation_fails_is_reported_on_the_parent(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    async def take(ctx: tf.WorkflowContext) -> str:
+        return "t"
+
+    async def cannot(ctx: tf.WorkflowContext, result: str) -> None:
+        raise RuntimeError("ledger closed")
+
+    async def boom(ctx: tf.WorkflowContext) -> None:
+        raise Declined("late")
+
+    child = tf.workflow("child").step("take", take, cannot).build()
+    parent = tf.workflow("p").child("c", workflow="child").step("boom", boom).build()
+    inst, stored = await run_all(storage(), parent, child)
+    assert inst.status == "failed"
+    assert "c" in inst.compensation_errors
+    assert "ledger closed" in inst.compensation_errors["c"]
+    assert stored[inst.children[0]].compensation_errors == {"take": "RuntimeError: ledger closed"}
