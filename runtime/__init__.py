@@ -23,6 +23,7 @@ from ._current import StepInfo as StepInfo
 from ._current import current_step as current_step
 from ._definition import Branch as Branch
 from ._definition import Catch as Catch
+from ._definition import ChildStep as ChildStep
 from ._definition import Choice as Choice
 from ._definition import ChoiceStep as ChoiceStep
 from ._definition import FailStep as FailStep
@@ -36,6 +37,8 @@ from ._definition import TaskStep as TaskStep
 from ._definition import WaitStep as WaitStep
 from ._definition import WorkflowDefinition as WorkflowDefinition
 from ._errors import BranchError as BranchError
+from ._errors import ChildCompensationError as ChildCompensationError
+from ._errors import ChildWorkflowError as ChildWorkflowError
 from ._errors import DefinitionError as DefinitionError
 from ._errors import DefinitionMismatchError as DefinitionMismatchError
 from ._errors import EngineClosedError as EngineClosedError
