@@ -352,6 +352,28 @@ async def signals_are_kept_in_order_and_consumed_once(open_adapter: OpenAdapter)
         assert [q for q, _, _ in await b.signals("i2")] == [other], "pending signals must survive a reopen"
 
 
+async def checkpoint_notifies_in_the_same_write(open_adapter: OpenAdapter) -> None:
+    """A child's last checkpoint stores its end notice to its parent: both or neither."""
+    async with _opened(open_adapter, "notify") as a:
+        for i in ("parent", "child", "ended"):
+            await a.create(i, "wf", "running", start=b"s", header=b"h0")
+        await a.checkpoint("ended", "completed", b"h1", [], first_seq=0)
+        await _refused(a.checkpoint("child", "completed", b"h1", [b"r0"], first_seq=5,
+                                    notify=("parent", "trioflow.child-ended:child", b"outcome")),
+                       CheckpointConflictError, "a fenced-out checkpoint with a notice must be refused")
+        assert await a.signals("parent") == [], "a refused checkpoint must store no notice"
+        await a.checkpoint("child", "completed", b"h1", [b"r0"], first_seq=0,
+                           notify=("parent", "trioflow.child-ended:child", _BLOB))
+        notices = await a.signals("parent")
+        assert [(name, payload) for _, name, payload in notices] == [("trioflow.child-ended:child", _BLOB)], (
+            f"a checkpoint's notice must be stored as a signal of the instance it names, got {notices}")
+        assert (await _stored(a, "child"))[2] == "completed", "the checkpoint itself must be stored with its notice"
+        await a.checkpoint("child", "completed", b"h2", [], first_seq=1, notify=("ended", "n", b"x"))
+        await a.checkpoint("child", "completed", b"h3", [], first_seq=1, notify=("nobody", "n", b"x"))
+        assert await a.signals("ended") == [], "no notice is stored for a finished instance"
+        assert (await _stored(a, "child"))[4] == b"h3", "a notice to an unknown instance must not stop the checkpoint"
+
+
 async def waiting_instances_wake_when_due(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "waiting") as a:
         assert await a.next_wake() is None and await a.due(1e12, 10) == [], "nothing waits in a new store"
@@ -480,5 +502,5 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     checkpoint_of_unknown_instance, checkpoint_is_atomic, start_set_once, list_by_name_and_status,
     resumable_lists_pending_and_running, delete_removes, survives_reopen,
     step_is_durable_before_the_next_starts, bad_data_is_never_stored, signals_are_kept_in_order_and_consumed_once,
-    waiting_instances_wake_when_due, delete_refuses_unfinished, purge_by_finish_time, lists_pages_in_creation_order,
+    checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due, delete_refuses_unfinished, purge_by_finish_time, lists_pages_in_creation_order,
 ]
