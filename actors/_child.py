@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from trioflow._context import WorkflowContext
-from trioflow._decide import new_execution
+from trioflow._decide import new_execution, next_execution_id
 from trioflow._definition import ChildStep
 from trioflow._errors import (
     ChildWorkflowError,
@@ -68,14 +68,16 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
     except Exception as exc:
         raise StepFailure(step.name, exc, 1) from exc
     now = run.clock()
-    start = new_execution(state, lane_key, step.name, "started", input=child_input, input_is_workflow_input=uses_input,
-                          started_at=now, now=now)
-    child_id = child_instance_id(state.instance_id, start.id)
-    start = attrs.evolve(start, output=child_id)
+    child_id = child_instance_id(state.instance_id, next_execution_id(state, lane_key, step.name))
     try:
         await run.children.start(step.workflow, child_input, child_id, state.instance_id)
     except (UnknownWorkflowError, UnknownJobError, InstanceIdConflictError) as exc:  # the step fails
         raise StepFailure(step.name, exc, 1, child_input, uses_input) from exc
+    # Made after the start: sibling lanes may have added records meanwhile, and this one's
+    # seq is its place among them.
+    start = attrs.evolve(new_execution(
+        state, lane_key, step.name, "started", input=child_input, input_is_workflow_input=uses_input,
+        started_at=now, now=run.clock()), output=child_id)
     run.stage(start)
     state.add(start)
     lane.begun = start.seq

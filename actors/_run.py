@@ -246,9 +246,14 @@ class Run:
             self.deliver_stored(await self.adapter.signals(self.state.instance_id))
 
     def deliver_stored(self, signals: Sequence[tuple[int, str, bytes]]) -> None:
-        """Deliver every signal storage held (all of them, as read in one go)."""
+        """Deliver every signal storage held (all of them, as read in one go); those delivered
+        or taken already are passed over without decoding them again."""
+        known = {seq for seq, _, _ in self.state.signals}
+        if self.consumed_seqs is not None:
+            known |= self.consumed_seqs
         for seq, name, payload in signals:
-            self.deliver(seq, name, decode_payload(payload))
+            if seq not in known:
+                self.deliver(seq, name, decode_payload(payload))
         self.signals_fetched = True
 
     def take_signal(self, name: str) -> tuple[int, Any] | None:

@@ -54,11 +54,44 @@ def map_items(small: int, large: int, concurrency: int = 1000) -> dict[str, floa
     return {"items_per_s": small / small_s, "large_over_small_per_item": (large_s / large) / (small_s / small)}
 
 
+def children_completed(parents: int, per_parent: int = 10) -> dict[str, float]:
+    """Children completed per second: ``parents`` instances each map over ``per_parent`` items
+    whose branch is one child step, the child a workflow of one no-op step (each child is an
+    instance of its own, started, checkpointed and ended on SQLite, its end noticed by its
+    parent), from the first start until every parent has completed."""
+    child = tf.workflow("child").step("work", _noop_item).build()
+    parent = (tf.workflow("parent").map("each", items=lambda ctx: list(range(ctx.input)),
+                                        branch=tf.branch("item").child("run", workflow="child").build())
+              .build())
+
+    async def main() -> float:
+        with tempfile.TemporaryDirectory(dir=HERE, prefix="tmp-") as tmp:
+            async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(Path(tmp) / "c.db")) as engine:
+                engine.register(parent)
+                engine.register(child)
+                start = time.perf_counter()
+                ids: list[str] = []
+                async with trio.open_nursery() as nursery:
+                    async def one() -> None:
+                        ids.append(await engine.start("parent", per_parent))
+
+                    for _ in range(parents):
+                        nursery.start_soon(one)
+                for iid in ids:
+                    done = await engine.wait(iid)
+                    if done.status != "completed":
+                        raise RuntimeError(f"a parent ended {done.status}: {done.error}")
+                return parents * per_parent / (time.perf_counter() - start)
+
+    return {"children_per_s": trio.run(main)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     print(json.dumps(map_items(1_000, 5_000) if args.quick else map_items(10_000, 100_000)))
+    print(json.dumps(children_completed(100 if args.quick else 1_000)))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 
 from ._definition import CATCHING, Catch, ChildStep, ChoiceStep, MapStep, ParallelStep, Step, TaskStep, WorkflowDefinition
 from ._errors import NoChoiceMatchedError, describe_error, error_cause, error_name, split_description
-from ._lanes import MAIN, branch_lane, item_lanes, lane_in_definition, step_key
+from ._lanes import MAIN, branch_lane, execution_id, item_lanes, lane_in_definition, step_key
 from ._matching import matches
 from ._snapshot import InstanceState, Lane, Status, StepResult
 
@@ -57,6 +57,11 @@ def choose(step: ChoiceStep, ctx: Any) -> str:
     if step.default is None:
         raise NoChoiceMatchedError(step.name)
     return step.default
+
+
+def next_execution_id(state: InstanceState, lane_key: str, step_name: str) -> str:
+    """The id the next execution of ``step_name`` in ``lane_key`` will have."""
+    return execution_id(lane_key, step_name, state.executions.get(step_key(lane_key, step_name), 0) + 1)
 
 
 def new_execution(

@@ -294,3 +294,33 @@ async def test_a_child_whose_compensation_fails_is_reported_on_the_parent(
     assert "c" in inst.compensation_errors
     assert "ledger closed" in inst.compensation_errors["c"]
     assert stored[inst.children[0]].compensation_errors == {"take": "RuntimeError: ledger closed"}
+
+
+async def test_children_of_map_items_started_while_siblings_record_steps(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    """Starting a child awaits storage; sibling items record their steps meanwhile. The child
+    step's start record must take its place after theirs (it once took the place it would have
+    had before the wait, and the instance could no longer be read)."""
+    async def pre(ctx: tf.WorkflowContext) -> int:
+        await trio.sleep(ctx.item % 3)
+        return int(ctx.item)
+
+    async def slow_child(ctx: tf.WorkflowContext) -> int:
+        await trio.sleep(1 + ctx.input % 4)
+        return int(ctx.input) * 10
+
+    child = tf.workflow("tens").step("times", slow_child).build()
+    parent = (tf.workflow("batch")
+              .map("each", items=lambda ctx: list(range(12)),
+                   branch=tf.branch("one").step("pre", pre).child("kid", workflow="tens",
+                                                                  input=lambda ctx: ctx.item).build())
+              .build())
+    adapter = storage()
+    inst, _ = await run_all(adapter, parent, child)
+    assert (inst.status, inst.output) == ("completed", [i * 10 for i in range(12)])
+    async with open_test_engine(adapter=storage(), clock=virtual_wall_clock()) as engine:
+        engine.register(parent)
+        engine.register(child)
+        again = await engine.get_instance(inst.id)  # read back from storage
+        assert again is not None and (again.status, again.output) == ("completed", inst.output)
+        assert [r.seq for r in again.history] == list(range(len(again.history))) and len(again.history) > 36
