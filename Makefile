@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(PY) examples/onboarding.py
 	$(PY) examples/checkout_catch.py
 	$(PY) examples/approval.py
+	$(PY) examples/batch_invoices.py
 
 typecheck: $(STAMP)
 	PYTHON=$(abspath $(PY)) scripts/typecheck

@@ -42,6 +42,20 @@ EXPECTED = {
         "paid: {'exp-1': 420, 'exp-2': 1250}",
         "  to lee: exp-2 was not approved in time, please decide",
     ],
+    "batch_invoices.py": [
+        "batch 1: completed",
+        "  {'error': 'CardDeclined', 'cause': 'card 4000-0000-0000-0002 declined'}",
+        "  {'invoice': 'A-3', 'paid': 100}",
+        "  A-1: failed, compensated ['reserve']",
+        "batch 2: failed: map step 'invoices': 1 of 3 items failed, 0 tolerated: item 2 failed with CardDeclined:"
+        " card 4000-0000-0000-0002 declined",
+        "  compensated, newest first: ['bill', 'bill']",
+        "  B-0: compensated, compensated ['charge', 'reserve']",
+        "  B-1: compensated, compensated ['charge', 'reserve']",
+        "  undone, in order: ['release A-1', 'release B-2', 'refund B-0', 'release B-0', 'refund B-1', 'release B-1']",
+        "still reserved: {'A-0': 'item-0', 'A-2': 'item-2', 'A-3': 'item-3'}",
+        "still charged: {'A-0': 400, 'A-2': 200, 'A-3': 100}",
+    ],
     "checkout_saga.py": [
         "checkout ord-1 with card-ok: success=True",
         "checkout ord-2 with card-declined: success=False",
