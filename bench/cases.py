@@ -313,6 +313,8 @@ CASES = {
     "timers_firing": lambda q: _module("waiting").timers_firing(2_000 if q else 10_000),
     "signals": lambda q: _module("waiting").signals_delivered(2_000 if q else 20_000),
     "retention": lambda q: _module("retention").memory_with_retention(5_000 if q else 200_000),
+    "map_items": lambda q: _module("fanout").map_items(*((1_000, 5_000) if q else (10_000, 100_000))),
+    "children": lambda q: _module("fanout").children_completed(100 if q else 1_000),
 }
 
 if __name__ == "__main__":

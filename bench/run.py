@@ -25,7 +25,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ORDER = ["bare_trio", "execute_workflow", "engine_memory", "durable_sqlite", "parked_bare", "parked_engine",
          "recovery", "import_time", "long_workflows", "wide_parallel", "big_outputs", "waiting_memory",
-         "timers_firing", "signals", "retention"]
+         "timers_firing", "signals", "retention", "map_items", "children"]
 
 
 def run_case(case: str, quick: bool) -> dict[str, float]:
@@ -122,6 +122,12 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
                ">= 10,000", lambda v: v >= 10_000),
         Figure("retain_finished=0: RSS after 200k sagas / after 20k", "ratio",
                series("retention", "rss_late_over_early"), "<= 1.10", lambda v: v <= 1.10),
+        Figure("map, 10,000 items, max_concurrency 1,000", "items/s", series("map_items", "items_per_s"),
+               ">= 15,000", lambda v: v >= 15_000),
+        Figure("map, per item: 100,000 / 10,000 items", "ratio", series("map_items", "large_over_small_per_item"),
+               "<= 1.3", lambda v: v <= 1.3),
+        Figure("1,000 parents x 10 children, completed", "children/s", series("children", "children_per_s"),
+               ">= 5,000", lambda v: v >= 5_000),
     ]
     if peer is not None:
         ours = statistics.median(series("durable_sqlite", f"FULL_{int(peer['concurrency'])}"))
