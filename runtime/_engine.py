@@ -126,9 +126,9 @@ class Engine:
         self._running = 0
         self._waiting: collections.deque[Run] = collections.deque()
         self._definitions: dict[str, WorkflowDefinition] = {}
-        #: The definition last found to have all its jobs registered (jobs are never removed):
-        #: a burst of starts, or a resume of many instances, of one workflow checks them once.
-        self._jobs_found: WorkflowDefinition | None = None
+        #: Each workflow's definition once found to have all its jobs registered (jobs are never
+        #: removed): starts and resumes of it (parents and children alike) check them once.
+        self._jobs_found: dict[str, WorkflowDefinition] = {}
         #: Instances whose actor lives in this engine (running, or queued for a slot).
         self._live: dict[str, Run] = {}
         #: Ids ``start`` is storing now. A concurrent ``start`` or ``wait`` of the same id waits
@@ -220,11 +220,11 @@ class Engine:
                 self._resume_soon(definition, self._held.pop(name))
 
     def _missing_jobs(self, definition: WorkflowDefinition) -> list[str]:
-        if definition is self._jobs_found:
+        if self._jobs_found.get(definition.name) is definition:
             return []  # jobs are never unregistered: found once, found for good
         missing = sorted(n for n in definition.job_names if n not in self.jobs)
         if not missing:
-            self._jobs_found = definition
+            self._jobs_found[definition.name] = definition
         return missing
 
     # -- instances ----------------------------------------------------------------------------

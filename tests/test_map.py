@@ -18,24 +18,14 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-
 import trioflow as tf
+from storages import storage  # noqa: F401  (a fixture: tests taking it run on both adapters)
 from trioflow.adapters import Adapter, MemoryAdapter, SQLiteAdapter
 from trioflow.testing import open_test_engine, virtual_wall_clock
 
 
 class Declined(Exception):
     pass
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Adapter]:
-    """Adapters on one storage: each call gives one on the same data, as a restart would."""
-    if request.param == "memory":
-        memory = MemoryAdapter()
-        return lambda: memory
-    path = tmp_path / "flows.db"
-    return lambda: SQLiteAdapter(path)
 
 
 async def run_one(wf: tf.WorkflowDefinition, input: Any, adapter: Adapter,
