@@ -57,7 +57,7 @@ from ._errors import (
 from ._events import EventBus
 from ._jobs import JobRegistry
 from ._children import EngineChildren
-from ._lanes import MAIN, RESERVED_SIGNALS
+from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal
 from ._snapshot import (
     RESUMABLE,
     STATUSES,
@@ -252,13 +252,12 @@ class Engine:
         cannot leave memory while it waits (its child steps run in map items or parallel
         branches) runs in its parent's slot rather than wait for one of its own: parents
         holding every slot would otherwise wait forever for their children."""
-        parent = self._live.get(parent_id)
-        slot = parent is None or parent.may_park(math.inf)
-        await self._start(workflow_name, input, child_id, None, parent_id=parent_id, slot=slot)
+        parent = self._live[parent_id]  # it is the parent's run that asks
+        await self._start(workflow_name, input, child_id, None, parent=parent.state, slot=parent.may_park(math.inf))
 
     async def _start(
         self, workflow_name: str, input: Any, instance_id: str | None, starts_at: float | None, *,
-        parent_id: str | None = None, slot: bool = True,
+        parent: InstanceState | None = None, slot: bool = True,
     ) -> str:
         definition = self._definitions.get(workflow_name)
         if definition is None:
@@ -277,12 +276,12 @@ class Engine:
             await storing.wait()
         live = self._live.get(instance_id)
         if live is not None:
-            _check_same_start(instance_id, live.state, workflow_name, input, parent_id)
+            _check_same_start(instance_id, live.state, workflow_name, input, parent)
             return instance_id
         check_encodable(input, "workflow input")
         status: Status = "pending" if slot and self._running >= self._max_running else "running"
         state = new_state(definition, instance_id, input, self._clock(), status=status)
-        state.parent_id = parent_id
+        state.parent_id = None if parent is None else parent.instance_id
         if starts_at is not None:
             state.lanes[MAIN].waiting = {"start": starts_at}
             state.started_at = None  # set when it starts: its timeout counts from then
@@ -305,13 +304,15 @@ class Engine:
             # or by a concurrent ``start``. Idempotent, unless it is another workflow's.
             run = self._live.get(instance_id)
             if run is not None:
-                _check_same_start(instance_id, run.state, workflow_name, input, parent_id)
+                _check_same_start(instance_id, run.state, workflow_name, input, parent)
                 return instance_id
             existing = await self.adapter.load(instance_id)
             if existing is not None:
                 _check_same_workflow(instance_id, existing.workflow_name, workflow_name)
                 with contextlib.suppress(SnapshotDecodeError):  # unreadable: reported as such elsewhere
-                    _check_same_start(instance_id, _decoded(existing), workflow_name, input, parent_id)
+                    _check_same_start(instance_id, _decoded(existing), workflow_name, input, parent)
+                if parent is not None and existing.status in TERMINAL:
+                    await self._check_end_noticed(instance_id, parent)
                 if self._leftovers is not None and existing.status in RESUMABLE:
                     # Unfinished and not running here (a resume may have passed it over while
                     # this call stored it): with auto-resume on, resuming is this call's job.
@@ -319,6 +320,17 @@ class Engine:
             return instance_id
         self._spawn(definition, state, resumed=False, slot=slot)
         return instance_id
+
+    async def _check_end_noticed(self, child_id: str, parent: InstanceState) -> None:
+        """A child step found its child ended already: a parent resumed after its child ended
+        has the child's end notice pending (the step that would consume it has not completed).
+        Without one, the instance is the child of an earlier instance with the parent's id
+        (deleted, then its id started again), whose end this parent would wait for in vain."""
+        notice = child_ended_signal(child_id)
+        if any(name == notice for _, name, _ in parent.signals):
+            return
+        if not any(name == notice for _, name, _ in await self.adapter.signals(parent.instance_id)):
+            raise _not_the_child(child_id, parent)
 
     def _start_time(self, delay: Seconds | None, start_at: datetime | float | None) -> float | None:
         """When a delayed start starts (Unix seconds on the engine's clock), or ``None``."""
@@ -973,18 +985,30 @@ def _check_same_workflow(instance_id: str, stored: str, asked: str) -> None:
 
 
 def _check_same_start(
-    instance_id: str, state: InstanceState, workflow_name: str, input: Any, parent_id: str | None = None,
+    instance_id: str, state: InstanceState, workflow_name: str, input: Any, parent: InstanceState | None = None,
 ) -> None:
     """A ``start`` with the id of an existing instance returns it only if it asks for the same
     workflow with the same input (as Step Functions does for an execution name). A child step
-    (``parent_id``) finding its child takes it whatever its input: the child it started before
-    a restart, whose input a callable of ctx may now work out otherwise."""
+    (``parent``) finding its child takes it whatever its input (the child it started before a
+    restart, whose input a callable of ctx may now work out otherwise), but only if it is that
+    parent's child: not an instance a caller started under that id."""
     _check_same_workflow(instance_id, state.workflow_name, workflow_name)
-    if parent_id is None and not same_value(state.input, input):
+    if parent is not None:
+        if state.parent_id != parent.instance_id:
+            raise _not_the_child(instance_id, parent)
+        return
+    if not same_value(state.input, input):
         raise InstanceIdConflictError(
             f"instance id {instance_id!r} already belongs to an instance of {workflow_name!r} with another input;"
             " start with the same input to get that instance, or under another id"
         )
+
+
+def _not_the_child(child_id: str, parent: InstanceState) -> InstanceIdConflictError:
+    return InstanceIdConflictError(
+        f"instance id {child_id!r}, which a child step of instance {parent.instance_id!r} gives its child, belongs"
+        " to an instance that is not that instance's child (one a caller started under that id, or the child of"
+        " an earlier instance with the same id, since deleted); delete it, or start the parent under another id")
 
 
 def _copy(state: InstanceState) -> WorkflowInstance:

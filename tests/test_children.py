@@ -313,3 +313,30 @@ async def test_children_of_map_items_started_while_siblings_record_steps(
         again = await engine.get_instance(inst.id)  # read back from storage
         assert again is not None and (again.status, again.output) == ("completed", inst.output)
         assert [r.seq for r in again.history] == list(range(len(again.history))) and len(again.history) > 36
+
+
+async def test_a_child_id_taken_by_an_instance_that_is_not_the_parents_child_fails_the_step(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    """A parent deleted (purged) and started again under its id, or an instance a caller started
+    under the child's id: the child step must not take that instance for its child (it would
+    wait for ever for an end notice nobody sends)."""
+    async def boom(ctx: tf.WorkflowContext) -> None:
+        if ctx.input == "fail":
+            raise Declined("first attempt fails")
+
+    leaf = tf.workflow("leaf").pass_("leaf-done", result="leaf").build()
+    parent = tf.workflow("p").child("c", workflow="leaf").step("b", boom).build()
+    async with open_test_engine(adapter=storage(), clock=virtual_wall_clock()) as engine:
+        engine.register(parent)
+        engine.register(leaf)
+        first = await engine.wait(await engine.start("p", "fail", instance_id="ORD-7"))
+        assert first.status == "failed"
+        assert (await engine.wait("ORD-7/c#1")).status == "compensated"
+        assert await engine.purge(older_than=0, workflow="p") == 1  # the parent only
+        again = await engine.wait(await engine.start("p", "retry", instance_id="ORD-7"))
+        assert (again.status, again.error_name, again.failed_step) == ("failed", "InstanceIdConflictError", "c")
+        assert "not that instance's child" in (again.cause or "")
+
+        await engine.start("leaf", None, instance_id="X/c#1")  # a caller's instance with the child's id
+        other = await engine.wait(await engine.start("p", "ok", instance_id="X"))
+        assert (other.status, other.error_name) == ("failed", "InstanceIdConflictError")
