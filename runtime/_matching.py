@@ -59,8 +59,10 @@ def matches(items: tuple[ErrorMatcher, ...], error: BaseException) -> bool:
         return True  # a failure known from its record (before a restart): matched by class name
     strings = [i for i in items if isinstance(i, str)]
     if strings:
-        name, cause = error_name(error), error_cause(error)
-        if any(i == name or i in cause for i in strings):
+        # The wrapper's own name matches too (a child's failure: "ChildWorkflowError" as well
+        # as the child's own error), as its type does.
+        names, cause = (error_name(error), type(error).__name__), error_cause(error)
+        if any(i in names or i in cause for i in strings):
             return True
     if any(isinstance(i, _All) for i in items) and not isinstance(root, (DefinitionError, StorageError)):
         return True

@@ -19,7 +19,7 @@ import trio
 import trio.testing
 import trioflow as tf
 from storages import storage  # noqa: F401  (a fixture: tests taking it run on both adapters)
-from trioflow.adapters import Adapter
+from trioflow.adapters import Adapter, MemoryAdapter
 from trioflow.testing import open_test_engine, virtual_wall_clock
 
 
@@ -340,3 +340,16 @@ async def test_a_child_id_taken_by_an_instance_that_is_not_the_parents_child_fai
         await engine.start("leaf", None, instance_id="X/c#1")  # a caller's instance with the child's id
         other = await engine.wait(await engine.start("p", "ok", instance_id="X"))
         assert (other.status, other.error_name) == ("failed", "InstanceIdConflictError")
+
+
+@pytest.mark.parametrize("errors", [["Declined"], ["ChildWorkflowError"], [tf.ChildWorkflowError], [Declined]])
+async def test_a_failed_child_is_caught_by_its_own_error_or_as_a_child_failure(
+        autojump_clock: trio.testing.MockClock, errors: list[Any]) -> None:
+    async def declined(ctx: tf.WorkflowContext) -> None:
+        raise Declined("no")
+
+    child = tf.workflow("kid").step("pay", declined).build()
+    parent = (tf.workflow("p").child("c", workflow="kid", catch=[tf.Catch(errors=errors, next="caught")])
+              .succeed("fine").pass_("caught", transform=lambda ctx: ctx.error).build())
+    inst, _ = await run_all(MemoryAdapter(), parent, child)
+    assert (inst.status, inst.output) == ("completed", {"error": "Declined", "cause": "no"})
