@@ -44,8 +44,13 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
             " runs no child instances"), 1)
     if lane.begun is None:
         await _start(run, step, lane_key, lane, ctx)
-    assert lane.waiting is not None
-    child_id, notice = lane.waiting["child"], lane.waiting["signal"]
+        assert lane.waiting is not None
+        child_id = lane.waiting["child"]
+    else:  # taken up again (a resume): the child may be queued for a slot this parent holds
+        assert lane.waiting is not None
+        child_id = lane.waiting["child"]
+        children.adopt(child_id, run.state.instance_id)
+    notice = lane.waiting["signal"]
     taken = await signal_or_timeout(run, lane, notice, await take(run, notice))
     lane.waiting = None
     assert taken is not None  # no timeout
@@ -86,13 +91,20 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
 
 
 async def cancel_children(run: Run, lanes: Iterable[Lane]) -> None:
-    """Cancel the children that ``lanes`` wait on: the lanes of a parent whose run ended badly
-    (cancelled, timed out, failed), or of fan-out siblings a fail-fast cancelled. Not when the
-    engine is stopping: parents and children then resume with the next engine."""
+    """Cancel the children that ``lanes`` wait on, and wait for their ends: the lanes of a
+    parent whose run ended badly (cancelled, timed out, failed), or of fan-out siblings a
+    fail-fast cancelled. A child that completed all the same is compensated as a unit (the step
+    that waited on it never completes, so nothing else would). Not when the engine is stopping:
+    parents and children then resume with the next engine."""
     children = run.children
     if children is None or children.closing:
         return
     waited = [lane.waiting["child"] for lane in lanes if lane.waiting is not None and "child" in lane.waiting]
+    if not waited:
+        return
     with trio.CancelScope(shield=True):  # the parent's own cancellation must not stop this
-        for child_id in waited:
-            await children.cancel(child_id)
+        # Each is waited on to its end (one that completed anyway is compensated): together,
+        # not one cancellation and compensation after another.
+        async with trio.open_nursery() as nursery:
+            for child_id in waited:
+                nursery.start_soon(children.cancel, child_id)

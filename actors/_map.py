@@ -11,7 +11,7 @@ from trioflow._current import swap_lane
 from trioflow._definition import MapStep
 from trioflow._errors import ItemError, RecordedError, UnencodableValueError
 from trioflow._map import (
-    final_records,
+    failed_items,
     item_ended,
     item_finished,
     items_list,
@@ -22,6 +22,7 @@ from trioflow._map import (
     running_items,
     start_item,
     start_record,
+    tolerated,
 )
 from trioflow._snapshot import Lane, MapProgress
 
@@ -95,7 +96,7 @@ class _Items:
         self.step = step
         self.lane = lane
         self.progress = progress
-        self.tolerated = step.tolerated(progress.count)
+        self.tolerated = tolerated(step, progress.count)
         self.slots = trio.Semaphore(0)
         #: The nursery's scope under ``fail-fast``: cancelled once one failure too many is in.
         self.cancel: trio.CancelScope | None = None
@@ -138,8 +139,7 @@ class _Items:
                 index = next(iter(self.live))  # the first to fail (others may have in the same pass)
                 step_name, error = self.live[index]
             else:  # it failed before a restart
-                failed = min((r for r in final_records(state, step, lane).items() if r[1].status == "failed"),
-                             key=lambda r: r[1].seq)
+                failed = min(failed_items(state, step, lane), key=lambda r: r[1].seq)
                 index, step_name = failed[0], failed[1].step_name
                 error = RecordedError(failed[1].error or "failed", failed[1].error_name, failed[1].cause)
             return StepFailure(step_name, ItemError(step.name, index, step_name, error), 1)

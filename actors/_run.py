@@ -93,8 +93,20 @@ class Children(Protocol):
         """Start (or find already started) the child instance ``child_id``."""
         ...
 
+    def in_parent_slot(self, parent_id: str) -> bool:
+        """Whether a child of ``parent_id`` runs in its parent's slot: the parent waits for it
+        in memory here, holding its slot (see :meth:`Run.may_park`)."""
+        ...
+
     async def cancel(self, child_id: str) -> None:
-        """Cancel the child instance (and so its own children), if it still runs."""
+        """Cancel the child instance (and so its own children), if it still runs, and wait for
+        its end; compensate it as a unit if it completed all the same (the step that waited on
+        it never will)."""
+        ...
+
+    def adopt(self, child_id: str, parent_id: str) -> None:
+        """A resumed parent waits again for its child: if the child is queued for a slot while
+        the parent holds one, it runs in the parent's now."""
         ...
 
     async def compensate(self, child_id: str) -> str | None:
@@ -223,9 +235,13 @@ class Run:
     def may_park(self, seconds: float) -> bool:
         """Whether a wait of ``seconds`` lets the instance leave memory: an engine runs it, the
         wait is long enough, and its main line is all that runs (a waiting branch stays in
-        memory beside its running siblings)."""
-        return self.park_after is not None and seconds > self.park_after and len(self.state.lanes) == 1 \
-            and not self.deferred and self.state.phase == "forward"
+        memory beside its running siblings). A child that runs in its parent's slot stays too:
+        come back, it would need a slot of its own, which its parent, waiting on it, may hold."""
+        if self.park_after is None or seconds <= self.park_after or len(self.state.lanes) != 1 or self.deferred \
+                or self.state.phase != "forward":
+            return False
+        parent = self.state.parent_id
+        return parent is None or self.children is None or not self.children.in_parent_slot(parent)
 
     def deliver(self, seq: int, name: str, payload: Any) -> None:
         """A signal stored for this instance while it runs here: keep it for a receive step."""

@@ -3,15 +3,18 @@ start a child, cancel it, compensate it as a unit, and pass its end notice on to
 
 from __future__ import annotations
 
-import contextlib
+import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._errors import EngineClosedError
+from ._errors import EngineClosedError, TrioflowError, describe_error
 
 if TYPE_CHECKING:
     from ._engine import Engine
+
+log = logging.getLogger("trioflow")
 
 
 class EngineChildren:
@@ -33,9 +36,36 @@ class EngineChildren:
     async def start(self, workflow: str, input: Any, child_id: str, parent_id: str) -> None:
         await self._engine._start_child(workflow, input, child_id, parent_id)
 
+    def in_parent_slot(self, parent_id: str) -> bool:
+        parent = self._engine._live.get(parent_id)
+        # A parent that cannot leave memory while it waits keeps its slot (``_start_child``
+        # starts its children without one), and so does one that itself runs in its parent's.
+        return parent is not None and not parent.may_park(math.inf)
+
     async def cancel(self, child_id: str) -> None:
-        with contextlib.suppress(EngineClosedError):  # stopping meanwhile: the child resumes later
-            await self._engine.cancel(child_id)
+        engine = self._engine
+        try:
+            await engine.cancel(child_id)
+            # Its end, whatever it is. A cancel that reaches a child past its last checkpoint
+            # does not stop it from completing; nor does one that comes after it completed,
+            # its end not yet taken by the step that waited on it (a fail-fast sibling, or the
+            # parent's own end, cancelled that step first). Either way the step never
+            # completes, so the parent's compensation never reaches that child: it is
+            # compensated as a unit now, as a child cancelled while running compensates itself.
+            if (await engine.wait(child_id)).status != "completed":
+                return
+            problem = await engine._undo_child(child_id)
+        except EngineClosedError:
+            return  # stopping meanwhile: the child resumes later
+        except TrioflowError as exc:  # it cannot be waited on here (its jobs are missing, storage is down)
+            problem = describe_error(exc)
+        if problem is not None:
+            log.warning("child %s, whose step was cancelled, could not be cancelled or compensated: %s", child_id,
+                        problem, extra={"instance_id": child_id})
+
+    def adopt(self, child_id: str, parent_id: str) -> None:
+        if self.in_parent_slot(parent_id):
+            self._engine._adopt_child(child_id)
 
     async def compensate(self, child_id: str) -> str | None:
         return await self._engine._undo_child(child_id)

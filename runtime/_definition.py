@@ -191,12 +191,6 @@ class MapStep:
     end: bool = False
     kind: StepKind = attrs.field(default="map", init=False)
 
-    def tolerated(self, count: int) -> int:
-        """How many of ``count`` items may fail without failing the step."""
-        if isinstance(self.tolerated_failures, float):
-            return int(self.tolerated_failures * count)
-        return self.tolerated_failures
-
 
 @attrs.frozen(kw_only=True)
 class ChildStep:

@@ -650,7 +650,10 @@ class Engine:
         if iid in self._live or iid in self._storing or iid in self._resumed:
             return None  # running here, being started, or resumed by a concurrent call meanwhile
         self._resumed.add(iid)
-        run = self._spawn(definition, state, resumed=True)
+        # A child whose parent waits for it here holding its slot runs in that slot, as when it
+        # was started: with a slot of its own to wait for, it could wait on its parent for ever.
+        in_parent_slot = state.parent_id is not None and self._children.in_parent_slot(state.parent_id)
+        run = self._spawn(definition, state, resumed=True, slot=not in_parent_slot)
         # What storage holds for it until its first checkpoint here (the waker passes it over).
         run.stored_wake_at = wake_at(state, definition)
         return run
@@ -687,6 +690,14 @@ class Engine:
             state.status = "pending"
             self._waiting.append(run)
         return run
+
+    def _adopt_child(self, child_id: str) -> None:
+        """A parent resumed here waits in memory, holding its slot, for a child queued for a
+        slot of its own (resumed before its parent was): it runs now, in its parent's slot."""
+        run = self._live.get(child_id)
+        if run is not None and run in self._waiting:
+            self._waiting.remove(run)
+            self._launch(run)
 
     def _run(self, definition: WorkflowDefinition, state: InstanceState, *, resumed: bool) -> Run:
         return Run(

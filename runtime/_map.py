@@ -120,17 +120,45 @@ def map_output(state: InstanceState, step: MapStep, lane: Lane) -> list[Any]:
     return out
 
 
+def failed_items(state: InstanceState, step: MapStep, lane: Lane) -> list[tuple[int, StepResult]]:
+    """The items of the map execution ``lane`` runs that failed for good, with the record of
+    the step they failed at, in index order. Items a fail-fast cancelled are not among them:
+    their newest record is of a step cancelled while running, but they did not fail (nor end)."""
+    progress = lane.fanout
+    assert progress is not None
+    return [(index, record) for index, record in sorted(final_records(state, step, lane).items())
+            if record.status == "failed" and progress.has_ended(index)]
+
+
+def tolerated(step: MapStep, count: int) -> int:
+    """How many of ``count`` items ``step`` lets fail: a count as it is; a fraction, the most
+    failures ``f`` with ``f / count <= fraction``, so a fraction tolerates what it says as
+    written (``0.29`` of 100 items is 29, though ``0.29 * 100`` is ``28.999...``; ``k / n`` of
+    ``n`` items is ``k``)."""
+    allowed = step.tolerated_failures
+    if not isinstance(allowed, float):
+        return allowed
+    if count <= 0:
+        return 0
+    # The product is within a rounding of the answer: step to it, and past none too many.
+    most = min(count, int(allowed * count))
+    while most < count and (most + 1) / count <= allowed:
+        most += 1
+    while most > 0 and most / count > allowed:
+        most -= 1
+    return most
+
+
 def map_failure(state: InstanceState, step: MapStep, lane: Lane, live: dict[int, BaseException]) -> MapError:
     """The error of a map execution whose items failed beyond what it tolerates: each failed
     item's error, the exception itself where this run saw it (``live``), else as recorded."""
     errors = []
-    for index, record in sorted(final_records(state, step, lane).items()):
-        if record.status == "failed":
-            error = live.get(index) or RecordedError(record.error or "failed", record.error_name, record.cause)
-            errors.append(ItemError(step.name, index, record.step_name, error))
+    for index, record in failed_items(state, step, lane):
+        error = live.get(index) or RecordedError(record.error or "failed", record.error_name, record.cause)
+        errors.append(ItemError(step.name, index, record.step_name, error))
     assert lane.fanout is not None
     count = lane.fanout.count
-    return MapError(step.name, errors, count, step.tolerated(count))
+    return MapError(step.name, errors, count, tolerated(step, count))
 
 
 class ItemIndex:

@@ -11,6 +11,15 @@ may differ from run to run. Status and output must equal the fault-free run's; a
 crash point had recorded as completed must never run again after the resume, nor a compensation
 recorded as done; and each run must compensate exactly its own completed compensable steps,
 newest first.
+
+A workflow whose child steps start other workflows (``also=``) is explored as one family: every
+instance's writes count as crash points, a crash stops them all at once, and each child instance
+is held to what the instance itself is held to (no execution it had completed runs again, its
+compensations run exactly once, newest first). On top of that come what only a family can get
+wrong: a child started twice (a second instance for one child step execution, or one its parent
+does not know of, so nothing would ever compensate it), and a child whose end does not say what
+its parent did with it (compensated as a unit where the parent compensated its step, completed
+where the parent kept it).
 """
 
 from __future__ import annotations
@@ -23,12 +32,13 @@ import attrs
 import trio
 
 from trioflow._builder import index_steps
-from trioflow._definition import ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition, is_async
-from trioflow._engine import open_engine
+from trioflow._definition import ChildStep, MapStep, ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition, is_async
+from trioflow._engine import Engine, open_engine
 from trioflow._errors import UnknownJobError
-from trioflow._snapshot import InstanceState, Status, StepResult
+from trioflow._lanes import child_instance_id, item_of
+from trioflow._snapshot import InstanceState, Status, StepResult, WorkflowInstance
 from trioflow._codec import decode_stored
-from trioflow._current import current_step
+from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
 
@@ -53,6 +63,12 @@ class Outcome:
     calls_after_resume: Mapping[str, int] = attrs.field(factory=dict)
     #: Every step execution, in order.
     history: tuple[StepResult, ...] = ()
+    #: The workflow the instance ran.
+    workflow_name: str | None = None
+    #: Every child instance the run started, their own children included however deep, by id:
+    #: what each ended with and the calls of its own steps (``calls`` above are the instance's
+    #: own). Empty for a workflow without child steps.
+    children: Mapping[str, Outcome] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)
@@ -95,6 +111,7 @@ async def explore_crashes(
     adapter_factory: Callable[[], Adapter] = MemoryAdapter,
     check: bool = True,
     signals: Sequence[tuple[str, Any]] = (),
+    also: Sequence[WorkflowDefinition] = (),
 ) -> CrashReport:
     """Run ``workflow`` once without faults, then once per snapshot write k, dying after write k
     and resuming in a fresh engine over the same storage.
@@ -107,20 +124,28 @@ async def explore_crashes(
     in the definition) are reset before every run. ``adapter_factory()`` gives fresh, unopened storage for each run.
     ``signals`` (``(name, payload)`` pairs) are sent to the instance right after it starts, in
     order (a receive step keeps them until it runs): timers and signals are explored like any
-    step, every crash run must receive each signal exactly once. Raises
+    step, every crash run must receive each signal exactly once.
+
+    ``also``: the workflows that ``workflow``'s child steps start (and theirs), registered on
+    every engine. The writes of child instances are crash points too; every child instance is
+    checked as the instance is (its completed executions never run again, its compensations run
+    once each, newest first; a completed child step counts as compensable: its child is
+    compensated as a unit), no child is started twice or unknown to its parent, and each child
+    the parent compensated ends ``compensated``, each it kept ``completed``
+    (:attr:`Outcome.children` holds what each ended with). Raises
     :class:`CrashDivergenceError` naming the first crash point that differs (unless
     ``check=False``); returns the :class:`CrashReport`.
     """
     counter = _Counter()
-    instrumented = _instrument(workflow, dict(jobs or {}), counter)
-    scripted = _scripted_jobs(workflow, jobs or {})
-    compensable = frozenset(
-        s.name for s, _ in workflow.lookup.values() if isinstance(s, TaskStep) and s.compensate is not None
-    )
-    attempts_of = {
-        s.name: (s.retry.max_attempts if s.retry is not None else 1)
-        for s, _ in workflow.lookup.values() if isinstance(s, TaskStep)
-    }
+    family = (workflow, *also)
+    registered = [_instrument(d, dict(jobs or {}), counter) for d in family]
+    scripted = _scripted_jobs(family, jobs or {})
+    shapes = {d.name: _Shape.of(d) for d in family}
+
+    def register(engine: Engine) -> None:
+        # All before any resume starts: a resumed parent may start a child at once.
+        for definition in registered:
+            engine.register(definition)
 
     async def one_run(crash_after: int | None) -> tuple[Outcome, _CrashingAdapter]:
         for job in scripted:
@@ -133,12 +158,13 @@ async def explore_crashes(
         try:
             with trio.CancelScope() as crashing.process:
                 async with open_engine(adapter=crashing, services=services, threads=False) as engine:
-                    engine.register(instrumented)
+                    register(engine)
                     await engine.start(workflow.name, input, instance_id=INSTANCE_ID)
                     for name, payload in signals:
                         await engine.signal(INSTANCE_ID, name, payload)
                         sent += 1
                     instance = await engine.wait(INSTANCE_ID)
+                    children = await _children(engine, instance, bool(also))
         except Exception:
             # What a process that has died raised on its way down (a wait() that saw its
             # instance stop, an adapter call the crash cut short) is nobody's outcome.
@@ -148,31 +174,28 @@ async def explore_crashes(
         counter.counts = collections.Counter()
         if crashing.crashed:
             async with open_engine(adapter=storage, services=services, threads=False) as engine:
-                engine.register(instrumented)
+                register(engine)
                 for name, payload in signals[sent:]:  # never acknowledged: the sender sends again
                     await engine.signal(INSTANCE_ID, name, payload)
                 instance = await engine.wait(INSTANCE_ID)
-        outcome = Outcome(
-            history=instance.history,
-            status=instance.status, output=instance.output, compensated_steps=instance.compensated_steps,
-            compensation_errors=tuple(instance.compensation_errors),
-            completion_order=tuple(r.step_name for r in instance.history if r.status in ("completed", "compensated")),
-            calls=dict(before_crash + counter.counts), calls_after_resume=dict(counter.counts),
-        )
+                children = await _children(engine, instance, bool(also))
+        before, after = _by_instance(before_crash), _by_instance(counter.counts)
+        outcome = _outcome(instance, before, after, {
+            child_id: _outcome(child, before, after) for child_id, child in children.items()})
         return outcome, crashing
 
     baseline, clean = await one_run(None)
     points = []
     for k in range(1, clean.writes + 1):
         outcome, crashed = await one_run(k)
-        if crashed.crash_state is None:
+        if crashed.crash_states is None:
             # Branches that end in one scheduler pass share a checkpoint, so how many writes a
             # run makes can vary with scheduling (real threads): this run ended before write k.
             after = f"no crash: this run made {crashed.writes} writes"
             divergence = _compare_uncrashed(baseline, outcome)
         else:
             after = _describe_write(crashed.states, k)
-            divergence = _compare(baseline, crashed.crash_state, outcome, compensable, attempts_of)
+            divergence = _compare(baseline, crashed.crash_states, outcome, shapes)
         points.append(CrashPoint(write=k, after=after, outcome=outcome, divergence=divergence))
     report = CrashReport(baseline=baseline, writes=clean.writes, points=tuple(points))
     if check and report.divergent:
@@ -186,9 +209,76 @@ async def explore_crashes(
 
 class _Counter:
     def __init__(self) -> None:
-        self.counts: collections.Counter[str] = collections.Counter()
+        #: Calls per calling instance and step callable ("name", "name (compensate)").
+        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
         #: For each scripted job (by id): the script position each attempt got, in this run.
-        self.numbers: dict[int, dict[tuple[str, int, bool], int]] = {}
+        self.numbers: dict[int, dict[tuple[str, str, int, bool], int]] = {}
+
+
+@attrs.frozen(kw_only=True)
+class _Shape:
+    """What the checks need to know of one workflow of the family."""
+
+    #: Steps whose completed executions its compensation undoes: task steps with a
+    #: compensation, and child steps (their child is compensated as a unit).
+    compensable: frozenset[str]
+    #: Attempts each task step may make (its compensation has as many).
+    attempts_of: Mapping[str, int]
+    child_steps: frozenset[str]
+
+    @classmethod
+    def of(cls, definition: WorkflowDefinition) -> _Shape:
+        steps = [s for s, _ in definition.lookup.values()]
+        children = frozenset(s.name for s in steps if isinstance(s, ChildStep))
+        return cls(
+            compensable=children | {s.name for s in steps if isinstance(s, TaskStep) and s.compensate is not None},
+            attempts_of={s.name: (s.retry.max_attempts if s.retry is not None else 1)
+                         for s in steps if isinstance(s, TaskStep)},
+            child_steps=children,
+        )
+
+
+async def _children(engine: Engine, root: WorkflowInstance, family: bool) -> dict[str, WorkflowInstance]:
+    """Every instance descended from ``root``, each once it has ended, by id: those its parents
+    list, and (``family``: child workflows are registered) any stored with a parent among them
+    that its parent does not list, which the checks then report."""
+    found: dict[str, WorkflowInstance] = {}
+    todo = list(root.children)
+    while True:
+        while todo:
+            child_id = todo.pop(0)
+            if child_id not in found:
+                # A child a failing parent cancelled may still be compensating: wait for its end.
+                found[child_id] = child = await engine.wait(child_id)
+                todo += child.children
+        if not family:
+            return found
+        members = {root.id, *found}
+        todo = [i.id for i in await engine.get_instances() if i.parent_id in members and i.id not in found]
+        if not todo:
+            return found
+
+
+def _by_instance(counts: collections.Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (instance_id, key), n in counts.items():
+        out.setdefault(instance_id, {})[key] = n
+    return out
+
+
+def _outcome(
+    instance: WorkflowInstance, before: Mapping[str, Mapping[str, int]], after: Mapping[str, Mapping[str, int]],
+    children: Mapping[str, Outcome] | None = None,
+) -> Outcome:
+    calls = collections.Counter(before.get(instance.id, {}))
+    calls.update(after.get(instance.id, {}))
+    return Outcome(
+        history=instance.history, workflow_name=instance.workflow_name,
+        status=instance.status, output=instance.output, compensated_steps=instance.compensated_steps,
+        compensation_errors=tuple(instance.compensation_errors),
+        completion_order=tuple(r.step_name for r in instance.history if r.status in ("completed", "compensated")),
+        calls=dict(calls), calls_after_resume=dict(after.get(instance.id, {})), children=children or {},
+    )
 
 
 def _compare_uncrashed(base: Outcome, got: Outcome) -> str | None:
@@ -198,13 +288,28 @@ def _compare_uncrashed(base: Outcome, got: Outcome) -> str | None:
 
 
 def _compare(
-    base: Outcome, at_crash: InstanceState, got: Outcome, compensable: frozenset[str], attempts_of: Mapping[str, int]
+    base: Outcome, at_crash: Mapping[str, InstanceState], got: Outcome, shapes: Mapping[str, _Shape],
 ) -> str | None:
     if got.status != base.status:
         return f"final status {got.status!r}, the fault-free run ended {base.status!r}"
     if got.output != base.output:
         return f"output {got.output!r}, the fault-free run gave {base.output!r}"
-    stored = at_crash.records
+    assert got.workflow_name is not None
+    problem = _check_instance(at_crash.get(INSTANCE_ID), got, shapes[got.workflow_name])
+    if problem is not None:
+        return problem
+    for child_id, child in got.children.items():
+        assert child.workflow_name is not None
+        problem = _check_instance(at_crash.get(child_id), child, shapes[child.workflow_name])
+        if problem is not None:
+            return f"child {child_id!r}: {problem}"
+    return _check_family(got, at_crash, shapes)
+
+
+def _check_instance(at_crash: InstanceState | None, got: Outcome, shape: _Shape) -> str | None:
+    """What must hold of one instance of the run, given what was stored of it at the crash
+    (``None``: nothing, it did not exist yet)."""
+    stored = at_crash.records if at_crash is not None else ()
     if [r.id for r in got.history[:len(stored)]] != [r.id for r in stored]:
         return "the history stored before the crash was not kept as it was"
     # Every call after the resume belongs to an execution recorded after the crash point (a step
@@ -219,18 +324,21 @@ def _compare(
         if calls > later[step]:
             return (f"step {step!r} ran {calls} times after the resume, but only {later[step]} attempts of it"
                     " were recorded after the crash: an execution that had completed ran again")
-    done_before = collections.Counter(stored[seq].step_name for seq in at_crash.compensated)
-    done_before.update(stored[seq].step_name for seq in at_crash.compensation_errors)
+    done_before: collections.Counter[str] = collections.Counter()
+    if at_crash is not None:
+        done_before.update(stored[seq].step_name for seq in at_crash.compensated)
+        done_before.update(stored[seq].step_name for seq in at_crash.compensation_errors)
     done_after = collections.Counter(got.compensated_steps) - done_before
-    for step in compensable:
+    for step in shape.compensable:
         calls = got.calls_after_resume.get(f"{step} (compensate)", 0)
-        allowed = (done_after[step] + 1) * attempts_of.get(step, 1)  # + 1: one in flight at the crash
+        allowed = (done_after[step] + 1) * shape.attempts_of.get(step, 1)  # + 1: one in flight at the crash
         if calls > allowed:
             return f"step {step!r} had been compensated before the crash but was compensated again"
     if got.status != "completed":
         expected = tuple(
             r.step_name for r in reversed(got.history)
-            if r.status in ("completed", "compensated") and r.step_name in compensable and r.compensation_error is None
+            if r.status in ("completed", "compensated") and r.step_name in shape.compensable
+            and r.compensation_error is None
         )
         if got.compensated_steps != expected:
             return (f"compensated steps {list(got.compensated_steps)}; its completed compensable steps,"
@@ -240,27 +348,64 @@ def _compare(
     return None
 
 
-def _describe_write(states: list[InstanceState], k: int) -> str:
-    state = states[k - 1]
-    if k == 1:
-        return "instance created"
-    before = states[k - 2]
+def _check_family(got: Outcome, at_crash: Mapping[str, InstanceState], shapes: Mapping[str, _Shape]) -> str | None:
+    """What must hold between the instances of a family: each child is started once, by a
+    parent that knows it (or nothing would ever compensate it), and ends as its parent's step
+    says (compensated with it, or kept)."""
+    members = {INSTANCE_ID: got, **got.children}
+    listed: dict[str, str] = {}
+    for instance_id, outcome in members.items():
+        assert outcome.workflow_name is not None
+        shape = shapes[outcome.workflow_name]
+        for r in outcome.history:
+            if r.status == "started" and r.step_name in shape.child_steps:
+                child_id = r.output
+                if child_id in listed:
+                    return f"child {child_id!r} was started twice (by {listed[child_id]!r} and {instance_id!r})"
+                listed[child_id] = instance_id
+                if child_id not in members:
+                    return f"instance {instance_id!r} started child {child_id!r}, which is not stored"
+            elif r.step_name in shape.child_steps and r.status in ("completed", "compensated") \
+                    and r.compensation_error is None:
+                child_id = child_instance_id(instance_id, r.id)
+                child = members.get(child_id)
+                wanted = "compensated" if r.status == "compensated" else "completed"
+                if child is None or child.status != wanted:
+                    found = "not stored" if child is None else f"ended {child.status!r}"
+                    return (f"step {r.step_name!r} of {instance_id!r} is {r.status} but its child {child_id!r} is"
+                            f" {found}, not {wanted!r}")
+    for child_id in got.children:
+        if child_id not in listed:
+            before = " (it was stored before the crash)" if child_id in at_crash else ""
+            return (f"child {child_id!r} was started{before} but no parent lists it: a child step started a second"
+                    " child, or lost the one it started, which nothing will compensate")
+    return None
+
+
+def _describe_write(states: Sequence[tuple[str, InstanceState]], k: int) -> str:
+    instance_id, state = states[k - 1]
+    who = "" if instance_id == INSTANCE_ID else f"child {instance_id!r}: "
+    before = next((s for i, s in reversed(states[:k - 1]) if i == instance_id), None)
+    if before is None:
+        return f"{who}instance created"
     if len(state.records) > len(before.records):
         done = ", ".join(_described(r) for r in state.records[len(before.records):])
         # The main line's last step is recorded by the instance's terminal checkpoint.
-        return f"{done}; instance {state.status}" if state.phase == "done" else done
+        return f"{who}{done}; instance {state.status}" if state.phase == "done" else f"{who}{done}"
     if len(state.compensated) > len(before.compensated):
-        return _described(state.records[state.compensated[-1]], "compensated")
+        return who + _described(state.records[state.compensated[-1]], "compensated")
     if len(state.compensation_errors) > len(before.compensation_errors):
-        return "a compensation failed for good"
+        return f"{who}a compensation failed for good"
     if state.phase == "compensating" and before.phase != "compensating":
-        return f"failure recorded ({state.error}); compensation starts"
-    return f"instance {state.status}"
+        return f"{who}failure recorded ({state.error}); compensation starts"
+    return f"{who}instance {state.status}"
 
 
 def _described(record: StepResult, status: str | None = None) -> str:
     run = f" (execution {record.execution})" if record.execution > 1 else ""
-    return f"step {record.step_name!r}{run} {status or record.status}"
+    item = item_of(record.lane)
+    of_item = f" of item {item[1]} of {item[0]!r}" if item is not None else ""
+    return f"step {record.step_name!r}{of_item}{run} {status or record.status}"
 
 
 class _CrashingAdapter:
@@ -271,8 +416,10 @@ class _CrashingAdapter:
         self.crash_after = crash_after
         self.writes = 0
         self.crashed = False
-        self.states: list[InstanceState] = []
-        self.crash_state: InstanceState | None = None
+        #: The instance each write was for, and what it stored, in write order.
+        self.states: list[tuple[str, InstanceState]] = []
+        #: Every instance written so far, as stored when the engine died (``None``: it did not).
+        self.crash_states: dict[str, InstanceState] | None = None
         self.process: trio.CancelScope | None = None
 
     async def open(self) -> None:
@@ -350,11 +497,16 @@ class _CrashingAdapter:
             self.process.cancel()
         with trio.CancelScope(shield=True):
             stored = await self.inner.load(instance_id)
-        assert stored is not None
-        state = decode_stored(stored)
-        self.states.append(state)
-        if crash:
-            self.crash_state = state
+            assert stored is not None
+            self.states.append((instance_id, decode_stored(stored)))
+            if crash:
+                # The whole family as the dead process left it: a child's completed steps must
+                # not run again either.
+                self.crash_states = {}
+                for written in dict.fromkeys(i for i, _ in self.states):
+                    found = await self.inner.load(written)
+                    if found is not None:
+                        self.crash_states[written] = decode_stored(found)
 
 
 def _instrument(definition: WorkflowDefinition, jobs: dict[str, StepFn], counter: _Counter) -> WorkflowDefinition:
@@ -381,6 +533,8 @@ def _instrument(definition: WorkflowDefinition, jobs: dict[str, StepFn], counter
                 out.append(task(s))
             elif isinstance(s, ParallelStep):
                 out.append(attrs.evolve(s, branches=tuple(attrs.evolve(b, steps=lane(b.steps)) for b in s.branches)))
+            elif isinstance(s, MapStep):
+                out.append(attrs.evolve(s, branch=attrs.evolve(s.branch, steps=lane(s.branch.steps))))
             else:
                 out.append(s)
         return tuple(out)
@@ -396,14 +550,23 @@ def _counted(key: str, fn: StepFn, counter: _Counter) -> StepFn:
         return _replayed(key, fn, counter)
     if is_async(fn):
         async def counted_async(*args: Any) -> Any:
-            counter.counts[key] += 1
+            counter.counts[_caller(), key] += 1
             return await fn(*args)
         return counted_async
 
     def counted(*args: Any) -> Any:
-        counter.counts[key] += 1
+        counter.counts[_caller(), key] += 1
         return fn(*args)
     return counted
+
+
+def _caller() -> str:
+    """The instance whose step makes the call: a child's steps are counted as its own, even
+    where parent and child share a step name or a job."""
+    try:
+        return current_step().instance_id
+    except NotInStepError:  # pragma: no cover - every counted callable runs in a step
+        return ""
 
 
 def _replayed(key: str, job: ScriptedJob, counter: _Counter) -> StepFn:
@@ -414,19 +577,22 @@ def _replayed(key: str, job: ScriptedJob, counter: _Counter) -> StepFn:
     the engine's."""
 
     async def replayed(*args: Any) -> Any:
-        counter.counts[key] += 1
         step = current_step()
-        attempt = (step.execution_id, step.attempt, step.compensating)
+        counter.counts[step.instance_id, key] += 1
+        # Execution ids are unique within an instance: two children of one workflow both run
+        # "charge#1", which are two requests, not one repeated.
+        attempt = (step.instance_id, step.execution_id, step.attempt, step.compensating)
         number = counter.numbers.setdefault(id(job), {}).setdefault(attempt, len(counter.numbers[id(job)]) + 1)
         return await job.play(number, *args)
 
     return replayed
 
 
-def _scripted_jobs(definition: WorkflowDefinition, jobs: Mapping[str, StepFn]) -> list[ScriptedJob]:
+def _scripted_jobs(definitions: Sequence[WorkflowDefinition], jobs: Mapping[str, StepFn]) -> list[ScriptedJob]:
     found = [j for j in jobs.values() if isinstance(j, ScriptedJob)]
-    for step, _ in definition.lookup.values():
-        if isinstance(step, TaskStep):
-            found += [f for f in (step.run, step.compensate) if isinstance(f, ScriptedJob)]
+    for definition in definitions:
+        for step, _ in definition.lookup.values():
+            if isinstance(step, TaskStep):
+                found += [f for f in (step.run, step.compensate) if isinstance(f, ScriptedJob)]
     unique: dict[int, ScriptedJob] = {id(j): j for j in found}
     return list(unique.values())

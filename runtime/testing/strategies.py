@@ -2,18 +2,19 @@
 
 ``workflows()`` draws a :class:`GeneratedWorkflow`: a definition (sagas and task chains, choice
 diamonds on generated flags, nested parallels with fail-fast and wait-all, retries and step
-timeouts; with ``catches=True`` also catchers, succeed and fail steps), the scripted jobs its
-steps name, an input, and :meth:`GeneratedWorkflow.expected_status`, the status the faults it
-injected must lead to.
+timeouts; with ``catches=True`` also catchers, succeed and fail steps; with ``maps=True`` also
+map steps over generated items), the scripted jobs its steps name, an input, and
+:meth:`GeneratedWorkflow.expected_status`, the status the faults it injected must lead to.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
 import attrs
+import trio
 try:
     from hypothesis import strategies as st
 except ImportError as exc:  # pragma: no cover - exercised in a venv without hypothesis
@@ -23,11 +24,13 @@ except ImportError as exc:  # pragma: no cover - exercised in a venv without hyp
     ) from exc
 
 from trioflow._builder import BranchBuilder, WorkflowBuilder, branch, when, workflow
+from trioflow._current import current_step
 from trioflow._definition import (
     Branch,
     Catch,
     ChoiceStep,
     FailStep,
+    MapStep,
     OnError,
     ParallelStep,
     Step,
@@ -68,6 +71,81 @@ CATCH_MATCHERS: tuple[ErrorMatcher, ...] = (
 )
 #: Matchers no generated failure matches (a catcher put before the one that may match).
 DECOY_MATCHERS: tuple[ErrorMatcher, ...] = (KeyError, "NoSuchError")
+#: What a generated map step's catcher may list besides :data:`CATCH_MATCHERS` (no predicate:
+#: after a restart an item's failure is known only as recorded).
+MAP_MATCHERS: tuple[ErrorMatcher, ...] = ("MapError",)
+
+#: How long a generated item sleeps in a step: items end in an order of their own, with ties.
+ITEM_SLEEPS = (0.0, 0.5, 1.0, 3.0)
+#: How many attempts of a generated item's step fail (9: every attempt; at most 4 are made).
+ITEM_FAILURES = (0, 0, 0, 1, 9)
+
+
+def item_cause(index: int, step: str) -> str:
+    """The message of a generated item's failure at ``step`` (it names no matcher)."""
+    return f"item {index} failed at {step}"
+
+
+@attrs.frozen(kw_only=True)
+class ItemCall:
+    """One call of an :class:`ItemScript`: the item, the execution and attempt it was for, and
+    whether it was the compensation."""
+
+    index: int
+    execution_id: str
+    attempt: int
+    compensating: bool
+
+
+class ItemScript:
+    """The job of a task step in a generated map's branch (``run`` as its execute, ``undo`` as
+    its compensation).
+
+    What it does is in the item it runs for, not in a count of its calls: ``ctx.item["plan"]
+    [step]`` is ``[seconds, failures]``: sleep that long, then fail (with a
+    :class:`ScriptedFailure`) if the attempt is one of the first ``failures``, else return
+    ``[step, item index]``. Items run concurrently and end in any order, so a script played
+    by call number would make whichever item called first fail; keyed by item and attempt, an
+    attempt run again after a crash does what it did before, as the crash explorer needs.
+    Every call is recorded in :attr:`calls`.
+    """
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+        self.calls: list[ItemCall] = []
+
+    def reset(self) -> None:
+        """Forget every call."""
+        self.calls = []
+
+    async def run(self, ctx: Any) -> list[Any]:
+        index, info = ctx.item_index, current_step()
+        self.calls.append(ItemCall(index=index, execution_id=info.execution_id, attempt=info.attempt,
+                                   compensating=False))
+        seconds, failures = ctx.item["plan"][self.step]
+        if seconds:
+            await trio.sleep(seconds)
+        if info.attempt <= failures:
+            raise ScriptedFailure(item_cause(index, self.step))
+        return [self.step, index]
+
+    async def undo(self, ctx: Any, result: Any) -> None:
+        info = current_step()
+        self.calls.append(ItemCall(index=ctx.item_index, execution_id=info.execution_id, attempt=info.attempt,
+                                   compensating=True))
+
+    def __repr__(self) -> str:
+        return f"ItemScript({self.step!r})"
+
+
+def tolerated(step: MapStep, count: int) -> int:
+    """How many of ``count`` items ``step`` tolerates, worked out apart from the engine: a
+    fraction ``p`` tolerates the most failures ``f`` with ``f / count <= p`` (``0.29`` of 100
+    items is 29, as written)."""
+    allowed = step.tolerated_failures
+    if isinstance(allowed, float):
+        return max(f for f in range(count + 1) if count == 0 or f / count <= allowed)
+    return allowed
 
 
 def job_behaviours(*, may_hang: bool = False, timing: bool = True) -> st.SearchStrategy[tuple[Behaviour, ...]]:
@@ -112,9 +190,10 @@ class _Leaf:
 @attrs.frozen
 class _Group:
     """A wait-all parallel step's failure (a ``ParallelError``): its failed branches' errors,
-    in branch order."""
+    in branch order; or a map step's that failed with a ``MapError``: its failed items' errors."""
 
     members: tuple[_Error, ...]
+    name: str = "ParallelError"
 
 
 _Error = Union[_Leaf, _Group]
@@ -129,7 +208,7 @@ def _names(error: _Error) -> frozenset[str]:
     """The error names a failure's message holds (a wait-all step names every branch error)."""
     if isinstance(error, _Leaf):
         return frozenset({error.name})
-    return frozenset({"ParallelError"}).union(*(_names(m) for m in error.members))
+    return frozenset({error.name}).union(*(_names(m) for m in error.members))
 
 
 def _matches(matcher: ErrorMatcher, error: _Error) -> bool:
@@ -154,9 +233,11 @@ def _first_catcher(catch: Sequence[Catch], error: _Error) -> int | None:
 class _Model:
     """Predicts a generated lane from its scripts and flags (see :meth:`lane`)."""
 
-    def __init__(self, jobs: dict[str, ScriptedJob], flags: Sequence[bool]) -> None:
+    def __init__(self, jobs: dict[str, ScriptedJob], flags: Sequence[bool],
+                 items: Mapping[str, Sequence[Any]] | None = None) -> None:
         self.jobs = jobs
         self.flags = flags
+        self.items = items if items is not None else {}
 
     def task_error(self, step: TaskStep) -> _Error | None:
         """``None`` if the task's script succeeds within its retry policy, else the error of
@@ -193,12 +274,14 @@ class _Model:
                 errors = frozenset() if error is None else frozenset({error})
             elif isinstance(step, ParallelStep):
                 errors = self.parallel_errors(step)
+            elif isinstance(step, MapStep):
+                errors = self.map_errors(step)
             elif isinstance(step, FailStep):
                 return frozenset({_Leaf(name=step.error, scripted=False, origin=step.name)})
             elif isinstance(step, SucceedStep):
                 return frozenset()
             if errors:
-                assert isinstance(step, (TaskStep, ParallelStep))
+                assert isinstance(step, (TaskStep, ParallelStep, MapStep))
                 catcher = self.catcher(step.catch, errors)
                 if catcher is None:
                     return errors
@@ -213,6 +296,28 @@ class _Model:
             else:
                 name = None if step.end else step.next
         return frozenset()
+
+    def item_error(self, step: MapStep, item: Any) -> _Error | None:
+        """``None`` if a generated item gets through the map's branch, else its error (that of
+        the first of its steps whose every attempt fails)."""
+        for task in step.branch.steps:
+            assert isinstance(task, TaskStep)
+            if item["plan"][task.name][1] >= (task.retry or NO_RETRY).max_attempts:
+                return _Leaf(name=ScriptedFailure.__name__, scripted=True, origin=task.name)
+        return None
+
+    def map_errors(self, step: MapStep) -> frozenset[_Error]:
+        """What a map step may fail with: nothing while no more items fail than it tolerates;
+        fail-fast tolerating none, the error of whichever failing item fails first; else one
+        ``MapError`` (which names its items' errors)."""
+        items = self.items[step.name]
+        failing = [e for e in (self.item_error(step, item) for item in items) if e is not None]
+        allowed = tolerated(step, len(items))
+        if len(failing) <= allowed:
+            return frozenset()
+        if step.on_error == "fail-fast" and allowed == 0:
+            return frozenset(failing)
+        return frozenset({_Group(members=tuple(failing), name="MapError")})
 
     def parallel_errors(self, step: ParallelStep) -> frozenset[_Error]:
         return self.branch_errors(step.branches, step.on_error)
@@ -249,14 +354,38 @@ class GeneratedWorkflow:
     definition: WorkflowDefinition
     jobs: dict[str, ScriptedJob]
     input: dict[str, Any]
+    #: The jobs of the task steps in map branches, by step (``maps=True``): in the definition,
+    #: not registered by name.
+    item_scripts: dict[str, ItemScript] = attrs.field(factory=dict)
 
     def reset(self) -> None:
         """Start every job's script over (before running the workflow again)."""
         for job in self.jobs.values():
             job.reset()
+        for script in self.item_scripts.values():
+            script.reset()
 
     def _model(self) -> _Model:
-        return _Model(self.jobs, self.input["flags"])
+        return _Model(self.jobs, self.input["flags"], self.input.get("items"))
+
+    def expected_map_output(self, name: str) -> list[Any] | None:
+        """The output of map step ``name`` if it completes, else ``None``: item by item, in
+        item order, its branch's last step's output (``[step, index]``) or, for a failure it
+        tolerates, ``{"error": "ScriptedFailure", "cause": ...}``."""
+        step = self.definition.lookup[name][0]
+        assert isinstance(step, MapStep)
+        items = self.input["items"][name]
+        model = self._model()
+        out: list[Any] = []
+        for index, item in enumerate(items):
+            error = model.item_error(step, item)
+            if error is None:
+                out.append([step.branch.steps[-1].name, index])
+            else:
+                assert isinstance(error, _Leaf)
+                out.append({"error": error.name, "cause": item_cause(index, error.origin)})
+        failed = sum(isinstance(o, dict) for o in out)
+        return out if failed <= tolerated(step, len(items)) else None
 
     def step_succeeds(self, step: TaskStep) -> bool:
         """Whether a task step's script yields a success within its retry policy."""
@@ -271,7 +400,7 @@ class GeneratedWorkflow:
         """The error names the instance may fail with (empty: it completes). More than one
         only where fail-fast branches fail differently and the scheduler picks the first."""
         errors = self._model().lane(self.definition.steps)
-        return frozenset("ParallelError" if isinstance(e, _Group) else e.name for e in errors)
+        return frozenset(e.name for e in errors)
 
     def expected_caught(self) -> list[str]:
         """The main line's steps whose failures a catch routes, in the order they run."""
@@ -283,7 +412,7 @@ class GeneratedWorkflow:
 @st.composite
 def workflows(
     draw: st.DrawFn, *, max_steps: int = 4, max_depth: int = 2, timing: bool = True, parallel: bool = True,
-    loops: bool = False, catches: bool = False,
+    loops: bool = False, catches: bool = False, maps: bool = False, max_items: int = 4,
 ) -> GeneratedWorkflow:
     """A valid random workflow with scripted jobs (see the module docstring).
 
@@ -300,13 +429,24 @@ def workflows(
     that are ``succeed`` or ``fail`` steps. A parallel step's catchers are left out where the
     route they pick, or the error they store, would depend on which fail-fast branch fails
     first, so :meth:`GeneratedWorkflow.expected_status` stays exact.
+
+    ``maps=True`` adds map steps (``m-N``, in any lane) over up to ``max_items`` generated items
+    (the input's ``items[name]``), with or without ``max_concurrency``, fail-fast or wait-all,
+    tolerating none, a count or a fraction of failures; their branch is one or two task steps
+    (``i-N``, maybe retried, maybe compensated) run by :class:`ItemScript`, which each item's
+    plan tells how long to take and whether to fail; with ``catches=True`` also catchers
+    (``"MapError"`` among what they may list). :meth:`GeneratedWorkflow.expected_map_output`
+    gives each map's output.
     """
     ids = itertools.count()
     jobs: dict[str, ScriptedJob] = {}
     flags: list[bool] = []
-    model = _Model(jobs, flags)
+    items: dict[str, list[Any]] = {}
+    scripts: dict[str, ItemScript] = {}
+    model = _Model(jobs, flags, items)
 
-    def catchers(name: str, targets: Sequence[str], *, predicates: bool = True) -> list[Catch]:
+    def catchers(name: str, targets: Sequence[str], *, predicates: bool = True,
+                 extra: Sequence[ErrorMatcher] = ()) -> list[Catch]:
         if not targets or not draw(st.booleans()):
             return []
         out = []
@@ -314,7 +454,7 @@ def workflows(
             out.append(Catch(errors=draw(st.sampled_from(DECOY_MATCHERS)), next=draw(st.sampled_from(targets))))
         # A parallel step's catch may, after a restart, see a branch failure only as recorded
         # (docs/errors.md): its generated catchers match by type, name or ALL, never predicate.
-        allowed = [m for m in CATCH_MATCHERS if predicates or m is not is_scripted]
+        allowed = [m for m in CATCH_MATCHERS if predicates or m is not is_scripted] + list(extra)
         picks = draw(st.lists(st.integers(0, len(allowed) - 1), min_size=1, max_size=2, unique=True))
         result = f"err-{name}" if draw(st.booleans()) else None
         out.append(Catch(errors=[allowed[i] for i in picks], next=draw(st.sampled_from(targets)),
@@ -371,9 +511,47 @@ def workflows(
         builder.choice(f"again-{n}", choices=[when(_fewer_runs_than(body, times), next=body)], default=f"done-{n}")
         builder.pass_(f"done-{n}")
 
+    def map_step(builder: WorkflowBuilder | BranchBuilder, n: int, targets: Sequence[str], targeted: set[str]) -> None:
+        name = f"m-{n}"
+        body = branch(f"items-{n}")
+        retries: list[tuple[str, Retry | None]] = []
+        for _ in range(draw(st.integers(1, 2))):
+            step = f"i-{next(ids)}"
+            retry = draw(st.none() | retry_policies(timing=timing))
+            script = scripts[step] = ItemScript(step)
+            body.step(step, script.run, script.undo if draw(st.booleans()) else None, retry=retry)
+            retries.append((step, retry))
+        sleeps = ITEM_SLEEPS if timing else (0.0,)
+        items[name] = [
+            {"plan": {step: [draw(st.sampled_from(sleeps)), draw(st.sampled_from(ITEM_FAILURES))]
+                      for step, _ in retries}}
+            for _ in range(draw(st.integers(0, max_items)))
+        ]
+        on_error: OnError = draw(st.sampled_from(("fail-fast", "wait-all")))
+        bound = draw(st.sampled_from((None, 1, 2)))
+        allowed: int | float = draw(st.sampled_from((0, 1, 2, 0.25, 0.5)))
+        definition = MapStep(name=name, items=_items(name), branch=body.build(), max_concurrency=bound,
+                             on_error=on_error, tolerated_failures=allowed)
+        catch = catchers(name, targets, predicates=False, extra=MAP_MATCHERS) if catches else []
+        catch = decidable(catch, lambda: model.map_errors(definition))
+        targeted.update(c.next for c in catch)
+        builder.map(name, items=definition.items, branch=definition.branch, max_concurrency=bound,
+                    on_error=on_error, tolerated_failures=allowed, catch=catch)
+
+    def decidable(catch: list[Catch], errors: Callable[[], Any]) -> list[Catch]:
+        """``catch``, or none if the model cannot tell which catcher the errors would meet."""
+        if catch:
+            found = errors()
+            try:
+                if found:
+                    model.catcher(catch, found)
+            except UndecidedCatchError:
+                return []
+        return catch
+
     def lane(builder: WorkflowBuilder | BranchBuilder, depth: int) -> None:
         kinds = ["task", "choice"] + (["parallel"] if parallel and depth < max_depth else []) + (
-            ["loop"] if loops else [])
+            ["loop"] if loops else []) + (["map"] if maps else [])
         parts = draw(st.integers(1, max_steps))
         # Catch targets: a landing pass before a later part (added once something targets it),
         # or this lane's catch route after its normal end.
@@ -391,6 +569,8 @@ def workflows(
                 task(builder, f"t{n}", targets=targets, targeted=targeted)
             elif kind == "loop":
                 loop(builder, n)
+            elif kind == "map":
+                map_step(builder, n, targets, targeted)
             elif kind == "choice":
                 flag = len(flags)
                 flags.append(draw(st.booleans()))
@@ -411,13 +591,7 @@ def workflows(
                     branches.append(b.build())
                 on_error: OnError = draw(st.sampled_from(("fail-fast", "wait-all")))
                 catch = catchers(f"p{n}", targets, predicates=False) if catches else []
-                if catch:
-                    errors = model.branch_errors(branches, on_error)
-                    try:
-                        if errors:
-                            model.catcher(catch, errors)
-                    except UndecidedCatchError:
-                        catch = []
+                catch = decidable(catch, lambda: model.branch_errors(branches, on_error))
                 targeted.update(c.next for c in catch)
                 builder.parallel(f"p{n}", branches=branches, on_error=on_error, catch=catch)
         if route in targeted:
@@ -431,11 +605,16 @@ def workflows(
 
     builder = workflow("generated")
     lane(builder, 0)
-    return GeneratedWorkflow(definition=builder.build(), jobs=jobs, input={"flags": flags})
+    given: dict[str, Any] = {"flags": flags, "items": items} if maps else {"flags": flags}
+    return GeneratedWorkflow(definition=builder.build(), jobs=jobs, input=given, item_scripts=scripts)
 
 
 def _flag(i: int) -> Any:
     return lambda ctx: ctx.input["flags"][i]
+
+
+def _items(name: str) -> Any:
+    return lambda ctx: ctx.input["items"][name]
 
 
 def _fewer_runs_than(step: str, times: int) -> Any:
