@@ -10,6 +10,7 @@ notice in the same atomic write that records its end, so it is never lost.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -67,8 +68,14 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
     state = run.state
     assert run.children is not None
     try:
-        uses_input = step.input is None
-        child_input = ctx.input if step.input is None else step.input(ctx)
+        # No input= mapper: a map item's child gets the item, any other the workflow input.
+        uses_input = step.input is None and ctx.item_index is None
+        if step.input is not None:
+            child_input = step.input(ctx)
+            if inspect.isawaitable(child_input):  # an async def: the input comes once awaited
+                child_input = await child_input
+        else:
+            child_input = ctx.input if uses_input else ctx.item
         run.check_value(child_input, f"input of step {step.name!r}")
     except Exception as exc:
         raise StepFailure(step.name, exc, 1) from exc

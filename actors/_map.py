@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import trio
@@ -43,7 +44,11 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
     progress = lane.fanout
     if progress is None:
         try:
-            items = items_list(step, step.items(ctx))
+            items = step.items(ctx)
+            if inspect.isawaitable(items):  # an async def: its items come once awaited
+                items = await items
+            items = items_list(step, items)
+            run.check_value(items, f"items of map step {step.name!r}")
         except Exception as exc:
             raise StepFailure(step.name, exc, 1) from exc
         start = start_record(state, lane_key, step, items, run.clock())

@@ -169,8 +169,8 @@ class _LaneBuilder:
         next: str | None = None,
         end: bool = False,
     ) -> Self:
-        """Add a map step: ``branch`` runs once per item of ``items(ctx)``, each item as its own
-        actor (``ctx.item``, ``ctx.item_index``), at most ``max_concurrency`` at once; the
+        """Add a map step: ``branch`` runs once per item of ``items(ctx)`` (sync or async), each
+        item as its own actor (``ctx.item``, ``ctx.item_index``), at most ``max_concurrency`` at once; the
         output is the items' outputs in item order. ``tolerated_failures`` (a count, or a
         fraction such as ``0.1``) items may fail and leave ``{"error", "cause"}`` in their slot;
         one more fails the step (``on_error``: cancelling the running items at once, or once all
@@ -192,7 +192,8 @@ class _LaneBuilder:
         end: bool = False,
     ) -> Self:
         """Add a child step: start the registered workflow ``workflow`` as a child instance with
-        ``input(ctx)`` (default: the workflow input) and wait for it to end; its output is the
+        ``input(ctx)`` (sync or async; default: in a map item the item, elsewhere the workflow
+        input) and wait for it to end; its output is the
         step's output, and a child that does not complete fails the step
         (``ChildWorkflowError``, catchable). When this workflow compensates, a completed child
         is compensated as a unit at this step's place."""

@@ -195,7 +195,7 @@ class MapStep:
 @attrs.frozen(kw_only=True)
 class ChildStep:
     """Starts the registered workflow ``workflow`` as a child instance with ``input(ctx)`` (no
-    ``input``: the workflow input) and waits for it to end, holding no task while it waits when
+    ``input``: in a map item the item, elsewhere the workflow input) and waits for it to end, holding no task while it waits when
     it can; the child's output is the step's output, and a child that fails, is cancelled or
     times out fails the step with :class:`ChildWorkflowError`. The child's id comes from the
     parent's id and the step execution's, so a resume never starts it twice. When the parent

@@ -353,3 +353,21 @@ async def test_a_failed_child_is_caught_by_its_own_error_or_as_a_child_failure(
               .succeed("fine").pass_("caught", transform=lambda ctx: ctx.error).build())
     inst, _ = await run_all(MemoryAdapter(), parent, child)
     assert (inst.status, inst.output) == ("completed", {"error": "Declined", "cause": "no"})
+
+
+async def test_in_a_map_item_the_child_input_defaults_to_the_item_and_may_come_from_async_callables(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    async def items(ctx: tf.WorkflowContext) -> list[str]:
+        return ["a", "b"]
+
+    async def shout(ctx: tf.WorkflowContext) -> str:
+        return f"{ctx.item}!"
+
+    echo = tf.workflow("echo").pass_("same", transform=lambda ctx: ctx.input).build()
+    parent = (tf.workflow("p")
+              .map("plain", items=items, branch=tf.branch("x").child("default", workflow="echo").build())
+              .map("async", items=items, branch=tf.branch("y").child("mapped", workflow="echo", input=shout).build())
+              .pass_("both", transform=lambda ctx: [ctx.steps["plain"], ctx.steps["async"]])
+              .build())
+    inst, _ = await run_all(storage(), parent, echo, input="the workflow input")
+    assert (inst.status, inst.output) == ("completed", [["a", "b"], ["a!", "b!"]])

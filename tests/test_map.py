@@ -204,7 +204,7 @@ async def test_items_that_cannot_be_stored_fail_the_step_before_any_item_runs(
           .build())
     inst = await run_one(wf, None, storage())
     assert (inst.status, inst.error_name) == ("failed", "UnencodableValueError")
-    assert "input of step 'each'[1]" in (inst.cause or "")
+    assert "items of map step 'each'[1] is an object" in (inst.cause or "")
     assert ran == []
 
 
