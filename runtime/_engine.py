@@ -31,7 +31,6 @@ from trioflow._codec import (
     encode_whole,
     remember_data,
     same_value,
-    take_changes,
 )
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
@@ -642,9 +641,8 @@ class Engine:
             state.lanes = {MAIN: Lane(step=None)}  # positions the definition no longer has
         elif problem is not None:
             fail_alone(state, f"DefinitionMismatchError: {problem}", self._clock())
-            header, records, first_seq, start, _ = take_changes(state)
-            await self.adapter.checkpoint(state.instance_id, state.status, header, records, first_seq=first_seq,
-                                          start=start)
+            # Stored as a run stores its end: a child's end notice to its parent goes with it.
+            await self._run(definition, state, resumed=True).persist()
             return None
         iid = record.instance_id
         if iid in self._live or iid in self._storing or iid in self._resumed:

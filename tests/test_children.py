@@ -371,3 +371,37 @@ async def test_in_a_map_item_the_child_input_defaults_to_the_item_and_may_come_f
               .build())
     inst, _ = await run_all(storage(), parent, echo, input="the workflow input")
     assert (inst.status, inst.output) == ("completed", [["a", "b"], ["a!", "b!"]])
+
+
+async def test_a_child_that_fails_alone_on_a_changed_definition_still_tells_its_parent(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    """A child stopped while compensating, then taken up under a definition it no longer fits,
+    fails alone without running anything: its parent must still hear of that end."""
+    gate = trio.Event()
+
+    async def keep(ctx: tf.WorkflowContext) -> str:
+        return "kept"
+
+    async def undo_slowly(ctx: tf.WorkflowContext, result: str) -> None:
+        await gate.wait()  # never set: the first engine stops during this compensation
+
+    async def fails(ctx: tf.WorkflowContext) -> None:
+        raise Declined("no")
+
+    kid = tf.workflow("kid").step("keep", keep, undo_slowly).step("fails", fails).build()
+    changed = tf.workflow("kid").step("other", keep).build()  # "fails" and "keep" are gone
+    parent = tf.workflow("p").child("c", workflow="kid").build()
+    clock = virtual_wall_clock()
+    async with open_test_engine(adapter=storage(), clock=clock) as engine:
+        engine.register(parent)
+        engine.register(kid)
+        iid = await engine.start("p")
+        await trio.sleep(5)
+        child = await engine.get_instance(f"{iid}/c#1")
+        assert child is not None and child.status == "running"  # compensating, stopped in undo_slowly
+    async with open_test_engine(adapter=storage(), clock=clock) as engine:
+        engine.register(parent)
+        engine.register(changed)
+        with trio.fail_after(600):
+            inst = await engine.wait(iid)
+        assert (inst.status, inst.error_name) == ("failed", "DefinitionMismatchError")
