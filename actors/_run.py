@@ -113,6 +113,12 @@ class Children(Protocol):
         """Compensate a completed child as a unit; ``None``, or why a compensation failed."""
         ...
 
+    def deliver_notice(self, parent_id: str, notice: str, seq: int | None, payload: bytes) -> bool:
+        """A child's end notice to its parent is stored as signal ``seq`` (``None``: the adapter
+        did not say which): hand it to the parent if it runs here; whether that was all to do
+        (else :meth:`ended` reads it, or wakes the parent)."""
+        ...
+
     async def ended(self, parent_id: str, notice: str) -> None:
         """A child's end notice to its parent is stored: deliver it, or wake the parent."""
         ...
@@ -393,6 +399,7 @@ class Run:
         notify = self._end_notice(status)
         if notify is not None:
             extra = {**extra, "notify": notify}
+        notice_seq: int | None = None
         deadline: float | None = None
         delay = 0.05
         try:
@@ -402,7 +409,7 @@ class Run:
                         await self.adapter.checkpoint(s.instance_id, status, header, records, first_seq=first_seq,
                                                       start=start)
                     else:
-                        await self.adapter.checkpoint(
+                        notice_seq = await self.adapter.checkpoint(
                             s.instance_id, status, header, records, first_seq=first_seq, start=start, **extra)
                     break
                 except StorageUnavailableError as exc:
@@ -416,7 +423,8 @@ class Run:
         taken(s, len(records))
         self.stored_status = status
         self.stored_wake_at = wake
-        if notify is not None and self.children is not None and self.spawn is not None:
+        if notify is not None and self.children is not None and self.spawn is not None \
+                and not self.children.deliver_notice(*notify[:2], notice_seq, notify[2]):
             # Beside the run: waking the parent may read storage, and is not this run's work.
             self.spawn(f"notify parent {notify[0]}", self.children.ended, notify[0], notify[1])
 

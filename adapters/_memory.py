@@ -93,7 +93,7 @@ class MemoryAdapter:
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
         first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
         notify: tuple[str, str, bytes] | None = None,
-    ) -> None:
+    ) -> int | None:
         row = self._rows.get(instance_id)
         if row is None:
             raise UnknownInstanceError(f"no stored instance {instance_id!r} to checkpoint")
@@ -144,7 +144,8 @@ class MemoryAdapter:
             heapq.heappush(self._wakes, (wake_at, row.order, instance_id))
         row.wake_at = wake_at
         if notify is not None and notify[0] in self._rows:
-            self._store_signal(*notify)
+            return self._store_signal(*notify)
+        return None
 
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
         row = self._rows.get(instance_id)

@@ -64,7 +64,7 @@ class Adapter(Protocol):
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
         first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
         notify: tuple[str, str, bytes] | None = None,
-    ) -> None:
+    ) -> int | None:
         """In one atomic write: replace the status, header and ``wake_at``, append ``records`` as seq
         ``first_seq``, ``first_seq + 1``, ..., and delete the pending signals whose seqs are in
         ``consumed`` (the engine passes it only when a receive step consumed some). ``first_seq``
@@ -80,7 +80,11 @@ class Adapter(Protocol):
         ``notify`` ``(instance_id, name, payload)``: also store that signal for that instance, as
         :meth:`send_signal` would (nothing if it has ended or is unknown), in the same atomic
         write. The engine passes it with the checkpoint that records a child instance's end:
-        its notice to its parent is then never lost, nor sent for an end that was not stored."""
+        its notice to its parent is then never lost, nor sent for an end that was not stored.
+
+        Returns the seq of the notice it stored, or ``None`` (no ``notify``, or nothing stored).
+        An adapter may return ``None`` always: the engine then reads the parent's signals to
+        find the notice, a read more per child."""
         ...
 
     async def due(self, before: float, limit: int) -> list[StoredInstance]:

@@ -336,7 +336,7 @@ class SQLiteAdapter:
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
         first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
         notify: tuple[str, str, bytes] | None = None,
-    ) -> None:
+    ) -> int | None:
         # Everything is checked and copied here, before anything is handed to the writer: a
         # value that cannot be stored fails the call and nothing is written.
         if type(first_seq) is not int or first_seq < 0:
@@ -362,9 +362,10 @@ class SQLiteAdapter:
         if notify is not None:
             notify = (notify[0], notify[1], _blob(notify[2], "notice payload"))
         finished_at = self._wall_clock() if status in TERMINAL else None
-        await self._submit(("checkpoint", (
+        notice: int | None = await self._submit(("checkpoint", (
             status, header, start, len(stored), wake_at, instance_id, first_seq, finished_at, stored, tuple(consumed),
             notify)))
+        return notice
 
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
         payload = _blob(payload, "signal payload")
@@ -705,12 +706,12 @@ def _checkpoint_many(
             updated -= len(consumed) - conn.executemany(_CONSUME_SQL, consumed).rowcount
         if updated == len(checkpoints):
             conn.executemany(_RECORD_SQL, _record_rows(checkpoints))
-            for args in checkpoints:
-                if args[10] is not None:
-                    _signal(conn, *args[10])
+            # Each checkpoint's result: the seq of the end notice it stored, if any.
+            done: list[outcome.Outcome[Any]] = [
+                outcome.Value(None if args[10] is None else _signal(conn, *args[10])[1]) for args in checkpoints]
             conn.execute("RELEASE trioflow_checkpoints")
             changes.update(leaves)
-            return [outcome.Value(None) for _ in checkpoints]
+            return done
         conn.execute("ROLLBACK TO trioflow_checkpoints")
         conn.execute("RELEASE trioflow_checkpoints")
     return [_checkpoint_one(conn, args, known, changes) for args in checkpoints]
@@ -745,10 +746,9 @@ def _checkpoint_one(
         conn.executemany(_RECORD_SQL, _record_rows((args,)))
     if consumed:
         conn.executemany(_CONSUME_SQL, [(seq, instance_id) for seq in consumed])
-    if args[10] is not None:
-        _signal(conn, *args[10])
+    notice = None if args[10] is None else _signal(conn, *args[10])[1]
     changes[instance_id] = status if args[4] is None else None  # a waiting instance is forgotten
-    return outcome.Value(None)
+    return outcome.Value(notice)
 
 
 def _record_rows(checkpoints: Sequence[tuple[Any, ...]]) -> list[tuple[str, int, bytes]]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._codec import decode_payload
 from ._errors import EngineClosedError, TrioflowError, describe_error
 
 if TYPE_CHECKING:
@@ -69,6 +70,13 @@ class EngineChildren:
 
     async def compensate(self, child_id: str) -> str | None:
         return await self._engine._undo_child(child_id)
+
+    def deliver_notice(self, parent_id: str, notice: str, seq: int | None, payload: bytes) -> bool:
+        run = self._engine._live.get(parent_id)
+        if run is None or seq is None or self._engine._closed:
+            return self._engine._closed  # closed: stored, the next engine's resume finds it pending
+        run.deliver(seq, notice, decode_payload(payload))  # what storage holds: no read needed
+        return True
 
     async def ended(self, parent_id: str, notice: str) -> None:
         engine = self._engine

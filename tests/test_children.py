@@ -120,6 +120,29 @@ async def test_a_map_can_start_a_child_per_item(
     assert all(stored[c].parent_id == inst.id for c in inst.children)
 
 
+class SilentNotices(MemoryAdapter):
+    """An adapter written before checkpoints returned the seq of the end notice they store."""
+
+    async def checkpoint(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        await super().checkpoint(*args, **kwargs)
+
+
+@pytest.mark.parametrize("adapter", [MemoryAdapter, SilentNotices])
+async def test_a_parent_gets_its_childrens_ends_whether_or_not_the_adapter_says_where_it_stored_them(
+        autojump_clock: trio.testing.MockClock, adapter: Callable[[], Adapter]) -> None:
+    """The engine hands a stored end notice to a parent that runs here (its seq came back from
+    the child's last checkpoint) or, from an adapter that says nothing, reads it from storage."""
+    log: list[str] = []
+    parent = (tf.workflow("batch")
+              .map("each", items=lambda ctx: ctx.input,
+                   branch=tf.branch("one").child("bill", workflow="invoice").build())
+              .build())
+    inst, stored = await run_all(adapter(), parent, invoice_saga(log), input=list("ABCDEFGH"))
+    assert inst.status == "completed"
+    assert inst.output == [{"invoice": x, "paid": f"c-{x}"} for x in "ABCDEFGH"]
+    assert all(stored[c].status == "completed" for c in inst.children)
+
+
 # -- failures --------------------------------------------------------------------------------------
 
 

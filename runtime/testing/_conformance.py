@@ -362,13 +362,16 @@ async def checkpoint_notifies_in_the_same_write(open_adapter: OpenAdapter) -> No
                                     notify=("parent", "trioflow.child-ended:child", b"outcome")),
                        CheckpointConflictError, "a fenced-out checkpoint with a notice must be refused")
         assert await a.signals("parent") == [], "a refused checkpoint must store no notice"
-        await a.checkpoint("child", "completed", b"h1", [b"r0"], first_seq=0,
-                           notify=("parent", "trioflow.child-ended:child", _BLOB))
+        seq = await a.checkpoint("child", "completed", b"h1", [b"r0"], first_seq=0,
+                                 notify=("parent", "trioflow.child-ended:child", _BLOB))
         notices = await a.signals("parent")
         assert [(name, payload) for _, name, payload in notices] == [("trioflow.child-ended:child", _BLOB)], (
             f"a checkpoint's notice must be stored as a signal of the instance it names, got {notices}")
+        # Returning None is allowed (the engine then reads the parent's signals); a seq must be the notice's.
+        assert seq is None or seq == notices[0][0], f"checkpoint returned {seq!r}, the notice's seq is {notices[0][0]}"
         assert (await _stored(a, "child"))[2] == "completed", "the checkpoint itself must be stored with its notice"
-        await a.checkpoint("child", "completed", b"h2", [], first_seq=1, notify=("ended", "n", b"x"))
+        assert await a.checkpoint("child", "completed", b"h2", [], first_seq=1, notify=("ended", "n", b"x")) is None, (
+            "a checkpoint whose notice was not stored (its instance has ended) must return None")
         await a.checkpoint("child", "completed", b"h3", [], first_seq=1, notify=("nobody", "n", b"x"))
         assert await a.signals("ended") == [], "no notice is stored for a finished instance"
         assert (await _stored(a, "child"))[4] == b"h3", "a notice to an unknown instance must not stop the checkpoint"

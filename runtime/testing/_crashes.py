@@ -438,15 +438,17 @@ class _CrashingAdapter:
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
         first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
         notify: tuple[str, str, bytes] | None = None,
-    ) -> None:
+    ) -> int | None:
         await self._before_write()
         extra: dict[str, Any] = {"consumed": consumed} if consumed else {}
         if wake_at is not None:
             extra["wake_at"] = wake_at
         if notify is not None:
             extra["notify"] = notify
-        await self.inner.checkpoint(instance_id, status, header, records, first_seq=first_seq, start=start, **extra)
+        notice = await self.inner.checkpoint(instance_id, status, header, records, first_seq=first_seq, start=start,
+                                             **extra)
         await self._after_write(instance_id)
+        return notice
 
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
         return await self.inner.send_signal(instance_id, name, payload)
