@@ -1,10 +1,14 @@
-"""SQLite adapter: a real database file, WAL mode, one writer thread with group commit.
+"""SQLite adapter: a real database file, WAL mode, group commit, commits in a writer thread.
 
-Calls made during one pass of trio's scheduler are gathered into one batch and handed to one
-thread that owns the connection; that thread applies everything handed over since its last
-commit in one transaction, so one fsync covers many instances' checkpoints (group commit). Each
-caller's task stays parked until the transaction holding its own write has committed, so
-"``checkpoint`` returned" still means "on disk". The trio thread never touches the disk.
+Calls made while a transaction commits are gathered into the next one (up to ``MAX_BATCH``), so
+one fsync covers many instances' checkpoints (group commit). One transaction is in flight at a
+time. Its statements run in the trio thread when they are small ones (writes, reads of one
+instance) and the write lock is free: SQLite then works in its page cache, and nothing waits on
+the GIL between two threads at every statement. Its ``COMMIT``, which writes the log and syncs
+it, always runs in the writer thread, as do transactions that hold large reads or purges, or
+that must wait for another connection's lock. Each caller's task stays parked until the
+transaction holding its own write has committed, so "``checkpoint`` returned" still means "on
+disk"; the trio thread never waits for the disk.
 
 Storage (schema version 2, protocol version 3): one row per instance in ``trioflow_instances``
 (indexed fields, the ``start`` bytes, the ``header`` bytes, ``next_seq``: how many records it
@@ -57,6 +61,9 @@ SCHEMA_VERSION = 2
 #: Most operations in one transaction. Small enough that the trio side runs the next steps of
 #: one slice while the next slice is written (measured: recovery of 10k instances, 256 best).
 MAX_BATCH = 256
+#: Operations whose statements may run in the trio thread: each touches one instance, or a
+#: bounded number (``due`` has a limit). Listings, purges and the resume scan go to the writer.
+_INLINE = frozenset({"create", "checkpoint", "signal", "signals", "load", "delete", "due", "next_wake"})
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -160,6 +167,13 @@ class SQLiteAdapter:
         self.busy_timeout = float(busy_timeout)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending: list[tuple[Any, _Op]] = []
+        #: A transaction is in flight (handed to the writer, which commits it and says so).
+        self._committing = False
+        #: The connection, used by the trio thread to start a transaction and by the writer to
+        #: finish it: never by both at once (one transaction in flight).
+        self._conn: sqlite3.Connection | None = None
+        #: Statuses committed so far, for checkpoints that keep theirs (see :func:`_apply`).
+        self._known: dict[str, str] = {}
         self._token: trio.lowlevel.TrioToken | None = None
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
@@ -190,6 +204,8 @@ class SQLiteAdapter:
             conn = await trio.to_thread.run_sync(self._connect, limiter=trio.CapacityLimiter(1))
         self._queue = queue.SimpleQueue()
         self._pending = []
+        self._committing = False
+        self._conn, self._known = conn, {}
         self._token = trio.lowlevel.current_trio_token()
         self._thread = threading.Thread(
             target=self._writer, args=(conn, self._token),
@@ -207,11 +223,13 @@ class SQLiteAdapter:
         if thread is None:
             return
         self._thread = None
-        if self._pending:
-            self._flush()
+        if self._pending:  # after the transaction in flight, if any: it is in the queue already
+            leftovers, self._pending = self._pending, []
+            self._queue.put((leftovers, None))
         self._queue.put(_STOP)
         with self._in_thread():
             await trio.to_thread.run_sync(thread.join, limiter=trio.CapacityLimiter(1))
+        self._conn = None
         self._unlock()
 
     @contextlib.contextmanager
@@ -241,6 +259,9 @@ class SQLiteAdapter:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
                 self._prepare_schema(conn)
+                # Transactions started in the trio thread must not wait for a lock: one that
+                # finds it taken goes to the writer, which waits (see :meth:`_patient`).
+                conn.execute("PRAGMA busy_timeout = 0")
             except BaseException:
                 conn.close()
                 raise
@@ -436,50 +457,69 @@ class SQLiteAdapter:
             return await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
 
     def _flush(self) -> None:
-        if self._pending:  # ``close`` may have handed this pass's calls over already
-            batch, self._pending = self._pending, []
-            self._queue.put(batch)
+        # ``close`` may have handed this pass's calls over already; a transaction in flight
+        # starts the next one when it has committed.
+        if self._pending and not self._committing and self._thread is not None:
+            self._next_transaction()
 
-    @staticmethod
-    def _wake(results: list[tuple[Any, outcome.Outcome[Any]]]) -> None:
+    def _next_transaction(self) -> None:
+        """Start a transaction of the oldest pending calls and hand it to the writer: with its
+        statements run here if they are all small ones and the write lock is free, else whole."""
+        batch = self._pending[:MAX_BATCH]
+        del self._pending[:MAX_BATCH]
+        self._committing = True
+        applied = None
+        if self._conn is not None and all(op[0] in _INLINE for _, op in batch):
+            applied = _run_inline(self._conn, [op for _, op in batch], self._known)
+        self._queue.put((batch, applied))
+
+    def _committed(self, results: list[tuple[Any, outcome.Outcome[Any]]]) -> None:
+        """The writer finished a transaction: wake its callers, start the next one."""
+        self._committing = False
         for task, result in results:
             trio.lowlevel.reschedule(task, result)
+        if self._pending and self._thread is not None:
+            self._next_transaction()
 
     # -- the writer thread --------------------------------------------------------------------
 
     def _writer(self, conn: sqlite3.Connection, token: trio.lowlevel.TrioToken) -> None:
-        #: Status of each pending or running instance as last committed by this writer: a
-        #: checkpoint that keeps it leaves the two status indexes alone (see :func:`_apply`).
-        known: dict[str, str] = {}
+        known = self._known
         try:
             while True:
                 item = self._queue.get()
                 if item is _STOP:
                     return
-                pending = list(item)
-                stop = False
-                while len(pending) < MAX_BATCH:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is _STOP:
-                        stop = True
-                        break
-                    pending.extend(nxt)
-                # Commit in slices: the tasks of the first slice run their next steps while
-                # the next slice is written, instead of everyone waiting for one huge commit.
-                for start in range(0, len(pending), MAX_BATCH):
-                    batch = pending[start:start + MAX_BATCH]
-                    results = _apply(conn, batch, known)
+                pending, applied = item
+                if applied is not None:  # its statements ran in the trio thread: commit it
+                    results = _apply(conn, pending, known, applied)
                     self.transactions += 1
-                    self.operations += len(batch)
-                    token.run_sync_soon(self._wake, results)
-                if stop:
-                    return
+                    self.operations += len(pending)
+                    token.run_sync_soon(self._committed, results)
+                    continue
+                with self._patient(conn):
+                    # In slices (what ``close`` hands over may be more than one batch): the
+                    # first slice's tasks go on while the next is written.
+                    for start in range(0, len(pending), MAX_BATCH):
+                        batch = pending[start:start + MAX_BATCH]
+                        results = _apply(conn, batch, known)
+                        self.transactions += 1
+                        self.operations += len(batch)
+                        token.run_sync_soon(self._committed, results)
         finally:
             conn.close()
             self._refuse_leftovers(token)
+
+    @contextlib.contextmanager
+    def _patient(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """In the writer, around a transaction it runs whole: it waits up to ``busy_timeout``
+        for another connection's lock (the trio thread's transactions never wait)."""
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA busy_timeout = 0")
 
     def _refuse_leftovers(self, token: trio.lowlevel.TrioToken) -> None:
         """Calls handed over after the stop get an error instead of waiting forever."""
@@ -490,16 +530,38 @@ class SQLiteAdapter:
             except queue.Empty:
                 return
             if item is not _STOP:
-                refused: list[tuple[Any, outcome.Outcome[Any]]] = [(task, outcome.Error(closed)) for task, _ in item]
-                token.run_sync_soon(self._wake, refused)
+                refused: list[tuple[Any, outcome.Outcome[Any]]] = [(task, outcome.Error(closed)) for task, _ in item[0]]
+                token.run_sync_soon(self._committed, refused)
+
+
+def _run_inline(
+    conn: sqlite3.Connection, ops: list[_Op], known: dict[str, str],
+) -> tuple[list[outcome.Outcome[Any]], dict[str, str | None]] | None:
+    """Begin a transaction and run ``ops`` in it (in the trio thread), leaving the ``COMMIT`` to
+    :func:`_apply` in the writer: ``(results, changes)``. ``None``, with nothing left open, if
+    the write lock is taken (the writer waits for it) or a statement failed (the writer runs the
+    batch again, each op alone if need be)."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error:
+        return None
+    changes: dict[str, str | None] = {}
+    try:
+        return _run_all(conn, ops, known, changes), changes
+    except Exception:
+        _roll_back(conn)
+        return None
 
 
 def _apply(
     conn: sqlite3.Connection, batch: list[tuple[Any, _Op]], known: dict[str, str],
+    applied: tuple[list[outcome.Outcome[Any]], dict[str, str | None]] | None = None,
 ) -> list[tuple[Any, outcome.Outcome[Any]]]:
-    """Apply a batch in one transaction; if one op fails, apply each op alone so that only the
-    op at fault gets the error. If the database itself fails (busy, locked, full, I/O), every op
-    gets that error at once: trying each alone would wait out the busy timeout once per op.
+    """Apply a batch in one transaction (``applied``: its statements ran already, in the open
+    transaction, see :func:`_run_inline`; only the ``COMMIT`` is left). If one op fails, apply
+    each op alone so that only the op at fault gets the error. If the database itself fails
+    (busy, locked, full, I/O), every op gets that error at once: trying each alone would wait
+    out the busy timeout once per op.
 
     ``known`` holds the status this writer last committed for each pending or running
     instance: a checkpoint that keeps its instance's status does not write the status column,
@@ -507,10 +569,13 @@ def _apply(
     transaction writes enters ``known`` only once it has committed; after any failure (a
     failed COMMIT may still have committed) ``known`` starts over empty. (One engine per file:
     no one else writes these rows.)"""
-    changes: dict[str, str | None] = {}
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        done = _run_all(conn, [op for _, op in batch], known, changes)
+        if applied is None:
+            changes: dict[str, str | None] = {}
+            conn.execute("BEGIN IMMEDIATE")
+            done = _run_all(conn, [op for _, op in batch], known, changes)
+        else:
+            done, changes = applied
         conn.execute("COMMIT")
         _learn(known, changes)
         return [(task, result) for (task, _), result in zip(batch, done)]

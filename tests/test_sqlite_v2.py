@@ -181,6 +181,47 @@ async def test_many_instances_checkpoint_in_one_transaction_and_only_the_refused
     await adapter.close()
 
 
+async def test_a_write_that_finds_the_lock_taken_waits_for_it_within_the_busy_timeout(tmp_path: Path) -> None:
+    """Real time: another connection holds the write lock for a moment. The adapter's calls
+    neither fail nor block the trio thread meanwhile (its transactions go to the writer, which
+    waits for the lock), and once the lock is free they are stored."""
+    path = tmp_path / "f.db"
+    adapter = SQLiteAdapter(path, busy_timeout=5.0)
+    await adapter.open()
+    await adapter.create("i", "w", "running", start=b"S", header=b"H0")
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        await trio.to_thread.run_sync(blocker.execute, "BEGIN IMMEDIATE")
+        ticks = 0
+        done = trio.Event()
+
+        async def ticking() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                await trio.sleep(0.01)
+                ticks += 1
+
+        async def release() -> None:
+            await trio.sleep(0.3)
+            await trio.to_thread.run_sync(blocker.execute, "COMMIT")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticking)
+            nursery.start_soon(release)
+            results = await _gather(
+                lambda: adapter.checkpoint("i", "running", b"H1", [b"r0"], first_seq=0),
+                lambda: adapter.create("j", "w", "running", start=b"S", header=b"H0"),
+                lambda: adapter.load("i"))
+            done.set()
+        assert results[:2] == [None, True]
+        assert ticks >= 10, "the trio thread kept running while the lock was held"
+        stored = await adapter.load("i")
+        assert stored is not None and (stored.header, stored.records) == (b"H1", (b"r0",))
+    finally:
+        blocker.close()
+        await adapter.close()
+
+
 async def test_a_checkpoint_that_fails_part_way_writes_nothing_and_fails_alone(tmp_path: Path) -> None:
     path = tmp_path / "f.db"
     adapter = await _opened(path)
