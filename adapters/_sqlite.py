@@ -3,12 +3,12 @@
 Calls made while a transaction commits are gathered into the next one (up to ``MAX_BATCH``), so
 one fsync covers many instances' checkpoints (group commit). One transaction is in flight at a
 time. Its statements run in the trio thread when they are small ones (writes, reads of one
-instance) and the write lock is free: SQLite then works in its page cache, and nothing waits on
-the GIL between two threads at every statement. Its ``COMMIT``, which writes the log and syncs
-it, always runs in the writer thread, as do transactions that hold large reads or purges, or
-that must wait for another connection's lock. Each caller's task stays parked until the
-transaction holding its own write has committed, so "``checkpoint`` returned" still means "on
-disk"; the trio thread never waits for the disk.
+instance) and the write lock is free: SQLite then works in its page cache (reading the pages it
+lacks), and nothing waits on the GIL between two threads at every statement. Its ``COMMIT``,
+which writes the log and syncs it, always runs in the writer thread, as do transactions that
+hold larger reads or purges, or that must wait for another connection's lock: the trio thread
+never waits for an fsync or a lock. Each caller's task stays parked until the transaction
+holding its own write has committed, so "``checkpoint`` returned" still means "on disk".
 
 Storage (schema version 2, protocol version 3): one row per instance in ``trioflow_instances``
 (indexed fields, the ``start`` bytes, the ``header`` bytes, ``next_seq``: how many records it
@@ -61,9 +61,10 @@ SCHEMA_VERSION = 2
 #: Most operations in one transaction. Small enough that the trio side runs the next steps of
 #: one slice while the next slice is written (measured: recovery of 10k instances, 256 best).
 MAX_BATCH = 256
-#: Operations whose statements may run in the trio thread: each touches one instance, or a
-#: bounded number (``due`` has a limit). Listings, purges and the resume scan go to the writer.
-_INLINE = frozenset({"create", "checkpoint", "signal", "signals", "load", "delete", "due", "next_wake"})
+#: Operations whose statements may run in the trio thread: each touches one instance (or none,
+#: ``next_wake``). Listings, purges, the resume scan and ``due`` (a thousand instances with all
+#: their records) go to the writer.
+_INLINE = frozenset({"create", "checkpoint", "signal", "signals", "load", "delete", "next_wake"})
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -174,6 +175,7 @@ class SQLiteAdapter:
         self._conn: sqlite3.Connection | None = None
         #: Statuses committed so far, for checkpoints that keep theirs (see :func:`_apply`).
         self._known: dict[str, str] = {}
+        self._busy_ms = int(self.busy_timeout * 1000)
         self._token: trio.lowlevel.TrioToken | None = None
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
@@ -259,9 +261,6 @@ class SQLiteAdapter:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
                 self._prepare_schema(conn)
-                # Transactions started in the trio thread must not wait for a lock: one that
-                # finds it taken goes to the writer, which waits (see :meth:`_patient`).
-                conn.execute("PRAGMA busy_timeout = 0")
             except BaseException:
                 conn.close()
                 raise
@@ -470,7 +469,7 @@ class SQLiteAdapter:
         self._committing = True
         applied = None
         if self._conn is not None and all(op[0] in _INLINE for _, op in batch):
-            applied = _run_inline(self._conn, [op for _, op in batch], self._known)
+            applied = _run_inline(self._conn, [op for _, op in batch], self._known, self._busy_ms)
         self._queue.put((batch, applied))
 
     def _committed(self, results: list[tuple[Any, outcome.Outcome[Any]]]) -> None:
@@ -497,29 +496,18 @@ class SQLiteAdapter:
                     self.operations += len(pending)
                     token.run_sync_soon(self._committed, results)
                     continue
-                with self._patient(conn):
-                    # In slices (what ``close`` hands over may be more than one batch): the
-                    # first slice's tasks go on while the next is written.
-                    for start in range(0, len(pending), MAX_BATCH):
-                        batch = pending[start:start + MAX_BATCH]
-                        results = _apply(conn, batch, known)
-                        self.transactions += 1
-                        self.operations += len(batch)
-                        token.run_sync_soon(self._committed, results)
+                # In slices (what ``close`` hands over may be more than one batch): the first
+                # slice's tasks go on while the next is written. (Only then: the adapter is
+                # closed, so ``_committed`` starts no transaction on the connection meanwhile.)
+                for start in range(0, len(pending), MAX_BATCH):
+                    batch = pending[start:start + MAX_BATCH]
+                    results = _apply(conn, batch, known)
+                    self.transactions += 1
+                    self.operations += len(batch)
+                    token.run_sync_soon(self._committed, results)
         finally:
             conn.close()
             self._refuse_leftovers(token)
-
-    @contextlib.contextmanager
-    def _patient(self, conn: sqlite3.Connection) -> Iterator[None]:
-        """In the writer, around a transaction it runs whole: it waits up to ``busy_timeout``
-        for another connection's lock (the trio thread's transactions never wait)."""
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        try:
-            yield
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("PRAGMA busy_timeout = 0")
 
     def _refuse_leftovers(self, token: trio.lowlevel.TrioToken) -> None:
         """Calls handed over after the stop get an error instead of waiting forever."""
@@ -535,18 +523,21 @@ class SQLiteAdapter:
 
 
 def _run_inline(
-    conn: sqlite3.Connection, ops: list[_Op], known: dict[str, str],
+    conn: sqlite3.Connection, ops: list[_Op], known: dict[str, str], busy_ms: int,
 ) -> tuple[list[outcome.Outcome[Any]], dict[str, str | None]] | None:
     """Begin a transaction and run ``ops`` in it (in the trio thread), leaving the ``COMMIT`` to
     :func:`_apply` in the writer: ``(results, changes)``. ``None``, with nothing left open, if
-    the write lock is taken (the writer waits for it) or a statement failed (the writer runs the
-    batch again, each op alone if need be)."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error:
-        return None
+    the write lock is taken (the writer waits for it, ``busy_ms``) or a statement failed (the
+    writer runs the batch again, each op alone if need be)."""
     changes: dict[str, str | None] = {}
     try:
+        # Only this BEGIN may wait for a lock: it must not, in the event loop's thread. The
+        # connection waits everywhere else (the writer's transactions).
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
         return _run_all(conn, ops, known, changes), changes
     except Exception:
         _roll_back(conn)
@@ -563,7 +554,7 @@ def _apply(
     (busy, locked, full, I/O), every op gets that error at once: trying each alone would wait
     out the busy timeout once per op.
 
-    ``known`` holds the status this writer last committed for each pending or running
+    ``known`` holds the status last committed for each pending or running
     instance: a checkpoint that keeps its instance's status does not write the status column,
     which spares SQLite the update of both status indexes (most checkpoints keep it). What a
     transaction writes enters ``known`` only once it has committed; after any failure (a

@@ -73,9 +73,14 @@ class EngineChildren:
 
     def deliver_notice(self, parent_id: str, notice: str, seq: int | None, payload: bytes) -> bool:
         run = self._engine._live.get(parent_id)
-        if run is None or seq is None or self._engine._closed:
-            return self._engine._closed  # closed: stored, the next engine's resume finds it pending
-        run.deliver(seq, notice, decode_payload(payload))  # what storage holds: no read needed
+        if run is None or type(seq) is not int or self._engine._closed:
+            # Closed: stored, the next engine's resume finds it pending. (Not an int: an adapter
+            # from before checkpoints returned the notice's seq, returning something else.)
+            return self._engine._closed
+        # What storage holds: no read needed. (A run resumed since the notice was stored and
+        # taken, were an adapter to await after storing it, holds it as delivered and never
+        # takes it: no lane waits for that child any more.)
+        run.deliver(seq, notice, decode_payload(payload))
         return True
 
     async def ended(self, parent_id: str, notice: str) -> None:

@@ -127,7 +127,15 @@ class SilentNotices(MemoryAdapter):
         await super().checkpoint(*args, **kwargs)
 
 
-@pytest.mark.parametrize("adapter", [MemoryAdapter, SilentNotices])
+class TruthyNotices(MemoryAdapter):
+    """One from before that returned something else (a row count, say): not taken for a seq."""
+
+    async def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        await super().checkpoint(*args, **kwargs)
+        return True
+
+
+@pytest.mark.parametrize("adapter", [MemoryAdapter, SilentNotices, TruthyNotices])
 async def test_a_parent_gets_its_childrens_ends_whether_or_not_the_adapter_says_where_it_stored_them(
         autojump_clock: trio.testing.MockClock, adapter: Callable[[], Adapter]) -> None:
     """The engine hands a stored end notice to a parent that runs here (its seq came back from
