@@ -776,6 +776,8 @@ class Engine:
                 # It waits in storage now: a later wake resumes it, and the waker looks again.
                 self._resumed.discard(state.instance_id)
                 self._wake_changed.set()
+            elif state.instance_id in self._waking:
+                self._wake_changed.set()  # one woken fewer on its way: the waker may wake more
             if self._retain_wake is not None and run.stored_status in TERMINAL:
                 self._finished_since_purge += 1
                 if self._finished_since_purge == RETAIN_EVERY:
@@ -804,22 +806,33 @@ class Engine:
             soonest = await self.adapter.next_wake()
 
     async def _wake_due(self, changed: trio.Event) -> None:
-        """Resume the instances due now, up to a batch."""
+        """Resume the instances due now, so that at most a batch of them is on its way to its
+        first checkpoint: thousands due at once then go through in a steady stream, and what
+        is in memory (and what the cyclic GC walks) stays one batch."""
         woke = 0
         # Instances woken before stay due in storage until their first checkpoint: ask for as
         # many more as are still in that state, and pass them over.
         waking = self._waking = {
             i for i in self._waking if (run := self._live.get(i)) is not None and run.stored_wake_at is not None}
+        room = WAKE_BATCH - len(waking)
+        if room < WAKE_BATCH // 2:
+            # Half a batch or more is still on its way: wait for it (each one that ends says
+            # so) rather than read it again with the next.
+            with trio.move_on_after(WAKE_RETRY):
+                await changed.wait()
+            return
         # A run that ends (or leaves memory) while the question is in flight may be read as it
         # stood before its last checkpoint: such an answer is stale, and is passed over.
         ended = self._ended_while_asking = set()
         try:
-            found = await self.adapter.due(self._clock(), WAKE_BATCH + len(waking))
+            found = await self.adapter.due(self._clock(), room + len(waking))
         finally:
             self._ended_while_asking = None
         for stored in found:
             if stored.instance_id in waking or stored.instance_id in ended:
                 continue
+            if woke == room:
+                break
             definition = self._definitions.get(stored.workflow_name)
             if definition is None:
                 self._unregistered_due.add(stored.workflow_name)
@@ -850,8 +863,9 @@ class Engine:
 #: Waits longer than this (seconds) let an instance leave memory: it is stored with what it
 #: waits for and holds no task and no ``max_running`` slot until it is due or signalled.
 PARK_AFTER = 1.0
-#: Most parked instances woken at once; and how long the waker waits before it looks again at
-#: due instances it could not wake.
+#: Most woken instances on their way to their first checkpoint (the waker wakes more once half
+#: of them are past it); and how long the waker waits before it looks again at due instances it
+#: could not wake, or at those on their way.
 WAKE_BATCH = 1000
 WAKE_RETRY = 0.05
 #: Most instances one adapter call of a purge deletes (on SQLite, one transaction).
