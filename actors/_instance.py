@@ -74,7 +74,7 @@ async def run_instance(run: Run) -> None:
         if state.phase == "compensating":
             await _compensate_and_finish(run)
             return
-        if not run.resumed and run.bus.active:
+        if not run.resumed and run.bus.wants("workflow.started"):
             run.emit("workflow.started", input=state.input)
         try:
             if definition.transactional and run.driver is not None:

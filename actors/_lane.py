@@ -75,7 +75,8 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         step = lookup[name][0]
         ctx.step_index = index[name]
         started_at = run.clock()
-        if bus.active and lane.waiting is None and lane.begun is None:  # one taken up again started before
+        # (Not for a step taken up again: it started before.)
+        if bus.active and lane.waiting is None and lane.begun is None and bus.wants("workflow.step.started"):
             run.emit("workflow.step.started", step_name=name, step_type=step.kind)
         data = None
         uses_input = False
@@ -120,8 +121,9 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             # snapshot, written next with no step in between, records it.
             await run.persist()
         if bus.active:
-            run.emit("workflow.step.completed", step_name=name, output=output)
-            if lane_key == MAIN:
+            if bus.wants("workflow.step.completed"):
+                run.emit("workflow.step.completed", step_name=name, output=output)
+            if lane_key == MAIN and bus.wants("workflow.progress"):
                 percent, done = progress(state, run.definition)
                 run.emit(
                     "workflow.progress", progress=percent, current_step=lane.step,

@@ -133,14 +133,23 @@ class EventBus:
             remove()
             send.close()
 
+    def wants(self, name: str) -> bool:
+        """Whether anyone listens to events named ``name``: publishers of events sent at every
+        step skip building them otherwise (``active`` says whether anyone listens at all)."""
+        return self.active and bool(self._route(name))
+
+    def _route(self, name: str) -> list[_Subscriber]:
+        subscribers = self._routes.get(name)
+        if subscribers is None:
+            subscribers = self._routes[name] = [s for s in self._subscribers if s.match(name)]
+        return subscribers
+
     def emit(self, name: str, payload: Event) -> None:
         """Publish one event. Never blocks, never raises.
 
         Each subscriber gets its own copy of ``payload``, so the caller may pass live state.
         """
-        subscribers = self._routes.get(name)
-        if subscribers is None:
-            subscribers = self._routes[name] = [s for s in self._subscribers if s.match(name)]
+        subscribers = self._route(name)
         if not subscribers:
             return
         payload["event"] = name

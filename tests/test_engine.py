@@ -276,6 +276,24 @@ async def test_unsubscribe_stops_delivery(autojump_clock: trio.testing.MockClock
         assert seen == [first]
 
 
+async def test_a_subscriber_added_later_gets_the_step_events_nobody_wanted_before(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Steps skip building events nobody listens to; one who starts listening gets them."""
+    async with tf.open_engine() as engine:
+        Jobs().register(engine)
+        engine.register(three_steps())
+        done: list[str] = []
+        engine.events.on("workflow.completed", lambda e: done.append(e["instance_id"]))
+        await engine.wait(await engine.start("w"))
+        steps: list[tuple[str, str]] = []
+        engine.events.on("workflow.step.*", lambda e: steps.append((e["event"], e["step_name"])))
+        engine.events.on("workflow.progress", lambda e: steps.append((e["event"], str(e["progress"]))))
+        await engine.wait(await engine.start("w"))
+        assert len(done) == 2
+        assert [name for name, _ in steps if name == "workflow.step.completed"] == ["workflow.step.completed"] * 3
+        assert ("workflow.progress", "100") in steps and ("workflow.step.started", "a") in steps
+
+
 async def test_several_engines_run_side_by_side_without_shared_state(autojump_clock: trio.testing.MockClock) -> None:
     async with tf.open_engine() as one, tf.open_engine() as two:
         one.jobs.register("j", lambda d: "one")
