@@ -408,6 +408,32 @@ async def test_close_finishes_the_calls_of_its_pass_and_refuses_later_ones(tmp_p
     await adapter.close()
 
 
+async def test_close_while_a_transaction_commits_finishes_it_and_the_calls_waiting_behind_it(tmp_path: Path) -> None:
+    """One transaction is in flight at a time; calls made meanwhile wait for the next. A close
+    then lets both finish (the later ones in the writer), and nobody is left waiting."""
+    path = tmp_path / "f.db"
+    adapter = await _opened(path)
+    ids = [f"i{n:03d}" for n in range(600)]  # more than one transaction's worth
+    written: list[str] = []
+
+    async def create(i: str) -> None:
+        await adapter.create(i, "w", "running", start=b"S", header=b"H")
+        written.append(i)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for i in ids:
+                nursery.start_soon(create, i)
+            # A transaction in flight and calls waiting behind it (600 calls take three).
+            while not (adapter._committing and adapter._pending):
+                await trio.sleep(0)
+            await adapter.close()
+    assert sorted(written) == ids
+    adapter = await _opened(path)
+    assert sorted(s.instance_id for s in await adapter.list_instances("w")) == ids
+    await adapter.close()
+
+
 # -- schema version 1 ---------------------------------------------------------------------------
 
 
