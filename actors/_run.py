@@ -487,7 +487,8 @@ class Run:
             self.more_waiters.clear()
 
     def emit(self, name: str, **payload: Any) -> None:
-        """Publish an event about this instance (callers check ``bus.active`` first)."""
+        """Publish an event about this instance (callers check ``bus.active``, or for events
+        sent at every step ``bus.wants(name)``, first)."""
         payload["instance_id"] = self.state.instance_id
         payload["workflow_name"] = self.state.workflow_name
         self.bus.emit(name, payload)

@@ -2,12 +2,14 @@
 
 Calls made while a transaction commits are gathered into the next one (up to ``MAX_BATCH``), so
 one fsync covers many instances' checkpoints (group commit). One transaction is in flight at a
-time. Its statements run in the trio thread when they are small ones (writes, reads of one
-instance) and the write lock is free: SQLite then works in its page cache (reading the pages it
-lacks), and nothing waits on the GIL between two threads at every statement. Its ``COMMIT``,
-which writes the log and syncs it, always runs in the writer thread, as do transactions that
-hold larger reads or purges, or that must wait for another connection's lock: the trio thread
-never waits for an fsync or a lock. Each caller's task stays parked until the transaction
+time. Its statements run in the trio thread when they are all operations on one instance
+(creates, checkpoints, signals, loads, deletes; and ``next_wake``) and the write lock is free:
+SQLite then works in its page cache (reading the pages it lacks, writing log pages for a
+transaction larger than the cache), and nothing waits on the GIL between two threads at every
+statement. Its ``COMMIT``, which writes the log (and with FULL syncs it), always runs in the
+writer thread, as do transactions that hold listings, ``due``, purges or the resume scan, or
+that must wait for another connection's lock: the trio thread never waits for an fsync or a
+lock. Each caller's task stays parked until the transaction
 holding its own write has committed, so "``checkpoint`` returned" still means "on disk".
 
 Storage (schema version 2, protocol version 3): one row per instance in ``trioflow_instances``
@@ -61,8 +63,8 @@ SCHEMA_VERSION = 2
 #: Most operations in one transaction. Small enough that the trio side runs the next steps of
 #: one slice while the next slice is written (measured: recovery of 10k instances, 256 best).
 MAX_BATCH = 256
-#: Operations whose statements may run in the trio thread: each touches one instance (or none,
-#: ``next_wake``). Listings, purges, the resume scan and ``due`` (a thousand instances with all
+#: Operations whose statements may run in the trio thread: each touches one instance (and a
+#: checkpoint's ``notify`` its parent's signals; ``next_wake`` reads one index entry). Listings, purges, the resume scan and ``due`` (a thousand instances with all
 #: their records) go to the writer.
 _INLINE = frozenset({"create", "checkpoint", "signal", "signals", "load", "delete", "next_wake"})
 
@@ -186,7 +188,7 @@ class SQLiteAdapter:
         #: Its time when the file was last opened: the finish time of finished rows that have
         #: none (see :meth:`_prepare_schema`).
         self._opened_at = 0.0
-        #: Transactions committed and operations applied by the writer (group-commit ratio).
+        #: Transactions committed and operations in them, counted by the writer (group-commit ratio).
         self.transactions = 0
         self.operations = 0
 

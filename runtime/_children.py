@@ -77,9 +77,10 @@ class EngineChildren:
             # Closed: stored, the next engine's resume finds it pending. (Not an int: an adapter
             # from before checkpoints returned the notice's seq, returning something else.)
             return self._engine._closed
-        # What storage holds: no read needed. (A run resumed since the notice was stored and
-        # taken, were an adapter to await after storing it, holds it as delivered and never
-        # takes it: no lane waits for that child any more.)
+        # What storage holds: no read needed. (A race, harmless: with an adapter that awaits
+        # more after storing the notice, the parent could read the notice itself, consume it,
+        # leave memory and come back as a new run before this call; that run then holds the
+        # notice as delivered and never takes it, since no lane of it waits for that child.)
         run.deliver(seq, notice, decode_payload(payload))
         return True
 

@@ -807,8 +807,8 @@ class Engine:
 
     async def _wake_due(self, changed: trio.Event) -> None:
         """Resume the instances due now, so that at most a batch of them is on its way to its
-        first checkpoint: thousands due at once then go through in a steady stream, and what
-        is in memory (and what the cyclic GC walks) stays one batch."""
+        first checkpoint: thousands due at once then go through in a steady stream, rather
+        than thousands of fresh runs in memory (walked by the cyclic GC) at once."""
         woke = 0
         # Instances woken before stay due in storage until their first checkpoint: ask for as
         # many more as are still in that state, and pass them over.
