@@ -35,6 +35,7 @@ import trioflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from trioflow._codec import decode_stored
+from trioflow._engine import WAKE_BATCH
 from trioflow._snapshot import to_instance
 from trioflow.adapters import Adapter, MemoryAdapter, SQLiteAdapter
 from trioflow.testing import open_test_engine, virtual_wall_clock
@@ -557,6 +558,44 @@ async def test_a_receive_with_a_timeout_announces_its_due_time(autojump_clock: t
         done = await finish(engine, iid)
     assert done.status == "completed" and done.output is None
     assert [e["waiting"] for e in events] == [waiting]
+
+
+async def test_timers_due_together_are_woken_a_batch_at_a_time_and_all_fire(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Thousands due at one moment go through in a steady stream: the waker does not put them
+    all in memory at once (it keeps at most WAKE_BATCH on their way to their first checkpoint),
+    and every one fires, once."""
+    n = 3 * WAKE_BATCH
+    fired: list[int] = []
+
+    async def after(data: Any) -> None:
+        fired.append(data)
+
+    wf = tf.workflow("w").wait("sleep", seconds=60).task("after", job=after).build()
+    # Every checkpoint takes a second: the woken stay on their way to their first one long
+    # enough for the waker to show how many it lets be.
+    adapter = SlowCheckpoints(delay=1.0)
+    adapter.slow = True
+    async with engine_on(adapter) as engine:
+        engine.register(wf)
+        ids = [await engine.start("w", i) for i in range(n)]
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                # Woken and not yet past a checkpoint: storage still has their wake time.
+                on_their_way = sum(1 for run in engine._live.values() if run.stored_wake_at is not None)
+                peak = max(peak, on_their_way)
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            done = [await finish(engine, iid) for iid in ids]
+            nursery.cancel_scope.cancel()
+    assert [i.status for i in done] == ["completed"] * n
+    assert sorted(fired) == list(range(n))
+    assert WAKE_BATCH // 2 <= peak <= WAKE_BATCH, peak
 
 
 # -- signals ----------------------------------------------------------------------------------------
