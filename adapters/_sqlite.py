@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import queue
 import sqlite3
@@ -56,6 +57,8 @@ from ._protocol import StoredInstance
 
 if TYPE_CHECKING:
     from trio.testing import MockClock
+
+log = logging.getLogger("trioflow")
 
 #: Version of the table layout, kept in ``PRAGMA user_version``: 1 had one snapshot per
 #: instance; 2 has a header per instance and one row per step-execution record.
@@ -177,6 +180,8 @@ class SQLiteAdapter:
         self._conn: sqlite3.Connection | None = None
         #: Statuses committed so far, for checkpoints that keep theirs (see :func:`_apply`).
         self._known: dict[str, str] = {}
+        #: Set if the writer thread stopped on an error (a bug): every call gets it.
+        self._dead: DatabaseError | None = None
         self._busy_ms = int(self.busy_timeout * 1000)
         self._token: trio.lowlevel.TrioToken | None = None
         self._thread: threading.Thread | None = None
@@ -209,7 +214,7 @@ class SQLiteAdapter:
         self._queue = queue.SimpleQueue()
         self._pending = []
         self._committing = False
-        self._conn, self._known = conn, {}
+        self._conn, self._known, self._dead = conn, {}, None
         self._token = trio.lowlevel.current_trio_token()
         self._thread = threading.Thread(
             target=self._writer, args=(conn, self._token),
@@ -448,6 +453,8 @@ class SQLiteAdapter:
     async def _submit(self, op: _Op) -> Any:
         if self._thread is None or self._token is None:
             raise DatabaseError(f"{self.path} is not open (use the adapter inside open_engine)")
+        if self._dead is not None:
+            raise self._dead
         if not self._pending:
             # First call of this scheduler pass: hand the whole pass's calls over at its end.
             self._token.run_sync_soon(self._flush)
@@ -468,6 +475,9 @@ class SQLiteAdapter:
         statements run here if they are all small ones and the write lock is free, else whole."""
         batch = self._pending[:MAX_BATCH]
         del self._pending[:MAX_BATCH]
+        if self._dead is not None:  # nobody would take it
+            self._committed([(task, outcome.Error(self._dead)) for task, _ in batch])
+            return
         self._committing = True
         applied = None
         if self._conn is not None and all(op[0] in _INLINE for _, op in batch):
@@ -486,6 +496,7 @@ class SQLiteAdapter:
 
     def _writer(self, conn: sqlite3.Connection, token: trio.lowlevel.TrioToken) -> None:
         known = self._known
+        pending: list[tuple[Any, _Op]] = []
         try:
             while True:
                 item = self._queue.get()
@@ -496,24 +507,31 @@ class SQLiteAdapter:
                     results = _apply(conn, pending, known, applied)
                     self.transactions += 1
                     self.operations += len(pending)
+                    pending = []
                     token.run_sync_soon(self._committed, results)
                     continue
                 # In slices (what ``close`` hands over may be more than one batch): the first
                 # slice's tasks go on while the next is written. (Only then: the adapter is
                 # closed, so ``_committed`` starts no transaction on the connection meanwhile.)
-                for start in range(0, len(pending), MAX_BATCH):
-                    batch = pending[start:start + MAX_BATCH]
+                while pending:
+                    batch, pending = pending[:MAX_BATCH], pending[MAX_BATCH:]
                     results = _apply(conn, batch, known)
                     self.transactions += 1
                     self.operations += len(batch)
                     token.run_sync_soon(self._committed, results)
+        except Exception as exc:
+            # A bug: what it held and every call after get this error rather than wait for ever.
+            log.error("the SQLite writer thread of %s stopped", self.path, exc_info=True)
+            self._dead = DatabaseError(f"the writer thread of {self.path} stopped: {exc!r}")
+            held: list[tuple[Any, outcome.Outcome[Any]]] = [(task, outcome.Error(self._dead)) for task, _ in pending]
+            token.run_sync_soon(self._committed, held)
         finally:
             conn.close()
             self._refuse_leftovers(token)
 
     def _refuse_leftovers(self, token: trio.lowlevel.TrioToken) -> None:
         """Calls handed over after the stop get an error instead of waiting forever."""
-        closed = DatabaseError(f"{self.path} was closed before this operation ran")
+        closed = self._dead or DatabaseError(f"{self.path} was closed before this operation ran")
         while True:
             try:
                 item = self._queue.get_nowait()

@@ -434,6 +434,26 @@ async def test_close_while_a_transaction_commits_finishes_it_and_the_calls_waiti
     await adapter.close()
 
 
+async def test_a_writer_thread_stopped_by_a_bug_fails_every_call_instead_of_leaving_it_waiting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    adapter = await _opened(tmp_path / "f.db")
+    await adapter.create("i", "w", "running", start=b"S", header=b"H")
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(_sqlite, "_apply", broken)
+    with trio.fail_after(10):
+        results = await _gather(
+            lambda: adapter.checkpoint("i", "running", b"H1", [b"r0"], first_seq=0),
+            lambda: adapter.create("j", "w", "running", start=b"S", header=b"H"))
+        assert all(isinstance(r, tf.adapters.DatabaseError) and "a bug in the writer" in str(r) for r in results), results
+        with pytest.raises(tf.adapters.DatabaseError, match="writer thread .* stopped"):
+            await adapter.load("i")
+        await adapter.close()
+    assert "writer thread" in caplog.text
+
+
 # -- schema version 1 ---------------------------------------------------------------------------
 
 
