@@ -14,7 +14,6 @@ import inspect
 from collections.abc import Iterable
 from typing import Any
 
-import attrs
 import trio
 
 from trioflow._context import WorkflowContext
@@ -87,9 +86,9 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
         raise StepFailure(step.name, exc, 1, child_input, uses_input) from exc
     # Made after the start: sibling lanes may have added records meanwhile, and this one's
     # seq is its place among them.
-    start = attrs.evolve(new_execution(
-        state, lane_key, step.name, "started", input=child_input, input_is_workflow_input=uses_input,
-        started_at=now, now=run.clock()), output=child_id)
+    start = new_execution(
+        state, lane_key, step.name, "started", output=child_id, input=child_input, input_is_workflow_input=uses_input,
+        started_at=now, now=run.clock())
     run.stage(start)
     state.add(start)
     lane.begun = start.seq
