@@ -514,8 +514,9 @@ class SQLiteAdapter:
                 # slice's tasks go on while the next is written. (Only then: the adapter is
                 # closed, so ``_committed`` starts no transaction on the connection meanwhile.)
                 while pending:
-                    batch, pending = pending[:MAX_BATCH], pending[MAX_BATCH:]
+                    batch = pending[:MAX_BATCH]
                     results = _apply(conn, batch, known)
+                    pending = pending[MAX_BATCH:]  # only now: a bug in _apply refuses this slice too
                     self.transactions += 1
                     self.operations += len(batch)
                     token.run_sync_soon(self._committed, results)

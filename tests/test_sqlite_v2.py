@@ -434,8 +434,9 @@ async def test_close_while_a_transaction_commits_finishes_it_and_the_calls_waiti
     await adapter.close()
 
 
+@pytest.mark.parametrize("with_listing", [False, True], ids=["statements-in-the-loop", "whole-in-the-writer"])
 async def test_a_writer_thread_stopped_by_a_bug_fails_every_call_instead_of_leaving_it_waiting(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, with_listing: bool) -> None:
     adapter = await _opened(tmp_path / "f.db")
     await adapter.create("i", "w", "running", start=b"S", header=b"H")
 
@@ -443,10 +444,11 @@ async def test_a_writer_thread_stopped_by_a_bug_fails_every_call_instead_of_leav
         raise RuntimeError("a bug in the writer")
 
     monkeypatch.setattr(_sqlite, "_apply", broken)
+    listing = [lambda: adapter.list_instances("w")] if with_listing else []  # a listing runs whole in the writer
     with trio.fail_after(10):
         results = await _gather(
             lambda: adapter.checkpoint("i", "running", b"H1", [b"r0"], first_seq=0),
-            lambda: adapter.create("j", "w", "running", start=b"S", header=b"H"))
+            lambda: adapter.create("j", "w", "running", start=b"S", header=b"H"), *listing)
         assert all(isinstance(r, tf.adapters.DatabaseError) and "a bug in the writer" in str(r) for r in results), results
         with pytest.raises(tf.adapters.DatabaseError, match="writer thread .* stopped"):
             await adapter.load("i")
