@@ -667,7 +667,13 @@ def _run_all(
         if kind != "create" and kind != "checkpoint":
             if kind == "delete":
                 changes[ops[i][1][0]] = None
-            results.append(outcome.Value(_OPS[kind](conn, *ops[i][1])))
+            result = _OPS[kind](conn, *ops[i][1])
+            if kind == "due":
+                # Woken next: their first checkpoint keeps the status read here, and need not
+                # rewrite it (nor its two index entries).
+                for stored in result:
+                    changes[stored.instance_id] = stored.status
+            results.append(outcome.Value(result))
             i += 1
             continue
         creates: list[tuple[Any, ...]] = []

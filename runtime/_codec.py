@@ -424,10 +424,10 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
      skipped, started_at, completed_at, count, error_name, cause) = header if len(header) == 18 else (
         *header, *_NO_NAME_NOR_CAUSE)
     _expect(isinstance(iid, str) and isinstance(name, str), "instance id and workflow name must be strings")
-    _expect(status in STATUSES and phase in PHASES, f"unknown status {status!r} or phase {phase!r}")
-    _expect(outcome is None or outcome in STATUSES, f"unknown outcome {outcome!r}")
+    _expect(status in STATUSES and phase in PHASES, "unknown status %r or phase %r", status, phase)
+    _expect(outcome is None or outcome in STATUSES, "unknown outcome %r", outcome)
     _expect(isinstance(data, dict) and isinstance(lanes, dict), "malformed maps")
-    _expect(count == len(records), f"the header counts {count!r} step records, {len(records)} are stored")
+    _expect(count == len(records), "the header counts %r step records, %d are stored", count, len(records))
     state = InstanceState(
         instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=data,
         lanes={}, phase=phase, outcome=outcome, rolled_back=bool(rolled_back), error=error,
@@ -441,12 +441,12 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
          r_name, r_cause) = fields if len(fields) == 15 else (*fields, *_NO_NAME_NOR_CAUSE)
         if s_err is not None and r_name is None:
             r_name, r_cause = split_description(s_err)
-        _expect(r_seq == seq, f"step record {seq} says it is record {r_seq!r}")
-        _expect(isinstance(step, str) and isinstance(lane, str), f"step record {seq} is malformed")
-        _expect(isinstance(execution, int) and execution >= 1, f"step record {seq} is malformed")
-        _expect(st in STEP_STATUSES, f"step record {seq} has unknown status {st!r}")
+        _expect(r_seq == seq, "step record %d says it is record %r", seq, r_seq)
+        _expect(isinstance(step, str) and isinstance(lane, str), "step record %d is malformed", seq)
+        _expect(isinstance(execution, int) and execution >= 1, "step record %d is malformed", seq)
+        _expect(st in STEP_STATUSES, "step record %d has unknown status %r", seq, st)
         if passes is not None:
-            _expect(isinstance(passes, int) and 0 <= passes < seq, f"step record {seq} passes on record {passes!r}")
+            _expect(isinstance(passes, int) and 0 <= passes < seq, "step record %d passes on record %r", seq, passes)
             s_out = state.records[passes].output
         state.add(StepResult(
             step_name=step, status=st, input=input if uses_input else s_in, output=s_out, error=s_err,
@@ -459,10 +459,10 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         # step has a start record (a map, a child step), a fifth with its seq and a sixth saying
         # how far a map's items are.
         (step, last, failed, waiting, begun, fanout) = (*fields, None, None, None)[:6]
-        _expect(isinstance(key, str) and (step is None or isinstance(step, str)), f"lane {key!r} is malformed")
+        _expect(isinstance(key, str) and (step is None or isinstance(step, str)), "lane %r is malformed", key)
         for seq in (last, failed, begun):
-            _expect(seq is None or (isinstance(seq, int) and 0 <= seq < len(records)), f"lane {key!r} is malformed")
-        _expect(waiting is None or isinstance(waiting, dict), f"lane {key!r} is malformed")
+            _expect(seq is None or (isinstance(seq, int) and 0 <= seq < len(records)), "lane %r is malformed", key)
+        _expect(waiting is None or isinstance(waiting, dict), "lane %r is malformed", key)
         state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting, begun=begun,
                                 fanout=None if fanout is None else _map_progress(key, fanout))
     _expect(isinstance(compensated, list) and all(isinstance(q, int) and 0 <= q < len(records) for q in compensated),
@@ -546,9 +546,11 @@ def _state_v1(raw: list[Any]) -> InstanceState:
     return state
 
 
-def _expect(condition: bool, message: str) -> None:
+def _expect(condition: bool, message: str, *args: Any) -> None:
+    """Raise :class:`SnapshotDecodeError` unless ``condition``; ``message % args`` is formatted
+    only then (decoding checks every field of every record it reads)."""
     if not condition:
-        raise SnapshotDecodeError(f"snapshot fields are malformed: {message}")
+        raise SnapshotDecodeError(f"snapshot fields are malformed: {message % args if args else message}")
 
 
 def _locate(state: InstanceState, parts: tuple[tuple[str, Any], ...]) -> str:
