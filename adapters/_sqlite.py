@@ -34,7 +34,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -450,7 +450,11 @@ class SQLiteAdapter:
 
     # -- the trio side of the writer ------------------------------------------------------------
 
-    async def _submit(self, op: _Op) -> Any:
+    def _submit(self, op: _Op) -> Awaitable[Any]:
+        """Queue ``op`` for the next transaction; await what this returns for its result.
+
+        A plain function handing back trio's parking awaitable, not a coroutine: one frame
+        fewer for every call, and every checkpoint of every instance is one."""
         if self._thread is None or self._token is None:
             raise DatabaseError(f"{self.path} is not open (use the adapter inside open_engine)")
         if self._dead is not None:
@@ -460,7 +464,10 @@ class SQLiteAdapter:
             self._token.run_sync_soon(self._flush)
         self._pending.append((trio.lowlevel.current_task(), op))
         if self._clock is None:
-            return await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
+            return trio.lowlevel.wait_task_rescheduled(_cannot_abort)
+        return self._parked_in_thread()
+
+    async def _parked_in_thread(self) -> Any:
         with self._in_thread():
             return await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
 

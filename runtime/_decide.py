@@ -7,8 +7,6 @@ in which order. The actors call these and then persist; tests and hypothesis cal
 from __future__ import annotations
 
 import math
-import os
-import time
 from typing import Any
 
 from ._definition import CATCHING, Catch, ChildStep, ChoiceStep, MapStep, ParallelStep, Step, TaskStep, WorkflowDefinition
@@ -16,13 +14,6 @@ from ._errors import NoChoiceMatchedError, describe_error, error_cause, error_na
 from ._lanes import MAIN, branch_lane, execution_id, item_lanes, lane_in_definition, step_key
 from ._matching import matches
 from ._snapshot import InstanceState, Lane, Status, StepResult
-
-
-def new_instance_id() -> str:
-    """A 128-bit id in hex whose first 48 bits are the creation time in milliseconds, the rest
-    random (the layout of a UUIDv7): ids made one after another sort together, so storage
-    indexes keyed by them grow at one end instead of being written all over."""
-    return f"{int(time.time() * 1000) & 0xFFFF_FFFF_FFFF:012x}{os.urandom(10).hex()}"
 
 
 def new_state(

@@ -35,7 +35,8 @@ from trioflow._codec import (
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
 
-from ._decide import admit, begin_compensation, fail_alone, misfit, new_instance_id, new_state, wake_at
+from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, wake_at
+from ._ids import new_instance_id
 from ._definition import WorkflowDefinition
 from ._durations import Seconds, seconds
 from ._errors import (

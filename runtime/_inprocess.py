@@ -11,7 +11,8 @@ from trioflow._virtual_time import default_clock
 from trioflow.actors._threads import ThreadSlots
 
 from ._builder import WorkflowBuilder
-from ._decide import new_instance_id, new_state
+from ._decide import new_state
+from ._ids import new_instance_id
 from ._definition import TaskStep, WorkflowDefinition
 from ._errors import DefinitionError
 from ._jobs import JobRegistry
