@@ -91,6 +91,8 @@ class Engine:
         self.events = EventBus()
         self.adapter = adapter
         self._supervisor = supervisor
+        #: What runs start their side tasks with: bound once, not once per run.
+        self._start_beside = supervisor.start_soon
         self._services = dict(services)
         self._driver = driver
         #: Instances a previous engine left unfinished, read when this one opened, by workflow:
@@ -702,7 +704,7 @@ class Engine:
         return Run(
             definition, state, adapter=self.adapter, jobs=self.jobs, services=self._services,
             driver=self._driver, bus=self.events, resumed=resumed, threads=self._threads,
-            spawn=self._supervisor.start_soon, storage_retry_for=self._storage_retry_for, clock=self._clock,
+            spawn=self._start_beside, storage_retry_for=self._storage_retry_for, clock=self._clock,
             park_after=self._park_after, children=self._children,
         )
 
@@ -731,9 +733,11 @@ class Engine:
 
     def _launch(self, run: Run) -> None:
         self._running += 1
-        self._supervisor.start_soon(run.state.instance_id, self._instance_actor, run)
+        self._supervisor.start_contained_soon(run.state.instance_id, self._instance_actor, run)
 
     async def _instance_actor(self, run: Run) -> None:
+        """Run one instance to its end, or until it parks. Contains its own crashes: an error
+        the instance cannot record as its end is logged here and goes no further."""
         state = run.state
         try:
             if state.status == "pending":
@@ -768,7 +772,8 @@ class Engine:
                 )
                 log.error("instance %s failed and its failure could not be stored: %s", state.instance_id, again,
                           extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
-            raise
+            log.error("instance actor %s crashed", state.instance_id, exc_info=exc,
+                      extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
         finally:
             self._live.pop(state.instance_id, None)
             if self._ended_while_asking is not None:
