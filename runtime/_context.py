@@ -10,21 +10,39 @@ from ._snapshot import InstanceState, WorkflowInstance, WorkflowMetadata, metada
 
 
 class StepOutputs(Mapping[str, Any]):
-    """``ctx.steps``: the newest completed output of each step by name, a live read-only view."""
+    """``ctx.steps``: the newest completed output of each step by name, a live read-only view.
 
-    __slots__ = ("_state",)
+    In a map item, the item's own executions of the map's branch steps: other items run the
+    same steps, and one item never sees another's outputs (which would depend on which item
+    got there first). Everywhere else, map items' executions are not shown: the map step's
+    output lists them all."""
 
-    def __init__(self, state: InstanceState) -> None:
+    __slots__ = ("_state", "_item_lane")
+
+    def __init__(self, state: InstanceState, item_lane: str | None) -> None:
         self._state = state
+        self._item_lane = item_lane
 
     def __getitem__(self, name: str) -> Any:
+        if self._item_lane is not None:
+            own = self._state.latest_in_item(self._item_lane, name)
+            if own is not None:
+                return own.output
         return self._state.latest[name].output
 
+    def _names(self) -> list[str]:
+        names = list(self._state.latest)
+        if self._item_lane is not None:
+            names.extend(r.step_name for r in self._state.records if r.lane == self._item_lane
+                         and r.step_name not in self._state.latest
+                         and self._state.latest_in_item(self._item_lane, r.step_name) is r)
+        return names
+
     def __iter__(self) -> Iterator[str]:
-        return iter(self._state.latest)
+        return iter(self._names())
 
     def __len__(self) -> int:
-        return len(self._state.latest)
+        return len(self._names())
 
 
 class WorkflowContext:
@@ -80,7 +98,7 @@ class WorkflowContext:
     def steps(self) -> StepOutputs:
         """Outputs of the completed steps by name: the newest execution's (a live, read-only
         view; made on access, as most steps never look)."""
-        return StepOutputs(self._state)
+        return StepOutputs(self._state, None if self._item is None else self.lane)
 
     @property
     def input(self) -> Any:

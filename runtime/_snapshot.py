@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 import attrs
 
 from ._errors import split_description
-from ._lanes import MAIN, execution_id, step_key
+from ._lanes import MAIN, execution_id, item_of, step_key
 
 Status = Literal["pending", "running", "completed", "failed", "cancelled", "timed_out", "compensated"]
 StepStatus = Literal["pending", "running", "started", "completed", "failed", "caught", "skipped", "compensated"]
@@ -182,8 +182,10 @@ class InstanceState:
     #: order (each record is encoded once, when it is added; a checkpoint takes them from here).
     #: An empty tuple while there are none: one list fewer per instance in flight.
     staged: list[bytes] | tuple[()] = ()
-    #: Index behind :attr:`latest`, built on first use (most runs never ask).
+    #: Indexes behind :attr:`latest` and :meth:`latest_in_item`, built on first use (most runs
+    #: never ask).
     _latest: dict[str, StepResult] | None = attrs.field(default=None, alias="_latest")
+    _item_latest: dict[str, StepResult] | None = attrs.field(default=None, alias="_item_latest")
     #: How many executions each step has had, by lane and step (:func:`trioflow._lanes.step_key`).
     executions: dict[str, int] = attrs.field(factory=dict)
     phase: Phase = "forward"
@@ -221,10 +223,20 @@ class InstanceState:
 
     @property
     def latest(self) -> dict[str, StepResult]:
-        """The newest completed execution of each step, by step name (what ``ctx.steps`` shows)."""
+        """The newest completed execution of each step by step name, map items' executions
+        left out (what ``ctx.steps`` shows outside a map item): every item runs the same
+        steps, so an item's outputs are its own (and the map's output has them all)."""
         if self._latest is None:
-            self._latest = {r.step_name: r for r in self.records if r.status in HAS_OUTPUT}
+            self._latest = {r.step_name: r for r in self.records
+                            if r.status in HAS_OUTPUT and item_of(r.lane) is None}
         return self._latest
+
+    def latest_in_item(self, lane: str, name: str) -> StepResult | None:
+        """The newest completed execution of step ``name`` in the map item lane ``lane``."""
+        if self._item_latest is None:
+            self._item_latest = {step_key(r.lane, r.step_name): r for r in self.records
+                                 if r.status in HAS_OUTPUT and item_of(r.lane) is not None}
+        return self._item_latest.get(step_key(lane, name))
 
     def add(self, record: StepResult) -> None:
         """Append a record (its ``seq`` must be the next one) and index it."""
@@ -232,8 +244,12 @@ class InstanceState:
             self.records.append(record)
         else:
             self.records = [record]
-        if record.status in HAS_OUTPUT and self._latest is not None:
-            self._latest[record.step_name] = record
+        if record.status in HAS_OUTPUT and (self._latest is not None or self._item_latest is not None):
+            if item_of(record.lane) is None:
+                if self._latest is not None:
+                    self._latest[record.step_name] = record
+            elif self._item_latest is not None:
+                self._item_latest[step_key(record.lane, record.step_name)] = record
         if record.execution:
             self.executions[step_key(record.lane, record.step_name)] = record.execution
 

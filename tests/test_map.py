@@ -101,6 +101,55 @@ async def test_each_item_execution_has_its_own_id_and_the_map_one_record_of_its_
     assert inst.step_results["each"].output == ["x", "y"]
 
 
+async def test_an_items_ctx_steps_are_its_own_whatever_order_items_interleave_in(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    # Item a ends "r" first and reads it last; item b ends "r" last and reads it first: an
+    # instance-wide "newest r" would hand both items b's output.
+    async def r(ctx: tf.WorkflowContext) -> str:
+        await trio.sleep({"a": 1, "b": 5}[ctx.item])
+        return f"r-{ctx.item}"
+
+    async def p(ctx: tf.WorkflowContext) -> Any:
+        await trio.sleep({"a": 10, "b": 1}[ctx.item])
+        return [ctx.steps["r"], sorted(ctx.steps), "r" in ctx.steps, ctx.steps.get("before")]
+
+    wf = (tf.workflow("batch").pass_("before", result="main")
+          .map("each", items=lambda ctx: ["a", "b"], branch=tf.branch("b").step("r", r).step("p", p).build())
+          .pass_("after", transform=lambda ctx: ["r" in ctx.steps, ctx.steps["each"][1][0]])
+          .build())
+    inst = await run_one(wf, None, storage())
+    assert inst.status == "completed"
+    # Each item sees its own "r" and the main line's steps; the main line sees the map's
+    # output, not some item's step.
+    assert inst.history[-2].output == [["r-a", ["before", "r"], True, "main"], ["r-b", ["before", "r"], True, "main"]]
+    assert inst.output == [False, "r-b"]
+
+
+async def test_an_items_ctx_steps_are_its_own_after_a_restart(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    gate = trio.Event()
+
+    async def r(ctx: tf.WorkflowContext) -> str:
+        return f"r-{ctx.item}"
+
+    async def p(ctx: tf.WorkflowContext) -> Any:
+        if ctx.item != "b":
+            await gate.wait()  # a and c are taken up by the next engine, b's "r" the newest
+        return ctx.steps["r"]
+
+    wf = mapping(tf.branch("b").step("r", r).step("p", p).build())
+    clock = virtual_wall_clock()
+    async with open_test_engine(adapter=SQLiteAdapter(tmp_path / "flows.db"), clock=clock) as engine:
+        engine.register(wf)
+        iid = await engine.start("batch", ["a", "b", "c"])
+        await trio.sleep(10)
+    gate.set()
+    async with open_test_engine(adapter=SQLiteAdapter(tmp_path / "flows.db"), clock=clock) as engine:
+        engine.register(wf)
+        inst = await engine.wait(iid)
+    assert inst.output == ["r-a", "r-b", "r-c"]
+
+
 # -- failures -------------------------------------------------------------------------------------
 
 
