@@ -472,6 +472,38 @@ async def test_parallel_branches_resume_branch_by_branch(autojump_clock: trio.te
     assert inst.step_results["p"].output == {"x": "x2", "y": "y2"}
 
 
+async def test_a_wait_all_branch_that_failed_is_not_run_again_after_a_restart(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # The failed branch ends while its sibling still runs: its failure must be stored then, not
+    # with the parallel step's end, or the next engine runs the failed step again.
+    adapter = tf.adapters.MemoryAdapter()
+    calls: list[str] = []
+    gate = trio.Event()
+
+    async def bad(ctx: tf.WorkflowContext) -> None:
+        calls.append("bad")
+        raise ValueError("declined")
+
+    async def slow(ctx: tf.WorkflowContext) -> int:
+        calls.append("slow")
+        await gate.wait()
+        return 1
+
+    wf = tf.workflow("w").parallel("p", on_error="wait-all", branches=[
+        tf.branch("x").step("bad", bad).build(), tf.branch("y").step("slow", slow).build()]).build()
+    async with tf.open_engine(adapter=adapter) as engine:
+        engine.register(wf)
+        iid = await engine.start("w")
+        await trio.sleep(10)
+    gate.set()
+    async with tf.open_engine(adapter=adapter) as engine:
+        engine.register(wf)
+        inst = await engine.wait(iid)
+    assert inst.status == "failed"
+    assert sorted(calls) == ["bad", "slow", "slow"]  # only the unfinished branch runs again
+    assert [(r.step_name, r.status) for r in inst.history if r.step_name == "bad"] == [("bad", "failed")]
+
+
 async def test_an_unreadable_snapshot_fails_alone(autojump_clock: trio.testing.MockClock) -> None:
     adapter = tf.adapters.MemoryAdapter()
     async with tf.open_engine(adapter=adapter) as engine:

@@ -311,6 +311,41 @@ async def test_a_fail_fast_map_compensates_the_items_that_completed(
 # -- resume ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("options", [{"on_error": "wait-all"}, {"tolerated_failures": 1}])
+async def test_an_item_that_failed_is_not_run_again_after_a_restart(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], options: dict[str, Any]) -> None:
+    # Item 0 fails for good while the others still run: its failure is stored then, so the
+    # next engine takes it as failed instead of running it again (and, tolerated, its slot
+    # keeps the error it had).
+    calls: Counter[int] = Counter()
+    gate = trio.Event()
+
+    async def work(ctx: tf.WorkflowContext) -> Any:
+        calls[ctx.item_index] += 1
+        if ctx.item_index == 0:
+            raise Declined("card declined")
+        await gate.wait()
+        return ctx.item
+
+    wf = mapping(tf.branch("b").step("work", work).build(), **options)
+    clock = virtual_wall_clock()
+    adapter = storage()
+    async with open_test_engine(adapter=adapter, clock=clock) as engine:
+        engine.register(wf)
+        iid = await engine.start("batch", [0, 1, 2])
+        await trio.sleep(60)
+    gate.set()
+    async with open_test_engine(adapter=storage(), clock=clock) as engine:
+        engine.register(wf)
+        inst = await engine.wait(iid)
+    assert calls == Counter({0: 1, 1: 2, 2: 2})
+    if "tolerated_failures" in options:
+        assert inst.status == "completed"
+        assert inst.output == [{"error": "Declined", "cause": "card declined"}, 1, 2]
+    else:
+        assert inst.status == "failed"
+
+
 async def test_a_resume_reruns_only_the_items_that_had_not_ended(
         autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
     calls: Counter[int] = Counter()
