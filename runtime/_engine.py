@@ -8,7 +8,7 @@ import contextlib
 import math
 import time
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -107,8 +107,8 @@ class Engine:
         #: Set when what the waker waits for may have changed (an instance parked, a workflow
         #: was registered); the waker replaces it each time it looks.
         self._wake_changed = trio.Event()
-        #: While the waker asks storage what is due: the instances whose runs ended meanwhile.
-        self._ended_while_asking: set[str] | None = None
+        #: Runs that end while reads of storage are in flight (see :class:`_EndsDuringReads`).
+        self._ends = _EndsDuringReads()
         #: Instances the waker resumed that storage may still say are due (they have not
         #: checkpointed since): it passes them over.
         self._waking: set[str] = set()
@@ -308,7 +308,7 @@ class Engine:
             if run is not None:
                 _check_same_start(instance_id, run.state, workflow_name, input, parent)
                 return instance_id
-            existing = await self.adapter.load(instance_id)
+            existing = await self._load_fresh(instance_id)
             if existing is not None:
                 _check_same_workflow(instance_id, existing.workflow_name, workflow_name)
                 with contextlib.suppress(SnapshotDecodeError):  # unreadable: reported as such elsewhere
@@ -371,7 +371,12 @@ class Engine:
             raise InstanceNotLiveError(f"instance {instance_id!r} has ended; signal {name!r} was not stored")
         run = self._live.get(instance_id)
         if run is None:  # parked (or stored, not running here): resumed if it waits for this
-            run = await self._wake_if_waiting(instance_id, lambda waiting: waiting.get("signal") == name)
+            run, fresh = await self._wake_if_waiting(instance_id, lambda waiting: waiting.get("signal") == name)
+            if fresh:
+                # Resumed from a row read after the signal was stored: the run has it if it is
+                # still pending. (Handed over again, one a run before this one took and parked
+                # after would be taken twice.)
+                return
         if run is not None:
             run.deliver(seq, name, decode_payload(data))  # a copy: the caller keeps its object
 
@@ -382,26 +387,40 @@ class Engine:
             if instance_id not in self._live:
                 await self._wake_if_waiting(instance_id, lambda waiting: "signal" in waiting)
 
-    async def _wake_if_waiting(self, instance_id: str, wakes: Callable[[dict[str, Any]], bool]) -> Run | None:
-        """Resume a parked instance here if what its lanes wait for passes ``wakes``; the run."""
-        stored = await self.adapter.load(instance_id)
+    async def _wake_if_waiting(
+        self, instance_id: str, wakes: Callable[[dict[str, Any]], bool],
+    ) -> tuple[Run | None, bool]:
+        """Resume a parked instance here if what its lanes wait for passes ``wakes``: its run
+        (``None``: not running here), and whether this call resumed it, from a row read now."""
+        stored = await self._load_fresh(instance_id)
         if stored is None or stored.status not in RESUMABLE or instance_id in self._live:
-            return self._live.get(instance_id)
+            return self._live.get(instance_id), False
         definition = self._definitions.get(stored.workflow_name)
         if definition is None:
             # Woken once its workflow is registered (it may wait for this very signal).
             self._wake_on_register.setdefault(stored.workflow_name, set()).add(instance_id)
-            return None
+            return None, False
         try:
             state = _decoded(stored)
         except SnapshotDecodeError:
-            return None
+            return None, False
         if any(lane.waiting is not None and wakes(lane.waiting) for lane in state.lanes.values()):
             run = await self._resume_one(definition, stored, state)
             if run is not None:
                 # Every signal storage held came with the load: the run needs no look of its own.
                 run.deliver_stored(stored.signals)
-        return self._live.get(instance_id)
+                return run, True
+        return self._live.get(instance_id), False
+
+    async def _load_fresh(self, instance_id: str) -> StoredInstance | None:
+        """The instance's stored row, read again if a run of it ended here while it was read:
+        the row may then predate that run's last checkpoint, and resuming it would run the
+        instance again from an old snapshot."""
+        while True:
+            with self._ends.watching(instance_id) as ended_since:
+                stored = await self.adapter.load(instance_id)
+                if not ended_since():
+                    return stored
 
     async def get_instance(self, instance_id: str) -> WorkflowInstance | None:
         """The instance as it stands (``None`` if unknown)."""
@@ -487,7 +506,7 @@ class Engine:
             await self._resumes_settled.wait()
         run = self._live.get(instance_id)
         if run is None:
-            run = await self._wake_if_waiting(instance_id, lambda waiting: True)  # parked
+            run, _ = await self._wake_if_waiting(instance_id, lambda waiting: True)  # parked
         if run is None or run.state.phase != "forward" or run.cancel_requested:
             return False
         run.cancel_requested = True
@@ -588,7 +607,10 @@ class Engine:
         """Resume every stored ``pending``/``running`` instance of a registered workflow that is
         not already running here; returns their ids. Never starts an instance twice."""
         self._check_open()
-        return await self._resume(await self.adapter.resumable())
+        with self._ends.watching_all() as ended:
+            found = await self.adapter.resumable()
+        # A run that ended while the rows were read may be in them as it stood before.
+        return await self._resume([record for record in found if record.instance_id not in ended])
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -776,11 +798,16 @@ class Engine:
                       extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
         finally:
             self._live.pop(state.instance_id, None)
-            if self._ended_while_asking is not None:
-                self._ended_while_asking.add(state.instance_id)
+            self._ends.ended(state.instance_id)
+            if run.parked or (not self._pending_resumes and state.workflow_name not in self._held):
+                # Storage has it as this run left it, and no list of rows read before that
+                # (an engine's leftovers, rows held for their jobs) is waiting to be resumed:
+                # a later resume or wake may take it up again (a stalled run, a parked one).
+                # Kept otherwise, so that such a list does not run it again; reads in flight
+                # are guarded by ``_ends``.
+                self._resumed.discard(state.instance_id)
             if run.parked:
                 # It waits in storage now: a later wake resumes it, and the waker looks again.
-                self._resumed.discard(state.instance_id)
                 self._wake_changed.set()
             elif state.instance_id in self._waking:
                 self._wake_changed.set()  # one woken fewer on its way: the waker may wake more
@@ -829,11 +856,8 @@ class Engine:
             return
         # A run that ends (or leaves memory) while the question is in flight may be read as it
         # stood before its last checkpoint: such an answer is stale, and is passed over.
-        ended = self._ended_while_asking = set()
-        try:
+        with self._ends.watching_all() as ended:
             found = await self.adapter.due(self._clock(), room + len(waking))
-        finally:
-            self._ended_while_asking = None
         for stored in found:
             if stored.instance_id in waking or stored.instance_id in ended:
                 continue
@@ -964,6 +988,53 @@ async def open_engine(
     finally:
         with trio.CancelScope(shield=True):
             await storage.close()
+
+
+class _EndsDuringReads:
+    """Which runs end while reads of storage are in flight. A row read before a run's last
+    checkpoint is stale: resumed, it would run that instance again from an old snapshot."""
+
+    __slots__ = ("_all", "_one", "_ends")
+
+    def __init__(self) -> None:
+        #: Reads of many rows in flight: the ids of the runs that ended since each began.
+        self._all: list[set[str]] = []
+        #: Reads of one row in flight, by id: how many, and the runs of it that ended since the
+        #: oldest began (counted, not listed: one signal each, for a thousand senders at once).
+        self._one: dict[str, int] = {}
+        self._ends: dict[str, int] = {}
+
+    def ended(self, instance_id: str) -> None:
+        """A run of ``instance_id`` ended (or left memory) here."""
+        for ended in self._all:
+            ended.add(instance_id)
+        if instance_id in self._one:
+            self._ends[instance_id] = self._ends.get(instance_id, 0) + 1
+
+    @contextlib.contextmanager
+    def watching_all(self) -> Iterator[set[str]]:
+        """Around a read of many rows: yields the set of the ids whose runs end meanwhile."""
+        ended: set[str] = set()
+        self._all.append(ended)
+        try:
+            yield ended
+        finally:
+            self._all.remove(ended)
+
+    @contextlib.contextmanager
+    def watching(self, instance_id: str) -> Iterator[Callable[[], bool]]:
+        """Around a read of one row: yields a function saying whether a run of it ended since."""
+        self._one[instance_id] = self._one.get(instance_id, 0) + 1
+        before = self._ends.get(instance_id, 0)
+        try:
+            yield lambda: self._ends.get(instance_id, 0) != before
+        finally:
+            left = self._one[instance_id] - 1
+            if left:
+                self._one[instance_id] = left
+            else:  # nobody reads it now: forget it (asked inside the block, not after)
+                del self._one[instance_id]
+                self._ends.pop(instance_id, None)
 
 
 class _Storing:

@@ -160,3 +160,85 @@ async def test_an_instance_that_no_longer_fits_its_definition_compensates_what_i
     assert done.status == "failed" and done.error_name == "DefinitionMismatchError"
     assert "'charge'" in (done.cause or "")
     assert released == ["stock-1"] and done.compensated_steps == ("reserve",)
+
+
+# -- stale rows and stalled runs (an adversarial review) ---------------------------------------
+
+
+class BreakableCheckpoints(tf.adapters.MemoryAdapter):
+    """Checkpoints fail while ``broken`` (as a full disk would; not a failure that may pass)."""
+
+    broken = False
+
+    async def checkpoint(self, *args: Any, **kwargs: Any) -> int | None:
+        if self.broken:
+            raise RuntimeError("disk hiccup")
+        return await super().checkpoint(*args, **kwargs)
+
+
+async def test_a_woken_instance_that_stalled_is_taken_up_again_by_resume(autojump_clock: trio.testing.MockClock) -> None:
+    wf = tf.workflow("w").receive("r", signal="go").pass_("p", transform=lambda ctx: ctx.steps["r"]).build()
+    adapter = BreakableCheckpoints()
+    async with open_test_engine(adapter=adapter) as engine:
+        engine.register(wf)
+        iid = await engine.start("w")
+        await trio.sleep(100)  # parked on the receive step
+        adapter.broken = True
+        await engine.signal(iid, "go", 1)  # wakes it; its checkpoint fails: it stalls
+        await trio.sleep(10)
+        with pytest.raises(tf.InstanceNotLiveError, match=r"engine\.resume\(\)"):
+            await engine.wait(iid)
+        adapter.broken = False
+        assert await engine.resume() == [iid]  # as the stall's message says
+        done = await engine.wait(iid)
+    assert (done.status, done.output) == ("completed", 1)
+
+
+class OneSlowLoad(tf.adapters.MemoryAdapter):
+    """One load reads the row at once and returns it 5 s later, as a load queued behind other
+    work can: stale by then."""
+
+    slow_next = False
+
+    async def load(self, instance_id: str) -> Any:
+        record = await super().load(instance_id)
+        if self.slow_next:
+            self.slow_next = False
+            await trio.sleep(5)
+        return record
+
+
+async def test_a_row_read_before_a_runs_last_checkpoint_is_not_resumed(autojump_clock: trio.testing.MockClock) -> None:
+    # The first signal's load comes back after the second signal has woken the instance, which
+    # took both signals and parked again: resuming the old row would run the loop again from
+    # before them (its checkpoint then refused: the instance stalled, signal 3 never taken).
+    wf = (tf.workflow("loop").receive("r", signal="go")
+          .pass_("acc", transform=lambda ctx: ctx.data.update(seen=ctx.data.get("seen", []) + [ctx.steps["r"]]))
+          .choice("more", choices=[tf.when(lambda ctx: len(ctx.data["seen"]) < 3, next="r")], default="done")
+          .pass_("done", transform=lambda ctx: ctx.data["seen"]).build())
+    adapter = OneSlowLoad()
+    async with open_test_engine(adapter=adapter) as engine:
+        engine.register(wf)
+        iid = await engine.start("loop")
+        await trio.sleep(100)
+        async with trio.open_nursery() as nursery:
+            adapter.slow_next = True
+            nursery.start_soon(engine.signal, iid, "go", 1)  # its load comes back stale
+            await trio.sleep(1)
+            await engine.signal(iid, "go", 2)  # wakes it: it takes 1 and 2, and parks again
+        await engine.signal(iid, "go", 3)
+        with trio.fail_after(1000):
+            done = await engine.wait(iid)
+    assert (done.status, done.output) == ("completed", [1, 2, 3])
+
+
+async def test_instances_woken_and_ended_are_not_remembered(autojump_clock: trio.testing.MockClock) -> None:
+    # A long-lived engine wakes many timers: what it keeps of each must go once it has ended
+    # (a memory leak otherwise; white-box: the set that guards against resuming one twice).
+    wf = tf.workflow("w").wait("later", seconds=3600).build()
+    async with open_test_engine() as engine:
+        engine.register(wf)
+        ids = [await engine.start("w") for _ in range(50)]
+        for iid in ids:
+            assert (await engine.wait(iid)).status == "completed"
+        assert not engine._resumed
