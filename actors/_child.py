@@ -89,7 +89,7 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
     start = new_execution(
         state, lane_key, step.name, "started", output=child_id, input=child_input, input_is_workflow_input=uses_input,
         started_at=now, now=run.clock())
-    run.stage(start)
+    start = run.stage(start)
     state.add(start)
     lane.begun = start.seq
     lane.waiting = {"signal": child_ended_signal(child_id), "timeout": None, "child": child_id}

@@ -109,7 +109,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 # its input) fails it: not retried, catchable, compensated like any failure.
                 if state.data:  # most runs share nothing: skip the call
                     run.check_data()
-                run.stage(record)
+                record = run.stage(record)
             except UnencodableValueError as exc:
                 raise StepFailure(name, exc, attempts, data, uses_input) from exc
         except StepFailure as failure:
@@ -122,7 +122,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             await run.persist()
         if bus.active:
             if bus.wants("workflow.step.completed"):
-                run.emit("workflow.step.completed", step_name=name, output=output)
+                run.emit("workflow.step.completed", step_name=name, output=record.output)
             if lane_key == MAIN and bus.wants("workflow.progress"):
                 percent, done = progress(state, run.definition)
                 run.emit(

@@ -53,7 +53,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
             raise StepFailure(step.name, exc, 1) from exc
         start = start_record(state, lane_key, step, items, run.clock())
         try:
-            run.stage(start)
+            start = run.stage(start)
         except UnencodableValueError as exc:
             raise StepFailure(step.name, exc, 1) from exc
         progress = open_items(state, lane, start)

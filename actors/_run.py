@@ -245,12 +245,15 @@ class Run:
         (``asynchronous`` is the definition's flag for a callable given directly)."""
         return self.jobs.resolve(fn) if isinstance(fn, str) else (fn, asynchronous)
 
-    def stage(self, record: StepResult) -> None:
+    def stage(self, record: StepResult) -> StepResult:
         """Encode a step execution's record as it ends (durable runs only), so that an output
         that cannot be stored fails its step, and the checkpoint needs no second encode.
-        Raises :class:`UnencodableValueError` naming the value."""
+        Returns the record to add: with its values as storage gives them back (durable runs),
+        so that the run goes on as a restarted one would. Raises
+        :class:`UnencodableValueError` naming the value."""
         if self.adapter is not None:
-            stage(self.state, record)
+            return stage(self.state, record)
+        return record
 
     def may_park(self, seconds: float) -> bool:
         """Whether a wait of ``seconds`` lets the instance leave memory: an engine runs it, the
@@ -336,11 +339,9 @@ class Run:
         with contextlib.suppress(UnencodableValueError):
             self.check_data()
         try:
-            self.stage(record)
+            return self.stage(record)
         except UnencodableValueError:
-            record = attrs.evolve(record, input=None, input_is_workflow_input=False)
-            self.stage(record)
-        return record
+            return self.stage(attrs.evolve(record, input=None, input_is_workflow_input=False))
 
     def persist(self) -> Awaitable[None]:
         """Checkpoint: hand the header and the new records to the adapter, and wait until they

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+import attrs
 import msgpack
 
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, split_description
@@ -216,6 +217,12 @@ def encode_record(r: StepResult) -> bytes:
     """One step execution, encoded once, when it ends. Raises :class:`UnencodableValueError`
     naming the step's output or input (and the path inside it) when it cannot be stored: that
     fails the step."""
+    return _encode_record(r)[0]
+
+
+def _encode_record(r: StepResult) -> tuple[bytes, list[Any] | None]:
+    """:func:`encode_record`, and the record's fields read back if a value in it is a
+    container (it is read back to check it then): ``None`` if not."""
     input = None if r.input_is_workflow_input else r.input
     output = None if r.passes is not None else r.output
     try:
@@ -234,22 +241,32 @@ def encode_record(r: StepResult) -> bytes:
                 raise ValueTooLargeError(f"step record {r.id!r} is too large")
             # Values that packed may still not read back (a dict key that is a tuple): one
             # unpack of the record finds out, and the per-value check below names the culprit.
-            _read(packed)
+            fields: list[Any] = _read(packed)
         except Exception:
             for what, value in ((f"output of step {r.step_name!r}", output), (f"input of step {r.step_name!r}", input)):
                 check_encodable(value, what)
             raise
-    return packed
+        return packed, fields
+    return packed, None
 
 
-def stage(state: InstanceState, record: StepResult) -> None:
-    """Encode ``record`` (about to be added to ``state``) into the staging list. Raises
-    :class:`UnencodableValueError` naming the value, and then stages nothing."""
-    packed = encode_record(record)
+def stage(state: InstanceState, record: StepResult) -> StepResult:
+    """Encode ``record`` (about to be added to ``state``) into the staging list; returns it as
+    a restart would read it back (its output and input as stored: a tuple as a list, a copy of
+    a container), for the run to go on with. Raises :class:`UnencodableValueError` naming the
+    value, and then stages nothing."""
+    packed, fields = _encode_record(record)
     if isinstance(state.staged, list):
         state.staged.append(packed)
     else:
         state.staged = [packed]
+    if fields is None:
+        return record
+    return attrs.evolve(
+        record,
+        output=record.output if record.passes is not None else fields[7],
+        input=record.input if record.input_is_workflow_input else fields[6],
+    )
 
 
 def take_changes(state: InstanceState) -> tuple[bytes, Sequence[bytes], int, bytes | None, Sequence[int]]:
@@ -302,9 +319,17 @@ def decode_whole(data: bytes) -> InstanceState:
 def check_encodable(value: Any, what: str) -> None:
     """Raise :class:`UnencodableValueError` naming ``what`` (and the path inside it) unless
     ``value`` can be stored."""
+    as_stored(value, what)
+
+
+def as_stored(value: Any, what: str) -> Any:
+    """``value`` as storage gives it back (a tuple as a list, ...: a copy of a container, the
+    value itself otherwise), so that a run goes on with what a restarted run would read.
+    Raises :class:`UnencodableValueError` naming ``what`` (and the path inside it) if it
+    cannot be stored."""
     kind = type(value)
     if value is None or kind in _SCALARS:
-        return
+        return value
     try:
         packed = _pack(value)
         size = len(packed)
@@ -323,16 +348,18 @@ def check_encodable(value: Any, what: str) -> None:
         raise UnencodableValueError(_describe(what, value, exc)) from exc
     if size > MAX_VALUE_BYTES:
         raise ValueTooLargeError(f"{what} is {size / 2**20:.1f} MiB encoded, over the {MAX_VALUE_BYTES >> 20} MiB limit")
-    if kind is not str and kind is not bytes:
-        _check_readable(packed, what, value)
+    if kind is str or kind is bytes:
+        return value
+    return _readable(packed, what, value)
 
 
-def _check_readable(packed: bytes, what: str, value: Any) -> None:
-    """Refuse a value that packs but cannot be unpacked: a dict key that is a tuple packs as an
-    array, which unpacks as a list, which cannot be a key. Stored, it would make the whole
-    snapshot unreadable (``get_instance`` and resume would fail), so it is refused up front."""
+def _readable(packed: bytes, what: str, value: Any) -> Any:
+    """``packed`` read back. Refuses a value that packs but cannot be unpacked: a dict key that
+    is a tuple packs as an array, which unpacks as a list, which cannot be a key. Stored, it
+    would make the whole snapshot unreadable (``get_instance`` and resume would fail), so it is
+    refused up front."""
     try:
-        _read(packed)
+        return _read(packed)
     except Exception as exc:
         path, key = _find_unreadable_key(value, "")
         raise UnencodableValueError(

@@ -21,6 +21,7 @@ from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
 from trioflow._virtual_time import default_clock
 from trioflow._codec import (
+    as_stored,
     check_encodable,
     decode_payload,
     decode_stored,
@@ -280,7 +281,8 @@ class Engine:
         if live is not None:
             _check_same_start(instance_id, live.state, workflow_name, input, parent)
             return instance_id
-        check_encodable(input, "workflow input")
+        # Kept as storage gives it back: a resumed run reads the same (a tuple as a list).
+        input = as_stored(input, "workflow input")
         status: Status = "pending" if slot and self._running >= self._max_running else "running"
         state = new_state(definition, instance_id, input, self._clock(), status=status)
         state.parent_id = None if parent is None else parent.instance_id

@@ -119,3 +119,46 @@ def test_an_integer_outside_64_bits_says_to_store_it_as_text_or_decimal() -> Non
 
 def test_sqlite_busy_timeout_takes_a_timedelta(tmp_path: Path) -> None:
     assert tf.adapters.SQLiteAdapter(tmp_path / "x.db", busy_timeout=dt.timedelta(seconds=2)).busy_timeout == 2.0
+
+
+# -- a run goes on with its values as stored ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_run_sees_its_values_as_a_restarted_run_would(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, kind: str) -> None:
+    # Tuples are stored as lists: the run that made them goes on with lists too, so a step
+    # behaves the same whether or not a restart came in between, and wait() agrees with
+    # get_instance().
+    seen: dict[str, Any] = {}
+
+    async def pair(ctx: tf.WorkflowContext) -> Any:
+        seen["input"] = ctx.input
+        return (1, (2, 3))
+
+    async def look(ctx: tf.WorkflowContext) -> Any:
+        seen["pair"] = ctx.steps["pair"]
+        return [ctx.item, ctx.steps["pair"]]
+
+    wf = (tf.workflow("w").step("pair", pair)
+          .map("each", items=lambda ctx: ((0, "a"), (1, "b")), branch=tf.branch("b").step("look", look).build())
+          .build())
+    adapter = tf.adapters.MemoryAdapter() if kind == "memory" else tf.adapters.SQLiteAdapter(tmp_path / "f.db")
+    async with tf.testing.open_test_engine(adapter=adapter) as engine:
+        engine.register(wf)
+        iid = await engine.start("w", {"key": ("x", "y")})
+        done = await engine.wait(iid)
+        stored = await engine.get_instance(iid)
+    assert seen["input"] == {"key": ["x", "y"]}
+    assert seen["pair"] == [1, [2, 3]]
+    assert done.output == [[[0, "a"], [1, [2, 3]]], [[1, "b"], [1, [2, 3]]]]
+    assert stored is not None and stored.output == done.output
+    assert done.step_results["pair"].output == stored.step_results["pair"].output == [1, [2, 3]]
+
+
+async def test_execute_workflow_stores_nothing_and_keeps_values_as_returned() -> None:
+    async def pair(ctx: tf.WorkflowContext) -> Any:
+        return (1, 2)
+
+    result = await tf.execute_workflow(None, tf.workflow("w").step("pair", pair).build())
+    assert result.output == (1, 2)
