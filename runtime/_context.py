@@ -44,6 +44,9 @@ class StepOutputs(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._names())
 
+    def __repr__(self) -> str:
+        return f"StepOutputs({dict(self)!r})"
+
 
 class WorkflowContext:
     """What a step sees of its run: input, shared data, earlier results, services.

@@ -262,6 +262,10 @@ class Engine:
         self, workflow_name: str, input: Any, instance_id: str | None, starts_at: float | None, *,
         parent: InstanceState | None = None, slot: bool = True,
     ) -> str:
+        if not isinstance(workflow_name, str):
+            hint = f": pass its name, {workflow_name.name!r}" if isinstance(workflow_name, WorkflowDefinition) else ""
+            raise InvalidArgumentError(
+                f"start() takes a registered workflow's name, got {type(workflow_name).__name__}{hint}")
         definition = self._definitions.get(workflow_name)
         if definition is None:
             known = ", ".join(sorted(self._definitions)) or "none"

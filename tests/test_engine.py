@@ -96,6 +96,8 @@ async def test_bad_input_is_refused_before_anything_is_stored(autojump_clock: tr
         engine.register(three_steps())
         with pytest.raises(tf.UnknownWorkflowError, match="no workflow registered as 'x' \\(registered: w\\)"):
             await engine.start("x")
+        with pytest.raises(tf.InvalidArgumentError, match="takes a registered workflow's name, got WorkflowDefinition: pass its name, 'w'"):
+            await engine.start(three_steps())  # type: ignore[arg-type]
         with pytest.raises(tf.UnknownJobError, match="uses jobs nobody registered: a, b, c"):
             await engine.start("w")
         Jobs().register(engine)
