@@ -116,9 +116,10 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             await step_failed(run, step, failure, started_at, ctx)  # raises unless caught
             continue
         complete_step(state, step, record, target)
-        if target is not None or lane_key != MAIN:
+        if target is not None or lane_key != MAIN or run.has_hooks:
             # The main line's last step needs no write of its own: the instance's terminal
-            # snapshot, written next with no step in between, records it.
+            # snapshot, written next with nothing in between that awaits, records it. (An
+            # ``on_step_complete`` hook awaits: a restart during it must find the step stored.)
             await run.persist()
         if bus.active:
             if bus.wants("workflow.step.completed"):

@@ -114,7 +114,8 @@ class _Items:
 
     async def item_actor(self, index: int, key: str, item: Any) -> None:
         run, step = self.run, self.step
-        ctx = run.context(key, len(step.branch.steps), (index, item))
+        assert self.lane.begun is not None  # the map execution's start record
+        ctx = run.context(key, len(step.branch.steps), (index, item, self.lane.begun))
         swap_lane(ctx)  # the item's steps report its lane
         failed = False
         try:

@@ -25,7 +25,7 @@ from trioflow._codec import (
     take_changes,
     taken,
 )
-from trioflow._context import WorkflowContext
+from trioflow._context import ItemPlace, WorkflowContext
 from trioflow._decide import catch_failure, fail_step, wake_at
 from trioflow._definition import Catch, Step, StepFn, WorkflowDefinition
 from trioflow._errors import StorageUnavailableError, TrioflowError, UnencodableValueError
@@ -233,8 +233,9 @@ class Run:
         self.first_waiter: trio.lowlevel.Task | None = None
         self.more_waiters: list[trio.lowlevel.Task] | None = None
 
-    def context(self, lane: str, total_steps: int, item: tuple[int, Any] | None = None) -> WorkflowContext:
-        """A context for one lane of this run (``item``: a map item's index and item)."""
+    def context(self, lane: str, total_steps: int, item: ItemPlace | None = None) -> WorkflowContext:
+        """A context for one lane of this run (``item``: a map item's place, see
+        :data:`trioflow._context.ItemPlace`)."""
         return WorkflowContext(
             self.state, lane=lane, total_steps=total_steps, services=self.services, driver=self.driver,
             encodable=check_encodable if self.adapter is not None else None, item=item,

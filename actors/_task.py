@@ -11,7 +11,6 @@ from trioflow._current import in_lane
 from trioflow._decide import catcher_for, new_execution
 from trioflow._definition import Step, TaskStep
 from trioflow._errors import StepTimeoutError, UnencodableValueError, describe_error, error_cause, error_name
-from trioflow._lanes import MAIN
 from trioflow._retry import NO_RETRY
 from trioflow._snapshot import StepResult
 
@@ -156,11 +155,10 @@ async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: fl
             run.emit("workflow.step.caught", step_name=step.name, error=name, cause=cause, next=catcher.next)
         return
     run.add_failure(record, for_good=True)
-    if ctx.lane != MAIN:
-        # A branch's or map item's failure ends its lane while its siblings go on: stored now,
-        # so that a restart takes it as it stands instead of running the step again. (The main
-        # line's is stored with the instance's end, written next.)
-        await run.persist()
+    # Stored now, before anything can await (the hook below, the siblings of a branch or map
+    # item going on, children being cancelled): a restart then takes the failure as it stands
+    # instead of running the step again.
+    await run.persist()
     if run.bus.active:
         run.emit("workflow.step.failed", step_name=step.name, error=record.error, attempts=failure.attempts)
     if run.has_hooks:

@@ -6,7 +6,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ._errors import UnknownServiceError
-from ._snapshot import InstanceState, WorkflowInstance, WorkflowMetadata, metadata_of, to_instance
+from ._snapshot import InstanceState, StepResult, WorkflowInstance, WorkflowMetadata, metadata_of, to_instance
+
+
+#: What a map item's context knows of its item: its index, the item, and the seq of the start
+#: record of the map execution it belongs to (records before it are earlier executions').
+ItemPlace = tuple[int, Any, int]
 
 
 class StepOutputs(Mapping[str, Any]):
@@ -14,28 +19,33 @@ class StepOutputs(Mapping[str, Any]):
 
     In a map item, the item's own executions of the map's branch steps: other items run the
     same steps, and one item never sees another's outputs (which would depend on which item
-    got there first). Everywhere else, map items' executions are not shown: the map step's
-    output lists them all."""
+    got there first), nor those of the item with its index in an earlier execution of the map
+    (a loop). Everywhere else, map items' executions are not shown: the map step's output lists
+    them all."""
 
-    __slots__ = ("_state", "_item_lane")
+    __slots__ = ("_state", "_item_lane", "_since")
 
-    def __init__(self, state: InstanceState, item_lane: str | None) -> None:
+    def __init__(self, state: InstanceState, item_lane: str | None = None, since: int = -1) -> None:
         self._state = state
         self._item_lane = item_lane
+        self._since = since
+
+    def _own(self, name: str) -> StepResult | None:
+        """The item's own newest execution of ``name`` in this map execution."""
+        if self._item_lane is None:
+            return None
+        own = self._state.latest_in_item(self._item_lane, name)
+        return own if own is not None and own.seq > self._since else None
 
     def __getitem__(self, name: str) -> Any:
-        if self._item_lane is not None:
-            own = self._state.latest_in_item(self._item_lane, name)
-            if own is not None:
-                return own.output
-        return self._state.latest[name].output
+        own = self._own(name)
+        return (own if own is not None else self._state.latest[name]).output
 
     def _names(self) -> list[str]:
         names = list(self._state.latest)
         if self._item_lane is not None:
-            names.extend(r.step_name for r in self._state.records if r.lane == self._item_lane
-                         and r.step_name not in self._state.latest
-                         and self._state.latest_in_item(self._item_lane, r.step_name) is r)
+            names.extend(r.step_name for r in self._state.records[self._since + 1:] if r.lane == self._item_lane
+                         and r.step_name not in self._state.latest and self._own(r.step_name) is r)
         return names
 
     def __iter__(self) -> Iterator[str]:
@@ -69,7 +79,7 @@ class WorkflowContext:
         services: Mapping[str, Any],
         driver: Any,
         encodable: Any = None,
-        item: tuple[int, Any] | None = None,
+        item: ItemPlace | None = None,
     ) -> None:
         self._state = state
         self._services = services
@@ -101,7 +111,9 @@ class WorkflowContext:
     def steps(self) -> StepOutputs:
         """Outputs of the completed steps by name: the newest execution's (a live, read-only
         view; made on access, as most steps never look)."""
-        return StepOutputs(self._state, None if self._item is None else self.lane)
+        if self._item is None:
+            return StepOutputs(self._state)
+        return StepOutputs(self._state, self.lane, self._item[2])
 
     @property
     def input(self) -> Any:
@@ -124,7 +136,12 @@ class WorkflowContext:
     def error(self) -> dict[str, str] | None:
         """The failure a catch routed this lane past most recently, as
         ``{"error": name, "cause": message}`` (``None``: none was caught in this lane)."""
+        # In a map item, only this execution of the map counts: its lane key is reused by the
+        # item with the same index in a later execution (a loop).
+        since = -1 if self._item is None else self._item[2]
         for record in reversed(self._state.records):
+            if record.seq <= since:
+                break
             if record.lane == self.lane and record.status == "caught":
                 output: dict[str, str] = record.output
                 return output

@@ -17,6 +17,7 @@ from typing import Any
 from ._decide import new_execution
 from ._definition import MapStep
 from ._errors import InvalidItemsError, ItemError, MapError, RecordedError
+from ._context import ItemPlace
 from ._lanes import item_lane, item_lanes, item_of
 from ._snapshot import InstanceState, Lane, MapProgress, StepResult
 
@@ -169,8 +170,9 @@ class ItemIndex:
         self._records = records
         self._starts: dict[str, list[int]] | None = None
 
-    def item(self, record: StepResult) -> tuple[int, Any] | None:
-        """``(index, item)`` for a record of an item lane, else ``None``."""
+    def item(self, record: StepResult) -> ItemPlace | None:
+        """Where a record of an item lane ran (see :data:`trioflow._context.ItemPlace`), else
+        ``None``."""
         found = item_of(record.lane)
         if found is None:
             return None
@@ -185,4 +187,4 @@ class ItemIndex:
         if at < 0:
             return None
         items = self._records[seqs[at]].input
-        return (index, items[index]) if isinstance(items, list) and index < len(items) else None
+        return (index, items[index], seqs[at]) if isinstance(items, list) and index < len(items) else None

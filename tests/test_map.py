@@ -150,6 +150,36 @@ async def test_an_items_ctx_steps_are_its_own_after_a_restart(
     assert inst.output == ["r-a", "r-b", "r-c"]
 
 
+async def test_an_item_of_a_map_run_again_by_a_loop_sees_nothing_of_the_earlier_run(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    # Item lanes are keyed by the map and the index: item 0 of the second run shares its key
+    # with item 0 of the first, and must not see that one's outputs nor its caught error.
+    runs = Counter[str]()
+
+    async def tag(ctx: tf.WorkflowContext) -> str:
+        if ctx.item == "A":
+            raise Declined("A is bad")
+        return f"tag-{ctx.item}"
+
+    def items(ctx: tf.WorkflowContext) -> list[str]:
+        runs["map"] += 1
+        return ["A", "B"] if runs["map"] == 1 else ["C"]
+
+    look = lambda ctx: {"item": ctx.item, "tag": ctx.steps.get("tag"), "error": ctx.error}  # noqa: E731
+    wf = (tf.workflow("w")
+          .map("m", items=items, branch=(
+              tf.branch("b").pass_("look", transform=look)
+              .step("tag", tag, catch=[tf.Catch(errors=tf.ALL, next="fallback")])
+              .succeed("ok", output=lambda ctx: ctx.steps["look"])
+              .pass_("fallback", transform=lambda ctx: ctx.steps["look"]).build()))
+          .choice("again", choices=[tf.when(lambda ctx: runs["map"] < 2, next="m")], default="done")
+          .pass_("done", transform=lambda ctx: ctx.steps["m"])
+          .build())
+    inst = await run_one(wf, None, storage())
+    assert inst.status == "completed", inst.error
+    assert inst.output == [{"item": "C", "tag": None, "error": None}]
+
+
 # -- failures -------------------------------------------------------------------------------------
 
 

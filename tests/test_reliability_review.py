@@ -496,3 +496,67 @@ async def test_a_lane_at_a_step_the_definition_does_not_have_fails_alone_whateve
         assert (await engine.wait("good")).status == "completed"
         bad = await engine.wait("bad")
     assert bad.status == "failed" and "'no-such-step'" in (bad.error or "")
+
+
+# -- a restart while a hook awaits (an adversarial review) ---------------------------------------
+
+
+async def test_a_step_that_failed_for_good_stays_failed_across_a_restart_during_its_hook(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """The main line's failure was stored only with the instance's end, after the
+    ``on_step_failed`` hook: a restart during the hook ran the step again, and the instance
+    completed although the hook and the listeners had been told it failed."""
+    path = tmp_path / "flows.db"
+    calls: list[int] = []
+    released: list[str] = []
+
+    async def charge(ctx: tf.WorkflowContext) -> str:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise Boom(f"declined {len(calls)}")
+        return "charged"
+
+    async def on_step_failed(name: str, error: BaseException, ctx: tf.WorkflowContext) -> None:
+        await trio.sleep(10)
+
+    wf = (tf.workflow("w")
+          .step("reserve", lambda ctx: "r", lambda ctx, r: released.append(r))
+          .step("charge", charge, retry=tf.Retry(max_attempts=2, interval=1))
+          .with_hooks(on_step_failed=on_step_failed)
+          .build())
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
+        engine.register(wf)
+        iid = await engine.start("w")
+        await trio.sleep(5)  # charge failed for good at 1 s; its hook runs until 11 s
+    assert len(calls) == 2
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
+        engine.register(wf)
+        inst = await engine.wait(iid)
+    assert len(calls) == 2
+    assert (inst.status, inst.failed_step, released) == ("failed", "charge", ["r"])
+
+
+async def test_the_last_step_is_not_run_again_after_a_restart_during_its_hook(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """The main line's last step was stored only with the instance's end, after the
+    ``on_step_complete`` hook: a restart during the hook ran it again."""
+    path = tmp_path / "flows.db"
+    calls: list[int] = []
+
+    async def ship(ctx: tf.WorkflowContext) -> str:
+        calls.append(1)
+        return f"shipment-{len(calls)}"
+
+    async def on_step_complete(name: str, output: Any, ctx: tf.WorkflowContext) -> None:
+        await trio.sleep(10)
+
+    wf = (tf.workflow("w").step("reserve", lambda ctx: "r").step("ship", ship)
+          .with_hooks(on_step_complete=on_step_complete).build())
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
+        engine.register(wf)
+        iid = await engine.start("w")
+        await trio.sleep(15)  # ship completed at 10 s (reserve's hook); its own runs until 20 s
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
+        engine.register(wf)
+        inst = await engine.wait(iid)
+    assert (inst.status, inst.output, len(calls)) == ("completed", "shipment-1", 1)
