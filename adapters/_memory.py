@@ -66,7 +66,7 @@ class MemoryAdapter:
         #: Rows in the order they finished (so by finish time, the clock permitting). A row
         #: deleted or purged since stays until it reaches the front, where it is dropped: a
         #: deque, because purges take from the front, and a dict would keep the holes.
-        self._finished: collections.deque[_Row] = collections.deque()
+        self._finished: collections.deque[tuple[float, _Row]] = collections.deque()
         self._clock: Callable[[], float] = time.time
 
     def use_clock(self, clock: Callable[[], float]) -> None:
@@ -248,11 +248,11 @@ class MemoryAdapter:
     ) -> int:
         finished = self._finished
         purged = 0
-        for row in finished:  # rows leave the dicts here, never the deque: iterating it is safe
-            if not self._current(row):
+        for place in finished:  # rows leave the dicts here, never the deque: iterating it is safe
+            if not self._current(place):
                 continue
-            assert row.finished_at is not None
-            if row.finished_at > finished_by or purged == limit:
+            finished_at, row = place
+            if finished_at > finished_by or purged == limit:
                 # Finish order: the rows after this one finished later (a wall clock stepped
                 # back only delays them until this one is due).
                 break
@@ -267,15 +267,17 @@ class MemoryAdapter:
         """A row that has just taken a status: note when it finished, if it did."""
         if row.status in TERMINAL:
             row.finished_at = self._clock()
-            self._finished.append(row)
+            self._finished.append((row.finished_at, row))
         else:
             row.finished_at = None
 
-    def _current(self, row: _Row) -> bool:
-        """Whether a row in the finish order is still stored and finished. (The deque keeps
-        rows deleted since; a row whose status changed between finished ones has a place for
-        each change, each reading its last finish time: harmless, it is purged once.)"""
-        return row.finished_at is not None and self._rows.get(row.instance_id) is row
+    def _current(self, place: tuple[float, _Row]) -> bool:
+        """Whether a place in the finish order is its row's: the row is still stored, and
+        finished when the place was made. (The deque keeps the places of rows deleted since,
+        and of rows that finished again with another status, such as a completed child later
+        compensated: those are passed over, the row's newest place counts.)"""
+        finished_at, row = place
+        return row.finished_at == finished_at and self._rows.get(row.instance_id) is row
 
     def _remove(self, row: _Row) -> None:
         del self._rows[row.instance_id]

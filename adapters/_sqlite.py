@@ -20,8 +20,9 @@ has, and ``finished_at``: when it finished), and one row per step-execution reco
 in place when opened.
 
 One engine per database file: a second adapter opened on a file that is in use (by this process
-or another) is refused with :class:`DatabaseLockedError`. The lock is an ``flock`` on a sidecar
-file, which the kernel drops when the process dies, even by SIGKILL.
+or another, through a symlink or a hard link) is refused with :class:`DatabaseLockedError`. The
+lock is an ``flock`` on the file and on a sidecar ``.lock`` file, which the kernel drops when
+the process dies, even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ class SQLiteAdapter:
         self._busy_ms = int(self.busy_timeout * 1000)
         self._token: trio.lowlevel.TrioToken | None = None
         self._thread: threading.Thread | None = None
-        self._lock_fd: int | None = None
+        self._lock_fds: list[int] = []
         #: The run's clock while open, if it is trio's MockClock (tests): see :meth:`_in_thread`.
         self._clock: MockClock | None = None
         #: What finish times are stamped with (see :meth:`use_clock`).
@@ -322,31 +323,45 @@ class SQLiteAdapter:
             raise
 
     def _lock(self) -> None:
-        lock_path = f"{self.path}.lock"
+        """Take the one-engine-per-file lock: an ``flock`` on the database file itself, which a
+        symlink or a hard link to it reaches too, and one on its sidecar ``.lock`` file, which
+        earlier releases take (so an engine of either kind refuses the other)."""
+        real = os.path.realpath(self.path)
+        fds: list[int] = []
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            for path in (f"{real}.lock", real):
+                fds.append(self._flock(path))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self._lock_fds = fds
+
+    def _flock(self, path: str) -> int:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise DatabaseError(
-                f"cannot open {self.path}: its lock file {lock_path} cannot be created ({exc.strerror});"
-                " the directory must exist and be writable"
+                f"cannot open {self.path}: {path} cannot be opened ({exc.strerror}); the directory must exist"
+                " and be writable"
             ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise DatabaseLockedError(
-                f"{self.path} is in use by another trioflow engine (lock {lock_path} is held);"
+                f"{self.path} is in use by another trioflow engine (the lock on {path} is held);"
                 " one engine per database file"
             ) from None
         except OSError as exc:  # a file system without locks (ENOLCK), ...
             os.close(fd)
-            raise DatabaseError(f"cannot open {self.path}: its lock file {lock_path} cannot be locked ({exc})") from exc
-        self._lock_fd = fd
+            raise DatabaseError(f"cannot open {self.path}: {path} cannot be locked ({exc})") from exc
+        return fd
 
     def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
-            self._lock_fd = None
+        for fd in self._lock_fds:
+            os.close(fd)  # closing the descriptor releases the flock
+        self._lock_fds = []
 
     # -- the Adapter protocol -----------------------------------------------------------------
 
@@ -850,13 +865,20 @@ def _record_rows(checkpoints: Sequence[tuple[Any, ...]]) -> list[tuple[str, int,
 
 
 _COLUMNS = "i.instance_id, i.workflow_name, i.status, i.start, i.header, i.next_seq"
+#: More records than one instance writes (16.7 million: a step a second for half a year): a
+#: count above it is damage, not that many slots to make room for.
+_MOST_RECORDS = 1 << 24
 
 
 def _select(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> list[StoredInstance]:
     """Instances matching ``where``, oldest first, each with all its records: one query for the
     instances and one for the records of all of them, whatever their number."""
     rows = conn.execute(f"SELECT {_COLUMNS} FROM trioflow_instances AS i WHERE {where} ORDER BY i.rowid", params).fetchall()
-    records: dict[str, list[Any]] = {row[0]: [None] * row[5] for row in rows if row[5]}
+    # A damaged count (not an int, negative, or more records than any instance writes) gets no
+    # records: the kernel then finds the header's count unmet and reports that one instance
+    # unreadable, and the others go on.
+    records: dict[str, list[Any]] = {
+        row[0]: [None] * row[5] for row in rows if type(row[5]) is int and 0 < row[5] <= _MOST_RECORDS}
     if records:
         # Each record goes to its place by seq: no ORDER BY, so SQLite never sorts the data.
         for instance_id, seq, data in conn.execute(
@@ -875,7 +897,7 @@ def _select(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> li
     return [
         StoredInstance(
             instance_id=instance_id, workflow_name=workflow_name, status=status, start=start, header=header,
-            records=tuple(records[instance_id]) if next_seq else (),
+            records=tuple(records.get(instance_id, ())),
         )
         for instance_id, workflow_name, status, start, header, next_seq in rows
     ]

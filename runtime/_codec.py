@@ -171,16 +171,23 @@ def decode_payload(data: bytes) -> Any:
 
 
 def same_value(a: Any, b: Any) -> bool:
-    """Whether ``a`` and ``b`` are the same value once stored (a tuple and a list with the same
-    items are); a value that cannot be stored is the same as nothing."""
+    """Whether ``a`` and ``b`` are the same value once stored: a tuple and a list with the same
+    items are, and dicts whatever their keys' order; ``1``, ``1.0`` and ``True`` are not, as
+    they read back as themselves. A value that cannot be stored is the same as nothing."""
     try:
-        return bool(_read_back(a) == _read_back(b))
+        return _same(_read(_pack(a)), _read(_pack(b)))
     except Exception:
         return False
 
 
-def _read_back(value: Any) -> Any:
-    return _read(_pack(value))
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(_same(value, b[key]) for key, value in a.items())
+    if type(a) is list:
+        return len(a) == len(b) and all(map(_same, a, b))
+    return bool(a == b) or (a != a and b != b)  # NaN is the same as NaN
 
 
 def remember_data(state: InstanceState) -> None:

@@ -124,6 +124,21 @@ async def test_start_with_an_instance_id_is_idempotent(autojump_clock: trio.test
             await engine.start("other", {}, instance_id="ORD-1")
 
 
+@pytest.mark.parametrize(("first", "second"), [
+    ({"flag": 1}, {"flag": True}), ({"amount": 1}, {"amount": 1.0}), ([0], [False])])
+async def test_an_input_that_reads_back_otherwise_is_another_input(
+        autojump_clock: trio.testing.MockClock, first: Any, second: Any) -> None:
+    # 1, 1.0 and True are stored apart and read back as themselves: equal in Python, another
+    # input all the same. A tuple for a list, or another key order, is the same input.
+    async with tf.testing.open_test_engine() as engine:
+        engine.register(tf.workflow("w").step("a", lambda ctx: ctx.input).build())
+        await engine.wait(await engine.start("w", first, instance_id="x"))
+        with pytest.raises(tf.InstanceIdConflictError, match="with another input"):
+            await engine.start("w", second, instance_id="x")
+        await engine.wait(await engine.start("w", {"a": (1, 2), "b": 3}, instance_id="y"))
+        assert await engine.start("w", {"b": 3, "a": [1, 2]}, instance_id="y") == "y"
+
+
 async def test_cancel_stops_the_running_step_then_compensates(autojump_clock: trio.testing.MockClock) -> None:
     undone: list[str] = []
     finished: list[str] = []

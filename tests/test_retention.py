@@ -106,6 +106,33 @@ async def test_purge_takes_the_records_and_the_pending_signals_along(
         assert again.status == "completed" and [r.step_name for r in again.history] == ["first", "hold"]
 
 
+async def test_a_row_that_finished_again_does_not_hold_back_the_rows_after_it(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    # A child completes early and is compensated (finished again, with another status) when its
+    # parent fails much later: the rows that finished in between are purged all the same.
+    async def ok(data: Any) -> str:
+        return "ok"
+
+    async def undo(data: Any) -> None:
+        pass
+
+    async def slow_fail(data: Any) -> None:
+        await trio.sleep(1000)
+        raise RuntimeError("declined")
+
+    async with open_test_engine(adapter=storage(), clock=virtual_wall_clock()) as engine:
+        engine.register(tf.workflow("kid").task("r", job=ok, compensate=undo).build())
+        engine.register(tf.workflow("order").child("k", workflow="kid").task("pay", job=slow_fail).build())
+        engine.register(tf.workflow("quick").task("a", job=ok).build())
+        parent = await engine.start("order", instance_id="o")
+        await trio.sleep(1)
+        for n in range(5):
+            await engine.wait(await engine.start("quick", instance_id=f"q{n}"))
+        await engine.wait(parent)  # the child is compensated now, 1,000 s after it completed
+        assert await engine.purge(older_than=500) == 5  # the quick ones ended 999 s ago
+        assert sorted(i.id for i in await engine.get_instances()) == ["o", "o/k#1"]
+
+
 async def test_purge_by_status_and_by_workflow(
     autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter],
 ) -> None:

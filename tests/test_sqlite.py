@@ -136,3 +136,45 @@ async def test_oversized_values_are_refused_naming_them(autojump_clock: trio.tes
             await engine.start("w", big)
         inst = await engine.wait(await engine.start("w"))
     assert inst.status == "failed" and "output of step 't' is 17.0 MiB" in (inst.error or "")
+
+
+@pytest.mark.parametrize("second", ["symlink", "hard link"])
+async def test_a_link_to_an_open_database_is_refused_too(tmp_path: Path, second: str) -> None:
+    # Each would let a second engine resume (and run again) what the first one runs.
+    path, alias = tmp_path / "flows.db", tmp_path / "current.db"
+    first = tf.adapters.SQLiteAdapter(path)
+    await first.open()
+    (os.symlink if second == "symlink" else os.link)(path, alias)
+    with pytest.raises(tf.adapters.DatabaseLockedError, match="in use by another trioflow engine"):
+        await tf.adapters.SQLiteAdapter(alias).open()
+    await first.close()
+    other = tf.adapters.SQLiteAdapter(alias)  # released with the first
+    await other.open()
+    await other.close()
+
+
+@pytest.mark.parametrize("count", ["'abc'", "1.5", "-2", str(10**12)])
+async def test_a_row_with_a_damaged_record_count_fails_alone(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, count: str) -> None:
+    path = tmp_path / "f.db"
+
+    async def hang(data: Any) -> None:
+        await trio.sleep_forever()
+
+    async def ok(data: Any) -> str:
+        return "ok"
+
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
+        engine.register(tf.workflow("w").task("a", job=ok).task("b", job=hang).build())
+        for n in range(3):
+            await engine.start("w", instance_id=f"i{n}")
+        await trio.sleep(1)
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"UPDATE trioflow_instances SET next_seq = {count} WHERE instance_id = 'i1'")
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
+        engine.register(tf.workflow("w").task("a", job=ok).task("b", job=ok).build())
+        assert (await engine.wait("i0")).status == "completed"
+        assert (await engine.wait("i2")).status == "completed"
+        damaged = await engine.get_instance("i1")
+        assert damaged is not None and damaged.status == "failed"
+        assert len(await engine.get_instances("w")) == 3
