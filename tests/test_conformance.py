@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 
 import trioflow as tf
-from trioflow._snapshot import Status
+from trioflow._snapshot import TERMINAL, Status
+from trioflow.adapters import StoredInstance
 from trioflow.testing import check_persistence_adapter
 from trioflow.testing._conformance import _CHECKS, OpenAdapter
 
@@ -109,3 +112,42 @@ async def test_the_kit_fails_an_adapter_that_consumes_signals_apart_from_its_che
 
     message = await _kit_failure(ConsumesFirstAdapter)
     assert "check 'signals_are_kept_in_order_and_consumed_once' failed" in message
+
+
+async def test_the_kit_fails_an_adapter_whose_scans_give_records_out_of_order() -> None:
+    class RecordsReversedInScans(tf.adapters.MemoryAdapter):
+        """``load`` is right; listings, resumes and wakes hand records back newest first (a
+        real engine then finds every resumed instance unreadable)."""
+
+        async def list_instances(self, *args: Any, **kwargs: Any) -> list[StoredInstance]:
+            return [attrs.evolve(s, records=s.records[::-1]) for s in await super().list_instances(*args, **kwargs)]
+
+    message = await _kit_failure(RecordsReversedInScans)
+    assert "check 'scans_hand_back_every_record_in_order' failed" in message
+
+
+async def test_the_kit_fails_an_adapter_that_does_not_resume_a_signalled_waiting_instance() -> None:
+    class ResumableDropsSignalled(tf.adapters.MemoryAdapter):
+        """Leaves out waiting instances even with a pending signal: a signal stored just before
+        a crash never reaches its instance."""
+
+        async def resumable(self) -> list[StoredInstance]:
+            return [s for s in await super().resumable() if self._rows[s.instance_id].wake_at is None]
+
+    message = await _kit_failure(ResumableDropsSignalled)
+    assert "must include a waiting instance that has a pending signal" in message
+
+
+async def test_the_kit_fails_an_adapter_that_purges_in_creation_order() -> None:
+    class PurgesOldestCreated(tf.adapters.MemoryAdapter):
+        async def purge(self, finished_by: float, limit: int, *, status: Status | None = None,
+                        workflow_name: str | None = None) -> int:
+            done = [s for s in await self.list_instances(status=status) if s.status in TERMINAL
+                    and (workflow_name is None or s.workflow_name == workflow_name)
+                    and self._rows[s.instance_id].finished_at <= finished_by][:limit]  # type: ignore[operator]
+            for s in done:
+                await self.delete(s.instance_id)
+            return len(done)
+
+    message = await _kit_failure(PurgesOldestCreated)
+    assert "check 'purge_goes_by_finish_order_not_creation_order' failed" in message

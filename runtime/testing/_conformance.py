@@ -500,10 +500,64 @@ async def lists_pages_in_creation_order(open_adapter: OpenAdapter) -> None:
                        "after= an instance that is not stored must raise UnknownInstanceError")
 
 
+async def scans_hand_back_every_record_in_order(open_adapter: OpenAdapter) -> None:
+    async with _opened(open_adapter, "scans") as a:
+        for iid in ("many", "waits"):
+            await a.create(iid, "wf", "running", start=b"s", header=b"h")
+            for seq in range(3):
+                await a.checkpoint(iid, "running", b"h", [f"{iid}-r{seq}".encode()], first_seq=seq)
+        await a.checkpoint("waits", "running", b"h", [b"waits-r3"], first_seq=3, wake_at=10.0)
+        want = {"many": tuple(f"many-r{n}".encode() for n in range(3)),
+                "waits": tuple(f"waits-r{n}".encode() for n in range(4))}
+        for what, found in (("list_instances()", await a.list_instances()), ("resumable()", await a.resumable()),
+                            ("due()", await a.due(100.0, 10))):
+            for stored in found:
+                got = tuple(bytes(r) for r in stored.records)
+                assert got == want[stored.instance_id], (
+                    f"{what} must hand back every record of {stored.instance_id!r} in seq order, got {got}")
+        assert [s.instance_id for s in await a.resumable()] == ["many"], "a waiting instance is not resumable"
+        await a.send_signal("waits", "go", b"x")
+        assert [s.instance_id for s in await a.resumable()] == ["many", "waits"], (
+            "resumable() must include a waiting instance that has a pending signal (one stored just before a"
+            " crash must still reach it)")
+
+
+async def refused_writes_leave_everything(open_adapter: OpenAdapter) -> None:
+    async with _opened(open_adapter, "refused_writes") as a:
+        await a.create("i1", "wf", "running", start=_START, header=b"h0")
+        await a.checkpoint("i1", "running", b"h1", [b"r0"], first_seq=0)
+        before = await _stored(a, "i1")
+        await _refused(a.checkpoint("i1", "completed", None, [b"r1"], first_seq=1),  # type: ignore[arg-type]
+                       Exception, "a checkpoint whose header is None must raise")
+        await _refused(a.checkpoint("i1", "running", b"h2", [b"r1"], first_seq=5, wake_at=50.0),
+                       CheckpointConflictError, "a checkpoint at the wrong seq must raise CheckpointConflictError")
+        assert await _stored(a, "i1") == before, "a refused checkpoint must append no record and change no header"
+        assert await a.next_wake() is None and await a.due(1e12, 10) == [], (
+            "a refused checkpoint must not store its wake_at")
+        await a.create("p", "wf", "pending", start=b"s", header=b".")
+        assert [s.instance_id for s in await a.list_instances(status="pending")] == ["p"], (
+            "list_instances(status='pending') must list the pending instances")
+
+
+async def purge_goes_by_finish_order_not_creation_order(open_adapter: OpenAdapter) -> None:
+    clock = _Clock(1000.0)
+    async with _opened(open_adapter, "purge_order") as a:
+        a.use_clock(clock)
+        for iid in ("older", "younger"):
+            await a.create(iid, "wf", "running", start=b"s", header=b".")
+        await a.checkpoint("younger", "completed", b"h", [], first_seq=0)  # finishes first, at 1000
+        clock.now = 2000.0
+        await a.checkpoint("older", "completed", b"h", [], first_seq=0)
+        assert await a.purge(5000.0, 1) == 1 and await a.load("younger") is None and await a.load("older") is not None, (
+            "purge must delete the instance that finished first, whatever the order they were created in")
+
+
 _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     create_and_load, create_is_idempotent, checkpoint_appends, checkpoint_is_fenced,
     checkpoint_of_unknown_instance, checkpoint_is_atomic, start_set_once, list_by_name_and_status,
     resumable_lists_pending_and_running, delete_removes, survives_reopen,
     step_is_durable_before_the_next_starts, bad_data_is_never_stored, signals_are_kept_in_order_and_consumed_once,
-    checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due, delete_refuses_unfinished, purge_by_finish_time, lists_pages_in_creation_order,
+    checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due, delete_refuses_unfinished, purge_by_finish_time,
+    lists_pages_in_creation_order, scans_hand_back_every_record_in_order, refused_writes_leave_everything,
+    purge_goes_by_finish_order_not_creation_order,
 ]
