@@ -103,6 +103,10 @@ class Engine:
             self._leftovers = {}
             for record in leftovers:
                 self._leftovers.setdefault(record.workflow_name, []).append(record)
+        #: Ids of rows read earlier that wait to be resumed from (an engine's leftovers, rows
+        #: held for their jobs). A run of one of them here makes its row old: it is then passed
+        #: over, not run again from the snapshot it holds.
+        self._old_rows: set[str] = {record.instance_id for record in leftovers or ()}
         self._threads = ThreadSlots() if threads else None
         self._storage_retry_for = storage_retry_for
         #: Set when what the waker waits for may have changed (an instance parked, a workflow
@@ -137,9 +141,6 @@ class Engine:
         #: Ids ``start`` is storing now. A concurrent ``start`` or ``wait`` of the same id waits
         #: until the store is over; a resume leaves them be.
         self._storing: dict[str, _Storing] = {}
-        #: Ids a resume has run in this engine: a resume working from rows read earlier must
-        #: not run one of them again from its old snapshot.
-        self._resumed: set[str] = set()
         #: Stored instances held back from a resume until their workflow's jobs are registered
         #: (a resume that ran them now would fail them for good), by workflow.
         self._held: dict[str, list[StoredInstance]] = {}
@@ -622,7 +623,7 @@ class Engine:
 
     async def _resume_leftovers(self, records: list[StoredInstance]) -> None:
         try:
-            resumed = await self._resume(records)
+            resumed = await self._resume(records, old=True)
             if resumed:
                 name = records[0].workflow_name
                 log.info("resumed %d unfinished instance(s) of workflow %r left by an earlier engine", len(resumed),
@@ -632,16 +633,21 @@ class Engine:
             if self._pending_resumes == 0:
                 self._resumes_settled.set()
 
-    async def _resume(self, records: list[StoredInstance]) -> list[str]:
+    async def _resume(self, records: list[StoredInstance], *, old: bool = False) -> list[str]:
+        """Resume ``records``; ``old``: read earlier (see ``_old_rows``), not just now."""
         resumed = []
         for record in records:
             definition = self._definitions.get(record.workflow_name)
             iid = record.instance_id
-            if iid in self._live or iid in self._resumed or definition is None or self._closed:
+            if old and iid not in self._old_rows:
+                continue  # it ran here since the row was read: the row is out of date
+            if iid in self._live or definition is None or self._closed:
                 continue
             if self._missing_jobs(definition):
                 self._held.setdefault(definition.name, []).append(record)
+                self._old_rows.add(iid)  # resumed from this row later, unless it runs meanwhile
                 continue
+            self._old_rows.discard(iid)
             try:
                 # Each record resumes or fails alone: one bad row never stops the others.
                 if await self._resume_one(definition, record):
@@ -676,9 +682,8 @@ class Engine:
             await self._run(definition, state, resumed=True).persist()
             return None
         iid = record.instance_id
-        if iid in self._live or iid in self._storing or iid in self._resumed:
-            return None  # running here, being started, or resumed by a concurrent call meanwhile
-        self._resumed.add(iid)
+        if iid in self._live or iid in self._storing:
+            return None  # running here, or being started
         # A child whose parent waits for it here holding its slot runs in that slot, as when it
         # was started: with a slot of its own to wait for, it could wait on its parent for ever.
         in_parent_slot = state.parent_id is not None and self._children.in_parent_slot(state.parent_id)
@@ -804,14 +809,10 @@ class Engine:
                       extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
         finally:
             self._live.pop(state.instance_id, None)
+            # Rows read before this run ended may hold it as it stood before: reads in flight
+            # learn of it, and a row waiting to be resumed from is out of date.
             self._ends.ended(state.instance_id)
-            if run.parked or (not self._pending_resumes and state.workflow_name not in self._held):
-                # Storage has it as this run left it, and no list of rows read before that
-                # (an engine's leftovers, rows held for their jobs) is waiting to be resumed:
-                # a later resume or wake may take it up again (a stalled run, a parked one).
-                # Kept otherwise, so that such a list does not run it again; reads in flight
-                # are guarded by ``_ends``.
-                self._resumed.discard(state.instance_id)
+            self._old_rows.discard(state.instance_id)
             if run.parked:
                 # It waits in storage now: a later wake resumes it, and the waker looks again.
                 self._wake_changed.set()
