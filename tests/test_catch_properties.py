@@ -120,7 +120,7 @@ def test_crash_exploration_with_catches_finds_no_divergence_on_memory(gen: Gener
     async def main() -> None:
         report = await explore_crashes(gen.definition, gen.input, jobs=gen.jobs)
         assert report.baseline.status == gen.expected_status()
-        assert len(report.points) == report.writes
+        assert len(report.points) == 2 * report.writes  # after each write, and with each write lost
 
     tf.testing.run(main)
 

@@ -44,7 +44,7 @@ def test_checkout_survives_a_crash_at_every_write() -> None:
 
     async def main() -> None:
         report = await explore_crashes(checkout, {"order": 9}, jobs=jobs)
-        assert report.baseline.status == "completed" and len(report.points) == report.writes
+        assert report.baseline.status == "completed" and len(report.points) == 2 * report.writes
 
     run(main)
 

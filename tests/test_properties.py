@@ -3,6 +3,7 @@ written with the public kit: trioflow.testing and trioflow.testing.strategies.""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,7 @@ def test_event_streams_are_well_formed(gen: GeneratedWorkflow) -> None:
 def test_crash_exploration_finds_no_divergence_on_memory(gen: GeneratedWorkflow) -> None:
     async def main() -> None:
         report = await explore_crashes(gen.definition, gen.input, jobs=gen.jobs)
-        assert report.writes >= 2 and len(report.points) == report.writes
+        assert report.writes >= 2 and len(report.points) == 2 * report.writes
 
     tf.testing.run(main)
 
@@ -210,9 +211,11 @@ def test_the_explorer_names_the_crash_point_that_diverges() -> None:
             await explore_crashes(wf)
         calls["n"] = 0
         report = await explore_crashes(wf, check=False)
-        assert [p.after for p in report.points] == [
-            "instance created", "step 'a' completed", "step 'b' completed",
-            "step 'out' completed; instance completed"]
+        assert [(p.write, p.lost, p.after) for p in report.points] == [
+            (1, False, "instance created"), (1, True, "write lost, after nothing stored"),
+            (2, False, "step 'a' completed"), (2, True, "write lost, after instance created"),
+            (3, False, "step 'b' completed"), (3, True, "write lost, after step 'a' completed"),
+            (4, False, "step 'out' completed; instance completed"), (4, True, "write lost, after step 'b' completed")]
 
     tf.testing.run(main)
 
@@ -257,7 +260,7 @@ def test_ctx_steps_is_the_newest_execution_and_history_keeps_them_all(gen: Gener
 def test_crash_exploration_of_looping_workflows_finds_no_divergence(gen: GeneratedWorkflow) -> None:
     async def main() -> None:
         report = await explore_crashes(gen.definition, gen.input, jobs=gen.jobs)
-        assert len(report.points) == report.writes
+        assert len(report.points) == 2 * report.writes
 
     tf.testing.run(main)
 
@@ -305,5 +308,33 @@ def test_crash_exploration_of_a_wide_parallel_step_finds_no_divergence() -> None
     async def main() -> None:
         report = await explore_crashes(wide(12))
         assert report.baseline.status == "failed"
+
+    tf.testing.run(main)
+
+
+def test_the_explorer_runs_a_step_again_when_its_write_is_lost() -> None:
+    # A job that charges a card and returns how many times this world was charged: idempotent
+    # under a crash after any write (no step runs twice), but not when the crash cuts the
+    # write short that records it, which at-least-once execution runs again.
+    worlds = {"n": 0}
+    charges: Counter[int] = Counter()
+
+    def fresh_world() -> tf.adapters.MemoryAdapter:
+        worlds["n"] += 1
+        return tf.adapters.MemoryAdapter()
+
+    async def charge(data: Any) -> int:
+        charges[worlds["n"]] += 1
+        return charges[worlds["n"]]
+
+    wf = (tf.workflow("pay").task("charge", job=charge).task("mail", job=ScriptedJob(Returns(value=1)))
+          .pass_("out", transform=lambda ctx: ctx.steps["charge"]).build())
+
+    async def main() -> None:
+        report = await explore_crashes(wf, adapter_factory=fresh_world, check=False, lost_writes=False)
+        assert not report.divergent
+        with pytest.raises(tf.testing.CrashDivergenceError,
+                           match=r"crash while making snapshot write 2 of 4 \(write lost, after instance created\), then resume: output 2"):
+            await explore_crashes(wf, adapter_factory=fresh_world)
 
     tf.testing.run(main)

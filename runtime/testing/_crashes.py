@@ -78,6 +78,9 @@ class CrashPoint:
     write: int
     after: str
     outcome: Outcome
+    #: The write never reached storage: the engine died while making it, after the step it
+    #: would have recorded had run (so that step runs again after the resume: at least once).
+    lost: bool = False
     divergence: str | None
 
 
@@ -112,9 +115,13 @@ async def explore_crashes(
     check: bool = True,
     signals: Sequence[tuple[str, Any]] = (),
     also: Sequence[WorkflowDefinition] = (),
+    lost_writes: bool = True,
 ) -> CrashReport:
     """Run ``workflow`` once without faults, then once per snapshot write k, dying after write k
-    and resuming in a fresh engine over the same storage.
+    and resuming in a fresh engine over the same storage; and (``lost_writes``) once more per
+    write k, dying while making it: write k never reaches storage, but what it would have
+    recorded has run, and runs again after the resume, as at-least-once execution has it (a
+    step that is not idempotent then shows as a divergent output).
 
     Each crash run must end with the fault-free run's status and output; no step recorded as
     completed at the crash point may run again after the resume (the step in flight may), nor a
@@ -147,13 +154,13 @@ async def explore_crashes(
         for definition in registered:
             engine.register(definition)
 
-    async def one_run(crash_after: int | None) -> tuple[Outcome, _CrashingAdapter]:
+    async def one_run(crash_after: int | None, lost: bool = False) -> tuple[Outcome, _CrashingAdapter]:
         for job in scripted:
             job.reset()
         counter.counts = collections.Counter()
         counter.numbers = {}
         storage = adapter_factory()
-        crashing = _CrashingAdapter(storage, crash_after)
+        crashing = _CrashingAdapter(storage, crash_after, lost)
         sent = 0
         try:
             with trio.CancelScope() as crashing.process:
@@ -175,6 +182,9 @@ async def explore_crashes(
         if crashing.crashed:
             async with open_engine(adapter=storage, services=services, threads=False) as engine:
                 register(engine)
+                # A start the dead process never acknowledged (its create was lost) is made
+                # again, as its caller would; one that was is found and taken as it is.
+                await engine.start(workflow.name, input, instance_id=INSTANCE_ID)
                 for name, payload in signals[sent:]:  # never acknowledged: the sender sends again
                     await engine.signal(INSTANCE_ID, name, payload)
                 instance = await engine.wait(INSTANCE_ID)
@@ -187,21 +197,26 @@ async def explore_crashes(
     baseline, clean = await one_run(None)
     points = []
     for k in range(1, clean.writes + 1):
-        outcome, crashed = await one_run(k)
-        if crashed.crash_states is None:
-            # Branches that end in one scheduler pass share a checkpoint, so how many writes a
-            # run makes can vary with scheduling (real threads): this run ended before write k.
-            after = f"no crash: this run made {crashed.writes} writes"
-            divergence = _compare_uncrashed(baseline, outcome)
-        else:
-            after = _describe_write(crashed.states, k)
-            divergence = _compare(baseline, crashed.crash_states, outcome, shapes)
-        points.append(CrashPoint(write=k, after=after, outcome=outcome, divergence=divergence))
+        for lost in (False, True) if lost_writes else (False,):
+            outcome, crashed = await one_run(k, lost)
+            if crashed.crash_states is None:
+                # Branches that end in one scheduler pass share a checkpoint, so how many writes
+                # a run makes can vary with scheduling (real threads): this run ended before write k.
+                after = f"no crash: this run made {crashed.writes} writes"
+                divergence = _compare_uncrashed(baseline, outcome)
+            elif lost:
+                after = "write lost, after " + (_describe_write(crashed.states, k - 1) if k > 1 else "nothing stored")
+                divergence = _compare(baseline, crashed.crash_states, outcome, shapes)
+            else:
+                after = _describe_write(crashed.states, k)
+                divergence = _compare(baseline, crashed.crash_states, outcome, shapes)
+            points.append(CrashPoint(write=k, after=after, outcome=outcome, divergence=divergence, lost=lost))
     report = CrashReport(baseline=baseline, writes=clean.writes, points=tuple(points))
     if check and report.divergent:
         first = report.divergent[0]
+        when = "while making" if first.lost else "after"
         raise CrashDivergenceError(
-            f"workflow {workflow.name!r}: crash after snapshot write {first.write} of {clean.writes}"
+            f"workflow {workflow.name!r}: crash {when} snapshot write {first.write} of {clean.writes}"
             f" ({first.after}), then resume: {first.divergence}", report,
         )
     return report
@@ -409,11 +424,13 @@ def _described(record: StepResult, status: str | None = None) -> str:
 
 
 class _CrashingAdapter:
-    """Delegates to real storage, counts writes, and kills the engine after write ``crash_after``."""
+    """Delegates to real storage, counts writes, and kills the engine after write ``crash_after``
+    (``lost``: while making it, before it reaches storage)."""
 
-    def __init__(self, inner: Adapter, crash_after: int | None) -> None:
+    def __init__(self, inner: Adapter, crash_after: int | None, lost: bool = False) -> None:
         self.inner = inner
         self.crash_after = crash_after
+        self.lost = lost
         self.writes = 0
         self.crashed = False
         #: The instance each write was for, and what it stored, in write order.
@@ -487,6 +504,10 @@ class _CrashingAdapter:
         return await self.inner.purge(finished_by, limit, status=status, workflow_name=workflow_name)
 
     async def _before_write(self) -> None:
+        if not self.crashed and self.lost and self.writes + 1 == self.crash_after:
+            self.writes += 1  # this write is the one the crash cuts short: it stores nothing
+            self._die()
+            await self._keep_crash_states()
         if self.crashed:
             await trio.sleep_forever()  # a dead process writes nothing more
 
@@ -494,21 +515,28 @@ class _CrashingAdapter:
         self.writes += 1
         crash = self.writes == self.crash_after
         if crash:
-            self.crashed = True  # before anything else can write: this write is the last
-            assert self.process is not None
-            self.process.cancel()
+            self._die()  # before anything else can write: this write is the last
         with trio.CancelScope(shield=True):
             stored = await self.inner.load(instance_id)
             assert stored is not None
             self.states.append((instance_id, decode_stored(stored)))
-            if crash:
-                # The whole family as the dead process left it: a child's completed steps must
-                # not run again either.
-                self.crash_states = {}
-                for written in dict.fromkeys(i for i, _ in self.states):
-                    found = await self.inner.load(written)
-                    if found is not None:
-                        self.crash_states[written] = decode_stored(found)
+        if crash:
+            await self._keep_crash_states()
+
+    def _die(self) -> None:
+        self.crashed = True
+        assert self.process is not None
+        self.process.cancel()
+
+    async def _keep_crash_states(self) -> None:
+        """The whole family as the dead process left it: a child's completed steps must not
+        run again either."""
+        with trio.CancelScope(shield=True):
+            self.crash_states = {}
+            for written in dict.fromkeys(i for i, _ in self.states):
+                found = await self.inner.load(written)
+                if found is not None:
+                    self.crash_states[written] = decode_stored(found)
 
 
 def _instrument(definition: WorkflowDefinition, jobs: dict[str, StepFn], counter: _Counter) -> WorkflowDefinition:
