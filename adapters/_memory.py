@@ -9,7 +9,13 @@ from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
-from trioflow._errors import CheckpointConflictError, InstanceStillRunningError, StorageError, UnknownInstanceError
+from trioflow._errors import (
+    AdapterInUseError,
+    CheckpointConflictError,
+    InstanceStillRunningError,
+    StorageError,
+    UnknownInstanceError,
+)
 from trioflow._snapshot import RESUMABLE, TERMINAL, Status
 
 from ._protocol import StoredInstance
@@ -68,15 +74,21 @@ class MemoryAdapter:
         #: deque, because purges take from the front, and a dict would keep the holes.
         self._finished: collections.deque[tuple[float, _Row]] = collections.deque()
         self._clock: Callable[[], float] = time.time
+        self._open = False
 
     def use_clock(self, clock: Callable[[], float]) -> None:
         self._clock = clock
 
     async def open(self) -> None:
-        """Nothing to acquire: the storage is this object."""
+        """The storage is this object: one engine at a time may have it open."""
+        if self._open:
+            raise AdapterInUseError(
+                "this MemoryAdapter is open in another engine; one engine per storage (close that engine first)")
+        self._open = True
 
     async def close(self) -> None:
-        """Nothing to release: what is stored stays for the next engine."""
+        """What is stored stays for the next engine."""
+        self._open = False
 
     async def create(self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes) -> bool:
         if instance_id in self._rows:

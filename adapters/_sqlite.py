@@ -45,6 +45,7 @@ import trio
 
 from trioflow._durations import Seconds, seconds
 from trioflow._errors import (
+    AdapterInUseError,
     CheckpointConflictError,
     InstanceStillRunningError,
     StorageError,
@@ -79,7 +80,7 @@ class DatabaseError(StorageError):
     """The SQLite database cannot be used (wrong version, locked, closed, I/O failure)."""
 
 
-class DatabaseLockedError(DatabaseError):
+class DatabaseLockedError(DatabaseError, AdapterInUseError):
     """Another engine (in this process or another) has the database open."""
 
 

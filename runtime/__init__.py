@@ -55,6 +55,7 @@ from ._errors import ParallelError as ParallelError
 from ._errors import SnapshotDecodeError as SnapshotDecodeError
 from ._errors import StepError as StepError
 from ._errors import CompensationTimeoutError as CompensationTimeoutError
+from ._errors import AdapterInUseError as AdapterInUseError
 from ._errors import StorageError as StorageError
 from ._errors import CheckpointConflictError as CheckpointConflictError
 from ._errors import StorageUnavailableError as StorageUnavailableError

@@ -58,6 +58,11 @@ class StorageError(TrioflowError):
     """The persistence adapter could not store or read what it was asked to."""
 
 
+class AdapterInUseError(StorageError):
+    """The storage is open in another engine already: one engine per storage, or both would
+    resume (and run) the same instances."""
+
+
 class StorageUnavailableError(StorageError):
     """Storage failed in a way that may pass (busy, locked by another connection, full, failing
     I/O). The engine retries a checkpoint for a while; if storage stays unusable, the instance is

@@ -581,3 +581,15 @@ async def test_snapshots_in_the_adapter_are_msgpack_bytes(autojump_clock: trio.t
     for blob in (stored.start, stored.header, *stored.records):
         assert isinstance(blob, bytes) and blob[:1] != b"\x80"  # msgpack, not a pickle
     assert len(stored.records) == 3 and decode_stored(stored).output == "c-out"
+
+
+async def test_one_engine_at_a_time_on_a_memory_adapter(autojump_clock: trio.testing.MockClock) -> None:
+    # Two engines on one storage would both resume (and run) the same instances.
+    adapter = tf.adapters.MemoryAdapter()
+    async with tf.open_engine(adapter=adapter):
+        with pytest.raises(tf.AdapterInUseError, match="open in another engine"):
+            async with tf.open_engine(adapter=adapter):
+                pass
+    async with tf.open_engine(adapter=adapter):  # closed: free again
+        pass
+    assert issubclass(tf.adapters.DatabaseLockedError, tf.AdapterInUseError)
