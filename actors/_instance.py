@@ -104,10 +104,12 @@ async def _forward(run: Run) -> Forward:
     definition = run.definition
     ctx = run.context(MAIN, len(definition.steps))
     swap_lane(ctx)
-    deadline = _deadline(run)
+    main = run.state.lanes[MAIN]
+    # A delayed instance's timeout counts from its start: set once the delay is over.
+    delayed = main.waiting is not None and "start" in main.waiting
     scope = None
-    if run.cancellable or deadline != math.inf:
-        scope = run.cancel_scope = trio.CancelScope(deadline=deadline)
+    if run.cancellable or definition.timeout is not None:
+        scope = run.cancel_scope = trio.CancelScope(deadline=math.inf if delayed else _deadline(run))
         if run.cancel_requested:
             scope.cancel()
     # Written out rather than split into a helper: every coroutine frame stays alive as long as
@@ -117,8 +119,7 @@ async def _forward(run: Run) -> Forward:
             if run.has_hooks and not run.resumed:
                 # Inside the scope: a cancel or the workflow timeout reaches a slow hook too.
                 await run.hook("on_start", ctx)
-            main = run.state.lanes[MAIN]
-            if main.waiting is not None and "start" in main.waiting:
+            if delayed:
                 await wait_for_start(run, main)
                 # A delayed instance starts now: its timeout counts from here.
                 run.state.started_at = run.clock()

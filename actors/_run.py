@@ -133,8 +133,9 @@ class Children(Protocol):
         (else :meth:`ended` reads it, or wakes the parent)."""
         ...
 
-    async def ended(self, parent_id: str, notice: str) -> None:
-        """A child's end notice to its parent is stored: deliver it, or wake the parent."""
+    def ended_soon(self, parent_id: str, notice: str) -> None:
+        """A child's end notice to its parent is stored: deliver it, or wake the parent, in a
+        task of the engine's own (it may read storage)."""
         ...
 
 
@@ -192,8 +193,9 @@ class Run:
         self.cancellable = cancellable
         #: Where plain ``def`` callables run (``None``: inline, as the test engine wants).
         self.threads = threads
-        #: Starts a task beside the instance (the engine's supervisor): end-of-run hooks run there,
-        #: apart from the instance's lifecycle. ``None``: they run inline (``execute_workflow``).
+        #: Starts a task beside the instance: end-of-run hooks run there, apart from the
+        #: instance's lifecycle, and an engine that closes lets them finish. ``None``: they run
+        #: inline (``execute_workflow``).
         self.spawn = spawn
         self.storage_retry_for = storage_retry_for
         #: The engine's wall clock (Unix seconds): timestamps, timers' due times and timeouts
@@ -439,10 +441,10 @@ class Run:
         taken(s, len(records))
         self.stored_status = status
         self.stored_wake_at = wake
-        if notify is not None and self.children is not None and self.spawn is not None \
+        if notify is not None and self.children is not None \
                 and not self.children.deliver_notice(*notify[:2], notice_seq, notify[2]):
             # Beside the run: waking the parent may read storage, and is not this run's work.
-            self.spawn(f"notify parent {notify[0]}", self.children.ended, notify[0], notify[1])
+            self.children.ended_soon(notify[0], notify[1])
 
     def _end_notice(self, status: str) -> tuple[str, str, bytes] | None:
         """The signal a child instance's end sends its parent, stored with the checkpoint that
@@ -517,6 +519,9 @@ class Run:
             return
         with trio.move_on_after(HOOK_TIMEOUT) as scope:
             try:
+                # A plain function runs inline, in the event loop's thread, as a sync event
+                # callback does (it may touch trio objects: set an event, start nothing slow);
+                # only what it returns to await is bounded.
                 result = fn(*args)
                 if inspect.isawaitable(result):
                     await result

@@ -84,7 +84,10 @@ class EngineChildren:
         run.deliver(seq, notice, decode_payload(payload))
         return True
 
-    async def ended(self, parent_id: str, notice: str) -> None:
+    def ended_soon(self, parent_id: str, notice: str) -> None:
+        self._engine._supervisor.start_soon(f"notify parent {parent_id}", self._ended, parent_id, notice)
+
+    async def _ended(self, parent_id: str, notice: str) -> None:
         engine = self._engine
         if engine._closed:
             return  # stored: the next engine's resume finds it pending for the parent

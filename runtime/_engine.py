@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 import trio
 
 from trioflow.actors._instance import run_instance, undo
-from trioflow.actors._run import STORAGE_RETRY_FOR, Run
+from trioflow.actors._run import HOOK_TIMEOUT, STORAGE_RETRY_FOR, Run
 from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
 from trioflow._virtual_time import default_clock
@@ -86,14 +86,16 @@ class Engine:
         self, supervisor: Supervisor, adapter: Adapter, *, max_running: int,
         services: Mapping[str, Any], driver: Any, threads: bool = True,
         leftovers: list[StoredInstance] | None = None, storage_retry_for: float = STORAGE_RETRY_FOR,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, beside: Supervisor | None = None,
     ) -> None:
         self.jobs = JobRegistry(on_register=self._jobs_registered, check_open=self._check_open)
         self.events = EventBus()
         self.adapter = adapter
+        #: Instance actors and the engine's own tasks: stopped when the engine closes.
         self._supervisor = supervisor
-        #: What runs start their side tasks with: bound once, not once per run.
-        self._start_beside = supervisor.start_soon
+        #: What runs start their end hooks with (``beside``: a supervisor whose tasks a closing
+        #: engine lets finish), bound once, not once per run.
+        self._start_beside = (beside or supervisor).start_soon
         self._services = dict(services)
         self._driver = driver
         #: Instances a previous engine left unfinished, read when this one opened, by workflow:
@@ -933,7 +935,9 @@ async def open_engine(
     run at once; more wait as ``pending``. With ``resume`` (the default), the instances the
     adapter holds as pending or running when the engine opens are resumed, each when its
     workflow is registered. Leaving the block stops every
-    actor; running instances stay ``running`` in the adapter for the next engine to resume.
+    actor; running instances stay ``running`` in the adapter for the next engine to resume. The
+    ``on_complete``/``on_failed`` hooks of runs that ended, and async event callbacks with the
+    events queued for them, are then given up to 30 s to finish (not when the block raised).
     Plain ``def`` jobs run in worker threads; ``threads=False`` runs them inline in the trio
     thread (what ``trioflow.testing.open_test_engine`` does, to keep virtual time still); a job
     abandoned by its timeout or a cancel gives its thread slot back at once.
@@ -963,28 +967,42 @@ async def open_engine(
     try:
         # Read before anything starts: what to resume is what a previous engine left.
         leftovers = await storage.resumable() if resume else None
-        async with trio.open_nursery() as nursery:
-            engine = Engine(
-                Supervisor(nursery), storage, max_running=max_running, services=services or {},
-                driver=driver, threads=threads, leftovers=leftovers, storage_retry_for=retry_for,
-                clock=wall_clock,
-            )
-            engine.events.attach(nursery)
+        # Two nurseries: instance actors and the engine's own tasks in one, held by a task of
+        # the other, which holds what must outlive them (end hooks of runs that ended, async
+        # event callbacks): leaving the block stops the first, then lets the second finish
+        # what it was given, for up to HOOK_TIMEOUT.
+        with trio.CancelScope() as settling:
+            async with trio.open_nursery() as beside:
+                nursery: trio.Nursery = await beside.start(_hold_nursery)
+                engine = Engine(
+                    Supervisor(nursery), storage, max_running=max_running, services=services or {},
+                    driver=driver, threads=threads, leftovers=leftovers, storage_retry_for=retry_for,
+                    clock=wall_clock, beside=Supervisor(beside),
+                )
+                engine.events.attach(beside)
             # Asked before the caller gets the engine: the waker's reads then only follow
             # instances that wait, never run beside the caller's first calls.
-            if hasattr(storage, "next_wake") and hasattr(storage, "due"):
-                engine._supervisor.start_soon("waker", engine._waker, await storage.next_wake())
-            else:
-                # An adapter from before waiting instances existed: they wait in memory.
-                engine._park_after = None
-            if keep is not None:
-                engine._retain_wake = trio.Event()  # finishes count from now, not from the task's start
-                engine._supervisor.start_soon("retention", engine._retain, keep, engine._retain_wake)
-            try:
-                yield engine
-            finally:
+                if hasattr(storage, "next_wake") and hasattr(storage, "due"):
+                    engine._supervisor.start_soon("waker", engine._waker, await storage.next_wake())
+                else:
+                    # An adapter from before waiting instances existed: they wait in memory.
+                    engine._park_after = None
+                if keep is not None:
+                    engine._retain_wake = trio.Event()  # finishes count from now, not from the task's start
+                    engine._supervisor.start_soon("retention", engine._retain, keep, engine._retain_wake)
+                try:
+                    yield engine
+                except BaseException:
+                    engine._close()
+                    beside.cancel_scope.cancel()  # the block failed: nothing is waited for
+                    raise
                 engine._close()
                 nursery.cancel_scope.cancel()
+                engine.events.close_queues()
+                settling.deadline = trio.current_time() + HOOK_TIMEOUT
+        if settling.cancelled_caught:
+            log.warning("the engine closed with end hooks or async event callbacks still running after %g s;"
+                        " they were cancelled", HOOK_TIMEOUT)
     except BaseExceptionGroup as group:
         # The actors never raise into this nursery, so a group holds the block's own exception:
         # hand it back as the caller raised it rather than wrapped.
@@ -995,6 +1013,13 @@ async def open_engine(
     finally:
         with trio.CancelScope(shield=True):
             await storage.close()
+
+
+async def _hold_nursery(task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    """Open a nursery and hand it over; return once it is cancelled and its tasks are done."""
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
 
 
 class _EndsDuringReads:

@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from ._definition import is_async
 from ._errors import EngineClosedError
 
 log = logging.getLogger("trioflow.events")
@@ -95,6 +96,9 @@ class EventBus:
         self._subscribers: list[_Subscriber] = []
         self._routes: dict[str, list[_Subscriber]] = {}
         self._nursery: trio.Nursery | None = None
+        #: The queues of the async callbacks (not of ``subscribe`` streams, which their
+        #: callers own).
+        self._queues: set[trio.MemorySendChannel[Event]] = set()
         #: ``False`` while nobody listens: publishers skip building payloads altogether.
         self.active = False
 
@@ -107,19 +111,28 @@ class EventBus:
 
         Returns a function that unsubscribes.
         """
-        if not inspect.iscoroutinefunction(callback):
+        if not is_async(callback):
             return self._add(_Subscriber(pattern, callback, None))
         if self._nursery is None:
             raise EngineClosedError("async event callbacks need a running engine")
         send, receive = trio.open_memory_channel[Event](buffer)
         self._nursery.start_soon(self._drain, receive, callback)
+        self._queues.add(send)
         remove = self._add(_Subscriber(pattern, None, send))
 
         def unsubscribe() -> None:
             remove()
+            self._queues.discard(send)
             send.close()
 
         return unsubscribe
+
+    def close_queues(self) -> None:
+        """The engine is closing: no more events. Each async callback's task delivers what its
+        queue holds, then ends."""
+        for send in self._queues:
+            send.close()
+        self._queues.clear()
 
     @asynccontextmanager
     async def subscribe(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
@@ -165,9 +178,16 @@ class EventBus:
                     pass
             else:
                 try:
-                    sub.callback(_copy_payload(payload))  # type: ignore[misc]
+                    result = sub.callback(_copy_payload(payload))  # type: ignore[misc]
                 except Exception:
                     log.exception("event callback for %r raised; ignored", name)
+                    continue
+                if inspect.iscoroutine(result):
+                    # A callback that only returns a coroutine (a lambda around an async
+                    # function) cannot be told apart when it subscribes: said, not left unawaited.
+                    result.close()
+                    log.error("event callback for %r returned a coroutine, which was not run; subscribe an"
+                              " async def (or an object with one as __call__) to have it awaited", name)
 
     def _add(self, sub: _Subscriber) -> Callable[[], None]:
         self._subscribers.append(sub)

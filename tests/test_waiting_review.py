@@ -274,3 +274,75 @@ async def test_a_leftover_row_is_not_resumed_after_its_instance_ran_and_parked(
             await engine.start("w", instance_id="x")  # resumes it: the step ends, the timer parks it
             done = await engine.wait("x")
         assert (done.status, calls) == ("completed", ["a", "a"])
+
+
+# -- an adversarial review of events, hooks and delays -----------------------------------------
+
+
+async def _one(data: Any) -> int:
+    return 1
+
+
+@pytest.mark.parametrize("delay", [0.9, 60.0])
+async def test_a_delay_waited_in_memory_is_not_part_of_the_workflow_timeout(
+        autojump_clock: trio.testing.MockClock, delay: float) -> None:
+    # 0.9 s is short enough to be waited in memory; a transactional workflow never leaves it.
+    plain = tf.workflow("plain").task("a", job=_one).with_timeout(0.5).build()
+    held = tf.workflow("held").task("a", job=_one).with_timeout(0.5).transactional().build()
+    async with tf.open_engine(driver=tf.adapters.MemoryDriver()) as engine:
+        engine.register(plain)
+        engine.register(held)
+        for name in ("plain", "held"):
+            done = await engine.wait(await engine.start(name, delay=delay))
+            assert done.status == "completed", (name, done.status, done.error)
+
+
+async def test_a_closing_engine_lets_end_hooks_and_async_event_callbacks_finish(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # A service that waits for an instance and leaves the block must not lose its on_complete
+    # hook (stored completed, no later engine would run it) nor what an async callback holds.
+    sent: list[str] = []
+    audit: list[str] = []
+
+    async def on_complete(result: tf.WorkflowResult) -> None:
+        await trio.sleep(1)  # an HTTP call
+        sent.append(result.instance_id)
+
+    async def audit_log(event: dict[str, Any]) -> None:
+        await trio.sleep(0.1)
+        audit.append(event["event"])
+
+    wf = tf.workflow("w").task("a", job=_one).task("b", job=_one).with_hooks(on_complete=on_complete).build()
+    async with tf.open_engine() as engine:
+        engine.events.on("workflow.*", audit_log)
+        engine.register(wf)
+        iid = await engine.start("w")
+        assert (await engine.wait(iid)).status == "completed"
+    assert sent == [iid]
+    assert audit[0] == "workflow.started" and audit[-1] == "workflow.completed"
+
+
+async def test_an_object_with_an_async_call_is_an_async_event_callback(autojump_clock: trio.testing.MockClock) -> None:
+    seen: list[str] = []
+
+    class Sink:
+        async def __call__(self, event: dict[str, Any]) -> None:
+            seen.append(event["event"])
+
+    async with tf.open_engine() as engine:
+        engine.events.on("workflow.completed", Sink())
+        engine.register(tf.workflow("w").task("a", job=_one).build())
+        await engine.wait(await engine.start("w"))
+    assert seen == ["workflow.completed"]
+
+
+async def test_a_callback_that_returns_a_coroutine_is_said_not_left_unawaited(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    async def later(event: dict[str, Any]) -> None:
+        pass
+
+    async with tf.open_engine() as engine:
+        engine.events.on("workflow.completed", lambda e: later(e))
+        engine.register(tf.workflow("w").task("a", job=_one).build())
+        await engine.wait(await engine.start("w"))
+    assert "returned a coroutine, which was not run" in caplog.text
