@@ -27,6 +27,11 @@ Row = dict[str, Any]
 S = TypeVar("S")
 
 
+#: Why an update that would change a row's primary key is refused: entity steps find (and
+#: compensate) rows by their key.
+_KEY_CHANGE = "update of {entity!r} may not change a row's primary key {key!r}; create a new row and delete the old one"
+
+
 class DriverError(TrioflowError):
     """A data driver could not do what was asked (the message says what and where)."""
 

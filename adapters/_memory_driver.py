@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ._driver import DriverError, Row, TransactionOwnership, UnknownEntityError
+from ._driver import _KEY_CHANGE, DriverError, Row, TransactionOwnership, UnknownEntityError
 
 #: What a rollback restores: the tables and id counters (deep-copied), and the run ledger.
 _Saved = tuple[tuple[dict[str, dict[Any, Row]], dict[str, int]], dict[str, bytes]]
@@ -62,6 +62,8 @@ class MemoryDriver:
     async def update(self, entity: str, where: Mapping[str, Any], data: Mapping[str, Any]) -> list[Row]:
         async with self._ownership.call():
             rows = self._matching(entity, where)
+            if "id" in data and any(row["id"] != data["id"] for row in rows):
+                raise DriverError(_KEY_CHANGE.format(entity=entity, key="id"))
             for row in rows:
                 row.update(data)
             return [dict(r) for r in rows]

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ._driver import DriverError, Row, TransactionOwnership, UnknownColumnError, UnknownEntityError
+from ._driver import _KEY_CHANGE, DriverError, Row, TransactionOwnership, UnknownColumnError, UnknownEntityError
 
 T = TypeVar("T")
 
@@ -88,6 +88,8 @@ class SQLiteDriver:
 
             def update(conn: sqlite3.Connection) -> list[Row]:
                 keys = [r[0] for r in conn.execute(f"SELECT {key_col} FROM {table}{clause}", params).fetchall()]
+                if key in data and any(k != data[key] for k in keys):
+                    raise DriverError(_KEY_CHANGE.format(entity=entity, key=key))
                 for k in keys:
                     conn.execute(f"UPDATE {table} SET {sets} WHERE {key_col} = ?", [data[c] for c in names] + [k])
                 return [_rows(conn.execute(f"SELECT * FROM {table} WHERE {key_col} = ?", (k,)))[0] for k in keys]

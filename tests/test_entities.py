@@ -13,7 +13,7 @@ import trio.testing
 
 import trioflow as tf
 from trioflow._codec import decode_stored
-from trioflow.adapters import MemoryDriver, SQLiteDriver
+from trioflow.adapters import DriverError, MemoryDriver, SQLiteDriver
 
 SCHEMA = """
 CREATE TABLE product (id INTEGER PRIMARY KEY, name TEXT NOT NULL, stock INTEGER NOT NULL);
@@ -60,6 +60,17 @@ async def test_driver_crud(driver: Any) -> None:
     assert [(r["id"], r["stock"]) for r in updated] == [(1, 3)]
     assert await driver.delete("temp", {"id": 7}) == 1 and await driver.find_many("temp", {}) == []
     assert await driver.primary_key("product") == "id"
+
+
+async def test_an_update_may_not_change_a_rows_key(driver: Any) -> None:
+    # Entity steps find (and compensate) rows by their key: a changed key left the memory
+    # table keyed by the old one, and the SQLite driver failed with an IndexError.
+    before = await contents(driver)
+    with pytest.raises(DriverError, match="may not change a row's primary key 'id'"):
+        await driver.update("product", {"id": 1}, {"id": 10})
+    assert await contents(driver) == before
+    same = await driver.update("product", {"id": 1}, {"id": 1, "stock": 4})  # the whole row: key unchanged
+    assert [(r["id"], r["stock"]) for r in same] == [(1, 4)]
 
 
 async def test_a_rolled_back_transaction_leaves_no_trace(driver: Any) -> None:
