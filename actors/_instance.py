@@ -84,6 +84,12 @@ async def run_instance(run: Run) -> None:
         except Parked:
             return  # it waits, stored, without a task; the engine wakes it
         except trio.Cancelled:
+            if run.cancel_requested and state.phase == "forward" and not run.compensate_on_outer_cancel:
+                # The engine shuts down before a cancel() that said yes took effect: the
+                # decision is stored (the next engine compensates), not lost with the process.
+                with trio.CancelScope(shield=True):
+                    begin_compensation(state, "cancelled", _cancelled(run), None)
+                    await run.persist()
             if not run.compensate_on_outer_cancel:
                 raise  # engine shutdown: leave the instance as last persisted, for resume
             with trio.CancelScope(shield=True):
@@ -121,18 +127,27 @@ async def _forward(run: Run) -> Forward:
                 await run.hook("on_start", ctx)
             if delayed:
                 await wait_for_start(run, main)
-                # A delayed instance starts now: its timeout counts from here.
+                # A delayed instance starts now: its timeout counts from here, stored at once,
+                # so that a restart during its first step does not start the count over.
                 run.state.started_at = run.clock()
                 if scope is not None and definition.timeout is not None:
                     scope.deadline = trio.current_time() + definition.timeout
+                    await run.persist()
             await run_lane(run, MAIN, definition.index, ctx)
         except StepFailure as failure:
             return "failed", failure.error, failure.step_name
-        return "completed", None, None
+        if not run.cancel_requested:
+            return "completed", None, None
+        # Cancelled in the pass its last step ended in, before anything awaited again: the
+        # cancel() said yes, so it is honoured (the completed steps are compensated).
     if run.cancel_requested:
-        return "cancelled", WorkflowCancelledError(f"instance {run.state.instance_id!r} was cancelled"), None
+        return "cancelled", _cancelled(run), None
     assert definition.timeout is not None
     return "timed_out", WorkflowTimeoutError(definition.name, definition.timeout), None
+
+
+def _cancelled(run: Run) -> WorkflowCancelledError:
+    return WorkflowCancelledError(f"instance {run.state.instance_id!r} was cancelled")
 
 
 async def _complete(run: Run) -> None:

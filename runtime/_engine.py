@@ -317,6 +317,7 @@ class Engine:
             if run is not None:
                 _check_same_start(instance_id, run.state, workflow_name, input, parent)
                 return instance_id
+            self._check_open()  # closed while it was stored: an idempotent start may be made again
             existing = await self._load_fresh(instance_id)
             if existing is not None:
                 _check_same_workflow(instance_id, existing.workflow_name, workflow_name)
@@ -378,6 +379,8 @@ class Engine:
         seq = await self.adapter.send_signal(instance_id, name, data)
         if seq is None:
             raise InstanceNotLiveError(f"instance {instance_id!r} has ended; signal {name!r} was not stored")
+        if self._closed:
+            return  # stored: the next engine delivers it (an error here would have it sent twice)
         run = self._live.get(instance_id)
         if run is None:  # parked (or stored, not running here): resumed if it waits for this
             run, fresh = await self._wake_if_waiting(instance_id, lambda waiting: waiting.get("signal") == name)
@@ -479,6 +482,7 @@ class Engine:
                 # Parked: it waits in storage, without a task, until the waker (or a signal)
                 # resumes it here; then wait for that run.
                 if instance_id not in self._live:
+                    self._check_open()  # closed while storage was read: nobody would set it
                     event = self._next_run.setdefault(instance_id, trio.Event())
                     await event.wait()
                     self._check_stopped(instance_id)
@@ -684,7 +688,7 @@ class Engine:
             await self._run(definition, state, resumed=True).persist()
             return None
         iid = record.instance_id
-        if iid in self._live or iid in self._storing:
+        if iid in self._live or iid in self._storing or self._closed:
             return None  # running here, or being started
         # A child whose parent waits for it here holding its slot runs in that slot, as when it
         # was started: with a slot of its own to wait for, it could wait on its parent for ever.
