@@ -100,17 +100,19 @@ async def test_listing_by_workflow_and_status_uses_an_index(tmp_path: Path) -> N
             assert "USING INDEX" in plan and "SCAN trioflow_instances" not in plan, plan
 
 
+async def _hang(data: Any) -> None:
+    await trio.sleep_forever()
+
+
+async def _ok(data: Any) -> str:
+    return "ok"
+
+
 async def test_an_unreadable_row_fails_alone_on_sqlite(tmp_path: Path) -> None:
     path = tmp_path / "f.db"
 
-    async def hang(data: Any) -> None:
-        await trio.sleep_forever()
-
-    async def ok(data: Any) -> str:
-        return "ok"
-
     async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
-        engine.register(tf.workflow("w").task("a", job=hang).build())
+        engine.register(tf.workflow("w").task("a", job=_hang).build())
         good = await engine.start("w")
         with trio.move_on_after(0.1):
             await engine.wait(good)
@@ -118,7 +120,7 @@ async def test_an_unreadable_row_fails_alone_on_sqlite(tmp_path: Path) -> None:
         conn.execute("INSERT INTO trioflow_instances (instance_id, workflow_name, status, header, start)"
                      " VALUES ('bad', 'w', 'running', x'c1c1c1', x'c1c1c1')")
     async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
-        engine.register(tf.workflow("w").task("a", job=ok).build())
+        engine.register(tf.workflow("w").task("a", job=_ok).build())
         assert (await engine.wait(good)).output == "ok"
         bad = await engine.wait("bad")
     assert bad.status == "failed" and "SnapshotDecodeError" in (bad.error or "")
@@ -158,21 +160,15 @@ async def test_a_row_with_a_damaged_record_count_fails_alone(
         autojump_clock: trio.testing.MockClock, tmp_path: Path, count: str) -> None:
     path = tmp_path / "f.db"
 
-    async def hang(data: Any) -> None:
-        await trio.sleep_forever()
-
-    async def ok(data: Any) -> str:
-        return "ok"
-
     async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
-        engine.register(tf.workflow("w").task("a", job=ok).task("b", job=hang).build())
+        engine.register(tf.workflow("w").task("a", job=_ok).task("b", job=_hang).build())
         for n in range(3):
             await engine.start("w", instance_id=f"i{n}")
         await trio.sleep(1)
     with sqlite3.connect(path) as conn:
         conn.execute(f"UPDATE trioflow_instances SET next_seq = {count} WHERE instance_id = 'i1'")
     async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
-        engine.register(tf.workflow("w").task("a", job=ok).task("b", job=ok).build())
+        engine.register(tf.workflow("w").task("a", job=_ok).task("b", job=_ok).build())
         assert (await engine.wait("i0")).status == "completed"
         assert (await engine.wait("i2")).status == "completed"
         damaged = await engine.get_instance("i1")
