@@ -290,7 +290,11 @@ class Engine:
             return instance_id
         # Kept as storage gives it back: a resumed run reads the same (a tuple as a list).
         input = as_stored(input, "workflow input")
-        status: Status = "pending" if slot and self._running >= self._max_running else "running"
+        # A free slot is taken now, not when the instance is spawned: starts storing at the same
+        # time would otherwise all store ``running`` and then wait in the queue, listed under
+        # a status they do not have.
+        reserved = slot and self._running < self._max_running
+        status: Status = "pending" if slot and not reserved else "running"
         state = new_state(definition, instance_id, input, self._clock(), status=status)
         state.parent_id = None if parent is None else parent.instance_id
         if starts_at is not None:
@@ -299,6 +303,22 @@ class Engine:
         if state.data:
             remember_data(state)
         start, header = encode_start(state), encode_header(state)
+        if reserved:
+            self._running += 1
+        try:
+            return await self._store_new(definition, state, start, header, parent, slot=slot, reserved=reserved)
+        finally:
+            spawned = self._live.get(instance_id)
+            if reserved and (spawned is None or spawned.state is not state):
+                self._free_slot()  # not run here in this slot after all: it goes to the queue
+
+    async def _store_new(
+        self, definition: WorkflowDefinition, state: InstanceState, start: bytes, header: bytes,
+        parent: InstanceState | None, *, slot: bool, reserved: bool,
+    ) -> str:
+        """Store a new instance and run it here (in the slot ``reserved`` for it, if any); an
+        instance stored before is taken as it is, if it was started the same way."""
+        instance_id, workflow_name, input, status = state.instance_id, state.workflow_name, state.input, state.status
         storing = self._storing[instance_id] = _Storing(workflow_name)
         try:
             created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
@@ -330,7 +350,7 @@ class Engine:
                     # this call stored it): with auto-resume on, resuming is this call's job.
                     await self._resume_one(definition, existing)
             return instance_id
-        self._spawn(definition, state, resumed=False, slot=slot)
+        self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)
         return instance_id
 
     async def _check_end_noticed(self, child_id: str, parent: InstanceState) -> None:
@@ -714,20 +734,25 @@ class Engine:
         self._unreadable[record.instance_id] = unreadable_instance(
             record.instance_id, record.workflow_name, describe_error(exc))
 
-    def _spawn(self, definition: WorkflowDefinition, state: InstanceState, *, resumed: bool, slot: bool = True) -> Run:
-        """Run an instance here: at once if a slot is free (or it needs none), else queued."""
+    def _spawn(
+        self, definition: WorkflowDefinition, state: InstanceState, *, resumed: bool, slot: bool = True,
+        reserved: bool = False,
+    ) -> Run:
+        """Run an instance here: at once if a slot is free (or it needs none, or ``reserved``
+        one for it), else queued."""
         run = self._run(definition, state, resumed=resumed)
         self._live[state.instance_id] = run
         next_run = self._next_run.pop(state.instance_id, None)
         if next_run is not None:
             next_run.set()  # callers of wait() on a parked instance: it runs again
         self._stalled.pop(state.instance_id, None)
-        if not slot or self._running < self._max_running:
+        if reserved:
+            self._launch(run, reserved=True)
+        elif not slot or self._running < self._max_running:
             self._launch(run)
         else:
-            # Queued: pending until a slot frees (what ``start`` stored may say running, when
-            # slots were taken while it stored; the first step's checkpoint records the truth).
-            state.status = "pending"
+            # Queued with the status it is stored with: a new instance is stored pending, and
+            # one resumed from storage says what it said before the restart until it runs.
             self._waiting.append(run)
         return run
 
@@ -770,8 +795,9 @@ class Engine:
             return f"its compensations failed: {failed}"
         return None
 
-    def _launch(self, run: Run) -> None:
-        self._running += 1
+    def _launch(self, run: Run, *, reserved: bool = False) -> None:
+        if not reserved:
+            self._running += 1
         self._supervisor.start_contained_soon(run.state.instance_id, self._instance_actor, run)
 
     async def _instance_actor(self, run: Run) -> None:
@@ -780,9 +806,10 @@ class Engine:
         state = run.state
         try:
             if state.status == "pending":
-                # Not written on its own: a resume treats pending and running alike, and the
-                # first step's snapshot records the new status anyway.
+                # Stored at once: listings by status agree with it, and a restart during the
+                # first step keeps the time its workflow timeout counts from.
                 admit(state, self._clock())
+                await run.persist()
             await run_instance(run)
         except StorageUnavailableError as exc:
             # Storage stayed unusable past the retries: leave the instance as last stored, to be
@@ -829,11 +856,14 @@ class Engine:
                 if self._finished_since_purge == RETAIN_EVERY:
                     self._retain_wake.set()
             run.ended()
-            self._running -= 1
-            # Hand the slot on, unless the engine is stopping: a queued run stays stored as it
-            # is, for the next engine to resume.
-            while self._waiting and self._running < self._max_running and not self._closed:
-                self._launch(self._waiting.popleft())
+            self._free_slot()
+
+    def _free_slot(self) -> None:
+        """A slot frees: hand it on, unless the engine is stopping (a queued run stays stored
+        as it is, for the next engine to resume)."""
+        self._running -= 1
+        while self._waiting and self._running < self._max_running and not self._closed:
+            self._launch(self._waiting.popleft())
 
     async def _waker(self, soonest: float | None) -> None:
         """Resume parked instances as they fall due (their ``wake_at``, on the engine's clock):

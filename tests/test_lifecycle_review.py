@@ -136,3 +136,69 @@ async def test_a_signal_stored_as_the_engine_closes_is_not_reported_failed(
         autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
     # it raised once the signal was stored: a caller sending it again had it delivered twice
     assert await _in_flight_at_close(tmp_path, lambda e, i: e.signal(i, "go", 1)) == []
+
+
+async def test_a_queued_instances_timeout_counts_from_its_admission_across_a_restart(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    clock = virtual_wall_clock()
+
+    async def step(data: Any) -> None:
+        await trio.sleep(10 if data == "fast" else 80)
+
+    def wf() -> tf.WorkflowDefinition:
+        return tf.workflow("w").task("a", job=step).task("b", job=step).with_timeout(100).build()
+
+    t0 = trio.current_time()
+    async with open_test_engine(adapter=tf.adapters.SQLiteAdapter(tmp_path / "f.db"), clock=clock,
+                                max_running=1) as engine:
+        engine.register(wf())
+        first = await engine.start("w", "fast")
+        queued = await engine.start("w", "slow")     # waits for first's slot
+        assert (await engine.get_instance(queued)).status == "pending"  # type: ignore[union-attr]
+        assert (await engine.wait(first)).status == "completed"       # at ~20: queued is admitted
+        await trio.sleep(60)                         # 60 s into queued's first step
+    async with open_test_engine(adapter=tf.adapters.SQLiteAdapter(tmp_path / "f.db"), clock=clock) as engine:
+        engine.register(wf())
+        inst = await engine.wait(queued)
+    assert inst.status == "timed_out"
+
+    # Admitted at ~20, so timed out at ~120 (not 100 s after the restart, at ~180).
+    assert trio.current_time() - t0 <= 123, trio.current_time() - t0
+
+
+async def test_listings_by_status_agree_with_each_instance_while_instances_queue_for_slots(
+        autojump_clock: trio.testing.MockClock) -> None:
+    gates = [trio.Event() for _ in range(6)]
+
+    async def held(data: Any) -> int:
+        await gates[data].wait()
+        return int(data)
+
+    wf = tf.workflow("w").task("a", job=held).build()
+
+    async def agree(ids: list[str]) -> dict[str, int]:
+        """Each instance is listed under its own status, and under no other."""
+        by_status: dict[str, int] = {}
+        for status in ("pending", "running", "completed"):
+            listed = [i.id for i in await engine.get_instances("w", status=status)]
+            for iid in listed:
+                assert (await engine.get_instance(iid)).status == status  # type: ignore[union-attr]
+            by_status[status] = len(listed)
+        assert sum(by_status.values()) == len(ids), by_status
+        return by_status
+
+    async with open_test_engine(max_running=2) as engine:
+        engine.register(wf)
+        ids: list[str] = []
+        async with trio.open_nursery() as nursery:   # started together: they store at once
+            async def start(i: int) -> None:
+                ids.append(await engine.start("w", i))
+            for i in range(6):
+                nursery.start_soon(start, i)
+        await trio.sleep(1)
+        assert await agree(ids) == {"pending": 4, "running": 2, "completed": 0}
+        for gate in gates:
+            gate.set()
+            await trio.sleep(1)
+            await agree(ids)
+        assert await agree(ids) == {"pending": 0, "running": 0, "completed": 6}
