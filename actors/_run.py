@@ -103,8 +103,9 @@ class Children(Protocol):
         """Whether the engine is stopping (a run cancelled then leaves its children be)."""
         ...
 
-    async def start(self, workflow: str, input: Any, child_id: str, parent_id: str) -> None:
-        """Start (or find already started) the child instance ``child_id``."""
+    def start(self, workflow: str, input: Any, child_id: str, parent_id: str) -> Awaitable[Any]:
+        """Start (or find already started) the child instance ``child_id``: await what this
+        returns."""
         ...
 
     def in_parent_slot(self, parent_id: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -34,8 +35,9 @@ class EngineChildren:
     def closing(self) -> bool:
         return self._engine._closed
 
-    async def start(self, workflow: str, input: Any, child_id: str, parent_id: str) -> None:
-        await self._engine._start_child(workflow, input, child_id, parent_id)
+    def start(self, workflow: str, input: Any, child_id: str, parent_id: str) -> Awaitable[str]:
+        # The engine's coroutine itself, not one around it: a frame fewer per child starting.
+        return self._engine._start_child(workflow, input, child_id, parent_id)
 
     def in_parent_slot(self, parent_id: str) -> bool:
         parent = self._engine._live.get(parent_id)

@@ -8,7 +8,7 @@ import contextlib
 import math
 import time
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -251,15 +251,16 @@ class Engine:
         starts_at = None if delay is None and start_at is None else self._start_time(delay, start_at)
         return await self._start(workflow_name, input, instance_id, starts_at)
 
-    async def _start_child(self, workflow_name: str, input: Any, child_id: str, parent_id: str) -> None:
+    def _start_child(self, workflow_name: str, input: Any, child_id: str, parent_id: str) -> Awaitable[str]:
         """Start a child instance for a child step (``trioflow._children``). An existing child
         is the one a resumed parent started before: taken as it is, whatever its input (an
         ``input`` callable may give another value after a restart). A child of a parent that
         cannot leave memory while it waits (its child steps run in map items or parallel
         branches) runs in its parent's slot rather than wait for one of its own: parents
-        holding every slot would otherwise wait forever for their children."""
+        holding every slot would otherwise wait forever for their children. (A plain function
+        handing back ``_start``'s coroutine: no frame of its own while the child is stored.)"""
         parent = self._live[parent_id]  # it is the parent's run that asks
-        await self._start(workflow_name, input, child_id, None, parent=parent.state, slot=parent.may_park(math.inf))
+        return self._start(workflow_name, input, child_id, None, parent=parent.state, slot=parent.may_park(math.inf))
 
     async def _start(
         self, workflow_name: str, input: Any, instance_id: str | None, starts_at: float | None, *,
@@ -303,55 +304,48 @@ class Engine:
         if state.data:
             remember_data(state)
         start, header = encode_start(state), encode_header(state)
+        # Written out rather than split into a helper: every waiting start's coroutine frame is
+        # alive while it stores, and thousands of starts in flight are walked by the cyclic GC.
         if reserved:
             self._running += 1
         try:
-            return await self._store_new(definition, state, start, header, parent, slot=slot, reserved=reserved)
-        finally:
-            spawned = self._live.get(instance_id)
-            if reserved and (spawned is None or spawned.state is not state):
-                self._free_slot()  # not run here in this slot after all: it goes to the queue
-
-    async def _store_new(
-        self, definition: WorkflowDefinition, state: InstanceState, start: bytes, header: bytes,
-        parent: InstanceState | None, *, slot: bool, reserved: bool,
-    ) -> str:
-        """Store a new instance and run it here (in the slot ``reserved`` for it, if any); an
-        instance stored before is taken as it is, if it was started the same way."""
-        instance_id, workflow_name, input, status = state.instance_id, state.workflow_name, state.input, state.status
-        storing = self._storing[instance_id] = _Storing(workflow_name)
-        try:
-            created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
-        finally:
-            del self._storing[instance_id]
-            storing.done()
-        if created and self._closed:
-            raise EngineClosedError(
-                f"the engine closed while instance {instance_id!r} was being stored; it is stored {status}"
-                " and the next engine resumes it"
-            )
-        if not created:
-            # It exists: stored by an earlier engine (a resume may be running it here by now),
-            # or by a concurrent ``start``. Idempotent, unless it is another workflow's.
-            run = self._live.get(instance_id)
-            if run is not None:
-                _check_same_start(instance_id, run.state, workflow_name, input, parent)
+            storing = self._storing[instance_id] = _Storing(workflow_name)
+            try:
+                created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
+            finally:
+                del self._storing[instance_id]
+                storing.done()
+            if created and self._closed:
+                raise EngineClosedError(
+                    f"the engine closed while instance {instance_id!r} was being stored; it is stored {status}"
+                    " and the next engine resumes it"
+                )
+            if not created:
+                # It exists: stored by an earlier engine (a resume may be running it here by now),
+                # or by a concurrent ``start``. Idempotent, unless it is another workflow's.
+                run = self._live.get(instance_id)
+                if run is not None:
+                    _check_same_start(instance_id, run.state, workflow_name, input, parent)
+                    return instance_id
+                self._check_open()  # closed while it was stored: an idempotent start may be made again
+                existing = await self._load_fresh(instance_id)
+                if existing is not None:
+                    _check_same_workflow(instance_id, existing.workflow_name, workflow_name)
+                    with contextlib.suppress(SnapshotDecodeError):  # unreadable: reported as such elsewhere
+                        _check_same_start(instance_id, _decoded(existing), workflow_name, input, parent)
+                    if parent is not None and existing.status in TERMINAL:
+                        await self._check_end_noticed(instance_id, parent)
+                    if self._leftovers is not None and existing.status in RESUMABLE:
+                        # Unfinished and not running here (a resume may have passed it over while
+                        # this call stored it): with auto-resume on, resuming is this call's job.
+                        await self._resume_one(definition, existing)
                 return instance_id
-            self._check_open()  # closed while it was stored: an idempotent start may be made again
-            existing = await self._load_fresh(instance_id)
-            if existing is not None:
-                _check_same_workflow(instance_id, existing.workflow_name, workflow_name)
-                with contextlib.suppress(SnapshotDecodeError):  # unreadable: reported as such elsewhere
-                    _check_same_start(instance_id, _decoded(existing), workflow_name, input, parent)
-                if parent is not None and existing.status in TERMINAL:
-                    await self._check_end_noticed(instance_id, parent)
-                if self._leftovers is not None and existing.status in RESUMABLE:
-                    # Unfinished and not running here (a resume may have passed it over while
-                    # this call stored it): with auto-resume on, resuming is this call's job.
-                    await self._resume_one(definition, existing)
+            self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)
+            reserved = False  # the run has it
             return instance_id
-        self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)
-        return instance_id
+        finally:
+            if reserved:
+                self._free_slot()  # not run here in this slot after all: it goes to the queue
 
     async def _check_end_noticed(self, child_id: str, parent: InstanceState) -> None:
         """A child step found its child ended already: a parent resumed after its child ended
