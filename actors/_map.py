@@ -61,16 +61,19 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
     fanout = _Items(run, step, lane, progress)
     resumed = []
     for index, key in running_items(state, step):
-        if item_finished(state.lanes[key]) is False:
-            item_ended(state, progress, index, key, failed=False)
-        else:
-            resumed.append((index, key))  # one that failed for good fails again, from its record
+        finished = item_finished(state.lanes[key])
+        if finished is None:
+            resumed.append((index, key))
+        else:  # ended before the restart, its progress event sent then: counted, not run again
+            item_ended(state, progress, index, key, failed=finished)
     limit = step.max_concurrency or max(progress.count, 1)
     fanout.slots = trio.Semaphore(max(0, limit - len(resumed)))
     try:
         async with trio.open_nursery() as nursery:
             if step.on_error == "fail-fast":
                 fanout.cancel = nursery.cancel_scope
+                if fanout.over():  # failed too often before the restart: what runs on is cancelled
+                    nursery.cancel_scope.cancel()
             items = items_of(state, lane)
             for index, key in resumed:
                 nursery.start_soon(fanout.item_actor, index, key, items[index])

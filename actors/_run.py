@@ -35,6 +35,7 @@ from trioflow._lanes import MAIN, child_ended_signal
 from trioflow._snapshot import (
     TERMINAL,
     InstanceState,
+    Status,
     StepResult,
     WorkflowResult,
     compensated_steps,
@@ -230,7 +231,7 @@ class Run:
         self.error: BaseException | None = None
         #: The status of the last snapshot the adapter has taken (``None``: none yet). ``wait``
         #: trusts the in-memory state of a finished run only once its end is stored.
-        self.stored_status: str | None = None
+        self.stored_status: Status | None = None
         self.started = trio.current_time()
         #: Tasks parked until the run ends: the first, and any others (``None``: none).
         self.first_waiter: trio.lowlevel.Task | None = None

@@ -740,7 +740,8 @@ _CREATE_SQL = (
 #: numbered, as they are the checkpoint op's arguments, handed over as a slice of them.
 _CHECKPOINT_SQL = (
     "UPDATE trioflow_instances SET status = ?1, header = ?2, start = coalesce(?3, start), next_seq = next_seq + ?4,"
-    " wake_at = ?5, finished_at = ?8 WHERE instance_id = ?6 AND next_seq = ?7"
+    " wake_at = ?5, finished_at = CASE WHEN status = ?1 THEN finished_at ELSE ?8 END"
+    " WHERE instance_id = ?6 AND next_seq = ?7"
 )
 #: The same for a checkpoint that keeps the stored status (and so its finish time): parameters
 #: 2 to 7 of the above.

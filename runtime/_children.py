@@ -67,8 +67,29 @@ class EngineChildren:
                         problem, extra={"instance_id": child_id})
 
     def adopt(self, child_id: str, parent_id: str) -> None:
-        if self.in_parent_slot(parent_id):
-            self._engine._adopt_child(child_id)
+        """A parent taken up again here waits in memory, in its slot, for ``child_id``: the
+        child runs in that slot too, whether it is queued here for a slot of its own or stored
+        as waiting (it waited in its parent's slot for a child of its own before a restart, so
+        nothing else would resume it; that grandchild then runs in its slot in turn)."""
+        if not self.in_parent_slot(parent_id):
+            return
+        engine = self._engine
+        if child_id in engine._live:
+            engine._adopt_child(child_id)
+        else:
+            engine._supervisor.start_soon(f"adopt child {child_id}", self._wake_child, child_id)
+
+    async def _wake_child(self, child_id: str) -> None:
+        engine = self._engine
+        if engine._closed:
+            return
+        try:
+            await engine._wake_if_waiting(child_id, lambda waiting: True)
+        except EngineClosedError:
+            return  # stopping meanwhile: the child resumes later
+        except TrioflowError as exc:  # storage is down: a later engine takes it up
+            log.warning("child %s could not be resumed in its parent's slot: %s", child_id, describe_error(exc),
+                        extra={"instance_id": child_id})
 
     async def compensate(self, child_id: str) -> str | None:
         return await self._engine._undo_child(child_id)

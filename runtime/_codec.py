@@ -195,6 +195,21 @@ def remember_data(state: InstanceState) -> None:
     state.good_data = _packer.pack(state.data) if state.data else None
 
 
+def encode_view(state: InstanceState) -> bytes:
+    """:func:`encode_whole` for a view of a live instance: scratch values a running step holds
+    in the shared data (a connection, say) show as the data stood at the last check, as a
+    restart would read it, rather than fail the view. ``state`` itself is left as it is."""
+    try:
+        return encode_whole(state)
+    except UnencodableValueError:
+        held = state.data
+        state.data = {} if state.good_data is None else _read(state.good_data)
+        try:
+            return encode_whole(state)
+        finally:
+            state.data = held
+
+
 def restore_data(state: InstanceState) -> None:
     """Put back what in the shared data cannot be stored: each such value goes back to what it
     was at the last check (see :func:`check_data`), or goes if it was not there. Other values

@@ -36,8 +36,8 @@ def new_state(
 def admit(state: InstanceState, now: float) -> None:
     """A pending instance got a running slot."""
     state.status = "running"
-    if state.started_at is None:
-        state.started_at = now
+    if state.started_at is None and "start" not in (state.lanes[MAIN].waiting or ()):
+        state.started_at = now  # (a delayed start's is set when its delay is over)
 
 
 def choose(step: ChoiceStep, ctx: Any) -> str:

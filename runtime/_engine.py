@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
+import attrs
 import trio
 
 from trioflow.actors._instance import run_instance, undo
@@ -29,7 +30,7 @@ from trioflow._codec import (
     encode_header,
     encode_payload,
     encode_start,
-    encode_whole,
+    encode_view,
     remember_data,
     same_value,
 )
@@ -453,7 +454,7 @@ class Engine:
         self._check_open()
         run = self._live.get(instance_id)
         if run is not None:
-            return _copy(run.state)
+            return _live_view(run)
         record = await self.adapter.load(instance_id)
         return None if record is None else self._view(record)
 
@@ -539,9 +540,10 @@ class Engine:
         run.cancel_requested = True
         if run.cancel_scope is not None:
             run.cancel_scope.cancel()
-        elif run in self._waiting:
-            # Queued for a slot: start it now; it ends before its first step, so it holds the
-            # slot only for an instant and nothing waits behind a cancelled instance.
+        elif run in self._waiting and not run.state.records:
+            # Queued for a slot, never run: start it now; it ends before its first step, with
+            # nothing to compensate, so it holds the slot only for an instant. (One with steps
+            # to compensate, woken or resumed, waits for its slot: its compensations are work.)
             self._waiting.remove(run)
             self._launch(run)
         return True
@@ -573,7 +575,10 @@ class Engine:
                 workflow_name, status, after=cursor, limit=wanted, newest_first=order == "newest")
             for record in records:
                 run = self._live.get(record.instance_id)
-                view = _copy(run.state) if run is not None else self._view(record)
+                if run is not None:
+                    out.append(_live_view(run))  # (under the status the adapter listed it by)
+                    continue
+                view = self._view(record)
                 # An unreadable row is reported failed, whatever status it is stored with.
                 if status is None or view.status == status:
                     out.append(view)
@@ -735,6 +740,7 @@ class Engine:
         """Run an instance here: at once if a slot is free (or it needs none, or ``reserved``
         one for it), else queued."""
         run = self._run(definition, state, resumed=resumed)
+        run.stored_status = state.status  # as created, or as read back
         self._live[state.instance_id] = run
         next_run = self._next_run.pop(state.instance_id, None)
         if next_run is not None:
@@ -783,7 +789,10 @@ class Engine:
             return f"its workflow {state.workflow_name!r} is not registered"
         run = self._run(definition, state, resumed=True)
         run.stored_status = state.status
-        await undo(run)
+        try:
+            await undo(run)
+        except UnknownInstanceError:
+            return "it was purged while it was being compensated (the compensations that ran stay done)"
         if state.compensation_errors:
             failed = "; ".join(f"step {name!r}: {error}" for name, error in compensation_errors(state).items())
             return f"its compensations failed: {failed}"
@@ -801,8 +810,10 @@ class Engine:
         try:
             if state.status == "pending":
                 # Stored at once: listings by status agree with it, and a restart during the
-                # first step keeps the time its workflow timeout counts from.
+                # first step keeps the time its workflow timeout counts from. It never ran, even
+                # if resumed from storage: it starts now (workflow.started, on_start).
                 admit(state, self._clock())
+                run.resumed = False
                 await run.persist()
             await run_instance(run)
         except StorageUnavailableError as exc:
@@ -1171,9 +1182,19 @@ def _not_the_child(child_id: str, parent: InstanceState) -> InstanceIdConflictEr
         " an earlier instance with the same id, since deleted); delete it, or start the parent under another id")
 
 
+def _live_view(run: Run) -> WorkflowInstance:
+    """The view of an instance running here. Its status is the stored one: the status in memory
+    runs ahead of storage while the checkpoint of a change is in flight (an admission, an end),
+    and a view (and so a listing by status) says what is stored, as ``wait()`` does."""
+    view = _copy(run.state)
+    if run.stored_status is not None and view.status != run.stored_status:
+        view = attrs.evolve(view, status=run.stored_status)
+    return view
+
+
 def _copy(state: InstanceState) -> WorkflowInstance:
     """The view of a live instance as it stands now: a copy, never aliased to the running state."""
-    return to_instance(decode_whole(encode_whole(state)))
+    return to_instance(decode_whole(encode_view(state)))
 
 
 def _decoded(record: StoredInstance) -> InstanceState:

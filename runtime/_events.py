@@ -12,6 +12,7 @@ a secret before logging it) changes neither the instance nor what other subscrib
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import inspect
@@ -124,6 +125,7 @@ class EventBus:
             remove()
             self._queues.discard(send)
             send.close()
+            receive.close()  # what is queued goes too: no call after this (one running ends)
 
         return unsubscribe
 
@@ -206,9 +208,11 @@ class EventBus:
 
     @staticmethod
     async def _drain(receive: trio.MemoryReceiveChannel[Event], callback: Callback) -> None:
-        async with receive:
-            async for event in receive:
-                try:
-                    await callback(event)
-                except Exception:
-                    log.exception("async event callback for %r raised; ignored", event.get("event"))
+        # A closed receive side is an unsubscribe: the queue is dropped unread.
+        with contextlib.suppress(trio.ClosedResourceError):
+            async with receive:
+                async for event in receive:
+                    try:
+                        await callback(event)
+                    except Exception:
+                        log.exception("async event callback for %r raised; ignored", event.get("event"))
