@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
 from typing import Any
 
 import trio
@@ -53,15 +55,28 @@ async def attempt(
                     return await fn(*args), attempts
                 if run.threads is not None:
                     return await run.threads.run(in_lane(ctx, fn), *args), attempts
-                return fn(*args), attempts
+                result = fn(*args)
+                if inspect.iscoroutine(result):
+                    # As a worker thread refuses it (a test engine must fail where production does).
+                    result.close()
+                    raise TypeError(f"{fn!r} is a plain function that returned a coroutine; make it an async def")
+                return result, attempts
             assert timeout is not None
             error: BaseException = StepTimeoutError(step.name, timeout)
         except Exception as exc:
             error = exc
+        except trio.Cancelled:
+            stray = _stray_cancel()
+            if stray is None:
+                raise
+            error = stray
         finally:
             ctx._calling = None
         # A value that cannot be stored (put into ctx.data) fails the same way on every attempt.
-        delay = None if isinstance(error, UnencodableValueError) else retry.next_delay(attempts, error)
+        try:
+            delay = None if isinstance(error, UnencodableValueError) else retry.next_delay(attempts, error)
+        except Exception as exc:  # a retry_on predicate that raised: the step fails with that
+            raise StepFailure(step.name, exc, attempts) from exc
         if delay is None:
             raise StepFailure(step.name, error, attempts)
         if announce and run.bus.active:
@@ -75,6 +90,16 @@ async def attempt(
             await wait_for_retry(run, lane)
         else:
             await trio.sleep(delay)
+
+
+def _stray_cancel() -> RuntimeError | None:
+    """The failure a ``trio.Cancelled`` out of a job is when nothing cancelled the step, its
+    instance or the engine (the job let one out of a cancel scope of its own); ``None`` when
+    something did. Taken for a cancel, it would stop the instance as an engine shutdown does,
+    leaving it running in storage with nothing running it."""
+    if trio.current_effective_deadline() == -math.inf:
+        return None
+    return RuntimeError("trio.Cancelled escaped the job, though nothing cancelled its step, instance or engine")
 
 
 async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tuple[Any, Any, bool, int]:
@@ -106,6 +131,11 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
                 result = await fn(arg)
             except Exception as exc:
                 raise StepFailure(step.name, exc, 1) from None
+            except trio.Cancelled:
+                stray = _stray_cancel()
+                if stray is None:
+                    raise
+                raise StepFailure(step.name, stray, 1) from None
             finally:
                 ctx._calling = None
             attempts = 1

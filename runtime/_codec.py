@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import attrs
 import msgpack
 
-from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, split_description
+from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, safe_repr, split_description
 from ._lanes import MAIN
 from ._snapshot import PHASES, STATUSES, STEP_STATUSES, InstanceState, Lane, MapProgress, StepResult
 from ._values import SUPPORTED, from_ext, to_ext
@@ -385,7 +385,7 @@ def _readable(packed: bytes, what: str, value: Any) -> Any:
     except Exception as exc:
         path, key = _find_unreadable_key(value, "")
         raise UnencodableValueError(
-            f"{what}{path} has a dict key of type {type(key).__name__} ({key!r:.60}), which would be stored"
+            f"{what}{path} has a dict key of type {type(key).__name__} ({safe_repr(key)}), which would be stored"
             " as a list and could not be read back as a key; use a string, number or bytes key"
         ) from exc
 
@@ -396,7 +396,7 @@ def _find_unreadable_key(value: Any, path: str) -> tuple[str, Any]:
         for k, v in value.items():
             if isinstance(k, (list, tuple)):
                 return path, k
-            found = _find_unreadable_key(v, f"{path}[{k!r}]")
+            found = _find_unreadable_key(v, f"{path}[{safe_repr(k)}]")
             if found[0] or found[1] is not None:
                 return found
     elif isinstance(value, (list, tuple)):
@@ -627,9 +627,9 @@ def _describe(what: str, value: Any, exc: BaseException) -> str:
     kind = type(bad).__name__
     article = "an" if kind[:1].lower() in "aeiou" else "a"
     if isinstance(bad, int):
-        return (f"{where} is an int ({bad!r:.60}) outside 64 bits, which cannot be stored; store it as a str or a"
+        return (f"{where} is an int ({safe_repr(bad)}) outside 64 bits, which cannot be stored; store it as a str or a"
                 " Decimal")
-    return (f"{where} is {article} {kind} ({bad!r:.60}), which cannot be stored ({exc}); convert it to a"
+    return (f"{where} is {article} {kind} ({safe_repr(bad)}), which cannot be stored ({exc}); convert it to a"
             f" supported type: None, bool, int, float, str, bytes, lists, dicts, or {SUPPORTED}")
 
 
@@ -637,7 +637,7 @@ def _find(value: Any, path: str) -> tuple[str, Any]:
     """The path to the first value msgpack refuses inside ``value``."""
     if isinstance(value, Mapping):
         for k, v in value.items():
-            for item, sub in ((k, f"{path}[key {k!r}]"), (v, f"{path}[{k!r}]")):
+            for item, sub in ((k, f"{path}[key {safe_repr(k)}]"), (v, f"{path}[{safe_repr(k)}]")):
                 try:
                     _pack(item)
                 except (TypeError, ValueError, OverflowError):

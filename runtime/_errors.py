@@ -8,6 +8,7 @@ catch "anything the orchestrator said" in one place, while the builtin mix-ins k
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class TrioflowError(Exception):
@@ -306,9 +307,11 @@ def error_name(error: BaseException) -> str:
 def error_cause(error: BaseException) -> str:
     """The message of a failure (for a fail-fast parallel step, its first branch's)."""
     error = root_error(error)
-    if isinstance(error, (FailStepError, RecordedError)):
+    if isinstance(error, RecordedError):
         return error.cause
-    return str(error)
+    if isinstance(error, FailStepError):
+        return _capped(error.cause)
+    return _message(error)
 
 
 def describe_error(error: BaseException) -> str:
@@ -316,8 +319,39 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, RecordedError):
         return str(error)
     name = error.error_name if isinstance(error, FailStepError) else type(error).__name__
-    text = str(error)
+    text = _capped(error.cause) if isinstance(error, FailStepError) else _message(error)
     return f"{name}: {text}" if text else name
+
+
+#: Longest message a failure is recorded with, in characters (as AWS Step Functions caps an
+#: error's cause): a record holds it more than once (its error, its cause, a catcher's output),
+#: and a failure must always be storable, to be compensated and caught like any other.
+MAX_ERROR_TEXT = 32_768
+
+
+def _message(error: BaseException) -> str:
+    """``str(error)``, capped; an exception whose ``str()`` raises is recorded all the same."""
+    try:
+        text = str(error)
+    except Exception as exc:
+        return f"<str() of this {type(error).__name__} raised {type(exc).__name__}>"
+    return _capped(text)
+
+
+def _capped(text: str) -> str:
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    return f"{text[:MAX_ERROR_TEXT]}... ({len(text) - MAX_ERROR_TEXT} more characters cut)"
+
+
+def safe_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about a user's values; one
+    whose ``repr()`` raises is named by its type."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__} whose repr() raised>"
+    return text[:limit]
 
 
 def split_description(description: str) -> tuple[str, str]:
