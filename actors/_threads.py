@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from trioflow._virtual_time import mock_clock, real_time_while_threads
+from trioflow._virtual_time import waiting_on_a_thread
 
 #: Jobs the engine waits on in threads at once (trio's default thread limit).
 DEFAULT_THREADS = 40
@@ -35,19 +35,14 @@ class ThreadSlots:
         if self._limiter is None:
             self._limiter = trio.CapacityLimiter(self._total)
         slot = _Slot(self._limiter)
-        clock = mock_clock()
-        if clock is not None:
-            real_time_while_threads(clock, +1)
-        try:
-            # trio takes any object with CapacityLimiter's acquire/release_on_behalf_of methods.
-            return await trio.to_thread.run_sync(
-                fn, *args, abandon_on_cancel=True, limiter=slot)  # type: ignore[arg-type]
-        except trio.Cancelled:
-            slot.give_back()
-            raise
-        finally:
-            if clock is not None:
-                real_time_while_threads(clock, -1)
+        with waiting_on_a_thread():
+            try:
+                # trio takes any object with CapacityLimiter's acquire/release_on_behalf_of methods.
+                return await trio.to_thread.run_sync(
+                    fn, *args, abandon_on_cancel=True, limiter=slot)  # type: ignore[arg-type]
+            except trio.Cancelled:
+                slot.give_back()
+                raise
 
 
 class _Slot:

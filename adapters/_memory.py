@@ -152,7 +152,7 @@ class MemoryAdapter:
         if consumed and row.signals is not None:
             for seq in consumed:
                 del row.signals[seq]
-        if wake_at is not None:
+        if wake_at is not None and wake_at != row.wake_at:  # (unchanged: its entry is there)
             heapq.heappush(self._wakes, (wake_at, row.order, instance_id))
         row.wake_at = wake_at
         if notify is not None and notify[0] in self._rows:
@@ -226,10 +226,13 @@ class MemoryAdapter:
         out: list[StoredInstance] = []
         kept: list[tuple[float, int, str]] = []
         wakes = self._wakes
+        listed: set[str] = set()
         while wakes and wakes[0][0] <= before and len(out) < limit:
             entry = heapq.heappop(wakes)
             row = self._rows.get(entry[2])
-            if row is not None and row.wake_at == entry[0] and row.status in RESUMABLE:
+            # (An entry twice, from a wake time set again after a change, is dropped here.)
+            if row is not None and row.wake_at == entry[0] and row.status in RESUMABLE and entry[2] not in listed:
+                listed.add(entry[2])
                 out.append(_stored(entry[2], row))
                 kept.append(entry)  # it stays due until its next checkpoint says otherwise
         for entry in kept:

@@ -119,5 +119,19 @@ class MemoryDriver:
 
     def _matching(self, entity: str, where: Mapping[str, Any]) -> list[Row]:
         items = list(where.items())
-        return [r for _, r in sorted(self._table(entity).items(), key=lambda kv: str(kv[0]))
-                if all(k in r and r[k] == v for k, v in items)]
+        # A column never set matches None, as NULL does in SQL (``IS NULL``).
+        return [r for _, r in sorted(self._table(entity).items(), key=_key_order)
+                if all(r.get(k) == v for k, v in items)]
+
+
+def _key_order(item: tuple[Any, Row]) -> tuple[int, Any]:
+    """Rows in key order as SQLite sorts keys: numbers by value, then text, then bytes (anything
+    else after, by its text)."""
+    key = item[0]
+    if isinstance(key, (int, float)) and not isinstance(key, bool):
+        return 0, key
+    if isinstance(key, str):
+        return 1, key
+    if isinstance(key, bytes):
+        return 2, key
+    return 3, str(key)

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from trioflow._virtual_time import waiting_on_a_thread
+
 from ._driver import _KEY_CHANGE, DriverError, Row, TransactionOwnership, UnknownColumnError, UnknownEntityError
 
 T = TypeVar("T")
@@ -56,7 +58,7 @@ class SQLiteDriver:
                 marks = ", ".join("?" for _ in names)
                 sql = f"INSERT INTO {table} ({cols}) VALUES ({marks})" if names else f"INSERT INTO {table} DEFAULT VALUES"
                 cur = conn.execute(sql, [data[c] for c in names])
-                return _rows(conn.execute(f"SELECT * FROM {table} WHERE rowid = ?", (cur.lastrowid,)))[0]
+                return _rows(conn.execute(f"SELECT {_star(key)} FROM {table} WHERE rowid = ?", (cur.lastrowid,)))[0]
 
             return await self._run(insert, f"create in {entity!r}")
 
@@ -68,7 +70,7 @@ class SQLiteDriver:
         async with self._ownership.call():
             columns, key = await self._schema(entity)
             clause, params = self._where(entity, columns, where)
-            sql = f"SELECT * FROM {_quote(entity)}{clause} ORDER BY {_quote(key)}"
+            sql = f"SELECT {_star(key)} FROM {_quote(entity)}{clause} ORDER BY {_quote(key)}"
 
             def select(conn: sqlite3.Connection) -> list[Row]:
                 return _rows(conn.execute(sql, params))
@@ -92,7 +94,7 @@ class SQLiteDriver:
                     raise DriverError(_KEY_CHANGE.format(entity=entity, key=key))
                 for k in keys:
                     conn.execute(f"UPDATE {table} SET {sets} WHERE {key_col} = ?", [data[c] for c in names] + [k])
-                return [_rows(conn.execute(f"SELECT * FROM {table} WHERE {key_col} = ?", (k,)))[0] for k in keys]
+                return [_rows(conn.execute(f"SELECT {_star(key)} FROM {table} WHERE {key_col} = ?", (k,)))[0] for k in keys]
 
             return await self._run(_atomic(update), f"update of {entity!r}")
 
@@ -165,7 +167,8 @@ class SQLiteDriver:
         """Close the connection the driver opened itself (a handed-over one stays open)."""
         if self._conn is not None and not isinstance(self._source, sqlite3.Connection):
             conn, self._conn = self._conn, None
-            await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
+            with waiting_on_a_thread():
+                await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -179,13 +182,15 @@ class SQLiteDriver:
                 conn.isolation_level = None
                 return conn
 
-            self._conn = await trio.to_thread.run_sync(connect, limiter=self._limiter)
+            with waiting_on_a_thread():
+                self._conn = await trio.to_thread.run_sync(connect, limiter=self._limiter)
         return self._conn
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], what: str) -> T:
         try:
             conn = await self._connection()
-            return await trio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+            with waiting_on_a_thread():  # a test's MockClock must not leap while SQLite works
+                return await trio.to_thread.run_sync(fn, conn, limiter=self._limiter)
         except sqlite3.ProgrammingError as exc:
             if "thread" in str(exc):
                 raise DriverError(
@@ -204,7 +209,11 @@ class SQLiteDriver:
                     return tables, [], ""
                 info = conn.execute("SELECT name, pk FROM pragma_table_info(?)", (entity,)).fetchall()
                 keys = [r[0] for r in sorted(info, key=lambda r: r[1]) if r[1]]
-                return tables, [r[0] for r in info], keys[0] if keys else "rowid"
+                if keys:
+                    return tables, [r[0] for r in info], keys[0]
+                # No declared key: SQLite's rowid is the key, read with every row (and usable in
+                # a where, so that an entity step's compensation finds its row again).
+                return tables, ["rowid", *(r[0] for r in info)], "rowid"
 
             tables, columns, key = await self._run(read, f"reading the schema of {entity!r}")
             if not columns:
@@ -226,6 +235,11 @@ class SQLiteDriver:
         if not names:
             return "", []
         return " WHERE " + " AND ".join(f"{_quote(c)} IS ?" for c in names), [where[c] for c in names]
+
+
+def _star(key: str) -> str:
+    """The columns a row is read with: all, and the rowid too where it is the key."""
+    return "rowid AS rowid, *" if key == "rowid" else "*"
 
 
 def _quote(name: str) -> str:

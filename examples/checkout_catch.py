@@ -36,13 +36,19 @@ class Warehouse:
 class Cards:
     def __init__(self) -> None:
         self.charges: dict[str, int] = {}
+        self._by_key: dict[str, dict[str, Any]] = {}
 
-    async def charge(self, card: str, amount: int) -> dict[str, Any]:
+    async def charge(self, card: str, amount: int, *, idempotency_key: str) -> dict[str, Any]:
+        """As payment APIs do, a charge made again with the same key gives back the first one:
+        a step run again after a crash (at least once) charges the card once."""
+        if idempotency_key in self._by_key:
+            return self._by_key[idempotency_key]
         if card.endswith("0002"):
             raise CardDeclined(f"card {card} declined: insufficient funds")
         cid = f"ch-{len(self.charges) + 1}"
         self.charges[cid] = amount
-        return {"id": cid, "amount": amount}
+        charge = self._by_key[idempotency_key] = {"id": cid, "amount": amount}
+        return charge
 
     async def refund(self, cid: str) -> None:
         self.charges.pop(cid, None)
@@ -58,7 +64,8 @@ async def release_stock(ctx: tf.WorkflowContext, reservation: dict[str, Any]) ->
 
 
 async def charge_card(ctx: tf.WorkflowContext) -> dict[str, Any]:
-    charge: dict[str, Any] = await ctx.resolve("cards").charge(ctx.input["card"], ctx.input["total"])
+    charge: dict[str, Any] = await ctx.resolve("cards").charge(
+        ctx.input["card"], ctx.input["total"], idempotency_key=ctx.input["order_id"])
     return charge
 
 

@@ -7,11 +7,12 @@ SQLite adapter's writer) brackets the wait with :func:`real_time_while_threads`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -52,6 +53,21 @@ def real_time_while_threads(clock: MockClock, change: int) -> None:
     if count == 1 and change > 0:
         clock.rate, clock.autojump_threshold = 1.0, math.inf
     _paused[clock] = (count, rate, threshold)
+
+
+@contextlib.contextmanager
+def waiting_on_a_thread() -> Iterator[None]:
+    """Around an await of a worker thread's call: :func:`real_time_while_threads` under a
+    MockClock, nothing otherwise."""
+    clock = mock_clock()
+    if clock is None:
+        yield
+        return
+    real_time_while_threads(clock, +1)
+    try:
+        yield
+    finally:
+        real_time_while_threads(clock, -1)
 
 
 def virtual_wall_clock() -> Callable[[], float]:

@@ -334,7 +334,9 @@ def test_the_explorer_runs_a_step_again_when_its_write_is_lost() -> None:
         report = await explore_crashes(wf, adapter_factory=fresh_world, check=False, lost_writes=False)
         assert not report.divergent
         with pytest.raises(tf.testing.CrashDivergenceError,
-                           match=r"crash while making snapshot write 2 of 4 \(write lost, after instance created\), then resume: output 2"):
+                           match=r"crash while making snapshot write 2 of 4 \(write lost, after instance created\), then"
+                                 r" resume: step 'charge' \(charge#1, attempt 1\) ran again after the crash and returned 2,"
+                                 r" where its first run returned 1: it is not idempotent"):
             await explore_crashes(wf, adapter_factory=fresh_world)
 
     tf.testing.run(main)

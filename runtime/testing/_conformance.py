@@ -552,6 +552,30 @@ async def purge_goes_by_finish_order_not_creation_order(open_adapter: OpenAdapte
             "purge must delete the instance that finished first, whatever the order they were created in")
 
 
+async def fences_hold_for_every_kind_of_checkpoint(open_adapter: OpenAdapter) -> None:
+    async with _opened(open_adapter, "fences_everywhere") as a:
+        await a.create("long", "wf", "running", start=b"s", header=b"h")
+        for n in range(12):  # past ten: seqs are numbers, not text ("10" before "2")
+            await a.checkpoint("long", "running", b"h", [f"r{n}".encode()], first_seq=n)
+        want = tuple(f"r{n}".encode() for n in range(12))
+        for what, found in (("load()", [await a.load("long")]), ("list_instances()", await a.list_instances()),
+                            ("resumable()", await a.resumable())):
+            got = [tuple(bytes(r) for r in s.records) for s in found if s is not None]
+            assert got == [want], f"{what} must hand back 12 records in seq order (0, 1, 2, ... 11), got {got}"
+        seq = await a.send_signal("long", "go", b"payload")
+        assert seq is not None, "send_signal to a running instance must return the signal's seq"
+        before = await _stored(a, "long")
+        await _refused(a.checkpoint("long", "completed", b"bad", [], first_seq=5),
+                       CheckpointConflictError, "a checkpoint with no records at the wrong seq must raise"
+                       " CheckpointConflictError: the fence holds for every checkpoint, not only for appends")
+        await _refused(a.checkpoint("long", "running", b"bad", [], first_seq=11, consumed=[seq]),
+                       CheckpointConflictError, "a checkpoint consuming a signal at the wrong seq must raise"
+                       " CheckpointConflictError")
+        assert await _stored(a, "long") == before, "a refused checkpoint must change nothing"
+        assert [s for s, _, _ in await a.signals("long")] == [seq], (
+            "a refused checkpoint must not consume its signals: the signal would be lost")
+
+
 _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     create_and_load, create_is_idempotent, checkpoint_appends, checkpoint_is_fenced,
     checkpoint_of_unknown_instance, checkpoint_is_atomic, start_set_once, list_by_name_and_status,
@@ -559,5 +583,5 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     step_is_durable_before_the_next_starts, bad_data_is_never_stored, signals_are_kept_in_order_and_consumed_once,
     checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due, delete_refuses_unfinished, purge_by_finish_time,
     lists_pages_in_creation_order, scans_hand_back_every_record_in_order, refused_writes_leave_everything,
-    purge_goes_by_finish_order_not_creation_order,
+    purge_goes_by_finish_order_not_creation_order, fences_hold_for_every_kind_of_checkpoint,
 ]

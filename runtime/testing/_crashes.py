@@ -34,7 +34,7 @@ import trio
 from trioflow._builder import index_steps
 from trioflow._definition import ChildStep, MapStep, ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition, is_async
 from trioflow._engine import Engine, open_engine
-from trioflow._errors import UnknownJobError
+from trioflow._errors import UnknownJobError, safe_repr
 from trioflow._lanes import child_instance_id, item_of
 from trioflow._snapshot import InstanceState, Status, StepResult, WorkflowInstance
 from trioflow._codec import decode_stored
@@ -159,6 +159,7 @@ async def explore_crashes(
             job.reset()
         counter.counts = collections.Counter()
         counter.numbers = {}
+        counter.results, counter.changed = {}, []
         storage = adapter_factory()
         crashing = _CrashingAdapter(storage, crash_after, lost)
         sent = 0
@@ -206,10 +207,12 @@ async def explore_crashes(
                 divergence = _compare_uncrashed(baseline, outcome)
             elif lost:
                 after = "write lost, after " + (_describe_write(crashed.states, k - 1) if k > 1 else "nothing stored")
-                divergence = _compare(baseline, crashed.crash_states, outcome, shapes)
+                divergence = counter.changed[0] if counter.changed else _compare(
+                    baseline, crashed.crash_states, outcome, shapes)
             else:
                 after = _describe_write(crashed.states, k)
-                divergence = _compare(baseline, crashed.crash_states, outcome, shapes)
+                divergence = counter.changed[0] if counter.changed else _compare(
+                    baseline, crashed.crash_states, outcome, shapes)
             points.append(CrashPoint(write=k, after=after, outcome=outcome, divergence=divergence, lost=lost))
     report = CrashReport(baseline=baseline, writes=clean.writes, points=tuple(points))
     if check and report.divergent:
@@ -226,6 +229,10 @@ class _Counter:
     def __init__(self) -> None:
         #: Calls per calling instance and step callable ("name", "name (compensate)").
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        #: What each attempt (instance, execution, attempt, compensating) returned first in this
+        #: run, and what the run found when one ran again and returned something else.
+        self.results: dict[tuple[str, str, int, bool], Any] = {}
+        self.changed: list[str] = []
         #: For each scripted job (by id): the script position each attempt got, in this run.
         self.numbers: dict[int, dict[tuple[str, str, int, bool], int]] = {}
 
@@ -580,23 +587,43 @@ def _counted(key: str, fn: StepFn, counter: _Counter) -> StepFn:
         return _replayed(key, fn, counter)
     if is_async(fn):
         async def counted_async(*args: Any) -> Any:
-            counter.counts[_caller(), key] += 1
-            return await fn(*args)
+            attempt = _attempt(counter, key)
+            return _returned(counter, key, attempt, await fn(*args))
         return counted_async
 
     def counted(*args: Any) -> Any:
-        counter.counts[_caller(), key] += 1
-        return fn(*args)
+        attempt = _attempt(counter, key)
+        return _returned(counter, key, attempt, fn(*args))
     return counted
 
 
-def _caller() -> str:
-    """The instance whose step makes the call: a child's steps are counted as its own, even
-    where parent and child share a step name or a job."""
+def _attempt(counter: _Counter, key: str) -> tuple[str, str, int, bool] | None:
+    """Count a call; the attempt it makes. A child's steps are counted as its own, even where
+    parent and child share a step name or a job."""
     try:
-        return current_step().instance_id
+        step = current_step()
     except NotInStepError:  # pragma: no cover - every counted callable runs in a step
-        return ""
+        counter.counts["", key] += 1
+        return None
+    counter.counts[step.instance_id, key] += 1
+    return step.instance_id, step.execution_id, step.attempt, step.compensating
+
+
+def _returned(counter: _Counter, key: str, attempt: tuple[str, str, int, bool] | None, result: Any) -> Any:
+    """Note what an attempt returned. The same attempt run again (its write lost in a crash)
+    must return the same: a step that is not idempotent (a charge that makes a new charge id)
+    would otherwise record another result than the one the world saw first."""
+    if attempt is not None:
+        first = counter.results.setdefault(attempt, result)
+        try:
+            same = first is result or bool(first == result)
+        except Exception:  # values that cannot say: given the benefit of the doubt
+            same = True
+        if not same and not counter.changed:
+            counter.changed.append(
+                f"step {key!r} ({attempt[1]}, attempt {attempt[2]}) ran again after the crash and returned"
+                f" {safe_repr(result, 200)}, where its first run returned {safe_repr(first, 200)}: it is not idempotent")
+    return result
 
 
 def _replayed(key: str, job: ScriptedJob, counter: _Counter) -> StepFn:
