@@ -1,17 +1,27 @@
 """Prebuilt entity steps (seed 000): create / update / delete rows through ``ctx.driver``, each
 compensated automatically. What a compensation needs (the created key, the previous values, the
 deleted rows) is the step's output, so it is in the snapshot and survives a crash and resume.
-Multi-row changes run in a transaction of their own (a savepoint inside a transactional run)."""
+Multi-row changes run in a transaction of their own (a savepoint inside a transactional run).
+
+Each execution (and each compensation) writes at most once: with a driver that keeps a run
+ledger (both shipped drivers do), its transaction also records its output under a key made of
+the instance and the execution, and an execution run again after a crash (its checkpoint was
+lost, so at least once runs it again) gets that output back instead of writing again. Run
+again, an update would otherwise take its own new values for the previous ones, a delete would
+find nothing, and a re-created row would already exist."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from trioflow.adapters._driver import Driver, DriverError, EntityNotFoundError
+from trioflow.adapters._driver import Driver, DriverError, EntityNotFoundError, RunLedger
 
+from ._codec import decode_payload, encode_payload
 from ._context import WorkflowContext
+from ._decide import next_execution_id
 from ._definition import TaskStep
+from ._lanes import execution_id
 from ._retry import Retry
 
 Fn = Callable[[WorkflowContext], Mapping[str, Any]]
@@ -24,6 +34,31 @@ def _driver(ctx: WorkflowContext, step: str) -> Driver:
     return driver
 
 
+async def _once(ctx: WorkflowContext, step: str, write: Callable[[Driver], Awaitable[Any]], *, undo: bool = False) -> Any:
+    """``write(driver)`` in a transaction, at most once for this execution of ``step`` (or its
+    compensation, ``undo``): see the module docstring. Without a ledger, or where nothing
+    resumes the run (``execute_workflow``: a record would only take room), it just runs."""
+    driver = _driver(ctx, step)
+    ledger: RunLedger | None = None
+    key = ""
+    if isinstance(driver, RunLedger) and ctx._encodable is not None:  # (values are stored: a durable run)
+        ledger, state = driver, ctx._state
+        executed = execution_id(ctx.lane, step, ctx._compensating) if undo and ctx._compensating is not None \
+            else next_execution_id(state, ctx.lane, step)
+        # The creation time tells this instance from an earlier one with its id (deleted, then
+        # started again), whose records must not be taken for its own.
+        key = f"trioflow.entity/{state.instance_id}/{state.created_at!r}/{executed}{'/undo' if undo else ''}"
+    async with driver.transaction():
+        if ledger is not None:
+            done = await ledger.find_run(key)
+            if done is not None:
+                return decode_payload(done)
+        output = await write(driver)
+        if ledger is not None:
+            await ledger.record_run(key, encode_payload(output, f"the output of step {step!r}"))
+    return output
+
+
 def create_entity_step(
     name: str, entity: str, data_fn: Fn, *, store_as: str | None = None, compensate: bool = True,
     retry: Retry | None = None, timeout: float | None = None,
@@ -32,16 +67,22 @@ def create_entity_step(
     key in ``ctx.data``. Compensation deletes the row."""
 
     async def execute(ctx: WorkflowContext) -> dict[str, Any]:
-        driver = _driver(ctx, name)
-        row = await driver.create(entity, data_fn(ctx))
+        data = data_fn(ctx)
+
+        async def create(driver: Driver) -> dict[str, Any]:
+            return await driver.create(entity, data)
+
+        row: dict[str, Any] = await _once(ctx, name, create)
         if store_as is not None:
-            ctx.set(store_as, row[await driver.primary_key(entity)])
+            ctx.set(store_as, row[await _driver(ctx, name).primary_key(entity)])
         return row
 
     async def delete_created(ctx: WorkflowContext, row: dict[str, Any]) -> None:
-        driver = _driver(ctx, name)
-        key = await driver.primary_key(entity)
-        await driver.delete(entity, {key: row[key]})
+        async def delete(driver: Driver) -> None:
+            key = await driver.primary_key(entity)
+            await driver.delete(entity, {key: row[key]})
+
+        await _once(ctx, name, delete, undo=True)
 
     return TaskStep(name=name, run=execute, compensate=delete_created if compensate else None,
                     retry=retry, timeout=timeout, entity=entity)
@@ -56,23 +97,27 @@ def update_entity_step(
     Compensation writes the old values back."""
 
     async def execute(ctx: WorkflowContext) -> dict[str, Any]:
-        driver = _driver(ctx, name)
         where, data = dict(where_fn(ctx)), dict(data_fn(ctx))
-        key = await driver.primary_key(entity)
-        async with driver.transaction():
+
+        async def update(driver: Driver) -> dict[str, Any]:
+            key = await driver.primary_key(entity)
             before = await driver.find_many(entity, where)
             if not before:
                 raise EntityNotFoundError(f"step {name!r}: no {entity!r} row matches {where!r}")
             updated = [row for old in before for row in await driver.update(entity, {key: old[key]}, data)]
-        previous = [{key: old[key], **{c: old.get(c) for c in data}} for old in before]
-        return {"updated": updated, "previous": previous}
+            previous = [{key: old[key], **{c: old.get(c) for c in data}} for old in before]
+            return {"updated": updated, "previous": previous}
+
+        output: dict[str, Any] = await _once(ctx, name, update)
+        return output
 
     async def restore(ctx: WorkflowContext, output: dict[str, Any]) -> None:
-        driver = _driver(ctx, name)
-        key = await driver.primary_key(entity)
-        async with driver.transaction():
+        async def write_back(driver: Driver) -> None:
+            key = await driver.primary_key(entity)
             for old in output["previous"]:
                 await driver.update(entity, {key: old[key]}, {c: v for c, v in old.items() if c != key})
+
+        await _once(ctx, name, write_back, undo=True)
 
     return TaskStep(name=name, run=execute, compensate=restore if compensate else None,
                     retry=retry, timeout=timeout, entity=entity)
@@ -86,22 +131,26 @@ def delete_entity_step(
     ``{"deleted": the rows as they were}``. Compensation re-creates them with the same keys."""
 
     async def execute(ctx: WorkflowContext) -> dict[str, Any]:
-        driver = _driver(ctx, name)
         where = dict(where_fn(ctx))
-        key = await driver.primary_key(entity)
-        async with driver.transaction():
+
+        async def delete(driver: Driver) -> dict[str, Any]:
+            key = await driver.primary_key(entity)
             rows = await driver.find_many(entity, where)
             if not rows:
                 raise EntityNotFoundError(f"step {name!r}: no {entity!r} row matches {where!r}")
             for row in rows:
                 await driver.delete(entity, {key: row[key]})
-        return {"deleted": rows}
+            return {"deleted": rows}
+
+        output: dict[str, Any] = await _once(ctx, name, delete)
+        return output
 
     async def recreate(ctx: WorkflowContext, output: dict[str, Any]) -> None:
-        driver = _driver(ctx, name)
-        async with driver.transaction():
+        async def create(driver: Driver) -> None:
             for row in output["deleted"]:
                 await driver.create(entity, row)
+
+        await _once(ctx, name, create, undo=True)
 
     return TaskStep(name=name, run=execute, compensate=recreate if compensate else None,
                     retry=retry, timeout=timeout, entity=entity)
