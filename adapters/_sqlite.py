@@ -35,7 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -53,7 +53,7 @@ from trioflow._errors import (
     UnknownInstanceError,
 )
 from trioflow._snapshot import RESUMABLE, TERMINAL, Status
-from trioflow._virtual_time import mock_clock, real_time_while_threads
+from trioflow._virtual_time import mock_clock, threads_under
 
 from ._protocol import StoredInstance
 
@@ -243,22 +243,13 @@ class SQLiteAdapter:
         self._conn = None
         self._unlock()
 
-    @contextlib.contextmanager
-    def _in_thread(self) -> Iterator[None]:
+    def _in_thread(self) -> contextlib.AbstractContextManager[None]:
         """Around a wait for this adapter's threads. Under an autojumping MockClock, a task
         parked on the writer looks idle to trio, which would leap virtual time to the next
         deadline while the disk works (a 600 s workflow timeout would fire during a commit);
         while a wait is in flight virtual time runs at real speed instead, as it does for jobs
         in threads. Costs nothing on a real clock."""
-        clock = self._clock
-        if clock is None:
-            yield
-            return
-        real_time_while_threads(clock, +1)
-        try:
-            yield
-        finally:
-            real_time_while_threads(clock, -1)
+        return threads_under(self._clock)
 
     def _connect(self) -> sqlite3.Connection:
         self._lock()

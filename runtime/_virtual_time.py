@@ -55,11 +55,16 @@ def real_time_while_threads(clock: MockClock, change: int) -> None:
     _paused[clock] = (count, rate, threshold)
 
 
-@contextlib.contextmanager
-def waiting_on_a_thread() -> Iterator[None]:
+def waiting_on_a_thread() -> contextlib.AbstractContextManager[None]:
     """Around an await of a worker thread's call: :func:`real_time_while_threads` under a
     MockClock, nothing otherwise."""
-    clock = mock_clock()
+    return threads_under(mock_clock())
+
+
+@contextlib.contextmanager
+def threads_under(clock: MockClock | None) -> Iterator[None]:
+    """:func:`waiting_on_a_thread` for a run whose clock was looked up once (``None``: not a
+    MockClock)."""
     if clock is None:
         yield
         return
