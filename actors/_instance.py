@@ -147,7 +147,7 @@ async def _forward(run: Run) -> Forward:
 
 
 def _cancelled(run: Run) -> WorkflowCancelledError:
-    return WorkflowCancelledError(f"instance {run.state.instance_id!r} was cancelled")
+    return WorkflowCancelledError.of(run.state.instance_id)
 
 
 async def _complete(run: Run) -> None:

@@ -38,7 +38,7 @@ from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
 
 from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, wake_at
-from ._ids import new_instance_id
+from ._ids import creation_time, new_instance_id
 from ._definition import WorkflowDefinition
 from ._durations import Seconds, seconds
 from ._errors import (
@@ -54,6 +54,7 @@ from ._errors import (
     UnknownInstanceError,
     UnknownJobError,
     UnknownWorkflowError,
+    WorkflowCancelledError,
     describe_error,
 )
 from ._events import EventBus
@@ -297,7 +298,7 @@ class Engine:
         # a status they do not have.
         reserved = slot and self._running < self._max_running
         status: Status = "pending" if slot and not reserved else "running"
-        state = new_state(definition, instance_id, input, self._clock(), status=status)
+        state = new_state(definition, instance_id, input, creation_time(self._clock()), status=status)
         state.parent_id = None if parent is None else parent.instance_id
         if starts_at is not None:
             state.lanes[MAIN].waiting = {"start": starts_at}
@@ -454,7 +455,7 @@ class Engine:
         self._check_open()
         run = self._live.get(instance_id)
         if run is not None:
-            return _live_view(run)
+            return _live_view(run, run.stored_status)
         record = await self.adapter.load(instance_id)
         return None if record is None else self._view(record)
 
@@ -542,10 +543,21 @@ class Engine:
             run.cancel_scope.cancel()
         elif run in self._waiting and not run.state.records:
             # Queued for a slot, never run: start it now; it ends before its first step, with
-            # nothing to compensate, so it holds the slot only for an instant. (One with steps
-            # to compensate, woken or resumed, waits for its slot: its compensations are work.)
+            # nothing to compensate, so it holds the slot only for an instant.
             self._waiting.remove(run)
             self._launch(run)
+        elif run in self._waiting:
+            # Woken or resumed, with steps to compensate (work: it waits for its slot). The
+            # cancel is stored first, so that a restart compensates rather than goes on; out of
+            # the queue meanwhile, so that no slot starts it while its checkpoint is made.
+            self._waiting.remove(run)
+            begin_compensation(run.state, "cancelled", WorkflowCancelledError.of(instance_id), None)
+            try:
+                await run.persist()
+            finally:
+                if not self._closed:
+                    self._waiting.appendleft(run)
+                    self._free_slot(taken=False)
         return True
 
     async def get_instances(
@@ -576,7 +588,9 @@ class Engine:
             for record in records:
                 run = self._live.get(record.instance_id)
                 if run is not None:
-                    out.append(_live_view(run))  # (under the status the adapter listed it by)
+                    # Under the status the adapter read and listed it by (a checkpoint may have
+                    # changed it since): a listing by status holds only instances of that status.
+                    out.append(_live_view(run, record.status))
                     continue
                 view = self._view(record)
                 # An unreadable row is reported failed, whatever status it is stored with.
@@ -863,10 +877,11 @@ class Engine:
             run.ended()
             self._free_slot()
 
-    def _free_slot(self) -> None:
-        """A slot frees: hand it on, unless the engine is stopping (a queued run stays stored
-        as it is, for the next engine to resume)."""
-        self._running -= 1
+    def _free_slot(self, *, taken: bool = True) -> None:
+        """A slot frees (``taken=False``: see whether one is free): hand it on, unless the engine
+        is stopping (a queued run stays stored as it is, for the next engine to resume)."""
+        if taken:
+            self._running -= 1
         while self._waiting and self._running < self._max_running and not self._closed:
             self._launch(self._waiting.popleft())
 
@@ -1182,13 +1197,13 @@ def _not_the_child(child_id: str, parent: InstanceState) -> InstanceIdConflictEr
         " an earlier instance with the same id, since deleted); delete it, or start the parent under another id")
 
 
-def _live_view(run: Run) -> WorkflowInstance:
-    """The view of an instance running here. Its status is the stored one: the status in memory
-    runs ahead of storage while the checkpoint of a change is in flight (an admission, an end),
-    and a view (and so a listing by status) says what is stored, as ``wait()`` does."""
+def _live_view(run: Run, stored: Status | None) -> WorkflowInstance:
+    """The view of an instance running here, with the status ``stored`` (``None``: as in
+    memory): the status in memory runs ahead of storage while the checkpoint of a change is in
+    flight (an admission, an end), and a view says what is stored, as ``wait()`` does."""
     view = _copy(run.state)
-    if run.stored_status is not None and view.status != run.stored_status:
-        view = attrs.evolve(view, status=run.stored_status)
+    if stored is not None and view.status != stored:
+        view = attrs.evolve(view, status=stored)
     return view
 
 

@@ -153,6 +153,11 @@ class WorkflowTimeoutError(TrioflowError, TimeoutError):
 class WorkflowCancelledError(TrioflowError):
     """The instance was cancelled (``engine.cancel`` or the caller's cancellation)."""
 
+    @classmethod
+    def of(cls, instance_id: str) -> WorkflowCancelledError:
+        """The error a cancelled instance ends with."""
+        return cls(f"instance {instance_id!r} was cancelled")
+
 
 class FailStepError(StepError):
     """The failure a ``fail`` step ends its lane with: the error name and cause it gives, which
@@ -305,13 +310,26 @@ def error_name(error: BaseException) -> str:
 
 
 def error_cause(error: BaseException) -> str:
-    """The message of a failure (for a fail-fast parallel step, its first branch's)."""
+    """The message of a failure as it is recorded (for a fail-fast parallel step, its first
+    branch's): cut to :data:`MAX_ERROR_TEXT`."""
+    return _capped(error_message(error))
+
+
+def error_message(error: BaseException) -> str:
+    """The whole message of a failure, as retry and catch matchers see it (only the record is
+    cut)."""
     error = root_error(error)
-    if isinstance(error, RecordedError):
+    if isinstance(error, (FailStepError, RecordedError)):
         return error.cause
-    if isinstance(error, FailStepError):
-        return _capped(error.cause)
-    return _message(error)
+    return _text(error)
+
+
+def _text(error: BaseException) -> str:
+    """``str(error)``; an exception whose ``str()`` raises is described all the same."""
+    try:
+        return str(error)
+    except Exception as exc:
+        return f"<str() of this {type(error).__name__} raised {type(exc).__name__}>"
 
 
 def describe_error(error: BaseException) -> str:
@@ -319,7 +337,7 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, RecordedError):
         return str(error)
     name = error.error_name if isinstance(error, FailStepError) else type(error).__name__
-    text = _capped(error.cause) if isinstance(error, FailStepError) else _message(error)
+    text = _capped(error.cause if isinstance(error, FailStepError) else _text(error))
     return f"{name}: {text}" if text else name
 
 
@@ -327,15 +345,6 @@ def describe_error(error: BaseException) -> str:
 #: error's cause): a record holds it more than once (its error, its cause, a catcher's output),
 #: and a failure must always be storable, to be compensated and caught like any other.
 MAX_ERROR_TEXT = 32_768
-
-
-def _message(error: BaseException) -> str:
-    """``str(error)``, capped; an exception whose ``str()`` raises is recorded all the same."""
-    try:
-        text = str(error)
-    except Exception as exc:
-        return f"<str() of this {type(error).__name__} raised {type(exc).__name__}>"
-    return _capped(text)
 
 
 def _capped(text: str) -> str:

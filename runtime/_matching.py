@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Union, final
 
-from ._errors import DefinitionError, RecordedError, StorageError, error_cause, error_name, root_error
+from ._errors import DefinitionError, RecordedError, StorageError, error_message, error_name, root_error
 
 
 @final
@@ -61,7 +61,7 @@ def matches(items: tuple[ErrorMatcher, ...], error: BaseException) -> bool:
     if strings:
         # The wrapper's own name matches too (a child's failure: "ChildWorkflowError" as well
         # as the child's own error), as its type does.
-        names, cause = (error_name(error), type(error).__name__), error_cause(error)
+        names, cause = (error_name(error), type(error).__name__), error_message(error)
         if any(i in names or i in cause for i in strings):
             return True
     if any(isinstance(i, _All) for i in items) and not isinstance(root, (DefinitionError, StorageError)):

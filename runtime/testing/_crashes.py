@@ -37,7 +37,7 @@ from trioflow._engine import Engine, open_engine
 from trioflow._errors import UnknownJobError, safe_repr
 from trioflow._lanes import child_instance_id, item_of
 from trioflow._snapshot import InstanceState, Status, StepResult, WorkflowInstance
-from trioflow._codec import decode_stored
+from trioflow._codec import decode_payload, decode_stored, encode_payload
 from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
@@ -229,9 +229,10 @@ class _Counter:
     def __init__(self) -> None:
         #: Calls per calling instance and step callable ("name", "name (compensate)").
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
-        #: What each attempt (instance, execution, attempt, compensating) returned first in this
-        #: run, and what the run found when one ran again and returned something else.
-        self.results: dict[tuple[str, str, int, bool], Any] = {}
+        #: What each attempt of a step (instance, execution, attempt, compensating) returned
+        #: first in this run, encoded, and what the run found when one ran again and returned
+        #: something else.
+        self.results: dict[tuple[str, str, int, bool], bytes] = {}
         self.changed: list[str] = []
         #: For each scripted job (by id): the script position each attempt got, in this run.
         self.numbers: dict[int, dict[tuple[str, str, int, bool], int]] = {}
@@ -610,19 +611,24 @@ def _attempt(counter: _Counter, key: str) -> tuple[str, str, int, bool] | None:
 
 
 def _returned(counter: _Counter, key: str, attempt: tuple[str, str, int, bool] | None, result: Any) -> Any:
-    """Note what an attempt returned. The same attempt run again (its write lost in a crash)
-    must return the same: a step that is not idempotent (a charge that makes a new charge id)
-    would otherwise record another result than the one the world saw first."""
-    if attempt is not None:
-        first = counter.results.setdefault(attempt, result)
-        try:
-            same = first is result or bool(first == result)
-        except Exception:  # values that cannot say: given the benefit of the doubt
-            same = True
-        if not same and not counter.changed:
-            counter.changed.append(
-                f"step {key!r} ({attempt[1]}, attempt {attempt[2]}) ran again after the crash and returned"
-                f" {safe_repr(result, 200)}, where its first run returned {safe_repr(first, 200)}: it is not idempotent")
+    """Note what an attempt of a step returned. The same attempt run again (its write lost in a
+    crash) must return the same: a step that is not idempotent (a charge that makes a new charge
+    id) would otherwise record another result than the one the world saw first. Compared as
+    stored (encoded at once: an ``output=`` mapper may change it after); a value that cannot be
+    stored as it is (an ``output=`` mapper makes it so), and what a compensation returns (it is
+    not kept), are given the benefit of the doubt."""
+    if attempt is None or attempt[3]:
+        return result
+    try:
+        packed = encode_payload(result, "a step's result")
+    except Exception:
+        return result
+    first = counter.results.setdefault(attempt, packed)
+    if first != packed and not counter.changed:
+        counter.changed.append(
+            f"step {key!r} ({attempt[1]}, attempt {attempt[2]}) ran again after the crash and returned"
+            f" {safe_repr(result, 200)}, where its first run returned {safe_repr(decode_payload(first), 200)}:"
+            " it is not idempotent")
     return result
 
 
