@@ -94,7 +94,7 @@ checkout = (
     .step("send-confirmation", send_confirmation)  # no compensation: mail can't be unsent
     .with_data({"source": "web"})
     .with_timeout(30.0)
-    .with_hooks(on_compensate=lambda name, ctx: print(f"  compensating {name}"))
+    .with_hooks(on_compensate=lambda name, ctx: print(f"  {ctx.input['order_id']}: compensating {name}"))
     .build()
 )
 

@@ -1,4 +1,6 @@
-"""Seed 000's full e-commerce checkout, end to end on a real SQLite file.
+"""A full e-commerce checkout whose entity steps write to your own tables in a real SQLite file
+(through ``SQLiteDriver``; the workflow itself runs with ``execute_workflow``, not stored: see
+``approval.py`` and ``batch_invoices.py`` for instances stored in a ``SQLiteAdapter``).
 
 Tables `product`, `inventory` and `order` are ordinary SQLite tables; the workflow reaches them
 through `ctx.driver` (a SQLiteDriver) with entity steps, and reaches payment and mail through

@@ -1,4 +1,4 @@
-"""Seed 003's complete example: user onboarding with a plan-dependent setup step.
+"""A complete state machine: user onboarding with a plan-dependent setup step.
 
 Shows events, a flaky job that succeeds on retry, and the instance inspection API.
 

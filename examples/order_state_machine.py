@@ -1,4 +1,4 @@
-"""Seed 003's process-order state machine on an engine: validate, choose, fulfil in parallel.
+"""A process-order state machine on an engine: validate, choose, fulfil in parallel.
 
 Two orders: one in stock (parallel shipping + notification), one backordered. Progress events
 are printed as they arrive.

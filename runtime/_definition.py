@@ -76,9 +76,9 @@ class Catch:
 class TaskStep:
     """Runs a callable with retries and a per-attempt timeout.
 
-    ``style="saga"``: ``execute(ctx)`` / ``compensate(ctx, result)`` (seed 000).
+    ``style="saga"``: ``execute(ctx)`` / ``compensate(ctx, result)``.
     ``style="job"``: ``job(data)`` with ``data = input(ctx)``, output through ``output(result,
-    ctx)``; ``compensate(output)`` (seed 003). ``job`` and ``compensate`` may be registered names.
+    ctx)``; ``compensate(output)``. ``job`` and ``compensate`` may be registered names.
     """
 
     name: str
@@ -291,7 +291,7 @@ FANNING_OUT = (ParallelStep, MapStep)
 
 @attrs.frozen(kw_only=True)
 class Hooks:
-    """Lifecycle callbacks (seed 000). Sync or async; one that raises is logged and ignored."""
+    """Lifecycle callbacks. Sync or async; one that raises is logged and ignored."""
 
     on_start: Callable[..., Any] | None = None
     on_step_complete: Callable[..., Any] | None = None

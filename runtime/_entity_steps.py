@@ -1,4 +1,4 @@
-"""Prebuilt entity steps (seed 000): create / update / delete rows through ``ctx.driver``, each
+"""Prebuilt entity steps: create / update / delete rows through ``ctx.driver``, each
 compensated automatically. What a compensation needs (the created key, the previous values, the
 deleted rows) is the step's output, so it is in the snapshot and survives a crash and resume.
 Multi-row changes run in a transaction of their own (a savepoint inside a transactional run).

@@ -1,4 +1,4 @@
-"""Running one workflow in the caller's task, without an engine or storage (seed 000 style)."""
+"""Running one workflow in the caller's task, without an engine or storage."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ async def run_workflow(
     services: Mapping[str, Any] | None = None,
     hooks: Mapping[str, Callable[..., Any]] | None = None,
 ) -> WorkflowResult:
-    """Build a saga from ``steps`` and execute it at once (seed 000's ``runWorkflow``)."""
+    """Build a saga from ``steps`` and execute it at once (``runWorkflow`` in other saga libraries)."""
     builder = WorkflowBuilder(name).transactional(use_transaction)
     for s in steps:
         builder.step(s)

@@ -1,4 +1,6 @@
-"""pytest plugin (entry point ``pytest11``): the ``trioflow_engine`` fixture.
+"""pytest plugin (entry point ``pytest11``): the ``trioflow_engine`` fixture, and
+``trioflow_engine_options``, the options it opens the engine with (override it to give it
+services, a driver, ``max_running``...).
 
 A test that uses the fixture runs on an autojump ``MockClock`` without asking for a clock itself:
 the plugin marks it ``trio(run=...)`` with a runner that supplies one (needs pytest-trio).
@@ -51,7 +53,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture
-async def trioflow_engine() -> AsyncIterator[Engine]:
-    """A time-skipping test engine (see ``trioflow.testing.open_test_engine``)."""
-    async with open_test_engine() as engine:
+def trioflow_engine_options() -> dict[str, Any]:
+    """The keyword arguments ``trioflow_engine`` passes to ``open_test_engine`` (none): override
+    this fixture in a module or ``conftest.py`` to give its engine services, a driver, an
+    adapter or ``max_running``."""
+    return {}
+
+
+@pytest.fixture
+async def trioflow_engine(trioflow_engine_options: dict[str, Any]) -> AsyncIterator[Engine]:
+    """A time-skipping test engine (see ``trioflow.testing.open_test_engine``), opened with
+    ``trioflow_engine_options``."""
+    async with open_test_engine(**trioflow_engine_options) as engine:
         yield engine
