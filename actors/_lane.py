@@ -52,6 +52,10 @@ from ._wait import run_receive, run_wait
 from . import _map
 
 
+#: A lane gives the scheduler a turn after this many steps, whatever they awaited.
+YIELD_EVERY = 32
+
+
 async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: WorkflowContext) -> Any:
     """Run a lane from its current step to its end; returns the output of its last step.
 
@@ -63,10 +67,17 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
     lane = state.lanes[lane_key]
     lookup = run.definition.lookup
     bus = run.bus
+    steps = 0
     while (name := lane.step) is not None:
         # Steps that never reach a checkpoint would otherwise keep a cancelled lane (a fail-fast
         # sibling, a cancelled instance) starting new steps; this costs nothing when not cancelled.
         await trio.lowlevel.checkpoint_if_cancelled()
+        steps += 1
+        if steps % YIELD_EVERY == 0:
+            # Nor might they ever yield (no-op jobs, a pass/choice loop, a MemoryAdapter's
+            # checkpoints do not): every so many steps the lane lets the others run, and trio
+            # fire the deadlines due (a workflow timeout), rather than hold the whole engine.
+            await trio.lowlevel.checkpoint()
         if lane.failed is not None:
             # Resumed after this step failed for good: that decision stands.
             failed = state.records[lane.failed]

@@ -63,11 +63,21 @@ def step(
 
 def _catchers(step_name: str, catch: Sequence[Catch] | Catch) -> tuple[Catch, ...]:
     """``catch=`` as a tuple (one ``Catch`` alone is accepted too); ``build()`` checks its items."""
-    if isinstance(catch, Catch):
-        return (catch,)
-    if isinstance(catch, (list, tuple)):
-        return tuple(catch)
-    raise DefinitionError(f"step {step_name!r}: catch must be a list of trioflow.Catch, got {catch!r}")
+    return _listed(step_name, "catch", catch, Catch, "trioflow.Catch")
+
+
+def _listed(step_name: str, field: str, value: Any, kind: type[Any], what: str) -> tuple[Any, ...]:
+    """A step option that lists ``kind`` items, as a tuple (one item alone is accepted too);
+    anything else is a :class:`DefinitionError` naming the step and the option."""
+    if isinstance(value, kind):
+        return (value,)
+    if not isinstance(value, (list, tuple)):
+        raise DefinitionError(f"step {step_name!r}: {field} must be a list of {what}, got {value!r}")
+    if kind is not Catch:  # (catch items are checked by build(), with the step's lane)
+        for item in value:
+            if not isinstance(item, kind):
+                raise DefinitionError(f"step {step_name!r}: {field} items must be {what}, got {item!r}")
+    return tuple(value)
 
 
 def when(condition: Callable[[Any], Any], *, next: str) -> Choice:
@@ -134,7 +144,8 @@ class _LaneBuilder:
 
     def choice(self, name: str, *, choices: Sequence[Choice], default: str | None = None) -> Self:
         """Add a choice: the first rule whose condition holds wins, else ``default``."""
-        self._steps.append(ChoiceStep(name=name, choices=tuple(choices), default=default))
+        self._steps.append(ChoiceStep(name=name, choices=_listed(name, "choices", choices, Choice, "tf.when(...) rules"),
+                                      default=default))
         return self
 
     def parallel(
@@ -151,7 +162,8 @@ class _LaneBuilder:
         the step's failure (fail-fast: after the other branches are cancelled)."""
         self._steps.append(
             ParallelStep(
-                name=name, branches=tuple(branches), on_error=on_error, catch=_catchers(name, catch), next=next, end=end,
+                name=name, branches=_listed(name, "branches", branches, Branch, "tf.branch(...).build() branches"),
+                on_error=on_error, catch=_catchers(name, catch), next=next, end=end,
             )
         )
         return self
@@ -323,6 +335,8 @@ class WorkflowBuilder(_LaneBuilder):
 
     def with_data(self, data: Mapping[str, Any]) -> Self:
         """Initial shared data (``ctx.data``)."""
+        if not isinstance(data, Mapping):
+            raise DefinitionError(f"{self._owner()}: with_data takes a mapping, got {data!r}")
         self._data = dict(data)
         return self
 

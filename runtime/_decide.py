@@ -236,7 +236,8 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
     every running parallel step's set of branches and every step that ran must still exist too.
     """
     lookup = definition.lookup
-    for key, lane in state.lanes.items():
+    # (Compensating, the lanes stand nowhere: only the steps that ran must still be there.)
+    for key, lane in state.lanes.items() if state.phase == "forward" else ():
         if lane.step is None:
             continue
         entry = lookup.get(lane.step)
@@ -251,10 +252,24 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
             stored = {k for k in state.lanes if k.startswith(branch_lane(name, ""))}
             if stored and stored != set(branch_keys(step)):
                 return f"parallel step {name!r} changed its branches while the instance was running it"
-    for name in dict.fromkeys(r.step_name for r in state.records):
+    # Compensating, only the completed steps matter (their compensations are what is left).
+    ran = state.records if state.phase == "forward" else [r for r in state.records if r.status == "completed"]
+    for name in dict.fromkeys(r.step_name for r in ran):
         if name not in lookup:
             return f"step {name!r}, which the instance ran, is no longer in workflow {definition.name!r}"
     return None
+
+
+def take_up(state: InstanceState, definition: WorkflowDefinition) -> None:
+    """An instance taken up from storage that has run nothing yet (queued for a slot, waiting
+    for a delayed start, or its first step cut short) starts at the first step of the
+    definition registered now, whatever release stored it."""
+    if state.records or state.phase != "forward" or state.fingerprint == definition.fingerprint:
+        return
+    main = state.lanes.get(MAIN)
+    waiting = None if main is None else main.waiting
+    state.lanes = {MAIN: Lane(step=definition.steps[0].name, waiting=waiting if waiting and "start" in waiting else None)}
+    state.fingerprint = definition.fingerprint
 
 
 def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | None:

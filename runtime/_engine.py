@@ -37,7 +37,7 @@ from trioflow._codec import (
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
 
-from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, wake_at
+from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, wake_at
 from ._ids import creation_time, new_instance_id
 from ._definition import WorkflowDefinition
 from ._durations import Seconds, seconds
@@ -703,6 +703,7 @@ class Engine:
         runs here."""
         try:
             state = _decoded(record) if state is None else state
+            take_up(state, definition)
             problem = misfit(state, definition)
         except SnapshotDecodeError as exc:
             self._refuse_unreadable(record, exc)

@@ -74,7 +74,12 @@ def execution_id(lane: str, step: str, execution: int) -> str:
 
 
 def check_name(owner: str, kind: str, name: str) -> None:
-    """Refuse a step or branch name that would make lane keys or execution ids ambiguous."""
+    """Refuse a step or branch name that would make lane keys or execution ids ambiguous, or
+    that could not be stored (a lone surrogate has no UTF-8)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise DefinitionError(f"{owner}: {kind} name {name!r} is not valid text (it holds a lone surrogate)") from None
     for mark in (SEPARATOR, COUNTER_MARK):
         if mark in name:
             raise DefinitionError(

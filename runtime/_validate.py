@@ -20,6 +20,7 @@ from ._definition import (
     SucceedStep,
     TaskStep,
     WaitStep,
+    is_async,
 )
 from ._errors import DefinitionError
 from ._lanes import RESERVED_SIGNALS, check_name
@@ -99,6 +100,11 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
         for choice in step.choices:
             if not callable(choice.condition):
                 raise DefinitionError(f"{label}: choice condition {choice.condition!r} is not callable")
+            if is_async(choice.condition):
+                # A decision is made in one go, from what the run holds: a coroutine would
+                # count as true, and the first rule would always win.
+                raise DefinitionError(f"{label}: choice condition {choice.condition!r} is an async function;"
+                                      " conditions are plain functions of ctx (fetch what they need in a step before)")
             _check_target(label, "choice next", choice.next, names)
         if step.default is not None:
             _check_target(label, "default", step.default, names)
@@ -155,7 +161,7 @@ def _check_task(label: str, step: TaskStep) -> None:
     if not (callable(step.run) or (isinstance(step.run, str) and step.run)):
         what = "execute" if step.style == "saga" else "job"
         raise DefinitionError(f"{label}: {what} must be a callable or a job name, got {step.run!r}")
-    if step.compensate is not None and not (callable(step.compensate) or isinstance(step.compensate, str)):
+    if step.compensate is not None and not (callable(step.compensate) or (isinstance(step.compensate, str) and step.compensate)):
         raise DefinitionError(f"{label}: compensate must be a callable or a job name, got {step.compensate!r}")
     for field, fn in (("input", step.input), ("output", step.output)):
         if fn is not None and not callable(fn):
