@@ -87,7 +87,7 @@ async def run_instance(run: Run) -> None:
             if run.cancel_requested and state.phase == "forward" and not run.compensate_on_outer_cancel:
                 # The engine shuts down before a cancel() that said yes took effect: the
                 # decision is stored (the next engine compensates), not lost with the process.
-                with trio.CancelScope(shield=True):
+                with _storing_decision():
                     begin_compensation(state, "cancelled", _cancelled(run), None)
                     await run.persist()
             if not run.compensate_on_outer_cancel:
@@ -161,11 +161,27 @@ async def _complete(run: Run) -> None:
         await run.end_hook("on_complete")
 
 
+#: Longest an engine that closes waits for an instance to store how it ends badly (seconds).
+DECISION_TIMEOUT = 10.0
+
+
+def _storing_decision() -> trio.CancelScope:
+    """Around storing the decision that an instance ends badly: shielded from the engine's
+    closing (the next engine must compensate, not go forward), for at most
+    :data:`DECISION_TIMEOUT` (storage that does not answer must not hold a shutdown for ever;
+    the instance then resumes as it was last stored)."""
+    return trio.CancelScope(shield=True, deadline=trio.current_time() + DECISION_TIMEOUT)
+
+
 async def _end_badly(run: Run, outcome: Status, error: BaseException, failed_step: str | None) -> None:
     run.error = error
     await cancel_children(run, run.state.lanes.values())  # before their waits are forgotten
-    begin_compensation(run.state, outcome, error, failed_step)
-    await run.persist()
+    # A cancel() that said yes is stored whatever comes: an engine closing now must not leave
+    # the instance to go forward again with the next one (nothing else remembers the cancel; a
+    # failure or a timeout the next engine meets again, from what is stored).
+    with _storing_decision() if run.cancel_requested else _UNBOUNDED:
+        begin_compensation(run.state, outcome, error, failed_step)
+        await run.persist()
     if run.compensate_on_outer_cancel:
         with trio.CancelScope(shield=True):
             await _compensate_and_finish(run)

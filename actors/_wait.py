@@ -117,12 +117,12 @@ async def signal_or_timeout(
 
 async def take(run: Run, name: str) -> tuple[int, Any] | None:
     """The oldest signal named ``name`` delivered to the run, looking in storage once per run
-    for those sent before it ran here; later ones are delivered to it as they are sent."""
-    taken = run.take_signal(name)
-    if taken is None and not run.signals_fetched:
+    for those sent before it ran here (first: they are older than any delivered to the run
+    since, and signals are taken in the order they were stored); later ones are delivered to it
+    as they are sent."""
+    if not run.signals_fetched:
         await run.fetch_signals()
-        taken = run.take_signal(name)
-    return taken
+    return run.take_signal(name)
 
 
 async def _park(run: Run) -> NoReturn:

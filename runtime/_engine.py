@@ -541,16 +541,20 @@ class Engine:
         run.cancel_requested = True
         if run.cancel_scope is not None:
             run.cancel_scope.cancel()
-        elif run in self._waiting and not run.state.records:
-            # Queued for a slot, never run: start it now; it ends before its first step, with
-            # nothing to compensate, so it holds the slot only for an instant.
+        elif run in self._waiting and (not run.state.records or run.state.parent_id in self._live):
+            # Queued for a slot: start it now if it never ran (it ends before its first step,
+            # with nothing to compensate, holding the slot only for an instant), or if it is the
+            # child of a parent here, which waits for its end holding a slot it would wait for.
             self._waiting.remove(run)
             self._launch(run)
         elif run in self._waiting:
             # Woken or resumed, with steps to compensate (work: it waits for its slot). The
             # cancel is stored first, so that a restart compensates rather than goes on; out of
-            # the queue meanwhile, so that no slot starts it while its checkpoint is made.
+            # the queue meanwhile, so that no slot starts it while its checkpoint is made. The
+            # children its lanes wait on are cancelled too, beside it (as its end would).
             self._waiting.remove(run)
+            children = [lane.waiting["child"] for lane in run.state.lanes.values()
+                        if lane.waiting is not None and "child" in lane.waiting]
             begin_compensation(run.state, "cancelled", WorkflowCancelledError.of(instance_id), None)
             try:
                 await run.persist()
@@ -558,6 +562,8 @@ class Engine:
                 if not self._closed:
                     self._waiting.appendleft(run)
                     self._free_slot(taken=False)
+            for child_id in children:
+                self._supervisor.start_soon(f"cancel child {child_id}", self._children.cancel, child_id)
         return True
 
     async def get_instances(
