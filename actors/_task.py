@@ -117,6 +117,8 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
                 uses_input, data = True, ctx.input
             else:
                 data = step.input(ctx)
+                if inspect.isawaitable(data):  # an async def: the input comes once awaited
+                    data = await data
                 # Checked before the job runs: a job must not act on an input that fails its
                 # step only once it is recorded.
                 run.check_value(data, f"input of step {step.name!r}")

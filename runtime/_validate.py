@@ -122,6 +122,10 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
             raise DefinitionError(f"{label}: give either 'transform' or 'result', not both")
         if step.transform is not None and not callable(step.transform):
             raise DefinitionError(f"{label}: transform {step.transform!r} is not callable")
+        if step.transform is not None and is_async(step.transform):
+            # Decided in one go, as a choice is: its coroutine would be the step's output.
+            raise DefinitionError(f"{label}: transform {step.transform!r} is an async function; a pass step's"
+                                  " transform is a plain function of ctx (do async work in a task step)")
     elif isinstance(step, FailStep):
         if not isinstance(step.error, str) or not step.error:
             raise DefinitionError(f"{label}: error must be a non-empty error name, got {step.error!r}")

@@ -235,3 +235,24 @@ def test_one_rule_or_one_branch_alone_is_taken_as_a_list_of_one() -> None:
     choice = tf.workflow("w").choice("c", choices=tf.when(lambda c: True, next="a")).task("a", job=_ident).build()
     parallel = tf.workflow("w").parallel("p", branches=_branch()).build()
     assert len(choice.steps[0].choices) == 1 and len(parallel.steps[0].branches) == 1  # type: ignore[attr-defined]
+
+
+def test_an_async_pass_transform_is_refused_by_build() -> None:
+    async def transform(ctx: Any) -> int:
+        return 1
+
+    with pytest.raises(tf.DefinitionError, match="async function"):
+        tf.workflow("w").pass_("p", transform=transform).build()
+
+
+async def test_an_async_input_mapper_is_awaited(autojump_clock: trio.testing.MockClock) -> None:
+    # As map items= and child input= are: an input= that is an async def gives its value once awaited.
+    async def fetch(ctx: Any) -> dict[str, int]:
+        await trio.sleep(1)
+        return {"n": ctx.input + 1}
+
+    wf = tf.workflow("w").task("a", job=_ident, input=fetch).build()
+    async with open_test_engine() as engine:
+        engine.register(wf)
+        inst = await engine.wait(await engine.start("w", 1))
+    assert (inst.status, inst.output) == ("completed", {"n": 2})
