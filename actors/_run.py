@@ -156,7 +156,7 @@ class Run:
         "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed",
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
-        "clock", "arrived", "consumed_seqs", "signals_fetched", "park_after", "parked", "stored_wake_at",
+        "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children",
     )
 
@@ -211,6 +211,8 @@ class Run:
         #: Whether the signals storage held for the instance were delivered to this run (they
         #: are looked up once; later ones are delivered as they are sent).
         self.signals_fetched = False
+        #: Set once the read of stored signals in flight is over (``None``: none in flight).
+        self.fetching: trio.Event | None = None
         #: Waits longer than this many seconds let the instance leave memory (``None``: never,
         #: as in ``execute_workflow``, which has nothing to wake it again); ``parked`` says it did.
         self.park_after = park_after
@@ -285,9 +287,21 @@ class Run:
             self.arrived = None
 
     async def fetch_signals(self) -> None:
-        """Deliver the signals storage holds for this instance (sent before it ran here)."""
-        if self.adapter is not None:
-            self.deliver_stored(await self.adapter.signals(self.state.instance_id))
+        """Deliver the signals storage holds for this instance (sent before it ran here), once
+        per run. Lanes that ask while the read is in flight wait for it rather than read again
+        (the items of a map each wait for a child): what is stored once it began is delivered
+        to the run as it is sent. A read that failed leaves the next caller to read again."""
+        while not self.signals_fetched and self.adapter is not None:
+            fetching = self.fetching
+            if fetching is not None:
+                await fetching.wait()
+                continue
+            fetching = self.fetching = trio.Event()
+            try:
+                self.deliver_stored(await self.adapter.signals(self.state.instance_id))
+            finally:
+                self.fetching = None
+                fetching.set()
 
     def deliver_stored(self, signals: Sequence[tuple[int, str, bytes]]) -> None:
         """Deliver every signal storage held (all of them, as read in one go); those delivered

@@ -121,7 +121,7 @@ async def take(run: Run, name: str) -> tuple[int, Any] | None:
     since, and signals are taken in the order they were stored); later ones are delivered to it
     as they are sent."""
     if not run.signals_fetched:
-        await run.fetch_signals()
+        await run.fetch_signals()  # (shared by the lanes that ask while it reads)
     return run.take_signal(name)
 
 

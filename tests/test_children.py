@@ -120,6 +120,37 @@ async def test_a_map_can_start_a_child_per_item(
     assert all(stored[c].parent_id == inst.id for c in inst.children)
 
 
+class CountedSignalReads(MemoryAdapter):
+    """Counts the reads of each instance's stored signals; each read lets other tasks run
+    while it is in flight, as SQLite's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: Counter[str] = Counter()
+
+    async def signals(self, instance_id: str) -> list[tuple[int, str, bytes]]:
+        self.reads[instance_id] += 1
+        await trio.sleep(0)
+        return await super().signals(instance_id)
+
+
+async def test_the_items_of_a_map_waiting_on_children_read_the_parents_signals_once(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Every item of a map that waits for a child looks for the notices stored for the parent
+    before it ran; items that ask while one read is in flight share it (ten items read ten
+    times before, each read longer than the last)."""
+    log: list[str] = []
+    parent = (tf.workflow("batch")
+              .map("each", items=lambda ctx: ctx.input,
+                   branch=tf.branch("one").child("bill", workflow="invoice", input=lambda ctx: ctx.item).build())
+              .build())
+    adapter = CountedSignalReads()
+    inst, _ = await run_all(adapter, parent, invoice_saga(log), input=list("ABCDEFGHIJ"))
+    assert inst.status == "completed"
+    assert inst.output == [{"invoice": x, "paid": f"c-{x}"} for x in "ABCDEFGHIJ"]
+    assert adapter.reads[inst.id] == 1
+
+
 class SilentNotices(MemoryAdapter):
     """An adapter written before checkpoints returned the seq of the end notice they store."""
 
