@@ -191,8 +191,9 @@ def parked_engine(n: int) -> dict[str, float]:
 # -- recovery after SIGKILL -----------------------------------------------------------------------
 
 RECOVERY_CHILD = r'''
-import sys, trio, trioflow as tf
+import gc, sys, trio, trioflow as tf
 db, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+gc.set_threshold(*map(int, sys.argv[4].split(",")))  # the collector's, as in the case's process
 async def step(data):
     return None
 async def hang(data):
@@ -228,9 +229,10 @@ trio.run(main)
 
 
 def recovery(n: int) -> dict[str, float]:
+    thresholds = ",".join(map(str, gc.get_threshold()))
     with tempfile.TemporaryDirectory(dir=Path(__file__).parent, prefix="tmp-") as tmp:
         db = str(Path(tmp) / "recover.db")
-        child = subprocess.Popen([sys.executable, "-c", RECOVERY_CHILD, db, "crash", str(n)],
+        child = subprocess.Popen([sys.executable, "-c", RECOVERY_CHILD, db, "crash", str(n), thresholds],
                                  stdout=subprocess.PIPE, text=True)
         assert child.stdout is not None
         line = child.stdout.readline()
@@ -239,7 +241,7 @@ def recovery(n: int) -> dict[str, float]:
         child.stdout.close()
         if line.strip() != "ready":
             raise RuntimeError("the crashing child never got every instance into step b")
-        done = subprocess.run([sys.executable, "-c", RECOVERY_CHILD, db, "resume", str(n)],
+        done = subprocess.run([sys.executable, "-c", RECOVERY_CHILD, db, "resume", str(n), thresholds],
                               capture_output=True, text=True, check=True)
         seconds, resumed = done.stdout.split()
         if int(resumed) != n:
@@ -318,5 +320,7 @@ CASES = {
 }
 
 if __name__ == "__main__":
-    case, quick = sys.argv[1], "--quick" in sys.argv[2:]
-    print(json.dumps(CASES[case](quick)))
+    case, options = sys.argv[1], sys.argv[2:]
+    if "--gc-threshold" in options:  # see bench/run.py
+        gc.set_threshold(*(int(t) for t in options[options.index("--gc-threshold") + 1].split(",")))
+    print(json.dumps(CASES[case]("--quick" in options)))

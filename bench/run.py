@@ -1,11 +1,14 @@
 """The benchmark suite (issue 7): every case in a fresh process, repetitions interleaved.
 
-    python bench/run.py [--repeats 5] [--quick] [--json FILE] [--no-peer]
+    python bench/run.py [--repeats 5] [--quick] [--json FILE] [--no-peer] [--gc-threshold 2000,10,10]
 
 Prints machine facts, then median (min-max) of every figure, each ratio against its baseline
 from the same invocation (paired per repetition, then the median), and whether each SPEC
 target is met. ``--quick`` runs tiny sizes as a smoke test: it says nothing about speed.
 ``--json FILE`` writes records ``{"name", "value", "unit", "target", "met"}``.
+``--gc-threshold`` runs every case (baselines too) with those thresholds of CPython's cyclic
+collector (``gc.set_threshold``) instead of the interpreter's defaults: what a service that
+tunes its collector gets (docs/performance.md). Targets are judged at the defaults.
 """
 
 from __future__ import annotations
@@ -28,18 +31,23 @@ ORDER = ["bare_trio", "execute_workflow", "engine_memory", "durable_sqlite", "pa
          "timers_firing", "signals", "retention", "map_items", "children"]
 
 
-def run_case(case: str, quick: bool) -> dict[str, float]:
+def run_case(case: str, quick: bool, gc_threshold: str | None = None) -> dict[str, float]:
     args = [sys.executable, str(HERE / "cases.py"), case] + (["--quick"] if quick else [])
+    if gc_threshold is not None:
+        args += ["--gc-threshold", gc_threshold]
     done = subprocess.run(args, capture_output=True, text=True, check=True)
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
-def machine_facts() -> dict[str, str]:
+def machine_facts(gc_threshold: str | None) -> dict[str, str]:
+    import gc
+
     import trio
 
     return {"cpus": str(os.cpu_count()), "python": platform.python_version(), "trio": trio.__version__,
-            "sqlite": sqlite3.sqlite_version, "machine": platform.machine()}
+            "sqlite": sqlite3.sqlite_version, "machine": platform.machine(),
+            "gc thresholds": gc_threshold or ",".join(map(str, gc.get_threshold())) + " (defaults)"}
 
 
 class Figure:
@@ -140,6 +148,17 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
     return out
 
 
+def _thresholds(text: str) -> tuple[int, ...]:
+    """``"2000,10,10"`` as the arguments of ``gc.set_threshold``."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not 1 <= len(values) <= 3 or any(v < 0 for v in values):
+        raise SystemExit(f"--gc-threshold takes one to three integers >= 0 separated by commas, got {text!r}")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="trioflow benchmark suite")
     parser.add_argument("--repeats", type=int, default=5,
@@ -147,13 +166,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--no-peer", action="store_true", help="skip the DBOS Transact comparison")
+    parser.add_argument("--gc-threshold", metavar="T0,T1,T2",
+                        help="run the cases with these cyclic collector thresholds (gc.set_threshold)")
     args = parser.parse_args()
-    facts = machine_facts()
+    if args.gc_threshold is not None:
+        _thresholds(args.gc_threshold)  # refused here, not in the first case's process
+    facts = machine_facts(args.gc_threshold)
     print("machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
     results: dict[str, list[dict[str, float]]] = {case: [] for case in ORDER}
     for repeat in range(args.repeats):
         for case in ORDER:
-            results[case].append(run_case(case, args.quick))
+            results[case].append(run_case(case, args.quick, args.gc_threshold))
         print(f"repetition {repeat + 1}/{args.repeats} done", flush=True)
     peer = None
     if not args.no_peer:

@@ -22,3 +22,17 @@ def test_the_benchmark_suite_runs_quick(tmp_path: Path) -> None:
     for record in report["figures"]:
         assert set(record) == {"name", "value", "unit", "target", "met"}
         assert (record["target"] is None) == (record["met"] is None)
+
+
+def test_a_case_runs_with_the_collector_thresholds_asked_for() -> None:
+    """``--gc-threshold`` reaches the process that runs the case; a malformed one is refused."""
+    cases = BENCH.parent / "cases.py"
+    probe = ("import gc, runpy, sys; sys.argv = [sys.argv[1], 'recovery', '--quick', '--gc-threshold', '2000,10,10'];"
+             " runpy.run_path(sys.argv[0], run_name='__main__'); print(gc.get_threshold())")
+    done = subprocess.run([sys.executable, "-c", probe, str(cases)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    figures, thresholds = done.stdout.strip().splitlines()[-2:]
+    assert json.loads(figures)["seconds"] > 0 and thresholds == "(2000, 10, 10)"
+    refused = subprocess.run([sys.executable, str(BENCH), "--gc-threshold", "many"], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode != 0 and "--gc-threshold takes" in refused.stderr
