@@ -342,6 +342,8 @@ class WorkflowBuilder(_LaneBuilder):
 
     def transactional(self, enabled: bool = True) -> Self:
         """Run the workflow's driver calls inside one ``driver.transaction()``."""
+        if not isinstance(enabled, bool):
+            raise DefinitionError(f"{self._owner()}: transactional takes True or False, got {enabled!r}")
         self._transactional = enabled
         return self
 
@@ -376,6 +378,9 @@ class WorkflowBuilder(_LaneBuilder):
     def with_hooks(self, **hooks: Callable[..., Any]) -> Self:
         """Lifecycle hooks: on_start, on_step_complete, on_step_failed, on_compensate,
         on_complete, on_failed."""
+        for name, hook in hooks.items():
+            if hook is not None and not callable(hook):
+                raise DefinitionError(f"{self._owner()}: hook {name} must be a function, got {hook!r}")
         try:
             self._hooks = attrs.evolve(self._hooks, **hooks)
         except TypeError as exc:

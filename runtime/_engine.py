@@ -1210,6 +1210,9 @@ def _live_view(run: Run, stored: Status | None) -> WorkflowInstance:
     flight (an admission, an end), and a view says what is stored, as ``wait()`` does."""
     view = _copy(run.state)
     if stored is not None and view.status != stored:
+        if view.status in TERMINAL and stored not in TERMINAL:
+            # Its end is being stored: until it is, the view is of the instance before it ended.
+            return attrs.evolve(view, status=stored, output=None, completed_at=None)
         view = attrs.evolve(view, status=stored)
     return view
 

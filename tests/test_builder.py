@@ -89,6 +89,9 @@ def test_fingerprint_tracks_shape_not_callables() -> None:
         (lambda: tf.workflow("w").step("t", noop, retry=3).build(), "step 't': retry must be a trioflow.Retry"),  # type: ignore[arg-type]
         (lambda: tf.workflow("w").with_timeout(-1), "timeout must be a number of seconds > 0"),
         (lambda: tf.workflow("w").with_hooks(on_party=print), "unknown hook"),
+        (lambda: tf.workflow("w").with_hooks(on_start=5), "workflow 'w': hook on_start must be a function, got 5"),
+        (lambda: tf.workflow("w").transactional("no"),  # type: ignore[arg-type]
+         "workflow 'w': transactional takes True or False, got 'no'"),
         (lambda: tf.workflow(""), "non-empty string"),
     ],
 )

@@ -82,6 +82,24 @@ async def test_an_instance_whose_end_is_being_stored_is_listed_under_one_status(
     assert (done.status, everything, by_status) == ("completed", {"x": "completed"}, {"running": [], "completed": ["x"]})
 
 
+async def test_a_view_of_an_instance_whose_end_is_being_stored_shows_no_output_nor_end_yet(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Views say the stored status, ``running``, while the end's checkpoint is in flight: they
+    show the instance as it was before it ended, not a running instance with an output and a
+    completion time."""
+    async with open_test_engine(adapter=SlowCheckpoints()) as engine:
+        engine.register(tf.workflow("w").task("a", job=ok).build())
+        await engine.start("w", instance_id="x")
+        await trio.sleep(2)  # step done; terminal checkpoint being written
+        alone = await engine.get_instance("x")
+        [listed] = await engine.get_instances("w")
+        for view in (alone, listed):
+            assert view is not None
+            assert (view.status, view.output, view.completed_at) == ("running", None, None)
+        done = await engine.wait("x")
+    assert done.status == "completed" and done.output is not None and done.completed_at is not None
+
+
 async def test_an_instance_whose_admission_is_being_stored_is_listed_under_one_status(
         autojump_clock: trio.testing.MockClock) -> None:
     gates = {"a": trio.Event(), "b": trio.Event()}
