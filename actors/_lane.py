@@ -37,13 +37,12 @@ from trioflow._errors import (
     FailStepError,
     ParallelError,
     RecordedError,
-    StorageUnavailableError,
     UnencodableValueError,
 )
 from trioflow._snapshot import InstanceState, Lane
 from trioflow._lanes import MAIN, branch_lane
 
-from ._run import Run, StepFailure
+from ._run import Run, StepFailure, unwrapped
 from ._child import cancel_children, run_child
 from ._task import run_task, step_failed
 from ._wait import run_receive, run_wait
@@ -200,27 +199,6 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
         raise StepFailure(failures[0].step_name, failures[0], 1)
     order = {b.name: i for i, b in enumerate(step.branches)}
     raise StepFailure(step.name, ParallelError(step.name, sorted(failures, key=lambda e: order[e.branch_name])), 1)
-
-
-def unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """What a parallel or map step's nursery raised, as its callers expect it: KeyboardInterrupt or
-    SystemExit if a branch raised one; else, when every branch raised the same kind of thing (a
-    cancellation, storage that stayed unusable), the first of them; else the group itself."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop(0)
-        if isinstance(exc, BaseExceptionGroup):
-            pending[:0] = exc.exceptions
-        else:
-            leaves.append(exc)
-    for exc in leaves:
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            return exc
-    for kind in (trio.Cancelled, StorageUnavailableError):
-        if all(isinstance(exc, kind) for exc in leaves):
-            return leaves[0]
-    return leaves[0] if len(leaves) == 1 else group
 
 
 async def _branch_actor(

@@ -29,7 +29,7 @@ from trioflow._snapshot import Lane, MapProgress
 
 from . import _lane
 from ._child import cancel_children
-from ._run import Run, StepFailure
+from ._run import Run, StepFailure, unwrapped
 
 
 async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) -> list[Any]:
@@ -86,7 +86,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
                 index, key = start_item(state, step, progress)
                 nursery.start_soon(fanout.item_actor, index, key, items[index])
     except BaseExceptionGroup as group:
-        raise _lane.unwrapped(group) from None
+        raise unwrapped(group) from None
     if progress.failed > fanout.tolerated:
         # Items a fail-fast cancelled may wait on children: those go too.
         await cancel_children(run, [state.lanes[key] for _, key in running_items(state, step)])

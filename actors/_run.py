@@ -96,6 +96,27 @@ class StepFailure(Exception):
         self.uses_input = uses_input
 
 
+def unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What a parallel or map step's nursery raised, as its callers expect it: KeyboardInterrupt or
+    SystemExit if a branch raised one; else, when every branch raised the same kind of thing (a
+    cancellation, storage that stayed unusable), the first of them; else the group itself."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    for exc in leaves:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return exc
+    for kind in (trio.Cancelled, StorageUnavailableError):
+        if all(isinstance(exc, kind) for exc in leaves):
+            return leaves[0]
+    return leaves[0] if len(leaves) == 1 else group
+
+
 class Children(Protocol):
     """What a run's child steps ask of the engine that runs it (``Run.children``)."""
 

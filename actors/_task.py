@@ -16,7 +16,7 @@ from trioflow._errors import StepTimeoutError, UnencodableValueError, describe_e
 from trioflow._retry import NO_RETRY
 from trioflow._snapshot import StepResult
 
-from ._run import Parked, Run, StepFailure
+from ._run import Parked, Run, StepFailure, unwrapped
 from ._wait import wait_for_retry
 
 _NO_TIMEOUT = contextlib.nullcontext()
@@ -65,10 +65,13 @@ async def attempt(
             error: BaseException = StepTimeoutError(step.name, timeout)
         except Exception as exc:
             error = exc
-        except trio.Cancelled:
+        except BaseException as exc:
+            cancelled = _as_cancellation(exc)
+            if cancelled is None:
+                raise
             stray = _stray_cancel()
             if stray is None:
-                raise
+                raise cancelled from None
             error = stray
         finally:
             ctx._calling = None
@@ -90,6 +93,15 @@ async def attempt(
             await wait_for_retry(run, lane)
         else:
             await trio.sleep(delay)
+
+
+def _as_cancellation(exc: BaseException) -> trio.Cancelled | None:
+    """``exc`` if it is a cancellation; the first of a group of nothing but cancellations (what
+    a job that runs a nursery of its own lets out when it is cancelled), so that callers see it
+    as a bare one is seen; else ``None``."""
+    if isinstance(exc, BaseExceptionGroup):
+        exc = unwrapped(exc)
+    return exc if isinstance(exc, trio.Cancelled) else None
 
 
 def _stray_cancel() -> RuntimeError | None:
@@ -133,10 +145,13 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
                 result = await fn(arg)
             except Exception as exc:
                 raise StepFailure(step.name, exc, 1) from None
-            except trio.Cancelled:
+            except BaseException as exc:
+                cancelled = _as_cancellation(exc)
+                if cancelled is None:
+                    raise
                 stray = _stray_cancel()
                 if stray is None:
-                    raise
+                    raise cancelled from None
                 raise StepFailure(step.name, stray, 1) from None
             finally:
                 ctx._calling = None
@@ -150,15 +165,18 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
         raise
     except Parked:
         raise  # between attempts, stored: the instance left memory
-    except trio.Cancelled:
+    except Exception as exc:  # input/output mapping, unknown job: no retry
+        raise StepFailure(step.name, exc, max(attempts, 1), data, uses_input) from exc
+    except BaseException as exc:
+        cancelled = _as_cancellation(exc)
+        if cancelled is None:
+            raise
         run.add_failure(new_execution(
             run.state, ctx.lane, step.name, "failed", error="cancelled", error_name="Cancelled",
             cause="cancelled while running", input=data, input_is_workflow_input=uses_input,
             attempts=ctx._attempt, started_at=started_at, now=run.clock(),
         ), for_good=False)
-        raise
-    except Exception as exc:  # input/output mapping, unknown job: no retry
-        raise StepFailure(step.name, exc, max(attempts, 1), data, uses_input) from exc
+        raise cancelled from None
 
 
 async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: float, ctx: Any) -> None:

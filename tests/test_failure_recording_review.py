@@ -132,6 +132,54 @@ async def test_a_stray_cancelled_from_a_job_does_not_orphan_the_instance(autojum
         assert log == ["a", "b", "undo-a"], log
 
 
+async def test_a_stray_cancelled_in_a_group_from_a_jobs_nursery_does_not_orphan_the_instance(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The same, where the stray ``Cancelled`` comes out grouped, as out of a nursery: it fails
+    the step (the instance was left ``running`` with nothing running it)."""
+    log: list[str] = []
+
+    async def leaky(data: Any) -> None:
+        log.append("b")
+        saved: BaseException | None = None
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            try:
+                await trio.sleep(1)
+            except trio.Cancelled as exc:
+                saved = exc
+        assert saved is not None
+        raise BaseExceptionGroup("from a nursery", [saved])
+
+    wf = (tf.workflow("w").task("a", job=rec(log, "a"), compensate=rec(log, "undo-a"))
+          .task("b", job=leaky).build())
+    async with open_test_engine() as engine:
+        engine.register(wf)
+        iid = await engine.start("w")
+        await trio.sleep(10)
+        inst = await engine.get_instance(iid)
+    assert inst is not None and (inst.status, inst.error_name) == ("failed", "RuntimeError"), inst.status
+    assert log == ["a", "b", "undo-a"], log
+
+
+async def test_a_cancelled_job_that_runs_a_nursery_is_recorded_as_cancelled_while_running(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A job that fans out in a nursery of its own lets its cancellation out as a group of
+    ``Cancelled``: it is recorded as a bare one is (the history had no record of the step)."""
+    async def fan_out(data: Any) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            nursery.start_soon(trio.sleep_forever)
+
+    async with open_test_engine() as engine:
+        engine.register(tf.workflow("w").task("a", job=fan_out).build())
+        iid = await engine.start("w")
+        await trio.sleep(1)
+        await engine.cancel(iid)
+        inst = await engine.wait(iid)
+    assert inst.status == "cancelled"
+    assert [(r.step_name, r.error_name, r.cause) for r in inst.history] == [("a", "Cancelled", "cancelled while running")]
+
+
 # 7. A compensation that returns a coroutine (a lambda around an async def, or an async function behind
 #    a plain functools.wraps decorator): the test engine (threads=False) records it `compensated`
 #    without running it; a production engine (threads=True) records a TypeError compensation error.
