@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 import outcome
@@ -149,12 +149,89 @@ _FINISH_INDEX = f"CREATE INDEX trioflow_instances_by_finish ON trioflow_instance
 
 _Op = tuple[str, tuple[Any, ...]]
 _STOP = object()
+#: The longest busy timeout SQLite keeps (an int of milliseconds; it takes a larger one as 0).
+_LONGEST_BUSY_MS = 2**31 - 1
 
 
 def _cannot_abort(_: Any) -> trio.lowlevel.Abort:
     # A queued write is not taken back: the caller learns its fate when the batch is done, so a
     # cancelled task never leaves a write that may or may not have happened.
     return trio.lowlevel.Abort.FAILED
+
+
+def _take(fd: int, database: Path, path: str) -> None:
+    """``flock`` ``fd`` (a descriptor on ``path``) for this engine, or raise."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DatabaseLockedError(
+            f"{database} is in use by another trioflow engine (the lock on {path} is held);"
+            " one engine per database file"
+        ) from None
+    except OSError as exc:  # a file system without locks (ENOLCK), ...
+        raise DatabaseError(f"cannot open {database}: {path} cannot be locked ({exc})") from exc
+
+
+class _DatabaseFile:
+    """The descriptor this process locks a database file through, kept open from the first open
+    to the end of the process, one per file (found by device and inode, whatever the link).
+
+    SQLite locks the file with POSIX locks, which belong to the process: closing *any*
+    descriptor of the file drops all of them, the engine's connection's included (another
+    process could then write the file under it). So this descriptor is never closed, the lock
+    is let go with ``LOCK_UN``, and a second open in this process is refused without opening
+    the file again."""
+
+    _open: ClassVar[dict[tuple[int, int], _DatabaseFile]] = {}
+
+    __slots__ = ("fd", "locked")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.locked = False
+
+    @classmethod
+    def of(cls, path: str) -> _DatabaseFile:
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(path)
+            known = cls._open.get((st.st_dev, st.st_ino))
+            if known is not None:
+                return known
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        st = os.fstat(fd)
+        # (Known after all only if a link to an open database took the path's place since the
+        # stat: the new descriptor then stays open too, as closing it would drop the locks.)
+        return cls._open.setdefault((st.st_dev, st.st_ino), cls(fd))
+
+    def lock(self, database: Path) -> None:
+        if self.locked:
+            raise DatabaseLockedError(
+                f"{database} is in use by another trioflow engine of this process; one engine per database file")
+        _take(self.fd, database, os.path.realpath(database))
+        self.locked = True
+        _FLOCKED.add(self.fd)
+
+    def unlock(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self.locked = False
+        _FLOCKED.discard(self.fd)
+
+
+#: The descriptors holding this process's flocks. A forked child (a job's ``multiprocessing``
+#: helper) shares every flock through them: it closes its copies, or a restarted engine would
+#: find its file locked for as long as the dead engine's helper lives.
+_FLOCKED: set[int] = set()
+
+
+def _forget_locks_in_child() -> None:
+    for fd in _FLOCKED:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _FLOCKED.clear()
+    _DatabaseFile._open.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 class SQLiteAdapter:
@@ -169,6 +246,12 @@ class SQLiteAdapter:
         busy_timeout = seconds(busy_timeout)
         if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or not busy_timeout >= 0:
             raise DatabaseError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
+        if isinstance(path, str) and path in ("", ":memory:"):
+            # SQLite's names for a temporary or an in-memory database: nothing durable (nor a
+            # file to lock) for an engine to resume from.
+            raise DatabaseError(
+                f"SQLiteAdapter needs the path of a database file, got {path!r} (for storage in memory,"
+                " use MemoryAdapter)")
         self.path = Path(path)
         self.synchronous = synchronous
         #: How long a write waits for another connection's lock before failing (and being retried).
@@ -184,10 +267,13 @@ class SQLiteAdapter:
         self._known: dict[str, str] = {}
         #: Set if the writer thread stopped on an error (a bug): every call gets it.
         self._dead: DatabaseError | None = None
-        self._busy_ms = int(self.busy_timeout * 1000)
+        # SQLite keeps its busy timeout in an int of milliseconds and takes a larger one as 0 (no
+        # wait at all): longer ones wait the longest it can, about 24.8 days.
+        self._busy_ms = int(min(self.busy_timeout * 1000, _LONGEST_BUSY_MS))
         self._token: trio.lowlevel.TrioToken | None = None
         self._thread: threading.Thread | None = None
         self._lock_fds: list[int] = []
+        self._database: _DatabaseFile | None = None
         #: The run's clock while open, if it is trio's MockClock (tests): see :meth:`_in_thread`.
         self._clock: MockClock | None = None
         #: What finish times are stamped with (see :meth:`use_clock`).
@@ -255,9 +341,10 @@ class SQLiteAdapter:
         self._lock()
         try:
             conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
+                self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000)
             try:
-                self._check_version(conn.execute("PRAGMA user_version").fetchone()[0])
+                # Checked before anything is changed: a file refused is left as it was.
+                self._check_version(conn.execute("PRAGMA user_version").fetchone()[0], conn)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
                 self._prepare_schema(conn)
@@ -272,12 +359,18 @@ class SQLiteAdapter:
             raise
         return conn
 
-    def _check_version(self, version: int) -> None:
+    def _check_version(self, version: int, conn: sqlite3.Connection) -> None:
         if version > SCHEMA_VERSION:
             raise DatabaseError(
                 f"{self.path} was written by a newer trioflow (schema version {version}; "
                 f"this one reads up to {SCHEMA_VERSION})"
             )
+        if version != 0 and conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trioflow_instances'").fetchone() is None:
+            # Another application's database, which keeps its own schema version there.
+            raise DatabaseError(
+                f"{self.path} is not a trioflow database (its user_version is {version}, and it has no"
+                " trioflow_instances table)")
 
     def _prepare_schema(self, conn: sqlite3.Connection) -> None:
         """Create schema version 2, or migrate a version 1 file to it: in one transaction, so a
@@ -290,7 +383,7 @@ class SQLiteAdapter:
         try:
             # Read again under the write lock: the version decides what runs.
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            self._check_version(version)
+            self._check_version(version, conn)
             for statement in _MIGRATE_FROM_1 if version == 1 else _SCHEMA:
                 conn.execute(statement)
             present = {row[1] for row in conn.execute("PRAGMA table_info(trioflow_instances)")}
@@ -319,15 +412,20 @@ class SQLiteAdapter:
         symlink or a hard link to it reaches too, and one on its sidecar ``.lock`` file, which
         earlier releases take (so an engine of either kind refuses the other)."""
         real = os.path.realpath(self.path)
-        fds: list[int] = []
         try:
-            for path in (f"{real}.lock", real):
-                fds.append(self._flock(path))
+            database = _DatabaseFile.of(real)
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot open {self.path}: {real} cannot be opened ({exc.strerror}); the directory must exist"
+                " and be writable"
+            ) from exc
+        self._lock_fds = [self._flock(f"{real}.lock")]
+        try:
+            database.lock(self.path)
         except BaseException:
-            for fd in fds:
-                os.close(fd)
+            self._unlock()
             raise
-        self._lock_fds = fds
+        self._database = database
 
     def _flock(self, path: str) -> int:
         try:
@@ -338,22 +436,21 @@ class SQLiteAdapter:
                 " and be writable"
             ) from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            _take(fd, self.path, path)
+        except BaseException:
             os.close(fd)
-            raise DatabaseLockedError(
-                f"{self.path} is in use by another trioflow engine (the lock on {path} is held);"
-                " one engine per database file"
-            ) from None
-        except OSError as exc:  # a file system without locks (ENOLCK), ...
-            os.close(fd)
-            raise DatabaseError(f"cannot open {self.path}: {path} cannot be locked ({exc})") from exc
+            raise
+        _FLOCKED.add(fd)
         return fd
 
     def _unlock(self) -> None:
         for fd in self._lock_fds:
-            os.close(fd)  # closing the descriptor releases the flock
+            _FLOCKED.discard(fd)
+            os.close(fd)  # closing the descriptor releases the flock (SQLite never opens the sidecar)
         self._lock_fds = []
+        if self._database is not None:
+            self._database.unlock()
+            self._database = None
 
     # -- the Adapter protocol -----------------------------------------------------------------
 
@@ -884,9 +981,10 @@ def _select(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> li
                 slots[seq] = data  # a row outside the stored count was never part of a checkpoint
         for instance_id, found in records.items():
             if None in found:
-                # A damaged instance (records missing) is handed back as it is: the kernel finds
-                # the count wrong and reports that one instance unreadable; the others go on.
-                records[instance_id] = [data for data in found if data is not None]
+                # A damaged instance (records missing, or a count too high) is handed back with
+                # an empty record in each gap: the kernel cannot read it (nor a count its
+                # header does not have) and reports that one instance unreadable; the others go on.
+                records[instance_id] = [b"" if data is None else data for data in found]
     return [
         StoredInstance(
             instance_id=instance_id, workflow_name=workflow_name, status=status, start=start, header=header,

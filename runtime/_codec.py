@@ -258,14 +258,17 @@ def _encode_record(r: StepResult) -> tuple[bytes, list[Any] | None]:
     if len(packed) > MAX_VALUE_BYTES or not (
         (output is None or type(output) in _PLAIN) and (input is None or type(input) in _PLAIN)
     ):
+        values = ((f"output of step {r.step_name!r}", output), (f"input of step {r.step_name!r}", input))
         try:
             if len(packed) > MAX_VALUE_BYTES:
-                raise ValueTooLargeError(f"step record {r.id!r} is too large")
+                # The limit is per value, and a record holds two: one over it is named here.
+                for what, value in values:
+                    check_encodable(value, what)
             # Values that packed may still not read back (a dict key that is a tuple): one
             # unpack of the record finds out, and the per-value check below names the culprit.
             fields: list[Any] = _read(packed)
         except Exception:
-            for what, value in ((f"output of step {r.step_name!r}", output), (f"input of step {r.step_name!r}", input)):
+            for what, value in values:
                 check_encodable(value, what)
             raise
         return packed, fields

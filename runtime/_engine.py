@@ -60,7 +60,7 @@ from ._errors import (
 from ._events import EventBus
 from ._jobs import JobRegistry
 from ._children import EngineChildren
-from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal
+from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, valid_text
 from ._snapshot import (
     RESUMABLE,
     STATUSES,
@@ -387,10 +387,10 @@ class Engine:
         Raises :class:`UnknownInstanceError` for an unknown instance, and
         :class:`InstanceNotLiveError` for one that has ended (nothing is stored then)."""
         self._check_open()
-        if not isinstance(name, str) or not name or name.startswith(RESERVED_SIGNALS):
+        if not isinstance(name, str) or not name or name.startswith(RESERVED_SIGNALS) or not valid_text(name):
             raise InvalidArgumentError(
-                f"a signal name must be a non-empty string not starting with {RESERVED_SIGNALS!r} (trioflow's"
-                f" own), got {name!r}")
+                f"a signal name must be a non-empty string of valid text not starting with"
+                f" {RESERVED_SIGNALS!r} (trioflow's own), got {name!r}")
         data = encode_payload(payload, f"the payload of signal {name!r}")
         seq = await self.adapter.send_signal(instance_id, name, data)
         if seq is None:

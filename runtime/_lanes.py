@@ -73,13 +73,20 @@ def execution_id(lane: str, step: str, execution: int) -> str:
     return f"{step_key(lane, step)}{COUNTER_MARK}{execution}"
 
 
-def check_name(owner: str, kind: str, name: str) -> None:
-    """Refuse a step or branch name that would make lane keys or execution ids ambiguous, or
-    that could not be stored (a lone surrogate has no UTF-8)."""
+def valid_text(name: str) -> bool:
+    """Whether a name can be stored: a lone surrogate has no UTF-8."""
     try:
         name.encode()
     except UnicodeEncodeError:
-        raise DefinitionError(f"{owner}: {kind} name {name!r} is not valid text (it holds a lone surrogate)") from None
+        return False
+    return True
+
+
+def check_name(owner: str, kind: str, name: str) -> None:
+    """Refuse a step or branch name that would make lane keys or execution ids ambiguous, or
+    that could not be stored."""
+    if not valid_text(name):
+        raise DefinitionError(f"{owner}: {kind} name {name!r} is not valid text (it holds a lone surrogate)")
     for mark in (SEPARATOR, COUNTER_MARK):
         if mark in name:
             raise DefinitionError(
