@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import outcome
@@ -172,55 +172,48 @@ def _take(fd: int, database: Path, path: str) -> None:
         raise DatabaseError(f"cannot open {database}: {path} cannot be locked ({exc})") from exc
 
 
-class _DatabaseFile:
-    """The descriptor this process locks a database file through, kept open from the first open
-    to the end of the process, one per file (found by device and inode, whatever the link).
-
-    SQLite locks the file with POSIX locks, which belong to the process: closing *any*
-    descriptor of the file drops all of them, the engine's connection's included (another
-    process could then write the file under it). So this descriptor is never closed, the lock
-    is let go with ``LOCK_UN``, and a second open in this process is refused without opening
-    the file again."""
-
-    _open: ClassVar[dict[tuple[int, int], _DatabaseFile]] = {}
-
-    __slots__ = ("fd", "locked")
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.locked = False
-
-    @classmethod
-    def of(cls, path: str) -> _DatabaseFile:
-        with contextlib.suppress(FileNotFoundError):
-            st = os.stat(path)
-            known = cls._open.get((st.st_dev, st.st_ino))
-            if known is not None:
-                return known
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        st = os.fstat(fd)
-        # (Known after all only if a link to an open database took the path's place since the
-        # stat: the new descriptor then stays open too, as closing it would drop the locks.)
-        return cls._open.setdefault((st.st_dev, st.st_ino), cls(fd))
-
-    def lock(self, database: Path) -> None:
-        if self.locked:
-            raise DatabaseLockedError(
-                f"{database} is in use by another trioflow engine of this process; one engine per database file")
-        _take(self.fd, database, os.path.realpath(database))
-        self.locked = True
-        _FLOCKED.add(self.fd)
-
-    def unlock(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        self.locked = False
-        _FLOCKED.discard(self.fd)
-
-
+#: The database files engines of this process hold locked, by device and inode (whatever the
+#: link they were opened through): each one's locked descriptor.
+_LOCKED_FILES: dict[tuple[int, int], int] = {}
 #: The descriptors holding this process's flocks. A forked child (a job's ``multiprocessing``
 #: helper) shares every flock through them: it closes its copies, or a restarted engine would
 #: find its file locked for as long as the dead engine's helper lives.
 _FLOCKED: set[int] = set()
+
+
+def _lock_database(real: str, database: Path) -> tuple[int, int]:
+    """``flock`` the database file at ``real`` for an engine; returns its key for
+    :func:`_unlock_database`. A file an engine of this process holds is refused without
+    opening it again: SQLite's locks belong to the process, and closing *any* descriptor of the
+    file (this one, refused) would drop them from under that engine's connection."""
+    with contextlib.suppress(FileNotFoundError):
+        st = os.stat(real)
+        if (st.st_dev, st.st_ino) in _LOCKED_FILES:
+            raise DatabaseLockedError(
+                f"{database} is in use by another trioflow engine of this process; one engine per database file")
+    try:
+        fd = os.open(real, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise DatabaseError(
+            f"cannot open {database}: {real} cannot be opened ({exc.strerror}); the directory must exist and be"
+            " writable"
+        ) from exc
+    try:
+        _take(fd, database, real)
+    except BaseException:
+        os.close(fd)
+        raise
+    st = os.fstat(fd)
+    key = (st.st_dev, st.st_ino)
+    _LOCKED_FILES[key] = fd
+    _FLOCKED.add(fd)
+    return key
+
+
+def _unlock_database(key: tuple[int, int]) -> None:
+    fd = _LOCKED_FILES.pop(key)
+    _FLOCKED.discard(fd)
+    os.close(fd)  # the engine's connection is closed already: closing releases the flock
 
 
 def _forget_locks_in_child() -> None:
@@ -228,7 +221,7 @@ def _forget_locks_in_child() -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
     _FLOCKED.clear()
-    _DatabaseFile._open.clear()
+    _LOCKED_FILES.clear()
 
 
 os.register_at_fork(after_in_child=_forget_locks_in_child)
@@ -273,7 +266,8 @@ class SQLiteAdapter:
         self._token: trio.lowlevel.TrioToken | None = None
         self._thread: threading.Thread | None = None
         self._lock_fds: list[int] = []
-        self._database: _DatabaseFile | None = None
+        #: The key of the locked database file (see :func:`_lock_database`).
+        self._database: tuple[int, int] | None = None
         #: The run's clock while open, if it is trio's MockClock (tests): see :meth:`_in_thread`.
         self._clock: MockClock | None = None
         #: What finish times are stamped with (see :meth:`use_clock`).
@@ -412,20 +406,12 @@ class SQLiteAdapter:
         symlink or a hard link to it reaches too, and one on its sidecar ``.lock`` file, which
         earlier releases take (so an engine of either kind refuses the other)."""
         real = os.path.realpath(self.path)
-        try:
-            database = _DatabaseFile.of(real)
-        except OSError as exc:
-            raise DatabaseError(
-                f"cannot open {self.path}: {real} cannot be opened ({exc.strerror}); the directory must exist"
-                " and be writable"
-            ) from exc
         self._lock_fds = [self._flock(f"{real}.lock")]
         try:
-            database.lock(self.path)
+            self._database = _lock_database(real, self.path)
         except BaseException:
             self._unlock()
             raise
-        self._database = database
 
     def _flock(self, path: str) -> int:
         try:
@@ -449,7 +435,7 @@ class SQLiteAdapter:
             os.close(fd)  # closing the descriptor releases the flock (SQLite never opens the sidecar)
         self._lock_fds = []
         if self._database is not None:
-            self._database.unlock()
+            _unlock_database(self._database)
             self._database = None
 
     # -- the Adapter protocol -----------------------------------------------------------------
