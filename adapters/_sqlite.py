@@ -159,19 +159,6 @@ def _cannot_abort(_: Any) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.FAILED
 
 
-def _take(fd: int, database: Path, path: str) -> None:
-    """``flock`` ``fd`` (a descriptor on ``path``) for this engine, or raise."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise DatabaseLockedError(
-            f"{database} is in use by another trioflow engine (the lock on {path} is held);"
-            " one engine per database file"
-        ) from None
-    except OSError as exc:  # a file system without locks (ENOLCK), ...
-        raise DatabaseError(f"cannot open {database}: {path} cannot be locked ({exc})") from exc
-
-
 #: The database files engines of this process hold locked, by device and inode (whatever the
 #: link they were opened through): each one's locked descriptor.
 _LOCKED_FILES: dict[tuple[int, int], int] = {}
@@ -179,6 +166,31 @@ _LOCKED_FILES: dict[tuple[int, int], int] = {}
 #: helper) shares every flock through them: it closes its copies, or a restarted engine would
 #: find its file locked for as long as the dead engine's helper lives.
 _FLOCKED: set[int] = set()
+
+
+def _flocked(path: str, database: Path) -> int:
+    """A descriptor on ``path`` holding an ``flock`` for the engine of ``database``, or raise."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise DatabaseError(
+            f"cannot open {database}: {path} cannot be opened ({exc.strerror}); the directory must exist and be"
+            " writable"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, BlockingIOError):
+            raise DatabaseLockedError(
+                f"{database} is in use by another trioflow engine (the lock on {path} is held);"
+                " one engine per database file"
+            ) from None
+        if isinstance(exc, OSError):  # a file system without locks (ENOLCK), ...
+            raise DatabaseError(f"cannot open {database}: {path} cannot be locked ({exc})") from exc
+        raise
+    _FLOCKED.add(fd)
+    return fd
 
 
 def _lock_database(real: str, database: Path) -> tuple[int, int]:
@@ -191,22 +203,10 @@ def _lock_database(real: str, database: Path) -> tuple[int, int]:
         if (st.st_dev, st.st_ino) in _LOCKED_FILES:
             raise DatabaseLockedError(
                 f"{database} is in use by another trioflow engine of this process; one engine per database file")
-    try:
-        fd = os.open(real, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise DatabaseError(
-            f"cannot open {database}: {real} cannot be opened ({exc.strerror}); the directory must exist and be"
-            " writable"
-        ) from exc
-    try:
-        _take(fd, database, real)
-    except BaseException:
-        os.close(fd)
-        raise
+    fd = _flocked(real, database)
     st = os.fstat(fd)
     key = (st.st_dev, st.st_ino)
     _LOCKED_FILES[key] = fd
-    _FLOCKED.add(fd)
     return key
 
 
@@ -406,28 +406,12 @@ class SQLiteAdapter:
         symlink or a hard link to it reaches too, and one on its sidecar ``.lock`` file, which
         earlier releases take (so an engine of either kind refuses the other)."""
         real = os.path.realpath(self.path)
-        self._lock_fds = [self._flock(f"{real}.lock")]
+        self._lock_fds = [_flocked(f"{real}.lock", self.path)]
         try:
             self._database = _lock_database(real, self.path)
         except BaseException:
             self._unlock()
             raise
-
-    def _flock(self, path: str) -> int:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise DatabaseError(
-                f"cannot open {self.path}: {path} cannot be opened ({exc.strerror}); the directory must exist"
-                " and be writable"
-            ) from exc
-        try:
-            _take(fd, self.path, path)
-        except BaseException:
-            os.close(fd)
-            raise
-        _FLOCKED.add(fd)
-        return fd
 
     def _unlock(self) -> None:
         for fd in self._lock_fds:
