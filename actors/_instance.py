@@ -74,6 +74,9 @@ async def run_instance(run: Run) -> None:
         if state.phase == "compensating":
             await _compensate_and_finish(run)
             return
+        if run.doomed is not None:
+            await _end_badly(run, "failed", run.doomed, None)
+            return
         if not run.resumed and run.bus.wants("workflow.started"):
             run.emit("workflow.started", input=state.input)
         try:
@@ -189,24 +192,28 @@ async def _end_badly(run: Run, outcome: Status, error: BaseException, failed_ste
         await _compensate_and_finish(run)
 
 
-async def undo(run: Run) -> None:
+async def undo(run: Run, bound: float | None) -> None:
     """Compensate a completed instance as a unit (a child whose parent compensates): its
-    completed steps newest first, then its status becomes ``compensated``. Taken up where it
-    stood if an earlier undo was interrupted."""
+    completed steps newest first, each bounded by ``bound`` seconds too (its parent's
+    compensation timeout), then its status becomes ``compensated``. Taken up where it stood if
+    an earlier undo was interrupted."""
     state = run.state
     if state.phase == "done":
         # Stored status stays "completed" until the end: a crash in between leaves the undo
         # to the parent's compensation, which asks for it again.
         state.phase = "compensating"
         state.outcome = "compensated"
-    await _compensate_and_finish(run)
+    await _compensate_and_finish(run, bound)
 
 
-async def _compensate_and_finish(run: Run) -> None:
+async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:
     """Compensate every completed step that has a compensation (and every completed child),
-    newest first, exactly once."""
+    newest first, exactly once; each is bounded by the definition's compensation timeout, and by
+    ``bound`` (a parent's, for a child compensated as a unit) if that is shorter."""
     state = run.state
     lookup = run.definition.lookup
+    own = run.definition.compensation_timeout
+    bounded = own if bound is None or (own is not None and own < bound) else bound
     items = ItemIndex(state.records)
     for record in pending_compensations(state, run.definition):
         name = record.step_name
@@ -215,17 +222,18 @@ async def _compensate_and_finish(run: Run) -> None:
         swap_lane(ctx)
         if run.has_hooks:
             await run.hook("on_compensate", name, ctx)
-        bound = run.definition.compensation_timeout
         try:
-            with trio.fail_after(bound) if bound is not None else _UNBOUNDED:
-                if isinstance(step, ChildStep):
-                    await _undo_child(run, record)
-                else:
-                    assert isinstance(step, TaskStep)
+            if isinstance(step, ChildStep):
+                # Each of the child's compensations is bounded, not its undo as a whole: cut
+                # short, a child would be left completed with half its steps undone.
+                await _undo_child(run, record, bounded)
+            else:
+                assert isinstance(step, TaskStep)
+                with trio.fail_after(bounded) if bounded is not None else _UNBOUNDED:
                     await compensate(run, step, record, ctx)
         except trio.TooSlowError:
-            assert bound is not None
-            record_compensation_failed(state, record.seq, describe_error(CompensationTimeoutError(name, bound)))
+            assert bounded is not None
+            record_compensation_failed(state, record.seq, describe_error(CompensationTimeoutError(name, bounded)))
         except StepFailure as failure:
             record_compensation_failed(state, record.seq, describe_error(failure.error))
         except Exception as exc:
@@ -265,10 +273,11 @@ async def _compensate_and_finish(run: Run) -> None:
         await run.end_hook("on_failed")
 
 
-async def _undo_child(run: Run, record: StepResult) -> None:
-    """Compensate the child that a child step's execution started, as a unit."""
+async def _undo_child(run: Run, record: StepResult, bound: float | None) -> None:
+    """Compensate the child that a child step's execution started, as a unit (each of its
+    compensations bounded by ``bound`` seconds too)."""
     assert run.children is not None  # a child step completed: an engine ran it
     child_id = child_instance_id(run.state.instance_id, record.id)
-    problem = await run.children.compensate(child_id)
+    problem = await run.children.compensate(child_id, bound)
     if problem is not None:
         raise ChildCompensationError(child_id, problem)

@@ -10,9 +10,9 @@ import trio
 from trioflow._context import WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._decide import (
-    branch_keys,
     choose,
     complete_step,
+    inner_lanes,
     new_execution,
     next_of,
     open_branches,
@@ -192,8 +192,9 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
         raise unwrapped(group) from None
     if not failures:
         return parallel_output(state, step)
-    # Branches a fail-fast cancelled may wait on children: those go too.
-    await cancel_children(run, [state.lanes[key] for key in branch_keys(step)])
+    # Branches a fail-fast cancelled may wait on children, or hold lanes that do (the items of
+    # a map in a branch): those children go too.
+    await cancel_children(run, [state.lanes[key] for key in inner_lanes(state, step)])
     if fail_fast:
         # ``failed_step`` names the branch step that failed first; the record is the parallel's.
         raise StepFailure(failures[0].step_name, failures[0], 1)

@@ -146,8 +146,10 @@ class Children(Protocol):
         the parent holds one, it runs in the parent's now."""
         ...
 
-    async def compensate(self, child_id: str) -> str | None:
-        """Compensate a completed child as a unit; ``None``, or why a compensation failed."""
+    async def compensate(self, child_id: str, bound: float | None) -> str | None:
+        """Compensate a completed child as a unit, each of its compensations bounded by
+        ``bound`` seconds too (``None``: by its own definition's only); ``None``, or why a
+        compensation failed."""
         ...
 
     def deliver_notice(self, parent_id: str, notice: str, seq: int | None, payload: bytes) -> bool:
@@ -178,7 +180,7 @@ class Run:
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
-        "gathering", "writing", "children",
+        "gathering", "writing", "children", "doomed",
     )
 
     def __init__(
@@ -247,6 +249,9 @@ class Run:
         #: The engine, for child steps (``None``: no engine, as in ``execute_workflow``).
         self.children = children
         self.has_hooks = definition.has_hooks
+        #: The error a resumed run fails with before it runs anything (its instance no longer
+        #: fits the definition registered now); ``None``: none.
+        self.doomed: BaseException | None = None
         #: Inside a transactional run's transaction: snapshots wait for its commit.
         self.deferred = False
         self.cancel_scope: trio.CancelScope | None = None

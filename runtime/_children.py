@@ -91,8 +91,8 @@ class EngineChildren:
             log.warning("child %s could not be resumed in its parent's slot: %s", child_id, describe_error(exc),
                         extra={"instance_id": child_id})
 
-    async def compensate(self, child_id: str) -> str | None:
-        return await self._engine._undo_child(child_id)
+    async def compensate(self, child_id: str, bound: float | None) -> str | None:
+        return await self._engine._undo_child(child_id, bound)
 
     def deliver_notice(self, parent_id: str, notice: str, seq: int | None, payload: bytes) -> bool:
         run = self._engine._live.get(parent_id)

@@ -89,17 +89,13 @@ def complete_step(state: InstanceState, step: Step, record: StepResult, next_ste
     lane.step = next_step
     lane.last = record.seq
     lane.begun = None
-    if isinstance(step, ParallelStep):
-        # A finished parallel step's branch lanes are spent; dropping them means a parallel
-        # step entered again (a loop through a choice) starts its branches afresh.
-        for key in branch_keys(step):
-            state.lanes.pop(key, None)
-    elif isinstance(step, MapStep):
-        # Likewise a map's progress, and the lanes of items a fail-fast cancelled before a
-        # catch routed the step on.
+    if isinstance(step, (ParallelStep, MapStep)):
+        # A finished parallel step's branch lanes are spent, and so are a map's progress and the
+        # lanes of items a fail-fast cancelled before a catch routed the step on, with every
+        # lane nested in them (a map in a branch a fail-fast cancelled): dropping them means a
+        # step entered again (a loop through a choice, a catch) starts afresh.
         lane.fanout = None
-        prefix = item_lanes(step.name)
-        for key in [k for k in state.lanes if k.startswith(prefix)]:
+        for key in inner_lanes(state, step):
             del state.lanes[key]
 
 
@@ -137,6 +133,24 @@ def next_of(step: Step) -> str | None:
 
 def branch_keys(step: ParallelStep) -> list[str]:
     return [branch_lane(step.name, b.name) for b in step.branches]
+
+
+def inner_lanes(state: InstanceState, step: ParallelStep | MapStep) -> list[str]:
+    """The keys of the lanes that run inside ``step``: its branches' or items', and those
+    nested in them in turn (a map or a parallel step in a branch)."""
+    keys: set[str] = set()
+    prefixes: list[str] = []
+    todo: list[Step] = [step]
+    while todo:
+        inner = todo.pop()
+        if isinstance(inner, ParallelStep):
+            keys.update(branch_keys(inner))
+            todo.extend(s for b in inner.branches for s in b.steps)
+        elif isinstance(inner, MapStep):
+            prefixes.append(item_lanes(inner.name))
+            todo.extend(inner.branch.steps)
+    starts = tuple(prefixes)
+    return [key for key in state.lanes if key in keys or key.startswith(starts)]
 
 
 def open_branches(state: InstanceState, step: ParallelStep) -> bool:

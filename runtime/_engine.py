@@ -66,7 +66,6 @@ from ._snapshot import (
     STATUSES,
     TERMINAL,
     InstanceState,
-    Lane,
     Status,
     WorkflowInstance,
     compensation_errors,
@@ -717,11 +716,12 @@ class Engine:
         except Exception as exc:  # a decodable snapshot the kernel cannot make sense of
             self._refuse_unreadable(record, SnapshotDecodeError(f"snapshot fields are malformed: {describe_error(exc)}"))
             return None
+        doomed = None
         if problem is not None and state.phase == "forward":
-            # It cannot go on, but what it did can be undone: it fails, and the completed steps
-            # the new definition still has are compensated, newest first, as for any failure.
-            begin_compensation(state, "failed", DefinitionMismatchError(problem), None)
-            state.lanes = {MAIN: Lane(step=None)}  # positions the definition no longer has
+            # It cannot go on, but what it did can be undone: its run fails before anything
+            # runs, as a failed step would fail it (the children it waits on are cancelled, the
+            # completed steps the new definition still has compensated, newest first).
+            doomed = DefinitionMismatchError(problem)
         elif problem is not None:
             fail_alone(state, f"DefinitionMismatchError: {problem}", self._clock())
             # Stored as a run stores its end: a child's end notice to its parent goes with it.
@@ -734,8 +734,9 @@ class Engine:
         # was started: with a slot of its own to wait for, it could wait on its parent for ever.
         in_parent_slot = state.parent_id is not None and self._children.in_parent_slot(state.parent_id)
         run = self._spawn(definition, state, resumed=True, slot=not in_parent_slot)
+        run.doomed = doomed
         # What storage holds for it until its first checkpoint here (the waker passes it over).
-        run.stored_wake_at = wake_at(state, definition)
+        run.stored_wake_at = None if doomed is not None else wake_at(state, definition)
         return run
 
     def _readable(self, record: StoredInstance) -> bool:
@@ -793,10 +794,10 @@ class Engine:
             park_after=self._park_after, children=self._children,
         )
 
-    async def _undo_child(self, child_id: str) -> str | None:
+    async def _undo_child(self, child_id: str, bound: float | None = None) -> str | None:
         """Compensate a completed child instance as a unit, in its parent's compensation (an
-        undo an earlier engine left half done is taken up where it stood); ``None``, or what
-        kept it from being undone whole."""
+        undo an earlier engine left half done is taken up where it stood), each compensation
+        bounded by ``bound`` seconds too; ``None``, or what kept it from being undone whole."""
         stored = await self.adapter.load(child_id)
         if stored is None:
             return "it is no longer stored (purged before its parent compensated it?)"
@@ -811,7 +812,7 @@ class Engine:
         run = self._run(definition, state, resumed=True)
         run.stored_status = state.status
         try:
-            await undo(run)
+            await undo(run, bound)
         except UnknownInstanceError:
             return "it was purged while it was being compensated (the compensations that ran stay done)"
         if state.compensation_errors:

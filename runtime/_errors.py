@@ -295,9 +295,18 @@ def root_error(error: BaseException) -> BaseException:
     """The error a failure is about: a branch's (or map item's, or child's) own error rather
     than the :class:`BranchError` or :class:`ChildWorkflowError` wrapping it (a fail-fast
     parallel step fails with its first branch's error)."""
+    return wrapped_errors(error)[-1]
+
+
+def wrapped_errors(error: BaseException) -> list[BaseException]:
+    """``error`` and each error it wraps, outermost first, down to :func:`root_error`'s (a map
+    item's :class:`ItemError`, the :class:`ChildWorkflowError` its child step failed with, the
+    child's own error)."""
+    chain = [error]
     while isinstance(error, (BranchError, ChildWorkflowError)):
         error = error.error
-    return error
+        chain.append(error)
+    return chain
 
 
 def error_name(error: BaseException) -> str:

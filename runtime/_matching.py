@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Union, final
 
-from ._errors import DefinitionError, RecordedError, StorageError, error_message, error_name, root_error
+from ._errors import DefinitionError, RecordedError, StorageError, error_message, error_name, wrapped_errors
 
 
 @final
@@ -51,17 +51,18 @@ def matcher_tuple(value: object, label: str) -> tuple[ErrorMatcher, ...]:
 
 def matches(items: tuple[ErrorMatcher, ...], error: BaseException) -> bool:
     """Whether any of ``items`` matches ``error`` (for a failed parallel branch, its own error)."""
-    root = root_error(error)
+    chain = wrapped_errors(error)
+    root = chain[-1]
     types = tuple(i for i in items if isinstance(i, type))
-    if types and (isinstance(error, types) or isinstance(root, types)):
+    if types and any(isinstance(e, types) for e in chain):
         return True
     if types and isinstance(root, RecordedError) and any(_names_a_subclass(t, root.error_name) for t in types):
         return True  # a failure known from its record (before a restart): matched by class name
     strings = [i for i in items if isinstance(i, str)]
     if strings:
-        # The wrapper's own name matches too (a child's failure: "ChildWorkflowError" as well
-        # as the child's own error), as its type does.
-        names, cause = (error_name(error), type(error).__name__), error_message(error)
+        # The wrappers' own names match too (a child's failure: "ChildWorkflowError" as well
+        # as the child's own error; a map item's: "ItemError" too), as their types do.
+        names, cause = (error_name(error), *(type(e).__name__ for e in chain)), error_message(error)
         if any(i in names or i in cause for i in strings):
             return True
     if any(isinstance(i, _All) for i in items) and not isinstance(root, (DefinitionError, StorageError)):
