@@ -567,23 +567,28 @@ class Engine:
 
     async def get_instances(
         self, workflow_name: str | None = None, status: Status | None = None, *,
-        limit: int | None = None, after: str | None = None, order: Order = "oldest",
+        limit: int | None = None, after: str | WorkflowInstance | None = None, order: Order = "oldest",
     ) -> list[WorkflowInstance]:
         """Instances of one workflow (``None``: of every workflow), optionally only those of one
         status, in creation order: oldest first (the default) or, with ``order="newest"``,
         newest first.
 
-        Pages: at most ``limit`` instances; ``after=`` the id of the last instance of the
-        previous page gives the next page. Pages go by each instance's place in the creation
+        Pages: at most ``limit`` instances; ``after=`` the last instance of the previous page
+        (or its id) gives the next page. Pages go by each instance's place in the creation
         order, so they are stable while instances are created: none is listed twice and none
         left out (new ones come on the last page oldest first, and not at all newest first).
         A page shorter than ``limit`` is the last. An ``after`` instance deleted or purged since
-        raises :class:`UnknownInstanceError`: list again from the first page.
+        raises :class:`UnknownInstanceError`: list again from the first page. (Given the
+        instance rather than its id, one whose id was started again since is told apart too:
+        an id alone would page from the new instance's place.)
 
         An instance whose snapshot this release cannot read is reported ``failed``; an unpaged
         ``status="failed"`` listing includes those stored with another status too."""
         self._check_open()
         _check_listing(workflow_name, status, limit, after, order)
+        if isinstance(after, WorkflowInstance):
+            await self._check_still_there(after)
+            after = after.id
         out: list[WorkflowInstance] = []
         cursor = after
         while True:
@@ -609,6 +614,23 @@ class Engine:
             out += [v for v in self._unreadable.values()
                     if workflow_name in (None, v.workflow_name) and v.id not in listed]
         return out
+
+    async def _check_still_there(self, instance: WorkflowInstance) -> None:
+        """Raise :class:`UnknownInstanceError` unless the instance a page ended with is still
+        stored: under its id, an instance created when it was."""
+        run = self._live.get(instance.id)
+        if run is not None:
+            created_at: float | None = run.state.created_at
+        else:
+            stored = await self.adapter.load(instance.id)
+            try:
+                created_at = None if stored is None else _decoded(stored).created_at
+            except SnapshotDecodeError:
+                return  # unreadable, but there: its place in the order still holds
+        if created_at != instance.created_at:
+            raise UnknownInstanceError(
+                f"instance {instance.id!r}, the cursor, was deleted or purged since"
+                f"{'' if created_at is None else ' (its id was started again)'}; list again from the first page")
 
     async def purge(self, *, older_than: Seconds, status: Status | None = None, workflow: str | None = None) -> int:
         """Delete the finished instances (every status but pending and running) that finished
@@ -1167,8 +1189,9 @@ def _check_listing(workflow_name: object, status: object, limit: object, after: 
         raise InvalidArgumentError(f"status must be one of {', '.join(sorted(STATUSES))} or None, got {status!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InvalidArgumentError(f"limit must be an int >= 1 or None, got {limit!r}")
-    if after is not None and (not isinstance(after, str) or not after):
-        raise InvalidArgumentError(f"after must be the id of the last instance of the previous page, got {after!r}")
+    if after is not None and not isinstance(after, WorkflowInstance) and (not isinstance(after, str) or not after):
+        raise InvalidArgumentError(
+            f"after must be the last instance of the previous page, or its id, got {after!r}")
     if order not in ("oldest", "newest"):
         raise InvalidArgumentError(f"order must be 'oldest' or 'newest', got {order!r}")
 

@@ -120,6 +120,25 @@ async def test_after_an_instance_that_is_gone_is_a_clear_error(
             await engine.get_instances(after="i1")
 
 
+async def test_a_page_given_its_last_instance_tells_an_id_started_again_from_it(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter],
+) -> None:
+    """The cursor's instance purged and its id started again (an idempotent retry): given as an
+    id, the next page starts from the new instance's place, skipping the running i3 and i6;
+    given as the instance the previous page ended with, it is refused as a cursor that is gone."""
+    async with nine_instances(storage()) as (engine, _):
+        first = await engine.get_instances(limit=2)
+        assert names(first) == ["i0", "i1"]
+        await engine.purge(older_than=0)  # the completed ones: i1 among them
+        await engine.wait(await engine.start("quick", {"n": 1}, instance_id="i1"))
+        assert names(await engine.get_instances(after="i1")) == []  # the gap an id alone leaves
+        with pytest.raises(tf.UnknownInstanceError, match="'i1', the cursor, was deleted or purged since"):
+            await engine.get_instances(after=first[-1])
+        page = await engine.get_instances(limit=1)
+        assert names(page) == ["i0"]
+        assert names(await engine.get_instances(after=page[-1])) == ["i3", "i6", "i1"]  # running: live views
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"status": "done"}, "status must be one of"),
     ({"status": 3}, "status must be one of"),
@@ -128,8 +147,8 @@ async def test_after_an_instance_that_is_gone_is_a_clear_error(
     ({"limit": -5}, "limit must be an int >= 1"),
     ({"limit": True}, "limit must be an int >= 1"),
     ({"limit": 2.0}, "limit must be an int >= 1"),
-    ({"after": ""}, "after must be the id of the last instance"),
-    ({"after": 7}, "after must be the id of the last instance"),
+    ({"after": ""}, "after must be the last instance of the previous page, or its id"),
+    ({"after": 7}, "after must be the last instance of the previous page, or its id"),
     ({"order": "sideways"}, "order must be 'oldest' or 'newest'"),
 ])
 async def test_bad_listing_arguments_are_refused(
