@@ -268,7 +268,7 @@ def test_an_in_memory_database_name_is_refused_and_creates_no_files(tmp_path: Pa
     ``:memory:.lock``; a second one in the process was refused as locked. It is refused at
     once, pointing at MemoryAdapter, and touches no file."""
     monkeypatch.chdir(tmp_path)
-    for name in (":memory:", ""):
+    for name in (":memory:", "", Path(":memory:")):
         with pytest.raises(tf.adapters.DatabaseError, match="use MemoryAdapter"):
             tf.adapters.SQLiteAdapter(name)
     assert sorted(os.listdir(tmp_path)) == []
