@@ -113,4 +113,4 @@ async def cancel_children(run: Run, lanes: Iterable[Lane]) -> None:
         # not one cancellation and compensation after another.
         async with trio.open_nursery() as nursery:
             for child_id in waited:
-                nursery.start_soon(children.cancel, child_id)
+                nursery.start_soon(children.cancel, child_id, run.definition.compensation_timeout)

@@ -135,10 +135,11 @@ class Children(Protocol):
         in memory here, holding its slot (see :meth:`Run.may_park`)."""
         ...
 
-    async def cancel(self, child_id: str) -> None:
+    async def cancel(self, child_id: str, bound: float | None) -> None:
         """Cancel the child instance (and so its own children), if it still runs, and wait for
         its end; compensate it as a unit if it completed all the same (the step that waited on
-        it never will)."""
+        it never will), each of its compensations bounded by ``bound`` seconds too (the
+        parent's compensation timeout)."""
         ...
 
     def adopt(self, child_id: str, parent_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import math
 from typing import Any
 
@@ -20,6 +21,7 @@ from ._run import Parked, Run, StepFailure, unwrapped
 from ._wait import wait_for_retry
 
 _NO_TIMEOUT = contextlib.nullcontext()
+log = logging.getLogger("trioflow")
 
 
 async def attempt(
@@ -66,7 +68,7 @@ async def attempt(
         except Exception as exc:
             error = exc
         except BaseException as exc:
-            cancelled = _as_cancellation(exc)
+            cancelled = _as_cancellation(exc, step.name)
             if cancelled is None:
                 raise
             stray = _stray_cancel()
@@ -95,13 +97,21 @@ async def attempt(
             await trio.sleep(delay)
 
 
-def _as_cancellation(exc: BaseException) -> trio.Cancelled | None:
-    """``exc`` if it is a cancellation; the first of a group of nothing but cancellations (what
-    a job that runs a nursery of its own lets out when it is cancelled), so that callers see it
-    as a bare one is seen; else ``None``."""
-    if isinstance(exc, BaseExceptionGroup):
-        exc = unwrapped(exc)
-    return exc if isinstance(exc, trio.Cancelled) else None
+def _as_cancellation(exc: BaseException, step_name: str) -> trio.Cancelled | None:
+    """``exc`` if it is a cancellation; for a group holding one (what a job that runs a nursery
+    of its own lets out when it is cancelled), the first, so that callers see it as a bare one
+    is seen: errors the job's cleanup raised beside it are logged, as the step is cancelled
+    anyway (a KeyboardInterrupt or SystemExit among them goes on as it is); else ``None``."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc if isinstance(exc, trio.Cancelled) else None
+    cancelled, rest = exc.split(trio.Cancelled)
+    if cancelled is None or (rest is not None and rest.split((KeyboardInterrupt, SystemExit))[0] is not None):
+        return None
+    if rest is not None:
+        log.warning("step %r: its job raised while it was being cancelled: %s", step_name, describe_error(rest))
+    first = unwrapped(cancelled)
+    assert isinstance(first, trio.Cancelled)
+    return first
 
 
 def _stray_cancel() -> RuntimeError | None:
@@ -146,7 +156,7 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
             except Exception as exc:
                 raise StepFailure(step.name, exc, 1) from None
             except BaseException as exc:
-                cancelled = _as_cancellation(exc)
+                cancelled = _as_cancellation(exc, step.name)
                 if cancelled is None:
                     raise
                 stray = _stray_cancel()
@@ -168,7 +178,7 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
     except Exception as exc:  # input/output mapping, unknown job: no retry
         raise StepFailure(step.name, exc, max(attempts, 1), data, uses_input) from exc
     except BaseException as exc:
-        cancelled = _as_cancellation(exc)
+        cancelled = _as_cancellation(exc, step.name)
         if cancelled is None:
             raise
         run.add_failure(new_execution(

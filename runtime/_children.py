@@ -45,7 +45,7 @@ class EngineChildren:
         # starts its children without one), and so does one that itself runs in its parent's.
         return parent is not None and not parent.may_park(math.inf)
 
-    async def cancel(self, child_id: str) -> None:
+    async def cancel(self, child_id: str, bound: float | None) -> None:
         engine = self._engine
         try:
             await engine.cancel(child_id)
@@ -57,7 +57,7 @@ class EngineChildren:
             # compensated as a unit now, as a child cancelled while running compensates itself.
             if (await engine.wait(child_id)).status != "completed":
                 return
-            problem = await engine._undo_child(child_id)
+            problem = await engine._undo_child(child_id, bound)
         except EngineClosedError:
             return  # stopping meanwhile: the child resumes later
         except TrioflowError as exc:  # it cannot be waited on here (its jobs are missing, storage is down)

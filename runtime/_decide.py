@@ -248,6 +248,8 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
     Every lane position must exist where the snapshot says it is (checked whatever the
     fingerprint: a damaged row must fail alone, not crash its run). With another fingerprint,
     every running parallel step's set of branches and every step that ran must still exist too.
+    Compensating, lanes stand nowhere (an instance that failed for not fitting keeps the ones
+    it had): only the steps that ran matter.
     """
     lookup = definition.lookup
     # (Compensating, the lanes stand nowhere: only the steps that ran must still be there.)
@@ -261,7 +263,7 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
             return f"step {lane.step!r} is no longer in the same lane ({key or 'main'!r}) of workflow {definition.name!r}"
     if state.fingerprint == definition.fingerprint:
         return None
-    for name, (step, _) in lookup.items():
+    for name, (step, _) in lookup.items() if state.phase == "forward" else ():
         if isinstance(step, ParallelStep):
             stored = {k for k in state.lanes if k.startswith(branch_lane(name, ""))}
             if stored and stored != set(branch_keys(step)):

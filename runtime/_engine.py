@@ -562,7 +562,8 @@ class Engine:
                     self._waiting.appendleft(run)
                     self._free_slot(taken=False)
             for child_id in children:
-                self._supervisor.start_soon(f"cancel child {child_id}", self._children.cancel, child_id)
+                self._supervisor.start_soon(f"cancel child {child_id}", self._children.cancel, child_id,
+                                            run.definition.compensation_timeout)
         return True
 
     async def get_instances(
