@@ -10,6 +10,7 @@ import trio
 from trioflow._context import WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._decide import (
+    branch_keys,
     choose,
     complete_step,
     inner_lanes,
@@ -180,11 +181,16 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
     open_branches(state, step)
     failures: list[BranchError] = []
     fail_fast = step.on_error == "fail-fast"
+    # Resumed after a branch failed for good, a fail-fast step's outcome is decided: only the
+    # failed branches are taken up (each fails again at once). Another one could otherwise end
+    # first from what storage holds (a child's end notice), as it never did before the restart.
+    decided = fail_fast and any(state.lanes[key].failed is not None for key in branch_keys(step))
     try:
         async with trio.open_nursery() as nursery:
             for branch in step.branches:
                 key = branch_lane(step.name, branch.name)
-                if state.lanes[key].step is not None:
+                lane = state.lanes[key]
+                if lane.step is not None and (not decided or lane.failed is not None):
                     nursery.start_soon(_branch_actor, run, branch, key, failures, nursery.cancel_scope if fail_fast else None)
     except BaseExceptionGroup as group:
         # Branch failures are values (``failures``); what escapes (KeyboardInterrupt,

@@ -431,6 +431,10 @@ def _described(record: StepResult, status: str | None = None) -> str:
     return f"step {record.step_name!r}{of_item}{run} {status or record.status}"
 
 
+class _ProcessGone(Exception):
+    """What a write gets from storage once the simulated process has died."""
+
+
 class _CrashingAdapter:
     """Delegates to real storage, counts writes, and kills the engine after write ``crash_after``
     (``lost``: while making it, before it reaches storage)."""
@@ -517,7 +521,11 @@ class _CrashingAdapter:
             self._die()
             await self._keep_crash_states()
         if self.crashed:
-            await trio.sleep_forever()  # a dead process writes nothing more
+            # A dead process writes nothing more: what the crash cancelled stops here; what it
+            # cannot cancel (shielded: a decision being stored, children being cancelled) is
+            # refused, or it would wait for ever and the crashed engine never close.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise _ProcessGone("the process died: nothing more is written")
 
     async def _after_write(self, instance_id: str) -> None:
         self.writes += 1
