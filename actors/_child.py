@@ -105,12 +105,15 @@ async def cancel_children(run: Run, lanes: Iterable[Lane]) -> None:
     children = run.children
     if children is None or children.closing:
         return
-    waited = [lane.waiting["child"] for lane in lanes if lane.waiting is not None and "child" in lane.waiting]
-    if not waited:
+    waiting = [lane for lane in lanes if lane.waiting is not None and "child" in lane.waiting]
+    if not waiting:
         return
     with trio.CancelScope(shield=True):  # the parent's own cancellation must not stop this
         # Each is waited on to its end (one that completed anyway is compensated): together,
         # not one cancellation and compensation after another.
         async with trio.open_nursery() as nursery:
-            for child_id in waited:
-                nursery.start_soon(children.cancel, child_id, run.definition.compensation_timeout)
+            for lane in waiting:
+                assert lane.waiting is not None
+                nursery.start_soon(children.cancel, lane.waiting["child"], run.definition.compensation_timeout)
+    for lane in waiting:
+        lane.waiting = None  # ended: nothing waits on them now

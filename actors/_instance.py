@@ -72,6 +72,9 @@ async def run_instance(run: Run) -> None:
     previous = swap_lane(None)
     try:
         if state.phase == "compensating":
+            # Children its lanes waited on when it ended badly: cancelled before compensating
+            # (the engine that decided may have closed before it could cancel them).
+            await cancel_children(run, state.lanes.values())
             await _compensate_and_finish(run)
             return
         if run.doomed is not None:

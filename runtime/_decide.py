@@ -180,7 +180,10 @@ def begin_compensation(state: InstanceState, outcome: Status, error: BaseExcepti
     state.phase = "compensating"
     state.outcome = outcome
     for lane in state.lanes.values():
-        lane.waiting = None  # what a cancelled or timed-out step waited for is over
+        # What a cancelled or timed-out step waited for is over; but a child waited on is kept
+        # until the run has cancelled it (stored meanwhile, so a restart cancels it still).
+        if lane.waiting is not None and "child" not in lane.waiting:
+            lane.waiting = None
     state.error = describe_error(error)
     state.error_name, state.cause = error_name(error), error_cause(error)
     state.failed_step = failed_step

@@ -205,6 +205,9 @@ class Engine:
         records = self._leftovers.pop(definition.name, None) if self._leftovers is not None else None
         if records:
             self._resume_soon(definition, records)
+        elif definition.name in self._held and not self._missing_jobs(definition):
+            # Held for jobs the definition it replaces needed, and this one does not.
+            self._resume_soon(definition, self._held.pop(definition.name))
 
     def _resume_soon(self, definition: WorkflowDefinition, records: list[StoredInstance]) -> None:
         """Resume ``records`` in the background, or hold them until the jobs they need exist
@@ -561,7 +564,7 @@ class Engine:
                 if not self._closed:
                     self._waiting.appendleft(run)
                     self._free_slot(taken=False)
-            for child_id in children:
+            for child_id in children if not self._closed else ():  # (closed: the next engine does it)
                 self._supervisor.start_soon(f"cancel child {child_id}", self._children.cancel, child_id,
                                             run.definition.compensation_timeout)
         return True
@@ -1040,8 +1043,10 @@ async def open_engine(
     finished instances do not pile up between runs. Read an instance's outcome (``wait``,
     ``get_instance``) before it is deleted.
     """
-    if not isinstance(max_running, int) or max_running < 1:
+    if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
         raise InvalidArgumentError(f"max_running must be an int >= 1, got {max_running!r}")
+    if clock is not None and not callable(clock):
+        raise InvalidArgumentError(f"clock must be a function giving Unix seconds (time.time), got {clock!r}")
     retry_for = _duration(storage_retry_for, "storage_retry_for")
     keep = None if retain_finished is None else _duration(retain_finished, "retain_finished")
     storage: Adapter = adapter if adapter is not None else MemoryAdapter()
@@ -1079,11 +1084,12 @@ async def open_engine(
                     yield engine
                 except BaseException:
                     engine._close()
+                    engine.events.close()
                     beside.cancel_scope.cancel()  # the block failed: nothing is waited for
                     raise
                 engine._close()
                 nursery.cancel_scope.cancel()
-                engine.events.close_queues()
+                engine.events.close()
                 settling.deadline = trio.current_time() + HOOK_TIMEOUT
         if settling.cancelled_caught:
             log.warning("the engine closed with end hooks or async event callbacks still running after %g s;"

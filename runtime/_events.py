@@ -97,9 +97,12 @@ class EventBus:
         self._subscribers: list[_Subscriber] = []
         self._routes: dict[str, list[_Subscriber]] = {}
         self._nursery: trio.Nursery | None = None
-        #: The queues of the async callbacks (not of ``subscribe`` streams, which their
-        #: callers own).
+        #: The queues of the async callbacks, and the send sides of the ``subscribe`` streams
+        #: (their callers own the receive sides).
         self._queues: set[trio.MemorySendChannel[Event]] = set()
+        self._streams: set[trio.MemorySendChannel[Event]] = set()
+        #: The engine has closed: it sends no more events.
+        self._closed = False
         #: ``False`` while nobody listens: publishers skip building payloads altogether.
         self.active = False
 
@@ -129,23 +132,31 @@ class EventBus:
 
         return unsubscribe
 
-    def close_queues(self) -> None:
+    def close(self) -> None:
         """The engine is closing: no more events. Each async callback's task delivers what its
-        queue holds, then ends."""
-        for send in self._queues:
+        queue holds, then ends; each ``subscribe`` stream ends once what it holds is read (a
+        reader in another task is not left waiting for ever); a later ``subscribe`` is refused."""
+        self._closed = True
+        for send in (*self._queues, *self._streams):
             send.close()
         self._queues.clear()
+        self._streams.clear()
 
     @asynccontextmanager
     async def subscribe(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
-        """An async iterator of matching events for the duration of the block."""
+        """An async iterator of matching events for the duration of the block; it ends when
+        the engine closes. Raises :class:`EngineClosedError` once it has."""
+        if self._closed:
+            raise EngineClosedError("the engine is closed: it sends no more events")
         send, receive = trio.open_memory_channel[Event](buffer)
         remove = self._add(_Subscriber(pattern, None, send))
+        self._streams.add(send)
         try:
             async with receive:
                 yield receive
         finally:
             remove()
+            self._streams.discard(send)
             send.close()
 
     def wants(self, name: str) -> bool:
