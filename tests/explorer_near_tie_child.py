@@ -7,40 +7,12 @@ from __future__ import annotations
 
 import sys
 
-import trio
 import trio._core._run as trio_run
 
-import trioflow as tf
+from test_fanout_crash_review import kid as make_kid, root as make_root  # the workflows under test
 from trioflow.testing import CrashDivergenceError, explore_crashes, run
 
-
-class Declined(Exception):
-    pass
-
-
-def sleeper(name: str, seconds: float, fails: bool = False, spins: int = 0):
-    async def job(ctx: tf.WorkflowContext) -> str:
-        await trio.sleep(seconds)
-        for _ in range(spins):
-            await trio.sleep(0)
-        if fails:
-            raise Declined(name)
-        return name
-    return job
-
-
-async def undo(ctx: tf.WorkflowContext, result: object) -> None:
-    await trio.sleep(0.25)
-
-
-kid = tf.workflow("kid").step("k1", sleeper("k1", 0.5), undo).step("k2", sleeper("k2", 0.5, spins=2), undo).build()
-root = (tf.workflow("root")
-        .parallel("fan", branches=[tf.branch("A").step("a", sleeper("a", 1.0, fails=True)).build(),
-                                   tf.branch("B").child("c", workflow="kid").build()],
-                  catch=[tf.Catch(errors=[tf.ALL], next="after")])
-        .succeed("done")
-        .pass_("after", result="caught")
-        .build())
+kid, root = make_kid(), make_root()
 
 
 async def main() -> str:

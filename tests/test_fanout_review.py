@@ -210,19 +210,18 @@ async def test_a_catch_for_child_workflow_error_on_a_fail_fast_map_matches_an_it
 # -- a child compensated as a unit, under its parent's compensation timeout ----------------------
 
 
-async def test_a_parents_compensation_timeout_bounds_each_of_a_childs_compensations_not_its_whole_undo(
-        autojump_clock: trio.testing.MockClock) -> None:
-    """The parent's ``with_compensation_timeout(5)`` bounded a child's whole undo (three
-    compensations of 3 s each): it was cut after the first, and the child was left ``completed``
-    for good with one step undone. The bound applies to each of the child's compensations (as
-    to each of the parent's own): all three run, and the child ends ``compensated``."""
+async def _undo_child_under_a_parent_bound(
+        seconds: dict[str, float]) -> tuple[tf.WorkflowInstance, tf.WorkflowInstance | None, list[str]]:
+    """A parent with ``with_compensation_timeout(5)`` fails after its child (steps a, b, c, each
+    compensation taking ``seconds[step]``) completed: the parent, the child, and what the
+    child's compensations undid, in order."""
     undone: list[str] = []
 
     async def do(ctx: tf.WorkflowContext) -> str:
         return tf.current_step().step_name
 
     async def undo(ctx: tf.WorkflowContext, result: str) -> None:
-        await trio.sleep(3)
+        await trio.sleep(seconds[result])
         undone.append(result)
 
     async def boom(ctx: tf.WorkflowContext) -> None:
@@ -235,7 +234,16 @@ async def test_a_parents_compensation_timeout_bounds_each_of_a_childs_compensati
         engine.register(parent)
         engine.register(child)
         inst = await engine.wait(await engine.start("p"))
-        kid = await engine.get_instance(inst.children[0])
+        return inst, await engine.get_instance(inst.children[0]), undone
+
+
+async def test_a_parents_compensation_timeout_bounds_each_of_a_childs_compensations_not_its_whole_undo(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The parent's ``with_compensation_timeout(5)`` bounded a child's whole undo (three
+    compensations of 3 s each): it was cut after the first, and the child was left ``completed``
+    for good with one step undone. The bound applies to each of the child's compensations (as
+    to each of the parent's own): all three run, and the child ends ``compensated``."""
+    inst, kid, undone = await _undo_child_under_a_parent_bound({"a": 3, "b": 3, "c": 3})
     assert inst.status == "failed" and inst.compensated_steps == ("k",) and not inst.compensation_errors
     assert undone == ["c", "b", "a"]
     assert kid is not None and (kid.status, kid.compensated_steps) == ("compensated", ("c", "b", "a"))
@@ -246,26 +254,7 @@ async def test_a_childs_compensation_longer_than_its_parents_bound_fails_alone_a
     """A child compensation that outlasts the parent's bound is cut at it and recorded as the
     child's compensation error; the child's other compensations run, it ends ``compensated``,
     and the parent reports the child's failure as a ``ChildCompensationError``."""
-    undone: list[str] = []
-
-    async def do(ctx: tf.WorkflowContext) -> str:
-        return tf.current_step().step_name
-
-    async def undo(ctx: tf.WorkflowContext, result: str) -> None:
-        await trio.sleep(8 if result == "b" else 1)
-        undone.append(result)
-
-    async def boom(ctx: tf.WorkflowContext) -> None:
-        raise Declined("late")
-
-    child = tf.workflow("child").step("a", do, undo).step("b", do, undo).step("c", do, undo).build()
-    parent = (tf.workflow("p").child("k", workflow="child").step("boom", boom)
-              .with_compensation_timeout(5).build())
-    async with open_test_engine(clock=virtual_wall_clock()) as engine:
-        engine.register(parent)
-        engine.register(child)
-        inst = await engine.wait(await engine.start("p"))
-        kid = await engine.get_instance(inst.children[0])
+    inst, kid, undone = await _undo_child_under_a_parent_bound({"a": 1, "b": 8, "c": 1})
     assert undone == ["c", "a"]
     assert kid is not None and kid.status == "compensated"
     assert "CompensationTimeoutError" in kid.compensation_errors["b"]
