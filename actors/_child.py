@@ -11,7 +11,7 @@ notice in the same atomic write that records its end, so it is never lost.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import trio
@@ -96,24 +96,24 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
     await announce(run, step, lane)
 
 
-async def cancel_children(run: Run, lanes: Iterable[Lane]) -> None:
-    """Cancel the children that ``lanes`` wait on, and wait for their ends: the lanes of a
-    parent whose run ended badly (cancelled, timed out, failed), or of fan-out siblings a
+def waited_on(lanes: Iterable[Lane]) -> list[str]:
+    """The children ``lanes`` wait on."""
+    return [lane.waiting["child"] for lane in lanes if lane.waiting is not None and "child" in lane.waiting]
+
+
+async def cancel_children(run: Run, child_ids: Sequence[str]) -> None:
+    """Cancel the children ``child_ids`` and wait for their ends: those the lanes of a parent
+    whose run ended badly (cancelled, timed out, failed) waited on, or fan-out siblings a
     fail-fast cancelled. A child that completed all the same is compensated as a unit (the step
     that waited on it never completes, so nothing else would). Not when the engine is stopping:
-    parents and children then resume with the next engine."""
+    parents and children then resume with the next engine (a parent taken up while compensating
+    cancels them then)."""
     children = run.children
-    if children is None or children.closing:
-        return
-    waiting = [lane for lane in lanes if lane.waiting is not None and "child" in lane.waiting]
-    if not waiting:
+    if children is None or children.closing or not child_ids:
         return
     with trio.CancelScope(shield=True):  # the parent's own cancellation must not stop this
         # Each is waited on to its end (one that completed anyway is compensated): together,
         # not one cancellation and compensation after another.
         async with trio.open_nursery() as nursery:
-            for lane in waiting:
-                assert lane.waiting is not None
-                nursery.start_soon(children.cancel, lane.waiting["child"], run.definition.compensation_timeout)
-    for lane in waiting:
-        lane.waiting = None  # ended: nothing waits on them now
+            for child_id in child_ids:
+                nursery.start_soon(children.cancel, child_id, run.definition.compensation_timeout)

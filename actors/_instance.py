@@ -26,6 +26,7 @@ from trioflow._decide import (
     pending_compensations,
     record_compensated,
     record_compensation_failed,
+    unended_children,
 )
 from trioflow._definition import ChildStep, TaskStep
 from trioflow._errors import (
@@ -39,7 +40,7 @@ from trioflow._lanes import MAIN, child_instance_id
 from trioflow._map import ItemIndex
 from trioflow._snapshot import Status, StepResult
 
-from ._child import cancel_children
+from ._child import cancel_children, waited_on
 from ._lane import run_lane
 from ._run import Parked, Run, StepFailure
 from ._task import compensate
@@ -72,9 +73,9 @@ async def run_instance(run: Run) -> None:
     previous = swap_lane(None)
     try:
         if state.phase == "compensating":
-            # Children its lanes waited on when it ended badly: cancelled before compensating
-            # (the engine that decided may have closed before it could cancel them).
-            await cancel_children(run, state.lanes.values())
+            # Children it waited on when it ended badly: cancelled before compensating (the
+            # engine that decided may have closed before it could).
+            await cancel_children(run, unended_children(state))
             await _compensate_and_finish(run)
             return
         if run.doomed is not None:
@@ -181,7 +182,7 @@ def _storing_decision() -> trio.CancelScope:
 
 async def _end_badly(run: Run, outcome: Status, error: BaseException, failed_step: str | None) -> None:
     run.error = error
-    await cancel_children(run, run.state.lanes.values())  # before their waits are forgotten
+    await cancel_children(run, waited_on(run.state.lanes.values()))  # before their waits are forgotten
     # A cancel() that said yes is stored whatever comes: an engine closing now must not leave
     # the instance to go forward again with the next one (nothing else remembers the cancel; a
     # failure or a timeout the next engine meets again, from what is stored).

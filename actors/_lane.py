@@ -44,7 +44,7 @@ from trioflow._snapshot import InstanceState, Lane
 from trioflow._lanes import MAIN, branch_lane
 
 from ._run import Run, StepFailure, unwrapped
-from ._child import cancel_children, run_child
+from ._child import cancel_children, run_child, waited_on
 from ._task import run_task, step_failed
 from ._wait import run_receive, run_wait
 
@@ -200,7 +200,7 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
         return parallel_output(state, step)
     # Branches a fail-fast cancelled may wait on children, or hold lanes that do (the items of
     # a map in a branch): those children go too.
-    await cancel_children(run, [state.lanes[key] for key in inner_lanes(state, step)])
+    await cancel_children(run, waited_on(state.lanes[key] for key in inner_lanes(state, step)))
     if fail_fast:
         # ``failed_step`` names the branch step that failed first; the record is the parallel's.
         raise StepFailure(failures[0].step_name, failures[0], 1)

@@ -28,7 +28,7 @@ from trioflow._map import (
 from trioflow._snapshot import Lane, MapProgress
 
 from . import _lane
-from ._child import cancel_children
+from ._child import cancel_children, waited_on
 from ._run import Run, StepFailure, unwrapped
 
 
@@ -89,7 +89,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
         raise unwrapped(group) from None
     if progress.failed > fanout.tolerated:
         # Items a fail-fast cancelled may wait on children: those go too.
-        await cancel_children(run, [state.lanes[key] for _, key in running_items(state, step)])
+        await cancel_children(run, waited_on(state.lanes[key] for _, key in running_items(state, step)))
         raise fanout.failure()
     return map_output(state, step, lane)
 

@@ -12,6 +12,7 @@ import trio
 
 from ._codec import decode_payload
 from ._errors import EngineClosedError, TrioflowError, describe_error
+from ._snapshot import RESUMABLE
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -48,6 +49,12 @@ class EngineChildren:
     async def cancel(self, child_id: str, bound: float | None) -> None:
         engine = self._engine
         try:
+            if child_id not in engine._live:
+                stored = await engine.adapter.load(child_id)
+                if stored is not None and stored.status in RESUMABLE:
+                    # Its workflow is registered after its parent's (as an engine starts up):
+                    # it is cancelled once it is, not left to run on.
+                    await engine._until_registered(stored.workflow_name)
             await engine.cancel(child_id)
             # Its end, whatever it is. A cancel that reaches a child past its last checkpoint
             # does not stop it from completing; nor does one that comes after it completed,

@@ -11,7 +11,7 @@ from typing import Any
 
 from ._definition import CATCHING, Catch, ChildStep, ChoiceStep, MapStep, ParallelStep, Step, TaskStep, WorkflowDefinition
 from ._errors import NoChoiceMatchedError, describe_error, error_cause, error_name, split_description
-from ._lanes import MAIN, branch_lane, execution_id, item_lanes, lane_in_definition, step_key
+from ._lanes import MAIN, branch_lane, child_instance_id, execution_id, item_lanes, lane_in_definition, step_key
 from ._matching import matches
 from ._snapshot import InstanceState, Lane, Status, StepResult
 
@@ -180,13 +180,20 @@ def begin_compensation(state: InstanceState, outcome: Status, error: BaseExcepti
     state.phase = "compensating"
     state.outcome = outcome
     for lane in state.lanes.values():
-        # What a cancelled or timed-out step waited for is over; but a child waited on is kept
-        # until the run has cancelled it (stored meanwhile, so a restart cancels it still).
-        if lane.waiting is not None and "child" not in lane.waiting:
-            lane.waiting = None
+        lane.waiting = None  # what a cancelled or timed-out step waited for is over
     state.error = describe_error(error)
     state.error_name, state.cause = error_name(error), error_cause(error)
     state.failed_step = failed_step
+
+
+def unended_children(state: InstanceState) -> list[str]:
+    """The children whose child-step executions started and never ended (waited on when the
+    instance stopped going forward), oldest first: from the records alone, so that an instance
+    taken up while compensating still knows them (its lanes' waits are gone)."""
+    ended = {(r.lane, r.step_name, r.execution) for r in state.records if r.status != "started"}
+    return [r.output for r in state.records
+            if r.status == "started" and r.output == child_instance_id(state.instance_id, r.id)
+            and (r.lane, r.step_name, r.execution) not in ended]
 
 
 def pending_compensations(state: InstanceState, definition: WorkflowDefinition) -> list[StepResult]:

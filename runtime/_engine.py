@@ -37,7 +37,7 @@ from trioflow._codec import (
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
 
-from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, wake_at
+from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, unended_children, wake_at
 from ._ids import creation_time, new_instance_id
 from ._definition import WorkflowDefinition
 from ._durations import Seconds, seconds
@@ -147,6 +147,12 @@ class Engine:
         #: Stored instances held back from a resume until their workflow's jobs are registered
         #: (a resume that ran them now would fail them for good), by workflow.
         self._held: dict[str, list[StoredInstance]] = {}
+        #: Set when a workflow of that name is registered (or the engine closes), for those
+        #: waiting for it (see :meth:`_until_registered`).
+        self._registering: dict[str, trio.Event] = {}
+        #: Children being compensated as a unit, each until its undo ends: a second undo of one
+        #: waits for the first (see :meth:`_undo_child`).
+        self._undoing: dict[str, trio.Event] = {}
         #: Instances whose stored snapshot this release cannot read: failed for callers, with
         #: the reason, while their stored bytes stay untouched (a newer release may read them).
         self._unreadable: dict[str, WorkflowInstance] = {}
@@ -197,6 +203,9 @@ class Engine:
             )
         check_encodable(dict(definition.data), f"the initial data (with_data) of workflow {definition.name!r}")
         self._definitions[definition.name] = definition
+        registering = self._registering.pop(definition.name, None)
+        if registering is not None:
+            registering.set()
         if definition.name in self._unregistered_due:
             self._wake_changed.set()  # due instances of this workflow can be woken now
         signalled = self._wake_on_register.pop(definition.name, None)
@@ -752,6 +761,10 @@ class Engine:
             fail_alone(state, f"DefinitionMismatchError: {problem}", self._clock())
             # Stored as a run stores its end: a child's end notice to its parent goes with it.
             await self._run(definition, state, resumed=True).persist()
+            for child_id in unended_children(state) if not self._closed else ():
+                # Waited on when it ended badly, maybe not cancelled yet: they go now.
+                self._supervisor.start_soon(f"cancel child {child_id}", self._children.cancel, child_id,
+                                            definition.compensation_timeout)
             return None
         iid = record.instance_id
         if iid in self._live or iid in self._storing or self._closed:
@@ -820,10 +833,29 @@ class Engine:
             park_after=self._park_after, children=self._children,
         )
 
+    async def _until_registered(self, workflow_name: str) -> None:
+        """Wait until a workflow of that name is registered; :class:`EngineClosedError` if the
+        engine closes first."""
+        while workflow_name not in self._definitions:
+            self._check_open()
+            await self._registering.setdefault(workflow_name, trio.Event()).wait()
+
     async def _undo_child(self, child_id: str, bound: float | None = None) -> str | None:
         """Compensate a completed child instance as a unit, in its parent's compensation (an
         undo an earlier engine left half done is taken up where it stood), each compensation
-        bounded by ``bound`` seconds too; ``None``, or what kept it from being undone whole."""
+        bounded by ``bound`` seconds too; ``None``, or what kept it from being undone whole.
+        One undo of a child at a time: another asked meanwhile (the parent's cancel and its run
+        both cancelling the children it waited on) waits, then finds it compensated."""
+        while (undoing := self._undoing.get(child_id)) is not None:
+            await undoing.wait()
+        done = self._undoing[child_id] = trio.Event()
+        try:
+            return await self._undo_once(child_id, bound)
+        finally:
+            del self._undoing[child_id]
+            done.set()
+
+    async def _undo_once(self, child_id: str, bound: float | None) -> str | None:
         stored = await self.adapter.load(child_id)
         if stored is None:
             return "it is no longer stored (purged before its parent compensated it?)"
@@ -985,6 +1017,8 @@ class Engine:
         # Queued runs have no actor to end them: release their waiters (``EngineClosedError``).
         for run in self._waiting:
             run.ended()
+        for event in self._registering.values():
+            event.set()
 
 
 #: Waits longer than this (seconds) let an instance leave memory: it is stored with what it
