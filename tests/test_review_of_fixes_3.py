@@ -212,3 +212,29 @@ async def test_a_cancelled_parent_that_no_longer_fits_its_definition_still_cance
     assert inst.status == "failed" and inst.error_name == "DefinitionMismatchError", (inst.status, inst.error)
     assert inst.waiting is None, inst.waiting
     assert child.status in ("cancelled", "compensated"), child.status
+
+
+async def test_a_parent_whose_childs_workflow_is_never_registered_is_cancelled_within_its_compensation_bound(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """A child's cancel waits for the child's workflow to be registered (as an engine starts up,
+    after its parent's); one never registered is waited for no longer than the parent's
+    compensation timeout: the parent then ends ``cancelled`` (the child stays as stored, for an
+    engine that has its workflow), instead of waiting for ever."""
+    async def forever(data: Any) -> None:
+        await trio.sleep_forever()
+
+    child = tf.workflow("kid").task("k", job=forever).build()
+    parent = tf.workflow("p").child("c", workflow="kid").with_compensation_timeout(5).build()
+    db, clock = tmp_path / "flows.db", virtual_wall_clock()
+    async with open_test_engine(adapter=SQLiteAdapter(db), clock=clock) as engine:
+        engine.register(parent)
+        engine.register(child)
+        pid = await engine.start("p")
+        await trio.sleep(1)
+    async with open_test_engine(adapter=SQLiteAdapter(db), clock=clock) as engine:
+        engine.register(parent)  # not the child's workflow
+        await trio.sleep(1)
+        assert await engine.cancel(pid)
+        with trio.fail_after(60):
+            assert (await engine.wait(pid)).status == "cancelled"
+        assert (await engine.get_instance(f"{pid}/c#1")).status == "running"  # type: ignore[union-attr]
