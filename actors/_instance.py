@@ -76,6 +76,9 @@ async def run_instance(run: Run) -> None:
             # Children it waited on when it ended badly: cancelled before compensating (the
             # engine that decided may have closed before it could).
             await cancel_children(run, unended_children(state))
+            # An engine closing meanwhile cancelled not all of them: stop as stored, so that
+            # the next one cancels them still (ended, this instance would be taken up no more).
+            await trio.lowlevel.checkpoint_if_cancelled()
             await _compensate_and_finish(run)
             return
         if run.doomed is not None:
@@ -193,6 +196,9 @@ async def _end_badly(run: Run, outcome: Status, error: BaseException, failed_ste
         with trio.CancelScope(shield=True):
             await _compensate_and_finish(run)
     else:
+        # An engine closing meanwhile stops it here, stored compensating: the next engine
+        # cancels the children it waited on, then compensates (ended now, it would not).
+        await trio.lowlevel.checkpoint_if_cancelled()
         await _compensate_and_finish(run)
 
 

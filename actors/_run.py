@@ -297,6 +297,11 @@ class Run:
         if self.park_after is None or seconds <= self.park_after or len(self.state.lanes) != 1 or self.deferred \
                 or self.state.phase != "forward":
             return False
+        timeout, started = self.definition.timeout, self.state.started_at
+        if timeout is not None and started is not None and started + timeout <= self.clock():
+            # Its workflow timeout is due (the waker would wake it at once, for ever): it fires
+            # here, as trio gets to its deadline.
+            return False
         parent = self.state.parent_id
         return parent is None or self.children is None or not self.children.in_parent_slot(parent)
 

@@ -51,16 +51,14 @@ class EngineChildren:
         try:
             if child_id not in engine._live:
                 stored = await engine.adapter.load(child_id)
-                if stored is not None and stored.status in RESUMABLE:
-                    # Its workflow is registered after its parent's (as an engine starts up):
-                    # it is cancelled once it is, not left to run on; for as long as the
-                    # parent's compensations may take (one that is never registered is not
-                    # waited for beyond that).
-                    with trio.move_on_after(math.inf if bound is None else bound) as waited:
-                        await engine._until_registered(stored.workflow_name)
-                    if waited.cancelled_caught:
-                        raise InstanceNotLiveError(
-                            f"its workflow {stored.workflow_name!r} was not registered within {bound} s")
+                # Its workflow (or a job of it) may be registered after its parent's, as an
+                # engine starts up: it is cancelled once it is, not left to run on; for as long
+                # as the parent's compensations may take, no longer.
+                if stored is not None and stored.status in RESUMABLE \
+                        and not await engine.until_runnable(stored.workflow_name, bound):
+                    raise InstanceNotLiveError(
+                        f"its workflow {stored.workflow_name!r} was not registered with the jobs it uses within"
+                        f" {bound} s")
             await engine.cancel(child_id)
             # Its end, whatever it is. A cancel that reaches a child past its last checkpoint
             # does not stop it from completing; nor does one that comes after it completed,

@@ -147,9 +147,9 @@ class Engine:
         #: Stored instances held back from a resume until their workflow's jobs are registered
         #: (a resume that ran them now would fail them for good), by workflow.
         self._held: dict[str, list[StoredInstance]] = {}
-        #: Set when a workflow of that name is registered (or the engine closes), for those
-        #: waiting for it (see :meth:`_until_registered`).
-        self._registering: dict[str, trio.Event] = {}
+        #: Set (and made anew) when a workflow or a job is registered, or the engine closes:
+        #: for those waiting until a workflow can run here (see :meth:`_until_runnable`).
+        self._registered_more = trio.Event()
         #: Children being compensated as a unit, each until its undo ends: a second undo of one
         #: waits for the first (see :meth:`_undo_child`).
         self._undoing: dict[str, trio.Event] = {}
@@ -203,9 +203,7 @@ class Engine:
             )
         check_encodable(dict(definition.data), f"the initial data (with_data) of workflow {definition.name!r}")
         self._definitions[definition.name] = definition
-        registering = self._registering.pop(definition.name, None)
-        if registering is not None:
-            registering.set()
+        self._registered()
         if definition.name in self._unregistered_due:
             self._wake_changed.set()  # due instances of this workflow can be woken now
         signalled = self._wake_on_register.pop(definition.name, None)
@@ -229,8 +227,14 @@ class Engine:
         self._pending_resumes += 1
         self._supervisor.start_soon(f"resume {definition.name}", self._resume_leftovers, records)
 
+    def _registered(self) -> None:
+        """A workflow or a job was registered: those waiting until a workflow can run look again."""
+        self._registered_more.set()
+        self._registered_more = trio.Event()
+
     def _jobs_registered(self) -> None:
         """A job was registered: resume the held instances whose jobs now all exist."""
+        self._registered()
         if self._closed:
             return
         for name in list(self._held):
@@ -762,7 +766,8 @@ class Engine:
             # Stored as a run stores its end: a child's end notice to its parent goes with it.
             await self._run(definition, state, resumed=True).persist()
             for child_id in unended_children(state) if not self._closed else ():
-                # Waited on when it ended badly, maybe not cancelled yet: they go now.
+                # Waited on when it ended badly, maybe not cancelled yet: they go now, beside
+                # (a resume in flight must not wait on them: their cancels wait for resumes).
                 self._supervisor.start_soon(f"cancel child {child_id}", self._children.cancel, child_id,
                                             definition.compensation_timeout)
             return None
@@ -833,12 +838,16 @@ class Engine:
             park_after=self._park_after, children=self._children,
         )
 
-    async def _until_registered(self, workflow_name: str) -> None:
-        """Wait until a workflow of that name is registered; :class:`EngineClosedError` if the
-        engine closes first."""
-        while workflow_name not in self._definitions:
-            self._check_open()
-            await self._registering.setdefault(workflow_name, trio.Event()).wait()
+    async def until_runnable(self, workflow_name: str, bound: float | None) -> bool:
+        """Wait until a workflow of that name is registered with every job it uses (as an
+        engine starts up, a child's may be registered after its parent's), for at most
+        ``bound`` seconds; whether it is. :class:`EngineClosedError` if the engine closes first."""
+        with trio.move_on_after(math.inf if bound is None else bound):
+            while (definition := self._definitions.get(workflow_name)) is None or self._missing_jobs(definition):
+                self._check_open()
+                await self._registered_more.wait()
+            return True
+        return False
 
     async def _undo_child(self, child_id: str, bound: float | None = None) -> str | None:
         """Compensate a completed child instance as a unit, in its parent's compensation (an
@@ -864,9 +873,9 @@ class Engine:
             return None
         if state.status != "completed":
             return f"it is {state.status}, not completed"
-        definition = self._definitions.get(state.workflow_name)
-        if definition is None:
-            return f"its workflow {state.workflow_name!r} is not registered"
+        if not await self.until_runnable(state.workflow_name, bound):
+            return f"its workflow {state.workflow_name!r} is not registered with the jobs it uses"
+        definition = self._definitions[state.workflow_name]
         run = self._run(definition, state, resumed=True)
         run.stored_status = state.status
         try:
@@ -1017,8 +1026,7 @@ class Engine:
         # Queued runs have no actor to end them: release their waiters (``EngineClosedError``).
         for run in self._waiting:
             run.ended()
-        for event in self._registering.values():
-            event.set()
+        self._registered_more.set()
 
 
 #: Waits longer than this (seconds) let an instance leave memory: it is stored with what it
