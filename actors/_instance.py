@@ -45,7 +45,7 @@ from ._lane import run_lane
 from ._run import Parked, Run, StepFailure
 from ._task import compensate
 from ._transaction import Forward, forward_in_transaction
-from ._wait import wait_for_start
+from ._wait import past_stored_wait, wait_for_start
 
 
 _UNBOUNDED = contextlib.nullcontext()
@@ -137,12 +137,13 @@ async def _forward(run: Run) -> Forward:
                 await run.hook("on_start", ctx)
             if delayed:
                 await wait_for_start(run, main)
-                # A delayed instance starts now: its timeout counts from here, stored at once,
-                # so that a restart during its first step does not start the count over.
-                run.state.started_at = run.clock()
                 if scope is not None and definition.timeout is not None:
+                    # Its timeout counts from here, stored at once, so that a restart during
+                    # its first step does not start the count over.
                     scope.deadline = trio.current_time() + definition.timeout
                     await run.persist()
+                else:
+                    await past_stored_wait(run)
             await run_lane(run, MAIN, definition.index, ctx)
         except StepFailure as failure:
             return "failed", failure.error, failure.step_name

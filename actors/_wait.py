@@ -38,14 +38,26 @@ async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext) -
 
 
 async def wait_for_start(run: Run, lane: Lane) -> None:
-    """A delayed start: wait (or leave memory) until the time stored under ``start``."""
+    """A delayed start: wait (or leave memory) until the time stored under ``start``; the
+    instance's workflow timeout counts from then (stored with the next checkpoint)."""
     await _wait_stored(run, lane, "start")
+    run.state.started_at = run.clock()
 
 
 async def wait_for_retry(run: Run, lane: Lane) -> None:
     """Between two attempts of a step: wait (or leave memory) until the time stored under
-    ``retry``."""
+    ``retry``, then store that the wait is over (see :func:`past_stored_wait`)."""
     await _wait_stored(run, lane, "retry")
+    await past_stored_wait(run)
+
+
+async def past_stored_wait(run: Run) -> None:
+    """Checkpoint, if storage still says the instance waits: until then the engine's waker
+    reads it as due, and counts it among those it woke that are on their way, of which it
+    lets only so many be. A long step run first (an attempt after a retry delay, the first
+    step after a delayed start) would hold the other due timers back for as long."""
+    if run.stored_wake_at is not None:
+        await run.persist()
 
 
 async def _wait_stored(run: Run, lane: Lane, key: str) -> None:

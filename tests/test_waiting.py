@@ -598,6 +598,40 @@ async def test_timers_due_together_are_woken_a_batch_at_a_time_and_all_fire(
     assert WAKE_BATCH // 2 <= peak <= WAKE_BATCH, peak
 
 
+@pytest.mark.parametrize("woken_by", ["retry", "delayed start"])
+async def test_woken_instances_running_a_long_step_first_do_not_hold_back_other_timers(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], woken_by: str,
+) -> None:
+    """More than half a wake batch of instances woken from storage (a retry's delay, a delayed
+    start) whose first step then runs for an hour: a timer due meanwhile still fires on time.
+    (The waker counted them as on their way until their next checkpoint, an hour later, and
+    woke nothing more meanwhile.)"""
+    tried: dict[int, int] = {}
+
+    async def slow(i: int) -> None:
+        tried[i] = tried.get(i, 0) + 1
+        if woken_by == "retry" and tried[i] == 1:
+            raise RuntimeError("the first attempt fails")
+        await trio.sleep(3600)
+
+    retry = tf.Retry(max_attempts=2, interval=10.0) if woken_by == "retry" else None
+    wf = tf.workflow("slow").task("work", job=slow, retry=retry).build()
+    timer = tf.workflow("timer").wait("nap", seconds=60).task("done", job=returning("done")).build()
+    clock = virtual_wall_clock()
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        engine.register(timer)
+        for i in range(WAKE_BATCH // 2 + 10):
+            await engine.start("slow", i, delay=10.0 if woken_by == "delayed start" else None)
+        await trio.sleep(30)  # every one was woken, and runs its hour-long step
+        assert len(tried) == WAKE_BATCH // 2 + 10
+        iid = await engine.start("timer")
+        started = clock()
+        done = await finish(engine, iid, limit=600)
+        assert done.status == "completed"
+        assert done.completed_at is not None and done.completed_at - started <= 60 + SLACK
+
+
 # -- signals ----------------------------------------------------------------------------------------
 
 
