@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._codec import decode_payload
-from ._errors import EngineClosedError, InstanceNotLiveError, TrioflowError, describe_error
+from ._errors import EngineClosedError, TrioflowError, describe_error
 from ._snapshot import RESUMABLE
 
 if TYPE_CHECKING:
@@ -55,10 +55,15 @@ class EngineChildren:
                 # engine starts up: it is cancelled once it is, not left to run on; for as long
                 # as the parent's compensations may take, no longer.
                 if stored is not None and stored.status in RESUMABLE \
-                        and not await engine.until_runnable(stored.workflow_name, bound):
-                    raise InstanceNotLiveError(
-                        f"its workflow {stored.workflow_name!r} was not registered with the jobs it uses within"
-                        f" {bound} s")
+                        and not await engine.until_runnable(stored.workflow_name, bound) \
+                        and await engine.cancel_stored(child_id, stored.workflow_name):
+                    # Nothing here can run it: the cancel is stored in it instead, and the
+                    # engine that runs it next compensates it (and cancels its own children).
+                    log.warning(
+                        "child %s, whose step was cancelled, is stored cancelled: its workflow %r was not registered"
+                        " with the jobs it uses within %s s; an engine that has them compensates it",
+                        child_id, stored.workflow_name, bound, extra={"instance_id": child_id})
+                    return
             await engine.cancel(child_id)
             # Its end, whatever it is. A cancel that reaches a child past its last checkpoint
             # does not stop it from completing; nor does one that comes after it completed,

@@ -849,6 +849,50 @@ class Engine:
             return True
         return False
 
+    async def cancel_stored(self, instance_id: str, workflow_name: str) -> bool:
+        """Store a cancel in an instance that no engine runs here (its workflow is not
+        registered): it is stored compensating, as a cancel that said yes to a running instance
+        leaves it, and the engine that next runs it (here, once its workflow is registered, or
+        after a restart) cancels its own children and compensates it. ``False`` if it runs here
+        after all, or is being started or resumed: then ``cancel()`` it."""
+        if instance_id in self._live or instance_id in self._storing:
+            return False
+        # Held as being stored meanwhile: a resume passes it over rather than go on from the
+        # row read before this write (it would then store ``forward`` over the cancel).
+        guard = self._storing[instance_id] = _Storing(workflow_name)
+        try:
+            stored = await self._load_fresh(instance_id)
+            if stored is None or stored.status not in RESUMABLE:
+                return True
+            state = _decoded(stored)
+            if state.phase != "forward":
+                return True  # going back already: nothing left to cancel
+            begin_compensation(state, "cancelled", WorkflowCancelledError.of(instance_id), None)
+            # Nothing appended: the records stay as they are, the header says what comes next.
+            await self.adapter.checkpoint(instance_id, state.status, encode_header(state), (),
+                                          first_seq=state.stored, wake_at=None)
+            fresh = await self.adapter.load(instance_id)
+        finally:
+            del self._storing[instance_id]
+            guard.done()
+        if fresh is not None:
+            self._replace_old_row(fresh)
+        return True
+
+    def _replace_old_row(self, fresh: StoredInstance) -> None:
+        """An instance not running here was written to: the rows read before (those waiting for
+        their workflow, or for the jobs it uses, to be registered) give way to ``fresh``, or it
+        resumes now if it can, having been passed over meanwhile."""
+        iid, name = fresh.instance_id, fresh.workflow_name
+        for rows in (self._leftovers or {}).get(name), self._held.get(name):
+            if rows is not None:
+                rows[:] = [fresh if row.instance_id == iid else row for row in rows]
+        definition = self._definitions.get(name)
+        if definition is not None and not self._closed and iid not in self._live and self._leftovers is not None \
+                and iid not in self._old_rows:
+            # Its workflow was registered while this was being written: its resume passed it over.
+            self._resume_soon(definition, [fresh])
+
     async def _undo_child(self, child_id: str, bound: float | None = None) -> str | None:
         """Compensate a completed child instance as a unit, in its parent's compensation (an
         undo an earlier engine left half done is taken up where it stood), each compensation
