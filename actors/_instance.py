@@ -40,7 +40,7 @@ from trioflow._lanes import MAIN, child_instance_id
 from trioflow._map import ItemIndex
 from trioflow._snapshot import Status, StepResult
 
-from ._child import cancel_children, waited_on
+from ._child import cancel_children
 from ._lane import run_lane
 from ._run import Parked, Run, StepFailure
 from ._task import compensate
@@ -73,13 +73,8 @@ async def run_instance(run: Run) -> None:
     previous = swap_lane(None)
     try:
         if state.phase == "compensating":
-            # Children it waited on when it ended badly: cancelled before compensating (the
-            # engine that decided may have closed before it could).
-            await cancel_children(run, unended_children(state))
-            # An engine closing meanwhile cancelled not all of them: stop as stored, so that
-            # the next one cancels them still (ended, this instance would be taken up no more).
-            await trio.lowlevel.checkpoint_if_cancelled()
-            await _compensate_and_finish(run)
+            # The engine that decided may have closed before it cancelled the children.
+            await _cancel_children_and_compensate(run)
             return
         if run.doomed is not None:
             await _end_badly(run, "failed", run.doomed, None)
@@ -186,21 +181,32 @@ def _storing_decision() -> trio.CancelScope:
 
 async def _end_badly(run: Run, outcome: Status, error: BaseException, failed_step: str | None) -> None:
     run.error = error
-    await cancel_children(run, waited_on(run.state.lanes.values()))  # before their waits are forgotten
-    # A cancel() that said yes is stored whatever comes: an engine closing now must not leave
-    # the instance to go forward again with the next one (nothing else remembers the cancel; a
-    # failure or a timeout the next engine meets again, from what is stored).
+    # Stored first: a cancel() that said yes whatever comes (an engine closing now must not
+    # leave the instance to go forward again with the next one: nothing else remembers the
+    # cancel; a failure or a timeout the next engine meets again), and an instance woken from
+    # storage (its workflow timeout) must not stay due there while its children are cancelled
+    # (the waker counts it as on its way until its first checkpoint).
     with _storing_decision() if run.cancel_requested else _UNBOUNDED:
         begin_compensation(run.state, outcome, error, failed_step)
         await run.persist()
     if run.compensate_on_outer_cancel:
         with trio.CancelScope(shield=True):
-            await _compensate_and_finish(run)
+            await _compensate_and_finish(run)  # (no engine, no children)
     else:
         # An engine closing meanwhile stops it here, stored compensating: the next engine
         # cancels the children it waited on, then compensates (ended now, it would not).
         await trio.lowlevel.checkpoint_if_cancelled()
-        await _compensate_and_finish(run)
+        await _cancel_children_and_compensate(run)
+
+
+async def _cancel_children_and_compensate(run: Run) -> None:
+    """After the decision to go back is stored: cancel the children the instance waited on
+    (found from its records: child steps that started and never ended), then compensate. An
+    engine closing meanwhile, having cancelled not all of them, stops it as stored, so that
+    the next one cancels them still (ended, the instance would be taken up no more)."""
+    await cancel_children(run, unended_children(run.state))
+    await trio.lowlevel.checkpoint_if_cancelled()
+    await _compensate_and_finish(run)
 
 
 async def undo(run: Run, bound: float | None) -> None:

@@ -241,7 +241,8 @@ class Run:
         #: as in ``execute_workflow``, which has nothing to wake it again); ``parked`` says it did.
         self.park_after = park_after
         self.parked = False
-        #: The ``wake_at`` the adapter holds for this instance (see :func:`wake_at`).
+        #: The ``wake_at`` the adapter holds for this instance (see :func:`wake_at`); NaN: it
+        #: holds one, not known which (a run taken up from storage, until its first checkpoint).
         self.stored_wake_at: float | None = None
         #: While branches run: the checkpoint gathering this scheduler pass's completions, and
         #: the lock that keeps one checkpoint of this instance in flight at a time.

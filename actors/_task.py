@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from trioflow._current import in_lane
+from trioflow._current import call_plain, in_lane
 from trioflow._decide import catcher_for, new_execution
 from trioflow._definition import Step, TaskStep
 from trioflow._errors import StepTimeoutError, UnencodableValueError, describe_error, error_cause, error_name
@@ -40,61 +40,62 @@ async def attempt(
     # the attempt count and when the next is due, so a restart neither starts the count over
     # nor waits the whole delay again; a long delay lets the instance leave memory.
     lane = run.state.lanes.get(ctx.lane) if announce else None
-    if lane is not None and lane.waiting is not None and "retry" in lane.waiting:
-        attempts = lane.waiting["attempt"]
-        await wait_for_retry(run, lane)
-    while True:
-        attempts += 1
-        ctx._calling, ctx._attempt = step.name, attempts
-        try:
-            # The call is written out here, not in a helper coroutine: a parked instance keeps
-            # every frame of its await chain alive. Plain functions run in a worker thread
-            # (abandoned on cancel: a timeout or cancel need not wait for a thread that cannot
-            # be interrupted; jobs are at-least-once anyway), or inline for a test engine, where
-            # a busy thread would let the autojump clock race ahead.
-            with trio.move_on_after(timeout) if timeout is not None else _NO_TIMEOUT:
-                if asynchronous:
-                    return await fn(*args), attempts
-                if run.threads is not None:
-                    return await run.threads.run(in_lane(ctx, fn), *args), attempts
-                result = fn(*args)
-                if inspect.iscoroutine(result):
-                    # As a worker thread refuses it (a test engine must fail where production does).
-                    result.close()
-                    raise TypeError(f"{fn!r} is a plain function that returned a coroutine; make it an async def")
-                return result, attempts
-            assert timeout is not None
-            error: BaseException = StepTimeoutError(step.name, timeout)
-        except Exception as exc:
-            error = exc
-        except BaseException as exc:
-            cancelled = _as_cancellation(exc, step.name)
-            if cancelled is None:
-                raise
-            stray = _stray_cancel()
-            if stray is None:
-                raise cancelled from None
-            error = stray
-        finally:
-            ctx._calling = None
-        # A value that cannot be stored (put into ctx.data) fails the same way on every attempt.
-        try:
-            delay = None if isinstance(error, UnencodableValueError) else retry.next_delay(attempts, error)
-        except Exception as exc:  # a retry_on predicate that raised: the step fails with that
-            raise StepFailure(step.name, exc, attempts) from exc
-        if delay is None:
-            raise StepFailure(step.name, error, attempts)
-        if announce and run.bus.active:
-            run.emit(
-                "workflow.step.retry", step_name=step.name, attempt=attempts + 1,
-                max_attempts=retry.max_attempts, delay=delay, error=describe_error(error),
-            )
-        if lane is not None and run.adapter is not None:
-            lane.waiting = {"retry": run.clock() + delay, "attempt": attempts}
-            await run.persist()
-            await wait_for_retry(run, lane)
-        else:
-            await trio.sleep(delay)
+    try:
+        if lane is not None and lane.waiting is not None and "attempt" in lane.waiting:
+            attempts = lane.waiting["attempt"]  # made before a restart
+            if "retry" in lane.waiting:
+                await wait_for_retry(run, lane)
+        while True:
+            attempts += 1
+            ctx._calling, ctx._attempt = step.name, attempts
+            try:
+                # The call is written out here, not in a helper coroutine: a parked instance keeps
+                # every frame of its await chain alive. Plain functions run in a worker thread
+                # (abandoned on cancel: a timeout or cancel need not wait for a thread that cannot
+                # be interrupted; jobs are at-least-once anyway), or inline for a test engine, where
+                # a busy thread would let the autojump clock race ahead.
+                with trio.move_on_after(timeout) if timeout is not None else _NO_TIMEOUT:
+                    if asynchronous:
+                        return await fn(*args), attempts
+                    if run.threads is not None:
+                        return await run.threads.run(in_lane(ctx, fn), *args), attempts
+                    # Refused as in a worker thread: a test engine must fail where production does.
+                    return call_plain(fn, *args), attempts
+                assert timeout is not None
+                error: BaseException = StepTimeoutError(step.name, timeout)
+            except Exception as exc:
+                error = exc
+            except BaseException as exc:
+                cancelled = _as_cancellation(exc, step.name)
+                if cancelled is None:
+                    raise
+                stray = _stray_cancel()
+                if stray is None:
+                    raise cancelled from None
+                error = stray
+            finally:
+                ctx._calling = None
+            # A value that cannot be stored (put into ctx.data) fails the same way on every attempt.
+            try:
+                delay = None if isinstance(error, UnencodableValueError) else retry.next_delay(attempts, error)
+            except Exception as exc:  # a retry_on predicate that raised: the step fails with that
+                raise StepFailure(step.name, exc, attempts) from exc
+            if delay is None:
+                raise StepFailure(step.name, error, attempts)
+            if announce and run.bus.active:
+                run.emit(
+                    "workflow.step.retry", step_name=step.name, attempt=attempts + 1,
+                    max_attempts=retry.max_attempts, delay=delay, error=describe_error(error),
+                )
+            if lane is not None and run.adapter is not None:
+                lane.waiting = {"retry": run.clock() + delay, "attempt": attempts}
+                await run.persist()
+                await wait_for_retry(run, lane)
+            else:
+                await trio.sleep(delay)
+    finally:
+        if lane is not None and lane.waiting is not None and not lane.waits():
+            lane.waiting = None  # the attempts are over: the count kept for a restart goes
 
 
 def _as_cancellation(exc: BaseException, step_name: str) -> trio.Cancelled | None:

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import trio
 
 from trioflow._context import WorkflowContext
+from trioflow._decide import wake_at
 from trioflow._definition import ReceiveStep, Step, WaitStep
 from trioflow._durations import seconds
 from trioflow._errors import InvalidArgumentError, SignalTimeoutError
@@ -46,8 +47,12 @@ async def wait_for_start(run: Run, lane: Lane) -> None:
 
 async def wait_for_retry(run: Run, lane: Lane) -> None:
     """Between two attempts of a step: wait (or leave memory) until the time stored under
-    ``retry``, then store that the wait is over (see :func:`past_stored_wait`)."""
+    ``retry``, then store that the wait is over (see :func:`past_stored_wait`), keeping the
+    attempts made so far: a restart during the next attempt takes the count up from there."""
+    assert lane.waiting is not None
+    made = lane.waiting["attempt"]
     await _wait_stored(run, lane, "retry")
+    lane.waiting = {"attempt": made}
     await past_stored_wait(run)
 
 
@@ -64,8 +69,7 @@ async def _wait_stored(run: Run, lane: Lane, key: str) -> None:
     assert lane.waiting is not None
     delay = lane.waiting[key] - run.clock()
     if run.may_park(delay):
-        if run.stored_wake_at is None:
-            await run.persist()  # the wake time goes with it: the waker needs it
+        await _store_wake(run)
         await _park(run)
     if delay > 0:
         await trio.sleep(delay)
@@ -104,6 +108,7 @@ async def signal_or_timeout(
     assert lane.waiting is not None
     due = lane.waiting["timeout"]
     if taken is None and run.may_park(math.inf if due is None else due - run.clock()):
+        await _store_wake(run)
         await trio.lowlevel.checkpoint_if_cancelled()  # a cancel that woke it goes first
         # A signal delivered while the wait was being stored (or just now) is taken, not left
         # behind: from here to leaving memory nothing awaits, so none can slip in between.
@@ -135,6 +140,15 @@ async def take(run: Run, name: str) -> tuple[int, Any] | None:
     if not run.signals_fetched:
         await run.fetch_signals()  # (shared by the lanes that ask while it reads)
     return run.take_signal(name)
+
+
+async def _store_wake(run: Run) -> None:
+    """Before leaving memory: checkpoint, unless storage holds the time to wake the instance at
+    already. A run taken up from storage does not know what its row holds (another release may
+    have stored it, its workflow timeout another): it checkpoints, or the waker would wake it
+    again and again at the time stored, past."""
+    if run.stored_wake_at != wake_at(run.state, run.definition):  # (NaN: not known)
+        await run.persist()
 
 
 async def _park(run: Run) -> NoReturn:

@@ -56,7 +56,7 @@ class EngineChildren:
                 # as the parent's compensations may take, no longer.
                 if stored is not None and stored.status in RESUMABLE \
                         and not await engine.until_runnable(stored.workflow_name, bound) \
-                        and await engine.cancel_stored(child_id, stored.workflow_name):
+                        and await engine._cancel_stored(child_id, stored.workflow_name):
                     # Nothing here can run it: the cancel is stored in it instead, and the
                     # engine that runs it next compensates it (and cancels its own children).
                     log.warning(

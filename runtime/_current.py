@@ -12,6 +12,7 @@ would keep three more objects alive per instance for the garbage collector to wa
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -67,10 +68,20 @@ def in_lane(ctx: WorkflowContext, fn: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any) -> Any:
         _in_thread.ctx = ctx
         try:
-            return fn(*args)
+            return call_plain(fn, *args)
         finally:
             _in_thread.ctx = None
     return call
+
+
+def call_plain(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` for a plain function; one that hands back a coroutine (a lambda calling an
+    async def) is refused with a :class:`TypeError` saying so, the coroutine closed unrun."""
+    result = fn(*args)
+    if inspect.iscoroutine(result):
+        result.close()
+        raise TypeError(f"{fn!r} is a plain function that returned a coroutine; make it an async def")
+    return result
 
 
 def _lane_of_caller() -> WorkflowContext | None:

@@ -308,12 +308,12 @@ def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | Non
     for lane in state.lanes.values():
         if lane.step is None:
             continue
-        if lane.waiting is None:
-            return None
         waiting = lane.waiting
+        if waiting is None or not lane.waits():
+            return None
         due = min(due, waiting.get("timer", math.inf), waiting.get("start", math.inf), waiting.get("retry", math.inf),
                   waiting.get("timeout") or math.inf)
-    if due == math.inf and not any(lane.waiting for lane in state.lanes.values()):
+    if due == math.inf and not any(lane.waits() for lane in state.lanes.values()):
         return None
     main = state.lanes.get(MAIN)
     delayed = main is not None and main.waiting is not None and "start" in main.waiting

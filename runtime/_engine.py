@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import os
 import time
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -56,6 +57,7 @@ from ._errors import (
     UnknownWorkflowError,
     WorkflowCancelledError,
     describe_error,
+    safe_repr,
 )
 from ._events import EventBus
 from ._jobs import JobRegistry
@@ -122,10 +124,15 @@ class Engine:
         self._waking: set[str] = set()
         #: Waits longer than this let an instance leave memory (``None``: never).
         self._park_after: float | None = PARK_AFTER
-        #: Instances signalled before their workflow was registered, by workflow name.
+        #: Instances signalled before their workflow (or a job it uses) was registered, by
+        #: workflow name.
         self._wake_on_register: dict[str, set[str]] = {}
-        #: Workflows of due instances the waker found with no definition registered.
-        self._unregistered_due: set[str] = set()
+        #: Due instances the waker cannot resume here (their workflow, or a job it uses, is not
+        #: registered; their row is unreadable): passed over, and not asked for in place of
+        #: others, until something is registered. While only such ones are due, it looks again
+        #: less and less often (``_look_again`` seconds, up to WAKE_LOOK_MAX).
+        self._passed_over: set[str] = set()
+        self._look_again = WAKE_RETRY
         #: For callers of ``wait()`` on a parked instance: set when it runs here again.
         self._next_run: dict[str, trio.Event] = {}
         #: The wall clock timers are on (Unix seconds; ``open_engine(clock=...)``).
@@ -204,8 +211,6 @@ class Engine:
         check_encodable(dict(definition.data), f"the initial data (with_data) of workflow {definition.name!r}")
         self._definitions[definition.name] = definition
         self._registered()
-        if definition.name in self._unregistered_due:
-            self._wake_changed.set()  # due instances of this workflow can be woken now
         signalled = self._wake_on_register.pop(definition.name, None)
         if signalled:
             self._supervisor.start_soon(f"wake signalled {definition.name}", self._wake_signalled, signalled)
@@ -228,9 +233,14 @@ class Engine:
         self._supervisor.start_soon(f"resume {definition.name}", self._resume_leftovers, records)
 
     def _registered(self) -> None:
-        """A workflow or a job was registered: those waiting until a workflow can run look again."""
+        """A workflow or a job was registered: those waiting until a workflow can run look again,
+        and so does the waker, at the due instances it passed over."""
         self._registered_more.set()
         self._registered_more = trio.Event()
+        if self._passed_over:
+            self._passed_over.clear()
+            self._look_again = WAKE_RETRY
+            self._wake_changed.set()
 
     def _jobs_registered(self) -> None:
         """A job was registered: resume the held instances whose jobs now all exist."""
@@ -241,6 +251,11 @@ class Engine:
             definition = self._definitions[name]
             if not self._missing_jobs(definition):
                 self._resume_soon(definition, self._held.pop(name))
+        for name in list(self._wake_on_register):
+            known = self._definitions.get(name)
+            if known is not None and not self._missing_jobs(known):
+                self._supervisor.start_soon(f"wake signalled {name}", self._wake_signalled,
+                                            self._wake_on_register.pop(name))
 
     def _missing_jobs(self, definition: WorkflowDefinition) -> list[str]:
         if self._jobs_found.get(definition.name) is definition:
@@ -402,6 +417,7 @@ class Engine:
         Raises :class:`UnknownInstanceError` for an unknown instance, and
         :class:`InstanceNotLiveError` for one that has ended (nothing is stored then)."""
         self._check_open()
+        _check_instance_id(instance_id)
         if not isinstance(name, str) or not name or name.startswith(RESERVED_SIGNALS) or not valid_text(name):
             raise InvalidArgumentError(
                 f"a signal name must be a non-empty string of valid text not starting with"
@@ -439,15 +455,16 @@ class Engine:
         if stored is None or stored.status not in RESUMABLE or instance_id in self._live:
             return self._live.get(instance_id), False
         definition = self._definitions.get(stored.workflow_name)
-        if definition is None:
-            # Woken once its workflow is registered (it may wait for this very signal).
+        if definition is None or self._missing_jobs(definition):
+            # Woken once its workflow is registered with every job it uses (it may wait for
+            # this very signal); until then it is held, as a resume holds it.
             self._wake_on_register.setdefault(stored.workflow_name, set()).add(instance_id)
             return None, False
         try:
             state = _decoded(stored)
         except SnapshotDecodeError:
             return None, False
-        if any(lane.waiting is not None and wakes(lane.waiting) for lane in state.lanes.values()):
+        if any(lane.waiting is not None and lane.waits() and wakes(lane.waiting) for lane in state.lanes.values()):
             run = await self._resume_one(definition, stored, state)
             if run is not None:
                 # Every signal storage held came with the load: the run needs no look of its own.
@@ -468,6 +485,7 @@ class Engine:
     async def get_instance(self, instance_id: str) -> WorkflowInstance | None:
         """The instance as it stands (``None`` if unknown)."""
         self._check_open()
+        _check_instance_id(instance_id)
         run = self._live.get(instance_id)
         if run is not None:
             return _live_view(run, run.stored_status)
@@ -484,6 +502,7 @@ class Engine:
 
     async def wait(self, instance_id: str) -> WorkflowInstance:
         """Wait until the instance has reached a terminal status (compensation included)."""
+        _check_instance_id(instance_id)
         # A loop, not a recursion: an instance that waits out of memory many times over is
         # followed across each of its runs.
         while True:
@@ -508,10 +527,13 @@ class Engine:
             instance = await self.get_instance(instance_id)
             if instance is None:
                 raise UnknownInstanceError(f"no instance {instance_id!r}")
-            if instance.status not in TERMINAL and instance.waiting is not None \
-                    and instance.workflow_name in self._definitions:
+            definition = self._definitions.get(instance.workflow_name)
+            if instance.status not in TERMINAL and instance.waiting is not None and definition is not None:
                 # Parked: it waits in storage, without a task, until the waker (or a signal)
-                # resumes it here; then wait for that run.
+                # resumes it here; then wait for that run. (Not before the jobs it uses are
+                # registered: it is held till then, as a resumed instance is.)
+                if self._missing_jobs(definition):
+                    raise _held_for_jobs(instance_id, self._missing_jobs(definition))
                 if instance_id not in self._live:
                     self._check_open()  # closed while storage was read: nobody would set it
                     event = self._next_run.setdefault(instance_id, trio.Event())
@@ -523,11 +545,7 @@ class Engine:
                 held = next((name for name, records in self._held.items()
                              if any(r.instance_id == instance_id for r in records)), None)
                 if held is not None:
-                    missing = ", ".join(self._missing_jobs(self._definitions[held]))
-                    raise InstanceNotLiveError(
-                        f"instance {instance_id!r} resumes once the jobs its workflow uses are registered"
-                        f" (missing: {missing})"
-                    )
+                    raise _held_for_jobs(instance_id, self._missing_jobs(self._definitions[held]))
                 raise InstanceNotLiveError(
                     f"instance {instance_id!r} is {instance.status} in storage but not running in this engine;"
                     " register its workflow or call resume()"
@@ -546,6 +564,7 @@ class Engine:
         """Cancel a running instance: its running step is cancelled, then its completed steps
         are compensated. ``True`` if the instance was running here and is now being cancelled."""
         self._check_open()
+        _check_instance_id(instance_id)
         if self._pending_resumes:
             await self._resumes_settled.wait()
         run = self._live.get(instance_id)
@@ -779,8 +798,9 @@ class Engine:
         in_parent_slot = state.parent_id is not None and self._children.in_parent_slot(state.parent_id)
         run = self._spawn(definition, state, resumed=True, slot=not in_parent_slot)
         run.doomed = doomed
-        # What storage holds for it until its first checkpoint here (the waker passes it over).
-        run.stored_wake_at = None if doomed is not None else wake_at(state, definition)
+        # Storage holds a time to wake it at until its first checkpoint here (the waker passes
+        # it over meanwhile), as computed by the definition that stored it: not known (NaN).
+        run.stored_wake_at = math.nan if doomed is None and wake_at(state, definition) is not None else None
         return run
 
     def _readable(self, record: StoredInstance) -> bool:
@@ -849,7 +869,7 @@ class Engine:
             return True
         return False
 
-    async def cancel_stored(self, instance_id: str, workflow_name: str) -> bool:
+    async def _cancel_stored(self, instance_id: str, workflow_name: str) -> bool:
         """Store a cancel in an instance that no engine runs here (its workflow is not
         registered): it is stored compensating, as a cancel that said yes to a running instance
         leaves it, and the engine that next runs it (here, once its workflow is registered, or
@@ -1009,16 +1029,28 @@ class Engine:
         waits for the soonest, or for something to change, then hands the due ones to slots.
         ``soonest`` is what storage said when the engine opened."""
         changed = self._wake_changed
+        backoff = WAKE_RETRY
         while True:
             delay = math.inf if soonest is None else soonest - self._clock()
-            if delay > 0:
-                with trio.move_on_after(delay):
-                    await changed.wait()
-            else:
-                await self._wake_due(changed)
-            # A fresh event before asking: a change while the question is in flight is not missed.
-            changed = self._wake_changed = trio.Event()
-            soonest = await self.adapter.next_wake()
+            try:
+                if delay > 0:
+                    with trio.move_on_after(delay):
+                        await changed.wait()
+                else:
+                    await self._wake_due(changed)
+                # A fresh event before asking: a change while the question is in flight is not missed.
+                changed = self._wake_changed = trio.Event()
+                soonest = await self.adapter.next_wake()
+            except StorageError as exc:
+                # Storage failing (locked by another connection, a disk full, down): the
+                # waker is the only one to wake parked instances, so it tries again, slower
+                # each time, rather than stop for good.
+                log.warning("the waker could not read due instances (%s); trying again in %.2f s", exc, backoff)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, WAKE_BACKOFF_MAX)
+                soonest = self._clock()  # look again at once
+                continue
+            backoff = WAKE_RETRY
 
     async def _wake_due(self, changed: trio.Event) -> None:
         """Resume the instances due now, so that at most a batch of them is on its way to its
@@ -1036,26 +1068,34 @@ class Engine:
             with trio.move_on_after(WAKE_RETRY):
                 await changed.wait()
             return
+        passed = self._passed_over
         # A run that ends (or leaves memory) while the question is in flight may be read as it
         # stood before its last checkpoint: such an answer is stale, and is passed over.
         with self._ends.watching_all() as ended:
-            found = await self.adapter.due(self._clock(), room + len(waking))
+            found = await self.adapter.due(self._clock(), room + len(waking) + len(passed))
         for stored in found:
-            if stored.instance_id in waking or stored.instance_id in ended:
+            iid = stored.instance_id
+            if iid in waking or iid in ended or iid in passed:
                 continue
             if woke == room:
                 break
             definition = self._definitions.get(stored.workflow_name)
-            if definition is None:
-                self._unregistered_due.add(stored.workflow_name)
+            if definition is None or self._missing_jobs(definition) or iid in self._unreadable:
+                passed.add(iid)  # (reported unreadable once, by the first look)
             elif await self._resume_one(definition, stored):
-                waking.add(stored.instance_id)
+                waking.add(iid)
                 woke += 1
-        if not woke:
-            # Due ones that cannot run here (workflow not registered, running already until
-            # their next checkpoint): look again when something changes, or shortly.
-            with trio.move_on_after(WAKE_RETRY):
+            elif iid in self._unreadable:
+                passed.add(iid)
+        if woke:
+            self._look_again = WAKE_RETRY
+        else:
+            # Due ones that cannot run here, or running already until their next checkpoint:
+            # look again when something changes, or shortly; less often while nothing changes
+            # (each look reads every due row passed over).
+            with trio.move_on_after(self._look_again):
                 await changed.wait()
+            self._look_again = min(self._look_again * 2, WAKE_LOOK_MAX)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1081,6 +1121,11 @@ PARK_AFTER = 1.0
 #: could not wake, or at those on their way.
 WAKE_BATCH = 1000
 WAKE_RETRY = 0.05
+#: Longest the waker waits before it asks storage again after a failure.
+WAKE_BACKOFF_MAX = 5.0
+#: Longest the waker waits before it looks again at due instances it could not resume while
+#: nothing changes: a timer that falls due meanwhile fires up to this late.
+WAKE_LOOK_MAX = 1.0
 #: Most instances one adapter call of a purge deletes (on SQLite, one transaction).
 PURGE_BATCH = 1000
 #: The bounds of how often the retention task purges (seconds), and after how many instances
@@ -1133,6 +1178,9 @@ async def open_engine(
         raise InvalidArgumentError(f"max_running must be an int >= 1, got {max_running!r}")
     if clock is not None and not callable(clock):
         raise InvalidArgumentError(f"clock must be a function giving Unix seconds (time.time), got {clock!r}")
+    _check_adapter(adapter)
+    if services is not None and not isinstance(services, Mapping):
+        raise InvalidArgumentError(f"services must be a mapping of names to objects (a dict), got {safe_repr(services)}")
     retry_for = _duration(storage_retry_for, "storage_retry_for")
     keep = None if retain_finished is None else _duration(retain_finished, "retain_finished")
     storage: Adapter = adapter if adapter is not None else MemoryAdapter()
@@ -1246,6 +1294,11 @@ class _EndsDuringReads:
                 self._ends.pop(instance_id, None)
 
 
+def _held_for_jobs(instance_id: str, missing: list[str]) -> InstanceNotLiveError:
+    return InstanceNotLiveError(
+        f"instance {instance_id!r} resumes once the jobs its workflow uses are registered (missing: {', '.join(missing)})")
+
+
 class _Storing:
     """An id ``start`` is storing: its workflow, and the tasks waiting for the store to end (the
     event is made only if someone waits: most starts are waited on by nobody)."""
@@ -1274,10 +1327,42 @@ def _duration(value: Seconds, name: str) -> float:
     return float(number)
 
 
+def _check_adapter(adapter: object) -> None:
+    """``open_engine``'s ``adapter``: an adapter object (made, not its class), or
+    :class:`InvalidArgumentError` saying what to pass."""
+    if adapter is None:
+        return
+    if isinstance(adapter, type):
+        raise InvalidArgumentError(
+            f"adapter must be an adapter object, got the class {adapter.__name__}: make one, as in"
+            f" {adapter.__name__}(...)")
+    missing = [name for name in ("open", "close", "create", "checkpoint", "load") if not callable(getattr(adapter, name, None))]
+    if missing:
+        hint = ": for a SQLite file, pass tf.adapters.SQLiteAdapter(path)" if isinstance(adapter, (str, os.PathLike)) else ""
+        raise InvalidArgumentError(
+            f"adapter must be a persistence adapter (it has no {', '.join(missing)}), got {safe_repr(adapter)}{hint}")
+
+
+def _check_instance_id(instance_id: object) -> None:
+    """An instance id as the engine's methods take it, or :class:`InvalidArgumentError` saying
+    what to pass instead."""
+    if isinstance(instance_id, str):
+        return
+    if isinstance(instance_id, WorkflowInstance):
+        hint = f": pass its id, {instance_id.id!r}"
+    elif isinstance(instance_id, WorkflowDefinition):
+        hint = ": that is a workflow definition; pass the id start() returned"
+    else:
+        hint = f", got {safe_repr(instance_id)}"
+    raise InvalidArgumentError(f"an instance id must be a string{hint}")
+
+
 def _check_listing(workflow_name: object, status: object, limit: object, after: object, order: object) -> None:
     """The arguments of ``get_instances``, or :class:`InvalidArgumentError` naming the one at fault."""
+    if isinstance(workflow_name, WorkflowDefinition):
+        raise InvalidArgumentError(f"get_instances() takes a workflow's name: pass {workflow_name.name!r}")
     if workflow_name is not None and not isinstance(workflow_name, str):
-        raise InvalidArgumentError(f"workflow_name must be a workflow name or None, got {workflow_name!r}")
+        raise InvalidArgumentError(f"workflow_name must be a workflow name or None, got {safe_repr(workflow_name)}")
     if status is not None and status not in STATUSES:
         raise InvalidArgumentError(f"status must be one of {', '.join(sorted(STATUSES))} or None, got {status!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):

@@ -357,9 +357,14 @@ MAX_ERROR_TEXT = 32_768
 
 
 def _capped(text: str) -> str:
+    """``text``, or as much of it as fits in MAX_ERROR_TEXT characters with a note of how many
+    more there were (the note included)."""
     if len(text) <= MAX_ERROR_TEXT:
         return text
-    return f"{text[:MAX_ERROR_TEXT]}... ({len(text) - MAX_ERROR_TEXT} more characters cut)"
+    note = "... ({} more characters cut)"
+    # The count's digits are part of the length: a kept part a few characters shorter counts them.
+    kept = MAX_ERROR_TEXT - len(note.format(len(text)))
+    return text[:kept] + note.format(len(text) - kept)
 
 
 def safe_repr(value: Any, limit: int = 60) -> str:

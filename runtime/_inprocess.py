@@ -14,7 +14,7 @@ from ._builder import WorkflowBuilder
 from ._decide import new_state
 from ._ids import new_instance_id
 from ._definition import TaskStep, WorkflowDefinition
-from ._errors import DefinitionError
+from ._errors import DefinitionError, safe_repr
 from ._jobs import JobRegistry
 from ._snapshot import WorkflowResult
 
@@ -35,7 +35,11 @@ async def execute_workflow(
     re-raises the cancellation.
     """
     if not isinstance(workflow, WorkflowDefinition):
-        raise DefinitionError(f"execute_workflow needs a built WorkflowDefinition, got {workflow!r}")
+        hint = ""
+        if isinstance(driver, WorkflowDefinition):
+            hint = (": the definition came first; the first argument is the driver steps get as ctx.driver"
+                    f" (None for none): execute_workflow(None, {driver.name}, input)")
+        raise DefinitionError(f"execute_workflow needs a built WorkflowDefinition, got {safe_repr(workflow)}{hint}")
     clock = default_clock()
     state = new_state(workflow, instance_id or new_instance_id(), input, clock())
     run = Run(

@@ -49,7 +49,10 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
             self._on_register()
 
     def job(self, name: str) -> Callable[[F], F]:
-        """Decorator form of :meth:`register`."""
+        """Decorator form of :meth:`register`: ``@jobs.job("name")``."""
+        if not isinstance(name, str):
+            hint = f": write @job({name.__name__!r})" if callable(name) and hasattr(name, "__name__") else ""
+            raise DefinitionError(f"job() takes the job's name, got {name!r}{hint}")
 
         def decorate(fn: F) -> F:
             self.register(name, fn)

@@ -142,7 +142,9 @@ class Lane:
     #: resume must not run that step again, only go on failing from there.
     failed: int | None = None
     #: What ``step`` waits for, stored when it starts waiting: ``{"timer": due}`` or
-    #: ``{"signal": name, "timeout": due or None}`` (due times in Unix seconds).
+    #: ``{"signal": name, "timeout": due or None}`` (due times in Unix seconds). While a
+    #: retried step's next attempt runs, ``{"attempt": n}`` keeps the attempts made before it
+    #: (for a restart) and waits for nothing (see :meth:`waits`).
     waiting: dict[str, Any] | None = None
     #: The seq of the start record of ``step``'s execution, once it has one: a map step's
     #: (holding its items) or a child step's (holding the child's id). The record that ends
@@ -150,6 +152,12 @@ class Lane:
     begun: int | None = None
     #: While ``step`` is a map step that has started its items: how far they are.
     fanout: MapProgress | None = None
+
+    def waits(self) -> bool:
+        """Whether the lane waits for something (a timer, a signal, a child, its start, a
+        retry's delay), rather than run its step (or only keep the attempts made before it)."""
+        waiting = self.waiting
+        return waiting is not None and (len(waiting) != 1 or "attempt" not in waiting)
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -390,8 +398,8 @@ def _instance_dict(instance: WorkflowInstance) -> dict[str, Any]:
 
 def _waiting(state: InstanceState) -> dict[str, Any] | None:
     for lane in state.lanes.values():
-        if lane.waiting is not None:
-            return dict(lane.waiting)
+        if lane.waits():
+            return dict(lane.waiting or {})
     return None
 
 
