@@ -283,9 +283,10 @@ async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:
         if outcome == "cancelled":
             run.emit("workflow.cancelled")
         elif outcome == "timed_out":
-            run.emit("workflow.timed_out", error=state.error)
+            run.emit("workflow.timed_out", error=state.error, error_name=state.error_name, cause=state.cause)
         else:
-            run.emit("workflow.failed", error=state.error, failed_step=state.failed_step)
+            run.emit("workflow.failed", error=state.error, error_name=state.error_name, cause=state.cause,
+                     failed_step=state.failed_step)
     if run.has_hooks:
         await run.end_hook("on_failed")
 

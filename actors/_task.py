@@ -221,7 +221,8 @@ async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: fl
     # instead of running the step again.
     await run.persist()
     if run.bus.active:
-        run.emit("workflow.step.failed", step_name=step.name, error=record.error, attempts=failure.attempts)
+        run.emit("workflow.step.failed", step_name=step.name, error=record.error, error_name=name, cause=cause,
+                 attempts=failure.attempts)
     if run.has_hooks:
         await run.hook("on_step_failed", step.name, error, ctx)
     raise failure

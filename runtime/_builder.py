@@ -381,11 +381,11 @@ class WorkflowBuilder(_LaneBuilder):
         for name, hook in hooks.items():
             if hook is not None and not callable(hook):
                 raise DefinitionError(f"{self._owner()}: hook {name} must be a function, got {hook!r}")
-        try:
-            self._hooks = attrs.evolve(self._hooks, **hooks)
-        except TypeError as exc:
-            names = ", ".join(f.name for f in attrs.fields(Hooks))
-            raise DefinitionError(f"{self._owner()}: unknown hook in {sorted(hooks)}; hooks are {names}") from exc
+        known = [f.name for f in attrs.fields(Hooks)]
+        unknown = sorted(set(hooks) - set(known))
+        if unknown:
+            raise DefinitionError(f"{self._owner()}: unknown hook {', '.join(unknown)}; hooks are {', '.join(known)}")
+        self._hooks = attrs.evolve(self._hooks, **hooks)
         return self
 
     def build(self) -> WorkflowDefinition:

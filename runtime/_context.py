@@ -37,9 +37,23 @@ class StepOutputs(Mapping[str, Any]):
         own = self._state.latest_in_item(self._item_lane, name)
         return own if own is not None and own.seq > self._since else None
 
-    def __getitem__(self, name: str) -> Any:
+    def _find(self, name: str) -> StepResult | None:
         own = self._own(name)
-        return (own if own is not None else self._state.latest[name]).output
+        return own if own is not None else self._state.latest.get(name)
+
+    def __getitem__(self, name: str) -> Any:
+        found = self._find(name)
+        if found is None:
+            done = ", ".join(repr(n) for n in self._names()) or "none yet"
+            raise KeyError(f"no completed step named {name!r} (completed: {done})")
+        return found.output
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._find(name) is not None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        found = self._find(name)
+        return default if found is None else found.output
 
     def _names(self) -> list[str]:
         names = list(self._state.latest)

@@ -74,6 +74,17 @@ def in_lane(ctx: WorkflowContext, fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def check_in_trio(what: str) -> None:
+    """Raise a :class:`RuntimeError` saying so unless called in a trio task: trioflow runs on
+    trio (an asyncio program gets trio's own "must be called from async context" otherwise)."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        raise RuntimeError(
+            f"{what} must run in a trio program (trio.run, or a server on trio such as hypercorn with"
+            " its trio worker); asyncio is not supported") from None
+
+
 def call_plain(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` for a plain function; one that hands back a coroutine (a lambda calling an
     async def) is refused with a :class:`TypeError` saying so, the coroutine closed unrun."""

@@ -38,6 +38,7 @@ from trioflow._codec import (
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance
 
+from ._current import check_in_trio
 from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, unended_children, wake_at
 from ._ids import creation_time, new_instance_id
 from ._definition import WorkflowDefinition
@@ -1174,6 +1175,7 @@ async def open_engine(
     finished instances do not pile up between runs. Read an instance's outcome (``wait``,
     ``get_instance``) before it is deleted.
     """
+    check_in_trio("open_engine()")
     if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
         raise InvalidArgumentError(f"max_running must be an int >= 1, got {max_running!r}")
     if clock is not None and not callable(clock):

@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from ._definition import is_async
-from ._errors import EngineClosedError
+from ._errors import EngineClosedError, InvalidArgumentError, safe_repr
 
 log = logging.getLogger("trioflow.events")
 
@@ -115,6 +115,9 @@ class EventBus:
 
         Returns a function that unsubscribes.
         """
+        _check_pattern(pattern)
+        if not callable(callback):
+            raise InvalidArgumentError(f"on() calls callback(event) for each event: got {safe_repr(callback)}, not a function")
         if not is_async(callback):
             return self._add(_Subscriber(pattern, callback, None))
         if self._nursery is None:
@@ -146,6 +149,7 @@ class EventBus:
     async def subscribe(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
         """An async iterator of matching events for the duration of the block; it ends when
         the engine closes. Raises :class:`EngineClosedError` once it has."""
+        _check_pattern(pattern)
         if self._closed:
             raise EngineClosedError("the engine is closed: it sends no more events")
         send, receive = trio.open_memory_channel[Event](buffer)
@@ -227,3 +231,11 @@ class EventBus:
                         await callback(event)
                     except Exception:
                         log.exception("async event callback for %r raised; ignored", event.get("event"))
+
+
+def _check_pattern(pattern: object) -> None:
+    """An event name pattern (``workflow.*``), or :class:`InvalidArgumentError`."""
+    if not isinstance(pattern, str) or not pattern:
+        swapped = " (the pattern comes first: on(pattern, callback))" if callable(pattern) else ""
+        raise InvalidArgumentError(
+            f"an event pattern must be a non-empty string such as 'workflow.*', got {safe_repr(pattern)}{swapped}")

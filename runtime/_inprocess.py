@@ -11,6 +11,7 @@ from trioflow._virtual_time import default_clock
 from trioflow.actors._threads import ThreadSlots
 
 from ._builder import WorkflowBuilder
+from ._current import check_in_trio
 from ._decide import new_state
 from ._ids import new_instance_id
 from ._definition import TaskStep, WorkflowDefinition
@@ -34,6 +35,7 @@ async def execute_workflow(
     (it is not raised). Cancelling the caller cancels the run, compensates (shielded), and
     re-raises the cancellation.
     """
+    check_in_trio("execute_workflow()")
     if not isinstance(workflow, WorkflowDefinition):
         hint = ""
         if isinstance(driver, WorkflowDefinition):

@@ -20,9 +20,10 @@ from ._definition import (
     SucceedStep,
     TaskStep,
     WaitStep,
+    WorkflowDefinition,
     is_async,
 )
-from ._errors import DefinitionError
+from ._errors import DefinitionError, safe_repr
 from ._lanes import RESERVED_SIGNALS, check_name
 from ._retry import Retry
 
@@ -50,8 +51,9 @@ def check_unique_names(owner: str, steps: Sequence[Step]) -> None:
     seen: dict[str, str] = {}
     for where, step in _walk(owner, steps):
         if step.name in seen:
+            places = "in its main line" if seen[step.name] == where == owner else f"({seen[step.name]} and {where})"
             raise DefinitionError(
-                f"{owner}: step name {step.name!r} is used twice ({seen[step.name]} and {where});"
+                f"{owner}: step name {step.name!r} is used twice {places};"
                 " step names must be unique in a workflow, branches included"
             )
         seen[step.name] = where
@@ -113,8 +115,11 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
     elif isinstance(step, MapStep):
         _check_map(label, step)
     elif isinstance(step, ChildStep):
+        if isinstance(step.workflow, WorkflowDefinition):
+            raise DefinitionError(f"{label}: workflow takes a registered workflow's name: pass {step.workflow.name!r}")
         if not isinstance(step.workflow, str) or not step.workflow:
-            raise DefinitionError(f"{label}: workflow must be the name of a registered workflow, got {step.workflow!r}")
+            raise DefinitionError(
+                f"{label}: workflow must be the name of a registered workflow, got {safe_repr(step.workflow)}")
         if step.input is not None and not callable(step.input):
             raise DefinitionError(f"{label}: input must be a callable of ctx, got {step.input!r}")
     elif isinstance(step, PassStep):

@@ -87,6 +87,10 @@ class ScriptedJob:
         if not behaviours:
             behaviours = (Returns(),)
         for b in behaviours:
+            if not isinstance(b, (Returns, Raises, Sleeps, Hangs)):
+                raise TypeError(
+                    f"{name}: each behaviour is made by returns(), raises(), sleeps() or hangs(), got {b!r}"
+                    f" (for a job returning it: returns({b!r}))")
             if b.times < 1:
                 raise ValueError(f"{name}: a behaviour must play at least once, got times={b.times}")
         self.behaviours: Sequence[Behaviour] = behaviours
