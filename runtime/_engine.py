@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import math
 import os
 import time
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, ParamSpec, TypeVar
 
 import attrs
 import trio
@@ -1136,6 +1137,41 @@ RETAIN_PERIOD_MAX = 60.0
 RETAIN_EVERY = 1000
 
 
+class _Opening(AbstractAsyncContextManager[Engine]):
+    """What ``open_engine(...)`` returns: the engine's ``async with`` block, which also says
+    how to use it when it is used as the engine itself, or awaited."""
+
+    __slots__ = ("_block",)
+
+    def __init__(self, block: AbstractAsyncContextManager[Engine]) -> None:
+        self._block = block
+
+    async def __aenter__(self) -> Engine:
+        return await self._block.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._block.__aexit__(*exc)
+
+    def __await__(self) -> Generator[Any, None, NoReturn]:
+        raise TypeError(_USE_OPEN_ENGINE)
+
+    def __getattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"open_engine() gives the engine's block, not the engine (no {name!r}): {_USE_OPEN_ENGINE}")
+
+
+_USE_OPEN_ENGINE = "use it as `async with tf.open_engine(...) as engine:` and call engine methods inside the block"
+P_ = ParamSpec("P_")
+
+
+def _as_block(opener: Callable[P_, AbstractAsyncContextManager[Engine]]) -> Callable[P_, _Opening]:
+    """``opener``, its block wrapped in an :class:`_Opening`."""
+    @functools.wraps(opener)
+    def open(*args: P_.args, **kwargs: P_.kwargs) -> _Opening:
+        return _Opening(opener(*args, **kwargs))
+    return open
+
+
+@_as_block
 @asynccontextmanager
 async def open_engine(
     *,

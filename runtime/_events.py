@@ -233,9 +233,21 @@ class EventBus:
                         log.exception("async event callback for %r raised; ignored", event.get("event"))
 
 
+#: Every event the engine sends.
+EVENT_NAMES = frozenset({
+    "workflow.started", "workflow.progress", "workflow.completed", "workflow.failed", "workflow.cancelled",
+    "workflow.timed_out", "workflow.compensated", "workflow.step.started", "workflow.step.completed",
+    "workflow.step.failed", "workflow.step.retry", "workflow.step.caught", "workflow.step.compensated",
+    "workflow.step.waiting", "workflow.signal.received", "workflow.map.progress",
+})
+
+
 def _check_pattern(pattern: object) -> None:
-    """An event name pattern (``workflow.*``), or :class:`InvalidArgumentError`."""
+    """An event name pattern (``workflow.*``), or :class:`InvalidArgumentError`; one that no
+    event the engine sends matches (a typo: ``workflow.complete``) is logged."""
     if not isinstance(pattern, str) or not pattern:
         swapped = " (the pattern comes first: on(pattern, callback))" if callable(pattern) else ""
         raise InvalidArgumentError(
             f"an event pattern must be a non-empty string such as 'workflow.*', got {safe_repr(pattern)}{swapped}")
+    if not any(fnmatch.fnmatchcase(name, pattern) for name in EVENT_NAMES):
+        log.warning("no event the engine sends matches %r (events: %s)", pattern, ", ".join(sorted(EVENT_NAMES)))

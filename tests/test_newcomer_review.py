@@ -232,3 +232,54 @@ def test_a_step_name_used_twice_in_the_main_line_says_so():
     """It said "used twice (workflow 'w' and workflow 'w')"."""
     with pytest.raises(tf.DefinitionError, match="step name 'a' is used twice in its main line"):
         tf.workflow("w").step("a", ok).step("a", ok).build()
+
+
+async def test_open_engine_used_without_async_with_says_how_to_use_it():
+    """``engine = tf.open_engine(); engine.register(...)`` raised AttributeError about an
+    '_AsyncGeneratorContextManager'; ``await tf.open_engine()`` returned it silently."""
+    with pytest.raises(AttributeError, match="async with tf.open_engine"):
+        tf.open_engine().register(WF)
+    with pytest.raises(TypeError, match="async with tf.open_engine"):
+        await tf.open_engine()
+    async with tf.open_engine() as engine:
+        assert isinstance(engine, tf.Engine)
+
+
+async def test_an_event_pattern_no_event_matches_is_logged_and_every_event_sent_is_known(
+        autojump_clock, caplog):
+    """A typo in an event name (``workflow.complete``) was accepted silently and never fired."""
+    from trioflow._events import EVENT_NAMES
+
+    seen = []
+    tries = []
+
+    async def flaky(data):
+        tries.append(1)
+        if len(tries) == 1:
+            raise ValueError("once")
+        return data
+
+    async def undo(data):
+        return None
+
+    wf = (tf.workflow("all").task("a", job=flaky, compensate=undo, retry=tf.Retry(max_attempts=2, interval=1.0))
+          .step("bad", boom, catch=tf.Catch(errors=tf.ALL, next="nap")).wait("nap", seconds=5)
+          .receive("go", signal="go")
+          .map("each", items=lambda ctx: [1, 2], branch=tf.branch("item").task("i", job=flaky).build())
+          .step("last", boom).build())
+    with caplog.at_level("WARNING", logger="trioflow.events"):
+        async with open_test_engine() as engine:
+            engine.events.on("workflow.complete", seen.append)
+            assert "no event the engine sends matches 'workflow.complete'" in caplog.text
+            caplog.clear()
+            engine.events.on("*", seen.append)
+            engine.events.on("workflow.step.*", lambda e: None)
+            assert caplog.text == ""
+            engine.register(wf)
+            iid = await engine.start("all", 1)
+            await trio.sleep(10)
+            await engine.signal(iid, "go")
+            assert (await engine.wait(iid)).status == "failed"
+    names = {e["event"] for e in seen}
+    assert names <= EVENT_NAMES, names - EVENT_NAMES
+    assert len(names) >= 12, names
