@@ -27,6 +27,9 @@ from ._errors import DefinitionError, safe_repr
 from ._lanes import RESERVED_SIGNALS, check_name
 from ._retry import Retry
 
+#: Longest error name a fail step may give (as AWS Step Functions caps an error's name).
+MAX_ERROR_NAME = 256
+
 
 def check_lane(owner: str, steps: Sequence[Step]) -> None:
     """Validate one lane (a workflow's main line or a branch) as written by the user.
@@ -132,8 +135,9 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
             raise DefinitionError(f"{label}: transform {step.transform!r} is an async function; a pass step's"
                                   " transform is a plain function of ctx (do async work in a task step)")
     elif isinstance(step, FailStep):
-        if not isinstance(step.error, str) or not step.error:
-            raise DefinitionError(f"{label}: error must be a non-empty error name, got {step.error!r}")
+        if not isinstance(step.error, str) or not step.error or len(step.error) > MAX_ERROR_NAME:
+            raise DefinitionError(
+                f"{label}: error must be an error name of 1 to {MAX_ERROR_NAME} characters, got {safe_repr(step.error)}")
         if not (isinstance(step.cause, str) or callable(step.cause)):
             raise DefinitionError(f"{label}: cause must be text or a callable of ctx, got {step.cause!r}")
     elif isinstance(step, WaitStep):

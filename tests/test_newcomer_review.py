@@ -283,3 +283,10 @@ async def test_an_event_pattern_no_event_matches_is_logged_and_every_event_sent_
     names = {e["event"] for e in seen}
     assert names <= EVENT_NAMES, names - EVENT_NAMES
     assert len(names) >= 12, names
+
+
+def test_a_fail_step_error_name_longer_than_256_characters_is_refused_at_build():
+    """Error names are capped, as Step Functions caps them (the cause is cut at 32,768)."""
+    with pytest.raises(tf.DefinitionError, match="error must be an error name of 1 to 256 characters"):
+        tf.workflow("w").fail("f", error="E" * 257, cause="why").build()
+    tf.workflow("w").fail("f", error="E" * 256, cause="why").build()
