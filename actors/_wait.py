@@ -28,7 +28,7 @@ from ._run import Parked, Run, StepFailure
 
 async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext) -> None:
     """Wait until the timer's due time, stored when the step first starts."""
-    if lane.waiting is None:
+    if not lane.waits():
         try:
             due = _due(run, step, ctx)
         except Exception as exc:  # the step's callable raised, or gave no due time
@@ -79,7 +79,7 @@ async def _wait_stored(run: Run, lane: Lane, key: str) -> None:
 async def run_receive(run: Run, step: ReceiveStep, lane: Lane) -> Any:
     """Take the next signal named ``step.signal``, waiting for it (until the timeout, if any);
     returns its payload, or raises :class:`StepFailure` with :class:`SignalTimeoutError`."""
-    if lane.waiting is None:
+    if not lane.waits():
         due = None if step.timeout is None else run.clock() + step.timeout
         lane.waiting = {"signal": step.signal, "timeout": due}
         taken = await take(run, step.signal)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import collections
 import heapq
+import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import attrs
 
@@ -222,32 +223,32 @@ class MemoryAdapter:
                if rows[i].wake_at is None or rows[i].signals]
         return self._oldest_first(ids)
 
-    async def due(self, before: float, limit: int) -> list[StoredInstance]:
-        out: list[StoredInstance] = []
+    async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:
+        return [_stored(instance_id, row) for instance_id, row in self._waiting(before, limit, skip_workflows)]
+
+    async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:
+        found = self._waiting(math.inf, 1, skip_workflows)
+        return found[0][1].wake_at if found else None
+
+    def _waiting(self, before: float, limit: int, skip_workflows: Collection[str]) -> list[tuple[str, _Row]]:
+        """Up to ``limit`` waiting rows due by ``before`` (``inf`` included), soonest first,
+        none of the workflows ``skip_workflows`` names; stale heap entries (the instance woke,
+        ended or was deleted since, or its wake time was set again) are dropped on the way."""
+        out: list[tuple[str, _Row]] = []
         kept: list[tuple[float, int, str]] = []
         wakes = self._wakes
         listed: set[str] = set()
         while wakes and wakes[0][0] <= before and len(out) < limit:
             entry = heapq.heappop(wakes)
             row = self._rows.get(entry[2])
-            # (An entry twice, from a wake time set again after a change, is dropped here.)
             if row is not None and row.wake_at == entry[0] and row.status in RESUMABLE and entry[2] not in listed:
                 listed.add(entry[2])
-                out.append(_stored(entry[2], row))
                 kept.append(entry)  # it stays due until its next checkpoint says otherwise
+                if row.workflow_name not in skip_workflows:
+                    out.append((entry[2], row))
         for entry in kept:
             heapq.heappush(wakes, entry)
         return out
-
-    async def next_wake(self) -> float | None:
-        wakes = self._wakes
-        while wakes:
-            wake_at, _, instance_id = wakes[0]
-            row = self._rows.get(instance_id)
-            if row is not None and row.wake_at == wake_at and row.status in RESUMABLE:
-                return wake_at
-            heapq.heappop(wakes)  # stale: the instance woke, ended or was deleted since
-        return None
 
     async def delete(self, instance_id: str) -> bool:
         row = self._rows.get(instance_id)

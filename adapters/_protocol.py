@@ -17,7 +17,8 @@ by it), stamped by the adapter itself from the clock :meth:`Adapter.use_clock` g
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -87,13 +88,16 @@ class Adapter(Protocol):
         find the notice, a read more per child."""
         ...
 
-    async def due(self, before: float, limit: int) -> list[StoredInstance]:
+    async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:
         """Waiting ``pending``/``running`` instances whose ``wake_at`` is at most ``before``,
-        soonest first, at most ``limit`` of them."""
+        soonest first, at most ``limit`` of them, leaving out those of the workflows named in
+        ``skip_workflows`` (the engine cannot run them now). An adapter written before
+        ``skip_workflows`` existed is still used: the engine then passes it over itself."""
         ...
 
-    async def next_wake(self) -> float | None:
-        """The soonest ``wake_at`` of a waiting ``pending``/``running`` instance (``None``: none)."""
+    async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:
+        """The soonest ``wake_at`` of a waiting ``pending``/``running`` instance, leaving out
+        those of the workflows named in ``skip_workflows`` (``None``: none)."""
         ...
 
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
@@ -154,3 +158,12 @@ class Adapter(Protocol):
         stored. An instance's finish time is stamped when a create or checkpoint gives it a
         finished status, and survives a reopen."""
         ...
+
+
+def skips_workflows(adapter: object) -> bool:
+    """Whether ``adapter``'s ``due()`` and ``next_wake()`` take ``skip_workflows`` (an adapter
+    written before it existed does not)."""
+    try:
+        return "skip_workflows" in inspect.signature(adapter.due).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return False

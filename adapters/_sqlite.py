@@ -35,7 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -500,12 +500,13 @@ class SQLiteAdapter:
                         " (SELECT 1 FROM trioflow_signals AS s WHERE s.instance_id = i.instance_id))", ())))
         return rows
 
-    async def due(self, before: float, limit: int) -> list[StoredInstance]:
-        rows: list[StoredInstance] = await self._submit(("due", (float(before), int(limit))))
+    async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:
+        rows: list[StoredInstance] = await self._submit(
+            ("due", (float(before), int(limit), _names(skip_workflows))))
         return rows
 
-    async def next_wake(self) -> float | None:
-        wake: float | None = await self._submit(("next_wake", ()))
+    async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:
+        wake: float | None = await self._submit(("next_wake", (_names(skip_workflows),)))
         return wake
 
     async def delete(self, instance_id: str) -> bool:
@@ -967,20 +968,38 @@ def _select(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> li
 _WAITING = "i.status IN ('pending', 'running') AND i.wake_at IS NOT NULL"
 
 
-def _due(conn: sqlite3.Connection, before: float, limit: int) -> list[StoredInstance]:
-    """Waiting instances due by ``before``, soonest first (the index on wake_at finds them)."""
+def _due(conn: sqlite3.Connection, before: float, limit: int, skip: tuple[str, ...] = ()) -> list[StoredInstance]:
+    """Waiting instances due by ``before``, soonest first (the index on wake_at finds them),
+    none of the workflows ``skip`` names."""
     ids = [row[0] for row in conn.execute(
-        f"SELECT i.instance_id FROM trioflow_instances AS i WHERE {_WAITING} AND i.wake_at <= ?"
-        " ORDER BY i.wake_at LIMIT ?", (before, limit))]
+        f"SELECT i.instance_id FROM trioflow_instances AS i WHERE {_WAITING} AND i.wake_at <= ?{_skipping(skip)}"
+        " ORDER BY i.wake_at LIMIT ?", (before, *skip, limit))]
     if not ids:
         return []
     found = {s.instance_id: s for s in _select(conn, f"i.instance_id IN ({', '.join('?' * len(ids))})", tuple(ids))}
     return [found[i] for i in ids if i in found]
 
 
-def _next_wake(conn: sqlite3.Connection) -> float | None:
-    row = conn.execute(f"SELECT min(i.wake_at) FROM trioflow_instances AS i WHERE {_WAITING}").fetchone()
+def _next_wake(conn: sqlite3.Connection, skip: tuple[str, ...] = ()) -> float | None:
+    # In wake_at's order, the first that passes: a scan stops there (min() would read them all
+    # when workflows are left out).
+    row = conn.execute(
+        f"SELECT i.wake_at FROM trioflow_instances AS i WHERE {_WAITING}{_skipping(skip)} ORDER BY i.wake_at LIMIT 1",
+        skip).fetchone()
     return None if row is None or row[0] is None else float(row[0])
+
+
+def _skipping(names: tuple[str, ...]) -> str:
+    """The condition leaving out the workflows ``names`` (one parameter each)."""
+    return f" AND i.workflow_name NOT IN ({', '.join('?' * len(names))})" if names else ""
+
+
+def _names(workflows: Collection[str]) -> tuple[str, ...]:
+    """Workflow names handed to SQLite, or :class:`DatabaseError` for anything else."""
+    names = tuple(workflows)
+    if any(type(name) is not str for name in names):
+        raise DatabaseError(f"skip_workflows must be workflow names, got {names!r}")
+    return names
 
 
 def _load(conn: sqlite3.Connection, iid: str) -> StoredInstance | None:

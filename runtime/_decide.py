@@ -89,6 +89,7 @@ def complete_step(state: InstanceState, step: Step, record: StepResult, next_ste
     lane.step = next_step
     lane.last = record.seq
     lane.begun = None
+    lane.waiting = None  # (what the step waited for, or the attempts a retried one made, is over)
     if isinstance(step, (ParallelStep, MapStep)):
         # A finished parallel step's branch lanes are spent, and so are a map's progress and the
         # lanes of items a fail-fast cancelled before a catch routed the step on, with every

@@ -37,7 +37,7 @@ from trioflow._codec import (
     same_value,
 )
 from trioflow.adapters._memory import MemoryAdapter
-from trioflow.adapters._protocol import Adapter, StoredInstance
+from trioflow.adapters._protocol import Adapter, StoredInstance, skips_workflows
 
 from ._current import check_in_trio
 from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, unended_children, wake_at
@@ -129,12 +129,16 @@ class Engine:
         #: Instances signalled before their workflow (or a job it uses) was registered, by
         #: workflow name.
         self._wake_on_register: dict[str, set[str]] = {}
-        #: Due instances the waker cannot resume here (their workflow, or a job it uses, is not
-        #: registered; their row is unreadable): passed over, and not asked for in place of
-        #: others, until something is registered. While only such ones are due, it looks again
+        #: Due instances the waker cannot resume here, until something is registered: the
+        #: workflows whose workflow, or a job it uses, is not registered (the adapter leaves
+        #: them out of ``due()`` and ``next_wake()``), and the ids of unreadable rows, and of
+        #: all of them with an adapter that cannot leave workflows out (passed over, and not
+        #: asked for in place of others). While only passed-over ones are due, it looks again
         #: less and less often (``_look_again`` seconds, up to WAKE_LOOK_MAX).
+        self._skipped_workflows: set[str] = set()
         self._passed_over: set[str] = set()
         self._look_again = WAKE_RETRY
+        self._adapter_skips = skips_workflows(adapter)
         #: For callers of ``wait()`` on a parked instance: set when it runs here again.
         self._next_run: dict[str, trio.Event] = {}
         #: The wall clock timers are on (Unix seconds; ``open_engine(clock=...)``).
@@ -239,8 +243,9 @@ class Engine:
         and so does the waker, at the due instances it passed over."""
         self._registered_more.set()
         self._registered_more = trio.Event()
-        if self._passed_over:
+        if self._passed_over or self._skipped_workflows:
             self._passed_over.clear()
+            self._skipped_workflows.clear()
             self._look_again = WAKE_RETRY
             self._wake_changed.set()
 
@@ -902,18 +907,26 @@ class Engine:
         return True
 
     def _replace_old_row(self, fresh: StoredInstance) -> None:
-        """An instance not running here was written to: the rows read before (those waiting for
-        their workflow, or for the jobs it uses, to be registered) give way to ``fresh``, or it
-        resumes now if it can, having been passed over meanwhile."""
+        """An instance not running here was stored anew, to be resumed (it no longer waits): the
+        rows read before (those waiting for their workflow, or for the jobs it uses, to be
+        registered) give way to ``fresh``. One not among them (it was parked: the resume at
+        open leaves those out; or its resume passed it over while it was written) waits for
+        the registration now, or resumes now if its workflow is registered. (Without
+        auto-resume, ``resume()`` takes it up.)"""
         iid, name = fresh.instance_id, fresh.workflow_name
+        found = False
         for rows in (self._leftovers or {}).get(name), self._held.get(name):
-            if rows is not None:
+            if rows is not None and any(row.instance_id == iid for row in rows):
                 rows[:] = [fresh if row.instance_id == iid else row for row in rows]
+                found = True
+        if found or self._leftovers is None or self._closed or iid in self._live:
+            return
+        self._old_rows.add(iid)  # resumed from this row, unless it runs here meanwhile
         definition = self._definitions.get(name)
-        if definition is not None and not self._closed and iid not in self._live and self._leftovers is not None \
-                and iid not in self._old_rows:
-            # Its workflow was registered while this was being written: its resume passed it over.
-            self._resume_soon(definition, [fresh])
+        if definition is None:
+            self._leftovers.setdefault(name, []).append(fresh)
+        else:
+            self._resume_soon(definition, [fresh])  # (held until its jobs are registered)
 
     async def _undo_child(self, child_id: str, bound: float | None = None) -> str | None:
         """Compensate a completed child instance as a unit, in its parent's compensation (an
@@ -1042,7 +1055,9 @@ class Engine:
                     await self._wake_due(changed)
                 # A fresh event before asking: a change while the question is in flight is not missed.
                 changed = self._wake_changed = trio.Event()
-                soonest = await self.adapter.next_wake()
+                skip = self._skipped_workflows
+                soonest = await (self.adapter.next_wake(skip_workflows=tuple(skip)) if skip
+                                 else self.adapter.next_wake())
             except StorageError as exc:
                 # Storage failing (locked by another connection, a disk full, down): the
                 # waker is the only one to wake parked instances, so it tries again, slower
@@ -1070,26 +1085,35 @@ class Engine:
             with trio.move_on_after(WAKE_RETRY):
                 await changed.wait()
             return
-        passed = self._passed_over
+        passed, skip = self._passed_over, self._skipped_workflows
+        skipping = len(skip)
+        limit = room + len(waking) + len(passed)
         # A run that ends (or leaves memory) while the question is in flight may be read as it
         # stood before its last checkpoint: such an answer is stale, and is passed over.
         with self._ends.watching_all() as ended:
-            found = await self.adapter.due(self._clock(), room + len(waking) + len(passed))
+            found = await (self.adapter.due(self._clock(), limit, skip_workflows=tuple(skip)) if skip
+                           else self.adapter.due(self._clock(), limit))
         for stored in found:
             iid = stored.instance_id
-            if iid in waking or iid in ended or iid in passed:
+            if iid in waking or iid in ended or iid in passed or stored.workflow_name in skip:
                 continue
             if woke == room:
                 break
             definition = self._definitions.get(stored.workflow_name)
-            if definition is None or self._missing_jobs(definition) or iid in self._unreadable:
+            if definition is None or self._missing_jobs(definition):
+                if self._adapter_skips:
+                    skip.add(stored.workflow_name)
+                else:
+                    passed.add(iid)
+            elif iid in self._unreadable:
                 passed.add(iid)  # (reported unreadable once, by the first look)
             elif await self._resume_one(definition, stored):
                 waking.add(iid)
                 woke += 1
             elif iid in self._unreadable:
                 passed.add(iid)
-        if woke:
+        if woke or len(skip) > skipping:
+            # (Workflows left out from now on: ask again at once, what they hid may be due.)
             self._look_again = WAKE_RETRY
         else:
             # Due ones that cannot run here, or running already until their next checkpoint:

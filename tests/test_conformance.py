@@ -3,7 +3,7 @@ broken on purpose (the kit must catch them, naming the check)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +151,25 @@ async def test_the_kit_fails_an_adapter_that_purges_in_creation_order() -> None:
 
     message = await _kit_failure(PurgesOldestCreated)
     assert "check 'purge_goes_by_finish_order_not_creation_order' failed" in message
+
+
+async def test_the_kit_fails_an_adapter_that_takes_skip_workflows_and_ignores_it() -> None:
+    class IgnoringAdapter(tf.adapters.MemoryAdapter):
+        async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:
+            return await super().due(before, limit)
+
+    message = await _kit_failure(IgnoringAdapter)
+    assert "check 'waiting_instances_of_skipped_workflows_are_left_out' failed" in message
+
+
+async def test_the_kit_passes_an_adapter_written_before_skip_workflows() -> None:
+    """The engine passes over the workflows it cannot run itself with such an adapter."""
+    class OlderAdapter(tf.adapters.MemoryAdapter):
+        async def due(self, before: float, limit: int) -> list[StoredInstance]:  # type: ignore[override]
+            return await super().due(before, limit)
+
+        async def next_wake(self) -> float | None:  # type: ignore[override]
+            return await super().next_wake()
+
+    stores: dict[str, tf.adapters.MemoryAdapter] = {}
+    assert await check_persistence_adapter(lambda key: stores.setdefault(key, OlderAdapter())) == CHECK_NAMES

@@ -24,7 +24,7 @@ from trioflow._errors import (
     UnknownInstanceError,
 )
 from trioflow._snapshot import TERMINAL
-from trioflow.adapters._protocol import Adapter, StoredInstance
+from trioflow.adapters._protocol import Adapter, StoredInstance, skips_workflows
 
 OpenAdapter = Callable[[str], Adapter]
 _BLOB = bytes(range(256)) * 3
@@ -403,6 +403,28 @@ async def waiting_instances_wake_when_due(open_adapter: OpenAdapter) -> None:
             "wake_at must survive a reopen")
 
 
+async def waiting_instances_of_skipped_workflows_are_left_out(open_adapter: OpenAdapter) -> None:
+    """``due()`` and ``next_wake()`` leave out the workflows named in ``skip_workflows``. (An
+    adapter written before the keyword existed passes: the engine passes over those itself.)"""
+    async with _opened(open_adapter, "skipping") as a:
+        if not skips_workflows(a):
+            return
+        for i, workflow, wake in (("old-1", "old", 10.0), ("old-2", "old", 20.0), ("new", "new", 30.0),
+                                  ("gone", "gone", 5.0)):
+            await a.create(i, workflow, "running", start=b"s", header=b"h0")
+            await a.checkpoint(i, "running", b"h1", [], first_seq=0, wake_at=wake)
+        assert [s.instance_id for s in await a.due(100.0, 10, skip_workflows=("old", "gone"))] == ["new"], (
+            "due() must leave out the instances of the workflows skip_workflows names")
+        assert [s.instance_id for s in await a.due(100.0, 1, skip_workflows=["old"])] == ["gone"], (
+            "due(limit=1) must count only the instances it does not leave out, soonest first")
+        assert await a.next_wake(skip_workflows={"old", "gone"}) == 30.0, (
+            "next_wake() must give the soonest wake_at of the workflows not left out")
+        assert await a.next_wake(skip_workflows=("old", "new", "gone")) is None, (
+            "next_wake() leaving every waiting instance out must give None")
+        assert await a.next_wake() == 5.0 and len(await a.due(100.0, 10)) == 4, (
+            "without skip_workflows, nothing is left out")
+
+
 async def delete_refuses_unfinished(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "delete_unfinished") as a:
         for iid, status in (("p", "pending"), ("r", "running")):
@@ -581,7 +603,8 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     checkpoint_of_unknown_instance, checkpoint_is_atomic, start_set_once, list_by_name_and_status,
     resumable_lists_pending_and_running, delete_removes, survives_reopen,
     step_is_durable_before_the_next_starts, bad_data_is_never_stored, signals_are_kept_in_order_and_consumed_once,
-    checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due, delete_refuses_unfinished, purge_by_finish_time,
+    checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due,
+    waiting_instances_of_skipped_workflows_are_left_out, delete_refuses_unfinished, purge_by_finish_time,
     lists_pages_in_creation_order, scans_hand_back_every_record_in_order, refused_writes_leave_everything,
     purge_goes_by_finish_order_not_creation_order, fences_hold_for_every_kind_of_checkpoint,
 ]

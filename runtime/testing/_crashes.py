@@ -25,7 +25,7 @@ where the parent kept it).
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -40,7 +40,7 @@ from trioflow._snapshot import InstanceState, Status, StepResult, WorkflowInstan
 from trioflow._codec import decode_payload, decode_stored, encode_payload
 from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
-from trioflow.adapters._protocol import Adapter, StoredInstance
+from trioflow.adapters._protocol import Adapter, StoredInstance, skips_workflows
 
 from ._scripted import ScriptedJob
 
@@ -498,11 +498,17 @@ class _CrashingAdapter:
     async def resumable(self) -> list[StoredInstance]:
         return await self.inner.resumable()
 
-    async def due(self, before: float, limit: int) -> list[StoredInstance]:
-        return await self.inner.due(before, limit)
+    async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:
+        if not skip_workflows:
+            return await self.inner.due(before, limit)
+        if skips_workflows(self.inner):
+            return await self.inner.due(before, limit, skip_workflows=skip_workflows)
+        return [s for s in await self.inner.due(before, limit) if s.workflow_name not in skip_workflows]
 
-    async def next_wake(self) -> float | None:
-        return await self.inner.next_wake()
+    async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:
+        if skip_workflows and skips_workflows(self.inner):
+            return await self.inner.next_wake(skip_workflows=skip_workflows)
+        return await self.inner.next_wake()  # (sooner, at worst: the waker finds nothing to wake then)
 
     async def delete(self, instance_id: str) -> bool:
         return await self.inner.delete(instance_id)
