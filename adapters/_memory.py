@@ -65,9 +65,10 @@ class MemoryAdapter:
         self._created = 0
         #: The last signal seq handed out (seqs only grow, across instances).
         self._signals = 0
-        #: ``(wake_at, order, instance_id)`` of waiting instances; entries an instance has
-        #: since left (woken, ended, deleted) are dropped when they come up.
-        self._wakes: list[tuple[float, int, str]] = []
+        #: A heap of ``(wake_at, order, instance_id)`` of waiting instances per workflow (so that
+        #: leaving a workflow out costs nothing); entries an instance has since left (woken,
+        #: ended, deleted, or waiting until another time) are dropped when they come up.
+        self._wakes: dict[str, list[tuple[float, int, str]]] = {}
         self._by_status: dict[str, dict[str, None]] = {}
         self._by_workflow: dict[str, dict[str, None]] = {}
         #: Rows in the order they finished (so by finish time, the clock permitting). A row
@@ -154,7 +155,7 @@ class MemoryAdapter:
             for seq in consumed:
                 del row.signals[seq]
         if wake_at is not None and wake_at != row.wake_at:  # (unchanged: its entry is there)
-            heapq.heappush(self._wakes, (wake_at, row.order, instance_id))
+            heapq.heappush(self._wakes.setdefault(row.workflow_name, []), (wake_at, row.order, instance_id))
         row.wake_at = wake_at
         if notify is not None and notify[0] in self._rows:
             return self._store_signal(*notify)
@@ -232,23 +233,44 @@ class MemoryAdapter:
 
     def _waiting(self, before: float, limit: int, skip_workflows: Collection[str]) -> list[tuple[str, _Row]]:
         """Up to ``limit`` waiting rows due by ``before`` (``inf`` included), soonest first,
-        none of the workflows ``skip_workflows`` names; stale heap entries (the instance woke,
-        ended or was deleted since, or its wake time was set again) are dropped on the way."""
-        out: list[tuple[str, _Row]] = []
-        kept: list[tuple[float, int, str]] = []
-        wakes = self._wakes
+        none of the workflows ``skip_workflows`` names: the heads of the other workflows' heaps
+        merged, so that what is left out costs nothing."""
+        skipped = frozenset(skip_workflows)
         listed: set[str] = set()
-        while wakes and wakes[0][0] <= before and len(out) < limit:
-            entry = heapq.heappop(wakes)
-            row = self._rows.get(entry[2])
-            if row is not None and row.wake_at == entry[0] and row.status in RESUMABLE and entry[2] not in listed:
-                listed.add(entry[2])
-                kept.append(entry)  # it stays due until its next checkpoint says otherwise
-                if row.workflow_name not in skip_workflows:
-                    out.append((entry[2], row))
-        for entry in kept:
-            heapq.heappush(wakes, entry)
+        heads: list[tuple[tuple[float, int, str], str]] = []
+        for name in list(self._wakes):
+            if name not in skipped and self._live_head(name, listed):
+                heads.append((self._wakes[name][0], name))
+        heapq.heapify(heads)
+        out: list[tuple[str, _Row]] = []
+        taken: list[tuple[str, tuple[float, int, str]]] = []
+        while heads and heads[0][0][0] <= before and len(out) < limit:
+            entry, name = heads[0]
+            heapq.heappop(self._wakes[name])
+            out.append((entry[2], self._rows[entry[2]]))
+            listed.add(entry[2])
+            taken.append((name, entry))
+            if self._live_head(name, listed):
+                heapq.heapreplace(heads, (self._wakes[name][0], name))
+            else:
+                heapq.heappop(heads)
+        for name, entry in taken:  # they stay due until their next checkpoint says otherwise
+            heapq.heappush(self._wakes.setdefault(name, []), entry)
         return out
+
+    def _live_head(self, name: str, listed: set[str]) -> bool:
+        """Drop the stale entries at the head of a workflow's heap (an instance that woke,
+        ended, was deleted, or waits until another time since; one ``listed`` already: an
+        entry twice, from a wake time set back to an earlier one); whether an entry is left."""
+        heap = self._wakes[name]
+        while heap:
+            wake_at, _, instance_id = heap[0]
+            row = self._rows.get(instance_id)
+            if row is not None and row.wake_at == wake_at and row.status in RESUMABLE and instance_id not in listed:
+                return True
+            heapq.heappop(heap)
+        del self._wakes[name]
+        return False
 
     async def delete(self, instance_id: str) -> bool:
         row = self._rows.get(instance_id)

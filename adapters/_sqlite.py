@@ -971,27 +971,44 @@ _WAITING = "i.status IN ('pending', 'running') AND i.wake_at IS NOT NULL"
 def _due(conn: sqlite3.Connection, before: float, limit: int, skip: tuple[str, ...] = ()) -> list[StoredInstance]:
     """Waiting instances due by ``before``, soonest first (the index on wake_at finds them),
     none of the workflows ``skip`` names."""
-    ids = [row[0] for row in conn.execute(
-        f"SELECT i.instance_id FROM trioflow_instances AS i WHERE {_WAITING} AND i.wake_at <= ?{_skipping(skip)}"
-        " ORDER BY i.wake_at LIMIT ?", (before, *skip, limit))]
+    skipping, names = _skipping(conn, skip)
+    soonest = f"SELECT i.instance_id FROM trioflow_instances AS i WHERE {_WAITING} AND i.wake_at <= ?{skipping}" \
+              " ORDER BY i.wake_at LIMIT ?"
+    params = (before, *names, limit)
+    ids = [row[0] for row in conn.execute(soonest, params)]
     if not ids:
         return []
-    found = {s.instance_id: s for s in _select(conn, f"i.instance_id IN ({', '.join('?' * len(ids))})", tuple(ids))}
+    # The same question again, as a subquery: no parameter per id (SQLite caps their number).
+    found = {s.instance_id: s for s in _select(conn, f"i.instance_id IN ({soonest})", params)}
     return [found[i] for i in ids if i in found]
 
 
 def _next_wake(conn: sqlite3.Connection, skip: tuple[str, ...] = ()) -> float | None:
+    skipping, names = _skipping(conn, skip)
     # In wake_at's order, the first that passes: a scan stops there (min() would read them all
     # when workflows are left out).
     row = conn.execute(
-        f"SELECT i.wake_at FROM trioflow_instances AS i WHERE {_WAITING}{_skipping(skip)} ORDER BY i.wake_at LIMIT 1",
-        skip).fetchone()
+        f"SELECT i.wake_at FROM trioflow_instances AS i WHERE {_WAITING}{skipping} ORDER BY i.wake_at LIMIT 1",
+        names).fetchone()
     return None if row is None or row[0] is None else float(row[0])
 
 
-def _skipping(names: tuple[str, ...]) -> str:
-    """The condition leaving out the workflows ``names`` (one parameter each)."""
-    return f" AND i.workflow_name NOT IN ({', '.join('?' * len(names))})" if names else ""
+#: Most workflow names left out by parameters; more go through a temporary table, since SQLite
+#: caps the number of parameters (999 before 3.32).
+_SKIP_PARAMETERS = 32
+
+
+def _skipping(conn: sqlite3.Connection, names: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """The condition leaving out the workflows ``names``, and its parameters."""
+    if not names:
+        return "", ()
+    if len(names) <= _SKIP_PARAMETERS:
+        return f" AND i.workflow_name NOT IN ({', '.join('?' * len(names))})", names
+    # In the connection's temporary database: nothing of it reaches the file.
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS trioflow_skipped (name TEXT PRIMARY KEY)")
+    conn.execute("DELETE FROM temp.trioflow_skipped")
+    conn.executemany("INSERT OR IGNORE INTO temp.trioflow_skipped (name) VALUES (?)", [(name,) for name in names])
+    return " AND i.workflow_name NOT IN (SELECT name FROM temp.trioflow_skipped)", ()
 
 
 def _names(workflows: Collection[str]) -> tuple[str, ...]:

@@ -1101,7 +1101,7 @@ class Engine:
                 break
             definition = self._definitions.get(stored.workflow_name)
             if definition is None or self._missing_jobs(definition):
-                if self._adapter_skips:
+                if self._adapter_skips and len(skip) < SKIP_MOST:
                     skip.add(stored.workflow_name)
                 else:
                     passed.add(iid)
@@ -1149,6 +1149,9 @@ WAKE_BATCH = 1000
 WAKE_RETRY = 0.05
 #: Longest the waker waits before it asks storage again after a failure.
 WAKE_BACKOFF_MAX = 5.0
+#: Most workflows the waker asks the adapter to leave out (each is a query parameter); the due
+#: instances of any more it cannot run are passed over one by one.
+SKIP_MOST = 100
 #: Longest the waker waits before it looks again at due instances it could not resume while
 #: nothing changes: a timer that falls due meanwhile fires up to this late.
 WAKE_LOOK_MAX = 1.0
