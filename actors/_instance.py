@@ -82,10 +82,7 @@ async def run_instance(run: Run) -> None:
         if not run.resumed and run.bus.wants("workflow.started"):
             run.emit("workflow.started", input=state.input)
         try:
-            if definition.transactional and run.driver is not None:
-                outcome, error, failed_step = await forward_in_transaction(run, _forward)
-            else:
-                outcome, error, failed_step = await _forward(run)
+            outcome, error, failed_step = await _forward(run)
         except Parked:
             return  # it waits, stored, without a task; the engine wakes it
         except trio.Cancelled:
@@ -111,7 +108,9 @@ async def run_instance(run: Run) -> None:
 
 
 async def _forward(run: Run) -> Forward:
-    """Run the main lane under the run's cancel scope (if it needs one); say how it ended."""
+    """Run the main lane under the run's cancel scope (if it needs one), a transactional
+    workflow's inside one driver transaction (from its first step: a delayed start does not
+    hold it while it waits); say how it ended."""
     definition = run.definition
     ctx = run.context(MAIN, len(definition.steps))
     swap_lane(ctx)
@@ -139,17 +138,27 @@ async def _forward(run: Run) -> Forward:
                     await run.persist()
                 else:
                     await past_stored_wait(run)
-            await run_lane(run, MAIN, definition.index, ctx)
+            if definition.transactional and run.driver is not None:
+                # Inside the scope: a cancel or the workflow timeout reaches a wait for the
+                # driver's lock too.
+                ended = await forward_in_transaction(run, lambda: run_lane(run, MAIN, definition.index, ctx))
+            else:
+                await run_lane(run, MAIN, definition.index, ctx)
+                ended = _COMPLETED
         except StepFailure as failure:
             return "failed", failure.error, failure.step_name
-        if not run.cancel_requested:
-            return "completed", None, None
-        # Cancelled in the pass its last step ended in, before anything awaited again: the
-        # cancel() said yes, so it is honoured (the completed steps are compensated).
+        if ended[1] is not None or not run.cancel_requested:
+            return ended
+        # Cancelled in the pass its last step ended in, before anything awaited again (or while
+        # its transaction committed): the cancel() said yes, so it is honoured (the completed
+        # steps are compensated).
     if run.cancel_requested:
         return "cancelled", _cancelled(run), None
     assert definition.timeout is not None
     return "timed_out", WorkflowTimeoutError(definition.name, definition.timeout), None
+
+
+_COMPLETED: Forward = ("completed", None, None)
 
 
 def _cancelled(run: Run) -> WorkflowCancelledError:

@@ -14,14 +14,16 @@ of running it (and writing its rows) again. Without a ledger, such a resume runs
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
+import trio
 
 from trioflow._snapshot import InstanceState, Status
 from trioflow._codec import decode_whole, encode_record, encode_whole
 from trioflow.adapters._driver import RunLedger
 
-from ._run import Run, log
+from ._run import Run, StepFailure, log
 
 #: How a forward run ended: the outcome, the error (``None``: completed) and the failed step.
 Forward = tuple[Status, "BaseException | None", "str | None"]
@@ -32,38 +34,42 @@ _FIELDS = tuple(
 )
 
 
-class _RollBack(Exception):
-    """Leaves the transaction block so that the driver rolls it back."""
-
-
-async def forward_in_transaction(run: Run, forward: Callable[[Run], Awaitable[Forward]]) -> Forward:
-    """``forward(run)`` inside one driver transaction: committed on success, rolled back otherwise.
+async def forward_in_transaction(run: Run, lane: Callable[[], Awaitable[Any]]) -> Forward:
+    """``lane()`` (the main lane's run, raising :class:`StepFailure` when a step fails for good)
+    inside one driver transaction: committed on success, rolled back otherwise. The wait for
+    the transaction (the driver's lock) is the caller's to cancel; once it is open, neither its
+    commit nor its rollback is cut short (a cancel that comes then is honoured after it).
 
     With a ledger, a successful run records its final state in the transaction; a resumed run
     whose record is found is not run again (see the module docstring).
     """
-    result: Forward = ("failed", None, None)
     ledger = _ledger(run)
+    block = run.driver.transaction()
+    await block.__aenter__()
     run.deferred = True
     try:
-        async with run.driver.transaction():
+        try:
             # Looked up inside the transaction: the check and the run it may skip are one unit.
-            if ledger is not None and run.resumed and run.state.phase == "forward":
-                if await _recover(run, ledger):
-                    return "completed", None, None
-            result = await forward(run)
-            if result[1] is not None:
-                raise _RollBack
-            if ledger is not None:
-                await ledger.record_run(run.state.instance_id, encode_whole(run.state))
-        return result
-    except BaseException as exc:
-        run.state.rolled_back = True
-        if isinstance(exc, _RollBack):
-            return result
-        if isinstance(exc, Exception):  # the commit (or the ledger) failed
+            if not (ledger is not None and run.resumed and run.state.phase == "forward" and await _recover(run, ledger)):
+                await lane()
+                if ledger is not None:
+                    await ledger.record_run(run.state.instance_id, encode_whole(run.state))
+        except BaseException as exc:
+            run.state.rolled_back = True
+            with trio.CancelScope(shield=True):
+                await block.__aexit__(type(exc), exc, exc.__traceback__)  # rolls back
+            if isinstance(exc, StepFailure):
+                return "failed", exc.error, exc.step_name
+            if isinstance(exc, Exception):  # the ledger failed
+                return "failed", exc, None
+            raise
+        try:
+            with trio.CancelScope(shield=True):
+                await block.__aexit__(None, None, None)  # commits
+        except Exception as exc:  # the commit failed
+            run.state.rolled_back = True
             return "failed", exc, None
-        raise
+        return "completed", None, None
     finally:
         run.deferred = False
 

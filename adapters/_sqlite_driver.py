@@ -58,9 +58,15 @@ class SQLiteDriver:
                 marks = ", ".join("?" for _ in names)
                 sql = f"INSERT INTO {table} ({cols}) VALUES ({marks})" if names else f"INSERT INTO {table} DEFAULT VALUES"
                 cur = conn.execute(sql, [data[c] for c in names])
-                return _rows(conn.execute(f"SELECT {_star(key)} FROM {table} WHERE rowid = ?", (cur.lastrowid,)))[0]
+                # Read back by its key when it was given (a WITHOUT ROWID table has no rowid;
+                # its key always is), else by the rowid SQLite gave it.
+                found = (conn.execute(f"SELECT {_star(key)} FROM {table} WHERE {_quote(key)} IS ?", (data[key],))
+                         if key in data else
+                         conn.execute(f"SELECT {_star(key)} FROM {table} WHERE rowid = ?", (cur.lastrowid,)))
+                return _rows(found)[0]
 
-            return await self._run(insert, f"create in {entity!r}")
+            # One unit: a row that cannot be read back is not left behind.
+            return await self._run(_atomic(insert), f"create in {entity!r}")
 
     async def find_one(self, entity: str, where: Mapping[str, Any]) -> Row | None:
         rows = await self.find_many(entity, where)
@@ -209,6 +215,12 @@ class SQLiteDriver:
                     return tables, [], ""
                 info = conn.execute("SELECT name, pk FROM pragma_table_info(?)", (entity,)).fetchall()
                 keys = [r[0] for r in sorted(info, key=lambda r: r[1]) if r[1]]
+                if len(keys) > 1:
+                    # Rows are told apart, updated and deleted by one key column (entity steps
+                    # compensate by it): with several, one would stand for many rows.
+                    raise DriverError(
+                        f"table {entity!r} has a primary key of several columns ({', '.join(keys)}); the driver works"
+                        " on tables with a primary key of one column (or none: the rowid)")
                 if keys:
                     return tables, [r[0] for r in info], keys[0]
                 # No declared key: SQLite's rowid is the key, read with every row (and usable in
