@@ -66,13 +66,7 @@ async def attempt(
             except Exception as exc:
                 error = exc
             except BaseException as exc:
-                cancelled = _as_cancellation(exc, step.name)
-                if cancelled is None:
-                    raise
-                stray = _stray_cancel()
-                if stray is None:
-                    raise cancelled from None
-                error = stray
+                error = _interrupted(exc, step.name)
             finally:
                 ctx._calling = None
             # A value that cannot be stored (put into ctx.data) fails the same way on every attempt.
@@ -113,6 +107,20 @@ def _as_cancellation(exc: BaseException, step_name: str) -> trio.Cancelled | Non
     first = unwrapped(cancelled)
     assert isinstance(first, trio.Cancelled)
     return first
+
+
+def _interrupted(exc: BaseException, step_name: str) -> BaseException:
+    """What a ``BaseException`` out of a job means for its step: a cancellation of the step,
+    its instance or the engine is raised as a bare ``Cancelled``; a stray one (nothing
+    cancelled them) is returned, to fail the step with; anything else (KeyboardInterrupt,
+    SystemExit) is raised as it is."""
+    cancelled = _as_cancellation(exc, step_name)
+    if cancelled is None:
+        raise exc
+    stray = _stray_cancel()
+    if stray is None:
+        raise cancelled from None
+    return stray
 
 
 def _stray_cancel() -> RuntimeError | None:
@@ -157,13 +165,7 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
             except Exception as exc:
                 raise StepFailure(step.name, exc, 1) from None
             except BaseException as exc:
-                cancelled = _as_cancellation(exc, step.name)
-                if cancelled is None:
-                    raise
-                stray = _stray_cancel()
-                if stray is None:
-                    raise cancelled from None
-                raise StepFailure(step.name, stray, 1) from None
+                raise StepFailure(step.name, _interrupted(exc, step.name), 1) from None
             finally:
                 ctx._calling = None
             attempts = 1

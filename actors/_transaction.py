@@ -38,31 +38,46 @@ async def forward_in_transaction(run: Run, lane: Callable[[], Awaitable[Any]]) -
     """``lane()`` (the main lane's run, raising :class:`StepFailure` when a step fails for good)
     inside one driver transaction: committed on success, rolled back otherwise. The wait for
     the transaction (the driver's lock) is the caller's to cancel; once it is open, neither its
-    commit nor its rollback is cut short (a cancel that comes then is honoured after it).
+    commit nor its rollback is cut short (a cancel that comes then is honoured after it). A
+    transaction that cannot begin, or commit, fails the run with that error.
 
     With a ledger, a successful run records its final state in the transaction; a resumed run
-    whose record is found is not run again (see the module docstring).
+    whose record is found is not run again (see the module docstring), whatever its deadline or
+    a cancel says meanwhile: what committed is its outcome.
     """
     ledger = _ledger(run)
+    recovering = ledger is not None and run.resumed and run.state.phase == "forward"
     block = run.driver.transaction()
-    await block.__aenter__()
+    try:
+        with trio.CancelScope(shield=recovering):
+            await block.__aenter__()
+    except Exception as exc:  # it could not begin (the database locked past its busy timeout, ...)
+        return "failed", exc, None
     run.deferred = True
     try:
         try:
             # Looked up inside the transaction: the check and the run it may skip are one unit.
-            if not (ledger is not None and run.resumed and run.state.phase == "forward" and await _recover(run, ledger)):
+            with trio.CancelScope(shield=recovering):
+                recovered = ledger is not None and recovering and await _recover(run, ledger)
+            if not recovered:
                 await lane()
                 if ledger is not None:
                     await ledger.record_run(run.state.instance_id, encode_whole(run.state))
         except BaseException as exc:
             run.state.rolled_back = True
-            with trio.CancelScope(shield=True):
-                await block.__aexit__(type(exc), exc, exc.__traceback__)  # rolls back
+            try:
+                with trio.CancelScope(shield=True):
+                    await block.__aexit__(type(exc), exc, exc.__traceback__)  # rolls back
+            except Exception as failed:
+                # The run's own failure stands (the database rolls back what it cannot keep),
+                # and its other compensations still run.
+                log.error("instance %s: the rollback of its transaction failed: %s", run.state.instance_id, failed,
+                          extra={"instance_id": run.state.instance_id, "workflow_name": run.state.workflow_name})
             if isinstance(exc, StepFailure):
                 return "failed", exc.error, exc.step_name
             if isinstance(exc, Exception):  # the ledger failed
                 return "failed", exc, None
-            raise
+            raise exc
         try:
             with trio.CancelScope(shield=True):
                 await block.__aexit__(None, None, None)  # commits

@@ -12,6 +12,7 @@ own transaction, so the record commits (or rolls back) with the run's writes.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -42,6 +43,8 @@ class SQLiteDriver:
         self._source = path_or_connection
         self._conn: sqlite3.Connection | None = None
         self._columns: dict[str, tuple[list[str], str]] = {}
+        #: The tables declared WITHOUT ROWID (their rows are found by their key alone).
+        self._without_rowid: set[str] = set()
         self._limiter = trio.CapacityLimiter(1)
         self._ownership = TransactionOwnership()
 
@@ -58,12 +61,17 @@ class SQLiteDriver:
                 marks = ", ".join("?" for _ in names)
                 sql = f"INSERT INTO {table} ({cols}) VALUES ({marks})" if names else f"INSERT INTO {table} DEFAULT VALUES"
                 cur = conn.execute(sql, [data[c] for c in names])
-                # Read back by its key when it was given (a WITHOUT ROWID table has no rowid;
-                # its key always is), else by the rowid SQLite gave it.
-                found = (conn.execute(f"SELECT {_star(key)} FROM {table} WHERE {_quote(key)} IS ?", (data[key],))
-                         if key in data else
+                # Read back by the rowid SQLite gave it; a WITHOUT ROWID table has none, and its
+                # key, never NULL there, names the row.
+                found = (conn.execute(f"SELECT * FROM {table} WHERE {_quote(key)} = ?", (data.get(key),))
+                         if entity in self._without_rowid else
                          conn.execute(f"SELECT {_star(key)} FROM {table} WHERE rowid = ?", (cur.lastrowid,)))
-                return _rows(found)[0]
+                row = _rows(found)[0]
+                if row[key] is None:
+                    # (SQLite lets a rowid table's non-integer key be NULL.) A row no key names
+                    # cannot be found again, nor undone by its entity step's compensation.
+                    raise DriverError(f"create in {entity!r}: its primary key {key!r} is NULL; give the row one")
+                return row
 
             # One unit: a row that cannot be read back is not left behind.
             return await self._run(_atomic(insert), f"create in {entity!r}")
@@ -222,6 +230,10 @@ class SQLiteDriver:
                         f"table {entity!r} has a primary key of several columns ({', '.join(keys)}); the driver works"
                         " on tables with a primary key of one column (or none: the rowid)")
                 if keys:
+                    without = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                           (entity,)).fetchone()
+                    if without is not None and _WITHOUT_ROWID.search(without[0] or ""):
+                        self._without_rowid.add(entity)
                     return tables, [r[0] for r in info], keys[0]
                 # No declared key: SQLite's rowid is the key, read with every row (and usable in
                 # a where, so that an entity step's compensation finds its row again).
@@ -247,6 +259,10 @@ class SQLiteDriver:
         if not names:
             return "", []
         return " WHERE " + " AND ".join(f"{_quote(c)} IS ?" for c in names), [where[c] for c in names]
+
+
+#: How a table's SQL declares it has no rowid (after its closing parenthesis).
+_WITHOUT_ROWID = re.compile(r"\)\s*WITHOUT\s+ROWID\s*(,|;|$)", re.IGNORECASE)
 
 
 def _star(key: str) -> str:
