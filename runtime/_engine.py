@@ -1182,6 +1182,12 @@ class _Opening(AbstractAsyncContextManager[Engine]):
     def __await__(self) -> Generator[Any, None, NoReturn]:
         raise TypeError(_USE_OPEN_ENGINE)
 
+    def __enter__(self) -> NoReturn:
+        raise TypeError(f"open_engine() needs async with, not with: {_USE_OPEN_ENGINE}")
+
+    def __exit__(self, *exc: Any) -> None:
+        """(Never reached: ``__enter__`` refuses.)"""
+
     def __getattr__(self, name: str) -> NoReturn:
         raise AttributeError(f"open_engine() gives the engine's block, not the engine (no {name!r}): {_USE_OPEN_ENGINE}")
 

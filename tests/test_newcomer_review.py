@@ -241,6 +241,9 @@ async def test_open_engine_used_without_async_with_says_how_to_use_it():
         tf.open_engine().register(WF)
     with pytest.raises(TypeError, match="async with tf.open_engine"):
         await tf.open_engine()
+    with pytest.raises(TypeError, match="needs async with, not with"):
+        with tf.open_engine():
+            pass
     async with tf.open_engine() as engine:
         assert isinstance(engine, tf.Engine)
 
