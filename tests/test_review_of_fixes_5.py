@@ -5,8 +5,7 @@ the waker cannot resume."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,12 @@ import trio.testing
 import trioflow as tf
 import trioflow._engine as engine_module
 from trioflow.adapters import Adapter, MemoryAdapter, SQLiteAdapter
-from trioflow.testing import open_test_engine, virtual_wall_clock
+from trioflow.testing import virtual_wall_clock
 
-Clock = Callable[[], float]
-
-
-@asynccontextmanager
-async def engine_on(adapter: Adapter, clock: Clock | None = None, **options: Any) -> AsyncIterator[tf.Engine]:
-    async with open_test_engine(adapter=adapter, clock=clock or virtual_wall_clock(), **options) as engine:
-        yield engine
+from storages import engine_on, returning
 
 
-def returning(value: Any) -> Any:
-    async def job(data: Any) -> Any:
-        return value
-    return job
+
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -22,7 +22,6 @@ import itertools
 import math
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,8 @@ from trioflow._snapshot import to_instance
 from trioflow.adapters import Adapter, MemoryAdapter, SQLiteAdapter
 from trioflow.testing import open_test_engine, virtual_wall_clock
 
-Clock = Callable[[], float]
+from storages import Clock, engine_on, finish, returning
+
 #: Slack on virtual-time measurements (SQLite commits take real time, and virtual time runs at
 #: real speed meanwhile); every timer below is hundreds of seconds long.
 SLACK = 3.0
@@ -60,22 +60,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Adap
     return lambda: SQLiteAdapter(path)
 
 
-@asynccontextmanager
-async def engine_on(adapter: Adapter, clock: Clock | None = None, **options: Any) -> AsyncIterator[tf.Engine]:
-    async with open_test_engine(adapter=adapter, clock=clock or virtual_wall_clock(), **options) as engine:
-        yield engine
 
-
-def returning(value: Any) -> Any:
-    async def job(data: Any) -> Any:
-        return value
-    return job
-
-
-async def finish(engine: tf.Engine, iid: str, limit: float = 10**6) -> tf.WorkflowInstance:
-    """``engine.wait(iid)``, failing (at once, on the autojumping clock) instead of hanging."""
-    with trio.fail_after(limit):
-        return await engine.wait(iid)
 
 
 async def send_raw(adapter: Adapter, iid: str, name: str, payload: Any) -> int | None:

@@ -6,9 +6,7 @@ parked instances whose jobs are registered late, storage locked while a timer fa
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +16,12 @@ import trio.testing
 import trioflow as tf
 from trioflow._codec import decode_stored
 import trioflow._engine as engine_module
-from trioflow._engine import WAKE_BATCH
 from trioflow._snapshot import to_instance
 from trioflow.adapters import Adapter, MemoryAdapter, SQLiteAdapter
-from trioflow.testing import open_test_engine, virtual_wall_clock
+from trioflow.testing import virtual_wall_clock
 
-Clock = Callable[[], float]
+from storages import engine_on, finish, returning
+
 SLACK = 3.0
 
 
@@ -67,21 +65,7 @@ def spun() -> bool:
     return bool(SpyMemory.busy or SpySQLite.busy)
 
 
-@asynccontextmanager
-async def engine_on(adapter: Adapter, clock: Clock | None = None, **options: Any) -> AsyncIterator[tf.Engine]:
-    async with open_test_engine(adapter=adapter, clock=clock or virtual_wall_clock(), **options) as engine:
-        yield engine
 
-
-def returning(value: Any) -> Any:
-    async def job(data: Any) -> Any:
-        return value
-    return job
-
-
-async def finish(engine: tf.Engine, iid: str, limit: float = 10**6) -> tf.WorkflowInstance:
-    with trio.fail_after(limit):
-        return await engine.wait(iid)
 
 
 async def stored_view(engine: tf.Engine, iid: str) -> tf.WorkflowInstance:
