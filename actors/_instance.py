@@ -44,7 +44,7 @@ from ._child import cancel_children
 from ._lane import run_lane
 from ._run import Parked, Run, StepFailure
 from ._task import compensate
-from ._transaction import Forward, forward_in_transaction
+from ._transaction import Forward, committed_before_a_crash, forward_in_transaction
 from ._wait import past_stored_wait, wait_for_start
 
 
@@ -112,6 +112,8 @@ async def _forward(run: Run) -> Forward:
     workflow's inside one driver transaction (from its first step: a delayed start does not
     hold it while it waits); say how it ended."""
     definition = run.definition
+    if definition.transactional and run.driver is not None and await committed_before_a_crash(run):
+        return _COMPLETED
     ctx = run.context(MAIN, len(definition.steps))
     swap_lane(ctx)
     main = run.state.lanes[MAIN]

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import trio
 
+from trioflow._lanes import MAIN
 from trioflow._snapshot import InstanceState, Status
 from trioflow._codec import decode_whole, encode_record, encode_whole
 from trioflow.adapters._driver import RunLedger
@@ -41,28 +42,21 @@ async def forward_in_transaction(run: Run, lane: Callable[[], Awaitable[Any]]) -
     commit nor its rollback is cut short (a cancel that comes then is honoured after it). A
     transaction that cannot begin, or commit, fails the run with that error.
 
-    With a ledger, a successful run records its final state in the transaction; a resumed run
-    whose record is found is not run again (see the module docstring), whatever its deadline or
-    a cancel says meanwhile: what committed is its outcome.
+    With a ledger, a successful run records its final state in the transaction (see
+    :func:`committed_before_a_crash`).
     """
     ledger = _ledger(run)
-    recovering = ledger is not None and run.resumed and run.state.phase == "forward"
     block = run.driver.transaction()
     try:
-        with trio.CancelScope(shield=recovering):
-            await block.__aenter__()
+        await block.__aenter__()
     except Exception as exc:  # it could not begin (the database locked past its busy timeout, ...)
         return "failed", exc, None
     run.deferred = True
     try:
         try:
-            # Looked up inside the transaction: the check and the run it may skip are one unit.
-            with trio.CancelScope(shield=recovering):
-                recovered = ledger is not None and recovering and await _recover(run, ledger)
-            if not recovered:
-                await lane()
-                if ledger is not None:
-                    await ledger.record_run(run.state.instance_id, encode_whole(run.state))
+            await lane()
+            if ledger is not None:
+                await ledger.record_run(run.state.instance_id, encode_whole(run.state))
         except BaseException as exc:
             run.state.rolled_back = True
             try:
@@ -87,6 +81,21 @@ async def forward_in_transaction(run: Run, lane: Callable[[], Awaitable[Any]]) -
         return "completed", None, None
     finally:
         run.deferred = False
+
+
+async def committed_before_a_crash(run: Run) -> bool:
+    """Whether a resumed run's forward part committed before its engine stopped (the driver's
+    ledger holds the state it ended in): that state is then taken, and nothing runs again.
+    Asked before the run's cancel scope opens, so that what committed is its outcome whatever
+    its deadline or a cancel says (an engine that closes meanwhile still stops it, as stored).
+    Outside any transaction: no other run of the instance can commit meanwhile."""
+    ledger = _ledger(run)
+    if ledger is None or not run.resumed or run.state.phase != "forward":
+        return False
+    main = run.state.lanes.get(MAIN)
+    if main is not None and main.waiting is not None and "start" in main.waiting:
+        return False  # a delayed start not begun yet: nothing of it can have committed
+    return await _recover(run, ledger)
 
 
 def _ledger(run: Run) -> RunLedger | None:

@@ -42,7 +42,7 @@ class MemoryDriver:
         async with self._ownership.call():
             table = self._table(entity)
             row = dict(data)
-            if "id" not in row:
+            if row.get("id") is None:  # (as SQLite gives an INTEGER PRIMARY KEY left NULL the next one)
                 row["id"] = self._next_id.get(entity, 1)
             if row["id"] in table:
                 raise DriverError(f"{entity}: a row with id {row['id']!r} already exists")

@@ -12,7 +12,6 @@ own transaction, so the record commits (or rolls back) with the run's writes.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -45,6 +44,8 @@ class SQLiteDriver:
         self._columns: dict[str, tuple[list[str], str]] = {}
         #: The tables declared WITHOUT ROWID (their rows are found by their key alone).
         self._without_rowid: set[str] = set()
+        #: Each table's generated columns (computed by SQLite: read, never written).
+        self._generated: dict[str, frozenset[str]] = {}
         self._limiter = trio.CapacityLimiter(1)
         self._ownership = TransactionOwnership()
 
@@ -53,20 +54,27 @@ class SQLiteDriver:
     async def create(self, entity: str, data: Mapping[str, Any]) -> Row:
         async with self._ownership.call():
             columns, key = await self._schema(entity)
-            names = self._checked(entity, columns, data)
+            names = self._writable(entity, self._checked(entity, columns, data))
             table = _quote(entity)
+            without_rowid = entity in self._without_rowid
 
             def insert(conn: sqlite3.Connection) -> Row:
                 cols = ", ".join(_quote(c) for c in names)
                 marks = ", ".join("?" for _ in names)
                 sql = f"INSERT INTO {table} ({cols}) VALUES ({marks})" if names else f"INSERT INTO {table} DEFAULT VALUES"
-                cur = conn.execute(sql, [data[c] for c in names])
-                # Read back by the rowid SQLite gave it; a WITHOUT ROWID table has none, and its
-                # key, never NULL there, names the row.
-                found = (conn.execute(f"SELECT * FROM {table} WHERE {_quote(key)} = ?", (data.get(key),))
-                         if entity in self._without_rowid else
-                         conn.execute(f"SELECT {_star(key)} FROM {table} WHERE rowid = ?", (cur.lastrowid,)))
-                row = _rows(found)[0]
+                if without_rowid and _RETURNING:
+                    # No rowid to find it by, and its key may come from a default: as inserted.
+                    found = conn.execute(sql + " RETURNING *", [data[c] for c in names])
+                elif without_rowid:
+                    conn.execute(sql, [data[c] for c in names])
+                    found = conn.execute(f"SELECT * FROM {table} WHERE {_quote(key)} = ?", (data.get(key),))
+                else:  # by the rowid SQLite gave it (the key may be an alias of it, given NULL)
+                    cur = conn.execute(sql, [data[c] for c in names])
+                    found = conn.execute(f"SELECT {_star(key)} FROM {table} WHERE rowid = ?", (cur.lastrowid,))
+                rows = _rows(found)
+                if not rows:
+                    raise DriverError(f"create in {entity!r}: give the row its primary key {key!r}")
+                row = rows[0]
                 if row[key] is None:
                     # (SQLite lets a rowid table's non-integer key be NULL.) A row no key names
                     # cannot be found again, nor undone by its entity step's compensation.
@@ -94,7 +102,7 @@ class SQLiteDriver:
     async def update(self, entity: str, where: Mapping[str, Any], data: Mapping[str, Any]) -> list[Row]:
         async with self._ownership.call():
             columns, key = await self._schema(entity)
-            names = self._checked(entity, columns, data)
+            names = self._writable(entity, self._checked(entity, columns, data))
             clause, params = self._where(entity, columns, where)
             if not names:
                 raise DriverError(f"update of {entity!r}: no columns to set")
@@ -221,7 +229,10 @@ class SQLiteDriver:
                     "SELECT name FROM sqlite_master WHERE type = 'table' AND name != ?", (LEDGER_TABLE,))]
                 if entity not in tables:
                     return tables, [], ""
-                info = conn.execute("SELECT name, pk FROM pragma_table_info(?)", (entity,)).fetchall()
+                # (table_xinfo lists generated columns too: hidden 2 or 3; 1 is a virtual table's.)
+                info = conn.execute(
+                    "SELECT name, pk, hidden FROM pragma_table_xinfo(?) WHERE hidden != 1", (entity,)).fetchall()
+                self._generated[entity] = frozenset(r[0] for r in info if r[2])
                 keys = [r[0] for r in sorted(info, key=lambda r: r[1]) if r[1]]
                 if len(keys) > 1:
                     # Rows are told apart, updated and deleted by one key column (entity steps
@@ -230,9 +241,9 @@ class SQLiteDriver:
                         f"table {entity!r} has a primary key of several columns ({', '.join(keys)}); the driver works"
                         " on tables with a primary key of one column (or none: the rowid)")
                 if keys:
-                    without = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
-                                           (entity,)).fetchone()
-                    if without is not None and _WITHOUT_ROWID.search(without[0] or ""):
+                    try:  # (asked of SQLite itself: a WITHOUT ROWID table has no rowid to select)
+                        conn.execute(f"SELECT rowid FROM {_quote(entity)} LIMIT 0")
+                    except sqlite3.OperationalError:
                         self._without_rowid.add(entity)
                     return tables, [r[0] for r in info], keys[0]
                 # No declared key: SQLite's rowid is the key, read with every row (and usable in
@@ -245,6 +256,12 @@ class SQLiteDriver:
                     f"no table {entity!r} in the database (tables: {', '.join(sorted(tables)) or 'none'})")
             self._columns[entity] = (columns, key)
         return self._columns[entity]
+
+    def _writable(self, entity: str, names: list[str]) -> list[str]:
+        """``names`` without the table's generated columns: SQLite computes those (a row read
+        back, and handed to ``create`` again by an entity step's compensation, holds them)."""
+        generated = self._generated.get(entity)
+        return [c for c in names if c not in generated] if generated else names
 
     @staticmethod
     def _checked(entity: str, columns: list[str], data: Mapping[str, Any]) -> list[str]:
@@ -261,8 +278,8 @@ class SQLiteDriver:
         return " WHERE " + " AND ".join(f"{_quote(c)} IS ?" for c in names), [where[c] for c in names]
 
 
-#: How a table's SQL declares it has no rowid (after its closing parenthesis).
-_WITHOUT_ROWID = re.compile(r"\)\s*WITHOUT\s+ROWID\s*(,|;|$)", re.IGNORECASE)
+#: Whether this SQLite has ``INSERT ... RETURNING`` (3.35 and later).
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 
 
 def _star(key: str) -> str:

@@ -59,6 +59,17 @@ async def _once(ctx: WorkflowContext, step: str, write: Callable[[Driver], Await
     return output
 
 
+def _keyed(rows: list[dict[str, Any]], key: str, step: str, entity: str, where: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The rows an update or delete step changes: at least one, each with a key (its
+    compensation finds and restores rows by their key; a NULL one would name every such row)."""
+    if not rows:
+        raise EntityNotFoundError(f"step {step!r}: no {entity!r} row matches {where!r}")
+    if any(row.get(key) is None for row in rows):
+        raise DriverError(f"step {step!r}: a {entity!r} row matching {where!r} has no {key!r} (NULL): it could not be"
+                          " restored by its key")
+    return rows
+
+
 def create_entity_step(
     name: str, entity: str, data_fn: Fn, *, store_as: str | None = None, compensate: bool = True,
     retry: Retry | None = None, timeout: float | None = None,
@@ -101,9 +112,7 @@ def update_entity_step(
 
         async def update(driver: Driver) -> dict[str, Any]:
             key = await driver.primary_key(entity)
-            before = await driver.find_many(entity, where)
-            if not before:
-                raise EntityNotFoundError(f"step {name!r}: no {entity!r} row matches {where!r}")
+            before = _keyed(await driver.find_many(entity, where), key, name, entity, where)
             updated = [row for old in before for row in await driver.update(entity, {key: old[key]}, data)]
             previous = [{key: old[key], **{c: old.get(c) for c in data}} for old in before]
             return {"updated": updated, "previous": previous}
@@ -135,9 +144,7 @@ def delete_entity_step(
 
         async def delete(driver: Driver) -> dict[str, Any]:
             key = await driver.primary_key(entity)
-            rows = await driver.find_many(entity, where)
-            if not rows:
-                raise EntityNotFoundError(f"step {name!r}: no {entity!r} row matches {where!r}")
+            rows = _keyed(await driver.find_many(entity, where), key, name, entity, where)
             for row in rows:
                 await driver.delete(entity, {key: row[key]})
             return {"deleted": rows}
