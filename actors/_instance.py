@@ -112,8 +112,13 @@ async def _forward(run: Run) -> Forward:
     workflow's inside one driver transaction (from its first step: a delayed start does not
     hold it while it waits); say how it ended."""
     definition = run.definition
-    if definition.transactional and run.driver is not None and await committed_before_a_crash(run):
-        return _COMPLETED
+    transactional = definition.transactional and run.driver is not None
+    if transactional:
+        try:
+            if await committed_before_a_crash(run):
+                return _COMPLETED
+        except Exception as exc:  # the driver could not be asked (its database locked, ...)
+            return "failed", exc, None
     ctx = run.context(MAIN, len(definition.steps))
     swap_lane(ctx)
     main = run.state.lanes[MAIN]
@@ -134,13 +139,14 @@ async def _forward(run: Run) -> Forward:
             if delayed:
                 await wait_for_start(run, main)
                 if scope is not None and definition.timeout is not None:
-                    # Its timeout counts from here, stored at once, so that a restart during
-                    # its first step does not start the count over.
                     scope.deadline = trio.current_time() + definition.timeout
+                if definition.timeout is not None or transactional:
+                    # Stored at once: a restart during its first step then counts its timeout
+                    # from here, and knows its transaction may have begun (and committed).
                     await run.persist()
                 else:
                     await past_stored_wait(run)
-            if definition.transactional and run.driver is not None:
+            if transactional:
                 # Inside the scope: a cancel or the workflow timeout reaches a wait for the
                 # driver's lock too.
                 ended = await forward_in_transaction(run, lambda: run_lane(run, MAIN, definition.index, ctx))

@@ -94,7 +94,7 @@ async def committed_before_a_crash(run: Run) -> bool:
         return False
     main = run.state.lanes.get(MAIN)
     if main is not None and main.waiting is not None and "start" in main.waiting:
-        return False  # a delayed start not begun yet: nothing of it can have committed
+        return False  # a delayed start not begun (its end is stored before its transaction opens)
     return await _recover(run, ledger)
 
 

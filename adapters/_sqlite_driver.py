@@ -44,6 +44,9 @@ class SQLiteDriver:
         self._columns: dict[str, tuple[list[str], str]] = {}
         #: The tables declared WITHOUT ROWID (their rows are found by their key alone).
         self._without_rowid: set[str] = set()
+        #: Each rowid table's name for its rowid that no column of its own takes (``rowid``,
+        #: ``_rowid_`` or ``oid``).
+        self._rowid_alias: dict[str, str] = {}
         #: Each table's generated columns (computed by SQLite: read, never written).
         self._generated: dict[str, frozenset[str]] = {}
         self._limiter = trio.CapacityLimiter(1)
@@ -57,20 +60,25 @@ class SQLiteDriver:
             names = self._writable(entity, self._checked(entity, columns, data))
             table = _quote(entity)
             without_rowid = entity in self._without_rowid
+            alias = self._rowid_alias.get(entity, "rowid")
 
             def insert(conn: sqlite3.Connection) -> Row:
                 cols = ", ".join(_quote(c) for c in names)
                 marks = ", ".join("?" for _ in names)
                 sql = f"INSERT INTO {table} ({cols}) VALUES ({marks})" if names else f"INSERT INTO {table} DEFAULT VALUES"
-                if without_rowid and _RETURNING:
-                    # No rowid to find it by, and its key may come from a default: as inserted.
-                    found = conn.execute(sql + " RETURNING *", [data[c] for c in names])
-                elif without_rowid:
-                    conn.execute(sql, [data[c] for c in names])
-                    found = conn.execute(f"SELECT * FROM {table} WHERE {_quote(key)} = ?", (data.get(key),))
+                if without_rowid:
+                    # No rowid to find it by: by its key, which may come from a default (then as
+                    # RETURNING gives it), read again as stored (after AFTER triggers).
+                    given = data.get(key)
+                    if _RETURNING:
+                        returned = _rows(conn.execute(f"{sql} RETURNING {_quote(key)}", [data[c] for c in names]))
+                        given = returned[0][key] if returned else None
+                    else:
+                        conn.execute(sql, [data[c] for c in names])
+                    found = conn.execute(f"SELECT * FROM {table} WHERE {_quote(key)} = ?", (given,))
                 else:  # by the rowid SQLite gave it (the key may be an alias of it, given NULL)
                     cur = conn.execute(sql, [data[c] for c in names])
-                    found = conn.execute(f"SELECT {_star(key)} FROM {table} WHERE rowid = ?", (cur.lastrowid,))
+                    found = conn.execute(f"SELECT {_star(key)} FROM {table} WHERE {alias} = ?", (cur.lastrowid,))
                 rows = _rows(found)
                 if not rows:
                     raise DriverError(f"create in {entity!r}: give the row its primary key {key!r}")
@@ -241,8 +249,15 @@ class SQLiteDriver:
                         f"table {entity!r} has a primary key of several columns ({', '.join(keys)}); the driver works"
                         " on tables with a primary key of one column (or none: the rowid)")
                 if keys:
-                    try:  # (asked of SQLite itself: a WITHOUT ROWID table has no rowid to select)
-                        conn.execute(f"SELECT rowid FROM {_quote(entity)} LIMIT 0")
+                    # Asked of SQLite itself: a WITHOUT ROWID table has no rowid to select, by a
+                    # name of it no column of the table takes.
+                    names = {r[0].lower() for r in info}
+                    alias = next((a for a in ("rowid", "_rowid_", "oid") if a not in names), None)
+                    try:
+                        if alias is None:
+                            raise sqlite3.OperationalError("every name of the rowid is a column's")
+                        conn.execute(f"SELECT {alias} FROM {_quote(entity)} LIMIT 0")
+                        self._rowid_alias[entity] = alias
                     except sqlite3.OperationalError:
                         self._without_rowid.add(entity)
                     return tables, [r[0] for r in info], keys[0]
