@@ -32,6 +32,7 @@ from trioflow._definition import ChildStep, TaskStep
 from trioflow._errors import (
     ChildCompensationError,
     CompensationTimeoutError,
+    StorageUnavailableError,
     WorkflowCancelledError,
     WorkflowTimeoutError,
     describe_error,
@@ -118,7 +119,11 @@ async def _forward(run: Run) -> Forward:
             if await committed_before_a_crash(run):
                 return _COMPLETED
         except Exception as exc:  # the driver could not be asked (its database locked, ...)
-            return "failed", exc, None
+            # Whether it committed is not known: it stays as stored, for a later resume to ask
+            # again (failed now, writes that did commit would be left, undone by nothing).
+            raise StorageUnavailableError(
+                f"the driver could not tell whether its transaction committed before the engine stopped"
+                f" ({describe_error(exc)})") from exc
     ctx = run.context(MAIN, len(definition.steps))
     swap_lane(ctx)
     main = run.state.lanes[MAIN]

@@ -60,25 +60,29 @@ class SQLiteDriver:
             names = self._writable(entity, self._checked(entity, columns, data))
             table = _quote(entity)
             without_rowid = entity in self._without_rowid
-            alias = self._rowid_alias.get(entity, "rowid")
+            alias = self._rowid_alias.get(entity)
 
             def insert(conn: sqlite3.Connection) -> Row:
                 cols = ", ".join(_quote(c) for c in names)
                 marks = ", ".join("?" for _ in names)
                 sql = f"INSERT INTO {table} ({cols}) VALUES ({marks})" if names else f"INSERT INTO {table} DEFAULT VALUES"
-                if without_rowid:
-                    # No rowid to find it by: by its key, which may come from a default (then as
-                    # RETURNING gives it), read again as stored (after AFTER triggers).
+                if alias is None:
+                    # No rowid to find it by (a WITHOUT ROWID table, or every name of it a
+                    # column's): by its key, which may come from a default (then as RETURNING
+                    # gives it), read again as stored (after AFTER triggers).
                     given = data.get(key)
                     if _RETURNING:
                         returned = _rows(conn.execute(f"{sql} RETURNING {_quote(key)}", [data[c] for c in names]))
                         given = returned[0][key] if returned else None
                     else:
-                        conn.execute(sql, [data[c] for c in names])
+                        cur = conn.execute(sql, [data[c] for c in names])
+                        if given is None and not without_rowid:
+                            given = cur.lastrowid  # (an INTEGER PRIMARY KEY left NULL is the rowid)
                     found = conn.execute(f"SELECT * FROM {table} WHERE {_quote(key)} = ?", (given,))
                 else:  # by the rowid SQLite gave it (the key may be an alias of it, given NULL)
                     cur = conn.execute(sql, [data[c] for c in names])
-                    found = conn.execute(f"SELECT {_star(key)} FROM {table} WHERE {alias} = ?", (cur.lastrowid,))
+                    found = conn.execute(f"SELECT {self._select(entity)} FROM {table} WHERE {alias} = ?",
+                                         (cur.lastrowid,))
                 rows = _rows(found)
                 if not rows:
                     raise DriverError(f"create in {entity!r}: give the row its primary key {key!r}")
@@ -100,7 +104,7 @@ class SQLiteDriver:
         async with self._ownership.call():
             columns, key = await self._schema(entity)
             clause, params = self._where(entity, columns, where)
-            sql = f"SELECT {_star(key)} FROM {_quote(entity)}{clause} ORDER BY {_quote(key)}"
+            sql = f"SELECT {self._select(entity)} FROM {_quote(entity)}{clause} ORDER BY {_quote(key)}"
 
             def select(conn: sqlite3.Connection) -> list[Row]:
                 return _rows(conn.execute(sql, params))
@@ -124,7 +128,8 @@ class SQLiteDriver:
                     raise DriverError(_KEY_CHANGE.format(entity=entity, key=key))
                 for k in keys:
                     conn.execute(f"UPDATE {table} SET {sets} WHERE {key_col} = ?", [data[c] for c in names] + [k])
-                return [_rows(conn.execute(f"SELECT {_star(key)} FROM {table} WHERE {key_col} = ?", (k,)))[0] for k in keys]
+                return [_rows(conn.execute(f"SELECT {self._select(entity)} FROM {table} WHERE {key_col} = ?", (k,)))[0]
+                        for k in keys]
 
             return await self._run(_atomic(update), f"update of {entity!r}")
 
@@ -248,22 +253,22 @@ class SQLiteDriver:
                     raise DriverError(
                         f"table {entity!r} has a primary key of several columns ({', '.join(keys)}); the driver works"
                         " on tables with a primary key of one column (or none: the rowid)")
+                # The table's name for its rowid that no column of its own takes.
+                names = {r[0].lower() for r in info}
+                alias = next((a for a in ("rowid", "_rowid_", "oid") if a not in names), None)
+                if _without_rowid(conn, entity, alias):
+                    self._without_rowid.add(entity)
+                elif alias is not None:
+                    self._rowid_alias[entity] = alias
                 if keys:
-                    # Asked of SQLite itself: a WITHOUT ROWID table has no rowid to select, by a
-                    # name of it no column of the table takes.
-                    names = {r[0].lower() for r in info}
-                    alias = next((a for a in ("rowid", "_rowid_", "oid") if a not in names), None)
-                    try:
-                        if alias is None:
-                            raise sqlite3.OperationalError("every name of the rowid is a column's")
-                        conn.execute(f"SELECT {alias} FROM {_quote(entity)} LIMIT 0")
-                        self._rowid_alias[entity] = alias
-                    except sqlite3.OperationalError:
-                        self._without_rowid.add(entity)
                     return tables, [r[0] for r in info], keys[0]
+                if alias is None or entity in self._without_rowid:
+                    raise DriverError(
+                        f"table {entity!r} has no primary key, and columns named rowid, _rowid_ and oid: the driver"
+                        " has no name left to tell its rows apart by")
                 # No declared key: SQLite's rowid is the key, read with every row (and usable in
                 # a where, so that an entity step's compensation finds its row again).
-                return tables, ["rowid", *(r[0] for r in info)], "rowid"
+                return tables, [alias, *(r[0] for r in info)], alias
 
             tables, columns, key = await self._run(read, f"reading the schema of {entity!r}")
             if not columns:
@@ -271,6 +276,13 @@ class SQLiteDriver:
                     f"no table {entity!r} in the database (tables: {', '.join(sorted(tables)) or 'none'})")
             self._columns[entity] = (columns, key)
         return self._columns[entity]
+
+    def _select(self, entity: str) -> str:
+        """The columns a row is read with: all, and the rowid too where it is the key (a table
+        with no declared key)."""
+        key = self._columns[entity][1]
+        # (A declared key is a column of the table, and the rowid's name here is none of them.)
+        return f"{key} AS {key}, *" if key == self._rowid_alias.get(entity) else "*"
 
     def _writable(self, entity: str, names: list[str]) -> list[str]:
         """``names`` without the table's generated columns: SQLite computes those (a row read
@@ -297,9 +309,22 @@ class SQLiteDriver:
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 
 
-def _star(key: str) -> str:
-    """The columns a row is read with: all, and the rowid too where it is the key."""
-    return "rowid AS rowid, *" if key == "rowid" else "*"
+def _without_rowid(conn: sqlite3.Connection, entity: str, alias: str | None) -> bool:
+    """Whether ``entity`` is a WITHOUT ROWID table, asked of SQLite itself: its table list
+    (3.37 and later), else whether the rowid can be selected by a name no column takes (a
+    table that leaves none is taken for a rowid table)."""
+    try:
+        row = conn.execute("SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?", (entity,)).fetchone()
+        return bool(row[0]) if row is not None else False
+    except sqlite3.OperationalError:
+        pass
+    if alias is None:
+        return False
+    try:
+        conn.execute(f"SELECT {alias} FROM {_quote(entity)} LIMIT 0")
+    except sqlite3.OperationalError:
+        return True
+    return False
 
 
 def _quote(name: str) -> str:
