@@ -68,7 +68,6 @@ def _deadline(run: Run) -> float:
 async def run_instance(run: Run) -> None:
     """Drive ``run.state`` from wherever it stands to a terminal status."""
     state = run.state
-    definition = run.definition
     # The lanes below register their contexts for current_step(); what the calling task had
     # (an execute_workflow run inside a step) comes back when the run is over.
     previous = swap_lane(None)
@@ -119,6 +118,10 @@ async def _forward(run: Run) -> Forward:
             if await committed_before_a_crash(run):
                 return _COMPLETED
         except Exception as exc:  # the driver could not be asked (its database locked, ...)
+            if run.cancel_requested:
+                # A cancel that said yes meanwhile is honoured, with what is stored: the steps
+                # before the transaction are compensated.
+                return "cancelled", _cancelled(run), None
             # Whether it committed is not known: it stays as stored, for a later resume to ask
             # again (failed now, writes that did commit would be left, undone by nothing).
             raise StorageUnavailableError(

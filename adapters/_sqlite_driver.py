@@ -47,6 +47,8 @@ class SQLiteDriver:
         #: Each rowid table's name for its rowid that no column of its own takes (``rowid``,
         #: ``_rowid_`` or ``oid``).
         self._rowid_alias: dict[str, str] = {}
+        #: The tables whose declared key is their rowid (an INTEGER PRIMARY KEY).
+        self._key_is_rowid: set[str] = set()
         #: Each table's generated columns (computed by SQLite: read, never written).
         self._generated: dict[str, frozenset[str]] = {}
         self._limiter = trio.CapacityLimiter(1)
@@ -59,8 +61,8 @@ class SQLiteDriver:
             columns, key = await self._schema(entity)
             names = self._writable(entity, self._checked(entity, columns, data))
             table = _quote(entity)
-            without_rowid = entity in self._without_rowid
             alias = self._rowid_alias.get(entity)
+            key_is_rowid = entity in self._key_is_rowid
 
             def insert(conn: sqlite3.Connection) -> Row:
                 cols = ", ".join(_quote(c) for c in names)
@@ -76,7 +78,7 @@ class SQLiteDriver:
                         given = returned[0][key] if returned else None
                     else:
                         cur = conn.execute(sql, [data[c] for c in names])
-                        if given is None and not without_rowid:
+                        if given is None and key_is_rowid:
                             given = cur.lastrowid  # (an INTEGER PRIMARY KEY left NULL is the rowid)
                     found = conn.execute(f"SELECT * FROM {table} WHERE {_quote(key)} = ?", (given,))
                 else:  # by the rowid SQLite gave it (the key may be an alias of it, given NULL)
@@ -244,7 +246,7 @@ class SQLiteDriver:
                     return tables, [], ""
                 # (table_xinfo lists generated columns too: hidden 2 or 3; 1 is a virtual table's.)
                 info = conn.execute(
-                    "SELECT name, pk, hidden FROM pragma_table_xinfo(?) WHERE hidden != 1", (entity,)).fetchall()
+                    "SELECT name, pk, hidden, type FROM pragma_table_xinfo(?) WHERE hidden != 1", (entity,)).fetchall()
                 self._generated[entity] = frozenset(r[0] for r in info if r[2])
                 keys = [r[0] for r in sorted(info, key=lambda r: r[1]) if r[1]]
                 if len(keys) > 1:
@@ -261,6 +263,10 @@ class SQLiteDriver:
                 elif alias is not None:
                     self._rowid_alias[entity] = alias
                 if keys:
+                    # An INTEGER PRIMARY KEY of a rowid table is its rowid: left NULL, it gets one.
+                    if entity not in self._without_rowid and any(
+                            r[0] == keys[0] and (r[3] or "").upper() == "INTEGER" for r in info):
+                        self._key_is_rowid.add(entity)
                     return tables, [r[0] for r in info], keys[0]
                 if alias is None or entity in self._without_rowid:
                     raise DriverError(
@@ -314,7 +320,9 @@ def _without_rowid(conn: sqlite3.Connection, entity: str, alias: str | None) -> 
     (3.37 and later), else whether the rowid can be selected by a name no column takes (a
     table that leaves none is taken for a rowid table)."""
     try:
-        row = conn.execute("SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?", (entity,)).fetchone()
+        # The table the driver's unqualified statements reach: a temporary one first.
+        row = conn.execute("SELECT wr FROM pragma_table_list WHERE name = ? AND schema IN ('temp', 'main')"
+                           " ORDER BY schema = 'temp' DESC LIMIT 1", (entity,)).fetchone()
         return bool(row[0]) if row is not None else False
     except sqlite3.OperationalError:
         pass
