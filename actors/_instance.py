@@ -22,6 +22,7 @@ import trio
 from trioflow._current import swap_lane
 from trioflow._decide import (
     begin_compensation,
+    fail_alone,
     finish,
     pending_compensations,
     record_compensated,
@@ -74,7 +75,10 @@ async def run_instance(run: Run) -> None:
     try:
         if state.phase == "compensating":
             # The engine that decided may have closed before it cancelled the children.
-            await _cancel_children_and_compensate(run)
+            if run.doomed is not None:
+                await _fail_alone(run, run.doomed)
+            else:
+                await _cancel_children_and_compensate(run)
             return
         if run.doomed is not None:
             await _end_badly(run, "failed", run.doomed, None)
@@ -232,6 +236,18 @@ async def _cancel_children_and_compensate(run: Run) -> None:
     await cancel_children(run, unended_children(run.state))
     await trio.lowlevel.checkpoint_if_cancelled()
     await _compensate_and_finish(run)
+
+
+async def _fail_alone(run: Run, error: BaseException) -> None:
+    """A compensating instance that no longer fits its definition (its compensations may be
+    gone) fails alone, compensating nothing more: once the children it waited on are
+    cancelled. Stored failed before, it would never be taken up again to cancel them; an engine
+    closing meanwhile leaves it compensating, and the next one does this again."""
+    await cancel_children(run, unended_children(run.state))
+    await trio.lowlevel.checkpoint_if_cancelled()
+    fail_alone(run.state, describe_error(error), run.clock())
+    # Stored as a run stores its end: a child's end notice to its parent goes with it.
+    await run.persist()
 
 
 async def undo(run: Run, bound: float | None) -> None:

@@ -40,7 +40,7 @@ from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance, skips_workflows
 
 from ._current import check_in_trio
-from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, unended_children, wake_at
+from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, wake_at
 from ._ids import creation_time, new_instance_id
 from ._definition import WorkflowDefinition
 from ._durations import Seconds, seconds
@@ -781,22 +781,11 @@ class Engine:
         except Exception as exc:  # a decodable snapshot the kernel cannot make sense of
             self._refuse_unreadable(record, SnapshotDecodeError(f"snapshot fields are malformed: {describe_error(exc)}"))
             return None
-        doomed = None
-        if problem is not None and state.phase == "forward":
-            # It cannot go on, but what it did can be undone: its run fails before anything
-            # runs, as a failed step would fail it (the children it waits on are cancelled, the
-            # completed steps the new definition still has compensated, newest first).
-            doomed = DefinitionMismatchError(problem)
-        elif problem is not None:
-            fail_alone(state, f"DefinitionMismatchError: {problem}", self._clock())
-            # Stored as a run stores its end: a child's end notice to its parent goes with it.
-            await self._run(definition, state, resumed=True).persist()
-            for child_id in unended_children(state) if not self._closed else ():
-                # Waited on when it ended badly, maybe not cancelled yet: they go now, beside
-                # (a resume in flight must not wait on them: their cancels wait for resumes).
-                self._supervisor.start_soon(f"cancel child {child_id}", self._children.cancel, child_id,
-                                            definition.compensation_timeout)
-            return None
+        # It cannot go on: its run fails before anything runs. Going forward, as a failed step
+        # would fail it (the children it waits on are cancelled, the completed steps the new
+        # definition still has compensated, newest first); compensating, it fails alone once the
+        # children it waited on are cancelled (see ``run_instance``).
+        doomed = None if problem is None else DefinitionMismatchError(problem)
         iid = record.instance_id
         if iid in self._live or iid in self._storing or self._closed:
             return None  # running here, or being started
