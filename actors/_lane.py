@@ -69,9 +69,13 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
     bus = run.bus
     steps = 0
     while (name := lane.step) is not None:
-        # Steps that never reach a checkpoint would otherwise keep a cancelled lane (a fail-fast
-        # sibling, a cancelled instance) starting new steps; this costs nothing when not cancelled.
-        await trio.lowlevel.checkpoint_if_cancelled()
+        waiting = lane.waiting
+        if waiting is None or "attempt" not in waiting:
+            # Steps that never reach a checkpoint would otherwise keep a cancelled lane (a
+            # fail-fast sibling, a cancelled instance) starting new steps; this costs nothing
+            # when not cancelled. (A retried step taken up checks in ``attempt``: a cancel then
+            # records the execution its attempts made, as it does in memory.)
+            await trio.lowlevel.checkpoint_if_cancelled()
         steps += 1
         if steps % YIELD_EVERY == 0:
             # Nor might they ever yield (no-op jobs, a pass/choice loop, a MemoryAdapter's
@@ -85,7 +89,9 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             raise StepFailure(name, error, failed.attempts)
         step = lookup[name][0]
         ctx.step_index = index[name]
-        started_at = run.clock()
+        # Taken up after it left memory mid-step (a timer, a signal, a retry's delay), the step's
+        # execution started with the run before.
+        started_at = run.clock() if waiting is None or "since" not in waiting else waiting["since"]
         # (Not for a step taken up again: it started before.)
         if bus.active and lane.waiting is None and lane.begun is None and bus.wants("workflow.step.started"):
             run.emit("workflow.step.started", step_name=name, step_type=step.kind)
@@ -103,10 +109,10 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             elif isinstance(step, MapStep):
                 output, target = await _map.run_map(run, step, lane_key, ctx), next_of(step)
             elif isinstance(step, WaitStep):
-                await run_wait(run, step, lane, ctx)
+                await run_wait(run, step, lane, ctx, started_at)
                 output, passes, target = state.output_of(lane.last), lane.last, next_of(step)
             elif isinstance(step, ReceiveStep):
-                output, target = await run_receive(run, step, lane), next_of(step)
+                output, target = await run_receive(run, step, lane, started_at), next_of(step)
             elif isinstance(step, ChildStep):
                 output, target = await run_child(run, step, lane_key, lane, ctx), next_of(step)
             else:

@@ -26,6 +26,7 @@ log = logging.getLogger("trioflow")
 
 async def attempt(
     run: Run, step: TaskStep, fn: Any, asynchronous: bool, args: tuple[Any, ...], *, ctx: Any, announce: bool,
+    since: float | None = None,
 ) -> tuple[Any, int]:
     """Call ``fn(*args)`` until it succeeds or the step's retry policy gives up.
 
@@ -42,7 +43,10 @@ async def attempt(
     lane = run.state.lanes.get(ctx.lane) if announce else None
     try:
         if lane is not None and lane.waiting is not None and "attempt" in lane.waiting:
-            attempts = lane.waiting["attempt"]  # made before a restart
+            attempts = ctx._attempt = lane.waiting["attempt"]  # made before a restart
+            # Cancelled (or timed out) while it waited out of memory: the execution's attempts
+            # are recorded, as when the cancel reaches its delay in memory.
+            await trio.lowlevel.checkpoint_if_cancelled()
             if "retry" in lane.waiting:
                 await wait_for_retry(run, lane)
         while True:
@@ -83,6 +87,8 @@ async def attempt(
                 )
             if lane is not None and run.adapter is not None:
                 lane.waiting = {"retry": run.clock() + delay, "attempt": attempts}
+                if since is not None:
+                    lane.waiting["since"] = since
                 await run.persist()
                 await wait_for_retry(run, lane)
             else:
@@ -170,7 +176,8 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
                 ctx._calling = None
             attempts = 1
         else:
-            result, attempts = await attempt(run, step, fn, asynchronous, (arg,), ctx=ctx, announce=True)
+            result, attempts = await attempt(run, step, fn, asynchronous, (arg,), ctx=ctx, announce=True,
+                                             since=started_at)
         output = step.output(result, ctx) if step.output is not None else result
         return output, data, uses_input, attempts
     except StepFailure as failure:

@@ -21,19 +21,19 @@ from trioflow._decide import wake_at
 from trioflow._definition import ReceiveStep, Step, WaitStep
 from trioflow._durations import seconds
 from trioflow._errors import InvalidArgumentError, SignalTimeoutError
-from trioflow._snapshot import Lane
+from trioflow._snapshot import Lane, waiting_view
 
 from ._run import Parked, Run, StepFailure
 
 
-async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext) -> None:
+async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext, started_at: float) -> None:
     """Wait until the timer's due time, stored when the step first starts."""
     if not lane.waits():
         try:
             due = _due(run, step, ctx)
         except Exception as exc:  # the step's callable raised, or gave no due time
             raise StepFailure(step.name, exc, 1) from exc
-        lane.waiting = {"timer": due}
+        lane.waiting = {"timer": due, "since": started_at}
         await announce(run, step, lane)
     await _wait_stored(run, lane, "timer")
 
@@ -50,9 +50,9 @@ async def wait_for_retry(run: Run, lane: Lane) -> None:
     ``retry``, then store that the wait is over (see :func:`past_stored_wait`), keeping the
     attempts made so far: a restart during the next attempt takes the count up from there."""
     assert lane.waiting is not None
-    made = lane.waiting["attempt"]
+    kept: dict[str, Any] = {key: lane.waiting[key] for key in ("attempt", "since") if key in lane.waiting}
     await _wait_stored(run, lane, "retry")
-    lane.waiting = {"attempt": made}
+    lane.waiting = kept
     await past_stored_wait(run)
 
 
@@ -76,12 +76,12 @@ async def _wait_stored(run: Run, lane: Lane, key: str) -> None:
     lane.waiting = None
 
 
-async def run_receive(run: Run, step: ReceiveStep, lane: Lane) -> Any:
+async def run_receive(run: Run, step: ReceiveStep, lane: Lane, started_at: float) -> Any:
     """Take the next signal named ``step.signal``, waiting for it (until the timeout, if any);
     returns its payload, or raises :class:`StepFailure` with :class:`SignalTimeoutError`."""
     if not lane.waits():
         due = None if step.timeout is None else run.clock() + step.timeout
-        lane.waiting = {"signal": step.signal, "timeout": due}
+        lane.waiting = {"signal": step.signal, "timeout": due, "since": started_at}
         taken = await take(run, step.signal)
         if taken is None:
             await announce(run, step, lane)  # stored: a resume waits on, with the same timeout
@@ -166,7 +166,7 @@ async def announce(run: Run, step: Step, lane: Lane) -> None:
     """Store what the lane waits for, then tell listeners."""
     await run.persist()
     if run.bus.active:
-        run.emit("workflow.step.waiting", step_name=step.name, waiting=dict(lane.waiting or {}))
+        run.emit("workflow.step.waiting", step_name=step.name, waiting=waiting_view(lane.waiting or {}))
 
 
 def _due(run: Run, step: WaitStep, ctx: WorkflowContext) -> float:

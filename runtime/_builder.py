@@ -108,6 +108,14 @@ class _LaneBuilder:
     ) -> Self:
         """Add a saga step, or a prebuilt one from :func:`trioflow.step`."""
         if isinstance(name, TaskStep):
+            given = [option for option, value in (
+                ("execute", execute), ("compensate", compensate), ("retry", retry), ("timeout", timeout),
+                ("catch", catch or None), ("next", next), ("end", end or None)) if value is not None]
+            if given:
+                # The step is built already: what is given here would be dropped without a word.
+                raise DefinitionError(
+                    f"{self._owner()}, step {name.name!r}: a prebuilt step takes no {', '.join(given)} here;"
+                    f" give them to tf.step()")
             self._steps.append(name)
             return self
         if execute is None:

@@ -8,6 +8,7 @@ or a name matched already.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Union, final
 
@@ -46,6 +47,14 @@ def matcher_tuple(value: object, label: str) -> tuple[ErrorMatcher, ...]:
                  else isinstance(item, (str, _All)) or callable(item))
         if not valid:
             raise DefinitionError(f"{label} items must be exception types, strings or predicates, got {item!r}")
+        if item == "":
+            # A string matches a fragment of the message too: "" would match every error, more
+            # than ALL does (trioflow's own definition and storage errors included).
+            raise DefinitionError(f"{label} items must not be empty strings (use trioflow.ALL to match every error)")
+        if callable(item) and not isinstance(item, (type, _All)) and (
+                inspect.iscoroutinefunction(item) or inspect.iscoroutinefunction(getattr(item, "__call__", None))):
+            # Called without being awaited, it would give a coroutine, which is true: a match.
+            raise DefinitionError(f"{label} predicates must be plain functions, not async def: got {item!r}")
     return items
 
 

@@ -144,7 +144,9 @@ class Lane:
     #: What ``step`` waits for, stored when it starts waiting: ``{"timer": due}`` or
     #: ``{"signal": name, "timeout": due or None}`` (due times in Unix seconds). While a
     #: retried step's next attempt runs, ``{"attempt": n}`` keeps the attempts made before it
-    #: (for a restart) and waits for nothing (see :meth:`waits`).
+    #: (for a restart) and waits for nothing (see :meth:`waits`). A task, wait or receive
+    #: step's waits also keep ``"since"``: when its execution started (a run taken up after it
+    #: left memory records that start, not its own).
     waiting: dict[str, Any] | None = None
     #: The seq of the start record of ``step``'s execution, once it has one: a map step's
     #: (holding its items) or a child step's (holding the child's id). The record that ends
@@ -157,7 +159,17 @@ class Lane:
         """Whether the lane waits for something (a timer, a signal, a child, its start, a
         retry's delay), rather than run its step (or only keep the attempts made before it)."""
         waiting = self.waiting
-        return waiting is not None and (len(waiting) != 1 or "attempt" not in waiting)
+        return waiting is not None and not waiting.keys() <= _KEPT_ONLY
+
+
+#: Keys of ``Lane.waiting`` that say what a wait kept, not what the lane waits for.
+_KEPT_ONLY = frozenset({"attempt", "since"})
+
+
+def waiting_view(waiting: dict[str, Any]) -> dict[str, Any]:
+    """What a lane waits for as callers see it (``WorkflowInstance.waiting``, the
+    ``workflow.step.waiting`` event): without when its execution started."""
+    return {key: value for key, value in waiting.items() if key != "since"}
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -399,7 +411,7 @@ def _instance_dict(instance: WorkflowInstance) -> dict[str, Any]:
 def _waiting(state: InstanceState) -> dict[str, Any] | None:
     for lane in state.lanes.values():
         if lane.waits():
-            return dict(lane.waiting or {})
+            return waiting_view(lane.waiting or {})
     return None
 
 
