@@ -14,11 +14,10 @@ import trio
 
 from trioflow._codec import (
     check_data,
+    copied,
     decode_payload,
     encode_payload,
     check_encodable,
-    decode_whole,
-    encode_whole,
     not_taken,
     restore_data,
     stage,
@@ -597,7 +596,7 @@ class Run:
 
     def result(self, *, copy: bool = False) -> WorkflowResult:
         """The outcome of a finished run (``copy``: holding none of the run's own values)."""
-        s = decode_whole(encode_whole(self.state)) if copy and self.adapter is not None else self.state
+        s = copied(self.state) if copy and self.adapter is not None else self.state
         error = self.error
         if error is None and s.error is not None:
             error = WorkflowFailedError(s.error)

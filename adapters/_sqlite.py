@@ -925,7 +925,9 @@ def _record_rows(checkpoints: Sequence[tuple[Any, ...]]) -> list[tuple[str, int,
     ]
 
 
-_COLUMNS = "i.instance_id, i.workflow_name, i.status, i.start, i.header, i.next_seq"
+#: The stored bytes are read as BLOBs whatever they hold: a value damaged into TEXT that is not
+#: UTF-8 would otherwise fail the whole query (every instance it reads), not its row alone.
+_COLUMNS = "i.instance_id, i.workflow_name, i.status, CAST(i.start AS BLOB), CAST(i.header AS BLOB), i.next_seq"
 #: More records than one instance writes (16.7 million: a step a second for half a year): a
 #: count above it is damage, not that many slots to make room for.
 _MOST_RECORDS = 1 << 24
@@ -943,7 +945,7 @@ def _select(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> li
     if records:
         # Each record goes to its place by seq: no ORDER BY, so SQLite never sorts the data.
         for instance_id, seq, data in conn.execute(
-            "SELECT r.instance_id, r.seq, r.data FROM trioflow_instances AS i"
+            "SELECT r.instance_id, r.seq, CAST(r.data AS BLOB) FROM trioflow_instances AS i"
             f" JOIN trioflow_records AS r ON r.instance_id = i.instance_id WHERE {where}",
             params,
         ):
@@ -1042,7 +1044,7 @@ def _signal(conn: sqlite3.Connection, iid: str, name: str, payload: bytes) -> tu
 
 def _signals(conn: sqlite3.Connection, iid: str) -> list[tuple[int, str, bytes]]:
     return [(seq, name, payload) for seq, name, payload in conn.execute(
-        "SELECT seq, name, payload FROM trioflow_signals WHERE instance_id = ? ORDER BY seq", (iid,))]
+        "SELECT seq, name, CAST(payload AS BLOB) FROM trioflow_signals WHERE instance_id = ? ORDER BY seq", (iid,))]
 
 
 #: What deleting an instance runs (one parameter each: its id): nothing of it is left behind.

@@ -142,9 +142,11 @@ def check_data(state: InstanceState) -> None:
                     " limit; keep large values out of ctx.data (in a step's output, or outside the workflow)")
             try:
                 _read(packed)
+                _check_depth(data, len(packed))
             except Exception:
                 for key, value in data.items():
                     check_encodable(value, f"shared data[{key!r}]")
+                check_encodable(data, "shared data")  # its keys (a tuple does not read back as one)
                 raise
     except Exception as exc:
         _packer.reset()
@@ -155,6 +157,18 @@ def check_data(state: InstanceState) -> None:
             raise
         raise error from exc
     state.good_data = packed
+
+
+def _check_depth(value: Any, size: int) -> None:
+    """Raise ``ValueError`` (msgpack's "recursion limit") if ``value``, ``size`` bytes packed,
+    is nested too deeply to be stored inside a snapshot. Every level of nesting takes at least
+    a byte, so only values at least this large can be: they are packed again wrapped in the
+    headroom the snapshot needs."""
+    if size > _MAX_DEPTH:
+        wrapped = value
+        for _ in range(_DEPTH_HEADROOM):
+            wrapped = [wrapped]
+        _pack(wrapped)
 
 
 def encode_payload(value: Any, what: str) -> bytes:
@@ -195,17 +209,24 @@ def remember_data(state: InstanceState) -> None:
     state.good_data = _packer.pack(state.data) if state.data else None
 
 
-def encode_view(state: InstanceState) -> bytes:
-    """:func:`encode_whole` for a view of a live instance: scratch values a running step holds
-    in the shared data (a connection, say) show as the data stood at the last check, as a
-    restart would read it, rather than fail the view. ``state`` itself is left as it is."""
+def copied(state: InstanceState) -> InstanceState:
+    """A copy of ``state`` holding none of its values, as a restart would read it back: each
+    part encoded and decoded on its own, as storage holds them (a history of many large
+    outputs is no more refused here than there)."""
+    return decode(encode_start(state), encode_header(state), [encode_record(r) for r in state.records])
+
+
+def copied_view(state: InstanceState) -> InstanceState:
+    """:func:`copied` for a view of a live instance: scratch values a running step holds in the
+    shared data (a connection, say) show as the data stood at the last check, as a restart
+    would read it, rather than fail the view. ``state`` itself is left as it is."""
     try:
-        return encode_whole(state)
+        return copied(state)
     except UnencodableValueError:
         held = state.data
         state.data = {} if state.good_data is None else _read(state.good_data)
         try:
-            return encode_whole(state)
+            return copied(state)
         finally:
             state.data = held
 
@@ -354,17 +375,14 @@ def as_stored(value: Any, what: str) -> Any:
     cannot be stored."""
     kind = type(value)
     if value is None or kind in _SCALARS:
+        if kind is int and not -(1 << 63) <= value < (1 << 64):
+            raise UnencodableValueError(
+                f"{what} is an int ({value}) outside 64 bits, which cannot be stored; store it as a str or a Decimal")
         return value
     try:
         packed = _pack(value)
         size = len(packed)
-        if size > _MAX_DEPTH:
-            # Every level of nesting takes at least a byte, so only values at least this large
-            # can be too deep: check them wrapped in the headroom the snapshot needs.
-            wrapped = value
-            for _ in range(_DEPTH_HEADROOM):
-                wrapped = [wrapped]
-            _pack(wrapped)
+        _check_depth(value, size)
     except ValueError as exc:
         if "recursion limit" in str(exc):
             raise UnencodableValueError(f"{what} is nested too deeply to be stored (about 890 levels at most)") from exc
@@ -514,19 +532,34 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         _expect(isinstance(key, str) and (step is None or isinstance(step, str)), "lane %r is malformed", key)
         for seq in (last, failed, begun):
             _expect(seq is None or (isinstance(seq, int) and 0 <= seq < len(records)), "lane %r is malformed", key)
-        _expect(waiting is None or isinstance(waiting, dict), "lane %r is malformed", key)
+        _expect(waiting is None or _well_formed_wait(waiting), "lane %r waits for something malformed", key)
         state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting, begun=begun,
                                 fanout=None if fanout is None else _map_progress(key, fanout))
     _expect(isinstance(compensated, list) and all(isinstance(q, int) and 0 <= q < len(records) for q in compensated),
             "malformed compensation list")
     _expect(isinstance(comp_errors, dict) and all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors),
             "malformed compensation errors")
-    _expect(isinstance(skipped, list), "malformed skipped steps")
+    _expect(isinstance(skipped, list) and all(isinstance(name, str) for name in skipped), "malformed skipped steps")
     state.compensated = tuple(compensated)
     state.compensation_errors = comp_errors
     state.skipped = tuple(skipped)
     state.stored = len(records)
     return state
+
+
+#: What each key of a lane's wait holds (see ``Lane.waiting``): the kernel computes with them,
+#: so a damaged one fails its row here rather than the code that wakes it. Keys of another
+#: release are left as they are.
+_WAIT_FIELDS: dict[str, tuple[type, ...]] = {
+    "timer": (int, float), "retry": (int, float), "start": (int, float), "since": (int, float),
+    "timeout": (int, float, type(None)), "attempt": (int,), "signal": (str,), "child": (str,),
+}
+
+
+def _well_formed_wait(waiting: Any) -> bool:
+    return isinstance(waiting, dict) and all(
+        key not in _WAIT_FIELDS or (isinstance(value, _WAIT_FIELDS[key]) and not isinstance(value, bool))
+        for key, value in waiting.items())
 
 
 def _map_progress(key: str, fields: Any) -> MapProgress:
@@ -580,12 +613,13 @@ def _state_v1(raw: list[Any]) -> InstanceState:
         # the newest completed record with that output (an output-less lane has none).
         last = None
         if lane_output is not None:
-            last = next((r.seq for r in reversed(state.records) if r.status == "completed" and r.output == lane_output),
-                        None)
+            # The same value as read back, not ``==``: NaN is not equal to itself, and 1 == True.
+            last = next((r.seq for r in reversed(state.records)
+                         if r.status == "completed" and _same(r.output, lane_output)), None)
             _expect(last is not None, f"lane {key!r} holds an output no completed step produced")
         state.lanes[key] = Lane(step=step, last=last)
     if status == "completed":
-        _expect(MAIN in state.lanes and state.output == output, "the output is not the main line's")
+        _expect(MAIN in state.lanes and _same(state.output, output), "the output is not the main line's")
     # None of these records is stored in format 2 yet: staged now, the instance's first
     # checkpoint writes them all.
     state.staged = [encode_record(r) for r in state.records]

@@ -26,13 +26,12 @@ from trioflow._virtual_time import default_clock
 from trioflow._codec import (
     as_stored,
     check_encodable,
+    copied_view,
     decode_payload,
     decode_stored,
-    decode_whole,
     encode_header,
     encode_payload,
     encode_start,
-    encode_view,
     remember_data,
     same_value,
 )
@@ -497,6 +496,8 @@ class Engine:
         if run is not None:
             return _live_view(run, run.stored_status)
         record = await self.adapter.load(instance_id)
+        if record is not None and instance_id in self._unreadable:
+            return self._unreadable[instance_id]  # its row reads, but not all it holds
         return None if record is None else self._view(record)
 
     def _view(self, record: StoredInstance) -> WorkflowInstance:
@@ -776,10 +777,11 @@ class Engine:
             take_up(state, definition)
             problem = misfit(state, definition)
         except SnapshotDecodeError as exc:
-            self._refuse_unreadable(record, exc)
+            self._refuse_unreadable(record.instance_id, record.workflow_name, exc)
             return None
         except Exception as exc:  # a decodable snapshot the kernel cannot make sense of
-            self._refuse_unreadable(record, SnapshotDecodeError(f"snapshot fields are malformed: {describe_error(exc)}"))
+            self._refuse_unreadable(record.instance_id, record.workflow_name, SnapshotDecodeError(
+                f"snapshot fields are malformed: {describe_error(exc)}"))
             return None
         # It cannot go on: its run fails before anything runs. Going forward, as a failed step
         # would fail it (the children it waits on are cancelled, the completed steps the new
@@ -803,17 +805,17 @@ class Engine:
         try:
             _decoded(record)
         except SnapshotDecodeError as exc:
-            self._refuse_unreadable(record, exc)
+            self._refuse_unreadable(record.instance_id, record.workflow_name, exc)
             return False
         return True
 
-    def _refuse_unreadable(self, record: StoredInstance, exc: SnapshotDecodeError) -> None:
-        """An unreadable snapshot fails its instance for this engine's callers. Its stored bytes
-        are left as they are: a newer release (after a rolled-back deploy) may still read them."""
-        log.error("instance %s has a snapshot this release cannot read, left untouched: %s", record.instance_id, exc,
-                  extra={"instance_id": record.instance_id, "workflow_name": record.workflow_name})
-        self._unreadable[record.instance_id] = unreadable_instance(
-            record.instance_id, record.workflow_name, describe_error(exc))
+    def _refuse_unreadable(self, instance_id: str, workflow_name: str, exc: SnapshotDecodeError) -> None:
+        """An unreadable snapshot (or a signal in its inbox) fails its instance for this
+        engine's callers. Its stored bytes are left as they are: a newer release (after a
+        rolled-back deploy) may still read them."""
+        log.error("instance %s holds what this release cannot read, left untouched: %s", instance_id, exc,
+                  extra={"instance_id": instance_id, "workflow_name": workflow_name})
+        self._unreadable[instance_id] = unreadable_instance(instance_id, workflow_name, describe_error(exc))
 
     def _spawn(
         self, definition: WorkflowDefinition, state: InstanceState, *, resumed: bool, slot: bool = True,
@@ -973,6 +975,11 @@ class Engine:
                 run.resumed = False
                 await run.persist()
             await run_instance(run)
+        except SnapshotDecodeError as exc:
+            # Storage holds something for it that this release cannot read (a signal a newer
+            # release stored): it stays as stored, for that release, reported failed here as
+            # an unreadable row is.
+            self._refuse_unreadable(state.instance_id, state.workflow_name, exc)
         except StorageUnavailableError as exc:
             # Storage stayed unusable past the retries: leave the instance as last stored, to be
             # resumed, rather than claim an end that could not be recorded.
@@ -1481,7 +1488,7 @@ def _live_view(run: Run, stored: Status | None) -> WorkflowInstance:
 
 def _copy(state: InstanceState) -> WorkflowInstance:
     """The view of a live instance as it stands now: a copy, never aliased to the running state."""
-    return to_instance(decode_whole(encode_view(state)))
+    return to_instance(copied_view(state))
 
 
 def _decoded(record: StoredInstance) -> InstanceState:

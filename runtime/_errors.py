@@ -358,7 +358,13 @@ MAX_ERROR_TEXT = 32_768
 
 def _capped(text: str) -> str:
     """``text``, or as much of it as fits in MAX_ERROR_TEXT characters with a note of how many
-    more there were (the note included)."""
+    more there were (the note included); lone surrogates (a file name that is not UTF-8, as
+    ``os`` decodes it) written as escapes, as storage holds UTF-8 only."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(text) <= MAX_ERROR_TEXT:
         return text
     note = "... ({} more characters cut)"
