@@ -29,6 +29,7 @@ from trioflow._definition import (
     ParallelStep,
     PassStep,
     ReceiveStep,
+    Step,
     SucceedStep,
     TaskStep,
     WaitStep,
@@ -40,6 +41,7 @@ from trioflow._errors import (
     RecordedError,
     UnencodableValueError,
 )
+from trioflow._map import tolerated
 from trioflow._snapshot import InstanceState, Lane
 from trioflow._lanes import MAIN, branch_lane
 
@@ -86,7 +88,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             # Resumed after this step failed for good: that decision stands.
             failed = state.records[lane.failed]
             error = RecordedError(failed.error or "failed", failed.error_name, failed.cause)
-            raise StepFailure(name, error, failed.attempts)
+            raise StepFailure(_failed_step_of(state, lookup[name][0], lane), error, failed.attempts)
         step = lookup[name][0]
         ctx.step_index = index[name]
         # Taken up after it left memory mid-step (a timer, a signal, a retry's delay), the step's
@@ -150,6 +152,18 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         if run.has_hooks:
             await run.hook("on_step_complete", name, output, ctx)
     return state.output_of(lane.last)
+
+
+def _failed_step_of(state: InstanceState, step: Step, lane: Lane) -> str:
+    """The step a failure of ``step`` recorded before a restart names, as the live failure did:
+    a fail-fast parallel step (or a fail-fast map that tolerates no failure) fails as the step
+    inside it that failed first."""
+    if not isinstance(step, (ParallelStep, MapStep)) or step.on_error != "fail-fast":
+        return step.name
+    if isinstance(step, MapStep) and (lane.fanout is None or tolerated(step, lane.fanout.count) > 0):
+        return step.name
+    firsts = [seq for key in inner_lanes(state, step) if (seq := state.lanes[key].failed) is not None]
+    return state.records[min(firsts)].step_name if firsts else step.name
 
 
 def _decide_step(

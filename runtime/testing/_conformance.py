@@ -222,8 +222,11 @@ async def list_by_name_and_status(open_adapter: OpenAdapter) -> None:
         assert ids == ["i4", "i3", "i1"], f"list_instances('a') must list a's instances oldest first, got {ids}"
         assert [tuple(bytes(r) for r in s.records) for s in listed] == [(b"i4-r0",), (), ()], (
             "listed instances must come with their records")
-        ids = [s.instance_id for s in await a.list_instances("a", "running")]
+        listed = await a.list_instances("a", "running")
+        ids = [s.instance_id for s in listed]
         assert ids == ["i4", "i1"], f"list_instances('a', 'running') got {ids}"
+        assert [tuple(bytes(r) for r in s.records) for s in listed] == [(b"i4-r0",), ()], (
+            "instances listed by status must come with their records too")
         await a.checkpoint("i4", "completed", b"i4", [], first_seq=1)
         ids = [s.instance_id for s in await a.list_instances("a", "running")]
         assert ids == ["i1"], f"list_instances('a', 'running') after i4 completed got {ids}"
@@ -267,10 +270,14 @@ async def survives_reopen(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "reopen") as a:
         await a.create("i1", "wf", "running", start=_START, header=b"h0")
         await a.checkpoint("i1", "running", _BLOB, [b"r0", _BLOB], first_seq=0)
+        for iid in ("z9", "a0"):  # created after i1: listed after it, whatever their ids
+            await a.create(iid, "wf", "completed", start=b"s", header=b".")
         before = await _stored(a, "i1")
     async with _opened(open_adapter, "reopen") as b:
         after = _view(await b.load("i1"))
         assert after == before, f"what was stored must be there after a reopen: was {before}, now {after}"
+        ids = [s.instance_id for s in await b.list_instances("wf")]
+        assert ids == ["i1", "z9", "a0"], f"listings must keep the creation order across a reopen, got {ids}"
         assert [s.instance_id for s in await b.resumable()] == ["i1"], "a reopened adapter must offer it for resume"
         await _refused(b.checkpoint("i1", "running", b"bad", [b"bad"], first_seq=0), CheckpointConflictError,
                        "after a reopen, the fence must still know how many records are stored")
@@ -343,13 +350,23 @@ async def signals_are_kept_in_order_and_consumed_once(open_adapter: OpenAdapter)
             "a checkpoint must delete the signals it consumes, and only those")
         await _refused(a.checkpoint("i1", "running", b"h2", [b"r1"], first_seq=1, consumed=[first]),
                        CheckpointConflictError, "a signal consumed once cannot be consumed again")
-        await a.checkpoint("i1", "completed", b"h2", [b"r1"], first_seq=1, consumed=[third])
+        await a.checkpoint("i1", "running", b"h1", [], first_seq=1, consumed=[third])
+        fourth = await a.send_signal("i1", "go", b"four")
+        assert isinstance(fourth, int) and fourth > third, (
+            f"seqs only grow: a signal stored after the newest was consumed got {fourth}, after {third}")
+        await a.checkpoint("i1", "completed", b"h2", [b"r1"], first_seq=1, consumed=[fourth])
         assert await a.send_signal("i1", "go", b"late") is None, "a signal to a finished instance must not be stored"
         assert [q for q, _, _ in await a.signals("i1")] == [second], "nothing is stored for a finished instance"
         assert await a.delete("i1") is True and await a.signals("i1") == [], "delete must remove the signals too"
         assert [q for q, _, _ in await a.signals("i2")] == [other], "another instance's signals stay"
     async with _opened(open_adapter, "signals") as b:
         assert [q for q, _, _ in await b.signals("i2")] == [other], "pending signals must survive a reopen"
+        stored = await b.load("i2")
+        held = None if stored is None else [(q, n, bytes(p)) for q, n, p in stored.signals]
+        assert held == [(other, "go", b"elsewhere")], f"load() must give the instance's pending signals, got {held}"
+        later = await b.send_signal("i2", "go", b"after the reopen")
+        assert isinstance(later, int) and later > fourth, (
+            f"seqs only grow, across a reopen too: got {later}, after {fourth} before it")
 
 
 async def checkpoint_notifies_in_the_same_write(open_adapter: OpenAdapter) -> None:
@@ -515,6 +532,9 @@ async def lists_pages_in_creation_order(open_adapter: OpenAdapter) -> None:
         await a.checkpoint("n3", "running", b".", [], first_seq=0)
         assert await ids("x", "completed", after="n3") == [], (
             "after= goes by the instance's place, whatever its status is now")
+        await a.checkpoint("n1", "completed", b".", [], first_seq=0)
+        assert await ids("x", "running", after="n1") == ["n3", "n5"], (
+            "after= an instance whose status no longer matches the filter goes by its place")
         await a.create("n6", "x", "running", start=b"s", header=b".")
         assert await ids("x", after="n3") == ["n5", "n6"], "an instance created since comes on a later page, oldest first"
         assert await ids("x", after="n3", newest_first=True) == ["n1"], "and never again on a page newest first"

@@ -69,6 +69,9 @@ class Outcome:
     #: what each ended with and the calls of its own steps (``calls`` above are the instance's
     #: own). Empty for a workflow without child steps.
     children: Mapping[str, Outcome] = attrs.field(factory=dict)
+    #: The step it failed at, and the name of the error it ended with (``None``: none).
+    failed_step: str | None = None
+    error_name: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -248,6 +251,9 @@ class _Shape:
     #: Attempts each task step may make (its compensation has as many).
     attempts_of: Mapping[str, int]
     child_steps: frozenset[str]
+    #: Whether steps run side by side (parallel or map steps): which fails first, and which
+    #: completes before a fail-fast cancels it, is then the scheduler's choice.
+    concurrent: bool
 
     @classmethod
     def of(cls, definition: WorkflowDefinition) -> _Shape:
@@ -258,6 +264,7 @@ class _Shape:
             attempts_of={s.name: (s.retry.max_attempts if s.retry is not None else 1)
                          for s in steps if isinstance(s, TaskStep)},
             child_steps=children,
+            concurrent=any(isinstance(s, (ParallelStep, MapStep)) for s in steps),
         )
 
 
@@ -301,6 +308,7 @@ def _outcome(
         compensation_errors=tuple(instance.compensation_errors),
         completion_order=tuple(r.step_name for r in instance.history if r.status in ("completed", "compensated")),
         calls=dict(calls), calls_after_resume=dict(after.get(instance.id, {})), children=children or {},
+        failed_step=instance.failed_step, error_name=instance.error_name,
     )
 
 
@@ -318,6 +326,17 @@ def _compare(
     if got.output != base.output:
         return f"output {got.output!r}, the fault-free run gave {base.output!r}"
     assert got.workflow_name is not None
+    if not any(shape.concurrent for shape in shapes.values()):
+        # One step at a time, a run ends as the fault-free one did in every respect. (Side by
+        # side, which step fails first, and which completes before a fail-fast cancels it, is
+        # the scheduler's choice: the checks below hold whatever it chose.)
+        if (got.failed_step, got.error_name) != (base.failed_step, base.error_name):
+            return (f"ended with {got.error_name} at step {got.failed_step!r}, the fault-free run with"
+                    f" {base.error_name} at step {base.failed_step!r}")
+        for what, mine, theirs in (("compensated", got.compensated_steps, base.compensated_steps),
+                                   ("failed to compensate", got.compensation_errors, base.compensation_errors)):
+            if mine != theirs:
+                return f"{what} {list(mine)}, the fault-free run {list(theirs)}"
     problem = _check_instance(at_crash.get(INSTANCE_ID), got, shapes[got.workflow_name])
     if problem is not None:
         return problem
@@ -351,7 +370,10 @@ def _check_instance(at_crash: InstanceState | None, got: Outcome, shape: _Shape)
     if at_crash is not None:
         done_before.update(stored[seq].step_name for seq in at_crash.compensated)
         done_before.update(stored[seq].step_name for seq in at_crash.compensation_errors)
-    done_after = collections.Counter(got.compensated_steps) - done_before
+    # Compensations that ran to their end after the resume, whether they succeeded or failed
+    # for good (each made its attempts then).
+    done_after = collections.Counter(
+        r.step_name for r in got.history if r.status == "compensated" or r.compensation_error is not None) - done_before
     for step in shape.compensable:
         calls = got.calls_after_resume.get(f"{step} (compensate)", 0)
         allowed = (done_after[step] + 1) * shape.attempts_of.get(step, 1)  # + 1: one in flight at the crash
