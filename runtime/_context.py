@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ._errors import UnknownServiceError
+from ._lanes import parallel_of
 from ._snapshot import InstanceState, StepResult, WorkflowInstance, WorkflowMetadata, metadata_of, to_instance
 
 
@@ -150,9 +151,15 @@ class WorkflowContext:
     def error(self) -> dict[str, str] | None:
         """The failure a catch routed this lane past most recently, as
         ``{"error": name, "cause": message}`` (``None``: none was caught in this lane)."""
-        # In a map item, only this execution of the map counts: its lane key is reused by the
-        # item with the same index in a later execution (a loop).
-        since = -1 if self._item is None else self._item[2]
+        # Only this execution of the map or parallel step the lane runs in counts: its lane key
+        # is reused by the same item or branch in a later execution (a loop). A parallel step
+        # running has no record yet: its newest is of the execution before.
+        if self._item is not None:
+            since = self._item[2]
+        elif (parallel := parallel_of(self.lane)) is not None:
+            since = next((r.seq for r in reversed(self._state.records) if r.step_name == parallel), -1)
+        else:
+            since = -1
         for record in reversed(self._state.records):
             if record.seq <= since:
                 break

@@ -33,6 +33,13 @@ def item_lanes(map_step: str) -> str:
     return f"{map_step}{SEPARATOR}{COUNTER_MARK}"
 
 
+def parallel_of(lane: str) -> str | None:
+    """The parallel step whose branch ``lane`` is; ``None`` for the main line and item lanes."""
+    if lane == MAIN or item_of(lane) is not None:
+        return None
+    return lane.rpartition(SEPARATOR)[0]
+
+
 def item_of(lane: str) -> tuple[str, int] | None:
     """``(map step, item index)`` of an item lane key; ``None`` for any other lane."""
     head, sep, tail = lane.rpartition(f"{SEPARATOR}{COUNTER_MARK}")

@@ -47,10 +47,11 @@ def matcher_tuple(value: object, label: str) -> tuple[ErrorMatcher, ...]:
                  else isinstance(item, (str, _All)) or callable(item))
         if not valid:
             raise DefinitionError(f"{label} items must be exception types, strings or predicates, got {item!r}")
-        if item == "":
+        if item == "" or item == "States.ALL":
             # A string matches a fragment of the message too: "" would match every error, more
-            # than ALL does (trioflow's own definition and storage errors included).
-            raise DefinitionError(f"{label} items must not be empty strings (use trioflow.ALL to match every error)")
+            # than ALL does (trioflow's own definition and storage errors included); and no
+            # error is named "States.ALL" (Amazon States Language's), whose meaning is ALL's.
+            raise DefinitionError(f"{label} items must not be {item!r} (use trioflow.ALL to match every error)")
         if callable(item) and not isinstance(item, (type, _All)) and (
                 inspect.iscoroutinefunction(item) or inspect.iscoroutinefunction(getattr(item, "__call__", None))):
             # Called without being awaited, it would give a coroutine, which is true: a match.

@@ -39,7 +39,13 @@ def _finite_at_least(minimum: float) -> Callable[[object, attrs.Attribute[float]
 
 
 def _retry_on_tuple(value: object) -> tuple[ErrorMatcher, ...] | None:
-    return None if value is None else matcher_tuple(value, "Retry.retry_on")
+    if value is None:
+        return None
+    items = matcher_tuple(value, "Retry.retry_on")
+    if not items:
+        raise DefinitionError("Retry.retry_on must name at least one error (None retries every error;"
+                              " max_attempts=1 retries none)")
+    return items
 
 
 @attrs.frozen(kw_only=True)

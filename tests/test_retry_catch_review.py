@@ -193,3 +193,20 @@ async def test_a_wait_steps_record_spans_the_wait_it_left_memory_in(autojump_clo
     record = instance.step_results["hour"]
     assert record.started_at is not None and record.completed_at is not None
     assert record.completed_at - record.started_at == pytest.approx(3600)
+
+
+@pytest.mark.parametrize("where", ["catch", "retry_on"])
+def test_states_all_written_as_a_string_is_refused_with_a_hint(where: str) -> None:
+    """Amazon States Language's "States.ALL" as a string would match only errors whose message
+    holds it: refused, pointing to tf.ALL."""
+    with pytest.raises(tf.DefinitionError, match="trioflow.ALL"):
+        if where == "catch":
+            tf.workflow("w").step("a", _ok, catch=[tf.Catch(errors=["States.ALL"], next="b")]).step("b", _ok).build()
+        else:
+            tf.workflow("w").step("a", _ok, retry=tf.Retry(max_attempts=3, retry_on=["States.ALL"])).build()
+
+
+def test_an_empty_retry_on_is_refused() -> None:
+    """retry_on=[] would retry nothing (Catch refuses an empty errors list the same way)."""
+    with pytest.raises(tf.DefinitionError, match="retry_on"):
+        tf.Retry(max_attempts=3, retry_on=[])
