@@ -301,12 +301,25 @@ def root_error(error: BaseException) -> BaseException:
 def wrapped_errors(error: BaseException) -> list[BaseException]:
     """``error`` and each error it wraps, outermost first, down to :func:`root_error`'s (a map
     item's :class:`ItemError`, the :class:`ChildWorkflowError` its child step failed with, the
-    child's own error)."""
+    child's own error; the one error of an exception group holding one, which is what a job
+    running a nursery of its own raises when one of its tasks fails)."""
     chain = [error]
-    while isinstance(error, (BranchError, ChildWorkflowError)):
-        error = error.error
+    while True:
+        if isinstance(error, (BranchError, ChildWorkflowError)):
+            error = error.error
+        elif (alone := _alone_in_group(error)) is not None:
+            error = alone
+        else:
+            return chain
         chain.append(error)
-    return chain
+
+
+def _alone_in_group(error: BaseException) -> BaseException | None:
+    """The one error of an exception group holding one (not one of trioflow's own, which name
+    what failed: a parallel or map step's); else ``None``."""
+    if isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1 and not isinstance(error, TrioflowError):
+        return error.exceptions[0]
+    return None
 
 
 def error_name(error: BaseException) -> str:
@@ -345,6 +358,8 @@ def describe_error(error: BaseException) -> str:
     """``Name: cause``: how an error is recorded in snapshots and events."""
     if isinstance(error, RecordedError):
         return str(error)
+    while (alone := _alone_in_group(error)) is not None:
+        error = alone  # as its name and cause are recorded (see wrapped_errors)
     name = error.error_name if isinstance(error, FailStepError) else type(error).__name__
     text = _capped(error.cause if isinstance(error, FailStepError) else _text(error))
     return f"{name}: {text}" if text else name

@@ -210,3 +210,34 @@ def test_an_empty_retry_on_is_refused() -> None:
     """retry_on=[] would retry nothing (Catch refuses an empty errors list the same way)."""
     with pytest.raises(tf.DefinitionError, match="retry_on"):
         tf.Retry(max_attempts=3, retry_on=[])
+
+
+async def test_a_job_whose_own_nursery_fails_is_retried_caught_and_named_as_its_one_error(
+        autojump_clock: Any) -> None:
+    """A job that runs a nursery of its own raises an exception group holding its failed task's
+    error: retry_on and catch match that error, and the record names it."""
+    calls = 0
+
+    async def fans_out(ctx: tf.WorkflowContext) -> None:
+        nonlocal calls
+        calls += 1
+
+        async def call_api() -> None:
+            raise ConnectionError("provider down")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call_api)
+
+    wf = (tf.workflow("w")
+          .step("fan", fans_out, retry=tf.Retry(max_attempts=3, interval=1, retry_on=[ConnectionError]),
+                catch=[tf.Catch(errors=[ConnectionError], next="fallback")])
+          .succeed("done")
+          .step("fallback", _ok)
+          .build())
+    async with open_test_engine() as engine:
+        engine.register(wf)
+        instance = await engine.wait(await engine.start("w"))
+    assert (instance.status, calls) == ("completed", 3)
+    record = instance.step_results["fan"]
+    assert (record.status, record.error_name, record.cause) == ("caught", "ConnectionError", "provider down")
+    assert record.error == "ConnectionError: provider down"
