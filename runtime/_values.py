@@ -2,7 +2,7 @@
 ``timedelta``, ``Decimal`` and ``UUID``, as msgpack extension types.
 
 Each round-trips exactly (an aware ``datetime`` keeps its instant and, for a ``ZoneInfo``, its
-zone). Decoding builds these types from plain fields and never imports or calls anything the
+zone; a ``time`` keeps its ``ZoneInfo`` by name). Decoding builds these types from plain fields and never imports or calls anything the
 data names, so stored bytes cannot run code.
 """
 
@@ -33,7 +33,10 @@ def to_ext(value: Any) -> msgpack.ExtType:
     if kind is _dt.date:
         return msgpack.ExtType(_DATE, value.isoformat().encode())
     if kind is _dt.time:
-        return msgpack.ExtType(_TIME, msgpack.packb((value.isoformat(), value.fold)))
+        # A time's ZoneInfo gives no offset (that needs a date): kept by name, a third field.
+        zone = getattr(value.tzinfo, "key", None)
+        fields = (value.isoformat(), value.fold) if zone is None else (value.isoformat(), value.fold, zone)
+        return msgpack.ExtType(_TIME, msgpack.packb(fields))
     if kind is _dt.timedelta:
         return msgpack.ExtType(_TIMEDELTA, msgpack.packb((value.days, value.seconds, value.microseconds)))
     if kind is decimal.Decimal:
@@ -54,8 +57,13 @@ def _datetime(data: bytes) -> _dt.datetime:
 
 
 def _time(data: bytes) -> _dt.time:
-    iso, fold = msgpack.unpackb(data)
-    return _dt.time.fromisoformat(iso).replace(fold=fold)
+    iso, fold, *zone = msgpack.unpackb(data)
+    value = _dt.time.fromisoformat(iso).replace(fold=fold)
+    if zone:
+        from zoneinfo import ZoneInfo  # a zone name, looked up in the tz database: no code runs
+
+        value = value.replace(tzinfo=ZoneInfo(zone[0]))
+    return value
 
 
 def _timedelta(data: bytes) -> _dt.timedelta:

@@ -10,12 +10,14 @@ snapshot format 1) with fixtures/make_v1_review.py, as tests/fixtures/v1_flows.d
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import shutil
 import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import msgpack
 import pytest
@@ -428,3 +430,34 @@ async def test_a_tuple_key_put_in_ctx_data_is_named(autojump_clock: trio.testing
 
 
 # -- value types stored exactly -------------------------------------------------------------------
+
+
+async def test_a_time_with_a_zoneinfo_is_stored_exactly(autojump_clock: trio.testing.MockClock) -> None:
+    """README: a ``time`` is stored exactly. ``datetime.timetz()`` of a ZoneInfo datetime (an
+    opening hour in local time) read back naive (a ZoneInfo gives a bare time no offset, and
+    the zone was not kept); ``datetime.combine`` in the next step then gave a naive datetime."""
+    opens = dt.datetime(2026, 6, 1, 9, 0, tzinfo=ZoneInfo("Europe/Paris")).timetz()
+    seen: list[Any] = []
+
+    async def hours(ctx: tf.WorkflowContext) -> Any:
+        return {"opens": opens}
+
+    async def look(ctx: tf.WorkflowContext) -> str:
+        seen.append(ctx.steps["hours"]["opens"])
+        return "ok"
+
+    async with engine_on(tf.adapters.MemoryAdapter()) as engine:
+        engine.register(tf.workflow("w").step("hours", hours).step("look", look).build())
+        done = await finish(engine, await engine.start("w"))
+    assert done.status == "completed"
+    back = seen[0]
+    assert back == opens and back.tzinfo == opens.tzinfo, (back, back.tzinfo)
+    assert dt.datetime.combine(dt.date(2026, 6, 1), back).utcoffset() == dt.timedelta(hours=2)
+
+
+def test_a_time_stored_by_the_release_before_zones_were_kept_reads_back() -> None:
+    """A time packed as (isoformat, fold), as every release before this one did, still reads."""
+    from trioflow._values import from_ext
+
+    packed = msgpack.packb(("09:30:00+02:00", 0))
+    assert from_ext(3, packed) == dt.time(9, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
