@@ -43,7 +43,7 @@ from trioflow._errors import (
 )
 from trioflow._map import tolerated
 from trioflow._snapshot import InstanceState, Lane
-from trioflow._lanes import MAIN, branch_lane
+from trioflow._lanes import MAIN, branch_lane, item_of
 
 from ._run import Run, StepFailure, unwrapped
 from ._child import cancel_children, run_child, waited_on
@@ -88,7 +88,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             # Resumed after this step failed for good: that decision stands.
             failed = state.records[lane.failed]
             error = RecordedError(failed.error or "failed", failed.error_name, failed.cause)
-            raise StepFailure(_failed_step_of(state, lookup[name][0], lane), error, failed.attempts)
+            raise StepFailure(_failed_step_of(state, lookup, lookup[name][0], lane), error, failed.attempts)
         step = lookup[name][0]
         ctx.step_index = index[name]
         # Taken up after it left memory mid-step (a timer, a signal, a retry's delay), the step's
@@ -154,16 +154,23 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
     return state.output_of(lane.last)
 
 
-def _failed_step_of(state: InstanceState, step: Step, lane: Lane) -> str:
+def _failed_step_of(state: InstanceState, lookup: Mapping[str, tuple[Step, str]], step: Step, lane: Lane) -> str:
     """The step a failure of ``step`` recorded before a restart names, as the live failure did:
-    a fail-fast parallel step (or a fail-fast map that tolerates no failure) fails as the step
-    inside it that failed first."""
-    if not isinstance(step, (ParallelStep, MapStep)) or step.on_error != "fail-fast":
-        return step.name
-    if isinstance(step, MapStep) and (lane.fanout is None or tolerated(step, lane.fanout.count) > 0):
-        return step.name
-    firsts = [seq for key in inner_lanes(state, step) if (seq := state.lanes[key].failed) is not None]
-    return state.records[min(firsts)].step_name if firsts else step.name
+    a fail-fast parallel step (or a fail-fast map that tolerates no failure) fails as its branch
+    (or item) that failed first did, at the step that branch failed at, and so on inward."""
+    while isinstance(step, (ParallelStep, MapStep)) and step.on_error == "fail-fast":
+        if isinstance(step, ParallelStep):
+            keys = branch_keys(step)
+        elif lane.fanout is None or tolerated(step, lane.fanout.count) > 0:
+            break
+        else:
+            keys = [key for key in state.lanes if (item := item_of(key)) is not None and item[0] == step.name]
+        firsts = [seq for key in keys if key in state.lanes and (seq := state.lanes[key].failed) is not None]
+        if not firsts:
+            break
+        first = state.records[min(firsts)]
+        step, lane = lookup[first.step_name][0], state.lanes[first.lane]
+    return step.name
 
 
 def _decide_step(

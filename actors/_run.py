@@ -27,7 +27,7 @@ from trioflow._codec import (
 from trioflow._context import ItemPlace, WorkflowContext
 from trioflow._decide import catch_failure, fail_step, wake_at
 from trioflow._definition import Catch, Step, StepFn, WorkflowDefinition
-from trioflow._errors import StorageUnavailableError, TrioflowError, UnencodableValueError
+from trioflow._errors import SnapshotDecodeError, StorageUnavailableError, TrioflowError, UnencodableValueError
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
 from trioflow._lanes import MAIN, child_ended_signal
@@ -73,6 +73,15 @@ class _Nothing:
 
 
 _NOTHING = _Nothing()
+
+
+class _Unreadable:
+    """In place of a delivered signal's payload this release cannot read (a newer release's)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: SnapshotDecodeError) -> None:
+        self.error = error
 
 
 class Parked(Exception):
@@ -343,7 +352,11 @@ class Run:
             known |= self.consumed_seqs
         for seq, name, payload in signals:
             if seq not in known:
-                self.deliver(seq, name, decode_payload(payload))
+                try:
+                    value: Any = decode_payload(payload)
+                except SnapshotDecodeError as exc:
+                    value = _Unreadable(exc)  # a newer release's: only a receive of it fails
+                self.deliver(seq, name, value)
         self.signals_fetched = True
 
     def take_signal(self, name: str) -> tuple[int, Any] | None:
@@ -352,6 +365,10 @@ class Run:
         state = self.state
         for i, (seq, signal, payload) in enumerate(state.signals):
             if signal == name:
+                if isinstance(payload, _Unreadable):
+                    # Left stored, as the newer release that wrote it stored it: the run stops
+                    # here, and its instance is reported failed as an unreadable row is.
+                    raise payload.error
                 assert isinstance(state.signals, list)
                 del state.signals[i]
                 state.consumed = [*state.consumed, seq]

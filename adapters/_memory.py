@@ -22,6 +22,11 @@ from trioflow._snapshot import RESUMABLE, TERMINAL, Status
 from ._protocol import StoredInstance
 
 
+#: Fewest entries a wake heap (or the finish order) holds beyond twice its live ones before
+#: the stale ones are swept out.
+_COMPACT_AT = 64
+
+
 class _Row:
     """One stored instance. Slotted and mutable: checkpoints are the hot path."""
 
@@ -67,8 +72,11 @@ class MemoryAdapter:
         self._signals = 0
         #: A heap of ``(wake_at, order, instance_id)`` of waiting instances per workflow (so that
         #: leaving a workflow out costs nothing); entries an instance has since left (woken,
-        #: ended, deleted, or waiting until another time) are dropped when they come up.
+        #: ended, deleted, or waiting until another time) are dropped when they come up, and all
+        #: at once they outnumber the live ones (``_waiting``: rows that wait, per workflow): an
+        #: entry left behind an instance that waits for ever would never come up.
         self._wakes: dict[str, list[tuple[float, int, str]]] = {}
+        self._waiting_rows: dict[str, int] = {}
         self._by_status: dict[str, dict[str, None]] = {}
         self._by_workflow: dict[str, dict[str, None]] = {}
         #: Rows in the order they finished (so by finish time, the clock permitting). A row
@@ -136,6 +144,7 @@ class MemoryAdapter:
             start = _blob(start, "start")
         if notify is not None:
             notify = (notify[0], notify[1], _blob(notify[2], "notice payload"))
+        waited = _waits(row)
         if status != row.status:
             del self._by_status[row.status][instance_id]
             self._by_status.setdefault(status, {})[instance_id] = None
@@ -154,9 +163,10 @@ class MemoryAdapter:
         if consumed and row.signals is not None:
             for seq in consumed:
                 del row.signals[seq]
-        if wake_at is not None and wake_at != row.wake_at:  # (unchanged: its entry is there)
+        row_wake, row.wake_at = row.wake_at, wake_at
+        if wake_at is not None and wake_at != row_wake:  # (unchanged: its entry is there)
             heapq.heappush(self._wakes.setdefault(row.workflow_name, []), (wake_at, row.order, instance_id))
-        row.wake_at = wake_at
+        self._count_waiting(row, _waits(row) - waited)
         if notify is not None and notify[0] in self._rows:
             return self._store_signal(*notify)
         return None
@@ -258,6 +268,18 @@ class MemoryAdapter:
             heapq.heappush(self._wakes.setdefault(name, []), entry)
         return out
 
+    def _count_waiting(self, row: _Row, change: int) -> None:
+        """``row`` began (1) or stopped (-1) waiting, or neither (0); sweep its workflow's heap
+        once stale entries outnumber live ones: in time linear in the heap, once for every
+        so many changes, so that a change costs the same amortized."""
+        name = row.workflow_name
+        waiting = self._waiting_rows[name] = self._waiting_rows.get(name, 0) + change
+        heap = self._wakes.get(name)
+        if heap is not None and len(heap) > 2 * waiting + _COMPACT_AT:
+            live = {(w, o, i) for w, o, i in heap if (r := self._rows.get(i)) is not None and r.wake_at == w and _waits(r)}
+            heap[:] = live
+            heapq.heapify(heap)
+
     def _live_head(self, name: str, listed: set[str]) -> bool:
         """Drop the stale entries at the head of a workflow's heap (an instance that woke,
         ended, was deleted, or waits until another time since; one ``listed`` already: an
@@ -279,6 +301,7 @@ class MemoryAdapter:
         if row.status in RESUMABLE:
             raise InstanceStillRunningError(instance_id, row.status)
         self._remove(row)
+        self._compact_finished()
         return True
 
     async def purge(
@@ -299,7 +322,16 @@ class MemoryAdapter:
                 purged += 1
         while finished and not self._current(finished[0]):
             finished.popleft()
+        self._compact_finished()
         return purged
+
+    def _compact_finished(self) -> None:
+        """Drop the places of rows deleted or purged from the middle of the finish order (a
+        row kept for longer at its front, a failed one a purge by status leaves, would keep
+        every later one's place, and with it the whole row), once they are most of it."""
+        kept = sum(len(self._by_status.get(status, ())) for status in TERMINAL)
+        if len(self._finished) > 2 * kept + _COMPACT_AT:
+            self._finished = collections.deque(place for place in self._finished if self._current(place))
 
     def _stamp(self, row: _Row) -> None:
         """A row that has just taken a status: note when it finished, if it did."""
@@ -318,14 +350,21 @@ class MemoryAdapter:
         return row.finished_at == finished_at and self._rows.get(row.instance_id) is row
 
     def _remove(self, row: _Row) -> None:
+        waited = _waits(row)
         del self._rows[row.instance_id]
         del self._by_status[row.status][row.instance_id]
         del self._by_workflow[row.workflow_name][row.instance_id]
         row.finished_at = None  # its place in the finish order is dropped when it comes up
+        self._count_waiting(row, -waited)
 
     def _oldest_first(self, ids: Iterable[str]) -> list[StoredInstance]:
         rows = self._rows
         return [_stored(i, rows[i]) for i in sorted(ids, key=lambda i: rows[i].order)]
+
+
+def _waits(row: _Row) -> bool:
+    """Whether a row waits to be woken (an unfinished instance with a time to wake it at)."""
+    return row.wake_at is not None and row.status in RESUMABLE
 
 
 def _stored(instance_id: str, row: _Row) -> StoredInstance:

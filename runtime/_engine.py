@@ -646,8 +646,9 @@ class Engine:
                     # changed it since): a listing by status holds only instances of that status.
                     out.append(_live_view(run, record.status))
                     continue
-                view = self._view(record)
-                # An unreadable row is reported failed, whatever status it is stored with.
+                # An unreadable row is reported failed, whatever status it is stored with (as is
+                # one whose run found a signal it cannot read).
+                view = self._unreadable.get(record.instance_id) or self._view(record)
                 if status is None or view.status == status:
                     out.append(view)
             if wanted is None or len(records) < wanted or len(out) == limit:
@@ -726,6 +727,11 @@ class Engine:
         self._check_open()
         with self._ends.watching_all() as ended:
             found = await self.adapter.resumable()
+        # An instance that stalled (its checkpoint failed) but is no longer resumable in
+        # storage (its end was stored after all, then purged; or deleted) stalls no more.
+        unfinished = {record.instance_id for record in found}
+        for iid in [iid for iid in self._stalled if iid not in unfinished and iid not in self._live]:
+            del self._stalled[iid]
         # A run that ended while the rows were read may be in them as it stood before.
         return await self._resume([record for record in found if record.instance_id not in ended])
 
@@ -754,7 +760,10 @@ class Engine:
             if iid in self._live or definition is None or self._closed:
                 continue
             if self._missing_jobs(definition):
-                self._held.setdefault(definition.name, []).append(record)
+                held = self._held.setdefault(definition.name, [])
+                # The newest row read of it: each resume() reads every held instance again.
+                held[:] = [row for row in held if row.instance_id != iid]
+                held.append(record)
                 self._old_rows.add(iid)  # resumed from this row later, unless it runs meanwhile
                 continue
             self._old_rows.discard(iid)

@@ -24,7 +24,7 @@ from ._definition import (
     is_async,
 )
 from ._errors import DefinitionError, safe_repr
-from ._lanes import RESERVED_SIGNALS, check_name
+from ._lanes import RESERVED_SIGNALS, check_name, valid_text
 from ._retry import Retry
 
 #: Longest error name a fail step may give (as AWS Step Functions caps an error's name).
@@ -135,7 +135,8 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
             raise DefinitionError(f"{label}: transform {step.transform!r} is an async function; a pass step's"
                                   " transform is a plain function of ctx (do async work in a task step)")
     elif isinstance(step, FailStep):
-        if not isinstance(step.error, str) or not step.error or len(step.error) > MAX_ERROR_NAME:
+        if not isinstance(step.error, str) or not step.error or len(step.error) > MAX_ERROR_NAME \
+                or not valid_text(step.error):
             raise DefinitionError(
                 f"{label}: error must be an error name of 1 to {MAX_ERROR_NAME} characters, got {safe_repr(step.error)}")
         if not (isinstance(step.cause, str) or callable(step.cause)):

@@ -251,9 +251,10 @@ class _Shape:
     #: Attempts each task step may make (its compensation has as many).
     attempts_of: Mapping[str, int]
     child_steps: frozenset[str]
-    #: Whether steps run side by side (parallel or map steps): which fails first, and which
-    #: completes before a fail-fast cancels it, is then the scheduler's choice.
-    concurrent: bool
+    #: Whether its end may depend on timing: steps run side by side (parallel or map steps:
+    #: which fails first, and which completes before a fail-fast cancels it, is the scheduler's
+    #: choice), or a workflow timeout (a step run again after a resume takes its time again).
+    timing: bool
 
     @classmethod
     def of(cls, definition: WorkflowDefinition) -> _Shape:
@@ -264,7 +265,7 @@ class _Shape:
             attempts_of={s.name: (s.retry.max_attempts if s.retry is not None else 1)
                          for s in steps if isinstance(s, TaskStep)},
             child_steps=children,
-            concurrent=any(isinstance(s, (ParallelStep, MapStep)) for s in steps),
+            timing=definition.timeout is not None or any(isinstance(s, (ParallelStep, MapStep)) for s in steps),
         )
 
 
@@ -326,10 +327,10 @@ def _compare(
     if got.output != base.output:
         return f"output {got.output!r}, the fault-free run gave {base.output!r}"
     assert got.workflow_name is not None
-    if not any(shape.concurrent for shape in shapes.values()):
-        # One step at a time, a run ends as the fault-free one did in every respect. (Side by
-        # side, which step fails first, and which completes before a fail-fast cancels it, is
-        # the scheduler's choice: the checks below hold whatever it chose.)
+    if not any(shape.timing for shape in shapes.values()):
+        # One step at a time and no workflow timeout, a run ends as the fault-free one did in
+        # every respect. (Otherwise which step fails first, or is reached by the timeout, may
+        # differ: the checks below hold whatever it was.)
         if (got.failed_step, got.error_name) != (base.failed_step, base.error_name):
             return (f"ended with {got.error_name} at step {got.failed_step!r}, the fault-free run with"
                     f" {base.error_name} at step {base.failed_step!r}")
