@@ -276,7 +276,7 @@ async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:
     for record in pending_compensations(state, run.definition):
         name = record.step_name
         step = lookup[name][0]
-        ctx = run.context(record.lane, 0, items.item(record))
+        ctx = run.context(record.lane, 0, items.item(record), record.seq + 1)
         swap_lane(ctx)
         if run.has_hooks:
             await run.hook("on_compensate", name, ctx)

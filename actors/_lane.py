@@ -41,9 +41,9 @@ from trioflow._errors import (
     RecordedError,
     UnencodableValueError,
 )
-from trioflow._map import tolerated
+from trioflow._map import failed_items, tolerated
 from trioflow._snapshot import InstanceState, Lane
-from trioflow._lanes import MAIN, branch_lane, item_of
+from trioflow._lanes import MAIN, branch_lane
 
 from ._run import Run, StepFailure, unwrapped
 from ._child import cancel_children, run_child, waited_on
@@ -160,16 +160,20 @@ def _failed_step_of(state: InstanceState, lookup: Mapping[str, tuple[Step, str]]
     (or item) that failed first did, at the step that branch failed at, and so on inward."""
     while isinstance(step, (ParallelStep, MapStep)) and step.on_error == "fail-fast":
         if isinstance(step, ParallelStep):
-            keys = branch_keys(step)
+            lanes = [state.lanes[key] for key in branch_keys(step) if key in state.lanes]
+            firsts = [branch.failed for branch in lanes if branch.failed is not None]
         elif lane.fanout is None or tolerated(step, lane.fanout.count) > 0:
             break
-        else:
-            keys = [key for key in state.lanes if (item := item_of(key)) is not None and item[0] == step.name]
-        firsts = [seq for key in keys if key in state.lanes and (seq := state.lanes[key].failed) is not None]
+        else:  # (an item's lane goes once the item ends: its records tell)
+            firsts = [record.seq for _, record in failed_items(state, step, lane)]
         if not firsts:
             break
         first = state.records[min(firsts)]
-        step, lane = lookup[first.step_name][0], state.lanes[first.lane]
+        inner = state.lanes.get(first.lane)
+        step = lookup[first.step_name][0]
+        if inner is None:
+            break
+        lane = inner
     return step.name
 
 

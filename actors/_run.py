@@ -107,7 +107,8 @@ class StepFailure(Exception):
 def unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """What a parallel or map step's nursery raised, as its callers expect it: KeyboardInterrupt or
     SystemExit if a branch raised one; else, when every branch raised the same kind of thing (a
-    cancellation, storage that stayed unusable), the first of them; else the group itself."""
+    cancellation, storage that stayed unusable, a signal this release cannot read), the first of
+    them; else the group itself."""
     leaves: list[BaseException] = []
     pending: list[BaseException] = [group]
     while pending:
@@ -119,7 +120,7 @@ def unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
     for exc in leaves:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             return exc
-    for kind in (trio.Cancelled, StorageUnavailableError):
+    for kind in (trio.Cancelled, StorageUnavailableError, SnapshotDecodeError):
         if all(isinstance(exc, kind) for exc in leaves):
             return leaves[0]
     return leaves[0] if len(leaves) == 1 else group
@@ -275,12 +276,15 @@ class Run:
         self.first_waiter: trio.lowlevel.Task | None = None
         self.more_waiters: list[trio.lowlevel.Task] | None = None
 
-    def context(self, lane: str, total_steps: int, item: ItemPlace | None = None) -> WorkflowContext:
+    def context(
+        self, lane: str, total_steps: int, item: ItemPlace | None = None, until: int | None = None,
+    ) -> WorkflowContext:
         """A context for one lane of this run (``item``: a map item's place, see
-        :data:`trioflow._context.ItemPlace`)."""
+        :data:`trioflow._context.ItemPlace`; ``until``: compensating, the seq after the
+        execution's record)."""
         return WorkflowContext(
             self.state, lane=lane, total_steps=total_steps, services=self.services, driver=self.driver,
-            encodable=check_encodable if self.adapter is not None else None, item=item,
+            encodable=check_encodable if self.adapter is not None else None, item=item, until=until,
         )
 
     def callable(self, fn: StepFn | str, asynchronous: bool) -> tuple[Callable[..., Any], bool]:

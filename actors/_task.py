@@ -13,7 +13,14 @@ import trio
 from trioflow._current import call_plain, in_lane
 from trioflow._decide import catcher_for, new_execution
 from trioflow._definition import Step, TaskStep
-from trioflow._errors import StepTimeoutError, UnencodableValueError, describe_error, error_cause, error_name
+from trioflow._errors import (
+    StepTimeoutError,
+    UnencodableValueError,
+    describe_error,
+    error_cause,
+    error_name,
+    root_error,
+)
 from trioflow._retry import NO_RETRY
 from trioflow._snapshot import StepResult
 
@@ -75,7 +82,7 @@ async def attempt(
                 ctx._calling = None
             # A value that cannot be stored (put into ctx.data) fails the same way on every attempt.
             try:
-                delay = None if isinstance(error, UnencodableValueError) else retry.next_delay(attempts, error)
+                delay = None if isinstance(root_error(error), UnencodableValueError) else retry.next_delay(attempts, error)
             except Exception as exc:  # a retry_on predicate that raised: the step fails with that
                 raise StepFailure(step.name, exc, attempts) from exc
             if delay is None:

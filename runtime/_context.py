@@ -82,7 +82,7 @@ class WorkflowContext:
 
     __slots__ = (
         "_state", "_services", "_encodable", "driver", "lane", "step_index", "total_steps",
-        "_calling", "_attempt", "_compensating", "_item",
+        "_calling", "_attempt", "_compensating", "_item", "_until",
     )
 
     def __init__(
@@ -95,8 +95,11 @@ class WorkflowContext:
         driver: Any,
         encodable: Any = None,
         item: ItemPlace | None = None,
+        until: int | None = None,
     ) -> None:
         self._state = state
+        #: Compensating: the records from this seq on came after the execution compensated.
+        self._until = until
         self._services = services
         self._encodable = encodable
         self.driver = driver
@@ -154,15 +157,14 @@ class WorkflowContext:
         # Only this execution of the map or parallel step the lane runs in counts: its lane key
         # is reused by the same item or branch in a later execution (a loop). A parallel step
         # running has no record yet: its newest is of the execution before.
-        if self._item is not None:
-            since = self._item[2]
-        elif (parallel := parallel_of(self.lane)) is not None:
-            since = next((r.seq for r in reversed(self._state.records) if r.step_name == parallel), -1)
-        else:
-            since = -1
-        for record in reversed(self._state.records):
-            if record.seq <= since:
-                break
+        records = self._state.records
+        end = len(records) if self._until is None else self._until
+        parallel = parallel_of(self.lane) if self._item is None else None
+        since = -1 if self._item is None else self._item[2]
+        for seq in range(end - 1, since, -1):
+            record = records[seq]
+            if record.step_name == parallel:
+                break  # the parallel step's execution before this one
             if record.lane == self.lane and record.status == "caught":
                 output: dict[str, str] = record.output
                 return output

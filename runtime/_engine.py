@@ -839,6 +839,7 @@ class Engine:
         if next_run is not None:
             next_run.set()  # callers of wait() on a parked instance: it runs again
         self._stalled.pop(state.instance_id, None)
+        self._unreadable.pop(state.instance_id, None)  # it runs: what it ends with is stored
         if reserved:
             self._launch(run, reserved=True)
         elif not slot or self._running < self._max_running:
