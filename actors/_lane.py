@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+import copy
 from typing import Any
 
 import trio
 
+from trioflow._callables import plain_result
 from trioflow._context import WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._decide import (
@@ -17,6 +19,7 @@ from trioflow._decide import (
     new_execution,
     next_of,
     open_branches,
+    passed_on,
     parallel_output,
     progress,
 )
@@ -184,19 +187,20 @@ def _decide_step(
     step)``; raises :class:`StepFailure` when it fails (a fail step always does)."""
     try:
         if isinstance(step, FailStep):
-            cause = step.cause(ctx) if callable(step.cause) else step.cause
+            cause = plain_result(step.cause, ctx) if callable(step.cause) else step.cause
             raise StepFailure(step.name, FailStepError(step.error, str(cause)), 1)
         if isinstance(step, ChoiceStep):
-            # Passes the lane's last output on (none, first in its lane): stored as a reference
-            # to the record that holds it.
-            return state.output_of(lane.last), lane.last, choose(step, ctx)
+            # Passes the lane's last output on: stored as a reference to the record that holds it.
+            return (*passed_on(state, lane, ctx.lane, ctx.item), choose(step, ctx))
         if isinstance(step, SucceedStep):
             if not step.has_output:
-                return state.output_of(lane.last), lane.last, None
-            return (step.output(ctx) if callable(step.output) else step.output), None, None
+                return (*passed_on(state, lane, ctx.lane, ctx.item), None)
+            # A value given with the definition is copied: every run gets its own.
+            return (plain_result(step.output, ctx) if callable(step.output) else copy.deepcopy(step.output)), None, None
         if step.transform is None and not step.has_result:
-            return state.output_of(lane.last), lane.last, next_of(step)
-        return (step.transform(ctx) if step.transform is not None else step.result), None, next_of(step)
+            return (*passed_on(state, lane, ctx.lane, ctx.item), next_of(step))
+        output = plain_result(step.transform, ctx) if step.transform is not None else copy.deepcopy(step.result)
+        return output, None, next_of(step)
     except StepFailure:
         raise
     except Exception as exc:

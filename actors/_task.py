@@ -186,6 +186,8 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
             result, attempts = await attempt(run, step, fn, asynchronous, (arg,), ctx=ctx, announce=True,
                                              since=started_at)
         output = step.output(result, ctx) if step.output is not None else result
+        if step.output is not None and inspect.isawaitable(output):  # an async def: as input= is
+            output = await output
         return output, data, uses_input, attempts
     except StepFailure as failure:
         failure.input, failure.uses_input = data, uses_input

@@ -6,12 +6,24 @@ in which order. The actors call these and then persist; tests and hypothesis cal
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
+from ._callables import plain_result
 from ._definition import CATCHING, Catch, ChildStep, ChoiceStep, MapStep, ParallelStep, Step, TaskStep, WorkflowDefinition
 from ._errors import NoChoiceMatchedError, describe_error, error_cause, error_name, split_description
-from ._lanes import MAIN, branch_lane, child_instance_id, execution_id, item_lanes, lane_in_definition, step_key
+from ._lanes import (
+    MAIN,
+    branch_lane,
+    child_instance_id,
+    execution_id,
+    item_lanes,
+    item_of,
+    lane_in_definition,
+    parallel_of,
+    step_key,
+)
 from ._matching import matches
 from ._snapshot import InstanceState, Lane, Status, StepResult
 
@@ -26,11 +38,31 @@ def new_state(
         fingerprint=definition.fingerprint,
         status=status,
         input=input,
-        data=dict(definition.data),
+        # Each instance its own: nested values of the definition's data are copied too.
+        data=copy.deepcopy(dict(definition.data)) if definition.data else {},
         lanes={MAIN: Lane(step=definition.steps[0].name)},
         created_at=now,
         started_at=now if status == "running" else None,
     )
+
+
+def passed_on(state: InstanceState, lane: Lane, key: str, item: Any) -> tuple[Any, int | None]:
+    """What a step that passes its input on (a choice, a pass or succeed step without their
+    own) passes on: ``(output, seq of the record holding it)``. Its lane's last output; first
+    in its lane, the lane's input, as Amazon States Language has it: the workflow input on the
+    main line, the item in a map item, and in a parallel step's branch what the lane running
+    the parallel step had (``None`` for the seq: the value is stored with the record)."""
+    if lane.last is not None:
+        return state.records[lane.last].output, lane.last
+    if key == MAIN:
+        return state.input, None
+    if item_of(key) is not None:
+        return item, None
+    parallel = parallel_of(key)
+    outer = next(((k, other) for k, other in state.lanes.items() if other.step == parallel and k != key), None)
+    if outer is None:
+        return None, None
+    return passed_on(state, outer[1], outer[0], item)[0], None
 
 
 def admit(state: InstanceState, now: float) -> None:
@@ -43,7 +75,7 @@ def admit(state: InstanceState, now: float) -> None:
 def choose(step: ChoiceStep, ctx: Any) -> str:
     """The target of a choice: first matching condition, else default, else an error."""
     for choice in step.choices:
-        if choice.condition(ctx):
+        if plain_result(choice.condition, ctx):
             return choice.next
     if step.default is None:
         raise NoChoiceMatchedError(step.name)

@@ -6,12 +6,12 @@ of the step that follows it in ``next``, so the runtime never has to work out fa
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union
 
 import attrs
 
+from ._callables import is_async
 from ._durations import seconds
 from ._errors import DefinitionError
 from ._matching import ErrorMatcher, matcher_tuple
@@ -23,14 +23,6 @@ OnError = Literal["fail-fast", "wait-all"]
 StepKind = Literal["task", "choice", "parallel", "pass", "succeed", "fail", "wait", "receive", "map", "child"]
 #: Seconds a compensation may take, all attempts together, unless the workflow says otherwise.
 DEFAULT_COMPENSATION_TIMEOUT = 300.0
-
-
-def is_async(fn: object) -> bool:
-    """Whether ``fn`` is awaited (``async def``, or an object whose ``__call__`` is one) rather
-    than run in a worker thread. Asked once per definition or registration, never per call:
-    ``inspect`` walks code flags each time, and a cache keyed by callables would keep them (and
-    whatever their closures hold) alive, and fail on unhashable ones."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
 def _callable_is_async(fn: object) -> bool:

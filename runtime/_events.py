@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from ._definition import is_async
+from ._callables import is_async
 from ._errors import EngineClosedError, InvalidArgumentError, safe_repr
 
 log = logging.getLogger("trioflow.events")

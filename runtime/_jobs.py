@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from ._definition import is_async
+from ._callables import is_async
 from ._errors import DefinitionError, UnknownJobError
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -8,10 +8,10 @@ or a name matched already.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Union, final
 
+from ._callables import is_async, plain_result
 from ._errors import DefinitionError, RecordedError, StorageError, error_message, error_name, wrapped_errors
 
 
@@ -52,7 +52,7 @@ def matcher_tuple(value: object, label: str) -> tuple[ErrorMatcher, ...]:
             # than ALL does (trioflow's own definition and storage errors included); and no
             # error is named "States.ALL" (Amazon States Language's), whose meaning is ALL's.
             raise DefinitionError(f"{label} items must not be {item!r} (use trioflow.ALL to match every error)")
-        if callable(item) and not isinstance(item, (type, _All)) and _is_async(item):
+        if callable(item) and not isinstance(item, (type, _All)) and is_async(item):
             # Called without being awaited, it would give a coroutine, which is true: a match.
             raise DefinitionError(f"{label} predicates must be plain functions, not async def: got {item!r}")
     return items
@@ -76,26 +76,7 @@ def matches(items: tuple[ErrorMatcher, ...], error: BaseException) -> bool:
             return True
     if any(isinstance(i, _All) for i in items) and not isinstance(root, (DefinitionError, StorageError)):
         return True
-    return any(not isinstance(i, (str, type, _All)) and _predicate(i, root) for i in items)
-
-
-def _is_async(fn: Callable[..., object]) -> bool:
-    """Whether ``fn`` is an ``async def`` (or an object whose ``__call__`` is), even behind a
-    decorator that ``functools.wraps`` it."""
-    return any(inspect.iscoroutinefunction(f) or inspect.iscoroutinefunction(getattr(f, "__call__", None))
-               for f in (fn, inspect.unwrap(fn)))
-
-
-def _predicate(predicate: Callable[[BaseException], bool], error: BaseException) -> bool:
-    """A predicate's verdict; one that gives an awaitable (an ``async def`` that passed the
-    build-time check, behind a wrapper) is refused rather than taken for a yes."""
-    verdict = predicate(error)
-    if inspect.isawaitable(verdict):
-        close = getattr(verdict, "close", None)
-        if close is not None:
-            close()  # never awaited: closed, so that no "never awaited" warning follows
-        raise TypeError(f"the error predicate {predicate!r} gave an awaitable; predicates must be plain functions")
-    return bool(verdict)
+    return any(not isinstance(i, (str, type, _All)) and plain_result(i, root) for i in items)
 
 
 def _names_a_subclass(kind: type[BaseException], name: str) -> bool:

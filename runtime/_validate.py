@@ -21,8 +21,8 @@ from ._definition import (
     TaskStep,
     WaitStep,
     WorkflowDefinition,
-    is_async,
 )
+from ._callables import is_async
 from ._errors import DefinitionError, safe_repr
 from ._lanes import RESERVED_SIGNALS, check_name, valid_text
 from ._retry import Retry
@@ -141,6 +141,9 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
                 f"{label}: error must be an error name of 1 to {MAX_ERROR_NAME} characters, got {safe_repr(step.error)}")
         if not (isinstance(step.cause, str) or callable(step.cause)):
             raise DefinitionError(f"{label}: cause must be text or a callable of ctx, got {step.cause!r}")
+        if callable(step.cause) and is_async(step.cause):
+            raise DefinitionError(f"{label}: cause {step.cause!r} is an async function; a fail step's cause is text"
+                                  " or a plain function of ctx")
     elif isinstance(step, WaitStep):
         _check_wait(label, step)
     elif isinstance(step, ReceiveStep):
@@ -150,7 +153,12 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
                 f" {step.signal!r}")
         if step.timeout is not None:
             check_timeout(label, step.timeout)
-    elif not isinstance(step, SucceedStep):
+    elif isinstance(step, SucceedStep):
+        if step.has_output and callable(step.output) and is_async(step.output):
+            # Decided in one go, as a pass step's transform is: its coroutine would be the output.
+            raise DefinitionError(f"{label}: output {step.output!r} is an async function; a succeed step's output"
+                                  " is a value or a plain function of ctx (do async work in a task step)")
+    else:
         raise DefinitionError(f"{owner}: {step!r} is not a step")
 
 

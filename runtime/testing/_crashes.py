@@ -32,7 +32,8 @@ import attrs
 import trio
 
 from trioflow._builder import index_steps
-from trioflow._definition import ChildStep, MapStep, ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition, is_async
+from trioflow._callables import is_async
+from trioflow._definition import ChildStep, MapStep, ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition
 from trioflow._engine import Engine, open_engine
 from trioflow._errors import UnknownJobError, safe_repr
 from trioflow._lanes import child_instance_id, item_of

@@ -1,0 +1,39 @@
+"""How trioflow tells the callables it is given apart: awaited (``async def``) or called.
+
+A step's job may be either; a decision's callable (a choice condition, a catch or retry
+predicate, a pass transform) must be a plain function, as the decision is made in one go: one
+that gives an awaitable instead would count as true, or be the output.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+
+def is_async(fn: object) -> bool:
+    """Whether ``fn`` is awaited (``async def``, or an object whose ``__call__`` is one, also
+    behind a decorator that ``functools.wraps`` it) rather than run in a worker thread. Asked
+    once per definition or registration, never per call: ``inspect`` walks code flags each
+    time, and a cache keyed by callables would keep them (and whatever their closures hold)
+    alive, and fail on unhashable ones."""
+    try:
+        unwrapped = inspect.unwrap(fn) if callable(fn) else fn
+    except ValueError:  # a cycle of __wrapped__
+        unwrapped = fn
+    return any(inspect.iscoroutinefunction(f) or inspect.iscoroutinefunction(getattr(f, "__call__", None))
+               for f in (fn, unwrapped))
+
+
+def plain_result(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` for a callable that must be a plain function: one that gives an awaitable
+    (an ``async def`` behind a wrapper the build-time check cannot see through) raises
+    ``TypeError`` rather than have its coroutine taken for the answer."""
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()  # never awaited: closed, so that no "never awaited" warning follows
+        raise TypeError(f"{fn!r} gave an awaitable; it must be a plain function (not async def)")
+    return result
