@@ -144,7 +144,8 @@ class MemoryAdapter:
             start = _blob(start, "start")
         if notify is not None:
             notify = (notify[0], notify[1], _blob(notify[2], "notice payload"))
-        waited = _waits(row)
+        # (Written out, not _waits(): every checkpoint of every instance asks.)
+        waited = row.wake_at is not None and row.status in RESUMABLE
         if status != row.status:
             del self._by_status[row.status][instance_id]
             self._by_status.setdefault(status, {})[instance_id] = None
@@ -164,9 +165,13 @@ class MemoryAdapter:
             for seq in consumed:
                 del row.signals[seq]
         row_wake, row.wake_at = row.wake_at, wake_at
+        waits = wake_at is not None and status in RESUMABLE
+        pushed = False
         if wake_at is not None and wake_at != row_wake:  # (unchanged: its entry is there)
             heapq.heappush(self._wakes.setdefault(row.workflow_name, []), (wake_at, row.order, instance_id))
-        self._count_waiting(row, _waits(row) - waited)
+            pushed = True
+        if pushed or waits != waited:
+            self._count_waiting(row, waits - waited)
         if notify is not None and notify[0] in self._rows:
             return self._store_signal(*notify)
         return None
