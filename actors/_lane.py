@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-import copy
 from typing import Any
 
 import trio
@@ -15,6 +14,7 @@ from trioflow._decide import (
     branch_keys,
     choose,
     complete_step,
+    fresh_copy,
     inner_lanes,
     new_execution,
     next_of,
@@ -196,10 +196,10 @@ def _decide_step(
             if not step.has_output:
                 return (*passed_on(state, lane, ctx.lane, ctx.item), None)
             # A value given with the definition is copied: every run gets its own.
-            return (plain_result(step.output, ctx) if callable(step.output) else copy.deepcopy(step.output)), None, None
+            return (plain_result(step.output, ctx) if callable(step.output) else fresh_copy(step.output)), None, None
         if step.transform is None and not step.has_result:
             return (*passed_on(state, lane, ctx.lane, ctx.item), next_of(step))
-        output = plain_result(step.transform, ctx) if step.transform is not None else copy.deepcopy(step.result)
+        output = plain_result(step.transform, ctx) if step.transform is not None else fresh_copy(step.result)
         return output, None, next_of(step)
     except StepFailure:
         raise

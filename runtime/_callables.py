@@ -13,17 +13,14 @@ from typing import Any
 
 
 def is_async(fn: object) -> bool:
-    """Whether ``fn`` is awaited (``async def``, or an object whose ``__call__`` is one, also
-    behind a decorator that ``functools.wraps`` it) rather than run in a worker thread. Asked
-    once per definition or registration, never per call: ``inspect`` walks code flags each
-    time, and a cache keyed by callables would keep them (and whatever their closures hold)
-    alive, and fail on unhashable ones."""
-    try:
-        unwrapped = inspect.unwrap(fn) if callable(fn) else fn
-    except ValueError:  # a cycle of __wrapped__
-        unwrapped = fn
-    return any(inspect.iscoroutinefunction(f) or inspect.iscoroutinefunction(getattr(f, "__call__", None))
-               for f in (fn, unwrapped))
+    """Whether ``fn`` is awaited (``async def``, or an object whose ``__call__`` is one) rather
+    than run in a worker thread. What a decorator wraps is not asked: a plain ``def`` around an
+    ``async def`` may run it to its end (``asyncio.run``, asgiref's ``async_to_sync``), and is
+    called; one that hands its coroutine back is caught by :func:`plain_result` where a plain
+    function is required. Asked once per definition or registration, never per call:
+    ``inspect`` walks code flags each time, and a cache keyed by callables would keep them (and
+    whatever their closures hold) alive, and fail on unhashable ones."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
 def plain_result(fn: Callable[..., Any], *args: Any) -> Any:

