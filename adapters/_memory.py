@@ -87,7 +87,8 @@ class MemoryAdapter:
         self._open = False
 
     def use_clock(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
+        if not self._open:  # (open: a second engine's, refused next; see Adapter.use_clock)
+            self._clock = clock
 
     async def open(self) -> None:
         """The storage is this object: one engine at a time may have it open."""

@@ -145,7 +145,8 @@ class Adapter(Protocol):
         """The wall clock (Unix seconds) to stamp finish times with from now on. ``open_engine``
         gives the engine's own before it calls :meth:`open`, so finish times and the cutoffs
         the engine passes to :meth:`purge` are on one clock; an adapter given none uses
-        ``time.time``."""
+        ``time.time``. While the adapter is open, a clock given changes nothing: it comes from
+        a second engine, which :meth:`open` then refuses, and the first keeps its own."""
         ...
 
     async def purge(

@@ -282,7 +282,8 @@ class SQLiteAdapter:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def use_clock(self, clock: Callable[[], float]) -> None:
-        self._wall_clock = clock
+        if self._thread is None:  # (open: a second engine's, refused next; see Adapter.use_clock)
+            self._wall_clock = clock
 
     async def open(self) -> None:
         """Open the file, take the lock, create or check the schema, start the writer."""

@@ -298,11 +298,12 @@ class Engine:
         holding every slot would otherwise wait forever for their children. (A plain function
         handing back ``_start``'s coroutine: no frame of its own while the child is stored.)"""
         parent = self._live[parent_id]  # it is the parent's run that asks
-        return self._start(workflow_name, input, child_id, None, parent=parent.state, slot=parent.may_park(math.inf))
+        return self._start(workflow_name, input, child_id, None, parent=parent.state, slot=parent.may_park(math.inf),
+                           ended_maybe=parent.resumed)
 
     async def _start(
         self, workflow_name: str, input: Any, instance_id: str | None, starts_at: float | None, *,
-        parent: InstanceState | None = None, slot: bool = True,
+        parent: InstanceState | None = None, slot: bool = True, ended_maybe: bool = False,
     ) -> str:
         if not isinstance(workflow_name, str):
             hint = f": pass its name, {workflow_name.name!r}" if isinstance(workflow_name, WorkflowDefinition) else ""
@@ -327,6 +328,8 @@ class Engine:
         if live is not None:
             _check_same_start(instance_id, live.state, workflow_name, input, parent)
             return instance_id
+        if ended_maybe and parent is not None and await self._ended_before(instance_id, parent):
+            return instance_id  # it ran, and ended: its parent's step takes the end notice
         # Kept as storage gives it back: a resumed run reads the same (a tuple as a list).
         input = as_stored(input, "workflow input")
         # A free slot is taken now, not when the instance is spawned: starts storing at the same
@@ -384,6 +387,15 @@ class Engine:
         finally:
             if reserved:
                 self._free_slot()  # not run here in this slot after all: it goes to the queue
+
+    async def _ended_before(self, child_id: str, parent: InstanceState) -> bool:
+        """Whether a resumed parent holds the end notice of the child it is about to start: the
+        child ran, ended and was purged before the parent stored that it started it (a crash
+        in between), and must not run again."""
+        notice = child_ended_signal(child_id)
+        if any(name == notice for _, name, _ in parent.signals):
+            return True
+        return any(name == notice for _, name, _ in await self.adapter.signals(parent.instance_id))
 
     async def _check_end_noticed(self, child_id: str, parent: InstanceState) -> None:
         """A child step found its child ended already: a parent resumed after its child ended
@@ -633,31 +645,42 @@ class Engine:
         if isinstance(after, WorkflowInstance):
             await self._check_still_there(after)
             after = after.id
+        # Unpaged, the failed ones include the rows this release cannot read, whatever status
+        # they are stored with: every row is read, and each kept as it is reported.
+        stored_status = None if status == "failed" and limit is None and after is None else status
         out: list[WorkflowInstance] = []
         cursor = after
+        seen: set[str] = set()
         while True:
             wanted = None if limit is None else limit - len(out)
-            records = await self.adapter.list_instances(
-                workflow_name, status, after=cursor, limit=wanted, newest_first=order == "newest")
+            try:
+                read = await self.adapter.list_instances(
+                    workflow_name, stored_status, after=cursor, limit=wanted, newest_first=order == "newest")
+            except UnknownInstanceError:
+                if cursor == after:
+                    raise
+                # The row this call went on from (never the caller's) was purged meanwhile:
+                # read again from the caller's cursor, passing over the rows read already.
+                cursor = after
+                continue
+            records = [record for record in read if record.instance_id not in seen]
+            seen.update(record.instance_id for record in records)
             for record in records:
                 run = self._live.get(record.instance_id)
                 if run is not None:
                     # Under the status the adapter read and listed it by (a checkpoint may have
                     # changed it since): a listing by status holds only instances of that status.
-                    out.append(_live_view(run, record.status))
+                    if status is None or record.status == status:
+                        out.append(_live_view(run, record.status))
                     continue
                 # An unreadable row is reported failed, whatever status it is stored with (as is
                 # one whose run found a signal it cannot read).
                 view = self._unreadable.get(record.instance_id) or self._view(record)
                 if status is None or view.status == status:
                     out.append(view)
-            if wanted is None or len(records) < wanted or len(out) == limit:
+            if wanted is None or len(read) < wanted or len(out) == limit:
                 break
-            cursor = records[-1].instance_id  # rows were left out: fill the page from after them
-        if status == "failed" and limit is None and after is None:
-            listed = {i.id for i in out}
-            out += [v for v in self._unreadable.values()
-                    if workflow_name in (None, v.workflow_name) and v.id not in listed]
+            cursor = read[-1].instance_id  # rows were left out: fill the page from after them
         return out
 
     async def _check_still_there(self, instance: WorkflowInstance) -> None:
@@ -686,7 +709,7 @@ class Engine:
         each), letting instances run and checkpoint between them."""
         self._check_open()
         age = _duration(older_than, "older_than")
-        if status is not None and status not in TERMINAL:
+        if status is not None and (not isinstance(status, str) or status not in TERMINAL):
             raise InvalidArgumentError(
                 f"status must be one of {', '.join(sorted(TERMINAL))} (only finished instances are purged),"
                 f" got {status!r}")
@@ -1399,7 +1422,8 @@ class _Storing:
 def _duration(value: Seconds, name: str) -> float:
     """A duration argument in seconds, or :class:`InvalidArgumentError` naming it."""
     number = seconds(value)
-    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < math.inf:
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < math.inf \
+            or number > 1e300:  # (an int float() cannot hold)
         raise InvalidArgumentError(f"{name} must be a finite number of seconds >= 0 (or a timedelta), got {value!r}")
     return float(number)
 
@@ -1440,10 +1464,10 @@ def _check_listing(workflow_name: object, status: object, limit: object, after: 
         raise InvalidArgumentError(f"get_instances() takes a workflow's name: pass {workflow_name.name!r}")
     if workflow_name is not None and not isinstance(workflow_name, str):
         raise InvalidArgumentError(f"workflow_name must be a workflow name or None, got {safe_repr(workflow_name)}")
-    if status is not None and status not in STATUSES:
+    if status is not None and (not isinstance(status, str) or status not in STATUSES):
         raise InvalidArgumentError(f"status must be one of {', '.join(sorted(STATUSES))} or None, got {status!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InvalidArgumentError(f"limit must be an int >= 1 or None, got {limit!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit < 1 << 63):
+        raise InvalidArgumentError(f"limit must be an int >= 1 (below 2**63) or None, got {limit!r}")
     if after is not None and not isinstance(after, WorkflowInstance) and (not isinstance(after, str) or not after):
         raise InvalidArgumentError(
             f"after must be the last instance of the previous page, or its id, got {after!r}")

@@ -49,8 +49,12 @@ async def check_persistence_adapter(open_adapter: OpenAdapter) -> list[str]:
 
 
 @asynccontextmanager
-async def _opened(open_adapter: OpenAdapter, key: str) -> AsyncIterator[Adapter]:
+async def _opened(
+    open_adapter: OpenAdapter, key: str, clock: Callable[[], float] | None = None,
+) -> AsyncIterator[Adapter]:
     adapter = open_adapter(key)
+    if clock is not None:
+        adapter.use_clock(clock)  # before open, as open_engine gives it (see Adapter.use_clock)
     await adapter.open()
     try:
         yield adapter
@@ -474,8 +478,7 @@ async def purge_by_finish_time(open_adapter: OpenAdapter) -> None:
     clock = _Clock(1000.0)
     finishing = [("a", "w1", "completed", 1000.0), ("b", "w1", "failed", 2000.0), ("c", "w2", "cancelled", 3000.0),
                  ("e", "w1", "timed_out", 4000.0)]
-    async with _opened(open_adapter, "purge") as a:
-        a.use_clock(clock)
+    async with _opened(open_adapter, "purge", clock) as a:
         for iid, name, _, _ in finishing:
             await a.create(iid, name, "running", start=b"s", header=b".")
         await a.create("d", "w1", "pending", start=b"s", header=b".")
@@ -504,8 +507,7 @@ async def purge_by_finish_time(open_adapter: OpenAdapter) -> None:
         await a.checkpoint("a", "running", b"h3", [b"new"], first_seq=0)
         assert (await _stored(a, "a"))[5] == (b"new",), "purge must delete the instance's records too"
         await a.create("made-finished", "w1", "completed", start=b"s", header=b".")
-    async with _opened(open_adapter, "purge") as b:
-        b.use_clock(_Clock(99_999.0))
+    async with _opened(open_adapter, "purge", _Clock(99_999.0)) as b:
         assert await b.purge(8999.0, 10) == 0, "finish times must survive a reopen"
         assert await b.purge(9000.0, 10) == 1 and await b.load("made-finished") is None, (
             "an instance created finished has the time of its create as its finish time")
@@ -583,8 +585,7 @@ async def refused_writes_leave_everything(open_adapter: OpenAdapter) -> None:
 
 async def purge_goes_by_finish_order_not_creation_order(open_adapter: OpenAdapter) -> None:
     clock = _Clock(1000.0)
-    async with _opened(open_adapter, "purge_order") as a:
-        a.use_clock(clock)
+    async with _opened(open_adapter, "purge_order", clock) as a:
         for iid in ("older", "younger"):
             await a.create(iid, "wf", "running", start=b"s", header=b".")
         await a.checkpoint("younger", "completed", b"h", [], first_seq=0)  # finishes first, at 1000
