@@ -19,7 +19,7 @@ import trio
 from trioflow._context import WorkflowContext
 from trioflow._decide import wake_at
 from trioflow._definition import ReceiveStep, Step, WaitStep
-from trioflow._durations import seconds
+from trioflow._durations import in_range, seconds
 from trioflow._errors import InvalidArgumentError, SignalTimeoutError
 from trioflow._snapshot import Lane, waiting_view
 
@@ -186,6 +186,6 @@ def _due(run: Run, step: WaitStep, ctx: WorkflowContext) -> float:
 
 
 def _check_number(step: WaitStep, field: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf):
+    if not in_range(value):
         raise InvalidArgumentError(
             f"step {step.name!r}: {field} must give a finite number of seconds >= 0, got {value!r}")

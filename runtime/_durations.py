@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from typing import Any, Union
 
@@ -13,3 +14,17 @@ def seconds(value: Any) -> Any:
     """``value`` in seconds if it is a ``timedelta``; anything else as it is, for the caller's
     own check to accept or name."""
     return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+def in_range(value: Any, minimum: float = 0.0, *, infinite: bool = False) -> bool:
+    """Whether ``value`` is a number (``bool`` is not, though it is an ``int``: ``True`` is a
+    mistake, not 1 s) from ``minimum`` up, finite unless ``infinite``, that a float holds (an
+    int past about 1e308 does not: it would overflow where it is used). NaN is out: the test is
+    "in range?", which NaN fails, never "below the minimum?", which it would pass."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:
+        return False
+    return minimum <= number and (infinite or number < math.inf)

@@ -42,7 +42,7 @@ from ._current import check_in_trio
 from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, wake_at
 from ._ids import creation_time, new_instance_id
 from ._definition import WorkflowDefinition
-from ._durations import Seconds, seconds
+from ._durations import Seconds, in_range, seconds
 from ._errors import (
     DefinitionError,
     DefinitionMismatchError,
@@ -414,7 +414,7 @@ class Engine:
             raise InvalidArgumentError("give either delay or start_at, not both")
         if delay is not None:
             value = seconds(delay)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            if not in_range(value):
                 raise InvalidArgumentError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
             return float(self._clock() + value)
         if start_at is None:
@@ -423,7 +423,7 @@ class Engine:
             if start_at.tzinfo is None:
                 raise InvalidArgumentError(f"start_at must be an aware datetime (with a tzinfo), got {start_at!r}")
             return start_at.timestamp()
-        if isinstance(start_at, bool) or not isinstance(start_at, (int, float)) or not 0 <= start_at < math.inf:
+        if not in_range(start_at):
             raise InvalidArgumentError(f"start_at must be an aware datetime or Unix seconds, got {start_at!r}")
         return float(start_at)
 
@@ -1422,8 +1422,7 @@ class _Storing:
 def _duration(value: Seconds, name: str) -> float:
     """A duration argument in seconds, or :class:`InvalidArgumentError` naming it."""
     number = seconds(value)
-    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < math.inf \
-            or number > 1e300:  # (an int float() cannot hold)
+    if not in_range(number):
         raise InvalidArgumentError(f"{name} must be a finite number of seconds >= 0 (or a timedelta), got {value!r}")
     return float(number)
 

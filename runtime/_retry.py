@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import attrs
 
-from ._durations import Seconds, seconds
+from ._durations import Seconds, in_range, seconds
 from ._errors import DefinitionError
 from ._matching import ErrorMatcher, matcher_tuple, matches
 
@@ -32,7 +31,7 @@ def _finite_at_least(minimum: float) -> Callable[[object, attrs.Attribute[float]
     """
 
     def check(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (minimum <= value < math.inf):
+        if not in_range(value, minimum):
             raise DefinitionError(f"Retry.{attribute.name} must be a finite number >= {minimum:g}, got {value!r}")
 
     return check

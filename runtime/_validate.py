@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 
 from ._definition import (
@@ -23,6 +22,7 @@ from ._definition import (
     WorkflowDefinition,
 )
 from ._callables import is_async
+from ._durations import in_range
 from ._errors import DefinitionError, safe_repr
 from ._lanes import RESERVED_SIGNALS, check_name, valid_text
 from ._retry import Retry
@@ -66,10 +66,10 @@ def check_timeout(label: str, seconds: object) -> None:
     """A timeout (a workflow's or a step's) is a number of seconds > 0.
 
     ``bool`` is refused although it is an ``int``: ``timeout=True`` is a mistake, not 1 s.
-    NaN compares false with everything, so the test asks "is it > 0?" rather than "is it <= 0?",
-    which NaN would pass. ``inf`` is accepted: like a trio deadline of ``inf``, it never expires.
+    NaN is out of every range (see :func:`in_range`). ``inf`` is accepted: like a trio deadline
+    of ``inf``, it never expires.
     """
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+    if not in_range(seconds, infinite=True) or seconds == 0:
         raise DefinitionError(f"{label}: timeout must be a number of seconds > 0, got {seconds!r}")
 
 
@@ -168,7 +168,7 @@ def _check_wait(label: str, step: WaitStep) -> None:
     for field, value in (("seconds", step.seconds), ("until", step.until)):
         if value is None or callable(value):
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        if not in_range(value):
             allowed = ("a number of seconds >= 0, a timedelta, or a callable of ctx" if field == "seconds"
                        else "Unix seconds, an aware datetime, or a callable of ctx")
             raise DefinitionError(f"{label}: {field} must be {allowed}, got {value!r}")
