@@ -31,6 +31,19 @@ PARENT = tf.workflow("p").task("a", job="ja", compensate="ja").child("c", workfl
 RENAMED = tf.workflow("p").task("a2", job="ja", compensate="ja").child("c", workflow="kid").build()
 
 
+async def _cancelled_as_its_engine_closes(adapter: Any, clock: Any) -> str:
+    """A parent waiting on its running child, cancelled as its engine closes: stored
+    compensating, the child not cancelled yet."""
+    async with open_test_engine(adapter=adapter, clock=clock) as engine:
+        engine.jobs.register("ja", _ja)
+        engine.register(KID)
+        engine.register(PARENT)
+        pid = await engine.start("p")
+        await trio.sleep(5)
+        assert await engine.cancel(pid)  # the engine closes at once
+    return pid
+
+
 @pytest.mark.parametrize("storage", ["memory", "sqlite"])
 async def test_a_misfit_compensating_parent_closed_before_its_child_is_cancelled_cancels_it_with_the_next_engine(
         autojump_clock: trio.testing.MockClock, tmp_path: Path, storage: str) -> None:
@@ -40,13 +53,7 @@ async def test_a_misfit_compensating_parent_closed_before_its_child_is_cancelled
         return memory if storage == "memory" else SQLiteAdapter(tmp_path / "flows.db")
 
     clock = virtual_wall_clock()
-    async with open_test_engine(adapter=adapter(), clock=clock) as engine:
-        engine.jobs.register("ja", _ja)
-        engine.register(KID)
-        engine.register(PARENT)
-        pid = await engine.start("p")
-        await trio.sleep(5)
-        assert await engine.cancel(pid)  # the engine closes at once: stored compensating
+    pid = await _cancelled_as_its_engine_closes(adapter(), clock)
     child_id = f"{pid}/c#1"
     # The next release: the parent no longer fits; the child's workflow is not registered, so
     # cancelling the child waits (up to the parent's compensation timeout), and the engine
@@ -77,13 +84,7 @@ async def test_wait_on_a_misfit_compensating_parent_returns_its_failure_once_its
         return memory if storage == "memory" else SQLiteAdapter(tmp_path / "flows.db")
 
     clock = virtual_wall_clock()
-    async with open_test_engine(adapter=adapter(), clock=clock) as engine:
-        engine.jobs.register("ja", _ja)
-        engine.register(KID)
-        engine.register(PARENT)
-        pid = await engine.start("p")
-        await trio.sleep(5)
-        assert await engine.cancel(pid)
+    pid = await _cancelled_as_its_engine_closes(adapter(), clock)
     async with open_test_engine(adapter=adapter(), clock=clock) as engine:
         engine.jobs.register("ja", _ja)
         engine.register(KID)
