@@ -651,6 +651,7 @@ class Engine:
         out: list[WorkflowInstance] = []
         cursor = after
         seen: set[str] = set()
+        went_on_from: list[str] = []  # the rows read, in order: where a refill may go on from
         while True:
             wanted = None if limit is None else limit - len(out)
             try:
@@ -659,12 +660,16 @@ class Engine:
             except UnknownInstanceError:
                 if cursor == after:
                     raise
-                # The row this call went on from (never the caller's) was purged meanwhile:
-                # read again from the caller's cursor, passing over the rows read already.
-                cursor = after
+                # The row this call went on from (never the caller's) was purged meanwhile: go
+                # on from the one read before it (in the listing's order: from the caller's
+                # cursor, newest first, rows created since would come in), passing over the
+                # rows read already.
+                went_on_from = [iid for iid in went_on_from if iid != cursor]
+                cursor = went_on_from[-1] if went_on_from else after
                 continue
             records = [record for record in read if record.instance_id not in seen]
             seen.update(record.instance_id for record in records)
+            went_on_from.extend(record.instance_id for record in records)
             for record in records:
                 run = self._live.get(record.instance_id)
                 if run is not None:
