@@ -107,7 +107,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         try:
             if isinstance(step, TaskStep):
                 output, data, uses_input, attempts = await run_task(run, step, ctx, started_at)
-                target = next_of(step)
+                target = None if step.end else step.next  # (next_of, inline: every task step asks)
             elif isinstance(step, ParallelStep):
                 output = await run_parallel(run, step, ctx)
                 target = next_of(step)
@@ -138,7 +138,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             await step_failed(run, step, failure, started_at, ctx)  # raises unless caught
             continue
         complete_step(state, step, record, target)
-        if target is not None or lane_key != MAIN or run.has_hooks:
+        if run.adapter is not None and (target is not None or lane_key != MAIN or run.has_hooks):
             # The main line's last step needs no write of its own: the instance's terminal
             # snapshot, written next with nothing in between that awaits, records it. (An
             # ``on_step_complete`` hook awaits: a restart during it must find the step stored.)

@@ -427,6 +427,8 @@ def viewed(record: StepResult, compensated: set[int], errors: Mapping[int, str])
 
 def compensated_steps(state: InstanceState) -> tuple[str, ...]:
     """Names of the compensated executions' steps, in the order they were compensated."""
+    if not state.compensated:
+        return ()  # (most runs: every result and view asks)
     return tuple(state.records[seq].step_name for seq in state.compensated)
 
 
@@ -434,6 +436,8 @@ def compensation_errors(state: InstanceState) -> dict[str, str]:
     """Step name -> error, for each step whose compensation failed for good (a step run more
     than once: its newest failing execution's error; ``history`` has them all)."""
     out: dict[str, str] = {}
+    if not state.compensation_errors:
+        return out
     for seq, error in sorted(state.compensation_errors.items()):
         out[state.records[seq].step_name] = error
     return out
