@@ -296,7 +296,7 @@ class WorkflowMetadata:
     started_at: float | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class WorkflowInstance:
     """A read-only view of one instance, as stored (``engine.get_instance``)."""
 
@@ -337,7 +337,7 @@ class WorkflowInstance:
         return _instance_dict(self)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class WorkflowResult:
     """The outcome of one run (``execute_workflow`` and the ``on_complete``/``on_failed`` hooks).
 
