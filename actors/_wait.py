@@ -79,6 +79,12 @@ async def _wait_stored(run: Run, lane: Lane, key: str) -> None:
 async def run_receive(run: Run, step: ReceiveStep, lane: Lane, started_at: float) -> Any:
     """Take the next signal named ``step.signal``, waiting for it (until the timeout, if any);
     returns its payload, or raises :class:`StepFailure` with :class:`SignalTimeoutError`."""
+    if run.children is None and step.timeout is None:
+        # No engine (``execute_workflow``): nothing can send it a signal, so without a timeout
+        # it would wait for ever. It fails at once, as a child step there does.
+        raise StepFailure(step.name, InvalidArgumentError(
+            f"step {step.name!r} waits for signal {step.signal!r} with no timeout, and execute_workflow has no"
+            " engine to signal it; give it a timeout, or run it on an engine (open_engine)"), 1)
     if not lane.waits():
         due = None if step.timeout is None else run.clock() + step.timeout
         lane.waiting = {"signal": step.signal, "timeout": due, "since": started_at}

@@ -15,6 +15,18 @@ from ._snapshot import InstanceState, StepResult, WorkflowInstance, WorkflowMeta
 ItemPlace = tuple[int, Any, int]
 
 
+class _MissingStep(KeyError):
+    """``ctx.steps[name]`` for a step with no completed execution: a ``KeyError`` (recorded
+    and matched as one) whose message reads as written, where a ``KeyError``'s own ``str()``
+    gives its repr, quotes and all, in the recorded cause."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+_MissingStep.__name__ = _MissingStep.__qualname__ = "KeyError"
+
+
 class StepOutputs(Mapping[str, Any]):
     """``ctx.steps``: the newest completed output of each step by name, a live read-only view.
 
@@ -46,7 +58,7 @@ class StepOutputs(Mapping[str, Any]):
         found = self._find(name)
         if found is None:
             done = ", ".join(repr(n) for n in self._names()) or "none yet"
-            raise KeyError(f"no completed step named {name!r} (completed: {done})")
+            raise _MissingStep(f"no completed step named {name!r} (completed: {done})")
         return found.output
 
     def __contains__(self, name: object) -> bool:

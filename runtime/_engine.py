@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import inspect
 import math
 import os
 import time
@@ -448,7 +449,8 @@ class Engine:
             return  # stored: the next engine delivers it (an error here would have it sent twice)
         run = self._live.get(instance_id)
         if run is None:  # parked (or stored, not running here): resumed if it waits for this
-            run, fresh = await self._wake_if_waiting(instance_id, lambda waiting: waiting.get("signal") == name)
+            run, fresh = await self._wake_if_waiting(instance_id, lambda waiting: waiting.get("signal") == name,
+                                                     pending=seq)
             if fresh:
                 # Resumed from a row read after the signal was stored: the run has it if it is
                 # still pending. (Handed over again, one a run before this one took and parked
@@ -465,12 +467,17 @@ class Engine:
                 await self._wake_if_waiting(instance_id, lambda waiting: "signal" in waiting)
 
     async def _wake_if_waiting(
-        self, instance_id: str, wakes: Callable[[dict[str, Any]], bool],
+        self, instance_id: str, wakes: Callable[[dict[str, Any]], bool], *, pending: int | None = None,
     ) -> tuple[Run | None, bool]:
         """Resume a parked instance here if what its lanes wait for passes ``wakes``: its run
-        (``None``: not running here), and whether this call resumed it, from a row read now."""
+        (``None``: not running here), and whether this call resumed it, from a row read now.
+        ``pending``: the seq of a signal just stored, for a run found running to be handed:
+        ``None`` for the run if the row read holds it no more (a run that has ended since took
+        it; the one running now, resumed after that, must not take it again)."""
         stored = await self._load_fresh(instance_id)
         if stored is None or stored.status not in RESUMABLE or instance_id in self._live:
+            if stored is not None and pending is not None and all(seq != pending for seq, _, _ in stored.signals):
+                return None, False
             return self._live.get(instance_id), False
         definition = self._definitions.get(stored.workflow_name)
         if definition is None or self._missing_jobs(definition):
@@ -488,6 +495,8 @@ class Engine:
                 # Every signal storage held came with the load: the run needs no look of its own.
                 run.deliver_stored(stored.signals)
                 return run, True
+        if pending is not None and all(seq != pending for seq, _, _ in stored.signals):
+            return None, False
         return self._live.get(instance_id), False
 
     async def _load_fresh(self, instance_id: str) -> StoredInstance | None:
@@ -1457,6 +1466,8 @@ def _check_instance_id(instance_id: object) -> None:
         hint = f": pass its id, {instance_id.id!r}"
     elif isinstance(instance_id, WorkflowDefinition):
         hint = ": that is a workflow definition; pass the id start() returned"
+    elif inspect.iscoroutine(instance_id):
+        hint = f", got {safe_repr(instance_id)}: await it first (`await engine.start(...)` gives the id)"
     else:
         hint = f", got {safe_repr(instance_id)}"
     raise InvalidArgumentError(f"an instance id must be a string{hint}")

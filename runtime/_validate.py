@@ -147,9 +147,10 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
     elif isinstance(step, WaitStep):
         _check_wait(label, step)
     elif isinstance(step, ReceiveStep):
-        if not isinstance(step.signal, str) or not step.signal or step.signal.startswith(RESERVED_SIGNALS):
+        if not isinstance(step.signal, str) or not step.signal or step.signal.startswith(RESERVED_SIGNALS) \
+                or not valid_text(step.signal):  # (engine.signal refuses one with a lone surrogate)
             raise DefinitionError(
-                f"{label}: signal must be a non-empty signal name not starting with {RESERVED_SIGNALS!r}, got"
+                f"{label}: signal must be a non-empty signal name of valid text not starting with {RESERVED_SIGNALS!r}, got"
                 f" {step.signal!r}")
         if step.timeout is not None:
             check_timeout(label, step.timeout)
@@ -169,7 +170,7 @@ def _check_wait(label: str, step: WaitStep) -> None:
         if value is None or callable(value):
             continue
         if not in_range(value):
-            allowed = ("a number of seconds >= 0, a timedelta, or a callable of ctx" if field == "seconds"
+            allowed = ("a finite number of seconds >= 0, a timedelta, or a callable of ctx" if field == "seconds"
                        else "Unix seconds, an aware datetime, or a callable of ctx")
             raise DefinitionError(f"{label}: {field} must be {allowed}, got {value!r}")
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ._errors import InvalidArgumentError
+
 if TYPE_CHECKING:
     from trio.testing import MockClock
 
@@ -80,6 +82,12 @@ def virtual_wall_clock() -> Callable[[], float]:
     durable timers of days fall due as soon as virtual time gets there. Starts at the real time
     when the run first asks, and is the same clock for everything in that run.
     ``open_engine`` uses one by default in a run on a ``MockClock``."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        raise InvalidArgumentError(
+            "virtual_wall_clock() reads the clock of the trio run it is called in: call it inside"
+            " trio.run (in the test, on its MockClock), not at module level") from None
     try:
         offset = _WALL_OFFSET.get()
     except LookupError:

@@ -35,7 +35,7 @@ from trioflow._builder import index_steps
 from trioflow._callables import is_async
 from trioflow._definition import ChildStep, MapStep, ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition
 from trioflow._engine import Engine, open_engine
-from trioflow._errors import UnknownJobError, safe_repr
+from trioflow._errors import UnknownJobError, UnknownWorkflowError, safe_repr
 from trioflow._lanes import child_instance_id, item_of
 from trioflow._snapshot import InstanceState, Status, StepResult, WorkflowInstance
 from trioflow._codec import decode_payload, decode_stored, encode_payload
@@ -149,6 +149,7 @@ async def explore_crashes(
     """
     counter = _Counter()
     family = (workflow, *also)
+    _check_also(family)
     registered = [_instrument(d, dict(jobs or {}), counter) for d in family]
     scripted = _scripted_jobs(family, jobs or {})
     shapes = {d.name: _Shape.of(d) for d in family}
@@ -272,6 +273,18 @@ class _Shape:
             timing=definition.timeout is not None or any(isinstance(s, (ParallelStep, MapStep)) for s in steps),
             timeout=definition.timeout,
         )
+
+
+def _check_also(family: Sequence[WorkflowDefinition]) -> None:
+    """Refuse a child step that starts a workflow not given (in ``also``): every run would
+    explore a parent failing at that step with :class:`UnknownWorkflowError`."""
+    names = {d.name for d in family}
+    for definition in family:
+        for step, _ in definition.lookup.values():
+            if isinstance(step, ChildStep) and step.workflow not in names:
+                raise UnknownWorkflowError(
+                    f"step {step.name!r} of workflow {definition.name!r} starts workflow {step.workflow!r},"
+                    " which is not in also=")
 
 
 async def _children(engine: Engine, root: WorkflowInstance, family: bool) -> dict[str, WorkflowInstance]:
