@@ -14,7 +14,7 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import explore_crashes, open_test_engine, run
 
-HANG = 10**6  # virtual seconds: far beyond anything these runs should need
+HANG = 10**10  # virtual seconds (three centuries): far beyond anything these runs should need
 
 
 def test_execute_workflow_receive_without_timeout_fails_instead_of_hanging() -> None:
@@ -34,6 +34,24 @@ def test_execute_workflow_receive_without_timeout_fails_instead_of_hanging() -> 
     hung, result = run(main)
     assert not hung, "execute_workflow hung on a receive step without a timeout (no engine can signal it)"
     assert result is not None and not result.success  # type: ignore[attr-defined]
+
+
+def test_explore_crashes_receive_without_its_signal_does_not_hang() -> None:
+    """User expects: explore_crashes on a workflow with a receive step, called without a signal
+    of that name in signals= (forgotten, or a typo such as "aproved"), reports that the
+    fault-free run cannot end, as it does for a missing job ("... not in jobs=").
+    What happens: the fault-free run waits forever for the signal; the test suite hangs."""
+
+    async def main() -> bool:
+        wf = tf.workflow("r").receive("r", signal="approved").build()
+        with trio.move_on_after(HANG) as scope:
+            try:
+                await explore_crashes(wf, None, signals=[("aproved", {"by": "kim"})])
+            except tf.TrioflowError:
+                return False
+        return scope.cancelled_caught
+
+    assert not run(main), "explore_crashes hung: the receive step's signal was never sent"
 
 
 def test_explore_crashes_child_workflow_missing_from_also_is_refused() -> None:

@@ -35,9 +35,9 @@ from trioflow._builder import index_steps
 from trioflow._callables import is_async
 from trioflow._definition import ChildStep, MapStep, ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition
 from trioflow._engine import Engine, open_engine
-from trioflow._errors import UnknownJobError, UnknownWorkflowError, safe_repr
+from trioflow._errors import TrioflowError, UnknownJobError, UnknownWorkflowError, safe_repr
 from trioflow._lanes import child_instance_id, item_of
-from trioflow._snapshot import InstanceState, Status, StepResult, WorkflowInstance
+from trioflow._snapshot import RESUMABLE, InstanceState, Status, StepResult, WorkflowInstance
 from trioflow._codec import decode_payload, decode_stored, encode_payload
 from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
@@ -176,7 +176,10 @@ async def explore_crashes(
                     for name, payload in signals:
                         await engine.signal(INSTANCE_ID, name, payload)
                         sent += 1
-                    instance = await engine.wait(INSTANCE_ID)
+                    if crash_after is None:
+                        instance = await _fault_free_end(engine, signals)
+                    else:
+                        instance = await engine.wait(INSTANCE_ID)
                     children = await _children(engine, instance, bool(also))
         except Exception:
             # What a process that has died raised on its way down (a wait() that saw its
@@ -285,6 +288,30 @@ def _check_also(family: Sequence[WorkflowDefinition]) -> None:
                 raise UnknownWorkflowError(
                     f"step {step.name!r} of workflow {definition.name!r} starts workflow {step.workflow!r},"
                     " which is not in also=")
+
+
+async def _fault_free_end(engine: Engine, signals: Sequence[tuple[str, Any]]) -> WorkflowInstance:
+    """``engine.wait`` for the fault-free run, or :class:`TrioflowError` if it cannot end: on
+    a ``MockClock`` that autojumps, a run where nothing is left to happen (a receive step,
+    without a timeout, for a signal ``signals=`` does not send) jumps to this deadline at
+    once, rather than hang the test for ever."""
+    with trio.move_on_after(NEVER_ENDS_AFTER):
+        return await engine.wait(INSTANCE_ID)
+    sent = ", ".join(repr(name) for name, _ in signals) or "none"
+    for instance in await engine.get_instances():
+        waiting = instance.waiting or {}
+        name = waiting.get("signal")
+        if instance.status in RESUMABLE and isinstance(name, str) and "child" not in waiting \
+                and waiting.get("timeout") is None:
+            raise TrioflowError(
+                f"instance {instance.id!r} waits for signal {name!r} with no timeout, and no signal of that name"
+                f" is left to send (signals= sends: {sent}): the fault-free run can never end")
+    raise TrioflowError(f"the fault-free run had not ended after {NEVER_ENDS_AFTER:g} seconds (signals= sends: {sent})")
+
+
+#: Virtual seconds (about a century) after which the fault-free run of ``explore_crashes`` is
+#: taken to never end.
+NEVER_ENDS_AFTER = 3.2e9
 
 
 async def _children(engine: Engine, root: WorkflowInstance, family: bool) -> dict[str, WorkflowInstance]:
