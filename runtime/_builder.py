@@ -57,11 +57,11 @@ def step(
     """A saga step: ``execute(ctx) -> result``, optional ``compensate(ctx, result)``."""
     return TaskStep(
         name=name, run=execute, style="saga", compensate=compensate,
-        retry=retry, timeout=timeout, catch=_catchers(name, catch), next=next, end=end,
+        retry=retry, timeout=timeout, catch=catchers(name, catch), next=next, end=end,
     )
 
 
-def _catchers(step_name: str, catch: Sequence[Catch] | Catch) -> tuple[Catch, ...]:
+def catchers(step_name: str, catch: Sequence[Catch] | Catch) -> tuple[Catch, ...]:
     """``catch=`` as a tuple (one ``Catch`` alone is accepted too); ``build()`` checks its items."""
     return _listed(step_name, "catch", catch, Catch, "trioflow.Catch")
 
@@ -115,7 +115,7 @@ class _LaneBuilder:
                 # The step is built already: what is given here would be dropped without a word.
                 raise DefinitionError(
                     f"{self._owner()}, step {name.name!r}: a prebuilt step takes no {', '.join(given)} here;"
-                    f" give them to tf.step()")
+                    f" give them to tf.step() (or to the tf.*_entity_step factory that built it)")
             self._steps.append(name)
             return self
         if execute is None:
@@ -145,7 +145,7 @@ class _LaneBuilder:
         self._steps.append(
             TaskStep(
                 name=name, run=job, style="job", input=input, output=output, retry=retry,
-                timeout=timeout, compensate=compensate, catch=_catchers(name, catch), next=next, end=end,
+                timeout=timeout, compensate=compensate, catch=catchers(name, catch), next=next, end=end,
             )
         )
         return self
@@ -171,7 +171,7 @@ class _LaneBuilder:
         self._steps.append(
             ParallelStep(
                 name=name, branches=_listed(name, "branches", branches, Branch, "tf.branch(...).build() branches"),
-                on_error=on_error, catch=_catchers(name, catch), next=next, end=end,
+                on_error=on_error, catch=catchers(name, catch), next=next, end=end,
             )
         )
         return self
@@ -197,7 +197,7 @@ class _LaneBuilder:
         have ended). A ``catch`` routes the step's failure."""
         self._steps.append(MapStep(
             name=name, items=items, branch=branch, max_concurrency=max_concurrency, on_error=on_error,
-            tolerated_failures=tolerated_failures, catch=_catchers(name, catch), next=next, end=end,
+            tolerated_failures=tolerated_failures, catch=catchers(name, catch), next=next, end=end,
         ))
         return self
 
@@ -217,7 +217,7 @@ class _LaneBuilder:
         step's output, and a child that does not complete fails the step
         (``ChildWorkflowError``, catchable). When this workflow compensates, a completed child
         is compensated as a unit at this step's place."""
-        self._steps.append(ChildStep(name=name, workflow=workflow, input=input, catch=_catchers(name, catch),
+        self._steps.append(ChildStep(name=name, workflow=workflow, input=input, catch=catchers(name, catch),
                                      next=next, end=end))
         return self
 
@@ -277,7 +277,7 @@ class _LaneBuilder:
         in first out; its payload is the step's output. ``timeout`` fails the step with
         ``SignalTimeoutError`` (catchable) when none arrives in time."""
         self._steps.append(ReceiveStep(
-            name=name, signal=signal, timeout=timeout, catch=_catchers(name, catch), next=next, end=end))
+            name=name, signal=signal, timeout=timeout, catch=catchers(name, catch), next=next, end=end))
         return self
 
     def end(self, name: str) -> Self:
@@ -401,6 +401,8 @@ class WorkflowBuilder(_LaneBuilder):
         check_unique_names(self._owner(), steps)
         lookup: dict[str, tuple[Step, str]] = {}
         index_steps(lookup, "", steps)
+        if self._transactional:
+            _check_no_children(self._owner(), lookup)
         return WorkflowDefinition(
             name=self._name, steps=steps, index=index, lookup=lookup, data=dict(self._data),
             transactional=self._transactional, timeout=self._timeout,
@@ -411,6 +413,20 @@ class WorkflowBuilder(_LaneBuilder):
                 for ref in (s.run, s.compensate) if isinstance(ref, str)
             ),
         )
+
+
+def _check_no_children(owner: str, lookup: Mapping[str, tuple[Step, str]]) -> None:
+    """A transactional workflow runs its forward part in one driver transaction; a child runs
+    as an instance of its own, in a task of its own, and cannot take part in it: its rows would
+    outlive a rollback, and its first driver write would wait for the transaction to end,
+    which waits for the child."""
+    for step, _ in lookup.values():
+        if isinstance(step, ChildStep):
+            raise DefinitionError(
+                f"{owner}, step {step.name!r}: a transactional workflow cannot start child workflows (a child"
+                " runs outside its driver transaction, and a child that writes through the driver would wait"
+                " for that transaction for ever); make the child's work steps of this workflow, or drop"
+                " transactional()")
 
 
 def index_steps(lookup: dict[str, tuple[Step, str]], lane: str, steps: Iterable[Step]) -> None:

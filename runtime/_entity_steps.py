@@ -12,15 +12,16 @@ find nothing, and a re-created row would already exist."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from trioflow.adapters._driver import Driver, DriverError, EntityNotFoundError, RunLedger
 
+from ._builder import catchers
 from ._codec import decode_payload, encode_payload
 from ._context import WorkflowContext
 from ._decide import next_execution_id
-from ._definition import TaskStep
+from ._definition import Catch, TaskStep
 from ._lanes import execution_id
 from ._retry import Retry
 
@@ -72,7 +73,8 @@ def _keyed(rows: list[dict[str, Any]], key: str, step: str, entity: str, where: 
 
 def create_entity_step(
     name: str, entity: str, data_fn: Fn, *, store_as: str | None = None, compensate: bool = True,
-    retry: Retry | None = None, timeout: float | None = None,
+    retry: Retry | None = None, timeout: float | None = None, catch: Sequence[Catch] | Catch = (),
+    next: str | None = None, end: bool = False,
 ) -> TaskStep:
     """Create a row from ``data_fn(ctx)``; output: the row as stored. ``store_as`` also puts its
     key in ``ctx.data``. Compensation deletes the row."""
@@ -95,13 +97,14 @@ def create_entity_step(
 
         await _once(ctx, name, delete, undo=True)
 
-    return TaskStep(name=name, run=execute, compensate=delete_created if compensate else None,
-                    retry=retry, timeout=timeout, entity=entity)
+    return TaskStep(name=name, run=execute, compensate=delete_created if compensate else None, retry=retry,
+                    timeout=timeout, catch=catchers(name, catch), next=next, end=end, entity=entity)
 
 
 def update_entity_step(
     name: str, entity: str, where_fn: Fn, data_fn: Fn, *, compensate: bool = True,
-    retry: Retry | None = None, timeout: float | None = None,
+    retry: Retry | None = None, timeout: float | None = None, catch: Sequence[Catch] | Catch = (),
+    next: str | None = None, end: bool = False,
 ) -> TaskStep:
     """Set ``data_fn(ctx)`` on the rows matching ``where_fn(ctx)`` (at least one must match).
     Output: ``{"updated": rows after, "previous": key and old values of the changed columns}``.
@@ -128,13 +131,14 @@ def update_entity_step(
 
         await _once(ctx, name, write_back, undo=True)
 
-    return TaskStep(name=name, run=execute, compensate=restore if compensate else None,
-                    retry=retry, timeout=timeout, entity=entity)
+    return TaskStep(name=name, run=execute, compensate=restore if compensate else None, retry=retry,
+                    timeout=timeout, catch=catchers(name, catch), next=next, end=end, entity=entity)
 
 
 def delete_entity_step(
     name: str, entity: str, where_fn: Fn, *, compensate: bool = True,
-    retry: Retry | None = None, timeout: float | None = None,
+    retry: Retry | None = None, timeout: float | None = None, catch: Sequence[Catch] | Catch = (),
+    next: str | None = None, end: bool = False,
 ) -> TaskStep:
     """Delete the rows matching ``where_fn(ctx)`` (at least one must match). Output:
     ``{"deleted": the rows as they were}``. Compensation re-creates them with the same keys."""
@@ -159,5 +163,5 @@ def delete_entity_step(
 
         await _once(ctx, name, create, undo=True)
 
-    return TaskStep(name=name, run=execute, compensate=recreate if compensate else None,
-                    retry=retry, timeout=timeout, entity=entity)
+    return TaskStep(name=name, run=execute, compensate=recreate if compensate else None, retry=retry,
+                    timeout=timeout, catch=catchers(name, catch), next=next, end=end, entity=entity)
