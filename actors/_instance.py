@@ -90,12 +90,7 @@ async def run_instance(run: Run) -> None:
         except Parked:
             return  # it waits, stored, without a task; the engine wakes it
         except trio.Cancelled:
-            if run.cancel_requested and state.phase == "forward" and not run.compensate_on_outer_cancel:
-                # The engine shuts down before a cancel() that said yes took effect: the
-                # decision is stored (the next engine compensates), not lost with the process.
-                with _storing_decision():
-                    begin_compensation(state, "cancelled", _cancelled(run), None)
-                    await run.persist()
+            await store_cancel(run)
             if not run.compensate_on_outer_cancel:
                 raise  # engine shutdown: leave the instance as last persisted, for resume
             with trio.CancelScope(shield=True):
@@ -166,6 +161,10 @@ async def _forward(run: Run) -> Forward:
                 await run_lane(run, MAIN, definition.index, ctx)
                 ended = _COMPLETED
         except StepFailure as failure:
+            if run.cancel_requested:
+                # A cancel() that said yes while the failure was being stored is honoured, as
+                # one that did while the last step's completion was (below).
+                return "cancelled", _cancelled(run), None
             return "failed", failure.error, failure.step_name
         if ended[1] is not None or not run.cancel_requested:
             return ended
@@ -198,6 +197,15 @@ async def _complete(run: Run) -> None:
 
 #: Longest an engine that closes waits for an instance to store how it ends badly (seconds).
 DECISION_TIMEOUT = 10.0
+
+
+async def store_cancel(run: Run) -> None:
+    """The engine shuts down before a cancel() that said yes took effect: the decision is
+    stored (the next engine compensates), not lost with the process."""
+    if run.cancel_requested and run.state.phase == "forward" and not run.compensate_on_outer_cancel:
+        with _storing_decision():
+            begin_compensation(run.state, "cancelled", _cancelled(run), None)
+            await run.persist()
 
 
 def _storing_decision() -> trio.CancelScope:

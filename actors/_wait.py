@@ -79,9 +79,10 @@ async def _wait_stored(run: Run, lane: Lane, key: str) -> None:
 async def run_receive(run: Run, step: ReceiveStep, lane: Lane, started_at: float) -> Any:
     """Take the next signal named ``step.signal``, waiting for it (until the timeout, if any);
     returns its payload, or raises :class:`StepFailure` with :class:`SignalTimeoutError`."""
-    if run.children is None and step.timeout is None:
+    if run.children is None and _never_ends(step.timeout) and _never_ends(run.definition.timeout):
         # No engine (``execute_workflow``): nothing can send it a signal, so without a timeout
-        # it would wait for ever. It fails at once, as a child step there does.
+        # (its own or the workflow's) it would wait for ever. It fails at once, as a child
+        # step there does.
         raise StepFailure(step.name, InvalidArgumentError(
             f"step {step.name!r} waits for signal {step.signal!r} with no timeout, and execute_workflow has no"
             " engine to signal it; give it a timeout, or run it on an engine (open_engine)"), 1)
@@ -104,6 +105,10 @@ async def run_receive(run: Run, step: ReceiveStep, lane: Lane, started_at: float
     return payload
 
 
+def _never_ends(timeout: float | None) -> bool:
+    return timeout is None or timeout == math.inf
+
+
 async def signal_or_timeout(
     run: Run, lane: Lane, name: str, taken: tuple[int, Any] | None,
 ) -> tuple[int, Any] | None:
@@ -122,6 +127,11 @@ async def signal_or_timeout(
         if taken is None:
             _leave(run)  # a signal for it, or its timeout, wakes it
     while taken is None:
+        # One delivered before this looks (while the wait was being stored) is taken even if
+        # the deadline has passed since: it came in time.
+        taken = run.take_signal(name)
+        if taken is not None:
+            break
         left = math.inf if due is None else due - run.clock()
         if left <= 0:
             return None

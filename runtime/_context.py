@@ -24,7 +24,8 @@ class _MissingStep(KeyError):
         return str(self.args[0])
 
 
-_MissingStep.__name__ = _MissingStep.__qualname__ = "KeyError"
+# Its name (what failures are recorded and matched by) only: pickle finds it by its qualname.
+_MissingStep.__name__ = "KeyError"
 
 
 class StepOutputs(Mapping[str, Any]):

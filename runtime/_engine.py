@@ -19,7 +19,7 @@ from typing import Any, Literal, NoReturn, ParamSpec, TypeVar
 import attrs
 import trio
 
-from trioflow.actors._instance import run_instance, undo
+from trioflow.actors._instance import run_instance, store_cancel, undo
 from trioflow.actors._run import HOOK_TIMEOUT, STORAGE_RETRY_FOR, Run
 from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
@@ -517,6 +517,11 @@ class Engine:
         if run is not None:
             return _live_view(run, run.stored_status)
         record = await self.adapter.load(instance_id)
+        run = self._live.get(instance_id)
+        if run is not None:
+            # Resumed here while storage was read: its row may hold a write the run has not
+            # seen acknowledged yet; the run's view is the one every later call gives, until it ends.
+            return _live_view(run, run.stored_status)
         if record is not None and instance_id in self._unreadable:
             return self._unreadable[instance_id]  # its row reads, but not all it holds
         return None if record is None else self._view(record)
@@ -571,6 +576,8 @@ class Engine:
                 continue
             if instance.status not in TERMINAL:
                 self._check_stopped(instance_id)
+                if instance_id in self._live:
+                    continue  # woken here while storage was read (the row may say it no longer waits)
                 held = next((name for name, records in self._held.items()
                              if any(r.instance_id == instance_id for r in records)), None)
                 if held is not None:
@@ -1020,7 +1027,11 @@ class Engine:
                 # if resumed from storage: it starts now (workflow.started, on_start).
                 admit(state, self._clock())
                 run.resumed = False
-                await run.persist()
+                try:
+                    await run.persist()
+                except trio.Cancelled:
+                    await store_cancel(run)  # (a cancel() that launched it, and the engine closing)
+                    raise
             await run_instance(run)
         except SnapshotDecodeError as exc:
             # Storage holds something for it that this release cannot read (a signal a newer
@@ -1390,7 +1401,12 @@ class _EndsDuringReads:
         try:
             yield ended
         finally:
-            self._all.remove(ended)
+            # By identity: ``list.remove`` matches equal sets, and two reads in flight whose
+            # sets hold the same ids would then drop each other's.
+            for place, watched in enumerate(self._all):
+                if watched is ended:
+                    del self._all[place]
+                    break
 
     @contextlib.contextmanager
     def watching(self, instance_id: str) -> Iterator[Callable[[], bool]]:
