@@ -161,11 +161,12 @@ async def _forward(run: Run) -> Forward:
                 await run_lane(run, MAIN, definition.index, ctx)
                 ended = _COMPLETED
         except StepFailure as failure:
-            if run.cancel_requested:
-                # A cancel() that said yes while the failure was being stored is honoured, as
-                # one that did while the last step's completion was (below).
-                return "cancelled", _cancelled(run), None
-            return "failed", failure.error, failure.step_name
+            ended = "failed", failure.error, failure.step_name
+        if run.cancel_requested and ended[0] == "failed" and ended[2] is not None:
+            # A cancel() that said yes while a step's failure was being stored (or its
+            # transaction rolled back) is honoured, as one that did while the last step's
+            # completion was (below).
+            return "cancelled", _cancelled(run), None
         if ended[1] is not None or not run.cancel_requested:
             return ended
         # Cancelled in the pass its last step ended in, before anything awaited again (or while

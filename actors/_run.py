@@ -190,7 +190,7 @@ class Run:
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
-        "gathering", "writing", "children", "doomed",
+        "gathering", "writing", "children", "doomed", "arrivals",
     )
 
     def __init__(
@@ -241,6 +241,9 @@ class Run:
         #: Seqs of the signals this run's receive steps took (never taken twice, even while the
         #: checkpoint deleting them is in flight).
         self.consumed_seqs: set[int] | None = None
+        #: When (on :attr:`clock`) each signal sent while the run was here arrived, by seq: a
+        #: receive with a timeout takes only those that came by its deadline (``None``: none).
+        self.arrivals: dict[int, float] | None = None
         #: Whether the signals storage held for the instance were delivered to this run (they
         #: are looked up once; later ones are delivered as they are sent).
         self.signals_fetched = False
@@ -318,11 +321,16 @@ class Run:
         parent = self.state.parent_id
         return parent is None or self.children is None or not self.children.in_parent_slot(parent)
 
-    def deliver(self, seq: int, name: str, payload: Any) -> None:
-        """A signal stored for this instance while it runs here: keep it for a receive step."""
+    def deliver(self, seq: int, name: str, payload: Any, *, arrived: float | None = None) -> None:
+        """A signal stored for this instance while it runs here: keep it for a receive step
+        (``arrived``: when it was stored, for one sent now)."""
         state = self.state
         if (self.consumed_seqs is not None and seq in self.consumed_seqs) or any(q == seq for q, _, _ in state.signals):
             return
+        if arrived is not None:
+            if self.arrivals is None:
+                self.arrivals = {}
+            self.arrivals[seq] = arrived
         signals = state.signals if isinstance(state.signals, list) else []
         signals.append((seq, name, payload))
         signals.sort(key=lambda s: s[0])
@@ -363,12 +371,17 @@ class Run:
                 self.deliver(seq, name, value)
         self.signals_fetched = True
 
-    def take_signal(self, name: str) -> tuple[int, Any] | None:
-        """The oldest delivered signal named ``name``, consumed: ``(seq, payload)``, or ``None``.
+    def take_signal(self, name: str, *, by: float | None = None) -> tuple[int, Any] | None:
+        """The oldest delivered signal named ``name``, consumed: ``(seq, payload)``, or ``None``
+        (also when it arrived after ``by``, a receive's deadline: it stays for the next one).
         The next checkpoint deletes it from storage, with the record of the step that took it."""
         state = self.state
         for i, (seq, signal, payload) in enumerate(state.signals):
             if signal == name:
+                if by is not None and self.arrivals is not None and self.arrivals.get(seq, by) > by:
+                    return None
+                if self.arrivals is not None:
+                    self.arrivals.pop(seq, None)
                 if isinstance(payload, _Unreadable):
                     # Left stored, as the newer release that wrote it stored it: the run stops
                     # here, and its instance is reported failed as an unreadable row is.

@@ -127,9 +127,10 @@ async def signal_or_timeout(
         if taken is None:
             _leave(run)  # a signal for it, or its timeout, wakes it
     while taken is None:
-        # One delivered before this looks (while the wait was being stored) is taken even if
-        # the deadline has passed since: it came in time.
-        taken = run.take_signal(name)
+        # Taken before waiting (one delivered while the wait was being stored set no event) if
+        # it came by the deadline, even if the deadline has passed since. From here to the wait
+        # nothing awaits, so any later one sets the event.
+        taken = run.take_signal(name, by=due)
         if taken is not None:
             break
         left = math.inf if due is None else due - run.clock()
@@ -138,13 +139,9 @@ async def signal_or_timeout(
         if run.arrived is None:
             run.arrived = trio.Event()
         arrived = run.arrived
-        # Taken before waiting: one delivered while the wait was stored set no event. From
-        # here to the wait nothing awaits, so any later one sets this one.
-        taken = run.take_signal(name)
-        if taken is None:
-            with trio.move_on_after(left):
-                await arrived.wait()
-            taken = run.take_signal(name)
+        with trio.move_on_after(left):
+            await arrived.wait()
+        taken = run.take_signal(name, by=due)
     return taken
 
 

@@ -457,7 +457,7 @@ class Engine:
                 # after would be taken twice.)
                 return
         if run is not None:
-            run.deliver(seq, name, decode_payload(data))  # a copy: the caller keeps its object
+            run.deliver(seq, name, decode_payload(data), arrived=self._clock())  # (a copy: the caller keeps its own)
 
     async def _wake_signalled(self, instance_ids: set[str]) -> None:
         """Instances signalled before their workflow was registered: resumed if they wait for a
