@@ -516,7 +516,9 @@ class Engine:
         run = self._live.get(instance_id)
         if run is not None:
             return _live_view(run, run.stored_status)
-        record = await self.adapter.load(instance_id)
+        # Read again if a run of it ended here meanwhile: the row may be from before its end
+        # (wait() would then wait for a wake that already came).
+        record = await self._load_fresh(instance_id)
         run = self._live.get(instance_id)
         if run is not None:
             # Resumed here while storage was read: its row may hold a write the run has not

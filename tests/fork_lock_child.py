@@ -1,6 +1,6 @@
 """An engine process whose job hands work to a forked helper process (multiprocessing's "fork"
 start method, Python's default on Linux before 3.14). Usage: fork_lock_child.py DB PIDFILE"""
-import multiprocessing, os, sys, time, trio, trioflow as tf
+import multiprocessing, sys, time, trio, trioflow as tf
 db, pidfile = sys.argv[1], sys.argv[2]
 
 def crunch() -> None:

@@ -3,7 +3,6 @@ refusals, constant-size headers, references instead of copies, and no code execu
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 import msgpack
