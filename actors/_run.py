@@ -327,14 +327,12 @@ class Run:
         state = self.state
         if (self.consumed_seqs is not None and seq in self.consumed_seqs) or any(q == seq for q, _, _ in state.signals):
             return
-        if arrived is not None:
-            if self.arrivals is None:
-                self.arrivals = {}
-            self.arrivals[seq] = arrived
         signals = state.signals if isinstance(state.signals, list) else []
         signals.append((seq, name, payload))
         signals.sort(key=lambda s: s[0])
         state.signals = signals
+        if arrived is not None:
+            self.note_arrival(seq, arrived)
         if self.arrived is not None:
             self.arrived.set()
             self.arrived = None
@@ -371,15 +369,24 @@ class Run:
                 self.deliver(seq, name, value)
         self.signals_fetched = True
 
+    def note_arrival(self, seq: int, arrived: float) -> None:
+        """When a pending signal sent while the instance was here (or resumed for it) was
+        stored: a receive with a deadline before then passes it over."""
+        if any(q == seq for q, _, _ in self.state.signals):
+            if self.arrivals is None:
+                self.arrivals = {}
+            self.arrivals[seq] = arrived
+
     def take_signal(self, name: str, *, by: float | None = None) -> tuple[int, Any] | None:
-        """The oldest delivered signal named ``name``, consumed: ``(seq, payload)``, or ``None``
-        (also when it arrived after ``by``, a receive's deadline: it stays for the next one).
-        The next checkpoint deletes it from storage, with the record of the step that took it."""
+        """The oldest delivered signal named ``name``, consumed: ``(seq, payload)``, or ``None``.
+        With ``by`` (a receive's deadline), those known to have arrived after it are passed
+        over (they stay, for the next receive). The next checkpoint deletes it from storage,
+        with the record of the step that took it."""
         state = self.state
         for i, (seq, signal, payload) in enumerate(state.signals):
             if signal == name:
                 if by is not None and self.arrivals is not None and self.arrivals.get(seq, by) > by:
-                    return None
+                    continue
                 if self.arrivals is not None:
                     self.arrivals.pop(seq, None)
                 if isinstance(payload, _Unreadable):

@@ -89,11 +89,12 @@ async def run_receive(run: Run, step: ReceiveStep, lane: Lane, started_at: float
     if not lane.waits():
         due = None if step.timeout is None else run.clock() + step.timeout
         lane.waiting = {"signal": step.signal, "timeout": due, "since": started_at}
-        taken = await take(run, step.signal)
+        taken = await take(run, step.signal, due)
         if taken is None:
             await announce(run, step, lane)  # stored: a resume waits on, with the same timeout
     else:
-        taken = await take(run, step.signal)
+        assert lane.waiting is not None  # (it waits: lane.waits())
+        taken = await take(run, step.signal, lane.waiting["timeout"])
     taken = await signal_or_timeout(run, lane, step.signal, taken)
     lane.waiting = None
     if taken is None:
@@ -123,7 +124,7 @@ async def signal_or_timeout(
         await trio.lowlevel.checkpoint_if_cancelled()  # a cancel that woke it goes first
         # A signal delivered while the wait was being stored (or just now) is taken, not left
         # behind: from here to leaving memory nothing awaits, so none can slip in between.
-        taken = run.take_signal(name)
+        taken = run.take_signal(name, by=due)
         if taken is None:
             _leave(run)  # a signal for it, or its timeout, wakes it
     while taken is None:
@@ -145,14 +146,14 @@ async def signal_or_timeout(
     return taken
 
 
-async def take(run: Run, name: str) -> tuple[int, Any] | None:
-    """The oldest signal named ``name`` delivered to the run, looking in storage once per run
-    for those sent before it ran here (first: they are older than any delivered to the run
-    since, and signals are taken in the order they were stored); later ones are delivered to it
-    as they are sent."""
+async def take(run: Run, name: str, by: float | None = None) -> tuple[int, Any] | None:
+    """The oldest signal named ``name`` delivered to the run (that came by ``by``, a
+    deadline), looking in storage once per run for those sent before it ran here (first: they
+    are older than any delivered to the run since, and signals are taken in the order they were
+    stored); later ones are delivered to it as they are sent."""
     if not run.signals_fetched:
         await run.fetch_signals()  # (shared by the lanes that ask while it reads)
-    return run.take_signal(name)
+    return run.take_signal(name, by=by)
 
 
 async def _store_wake(run: Run) -> None:

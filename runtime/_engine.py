@@ -443,6 +443,7 @@ class Engine:
                 f" {RESERVED_SIGNALS!r} (trioflow's own), got {name!r}")
         data = encode_payload(payload, f"the payload of signal {name!r}")
         seq = await self.adapter.send_signal(instance_id, name, data)
+        arrived = self._clock()  # stored: a receive whose deadline is past by now does not take it
         if seq is None:
             raise InstanceNotLiveError(f"instance {instance_id!r} has ended; signal {name!r} was not stored")
         if self._closed:
@@ -455,9 +456,11 @@ class Engine:
                 # Resumed from a row read after the signal was stored: the run has it if it is
                 # still pending. (Handed over again, one a run before this one took and parked
                 # after would be taken twice.)
+                assert run is not None
+                run.note_arrival(seq, arrived)
                 return
         if run is not None:
-            run.deliver(seq, name, decode_payload(data), arrived=self._clock())  # (a copy: the caller keeps its own)
+            run.deliver(seq, name, decode_payload(data), arrived=arrived)  # (a copy: the caller keeps its own)
 
     async def _wake_signalled(self, instance_ids: set[str]) -> None:
         """Instances signalled before their workflow was registered: resumed if they wait for a
@@ -516,9 +519,7 @@ class Engine:
         run = self._live.get(instance_id)
         if run is not None:
             return _live_view(run, run.stored_status)
-        # Read again if a run of it ended here meanwhile: the row may be from before its end
-        # (wait() would then wait for a wake that already came).
-        record = await self._load_fresh(instance_id)
+        record = await self.adapter.load(instance_id)
         run = self._live.get(instance_id)
         if run is not None:
             # Resumed here while storage was read: its row may hold a write the run has not
@@ -560,7 +561,13 @@ class Engine:
             unreadable = self._unreadable.get(instance_id)
             if unreadable is not None:
                 return unreadable
-            instance = await self.get_instance(instance_id)
+            with self._ends.watching(instance_id) as ended_since:
+                instance = await self.get_instance(instance_id)
+                stale = ended_since()
+            if stale:
+                # A run of it ended here while it was read: the row may be from before that
+                # end (a parked row whose wake has come and gone): look again.
+                continue
             if instance is None:
                 raise UnknownInstanceError(f"no instance {instance_id!r}")
             definition = self._definitions.get(instance.workflow_name)
