@@ -165,7 +165,8 @@ async def _forward(run: Run) -> Forward:
         if run.cancel_requested and ended[0] == "failed" and ended[2] is not None:
             # A cancel() that said yes while a step's failure was being stored (or its
             # transaction rolled back) is honoured, as one that did while the last step's
-            # completion was (below).
+            # completion was (below). Not when the transaction's commit or ledger failed (no
+            # step named): what the driver said is the outcome to report.
             return "cancelled", _cancelled(run), None
         if ended[1] is not None or not run.cancel_requested:
             return ended
@@ -201,8 +202,9 @@ DECISION_TIMEOUT = 10.0
 
 
 async def store_cancel(run: Run) -> None:
-    """The engine shuts down before a cancel() that said yes took effect: the decision is
-    stored (the next engine compensates), not lost with the process."""
+    """If a cancel() said yes to ``run`` and it still goes forward, store the decision to
+    compensate it, shielded for a bounded time: called as the engine shuts down (from an
+    ``except trio.Cancelled``), so that the next engine compensates rather than goes on."""
     if run.cancel_requested and run.state.phase == "forward" and not run.compensate_on_outer_cancel:
         with _storing_decision():
             begin_compensation(run.state, "cancelled", _cancelled(run), None)

@@ -107,7 +107,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         try:
             if isinstance(step, TaskStep):
                 output, data, uses_input, attempts = await run_task(run, step, ctx, started_at)
-                target = None if step.end else step.next  # (next_of, inline: every task step asks)
+                target = None if step.end else step.next  # (_decide.next_of, inline: every task step asks)
             elif isinstance(step, ParallelStep):
                 output = await run_parallel(run, step, ctx)
                 target = next_of(step)
@@ -139,6 +139,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             continue
         complete_step(state, step, record, target)
         if run.adapter is not None and (target is not None or lane_key != MAIN or run.has_hooks):
+            # (Nothing to write without storage: execute_workflow.)
             # The main line's last step needs no write of its own: the instance's terminal
             # snapshot, written next with nothing in between that awaits, records it. (An
             # ``on_step_complete`` hook awaits: a restart during it must find the step stored.)

@@ -190,7 +190,7 @@ class Run:
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
-        "gathering", "writing", "children", "doomed", "arrivals",
+        "gathering", "writing", "children", "doomed", "signal_times",
     )
 
     def __init__(
@@ -241,9 +241,10 @@ class Run:
         #: Seqs of the signals this run's receive steps took (never taken twice, even while the
         #: checkpoint deleting them is in flight).
         self.consumed_seqs: set[int] | None = None
-        #: When (on :attr:`clock`) each signal sent while the run was here arrived, by seq: a
-        #: receive with a timeout takes only those that came by its deadline (``None``: none).
-        self.arrivals: dict[int, float] | None = None
+        #: When (on :attr:`clock`) ``signal()`` had each signal it handed this run stored (its
+        #: adapter call returned), by seq: a receive with a timeout takes only those stored by
+        #: its deadline (``None``: none noted).
+        self.signal_times: dict[int, float] | None = None
         #: Whether the signals storage held for the instance were delivered to this run (they
         #: are looked up once; later ones are delivered as they are sent).
         self.signals_fetched = False
@@ -321,9 +322,9 @@ class Run:
         parent = self.state.parent_id
         return parent is None or self.children is None or not self.children.in_parent_slot(parent)
 
-    def deliver(self, seq: int, name: str, payload: Any, *, arrived: float | None = None) -> None:
+    def deliver(self, seq: int, name: str, payload: Any, *, stored_at: float | None = None) -> None:
         """A signal stored for this instance while it runs here: keep it for a receive step
-        (``arrived``: when it was stored, for one sent now)."""
+        (``stored_at``: when ``signal()`` had it stored, for one sent now)."""
         state = self.state
         if (self.consumed_seqs is not None and seq in self.consumed_seqs) or any(q == seq for q, _, _ in state.signals):
             return
@@ -331,8 +332,8 @@ class Run:
         signals.append((seq, name, payload))
         signals.sort(key=lambda s: s[0])
         state.signals = signals
-        if arrived is not None:
-            self.note_arrival(seq, arrived)
+        if stored_at is not None:
+            self.note_signal_time(seq, stored_at)
         if self.arrived is not None:
             self.arrived.set()
             self.arrived = None
@@ -369,26 +370,27 @@ class Run:
                 self.deliver(seq, name, value)
         self.signals_fetched = True
 
-    def note_arrival(self, seq: int, arrived: float) -> None:
-        """When a pending signal sent while the instance was here (or resumed for it) was
-        stored: a receive with a deadline before then passes it over."""
+    def note_signal_time(self, seq: int, stored_at: float) -> None:
+        """Note when ``signal()`` had a signal this run holds pending stored: a receive whose
+        deadline came before then passes it over. (Nothing for one it no longer holds.)"""
         if any(q == seq for q, _, _ in self.state.signals):
-            if self.arrivals is None:
-                self.arrivals = {}
-            self.arrivals[seq] = arrived
+            if self.signal_times is None:
+                self.signal_times = {}
+            self.signal_times[seq] = stored_at
 
     def take_signal(self, name: str, *, by: float | None = None) -> tuple[int, Any] | None:
         """The oldest delivered signal named ``name``, consumed: ``(seq, payload)``, or ``None``.
-        With ``by`` (a receive's deadline), those known to have arrived after it are passed
+        With ``by`` (a receive's deadline), those known to have been stored after it are passed
         over (they stay, for the next receive). The next checkpoint deletes it from storage,
         with the record of the step that took it."""
         state = self.state
         for i, (seq, signal, payload) in enumerate(state.signals):
             if signal == name:
-                if by is not None and self.arrivals is not None and self.arrivals.get(seq, by) > by:
+                # (A signal with no time noted, read from storage, counts as in time.)
+                if by is not None and self.signal_times is not None and self.signal_times.get(seq, by) > by:
                     continue
-                if self.arrivals is not None:
-                    self.arrivals.pop(seq, None)
+                if self.signal_times is not None:
+                    self.signal_times.pop(seq, None)
                 if isinstance(payload, _Unreadable):
                     # Left stored, as the newer release that wrote it stored it: the run stops
                     # here, and its instance is reported failed as an unreadable row is.

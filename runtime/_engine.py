@@ -443,24 +443,31 @@ class Engine:
                 f" {RESERVED_SIGNALS!r} (trioflow's own), got {name!r}")
         data = encode_payload(payload, f"the payload of signal {name!r}")
         seq = await self.adapter.send_signal(instance_id, name, data)
-        arrived = self._clock()  # stored: a receive whose deadline is past by now does not take it
+        stored_at = self._clock()  # a receive whose deadline came before now does not take it
         if seq is None:
             raise InstanceNotLiveError(f"instance {instance_id!r} has ended; signal {name!r} was not stored")
         if self._closed:
             return  # stored: the next engine delivers it (an error here would have it sent twice)
         run = self._live.get(instance_id)
         if run is None:  # parked (or stored, not running here): resumed if it waits for this
-            run, fresh = await self._wake_if_waiting(instance_id, lambda waiting: waiting.get("signal") == name,
-                                                     pending=seq)
+            try:
+                run, fresh = await self._wake_if_waiting(
+                    instance_id, lambda waiting: waiting.get("signal") == name, pending=seq)
+            except trio.Cancelled:
+                # The caller went, but the signal is stored: a parked receive with no timeout
+                # has nothing else to wake it before a restart. Woken beside it instead.
+                if not self._closed:
+                    self._supervisor.start_soon(f"wake signalled {instance_id}", self._wake_signalled, {instance_id})
+                raise
             if fresh:
                 # Resumed from a row read after the signal was stored: the run has it if it is
                 # still pending. (Handed over again, one a run before this one took and parked
                 # after would be taken twice.)
                 assert run is not None
-                run.note_arrival(seq, arrived)
+                run.note_signal_time(seq, stored_at)
                 return
         if run is not None:
-            run.deliver(seq, name, decode_payload(data), arrived=arrived)  # (a copy: the caller keeps its own)
+            run.deliver(seq, name, decode_payload(data), stored_at=stored_at)  # (a copy: the caller keeps its own)
 
     async def _wake_signalled(self, instance_ids: set[str]) -> None:
         """Instances signalled before their workflow was registered: resumed if they wait for a

@@ -296,6 +296,8 @@ class WorkflowMetadata:
     started_at: float | None
 
 
+# With a __dict__ (slots=False), as WorkflowResult: built once per view, where storing each
+# field in a dict costs less than the setattr call a frozen slotted class makes per field.
 @attrs.frozen(kw_only=True, slots=False)
 class WorkflowInstance:
     """A read-only view of one instance, as stored (``engine.get_instance``)."""
@@ -322,8 +324,10 @@ class WorkflowInstance:
     #: error) and a cause (its message); ``error`` says both in one line.
     error_name: str | None = None
     cause: str | None = None
-    #: What the instance waits for: ``{"timer": due}`` or ``{"signal": name, "timeout": due}``
-    #: (the main line's wait, else the first waiting branch's; ``None``: none).
+    #: What the instance waits for: ``{"timer": due}``, ``{"signal": name, "timeout": due}``,
+    #: ``{"start": due}``, ``{"retry": due, "attempt": n}``, or for a child step
+    #: ``{"child": id, "signal": ..., "timeout": None}`` (the main line's wait, else the first
+    #: waiting branch's; ``None``: none; docs/waiting.md has the table).
     waiting: dict[str, Any] | None = None
     #: The instance whose child step started this one (``None``: started by a caller), and the
     #: child instances this one's child steps started, in the order they were.
@@ -337,7 +341,7 @@ class WorkflowInstance:
         return _instance_dict(self)
 
 
-@attrs.frozen(kw_only=True, slots=False)
+@attrs.frozen(kw_only=True, slots=False)  # (a __dict__: see WorkflowInstance)
 class WorkflowResult:
     """The outcome of one run (``execute_workflow`` and the ``on_complete``/``on_failed`` hooks).
 

@@ -35,7 +35,7 @@ from trioflow._builder import index_steps
 from trioflow._callables import is_async
 from trioflow._definition import ChildStep, MapStep, ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition
 from trioflow._engine import Engine, open_engine
-from trioflow._errors import TrioflowError, UnknownJobError, UnknownWorkflowError, safe_repr
+from trioflow._errors import InvalidArgumentError, TrioflowError, UnknownJobError, UnknownWorkflowError, safe_repr
 from trioflow._lanes import child_instance_id, item_of
 from trioflow._snapshot import RESUMABLE, InstanceState, Status, StepResult, WorkflowInstance
 from trioflow._codec import decode_payload, decode_stored, encode_payload
@@ -131,7 +131,7 @@ async def explore_crashes(
     completed at the crash point may run again after the resume (the step in flight may), nor a
     compensation recorded as done; and the run must compensate exactly its completed compensable
     steps, newest first (see the module docstring for why this, and not equal call counts, is
-    what is compared). Meant for workflows without loops. ``ScriptedJob`` objects (in ``jobs`` or
+    what is compared). ``ScriptedJob`` objects (in ``jobs`` or
     in the definition) are reset before every run. ``adapter_factory()`` gives fresh, unopened storage for each run.
     ``signals`` (``(name, payload)`` pairs) are sent to the instance right after it starts, in
     order (a receive step keeps them until it runs): timers and signals are explored like any
@@ -145,7 +145,11 @@ async def explore_crashes(
     the parent compensated ends ``compensated``, each it kept ``completed``
     (:attr:`Outcome.children` holds what each ended with). Raises
     :class:`CrashDivergenceError` naming the first crash point that differs (unless
-    ``check=False``); returns the :class:`CrashReport`.
+    ``check=False``); returns the :class:`CrashReport`. A child step whose workflow is not in
+    ``also`` raises :class:`UnknownWorkflowError` before anything runs; on an autojumping
+    ``MockClock``, a run that can never end raises instead of hanging
+    (:class:`InvalidArgumentError` when it waits, with no timeout, for a signal ``signals`` does
+    not send).
     """
     counter = _Counter()
     family = (workflow, *also)
@@ -176,10 +180,7 @@ async def explore_crashes(
                     for name, payload in signals:
                         await engine.signal(INSTANCE_ID, name, payload)
                         sent += 1
-                    if crash_after is None:
-                        instance = await _fault_free_end(engine, signals)
-                    else:
-                        instance = await engine.wait(INSTANCE_ID)
+                    instance = await _end_or_never(engine, signals)
                     children = await _children(engine, instance, bool(also))
         except Exception:
             # What a process that has died raised on its way down (a wait() that saw its
@@ -196,7 +197,7 @@ async def explore_crashes(
                 await engine.start(workflow.name, input, instance_id=INSTANCE_ID)
                 for name, payload in signals[sent:]:  # never acknowledged: the sender sends again
                     await engine.signal(INSTANCE_ID, name, payload)
-                instance = await engine.wait(INSTANCE_ID)
+                instance = await _end_or_never(engine, signals[sent:])
                 children = await _children(engine, instance, bool(also))
         before, after = _by_instance(before_crash), _by_instance(counter.counts)
         outcome = _outcome(instance, before, after, {
@@ -290,11 +291,12 @@ def _check_also(family: Sequence[WorkflowDefinition]) -> None:
                     " which is not in also=")
 
 
-async def _fault_free_end(engine: Engine, signals: Sequence[tuple[str, Any]]) -> WorkflowInstance:
-    """``engine.wait`` for the fault-free run, or :class:`TrioflowError` if it cannot end: on
-    a ``MockClock`` that autojumps, a run where nothing is left to happen (a receive step,
-    without a timeout, for a signal ``signals=`` does not send) jumps to this deadline at
-    once, rather than hang the test for ever."""
+async def _end_or_never(engine: Engine, signals: Sequence[tuple[str, Any]]) -> WorkflowInstance:
+    """``engine.wait`` for the explored instance, or an error if it cannot end: on a
+    ``MockClock`` that autojumps, a run where nothing is left to happen (a receive step,
+    without a timeout, for a signal ``signals=`` does not send; a crash run that a step which is
+    not idempotent sent there) jumps to this deadline at once, rather than hang the test for
+    ever: :class:`InvalidArgumentError` naming the signal, or :class:`TrioflowError`."""
     with trio.move_on_after(NEVER_ENDS_AFTER):
         return await engine.wait(INSTANCE_ID)
     sent = ", ".join(repr(name) for name, _ in signals) or "none"
@@ -303,14 +305,14 @@ async def _fault_free_end(engine: Engine, signals: Sequence[tuple[str, Any]]) ->
         name = waiting.get("signal")
         if instance.status in RESUMABLE and isinstance(name, str) and "child" not in waiting \
                 and waiting.get("timeout") is None:
-            raise TrioflowError(
+            raise InvalidArgumentError(
                 f"instance {instance.id!r} waits for signal {name!r} with no timeout, and no signal of that name"
-                f" is left to send (signals= sends: {sent}): the fault-free run can never end")
-    raise TrioflowError(f"the fault-free run had not ended after {NEVER_ENDS_AFTER:g} seconds (signals= sends: {sent})")
+                f" is left to send (signals= sends: {sent}): the run can never end")
+    raise TrioflowError(f"the explored run had not ended after {NEVER_ENDS_AFTER:g} seconds (signals= sends: {sent})")
 
 
-#: Virtual seconds (about a century) after which the fault-free run of ``explore_crashes`` is
-#: taken to never end.
+#: Virtual seconds (about a century) after which a run of ``explore_crashes`` is taken to
+#: never end.
 NEVER_ENDS_AFTER = 3.2e9
 
 
