@@ -64,7 +64,7 @@ from ._errors import (
 from ._events import EventBus
 from ._jobs import JobRegistry
 from ._children import EngineChildren
-from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, valid_text
+from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, is_signal_name
 from ._snapshot import (
     RESUMABLE,
     STATUSES,
@@ -437,7 +437,7 @@ class Engine:
         :class:`InstanceNotLiveError` for one that has ended (nothing is stored then)."""
         self._check_open()
         _check_instance_id(instance_id)
-        if not isinstance(name, str) or not name or name.startswith(RESERVED_SIGNALS) or not valid_text(name):
+        if not is_signal_name(name):
             raise InvalidArgumentError(
                 f"a signal name must be a non-empty string of valid text not starting with"
                 f" {RESERVED_SIGNALS!r} (trioflow's own), got {name!r}")

@@ -80,6 +80,12 @@ def execution_id(lane: str, step: str, execution: int) -> str:
     return f"{step_key(lane, step)}{COUNTER_MARK}{execution}"
 
 
+def is_signal_name(name: object) -> bool:
+    """Whether ``name`` can name a signal a caller sends and a receive step waits for: a
+    non-empty string of valid text, not under trioflow's own prefix."""
+    return isinstance(name, str) and bool(name) and not name.startswith(RESERVED_SIGNALS) and valid_text(name)
+
+
 def valid_text(name: str) -> bool:
     """Whether a name can be stored: a lone surrogate has no UTF-8."""
     try:

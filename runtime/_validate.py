@@ -24,7 +24,7 @@ from ._definition import (
 from ._callables import is_async
 from ._durations import in_range
 from ._errors import DefinitionError, safe_repr
-from ._lanes import RESERVED_SIGNALS, check_name, valid_text
+from ._lanes import RESERVED_SIGNALS, check_name, is_signal_name, valid_text
 from ._retry import Retry
 
 #: Longest error name a fail step may give (as AWS Step Functions caps an error's name).
@@ -147,8 +147,7 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
     elif isinstance(step, WaitStep):
         _check_wait(label, step)
     elif isinstance(step, ReceiveStep):
-        if not isinstance(step.signal, str) or not step.signal or step.signal.startswith(RESERVED_SIGNALS) \
-                or not valid_text(step.signal):  # (engine.signal refuses one with a lone surrogate)
+        if not is_signal_name(step.signal):  # (what engine.signal accepts)
             raise DefinitionError(
                 f"{label}: signal must be a non-empty signal name of valid text not starting with {RESERVED_SIGNALS!r}, got"
                 f" {step.signal!r}")
