@@ -455,9 +455,12 @@ class Engine:
                     instance_id, lambda waiting: waiting.get("signal") == name, pending=seq)
             except trio.Cancelled:
                 # The caller went, but the signal is stored: a parked receive with no timeout
-                # has nothing else to wake it before a restart. Woken beside it instead.
+                # has nothing else to wake it before a restart. Woken beside it instead (unless
+                # the engine is closing: the next one's resume takes the signal up).
                 if not self._closed:
-                    self._supervisor.start_soon(f"wake signalled {instance_id}", self._wake_signalled, {instance_id})
+                    with contextlib.suppress(RuntimeError):  # (its nursery closed first)
+                        self._supervisor.start_soon(f"wake signalled {instance_id}", self._wake_after_cancel,
+                                                    instance_id)
                 raise
             if fresh:
                 # Resumed from a row read after the signal was stored: the run has it if it is
@@ -468,6 +471,21 @@ class Engine:
                 return
         if run is not None:
             run.deliver(seq, name, decode_payload(data), stored_at=stored_at)  # (a copy: the caller keeps its own)
+
+    async def _wake_after_cancel(self, instance_id: str) -> None:
+        """Wake a parked instance for a signal stored by a ``signal()`` whose caller was
+        cancelled before it could; storage that fails in a way that may pass is tried again,
+        slower each time, for up to ``storage_retry_for`` seconds."""
+        delay, deadline = WAKE_RETRY, trio.current_time() + self._storage_retry_for
+        while True:
+            try:
+                await self._wake_signalled({instance_id})
+                return
+            except StorageUnavailableError:
+                if trio.current_time() + delay > deadline:
+                    raise
+                await trio.sleep(delay)
+                delay = min(delay * 2, WAKE_BACKOFF_MAX)
 
     async def _wake_signalled(self, instance_ids: set[str]) -> None:
         """Instances signalled before their workflow was registered: resumed if they wait for a

@@ -180,7 +180,7 @@ async def explore_crashes(
                     for name, payload in signals:
                         await engine.signal(INSTANCE_ID, name, payload)
                         sent += 1
-                    instance = await _end_or_never(engine, signals)
+                    instance = await _end_or_never(engine, signals, fault_free=crash_after is None)
                     children = await _children(engine, instance, bool(also))
         except Exception:
             # What a process that has died raised on its way down (a wait() that saw its
@@ -197,7 +197,7 @@ async def explore_crashes(
                 await engine.start(workflow.name, input, instance_id=INSTANCE_ID)
                 for name, payload in signals[sent:]:  # never acknowledged: the sender sends again
                     await engine.signal(INSTANCE_ID, name, payload)
-                instance = await _end_or_never(engine, signals[sent:])
+                instance = await _end_or_never(engine, signals, fault_free=False)
                 children = await _children(engine, instance, bool(also))
         before, after = _by_instance(before_crash), _by_instance(counter.counts)
         outcome = _outcome(instance, before, after, {
@@ -291,14 +291,20 @@ def _check_also(family: Sequence[WorkflowDefinition]) -> None:
                     " which is not in also=")
 
 
-async def _end_or_never(engine: Engine, signals: Sequence[tuple[str, Any]]) -> WorkflowInstance:
-    """``engine.wait`` for the explored instance, or an error if it cannot end: on a
-    ``MockClock`` that autojumps, a run where nothing is left to happen (a receive step,
-    without a timeout, for a signal ``signals=`` does not send; a crash run that a step which is
-    not idempotent sent there) jumps to this deadline at once, rather than hang the test for
-    ever: :class:`InvalidArgumentError` naming the signal, or :class:`TrioflowError`."""
+async def _end_or_never(engine: Engine, signals: Sequence[tuple[str, Any]], *, fault_free: bool) -> WorkflowInstance:
+    """``engine.wait`` for the explored instance, bounded: on a ``MockClock`` that autojumps, a
+    run where nothing is left to happen (a receive step, without a timeout, for a signal
+    ``signals=`` does not send) jumps to this deadline at once, rather than hang the test for
+    ever. The fault-free run then raises (:class:`InvalidArgumentError` naming the signal, or
+    :class:`TrioflowError`); a crash run gives the instance as it stands, not ended, which the
+    checks report as that crash point's divergence (a step that is not idempotent sent the
+    resumed run elsewhere)."""
     with trio.move_on_after(NEVER_ENDS_AFTER):
         return await engine.wait(INSTANCE_ID)
+    if not fault_free:
+        stands = await engine.get_instance(INSTANCE_ID)
+        assert stands is not None  # (it was started, and nothing deletes it)
+        return stands
     sent = ", ".join(repr(name) for name, _ in signals) or "none"
     for instance in await engine.get_instances():
         waiting = instance.waiting or {}
