@@ -59,12 +59,7 @@ async def test_explore_crashes_reports_a_crash_run_that_never_ends_rather_than_h
         calls["n"] += 1
         return "a" if calls["n"] == 1 else "b"  # not idempotent: only the very first call says "a"
 
-    wf = (tf.workflow("w")
-          .step("pick", pick)
-          .choice("route", choices=[tf.when(lambda ctx: ctx.steps["pick"] == "b", next="stuck")], default="done")
-          .receive("stuck", signal="never", next="done")
-          .pass_("done", result="ok")
-          .build())
+    wf = routed_by(pick)
     raised: BaseException | None = None
     with trio.move_on_after(10**11):  # virtual: far past NEVER_ENDS_AFTER (3.2e9)
         try:
@@ -72,3 +67,14 @@ async def test_explore_crashes_reports_a_crash_run_that_never_ends_rather_than_h
         except (CrashDivergenceError, tf.TrioflowError) as exc:
             raised = exc
     assert raised is not None, "explore_crashes hung on a crash run that can never end"
+
+
+def routed_by(pick: Any) -> tf.WorkflowDefinition:
+    """A workflow whose step ``pick`` routes it: "b" to a receive without a timeout for a
+    signal nobody sends, anything else to its end."""
+    return (tf.workflow("w")
+            .step("pick", pick)
+            .choice("route", choices=[tf.when(lambda ctx: ctx.steps["pick"] == "b", next="stuck")], default="done")
+            .receive("stuck", signal="never", next="done")
+            .pass_("done", result="ok")
+            .build())

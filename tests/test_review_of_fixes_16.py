@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 import trioflow as tf
+from test_review_of_fixes_15 import routed_by
 from trioflow.testing import open_test_engine
 
 
@@ -146,12 +147,7 @@ async def test_explore_crashes_reports_a_crash_run_sent_to_a_wait_that_never_end
         calls["n"] = 0  # a new run (a new process): its own first call
         return tf.adapters.MemoryAdapter()
 
-    wf = (tf.workflow("w")
-          .step("pick", pick)
-          .choice("route", choices=[tf.when(lambda ctx: ctx.steps["pick"] == "b", next="stuck")], default="done")
-          .receive("stuck", signal="never", next="done")
-          .pass_("done", result="ok")
-          .build())
+    wf = routed_by(pick)
     raised: BaseException | None = None
     with trio.move_on_after(10**11):
         try:
