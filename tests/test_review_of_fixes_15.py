@@ -69,10 +69,10 @@ async def test_explore_crashes_reports_a_crash_run_that_never_ends_rather_than_h
     assert raised is not None, "explore_crashes hung on a crash run that can never end"
 
 
-def routed_by(pick: Any) -> tf.WorkflowDefinition:
+def routed_by(pick: Any, name: str = "w") -> tf.WorkflowDefinition:
     """A workflow whose step ``pick`` routes it: "b" to a receive without a timeout for a
     signal nobody sends, anything else to its end."""
-    return (tf.workflow("w")
+    return (tf.workflow(name)
             .step("pick", pick)
             .choice("route", choices=[tf.when(lambda ctx: ctx.steps["pick"] == "b", next="stuck")], default="done")
             .receive("stuck", signal="never", next="done")

@@ -299,12 +299,10 @@ async def _end_or_never(engine: Engine, signals: Sequence[tuple[str, Any]], *, f
     :class:`TrioflowError`); a crash run gives the instance as it stands, not ended, which the
     checks report as that crash point's divergence (a step that is not idempotent sent the
     resumed run elsewhere)."""
+    if not fault_free:
+        return await _as_it_ends(engine, INSTANCE_ID)
     with trio.move_on_after(NEVER_ENDS_AFTER):
         return await engine.wait(INSTANCE_ID)
-    if not fault_free:
-        stands = await engine.get_instance(INSTANCE_ID)
-        assert stands is not None  # (it was started, and nothing deletes it)
-        return stands
     sent = ", ".join(repr(name) for name, _ in signals) or "none"
     for instance in await engine.get_instances():
         waiting = instance.waiting or {}
@@ -315,6 +313,16 @@ async def _end_or_never(engine: Engine, signals: Sequence[tuple[str, Any]], *, f
                 f"instance {instance.id!r} waits for signal {name!r} with no timeout, and no signal of that name"
                 f" is left to send (signals= sends: {sent}): the run can never end")
     raise TrioflowError(f"the explored run had not ended after {NEVER_ENDS_AFTER:g} seconds (signals= sends: {sent})")
+
+
+async def _as_it_ends(engine: Engine, instance_id: str) -> WorkflowInstance:
+    """The instance once it has ended, or as it stands if it has not after
+    :data:`NEVER_ENDS_AFTER` (the checks then report it as not ended)."""
+    with trio.move_on_after(NEVER_ENDS_AFTER):
+        return await engine.wait(instance_id)
+    stands = await engine.get_instance(instance_id)
+    assert stands is not None  # (it was started, and nothing here deletes it)
+    return stands
 
 
 #: Virtual seconds (about a century) after which a run of ``explore_crashes`` is taken to
@@ -332,8 +340,9 @@ async def _children(engine: Engine, root: WorkflowInstance, family: bool) -> dic
         while todo:
             child_id = todo.pop(0)
             if child_id not in found:
-                # A child a failing parent cancelled may still be compensating: wait for its end.
-                found[child_id] = child = await engine.wait(child_id)
+                # A child a failing parent cancelled may still be compensating: wait for its end
+                # (bounded: a crash run may have sent it to a wait that never ends).
+                found[child_id] = child = await _as_it_ends(engine, child_id)
                 todo += child.children
         if not family:
             return found
