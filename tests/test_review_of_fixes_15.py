@@ -78,3 +78,20 @@ def routed_by(pick: Any, name: str = "w") -> tf.WorkflowDefinition:
             .receive("stuck", signal="never", next="done")
             .pass_("done", result="ok")
             .build())
+
+
+def picks_again_after_a_resume() -> tuple[Any, Any]:
+    """A step callable that is not idempotent (the first call of a run says "a", a call again
+    after a resume "b") and an ``adapter_factory`` that starts each run's count afresh (a
+    run's first call is a new process's first)."""
+    calls = {"n": 0}
+
+    def pick(ctx: Any) -> str:
+        calls["n"] += 1
+        return "a" if calls["n"] == 1 else "b"
+
+    def fresh_storage() -> tf.adapters.MemoryAdapter:
+        calls["n"] = 0
+        return tf.adapters.MemoryAdapter()
+
+    return pick, fresh_storage

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 import trioflow as tf
-from test_review_of_fixes_15 import routed_by
+from test_review_of_fixes_15 import picks_again_after_a_resume, routed_by
 from trioflow.testing import open_test_engine
 
 
@@ -137,15 +137,7 @@ async def test_explore_crashes_reports_a_crash_run_sent_to_a_wait_that_never_end
     the explorer had found, and check=False cannot get a report."""
     from trioflow.testing import CrashDivergenceError, explore_crashes
 
-    calls = {"n": 0}
-
-    def pick(ctx: Any) -> str:
-        calls["n"] += 1
-        return "a" if calls["n"] == 1 else "b"
-
-    def fresh_storage() -> tf.adapters.MemoryAdapter:
-        calls["n"] = 0  # a new run (a new process): its own first call
-        return tf.adapters.MemoryAdapter()
+    pick, fresh_storage = picks_again_after_a_resume()
 
     wf = routed_by(pick)
     raised: BaseException | None = None

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import trio
 import trio.testing
 
 import trioflow as tf
-from test_review_of_fixes_15 import routed_by
+from test_review_of_fixes_15 import picks_again_after_a_resume, routed_by
 
 
 async def test_explore_crashes_crash_run_whose_stuck_instance_is_a_child_does_not_hang(
@@ -25,15 +24,7 @@ async def test_explore_crashes_crash_run_whose_stuck_instance_is_a_child_does_no
     Actual: explore_crashes never returns (the outer scope, 10**11 virtual s, cancels it)."""
     from trioflow.testing import CrashDivergenceError, explore_crashes
 
-    calls = {"n": 0}
-
-    def pick(ctx: Any) -> str:
-        calls["n"] += 1
-        return "a" if calls["n"] == 1 else "b"
-
-    def fresh_storage() -> tf.adapters.MemoryAdapter:
-        calls["n"] = 0  # a new run (a new process): its own first call
-        return tf.adapters.MemoryAdapter()
+    pick, fresh_storage = picks_again_after_a_resume()
 
     kid = routed_by(pick, "kid")
     parent = tf.workflow("parent").child("c", workflow="kid").build()
