@@ -14,6 +14,7 @@ refused with :class:`SnapshotDecodeError`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -666,6 +667,9 @@ def _describe(what: str, value: Any, exc: BaseException) -> str:
     if isinstance(bad, int):
         return (f"{where} is an int ({safe_repr(bad)}) outside 64 bits, which cannot be stored; store it as a str or a"
                 " Decimal")
+    if inspect.isawaitable(bad):
+        # Nobody means to store one: an ``async def`` that returned ``helper(ctx)`` unawaited.
+        return f"{where} is {article} {kind} ({safe_repr(bad)}), which cannot be stored: an await is missing where it was made"
     return (f"{where} is {article} {kind} ({safe_repr(bad)}), which cannot be stored ({exc}); convert it to a"
             f" supported type: None, bool, int, float, str, bytes, lists, dicts, or {SUPPORTED}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ._errors import UnknownServiceError
+from ._errors import InvalidArgumentError, UnknownServiceError, safe_repr
 from ._lanes import parallel_of
 from ._snapshot import InstanceState, StepResult, WorkflowInstance, WorkflowMetadata, metadata_of, to_instance
 
@@ -13,6 +13,13 @@ from ._snapshot import InstanceState, StepResult, WorkflowInstance, WorkflowMeta
 #: What a map item's context knows of its item: its index, the item, and the seq of the start
 #: record of the map execution it belongs to (records before it are earlier executions').
 ItemPlace = tuple[int, Any, int]
+
+
+def check_services(services: object) -> None:
+    """Refuse ``services=`` (of an engine or a run) that is not a mapping: ``ctx.resolve``
+    looks them up by name, and would only fail once a step asked."""
+    if services is not None and not isinstance(services, Mapping):
+        raise InvalidArgumentError(f"services must be a mapping of names to objects (a dict), got {safe_repr(services)}")
 
 
 class _MissingStep(KeyError):

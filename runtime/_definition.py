@@ -329,3 +329,11 @@ class WorkflowDefinition:
     waits: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
         lambda self: any(isinstance(s, (WaitStep, ReceiveStep, ChildStep)) or isinstance(s, TaskStep)
                          and s.retry is not None for s, _ in self.lookup.values()), takes_self=True))
+
+    def check_runs_without_driver(self, how_to_give_one: str) -> None:
+        """Refuse to run a transactional workflow where there is no driver: its forward run is
+        one ``driver.transaction()``, and running it without one would not be atomic, silently."""
+        if self.transactional:
+            raise DefinitionError(
+                f"workflow {self.name!r} is transactional (its forward run is one driver transaction), but there is"
+                f" no driver: pass one to {how_to_give_one}")

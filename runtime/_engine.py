@@ -39,6 +39,7 @@ from trioflow._codec import (
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance, skips_workflows
 
+from ._context import check_services
 from ._current import check_in_trio
 from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, wake_at
 from ._ids import creation_time, new_instance_id
@@ -215,6 +216,8 @@ class Engine:
                 " pass replace=True to replace it"
             )
         check_encodable(dict(definition.data), f"the initial data (with_data) of workflow {definition.name!r}")
+        if self._driver is None:
+            definition.check_runs_without_driver("open_engine(driver=...)")
         self._definitions[definition.name] = definition
         self._registered()
         signalled = self._wake_on_register.pop(definition.name, None)
@@ -1335,11 +1338,17 @@ async def open_engine(
     check_in_trio("open_engine()")
     if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
         raise InvalidArgumentError(f"max_running must be an int >= 1, got {max_running!r}")
-    if clock is not None and not callable(clock):
-        raise InvalidArgumentError(f"clock must be a function giving Unix seconds (time.time), got {clock!r}")
+    for name, flag in (("resume", resume), ("threads", threads)):
+        if not isinstance(flag, bool):
+            raise InvalidArgumentError(f"{name} takes True or False, got {safe_repr(flag)}")
+    if clock is not None:
+        if not callable(clock):
+            raise InvalidArgumentError(f"clock must be a function giving Unix seconds (time.time), got {clock!r}")
+        now = clock()  # asked once now: a clock that gives no number fails here, not in a start
+        if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
+            raise InvalidArgumentError(f"clock must give Unix seconds as a number (as time.time does), it gave {safe_repr(now)}")
     _check_adapter(adapter)
-    if services is not None and not isinstance(services, Mapping):
-        raise InvalidArgumentError(f"services must be a mapping of names to objects (a dict), got {safe_repr(services)}")
+    check_services(services)
     retry_for = _duration(storage_retry_for, "storage_retry_for")
     keep = None if retain_finished is None else _duration(retain_finished, "retain_finished")
     storage: Adapter = adapter if adapter is not None else MemoryAdapter()

@@ -12,6 +12,7 @@ find nothing, and a re-created row would already exist."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,11 +22,13 @@ from ._builder import catchers
 from ._codec import decode_payload, encode_payload
 from ._context import WorkflowContext
 from ._decide import next_execution_id
+from ._errors import safe_repr
 from ._definition import Catch, TaskStep
 from ._lanes import execution_id
 from ._retry import Retry
 
-Fn = Callable[[WorkflowContext], Mapping[str, Any]]
+#: ``data_fn`` / ``where_fn``: the columns from the context, a plain or an ``async def``.
+Fn = Callable[[WorkflowContext], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
 
 
 def _driver(ctx: WorkflowContext, step: str) -> Driver:
@@ -60,6 +63,18 @@ async def _once(ctx: WorkflowContext, step: str, write: Callable[[Driver], Await
     return output
 
 
+async def _columns(fn: Fn, ctx: WorkflowContext, step: str, what: str) -> dict[str, Any]:
+    """``fn(ctx)`` (awaited if it is an ``async def``, as other mappers may be) as a dict of
+    column names to values; anything else fails the step, named, before the driver sees it."""
+    value = fn(ctx)
+    if inspect.isawaitable(value):
+        value = await value
+    if not isinstance(value, Mapping) or not all(isinstance(column, str) for column in value):
+        raise DriverError(
+            f"step {step!r}: {what} must return a dict of column names to values, got {safe_repr(value)}")
+    return dict(value)
+
+
 def _keyed(rows: list[dict[str, Any]], key: str, step: str, entity: str, where: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The rows an update or delete step changes: at least one, each with a key (its
     compensation finds and restores rows by their key; a NULL one would name every such row)."""
@@ -80,7 +95,7 @@ def create_entity_step(
     key in ``ctx.data``. Compensation deletes the row."""
 
     async def execute(ctx: WorkflowContext) -> dict[str, Any]:
-        data = data_fn(ctx)
+        data = await _columns(data_fn, ctx, name, "data_fn")
 
         async def create(driver: Driver) -> dict[str, Any]:
             return await driver.create(entity, data)
@@ -111,7 +126,8 @@ def update_entity_step(
     Compensation writes the old values back."""
 
     async def execute(ctx: WorkflowContext) -> dict[str, Any]:
-        where, data = dict(where_fn(ctx)), dict(data_fn(ctx))
+        where = await _columns(where_fn, ctx, name, "where_fn")
+        data = await _columns(data_fn, ctx, name, "data_fn")
 
         async def update(driver: Driver) -> dict[str, Any]:
             key = await driver.primary_key(entity)
@@ -144,7 +160,7 @@ def delete_entity_step(
     ``{"deleted": the rows as they were}``. Compensation re-creates them with the same keys."""
 
     async def execute(ctx: WorkflowContext) -> dict[str, Any]:
-        where = dict(where_fn(ctx))
+        where = await _columns(where_fn, ctx, name, "where_fn")
 
         async def delete(driver: Driver) -> dict[str, Any]:
             key = await driver.primary_key(entity)

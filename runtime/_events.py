@@ -113,9 +113,11 @@ class EventBus:
     def on(self, pattern: str, callback: Callback, *, buffer: int = DEFAULT_BUFFER) -> Callable[[], None]:
         """Call ``callback(event)`` for every event whose name matches ``pattern`` (``*`` globs).
 
-        Returns a function that unsubscribes.
+        Returns a function that unsubscribes. Raises :class:`EngineClosedError` once the engine
+        has closed (the callback would never be called).
         """
         _check_pattern(pattern)
+        self._check_open()
         if not callable(callback):
             raise InvalidArgumentError(f"on() calls callback(event) for each event: got {safe_repr(callback)}, not a function")
         if not is_async(callback):
@@ -135,10 +137,14 @@ class EventBus:
 
         return unsubscribe
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosedError("the engine is closed: it sends no more events")
+
     def close(self) -> None:
         """The engine is closing: no more events. Each async callback's task delivers what its
         queue holds, then ends; each ``subscribe`` stream ends once what it holds is read (a
-        reader in another task is not left waiting for ever); a later ``subscribe`` is refused."""
+        reader in another task is not left waiting for ever); a later ``on`` or ``subscribe`` is refused."""
         self._closed = True
         for send in (*self._queues, *self._streams):
             send.close()
@@ -150,8 +156,7 @@ class EventBus:
         """An async iterator of matching events for the duration of the block; it ends when
         the engine closes. Raises :class:`EngineClosedError` once it has."""
         _check_pattern(pattern)
-        if self._closed:
-            raise EngineClosedError("the engine is closed: it sends no more events")
+        self._check_open()
         send, receive = trio.open_memory_channel[Event](buffer)
         remove = self._add(_Subscriber(pattern, None, send))
         self._streams.add(send)

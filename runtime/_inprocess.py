@@ -11,6 +11,7 @@ from trioflow._virtual_time import default_clock
 from trioflow.actors._threads import ThreadSlots
 
 from ._builder import WorkflowBuilder
+from ._context import check_services
 from ._current import check_in_trio
 from ._decide import new_state
 from ._ids import new_instance_id
@@ -42,6 +43,9 @@ async def execute_workflow(
             hint = (": the definition came first; the first argument is the driver steps get as ctx.driver"
                     f" (None for none): execute_workflow(None, {driver.name}, input)")
         raise DefinitionError(f"execute_workflow needs a built WorkflowDefinition, got {safe_repr(workflow)}{hint}")
+    check_services(services)
+    if driver is None:
+        workflow.check_runs_without_driver("execute_workflow(driver, workflow, ...)")
     clock = default_clock()
     state = new_state(workflow, instance_id or new_instance_id(), input, clock())
     run = Run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 
 from ._definition import (
@@ -185,6 +186,9 @@ def _check_task(label: str, step: TaskStep) -> None:
         raise DefinitionError(f"{label}: {what} must be a callable or a job name, got {step.run!r}")
     if step.compensate is not None and not (callable(step.compensate) or (isinstance(step.compensate, str) and step.compensate)):
         raise DefinitionError(f"{label}: compensate must be a callable or a job name, got {step.compensate!r}")
+    saga = step.style == "saga"
+    _check_arguments(label, "execute" if saga else "job", step.run, ("ctx",) if saga else ("data",))
+    _check_arguments(label, "compensate", step.compensate, ("ctx", "result") if saga else ("output",))
     for field, fn in (("input", step.input), ("output", step.output)):
         if fn is not None and not callable(fn):
             raise DefinitionError(f"{label}: {field} must be callable, got {fn!r}")
@@ -192,6 +196,25 @@ def _check_task(label: str, step: TaskStep) -> None:
         raise DefinitionError(f"{label}: retry must be a trioflow.Retry, got {step.retry!r}")
     if step.timeout is not None:
         check_timeout(label, step.timeout)
+
+
+def _check_arguments(label: str, what: str, fn: object, arguments: tuple[str, ...]) -> None:
+    """Refuse a callable that cannot take the arguments it will be called with: the mistake
+    would show only when it runs (a compensation, when a later step fails: the work it should
+    undo stays done). Callables without a signature to read (some builtins) pass."""
+    if not callable(fn):
+        return  # a job name: checked when it is registered and looked up
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*arguments)
+    except TypeError:
+        name = getattr(fn, "__qualname__", None) or safe_repr(fn)
+        raise DefinitionError(
+            f"{label}: {what} is called as {what}({', '.join(arguments)}), but {name}{signature} cannot take"
+            f" {len(arguments)} argument{'s' if len(arguments) > 1 else ''}") from None
 
 
 def _check_on_error(label: str, on_error: object) -> None:

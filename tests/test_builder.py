@@ -15,8 +15,12 @@ async def noop(ctx: Any) -> None:
     return None
 
 
+async def undo(ctx: Any, result: Any) -> None:
+    return None
+
+
 def test_saga_builder_produces_frozen_definition_with_fall_through() -> None:
-    wf = tf.workflow("w").step("a", noop).step(tf.step("b", noop, noop)).step("c", noop).build()
+    wf = tf.workflow("w").step("a", noop).step(tf.step("b", noop, undo)).step("c", noop).build()
     assert [s.name for s in wf.steps] == ["a", "b", "c"]
     assert [s.next for s in wf.steps] == ["b", "c", None]
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
