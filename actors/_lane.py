@@ -22,6 +22,7 @@ from trioflow._decide import (
     passed_on,
     parallel_output,
     progress,
+    recorded_failure,
 )
 from trioflow._definition import (
     Branch,
@@ -41,7 +42,6 @@ from trioflow._errors import (
     BranchError,
     FailStepError,
     ParallelError,
-    RecordedError,
     UnencodableValueError,
 )
 from trioflow._map import failed_items, tolerated
@@ -90,8 +90,8 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         if lane.failed is not None:
             # Resumed after this step failed for good: that decision stands.
             failed = state.records[lane.failed]
-            error = RecordedError(failed.error or "failed", failed.error_name, failed.cause)
-            raise StepFailure(_failed_step_of(state, lookup, lookup[name][0], lane), error, failed.attempts)
+            first = _failed_step_of(state, lookup, lookup[name][0], lane)
+            raise StepFailure(first, recorded_failure(failed, lookup[first][0]), failed.attempts)
         step = lookup[name][0]
         ctx.step_index = index[name]
         # Taken up after it left memory mid-step (a timer, a signal, a retry's delay), the step's

@@ -10,8 +10,10 @@ import trio
 from trioflow._context import WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._definition import MapStep
-from trioflow._errors import ItemError, RecordedError, UnencodableValueError
+from trioflow._errors import ItemError, UnencodableValueError
+from trioflow._decide import recorded_failure
 from trioflow._map import (
+    branch_step,
     failed_items,
     item_ended,
     item_finished,
@@ -150,7 +152,7 @@ class _Items:
             else:  # it failed before a restart
                 failed = min(failed_items(state, step, lane), key=lambda r: r[1].seq)
                 index, step_name = failed[0], failed[1].step_name
-                error = RecordedError(failed[1].error or "failed", failed[1].error_name, failed[1].cause)
+                error = recorded_failure(failed[1], branch_step(step, step_name))
             return StepFailure(step_name, ItemError(step.name, index, step_name, error), 1)
         live = {index: error for index, (_, error) in self.live.items()}
         return StepFailure(step.name, map_failure(state, step, lane, live), 1)

@@ -176,19 +176,31 @@ class WorkflowContext:
         ``{"error": name, "cause": message}`` (``None``: none was caught in this lane)."""
         # Only this execution of the map or parallel step the lane runs in counts: its lane key
         # is reused by the same item or branch in a later execution (a loop). A parallel step
-        # running has no record yet: its newest is of the execution before.
+        # running has no record yet: its newest is of the execution before. So has every
+        # parallel step around it, and one of those may have ended where the inner one never
+        # did (cancelled by an outer fail-fast, then run again through a catch).
         records = self._state.records
         end = len(records) if self._until is None else self._until
-        parallel = parallel_of(self.lane) if self._item is None else None
+        parallels = self._enclosing_parallels()
         since = -1 if self._item is None else self._item[2]
         for seq in range(end - 1, since, -1):
             record = records[seq]
-            if record.step_name == parallel:
-                break  # the parallel step's execution before this one
+            if record.step_name in parallels:
+                break  # an execution before this one
             if record.lane == self.lane and record.status == "caught":
                 output: dict[str, str] = record.output
                 return output
         return None
+
+    def _enclosing_parallels(self) -> frozenset[str]:
+        """The parallel step whose branch this lane is, the one whose branch runs that one, and
+        so on out to the main line (a map's items cannot fan out again: an item lane has none)."""
+        names = []
+        lane: str | None = self.lane
+        while lane is not None and (parallel := parallel_of(lane)) is not None:
+            names.append(parallel)
+            lane = next((key for key, other in self._state.lanes.items() if other.step == parallel and key != lane), None)
+        return frozenset(names)
 
     def get(self, key: str, default: Any = None) -> Any:
         """Read the shared data (``default`` when unset)."""

@@ -11,8 +11,13 @@ import math
 from typing import Any
 
 from ._callables import plain_result
-from ._definition import CATCHING, Catch, ChildStep, ChoiceStep, MapStep, ParallelStep, Step, TaskStep, WorkflowDefinition
-from ._errors import NoChoiceMatchedError, describe_error, error_cause, error_name, split_description
+from ._definition import (
+    CATCHING, Catch, ChildStep, ChoiceStep, FailStep, MapStep, ParallelStep, Step, TaskStep, WorkflowDefinition,
+)
+from ._errors import (
+    ChildWorkflowError, FailStepError, NoChoiceMatchedError, RecordedError, describe_error, error_cause, error_name,
+    split_description,
+)
 from ._lanes import (
     MAIN,
     branch_lane,
@@ -73,6 +78,14 @@ def passed_on(state: InstanceState, lane: Lane, key: str, item: Any) -> tuple[An
     if outer is None:
         return None, None
     return passed_on(state, outer[1], outer[0], item)[0], None
+
+
+def recorded_failure(record: StepResult, step: Step) -> RecordedError:
+    """The failure of ``step``'s execution as its record tells it (the exception itself went
+    with a restart), raised as what the step's kind raises: a catch for ``FailStepError`` or
+    ``ChildWorkflowError`` then matches it as before the restart."""
+    raised_as = FailStepError if isinstance(step, FailStep) else ChildWorkflowError if isinstance(step, ChildStep) else None
+    return RecordedError(record.error or "failed", record.error_name, record.cause, raised_as=raised_as)
 
 
 def admit(state: InstanceState, now: float) -> None:

@@ -285,10 +285,17 @@ class RecordedError(TrioflowError):
     """An error known only as it was recorded (a step that failed for good before a restart):
     described exactly as it was, with the name and cause it was recorded with."""
 
-    def __init__(self, description: str, error_name: str | None = None, cause: str | None = None) -> None:
+    def __init__(
+        self, description: str, error_name: str | None = None, cause: str | None = None, *,
+        raised_as: type[BaseException] | None = None,
+    ) -> None:
         super().__init__(description)
         self.error_name = error_name or split_description(description)[0]
         self.cause = cause if cause is not None else split_description(description)[1]
+        #: The trioflow class the failure was raised as, where the failed step's kind tells (a
+        #: fail step's :class:`FailStepError`, a child step's :class:`ChildWorkflowError`): a
+        #: catch for that class matches it after a restart as it did before.
+        self.raised_as = raised_as
 
 
 def root_error(error: BaseException) -> BaseException:

@@ -14,9 +14,9 @@ import bisect
 from collections.abc import Sequence
 from typing import Any
 
-from ._decide import new_execution
-from ._definition import MapStep
-from ._errors import InvalidItemsError, ItemError, MapError, RecordedError
+from ._decide import new_execution, recorded_failure
+from ._definition import MapStep, Step
+from ._errors import InvalidItemsError, ItemError, MapError
 from ._context import ItemPlace
 from ._lanes import item_lane, item_lanes, item_of
 from ._snapshot import InstanceState, Lane, MapProgress, StepResult
@@ -150,12 +150,17 @@ def tolerated(step: MapStep, count: int) -> int:
     return most
 
 
+def branch_step(step: MapStep, name: str) -> Step:
+    """The step of a map's branch named ``name`` (what each item runs)."""
+    return step.branch.steps[step.branch.index[name]]
+
+
 def map_failure(state: InstanceState, step: MapStep, lane: Lane, live: dict[int, BaseException]) -> MapError:
     """The error of a map execution whose items failed beyond what it tolerates: each failed
     item's error, the exception itself where this run saw it (``live``), else as recorded."""
     errors = []
     for index, record in failed_items(state, step, lane):
-        error = live.get(index) or RecordedError(record.error or "failed", record.error_name, record.cause)
+        error = live.get(index) or recorded_failure(record, branch_step(step, record.step_name))
         errors.append(ItemError(step.name, index, record.step_name, error))
     assert lane.fanout is not None
     count = lane.fanout.count

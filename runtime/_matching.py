@@ -65,29 +65,59 @@ def matches(items: tuple[ErrorMatcher, ...], error: BaseException) -> bool:
     types = tuple(i for i in items if isinstance(i, type))
     if types and any(isinstance(e, types) for e in chain):
         return True
-    if types and isinstance(root, RecordedError) and any(_names_a_subclass(t, root.error_name) for t in types):
+    raised_as = root.raised_as if isinstance(root, RecordedError) else None
+    if types and isinstance(root, RecordedError) and (
+            any(_names_a_subclass(t, root.error_name) for t in types) or (raised_as and issubclass(raised_as, types))):
         return True  # a failure known from its record (before a restart): matched by class name
     strings = [i for i in items if isinstance(i, str)]
     if strings:
         # The wrappers' own names match too (a child's failure: "ChildWorkflowError" as well
         # as the child's own error; a map item's: "ItemError" too), as their types do.
-        names, cause = (error_name(error), *(type(e).__name__ for e in chain)), error_message(error)
+        names = (error_name(error), *(type(e).__name__ for e in chain), *((raised_as.__name__,) if raised_as else ()))
+        cause = error_message(error)
         if any(i in names or i in cause for i in strings):
             return True
-    if any(isinstance(i, _All) for i in items) and not isinstance(root, (DefinitionError, StorageError)):
+    if any(isinstance(i, _All) for i in items) and not _engines_own(error):
         return True
     return any(not isinstance(i, (str, type, _All)) and plain_result(i, root) for i in items)
 
 
+def _engines_own(error: BaseException) -> bool:
+    """Whether ``error`` is, wraps, or (a wait-all parallel's or a map's group) holds one of
+    trioflow's own definition or storage errors, which :data:`ALL` does not match."""
+    for e in wrapped_errors(error):
+        if isinstance(e, (DefinitionError, StorageError)):
+            return True
+        if isinstance(e, RecordedError) and _named_engines_own(e.error_name):
+            return True  # known by its name only: a child's, or one recorded before a restart
+        if isinstance(e, BaseExceptionGroup) and any(_engines_own(inner) for inner in e.exceptions):
+            return True
+    return False
+
+
+def _named_engines_own(name: str) -> bool:
+    """Whether ``name`` is the name of trioflow's own definition or storage errors and of no
+    other exception class loaded in this process (``sqlite3.DatabaseError`` shares a name with
+    one of them: a recorded failure of that name may be a job's, which ``ALL`` matches)."""
+    named = _subclasses_named(BaseException, name)
+    return bool(named) and all(issubclass(cls, (DefinitionError, StorageError)) for cls in named)
+
+
 def _names_a_subclass(kind: type[BaseException], name: str) -> bool:
     """Whether ``kind`` or one of its subclasses (loaded in this process) is called ``name``."""
+    return bool(_subclasses_named(kind, name))
+
+
+def _subclasses_named(kind: type[BaseException], name: str) -> list[type[BaseException]]:
+    """``kind`` and its subclasses (loaded in this process) called ``name``."""
+    found = []
     seen: set[type[BaseException]] = set()
     todo: list[type[BaseException]] = [kind]
     while todo:
         cls = todo.pop()
         if cls.__name__ == name:
-            return True
+            found.append(cls)
         seen.add(cls)
         subclasses: list[type[BaseException]] = cls.__subclasses__()
         todo.extend(sub for sub in subclasses if sub not in seen)
-    return False
+    return found
