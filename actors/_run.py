@@ -19,9 +19,9 @@ from trioflow._codec import (
     encode_payload,
     check_encodable,
     not_taken,
-    restore_data,
     stage,
     take_changes,
+    take_changes_holding,
     taken,
 )
 from trioflow._context import ItemPlace, WorkflowContext
@@ -410,12 +410,12 @@ class Run:
         if self.adapter is not None:
             check_encodable(value, what)
 
-    def check_data(self) -> None:
-        """As a step execution ends (durable runs only): raise :class:`UnencodableValueError`
-        if the shared data can no longer be stored, having put it back as it was at the last
-        check (see :func:`check_data`)."""
+    def check_data(self, ctx: WorkflowContext | None = None) -> None:
+        """As a step execution ends (durable runs only; ``ctx``: its lane's): raise
+        :class:`UnencodableValueError` if the shared data can no longer be stored, having put
+        it back as it was at the last check (see :func:`check_data`)."""
         if self.adapter is not None:
-            check_data(self.state)
+            check_data(self.state, ctx)
 
     def add_failure(self, record: StepResult, *, for_good: bool) -> None:
         """Add the record of a failed execution (see :func:`fail_step`). Its input is dropped if
@@ -483,16 +483,11 @@ class Run:
         s = self.state
         try:
             header, records, first_seq, start, consumed = take_changes(s)
-        except UnencodableValueError as exc:
-            # The shared data was changed in place after the last step ended (a job still
-            # running in a sibling branch): what cannot be stored is dropped, not the checkpoint.
-            log.warning(
-                "instance %s: the shared data can no longer be stored (%s); it goes back to what it was"
-                " when the last step ended", s.instance_id, exc,
-                extra={"instance_id": s.instance_id, "workflow_name": s.workflow_name},
-            )
-            restore_data(s)
-            header, records, first_seq, start, consumed = take_changes(s)
+        except UnencodableValueError:
+            # A step still running (in a sibling branch, another map item) holds a value in the
+            # shared data that cannot be stored: the checkpoint stores the data without it, and
+            # leaves it to that step, which is checked as it ends.
+            header, records, first_seq, start, consumed = take_changes_holding(s)
         status = s.status
         # Only a checkpoint that consumes signals passes ``consumed``, and only one of an
         # instance that waits (or did) passes ``wake_at``: adapters written before either

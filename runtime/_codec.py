@@ -23,6 +23,7 @@ import msgpack
 
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, safe_repr, split_description
 from ._lanes import MAIN
+from ._shared_data import SharedData, held_by_another_step
 from ._snapshot import PHASES, STATUSES, STEP_STATUSES, InstanceState, Lane, MapProgress, StepResult
 from ._values import SUPPORTED, from_ext, to_ext
 
@@ -124,12 +125,15 @@ _NO_MAP: dict[int, str] = {}
 MAX_DATA_BYTES = MAX_SNAPSHOT_BYTES - (1 << 20)
 
 
-def check_data(state: InstanceState) -> None:
+def check_data(state: InstanceState, ctx: Any = None) -> None:
     """Check, as a step execution ends, that the shared data can still be stored; it is
     remembered as it is now. If it cannot (a value put into ``ctx.data`` that msgpack refuses,
     or many values each under the limit that together pass it), the data goes back to what it
     was at the last check, and :class:`UnencodableValueError` (or :class:`ValueTooLargeError`)
-    names what was wrong: that step fails, and its checkpoint can still be written."""
+    names what was wrong: that step fails, and its checkpoint can still be written. Unless
+    every such value was put there by another lane (``ctx``: the lane whose step ended) whose
+    step still runs: that step may take it out before it ends, and is checked then; nothing
+    changes now."""
     data = state.data
     if not data:
         state.good_data = None
@@ -151,6 +155,10 @@ def check_data(state: InstanceState) -> None:
                 raise
     except Exception as exc:
         _packer.reset()
+        if ctx is not None:
+            bad = unstorable_keys(data)
+            if bad and all(held_by_another_step(data, key, ctx) for key in bad):
+                return
         error = exc if isinstance(exc, UnencodableValueError) else UnencodableValueError(
             _locate(state, (("shared data", data),)))
         restore_data(state)
@@ -232,6 +240,23 @@ def copied_view(state: InstanceState) -> InstanceState:
             state.data = held
 
 
+def unstorable_keys(data: dict[str, Any]) -> list[str]:
+    """The keys of the shared data whose values (or the keys themselves) cannot be stored."""
+    return [key for key, value in data.items() if not _storable(key, value)]
+
+
+def storable_data(state: InstanceState) -> dict[str, Any]:
+    """The shared data as a checkpoint stores it while a running step holds a value there that
+    cannot be stored: that value as it was at the last check (or left out), the others as they
+    are. ``state.data`` itself is left as it is, for the step that holds the value."""
+    good = {} if state.good_data is None else _read(state.good_data)
+    bad = unstorable_keys(state.data)
+    if not bad:  # too large as a whole: as it stood at the last check
+        return good
+    return {key: value if key not in bad else good[key] for key, value in state.data.items()
+            if key not in bad or key in good}
+
+
 def restore_data(state: InstanceState) -> None:
     """Put back what in the shared data cannot be stored: each such value goes back to what it
     was at the last check (see :func:`check_data`), or goes if it was not there. Other values
@@ -239,7 +264,7 @@ def restore_data(state: InstanceState) -> None:
     does every value changed since the last check go back."""
     good = {} if state.good_data is None else _read(state.good_data)
     data = state.data
-    bad = [key for key, value in data.items() if not _storable(key, value)]
+    bad = unstorable_keys(data)
     if not bad:
         bad = [key for key, value in data.items() if key not in good or not same_value(value, good[key])]
     for key in bad:
@@ -329,6 +354,17 @@ def take_changes(state: InstanceState) -> tuple[bytes, Sequence[bytes], int, byt
     first_seq = state.stored + state.inflight
     state.inflight += len(records)
     return header, records, first_seq, start, consumed
+
+
+def take_changes_holding(state: InstanceState) -> tuple[bytes, Sequence[bytes], int, bytes | None, Sequence[int]]:
+    """:func:`take_changes` while a running step holds a value in the shared data that cannot
+    be stored: the header holds :func:`storable_data`; ``state.data`` stays as it is."""
+    held = state.data
+    state.data = storable_data(state)
+    try:
+        return take_changes(state)
+    finally:
+        state.data = held
 
 
 def taken(state: InstanceState, count: int) -> None:
@@ -500,7 +536,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     _expect(isinstance(data, dict) and isinstance(lanes, dict), "malformed maps")
     _expect(count == len(records), "the header counts %r step records, %d are stored", count, len(records))
     state = InstanceState(
-        instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=data,
+        instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=SharedData(data),
         lanes={}, phase=phase, outcome=outcome, rolled_back=bool(rolled_back), error=error,
         failed_step=failed_step, created_at=created_at, started_at=started_at, completed_at=completed_at,
         error_name=error_name, cause=cause, parent_id=parent_id,
@@ -586,7 +622,7 @@ def _state_v1(raw: list[Any]) -> InstanceState:
     _expect(isinstance(completed, list) and isinstance(compensated, list), "malformed step lists")
     _expect(isinstance(comp_errors, dict), "malformed compensation errors")
     state = InstanceState(
-        instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=data,
+        instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=SharedData(data),
         lanes={}, phase=phase, outcome=outcome, rolled_back=bool(rolled_back), error=error,
         failed_step=failed_step, created_at=created_at, started_at=started_at, completed_at=completed_at,
         start_stored=False,

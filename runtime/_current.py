@@ -95,7 +95,9 @@ def call_plain(fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
-def _lane_of_caller() -> WorkflowContext | None:
+def lane_of_caller() -> WorkflowContext | None:
+    """The lane context the calling code runs in (``None``: none): its task's, a parent
+    task's (a task a job spawned), or a worker thread's."""
     try:
         task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
     except RuntimeError:  # not in the trio thread: a worker thread
@@ -112,7 +114,7 @@ def _lane_of_caller() -> WorkflowContext | None:
 
 def current_step() -> StepInfo:
     """The step execution the calling code runs in; :class:`NotInStepError` outside of one."""
-    ctx = _lane_of_caller()
+    ctx = lane_of_caller()
     step = None if ctx is None else ctx._calling
     if ctx is None or step is None:
         raise NotInStepError(

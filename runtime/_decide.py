@@ -30,6 +30,7 @@ from ._lanes import (
     step_key,
 )
 from ._matching import matches
+from ._shared_data import SharedData
 from ._snapshot import InstanceState, Lane, Status, StepResult
 
 
@@ -44,7 +45,7 @@ def new_state(
         status=status,
         input=input,
         # Each instance its own: nested values of the definition's data are copied too.
-        data=fresh_copy(dict(definition.data)) if definition.data else {},
+        data=SharedData(fresh_copy(dict(definition.data)) if definition.data else ()),
         lanes={MAIN: Lane(step=definition.steps[0].name)},
         created_at=now,
         started_at=now if status == "running" else None,

@@ -1,0 +1,66 @@
+"""The shared data (``ctx.data``): a dict that remembers which lane last wrote each key.
+
+Branches of a parallel step and items of a map share one dict. A step may hold a value there
+that cannot be stored while it runs (a connection) and take it out before it ends; when a
+sibling's step ends meanwhile, the check of the shared data must not blame that sibling, nor
+drop the value from under the step that holds it. Knowing the writer tells the two apart.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ._current import lane_of_caller
+
+
+class SharedData(dict[str, Any]):
+    """A ``dict`` (it is one: code that checks or serializes it sees no difference) that notes,
+    for each key set through it, the lane context that set it (``None`` outside any lane)."""
+
+    # No ``__init__`` of its own: one is made per instance, and most are never written to.
+    __slots__ = ("writers",)
+
+    #: The lane context (``WorkflowContext``) that set each key last, where one did (unset
+    #: until a key is set: see :func:`held_by_another_step`).
+    writers: dict[str, Any]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        try:
+            writers = self.writers
+        except AttributeError:
+            writers = self.writers = {}
+        writers[key] = lane_of_caller()
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def __ior__(self, other: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> SharedData:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    # Copies are plain dicts: what a caller keeps is data, not the run's bookkeeping.
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return copy.deepcopy(dict(self), memo)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return dict, (dict(self),)
+
+
+def held_by_another_step(data: dict[str, Any], key: str, ctx: Any) -> bool:
+    """Whether ``key`` was set last by a lane other than ``ctx``'s whose step is still running:
+    a value that lane's step may yet take out before it ends."""
+    writers = getattr(data, "writers", None)
+    writer = None if writers is None else writers.get(key)
+    return writer is not None and writer is not ctx and writer._calling is not None
