@@ -57,7 +57,8 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
     outcome = taken[1]
     if outcome["status"] == "completed":
         return outcome["output"]
-    error = RecordedError(outcome["error"] or outcome["status"], outcome["error_name"], outcome["cause"])
+    error = RecordedError(outcome["error"] or outcome["status"], outcome["error_name"], outcome["cause"],
+                          named_by_workflow=bool(outcome.get("fail_step")))
     raise StepFailure(step.name, ChildWorkflowError(child_id, step.workflow, outcome["status"], error), 1)
 
 

@@ -130,7 +130,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 # A value this step left that cannot be stored (in the shared data, its output,
                 # its input) fails it: not retried, catchable, compensated like any failure.
                 if state.data:  # most runs share nothing: skip the call
-                    run.check_data(ctx)
+                    run.check_data(lane_key)
                 record = run.stage(record)
             except UnencodableValueError as exc:
                 raise StepFailure(name, exc, attempts, data, uses_input) from exc

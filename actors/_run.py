@@ -26,7 +26,7 @@ from trioflow._codec import (
 )
 from trioflow._context import ItemPlace, WorkflowContext
 from trioflow._decide import catch_failure, fail_step, wake_at
-from trioflow._definition import Catch, Step, StepFn, WorkflowDefinition
+from trioflow._definition import Catch, FailStep, Step, StepFn, WorkflowDefinition
 from trioflow._errors import SnapshotDecodeError, StorageUnavailableError, TrioflowError, UnencodableValueError
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
@@ -410,12 +410,12 @@ class Run:
         if self.adapter is not None:
             check_encodable(value, what)
 
-    def check_data(self, ctx: WorkflowContext | None = None) -> None:
-        """As a step execution ends (durable runs only; ``ctx``: its lane's): raise
+    def check_data(self, ended: str | None = None) -> None:
+        """As a step execution ends (durable runs only; ``ended``: its lane's key): raise
         :class:`UnencodableValueError` if the shared data can no longer be stored, having put
         it back as it was at the last check (see :func:`check_data`)."""
         if self.adapter is not None:
-            check_data(self.state, ctx)
+            check_data(self.state, ended)
 
     def add_failure(self, record: StepResult, *, for_good: bool) -> None:
         """Add the record of a failed execution (see :func:`fail_step`). Its input is dropped if
@@ -431,7 +431,7 @@ class Run:
         """Stage the record of a failed execution; returns it as staged (without its input, if
         that could not be stored)."""
         with contextlib.suppress(UnencodableValueError):
-            self.check_data()
+            self.check_data(record.lane)
         try:
             return self.stage(record)
         except UnencodableValueError:
@@ -540,6 +540,9 @@ class Run:
             return None
         outcome = {"status": status, "output": s.output, "error": s.error, "error_name": s.error_name,
                    "cause": s.cause}
+        failed = None if s.failed_step is None else self.definition.lookup.get(s.failed_step)
+        if failed is not None and isinstance(failed[0], FailStep) and s.error_name == failed[0].error:
+            outcome["fail_step"] = True  # its error name is that step's text (newer than the notice: read with .get)
         return s.parent_id, child_ended_signal(s.instance_id), encode_payload(outcome, "the child's outcome")
 
     async def _back_off(self, error: StorageUnavailableError, deadline: float, delay: float) -> None:

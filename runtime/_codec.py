@@ -23,7 +23,7 @@ import msgpack
 
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, safe_repr, split_description
 from ._lanes import MAIN
-from ._shared_data import SharedData, held_by_another_step
+from ._shared_data import SharedData, held
 from ._snapshot import PHASES, STATUSES, STEP_STATUSES, InstanceState, Lane, MapProgress, StepResult
 from ._values import SUPPORTED, from_ext, to_ext
 
@@ -125,14 +125,15 @@ _NO_MAP: dict[int, str] = {}
 MAX_DATA_BYTES = MAX_SNAPSHOT_BYTES - (1 << 20)
 
 
-def check_data(state: InstanceState, ctx: Any = None) -> None:
+def check_data(state: InstanceState, ended: str | None = None) -> None:
     """Check, as a step execution ends, that the shared data can still be stored; it is
     remembered as it is now. If it cannot (a value put into ``ctx.data`` that msgpack refuses,
     or many values each under the limit that together pass it), the data goes back to what it
     was at the last check, and :class:`UnencodableValueError` (or :class:`ValueTooLargeError`)
-    names what was wrong: that step fails, and its checkpoint can still be written. Unless
-    every such value was put there by another lane (``ctx``: the lane whose step ended) whose
-    step still runs: that step may take it out before it ends, and is checked then; nothing
+    names what was wrong: that step fails, and its checkpoint can still be written. A value
+    another lane's step that has not ended holds (see :func:`~trioflow._shared_data.held`;
+    ``ended``: the key of the lane whose step ended, ``None``: a hook's) is left to that step, which may
+    take it out before it ends, and is checked then: if it is all that is wrong, nothing
     changes now."""
     data = state.data
     if not data:
@@ -155,13 +156,15 @@ def check_data(state: InstanceState, ctx: Any = None) -> None:
                 raise
     except Exception as exc:
         _packer.reset()
-        if ctx is not None:
-            bad = unstorable_keys(data)
-            if bad and all(held_by_another_step(data, key, ctx) for key in bad):
-                return
+        bad = unstorable_keys(data)
+        kept = [key for key in bad if held(data, key, state.lanes, ended=ended)]
+        if bad and len(kept) == len(bad):
+            return
         error = exc if isinstance(exc, UnencodableValueError) else UnencodableValueError(
             _locate(state, (("shared data", data),)))
-        restore_data(state)
+        if kept:  # name a value this step is to blame for, not one a running sibling holds
+            error = _unstorable_value(data, next(key for key in bad if key not in kept)) or error
+        restore_data(state, keep=kept)
         if error is exc:
             raise
         raise error from exc
@@ -245,6 +248,15 @@ def unstorable_keys(data: dict[str, Any]) -> list[str]:
     return [key for key, value in data.items() if not _storable(key, value)]
 
 
+def _unstorable_value(data: dict[str, Any], key: str) -> UnencodableValueError | None:
+    """The error naming what in ``data[key]`` cannot be stored (``None``: it can, alone)."""
+    try:
+        check_encodable({key: data[key]}, "shared data")
+    except UnencodableValueError as exc:
+        return exc
+    return None
+
+
 def storable_data(state: InstanceState) -> dict[str, Any]:
     """The shared data as a checkpoint stores it while a running step holds a value there that
     cannot be stored: that value as it was at the last check (or left out), the others as they
@@ -257,19 +269,22 @@ def storable_data(state: InstanceState) -> dict[str, Any]:
             if key not in bad or key in good}
 
 
-def restore_data(state: InstanceState) -> None:
+def restore_data(state: InstanceState, keep: Sequence[str] = ()) -> None:
     """Put back what in the shared data cannot be stored: each such value goes back to what it
     was at the last check (see :func:`check_data`), or goes if it was not there. Other values
-    stay, a running sibling branch's among them; only when the data is too large as a whole
-    does every value changed since the last check go back."""
+    stay, a running sibling branch's among them, and so do those in ``keep`` (held by a step
+    that has not ended); only when the data is too large as a whole does every value changed
+    since the last check go back."""
     good = {} if state.good_data is None else _read(state.good_data)
     data = state.data
     bad = unstorable_keys(data)
     if not bad:
         bad = [key for key, value in data.items() if key not in good or not same_value(value, good[key])]
     for key in bad:
+        if key in keep:
+            continue
         if key in good:
-            data[key] = good[key]
+            dict.__setitem__(data, key, good[key])  # (put back, not set by the lane that runs this)
         else:
             del data[key]
 
@@ -357,14 +372,17 @@ def take_changes(state: InstanceState) -> tuple[bytes, Sequence[bytes], int, byt
 
 
 def take_changes_holding(state: InstanceState) -> tuple[bytes, Sequence[bytes], int, bytes | None, Sequence[int]]:
-    """:func:`take_changes` while a running step holds a value in the shared data that cannot
-    be stored: the header holds :func:`storable_data`; ``state.data`` stays as it is."""
-    held = state.data
+    """:func:`take_changes` when the shared data cannot be stored as it is (changed in place
+    since the last step ended): a value a step's callable holds now stays in ``state.data``,
+    for that step, and the header holds :func:`storable_data`; any other goes back to what it
+    was at the last check (one a failed attempt left, say)."""
+    data = state.data
+    restore_data(state, keep=[key for key in unstorable_keys(data) if held(data, key, state.lanes, calling=True)])
     state.data = storable_data(state)
     try:
         return take_changes(state)
     finally:
-        state.data = held
+        state.data = data
 
 
 def taken(state: InstanceState, count: int) -> None:

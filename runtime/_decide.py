@@ -85,7 +85,11 @@ def recorded_failure(record: StepResult, step: Step) -> RecordedError:
     """The failure of ``step``'s execution as its record tells it (the exception itself went
     with a restart), raised as what the step's kind raises: a catch for ``FailStepError`` or
     ``ChildWorkflowError`` then matches it as before the restart."""
-    raised_as = FailStepError if isinstance(step, FailStep) else ChildWorkflowError if isinstance(step, ChildStep) else None
+    raised_as: type[BaseException] | None = None
+    if isinstance(step, FailStep) and record.error_name == step.error:
+        raised_as = FailStepError  # (not when working out its cause raised)
+    elif isinstance(step, ChildStep) and (record.error or "").startswith(f"{ChildWorkflowError.__name__}: "):
+        raised_as = ChildWorkflowError  # its child ended badly (not: its input failed, say)
     return RecordedError(record.error or "failed", record.error_name, record.cause, raised_as=raised_as)
 
 

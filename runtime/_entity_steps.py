@@ -69,10 +69,14 @@ async def _columns(fn: Fn, ctx: WorkflowContext, step: str, what: str) -> dict[s
     value = fn(ctx)
     if inspect.isawaitable(value):
         value = await value
-    if not isinstance(value, Mapping) or not all(isinstance(column, str) for column in value):
+    try:
+        columns = dict(value)  # (pairs too, as dict() takes them)
+    except (TypeError, ValueError):
+        columns = None
+    if columns is None or not all(isinstance(column, str) for column in columns):
         raise DriverError(
             f"step {step!r}: {what} must return a dict of column names to values, got {safe_repr(value)}")
-    return dict(value)
+    return columns
 
 
 def _keyed(rows: list[dict[str, Any]], key: str, step: str, entity: str, where: Mapping[str, Any]) -> list[dict[str, Any]]:

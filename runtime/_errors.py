@@ -287,7 +287,7 @@ class RecordedError(TrioflowError):
 
     def __init__(
         self, description: str, error_name: str | None = None, cause: str | None = None, *,
-        raised_as: type[BaseException] | None = None,
+        raised_as: type[BaseException] | None = None, named_by_workflow: bool = False,
     ) -> None:
         super().__init__(description)
         self.error_name = error_name or split_description(description)[0]
@@ -296,6 +296,9 @@ class RecordedError(TrioflowError):
         #: fail step's :class:`FailStepError`, a child step's :class:`ChildWorkflowError`): a
         #: catch for that class matches it after a restart as it did before.
         self.raised_as = raised_as
+        #: Whether ``error_name`` is a ``fail`` step's own text rather than a class's name (a
+        #: child that ended at one): it names no exception, whatever it reads like.
+        self.named_by_workflow = named_by_workflow
 
 
 def root_error(error: BaseException) -> BaseException:

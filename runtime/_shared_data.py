@@ -22,9 +22,10 @@ class SharedData(dict[str, Any]):
     # No ``__init__`` of its own: one is made per instance, and most are never written to.
     __slots__ = ("writers",)
 
-    #: The lane context (``WorkflowContext``) that set each key last, where one did (unset
-    #: until a key is set: see :func:`held_by_another_step`).
-    writers: dict[str, Any]
+    #: Who set each key last: the lane context (``WorkflowContext``, ``None`` outside any lane)
+    #: and the step whose callable it was running then (``None``: none, a hook or a mapper).
+    #: Unset until a key is set: see :func:`held`.
+    writers: dict[str, tuple[Any, str | None]]
 
     def __setitem__(self, key: str, value: Any) -> None:
         super().__setitem__(key, value)
@@ -32,7 +33,8 @@ class SharedData(dict[str, Any]):
             writers = self.writers
         except AttributeError:
             writers = self.writers = {}
-        writers[key] = lane_of_caller()
+        ctx = lane_of_caller()
+        writers[key] = (ctx, None if ctx is None else ctx._calling)
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         if key not in self:
@@ -58,9 +60,18 @@ class SharedData(dict[str, Any]):
         return dict, (dict(self),)
 
 
-def held_by_another_step(data: dict[str, Any], key: str, ctx: Any) -> bool:
-    """Whether ``key`` was set last by a lane other than ``ctx``'s whose step is still running:
-    a value that lane's step may yet take out before it ends."""
+def held(
+    data: dict[str, Any], key: str, lanes: Mapping[str, Any], *, ended: str | None = None, calling: bool = False,
+) -> bool:
+    """Whether a step that has not ended holds ``key``: its callable set it, and its lane is
+    still at that step (``calling``: and in its callable now, not between attempts). ``ended``:
+    the key of the lane whose step just ended, whose own values do not count."""
     writers = getattr(data, "writers", None)
     writer = None if writers is None else writers.get(key)
-    return writer is not None and writer is not ctx and writer._calling is not None
+    if writer is None:
+        return False
+    ctx, step = writer
+    if ctx is None or step is None or ctx.lane == ended:
+        return False
+    lane = lanes.get(ctx.lane)
+    return lane is not None and lane.step == step and (not calling or ctx._calling == step)

@@ -205,7 +205,9 @@ def _check_arguments(label: str, what: str, fn: object, arguments: tuple[str, ..
     if not callable(fn):
         return  # a job name: checked when it is registered and looked up
     try:
-        signature = inspect.signature(fn)
+        # The callable as called: a decorator's wrapper (``functools.wraps``) may supply some
+        # of the arguments of the function it wraps itself.
+        signature = inspect.signature(fn, follow_wrapped=False)
     except (TypeError, ValueError):
         return
     try:

@@ -41,6 +41,7 @@ from trioflow._snapshot import RESUMABLE, InstanceState, Status, StepResult, Wor
 from trioflow._codec import decode_payload, decode_stored, encode_payload
 from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
+from trioflow.adapters._memory_driver import MemoryDriver
 from trioflow.adapters._protocol import Adapter, StoredInstance, skips_workflows
 
 from ._scripted import ScriptedJob
@@ -120,6 +121,7 @@ async def explore_crashes(
     signals: Sequence[tuple[str, Any]] = (),
     also: Sequence[WorkflowDefinition] = (),
     lost_writes: bool = True,
+    driver_factory: Callable[[], Any] | None = None,
 ) -> CrashReport:
     """Run ``workflow`` once without faults, then once per snapshot write k, dying after write k
     and resuming in a fresh engine over the same storage; and (``lost_writes``) once more per
@@ -133,7 +135,10 @@ async def explore_crashes(
     steps, newest first (see the module docstring for why this, and not equal call counts, is
     what is compared). ``ScriptedJob`` objects (in ``jobs`` or
     in the definition) are reset before every run. ``adapter_factory()`` gives fresh, unopened storage for each run.
-    ``signals`` (``(name, payload)`` pairs) are sent to the instance right after it starts, in
+    ``driver_factory()`` gives the data driver (``ctx.driver``) each run's engines share, the
+    one that resumes after the crash included, as they share storage (``None``: none, or a
+    fresh :class:`~trioflow.adapters.MemoryDriver` when a workflow is transactional, which
+    needs one). ``signals`` (``(name, payload)`` pairs) are sent to the instance right after it starts, in
     order (a receive step keeps them until it runs): timers and signals are explored like any
     step, every crash run must receive each signal exactly once.
 
@@ -157,6 +162,8 @@ async def explore_crashes(
     registered = [_instrument(d, dict(jobs or {}), counter) for d in family]
     scripted = _scripted_jobs(family, jobs or {})
     shapes = {d.name: _Shape.of(d) for d in family}
+    if driver_factory is None and any(d.transactional for d in family):
+        driver_factory = MemoryDriver
 
     def register(engine: Engine) -> None:
         # All before any resume starts: a resumed parent may start a child at once.
@@ -170,11 +177,12 @@ async def explore_crashes(
         counter.numbers = {}
         counter.results, counter.changed = {}, []
         storage = adapter_factory()
+        driver = None if driver_factory is None else driver_factory()
         crashing = _CrashingAdapter(storage, crash_after, lost)
         sent = 0
         try:
             with trio.CancelScope() as crashing.process:
-                async with open_engine(adapter=crashing, services=services, threads=False) as engine:
+                async with open_engine(adapter=crashing, services=services, driver=driver, threads=False) as engine:
                     register(engine)
                     await engine.start(workflow.name, input, instance_id=INSTANCE_ID)
                     for name, payload in signals:
@@ -190,7 +198,7 @@ async def explore_crashes(
         before_crash = counter.counts
         counter.counts = collections.Counter()
         if crashing.crashed:
-            async with open_engine(adapter=storage, services=services, threads=False) as engine:
+            async with open_engine(adapter=storage, services=services, driver=driver, threads=False) as engine:
                 register(engine)
                 # A start the dead process never acknowledged (its create was lost) is made
                 # again, as its caller would; one that was is found and taken as it is.
