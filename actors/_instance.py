@@ -19,6 +19,7 @@ import math
 
 import trio
 
+from trioflow._context import WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._decide import (
     begin_compensation,
@@ -83,8 +84,6 @@ async def run_instance(run: Run) -> None:
         if run.doomed is not None:
             await _end_badly(run, "failed", run.doomed, None)
             return
-        if not run.resumed and run.bus.wants("workflow.started"):
-            run.emit("workflow.started", input=state.input)
         try:
             outcome, error, failed_step = await _forward(run)
         except Parked:
@@ -140,11 +139,13 @@ async def _forward(run: Run) -> Forward:
     # the instance is parked in a step, and parked instances should be cheap.
     with scope if scope is not None else contextlib.nullcontext():
         try:
-            if run.has_hooks and not run.resumed:
-                # Inside the scope: a cancel or the workflow timeout reaches a slow hook too.
-                await run.hook("on_start", ctx)
+            if not run.resumed and not delayed:
+                await _announce_start(run, ctx)
             if delayed:
                 await wait_for_start(run, main)
+                # It starts now (taken up from storage, most likely): announced now, before the
+                # start is stored, so that a restart in between announces it again rather than never.
+                await _announce_start(run, ctx)
                 if scope is not None and definition.timeout is not None:
                     scope.deadline = trio.current_time() + definition.timeout
                 if definition.timeout is not None or transactional:
@@ -177,6 +178,16 @@ async def _forward(run: Run) -> Forward:
         return "cancelled", _cancelled(run), None
     assert definition.timeout is not None
     return "timed_out", WorkflowTimeoutError(definition.name, definition.timeout), None
+
+
+async def _announce_start(run: Run, ctx: WorkflowContext) -> None:
+    """The instance starts its first step: ``workflow.started`` and the ``on_start`` hook (a
+    delayed start's once its delay is over). Inside the run's scope: a cancel or the workflow
+    timeout reaches a slow hook too."""
+    if run.bus.wants("workflow.started"):
+        run.emit("workflow.started", input=run.state.input)
+    if run.has_hooks:
+        await run.hook("on_start", ctx)
 
 
 _COMPLETED: Forward = ("completed", None, None)

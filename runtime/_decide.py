@@ -311,6 +311,7 @@ def fail_alone(state: InstanceState, error: str, now: float) -> None:
     state.completed_at = now
     for lane in state.lanes.values():
         lane.step = None
+        lane.waiting = None  # (an ended instance waits for nothing, as finish() has it)
 
 
 def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:

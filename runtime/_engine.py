@@ -65,7 +65,7 @@ from ._errors import (
 from ._events import EventBus
 from ._jobs import JobRegistry
 from ._children import EngineChildren
-from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, is_signal_name
+from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, is_signal_name, valid_text
 from ._snapshot import (
     RESUMABLE,
     STATUSES,
@@ -322,8 +322,8 @@ class Engine:
             raise UnknownJobError(f"workflow {workflow_name!r} uses jobs nobody registered: {', '.join(missing)}")
         if instance_id is None:
             instance_id = new_instance_id()
-        elif not isinstance(instance_id, str) or not instance_id:
-            raise InvalidArgumentError(f"instance_id must be a non-empty string, got {instance_id!r}")
+        elif not isinstance(instance_id, str) or not instance_id or not valid_text(instance_id):
+            raise InvalidArgumentError(f"instance_id must be a non-empty string of valid text, got {instance_id!r}")
         while (storing := self._storing.get(instance_id)) is not None:
             # Another ``start`` of this id is storing it: its outcome decides this one's.
             _check_same_workflow(instance_id, storing.workflow_name, workflow_name)
@@ -1520,7 +1520,10 @@ def _check_instance_id(instance_id: object) -> None:
     """An instance id as the engine's methods take it, or :class:`InvalidArgumentError` saying
     what to pass instead."""
     if isinstance(instance_id, str):
-        return
+        if valid_text(instance_id):
+            return
+        # (A lone surrogate, from a file name decoded with surrogateescape: no storage takes it.)
+        raise InvalidArgumentError(f"an instance id must be valid text, got {instance_id!r}")
     if isinstance(instance_id, WorkflowInstance):
         hint = f": pass its id, {instance_id.id!r}"
     elif isinstance(instance_id, WorkflowDefinition):
@@ -1542,7 +1545,8 @@ def _check_listing(workflow_name: object, status: object, limit: object, after: 
         raise InvalidArgumentError(f"status must be one of {', '.join(sorted(STATUSES))} or None, got {status!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit < 1 << 63):
         raise InvalidArgumentError(f"limit must be an int >= 1 (below 2**63) or None, got {limit!r}")
-    if after is not None and not isinstance(after, WorkflowInstance) and (not isinstance(after, str) or not after):
+    if after is not None and not isinstance(after, WorkflowInstance) and (
+            not isinstance(after, str) or not after or not valid_text(after)):
         raise InvalidArgumentError(
             f"after must be the last instance of the previous page, or its id, got {after!r}")
     if order not in ("oldest", "newest"):

@@ -619,6 +619,38 @@ async def fences_hold_for_every_kind_of_checkpoint(open_adapter: OpenAdapter) ->
             "a refused checkpoint must not consume its signals: the signal would be lost")
 
 
+async def filters_come_before_limits(open_adapter: OpenAdapter) -> None:
+    clock = _Clock(1000.0)
+    async with _opened(open_adapter, "filters_before_limits", clock) as a:
+        rows = [("c0", "w1", "completed"), ("c1", "w1", "completed"), ("c2", "w1", "completed"), ("r0", "w1", "running"),
+                ("x", "w2", "completed"), ("f", "w1", "failed"), ("r1", "w2", "running")]
+        for iid, name, status in rows:
+            await a.create(iid, name, "running", start=b"s", header=b".")
+            if status != "running":
+                clock.now = 2000.0 if iid == "f" else 1000.0
+                await a.checkpoint(iid, status, b"h", [], first_seq=0)  # type: ignore[arg-type]
+
+        async def ids(*args: Any, **kwargs: Any) -> list[str]:
+            return [s.instance_id for s in await a.list_instances(*args, **kwargs)]
+
+        assert await ids(None, "running", limit=1) == ["r0"] and await ids(None, "running", limit=1, after="r0") == ["r1"], (
+            "list_instances(status=, limit=) of every workflow must filter by status before it limits")
+        clock.now = 5000.0
+        await a.checkpoint("c0", "completed", b"h2", [], first_seq=0)
+        assert await a.purge(1500.0, 3, workflow_name="w1") == 3, (
+            "a checkpoint that keeps a finished status must keep its finish time (c0 finished at 1000)")
+        assert await a.purge(1e12, 1, status="failed") == 1 and await a.load("f") is None, (
+            "purge(status=, limit=) must filter by status before it limits (the earliest finished is another status)")
+        assert await a.purge(1e12, 1, workflow_name="w2") == 1 and await a.load("x") is None, (
+            "purge(workflow_name=, limit=) must filter by workflow before it limits")
+        a.use_clock(_Clock(10.0))  # (what a second engine, refused at open, gives)
+        clock.now = 6000.0
+        await a.create("late", "w1", "running", start=b"s", header=b".")
+        await a.checkpoint("late", "completed", b"h", [], first_seq=0)
+        assert await a.purge(5999.0, 10) == 0 and await a.load("late") is not None, (
+            "a clock given while the adapter is open must change nothing (late finished at 6000)")
+
+
 _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     create_and_load, create_is_idempotent, checkpoint_appends, checkpoint_is_fenced,
     checkpoint_of_unknown_instance, checkpoint_is_atomic, start_set_once, list_by_name_and_status,
@@ -628,4 +660,5 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     waiting_instances_of_skipped_workflows_are_left_out, delete_refuses_unfinished, purge_by_finish_time,
     lists_pages_in_creation_order, scans_hand_back_every_record_in_order, refused_writes_leave_everything,
     purge_goes_by_finish_order_not_creation_order, fences_hold_for_every_kind_of_checkpoint,
+    filters_come_before_limits,
 ]
