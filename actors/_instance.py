@@ -143,11 +143,13 @@ async def _forward(run: Run) -> Forward:
                 await _announce_start(run, ctx)
             if delayed:
                 await wait_for_start(run, main)
-                # It starts now (taken up from storage, most likely): announced now, before the
-                # start is stored, so that a restart in between announces it again rather than never.
-                await _announce_start(run, ctx)
                 if scope is not None and definition.timeout is not None:
                     scope.deadline = trio.current_time() + definition.timeout
+                # It starts now (taken up from storage, most likely): announced now, under its
+                # timeout, and before the start is stored, so that a restart in between
+                # announces it again rather than never. (One cancelled while it waited for its
+                # start never started: it ends without being announced.)
+                await _announce_start(run, ctx)
                 if definition.timeout is not None or transactional:
                     # Stored at once: a restart during its first step then counts its timeout
                     # from here, and knows its transaction may have begun (and committed).

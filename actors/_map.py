@@ -152,7 +152,7 @@ class _Items:
             else:  # it failed before a restart
                 failed = min(failed_items(state, step, lane), key=lambda r: r[1].seq)
                 index, step_name = failed[0], failed[1].step_name
-                error = recorded_failure(failed[1], branch_step(step, step_name))
+                error = recorded_failure(failed[1], branch_step(step, step_name), state.instance_id)
             return StepFailure(step_name, ItemError(step.name, index, step_name, error), 1)
         live = {index: error for index, (_, error) in self.live.items()}
         return StepFailure(step.name, map_failure(state, step, lane, live), 1)

@@ -25,8 +25,8 @@ from trioflow._codec import (
     taken,
 )
 from trioflow._context import ItemPlace, WorkflowContext
-from trioflow._decide import catch_failure, fail_step, wake_at
-from trioflow._definition import Catch, FailStep, Step, StepFn, WorkflowDefinition
+from trioflow._decide import catch_failure, fail_step, failure_named_by_workflow, wake_at
+from trioflow._definition import Catch, Step, StepFn, WorkflowDefinition
 from trioflow._errors import SnapshotDecodeError, StorageUnavailableError, TrioflowError, UnencodableValueError
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
@@ -540,9 +540,8 @@ class Run:
             return None
         outcome = {"status": status, "output": s.output, "error": s.error, "error_name": s.error_name,
                    "cause": s.cause}
-        failed = None if s.failed_step is None else self.definition.lookup.get(s.failed_step)
-        if failed is not None and isinstance(failed[0], FailStep) and s.error_name == failed[0].error:
-            outcome["fail_step"] = True  # its error name is that step's text (newer than the notice: read with .get)
+        if status == "failed" and failure_named_by_workflow(s, self.definition):
+            outcome["fail_step"] = True  # its error name is a fail step's text (newer than the notice: read with .get)
         return s.parent_id, child_ended_signal(s.instance_id), encode_payload(outcome, "the child's outcome")
 
     async def _back_off(self, error: StorageUnavailableError, deadline: float, delay: float) -> None:

@@ -81,16 +81,32 @@ def passed_on(state: InstanceState, lane: Lane, key: str, item: Any) -> tuple[An
     return passed_on(state, outer[1], outer[0], item)[0], None
 
 
-def recorded_failure(record: StepResult, step: Step) -> RecordedError:
-    """The failure of ``step``'s execution as its record tells it (the exception itself went
-    with a restart), raised as what the step's kind raises: a catch for ``FailStepError`` or
-    ``ChildWorkflowError`` then matches it as before the restart."""
+def recorded_failure(record: StepResult, step: Step, instance_id: str) -> RecordedError:
+    """The failure of ``step``'s execution (of instance ``instance_id``) as its record tells it
+    (the exception itself went with a restart), raised as what the step's kind raises: a catch
+    for ``FailStepError`` or ``ChildWorkflowError`` then matches it as before the restart, and
+    ``ALL`` judges its name as it did (a fail step's name is the workflow's own text)."""
     raised_as: type[BaseException] | None = None
+    named = False
     if isinstance(step, FailStep) and record.error_name == step.error:
-        raised_as = FailStepError  # (not when working out its cause raised)
-    elif isinstance(step, ChildStep) and (record.error or "").startswith(f"{ChildWorkflowError.__name__}: "):
-        raised_as = ChildWorkflowError  # its child ended badly (not: its input failed, say)
-    return RecordedError(record.error or "failed", record.error_name, record.cause, raised_as=raised_as)
+        raised_as, named = FailStepError, True  # (not when working out its cause raised)
+    elif isinstance(step, ChildStep):
+        child = f"{ChildWorkflowError.__name__}: child {child_instance_id(instance_id, record.id)!r} of workflow {step.workflow!r} "
+        error = record.error or ""
+        if error.startswith(child):  # its child ended badly (not: its input failed, say)
+            raised_as, named = ChildWorkflowError, error.startswith(f"{child}failed at a fail step: ")
+    return RecordedError(record.error or "failed", record.error_name, record.cause, raised_as=raised_as,
+                         named_by_workflow=named)
+
+
+def failure_named_by_workflow(state: InstanceState, definition: WorkflowDefinition) -> bool:
+    """Whether the error an instance failed with is named by a ``fail`` step (its own, or one of
+    a child's it failed with): what its end notice tells its parent."""
+    found = None if state.failed_step is None else definition.lookup.get(state.failed_step)
+    if found is None:
+        return False
+    failed = next((r for r in reversed(state.records) if r.step_name == state.failed_step and r.status == "failed"), None)
+    return failed is not None and recorded_failure(failed, found[0], state.instance_id).named_by_workflow
 
 
 def admit(state: InstanceState, now: float) -> None:

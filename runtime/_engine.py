@@ -771,7 +771,7 @@ class Engine:
             raise InvalidArgumentError(
                 f"status must be one of {', '.join(sorted(TERMINAL))} (only finished instances are purged),"
                 f" got {status!r}")
-        if workflow is not None and not isinstance(workflow, str):
+        if workflow is not None and (not isinstance(workflow, str) or not valid_text(workflow)):
             raise InvalidArgumentError(f"workflow must be a workflow name or None, got {workflow!r}")
         finished_by = self._clock() - age
         total = 0
@@ -1539,7 +1539,7 @@ def _check_listing(workflow_name: object, status: object, limit: object, after: 
     """The arguments of ``get_instances``, or :class:`InvalidArgumentError` naming the one at fault."""
     if isinstance(workflow_name, WorkflowDefinition):
         raise InvalidArgumentError(f"get_instances() takes a workflow's name: pass {workflow_name.name!r}")
-    if workflow_name is not None and not isinstance(workflow_name, str):
+    if workflow_name is not None and (not isinstance(workflow_name, str) or not valid_text(workflow_name)):
         raise InvalidArgumentError(f"workflow_name must be a workflow name or None, got {safe_repr(workflow_name)}")
     if status is not None and (not isinstance(status, str) or status not in STATUSES):
         raise InvalidArgumentError(f"status must be one of {', '.join(sorted(STATUSES))} or None, got {status!r}")

@@ -251,7 +251,9 @@ class ChildWorkflowError(StepError):
     failed with it)."""
 
     def __init__(self, child_id: str, workflow: str, status: str, error: BaseException) -> None:
-        super().__init__(f"child {child_id!r} of workflow {workflow!r} {status}: {describe_error(error)}")
+        # The marker is part of the record a restart reads back: see ``named_by_workflow``.
+        at = " at a fail step" if isinstance(error, RecordedError) and error.named_by_workflow else ""
+        super().__init__(f"child {child_id!r} of workflow {workflow!r} {status}{at}: {describe_error(error)}")
         self.child_id = child_id
         self.workflow = workflow
         self.status = status
@@ -297,7 +299,8 @@ class RecordedError(TrioflowError):
         #: catch for that class matches it after a restart as it did before.
         self.raised_as = raised_as
         #: Whether ``error_name`` is a ``fail`` step's own text rather than a class's name (a
-        #: child that ended at one): it names no exception, whatever it reads like.
+        #: child, or a child's child, that ended at one): it names no exception, whatever it
+        #: reads like.
         self.named_by_workflow = named_by_workflow
 
 

@@ -160,7 +160,7 @@ def map_failure(state: InstanceState, step: MapStep, lane: Lane, live: dict[int,
     item's error, the exception itself where this run saw it (``live``), else as recorded."""
     errors = []
     for index, record in failed_items(state, step, lane):
-        error = live.get(index) or recorded_failure(record, branch_step(step, record.step_name))
+        error = live.get(index) or recorded_failure(record, branch_step(step, record.step_name), state.instance_id)
         errors.append(ItemError(step.name, index, record.step_name, error))
     assert lane.fanout is not None
     count = lane.fanout.count

@@ -88,8 +88,7 @@ def _engines_own(error: BaseException) -> bool:
     for e in wrapped_errors(error):
         if isinstance(e, (DefinitionError, StorageError)):
             return True
-        if isinstance(e, RecordedError) and e.raised_as is None and not e.named_by_workflow \
-                and _named_engines_own(e.error_name):
+        if isinstance(e, RecordedError) and not e.named_by_workflow and _named_engines_own(e.error_name):
             # Known by its name only: a child's, or one recorded before a restart. (A fail
             # step's name is the workflow's own text, whatever it reads like.)
             return True

@@ -54,6 +54,9 @@ async def _opened(
 ) -> AsyncIterator[Adapter]:
     adapter = open_adapter(key)
     if clock is not None:
+        # (An engine works with an adapter that has none, on two clocks: these checks cannot.)
+        assert hasattr(adapter, "use_clock"), (
+            "the adapter has no use_clock(clock): finish times must be stamped on the clock the engine gives")
         adapter.use_clock(clock)  # before open, as open_engine gives it (see Adapter.use_clock)
     await adapter.open()
     try:
