@@ -222,6 +222,7 @@ async def store_cancel(run: Run) -> None:
         with _storing_decision():
             begin_compensation(run.state, "cancelled", _cancelled(run), None)
             await run.persist()
+        run.note_decided()
 
 
 def _storing_decision() -> trio.CancelScope:
@@ -242,6 +243,7 @@ async def _end_badly(run: Run, outcome: Status, error: BaseException, failed_ste
     with _storing_decision() if run.cancel_requested else _UNBOUNDED:
         begin_compensation(run.state, outcome, error, failed_step)
         await run.persist()
+    run.note_decided()
     if run.compensate_on_outer_cancel:
         with trio.CancelScope(shield=True):
             await _compensate_and_finish(run)  # (no engine, no children)

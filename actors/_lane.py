@@ -74,6 +74,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
     bus = run.bus
     steps = 0
     while (name := lane.step) is not None:
+        ctx.copies = None  # (what the step before was handed: a new step execution gets its own)
         waiting = lane.waiting
         if waiting is None or "attempt" not in waiting:
             # Steps that never reach a checkpoint would otherwise keep a cancelled lane (a

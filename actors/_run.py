@@ -104,6 +104,21 @@ class StepFailure(Exception):
         self.uses_input = uses_input
 
 
+def stops_the_process(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or a group holding) KeyboardInterrupt or SystemExit: what user code
+    raises that trioflow lets go on, rather than take for that code's failure."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split((KeyboardInterrupt, SystemExit))[0] is not None
+    return isinstance(exc, (KeyboardInterrupt, SystemExit))
+
+
+def _cancels(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or a group holding) a trio cancellation."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[0] is not None
+    return isinstance(exc, trio.Cancelled)
+
+
 def unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """What a parallel or map step's nursery raised, as its callers expect it: KeyboardInterrupt or
     SystemExit if a branch raised one; else, when every branch raised the same kind of thing (a
@@ -190,7 +205,7 @@ class Run:
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
-        "gathering", "writing", "children", "doomed", "signal_times",
+        "gathering", "writing", "children", "doomed", "signal_times", "decided",
     )
 
     def __init__(
@@ -279,6 +294,9 @@ class Run:
         #: Tasks parked until the run ends: the first, and any others (``None``: none).
         self.first_waiter: trio.lowlevel.Task | None = None
         self.more_waiters: list[trio.lowlevel.Task] | None = None
+        #: Set once the decision that the run ends badly is stored, or the run is over (made
+        #: only when a ``cancel()`` waits for it: see :meth:`decision_stored`).
+        self.decided: trio.Event | None = None
 
     def context(
         self, lane: str, total_steps: int, item: ItemPlace | None = None, until: int | None = None,
@@ -582,8 +600,21 @@ class Run:
         self.first_waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
 
+    async def decision_stored(self) -> None:
+        """Wait until the decision that the run ends badly (a cancel's) is stored, or the run is
+        over, whichever comes first (see :meth:`note_decided`)."""
+        if self.decided is None:
+            self.decided = trio.Event()
+        await self.decided.wait()
+
+    def note_decided(self) -> None:
+        """The decision that the run ends badly is stored (or the run is over)."""
+        if self.decided is not None:
+            self.decided.set()
+
     def ended(self) -> None:
         """Wake every task in :meth:`wait_ended`; called once, when the run has ended."""
+        self.note_decided()
         if self.first_waiter is not None:
             trio.lowlevel.reschedule(self.first_waiter)
             self.first_waiter = None
@@ -614,6 +645,12 @@ class Run:
                 if inspect.isawaitable(result):
                     await result
             except Exception:
+                log.exception("hook %s of workflow %r raised; ignored", name, self.definition.name)
+            except BaseException as exc:
+                # (Cancelled goes on, as do KeyboardInterrupt and SystemExit; any other is the
+                # hook's own, as an Exception would be.)
+                if _cancels(exc) or stops_the_process(exc):
+                    raise
                 log.exception("hook %s of workflow %r raised; ignored", name, self.definition.name)
         if scope.cancelled_caught:
             log.error("hook %s of workflow %r ran over %g s; cancelled", name, self.definition.name, HOOK_TIMEOUT)

@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from trioflow._codec import as_stored
 from trioflow._current import call_plain, in_lane
 from trioflow._decide import catcher_for, new_execution
 from trioflow._definition import Step, TaskStep
@@ -24,7 +25,7 @@ from trioflow._errors import (
 from trioflow._retry import NO_RETRY
 from trioflow._snapshot import StepResult
 
-from ._run import Parked, Run, StepFailure, unwrapped
+from ._run import Parked, Run, StepFailure, stops_the_process, unwrapped
 from ._wait import wait_for_retry
 
 _NO_TIMEOUT = contextlib.nullcontext()
@@ -125,11 +126,15 @@ def _as_cancellation(exc: BaseException, step_name: str) -> trio.Cancelled | Non
 def _interrupted(exc: BaseException, step_name: str) -> BaseException:
     """What a ``BaseException`` out of a job means for its step: a cancellation of the step,
     its instance or the engine is raised as a bare ``Cancelled``; a stray one (nothing
-    cancelled them) is returned, to fail the step with; anything else (KeyboardInterrupt,
-    SystemExit) is raised as it is."""
+    cancelled them) is returned, to fail the step with; KeyboardInterrupt and SystemExit (or a
+    group holding one) are raised as they are, to stop the process; any other (GeneratorExit,
+    asyncio's CancelledError, a job's own) is returned, to fail the step with: one job's odd
+    exception must not stop every instance in the engine."""
     cancelled = _as_cancellation(exc, step_name)
     if cancelled is None:
-        raise exc
+        if stops_the_process(exc):
+            raise exc
+        return exc
     stray = _stray_cancel()
     if stray is None:
         raise cancelled from None
@@ -254,6 +259,8 @@ async def compensate(run: Run, step: TaskStep, record: StepResult, ctx: Any) -> 
         fn, asynchronous = run.callable(step.compensate, step.compensate_is_async)
     except Exception as exc:
         raise StepFailure(step.name, exc, 0) from exc
-    args = (ctx, record.output) if step.style == "saga" else (record.output,)
+    # A copy in an engine, as a step's own inputs are (see WorkflowContext.input).
+    output = record.output if run.adapter is None else as_stored(record.output, f"output of step {step.name!r}")
+    args = (ctx, output) if step.style == "saga" else (output,)
     ctx._compensating = record.execution
     await attempt(run, step, fn, asynchronous, args, ctx=ctx, announce=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ._codec import as_stored
 from ._errors import InvalidArgumentError, UnknownServiceError, safe_repr
 from ._lanes import parallel_of
 from ._snapshot import InstanceState, StepResult, WorkflowInstance, WorkflowMetadata, metadata_of, to_instance
@@ -20,6 +21,10 @@ def check_services(services: object) -> None:
     looks them up by name, and would only fail once a step asked."""
     if services is not None and not isinstance(services, Mapping):
         raise InvalidArgumentError(f"services must be a mapping of names to objects (a dict), got {safe_repr(services)}")
+
+
+#: Values handed out as they are: nothing can change them in place.
+_IMMUTABLE = frozenset({bool, int, float, str, bytes})
 
 
 class _MissingStep(KeyError):
@@ -44,12 +49,20 @@ class StepOutputs(Mapping[str, Any]):
     (a loop). Everywhere else, map items' executions are not shown: the map step's output lists
     them all."""
 
-    __slots__ = ("_state", "_item_lane", "_since")
+    __slots__ = ("_state", "_item_lane", "_since", "_ctx")
 
-    def __init__(self, state: InstanceState, item_lane: str | None = None, since: int = -1) -> None:
+    def __init__(self, state: InstanceState, item_lane: str | None = None, since: int = -1, *,
+                 ctx: WorkflowContext | None = None) -> None:
         self._state = state
         self._item_lane = item_lane
         self._since = since
+        #: The context whose copies to hand out (see :attr:`WorkflowContext.input`).
+        self._ctx = ctx
+
+    def _output(self, found: StepResult) -> Any:
+        if self._ctx is None:
+            return found.output
+        return self._ctx._copy(found.seq, found.output, f"output of step {found.step_name!r}")
 
     def _own(self, name: str) -> StepResult | None:
         """The item's own newest execution of ``name`` in this map execution."""
@@ -67,14 +80,14 @@ class StepOutputs(Mapping[str, Any]):
         if found is None:
             done = ", ".join(repr(n) for n in self._names()) or "none yet"
             raise _MissingStep(f"no completed step named {name!r} (completed: {done})")
-        return found.output
+        return self._output(found)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self._find(name) is not None
 
     def get(self, name: str, default: Any = None) -> Any:
         found = self._find(name)
-        return default if found is None else found.output
+        return default if found is None else self._output(found)
 
     def _names(self) -> list[str]:
         names = list(self._state.latest)
@@ -102,7 +115,7 @@ class WorkflowContext:
 
     __slots__ = (
         "_state", "_services", "_encodable", "driver", "lane", "step_index", "total_steps",
-        "_calling", "_attempt", "_compensating", "_item", "_until",
+        "_calling", "_attempt", "_compensating", "_item", "_until", "copies",
     )
 
     def __init__(
@@ -131,6 +144,9 @@ class WorkflowContext:
         # being compensated. Set by the actors around each call.
         self._calling: str | None = None
         self._attempt = 0
+        #: In an engine, the copies handed out during the current step execution (see
+        #: :attr:`input`), by what they copy; the lane drops them as each step starts.
+        self.copies: dict[object, Any] | None = None
         self._compensating: int | None = None
         self._item = item
 
@@ -138,7 +154,7 @@ class WorkflowContext:
     def item(self) -> Any:
         """In a map step's item (its steps, and their compensations): the item it runs for;
         elsewhere ``None``."""
-        return None if self._item is None else self._item[1]
+        return None if self._item is None else self._copy("item", self._item[1], "map item")
 
     @property
     def item_index(self) -> int | None:
@@ -150,13 +166,29 @@ class WorkflowContext:
         """Outputs of the completed steps by name: the newest execution's (a live, read-only
         view; made on access, as most steps never look)."""
         if self._item is None:
-            return StepOutputs(self._state)
-        return StepOutputs(self._state, self.lane, self._item[2])
+            return StepOutputs(self._state, ctx=self)
+        return StepOutputs(self._state, self.lane, self._item[2], ctx=self)
 
     @property
     def input(self) -> Any:
-        """The workflow input given to ``start`` / ``execute_workflow``."""
-        return self._state.input
+        """The workflow input given to ``start`` / ``execute_workflow``. In an engine, the step
+        execution's own copy (as are :attr:`steps`' outputs and :attr:`item`: one per step
+        execution, the same object each time it asks): a step that changes what it was given in
+        place changes nothing stored, and the run goes on as a restarted one would, with what
+        storage holds. (``execute_workflow`` stores nothing and hands out the values as given.)"""
+        return self._copy("input", self._state.input, "workflow input")
+
+    def _copy(self, key: object, value: Any, what: str) -> Any:
+        """``value`` as this step execution's copy of it (see :attr:`input`)."""
+        if self._encodable is None or value is None or type(value) in _IMMUTABLE:
+            return value
+        copies = self.copies
+        if copies is None:
+            copies = self.copies = {}
+        elif key in copies:
+            return copies[key]
+        copied = copies[key] = as_stored(value, what)
+        return copied
 
     @property
     def data(self) -> dict[str, Any]:
@@ -189,7 +221,7 @@ class WorkflowContext:
                 break  # an execution before this one
             if record.lane == self.lane and record.status == "caught":
                 output: dict[str, str] = record.output
-                return output
+                return self._copy(record.seq, output, "the caught error")  # type: ignore[no-any-return]
         return None
 
     def _enclosing_parallels(self) -> frozenset[str]:

@@ -40,7 +40,7 @@ from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import Adapter, StoredInstance, skips_workflows
 
 from ._context import check_services
-from ._current import check_in_trio
+from ._current import check_in_trio, lane_of_caller
 from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, wake_at
 from ._ids import creation_time, new_instance_id
 from ._definition import WorkflowDefinition
@@ -635,7 +635,13 @@ class Engine:
 
     async def cancel(self, instance_id: str) -> bool:
         """Cancel a running instance: its running step is cancelled, then its completed steps
-        are compensated. ``True`` if the instance was running here and is now being cancelled."""
+        are compensated. ``True`` if the instance was running here and is now being cancelled;
+        it returns once that decision is stored (a process killed then still compensates the
+        instance, with the next engine), or the instance is over, or after
+        :data:`CANCEL_STORE_WAIT` seconds at most (a step that holds off its cancellation, storage
+        that is slow to answer: the decision stands in this engine, and is stored as soon as it
+        can be). (Called from one of the instance's own steps, it returns at once: the step is
+        cancelled first.)"""
         self._check_open()
         _check_instance_id(instance_id)
         if self._pending_resumes:
@@ -646,6 +652,8 @@ class Engine:
         if run is None or run.state.phase != "forward" or run.cancel_requested:
             return False
         run.cancel_requested = True
+        caller = lane_of_caller()
+        decided = None if caller is not None and caller._state is run.state else run.decision_stored
         if run.cancel_scope is not None:
             run.cancel_scope.cancel()
         elif run in self._waiting and (not run.state.records or run.state.parent_id in self._live):
@@ -672,6 +680,10 @@ class Engine:
             for child_id in children if not self._closed else ():  # (closed: the next engine does it)
                 self._supervisor.start_soon(f"cancel child {child_id}", self._children.cancel, child_id,
                                             run.definition.compensation_timeout)
+            decided = None  # (stored above)
+        if decided is not None:
+            with trio.move_on_after(CANCEL_STORE_WAIT):
+                await decided()
         return True
 
     async def get_instances(
@@ -1490,6 +1502,10 @@ class _Storing:
     def done(self) -> None:
         if self._over is not None:
             self._over.set()
+
+
+#: Longest ``cancel()`` waits for its decision to be stored before it returns (seconds).
+CANCEL_STORE_WAIT = 10.0
 
 
 def _duration(value: Seconds, name: str) -> float:
