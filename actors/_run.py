@@ -112,7 +112,7 @@ def stops_the_process(exc: BaseException) -> bool:
     return isinstance(exc, (KeyboardInterrupt, SystemExit))
 
 
-def _cancels(exc: BaseException) -> bool:
+def cancels(exc: BaseException) -> bool:
     """Whether ``exc`` is (or a group holding) a trio cancellation."""
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(trio.Cancelled)[0] is not None
@@ -649,7 +649,7 @@ class Run:
             except BaseException as exc:
                 # (Cancelled goes on, as do KeyboardInterrupt and SystemExit; any other is the
                 # hook's own, as an Exception would be.)
-                if _cancels(exc) or stops_the_process(exc):
+                if cancels(exc) or stops_the_process(exc):
                     raise
                 log.exception("hook %s of workflow %r raised; ignored", name, self.definition.name)
         if scope.cancelled_caught:

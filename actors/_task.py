@@ -57,9 +57,17 @@ async def attempt(
             await trio.lowlevel.checkpoint_if_cancelled()
             if "retry" in lane.waiting:
                 await wait_for_retry(run, lane)
+        # In an engine, each attempt of a step that may be tried again gets its own copies of
+        # what it is given (its input, ctx.input, ctx.steps): one that changes them in place
+        # must not hand the next attempt what a restart between the two would not.
+        fresh = run.adapter is not None and retry.max_attempts > 1
         while True:
             attempts += 1
             ctx._calling, ctx._attempt = step.name, attempts
+            call = args
+            if fresh:
+                ctx.copies = None
+                call = tuple(a if a is ctx else as_stored(a, f"input of step {step.name!r}") for a in args)
             try:
                 # The call is written out here, not in a helper coroutine: a parked instance keeps
                 # every frame of its await chain alive. Plain functions run in a worker thread
@@ -68,11 +76,11 @@ async def attempt(
                 # a busy thread would let the autojump clock race ahead.
                 with trio.move_on_after(timeout) if timeout is not None else _NO_TIMEOUT:
                     if asynchronous:
-                        return await fn(*args), attempts
+                        return await fn(*call), attempts
                     if run.threads is not None:
-                        return await run.threads.run(in_lane(ctx, fn), *args), attempts
+                        return await run.threads.run(in_lane(ctx, fn), *call), attempts
                     # Refused as in a worker thread: a test engine must fail where production does.
-                    return call_plain(fn, *args), attempts
+                    return call_plain(fn, *call), attempts
                 assert timeout is not None
                 error: BaseException = StepTimeoutError(step.name, timeout)
             except Exception as exc:

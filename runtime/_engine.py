@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from trioflow.actors._instance import run_instance, store_cancel, undo
-from trioflow.actors._run import HOOK_TIMEOUT, STORAGE_RETRY_FOR, Run
+from trioflow.actors._run import HOOK_TIMEOUT, STORAGE_RETRY_FOR, Run, cancels, stops_the_process
 from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
 from trioflow._virtual_time import default_clock
@@ -640,8 +640,7 @@ class Engine:
         instance, with the next engine), or the instance is over, or after
         :data:`CANCEL_STORE_WAIT` seconds at most (a step that holds off its cancellation, storage
         that is slow to answer: the decision stands in this engine, and is stored as soon as it
-        can be). (Called from one of the instance's own steps, it returns at once: the step is
-        cancelled first.)"""
+        can be). (Called from a step's code, the instance's own or another's, it returns at once.)"""
         self._check_open()
         _check_instance_id(instance_id)
         if self._pending_resumes:
@@ -652,8 +651,9 @@ class Engine:
         if run is None or run.state.phase != "forward" or run.cancel_requested:
             return False
         run.cancel_requested = True
-        caller = lane_of_caller()
-        decided = None if caller is not None and caller._state is run.state else run.decision_stored
+        # Code of a step (this instance's, whose cancellation comes first, or another's, which
+        # has a timeout of its own to keep) does not wait for the decision to be stored.
+        decided = None if lane_of_caller() is not None else run.decision_stored
         if run.cancel_scope is not None:
             run.cancel_scope.cancel()
         elif run in self._waiting and (not run.state.records or run.state.parent_id in self._live):
@@ -1099,8 +1099,11 @@ class Engine:
                 "instance %s stopped: storage unusable (%s); it stays resumable", state.instance_id, exc,
                 extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name},
             )
-        except Exception as exc:
-            # A bug or a failing adapter: this instance fails alone, the others go on.
+        except BaseException as exc:
+            if cancels(exc) or stops_the_process(exc):  # (the engine closing; the process stopping)
+                raise
+            # A bug, a failing adapter, or user code (a mapper, a condition) that raised a
+            # BaseException of its own: this instance fails alone, the others go on.
             fail_alone(state, f"internal error: {describe_error(exc)}", self._clock())
             try:
                 await run.persist()
