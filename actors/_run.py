@@ -194,6 +194,11 @@ class WorkflowFailedError(TrioflowError):
     (a resumed instance): the message is the error as it was stored."""
 
 
+#: What :meth:`Run.decision_stored` waits on once the decision is stored before anyone asked:
+#: an event set for good (waiting on a set event only checkpoints, in any trio run).
+_DECIDED = trio.Event()
+_DECIDED.set()
+
 class Run:
     """The shared context of one instance run, owned by its instance actor.
 
@@ -609,7 +614,10 @@ class Run:
 
     def note_decided(self) -> None:
         """The decision that the run ends badly is stored (or the run is over)."""
-        if self.decided is not None:
+        if self.decided is None:
+            # Nobody waits yet: one who asks later (a repeated cancel) must not wait for it.
+            self.decided = _DECIDED
+        else:
             self.decided.set()
 
     def ended(self) -> None:

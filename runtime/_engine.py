@@ -635,7 +635,8 @@ class Engine:
 
     async def cancel(self, instance_id: str) -> bool:
         """Cancel a running instance: its running step is cancelled, then its completed steps
-        are compensated. ``True`` if the instance was running here and is now being cancelled;
+        are compensated. ``True`` if the instance was running here and is now being cancelled
+        (by this call or an earlier one: a repeated cancel says yes until the instance is over);
         it returns once that decision is stored (a process killed then still compensates the
         instance, with the next engine), or the instance is over, or after
         :data:`CANCEL_STORE_WAIT` seconds at most (a step that holds off its cancellation, storage
@@ -648,12 +649,22 @@ class Engine:
         run = self._live.get(instance_id)
         if run is None:
             run, _ = await self._wake_if_waiting(instance_id, lambda waiting: True)  # parked
-        if run is None or run.state.phase != "forward" or run.cancel_requested:
+        if run is None:
             return False
-        run.cancel_requested = True
         # Code of a step (this instance's, whose cancellation comes first, or another's, which
         # has a timeout of its own to keep) does not wait for the decision to be stored.
         decided = None if lane_of_caller() is not None else run.decision_stored
+        if run.cancel_requested:
+            # Cancelled already, by another call that may still wait for the decision to be
+            # stored: this one waits as that one does, and says yes too (a caller killed right
+            # after it returned must find the instance compensated by the next engine).
+            if decided is not None:
+                with trio.move_on_after(CANCEL_STORE_WAIT):
+                    await decided()
+            return True
+        if run.state.phase != "forward":
+            return False
+        run.cancel_requested = True
         if run.cancel_scope is not None:
             run.cancel_scope.cancel()
         elif run in self._waiting and (not run.state.records or run.state.parent_id in self._live):
