@@ -138,8 +138,11 @@ _MIGRATE_FROM_1 = (
 #: opens (wake_at: waiting instances; finished_at: retention).
 _ADDED_COLUMNS = (("wake_at", "REAL"), ("finished_at", "REAL"))
 #: SQL for "the row is finished", as written in the partial index on finish times (a query uses
-#: that index only if its WHERE clause holds this very term).
-_FINISHED = f"status IN ({', '.join(repr(s) for s in sorted(TERMINAL))})"
+#: that index only if its WHERE clause holds this very term). Comparisons joined by OR, not
+#: ``status IN (...)``: SQLite evaluates an IN list of more than two constants through a
+#: temporary B-tree it builds on every run of the statement, and every insert and every
+#: status-changing update evaluates this term (about 5 us each, a third of a create's cost).
+_FINISHED = "(" + " OR ".join(f"status = {status!r}" for status in sorted(TERMINAL)) + ")"
 #: Partial: only finished rows are in it, so a checkpoint of a running instance never touches
 #: it, and a purge finds what finished before a time without reading anything else. Its
 #: ``finished_at IS NULL`` end holds finished rows not stamped yet (see :meth:`_prepare_schema`).

@@ -375,3 +375,34 @@ async def test_an_index_made_for_another_set_of_finished_statuses_is_made_again(
     with sqlite3.connect(db) as conn:
         sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'trioflow_instances_by_finish'").fetchone()[0]
     assert all(repr(status) in sql for status in TERMINAL), sql
+
+
+async def test_the_index_the_release_before_made_is_made_again_and_purges_go_through_it(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path,
+) -> None:
+    """Releases up to 93b4757 wrote the partial index's condition as ``status IN (...)``, which
+    SQLite evaluates through a temporary B-tree on every insert and status change; a file they
+    wrote gets the cheaper condition at open, and purges still read finished rows through the
+    index by time."""
+    db = tmp_path / "flows.db"
+    async with open_test_engine(adapter=SQLiteAdapter(db)) as engine:
+        register(engine)
+        await run(engine, "ok", "done")
+        await run(engine, "ok", "again")
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP INDEX trioflow_instances_by_finish")
+        conn.execute("CREATE INDEX trioflow_instances_by_finish ON trioflow_instances (finished_at) WHERE status IN"
+                     " ('cancelled', 'compensated', 'completed', 'failed', 'timed_out')")
+    async with open_test_engine(adapter=SQLiteAdapter(db)) as engine:
+        register(engine)
+        await run(engine, "ok", "third")
+        assert await engine.purge(older_than=0) == 3
+    with sqlite3.connect(db) as conn:
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'trioflow_instances_by_finish'").fetchone()[0]
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT instance_id FROM trioflow_instances INDEXED BY trioflow_instances_by_finish"
+            " WHERE status = 'completed'"
+            f" AND {sql.split(' WHERE ', 1)[1]} AND finished_at <= 1 ORDER BY finished_at").fetchall()
+    assert " IN " not in sql, sql
+    assert all(f"status = {status!r}" in sql for status in TERMINAL), sql
+    assert any("USING INDEX trioflow_instances_by_finish (finished_at<?)" in row[-1] for row in plan), plan
