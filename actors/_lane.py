@@ -103,6 +103,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             run.emit("workflow.step.started", step_name=name, step_type=step.kind)
         data = None
         uses_input = False
+        as_stored = False  # (an output read from storage: a signal's payload)
         attempts = 1
         passes = None
         try:
@@ -118,7 +119,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 await run_wait(run, step, lane, ctx, started_at)
                 output, passes, target = state.output_of(lane.last), lane.last, next_of(step)
             elif isinstance(step, ReceiveStep):
-                output, target = await run_receive(run, step, lane, started_at), next_of(step)
+                output, target, as_stored = await run_receive(run, step, lane, started_at), next_of(step), True
             elif isinstance(step, ChildStep):
                 output, target = await run_child(run, step, lane_key, lane, ctx), next_of(step)
             else:
@@ -132,7 +133,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 # its input) fails it: not retried, catchable, compensated like any failure.
                 if state.data:  # most runs share nothing: skip the call
                     run.check_data(lane_key)
-                record = run.stage(record)
+                record = run.stage(record, as_stored)
             except UnencodableValueError as exc:
                 raise StepFailure(name, exc, attempts, data, uses_input) from exc
         except StepFailure as failure:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import inspect
 import logging
+import operator
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from typing import Any, Protocol
@@ -46,6 +48,8 @@ from trioflow.adapters._protocol import Adapter
 from ._threads import ThreadSlots
 
 log = logging.getLogger("trioflow")
+#: A pending signal's seq (``(seq, name, payload)``): the order they are kept in.
+_seq_of = operator.itemgetter(0)
 
 #: Longest a lifecycle hook may run; one that takes longer is cancelled and logged, so a hook
 #: never holds an instance, its waiters or its slot.
@@ -319,14 +323,15 @@ class Run:
         (``asynchronous`` is the definition's flag for a callable given directly)."""
         return self.jobs.resolve(fn) if isinstance(fn, str) else (fn, asynchronous)
 
-    def stage(self, record: StepResult) -> StepResult:
+    def stage(self, record: StepResult, output_as_stored: bool = False) -> StepResult:
         """Encode a step execution's record as it ends (durable runs only), so that an output
         that cannot be stored fails its step, and the checkpoint needs no second encode.
         Returns the record to add: with its values as storage gives them back (durable runs),
-        so that the run goes on as a restarted one would. Raises
+        so that the run goes on as a restarted one would (``output_as_stored``: its output
+        was read from storage, a signal's payload, and is not read back again). Raises
         :class:`UnencodableValueError` naming the value."""
         if self.adapter is not None:
-            return stage(self.state, record)
+            return stage(self.state, record, output_as_stored)
         return record
 
     def may_park(self, seconds: float) -> bool:
@@ -352,8 +357,10 @@ class Run:
         if (self.consumed_seqs is not None and seq in self.consumed_seqs) or any(q == seq for q, _, _ in state.signals):
             return
         signals = state.signals if isinstance(state.signals, list) else []
-        signals.append((seq, name, payload))
-        signals.sort(key=lambda s: s[0])
+        if signals and signals[-1][0] > seq:  # (rare: most come in seq order)
+            bisect.insort(signals, (seq, name, payload), key=_seq_of)
+        else:
+            signals.append((seq, name, payload))
         state.signals = signals
         if stored_at is not None:
             self.note_signal_time(seq, stored_at)

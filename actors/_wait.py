@@ -101,7 +101,7 @@ async def run_receive(run: Run, step: ReceiveStep, lane: Lane, started_at: float
         assert step.timeout is not None
         raise StepFailure(step.name, SignalTimeoutError(step.name, step.signal, step.timeout), 1)
     seq, payload = taken
-    if run.bus.active:
+    if run.bus.active and run.bus.wants("workflow.signal.received"):
         run.emit("workflow.signal.received", step_name=step.name, signal=step.signal, seq=seq, payload=payload)
     return payload
 

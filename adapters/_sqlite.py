@@ -39,7 +39,6 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import attrs
 import outcome
 import trio
 
@@ -961,9 +960,12 @@ _COLUMNS = "i.instance_id, i.workflow_name, i.status, CAST(i.start AS BLOB), CAS
 _MOST_RECORDS = 1 << 24
 
 
-def _select(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> list[StoredInstance]:
+def _select(
+    conn: sqlite3.Connection, where: str, params: tuple[Any, ...], signals: tuple[tuple[int, str, bytes], ...] = (),
+) -> list[StoredInstance]:
     """Instances matching ``where``, oldest first, each with all its records: one query for the
-    instances and one for the records of all of them, whatever their number."""
+    instances and one for the records of all of them, whatever their number. (``signals``: the
+    pending signals of the one instance ``where`` matches, for :func:`_load`.)"""
     rows = conn.execute(f"SELECT {_COLUMNS} FROM trioflow_instances AS i WHERE {where} ORDER BY i.rowid", params).fetchall()
     # A damaged count (not an int, negative, or more records than any instance writes) gets no
     # records: the kernel then finds the header's count unmet and reports that one instance
@@ -989,7 +991,7 @@ def _select(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> li
     return [
         StoredInstance(
             instance_id=instance_id, workflow_name=workflow_name, status=status, start=start, header=header,
-            records=tuple(records.get(instance_id, ())),
+            records=tuple(records.get(instance_id, ())), signals=signals,
         )
         for instance_id, workflow_name, status, start, header, next_seq in rows
     ]
@@ -1051,23 +1053,25 @@ def _names(workflows: Collection[str]) -> tuple[str, ...]:
 
 def _load(conn: sqlite3.Connection, iid: str) -> StoredInstance | None:
     """One instance, its records and its pending signals."""
-    rows = _select(conn, "i.instance_id = ?", (iid,))
-    if not rows:
-        return None
-    signals = _signals(conn, iid)
-    return attrs.evolve(rows[0], signals=tuple(signals)) if signals else rows[0]
+    # Its signals first: the row is then built once, with them (a read transaction holds both).
+    rows = _select(conn, "i.instance_id = ?", (iid,), tuple(_signals(conn, iid)))
+    return rows[0] if rows else None
+
+
+#: A signal stored only if its instance has not ended: parameters instance id, name, payload.
+_SIGNAL_SQL = (
+    "INSERT INTO trioflow_signals (instance_id, name, payload) SELECT ?1, ?2, ?3 WHERE EXISTS"
+    " (SELECT 1 FROM trioflow_instances WHERE instance_id = ?1 AND"
+    f" ({' OR '.join(f'status = {status!r}' for status in sorted(RESUMABLE))}))"
+)
 
 
 def _signal(conn: sqlite3.Connection, iid: str, name: str, payload: bytes) -> tuple[bool, int | None]:
     """Store a signal unless its instance has ended: (whether the instance exists, the seq)."""
-    row = conn.execute("SELECT status FROM trioflow_instances WHERE instance_id = ?", (iid,)).fetchone()
-    if row is None:
-        return False, None
-    if row[0] not in RESUMABLE:
-        return True, None
-    cursor = conn.execute("INSERT INTO trioflow_signals (instance_id, name, payload) VALUES (?, ?, ?)",
-                          (iid, name, payload))
-    return True, cursor.lastrowid
+    cursor = conn.execute(_SIGNAL_SQL, (iid, name, payload))
+    if cursor.rowcount == 1:  # (most signals: one statement)
+        return True, cursor.lastrowid
+    return conn.execute("SELECT 1 FROM trioflow_instances WHERE instance_id = ?", (iid,)).fetchone() is not None, None
 
 
 def _signals(conn: sqlite3.Connection, iid: str) -> list[tuple[int, str, bytes]]:

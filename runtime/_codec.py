@@ -304,9 +304,10 @@ def encode_record(r: StepResult) -> bytes:
     return _encode_record(r)[0]
 
 
-def _encode_record(r: StepResult) -> tuple[bytes, list[Any] | None]:
+def _encode_record(r: StepResult, output_as_stored: bool = False) -> tuple[bytes, list[Any] | None]:
     """:func:`encode_record`, and the record's fields read back if a value in it is a
-    container (it is read back to check it then): ``None`` if not."""
+    container (it is read back to check it then): ``None`` if not. ``output_as_stored``: the
+    output was read from storage (a signal's payload), so it reads back as it is."""
     input = None if r.input_is_workflow_input else r.input
     output = None if r.passes is not None else r.output
     try:
@@ -318,7 +319,7 @@ def _encode_record(r: StepResult) -> tuple[bytes, list[Any] | None]:
         _packer.reset()
         raise UnencodableValueError(_locate_in_record(r, input, output)) from exc
     if len(packed) > MAX_VALUE_BYTES or not (
-        (output is None or type(output) in _PLAIN) and (input is None or type(input) in _PLAIN)
+        (output is None or output_as_stored or type(output) in _PLAIN) and (input is None or type(input) in _PLAIN)
     ):
         values = ((f"output of step {r.step_name!r}", output), (f"input of step {r.step_name!r}", input))
         try:
@@ -337,12 +338,13 @@ def _encode_record(r: StepResult) -> tuple[bytes, list[Any] | None]:
     return packed, None
 
 
-def stage(state: InstanceState, record: StepResult) -> StepResult:
+def stage(state: InstanceState, record: StepResult, output_as_stored: bool = False) -> StepResult:
     """Encode ``record`` (about to be added to ``state``) into the staging list; returns it as
     a restart would read it back (its output and input as stored: a tuple as a list, a copy of
-    a container), for the run to go on with. Raises :class:`UnencodableValueError` naming the
+    a container), for the run to go on with (``output_as_stored``: its output was read from
+    storage, and is handed on as it is). Raises :class:`UnencodableValueError` naming the
     value, and then stages nothing."""
-    packed, fields = _encode_record(record)
+    packed, fields = _encode_record(record, output_as_stored)
     if isinstance(state.staged, list):
         state.staged.append(packed)
     else:
@@ -351,7 +353,7 @@ def stage(state: InstanceState, record: StepResult) -> StepResult:
         return record
     return attrs.evolve(
         record,
-        output=record.output if record.passes is not None else fields[7],
+        output=record.output if record.passes is not None or output_as_stored else fields[7],
         input=record.input if record.input_is_workflow_input else fields[6],
     )
 
