@@ -23,12 +23,19 @@ def calls(log: Path) -> collections.Counter[tuple[str, str]]:
     return collections.Counter(tuple(line.split()) for line in lines)  # type: ignore[misc]
 
 
-def run_and_kill(tmp_path: Path, scenario: str, ready: set[str]) -> tuple[Path, Path]:
-    """Start the child, wait until every instance has logged every step in ``ready``, SIGKILL it."""
+def run_and_kill(tmp_path: Path, scenario: str, ready: set[str], stored: int = 0) -> tuple[Path, Path]:
+    """Start the child, wait until every instance has logged every step in ``ready`` and has
+    ``stored`` step records in the file, SIGKILL it."""
     db, log = tmp_path / "flows.db", tmp_path / "jobs.log"
     child = subprocess.Popen([sys.executable, CHILD, str(db), str(log), scenario, "run", str(N)],
                              stdout=subprocess.DEVNULL)
-    kill_when(child, lambda: all(sum(1 for (_, s) in calls(log) if s == step) >= N for step in ready),
+
+    def has_stored() -> bool:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT count(*) FROM trioflow_instances WHERE next_seq >= ?", (stored,)).fetchone()[0] == N
+
+    kill_when(child, lambda: all(sum(1 for (_, s) in calls(log) if s == step) >= N for step in ready) and (
+              not stored or has_stored()),
               lambda: f"instances never reached {ready}: {calls(log).most_common(3)}")
     with sqlite3.connect(db) as conn:
         running = conn.execute("SELECT count(*) FROM trioflow_instances WHERE status = 'running'").fetchone()[0]
@@ -96,7 +103,9 @@ def test_sigkill_during_compensation_then_resume(tmp_path: Path) -> None:
 
 
 def test_sigkill_inside_parallel_branches_then_resume(tmp_path: Path) -> None:
-    db, log = run_and_kill(tmp_path, "parallel", {"x2", "y1"})
+    # x2 logs before its checkpoint is written: the kill waits for both of x's records (x1,
+    # x2) to be stored, or a last x2 could still be in flight, and rightly run again.
+    db, log = run_and_kill(tmp_path, "parallel", {"x2", "y1"}, stored=2)
     summary = resume(db, log, "parallel")
     counts = calls(log)
     for i in range(N):
