@@ -498,7 +498,7 @@ def decode(start: bytes | None, header: bytes, records: Sequence[bytes] = ()) ->
     raw_header = _unpack(header, "header")
     if isinstance(raw_header, list) and len(raw_header) >= 2 and raw_header[0] == TAG:
         _version(raw_header[1], 1, 1)
-        state = _fields_guarded(lambda: _state_v1(raw_header))
+        state = _fields_guarded(_state_v1, raw_header)
     else:
         if start is None:
             raise SnapshotDecodeError("data is not a trioflow instance (no start record, and no format-1 snapshot)")
@@ -507,8 +507,7 @@ def decode(start: bytes | None, header: bytes, records: Sequence[bytes] = ()) ->
             if not isinstance(raw, list) or len(raw) < 2 or raw[0] != tag:
                 raise SnapshotDecodeError(f"data is not a trioflow instance (missing {tag!r} tag)")
             _version(raw[1], 2, FORMAT_VERSION)
-        state = _fields_guarded(
-            lambda: _state_v2(raw_start, raw_header, [_unpack(r, "step record") for r in records]))
+        state = _fields_guarded(_state_v2, raw_start, raw_header, [_unpack(r, "step record") for r in records])
     remember_data(state)
     return state
 
@@ -531,9 +530,9 @@ def _version(version: Any, lowest: int, highest: int) -> None:
         )
 
 
-def _fields_guarded(build: Callable[[], InstanceState]) -> InstanceState:
+def _fields_guarded(build: Callable[..., InstanceState], *fields: Any) -> InstanceState:
     try:
-        return build()
+        return build(*fields)
     except SnapshotDecodeError:
         raise
     except Exception as exc:
@@ -587,16 +586,20 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         # how far a map's items are.
         (step, last, failed, waiting, begun, fanout) = (*fields, None, None, None)[:6]
         _expect(isinstance(key, str) and (step is None or isinstance(step, str)), "lane %r is malformed", key)
-        for seq in (last, failed, begun):
-            _expect(seq is None or (isinstance(seq, int) and 0 <= seq < len(records)), "lane %r is malformed", key)
+        count = len(records)
+        _expect(_is_seq(last, count) and _is_seq(failed, count) and _is_seq(begun, count), "lane %r is malformed", key)
         _expect(waiting is None or _well_formed_wait(waiting), "lane %r waits for something malformed", key)
         state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting, begun=begun,
                                 fanout=None if fanout is None else _map_progress(key, fanout))
-    _expect(isinstance(compensated, list) and all(isinstance(q, int) and 0 <= q < len(records) for q in compensated),
+    # (Most instances have compensated and skipped nothing: no generator is made for those.)
+    _expect(isinstance(compensated, list) and (
+        not compensated or all(isinstance(q, int) and 0 <= q < len(records) for q in compensated)),
             "malformed compensation list")
-    _expect(isinstance(comp_errors, dict) and all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors),
+    _expect(isinstance(comp_errors, dict) and (
+        not comp_errors or all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors)),
             "malformed compensation errors")
-    _expect(isinstance(skipped, list) and all(isinstance(name, str) for name in skipped), "malformed skipped steps")
+    _expect(isinstance(skipped, list) and (not skipped or all(isinstance(name, str) for name in skipped)),
+            "malformed skipped steps")
     state.compensated = tuple(compensated)
     state.compensation_errors = comp_errors
     state.skipped = tuple(skipped)
@@ -614,9 +617,18 @@ _WAIT_FIELDS: dict[str, tuple[type, ...]] = {
 
 
 def _well_formed_wait(waiting: Any) -> bool:
-    return isinstance(waiting, dict) and all(
-        key not in _WAIT_FIELDS or (isinstance(value, _WAIT_FIELDS[key]) and not isinstance(value, bool))
-        for key, value in waiting.items())
+    if not isinstance(waiting, dict):
+        return False
+    for key, value in waiting.items():  # (a loop, not all() over a generator: every wake reads one)
+        kinds = _WAIT_FIELDS.get(key)
+        if kinds is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            return False
+    return True
+
+
+def _is_seq(value: Any, count: int) -> bool:
+    """Whether ``value`` is ``None`` or the seq of one of ``count`` records."""
+    return value is None or (isinstance(value, int) and 0 <= value < count)
 
 
 def _map_progress(key: str, fields: Any) -> MapProgress:
