@@ -185,10 +185,12 @@ def _check_depth(value: Any, size: int) -> None:
 
 def encode_payload(value: Any, what: str) -> bytes:
     """A value stored on its own (a signal's payload); :class:`UnencodableValueError` naming
-    ``what`` if it cannot be stored."""
-    check_encodable(value, what)
-    packed: bytes = _pack(value)
-    return packed
+    ``what`` if it cannot be stored. (Packed once: the check reads back these very bytes.)"""
+    if value is None or type(value) in _SCALARS:
+        as_stored(value, what)  # (an int outside 64 bits)
+        packed: bytes = _pack(value)
+        return packed
+    return _checked(value, what)[0]
 
 
 def decode_payload(data: bytes) -> Any:
@@ -436,6 +438,11 @@ def as_stored(value: Any, what: str) -> Any:
             raise UnencodableValueError(
                 f"{what} is an int ({value}) outside 64 bits, which cannot be stored; store it as a str or a Decimal")
         return value
+    return _checked(value, what)[1]
+
+
+def _checked(value: Any, what: str) -> tuple[bytes, Any]:
+    """``value`` packed, and read back from those bytes (see :func:`as_stored`)."""
     try:
         packed = _pack(value)
         size = len(packed)
@@ -448,9 +455,9 @@ def as_stored(value: Any, what: str) -> Any:
         raise UnencodableValueError(_describe(what, value, exc)) from exc
     if size > MAX_VALUE_BYTES:
         raise ValueTooLargeError(f"{what} is {size / 2**20:.1f} MiB encoded, over the {MAX_VALUE_BYTES >> 20} MiB limit")
-    if kind is str or kind is bytes:
-        return value
-    return _readable(packed, what, value)
+    if type(value) is str or type(value) is bytes:
+        return packed, value
+    return packed, _readable(packed, what, value)
 
 
 def _readable(packed: bytes, what: str, value: Any) -> Any:
