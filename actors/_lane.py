@@ -119,7 +119,11 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 await run_wait(run, step, lane, ctx, started_at)
                 output, passes, target = state.output_of(lane.last), lane.last, next_of(step)
             elif isinstance(step, ReceiveStep):
-                output, target, as_stored = await run_receive(run, step, lane, started_at), next_of(step), True
+                output, target = await run_receive(run, step, lane, started_at), next_of(step)
+                # Its output, a payload just read from storage, reads back as it is: the record
+                # keeps it, not a copy. Unless a hook is handed it too: the hook's edits must
+                # not reach the record, as for any step.
+                as_stored = not run.has_hooks
             elif isinstance(step, ChildStep):
                 output, target = await run_child(run, step, lane_key, lane, ctx), next_of(step)
             else:

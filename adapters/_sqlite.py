@@ -875,22 +875,18 @@ def _checkpoint_many(
     changes: dict[str, str | None],
 ) -> list[outcome.Outcome[Any]]:
     """Apply fenced checkpoints: the header updates in one ``executemany`` per statement shape
-    (:func:`_update`), then every record in another. Updates of one instance apply in order,
-    each fenced on what the one before left; were two of them split between two statements out
-    of order, the fence refuses the second. If
-    some update found its instance unknown or at another seq, take the run back and apply each
-    alone, so that only the refused ones get an error."""
-    if len(checkpoints) > 1:
+    (:func:`_update`), then every record in another. If some update found its instance unknown
+    or at another seq, take the run back and apply each alone, so that only the refused ones
+    get an error. A run holding two checkpoints of one instance is applied one at a time, in
+    order, from the start: grouped by shape, the later one could run first, and the fence
+    cannot tell apart two that add no record (the older header would be left)."""
+    if len(checkpoints) > 1 and len({args[5] for args in checkpoints}) == len(checkpoints):
         conn.execute("SAVEPOINT trioflow_checkpoints")
         shapes: dict[str, list[tuple[Any, ...]]] = {}
         leaves: dict[str, str | None] = {}
         for args in checkpoints:
             status, instance_id = args[0], args[5]
-            was: str | None
-            if instance_id in leaves:
-                was = leaves[instance_id]
-            else:
-                was = changes[instance_id] if instance_id in changes else known.get(instance_id)
+            was = changes[instance_id] if instance_id in changes else known.get(instance_id)
             sql, params = _update(args, was == status)
             shapes.setdefault(sql, []).append(params)
             # A waiting instance (wake_at) is forgotten: it may wait for days, and ``known``
