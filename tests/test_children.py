@@ -467,3 +467,34 @@ async def test_a_child_that_fails_alone_on_a_changed_definition_still_tells_its_
         with trio.fail_after(600):
             inst = await engine.wait(iid)
         assert (inst.status, inst.error_name) == ("failed", "DefinitionMismatchError")
+
+
+async def test_a_parent_resumed_at_register_finds_a_child_workflow_registered_right_after_it(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """docs/fanout.md: ``register()`` resumes a workflow's unfinished instances once the
+    registering task next awaits, so a service that registers a parent and then its child
+    workflow, with no await in between, has the parent find its child's workflow."""
+    adapter = MemoryAdapter()
+    blocking = True
+
+    async def prepare(ctx: tf.WorkflowContext) -> str:
+        if blocking:
+            await trio.sleep_forever()  # the first engine stops here
+        return "prepared"
+
+    log: list[str] = []
+    parent = (tf.workflow("order").step("prepare", prepare)
+              .child("bill", workflow="invoice", input=lambda ctx: "A1").build())
+    async with open_test_engine(adapter=adapter, clock=virtual_wall_clock()) as engine:
+        engine.register(parent)
+        engine.register(invoice_saga(log))
+        iid = await engine.start("order")
+        await trio.sleep(1)
+    assert (await adapter.load(iid)) is not None
+    blocking = False
+    async with open_test_engine(adapter=adapter, clock=virtual_wall_clock()) as engine:
+        engine.register(parent)  # resumed from here on: its next step starts the child
+        engine.register(invoice_saga(log))
+        inst = await engine.wait(iid)
+    assert (inst.status, inst.output) == ("completed", {"invoice": "A1", "paid": "c-A1"})
+    assert log == ["reserve A1", "charge A1"]
