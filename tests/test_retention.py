@@ -366,10 +366,7 @@ async def test_an_index_made_for_another_set_of_finished_statuses_is_made_again(
     async with open_test_engine(adapter=SQLiteAdapter(db)) as engine:
         register(engine)
         await run(engine, "ok", "done")
-    with sqlite3.connect(db) as conn:
-        conn.execute("DROP INDEX trioflow_instances_by_finish")
-        conn.execute("CREATE INDEX trioflow_instances_by_finish ON trioflow_instances (finished_at)"
-                     " WHERE status IN ('completed')")
+    _index_as_an_older_release_made_it(db, "status IN ('completed')")
     async with open_test_engine(adapter=SQLiteAdapter(db)) as engine:
         assert await engine.purge(older_than=0) == 1
     with sqlite3.connect(db) as conn:
@@ -389,10 +386,7 @@ async def test_the_index_the_release_before_made_is_made_again_and_purges_go_thr
         register(engine)
         await run(engine, "ok", "done")
         await run(engine, "ok", "again")
-    with sqlite3.connect(db) as conn:
-        conn.execute("DROP INDEX trioflow_instances_by_finish")
-        conn.execute("CREATE INDEX trioflow_instances_by_finish ON trioflow_instances (finished_at) WHERE status IN"
-                     " ('cancelled', 'compensated', 'completed', 'failed', 'timed_out')")
+    _index_as_an_older_release_made_it(db, "status IN ('cancelled', 'compensated', 'completed', 'failed', 'timed_out')")
     async with open_test_engine(adapter=SQLiteAdapter(db)) as engine:
         register(engine)
         await run(engine, "ok", "third")
@@ -406,3 +400,10 @@ async def test_the_index_the_release_before_made_is_made_again_and_purges_go_thr
     assert " IN " not in sql, sql
     assert all(f"status = {status!r}" in sql for status in TERMINAL), sql
     assert any("USING INDEX trioflow_instances_by_finish (finished_at<?)" in row[-1] for row in plan), plan
+
+
+def _index_as_an_older_release_made_it(db: Path, condition: str) -> None:
+    """Replace the partial index on finish times with one whose condition is ``condition``."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP INDEX trioflow_instances_by_finish")
+        conn.execute(f"CREATE INDEX trioflow_instances_by_finish ON trioflow_instances (finished_at) WHERE {condition}")
