@@ -149,7 +149,10 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             # The main line's last step needs no write of its own: the instance's terminal
             # snapshot, written next with nothing in between that awaits, records it. (An
             # ``on_step_complete`` hook awaits: a restart during it must find the step stored.)
-            await run.persist()
+            if run.woken and _fired_unstored(run, step, lane_key, target):
+                run.fired_at = trio.current_time()
+            else:
+                await run.persist()
         if bus.active:
             if bus.wants("workflow.step.completed"):
                 run.emit("workflow.step.completed", step_name=name, output=record.output)
@@ -162,6 +165,17 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         if run.has_hooks:
             await run.hook("on_step_complete", name, output, ctx)
     return state.output_of(lane.last)
+
+
+def _fired_unstored(run: Run, step: Step, lane_key: str, target: str | None) -> bool:
+    """Whether the timer step that fired in a woken run is left for the next checkpoint to
+    store: one write fewer for each of thousands of timers due together. Storage still holding
+    the wait is safe: taken up again after a crash, the timer, due, fires at once. Only on the
+    main line, and before a step that runs on it (not branches, nor map items): while the step
+    after it runs, the engine's waker may have it stored (:meth:`Run.store_fired`)."""
+    return (isinstance(step, WaitStep) and lane_key == MAIN and run.stored_wake_at is not None
+            and not run.has_hooks and target is not None
+            and not isinstance(run.definition.lookup[target][0], (ParallelStep, MapStep)))
 
 
 def _failed_step_of(state: InstanceState, lookup: Mapping[str, tuple[Step, str]], step: Step, lane: Lane) -> str:

@@ -214,7 +214,7 @@ class Run:
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
-        "gathering", "writing", "children", "doomed", "signal_times", "decided",
+        "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "storing",
     )
 
     def __init__(
@@ -285,6 +285,15 @@ class Run:
         #: the lock that keeps one checkpoint of this instance in flight at a time.
         self.gathering: _Gathering | None = None
         self.writing: trio.Lock | None = None
+        #: Woken from storage by the engine's waker, which passes its row (due until this run's
+        #: first checkpoint here) over meanwhile.
+        self.woken = False
+        #: When (trio's clock) a timer of a woken run fired with that not stored yet: the next
+        #: checkpoint stores it (see :func:`run_lane`), or the waker has it stored (see
+        #: :meth:`store_fired`). ``None``: nothing such unstored.
+        self.fired_at: float | None = None
+        #: Set once the checkpoint :meth:`store_fired` makes is over (``None``: none in flight).
+        self.storing: trio.Event | None = None
         #: The engine, for child steps (``None``: no engine, as in ``execute_workflow``).
         self.children = children
         self.has_hooks = definition.has_hooks
@@ -480,9 +489,34 @@ class Run:
         """
         if self.adapter is None or self.deferred:
             return _NOTHING
+        if self.storing is not None:
+            return self._after_storing(self.storing)
         if len(self.state.lanes) > 1:
             return self._persist_together()
         return self._write()
+
+    async def _after_storing(self, storing: trio.Event) -> None:
+        # One checkpoint of an instance in flight at a time (each is fenced on the records
+        # stored before it). Shielded: a checkpoint the run makes as it is cancelled (its
+        # cancel, its compensations) must still be made.
+        with trio.CancelScope(shield=True):
+            await storing.wait()
+        await self.persist()
+
+    async def store_fired(self) -> None:
+        """Checkpoint now, if a timer of this woken run fired and nothing has stored that since:
+        for the engine's waker, which counts the run among those on their way to their first
+        checkpoint until then, and lets only so many be. (The step after the timer, which would
+        store it as it ends, may run for an hour.) Only while the main line is all that runs:
+        then the run's own checkpoints come one at a time, and this one waits for none."""
+        if self.fired_at is None or len(self.state.lanes) != 1 or self.deferred or self.storing is not None:
+            return
+        storing = self.storing = trio.Event()
+        try:
+            await self._write()
+        finally:
+            self.storing = None
+            storing.set()
 
     async def _persist_together(self) -> None:
         while (gathering := self.gathering) is not None:
@@ -511,6 +545,7 @@ class Run:
     async def _write(self) -> None:
         assert self.adapter is not None
         s = self.state
+        self.fired_at = None  # (stored by this checkpoint)
         try:
             header, records, first_seq, start, consumed = take_changes(s)
         except UnencodableValueError:

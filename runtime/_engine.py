@@ -1195,6 +1195,7 @@ class Engine:
         # many more as are still in that state, and pass them over.
         waking = self._waking = {
             i for i in self._waking if (run := self._live.get(i)) is not None and run.stored_wake_at is not None}
+        await self._store_fired(waking)
         room = WAKE_BATCH - len(waking)
         if room < WAKE_BATCH // 2:
             # Half a batch or more is still on its way: wait for it (each one that ends says
@@ -1224,7 +1225,8 @@ class Engine:
                     passed.add(iid)
             elif iid in self._unreadable:
                 passed.add(iid)  # (reported unreadable once, by the first look)
-            elif self._resume_one(definition, stored):
+            elif (run := self._resume_one(definition, stored)) is not None:
+                run.woken = True
                 waking.add(iid)
                 woke += 1
             elif iid in self._unreadable:
@@ -1239,6 +1241,27 @@ class Engine:
             with trio.move_on_after(self._look_again):
                 await changed.wait()
             self._look_again = min(self._look_again * 2, WAKE_LOOK_MAX)
+
+    async def _store_fired(self, waking: set[str]) -> None:
+        """Have the woken runs whose timer fired ``STORE_FIRED_AFTER`` ago or more, and is not
+        stored yet, store it now: the step after it (which would store it as it ends) may run
+        for an hour, and until then they count among those on their way."""
+        now = trio.current_time()
+        late = [run for i in waking if (run := self._live[i]).fired_at is not None
+                and now - run.fired_at >= STORE_FIRED_AFTER]
+        if late:
+            async with trio.open_nursery() as nursery:
+                for run in late:
+                    nursery.start_soon(self._store_one_fired, run)
+
+    async def _store_one_fired(self, run: Run) -> None:
+        try:
+            await run.store_fired()
+        except Exception as exc:
+            # Its own next checkpoint stores it (or meets the same failure, and deals with it);
+            # the waker goes on.
+            log.warning("instance %s: its fired timer could not be stored yet (%s)", run.state.instance_id, exc,
+                        extra={"instance_id": run.state.instance_id, "workflow_name": run.state.workflow_name})
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1264,6 +1287,9 @@ PARK_AFTER = 1.0
 #: could not wake, or at those on their way.
 WAKE_BATCH = 1000
 WAKE_RETRY = 0.05
+#: How long (seconds) a woken run's fired timer may go unstored, the step after it running,
+#: before the waker has it stored: its next checkpoint usually comes well before.
+STORE_FIRED_AFTER = 1.0
 #: Longest the waker waits before it asks storage again after a failure.
 WAKE_BACKOFF_MAX = 5.0
 #: Most workflows the waker asks the adapter to leave out (each is a query parameter); the due

@@ -140,7 +140,6 @@ async def test_a_refused_second_open_through_a_hard_link_keeps_the_live_engines_
     locked", as it should be after it too. Cause: adapters/_sqlite.py:SQLiteAdapter._lock and
     _flock (an fd on the database file itself, closed on refusal; likewise at close() for other
     connections of the process, e.g. an SQLiteDriver on the same file)."""
-    import subprocess
     import sys
 
     other = (

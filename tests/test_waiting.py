@@ -583,14 +583,15 @@ async def test_timers_due_together_are_woken_a_batch_at_a_time_and_all_fire(
     assert WAKE_BATCH // 2 <= peak <= WAKE_BATCH, peak
 
 
-@pytest.mark.parametrize("woken_by", ["retry", "delayed start"])
+@pytest.mark.parametrize("woken_by", ["retry", "delayed start", "timer"])
 async def test_woken_instances_running_a_long_step_first_do_not_hold_back_other_timers(
     autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], woken_by: str,
 ) -> None:
     """More than half a wake batch of instances woken from storage (a retry's delay, a delayed
-    start) whose first step then runs for an hour: a timer due meanwhile still fires on time.
-    (The waker counted them as on their way until their next checkpoint, an hour later, and
-    woke nothing more meanwhile.)"""
+    start, a timer) whose first step then runs for an hour: a timer due meanwhile still fires
+    on time. (The waker counted them as on their way until their next checkpoint, an hour
+    later, and woke nothing more meanwhile. A timer's end is stored with the next checkpoint,
+    unless the step after it runs long: then the waker has it stored.)"""
     tried: dict[int, int] = {}
 
     async def slow(i: int) -> None:
@@ -600,7 +601,8 @@ async def test_woken_instances_running_a_long_step_first_do_not_hold_back_other_
         await trio.sleep(3600)
 
     retry = tf.Retry(max_attempts=2, interval=10.0) if woken_by == "retry" else None
-    wf = tf.workflow("slow").task("work", job=slow, retry=retry).build()
+    first = tf.workflow("slow").wait("nap", seconds=10) if woken_by == "timer" else tf.workflow("slow")
+    wf = first.task("work", job=slow, retry=retry).build()
     timer = tf.workflow("timer").wait("nap", seconds=60).task("done", job=returning("done")).build()
     clock = virtual_wall_clock()
     async with engine_on(storage(), clock) as engine:
@@ -615,6 +617,69 @@ async def test_woken_instances_running_a_long_step_first_do_not_hold_back_other_
         done = await finish(engine, iid, limit=600)
         assert done.status == "completed"
         assert done.completed_at is not None and done.completed_at - started <= 60 + SLACK
+
+
+async def test_a_fired_timer_is_stored_while_a_long_step_after_it_runs_and_a_restart_does_not_wait_again(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter],
+) -> None:
+    """A woken timer's end goes with the next checkpoint; while the step after it runs long,
+    the waker has it stored (within a few seconds): storage then says the instance waits for
+    nothing and holds the timer's execution, and a restart runs the step again (at least once)
+    without waiting for the timer again, nor recording it twice."""
+    ran: list[float] = []
+    clock = virtual_wall_clock()
+
+    async def work(_: Any) -> str:
+        ran.append(clock())
+        await trio.sleep(3600)
+        return "worked"
+
+    wf = tf.workflow("t").wait("nap", seconds=60).task("work", job=work).task("done", job=returning("done")).build()
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        iid = await engine.start("t")
+        await trio.sleep(60 + 10)  # woken, fired; "work" runs for an hour
+        assert len(ran) == 1
+        stored = await stored_view(engine, iid)
+        assert stored.status == "running" and stored.waiting is None
+        assert [r.step_name for r in stored.history] == ["nap"]
+        assert iid not in [due.instance_id for due in await engine.adapter.due(clock() + 10**6, 10)]
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        restarted = clock()
+        done = await finish(engine, iid)
+    assert done.status == "completed", done.error
+    assert len(ran) == 2 and ran[1] - restarted <= SLACK, "the timer, stored as fired, is not waited for again"
+    assert [r.step_name for r in done.history] == ["nap", "work", "done"]
+
+
+async def test_a_fired_timer_stored_by_the_waker_while_the_step_after_it_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The step after a woken timer ends while the waker's checkpoint of the timer is being
+    written (a slow disk): the run's own checkpoint waits for it, then stores the step, and the
+    instance goes on as usual; so does one cancelled at that moment."""
+    async def work(_: Any) -> str:
+        await trio.sleep(2.5)  # past STORE_FIRED_AFTER, and into the waker's slow write
+        return "worked"
+
+    wf = (tf.workflow("t").wait("nap", seconds=60).task("work", job=work, compensate=returning(None))
+          .task("done", job=returning("done")).build())
+    adapter = SlowCheckpoints(delay=2.0)
+    async with engine_on(adapter) as engine:
+        engine.register(wf)
+        finished = await engine.start("t")
+        cancelled = await engine.start("t")
+        await trio.sleep(30)
+        adapter.slow = True
+        await trio.sleep(30 + 2.5)  # both woken, their timers fired: "work" ends about now
+        await engine.cancel(cancelled)
+        done, undone = await finish(engine, finished), await finish(engine, cancelled)
+        stored_done, stored_undone = await stored_view(engine, finished), await stored_view(engine, cancelled)
+    assert (done.status, stored_done.status) == ("completed", "completed"), done.error
+    assert [r.step_name for r in stored_done.history] == ["nap", "work", "done"]
+    assert (undone.status, stored_undone.status) == ("cancelled", "cancelled")
+    assert [r.step_name for r in stored_undone.history][:1] == ["nap"]
 
 
 # -- signals ----------------------------------------------------------------------------------------
