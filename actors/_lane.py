@@ -151,6 +151,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             # ``on_step_complete`` hook awaits: a restart during it must find the step stored.)
             if run.woken and _fired_unstored(run, step, lane_key, target):
                 run.fired_at = trio.current_time()
+                run.fired_data = state.good_data if state.data else None  # (checked as the timer ended)
             else:
                 await run.persist()
         if bus.active:

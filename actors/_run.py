@@ -24,6 +24,7 @@ from trioflow._codec import (
     stage,
     take_changes,
     take_changes_holding,
+    take_changes_with_data,
     taken,
 )
 from trioflow._context import ItemPlace, WorkflowContext
@@ -214,7 +215,7 @@ class Run:
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
-        "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "storing",
+        "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
     )
 
     def __init__(
@@ -285,13 +286,16 @@ class Run:
         #: the lock that keeps one checkpoint of this instance in flight at a time.
         self.gathering: _Gathering | None = None
         self.writing: trio.Lock | None = None
-        #: Woken from storage by the engine's waker, which passes its row (due until this run's
-        #: first checkpoint here) over meanwhile.
+        #: Woken from storage by the engine's waker and not checkpointed here yet: the waker
+        #: passes its row (due until then) over meanwhile.
         self.woken = False
-        #: When (trio's clock) a timer of a woken run fired with that not stored yet: the next
-        #: checkpoint stores it (see :func:`run_lane`), or the waker has it stored (see
-        #: :meth:`store_fired`). ``None``: nothing such unstored.
+        #: When (trio's clock) the timer a woken run was woken for fired, with that not stored
+        #: yet: the next checkpoint stores it (see :func:`run_lane`), or the waker has it stored
+        #: (see :meth:`store_fired`). ``None``: nothing such unstored.
         self.fired_at: float | None = None
+        #: The shared data as the timer's end left it (packed; ``None``: empty), for the
+        #: waker's checkpoint, made while the step after it runs.
+        self.fired_data: bytes | None = None
         #: Set once the checkpoint :meth:`store_fired` makes is over (``None``: none in flight).
         self.storing: trio.Event | None = None
         #: The engine, for child steps (``None``: no engine, as in ``execute_workflow``).
@@ -508,12 +512,20 @@ class Run:
         for the engine's waker, which counts the run among those on their way to their first
         checkpoint until then, and lets only so many be. (The step after the timer, which would
         store it as it ends, may run for an hour.) Only while the main line is all that runs:
-        then the run's own checkpoints come one at a time, and this one waits for none."""
-        if self.fired_at is None or len(self.state.lanes) != 1 or self.deferred or self.storing is not None:
+        then the run's own checkpoints come one at a time, and this one waits for none.
+
+        It stores the shared data as the timer left it, not as the running step has half
+        changed it: a restart runs that step again from where it began."""
+        fired = self.fired_at
+        if fired is None or len(self.state.lanes) != 1 or self.deferred or self.storing is not None:
             return
         storing = self.storing = trio.Event()
         try:
-            await self._write()
+            await self._write(as_fired=True)
+        except BaseException:
+            if self.fired_at is None:
+                self.fired_at = trio.current_time()  # not stored: the waker tries again later
+            raise
         finally:
             self.storing = None
             storing.set()
@@ -542,12 +554,13 @@ class Run:
                 self.gathering = None
             gathering.done.set()
 
-    async def _write(self) -> None:
+    async def _write(self, as_fired: bool = False) -> None:
         assert self.adapter is not None
         s = self.state
         self.fired_at = None  # (stored by this checkpoint)
         try:
-            header, records, first_seq, start, consumed = take_changes(s)
+            header, records, first_seq, start, consumed = take_changes_with_data(s, self.fired_data) if as_fired \
+                else take_changes(s)
         except UnencodableValueError:
             # A step still running (in a sibling branch, another map item) holds a value in the
             # shared data that cannot be stored: the checkpoint stores the data without it, and
@@ -592,6 +605,7 @@ class Run:
         taken(s, len(records))
         self.stored_status = status
         self.stored_wake_at = wake
+        self.woken = False  # (storage no longer holds the wake-up: later timers are stored as they fire)
         if notify is not None and self.children is not None \
                 and not self.children.deliver_notice(*notify[:2], notice_seq, notify[2]):
             # Beside the run: waking the parent may read storage, and is not this run's work.

@@ -389,6 +389,21 @@ def take_changes_holding(state: InstanceState) -> tuple[bytes, Sequence[bytes], 
         state.data = data
 
 
+def take_changes_with_data(
+    state: InstanceState, data: bytes | None,
+) -> tuple[bytes, Sequence[bytes], int, bytes | None, Sequence[int]]:
+    """:func:`take_changes` with the shared data stored as ``data`` (packed, as
+    :func:`check_data` remembers it; ``None``: empty) rather than as it is now: a checkpoint
+    made while a step runs on the main line stores the data as it was before that step, not
+    what the step has half done. ``state.data`` is left as it is."""
+    live = state.data
+    state.data = {} if data is None else _read(data)
+    try:
+        return take_changes(state)
+    finally:
+        state.data = live
+
+
 def taken(state: InstanceState, count: int) -> None:
     """``count`` records taken by :func:`take_changes` are stored."""
     state.inflight -= count

@@ -1195,7 +1195,7 @@ class Engine:
         # many more as are still in that state, and pass them over.
         waking = self._waking = {
             i for i in self._waking if (run := self._live.get(i)) is not None and run.stored_wake_at is not None}
-        await self._store_fired(waking)
+        self._store_fired(waking)
         room = WAKE_BATCH - len(waking)
         if room < WAKE_BATCH // 2:
             # Half a batch or more is still on its way: wait for it (each one that ends says
@@ -1242,17 +1242,16 @@ class Engine:
                 await changed.wait()
             self._look_again = min(self._look_again * 2, WAKE_LOOK_MAX)
 
-    async def _store_fired(self, waking: set[str]) -> None:
+    def _store_fired(self, waking: set[str]) -> None:
         """Have the woken runs whose timer fired ``STORE_FIRED_AFTER`` ago or more, and is not
         stored yet, store it now: the step after it (which would store it as it ends) may run
-        for an hour, and until then they count among those on their way."""
+        for an hour, and until then they count among those on their way. Beside the waker:
+        storage that fails is retried for a while, and the waker goes on meanwhile."""
         now = trio.current_time()
-        late = [run for i in waking if (run := self._live[i]).fired_at is not None
-                and now - run.fired_at >= STORE_FIRED_AFTER]
-        if late:
-            async with trio.open_nursery() as nursery:
-                for run in late:
-                    nursery.start_soon(self._store_one_fired, run)
+        for i in waking:
+            run = self._live[i]
+            if run.fired_at is not None and run.storing is None and now - run.fired_at >= STORE_FIRED_AFTER:
+                self._supervisor.start_soon(f"store the fired timer of {i}", self._store_one_fired, run)
 
     async def _store_one_fired(self, run: Run) -> None:
         try:
