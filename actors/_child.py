@@ -21,6 +21,7 @@ from trioflow._decide import new_execution, next_execution_id
 from trioflow._definition import ChildStep
 from trioflow._errors import (
     ChildWorkflowError,
+    EngineClosedError,
     InstanceIdConflictError,
     InvalidArgumentError,
     RecordedError,
@@ -79,12 +80,25 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
         run.check_value(child_input, f"input of step {step.name!r}")
     except Exception as exc:
         raise StepFailure(step.name, exc, 1) from exc
+    if run.resumed:
+        # Taken up from storage (resumed as the engine starts, or woken from a wait): as a
+        # service starts up, its modules may each register their workflows after an ``await``,
+        # and this parent's resume may come first. It waits for the child's workflow rather than
+        # fail the step, and compensate the children it had run, for a workflow about to be
+        # registered. (A run that started here fails the step: a name nobody registers.)
+        await run.children.until_registered(step.workflow)
     now = run.clock()
     child_id = child_instance_id(state.instance_id, next_execution_id(state, lane_key, step.name))
     try:
         await run.children.start(step.workflow, child_input, child_id, state.instance_id)
     except (UnknownWorkflowError, UnknownJobError, InstanceIdConflictError) as exc:  # the step fails
         raise StepFailure(step.name, exc, 1, child_input, uses_input) from exc
+    except EngineClosedError:
+        # The engine stopped while the child was stored: not this step's failure. The engine
+        # cancels its runs right after it closes, and this one stops as stored; the next
+        # engine's resume starts the same child id again, which it takes as the one there.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        raise
     # Made after the start: sibling lanes may have added records meanwhile, and this one's
     # seq is its place among them.
     start = new_execution(

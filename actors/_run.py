@@ -159,6 +159,10 @@ class Children(Protocol):
         returns."""
         ...
 
+    async def until_registered(self, workflow: str) -> None:
+        """Return once ``workflow`` is registered with every job it uses (at once if it is)."""
+        ...
+
     def in_parent_slot(self, parent_id: str) -> bool:
         """Whether a child of ``parent_id`` runs in its parent's slot: the parent waits for it
         in memory here, holding its slot (see :meth:`Run.may_park`)."""
@@ -543,9 +547,16 @@ class Run:
             await trio.lowlevel.cancel_shielded_checkpoint()
             if self.writing is None:
                 self.writing = trio.Lock()
-            async with self.writing:
+            with trio.CancelScope(shield=True):
+                # Handed to storage as a lone lane's checkpoint is, cancelled or not: the engine
+                # stopping as a compensation ends must not drop its record while the write
+                # before it is in flight (the next engine would run that compensation again).
+                await self.writing.acquire()
+            try:
                 self.gathering = None
                 await self._write()
+            finally:
+                self.writing.release()
         except BaseException as exc:
             gathering.failed(exc)
             raise

@@ -50,7 +50,7 @@ def step(
     *,
     retry: Retry | None = None,
     timeout: Seconds | None = None,
-    catch: Sequence[Catch] | Catch = (),
+    catch: Sequence[Catch] | Catch | None = (),
     next: str | None = None,
     end: bool = False,
 ) -> TaskStep:
@@ -61,8 +61,11 @@ def step(
     )
 
 
-def catchers(step_name: str, catch: Sequence[Catch] | Catch) -> tuple[Catch, ...]:
-    """``catch=`` as a tuple (one ``Catch`` alone is accepted too); ``build()`` checks its items."""
+def catchers(step_name: str, catch: Sequence[Catch] | Catch | None) -> tuple[Catch, ...]:
+    """``catch=`` as a tuple (one ``Catch`` alone is accepted too, and ``None`` for none, as
+    ``retry=None`` is: options built from a config file); ``build()`` checks its items."""
+    if catch is None:
+        return ()
     return _listed(step_name, "catch", catch, Catch, "trioflow.Catch")
 
 
@@ -102,7 +105,7 @@ class _LaneBuilder:
         *,
         retry: Retry | None = None,
         timeout: Seconds | None = None,
-        catch: Sequence[Catch] | Catch = (),
+        catch: Sequence[Catch] | Catch | None = (),
         next: str | None = None,
         end: bool = False,
     ) -> Self:
@@ -137,7 +140,7 @@ class _LaneBuilder:
         retry: Retry | None = None,
         timeout: Seconds | None = None,
         compensate: StepFn | str | None = None,
-        catch: Sequence[Catch] | Catch = (),
+        catch: Sequence[Catch] | Catch | None = (),
         next: str | None = None,
         end: bool = False,
     ) -> Self:
@@ -162,7 +165,7 @@ class _LaneBuilder:
         *,
         branches: Sequence[Branch],
         on_error: OnError = "fail-fast",
-        catch: Sequence[Catch] | Catch = (),
+        catch: Sequence[Catch] | Catch | None = (),
         next: str | None = None,
         end: bool = False,
     ) -> Self:
@@ -185,7 +188,7 @@ class _LaneBuilder:
         max_concurrency: int | None = None,
         on_error: OnError = "fail-fast",
         tolerated_failures: int | float = 0,
-        catch: Sequence[Catch] | Catch = (),
+        catch: Sequence[Catch] | Catch | None = (),
         next: str | None = None,
         end: bool = False,
     ) -> Self:
@@ -207,7 +210,7 @@ class _LaneBuilder:
         *,
         workflow: str,
         input: Callable[[Any], Any] | None = None,
-        catch: Sequence[Catch] | Catch = (),
+        catch: Sequence[Catch] | Catch | None = (),
         next: str | None = None,
         end: bool = False,
     ) -> Self:
@@ -270,7 +273,7 @@ class _LaneBuilder:
         return self
 
     def receive(
-        self, name: str, *, signal: str, timeout: Seconds | None = None, catch: Sequence[Catch] | Catch = (),
+        self, name: str, *, signal: str, timeout: Seconds | None = None, catch: Sequence[Catch] | Catch | None = (),
         next: str | None = None, end: bool = False,
     ) -> Self:
         """Add a step that waits for the next signal named ``signal`` (``engine.signal``), first

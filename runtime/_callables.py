@@ -23,6 +23,18 @@ def is_async(fn: object) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
+def generator_kind(fn: object) -> str | None:
+    """What kind of generator function ``fn`` is (``None``: none). A step's job that ``yield``s
+    hands back a generator rather than its output: a mistake that would only show as an output
+    that cannot be stored, so it is refused where the job is given."""
+    for candidate in (fn, getattr(fn, "__call__", None)):
+        if inspect.isasyncgenfunction(candidate):
+            return "an async generator function"
+        if inspect.isgeneratorfunction(candidate):
+            return "a generator function"
+    return None
+
+
 def plain_result(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` for a callable that must be a plain function: one that gives an awaitable
     (an ``async def`` behind a wrapper the build-time check cannot see through) raises

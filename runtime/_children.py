@@ -40,6 +40,16 @@ class EngineChildren:
         # The engine's coroutine itself, not one around it: a frame fewer per child starting.
         return self._engine._start_child(workflow, input, child_id, parent_id)
 
+    async def until_registered(self, workflow: str) -> None:
+        engine = self._engine
+        while (definition := engine._definitions.get(workflow)) is None or engine._missing_jobs(definition):
+            if engine._closed:
+                # Nothing registers it now: the engine cancels its runs right after it closes,
+                # and this one stops as stored, for the next engine.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                engine._check_open()
+            await engine._registered_more.wait()
+
     def in_parent_slot(self, parent_id: str) -> bool:
         parent = self._engine._live.get(parent_id)
         # A parent that cannot leave memory while it waits keeps its slot (``_start_child``
@@ -108,7 +118,14 @@ class EngineChildren:
                         extra={"instance_id": child_id})
 
     async def compensate(self, child_id: str, bound: float | None) -> str | None:
-        return await self._engine._undo_child(child_id, bound)
+        try:
+            return await self._engine._undo_child(child_id, bound)
+        except EngineClosedError:
+            # Stopping while it waited for the child's workflow to be registered: not a failed
+            # compensation. The engine cancels its runs right after it closes, and the parent
+            # stops as stored; the next engine's compensation undoes the child.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise
 
     def deliver_notice(self, parent_id: str, notice: str, seq: int | None, payload: bytes) -> bool:
         run = self._engine._live.get(parent_id)

@@ -283,11 +283,13 @@ class Engine:
     ) -> str:
         """Start an instance and return its id once it is stored.
 
-        With ``instance_id`` the call is idempotent: an id that exists already is returned as it
-        is, and nothing new starts. Bad input raises before anything is stored. ``delay``
-        (seconds or a ``timedelta``) or ``start_at`` (an aware ``datetime`` or Unix seconds)
-        holds the first step back until then, durably: the instance is stored now, waits
-        without a task, and starts on time even after a restart.
+        With ``instance_id`` the call is idempotent: an id that exists already, of the same
+        workflow with the same input, is returned as it is, and nothing new starts; one that
+        exists with another workflow or input raises :class:`InstanceIdConflictError`. Bad
+        input raises before anything is stored. ``delay`` (seconds or a ``timedelta``) or
+        ``start_at`` (an aware ``datetime`` or Unix seconds) holds the first step back until
+        then, durably: the instance is stored now, waits without a task, and starts on time
+        even after a restart.
         """
         self._check_open()
         starts_at = None if delay is None and start_at is None else self._start_time(delay, start_at)
@@ -445,6 +447,7 @@ class Engine:
                 f"a signal name must be a non-empty string of valid text not starting with"
                 f" {RESERVED_SIGNALS!r} (trioflow's own), got {name!r}")
         data = encode_payload(payload, f"the payload of signal {name!r}")
+        running = self._live.get(instance_id)
         seq = await self.adapter.send_signal(instance_id, name, data)
         stored_at = self._clock()  # a receive whose deadline came before now does not take it
         if seq is None:
@@ -452,6 +455,13 @@ class Engine:
         if self._closed:
             return  # stored: the next engine delivers it (an error here would have it sent twice)
         run = self._live.get(instance_id)
+        if run is not None and run is not running:
+            # Taken up from storage while the signal was stored (storage slow to answer): a run
+            # before it may have read the signal from storage and taken it. Handed over only if
+            # storage holds it still (one that run took, a later receive must not take again).
+            if all(q != seq for q, _, _ in await self.adapter.signals(instance_id)):
+                return
+            run = self._live.get(instance_id)
         if run is None:  # parked (or stored, not running here): resumed if it waits for this
             try:
                 run, fresh = await self._wake_if_waiting(
@@ -634,23 +644,31 @@ class Engine:
             )
 
     async def cancel(self, instance_id: str) -> bool:
-        """Cancel a running instance: its running step is cancelled, then its completed steps
-        are compensated. ``True`` if the instance was running here and is now being cancelled
-        (by this call or an earlier one: a repeated cancel says yes until the instance is over);
-        it returns once that decision is stored (a process killed then still compensates the
+        """Cancel an unfinished instance: its running step is cancelled, then its completed
+        steps are compensated. ``True`` if it is now being cancelled (by this call or an earlier
+        one: a repeated cancel says yes until the instance is over); ``False`` if it is unknown,
+        over, or compensating already (it ends as the failure or timeout that began that).
+
+        It returns once that decision is stored (a process killed then still compensates the
         instance, with the next engine), or the instance is over, or after
         :data:`CANCEL_STORE_WAIT` seconds at most (a step that holds off its cancellation, storage
         that is slow to answer: the decision stands in this engine, and is stored as soon as it
-        can be). (Called from a step's code, the instance's own or another's, it returns at once.)"""
+        can be). (Called from a step's code, the instance's own or another's, it returns at once.)
+        An instance stored unfinished that cannot run here now (its workflow, or a job it uses,
+        is not registered; auto-resume is off) has the cancel stored in it: whichever engine
+        runs it next compensates it."""
         self._check_open()
         _check_instance_id(instance_id)
         if self._pending_resumes:
             await self._resumes_settled.wait()
+        while (storing := self._storing.get(instance_id)) is not None:
+            await storing.wait()  # being started (or stored by another cancel): its outcome first
         run = self._live.get(instance_id)
         if run is None:
             run, _ = await self._wake_if_waiting(instance_id, lambda waiting: True)  # parked
         if run is None:
-            return False
+            self._check_open()  # (closed while storage was read)
+            return await self._cancel_not_running(instance_id)
         # Code of a step (this instance's, whose cancellation comes first, or another's, which
         # has a timeout of its own to keep) does not wait for the decision to be stored.
         decided = None if lane_of_caller() is not None else run.decision_stored
@@ -684,6 +702,7 @@ class Engine:
             begin_compensation(run.state, "cancelled", WorkflowCancelledError.of(instance_id), None)
             try:
                 await run.persist()
+                run.note_decided()  # (a repeated cancel, waiting for it, says yes now)
             finally:
                 if not self._closed:
                     self._waiting.appendleft(run)
@@ -696,6 +715,23 @@ class Engine:
             with trio.move_on_after(CANCEL_STORE_WAIT):
                 await decided()
         return True
+
+    async def _cancel_not_running(self, instance_id: str) -> bool:
+        """:meth:`cancel` of an instance no run here has: stored in it, if it is stored going
+        forward (see :meth:`_cancel_stored`)."""
+        stored = await self._load_fresh(instance_id)
+        self._check_open()
+        if stored is None or stored.status not in RESUMABLE:
+            return False
+        try:
+            state = _decoded(stored)
+        except SnapshotDecodeError:
+            return False  # reported failed, and left as it is for a release that reads it
+        if state.phase != "forward":
+            return state.outcome == "cancelled"  # (a cancel stored already says yes again)
+        if await self._cancel_stored(instance_id, stored.workflow_name):
+            return True
+        return await self.cancel(instance_id)  # it runs here after all
 
     async def get_instances(
         self, workflow_name: str | None = None, status: Status | None = None, *,

@@ -92,7 +92,7 @@ def _keyed(rows: list[dict[str, Any]], key: str, step: str, entity: str, where: 
 
 def create_entity_step(
     name: str, entity: str, data_fn: Fn, *, store_as: str | None = None, compensate: bool = True,
-    retry: Retry | None = None, timeout: float | None = None, catch: Sequence[Catch] | Catch = (),
+    retry: Retry | None = None, timeout: float | None = None, catch: Sequence[Catch] | Catch | None = (),
     next: str | None = None, end: bool = False,
 ) -> TaskStep:
     """Create a row from ``data_fn(ctx)``; output: the row as stored. ``store_as`` also puts its
@@ -122,7 +122,7 @@ def create_entity_step(
 
 def update_entity_step(
     name: str, entity: str, where_fn: Fn, data_fn: Fn, *, compensate: bool = True,
-    retry: Retry | None = None, timeout: float | None = None, catch: Sequence[Catch] | Catch = (),
+    retry: Retry | None = None, timeout: float | None = None, catch: Sequence[Catch] | Catch | None = (),
     next: str | None = None, end: bool = False,
 ) -> TaskStep:
     """Set ``data_fn(ctx)`` on the rows matching ``where_fn(ctx)`` (at least one must match).
@@ -157,7 +157,7 @@ def update_entity_step(
 
 def delete_entity_step(
     name: str, entity: str, where_fn: Fn, *, compensate: bool = True,
-    retry: Retry | None = None, timeout: float | None = None, catch: Sequence[Catch] | Catch = (),
+    retry: Retry | None = None, timeout: float | None = None, catch: Sequence[Catch] | Catch | None = (),
     next: str | None = None, end: bool = False,
 ) -> TaskStep:
     """Delete the rows matching ``where_fn(ctx)`` (at least one must match). Output:

@@ -85,7 +85,8 @@ class CompensationTimeoutError(TrioflowError, TimeoutError):
 
 
 class InstanceIdConflictError(TrioflowError, ValueError):
-    """``start(..., instance_id=X)`` where X already belongs to another workflow (running or not)."""
+    """``start(..., instance_id=X)`` where X already belongs to another workflow, or to one
+    started with another input (running or not)."""
 
 
 class EngineClosedError(TrioflowError, RuntimeError):

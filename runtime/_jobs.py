@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from ._callables import is_async
+from ._callables import generator_kind, is_async
 from ._errors import DefinitionError, UnknownJobError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,6 +38,10 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
             raise DefinitionError(f"a job name must be a non-empty string, got {name!r}")
         if not callable(fn):
             raise DefinitionError(f"job {name!r}: {fn!r} is not callable")
+        kind = generator_kind(fn)
+        if kind is not None:
+            raise DefinitionError(f"job {name!r}: {fn!r} is {kind} (it yields); a job returns its output:"
+                                  " collect what it yields and return that")
         known = self._jobs.get(name)
         if known is not None and not replace:
             if known == fn:

@@ -22,7 +22,7 @@ from ._definition import (
     WaitStep,
     WorkflowDefinition,
 )
-from ._callables import is_async
+from ._callables import generator_kind, is_async
 from ._durations import in_range
 from ._errors import DefinitionError, safe_repr
 from ._lanes import RESERVED_SIGNALS, check_name, is_signal_name, valid_text
@@ -187,6 +187,11 @@ def _check_task(label: str, step: TaskStep) -> None:
     if step.compensate is not None and not (callable(step.compensate) or (isinstance(step.compensate, str) and step.compensate)):
         raise DefinitionError(f"{label}: compensate must be a callable or a job name, got {step.compensate!r}")
     saga = step.style == "saga"
+    for what, fn in (("execute" if saga else "job", step.run), ("compensate", step.compensate)):
+        kind = generator_kind(fn)
+        if kind is not None:
+            raise DefinitionError(f"{label}: {what} {safe_repr(fn)} is {kind} (it yields); a step returns its"
+                                  " output: collect what it yields and return that")
     _check_arguments(label, "execute" if saga else "job", step.run, ("ctx",) if saga else ("data",))
     _check_arguments(label, "compensate", step.compensate, ("ctx", "result") if saga else ("output",))
     for field, fn in (("input", step.input), ("output", step.output)):
