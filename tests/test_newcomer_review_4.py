@@ -175,6 +175,17 @@ def payout_flows(paid: list[int], reversed_: list[int]) -> tuple[tf.WorkflowDefi
     return batch, payout
 
 
+async def started_batch(adapter: Adapter, clock: Callable[[], float], flows: tuple[tf.WorkflowDefinition, ...],
+                        seconds: float) -> str:
+    """Start a batch in an engine that has every workflow, and stop that engine ``seconds`` later."""
+    async with engine_on(adapter, clock) as engine:
+        for wf in flows:
+            engine.register(wf)
+        iid = await engine.start("batch")
+        await trio.sleep(seconds)
+    return iid
+
+
 async def test_a_parent_taken_up_before_its_child_workflow_is_registered_waits_for_it(
         autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
     """A service whose modules register their workflows each in its own async set-up: the
@@ -185,11 +196,7 @@ async def test_a_parent_taken_up_before_its_child_workflow_is_registered_waits_f
     reversed_: list[int] = []
     batch, payout = payout_flows(paid, reversed_)
     clock = virtual_wall_clock()
-    async with engine_on(storage(), clock) as engine:
-        engine.register(payout)
-        engine.register(batch)
-        iid = await engine.start("batch")
-        await trio.sleep(11)  # past its timer, preparing
+    iid = await started_batch(storage(), clock, (payout, batch), 11)  # past its timer, preparing
     assert paid == []
     async with engine_on(storage(), clock) as engine:
         engine.register(batch)
@@ -210,11 +217,7 @@ async def test_a_parked_parent_whose_timer_falls_due_before_its_child_workflow_i
     paid: list[int] = []
     batch, payout = payout_flows(paid, [])
     clock = virtual_wall_clock()
-    async with engine_on(storage(), clock) as engine:
-        engine.register(payout)
-        engine.register(batch)
-        iid = await engine.start("batch")
-        await trio.sleep(2)  # parked on its cut-off timer
+    iid = await started_batch(storage(), clock, (payout, batch), 2)  # parked on its cut-off timer
     async with engine_on(storage(), clock) as engine:
         engine.register(batch)
         await trio.sleep(30)  # the timer falls due
@@ -245,11 +248,7 @@ async def test_a_parent_waiting_for_its_child_workflow_can_be_cancelled_or_left_
     paid: list[int] = []
     batch, payout = payout_flows(paid, [])
     clock = virtual_wall_clock()
-    async with engine_on(storage(), clock) as engine:
-        engine.register(payout)
-        engine.register(batch)
-        iid = await engine.start("batch")
-        await trio.sleep(11)  # past its timer, preparing
+    iid = await started_batch(storage(), clock, (payout, batch), 11)  # past its timer, preparing
     async with engine_on(storage(), clock) as engine:
         engine.register(batch)
         await trio.sleep(20)  # waits for 'payout'; closed meanwhile

@@ -33,6 +33,18 @@ def errors() -> Any:
     logging.getLogger("trioflow").removeHandler(handler)
 
 
+def saga_step(log: list[str], name: str) -> tuple[Any, Any]:
+    """A saga step's execute and compensate, each noting in ``log`` that it ran."""
+    async def execute(ctx: Any) -> str:
+        log.append(name)
+        return name
+
+    async def compensate(ctx: Any, result: Any) -> None:
+        log.append(f"undo {name}")
+
+    return execute, compensate
+
+
 class WatchedSQLite(tf.adapters.SQLiteAdapter):
     """The real adapter; it tells the test when a child's row starts being created."""
 
@@ -50,16 +62,8 @@ async def test_an_engine_closing_while_a_child_is_stored_leaves_its_parent_to_re
     for a crash: the parent was stored failed ("internal error"), its completed step never
     compensated, its child left to run on alone."""
     log: list[str] = []
-
-    async def p1(ctx: Any) -> str:
-        log.append("p1")
-        return "p1"
-
-    async def undo_p1(ctx: Any, result: Any) -> None:
-        log.append("undo p1")
-
     kid = tf.workflow("kid").step("k1", lambda ctx: "k1").build()
-    parent = tf.workflow("par").step("p1", p1, undo_p1).child("c", workflow="kid").build()
+    parent = tf.workflow("par").step("p1", *saga_step(log, "p1")).child("c", workflow="kid").build()
     adapter = WatchedSQLite(tmp_path / "f.db")
     adapter.creating = trio.Event()
     async with open_test_engine(adapter=adapter) as engine:
@@ -240,13 +244,6 @@ async def test_an_engine_stopping_while_a_parent_waits_to_undo_a_child_is_no_fai
     failure for good: the next engine never undid the child."""
     log: list[str] = []
 
-    async def p1(ctx: Any) -> str:
-        log.append("p1")
-        return "p1"
-
-    async def undo_p1(ctx: Any, result: Any) -> None:
-        log.append("undo p1")
-
     async def k1(data: Any) -> str:
         log.append("k1")
         return "k1"
@@ -255,7 +252,8 @@ async def test_an_engine_stopping_while_a_parent_waits_to_undo_a_child_is_no_fai
         log.append("undo k1")
 
     kid = tf.workflow("kid").task("k1", job="k1", compensate="undo-k1").build()
-    parent = tf.workflow("par").step("p1", p1, undo_p1).child("c", workflow="kid").receive("r", signal="go").build()
+    parent = (tf.workflow("par").step("p1", *saga_step(log, "p1")).child("c", workflow="kid")
+              .receive("r", signal="go").build())
 
     def jobs(engine: tf.Engine) -> None:
         engine.jobs.register("k1", k1)
