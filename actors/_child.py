@@ -25,11 +25,13 @@ from trioflow._errors import (
     InstanceIdConflictError,
     InvalidArgumentError,
     RecordedError,
+    StorageUnavailableError,
     UnknownJobError,
     UnknownWorkflowError,
 )
 from trioflow._lanes import child_ended_signal, child_instance_id
 from trioflow._snapshot import Lane
+from trioflow._storage_retry import BACKOFF_MAX, FIRST_BACKOFF, back_off
 
 from ._run import Run, StepFailure
 from ._wait import announce, signal_or_timeout, take
@@ -89,16 +91,26 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
         await run.children.until_registered(step.workflow)
     now = run.clock()
     child_id = child_instance_id(state.instance_id, next_execution_id(state, lane_key, step.name))
-    try:
-        await run.children.start(step.workflow, child_input, child_id, state.instance_id)
-    except (UnknownWorkflowError, UnknownJobError, InstanceIdConflictError) as exc:  # the step fails
-        raise StepFailure(step.name, exc, 1, child_input, uses_input) from exc
-    except EngineClosedError:
-        # The engine stopped while the child was stored: not this step's failure. The engine
-        # cancels its runs right after it closes, and this one stops as stored; the next
-        # engine's resume starts the same child id again, which it takes as the one there.
-        await trio.lowlevel.checkpoint_if_cancelled()
-        raise
+    deadline: float | None = None
+    delay = FIRST_BACKOFF
+    while True:  # (a loop, not a wrapper: no frame more for each of thousands of children starting)
+        try:
+            await run.children.start(step.workflow, child_input, child_id, state.instance_id)
+            break
+        except (UnknownWorkflowError, UnknownJobError, InstanceIdConflictError) as exc:  # the step fails
+            raise StepFailure(step.name, exc, 1, child_input, uses_input) from exc
+        except StorageUnavailableError as exc:
+            # Tried again as a checkpoint is: a start whose answer was lost finds the child there.
+            if deadline is None:
+                deadline = trio.current_time() + run.storage_retry_for
+            await back_off(exc, deadline, delay, f"storing child {child_id}", state.instance_id)
+            delay = min(delay * 2, BACKOFF_MAX)
+        except EngineClosedError:
+            # The engine stopped while the child was stored: not this step's failure. The engine
+            # cancels its runs right after it closes, and this one stops as stored; the next
+            # engine's resume starts the same child id again, which it takes as the one there.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise
     # Made after the start: sibling lanes may have added records meanwhile, and this one's
     # seq is its place among them.
     start = new_execution(

@@ -34,6 +34,7 @@ from trioflow._errors import SnapshotDecodeError, StorageUnavailableError, Triof
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
 from trioflow._lanes import MAIN, child_ended_signal
+from trioflow._storage_retry import BACKOFF_MAX, FIRST_BACKOFF, back_off, retried
 from trioflow._snapshot import (
     TERMINAL,
     InstanceState,
@@ -390,14 +391,16 @@ class Run:
         per run. Lanes that ask while the read is in flight wait for it rather than read again
         (the items of a map each wait for a child): what is stored once it began is delivered
         to the run as it is sent. A read that failed leaves the next caller to read again."""
-        while not self.signals_fetched and self.adapter is not None:
+        while not self.signals_fetched and (adapter := self.adapter) is not None:
             fetching = self.fetching
             if fetching is not None:
                 await fetching.wait()
                 continue
             fetching = self.fetching = trio.Event()
+            iid = self.state.instance_id
             try:
-                self.deliver_stored(await self.adapter.signals(self.state.instance_id))
+                self.deliver_stored(await retried(lambda: adapter.signals(iid), retry_for=self.storage_retry_for,
+                                                  what=f"reading the signals of instance {iid}", instance_id=iid))
             finally:
                 self.fetching = None
                 fetching.set()
@@ -594,7 +597,7 @@ class Run:
             extra = {**extra, "notify": notify}
         notice_seq: int | None = None
         deadline: float | None = None
-        delay = 0.05
+        delay = FIRST_BACKOFF
         try:
             while True:
                 try:
@@ -608,8 +611,9 @@ class Run:
                 except StorageUnavailableError as exc:
                     if deadline is None:
                         deadline = trio.current_time() + self.storage_retry_for
-                    await self._back_off(exc, deadline, delay)
-                    delay = min(delay * 2, 5.0)
+                    await back_off(exc, deadline, delay, f"checkpoint of instance {s.instance_id}", s.instance_id,
+                                   s.workflow_name)
+                    delay = min(delay * 2, BACKOFF_MAX)
         except BaseException:
             not_taken(s, records, consumed)
             raise
@@ -633,18 +637,6 @@ class Run:
         if status == "failed" and failure_named_by_workflow(s, self.definition):
             outcome["fail_step"] = True  # its error name is a fail step's text (newer than the notice: read with .get)
         return s.parent_id, child_ended_signal(s.instance_id), encode_payload(outcome, "the child's outcome")
-
-    async def _back_off(self, error: StorageUnavailableError, deadline: float, delay: float) -> None:
-        """Before trying a failed checkpoint again: log, and sleep ``delay``, or re-raise
-        ``error`` if that would pass ``deadline``."""
-        s = self.state
-        log.warning(
-            "checkpoint of instance %s failed (%s); retrying in %.2f s", s.instance_id, error, delay,
-            extra={"instance_id": s.instance_id, "workflow_name": s.workflow_name},
-        )
-        if trio.current_time() + delay > deadline:
-            raise error
-        await trio.sleep(delay)
 
     def wait_ended(self) -> Awaitable[None]:
         """Park the calling task until :meth:`ended` is called (await what this returns).

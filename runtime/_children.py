@@ -13,6 +13,7 @@ import trio
 from ._codec import decode_payload
 from ._errors import EngineClosedError, TrioflowError, describe_error
 from ._snapshot import RESUMABLE
+from ._storage_retry import retried
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -60,7 +61,8 @@ class EngineChildren:
         engine = self._engine
         try:
             if child_id not in engine._live:
-                stored = await engine.adapter.load(child_id)
+                stored = await retried(lambda: engine.adapter.load(child_id), retry_for=engine._storage_retry_for,
+                                       what=f"loading child {child_id} to cancel it", instance_id=child_id)
                 # Its workflow (or a job of it) may be registered after its parent's, as an
                 # engine starts up: it is cancelled once it is, not left to run on; for as long
                 # as the parent's compensations may take, no longer.
@@ -110,7 +112,8 @@ class EngineChildren:
         if engine._closed:
             return
         try:
-            await engine._wake_if_waiting(child_id, lambda waiting: True)
+            await retried(lambda: engine._wake_if_waiting(child_id, lambda waiting: True),
+                          retry_for=engine._storage_retry_for, what=f"resuming child {child_id}", instance_id=child_id)
         except EngineClosedError:
             return  # stopping meanwhile: the child resumes later
         except TrioflowError as exc:  # storage is down: a later engine takes it up
@@ -141,7 +144,12 @@ class EngineChildren:
         return True
 
     def ended_soon(self, parent_id: str, notice: str) -> None:
-        self._engine._supervisor.start_soon(f"notify parent {parent_id}", self._ended, parent_id, notice)
+        self._engine._supervisor.start_soon(f"notify parent {parent_id}", self._notify, parent_id, notice)
+
+    async def _notify(self, parent_id: str, notice: str) -> None:
+        # A parent parked on its child has no wake time: if this fails, nothing else wakes it.
+        await retried(lambda: self._ended(parent_id, notice), retry_for=self._engine._storage_retry_for,
+                      what=f"waking parent {parent_id} for its child's end", instance_id=parent_id)
 
     async def _ended(self, parent_id: str, notice: str) -> None:
         engine = self._engine

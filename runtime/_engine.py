@@ -66,6 +66,7 @@ from ._events import EventBus
 from ._jobs import JobRegistry
 from ._children import EngineChildren
 from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, is_signal_name, valid_text
+from ._storage_retry import retried
 from ._snapshot import (
     RESUMABLE,
     STATUSES,
@@ -454,6 +455,26 @@ class Engine:
             raise InstanceNotLiveError(f"instance {instance_id!r} has ended; signal {name!r} was not stored")
         if self._closed:
             return  # stored: the next engine delivers it (an error here would have it sent twice)
+        try:
+            await self._deliver(instance_id, name, seq, data, running, stored_at)
+        except (trio.Cancelled, StorageError) as exc:
+            # The signal is stored: an error now would have the caller send it again (taken
+            # twice), and a parked receive with no timeout has nothing else to wake it before a
+            # restart. It is delivered beside the caller instead (unless the engine is closing:
+            # the next one's resume takes it up).
+            if not self._closed:
+                with contextlib.suppress(RuntimeError):  # (its nursery closed first)
+                    self._supervisor.start_soon(f"deliver signal to {instance_id}", self._deliver_later,
+                                                instance_id, name, seq, data, stored_at)
+            if not isinstance(exc, StorageError):
+                raise
+            log.warning("signal %r for instance %s is stored, and is delivered beside the caller: %s", name,
+                        instance_id, describe_error(exc), extra={"instance_id": instance_id})
+
+    async def _deliver(self, instance_id: str, name: str, seq: int, data: bytes, running: Run | None,
+                       stored_at: float) -> None:
+        """Hand a stored signal to the instance's run here, or resume the instance if it is
+        parked waiting for it. ``running``: the run that was live when the signal was sent."""
         run = self._live.get(instance_id)
         if run is not None and run is not running:
             # Taken up from storage while the signal was stored (storage slow to answer): a run
@@ -463,18 +484,8 @@ class Engine:
                 return
             run = self._live.get(instance_id)
         if run is None:  # parked (or stored, not running here): resumed if it waits for this
-            try:
-                run, fresh = await self._wake_if_waiting(
-                    instance_id, lambda waiting: waiting.get("signal") == name, pending=seq)
-            except trio.Cancelled:
-                # The caller went, but the signal is stored: a parked receive with no timeout
-                # has nothing else to wake it before a restart. Woken beside it instead (unless
-                # the engine is closing: the next one's resume takes the signal up).
-                if not self._closed:
-                    with contextlib.suppress(RuntimeError):  # (its nursery closed first)
-                        self._supervisor.start_soon(f"wake signalled {instance_id}", self._wake_after_cancel,
-                                                    instance_id)
-                raise
+            run, fresh = await self._wake_if_waiting(
+                instance_id, lambda waiting: waiting.get("signal") == name, pending=seq)
             if fresh:
                 # Resumed from a row read after the signal was stored: the run has it if it is
                 # still pending. (Handed over again, one a run before this one took and parked
@@ -485,20 +496,12 @@ class Engine:
         if run is not None:
             run.deliver(seq, name, decode_payload(data), stored_at=stored_at)  # (a copy: the caller keeps its own)
 
-    async def _wake_after_cancel(self, instance_id: str) -> None:
-        """Wake a parked instance for a signal stored by a ``signal()`` whose caller was
-        cancelled before it could; storage that fails in a way that may pass is tried again,
-        slower each time, for up to ``storage_retry_for`` seconds."""
-        delay, deadline = WAKE_RETRY, trio.current_time() + self._storage_retry_for
-        while True:
-            try:
-                await self._wake_signalled({instance_id})
-                return
-            except StorageUnavailableError:
-                if trio.current_time() + delay > deadline:
-                    raise
-                await trio.sleep(delay)
-                delay = min(delay * 2, WAKE_BACKOFF_MAX)
+    async def _deliver_later(self, instance_id: str, name: str, seq: int, data: bytes, stored_at: float) -> None:
+        """:meth:`_deliver`, beside a ``signal()`` whose caller went (cancelled) or whose
+        delivery failed; storage that fails in a way that may pass is tried again."""
+        await retried(lambda: self._deliver(instance_id, name, seq, data, None, stored_at),
+                      retry_for=self._storage_retry_for, what=f"delivering signal {name!r} to instance {instance_id}",
+                      instance_id=instance_id)
 
     async def _wake_signalled(self, instance_ids: set[str]) -> None:
         """Instances signalled before their workflow was registered: resumed if they wait for a
@@ -1085,7 +1088,8 @@ class Engine:
             done.set()
 
     async def _undo_once(self, child_id: str, bound: float | None) -> str | None:
-        stored = await self.adapter.load(child_id)
+        stored = await retried(lambda: self.adapter.load(child_id), retry_for=self._storage_retry_for,
+                               what=f"loading child {child_id} to compensate it", instance_id=child_id)
         if stored is None:
             return "it is no longer stored (purged before its parent compensated it?)"
         state = _decoded(stored)
@@ -1138,7 +1142,7 @@ class Engine:
             # Storage stayed unusable past the retries: leave the instance as last stored, to be
             # resumed, rather than claim an end that could not be recorded.
             self._stalled[state.instance_id] = StorageUnavailableError(
-                f"instance {state.instance_id!r} could not be checkpointed ({exc}); it stays"
+                f"instance {state.instance_id!r} stopped: storage stayed unavailable ({exc}); it stays"
                 f" {run.stored_status or 'as first stored'} in storage and resumes with the next engine"
                 " or engine.resume()"
             )
