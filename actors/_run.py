@@ -30,7 +30,13 @@ from trioflow._codec import (
 from trioflow._context import ItemPlace, WorkflowContext
 from trioflow._decide import catch_failure, fail_step, failure_named_by_workflow, wake_at
 from trioflow._definition import Catch, Step, StepFn, WorkflowDefinition
-from trioflow._errors import SnapshotDecodeError, StorageUnavailableError, TrioflowError, UnencodableValueError
+from trioflow._errors import (
+    CheckpointConflictError,
+    SnapshotDecodeError,
+    StorageUnavailableError,
+    TrioflowError,
+    UnencodableValueError,
+)
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
 from trioflow._lanes import MAIN, child_ended_signal
@@ -614,6 +620,13 @@ class Run:
                     await back_off(exc, deadline, delay, f"checkpoint of instance {s.instance_id}", s.instance_id,
                                    s.workflow_name)
                     delay = min(delay * 2, BACKOFF_MAX)
+                except CheckpointConflictError:
+                    # Tried again after an error, and refused: the first try may have been stored
+                    # and only its answer lost (a commit that failed late, a database behind a
+                    # network). If storage holds exactly this checkpoint, it was.
+                    if deadline is None or not await self._stored_already(header, first_seq + len(records)):
+                        raise
+                    break
         except BaseException:
             not_taken(s, records, consumed)
             raise
@@ -625,6 +638,15 @@ class Run:
                 and not self.children.deliver_notice(*notify[:2], notice_seq, notify[2]):
             # Beside the run: waking the parent may read storage, and is not this run's work.
             self.children.ended_soon(notify[0], notify[1])
+
+    async def _stored_already(self, header: bytes, count: int) -> bool:
+        """Whether storage holds this header and ``count`` records: the checkpoint that wrote
+        them was stored, though it raised."""
+        adapter, iid = self.adapter, self.state.instance_id
+        assert adapter is not None
+        stored = await retried(lambda: adapter.load(iid), retry_for=self.storage_retry_for,
+                               what=f"reading instance {iid} back", instance_id=iid)
+        return stored is not None and stored.header == header and len(stored.records) == count
 
     def _end_notice(self, status: str) -> tuple[str, str, bytes] | None:
         """The signal a child instance's end sends its parent, stored with the checkpoint that

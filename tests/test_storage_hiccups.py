@@ -39,6 +39,13 @@ class Hiccups:
         self._hiccup("signals", instance_id)
         return await super().signals(instance_id)  # type: ignore[misc]
 
+    async def checkpoint(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
+        """``fail_next("checkpoint after")``: the write is made, and its answer lost."""
+        self._hiccup("checkpoint", instance_id)
+        stored = await super().checkpoint(instance_id, *args, **kwargs)  # type: ignore[misc]
+        self._hiccup("checkpoint after", instance_id)
+        return stored
+
     async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
         self._hiccup("create", instance_id)
         return await super().create(instance_id, *args, **kwargs)  # type: ignore[misc]
@@ -144,3 +151,37 @@ async def test_a_run_whose_signals_read_or_child_start_failed_once_goes_on(
         with trio.fail_after(3600):
             done = await engine.wait(iid)
     assert (done.status, done.output) == ("completed", "ok"), done.error
+
+
+@pytest.mark.parametrize("wf", ["saga", "receive", "child"])
+async def test_a_checkpoint_stored_whose_answer_was_lost_is_taken_as_stored(
+        autojump_clock: trio.testing.MockClock, adapter: Hiccups, wf: str) -> None:
+    """Its retry was refused (``CheckpointConflictError``: the records were there already) and
+    the instance stopped with an internal error, its failure unstorable. Storage is read back:
+    holding exactly that checkpoint, it was stored. (A checkpoint that consumes a signal, and
+    a child's last one, with its notice to its parent, too.)"""
+    async def first(ctx: Any) -> str:
+        adapter.fail_next("checkpoint after", "i")
+        return "first"
+
+    child = tf.workflow("kid").step("s", ok).build()
+    definition = {
+        "saga": tf.workflow("w").step("a", first).step("b", ok).build(),
+        "receive": tf.workflow("w").receive("r", signal="go").step("a", ok).step("b", ok).build(),
+        "child": tf.workflow("w").child("k", workflow="kid").step("b", ok).build(),
+    }[wf]
+    async with open_test_engine(adapter=adapter, storage_retry_for=60) as engine:
+        engine.register(child)
+        engine.register(definition)
+        iid = await engine.start("w", instance_id="i")
+        if wf == "receive":
+            await trio.sleep(5)  # parked
+            adapter.fail_next("checkpoint after", "i")  # the receive's, which consumes the signal
+            await engine.signal(iid, "go")
+        if wf == "child":
+            adapter.fail_next("checkpoint after", "i/k#1")  # the child's end, with its notice
+        with trio.fail_after(3600):
+            done = await engine.wait(iid)
+    assert (done.status, done.output) == ("completed", "ok"), done.error
+    assert [r.step_name for r in done.history if r.status == "completed"] == \
+        {"saga": ["a", "b"], "receive": ["r", "a", "b"], "child": ["k", "b"]}[wf]
