@@ -624,7 +624,7 @@ class Run:
                     # Tried again after an error, and refused: the first try may have been stored
                     # and only its answer lost (a commit that failed late, a database behind a
                     # network). If storage holds exactly this checkpoint, it was.
-                    if deadline is None or not await self._stored_already(header, first_seq + len(records)):
+                    if deadline is None or not await self._stored_already(header, records, first_seq):
                         raise
                     break
         except BaseException:
@@ -639,14 +639,18 @@ class Run:
             # Beside the run: waking the parent may read storage, and is not this run's work.
             self.children.ended_soon(notify[0], notify[1])
 
-    async def _stored_already(self, header: bytes, count: int) -> bool:
-        """Whether storage holds this header and ``count`` records: the checkpoint that wrote
-        them was stored, though it raised."""
+    async def _stored_already(self, header: bytes, records: Sequence[bytes], first_seq: int) -> bool:
+        """Whether storage holds this checkpoint's records at ``first_seq`` (records are never
+        rewritten), or, for one that appends none, its header: it was stored, though it raised."""
         adapter, iid = self.adapter, self.state.instance_id
         assert adapter is not None
         stored = await retried(lambda: adapter.load(iid), retry_for=self.storage_retry_for,
                                what=f"reading instance {iid} back", instance_id=iid)
-        return stored is not None and stored.header == header and len(stored.records) == count
+        if stored is None:
+            return False
+        if records:
+            return tuple(stored.records[first_seq:first_seq + len(records)]) == tuple(records)
+        return stored.header == header and len(stored.records) == first_seq
 
     def _end_notice(self, status: str) -> tuple[str, str, bytes] | None:
         """The signal a child instance's end sends its parent, stored with the checkpoint that

@@ -1088,6 +1088,12 @@ class Engine:
             done.set()
 
     async def _undo_once(self, child_id: str, bound: float | None) -> str | None:
+        live = self._live.get(child_id)
+        if live is not None:
+            # Its run here has stored its end but not finished (its last checkpoint's answer
+            # lost and tried again, its end hooks): one run of an instance at a time.
+            await live.wait_ended()
+            self._check_open()
         stored = await retried(lambda: self.adapter.load(child_id), retry_for=self._storage_retry_for,
                                what=f"loading child {child_id} to compensate it", instance_id=child_id)
         if stored is None:

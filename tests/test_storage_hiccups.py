@@ -5,6 +5,7 @@ an adversarial review; each test failed before its fix (autojump MockClock)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,38 @@ async def test_a_checkpoint_stored_whose_answer_was_lost_is_taken_as_stored(
     assert (done.status, done.output) == ("completed", "ok"), done.error
     assert [r.step_name for r in done.history if r.status == "completed"] == \
         {"saga": ["a", "b"], "receive": ["r", "a", "b"], "child": ["k", "b"]}[wf]
+
+
+async def test_a_child_whose_last_checkpoint_is_tried_again_is_compensated_once_its_run_is_over(
+        autojump_clock: trio.testing.MockClock, adapter: Hiccups, caplog: pytest.LogCaptureFixture) -> None:
+    """Its end was stored (the answer lost), and a sibling's end notice read the notice with
+    it: the parent went on, failed and compensated the child from storage, a second run of it,
+    while its own run waited to try its checkpoint again; that run's retry then failed, with an
+    ERROR logged and its failure unstorable."""
+    undone: list[str] = []
+
+    async def last(ctx: Any) -> str:
+        if ctx.metadata.id == "i/m/#0/k#1":
+            adapter.fail_next("checkpoint after", "i/m/#0/k#1")
+        return "done"
+
+    async def undo(ctx: Any, result: Any) -> None:
+        undone.append(ctx.metadata.id)
+
+    async def boom(ctx: Any) -> None:
+        raise RuntimeError("declined")
+
+    child = tf.workflow("kid").step("s", last, undo).build()
+    parent = (tf.workflow("w").map("m", items=lambda ctx: [0, 1], branch=tf.branch("item").child("k", workflow="kid")
+                                   .build()).step("c", boom).build())
+    async with open_test_engine(adapter=adapter) as engine:
+        engine.register(child)
+        engine.register(parent)
+        await engine.start("w", instance_id="i")
+        with trio.fail_after(3600):
+            done = await engine.wait("i")
+        kids = [await engine.get_instance(f"i/m/#{n}/k#1") for n in (0, 1)]
+    assert (done.status, done.compensation_errors) == ("failed", {})
+    assert [k.status for k in kids if k is not None] == ["compensated", "compensated"]
+    assert sorted(undone) == ["i/m/#0/k#1", "i/m/#1/k#1"]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
