@@ -398,6 +398,12 @@ def _compare(
         return f"final status {got.status!r}, the fault-free run ended {base.status!r}"
     if got.status == base.status and got.output != base.output:
         return f"output {got.output!r}, the fault-free run gave {base.output!r}"
+    # A compensation that worked in the fault-free run and fails after a crash was run twice
+    # and is not idempotent (a refund refused as "already refunded"), whatever the timing.
+    twice = [name for name in got.compensation_errors if name in base.compensated_steps]
+    if twice:
+        return (f"failed to compensate {twice}, which the fault-free run compensated: a compensation run"
+                " again after the crash must be idempotent")
     if not any(shape.timing for shape in shapes.values()):
         # One step at a time and no workflow timeout, a run ends as the fault-free one did in
         # every respect. (Otherwise which step fails first, or is reached by the timeout, may
@@ -406,8 +412,11 @@ def _compare(
             return (f"ended with {got.error_name} at step {got.failed_step!r}, the fault-free run with"
                     f" {base.error_name} at step {base.failed_step!r}")
         for what, mine, theirs in (("compensated", got.compensated_steps, base.compensated_steps),
-                                   ("failed to compensate", got.compensation_errors, base.compensation_errors)):
+                                   ("failed to compensate", got.compensation_errors, base.compensation_errors),
+                                   ("took the path", got.completion_order, base.completion_order)):
             if mine != theirs:
+                # (The path: a choice that decides otherwise when run again, a condition on
+                # something besides the run's own data, is not deterministic.)
                 return f"{what} {list(mine)}, the fault-free run {list(theirs)}"
     problem = _check_instance(at_crash.get(INSTANCE_ID), got, shapes[got.workflow_name])
     if problem is not None:

@@ -38,6 +38,7 @@ from trioflow._definition import (
     TaskStep,
     WorkflowDefinition,
 )
+from trioflow._errors import InvalidArgumentError
 from trioflow._matching import ALL, ErrorMatcher
 from trioflow._retry import NO_RETRY, Retry
 from trioflow._snapshot import Status
@@ -369,11 +370,13 @@ class GeneratedWorkflow:
         return _Model(self.jobs, self.input["flags"], self.input.get("items"))
 
     def expected_map_output(self, name: str) -> list[Any] | None:
-        """The output of map step ``name`` if it completes, else ``None``: item by item, in
-        item order, its branch's last step's output (``[step, index]``) or, for a failure it
-        tolerates, ``{"error": "ScriptedFailure", "cause": ...}``."""
+        """The output map step ``name`` gives when it runs (``None``: it fails): item by item,
+        in item order, its branch's last step's output (``[step, index]``) or, for a failure it
+        tolerates, ``{"error": "ScriptedFailure", "cause": ...}``. Whether the run reaches the
+        step at all (a step before it may fail for good) is not asked here: look at its record."""
         step = self.definition.lookup[name][0]
-        assert isinstance(step, MapStep)
+        if not isinstance(step, MapStep):
+            raise InvalidArgumentError(f"step {name!r} of workflow {self.definition.name!r} is a {step.kind} step, not a map")
         items = self.input["items"][name]
         model = self._model()
         out: list[Any] = []
