@@ -1,9 +1,10 @@
 """Storage calls tried again while storage is unavailable for a while (a database locked by
 another connection, a disk full, a server down: :class:`StorageUnavailableError`), with
 backoff and a warning per retry, for up to the engine's ``storage_retry_for`` seconds; after
-that the error goes to the caller. Every call a run or a wake-up makes goes through here, not
-only checkpoints: one failed read must not leave an instance stopped, unwoken or
-uncompensated when the next try would have worked."""
+that the error goes to the caller. The calls a run or a wake-up makes on its own go through
+here, not only checkpoints: one failed read must not leave an instance stopped, unwoken or
+uncompensated when the next try would have worked. (Calls made for a caller, ``start()`` or
+``get_instance()``, raise at once: the caller decides whether to try again.)"""
 
 from __future__ import annotations
 
