@@ -25,6 +25,7 @@ where the parent kept it).
 from __future__ import annotations
 
 import collections
+import inspect
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -122,6 +123,8 @@ async def explore_crashes(
     also: Sequence[WorkflowDefinition] = (),
     lost_writes: bool = True,
     driver_factory: Callable[[], Any] | None = None,
+    before_run: Callable[[], Any] | None = None,
+    after_run: Callable[[Outcome], Any] | None = None,
 ) -> CrashReport:
     """Run ``workflow`` once without faults, then once per snapshot write k, dying after write k
     and resuming in a fresh engine over the same storage; and (``lost_writes``) once more per
@@ -155,7 +158,17 @@ async def explore_crashes(
     ``MockClock``, a run that can never end raises instead of hanging
     (:class:`InvalidArgumentError` when it waits, with no timeout, for a signal ``signals`` does
     not send).
+
+    ``before_run()`` and ``after_run(outcome)`` (plain or ``async`` functions) are called before
+    and after every run, the fault-free one and each crash run (its resume included): to reset
+    and to check what your steps change outside trioflow (a fake payment service, a list of
+    mails sent), which the explorer cannot see. An ``AssertionError`` from ``after_run`` is that
+    crash point's divergence (unless the checks above found one first); after the fault-free run
+    it is raised as it is: the workflow fails the check without any crash.
     """
+    for hook, what in ((before_run, "before_run"), (after_run, "after_run")):
+        if hook is not None and not callable(hook):
+            raise InvalidArgumentError(f"{what} must be a function or None, got {safe_repr(hook)}")
     counter = _Counter()
     family = (workflow, *also)
     _check_also(family)
@@ -170,9 +183,11 @@ async def explore_crashes(
         for definition in registered:
             engine.register(definition)
 
-    async def one_run(crash_after: int | None, lost: bool = False) -> tuple[Outcome, _CrashingAdapter]:
+    async def one_run(crash_after: int | None, lost: bool = False) -> tuple[Outcome, _CrashingAdapter, str | None]:
         for job in scripted:
             job.reset()
+        if before_run is not None:
+            await _call(before_run)
         counter.counts = collections.Counter()
         counter.numbers = {}
         counter.results, counter.changed = {}, []
@@ -210,13 +225,21 @@ async def explore_crashes(
         before, after = _by_instance(before_crash), _by_instance(counter.counts)
         outcome = _outcome(instance, before, after, {
             child_id: _outcome(child, before, after) for child_id, child in children.items()})
-        return outcome, crashing
+        failed_check = None
+        if after_run is not None:
+            try:
+                await _call(after_run, outcome)
+            except AssertionError as exc:
+                if crash_after is None:
+                    raise  # (the fault-free run: no crash to blame)
+                failed_check = f"after_run: {str(exc) or 'an assertion failed'}"
+        return outcome, crashing, failed_check
 
-    baseline, clean = await one_run(None)
+    baseline, clean, _ = await one_run(None)
     points = []
     for k in range(1, clean.writes + 1):
         for lost in (False, True) if lost_writes else (False,):
-            outcome, crashed = await one_run(k, lost)
+            outcome, crashed, failed_check = await one_run(k, lost)
             if crashed.crash_states is None:
                 # Branches that end in one scheduler pass share a checkpoint, so how many writes
                 # a run makes can vary with scheduling (real threads): this run ended before write k.
@@ -230,7 +253,8 @@ async def explore_crashes(
                 after = _describe_write(crashed.states, k)
                 divergence = counter.changed[0] if counter.changed else _compare(
                     baseline, crashed.crash_states, outcome, shapes)
-            points.append(CrashPoint(write=k, after=after, outcome=outcome, divergence=divergence, lost=lost))
+            points.append(CrashPoint(write=k, after=after, outcome=outcome, divergence=divergence or failed_check,
+                                     lost=lost))
     report = CrashReport(baseline=baseline, writes=clean.writes, points=tuple(points))
     if check and report.divergent:
         first = report.divergent[0]
@@ -240,6 +264,13 @@ async def explore_crashes(
             f" ({first.after}), then resume: {first.divergence}", report,
         )
     return report
+
+
+async def _call(hook: Callable[..., Any], *args: Any) -> None:
+    """Call a hook given to :func:`explore_crashes`, a plain or an ``async`` function."""
+    result = hook(*args)
+    if inspect.isawaitable(result):
+        await result
 
 
 class _Counter:
