@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import trio
 
 from trioflow._context import WorkflowContext
-from trioflow._decide import wake_at
+from trioflow._decide import not_before_creation, wake_at
 from trioflow._definition import ReceiveStep, Step, WaitStep
 from trioflow._durations import in_range, seconds
 from trioflow._errors import InvalidArgumentError, SignalTimeoutError
@@ -42,7 +42,7 @@ async def wait_for_start(run: Run, lane: Lane) -> None:
     """A delayed start: wait (or leave memory) until the time stored under ``start``; the
     instance's workflow timeout counts from then (stored with the next checkpoint)."""
     await _wait_stored(run, lane, "start")
-    run.state.started_at = run.clock()
+    run.state.started_at = not_before_creation(run.state, run.clock())
 
 
 async def wait_for_retry(run: Run, lane: Lane) -> None:

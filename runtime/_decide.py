@@ -109,11 +109,19 @@ def failure_named_by_workflow(state: InstanceState, definition: WorkflowDefiniti
     return failed is not None and recorded_failure(failed, found[0], state.instance_id).named_by_workflow
 
 
-def admit(state: InstanceState, now: float) -> None:
-    """A pending instance got a running slot."""
+def admit(state: InstanceState, now: float | None) -> None:
+    """A pending instance got a running slot (``now=None``: to end at once, cancelled while it
+    was queued: it never starts, as a delayed start cancelled before its time does not)."""
     state.status = "running"
-    if state.started_at is None and "start" not in (state.lanes[MAIN].waiting or ()):
-        state.started_at = now  # (a delayed start's is set when its delay is over)
+    if now is not None and state.started_at is None and "start" not in (state.lanes[MAIN].waiting or ()):
+        state.started_at = not_before_creation(state, now)  # (a delayed start's is set when its delay is over)
+
+
+def not_before_creation(state: InstanceState, now: float) -> float:
+    """``now`` as the time an instance starts or ends: never before its creation time, which
+    may be later than the clock by a few of the least steps a float can make (see
+    :func:`trioflow._ids.creation_time`)."""
+    return now if now >= state.created_at else state.created_at
 
 
 def choose(step: ChoiceStep, ctx: Any) -> str:
@@ -309,7 +317,7 @@ def finish(state: InstanceState, definition: WorkflowDefinition, status: Status,
     """Terminal state. On completion, main-lane steps that never ran are recorded as skipped."""
     state.status = status
     state.phase = "done"
-    state.completed_at = now
+    state.completed_at = not_before_creation(state, now)
     for lane in state.lanes.values():
         lane.waiting = None
     if status == "completed":
@@ -324,7 +332,7 @@ def fail_alone(state: InstanceState, error: str, now: float) -> None:
     state.phase = "done"
     state.error = error
     state.error_name, state.cause = split_description(error)
-    state.completed_at = now
+    state.completed_at = not_before_creation(state, now)
     for lane in state.lanes.values():
         lane.step = None
         lane.waiting = None  # (an ended instance waits for nothing, as finish() has it)

@@ -42,7 +42,7 @@ from trioflow.adapters._protocol import Adapter, StoredInstance, skips_workflows
 from ._context import check_services
 from ._current import check_in_trio, lane_of_caller
 from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, wake_at
-from ._ids import creation_time, new_instance_id
+from ._ids import CreationTimes, new_instance_id
 from ._definition import WorkflowDefinition
 from ._durations import Seconds, in_range, seconds
 from ._errors import (
@@ -145,6 +145,8 @@ class Engine:
         self._next_run: dict[str, trio.Event] = {}
         #: The wall clock timers are on (Unix seconds; ``open_engine(clock=...)``).
         self._clock = clock
+        #: (Shared by the engines of one trio run: see CreationTimes.)
+        self._creation_times = CreationTimes.of_this_run()
         self._max_running = max_running
         #: Actors running now, and runs waiting for a slot. A waiting run has no task yet:
         #: thousands of queued instances cost a deque entry each, not a parked task.
@@ -344,7 +346,7 @@ class Engine:
         # a status they do not have.
         reserved = slot and self._running < self._max_running
         status: Status = "pending" if slot and not reserved else "running"
-        state = new_state(definition, instance_id, input, creation_time(self._clock()), status=status)
+        state = new_state(definition, instance_id, input, self._creation_times.stamp(self._clock()), status=status)
         state.parent_id = None if parent is None else parent.instance_id
         if starts_at is not None:
             state.lanes[MAIN].waiting = {"start": starts_at}
@@ -1131,7 +1133,7 @@ class Engine:
                 # Stored at once: listings by status agree with it, and a restart during the
                 # first step keeps the time its workflow timeout counts from. It never ran, even
                 # if resumed from storage: it starts now (workflow.started, on_start).
-                admit(state, self._clock())
+                admit(state, None if run.cancel_requested else self._clock())
                 run.resumed = False
                 try:
                     await run.persist()

@@ -1,11 +1,12 @@
-"""Instance ids (time-ordered, with random bits read ahead in blocks) and creation times (one
-per instance made in this process)."""
+"""Instance ids (time-ordered, with random bits read ahead in blocks) and creation times."""
 
 from __future__ import annotations
 
 import math
 import os
 import time
+
+import trio
 
 #: Ids' random parts (20 hex digits each) read ahead: one system call per block of ids
 #: rather than one per id, which showed in the cost of a start.
@@ -32,19 +33,38 @@ def new_instance_id() -> str:
     return f"{int(time.time() * 1000) & 0xFFFF_FFFF_FFFF:012x}{_random_parts.pop()}"
 
 
-_last_creation = -math.inf
-
-
-def creation_time(now: float) -> float:
-    """``now`` as an instance's creation time: later than the one this process gave before, by
+class CreationTimes:
+    """Instances' creation times, one run of trio's: each later than the one given before, by
     the least a float can be, where the clock has not moved since (a test's virtual clock stands
     still between sleeps; another clock, a second behind or more, is taken as it is). With its
-    id, it tells an instance from an earlier one of that id (deleted, then started again),
-    whose records kept outside the instance (an entity step's, in the driver's run ledger) must
-    not be taken for its own."""
-    global _last_creation
-    if now > _last_creation or _last_creation - now > 1.0:
-        _last_creation = now
-    else:
-        _last_creation = math.nextafter(_last_creation, math.inf)
-    return _last_creation
+    id, a creation time tells an instance from an earlier one of that id (deleted, then started
+    again), whose records kept outside the instance (an entity step's, in the driver's run
+    ledger) must not be taken for its own. (An instance's start and end are never earlier: see
+    :func:`trioflow._decide.not_before_creation`.)
+
+    One per trio run, shared by the engines opened in it (a restart in a test), as a test's
+    virtual wall clock is: a run on a ``MockClock`` that went ahead of the wall clock must not
+    push the times of the next run's instances past its own clock."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last = -math.inf
+
+    @staticmethod
+    def of_this_run() -> CreationTimes:
+        try:
+            return _CREATION_TIMES.get()
+        except LookupError:
+            times = CreationTimes()
+            _CREATION_TIMES.set(times)
+            return times
+
+    def stamp(self, now: float) -> float:
+        """``now`` as the creation time of an instance made now."""
+        last = self._last
+        last = self._last = now if now > last or last - now > 1.0 else math.nextafter(last, math.inf)
+        return last
+
+
+_CREATION_TIMES: trio.lowlevel.RunVar[CreationTimes] = trio.lowlevel.RunVar("trioflow_creation_times")
