@@ -19,7 +19,7 @@ import trio
 from trioflow._context import WorkflowContext
 from trioflow._decide import not_before_creation, wake_at
 from trioflow._definition import ReceiveStep, Step, WaitStep
-from trioflow._durations import in_range, seconds
+from trioflow._durations import in_range, seconds, unix_seconds
 from trioflow._errors import InvalidArgumentError, SignalTimeoutError
 from trioflow._snapshot import Lane, waiting_view
 
@@ -87,7 +87,8 @@ async def run_receive(run: Run, step: ReceiveStep, lane: Lane, started_at: float
             f"step {step.name!r} waits for signal {step.signal!r} with no timeout, and execute_workflow has no"
             " engine to signal it; give it a timeout, or run it on an engine (open_engine)"), 1)
     if not lane.waits():
-        due = None if step.timeout is None else run.clock() + step.timeout
+        timeout = step.timeout
+        due = None if timeout is None or timeout == math.inf else run.clock() + timeout  # (inf: none)
         lane.waiting = {"signal": step.signal, "timeout": due, "since": started_at}
         taken = await take(run, step.signal, due)
         if taken is None:
@@ -194,7 +195,7 @@ def _due(run: Run, step: WaitStep, ctx: WorkflowContext) -> float:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise InvalidArgumentError(f"step {step.name!r}: until gave a naive datetime; give an aware one")
-        value = value.timestamp()
+        value = unix_seconds(value)
     _check_number(step, "until", value)
     return float(value)
 

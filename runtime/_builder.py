@@ -33,7 +33,7 @@ from ._definition import (
     When,
     WorkflowDefinition,
 )
-from ._durations import Seconds
+from ._durations import Seconds, unix_seconds
 from ._durations import seconds as as_seconds
 from ._errors import DefinitionError
 from ._lanes import branch_lane, item_lanes
@@ -268,7 +268,7 @@ class _LaneBuilder:
         if isinstance(until, datetime):
             if until.tzinfo is None:
                 raise DefinitionError(f"{self._owner()}, step {name!r}: until must be an aware datetime (with a tzinfo)")
-            until = until.timestamp()
+            until = unix_seconds(until)
         self._steps.append(WaitStep(name=name, seconds=as_seconds(seconds), until=until, next=next, end=end))
         return self
 

@@ -1,9 +1,10 @@
-"""Durations: seconds as a number, or a ``datetime.timedelta``, wherever trioflow takes one."""
+"""Durations: seconds as a number, or a ``datetime.timedelta``, wherever trioflow takes one;
+moments as Unix seconds, or an aware ``datetime``."""
 
 from __future__ import annotations
 
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Union
 
 #: What a duration argument accepts (trio takes seconds; Temporal users write timedeltas).
@@ -14,6 +15,12 @@ def seconds(value: Any) -> Any:
     """``value`` in seconds if it is a ``timedelta``; anything else as it is, for the caller's
     own check to accept or name."""
     return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+def unix_seconds(moment: datetime) -> float:
+    """An aware ``datetime`` as Unix seconds; one before 1970 as 0: a moment long past, which
+    comes at once as any past one does (Unix seconds given as numbers must not be negative)."""
+    return max(0.0, moment.timestamp())
 
 
 def in_range(value: Any, minimum: float = 0.0, *, infinite: bool = False) -> bool:

@@ -44,7 +44,7 @@ from ._current import check_in_trio, lane_of_caller
 from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, wake_at
 from ._ids import CreationTimes, new_instance_id
 from ._definition import WorkflowDefinition
-from ._durations import Seconds, in_range, seconds
+from ._durations import Seconds, in_range, seconds, unix_seconds
 from ._errors import (
     DefinitionError,
     DefinitionMismatchError,
@@ -431,7 +431,7 @@ class Engine:
         if isinstance(start_at, datetime):
             if start_at.tzinfo is None:
                 raise InvalidArgumentError(f"start_at must be an aware datetime (with a tzinfo), got {start_at!r}")
-            return start_at.timestamp()
+            return unix_seconds(start_at)
         if not in_range(start_at):
             raise InvalidArgumentError(f"start_at must be an aware datetime or Unix seconds, got {start_at!r}")
         return float(start_at)

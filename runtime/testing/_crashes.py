@@ -34,10 +34,12 @@ import trio
 
 from trioflow._builder import index_steps
 from trioflow._callables import is_async
-from trioflow._definition import ChildStep, MapStep, ParallelStep, Step, StepFn, TaskStep, WorkflowDefinition
+from trioflow._definition import (
+    ChildStep, MapStep, ParallelStep, ReceiveStep, Step, StepFn, TaskStep, WorkflowDefinition,
+)
 from trioflow._engine import Engine, open_engine
 from trioflow._errors import InvalidArgumentError, TrioflowError, UnknownJobError, UnknownWorkflowError, safe_repr
-from trioflow._lanes import child_instance_id, item_of
+from trioflow._lanes import child_instance_id, item_lanes, item_of
 from trioflow._snapshot import RESUMABLE, InstanceState, Status, StepResult, WorkflowInstance
 from trioflow._codec import decode_payload, decode_stored, encode_payload
 from trioflow._current import NotInStepError, current_step
@@ -244,7 +246,7 @@ async def explore_crashes(
                 # Branches that end in one scheduler pass share a checkpoint, so how many writes
                 # a run makes can vary with scheduling (real threads): this run ended before write k.
                 after = f"no crash: this run made {crashed.writes} writes"
-                divergence = _compare_uncrashed(baseline, outcome)
+                divergence = _compare_uncrashed(baseline, outcome, shapes[workflow.name])
             elif lost:
                 after = "write lost, after " + (_describe_write(crashed.states, k - 1) if k > 1 else "nothing stored")
                 divergence = counter.changed[0] if counter.changed else _compare(
@@ -303,11 +305,22 @@ class _Shape:
     timing: bool
     #: Its workflow timeout (``None``: none).
     timeout: float | None
+    #: The signal each receive step takes, by step.
+    receives: Mapping[str, str]
+    #: Whether receive steps that may wait at once (in parallel branches, in map items) take
+    #: signals of one name: which of them takes which signal is not specified, so the run's
+    #: output may differ by that alone.
+    contested: bool
 
     @classmethod
     def of(cls, definition: WorkflowDefinition) -> _Shape:
         steps = [s for s, _ in definition.lookup.values()]
         children = frozenset(s.name for s in steps if isinstance(s, ChildStep))
+        in_items = {item_lanes(s.name) for s in steps if isinstance(s, MapStep)}  # (a map's branch steps' lane)
+        lanes_of: dict[str, set[str]] = collections.defaultdict(set)
+        for step, lane in definition.lookup.values():
+            if isinstance(step, ReceiveStep):
+                lanes_of[step.signal].add(lane)
         return cls(
             compensable=children | {s.name for s in steps if isinstance(s, TaskStep) and s.compensate is not None},
             attempts_of={s.name: (s.retry.max_attempts if s.retry is not None else 1)
@@ -315,6 +328,8 @@ class _Shape:
             child_steps=children,
             timing=definition.timeout is not None or any(isinstance(s, (ParallelStep, MapStep)) for s in steps),
             timeout=definition.timeout,
+            receives={s.name: s.signal for s in steps if isinstance(s, ReceiveStep)},
+            contested=any(len(lanes) > 1 or not lanes.isdisjoint(in_items) for lanes in lanes_of.values()),
         )
 
 
@@ -414,10 +429,24 @@ def _outcome(
     )
 
 
-def _compare_uncrashed(base: Outcome, got: Outcome) -> str | None:
-    if (got.status, got.output) != (base.status, base.output):
+def _compare_uncrashed(base: Outcome, got: Outcome, shape: _Shape) -> str | None:
+    if got.status != base.status or (got.output != base.output and not _signals_swapped(base, got, shape)):
         return f"a run without a crash ended {got.status!r} with {got.output!r}, another {base.status!r}"
     return None
+
+
+def _signals_swapped(base: Outcome, got: Outcome, shape: _Shape) -> bool:
+    """Whether two runs whose outputs differ may differ by which receive step took which
+    signal alone: receive steps that wait at once for one name take them in either order
+    (docs/waiting.md). Each signal must still be taken exactly once: the payloads taken, by
+    signal name, are those the fault-free run took."""
+    return shape.contested and _taken(base, shape) == _taken(got, shape)
+
+
+def _taken(outcome: Outcome, shape: _Shape) -> collections.Counter[tuple[str, bytes]]:
+    return collections.Counter(
+        (shape.receives[r.step_name], encode_payload(r.output, "a signal's payload")) for r in outcome.history
+        if r.status == "completed" and r.step_name in shape.receives)
 
 
 def _compare(
@@ -427,7 +456,8 @@ def _compare(
     if got.status != base.status and not (
             got.status == "timed_out" and _may_time_out(base, shapes[got.workflow_name])):
         return f"final status {got.status!r}, the fault-free run ended {base.status!r}"
-    if got.status == base.status and got.output != base.output:
+    if got.status == base.status and got.output != base.output and not _signals_swapped(
+            base, got, shapes[got.workflow_name]):
         return f"output {got.output!r}, the fault-free run gave {base.output!r}"
     # A compensation that worked in the fault-free run and fails after a crash was run twice
     # and is not idempotent (a refund refused as "already refunded"), whatever the timing.
