@@ -1,11 +1,15 @@
 """Child steps: start a child instance, wait for its end as for a signal, take its outcome.
 
+The parent stores the step's start (with the child's id, and what its lane waits for: the
+child's end notice, a signal trioflow sends) before it stores the child, as Temporal records a
+child's initiation in its parent's history first: whatever stops it in between, its records name
+every child it may have started, so a cancel, a workflow timeout or a failure that ends it
+before it takes the step up again still cancels that child (or compensates it, if it completed).
 The child's id comes from the parent's id and the step execution's id, so starting it is
-idempotent: a parent resumed before it stored that it started the child starts the same child
-again, which the engine takes as the one already there. The parent's lane stores what it waits
-for (the child's end notice, a signal trioflow sends) and a lane that runs alone leaves memory
-meanwhile, holding no task and no ``max_running`` slot. The child's last checkpoint stores that
-notice in the same atomic write that records its end, so it is never lost.
+idempotent: a parent taken up again before its child's end starts the same child again, which
+the engine takes as the one already there. A lane that runs alone leaves memory while it waits,
+holding no task and no ``max_running`` slot. The child's last checkpoint stores the end notice in
+the same atomic write that records its end, so it is never lost.
 """
 
 from __future__ import annotations
@@ -48,13 +52,20 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
     if lane.begun is None:
         await _start(run, step, lane_key, lane, ctx)
         assert lane.waiting is not None
-        child_id = lane.waiting["child"]
-    else:  # taken up again (a resume): the child may be queued for a slot this parent holds
+        child_id, notice = lane.waiting["child"], lane.waiting["signal"]
+        taken = await take(run, notice)
+    else:  # taken up again (a resume)
         assert lane.waiting is not None
-        child_id = lane.waiting["child"]
+        child_id, notice = lane.waiting["child"], lane.waiting["signal"]
+        taken = await take(run, notice)
+        if taken is None:
+            # Not ended: it may not even be stored (the parent stopped between storing the
+            # step's start and storing the child). Started again: one stored is taken as it is.
+            begun = run.state.records[lane.begun]
+            await _store_child(run, step, lane, child_id, begun.input, begun.input_is_workflow_input)
+        # It may be queued for a slot this parent holds.
         children.adopt(child_id, run.state.instance_id)
-    notice = lane.waiting["signal"]
-    taken = await signal_or_timeout(run, lane, notice, await take(run, notice))
+    taken = await signal_or_timeout(run, lane, notice, taken)
     lane.waiting = None
     assert taken is not None  # no timeout
     outcome = taken[1]
@@ -66,8 +77,8 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
 
 
 async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: WorkflowContext) -> None:
-    """Record the execution's start (with the child's id and input), store what the lane waits
-    for, and start the child."""
+    """Record the execution's start (with the child's id and input) and what the lane waits
+    for, store them, then start the child."""
     state = run.state
     assert run.children is not None
     try:
@@ -82,6 +93,31 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
         run.check_value(child_input, f"input of step {step.name!r}")
     except Exception as exc:
         raise StepFailure(step.name, exc, 1) from exc
+    if not run.resumed:
+        # Refused before anything is stored: a name nobody registers fails the step at once.
+        try:
+            run.children.check_runnable(step.workflow)
+        except (UnknownWorkflowError, UnknownJobError) as exc:
+            raise StepFailure(step.name, exc, 1, child_input, uses_input) from exc
+    now = run.clock()
+    child_id = child_instance_id(state.instance_id, next_execution_id(state, lane_key, step.name))
+    start = new_execution(
+        state, lane_key, step.name, "started", output=child_id, input=child_input, input_is_workflow_input=uses_input,
+        started_at=now, now=now)
+    start = run.stage(start)
+    state.add(start)
+    lane.begun = start.seq
+    lane.waiting = {"signal": child_ended_signal(child_id), "timeout": None, "child": child_id}
+    await announce(run, step, lane)
+    await _store_child(run, step, lane, child_id, child_input, uses_input)
+
+
+async def _store_child(
+    run: Run, step: ChildStep, lane: Lane, child_id: str, child_input: Any, uses_input: bool,
+) -> None:
+    """Store the child (or find it stored) and run it; once its start is stored in the parent."""
+    state = run.state
+    assert run.children is not None
     if run.resumed:
         # Taken up from storage (resumed as the engine starts, or woken from a wait): as a
         # service starts up, its modules may each register their workflows after an ``await``,
@@ -89,15 +125,14 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
         # fail the step, and compensate the children it had run, for a workflow about to be
         # registered. (A run that started here fails the step: a name nobody registers.)
         await run.children.until_registered(step.workflow)
-    now = run.clock()
-    child_id = child_instance_id(state.instance_id, next_execution_id(state, lane_key, step.name))
     deadline: float | None = None
     delay = FIRST_BACKOFF
     while True:  # (a loop, not a wrapper: no frame more for each of thousands of children starting)
         try:
             await run.children.start(step.workflow, child_input, child_id, state.instance_id)
-            break
+            return
         except (UnknownWorkflowError, UnknownJobError, InstanceIdConflictError) as exc:  # the step fails
+            lane.waiting = None
             raise StepFailure(step.name, exc, 1, child_input, uses_input) from exc
         except StorageUnavailableError as exc:
             # Tried again as a checkpoint is: a start whose answer was lost finds the child there.
@@ -111,16 +146,6 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
             # engine's resume starts the same child id again, which it takes as the one there.
             await trio.lowlevel.checkpoint_if_cancelled()
             raise
-    # Made after the start: sibling lanes may have added records meanwhile, and this one's
-    # seq is its place among them.
-    start = new_execution(
-        state, lane_key, step.name, "started", output=child_id, input=child_input, input_is_workflow_input=uses_input,
-        started_at=now, now=run.clock())
-    start = run.stage(start)
-    state.add(start)
-    lane.begun = start.seq
-    lane.waiting = {"signal": child_ended_signal(child_id), "timeout": None, "child": child_id}
-    await announce(run, step, lane)
 
 
 def waited_on(lanes: Iterable[Lane]) -> list[str]:

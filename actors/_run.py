@@ -166,6 +166,11 @@ class Children(Protocol):
         returns."""
         ...
 
+    def check_runnable(self, workflow: str) -> None:
+        """Raise what :meth:`start` would (:class:`UnknownWorkflowError`,
+        :class:`UnknownJobError`) if ``workflow`` cannot run here now."""
+        ...
+
     async def until_registered(self, workflow: str) -> None:
         """Return once ``workflow`` is registered with every job it uses (at once if it is)."""
         ...

@@ -41,6 +41,9 @@ class EngineChildren:
         # The engine's coroutine itself, not one around it: a frame fewer per child starting.
         return self._engine._start_child(workflow, input, child_id, parent_id)
 
+    def check_runnable(self, workflow: str) -> None:
+        self._engine._runnable(workflow)
+
     async def until_registered(self, workflow: str) -> None:
         engine = self._engine
         while (definition := engine._definitions.get(workflow)) is None or engine._missing_jobs(definition):
@@ -63,6 +66,11 @@ class EngineChildren:
             if child_id not in engine._live:
                 stored = await retried(lambda: engine.adapter.load(child_id), retry_for=engine._storage_retry_for,
                                        what=f"loading child {child_id} to cancel it", instance_id=child_id)
+                if stored is None:
+                    # Not stored: its parent stored the step's start and stopped before it
+                    # stored the child (see trioflow.actors._child), or it ended and was purged
+                    # before its parent took its end. Nothing left to cancel.
+                    return
                 # Its workflow (or a job of it) may be registered after its parent's, as an
                 # engine starts up: it is cancelled once it is, not left to run on; for as long
                 # as the parent's compensations may take, no longer.

@@ -318,13 +318,7 @@ class Engine:
             hint = f": pass its name, {workflow_name.name!r}" if isinstance(workflow_name, WorkflowDefinition) else ""
             raise InvalidArgumentError(
                 f"start() takes a registered workflow's name, got {type(workflow_name).__name__}{hint}")
-        definition = self._definitions.get(workflow_name)
-        if definition is None:
-            known = ", ".join(sorted(self._definitions)) or "none"
-            raise UnknownWorkflowError(f"no workflow registered as {workflow_name!r} (registered: {known})")
-        missing = self._missing_jobs(definition)
-        if missing:
-            raise UnknownJobError(f"workflow {workflow_name!r} uses jobs nobody registered: {', '.join(missing)}")
+        definition = self._runnable(workflow_name)
         if instance_id is None:
             instance_id = new_instance_id()
         elif not isinstance(instance_id, str) or not instance_id or not valid_text(instance_id):
@@ -396,6 +390,18 @@ class Engine:
         finally:
             if reserved:
                 self._free_slot()  # not run here in this slot after all: it goes to the queue
+
+    def _runnable(self, workflow_name: str) -> WorkflowDefinition:
+        """The definition an instance of ``workflow_name`` would run here now;
+        :class:`UnknownWorkflowError` or :class:`UnknownJobError` if none can."""
+        definition = self._definitions.get(workflow_name)
+        if definition is None:
+            known = ", ".join(sorted(self._definitions)) or "none"
+            raise UnknownWorkflowError(f"no workflow registered as {workflow_name!r} (registered: {known})")
+        missing = self._missing_jobs(definition)
+        if missing:
+            raise UnknownJobError(f"workflow {workflow_name!r} uses jobs nobody registered: {', '.join(missing)}")
+        return definition
 
     async def _ended_before(self, child_id: str, parent: InstanceState) -> bool:
         """Whether a resumed parent holds the end notice of the child it is about to start: the

@@ -330,7 +330,9 @@ class WorkflowInstance:
     #: waiting branch's; ``None``: none; docs/waiting.md has the table).
     waiting: dict[str, Any] | None = None
     #: The instance whose child step started this one (``None``: started by a caller), and the
-    #: child instances this one's child steps started, in the order they were.
+    #: child instances this one's child steps started, in the order they were (a step's start
+    #: is stored before its child: one ended after an engine stopped between the two may list a
+    #: child never stored).
     parent_id: str | None = None
     children: tuple[str, ...] = ()
 

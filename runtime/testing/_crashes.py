@@ -393,7 +393,9 @@ async def _children(engine: Engine, root: WorkflowInstance, family: bool) -> dic
     while True:
         while todo:
             child_id = todo.pop(0)
-            if child_id not in found:
+            if child_id not in found and await engine.get_instance(child_id) is not None:
+                # (Not stored: its parent stored the step's start, then the crash came before
+                # it stored the child, and the parent ended before it started it again.)
                 # A child a failing parent cancelled may still be compensating: wait for its end
                 # (bounded: a crash run may have sent it to a wait that never ends).
                 found[child_id] = child = await _as_it_ends(engine, child_id)
@@ -558,13 +560,16 @@ def _check_family(got: Outcome, at_crash: Mapping[str, InstanceState], shapes: M
     for instance_id, outcome in members.items():
         assert outcome.workflow_name is not None
         shape = shapes[outcome.workflow_name]
+        # (A step whose execution never ended may name a child never stored: its start is
+        # stored before the child is, and the parent ended before it took the step up again.)
+        ended = {r.id for r in outcome.history if r.status != "started"}
         for r in outcome.history:
             if r.status == "started" and r.step_name in shape.child_steps:
                 child_id = r.output
                 if child_id in listed:
                     return f"child {child_id!r} was started twice (by {listed[child_id]!r} and {instance_id!r})"
                 listed[child_id] = instance_id
-                if child_id not in members:
+                if child_id not in members and r.id in ended:
                     return f"instance {instance_id!r} started child {child_id!r}, which is not stored"
             elif r.step_name in shape.child_steps and r.status in ("completed", "compensated") \
                     and r.compensation_error is None:
