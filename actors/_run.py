@@ -277,8 +277,9 @@ class Run:
         #: The engine's wall clock (Unix seconds): timestamps, timers' due times and timeouts
         #: that outlive a restart are all on it.
         self.clock = clock
-        #: Set (and dropped) when a signal is delivered while a receive step waits.
-        self.arrived: trio.Event | None = None
+        #: By signal name: set (and dropped) when a signal of that name is delivered while a
+        #: step waits for one (a receive step, a child step's end notice).
+        self.arrived: dict[str, trio.Event] | None = None
         #: Seqs of the signals this run's receive steps took (never taken twice, even while the
         #: checkpoint deleting them is in flight).
         self.consumed_seqs: set[int] | None = None
@@ -394,8 +395,9 @@ class Run:
         if stored_at is not None:
             self.note_signal_time(seq, stored_at)
         if self.arrived is not None:
-            self.arrived.set()
-            self.arrived = None
+            waiting = self.arrived.pop(name, None)
+            if waiting is not None:
+                waiting.set()
 
     async def fetch_signals(self) -> None:
         """Deliver the signals storage holds for this instance (sent before it ran here), once

@@ -138,11 +138,18 @@ async def signal_or_timeout(
         left = math.inf if due is None else due - run.clock()
         if left <= 0:
             return None
+        # One event per signal name: a signal wakes the lanes that wait for its name only (a
+        # map's items each wait for their own child's end notice: not all of them for each).
         if run.arrived is None:
-            run.arrived = trio.Event()
-        arrived = run.arrived
-        with trio.move_on_after(left):
-            await arrived.wait()
+            run.arrived = {}
+        arrived = run.arrived.get(name)
+        if arrived is None:
+            arrived = run.arrived[name] = trio.Event()
+        if due is None:
+            await arrived.wait()  # (no cancel scope to make: a child's end notice has no timeout)
+        else:
+            with trio.move_on_after(left):
+                await arrived.wait()
         taken = run.take_signal(name, by=due)
     return taken
 
