@@ -63,6 +63,9 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
             # step's start and storing the child). Started again: one stored is taken as it is.
             begun = run.state.records[lane.begun]
             await _store_child(run, step, lane, child_id, begun.input, begun.input_is_workflow_input)
+            if "check" in lane.waiting:
+                # Stored now: nothing to look at again (the wait stored next says so).
+                lane.waiting = {key: value for key, value in lane.waiting.items() if key != "check"}
         # It may be queued for a slot this parent holds.
         children.adopt(child_id, run.state.instance_id)
     taken = await signal_or_timeout(run, lane, notice, taken)
@@ -107,9 +110,19 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
     start = run.stage(start)
     state.add(start)
     lane.begun = start.seq
-    lane.waiting = {"signal": child_ended_signal(child_id), "timeout": None, "child": child_id}
+    # Stored as a wait that wakes the parent at ``check``, should it be out of memory by then
+    # with its child still running: so a parent that stopped before it stored its child (the
+    # waker finds no end notice would ever wake it) is taken up again, and stores it then. A
+    # child that ends before then wakes it first, with no write more.
+    lane.waiting = {"signal": child_ended_signal(child_id), "timeout": None, "child": child_id,
+                    "check": now + CHECK_CHILD_STORED_AFTER}
     await announce(run, step, lane)
     await _store_child(run, step, lane, child_id, child_input, uses_input)
+
+
+#: Seconds after a child step stored its start when its parent, out of memory and not woken by
+#: its child's end, is taken up to store the child should it not be (see ``_start``).
+CHECK_CHILD_STORED_AFTER = 10.0
 
 
 async def _store_child(

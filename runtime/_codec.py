@@ -634,7 +634,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
 #: release are left as they are.
 _WAIT_FIELDS: dict[str, tuple[type, ...]] = {
     "timer": (int, float), "retry": (int, float), "start": (int, float), "since": (int, float),
-    "timeout": (int, float, type(None)), "attempt": (int,), "signal": (str,), "child": (str,),
+    "timeout": (int, float, type(None)), "attempt": (int,), "signal": (str,), "child": (str,), "check": (int, float),
 }
 
 

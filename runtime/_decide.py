@@ -398,7 +398,7 @@ def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | Non
         if waiting is None or not lane.waits():
             return None
         due = min(due, waiting.get("timer", math.inf), waiting.get("start", math.inf), waiting.get("retry", math.inf),
-                  waiting.get("timeout") or math.inf)
+                  waiting.get("timeout") or math.inf, waiting.get("check", math.inf))
     if due == math.inf and not any(lane.waits() for lane in state.lanes.values()):
         return None
     main = state.lanes.get(MAIN)

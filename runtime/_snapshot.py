@@ -9,7 +9,7 @@ allocation on the hot path. Callers never see it: they get :class:`WorkflowInsta
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
@@ -168,8 +168,14 @@ _KEPT_ONLY = frozenset({"attempt", "since"})
 
 def waiting_view(waiting: dict[str, Any]) -> dict[str, Any]:
     """What a lane waits for as callers see it (``WorkflowInstance.waiting``, the
-    ``workflow.step.waiting`` event): without when its execution started."""
-    return {key: value for key, value in waiting.items() if key != "since"}
+    ``workflow.step.waiting`` event): without what only the engine needs."""
+    return {key: value for key, value in waiting.items() if key not in _UNSEEN_WAIT_KEYS}
+
+
+#: What a lane's wait holds for the engine alone: when its execution started, and when a parent
+#: that stored a child step's start looks whether it stored the child too (see
+#: ``trioflow.actors._child``).
+_UNSEEN_WAIT_KEYS = frozenset({"since", "check"})
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -401,8 +407,20 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
         cause=state.cause,
         waiting=_waiting(state),
         parent_id=state.parent_id,
-        children=tuple(r.output for r in state.records if r.status == "started" and isinstance(r.output, str)),
+        children=children_started(state.records),
     )
+
+
+def children_started(records: Sequence[StepResult]) -> tuple[str, ...]:
+    """The ids of the child instances that the child steps of these records started, in the
+    order they were. A child step stores its start before its child (see
+    ``trioflow.actors._child``): one that then found its child's id taken by another instance
+    (:class:`InstanceIdConflictError`) started none."""
+    started = [r for r in records if r.status == "started" and isinstance(r.output, str)]
+    if not started:
+        return ()
+    refused = {r.id for r in records if r.error_name == "InstanceIdConflictError"}
+    return tuple(r.output for r in started if r.id not in refused)
 
 
 def _instance_dict(instance: WorkflowInstance) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from trioflow._definition import (
 from trioflow._engine import Engine, open_engine
 from trioflow._errors import InvalidArgumentError, TrioflowError, UnknownJobError, UnknownWorkflowError, safe_repr
 from trioflow._lanes import child_instance_id, item_lanes, item_of
-from trioflow._snapshot import RESUMABLE, InstanceState, Status, StepResult, WorkflowInstance
+from trioflow._snapshot import RESUMABLE, InstanceState, Status, StepResult, WorkflowInstance, children_started
 from trioflow._codec import decode_payload, decode_stored, encode_payload
 from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
@@ -563,8 +563,9 @@ def _check_family(got: Outcome, at_crash: Mapping[str, InstanceState], shapes: M
         # (A step whose execution never ended may name a child never stored: its start is
         # stored before the child is, and the parent ended before it took the step up again.)
         ended = {r.id for r in outcome.history if r.status != "started"}
+        started = set(children_started(outcome.history))  # (not those whose id was taken)
         for r in outcome.history:
-            if r.status == "started" and r.step_name in shape.child_steps:
+            if r.status == "started" and r.step_name in shape.child_steps and r.output in started:
                 child_id = r.output
                 if child_id in listed:
                     return f"child {child_id!r} was started twice (by {listed[child_id]!r} and {instance_id!r})"
