@@ -33,7 +33,7 @@ from trioflow._errors import (
     UnknownJobError,
     UnknownWorkflowError,
 )
-from trioflow._lanes import child_ended_signal, child_instance_id
+from trioflow._lanes import MAIN, child_ended_signal, child_instance_id
 from trioflow._snapshot import Lane
 from trioflow._storage_retry import BACKOFF_MAX, FIRST_BACKOFF, back_off
 
@@ -110,12 +110,14 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
     start = run.stage(start)
     state.add(start)
     lane.begun = start.seq
-    # Stored as a wait that wakes the parent at ``check``, should it be out of memory by then
-    # with its child still running: so a parent that stopped before it stored its child (the
-    # waker finds no end notice would ever wake it) is taken up again, and stores it then. A
-    # child that ends before then wakes it first, with no write more.
-    lane.waiting = {"signal": child_ended_signal(child_id), "timeout": None, "child": child_id,
-                    "check": now + CHECK_CHILD_STORED_AFTER}
+    lane.waiting = {"signal": child_ended_signal(child_id), "timeout": None, "child": child_id}
+    if lane_key == MAIN:
+        # Stored as a wait that wakes the parent at ``check``, should it be out of memory by
+        # then with its child still running: so a parent that stopped before it stored its child
+        # (no end notice would ever wake it) is taken up again, and stores it then. A child that
+        # ends before then wakes it first, with no write more. (Not in a branch or a map item:
+        # their instance is stored running, not waiting, and a restart resumes it at once.)
+        lane.waiting["check"] = now + CHECK_CHILD_STORED_AFTER
     await announce(run, step, lane)
     await _store_child(run, step, lane, child_id, child_input, uses_input)
 
