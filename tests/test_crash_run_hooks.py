@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import trioflow as tf
 from trioflow.testing import CrashDivergenceError, Outcome, explore_crashes
@@ -123,3 +124,16 @@ async def test_a_hook_that_is_not_callable_is_refused(name: str) -> None:
     with pytest.raises(tf.InvalidArgumentError, match=f"{name} must be a function or None, got 'reset'"):
         await explore_crashes(receipt_flow(mailer), {"to": "ann@example.com"}, **{name: "reset"})
     assert mailer.sent == []  # refused before anything ran
+
+
+async def test_a_child_waiting_for_a_signal_is_told_signals_reach_the_root_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The message said the signal was sent and that none was left to send: a newcomer could not
+    # tell that signals= never reaches a child.
+    child = tf.workflow("approval").receive("wait", signal="go").build()
+    parent = tf.workflow("order").child("approve", workflow="approval").build()
+    with pytest.raises(tf.InvalidArgumentError, match=(
+            "child instance 'explored-instance/approve#1' waits for signal 'go' with no timeout, and signals= is"
+            " sent to the explored instance only, not to its children")):
+        await explore_crashes(parent, None, also=[child], signals=[("go", 1)])

@@ -363,6 +363,11 @@ async def _end_or_never(engine: Engine, signals: Sequence[tuple[str, Any]], *, f
         name = waiting.get("signal")
         if instance.status in RESUMABLE and isinstance(name, str) and "child" not in waiting \
                 and waiting.get("timeout") is None:
+            if instance.id != INSTANCE_ID:
+                raise InvalidArgumentError(
+                    f"child instance {instance.id!r} waits for signal {name!r} with no timeout, and signals= is"
+                    " sent to the explored instance only, not to its children: the run can never end (give that"
+                    " receive step a timeout)")
             raise InvalidArgumentError(
                 f"instance {instance.id!r} waits for signal {name!r} with no timeout, and no signal of that name"
                 f" is left to send (signals= sends: {sent}): the run can never end")
