@@ -289,7 +289,13 @@ async def undo(run: Run, bound: float | None) -> None:
         # to the parent's compensation, which asks for it again.
         state.phase = "compensating"
         state.outcome = "compensated"
-    await _compensate_and_finish(run, bound)
+    # Its compensations set the lane they run in: given back as it was when they end (the
+    # task may be the parent's run, or one of its own that would leave its entry behind).
+    previous = swap_lane(None)
+    try:
+        await _compensate_and_finish(run, bound)
+    finally:
+        swap_lane(previous)
 
 
 async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:

@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 import trioflow as tf
+from trioflow import _current
 from trioflow._snapshot import TERMINAL
 from trioflow.adapters import MemoryAdapter
 from trioflow.adapters._memory import _Row
@@ -193,3 +194,47 @@ async def test_stalled_entries_outlive_instances_whose_end_was_stored(
         assert len(adapter._rows) == 0  # every row was stored completed, then purged
         assert await engine.resume() == []
         assert len(engine._stalled) <= 10, f"{len(engine._stalled)} stalled entries, 0 stored instances"
+
+
+# -- 5. trioflow._current._lanes: an entry per child undone as a unit from a task of its own ----
+
+async def undo_nothing(ctx: Any, result: Any) -> None:
+    pass
+
+
+async def slow(ctx: Any) -> int:
+    await trio.sleep(1)
+    return 2
+
+
+async def test_a_child_undone_by_a_task_of_its_own_leaves_no_lane_behind(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A parent cancelled as its child completes (before its child step took the child's end)
+    has the child compensated as a unit by a task the engine starts for it. That task set the
+    lane of each compensation it ran (for ``current_step()``) in the process-wide registry of
+    lanes by task, and never took it out: every such child left its whole state in memory, its
+    parent's too, after both were purged, even after the engine closed."""
+    kid = tf.workflow("kid").step("a", ok, undo_nothing).step("b", slow).build()
+    parent = tf.workflow("parent").child("c", workflow="kid").build()
+    n = 50
+    async with open_test_engine(retain_finished=0) as engine, trio.open_nursery() as cancels:
+        engine.register(kid)
+        engine.register(parent)
+        undone = []
+
+        def on_completed(event: dict[str, Any]) -> None:  # (a sync listener: as the end is stored)
+            if event["workflow_name"] == "kid":
+                cancels.start_soon(engine.cancel, event["instance_id"].split("/")[0])
+
+        def on_compensated(event: dict[str, Any]) -> None:
+            if event["workflow_name"] == "kid":
+                undone.append(event["instance_id"])
+
+        engine.events.on("workflow.completed", on_completed)
+        engine.events.on("workflow.compensated", on_compensated)
+        ids = [await engine.start("parent", {"k": k}) for k in range(n)]
+        await _wait_all(engine, ids)
+        await trio.sleep(5)  # retention
+    assert undone  # children were undone as units: the path this is about
+    ended = [task for task in _current._lanes if task.coro.cr_frame is None]
+    assert not ended, f"{len(ended)} ended tasks still hold a lane ({len(undone)} children undone)"
