@@ -357,14 +357,18 @@ class SQLiteAdapter:
         return conn
 
     def _check_version(self, version: int, conn: sqlite3.Connection) -> None:
+        # Another application's database keeps its own schema version in user_version,
+        # whatever its number: a high one without our table may be either.
+        foreign = version != 0 and conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trioflow_instances'").fetchone() is None
         if version > SCHEMA_VERSION:
             raise DatabaseError(
                 f"{self.path} was written by a newer trioflow (schema version {version}; "
-                f"this one reads up to {SCHEMA_VERSION})"
+                f"this one reads up to {SCHEMA_VERSION})" + (
+                    ", or is another application's database (it has no trioflow_instances table)"
+                    if foreign else "")
             )
-        if version != 0 and conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trioflow_instances'").fetchone() is None:
-            # Another application's database, which keeps its own schema version there.
+        if foreign:
             raise DatabaseError(
                 f"{self.path} is not a trioflow database (its user_version is {version}, and it has no"
                 " trioflow_instances table)")

@@ -284,3 +284,25 @@ async def test_a_signal_name_that_is_not_valid_text_is_refused_as_a_bad_argument
             await engine.signal(iid, "go\udc80")
         assert await engine.adapter.signals(iid) == []
         await engine.cancel(iid)
+
+
+def test_another_applications_database_with_a_high_schema_version_is_not_blamed_on_a_newer_trioflow(
+        tmp_path: Path) -> None:
+    """Its own user_version 7, no trioflow table: the error said only that a newer trioflow
+    wrote it, which sends its user looking for an upgrade rather than at the path."""
+    import trio as _trio
+
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+        conn.execute("PRAGMA user_version = 7")
+    conn.close()
+    before = path.read_bytes()
+
+    async def open_it() -> None:
+        with pytest.raises(tf.adapters.DatabaseError, match=r"or is another application's database \(it has no "
+                                                            r"trioflow_instances table\)"):
+            await tf.adapters.SQLiteAdapter(path).open()
+
+    _trio.run(open_it)
+    assert path.read_bytes() == before
