@@ -6,7 +6,8 @@ adapter, and ``import trioflow`` should not pay for sqlite3, threads and queues 
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from trioflow._lazy import lazy_exports, public_module
+from trioflow._lazy import lazy_exports as _lazy_exports
+from trioflow._lazy import public_module as _public_module
 
 from ._memory import MemoryAdapter as MemoryAdapter
 from ._protocol import Adapter as Adapter
@@ -35,5 +36,5 @@ _LAZY = {
 }
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
-public_module(__name__, globals())
+__getattr__, __dir__ = _lazy_exports(__name__, _LAZY, globals())
+_public_module(__name__, globals())

@@ -6,7 +6,8 @@ This module is the public facade; everything is defined in private modules and r
 import logging as _logging
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from ._lazy import lazy_exports, public_module
+from ._lazy import lazy_exports as _lazy_exports
+from ._lazy import public_module as _public_module
 
 __version__ = "0.2.0.dev0"
 
@@ -102,8 +103,8 @@ _LAZY = {
 }
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
-public_module(__name__, globals())
+__getattr__, __dir__ = _lazy_exports(__name__, _LAZY, globals())
+_public_module(__name__, globals())
 
 # A library's log lines go where the application sends them, and nowhere if it configures no
 # logging (not to stderr through Python's last-resort handler).

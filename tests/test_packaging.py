@@ -25,6 +25,17 @@ def test_public_classes_and_functions_report_the_public_module() -> None:
     assert trioflow.testing.ScriptedJob.__module__ == "trioflow.testing"
 
 
+def test_the_facades_export_no_machinery_of_their_own() -> None:
+    """The helpers that build the facades (lazy exports, public module names) were public
+    names of ``trioflow`` and ``trioflow.adapters`` too, documented nowhere."""
+    import trioflow.adapters
+    for facade in (tf, trioflow.adapters):
+        public = {name: getattr(facade, name) for name in dir(facade) if not name.startswith("_")}
+        leaked = [name for name, value in public.items()
+                  if getattr(getattr(value, "__code__", None), "co_filename", "").endswith("_lazy.py")]
+        assert not leaked, f"{facade.__name__} exports {leaked}"
+
+
 def test_the_fixture_without_pytest_trio_names_the_extra_to_install(tmp_path: Path) -> None:
     (tmp_path / "test_uses_engine.py").write_text("async def test_x(trioflow_engine):\n    pass\n")
     done = subprocess.run(
