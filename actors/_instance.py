@@ -227,6 +227,24 @@ async def store_cancel(run: Run) -> None:
         run.note_decided()
 
 
+async def store_queued_cancel(run: Run) -> None:
+    """Store the decision to compensate ``run``, cancelled while it waits in the queue for a
+    slot with steps to compensate: in a task of the engine's, not the caller's (a caller that
+    gives up must not leave a decision a repeated ``cancel()`` says yes to, unstored), tried
+    again while storage is unavailable, and as :func:`store_cancel` does if the engine closes
+    meanwhile (or the next engine goes forward). A failure leaves it to the run's next
+    checkpoint."""
+    begin_compensation(run.state, "cancelled", _cancelled(run), None)
+    try:
+        await run.persist()
+    except trio.Cancelled:
+        with _storing_decision():
+            await run.persist()
+            run.note_decided()
+        raise
+    run.note_decided()
+
+
 def _storing_decision() -> trio.CancelScope:
     """Around storing the decision that an instance ends badly: shielded from the engine's
     closing (the next engine must compensate, not go forward), for at most

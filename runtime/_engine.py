@@ -19,7 +19,7 @@ from typing import Any, Literal, NoReturn, ParamSpec, TypeVar
 import attrs
 import trio
 
-from trioflow.actors._instance import run_instance, store_cancel, undo
+from trioflow.actors._instance import run_instance, store_cancel, store_queued_cancel, undo
 from trioflow.actors._run import HOOK_TIMEOUT, STORAGE_RETRY_FOR, Run, cancels, stops_the_process
 from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
@@ -239,10 +239,20 @@ class Engine:
         if self._missing_jobs(definition):
             self._held.setdefault(definition.name, []).extend(r for r in records if self._readable(r))
             return
+        self._resume_begins()
+        self._supervisor.start_soon(f"resume {definition.name}", self._resume_leftovers, records)
+
+    def _resume_begins(self) -> None:
+        """A resume in the background begins: ``wait()`` and ``cancel()`` wait for it to end
+        (:meth:`_resume_ends`) before they look, rather than find its instances nowhere."""
         if self._pending_resumes == 0:
             self._resumes_settled = trio.Event()
         self._pending_resumes += 1
-        self._supervisor.start_soon(f"resume {definition.name}", self._resume_leftovers, records)
+
+    def _resume_ends(self) -> None:
+        self._pending_resumes -= 1
+        if self._pending_resumes == 0:
+            self._resumes_settled.set()
 
     def _registered(self) -> None:
         """A workflow or a job was registered: those waiting until a workflow can run look again,
@@ -705,27 +715,35 @@ class Engine:
         elif run in self._waiting:
             # Woken or resumed, with steps to compensate (work: it waits for its slot). The
             # cancel is stored first, so that a restart compensates rather than goes on; out of
-            # the queue meanwhile, so that no slot starts it while its checkpoint is made. The
-            # children its lanes wait on are cancelled too, beside it (as its end would).
+            # the queue meanwhile, so that no slot starts it while its checkpoint is made.
             self._waiting.remove(run)
-            children = [lane.waiting["child"] for lane in run.state.lanes.values()
-                        if lane.waiting is not None and "child" in lane.waiting]
-            begin_compensation(run.state, "cancelled", WorkflowCancelledError.of(instance_id), None)
-            try:
-                await run.persist()
-                run.note_decided()  # (a repeated cancel, waiting for it, says yes now)
-            finally:
-                if not self._closed:
-                    self._waiting.appendleft(run)
-                    self._free_slot(taken=False)
-            for child_id in children if not self._closed else ():  # (closed: the next engine does it)
-                self._supervisor.start_soon(f"cancel child {child_id}", self._children.cancel, child_id,
-                                            run.definition.compensation_timeout)
-            decided = None  # (stored above)
+            self._supervisor.start_soon(f"store the cancel of {instance_id}", self._store_queued_cancel, run)
         if decided is not None:
             with trio.move_on_after(CANCEL_STORE_WAIT):
                 await decided()
         return True
+
+    async def _store_queued_cancel(self, run: Run) -> None:
+        """:meth:`cancel` of a queued run with steps to compensate, beside its caller: the
+        decision stored, the run back at the head of the queue, and the children its lanes wait
+        on cancelled too (as its end would; closed, the next engine does it)."""
+        children = [lane.waiting["child"] for lane in run.state.lanes.values()
+                    if lane.waiting is not None and "child" in lane.waiting]
+        try:
+            await store_queued_cancel(run)
+        except StorageError as exc:
+            log.warning("instance %s: the decision to cancel it could not be stored yet (%s); its next checkpoint"
+                        " stores it", run.state.instance_id, describe_error(exc),
+                        extra={"instance_id": run.state.instance_id, "workflow_name": run.state.workflow_name})
+        finally:
+            if self._closed:
+                run.ended()  # (its callers of wait() learn the engine closed)
+            else:
+                self._waiting.appendleft(run)
+                self._free_slot(taken=False)
+        for child_id in children if not self._closed else ():
+            self._supervisor.start_soon(f"cancel child {child_id}", self._children.cancel, child_id,
+                                        run.definition.compensation_timeout)
 
     async def _cancel_not_running(self, instance_id: str) -> bool:
         """:meth:`cancel` of an instance no run here has: stored in it, if it is stored going
@@ -896,9 +914,7 @@ class Engine:
                 log.info("resumed %d unfinished instance(s) of workflow %r left by an earlier engine", len(resumed),
                          name, extra={"workflow_name": name, "resumed": len(resumed)})
         finally:
-            self._pending_resumes -= 1
-            if self._pending_resumes == 0:
-                self._resumes_settled.set()
+            self._resume_ends()
 
     async def _resume(self, records: list[StoredInstance], *, old: bool = False) -> list[str]:
         """Resume ``records``; ``old``: read earlier (see ``_old_rows``), not just now."""
@@ -1047,16 +1063,44 @@ class Engine:
             if state.phase != "forward":
                 return True  # going back already: nothing left to cancel
             begin_compensation(state, "cancelled", WorkflowCancelledError.of(instance_id), None)
-            # Nothing appended: the records stay as they are, the header says what comes next.
-            await self.adapter.checkpoint(instance_id, state.status, encode_header(state), (),
-                                          first_seq=state.stored, wake_at=None)
-            fresh = await self.adapter.load(instance_id)
+            try:
+                # Nothing appended: the records stay as they are, the header says what comes next.
+                await self.adapter.checkpoint(instance_id, state.status, encode_header(state), (),
+                                              first_seq=state.stored, wake_at=None)
+                fresh = await self.adapter.load(instance_id)
+            except BaseException:
+                # Interrupted (the caller cancelled, storage failing) where the write may be
+                # made: the rows read before must not resume it going forward over the cancel.
+                # They give way now, and the row is read again beside the caller.
+                self._drop_old_row(instance_id, workflow_name)
+                if not self._closed:
+                    self._resume_begins()
+                    self._supervisor.start_soon(f"read {instance_id} again", self._reread_old_row, instance_id)
+                raise
         finally:
             del self._storing[instance_id]
             guard.done()
         if fresh is not None:
             self._replace_old_row(fresh)
         return True
+
+    def _drop_old_row(self, instance_id: str, workflow_name: str) -> None:
+        """The rows read before of an instance not running here (waiting for their workflow,
+        or the jobs it uses, to be registered) no longer stand for it."""
+        for rows in (self._leftovers or {}).get(workflow_name), self._held.get(workflow_name):
+            if rows is not None:
+                rows[:] = [row for row in rows if row.instance_id != instance_id]
+
+    async def _reread_old_row(self, instance_id: str) -> None:
+        """The row of an instance :meth:`_drop_old_row` dropped, read again to take their place
+        (see :meth:`_replace_old_row`); a resume meanwhile, for ``wait()`` and ``cancel()``."""
+        try:
+            fresh = await retried(lambda: self.adapter.load(instance_id), retry_for=self._storage_retry_for,
+                                  what=f"reading instance {instance_id} again", instance_id=instance_id)
+            if fresh is not None and fresh.status in RESUMABLE and instance_id not in self._live:
+                self._replace_old_row(fresh)
+        finally:
+            self._resume_ends()
 
     def _replace_old_row(self, fresh: StoredInstance) -> None:
         """An instance not running here was stored anew, to be resumed (it no longer waits): the
