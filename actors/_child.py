@@ -96,7 +96,7 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
         run.check_value(child_input, f"input of step {step.name!r}")
     except Exception as exc:
         raise StepFailure(step.name, exc, 1) from exc
-    if not run.resumed:
+    if not run.from_storage:
         # Refused before anything is stored: a name nobody registers fails the step at once.
         try:
             run.children.check_runnable(step.workflow)
@@ -133,7 +133,7 @@ async def _store_child(
     """Store the child (or find it stored) and run it; once its start is stored in the parent."""
     state = run.state
     assert run.children is not None
-    if run.resumed:
+    if run.from_storage:
         # Taken up from storage (resumed as the engine starts, or woken from a wait): as a
         # service starts up, its modules may each register their workflows after an ``await``,
         # and this parent's resume may come first. It waits for the child's workflow rather than

@@ -227,7 +227,7 @@ class Run:
     """
 
     __slots__ = (
-        "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed",
+        "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed", "from_storage",
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
@@ -262,6 +262,10 @@ class Run:
         self.driver = driver
         self.bus = bus
         self.resumed = resumed
+        #: Taken up from storage, whether or not it ran before (``resumed`` is cleared for an
+        #: instance stored ``pending``, which starts now): its child steps wait for a child
+        #: workflow not registered yet, as a service's modules may register it a moment later.
+        self.from_storage = resumed
         #: ``execute_workflow`` has no resume, so its caller's cancellation compensates at once;
         #: an engine leaves instances interrupted by its shutdown to the next resume.
         self.compensate_on_outer_cancel = compensate_on_outer_cancel

@@ -1514,13 +1514,19 @@ async def open_engine(
         # what it was given, for up to HOOK_TIMEOUT.
         with trio.CancelScope() as settling:
             async with trio.open_nursery() as beside:
-                nursery: trio.Nursery = await beside.start(_hold_nursery)
+                closing: list[Callable[[], None]] = []
+                ended: list[Callable[[], None]] = []
+                nursery: trio.Nursery = await beside.start(_hold_nursery, closing, ended)
                 engine = Engine(
                     Supervisor(nursery), storage, max_running=max_running, services=services or {},
                     driver=driver, threads=threads, leftovers=leftovers, storage_retry_for=retry_for,
                     clock=wall_clock, beside=Supervisor(beside),
                 )
                 engine.events.attach(beside)
+                closing.append(engine._close)
+                # Events stop once the actors have ended, not when they are told to: an end
+                # stored as the engine closes reaches async callbacks and streams too.
+                ended.append(engine.events.close)
             # Asked before the caller gets the engine: the waker's reads then only follow
             # instances that wait, never run beside the caller's first calls.
                 if hasattr(storage, "next_wake") and hasattr(storage, "due"):
@@ -1540,7 +1546,6 @@ async def open_engine(
                     raise
                 engine._close()
                 nursery.cancel_scope.cancel()
-                engine.events.close()
                 settling.deadline = trio.current_time() + HOOK_TIMEOUT
         if settling.cancelled_caught:
             log.warning("the engine closed with end hooks or async event callbacks still running after %g s;"
@@ -1557,11 +1562,24 @@ async def open_engine(
             await storage.close()
 
 
-async def _hold_nursery(task_status: trio.TaskStatus[trio.Nursery]) -> None:
-    """Open a nursery and hand it over; return once it is cancelled and its tasks are done."""
-    async with trio.open_nursery() as nursery:
-        task_status.started(nursery)
-        await trio.sleep_forever()
+async def _hold_nursery(closing: list[Callable[[], None]], ended: list[Callable[[], None]], *,
+                        task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    """Open a nursery and hand it over; return once it is cancelled and its tasks are done,
+    calling ``ended`` then. ``closing`` is called as it stops taking tasks: cancelled from
+    outside the engine's block (a service shutting down), it stops before the block's body has
+    ended and closed the engine, and a call that goes on meanwhile (a ``start()`` whose write
+    cannot be cancelled) must find the engine closed rather than start a task there."""
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started(nursery)
+            try:
+                await trio.sleep_forever()
+            finally:
+                for call in closing:
+                    call()
+    finally:
+        for call in ended:
+            call()
 
 
 class _EndsDuringReads:
