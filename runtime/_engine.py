@@ -476,18 +476,19 @@ class Engine:
         try:
             await self._deliver(instance_id, name, seq, data, running, stored_at)
         except (trio.Cancelled, StorageError) as exc:
-            # The signal is stored: an error now would have the caller send it again (taken
-            # twice), and a parked receive with no timeout has nothing else to wake it before a
-            # restart. It is delivered beside the caller instead (unless the engine is closing:
-            # the next one's resume takes it up).
+            # The signal is stored: an error now, or ``Cancelled`` (for trio: not done), would
+            # have the caller send it again (taken twice), and a parked receive with no timeout
+            # has nothing else to wake it before a restart. It is delivered beside the caller
+            # instead (unless the engine is closing: the next one's resume takes it up), and
+            # ``signal()`` returns: it is done. A cancellation of the caller stays in force
+            # (trio's are level-triggered): the caller's next checkpoint raises it.
             if not self._closed:
                 with contextlib.suppress(RuntimeError):  # (its nursery closed first)
                     self._supervisor.start_soon(f"deliver signal to {instance_id}", self._deliver_later,
                                                 instance_id, name, seq, data, stored_at)
-            if not isinstance(exc, StorageError):
-                raise
-            log.warning("signal %r for instance %s is stored, and is delivered beside the caller: %s", name,
-                        instance_id, describe_error(exc), extra={"instance_id": instance_id})
+            if isinstance(exc, StorageError):
+                log.warning("signal %r for instance %s is stored, and is delivered beside the caller: %s", name,
+                            instance_id, describe_error(exc), extra={"instance_id": instance_id})
 
     async def _deliver(self, instance_id: str, name: str, seq: int, data: bytes, running: Run | None,
                        stored_at: float) -> None:

@@ -1,6 +1,7 @@
-"""A caller interrupted inside ``cancel()`` (its own ``move_on_after``, a client gone,
-storage unavailable for a moment) leaves what the call promises: a cancel a repeated call says
-yes to is stored, so the next engine compensates rather than goes forward. From an adversarial
+"""A caller interrupted inside ``signal()`` or ``cancel()`` (its own ``move_on_after``, a
+client gone, storage unavailable for a moment) leaves what those calls promise: a signal stored
+is reported sent, and a cancel a repeated call says yes to is stored, so the next engine
+compensates rather than goes forward. From an adversarial
 review of callers cancelled at every await; each test failed before its fix (autojump
 MockClock)."""
 
@@ -29,6 +30,39 @@ class Ledger:
         async def run(ctx: Any, result: Any) -> None:
             self.calls.append(f"undo {name}")
         return run
+
+
+class SlowReads(MemoryAdapter):
+    """A database across a network: a read takes half a second, and its caller may go."""
+
+    async def load(self, instance_id: str) -> Any:
+        row = await super().load(instance_id)
+        await trio.sleep(0.5)
+        return row
+
+
+async def test_a_signal_stored_before_its_caller_went_is_reported_sent(autojump_clock: trio.testing.MockClock) -> None:
+    """``signal()`` raised ``Cancelled`` (for trio: not done) once the signal was stored, at the
+    read that wakes the parked instance; a caller that sent it again had it taken twice."""
+    ledger = Ledger()
+    wf = (tf.workflow("w").receive("r1", signal="go")
+          .receive("r2", signal="go", timeout=50, catch=[tf.Catch(errors=[tf.SignalTimeoutError], next="once")])
+          .step("twice", ledger.job("twice"), end=True)
+          .step("once", ledger.job("once")).build())
+    async with tf.open_engine(adapter=SlowReads()) as engine:
+        engine.register(wf)
+        await engine.start("w", instance_id="i")
+        await trio.sleep(10)  # parked on r1, out of memory
+        sent = False
+        with trio.move_on_after(0.1) as deadline:  # the caller's own, inside the wake's read
+            await engine.signal("i", "go", 1)
+            sent = True
+            await trio.sleep(1)  # the caller's next checkpoint: its cancellation stands
+        assert deadline.cancelled_caught
+        if not sent:
+            await engine.signal("i", "go", 1)  # "not sent": sent again
+        done = await engine.wait("i")
+    assert (sent, done.status, ledger.calls) == (True, "completed", ["once"])
 
 
 # -- a queued instance (woken, waiting for a slot) whose cancel is not stored at once ---------
