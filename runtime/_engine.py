@@ -188,6 +188,11 @@ class Engine:
         self._finished_since_purge = 0
         self._children = EngineChildren(self)
         self._closed = False
+        #: Set as the actors' nursery stops taking tasks: cancelled from outside the engine's
+        #: block (a service shutting down), it stops before the block's body ends and closes the
+        #: engine. Nothing may start a run then (a ``start()`` whose write cannot be cancelled
+        #: raises ``EngineClosedError``); reads and stores still work until the body ends.
+        self._actors_stopped = False
 
     # -- registration -------------------------------------------------------------------------
 
@@ -369,7 +374,7 @@ class Engine:
             finally:
                 del self._storing[instance_id]
                 storing.done()
-            if created and self._closed:
+            if created and (self._closed or self._actors_stopped):
                 raise EngineClosedError(
                     f"the engine closed while instance {instance_id!r} was being stored; it is stored {status}"
                     " and the next engine resumes it"
@@ -606,8 +611,11 @@ class Engine:
             self._check_open()
             if self._pending_resumes:
                 await self._resumes_settled.wait()
-            while (storing := self._storing.get(instance_id)) is not None:
-                await storing.wait()  # ``start`` is still storing it
+            if (storing := self._storing.get(instance_id)) is not None:
+                # ``start`` is still storing it (or a cancel's caller reading it again): then
+                # look again, at the resume that may have come of it too.
+                await storing.wait()
+                continue
             run = self._live.get(instance_id)
             if run is not None:
                 await run.wait_ended()
@@ -691,6 +699,7 @@ class Engine:
         if run is None:
             self._check_open()  # (closed while storage was read)
             return await self._cancel_not_running(instance_id)
+        self._check_open()  # (closed while it waited for a resume, a start or storage)
         # Code of a step (this instance's, whose cancellation comes first, or another's, which
         # has a timeout of its own to keep) does not wait for the decision to be stored.
         decided = None if lane_of_caller() is not None else run.decision_stored
@@ -717,6 +726,9 @@ class Engine:
             # Woken or resumed, with steps to compensate (work: it waits for its slot). The
             # cancel is stored first, so that a restart compensates rather than goes on; out of
             # the queue meanwhile, so that no slot starts it while its checkpoint is made.
+            if self._actors_stopped:
+                run.cancel_requested = False  # (nothing will store it: the next engine goes on)
+                raise EngineClosedError(f"the engine is closing; instance {instance_id!r} was not cancelled")
             self._waiting.remove(run)
             self._supervisor.start_soon(f"store the cancel of {instance_id}", self._store_queued_cancel, run)
         if decided is not None:
@@ -966,7 +978,7 @@ class Engine:
         # children it waited on are cancelled (see ``run_instance``).
         doomed = None if problem is None else DefinitionMismatchError(problem)
         iid = record.instance_id
-        if iid in self._live or iid in self._storing or self._closed:
+        if iid in self._live or iid in self._storing or self._closed or self._actors_stopped:
             return None  # running here, or being started
         # A child whose parent waits for it here holding its slot runs in that slot, as when it
         # was started: with a slot of its own to wait for, it could wait on its parent for ever.
@@ -1056,6 +1068,7 @@ class Engine:
         # Held as being stored meanwhile: a resume passes it over rather than go on from the
         # row read before this write (it would then store ``forward`` over the cancel).
         guard = self._storing[instance_id] = _Storing(workflow_name)
+        handed_over = False
         try:
             stored = await self._load_fresh(instance_id)
             if stored is None or stored.status not in RESUMABLE:
@@ -1072,15 +1085,17 @@ class Engine:
             except BaseException:
                 # Interrupted (the caller cancelled, storage failing) where the write may be
                 # made: the rows read before must not resume it going forward over the cancel.
-                # They give way now, and the row is read again beside the caller.
+                # They give way now, and the row is read again beside the caller, which holds
+                # the guard till then (nothing resumes it meanwhile; a wait() on it waits).
                 self._drop_old_row(instance_id, workflow_name)
-                if not self._closed:
-                    self._resume_begins()
-                    self._supervisor.start_soon(f"read {instance_id} again", self._reread_old_row, instance_id)
+                if not (self._closed or self._actors_stopped):
+                    self._supervisor.start_soon(f"read {instance_id} again", self._reread_old_row, instance_id, guard)
+                    handed_over = True
                 raise
         finally:
-            del self._storing[instance_id]
-            guard.done()
+            if not handed_over:
+                del self._storing[instance_id]
+                guard.done()
         if fresh is not None:
             self._replace_old_row(fresh)
         return True
@@ -1092,16 +1107,17 @@ class Engine:
             if rows is not None:
                 rows[:] = [row for row in rows if row.instance_id != instance_id]
 
-    async def _reread_old_row(self, instance_id: str) -> None:
+    async def _reread_old_row(self, instance_id: str, guard: _Storing) -> None:
         """The row of an instance :meth:`_drop_old_row` dropped, read again to take their place
-        (see :meth:`_replace_old_row`); a resume meanwhile, for ``wait()`` and ``cancel()``."""
+        (see :meth:`_replace_old_row`), under ``guard``, handed over by the caller."""
         try:
             fresh = await retried(lambda: self.adapter.load(instance_id), retry_for=self._storage_retry_for,
                                   what=f"reading instance {instance_id} again", instance_id=instance_id)
             if fresh is not None and fresh.status in RESUMABLE and instance_id not in self._live:
                 self._replace_old_row(fresh)
         finally:
-            self._resume_ends()
+            del self._storing[instance_id]
+            guard.done()
 
     def _replace_old_row(self, fresh: StoredInstance) -> None:
         """An instance not running here was stored anew, to be resumed (it no longer waits): the
@@ -1252,7 +1268,7 @@ class Engine:
         is stopping (a queued run stays stored as it is, for the next engine to resume)."""
         if taken:
             self._running -= 1
-        while self._waiting and self._running < self._max_running and not self._closed:
+        while self._waiting and self._running < self._max_running and not (self._closed or self._actors_stopped):
             self._launch(self._waiting.popleft())
 
     async def _waker(self, soonest: float | None) -> None:
@@ -1360,6 +1376,9 @@ class Engine:
             # the waker goes on.
             log.warning("instance %s: its fired timer could not be stored yet (%s)", run.state.instance_id, exc,
                         extra={"instance_id": run.state.instance_id, "workflow_name": run.state.workflow_name})
+
+    def _stop_actors(self) -> None:
+        self._actors_stopped = True
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1524,7 +1543,7 @@ async def open_engine(
                     clock=wall_clock, beside=Supervisor(beside),
                 )
                 engine.events.attach(beside)
-                closing.append(engine._close)
+                closing.append(engine._stop_actors)
                 # Events stop once the actors have ended, not when they are told to: an end
                 # stored as the engine closes reaches async callbacks and streams too.
                 ended.append(engine.events.close)
@@ -1566,10 +1585,8 @@ async def open_engine(
 async def _hold_nursery(closing: list[Callable[[], None]], ended: list[Callable[[], None]], *,
                         task_status: trio.TaskStatus[trio.Nursery]) -> None:
     """Open a nursery and hand it over; return once it is cancelled and its tasks are done,
-    calling ``ended`` then. ``closing`` is called as it stops taking tasks: cancelled from
-    outside the engine's block (a service shutting down), it stops before the block's body has
-    ended and closed the engine, and a call that goes on meanwhile (a ``start()`` whose write
-    cannot be cancelled) must find the engine closed rather than start a task there."""
+    calling ``ended`` then. ``closing`` is called as it stops taking tasks (see
+    ``Engine._actors_stopped``)."""
     try:
         async with trio.open_nursery() as nursery:
             task_status.started(nursery)

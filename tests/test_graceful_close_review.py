@@ -146,3 +146,27 @@ async def test_an_end_stored_as_the_engine_closes_reaches_async_callbacks_and_st
             await trio.sleep(1)
             go.set()  # the step can return now; the block exits in this same pass
     assert sorted(seen) == [("async callback", "i"), ("hook", "completed"), ("stream", "i"), ("sync callback", "i")]
+
+
+async def test_an_engine_cancelled_from_outside_still_answers_its_blocks_cleanup(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The fix for the test above first closed the whole engine as its actors stopped: a
+    shielded cleanup in the block's body (the service shutting down) then got
+    ``EngineClosedError`` from ``get_instance()`` and ``signal()`` though the block had not
+    ended. Only starting runs stops; reads and stored signals still work."""
+    wf = tf.workflow("w").receive("r", signal="go").build()
+    seen: list[Any] = []
+    with trio.CancelScope() as outer:
+        async with tf.open_engine() as engine:
+            engine.register(wf)
+            await engine.start("w", instance_id="i")
+            await trio.sleep(0.5)
+            try:
+                outer.cancel()  # SIGTERM cancels the service's root
+                await trio.sleep(1)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(0.1)  # any await of the cleanup: the actors stop meanwhile
+                    seen.append((await engine.get_instance("i")).status)  # type: ignore[union-attr]
+                    seen.append(await engine.signal("i", "go"))
+    assert seen == ["running", None]

@@ -193,3 +193,92 @@ async def test_a_cancel_stored_in_an_unregistered_instance_stands_though_the_rea
             engine.register(wf)
             done = await engine.wait("i")
         assert (mode, done.status, ledger.calls) == (mode, "cancelled", ["a", "slow", "undo a"])
+
+
+class SlowReadAgain(MemoryAdapter):
+    """After the header-only write of a stored cancel: the read that follows never answers
+    (its caller goes), the next read of that instance takes five seconds, or fails for good
+    (``failing``)."""
+
+    def __init__(self, *, failing: bool = False) -> None:
+        super().__init__()
+        self.failing = failing
+        self.armed = 0
+
+    async def checkpoint(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
+        stored = await super().checkpoint(instance_id, *args, **kwargs)
+        if instance_id == "i" and kwargs.get("wake_at", 0) is None and not args[2] and self.armed == 0:
+            self.armed = 1
+        return stored
+
+    async def load(self, instance_id: str) -> Any:
+        row = await super().load(instance_id)
+        if instance_id == "i" and self.armed == 1:
+            self.armed = 2
+            await trio.sleep_forever()
+        elif instance_id == "i" and self.armed >= 2:
+            if self.failing:
+                raise tf.StorageUnavailableError("database is locked (test)")
+            if self.armed == 2:
+                self.armed = 3
+                await trio.sleep(5)
+        return row
+
+
+async def _left_running(adapter: MemoryAdapter, wf: tf.WorkflowDefinition) -> None:
+    async with tf.open_engine(adapter=adapter) as engine:
+        engine.register(wf)
+        await engine.start("w", instance_id="i")
+        await trio.sleep(5)  # mid-step: the engine stops
+
+
+async def test_an_instance_resumed_while_its_row_is_read_again_is_not_run_twice(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The row read again beside a cancel's caller, slowly: ``resume()`` meanwhile ran the
+    instance from storage (compensating it), and the row read before that run ended was then
+    resumed again, so its compensation ran twice."""
+    ledger = Ledger()
+
+    async def slow(ctx: Any) -> str:
+        await trio.sleep(10)
+        return "slow"
+
+    async def undo_a(ctx: Any, result: Any) -> None:
+        ledger.calls.append("undo a")
+        await trio.sleep(2)
+
+    wf = tf.workflow("w").step("a", ledger.job("a"), undo_a).step("slow", slow).build()
+    adapter = SlowReadAgain()
+    await _left_running(adapter, wf)
+    async with tf.open_engine(adapter=adapter) as engine:
+        with trio.move_on_after(1):  # not registered yet: the cancel is stored in the row
+            await engine.cancel("i")
+        engine.register(wf)
+        await engine.resume()
+        await trio.sleep(1)
+        done = await engine.wait("i")
+        await trio.sleep(20)
+    assert (done.status, ledger.calls) == ("cancelled", ["a", "undo a"])
+
+
+async def test_a_row_read_again_while_storage_fails_holds_up_no_other_instance(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The read again counted as a resume in progress, which every ``wait()`` and ``cancel()``
+    waits for: storage failing for that one instance held up a ``wait()`` on another for the
+    whole storage retry time (a minute)."""
+    async def slow(ctx: Any) -> str:
+        await trio.sleep(100)
+        return "slow"
+
+    wf = tf.workflow("w").step("slow", slow).build()
+    other = tf.workflow("other").step("quick", Ledger().job("quick")).build()
+    adapter = SlowReadAgain(failing=True)
+    await _left_running(adapter, wf)
+    async with tf.open_engine(adapter=adapter, storage_retry_for=60) as engine:
+        engine.register(other)
+        with trio.move_on_after(1):
+            await engine.cancel("i")
+        await engine.start("other", instance_id="y")
+        began = trio.current_time()
+        assert (await engine.wait("y")).status == "completed"
+        assert trio.current_time() - began < 1
