@@ -28,7 +28,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ORDER = ["bare_trio", "execute_workflow", "engine_memory", "durable_sqlite", "parked_bare", "parked_engine",
          "recovery", "import_time", "long_workflows", "wide_parallel", "big_outputs", "waiting_memory",
-         "timers_firing", "signals", "retention", "map_items", "children"]
+         "timers_firing", "timers_among_waiting", "signals", "retention", "map_items", "children"]
 
 
 def run_case(case: str, quick: bool, gc_threshold: str | None = None) -> dict[str, float]:
@@ -126,6 +126,10 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
                ">= 10,000", lambda v: v >= 10_000),
         Figure("timers due together: last one late by", "s", series("timers_firing", "latest_s"), "<= 1",
                lambda v: v <= 1.0),
+        Figure("the same, among 100,000 waiting for a day", "timers/s",
+               series("timers_among_waiting", "timers_per_s")),
+        Figure("  timers/s among 100,000 waiting / alone", "ratio",
+               ratio("timers_among_waiting", "timers_per_s", "timers_firing", "timers_per_s")),
         Figure("signals to waiting instances, 1,000 senders", "signals/s", series("signals", "signals_per_s"),
                ">= 10,000", lambda v: v >= 10_000),
         Figure("retain_finished=0: RSS after 200k sagas / after 20k", "ratio",

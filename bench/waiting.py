@@ -25,16 +25,17 @@ from cases import settled_memory as _settled  # noqa: E402
 from cases import size_options  # noqa: E402
 
 
-async def _start_all(engine: tf.Engine, n: int, **options: Any) -> list[str]:
+async def _start_all(engine: tf.Engine, n: int, input_of: Any = None, **options: Any) -> list[str]:
     """Start ``n`` instances, 1,000 at a time in flight: 1,000 tasks take the next number in
     turn (a task per instance, queued on a limiter, would make the harness itself hold some
-    hundred megabytes at once, which the memory case would then count)."""
+    hundred megabytes at once, which the memory case would then count). Each instance's input
+    is its number, or what ``input_of`` makes of it."""
     ids: list[str] = []
     numbers = iter(range(n))
 
     async def starter() -> None:
         for i in numbers:
-            ids.append(await engine.start("w", i, **options))
+            ids.append(await engine.start("w", i if input_of is None else input_of(i), **options))
 
     async with trio.open_nursery() as nursery:
         for _ in range(min(n, 1000)):
@@ -67,10 +68,11 @@ def memory_per_waiting_instance(n: int) -> dict[str, float]:
     return trio.run(main)
 
 
-def timers_firing(n: int, lead: float | None = None) -> dict[str, float]:
+def timers_firing(n: int, lead: float | None = None, among: int = 0) -> dict[str, float]:
     """``n`` instances wait until one moment (``lead`` seconds after the first start, enough
     for every instance to be started and out of memory); from that moment, how many per second
-    are resumed and have their next step checkpointed, and how late the last one is."""
+    are resumed and have their next step checkpointed, and how late the last one is. ``among``:
+    as many other instances wait for a day meanwhile (started first)."""
     wf = (tf.workflow("w").wait("until", until=lambda ctx: ctx.input["due"])
           .task("after", job=_noop).build())
 
@@ -78,6 +80,10 @@ def timers_firing(n: int, lead: float | None = None) -> dict[str, float]:
         with tempfile.TemporaryDirectory(dir=HERE, prefix="tmp-") as tmp:
             async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(Path(tmp) / "t.db")) as engine:
                 engine.register(wf)
+                if among:
+                    await _start_all(engine, among, input_of=lambda i: {"due": time.time() + 86_400})
+                    while engine._live:
+                        await trio.sleep(0.05)
                 ahead = 2.0 + n / 2000 if lead is None else lead
                 due = time.time() + ahead
                 ends: list[float] = []
@@ -153,6 +159,7 @@ def main() -> None:
     n = 2_000 if args.quick else 1_000_000 if args.large else 100_000
     print(json.dumps(memory_per_waiting_instance(n)))
     print(json.dumps(timers_firing(2_000 if args.quick else 10_000)))
+    print(json.dumps(timers_firing(1_000 if args.quick else 10_000, among=5_000 if args.quick else 100_000)))
     print(json.dumps(signals_delivered(2_000 if args.quick else 20_000)))
 
 

@@ -453,7 +453,39 @@ def as_stored(value: Any, what: str) -> Any:
             raise UnencodableValueError(
                 f"{what} is an int ({value}) outside 64 bits, which cannot be stored; store it as a str or a Decimal")
         return value
+    if kind is dict and len(value) <= _FLAT_MOST and _flat(value):
+        return dict(value)  # reads back as it is: a copy is all a round trip would make
     return _checked(value, what)[1]
+
+
+#: Most keys, and most characters of text, of a dict :func:`as_stored` copies without packing
+#: it (see :func:`_flat`): a larger one is packed, its size checked against the limit.
+_FLAT_MOST = 16
+_FLAT_TEXT_MOST = 4096
+
+
+def _flat(value: dict[Any, Any]) -> bool:
+    """Whether a dict reads back from storage as an equal dict of the same types, well within
+    the size limit: a few ASCII string keys (any other text may not encode), and values that
+    are ``None``, bools, floats, ints within 64 bits or short ASCII strings. Most inputs and
+    small outputs are: copied at every step that asks for them, they are copied without a
+    round trip through msgpack."""
+    text = 0
+    for key, item in value.items():
+        if type(key) is not str or not key.isascii():
+            return False
+        text += len(key)
+        kind = type(item)
+        if kind is str:
+            if not item.isascii():
+                return False
+            text += len(item)
+        elif kind is int:
+            if not -(1 << 63) <= item < (1 << 64):
+                return False
+        elif item is not None and kind is not float and kind is not bool:
+            return False
+    return text <= _FLAT_TEXT_MOST
 
 
 def _checked(value: Any, what: str) -> tuple[bytes, Any]:

@@ -1280,13 +1280,19 @@ class Engine:
         while True:
             delay = math.inf if soonest is None else soonest - self._clock()
             try:
+                more = False
                 if delay > 0:
                     with trio.move_on_after(delay):
                         await changed.wait()
                 else:
-                    await self._wake_due(changed)
+                    more = await self._wake_due(changed)
                 # A fresh event before asking: a change while the question is in flight is not missed.
                 changed = self._wake_changed = trio.Event()
+                if more:
+                    # Storage holds more due now: look again at once, rather than first ask it
+                    # when the next wake is (a question that waits behind the checkpoints of
+                    # those just woken, while the event loop has nothing to run).
+                    continue
                 skip = self._skipped_workflows
                 soonest = await (self.adapter.next_wake(skip_workflows=tuple(skip)) if skip
                                  else self.adapter.next_wake())
@@ -1301,10 +1307,11 @@ class Engine:
                 continue
             backoff = WAKE_RETRY
 
-    async def _wake_due(self, changed: trio.Event) -> None:
+    async def _wake_due(self, changed: trio.Event) -> bool:
         """Resume the instances due now, so that at most a batch of them is on its way to its
         first checkpoint: thousands due at once then go through in a steady stream, rather
-        than thousands of fresh runs in memory (walked by the cyclic GC) at once."""
+        than thousands of fresh runs in memory (walked by the cyclic GC) at once. Whether more
+        may be due now (a batch on its way, or the look read as many as it asked for)."""
         woke = 0
         # Instances woken before stay due in storage until their first checkpoint: ask for as
         # many more as are still in that state, and pass them over.
@@ -1317,7 +1324,7 @@ class Engine:
             # so) rather than read it again with the next.
             with trio.move_on_after(WAKE_RETRY):
                 await changed.wait()
-            return
+            return True
         passed, skip = self._passed_over, self._skipped_workflows
         skipping = len(skip)
         limit = room + len(waking) + len(passed)
@@ -1349,13 +1356,14 @@ class Engine:
         if woke or len(skip) > skipping:
             # (Workflows left out from now on: ask again at once, what they hid may be due.)
             self._look_again = WAKE_RETRY
-        else:
-            # Due ones that cannot run here, or running already until their next checkpoint:
-            # look again when something changes, or shortly; less often while nothing changes
-            # (each look reads every due row passed over).
-            with trio.move_on_after(self._look_again):
-                await changed.wait()
-            self._look_again = min(self._look_again * 2, WAKE_LOOK_MAX)
+            return len(found) == limit
+        # Due ones that cannot run here, or running already until their next checkpoint:
+        # look again when something changes, or shortly; less often while nothing changes
+        # (each look reads every due row passed over).
+        with trio.move_on_after(self._look_again):
+            await changed.wait()
+        self._look_again = min(self._look_again * 2, WAKE_LOOK_MAX)
+        return False
 
     def _store_fired(self, waking: set[str]) -> None:
         """Have the woken runs whose timer fired ``STORE_FIRED_AFTER`` ago or more, and is not

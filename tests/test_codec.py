@@ -16,6 +16,7 @@ from trioflow._codec import (
     HEADER_TAG,
     START_TAG,
     TAG,
+    as_stored,
     check_encodable,
     decode,
     encode_header,
@@ -174,3 +175,34 @@ def test_accepted_deep_values_read_back_inside_a_record() -> None:
 def test_decoding_never_blows_the_stack() -> None:
     with pytest.raises(tf.SnapshotDecodeError):
         decode(None, b"\x91" * 5000)
+
+
+flat_dicts = st.dictionaries(
+    st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-(2**64), 2**65) | st.floats(allow_nan=False) | st.text(max_size=8)
+    | st.binary(max_size=4) | st.lists(st.integers(), max_size=2),
+    max_size=20,
+)
+
+
+@given(value=flat_dicts)
+def test_a_dict_is_handed_out_as_storage_reads_it_back(value: dict[str, Any]) -> None:
+    """``as_stored`` (what a step is handed: its copy of the input, of an earlier output) gives
+    what a round trip through storage gives, or the error storing it would: small flat dicts
+    are copied without one."""
+    try:
+        packed = msgpack.packb(value, use_bin_type=True)
+    except (ValueError, OverflowError, TypeError):
+        with pytest.raises(tf.UnencodableValueError):
+            as_stored(value, "v")
+        return
+    copy = as_stored(value, "v")
+    assert copy is not value
+    expected = msgpack.unpackb(packed, raw=False)
+    assert copy == expected
+    assert [(type(k), type(v)) for k, v in copy.items()] == [(type(k), type(v)) for k, v in expected.items()]
+
+
+def test_a_large_flat_dict_is_refused_as_a_large_value_is() -> None:
+    with pytest.raises(tf.ValueTooLargeError):
+        as_stored({"text": "x" * (17 * 2**20)}, "workflow input")

@@ -12,6 +12,9 @@ import pytest
 import trio
 
 import trioflow as tf
+from trioflow._codec import encode_header, encode_start
+from trioflow._decide import new_state
+from trioflow.adapters import _sqlite
 from trioflow.adapters._sqlite import SCHEMA_VERSION
 
 
@@ -174,3 +177,34 @@ async def test_a_row_with_a_damaged_record_count_fails_alone(
         damaged = await engine.get_instance("i1")
         assert damaged is not None and damaged.status == "failed"
         assert len(await engine.get_instances("w")) == 3
+
+
+async def test_the_wakers_looks_read_the_wake_index_not_every_running_instance(tmp_path: Path) -> None:
+    """The waker asks for due instances and for the next wake after every batch it wakes: each
+    look reads the waiting rows through the index on ``wake_at``, soonest first, and stops; it
+    does not read every pending and running row and sort them (a cost that grew with every
+    instance waiting, 1 ms a look with 3,000 of them)."""
+    adapter = tf.adapters.SQLiteAdapter(tmp_path / "f.db")
+    await adapter.open()
+    await adapter.close()
+    state = new_state(tf.workflow("w").task("a", job=_ok).build(), "x", None, 0.0)
+    statements: list[str] = []
+    with sqlite3.connect(tmp_path / "f.db") as conn:
+        conn.executemany(
+            "INSERT INTO trioflow_instances (instance_id, workflow_name, status, start, header, wake_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(f"i{n:05d}", "w", "running", encode_start(state), encode_header(state), 1000.0 - n if n < 10 else None)
+             for n in range(3_000)])
+        conn.set_trace_callback(statements.append)  # statements with their parameters filled in
+        for skip in ((), ("other",), tuple(f"other{k}" for k in range(40))):
+            due = _sqlite._due(conn, 995.5, 3, skip)
+            assert [stored.instance_id for stored in due] == ["i00009", "i00008", "i00007"]
+            assert _sqlite._next_wake(conn, skip) == 991.0
+        conn.set_trace_callback(None)
+        looks = [s for s in statements if "wake_at" in s and s.startswith("SELECT")]
+        assert len(looks) == 9  # the ids due, their rows, the next wake: for each skip
+        for sql in looks:
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+            # (The rows of the ids found are then sorted: a sort of ``limit`` rows at most.)
+            assert not any(step.startswith("SCAN") or "by_status" in step for step in plan), (sql, plan)
+            assert any("trioflow_instances_by_wake" in step for step in plan), (sql, plan)
