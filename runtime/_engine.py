@@ -1290,8 +1290,8 @@ class Engine:
                 changed = self._wake_changed = trio.Event()
                 if more:
                     # Storage holds more due now: look again at once, rather than first ask it
-                    # when the next wake is (a question that waits behind the checkpoints of
-                    # those just woken, while the event loop has nothing to run).
+                    # when the next wake is. That question would be a transaction of its own,
+                    # in flight while those just woken run: their checkpoints would wait for it.
                     continue
                 skip = self._skipped_workflows
                 soonest = await (self.adapter.next_wake(skip_workflows=tuple(skip)) if skip
@@ -1311,7 +1311,7 @@ class Engine:
         """Resume the instances due now, so that at most a batch of them is on its way to its
         first checkpoint: thousands due at once then go through in a steady stream, rather
         than thousands of fresh runs in memory (walked by the cyclic GC) at once. Whether more
-        may be due now (a batch on its way, or the look read as many as it asked for)."""
+        may be due now: it woke some, and read as many due rows as it asked for."""
         woke = 0
         # Instances woken before stay due in storage until their first checkpoint: ask for as
         # many more as are still in that state, and pass them over.
@@ -1324,7 +1324,7 @@ class Engine:
             # so) rather than read it again with the next.
             with trio.move_on_after(WAKE_RETRY):
                 await changed.wait()
-            return True
+            return False
         passed, skip = self._passed_over, self._skipped_workflows
         skipping = len(skip)
         limit = room + len(waking) + len(passed)
