@@ -304,6 +304,8 @@ CASES = {
     "execute_workflow": lambda q: execute_workflow(2_000 if q else SAGAS),
     "engine_memory": lambda q: engine_memory(2_000 if q else SAGAS),
     "durable_sqlite": durable,
+    "floor_memory": lambda q: _module("model_floor").in_memory(2_000 if q else SAGAS, LIMIT),
+    "floor_sqlite": lambda q: _module("model_floor").on_sqlite(q, LIMIT),
     "parked_bare": lambda q: parked_bare(5_000 if q else 100_000),
     "parked_engine": lambda q: parked_engine(5_000 if q else 100_000),
     "recovery": lambda q: recovery(500 if q else 10_000),
@@ -316,6 +318,7 @@ CASES = {
     "timers_among_waiting": lambda q: _module("waiting").timers_firing(
         2_000 if q else 10_000, among=5_000 if q else 100_000),
     "signals": lambda q: _module("waiting").signals_delivered(2_000 if q else 20_000),
+    "floor_signals": lambda q: _module("model_floor").signals_on_sqlite(2_000 if q else 20_000, LIMIT),
     "retention": lambda q: _module("retention").memory_with_retention(5_000 if q else 200_000),
     "map_items": lambda q: _module("fanout").map_items(*((1_000, 5_000) if q else (10_000, 100_000))),
     "children": lambda q: _module("fanout").children_completed(100 if q else 1_000),
