@@ -315,6 +315,7 @@ CASES = {
     "big_outputs": lambda q: _module("storage_v2").big_outputs(q),
     "waiting_memory": lambda q: _module("waiting").memory_per_waiting_instance(2_000 if q else 100_000),
     "timers_firing": lambda q: _module("waiting").timers_firing(2_000 if q else 10_000),
+    "floor_timers": lambda q: _module("model_floor").timers_on_sqlite(2_000 if q else 10_000),
     "timers_among_waiting": lambda q: _module("waiting").timers_firing(
         2_000 if q else 10_000, among=5_000 if q else 100_000),
     "signals": lambda q: _module("waiting").signals_delivered(2_000 if q else 20_000),
@@ -322,6 +323,7 @@ CASES = {
     "retention": lambda q: _module("retention").memory_with_retention(5_000 if q else 200_000),
     "map_items": lambda q: _module("fanout").map_items(*((1_000, 5_000) if q else (10_000, 100_000))),
     "children": lambda q: _module("fanout").children_completed(100 if q else 1_000),
+    "floor_children": lambda q: _module("model_floor").children_on_sqlite(100 if q else 1_000),
 }
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ORDER = ["bare_trio", "execute_workflow", "engine_memory", "floor_memory", "durable_sqlite", "floor_sqlite",
          "parked_bare", "parked_engine", "recovery", "import_time", "long_workflows", "wide_parallel", "big_outputs",
-         "waiting_memory", "timers_firing", "timers_among_waiting", "signals", "floor_signals", "retention",
-         "map_items", "children"]
+         "waiting_memory", "timers_firing", "floor_timers", "timers_among_waiting", "signals", "floor_signals",
+         "retention", "map_items", "children", "floor_children"]
 
 
 def run_case(case: str, quick: bool, gc_threshold: str | None = None) -> dict[str, float]:
@@ -88,11 +88,11 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
         Figure("engine + MemoryAdapter: 3-step sagas", "sagas/s", series("engine_memory", "sagas_per_s")),
         Figure("engine + MemoryAdapter / bare trio", "ratio", ratio("engine_memory", "sagas_per_s", "bare_trio",
                "sagas_per_s"), ">= 0.45", lambda v: v >= 0.45),
-        # The least the spec's model allows (bench/model_floor.py): what no engine built to it
-        # can beat, and how much of the engine's time is its own logic.
-        Figure("  the model at its least / bare trio", "ratio", ratio("floor_memory", "sagas_per_s", "bare_trio",
+        # The same load doing only what the spec asks of every instance (bench/model_floor.py):
+        # how much of the engine's time is its own logic.
+        Figure("  the model alone / bare trio", "ratio", ratio("floor_memory", "sagas_per_s", "bare_trio",
                "sagas_per_s")),
-        Figure("  engine + MemoryAdapter / the model at its least", "ratio", ratio(
+        Figure("  engine + MemoryAdapter / the model alone", "ratio", ratio(
             "engine_memory", "sagas_per_s", "floor_memory", "sagas_per_s")),
     ]
     for key in results["durable_sqlite"][0]:
@@ -101,8 +101,8 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
         out.append(Figure(f"SQLite {synchronous}, {concurrency} concurrent", "durable steps/s",
                           series("durable_sqlite", key), target[0], target[1]))
     out += [
-        Figure("  the model at its least, SQLite FULL, 1,000", "durable steps/s", series("floor_sqlite", "FULL_1000")),
-        Figure("  SQLite FULL, 1,000: engine / the model at its least", "ratio", ratio(
+        Figure("  the model alone, SQLite FULL, 1,000", "durable steps/s", series("floor_sqlite", "FULL_1000")),
+        Figure("  SQLite FULL, 1,000: engine / the model alone", "ratio", ratio(
             "durable_sqlite", "FULL_1000", "floor_sqlite", "FULL_1000")),
     ]
     per_instance = [e - b for e, b in zip(series("parked_engine", "bytes_per_instance"),
@@ -138,14 +138,17 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
                ">= 10,000", lambda v: v >= 10_000),
         Figure("timers due together: last one late by", "s", series("timers_firing", "latest_s"), "<= 1",
                lambda v: v <= 1.0),
+        Figure("  the model alone, timers", "timers/s", series("floor_timers", "timers_per_s")),
+        Figure("  timers: engine / the model alone", "ratio",
+               ratio("timers_firing", "timers_per_s", "floor_timers", "timers_per_s")),
         Figure("the same, among 100,000 waiting for a day", "timers/s",
                series("timers_among_waiting", "timers_per_s")),
         Figure("  timers/s among 100,000 waiting / alone", "ratio",
                ratio("timers_among_waiting", "timers_per_s", "timers_firing", "timers_per_s")),
         Figure("signals to waiting instances, 1,000 senders", "signals/s", series("signals", "signals_per_s"),
                ">= 10,000", lambda v: v >= 10_000),
-        Figure("  the model at its least, signals", "signals/s", series("floor_signals", "signals_per_s")),
-        Figure("  signals: engine / the model at its least", "ratio",
+        Figure("  the model alone, signals", "signals/s", series("floor_signals", "signals_per_s")),
+        Figure("  signals: engine / the model alone", "ratio",
                ratio("signals", "signals_per_s", "floor_signals", "signals_per_s")),
         Figure("retain_finished=0: RSS after 200k sagas / after 20k", "ratio",
                series("retention", "rss_late_over_early"), "<= 1.10", lambda v: v <= 1.10),
@@ -155,6 +158,9 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
                "<= 1.3", lambda v: v <= 1.3),
         Figure("1,000 parents x 10 children, completed", "children/s", series("children", "children_per_s"),
                ">= 5,000", lambda v: v >= 5_000),
+        Figure("  the model alone, children", "children/s", series("floor_children", "children_per_s")),
+        Figure("  children: engine / the model alone", "ratio",
+               ratio("children", "children_per_s", "floor_children", "children_per_s")),
     ]
     if peer is not None:
         ours = statistics.median(series("durable_sqlite", f"FULL_{int(peer['concurrency'])}"))
