@@ -1,6 +1,7 @@
 """The benchmark suite (issue 7): every case in a fresh process, repetitions interleaved.
 
     python bench/run.py [--repeats 5] [--quick] [--json FILE] [--no-peer] [--gc-threshold 2000,10,10]
+                        [--cases bare_trio,engine_memory]
 
 Prints machine facts, then median (min-max) of every figure, each ratio against its baseline
 from the same invocation (paired per repetition, then the median), and whether each SPEC
@@ -9,6 +10,8 @@ target is met. ``--quick`` runs tiny sizes as a smoke test: it says nothing abou
 ``--gc-threshold`` runs every case (baselines too) with those thresholds of CPython's cyclic
 collector (``gc.set_threshold``) instead of the interpreter's defaults: what a service that
 tunes its collector gets (docs/performance.md). Targets are judged at the defaults.
+``--cases`` runs only the cases named, interleaved as ever, and prints the figures they make:
+a few cases measured with their baselines, without running the whole suite.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
         Figure("  engine + MemoryAdapter / the model alone", "ratio", ratio(
             "engine_memory", "sagas_per_s", "floor_memory", "sagas_per_s")),
     ]
-    for key in results["durable_sqlite"][0]:
+    for key in results["durable_sqlite"][0] if results["durable_sqlite"] else ():
         synchronous, concurrency = key.split("_")
         target = (">= 25,000", lambda v: v >= 25_000) if key == "FULL_1000" else ("", None)
         out.append(Figure(f"SQLite {synchronous}, {concurrency} concurrent", "durable steps/s",
@@ -173,6 +176,18 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
     return out
 
 
+def _cases(text: str | None) -> list[str]:
+    """The cases ``--cases`` names, in the suite's order (all of them without it)."""
+    if text is None:
+        return ORDER
+    named = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in named if name not in ORDER]
+    if unknown or not named:
+        raise SystemExit(f"--cases takes case names separated by commas, from: {', '.join(ORDER)};"
+                         f" got {text!r}")
+    return [case for case in ORDER if case in named]
+
+
 def _thresholds(text: str) -> tuple[int, ...]:
     """``"2000,10,10"`` as the arguments of ``gc.set_threshold``."""
     try:
@@ -193,23 +208,28 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip the DBOS Transact comparison")
     parser.add_argument("--gc-threshold", metavar="T0,T1,T2",
                         help="run the cases with these cyclic collector thresholds (gc.set_threshold)")
+    parser.add_argument("--cases", metavar="CASE,CASE",
+                        help="run only these cases (and print only the figures they make), e.g."
+                             " --cases bare_trio,engine_memory,floor_memory")
     args = parser.parse_args()
     if args.gc_threshold is not None:
         _thresholds(args.gc_threshold)  # refused here, not in the first case's process
+    cases = _cases(args.cases)
     facts = machine_facts(args.gc_threshold)
     print("machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
     results: dict[str, list[dict[str, float]]] = {case: [] for case in ORDER}
     for repeat in range(args.repeats):
-        for case in ORDER:
+        for case in cases:
             results[case].append(run_case(case, args.quick, args.gc_threshold))
         print(f"repetition {repeat + 1}/{args.repeats} done", flush=True)
     peer = None
-    if not args.no_peer:
+    if not args.no_peer and "durable_sqlite" in cases:
         sys.path.insert(0, str(HERE))
         from peer_dbos import run_peer
 
         peer = run_peer(args.quick)
-    rows = figures(results, peer)
+    # (A figure whose cases did not run has no samples: left out.)
+    rows = [figure for figure in figures(results, peer) if figure.samples]
     print()
     for figure in rows:
         print(figure.line())

@@ -36,3 +36,17 @@ def test_a_case_runs_with_the_collector_thresholds_asked_for() -> None:
     refused = subprocess.run([sys.executable, str(BENCH), "--gc-threshold", "many"], capture_output=True, text=True,
                              timeout=60)
     assert refused.returncode != 0 and "--gc-threshold takes" in refused.stderr
+
+
+def test_a_run_of_some_cases_prints_only_their_figures(tmp_path: Path) -> None:
+    """``--cases`` runs the cases named and reports the figures those make, ratios between
+    them included; a name it does not know is refused with the list of those it does."""
+    out = tmp_path / "figures.json"
+    done = subprocess.run([sys.executable, str(BENCH), "--quick", "--repeats", "1", "--cases", "floor_memory,bare_trio",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    names = [f["name"] for f in json.loads(out.read_text())["figures"]]
+    assert names == ["bare trio: 3-step sagas", "  the model alone / bare trio"]
+    refused = subprocess.run([sys.executable, str(BENCH), "--cases", "bare_trio,engine"], capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode != 0 and "--cases takes case names" in refused.stderr and "engine_memory" in refused.stderr
