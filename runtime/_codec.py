@@ -101,9 +101,12 @@ def encode_header(state: InstanceState) -> bytes:
     # Packed inline, not through a helper: this runs at every checkpoint.
     try:
         packed: bytes = _packer.pack((
-            HEADER_TAG, FORMAT_VERSION, state.status, state.phase, state.outcome, state.rolled_back, state.data,
-            lanes, state.error, state.failed_step, state.compensated, errors if type(errors) is dict else _NO_MAP,
-            state.skipped, state.started_at, state.completed_at, len(state.records), state.error_name, state.cause,
+            # (Empty shared data, most runs', as a plain dict: msgpack packs a dict subclass
+            # through its Python-level ``items()``.)
+            HEADER_TAG, FORMAT_VERSION, state.status, state.phase, state.outcome, state.rolled_back,
+            state.data if state.data else _NO_MAP, lanes, state.error, state.failed_step, state.compensated,
+            errors if type(errors) is dict else _NO_MAP, state.skipped, state.started_at, state.completed_at,
+            len(state.records), state.error_name, state.cause,
         ))
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
@@ -116,9 +119,9 @@ def encode_header(state: InstanceState) -> bytes:
     return packed
 
 
-#: Packed in place of the shared empty default of compensation errors, a read-only proxy that
-#: msgpack does not pack.
-_NO_MAP: dict[int, str] = {}
+#: Packed in place of an empty map that msgpack would not pack, or not fast: the shared empty
+#: default of compensation errors (a read-only proxy), empty shared data (a dict subclass).
+_NO_MAP: dict[Any, Any] = {}
 
 
 #: Largest encoded shared data: what the header holds besides it is small.
