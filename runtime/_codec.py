@@ -18,13 +18,12 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import attrs
 import msgpack
 
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, safe_repr, split_description
 from ._lanes import MAIN
 from ._shared_data import SharedData, held
-from ._snapshot import PHASES, STATUSES, STEP_STATUSES, InstanceState, Lane, MapProgress, StepResult
+from ._snapshot import PHASES, STATUSES, STEP_STATUSES, InstanceState, Lane, MapProgress, StepResult, new_record, with_values
 from ._values import SUPPORTED, from_ext, to_ext
 
 #: Type tags: format 1's snapshot, format 2's start and header.
@@ -356,7 +355,7 @@ def stage(state: InstanceState, record: StepResult, output_as_stored: bool = Fal
         state.staged = [packed]
     if fields is None:
         return record
-    return attrs.evolve(
+    return with_values(
         record,
         output=record.output if record.passes is not None or output_as_stored else fields[7],
         input=record.input if record.input_is_workflow_input else fields[6],
@@ -631,7 +630,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         if passes is not None:
             _expect(isinstance(passes, int) and 0 <= passes < seq, "step record %d passes on record %r", seq, passes)
             s_out = state.records[passes].output
-        state.add(StepResult(
+        state.add(new_record(
             step_name=step, status=st, input=input if uses_input else s_in, output=s_out, error=s_err,
             started_at=s_start, completed_at=s_end, attempts=attempts,
             lane=lane, execution=execution, seq=seq, passes=passes, input_is_workflow_input=bool(uses_input),

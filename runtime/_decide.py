@@ -31,7 +31,7 @@ from ._lanes import (
 )
 from ._matching import matches
 from ._shared_data import SharedData
-from ._snapshot import InstanceState, Lane, Status, StepResult
+from ._snapshot import InstanceState, Lane, Status, StepResult, new_record
 
 
 def new_state(
@@ -157,7 +157,7 @@ def new_execution(
         execution, started_at = begun.execution, begun.started_at
     else:
         execution = state.executions.get(step_key(lane_key, step_name), 0) + 1
-    return StepResult(
+    return new_record(
         step_name=step_name, status=status, input=input, output=output, error=error, started_at=started_at,
         completed_at=now, attempts=attempts, lane=lane_key,
         execution=execution, seq=len(state.records), passes=passes, input_is_workflow_input=input_is_workflow_input,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import msgpack
 import pytest
 from hypothesis import given
@@ -27,7 +28,7 @@ from trioflow._codec import (
     taken,
 )
 from trioflow._decide import complete_step, new_execution, new_state
-from trioflow._snapshot import InstanceState
+from trioflow._snapshot import InstanceState, StepResult, new_record
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text() | st.binary(),
@@ -206,3 +207,21 @@ def test_a_dict_is_handed_out_as_storage_reads_it_back(value: dict[str, Any]) ->
 def test_a_large_flat_dict_is_refused_as_a_large_value_is() -> None:
     with pytest.raises(tf.ValueTooLargeError):
         as_stored({"text": "x" * (17 * 2**20)}, "workflow input")
+
+
+@given(fields=st.fixed_dictionaries({}, optional={
+    "input": values, "output": values, "error": st.none() | st.text(), "started_at": st.none() | st.floats(allow_nan=False),
+    "completed_at": st.none() | st.floats(allow_nan=False), "attempts": st.integers(0, 9), "lane": st.text(max_size=5),
+    "execution": st.integers(0, 9), "seq": st.integers(-1, 99), "passes": st.none() | st.integers(0, 9),
+    "input_is_workflow_input": st.booleans(), "compensation_error": st.none() | st.text(),
+    "error_name": st.none() | st.text(), "cause": st.none() | st.text(),
+}), status=st.sampled_from(["completed", "failed", "caught", "started"]))
+def test_the_fast_record_constructor_builds_what_step_result_builds(fields: dict[str, Any], status: str) -> None:
+    """The engine builds records with new_record (faster than attrs' frozen __init__): the same
+    value, field for field and default for default, and as frozen."""
+    fast = new_record(step_name="s", status=status, **fields)  # type: ignore[arg-type]
+    slow = StepResult(step_name="s", status=status, **fields)  # type: ignore[arg-type]
+    assert attrs.asdict(fast, recurse=False) == attrs.asdict(slow, recurse=False)
+    assert type(fast) is StepResult
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        fast.output = 1  # type: ignore[misc]
