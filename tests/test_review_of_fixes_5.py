@@ -6,7 +6,6 @@ the waker cannot resume."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,22 +14,10 @@ import trio.testing
 
 import trioflow as tf
 import trioflow._engine as engine_module
-from trioflow.adapters import Adapter, MemoryAdapter, SQLiteAdapter
+from trioflow.adapters import Adapter, MemoryAdapter
 from trioflow.testing import virtual_wall_clock
 
-from storages import engine_on, returning
-
-
-
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Adapter]:
-    if request.param == "memory":
-        memory = MemoryAdapter()
-        return lambda: memory
-    path = tmp_path / "flows.db"
-    return lambda: SQLiteAdapter(path)
+from storages import engine_on, returning, storage  # noqa: F401  (storage: the fixture, memory and sqlite)
 
 
 # -- 377c2c5: a child stored cancelled -----------------------------------------------------------
