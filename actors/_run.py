@@ -609,7 +609,7 @@ class Run:
             extra = {"consumed": consumed} if consumed else {}
             if wake is not None or self.stored_wake_at is not None:
                 extra["wake_at"] = wake
-        notify = self._end_notice(status)
+        notify = None if s.parent_id is None else self._end_notice(status)  # (most are no child: no call)
         if notify is not None:
             extra = {**extra, "notify": notify}
         notice_seq: int | None = None
