@@ -343,15 +343,15 @@ async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:
                     await compensate(run, step, record, ctx)
         except trio.TooSlowError:
             assert bounded is not None
-            record_compensation_failed(state, record.seq, describe_error(CompensationTimeoutError(name, bounded)))
+            record_compensation_failed(state, record, describe_error(CompensationTimeoutError(name, bounded)))
         except StepFailure as failure:
-            record_compensation_failed(state, record.seq, describe_error(failure.error))
+            record_compensation_failed(state, record, describe_error(failure.error))
         except Exception as exc:
             # Whatever went wrong around the compensation (a ``retry_on`` predicate that raised,
             # a broken callable) is that compensation's failure: the others still run.
-            record_compensation_failed(state, record.seq, describe_error(exc))
+            record_compensation_failed(state, record, describe_error(exc))
         else:
-            record_compensated(state, record.seq)
+            record_compensated(state, record)
             if run.bus.active:
                 run.emit("workflow.step.compensated", step_name=name)
         await run.persist()

@@ -15,6 +15,7 @@ refused with :class:`SnapshotDecodeError`.
 from __future__ import annotations
 
 import inspect
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -26,12 +27,14 @@ from ._shared_data import SharedData, held
 from ._snapshot import PHASES, STATUSES, STEP_STATUSES, InstanceState, Lane, MapProgress, StepResult, new_record, with_values
 from ._values import SUPPORTED, from_ext, to_ext
 
-#: Type tags: format 1's snapshot, format 2's start and header.
+#: Type tags: format 1's snapshot, the start and header of formats 2 and 3.
 TAG = "trioflow.instance"
 START_TAG = "trioflow.start"
 HEADER_TAG = "trioflow.header"
 #: Bumped on every incompatible change; a newer version than this is refused, never guessed at.
-FORMAT_VERSION = 2
+#: Format 3's header (see :func:`encode_header`) is marked with its instance, and says what was
+#: compensated with a cursor rather than a list; its start and records are format 2's.
+FORMAT_VERSION = 3
 #: Largest encoded input, output or shared-data value: larger ones are refused, naming them.
 MAX_VALUE_BYTES = 16 * 1024 * 1024
 #: Largest snapshot encoded or decoded (a corrupt length can't make us allocate gigabytes).
@@ -85,7 +88,9 @@ def encode_start(state: InstanceState) -> bytes:
 
 def encode_header(state: InstanceState) -> bytes:
     """Where the instance stands now: rewritten by every checkpoint, small, and no bigger for
-    the steps already run (it holds no step outputs)."""
+    the steps run or compensated already (it holds no step outputs, and a compensation cursor
+    rather than a list). It is marked with its instance: a header copied from another
+    instance's row is refused on reading, not run as this one."""
     lanes: dict[str, tuple[Any, ...]] = {}
     for key, lane in state.lanes.items():
         if lane.begun is not None:
@@ -97,13 +102,17 @@ def encode_header(state: InstanceState) -> bytes:
         else:
             lanes[key] = (lane.step, lane.last, lane.failed)
     errors = state.compensation_errors
+    mark = state.mark
+    if mark is None:
+        mark = state.mark = instance_mark(state.instance_id)
     # Packed inline, not through a helper: this runs at every checkpoint.
     try:
         packed: bytes = _packer.pack((
             # (Empty shared data, most runs', as a plain dict: msgpack packs a dict subclass
             # through its Python-level ``items()``.)
-            HEADER_TAG, FORMAT_VERSION, state.status, state.phase, state.outcome, state.rolled_back,
-            state.data if state.data else _NO_MAP, lanes, state.error, state.failed_step, state.compensated,
+            HEADER_TAG, FORMAT_VERSION, mark, state.status, state.phase,
+            state.outcome, state.rolled_back, state.data if state.data else _NO_MAP, lanes, state.error,
+            state.failed_step, state.compensated_from, state.compensated_names,
             errors if type(errors) is dict else _NO_MAP, state.skipped, state.started_at, state.completed_at,
             len(state.records), state.error_name, state.cause,
         ))
@@ -116,6 +125,12 @@ def encode_header(state: InstanceState) -> bytes:
             f" over the {MAX_SNAPSHOT_BYTES >> 20} MiB limit"
         )
     return packed
+
+
+def instance_mark(instance_id: str) -> int:
+    """What a format-3 header carries of its instance: the CRC-32 of its id (5 bytes packed,
+    where the id would take 33 or more in every header written)."""
+    return zlib.crc32(instance_id.encode("utf-8", "surrogatepass"))
 
 
 #: Packed in place of an empty map that msgpack would not pack, or not fast: the shared empty
@@ -602,10 +617,17 @@ _NO_NAME_NOR_CAUSE = (None, None)
 def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> InstanceState:
     (_, _, iid, name, fingerprint, input, created_at, parent_id) = start if len(start) == 8 else (*start, None)
     _expect(parent_id is None or isinstance(parent_id, str), "the parent id must be a string")
-    (_, _, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated, comp_errors,
-     skipped, started_at, completed_at, count, error_name, cause) = header if len(header) == 18 else (
-        *header, *_NO_NAME_NOR_CAUSE)
     _expect(isinstance(iid, str) and isinstance(name, str), "instance id and workflow name must be strings")
+    if header[1] == 2:
+        # Format 2's header: no mark, and a list of the executions compensated.
+        (_, _, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated, comp_errors,
+         skipped, started_at, completed_at, count, error_name, cause) = header if len(header) == 18 else (
+            *header, *_NO_NAME_NOR_CAUSE)
+        compensated_from = compensated_names = None
+    else:
+        (_, _, mark, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated_from,
+         compensated_names, comp_errors, skipped, started_at, completed_at, count, error_name, cause) = header
+        _expect(mark == instance_mark(iid), "the header is not instance %r's: it was copied from another instance", iid)
     _expect(status in STATUSES and phase in PHASES, "unknown status %r or phase %r", status, phase)
     _expect(outcome is None or outcome in STATUSES, "unknown outcome %r", outcome)
     _expect(isinstance(data, dict) and isinstance(lanes, dict), "malformed maps")
@@ -648,16 +670,27 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting, begun=begun,
                                 fanout=None if fanout is None else _map_progress(key, fanout))
     # (Most instances have compensated and skipped nothing: no generator is made for those.)
-    _expect(isinstance(compensated, list) and (
-        not compensated or all(isinstance(q, int) and 0 <= q < len(records) for q in compensated)),
-            "malformed compensation list")
     _expect(isinstance(comp_errors, dict) and (
         not comp_errors or all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors)),
             "malformed compensation errors")
     _expect(isinstance(skipped, list) and (not skipped or all(isinstance(name, str) for name in skipped)),
             "malformed skipped steps")
-    state.compensated = tuple(compensated)
-    state.compensation_errors = comp_errors
+    if compensated_names is None:
+        _expect(isinstance(compensated, list) and (
+            not compensated or all(isinstance(q, int) and 0 <= q < len(records) for q in compensated)),
+                "malformed compensation list")
+        _listed_compensations(state, compensated, comp_errors)
+    else:
+        _expect(isinstance(compensated_names, list) and all(isinstance(n, str) for n in compensated_names),
+                "malformed compensation cursor")
+        if compensated_names:
+            _expect(compensated_from is not None and _is_seq(compensated_from, len(records))
+                    and all(q >= compensated_from for q in comp_errors), "malformed compensation cursor")
+        else:
+            _expect(compensated_from is None and not comp_errors, "malformed compensation cursor")
+        state.compensated_from = compensated_from
+        state.compensated_names = tuple(compensated_names)
+        state.compensation_errors = comp_errors
     state.skipped = tuple(skipped)
     state.stored = len(records)
     return state
@@ -751,10 +784,22 @@ def _state_v1(raw: list[Any]) -> InstanceState:
     newest = {r.step_name: r.seq for r in state.records}
     _expect(all(n in newest for n in compensated) and all(n in newest for n in comp_errors),
             "a compensated step has no result")
-    state.compensated = tuple(newest[n] for n in compensated)
-    state.compensation_errors = {newest[n]: e for n, e in comp_errors.items()}
+    _listed_compensations(state, [newest[n] for n in compensated], {newest[n]: e for n, e in comp_errors.items()})
     state.skipped = tuple(skipped)
     return state
+
+
+def _listed_compensations(state: InstanceState, compensated: list[int], errors: dict[int, str]) -> None:
+    """What an earlier format's header listed (the executions compensated, and those whose
+    compensation failed) as format 3's cursor and names: the same executions, since each
+    compensation pass goes newest first, one at a time (see ``InstanceState.compensated_from``)."""
+    state.compensation_errors = errors
+    handled = sorted({*compensated, *errors}, reverse=True)
+    if not handled:
+        return
+    state.compensated_from = handled[-1]
+    state.compensated_names = tuple(dict.fromkeys(state.records[q].step_name for q in handled))
+    _expect(set(state.compensated) == set(compensated), "the executions listed compensated are not the newest ones")
 
 
 def _expect(condition: bool, message: str, *args: Any) -> None:

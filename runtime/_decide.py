@@ -288,11 +288,11 @@ def pending_compensations(state: InstanceState, definition: WorkflowDefinition) 
     Every execution is compensated on its own: a loop that reserved twice releases twice. After
     a rolled-back transaction, entity steps are left out: the rollback undid their writes.
     """
-    handled = set(state.compensated)
-    handled.update(state.compensation_errors)
+    # Compensation runs newest first, one execution at a time: those from the cursor on are done.
+    start = state.compensated_from
     plan: list[StepResult] = []
-    for record in reversed(state.records):
-        if record.status != "completed" or record.seq in handled:
+    for record in reversed(state.records if start is None else state.records[:start]):
+        if record.status != "completed":
             continue
         entry = definition.lookup.get(record.step_name)
         if entry is not None and isinstance(entry[0], ChildStep):
@@ -305,12 +305,17 @@ def pending_compensations(state: InstanceState, definition: WorkflowDefinition) 
     return plan
 
 
-def record_compensated(state: InstanceState, seq: int) -> None:
-    state.compensated += (seq,)
+def record_compensated(state: InstanceState, record: StepResult) -> None:
+    """``record``'s compensation ran: the cursor moves to it (see ``InstanceState.compensated``)."""
+    state.compensated_from = record.seq
+    if record.step_name not in state.compensated_names:
+        state.compensated_names += (record.step_name,)
 
 
-def record_compensation_failed(state: InstanceState, seq: int, error: str) -> None:
-    state.compensation_errors = {**state.compensation_errors, seq: error}
+def record_compensation_failed(state: InstanceState, record: StepResult, error: str) -> None:
+    """``record``'s compensation failed for good: handled all the same, with its error."""
+    state.compensation_errors = {**state.compensation_errors, record.seq: error}
+    record_compensated(state, record)
 
 
 def finish(state: InstanceState, definition: WorkflowDefinition, status: Status, now: float) -> None:

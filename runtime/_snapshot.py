@@ -257,6 +257,9 @@ class InstanceState:
     records: list[StepResult] | tuple[()] = ()
     #: How many of ``records`` are stored.
     stored: int = 0
+    #: What the header carries of the instance (``trioflow._codec.instance_mark``), made by
+    #: the first header encoded: one CRC per instance rather than one per checkpoint.
+    mark: int | None = None
     #: Whether the start bytes are stored (``False`` for an instance read from a format-1 row).
     start_stored: bool = True
     #: Encoded records taken by a checkpoint still being written.
@@ -294,8 +297,13 @@ class InstanceState:
     # The three below are replaced, never mutated, and start as shared empty values: most
     # instances never compensate nor skip a step, and fewer containers per instance means less
     # work for the cyclic garbage collector.
-    #: Seqs of the executions compensated, in the order they were.
-    compensated: tuple[int, ...] = ()
+    #: Compensating: every completed execution from this seq on whose step is one of
+    #: ``compensated_names`` has been handled (compensated, or its compensation failed for
+    #: good). Compensation runs newest first, one execution at a time, so this cursor and the
+    #: names say what a list of seqs would, in a header that does not grow with the executions
+    #: undone (see :attr:`compensated`).
+    compensated_from: int | None = None
+    compensated_names: tuple[str, ...] = ()
     #: Seq of each execution whose compensation failed for good -> its error.
     compensation_errors: Mapping[int, str] = _NO_ERRORS
     #: Main-line steps a completed instance never ran (a choice went elsewhere).
@@ -335,6 +343,16 @@ class InstanceState:
                 self._item_latest[step_key(record.lane, record.step_name)] = record
         if record.execution:
             self.executions[step_key(record.lane, record.step_name)] = record.execution
+
+    @property
+    def compensated(self) -> tuple[int, ...]:
+        """Seqs of the executions compensated, in the order they were (newest first)."""
+        start = self.compensated_from
+        if start is None:
+            return ()
+        names, errors = self.compensated_names, self.compensation_errors
+        return tuple(r.seq for r in reversed(self.records[start:])
+                     if r.status == "completed" and r.step_name in names and r.seq not in errors)
 
     def output_of(self, seq: int | None) -> Any:
         """The output of the record at ``seq`` (``None``: no record, no output)."""

@@ -1,5 +1,6 @@
-"""Instance codec (format 2: start, header, one record per step execution): round trips,
-refusals, constant-size headers, references instead of copies, and no code execution."""
+"""Instance codec (a start, a header, one record per step execution): round trips,
+refusals, constant-size headers, references instead of copies, and no code execution; format
+2's headers read as format 3's."""
 
 from __future__ import annotations
 
@@ -27,8 +28,15 @@ from trioflow._codec import (
     take_changes,
     taken,
 )
-from trioflow._decide import complete_step, new_execution, new_state
-from trioflow._snapshot import InstanceState, StepResult, new_record
+from trioflow._decide import (
+    complete_step,
+    new_execution,
+    new_state,
+    pending_compensations,
+    record_compensated,
+    record_compensation_failed,
+)
+from trioflow._snapshot import InstanceState, StepResult, new_record, to_instance
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text() | st.binary(),
@@ -225,3 +233,72 @@ def test_the_fast_record_constructor_builds_what_step_result_builds(fields: dict
     assert type(fast) is StepResult
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         fast.output = 1  # type: ignore[misc]
+
+
+UNDOABLE = tf.workflow("w").task("a", job="j", compensate="undo").task("b", job="j").build()
+
+
+def looped(kinds: list[bool]) -> InstanceState:
+    """An instance of :data:`UNDOABLE` that ran "a" (True) and "b" (False) in this order."""
+    state = new_state(UNDOABLE, "i", None, 0.0)
+    for n, undoable in enumerate(kinds):
+        name = "a" if undoable else "b"
+        record = new_execution(state, "", name, "completed", output=n, started_at=0.0, now=1.0)
+        complete_step(state, UNDOABLE.lookup[name][0], record, name)
+    state.phase, state.outcome = "compensating", "failed"
+    return state
+
+
+def as_format_2(state: InstanceState) -> bytes:
+    """``state``'s header as format 2 wrote it: no mark, and the list of executions compensated."""
+    raw = msgpack.unpackb(encode_header(state), strict_map_key=False)
+    (tag, _, _, status, phase, outcome, rolled_back, data, lanes, error, failed_step, _, _, errors, *rest) = raw
+    packed: bytes = msgpack.packb([tag, 2, status, phase, outcome, rolled_back, data, lanes, error, failed_step,
+                                   list(state.compensated), errors, *rest])
+    return packed
+
+
+@given(kinds=st.lists(st.booleans(), max_size=12), handled=st.integers(0, 12), fails=st.sets(st.integers(0, 11)))
+def test_what_was_compensated_round_trips_in_both_header_formats(kinds: list[bool], handled: int, fails: set[int]) -> None:
+    state = looped(kinds)
+    for n, record in enumerate(pending_compensations(state, UNDOABLE)[:handled]):
+        if n in fails:
+            record_compensation_failed(state, record, f"Broken: undo {n}")
+        else:
+            record_compensated(state, record)
+    records = [encode_record(r) for r in state.records]
+    for header in (encode_header(state), as_format_2(state)):
+        again = decode(encode_start(state), header, records)
+        assert again.compensated == state.compensated and again.compensation_errors == state.compensation_errors
+        assert pending_compensations(again, UNDOABLE) == pending_compensations(state, UNDOABLE)
+        assert encode_header(again) == encode_header(state)
+    assert len(state.compensated) + len(state.compensation_errors) == min(handled, kinds.count(True))
+
+
+def test_the_header_does_not_grow_with_the_executions_compensated() -> None:
+    state = looped([True, False] * 100)
+    sizes = []
+    for n, record in enumerate(pending_compensations(state, UNDOABLE)):
+        record_compensated(state, record)
+        sizes.append(len(encode_header(state)))
+    assert max(sizes) - min(sizes) <= 2, sizes  # only the cursor's own width may change
+    assert state.compensated == tuple(range(198, -1, -2))
+    assert to_instance(state).compensated_steps == ("a",) * 100
+
+
+def test_a_header_of_another_instance_is_refused() -> None:
+    mine, theirs = new_state(WF, "mine", None, 0.0), new_state(WF, "theirs", None, 0.0)
+    with pytest.raises(tf.SnapshotDecodeError, match="not instance 'mine'.s: it was copied from another instance"):
+        decode(encode_start(mine), encode_header(theirs))
+
+
+@pytest.mark.parametrize(("cursor", "names", "errors"), [
+    (None, ["a"], {}), (0, [], {}), (5, ["a"], {}), (-1, ["a"], {}), (2, ["a"], {0: "Broken: x"}),
+    (None, [], {0: "Broken: x"}), (0, [1], {}), (0, "a", {}),
+])
+def test_a_malformed_compensation_cursor_is_refused(cursor: Any, names: Any, errors: dict[int, str]) -> None:
+    state = looped([True, False, True])
+    raw = msgpack.unpackb(encode_header(state), strict_map_key=False)
+    raw[11:14] = [cursor, names, errors]
+    with pytest.raises(tf.SnapshotDecodeError, match="compensation"):
+        decode(encode_start(state), msgpack.packb(raw), [encode_record(r) for r in state.records])

@@ -1,13 +1,17 @@
-"""A database written by the previous release (SQLite schema 1, snapshot format 1) opens with
-this one, and its unfinished instances resume and finish (issue 12; fixture made by
-tests/fixtures/make_v1_fixture.py with that release's own code)."""
+"""Databases written by earlier releases open with this one, and their unfinished instances
+resume and finish: SQLite schema 1 with snapshot format 1 (issue 12), schema 2 before durable
+waiting, and snapshot format 2's headers (each fixture made by the script beside it in
+tests/fixtures/ with that release's own code)."""
 
 from __future__ import annotations
 
 import shutil
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
+
+import msgpack
 
 import trioflow as tf
 
@@ -99,3 +103,39 @@ async def test_a_database_of_storage_v2_before_waiting_opens_and_its_instances_r
         columns = [r[1] for r in conn.execute("PRAGMA table_info(trioflow_instances)")]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert columns[-2:] == ["wake_at", "finished_at"] and "trioflow_signals" in tables
+
+
+V2_COMPENSATING = Path(__file__).with_name("fixtures") / "v2_compensating.db"
+sys.path.insert(0, str(V2_COMPENSATING.parent))
+from make_v2_compensating import loop  # noqa: E402  (the fixture's workflow)
+
+
+async def test_an_instance_stopped_while_compensating_under_format_2_finishes_each_release_once(
+        tmp_path: Path) -> None:
+    """Format 2's header listed the executions compensated; format 3's holds a cursor. A
+    database written by the last release of format 2 (commit 1e48bd3) with an instance stopped
+    in the middle of undoing a loop resumes: the executions released before the stop are not
+    released again, the one whose release failed keeps its error, the rest are released newest
+    first; finished instances read back as they were."""
+    db = tmp_path / "flows.db"
+    shutil.copy(V2_COMPENSATING, db)
+    released: list[int] = []
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db)) as engine:
+        engine.register(loop(released))
+        failed = await engine.get_instance("failed-1")
+        done = await engine.get_instance("done-1")
+        mid = await engine.wait("mid-1")
+    assert released == [2, 1], "reserve#4 was released before the stop, reserve#3's release failed"
+    for inst in (failed, mid):
+        assert inst is not None and (inst.status, inst.error_name, inst.cause) == ("failed", "Failed", "card declined")
+        assert inst.compensated_steps == ("reserve",) * 3
+        undone = [(r.id, r.status, r.compensation_error) for r in inst.history if r.step_name == "reserve"]
+        assert undone == [("reserve#1", "compensated", None), ("reserve#2", "compensated", None),
+                          ("reserve#3", "completed", "Failed: cannot release 3"), ("reserve#4", "compensated", None)]
+        assert inst.compensation_errors == {"reserve": "Failed: cannot release 3"}
+    assert done is not None and (done.status, done.output, done.compensated_steps) == ("completed", "charged", ())
+    with sqlite3.connect(db) as conn:
+        header = dict(conn.execute("SELECT instance_id, header FROM trioflow_instances"))
+    conn.close()
+    assert msgpack.unpackb(header["mid-1"], strict_map_key=False)[1] == 3, "the resumed instance's header is rewritten in format 3"
+    assert msgpack.unpackb(header["failed-1"], strict_map_key=False)[1] == 2, "a finished row is read as it is"

@@ -628,11 +628,6 @@ async def test_a_restart_while_compensating_a_parallel_loop_undoes_each_branch_e
     assert [r.status for r in inst.history if r.step_name in ("pa", "pb")] == ["compensated"] * 6
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the header lists the seq of every execution compensated so far (InstanceState.compensated,"
-    " encoded in runtime/_codec.py), so each compensation's checkpoint rewrites a header that grows"
-    " by ~2 bytes per execution already compensated: undoing an n-turn loop writes O(n^2) bytes,"
-    " against SPEC 10's small header and bytes per step that do not grow with the steps run"))
 async def test_compensation_checkpoints_do_not_grow_with_the_executions_compensated(
         autojump_clock: trio.testing.MockClock, db: Path) -> None:
     """The header replaced by each compensation's checkpoint stays about one size: undoing a
@@ -673,12 +668,6 @@ def remembering(gate: trio.Event) -> tf.WorkflowDefinition:
     return tf.workflow("who").step("remember", remember).step("hold", hold).step("answer", answer).build()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a header carries no mark of its instance (runtime/_codec.py encodes status, phase, data, lanes..."
-    " but no instance id or checksum; only the start bytes are checked against the row), so a header"
-    " copied from another instance at the same position is taken as the victim's own: the victim"
-    " runs on with the other instance's shared data and completes with its answer, although README"
-    " says a row 'holding another instance's data' is reported failed with the reason"))
 async def test_a_header_holding_another_instances_data_is_reported_not_run(
         autojump_clock: trio.testing.MockClock, db: Path) -> None:
     restarts = Restarts(lambda: SQLiteAdapter(db))
