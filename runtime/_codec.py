@@ -623,7 +623,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         (_, _, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated, comp_errors,
          skipped, started_at, completed_at, count, error_name, cause) = header if len(header) == 18 else (
             *header, *_NO_NAME_NOR_CAUSE)
-        compensated_from = compensated_names = None
+        compensated_from = compensated_names = mark = None
     else:
         (_, _, mark, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated_from,
          compensated_names, comp_errors, skipped, started_at, completed_at, count, error_name, cause) = header
@@ -636,7 +636,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=SharedData(data),
         lanes={}, phase=phase, outcome=outcome, rolled_back=bool(rolled_back), error=error,
         failed_step=failed_step, created_at=created_at, started_at=started_at, completed_at=completed_at,
-        error_name=error_name, cause=cause, parent_id=parent_id,
+        error_name=error_name, cause=cause, parent_id=parent_id, mark=mark,
     )
     if error is not None and error_name is None:
         state.error_name, state.cause = split_description(error)
@@ -681,8 +681,8 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
                 "malformed compensation list")
         _listed_compensations(state, compensated, comp_errors)
     else:
-        _expect(isinstance(compensated_names, list) and all(isinstance(n, str) for n in compensated_names),
-                "malformed compensation cursor")
+        _expect(isinstance(compensated_names, list) and (
+            not compensated_names or all(isinstance(n, str) for n in compensated_names)), "malformed compensation cursor")
         if compensated_names:
             _expect(compensated_from is not None and _is_seq(compensated_from, len(records))
                     and all(q >= compensated_from for q in comp_errors), "malformed compensation cursor")

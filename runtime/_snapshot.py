@@ -294,7 +294,7 @@ class InstanceState:
     error_name: str | None = None
     cause: str | None = None
     failed_step: str | None = None
-    # The three below are replaced, never mutated, and start as shared empty values: most
+    # The four below are replaced, never mutated, and start as shared empty values: most
     # instances never compensate nor skip a step, and fewer containers per instance means less
     # work for the cyclic garbage collector.
     #: Compensating: every completed execution from this seq on whose step is one of
@@ -453,7 +453,7 @@ class WorkflowResult:
 
 def to_instance(state: InstanceState) -> WorkflowInstance:
     """The public view of a state. Shares values with ``state``: give it a decoded copy."""
-    if state.compensated or state.compensation_errors:
+    if state.compensated_from is not None:  # (set once anything was compensated, or failed to be)
         compensated = set(state.compensated)
         history = tuple(viewed(r, compensated, state.compensation_errors) for r in state.records)
     else:
@@ -527,7 +527,7 @@ def viewed(record: StepResult, compensated: set[int], errors: Mapping[int, str])
 
 def compensated_steps(state: InstanceState) -> tuple[str, ...]:
     """Names of the compensated executions' steps, in the order they were compensated."""
-    if not state.compensated:
+    if state.compensated_from is None:
         return ()  # (most runs: every result and view asks)
     return tuple(state.records[seq].step_name for seq in state.compensated)
 
