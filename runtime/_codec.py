@@ -1,11 +1,12 @@
 """The instance codec: ``InstanceState`` <-> msgpack bytes (SPEC §10), beside the model it encodes.
 
-Format 2 stores an instance as three kinds of bytes (see ``trioflow.adapters._protocol``): a
+Formats 2 and 3 store an instance as three kinds of bytes (see ``trioflow.adapters._protocol``): a
 *start* written once, a small *header* rewritten by each checkpoint, and one *record* per step
 execution, appended once. Each value is encoded once, when the record or header holding it is
 written; a record stores a pass-through output or the workflow input as a reference, not a copy.
-Format 1 (one snapshot holding everything, rewritten at every step) is still read: databases
-written by earlier releases open and resume.
+Format 1 (one snapshot holding everything, rewritten at every step) and format 2's headers
+(which listed every execution compensated, and carried no mark of their instance) are still
+read: databases written by earlier releases open and resume.
 
 Decoding builds plain values and attrs objects field by field; it never imports or calls
 anything named by the data (no pickle, no msgpack ext hooks), so hostile bytes can at worst be
@@ -32,7 +33,7 @@ TAG = "trioflow.instance"
 START_TAG = "trioflow.start"
 HEADER_TAG = "trioflow.header"
 #: Bumped on every incompatible change; a newer version than this is refused, never guessed at.
-#: Format 3's header (see :func:`encode_header`) is marked with its instance, and says what was
+#: Format 3's header (see :func:`encode_header`) names its instance, and says what was
 #: compensated with a cursor rather than a list; its start and records are format 2's.
 FORMAT_VERSION = 3
 #: Largest encoded input, output or shared-data value: larger ones are refused, naming them.
@@ -89,8 +90,8 @@ def encode_start(state: InstanceState) -> bytes:
 def encode_header(state: InstanceState) -> bytes:
     """Where the instance stands now: rewritten by every checkpoint, small, and no bigger for
     the steps run or compensated already (it holds no step outputs, and a compensation cursor
-    rather than a list). It is marked with its instance: a header copied from another
-    instance's row is refused on reading, not run as this one."""
+    rather than a list). It names its instance: a header copied from another instance's row is
+    refused on reading, not run as this one."""
     lanes: dict[str, tuple[Any, ...]] = {}
     for key, lane in state.lanes.items():
         if lane.begun is not None:
@@ -102,15 +103,12 @@ def encode_header(state: InstanceState) -> bytes:
         else:
             lanes[key] = (lane.step, lane.last, lane.failed)
     errors = state.compensation_errors
-    mark = state.mark
-    if mark is None:
-        mark = state.mark = instance_mark(state.instance_id)
     # Packed inline, not through a helper: this runs at every checkpoint.
     try:
         packed: bytes = _packer.pack((
             # (Empty shared data, most runs', as a plain dict: msgpack packs a dict subclass
             # through its Python-level ``items()``.)
-            HEADER_TAG, FORMAT_VERSION, mark, state.status, state.phase,
+            HEADER_TAG, FORMAT_VERSION, state.instance_id, state.status, state.phase,
             state.outcome, state.rolled_back, state.data if state.data else _NO_MAP, lanes, state.error,
             state.failed_step, state.compensated_from, state.compensated_names,
             errors if type(errors) is dict else _NO_MAP, state.skipped, state.started_at, state.completed_at,
@@ -128,8 +126,9 @@ def encode_header(state: InstanceState) -> bytes:
 
 
 def instance_mark(instance_id: str) -> int:
-    """What a format-3 header carries of its instance: the CRC-32 of its id (5 bytes packed,
-    where the id would take 33 or more in every header written)."""
+    """What format-3 headers written by commit 7cb9446 carry of their instance instead of its
+    id: the CRC-32 of the id. Still read; no longer written, as two ids can share a CRC (the
+    id itself packs in about 33 bytes and needs no hashing)."""
     return zlib.crc32(instance_id.encode("utf-8", "surrogatepass"))
 
 
@@ -623,11 +622,13 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         (_, _, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated, comp_errors,
          skipped, started_at, completed_at, count, error_name, cause) = header if len(header) == 18 else (
             *header, *_NO_NAME_NOR_CAUSE)
-        compensated_from = compensated_names = mark = None
+        compensated_from = compensated_names = None
     else:
         (_, _, mark, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated_from,
          compensated_names, comp_errors, skipped, started_at, completed_at, count, error_name, cause) = header
-        _expect(mark == instance_mark(iid), "the header is not instance %r's: it was copied from another instance", iid)
+        _expect(mark == iid or (type(mark) is int and mark == instance_mark(iid)),
+                "the row of instance %r holds the header of %s (copied from its row?)", iid,
+                f"instance {safe_repr(mark)}" if isinstance(mark, str) else "another instance")
     _expect(status in STATUSES and phase in PHASES, "unknown status %r or phase %r", status, phase)
     _expect(outcome is None or outcome in STATUSES, "unknown outcome %r", outcome)
     _expect(isinstance(data, dict) and isinstance(lanes, dict), "malformed maps")
@@ -636,7 +637,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=SharedData(data),
         lanes={}, phase=phase, outcome=outcome, rolled_back=bool(rolled_back), error=error,
         failed_step=failed_step, created_at=created_at, started_at=started_at, completed_at=completed_at,
-        error_name=error_name, cause=cause, parent_id=parent_id, mark=mark,
+        error_name=error_name, cause=cause, parent_id=parent_id,
     )
     if error is not None and error_name is None:
         state.error_name, state.cause = split_description(error)

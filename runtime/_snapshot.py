@@ -257,9 +257,6 @@ class InstanceState:
     records: list[StepResult] | tuple[()] = ()
     #: How many of ``records`` are stored.
     stored: int = 0
-    #: What the header carries of the instance (``trioflow._codec.instance_mark``), made by
-    #: the first header encoded: one CRC per instance rather than one per checkpoint.
-    mark: int | None = None
     #: Whether the start bytes are stored (``False`` for an instance read from a format-1 row).
     start_stored: bool = True
     #: Encoded records taken by a checkpoint still being written.

@@ -24,6 +24,7 @@ from trioflow._codec import (
     encode_header,
     encode_record,
     encode_start,
+    instance_mark,
     stage,
     take_changes,
     taken,
@@ -288,8 +289,23 @@ def test_the_header_does_not_grow_with_the_executions_compensated() -> None:
 
 def test_a_header_of_another_instance_is_refused() -> None:
     mine, theirs = new_state(WF, "mine", None, 0.0), new_state(WF, "theirs", None, 0.0)
-    with pytest.raises(tf.SnapshotDecodeError, match="not instance 'mine'.s: it was copied from another instance"):
+    with pytest.raises(tf.SnapshotDecodeError, match="row of instance 'mine' holds the header of instance 'theirs'"):
         decode(encode_start(mine), encode_header(theirs))
+
+
+def test_a_header_marked_with_a_crc_of_its_id_as_commit_7cb9446_wrote_is_read() -> None:
+    """Format 3's first headers carried a CRC-32 of the id rather than the id: still read,
+    and still refused on another instance's row."""
+    state = new_state(WF, "mine", {"n": 1}, 0.0)
+    ran(state, "a", 1, "b")
+    raw = msgpack.unpackb(encode_header(state), strict_map_key=False)
+    records = [encode_record(r) for r in state.records]
+    raw[2] = instance_mark("mine")
+    again = decode(encode_start(state), msgpack.packb(raw), records)
+    assert again.lane_output("") == 1 and encode_header(again) == encode_header(state)
+    raw[2] = instance_mark("theirs")
+    with pytest.raises(tf.SnapshotDecodeError, match="row of instance 'mine' holds the header of another instance"):
+        decode(encode_start(state), msgpack.packb(raw), records)
 
 
 @pytest.mark.parametrize(("cursor", "names", "errors"), [
