@@ -27,7 +27,6 @@ from trioflow._decide import (
     finish,
     pending_compensations,
     record_compensated,
-    record_compensation_failed,
     unended_children,
 )
 from trioflow._definition import ChildStep, TaskStep
@@ -343,13 +342,13 @@ async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:
                     await compensate(run, step, record, ctx)
         except trio.TooSlowError:
             assert bounded is not None
-            record_compensation_failed(state, record, describe_error(CompensationTimeoutError(name, bounded)))
+            run.add_compensation_failure(record, describe_error(CompensationTimeoutError(name, bounded)))
         except StepFailure as failure:
-            record_compensation_failed(state, record, describe_error(failure.error))
+            run.add_compensation_failure(record, describe_error(failure.error))
         except Exception as exc:
             # Whatever went wrong around the compensation (a ``retry_on`` predicate that raised,
             # a broken callable) is that compensation's failure: the others still run.
-            record_compensation_failed(state, record, describe_error(exc))
+            run.add_compensation_failure(record, describe_error(exc))
         else:
             record_compensated(state, record)
             if run.bus.active:

@@ -28,7 +28,7 @@ from trioflow._codec import (
     taken,
 )
 from trioflow._context import ItemPlace, WorkflowContext
-from trioflow._decide import catch_failure, fail_step, failure_named_by_workflow, wake_at
+from trioflow._decide import catch_failure, fail_step, failure_named_by_workflow, record_compensation_failed, wake_at
 from trioflow._definition import Catch, Step, StepFn, WorkflowDefinition
 from trioflow._errors import (
     CheckpointConflictError,
@@ -49,6 +49,7 @@ from trioflow._snapshot import (
     WorkflowResult,
     compensated_steps,
     compensation_errors,
+    failed_compensation,
     metadata_of,
 )
 from trioflow.adapters._protocol import Adapter
@@ -489,6 +490,13 @@ class Run:
         it cannot be stored, and what it left in the shared data that cannot be stored is put
         back: the step has failed already, and the record must still be written."""
         fail_step(self.state, self._stage_ended(record), for_good=for_good)
+
+    def add_compensation_failure(self, record: StepResult, error: str) -> None:
+        """``record``'s compensation failed for good with ``error`` (``"Name: cause"``): its
+        own record goes with the next checkpoint (see :func:`record_compensation_failed`)."""
+        state = self.state
+        failure = failed_compensation(record, error, len(state.records), self.clock())
+        record_compensation_failed(state, record, self.stage(failure))
 
     def add_caught(self, record: StepResult, step: Step, catcher: Catch) -> None:
         """Add the record of a caught failure and route its lane (see :func:`catch_failure`)."""

@@ -1,12 +1,13 @@
 """The instance codec: ``InstanceState`` <-> msgpack bytes (SPEC §10), beside the model it encodes.
 
-Formats 2 and 3 store an instance as three kinds of bytes (see ``trioflow.adapters._protocol``): a
+Formats 2 to 4 store an instance as three kinds of bytes (see ``trioflow.adapters._protocol``): a
 *start* written once, a small *header* rewritten by each checkpoint, and one *record* per step
 execution, appended once. Each value is encoded once, when the record or header holding it is
 written; a record stores a pass-through output or the workflow input as a reference, not a copy.
-Format 1 (one snapshot holding everything, rewritten at every step) and format 2's headers
-(which listed every execution compensated, and carried no mark of their instance) are still
-read: databases written by earlier releases open and resume.
+Format 1 (one snapshot holding everything, rewritten at every step), format 2's headers
+(which listed every execution compensated, and carried no mark of their instance) and format
+3's (which kept the compensations that failed) are still read: databases written by earlier
+releases open and resume.
 
 Decoding builds plain values and attrs objects field by field; it never imports or calls
 anything named by the data (no pickle, no msgpack ext hooks), so hostile bytes can at worst be
@@ -25,17 +26,31 @@ import msgpack
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, safe_repr, split_description
 from ._lanes import MAIN
 from ._shared_data import SharedData, held
-from ._snapshot import PHASES, STATUSES, STEP_STATUSES, InstanceState, Lane, MapProgress, StepResult, new_record, with_values
+from ._snapshot import (
+    PHASES,
+    STATUSES,
+    STEP_STATUSES,
+    InstanceState,
+    Lane,
+    MapProgress,
+    NO_ERRORS,
+    StepResult,
+    failed_compensation,
+    new_record,
+    with_values,
+)
 from ._values import SUPPORTED, from_ext, to_ext
 
-#: Type tags: format 1's snapshot, the start and header of formats 2 and 3.
+#: Type tags: format 1's snapshot, the start and header of formats 2 to 4.
 TAG = "trioflow.instance"
 START_TAG = "trioflow.start"
 HEADER_TAG = "trioflow.header"
 #: Bumped on every incompatible change; a newer version than this is refused, never guessed at.
 #: Format 3's header (see :func:`encode_header`) names its instance, and says what was
-#: compensated with a cursor rather than a list; its start and records are format 2's.
-FORMAT_VERSION = 3
+#: compensated with a cursor rather than a list; its start and records are format 2's. Format
+#: 4 keeps a compensation that failed for good in a record of its own (status
+#: ``"compensation_failed"``) rather than in the header, which no longer grows with them.
+FORMAT_VERSION = 4
 #: Largest encoded input, output or shared-data value: larger ones are refused, naming them.
 MAX_VALUE_BYTES = 16 * 1024 * 1024
 #: Largest snapshot encoded or decoded (a corrupt length can't make us allocate gigabytes).
@@ -89,8 +104,8 @@ def encode_start(state: InstanceState) -> bytes:
 
 def encode_header(state: InstanceState) -> bytes:
     """Where the instance stands now: rewritten by every checkpoint, small, and no bigger for
-    the steps run or compensated already (it holds no step outputs, and a compensation cursor
-    rather than a list). It names its instance: a header copied from another instance's row is
+    the steps run or compensated already (it holds no step outputs, a compensation cursor
+    rather than a list, and no compensation's error). It names its instance: a header copied from another instance's row is
     refused on reading, not run as this one."""
     lanes: dict[str, tuple[Any, ...]] = {}
     for key, lane in state.lanes.items():
@@ -102,7 +117,6 @@ def encode_header(state: InstanceState) -> bytes:
             lanes[key] = (lane.step, lane.last, lane.failed, lane.waiting)
         else:
             lanes[key] = (lane.step, lane.last, lane.failed)
-    errors = state.compensation_errors
     # Packed inline, not through a helper: this runs at every checkpoint.
     try:
         packed: bytes = _packer.pack((
@@ -110,8 +124,8 @@ def encode_header(state: InstanceState) -> bytes:
             # through its Python-level ``items()``.)
             HEADER_TAG, FORMAT_VERSION, state.instance_id, state.status, state.phase,
             state.outcome, state.rolled_back, state.data if state.data else _NO_MAP, lanes, state.error,
-            state.failed_step, state.compensated_from, state.compensated_names,
-            errors if type(errors) is dict else _NO_MAP, state.skipped, state.started_at, state.completed_at,
+            state.failed_step, state.compensated_from, state.compensated_names, state.skipped,
+            state.started_at, state.completed_at,
             len(state.records), state.error_name, state.cause,
         ))
     except (TypeError, ValueError, OverflowError) as exc:
@@ -132,8 +146,7 @@ def instance_mark(instance_id: str) -> int:
     return zlib.crc32(instance_id.encode("utf-8", "surrogatepass"))
 
 
-#: Packed in place of an empty map that msgpack would not pack, or not fast: the shared empty
-#: default of compensation errors (a read-only proxy), empty shared data (a dict subclass).
+#: Packed in place of empty shared data (a dict subclass, which msgpack packs slowly).
 _NO_MAP: dict[Any, Any] = {}
 
 
@@ -624,8 +637,13 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             *header, *_NO_NAME_NOR_CAUSE)
         compensated_from = compensated_names = None
     else:
-        (_, _, mark, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated_from,
-         compensated_names, comp_errors, skipped, started_at, completed_at, count, error_name, cause) = header
+        if header[1] == 3:  # the compensations that failed, in the header
+            (_, _, mark, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated_from,
+             compensated_names, comp_errors, skipped, started_at, completed_at, count, error_name, cause) = header
+        else:  # in records
+            (_, _, mark, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated_from,
+             compensated_names, skipped, started_at, completed_at, count, error_name, cause) = header
+            comp_errors = NO_ERRORS
         _expect(mark == iid or (type(mark) is int and mark == instance_mark(iid)),
                 "the row of instance %r holds the header of %s (copied from its row?)", iid,
                 f"instance {safe_repr(mark)}" if isinstance(mark, str) else "another instance")
@@ -641,6 +659,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     )
     if error is not None and error_name is None:
         state.error_name, state.cause = split_description(error)
+    failures = []
     for seq, fields in enumerate(records):
         (r_seq, lane, step, execution, st, uses_input, s_in, s_out, passes, s_err, s_start, s_end, attempts,
          r_name, r_cause) = fields if len(fields) == 15 else (*fields, *_NO_NAME_NOR_CAUSE)
@@ -653,12 +672,15 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         if passes is not None:
             _expect(isinstance(passes, int) and 0 <= passes < seq, "step record %d passes on record %r", seq, passes)
             s_out = state.records[passes].output
-        state.add(new_record(
+        record = new_record(
             step_name=step, status=st, input=input if uses_input else s_in, output=s_out, error=s_err,
             started_at=s_start, completed_at=s_end, attempts=attempts,
             lane=lane, execution=execution, seq=seq, passes=passes, input_is_workflow_input=bool(uses_input),
             error_name=r_name, cause=r_cause,
-        ))
+        )
+        state.add(record)
+        if st == "compensation_failed":
+            failures.append(record)
     for key, fields in lanes.items():
         # A lane that waits (a timer, a signal) has a fourth field saying for what; one whose
         # step has a start record (a map, a child step), a fifth with its seq and a sixth saying
@@ -671,9 +693,12 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting, begun=begun,
                                 fanout=None if fanout is None else _map_progress(key, fanout))
     # (Most instances have compensated and skipped nothing: no generator is made for those.)
-    _expect(isinstance(comp_errors, dict) and (
+    _expect(isinstance(comp_errors, Mapping) and (
         not comp_errors or all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors)),
             "malformed compensation errors")
+    _expect(not (failures and comp_errors), "compensation errors both in the header and in records")
+    if failures:
+        comp_errors = _compensations_failed(state, failures)
     _expect(isinstance(skipped, list) and (not skipped or all(isinstance(name, str) for name in skipped)),
             "malformed skipped steps")
     if compensated_names is None:
@@ -694,7 +719,35 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         state.compensation_errors = comp_errors
     state.skipped = tuple(skipped)
     state.stored = len(records)
+    if comp_errors and not failures:
+        _errors_as_records(state)
     return state
+
+
+def _compensations_failed(state: InstanceState, failures: list[StepResult]) -> dict[int, str]:
+    """The index of compensation errors (see ``InstanceState.compensation_errors``) over the
+    ``"compensation_failed"`` records: each must follow the completed execution whose id it
+    carries."""
+    completed = {(r.lane, r.step_name, r.execution): r.seq for r in state.records if r.status == "completed"}
+    errors: dict[int, str] = {}
+    for failure in failures:
+        seq = completed.get((failure.lane, failure.step_name, failure.execution))
+        _expect(seq is not None and seq < failure.seq and seq not in errors and isinstance(failure.error, str),
+                "step record %d records a failed compensation of no completed execution", failure.seq)
+        assert seq is not None and failure.error is not None
+        errors[seq] = failure.error
+    return errors
+
+
+def _errors_as_records(state: InstanceState) -> None:
+    """An earlier format's header kept the compensations that failed: they become records,
+    newest first as they failed, staged for the instance's next checkpoint (a finished row is
+    only read)."""
+    records = [failed_compensation(state.records[seq], error, len(state.records) + k, None)
+               for k, (seq, error) in enumerate(sorted(state.compensation_errors.items(), reverse=True))]
+    for record in records:
+        state.add(record)
+    state.staged = [*state.staged, *(encode_record(r) for r in records)]
 
 
 #: What each key of a lane's wait holds (see ``Lane.waiting``): the kernel computes with them,
@@ -786,6 +839,8 @@ def _state_v1(raw: list[Any]) -> InstanceState:
     _expect(all(n in newest for n in compensated) and all(n in newest for n in comp_errors),
             "a compensated step has no result")
     _listed_compensations(state, [newest[n] for n in compensated], {newest[n]: e for n, e in comp_errors.items()})
+    if comp_errors:
+        _errors_as_records(state)
     state.skipped = tuple(skipped)
     return state
 

@@ -312,9 +312,14 @@ def record_compensated(state: InstanceState, record: StepResult) -> None:
         state.compensated_names += (record.step_name,)
 
 
-def record_compensation_failed(state: InstanceState, record: StepResult, error: str) -> None:
-    """``record``'s compensation failed for good: handled all the same, with its error."""
-    state.compensation_errors = {**state.compensation_errors, record.seq: error}
+def record_compensation_failed(state: InstanceState, record: StepResult, failure: StepResult) -> None:
+    """``record``'s compensation failed for good: handled all the same, and ``failure`` (see
+    :func:`~trioflow._snapshot.failed_compensation`) joins the history with its error."""
+    state.add(failure)
+    errors = state.compensation_errors
+    if not isinstance(errors, dict):  # (the shared empty default)
+        errors = state.compensation_errors = {}
+    errors[record.seq] = failure.error or ""
     record_compensated(state, record)
 
 

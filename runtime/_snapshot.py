@@ -19,7 +19,8 @@ from ._errors import split_description
 from ._lanes import MAIN, execution_id, item_of, step_key
 
 Status = Literal["pending", "running", "completed", "failed", "cancelled", "timed_out", "compensated"]
-StepStatus = Literal["pending", "running", "started", "completed", "failed", "caught", "skipped", "compensated"]
+StepStatus = Literal[
+    "pending", "running", "started", "completed", "failed", "caught", "skipped", "compensated", "compensation_failed"]
 Phase = Literal["forward", "compensating", "done"]
 
 #: Every status, step status and phase (what a stored snapshot may say).
@@ -36,7 +37,8 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "timed
 #: Statuses of instances a resume picks up.
 RESUMABLE: frozenset[str] = frozenset({"pending", "running"})
 
-_NO_ERRORS: Mapping[int, str] = MappingProxyType({})
+#: The compensation errors of an instance with none (shared: see ``InstanceState``).
+NO_ERRORS: Mapping[int, str] = MappingProxyType({})
 
 
 @attrs.frozen(kw_only=True)
@@ -52,7 +54,9 @@ class StepResult:
     lane on; its output is ``{"error": error_name, "cause": cause}``. ``"started"``: the start of
     an execution that a later record with the same id ends: a map step's (its input is the
     list of items) or a child step's (its input is the child's input, its output the child's
-    instance id).
+    instance id). ``"compensation_failed"``: in storage only, the record of an execution's
+    compensation that failed for good, with the same id as that execution and the
+    compensation's error (views show it as that execution's ``compensation_error`` instead).
     """
 
     step_name: str
@@ -133,6 +137,17 @@ def new_record(
     _set_error_name(record, error_name)
     _set_cause(record, cause)
     return record
+
+
+def failed_compensation(compensated: StepResult, error: str, seq: int, now: float | None) -> StepResult:
+    """The record of ``compensated``'s compensation failing for good with ``error`` (``"Name:
+    cause"``), at ``seq``: appended like an execution's, so that the header does not grow with
+    the failures; it carries the id of the execution it was for."""
+    name, cause = split_description(error)
+    return new_record(
+        step_name=compensated.step_name, status="compensation_failed", error=error, error_name=name, cause=cause,
+        completed_at=now, lane=compensated.lane, execution=compensated.execution, seq=seq,
+    )
 
 
 def with_values(record: StepResult, *, input: Any, output: Any) -> StepResult:
@@ -291,9 +306,9 @@ class InstanceState:
     error_name: str | None = None
     cause: str | None = None
     failed_step: str | None = None
-    # The four below are replaced, never mutated, and start as shared empty values: most
-    # instances never compensate nor skip a step, and fewer containers per instance means less
-    # work for the cyclic garbage collector.
+    # The four below start as shared empty values (replaced, not mutated, until the instance
+    # has its own): most instances never compensate nor skip a step, and fewer containers per
+    # instance means less work for the cyclic garbage collector.
     #: Compensating: every completed execution from this seq on whose step is one of
     #: ``compensated_names`` has been handled (compensated, or its compensation failed for
     #: good). Compensation runs newest first, one execution at a time, so this cursor and the
@@ -301,8 +316,9 @@ class InstanceState:
     #: undone (see :attr:`compensated`).
     compensated_from: int | None = None
     compensated_names: tuple[str, ...] = ()
-    #: Seq of each execution whose compensation failed for good -> its error.
-    compensation_errors: Mapping[int, str] = _NO_ERRORS
+    #: Seq of each execution whose compensation failed for good -> its error: an index over
+    #: the ``"compensation_failed"`` records (see :func:`failed_compensation`).
+    compensation_errors: Mapping[int, str] = NO_ERRORS
     #: Main-line steps a completed instance never ran (a choice went elsewhere).
     skipped: tuple[str, ...] = ()
     created_at: float = 0.0
@@ -338,7 +354,7 @@ class InstanceState:
                     self._latest[record.step_name] = record
             elif self._item_latest is not None:
                 self._item_latest[step_key(record.lane, record.step_name)] = record
-        if record.execution:
+        if record.execution and record.status != "compensation_failed":  # (an earlier execution's)
             self.executions[step_key(record.lane, record.step_name)] = record.execution
 
     @property
@@ -451,8 +467,8 @@ class WorkflowResult:
 def to_instance(state: InstanceState) -> WorkflowInstance:
     """The public view of a state. Shares values with ``state``: give it a decoded copy."""
     if state.compensated_from is not None:  # (set once anything was compensated, or failed to be)
-        compensated = set(state.compensated)
-        history = tuple(viewed(r, compensated, state.compensation_errors) for r in state.records)
+        compensated, errors = set(state.compensated), state.compensation_errors
+        history = tuple(viewed(r, compensated, errors) for r in executions(state.records))
     else:
         history = tuple(state.records)
     results = {r.step_name: r for r in history}
@@ -481,6 +497,12 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
         parent_id=state.parent_id,
         children=children_started(state.records),
     )
+
+
+def executions(records: Sequence[StepResult]) -> list[StepResult]:
+    """The step executions among ``records``, in order: what ``history`` lists (a failed
+    compensation's own record shows as its execution's ``compensation_error`` instead)."""
+    return [r for r in records if r.status != "compensation_failed"]
 
 
 def children_started(records: Sequence[StepResult]) -> tuple[str, ...]:

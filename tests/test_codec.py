@@ -37,7 +37,7 @@ from trioflow._decide import (
     record_compensated,
     record_compensation_failed,
 )
-from trioflow._snapshot import InstanceState, StepResult, new_record, to_instance
+from trioflow._snapshot import InstanceState, StepResult, failed_compensation, new_record, to_instance
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text() | st.binary(),
@@ -250,30 +250,72 @@ def looped(kinds: list[bool]) -> InstanceState:
     return state
 
 
+def fail_compensation(state: InstanceState, record: StepResult, error: str) -> None:
+    """``record``'s compensation failed for good with ``error``, as the engine records it."""
+    record_compensation_failed(state, record, failed_compensation(record, error, len(state.records), 1.0))
+
+
+def executions(state: InstanceState) -> list[StepResult]:
+    """``state``'s records without those of failed compensations (which come after them all)."""
+    return [r for r in state.records if r.status != "compensation_failed"]
+
+
+def as_format_3(state: InstanceState) -> list[Any]:
+    """``state``'s header as format 3 wrote it (unpacked): the compensations that failed in
+    it, by seq, rather than in records of their own."""
+    raw: list[Any] = msgpack.unpackb(encode_header(state), strict_map_key=False)
+    raw[1] = 3
+    raw[13:13] = [dict(state.compensation_errors)]
+    raw[17] = len(executions(state))  # the records counted
+    return raw
+
+
 def as_format_2(state: InstanceState) -> bytes:
     """``state``'s header as format 2 wrote it: no mark, and the list of executions compensated."""
-    raw = msgpack.unpackb(encode_header(state), strict_map_key=False)
-    (tag, _, _, status, phase, outcome, rolled_back, data, lanes, error, failed_step, _, _, errors, *rest) = raw
+    (tag, _, _, status, phase, outcome, rolled_back, data, lanes, error, failed_step, _, _, errors, *rest) = as_format_3(
+        state)
     packed: bytes = msgpack.packb([tag, 2, status, phase, outcome, rolled_back, data, lanes, error, failed_step,
                                    list(state.compensated), errors, *rest])
     return packed
 
 
 @given(kinds=st.lists(st.booleans(), max_size=12), handled=st.integers(0, 12), fails=st.sets(st.integers(0, 11)))
-def test_what_was_compensated_round_trips_in_both_header_formats(kinds: list[bool], handled: int, fails: set[int]) -> None:
+def test_what_was_compensated_round_trips_in_every_header_format(kinds: list[bool], handled: int, fails: set[int]) -> None:
+    """Formats 2 and 3 kept the compensations that failed in the header; read, they become
+    records (staged: the next checkpoint stores them) and the instance stands where it did."""
     state = looped(kinds)
     for n, record in enumerate(pending_compensations(state, UNDOABLE)[:handled]):
         if n in fails:
-            record_compensation_failed(state, record, f"Broken: undo {n}")
+            fail_compensation(state, record, f"Broken: undo {n}")
         else:
             record_compensated(state, record)
     records = [encode_record(r) for r in state.records]
-    for header in (encode_header(state), as_format_2(state)):
-        again = decode(encode_start(state), header, records)
+    older = [encode_record(r) for r in executions(state)]
+    for header, stored in ((encode_header(state), records), (msgpack.packb(as_format_3(state)), older),
+                           (as_format_2(state), older)):
+        again = decode(encode_start(state), header, stored)
         assert again.compensated == state.compensated and again.compensation_errors == state.compensation_errors
         assert pending_compensations(again, UNDOABLE) == pending_compensations(state, UNDOABLE)
         assert encode_header(again) == encode_header(state)
+        assert len(again.staged) == len(records) - len(stored), "an older header's errors go with the next checkpoint"
+        assert [(r.id, r.error) for r in again.records if r.status == "compensation_failed"] == [
+            (r.id, r.error) for r in state.records if r.status == "compensation_failed"], "newest first, as they failed"
     assert len(state.compensated) + len(state.compensation_errors) == min(handled, kinds.count(True))
+
+
+def test_the_header_does_not_grow_with_the_compensations_that_fail() -> None:
+    """Each failed compensation is a record of its own, appended; the header stays as it was."""
+    state = looped([True] * 100)
+    sizes = []
+    for n, record in enumerate(pending_compensations(state, UNDOABLE)):
+        fail_compensation(state, record, f"Broken: undo {n} " + "x" * 50)
+        sizes.append(len(encode_header(state)))
+    assert max(sizes) - min(sizes) <= 2, sizes  # only the cursor's and the count's own widths may change
+    assert len(state.compensation_errors) == 100 and state.compensated == ()
+    view = to_instance(state)
+    assert len(view.history) == 100 and [r.compensation_error for r in view.history][:2] == [
+        "Broken: undo 99 " + "x" * 50, "Broken: undo 98 " + "x" * 50]
+    assert view.compensation_errors == {"a": "Broken: undo 0 " + "x" * 50}, "the newest execution's"
 
 
 def test_the_header_does_not_grow_with_the_executions_compensated() -> None:
@@ -314,7 +356,42 @@ def test_a_header_marked_with_a_crc_of_its_id_as_commit_7cb9446_wrote_is_read() 
 ])
 def test_a_malformed_compensation_cursor_is_refused(cursor: Any, names: Any, errors: dict[int, str]) -> None:
     state = looped([True, False, True])
-    raw = msgpack.unpackb(encode_header(state), strict_map_key=False)
+    raw = as_format_3(state)
     raw[11:14] = [cursor, names, errors]
     with pytest.raises(tf.SnapshotDecodeError, match="compensation"):
         decode(encode_start(state), msgpack.packb(raw), [encode_record(r) for r in state.records])
+    # Format 4: the errors in records.
+    for seq, error in errors.items():
+        fail_compensation(state, state.records[seq], error)
+    raw = msgpack.unpackb(encode_header(state), strict_map_key=False)
+    raw[11:13] = [cursor, names]
+    with pytest.raises(tf.SnapshotDecodeError, match="compensation"):
+        decode(encode_start(state), msgpack.packb(raw), [encode_record(r) for r in state.records])
+
+
+@pytest.mark.parametrize(("lane", "step", "execution", "error"), [
+    ("", "a", 9, "Broken: x"), ("", "b", 1, "Broken: x"), ("other", "a", 1, "Broken: x"), ("", "a", 1, None),
+])
+def test_a_failed_compensation_of_no_completed_execution_is_refused(
+        lane: str, step: str, execution: int, error: str | None) -> None:
+    state = looped([True, True])
+    state.compensated_from, state.compensated_names = 0, ("a",)
+    bad = new_record(step_name=step, status="compensation_failed", lane=lane, execution=execution, error=error,
+                     seq=len(state.records))
+    records = [*(encode_record(r) for r in state.records), encode_record(bad)]
+    raw = msgpack.unpackb(encode_header(state), strict_map_key=False)
+    raw[16] = len(records)
+    with pytest.raises(tf.SnapshotDecodeError, match="failed compensation of no completed execution"):
+        decode(encode_start(state), msgpack.packb(raw), records)
+
+
+def test_the_same_compensation_failing_twice_is_refused() -> None:
+    state = looped([True, True])
+    first = state.records[1]
+    fail_compensation(state, first, "Broken: once")
+    records = [encode_record(r) for r in state.records]
+    twice = failed_compensation(first, "Broken: twice", len(records), 1.0)
+    raw = msgpack.unpackb(encode_header(state), strict_map_key=False)
+    raw[16] = len(records) + 1
+    with pytest.raises(tf.SnapshotDecodeError, match="failed compensation of no completed execution"):
+        decode(encode_start(state), msgpack.packb(raw), [*records, encode_record(twice)])

@@ -1,6 +1,6 @@
 """Databases written by earlier releases open with this one, and their unfinished instances
 resume and finish: SQLite schema 1 with snapshot format 1 (issue 12), schema 2 before durable
-waiting, and snapshot format 2's headers (each fixture made by the script beside it in
+waiting, and snapshot formats 2 and 3's headers (each fixture made by the script beside it in
 tests/fixtures/ with that release's own code)."""
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 
 import trioflow as tf
+from trioflow._codec import FORMAT_VERSION
 
 FIXTURE = Path(__file__).with_name("fixtures") / "v1_flows.db"
 
@@ -106,19 +108,23 @@ async def test_a_database_of_storage_v2_before_waiting_opens_and_its_instances_r
 
 
 V2_COMPENSATING = Path(__file__).with_name("fixtures") / "v2_compensating.db"
+#: The same instances, written by the last release of format 3 (856723c) with the same script.
+V3_COMPENSATING = V2_COMPENSATING.with_name("v3_compensating.db")
 sys.path.insert(0, str(V2_COMPENSATING.parent))
 from make_v2_compensating import loop  # noqa: E402  (the fixture's workflow)
 
 
-async def test_an_instance_stopped_while_compensating_under_format_2_finishes_each_release_once(
-        tmp_path: Path) -> None:
-    """Format 2's header listed the executions compensated; format 3's holds a cursor. A
-    database written by the last release of format 2 (commit 1e48bd3) with an instance stopped
-    in the middle of undoing a loop resumes: the executions released before the stop are not
-    released again, the one whose release failed keeps its error, the rest are released newest
-    first; finished instances read back as they were."""
+@pytest.mark.parametrize(("fixture", "version"), [(V2_COMPENSATING, 2), (V3_COMPENSATING, 3)])
+async def test_an_instance_stopped_while_compensating_under_an_older_format_finishes_each_release_once(
+        tmp_path: Path, fixture: Path, version: int) -> None:
+    """Format 2's header listed the executions compensated; format 3's holds a cursor; both
+    kept the compensations that failed in the header, format 4 in records of their own. A
+    database written by the last release of format 2 (commit 1e48bd3) or 3 (856723c) with an
+    instance stopped in the middle of undoing a loop resumes: the executions released before
+    the stop are not released again, the one whose release failed keeps its error, the rest are
+    released newest first; finished instances read back as they were."""
     db = tmp_path / "flows.db"
-    shutil.copy(V2_COMPENSATING, db)
+    shutil.copy(fixture, db)
     released: list[int] = []
     async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db)) as engine:
         engine.register(loop(released))
@@ -136,6 +142,11 @@ async def test_an_instance_stopped_while_compensating_under_format_2_finishes_ea
     assert done is not None and (done.status, done.output, done.compensated_steps) == ("completed", "charged", ())
     with sqlite3.connect(db) as conn:
         header = dict(conn.execute("SELECT instance_id, header FROM trioflow_instances"))
+        records = [msgpack.unpackb(r) for (r,) in conn.execute(
+            "SELECT data FROM trioflow_records WHERE instance_id = 'mid-1' ORDER BY seq")]
     conn.close()
-    assert msgpack.unpackb(header["mid-1"], strict_map_key=False)[1] == 3, "the resumed instance's header is rewritten in format 3"
-    assert msgpack.unpackb(header["failed-1"], strict_map_key=False)[1] == 2, "a finished row is read as it is"
+    assert msgpack.unpackb(header["mid-1"], strict_map_key=False)[1] == FORMAT_VERSION, (
+        "the resumed instance's header is rewritten in the current format")
+    assert [(r[2], r[3], r[4], r[9]) for r in records[9:]] == [("reserve", 3, "compensation_failed", "Failed: cannot release 3")], (
+        "the header's error is stored as a record of its own")
+    assert msgpack.unpackb(header["failed-1"], strict_map_key=False)[1] == version, "a finished row is read as it is"

@@ -40,7 +40,15 @@ from trioflow._definition import (
 from trioflow._engine import Engine, open_engine
 from trioflow._errors import InvalidArgumentError, TrioflowError, UnknownJobError, UnknownWorkflowError, safe_repr
 from trioflow._lanes import child_instance_id, item_lanes, item_of
-from trioflow._snapshot import RESUMABLE, InstanceState, Status, StepResult, WorkflowInstance, children_started
+from trioflow._snapshot import (
+    RESUMABLE,
+    InstanceState,
+    Status,
+    StepResult,
+    WorkflowInstance,
+    children_started,
+    executions,
+)
 from trioflow._codec import decode_payload, decode_stored, encode_payload
 from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
@@ -514,7 +522,8 @@ def _may_time_out(base: Outcome, shape: _Shape) -> bool:
 def _check_instance(at_crash: InstanceState | None, got: Outcome, shape: _Shape) -> str | None:
     """What must hold of one instance of the run, given what was stored of it at the crash
     (``None``: nothing, it did not exist yet)."""
-    stored = at_crash.records if at_crash is not None else ()
+    records = at_crash.records if at_crash is not None else ()
+    stored = executions(records)
     if [r.id for r in got.history[:len(stored)]] != [r.id for r in stored]:
         return "the history stored before the crash was not kept as it was"
     # Every call after the resume belongs to an execution recorded after the crash point (a step
@@ -531,8 +540,8 @@ def _check_instance(at_crash: InstanceState | None, got: Outcome, shape: _Shape)
                     " were recorded after the crash: an execution that had completed ran again")
     done_before: collections.Counter[str] = collections.Counter()
     if at_crash is not None:
-        done_before.update(stored[seq].step_name for seq in at_crash.compensated)
-        done_before.update(stored[seq].step_name for seq in at_crash.compensation_errors)
+        done_before.update(records[seq].step_name for seq in at_crash.compensated)
+        done_before.update(records[seq].step_name for seq in at_crash.compensation_errors)
     # Compensations that ran to their end after the resume, whether they succeeded or failed
     # for good (each made its attempts then).
     done_after = collections.Counter(
@@ -606,8 +615,6 @@ def _describe_write(states: Sequence[tuple[str, InstanceState]], k: int) -> str:
         return f"{who}{done}; instance {state.status}" if state.phase == "done" else f"{who}{done}"
     if len(state.compensated) > len(before.compensated):
         return who + _described(state.records[state.compensated[-1]], "compensated")
-    if len(state.compensation_errors) > len(before.compensation_errors):
-        return f"{who}a compensation failed for good"
     if state.phase == "compensating" and before.phase != "compensating":
         return f"{who}failure recorded ({state.error}); compensation starts"
     return f"{who}instance {state.status}"
@@ -617,6 +624,8 @@ def _described(record: StepResult, status: str | None = None) -> str:
     run = f" (execution {record.execution})" if record.execution > 1 else ""
     item = item_of(record.lane)
     of_item = f" of item {item[1]} of {item[0]!r}" if item is not None else ""
+    if status is None and record.status == "compensation_failed":
+        return f"the compensation of step {record.step_name!r}{of_item}{run} failed for good"
     return f"step {record.step_name!r}{of_item}{run} {status or record.status}"
 
 
