@@ -342,13 +342,13 @@ async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:
                     await compensate(run, step, record, ctx)
         except trio.TooSlowError:
             assert bounded is not None
-            run.add_compensation_failure(record, describe_error(CompensationTimeoutError(name, bounded)))
+            run.add_compensation_failure(record, CompensationTimeoutError(name, bounded))
         except StepFailure as failure:
-            run.add_compensation_failure(record, describe_error(failure.error))
+            run.add_compensation_failure(record, failure.error, failure.attempts)
         except Exception as exc:
             # Whatever went wrong around the compensation (a ``retry_on`` predicate that raised,
             # a broken callable) is that compensation's failure: the others still run.
-            run.add_compensation_failure(record, describe_error(exc))
+            run.add_compensation_failure(record, exc)
         else:
             record_compensated(state, record)
             if run.bus.active:

@@ -36,6 +36,9 @@ from trioflow._errors import (
     StorageUnavailableError,
     TrioflowError,
     UnencodableValueError,
+    describe_error,
+    error_cause,
+    error_name,
 )
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
@@ -491,11 +494,13 @@ class Run:
         back: the step has failed already, and the record must still be written."""
         fail_step(self.state, self._stage_ended(record), for_good=for_good)
 
-    def add_compensation_failure(self, record: StepResult, error: str) -> None:
-        """``record``'s compensation failed for good with ``error`` (``"Name: cause"``): its
-        own record goes with the next checkpoint (see :func:`record_compensation_failed`)."""
+    def add_compensation_failure(self, record: StepResult, error: BaseException, attempts: int = 0) -> None:
+        """``record``'s compensation failed for good with ``error`` (after ``attempts``, when
+        known): its own record goes with the next checkpoint (see
+        :func:`record_compensation_failed`)."""
         state = self.state
-        failure = failed_compensation(record, error, len(state.records), self.clock())
+        failure = failed_compensation(record, describe_error(error), len(state.records), self.clock(),
+                                      name=error_name(error), cause=error_cause(error), attempts=attempts)
         record_compensation_failed(state, record, self.stage(failure))
 
     def add_caught(self, record: StepResult, step: Step, catcher: Catch) -> None:

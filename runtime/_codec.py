@@ -698,7 +698,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             "malformed compensation errors")
     _expect(not (failures and comp_errors), "compensation errors both in the header and in records")
     if failures:
-        comp_errors = _compensations_failed(state, failures)
+        comp_errors = _compensations_failed(state, failures, compensated_names or ())
     _expect(isinstance(skipped, list) and (not skipped or all(isinstance(name, str) for name in skipped)),
             "malformed skipped steps")
     if compensated_names is None:
@@ -724,15 +724,16 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     return state
 
 
-def _compensations_failed(state: InstanceState, failures: list[StepResult]) -> dict[int, str]:
+def _compensations_failed(state: InstanceState, failures: list[StepResult], names: Sequence[str]) -> dict[int, str]:
     """The index of compensation errors (see ``InstanceState.compensation_errors``) over the
     ``"compensation_failed"`` records: each must follow the completed execution whose id it
-    carries."""
+    carries, of a step the header names compensated (``names``)."""
     completed = {(r.lane, r.step_name, r.execution): r.seq for r in state.records if r.status == "completed"}
     errors: dict[int, str] = {}
     for failure in failures:
         seq = completed.get((failure.lane, failure.step_name, failure.execution))
-        _expect(seq is not None and seq < failure.seq and seq not in errors and isinstance(failure.error, str),
+        _expect(seq is not None and seq < failure.seq and seq not in errors and isinstance(failure.error, str)
+                and failure.step_name in names,
                 "step record %d records a failed compensation of no completed execution", failure.seq)
         assert seq is not None and failure.error is not None
         errors[seq] = failure.error

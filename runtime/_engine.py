@@ -1168,19 +1168,19 @@ class Engine:
         if stored is None:
             return "it is no longer stored (purged before its parent compensated it?)"
         state = _decoded(stored)
-        if state.status == "compensated":
-            return None
-        if state.status != "completed":
+        if state.status == "completed":
+            if not await self.until_runnable(state.workflow_name, bound):
+                return f"its workflow {state.workflow_name!r} is not registered with the jobs it uses"
+            definition = self._definitions[state.workflow_name]
+            run = self._run(definition, state, resumed=True)
+            run.stored_status = state.status
+            try:
+                await undo(run, bound)
+            except UnknownInstanceError:
+                return "it was purged while it was being compensated (the compensations that ran stay done)"
+        elif state.status != "compensated":
             return f"it is {state.status}, not completed"
-        if not await self.until_runnable(state.workflow_name, bound):
-            return f"its workflow {state.workflow_name!r} is not registered with the jobs it uses"
-        definition = self._definitions[state.workflow_name]
-        run = self._run(definition, state, resumed=True)
-        run.stored_status = state.status
-        try:
-            await undo(run, bound)
-        except UnknownInstanceError:
-            return "it was purged while it was being compensated (the compensations that ran stay done)"
+        # Undone already, when its parent stopped before storing the answer: the same answer.
         if state.compensation_errors:
             failed = "; ".join(f"step {name!r}: {error}" for name, error in compensation_errors(state).items())
             return f"its compensations failed: {failed}"

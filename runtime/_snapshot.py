@@ -139,14 +139,19 @@ def new_record(
     return record
 
 
-def failed_compensation(compensated: StepResult, error: str, seq: int, now: float | None) -> StepResult:
+def failed_compensation(
+    compensated: StepResult, error: str, seq: int, now: float | None, *, name: str | None = None,
+    cause: str | None = None, attempts: int = 0,
+) -> StepResult:
     """The record of ``compensated``'s compensation failing for good with ``error`` (``"Name:
-    cause"``), at ``seq``: appended like an execution's, so that the header does not grow with
-    the failures; it carries the id of the execution it was for."""
-    name, cause = split_description(error)
+    cause"``; ``name`` and ``cause`` taken from it unless given), at ``seq``: appended like an
+    execution's, so that the header does not grow with the failures; it carries the id of the
+    execution it was for."""
+    if name is None or cause is None:
+        name, cause = split_description(error)
     return new_record(
         step_name=compensated.step_name, status="compensation_failed", error=error, error_name=name, cause=cause,
-        completed_at=now, lane=compensated.lane, execution=compensated.execution, seq=seq,
+        completed_at=now, attempts=attempts, lane=compensated.lane, execution=compensated.execution, seq=seq,
     )
 
 
