@@ -31,6 +31,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from storages import finish, storage  # noqa: F401  (storage: the fixture)
+from test_review_of_header_v3 import Shape as LoopShape
 from test_review_of_storage_38 import Ledger, Restarts, charging, counter, loop_back, looping, read_rows
 
 import trioflow as tf
@@ -98,7 +99,7 @@ def no_failure_rows_in_views(inst: tf.WorkflowInstance) -> None:
 # -- generated loops with branches, map items and children, across restarts -----------------------
 
 
-class Shape:
+class Shape(LoopShape):
     """Workflow "counted": pass "count", the body's steps ``s0``.. (each compensable or not),
     maybe parallel "fan" (branch a's "pa" compensable, branch b's "pb" compensable or not),
     maybe map "each" over two items (item step "it", compensable), maybe child step "kid"
@@ -107,25 +108,16 @@ class Shape:
     its compensation is known by (its execution id; a child's "kid-<turn>")."""
 
     def __init__(self, times: int, body: list[bool], fan: tuple[bool, bool] | None, each: bool, kid: bool) -> None:
-        self.times, self.body, self.fan, self.each, self.kid = times, body, fan, each, kid
+        super().__init__(times, body, fan)
+        self.each, self.kid = each, kid
 
     def compensable(self) -> set[str]:
-        names = {f"s{i}" for i, c in enumerate(self.body) if c}
-        if self.fan is not None:
-            names |= {f"p{b}" for b, c in zip("ab", self.fan) if c}
-        if self.each:
-            names.add("it")
-        if self.kid:
-            names.add("kid")
-        return names
+        return super().compensable() | ({"it"} if self.each else set()) | ({"kid"} if self.kid else set())
 
     def keys(self) -> list[str]:
-        """The key of every compensable execution (in no particular order)."""
-        out = []
+        """The key of every compensable execution."""
+        out = self.executions()
         for turn in range(1, self.times + 1):
-            out += [f"s{i}#{turn}" for i, c in enumerate(self.body) if c]
-            if self.fan is not None:
-                out += [f"fan/{b}/p{b}#{turn}" for b, c in zip("ab", self.fan) if c]
             if self.each:
                 out += [f"each/#{i}/it#{turn}" for i in (0, 1)]
             if self.kid:
@@ -133,13 +125,7 @@ class Shape:
         return sorted(out)
 
     def definitions(self, ledger: Ledger) -> list[tf.WorkflowDefinition]:
-        builder = counter()
-        for i, compensable in enumerate(self.body):
-            builder = builder.step(f"s{i}", ledger.mark, ledger.release if compensable else None)
-        if self.fan is not None:
-            branches = [tf.branch(b).step(f"p{b}", ledger.mark, ledger.release if c else None).build()
-                        for b, c in zip("ab", self.fan)]
-            builder = builder.parallel("fan", branches=branches)
+        builder = self.body_of(ledger)
         if self.each:
             builder = builder.map("each", items=lambda ctx: [1, 2],
                                   branch=tf.branch("it").step("it", ledger.mark, ledger.release).build())
@@ -627,36 +613,6 @@ V3_COMPENSATING = FIXTURES / "v3_compensating.db"
 FIXTURE_ERROR = "Failed: cannot release 3"
 
 
-def fixture_like(released: list[int], park_on: int | None, gate: trio.Event | None = None) -> tf.WorkflowDefinition:
-    """The fixtures' workflow "loop" (the same shape, so the same fingerprint), whose release of
-    ``park_on`` parks until the engine closes (setting ``gate``), once."""
-    parked: set[int] = set()
-
-    async def reserve(ctx: tf.WorkflowContext) -> int:
-        return int(ctx.steps.get("reserve") or 0) + 1
-
-    async def release(ctx: tf.WorkflowContext, result: Any) -> None:
-        if result == 3:
-            raise Failed("cannot release 3")
-        if result == park_on and result not in parked:
-            parked.add(result)
-            if gate is not None:
-                gate.set()
-            await trio.sleep_forever()
-        released.append(result)
-
-    async def charge(ctx: tf.WorkflowContext) -> str:
-        if ctx.input.get("charge") != "ok":
-            raise Failed("card declined")
-        return "charged"
-    return (tf.workflow("loop")
-            .step("reserve", reserve, release)
-            .choice("again", choices=[tf.when(lambda ctx: ctx.steps["reserve"] < 4, next="reserve")],
-                    default="charge")
-            .step("charge", charge)
-            .build())
-
-
 def fixture_rows(db: Path) -> dict[str, tuple[bytes, bytes, list[bytes]]]:
     return {iid: read_rows(db, iid) for iid in ("failed-1", "done-1", "mid-1")}
 
@@ -683,18 +639,18 @@ async def test_an_older_header_s_error_is_stored_once_however_often_the_database
     assert released == []
     # 2. reserve#2 released (a checkpoint: the conversion is stored with it), parked on reserve#1.
     gate = trio.Event()
-    async with restarts.engine(fixture_like(released, park_on=1, gate=gate)) as engine:
+    async with restarts.engine(fixture_loop(released, gate, park_on=1)) as engine:
         with trio.fail_after(10**6):
             await gate.wait()
         second = await engine.get_instance("mid-1")
     assert released == [2]
     middle = read_rows(db, "mid-1")
     # 3. To its end.
-    async with restarts.engine(fixture_like(released, park_on=None)) as engine:
+    async with restarts.engine(fixture_loop(released)) as engine:
         ended = await finish(engine, "mid-1")
     assert released == [2, 1], "each release once; reserve#3's failed before, and is not run again"
     # 4. Read only.
-    async with restarts.engine(fixture_like(released, park_on=None), resume=False) as engine:
+    async with restarts.engine(fixture_loop(released), resume=False) as engine:
         later = {iid: await engine.get_instance(iid) for iid in ("mid-1", "failed-1", "done-1")}
         listed = {i.id: i for i in await engine.get_instances("loop")}
     final = fixture_rows(db)
@@ -897,6 +853,23 @@ def test_the_crash_explorer_on_a_family_whose_child_undoes_cleanly() -> None:
 # -- a child undone as a unit, its own compensation failing before a restart ----------------------
 
 
+def two_step_family(ledger: Ledger) -> tuple[tf.WorkflowDefinition, tf.WorkflowDefinition]:
+    """Parent "parent": child step "kid" (workflow "kid": "k1" then "k2", each compensated by
+    ``ledger``), "own" (compensated), then "charge", which fails."""
+    kid = tf.workflow("kid").step("k1", ledger.mark, ledger.release).step("k2", ledger.mark, ledger.release).build()
+    parent = (tf.workflow("parent").child("kid", workflow="kid").step("own", ledger.mark, ledger.release)
+              .step("charge", charging(True)).build())
+    return parent, kid
+
+
+async def until_parked(engine: tf.Engine, ledger: Ledger) -> str:
+    """Start "parent" on ``engine`` and return its id once a ``ledger`` job parks."""
+    iid = await engine.start("parent")
+    with trio.fail_after(10**6):
+        await ledger.parked.wait()
+    return iid
+
+
 async def test_a_child_s_compensation_that_failed_before_a_restart_still_fails_its_parent_s_undo(
         autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
     """The child's k2 release fails, then its k1 release parks and the engine closes: the next
@@ -904,14 +877,10 @@ async def test_a_child_s_compensation_that_failed_before_a_restart_still_fails_i
     restart still makes the parent's child step fail to compensate."""
     db = tmp_path / "flows.db"
     ledger = Ledger(hold_undo={"k1#1"}, undo_fails={"k2#1"})
-    kid = tf.workflow("kid").step("k1", ledger.mark, ledger.release).step("k2", ledger.mark, ledger.release).build()
-    parent = (tf.workflow("parent").child("kid", workflow="kid").step("own", ledger.mark, ledger.release)
-              .step("charge", charging(True)).build())
+    parent, kid = two_step_family(ledger)
     restarts = Restarts(lambda: SQLiteAdapter(db))
     async with restarts.engine(parent, kid) as engine:
-        iid = await engine.start("parent")
-        with trio.fail_after(10**6):
-            await ledger.parked.wait()
+        iid = await until_parked(engine, ledger)
         parent_live = await engine.get_instance(iid)
         assert parent_live is not None
         (child_id,) = parent_live.children
@@ -1021,14 +990,10 @@ async def test_a_parent_and_its_child_stopped_mid_undo_under_format_3_store_thei
     parent's child step."""
     db = tmp_path / "flows.db"
     ledger = Ledger(hold_undo={"k1#1"}, undo_fails={"k2#1", "own#1"})
-    kid = tf.workflow("kid").step("k1", ledger.mark, ledger.release).step("k2", ledger.mark, ledger.release).build()
-    parent = (tf.workflow("parent").child("kid", workflow="kid").step("own", ledger.mark, ledger.release)
-              .step("charge", charging(True)).build())
+    parent, kid = two_step_family(ledger)
     restarts = Restarts(lambda: SQLiteAdapter(db))
     async with restarts.engine(parent, kid) as engine:
-        iid = await engine.start("parent")
-        with trio.fail_after(10**6):
-            await ledger.parked.wait()
+        iid = await until_parked(engine, ledger)
         parked = await engine.get_instance(iid)
     assert parked is not None
     (child_id,) = parked.children

@@ -84,6 +84,10 @@ class Shape:
         return out
 
     def definition(self, ledger: Ledger) -> tf.WorkflowDefinition:
+        return loop_back(self.body_of(ledger), self.times)
+
+    def body_of(self, ledger: Ledger) -> tf.WorkflowBuilder:
+        """The loop's steps up to the choice that goes back."""
         builder = counter()
         for i, compensable in enumerate(self.body):
             builder = builder.step(f"s{i}", ledger.mark, ledger.release if compensable else None)
@@ -91,7 +95,7 @@ class Shape:
             branches = [tf.branch(b).step(f"p{b}", ledger.mark, ledger.release if c else None).build()
                         for b, c in zip("ab", self.fan)]
             builder = builder.parallel("fan", branches=branches)
-        return loop_back(builder, self.times)
+        return builder
 
 
 @st.composite
