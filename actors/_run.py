@@ -381,9 +381,10 @@ class Run:
                 or self.state.phase != "forward":
             return False
         timeout, started = self.definition.timeout, self.state.started_at
-        if timeout is not None and started is not None and started + timeout <= self.clock():
-            # Its workflow timeout is due (the waker would wake it at once, for ever): it fires
-            # here, as trio gets to its deadline.
+        if timeout is not None and started is not None and started + timeout - self.clock() <= self.park_after:
+            # Its workflow timeout is as near as a short wait (or due): it stays, and the timeout
+            # fires here as trio gets to its deadline. Parked, the waker would take it up again
+            # at once (it takes instances up ahead of their time), and it would leave again.
             return False
         parent = self.state.parent_id
         return parent is None or self.children is None or not self.children.in_parent_slot(parent)

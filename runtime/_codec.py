@@ -644,9 +644,10 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             (_, _, mark, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated_from,
              compensated_names, skipped, started_at, completed_at, count, error_name, cause) = header
             comp_errors = NO_ERRORS
-        _expect(mark == iid or (type(mark) is int and mark == instance_mark(iid)),
-                "the row of instance %r holds the header of %s (copied from its row?)", iid,
-                f"instance {safe_repr(mark)}" if isinstance(mark, str) else "another instance")
+        if mark != iid and not (type(mark) is int and mark == instance_mark(iid)):
+            # (The message is built only here: every row read passes this check.)
+            _expect(False, "the row of instance %r holds the header of %s (copied from its row?)", iid,
+                    f"instance {safe_repr(mark)}" if isinstance(mark, str) else "another instance")
     _expect(status in STATUSES and phase in PHASES, "unknown status %r or phase %r", status, phase)
     _expect(outcome is None or outcome in STATUSES, "unknown outcome %r", outcome)
     _expect(isinstance(data, dict) and isinstance(lanes, dict), "malformed maps")
@@ -693,7 +694,8 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting, begun=begun,
                                 fanout=None if fanout is None else _map_progress(key, fanout))
     # (Most instances have compensated and skipped nothing: no generator is made for those.)
-    _expect(isinstance(comp_errors, Mapping) and (
+    # (Format 4's headers hold none: the constant, checked by identity rather than as a Mapping.)
+    _expect(comp_errors is NO_ERRORS or isinstance(comp_errors, Mapping) and (
         not comp_errors or all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors)),
             "malformed compensation errors")
     _expect(not (failures and comp_errors), "compensation errors both in the header and in records")

@@ -1272,13 +1272,14 @@ class Engine:
             self._launch(self._waiting.popleft())
 
     async def _waker(self, soonest: float | None) -> None:
-        """Resume parked instances as they fall due (their ``wake_at``, on the engine's clock):
-        waits for the soonest, or for something to change, then hands the due ones to slots.
+        """Resume parked instances as they fall due (their ``wake_at``, on the engine's clock,
+        ``WAKE_AHEAD`` early): waits for the soonest, or for something to change, then hands the
+        due ones to slots.
         ``soonest`` is what storage said when the engine opened."""
         changed = self._wake_changed
         backoff = WAKE_RETRY
         while True:
-            delay = math.inf if soonest is None else soonest - self._clock()
+            delay = math.inf if soonest is None else soonest - WAKE_AHEAD - self._clock()
             try:
                 more = False
                 if delay > 0:
@@ -1308,10 +1309,11 @@ class Engine:
             backoff = WAKE_RETRY
 
     async def _wake_due(self, changed: trio.Event) -> bool:
-        """Resume the instances due now, so that at most a batch of them is on its way to its
-        first checkpoint: thousands due at once then go through in a steady stream, rather
-        than thousands of fresh runs in memory (walked by the cyclic GC) at once. Whether more
-        may be due now: it woke some, and read as many due rows as it asked for."""
+        """Resume the instances due now (or within ``WAKE_AHEAD``), so that at most a batch of
+        them is on its way to its first checkpoint: thousands due at once then go through in a
+        steady stream, rather than thousands of fresh runs in memory (walked by the cyclic GC)
+        at once. Whether more may be due now: it woke some, and read as many due rows as it
+        asked for."""
         woke = 0
         # Instances woken before stay due in storage until their first checkpoint: ask for as
         # many more as are still in that state, and pass them over.
@@ -1331,8 +1333,9 @@ class Engine:
         # A run that ends (or leaves memory) while the question is in flight may be read as it
         # stood before its last checkpoint: such an answer is stale, and is passed over.
         with self._ends.watching_all() as ended:
-            found = await (self.adapter.due(self._clock(), limit, skip_workflows=tuple(skip)) if skip
-                           else self.adapter.due(self._clock(), limit))
+            by = self._clock() + WAKE_AHEAD
+            found = await (self.adapter.due(by, limit, skip_workflows=tuple(skip)) if skip
+                           else self.adapter.due(by, limit))
         for stored in found:
             iid = stored.instance_id
             if iid in waking or iid in ended or iid in passed or stored.workflow_name in skip:
@@ -1407,6 +1410,11 @@ class Engine:
 #: Waits longer than this (seconds) let an instance leave memory: it is stored with what it
 #: waits for and holds no task and no ``max_running`` slot until it is due or signalled.
 PARK_AFTER = 1.0
+#: How long (seconds) before its time the waker takes an instance up from storage: it then waits
+#: the rest in memory (less than ``PARK_AFTER``: it does not leave again), so that reading and
+#: decoding its row, and starting its run, come before its time rather than make it late. Timers
+#: that fall due together (a batch of reminders) then fire at their time, a batch of them at once.
+WAKE_AHEAD = PARK_AFTER / 2
 #: Most woken instances on their way to their first checkpoint (the waker wakes more once half
 #: of them are past it); and how long the waker waits before it looks again at due instances it
 #: could not wake, or at those on their way.
