@@ -236,6 +236,7 @@ class Run:
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
+        "hold",
     )
 
     def __init__(
@@ -332,6 +333,10 @@ class Run:
         #: Inside a transactional run's transaction: snapshots wait for its commit.
         self.deferred = False
         self.cancel_scope: trio.CancelScope | None = None
+        #: Taken up ahead of its time by the engine's waker: it sleeps in this scope (its
+        #: deadline the time), holding no ``max_running`` slot, until then or until a cancel or
+        #: a signal ends the hold sooner (``None``: not held).
+        self.hold: trio.CancelScope | None = None
         self.cancel_requested = False
         self.error: BaseException | None = None
         #: The status of the last snapshot the adapter has taken (``None``: none yet). ``wait``
@@ -403,6 +408,8 @@ class Run:
         state.signals = signals
         if stored_at is not None:
             self.note_signal_time(seq, stored_at)
+        if self.hold is not None:
+            self.hold.cancel()  # taken up ahead of its time: it runs now, to take the signal
         if self.arrived is not None:
             waiting = self.arrived.pop(name, None)
             if waiting is not None:

@@ -716,25 +716,35 @@ class Engine:
         run.cancel_requested = True
         if run.cancel_scope is not None:
             run.cancel_scope.cancel()
-        elif run in self._waiting and (not run.state.records or run.state.parent_id in self._live):
-            # Queued for a slot: start it now if it never ran (it ends before its first step,
-            # with nothing to compensate, holding the slot only for an instant), or if it is the
-            # child of a parent here, which waits for its end holding a slot it would wait for.
-            self._waiting.remove(run)
-            self._launch(run)
+        elif run.hold is not None:
+            run.hold.cancel()  # taken up ahead of its time: it takes its slot now (see _unhold)
         elif run in self._waiting:
-            # Woken or resumed, with steps to compensate (work: it waits for its slot). The
-            # cancel is stored first, so that a restart compensates rather than goes on; out of
-            # the queue meanwhile, so that no slot starts it while its checkpoint is made.
-            if self._actors_stopped:
+            if self._actors_stopped and not self._starts_to_cancel(run):
                 run.cancel_requested = False  # (nothing will store it: the next engine goes on)
                 raise EngineClosedError(f"the engine is closing; instance {instance_id!r} was not cancelled")
-            self._waiting.remove(run)
-            self._supervisor.start_soon(f"store the cancel of {instance_id}", self._store_queued_cancel, run)
+            self._cancel_queued(run)
         if decided is not None:
             with trio.move_on_after(CANCEL_STORE_WAIT):
                 await decided()
         return True
+
+    def _starts_to_cancel(self, run: Run) -> bool:
+        """Whether a queued run that is cancelled starts now: if it never ran (it ends before
+        its first step, with nothing to compensate, holding the slot only for an instant), or
+        if it is the child of a parent here, which waits for its end holding a slot it would
+        wait for."""
+        return not run.state.records or run.state.parent_id in self._live
+
+    def _cancel_queued(self, run: Run) -> None:
+        """A run queued for a slot is cancelled: started now (see :meth:`_starts_to_cancel`),
+        or, woken or resumed with steps to compensate (work: it waits for its slot), has the
+        cancel stored first, so that a restart compensates rather than goes on; out of the
+        queue meanwhile, so that no slot starts it while its checkpoint is made."""
+        self._waiting.remove(run)
+        if self._starts_to_cancel(run):
+            self._launch(run)
+        else:
+            self._supervisor.start_soon(f"store the cancel of {run.state.instance_id}", self._store_queued_cancel, run)
 
     async def _store_queued_cancel(self, run: Run) -> None:
         """:meth:`cancel` of a queued run with steps to compensate, beside its caller: the
@@ -957,10 +967,13 @@ class Engine:
         return resumed
 
     def _resume_one(
-        self, definition: WorkflowDefinition, record: StoredInstance, state: InstanceState | None = None,
+        self, definition: WorkflowDefinition, record: StoredInstance, state: InstanceState | None = None, *,
+        early: bool = False,
     ) -> Run | None:
         """Resume one stored instance (``state``: already decoded from it); its run, if it now
-        runs here. (Plain, not async: it awaits nothing, and a frame fewer per wake.)"""
+        runs here. ``early``: taken up by the waker, perhaps ahead of its time, which it then
+        sleeps out holding no slot. (Plain, not async: it awaits nothing, and a frame fewer per
+        wake.)"""
         try:
             state = _decoded(record) if state is None else state
             take_up(state, definition)
@@ -983,11 +996,14 @@ class Engine:
         # A child whose parent waits for it here holding its slot runs in that slot, as when it
         # was started: with a slot of its own to wait for, it could wait on its parent for ever.
         in_parent_slot = state.parent_id is not None and self._children.in_parent_slot(state.parent_id)
-        run = self._spawn(definition, state, resumed=True, slot=not in_parent_slot)
+        due = None if doomed is not None else wake_at(state, definition)
+        ahead = 0.0 if due is None or not early or in_parent_slot else due - self._clock()
+        run = self._spawn(definition, state, resumed=True, slot=not in_parent_slot,
+                          hold_until=trio.current_time() + ahead if ahead > 0 else None)
         run.doomed = doomed
         # Storage holds a time to wake it at until its first checkpoint here (the waker passes
         # it over meanwhile), as computed by the definition that stored it: not known (NaN).
-        run.stored_wake_at = math.nan if doomed is None and wake_at(state, definition) is not None else None
+        run.stored_wake_at = None if due is None else math.nan
         return run
 
     def _readable(self, record: StoredInstance) -> bool:
@@ -1008,10 +1024,11 @@ class Engine:
 
     def _spawn(
         self, definition: WorkflowDefinition, state: InstanceState, *, resumed: bool, slot: bool = True,
-        reserved: bool = False,
+        reserved: bool = False, hold_until: float | None = None,
     ) -> Run:
         """Run an instance here: at once if a slot is free (or it needs none, or ``reserved``
-        one for it), else queued."""
+        one for it), else queued; or, ``hold_until`` (trio's clock) given, it sleeps until then
+        holding no slot (see :meth:`_unhold`)."""
         run = self._run(definition, state, resumed=resumed)
         run.stored_status = state.status  # as created, or as read back
         self._live[state.instance_id] = run
@@ -1020,7 +1037,10 @@ class Engine:
             next_run.set()  # callers of wait() on a parked instance: it runs again
         self._stalled.pop(state.instance_id, None)
         self._unreadable.pop(state.instance_id, None)  # it runs: what it ends with is stored
-        if reserved:
+        if hold_until is not None:
+            run.hold = trio.CancelScope(deadline=hold_until)
+            self._supervisor.start_contained_soon(state.instance_id, self._instance_actor, run)
+        elif reserved:
             self._launch(run, reserved=True)
         elif not slot or self._running < self._max_running:
             self._launch(run)
@@ -1191,10 +1211,38 @@ class Engine:
             self._running += 1
         self._supervisor.start_contained_soon(run.state.instance_id, self._instance_actor, run)
 
+    def _unhold(self, run: Run) -> bool:
+        """The hold of a run taken up ahead of its time is over (its time came, or a cancel or
+        a signal came first): it takes a slot now, or queues for one as any run does (one
+        cancelled meanwhile then goes as a queued run that is cancelled). Whether it took one.
+        Held, it kept no slot: a start, or a run due sooner, was not kept waiting by its sleep."""
+        run.hold = None
+        parent = run.state.parent_id
+        if self._running < self._max_running or (parent is not None and self._children.in_parent_slot(parent)):
+            # (A child whose parent now waits for it here holding a slot runs in that slot.)
+            self._running += 1
+            return True
+        self._waiting.append(run)  # (its task ends: a freed slot launches it again)
+        if run.cancel_requested:
+            self._cancel_queued(run)
+        return False
+
     async def _instance_actor(self, run: Run) -> None:
         """Run one instance to its end, or until it parks. Contains its own crashes: an error
         the instance cannot record as its end is logged here and goes no further."""
         state = run.state
+        if run.hold is not None:
+            try:
+                with run.hold:
+                    await trio.sleep_forever()
+            except BaseException:
+                # The engine closing: it has no end to store, as a queued run has none.
+                run.hold = None
+                self._live.pop(state.instance_id, None)
+                run.ended()
+                raise
+            if not self._unhold(run):
+                return
         try:
             if state.status == "pending":
                 # Stored at once: listings by status agree with it, and a restart during the
@@ -1336,9 +1384,11 @@ class Engine:
             by = self._clock() + WAKE_AHEAD
             found = await (self.adapter.due(by, limit, skip_workflows=tuple(skip)) if skip
                            else self.adapter.due(by, limit))
+        all_on_their_way = True
         for stored in found:
             iid = stored.instance_id
             if iid in waking or iid in ended or iid in passed or stored.workflow_name in skip:
+                all_on_their_way = all_on_their_way and iid in waking
                 continue
             if woke == room:
                 break
@@ -1350,7 +1400,7 @@ class Engine:
                     passed.add(iid)
             elif iid in self._unreadable:
                 passed.add(iid)  # (reported unreadable once, by the first look)
-            elif (run := self._resume_one(definition, stored)) is not None:
+            elif (run := self._resume_one(definition, stored, early=True)) is not None:
                 run.woken = True
                 waking.add(iid)
                 woke += 1
@@ -1362,10 +1412,13 @@ class Engine:
             return len(found) == limit
         # Due ones that cannot run here, or running already until their next checkpoint:
         # look again when something changes, or shortly; less often while nothing changes
-        # (each look reads every due row passed over).
+        # (each look reads every due row passed over). While those due are all on their way
+        # (a timer's step after it running), not less often: storage says the soonest is due
+        # until their checkpoints, and a timer due just after it must be taken up on time.
         with trio.move_on_after(self._look_again):
             await changed.wait()
-        self._look_again = min(self._look_again * 2, WAKE_LOOK_MAX)
+        if not all_on_their_way:
+            self._look_again = min(self._look_again * 2, WAKE_LOOK_MAX)
         return False
 
     def _store_fired(self, waking: set[str]) -> None:
@@ -1411,9 +1464,9 @@ class Engine:
 #: waits for and holds no task and no ``max_running`` slot until it is due or signalled.
 PARK_AFTER = 1.0
 #: How long (seconds) before its time the waker takes an instance up from storage: it then waits
-#: the rest in memory (less than ``PARK_AFTER``: it does not leave again), so that reading and
-#: decoding its row, and starting its run, come before its time rather than make it late. Timers
-#: that fall due together (a batch of reminders) then fire at their time, a batch of them at once.
+#: the rest in memory (less than ``PARK_AFTER``: it does not leave again), holding no slot until
+#: its time, so that reading and decoding its row come before its time rather than make it late.
+#: Timers that fall due together (a batch of reminders) then fire at their time, a batch at once.
 WAKE_AHEAD = PARK_AFTER / 2
 #: Most woken instances on their way to their first checkpoint (the waker wakes more once half
 #: of them are past it); and how long the waker waits before it looks again at due instances it

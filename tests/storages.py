@@ -26,6 +26,59 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Adap
     return lambda: SQLiteAdapter(tmp_path / "flows.db")
 
 
+class BusyLoop(Exception):
+    """Raised from a watched ``due()`` once the waker spins: it kills the waker, so that the
+    test fails rather than hang."""
+
+
+class DueWatch:
+    """Watches the waker's ``due()`` questions to adapters made by :func:`watched`: how many in
+    all and per virtual second (the waker asks at most 20 a second while it has work, every
+    ``WAKE_RETRY``; more than ``busy_at`` is a busy loop, which ends in :class:`BusyLoop`); each
+    answer takes ``takes`` seconds (storage slow to answer)."""
+
+    def __init__(self, busy_at: int, takes: float = 0.0) -> None:
+        self.busy_at, self.takes = busy_at, takes
+        self.reset()
+
+    def reset(self) -> None:
+        self.per_second: dict[int, int] = {}
+        self.total = 0
+        self.busy = False
+
+    async def asked(self) -> None:
+        second = int(trio.current_time())
+        count = self.per_second[second] = self.per_second.get(second, 0) + 1
+        self.total += 1
+        if count > self.busy_at:
+            self.busy = True
+            raise BusyLoop(f"due() asked {count} times in one virtual second")
+        if self.takes:
+            await trio.sleep(self.takes)
+
+    def most_in_a_second(self) -> int:
+        return max(self.per_second.values(), default=0)
+
+
+def _watching(base: type[Any], watch: DueWatch) -> type[Any]:
+    class Watched(base):  # type: ignore[misc, valid-type]
+        async def due(self, before: float, limit: int, **options: Any) -> Any:
+            await watch.asked()
+            return await super().due(before, limit, **options)
+    return Watched
+
+
+def watched(kind: str, tmp_path: Path, watch: DueWatch) -> Callable[[], Adapter]:
+    """What the ``storage`` fixture gives for ``kind`` ("memory" or "sqlite"), with ``due()``
+    watched by ``watch`` (reset now)."""
+    watch.reset()
+    if kind == "memory":
+        memory = _watching(MemoryAdapter, watch)()
+        return lambda: memory
+    sqlite = _watching(SQLiteAdapter, watch)
+    return lambda: sqlite(tmp_path / "flows.db")
+
+
 Clock = Callable[[], float]
 
 

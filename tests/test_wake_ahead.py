@@ -14,46 +14,23 @@ import pytest
 import trio
 import trio.testing
 import trioflow as tf
-from trioflow.adapters import Adapter, MemoryAdapter, SQLiteAdapter
+from trioflow.adapters import Adapter
 from trioflow.testing import virtual_wall_clock
 
-from storages import engine_on, finish
+from storages import DueWatch, engine_on, finish, watched
 
 #: How long (seconds, virtual) the slow storage takes to answer ``due()``: less than
 #: ``WAKE_AHEAD`` (0.5 s), so that the answer still comes before the timers' time.
 DUE_TAKES = 0.3
 
 
-def _slow(base: type) -> type:
-    class Slow(base):  # type: ignore[misc, valid-type]
-        """Storage that takes ``DUE_TAKES`` to answer which instances are due (a large table on
-        a busy disk), and counts how often it is asked."""
-
-        asked = 0
-
-        async def due(self, before: float, limit: int, **options: Any) -> Any:
-            Slow.asked += 1
-            await trio.sleep(DUE_TAKES)
-            return await super().due(before, limit, **options)
-    return Slow
-
-
-SlowMemory = _slow(MemoryAdapter)
-SlowSQLite = _slow(SQLiteAdapter)
+#: The waker's questions to storage, each answered ``DUE_TAKES`` late.
+watch = DueWatch(busy_at=500, takes=DUE_TAKES)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Adapter]:
-    SlowMemory.asked = SlowSQLite.asked = 0
-    if request.param == "memory":
-        memory = SlowMemory()
-        return lambda: memory
-    path = tmp_path / "flows.db"
-    return lambda: SlowSQLite(path)
-
-
-def asked() -> int:
-    return int(SlowMemory.asked + SlowSQLite.asked)
+    return watched(request.param, tmp_path, watch)
 
 
 async def test_timers_due_together_fire_at_their_time_on_slow_storage(
@@ -98,7 +75,7 @@ async def test_a_wait_longer_than_the_park_threshold_by_less_than_the_lookahead(
         done = await finish(engine, await engine.start("short"))
     assert done.status == "completed"
     assert 1.2 <= times[1] - times[0] < 1.2 + DUE_TAKES / 10, times
-    assert asked() < 10, f"due() asked {asked()} times for one timer"
+    assert watch.total < 10, f"due() asked {watch.total} times for one timer"
 
 
 @pytest.mark.parametrize("what", ["timer", "signal"])
@@ -120,4 +97,46 @@ async def test_a_workflow_timeout_a_moment_away_fires_in_memory(
         elapsed = clock() - t0
     assert done.status == "timed_out", done.error
     assert 60 <= elapsed < 60 + DUE_TAKES / 10, elapsed
-    assert asked() < 10, f"due() asked {asked()} times for one timeout"
+    assert watch.total < 10, f"due() asked {watch.total} times for one timeout"
+
+
+@pytest.mark.parametrize("what", ["cancel", "signal"])
+async def test_a_run_held_ahead_of_its_time_with_every_slot_taken_queues_and_is_cancelled_or_signalled(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], what: str,
+) -> None:
+    """max_running=1, the slot held by a long step of another instance: A, taken up ahead of
+    its timer, is cancelled (it is compensated once the slot frees, as a queued run is) or
+    signalled (it takes the signal once the slot frees, though its timeout has passed since)."""
+    clock = virtual_wall_clock()
+    released: list[str] = []
+    busy_until = trio.Event()
+
+    async def long_step(data: Any) -> None:
+        await busy_until.wait()
+
+    b = tf.workflow("A").task("reserve", job=lambda data: "r-1", compensate=lambda out: released.append(out))
+    b = b.wait("w", seconds=10) if what == "cancel" else b.receive("w", signal="go", timeout=10)
+    a_wf = b.task("after", job=lambda data: data, input=lambda ctx: ctx.steps["w"]).build()
+    s_wf = tf.workflow("S").task("s", job=long_step).build()
+    async with engine_on(storage(), clock, max_running=1) as engine:
+        engine.register(a_wf)
+        engine.register(s_wf)
+        a = await engine.start("A")
+        await trio.sleep(9.6)  # A is taken up at 9.5 s: held, no slot
+        s = await engine.start("S")  # takes the only slot
+        await trio.sleep(0.1)
+        if what == "cancel":
+            assert await engine.cancel(a)
+        else:
+            await engine.signal(a, "go", {"ok": True})
+        await trio.sleep(5)
+        assert not released, "A ran while S held the only slot"
+        busy_until.set()
+        done_s = await finish(engine, s)
+        done = await finish(engine, a)
+    assert done_s.status == "completed"
+    if what == "cancel":
+        assert done.status == "cancelled" and released == ["r-1"], (done.status, released)
+    else:
+        assert done.status == "completed" and done.output == {"ok": True}, (done.status, done.output)
+        assert released == []

@@ -20,49 +20,22 @@ from trioflow._snapshot import to_instance
 from trioflow.adapters import Adapter, MemoryAdapter, SQLiteAdapter
 from trioflow.testing import virtual_wall_clock
 
-from storages import engine_on, finish, returning
+from storages import DueWatch, engine_on, finish, returning, watched
 
 SLACK = 3.0
 
 
-class BusyLoop(Exception):
-    """Raised from the waker's ``due()`` once it spins (kills the waker so the test ends)."""
-
-
-def _spying(base: type) -> type:
-    class Spy(base):  # type: ignore[misc, valid-type]
-        """Counts ``due()`` calls per virtual second: the waker polls at most 20 a second
-        (WAKE_RETRY); hundreds in one virtual second is a busy loop."""
-
-        spins: dict[int, int] = {}
-        busy = False
-
-        async def due(self, before: float, limit: int) -> Any:
-            second = int(trio.current_time())
-            Spy.spins[second] = Spy.spins.get(second, 0) + 1
-            if Spy.spins[second] > 500:
-                Spy.busy = True
-                raise BusyLoop(f"due() asked {Spy.spins[second]} times in one virtual second")
-            return await super().due(before, limit)
-    return Spy
-
-
-SpyMemory = _spying(MemoryAdapter)
-SpySQLite = _spying(SQLiteAdapter)
+#: The waker's questions to storage (a busy loop: hundreds in one virtual second).
+watch = DueWatch(busy_at=500)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Adapter]:
-    SpyMemory.spins, SpyMemory.busy, SpySQLite.spins, SpySQLite.busy = {}, False, {}, False
-    if request.param == "memory":
-        memory = SpyMemory()
-        return lambda: memory
-    path = tmp_path / "flows.db"
-    return lambda: SpySQLite(path)
+    return watched(request.param, tmp_path, watch)
 
 
 def spun() -> bool:
-    return bool(SpyMemory.busy or SpySQLite.busy)
+    return watch.busy
 
 
 

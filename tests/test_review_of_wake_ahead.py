@@ -1,0 +1,785 @@
+"""An adversarial review of 4c36df6 (the waker takes parked instances up ``WAKE_AHEAD`` = 0.5 s
+before their ``wake_at``; an instance whose workflow timeout is within ``PARK_AFTER`` stays in
+memory).
+
+What a user relies on, tried around the new half second in memory: a step after a timer (a
+retry's next attempt, a delayed start's first step, a receive's timeout) never runs before its
+due time on the engine's clock, and not noticeably after it; it runs once; a signal sent or a
+``cancel()`` made while the instance sleeps its last half second in memory is taken once; an
+engine closed in that half second and reopened fires the timer once, at or after its time; the
+waker does not ask storage hundreds of times a virtual second, nor take the same instance up
+over and over.
+
+Every test runs on trio's MockClock (``autojump_clock``) with the virtual wall clock, on the
+MemoryAdapter and on SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trioflow as tf
+import trioflow._engine as engine_module
+from trioflow.adapters import Adapter
+from trioflow.testing import virtual_wall_clock
+
+from storages import DueWatch, engine_on, finish, watched
+
+PARK_AFTER = engine_module.PARK_AFTER
+WAKE_AHEAD = engine_module.WAKE_AHEAD
+#: Never early: the engine's clock is Unix seconds (about 1.7e9), where a float's step is about
+#: 2.4e-7 s; a due time computed as ``clock() + seconds`` may round by that much.
+EARLY = 1e-5
+#: Not late: the waker looks again within WAKE_RETRY (50 ms) at most while it has work.
+LATE = engine_module.WAKE_RETRY
+
+
+#: The waker's questions to storage (a busy loop: hundreds in one virtual second).
+watch = DueWatch(busy_at=200)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Adapter]:
+    """Adapters on one storage, as a restart gets them."""
+    return watched(request.param, tmp_path, watch)
+
+
+def spun() -> bool:
+    return watch.busy
+
+
+def live(engine: tf.Engine, iid: str) -> bool:
+    """Whether the instance runs in this engine's memory (taken up from storage)."""
+    return iid in engine._live  # (private: only to check that a test reaches the window it means)
+
+
+async def taken_up_by(engine: tf.Engine, iid: str, at: float, clock: Callable[[], float]) -> None:
+    """Sleep until ``at`` (on the engine's clock, in the last half second of the instance's
+    wait): by then it is taken up, sleeping out the rest of its wait in memory."""
+    await trio.sleep_until(trio.current_time() + (at - clock()))
+    assert live(engine, iid), "not taken up early"
+
+
+class Marks:
+    """When each step's job ran (on the engine's clock), and how often."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.times: dict[str, list[float]] = {}
+
+    def job(self, name: str, result: Any = None) -> Callable[[Any], Any]:
+        async def job(data: Any) -> Any:
+            self.times.setdefault(name, []).append(self.clock())
+            return data if result is None else result
+        return job
+
+    def at(self, name: str) -> list[float]:
+        return self.times.get(name, [])
+
+
+class Booking:
+    """A reservation undone by its compensation, and a payment that always fails: when each
+    payment attempt ran (on the engine's clock), and what was undone."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.calls: list[float] = []
+        self.undone: list[Any] = []
+
+    async def reserve(self, data: Any) -> str:
+        return "r"
+
+    async def undo(self, out: Any) -> None:
+        self.undone.append(out)
+
+    async def failing(self, data: Any) -> None:
+        self.calls.append(self.clock())
+        raise RuntimeError("down")
+
+
+def on_time(at: float, due: float) -> bool:
+    return due - EARLY <= at < due + LATE
+
+
+async def each_fires_once_on_time(storage: Callable[[], Adapter], clock: Callable[[], float],
+                                  dues: dict[int, float]) -> None:
+    """An instance per due time (numbered), each waiting until it: the step after each timer
+    runs once, at its own time, and the waker never spins."""
+    fired: dict[int, list[float]] = {}
+
+    async def after(data: Any) -> None:
+        fired.setdefault(data["n"], []).append(clock())
+
+    wf = tf.workflow("s").wait("w", until=lambda ctx: ctx.input["due"]).task("after", job=after).build()
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        ids = [await engine.start("s", {"n": n, "due": due}) for n, due in dues.items()]
+        done = [await finish(engine, iid) for iid in ids]
+    assert not spun()
+    assert [d.status for d in done] == ["completed"] * len(dues)
+    assert {n: len(t) for n, t in fired.items()} == {n: 1 for n in dues}
+    wrong = {n: round(fired[n][0] - due, 4) for n, due in dues.items() if not on_time(fired[n][0], due)}
+    assert not wrong, f"fired this long after (negative: before) their time: {wrong}"
+
+
+async def times_out_at_its_deadline(storage: Callable[[], Adapter], clock: Callable[[], float],
+                                    wf: tf.WorkflowDefinition, timeout: float, late: float = LATE) -> None:
+    """An instance of ``wf`` (whose workflow timeout is ``timeout``) times out at its deadline,
+    never before, with the waker asking storage only a handful of times and never spinning."""
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        t0 = clock()
+        done = await finish(engine, await engine.start(wf.name))
+        ended = clock()
+    assert not spun(), f"the waker spun: {watch.most_in_a_second()} due() in a virtual second"
+    assert done.status == "timed_out", done.error
+    assert t0 + timeout - EARLY <= ended < t0 + timeout + late, ended - t0
+    assert watch.total <= 30, f"due() asked {watch.total} times"
+
+
+# -- timers around the thresholds -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [
+    0.5, PARK_AFTER, PARK_AFTER + 1e-3, 1.2, PARK_AFTER + WAKE_AHEAD - 1e-3, PARK_AFTER + WAKE_AHEAD,
+    PARK_AFTER + WAKE_AHEAD + 1e-3, 2.0, 3600.0,
+])
+async def test_a_timer_fires_once_at_its_time_whatever_its_length(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], seconds: float,
+) -> None:
+    """The step after a timer runs once, never before the stored due time and within 50 ms of
+    it, for waits that stay in memory, that park and are taken up 0.5 s early, and those right
+    at PARK_AFTER and PARK_AFTER + WAKE_AHEAD; the waker asks storage a handful of times."""
+    clock = virtual_wall_clock()
+    marks = Marks(clock)
+    wf = (tf.workflow("t").task("a", job=marks.job("a")).wait("w", until=lambda ctx: ctx.input["due"])
+          .task("b", job=marks.job("b")).build())
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        due = clock() + seconds
+        done = await finish(engine, await engine.start("t", {"due": due}))
+    assert not spun()
+    assert done.status == "completed", done.error
+    assert len(marks.at("b")) == 1, marks.times
+    assert on_time(marks.at("b")[0], due), (marks.at("b")[0] - due)
+    assert watch.total <= 20, f"due() asked {watch.total} times for one timer"
+
+
+async def test_timers_staggered_within_the_lookahead_each_fire_at_their_own_time(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter],
+) -> None:
+    """Twenty timers due 25 ms apart (all within half a second), and a few more half a second
+    and a second after them: each step after its timer runs once, at its own time (none with
+    the first of the batch taken up with it)."""
+    clock = virtual_wall_clock()
+    base = clock() + 100
+    await each_fires_once_on_time(storage, clock, {n: base + 0.025 * n for n in range(20)} | {
+        20: base + 0.5, 21: base + 0.75, 22: base + 1.0, 23: base + 1.49})
+
+
+@pytest.mark.parametrize("gap", [0.6, 0.8, 0.9, 1.1])
+async def test_a_timer_due_soon_after_another_is_not_late_while_the_other_runs_its_next_step(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], gap: float,
+) -> None:
+    """Instance A's timer falls due at T; the step after it runs for 0.4 s (a call to a slow
+    service), and A goes on running (a long step after). Instance B's timer falls due at
+    T + gap. B's next step must run at its time: the waker, which took A up at T - 0.5 and sees
+    A's row still due in storage until A's next checkpoint, must not back off so far meanwhile
+    that it takes B up after B's time."""
+    clock = virtual_wall_clock()
+    fired: dict[str, float] = {}
+
+    async def slow(data: Any) -> Any:
+        await trio.sleep(0.4)
+        return data
+
+    async def after(data: Any) -> Any:
+        fired[data["who"]] = clock()
+        return data
+
+    async def tail(data: Any) -> None:
+        await trio.sleep(30)
+
+    wf = (tf.workflow("pair").wait("w", until=lambda ctx: ctx.input["due"])
+          .task("call", job=slow).task("after", job=after).task("tail", job=tail).build())
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        t = clock() + 100
+        a = await engine.start("pair", {"who": "A", "due": t})
+        b = await engine.start("pair", {"who": "B", "due": t + gap})
+        done = [await finish(engine, iid) for iid in (a, b)]
+    assert not spun()
+    assert [d.status for d in done] == ["completed", "completed"]
+    # The step after B's timer is B's "call" (0.4 s), then "after": so B's "after" at its due + 0.4.
+    late = fired["B"] - (t + gap + 0.4)
+    assert -EARLY <= late < LATE, f"B's timer fired {late:.3f} s late"
+
+
+# -- delayed starts ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay", [1.2, PARK_AFTER + WAKE_AHEAD, 3600.0])
+@pytest.mark.parametrize("how", ["delay", "start_at"])
+@pytest.mark.parametrize("timeout", [0.4, 2.0])
+async def test_a_delayed_start_under_a_short_workflow_timeout_starts_on_time_and_times_out_on_time(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], delay: float, how: str, timeout: float,
+) -> None:
+    """A delayed start (taken up 0.5 s early) of a workflow with a short timeout (under the 0.5 s
+    it is taken up early by, or 2 s) whose second step waits an hour: the first step runs at the
+    start time, not before; the timeout counts from the start, so it fires ``timeout`` after it
+    (not after the take-up, nor after creation)."""
+    clock = virtual_wall_clock()
+    marks = Marks(clock)
+    wf = (tf.workflow("d").with_timeout(timeout).task("a", job=marks.job("a")).wait("w", seconds=3600)
+          .task("b", job=marks.job("b")).build())
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        start = clock() + delay
+        iid = await (engine.start("d", delay=delay) if how == "delay" else engine.start("d", start_at=start))
+        done = await finish(engine, iid)
+        ended = clock()
+    assert not spun()
+    assert done.status == "timed_out", done.error
+    assert len(marks.at("a")) == 1 and not marks.at("b"), marks.times
+    assert on_time(marks.at("a")[0], start), marks.at("a")[0] - start
+    assert on_time(ended, start + timeout), ended - (start + timeout)
+    assert watch.total <= 30, f"due() asked {watch.total} times"
+
+
+# -- retries -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interval", [1.2, PARK_AFTER + WAKE_AHEAD, 20.0])
+async def test_retry_attempts_run_at_their_delays_and_no_more_often(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], interval: float,
+) -> None:
+    """Retry(max_attempts=3, interval, backoff 1): the attempts run at 0, interval, 2*interval
+    after the first, never before, three calls in all (the instance parked and taken up early
+    between them)."""
+    clock = virtual_wall_clock()
+    calls: list[float] = []
+
+    async def flaky(data: Any) -> str:
+        calls.append(clock())
+        if len(calls) < 3:
+            raise RuntimeError("down")
+        return "ok"
+
+    wf = tf.workflow("r").task("pay", job=flaky, retry=tf.Retry(max_attempts=3, interval=interval, backoff_rate=1.0)).build()
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        done = await finish(engine, await engine.start("r"))
+    assert not spun()
+    assert done.status == "completed" and done.output == "ok", done.error
+    assert len(calls) == 3, calls
+    assert on_time(calls[1], calls[0] + interval), calls[1] - calls[0]
+    assert on_time(calls[2], calls[1] + interval), calls[2] - calls[1]
+    assert watch.total <= 30, f"due() asked {watch.total} times"
+
+
+@pytest.mark.parametrize("left", [1.2, PARK_AFTER + WAKE_AHEAD, 1.7, 5.0])
+async def test_a_long_retry_delay_cut_by_the_workflow_timeout_times_out_at_the_deadline_once(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], left: float,
+) -> None:
+    """A step fails and its retry waits an hour; the workflow timeout is ``left`` seconds away
+    (the instance parks, is taken up 0.5 s before the deadline, and must not leave again): it
+    times out at the deadline, the job tried once, the earlier step compensated once."""
+    clock = virtual_wall_clock()
+    booking = Booking(clock)
+    calls, undone = booking.calls, booking.undone
+
+    timeout = 10.0
+    wf = (tf.workflow("rt").with_timeout(timeout)
+          .task("wait-a-bit", job=booking.reserve, compensate=booking.undo)
+          .wait("pause", seconds=lambda ctx: timeout - left)
+          .task("pay", job=booking.failing, retry=tf.Retry(max_attempts=3, interval=3600, max_interval=3600)).build())
+    await times_out_at_its_deadline(storage, clock, wf, timeout, late=LATE + 0.01)
+    assert len(calls) == 1, calls
+    assert undone == ["r"], undone
+
+
+# -- receive steps --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", [1.2, PARK_AFTER + WAKE_AHEAD, 3600.0])
+async def test_a_receive_with_no_signal_times_out_at_its_timeout_not_before(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], timeout: float,
+) -> None:
+    """A receive step with a timeout; no signal comes. The catcher's step runs once, at the
+    timeout (taken up 0.5 s before it), with SignalTimeoutError."""
+    clock = virtual_wall_clock()
+    marks = Marks(clock)
+    wf = (tf.workflow("rx").task("a", job=marks.job("a"))
+          .receive("r", signal="go", timeout=timeout, catch=[tf.Catch(errors=[tf.SignalTimeoutError], next="late")])
+          .task("ok", job=marks.job("ok"), end=True)
+          .task("late", job=marks.job("late")).build())
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        done = await finish(engine, await engine.start("rx"))
+    assert not spun()
+    assert done.status == "completed", done.error
+    assert not marks.at("ok") and len(marks.at("late")) == 1, marks.times
+    start = marks.at("a")[0]
+    assert on_time(marks.at("late")[0], start + timeout), marks.at("late")[0] - start
+    assert watch.total <= 20, f"due() asked {watch.total} times"
+
+
+@pytest.mark.parametrize("offset", [0.02, 0.2, 0.45])
+async def test_a_signal_sent_in_the_last_half_second_before_a_receive_times_out_is_taken_once(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], offset: float,
+) -> None:
+    """A receive with a 10 s timeout parks and is taken up at 9.5 s; a signal sent just after
+    (or 0.2 s / 0.45 s later, while it sleeps in memory; SQLite takes it up a few ms late) is its output; a second receive of the same
+    name (30 s timeout) does not get it again, and times out."""
+    clock = virtual_wall_clock()
+    marks = Marks(clock)
+    catch = [tf.Catch(errors=[tf.SignalTimeoutError], next="timed-out")]
+    wf = (tf.workflow("rx2").task("a", job=marks.job("a", "a"))
+          .receive("first", signal="go", timeout=10)
+          .task("got", job=marks.job("got"))
+          .receive("second", signal="go", timeout=30, catch=catch)
+          .task("again", job=marks.job("again"), end=True)
+          .task("timed-out", job=marks.job("timed-out")).build())
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        iid = await engine.start("rx2")
+        await trio.sleep(1)
+        start = marks.at("a")[0]
+        assert not live(engine, iid), "the 10 s receive did not leave memory"
+        await taken_up_by(engine, iid, start + 10 - WAKE_AHEAD + offset + 0.001, clock)
+        await engine.signal(iid, "go", {"payload": 1})
+        done = await finish(engine, iid)
+    assert not spun()
+    assert done.status == "completed", done.error
+    got = [r.output for r in done.history if r.step_name == "first"]
+    assert got == [{"payload": 1}], done.history
+    assert marks.at("got") and not marks.at("again") and len(marks.at("timed-out")) == 1, marks.times
+    second = [r for r in done.history if r.step_name == "second"]
+    assert len(second) == 1 and second[0].status == "caught", second
+
+
+# -- cancel() in the window -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [0.02, 0.25, 0.49])
+async def test_a_cancel_in_the_last_half_second_of_a_timer_compensates_once_and_runs_nothing_after(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], offset: float,
+) -> None:
+    """A timer of 10 s parks; cancel() in the half second it sleeps in memory after being taken
+    up: the instance ends cancelled, the step before the timer is compensated once, the step
+    after it never runs (not even once the timer's time comes), and it stays cancelled."""
+    clock = virtual_wall_clock()
+    marks = Marks(clock)
+    undone: list[Any] = []
+
+    async def undo(out: Any) -> None:
+        undone.append(out)
+
+    wf = (tf.workflow("c").task("a", job=marks.job("a", "reserved"), compensate=undo)
+          .wait("w", seconds=10).task("b", job=marks.job("b")).build())
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        iid = await engine.start("c")
+        await trio.sleep(1)
+        start = marks.at("a")[0]
+        await taken_up_by(engine, iid, start + 10 - WAKE_AHEAD + offset, clock)
+        assert await engine.cancel(iid)
+        done = await finish(engine, iid)
+        await trio.sleep(20)
+        again = await engine.get_instance(iid)
+    assert not spun()
+    assert done.status == "cancelled", done.error
+    assert undone == ["reserved"]
+    assert not marks.at("b"), marks.times
+    assert again is not None and again.status == "cancelled"
+
+
+# -- the engine closed in the window, and reopened -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("reopen_after", [0.0, 0.3, 5.0])
+async def test_an_engine_closed_while_a_timer_sleeps_its_last_half_second_fires_it_once_on_time(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, reopen_after: float,
+) -> None:
+    """SQLite: a 10 s timer is taken up at 9.5 s; the engine closes at 9.7 s (the instance in
+    memory, storage still saying it waits) and another opens on the same file ``reopen_after``
+    later: the step after the timer runs once, at the timer's time (or at once, reopened after
+    it), never before it."""
+    sqlite = watched("sqlite", tmp_path, watch)
+    clock = virtual_wall_clock()
+    marks = Marks(clock)
+    wf = tf.workflow("z").task("a", job=marks.job("a")).wait("w", seconds=10).task("b", job=marks.job("b")).build()
+    async with engine_on(sqlite(), clock) as engine:
+        engine.register(wf)
+        iid = await engine.start("z")
+        await trio.sleep(1)
+        due = marks.at("a")[0] + 10
+        await taken_up_by(engine, iid, due - 0.3, clock)
+    assert not marks.at("b"), "the step after the timer ran before its time, as the engine closed"
+    await trio.sleep(reopen_after)
+    async with engine_on(sqlite(), clock) as engine:
+        engine.register(wf)
+        reopened = clock()
+        done = await finish(engine, iid)
+    assert not spun()
+    assert done.status == "completed", done.error
+    assert len(marks.at("b")) == 1, marks.times
+    assert on_time(marks.at("b")[0], max(due, reopened)), marks.at("b")[0] - due
+
+
+# -- child steps: the parent's 10 s "check" -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parent_timeout", [None, 10.3, 10.6, 11.2])
+async def test_a_parent_taken_up_early_for_its_child_check_goes_on_once(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], parent_timeout: float | None,
+) -> None:
+    """A parent waits on a child that takes 60 s; the parent parks with a "check" 10 s on
+    (CHECK_CHILD_STORED_AFTER), taken up 0.5 s before it. Without a workflow timeout the parent
+    completes once its child does, the child's steps having run once; with a timeout near the
+    check (10.3 / 10.6 / 11.2 s) it times out at its deadline, never before, its child cancelled;
+    the waker does not spin in either case."""
+    clock = virtual_wall_clock()
+    marks = Marks(clock)
+
+    async def long(data: Any) -> str:
+        await trio.sleep(60)
+        return "kid-done"
+
+    kid = tf.workflow("kid").task("k1", job=marks.job("k1", "k1")).task("k2", job=long).build()
+    b = tf.workflow("parent")
+    if parent_timeout is not None:
+        b = b.with_timeout(parent_timeout)
+    parent = b.task("p0", job=marks.job("p0", "p0")).child("c", workflow="kid").task("p1", job=marks.job("p1")).build()
+    async with engine_on(storage(), clock) as engine:
+        engine.register(kid)
+        engine.register(parent)
+        iid = await engine.start("parent")
+        done = await finish(engine, iid)
+        ended = clock()
+        await trio.sleep(100)
+        kids = await engine.get_instances("kid")
+    assert not spun(), f"the waker spun: {watch.most_in_a_second()} due() in a virtual second"
+    assert len(marks.at("k1")) == 1, marks.times
+    start = marks.at("p0")[0]
+    if parent_timeout is None:
+        assert done.status == "completed", done.error
+        assert len(marks.at("p1")) == 1
+        assert on_time(marks.at("p1")[0], start + 60), marks.at("p1")[0] - start
+    else:
+        assert done.status == "timed_out", done.error
+        assert not marks.at("p1")
+        assert on_time(ended, start + parent_timeout), ended - start
+        assert [k.status for k in kids] == ["cancelled"], kids
+    assert watch.total <= 40, f"due() asked {watch.total} times"
+
+
+# -- workflow timeouts right at the thresholds ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("left", [PARK_AFTER - 1e-3, PARK_AFTER, PARK_AFTER + 1e-3, PARK_AFTER + WAKE_AHEAD,
+                                  PARK_AFTER + WAKE_AHEAD + 1e-3, 2.0])
+@pytest.mark.parametrize("what", ["timer", "receive", "receive-with-timeout"])
+async def test_a_workflow_timeout_at_the_thresholds_fires_once_at_its_deadline(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], left: float, what: str,
+) -> None:
+    """The instance starts an hour-long wait when its workflow timeout is ``left`` seconds away
+    (just under, at and over PARK_AFTER, and at PARK_AFTER + WAKE_AHEAD): it times out at the
+    deadline (never before), the earlier step compensated once, with the waker asking storage
+    only a handful of times."""
+    clock = virtual_wall_clock()
+    booking = Booking(clock)
+    undone = booking.undone
+
+    timeout = 20.0
+    b = (tf.workflow("wt").with_timeout(timeout).task("reserve", job=booking.reserve, compensate=booking.undo)
+         .wait("pause", seconds=timeout - left))
+    if what == "timer":
+        b = b.wait("w", seconds=3600)
+    elif what == "receive":
+        b = b.receive("w", signal="go")
+    else:
+        b = b.receive("w", signal="go", timeout=3600)
+    wf = b.build()
+    await times_out_at_its_deadline(storage, clock, wf, timeout)
+    assert undone == ["r"]
+
+
+# -- signals and events in the window ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [-0.01, 0.01])
+async def test_a_signal_sent_just_before_or_after_a_receive_times_out_in_memory_is_payload_or_timeout_never_both(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], offset: float,
+) -> None:
+    """A receive with a 10 s timeout, taken up 0.5 s before it; a signal sent 10 ms before the
+    timeout is the step's output; one sent 10 ms after it is not (the step timed out, the
+    catcher ran): never both, each step once."""
+    clock = virtual_wall_clock()
+    marks = Marks(clock)
+    catch = [tf.Catch(errors=[tf.SignalTimeoutError], next="timed-out")]
+    wf = (tf.workflow("edge").task("a", job=marks.job("a", "a"))
+          .receive("r", signal="go", timeout=10, catch=catch)
+          .task("got", job=marks.job("got"), next="linger")
+          .task("timed-out", job=marks.job("timed-out"))
+          .wait("linger", seconds=5).build())  # (still running when the late signal comes)
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        iid = await engine.start("edge")
+        await trio.sleep(1)
+        due = marks.at("a")[0] + 10
+        await trio.sleep_until(trio.current_time() + (due + offset - clock()))
+        if offset < 0:
+            assert live(engine, iid), "not taken up early"
+        await engine.signal(iid, "go", "payload")
+        done = await finish(engine, iid)
+    assert not spun()
+    assert done.status == "completed", done.error
+    r = [rec for rec in done.history if rec.step_name == "r"]
+    assert len(r) == 1, r
+    if offset < 0:
+        assert r[0].output == "payload" and len(marks.at("got")) == 1 and not marks.at("timed-out"), marks.times
+    else:
+        assert r[0].status == "caught" and len(marks.at("timed-out")) == 1 and not marks.at("got"), marks.times
+        assert on_time(marks.at("timed-out")[0], due)
+
+
+async def test_a_signal_sent_while_a_timer_sleeps_its_last_half_second_is_taken_once_by_the_receive_after_it(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter],
+) -> None:
+    """Timer (10 s, parks, taken up at 9.5 s) then two receives of the same signal name (5 s
+    timeouts, caught). One signal sent at 9.7 s (while the run sleeps in memory, before it has
+    read its stored signals) is the first receive's output, and only its: the second times out."""
+    clock = virtual_wall_clock()
+    marks = Marks(clock)
+    catch = [tf.Catch(errors=[tf.SignalTimeoutError], next="end")]
+    wf = (tf.workflow("tr").task("a", job=marks.job("a", "a")).wait("w", seconds=10)
+          .receive("r1", signal="go", timeout=5, catch=catch)
+          .receive("r2", signal="go", timeout=5, catch=catch)
+          .task("end", job=marks.job("end")).build())
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        iid = await engine.start("tr")
+        await trio.sleep(1)
+        due = marks.at("a")[0] + 10
+        await taken_up_by(engine, iid, due - 0.3, clock)
+        await engine.signal(iid, "go", 7)
+        done = await finish(engine, iid)
+    assert not spun()
+    assert done.status == "completed", done.error
+    by_step = {rec.step_name: rec for rec in done.history}
+    assert by_step["r1"].output == 7 and by_step["r1"].status == "completed", done.history
+    assert by_step["r2"].status == "caught", done.history
+    assert len(marks.at("end")) == 1
+    assert on_time(marks.at("end")[0], due + 5), marks.at("end")[0] - due
+
+
+async def test_the_wait_steps_completed_event_comes_once_at_its_time(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter],
+) -> None:
+    """Listeners of ``workflow.step.completed`` hear the timer step end once, at its due time
+    (not when the instance was taken up, 0.5 s before)."""
+    clock = virtual_wall_clock()
+    heard: list[tuple[str, float]] = []
+    wf = tf.workflow("ev").wait("w", seconds=30).task("b", job=Marks(clock).job("b")).build()
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        engine.events.on("workflow.step.completed", lambda event: heard.append((event["step_name"], clock())))
+        t0 = clock()
+        done = await finish(engine, await engine.start("ev"))
+    assert done.status == "completed", done.error
+    waits = [t for name, t in heard if name == "w"]
+    assert len(waits) == 1, heard
+    assert on_time(waits[0], t0 + 30), waits[0] - t0
+
+
+# -- delayed starts in the window ------------------------------------------------------------------------------------
+
+
+async def test_a_delayed_start_cancelled_in_its_last_half_second_never_starts(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter],
+) -> None:
+    """start(delay=10), cancel() at 9.7 s (taken up, sleeping in memory): the instance ends
+    cancelled, its first step never runs and ``on_start`` is never called."""
+    clock = virtual_wall_clock()
+    marks = Marks(clock)
+    started: list[float] = []
+
+    async def on_start(ctx: Any) -> None:
+        started.append(clock())
+
+    wf = tf.workflow("ds").with_hooks(on_start=on_start).task("a", job=marks.job("a")).build()
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        t0 = clock()
+        iid = await engine.start("ds", delay=10)
+        await taken_up_by(engine, iid, t0 + 9.7, clock)
+        assert await engine.cancel(iid)
+        done = await finish(engine, iid)
+        await trio.sleep(10)
+    assert done.status == "cancelled", done.error
+    assert not marks.at("a") and not started, (marks.times, started)
+
+
+@pytest.mark.parametrize("reopen_after", [0.0, 5.0])
+async def test_a_delayed_start_whose_engine_closes_in_its_last_half_second_starts_once_on_time(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, reopen_after: float,
+) -> None:
+    """SQLite: start(delay=10); the engine closes at 9.7 s, once the instance was taken up; the
+    next engine on the file starts it once (``on_start`` once, first step once), at 10 s (or
+    at once, reopened after it), and its workflow timeout (3 s) counts from that start."""
+    sqlite = watched("sqlite", tmp_path, watch)
+    clock = virtual_wall_clock()
+    marks = Marks(clock)
+    started: list[float] = []
+
+    async def on_start(ctx: Any) -> None:
+        started.append(clock())
+
+    wf = (tf.workflow("dc").with_timeout(3).with_hooks(on_start=on_start).task("a", job=marks.job("a"))
+          .wait("w", seconds=3600).build())
+    async with engine_on(sqlite(), clock) as engine:
+        engine.register(wf)
+        t0 = clock()
+        iid = await engine.start("dc", delay=10)
+        await taken_up_by(engine, iid, t0 + 9.7, clock)
+    assert not marks.at("a") and not started
+    await trio.sleep(reopen_after)
+    async with engine_on(sqlite(), clock) as engine:
+        engine.register(wf)
+        begin = max(t0 + 10, clock())
+        done = await finish(engine, iid)
+        ended = clock()
+    assert not spun()
+    assert done.status == "timed_out", done.error
+    assert len(marks.at("a")) == 1 and len(started) == 1, (marks.times, started)
+    assert on_time(started[0], begin), started[0] - begin
+    assert on_time(marks.at("a")[0], begin), marks.at("a")[0] - begin
+    assert on_time(ended, begin + 3), ended - begin
+
+
+async def test_a_signal_sent_in_a_delayed_starts_last_half_second_is_taken_once_by_its_first_receive(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter],
+) -> None:
+    """start(delay=10) of a workflow that first receives "go" (20 s timeout); the signal, sent
+    at 9.8 s (taken up, sleeping in memory), is its output once the instance starts at 10 s."""
+    clock = virtual_wall_clock()
+    marks = Marks(clock)
+    wf = (tf.workflow("dr").receive("r", signal="go", timeout=20).task("b", job=marks.job("b")).build())
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        t0 = clock()
+        iid = await engine.start("dr", delay=10)
+        await taken_up_by(engine, iid, t0 + 9.8, clock)
+        await engine.signal(iid, "go", "x")
+        done = await finish(engine, iid)
+    assert done.status == "completed", done.error
+    assert [rec.output for rec in done.history if rec.step_name == "r"] == ["x"], done.history
+    assert len(marks.at("b")) == 1 and on_time(marks.at("b")[0], t0 + 10), marks.at("b")
+
+
+# -- retries in the window -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reopen_after", [0.0, 15.0])
+async def test_an_engine_closed_in_a_retry_delays_last_half_second_keeps_the_attempt_count(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, reopen_after: float,
+) -> None:
+    """SQLite: Retry(max_attempts=3, interval=10, backoff 1); attempt 1 fails; the engine closes
+    at 9.7 s into the delay (taken up, sleeping); the next engine makes attempt 2 at 10 s (or at
+    once, reopened later) and attempt 3 10 s after it: three calls in all, never early."""
+    sqlite = watched("sqlite", tmp_path, watch)
+    clock = virtual_wall_clock()
+    booking = Booking(clock)
+    calls = booking.calls
+
+    wf = tf.workflow("rc").task("pay", job=booking.failing, retry=tf.Retry(max_attempts=3, interval=10, backoff_rate=1.0)).build()
+    async with engine_on(sqlite(), clock) as engine:
+        engine.register(wf)
+        iid = await engine.start("rc")
+        await trio.sleep(1)
+        assert len(calls) == 1
+        await taken_up_by(engine, iid, calls[0] + 9.7, clock)
+    await trio.sleep(reopen_after)
+    async with engine_on(sqlite(), clock) as engine:
+        engine.register(wf)
+        reopened = clock()
+        done = await finish(engine, iid)
+    assert not spun()
+    assert done.status == "failed", done.error
+    assert len(calls) == 3, calls
+    assert on_time(calls[1], max(calls[0] + 10, reopened)), calls[1] - calls[0]
+    assert on_time(calls[2], calls[1] + 10), calls[2] - calls[1]
+
+
+async def test_a_cancel_in_a_retry_delays_last_half_second_records_the_attempts_and_compensates_once(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter],
+) -> None:
+    """A step before compensates; the next fails and waits 10 s to retry; cancel() at 9.7 s
+    (taken up, sleeping): cancelled, no further attempt, the earlier step compensated once."""
+    clock = virtual_wall_clock()
+    booking = Booking(clock)
+    calls, undone = booking.calls, booking.undone
+
+    wf = (tf.workflow("rcc").task("reserve", job=booking.reserve, compensate=booking.undo)
+          .task("pay", job=booking.failing, retry=tf.Retry(max_attempts=3, interval=10, backoff_rate=1.0)).build())
+    async with engine_on(storage(), clock) as engine:
+        engine.register(wf)
+        iid = await engine.start("rcc")
+        await trio.sleep(1)
+        await taken_up_by(engine, iid, calls[0] + 9.7, clock)
+        assert await engine.cancel(iid)
+        done = await finish(engine, iid)
+        await trio.sleep(30)
+    assert done.status == "cancelled", done.error
+    assert len(calls) == 1, calls
+    assert undone == ["r"]
+
+
+# -- many timers and small batches -------------------------------------------------------------------------------------
+
+
+async def test_more_timers_within_half_a_second_than_half_a_wake_batch_each_fire_on_time(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """WAKE_BATCH made 10 (the real 1,000 needs 500 timers within half a second): 30 timers due
+    15 ms apart. Those taken up early count among the batch on its way until they fire, so the
+    waker takes the later ones up as the earlier fire: each must still fire at its time, once."""
+    monkeypatch.setattr(engine_module, "WAKE_BATCH", 10)
+    clock = virtual_wall_clock()
+    base = clock() + 50
+    await each_fires_once_on_time(storage, clock, {n: base + 0.015 * n for n in range(30)})
+
+
+# -- max_running ---------------------------------------------------------------------------------------------------------
+
+
+async def test_an_instance_in_the_last_half_second_of_a_long_wait_does_not_hold_back_a_new_start(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter],
+) -> None:
+    """max_running=1. Docs: a wait longer than PARK_AFTER "holds no task and no max_running
+    slot". Instance A waits 10 s (parked); at 9.6 s a one-step instance S is started: its step
+    runs at once, not once A's timer has fired (A taken up at 9.5 s, sleeping out its last half
+    second in the only slot). A still fires on time."""
+    clock = virtual_wall_clock()
+    marks = Marks(clock)
+    a_wf = tf.workflow("A").task("a0", job=marks.job("a0")).wait("w", seconds=10).task("a1", job=marks.job("a1")).build()
+    s_wf = tf.workflow("S").task("s", job=marks.job("s")).build()
+    async with engine_on(storage(), clock, max_running=1) as engine:
+        engine.register(a_wf)
+        engine.register(s_wf)
+        a = await engine.start("A")
+        await trio.sleep(1)
+        due = marks.at("a0")[0] + 10
+        await trio.sleep_until(trio.current_time() + (due - 0.4 - clock()))
+        s_started = clock()
+        s = await engine.start("S")
+        await finish(engine, s)
+        await finish(engine, a)
+    assert on_time(marks.at("a1")[0], due), marks.at("a1")[0] - due
+    assert marks.at("s")[0] - s_started < LATE, f"S's step ran {marks.at('s')[0] - s_started:.3f} s after its start"
