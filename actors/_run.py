@@ -408,8 +408,9 @@ class Run:
         state.signals = signals
         if stored_at is not None:
             self.note_signal_time(seq, stored_at)
-        if self.hold is not None:
-            self.hold.cancel()  # taken up ahead of its time: it runs now, to take the signal
+        if self.hold is not None and any(
+                lane.waiting is not None and lane.waiting.get("signal") == name for lane in state.lanes.values()):
+            self.hold.cancel()  # taken up ahead of its time, waiting for it: it runs now, to take it
         if self.arrived is not None:
             waiting = self.arrived.pop(name, None)
             if waiting is not None:

@@ -998,8 +998,10 @@ class Engine:
         in_parent_slot = state.parent_id is not None and self._children.in_parent_slot(state.parent_id)
         due = None if doomed is not None else wake_at(state, definition)
         ahead = 0.0 if due is None or not early or in_parent_slot else due - self._clock()
+        # (Held only for what the waker asked for: a wake time later than the stored one, its
+        # definition replaced since, is stored by a run that parks again.)
         run = self._spawn(definition, state, resumed=True, slot=not in_parent_slot,
-                          hold_until=trio.current_time() + ahead if ahead > 0 else None)
+                          hold_until=trio.current_time() + ahead if 0 < ahead <= WAKE_AHEAD else None)
         run.doomed = doomed
         # Storage holds a time to wake it at until its first checkpoint here (the waker passes
         # it over meanwhile), as computed by the definition that stored it: not known (NaN).
@@ -1236,10 +1238,14 @@ class Engine:
                 with run.hold:
                     await trio.sleep_forever()
             except BaseException:
-                # The engine closing: it has no end to store, as a queued run has none.
+                # The engine closing: it has no end to store, as a queued run has none; a
+                # cancel() that said yes meanwhile is stored, as a running run's is.
                 run.hold = None
-                self._live.pop(state.instance_id, None)
-                run.ended()
+                try:
+                    await store_cancel(run)
+                finally:
+                    self._live.pop(state.instance_id, None)
+                    run.ended()
                 raise
             if not self._unhold(run):
                 return
