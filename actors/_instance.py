@@ -14,6 +14,7 @@ A transactional workflow runs its forward part inside one ``driver.transaction()
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 
@@ -159,8 +160,10 @@ async def _forward(run: Run) -> Forward:
                     await past_stored_wait(run)
             if transactional:
                 # Inside the scope: a cancel or the workflow timeout reaches a wait for the
-                # driver's lock too.
-                ended = await forward_in_transaction(run, lambda: run_lane(run, MAIN, definition.index, ctx))
+                # driver's lock too. (A partial, not a lambda: a closure would make ``run``,
+                # ``ctx`` and ``definition`` cells of this frame, three objects more for the
+                # cyclic collector to walk in every instance in flight, transactional or not.)
+                ended = await forward_in_transaction(run, functools.partial(run_lane, run, MAIN, definition.index, ctx))
             else:
                 await run_lane(run, MAIN, definition.index, ctx)
                 ended = _COMPLETED

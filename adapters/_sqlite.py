@@ -447,8 +447,7 @@ class SQLiteAdapter:
         # value that cannot be stored fails the call and nothing is written.
         if type(first_seq) is not int or first_seq < 0:
             raise DatabaseError(f"first_seq must be an int >= 0, got {first_seq!r}")
-        stored = tuple([bytearray(r) if type(r) is bytes else _blob(r, f"record {first_seq + k}")
-                        for k, r in enumerate(records)])
+        stored = _record_blobs(records, first_seq)
         header_blob = _blob(header, "header")
         start_blob = None if start is None else _blob(start, "start")
         if consumed:
@@ -579,6 +578,9 @@ class SQLiteAdapter:
         pending: list[tuple[Any, _Op]] = []
         try:
             while True:
+                # What the last transaction read and wrote is not kept alive while the writer
+                # waits for the next (a resume's thousands of rows, a due look's).
+                item = applied = results = batch = None
                 item = self._queue.get()
                 if item is _STOP:
                     return
@@ -1167,6 +1169,14 @@ _OPS: dict[str, Callable[..., Any]] = {
     "select": _select, "list": _list, "load": _load, "delete": _delete, "purge": _purge, "signal": _signal,
     "signals": _signals, "due": _due, "next_wake": _next_wake,
 }
+
+
+def _record_blobs(records: Sequence[bytes], first_seq: int) -> tuple[bytearray, ...]:
+    """The records a checkpoint appends, as :func:`_blob` copies them. (Not inline in
+    ``checkpoint``: a comprehension there naming ``first_seq`` would make it a cell of that
+    frame, one object more for the cyclic collector for every checkpoint in flight.)"""
+    return tuple([bytearray(r) if type(r) is bytes else _blob(r, f"record {first_seq + k}")
+                  for k, r in enumerate(records)])
 
 
 def _blob(value: Any, what: str) -> bytearray:

@@ -655,8 +655,7 @@ class Engine:
                 self._check_stopped(instance_id)
                 if instance_id in self._live:
                     continue  # woken here while storage was read (the row may say it no longer waits)
-                held = next((name for name, records in self._held.items()
-                             if any(r.instance_id == instance_id for r in records)), None)
+                held = self._held_as(instance_id)
                 if held is not None:
                     raise _held_for_jobs(instance_id, self._missing_jobs(self._definitions[held]))
                 raise InstanceNotLiveError(
@@ -664,6 +663,13 @@ class Engine:
                     " register its workflow or call resume()"
                 )
             return instance
+
+    def _held_as(self, instance_id: str) -> str | None:
+        """The workflow an instance is held for until its jobs exist, if it is. (Not inline in
+        ``wait``: a generator there naming ``instance_id`` would make it a cell of every
+        waiter's frame, one object more for the cyclic collector for each.)"""
+        return next((name for name, records in self._held.items()
+                     if any(r.instance_id == instance_id for r in records)), None)
 
     def _check_stopped(self, instance_id: str) -> None:
         """A run that did not end while waited on: the engine is stopping."""
