@@ -1,4 +1,5 @@
-"""Persistence adapters, the snapshot codec, and data drivers.
+"""Persistence adapters (they store bytes; the codec that makes them is the kernel's) and data
+drivers.
 
 The SQLite adapter and the data drivers load on first use (PEP 562): most programs use one
 adapter, and ``import trioflow`` should not pay for sqlite3, threads and queues it never uses.
@@ -11,6 +12,7 @@ from trioflow._lazy import public_module as _public_module
 
 from ._memory import MemoryAdapter as MemoryAdapter
 from ._protocol import Adapter as Adapter
+from ._protocol import SignalsAndLoads as SignalsAndLoads
 from ._protocol import StoredInstance as StoredInstance
 
 if _TYPE_CHECKING:

@@ -178,8 +178,16 @@ class MemoryAdapter:
         return None
 
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
-        row = self._rows.get(instance_id)
-        if row is None:
+        return self._send_signal(instance_id, name, payload)
+
+    async def send_signal_and_load(
+        self, instance_id: str, name: str, payload: bytes,
+    ) -> tuple[int | None, StoredInstance | None]:
+        seq = self._send_signal(instance_id, name, payload)
+        return seq, None if seq is None else self._load(instance_id)
+
+    def _send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
+        if instance_id not in self._rows:
             raise UnknownInstanceError(f"no stored instance {instance_id!r} to signal")
         return self._store_signal(instance_id, name, _blob(payload, "signal payload"))
 
@@ -201,6 +209,9 @@ class MemoryAdapter:
         return [(seq, name, payload) for seq, (name, payload) in sorted(row.signals.items())]
 
     async def load(self, instance_id: str) -> StoredInstance | None:
+        return self._load(instance_id)
+
+    def _load(self, instance_id: str) -> StoredInstance | None:
         row = self._rows.get(instance_id)
         if row is None:
             return None

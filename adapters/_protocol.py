@@ -161,6 +161,42 @@ class Adapter(Protocol):
         ...
 
 
+class SignalsAndLoads(Protocol):
+    """What an adapter may also have (not part of :class:`Adapter`: adapters written without it
+    keep working, a storage round trip more per signal)."""
+
+    async def send_signal_and_load(
+        self, instance_id: str, name: str, payload: bytes,
+    ) -> tuple[int | None, StoredInstance | None]:
+        """In one atomic operation, what :meth:`Adapter.send_signal` does and then what
+        :meth:`Adapter.load` does: ``(seq, the instance's row)``, the row holding the new signal
+        among its pending ones. ``(None, None)``, and nothing stored, when the instance has
+        ended; an unknown instance raises :class:`UnknownInstanceError`. The engine uses it for
+        a signal to an instance that is not running in its process: the row it wakes the
+        instance from comes back with the write that stored the signal."""
+        ...
+
+
+def sends_and_loads(adapter: object) -> bool:
+    """Whether the engine may store ``adapter``'s signals with ``send_signal_and_load`` (see
+    :class:`SignalsAndLoads`) in place of ``send_signal`` then ``load``: only if neither of
+    those two is overridden below the class that defines it, so that a subclass which changes
+    one of them alone (to add a delay, to count, to refuse) keeps seeing every call. An adapter
+    that hands all three over from another one (``__getattr__``) is judged by that one."""
+    combined = getattr(adapter, "send_signal_and_load", None)
+    owner = getattr(combined, "__self__", None)
+    if owner is None or any(getattr(getattr(adapter, name, None), "__self__", None) is not owner
+                            for name in _REPLACED):
+        return False
+    depths = [next((depth for depth, cls in enumerate(type(owner).__mro__) if name in vars(cls)), None)
+              for name in ("send_signal_and_load", *_REPLACED)]
+    return None not in depths and all(depth >= depths[0] for depth in depths[1:])  # type: ignore[operator]
+
+
+#: What ``send_signal_and_load`` does in one call.
+_REPLACED = ("send_signal", "load")
+
+
 def skips_workflows(adapter: object) -> bool:
     """Whether ``adapter``'s ``due()`` and ``next_wake()`` take ``skip_workflows`` (an adapter
     written before it existed does not)."""

@@ -70,7 +70,7 @@ MAX_BATCH = 256
 #: Operations whose statements may run in the trio thread: each touches one instance (and a
 #: checkpoint's ``notify`` its parent's signals; ``next_wake`` reads one index entry). Listings, purges, the resume scan and ``due`` (a thousand instances with all
 #: their records) go to the writer.
-_INLINE = frozenset({"create", "checkpoint", "signal", "signals", "load", "delete", "next_wake"})
+_INLINE = frozenset({"create", "checkpoint", "signal", "signal_load", "signals", "load", "delete", "next_wake"})
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -472,6 +472,14 @@ class SQLiteAdapter:
             raise UnknownInstanceError(f"no stored instance {instance_id!r} to signal")
         result: int | None = seq
         return result
+
+    async def send_signal_and_load(
+        self, instance_id: str, name: str, payload: bytes,
+    ) -> tuple[int | None, StoredInstance | None]:
+        known, seq, stored = await self._submit(("signal_load", (instance_id, name, _blob(payload, "signal payload"))))
+        if not known:
+            raise UnknownInstanceError(f"no stored instance {instance_id!r} to signal")
+        return seq, stored
 
     async def signals(self, instance_id: str) -> list[tuple[int, str, bytes]]:
         rows: list[tuple[int, str, bytes]] = await self._submit(("signals", (instance_id,)))
@@ -1081,6 +1089,15 @@ def _signal(conn: sqlite3.Connection, iid: str, name: str, payload: bytes) -> tu
     return conn.execute("SELECT 1 FROM trioflow_instances WHERE instance_id = ?", (iid,)).fetchone() is not None, None
 
 
+def _signal_load(
+    conn: sqlite3.Connection, iid: str, name: str, payload: bytes,
+) -> tuple[bool, int | None, StoredInstance | None]:
+    """:func:`_signal`, then the instance's row read back in the same transaction (``None`` if
+    nothing was stored): (whether the instance exists, the seq, the row)."""
+    known, seq = _signal(conn, iid, name, payload)
+    return known, seq, None if seq is None else _load(conn, iid)
+
+
 def _signals(conn: sqlite3.Connection, iid: str) -> list[tuple[int, str, bytes]]:
     return [(seq, name, payload) for seq, name, payload in conn.execute(
         "SELECT seq, name, CAST(payload AS BLOB) FROM trioflow_signals WHERE instance_id = ? ORDER BY seq", (iid,))]
@@ -1167,7 +1184,7 @@ def _list(conn: sqlite3.Connection, workflow_name: str | None, status: str | Non
 #: Ops applied one at a time (creates and checkpoints go in runs: see :func:`_run_all`).
 _OPS: dict[str, Callable[..., Any]] = {
     "select": _select, "list": _list, "load": _load, "delete": _delete, "purge": _purge, "signal": _signal,
-    "signals": _signals, "due": _due, "next_wake": _next_wake,
+    "signals": _signals, "signal_load": _signal_load, "due": _due, "next_wake": _next_wake,
 }
 
 

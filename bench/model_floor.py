@@ -180,29 +180,29 @@ def on_sqlite(quick: bool, concurrency: int) -> dict[str, float]:
 
 def signals_on_sqlite(n: int, senders: int) -> dict[str, float]:
     """As ``waiting.signals_delivered`` measures: ``n`` instances stored waiting for a signal,
-    with no task; ``senders`` tasks send one each. A signal is stored (what ``signal()``
-    returns after), then its instance is read back (a waiting instance is not kept in memory),
-    its header unpacked, an actor started in a cancel scope, the receive step's record made and
-    checkpointed with the signal consumed, the instance completed, in one write."""
+    with no task; ``senders`` tasks send one each. A signal is stored and its instance read
+    back in the same call (``send_signal_and_load``, what ``signal()`` returns after: a waiting
+    instance is not kept in memory), its header unpacked, an actor started in a cancel scope,
+    the receive step's record made and checkpointed with the signal consumed, the instance
+    completed, in one write."""
     async def main(adapter: adapters.SQLiteAdapter) -> float:
         ids = await _stored_waiting(adapter, n, _pack(("running", "approval", 0, {"signal": "approved"})))
         queue = iter(ids)
         payload = _pack({"by": "manager"})
         start = time.perf_counter()
         async with trio.open_nursery() as engine:
-            async def actor(instance_id: str) -> None:
+            async def actor(stored: adapters.StoredInstance) -> None:
                 with trio.CancelScope():
-                    stored = await adapter.load(instance_id)
-                    assert stored is not None
                     seq, _, signal = stored.signals[0]
                     record = _record(msgpack.unpackb(stored.header)[1], 0, msgpack.unpackb(signal), time.time())
-                    await adapter.checkpoint(instance_id, "completed", _pack(("completed", None, 1)),
+                    await adapter.checkpoint(stored.instance_id, "completed", _pack(("completed", None, 1)),
                                              [_pack(_stored(record))], first_seq=0, consumed=(seq,))
 
             async def sender() -> None:
                 for instance_id in queue:
-                    await adapter.send_signal(instance_id, "approved", payload)
-                    engine.start_soon(actor, instance_id)
+                    _, stored = await adapter.send_signal_and_load(instance_id, "approved", payload)
+                    assert stored is not None
+                    engine.start_soon(actor, stored)
 
             await _seconds(senders, sender)
         return n / (time.perf_counter() - start)

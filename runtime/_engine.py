@@ -37,7 +37,7 @@ from trioflow._codec import (
     same_value,
 )
 from trioflow.adapters._memory import MemoryAdapter
-from trioflow.adapters._protocol import Adapter, StoredInstance, skips_workflows
+from trioflow.adapters._protocol import Adapter, SignalsAndLoads, StoredInstance, sends_and_loads, skips_workflows
 
 from ._context import check_services
 from ._current import check_in_trio, lane_of_caller
@@ -141,6 +141,9 @@ class Engine:
         self._passed_over: set[str] = set()
         self._look_again = WAKE_RETRY
         self._adapter_skips = skips_workflows(adapter)
+        #: Whether a signal to an instance not running here is stored and its row read back in
+        #: one call (see ``SignalsAndLoads``).
+        self._sends_and_loads = sends_and_loads(adapter)
         #: For callers of ``wait()`` on a parked instance: set when it runs here again.
         self._next_run: dict[str, trio.Event] = {}
         #: The wall clock timers are on (Unix seconds; ``open_engine(clock=...)``).
@@ -472,14 +475,25 @@ class Engine:
                 f" {RESERVED_SIGNALS!r} (trioflow's own), got {name!r}")
         data = encode_payload(payload, f"the payload of signal {name!r}")
         running = self._live.get(instance_id)
-        seq = await self.adapter.send_signal(instance_id, name, data)
+        row = None
+        if running is None and self._sends_and_loads:
+            # Not running here (parked, most likely): its row comes back with the write, for
+            # the wake, rather than in a read of its own. Unless a run of it ended meanwhile:
+            # the row may predate that run's last checkpoint, and is read again.
+            combined: SignalsAndLoads = self.adapter  # type: ignore[assignment]
+            with self._ends.watching(instance_id) as ended_since:
+                seq, row = await combined.send_signal_and_load(instance_id, name, data)
+                if ended_since():
+                    row = None
+        else:
+            seq = await self.adapter.send_signal(instance_id, name, data)
         stored_at = self._clock()  # a receive whose deadline came before now does not take it
         if seq is None:
             raise InstanceNotLiveError(f"instance {instance_id!r} has ended; signal {name!r} was not stored")
         if self._closed:
             return  # stored: the next engine delivers it (an error here would have it sent twice)
         try:
-            await self._deliver(instance_id, name, seq, data, running, stored_at)
+            await self._deliver(instance_id, name, seq, data, running, stored_at, row)
         except (trio.Cancelled, StorageError) as exc:
             # The signal is stored: an error now, or ``Cancelled`` (for trio: not done), would
             # have the caller send it again (taken twice), and a parked receive with no timeout
@@ -496,9 +510,11 @@ class Engine:
                             instance_id, describe_error(exc), extra={"instance_id": instance_id})
 
     async def _deliver(self, instance_id: str, name: str, seq: int, data: bytes, running: Run | None,
-                       stored_at: float) -> None:
+                       stored_at: float, row: StoredInstance | None = None) -> None:
         """Hand a stored signal to the instance's run here, or resume the instance if it is
-        parked waiting for it. ``running``: the run that was live when the signal was sent."""
+        parked waiting for it. ``running``: the run that was live when the signal was sent;
+        ``row``: the instance's row, read with the write that stored the signal (``None``: read
+        it if need be)."""
         run = self._live.get(instance_id)
         if run is not None and run is not running:
             # Taken up from storage while the signal was stored (storage slow to answer): a run
@@ -509,7 +525,7 @@ class Engine:
             run = self._live.get(instance_id)
         if run is None:  # parked (or stored, not running here): resumed if it waits for this
             run, fresh = await self._wake_if_waiting(
-                instance_id, lambda waiting: waiting.get("signal") == name, pending=seq)
+                instance_id, lambda waiting: waiting.get("signal") == name, pending=seq, row=row)
             if fresh:
                 # Resumed from a row read after the signal was stored: the run has it if it is
                 # still pending. (Handed over again, one a run before this one took and parked
@@ -536,13 +552,15 @@ class Engine:
 
     async def _wake_if_waiting(
         self, instance_id: str, wakes: Callable[[dict[str, Any]], bool], *, pending: int | None = None,
+        row: StoredInstance | None = None,
     ) -> tuple[Run | None, bool]:
         """Resume a parked instance here if what its lanes wait for passes ``wakes``: its run
-        (``None``: not running here), and whether this call resumed it, from a row read now.
+        (``None``: not running here), and whether this call resumed it, from a row read now
+        (or ``row``, read with the signal just stored, no run of it having ended since).
         ``pending``: the seq of a signal just stored, for a run found running to be handed:
         ``None`` for the run if the row read holds it no more (a run that has ended since took
         it; the one running now, resumed after that, must not take it again)."""
-        stored = await self._load_fresh(instance_id)
+        stored = row if row is not None else await self._load_fresh(instance_id)
         if stored is None or stored.status not in RESUMABLE or instance_id in self._live:
             if stored is not None and pending is not None and all(seq != pending for seq, _, _ in stored.signals):
                 return None, False

@@ -114,6 +114,20 @@ async def test_the_kit_fails_an_adapter_that_consumes_signals_apart_from_its_che
     assert "check 'signals_are_kept_in_order_and_consumed_once' failed" in message
 
 
+async def test_the_kit_fails_an_adapter_whose_signal_and_load_reads_the_row_before_storing_the_signal() -> None:
+    class StaleRowAdapter(tf.adapters.MemoryAdapter):
+        """Reads the row, then stores the signal: the row the engine wakes the instance from
+        lacks the signal just stored."""
+
+        async def send_signal_and_load(
+            self, instance_id: str, name: str, payload: bytes,
+        ) -> tuple[int | None, StoredInstance | None]:
+            row = await self.load(instance_id)
+            return await self.send_signal(instance_id, name, payload), row
+
+    assert "check 'signal_and_load_is_one_call' failed" in await _kit_failure(StaleRowAdapter)
+
+
 async def test_the_kit_fails_an_adapter_whose_scans_give_records_out_of_order() -> None:
     class RecordsReversedInScans(tf.adapters.MemoryAdapter):
         """``load`` is right; listings, resumes and wakes hand records back newest first (a

@@ -24,7 +24,7 @@ from trioflow._errors import (
     UnknownInstanceError,
 )
 from trioflow._snapshot import TERMINAL
-from trioflow.adapters._protocol import Adapter, StoredInstance, skips_workflows
+from trioflow.adapters._protocol import Adapter, SignalsAndLoads, StoredInstance, sends_and_loads, skips_workflows
 
 OpenAdapter = Callable[[str], Adapter]
 _BLOB = bytes(range(256)) * 3
@@ -72,6 +72,32 @@ async def _refused(call: Awaitable[Any], error: type[BaseException], message: st
     except error:
         return
     raise AssertionError(message)
+
+
+async def signal_and_load_is_one_call(open_adapter: OpenAdapter) -> None:
+    """(Only for an adapter the engine would call ``send_signal_and_load`` on.)"""
+    async with _opened(open_adapter, "signal_and_load") as a:
+        if not sends_and_loads(a):
+            return
+        combined: SignalsAndLoads = a  # type: ignore[assignment]
+        await _refused(combined.send_signal_and_load("nobody", "go", b"x"), UnknownInstanceError,
+                       "send_signal_and_load to an instance never created must raise UnknownInstanceError")
+        await a.create("i", "wf", "running", start=b"s", header=b"h0")
+        await a.checkpoint("i", "running", b"h1", [b"r0"], first_seq=0, wake_at=float("inf"))
+        first = await a.send_signal("i", "go", b"one")
+        seq, row = await combined.send_signal_and_load("i", "go", _BLOB)
+        assert isinstance(seq, int) and isinstance(first, int) and seq > first, (
+            f"send_signal_and_load must store the signal as send_signal does and return its seq, got {seq}"
+            f" after {first}")
+        assert row is not None and _view(row) == await _stored(a, "i"), (
+            f"send_signal_and_load must return the instance's row as load() gives it, got {_view(row)}")
+        held = [(q, n, bytes(p)) for q, n, p in row.signals]
+        assert held == [(first, "go", b"one"), (seq, "go", _BLOB)], (
+            f"the row send_signal_and_load returns must hold every pending signal, the new one included, got {held}")
+        await a.checkpoint("i", "completed", b"h2", [b"r1"], first_seq=1, consumed=[first, seq])
+        assert await combined.send_signal_and_load("i", "go", b"late") == (None, None), (
+            "send_signal_and_load to a finished instance must store nothing and return (None, None)")
+        assert await a.signals("i") == [], "nothing is stored for a finished instance"
 
 
 def _view(stored: StoredInstance | None) -> tuple[Any, ...] | None:
@@ -659,7 +685,7 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     checkpoint_of_unknown_instance, checkpoint_is_atomic, start_set_once, list_by_name_and_status,
     resumable_lists_pending_and_running, delete_removes, survives_reopen,
     step_is_durable_before_the_next_starts, bad_data_is_never_stored, signals_are_kept_in_order_and_consumed_once,
-    checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due,
+    signal_and_load_is_one_call, checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due,
     waiting_instances_of_skipped_workflows_are_left_out, delete_refuses_unfinished, purge_by_finish_time,
     lists_pages_in_creation_order, scans_hand_back_every_record_in_order, refused_writes_leave_everything,
     purge_goes_by_finish_order_not_creation_order, fences_hold_for_every_kind_of_checkpoint,

@@ -53,7 +53,7 @@ from trioflow._codec import decode_payload, decode_stored, encode_payload
 from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._memory_driver import MemoryDriver
-from trioflow.adapters._protocol import Adapter, StoredInstance, skips_workflows
+from trioflow.adapters._protocol import Adapter, SignalsAndLoads, StoredInstance, sends_and_loads, skips_workflows
 
 from ._scripted import ScriptedJob
 
@@ -679,6 +679,16 @@ class _CrashingAdapter:
 
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
         return await self.inner.send_signal(instance_id, name, payload)
+
+    async def send_signal_and_load(
+        self, instance_id: str, name: str, payload: bytes,
+    ) -> tuple[int | None, StoredInstance | None]:
+        # The engine's path for a signal to a parked instance, explored as it runs unwrapped.
+        if sends_and_loads(self.inner):
+            inner: SignalsAndLoads = self.inner  # type: ignore[assignment]
+            return await inner.send_signal_and_load(instance_id, name, payload)
+        seq = await self.inner.send_signal(instance_id, name, payload)
+        return seq, None if seq is None else await self.inner.load(instance_id)
 
     async def signals(self, instance_id: str) -> list[tuple[int, str, bytes]]:
         return await self.inner.signals(instance_id)
