@@ -58,7 +58,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
             start = run.stage(start)
         except UnencodableValueError as exc:
             raise StepFailure(step.name, exc, 1) from exc
-        progress = open_items(state, lane, start)
+        progress = open_items(state, step, lane, start)
         await run.persist()  # the items are stored before any item runs
     fanout = _Items(run, step, lane, progress)
     resumed = []

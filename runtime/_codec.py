@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import msgpack
 
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, safe_repr, split_description
-from ._lanes import MAIN
+from ._lanes import MAIN, item_lane, item_lanes
 from ._shared_data import SharedData, held
 from ._snapshot import (
     PHASES,
@@ -50,6 +50,9 @@ HEADER_TAG = "trioflow.header"
 #: compensated with a cursor rather than a list; its start and records are format 2's. Format
 #: 4 keeps a compensation that failed for good in a record of its own (status
 #: ``"compensation_failed"``) rather than in the header, which no longer grows with them.
+#: Format 4's header may also give a running map's position a sixth field, the first step of
+#: its branch, and then leaves out the lanes of the map's items that stand there untouched
+#: (a header written before it has five fields and lists every lane: both are read).
 FORMAT_VERSION = 4
 #: Largest encoded input, output or shared-data value: larger ones are refused, naming them.
 MAX_VALUE_BYTES = 16 * 1024 * 1024
@@ -108,13 +111,25 @@ def encode_header(state: InstanceState) -> bytes:
     rather than a list, and no compensation's error). It names its instance: a header copied from another instance's row is
     refused on reading, not run as this one."""
     lanes: dict[str, tuple[Any, ...]] = {}
+    # A map item's lane that stands untouched at its branch's first step is left out, and the
+    # decoder puts it back (see ``MapProgress.first``): a map with thousands of items in flight
+    # would otherwise rewrite all their lanes with each item's end, a cost per item that grows
+    # with the items. ``firsts``: that step of each running map met so far -> what its items'
+    # lane keys start with (a map's lane comes before its items': they are added after it).
+    firsts: dict[str | None, str] | None = None
     for key, lane in state.lanes.items():
         if lane.begun is not None:
             f = lane.fanout
+            if f is not None and f.first is not None and lane.step is not None:
+                firsts = {} if firsts is None else firsts
+                firsts[f.first] = item_lanes(lane.step)
             lanes[key] = (lane.step, lane.last, lane.failed, lane.waiting, lane.begun,
-                          None if f is None else (f.count, f.started, f.ended, f.ended_count, f.failed))
+                          None if f is None else (f.count, f.started, f.ended, f.ended_count, f.failed, f.first))
         elif lane.waiting is not None:
             lanes[key] = (lane.step, lane.last, lane.failed, lane.waiting)
+        elif (firsts is not None and lane.last is None and lane.failed is None
+              and (items := firsts.get(lane.step)) is not None and key.startswith(items)):
+            continue
         else:
             lanes[key] = (lane.step, lane.last, lane.failed)
     # Packed inline, not through a helper: this runs at every checkpoint.
@@ -693,6 +708,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         _expect(waiting is None or _well_formed_wait(waiting), "lane %r waits for something malformed", key)
         state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting, begun=begun,
                                 fanout=None if fanout is None else _map_progress(key, fanout))
+    _put_back_untouched_items(state.lanes)
     # (Most instances have compensated and skipped nothing: no generator is made for those.)
     # (Format 4's headers hold none: the constant, checked by identity rather than as a Mapping.)
     _expect(comp_errors is NO_ERRORS or isinstance(comp_errors, Mapping) and (
@@ -778,12 +794,27 @@ def _is_seq(value: Any, count: int) -> bool:
 
 
 def _map_progress(key: str, fields: Any) -> MapProgress:
-    (count, started, ended, ended_count, failed) = fields
+    # (A sixth field names the branch's first step; a header without it lists every item's lane.)
+    (count, started, ended, ended_count, failed, first) = fields if len(fields) == 6 else (*fields, None)
     for n in (count, started, ended_count, failed):
         _expect(isinstance(n, int) and 0 <= n <= count, f"lane {key!r} holds a malformed map position")
     _expect(isinstance(ended, list) and len(ended) % 2 == 0 and all(isinstance(i, int) for i in ended)
-            and ended == sorted(ended), f"lane {key!r} holds a malformed map position")
-    return MapProgress(count=count, started=started, ended=ended, ended_count=ended_count, failed=failed)
+            and ended == sorted(ended) and (not ended or ended[-1] <= started),
+            f"lane {key!r} holds a malformed map position")
+    _expect(first is None or isinstance(first, str), f"lane {key!r} holds a malformed map position")
+    return MapProgress(count=count, started=started, ended=ended, ended_count=ended_count, failed=failed,
+                       first=first)
+
+
+def _put_back_untouched_items(lanes: dict[str, Lane]) -> None:
+    """The lanes a header that names a map's first branch step left out: each of its items
+    started and not ended that has no lane stands untouched at that step (see
+    :func:`encode_header`)."""
+    for lane in list(lanes.values()):
+        progress = lane.fanout
+        if progress is not None and progress.first is not None and lane.step is not None:
+            for index in progress.running():
+                lanes.setdefault(item_lane(lane.step, index), Lane(step=progress.first))
 
 
 def _state_v1(raw: list[Any]) -> InstanceState:

@@ -36,11 +36,11 @@ def start_record(state: InstanceState, lane_key: str, step: MapStep, items: list
     return new_execution(state, lane_key, step.name, "started", input=items, started_at=now, now=now)
 
 
-def open_items(state: InstanceState, lane: Lane, start: StepResult) -> MapProgress:
+def open_items(state: InstanceState, step: MapStep, lane: Lane, start: StepResult) -> MapProgress:
     """Add a map execution's start record and put the lane's map progress at its first item."""
     state.add(start)
     lane.begun = start.seq
-    progress = lane.fanout = MapProgress(count=len(start.input))
+    progress = lane.fanout = MapProgress(count=len(start.input), first=step.branch.steps[0].name)
     return progress
 
 

@@ -181,6 +181,21 @@ class MapProgress:
     #: were tolerated.
     ended_count: int = 0
     failed: int = 0
+    #: The first step of the map's branch: where an item's lane stands until its first step
+    #: execution ends. The header leaves such lanes out and names it instead, so that a map
+    #: with thousands of items in flight keeps a small header (``None``: read from a header
+    #: written before it was named, which lists every lane).
+    first: str | None = None
+
+    def running(self) -> list[int]:
+        """The items started and not ended, in index order."""
+        ended, lo = self.ended, 0
+        running: list[int] = []
+        for i in range(0, len(ended), 2):
+            running.extend(range(lo, min(ended[i], self.started)))
+            lo = ended[i + 1]
+        running.extend(range(lo, self.started))
+        return running
 
     def end(self, index: int) -> None:
         """Mark item ``index`` ended (once)."""

@@ -150,3 +150,25 @@ async def test_an_instance_stopped_while_compensating_under_an_older_format_fini
     assert [(r[2], r[3], r[4], r[9]) for r in records[9:]] == [("reserve", 3, "compensation_failed", "Failed: cannot release 3")], (
         "the header's error is stored as a record of its own")
     assert msgpack.unpackb(header["failed-1"], strict_map_key=False)[1] == version, "a finished row is read as it is"
+
+
+MAP_LANES = Path(__file__).with_name("fixtures") / "v4_map_lanes.db"
+from make_map_lanes import fan  # noqa: E402  (the fixture's workflow)
+
+
+async def test_a_map_stopped_under_headers_that_list_every_item_lane_resumes_where_each_item_stood(
+        tmp_path: Path) -> None:
+    """Headers written before a map's position named its branch's first step list every running
+    item's lane (five fields of map position). A database written then (commit cdf788a), with a
+    map stopped mid-way, resumes: the items that ended are not run again, item 2 goes on from
+    its "finish", items 3 to 5 run from their "work"; the map's output is in item order."""
+    db = tmp_path / "flows.db"
+    shutil.copy(MAP_LANES, db)
+    ran: list[tuple[str, int]] = []
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db)) as engine:
+        engine.register(fan(ran))
+        done = await engine.wait("map-1")
+    assert (done.status, done.output) == ("completed", [1, 11, 21, 31, 41, 51]), done.error
+    assert sorted(ran) == [("finish", 2), ("finish", 3), ("finish", 4), ("finish", 5),
+                           ("work", 3), ("work", 4), ("work", 5)], ran
+    assert sorted(r.id for r in done.history if r.step_name == "work") == [f"each/#{i}/work#1" for i in range(6)]
