@@ -43,12 +43,13 @@ async def _start_all(engine: tf.Engine, n: int, input_of: Any = None, **options:
     return ids
 
 
-def memory_per_waiting_instance(n: int) -> dict[str, float]:
-    """Memory of the engine process per instance waiting on a day-long timer, once every
-    instance has left memory: RSS growth over ``n`` instances (SQLite's page cache and the
-    allocators' own keep part of it), and the Python memory blocks still allocated (what the
-    engine itself keeps per waiting instance)."""
-    wf = tf.workflow("w").wait("sleep", seconds=86_400).task("after", job=_noop).build()
+def memory_per_waiting_instance(n: int, on: str = "timer") -> dict[str, float]:
+    """Memory of the engine process per instance waiting on a day-long timer (``on="signal"``:
+    for a signal, with a day's timeout), once every instance has left memory: RSS growth over
+    ``n`` instances (SQLite's page cache and the allocators' own keep part of it), and the
+    Python memory blocks still allocated (what the engine itself keeps per waiting instance)."""
+    wf = (tf.workflow("w").wait("sleep", seconds=86_400) if on == "timer" else
+          tf.workflow("w").receive("sleep", signal="approved", timeout=86_400)).task("after", job=_noop).build()
 
     async def main() -> dict[str, float]:
         with tempfile.TemporaryDirectory(dir=HERE, prefix="tmp-") as tmp:
@@ -158,6 +159,7 @@ def main() -> None:
     args = size_options(__doc__.splitlines()[0], "1,000,000 waiting instances")
     n = 2_000 if args.quick else 1_000_000 if args.large else 100_000
     print(json.dumps(memory_per_waiting_instance(n)))
+    print(json.dumps(memory_per_waiting_instance(n, on="signal")))
     print(json.dumps(timers_firing(2_000 if args.quick else 10_000)))
     print(json.dumps(timers_firing(1_000 if args.quick else 10_000, among=5_000 if args.quick else 100_000)))
     print(json.dumps(signals_delivered(2_000 if args.quick else 20_000)))

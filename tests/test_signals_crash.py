@@ -25,8 +25,8 @@ from typing import Any
 from processes import kill_when
 
 CHILD = str(Path(__file__).with_name("signals_child.py"))
-N_SIGNALS = 200
-N_TIMERS = 240
+N_SIGNALS = 500
+N_TIMERS = 500
 
 
 def log_lines(log: Path) -> list[list[str]]:
