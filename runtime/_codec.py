@@ -45,7 +45,10 @@ from ._values import SUPPORTED, from_ext, to_ext
 TAG = "trioflow.instance"
 START_TAG = "trioflow.start"
 HEADER_TAG = "trioflow.header"
-#: Bumped on every incompatible change; a newer version than this is refused, never guessed at.
+#: Bumped on every change an older release could misread; a newer version than this is refused,
+#: never guessed at. A field added where an older release cannot take it at all (its unpacking
+#: fails, and it reports the instance unreadable, leaving the row as it is) stays in the version:
+#: headers without it, most of them, stay readable by that release.
 #: Format 3's header (see :func:`encode_header`) names its instance, and says what was
 #: compensated with a cursor rather than a list; its start and records are format 2's. Format
 #: 4 keeps a compensation that failed for good in a record of its own (status

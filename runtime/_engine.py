@@ -523,6 +523,9 @@ class Engine:
             if all(q != seq for q, _, _ in await self.adapter.signals(instance_id)):
                 return
             run = self._live.get(instance_id)
+            # That run may have ended during the read: the row read with the signal may then be
+            # older than its last checkpoint, and is read again rather than resumed from.
+            row = None
         if run is None:  # parked (or stored, not running here): resumed if it waits for this
             run, fresh = await self._wake_if_waiting(
                 instance_id, lambda waiting: waiting.get("signal") == name, pending=seq, row=row)
