@@ -3,7 +3,8 @@ helpers of tests on a test engine."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import inspect
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,46 @@ async def engine_on(adapter: Adapter, clock: Clock | None = None, **options: Any
     """A test engine on ``adapter``, on the virtual wall clock (or ``clock``)."""
     async with open_test_engine(adapter=adapter, clock=clock or virtual_wall_clock(), **options) as engine:
         yield engine
+
+
+class StorageBusy:
+    """When (on the engine's clock) calls to adapters made by :meth:`timed` were in flight,
+    those named in ``uncounted`` aside. On SQLite that time is real time (the mock clock runs at
+    real speed while storage works): tens of milliseconds on a loaded machine, which a test
+    must not count as the engine's lateness."""
+
+    def __init__(self, clock: Callable[[], float], uncounted: Collection[str] = ()) -> None:
+        self.clock = clock
+        self.uncounted = frozenset(uncounted)
+        self.spans: list[list[float]] = []  # [start, end] of each stretch with a call in flight
+        self.in_flight = 0
+
+    def timed(self, make: Callable[[], Adapter]) -> Callable[[], Adapter]:
+        def make_timed() -> Adapter:
+            adapter = make()
+            for name in dir(type(adapter)):
+                method = getattr(adapter, name)
+                if name not in self.uncounted and not name.startswith("_") and inspect.iscoroutinefunction(method):
+                    setattr(adapter, name, self._wrapped(method))
+            return adapter
+        return make_timed
+
+    def _wrapped(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.in_flight == 0:
+                self.spans.append([self.clock(), float("inf")])
+            self.in_flight += 1
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                self.in_flight -= 1
+                if self.in_flight == 0:
+                    self.spans[-1][1] = self.clock()
+        return call
+
+    def between(self, start: float, end: float) -> float:
+        """How long, from ``start`` to ``end``, storage was working."""
+        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in self.spans)
 
 
 def returning(value: Any) -> Any:

@@ -16,7 +16,6 @@ MemoryAdapter and on SQLite.
 
 from __future__ import annotations
 
-import inspect
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ import trioflow._engine as engine_module
 from trioflow.adapters import Adapter
 from trioflow.testing import virtual_wall_clock
 
-from storages import DueWatch, engine_on, finish, watched
+from storages import DueWatch, StorageBusy, engine_on, finish, watched
 
 PARK_AFTER = engine_module.PARK_AFTER
 WAKE_AHEAD = engine_module.WAKE_AHEAD
@@ -106,44 +105,6 @@ class Booking:
 
 def on_time(at: float, due: float) -> bool:
     return due - EARLY <= at < due + LATE
-
-
-class StorageBusy:
-    """When (on the engine's clock) calls to adapters made by :meth:`timed` were in flight. On
-    SQLite that time is real time (the mock clock runs at real speed while storage works): tens
-    of milliseconds on a loaded machine, not something ``LATE`` (the waker's next look) covers."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.spans: list[list[float]] = []  # [start, end] of each stretch with a call in flight
-        self.in_flight = 0
-
-    def timed(self, make: Callable[[], Adapter]) -> Callable[[], Adapter]:
-        def make_timed() -> Adapter:
-            adapter = make()
-            for name in dir(type(adapter)):
-                method = getattr(adapter, name)
-                if not name.startswith("_") and inspect.iscoroutinefunction(method):
-                    setattr(adapter, name, self._wrapped(method))
-            return adapter
-        return make_timed
-
-    def _wrapped(self, method: Callable[..., Any]) -> Callable[..., Any]:
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            if self.in_flight == 0:
-                self.spans.append([self.clock(), float("inf")])
-            self.in_flight += 1
-            try:
-                return await method(*args, **kwargs)
-            finally:
-                self.in_flight -= 1
-                if self.in_flight == 0:
-                    self.spans[-1][1] = self.clock()
-        return call
-
-    def between(self, start: float, end: float) -> float:
-        """How long, from ``start`` to ``end``, storage was working."""
-        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in self.spans)
 
 
 async def each_fires_once_on_time(storage: Callable[[], Adapter], clock: Callable[[], float],
@@ -365,12 +326,13 @@ async def test_a_receive_with_no_signal_times_out_at_its_timeout_not_before(
     """A receive step with a timeout; no signal comes. The catcher's step runs once, at the
     timeout (taken up 0.5 s before it), with SignalTimeoutError."""
     clock = virtual_wall_clock()
+    storage_busy = StorageBusy(clock)
     marks = Marks(clock)
     wf = (tf.workflow("rx").task("a", job=marks.job("a"))
           .receive("r", signal="go", timeout=timeout, catch=[tf.Catch(errors=[tf.SignalTimeoutError], next="late")])
           .task("ok", job=marks.job("ok"), end=True)
           .task("late", job=marks.job("late")).build())
-    async with engine_on(storage(), clock) as engine:
+    async with engine_on(storage_busy.timed(storage)(), clock) as engine:
         engine.register(wf)
         done = await finish(engine, await engine.start("rx"))
     assert not spun()
@@ -382,7 +344,11 @@ async def test_a_receive_with_no_signal_times_out_at_its_timeout_not_before(
     (r,) = [rec for rec in done.history if rec.step_name == "r"]
     start = r.started_at
     assert start is not None and start >= marks.at("a")[0], (start, marks.times)
-    assert on_time(marks.at("late")[0], start + timeout), marks.at("late")[0] - start
+    # The timed-out receive's record is stored before the catcher's step runs: that storage
+    # time (real time, as above) is not counted as lateness; never early is checked as strictly.
+    late, deadline = marks.at("late")[0], start + timeout
+    stored = storage_busy.between(deadline, late)
+    assert late >= deadline - EARLY and on_time(late - stored, deadline), (late - start, stored)
     assert watch.total <= 20, f"due() asked {watch.total} times"
 
 
@@ -406,13 +372,30 @@ async def test_a_signal_sent_in_the_last_half_second_before_a_receive_times_out_
         engine.register(wf)
         iid = await engine.start("rx2")
         await trio.sleep(1)
-        start = marks.at("a")[0]
         assert not live(engine, iid), "the 10 s receive did not leave memory"
-        await taken_up_by(engine, iid, start + 10 - WAKE_AHEAD + offset + 0.001, clock)
+        # The receive's own stored timeout, not a's run + 10 s: on SQLite a's record is written
+        # in between, and a write takes real time (the mock clock runs at real speed while
+        # storage works), more than the 20 ms offset now and then on a loaded machine.
+        parked = await engine.get_instance(iid)
+        assert parked is not None and parked.waiting is not None, parked
+        due = parked.waiting["timeout"]
+        assert due >= marks.at("a")[0] + 10 - EARLY, (due, marks.times)
+        await taken_up_by(engine, iid, due - WAKE_AHEAD + offset + 0.001, clock)
         await engine.signal(iid, "go", {"payload": 1})
+        stored_by = clock()  # signal() returns once the signal is stored
         done = await finish(engine, iid)
     assert not spun()
-    assert done.status == "completed", done.error
+    if stored_by >= due:
+        # The engine counts a signal from when it is stored (a receive whose deadline came
+        # before does not take it): on SQLite the write takes real time (the mock clock runs at
+        # real speed while storage works), and sent 49 ms before the timeout (offset 0.45) it
+        # ends after it now and then on a loaded machine. Then either outcome is right, once.
+        first = [r for r in done.history if r.step_name == "first"]
+        assert len(first) == 1 and (first[0].output == {"payload": 1}) != (done.status == "failed"), done.history
+        assert done.status == "completed" or "SignalTimeoutError" in (done.error or ""), done.error
+        if done.status == "failed":
+            return
+    assert done.status == "completed", (done.error, stored_by - due)
     got = [r.output for r in done.history if r.step_name == "first"]
     assert got == [{"payload": 1}], done.history
     assert marks.at("got") and not marks.at("again") and len(marks.at("timed-out")) == 1, marks.times
@@ -472,15 +455,21 @@ async def test_an_engine_closed_while_a_timer_sleeps_its_last_half_second_fires_
     memory, storage still saying it waits) and another opens on the same file ``reopen_after``
     later: the step after the timer runs once, at the timer's time (or at once, reopened after
     it), never before it."""
-    sqlite = watched("sqlite", tmp_path, watch)
     clock = virtual_wall_clock()
+    storage_busy = StorageBusy(clock)
+    sqlite = storage_busy.timed(watched("sqlite", tmp_path, watch))
     marks = Marks(clock)
     wf = tf.workflow("z").task("a", job=marks.job("a")).wait("w", seconds=10).task("b", job=marks.job("b")).build()
     async with engine_on(sqlite(), clock) as engine:
         engine.register(wf)
         iid = await engine.start("z")
         await trio.sleep(1)
-        due = marks.at("a")[0] + 10
+        # The timer's own due time, not a's run + 10 s: on SQLite a's record is written in
+        # between, and a write takes real time (the mock clock runs at real speed while storage
+        # works), 100 ms now and then on a loaded machine.
+        parked = await engine.get_instance(iid)
+        assert parked is not None and parked.waiting is not None, parked
+        due = parked.waiting["timer"]
         await taken_up_by(engine, iid, due - 0.3, clock)
     assert not marks.at("b"), "the step after the timer ran before its time, as the engine closed"
     await trio.sleep(reopen_after)
@@ -491,7 +480,11 @@ async def test_an_engine_closed_while_a_timer_sleeps_its_last_half_second_fires_
     assert not spun()
     assert done.status == "completed", done.error
     assert len(marks.at("b")) == 1, marks.times
-    assert on_time(marks.at("b")[0], max(due, reopened)), marks.at("b")[0] - due
+    # Reopened after the due time, the instance is read back before b runs: that storage time
+    # (real time, as above) is not counted as lateness.
+    b = marks.at("b")[0]
+    stored = storage_busy.between(max(due, reopened), b)
+    assert b >= due - EARLY and on_time(b - stored, max(due, reopened)), (b - due, b - reopened, stored)
 
 
 # -- child steps: the parent's 10 s "check" -------------------------------------------------------------------------
@@ -697,12 +690,15 @@ async def test_the_wait_steps_completed_event_comes_once_at_its_time(
     async with engine_on(storage(), clock) as engine:
         engine.register(wf)
         engine.events.on("workflow.step.completed", lambda event: heard.append((event["step_name"], clock())))
-        t0 = clock()
         done = await finish(engine, await engine.start("ev"))
     assert done.status == "completed", done.error
     waits = [t for name, t in heard if name == "w"]
     assert len(waits) == 1, heard
-    assert on_time(waits[0], t0 + 30), waits[0] - t0
+    # Due 30 s after the wait step started (not after start() was called: storing the instance
+    # takes real time on SQLite, which the mock clock counts).
+    began = done.step_results["w"].started_at
+    assert began is not None
+    assert on_time(waits[0], began + 30), waits[0] - began
 
 
 # -- delayed starts in the window ------------------------------------------------------------------------------------
@@ -740,8 +736,9 @@ async def test_a_delayed_start_whose_engine_closes_in_its_last_half_second_start
     """SQLite: start(delay=10); the engine closes at 9.7 s, once the instance was taken up; the
     next engine on the file starts it once (``on_start`` once, first step once), at 10 s (or
     at once, reopened after it), and its workflow timeout (3 s) counts from that start."""
-    sqlite = watched("sqlite", tmp_path, watch)
     clock = virtual_wall_clock()
+    storage_busy = StorageBusy(clock)
+    sqlite = storage_busy.timed(watched("sqlite", tmp_path, watch))
     marks = Marks(clock)
     started: list[float] = []
 
@@ -765,9 +762,21 @@ async def test_a_delayed_start_whose_engine_closes_in_its_last_half_second_start
     assert not spun()
     assert done.status == "timed_out", done.error
     assert len(marks.at("a")) == 1 and len(started) == 1, (marks.times, started)
-    assert on_time(started[0], begin), started[0] - begin
-    assert on_time(marks.at("a")[0], begin), marks.at("a")[0] - begin
-    assert on_time(ended, begin + 3), ended - begin
+    # Reopened after 10 s, the instance is read back before it starts, and each step's record
+    # is stored before the next runs; the timeout stores the outcome before the instance ends.
+    # On SQLite that takes real time (the mock clock runs at real speed while storage works),
+    # over LATE now and then on a loaded machine: storage time after a due time is not counted
+    # as lateness (never early is checked as strictly).
+
+    def on_time_but_storage(at: float, due: float) -> bool:
+        return due - EARLY <= at and on_time(at - storage_busy.between(due, at), due)
+
+    assert on_time_but_storage(started[0], begin), started[0] - begin
+    assert on_time_but_storage(marks.at("a")[0], begin), marks.at("a")[0] - begin
+    # The workflow timeout counts from the instance's start.
+    assert done.started_at is not None and on_time_but_storage(done.started_at, begin), done.started_at - begin
+    deadline = done.started_at + 3
+    assert on_time_but_storage(ended, deadline), (ended - deadline, storage_busy.between(deadline, ended))
 
 
 async def test_a_signal_sent_in_a_delayed_starts_last_half_second_is_taken_once_by_its_first_receive(

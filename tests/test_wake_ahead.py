@@ -17,7 +17,7 @@ import trioflow as tf
 from trioflow.adapters import Adapter
 from trioflow.testing import virtual_wall_clock
 
-from storages import DueWatch, engine_on, finish, watched
+from storages import DueWatch, StorageBusy, engine_on, finish, watched
 
 #: How long (seconds, virtual) the slow storage takes to answer ``due()``: less than
 #: ``WAKE_AHEAD`` (0.5 s), so that the answer still comes before the timers' time.
@@ -44,7 +44,9 @@ async def test_timers_due_together_fire_at_their_time_on_slow_storage(
         fired[n] = clock()
 
     wf = tf.workflow("remind").wait("w", until=due).task("after", job=after).build()
-    async with engine_on(storage(), clock) as engine:
+    # (due()'s slowness is not left out: absorbing it by asking ahead is what this file tests.)
+    storage_busy = StorageBusy(clock, uncounted={"due"})
+    async with engine_on(storage_busy.timed(storage)(), clock) as engine:
         engine.register(wf)
         ids = [await engine.start("remind", n) for n in range(20)]
         await trio.sleep(60)
@@ -54,8 +56,13 @@ async def test_timers_due_together_fire_at_their_time_on_slow_storage(
         done = [await finish(engine, iid) for iid in ids]
     assert [d.status for d in done] == ["completed"] * 20
     late = sorted(t - due for t in fired.values())
-    # Never early, and not DUE_TAKES late: the waker asked ahead of time.
-    assert late[0] >= 0 and late[-1] < DUE_TAKES / 10, late
+    # Never early, and not DUE_TAKES late: the waker asked ahead of time. On SQLite, the first
+    # ones to fire store their records while the others' steps are still to run, and a write
+    # takes real time (the mock clock runs at real speed while storage works): over 30 ms seen
+    # on a loaded machine. That storage time is not counted as lateness; due()'s time is.
+    assert late[0] >= 0, late
+    lateness = sorted(t - due - storage_busy.between(due, t) for t in fired.values())
+    assert lateness[-1] < DUE_TAKES / 10, (late, lateness)
 
 
 async def test_a_wait_longer_than_the_park_threshold_by_less_than_the_lookahead(
@@ -74,7 +81,12 @@ async def test_a_wait_longer_than_the_park_threshold_by_less_than_the_lookahead(
         engine.register(wf)
         done = await finish(engine, await engine.start("short"))
     assert done.status == "completed"
-    assert 1.2 <= times[1] - times[0] < 1.2 + DUE_TAKES / 10, times
+    # From the wait's own start, not from a's run: on SQLite a's record is written in between,
+    # and a write takes real time (the mock clock runs at real speed while storage works), over
+    # DUE_TAKES / 10 now and then on a loaded machine.
+    (w,) = [rec for rec in done.history if rec.step_name == "w"]
+    assert w.started_at is not None and w.started_at >= times[0], (w.started_at, times)
+    assert 1.2 <= times[1] - w.started_at < 1.2 + DUE_TAKES / 10, (times, w.started_at)
     assert watch.total < 10, f"due() asked {watch.total} times for one timer"
 
 
@@ -89,14 +101,23 @@ async def test_a_workflow_timeout_a_moment_away_fires_in_memory(
     b = tf.workflow("t").with_timeout(60)
     b = b.wait("w", seconds=3600) if what == "timer" else b.receive("w", signal="go")
     wf = b.build()
-    async with engine_on(storage(), clock) as engine:
+    # (due()'s slowness is not left out: absorbing it by asking ahead is what this file tests.)
+    storage_busy = StorageBusy(clock, uncounted={"due"})
+    async with engine_on(storage_busy.timed(storage)(), clock) as engine:
         engine.register(wf)
         t0 = clock()
         with trio.fail_after(10**5):
             done = await finish(engine, await engine.start("t"))
-        elapsed = clock() - t0
+        ended = clock()
     assert done.status == "timed_out", done.error
-    assert 60 <= elapsed < 60 + DUE_TAKES / 10, elapsed
+    # From the instance's start (start() stores it first), and ended once what the timeout
+    # stores (the outcome) is stored: on SQLite each write takes real time (the mock clock runs
+    # at real speed while storage works), 80 ms seen on a loaded machine. That storage time is
+    # not counted as lateness; due()'s time is.
+    assert done.started_at is not None and done.started_at >= t0, (done.started_at, t0)
+    deadline = done.started_at + 60
+    stored = storage_busy.between(deadline, ended)
+    assert deadline <= ended and ended - stored < deadline + DUE_TAKES / 10, (ended - t0, stored)
     assert watch.total < 10, f"due() asked {watch.total} times for one timeout"
 
 
