@@ -324,6 +324,7 @@ CASES = {
     "floor_signals": lambda q: _module("model_floor").signals_on_sqlite(2_000 if q else 20_000, LIMIT),
     "retention": lambda q: _module("retention").memory_with_retention(5_000 if q else 200_000),
     "map_items": lambda q: _module("fanout").map_items(*((1_000, 5_000) if q else (10_000, 100_000))),
+    "map_staggered": lambda q: _module("fanout").map_staggered(*((100, 400) if q else (400, 4_000))),
     "children": lambda q: _module("fanout").children_completed(100 if q else 1_000),
     "floor_children": lambda q: _module("model_floor").children_on_sqlite(100 if q else 1_000),
 }

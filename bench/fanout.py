@@ -86,11 +86,56 @@ def children_completed(parents: int, per_parent: int = 10) -> dict[str, float]:
     return {"children_per_s": trio.run(main)}
 
 
+class _HeaderBytes(tf.adapters.MemoryAdapter):
+    """Counts the checkpoints and the header bytes they hand over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checkpoints = 0
+        self.header_bytes = 0
+
+    async def checkpoint(self, instance_id: str, status: Any, header: bytes, records: Any, **kw: Any) -> Any:
+        self.checkpoints += 1
+        self.header_bytes += len(header)
+        return await super().checkpoint(instance_id, status, header, records, **kw)
+
+
+def _staggered(items: int) -> float:
+    """One map of ``items`` one-step items, all started at once (no ``max_concurrency``), item
+    ``i`` ending ``i`` half-milliseconds after the start, each in a checkpoint of its own; on a
+    MemoryAdapter. The header bytes per checkpoint."""
+    async def work(ctx: Any) -> None:
+        await trio.sleep(ctx.item * 0.0005)
+
+    wf = (tf.workflow("w").map("each", items=lambda ctx: list(range(ctx.input)),
+                               branch=tf.branch("item").step("work", work).build()).build())
+
+    async def main() -> float:
+        adapter = _HeaderBytes()
+        async with tf.open_engine(adapter=adapter) as engine:
+            engine.register(wf)
+            done = await engine.wait(await engine.start("w", items))
+            if done.status != "completed":
+                raise RuntimeError(f"the map ended {done.status}: {done.error}")
+        return adapter.header_bytes / adapter.checkpoints
+
+    return trio.run(main)
+
+
+def map_staggered(small: int, large: int) -> dict[str, float]:
+    """Header bytes per checkpoint of a map of ``large`` items ending one after another, and
+    over those of ``small`` items: they should not grow with the items in flight (the no-op
+    items of :func:`map_items` end together, and share their checkpoints)."""
+    small_bytes, large_bytes = _staggered(small), _staggered(large)
+    return {"header_bytes_large": large_bytes, "header_bytes_large_over_small": large_bytes / small_bytes}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     print(json.dumps(map_items(1_000, 5_000) if args.quick else map_items(10_000, 100_000)))
+    print(json.dumps(map_staggered(100, 400) if args.quick else map_staggered(400, 4_000)))
     print(json.dumps(children_completed(100 if args.quick else 1_000)))
 
 

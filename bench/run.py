@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 ORDER = ["bare_trio", "execute_workflow", "engine_memory", "floor_memory", "durable_sqlite", "floor_sqlite",
          "parked_bare", "parked_engine", "recovery", "import_time", "long_workflows", "wide_parallel", "big_outputs",
          "waiting_memory", "waiting_memory_signal", "timers_firing", "floor_timers", "timers_among_waiting", "signals", "floor_signals",
-         "retention", "map_items", "children", "floor_children"]
+         "retention", "map_items", "map_staggered", "children", "floor_children"]
 
 
 def run_case(case: str, quick: bool, gc_threshold: str | None = None) -> dict[str, float]:
@@ -163,6 +163,9 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
                ">= 15,000", lambda v: v >= 15_000),
         Figure("map, per item: 100,000 / 10,000 items", "ratio", series("map_items", "large_over_small_per_item"),
                "<= 1.3", lambda v: v <= 1.3),
+        Figure("map of 4,000 staggered items: header bytes a checkpoint", "bytes",
+               series("map_staggered", "header_bytes_large")),
+        Figure("  the same, 4,000 / 400 items", "ratio", series("map_staggered", "header_bytes_large_over_small")),
         Figure("1,000 parents x 10 children, completed", "children/s", series("children", "children_per_s"),
                ">= 5,000", lambda v: v >= 5_000),
         Figure("  the model alone, children", "children/s", series("floor_children", "children_per_s")),
