@@ -7,8 +7,8 @@ every child it may have started, so a cancel, a workflow timeout or a failure th
 before it takes the step up again still cancels that child (or compensates it, if it completed).
 The child's id comes from the parent's id and the step execution's id, so starting it is
 idempotent: a parent taken up again before its child's end starts the same child again, which
-the engine takes as the one already there. A lane that runs alone leaves memory while it waits,
-holding no task and no ``max_running`` slot. The child's last checkpoint stores the end notice in
+the engine takes as the one already there. The parent leaves memory while it waits (once every
+lane of it rests), holding no task and no ``max_running`` slot. The child's last checkpoint stores the end notice in
 the same atomic write that records its end, so it is never lost.
 """
 
@@ -33,7 +33,7 @@ from trioflow._errors import (
     UnknownJobError,
     UnknownWorkflowError,
 )
-from trioflow._lanes import MAIN, child_ended_signal, child_instance_id
+from trioflow._lanes import child_ended_signal, child_instance_id
 from trioflow._snapshot import Lane
 from trioflow._storage_retry import BACKOFF_MAX, FIRST_BACKOFF, back_off
 
@@ -110,14 +110,12 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
     start = run.stage(start)
     state.add(start)
     lane.begun = start.seq
-    lane.waiting = {"signal": child_ended_signal(child_id), "timeout": None, "child": child_id}
-    if lane_key == MAIN:
-        # Stored as a wait that wakes the parent at ``check``, should it be out of memory by
-        # then with its child still running: so a parent that stopped before it stored its child
-        # (no end notice would ever wake it) is taken up again, and stores it then. A child that
-        # ends before then wakes it first, with no write more. (Not in a branch or a map item:
-        # their instance is stored running, not waiting, and a restart resumes it at once.)
-        lane.waiting["check"] = now + CHECK_CHILD_STORED_AFTER
+    # Stored as a wait that wakes the parent at ``check``, should it be out of memory by then
+    # with its child still running: so a parent that stopped before it stored its child (no end
+    # notice would ever wake it) is taken up again, and stores it then. A child that ends before
+    # then wakes it first, with no write more.
+    lane.waiting = {"signal": child_ended_signal(child_id), "timeout": None, "child": child_id,
+                    "check": now + CHECK_CHILD_STORED_AFTER}
     await announce(run, step, lane)
     await _store_child(run, step, lane, child_id, child_input, uses_input)
 

@@ -87,7 +87,12 @@ async def run_instance(run: Run) -> None:
         try:
             outcome, error, failed_step = await _forward(run)
         except Parked:
-            return  # it waits, stored, without a task; the engine wakes it
+            if not run.cancel_requested:
+                return  # it waits, stored, without a task; the engine wakes it
+            # Cancelled as its lanes unwound to leave memory: the cancel said yes, so it is
+            # honoured here, from the state they left (as it stands in storage).
+            run.parked = False
+            outcome, error, failed_step = "cancelled", _cancelled(run), None
         except trio.Cancelled:
             await store_cancel(run)
             if not run.compensate_on_outer_cancel:

@@ -51,7 +51,7 @@ from trioflow._lanes import MAIN, branch_lane
 from ._run import Run, StepFailure, unwrapped
 from ._child import cancel_children, run_child, waited_on
 from ._task import run_task, step_failed
-from ._wait import run_receive, run_wait
+from ._wait import run_receive, run_wait, settle
 
 # A module, not its function: the map actor runs its items' lanes through run_lane, here.
 from . import _map
@@ -111,10 +111,13 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 output, data, uses_input, attempts = await run_task(run, step, ctx, started_at)
                 target = None if step.end else step.next  # (_decide.next_of, inline: every task step asks)
             elif isinstance(step, ParallelStep):
-                output = await run_parallel(run, step, ctx)
+                with run.fanned_out():
+                    output = await run_parallel(run, step, ctx)
                 target = next_of(step)
             elif isinstance(step, MapStep):
-                output, target = await _map.run_map(run, step, lane_key, ctx), next_of(step)
+                with run.fanned_out():
+                    output = await _map.run_map(run, step, lane_key, ctx)
+                target = next_of(step)
             elif isinstance(step, WaitStep):
                 await run_wait(run, step, lane, ctx, started_at)
                 output, passes, target = state.output_of(lane.last), lane.last, next_of(step)
@@ -248,6 +251,7 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
                 key = branch_lane(step.name, branch.name)
                 lane = state.lanes[key]
                 if lane.step is not None and (not decided or lane.failed is not None):
+                    run.lane_runs()  # (counted now, not as it starts: see trioflow.actors._wait.settle)
                     nursery.start_soon(_branch_actor, run, branch, key, failures, nursery.cancel_scope if fail_fast else None)
     except BaseExceptionGroup as group:
         # Branch failures are values (``failures``); what escapes (KeyboardInterrupt,
@@ -276,5 +280,8 @@ async def _branch_actor(
         failures.append(BranchError(branch.name, failure.step_name, failure.error))
         if cancel_siblings is not None:
             cancel_siblings.cancel()
+        return
     finally:
         swap_lane(None)  # the task ends: leave no entry behind
+        run.active -= 1
+    await settle(run, None)  # the other branches may all rest

@@ -32,6 +32,7 @@ from trioflow._snapshot import Lane, MapProgress
 from . import _lane
 from ._child import cancel_children, waited_on
 from ._run import Run, StepFailure, unwrapped
+from ._wait import settle
 
 
 async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) -> list[Any]:
@@ -78,6 +79,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
                     nursery.cancel_scope.cancel()
             items = items_of(state, lane)
             for index, key in resumed:
+                run.lane_runs()  # (counted now, not as it starts: see trioflow.actors._wait.settle)
                 nursery.start_soon(fanout.item_actor, index, key, items[index])
             while progress.started < progress.count and not fanout.over():
                 try:
@@ -86,6 +88,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
                 except trio.WouldBlock:
                     await fanout.slots.acquire()
                 index, key = start_item(state, step, progress)
+                run.lane_runs()
                 nursery.start_soon(fanout.item_actor, index, key, items[index])
     except BaseExceptionGroup as group:
         raise unwrapped(group) from None
@@ -131,14 +134,18 @@ class _Items:
         finally:
             swap_lane(None)
             self.slots.release()
+            run.active -= 1
         progress = self.progress
         item_ended(run.state, progress, index, key, failed=failed)
-        if self.over():
+        over = self.over()
+        if over:
             assert self.cancel is not None
             self.cancel.cancel()
         if run.bus.active:
             run.emit("workflow.map.progress", step_name=step.name, done=progress.ended_count, total=progress.count,
                      failed=progress.failed)
+        if not over:
+            await settle(run, None)  # the other items may all rest
 
     def failure(self) -> StepFailure:
         """The map's failure. Fail-fast with nothing tolerated fails as its first failed item

@@ -138,8 +138,8 @@ def cancels(exc: BaseException) -> bool:
 def unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """What a parallel or map step's nursery raised, as its callers expect it: KeyboardInterrupt or
     SystemExit if a branch raised one; else, when every branch raised the same kind of thing (a
-    cancellation, storage that stayed unusable, a signal this release cannot read), the first of
-    them; else the group itself."""
+    cancellation, storage that stayed unusable, a signal this release cannot read, the instance
+    leaving memory), the first of them; else the group itself."""
     leaves: list[BaseException] = []
     pending: list[BaseException] = [group]
     while pending:
@@ -151,7 +151,10 @@ def unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
     for exc in leaves:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             return exc
-    for kind in (trio.Cancelled, StorageUnavailableError, SnapshotDecodeError):
+    if all(isinstance(exc, (trio.Cancelled, Parked)) for exc in leaves):
+        # Leaving memory as a cancel came from outside (the engine closing): the cancel goes on.
+        return next((exc for exc in leaves if isinstance(exc, trio.Cancelled)), leaves[0])
+    for kind in (StorageUnavailableError, SnapshotDecodeError):
         if all(isinstance(exc, kind) for exc in leaves):
             return leaves[0]
     return leaves[0] if len(leaves) == 1 else group
@@ -236,7 +239,7 @@ class Run:
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
-        "hold",
+        "hold", "active", "resting", "settling", "late",
     )
 
     def __init__(
@@ -337,6 +340,18 @@ class Run:
         #: deadline the time), holding no ``max_running`` slot, until then or until a cancel or
         #: a signal ends the hold sooner (``None``: not held).
         self.hold: trio.CancelScope | None = None
+        #: Lanes with an actor of their own that are not inside a parallel or map step (whose
+        #: branches or items run for them), and how many of those rest in a long wait: once all
+        #: of them do, the instance may leave memory (see ``trioflow.actors._wait``).
+        self.active = 1
+        self.resting = 0
+        #: Set when something may keep the instance from leaving memory (a lane wakes, a lane
+        #: starts, a signal a lane waits for comes) while it waits to see every lane stay at
+        #: rest (``None``: nothing waits to).
+        self.settling: trio.Event | None = None
+        #: Names of the signals delivered after the run decided to leave memory, while it
+        #: unwound (``None``: none): storage holds them, and the engine wakes it for them.
+        self.late: set[str] | None = None
         self.cancel_requested = False
         self.error: BaseException | None = None
         #: The status of the last snapshot the adapter has taken (``None``: none yet). ``wait``
@@ -377,13 +392,28 @@ class Run:
             return stage(self.state, record, output_as_stored)
         return record
 
+    def lane_runs(self) -> None:
+        """A lane's actor is started, or a lane is back from its parallel or map step: one lane
+        more that does not rest (see :attr:`active`)."""
+        self.active += 1
+        if self.settling is not None:
+            self.settling.set()
+
+    @contextlib.contextmanager
+    def fanned_out(self) -> Generator[None, None, None]:
+        """Around a parallel or map step: its lane runs nothing itself meanwhile."""
+        self.active -= 1
+        try:
+            yield
+        finally:
+            self.lane_runs()
+
     def may_park(self, seconds: float) -> bool:
-        """Whether a wait of ``seconds`` lets the instance leave memory: an engine runs it, the
-        wait is long enough, and its main line is all that runs (a waiting branch stays in
-        memory beside its running siblings). A child that runs in its parent's slot stays too:
-        come back, it would need a slot of its own, which its parent, waiting on it, may hold."""
-        if self.park_after is None or seconds <= self.park_after or len(self.state.lanes) != 1 or self.deferred \
-                or self.state.phase != "forward":
+        """Whether a wait of ``seconds`` lets the instance leave memory (once every lane of it
+        that runs rests so): an engine runs it, and the wait is long enough. A child that runs
+        in its parent's slot stays: come back, it would need a slot of its own, which its
+        parent, waiting on it, may hold."""
+        if self.park_after is None or seconds <= self.park_after or self.deferred or self.state.phase != "forward":
             return False
         timeout, started = self.definition.timeout, self.state.started_at
         if timeout is not None and started is not None and started + timeout - self.clock() <= self.park_after:
@@ -400,6 +430,12 @@ class Run:
         state = self.state
         if (self.consumed_seqs is not None and seq in self.consumed_seqs) or any(q == seq for q, _, _ in state.signals):
             return
+        if self.parked:
+            # Leaving memory: no lane takes it here now, and it may be what one waits for.
+            if self.late is None:
+                self.late = set()
+            self.late.add(name)
+            return
         signals = state.signals if isinstance(state.signals, list) else []
         if signals and signals[-1][0] > seq:  # (rare: most come in seq order)
             bisect.insort(signals, (seq, name, payload), key=_seq_of)
@@ -415,6 +451,8 @@ class Run:
             waiting = self.arrived.pop(name, None)
             if waiting is not None:
                 waiting.set()
+                if self.settling is not None:
+                    self.settling.set()  # (the lane that waits for it may be the one settling)
 
     async def fetch_signals(self) -> None:
         """Deliver the signals storage holds for this instance (sent before it ran here), once

@@ -67,11 +67,23 @@ async def past_stored_wait(run: Run) -> None:
 
 async def _wait_stored(run: Run, lane: Lane, key: str) -> None:
     assert lane.waiting is not None
-    delay = lane.waiting[key] - run.clock()
+    due = lane.waiting[key]
+    delay = due - run.clock()
     if run.may_park(delay):
-        await _store_wake(run)
-        await _park(run)
-    if delay > 0:
+        if len(run.state.lanes) == 1:
+            await _store_wake(run)
+            await _park(run)
+        # One lane of several: it rests, and the instance leaves memory once all of them do.
+        run.resting += 1
+        try:
+            await settle(run, due)
+            delay = due - run.clock()
+            if delay > 0:
+                await trio.sleep(delay)
+        finally:
+            _woke(run)
+        _stop_if_parked(run)
+    elif delay > 0:
         await trio.sleep(delay)
     lane.waiting = None
 
@@ -120,14 +132,17 @@ async def signal_or_timeout(
     stored, and a signal or the timeout wakes it."""
     assert lane.waiting is not None
     due = lane.waiting["timeout"]
+    rests = False  # (one lane of several: it rests, and the instance leaves memory once all do)
     if taken is None and run.may_park(math.inf if due is None else due - run.clock()):
-        await _store_wake(run)
-        await trio.lowlevel.checkpoint_if_cancelled()  # a cancel that woke it goes first
-        # A signal delivered while the wait was being stored (or just now) is taken, not left
-        # behind: from here to leaving memory nothing awaits, so none can slip in between.
-        taken = run.take_signal(name, by=due)
-        if taken is None:
-            _leave(run)  # a signal for it, or its timeout, wakes it
+        if len(run.state.lanes) == 1:
+            await _store_wake(run)
+            await trio.lowlevel.checkpoint_if_cancelled()  # a cancel that woke it goes first
+            # A signal delivered while the wait was being stored (or just now) is taken, not
+            # left behind: from here to leaving memory nothing awaits, so none can slip in.
+            taken = run.take_signal(name, by=due)
+            if taken is None:
+                _leave(run)  # a signal for it, or its timeout, wakes it
+        rests = True
     while taken is None:
         # Taken before waiting (one delivered while the wait was being stored set no event) if
         # it came by the deadline, even if the deadline has passed since. From here to the wait
@@ -145,13 +160,86 @@ async def signal_or_timeout(
         arrived = run.arrived.get(name)
         if arrived is None:
             arrived = run.arrived[name] = trio.Event()
-        if due is None:
+        if rests:
+            run.resting += 1
+            try:
+                # (What settling stored or waited, a signal may have come in: the event is set.)
+                await settle(run, due)
+                with trio.move_on_after(math.inf if due is None else due - run.clock()):
+                    await arrived.wait()
+            finally:
+                _woke(run)
+            _stop_if_parked(run)
+        elif due is None:
             await arrived.wait()  # (no cancel scope to make: a child's end notice has no timeout)
         else:
             with trio.move_on_after(left):
                 await arrived.wait()
         taken = run.take_signal(name, by=due)
     return taken
+
+
+#: Seconds more that the lanes of an instance must all stay at rest before it leaves memory, for
+#: each lane it has: taking it up again costs a load and a restart of every lane, so the more
+#: lanes, the longer it stays, and the time spent taking it up stays a small share of the time
+#: its lanes rest (a map of 10,000 items waiting on children that end every few seconds is
+#: not loaded again at each end).
+REST_PER_LANE = 0.01
+
+
+async def settle(run: Run, until: float | None) -> None:
+    """Leave memory (:class:`Parked`) if every lane of the run that has an actor rests in a long
+    wait (the calling one's counted: it rests, or its actor has ended), and they all stay at
+    rest for ``park_after`` seconds, and :data:`REST_PER_LANE` more for each lane: a fan-out
+    whose children or signals come within a moment stays. Returns at once if some lane runs;
+    early if one wakes or starts, a signal comes, or ``until`` (the calling lane's own due
+    time, if any) comes first."""
+    if not run.resting or run.resting != run.active or run.settling is not None or run.park_after is None:
+        return  # (none rests: its lanes have all ended, and the step they ran for goes on)
+    settling = run.settling = trio.Event()
+    at_rest = run.park_after + REST_PER_LANE * len(run.state.lanes)
+    grace = at_rest if until is None else min(at_rest, until - run.clock())
+    try:
+        with trio.move_on_after(max(grace, 0.0)):
+            await settling.wait()
+    finally:
+        run.settling = None
+    if settling.is_set() or grace < at_rest or not _may_leave(run):
+        return
+    if run.stored_wake_at != wake_at(run.state, run.definition):
+        await run.persist()
+        if not _may_leave(run) or run.stored_wake_at != wake_at(run.state, run.definition):
+            return
+    await trio.lowlevel.checkpoint_if_cancelled()  # a cancel (the workflow timeout's) goes first
+    _leave(run)
+
+
+def _may_leave(run: Run) -> bool:
+    """Whether the run may leave memory now: every lane that has an actor rests, storage is
+    to know when to wake it (every lane with a step to run waits), no cancel is under way, and
+    no signal a lane waits for is here yet, which storage would never wake it for."""
+    state = run.state
+    if run.resting != run.active or run.cancel_requested or wake_at(state, run.definition) is None:
+        return False
+    if not state.signals:
+        return True
+    wanted = {lane.waiting.get("signal") for lane in state.lanes.values() if lane.waiting is not None}
+    return not any(signal in wanted for _, signal, _ in state.signals)
+
+
+def _woke(run: Run) -> None:
+    """A resting lane wakes (or is cancelled): the run no longer rests as a whole."""
+    run.resting -= 1
+    if run.settling is not None:
+        run.settling.set()
+
+
+def _stop_if_parked(run: Run) -> None:
+    """After a rest: a lane woken just as the instance decided to leave memory stops here,
+    before it changes what storage holds (a sibling may be cancelled later, in an outer
+    nursery)."""
+    if run.parked:
+        raise Parked()
 
 
 async def take(run: Run, name: str, by: float | None = None) -> tuple[int, Any] | None:

@@ -397,7 +397,9 @@ def take_up(state: InstanceState, definition: WorkflowDefinition) -> None:
 def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | None:
     """When a waiting instance must be woken (Unix seconds; ``inf``: only by a signal), or
     ``None`` unless every lane that has a step to run waits (a running lane must be resumed at
-    once after a restart). The workflow's timeout counts: it must fire while the instance waits."""
+    once after a restart). A lane whose parallel or map step has its inner lanes carry on for
+    it runs nothing itself: its branches or items count instead. The workflow's timeout counts:
+    it must fire while the instance waits."""
     if state.phase != "forward":
         return None  # compensating or done: nothing left to wait for
     due = math.inf
@@ -406,6 +408,8 @@ def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | Non
             continue
         waiting = lane.waiting
         if waiting is None or not lane.waits():
+            if lane.failed is None and _fanned_out(state, lane, definition):
+                continue
             return None
         due = min(due, waiting.get("timer", math.inf), waiting.get("start", math.inf), waiting.get("retry", math.inf),
                   waiting.get("timeout") or math.inf, waiting.get("check", math.inf))
@@ -416,6 +420,22 @@ def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | Non
     if definition.timeout is not None and state.started_at is not None and not delayed:
         due = min(due, state.started_at + definition.timeout)
     return due
+
+
+def _fanned_out(state: InstanceState, lane: Lane, definition: WorkflowDefinition) -> bool:
+    """Whether ``lane`` stands at a parallel step whose branches are open, or at a map step
+    with as many items running as it may have (or all of them started): it has nothing to run
+    until one of them ends."""
+    assert lane.step is not None
+    found = definition.lookup.get(lane.step)
+    step = None if found is None else found[0]
+    if isinstance(step, ParallelStep):
+        return branch_lane(step.name, step.branches[0].name) in state.lanes
+    progress = lane.fanout
+    if not isinstance(step, MapStep) or progress is None:
+        return False
+    return progress.started == progress.count or (
+        step.max_concurrency is not None and progress.started - progress.ended_count >= step.max_concurrency)
 
 
 def progress(state: InstanceState, definition: WorkflowDefinition) -> tuple[int, int]:

@@ -546,6 +546,13 @@ class Engine:
                       retry_for=self._storage_retry_for, what=f"delivering signal {name!r} to instance {instance_id}",
                       instance_id=instance_id)
 
+    async def _wake_for(self, instance_id: str, names: set[str]) -> None:
+        """Resume a parked instance if a lane of it waits for one of the signals ``names``,
+        stored for it; storage that fails in a way that may pass is tried again."""
+        await retried(lambda: self._wake_if_waiting(instance_id, lambda waiting: waiting.get("signal") in names),
+                      retry_for=self._storage_retry_for, what=f"waking instance {instance_id} for its signals",
+                      instance_id=instance_id)
+
     async def _wake_signalled(self, instance_ids: set[str]) -> None:
         """Instances signalled before their workflow was registered: resumed if they wait for a
         signal (the run takes what storage holds for it)."""
@@ -1335,6 +1342,11 @@ class Engine:
             if run.parked:
                 # It waits in storage now: a later wake resumes it, and the waker looks again.
                 self._wake_changed.set()
+                if run.late is not None and not self._closed:
+                    # Signals delivered as its lanes unwound to leave memory: one may be what a
+                    # lane waits for, which nothing else would wake it for now.
+                    self._supervisor.start_soon(f"wake {state.instance_id} for its signals", self._wake_for,
+                                                state.instance_id, run.late)
             elif state.instance_id in self._waking:
                 self._wake_changed.set()  # one woken fewer on its way: the waker may wake more
             if self._retain_wake is not None and run.stored_status in TERMINAL:
