@@ -15,6 +15,7 @@ the same atomic write that records its end, so it is never lost.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -58,14 +59,17 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
         assert lane.waiting is not None
         child_id, notice = lane.waiting["child"], lane.waiting["signal"]
         taken = await take(run, notice)
-        if taken is None:
+        if taken is None and lane.waiting.get("check") != math.inf:
             # Not ended: it may not even be stored (the parent stopped between storing the
             # step's start and storing the child). Started again: one stored is taken as it is.
             begun = run.state.records[lane.begun]
             await _store_child(run, step, lane, child_id, begun.input, begun.input_is_workflow_input)
-            if "check" in lane.waiting:
-                # Stored now: nothing to look at again (the wait stored next says so).
-                lane.waiting = {key: value for key, value in lane.waiting.items() if key != "check"}
+            # Stored now: not to be looked at again, at this take-up nor at any later one (a
+            # map of children woken for each one's end would start every open one again each
+            # time); the wait stored next says so. (A wait with no ``check`` at all was stored
+            # by a release that had it only on the main line: its child is stored the first
+            # time too.)
+            lane.waiting = {**lane.waiting, "check": math.inf}
         # It may be queued for a slot this parent holds.
         children.adopt(child_id, run.state.instance_id)
     taken = await signal_or_timeout(run, lane, notice, taken)

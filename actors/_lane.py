@@ -244,7 +244,10 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
     # Resumed after a branch failed for good, a fail-fast step's outcome is decided: only the
     # failed branches are taken up (each fails again at once). Another one could otherwise end
     # first from what storage holds (a child's end notice), as it never did before the restart.
-    decided = fail_fast and any(state.lanes[key].failed is not None for key in branch_keys(step))
+    failed = any(state.lanes[key].failed is not None for key in branch_keys(step))
+    decided = fail_fast and failed
+    if failed:
+        run.note_failed_branch(step.name)  # (taken up after it failed: see Run.failed_in)
     try:
         async with trio.open_nursery() as nursery:
             for branch in step.branches:
@@ -257,6 +260,8 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
         # Branch failures are values (``failures``); what escapes (KeyboardInterrupt,
         # SystemExit, cancellation, storage gone) callers expect as itself, not wrapped.
         raise unwrapped(group) from None
+    finally:
+        run.parallel_ended(step.name)
     if not failures:
         return parallel_output(state, step)
     # Branches a fail-fast cancelled may wait on children, or hold lanes that do (the items of

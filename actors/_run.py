@@ -42,7 +42,7 @@ from trioflow._errors import (
 )
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
-from trioflow._lanes import MAIN, child_ended_signal
+from trioflow._lanes import MAIN, child_ended_signal, parallel_of
 from trioflow._storage_retry import BACKOFF_MAX, FIRST_BACKOFF, back_off, retried
 from trioflow._snapshot import (
     TERMINAL,
@@ -239,7 +239,7 @@ class Run:
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
-        "hold", "active", "resting", "settling", "late",
+        "hold", "active", "resting", "settling", "late", "failed_in",
     )
 
     def __init__(
@@ -349,6 +349,10 @@ class Run:
         #: starts, a signal a lane waits for comes) while it waits to see every lane stay at
         #: rest (``None``: nothing waits to).
         self.settling: trio.Event | None = None
+        #: The parallel steps running with a branch that failed for good, while its siblings
+        #: run on (``None``: none): it stays in memory until they end (``wake_at`` has nothing
+        #: for a failed lane), so its lanes do not rest and their children run in its slot.
+        self.failed_in: set[str] | None = None
         #: Names of the signals delivered after the run decided to leave memory, while it
         #: unwound (``None``: none): storage holds them, and the engine wakes it for them.
         self.late: set[str] | None = None
@@ -408,12 +412,26 @@ class Run:
         finally:
             self.lane_runs()
 
+    def note_failed_branch(self, parallel: str) -> None:
+        """A branch of ``parallel`` failed for good (or was found so, taken up): see
+        :attr:`failed_in`, until :meth:`parallel_ended`."""
+        if self.failed_in is None:
+            self.failed_in = set()
+        self.failed_in.add(parallel)
+
+    def parallel_ended(self, parallel: str) -> None:
+        """``parallel`` is over: its failed branches no longer hold the instance in memory."""
+        if self.failed_in is not None:
+            self.failed_in.discard(parallel)
+
     def may_park(self, seconds: float) -> bool:
         """Whether a wait of ``seconds`` lets the instance leave memory (once every lane of it
-        that runs rests so): an engine runs it, and the wait is long enough. A child that runs
-        in its parent's slot stays: come back, it would need a slot of its own, which its
-        parent, waiting on it, may hold."""
-        if self.park_after is None or seconds <= self.park_after or self.deferred or self.state.phase != "forward":
+        that runs rests so): an engine runs it, the wait is long enough, and no parallel branch
+        of it failed for good while its siblings run on. A child that runs in its parent's
+        slot stays: come back, it would need a slot of its own, which its parent, waiting on
+        it, may hold."""
+        if self.park_after is None or seconds <= self.park_after or self.deferred or self.state.phase != "forward" \
+                or self.failed_in:
             return False
         timeout, started = self.definition.timeout, self.state.started_at
         if timeout is not None and started is not None and started + timeout - self.clock() <= self.park_after:
@@ -540,6 +558,8 @@ class Run:
         it cannot be stored, and what it left in the shared data that cannot be stored is put
         back: the step has failed already, and the record must still be written."""
         fail_step(self.state, self._stage_ended(record), for_good=for_good)
+        if for_good and (parallel := parallel_of(record.lane)) is not None:
+            self.note_failed_branch(parallel)
 
     def add_compensation_failure(self, record: StepResult, error: BaseException, attempts: int = 0) -> None:
         """``record``'s compensation failed for good with ``error`` (after ``attempts``, when

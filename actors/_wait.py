@@ -194,8 +194,11 @@ async def settle(run: Run, until: float | None) -> None:
     whose children or signals come within a moment stays. Returns at once if some lane runs;
     early if one wakes or starts, a signal comes, or ``until`` (the calling lane's own due
     time, if any) comes first."""
-    if not run.resting or run.resting != run.active or run.settling is not None or run.park_after is None:
-        return  # (none rests: its lanes have all ended, and the step they ran for goes on)
+    if not run.resting or run.resting != run.active or run.settling is not None or not _may_leave(run):
+        # (None rests: its lanes have all ended, and the step they ran for goes on. Or the last
+        # lane of a fan-out inside another ended: the step it ran for goes on too, with no wait.)
+        return
+    assert run.park_after is not None  # (a lane rests)
     settling = run.settling = trio.Event()
     at_rest = run.park_after + REST_PER_LANE * len(run.state.lanes)
     grace = at_rest if until is None else min(at_rest, until - run.clock())

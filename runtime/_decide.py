@@ -423,19 +423,25 @@ def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | Non
 
 
 def _fanned_out(state: InstanceState, lane: Lane, definition: WorkflowDefinition) -> bool:
-    """Whether ``lane`` stands at a parallel step whose branches are open, or at a map step
-    with as many items running as it may have (or all of them started): it has nothing to run
-    until one of them ends."""
+    """Whether ``lane`` stands at a parallel step with a branch still open, or at a map step
+    with items running and none it may start (all started, or ``max_concurrency`` running): it
+    has nothing to run until one of them ends. (Once the last one has ended, the step goes on.)"""
     assert lane.step is not None
     found = definition.lookup.get(lane.step)
     step = None if found is None else found[0]
     if isinstance(step, ParallelStep):
-        return branch_lane(step.name, step.branches[0].name) in state.lanes
+        lanes = state.lanes
+        for branch in step.branches:
+            inner = lanes.get(branch_lane(step.name, branch.name))
+            if inner is not None and inner.step is not None:
+                return True
+        return False
     progress = lane.fanout
     if not isinstance(step, MapStep) or progress is None:
         return False
-    return progress.started == progress.count or (
-        step.max_concurrency is not None and progress.started - progress.ended_count >= step.max_concurrency)
+    running = progress.started - progress.ended_count
+    return running > 0 and (progress.started == progress.count
+                            or (step.max_concurrency is not None and running >= step.max_concurrency))
 
 
 def progress(state: InstanceState, definition: WorkflowDefinition) -> tuple[int, int]:
