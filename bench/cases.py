@@ -316,6 +316,8 @@ CASES = {
     "waiting_memory": lambda q: _module("waiting").memory_per_waiting_instance(2_000 if q else 100_000),
     "waiting_memory_signal": lambda q: _module("waiting").memory_per_waiting_instance(
         2_000 if q else 100_000, on="signal"),
+    "waiting_memory_branches": lambda q: _module("waiting").memory_per_waiting_instance(
+        2_000 if q else 100_000, on="branches"),
     "timers_firing": lambda q: _module("waiting").timers_firing(2_000 if q else 10_000),
     "floor_timers": lambda q: _module("model_floor").timers_on_sqlite(2_000 if q else 10_000),
     "timers_among_waiting": lambda q: _module("waiting").timers_firing(

@@ -31,7 +31,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ORDER = ["bare_trio", "execute_workflow", "engine_memory", "floor_memory", "durable_sqlite", "floor_sqlite",
          "parked_bare", "parked_engine", "recovery", "import_time", "long_workflows", "wide_parallel", "big_outputs",
-         "waiting_memory", "waiting_memory_signal", "timers_firing", "floor_timers", "timers_among_waiting", "signals", "floor_signals",
+         "waiting_memory", "waiting_memory_signal", "waiting_memory_branches", "timers_firing", "floor_timers", "timers_among_waiting", "signals", "floor_signals",
          "retention", "map_items", "map_staggered", "children", "floor_children"]
 
 
@@ -140,6 +140,10 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
         Figure("instance waiting for a signal (100k, SQLite), RSS", "bytes", series("waiting_memory_signal",
                "bytes_per_waiting_instance"), "<= 200", lambda v: v <= 200),
         Figure("  Python blocks the engine keeps per one", "blocks", series("waiting_memory_signal",
+               "python_blocks_per_waiting_instance")),
+        Figure("instance whose 2 branches wait (100k, SQLite), RSS", "bytes", series("waiting_memory_branches",
+               "bytes_per_waiting_instance"), "<= 200", lambda v: v <= 200),
+        Figure("  Python blocks the engine keeps per one", "blocks", series("waiting_memory_branches",
                "python_blocks_per_waiting_instance")),
         Figure("timers due together, resumed + checkpointed", "timers/s", series("timers_firing", "timers_per_s"),
                ">= 10,000", lambda v: v >= 10_000),

@@ -45,11 +45,18 @@ async def _start_all(engine: tf.Engine, n: int, input_of: Any = None, **options:
 
 def memory_per_waiting_instance(n: int, on: str = "timer") -> dict[str, float]:
     """Memory of the engine process per instance waiting on a day-long timer (``on="signal"``:
-    for a signal, with a day's timeout), once every instance has left memory: RSS growth over
-    ``n`` instances (SQLite's page cache and the allocators' own keep part of it), and the
-    Python memory blocks still allocated (what the engine itself keeps per waiting instance)."""
-    wf = (tf.workflow("w").wait("sleep", seconds=86_400) if on == "timer" else
-          tf.workflow("w").receive("sleep", signal="approved", timeout=86_400)).task("after", job=_noop).build()
+    for a signal, with a day's timeout; ``on="branches"``: two parallel branches, one on a
+    timer, one for a signal), once every instance has left memory: RSS growth over ``n``
+    instances (SQLite's page cache and the allocators' own keep part of it), and the Python
+    memory blocks still allocated (what the engine itself keeps per waiting instance)."""
+    waits = {
+        "timer": lambda: tf.workflow("w").wait("sleep", seconds=86_400),
+        "signal": lambda: tf.workflow("w").receive("sleep", signal="approved", timeout=86_400),
+        "branches": lambda: tf.workflow("w").parallel("both", branches=[
+            tf.branch("timer").wait("sleep", seconds=86_400).build(),
+            tf.branch("signal").receive("approval", signal="approved", timeout=86_400).build()]),
+    }
+    wf = waits[on]().task("after", job=_noop).build()
 
     async def main() -> dict[str, float]:
         with tempfile.TemporaryDirectory(dir=HERE, prefix="tmp-") as tmp:

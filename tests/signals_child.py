@@ -3,7 +3,9 @@ not collected).
 
     python signals_child.py DB LOG signals-run N     # starts N instances that each receive
         "go" twice, then sends the signals read from stdin ("ID PAYLOAD" lines), logging
-        "ack ID PAYLOAD" once each engine.signal() has returned
+        "ack ID PAYLOAD" once each engine.signal() has returned (SHAPE=branches in the
+        environment: each receives it once in each of two parallel branches, and all have left
+        memory before the first signal is sent)
     python signals_child.py DB LOG signals-resume N ACKED  # resumes them; prints a JSON summary
         (ACKED: a JSON file {id: [acknowledged payloads]}, to know who needs no top-up)
     python signals_child.py DB LOG timers-run N      # starts N instances that wait (timers and
@@ -36,7 +38,17 @@ def log(line: str) -> None:
 
 # -- signals --------------------------------------------------------------------------------------
 
+BRANCHES = os.environ.get("SHAPE") == "branches"
+#: The receive steps of an instance.
+RECEIVES = ("rx", "ry") if BRANCHES else ("r1", "r2")
+
+
 def signals_workflow() -> tf.WorkflowDefinition:
+    if BRANCHES:
+        return (tf.workflow("sig")
+                .parallel("both", branches=[tf.branch(f"b{name}").receive(name, signal="go").build()
+                                            for name in RECEIVES])
+                .build())
     return (tf.workflow("sig")
             .receive("r1", signal="go")
             .receive("r2", signal="go")
@@ -49,6 +61,8 @@ async def signals_run() -> None:
         engine.register(signals_workflow())
         for iid in IDS:
             await engine.start("sig", instance_id=iid)
+        while BRANCHES and engine._live:  # (they leave once both branches have rested a second)
+            await trio.sleep(0.05)
         print("started", flush=True)
         # One sender per instance: an instance's signals are sent (and stored) in the order read.
         channels = {iid: trio.open_memory_channel[str](1000) for iid in IDS}
@@ -81,7 +95,7 @@ async def signals_resume(acked_path: str) -> None:
         # Phase 1: with no new signal, each instance must take the signals acknowledged to it
         # (they are stored): its receive steps complete at least that many times.
         def received(inst: tf.WorkflowInstance) -> int:
-            return sum(1 for r in inst.history if r.step_name in ("r1", "r2") and r.status == "completed")
+            return sum(1 for r in inst.history if r.step_name in RECEIVES and r.status == "completed")
 
         behind = set(acked)
         with trio.move_on_after(5):
@@ -108,7 +122,7 @@ async def signals_resume(acked_path: str) -> None:
             assert inst is not None
             summary["final"][iid] = {
                 "status": inst.status,
-                "receives": [[r.step_name, r.status, r.output] for r in inst.history if r.step_name in ("r1", "r2")],
+                "receives": [[r.step_name, r.status, r.output] for r in inst.history if r.step_name in RECEIVES],
             }
             summary["pending"][iid] = [name for _, name, _ in await engine.adapter.signals(iid)]
     print(json.dumps(summary))

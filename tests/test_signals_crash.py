@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from processes import kill_when
 
 CHILD = str(Path(__file__).with_name("signals_child.py"))
@@ -33,9 +35,9 @@ def log_lines(log: Path) -> list[list[str]]:
     return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def resume(db: Path, log: Path, mode: str, count: int, *extra: str) -> dict[str, Any]:
+def resume(db: Path, log: Path, mode: str, count: int, *extra: str, shape: str = "line") -> dict[str, Any]:
     done = subprocess.run([sys.executable, CHILD, str(db), str(log), mode, str(count), *extra],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "SHAPE": shape})
     assert done.returncode == 0, done.stderr
     summary: dict[str, Any] = json.loads(done.stdout)
     return summary
@@ -44,11 +46,18 @@ def resume(db: Path, log: Path, mode: str, count: int, *extra: str) -> dict[str,
 # -- signals --------------------------------------------------------------------------------------
 
 
-def test_sigkill_while_signals_are_sent_then_every_acknowledged_signal_is_delivered_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shape", ["line", "branches"])
+def test_sigkill_while_signals_are_sent_then_every_acknowledged_signal_is_delivered_once(
+    tmp_path: Path, shape: str,
+) -> None:
+    """``line``: two receive steps one after the other; ``branches``: one in each of two
+    parallel branches, the instance out of memory (both branches at rest) when signals come, so
+    each signal wakes it, one branch takes it, and it leaves again once the other has rested."""
     db, log = tmp_path / "flows.db", tmp_path / "signals.log"
     ids = [f"i{i}" for i in range(N_SIGNALS)]
+    receives = ("rx", "ry") if shape == "branches" else ("r1", "r2")
     child = subprocess.Popen([sys.executable, CHILD, str(db), str(log), "signals-run", str(N_SIGNALS)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "SHAPE": shape})
     assert child.stdin is not None and child.stdout is not None
     try:
         assert child.stdout.readline().strip() == b"started"
@@ -82,16 +91,17 @@ def test_sigkill_while_signals_are_sent_then_every_acknowledged_signal_is_delive
 
     acked_path = tmp_path / "acked.json"
     acked_path.write_text(json.dumps(acked))
-    summary = resume(db, log, "signals-resume", N_SIGNALS, str(acked_path))
+    summary = resume(db, log, "signals-resume", N_SIGNALS, str(acked_path), shape=shape)
 
     delivered: collections.Counter[str] = collections.Counter()
     for iid in ids:
         final = summary["final"][iid]
         assert final["status"] == "completed", (iid, final)
-        receives = final["receives"]
-        assert [(step, status) for step, status, _ in receives] == [("r1", "completed"), ("r2", "completed")], \
-            f"{iid}: each receive step ran to completion once: {receives}"
-        outputs = [out for _, _, out in receives]
+        steps = final["receives"]
+        assert sorted((step, status) for step, status, _ in steps) == [(r, "completed") for r in receives], \
+            f"{iid}: each receive step ran to completion once: {steps}"
+        # In the order they took them (by seq): two branches take them in either order.
+        outputs = [out for _, _, out in steps]
         delivered.update(outputs)
         assert all(out.startswith(f"{iid}:") for out in outputs), f"{iid} got another instance's signal: {outputs}"
         # First in, first out: what was acknowledged came first, in the order sent.
