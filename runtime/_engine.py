@@ -1458,13 +1458,38 @@ class Engine:
         # Due ones that cannot run here, or running already until their next checkpoint:
         # look again when something changes, or shortly; less often while nothing changes
         # (each look reads every due row passed over). While those due are all on their way
-        # (a timer's step after it running), not less often: storage says the soonest is due
-        # until their checkpoints, and a timer due just after it must be taken up on time.
-        with trio.move_on_after(self._look_again):
+        # (a timer's step after it running, or queued for a slot), storage says the soonest is
+        # due until their checkpoints: look again when the next other one is due (a timer due
+        # just after them must be taken up on time), not every WAKE_RETRY meanwhile.
+        wait = await self._until_next_other(found) if all_on_their_way and found else self._look_again
+        with trio.move_on_after(wait):
             await changed.wait()
         if not all_on_their_way:
             self._look_again = min(self._look_again * 2, WAKE_LOOK_MAX)
         return False
+
+    async def _until_next_other(self, found: list[StoredInstance]) -> float:
+        """Seconds until the waker must look again for the soonest waiting instance that is
+        not among ``found`` (the due ones, all on their way): until ``WAKE_AHEAD`` before its
+        wake time, at most ``WAKE_LOOK_MAX``. Its wake time is read from its row, with the
+        definition registered here: a row another release stored with a sooner one is taken up
+        ``WAKE_LOOK_MAX`` late at most."""
+        skip = self._skipped_workflows
+        on_their_way = {stored.instance_id for stored in found}
+        rows = await (self.adapter.due(math.inf, len(found) + 1, skip_workflows=tuple(skip)) if skip
+                      else self.adapter.due(math.inf, len(found) + 1))
+        for stored in rows:
+            if stored.instance_id in on_their_way:
+                continue
+            definition = self._definitions.get(stored.workflow_name)
+            try:
+                due = None if definition is None else wake_at(_decoded(stored), definition)
+            except SnapshotDecodeError:
+                due = None
+            if due is None:
+                return WAKE_RETRY  # (one the next look passes over, or reports)
+            return min(max(0.0, due - WAKE_AHEAD - self._clock()), WAKE_LOOK_MAX)
+        return WAKE_LOOK_MAX
 
     def _store_fired(self, waking: set[str]) -> None:
         """Have the woken runs whose timer fired ``STORE_FIRED_AFTER`` ago or more, and is not
