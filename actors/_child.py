@@ -34,8 +34,8 @@ from trioflow._errors import (
     UnknownJobError,
     UnknownWorkflowError,
 )
-from trioflow._lanes import child_ended_signal, child_instance_id
-from trioflow._snapshot import Lane
+from trioflow._lanes import child_instance_id
+from trioflow._snapshot import Lane, child_wait
 from trioflow._storage_retry import BACKOFF_MAX, FIRST_BACKOFF, back_off
 
 from ._run import Run, StepFailure
@@ -69,7 +69,7 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
             # time); the wait stored next says so. (A wait with no ``check`` at all was stored
             # by a release that had it only on the main line: its child is stored the first
             # time too.)
-            lane.waiting = {**lane.waiting, "check": math.inf}
+            lane.waiting = child_wait(child_id, None)
         # It may be queued for a slot this parent holds.
         children.adopt(child_id, run.state.instance_id)
     taken = await signal_or_timeout(run, lane, notice, taken)
@@ -118,15 +118,9 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
     # with its child still running: so a parent that stopped before it stored its child (no end
     # notice would ever wake it) is taken up again, and stores it then. A child that ends before
     # then wakes it first, with no write more.
-    lane.waiting = {"signal": child_ended_signal(child_id), "timeout": None, "child": child_id,
-                    "check": now + CHECK_CHILD_STORED_AFTER}
+    lane.waiting = child_wait(child_id, start.started_at)
     await announce(run, step, lane)
     await _store_child(run, step, lane, child_id, child_input, uses_input)
-
-
-#: Seconds after a child step stored its start when its parent, out of memory and not woken by
-#: its child's end, is taken up to store the child should it not be (see ``_start``).
-CHECK_CHILD_STORED_AFTER = 10.0
 
 
 async def _store_child(

@@ -9,6 +9,7 @@ allocation on the hot path. Callers never see it: they get :class:`WorkflowInsta
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal, get_args
@@ -16,7 +17,7 @@ from typing import Any, Literal, get_args
 import attrs
 
 from ._errors import split_description
-from ._lanes import MAIN, execution_id, item_of, step_key
+from ._lanes import MAIN, child_ended_signal, execution_id, item_of, step_key
 
 Status = Literal["pending", "running", "completed", "failed", "cancelled", "timed_out", "compensated"]
 StepStatus = Literal[
@@ -256,6 +257,21 @@ class Lane:
 
 #: Keys of ``Lane.waiting`` that say what a wait kept, not what the lane waits for.
 _KEPT_ONLY = frozenset({"attempt", "since"})
+
+
+#: Seconds after a child step stored its start when its parent, out of memory and not woken by
+#: its child's end, is taken up to store the child should it not be (its wait's ``check``).
+CHECK_CHILD_STORED_AFTER = 10.0
+
+
+def child_wait(child_id: str, started_at: float | None) -> dict[str, Any]:
+    """What a lane waits for while its child step waits for the child's end: the end notice (a
+    signal), with no timeout; ``check``, when its parent is taken up to store the child should
+    it not be stored (``started_at``: the step's start), or ``inf`` once it is known stored
+    (``started_at`` ``None``). All of it follows from the step's start record (the child's id
+    is its output): a header names it in a word (see ``trioflow._codec``)."""
+    check = math.inf if started_at is None else started_at + CHECK_CHILD_STORED_AFTER
+    return {"signal": child_ended_signal(child_id), "timeout": None, "child": child_id, "check": check}
 
 
 def waiting_view(waiting: dict[str, Any]) -> dict[str, Any]:
