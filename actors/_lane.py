@@ -244,6 +244,7 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
     # Resumed after a branch failed for good, a fail-fast step's outcome is decided: only the
     # failed branches are taken up (each fails again at once). Another one could otherwise end
     # first from what storage holds (a child's end notice), as it never did before the restart.
+    left = [0]  # (branches running: the last one to end goes on at once, see _branch_actor)
     failed = any(state.lanes[key].failed is not None for key in branch_keys(step))
     decided = fail_fast and failed
     if failed:
@@ -255,7 +256,9 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
                 lane = state.lanes[key]
                 if lane.step is not None and (not decided or lane.failed is not None):
                     run.lane_runs()  # (counted now, not as it starts: see trioflow.actors._wait.settle)
-                    nursery.start_soon(_branch_actor, run, branch, key, failures, nursery.cancel_scope if fail_fast else None)
+                    left[0] += 1
+                    nursery.start_soon(_branch_actor, run, branch, key, failures,
+                                       nursery.cancel_scope if fail_fast else None, left)
     except BaseExceptionGroup as group:
         # Branch failures are values (``failures``); what escapes (KeyboardInterrupt,
         # SystemExit, cancellation, storage gone) callers expect as itself, not wrapped.
@@ -275,7 +278,8 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
 
 
 async def _branch_actor(
-    run: Run, branch: Branch, key: str, failures: list[BranchError], cancel_siblings: trio.CancelScope | None
+    run: Run, branch: Branch, key: str, failures: list[BranchError], cancel_siblings: trio.CancelScope | None,
+    left: list[int],
 ) -> None:
     ctx = run.context(key, len(branch.steps))
     swap_lane(ctx)  # the branch's steps report this lane
@@ -289,4 +293,6 @@ async def _branch_actor(
     finally:
         swap_lane(None)  # the task ends: leave no entry behind
         run.active -= 1
-    await settle(run, None)  # the other branches may all rest
+        left[0] -= 1
+    if left[0]:
+        await settle(run, None)  # the other branches may all rest

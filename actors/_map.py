@@ -144,8 +144,8 @@ class _Items:
         if run.bus.active:
             run.emit("workflow.map.progress", step_name=step.name, done=progress.ended_count, total=progress.count,
                      failed=progress.failed)
-        if not over:
-            await settle(run, None)  # the other items may all rest
+        if not over and progress.ended_count < progress.started:
+            await settle(run, None)  # the other items running may all rest
 
     def failure(self) -> StepFailure:
         """The map's failure. Fail-fast with nothing tolerated fails as its first failed item

@@ -681,9 +681,13 @@ class Run:
         # Only a checkpoint that consumes signals passes ``consumed``, and only one of an
         # instance that waits (or did) passes ``wake_at``: adapters written before either
         # existed keep working for workflows that use neither.
-        # A definition with nothing that waits, started without a delay, never waits.
-        wake = wake_at(s, self.definition) if self.definition.waits or s.lanes[MAIN].waiting or self.stored_wake_at \
-            is not None else None
+        # A definition with nothing that waits, started without a delay, never waits. Nor does an
+        # instance with several lanes while one of them does not rest: storage then says it
+        # runs, and a restart takes it up at once (a look at every lane, each time a map of
+        # thousands of items checkpoints, would cost as much as all the rest of it).
+        wake = wake_at(s, self.definition) if (self.definition.waits or s.lanes[MAIN].waiting
+                                               or self.stored_wake_at is not None) \
+            and (self.resting == self.active or len(s.lanes) == 1) else None
         extra = _NO_EXTRA
         if consumed or wake is not None or self.stored_wake_at is not None:
             extra = {"consumed": consumed} if consumed else {}

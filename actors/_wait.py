@@ -164,7 +164,7 @@ async def signal_or_timeout(
             run.resting += 1
             try:
                 # (What settling stored or waited, a signal may have come in: the event is set.)
-                await settle(run, due)
+                await settle(run, due, arrived)
                 with trio.move_on_after(math.inf if due is None else due - run.clock()):
                     await arrived.wait()
             finally:
@@ -187,34 +187,39 @@ async def signal_or_timeout(
 REST_PER_LANE = 0.01
 
 
-async def settle(run: Run, until: float | None) -> None:
+async def settle(run: Run, until: float | None, woken: trio.Event | None = None) -> None:
     """Leave memory (:class:`Parked`) if every lane of the run that has an actor rests in a long
     wait (the calling one's counted: it rests, or its actor has ended), and they all stay at
     rest for ``park_after`` seconds, and :data:`REST_PER_LANE` more for each lane: a fan-out
-    whose children or signals come within a moment stays. Returns at once if some lane runs;
-    early if one wakes or starts, a signal comes, or ``until`` (the calling lane's own due
-    time, if any) comes first."""
-    if not run.resting or run.resting != run.active or run.settling is not None or not _may_leave(run):
-        # (None rests: its lanes have all ended, and the step they ran for goes on. Or the last
-        # lane of a fan-out inside another ended: the step it ran for goes on too, with no wait.)
-        return
-    assert run.park_after is not None  # (a lane rests)
-    settling = run.settling = trio.Event()
-    at_rest = run.park_after + REST_PER_LANE * len(run.state.lanes)
-    grace = at_rest if until is None else min(at_rest, until - run.clock())
-    try:
-        with trio.move_on_after(max(grace, 0.0)):
-            await settling.wait()
-    finally:
-        run.settling = None
-    if settling.is_set() or grace < at_rest or not _may_leave(run):
-        return
-    if run.stored_wake_at != wake_at(run.state, run.definition):
-        await run.persist()
-        if not _may_leave(run) or run.stored_wake_at != wake_at(run.state, run.definition):
+    whose children or signals come within a moment stays. Returns at once if some lane runs,
+    or once one wakes or starts; early if ``until`` (the calling lane's own due time, if any)
+    comes first, or ``woken`` (the event the calling lane waits on) is set. (Not called by the
+    last branch or item of a fan-out to end: the step they ran for goes on at once.) Whether
+    the instance may leave is only worked out (a look at every lane) once they have all stayed
+    at rest."""
+    while (run.resting and run.resting == run.active and run.settling is None and run.park_after is not None
+           and (woken is None or not woken.is_set())):
+        settling = run.settling = trio.Event()
+        at_rest = run.park_after + REST_PER_LANE * len(run.state.lanes)
+        grace = at_rest if until is None else min(at_rest, until - run.clock())
+        try:
+            with trio.move_on_after(max(grace, 0.0)):
+                await settling.wait()
+        finally:
+            run.settling = None
+        if settling.is_set():
+            # Something moved (a lane woke or started, a signal came): look again. They may all
+            # rest again already, and a lane that went back to rest meanwhile found this one
+            # settling, and left it to it.
+            continue
+        if grace < at_rest or not _may_leave(run):
             return
-    await trio.lowlevel.checkpoint_if_cancelled()  # a cancel (the workflow timeout's) goes first
-    _leave(run)
+        if run.stored_wake_at != wake_at(run.state, run.definition):
+            await run.persist()
+            if not _may_leave(run) or run.stored_wake_at != wake_at(run.state, run.definition):
+                return
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancel (the workflow timeout's) goes first
+        _leave(run)
 
 
 def _may_leave(run: Run) -> bool:

@@ -34,6 +34,7 @@ from ._snapshot import (
     Lane,
     MapProgress,
     NO_ERRORS,
+    ChildWait,
     StepResult,
     child_wait,
     failed_compensation,
@@ -57,9 +58,9 @@ HEADER_TAG = "trioflow.header"
 #: Format 4's header may also give a running map's position a sixth field, the first step of
 #: its branch, and then leaves out the lanes of the map's items that stand there untouched
 #: (a header written before it has five fields and lists every lane: both are read). And a lane
-#: that waits for its child's end may say so in a word (``CHILD_WAIT_UNCHECKED``,
-#: ``CHILD_WAIT_STORED``) rather than with its child's ids, which its start record holds (a
-#: header written before says it in full: both are read).
+#: that waits for its child's end may say so in a word (``ChildWait.word``) rather than with
+#: its child's ids, which its start record holds (a header written before says it in full: both
+#: are read).
 FORMAT_VERSION = 4
 #: Largest encoded input, output or shared-data value: larger ones are refused, naming them.
 MAX_VALUE_BYTES = 16 * 1024 * 1024
@@ -131,8 +132,8 @@ def encode_header(state: InstanceState) -> bytes:
                 firsts = {} if firsts is None else firsts
                 firsts[f.first] = item_lanes(lane.step)
             waiting: dict[str, Any] | int | None = lane.waiting
-            if lane.waiting is not None and "child" in lane.waiting:
-                waiting = _child_wait_named(state.records[lane.begun], lane.waiting)
+            if type(waiting) is ChildWait:
+                waiting = waiting.word  # (the start record, at ``begun``, holds the rest)
             lanes[key] = (lane.step, lane.last, lane.failed, waiting, lane.begun,
                           None if f is None else (f.count, f.started, f.ended, f.ended_count, f.failed, f.first))
         elif lane.waiting is not None:
@@ -162,23 +163,6 @@ def encode_header(state: InstanceState) -> bytes:
             f" over the {MAX_SNAPSHOT_BYTES >> 20} MiB limit"
         )
     return packed
-
-
-#: In a header, in place of what a lane waiting for its child's end waits for, when that follows
-#: from the child step's start record (see :func:`trioflow._snapshot.child_wait`): the child's
-#: store still to be checked, or known done. A map of thousands of items each waiting for its
-#: child would otherwise write each one's two ids in every header.
-CHILD_WAIT_UNCHECKED = 1
-CHILD_WAIT_STORED = 2
-
-
-def _child_wait_named(start: StepResult, waiting: dict[str, Any]) -> dict[str, Any] | int:
-    """``waiting`` as a header holds it: a word, if it is what ``start`` implies."""
-    if waiting == child_wait(start.output, start.started_at):
-        return CHILD_WAIT_UNCHECKED
-    if waiting == child_wait(start.output, None):
-        return CHILD_WAIT_STORED
-    return waiting
 
 
 def instance_mark(instance_id: str) -> int:
@@ -732,12 +716,12 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         _expect(isinstance(key, str) and (step is None or isinstance(step, str)), "lane %r is malformed", key)
         count = len(records)
         _expect(_is_seq(last, count) and _is_seq(failed, count) and _is_seq(begun, count), "lane %r is malformed", key)
-        if waiting in (CHILD_WAIT_UNCHECKED, CHILD_WAIT_STORED) and type(waiting) is int:
+        if type(waiting) is int and waiting in (ChildWait.UNCHECKED, ChildWait.STORED):
             started = state.records[begun] if begun is not None else None
             _expect(started is not None and isinstance(started.output, str) and started.started_at is not None,
                     "lane %r waits for a child its records do not name", key)
             assert started is not None
-            waiting = child_wait(started.output, started.started_at if waiting == CHILD_WAIT_UNCHECKED else None)
+            waiting = child_wait(started.output, started.started_at if waiting == ChildWait.UNCHECKED else None)
         _expect(waiting is None or _well_formed_wait(waiting), "lane %r waits for something malformed", key)
         state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting, begun=begun,
                                 fanout=None if fanout is None else _map_progress(key, fanout))

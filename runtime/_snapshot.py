@@ -264,14 +264,30 @@ _KEPT_ONLY = frozenset({"attempt", "since"})
 CHECK_CHILD_STORED_AFTER = 10.0
 
 
-def child_wait(child_id: str, started_at: float | None) -> dict[str, Any]:
+class ChildWait(dict[str, Any]):
+    """What a lane waits for while its child step waits for the child's end, as
+    :func:`child_wait` makes it (and nothing else: it is never changed in place). All of it
+    follows from the step's start record, so a header names it in a word, ``word`` (see
+    ``trioflow._codec``): a map of thousands of items waiting for children would otherwise
+    write each child's ids in every header."""
+
+    __slots__ = ("word",)
+    word: int
+
+    #: ``word`` of a wait whose child's store is still to be checked, and of one known stored.
+    UNCHECKED = 1
+    STORED = 2
+
+
+def child_wait(child_id: str, started_at: float | None) -> ChildWait:
     """What a lane waits for while its child step waits for the child's end: the end notice (a
     signal), with no timeout; ``check``, when its parent is taken up to store the child should
     it not be stored (``started_at``: the step's start), or ``inf`` once it is known stored
-    (``started_at`` ``None``). All of it follows from the step's start record (the child's id
-    is its output): a header names it in a word (see ``trioflow._codec``)."""
+    (``started_at`` ``None``)."""
     check = math.inf if started_at is None else started_at + CHECK_CHILD_STORED_AFTER
-    return {"signal": child_ended_signal(child_id), "timeout": None, "child": child_id, "check": check}
+    waiting = ChildWait(signal=child_ended_signal(child_id), timeout=None, child=child_id, check=check)
+    waiting.word = ChildWait.STORED if started_at is None else ChildWait.UNCHECKED
+    return waiting
 
 
 def waiting_view(waiting: dict[str, Any]) -> dict[str, Any]:

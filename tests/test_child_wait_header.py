@@ -13,15 +13,13 @@ import trio
 import trio.testing
 import trioflow as tf
 from trioflow._codec import (
-    CHILD_WAIT_STORED,
-    CHILD_WAIT_UNCHECKED,
     decode,
     decode_stored,
     encode_header,
     encode_record,
     encode_start,
 )
-from trioflow._snapshot import child_wait
+from trioflow._snapshot import ChildWait, child_wait
 from trioflow.adapters import MemoryAdapter
 
 from storages import engine_on, finish
@@ -60,7 +58,7 @@ async def test_a_map_of_items_waiting_for_their_children_writes_a_word_per_wait(
                 # Read back in full, with its check time (10 s after the step started).
                 assert lane.waiting == child_wait(start.output, start.started_at)
         lanes = msgpack.unpackb(stored.header, raw=False, strict_map_key=False)[8]
-        assert sorted({fields[3] for key, fields in lanes.items() if key != ""}) == [CHILD_WAIT_UNCHECKED]
+        assert sorted({fields[3] for key, fields in lanes.items() if key != ""}) == [ChildWait.UNCHECKED]
         assert len(stored.header) < 40 * ITEMS  # (each child's two ids: over 150 bytes an item)
 
         # 10 s after they started, the parent is taken up to store any child it might not have
@@ -69,7 +67,7 @@ async def test_a_map_of_items_waiting_for_their_children_writes_a_word_per_wait(
         stored = await adapter.load(iid)
         assert stored is not None
         lanes = msgpack.unpackb(stored.header, raw=False, strict_map_key=False)[8]
-        assert sorted({fields[3] for key, fields in lanes.items() if key != ""}) == [CHILD_WAIT_STORED]
+        assert sorted({fields[3] for key, fields in lanes.items() if key != ""}) == [ChildWait.STORED]
         state = decode_stored(stored)
         assert all(lane.waiting == child_wait(state.records[lane.begun].output, None)
                    for key, lane in state.lanes.items() if key != "")
@@ -104,7 +102,7 @@ def test_a_header_that_spells_the_child_wait_out_reads_as_it_did() -> None:
     state = _waiting_state()
     lane = state.lanes[""]
     full = msgpack.unpackb(encode_header(state), raw=False, strict_map_key=False)
-    assert full[8][""][3] == CHILD_WAIT_UNCHECKED
+    assert full[8][""][3] == ChildWait.UNCHECKED
     full[8][""] = (*full[8][""][:3], lane.waiting, *full[8][""][4:])  # spelled out
     header = msgpack.packb(full, use_bin_type=True)
     again = decode(encode_start(state), header, [encode_record(r) for r in state.records])

@@ -16,7 +16,7 @@ from typing import Any
 import trio
 import trio.testing
 import trioflow as tf
-from trioflow.adapters import Adapter
+from trioflow.adapters import Adapter, MemoryAdapter
 
 from storages import engine_on, finish, returning, storage  # noqa: F401  (a fixture)
 
@@ -236,3 +236,34 @@ async def test_a_retry_delay_in_a_branch_leaves_memory_and_keeps_its_attempts(
     assert done.status == "completed" and done.output["a"] == "ok"
     assert len(attempts) == 3
     assert attempts[1] - attempts[0] >= HOUR
+
+
+async def test_lanes_that_all_rest_again_after_a_signal_leave_memory_whatever_comes_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two branches wait for "x", a third on a timer; one "x" comes just as they have all rested
+    long enough (the same virtual moment: float rounding of the start decides which comes
+    first, so the start is swept). One branch takes it and ends, the other rests again: the
+    instance leaves memory again. (It stayed, once in five starts: the branch that went back to
+    rest found another lane settling and left it to it, and that one, disturbed, gave up.)"""
+    wf = tf.workflow("w").parallel("p", branches=[
+        tf.branch("A").receive("ra", signal="x").build(),
+        tf.branch("B").receive("rb", signal="x").build(),
+        tf.branch("C").wait("tc", seconds=HOUR).build(),
+    ]).build()
+    stayed = []
+    for k in range(100):
+        async with engine_on(MemoryAdapter()) as engine:
+            engine.register(wf)
+            await trio.sleep(k * 0.0137)
+            t0 = trio.current_time()
+            iid = await engine.start("w")
+            await trio.sleep_until(t0 + 1.04)  # PARK_AFTER and 10 ms for each of its four lanes
+            await engine.signal(iid, "x", 1)
+            await trio.sleep(10)
+            if in_memory(engine, iid):
+                stayed.append(k)
+            await engine.signal(iid, "x", 2)
+            done = await finish(engine, iid)
+        assert done.status == "completed" and sorted([done.output["A"], done.output["B"]]) == [1, 2]
+    assert stayed == []
