@@ -1461,7 +1461,10 @@ class Engine:
         # (a timer's step after it running, or queued for a slot), storage says the soonest is
         # due until their checkpoints: look again when the next other one is due (a timer due
         # just after them must be taken up on time), not every WAKE_RETRY meanwhile.
-        wait = await self._until_next_other(found) if all_on_their_way and found else self._look_again
+        if all_on_their_way and found:
+            wait = min(self._until_fired_stored(waking), await self._until_next_other(found))
+        else:
+            wait = self._look_again
         with trio.move_on_after(wait):
             await changed.wait()
         if not all_on_their_way:
@@ -1488,8 +1491,21 @@ class Engine:
                 due = None
             if due is None:
                 return WAKE_RETRY  # (one the next look passes over, or reports)
-            return min(max(0.0, due - WAKE_AHEAD - self._clock()), WAKE_LOOK_MAX)
+            # Not due yet by the time stored in its row, though due by this definition's (another
+            # release's workflow timeout), or due since the look: looked at again shortly, not
+            # at once (the waker would ask storage over and over).
+            return min(max(WAKE_RETRY, due - WAKE_AHEAD - self._clock()), WAKE_LOOK_MAX)
         return WAKE_LOOK_MAX
+
+    def _until_fired_stored(self, waking: set[str]) -> float:
+        """Seconds until the first of the runs ``waking`` whose timer fired, not stored since, is
+        to store it (see :meth:`_store_fired`): the waker looks again then."""
+        now, wait = trio.current_time(), math.inf
+        for i in waking:
+            run = self._live.get(i)
+            if run is not None and run.fired_at is not None:
+                wait = min(wait, run.fired_at + STORE_FIRED_AFTER - now)
+        return max(wait, WAKE_RETRY)
 
     def _store_fired(self, waking: set[str]) -> None:
         """Have the woken runs whose timer fired ``STORE_FIRED_AFTER`` ago or more, and is not
