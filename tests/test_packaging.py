@@ -53,3 +53,31 @@ def test_strategies_without_hypothesis_name_the_extra_to_install() -> None:
     assert done.returncode != 0
     assert "trioflow.testing.strategies needs hypothesis" in done.stderr
     assert "pip install 'trioflow[testing]'" in done.stderr
+
+
+def test_import_loads_no_module_only_some_values_need() -> None:
+    # ``import trioflow`` is timed against ``import trio`` (bench/): the modules of value types
+    # a workflow may never store load when it does, not with trioflow.
+    code = ("import sys, trio; before = set(sys.modules); import trioflow\n"
+            "print(sorted({'decimal', 'uuid', 'sqlite3', 'hypothesis', 'zoneinfo'} & (set(sys.modules) - before)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_decimals_and_uuids_round_trip_in_an_interpreter_that_had_not_loaded_their_modules() -> None:
+    import decimal
+    import uuid
+
+    from trioflow._codec import encode_payload
+
+    stored = encode_payload({"d": decimal.Decimal("-1.50"), "u": uuid.UUID(int=7)}, "a value")
+    code = ("import sys, trioflow\nfrom trioflow._codec import encode_payload, decode_payload\n"
+            "assert 'decimal' not in sys.modules and 'uuid' not in sys.modules\n"
+            f"read = decode_payload({stored!r})\n"  # decoding loads them
+            "import decimal, uuid\n"
+            "assert read == {'d': decimal.Decimal('-1.50'), 'u': uuid.UUID(int=7)}, read\n"
+            "assert type(read['d']) is decimal.Decimal and type(read['u']) is uuid.UUID\n"
+            "assert decode_payload(encode_payload(read, 'a value')) == read\n"  # and encoding knows them
+            "print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr
