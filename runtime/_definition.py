@@ -337,3 +337,11 @@ class WorkflowDefinition:
             raise DefinitionError(
                 f"workflow {self.name!r} is transactional (its forward run is one driver transaction), but there is"
                 f" no driver: pass one to {how_to_give_one}")
+
+
+def unbuilt_hint(value: object) -> str:
+    """What to add to an error about ``value``, given where a built definition goes: a builder
+    whose ``.build()`` was left out is told so."""
+    if callable(getattr(value, "build", None)):
+        return ": it is a builder, call its .build() (tf.workflow(name).step(...).build())"
+    return ""

@@ -43,7 +43,7 @@ from ._context import check_services
 from ._current import check_in_trio, lane_of_caller
 from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, wake_at
 from ._ids import CreationTimes, new_instance_id
-from ._definition import WorkflowDefinition
+from ._definition import WorkflowDefinition, unbuilt_hint
 from ._durations import Seconds, in_range, seconds, unix_seconds
 from ._errors import (
     DefinitionError,
@@ -217,7 +217,8 @@ class Engine:
         memory finish on the definition they run with."""
         self._check_open()
         if not isinstance(definition, WorkflowDefinition):
-            raise DefinitionError(f"register() needs a built WorkflowDefinition, got {definition!r}")
+            raise DefinitionError(
+                f"register() needs a built WorkflowDefinition, got {safe_repr(definition)}{unbuilt_hint(definition)}")
         known = self._definitions.get(definition.name)
         if known is not None and not replace:
             if known == definition:
@@ -226,7 +227,7 @@ class Engine:
                 f"workflow {definition.name!r} is registered already with another definition;"
                 " pass replace=True to replace it"
             )
-        check_encodable(dict(definition.data), f"the initial data (with_data) of workflow {definition.name!r}")
+        check_encodable(dict(definition.data), f"the initial data of workflow {definition.name!r}: with_data")
         if self._driver is None:
             definition.check_runs_without_driver("open_engine(driver=...)")
         self._definitions[definition.name] = definition

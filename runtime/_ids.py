@@ -23,13 +23,18 @@ os.register_at_fork(after_in_child=_forget_random_parts)
 
 
 def new_instance_id() -> str:
-    """A 128-bit id in hex whose first 48 bits are the creation time in milliseconds, the rest
-    random from the OS's generator (the layout of a UUIDv7): ids made one after another sort
-    together, so storage indexes keyed by them grow at one end instead of being written all
-    over."""
+    """A UUIDv7 (RFC 9562) as 32 hex digits: the creation time in milliseconds in its first 48
+    bits, then its version and variant bits, the rest random from the OS's generator. Ids made
+    one after another sort together, so storage indexes keyed by them grow at one end instead
+    of being written all over; ``uuid.UUID(id)`` reads it as version 7."""
     if not _random_parts:
-        block = os.urandom(10 * _BLOCK).hex()
-        _random_parts.extend(block[i:i + 20] for i in range(0, len(block), 20))
+        block = bytearray(os.urandom(10 * _BLOCK))
+        # In each id's 10 random bytes: version 7 in the first one's high half, and the
+        # variant's two high bits (``10``) in the third one's.
+        block[0::10] = bytes(0x70 | (b & 0x0F) for b in block[0::10])
+        block[2::10] = bytes(0x80 | (b & 0x3F) for b in block[2::10])
+        digits = block.hex()
+        _random_parts.extend(digits[i:i + 20] for i in range(0, len(digits), 20))
     return f"{int(time.time() * 1000) & 0xFFFF_FFFF_FFFF:012x}{_random_parts.pop()}"
 
 

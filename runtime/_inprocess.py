@@ -15,7 +15,7 @@ from ._context import check_services
 from ._current import check_in_trio
 from ._decide import new_state
 from ._ids import new_instance_id
-from ._definition import TaskStep, WorkflowDefinition
+from ._definition import TaskStep, WorkflowDefinition, unbuilt_hint
 from ._errors import DefinitionError, safe_repr
 from ._jobs import JobRegistry
 from ._snapshot import WorkflowResult
@@ -43,7 +43,7 @@ async def execute_workflow(
     """
     check_in_trio("execute_workflow()")
     if not isinstance(workflow, WorkflowDefinition):
-        hint = ""
+        hint = unbuilt_hint(workflow)
         if isinstance(driver, WorkflowDefinition):
             hint = (": the definition came first; the first argument is the driver steps get as ctx.driver"
                     f" (None for none): execute_workflow(None, {driver.name}, input)")

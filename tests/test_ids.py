@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+import uuid
 
 import pytest
 import trio
@@ -18,6 +20,19 @@ def test_ids_are_unique_hex_and_time_ordered_past_a_block() -> None:
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     assert [i[:12] for i in ids] == sorted(i[:12] for i in ids)  # the time part never goes back
+
+
+def test_ids_are_uuid7s_whose_time_is_their_creation() -> None:
+    before = int(time.time() * 1000)
+    ids = [new_instance_id() for _ in range(600)]
+    after = int(time.time() * 1000)
+    for i in ids:
+        parsed = uuid.UUID(i)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and parsed.hex == i
+        assert before <= parsed.int >> 80 <= after
+    # 74 random bits each: the version and variant digits are fixed, the others vary.
+    assert {i[12] for i in ids} == {"7"} and {i[16] for i in ids} == set("89ab")
+    assert all(len({i[k] for i in ids}) == 16 for k in (13, 17, 31))
 
 
 # Python 3.12 warns of a fork in a process with threads (pytest's may have some): this child

@@ -293,3 +293,29 @@ def test_a_fail_step_error_name_longer_than_256_characters_is_refused_at_build()
     with pytest.raises(tf.DefinitionError, match="error must be an error name of 1 to 256 characters"):
         tf.workflow("w").fail("f", error="E" * 257, cause="why").build()
     tf.workflow("w").fail("f", error="E" * 256, cause="why").build()
+
+
+# -- a second newcomer review (December 4th, sixth session) --------------------------------------
+
+
+async def test_a_builder_given_where_a_definition_goes_is_told_to_call_build(autojump_clock):
+    """`engine.register(tf.workflow("w").step(...))` (no `.build()`) said only "needs a built
+    WorkflowDefinition, got <trioflow.WorkflowBuilder object ...>"."""
+    builder = tf.workflow("w").step("a", ok)
+    async with open_test_engine() as engine:
+        with pytest.raises(tf.DefinitionError, match=r"it is a builder, call its \.build\(\)"):
+            engine.register(builder)
+    with pytest.raises(tf.DefinitionError, match=r"it is a builder, call its \.build\(\)"):
+        await tf.execute_workflow(None, builder)
+    with pytest.raises(tf.DefinitionError) as info:
+        await tf.execute_workflow(None, {"not": "one"})
+    assert ".build()" not in str(info.value)
+
+
+async def test_initial_data_that_cannot_be_stored_is_named_as_a_path_in_with_data(autojump_clock):
+    """A set in `with_data` said "the initial data (with_data) of workflow 'wd'['s'] is a set":
+    the path glued onto the workflow's name."""
+    wf = tf.workflow("wd").with_data({"s": {1}}).step("a", ok).build()
+    async with open_test_engine() as engine:
+        with pytest.raises(tf.UnencodableValueError, match=r"initial data of workflow 'wd': with_data\['s'\] is a set"):
+            engine.register(wf)
