@@ -312,6 +312,7 @@ CASES = {
     "import_time": lambda q: import_time(3 if q else 15),
     "long_workflows": lambda q: _module("storage_v2").long_workflows(q),
     "wide_parallel": lambda q: _module("storage_v2").wide_parallel(q),
+    "wide_parallel_staggered": lambda q: _module("storage_v2").wide_parallel_staggered(q),
     "big_outputs": lambda q: _module("storage_v2").big_outputs(q),
     "waiting_memory": lambda q: _module("waiting").memory_per_waiting_instance(2_000 if q else 100_000),
     "waiting_memory_signal": lambda q: _module("waiting").memory_per_waiting_instance(
