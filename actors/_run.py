@@ -52,6 +52,7 @@ from trioflow._snapshot import (
     WorkflowResult,
     compensated_steps,
     compensation_errors,
+    compensation_errors_by_execution,
     failed_compensation,
     metadata_of,
 )
@@ -868,7 +869,8 @@ class Run:
         return WorkflowResult(
             success=s.status == "completed", status=s.status, instance_id=s.instance_id, data=s.data,
             output=s.output, error=error, failed_step=s.failed_step, compensated_steps=compensated_steps(s),
-            compensation_errors=compensation_errors(s), rolled_back=s.rolled_back,
+            compensation_errors=compensation_errors(s),
+            compensation_errors_by_execution=compensation_errors_by_execution(s), rolled_back=s.rolled_back,
             duration=trio.current_time() - self.started,
             metadata=metadata_of(s), error_name=s.error_name, cause=s.cause,
         )

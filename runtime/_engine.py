@@ -74,7 +74,7 @@ from ._snapshot import (
     InstanceState,
     Status,
     WorkflowInstance,
-    compensation_errors,
+    compensation_errors_by_execution,
     to_instance,
     unreadable_instance,
 )
@@ -1239,7 +1239,8 @@ class Engine:
             return f"it is {state.status}, not completed"
         # Undone already, when its parent stopped before storing the answer: the same answer.
         if state.compensation_errors:
-            failed = "; ".join(f"step {name!r}: {error}" for name, error in compensation_errors(state).items())
+            failed = "; ".join(f"{execution!r}: {error}"
+                               for execution, error in compensation_errors_by_execution(state).items())
             return f"its compensations failed: {failed}"
         return None
 

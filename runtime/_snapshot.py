@@ -481,6 +481,10 @@ class WorkflowInstance:
     #: child never stored).
     parent_id: str | None = None
     children: tuple[str, ...] = ()
+    #: Every execution whose compensation failed for good, by its id (``"reserve#2"``), in the
+    #: order the executions ended: ``compensation_errors`` keeps a step's newest only, as
+    #: ``step_results`` does, and a loop or a map's items run a step many times.
+    compensation_errors_by_execution: dict[str, str] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The instance as JSON-ready values (``json.dumps`` takes it as it is): records as
@@ -514,6 +518,8 @@ class WorkflowResult:
     #: ``error`` as a name and a cause, as :class:`WorkflowInstance` has them.
     error_name: str | None = None
     cause: str | None = None
+    #: As :attr:`WorkflowInstance.compensation_errors_by_execution`: every failed compensation.
+    compensation_errors_by_execution: dict[str, str] = attrs.field(factory=dict)
 
 
 def to_instance(state: InstanceState) -> WorkflowInstance:
@@ -538,6 +544,7 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
         step_results=results,
         compensated_steps=compensated_steps(state),
         compensation_errors=compensation_errors(state),
+        compensation_errors_by_execution=compensation_errors_by_execution(state),
         rolled_back=state.rolled_back,
         created_at=state.created_at,
         started_at=state.started_at,
@@ -605,13 +612,14 @@ def compensated_steps(state: InstanceState) -> tuple[str, ...]:
 
 def compensation_errors(state: InstanceState) -> dict[str, str]:
     """Step name -> error, for each step whose compensation failed for good (a step run more
-    than once: its newest failing execution's error; ``history`` has them all)."""
-    out: dict[str, str] = {}
-    if not state.compensation_errors:
-        return out
-    for seq, error in sorted(state.compensation_errors.items()):
-        out[state.records[seq].step_name] = error
-    return out
+    than once: its newest failing execution's error; see :func:`compensation_errors_by_execution`)."""
+    return {state.records[seq].step_name: error for seq, error in sorted(state.compensation_errors.items())}
+
+
+def compensation_errors_by_execution(state: InstanceState) -> dict[str, str]:
+    """Execution id -> error, for each execution whose compensation failed for good, in the
+    order the executions ended."""
+    return {state.records[seq].id: error for seq, error in sorted(state.compensation_errors.items())}
 
 
 def unreadable_instance(instance_id: str, workflow_name: str, error: str) -> WorkflowInstance:
