@@ -183,6 +183,11 @@ class Children(Protocol):
         """Return once ``workflow`` is registered with every job it uses (at once if it is)."""
         ...
 
+    def slots_wanted(self) -> bool:
+        """Whether instances wait in the engine's queue for a ``max_running`` slot: a run whose
+        lanes all rest then gives its own up at once (see ``_wait.settle``)."""
+        ...
+
     def in_parent_slot(self, parent_id: str) -> bool:
         """Whether a child of ``parent_id`` runs in its parent's slot: the parent waits for it
         in memory here, holding its slot (see :meth:`Run.may_park`)."""

@@ -190,8 +190,9 @@ REST_PER_LANE = 0.01
 async def settle(run: Run, until: float | None, woken: trio.Event | None = None) -> None:
     """Leave memory (:class:`Parked`) if every lane of the run that has an actor rests in a long
     wait (the calling one's counted: it rests, or its actor has ended), and they all stay at
-    rest for ``park_after`` seconds, and :data:`REST_PER_LANE` more for each lane: a fan-out
-    whose children or signals come within a moment stays. Returns at once if some lane runs,
+    rest for ``park_after`` seconds, and :data:`REST_PER_LANE` more for each lane (no time at
+    all while instances wait for a slot): a fan-out whose children or signals come within a
+    moment stays. Returns at once if some lane runs,
     or once one wakes or starts; early if ``until`` (the calling lane's own due time, if any)
     comes first, or ``woken`` (the event the calling lane waits on) is set. (Not called by the
     last branch or item of a fan-out to end: the step they ran for goes on at once.) Whether
@@ -200,7 +201,11 @@ async def settle(run: Run, until: float | None, woken: trio.Event | None = None)
     while (run.resting and run.resting == run.active and run.settling is None and run.park_after is not None
            and (woken is None or not woken.is_set())):
         settling = run.settling = trio.Event()
-        at_rest = run.park_after + REST_PER_LANE * len(run.state.lanes)
+        # While instances wait for a slot, one whose lanes all rest gives its own up at once:
+        # with few slots (``max_running=1``), a parent resting a second for each wave of its
+        # map's children, which wait for its slot, took seconds for what takes milliseconds.
+        at_rest = 0.0 if run.children is not None and run.children.slots_wanted() \
+            else run.park_after + REST_PER_LANE * len(run.state.lanes)
         grace = at_rest if until is None else min(at_rest, until - run.clock())
         try:
             with trio.move_on_after(max(grace, 0.0)):

@@ -54,6 +54,10 @@ class EngineChildren:
                 engine._check_open()
             await engine._registered_more.wait()
 
+    def slots_wanted(self) -> bool:
+        """Whether instances wait in the queue for a ``max_running`` slot (see ``settle``)."""
+        return bool(self._engine._waiting)
+
     def in_parent_slot(self, parent_id: str) -> bool:
         parent = self._engine._live.get(parent_id)
         # A parent that cannot leave memory while it waits keeps its slot (``_start_child``
