@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import outcome
 import trio
@@ -236,8 +236,10 @@ class SQLiteAdapter:
     def __init__(
         self, path: str | os.PathLike[str], *, synchronous: Synchronous = "FULL", busy_timeout: Seconds = 5.0
     ) -> None:
-        if synchronous not in ("FULL", "NORMAL"):
+        # (Either case, as SQLite's own pragma takes it.)
+        if not isinstance(synchronous, str) or synchronous.upper() not in ("FULL", "NORMAL"):
             raise DatabaseError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        synchronous = cast(Synchronous, synchronous.upper())
         busy_timeout = seconds(busy_timeout)
         if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or not busy_timeout >= 0:
             raise DatabaseError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")

@@ -76,6 +76,16 @@ async def test_bad_options_and_use_without_open_are_clear_errors(tmp_path: Path)
         await tf.adapters.SQLiteAdapter(tmp_path / "f.db").load("x")
 
 
+async def test_synchronous_is_taken_in_either_case_as_sqlite_takes_it(tmp_path: Path) -> None:
+    adapter = tf.adapters.SQLiteAdapter(tmp_path / "f.db", synchronous="normal")  # type: ignore[arg-type]
+    assert adapter.synchronous == "NORMAL"
+    async with tf.open_engine(adapter=adapter) as engine:
+        engine.register(tf.workflow("w").pass_("p", result=1).build())
+        assert (await engine.wait(await engine.start("w"))).output == 1
+    with pytest.raises(tf.adapters.DatabaseError, match="synchronous must be 'FULL' or 'NORMAL'"):
+        tf.adapters.SQLiteAdapter(tmp_path / "f.db", synchronous=1)  # type: ignore[arg-type]
+
+
 async def test_files_follow_the_umask_and_are_never_world_writable(tmp_path: Path) -> None:
     old = os.umask(0)
     try:
