@@ -70,7 +70,9 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
             # by a release that had it only on the main line: its child is stored the first
             # time too.)
             lane.waiting = child_wait(child_id, None)
-        # It may be queued for a slot this parent holds.
+        # It may be queued for a slot this parent holds. (Not by a parent taken up to be
+        # cancelled, or to time out: the child is cancelled next, and must not run a step first.)
+        await trio.lowlevel.checkpoint_if_cancelled()
         children.adopt(child_id, run.state.instance_id)
     taken = await signal_or_timeout(run, lane, notice, taken)
     lane.waiting = None

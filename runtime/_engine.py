@@ -1035,13 +1035,23 @@ class Engine:
         ahead = 0.0 if due is None or not early or in_parent_slot else due - self._clock()
         # (Held only for what the waker asked for: a wake time later than the stored one, its
         # definition replaced since, is stored by a run that parks again.)
-        run = self._spawn(definition, state, resumed=True, slot=not in_parent_slot,
+        run = self._spawn(definition, state, resumed=True, slot=not (in_parent_slot or self._in_children_slots(state)),
                           hold_until=trio.current_time() + ahead if 0 < ahead <= WAKE_AHEAD else None)
         run.doomed = doomed
         # Storage holds a time to wake it at until its first checkpoint here (the waker passes
         # it over meanwhile), as computed by the definition that stored it: not known (NaN).
         run.stored_wake_at = None if due is None else math.nan
         return run
+
+    def _in_children_slots(self, state: InstanceState) -> bool:
+        """Whether a parent taken up here runs in its children's slots rather than one of its
+        own: some child it waits on runs or waits for a slot here. Waiting for a slot, it would
+        come after them (queued before it, they take the slots that free first), and it may
+        have to run to cancel them (its workflow timeout, a fail-fast failure of one of them):
+        if one never ended, neither would it. (Children run in their parent's slot the same way,
+        see ``in_parent_slot``.)"""
+        live = self._live
+        return any(lane.waiting is not None and lane.waiting.get("child") in live for lane in state.lanes.values())
 
     def _readable(self, record: StoredInstance) -> bool:
         try:
@@ -1256,7 +1266,8 @@ class Engine:
         Held, it kept no slot: a start, or a run due sooner, was not kept waiting by its sleep."""
         run.hold = None
         parent = run.state.parent_id
-        if self._running < self._max_running or (parent is not None and self._children.in_parent_slot(parent)):
+        if (self._running < self._max_running or (parent is not None and self._children.in_parent_slot(parent))
+                or self._in_children_slots(run.state)):
             # (A child whose parent now waits for it here holding a slot runs in that slot.)
             self._running += 1
             return True
