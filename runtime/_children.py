@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._codec import decode_payload
-from ._errors import EngineClosedError, TrioflowError, describe_error
+from ._errors import EngineClosedError, SnapshotDecodeError, TrioflowError, describe_error
 from ._snapshot import RESUMABLE
 from ._storage_retry import retried
 
@@ -152,7 +152,10 @@ class EngineChildren:
         # more after storing the notice, the parent could read the notice itself, consume it,
         # leave memory and come back as a new run before this call; that run then holds the
         # notice as delivered and never takes it, since no lane of it waits for that child.)
-        run.deliver(seq, notice, decode_payload(payload))
+        outcome = decode_payload(payload)
+        run.deliver(seq, notice, outcome)
+        if ended_badly(outcome):
+            self._engine._run_to_cancel_children(run)  # (queued behind its children: see there)
         return True
 
     def ended_soon(self, parent_id: str, notice: str) -> None:
@@ -178,5 +181,17 @@ class EngineChildren:
                 # Before the read: a notice stored once it started needs a read of its own.
                 self._fetching.discard(parent_id)
             run.deliver_stored(await engine.adapter.signals(parent_id))
+            if any(name == notice and ended_badly(payload) for _, name, payload in run.state.signals):
+                engine._run_to_cancel_children(run)  # (queued behind its children: see there)
         else:  # parked: resumed if it waits for this child
             await engine._wake_if_waiting(parent_id, lambda waiting: waiting.get("signal") == notice)
+
+
+def ended_badly(payload: Any) -> bool:
+    """Whether a child's end notice (its payload, packed or not) says it did not complete."""
+    if isinstance(payload, bytes):
+        try:
+            payload = decode_payload(payload)
+        except SnapshotDecodeError:
+            return False  # (a newer release's: its parent's run says so)
+    return isinstance(payload, dict) and payload.get("status") != "completed"

@@ -4,6 +4,7 @@ instances, each run by a supervised instance actor in the engine's nursery."""
 from __future__ import annotations
 
 import collections
+import heapq
 import contextlib
 import functools
 import inspect
@@ -11,7 +12,7 @@ import math
 import os
 import time
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any, Literal, NoReturn, ParamSpec, TypeVar
@@ -64,7 +65,7 @@ from ._errors import (
 )
 from ._events import EventBus
 from ._jobs import JobRegistry
-from ._children import EngineChildren
+from ._children import EngineChildren, ended_badly
 from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, is_signal_name, valid_text
 from ._storage_retry import retried
 from ._snapshot import (
@@ -155,6 +156,11 @@ class Engine:
         #: thousands of queued instances cost a deque entry each, not a parked task.
         self._running = 0
         self._waiting: collections.deque[Run] = collections.deque()
+        #: Queued parents with a workflow timeout whose children run or wait for slots here, as
+        #: ``(deadline, instance id)``: each leaves the queue at its deadline, to cancel them
+        #: (see :meth:`_must_cancel_children`). Watched by a task started on first use.
+        self._queued_deadlines: list[tuple[float, str]] = []
+        self._queued_deadlines_changed: trio.Event | None = None
         self._definitions: dict[str, WorkflowDefinition] = {}
         #: Each workflow's definition once found to have all its jobs registered (jobs are never
         #: removed): starts and resumes of it (parents and children alike) check them once.
@@ -1035,7 +1041,8 @@ class Engine:
         ahead = 0.0 if due is None or not early or in_parent_slot else due - self._clock()
         # (Held only for what the waker asked for: a wake time later than the stored one, its
         # definition replaced since, is stored by a run that parks again.)
-        run = self._spawn(definition, state, resumed=True, slot=not (in_parent_slot or self._in_children_slots(state)),
+        urgent = self._must_cancel_children(state, definition, record.signals)
+        run = self._spawn(definition, state, resumed=True, slot=not (in_parent_slot or urgent),
                           hold_until=trio.current_time() + ahead if 0 < ahead <= WAKE_AHEAD else None)
         run.doomed = doomed
         # Storage holds a time to wake it at until its first checkpoint here (the waker passes
@@ -1043,15 +1050,59 @@ class Engine:
         run.stored_wake_at = None if due is None else math.nan
         return run
 
-    def _in_children_slots(self, state: InstanceState) -> bool:
-        """Whether a parent taken up here runs in its children's slots rather than one of its
-        own: some child it waits on runs or waits for a slot here. Waiting for a slot, it would
-        come after them (queued before it, they take the slots that free first), and it may
-        have to run to cancel them (its workflow timeout, a fail-fast failure of one of them):
-        if one never ended, neither would it. (Children run in their parent's slot the same way,
-        see ``in_parent_slot``.)"""
-        live = self._live
-        return any(lane.waiting is not None and lane.waiting.get("child") in live for lane in state.lanes.values())
+    def _must_cancel_children(
+        self, state: InstanceState, definition: WorkflowDefinition, signals: Iterable[tuple[int, str, Any]],
+    ) -> bool:
+        """Whether a parent taken up here has to run at once, in its children's slots, to cancel
+        children it waits on that run or wait for slots here: its workflow timeout came, or one
+        of them ended other than completed (a fail-fast map or parallel step cancels the others).
+        Waiting for a slot, it would come after them (queued before it, they take the slots that
+        free first): were one of them never to end, neither would it. (A cancelled one starts at
+        once too; children run in the slot of a parent that waits in memory the same way.)"""
+        waited = [lane.waiting["child"] for lane in state.lanes.values()
+                  if lane.waiting is not None and "child" in lane.waiting]
+        if not any(child in self._live for child in waited):
+            return False
+        if definition.timeout is not None and state.started_at is not None \
+                and state.started_at + definition.timeout <= self._clock() + _DEADLINE_SLACK:
+            return True
+        notices = {child_ended_signal(child) for child in waited}
+        return any(name in notices and ended_badly(payload) for _, name, payload in signals)
+
+    def _run_to_cancel_children(self, run: Run) -> None:
+        """A queued parent that now has to cancel its children (see :meth:`_must_cancel_children`)
+        leaves the queue and runs, in their slots."""
+        if (run in self._waiting and not (self._closed or self._actors_stopped)
+                and self._must_cancel_children(run.state, run.definition, run.state.signals)):
+            self._waiting.remove(run)
+            self._launch(run)
+
+    def _queue(self, run: Run) -> None:
+        """Queue a run for a slot; a parent with a workflow timeout that waits on children is
+        watched, to leave the queue at its deadline (:meth:`_run_to_cancel_children`)."""
+        self._waiting.append(run)
+        state, timeout = run.state, run.definition.timeout
+        if timeout is None or state.started_at is None or not any(
+                lane.waiting is not None and "child" in lane.waiting for lane in state.lanes.values()):
+            return
+        heapq.heappush(self._queued_deadlines, (state.started_at + timeout, state.instance_id))
+        if self._queued_deadlines_changed is None:
+            self._queued_deadlines_changed = trio.Event()
+            self._supervisor.start_soon("deadlines of queued parents", self._watch_queued_deadlines)
+        else:
+            self._queued_deadlines_changed.set()
+
+    async def _watch_queued_deadlines(self) -> None:
+        deadlines = self._queued_deadlines
+        while True:
+            # (A fresh event before reading the heap: one pushed after the read sets it.)
+            changed = self._queued_deadlines_changed = trio.Event()
+            with trio.move_on_after(max(0.0, deadlines[0][0] - self._clock()) if deadlines else math.inf):
+                await changed.wait()
+            while deadlines and deadlines[0][0] <= self._clock() + _DEADLINE_SLACK:
+                run = self._live.get(heapq.heappop(deadlines)[1])
+                if run is not None:  # (queued still, or not: it is looked at)
+                    self._run_to_cancel_children(run)
 
     def _readable(self, record: StoredInstance) -> bool:
         try:
@@ -1094,7 +1145,7 @@ class Engine:
         else:
             # Queued with the status it is stored with: a new instance is stored pending, and
             # one resumed from storage says what it said before the restart until it runs.
-            self._waiting.append(run)
+            self._queue(run)
         return run
 
     def _adopt_child(self, child_id: str) -> None:
@@ -1267,11 +1318,11 @@ class Engine:
         run.hold = None
         parent = run.state.parent_id
         if (self._running < self._max_running or (parent is not None and self._children.in_parent_slot(parent))
-                or self._in_children_slots(run.state)):
+                or self._must_cancel_children(run.state, run.definition, run.state.signals)):
             # (A child whose parent now waits for it here holding a slot runs in that slot.)
             self._running += 1
             return True
-        self._waiting.append(run)  # (its task ends: a freed slot launches it again)
+        self._queue(run)  # (its task ends: a freed slot launches it again)
         if run.cancel_requested:
             self._cancel_queued(run)
         return False
@@ -1931,6 +1982,11 @@ def _check_listing(workflow_name: object, status: object, limit: object, after: 
 def _check_same_workflow(instance_id: str, stored: str, asked: str) -> None:
     if stored != asked:
         raise InstanceIdConflictError(f"instance id {instance_id!r} already belongs to workflow {stored!r}")
+
+
+#: How near its workflow deadline a parent counts as at it (see ``_must_cancel_children``): the
+#: engine's clock, read as the deadline comes, may be a float's rounding before it.
+_DEADLINE_SLACK = 0.001
 
 
 def _check_same_start(

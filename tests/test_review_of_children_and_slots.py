@@ -1213,3 +1213,35 @@ def test_the_crash_explorer_finds_no_divergence_in_a_map_of_nested_children_undo
     assert not report.divergent
     kids = [o for i, o in report.baseline.children.items() if i.count("/") == 3]
     assert len(kids) == 3 and all(k.status == "compensated" for k in kids)
+
+
+@pytest.mark.parametrize("run", range(3))
+async def test_a_parent_queued_behind_its_children_times_out_on_time(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], run: int) -> None:
+    """``max_running=1``: a parent woken by its quick child's end finds the slot taken by a
+    sibling child that hangs, and waits in the queue; its 50 s workflow timeout takes it out
+    of the queue at 50 s, and it cancels the children it waits on (before the fix that took it
+    out, it waited in the queue for as long as the child hung)."""
+
+    async def work(ctx: tf.WorkflowContext) -> int:
+        if ctx.input == 0:
+            await trio.sleep(1)
+            return 0
+        await trio.sleep(10**6)
+        return 1
+
+    kid = tf.workflow("kid").step("w", work).build()
+    parent = (tf.workflow("p").map("each", items=lambda ctx: [0, 1, 2], max_concurrency=2,
+                                   branch=tf.branch("b").child("c", workflow="kid").build())
+              .with_timeout(50).build())
+    async with engine(storage(), max_running=1) as eng:
+        eng.register(parent)
+        eng.register(kid)
+        start = trio.current_time()
+        inst = await finish(eng, await eng.start("p", None), limit=600)
+        took = trio.current_time() - start
+        kids = sorted([(await finish(eng, c)).status for c in inst.children])
+    assert inst.status == "timed_out" and 50 <= took < 53, took
+    # (Which child got the slot first, the quick one or the one that hangs, is the scheduler's
+    # choice: the quick one completed and is undone, or it was cancelled in the queue.)
+    assert kids in (["cancelled", "compensated"], ["cancelled", "cancelled"])
