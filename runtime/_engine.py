@@ -160,6 +160,7 @@ class Engine:
         #: ``(deadline, instance id)``: each leaves the queue at its deadline, to cancel them
         #: (see :meth:`_must_cancel_children`). Watched by a task started on first use.
         self._queued_deadlines: list[tuple[float, str]] = []
+        self._queued_deadlines_known: set[tuple[float, str]] = set()  # (each once: a parent queues again and again)
         self._queued_deadlines_changed: trio.Event | None = None
         self._definitions: dict[str, WorkflowDefinition] = {}
         #: Each workflow's definition once found to have all its jobs registered (jobs are never
@@ -1085,7 +1086,11 @@ class Engine:
         if timeout is None or state.started_at is None or not any(
                 lane.waiting is not None and "child" in lane.waiting for lane in state.lanes.values()):
             return
-        heapq.heappush(self._queued_deadlines, (state.started_at + timeout, state.instance_id))
+        entry = (state.started_at + timeout, state.instance_id)
+        if entry in self._queued_deadlines_known:
+            return
+        self._queued_deadlines_known.add(entry)
+        heapq.heappush(self._queued_deadlines, entry)
         if self._queued_deadlines_changed is None:
             self._queued_deadlines_changed = trio.Event()
             self._supervisor.start_soon("deadlines of queued parents", self._watch_queued_deadlines)
@@ -1100,7 +1105,9 @@ class Engine:
             with trio.move_on_after(max(0.0, deadlines[0][0] - self._clock()) if deadlines else math.inf):
                 await changed.wait()
             while deadlines and deadlines[0][0] <= self._clock() + _DEADLINE_SLACK:
-                run = self._live.get(heapq.heappop(deadlines)[1])
+                entry = heapq.heappop(deadlines)
+                self._queued_deadlines_known.discard(entry)
+                run = self._live.get(entry[1])
                 if run is not None:  # (queued still, or not: it is looked at)
                     self._run_to_cancel_children(run)
 
