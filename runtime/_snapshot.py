@@ -58,6 +58,9 @@ class StepResult:
     instance id). ``"compensation_failed"``: in storage only, the record of an execution's
     compensation that failed for good, with the same id as that execution and the
     compensation's error (views show it as that execution's ``compensation_error`` instead).
+    ``passes`` (the seq of the record whose output this one passed on unchanged: a choice, a
+    pass step) and ``input_is_workflow_input`` say how the record is stored, as a reference
+    rather than a second copy; ``output`` and ``input`` hold the values either way.
     """
 
     step_name: str
