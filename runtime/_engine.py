@@ -1083,7 +1083,7 @@ class Engine:
         watched, to leave the queue at its deadline (:meth:`_run_to_cancel_children`)."""
         self._waiting.append(run)
         state, timeout = run.state, run.definition.timeout
-        if timeout is None or state.started_at is None or not any(
+        if timeout is None or state.started_at is None or self._closed or self._actors_stopped or not any(
                 lane.waiting is not None and "child" in lane.waiting for lane in state.lanes.values()):
             return
         entry = (state.started_at + timeout, state.instance_id)
