@@ -44,7 +44,7 @@ from ._context import check_services
 from ._current import check_in_trio, lane_of_caller
 from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, wake_at
 from ._ids import CreationTimes, new_instance_id
-from ._definition import WorkflowDefinition, unbuilt_hint
+from ._definition import ChildStep, MapStep, ParallelStep, WorkflowDefinition, unbuilt_hint
 from ._durations import Seconds, in_range, seconds, unix_seconds
 from ._errors import (
     DefinitionError,
@@ -66,13 +66,14 @@ from ._errors import (
 from ._events import EventBus
 from ._jobs import JobRegistry
 from ._children import EngineChildren, ended_badly
-from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, is_signal_name, valid_text
+from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, is_signal_name, item_of, parallel_of, valid_text
 from ._storage_retry import retried
 from ._snapshot import (
     RESUMABLE,
     STATUSES,
     TERMINAL,
     InstanceState,
+    Lane,
     Status,
     WorkflowInstance,
     compensation_errors_by_execution,
@@ -1054,21 +1055,24 @@ class Engine:
     def _must_cancel_children(
         self, state: InstanceState, definition: WorkflowDefinition, signals: Iterable[tuple[int, str, Any]],
     ) -> bool:
-        """Whether a parent taken up here has to run at once, in its children's slots, to cancel
-        children it waits on that run or wait for slots here: its workflow timeout came, or one
-        of them ended other than completed (a fail-fast map or parallel step cancels the others).
-        Waiting for a slot, it would come after them (queued before it, they take the slots that
-        free first): were one of them never to end, neither would it. (A cancelled one starts at
-        once too; children run in the slot of a parent that waits in memory the same way.)"""
-        waited = [lane.waiting["child"] for lane in state.lanes.values()
-                  if lane.waiting is not None and "child" in lane.waiting]
-        if not any(child in self._live for child in waited):
+        """Whether a parent taken up here has to run at once, without a slot of its own, to
+        cancel children it waits on: its workflow timeout came, or one of them ended other than
+        completed in a fail-fast parallel or map step that no catch of its child step may route
+        on (the others are cancelled then). Waiting for a slot, it could wait behind its own
+        family for ever: a child, or a child's child, holding the slot and never ending. (A
+        cancelled instance starts at once the same way: see :meth:`_starts_to_cancel`.) A parent
+        whose failure a catch may take, or that waits for every item or branch, waits for a slot
+        as any run does: ``max_running`` bounds what it runs next."""
+        waited = {key: lane.waiting["child"] for key, lane in state.lanes.items()
+                  if lane.waiting is not None and "child" in lane.waiting}
+        if not waited:
             return False
         if definition.timeout is not None and state.started_at is not None \
                 and state.started_at + definition.timeout <= self._clock() + _DEADLINE_SLACK:
             return True
-        notices = {child_ended_signal(child) for child in waited}
-        return any(name in notices and ended_badly(payload) for _, name, payload in signals)
+        ended = {name for _, name, payload in signals if name.startswith(RESERVED_SIGNALS) and ended_badly(payload)}
+        return any(child_ended_signal(child) in ended and _fails_fast(definition, state.lanes[key], key)
+                   for key, child in waited.items())
 
     def _run_to_cancel_children(self, run: Run) -> None:
         """A queued parent that now has to cancel its children (see :meth:`_must_cancel_children`)
@@ -1989,6 +1993,20 @@ def _check_listing(workflow_name: object, status: object, limit: object, after: 
 def _check_same_workflow(instance_id: str, stored: str, asked: str) -> None:
     if stored != asked:
         raise InstanceIdConflictError(f"instance id {instance_id!r} already belongs to workflow {stored!r}")
+
+
+def _fails_fast(definition: WorkflowDefinition, lane: Lane, key: str) -> bool:
+    """Whether the failure of the child step ``lane`` waits in cancels its siblings: it has no
+    catch, and it runs in a branch of a fail-fast parallel step or an item of a fail-fast map
+    step that tolerates no failure."""
+    found = None if lane.step is None else definition.lookup.get(lane.step)
+    if found is None or not isinstance(found[0], ChildStep) or found[0].catch:
+        return False
+    item = item_of(key)
+    outer = definition.lookup.get(item[0] if item is not None else parallel_of(key) or "")
+    if outer is None or not isinstance(outer[0], (ParallelStep, MapStep)) or outer[0].on_error != "fail-fast":
+        return False
+    return not isinstance(outer[0], MapStep) or not outer[0].tolerated_failures
 
 
 #: How near its workflow deadline a parent counts as at it (see ``_must_cancel_children``): the
