@@ -15,6 +15,7 @@ the same atomic write that records its end, so it is never lost.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -31,15 +32,19 @@ from trioflow._errors import (
     InvalidArgumentError,
     RecordedError,
     StorageUnavailableError,
+    TrioflowError,
     UnknownJobError,
     UnknownWorkflowError,
+    describe_error,
 )
 from trioflow._lanes import child_instance_id
 from trioflow._snapshot import Lane, child_wait
 from trioflow._storage_retry import BACKOFF_MAX, FIRST_BACKOFF, back_off
 
-from ._run import Run, StepFailure
+from ._run import Children, Run, StepFailure
 from ._wait import announce, signal_or_timeout, take
+
+log = logging.getLogger("trioflow")
 
 
 async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: WorkflowContext) -> Any:
@@ -176,9 +181,31 @@ async def cancel_children(run: Run, child_ids: Sequence[str]) -> None:
     children = run.children
     if children is None or children.closing or not child_ids:
         return
+    bound = run.definition.compensation_timeout
+    completed: list[str] = []
+
+    async def cancel(child_id: str) -> None:
+        if await children.cancel(child_id, bound, undo=False):
+            completed.append(child_id)
+
     with trio.CancelScope(shield=True):  # the parent's own cancellation must not stop this
-        # Each is waited on to its end (one that completed anyway is compensated): together,
-        # not one cancellation and compensation after another.
+        # Each is waited on to its end: together, not one cancellation after another. Those
+        # that completed all the same are compensated once all have ended, together: with few
+        # ``max_running`` slots, an undo would otherwise run beside a child still stopping in one.
         async with trio.open_nursery() as nursery:
             for child_id in child_ids:
-                nursery.start_soon(children.cancel, child_id, run.definition.compensation_timeout)
+                nursery.start_soon(cancel, child_id)
+        async with trio.open_nursery() as nursery:
+            for child_id in completed:
+                nursery.start_soon(_undo_cancelled, children, child_id, bound)
+
+
+async def _undo_cancelled(children: Children, child_id: str, bound: float | None) -> None:
+    """Compensate, as a unit, a child whose step was cancelled after it completed."""
+    try:
+        problem = await children.compensate(child_id, bound)
+    except TrioflowError as exc:  # it cannot be read here (its jobs are missing, storage is down)
+        problem = describe_error(exc)
+    if problem is not None:
+        log.warning("child %s, whose step was cancelled, could not be compensated: %s", child_id, problem,
+                    extra={"instance_id": child_id})

@@ -193,11 +193,12 @@ class Children(Protocol):
         in memory here, holding its slot (see :meth:`Run.may_park`)."""
         ...
 
-    async def cancel(self, child_id: str, bound: float | None) -> None:
+    async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> bool:
         """Cancel the child instance (and so its own children), if it still runs, and wait for
         its end; compensate it as a unit if it completed all the same (the step that waited on
         it never will), each of its compensations bounded by ``bound`` seconds too (the
-        parent's compensation timeout)."""
+        parent's compensation timeout). ``undo=False``: not yet; whether it is to be (see
+        :meth:`compensate`)."""
         ...
 
     def adopt(self, child_id: str, parent_id: str) -> None:

@@ -64,7 +64,7 @@ class EngineChildren:
         # starts its children without one), and so does one that itself runs in its parent's.
         return parent is not None and not parent.may_park(math.inf)
 
-    async def cancel(self, child_id: str, bound: float | None) -> None:
+    async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> bool:
         engine = self._engine
         try:
             if child_id not in engine._live:
@@ -74,7 +74,7 @@ class EngineChildren:
                     # Not stored: its parent stored the step's start and stopped before it
                     # stored the child (see trioflow.actors._child), or it ended and was purged
                     # before its parent took its end. Nothing left to cancel.
-                    return
+                    return False
                 # Its workflow (or a job of it) may be registered after its parent's, as an
                 # engine starts up: it is cancelled once it is, not left to run on; for as long
                 # as the parent's compensations may take, no longer.
@@ -87,7 +87,7 @@ class EngineChildren:
                         "child %s, whose step was cancelled, is stored cancelled: its workflow %r was not registered"
                         " with the jobs it uses within %s s; an engine that has them compensates it",
                         child_id, stored.workflow_name, bound, extra={"instance_id": child_id})
-                    return
+                    return False
             await engine.cancel(child_id)
             # Its end, whatever it is. A cancel that reaches a child past its last checkpoint
             # does not stop it from completing; nor does one that comes after it completed,
@@ -96,15 +96,18 @@ class EngineChildren:
             # completes, so the parent's compensation never reaches that child: it is
             # compensated as a unit now, as a child cancelled while running compensates itself.
             if (await engine.wait(child_id)).status != "completed":
-                return
+                return False
+            if not undo:
+                return True
             problem = await engine._undo_child(child_id, bound)
         except EngineClosedError:
-            return  # stopping meanwhile: the child resumes later
+            return False  # stopping meanwhile: the child resumes later
         except TrioflowError as exc:  # it cannot be waited on here (its jobs are missing, storage is down)
             problem = describe_error(exc)
         if problem is not None:
             log.warning("child %s, whose step was cancelled, could not be cancelled or compensated: %s", child_id,
                         problem, extra={"instance_id": child_id})
+        return False
 
     def adopt(self, child_id: str, parent_id: str) -> None:
         """A parent taken up again here waits in memory, in its slot, for ``child_id``: the

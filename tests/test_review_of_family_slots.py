@@ -1,8 +1,9 @@
 """Adversarial review of family slots (a parent that must cancel its children runs in their
 slots), slot-pressure rest (``settle`` at once while instances queue) and
-``compensation_errors_by_execution`` (December 4th, sixth session). Six failed before the
-fixes they found: a caught child failure ran its parent outside ``max_running``, and a
-fail-fast failure behind a hanging grandchild was lost; one is a known limitation (xfail).
+``compensation_errors_by_execution`` (December 4th, sixth session). Eight failed before the
+fixes they found: a caught child failure ran its parent outside ``max_running``, a fail-fast
+failure behind a hanging grandchild was lost, and a completed child's undo overlapped a
+cancelled sibling still stopping in the only slot.
 
 On trio's MockClock (autojump), on the MemoryAdapter and SQLite (``storage`` fixture) where it
 matters; every wait is bounded (``finish``'s ``trio.fail_after``)."""
@@ -222,16 +223,13 @@ async def test_a_timed_out_parent_undoes_its_steps_within_max_running_and_each_o
     assert all(t <= hold_undo for n, t in g.log if n == "end:hang")
 
 
-@pytest.mark.xfail(reason=(
-    "known, left: a parent that runs to cancel its children compensates a child that completed"
-    " together with cancelling the others (cancel_children), while a cancelled one still stops"
-    " in the slot"), strict=True)
 async def test_undoing_a_completed_child_waits_for_the_slot_its_cancelled_sibling_holds(
         autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
-    # Known and left (xfail): a parent taken out of the queue at its deadline takes no slot, yet
-    # undoes its completed child (end not taken yet) at once while the sibling it cancels still
-    # stops in the only slot: 2 compensation/job bodies at max_running=1 for as long as the undo
-    # takes.
+    # Failed before its fix: a parent taken out of the queue at its deadline takes no slot, yet
+    # undid its completed child (end not taken yet) at once while the sibling it cancels still
+    # stopped in the only slot: 2 compensation/job bodies at max_running=1 for as long as the
+    # undo took. Children that completed all the same are now undone once every cancelled one
+    # has ended.
     g = Gauge()
     quick = one("quick", g.job("quick", 1), g.undo("quick", 5))
     parent = tf.workflow("p").parallel("par", branches=[
