@@ -188,6 +188,13 @@ class Children(Protocol):
         lanes all rest then gives its own up at once (see ``_wait.settle``)."""
         ...
 
+    def watch_slots(self, event: trio.Event) -> None:
+        """Set ``event`` when an instance starts waiting for a slot (until :meth:`unwatch_slots`)."""
+        ...
+
+    def unwatch_slots(self, event: trio.Event) -> None:
+        ...
+
     def in_parent_slot(self, parent_id: str) -> bool:
         """Whether a child of ``parent_id`` runs in its parent's slot: the parent waits for it
         in memory here, holding its slot (see :meth:`Run.may_park`)."""

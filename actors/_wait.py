@@ -204,14 +204,21 @@ async def settle(run: Run, until: float | None, woken: trio.Event | None = None)
         # While instances wait for a slot, one whose lanes all rest gives its own up at once:
         # with few slots (``max_running=1``), a parent resting a second for each wave of its
         # map's children, which wait for its slot, took seconds for what takes milliseconds.
-        at_rest = 0.0 if run.children is not None and run.children.slots_wanted() \
-            else run.park_after + REST_PER_LANE * len(run.state.lanes)
+        # (One that starts waiting meanwhile disturbs the rest: see ``watch_slots``.)
+        children = run.children
+        pressed = children is not None and children.slots_wanted()
+        at_rest = 0.0 if pressed else run.park_after + REST_PER_LANE * len(run.state.lanes)
         grace = at_rest if until is None else min(at_rest, until - run.clock())
+        watched = None if children is None or pressed else children
+        if watched is not None:
+            watched.watch_slots(settling)
         try:
             with trio.move_on_after(max(grace, 0.0)):
                 await settling.wait()
         finally:
             run.settling = None
+            if watched is not None:
+                watched.unwatch_slots(settling)
         if settling.is_set():
             # Something moved (a lane woke or started, a signal came): look again. They may all
             # rest again already, and a lane that went back to rest meanwhile found this one

@@ -24,7 +24,7 @@ log = logging.getLogger("trioflow")
 class EngineChildren:
     """The engine's side of child steps, for the runs it spawns."""
 
-    __slots__ = ("_engine", "_fetching")
+    __slots__ = ("_engine", "_fetching", "_slots_watched")
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -32,6 +32,8 @@ class EngineChildren:
         #: end before that read share it (a parent of many children would read all its pending
         #: notices once per child otherwise).
         self._fetching: set[str] = set()
+        #: Events of runs that rest, set when an instance starts waiting for a slot.
+        self._slots_watched: set[trio.Event] = set()
 
     @property
     def closing(self) -> bool:
@@ -57,6 +59,19 @@ class EngineChildren:
     def slots_wanted(self) -> bool:
         """Whether instances wait in the queue for a ``max_running`` slot (see ``settle``)."""
         return bool(self._engine._waiting)
+
+    def watch_slots(self, event: trio.Event) -> None:
+        self._slots_watched.add(event)
+
+    def unwatch_slots(self, event: trio.Event) -> None:
+        self._slots_watched.discard(event)
+
+    def slot_wanted(self) -> None:
+        """An instance starts waiting for a slot: resting runs look again (see ``settle``)."""
+        if self._slots_watched:
+            for event in self._slots_watched:
+                event.set()
+            self._slots_watched.clear()
 
     def in_parent_slot(self, parent_id: str) -> bool:
         parent = self._engine._live.get(parent_id)

@@ -1086,6 +1086,7 @@ class Engine:
         """Queue a run for a slot; a parent with a workflow timeout that waits on children is
         watched, to leave the queue at its deadline (:meth:`_run_to_cancel_children`)."""
         self._waiting.append(run)
+        self._children.slot_wanted()
         state, timeout = run.state, run.definition.timeout
         if timeout is None or state.started_at is None or self._closed or self._actors_stopped or not any(
                 lane.waiting is not None and "child" in lane.waiting for lane in state.lanes.values()):

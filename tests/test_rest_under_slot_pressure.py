@@ -62,3 +62,32 @@ async def test_with_slots_to_spare_resting_lanes_keep_their_rest_period(autojump
         await trio.sleep(1.0)
         assert iid not in engine._live
 
+
+
+async def test_a_resting_instance_gives_its_slot_to_one_queued_after_it_rests(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``max_running=1``: an instance whose two branches wait an hour holds the slot while it
+    rests; a second instance started then waits in the queue, and the first leaves memory at
+    once for it, rather than at the end of its rest period (a second and 10 ms a lane)."""
+    ran_at: list[float] = []
+
+    async def mark(data: Any) -> None:
+        ran_at.append(trio.current_time())
+
+    waits = tf.workflow("w").parallel("p", branches=[
+        tf.branch(f"b{i}").wait(f"t{i}", seconds=3600).build() for i in range(2)]).build()
+    quick = tf.workflow("q").task("mark", job=mark).build()
+    async with engine_on(MemoryAdapter(), max_running=1) as engine:
+        engine.register(waits)
+        engine.register(quick)
+        first = await engine.start("w")
+        await trio.sleep(0.1)  # both branches rest; nothing waits for the slot yet
+        assert first in engine._live
+        t0 = trio.current_time()
+        done = await finish(engine, await engine.start("q"))
+        assert done.status == "completed"
+        assert ran_at and ran_at[0] - t0 < 0.1, ran_at[0] - t0
+        assert first not in engine._live
+        back = await finish(engine, first)
+        assert back.status == "completed"
