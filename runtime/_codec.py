@@ -60,7 +60,10 @@ HEADER_TAG = "trioflow.header"
 #: (a header written before it has five fields and lists every lane: both are read). And a lane
 #: that waits for its child's end may say so in a word (``ChildWait.word``) rather than with
 #: its child's ids, which its start record holds (a header written before says it in full: both
-#: are read).
+#: are read). A header may also end with a twentieth field that names the branch and item lanes
+#: standing just after their last record by that record's seq (see :func:`encode_header`): a
+#: header written before lists them all, and is read as it is; an older release refuses a
+#: header with it, which only a fan-out's branches or items moving on give.
 FORMAT_VERSION = 4
 #: Largest encoded input, output or shared-data value: larger ones are refused, naming them.
 MAX_VALUE_BYTES = 16 * 1024 * 1024
@@ -125,6 +128,12 @@ def encode_header(state: InstanceState) -> bytes:
     # with the items. ``firsts``: that step of each running map met so far -> what its items'
     # lane keys start with (a map's lane comes before its items': they are added after it).
     firsts: dict[str | None, str] | None = None
+    # A branch's or item's lane that stands just after its last record (a plain move on, no
+    # wait, no failure: the lanes of a fan-out whose items or branches have moved past their
+    # first step, or ended) is named by that record's seq alone, grouped by the step it stands
+    # at: the record names the lane. Such lanes, thousands in a wide fan-out, would otherwise
+    # be written out in full with each one's end (see :func:`_put_back_moved_on`).
+    moved_on: dict[str | None, list[int]] | None = None
     for key, lane in state.lanes.items():
         if lane.begun is not None:
             f = lane.fanout
@@ -138,22 +147,32 @@ def encode_header(state: InstanceState) -> bytes:
                           None if f is None else (f.count, f.started, f.ended, f.ended_count, f.failed, f.first))
         elif lane.waiting is not None:
             lanes[key] = (lane.step, lane.last, lane.failed, lane.waiting)
-        elif (firsts is not None and lane.last is None and lane.failed is None
-              and (items := firsts.get(lane.step)) is not None and key.startswith(items)):
-            continue
+        elif lane.last is None:
+            if (firsts is not None and lane.failed is None
+                    and (items := firsts.get(lane.step)) is not None and key.startswith(items)):
+                continue
+            lanes[key] = (lane.step, None, lane.failed)
+        elif key and lane.failed is None and state.records[lane.last].lane == key:
+            if moved_on is None:
+                moved_on = {lane.step: [lane.last]}
+            elif (group := moved_on.get(lane.step)) is None:
+                moved_on[lane.step] = [lane.last]
+            else:
+                group.append(lane.last)
         else:
             lanes[key] = (lane.step, lane.last, lane.failed)
     # Packed inline, not through a helper: this runs at every checkpoint.
+    fields = (
+        # (Empty shared data, most runs', as a plain dict: msgpack packs a dict subclass
+        # through its Python-level ``items()``.)
+        HEADER_TAG, FORMAT_VERSION, state.instance_id, state.status, state.phase,
+        state.outcome, state.rolled_back, state.data if state.data else _NO_MAP, lanes, state.error,
+        state.failed_step, state.compensated_from, state.compensated_names, state.skipped,
+        state.started_at, state.completed_at,
+        len(state.records), state.error_name, state.cause,
+    )
     try:
-        packed: bytes = _packer.pack((
-            # (Empty shared data, most runs', as a plain dict: msgpack packs a dict subclass
-            # through its Python-level ``items()``.)
-            HEADER_TAG, FORMAT_VERSION, state.instance_id, state.status, state.phase,
-            state.outcome, state.rolled_back, state.data if state.data else _NO_MAP, lanes, state.error,
-            state.failed_step, state.compensated_from, state.compensated_names, state.skipped,
-            state.started_at, state.completed_at,
-            len(state.records), state.error_name, state.cause,
-        ))
+        packed: bytes = _packer.pack(fields if moved_on is None else (*fields, moved_on))
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
         raise UnencodableValueError(_locate(state, (("shared data", state.data),))) from exc
@@ -656,6 +675,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     (_, _, iid, name, fingerprint, input, created_at, parent_id) = start if len(start) == 8 else (*start, None)
     _expect(parent_id is None or isinstance(parent_id, str), "the parent id must be a string")
     _expect(isinstance(iid, str) and isinstance(name, str), "instance id and workflow name must be strings")
+    moved_on = None
     if header[1] == 2:
         # Format 2's header: no mark, and a list of the executions compensated.
         (_, _, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated, comp_errors,
@@ -668,7 +688,8 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
              compensated_names, comp_errors, skipped, started_at, completed_at, count, error_name, cause) = header
         else:  # in records
             (_, _, mark, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated_from,
-             compensated_names, skipped, started_at, completed_at, count, error_name, cause) = header
+             compensated_names, skipped, started_at, completed_at, count, error_name, cause,
+             moved_on) = header if len(header) == 20 else (*header, None)
             comp_errors = NO_ERRORS
         if mark != iid and not (type(mark) is int and mark == instance_mark(iid)):
             # (The message is built only here: every row read passes this check.)
@@ -725,6 +746,8 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         _expect(waiting is None or _well_formed_wait(waiting), "lane %r waits for something malformed", key)
         state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting, begun=begun,
                                 fanout=None if fanout is None else _map_progress(key, fanout))
+    if moved_on is not None:
+        _put_back_moved_on(state, moved_on)
     _put_back_untouched_items(state.lanes)
     # (Most instances have compensated and skipped nothing: no generator is made for those.)
     # (Format 4's headers hold none: the constant, checked by identity rather than as a Mapping.)
@@ -821,6 +844,20 @@ def _map_progress(key: str, fields: Any) -> MapProgress:
     _expect(first is None or isinstance(first, str), f"lane {key!r} holds a malformed map position")
     return MapProgress(count=count, started=started, ended=ended, ended_count=ended_count, failed=failed,
                        first=first)
+
+
+def _put_back_moved_on(state: InstanceState, moved_on: Any) -> None:
+    """The lanes a header names by the seq of their last record, grouped by the step each
+    stands at (see :func:`encode_header`): each in the lane its record names."""
+    _expect(isinstance(moved_on, dict), "malformed lanes moved on")
+    lanes, records = state.lanes, state.records
+    for step, seqs in moved_on.items():
+        _expect((step is None or isinstance(step, str)) and isinstance(seqs, list), "malformed lanes moved on")
+        for last in seqs:
+            _expect(_is_seq(last, len(records)) and last is not None, "malformed lanes moved on")
+            key = records[last].lane
+            _expect(key != MAIN and key not in lanes, "lane %r is named twice", key)
+            lanes[key] = Lane(step=step, last=last)
 
 
 def _put_back_untouched_items(lanes: dict[str, Lane]) -> None:

@@ -141,3 +141,37 @@ async def finish(engine: tf.Engine, iid: str, limit: float = 10**6) -> tf.Workfl
     """``engine.wait(iid)``, failing (at once, on the autojumping clock) instead of hanging."""
     with trio.fail_after(limit):
         return await engine.wait(iid)
+
+
+class HeaderSizes(MemoryAdapter):
+    """A MemoryAdapter that keeps the size of the largest header a checkpoint handed it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    async def checkpoint(self, instance_id: str, status: Any, header: bytes, records: Any, **kw: Any) -> Any:
+        self.largest = max(self.largest, len(header))
+        return await super().checkpoint(instance_id, status, header, records, **kw)
+
+
+async def largest_header_of_staggered_map(items: int, first_step: bool = False) -> int:
+    """The largest header a map of ``items`` items ending one after another writes (on a test
+    engine, under a MockClock); ``first_step``: each item runs a step first, so that the items
+    in flight stand past it."""
+    async def first(ctx: tf.WorkflowContext) -> int:
+        return int(ctx.item)
+
+    async def slow(ctx: tf.WorkflowContext) -> int:
+        await trio.sleep(1 + ctx.item)  # every item ends at its own moment: one checkpoint each
+        return int(ctx.item)
+
+    branch = tf.branch("item").step("first", first) if first_step else tf.branch("item")
+    wf = (tf.workflow("stagger").map("each", items=lambda ctx: list(range(items)),
+                                     branch=branch.step("work", slow).build()).build())
+    adapter = HeaderSizes()
+    async with open_test_engine(adapter=adapter) as engine:
+        engine.register(wf)
+        done = await engine.wait(await engine.start("stagger"))
+    assert done.status == "completed" and done.output == list(range(items))
+    return adapter.largest

@@ -18,7 +18,8 @@ from trioflow._codec import decode, encode_header, encode_record, encode_start
 from trioflow._decide import new_state
 from trioflow._map import item_ended, open_items, start_item, start_record
 from trioflow._snapshot import Lane
-from trioflow.testing import open_test_engine
+
+from storages import largest_header_of_staggered_map
 
 #: Where the lanes are in a header (see ``trioflow._codec.encode_header``).
 LANES = 8
@@ -96,36 +97,11 @@ def test_a_header_from_before_lists_every_lane_and_reads_back_as_it_was() -> Non
     assert set(again.lanes) == {"", "each/#0", "each/#2"} and again.lanes["each/#0"] == Lane(step="work")
 
 
-class HeaderSizes(tf.adapters.MemoryAdapter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    async def checkpoint(self, instance_id: str, status: Any, header: bytes, records: Any, **kw: Any) -> Any:
-        self.largest = max(self.largest, len(header))
-        return await super().checkpoint(instance_id, status, header, records, **kw)
-
-
-async def _largest_header(items: int) -> int:
-    async def slow(ctx: tf.WorkflowContext) -> int:
-        await trio.sleep(1 + ctx.item)  # every item ends at its own moment: one checkpoint each
-        return int(ctx.item)
-
-    wf = (tf.workflow("stagger").map("each", items=lambda ctx: list(range(items)),
-                                     branch=tf.branch("item").step("work", slow).build()).build())
-    adapter = HeaderSizes()
-    async with open_test_engine(adapter=adapter) as engine:
-        engine.register(wf)
-        done = await engine.wait(await engine.start("stagger"))
-    assert done.status == "completed" and done.output == list(range(items))
-    return adapter.largest
-
-
 async def test_a_map_with_thousands_of_items_in_flight_keeps_a_small_header(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """2,000 items started at once (no ``max_concurrency``), ending one at a time: the largest
     header any checkpoint wrote is no larger than with 20 items (it listed every running item
     before: 2,000 lanes, some 30 KB, rewritten by each of the 2,000 items' ends)."""
-    few, many = await _largest_header(20), await _largest_header(2_000)
+    few, many = await largest_header_of_staggered_map(20), await largest_header_of_staggered_map(2_000)
     assert many <= few + 16, (few, many)
