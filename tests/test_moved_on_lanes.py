@@ -155,3 +155,18 @@ async def test_items_in_flight_past_their_first_step_cost_a_few_bytes_each_in_th
     few, many = (await largest_header_of_staggered_map(20, first_step=True),
                   await largest_header_of_staggered_map(2_000, first_step=True))
     assert many - few <= 3 * (2_000 - 20), (few, many)
+
+
+def test_a_header_from_before_lists_lanes_moved_on_in_full_and_reads_back_as_it_was() -> None:
+    """Format 4's header as written before this field: nineteen fields, every lane in full."""
+    state = new_state(WIDE, "i", None, 0.0)
+    assert open_branches(state, PARALLEL)
+    for i, kind in enumerate(["moved on", "ended", "untouched", "moved on", "ended", "waiting"]):
+        _run_first(state, f"p/b{i}", WIDE, f"one{i}", f"two{i}", kind)
+    raw = msgpack.unpackb(encode_header(state), strict_map_key=False)
+    assert len(raw.pop(MOVED_ON)) == 3  # (at "two0", at "two3", and ended)
+    for key in ("p/b0", "p/b1", "p/b3", "p/b4"):
+        lane = state.lanes[key]
+        raw[LANES][key] = [lane.step, lane.last, lane.failed]
+    again = decode(encode_start(state), msgpack.packb(raw), [encode_record(r) for r in state.records])
+    assert again.lanes == state.lanes
