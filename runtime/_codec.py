@@ -851,13 +851,22 @@ def _put_back_moved_on(state: InstanceState, moved_on: Any) -> None:
     stands at (see :func:`encode_header`): each in the lane its record names."""
     _expect(isinstance(moved_on, dict), "malformed lanes moved on")
     lanes, records = state.lanes, state.records
+    # Each must name the newest record that moved its lane on or began an execution in it: an
+    # older one (damage) would put the lane back where it stood before, to run steps again.
+    newest = {r.lane: r.seq for r in records if r.status in _MOVES_A_LANE}
     for step, seqs in moved_on.items():
         _expect((step is None or isinstance(step, str)) and isinstance(seqs, list), "malformed lanes moved on")
         for last in seqs:
             _expect(_is_seq(last, len(records)) and last is not None, "malformed lanes moved on")
             key = records[last].lane
             _expect(key != MAIN and key not in lanes, "lane %r is named twice", key)
+            _expect(newest.get(key) == last, "lane %r is named by record %r, not by its newest", key, last)
             lanes[key] = Lane(step=step, last=last)
+
+
+#: The statuses of the records that move a lane on (see ``trioflow._decide.complete_step``) or
+#: begin an execution in it (a map's or a child step's start record).
+_MOVES_A_LANE = frozenset({"completed", "caught", "started"})
 
 
 def _put_back_untouched_items(lanes: dict[str, Lane]) -> None:
