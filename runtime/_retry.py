@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import attrs
@@ -37,6 +38,16 @@ def _finite_at_least(minimum: float) -> Callable[[object, attrs.Attribute[float]
     return check
 
 
+def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise DefinitionError(f"Retry.{attribute.name} must be a number from 0 to 1, got {value!r}")
+
+
+#: Draws each jittered delay: a generator of its own, so that neither a program's seeding of
+#: ``random`` nor hypothesis's management of it makes every instance's delays the same.
+_jitter_source = random.Random()
+
+
 def _retry_on_tuple(value: object) -> tuple[ErrorMatcher, ...] | None:
     if value is None:
         return None
@@ -53,7 +64,10 @@ class Retry:
 
     ``max_attempts`` counts the first try; ``interval`` and ``max_interval`` are seconds (or
     ``timedelta``). The delay before attempt ``n + 1`` is
-    ``min(interval * backoff_rate ** (n - 1), max_interval)``. ``retry_on`` restricts which errors
+    ``min(interval * backoff_rate ** (n - 1), max_interval)``, less a random share of up to
+    ``jitter`` of it (``0``, the default: none; ``1``: anywhere from 0 to the full delay, Step
+    Functions' ``FULL``), so that many instances failing on one dependency at once do not all
+    retry at the same moment. ``retry_on`` restricts which errors
     are retried (``None``: all). Its items are checked in a fixed precedence: exception types
     first (``isinstance``), then strings (a match when the string is the error's name or occurs
     in its message), then :data:`trioflow.ALL`, then predicates (``predicate(error) -> bool``).
@@ -68,6 +82,7 @@ class Retry:
     backoff_rate: float = attrs.field(default=2.0, validator=_finite_at_least(1))
     max_interval: float = attrs.field(default=30.0, converter=seconds, validator=_finite_at_least(0))
     retry_on: tuple[RetryOn, ...] | None = attrs.field(default=None, converter=_retry_on_tuple)
+    jitter: float = attrs.field(default=0.0, validator=_fraction)
 
     def __init__(
         self,
@@ -76,6 +91,8 @@ class Retry:
         backoff_rate: float = 2.0,
         max_interval: Seconds = 30.0,
         retry_on: RetryOn | tuple[RetryOn, ...] | list[RetryOn] | None = None,
+        *,
+        jitter: float = 0.0,
     ) -> None:
         # Positional arguments are allowed here (``Retry(5)``) because it reads naturally.
         self.__attrs_init__(  # type: ignore[attr-defined]
@@ -84,6 +101,7 @@ class Retry:
             backoff_rate=backoff_rate,
             max_interval=max_interval,
             retry_on=retry_on,
+            jitter=jitter,
         )
 
     def __attrs_post_init__(self) -> None:
@@ -95,7 +113,8 @@ class Retry:
             )
 
     def delay(self, attempt: int) -> float:
-        """Seconds to sleep after failed attempt number ``attempt`` (1-based)."""
+        """Seconds to sleep after failed attempt number ``attempt`` (1-based), before jitter:
+        the longest the sleep can be."""
         try:
             grown = self.interval * self.backoff_rate ** (attempt - 1)
         except OverflowError:
@@ -115,7 +134,12 @@ class Retry:
         """
         if attempt >= self.max_attempts or not self.retries(error):
             return None
-        return self.delay(attempt)
+        delay = self.delay(attempt)
+        if self.jitter:
+            # Drawn once, as the attempt fails: an engine stores the next attempt's time, so a
+            # restart keeps it rather than draw again.
+            delay -= delay * self.jitter * _jitter_source.random()
+        return delay
 
 
 #: The policy of a step that has none of its own and whose workflow sets no default.
