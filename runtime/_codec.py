@@ -132,8 +132,12 @@ def encode_header(state: InstanceState) -> bytes:
     # wait, no failure: the lanes of a fan-out whose items or branches have moved past their
     # first step, or ended) is named by that record's seq alone, grouped by the step it stands
     # at: the record names the lane. Such lanes, thousands in a wide fan-out, would otherwise
-    # be written out in full with each one's end (see :func:`_put_back_moved_on`).
+    # be written out in full with each one's end (see :func:`_put_back_moved_on`). Not once the
+    # instance has ended: its last header lists every lane, so that the release before this
+    # field, which refuses a header holding it, still shows a finished instance after a
+    # rollback (a header written once, so the bytes it would save do not matter).
     moved_on: dict[str | None, list[int]] | None = None
+    compact = state.phase != "done"
     for key, lane in state.lanes.items():
         if lane.begun is not None:
             f = lane.fanout
@@ -152,7 +156,7 @@ def encode_header(state: InstanceState) -> bytes:
                     and (items := firsts.get(lane.step)) is not None and key.startswith(items)):
                 continue
             lanes[key] = (lane.step, None, lane.failed)
-        elif key and lane.failed is None and state.records[lane.last].lane == key:
+        elif compact and key and lane.failed is None and state.records[lane.last].lane == key:
             if moved_on is None:
                 moved_on = {lane.step: [lane.last]}
             elif (group := moved_on.get(lane.step)) is None:

@@ -20,6 +20,7 @@ from trioflow._codec import decode, encode_header, encode_record, encode_start
 from trioflow._decide import complete_step, fail_step, new_execution, new_state, open_branches
 from trioflow._errors import SnapshotDecodeError
 from trioflow._map import open_items, start_item, start_record
+from trioflow.testing import open_test_engine
 
 from storages import largest_header_of_staggered_map
 
@@ -170,3 +171,35 @@ def test_a_header_from_before_lists_lanes_moved_on_in_full_and_reads_back_as_it_
         raw[LANES][key] = [lane.step, lane.last, lane.failed]
     again = decode(encode_start(state), msgpack.packb(raw), [encode_record(r) for r in state.records])
     assert again.lanes == state.lanes
+
+
+async def test_an_ended_instance_lists_every_lane_so_the_release_before_still_shows_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A fan-out that failed while a branch stood past its first step: the instance's last
+    header is one of nineteen fields, every lane in full (the release before refuses a header
+    with lanes named by their records, and would report a finished instance unreadable after
+    a rollback)."""
+    async def fine(_: Any) -> str:
+        return "ok"
+
+    async def slow(_: Any) -> None:
+        await trio.sleep(3_600)
+
+    async def broken(_: Any) -> None:
+        await trio.sleep(1)
+        raise RuntimeError("down")
+
+    wf = tf.workflow("half").parallel("p", branches=[
+        tf.branch("a").step("a1", fine).step("a2", slow).build(),
+        tf.branch("b").step("b1", broken).build()]).build()
+    adapter = tf.adapters.MemoryAdapter()
+    async with open_test_engine(adapter=adapter) as engine:
+        engine.register(wf)
+        iid = await engine.start("half")
+        assert (await engine.wait(iid)).status == "failed"
+    stored = await adapter.load(iid)
+    assert stored is not None
+    raw = msgpack.unpackb(stored.header, strict_map_key=False)
+    assert len(raw) == MOVED_ON and set(raw[LANES]) == {"", "p/a", "p/b"}
+    assert raw[LANES]["p/a"][:2] == ["a2", 0]
