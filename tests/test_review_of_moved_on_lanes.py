@@ -166,29 +166,25 @@ async def test_crash_nested_parallels(autojump_clock: trio.testing.MockClock) ->
     await _explore(wf)
 
 
+def _twice(builder: Any, fanout: str) -> tf.WorkflowDefinition:
+    """``builder``'s fan-out step ``fanout``, then a choice that loops back to it once."""
+    return (builder
+            .step("count", sleeper("count", 0.1))
+            .choice("again", choices=[tf.when(lambda ctx: len([r for r in ctx.instance.history
+                                                              if r.step_name == "count"]) < 2, next=fanout)],
+                    default="fin")
+            .pass_("fin")
+            .build())
+
+
 async def test_crash_loop_runs_same_parallel_twice(autojump_clock: trio.testing.MockClock) -> None:
-    wf = (tf.workflow("twice")
-          .parallel("p", branches=[_branch("a", 2, 0.5), _branch("b", 3, 0.3)])
-          .step("count", sleeper("count", 0.1))
-          .choice("again", choices=[tf.when(lambda ctx: len([r for r in ctx.instance.history
-                                                            if r.step_name == "count"]) < 2, next="p")],
-                  default="fin")
-          .pass_("fin")
-          .build())
-    await _explore(wf)
+    await _explore(_twice(tf.workflow("twice").parallel("p", branches=[_branch("a", 2, 0.5), _branch("b", 3, 0.3)]),
+                          "p"))
 
 
 async def test_crash_loop_runs_same_map_twice(autojump_clock: trio.testing.MockClock) -> None:
     item = tf.branch("it").step("i0", sleeper("i0", 0.1), undo).step("i1", sleeper("i1", 0.4)).build()
-    wf = (tf.workflow("mtwice")
-          .map("m", items=lambda ctx: [0, 1, 2], branch=item)
-          .step("count", sleeper("count", 0.1))
-          .choice("again", choices=[tf.when(lambda ctx: len([r for r in ctx.instance.history
-                                                            if r.step_name == "count"]) < 2, next="m")],
-                  default="fin")
-          .pass_("fin")
-          .build())
-    await _explore(wf)
+    await _explore(_twice(tf.workflow("mtwice").map("m", items=lambda ctx: [0, 1, 2], branch=item), "m"))
 
 
 async def test_crash_fail_fast_map_with_items_past_first_step(autojump_clock: trio.testing.MockClock) -> None:
