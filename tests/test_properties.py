@@ -212,10 +212,11 @@ def test_the_explorer_names_the_crash_point_that_diverges() -> None:
         calls["n"] = 0
         report = await explore_crashes(wf, check=False)
         assert [(p.write, p.lost, p.after) for p in report.points] == [
-            (1, False, "instance created"), (1, True, "write lost, after nothing stored"),
-            (2, False, "step 'a' completed"), (2, True, "write lost, after instance created"),
-            (3, False, "step 'b' completed"), (3, True, "write lost, after step 'a' completed"),
-            (4, False, "step 'out' completed; instance completed"), (4, True, "write lost, after step 'b' completed")]
+            (1, False, "instance created"), (1, True, "write lost (instance created), after nothing stored"),
+            (2, False, "step 'a' completed"), (2, True, "write lost (step 'a' completed), after instance created"),
+            (3, False, "step 'b' completed"), (3, True, "write lost (step 'b' completed), after step 'a' completed"),
+            (4, False, "step 'out' completed; instance completed"),
+            (4, True, "write lost (step 'out' completed; instance completed), after step 'b' completed")]
 
     tf.testing.run(main)
 
@@ -334,7 +335,7 @@ def test_the_explorer_runs_a_step_again_when_its_write_is_lost() -> None:
         report = await explore_crashes(wf, adapter_factory=fresh_world, check=False, lost_writes=False)
         assert not report.divergent
         with pytest.raises(tf.testing.CrashDivergenceError,
-                           match=r"crash while making snapshot write 2 of 4 \(write lost, after instance created\), then"
+                           match=r"crash while making snapshot write 2 of 4 \(write lost \(step \'charge\' completed\), after instance created\), then"
                                  r" resume: step 'charge' \(charge#1, attempt 1\) ran again after the crash and returned 2,"
                                  r" where its first run returned 1: it is not idempotent"):
             await explore_crashes(wf, adapter_factory=fresh_world)

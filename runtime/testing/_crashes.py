@@ -256,7 +256,10 @@ async def explore_crashes(
                 after = f"no crash: this run made {crashed.writes} writes"
                 divergence = _compare_uncrashed(baseline, outcome, shapes[workflow.name])
             elif lost:
-                after = "write lost, after " + (_describe_write(crashed.states, k - 1) if k > 1 else "nothing stored")
+                # Named by what it would have stored (as the run without a crash wrote it), and
+                # what was stored before it: "after" alone read as the step that ran again.
+                after = (f"write lost ({_describe_write(clean.states, k)}), after "
+                         + (_describe_write(crashed.states, k - 1) if k > 1 else "nothing stored"))
                 divergence = counter.changed[0] if counter.changed else _compare(
                     baseline, crashed.crash_states, outcome, shapes)
             else:
