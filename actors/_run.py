@@ -828,8 +828,11 @@ class Run:
     def emit(self, name: str, **payload: Any) -> None:
         """Publish an event about this instance (callers check ``bus.active``, or for events
         sent at every step ``bus.wants(name)``, first)."""
-        payload["instance_id"] = self.state.instance_id
-        payload["workflow_name"] = self.state.workflow_name
+        state = self.state
+        payload["instance_id"] = state.instance_id
+        payload["workflow_name"] = state.workflow_name
+        if state.parent_id is not None:  # a child workflow's: its parent, for following a family
+            payload["parent_id"] = state.parent_id
         self.bus.emit(name, payload)
 
     async def hook(self, name: str, *args: Any) -> None:
