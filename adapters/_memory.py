@@ -31,10 +31,11 @@ class _Row:
     """One stored instance. Slotted and mutable: checkpoints are the hot path."""
 
     __slots__ = ("instance_id", "order", "workflow_name", "status", "start", "header", "records", "signals", "wake_at",
-                 "finished_at")
+                 "finished_at", "parent_id")
 
     def __init__(
         self, instance_id: str, order: int, workflow_name: str, status: Status, start: bytes | None, header: bytes,
+        parent_id: str | None = None,
     ) -> None:
         self.instance_id = instance_id
         #: Creation order: listings go by it.
@@ -53,6 +54,8 @@ class _Row:
         self.wake_at: float | None = None
         #: When it finished (``None``: it has not), on the adapter's clock.
         self.finished_at: float | None = None
+        #: The instance that started it as a child workflow (a purge keeps it while that one is stored).
+        self.parent_id = parent_id
 
 
 class MemoryAdapter:
@@ -101,12 +104,18 @@ class MemoryAdapter:
         """What is stored stays for the next engine."""
         self._open = False
 
-    async def create(self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes) -> bool:
+    async def create(
+        self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes,
+        parent_id: str | None = None,
+    ) -> bool:
         if instance_id in self._rows:
             return False
         start, header = _blob(start, "start"), _blob(header, "header")
+        if parent_id is not None and not isinstance(parent_id, str):
+            raise StorageError(f"parent_id must be a str or None, got {type(parent_id).__name__}; nothing was written")
         self._created += 1
-        row = self._rows[instance_id] = _Row(instance_id, self._created, workflow_name, status, start, header)
+        row = self._rows[instance_id] = _Row(instance_id, self._created, workflow_name, status, start, header,
+                                             parent_id)
         self._by_status.setdefault(status, {})[instance_id] = None
         self._by_workflow.setdefault(workflow_name, {})[instance_id] = None
         self._stamp(row)
@@ -325,6 +334,7 @@ class MemoryAdapter:
         self, finished_by: float, limit: int, *, status: Status | None = None, workflow_name: str | None = None,
     ) -> int:
         finished = self._finished
+        rows = self._rows
         purged = 0
         for place in finished:  # rows leave the dicts here, never the deque: iterating it is safe
             if not self._current(place):
@@ -334,7 +344,8 @@ class MemoryAdapter:
                 # Finish order: the rows after this one finished later (a wall clock stepped
                 # back only delays them until this one is due).
                 break
-            if (status is None or row.status == status) and (workflow_name is None or row.workflow_name == workflow_name):
+            if ((status is None or row.status == status) and (workflow_name is None or row.workflow_name == workflow_name)
+                    and row.parent_id not in rows):  # (a child stays while its parent is stored)
                 self._remove(row)
                 purged += 1
         while finished and not self._current(finished[0]):

@@ -11,8 +11,9 @@ An instance is stored as three kinds of bytes (SPEC §10):
 So the bytes a checkpoint writes do not grow with the number of steps already run.
 
 Beside the bytes, an adapter keeps what it indexes: the workflow name, the status, the creation
-order (listings page through it), and the *finish time* of a finished instance (``purge`` deletes
-by it), stamped by the adapter itself from the clock :meth:`Adapter.use_clock` gives it.
+order (listings page through it), the *finish time* of a finished instance (``purge`` deletes
+by it), stamped by the adapter itself from the clock :meth:`Adapter.use_clock` gives it, and a
+child instance's *parent* (``purge`` keeps a child while its parent is stored).
 """
 
 from __future__ import annotations
@@ -57,8 +58,14 @@ class Adapter(Protocol):
         """Flush and release; called when the engine stops. The adapter may be opened again."""
         ...
 
-    async def create(self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes) -> bool:
-        """Store a new instance with no records; ``False`` (and no write) when the id exists."""
+    async def create(
+        self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes,
+        parent_id: str | None = None,
+    ) -> bool:
+        """Store a new instance with no records; ``False`` (and no write) when the id exists.
+        ``parent_id``: the instance that started it as a child workflow, kept for :meth:`purge`.
+        (The engine passes it only to an adapter whose ``create`` takes it: one written before
+        it existed keeps working, without that protection.)"""
         ...
 
     async def checkpoint(
@@ -155,9 +162,14 @@ class Adapter(Protocol):
         """Delete up to ``limit`` finished instances (status in ``TERMINAL``) that finished at or
         before ``finished_by``, earliest finish first, optionally only those of one status or
         one workflow, with their records and pending signals; returns how many. Atomic, and
-        found through an index on finish time: its cost follows what it deletes, not what is
-        stored. An instance's finish time is stamped when a create or checkpoint gives it a
-        finished status, and survives a reopen."""
+        found through an index on finish time: its cost follows what it deletes (and the
+        children it keeps), not what is stored. An instance's finish time is stamped when a
+        create or checkpoint gives it a finished status, and survives a reopen.
+
+        A child instance (one created with a ``parent_id``) is kept, whatever its finish time,
+        while its parent is stored: the parent may yet compensate it as a unit (its own parent
+        may compensate it), and lists it among its children. Once the parent is gone, the
+        child goes by its own finish time."""
         ...
 
 
@@ -198,9 +210,20 @@ _REPLACED = ("send_signal", "load")
 
 
 def skips_workflows(adapter: object) -> bool:
-    """Whether ``adapter``'s ``due()`` and ``next_wake()`` take ``skip_workflows`` (an adapter
-    written before it existed does not)."""
+    """Whether ``adapter``'s ``due()`` and ``next_wake()`` take ``skip_workflows``."""
+    return _takes(adapter, "due", "skip_workflows")
+
+
+def keeps_families(adapter: object) -> bool:
+    """Whether ``adapter``'s ``create()`` takes ``parent_id`` (and its ``purge()`` keeps a child
+    while its parent is stored)."""
+    return _takes(adapter, "create", "parent_id")
+
+
+def _takes(adapter: object, method: str, parameter: str) -> bool:
+    """Whether ``adapter``'s ``method`` takes ``parameter`` (an adapter written before the
+    parameter existed does not, and keeps working without what it brings)."""
     try:
-        return "skip_workflows" in inspect.signature(adapter.due).parameters  # type: ignore[attr-defined]
+        return parameter in inspect.signature(getattr(adapter, method)).parameters
     except (AttributeError, TypeError, ValueError):
         return False

@@ -98,7 +98,8 @@ _SCHEMA = (
         start         BLOB,
         next_seq      INTEGER NOT NULL DEFAULT 0,
         wake_at       REAL,
-        finished_at   REAL
+        finished_at   REAL,
+        parent_id     TEXT
     )""",
     # Each index ends in the rowid (creation order), so that listings page through it.
     "CREATE INDEX IF NOT EXISTS trioflow_instances_by_workflow ON trioflow_instances (workflow_name, status)",
@@ -134,8 +135,10 @@ _MIGRATE_FROM_1 = (
 )
 
 #: Columns added within schema version 2, with their types: a file without one gets it when it
-#: opens (wake_at: waiting instances; finished_at: retention).
-_ADDED_COLUMNS = (("wake_at", "REAL"), ("finished_at", "REAL"))
+#: opens (wake_at: waiting instances; finished_at: retention; parent_id: a child workflow's
+#: parent, which a purge keeps it for: a child stored before the column has none, and goes by
+#: its own finish time, as it did then).
+_ADDED_COLUMNS = (("wake_at", "REAL"), ("finished_at", "REAL"), ("parent_id", "TEXT"))
 #: SQL for "the row is finished", as written in the partial index on finish times (a query uses
 #: that index only if its WHERE clause holds this very term). Comparisons joined by OR, not
 #: ``status IN (...)``: SQLite evaluates an IN list of more than two constants through a
@@ -433,9 +436,16 @@ class SQLiteAdapter:
 
     # -- the Adapter protocol -----------------------------------------------------------------
 
-    async def create(self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes) -> bool:
+    async def create(
+        self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes,
+        parent_id: str | None = None,
+    ) -> bool:
         args: tuple[Any, ...] = (instance_id, workflow_name, status, _blob(start, "start"), _blob(header, "header"))
-        if status in TERMINAL:
+        if parent_id is not None:
+            if not isinstance(parent_id, str):
+                raise DatabaseError(f"parent_id must be a str or None, got {type(parent_id).__name__}; nothing was written")
+            args += (self._wall_clock() if status in TERMINAL else None, parent_id)  # (see _create_sql)
+        elif status in TERMINAL:
             args += (self._wall_clock(),)  # its finish time (see _create_sql)
         created: bool = await self._submit(("create", args))
         return created
@@ -815,6 +825,11 @@ _CREATE_FINISHED_SQL = (
     "INSERT INTO trioflow_instances (instance_id, workflow_name, status, start, header, finished_at)"
     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (instance_id) DO NOTHING"
 )
+#: A child workflow's: its finish time (``None`` unless finished) and its parent.
+_CREATE_CHILD_SQL = (
+    "INSERT INTO trioflow_instances (instance_id, workflow_name, status, start, header, finished_at, parent_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (instance_id) DO NOTHING"
+)
 #: Fenced: applies only where the instance has exactly ``first_seq`` records. Parameters:
 #: status, header, start, number of records, wake_at, instance id, first_seq, finished_at:
 #: numbered, as they are the checkpoint op's arguments, handed over as a slice of them.
@@ -855,7 +870,8 @@ def _update(args: tuple[Any, ...], same_status: bool) -> tuple[str, tuple[Any, .
 
 
 def _create_sql(args: tuple[Any, ...]) -> str:
-    return _CREATE_SQL if len(args) == 5 else _CREATE_FINISHED_SQL
+    """The statement for a create op's arguments: by their number (see :meth:`SQLiteAdapter.create`)."""
+    return _CREATE_SQL if len(args) == 5 else _CREATE_FINISHED_SQL if len(args) == 6 else _CREATE_CHILD_SQL
 _RECORD_SQL = "INSERT INTO trioflow_records (instance_id, seq, data) VALUES (?, ?, ?)"
 _CONSUME_SQL = "DELETE FROM trioflow_signals WHERE seq = ? AND instance_id = ?"
 
@@ -1138,11 +1154,17 @@ def _matching(workflow_name: str | None, status: str | None) -> tuple[list[str],
     return terms, params
 
 
+#: A row's parent is stored (in a purge's WHERE clause, of the row it reads).
+_PARENT_STORED = ("SELECT 1 FROM trioflow_instances AS parent"
+                  " WHERE parent.instance_id = trioflow_instances.parent_id")
+
+
 def _purge(conn: sqlite3.Connection, finished_by: float, limit: int, status: str | None,
            workflow_name: str | None) -> int:
     """Remove up to ``limit`` instances finished by then, earliest first; how many."""
     terms, params = _matching(workflow_name, status)
-    terms += [_FINISHED, "finished_at <= ?"]
+    # A child stays while its parent is stored (found by its primary key, per child row met).
+    terms += [_FINISHED, "finished_at <= ?", f"(parent_id IS NULL OR NOT EXISTS ({_PARENT_STORED}))"]
     params.append(finished_by)
     # INDEXED BY: with a status or workflow to match, the planner could take their index and
     # sort every finished row of it by time; this way it reads finished rows by time, from the

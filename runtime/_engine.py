@@ -38,7 +38,9 @@ from trioflow._codec import (
     same_value,
 )
 from trioflow.adapters._memory import MemoryAdapter
-from trioflow.adapters._protocol import Adapter, SignalsAndLoads, StoredInstance, sends_and_loads, skips_workflows
+from trioflow.adapters._protocol import (
+    Adapter, SignalsAndLoads, StoredInstance, keeps_families, sends_and_loads, skips_workflows,
+)
 
 from ._context import check_services
 from ._current import check_in_trio, lane_of_caller
@@ -143,6 +145,7 @@ class Engine:
         self._passed_over: set[str] = set()
         self._look_again = WAKE_RETRY
         self._adapter_skips = skips_workflows(adapter)
+        self._adapter_keeps_families = keeps_families(adapter)
         #: Whether a signal to an instance not running here is stored and its row read back in
         #: one call (see ``SignalsAndLoads``).
         self._sends_and_loads = sends_and_loads(adapter)
@@ -382,7 +385,12 @@ class Engine:
         try:
             storing = self._storing[instance_id] = _Storing(workflow_name)
             try:
-                created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
+                if parent is not None and self._adapter_keeps_families:
+                    # (Kept by purges while its parent is stored: the parent may compensate it.)
+                    created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header,
+                                                        parent_id=parent.instance_id)
+                else:
+                    created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
             finally:
                 del self._storing[instance_id]
                 storing.done()
@@ -917,7 +925,8 @@ class Engine:
         at least ``older_than`` seconds (or a ``timedelta``) ago on the engine's clock, with
         their records and pending signals; optionally only those of one finished ``status`` or
         of one ``workflow``. Returns how many were deleted. Running and pending instances are
-        never touched. Deletes in batches of :data:`PURGE_BATCH` (on SQLite, one transaction
+        never touched, nor is a child workflow while its parent is stored (the parent may yet
+        compensate it; purged in this call, the parent takes such children with it). Deletes in batches of :data:`PURGE_BATCH` (on SQLite, one transaction
         each), letting instances run and checkpoint between them."""
         self._check_open()
         age = _duration(older_than, "older_than")
@@ -932,7 +941,8 @@ class Engine:
         while True:
             purged = await self.adapter.purge(finished_by, PURGE_BATCH, status=status, workflow_name=workflow)
             total += purged
-            if purged < PURGE_BATCH:
+            if not purged:
+                # (Not at a short batch: children whose parents it purged may go now.)
                 return total
             await trio.lowlevel.checkpoint()  # an adapter that never yields (memory) lets others run
 

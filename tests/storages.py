@@ -27,6 +27,19 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Adap
     return lambda: SQLiteAdapter(tmp_path / "flows.db")
 
 
+def written_before_parents(adapter: Adapter) -> Adapter:
+    """``adapter`` as one whose ``create`` predates ``parent_id``: the engine gives it no
+    parents, and its purges take a child workflow by its own finish time, while its parent
+    runs (what every adapter did before children were kept for their parents)."""
+    create = adapter.create
+
+    async def old_create(instance_id: str, workflow_name: str, status: Any, *, start: bytes, header: bytes) -> bool:
+        return await create(instance_id, workflow_name, status, start=start, header=header)
+
+    adapter.create = old_create  # type: ignore[method-assign]
+    return adapter
+
+
 class BusyLoop(Exception):
     """Raised from a watched ``due()`` once the waker spins: it kills the waker, so that the
     test fails rather than hang."""

@@ -13,6 +13,7 @@ import trio.testing
 import trioflow as tf
 from trioflow.adapters import MemoryAdapter, SQLiteAdapter
 from trioflow.testing import open_test_engine, virtual_wall_clock
+from storages import written_before_parents
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -165,7 +166,8 @@ async def test_both_adapters_keep_a_finished_rows_finish_time_across_its_undos_c
 
     child = tf.workflow("child").task("x", job=ok, compensate=undo_x).task("y", job=ok, compensate=undo_y).build()
     parent = tf.workflow("parent").child("c", workflow="child").task("f", job=fail_late).build()
-    async with open_test_engine(adapter=storage()) as engine:
+    # (An adapter that keeps no parents: one that does keeps the child while its parent is stored.)
+    async with open_test_engine(adapter=written_before_parents(storage())) as engine:
         engine.register(child)
         engine.register(parent)
         await engine.start("parent", instance_id="p")
@@ -190,7 +192,8 @@ async def test_a_child_purged_during_its_undo_is_reported_as_a_child_compensatio
 
     child = tf.workflow("child").task("x", job=ok, compensate=undo_x).build()
     parent = tf.workflow("parent").child("c", workflow="child").task("f", job=fail_late).build()
-    async with open_test_engine(adapter=storage()) as engine:
+    # (An adapter that keeps no parents: one that does keeps the child while its parent is stored.)
+    async with open_test_engine(adapter=written_before_parents(storage())) as engine:
         engine.register(child)
         engine.register(parent)
         await engine.start("parent", instance_id="p")

@@ -104,7 +104,7 @@ async def test_a_database_of_storage_v2_before_waiting_opens_and_its_instances_r
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         columns = [r[1] for r in conn.execute("PRAGMA table_info(trioflow_instances)")]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert columns[-2:] == ["wake_at", "finished_at"] and "trioflow_signals" in tables
+    assert columns[-3:] == ["wake_at", "finished_at", "parent_id"] and "trioflow_signals" in tables
 
 
 V2_COMPENSATING = Path(__file__).with_name("fixtures") / "v2_compensating.db"

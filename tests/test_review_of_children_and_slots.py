@@ -298,22 +298,27 @@ async def test_an_unrelated_instance_under_the_childs_id_is_neither_cancelled_no
 # -- purge / retention and children --------------------------------------------------------------------
 
 
-async def test_purging_finished_children_leaves_a_running_parent_able_to_finish_and_list_them(
+async def test_a_purge_keeps_finished_children_of_a_running_parent_and_one_deleted_leaves_it_able_to_finish(
         autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
-    """A parent that completes normally after its children were purged still completes, with
-    the children's outputs it got before; children still lists their ids."""
+    """A purge keeps the finished children of a parent still stored. A parent that completes
+    normally after its children were deleted still completes, with the children's outputs it
+    got before; children still lists their ids."""
     kid = tf.workflow("kid").pass_("x", transform=lambda ctx: ctx.input * 2).build()
     parent = (tf.workflow("p")
               .child("a", workflow="kid", input=lambda ctx: 1)
               .child("b", workflow="kid", input=lambda ctx: 2)
               .receive("go", signal="go")
               .pass_("sum", transform=lambda ctx: ctx.steps["a"] + ctx.steps["b"]).build())
-    async with engine(storage()) as eng:
+    adapter = storage()
+    async with engine(adapter) as eng:
         eng.register(parent)
         eng.register(kid)
         iid = await eng.start("p", None)
         await trio.sleep(10)
-        assert await eng.purge(older_than=0, workflow="kid") == 2
+        assert await eng.purge(older_than=0, workflow="kid") == 0
+        assert await eng.purge(older_than=0) == 0
+        for name in ("a", "b"):
+            assert await adapter.delete(f"{iid}/{name}#1")
         assert await eng.get_instance(f"{iid}/a#1") is None
         await eng.signal(iid, "go")
         inst = await finish(eng, iid)
@@ -906,10 +911,9 @@ async def test_a_parent_timing_out_while_its_children_queue_for_slots_cancels_th
     assert len([x for x in log if x.startswith("give")]) == 1
 
 
-async def test_retention_purging_a_finished_child_before_its_parent_fails_is_a_child_compensation_error(
-        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
-    log: list[str] = []
-
+def late_failing_family(log: list[str]) -> tuple[tf.WorkflowDefinition, tf.WorkflowDefinition]:
+    """``p``: a compensable step, a child ``kid`` (one compensable step), 500 s of waiting,
+    then a failure. Every job call goes to ``log``."""
     async def do(ctx: tf.WorkflowContext) -> str:
         log.append("do")
         return "d"
@@ -923,12 +927,39 @@ async def test_retention_purging_a_finished_child_before_its_parent_fails_is_a_c
     kid = tf.workflow("kid").step("do", do, undo).build()
     parent = (tf.workflow("p").step("first", do, undo).child("c", workflow="kid")
               .wait("long", seconds=500).step("boom", boom).build())
+    return parent, kid
+
+
+async def test_retention_keeps_a_finished_child_while_its_parent_runs_so_the_parent_fails_and_undoes_it(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    log: list[str] = []
+    parent, kid = late_failing_family(log)
     async with engine(storage(), retain_finished=10) as eng:
         eng.register(parent)
         eng.register(kid)
         iid = await eng.start("p", None)
         await trio.sleep(200)
-        assert await eng.get_instance(f"{iid}/c#1") is None  # purged by retention
+        kept = await eng.get_instance(f"{iid}/c#1")
+        assert kept is not None and kept.status == "completed"  # kept by retention: its parent runs
+        inst = await finish(eng, iid)
+        await trio.sleep(100)  # retention runs again: the parent, finished 100 s ago, goes, and then its child
+        assert await eng.get_instance(iid) is None and await eng.get_instance(f"{iid}/c#1") is None
+    assert (inst.status, inst.compensated_steps, inst.compensation_errors) == ("failed", ("c", "first"), {})
+    assert log == ["do", "do", "undo", "undo"]  # the child's work undone, then first
+    assert inst.children == (f"{iid}/c#1",)
+
+
+async def test_a_finished_child_deleted_before_its_parent_fails_is_a_child_compensation_error(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
+    log: list[str] = []
+    parent, kid = late_failing_family(log)
+    adapter = storage()
+    async with engine(adapter) as eng:
+        eng.register(parent)
+        eng.register(kid)
+        iid = await eng.start("p", None)
+        await trio.sleep(200)
+        assert await adapter.delete(f"{iid}/c#1")  # (retention keeps it: deleted by hand)
         inst = await finish(eng, iid)
     assert inst.status == "failed"
     assert "c" in inst.compensation_errors

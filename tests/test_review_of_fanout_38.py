@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 import trioflow as tf
-from storages import engine_on, finish, storage  # noqa: F401  (storage: the fixture)
+from storages import engine_on, finish, storage, written_before_parents  # noqa: F401  (storage: the fixture)
 from trioflow.adapters import Adapter, MemoryAdapter
 from trioflow.testing import virtual_wall_clock
 
@@ -992,6 +992,9 @@ async def test_a_completed_child_purged_before_its_parent_compensates_is_a_compe
         autojump_clock: trio.testing.MockClock, rig: Rig) -> None:
     journal = Journal()
     parent = failing_order(journal, held=lambda who: True)
+    kept = rig.storage
+    # (An adapter that keeps no parents: one that does keeps the child while its parent is stored.)
+    rig.storage = lambda: written_before_parents(kept())
     async with rig.engine(parent, invoice(journal)) as engine:
         iid = await engine.start("order", "X")
         await trio.sleep(10)

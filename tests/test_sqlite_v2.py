@@ -67,7 +67,7 @@ async def test_a_new_file_gets_schema_version_2(tmp_path: Path) -> None:
         assert columns == [
             ("instance_id", "TEXT", 0), ("workflow_name", "TEXT", 1), ("status", "TEXT", 1),
             ("header", "BLOB", 1), ("start", "BLOB", 0), ("next_seq", "INTEGER", 1), ("wake_at", "REAL", 0),
-            ("finished_at", "REAL", 0),
+            ("finished_at", "REAL", 0), ("parent_id", "TEXT", 0),
         ]
         columns = [(r[1], r[2], r[3]) for r in conn.execute("PRAGMA table_info(trioflow_signals)")]
         assert columns == [("seq", "INTEGER", 0), ("instance_id", "TEXT", 1), ("name", "TEXT", 1), ("payload", "BLOB", 1)]
@@ -478,7 +478,8 @@ async def test_a_database_written_by_the_previous_release_is_migrated(tmp_path: 
     with _raw(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         assert [r[1] for r in conn.execute("PRAGMA table_info(trioflow_instances)")] == [
-            "instance_id", "workflow_name", "status", "header", "start", "next_seq", "wake_at", "finished_at"]
+            "instance_id", "workflow_name", "status", "header", "start", "next_seq", "wake_at", "finished_at",
+            "parent_id"]
     stored = await adapter.list_instances("fixture")
     assert [(s.instance_id, s.workflow_name, s.status, s.header) for s in stored] == v1, "v1 snapshots become headers, unchanged"
     assert all(s.start is None and s.records == () for s in stored)

@@ -20,11 +20,14 @@ from trioflow._engine import open_engine
 from trioflow._errors import (
     CheckpointConflictError,
     InstanceStillRunningError,
+    StorageError,
     UnencodableValueError,
     UnknownInstanceError,
 )
 from trioflow._snapshot import TERMINAL
-from trioflow.adapters._protocol import Adapter, SignalsAndLoads, StoredInstance, sends_and_loads, skips_workflows
+from trioflow.adapters._protocol import (
+    Adapter, SignalsAndLoads, StoredInstance, keeps_families, sends_and_loads, skips_workflows,
+)
 
 OpenAdapter = Callable[[str], Adapter]
 _BLOB = bytes(range(256)) * 3
@@ -542,6 +545,40 @@ async def purge_by_finish_time(open_adapter: OpenAdapter) -> None:
             "an instance created finished has the time of its create as its finish time")
 
 
+async def purge_keeps_children_while_their_parent_is_stored(open_adapter: OpenAdapter) -> None:
+    """A child (created with a ``parent_id``) is kept by purges while its parent is stored,
+    grandchildren too; once the parent is gone, by the same purge or a later one, it goes by
+    its own finish time. Kept children use none of a purge's ``limit``. (An adapter whose
+    ``create`` takes no ``parent_id`` passes: the engine gives it none.)"""
+    clock = _Clock(1000.0)
+    async with _opened(open_adapter, "families", clock) as a:
+        if not keeps_families(a):
+            return
+        await a.create("p", "order", "running", start=b"s", header=b".")
+        await a.create("p/c#1", "kid", "running", start=b"s", header=b".", parent_id="p")
+        await a.create("p/c#1/g#1", "grandkid", "running", start=b"s", header=b".", parent_id="p/c#1")
+        await a.create("orphan", "kid", "running", start=b"s", header=b".", parent_id="never-stored")
+        await a.create("plain", "order", "running", start=b"s", header=b".")
+        for iid, at in (("p/c#1/g#1", 1000.0), ("p/c#1", 1100.0), ("orphan", 1200.0), ("plain", 1300.0)):
+            clock.now = at
+            await a.checkpoint(iid, "completed", b"h", [b"r0"], first_seq=0)
+        await _refused(a.create("bad", "kid", "running", start=b"s", header=b".", parent_id=5),  # type: ignore[arg-type]
+                       StorageError, "create(parent_id=) of something other than a str must raise StorageError")
+        assert await a.load("bad") is None, "a refused create must store nothing"
+        assert await a.purge(1e12, 1) == 1 and await a.load("orphan") is None, (
+            "a child whose parent is not stored goes by its finish time; kept children use none of the limit")
+    async with _opened(open_adapter, "families", _Clock(5000.0)) as b:
+        assert await b.purge(1e12, 10) == 1 and await b.load("plain") is None, (
+            "purge must keep a child while its parent is stored, and a grandchild while its parent is (after a reopen too)")
+        assert await b.load("p/c#1") is not None and await b.load("p/c#1/g#1") is not None
+        await b.checkpoint("p", "completed", b"h", [], first_seq=0)
+        assert await b.purge(4999.0, 10) == 0, "the parent finished at 5000: its family stays"
+        purged = [await b.purge(1e12, 10) for _ in range(4)]
+        assert sum(purged) == 3 and purged[-1] == 0, (
+            f"once the parent is gone, its children go by their finish times, and theirs in turn; purged {purged}")
+        assert [s.instance_id for s in await b.list_instances()] == [], "nothing of the family is left"
+
+
 async def lists_pages_in_creation_order(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "pages") as a:
         rows = [("n1", "x", "running"), ("n2", "y", "completed"), ("n3", "x", "completed"), ("n4", "y", "running"),
@@ -689,5 +726,5 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     waiting_instances_of_skipped_workflows_are_left_out, delete_refuses_unfinished, purge_by_finish_time,
     lists_pages_in_creation_order, scans_hand_back_every_record_in_order, refused_writes_leave_everything,
     purge_goes_by_finish_order_not_creation_order, fences_hold_for_every_kind_of_checkpoint,
-    filters_come_before_limits,
+    filters_come_before_limits, purge_keeps_children_while_their_parent_is_stored,
 ]

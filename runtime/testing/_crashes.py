@@ -53,7 +53,9 @@ from trioflow._codec import decode_payload, decode_stored, encode_payload
 from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._memory_driver import MemoryDriver
-from trioflow.adapters._protocol import Adapter, SignalsAndLoads, StoredInstance, sends_and_loads, skips_workflows
+from trioflow.adapters._protocol import (
+    Adapter, SignalsAndLoads, StoredInstance, keeps_families, sends_and_loads, skips_workflows,
+)
 
 from ._scripted import ScriptedJob
 
@@ -658,9 +660,16 @@ class _CrashingAdapter:
     async def close(self) -> None:
         await self.inner.close()
 
-    async def create(self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes) -> bool:
+    async def create(
+        self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes,
+        parent_id: str | None = None,
+    ) -> bool:
         await self._before_write()
-        created = await self.inner.create(instance_id, workflow_name, status, start=start, header=header)
+        if parent_id is not None and keeps_families(self.inner):
+            created = await self.inner.create(instance_id, workflow_name, status, start=start, header=header,
+                                              parent_id=parent_id)
+        else:
+            created = await self.inner.create(instance_id, workflow_name, status, start=start, header=header)
         await self._after_write(instance_id)
         return created
 

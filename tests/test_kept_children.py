@@ -1,0 +1,155 @@
+"""Retention and purges keep a child workflow while its parent is stored: the parent may yet
+compensate it as a unit, and lists it among its children (adapters keep each child's parent)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trioflow as tf
+from storages import finish
+from trioflow.adapters import MemoryAdapter, SQLiteAdapter
+from trioflow.testing import check_persistence_adapter, open_test_engine, virtual_wall_clock
+from trioflow.testing._conformance import _CHECKS
+
+FIXTURES = Path(__file__).with_name("fixtures")
+
+
+class Declined(Exception):
+    pass
+
+
+def family(log: list[str], *, items: int = 3) -> tuple[tf.WorkflowDefinition, tf.WorkflowDefinition]:
+    """A parent that runs a child saga per item, waits a day, then fails: every child must be
+    undone, newest first. ``log`` gets every job call."""
+    async def reserve(ctx: tf.WorkflowContext) -> int:
+        log.append(f"reserve {ctx.input}")
+        return int(ctx.input)
+
+    async def release(ctx: tf.WorkflowContext, held: int) -> None:
+        log.append(f"release {held}")
+
+    async def charge(ctx: tf.WorkflowContext) -> None:
+        raise Declined("card declined")
+
+    kid = tf.workflow("kid").step("reserve", reserve, release).build()
+    parent = (tf.workflow("order")
+              .map("each", items=lambda ctx: list(range(items)), max_concurrency=1,
+                   branch=tf.branch("b").child("hold", workflow="kid", input=lambda ctx: ctx.item).build())
+              .wait("a-day", seconds=86_400)
+              .step("charge", charge)
+              .build())
+    return parent, kid
+
+
+@pytest.mark.parametrize("adapter", ["memory", "sqlite"])
+async def test_retention_across_a_restart_keeps_the_children_a_parent_undoes_a_day_later(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, adapter: str) -> None:
+    log: list[str] = []
+    parent, kid = family(log)
+    memory = MemoryAdapter()
+
+    def storage() -> tf.adapters.Adapter:
+        return memory if adapter == "memory" else SQLiteAdapter(tmp_path / "family.db")
+
+    clock = virtual_wall_clock()
+    async with open_test_engine(adapter=storage(), clock=clock, retain_finished=60) as engine:
+        engine.register(parent)
+        engine.register(kid)
+        iid = await engine.start("order", instance_id="o")
+        await trio.sleep(3_600)  # the children completed an hour ago; retention ran every minute
+        kept = [await engine.get_instance(f"o/each/#{n}/hold#1") for n in range(3)]
+        assert [k.status if k is not None else None for k in kept] == ["completed"] * 3
+    async with open_test_engine(adapter=storage(), clock=clock, retain_finished=60) as engine:
+        engine.register(parent)
+        engine.register(kid)
+        await trio.sleep(3_600)  # (the parent still waits: its children stay through the restart)
+        assert len([i for i in await engine.get_instances("kid") if i.status == "completed"]) == 3
+        inst = await finish(engine, iid)
+    assert (inst.status, inst.compensation_errors) == ("failed", {})
+    assert log == ["reserve 0", "reserve 1", "reserve 2", "release 2", "release 1", "release 0"]
+
+
+async def test_a_purge_takes_a_family_whose_parent_it_deletes(autojump_clock: trio.testing.MockClock) -> None:
+    """One engine.purge deletes a finished parent and then the children it kept (over as many
+    adapter calls as that takes)."""
+    log: list[str] = []
+    parent, kid = family(log, items=2)
+    async with open_test_engine(clock=virtual_wall_clock()) as engine:
+        engine.register(parent)
+        engine.register(kid)
+        await finish(engine, await engine.start("order", instance_id="o"))
+        await engine.start("order", instance_id="later")
+        await trio.sleep(10)
+        assert await engine.purge(older_than=0, workflow="kid") == 0  # both parents are stored
+        assert await engine.purge(older_than=0) == 3  # o, then its two children
+        assert sorted(i.id for i in await engine.get_instances()) == [
+            "later", "later/each/#0/hold#1", "later/each/#1/hold#1"]
+
+
+async def test_the_kit_fails_an_adapter_that_takes_parent_id_and_purges_children_anyway() -> None:
+    class Forgetful(MemoryAdapter):
+        async def create(self, instance_id: str, workflow_name: str, status: Any, *, start: bytes, header: bytes,
+                         parent_id: str | None = None) -> bool:
+            return await super().create(instance_id, workflow_name, status, start=start, header=header)
+
+    stores: dict[str, MemoryAdapter] = {}
+    with pytest.raises(AssertionError, match="check 'purge_keeps_children_while_their_parent_is_stored' failed"):
+        await check_persistence_adapter(lambda key: stores.setdefault(key, Forgetful()))
+
+
+class WrittenBeforeParents(MemoryAdapter):
+    """An adapter whose ``create`` predates ``parent_id``."""
+
+    async def create(self, instance_id: str, workflow_name: str, status: Any, *,  # type: ignore[override]
+                     start: bytes, header: bytes) -> bool:
+        return await super().create(instance_id, workflow_name, status, start=start, header=header)
+
+
+async def test_an_adapter_written_before_parent_id_passes_the_kit_and_runs_children(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The engine gives it no parent: it runs families as before, children purged by their own
+    finish times."""
+    stores: dict[str, MemoryAdapter] = {}
+    assert await check_persistence_adapter(lambda key: stores.setdefault(key, WrittenBeforeParents())) == [
+        check.__name__ for check in _CHECKS]
+    log: list[str] = []
+    parent, kid = family(log, items=2)
+    async with open_test_engine(adapter=WrittenBeforeParents(), clock=virtual_wall_clock()) as engine:
+        engine.register(parent)
+        engine.register(kid)
+        iid = await engine.start("order")
+        await trio.sleep(10)
+        assert await engine.purge(older_than=0, workflow="kid") == 2
+        assert (await finish(engine, iid)).status == "failed"
+    assert log == ["reserve 0", "reserve 1"]  # the children were gone: nothing to undo
+
+
+async def test_a_database_from_before_the_parent_column_opens_and_keeps_the_children_started_since(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """A file written by an earlier release (no parent_id column) gets the column when it
+    opens; what it stored resumes, and the children started from then on are kept."""
+    path = tmp_path / "old.db"
+    shutil.copy(FIXTURES / "v4_map_lanes.db", path)
+    with sqlite3.connect(path) as conn:
+        assert "parent_id" not in {row[1] for row in conn.execute("PRAGMA table_info(trioflow_instances)")}
+    log: list[str] = []
+    parent, kid = family(log, items=2)
+    async with open_test_engine(adapter=SQLiteAdapter(path), clock=virtual_wall_clock()) as engine:
+        engine.register(parent)
+        engine.register(kid)
+        iid = await engine.start("order")
+        await trio.sleep(10)
+        assert await engine.purge(older_than=0, workflow="kid") == 0
+        assert (await finish(engine, iid)).status == "failed"
+        assert await engine.get_instance("map-1") is not None  # the old row is still there
+    assert log == ["reserve 0", "reserve 1", "release 1", "release 0"]
+    with sqlite3.connect(path) as conn:
+        parents = dict(conn.execute("SELECT instance_id, parent_id FROM trioflow_instances"))
+    assert parents[f"{iid}/each/#1/hold#1"] == iid and parents["map-1"] is None
