@@ -8,7 +8,7 @@ from typing import Any
 import trio
 
 from trioflow._callables import plain_result
-from trioflow._context import WorkflowContext
+from trioflow._context import ItemPlace, WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._decide import (
     branch_keys,
@@ -46,7 +46,7 @@ from trioflow._errors import (
 )
 from trioflow._map import failed_items, tolerated
 from trioflow._snapshot import InstanceState, Lane
-from trioflow._lanes import MAIN, branch_lane
+from trioflow._lanes import MAIN, branch_lane, item_scope, step_key
 
 from ._run import Run, StepFailure, unwrapped
 from ._child import cancel_children, run_child, waited_on
@@ -91,7 +91,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         if lane.failed is not None:
             # Resumed after this step failed for good: that decision stands.
             failed = state.records[lane.failed]
-            first = _failed_step_of(state, lookup, lookup[name][0], lane)
+            first = _failed_step_of(state, lookup, lookup[name][0], lane_key, lane)
             raise StepFailure(first, recorded_failure(failed, lookup[first][0], state.instance_id), failed.attempts)
         step = lookup[name][0]
         ctx.step_index = index[name]
@@ -182,18 +182,22 @@ def _fired_unstored(run: Run, step: Step, lane_key: str, target: str | None) -> 
             and not isinstance(run.definition.lookup[target][0], (ParallelStep, MapStep)))
 
 
-def _failed_step_of(state: InstanceState, lookup: Mapping[str, tuple[Step, str]], step: Step, lane: Lane) -> str:
-    """The step a failure of ``step`` recorded before a restart names, as the live failure did:
-    a fail-fast parallel step (or a fail-fast map that tolerates no failure) fails as its branch
-    (or item) that failed first did, at the step that branch failed at, and so on inward."""
+def _failed_step_of(
+    state: InstanceState, lookup: Mapping[str, tuple[Step, str]], step: Step, key: str, lane: Lane,
+) -> str:
+    """The step a failure of ``step`` (in lane ``key``) recorded before a restart names, as the
+    live failure did: a fail-fast parallel step (or a fail-fast map that tolerates no failure)
+    fails as its branch (or item) that failed first did, at the step that branch failed at, and
+    so on inward."""
     while isinstance(step, (ParallelStep, MapStep)) and step.on_error == "fail-fast":
+        scope = item_scope(key)
         if isinstance(step, ParallelStep):
-            lanes = [state.lanes[key] for key in branch_keys(step) if key in state.lanes]
+            lanes = [state.lanes[k] for k in branch_keys(step, scope) if k in state.lanes]
             firsts = [branch.failed for branch in lanes if branch.failed is not None]
         elif lane.fanout is None or tolerated(step, lane.fanout.count) > 0:
             break
         else:  # (an item's lane goes once the item ends: its records tell)
-            firsts = [record.seq for _, record in failed_items(state, step, lane)]
+            firsts = [record.seq for _, record in failed_items(state, step, lane, scope)]
         if not firsts:
             break
         first = state.records[min(firsts)]
@@ -201,7 +205,7 @@ def _failed_step_of(state: InstanceState, lookup: Mapping[str, tuple[Step, str]]
         step = lookup[first.step_name][0]
         if inner is None:
             break
-        lane = inner
+        key, lane = first.lane, inner
     return step.name
 
 
@@ -238,38 +242,40 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
     A resumed parallel step restarts only the branches that had not finished.
     """
     state = run.state
-    open_branches(state, step)
+    scope = item_scope(ctx.lane)  # (the branches of a parallel step in a map item are that item's)
+    place = step_key(scope, step.name)  # (this execution's, among those of other items: see Run.failed_in)
+    open_branches(state, step, scope)
     failures: list[BranchError] = []
     fail_fast = step.on_error == "fail-fast"
     # Resumed after a branch failed for good, a fail-fast step's outcome is decided: only the
     # failed branches are taken up (each fails again at once). Another one could otherwise end
     # first from what storage holds (a child's end notice), as it never did before the restart.
     left = [0]  # (branches running: the last one to end goes on at once, see _branch_actor)
-    failed = any(state.lanes[key].failed is not None for key in branch_keys(step))
+    failed = any(state.lanes[key].failed is not None for key in branch_keys(step, scope))
     decided = fail_fast and failed
     if failed:
-        run.note_failed_branch(step.name)  # (taken up after it failed: see Run.failed_in)
+        run.note_failed_branch(place)  # (taken up after it failed: see Run.failed_in)
     try:
         async with trio.open_nursery() as nursery:
             for branch in step.branches:
-                key = branch_lane(step.name, branch.name)
+                key = branch_lane(step.name, branch.name, scope)
                 lane = state.lanes[key]
                 if lane.step is not None and (not decided or lane.failed is not None):
                     run.lane_runs()  # (counted now, not as it starts: see trioflow.actors._wait.settle)
                     left[0] += 1
                     nursery.start_soon(_branch_actor, run, branch, key, failures,
-                                       nursery.cancel_scope if fail_fast else None, left)
+                                       nursery.cancel_scope if fail_fast else None, left, ctx._item)
     except BaseExceptionGroup as group:
         # Branch failures are values (``failures``); what escapes (KeyboardInterrupt,
         # SystemExit, cancellation, storage gone) callers expect as itself, not wrapped.
         raise unwrapped(group) from None
     finally:
-        run.parallel_ended(step.name)
+        run.parallel_ended(place)
     if not failures:
-        return parallel_output(state, step)
+        return parallel_output(state, step, scope)
     # Branches a fail-fast cancelled may wait on children, or hold lanes that do (the items of
     # a map in a branch): those children go too.
-    await cancel_children(run, waited_on(state.lanes[key] for key in inner_lanes(state, step)))
+    await cancel_children(run, waited_on(state.lanes[key] for key in inner_lanes(state, step, scope)))
     if fail_fast:
         # ``failed_step`` names the branch step that failed first; the record is the parallel's.
         raise StepFailure(failures[0].step_name, failures[0], 1)
@@ -279,9 +285,9 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
 
 async def _branch_actor(
     run: Run, branch: Branch, key: str, failures: list[BranchError], cancel_siblings: trio.CancelScope | None,
-    left: list[int],
+    left: list[int], item: ItemPlace | None,
 ) -> None:
-    ctx = run.context(key, len(branch.steps))
+    ctx = run.context(key, len(branch.steps), item)  # (in a map item, the branch's steps are the item's)
     swap_lane(ctx)  # the branch's steps report this lane
     try:
         await run_lane(run, key, branch.index, ctx)

@@ -11,7 +11,8 @@ from trioflow._context import WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._definition import MapStep
 from trioflow._errors import ItemError, UnencodableValueError
-from trioflow._decide import recorded_failure
+from trioflow._decide import inner_lanes, recorded_failure
+from trioflow._lanes import item_scope
 from trioflow._map import (
     branch_step,
     failed_items,
@@ -44,6 +45,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
     """
     state = run.state
     lane = state.lanes[lane_key]
+    scope = item_scope(lane_key)  # (the items of a map in a map item are that item's)
     progress = lane.fanout
     if progress is None:
         try:
@@ -61,9 +63,9 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
             raise StepFailure(step.name, exc, 1) from exc
         progress = open_items(state, step, lane, start)
         await run.persist()  # the items are stored before any item runs
-    fanout = _Items(run, step, lane, progress)
+    fanout = _Items(run, step, lane, progress, scope)
     resumed = []
-    for index, key in running_items(state, step):
+    for index, key in running_items(state, step, scope):
         finished = item_finished(state.lanes[key])
         if finished is None:
             resumed.append((index, key))
@@ -87,27 +89,29 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
                     fanout.slots.acquire_nowait()
                 except trio.WouldBlock:
                     await fanout.slots.acquire()
-                index, key = start_item(state, step, progress)
+                index, key = start_item(state, step, progress, scope)
                 run.lane_runs()
                 nursery.start_soon(fanout.item_actor, index, key, items[index])
     except BaseExceptionGroup as group:
         raise unwrapped(group) from None
     if progress.failed > fanout.tolerated:
         # Items a fail-fast cancelled may wait on children: those go too.
-        await cancel_children(run, waited_on(state.lanes[key] for _, key in running_items(state, step)))
+        await cancel_children(run, waited_on(state.lanes[k] for k in inner_lanes(state, step, scope)))
         raise fanout.failure()
-    return map_output(state, step, lane)
+    return map_output(state, step, lane, scope)
 
 
 class _Items:
     """What the item actors of one map execution share."""
 
-    __slots__ = ("run", "step", "lane", "progress", "tolerated", "slots", "cancel", "live")
+    __slots__ = ("run", "step", "lane", "scope", "progress", "tolerated", "slots", "cancel", "live")
 
-    def __init__(self, run: Run, step: MapStep, lane: Lane, progress: MapProgress) -> None:
+    def __init__(self, run: Run, step: MapStep, lane: Lane, progress: MapProgress, scope: str) -> None:
         self.run = run
         self.step = step
         self.lane = lane
+        #: The scope of the lane running the map (its items' keys start with it).
+        self.scope = scope
         self.progress = progress
         self.tolerated = tolerated(step, progress.count)
         self.slots = trio.Semaphore(0)
@@ -157,9 +161,9 @@ class _Items:
                 index = next(iter(self.live))  # the first to fail (others may have in the same pass)
                 step_name, error = self.live[index]
             else:  # it failed before a restart
-                failed = min(failed_items(state, step, lane), key=lambda r: r[1].seq)
+                failed = min(failed_items(state, step, lane, self.scope), key=lambda r: r[1].seq)
                 index, step_name = failed[0], failed[1].step_name
                 error = recorded_failure(failed[1], branch_step(step, step_name), state.instance_id)
             return StepFailure(step_name, ItemError(step.name, index, step_name, error), 1)
         live = {index: error for index, (_, error) in self.live.items()}
-        return StepFailure(step.name, map_failure(state, step, lane, live), 1)
+        return StepFailure(step.name, map_failure(state, step, lane, self.scope, live), 1)

@@ -42,7 +42,7 @@ from trioflow._errors import (
 )
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
-from trioflow._lanes import MAIN, child_ended_signal, parallel_of
+from trioflow._lanes import MAIN, child_ended_signal, fanout_place, parallel_of
 from trioflow._storage_retry import BACKOFF_MAX, FIRST_BACKOFF, back_off, retried
 from trioflow._snapshot import (
     TERMINAL,
@@ -427,8 +427,9 @@ class Run:
             self.lane_runs()
 
     def note_failed_branch(self, parallel: str) -> None:
-        """A branch of ``parallel`` failed for good (or was found so, taken up): see
-        :attr:`failed_in`, until :meth:`parallel_ended`."""
+        """A branch of ``parallel`` (a parallel step's name, after its map item's key when it
+        runs in one: see :func:`~trioflow._lanes.fanout_place`) failed for good (or was found
+        so, taken up): see :attr:`failed_in`, until :meth:`parallel_ended`."""
         if self.failed_in is None:
             self.failed_in = set()
         self.failed_in.add(parallel)
@@ -572,8 +573,8 @@ class Run:
         it cannot be stored, and what it left in the shared data that cannot be stored is put
         back: the step has failed already, and the record must still be written."""
         fail_step(self.state, self._stage_ended(record), for_good=for_good)
-        if for_good and (parallel := parallel_of(record.lane)) is not None:
-            self.note_failed_branch(parallel)
+        if for_good and parallel_of(record.lane) is not None:
+            self.note_failed_branch(fanout_place(record.lane))
 
     def add_compensation_failure(self, record: StepResult, error: BaseException, attempts: int = 0) -> None:
         """``record``'s compensation failed for good with ``error`` (after ``attempts``, when

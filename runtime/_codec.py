@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import msgpack
 
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, safe_repr, split_description
-from ._lanes import MAIN, item_lane, item_lanes
+from ._lanes import MAIN, item_lane, item_lanes, item_scope
 from ._shared_data import SharedData, held
 from ._snapshot import (
     PHASES,
@@ -126,8 +126,9 @@ def encode_header(state: InstanceState) -> bytes:
     # decoder puts it back (see ``MapProgress.first``): a map with thousands of items in flight
     # would otherwise rewrite all their lanes with each item's end, a cost per item that grows
     # with the items. ``firsts``: that step of each running map met so far -> what its items'
-    # lane keys start with (a map's lane comes before its items': they are added after it).
-    firsts: dict[str | None, str] | None = None
+    # lane keys start with (a map's lane comes before its items': they are added after it; one
+    # map runs in several items of an outer map at once, each in its own scope).
+    firsts: dict[str | None, tuple[str, ...]] | None = None
     # A branch's or item's lane that stands just after its last record (a plain move on, no
     # wait, no failure: the lanes of a fan-out whose items or branches have moved past their
     # first step, or ended) is named by that record's seq alone, grouped by the step it stands
@@ -143,7 +144,7 @@ def encode_header(state: InstanceState) -> bytes:
             f = lane.fanout
             if f is not None and f.first is not None and lane.step is not None:
                 firsts = {} if firsts is None else firsts
-                firsts[f.first] = item_lanes(lane.step)
+                firsts[f.first] = (*firsts.get(f.first, ()), item_lanes(lane.step, item_scope(key)))
             waiting: dict[str, Any] | int | None = lane.waiting
             if type(waiting) is ChildWait:
                 waiting = waiting.word  # (the start record, at ``begun``, holds the rest)
@@ -877,11 +878,12 @@ def _put_back_untouched_items(lanes: dict[str, Lane]) -> None:
     """The lanes a header that names a map's first branch step left out: each of its items
     started and not ended that has no lane stands untouched at that step (see
     :func:`encode_header`)."""
-    for lane in list(lanes.values()):
+    for key, lane in list(lanes.items()):
         progress = lane.fanout
         if progress is not None and progress.first is not None and lane.step is not None:
+            scope = item_scope(key)
             for index in progress.running():
-                lanes.setdefault(item_lane(lane.step, index), Lane(step=progress.first))
+                lanes.setdefault(item_lane(lane.step, index, scope), Lane(step=progress.first))
 
 
 def _state_v1(raw: list[Any]) -> InstanceState:

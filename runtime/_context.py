@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ._codec import as_stored
 from ._errors import InvalidArgumentError, UnknownServiceError, safe_repr
-from ._lanes import parallel_of
-from ._snapshot import InstanceState, StepResult, WorkflowInstance, WorkflowMetadata, metadata_of, to_instance
+from ._lanes import SEPARATOR, item_of, item_scope, parallel_of
+from ._snapshot import (
+    InstanceState, StepResult, WorkflowInstance, WorkflowMetadata, metadata_of, outer_lane, to_instance,
+)
 
 
 #: What a map item's context knows of its item: its index, the item, and the seq of the start
@@ -46,30 +48,50 @@ class StepOutputs(Mapping[str, Any]):
     In a map item, the item's own executions of the map's branch steps: other items run the
     same steps, and one item never sees another's outputs (which would depend on which item
     got there first), nor those of the item with its index in an earlier execution of the map
-    (a loop). Everywhere else, map items' executions are not shown: the map step's output lists
-    them all."""
+    (a loop). In an item of a map that runs in an item itself, the outer item's own too, and
+    so on outward. Everywhere else, map items' executions are not shown: the map step's output
+    lists them all."""
 
-    __slots__ = ("_state", "_item_lane", "_since", "_ctx")
+    __slots__ = ("_state", "_scope", "_since", "_ctx", "_outer")
 
-    def __init__(self, state: InstanceState, item_lane: str | None = None, since: int = -1, *,
+    def __init__(self, state: InstanceState, scope: str = "", since: int = -1, *,
                  ctx: WorkflowContext | None = None) -> None:
         self._state = state
-        self._item_lane = item_lane
+        #: The key of the map item the view is of (``""``: none), and the seq of the start
+        #: record of the map execution it belongs to (its records come after).
+        self._scope = scope
         self._since = since
         #: The context whose copies to hand out (see :attr:`WorkflowContext.input`).
         self._ctx = ctx
+        #: The items around this one, innermost first, with their since (worked out on first use).
+        self._outer: list[tuple[str, int]] | None = None
 
     def _output(self, found: StepResult) -> Any:
         if self._ctx is None:
             return found.output
         return self._ctx._copy(found.seq, found.output, f"output of step {found.step_name!r}")
 
+    def _scopes(self) -> list[tuple[str, int]]:
+        """``(item key, since)`` of this item and of each item it runs in, innermost first."""
+        if not self._scope:
+            return []
+        if self._outer is None:
+            self._outer = _enclosing_items(self._state.records, self._scope, self._since)
+        return [(self._scope, self._since), *self._outer]
+
     def _own(self, name: str) -> StepResult | None:
-        """The item's own newest execution of ``name`` in this map execution."""
-        if self._item_lane is None:
+        """The newest execution of ``name`` of this item (in this map execution), else of the
+        items around it, innermost first."""
+        if not self._scope:
             return None
-        own = self._state.latest_in_item(self._item_lane, name)
-        return own if own is not None and own.seq > self._since else None
+        own = self._state.latest_in_item(self._scope, name)
+        if own is not None and own.seq > self._since:
+            return own
+        for scope, since in self._scopes()[1:]:
+            own = self._state.latest_in_item(scope, name)
+            if own is not None and own.seq > since:
+                return own
+        return None
 
     def _find(self, name: str) -> StepResult | None:
         own = self._own(name)
@@ -91,9 +113,13 @@ class StepOutputs(Mapping[str, Any]):
 
     def _names(self) -> list[str]:
         names = list(self._state.latest)
-        if self._item_lane is not None:
-            names.extend(r.step_name for r in self._state.records[self._since + 1:] if r.lane == self._item_lane
-                         and r.step_name not in self._state.latest and self._own(r.step_name) is r)
+        scopes = self._scopes()
+        if scopes:
+            since = scopes[-1][1]  # (the outermost item's: every scope's records come after it)
+            inside = {scope for scope, _ in scopes}
+            names.extend(dict.fromkeys(
+                r.step_name for r in self._state.records[since + 1:] if item_scope(r.lane) in inside
+                and r.step_name not in self._state.latest and self._own(r.step_name) is r))
         return names
 
     def __iter__(self) -> Iterator[str]:
@@ -104,6 +130,23 @@ class StepOutputs(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"StepOutputs({dict(self)!r})"
+
+
+def _enclosing_items(records: Sequence[StepResult], scope: str, since: int) -> list[tuple[str, int]]:
+    """``(item key, since)`` of each map item the item ``scope`` runs in, innermost first:
+    the seq of the start record of the map execution each belongs to is that of the newest
+    execution of its map in its own scope, before the one inside it started."""
+    found = []
+    while scope.count(SEPARATOR) > 1:
+        scope = scope.rsplit(SEPARATOR, 2)[0]  # the scope the inner map ran in: an item's key
+        item = item_of(scope)
+        if item is None:
+            break
+        outer = scope.rsplit(SEPARATOR, 2)[0] if scope.count(SEPARATOR) > 1 else ""
+        since = next((r.seq for r in reversed(records[:since]) if r.status == "started"
+                      and r.step_name == item[0] and item_scope(r.lane) == outer), -1)
+        found.append((scope, since))
+    return found
 
 
 class WorkflowContext:
@@ -167,7 +210,7 @@ class WorkflowContext:
         view; made on access, as most steps never look)."""
         if self._item is None:
             return StepOutputs(self._state, ctx=self)
-        return StepOutputs(self._state, self.lane, self._item[2], ctx=self)
+        return StepOutputs(self._state, item_scope(self.lane), self._item[2], ctx=self)
 
     @property
     def input(self) -> Any:
@@ -215,10 +258,11 @@ class WorkflowContext:
         end = len(records) if self._until is None else self._until
         parallels = self._enclosing_parallels()
         since = -1 if self._item is None else self._item[2]
+        scope = item_scope(self.lane)  # (the enclosing parallels' too: they run in this item, or in none)
         for seq in range(end - 1, since, -1):
             record = records[seq]
-            if record.step_name in parallels:
-                break  # an execution before this one
+            if record.step_name in parallels and item_scope(record.lane) == scope:
+                break  # an execution before this one (not one in another map item)
             if record.lane == self.lane and record.status == "caught":
                 output: dict[str, str] = record.output
                 return self._copy(record.seq, output, "the caught error")  # type: ignore[no-any-return]
@@ -226,12 +270,13 @@ class WorkflowContext:
 
     def _enclosing_parallels(self) -> frozenset[str]:
         """The parallel step whose branch this lane is, the one whose branch runs that one, and
-        so on out to the main line (a map's items cannot fan out again: an item lane has none)."""
+        so on out to the main line or the map item they run in."""
         names = []
         lane: str | None = self.lane
         while lane is not None and (parallel := parallel_of(lane)) is not None:
             names.append(parallel)
-            lane = next((key for key, other in self._state.lanes.items() if other.step == parallel and key != lane), None)
+            outer = outer_lane(self._state, lane)
+            lane = None if outer is None else outer[0]
         return frozenset(names)
 
     def get(self, key: str, default: Any = None) -> Any:

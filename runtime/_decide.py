@@ -25,13 +25,14 @@ from ._lanes import (
     execution_id,
     item_lanes,
     item_of,
+    item_scope,
     lane_in_definition,
     parallel_of,
     step_key,
 )
 from ._matching import matches
 from ._shared_data import SharedData
-from ._snapshot import InstanceState, Lane, Status, StepResult, new_record
+from ._snapshot import InstanceState, Lane, Status, StepResult, new_record, outer_lane
 
 
 def new_state(
@@ -74,8 +75,7 @@ def passed_on(state: InstanceState, lane: Lane, key: str, item: Any) -> tuple[An
         return state.input, None
     if item_of(key) is not None:
         return item, None
-    parallel = parallel_of(key)
-    outer = next(((k, other) for k, other in state.lanes.items() if other.step == parallel and k != key), None)
+    outer = outer_lane(state, key)
     if outer is None:
         return None, None
     return passed_on(state, outer[1], outer[0], item)[0], None
@@ -180,7 +180,7 @@ def complete_step(state: InstanceState, step: Step, record: StepResult, next_ste
         # lane nested in them (a map in a branch a fail-fast cancelled): dropping them means a
         # step entered again (a loop through a choice, a catch) starts afresh.
         lane.fanout = None
-        for key in inner_lanes(state, step):
+        for key in inner_lanes(state, step, item_scope(record.lane)):
             del state.lanes[key]
 
 
@@ -216,34 +216,36 @@ def next_of(step: Step) -> str | None:
     return None if step.end else step.next
 
 
-def branch_keys(step: ParallelStep) -> list[str]:
-    return [branch_lane(step.name, b.name) for b in step.branches]
+def branch_keys(step: ParallelStep, scope: str) -> list[str]:
+    """The keys of ``step``'s branch lanes, the step running in a lane of ``scope``."""
+    return [branch_lane(step.name, b.name, scope) for b in step.branches]
 
 
-def inner_lanes(state: InstanceState, step: ParallelStep | MapStep) -> list[str]:
-    """The keys of the lanes that run inside ``step``: its branches' or items', and those
-    nested in them in turn (a map or a parallel step in a branch)."""
+def inner_lanes(state: InstanceState, step: ParallelStep | MapStep, scope: str) -> list[str]:
+    """The keys of the lanes that run inside ``step`` (running in a lane of ``scope``): its
+    branches' or items', and those nested in them in turn (a map or a parallel step in a
+    branch; what runs in the items, all under their keys)."""
     keys: set[str] = set()
     prefixes: list[str] = []
     todo: list[Step] = [step]
     while todo:
         inner = todo.pop()
         if isinstance(inner, ParallelStep):
-            keys.update(branch_keys(inner))
+            keys.update(branch_keys(inner, scope))
             todo.extend(s for b in inner.branches for s in b.steps)
         elif isinstance(inner, MapStep):
-            prefixes.append(item_lanes(inner.name))
-            todo.extend(inner.branch.steps)
+            prefixes.append(item_lanes(inner.name, scope))  # (what runs in its items is under their keys)
     starts = tuple(prefixes)
     return [key for key in state.lanes if key in keys or key.startswith(starts)]
 
 
-def open_branches(state: InstanceState, step: ParallelStep) -> bool:
-    """Create the branch lanes of a parallel step unless a resume finds them already there.
+def open_branches(state: InstanceState, step: ParallelStep, scope: str) -> bool:
+    """Create the branch lanes of a parallel step (running in a lane of ``scope``) unless a
+    resume finds them already there.
 
     Returns whether they were created (``False``: this is a resume of a running parallel step).
     """
-    keys = branch_keys(step)
+    keys = branch_keys(step, scope)
     if keys[0] in state.lanes:
         return False
     for key, b in zip(keys, step.branches):
@@ -251,9 +253,9 @@ def open_branches(state: InstanceState, step: ParallelStep) -> bool:
     return True
 
 
-def parallel_output(state: InstanceState, step: ParallelStep) -> dict[str, Any]:
+def parallel_output(state: InstanceState, step: ParallelStep, scope: str) -> dict[str, Any]:
     """``{branch_name: branch_output}`` in the order the branches are defined."""
-    return {b.name: state.lane_output(key) for key, b in zip(branch_keys(step), step.branches)}
+    return {b.name: state.lane_output(key) for key, b in zip(branch_keys(step, scope), step.branches)}
 
 
 def begin_compensation(state: InstanceState, outcome: Status, error: BaseException, failed_step: str | None) -> None:
@@ -369,11 +371,14 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
             return f"step {lane.step!r} is no longer in the same lane ({key or 'main'!r}) of workflow {definition.name!r}"
     if state.fingerprint == definition.fingerprint:
         return None
-    for name, (step, _) in lookup.items() if state.phase == "forward" else ():
-        if isinstance(step, ParallelStep):
-            stored = {k for k in state.lanes if k.startswith(branch_lane(name, ""))}
-            if stored and stored != set(branch_keys(step)):
-                return f"parallel step {name!r} changed its branches while the instance was running it"
+    branches: dict[tuple[str, str], set[str]] = {}  # (scope, parallel step) -> its branch lanes stored
+    for key in state.lanes if state.phase == "forward" else ():
+        if (parallel := parallel_of(key)) is not None:
+            branches.setdefault((item_scope(key), parallel), set()).add(key)
+    for (scope, name), stored in branches.items():
+        found = lookup.get(name)
+        if found is not None and isinstance(found[0], ParallelStep) and stored != set(branch_keys(found[0], scope)):
+            return f"parallel step {name!r} changed its branches while the instance was running it"
     # Compensating, only the completed steps matter (their compensations are what is left).
     ran = state.records if state.phase == "forward" else [r for r in state.records if r.status == "completed"]
     for name in dict.fromkeys(r.step_name for r in ran):
@@ -403,12 +408,12 @@ def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | Non
     if state.phase != "forward":
         return None  # compensating or done: nothing left to wait for
     due = math.inf
-    for lane in state.lanes.values():
+    for key, lane in state.lanes.items():
         if lane.step is None:
             continue
         waiting = lane.waiting
         if waiting is None or not lane.waits():
-            if lane.failed is None and _fanned_out(state, lane, definition):
+            if lane.failed is None and _fanned_out(state, key, lane, definition):
                 continue
             return None
         due = min(due, waiting.get("timer", math.inf), waiting.get("start", math.inf), waiting.get("retry", math.inf),
@@ -422,7 +427,7 @@ def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | Non
     return due
 
 
-def _fanned_out(state: InstanceState, lane: Lane, definition: WorkflowDefinition) -> bool:
+def _fanned_out(state: InstanceState, key: str, lane: Lane, definition: WorkflowDefinition) -> bool:
     """Whether ``lane`` stands at a parallel step with a branch still open, or at a map step
     with items running and none it may start (all started, or ``max_concurrency`` running): it
     has nothing to run until one of them ends. (Once the last one has ended, the step goes on.)"""
@@ -431,8 +436,9 @@ def _fanned_out(state: InstanceState, lane: Lane, definition: WorkflowDefinition
     step = None if found is None else found[0]
     if isinstance(step, ParallelStep):
         lanes = state.lanes
+        scope = item_scope(key)
         for branch in step.branches:
-            inner = lanes.get(branch_lane(step.name, branch.name))
+            inner = lanes.get(branch_lane(step.name, branch.name, scope))
             if inner is not None and inner.step is not None:
                 return True
         return False

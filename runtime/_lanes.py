@@ -6,6 +6,13 @@ running parallel step (key ``"parallel/branch"``), or one item of a running map 
 execution of a step has an id made of its lane, its step and a counter: ``"charge#1"``,
 ``"fulfill/shipping/ship#2"``, ``"charge-all/#3/charge#1"``. Names that contain the separator or
 the counter mark would make keys ambiguous, so ``build()`` refuses them.
+
+A fan-out inside a map item (a parallel or a map step in the map's branch) runs once per item
+at the same time, so its lanes' keys start with the item's: ``"orders/#3/checks/fraud"``,
+``"orders/#3/lines/#0"``. That prefix is the lane's *scope* (:func:`item_scope`); a lane in no
+map item has scope ``""``, and its key is as above. (Branches of a parallel step do not scope
+what runs in them: each branch runs once per execution of its step, and step names are unique
+in a workflow, so their keys cannot meet.)
 """
 
 from __future__ import annotations
@@ -17,27 +24,54 @@ SEPARATOR = "/"
 COUNTER_MARK = "#"
 
 
-def branch_lane(parallel: str, branch: str) -> str:
-    """The key of a parallel step's branch lane."""
-    return f"{parallel}{SEPARATOR}{branch}"
+def _scoped(scope: str, key: str) -> str:
+    return f"{scope}{SEPARATOR}{key}" if scope else key
 
 
-def item_lane(map_step: str, index: int) -> str:
-    """The key of the lane running item ``index`` (from 0) of a map step."""
-    return f"{map_step}{SEPARATOR}{COUNTER_MARK}{index}"
+def branch_lane(parallel: str, branch: str, scope: str = MAIN) -> str:
+    """The key of a parallel step's branch lane (the step running in a lane of that scope)."""
+    return _scoped(scope, f"{parallel}{SEPARATOR}{branch}")
 
 
-def item_lanes(map_step: str) -> str:
-    """What every item lane key of a map step starts with (and, in a definition's lookup, the
-    lane the map's branch steps live in)."""
-    return f"{map_step}{SEPARATOR}{COUNTER_MARK}"
+def item_lane(map_step: str, index: int, scope: str = MAIN) -> str:
+    """The key of the lane running item ``index`` (from 0) of a map step (the step running in a
+    lane of that scope)."""
+    return _scoped(scope, f"{map_step}{SEPARATOR}{COUNTER_MARK}{index}")
+
+
+def item_lanes(map_step: str, scope: str = MAIN) -> str:
+    """What every item lane key of a map step (running in a lane of that scope) starts with;
+    with no scope, in a definition's lookup, the lane the map's branch steps live in."""
+    return _scoped(scope, f"{map_step}{SEPARATOR}{COUNTER_MARK}")
+
+
+def _is_index(part: str) -> bool:
+    return part[:1] == COUNTER_MARK and part[1:].isdigit()
+
+
+def item_scope(lane: str) -> str:
+    """The key of the innermost map item lane ``lane`` runs in (itself, if it is one); ``""``
+    for a lane in no map item. The lanes a fan-out step running in ``lane`` opens are scoped by it."""
+    if COUNTER_MARK not in lane:  # (most lanes: the main line, branches)
+        return MAIN
+    parts = lane.split(SEPARATOR)
+    for end in range(len(parts), 1, -1):
+        if _is_index(parts[end - 1]):
+            return SEPARATOR.join(parts[:end])
+    return MAIN
+
+
+def fanout_place(lane: str) -> str:
+    """The fan-out step a branch or item lane runs for, within its scope (``"p"``,
+    ``"orders/#3/p"``): what tells apart the executions of one step running in several items."""
+    return lane.rpartition(SEPARATOR)[0]
 
 
 def parallel_of(lane: str) -> str | None:
     """The parallel step whose branch ``lane`` is; ``None`` for the main line and item lanes."""
     if lane == MAIN or item_of(lane) is not None:
         return None
-    return lane.rpartition(SEPARATOR)[0]
+    return fanout_place(lane).rpartition(SEPARATOR)[2]
 
 
 def item_of(lane: str) -> tuple[str, int] | None:
@@ -45,14 +79,17 @@ def item_of(lane: str) -> tuple[str, int] | None:
     head, sep, tail = lane.rpartition(f"{SEPARATOR}{COUNTER_MARK}")
     if not sep or not tail.isdigit():
         return None
-    return head, int(tail)
+    return head.rpartition(SEPARATOR)[2], int(tail)
 
 
 def lane_in_definition(lane: str) -> str:
-    """The lane a definition's lookup places the steps of ``lane`` in: item lanes of one map
-    share their map's (see :func:`item_lanes`); any other lane is its own."""
+    """The lane a definition's lookup places the steps of ``lane`` in: its own key without its
+    scope, and item lanes of one map share their map's (see :func:`item_lanes`)."""
     item = item_of(lane)
-    return lane if item is None else item_lanes(item[0])
+    if item is not None:
+        return item_lanes(item[0])
+    scope = item_scope(lane)
+    return lane[len(scope) + 1:] if scope else lane
 
 
 #: Signal names trioflow sends itself (a child's end, to its parent): refused to users.

@@ -18,7 +18,7 @@ from ._decide import new_execution, recorded_failure
 from ._definition import MapStep, Step
 from ._errors import InvalidItemsError, ItemError, MapError
 from ._context import ItemPlace
-from ._lanes import item_lane, item_lanes, item_of
+from ._lanes import SEPARATOR, item_lane, item_lanes, item_of, item_scope
 from ._snapshot import InstanceState, Lane, MapProgress, StepResult
 
 
@@ -51,10 +51,10 @@ def items_of(state: InstanceState, lane: Lane) -> list[Any]:
     return items
 
 
-def running_items(state: InstanceState, step: MapStep) -> list[tuple[int, str]]:
-    """``(index, lane key)`` of the items of ``step`` that have a lane (a resume finds them),
-    in index order."""
-    prefix = item_lanes(step.name)
+def running_items(state: InstanceState, step: MapStep, scope: str) -> list[tuple[int, str]]:
+    """``(index, lane key)`` of the items of ``step`` (running in a lane of ``scope``) that
+    have a lane (a resume finds them), in index order."""
+    prefix = item_lanes(step.name, scope)
     found = []
     for key in state.lanes:
         if key.startswith(prefix):
@@ -64,11 +64,11 @@ def running_items(state: InstanceState, step: MapStep) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def start_item(state: InstanceState, step: MapStep, progress: MapProgress) -> tuple[int, str]:
+def start_item(state: InstanceState, step: MapStep, progress: MapProgress, scope: str) -> tuple[int, str]:
     """Give the next item its lane: ``(index, lane key)``."""
     index = progress.started
     progress.started += 1
-    key = item_lane(step.name, index)
+    key = item_lane(step.name, index, scope)
     state.lanes[key] = Lane(step=step.branch.steps[0].name)
     return index, key
 
@@ -91,11 +91,11 @@ def item_finished(lane: Lane) -> bool | None:
     return False if lane.step is None else None
 
 
-def final_records(state: InstanceState, step: MapStep, lane: Lane) -> dict[int, StepResult]:
-    """The newest record of each item of the map execution ``lane`` runs."""
+def final_records(state: InstanceState, step: MapStep, lane: Lane, scope: str) -> dict[int, StepResult]:
+    """The newest record of each item of the map execution ``lane`` (of ``scope``) runs."""
     assert lane.begun is not None
     last: dict[int, StepResult] = {}
-    prefix = item_lanes(step.name)
+    prefix = item_lanes(step.name, scope)
     for record in state.records[lane.begun + 1:]:
         if record.lane.startswith(prefix):
             item = item_of(record.lane)
@@ -104,10 +104,10 @@ def final_records(state: InstanceState, step: MapStep, lane: Lane) -> dict[int, 
     return last
 
 
-def map_output(state: InstanceState, step: MapStep, lane: Lane) -> list[Any]:
+def map_output(state: InstanceState, step: MapStep, lane: Lane, scope: str) -> list[Any]:
     """The items' outputs in item order; a (tolerated) failed item's slot holds its error as
     ``{"error": name, "cause": message}``."""
-    last = final_records(state, step, lane)
+    last = final_records(state, step, lane, scope)
     out: list[Any] = []
     assert lane.fanout is not None
     for index in range(lane.fanout.count):
@@ -121,13 +121,13 @@ def map_output(state: InstanceState, step: MapStep, lane: Lane) -> list[Any]:
     return out
 
 
-def failed_items(state: InstanceState, step: MapStep, lane: Lane) -> list[tuple[int, StepResult]]:
+def failed_items(state: InstanceState, step: MapStep, lane: Lane, scope: str) -> list[tuple[int, StepResult]]:
     """The items of the map execution ``lane`` runs that failed for good, with the record of
     the step they failed at, in index order. Items a fail-fast cancelled are not among them:
     their newest record is of a step cancelled while running, but they did not fail (nor end)."""
     progress = lane.fanout
     assert progress is not None
-    return [(index, record) for index, record in sorted(final_records(state, step, lane).items())
+    return [(index, record) for index, record in sorted(final_records(state, step, lane, scope).items())
             if record.status == "failed" and progress.has_ended(index)]
 
 
@@ -155,11 +155,13 @@ def branch_step(step: MapStep, name: str) -> Step:
     return step.branch.steps[step.branch.index[name]]
 
 
-def map_failure(state: InstanceState, step: MapStep, lane: Lane, live: dict[int, BaseException]) -> MapError:
+def map_failure(
+    state: InstanceState, step: MapStep, lane: Lane, scope: str, live: dict[int, BaseException],
+) -> MapError:
     """The error of a map execution whose items failed beyond what it tolerates: each failed
     item's error, the exception itself where this run saw it (``live``), else as recorded."""
     errors = []
-    for index, record in failed_items(state, step, lane):
+    for index, record in failed_items(state, step, lane, scope):
         error = live.get(index) or recorded_failure(record, branch_step(step, record.step_name), state.instance_id)
         errors.append(ItemError(step.name, index, record.step_name, error))
     assert lane.fanout is not None
@@ -168,26 +170,31 @@ def map_failure(state: InstanceState, step: MapStep, lane: Lane, live: dict[int,
 
 
 class ItemIndex:
-    """Finds the item an item lane's record ran for (``ctx.item`` while compensating) in one
+    """Finds the item a record of a map item ran for (``ctx.item`` while compensating) in one
     pass over the records, however many are asked about."""
 
     def __init__(self, records: Sequence[StepResult]) -> None:
         self._records = records
-        self._starts: dict[str, list[int]] | None = None
+        #: Seqs of the start records by (scope, map step): one map's executions in one scope,
+        #: which run one after another (a step runs in one lane of its scope at a time).
+        self._starts: dict[tuple[str, str], list[int]] | None = None
 
     def item(self, record: StepResult) -> ItemPlace | None:
-        """Where a record of an item lane ran (see :data:`trioflow._context.ItemPlace`), else
-        ``None``."""
-        found = item_of(record.lane)
+        """Where a record of a map item (of its lane, or of a lane inside it) ran (see
+        :data:`trioflow._context.ItemPlace`), else ``None``."""
+        scope = item_scope(record.lane)
+        found = item_of(scope)
         if found is None:
             return None
         if self._starts is None:
             self._starts = {}
             for r in self._records:
                 if r.status == "started":
-                    self._starts.setdefault(r.step_name, []).append(r.seq)
+                    self._starts.setdefault((item_scope(r.lane), r.step_name), []).append(r.seq)
         name, index = found
-        seqs = self._starts.get(name, [])
+        # (The map ran in a lane of the scope the item's key starts with: all but its last two parts.)
+        outer = scope.rsplit(SEPARATOR, 2)[0] if scope.count(SEPARATOR) > 1 else ""
+        seqs = self._starts.get((outer, name), [])
         at = bisect.bisect_left(seqs, record.seq) - 1
         if at < 0:
             return None

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 import attrs
 
 from ._errors import split_description
-from ._lanes import MAIN, child_ended_signal, execution_id, item_of, step_key
+from ._lanes import MAIN, child_ended_signal, execution_id, item_scope, parallel_of, step_key
 
 Status = Literal["pending", "running", "completed", "failed", "cancelled", "timed_out", "compensated"]
 StepStatus = Literal[
@@ -387,15 +387,18 @@ class InstanceState:
         steps, so an item's outputs are its own (and the map's output has them all)."""
         if self._latest is None:
             self._latest = {r.step_name: r for r in self.records
-                            if r.status in HAS_OUTPUT and item_of(r.lane) is None}
+                            if r.status in HAS_OUTPUT and not item_scope(r.lane)}
         return self._latest
 
-    def latest_in_item(self, lane: str, name: str) -> StepResult | None:
-        """The newest completed execution of step ``name`` in the map item lane ``lane``."""
+    def latest_in_item(self, scope: str, name: str) -> StepResult | None:
+        """The newest completed execution of step ``name`` in the map item whose lane key is
+        ``scope`` (in its lane, or in a lane inside it: a branch of a parallel step it runs)."""
         if self._item_latest is None:
-            self._item_latest = {step_key(r.lane, r.step_name): r for r in self.records
-                                 if r.status in HAS_OUTPUT and item_of(r.lane) is not None}
-        return self._item_latest.get(step_key(lane, name))
+            self._item_latest = {}
+            for r in self.records:
+                if r.status in HAS_OUTPUT and (within := item_scope(r.lane)):
+                    self._item_latest[step_key(within, r.step_name)] = r
+        return self._item_latest.get(step_key(scope, name))
 
     def add(self, record: StepResult) -> None:
         """Append a record (its ``seq`` must be the next one) and index it."""
@@ -404,11 +407,12 @@ class InstanceState:
         else:
             self.records = [record]
         if record.status in HAS_OUTPUT and (self._latest is not None or self._item_latest is not None):
-            if item_of(record.lane) is None:
+            scope = item_scope(record.lane)
+            if not scope:
                 if self._latest is not None:
                     self._latest[record.step_name] = record
             elif self._item_latest is not None:
-                self._item_latest[step_key(record.lane, record.step_name)] = record
+                self._item_latest[step_key(scope, record.step_name)] = record
         if record.execution and record.status != "compensation_failed":  # (an earlier execution's)
             self.executions[step_key(record.lane, record.step_name)] = record.execution
 
@@ -639,3 +643,14 @@ def unreadable_instance(instance_id: str, workflow_name: str, error: str) -> Wor
 def metadata_of(state: InstanceState) -> WorkflowMetadata:
     """``ctx.metadata`` / ``WorkflowResult.metadata`` for a state."""
     return WorkflowMetadata(id=state.instance_id, workflow_name=state.workflow_name, started_at=state.started_at)
+
+
+def outer_lane(state: InstanceState, key: str) -> tuple[str, Lane] | None:
+    """``(key, lane)`` of the lane running the parallel step whose branch lane ``key`` is: the
+    one of its scope standing at that step (``None``: none, or ``key`` is no branch lane)."""
+    parallel = parallel_of(key)
+    if parallel is None:
+        return None
+    scope = item_scope(key)
+    return next(((k, other) for k, other in state.lanes.items()
+                 if other.step == parallel and k != key and item_scope(k) == scope), None)

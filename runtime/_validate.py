@@ -245,12 +245,6 @@ def _check_map(label: str, step: MapStep) -> None:
         raise DefinitionError(
             f"{label}: tolerated_failures must be a count (an int >= 0) or a fraction of the items (a float from 0"
             f" to 1), got {tolerated!r}")
-    for inner in step.branch.steps:
-        if isinstance(inner, (ParallelStep, MapStep)):
-            # Every item runs the branch at once: their nested lanes would share keys.
-            raise DefinitionError(
-                f"{label}: the branch holds {inner.kind} step {inner.name!r}; a map's items cannot fan out again"
-                " (make the branch start a child workflow that does, or map over the combined items)")
 
 
 def _check_parallel(label: str, step: ParallelStep) -> None:

@@ -55,7 +55,7 @@ def test_a_header_leaves_out_untouched_items_and_reads_back_every_lane(count: in
     started = data.draw(st.integers(0, count))
     kinds = {}
     for _ in range(started):
-        index, key = start_item(state, MAP, progress)
+        index, key = start_item(state, MAP, progress, "")
         if data.draw(st.booleans()):
             item_ended(state, progress, index, key, failed=data.draw(st.booleans()))
             continue
@@ -87,7 +87,7 @@ def test_a_header_from_before_lists_every_lane_and_reads_back_as_it_was() -> Non
     main.step = "each"
     progress = open_items(state, MAP, main, start_record(state, "", MAP, [0, 1, 2], 0.0))
     for _ in range(3):
-        start_item(state, MAP, progress)
+        start_item(state, MAP, progress, "")
     progress.first = None
     raw = msgpack.unpackb(encode_header(state), strict_map_key=False)
     assert set(raw[LANES]) == {"", "each/#0", "each/#1", "each/#2"}

@@ -81,7 +81,7 @@ def _round_trip(state: Any) -> Any:
 @given(kinds=st.lists(KINDS, min_size=6, max_size=6))
 def test_branches_after_their_last_record_are_named_by_it_and_read_back(kinds: list[str]) -> None:
     state = new_state(WIDE, "i", None, 0.0)
-    assert open_branches(state, PARALLEL)
+    assert open_branches(state, PARALLEL, "")
     for i, kind in enumerate(kinds):
         _run_first(state, f"p/b{i}", WIDE, f"one{i}", f"two{i}", kind)
     listed, seqs = _listed(encode_header(state))
@@ -100,7 +100,7 @@ def test_items_after_their_last_record_are_named_by_it_and_read_back(count: int,
     progress = open_items(state, MAP, main, start_record(state, "", MAP, list(range(count)), 0.0))
     moved = set()
     for _ in range(data.draw(st.integers(0, count))):
-        _, key = start_item(state, MAP, progress)
+        _, key = start_item(state, MAP, progress, "")
         kind = data.draw(KINDS.filter(lambda k: k != "ended"))
         _run_first(state, key, FAN, "work", "finish", kind)
         if kind == "moved on":
@@ -129,7 +129,7 @@ def test_a_header_without_lanes_moved_on_is_the_one_written_before() -> None:
 ])
 def test_a_damaged_list_of_lanes_moved_on_is_refused(moved_on: Any, says: str) -> None:
     state = new_state(WIDE, "i", None, 0.0)
-    assert open_branches(state, PARALLEL)
+    assert open_branches(state, PARALLEL, "")
     _run_first(state, "p/b0", WIDE, "one0", "two0", "moved on")
     raw = msgpack.unpackb(encode_header(state), strict_map_key=False)
     raw[MOVED_ON] = moved_on
@@ -139,7 +139,7 @@ def test_a_damaged_list_of_lanes_moved_on_is_refused(moved_on: Any, says: str) -
 
 def test_a_lane_named_both_in_full_and_by_its_record_is_refused() -> None:
     state = new_state(WIDE, "i", None, 0.0)
-    assert open_branches(state, PARALLEL)
+    assert open_branches(state, PARALLEL, "")
     _run_first(state, "p/b0", WIDE, "one0", "two0", "moved on")
     raw = msgpack.unpackb(encode_header(state), strict_map_key=False)
     raw[LANES]["p/b0"] = ["two", 0, None]
@@ -161,7 +161,7 @@ async def test_items_in_flight_past_their_first_step_cost_a_few_bytes_each_in_th
 def test_a_header_from_before_lists_lanes_moved_on_in_full_and_reads_back_as_it_was() -> None:
     """Format 4's header as written before this field: nineteen fields, every lane in full."""
     state = new_state(WIDE, "i", None, 0.0)
-    assert open_branches(state, PARALLEL)
+    assert open_branches(state, PARALLEL, "")
     for i, kind in enumerate(["moved on", "ended", "untouched", "moved on", "ended", "waiting"]):
         _run_first(state, f"p/b{i}", WIDE, f"one{i}", f"two{i}", kind)
     raw = msgpack.unpackb(encode_header(state), strict_map_key=False)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import collections
 import inspect
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -39,7 +39,7 @@ from trioflow._definition import (
 )
 from trioflow._engine import Engine, open_engine
 from trioflow._errors import InvalidArgumentError, TrioflowError, UnknownJobError, UnknownWorkflowError, safe_repr
-from trioflow._lanes import child_instance_id, item_lanes, item_of
+from trioflow._lanes import child_instance_id, item_of, item_scope
 from trioflow._snapshot import (
     RESUMABLE,
     InstanceState,
@@ -329,7 +329,9 @@ class _Shape:
     def of(cls, definition: WorkflowDefinition) -> _Shape:
         steps = [s for s, _ in definition.lookup.values()]
         children = frozenset(s.name for s in steps if isinstance(s, ChildStep))
-        in_items = {item_lanes(s.name) for s in steps if isinstance(s, MapStep)}  # (a map's branch steps' lane)
+        # (The lanes a map's branch steps live in, and those of fan-outs inside them: run per item.)
+        in_items = {definition.lookup[inner.name][1] for s in steps if isinstance(s, MapStep)
+                    for inner in _nested_steps(s.branch.steps)}
         lanes_of: dict[str, set[str]] = collections.defaultdict(set)
         for step, lane in definition.lookup.values():
             if isinstance(step, ReceiveStep):
@@ -625,9 +627,20 @@ def _describe_write(states: Sequence[tuple[str, InstanceState]], k: int) -> str:
     return f"{who}instance {state.status}"
 
 
+def _nested_steps(steps: Sequence[Step]) -> Iterator[Step]:
+    """``steps`` and every step inside them (the steps of their branches, in turn)."""
+    for step in steps:
+        yield step
+        if isinstance(step, ParallelStep):
+            for branch in step.branches:
+                yield from _nested_steps(branch.steps)
+        elif isinstance(step, MapStep):
+            yield from _nested_steps(step.branch.steps)
+
+
 def _described(record: StepResult, status: str | None = None) -> str:
     run = f" (execution {record.execution})" if record.execution > 1 else ""
-    item = item_of(record.lane)
+    item = item_of(item_scope(record.lane))  # (a record of a branch in a map item is the item's too)
     of_item = f" of item {item[1]} of {item[0]!r}" if item is not None else ""
     if status is None and record.status == "compensation_failed":
         return f"the compensation of step {record.step_name!r}{of_item}{run} failed for good"
