@@ -86,6 +86,9 @@ class MemoryAdapter:
         #: deleted or purged since stays until it reaches the front, where it is dropped: a
         #: deque, because purges take from the front, and a dict would keep the holes.
         self._finished: collections.deque[tuple[float, _Row]] = collections.deque()
+        #: The ids of the child instances stored for each parent id (a purge that deletes a
+        #: parent takes the children it kept along).
+        self._children: dict[str, set[str]] = {}
         self._clock: Callable[[], float] = time.time
         self._open = False
 
@@ -116,6 +119,8 @@ class MemoryAdapter:
         self._created += 1
         row = self._rows[instance_id] = _Row(instance_id, self._created, workflow_name, status, start, header,
                                              parent_id)
+        if parent_id is not None:
+            self._children.setdefault(parent_id, set()).add(instance_id)
         self._by_status.setdefault(status, {})[instance_id] = None
         self._by_workflow.setdefault(workflow_name, {})[instance_id] = None
         self._stamp(row)
@@ -335,22 +340,42 @@ class MemoryAdapter:
     ) -> int:
         finished = self._finished
         rows = self._rows
-        purged = 0
+        purged = taken = 0  # (taken: the rows the limit counts, not the children they take along)
         for place in finished:  # rows leave the dicts here, never the deque: iterating it is safe
             if not self._current(place):
                 continue
             finished_at, row = place
-            if finished_at > finished_by or purged == limit:
+            if finished_at > finished_by or taken == limit:
                 # Finish order: the rows after this one finished later (a wall clock stepped
                 # back only delays them until this one is due).
                 break
             if ((status is None or row.status == status) and (workflow_name is None or row.workflow_name == workflow_name)
                     and row.parent_id not in rows):  # (a child stays while its parent is stored)
                 self._remove(row)
-                purged += 1
+                taken += 1
+                purged += 1 + self._purge_children(row.instance_id, finished_by, status, workflow_name)
         while finished and not self._current(finished[0]):
             finished.popleft()
         self._compact_finished()
+        return purged
+
+    def _purge_children(self, parent_id: str, finished_by: float, status: Status | None,
+                        workflow_name: str | None) -> int:
+        """Delete the children a purged parent kept, and theirs, that this purge takes (finished
+        by then, of its status and workflow): in the same call, so that no child outlives its
+        parent there (a new instance given the parent's id would find its children's ids taken).
+        How many."""
+        purged = 0
+        todo = [parent_id]
+        while todo:
+            for child_id in self._children.pop(todo.pop(), ()):
+                row = self._rows.get(child_id)
+                if (row is not None and row.finished_at is not None and row.finished_at <= finished_by
+                        and (status is None or row.status == status)
+                        and (workflow_name is None or row.workflow_name == workflow_name)):
+                    self._remove(row)
+                    purged += 1
+                    todo.append(child_id)
         return purged
 
     def _compact_finished(self) -> None:
@@ -380,6 +405,10 @@ class MemoryAdapter:
     def _remove(self, row: _Row) -> None:
         waited = _waits(row)
         del self._rows[row.instance_id]
+        if row.parent_id is not None and (siblings := self._children.get(row.parent_id)) is not None:
+            siblings.discard(row.instance_id)
+            if not siblings:
+                del self._children[row.parent_id]
         del self._by_status[row.status][row.instance_id]
         del self._by_workflow[row.workflow_name][row.instance_id]
         row.finished_at = None  # its place in the finish order is dropped when it comes up

@@ -168,8 +168,11 @@ class Adapter(Protocol):
 
         A child instance (one created with a ``parent_id``) is kept, whatever its finish time,
         while its parent is stored: the parent may yet compensate it as a unit (its own parent
-        may compensate it), and lists it among its children. Once the parent is gone, the
-        child goes by its own finish time."""
+        may compensate it), and lists it among its children. A call that deletes a parent
+        deletes in the same write the children it kept that the call takes (finished by
+        ``finished_by``, of ``status`` and ``workflow_name``), and theirs, beyond ``limit`` if
+        need be: a new instance given the parent's id must not find its children's ids taken.
+        A child whose parent is gone otherwise goes by its own finish time."""
         ...
 
 
@@ -222,8 +225,11 @@ def keeps_families(adapter: object) -> bool:
 
 def _takes(adapter: object, method: str, parameter: str) -> bool:
     """Whether ``adapter``'s ``method`` takes ``parameter`` (an adapter written before the
-    parameter existed does not, and keeps working without what it brings)."""
+    parameter existed does not, and keeps working without what it brings). A method that
+    takes ``**kwargs`` does: a wrapper that hands every call on to an adapter of this release
+    must not lose what the parameter brings."""
     try:
-        return parameter in inspect.signature(getattr(adapter, method)).parameters
+        parameters = inspect.signature(getattr(adapter, method)).parameters
     except (AttributeError, TypeError, ValueError):
         return False
+    return parameter in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())

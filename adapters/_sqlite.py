@@ -399,6 +399,9 @@ class SQLiteAdapter:
             conn.execute(
                 "CREATE INDEX IF NOT EXISTS trioflow_instances_by_wake ON trioflow_instances (wake_at)"
                 " WHERE wake_at IS NOT NULL")
+            conn.execute(
+                "CREATE INDEX IF NOT EXISTS trioflow_instances_by_parent ON trioflow_instances (parent_id)"
+                " WHERE parent_id IS NOT NULL")
             made = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'trioflow_instances_by_finish'").fetchone()
             if made is None or made[0] != _FINISH_INDEX:
                 conn.execute("DROP INDEX IF EXISTS trioflow_instances_by_finish")
@@ -1162,16 +1165,24 @@ _PARENT_STORED = ("SELECT 1 FROM trioflow_instances AS parent"
 def _purge(conn: sqlite3.Connection, finished_by: float, limit: int, status: str | None,
            workflow_name: str | None) -> int:
     """Remove up to ``limit`` instances finished by then, earliest first; how many."""
-    terms, params = _matching(workflow_name, status)
-    # A child stays while its parent is stored (found by its primary key, per child row met).
-    terms += [_FINISHED, "finished_at <= ?", f"(parent_id IS NULL OR NOT EXISTS ({_PARENT_STORED}))"]
+    taken, params = _matching(workflow_name, status)
+    taken += [_FINISHED, "finished_at <= ?"]
     params.append(finished_by)
+    # A child stays while its parent is stored (found by its primary key, per child row met),
+    # unless this purge deletes the parent: then those of its children (and theirs) that it
+    # takes go with it, found through the index on parents.
     # INDEXED BY: with a status or workflow to match, the planner could take their index and
     # sort every finished row of it by time; this way it reads finished rows by time, from the
     # earliest, and stops at ``limit``.
     ids = conn.execute(
-        "SELECT instance_id FROM trioflow_instances INDEXED BY trioflow_instances_by_finish"
-        f" WHERE {' AND '.join(terms)} ORDER BY finished_at LIMIT ?", (*params, limit)).fetchall()
+        "WITH RECURSIVE doomed(instance_id) AS ("
+        " SELECT * FROM (SELECT instance_id FROM trioflow_instances INDEXED BY trioflow_instances_by_finish"
+        f" WHERE {' AND '.join(taken)} AND (parent_id IS NULL OR NOT EXISTS ({_PARENT_STORED}))"
+        " ORDER BY finished_at LIMIT ?)"
+        " UNION SELECT child.instance_id FROM doomed"
+        " JOIN trioflow_instances AS child INDEXED BY trioflow_instances_by_parent ON child.parent_id = doomed.instance_id"
+        f" WHERE {' AND '.join(taken)})"
+        " SELECT instance_id FROM doomed", (*params, limit, *params)).fetchall()
     _remove(conn, ids)
     return len(ids)
 

@@ -926,7 +926,8 @@ class Engine:
         their records and pending signals; optionally only those of one finished ``status`` or
         of one ``workflow``. Returns how many were deleted. Running and pending instances are
         never touched, nor is a child workflow while its parent is stored (the parent may yet
-        compensate it; purged in this call, the parent takes such children with it). Deletes in batches of :data:`PURGE_BATCH` (on SQLite, one transaction
+        compensate it): the parent, once this purge deletes it, takes with it those of its
+        children (and theirs) that the purge would take. Deletes in batches of :data:`PURGE_BATCH` (on SQLite, one transaction
         each), letting instances run and checkpoint between them."""
         self._check_open()
         age = _duration(older_than, "older_than")
@@ -941,8 +942,7 @@ class Engine:
         while True:
             purged = await self.adapter.purge(finished_by, PURGE_BATCH, status=status, workflow_name=workflow)
             total += purged
-            if not purged:
-                # (Not at a short batch: children whose parents it purged may go now.)
+            if purged < PURGE_BATCH:  # (the children a deleted parent kept came with it)
                 return total
             await trio.lowlevel.checkpoint()  # an adapter that never yields (memory) lets others run
 

@@ -4,7 +4,7 @@ helpers of tests on a test engine."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,27 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Adap
         memory = MemoryAdapter()
         return lambda: memory
     return lambda: SQLiteAdapter(tmp_path / "flows.db")
+
+
+class Declined(Exception):
+    """A job's failure, raised on purpose."""
+
+
+def reservation_jobs(log: list[str]) -> tuple[Callable[..., Awaitable[str]], Callable[..., Awaitable[None]],
+                                               Callable[..., Awaitable[None]]]:
+    """``(reserve, release, decline)`` saga jobs: reserve ``ctx.input`` (logged ``"reserve
+    X"``), release what it reserved (``"release X"``), and fail with :class:`Declined`."""
+    async def reserve(ctx: tf.WorkflowContext) -> str:
+        log.append(f"reserve {ctx.input}")
+        return str(ctx.input)
+
+    async def release(ctx: tf.WorkflowContext, held: str) -> None:
+        log.append(f"release {held}")
+
+    async def decline(ctx: tf.WorkflowContext) -> None:
+        raise Declined("card declined")
+
+    return reserve, release, decline
 
 
 def written_before_parents(adapter: Adapter) -> Adapter:

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 import trioflow as tf
-from storages import finish
+from storages import finish, reservation_jobs
 from trioflow.adapters import MemoryAdapter, SQLiteAdapter
 from trioflow.testing import check_persistence_adapter, open_test_engine, virtual_wall_clock
 from trioflow.testing._conformance import _CHECKS
@@ -21,23 +21,10 @@ from trioflow.testing._conformance import _CHECKS
 FIXTURES = Path(__file__).with_name("fixtures")
 
 
-class Declined(Exception):
-    pass
-
-
 def family(log: list[str], *, items: int = 3) -> tuple[tf.WorkflowDefinition, tf.WorkflowDefinition]:
     """A parent that runs a child saga per item, waits a day, then fails: every child must be
     undone, newest first. ``log`` gets every job call."""
-    async def reserve(ctx: tf.WorkflowContext) -> int:
-        log.append(f"reserve {ctx.input}")
-        return int(ctx.input)
-
-    async def release(ctx: tf.WorkflowContext, held: int) -> None:
-        log.append(f"release {held}")
-
-    async def charge(ctx: tf.WorkflowContext) -> None:
-        raise Declined("card declined")
-
+    reserve, release, charge = reservation_jobs(log)
     kid = tf.workflow("kid").step("reserve", reserve, release).build()
     parent = (tf.workflow("order")
               .map("each", items=lambda ctx: list(range(items)), max_concurrency=1,
