@@ -70,7 +70,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
         if finished is None:
             resumed.append((index, key))
         else:  # ended before the restart, its progress event sent then: counted, not run again
-            item_ended(state, progress, index, key, failed=finished)
+            item_ended(state, step, progress, index, key, failed=finished)
     limit = step.max_concurrency or max(progress.count, 1)
     fanout.slots = trio.Semaphore(max(0, limit - len(resumed)))
     try:
@@ -140,7 +140,7 @@ class _Items:
             self.slots.release()
             run.active -= 1
         progress = self.progress
-        item_ended(run.state, progress, index, key, failed=failed)
+        item_ended(run.state, step, progress, index, key, failed=failed)
         over = self.over()
         if over:
             assert self.cancel is not None

@@ -253,7 +253,7 @@ class Run:
         "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
-        "hold", "active", "resting", "settling", "late", "failed_in",
+        "hold", "active", "resting", "settling", "late", "failed_in", "unheld",
     )
 
     def __init__(
@@ -367,6 +367,9 @@ class Run:
         #: run on (``None``: none): it stays in memory until they end (``wake_at`` has nothing
         #: for a failed lane), so its lanes do not rest and their children run in its slot.
         self.failed_in: set[str] | None = None
+        #: Set (and dropped) once :attr:`failed_in` empties, for the timers that waited without
+        #: resting while it held (see :meth:`held_by_failures`): they may rest now.
+        self.unheld: trio.Event | None = None
         #: Names of the signals delivered after the run decided to leave memory, while it
         #: unwound (``None``: none): storage holds them, and the engine wakes it for them.
         self.late: set[str] | None = None
@@ -435,9 +438,32 @@ class Run:
         self.failed_in.add(parallel)
 
     def parallel_ended(self, parallel: str) -> None:
-        """``parallel`` is over: its failed branches no longer hold the instance in memory."""
-        if self.failed_in is not None:
-            self.failed_in.discard(parallel)
+        """``parallel`` is over: its failed branches no longer hold the instance in memory. If
+        none holds it now, the waits that did not rest while they did (a parallel step that
+        failed in one map item, or whose failure a catch took, while other lanes wait) look
+        again: timers through :attr:`unheld`, receive steps woken as a signal would wake them."""
+        failed = self.failed_in
+        if failed is None:
+            return
+        failed.discard(parallel)
+        if failed:
+            return
+        if self.unheld is not None:
+            self.unheld.set()
+            self.unheld = None
+        if self.arrived:
+            for waiting in self.arrived.values():
+                waiting.set()
+            self.arrived.clear()
+
+    def held_by_failures(self) -> trio.Event | None:
+        """The event set once no failed branch holds the instance in memory (``None``: none
+        does): what a wait that may not rest for that reason alone waits on as well."""
+        if not self.failed_in:
+            return None
+        if self.unheld is None:
+            self.unheld = trio.Event()
+        return self.unheld
 
     def may_park(self, seconds: float) -> bool:
         """Whether a wait of ``seconds`` lets the instance leave memory (once every lane of it

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._decide import new_execution, recorded_failure
-from ._definition import MapStep, Step
+from ._definition import MapStep, ParallelStep, Step
 from ._errors import InvalidItemsError, ItemError, MapError
 from ._context import ItemPlace
 from ._lanes import SEPARATOR, item_lane, item_lanes, item_of, item_scope
@@ -73,14 +73,26 @@ def start_item(state: InstanceState, step: MapStep, progress: MapProgress, scope
     return index, key
 
 
-def item_ended(state: InstanceState, progress: MapProgress, index: int, key: str, *, failed: bool) -> None:
+def item_ended(state: InstanceState, step: MapStep, progress: MapProgress, index: int, key: str, *,
+               failed: bool) -> None:
     """An item's lane is done (``failed``: with a step that failed for good): it leaves the
-    header, and the progress counts it."""
+    header, and the progress counts it. So do the lanes a fan-out in it left (the branches of a
+    parallel step that failed in it, the items an inner map cancelled): nothing runs them now,
+    and left standing they would keep the instance from waiting out of memory."""
     state.lanes.pop(key, None)
+    if _fans_out(step):
+        inside = f"{key}{SEPARATOR}"
+        for nested in [k for k in state.lanes if k.startswith(inside)]:
+            del state.lanes[nested]
     if not progress.has_ended(index):
         progress.end(index)
         if failed:
             progress.failed += 1
+
+
+def _fans_out(step: MapStep) -> bool:
+    """Whether the map's branch holds a parallel or map step (its items may open lanes)."""
+    return any(isinstance(s, (MapStep, ParallelStep)) for s in step.branch.steps)
 
 
 def item_finished(lane: Lane) -> bool | None:

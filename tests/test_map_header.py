@@ -57,7 +57,7 @@ def test_a_header_leaves_out_untouched_items_and_reads_back_every_lane(count: in
     for _ in range(started):
         index, key = start_item(state, MAP, progress, "")
         if data.draw(st.booleans()):
-            item_ended(state, progress, index, key, failed=data.draw(st.booleans()))
+            item_ended(state, MAP, progress, index, key, failed=data.draw(st.booleans()))
             continue
         kind = kinds[key] = data.draw(KINDS)
         lane = state.lanes[key]

@@ -356,3 +356,35 @@ def test_crash_exploration_of_generated_maps_of_maps_finds_no_divergence(
         assert report.divergent == ()
 
     tf.testing.run(main)
+
+
+@pytest.mark.parametrize("waits_on", ["timer", "signal"])
+async def test_a_wait_that_began_while_a_failed_branch_held_the_instance_rests_once_its_parallel_ended(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], waits_on: str) -> None:
+    """A failed branch keeps the instance in memory until its parallel step ends. Here a catch
+    takes that failure while a sibling lane already waits a day: the wait rests from then on,
+    and the instance leaves memory (before, it held a task and a slot the whole day)."""
+    async def fails(ctx: tf.WorkflowContext) -> None:
+        raise Declined("no")
+
+    waiting = (tf.branch("later").wait("a-day", seconds=86_400) if waits_on == "timer"
+               else tf.branch("later").receive("a-day", signal="go"))
+    wf = (tf.workflow("held")
+          .parallel("outer", branches=[
+              tf.branch("checks").parallel("inner", branches=[
+                  tf.branch("bad").step("fails", fails).build(),
+                  tf.branch("slow").wait("a-moment", seconds=5).build()],
+                  catch=[tf.Catch(errors=["Declined"], next="noted")])
+              .succeed("fine").pass_("noted", result="caught").build(),
+              waiting.pass_("done", result="done").build()])
+          .build())
+    async with open_test_engine(adapter=storage(), clock=virtual_wall_clock()) as engine:
+        engine.register(wf)
+        iid = await engine.start("held", None)
+        await trio.sleep(600)
+        parked = iid not in engine._live
+        if waits_on == "signal":
+            await engine.signal(iid, "go")
+        inst = await finish(engine, iid)
+    assert parked, "every lane left waits a day, yet the instance stays in memory"
+    assert (inst.status, inst.output) == ("completed", {"checks": "caught", "later": "done"})
