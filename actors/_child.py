@@ -126,7 +126,7 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
     # notice would ever wake it) is taken up again, and stores it then. A child that ends before
     # then wakes it first, with no write more.
     lane.waiting = child_wait(child_id, start.started_at)
-    await announce(run, step, lane)
+    await announce(run, step, lane_key, lane)
     await _store_child(run, step, lane, child_id, child_input, uses_input)
 
 

@@ -100,7 +100,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         started_at = run.clock() if waiting is None or "since" not in waiting else waiting["since"]
         # (Not for a step taken up again: it started before.)
         if bus.active and lane.waiting is None and lane.begun is None and bus.wants("workflow.step.started"):
-            run.emit("workflow.step.started", step_name=name, step_type=step.kind)
+            run.emit("workflow.step.started", lane_key, step_name=name, step_type=step.kind)
         data = None
         uses_input = False
         as_stored = False  # (an output read from storage: a signal's payload)
@@ -122,7 +122,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 await run_wait(run, step, lane, ctx, started_at)
                 output, passes, target = state.output_of(lane.last), lane.last, next_of(step)
             elif isinstance(step, ReceiveStep):
-                output, target = await run_receive(run, step, lane, started_at), next_of(step)
+                output, target = await run_receive(run, step, lane_key, lane, started_at), next_of(step)
                 # Its output, a payload just read from storage, reads back as it is: the record
                 # keeps it, not a copy. Unless a hook is handed it too: the hook's edits must
                 # not reach the record, as for any step.
@@ -159,7 +159,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 await run.persist()
         if bus.active:
             if bus.wants("workflow.step.completed"):
-                run.emit("workflow.step.completed", step_name=name, output=record.output)
+                run.emit("workflow.step.completed", lane_key, step_name=name, output=record.output)
             if lane_key == MAIN and bus.wants("workflow.progress"):
                 percent, done = progress(state, run.definition)
                 run.emit(

@@ -63,7 +63,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
             raise StepFailure(step.name, exc, 1) from exc
         progress = open_items(state, step, lane, start)
         await run.persist()  # the items are stored before any item runs
-    fanout = _Items(run, step, lane, progress, scope)
+    fanout = _Items(run, step, lane_key, progress)
     resumed = []
     for index, key in running_items(state, step, scope):
         finished = item_finished(state.lanes[key])
@@ -104,14 +104,15 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
 class _Items:
     """What the item actors of one map execution share."""
 
-    __slots__ = ("run", "step", "lane", "scope", "progress", "tolerated", "slots", "cancel", "live")
+    __slots__ = ("run", "step", "key", "lane", "scope", "progress", "tolerated", "slots", "cancel", "live")
 
-    def __init__(self, run: Run, step: MapStep, lane: Lane, progress: MapProgress, scope: str) -> None:
+    def __init__(self, run: Run, step: MapStep, key: str, progress: MapProgress) -> None:
         self.run = run
         self.step = step
-        self.lane = lane
-        #: The scope of the lane running the map (its items' keys start with it).
-        self.scope = scope
+        #: The lane running the map, and its scope (its items' keys start with it).
+        self.key = key
+        self.lane = run.state.lanes[key]
+        self.scope = item_scope(key)
         self.progress = progress
         self.tolerated = tolerated(step, progress.count)
         self.slots = trio.Semaphore(0)
@@ -146,7 +147,7 @@ class _Items:
             assert self.cancel is not None
             self.cancel.cancel()
         if run.bus.active:
-            run.emit("workflow.map.progress", step_name=step.name, done=progress.ended_count, total=progress.count,
+            run.emit("workflow.map.progress", self.key, step_name=step.name, done=progress.ended_count, total=progress.count,
                      failed=progress.failed)
         if not over and progress.ended_count < progress.started:
             await settle(run, None)  # the other items running may all rest

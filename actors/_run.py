@@ -852,10 +852,14 @@ class Run:
                 trio.lowlevel.reschedule(task)
             self.more_waiters.clear()
 
-    def emit(self, name: str, **payload: Any) -> None:
+    def emit(self, name: str, lane: str = MAIN, **payload: Any) -> None:
         """Publish an event about this instance (callers check ``bus.active``, or for events
-        sent at every step ``bus.wants(name)``, first)."""
+        sent at every step ``bus.wants(name)``, first). ``lane``: the key of the lane a step
+        event is about, given as ``lane`` unless it is the main line's (a branch's, a map
+        item's, one nested in an item: the same step runs in many of them at once)."""
         state = self.state
+        if lane:
+            payload["lane"] = lane
         payload["instance_id"] = state.instance_id
         payload["workflow_name"] = state.workflow_name
         if state.parent_id is not None:  # a child workflow's: its parent, for following a family

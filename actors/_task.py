@@ -98,7 +98,7 @@ async def attempt(
                 raise StepFailure(step.name, error, attempts)
             if announce and run.bus.active:
                 run.emit(
-                    "workflow.step.retry", step_name=step.name, attempt=attempts + 1,
+                    "workflow.step.retry", ctx.lane, step_name=step.name, attempt=attempts + 1,
                     max_attempts=retry.max_attempts, delay=delay, error=describe_error(error),
                 )
             if lane is not None and run.adapter is not None:
@@ -244,7 +244,7 @@ async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: fl
         run.add_caught(record, step, catcher)
         await run.persist()
         if run.bus.active:
-            run.emit("workflow.step.caught", step_name=step.name, error=name, cause=cause, next=catcher.next)
+            run.emit("workflow.step.caught", ctx.lane, step_name=step.name, error=name, cause=cause, next=catcher.next)
         return
     run.add_failure(record, for_good=True)
     # Stored now, before anything can await (the hook below, the siblings of a branch or map
@@ -252,7 +252,7 @@ async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: fl
     # instead of running the step again.
     await run.persist()
     if run.bus.active:
-        run.emit("workflow.step.failed", step_name=step.name, error=record.error, error_name=name, cause=cause,
+        run.emit("workflow.step.failed", ctx.lane, step_name=step.name, error=record.error, error_name=name, cause=cause,
                  attempts=failure.attempts)
     if run.has_hooks:
         await run.hook("on_step_failed", step.name, error, ctx)

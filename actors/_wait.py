@@ -34,7 +34,7 @@ async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext, s
         except Exception as exc:  # the step's callable raised, or gave no due time
             raise StepFailure(step.name, exc, 1) from exc
         lane.waiting = {"timer": due, "since": started_at}
-        await announce(run, step, lane)
+        await announce(run, step, ctx.lane, lane)
     await _wait_stored(run, lane, "timer")
 
 
@@ -94,7 +94,7 @@ async def _wait_stored(run: Run, lane: Lane, key: str) -> None:
     lane.waiting = None
 
 
-async def run_receive(run: Run, step: ReceiveStep, lane: Lane, started_at: float) -> Any:
+async def run_receive(run: Run, step: ReceiveStep, key: str, lane: Lane, started_at: float) -> Any:
     """Take the next signal named ``step.signal``, waiting for it (until the timeout, if any);
     returns its payload, or raises :class:`StepFailure` with :class:`SignalTimeoutError`."""
     if run.children is None and _never_ends(step.timeout) and _never_ends(run.definition.timeout):
@@ -110,7 +110,7 @@ async def run_receive(run: Run, step: ReceiveStep, lane: Lane, started_at: float
         lane.waiting = {"signal": step.signal, "timeout": due, "since": started_at}
         taken = await take(run, step.signal, due)
         if taken is None:
-            await announce(run, step, lane)  # stored: a resume waits on, with the same timeout
+            await announce(run, step, key, lane)  # stored: a resume waits on, with the same timeout
     else:
         assert lane.waiting is not None  # (it waits: lane.waits())
         taken = await take(run, step.signal, lane.waiting["timeout"])
@@ -121,7 +121,7 @@ async def run_receive(run: Run, step: ReceiveStep, lane: Lane, started_at: float
         raise StepFailure(step.name, SignalTimeoutError(step.name, step.signal, step.timeout), 1)
     seq, payload = taken
     if run.bus.active and run.bus.wants("workflow.signal.received"):
-        run.emit("workflow.signal.received", step_name=step.name, signal=step.signal, seq=seq, payload=payload)
+        run.emit("workflow.signal.received", key, step_name=step.name, signal=step.signal, seq=seq, payload=payload)
     return payload
 
 
@@ -302,11 +302,11 @@ def _leave(run: Run) -> NoReturn:
     raise Parked()
 
 
-async def announce(run: Run, step: Step, lane: Lane) -> None:
-    """Store what the lane waits for, then tell listeners."""
+async def announce(run: Run, step: Step, key: str, lane: Lane) -> None:
+    """Store what the lane ``key`` waits for, then tell listeners."""
     await run.persist()
     if run.bus.active:
-        run.emit("workflow.step.waiting", step_name=step.name, waiting=waiting_view(lane.waiting or {}))
+        run.emit("workflow.step.waiting", key, step_name=step.name, waiting=waiting_view(lane.waiting or {}))
 
 
 def _due(run: Run, step: WaitStep, ctx: WorkflowContext) -> float:

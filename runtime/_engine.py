@@ -1762,6 +1762,11 @@ async def open_engine(
     retry_for = _duration(storage_retry_for, "storage_retry_for")
     keep = None if retain_finished is None else _duration(retain_finished, "retain_finished")
     storage: Adapter = adapter if adapter is not None else MemoryAdapter()
+    if keep is not None and not keeps_families(storage):
+        log.warning(
+            "open_engine(retain_finished=...): %s.create() takes no parent_id, so retention may purge a"
+            " completed child workflow that its running parent would still compensate (see docs/adapters.md)",
+            type(storage).__name__)
     wall_clock = clock if clock is not None else default_clock()
     if hasattr(storage, "use_clock"):  # an adapter from before retention stamps no finish times
         storage.use_clock(wall_clock)

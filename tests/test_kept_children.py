@@ -118,6 +118,19 @@ async def test_an_adapter_written_before_parent_id_passes_the_kit_and_runs_child
     assert log == ["reserve 0", "reserve 1"]  # the children were gone: nothing to undo
 
 
+async def test_retention_on_an_adapter_that_keeps_no_parents_is_warned_of(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    async with open_test_engine(adapter=WrittenBeforeParents(), retain_finished=60):
+        pass
+    assert "WrittenBeforeParents.create() takes no parent_id" in caplog.text
+    caplog.clear()
+    async with open_test_engine(adapter=MemoryAdapter(), retain_finished=60):
+        pass
+    async with open_test_engine(adapter=WrittenBeforeParents()):  # (no retention: nothing to warn of)
+        pass
+    assert "takes no parent_id" not in caplog.text
+
+
 async def test_a_database_from_before_the_parent_column_opens_and_keeps_the_children_started_since(
         autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
     """A file written by an earlier release (no parent_id column) gets the column when it

@@ -209,12 +209,34 @@ async def test_a_child_workflow_per_inner_item_has_an_id_under_both_items(
     assert sorted(inst.children) == sorted(f"{inst.id}/outer/#{o}/inner/#{i}/bill#1" for o, i in ((0, 0), (0, 1), (1, 0)))
 
 
-async def test_progress_events_of_an_inner_map_count_its_own_items(
+async def test_progress_events_of_an_inner_map_count_its_own_items_and_name_the_lane_it_runs_in(
         autojump_clock: trio.testing.MockClock) -> None:
     events: list[dict[str, Any]] = []
     await run_one(MemoryAdapter(), ORDERS, map_of_maps([]), events=events)
-    inner = [(e["done"], e["total"]) for e in events if e["event"] == "workflow.map.progress" and e["step_name"] == "lines"]
-    assert sorted(inner) == [(1, 1), (1, 2), (2, 2)]
+    inner = [(e["lane"], e["done"], e["total"]) for e in events
+             if e["event"] == "workflow.map.progress" and e["step_name"] == "lines"]
+    assert sorted(inner) == [("each/#0", 1, 2), ("each/#0", 2, 2), ("each/#1", 1, 1)]
+    outer = [e for e in events if e["event"] == "workflow.map.progress" and e["step_name"] == "each"]
+    assert len(outer) == 3 and all("lane" not in e for e in outer)  # (the main line's: no lane)
+
+
+async def test_step_events_name_the_lane_of_the_execution_they_are_about(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The same step runs in every item at once: an event's ``lane`` tells them apart."""
+    events: list[dict[str, Any]] = []
+    async with open_test_engine(clock=virtual_wall_clock()) as engine:
+        engine.events.on("workflow.*", events.append)
+        engine.register(map_of_maps([], fail_after=True))
+        await finish(engine, await engine.start("orders", ORDERS))
+    def lanes(kind: str, step: str) -> list[str | None]:
+        return sorted(e.get("lane") for e in events if e["event"] == kind and e["step_name"] == step)
+
+    reserved = ["each/#0/lines/#0", "each/#0/lines/#1", "each/#1/lines/#0"]
+    assert lanes("workflow.step.started", "reserve") == reserved
+    assert lanes("workflow.step.completed", "reserve") == reserved
+    assert lanes("workflow.step.compensated", "reserve") == reserved
+    assert lanes("workflow.step.completed", "label") == ["each/#0", "each/#1", "each/#2"]
+    assert lanes("workflow.step.failed", "charge") == [None]  # the main line's
 
 
 @pytest.mark.parametrize("adapter", ["memory", "sqlite"])
