@@ -46,7 +46,7 @@ from trioflow._errors import (
 )
 from trioflow._map import failed_items, tolerated
 from trioflow._snapshot import InstanceState, Lane
-from trioflow._lanes import MAIN, branch_lane, item_scope, step_key
+from trioflow._lanes import MAIN, branch_lane, fanout_key, item_scope
 
 from ._run import Run, StepFailure, unwrapped
 from ._child import cancel_children, run_child, waited_on
@@ -243,7 +243,7 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
     """
     state = run.state
     scope = item_scope(ctx.lane)  # (the branches of a parallel step in a map item are that item's)
-    place = step_key(scope, step.name)  # (this execution's, among those of other items: see Run.failed_in)
+    place = fanout_key(step.name, scope)  # (this execution's, among those of other items: see Run.failed_in)
     open_branches(state, step, scope)
     failures: list[BranchError] = []
     fail_fast = step.on_error == "fail-fast"

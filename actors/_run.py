@@ -429,25 +429,26 @@ class Run:
         finally:
             self.lane_runs()
 
-    def note_failed_branch(self, parallel: str) -> None:
-        """A branch of ``parallel`` (a parallel step's name, after its map item's key when it
-        runs in one: see :func:`~trioflow._lanes.fanout_place`) failed for good (or was found
-        so, taken up): see :attr:`failed_in`, until :meth:`parallel_ended`."""
+    def note_failed_branch(self, place: str) -> None:
+        """A branch of the parallel step at ``place`` (see :func:`~trioflow._lanes.fanout_place`)
+        failed for good (or was found so, taken up): see :attr:`failed_in`, until
+        :meth:`parallel_ended`."""
         if self.failed_in is None:
             self.failed_in = set()
-        self.failed_in.add(parallel)
+        self.failed_in.add(place)
 
-    def parallel_ended(self, parallel: str) -> None:
-        """``parallel`` is over: its failed branches no longer hold the instance in memory. If
-        none holds it now, the waits that did not rest while they did (a parallel step that
+    def parallel_ended(self, place: str) -> None:
+        """The parallel step at ``place`` is over: its failed branches no longer hold the
+        instance in memory. If none holds it now, the waits that did not rest while they did (a parallel step that
         failed in one map item, or whose failure a catch took, while other lanes wait) look
         again: timers through :attr:`unheld`, receive steps woken as a signal would wake them."""
         failed = self.failed_in
-        if failed is None:
-            return
-        failed.discard(parallel)
+        if failed is None or place not in failed:
+            return  # (none of its branches failed: nothing held the instance for it)
+        failed.discard(place)
         if failed:
             return
+        self.failed_in = None
         if self.unheld is not None:
             self.unheld.set()
             self.unheld = None

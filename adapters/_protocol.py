@@ -224,12 +224,11 @@ def keeps_families(adapter: object) -> bool:
 
 
 def _takes(adapter: object, method: str, parameter: str) -> bool:
-    """Whether ``adapter``'s ``method`` takes ``parameter`` (an adapter written before the
-    parameter existed does not, and keeps working without what it brings). A method that
-    takes ``**kwargs`` does: a wrapper that hands every call on to an adapter of this release
-    must not lose what the parameter brings."""
+    """Whether ``adapter``'s ``method`` names ``parameter`` (an adapter written before the
+    parameter existed does not, and keeps working without what it brings). Not a method that
+    takes ``**kwargs`` alone: a wrapper that hands its calls on to an adapter written before
+    would fail on every call given it; a wrapper declares the parameters it hands on."""
     try:
-        parameters = inspect.signature(getattr(adapter, method)).parameters
+        return parameter in inspect.signature(getattr(adapter, method)).parameters
     except (AttributeError, TypeError, ValueError):
         return False
-    return parameter in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())

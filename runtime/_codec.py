@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import msgpack
 
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, safe_repr, split_description
-from ._lanes import MAIN, item_lane, item_lanes, item_scope
+from ._lanes import MAIN, item_lane, item_lanes, item_prefix, item_scope
 from ._shared_data import SharedData, held
 from ._snapshot import (
     PHASES,
@@ -127,8 +127,8 @@ def encode_header(state: InstanceState) -> bytes:
     # would otherwise rewrite all their lanes with each item's end, a cost per item that grows
     # with the items. ``firsts``: that step of each running map met so far -> what its items'
     # lane keys start with (a map's lane comes before its items': they are added after it; one
-    # map runs in several items of an outer map at once, each in its own scope).
-    firsts: dict[str | None, tuple[str, ...]] | None = None
+    # map runs in several items of an outer map at once, each in its own scope: a set of them).
+    firsts: dict[str | None, set[str]] | None = None
     # A branch's or item's lane that stands just after its last record (a plain move on, no
     # wait, no failure: the lanes of a fan-out whose items or branches have moved past their
     # first step, or ended) is named by that record's seq alone, grouped by the step it stands
@@ -144,7 +144,7 @@ def encode_header(state: InstanceState) -> bytes:
             f = lane.fanout
             if f is not None and f.first is not None and lane.step is not None:
                 firsts = {} if firsts is None else firsts
-                firsts[f.first] = (*firsts.get(f.first, ()), item_lanes(lane.step, item_scope(key)))
+                firsts.setdefault(f.first, set()).add(item_lanes(lane.step, item_scope(key)))
             waiting: dict[str, Any] | int | None = lane.waiting
             if type(waiting) is ChildWait:
                 waiting = waiting.word  # (the start record, at ``begun``, holds the rest)
@@ -154,7 +154,7 @@ def encode_header(state: InstanceState) -> bytes:
             lanes[key] = (lane.step, lane.last, lane.failed, lane.waiting)
         elif lane.last is None:
             if (firsts is not None and lane.failed is None
-                    and (items := firsts.get(lane.step)) is not None and key.startswith(items)):
+                    and (items := firsts.get(lane.step)) is not None and item_prefix(key) in items):
                 continue
             lanes[key] = (lane.step, None, lane.failed)
         elif compact and key and lane.failed is None and state.records[lane.last].lane == key:

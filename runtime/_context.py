@@ -7,7 +7,7 @@ from typing import Any
 
 from ._codec import as_stored
 from ._errors import InvalidArgumentError, UnknownServiceError, safe_repr
-from ._lanes import SEPARATOR, item_of, item_scope, parallel_of
+from ._lanes import enclosing_scope, item_of, item_scope, parallel_of
 from ._snapshot import (
     InstanceState, StepResult, WorkflowInstance, WorkflowMetadata, metadata_of, outer_lane, to_instance,
 )
@@ -137,12 +137,11 @@ def _enclosing_items(records: Sequence[StepResult], scope: str, since: int) -> l
     the seq of the start record of the map execution each belongs to is that of the newest
     execution of its map in its own scope, before the one inside it started."""
     found = []
-    while scope.count(SEPARATOR) > 1:
-        scope = scope.rsplit(SEPARATOR, 2)[0]  # the scope the inner map ran in: an item's key
+    while scope := enclosing_scope(scope):  # the scope the inner map ran in: an item's key
         item = item_of(scope)
         if item is None:
             break
-        outer = scope.rsplit(SEPARATOR, 2)[0] if scope.count(SEPARATOR) > 1 else ""
+        outer = enclosing_scope(scope)
         since = next((r.seq for r in reversed(records[:since]) if r.status == "started"
                       and r.step_name == item[0] and item_scope(r.lane) == outer), -1)
         found.append((scope, since))

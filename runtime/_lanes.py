@@ -61,10 +61,33 @@ def item_scope(lane: str) -> str:
     return MAIN
 
 
+def fanout_key(step: str, scope: str) -> str:
+    """A fan-out step running in a lane of ``scope``, within it (``"p"``, ``"orders/#3/p"``):
+    what tells apart the executions of one step running in several items at once."""
+    return _scoped(scope, step)
+
+
 def fanout_place(lane: str) -> str:
-    """The fan-out step a branch or item lane runs for, within its scope (``"p"``,
-    ``"orders/#3/p"``): what tells apart the executions of one step running in several items."""
+    """The :func:`fanout_key` of the parallel step a branch lane runs for."""
     return lane.rpartition(SEPARATOR)[0]
+
+
+def enclosing_scope(item: str) -> str:
+    """The scope the map step whose item lane is ``item`` ran in: the key of the item around
+    it, or ``""`` (``"orders/#3/lines/#0"`` -> ``"orders/#3"``, ``"orders/#3"`` -> ``""``)."""
+    return item.rsplit(SEPARATOR, 2)[0] if item.count(SEPARATOR) > 1 else MAIN
+
+
+def within(lane: str) -> str:
+    """What the keys of every lane opened inside ``lane`` (a map item's) start with."""
+    return f"{lane}{SEPARATOR}"
+
+
+def item_prefix(lane: str) -> str:
+    """For an item lane, what every item lane key of its map execution starts with (see
+    :func:`item_lanes`): ``"orders/#3/lines/#0"`` -> ``"orders/#3/lines/#"`` (``""`` for a
+    lane in no map item)."""
+    return lane[:lane.rfind(COUNTER_MARK) + 1]
 
 
 def parallel_of(lane: str) -> str | None:

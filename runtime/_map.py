@@ -18,7 +18,7 @@ from ._decide import new_execution, recorded_failure
 from ._definition import MapStep, ParallelStep, Step
 from ._errors import InvalidItemsError, ItemError, MapError
 from ._context import ItemPlace
-from ._lanes import SEPARATOR, item_lane, item_lanes, item_of, item_scope
+from ._lanes import enclosing_scope, item_lane, item_lanes, item_of, item_scope, within
 from ._snapshot import InstanceState, Lane, MapProgress, StepResult
 
 
@@ -80,8 +80,8 @@ def item_ended(state: InstanceState, step: MapStep, progress: MapProgress, index
     parallel step that failed in it, the items an inner map cancelled): nothing runs them now,
     and left standing they would keep the instance from waiting out of memory."""
     state.lanes.pop(key, None)
-    if _fans_out(step):
-        inside = f"{key}{SEPARATOR}"
+    if failed and _fans_out(step):  # (an item that completed left none: its fan-outs completed)
+        inside = within(key)
         for nested in [k for k in state.lanes if k.startswith(inside)]:
             del state.lanes[nested]
     if not progress.has_ended(index):
@@ -204,9 +204,7 @@ class ItemIndex:
                 if r.status == "started":
                     self._starts.setdefault((item_scope(r.lane), r.step_name), []).append(r.seq)
         name, index = found
-        # (The map ran in a lane of the scope the item's key starts with: all but its last two parts.)
-        outer = scope.rsplit(SEPARATOR, 2)[0] if scope.count(SEPARATOR) > 1 else ""
-        seqs = self._starts.get((outer, name), [])
+        seqs = self._starts.get((enclosing_scope(scope), name), [])
         at = bisect.bisect_left(seqs, record.seq) - 1
         if at < 0:
             return None

@@ -205,13 +205,25 @@ class Tracing:
         return await self.inner.create(instance_id, *args, **kwargs)
 
 
-async def test_a_kwargs_wrapper_around_a_keeping_adapter_keeps_children(
-        autojump_clock: trio.testing.MockClock) -> None:
-    """A generic delegating wrapper around SQLiteAdapter/MemoryAdapter: the inner adapter
-    keeps families, so children should be kept (the engine should pass parent_id)."""
+class TracingWithParents(Tracing):
+    """The same wrapper, its ``create`` naming ``parent_id`` (and handing it on)."""
+
+    async def create(self, instance_id: str, *args: Any, parent_id: str | None = None, **kwargs: Any) -> bool:
+        return await self.inner.create(instance_id, *args, parent_id=parent_id, **kwargs)
+
+
+async def test_a_kwargs_wrapper_is_warned_of_and_one_naming_parent_id_keeps_children(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    """A wrapper whose ``create`` takes ``**kwargs`` alone may wrap an adapter written before
+    ``parent_id``: the engine gives it none (and retention warns); one that names it keeps
+    children."""
+    async with open_test_engine(adapter=Tracing(MemoryAdapter()),  # type: ignore[arg-type]
+                                clock=virtual_wall_clock(), retain_finished=60):
+        pass
+    assert "Tracing.create() takes no parent_id" in caplog.text
     log: list[str] = []
     defs = three_generations(log)
-    async with open_test_engine(adapter=Tracing(MemoryAdapter()),  # type: ignore[arg-type]
+    async with open_test_engine(adapter=TracingWithParents(MemoryAdapter()),  # type: ignore[arg-type]
                                 clock=virtual_wall_clock(), retain_finished=60) as engine:
         register(engine, defs)
         inst = await finish(engine, await engine.start("order", instance_id="o"))

@@ -39,7 +39,7 @@ from trioflow._definition import (
 )
 from trioflow._engine import Engine, open_engine
 from trioflow._errors import InvalidArgumentError, TrioflowError, UnknownJobError, UnknownWorkflowError, safe_repr
-from trioflow._lanes import child_instance_id, item_of, item_scope
+from trioflow._lanes import child_instance_id, enclosing_scope, item_of, item_scope
 from trioflow._snapshot import (
     RESUMABLE,
     InstanceState,
@@ -640,8 +640,9 @@ def _nested_steps(steps: Sequence[Step]) -> Iterator[Step]:
 
 def _described(record: StepResult, status: str | None = None) -> str:
     run = f" (execution {record.execution})" if record.execution > 1 else ""
-    item = item_of(item_scope(record.lane))  # (a record of a branch in a map item is the item's too)
-    of_item = f" of item {item[1]} of {item[0]!r}" if item is not None else ""
+    scope = item_scope(record.lane)  # (a record of a branch in a map item is the item's too)
+    item, outer = item_of(scope), enclosing_scope(scope)
+    of_item = "" if item is None else f" of item {item[1]} of {item[0]!r}" + (f" in {outer!r}" if outer else "")
     if status is None and record.status == "compensation_failed":
         return f"the compensation of step {record.step_name!r}{of_item}{run} failed for good"
     return f"step {record.step_name!r}{of_item}{run} {status or record.status}"
