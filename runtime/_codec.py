@@ -23,16 +23,18 @@ from typing import Any, Protocol
 
 import msgpack
 
+from . import _header_lanes
+from ._header_lanes import every_lane
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, safe_repr, split_description
-from ._lanes import MAIN, item_lane, item_lanes, item_prefix, item_scope
+from ._lanes import MAIN, item_lane, item_scope
 from ._shared_data import SharedData, held
 from ._snapshot import (
     PHASES,
     STATUSES,
     STEP_STATUSES,
     InstanceState,
-    Lane,
     MapProgress,
+    new_lane,
     NO_ERRORS,
     ChildWait,
     StepResult,
@@ -119,53 +121,22 @@ def encode_start(state: InstanceState) -> bytes:
 def encode_header(state: InstanceState) -> bytes:
     """Where the instance stands now: rewritten by every checkpoint, small, and no bigger for
     the steps run or compensated already (it holds no step outputs, a compensation cursor
-    rather than a list, and no compensation's error). It names its instance: a header copied from another instance's row is
-    refused on reading, not run as this one."""
-    lanes: dict[str, tuple[Any, ...]] = {}
-    # A map item's lane that stands untouched at its branch's first step is left out, and the
-    # decoder puts it back (see ``MapProgress.first``): a map with thousands of items in flight
-    # would otherwise rewrite all their lanes with each item's end, a cost per item that grows
-    # with the items. ``firsts``: that step of each running map met so far -> what its items'
-    # lane keys start with (a map's lane comes before its items': they are added after it; one
-    # map runs in several items of an outer map at once, each in its own scope: a set of them).
-    firsts: dict[str | None, set[str]] | None = None
-    # A branch's or item's lane that stands just after its last record (a plain move on, no
-    # wait, no failure: the lanes of a fan-out whose items or branches have moved past their
-    # first step, or ended) is named by that record's seq alone, grouped by the step it stands
-    # at: the record names the lane. Such lanes, thousands in a wide fan-out, would otherwise
-    # be written out in full with each one's end (see :func:`_put_back_moved_on`). Not once the
-    # instance has ended: its last header lists every lane, so that the release before this
-    # field, which refuses a header holding it, still shows a finished instance after a
-    # rollback (a header written once, so the bytes it would save do not matter).
-    moved_on: dict[str | None, list[int]] | None = None
+    rather than a list, and no compensation's error). It names its instance: a header copied
+    from another instance's row is refused on reading, not run as this one.
+
+    Its lanes (see ``trioflow._header_lanes``) leave out a map's items that stand untouched at
+    its branch's first step, which the decoder puts back (see ``MapProgress.first``), and name
+    a branch's or item's lane that stands just after its last record by that record's seq: a
+    map with thousands of items in flight would otherwise rewrite all their lanes with each
+    item's end. An instance with many lanes keeps their entries from one checkpoint to the next."""
     compact = state.phase != "done"
-    for key, lane in state.lanes.items():
-        if lane.begun is not None:
-            f = lane.fanout
-            if f is not None and f.first is not None and lane.step is not None:
-                firsts = {} if firsts is None else firsts
-                firsts.setdefault(f.first, set()).add(item_lanes(lane.step, item_scope(key)))
-            waiting: dict[str, Any] | int | None = lane.waiting
-            if type(waiting) is ChildWait:
-                waiting = waiting.word  # (the start record, at ``begun``, holds the rest)
-            lanes[key] = (lane.step, lane.last, lane.failed, waiting, lane.begun,
-                          None if f is None else (f.count, f.started, f.ended, f.ended_count, f.failed, f.first))
-        elif lane.waiting is not None:
-            lanes[key] = (lane.step, lane.last, lane.failed, lane.waiting)
-        elif lane.last is None:
-            if (firsts is not None and lane.failed is None
-                    and (items := firsts.get(lane.step)) is not None and item_prefix(key) in items):
-                continue
-            lanes[key] = (lane.step, None, lane.failed)
-        elif compact and key and lane.failed is None and state.records[lane.last].lane == key:
-            if moved_on is None:
-                moved_on = {lane.step: [lane.last]}
-            elif (group := moved_on.get(lane.step)) is None:
-                moved_on[lane.step] = [lane.last]
-            else:
-                group.append(lane.last)
-        else:
-            lanes[key] = (lane.step, lane.last, lane.failed)
+    if len(state.lanes) > 1 or state.lane_notes:  # (most instances: their main line alone)
+        if compact and len(state.lanes) >= _header_lanes.WIDE:
+            return _encode_wide_header(state)
+        state.header_lanes = None
+        if state.lane_notes:
+            state.lane_notes.clear()
+    lanes, moved_on = every_lane(state, compact)
     # Packed inline, not through a helper: this runs at every checkpoint.
     fields = (
         # (Empty shared data, most runs', as a plain dict: msgpack packs a dict subclass
@@ -181,6 +152,37 @@ def encode_header(state: InstanceState) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
         raise UnencodableValueError(_locate(state, (("shared data", state.data),))) from exc
+    return _within_limit(state, packed)
+
+
+def _encode_wide_header(state: InstanceState) -> bytes:
+    """:func:`encode_header` of an instance with many lanes: the same fields, with its lanes as
+    kept since its last checkpoint (see ``trioflow._header_lanes``), spliced in packed."""
+    kept = _header_lanes.kept_lanes(state)
+    lanes, moved_on = kept.written()
+    try:
+        # The array's header, then its fields before the lanes and after them, each packed as
+        # an array of its own without that array's one-byte header.
+        before = _packer.pack((HEADER_TAG, FORMAT_VERSION, state.instance_id, state.status, state.phase,
+                               state.outcome, state.rolled_back, state.data if state.data else _NO_MAP))
+        after = (state.error, state.failed_step, state.compensated_from, state.compensated_names, state.skipped,
+                 state.started_at, state.completed_at, len(state.records), state.error_name, state.cause)
+        after_packed = _packer.pack(after if moved_on is None else (*after, moved_on))
+    except (TypeError, ValueError, OverflowError) as exc:
+        _packer.reset()
+        raise UnencodableValueError(_locate(state, (("shared data", state.data),))) from exc
+    packed = b"".join((_WIDE_ARRAY[moved_on is not None], before[1:], lanes, after_packed[1:]))
+    if _header_lanes.CHECK_KEPT:
+        raw = _read(packed)
+        _header_lanes.check_kept(state, raw[8], raw[19] if len(raw) > 19 else None)
+    return _within_limit(state, packed)
+
+
+#: A header's array header: nineteen fields, or twenty with lanes named by seq.
+_WIDE_ARRAY = (b"\xdc\x00\x13", b"\xdc\x00\x14")
+
+
+def _within_limit(state: InstanceState, packed: bytes) -> bytes:
     if len(packed) > MAX_SNAPSHOT_BYTES:
         raise ValueTooLargeError(
             f"the header of instance {state.instance_id!r} is {len(packed) / 2**20:.1f} MiB,"
@@ -749,11 +751,11 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             assert started is not None
             waiting = child_wait(started.output, started.started_at if waiting == ChildWait.UNCHECKED else None)
         _expect(waiting is None or _well_formed_wait(waiting), "lane %r waits for something malformed", key)
-        state.lanes[key] = Lane(step=step, last=last, failed=failed, waiting=waiting, begun=begun,
-                                fanout=None if fanout is None else _map_progress(key, fanout))
+        state.lanes[key] = new_lane(state, key, step, last=last, failed=failed, waiting=waiting, begun=begun,
+                                    fanout=None if fanout is None else _map_progress(key, fanout))
     if moved_on is not None:
         _put_back_moved_on(state, moved_on)
-    _put_back_untouched_items(state.lanes)
+    _put_back_untouched_items(state)
     # (Most instances have compensated and skipped nothing: no generator is made for those.)
     # (Format 4's headers hold none: the constant, checked by identity rather than as a Mapping.)
     _expect(comp_errors is NO_ERRORS or isinstance(comp_errors, Mapping) and (
@@ -866,7 +868,7 @@ def _put_back_moved_on(state: InstanceState, moved_on: Any) -> None:
             key = records[last].lane
             _expect(key != MAIN and key not in lanes, "lane %r is named twice", key)
             _expect(newest.get(key) == last, "lane %r is named by record %r, not by its newest", key, last)
-            lanes[key] = Lane(step=step, last=last)
+            lanes[key] = new_lane(state, key, step, last=last)
 
 
 #: The statuses of the records that move a lane on (see ``trioflow._decide.complete_step``) or
@@ -874,16 +876,19 @@ def _put_back_moved_on(state: InstanceState, moved_on: Any) -> None:
 _MOVES_A_LANE = frozenset({"completed", "caught", "started"})
 
 
-def _put_back_untouched_items(lanes: dict[str, Lane]) -> None:
+def _put_back_untouched_items(state: InstanceState) -> None:
     """The lanes a header that names a map's first branch step left out: each of its items
     started and not ended that has no lane stands untouched at that step (see
     :func:`encode_header`)."""
+    lanes = state.lanes
     for key, lane in list(lanes.items()):
         progress = lane.fanout
         if progress is not None and progress.first is not None and lane.step is not None:
             scope = item_scope(key)
             for index in progress.running():
-                lanes.setdefault(item_lane(lane.step, index, scope), Lane(step=progress.first))
+                item = item_lane(lane.step, index, scope)
+                if item not in lanes:
+                    lanes[item] = new_lane(state, item, progress.first)
 
 
 def _state_v1(raw: list[Any]) -> InstanceState:
@@ -932,7 +937,7 @@ def _state_v1(raw: list[Any]) -> InstanceState:
             last = next((r.seq for r in reversed(state.records)
                          if r.status == "completed" and _same(r.output, lane_output)), None)
             _expect(last is not None, f"lane {key!r} holds an output no completed step produced")
-        state.lanes[key] = Lane(step=step, last=last)
+        state.lanes[key] = new_lane(state, key, step, last=last)
     if status == "completed":
         _expect(MAIN in state.lanes and _same(state.output, output), "the output is not the main line's")
     # None of these records is stored in format 2 yet: staged now, the instance's first

@@ -32,7 +32,7 @@ from ._lanes import (
 )
 from ._matching import matches
 from ._shared_data import SharedData
-from ._snapshot import InstanceState, Lane, Status, StepResult, new_record, outer_lane
+from ._snapshot import InstanceState, Lane, Status, StepResult, drop_lane, new_lane, new_record, outer_lane
 
 
 def new_state(
@@ -181,7 +181,7 @@ def complete_step(state: InstanceState, step: Step, record: StepResult, next_ste
         # step entered again (a loop through a choice, a catch) starts afresh.
         lane.fanout = None
         for key in inner_lanes(state, step, item_scope(record.lane)):
-            del state.lanes[key]
+            drop_lane(state, key)
 
 
 def catcher_for(step: Step, error: BaseException) -> Catch | None:
@@ -249,7 +249,7 @@ def open_branches(state: InstanceState, step: ParallelStep, scope: str) -> bool:
     if keys[0] in state.lanes:
         return False
     for key, b in zip(keys, step.branches):
-        state.lanes[key] = Lane(step=b.steps[0].name)
+        state.lanes[key] = new_lane(state, key, b.steps[0].name)
     return True
 
 

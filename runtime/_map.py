@@ -19,7 +19,7 @@ from ._definition import MapStep, ParallelStep, Step
 from ._errors import InvalidItemsError, ItemError, MapError
 from ._context import ItemPlace
 from ._lanes import enclosing_scope, item_lane, item_lanes, item_of, item_scope, within
-from ._snapshot import InstanceState, Lane, MapProgress, StepResult
+from ._snapshot import InstanceState, Lane, MapProgress, StepResult, drop_lane, new_lane
 
 
 def items_list(step: MapStep, items: Any) -> list[Any]:
@@ -69,7 +69,7 @@ def start_item(state: InstanceState, step: MapStep, progress: MapProgress, scope
     index = progress.started
     progress.started += 1
     key = item_lane(step.name, index, scope)
-    state.lanes[key] = Lane(step=step.branch.steps[0].name)
+    state.lanes[key] = new_lane(state, key, step.branch.steps[0].name)
     return index, key
 
 
@@ -79,11 +79,12 @@ def item_ended(state: InstanceState, step: MapStep, progress: MapProgress, index
     header, and the progress counts it. So do the lanes a fan-out in it left (the branches of a
     parallel step that failed in it, the items an inner map cancelled): nothing runs them now,
     and left standing they would keep the instance from waiting out of memory."""
-    state.lanes.pop(key, None)
+    if key in state.lanes:
+        drop_lane(state, key)
     if failed and _fans_out(step):  # (an item that completed left none: its fan-outs completed)
         inside = within(key)
         for nested in [k for k in state.lanes if k.startswith(inside)]:
-            del state.lanes[nested]
+            drop_lane(state, nested)
     if not progress.has_ended(index):
         progress.end(index)
         if failed:

@@ -262,6 +262,73 @@ class Lane:
 _KEPT_ONLY = frozenset({"attempt", "since"})
 
 
+class TrackedLane(Lane):
+    """A fan-out's lane (a parallel branch's, a map item's, or one inside them): each change to
+    it is noted in its instance's ``lane_notes``, so that a checkpoint of an instance with
+    thousands of lanes in flight encodes again only the lanes that changed since the one
+    before (see ``trioflow._codec``). Made by :func:`new_lane`; equal to a :class:`Lane` with
+    the same fields."""
+
+    __slots__ = ("_key", "_notes")
+    _key: str
+    _notes: set[str]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        self._notes.add(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Lane):
+            return NotImplemented
+        return (self.step == other.step and self.last == other.last and self.failed == other.failed
+                and self.waiting == other.waiting and self.begun == other.begun and self.fanout == other.fanout)
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None  # (mutable, as Lane)
+
+
+def new_lane(
+    state: InstanceState, key: str, step: str | None, *, last: int | None = None, failed: int | None = None,
+    waiting: dict[str, Any] | None = None, begun: int | None = None, fanout: MapProgress | None = None,
+) -> Lane:
+    """A lane for ``key`` in ``state`` (not yet added to its lanes): the main line's a plain
+    :class:`Lane`, any other a :class:`TrackedLane`, noted as new."""
+    if key == MAIN:
+        return Lane(step=step, last=last, failed=failed, waiting=waiting, begun=begun, fanout=fanout)
+    notes = state.lane_notes
+    if notes is None:
+        notes = state.lane_notes = set()
+    # Each field set through its slot, not through ``__setattr__`` (which notes, and needs the
+    # first two set before): a lane per branch or item, thousands at once.
+    lane = _new_tracked(TrackedLane)
+    _set_key(lane, key)
+    _set_notes(lane, notes)
+    _set_step(lane, step)
+    _set_last(lane, last)
+    _set_failed(lane, failed)
+    _set_waiting(lane, waiting)
+    _set_begun(lane, begun)
+    _set_fanout(lane, fanout)
+    notes.add(key)
+    return lane
+
+
+_new_tracked = object.__new__
+_set_key, _set_notes = TrackedLane._key.__set__, TrackedLane._notes.__set__  # type: ignore[attr-defined]
+_set_step, _set_last, _set_failed, _set_waiting, _set_begun, _set_fanout = (
+    getattr(Lane, name).__set__ for name in ("step", "last", "failed", "waiting", "begun", "fanout"))
+
+
+def drop_lane(state: InstanceState, key: str) -> None:
+    """Take lane ``key`` out of ``state``, noted (see :class:`TrackedLane`)."""
+    del state.lanes[key]
+    if state.lane_notes is not None:
+        state.lane_notes.add(key)
+
+
 #: Seconds after a child step stored its start when its parent, out of memory and not woken by
 #: its child's end, is taken up to store the child should it not be (its wait's ``check``).
 CHECK_CHILD_STORED_AFTER = 10.0
@@ -379,6 +446,12 @@ class InstanceState:
     created_at: float = 0.0
     started_at: float | None = None
     completed_at: float | None = None
+    #: The keys of the fan-out lanes added, changed or dropped since the header was last
+    #: encoded (see :class:`TrackedLane`); ``None`` until the instance has such a lane.
+    lane_notes: set[str] | None = None
+    #: What ``trioflow._codec`` kept of the lanes in the header it last encoded, to encode only
+    #: the noted ones again next time (an instance with many lanes; ``None`` otherwise).
+    header_lanes: Any = None
 
     @property
     def latest(self) -> dict[str, StepResult]:

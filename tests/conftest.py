@@ -11,3 +11,12 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Headers written from lane entries kept between checkpoints (see trioflow._header_lanes) are
+# checked, each one, against a walk over every lane; and entries are kept from two lanes on
+# rather than from WIDE's 32, so that every fan-out in the suite is written that way: a change
+# to a lane that its kept entry missed fails the test that made it.
+from trioflow import _header_lanes  # noqa: E402
+
+_header_lanes.CHECK_KEPT = True
+_header_lanes.WIDE = 2
