@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import msgpack
 
 from . import _header_lanes
-from ._header_lanes import every_lane
+from ._header_lanes import written_lanes
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, safe_repr, split_description
 from ._lanes import MAIN, item_lane, item_scope
 from ._shared_data import SharedData, held
@@ -130,13 +130,22 @@ def encode_header(state: InstanceState) -> bytes:
     map with thousands of items in flight would otherwise rewrite all their lanes with each
     item's end. An instance with many lanes keeps their entries from one checkpoint to the next."""
     compact = state.phase != "done"
-    if len(state.lanes) > 1 or state.lane_notes:  # (most instances: their main line alone)
-        if compact and len(state.lanes) >= _header_lanes.WIDE:
-            return _encode_wide_header(state)
-        state.header_lanes = None
-        if state.lane_notes:
-            state.lane_notes.clear()
-    lanes, moved_on = every_lane(state, compact)
+    lanes: dict[str, Any]
+    if len(state.lanes) == 1 and (main := state.lanes.get(MAIN)) is not None and main.begun is None \
+            and main.waiting is None and not state.lane_notes:
+        # Most checkpoints': the main line alone, between steps, listed in full as
+        # ``written_lanes`` lists it (inline: this runs at every step of every instance). (Not
+        # the first after a fan-out: it lets go of what was kept of the fan-out's lanes.)
+        lanes, moved_on = {MAIN: (main.step, main.last, main.failed)}, None
+    else:
+        if len(state.lanes) > 1 or state.lane_notes:
+            if compact and len(state.lanes) >= _header_lanes.WIDE:
+                return _encode_wide_header(state)
+            state.header_lanes = None
+            if state.lane_notes:
+                state.lane_notes.clear()
+        # (A map's lane comes before its items' in the state's lanes: they are added after it.)
+        lanes, moved_on = written_lanes(state.lanes.items(), state.records, compact)
     # Packed inline, not through a helper: this runs at every checkpoint.
     fields = (
         # (Empty shared data, most runs', as a plain dict: msgpack packs a dict subclass

@@ -102,12 +102,6 @@ def _firsts(lanes: dict[str, Lane], keys: Iterable[str]) -> Firsts | None:
     return firsts
 
 
-def every_lane(state: InstanceState, compact: bool) -> Written:
-    """The lane entries of ``state``'s header, from a walk over every lane (a map's lane
-    comes before its items': they are added after it)."""
-    return written_lanes(state.lanes.items(), state.records, compact)
-
-
 class KeptLanes:
     """A wide instance's header lane entries as last written (see the module's docstring):
     those listed in full packed (key and entry), those named by seq grouped by step, the keys
@@ -217,7 +211,7 @@ def kept_lanes(state: InstanceState) -> KeptLanes:
 def check_kept(state: InstanceState, lanes: dict[str, Any], moved_on: dict[Any, list[int]] | None) -> None:
     """Fail unless ``lanes`` and ``moved_on`` (read back from a header written from kept entries)
     are what a walk over every lane writes (:data:`CHECK_KEPT`)."""
-    walked, walked_moved = every_lane(state, True)
+    walked, walked_moved = written_lanes(state.lanes.items(), state.records, True)
     expected = msgpack.unpackb(_pack(walked), strict_map_key=False)
     same_moved = ({step: sorted(seqs) for step, seqs in (moved_on or {}).items()}
                   == {step: sorted(seqs) for step, seqs in (walked_moved or {}).items()})

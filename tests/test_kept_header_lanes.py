@@ -197,3 +197,18 @@ async def test_a_wide_parallel_stopped_halfway_resumes_each_branch_where_it_stoo
     assert done.output == {f"b{i}": i for i in range(64)}
     assert sorted(ran) == sorted(f"b{i}" for i in range(64))  # each branch's step ran once
     assert [r.step_name for r in done.history if r.status == "completed"].count("one5") == 1
+
+
+def test_what_was_kept_of_a_fan_out_is_let_go_once_the_main_line_runs_alone(wide_from: int) -> None:
+    """A long-lived instance does not hold a thousand kept entries for the rest of its run after
+    its wide parallel step ended: the next header lets go of them."""
+    state = new_state(WIDE, "i", None, 0.0)
+    open_branches(state, PARALLEL, "")
+    encode_header(state)
+    assert state.header_lanes is not None  # (40 lanes and more: kept)
+    for i in range(BRANCHES):
+        _move(state, f"p/b{i}", f"one{i}", None)
+    _move(state, "", "p", None)  # (the parallel step completes: its branch lanes go)
+    assert list(state.lanes) == [""]
+    assert _read_back(state).lanes == state.lanes
+    assert state.header_lanes is None and not state.lane_notes
