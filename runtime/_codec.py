@@ -139,8 +139,10 @@ def encode_header(state: InstanceState) -> bytes:
         lanes, moved_on = {MAIN: (main.step, main.last, main.failed)}, None
     else:
         if len(state.lanes) > 1 or state.lane_notes:
-            if compact and len(state.lanes) >= _header_lanes.WIDE:
+            if compact and len(state.lanes) >= _header_lanes.WIDE \
+                    and len(state.lane_notes or ()) <= len(state.lanes) * _header_lanes.BUSY:
                 return _encode_wide_header(state)
+            # (Most lanes changed since the last header: packed in one go, they cost less.)
             state.header_lanes = None
             if state.lane_notes:
                 state.lane_notes.clear()

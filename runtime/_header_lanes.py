@@ -6,9 +6,10 @@ A wide fan-out (a parallel step of a thousand branches, a map of thousands of it
 checkpoints once for each branch or item step that ends, and its header holds every lane still
 in flight: written out anew each time, the header cost a walk over all of them per checkpoint,
 a cost per branch growing with the branches. Its lanes are :class:`~trioflow._snapshot.TrackedLane`
-objects that note each change, so the kept entries stay those a walk over every lane would
-write; the main line (a plain ``Lane``) and the lanes holding a map's progress (changed in place)
-are encoded every time, and there are few of them.
+objects that note each change (and so does a map's position kept in one, through its
+``owner``), so the kept entries stay those a walk over every lane would write, in the same
+order; the main line, a plain ``Lane``, is encoded every time. A checkpoint in which most
+lanes changed (see :data:`BUSY`) is written out anew instead.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from ._values import to_ext
 #: From this many lanes, a header's lane entries are kept between checkpoints (below it, a walk
 #: over the lanes costs less than the bookkeeping).
 WIDE = 32
+#: A checkpoint in which more than this share of the lanes changed (all items ending together,
+#: say) writes the header out anew, as below ``WIDE``, and the entries are built again at the
+#: next quieter one: packed one by one, entries cost some five times what packing every lane
+#: in one go costs.
+BUSY = 0.25
 #: When set (the test suite sets it), every header written from kept entries is checked against
 #: the walk over every lane: a change to a lane that went unnoted fails loudly.
 CHECK_KEPT = False
@@ -40,8 +46,12 @@ Firsts = dict[str | None, set[str]]
 Written = tuple[dict[str, tuple[Any, ...]], dict[str | None, list[int]] | None]
 
 
-def written_lanes(lanes: Iterable[tuple[str, Lane]], records: list[StepResult] | tuple[()], compact: bool) -> Written:
-    """How the header holds ``lanes`` (key and lane, a running map's lane before its items').
+def written_lanes(
+    lanes: Iterable[tuple[str, Lane]], records: list[StepResult] | tuple[()], compact: bool,
+    firsts: Firsts | None = None,
+) -> Written:
+    """How the header holds ``lanes`` (key and lane, a running map's lane before its items';
+    or, ``firsts`` given, the running maps' first steps, from wherever their lanes are).
 
     A map's items that stand untouched at its branch's first step are left out: the decoder
     puts them back from the map's position (``MapProgress.first``). A branch's or item's lane
@@ -53,12 +63,12 @@ def written_lanes(lanes: Iterable[tuple[str, Lane]], records: list[StepResult] |
     a finished instance after a rollback). Every other lane is listed in full."""
     listed: dict[str, tuple[Any, ...]] = {}
     moved_on: dict[str | None, list[int]] | None = None
-    firsts: Firsts | None = None
+    walked = firsts is None
     # (One loop with the rules inline: it runs at every checkpoint, over every lane of most.)
     for key, lane in lanes:
         if lane.begun is not None:
             f = lane.fanout
-            if f is not None and f.first is not None and lane.step is not None:
+            if walked and f is not None and f.first is not None and lane.step is not None:
                 firsts = _add_first(firsts, key, lane)
             waiting: dict[str, Any] | int | None = lane.waiting
             if type(waiting) is ChildWait:
@@ -93,94 +103,109 @@ def _add_first(firsts: Firsts | None, key: str, lane: Lane) -> Firsts:
     return firsts
 
 
-def _firsts(lanes: dict[str, Lane], keys: Iterable[str]) -> Firsts | None:
-    firsts = None
-    for key in keys:
-        lane = lanes[key]
-        if lane.fanout is not None and lane.fanout.first is not None and lane.step is not None:
-            firsts = _add_first(firsts, key, lane)
-    return firsts
+def _first_of(key: str, lane: Lane | None) -> tuple[str | None, str] | None:
+    """What the lane ``key`` adds to the running maps' first steps (see ``written_lanes``)."""
+    if lane is None or lane.begun is None or lane.fanout is None or lane.fanout.first is None or lane.step is None:
+        return None
+    return lane.fanout.first, item_lanes(lane.step, item_scope(key))
 
 
 class KeptLanes:
-    """A wide instance's header lane entries as last written (see the module's docstring):
-    those listed in full packed (key and entry), those named by seq grouped by step, the keys
-    of those left out, of those whose entry is written every time (the main line's, and those
-    holding a map's progress, which changes in place), and what the running maps' first steps
-    were."""
+    """A wide instance's header lane entries as last written (see the module's docstring): a
+    slot per lane in the order of the state's lanes, which a header keeps (a view shows the
+    first waiting branch's wait, or the first item's), holding its packed key and entry if it
+    is listed in full, else nothing; the lanes named by seq, grouped by step; those left out;
+    and the running maps' first steps (which of their items are left out follows from them)."""
 
-    __slots__ = ("of", "packed", "moved", "moved_step", "left_out", "parents", "firsts")
+    __slots__ = ("of", "slots", "listed", "moved", "moved_step", "left_out", "firsts", "first_of")
 
     def __init__(self, state: InstanceState) -> None:
         lanes = state.lanes
         self.of = lanes  # (a state given new lanes wholesale builds anew)
-        self.packed: dict[str, bytes] = {}
+        self.slots: dict[str, bytes] = dict.fromkeys(lanes, b"")
+        self.listed = 0
         self.moved: dict[str | None, dict[str, int]] = {}
         self.moved_step: dict[str, str | None] = {}
         self.left_out: set[str] = set()
-        # (An ordered set: the main line's first, where a walk over every lane has it.)
-        self.parents: dict[str, None] = dict.fromkeys(
-            [MAIN] if MAIN in lanes else [], None) | {key: None for key, lane in lanes.items() if lane.begun is not None}
-        self.firsts = _firsts(lanes, self.parents)
-        self._take([*((key, lanes[key]) for key in self.parents),
-                    *((key, lane) for key, lane in lanes.items() if key not in self.parents)], state.records)
+        self.firsts: Firsts = {}
+        self.first_of: dict[str, tuple[str | None, str]] = {}
+        for key, lane in lanes.items():
+            self._refile_first(key, lane)
+        self._take(list(lanes.items()), state.records)
         if state.lane_notes:
             state.lane_notes.clear()
 
     def update(self, state: InstanceState) -> bool:
         """Bring the entries up to date with ``state``'s lanes; ``False`` if they must be built
-        anew (a running map began or ended, which changes which items are left out; or the
-        count of lanes is off: a lane added or dropped unnoted)."""
-        lanes, notes, parents = state.lanes, state.lane_notes or (), self.parents
-        for key in notes:
+        anew (the count of lanes is off: a lane added or dropped unnoted)."""
+        lanes, notes, slots = state.lanes, state.lane_notes or {}, self.slots
+        batch = []
+        main = lanes.get(MAIN)
+        if main is not None:  # (a plain lane: it notes nothing)
+            self._refile_first(MAIN, main)
+            batch.append((MAIN, main))
+        for key in notes:  # (in the order first noted: new lanes in the state's order)
             lane = lanes.get(key)
-            if lane is not None and lane.begun is not None:
-                parents[key] = None
-            elif key != MAIN:
-                parents.pop(key, None)
-        if not parents.keys() <= lanes.keys() or _firsts(lanes, parents) != self.firsts:
-            return False
-        batch = [(key, lanes[key]) for key in parents]  # (first: the maps before their items)
-        for key in notes:
-            if key not in parents:
-                lane = lanes.get(key)
-                if lane is None:
-                    self._forget(key)
-                else:
-                    batch.append((key, lane))
+            self._refile_first(key, lane)
+            if lane is None:
+                self._forget(key)
+                continue
+            if key not in slots:
+                slots[key] = b""  # (its place, before it is filled in)
+            batch.append((key, lane))
         self._take(batch, state.records)
-        if len(self.packed) + len(self.moved_step) + len(self.left_out) != len(lanes):
+        if len(slots) != len(lanes):
             return False
-        if isinstance(notes, set):
+        if notes:
             notes.clear()
         return True
 
+    def _refile_first(self, key: str, lane: Lane | None) -> None:
+        was, now = self.first_of.get(key), _first_of(key, lane)
+        if was == now:
+            return
+        if was is not None:
+            prefixes = self.firsts[was[0]]
+            prefixes.discard(was[1])
+            if not prefixes:
+                del self.firsts[was[0]]
+            del self.first_of[key]
+        if now is not None:
+            self.firsts.setdefault(now[0], set()).add(now[1])
+            self.first_of[key] = now
+
     def _take(self, batch: list[tuple[str, Lane]], records: list[StepResult] | tuple[()]) -> None:
-        """Keep the entries of the lanes in ``batch`` (the running maps' before their items')."""
-        listed, _ = written_lanes(batch, records, True)
-        packed, moved, moved_step = self.packed, self.moved, self.moved_step
+        """Keep the entries of the lanes in ``batch``."""
+        listed, _ = written_lanes(batch, records, True, self.firsts)
+        slots, moved, moved_step = self.slots, self.moved, self.moved_step
         for key, lane in batch:
             entry = listed.get(key)
+            was_listed = bool(slots.get(key))
             if entry is not None:
-                if key not in packed:
-                    self._forget(key)
-                # (Updated in place, a key keeps its place: the main line's stays first.)
-                packed[key] = _pack((key, entry))[1:]  # (the pair without its array's header)
-            elif lane.last is None:  # (left out: an untouched item)
-                self._forget(key)
+                if not was_listed:
+                    self._unfile(key)
+                    self.listed += 1
+                # (A key's slot, new or updated in place, keeps its place: the state's order.)
+                slots[key] = _pack((key, entry))[1:]  # (the pair without its array's header)
+                continue
+            if was_listed:
+                self.listed -= 1
+            slots[key] = b""
+            if lane.last is None:  # (left out: an untouched item)
+                self._unfile(key)
                 self.left_out.add(key)
             else:  # (named by its last record)
                 step = lane.step
                 if moved_step.get(key, _NOWHERE) != step:
-                    self._forget(key)
+                    self._unfile(key)
                 group = moved.get(step)
                 if group is None:
                     group = moved[step] = {}
                 group[key] = lane.last
                 moved_step[key] = step
 
-    def _forget(self, key: str) -> None:
-        self.packed.pop(key, None)
+    def _unfile(self, key: str) -> None:
+        """Take lane ``key`` out of the lanes named by seq and those left out."""
         self.left_out.discard(key)
         if key in self.moved_step:
             step = self.moved_step.pop(key)
@@ -189,10 +214,14 @@ class KeptLanes:
             if not group:
                 del self.moved[step]
 
+    def _forget(self, key: str) -> None:
+        if self.slots.pop(key, b""):
+            self.listed -= 1
+        self._unfile(key)
+
     def written(self) -> tuple[bytes, dict[str | None, list[int]] | None]:
         """The lanes listed in full as a packed map, and those named by seq."""
-        packed = self.packed
-        lanes = b"".join((_map_header(len(packed)), *packed.values()))
+        lanes = b"".join((_map_header(self.listed), *self.slots.values()))
         return lanes, {step: list(group.values()) for step, group in self.moved.items()} or None
 
 
@@ -215,7 +244,7 @@ def check_kept(state: InstanceState, lanes: dict[str, Any], moved_on: dict[Any, 
     expected = msgpack.unpackb(_pack(walked), strict_map_key=False)
     same_moved = ({step: sorted(seqs) for step, seqs in (moved_on or {}).items()}
                   == {step: sorted(seqs) for step, seqs in (walked_moved or {}).items()})
-    if lanes != expected or not same_moved:
+    if lanes != expected or list(lanes) != list(expected) or not same_moved:  # (the order too)
         raise AssertionError(
             f"instance {state.instance_id!r}: the header's kept lanes {lanes!r} / {moved_on!r} are not"
             f" those of its lanes, {expected!r} / {walked_moved!r}")

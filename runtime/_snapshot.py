@@ -178,6 +178,9 @@ class MapProgress:
     has its lane or is in ``ended``, kept as half-open ranges ``[lo, hi, lo, hi, ...]`` (as many
     as there are gaps between ended items, which only running items make)."""
 
+    #: The lane it is kept in, when that lane notes its changes (a :class:`TrackedLane`): a
+    #: change to the position is noted as the lane's. (First: set before the fields below.)
+    owner: TrackedLane | None = attrs.field(default=None, eq=False, repr=False)
     count: int
     started: int = 0
     ended: list[int] = attrs.field(factory=list)
@@ -190,6 +193,12 @@ class MapProgress:
     #: with thousands of items in flight keeps a small header (``None``: read from a header
     #: written before it was named, which lists every lane).
     first: str | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        owner = self.owner
+        if owner is not None:
+            owner._notes[owner._key] = None  # (``end`` changes ``ended`` in place beside ``ended_count``)
 
     def running(self) -> list[int]:
         """The items started and not ended, in index order."""
@@ -271,11 +280,13 @@ class TrackedLane(Lane):
 
     __slots__ = ("_key", "_notes")
     _key: str
-    _notes: set[str]
+    _notes: dict[str, None]
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
-        self._notes.add(self._key)
+        self._notes[self._key] = None
+        if name == "fanout" and value is not None:
+            value.owner = self  # (its position's changes are the lane's)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Lane):
@@ -300,7 +311,7 @@ def new_lane(
         return Lane(step=step, last=last, failed=failed, waiting=waiting, begun=begun, fanout=fanout)
     notes = state.lane_notes
     if notes is None:
-        notes = state.lane_notes = set()
+        notes = state.lane_notes = {}
     # Each field set through its slot, not through ``__setattr__`` (which notes, and needs the
     # first two set before): a lane per branch or item, thousands at once.
     lane = _new_tracked(TrackedLane)
@@ -312,7 +323,9 @@ def new_lane(
     _set_waiting(lane, waiting)
     _set_begun(lane, begun)
     _set_fanout(lane, fanout)
-    notes.add(key)
+    if fanout is not None:
+        fanout.owner = lane
+    notes[key] = None
     return lane
 
 
@@ -326,7 +339,7 @@ def drop_lane(state: InstanceState, key: str) -> None:
     """Take lane ``key`` out of ``state``, noted (see :class:`TrackedLane`)."""
     del state.lanes[key]
     if state.lane_notes is not None:
-        state.lane_notes.add(key)
+        state.lane_notes[key] = None
 
 
 #: Seconds after a child step stored its start when its parent, out of memory and not woken by
@@ -447,8 +460,9 @@ class InstanceState:
     started_at: float | None = None
     completed_at: float | None = None
     #: The keys of the fan-out lanes added, changed or dropped since the header was last
-    #: encoded (see :class:`TrackedLane`); ``None`` until the instance has such a lane.
-    lane_notes: set[str] | None = None
+    #: encoded, in the order first noted (see :class:`TrackedLane`); ``None`` until the
+    #: instance has such a lane.
+    lane_notes: dict[str, None] | None = None
     #: What ``trioflow._codec`` kept of the lanes in the header it last encoded, to encode only
     #: the noted ones again next time (an instance with many lanes; ``None`` otherwise).
     header_lanes: Any = None

@@ -212,3 +212,24 @@ def test_what_was_kept_of_a_fan_out_is_let_go_once_the_main_line_runs_alone(wide
     assert list(state.lanes) == [""]
     assert _read_back(state).lanes == state.lanes
     assert state.header_lanes is None and not state.lane_notes
+
+
+def test_a_checkpoint_in_which_most_lanes_changed_is_written_out_anew(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the user's settings: the branches all moving on together (their steps ended in one
+    pass) are packed in one go, and the entries are kept again from the next quieter one."""
+    monkeypatch.setattr(_header_lanes, "WIDE", 32)
+    monkeypatch.setattr(_header_lanes, "BUSY", 0.25)
+    state = new_state(WIDE, "i", None, 0.0)
+    open_branches(state, PARALLEL, "")
+    assert _read_back(state).lanes == state.lanes  # (every lane new: written out anew)
+    assert state.header_lanes is None and not state.lane_notes
+    _move(state, "p/b0", "one0", "two0")
+    assert _read_back(state).lanes == state.lanes  # (one changed: kept from here on)
+    assert isinstance(state.header_lanes, _header_lanes.KeptLanes)
+    for i in range(1, BRANCHES):
+        _move(state, f"p/b{i}", f"one{i}", f"two{i}")
+    assert _read_back(state).lanes == state.lanes
+    assert state.header_lanes is None
+    _move(state, "p/b3", "two3", None)
+    assert _read_back(state).lanes == state.lanes
+    assert isinstance(state.header_lanes, _header_lanes.KeptLanes)
