@@ -3,7 +3,8 @@
 ``workflows()`` draws a :class:`GeneratedWorkflow`: a definition (sagas and task chains, choice
 diamonds on generated flags, nested parallels with fail-fast and wait-all, retries and step
 timeouts; with ``catches=True`` also catchers, succeed and fail steps; with ``maps=True`` also
-map steps over generated items), the scripted jobs its steps name, an input, and
+map steps over generated items, and with ``nested=True`` fan-outs in their items), the scripted
+jobs its steps name, an input, and
 :meth:`GeneratedWorkflow.expected_status`, the status the faults it injected must lead to.
 """
 
@@ -38,7 +39,15 @@ from trioflow._definition import (
     TaskStep,
     WorkflowDefinition,
 )
-from trioflow._errors import InvalidArgumentError
+from trioflow._errors import (
+    BranchError,
+    InvalidArgumentError,
+    ItemError,
+    MapError,
+    ParallelError,
+    RecordedError,
+    error_cause,
+)
 from trioflow._matching import ALL, ErrorMatcher
 from trioflow._retry import NO_RETRY, Retry
 from trioflow._snapshot import Status
@@ -186,6 +195,8 @@ class _Leaf:
     name: str
     scripted: bool
     origin: str
+    #: What it is recorded with as its cause, where the model knows it (a map item's failure).
+    cause: str | None = None
 
 
 @attrs.frozen
@@ -195,6 +206,8 @@ class _Group:
 
     members: tuple[_Error, ...]
     name: str = "ParallelError"
+    #: As :attr:`_Leaf.cause`.
+    cause: str | None = None
 
 
 _Error = Union[_Leaf, _Group]
@@ -298,27 +311,80 @@ class _Model:
                 name = None if step.end else step.next
         return frozenset()
 
-    def item_error(self, step: MapStep, item: Any) -> _Error | None:
-        """``None`` if a generated item gets through the map's branch, else its error (that of
-        the first of its steps whose every attempt fails)."""
-        for task in step.branch.steps:
-            assert isinstance(task, TaskStep)
-            if item["plan"][task.name][1] >= (task.retry or NO_RETRY).max_attempts:
-                return _Leaf(name=ScriptedFailure.__name__, scripted=True, origin=task.name)
-        return None
+    def item_errors(self, steps: tuple[Step, ...], item: Any, index: int) -> frozenset[_Error]:
+        """What generated item ``index`` may fail with running ``steps`` (a map's branch, or a
+        parallel branch in it; empty: it gets through): the errors of the first of them that
+        fails for good (a task whose every attempt fails, a fan-out that fails)."""
+        for step in steps:
+            if isinstance(step, TaskStep):
+                if item["plan"][step.name][1] >= (step.retry or NO_RETRY).max_attempts:
+                    return frozenset({_Leaf(name=ScriptedFailure.__name__, scripted=True, origin=step.name,
+                                            cause=item_cause(index, step.name))})
+                continue
+            errors = (self._parallel_in_item(step, item, index) if isinstance(step, ParallelStep)
+                      else self.map_errors(step, item["inner"][step.name]) if isinstance(step, MapStep)
+                      else frozenset())
+            if errors:
+                return errors
+        return frozenset()
 
-    def map_errors(self, step: MapStep) -> frozenset[_Error]:
-        """What a map step may fail with: nothing while no more items fail than it tolerates;
-        fail-fast tolerating none, the error of whichever failing item fails first; else one
+    def _parallel_in_item(self, step: ParallelStep, item: Any, index: int) -> frozenset[_Error]:
+        """As :meth:`branch_errors`, for a parallel step in item ``index`` (its branches' task
+        steps are the item's scripts)."""
+        failing = [(b.name, errors) for b in step.branches if (errors := self.item_errors(b.steps, item, index))]
+        if not failing:
+            return frozenset()
+        if step.on_error == "fail-fast":
+            return frozenset().union(*(errors for _, errors in failing))
+        return frozenset(
+            _Group(members=combo, cause=error_cause(ParallelError(step.name, [
+                BranchError(name, e.origin if isinstance(e, _Leaf) else step.name, _recorded(e))
+                for (name, _), e in zip(failing, combo)])))
+            for combo in itertools.product(*(errors for _, errors in failing)))
+
+    def map_errors(self, step: MapStep, items: Sequence[Any] | None = None) -> frozenset[_Error]:
+        """What a map step may fail with (over ``items``; by default, its generated items in
+        the workflow's input): nothing while no more items fail than it tolerates; fail-fast
+        tolerating none, the error of whichever failing item fails first; else one
         ``MapError`` (which names its items' errors)."""
-        items = self.items[step.name]
-        failing = [e for e in (self.item_error(step, item) for item in items) if e is not None]
+        items = self.items[step.name] if items is None else items
+        failing = [(i, errors) for i, item in enumerate(items)
+                   if (errors := self.item_errors(step.branch.steps, item, i))]
         allowed = tolerated(step, len(items))
         if len(failing) <= allowed:
             return frozenset()
         if step.on_error == "fail-fast" and allowed == 0:
-            return frozenset(failing)
-        return frozenset({_Group(members=tuple(failing), name="MapError")})
+            return frozenset().union(*(errors for _, errors in failing))
+        return frozenset(
+            _Group(members=combo, name="MapError", cause=error_cause(MapError(step.name, [
+                ItemError(step.name, i, e.origin if isinstance(e, _Leaf) else step.name, _recorded(e))
+                for (i, _), e in zip(failing, combo)], len(items), allowed)))
+            for combo in itertools.product(*(errors for _, errors in failing)))
+
+    def item_output(self, steps: tuple[Step, ...], item: Any, index: int) -> Any:
+        """The output of generated item ``index`` that gets through ``steps``: that of the last
+        of them (a task's ``[step, index]``, a parallel step's by branch, a map's by item)."""
+        last = steps[-1]
+        if isinstance(last, ParallelStep):
+            return {b.name: self.item_output(b.steps, item, index) for b in last.branches}
+        if isinstance(last, MapStep):
+            return self.map_output(last, item["inner"][last.name])
+        return [last.name, index]
+
+    def map_output(self, step: MapStep, items: Sequence[Any]) -> list[Any] | None:
+        """A map step's output over ``items`` (``None``: it fails): item by item, in item
+        order, its branch's output, or ``{"error": ..., "cause": ...}`` for a failure it
+        tolerates."""
+        out: list[Any] = []
+        for index, item in enumerate(items):
+            errors = self.item_errors(step.branch.steps, item, index)
+            if not errors:
+                out.append(self.item_output(step.branch.steps, item, index))
+                continue
+            (error,) = errors  # (a failed item's error is one: see ``workflows(nested=True)``)
+            out.append({"error": error.name, "cause": error.cause})
+        failed = sum(isinstance(o, dict) and set(o) == {"error", "cause"} for o in out)
+        return out if failed <= tolerated(step, len(items)) else None
 
     def parallel_errors(self, step: ParallelStep) -> frozenset[_Error]:
         return self.branch_errors(step.branches, step.on_error)
@@ -332,6 +398,12 @@ class _Model:
         if on_error == "fail-fast":
             return frozenset().union(*failing)
         return frozenset(_Group(members=combo) for combo in itertools.product(*failing))
+
+
+def _recorded(error: _Error) -> BaseException:
+    """An exception named and described as ``error`` is recorded (for the message of a group
+    holding it)."""
+    return RecordedError(f"{error.name}: {error.cause}", error.name, error.cause)
 
 
 def _attempt_error(b: Behaviour, step: TaskStep) -> _Error | None:
@@ -377,18 +449,10 @@ class GeneratedWorkflow:
         step = self.definition.lookup[name][0]
         if not isinstance(step, MapStep):
             raise InvalidArgumentError(f"step {name!r} of workflow {self.definition.name!r} is a {step.kind} step, not a map")
-        items = self.input["items"][name]
-        model = self._model()
-        out: list[Any] = []
-        for index, item in enumerate(items):
-            error = model.item_error(step, item)
-            if error is None:
-                out.append([step.branch.steps[-1].name, index])
-            else:
-                assert isinstance(error, _Leaf)
-                out.append({"error": error.name, "cause": item_cause(index, error.origin)})
-        failed = sum(isinstance(o, dict) for o in out)
-        return out if failed <= tolerated(step, len(items)) else None
+        if name not in self.input.get("items", {}):
+            raise InvalidArgumentError(f"step {name!r} of workflow {self.definition.name!r} is a map in a map's branch:"
+                                       " its output is in each item's output of the map that holds it")
+        return self._model().map_output(step, self.input["items"][name])
 
     def step_succeeds(self, step: TaskStep) -> bool:
         """Whether a task step's script yields a success within its retry policy."""
@@ -415,7 +479,7 @@ class GeneratedWorkflow:
 @st.composite
 def workflows(
     draw: st.DrawFn, *, max_steps: int = 4, max_depth: int = 2, timing: bool = True, parallel: bool = True,
-    loops: bool = False, catches: bool = False, maps: bool = False, max_items: int = 4,
+    loops: bool = False, catches: bool = False, maps: bool = False, max_items: int = 4, nested: bool = False,
 ) -> GeneratedWorkflow:
     """A valid random workflow with scripted jobs (see the module docstring).
 
@@ -440,7 +504,16 @@ def workflows(
     plan tells how long to take and whether to fail; with ``catches=True`` also catchers
     (``"MapError"`` among what they may list). :meth:`GeneratedWorkflow.expected_map_output`
     gives each map's output.
+
+    ``nested=True`` (with ``maps=True``) lets a map's branch fan out too: each of its parts may
+    be a parallel step (``ip-N``) of one to three branches of item tasks, or a map (``im-N``)
+    over the item's own list of items (``ctx.item["inner"]["im-N"]``, each with its own plan),
+    its branch item tasks. Where a fail-fast fan-out in an item would fail as whichever of its
+    branches or items fails first, the plans let only one fail, so that the item's error (and
+    the slot a tolerated failure leaves) stays known.
     """
+    if nested and not maps:
+        raise InvalidArgumentError("workflows(nested=True) generates fan-outs in map items: pass maps=True too")
     ids = itertools.count()
     jobs: dict[str, ScriptedJob] = {}
     flags: list[bool] = []
@@ -514,25 +587,64 @@ def workflows(
         builder.choice(f"again-{n}", choices=[when(_fewer_runs_than(body, times), next=body)], default=f"done-{n}")
         builder.pass_(f"done-{n}")
 
+    def item_task(body: BranchBuilder) -> str:
+        step = f"i-{next(ids)}"
+        retry = draw(st.none() | retry_policies(timing=timing))
+        script = scripts[step] = ItemScript(step)
+        body.step(step, script.run, script.undo if draw(st.booleans()) else None, retry=retry)
+        return step
+
+    def item_plans(steps: Sequence[str]) -> list[dict[str, Any]]:
+        sleeps = ITEM_SLEEPS if timing else (0.0,)
+        return [{"plan": {step: [draw(st.sampled_from(sleeps)), draw(st.sampled_from(ITEM_FAILURES))]
+                          for step in steps}}
+                for _ in range(draw(st.integers(0, max_items)))]
+
+    def map_options() -> tuple[OnError, int | None, int | float]:
+        on_error: OnError = draw(st.sampled_from(("fail-fast", "wait-all")))
+        return on_error, draw(st.sampled_from((None, 1, 2))), draw(st.sampled_from((0, 1, 2, 0.25, 0.5)))
+
+    def fan_out_in_items(body: BranchBuilder, n: int, tasks: list[str], fan_outs: list[Step]) -> None:
+        """A parallel step of item tasks, or a map over each item's own list of items, in a
+        map's branch (``nested=True``)."""
+        if draw(st.booleans()):
+            branches = []
+            for _ in range(draw(st.integers(1, 3))):
+                b = branch(f"b{next(ids)}")
+                for _ in range(draw(st.integers(1, 2))):
+                    tasks.append(item_task(b))
+                branches.append(b.build())
+            on_error: OnError = draw(st.sampled_from(("fail-fast", "wait-all")))
+            body.parallel(f"ip-{n}", branches=branches, on_error=on_error)
+            fan_outs.append(ParallelStep(name=f"ip-{n}", branches=tuple(branches), on_error=on_error))
+            return
+        inner = branch(f"inner-{n}")
+        for _ in range(draw(st.integers(1, 2))):
+            item_task(inner)
+        on_error, bound, allowed = map_options()
+        inner_map = MapStep(name=f"im-{n}", items=_inner_items(f"im-{n}"), branch=inner.build(),
+                            max_concurrency=bound, on_error=on_error, tolerated_failures=allowed)
+        fan_outs.append(inner_map)
+        body.map(inner_map.name, items=inner_map.items, branch=inner_map.branch, max_concurrency=bound,
+                 on_error=on_error, tolerated_failures=allowed)
+
     def map_step(builder: WorkflowBuilder | BranchBuilder, n: int, targets: Sequence[str], targeted: set[str]) -> None:
         name = f"m-{n}"
         body = branch(f"items-{n}")
-        retries: list[tuple[str, Retry | None]] = []
+        tasks: list[str] = []
+        fan_outs: list[Step] = []
         for _ in range(draw(st.integers(1, 2))):
-            step = f"i-{next(ids)}"
-            retry = draw(st.none() | retry_policies(timing=timing))
-            script = scripts[step] = ItemScript(step)
-            body.step(step, script.run, script.undo if draw(st.booleans()) else None, retry=retry)
-            retries.append((step, retry))
-        sleeps = ITEM_SLEEPS if timing else (0.0,)
-        items[name] = [
-            {"plan": {step: [draw(st.sampled_from(sleeps)), draw(st.sampled_from(ITEM_FAILURES))]
-                      for step, _ in retries}}
-            for _ in range(draw(st.integers(0, max_items)))
-        ]
-        on_error: OnError = draw(st.sampled_from(("fail-fast", "wait-all")))
-        bound = draw(st.sampled_from((None, 1, 2)))
-        allowed: int | float = draw(st.sampled_from((0, 1, 2, 0.25, 0.5)))
+            if nested and draw(st.booleans()):
+                fan_out_in_items(body, next(ids), tasks, fan_outs)
+            else:
+                tasks.append(item_task(body))
+        items[name] = item_plans(tasks)
+        for item in items[name]:
+            for fan_out in fan_outs:
+                if isinstance(fan_out, MapStep):  # (each item maps over its own items)
+                    item.setdefault("inner", {})[fan_out.name] = item_plans([t.name for t in fan_out.branch.steps])
+            _first_failure_known(item, fan_outs)
+        on_error, bound, allowed = map_options()
         definition = MapStep(name=name, items=_items(name), branch=body.build(), max_concurrency=bound,
                              on_error=on_error, tolerated_failures=allowed)
         catch = catchers(name, targets, predicates=False, extra=MAP_MATCHERS) if catches else []
@@ -618,6 +730,33 @@ def _flag(i: int) -> Any:
 
 def _items(name: str) -> Any:
     return lambda ctx: ctx.input["items"][name]
+
+
+def _inner_items(name: str) -> Any:
+    return lambda ctx: ctx.item["inner"][name]
+
+
+def _fails(plan: Mapping[str, Any], steps: Sequence[Step]) -> bool:
+    """Whether a generated item's ``plan`` fails one of ``steps`` (item tasks) for good."""
+    return any(plan[t.name][1] >= (t.retry or NO_RETRY).max_attempts for t in steps if isinstance(t, TaskStep))
+
+
+def _first_failure_known(item: dict[str, Any], fan_outs: Sequence[Step]) -> None:
+    """Change a generated item's plans so that, in each fail-fast fan-out in it that fails as
+    whichever of its branches (or items) fails first, only one does: which one would be the
+    scheduler's choice, and the model could not tell the item's error."""
+    for step in fan_outs:
+        if isinstance(step, ParallelStep) and step.on_error == "fail-fast":
+            plans = [(item["plan"], b.steps) for b in step.branches]
+        elif isinstance(step, MapStep) and step.on_error == "fail-fast" \
+                and tolerated(step, len(item["inner"][step.name])) == 0:
+            plans = [(inner["plan"], step.branch.steps) for inner in item["inner"][step.name]]
+        else:
+            continue
+        failing = [(plan, steps) for plan, steps in plans if _fails(plan, steps)]
+        for plan, steps in failing[1:]:
+            for task in steps:
+                plan[task.name][1] = 0
 
 
 def _fewer_runs_than(step: str, times: int) -> Any:
