@@ -22,9 +22,8 @@ from trioflow.testing.strategies import GeneratedWorkflow, ItemScript, task_step
 from test_fanout_properties import run_generated
 
 
-@settings(max_examples=80)
-@given(workflows(maps=True, nested=True, catches=True))
-def test_generated_nested_maps_end_and_output_as_the_model_says(gen: GeneratedWorkflow) -> None:
+def assert_as_the_model_says(gen: GeneratedWorkflow) -> tf.WorkflowInstance:
+    """Run ``gen``: its status, error and every map's output are what the kit's model says."""
     instance = run_generated(gen)
     assert instance.status == gen.expected_status(), (instance.error, gen.expected_error_names())
     if instance.status == "failed":
@@ -36,6 +35,13 @@ def test_generated_nested_maps_end_and_output_as_the_model_says(gen: GeneratedWo
                 assert record.output == expected, name
             if record.step_name == name and record.status == "caught":
                 assert expected is None, f"{name} tolerates its failures but was caught"
+    return instance
+
+
+@settings(max_examples=80)
+@given(workflows(maps=True, nested=True, catches=True))
+def test_generated_nested_maps_end_and_output_as_the_model_says(gen: GeneratedWorkflow) -> None:
+    assert_as_the_model_says(gen)
 
 
 @settings(max_examples=60)

@@ -108,8 +108,8 @@ class ItemCall:
 
 
 class ItemScript:
-    """The job of a task step in a generated map's branch (``run`` as its execute, ``undo`` as
-    its compensation).
+    """The job of a task step in a generated map's branch, or in a parallel branch or an inner
+    map within it (``run`` as its execute, ``undo`` as its compensation).
 
     What it does is in the item it runs for, not in a count of its calls: ``ctx.item["plan"]
     [step]`` is ``[seconds, failures]``: sleep that long, then fail (with a
@@ -443,15 +443,26 @@ class GeneratedWorkflow:
 
     def expected_map_output(self, name: str) -> list[Any] | None:
         """The output map step ``name`` gives when it runs (``None``: it fails): item by item,
-        in item order, its branch's last step's output (``[step, index]``) or, for a failure it
-        tolerates, ``{"error": "ScriptedFailure", "cause": ...}``. Whether the run reaches the
-        step at all (a step before it may fail for good) is not asked here: look at its record."""
-        step = self.definition.lookup[name][0]
+        in item order, its branch's output (its last step's: a task's ``[step, index]``, with
+        ``nested=True`` a parallel step's by branch or an inner map's list) or, for a failure it
+        tolerates, ``{"error": ..., "cause": ...}`` (``ScriptedFailure``; with ``nested=True``
+        also a wait-all parallel step's ``ParallelError`` or an inner map's ``MapError``).
+        Whether the run reaches the step at all (a step before it may fail for good) is not
+        asked here: look at its record. Only for the maps of ``input["items"]``: a map in a
+        map's branch is refused, its output being part of its items'."""
+        found = self.definition.lookup.get(name)
+        if found is None:
+            raise InvalidArgumentError(f"workflow {self.definition.name!r} has no step {name!r}")
+        step = found[0]
         if not isinstance(step, MapStep):
             raise InvalidArgumentError(f"step {name!r} of workflow {self.definition.name!r} is a {step.kind} step, not a map")
         if name not in self.input.get("items", {}):
-            raise InvalidArgumentError(f"step {name!r} of workflow {self.definition.name!r} is a map in a map's branch:"
-                                       " its output is in each item's output of the map that holds it")
+            holders = [m.name for m, _ in self.definition.lookup.values()
+                       if isinstance(m, MapStep) and any(s.name == name for s in m.branch.steps)]
+            raise InvalidArgumentError(
+                f"step {name!r} of workflow {self.definition.name!r} is a map in a map's branch"
+                f"{f' (of {holders[0]!r})' if holders else ''}, over each item's own items: ask for that map's"
+                " output (each of its items' outputs holds this map's when it is the last step of its branch)")
         return self._model().map_output(step, self.input["items"][name])
 
     def step_succeeds(self, step: TaskStep) -> bool:
@@ -465,7 +476,8 @@ class GeneratedWorkflow:
 
     def expected_error_names(self) -> frozenset[str]:
         """The error names the instance may fail with (empty: it completes). More than one
-        only where fail-fast branches fail differently and the scheduler picks the first."""
+        only where fail-fast branches (or the items of a fail-fast map tolerating none) fail
+        differently and the scheduler picks the first."""
         errors = self._model().lane(self.definition.steps)
         return frozenset(e.name for e in errors)
 
@@ -508,9 +520,13 @@ def workflows(
     ``nested=True`` (with ``maps=True``) lets a map's branch fan out too: each of its parts may
     be a parallel step (``ip-N``) of one to three branches of item tasks, or a map (``im-N``)
     over the item's own list of items (``ctx.item["inner"]["im-N"]``, each with its own plan),
-    its branch item tasks. Where a fail-fast fan-out in an item would fail as whichever of its
-    branches or items fails first, the plans let only one fail, so that the item's error (and
-    the slot a tolerated failure leaves) stays known.
+    its branch item tasks. Where which failures a fail-fast fan-out (in an item, or the map
+    holding such items) meets before it stops would be the scheduler's choice, the plans let no
+    more fail than it stops at (one for a parallel step or a map tolerating none, one past what
+    a map tolerates), so that its error (and the slot a tolerated failure leaves) stays known.
+    Use ``input["items"]`` for the maps to ask :meth:`GeneratedWorkflow.expected_map_output`
+    about (an inner map's output is part of its items'); an item holds ``"inner"`` only when
+    its branch has an ``im-N``.
     """
     if nested and not maps:
         raise InvalidArgumentError("workflows(nested=True) generates fan-outs in map items: pass maps=True too")
@@ -643,10 +659,18 @@ def workflows(
             for fan_out in fan_outs:
                 if isinstance(fan_out, MapStep):  # (each item maps over its own items)
                     item.setdefault("inner", {})[fan_out.name] = item_plans([t.name for t in fan_out.branch.steps])
-            _first_failure_known(item, fan_outs)
+            _first_failures_known(item, fan_outs)
         on_error, bound, allowed = map_options()
         definition = MapStep(name=name, items=_items(name), branch=body.build(), max_concurrency=bound,
                              on_error=on_error, tolerated_failures=allowed)
+        limit = _failing_bound(definition, len(items[name])) if fan_outs else None
+        if limit is not None:
+            # The same for the map itself: its items' errors vary once they fail in fan-outs,
+            # and which of them its error names would be the scheduler's choice.
+            failing = [item for i, item in enumerate(items[name])
+                       if model.item_errors(definition.branch.steps, item, i)]
+            for item in failing[limit:]:
+                _succeeding(item)
         catch = catchers(name, targets, predicates=False, extra=MAP_MATCHERS) if catches else []
         catch = decidable(catch, lambda: model.map_errors(definition))
         targeted.update(c.next for c in catch)
@@ -741,22 +765,42 @@ def _fails(plan: Mapping[str, Any], steps: Sequence[Step]) -> bool:
     return any(plan[t.name][1] >= (t.retry or NO_RETRY).max_attempts for t in steps if isinstance(t, TaskStep))
 
 
-def _first_failure_known(item: dict[str, Any], fan_outs: Sequence[Step]) -> None:
-    """Change a generated item's plans so that, in each fail-fast fan-out in it that fails as
-    whichever of its branches (or items) fails first, only one does: which one would be the
-    scheduler's choice, and the model could not tell the item's error."""
+def _failing_bound(step: ParallelStep | MapStep, count: int) -> int | None:
+    """How many of a fan-out's ``count`` branches or items may fail for the model to know how
+    it fails: a fail-fast one stops at its first failure (a parallel step, a map tolerating
+    none) or at the one past what it tolerates, and which failures came in by then would be
+    the scheduler's choice; ``None``: any (wait-all)."""
+    if step.on_error != "fail-fast":
+        return None
+    return 1 if isinstance(step, ParallelStep) else tolerated(step, count) + 1
+
+
+def _first_failures_known(item: dict[str, Any], fan_outs: Sequence[Step]) -> None:
+    """Change a generated item's plans so that each fail-fast fan-out in it has no more
+    failing branches (or items) than :func:`_failing_bound` lets it: the others succeed."""
     for step in fan_outs:
-        if isinstance(step, ParallelStep) and step.on_error == "fail-fast":
+        if isinstance(step, ParallelStep):
             plans = [(item["plan"], b.steps) for b in step.branches]
-        elif isinstance(step, MapStep) and step.on_error == "fail-fast" \
-                and tolerated(step, len(item["inner"][step.name])) == 0:
+        elif isinstance(step, MapStep):
             plans = [(inner["plan"], step.branch.steps) for inner in item["inner"][step.name]]
         else:
             continue
+        bound = _failing_bound(step, len(plans) if isinstance(step, MapStep) else 0)
+        if bound is None:
+            continue
         failing = [(plan, steps) for plan, steps in plans if _fails(plan, steps)]
-        for plan, steps in failing[1:]:
+        for plan, steps in failing[bound:]:
             for task in steps:
                 plan[task.name][1] = 0
+
+
+def _succeeding(item: dict[str, Any]) -> None:
+    """Change a generated item's plans so that it gets through: no step of it fails."""
+    for entry in item["plan"].values():
+        entry[1] = 0
+    for inner_items in item.get("inner", {}).values():
+        for inner in inner_items:
+            _succeeding(inner)
 
 
 def _fewer_runs_than(step: str, times: int) -> Any:
