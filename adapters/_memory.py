@@ -82,12 +82,14 @@ class MemoryAdapter:
         self._waiting_rows: dict[str, int] = {}
         self._by_status: dict[str, dict[str, None]] = {}
         self._by_workflow: dict[str, dict[str, None]] = {}
-        #: Rows in the order they finished (so by finish time, the clock permitting). A row
-        #: deleted or purged since stays until it reaches the front, where it is dropped: a
-        #: deque, because purges take from the front, and a dict would keep the holes.
+        #: Rows in the order they finished (so by finish time, the clock permitting), but for
+        #: children their parent keeps (see ``_stamp``). A row deleted or purged since stays
+        #: until it reaches the front, where it is dropped: a deque, because purges take from
+        #: the front, and a dict would keep the holes.
         self._finished: collections.deque[tuple[float, _Row]] = collections.deque()
-        #: The ids of the child instances stored for each parent id (a purge that deletes a
-        #: parent takes the children it kept along).
+        #: The ids of the child instances each stored parent keeps (a purge that deletes a
+        #: parent takes them along; those it leaves, and a deleted parent's, are let go). A
+        #: row's ``parent_id`` is a stored parent's, or ``None``.
         self._children: dict[str, set[str]] = {}
         self._clock: Callable[[], float] = time.time
         self._open = False
@@ -116,6 +118,8 @@ class MemoryAdapter:
         start, header = _blob(start, "start"), _blob(header, "header")
         if parent_id is not None and not isinstance(parent_id, str):
             raise StorageError(f"parent_id must be a str or None, got {type(parent_id).__name__}; nothing was written")
+        if parent_id not in self._rows:
+            parent_id = None  # nothing keeps it: it goes by its own finish time
         self._created += 1
         row = self._rows[instance_id] = _Row(instance_id, self._created, workflow_name, status, start, header,
                                              parent_id)
@@ -332,6 +336,7 @@ class MemoryAdapter:
         if row.status in RESUMABLE:
             raise InstanceStillRunningError(instance_id, row.status)
         self._remove(row)
+        self._release_children(instance_id)
         self._compact_finished()
         return True
 
@@ -339,7 +344,7 @@ class MemoryAdapter:
         self, finished_by: float, limit: int, *, status: Status | None = None, workflow_name: str | None = None,
     ) -> int:
         finished = self._finished
-        rows = self._rows
+        orphans: list[_Row] = []  # children whose parent this purge deletes, and it leaves
         purged = taken = 0  # (taken: the rows the limit counts, not the children they take along)
         for place in finished:  # rows leave the dicts here, never the deque: iterating it is safe
             if not self._current(place):
@@ -349,34 +354,55 @@ class MemoryAdapter:
                 # Finish order: the rows after this one finished later (a wall clock stepped
                 # back only delays them until this one is due).
                 break
-            if ((status is None or row.status == status) and (workflow_name is None or row.workflow_name == workflow_name)
-                    and row.parent_id not in rows):  # (a child stays while its parent is stored)
+            if (status is None or row.status == status) and (workflow_name is None or row.workflow_name == workflow_name):
                 self._remove(row)
                 taken += 1
-                purged += 1 + self._purge_children(row.instance_id, finished_by, status, workflow_name)
+                purged += 1 + self._purge_children(row.instance_id, finished_by, status, workflow_name, orphans)
         while finished and not self._current(finished[0]):
             finished.popleft()
+        self._enter_finish_order(orphans)
         self._compact_finished()
         return purged
 
     def _purge_children(self, parent_id: str, finished_by: float, status: Status | None,
-                        workflow_name: str | None) -> int:
+                        workflow_name: str | None, orphans: list[_Row]) -> int:
         """Delete the children a purged parent kept, and theirs, that this purge takes (finished
         by then, of its status and workflow): in the same call, so that no child outlives its
         parent there (a new instance given the parent's id would find its children's ids taken).
-        How many."""
+        Those it leaves (another status, finished later) nothing keeps any more: they join
+        ``orphans``. How many it deleted."""
         purged = 0
         todo = [parent_id]
         while todo:
             for child_id in self._children.pop(todo.pop(), ()):
                 row = self._rows.get(child_id)
-                if (row is not None and row.finished_at is not None and row.finished_at <= finished_by
+                if row is None:
+                    continue
+                if (row.finished_at is not None and row.finished_at <= finished_by
                         and (status is None or row.status == status)
                         and (workflow_name is None or row.workflow_name == workflow_name)):
                     self._remove(row)
                     purged += 1
                     todo.append(child_id)
+                else:
+                    row.parent_id = None
+                    orphans.append(row)
         return purged
+
+    def _release_children(self, parent_id: str) -> None:
+        """The children ``parent_id`` kept, itself deleted: nothing keeps them any more."""
+        orphans = [row for child_id in self._children.pop(parent_id, ()) if (row := self._rows.get(child_id))]
+        for row in orphans:
+            row.parent_id = None
+        self._enter_finish_order(orphans)
+
+    def _enter_finish_order(self, orphans: list[_Row]) -> None:
+        """Children released by their parent's deletion enter the finish order, at their finish
+        time, if they have finished (one that has not enters it as it finishes). Merged in one
+        pass: rare (a parent deleted before its children), never per child."""
+        places = sorted(((row.finished_at, row) for row in orphans if row.finished_at is not None), key=_finish_time)
+        if places:
+            self._finished = collections.deque(heapq.merge(self._finished, places, key=_finish_time))
 
     def _compact_finished(self) -> None:
         """Drop the places of rows deleted or purged from the middle of the finish order (a
@@ -390,7 +416,11 @@ class MemoryAdapter:
         """A row that has just taken a status: note when it finished, if it did."""
         if row.status in TERMINAL:
             row.finished_at = self._clock()
-            self._finished.append((row.finished_at, row))
+            if row.parent_id is None:
+                # A child its parent keeps is not: purges never walk past the children of the
+                # parents stored (a map's thousands), which go with their parent or, once it is
+                # deleted, enter the order then (``_enter_finish_order``).
+                self._finished.append((row.finished_at, row))
         else:
             row.finished_at = None
 
@@ -417,6 +447,10 @@ class MemoryAdapter:
     def _oldest_first(self, ids: Iterable[str]) -> list[StoredInstance]:
         rows = self._rows
         return [_stored(i, rows[i]) for i in sorted(ids, key=lambda i: rows[i].order)]
+
+
+def _finish_time(place: tuple[float, _Row]) -> float:
+    return place[0]
 
 
 def _waits(row: _Row) -> bool:

@@ -162,8 +162,8 @@ class Adapter(Protocol):
         """Delete up to ``limit`` finished instances (status in ``TERMINAL``) that finished at or
         before ``finished_by``, earliest finish first, optionally only those of one status or
         one workflow, with their records and pending signals; returns how many. Atomic, and
-        found through an index on finish time: its cost follows what it deletes (and the
-        children it keeps), not what is stored. An instance's finish time is stamped when a
+        found through an index on finish time that leaves out the children stored parents
+        keep: its cost follows what it deletes, not what is stored nor what it keeps. An instance's finish time is stamped when a
         create or checkpoint gives it a finished status, and survives a reopen.
 
         A child instance (one created with a ``parent_id``) is kept, whatever its finish time,
@@ -172,7 +172,9 @@ class Adapter(Protocol):
         deletes in the same write the children it kept that the call takes (finished by
         ``finished_by``, of ``status`` and ``workflow_name``), and theirs, beyond ``limit`` if
         need be: a new instance given the parent's id must not find its children's ids taken.
-        A child whose parent is gone otherwise goes by its own finish time."""
+        A child whose parent is gone otherwise (deleted, or purged by a call that left the
+        child, of another status or finished later) goes by its own finish time, as does one
+        created with a ``parent_id`` that is not stored."""
         ...
 
 

@@ -146,11 +146,18 @@ _ADDED_COLUMNS = (("wake_at", "REAL"), ("finished_at", "REAL"), ("parent_id", "T
 #: status-changing update evaluates this term (about 5 us each, a third of a create's cost).
 _FINISHED = "(" + " OR ".join(f"status = {status!r}" for status in sorted(TERMINAL)) + ")"
 #: Partial: only finished rows are in it, so a checkpoint of a running instance never touches
-#: it, and a purge finds what finished before a time without reading anything else. Its
-#: ``finished_at IS NULL`` end holds finished rows not stamped yet (see :meth:`_prepare_schema`).
-#: Written as SQLite keeps it in ``sqlite_master``: a file whose index was made for another set
-#: of finished statuses (another release) has it made again.
-_FINISH_INDEX = f"CREATE INDEX trioflow_instances_by_finish ON trioflow_instances (finished_at) WHERE {_FINISHED}"
+#: it, and a purge finds what finished before a time without reading anything else; nor the
+#: children a stored parent keeps (``parent_id``), which go with their parent, so that a purge
+#: never walks past the thousands a long-lived parent's map may keep. Its ``finished_at IS
+#: NULL`` end holds finished rows not stamped yet (see :meth:`_prepare_schema`). Written as
+#: SQLite keeps it in ``sqlite_master``: a file whose index was made otherwise (by another
+#: release) has it made again.
+_FINISH_INDEX = (f"CREATE INDEX trioflow_instances_by_finish ON trioflow_instances (finished_at)"
+                 f" WHERE {_FINISHED} AND parent_id IS NULL")
+
+#: A row's parent is stored (in a WHERE clause, of the row it reads).
+_PARENT_STORED = ("SELECT 1 FROM trioflow_instances AS parent"
+                  " WHERE parent.instance_id = trioflow_instances.parent_id")
 
 _Op = tuple[str, tuple[Any, ...]]
 _STOP = object()
@@ -405,10 +412,15 @@ class SQLiteAdapter:
             made = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'trioflow_instances_by_finish'").fetchone()
             if made is None or made[0] != _FINISH_INDEX:
                 conn.execute("DROP INDEX IF EXISTS trioflow_instances_by_finish")
+                # A child whose parent is gone (deleted by a release that left it the parent's
+                # id) is kept by nothing: it goes by its own finish time, in the index made next.
+                conn.execute(f"UPDATE trioflow_instances SET parent_id = NULL WHERE parent_id IS NOT NULL"
+                             f" AND NOT EXISTS ({_PARENT_STORED})")
                 conn.execute(_FINISH_INDEX)
             # Through the index's NULL end: costs nothing once every finished row is stamped.
-            conn.execute(f"UPDATE trioflow_instances SET finished_at = ? WHERE {_FINISHED} AND finished_at IS NULL",
-                         (self._opened_at,))
+            # (A row with a parent was stamped as it finished: the column came after stamping.)
+            conn.execute(f"UPDATE trioflow_instances SET finished_at = ? WHERE {_FINISHED} AND parent_id IS NULL"
+                         " AND finished_at IS NULL", (self._opened_at,))
             if version != SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -828,10 +840,12 @@ _CREATE_FINISHED_SQL = (
     "INSERT INTO trioflow_instances (instance_id, workflow_name, status, start, header, finished_at)"
     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (instance_id) DO NOTHING"
 )
-#: A child workflow's: its finish time (``None`` unless finished) and its parent.
+#: A child workflow's: its finish time (``None`` unless finished) and its parent, if stored
+#: (one that is not keeps it from nothing: it goes by its own finish time).
 _CREATE_CHILD_SQL = (
     "INSERT INTO trioflow_instances (instance_id, workflow_name, status, start, header, finished_at, parent_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (instance_id) DO NOTHING"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT instance_id FROM trioflow_instances WHERE instance_id = ?7))"
+    " ON CONFLICT (instance_id) DO NOTHING"
 )
 #: Fenced: applies only where the instance has exactly ``first_seq`` records. Parameters:
 #: status, header, start, number of records, wake_at, instance id, first_seq, finished_at:
@@ -886,10 +900,12 @@ def _create_many(
     if len(creates) > 1:
         # All at once; if some id existed already, take it back and go one by one to know which.
         conn.execute("SAVEPOINT trioflow_creates")
-        shapes: dict[str, list[tuple[Any, ...]]] = {}
+        # Children last: a parent created in the same run is stored by the time its child
+        # looks it up.
+        shapes: dict[str, list[tuple[Any, ...]]] = {_CREATE_SQL: [], _CREATE_FINISHED_SQL: [], _CREATE_CHILD_SQL: []}
         for args in creates:
-            shapes.setdefault(_create_sql(args), []).append(args)
-        if sum(conn.executemany(sql, rows).rowcount for sql, rows in shapes.items()) == len(creates):
+            shapes[_create_sql(args)].append(args)
+        if sum(conn.executemany(sql, rows).rowcount for sql, rows in shapes.items() if rows) == len(creates):
             conn.execute("RELEASE trioflow_creates")
             for args in creates:
                 changes[args[0]] = args[2]
@@ -1130,11 +1146,17 @@ _REMOVE_SQL = (
     "DELETE FROM trioflow_records WHERE instance_id = ?",
     "DELETE FROM trioflow_instances WHERE instance_id = ?",
 )
+#: The children a deleted instance kept that stay (a purge takes those it may along) are kept
+#: by nothing: they enter the index on finish times. (One parameter: the deleted parent's id.)
+_RELEASE_SQL = "UPDATE trioflow_instances SET parent_id = NULL WHERE parent_id = ?"
 
 
-def _remove(conn: sqlite3.Connection, ids: list[tuple[str]]) -> None:
+def _remove(conn: sqlite3.Connection, ids: list[tuple[str]], parents: list[tuple[str]]) -> None:
+    """Delete the instances ``ids``; release the children that ``parents`` (those of them
+    that had any) kept."""
     for sql in _REMOVE_SQL:
         conn.executemany(sql, ids)
+    conn.executemany(_RELEASE_SQL, parents)
 
 
 def _delete(conn: sqlite3.Connection, iid: str) -> str | None:
@@ -1142,7 +1164,7 @@ def _delete(conn: sqlite3.Connection, iid: str) -> str | None:
     was not stored). One that has not finished is left as it is."""
     row = conn.execute("SELECT status FROM trioflow_instances WHERE instance_id = ?", (iid,)).fetchone()
     if row is not None and row[0] not in RESUMABLE:
-        _remove(conn, [(iid,)])
+        _remove(conn, [(iid,)], [(iid,)])
     return None if row is None else str(row[0])
 
 
@@ -1157,34 +1179,31 @@ def _matching(workflow_name: str | None, status: str | None) -> tuple[list[str],
     return terms, params
 
 
-#: A row's parent is stored (in a purge's WHERE clause, of the row it reads).
-_PARENT_STORED = ("SELECT 1 FROM trioflow_instances AS parent"
-                  " WHERE parent.instance_id = trioflow_instances.parent_id")
-
-
 def _purge(conn: sqlite3.Connection, finished_by: float, limit: int, status: str | None,
            workflow_name: str | None) -> int:
     """Remove up to ``limit`` instances finished by then, earliest first; how many."""
     taken, params = _matching(workflow_name, status)
     taken += [_FINISHED, "finished_at <= ?"]
     params.append(finished_by)
-    # A child stays while its parent is stored (found by its primary key, per child row met),
+    # A child stays while its parent is stored (it is not in the index on finish times),
     # unless this purge deletes the parent: then those of its children (and theirs) that it
-    # takes go with it, found through the index on parents.
+    # takes go with it, found through the index on parents; those it leaves are let go (see
+    # _RELEASE_SQL: only for the rows found to have children, most have none).
     # INDEXED BY: with a status or workflow to match, the planner could take their index and
     # sort every finished row of it by time; this way it reads finished rows by time, from the
     # earliest, and stops at ``limit``.
-    ids = conn.execute(
+    rows = conn.execute(
         "WITH RECURSIVE doomed(instance_id) AS ("
         " SELECT * FROM (SELECT instance_id FROM trioflow_instances INDEXED BY trioflow_instances_by_finish"
-        f" WHERE {' AND '.join(taken)} AND (parent_id IS NULL OR NOT EXISTS ({_PARENT_STORED}))"
+        f" WHERE {' AND '.join(taken)} AND parent_id IS NULL"
         " ORDER BY finished_at LIMIT ?)"
         " UNION SELECT child.instance_id FROM doomed"
         " JOIN trioflow_instances AS child INDEXED BY trioflow_instances_by_parent ON child.parent_id = doomed.instance_id"
         f" WHERE {' AND '.join(taken)})"
-        " SELECT instance_id FROM doomed", (*params, limit, *params)).fetchall()
-    _remove(conn, ids)
-    return len(ids)
+        " SELECT instance_id, EXISTS (SELECT 1 FROM trioflow_instances AS kid INDEXED BY trioflow_instances_by_parent"
+        " WHERE kid.parent_id = doomed.instance_id) FROM doomed", (*params, limit, *params)).fetchall()
+    _remove(conn, [(iid,) for iid, _ in rows], [(iid,) for iid, parent in rows if parent])
+    return len(rows)
 
 
 #: The index each listing pages through (each ends in the rowid, the creation order), by

@@ -326,6 +326,10 @@ CASES = {
     "signals": lambda q: _module("waiting").signals_delivered(2_000 if q else 20_000),
     "floor_signals": lambda q: _module("model_floor").signals_on_sqlite(2_000 if q else 20_000, LIMIT),
     "retention": lambda q: _module("retention").memory_with_retention(5_000 if q else 200_000),
+    "retention_kept_memory": lambda q: _module("retention").beside_kept_children(
+        *((2_000, 1_000) if q else (20_000, 20_000)), "memory"),
+    "retention_kept_sqlite": lambda q: _module("retention").beside_kept_children(
+        *((2_000, 1_000) if q else (20_000, 20_000)), "sqlite"),
     "map_items": lambda q: _module("fanout").map_items(*((1_000, 5_000) if q else (10_000, 100_000))),
     "map_staggered": lambda q: _module("fanout").map_staggered(*((100, 400) if q else (400, 4_000))),
     "children": lambda q: _module("fanout").children_completed(100 if q else 1_000),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import trio
 import trioflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cases import LIMIT, settled_memory, size_options, three_noop_steps  # noqa: E402  (bench/: scripts)
+from cases import LIMIT, noop, settled_memory, size_options, three_noop_steps  # noqa: E402  (bench/: scripts)
 
 
 def memory_with_retention(n: int) -> dict[str, float]:
@@ -56,6 +57,52 @@ def memory_with_retention(n: int) -> dict[str, float]:
             elapsed = time.perf_counter() - start
         return {"rss_late_over_early": late / early, "rss_early_bytes": early, "rss_late_bytes": late,
                 "sagas_per_s": n / elapsed}
+
+    return trio.run(main)
+
+
+def beside_kept_children(n: int, kept: int, storage: str) -> dict[str, float]:
+    """``n`` 3-step sagas, ``LIMIT`` at a time, with ``retain_finished=0`` (a purge every
+    thousand ends), timed once with no other instance stored and once beside a parent whose map
+    ran ``kept`` children and that waits for a signal: the children stay stored for it, and a
+    purge must not walk past them each time. The time per saga then over before; ``storage``:
+    ``"memory"`` or ``"sqlite"`` (a file in a temporary folder beside this script)."""
+    saga = three_noop_steps()
+    kid = tf.workflow("kid").step("work", noop).build()
+    holder = (tf.workflow("holder").map("each", items=lambda ctx: list(range(ctx.input)),
+                                        branch=tf.branch("item").child("run", workflow="kid").build())
+              .receive("hold", signal="go").build())
+
+    async def rate(adapter: tf.adapters.Adapter, keeping: int) -> float:
+        async with tf.open_engine(adapter=adapter, max_running=LIMIT, retain_finished=0) as engine:
+            for definition in (saga, kid, holder):
+                engine.register(definition)
+            if keeping:
+                iid = await engine.start("holder", keeping)
+                while ((await engine.get_instance(iid)).waiting or {}).get("signal") != "go":  # type: ignore[union-attr]
+                    await trio.sleep(0.05)  # (its map's children have all run)
+            left = iter(range(n))
+
+            async def worker() -> None:
+                for _ in left:
+                    await engine.wait(await engine.start("bench"))
+
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for _ in range(LIMIT):
+                    nursery.start_soon(worker)
+            return n / (time.perf_counter() - start)
+
+    async def main() -> dict[str, float]:
+        with tempfile.TemporaryDirectory(dir=Path(__file__).parent, prefix="tmp-") as tmp:
+            def adapter(name: str) -> tf.adapters.Adapter:
+                if storage == "memory":
+                    return tf.adapters.MemoryAdapter()
+                return tf.adapters.SQLiteAdapter(Path(tmp) / f"{name}.db")
+
+            alone = await rate(adapter("alone"), 0)
+            beside = await rate(adapter("beside"), kept)
+        return {"sagas_per_s_alone": alone, "sagas_per_s_beside_kept": beside, "time_beside_over_alone": alone / beside}
 
     return trio.run(main)
 

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 ORDER = ["bare_trio", "execute_workflow", "engine_memory", "floor_memory", "durable_sqlite", "floor_sqlite",
          "parked_bare", "parked_engine", "recovery", "import_time", "long_workflows", "wide_parallel",
          "wide_parallel_staggered", "big_outputs", "waiting_memory", "waiting_memory_signal", "waiting_memory_branches", "timers_firing", "floor_timers", "timers_among_waiting", "signals", "floor_signals",
-         "retention", "map_items", "map_staggered", "children", "floor_children"]
+         "retention", "retention_kept_memory", "retention_kept_sqlite", "map_items", "map_staggered", "children", "floor_children"]
 
 
 def run_case(case: str, quick: bool, gc_threshold: str | None = None) -> dict[str, float]:
@@ -166,6 +166,10 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
                ratio("signals", "signals_per_s", "floor_signals", "signals_per_s")),
         Figure("retain_finished=0: RSS after 200k sagas / after 20k", "ratio",
                series("retention", "rss_late_over_early"), "<= 1.10", lambda v: v <= 1.10),
+        Figure("retain_finished=0 beside 20,000 children kept, time per saga / alone (memory)", "ratio",
+               series("retention_kept_memory", "time_beside_over_alone"), "<= 1.10", lambda v: v <= 1.10),
+        Figure("  the same on SQLite", "ratio", series("retention_kept_sqlite", "time_beside_over_alone"),
+               "<= 1.10", lambda v: v <= 1.10),
         Figure("map, 10,000 items, max_concurrency 1,000", "items/s", series("map_items", "items_per_s"),
                ">= 15,000", lambda v: v >= 15_000),
         Figure("map, per item: 100,000 / 10,000 items", "ratio", series("map_items", "large_over_small_per_item"),

@@ -153,3 +153,91 @@ async def test_a_database_from_before_the_parent_column_opens_and_keeps_the_chil
     with sqlite3.connect(path) as conn:
         parents = dict(conn.execute("SELECT instance_id, parent_id FROM trioflow_instances"))
     assert parents[f"{iid}/each/#1/hold#1"] == iid and parents["map-1"] is None
+
+
+class LooksCounted(MemoryAdapter):
+    """Counts the places in the finish order a purge looks at."""
+
+    looks = 0
+
+    def _current(self, place: Any) -> bool:
+        self.looks += 1
+        return super()._current(place)
+
+
+async def _kept_then_purged(adapter: tf.adapters.Adapter, kept: int) -> None:
+    """Store a running parent keeping ``kept`` finished children, and 10 finished rows of their
+    own; then a purge of the 10 (what it costs is measured around it)."""
+    await adapter.create("p", "order", "running", start=b"s", header=b".")
+    for n in range(kept):
+        await adapter.create(f"p/k#{n}", "kid", "completed", start=b"s", header=b".", parent_id="p")
+    for n in range(10):
+        await adapter.create(f"plain-{n}", "order", "completed", start=b"s", header=b".")
+
+
+@pytest.mark.parametrize("kept", [10, 2_000])
+async def test_a_purge_on_the_memory_adapter_looks_at_no_child_a_stored_parent_keeps(kept: int) -> None:
+    """A long-lived parent's map may keep thousands of finished children: a purge (every
+    thousand instances that end, under retention) must not walk past them each time."""
+    adapter = LooksCounted()
+    await adapter.open()
+    await _kept_then_purged(adapter, kept)
+    adapter.looks = 0
+    assert await adapter.purge(1e12, 100) == 10
+    assert adapter.looks <= 21  # the ten it takes, each looked at twice (and the end of the order)
+    assert len(await adapter.list_instances(workflow_name="kid")) == kept
+
+
+async def test_a_purge_on_sqlite_reads_no_child_a_stored_parent_keeps(tmp_path: Path) -> None:
+    """As on the memory adapter: SQLite's work for a purge (virtual machine instructions,
+    counted by a progress handler) is the same with 2,000 children kept as with 10."""
+    work = []
+    for kept in (10, 2_000):
+        adapter = SQLiteAdapter(tmp_path / f"kept-{kept}.db")
+        await adapter.open()
+        try:
+            await _kept_then_purged(adapter, kept)
+            steps = [0]
+
+            def count() -> int:
+                steps[0] += 1
+                return 0  # go on
+
+            conn = adapter._conn
+            assert conn is not None
+            conn.set_progress_handler(count, 10)
+            assert await adapter.purge(1e12, 100) == 10
+            conn.set_progress_handler(None, 0)
+            work.append(steps[0])
+            assert len(await adapter.list_instances(workflow_name="kid")) == kept
+        finally:
+            await adapter.close()
+    assert work[1] <= 1.2 * work[0], work  # (before: some 70 times as much with 2,000 kept)
+
+
+async def test_a_database_whose_purges_walked_kept_children_opens_and_purges_as_before(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """A file written by the release before (``fixtures/make_kept_children.py``: its index on
+    finish times held every finished row, and children a purge took the parent of without
+    them still name it) opens: its index is made again, leaving out the children kept, those
+    whose parent is gone go by their own finish time, and the parent waiting resumes, keeps
+    its children until it is purged, and takes them along then."""
+    from fixtures.make_kept_children import workflows
+
+    path = tmp_path / "old.db"
+    shutil.copy(FIXTURES / "kept_children.db", path)
+    async with open_test_engine(adapter=SQLiteAdapter(path), clock=virtual_wall_clock()) as engine:
+        for definition in workflows():
+            engine.register(definition)
+        assert await engine.purge(older_than=0) == 3  # quick-1's two children, plain-1
+        assert sorted(i.id for i in await engine.get_instances()) == [
+            "holder-1", "holder-1/each/#0/run#1", "holder-1/each/#1/run#1", "holder-1/each/#2/run#1"]
+        await engine.signal("holder-1", "go", "now")
+        done = await finish(engine, "holder-1")
+        assert (done.status, done.output) == ("completed", "now")
+        assert sorted(done.children) == ["holder-1/each/#0/run#1", "holder-1/each/#1/run#1", "holder-1/each/#2/run#1"]
+        assert await engine.purge(older_than=0) == 4
+        assert await engine.get_instances() == []
+    with sqlite3.connect(path) as conn:
+        (index,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'trioflow_instances_by_finish'").fetchone()
+    assert index.endswith("AND parent_id IS NULL")

@@ -462,9 +462,9 @@ async def waiting_instances_of_skipped_workflows_are_left_out(open_adapter: Open
     async with _opened(open_adapter, "skipping") as a:
         if not skips_workflows(a):
             return
-        for i, workflow, wake in (("old-1", "old", 10.0), ("old-2", "old", 20.0), ("new", "new", 30.0),
-                                  ("gone", "gone", 5.0)):
-            await a.create(i, workflow, "running", start=b"s", header=b"h0")
+        for i, workflow_name, wake in (("old-1", "old", 10.0), ("old-2", "old", 20.0), ("new", "new", 30.0),
+                                       ("gone", "gone", 5.0)):
+            await a.create(i, workflow_name, "running", start=b"s", header=b"h0")
             await a.checkpoint(i, "running", b"h1", [], first_seq=0, wake_at=wake)
         assert [s.instance_id for s in await a.due(100.0, 10, skip_workflows=("old", "gone"))] == ["new"], (
             "due() must leave out the instances of the workflows skip_workflows names")
@@ -577,6 +577,45 @@ async def purge_keeps_children_while_their_parent_is_stored(open_adapter: OpenAd
         assert await b.purge(1e12, 1) == 3, (
             "a purge that deletes a parent deletes the children it kept, and theirs, in the same call (beyond limit)")
         assert [s.instance_id for s in await b.list_instances()] == [], "nothing of the family is left"
+
+
+async def purge_lets_go_of_the_children_a_deleted_parent_kept(open_adapter: OpenAdapter) -> None:
+    """Children a parent kept go by their own finish time once the parent is gone: deleted, or
+    purged by a call that left them (of another workflow or status, or not finished), in the
+    order they finished among the rows nothing keeps; a grandchild stays while the child that
+    keeps it is stored. (An adapter whose ``create`` takes no ``parent_id`` passes.)"""
+    clock = _Clock(1000.0)
+    async with _opened(open_adapter, "released", clock) as a:
+        if not keeps_families(a):
+            return
+        await a.create("p", "order", "running", start=b"s", header=b".")
+        await a.create("q", "order", "running", start=b"s", header=b".")
+        for iid, name, parent in (("p/k#1", "kid", "p"), ("p/k#1/g#1", "grandkid", "p/k#1"), ("q/k#1", "kid", "q"),
+                                  ("q/k#2", "kid", "q")):
+            await a.create(iid, name, "running", start=b"s", header=b".", parent_id=parent)
+        await a.create("early", "plain", "running", start=b"s", header=b".")
+        await a.create("late", "plain", "running", start=b"s", header=b".")
+        for iid, at in (("p/k#1/g#1", 1000.0), ("p/k#1", 1100.0), ("q/k#1", 1150.0), ("early", 1160.0),
+                        ("p", 1200.0), ("q", 1300.0), ("late", 1400.0)):
+            clock.now = at
+            await a.checkpoint(iid, "completed", b"h", [b"r0"], first_seq=0)
+        assert await a.delete("p") is True
+        assert await a.purge(1e12, 1, workflow_name="grandkid") == 0, (
+            "a grandchild stays while the child keeping it is stored, its grandparent deleted")
+        assert await a.purge(1e12, 1, workflow_name="kid") == 1 and await a.load("p/k#1") is None, (
+            "a child whose parent was deleted goes by its own finish time")
+        assert await a.purge(1e12, 10, workflow_name="order") == 1 and await a.load("q") is None, (
+            "a purge of the parent's workflow takes the parent alone, and leaves its children of another")
+        assert [s.instance_id for s in await a.list_instances()] == ["p/k#1/g#1", "q/k#1", "q/k#2", "early", "late"]
+    async with _opened(open_adapter, "released", _Clock(2000.0)) as b:
+        assert await b.purge(1e12, 2) == 2, "the rows let go take their place in the finish order"
+        assert [s.instance_id for s in await b.list_instances()] == ["q/k#2", "early", "late"], (
+            "the children let go go in the order they finished, before the rows that finished after them"
+            " (after a reopen too)")
+        await b.checkpoint("q/k#2", "failed", b"h", [b"r0"], first_seq=0)
+        assert await b.purge(1e12, 1) == 1 and await b.load("early") is None, (
+            "a child let go while it ran goes by the time it finishes, after the rows that finished before")
+        assert await b.purge(1e12, 10) == 2 and await b.list_instances() == []
 
 
 async def lists_pages_in_creation_order(open_adapter: OpenAdapter) -> None:
@@ -727,4 +766,5 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     lists_pages_in_creation_order, scans_hand_back_every_record_in_order, refused_writes_leave_everything,
     purge_goes_by_finish_order_not_creation_order, fences_hold_for_every_kind_of_checkpoint,
     filters_come_before_limits, purge_keeps_children_while_their_parent_is_stored,
+    purge_lets_go_of_the_children_a_deleted_parent_kept,
 ]
