@@ -71,6 +71,8 @@ MAX_BATCH = 256
 #: checkpoint's ``notify`` its parent's signals; ``next_wake`` reads one index entry). Listings, purges, the resume scan and ``due`` (a thousand instances with all
 #: their records) go to the writer.
 _INLINE = frozenset({"create", "checkpoint", "signal", "signal_load", "signals", "load", "delete", "next_wake"})
+#: Those of them that write nothing: a transaction of these alone ends in the trio thread too.
+_READS = frozenset({"signals", "load", "next_wake"})
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -586,7 +588,11 @@ class SQLiteAdapter:
 
     def _next_transaction(self) -> None:
         """Start a transaction of the oldest pending calls and hand it to the writer: with its
-        statements run here if they are all small ones and the write lock is free, else whole."""
+        statements run here if they are all small ones and the write lock is free, else whole.
+        One that only read ends here: its ``COMMIT`` writes nothing and waits for no disk, and
+        a read (``wait()`` or ``get_instance()`` of an instance not in memory, a parent's
+        signals) would otherwise wait for the writer thread's turn and the trio thread's
+        again, some hundred microseconds."""
         batch = self._pending[:MAX_BATCH]
         del self._pending[:MAX_BATCH]
         if self._dead is not None:  # nobody would take it
@@ -594,8 +600,20 @@ class SQLiteAdapter:
             return
         self._committing = True
         applied = None
-        if self._conn is not None and all(op[0] in _INLINE for _, op in batch):
-            applied = _run_inline(self._conn, [op for _, op in batch], self._known, self._busy_ms)
+        conn = self._conn
+        if conn is not None and all(op[0] in _INLINE for _, op in batch):
+            applied = _run_inline(conn, [op for _, op in batch], self._known, self._busy_ms)
+            if applied is not None and all(op[0] in _READS for _, op in batch):
+                try:
+                    conn.execute("COMMIT")
+                except Exception:  # (not seen: the writer then runs it again, whole)
+                    _roll_back(conn)
+                    applied = None
+                else:
+                    self.transactions += 1
+                    self.operations += len(batch)
+                    self._committed([(task, result) for (task, _), result in zip(batch, applied[0])])
+                    return
         self._queue.put((batch, applied))
 
     def _committed(self, results: list[tuple[Any, outcome.Outcome[Any]]]) -> None:

@@ -249,6 +249,33 @@ def recovery(n: int) -> dict[str, float]:
         return {"seconds": float(seconds)}
 
 
+# -- reads of instances not in memory -----------------------------------------------------------
+
+
+def finished_reads(n: int) -> dict[str, float]:
+    """``n`` 3-step sagas run to their end on SQLite; in a new engine on the file (nothing of
+    them in memory), ``wait()`` on each, one after another, as a caller collecting outcomes
+    would: microseconds per call (each a read of the row and its records, decoded)."""
+    import trioflow as tf
+    wf = three_noop_steps()
+
+    async def main(path: Path) -> float:
+        async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
+            engine.register(wf)
+            ids = [await engine.start("bench") for _ in range(n)]
+            for iid in ids:
+                await engine.wait(iid)
+        async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path)) as engine:
+            engine.register(wf)
+            start = time.perf_counter()
+            for iid in ids:
+                await engine.wait(iid)
+            return (time.perf_counter() - start) / n * 1e6
+
+    with tempfile.TemporaryDirectory(dir=Path(__file__).parent, prefix="tmp-") as tmp:
+        return {"us_per_wait": trio.run(main, Path(tmp) / "reads.db")}
+
+
 # -- import time --------------------------------------------------------------------------------
 
 
@@ -309,6 +336,7 @@ CASES = {
     "parked_bare": lambda q: parked_bare(5_000 if q else 100_000),
     "parked_engine": lambda q: parked_engine(5_000 if q else 100_000),
     "recovery": lambda q: recovery(500 if q else 10_000),
+    "finished_reads": lambda q: finished_reads(200 if q else 2_000),
     "import_time": lambda q: import_time(3 if q else 15),
     "long_workflows": lambda q: _module("storage_v2").long_workflows(q),
     "wide_parallel": lambda q: _module("storage_v2").wide_parallel(q),

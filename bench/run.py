@@ -30,7 +30,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["bare_trio", "execute_workflow", "engine_memory", "floor_memory", "durable_sqlite", "floor_sqlite",
-         "parked_bare", "parked_engine", "recovery", "import_time", "long_workflows", "wide_parallel",
+         "parked_bare", "parked_engine", "recovery", "finished_reads", "import_time", "long_workflows", "wide_parallel",
          "wide_parallel_staggered", "big_outputs", "waiting_memory", "waiting_memory_signal", "waiting_memory_branches", "timers_firing", "floor_timers", "timers_among_waiting", "signals", "floor_signals",
          "retention", "retention_kept_memory", "retention_kept_sqlite", "map_items", "map_staggered", "children", "floor_children"]
 
@@ -116,6 +116,7 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
                lambda v: v <= 5 * 1024),
         Figure("recovery: open_engine to all completed", "s", series("recovery", "seconds"), "<= 2.0",
                lambda v: v <= 2.0),
+        Figure("wait() of a finished instance not in memory, SQLite", "us", series("finished_reads", "us_per_wait")),
         Figure("import trioflow / import trio", "ratio", ratio("import_time", "trioflow_s", "import_time", "trio_s"),
                "<= 1.3", lambda v: v <= 1.3),
     ]
