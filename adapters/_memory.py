@@ -6,7 +6,7 @@ import collections
 import heapq
 import math
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
 import attrs
 
@@ -82,11 +82,8 @@ class MemoryAdapter:
         self._waiting_rows: dict[str, int] = {}
         self._by_status: dict[str, dict[str, None]] = {}
         self._by_workflow: dict[str, dict[str, None]] = {}
-        #: Rows in the order they finished (so by finish time, the clock permitting), but for
-        #: children their parent keeps (see ``_stamp``). A row deleted or purged since stays
-        #: until it reaches the front, where it is dropped: a deque, because purges take from
-        #: the front, and a dict would keep the holes.
-        self._finished: collections.deque[tuple[float, _Row]] = collections.deque()
+        #: The finished rows nothing keeps, by finish time: what purges walk.
+        self._order = _FinishOrder()
         #: The ids of the child instances each stored parent keeps (a purge that deletes a
         #: parent takes them along; those it leaves, and a deleted parent's, are let go). A
         #: row's ``parent_id`` is a stored parent's, or ``None``.
@@ -337,16 +334,16 @@ class MemoryAdapter:
             raise InstanceStillRunningError(instance_id, row.status)
         self._remove(row)
         self._release_children(instance_id)
-        self._compact_finished()
+        self._order.compact(self._current)
         return True
 
     async def purge(
         self, finished_by: float, limit: int, *, status: Status | None = None, workflow_name: str | None = None,
     ) -> int:
-        finished = self._finished
+        order = self._order
         orphans: list[_Row] = []  # children whose parent this purge deletes, and it leaves
         purged = taken = 0  # (taken: the rows the limit counts, not the children they take along)
-        for place in finished:  # rows leave the dicts here, never the deque: iterating it is safe
+        for place in order.walk():  # rows leave the dicts here, never the order: walking it is safe
             if not self._current(place):
                 continue
             finished_at, row = place
@@ -358,10 +355,9 @@ class MemoryAdapter:
                 self._remove(row)
                 taken += 1
                 purged += 1 + self._purge_children(row.instance_id, finished_by, status, workflow_name, orphans)
-        while finished and not self._current(finished[0]):
-            finished.popleft()
-        self._enter_finish_order(orphans)
-        self._compact_finished()
+        order.trim(self._current)
+        order.release(orphans)
+        order.compact(self._current)
         return purged
 
     def _purge_children(self, parent_id: str, finished_by: float, status: Status | None,
@@ -394,33 +390,19 @@ class MemoryAdapter:
         orphans = [row for child_id in self._children.pop(parent_id, ()) if (row := self._rows.get(child_id))]
         for row in orphans:
             row.parent_id = None
-        self._enter_finish_order(orphans)
-
-    def _enter_finish_order(self, orphans: list[_Row]) -> None:
-        """Children released by their parent's deletion enter the finish order, at their finish
-        time, if they have finished (one that has not enters it as it finishes). Merged in one
-        pass: rare (a parent deleted before its children), never per child."""
-        places = sorted(((row.finished_at, row) for row in orphans if row.finished_at is not None), key=_finish_time)
-        if places:
-            self._finished = collections.deque(heapq.merge(self._finished, places, key=_finish_time))
-
-    def _compact_finished(self) -> None:
-        """Drop the places of rows deleted or purged from the middle of the finish order (a
-        row kept for longer at its front, a failed one a purge by status leaves, would keep
-        every later one's place, and with it the whole row), once they are most of it."""
-        kept = sum(len(self._by_status.get(status, ())) for status in TERMINAL)
-        if len(self._finished) > 2 * kept + _COMPACT_AT:
-            self._finished = collections.deque(place for place in self._finished if self._current(place))
+        self._order.release(orphans)
 
     def _stamp(self, row: _Row) -> None:
         """A row that has just taken a status: note when it finished, if it did."""
+        if _placed(row):
+            self._order.lost()  # (it finished before: that place is stale)
         if row.status in TERMINAL:
             row.finished_at = self._clock()
             if row.parent_id is None:
                 # A child its parent keeps is not: purges never walk past the children of the
                 # parents stored (a map's thousands), which go with their parent or, once it is
-                # deleted, enter the order then (``_enter_finish_order``).
-                self._finished.append((row.finished_at, row))
+                # deleted, join the order then (``_FinishOrder.release``).
+                self._order.add(row)
         else:
             row.finished_at = None
 
@@ -433,6 +415,8 @@ class MemoryAdapter:
         return row.finished_at == finished_at and self._rows.get(row.instance_id) is row
 
     def _remove(self, row: _Row) -> None:
+        if _placed(row):
+            self._order.lost()
         waited = _waits(row)
         del self._rows[row.instance_id]
         if row.parent_id is not None and (siblings := self._children.get(row.parent_id)) is not None:
@@ -447,6 +431,70 @@ class MemoryAdapter:
     def _oldest_first(self, ids: Iterable[str]) -> list[StoredInstance]:
         rows = self._rows
         return [_stored(i, rows[i]) for i in sorted(ids, key=lambda i: rows[i].order)]
+
+
+class _FinishOrder:
+    """The finished rows no stored parent keeps, by finish time (the clock permitting), for
+    purges: a deque that rows join at its end as they finish, and a sorted list of the children
+    let go since by their parent's deletion, whose finish times may lie anywhere before; a purge
+    walks the two merged. A row deleted or finished again leaves a stale place behind (a dict
+    would keep the holes: places are dropped from the front as purges pass them, and all at
+    once when they outnumber the current ones), so every change costs the same amortized,
+    whatever is stored."""
+
+    __slots__ = ("finished", "released", "stale")
+
+    def __init__(self) -> None:
+        self.finished: collections.deque[tuple[float, _Row]] = collections.deque()
+        self.released: list[tuple[float, _Row]] = []
+        self.stale = 0
+
+    def add(self, row: _Row) -> None:
+        assert row.finished_at is not None
+        self.finished.append((row.finished_at, row))
+
+    def release(self, rows: list[_Row]) -> None:
+        """Children let go: those that have finished take their place by their finish time
+        (one that has not joins the order as it finishes)."""
+        places = [(row.finished_at, row) for row in rows if row.finished_at is not None]
+        if places:
+            self.released += places
+            self.released.sort(key=_finish_time)  # (two sorted runs: linear)
+
+    def lost(self) -> None:
+        """A row's place went stale."""
+        self.stale += 1
+
+    def walk(self) -> Iterator[tuple[float, _Row]]:
+        if not self.released:
+            return iter(self.finished)
+        return heapq.merge(self.finished, self.released, key=_finish_time)
+
+    def trim(self, current: Callable[[tuple[float, _Row]], bool]) -> None:
+        """Drop the stale places at the fronts."""
+        finished, released = self.finished, self.released
+        while finished and not current(finished[0]):
+            finished.popleft()
+            self.stale -= 1
+        gone = 0
+        while gone < len(released) and not current(released[gone]):
+            gone += 1
+        del released[:gone]
+        self.stale = max(self.stale - gone, 0)
+
+    def compact(self, current: Callable[[tuple[float, _Row]], bool]) -> None:
+        """Drop every stale place once they outnumber the current ones (a row kept for longer
+        at the front, a failed one a purge by status leaves, would keep every later one's
+        place, and with it the whole row)."""
+        if self.stale > len(self.finished) + len(self.released) - self.stale + _COMPACT_AT:
+            self.finished = collections.deque(place for place in self.finished if current(place))
+            self.released = [place for place in self.released if current(place)]
+            self.stale = 0
+
+
+def _placed(row: _Row) -> bool:
+    """Whether a stored row has a current place in the finish order."""
+    return row.finished_at is not None and row.parent_id is None
 
 
 def _finish_time(place: tuple[float, _Row]) -> float:

@@ -157,6 +157,14 @@ _FINISHED = "(" + " OR ".join(f"status = {status!r}" for status in sorted(TERMIN
 _FINISH_INDEX = (f"CREATE INDEX trioflow_instances_by_finish ON trioflow_instances (finished_at)"
                  f" WHERE {_FINISHED} AND parent_id IS NULL")
 
+#: Deleting a row lets go of the children it kept that stay (a purge takes those it may along):
+#: they enter the index on finish times. A trigger, so that every delete does it, in its own
+#: transaction, whichever release makes it (one from before this, run on the file after an
+#: upgrade was rolled back, deletes rows too); through the index on parents, a look per row.
+_LET_GO_TRIGGER = (
+    "CREATE TRIGGER IF NOT EXISTS trioflow_let_go AFTER DELETE ON trioflow_instances"
+    " BEGIN UPDATE trioflow_instances SET parent_id = NULL WHERE parent_id = OLD.instance_id; END"
+)
 #: A row's parent is stored (in a WHERE clause, of the row it reads).
 _PARENT_STORED = ("SELECT 1 FROM trioflow_instances AS parent"
                   " WHERE parent.instance_id = trioflow_instances.parent_id")
@@ -411,6 +419,7 @@ class SQLiteAdapter:
             conn.execute(
                 "CREATE INDEX IF NOT EXISTS trioflow_instances_by_parent ON trioflow_instances (parent_id)"
                 " WHERE parent_id IS NOT NULL")
+            conn.execute(_LET_GO_TRIGGER)
             made = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'trioflow_instances_by_finish'").fetchone()
             if made is None or made[0] != _FINISH_INDEX:
                 conn.execute("DROP INDEX IF EXISTS trioflow_instances_by_finish")
@@ -420,7 +429,9 @@ class SQLiteAdapter:
                              f" AND NOT EXISTS ({_PARENT_STORED})")
                 conn.execute(_FINISH_INDEX)
             # Through the index's NULL end: costs nothing once every finished row is stamped.
-            # (A row with a parent was stamped as it finished: the column came after stamping.)
+            # (Not the children stored parents keep, out of that index: one a release from
+            # before retention finished goes with its parent all the same, see _purge, or is
+            # stamped here once it is let go.)
             conn.execute(f"UPDATE trioflow_instances SET finished_at = ? WHERE {_FINISHED} AND parent_id IS NULL"
                          " AND finished_at IS NULL", (self._opened_at,))
             if version != SCHEMA_VERSION:
@@ -918,12 +929,16 @@ def _create_many(
     if len(creates) > 1:
         # All at once; if some id existed already, take it back and go one by one to know which.
         conn.execute("SAVEPOINT trioflow_creates")
-        # Children last: a parent created in the same run is stored by the time its child
-        # looks it up.
-        shapes: dict[str, list[tuple[Any, ...]]] = {_CREATE_SQL: [], _CREATE_FINISHED_SQL: [], _CREATE_CHILD_SQL: []}
+        # In runs of one shape, in call order: a child looks its parent up as it is inserted,
+        # and finds it if, and only if, it was created before (as one at a time would).
+        runs: list[tuple[str, list[tuple[Any, ...]]]] = []
         for args in creates:
-            shapes[_create_sql(args)].append(args)
-        if sum(conn.executemany(sql, rows).rowcount for sql, rows in shapes.items() if rows) == len(creates):
+            sql = _create_sql(args)
+            if runs and runs[-1][0] == sql:
+                runs[-1][1].append(args)
+            else:
+                runs.append((sql, [args]))
+        if sum(conn.executemany(sql, rows).rowcount for sql, rows in runs) == len(creates):
             conn.execute("RELEASE trioflow_creates")
             for args in creates:
                 changes[args[0]] = args[2]
@@ -1164,17 +1179,12 @@ _REMOVE_SQL = (
     "DELETE FROM trioflow_records WHERE instance_id = ?",
     "DELETE FROM trioflow_instances WHERE instance_id = ?",
 )
-#: The children a deleted instance kept that stay (a purge takes those it may along) are kept
-#: by nothing: they enter the index on finish times. (One parameter: the deleted parent's id.)
-_RELEASE_SQL = "UPDATE trioflow_instances SET parent_id = NULL WHERE parent_id = ?"
 
 
-def _remove(conn: sqlite3.Connection, ids: list[tuple[str]], parents: list[tuple[str]]) -> None:
-    """Delete the instances ``ids``; release the children that ``parents`` (those of them
-    that had any) kept."""
+def _remove(conn: sqlite3.Connection, ids: list[tuple[str]]) -> None:
+    """Delete the instances ``ids`` (letting go of the children they kept: ``_LET_GO_TRIGGER``)."""
     for sql in _REMOVE_SQL:
         conn.executemany(sql, ids)
-    conn.executemany(_RELEASE_SQL, parents)
 
 
 def _delete(conn: sqlite3.Connection, iid: str) -> str | None:
@@ -1182,7 +1192,7 @@ def _delete(conn: sqlite3.Connection, iid: str) -> str | None:
     was not stored). One that has not finished is left as it is."""
     row = conn.execute("SELECT status FROM trioflow_instances WHERE instance_id = ?", (iid,)).fetchone()
     if row is not None and row[0] not in RESUMABLE:
-        _remove(conn, [(iid,)], [(iid,)])
+        _remove(conn, [(iid,)])
     return None if row is None else str(row[0])
 
 
@@ -1205,23 +1215,23 @@ def _purge(conn: sqlite3.Connection, finished_by: float, limit: int, status: str
     params.append(finished_by)
     # A child stays while its parent is stored (it is not in the index on finish times),
     # unless this purge deletes the parent: then those of its children (and theirs) that it
-    # takes go with it, found through the index on parents; those it leaves are let go (see
-    # _RELEASE_SQL: only for the rows found to have children, most have none).
+    # takes go with it, found through the index on parents (with no finish time, one a release
+    # from before retention finished: it finished before the parent went); those it leaves are
+    # let go (see _LET_GO_TRIGGER).
     # INDEXED BY: with a status or workflow to match, the planner could take their index and
     # sort every finished row of it by time; this way it reads finished rows by time, from the
     # earliest, and stops at ``limit``.
-    rows = conn.execute(
+    ids = conn.execute(
         "WITH RECURSIVE doomed(instance_id) AS ("
         " SELECT * FROM (SELECT instance_id FROM trioflow_instances INDEXED BY trioflow_instances_by_finish"
         f" WHERE {' AND '.join(taken)} AND parent_id IS NULL"
         " ORDER BY finished_at LIMIT ?)"
         " UNION SELECT child.instance_id FROM doomed"
         " JOIN trioflow_instances AS child INDEXED BY trioflow_instances_by_parent ON child.parent_id = doomed.instance_id"
-        f" WHERE {' AND '.join(taken)})"
-        " SELECT instance_id, EXISTS (SELECT 1 FROM trioflow_instances AS kid INDEXED BY trioflow_instances_by_parent"
-        " WHERE kid.parent_id = doomed.instance_id) FROM doomed", (*params, limit, *params)).fetchall()
-    _remove(conn, [(iid,) for iid, _ in rows], [(iid,) for iid, parent in rows if parent])
-    return len(rows)
+        f" WHERE {' AND '.join(taken[:-1])} AND (finished_at <= ? OR finished_at IS NULL))"
+        " SELECT instance_id FROM doomed", (*params, limit, *params)).fetchall()
+    _remove(conn, ids)
+    return len(ids)
 
 
 #: The index each listing pages through (each ends in the rowid, the creation order), by

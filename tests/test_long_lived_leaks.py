@@ -99,12 +99,12 @@ async def test_memory_wake_heap_grows_per_signal_to_a_long_lived_waiter(
             f"{_heap_entries(adapter)} wake-heap entries for {len(adapter._rows)} waiting instances")
 
 
-# -- 3. MemoryAdapter._finished: purged rows stay alive behind one kept row ---------------------
+# -- 3. MemoryAdapter's finish order: purged rows stay alive behind one kept row ---------------------
 
 async def test_memory_purge_by_status_keeps_purged_rows_alive(autojump_clock: trio.testing.MockClock) -> None:
     """A service keeps failed instances for inspection and purges completed ones
     (``engine.purge(older_than=..., status="completed")``). The oldest finished row, a failed
-    one, is never purged, so the ``_finished`` deque never advances: every purged row's
+    one, is never purged, so the finish order's deque never advances: every purged row's
     ``(finished_at, _Row)`` place stays, holding the whole row (start, header, records), and
     each purge walks them all again. 2,000 purged instances stay in memory."""
     adapter = MemoryAdapter()
@@ -126,7 +126,8 @@ async def test_memory_purge_by_status_keeps_purged_rows_alive(autojump_clock: tr
         gc.collect()
         # (This test's rows only: other tests' adapters may be alive in the same process.)
         alive = sum(1 for o in gc.get_objects() if type(o) is _Row and o.instance_id in ids)
-        assert len(adapter._finished) <= 10, f"{len(adapter._finished)} places in the finish order for 1 stored row"
+        places = len(adapter._order.finished) + len(adapter._order.released)
+        assert places <= 10, f"{places} places in the finish order for 1 stored row"
         assert alive <= 10, f"{alive} _Row objects alive for 1 stored row"
 
 

@@ -185,7 +185,8 @@ async def test_memory_stays_bounded_behind_a_kept_child_at_the_front(
                     n.start_soon(engine.start, "short")
             await trio.sleep(2)
         assert await ids(engine) == ["o", "o/c#1"]
-        assert len(adapter._finished) < 1000, len(adapter._finished)
+        places = len(adapter._order.finished) + len(adapter._order.released)
+        assert places < 1000, places
 
 
 # -- adapters that predate parent_id ------------------------------------------------------------

@@ -80,7 +80,7 @@ class _PurgeLimitsBeforeFiltering(MemoryAdapter):
 
     async def purge(self, finished_by: float, limit: int, *, status: Any = None, workflow_name: Any = None) -> int:
         candidates = []
-        for place in self._finished:
+        for place in self._order.walk():
             if not self._current(place):
                 continue
             at, row = place
