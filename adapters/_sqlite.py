@@ -603,12 +603,23 @@ class SQLiteAdapter:
         One that only read ends here: its ``COMMIT`` writes nothing and waits for no disk, and
         a read (``wait()`` or ``get_instance()`` of an instance not in memory, a parent's
         signals) would otherwise wait for the writer thread's turn and the trio thread's
-        again, some hundred microseconds."""
-        batch = self._pending[:MAX_BATCH]
-        del self._pending[:MAX_BATCH]
+        again, some hundred microseconds. (Those that end here are followed in a loop, not by
+        a call from :meth:`_committed` back here: thousands of reads pending at once would
+        nest a call for each batch.)"""
+        while True:
+            batch = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
+            results = self._start(batch)
+            if results is None:
+                return  # the writer has it: _committed goes on once it has committed
+            self._wake(results)
+            if not (self._pending and self._thread is not None):
+                return
+
+    def _start(self, batch: list[tuple[Any, _Op]]) -> list[tuple[Any, outcome.Outcome[Any]]] | None:
+        """Run ``batch``: its callers' results if it ended here, ``None`` once the writer has it."""
         if self._dead is not None:  # nobody would take it
-            self._committed([(task, outcome.Error(self._dead)) for task, _ in batch])
-            return
+            return [(task, outcome.Error(self._dead)) for task, _ in batch]
         self._committing = True
         applied = None
         conn = self._conn
@@ -623,17 +634,21 @@ class SQLiteAdapter:
                 else:
                     self.transactions += 1
                     self.operations += len(batch)
-                    self._committed([(task, result) for (task, _), result in zip(batch, applied[0])])
-                    return
+                    return [(task, result) for (task, _), result in zip(batch, applied[0])]
         self._queue.put((batch, applied))
+        return None
 
     def _committed(self, results: list[tuple[Any, outcome.Outcome[Any]]]) -> None:
         """The writer finished a transaction: wake its callers, start the next one."""
+        self._wake(results)
+        if self._pending and self._thread is not None:
+            self._next_transaction()
+
+    def _wake(self, results: list[tuple[Any, outcome.Outcome[Any]]]) -> None:
+        """A transaction is over: its callers go on."""
         self._committing = False
         for task, result in results:
             trio.lowlevel.reschedule(task, result)
-        if self._pending and self._thread is not None:
-            self._next_transaction()
 
     # -- the writer thread --------------------------------------------------------------------
 

@@ -529,3 +529,43 @@ async def test_a_database_of_a_newer_schema_is_refused_untouched(tmp_path: Path)
     with _raw(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
         assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+
+async def test_thousands_of_reads_pending_at_once_end_in_one_pass_each(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads end in the event loop's thread, one transaction after another: the transactions
+    pending at once (here each read in one of its own) are followed in a loop, not by calls
+    nested one in the other (329 deep for these, at 9560075: a backlog some three times as
+    deep would have been a RecursionError in the event loop)."""
+    adapter = SQLiteAdapter(tmp_path / "reads.db")
+    await adapter.open()
+    try:
+        for n in range(3):
+            await adapter.create(f"i{n}", "w", "completed", start=b"s", header=b"h")
+        monkeypatch.setattr(_sqlite, "MAX_BATCH", 1)
+        nesting = [0, 0]
+        start_next = _sqlite.SQLiteAdapter._next_transaction
+
+        def counted(self: SQLiteAdapter) -> None:
+            nesting[0] += 1
+            nesting[1] = max(nesting)
+            try:
+                start_next(self)
+            finally:
+                nesting[0] -= 1
+
+        monkeypatch.setattr(_sqlite.SQLiteAdapter, "_next_transaction", counted)
+        found: list[str] = []
+
+        async def read(n: int) -> None:
+            stored = await adapter.load(f"i{n % 3}")
+            assert stored is not None
+            found.append(stored.instance_id)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(3_000):
+                nursery.start_soon(read, n)
+        assert sorted(found) == sorted(f"i{n % 3}" for n in range(3_000))
+        assert nesting[1] == 1
+    finally:
+        await adapter.close()
