@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import collections
 import heapq
 import math
@@ -31,7 +32,7 @@ class _Row:
     """One stored instance. Slotted and mutable: checkpoints are the hot path."""
 
     __slots__ = ("instance_id", "order", "workflow_name", "status", "start", "header", "records", "signals", "wake_at",
-                 "finished_at", "parent_id")
+                 "finished_at", "parent_id", "place")
 
     def __init__(
         self, instance_id: str, order: int, workflow_name: str, status: Status, start: bytes | None, header: bytes,
@@ -56,6 +57,8 @@ class _Row:
         self.finished_at: float | None = None
         #: The instance that started it as a child workflow (a purge keeps it while that one is stored).
         self.parent_id = parent_id
+        #: Its place in the finish order (``None``: it has none, unfinished or kept by a parent).
+        self.place: tuple[float, _Row] | None = None
 
 
 class MemoryAdapter:
@@ -394,8 +397,7 @@ class MemoryAdapter:
 
     def _stamp(self, row: _Row) -> None:
         """A row that has just taken a status: note when it finished, if it did."""
-        if _placed(row):
-            self._order.lost()  # (it finished before: that place is stale)
+        self._order.leave(row)  # (it finished before: that place is stale)
         if row.status in TERMINAL:
             row.finished_at = self._clock()
             if row.parent_id is None:
@@ -407,16 +409,14 @@ class MemoryAdapter:
             row.finished_at = None
 
     def _current(self, place: tuple[float, _Row]) -> bool:
-        """Whether a place in the finish order is its row's: the row is still stored, and
-        finished when the place was made. (The deque keeps the places of rows deleted since,
-        and of rows that finished again with another status, such as a completed child later
-        compensated: those are passed over, the row's newest place counts.)"""
-        finished_at, row = place
-        return row.finished_at == finished_at and self._rows.get(row.instance_id) is row
+        """Whether a place in the finish order is its row's. (The order keeps the places of
+        rows deleted since, and of rows that finished again, such as a completed child later
+        compensated, even at the same time: those are passed over, the row's newest place
+        counts.)"""
+        return place[1].place is place
 
     def _remove(self, row: _Row) -> None:
-        if _placed(row):
-            self._order.lost()
+        self._order.leave(row)
         waited = _waits(row)
         del self._rows[row.instance_id]
         if row.parent_id is not None and (siblings := self._children.get(row.parent_id)) is not None:
@@ -437,10 +437,11 @@ class _FinishOrder:
     """The finished rows no stored parent keeps, by finish time (the clock permitting), for
     purges: a deque that rows join at its end as they finish, and a sorted list of the children
     let go since by their parent's deletion, whose finish times may lie anywhere before; a purge
-    walks the two merged. A row deleted or finished again leaves a stale place behind (a dict
-    would keep the holes: places are dropped from the front as purges pass them, and all at
-    once when they outnumber the current ones), so every change costs the same amortized,
-    whatever is stored."""
+    walks the two merged. A row holds its current place (``_Row.place``); a row deleted or
+    finished again leaves a stale one behind (a dict would keep the holes: places are dropped
+    from the front as purges pass them, and all at once when they outnumber the current ones),
+    so that every change costs the same amortized, whatever is stored. (A child let go takes
+    its place in the list by a binary search, and a move of the list's tail in memory.)"""
 
     __slots__ = ("finished", "released", "stale")
 
@@ -450,20 +451,23 @@ class _FinishOrder:
         self.stale = 0
 
     def add(self, row: _Row) -> None:
-        assert row.finished_at is not None
-        self.finished.append((row.finished_at, row))
+        assert row.finished_at is not None and row.place is None
+        place = row.place = (row.finished_at, row)
+        self.finished.append(place)
 
     def release(self, rows: list[_Row]) -> None:
         """Children let go: those that have finished take their place by their finish time
         (one that has not joins the order as it finishes)."""
-        places = [(row.finished_at, row) for row in rows if row.finished_at is not None]
-        if places:
-            self.released += places
-            self.released.sort(key=_finish_time)  # (two sorted runs: linear)
+        for row in rows:
+            if row.finished_at is not None:
+                place = row.place = (row.finished_at, row)
+                bisect.insort(self.released, place, key=_finish_time)
 
-    def lost(self) -> None:
-        """A row's place went stale."""
-        self.stale += 1
+    def leave(self, row: _Row) -> None:
+        """``row`` gives up its place, if it has one (deleted, or finishing again): stale."""
+        if row.place is not None:
+            row.place = None
+            self.stale += 1
 
     def walk(self) -> Iterator[tuple[float, _Row]]:
         if not self.released:
@@ -480,7 +484,7 @@ class _FinishOrder:
         while gone < len(released) and not current(released[gone]):
             gone += 1
         del released[:gone]
-        self.stale = max(self.stale - gone, 0)
+        self.stale -= gone
 
     def compact(self, current: Callable[[tuple[float, _Row]], bool]) -> None:
         """Drop every stale place once they outnumber the current ones (a row kept for longer
@@ -490,11 +494,6 @@ class _FinishOrder:
             self.finished = collections.deque(place for place in self.finished if current(place))
             self.released = [place for place in self.released if current(place)]
             self.stale = 0
-
-
-def _placed(row: _Row) -> bool:
-    """Whether a stored row has a current place in the finish order."""
-    return row.finished_at is not None and row.parent_id is None
 
 
 def _finish_time(place: tuple[float, _Row]) -> float:
