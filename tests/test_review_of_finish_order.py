@@ -24,19 +24,11 @@ from hypothesis import strategies as st
 import trioflow as tf
 import trioflow.adapters._memory as memory_module
 from storages import finish
-from test_review_of_purge_walk import Clock, Model, _sqlite_parents_are_stored, end, ids, make
-from trioflow._errors import InstanceStillRunningError
+from test_review_of_purge_walk import (Clock, count_key_calls, end, ids, make, places, run_against_model,
+                                      stale_places)
 from trioflow.adapters import MemoryAdapter, SQLiteAdapter
 from trioflow.adapters._memory import _Row
 from trioflow.testing import open_test_engine, virtual_wall_clock
-
-
-def places(a: MemoryAdapter) -> list[tuple[float, _Row]]:
-    return [*a._order.finished, *a._order.released]
-
-
-def stale_places(a: MemoryAdapter) -> int:
-    return sum(1 for place in places(a) if not a._current(place))
 
 
 def rows_alive(prefix: str) -> int:
@@ -115,14 +107,7 @@ async def test_letting_go_of_one_child_beside_many_released_costs_what_it_lets_g
     what it lets go, not what is stored. (At 3245eac ``_FinishOrder.release`` appended to and
     sorted the whole ``released`` list, one key call per place: beside 20,000 children let go
     earlier, letting go of one more cost 20,000 key calls, each time.)"""
-    calls = [0]
-    finish_time = memory_module._finish_time
-
-    def counted(place: Any) -> float:
-        calls[0] += 1
-        return finish_time(place)
-
-    monkeypatch.setattr(memory_module, "_finish_time", counted)
+    calls = count_key_calls(monkeypatch)
     clock = Clock(1000.0)
     a = MemoryAdapter()
     a.use_clock(clock)
@@ -162,63 +147,6 @@ OPS = st.lists(st.tuples(st.sampled_from([0, 0, 1]), st.one_of(  # (the clock mo
 )), min_size=20, max_size=80)
 
 
-async def _run(ops: list[tuple[int, tuple[Any, ...]]], path: Path) -> None:
-    clock, model = Clock(), Model()
-    memory = MemoryAdapter()
-    memory.use_clock(clock)
-    await memory.open()
-    sqlite = SQLiteAdapter(path)
-    sqlite.use_clock(clock)
-    await sqlite.open()
-    try:
-        for tick, op in ops:
-            clock.now += tick
-            results: list[Any] = []
-            if op[0] == "create":
-                _, iid, wf, status, parent = op
-                for a in (memory, sqlite):
-                    results.append(await a.create(iid, wf, status, start=b"s", header=b"h", parent_id=parent))
-                results.append(model.create(iid, wf, status, parent, clock.now))
-            elif op[0] == "checkpoint":
-                if op[1] not in model.rows:
-                    continue
-                for a in (memory, sqlite):
-                    await end(a, clock, op[1], op[2], clock.now)
-                model.checkpoint(op[1], op[2], clock.now)
-            elif op[0] == "delete":
-                for a in (memory, sqlite):
-                    try:
-                        results.append(await a.delete(op[1]))
-                    except InstanceStillRunningError:
-                        results.append("running")
-                results.append(model.delete(op[1]))
-            elif op[0] == "purge":  # (a limit of 0 or of them all: which of a tie goes first is open)
-                _, back, limit, status, wf = op
-                for a in (memory, sqlite):
-                    results.append(await a.purge(clock.now - back, limit, status=status, workflow_name=wf))
-                results.append(model.purge(clock.now - back, limit, status, wf))
-            else:
-                await memory.close()
-                await memory.open()
-                await sqlite.close()
-                sqlite = SQLiteAdapter(path)
-                sqlite.use_clock(clock)
-                await sqlite.open()
-            assert len(set(map(repr, results))) <= 1, (op, results)
-            stored = [sorted(s.instance_id for s in await a.list_instances()) for a in (memory, sqlite)]
-            assert stored == [sorted(model.rows)] * 2, (op, stored)
-            await _sqlite_parents_are_stored(sqlite)
-            # Every finished row nothing keeps has a current place; the count of stale places
-            # never falls below them (the sweeps' bound rests on it).
-            current = {id(row) for place in places(memory) if memory._current(place) for row in [place[1]]}
-            assert all(id(row) in current for row in memory._rows.values()
-                       if row.finished_at is not None and row.parent_id is None)
-            assert memory._order.stale >= stale_places(memory), (op, memory._order.stale, stale_places(memory))
-    finally:
-        await memory.close()
-        await sqlite.close()
-
-
 @settings(max_examples=100, deadline=None)
 @given(ops=OPS)
 @example(ops=[  # (found by this property at 2,000 examples, shrunk by hand)
@@ -235,7 +163,7 @@ def test_both_adapters_agree_when_finish_times_tie(ops: list[tuple[int, tuple[An
     MemoryAdapter's count of stale places never falls below the stale places it holds (the
     example fails it: see the first test)."""
     with tempfile.TemporaryDirectory() as tmp, mock.patch.object(memory_module, "_COMPACT_AT", 0):
-        trio.run(_run, ops, Path(tmp) / "tie.db")
+        trio.run(run_against_model, ops, Path(tmp) / "tie.db")
 
 
 # -- 5. through the engine: retention on SQLite with children and compensation ------------------

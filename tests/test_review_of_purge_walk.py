@@ -121,7 +121,21 @@ async def _sqlite_parents_are_stored(adapter: SQLiteAdapter) -> None:
     assert dangling == [], "a row's parent_id is a stored parent's, or NULL"
 
 
-async def _run_against_model(ops: list[tuple[Any, ...]], path: Path) -> None:
+def places(a: MemoryAdapter) -> list[tuple[float, Any]]:
+    """The places in the MemoryAdapter's finish order, current and stale."""
+    return [*a._order.finished, *a._order.released]
+
+
+def stale_places(a: MemoryAdapter) -> int:
+    return sum(1 for place in places(a) if not a._current(place))
+
+
+async def run_against_model(ops: list[tuple[int, tuple[Any, ...]]], path: Path) -> None:
+    """Run ``ops`` (each after moving the clock on by its tick) on both adapters and the model:
+    what each returns, what each stores, and, on the MemoryAdapter, a current place for every
+    finished row nothing keeps and its count of stale places (its sweeps' bound rests on it).
+    (With ticks of 0, which of two rows finished at one time goes first is open: the purges
+    then take none or all.)"""
     clock, model = Clock(), Model()
     memory = MemoryAdapter()
     memory.use_clock(clock)
@@ -130,8 +144,8 @@ async def _run_against_model(ops: list[tuple[Any, ...]], path: Path) -> None:
     sqlite.use_clock(clock)
     await sqlite.open()
     try:
-        for op in ops:
-            clock.now += 1  # (no ties: which of two rows finished at one time goes first is open)
+        for tick, op in ops:
+            clock.now += tick
             results: list[Any] = []
             if op[0] == "create":
                 _, iid, wf, status, parent = op
@@ -172,6 +186,10 @@ async def _run_against_model(ops: list[tuple[Any, ...]], path: Path) -> None:
             assert stored_ids == [sorted(model.rows)] * 2, (op, stored_ids)
             assert all(row.parent_id is None or row.parent_id in memory._rows for row in memory._rows.values())
             await _sqlite_parents_are_stored(sqlite)
+            current = {id(place[1]) for place in places(memory) if memory._current(place)}
+            assert all(id(row) in current for row in memory._rows.values()
+                       if row.finished_at is not None and row.parent_id is None)
+            assert memory._order.stale == stale_places(memory), (op, memory._order.stale, stale_places(memory))
     finally:
         await memory.close()
         await sqlite.close()
@@ -184,7 +202,7 @@ def test_both_adapters_agree_with_the_contract_on_random_sequences(ops: list[tup
     child later compensated), deletes of any generation, purges with filters, limits and
     cutoffs, reopens: the MemoryAdapter, SQLite and the model agree on every count and row."""
     with tempfile.TemporaryDirectory() as tmp:
-        trio.run(_run_against_model, ops, Path(tmp) / "model.db")
+        trio.run(run_against_model, [(1, op) for op in ops], Path(tmp) / "model.db")
 
 
 # -- pinned sequences, on both adapters --------------------------------------------------------
@@ -368,13 +386,9 @@ async def test_filtered_purges_on_memory_look_at_no_more_places_for_the_children
     assert many <= 200, (few, many)
 
 
-async def test_a_purge_on_memory_that_lets_go_of_a_child_costs_what_it_deletes_not_what_is_stored(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A purge that deletes a parent and leaves one finished child (another workflow,
-    status, or newer than the cutoff), and adapter.delete of such a parent, cost what they
-    delete, not what is stored (the protocol's words). (aec87de rebuilt the whole finish
-    order, heapq.merge over every place in it: 20,000 key calls for one parent beside 20,000
-    finished rows, each time.)"""
+def count_key_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the MemoryAdapter's calls of its finish order's sort key (``[count]``): what
+    ordering places costs."""
     calls = [0]
     finish_time = memory_module._finish_time
 
@@ -383,6 +397,17 @@ async def test_a_purge_on_memory_that_lets_go_of_a_child_costs_what_it_deletes_n
         return finish_time(place)
 
     monkeypatch.setattr(memory_module, "_finish_time", counted)
+    return calls
+
+
+async def test_a_purge_on_memory_that_lets_go_of_a_child_costs_what_it_deletes_not_what_is_stored(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A purge that deletes a parent and leaves one finished child (another workflow,
+    status, or newer than the cutoff), and adapter.delete of such a parent, cost what they
+    delete, not what is stored (the protocol's words). (aec87de rebuilt the whole finish
+    order, heapq.merge over every place in it: 20,000 key calls for one parent beside 20,000
+    finished rows, each time.)"""
+    calls = count_key_calls(monkeypatch)
     a = MemoryAdapter()
     await a.open()
     for n in range(20_000):
