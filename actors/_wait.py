@@ -171,7 +171,9 @@ async def signal_or_timeout(
             try:
                 # (What settling stored or waited, a signal may have come in: the event is set.)
                 await settle(run, due, arrived)
-                with trio.move_on_after(math.inf if due is None else due - run.clock()):
+                # (Its due time may have passed as it settled: the rest ends there at the latest,
+                # and the wall clock reads later than trio's deadline by then.)
+                with trio.move_on_after(math.inf if due is None else max(0.0, due - run.clock())):
                     await arrived.wait()
             finally:
                 _woke(run)

@@ -267,3 +267,58 @@ async def test_lanes_that_all_rest_again_after_a_signal_leave_memory_whatever_co
             done = await finish(engine, iid)
         assert done.status == "completed" and sorted([done.output["A"], done.output["B"]]) == [1, 2]
     assert stayed == []
+
+
+def ticking_wall_clock() -> Callable[[], float]:
+    """A wall clock that moves on by a microsecond at every read, as a real one does between
+    two reads: woken at a deadline on trio's clock, a lane reads it past the due time."""
+    base = tf.testing.virtual_wall_clock()
+    reads = [0]
+
+    def now() -> float:
+        reads[0] += 1
+        return base() + reads[0] * 1e-6
+
+    return now
+
+
+async def test_resting_receives_whose_timeout_comes_within_the_rest_time_out(
+    autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter],
+) -> None:
+    """Branches that wait for signals with timeouts a little over ``PARK_AFTER`` rest, and the
+    rest ends at their due time, before the instance may leave: each times out as its step
+    says (caught here), rather than the instance failing with an internal error as the wall
+    clock has moved past the due time by the time the lane looks."""
+    def branch(name: str) -> tf.WorkflowDefinition:
+        return (tf.branch(name)
+                .receive(f"r{name}", signal=name, timeout=1.01,
+                         catch=[tf.Catch(errors=[tf.SignalTimeoutError], next=f"late{name}")])
+                .pass_(f"late{name}", result=f"{name} timed out", end=True).build())
+
+    wf = tf.workflow("w").parallel("p", branches=[branch("a"), branch("b")]).build()
+    async with engine_on(storage(), ticking_wall_clock()) as engine:
+        engine.register(wf)
+        done = await finish(engine, await engine.start("w"))
+    assert done.status == "completed", done.error
+    assert done.output == {"a": "a timed out", "b": "b timed out"}
+
+
+async def test_resting_items_whose_timeout_comes_within_the_rest_time_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The same in a map: 150 items rest 2.5 s before the instance may leave (``PARK_AFTER``
+    and 10 ms a lane), longer than their 2 s timeouts; one signalled item takes its signal."""
+    wf = tf.workflow("w").map("m", items=lambda ctx: list(range(150)), branch=(
+        tf.branch("item").receive("r", signal="go", timeout=2.0,
+                                  catch=[tf.Catch(errors=[tf.SignalTimeoutError], next="late")])
+        .pass_("late", result="timed out", end=True).build())).build()
+    async with engine_on(MemoryAdapter(), ticking_wall_clock()) as engine:
+        engine.register(wf)
+        iid = await engine.start("w")
+        await trio.sleep(0.5)
+        await engine.signal(iid, "go", "here")
+        done = await finish(engine, iid)
+    assert done.status == "completed", done.error
+    received = [r for r in done.history if r.step_name == "r"]
+    assert sorted(r.status for r in received) == ["caught"] * 149 + ["completed"]
+    assert [r.output for r in received if r.status == "completed"] == ["here"]
