@@ -58,6 +58,7 @@ from trioflow._snapshot import (
 )
 from trioflow.adapters._protocol import Adapter
 
+from ._flag import Flag
 from ._threads import ThreadSlots
 
 log = logging.getLogger("trioflow")
@@ -236,10 +237,11 @@ class WorkflowFailedError(TrioflowError):
     (a resumed instance): the message is the error as it was stored."""
 
 
-#: What :meth:`Run.decision_stored` waits on once the decision is stored before anyone asked:
-#: an event set for good (waiting on a set event only checkpoints, in any trio run).
-_DECIDED = trio.Event()
-_DECIDED.set()
+#: What a run's :attr:`Run.end` or :attr:`Run.decided` is once set before anyone waited on it:
+#: a flag set for good (waiting on a set flag only checkpoints, in any trio run).
+_SET_FOR_GOOD = Flag()
+_SET_FOR_GOOD.set()
+
 
 class Run:
     """The shared context of one instance run, owned by its instance actor.
@@ -250,7 +252,7 @@ class Run:
     __slots__ = (
         "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed", "from_storage",
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
-        "cancel_requested", "error", "stored_status", "started", "first_waiter", "more_waiters", "spawn", "storage_retry_for",
+        "cancel_requested", "error", "stored_status", "started", "end", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
         "hold", "active", "resting", "settling", "late", "failed_in", "unheld",
@@ -305,7 +307,7 @@ class Run:
         self.clock = clock
         #: By signal name: set (and dropped) when a signal of that name is delivered while a
         #: step waits for one (a receive step, a child step's end notice).
-        self.arrived: dict[str, trio.Event] | None = None
+        self.arrived: dict[str, Flag] | None = None
         #: Seqs of the signals this run's receive steps took (never taken twice, even while the
         #: checkpoint deleting them is in flight).
         self.consumed_seqs: set[int] | None = None
@@ -317,7 +319,7 @@ class Run:
         #: are looked up once; later ones are delivered as they are sent).
         self.signals_fetched = False
         #: Set once the read of stored signals in flight is over (``None``: none in flight).
-        self.fetching: trio.Event | None = None
+        self.fetching: Flag | None = None
         #: Waits longer than this many seconds let the instance leave memory (``None``: never,
         #: as in ``execute_workflow``, which has nothing to wake it again); ``parked`` says it did.
         self.park_after = park_after
@@ -379,12 +381,12 @@ class Run:
         #: trusts the in-memory state of a finished run only once its end is stored.
         self.stored_status: Status | None = None
         self.started = trio.current_time()
-        #: Tasks parked until the run ends: the first, and any others (``None``: none).
-        self.first_waiter: trio.lowlevel.Task | None = None
-        self.more_waiters: list[trio.lowlevel.Task] | None = None
+        #: Set when the run has ended, for the tasks in :meth:`wait_ended` (``None``: made by
+        #: the first that waits).
+        self.end: Flag | None = None
         #: Set once the decision that the run ends badly is stored, or the run is over (made
         #: only when a ``cancel()`` waits for it: see :meth:`decision_stored`).
-        self.decided: trio.Event | None = None
+        self.decided: Flag | None = None
 
     def context(
         self, lane: str, total_steps: int, item: ItemPlace | None = None, until: int | None = None,
@@ -524,7 +526,7 @@ class Run:
             if fetching is not None:
                 await fetching.wait()
                 continue
-            fetching = self.fetching = trio.Event()
+            fetching = self.fetching = Flag()
             iid = self.state.instance_id
             try:
                 self.deliver_stored(await retried(lambda: adapter.signals(iid), retry_for=self.storage_retry_for,
@@ -802,56 +804,35 @@ class Run:
         return s.parent_id, child_ended_signal(s.instance_id), encode_payload(outcome, "the child's outcome")
 
     def wait_ended(self) -> Awaitable[None]:
-        """Park the calling task until :meth:`ended` is called (await what this returns).
-
-        Parks the task directly rather than through a ``trio.Event``, and the usual only waiter
-        in a slot of its own with a bound method to abort it: a parked waiter then costs no
-        event, list or closure, and every instance in flight usually has one.
-        """
-        task = trio.lowlevel.current_task()
-        if self.first_waiter is None:
-            self.first_waiter = task
-            return trio.lowlevel.wait_task_rescheduled(self._abort_first_waiter)
-        if self.more_waiters is None:
-            self.more_waiters = []
-        waiters = self.more_waiters
-        waiters.append(task)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            waiters.remove(task)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        return trio.lowlevel.wait_task_rescheduled(abort)
-
-    def _abort_first_waiter(self, _: object) -> trio.lowlevel.Abort:
-        self.first_waiter = None
-        return trio.lowlevel.Abort.SUCCEEDED
+        """Wait until :meth:`ended` is called (await what this returns: a plain function, so
+        that every instance in flight, which usually has a caller of ``wait()``, keeps no
+        coroutine frame of its own for it)."""
+        if self.end is None:
+            self.end = Flag()
+        return self.end.wait()
 
     async def decision_stored(self) -> None:
         """Wait until the decision that the run ends badly (a cancel's) is stored, or the run is
         over, whichever comes first (see :meth:`note_decided`)."""
         if self.decided is None:
-            self.decided = trio.Event()
+            self.decided = Flag()
         await self.decided.wait()
 
     def note_decided(self) -> None:
         """The decision that the run ends badly is stored (or the run is over)."""
         if self.decided is None:
             # Nobody waits yet: one who asks later (a repeated cancel) must not wait for it.
-            self.decided = _DECIDED
+            self.decided = _SET_FOR_GOOD
         else:
             self.decided.set()
 
     def ended(self) -> None:
         """Wake every task in :meth:`wait_ended`; called once, when the run has ended."""
         self.note_decided()
-        if self.first_waiter is not None:
-            trio.lowlevel.reschedule(self.first_waiter)
-            self.first_waiter = None
-        if self.more_waiters is not None:
-            for task in self.more_waiters:
-                trio.lowlevel.reschedule(task)
-            self.more_waiters.clear()
+        if self.end is None:
+            self.end = _SET_FOR_GOOD  # (nobody waits yet: one who asks later returns at once)
+        else:
+            self.end.set()
 
     def emit(self, name: str, lane: str = MAIN, **payload: Any) -> None:
         """Publish an event about this instance (callers check ``bus.active``, or for events
@@ -930,7 +911,7 @@ class _Gathering:
     __slots__ = ("done", "error")
 
     def __init__(self) -> None:
-        self.done = trio.Event()
+        self.done = Flag()
         self.error: BaseException | None = None
 
     def failed(self, error: BaseException) -> None:

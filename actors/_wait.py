@@ -23,6 +23,7 @@ from trioflow._durations import in_range, seconds, unix_seconds
 from trioflow._errors import InvalidArgumentError, SignalTimeoutError
 from trioflow._snapshot import Lane, waiting_view
 
+from ._flag import Flag
 from ._run import Parked, Run, StepFailure
 
 
@@ -165,16 +166,19 @@ async def signal_or_timeout(
             run.arrived = {}
         arrived = run.arrived.get(name)
         if arrived is None:
-            arrived = run.arrived[name] = trio.Event()
+            arrived = run.arrived[name] = Flag()
         if rests:
             run.resting += 1
             try:
                 # (What settling stored or waited, a signal may have come in: the event is set.)
                 await settle(run, due, arrived)
-                # (Its due time may have passed as it settled: the rest ends there at the latest,
-                # and the wall clock reads later than trio's deadline by then.)
-                with trio.move_on_after(math.inf if due is None else max(0.0, due - run.clock())):
-                    await arrived.wait()
+                if due is None:
+                    await arrived.wait()  # (no cancel scope to make: a child's end notice has no timeout)
+                else:
+                    # (Its due time may have passed as it settled: the rest ends there at the
+                    # latest, and the wall clock reads later than trio's deadline by then.)
+                    with trio.move_on_after(max(0.0, due - run.clock())):
+                        await arrived.wait()
             finally:
                 _woke(run)
             _stop_if_parked(run)
@@ -199,7 +203,7 @@ async def signal_or_timeout(
 REST_PER_LANE = 0.01
 
 
-async def settle(run: Run, until: float | None, woken: trio.Event | None = None) -> None:
+async def settle(run: Run, until: float | None, woken: Flag | None = None) -> None:
     """Leave memory (:class:`Parked`) if every lane of the run that has an actor rests in a long
     wait (the calling one's counted: it rests, or its actor has ended), and they all stay at
     rest for ``park_after`` seconds, and :data:`REST_PER_LANE` more for each lane (no time at
