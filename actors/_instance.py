@@ -100,8 +100,19 @@ async def run_instance(run: Run) -> None:
             with trio.CancelScope(shield=True):
                 await _end_badly(run, "cancelled", WorkflowCancelledError("the caller was cancelled"), None)
             raise
+        # The forward part's scope is over (a cancel now cancels nothing in it): not kept, and
+        # walked by the cyclic collector, while the end is stored.
+        run.cancel_scope = None
         if error is None:
-            await _complete(run)
+            # Written out rather than split into a helper: every completing instance waits here
+            # for its last checkpoint, and its coroutine frame is walked by the cyclic collector.
+            finish(state, run.definition, "completed", run.clock())
+            await run.persist()
+            if run.bus.active:
+                # The main line's last step reported progress 100 already.
+                run.emit("workflow.completed", output=state.output)
+            if run.has_hooks:
+                await run.end_hook("on_complete")
         else:
             await _end_badly(run, outcome, error, failed_step)
     finally:
@@ -206,17 +217,6 @@ _COMPLETED: Forward = ("completed", None, None)
 
 def _cancelled(run: Run) -> WorkflowCancelledError:
     return WorkflowCancelledError.of(run.state.instance_id)
-
-
-async def _complete(run: Run) -> None:
-    state = run.state
-    finish(state, run.definition, "completed", run.clock())
-    await run.persist()
-    if run.bus.active:
-        # The main line's last step reported progress 100 already.
-        run.emit("workflow.completed", output=state.output)
-    if run.has_hooks:
-        await run.end_hook("on_complete")
 
 
 #: Longest an engine that closes waits for an instance to store how it ends badly (seconds).
