@@ -603,18 +603,18 @@ class SQLiteAdapter:
         One that only read ends here: its ``COMMIT`` writes nothing and waits for no disk, and
         a read (``wait()`` or ``get_instance()`` of an instance not in memory, a parent's
         signals) would otherwise wait for the writer thread's turn and the trio thread's
-        again, some hundred microseconds. (Those that end here are followed in a loop, not by
-        a call from :meth:`_committed` back here: thousands of reads pending at once would
-        nest a call for each batch.)"""
-        while True:
-            batch = self._pending[:MAX_BATCH]
-            del self._pending[:MAX_BATCH]
-            results = self._start(batch)
-            if results is None:
-                return  # the writer has it: _committed goes on once it has committed
-            self._wake(results)
-            if not (self._pending and self._thread is not None):
-                return
+        again, some hundred microseconds. The next transaction after one that ended here
+        starts in a callback of its own, once the loop's other tasks have had a turn (trio runs
+        a callback queued by a callback after a checkpoint): thousands of reads pending at once
+        neither nest a call for each batch nor hold the event loop until all are read."""
+        batch = self._pending[:MAX_BATCH]
+        del self._pending[:MAX_BATCH]
+        results = self._start(batch)
+        if results is None:
+            return  # the writer has it: _committed goes on once it has committed
+        self._wake(results)
+        if self._pending and self._thread is not None and self._token is not None:
+            self._token.run_sync_soon(self._flush)
 
     def _start(self, batch: list[tuple[Any, _Op]]) -> list[tuple[Any, outcome.Outcome[Any]]] | None:
         """Run ``batch``: its callers' results if it ended here, ``None`` once the writer has it."""
@@ -624,8 +624,10 @@ class SQLiteAdapter:
         applied = None
         conn = self._conn
         if conn is not None and all(op[0] in _INLINE for _, op in batch):
-            applied = _run_inline(conn, [op for _, op in batch], self._known, self._busy_ms)
-            if applied is not None and all(op[0] in _READS for _, op in batch):
+            reads = all(op[0] in _READS for _, op in batch)
+            applied = _run_inline(conn, [op for _, op in batch], self._known, self._busy_ms,
+                                  "BEGIN" if reads else "BEGIN IMMEDIATE")
+            if applied is not None and reads:
                 try:
                     conn.execute("COMMIT")
                 except Exception:  # (not seen: the writer then runs it again, whole)
@@ -705,7 +707,7 @@ class SQLiteAdapter:
 
 
 def _run_inline(
-    conn: sqlite3.Connection, ops: list[_Op], known: dict[str, str], busy_ms: int,
+    conn: sqlite3.Connection, ops: list[_Op], known: dict[str, str], busy_ms: int, begin: str = "BEGIN IMMEDIATE",
 ) -> tuple[list[outcome.Outcome[Any]], dict[str, str | None]] | None:
     """Begin a transaction and run ``ops`` in it (in the trio thread), leaving the ``COMMIT`` to
     :func:`_apply` in the writer: ``(results, changes)``. ``None``, with nothing left open, if
@@ -717,7 +719,7 @@ def _run_inline(
         # connection waits everywhere else (the writer's transactions).
         conn.execute("PRAGMA busy_timeout = 0")
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(begin)
         finally:
             conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
         return _run_all(conn, ops, known, changes), changes
@@ -742,10 +744,12 @@ def _apply(
     transaction writes enters ``known`` only once it has committed; after any failure (a
     failed COMMIT may still have committed) ``known`` starts over empty. (One engine per file:
     no one else writes these rows.)"""
+    # A batch of reads alone takes no write lock (WAL: it waits for no other connection).
+    begin = "BEGIN" if all(op[0] in _READS for _, op in batch) else "BEGIN IMMEDIATE"
     try:
         if applied is None:
             changes: dict[str, str | None] = {}
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(begin)
             done = _run_all(conn, [op for _, op in batch], known, changes)
         else:
             done, changes = applied
@@ -761,7 +765,7 @@ def _apply(
     for task, op in batch:
         changes = {}
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN" if op[0] in _READS else "BEGIN IMMEDIATE")
             result = _run_all(conn, [op], known, changes)[0]
             conn.execute("COMMIT")
             _learn(known, changes)
