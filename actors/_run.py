@@ -316,8 +316,11 @@ class Run:
         #: its deadline (``None``: none noted).
         self.signal_times: dict[int, float] | None = None
         #: Whether the signals storage held for the instance were delivered to this run (they
-        #: are looked up once; later ones are delivered as they are sent).
-        self.signals_fetched = False
+        #: are looked up once; later ones are delivered as they are sent). A run started here
+        #: has none to look up: every signal sent to it comes through the engine, one per
+        #: storage, which hands it to the run as it is stored (a storage read less for its
+        #: first receive or child step, which every lane of a fan-out would wait on).
+        self.signals_fetched = not resumed
         #: Set once the read of stored signals in flight is over (``None``: none in flight).
         self.fetching: Flag | None = None
         #: Waits longer than this many seconds let the instance leave memory (``None``: never,

@@ -532,6 +532,12 @@ class Engine:
         parked waiting for it. ``running``: the run that was live when the signal was sent;
         ``row``: the instance's row, read with the write that stored the signal (``None``: read
         it if need be)."""
+        while (storing := self._storing.get(instance_id)) is not None:
+            # Being started here (stored just before the signal): the run its start makes
+            # looks for no signals in storage, so it is handed this one once it runs, or woken
+            # for it from a row read now (that run may have left memory meanwhile).
+            await storing.wait()
+            row = None
         run = self._live.get(instance_id)
         if run is not None and run is not running:
             # Taken up from storage while the signal was stored (storage slow to answer): a run
