@@ -255,7 +255,7 @@ class Run:
         "cancel_requested", "error", "stored_status", "started", "end", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
-        "hold", "active", "resting", "settling", "late", "failed_in", "unheld",
+        "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "unheld",
     )
 
     def __init__(
@@ -364,6 +364,9 @@ class Run:
         #: of them do, the instance may leave memory (see ``trioflow.actors._wait``).
         self.active = 1
         self.resting = 0
+        #: Lanes whose checkpoint storing their wait is in flight, and that rest once it is
+        #: stored (see ``trioflow.actors._wait.announce``): counted as resting by that checkpoint.
+        self.announcing = 0
         #: Set when something may keep the instance from leaving memory (a lane wakes, a lane
         #: starts, a signal a lane waits for comes) while it waits to see every lane stay at
         #: rest (``None``: nothing waits to).
@@ -734,7 +737,7 @@ class Run:
         # thousands of items checkpoints, would cost as much as all the rest of it).
         wake = wake_at(s, self.definition) if (self.definition.waits or s.lanes[MAIN].waiting
                                                or self.stored_wake_at is not None) \
-            and (self.resting == self.active or len(s.lanes) == 1) else None
+            and (self.resting + self.announcing == self.active or len(s.lanes) == 1) else None
         extra = _NO_EXTRA
         if consumed or wake is not None or self.stored_wake_at is not None:
             extra = {"consumed": consumed} if consumed else {}

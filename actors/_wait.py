@@ -35,7 +35,7 @@ async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext, s
         except Exception as exc:  # the step's callable raised, or gave no due time
             raise StepFailure(step.name, exc, 1) from exc
         lane.waiting = {"timer": due, "since": started_at}
-        await announce(run, step, ctx.lane, lane)
+        await announce(run, step, ctx.lane, lane, rests=_rests(run, due))
     await _wait_stored(run, lane, "timer")
 
 
@@ -111,7 +111,8 @@ async def run_receive(run: Run, step: ReceiveStep, key: str, lane: Lane, started
         lane.waiting = {"signal": step.signal, "timeout": due, "since": started_at}
         taken = await take(run, step.signal, due)
         if taken is None:
-            await announce(run, step, key, lane)  # stored: a resume waits on, with the same timeout
+            # Stored: a resume waits on, with the same timeout.
+            await announce(run, step, key, lane, rests=_rests(run, due))
     else:
         assert lane.waiting is not None  # (it waits: lane.waits())
         taken = await take(run, step.signal, lane.waiting["timeout"])
@@ -308,11 +309,27 @@ def _leave(run: Run) -> NoReturn:
     raise Parked()
 
 
-async def announce(run: Run, step: Step, key: str, lane: Lane) -> None:
-    """Store what the lane ``key`` waits for, then tell listeners."""
-    await run.persist()
+async def announce(run: Run, step: Step, key: str, lane: Lane, *, rests: bool = False) -> None:
+    """Store what the lane ``key`` waits for, then tell listeners. ``rests``: a lane of several
+    that rests once its wait is stored (see :func:`_rests`) counts as resting for this
+    checkpoint: when every other lane rests already (or announces its rest in the same
+    checkpoint: branches that start waiting together), it stores when to wake the instance,
+    and the instance leaves memory after its rest with no write of its own."""
+    if rests:
+        run.announcing += 1
+    try:
+        await run.persist()
+    finally:
+        if rests:
+            run.announcing -= 1
     if run.bus.active:
         run.emit("workflow.step.waiting", key, step_name=step.name, waiting=waiting_view(lane.waiting or {}))
+
+
+def _rests(run: Run, due: float | None) -> bool:
+    """Whether a lane of several that starts to wait until ``due`` (``None``: no end) will rest
+    once its wait is stored, as long as nothing changes meanwhile."""
+    return len(run.state.lanes) > 1 and run.may_park(math.inf if due is None else due - run.clock())
 
 
 def _due(run: Run, step: WaitStep, ctx: WorkflowContext) -> float:

@@ -322,3 +322,45 @@ async def test_resting_items_whose_timeout_comes_within_the_rest_time_out(
     received = [r for r in done.history if r.step_name == "r"]
     assert sorted(r.status for r in received) == ["caught"] * 149 + ["completed"]
     assert [r.output for r in received if r.status == "completed"] == ["here"]
+
+
+class CountedCheckpoints(MemoryAdapter):
+    """Keeps the ``wake_at`` of each checkpoint, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakes: list[float | None] = []
+
+    async def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        self.wakes.append(kwargs.get("wake_at"))
+        return await super().checkpoint(*args, **kwargs)
+
+
+async def test_branches_that_start_waiting_together_leave_memory_after_one_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A timer branch and a receive branch begin their waits in one pass: one checkpoint stores
+    both waits and when to wake the instance (the sooner of the timer and the receive's
+    timeout), and the instance leaves memory after its rest with no write more. Taken up
+    again, each branch waits only what is left."""
+    wf = tf.workflow("w").parallel("p", branches=[
+        tf.branch("t").wait("sleep", seconds=2 * HOUR).pass_("slept", result="woke", end=True).build(),
+        tf.branch("r").receive("get", signal="go", timeout=3 * HOUR).build(),
+    ]).build()
+    adapter = CountedCheckpoints()
+    async with engine_on(adapter) as engine:
+        engine.register(wf)
+        t0 = engine._clock()
+        iid = await engine.start("w")
+        await trio.sleep(5)
+        assert not in_memory(engine, iid)
+        assert len(adapter.wakes) == 1
+        wake = adapter.wakes[0]
+        assert wake is not None and t0 + 2 * HOUR <= wake <= t0 + 2 * HOUR + SLACK
+        await trio.sleep(HOUR)
+        await engine.signal(iid, "go", "here")
+        done = await finish(engine, iid)
+        took = engine._clock() - t0
+    assert done.status == "completed"
+    assert done.output == {"t": "woke", "r": "here"}
+    assert 2 * HOUR <= took <= 2 * HOUR + SLACK
