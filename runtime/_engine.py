@@ -419,7 +419,14 @@ class Engine:
                         # this call stored it): with auto-resume on, resuming is this call's job.
                         self._resume_one(definition, existing)
                 return instance_id
-            self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)
+            run = self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)
+            if storing.signalled:
+                # A signal for it may have been stored as it was: handed to the run only once
+                # that signal()'s write returns, it could be taken after later ones (sent to the
+                # run as it runs). The run reads what storage holds first, in the order stored,
+                # as one taken up from storage does. (A signal() that began before the start
+                # stored it would have found no instance to signal.)
+                run.signals_fetched = False
             reserved = False  # the run has it
             return instance_id
         finally:
@@ -492,6 +499,8 @@ class Engine:
                 f" {RESERVED_SIGNALS!r} (trioflow's own), got {name!r}")
         data = encode_payload(payload, f"the payload of signal {name!r}")
         running = self._live.get(instance_id)
+        if running is None and (storing := self._storing.get(instance_id)) is not None:
+            storing.signalled = True  # (its start reads what storage holds: see _start)
         row = None
         if running is None and self._sends_and_loads:
             # Not running here (parked, most likely): its row comes back with the write, for
@@ -533,9 +542,9 @@ class Engine:
         ``row``: the instance's row, read with the write that stored the signal (``None``: read
         it if need be)."""
         while (storing := self._storing.get(instance_id)) is not None:
-            # Being started here (stored just before the signal): the run its start makes
-            # looks for no signals in storage, so it is handed this one once it runs, or woken
-            # for it from a row read now (that run may have left memory meanwhile).
+            # Being started here (stored just before the signal): handed to the run its start
+            # makes (which reads storage first: see _start), or woken for it from a row read
+            # now (that run may have left memory meanwhile).
             await storing.wait()
             row = None
         run = self._live.get(instance_id)
@@ -1931,11 +1940,13 @@ class _Storing:
     """An id ``start`` is storing: its workflow, and the tasks waiting for the store to end (the
     event is made only if someone waits: most starts are waited on by nobody)."""
 
-    __slots__ = ("workflow_name", "_over")
+    __slots__ = ("workflow_name", "_over", "signalled")
 
     def __init__(self, workflow_name: str) -> None:
         self.workflow_name = workflow_name
         self._over: trio.Event | None = None
+        #: Whether a ``signal()`` for the id began while it was stored (see :meth:`Engine._start`).
+        self.signalled = False
 
     async def wait(self) -> None:
         if self._over is None:
