@@ -28,7 +28,7 @@ from trioflow._map import (
     start_record,
     tolerated,
 )
-from trioflow._snapshot import Lane, MapProgress
+from trioflow._snapshot import MapProgress
 
 from . import _lane
 from ._child import cancel_children, waited_on

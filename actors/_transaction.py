@@ -46,10 +46,10 @@ async def forward_in_transaction(run: Run, lane: Callable[[], Awaitable[Any]]) -
     :func:`committed_before_a_crash`).
     """
     ledger = _ledger(run)
-    block = run.driver.transaction()
     try:
+        block = run.driver.transaction()
         await block.__aenter__()
-    except Exception as exc:  # it could not begin (the database locked past its busy timeout, ...)
+    except Exception as exc:  # it could not begin (a pool closed, the database locked past its busy timeout, ...)
         return "failed", exc, None
     run.deferred = True
     try:

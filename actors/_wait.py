@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 import trio
 
+from trioflow._callables import plain_result
 from trioflow._context import WorkflowContext
 from trioflow._decide import not_before_creation, wake_at
 from trioflow._definition import ReceiveStep, Step, WaitStep
@@ -335,20 +336,19 @@ def _rests(run: Run, due: float | None) -> bool:
 def _due(run: Run, step: WaitStep, ctx: WorkflowContext) -> float:
     """The timer's due time in Unix seconds on the engine's clock."""
     if step.seconds is not None:
-        value = seconds(step.seconds(ctx) if callable(step.seconds) else step.seconds)
-        _check_number(step, "seconds", value)
+        value = seconds(plain_result(step.seconds, ctx) if callable(step.seconds) else step.seconds)
+        _check_number(step, "seconds", value, "a finite number of seconds >= 0 or a timedelta")
         return float(run.clock() + value)
     assert step.until is not None
-    value = step.until(ctx) if callable(step.until) else step.until
+    value = plain_result(step.until, ctx) if callable(step.until) else step.until
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise InvalidArgumentError(f"step {step.name!r}: until gave a naive datetime; give an aware one")
         value = unix_seconds(value)
-    _check_number(step, "until", value)
+    _check_number(step, "until", value, "Unix seconds (a finite number >= 0) or an aware datetime")
     return float(value)
 
 
-def _check_number(step: WaitStep, field: str, value: object) -> None:
+def _check_number(step: WaitStep, field: str, value: object, allowed: str) -> None:
     if not in_range(value):
-        raise InvalidArgumentError(
-            f"step {step.name!r}: {field} must give a finite number of seconds >= 0, got {value!r}")
+        raise InvalidArgumentError(f"step {step.name!r}: {field} must give {allowed}, got {value!r}")

@@ -263,6 +263,8 @@ class SQLiteAdapter:
         busy_timeout = seconds(busy_timeout)
         if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or not busy_timeout >= 0:
             raise DatabaseError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
+        if not isinstance(path, (str, os.PathLike)):
+            raise DatabaseError(f"SQLiteAdapter needs the path of a database file (a str or a Path), got {path!r}")
         if os.fspath(path) in ("", ":memory:"):
             # SQLite's names for a temporary or an in-memory database: nothing durable (nor a
             # file to lock) for an engine to resume from.

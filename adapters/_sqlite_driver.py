@@ -39,6 +39,9 @@ class SQLiteDriver:
     """
 
     def __init__(self, path_or_connection: str | os.PathLike[str] | sqlite3.Connection) -> None:
+        if not isinstance(path_or_connection, (str, os.PathLike, sqlite3.Connection)):
+            raise DriverError(
+                f"SQLiteDriver takes the path of a database file or a sqlite3.Connection, got {path_or_connection!r}")
         self._source = path_or_connection
         self._conn: sqlite3.Connection | None = None
         self._columns: dict[str, tuple[list[str], str]] = {}

@@ -13,7 +13,7 @@ import attrs
 
 from ._callables import is_async
 from ._durations import seconds
-from ._errors import DefinitionError
+from ._errors import DefinitionError, InvalidArgumentError, safe_repr
 from ._matching import ErrorMatcher, matcher_tuple
 from ._retry import Retry
 
@@ -330,13 +330,22 @@ class WorkflowDefinition:
         lambda self: any(isinstance(s, (WaitStep, ReceiveStep, ChildStep)) or isinstance(s, TaskStep)
                          and s.retry is not None for s, _ in self.lookup.values()), takes_self=True))
 
-    def check_runs_without_driver(self, how_to_give_one: str) -> None:
-        """Refuse to run a transactional workflow where there is no driver: its forward run is
-        one ``driver.transaction()``, and running it without one would not be atomic, silently."""
-        if self.transactional:
+    def check_driver(self, driver: object, how_to_give_one: str) -> None:
+        """Refuse to run a transactional workflow where there is no driver, or where what was
+        given as one has no ``transaction()``: its forward run is one ``driver.transaction()``,
+        and running it without one would not be atomic, silently. (Any object may be a
+        workflow's ``ctx.driver`` otherwise: its own steps use it.)"""
+        if not self.transactional:
+            return
+        if driver is None:
             raise DefinitionError(
                 f"workflow {self.name!r} is transactional (its forward run is one driver transaction), but there is"
                 f" no driver: pass one to {how_to_give_one}")
+        if not callable(getattr(driver, "transaction", None)):
+            raise InvalidArgumentError(
+                f"workflow {self.name!r} is transactional (its forward run is one driver transaction), but the driver"
+                f" given to {how_to_give_one} has no transaction(): {safe_repr(driver)} (a data driver, such as"
+                " trioflow.adapters.SQLiteDriver(path), has one)")
 
 
 def unbuilt_hint(value: object) -> str:

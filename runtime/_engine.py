@@ -239,8 +239,7 @@ class Engine:
                 " pass replace=True to replace it"
             )
         check_encodable(dict(definition.data), f"the initial data of workflow {definition.name!r}: with_data")
-        if self._driver is None:
-            definition.check_runs_without_driver("open_engine(driver=...)")
+        definition.check_driver(self._driver, "open_engine(driver=...)")
         self._definitions[definition.name] = definition
         self._registered()
         signalled = self._wake_on_register.pop(definition.name, None)
@@ -1739,7 +1738,9 @@ async def open_engine(
     ``adapter`` defaults to a fresh :class:`MemoryAdapter`. At most ``max_running`` instances
     run at once; more wait as ``pending``. With ``resume`` (the default), the instances the
     adapter holds as pending or running when the engine opens are resumed, each when its
-    workflow is registered. Leaving the block stops every
+    workflow is registered; ``resume=False`` holds them back until :meth:`Engine.resume` (those
+    waiting out of memory for a timer or a signal are woken when due either way: waiting is
+    not being in flight). Leaving the block stops every
     actor; running instances stay ``running`` in the adapter for the next engine to resume. The
     ``on_complete``/``on_failed`` hooks of runs that ended, and async event callbacks with the
     events queued for them, are then given up to 30 s to finish (not when the block raised).

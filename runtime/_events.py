@@ -17,6 +17,7 @@ import copy
 import fnmatch
 import inspect
 import logging
+import math
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -152,10 +153,14 @@ class EventBus:
         self._streams.clear()
 
     @asynccontextmanager
-    async def subscribe(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
+    async def subscribe(self, pattern: str, *, buffer: int | float = DEFAULT_BUFFER) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
         """An async iterator of matching events for the duration of the block; it ends when
-        the engine closes. Raises :class:`EngineClosedError` once it has."""
+        the engine closes. Raises :class:`EngineClosedError` once it has. ``buffer``: how many
+        events wait for the reader (an int >= 1, or ``math.inf``) before newer ones are dropped."""
         _check_pattern(pattern)
+        if not (buffer == math.inf or (isinstance(buffer, int) and not isinstance(buffer, bool) and buffer >= 1)):
+            # (0 would drop every event the reader is not parked for at the moment it is sent.)
+            raise InvalidArgumentError(f"buffer must be an int >= 1 or math.inf, got {safe_repr(buffer)}")
         self._check_open()
         send, receive = trio.open_memory_channel[Event](buffer)
         remove = self._add(_Subscriber(pattern, None, send))

@@ -49,8 +49,7 @@ async def execute_workflow(
                     f" (None for none): execute_workflow(None, {driver.name}, input)")
         raise DefinitionError(f"execute_workflow needs a built WorkflowDefinition, got {safe_repr(workflow)}{hint}")
     check_services(services)
-    if driver is None:
-        workflow.check_runs_without_driver("execute_workflow(driver, workflow, ...)")
+    workflow.check_driver(driver, "execute_workflow(driver, workflow, ...)")
     clock = default_clock()
     state = new_state(workflow, instance_id or new_instance_id(), input, clock())
     run = Run(
@@ -76,6 +75,10 @@ async def run_workflow(
     hooks: Mapping[str, Callable[..., Any]] | None = None,
 ) -> WorkflowResult:
     """Build a saga from ``steps`` and execute it at once (``runWorkflow`` in other saga libraries)."""
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, Sequence) \
+            or not all(isinstance(s, TaskStep) for s in steps):
+        raise DefinitionError(
+            f"run_workflow's steps must be a list of steps made by tf.step(name, execute, ...), got {safe_repr(steps)}")
     builder = WorkflowBuilder(name).transactional(use_transaction)
     for s in steps:
         builder.step(s)

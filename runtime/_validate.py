@@ -89,6 +89,10 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
         raise DefinitionError(f"{owner}: a step name must be a non-empty string, got {step.name!r}")
     check_name(owner, "step", step.name)
     label = f"{owner}, step {step.name!r}"
+    if not isinstance(getattr(step, "end", False), bool):
+        # (Truthy or not, anything else would end the lane or not by accident, and the error
+        # would then blame the step after it: "can never be reached".)
+        raise DefinitionError(f"{label}: end takes True or False, got {safe_repr(getattr(step, 'end'))}")
     if step.next is not None and step.end:
         raise DefinitionError(f"{label}: 'next' and 'end' are mutually exclusive")
     if step.next is not None:
@@ -167,7 +171,14 @@ def _check_wait(label: str, step: WaitStep) -> None:
     if (step.seconds is None) == (step.until is None):
         raise DefinitionError(f"{label}: give either 'seconds' or 'until'")
     for field, value in (("seconds", step.seconds), ("until", step.until)):
-        if value is None or callable(value):
+        if value is None:
+            continue
+        if callable(value):
+            if is_async(value):
+                # Worked out in one go, as the step starts waiting, as a choice's condition is:
+                # its coroutine would be taken for the time.
+                raise DefinitionError(f"{label}: {field} {value!r} is an async function; a timer's {field} is a"
+                                      " value or a plain function of ctx (fetch what it needs in a step before)")
             continue
         if not in_range(value):
             allowed = ("a finite number of seconds >= 0, a timedelta, or a callable of ctx" if field == "seconds"
