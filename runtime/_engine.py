@@ -69,13 +69,13 @@ from ._events import EventBus
 from ._jobs import JobRegistry
 from ._children import EngineChildren, ended_badly
 from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, is_signal_name, item_of, parallel_of, valid_text
+from ._map import too_many_failed
 from ._storage_retry import retried
 from ._snapshot import (
     RESUMABLE,
     STATUSES,
     TERMINAL,
     InstanceState,
-    Lane,
     Status,
     WorkflowInstance,
     compensation_errors_by_execution,
@@ -1095,8 +1095,8 @@ class Engine:
                 and state.started_at + definition.timeout <= self._clock() + _DEADLINE_SLACK:
             return True
         ended = {name for _, name, payload in signals if name.startswith(RESERVED_SIGNALS) and ended_badly(payload)}
-        return any(child_ended_signal(child) in ended and _fails_fast(definition, state.lanes[key], key)
-                   for key, child in waited.items())
+        failing = [key for key, child in waited.items() if child_ended_signal(child) in ended]
+        return any(_fails_fast(definition, state, key, failing) for key in failing)
 
     def _run_to_cancel_children(self, run: Run) -> None:
         """A queued parent that now has to cancel its children (see :meth:`_must_cancel_children`)
@@ -2029,10 +2029,12 @@ def _check_same_workflow(instance_id: str, stored: str, asked: str) -> None:
         raise InstanceIdConflictError(f"instance id {instance_id!r} already belongs to workflow {stored!r}")
 
 
-def _fails_fast(definition: WorkflowDefinition, lane: Lane, key: str) -> bool:
-    """Whether the failure of the child step ``lane`` waits in cancels its siblings: it has no
-    catch, and it runs in a branch of a fail-fast parallel step or an item of a fail-fast map
-    step that tolerates no failure."""
+def _fails_fast(definition: WorkflowDefinition, state: InstanceState, key: str, failing: list[str]) -> bool:
+    """Whether the failure of the child step lane ``key`` waits in cancels its siblings: it has
+    no catch, and it runs in a branch of a fail-fast parallel step, or in an item of a fail-fast
+    map step that, with the items of ``failing`` (lanes whose children ended badly) failed too,
+    has more failed items than it tolerates of them (as the map itself counts)."""
+    lane = state.lanes[key]
     found = None if lane.step is None else definition.lookup.get(lane.step)
     if found is None or not isinstance(found[0], ChildStep) or found[0].catch:
         return False
@@ -2040,7 +2042,9 @@ def _fails_fast(definition: WorkflowDefinition, lane: Lane, key: str) -> bool:
     outer = definition.lookup.get(item[0] if item is not None else parallel_of(key) or "")
     if outer is None or not isinstance(outer[0], (ParallelStep, MapStep)) or outer[0].on_error != "fail-fast":
         return False
-    return not isinstance(outer[0], MapStep) or not outer[0].tolerated_failures
+    if not isinstance(outer[0], MapStep):
+        return True
+    return too_many_failed(state, outer[0], key, failing)
 
 
 #: How near its workflow deadline a parent counts as at it (see ``_must_cancel_children``): the
