@@ -91,10 +91,10 @@ def recorded_failure(record: StepResult, step: Step, instance_id: str) -> Record
     if isinstance(step, FailStep) and record.error_name == step.error:
         raised_as, named = FailStepError, True  # (not when working out its cause raised)
     elif isinstance(step, ChildStep):
-        child = f"{ChildWorkflowError.__name__}: child {child_instance_id(instance_id, record.id)!r} of workflow {step.workflow!r} "
-        error = record.error or ""
-        if error.startswith(child):  # its child ended badly (not: its input failed, say)
-            raised_as, named = ChildWorkflowError, error.startswith(f"{child}failed at a fail step: ")
+        child_ended, named = ChildWorkflowError.read_back(record.error or "", child_instance_id(instance_id, record.id),
+                                                          step.workflow)
+        if child_ended:
+            raised_as = ChildWorkflowError
     return RecordedError(record.error or "failed", record.error_name, record.cause, raised_as=raised_as,
                          named_by_workflow=named)
 

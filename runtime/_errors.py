@@ -252,13 +252,32 @@ class ChildWorkflowError(StepError):
     failed with it)."""
 
     def __init__(self, child_id: str, workflow: str, status: str, error: BaseException) -> None:
-        # The marker is part of the record a restart reads back: see ``named_by_workflow``.
-        at = " at a fail step" if isinstance(error, RecordedError) and error.named_by_workflow else ""
-        super().__init__(f"child {child_id!r} of workflow {workflow!r} {status}{at}: {describe_error(error)}")
+        # The marker is part of the record a restart reads back: see :meth:`read_back`.
+        at = _AT_FAIL_STEP if isinstance(error, RecordedError) and error.named_by_workflow else ""
+        super().__init__(f"{_child(child_id, workflow)}{status}{at}: {describe_error(error)}")
         self.child_id = child_id
         self.workflow = workflow
         self.status = status
         self.error = error
+
+    @classmethod
+    def read_back(cls, description: str, child_id: str, workflow: str) -> tuple[bool, bool]:
+        """What a child step's recorded error (``describe_error`` of what the step raised) says
+        once the exception itself went with a restart: whether it was one of these (its child
+        ended badly; not: its input failed, say), and whether the child failed at a fail step
+        (its error then named by the workflow's own text, see ``RecordedError``)."""
+        written = f"{cls.__name__}: {_child(child_id, workflow)}"
+        if not description.startswith(written):
+            return False, False
+        return True, description.startswith(f"{written}failed{_AT_FAIL_STEP}: ")
+
+
+def _child(child_id: str, workflow: str) -> str:
+    return f"child {child_id!r} of workflow {workflow!r} "
+
+
+#: How a :class:`ChildWorkflowError` says its child failed at a fail step.
+_AT_FAIL_STEP = " at a fail step"
 
 
 class ChildCompensationError(TrioflowError):

@@ -32,11 +32,11 @@ PHASES: frozenset[str] = frozenset(get_args(Phase))
 #: its error, ``{"error": name, "cause": message}``.
 HAS_OUTPUT: frozenset[str] = frozenset({"completed", "caught"})
 
-#: Statuses an instance has once its run has ended. It never leaves them, but for one: a child
-#: instance that completed becomes ``compensated`` when its parent compensates it.
-TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "timed_out", "compensated"})
 #: Statuses of instances a resume picks up.
 RESUMABLE: frozenset[str] = frozenset({"pending", "running"})
+#: Statuses an instance has once its run has ended (every other one). It never leaves them, but
+#: for one: a child instance that completed becomes ``compensated`` when its parent compensates it.
+TERMINAL: frozenset[str] = STATUSES - RESUMABLE
 
 #: The compensation errors of an instance with none (shared: see ``InstanceState``).
 NO_ERRORS: Mapping[int, str] = MappingProxyType({})

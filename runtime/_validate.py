@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Sequence
+from typing import get_args
 
 from ._definition import (
     CATCHING,
@@ -13,6 +14,7 @@ from ._definition import (
     ChoiceStep,
     FailStep,
     MapStep,
+    OnError,
     ParallelStep,
     PassStep,
     ReceiveStep,
@@ -236,8 +238,11 @@ def _check_arguments(label: str, what: str, fn: object, arguments: tuple[str, ..
 
 
 def _check_on_error(label: str, on_error: object) -> None:
-    if on_error not in ("fail-fast", "wait-all"):
-        raise DefinitionError(f"{label}: on_error must be 'fail-fast' or 'wait-all', got {on_error!r}")
+    if on_error not in _ON_ERROR:
+        raise DefinitionError(f"{label}: on_error must be {' or '.join(map(repr, _ON_ERROR))}, got {on_error!r}")
+
+
+_ON_ERROR = get_args(OnError)
 
 
 def _check_map(label: str, step: MapStep) -> None:

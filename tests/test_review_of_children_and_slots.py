@@ -806,8 +806,6 @@ async def test_a_signal_at_the_workflow_timeout_of_a_parked_fanout_is_taken_or_r
 @pytest.mark.parametrize("offset", [-0.01, 0.0, 0.01])
 async def test_a_signal_at_a_parked_receive_steps_deadline_gives_the_payload_or_the_timeout(
         autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], offset: float) -> None:
-    log: list[str] = []
-
     def branch(name: str) -> tf.Branch:
         return (tf.branch(name)
                 .receive(f"r-{name}", signal="go", timeout=30.0,

@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 import trioflow as tf
-from trioflow.adapters import Adapter, MemoryAdapter, SQLiteAdapter
+from trioflow.adapters import Adapter, SQLiteAdapter
 
 from storages import engine_on, finish, storage  # noqa: F401  (a fixture)
 
