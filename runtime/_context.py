@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ._codec import as_stored
 from ._errors import InvalidArgumentError, UnknownServiceError, safe_repr
 from ._lanes import enclosing_scope, item_of, item_scope, parallel_of
 from ._snapshot import (
@@ -229,6 +228,8 @@ class WorkflowContext:
             copies = self.copies = {}
         elif key in copies:
             return copies[key]
+        from ._codec import as_stored  # (loaded on first use: a module that only defines workflows imports fast)
+
         copied = copies[key] = as_stored(value, what)
         return copied
 
