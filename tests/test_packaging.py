@@ -64,6 +64,15 @@ def test_import_loads_no_module_only_some_values_need() -> None:
     assert done.stdout.strip() == "[]"
 
 
+def test_import_loads_neither_the_codec_nor_the_engine() -> None:
+    # What runs workflows loads on first use (runtime/__init__.py): a module that only defines
+    # workflows imports fast. (The context once imported the codec for one function.)
+    code = ("import sys; import trioflow\n"
+            "print(sorted({'msgpack', 'trioflow._codec', 'trioflow._engine', 'trioflow.actors'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_decimals_and_uuids_round_trip_in_an_interpreter_that_had_not_loaded_their_modules() -> None:
     import decimal
     import uuid
