@@ -32,9 +32,9 @@ from trioflow._decide import catch_failure, fail_step, failure_named_by_workflow
 from trioflow._definition import Catch, Step, StepFn, WorkflowDefinition
 from trioflow._errors import (
     CheckpointConflictError,
+    RecordedError,
     SnapshotDecodeError,
     StorageUnavailableError,
-    TrioflowError,
     UnencodableValueError,
     describe_error,
     error_cause,
@@ -230,11 +230,6 @@ class Children(Protocol):
         """A child's end notice to its parent is stored: deliver it, or wake the parent, in a
         task of the engine's own (it may read storage)."""
         ...
-
-
-class WorkflowFailedError(TrioflowError):
-    """The recorded error of a run that ended before this process saw the exception itself
-    (a resumed instance): the message is the error as it was stored."""
 
 
 #: What a run's :attr:`Run.end` or :attr:`Run.decided` is once set before anyone waited on it:
@@ -900,7 +895,9 @@ class Run:
         s = copied(self.state) if copy and self.adapter is not None else self.state
         error = self.error
         if error is None and s.error is not None:
-            error = WorkflowFailedError(s.error)
+            # Ended before this process saw the exception itself (a resumed instance's): known
+            # as it was recorded.
+            error = RecordedError(s.error, s.error_name, s.cause)
         return WorkflowResult(
             success=s.status == "completed", status=s.status, instance_id=s.instance_id, data=s.data,
             output=s.output, error=error, failed_step=s.failed_step, compensated_steps=compensated_steps(s),
