@@ -741,8 +741,9 @@ class Engine:
     async def cancel(self, instance_id: str) -> bool:
         """Cancel an unfinished instance: its running step is cancelled, then its completed
         steps are compensated. ``True`` if it is now being cancelled (by this call or an earlier
-        one: a repeated cancel says yes until the instance is over); ``False`` if it is unknown,
-        over, or compensating already (it ends as the failure or timeout that began that).
+        one, before a restart too: a repeated cancel says yes until the instance is over); ``False``
+        if it is unknown, over, or compensating already after a failure or its timeout (it ends
+        as the failure or timeout that began that).
 
         It returns once that decision is stored (a process killed then still compensates the
         instance, with the next engine), or the instance is over, or after
@@ -777,7 +778,10 @@ class Engine:
                     await decided()
             return True
         if run.state.phase != "forward":
-            return False
+            # Going back already: for a cancel stored before (a restart since, say), yes again,
+            # as for one stored in an instance not running here; else it ends as the failure or
+            # timeout that began it.
+            return run.state.outcome == "cancelled"
         run.cancel_requested = True
         if run.cancel_scope is not None:
             run.cancel_scope.cancel()

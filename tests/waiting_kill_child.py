@@ -168,7 +168,8 @@ async def main() -> None:
                 await trio.sleep(0.5)
                 engine.register(kid_workflow())
             if mode == "final":
-                # The user issues the cancels again (those that said yes before the kill say no).
+                # The user issues the cancels again (yes again for those still being cancelled,
+                # no for those over).
                 for iid in IDS:
                     await engine.cancel(iid)
             names = ["parent", "kid"]
