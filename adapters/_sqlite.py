@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import queue
 import sqlite3
@@ -836,9 +837,10 @@ def _run_all(
             if kind == "delete":
                 changes[ops[i][1][0]] = None
             result = _OPS[kind](conn, *ops[i][1])
-            if kind == "due":
+            if kind == "due" and ops[i][1][0] != math.inf:
                 # Woken next: their first checkpoint keeps the status read here, and need not
-                # rewrite it (nor its two index entries).
+                # rewrite it (nor its two index entries). (Not those of a look at when the next
+                # is due, ``before`` unbounded: they may wait for days.)
                 for stored in result:
                     changes[stored.instance_id] = stored.status
             results.append(outcome.Value(result))

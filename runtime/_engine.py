@@ -1139,10 +1139,27 @@ class Engine:
                 await changed.wait()
             while deadlines and deadlines[0][0] <= self._clock() + _DEADLINE_SLACK:
                 entry = heapq.heappop(deadlines)
+                if entry not in self._queued_deadlines_known:
+                    continue  # (its run ended, or left memory, before its deadline)
                 self._queued_deadlines_known.discard(entry)
                 run = self._live.get(entry[1])
                 if run is not None:  # (queued still, or not: it is looked at)
                     self._run_to_cancel_children(run)
+
+    def _forget_queued_deadline(self, run: Run) -> None:
+        """A run that was queued with a deadline to watch (see :meth:`_queue`) ends, or leaves
+        memory: its deadline is no longer watched here (a workflow timeout of days would
+        otherwise keep an entry for each such parent until then). The heap drops what it holds
+        of such runs as it pops them, and all of it once that is most of it."""
+        timeout, started_at = run.definition.timeout, run.state.started_at
+        known = self._queued_deadlines_known
+        if timeout is None or started_at is None or not known:
+            return
+        known.discard((started_at + timeout, run.state.instance_id))
+        deadlines = self._queued_deadlines
+        if len(deadlines) > 2 * len(known) + _STALE_DEADLINES:
+            deadlines[:] = [entry for entry in deadlines if entry in known]
+            heapq.heapify(deadlines)
 
     def _readable(self, record: StoredInstance) -> bool:
         try:
@@ -1439,6 +1456,7 @@ class Engine:
                       extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
         finally:
             self._live.pop(state.instance_id, None)
+            self._forget_queued_deadline(run)
             # Rows read before this run ended may hold it as it stood before: reads in flight
             # learn of it, and a row waiting to be resumed from is out of date.
             self._ends.ended(state.instance_id)
@@ -2051,6 +2069,9 @@ def _fails_fast(definition: WorkflowDefinition, state: InstanceState, key: str, 
     return too_many_failed(state, outer[0], key, failing)
 
 
+#: How many entries of runs that ended the heap of queued parents' deadlines may keep beyond
+#: twice those it watches (see ``Engine._forget_queued_deadline``).
+_STALE_DEADLINES = 64
 #: How near its workflow deadline a parent counts as at it (see ``_must_cancel_children``): the
 #: engine's clock, read as the deadline comes, may be a float's rounding before it.
 _DEADLINE_SLACK = 0.001
