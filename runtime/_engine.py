@@ -707,7 +707,14 @@ class Engine:
                 if instance_id not in self._live:
                     self._check_open()  # closed while storage was read: nobody would set it
                     event = self._next_run.setdefault(instance_id, trio.Event())
-                    await event.wait()
+                    try:
+                        await event.wait()
+                    finally:
+                        if not event.is_set() and not event.statistics().tasks_waiting \
+                                and self._next_run.get(instance_id) is event:
+                            # Its last caller gave up (an HTTP handler's timeout, say): nothing is
+                            # kept for an instance that may wait for days.
+                            del self._next_run[instance_id]
                     self._check_stopped(instance_id)
                 continue
             if instance.status not in TERMINAL:
