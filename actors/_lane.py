@@ -7,19 +7,16 @@ from typing import Any
 
 import trio
 
-from trioflow._callables import plain_result
 from trioflow._context import ItemPlace, WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._decide import (
     branch_keys,
-    choose,
     complete_step,
-    fresh_copy,
+    decide_flow_step,
     inner_lanes,
     new_execution,
     next_of,
     open_branches,
-    passed_on,
     parallel_output,
     progress,
     recorded_failure,
@@ -27,20 +24,15 @@ from trioflow._decide import (
 from trioflow._definition import (
     Branch,
     ChildStep,
-    ChoiceStep,
-    FailStep,
     MapStep,
     ParallelStep,
-    PassStep,
     ReceiveStep,
     Step,
-    SucceedStep,
     TaskStep,
     WaitStep,
 )
 from trioflow._errors import (
     BranchError,
-    FailStepError,
     ParallelError,
     UnencodableValueError,
 )
@@ -130,7 +122,10 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             elif isinstance(step, ChildStep):
                 output, target = await run_child(run, step, lane_key, lane, ctx), next_of(step)
             else:
-                output, passes, target = _decide_step(step, state, lane, ctx)
+                try:
+                    output, passes, target = decide_flow_step(step, state, lane, ctx)
+                except Exception as exc:  # (a fail step's own, or what its callables raised)
+                    raise StepFailure(name, exc, 1) from exc
             record = new_execution(
                 state, lane_key, name, "completed", output=output, input=data, input_is_workflow_input=uses_input,
                 passes=passes, attempts=attempts, started_at=started_at, now=run.clock(),
@@ -207,33 +202,6 @@ def _failed_step_of(
             break
         key, lane = first.lane, inner
     return step.name
-
-
-def _decide_step(
-    step: ChoiceStep | PassStep | SucceedStep | FailStep, state: InstanceState, lane: Lane, ctx: WorkflowContext,
-) -> tuple[Any, int | None, str | None]:
-    """A step that runs no job: ``(output, seq of the record whose output it passes on, next
-    step)``; raises :class:`StepFailure` when it fails (a fail step always does)."""
-    try:
-        if isinstance(step, FailStep):
-            cause = plain_result(step.cause, ctx) if callable(step.cause) else step.cause
-            raise StepFailure(step.name, FailStepError(step.error, str(cause)), 1)
-        if isinstance(step, ChoiceStep):
-            # Passes the lane's last output on: stored as a reference to the record that holds it.
-            return (*passed_on(state, lane, ctx.lane, ctx.item), choose(step, ctx))
-        if isinstance(step, SucceedStep):
-            if not step.has_output:
-                return (*passed_on(state, lane, ctx.lane, ctx.item), None)
-            # A value given with the definition is copied: every run gets its own.
-            return (plain_result(step.output, ctx) if callable(step.output) else fresh_copy(step.output)), None, None
-        if step.transform is None and not step.has_result:
-            return (*passed_on(state, lane, ctx.lane, ctx.item), next_of(step))
-        output = plain_result(step.transform, ctx) if step.transform is not None else fresh_copy(step.result)
-        return output, None, next_of(step)
-    except StepFailure:
-        raise
-    except Exception as exc:
-        raise StepFailure(step.name, exc, 1) from exc
 
 
 async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> dict[str, Any]:

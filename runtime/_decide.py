@@ -12,7 +12,8 @@ from typing import Any
 
 from ._callables import plain_result
 from ._definition import (
-    CATCHING, Catch, ChildStep, ChoiceStep, FailStep, MapStep, ParallelStep, Step, TaskStep, WorkflowDefinition,
+    CATCHING, Catch, ChildStep, ChoiceStep, FailStep, MapStep, ParallelStep, PassStep, Step, SucceedStep, TaskStep,
+    WorkflowDefinition,
 )
 from ._errors import (
     ChildWorkflowError, FailStepError, NoChoiceMatchedError, RecordedError, describe_error, error_cause, error_name,
@@ -132,6 +133,30 @@ def choose(step: ChoiceStep, ctx: Any) -> str:
     if step.default is None:
         raise NoChoiceMatchedError(step.name)
     return step.default
+
+
+def decide_flow_step(
+    step: ChoiceStep | PassStep | SucceedStep | FailStep, state: InstanceState, lane: Lane, ctx: Any,
+) -> tuple[Any, int | None, str | None]:
+    """A step that runs no job, decided in one go from what the run holds: ``(output, seq of the
+    record whose output it passes on, next step)``. Raises what fails it: a fail step's
+    :class:`FailStepError`, or what one of its callables raised (the run records it as the
+    step's failure)."""
+    if isinstance(step, FailStep):
+        cause = plain_result(step.cause, ctx) if callable(step.cause) else step.cause
+        raise FailStepError(step.error, str(cause))
+    if isinstance(step, ChoiceStep):
+        # Passes the lane's last output on: stored as a reference to the record that holds it.
+        return (*passed_on(state, lane, ctx.lane, ctx.item), choose(step, ctx))
+    if isinstance(step, SucceedStep):
+        if not step.has_output:
+            return (*passed_on(state, lane, ctx.lane, ctx.item), None)
+        # A value given with the definition is copied: every run gets its own.
+        return (plain_result(step.output, ctx) if callable(step.output) else fresh_copy(step.output)), None, None
+    if step.transform is None and not step.has_result:
+        return (*passed_on(state, lane, ctx.lane, ctx.item), next_of(step))
+    output = plain_result(step.transform, ctx) if step.transform is not None else fresh_copy(step.result)
+    return output, None, next_of(step)
 
 
 def next_execution_id(state: InstanceState, lane_key: str, step_name: str) -> str:
