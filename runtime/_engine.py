@@ -76,6 +76,7 @@ from ._snapshot import (
     STATUSES,
     TERMINAL,
     InstanceState,
+    Lane,
     Status,
     WorkflowInstance,
     compensation_errors_by_execution,
@@ -1106,7 +1107,9 @@ class Engine:
                 and state.started_at + definition.timeout <= self._clock() + _DEADLINE_SLACK:
             return True
         ended = {name for _, name, payload in signals if name.startswith(RESERVED_SIGNALS) and ended_badly(payload)}
-        failing = [key for key, child in waited.items() if child_ended_signal(child) in ended]
+        # (A failure a catch of its child step may take fails no item: it counts for nothing.)
+        failing = [key for key, child in waited.items()
+                   if child_ended_signal(child) in ended and _uncaught_child_step(definition, state.lanes[key])]
         return any(_fails_fast(definition, state, key, failing) for key in failing)
 
     def _run_to_cancel_children(self, run: Run) -> None:
@@ -2058,14 +2061,18 @@ def _check_same_workflow(instance_id: str, stored: str, asked: str) -> None:
         raise InstanceIdConflictError(f"instance id {instance_id!r} already belongs to workflow {stored!r}")
 
 
+def _uncaught_child_step(definition: WorkflowDefinition, lane: Lane) -> bool:
+    """Whether ``lane`` stands at a child step with no catch (its child's failure fails it)."""
+    found = None if lane.step is None else definition.lookup.get(lane.step)
+    return found is not None and isinstance(found[0], ChildStep) and not found[0].catch
+
+
 def _fails_fast(definition: WorkflowDefinition, state: InstanceState, key: str, failing: list[str]) -> bool:
     """Whether the failure of the child step lane ``key`` waits in cancels its siblings: it has
     no catch, and it runs in a branch of a fail-fast parallel step, or in an item of a fail-fast
     map step that, with the items of ``failing`` (lanes whose children ended badly) failed too,
     has more failed items than it tolerates of them (as the map itself counts)."""
-    lane = state.lanes[key]
-    found = None if lane.step is None else definition.lookup.get(lane.step)
-    if found is None or not isinstance(found[0], ChildStep) or found[0].catch:
+    if not _uncaught_child_step(definition, state.lanes[key]):
         return False
     item = item_of(key)
     outer = definition.lookup.get(item[0] if item is not None else parallel_of(key) or "")

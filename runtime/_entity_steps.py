@@ -34,9 +34,11 @@ Fn = Callable[[WorkflowContext], Mapping[str, Any] | Awaitable[Mapping[str, Any]
 def _driver(ctx: WorkflowContext, step: str) -> Driver:
     if ctx.driver is None:
         raise DriverError(f"step {step!r} needs a data driver: pass driver= to execute_workflow or open_engine")
-    if not isinstance(ctx.driver, Driver):  # (any object may be given as ctx.driver, for a workflow's own steps)
-        raise DriverError(f"step {step!r} needs a data driver (trioflow.adapters.Driver), and the one given is not:"
-                          f" {safe_repr(ctx.driver)}")
+    if not callable(getattr(ctx.driver, "transaction", None)):
+        # (Any object may be given as ctx.driver, for a workflow's own steps; every entity step
+        # writes in a transaction of the driver's.)
+        raise DriverError(f"step {step!r} needs a data driver (trioflow.adapters.Driver), and the one given has no"
+                          f" transaction(): {safe_repr(ctx.driver)}")
     driver: Driver = ctx.driver
     return driver
 
