@@ -890,6 +890,14 @@ class Run:
         else:
             await self.hook(name, self.result())
 
+    def _duration(self, s: InstanceState) -> float:
+        """How long the run took: in an engine, from its start to its end as stored (a run that
+        waited out of memory, or was resumed after a crash, was taken up more than once); else
+        since this run began."""
+        if self.adapter is not None and s.started_at is not None and s.completed_at is not None:
+            return float(s.completed_at - s.started_at)
+        return float(trio.current_time() - self.started)
+
     def result(self, *, copy: bool = False) -> WorkflowResult:
         """The outcome of a finished run (``copy``: holding none of the run's own values)."""
         s = copied(self.state) if copy and self.adapter is not None else self.state
@@ -903,7 +911,7 @@ class Run:
             output=s.output, error=error, failed_step=s.failed_step, compensated_steps=compensated_steps(s),
             compensation_errors=compensation_errors(s),
             compensation_errors_by_execution=compensation_errors_by_execution(s), rolled_back=s.rolled_back,
-            duration=trio.current_time() - self.started,
+            duration=self._duration(s),
             metadata=metadata_of(s), error_name=s.error_name, cause=s.cause,
         )
 

@@ -1121,13 +1121,12 @@ class Engine:
             self._launch(run)
 
     def _queue(self, run: Run) -> None:
-        """Queue a run for a slot; a parent with a workflow timeout that waits on children is
-        watched, to leave the queue at its deadline (:meth:`_run_to_cancel_children`)."""
+        """Queue a run for a slot; one with a workflow timeout that has started is watched, to
+        leave the queue at its deadline (see :meth:`_watch_queued_deadlines`)."""
         self._waiting.append(run)
         self._children.slot_wanted()
         state, timeout = run.state, run.definition.timeout
-        if timeout is None or state.started_at is None or self._closed or self._actors_stopped or not any(
-                lane.waiting is not None and "child" in lane.waiting for lane in state.lanes.values()):
+        if timeout is None or state.started_at is None or self._closed or self._actors_stopped:
             return
         entry = (state.started_at + timeout, state.instance_id)
         if entry in self._queued_deadlines_known:
@@ -1153,8 +1152,13 @@ class Engine:
                     continue  # (its run ended, or left memory, before its deadline)
                 self._queued_deadlines_known.discard(entry)
                 run = self._live.get(entry[1])
-                if run is not None:  # (queued still, or not: it is looked at)
-                    self._run_to_cancel_children(run)
+                if run is not None and run in self._waiting and not (self._closed or self._actors_stopped):
+                    # Its workflow timeout came while it waited for a slot (resumed, or taken up
+                    # from storage, behind others): it runs at once, taking no slot of its own,
+                    # as a cancelled instance does, to end timed_out then (compensating what it
+                    # completed, cancelling its children), not once a slot frees.
+                    self._waiting.remove(run)
+                    self._launch(run)
 
     def _forget_queued_deadline(self, run: Run) -> None:
         """A run that was queued with a deadline to watch (see :meth:`_queue`) ends, or leaves
