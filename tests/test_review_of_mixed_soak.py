@@ -40,6 +40,8 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import open_test_engine, virtual_wall_clock
 
+from soak_peeks import held_at_kills
+
 CHILD = str(Path(__file__).with_name("mixed_soak_child.py"))
 TERMINAL = {"completed", "failed", "cancelled", "timed_out", "compensated"}
 #: Steps with a job (the others are receives, waits, choices, passes, children, fan-outs).
@@ -439,23 +441,9 @@ def check_soak(n: int, summary: dict[str, Any], peeks: list[dict[str, Any]], log
             problem(f"{iid} compensation errors {inst['compensation_errors']}")
 
     # -- what storage held at each kill is where the instance went on from -------------------------------
-    def same(r: dict[str, Any]) -> tuple[Any, ...]:
-        # a record is never rewritten; its view says "compensated" once its compensation ran
-        return (r["id"], "completed" if r["status"] == "compensated" else r["status"], r["output"], r["attempts"])
-
-    for gen, stored in enumerate(peeks):
-        for iid, then in stored.items():
-            now = summary.get(iid)
-            if now is None:
-                problem(f"{iid}, stored at the kill of generation {gen - 1}, is gone")
-                continue
-            if [same(r) for r in then["history"]] != [same(r) for r in now["history"][:len(then["history"])]]:
-                problem(f"{iid}: its records at the kill of generation {gen - 1} are not where its history begins")
-            if then["status"] in TERMINAL and then["status"] != now["status"] and not (
-                    then["status"] == "completed" and now["status"] == "compensated" and now["parent_id"]):
-                problem(f"{iid} was {then['status']} at the kill of generation {gen - 1}, then {now['status']}")
-            if then["status"] in TERMINAL and len(then["history"]) != len(now["history"]):
-                problem(f"{iid} ended ({then['status']}) by generation {gen - 1}, and recorded more after")
+    for gen, iid, then, now in held_at_kills(peeks, summary, problem):
+        if then["status"] in TERMINAL and len(then["history"]) != len(now["history"]):
+            problem(f"{iid} ended ({then['status']}) by generation {gen - 1}, and recorded more after")
 
     for iid, inst in summary.items():
         ends: collections.Counter[str] = collections.Counter()

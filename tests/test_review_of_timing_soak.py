@@ -53,6 +53,8 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import open_test_engine, virtual_wall_clock
 
+from soak_peeks import held_at_kills
+
 CHILD = str(Path(__file__).with_name("timing_soak_child.py"))
 _spec = importlib.util.spec_from_file_location("timing_soak_child", CHILD)
 assert _spec is not None and _spec.loader is not None
@@ -670,32 +672,19 @@ def check_soak(seed: int, summary: dict[str, Any], peeks: list[dict[str, Any]], 
                         f" {attempt - 1} there")
 
     # -- what storage held at each kill is where the instance went on from -----------------------------
-    def same(r: dict[str, Any]) -> tuple[Any, ...]:
-        return (r["id"], "completed" if r["status"] == "compensated" else r["status"], r["output"], r["attempts"])
-
-    for gen, held in enumerate(peeks):
-        for iid, then in held.items():
-            now = summary.get(iid)
-            if now is None:
-                problem(f"{iid}, stored at the kill of gen {gen - 1}, is gone")
-                continue
-            if [same(r) for r in then["history"]] != [same(r) for r in now["history"][:len(then["history"])]]:
-                problem(f"{iid}: its records at the kill of gen {gen - 1} are not where its history begins")
-            if then["status"] in TERMINAL and then["status"] != now["status"] and not (
-                    then["status"] == "completed" and now["status"] == "compensated" and now["parent_id"]):
-                problem(f"{iid} was {then['status']} at the kill of gen {gen - 1}, then {now['status']}")
-            for r in then["history"]:
-                if r["status"] == "compensated" or r["compensation_error"]:
-                    later = next((x for x in now["history"] if x["id"] == r["id"] and x["status"] != "started"), None)
-                    if later is None or (later["status"], later["compensation_error"]) != (r["status"],
-                                                                                        r["compensation_error"]):
-                        problem(f"{iid} {r['id']} was {r['status']} {r['compensation_error']} at the kill of gen"
-                                f" {gen - 1}, then {later and (later['status'], later['compensation_error'])}")
-            if then["status"] == "running" and then["started_at"] is not None and \
-                    now["started_at"] != then["started_at"]:
-                # "a listing by status and a workflow timeout (counted from then) hold across a restart"
-                problem(f"{iid} started_at {then['started_at']} at the kill of gen {gen - 1}, then"
-                        f" {now['started_at']}")
+    for gen, iid, then, now in held_at_kills(peeks, summary, problem):
+        for r in then["history"]:
+            if r["status"] == "compensated" or r["compensation_error"]:
+                later = next((x for x in now["history"] if x["id"] == r["id"] and x["status"] != "started"), None)
+                if later is None or (later["status"], later["compensation_error"]) != (r["status"],
+                                                                                    r["compensation_error"]):
+                    problem(f"{iid} {r['id']} was {r['status']} {r['compensation_error']} at the kill of gen"
+                            f" {gen - 1}, then {later and (later['status'], later['compensation_error'])}")
+        if then["status"] == "running" and then["started_at"] is not None and \
+                now["started_at"] != then["started_at"]:
+            # "a listing by status and a workflow timeout (counted from then) hold across a restart"
+            problem(f"{iid} started_at {then['started_at']} at the kill of gen {gen - 1}, then"
+                    f" {now['started_at']}")
 
     assert not problems, f"{story}: {len(problems)} problems, e.g.\n" + "\n".join(problems[:30])
     # The soak proved something: executions ran in more than one process, and the chosen kills came.

@@ -154,6 +154,20 @@ def _planned_cancel(iid: str) -> bool:
     return top in INPUTS and INPUTS[top]["cancel"] is not None
 
 
+async def _nap(ctx: tf.WorkflowContext, nap: Any, where: tuple[str, str, str, int], hang: bool = False) -> None:
+    """A job's work: ``nap(ctx)`` seconds (a short random time if none; 30 s more if it hangs).
+    A cut (a cancel, a timeout) is logged, and kills the process unless a cancel was planned."""
+    try:
+        if hang:
+            await trio.sleep(30)
+        await trio.sleep(nap(ctx) if nap is not None else random.uniform(0.0, 0.08))
+    except trio.Cancelled:
+        log("cut", GEN, *where)
+        if not _planned_cancel(where[0]):
+            die("cut")
+        raise
+
+
 def job(step: str, behave: Any = None, nap: Any = None) -> Any:
     """A job that logs; ``behave(ctx, attempt)`` says "ok", "fail", "fatal" or "hang"."""
     async def run(ctx: tf.WorkflowContext) -> str:
@@ -161,15 +175,7 @@ def job(step: str, behave: Any = None, nap: Any = None) -> Any:
         iid, exe, attempt = info.instance_id, info.execution_id, info.attempt
         log("call", GEN, iid, exe, step, attempt)
         how = behave(ctx, attempt) if behave is not None else "ok"
-        try:
-            if how == "hang":
-                await trio.sleep(30)
-            await trio.sleep(nap(ctx) if nap is not None else random.uniform(0.0, 0.08))
-        except trio.Cancelled:
-            log("cut", GEN, iid, exe, step, attempt)
-            if not _planned_cancel(iid):
-                die("cut")
-            raise
+        await _nap(ctx, nap, (iid, exe, step, attempt), hang=how == "hang")
         if how in ("fail", "fatal"):
             log("end", GEN, iid, exe, step, attempt, how)
             raise (Flaky if how == "fail" else Fatal)(f"{step} attempt {attempt}")
@@ -341,13 +347,7 @@ def data_job(step: str, sees: int | None, sets: int, nap: Any = None) -> Any:
         log("call", GEN, iid, exe, step, attempt)
         log("data", GEN, iid, exe, json.dumps(ctx.get("k")), json.dumps(sees))
         ctx.set("k", sets)
-        try:
-            await trio.sleep(nap(ctx) if nap is not None else random.uniform(0.0, 0.08))
-        except trio.Cancelled:
-            log("cut", GEN, iid, exe, step, attempt)
-            if not _planned_cancel(iid):
-                die("cut")
-            raise
+        await _nap(ctx, nap, (iid, exe, step, attempt))
         log("end", GEN, iid, exe, step, attempt, "ok")
         return f"{iid}|{exe}|{attempt}|{GEN}"
     return run
