@@ -250,7 +250,7 @@ class Run:
         "cancel_requested", "error", "stored_status", "started", "end", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
-        "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "unheld",
+        "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "unheld", "unpublished",
     )
 
     def __init__(
@@ -341,6 +341,9 @@ class Run:
         self.fired_data: bytes | None = None
         #: Set once the checkpoint :meth:`store_fired` makes is over (``None``: none in flight).
         self.storing: trio.Event | None = None
+        #: Events about a step whose completion the next checkpoint stores, published once it
+        #: is stored (see :meth:`emit_once_stored`); ``None``: none.
+        self.unpublished: list[tuple[str, str, dict[str, Any]]] | None = None
         #: The engine, for child steps (``None``: no engine, as in ``execute_workflow``).
         self.children = children
         self.has_hooks = definition.has_hooks
@@ -722,6 +725,8 @@ class Run:
             # shared data that cannot be stored: the checkpoint stores the data without it, and
             # leaves it to that step, which is checked as it ends.
             header, records, first_seq, start, consumed = take_changes_holding(s)
+        # The events about what this checkpoint stores go out once it is stored.
+        to_publish, self.unpublished = self.unpublished, None
         status = s.status
         # Only a checkpoint that consumes signals passes ``consumed``, and only one of an
         # instance that waits (or did) passes ``wake_at``: adapters written before either
@@ -774,6 +779,9 @@ class Run:
         self.stored_status = status
         self.stored_wake_at = wake
         self.woken = False  # (storage no longer holds the wake-up: later timers are stored as they fire)
+        if to_publish is not None:
+            for name, lane, payload in to_publish:
+                self.emit(name, lane, **payload)
         if notify is not None and self.children is not None \
                 and not self.children.deliver_notice(*notify[:2], notice_seq, notify[2]):
             # Beside the run: waking the parent may read storage, and is not this run's work.
@@ -848,6 +856,18 @@ class Run:
         if state.parent_id is not None:  # a child workflow's: its parent, for following a family
             payload["parent_id"] = state.parent_id
         self.bus.emit(name, payload)
+
+    def emit_once_stored(self, name: str, lane: str = MAIN, **payload: Any) -> None:
+        """Publish an event about a step whose completion is staged and not stored yet (the main
+        line's last, stored by the instance's terminal checkpoint) once the next checkpoint has
+        stored it: a crash before that publishes nothing, and the restart that runs the step
+        again publishes it once. Inside a transaction (checkpoints wait for its commit), now."""
+        if self.deferred:
+            self.emit(name, lane, **payload)
+        elif self.unpublished is None:
+            self.unpublished = [(name, lane, payload)]
+        else:
+            self.unpublished.append((name, lane, payload))
 
     async def hook(self, name: str, *args: Any) -> None:
         """Call a lifecycle hook, bounded by :data:`HOOK_TIMEOUT`; one that raises or overruns
