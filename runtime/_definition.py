@@ -329,6 +329,11 @@ class WorkflowDefinition:
     waits: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
         lambda self: any(isinstance(s, (WaitStep, ReceiveStep, ChildStep)) or isinstance(s, TaskStep)
                          and s.retry is not None for s, _ in self.lookup.values()), takes_self=True))
+    #: Whether a parallel or map step runs inside another, worked out once: only then can a
+    #: child's completion (ending an inner fan-out that failed) fail the fan-out around it.
+    nested_fanouts: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
+        lambda self: any(isinstance(s, (ParallelStep, MapStep)) and lane != "" for s, lane in self.lookup.values()),
+        takes_self=True))
 
     def check_driver(self, driver: object, how_to_give_one: str) -> None:
         """Refuse to run a transactional workflow where there is no driver, or where what was

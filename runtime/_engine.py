@@ -46,7 +46,7 @@ from ._context import check_services
 from ._current import check_in_trio, lane_of_caller
 from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, wake_at
 from ._ids import CreationTimes, new_instance_id
-from ._definition import ChildStep, MapStep, ParallelStep, WorkflowDefinition, unbuilt_hint
+from ._definition import WorkflowDefinition, unbuilt_hint
 from ._durations import Seconds, in_range, seconds, unix_seconds
 from ._errors import (
     DefinitionError,
@@ -68,15 +68,14 @@ from ._errors import (
 from ._events import EventBus
 from ._jobs import JobRegistry
 from ._children import EngineChildren, ended_badly
-from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, is_signal_name, item_of, parallel_of, valid_text
-from ._map import too_many_failed
+from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, is_signal_name, valid_text
+from ._fanout_ends import fails_a_fail_fast_fanout, lane_ends
 from ._storage_retry import retried
 from ._snapshot import (
     RESUMABLE,
     STATUSES,
     TERMINAL,
     InstanceState,
-    Lane,
     Status,
     WorkflowInstance,
     compensation_errors_by_execution,
@@ -1092,9 +1091,10 @@ class Engine:
         self, state: InstanceState, definition: WorkflowDefinition, signals: Iterable[tuple[int, str, Any]],
     ) -> bool:
         """Whether a parent taken up here has to run at once, without a slot of its own, to
-        cancel children it waits on: its workflow timeout came, or one of them ended other than
-        completed in a fail-fast parallel or map step that no catch of its child step may route
-        on (the others are cancelled then). Waiting for a slot, it could wait behind its own
+        cancel children it waits on: its workflow timeout came, or the ends of some make a
+        fail-fast parallel or map step fail (see :mod:`trioflow._fanout_ends`: one that ended
+        other than completed in it, at a child step no catch of which may route on, or one
+        that ended a fan-out nested in it that then failed); the others are cancelled then. Waiting for a slot, it could wait behind its own
         family for ever: a child, or a child's child, holding the slot and never ending. (A
         cancelled instance starts at once the same way: see :meth:`_starts_to_cancel`.) A parent
         whose failure a catch may take, or that waits for every item or branch, waits for a slot
@@ -1106,11 +1106,12 @@ class Engine:
         if definition.timeout is not None and state.started_at is not None \
                 and state.started_at + definition.timeout <= self._clock() + _DEADLINE_SLACK:
             return True
-        ended = {name for _, name, payload in signals if name.startswith(RESERVED_SIGNALS) and ended_badly(payload)}
-        # (A failure a catch of its child step may take fails no item: it counts for nothing.)
-        failing = [key for key, child in waited.items()
-                   if child_ended_signal(child) in ended and _uncaught_child_step(definition, state.lanes[key])]
-        return any(_fails_fast(definition, state, key, failing) for key in failing)
+        ended = {name: ended_badly(payload) for _, name, payload in signals if name.startswith(RESERVED_SIGNALS)}
+        # How each lane whose child ended goes: failed, completed, or on (a failure a catch of
+        # its child step may take fails nothing: it counts for nothing).
+        ends = {key: how for key, child in waited.items() if (notice := child_ended_signal(child)) in ended
+                and (how := lane_ends(definition, state.lanes[key], ended[notice])) is not None}
+        return fails_a_fail_fast_fanout(definition, state, ends)
 
     def _run_to_cancel_children(self, run: Run) -> None:
         """A queued parent that now has to cancel its children (see :meth:`_must_cancel_children`)
@@ -2063,28 +2064,6 @@ def _check_listing(workflow_name: object, status: object, limit: object, after: 
 def _check_same_workflow(instance_id: str, stored: str, asked: str) -> None:
     if stored != asked:
         raise InstanceIdConflictError(f"instance id {instance_id!r} already belongs to workflow {stored!r}")
-
-
-def _uncaught_child_step(definition: WorkflowDefinition, lane: Lane) -> bool:
-    """Whether ``lane`` stands at a child step with no catch (its child's failure fails it)."""
-    found = None if lane.step is None else definition.lookup.get(lane.step)
-    return found is not None and isinstance(found[0], ChildStep) and not found[0].catch
-
-
-def _fails_fast(definition: WorkflowDefinition, state: InstanceState, key: str, failing: list[str]) -> bool:
-    """Whether the failure of the child step lane ``key`` waits in cancels its siblings: it has
-    no catch, and it runs in a branch of a fail-fast parallel step, or in an item of a fail-fast
-    map step that, with the items of ``failing`` (lanes whose children ended badly) failed too,
-    has more failed items than it tolerates of them (as the map itself counts)."""
-    if not _uncaught_child_step(definition, state.lanes[key]):
-        return False
-    item = item_of(key)
-    outer = definition.lookup.get(item[0] if item is not None else parallel_of(key) or "")
-    if outer is None or not isinstance(outer[0], (ParallelStep, MapStep)) or outer[0].on_error != "fail-fast":
-        return False
-    if not isinstance(outer[0], MapStep):
-        return True
-    return too_many_failed(state, outer[0], key, failing)
 
 
 #: How many entries of runs that ended the heap of queued parents' deadlines may keep beyond

@@ -11,7 +11,7 @@ items have, so the header stays small however many items there are.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ._decide import new_execution, recorded_failure
@@ -142,21 +142,6 @@ def failed_items(state: InstanceState, step: MapStep, lane: Lane, scope: str) ->
     assert progress is not None
     return [(index, record) for index, record in sorted(final_records(state, step, lane, scope).items())
             if record.status == "failed" and progress.has_ended(index)]
-
-
-def too_many_failed(state: InstanceState, step: MapStep, item: str, failing: Iterable[str]) -> bool:
-    """Whether the map step ``step``, whose item lane ``item`` is, has more failed items than it
-    tolerates of them once those of the lanes ``failing`` have failed too, besides those its
-    progress counts already. (For a parent taken up from storage with its children's end
-    notices not yet consumed: the items they end are not counted yet.)"""
-    items = item_lanes(step.name, enclosing_scope(item))
-    more = sum(1 for key in failing if (found := item_of(key)) is not None
-               and item_lanes(found[0], enclosing_scope(key)) == items)
-    for key, lane in state.lanes.items():
-        progress = lane.fanout
-        if progress is not None and lane.step == step.name and item_lanes(step.name, item_scope(key)) == items:
-            return progress.failed + more > tolerated(step, progress.count)
-    return True  # (no progress to count by: as a map that tolerates nothing)
 
 
 def tolerated(step: MapStep, count: int) -> int:

@@ -4,8 +4,8 @@ up, SQLite's due(inf), input checks, the lazy codec import and RecordedError res
 
 Two failed on the changes reviewed, both fixed: a child's failure that a catch takes counted
 against its map's tolerance (its parent then ran past ``max_running``), and entity steps
-refused a driver with only the methods they use. A third shows an older gap, documented and
-marked as such (xfail, strict)."""
+refused a driver with only the methods they use. A third showed an older gap, fixed since
+(a wait-all step nested in a fail-fast one, failed by a child's completion)."""
 
 from __future__ import annotations
 
@@ -232,16 +232,18 @@ async def test_fail_fast_map_of_children_of_children(
     assert all(at <= max(failed_at) for at in finished), (finished, failed_at)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap, documented in docs/fanout.md: a wait-all step nested in a"
-                   " fail-fast one, failed by its last child's end, does not make its parent run at once")
 async def test_fail_fast_parallel_failing_through_a_nested_wait_all_map(
         autojump_clock: trio.testing.MockClock) -> None:
     """A fail-fast parallel: branch A holds a wait-all map of two children (one fails at t=10,
     the other completes at t=20: the map, so branch A, fails then), branch B a child of 5000 s.
-    With max_running=1 the parent, woken at t=10 for the failure (not urgent: wait-all), queues
-    behind B's child; the completed end at t=20 that fails branch A is not looked at, and B's
-    child, which the fail-fast parallel should cancel, runs to its end: behind its own family
-    'for ever' had it hung. (Pre-existing: the same before cd4af4f.)"""
+    With max_running=3 the three children run; two hogs started next queue for a slot. At t=10
+    the failure frees a slot, which the first hog takes, and wakes the parent (not urgent:
+    wait-all), which queues behind the second. At t=20 the completion that fails the map,
+    and so branch A, frees a slot for the second hog; the parent must run at once, in its
+    children's slots, to cancel B's child: queued, it would wait for B's child's end (or a
+    hog's) 'for ever'. (A known gap until 2026-12-05: a completion was not looked at. The
+    first version of this test, max_running=1 and no hogs, ran B's child first, alone: no
+    parent could cancel it before A's children even ran.)"""
     ran_on: list[float] = []
 
     async def work(ctx: Any) -> Any:
@@ -254,17 +256,25 @@ async def test_fail_fast_parallel_failing_through_a_nested_wait_all_map(
         return t
 
     kid = tf.workflow("kid").step("w", work).build()
+    hog = tf.workflow("hog").step("h", work).build()
     inner = tf.branch("A").map("m", items=lambda ctx: [(10, True), (20, False)], on_error="wait-all",
                                branch=tf.branch("mb").child("c", workflow="kid").build()).build()
     other = tf.branch("B").child("long", workflow="kid", input=lambda ctx: (5000, False)).build()
     parent = tf.workflow("p").parallel("par", branches=[inner, other]).build()
-    async with open_test_engine(adapter=MemoryAdapter(), clock=virtual_wall_clock(), max_running=1) as eng:
-        eng.register(parent)
-        eng.register(kid)
-        done = await finish(eng, await eng.start("p"))
+    async with open_test_engine(adapter=MemoryAdapter(), clock=virtual_wall_clock(), max_running=3) as eng:
+        for wf in (parent, kid, hog):
+            eng.register(wf)
+        iid = await eng.start("p")
+        await trio.sleep(1)
+        for _ in range(2):
+            await eng.start("hog", (100_000, False))
+        done = await finish(eng, iid)
         ended = trio.current_time()
+        long_child = await eng.get_instance(next(c for c in done.children if "/par/B/" in c))
     assert done.status == "failed"
     assert ran_on == [], f"B's child ran to its end at {ran_on}; the parent failed only at {ended}"
+    assert ended < 30, ended
+    assert long_child.status == "cancelled"
 
 
 # -- 3. deadlines of queued parents ------------------------------------------------------------

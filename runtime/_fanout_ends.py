@@ -1,0 +1,111 @@
+"""What the ends of children a parent waits on do to the fan-outs around them, worked out from
+the parent's stored state before its run consumes their notices: whether one makes a fail-fast
+parallel or map step fail, whose other children must then be cancelled at once.
+
+The engine asks this of a parent taken up from storage, or queued for a ``max_running`` slot,
+when a child's end notice is pending: such a parent runs at once, in its children's slots,
+rather than wait for a slot behind its own family (see ``Engine._must_cancel_children``). The
+ends are followed outward as the lanes would take them: a child's end ends its lane (a failure
+no catch may take, or a completion at the lane's last step); a fan-out whose lanes have all
+ended completes or fails, and that ends the lane it runs in, and so on. So a wait-all map
+nested in a fail-fast parallel step, failed by its last child's end (a completion), fails the
+parallel step too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ._decide import branch_keys, next_of
+from ._definition import ChildStep, MapStep, ParallelStep, WorkflowDefinition
+from ._lanes import enclosing_scope, item_lanes, item_of, item_scope, parallel_of
+from ._map import tolerated
+from ._snapshot import InstanceState, Lane
+
+
+def lane_ends(definition: WorkflowDefinition, lane: Lane, badly: bool) -> bool | None:
+    """How lane ``lane``, standing at a child step, goes once its child ends (``badly``: other
+    than completed): ``True``, it fails; ``False``, it completes (the step is its last);
+    ``None``, it goes on (to the next step, or where a catch may route the failure)."""
+    found = None if lane.step is None else definition.lookup.get(lane.step)
+    if found is None or not isinstance(found[0], ChildStep):
+        return None
+    if badly:
+        return None if found[0].catch else True
+    return False if next_of(found[0]) is None else None
+
+
+def fails_a_fail_fast_fanout(definition: WorkflowDefinition, state: InstanceState, ends: Mapping[str, bool]) -> bool:
+    """Whether the lanes ``ends`` names ending (``True``: failed, ``False``: completed; see
+    :func:`lane_ends`) make a fail-fast parallel or map step fail: a fail-fast parallel step
+    that a branch fails, a fail-fast map that more items fail than it tolerates, counting those
+    that fail as the fan-outs inside them fail in turn."""
+    ended = dict(ends)
+    todo = list(ends)
+    while todo:
+        key = todo.pop()
+        around = _fanout_around(definition, state, key)
+        if around is None:
+            continue
+        step, owner = around
+        left, failures, allowed = _count(state, step, owner, ended)
+        if ended[key] and step.on_error == "fail-fast" and failures > allowed:
+            return True
+        if left or owner in ended:
+            continue
+        fails = failures > allowed
+        if (fails and step.catch) or (not fails and next_of(step) is not None):
+            continue  # its lane goes on
+        ended[owner] = fails
+        todo.append(owner)
+    return False
+
+
+def _fanout_around(
+    definition: WorkflowDefinition, state: InstanceState, key: str,
+) -> tuple[ParallelStep | MapStep, str] | None:
+    """The parallel or map step lane ``key`` runs for, and the key of the lane that runs it
+    (``None``: the main line, or a fan-out not found as stored)."""
+    item = item_of(key)
+    if item is not None:
+        name, scope = item[0], enclosing_scope(key)
+    else:
+        parallel = parallel_of(key)
+        if parallel is None:
+            return None
+        name, scope = parallel, item_scope(key)
+    found = definition.lookup.get(name)
+    if found is None or not isinstance(found[0], (ParallelStep, MapStep)):
+        return None
+    for owner, lane in state.lanes.items():
+        if lane.step == name and item_scope(owner) == scope and owner != key:
+            return found[0], owner
+    return None
+
+
+def _count(
+    state: InstanceState, step: ParallelStep | MapStep, owner: str, ended: Mapping[str, bool],
+) -> tuple[bool, int, int]:
+    """For the fan-out ``step`` that lane ``owner`` runs, with the lanes ``ended`` names ended
+    too: whether any of its lanes has yet to end, how many failed, and how many it tolerates."""
+    scope = item_scope(owner)
+    if isinstance(step, ParallelStep):
+        left, failures = False, 0
+        for key in branch_keys(step, scope):
+            lane = state.lanes.get(key)
+            if key in ended:
+                failures += ended[key]
+            elif lane is None or (lane.failed is None and lane.step is not None):
+                left = True
+            else:
+                failures += lane.failed is not None
+        return left, failures, 0
+    progress = state.lanes[owner].fanout
+    if progress is None:  # (its items not started yet)
+        return True, 0, 0
+    items = item_lanes(step.name, scope)
+    more = [failed for key, failed in ended.items()
+            if (found := item_of(key)) is not None and item_lanes(found[0], enclosing_scope(key)) == items
+            and not progress.has_ended(found[1])]
+    return (progress.ended_count + len(more) < progress.count, progress.failed + sum(more),
+            tolerated(step, progress.count))
