@@ -36,8 +36,7 @@ from trioflow._errors import (
     ParallelError,
     UnencodableValueError,
 )
-from trioflow._map import failed_items, tolerated
-from trioflow._snapshot import InstanceState, Lane
+from trioflow._fanout_failures import failed_step_of
 from trioflow._lanes import MAIN, branch_lane, fanout_key, item_scope
 
 from ._run import Run, StepFailure, unwrapped
@@ -83,7 +82,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         if lane.failed is not None:
             # Resumed after this step failed for good: that decision stands.
             failed = state.records[lane.failed]
-            first = _failed_step_of(state, lookup, lookup[name][0], lane_key, lane)
+            first = failed_step_of(state, lookup, lookup[name][0], lane_key, lane)
             raise StepFailure(first, recorded_failure(failed, lookup[first][0], state.instance_id), failed.attempts)
         step = lookup[name][0]
         ctx.step_index = index[name]
@@ -179,33 +178,6 @@ def _fired_unstored(run: Run, step: Step, lane_key: str, target: str | None) -> 
     return (isinstance(step, WaitStep) and lane_key == MAIN and run.stored_wake_at is not None
             and not run.has_hooks and target is not None
             and not isinstance(run.definition.lookup[target][0], (ParallelStep, MapStep)))
-
-
-def _failed_step_of(
-    state: InstanceState, lookup: Mapping[str, tuple[Step, str]], step: Step, key: str, lane: Lane,
-) -> str:
-    """The step a failure of ``step`` (in lane ``key``) recorded before a restart names, as the
-    live failure did: a fail-fast parallel step (or a fail-fast map that tolerates no failure)
-    fails as its branch (or item) that failed first did, at the step that branch failed at, and
-    so on inward."""
-    while isinstance(step, (ParallelStep, MapStep)) and step.on_error == "fail-fast":
-        scope = item_scope(key)
-        if isinstance(step, ParallelStep):
-            lanes = [state.lanes[k] for k in branch_keys(step, scope) if k in state.lanes]
-            firsts = [branch.failed for branch in lanes if branch.failed is not None]
-        elif lane.fanout is None or tolerated(step, lane.fanout.count) > 0:
-            break
-        else:  # (an item's lane goes once the item ends: its records tell)
-            firsts = [record.seq for _, record in failed_items(state, step, lane, scope)]
-        if not firsts:
-            break
-        first = state.records[min(firsts)]
-        inner = state.lanes.get(first.lane)
-        step = lookup[first.step_name][0]
-        if inner is None:
-            break
-        key, lane = first.lane, inner
-    return step.name
 
 
 async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> dict[str, Any]:

@@ -69,7 +69,7 @@ from ._events import EventBus
 from ._jobs import JobRegistry
 from ._children import EngineChildren, ended_badly
 from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, is_signal_name, valid_text
-from ._fanout_ends import fails_a_fail_fast_fanout, lane_ends
+from ._fanout_failures import fails_a_fail_fast_fanout, lane_ends
 from ._storage_retry import retried
 from ._snapshot import (
     RESUMABLE,
@@ -1092,7 +1092,7 @@ class Engine:
     ) -> bool:
         """Whether a parent taken up here has to run at once, without a slot of its own, to
         cancel children it waits on: its workflow timeout came, or the ends of some make a
-        fail-fast parallel or map step fail (see :mod:`trioflow._fanout_ends`: one that ended
+        fail-fast parallel or map step fail (see :mod:`trioflow._fanout_failures`: one that ended
         other than completed in it, at a child step no catch of which may route on, or one
         that ended a fan-out nested in it that then failed); the others are cancelled then. Waiting for a slot, it could wait behind its own
         family for ever: a child, or a child's child, holding the slot and never ending. (A

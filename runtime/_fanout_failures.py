@@ -1,8 +1,9 @@
-"""What the ends of children a parent waits on do to the fan-outs around them, worked out from
-the parent's stored state before its run consumes their notices: whether one makes a fail-fast
-parallel or map step fail, whose other children must then be cancelled at once.
+"""How parallel and map steps fail, worked out from an instance's state: the step a fan-out's
+recorded failure names (:func:`failed_step_of`), and what the ends of children a parent waits on
+do to the fan-outs around them before its run consumes their notices: whether one makes a
+fail-fast parallel or map step fail, whose other children must then be cancelled at once.
 
-The engine asks this of a parent taken up from storage, or queued for a ``max_running`` slot,
+The engine asks the latter of a parent taken up from storage, or queued for a ``max_running`` slot,
 when a child's end notice is pending: such a parent runs at once, in its children's slots,
 rather than wait for a slot behind its own family (see ``Engine._must_cancel_children``). The
 ends are followed outward as the lanes would take them: a child's end ends its lane (a failure
@@ -17,10 +18,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ._decide import branch_keys, next_of
-from ._definition import ChildStep, MapStep, ParallelStep, WorkflowDefinition
+from ._definition import ChildStep, MapStep, ParallelStep, Step, WorkflowDefinition
 from ._lanes import enclosing_scope, item_lanes, item_of, item_scope, parallel_of
-from ._map import tolerated
+from ._map import failed_items, tolerated
 from ._snapshot import InstanceState, Lane
+
+
+def failed_step_of(
+    state: InstanceState, lookup: Mapping[str, tuple[Step, str]], step: Step, key: str, lane: Lane,
+) -> str:
+    """The step a failure of ``step`` (in lane ``key``) recorded before a restart names, as the
+    live failure did: a fail-fast parallel step (or a fail-fast map that tolerates no failure)
+    fails as its branch (or item) that failed first did, at the step that branch failed at, and
+    so on inward."""
+    while isinstance(step, (ParallelStep, MapStep)) and step.on_error == "fail-fast":
+        scope = item_scope(key)
+        if isinstance(step, ParallelStep):
+            lanes = [state.lanes[k] for k in branch_keys(step, scope) if k in state.lanes]
+            firsts = [branch.failed for branch in lanes if branch.failed is not None]
+        elif lane.fanout is None or tolerated(step, lane.fanout.count) > 0:
+            break
+        else:  # (an item's lane goes once the item ends: its records tell)
+            firsts = [record.seq for _, record in failed_items(state, step, lane, scope)]
+        if not firsts:
+            break
+        first = state.records[min(firsts)]
+        inner = state.lanes.get(first.lane)
+        step = lookup[first.step_name][0]
+        if inner is None:
+            break
+        key, lane = first.lane, inner
+    return step.name
 
 
 def lane_ends(definition: WorkflowDefinition, lane: Lane, badly: bool) -> bool | None:
