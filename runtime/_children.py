@@ -172,7 +172,7 @@ class EngineChildren:
         # notice as delivered and never takes it, since no lane of it waits for that child.)
         outcome = decode_payload(payload)
         run.deliver(seq, notice, outcome)
-        if run.definition.nested_fanouts or ended_badly(outcome):
+        if run.definition.completions_may_fail or ended_badly(outcome):
             self._engine._run_to_cancel_children(run)  # (queued behind its children: see there)
         return True
 
@@ -199,7 +199,7 @@ class EngineChildren:
                 # Before the read: a notice stored once it started needs a read of its own.
                 self._fetching.discard(parent_id)
             run.deliver_stored(await engine.adapter.signals(parent_id))
-            if any(name == notice and (run.definition.nested_fanouts or ended_badly(payload))
+            if any(name == notice and (run.definition.completions_may_fail or ended_badly(payload))
                    for _, name, payload in run.state.signals):
                 engine._run_to_cancel_children(run)  # (queued behind its children: see there)
         else:  # parked: resumed if it waits for this child

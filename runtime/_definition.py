@@ -329,11 +329,12 @@ class WorkflowDefinition:
     waits: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
         lambda self: any(isinstance(s, (WaitStep, ReceiveStep, ChildStep)) or isinstance(s, TaskStep)
                          and s.retry is not None for s, _ in self.lookup.values()), takes_self=True))
-    #: Whether a parallel or map step runs inside another, worked out once: only then can a
-    #: child's completion (ending an inner fan-out that failed) fail the fan-out around it.
-    nested_fanouts: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
-        lambda self: any(isinstance(s, (ParallelStep, MapStep)) and lane != "" for s, lane in self.lookup.values()),
-        takes_self=True))
+    #: Whether a child's completion may fail a fan-out, worked out once: only where a parallel
+    #: or map step runs inside another (the inner one, ended by it, fails) or a fail step runs
+    #: in a branch or a map item (the child step leads to it).
+    completions_may_fail: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
+        lambda self: any(isinstance(s, (ParallelStep, MapStep, FailStep)) and lane != ""
+                         for s, lane in self.lookup.values()), takes_self=True))
 
     def check_driver(self, driver: object, how_to_give_one: str) -> None:
         """Refuse to run a transactional workflow where there is no driver, or where what was

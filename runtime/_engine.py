@@ -1121,11 +1121,26 @@ class Engine:
             self._waiting.remove(run)
             self._launch(run)
 
+    async def _look_at_notices(self, run: Run) -> None:
+        """Read the signals of a queued parent resumed without them, and let it run at once if
+        the end notices among them make it cancel its children."""
+        try:
+            await run.fetch_signals()
+        except StorageError:
+            return  # (it reads them itself once it runs)
+        self._run_to_cancel_children(run)
+
     def _queue(self, run: Run) -> None:
         """Queue a run for a slot; one with a workflow timeout that has started is watched, to
         leave the queue at its deadline (see :meth:`_watch_queued_deadlines`)."""
         self._waiting.append(run)
         self._children.slot_wanted()
+        if not run.signals_fetched and any(lane.waiting is not None and "child" in lane.waiting
+                                           for lane in run.state.lanes.values()):
+            # Resumed from a listing (the resume scan, the waker), which holds no signals: the
+            # end notices pending for it may make it run at once (see _must_cancel_children).
+            self._supervisor.start_soon(f"notices of queued parent {run.state.instance_id}",
+                                        self._look_at_notices, run)
         state, timeout = run.state, run.definition.timeout
         if timeout is None or state.started_at is None or self._closed or self._actors_stopped:
             return

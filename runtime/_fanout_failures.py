@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ._decide import branch_keys, next_of
-from ._definition import ChildStep, MapStep, ParallelStep, Step, WorkflowDefinition
+from ._definition import (ChildStep, FailStep, MapStep, ParallelStep, PassStep, Step, SucceedStep,
+                          WorkflowDefinition)
 from ._lanes import enclosing_scope, item_lanes, item_of, item_scope, parallel_of
 from ._map import failed_items, tolerated
 from ._snapshot import InstanceState, Lane
@@ -53,14 +54,31 @@ def failed_step_of(
 
 def lane_ends(definition: WorkflowDefinition, lane: Lane, badly: bool) -> bool | None:
     """How lane ``lane``, standing at a child step, goes once its child ends (``badly``: other
-    than completed): ``True``, it fails; ``False``, it completes (the step is its last);
-    ``None``, it goes on (to the next step, or where a catch may route the failure)."""
+    than completed): ``True``, it fails; ``False``, it completes (the step is its last, or only
+    succeed, fail or code-less pass steps follow it: a fail step fails it); ``None``, it goes
+    on (to a step that runs or waits, or where a catch may route the failure)."""
     found = None if lane.step is None else definition.lookup.get(lane.step)
     if found is None or not isinstance(found[0], ChildStep):
         return None
     if badly:
         return None if found[0].catch else True
-    return False if next_of(found[0]) is None else None
+    # A completion: the lane ends if what follows the child step only ends it (a succeed or a
+    # fail step), perhaps through pass steps that run no code; anything else may go on.
+    step: Step = found[0]
+    seen: set[str] = set()
+    while (following := next_of(step)) is not None and following not in seen:
+        seen.add(following)
+        found = definition.lookup.get(following)
+        if found is None:
+            return None
+        step = found[0]
+        if isinstance(step, SucceedStep):
+            return False
+        if isinstance(step, FailStep):
+            return True
+        if not (isinstance(step, PassStep) and step.transform is None):
+            return None
+    return False if following is None else None
 
 
 def fails_a_fail_fast_fanout(definition: WorkflowDefinition, state: InstanceState, ends: Mapping[str, bool]) -> bool:
