@@ -787,7 +787,12 @@ class Engine:
         if run.state.phase != "forward":
             # Going back already: for a cancel stored before (a restart since, say), yes again,
             # as for one stored in an instance not running here; else it ends as the failure or
-            # timeout that began it.
+            # timeout that began it. Queued for a slot, it starts now if it never ran or its
+            # parent waits here for its end (see _starts_to_cancel), as one cancelled going
+            # forward does: its parent, resumed going back too, may hold the slot it waits for.
+            if run in self._waiting and not self._actors_stopped and self._starts_to_cancel(run):
+                self._waiting.remove(run)
+                self._launch(run)
             return run.state.outcome == "cancelled"
         run.cancel_requested = True
         if run.cancel_scope is not None:
