@@ -44,7 +44,7 @@ from trioflow.adapters._protocol import (
 
 from ._context import check_services
 from ._current import check_in_trio, lane_of_caller
-from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, wake_at
+from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, unended_children, wake_at
 from ._ids import CreationTimes, new_instance_id
 from ._definition import WorkflowDefinition, unbuilt_hint
 from ._durations import Seconds, in_range, seconds, unix_seconds
@@ -1104,6 +1104,10 @@ class Engine:
         cancelled instance starts at once the same way: see :meth:`_starts_to_cancel`.) A parent
         whose failure a catch may take, or that waits for every item or branch, waits for a slot
         as any run does: ``max_running`` bounds what it runs next."""
+        if state.phase == "compensating":
+            # Going back (a cancel, a timeout or a failure stored before a restart): its lanes'
+            # waits are gone, its records tell which children it has yet to cancel.
+            return bool(unended_children(state))
         waited = {key: lane.waiting["child"] for key, lane in state.lanes.items()
                   if lane.waiting is not None and "child" in lane.waiting}
         if not waited:

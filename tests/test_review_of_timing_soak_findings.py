@@ -24,6 +24,7 @@ import trio
 import trio.testing
 
 import trioflow as tf
+from trioflow._children import EngineChildren
 from trioflow.testing import open_test_engine, virtual_wall_clock
 
 #: The child's first compensation hangs (the engine closes during it), later ones return.
@@ -122,3 +123,53 @@ async def test_a_parent_past_its_deadline_and_its_cancelled_child_do_not_deadloc
     await _child_going_back_and_parent(adapter, clock, _parent())
     statuses = await _restart(adapter, clock, hog_seconds=10, wait=10_000)
     assert statuses == ("timed_out", "cancelled"), f"10,000 s after the restart (parent, child): {statuses}"
+
+
+# -- a parent taken up compensating, its child still going forward -----------------------------
+
+class _CancelsNothing(EngineChildren):
+    """The engine's children, while engine 1 closes: a parent's cancel of its child never gets
+    through (as an engine killed right after storing the parent's cancel)."""
+
+    __slots__ = ()
+
+    async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> bool:
+        while not self.closing:  # (shielded: it returns once the engine closes)
+            await trio.sleep(0.1)
+        return False
+
+
+async def test_a_parent_taken_up_compensating_cancels_its_running_child_at_once(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Engine 1 stores the parent's cancel (going back) but never gets to cancel its child, which
+    hangs in k2. Engine 2 (``max_running=1``) resumes the child first: it runs, in the only slot,
+    for 10,000 s. The parent, taken up compensating with a child it never cancelled, must run at
+    once and cancel it, as a parent whose child's failure fails it fast does (README: "a parent
+    that has to cancel the children it waits on runs at once, taking no slot of its own"):
+    queued for the slot, it waits behind its own child."""
+    adapter, clock = tf.adapters.MemoryAdapter(), virtual_wall_clock()
+    kid = tf.workflow("kid").step("k1", _quick, _release).step("k2", _hangs).build()
+    parent = tf.workflow("p").step("a", _quick, _release).child("kid", workflow="kid").build()
+    async with open_test_engine(adapter=adapter, clock=clock) as engine:
+        engine.register(kid)
+        engine.register(parent)
+        await engine.start("p", instance_id="P")
+        await trio.sleep(5)  # the child hangs in k2
+        children: Any = engine._children  # type: ignore[attr-defined]
+        children.__class__ = _CancelsNothing
+        assert await engine.cancel("P") is True
+        await trio.sleep(1)
+    top, child = await adapter.load("P"), await adapter.load("P/kid#1")
+    assert top is not None and child is not None and (top.status, child.status) == ("running", "running")
+    async with open_test_engine(adapter=adapter, clock=clock, max_running=1) as engine:
+        engine.register(kid)
+        await trio.sleep(1)  # the child, resumed first, takes the slot
+        restarted = trio.current_time()
+        engine.register(parent)
+        with trio.move_on_after(60):
+            done = await engine.wait("P")
+        ended = trio.current_time() - restarted
+        top_status = (await engine.get_instance("P")).status
+        kid_status = (await engine.get_instance("P/kid#1")).status
+    assert (top_status, kid_status) == ("cancelled", "cancelled"), (top_status, kid_status, ended)
+    assert done.status == "cancelled" and ended < 60
