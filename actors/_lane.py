@@ -141,21 +141,20 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             await step_failed(run, step, failure, started_at, ctx)  # raises unless caught
             continue
         complete_step(state, step, record, target)
-        emit = run.emit
-        if run.adapter is not None:  # (nothing to write without storage: execute_workflow)
-            if target is not None or lane_key != MAIN or run.has_hooks:
-                if run.woken and _fired_unstored(run, step, lane_key, target):
-                    run.fired_at = trio.current_time()
-                    run.fired_data = state.good_data if state.data else None  # (checked as the timer ended)
-                else:
-                    await run.persist()
+        if run.adapter is not None and (target is not None or lane_key != MAIN or run.has_hooks):
+            # (Nothing to write without storage: execute_workflow.)
+            # The main line's last step needs no write of its own: the instance's terminal
+            # snapshot, written next with nothing in between that awaits, records it (and its
+            # events go out once it has). (An ``on_step_complete`` hook awaits: a restart during
+            # it must find the step stored.)
+            if run.woken and _fired_unstored(run, step, lane_key, target):
+                run.fired_at = trio.current_time()
+                run.fired_data = state.good_data if state.data else None  # (checked as the timer ended)
             else:
-                # The main line's last step needs no write of its own: the instance's terminal
-                # snapshot, written next with nothing in between that awaits, records it (and
-                # its events go out once it has). (An ``on_step_complete`` hook awaits: a
-                # restart during it must find the step stored.)
-                emit = run.emit_once_stored
+                await run.persist()
         if bus.active:
+            emit = run.emit if run.adapter is None or target is not None or lane_key != MAIN or run.has_hooks \
+                else run.emit_once_stored
             if bus.wants("workflow.step.completed"):
                 emit("workflow.step.completed", lane_key, step_name=name, output=record.output)
             if lane_key == MAIN and bus.wants("workflow.progress"):

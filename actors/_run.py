@@ -726,7 +726,9 @@ class Run:
             # leaves it to that step, which is checked as it ends.
             header, records, first_seq, start, consumed = take_changes_holding(s)
         # The events about what this checkpoint stores go out once it is stored.
-        to_publish, self.unpublished = self.unpublished, None
+        to_publish = self.unpublished
+        if to_publish is not None:
+            self.unpublished = None
         status = s.status
         # Only a checkpoint that consumes signals passes ``consumed``, and only one of an
         # instance that waits (or did) passes ``wake_at``: adapters written before either
