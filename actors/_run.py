@@ -776,6 +776,8 @@ class Run:
                     break
         except BaseException:
             not_taken(s, records, consumed)
+            if to_publish is not None:  # (as its records: for the checkpoint that stores them)
+                self.unpublished = to_publish + (self.unpublished or [])
             raise
         taken(s, len(records))
         self.stored_status = status

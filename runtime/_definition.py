@@ -329,12 +329,11 @@ class WorkflowDefinition:
     waits: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
         lambda self: any(isinstance(s, (WaitStep, ReceiveStep, ChildStep)) or isinstance(s, TaskStep)
                          and s.retry is not None for s, _ in self.lookup.values()), takes_self=True))
-    #: Whether a child's completion may fail a fan-out, worked out once: only where a parallel
-    #: or map step runs inside another (the inner one, ended by it, fails) or a fail step runs
-    #: in a branch or a map item (the child step leads to it).
+    #: Whether a child's completion may fail a fail-fast fan-out, worked out once: only where
+    #: one holds, at any depth, a wait-all fan-out (ended by it, that fails) or a fail step (the
+    #: child step leads to it). A fail-fast fan-out fails on a failure, never on a completion.
     completions_may_fail: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
-        lambda self: any(isinstance(s, (ParallelStep, MapStep, FailStep)) and lane != ""
-                         for s, lane in self.lookup.values()), takes_self=True))
+        lambda self: _completion_may_fail(self.steps, False), takes_self=True))
 
     def check_driver(self, driver: object, how_to_give_one: str) -> None:
         """Refuse to run a transactional workflow where there is no driver, or where what was
@@ -360,3 +359,18 @@ def unbuilt_hint(value: object) -> str:
     if callable(getattr(value, "build", None)):
         return ": it is a builder, call its .build() (tf.workflow(name).step(...).build())"
     return ""
+
+
+def _completion_may_fail(steps: tuple[Step, ...], in_fail_fast: bool) -> bool:
+    """See :attr:`WorkflowDefinition.completions_may_fail` (``in_fail_fast``: ``steps`` run
+    inside a fail-fast parallel or map step)."""
+    for step in steps:
+        if in_fail_fast and (isinstance(step, FailStep)
+                             or isinstance(step, (ParallelStep, MapStep)) and step.on_error == "wait-all"):
+            return True
+        if isinstance(step, (ParallelStep, MapStep)):
+            branches = step.branches if isinstance(step, ParallelStep) else (step.branch,)
+            inner = in_fail_fast or step.on_error == "fail-fast"
+            if any(_completion_may_fail(b.steps, inner) for b in branches):
+                return True
+    return False

@@ -1096,18 +1096,21 @@ class Engine:
         self, state: InstanceState, definition: WorkflowDefinition, signals: Iterable[tuple[int, str, Any]],
     ) -> bool:
         """Whether a parent taken up here has to run at once, without a slot of its own, to
-        cancel children it waits on: its workflow timeout came, or the ends of some make a
-        fail-fast parallel or map step fail (see :mod:`trioflow._fanout_failures`: one that ended
-        other than completed in it, at a child step no catch of which may route on, or one
-        that ended a fan-out nested in it that then failed); the others are cancelled then. Waiting for a slot, it could wait behind its own
-        family for ever: a child, or a child's child, holding the slot and never ending. (A
+        cancel children it waits on: it is going back with children running here, its workflow
+        timeout came, or the ends of some make a fail-fast parallel or map step fail (see
+        :mod:`trioflow._fanout_failures`: one that ended other than completed in it, at a child
+        step no catch of which may route on, or one that ended a fan-out nested in it that then
+        failed); the others are cancelled then. Waiting for a slot, it could wait behind its
+        own family for ever: a child, or a child's child, holding the slot and never ending. (A
         cancelled instance starts at once the same way: see :meth:`_starts_to_cancel`.) A parent
         whose failure a catch may take, or that waits for every item or branch, waits for a slot
         as any run does: ``max_running`` bounds what it runs next."""
         if state.phase == "compensating":
             # Going back (a cancel, a timeout or a failure stored before a restart): its lanes'
-            # waits are gone, its records tell which children it has yet to cancel.
-            return bool(unended_children(state))
+            # waits are gone, and its records name the children it may have yet to cancel (they
+            # do not say which it did): those running here, in slots it would wait for, it has.
+            live = self._live
+            return any(child in live for child in unended_children(state))
         waited = {key: lane.waiting["child"] for key, lane in state.lanes.items()
                   if lane.waiting is not None and "child" in lane.waiting}
         if not waited:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from ._decide import branch_keys, next_of
 from ._definition import (ChildStep, FailStep, MapStep, ParallelStep, PassStep, Step, SucceedStep,
                           WorkflowDefinition)
-from ._lanes import enclosing_scope, item_lanes, item_of, item_scope, parallel_of
+from ._lanes import enclosing_scope, item_of, item_scope, parallel_of
 from ._map import failed_items, tolerated
 from ._snapshot import InstanceState, Lane
 
@@ -54,17 +54,21 @@ def failed_step_of(
 
 def lane_ends(definition: WorkflowDefinition, lane: Lane, badly: bool) -> bool | None:
     """How lane ``lane``, standing at a child step, goes once its child ends (``badly``: other
-    than completed): ``True``, it fails; ``False``, it completes (the step is its last, or only
-    succeed, fail or code-less pass steps follow it: a fail step fails it); ``None``, it goes
-    on (to a step that runs or waits, or where a catch may route the failure)."""
+    than completed): ``True``, it fails; ``False``, it completes; ``None``, it goes on (where
+    a catch may route the failure; a completion, see :func:`_after_completion`)."""
     found = None if lane.step is None else definition.lookup.get(lane.step)
     if found is None or not isinstance(found[0], ChildStep):
         return None
     if badly:
         return None if found[0].catch else True
-    # A completion: the lane ends if what follows the child step only ends it (a succeed or a
-    # fail step), perhaps through pass steps that run no code; anything else may go on.
-    step: Step = found[0]
+    return _after_completion(definition, found[0])
+
+
+def _after_completion(definition: WorkflowDefinition, step: Step) -> bool | None:
+    """How the lane of ``step``, which just completed, goes: ``False``, it completes (``step``
+    is its last, or only pass steps that run no code lead to a succeed step or to its end);
+    ``True``, it fails (they lead to a fail step); ``None``, it goes on to something that may
+    run, wait or route otherwise."""
     seen: set[str] = set()
     while (following := next_of(step)) is not None and following not in seen:
         seen.add(following)
@@ -85,33 +89,47 @@ def fails_a_fail_fast_fanout(definition: WorkflowDefinition, state: InstanceStat
     """Whether the lanes ``ends`` names ending (``True``: failed, ``False``: completed; see
     :func:`lane_ends`) make a fail-fast parallel or map step fail: a fail-fast parallel step
     that a branch fails, a fail-fast map that more items fail than it tolerates, counting those
-    that fail as the fan-outs inside them fail in turn."""
+    that fail as the fan-outs inside them fail in turn. Each fan-out is counted once per lane
+    that ends in it from inside (not once per ended lane): linear in the ends."""
     ended = dict(ends)
-    todo = list(ends)
+    owners = {(lane.step, item_scope(key)): key for key, lane in state.lanes.items() if lane.step is not None}
+    # The ends, by the lane that runs the fan-out they end in: (its step, {lane: failed}).
+    around: dict[str, tuple[ParallelStep | MapStep, dict[str, bool]]] = {}
+
+    def place(key: str) -> str | None:
+        found = _fanout_around(definition, owners, key)
+        if found is None:
+            return None
+        step, owner = found
+        around.setdefault(owner, (step, {}))[1][key] = ended[key]
+        return owner
+
+    todo = {owner for key in ends if (owner := place(key)) is not None}
     while todo:
-        key = todo.pop()
-        around = _fanout_around(definition, state, key)
-        if around is None:
-            continue
-        step, owner = around
-        left, failures, allowed = _count(state, step, owner, ended)
-        if ended[key] and step.on_error == "fail-fast" and failures > allowed:
+        owner = todo.pop()
+        step, inner = around[owner]
+        left, failures, allowed = _count(state, step, owner, inner)
+        if step.on_error == "fail-fast" and failures > allowed and any(inner.values()):
             return True
         if left or owner in ended:
             continue
-        fails = failures > allowed
-        if (fails and step.catch) or (not fails and next_of(step) is not None):
+        # It ends: failed (unless a catch of it may route on), or completed, and its lane
+        # goes as what follows it says.
+        how = (None if step.catch else True) if failures > allowed else _after_completion(definition, step)
+        if how is None:
             continue  # its lane goes on
-        ended[owner] = fails
-        todo.append(owner)
+        ended[owner] = how
+        if (outer := place(owner)) is not None:
+            todo.add(outer)
     return False
 
 
 def _fanout_around(
-    definition: WorkflowDefinition, state: InstanceState, key: str,
+    definition: WorkflowDefinition, owners: Mapping[tuple[str, str], str], key: str,
 ) -> tuple[ParallelStep | MapStep, str] | None:
     """The parallel or map step lane ``key`` runs for, and the key of the lane that runs it
-    (``None``: the main line, or a fan-out not found as stored)."""
+    (``owners``: lane keys by the step they stand at and their scope), or ``None`` (the main
+    line, or a fan-out not found as stored)."""
     item = item_of(key)
     if item is not None:
         name, scope = item[0], enclosing_scope(key)
@@ -121,19 +139,18 @@ def _fanout_around(
             return None
         name, scope = parallel, item_scope(key)
     found = definition.lookup.get(name)
-    if found is None or not isinstance(found[0], (ParallelStep, MapStep)):
+    owner = owners.get((name, scope))
+    if found is None or not isinstance(found[0], (ParallelStep, MapStep)) or owner is None or owner == key:
         return None
-    for owner, lane in state.lanes.items():
-        if lane.step == name and item_scope(owner) == scope and owner != key:
-            return found[0], owner
-    return None
+    return found[0], owner
 
 
 def _count(
     state: InstanceState, step: ParallelStep | MapStep, owner: str, ended: Mapping[str, bool],
 ) -> tuple[bool, int, int]:
-    """For the fan-out ``step`` that lane ``owner`` runs, with the lanes ``ended`` names ended
-    too: whether any of its lanes has yet to end, how many failed, and how many it tolerates."""
+    """For the fan-out ``step`` that lane ``owner`` runs, with the lanes ``ended`` names (its
+    own) ended too: whether any of its lanes has yet to end, how many failed, and how many it
+    tolerates."""
     scope = item_scope(owner)
     if isinstance(step, ParallelStep):
         left, failures = False, 0
@@ -149,9 +166,7 @@ def _count(
     progress = state.lanes[owner].fanout
     if progress is None:  # (its items not started yet)
         return True, 0, 0
-    items = item_lanes(step.name, scope)
     more = [failed for key, failed in ended.items()
-            if (found := item_of(key)) is not None and item_lanes(found[0], enclosing_scope(key)) == items
-            and not progress.has_ended(found[1])]
+            if (found := item_of(key)) is not None and not progress.has_ended(found[1])]
     return (progress.ended_count + len(more) < progress.count, progress.failed + sum(more),
             tolerated(step, progress.count))

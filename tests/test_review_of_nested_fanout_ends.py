@@ -403,6 +403,21 @@ async def test_a_completion_followed_by_a_fail_step_fails_the_fail_fast_parallel
     assert_cancelled_soon(jobs, ["B"], by=40)
 
 
+async def test_a_nested_map_completing_into_a_fail_step_fails_the_fail_fast_parallel(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:  # noqa: F811
+    """Branch A is a wait-all map of two children (both complete, the last at t=20) then a fail
+    step: the map's end fails A, so the fail-fast parallel; B's child must be cancelled then.
+    (What follows a fan-out that ends is read as what follows a child step that ends.)"""
+    jobs = Jobs()
+    a = tf.branch("A").map(**kid_map("m", [["m0", 10, False], ["m1", 20, False]], on_error="wait-all")).fail(
+        "no", error="Refused").build()
+    parent = tf.workflow("p").parallel("par", branches=[a, child("B", ["B", LONG, False]).build()]).build()
+    done, ended, watch = await run_scenario(storage(), parent, jobs, max_running=3, hogs=4)
+    assert done.status == "failed" and done.error_name == "Refused", (done.status, done.error_name)
+    assert ended < 40, (ended, watch.urgent)
+    assert_cancelled_soon(jobs, ["B"], by=40)
+
+
 # -- 4. restart: the take-up path decides the same ----------------------------------------------
 
 from trioflow._children import EngineChildren  # noqa: E402
