@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._codec import decode_payload
+from ._fanout_failures import completion_changes_nothing
 from ._errors import EngineClosedError, SnapshotDecodeError, TrioflowError, describe_error
 from ._snapshot import RESUMABLE
 from ._storage_retry import retried
@@ -172,7 +173,8 @@ class EngineChildren:
         # notice as delivered and never takes it, since no lane of it waits for that child.)
         outcome = decode_payload(payload)
         run.deliver(seq, notice, outcome)
-        if run.definition.completions_may_fail or ended_badly(outcome):
+        if ended_badly(outcome) or (run.definition.completions_may_fail
+                                    and not completion_changes_nothing(run.definition, run.state, notice)):
             self._engine._run_to_cancel_children(run)  # (queued behind its children: see there)
         return True
 

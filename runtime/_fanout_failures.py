@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from ._decide import branch_keys, next_of
 from ._definition import (ChildStep, FailStep, MapStep, ParallelStep, PassStep, Step, SucceedStep,
                           WorkflowDefinition)
-from ._lanes import enclosing_scope, item_of, item_scope, parallel_of
+from ._lanes import child_lane, enclosing_scope, ended_child, item_of, item_scope, parallel_of
 from ._map import failed_items, tolerated
 from ._snapshot import InstanceState, Lane
 
@@ -83,6 +83,31 @@ def _after_completion(definition: WorkflowDefinition, step: Step) -> bool | None
         if not (isinstance(step, PassStep) and step.transform is None):
             return None
     return False if following is None else None
+
+
+def completion_changes_nothing(definition: WorkflowDefinition, state: InstanceState, notice: str) -> bool:
+    """Whether the completion a child's end ``notice`` tells cannot make a fail-fast fan-out of
+    its parent fail, given that the parent's other pending child ends were found to fail
+    nothing fast: its lane goes on, or it ends an item of a map with more items yet to end than
+    end notices pending (the map cannot end yet). A cheap look (no walk of every lane's key)
+    for a queued parent of thousands of children, asked at each of their completions."""
+    child = ended_child(notice)
+    key = None if child is None else child_lane(state.instance_id, child)
+    lane = None if key is None else state.lanes.get(key)
+    if key is None or lane is None:
+        return False
+    how = lane_ends(definition, lane, False)
+    if how is None:
+        return True
+    item = item_of(key)
+    if how or item is None:
+        return False
+    name, scope = item[0], enclosing_scope(key)
+    for owner, running in state.lanes.items():
+        progress = running.fanout
+        if running.step == name and progress is not None and item_scope(owner) == scope:
+            return progress.count - progress.ended_count > len(state.signals)
+    return False
 
 
 def fails_a_fail_fast_fanout(definition: WorkflowDefinition, state: InstanceState, ends: Mapping[str, bool]) -> bool:

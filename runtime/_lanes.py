@@ -125,9 +125,26 @@ def child_instance_id(parent_id: str, execution: str) -> str:
     return f"{parent_id}{SEPARATOR}{execution}"
 
 
+def child_lane(parent_id: str, child_id: str) -> str | None:
+    """The key of the lane of ``parent_id`` whose child step started ``child_id`` (see
+    :func:`child_instance_id`); ``None`` if that id is not one of its children's."""
+    prefix = f"{parent_id}{SEPARATOR}"
+    if not child_id.startswith(prefix):
+        return None
+    return child_id[len(prefix):].rpartition(SEPARATOR)[0]  # (a step name holds no separator)
+
+
+_CHILD_ENDED = f"{RESERVED_SIGNALS}child-ended:"
+
+
 def child_ended_signal(child_id: str) -> str:
     """The name of the signal a child's end sends its parent."""
-    return f"{RESERVED_SIGNALS}child-ended:{child_id}"
+    return f"{_CHILD_ENDED}{child_id}"
+
+
+def ended_child(notice: str) -> str | None:
+    """The id of the child whose end the signal ``notice`` tells (``None``: not such a signal)."""
+    return notice[len(_CHILD_ENDED):] if notice.startswith(_CHILD_ENDED) else None
 
 
 def step_key(lane: str, step: str) -> str:
