@@ -3,7 +3,6 @@ instances, each run by a supervised instance actor in the engine's nursery."""
 
 from __future__ import annotations
 
-import collections
 import heapq
 import contextlib
 import functools
@@ -70,6 +69,7 @@ from ._jobs import JobRegistry
 from ._children import EngineChildren, ended_badly
 from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, is_signal_name, valid_text
 from ._fanout_failures import fails_a_fail_fast_fanout, lane_ends
+from ._slot_queue import SlotQueue
 from ._storage_retry import retried
 from ._snapshot import (
     RESUMABLE,
@@ -157,9 +157,9 @@ class Engine:
         self._creation_times = CreationTimes.of_this_run()
         self._max_running = max_running
         #: Actors running now, and runs waiting for a slot. A waiting run has no task yet:
-        #: thousands of queued instances cost a deque entry each, not a parked task.
+        #: thousands of queued instances cost a queue entry each, not a parked task.
         self._running = 0
-        self._waiting: collections.deque[Run] = collections.deque()
+        self._waiting: SlotQueue[Run] = SlotQueue()
         #: Queued parents with a workflow timeout whose children run or wait for slots here, as
         #: ``(deadline, instance id)``: each leaves the queue at its deadline, to cancel them
         #: (see :meth:`_must_cancel_children`). Watched by a task started on first use.
