@@ -53,16 +53,21 @@ async def run_counting(parent: tf.WorkflowDefinition, monkeypatch: pytest.Monkey
         return done.status, asked[0], item_of_calls[0]
 
 
+def nested_map_of_children() -> tf.WorkflowDefinition:
+    """A wait-all map of N child items in branch A of a fail-fast parallel, a long child in B."""
+    m = tf.branch("A").map("m", items=lambda ctx: [10.0] * N, on_error="wait-all",
+                           branch=tf.branch("item").child("c", workflow="kid").build()).build()
+    b = tf.branch("B").child("cb", workflow="kid", input=lambda ctx: 10.0 * N).build()
+    return tf.workflow("p").parallel("par", branches=[m, b]).build()
+
+
 async def test_completion_notices_cost_linear_in_pending_notices(
         autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """A wait-all map of N child items in a branch of a fail-fast parallel; the parent is
     queued behind its own children while they end one by one. Each notice should cost
     O(pending notices), not O(pending^2): fewer than 2*N^2 item_of calls in all
     (the current code makes about N^3/3)."""
-    m = tf.branch("A").map("m", items=lambda ctx: [10.0] * N, on_error="wait-all",
-                           branch=tf.branch("item").child("c", workflow="kid").build()).build()
-    b = tf.branch("B").child("cb", workflow="kid", input=lambda ctx: 10.0 * N).build()
-    parent = tf.workflow("p").parallel("par", branches=[m, b]).build()
+    parent = nested_map_of_children()
     status, asked, calls = await run_counting(parent, monkeypatch)
     assert status == "completed"
     assert calls < 2 * N * N, f"{calls} item_of calls for {asked} notices ({N} items)"
@@ -88,10 +93,7 @@ async def test_completions_that_cannot_end_their_map_skip_the_whole_look(
     yet to end than end notices pending cannot end the map, so it cannot fail the fail-fast
     parallel around it: the engine works the fan-outs out again only for the few that may
     (before: once per notice, O(lanes) each, so O(N^2) over the map: 2.6 s for 1,000 items)."""
-    m = tf.branch("A").map("m", items=lambda ctx: [10.0] * N, on_error="wait-all",
-                           branch=tf.branch("item").child("c", workflow="kid").build()).build()
-    b = tf.branch("B").child("cb", workflow="kid", input=lambda ctx: 10.0 * N).build()
-    parent = tf.workflow("p").parallel("par", branches=[m, b]).build()
+    parent = nested_map_of_children()
     status, asked, calls = await run_counting(parent, monkeypatch)
     assert status == "completed"
     assert asked < 10, f"_must_cancel_children asked {asked} times for {N} completions ({calls} item_of calls)"
