@@ -797,8 +797,14 @@ async def test_a_signal_at_the_workflow_timeout_of_a_parked_fanout_is_taken_or_r
         assert inst.status == "timed_out", (inst.status, inst.error)
         assert c["unpre"] == 1 and c["unafter-x"] == c["after-x"] == 1
         assert c["unafter-y"] == c["after-y"]
-        if offset > 0:
-            assert not sent
+        if offset >= 0.5:
+            assert not sent  # its end is stored by then: refused
+        elif offset > 0 and sent:
+            # Sent 10 ms after the deadline, before the timeout's writes (SQLite's threads, in
+            # which virtual time runs at real speed: a loaded machine takes longer) stored the
+            # end: accepted, as for any instance stored running (README: refused once it has
+            # ended), but never taken, since no step runs forward past the deadline.
+            assert c["after-y"] == 0, log
     if offset < 0:
         assert sent  # stored before the deadline: accepted
 
