@@ -242,6 +242,7 @@ def check_soak(n: int, summary: dict[str, Any], peeks: list[dict[str, Any]], log
                     f" expected one of {sorted(allowed)}")
 
     # -- children: each started once, linked both ways ---------------------------------------------------
+    never_stored: set[str] = set()
     for iid, inst in orders.items():
         spec = specs[iid]
         want = {f"{iid}/fan/pb/kid-b#1", f"{iid}/fan/pc/slow#1"} | {f"{iid}/bills/#{j}/bill#1"
@@ -255,10 +256,20 @@ def check_soak(n: int, summary: dict[str, Any], peeks: list[dict[str, Any]], log
         if started != children:  # "every child its child steps started, in the order they were started"
             problem(f"{iid} child steps started {started}, children {children}")
         for kid_id in children:
+            step_ended = any(r["status"] != "started" and r["id"] == kid_id[len(iid) + 1:] for r in inst["history"])
+            if kid_id not in kids and inst["status"] != "completed" and not step_ended \
+                    and not any(key[0] == kid_id for key in log.calls):
+                # docs/fanout.md, "Links": "A parent that ended after an engine stopped between
+                # storing a child step's start and storing its child may list a child that was
+                # never stored" (killed there, then cancelled or failed: not resumed forward,
+                # so the child is never stored)
+                never_stored.add(kid_id)
+                continue
             if kid_id not in kids or kids[kid_id]["parent_id"] != iid:
                 problem(f"{iid} lists child {kid_id}, stored with parent {kids.get(kid_id, {}).get('parent_id')!r}")
-    if len(kids) != sum(len(inst["children"]) for inst in orders.values()):
-        problem(f"{len(kids)} kids stored, the orders list {sum(len(i['children']) for i in orders.values())}")
+    if len(kids) != sum(len(inst["children"]) for inst in orders.values()) - len(never_stored):
+        problem(f"{len(kids)} kids stored, the orders list {sum(len(i['children']) for i in orders.values())}"
+                f" ({len(never_stored)} never stored)")
 
     # -- signals: every stored one taken at most once, exactly once where a receive was there for it ------
     taken: collections.Counter[str] = collections.Counter()
