@@ -126,7 +126,13 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
     # notice would ever wake it) is taken up again, and stores it then. A child that ends before
     # then wakes it first, with no write more.
     lane.waiting = child_wait(child_id, start.started_at)
-    await announce(run, step, lane_key, lane)
+    # Shielded: the start is staged, and the next checkpoint stores it whoever makes it (a
+    # sibling lane's shared write, the cancel's or timeout's decision). A cancel that reached
+    # this lane as it waited for that write would leave a child listed (and never cancelled)
+    # that is never stored: the child is stored once its start is, cancelled or not, and the
+    # cancel then stops the lane (and cancel_children the child) as for one started before it.
+    with trio.CancelScope(shield=True):
+        await announce(run, step, lane_key, lane)
     await _store_child(run, step, lane, child_id, child_input, uses_input)
 
 
