@@ -34,3 +34,11 @@ def held_at_kills(
                     then["status"] == "completed" and now["status"] == "compensated" and now["parent_id"]):
                 problem(f"{iid} was {then['status']} at the kill of generation {gen - 1}, then {now['status']}")
             yield gen, iid, then, now
+
+
+def killed_between(peeks: list[Summary], iid: str, kid: str) -> bool:
+    """Whether storage, at some kill, held ``iid``'s start of the child step for ``kid`` but not
+    ``kid`` itself: the one way a parent may end listing a child that was never stored."""
+    return any(iid in held and kid not in held
+               and any(r["status"] == "started" and r["output"] == kid for r in held[iid]["history"])
+               for held in peeks)

@@ -53,7 +53,7 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import open_test_engine, virtual_wall_clock
 
-from soak_peeks import held_at_kills
+from soak_peeks import held_at_kills, killed_between
 
 CHILD = str(Path(__file__).with_name("timing_soak_child.py"))
 _spec = importlib.util.spec_from_file_location("timing_soak_child", CHILD)
@@ -246,7 +246,8 @@ def check_soak(seed: int, summary: dict[str, Any], peeks: list[dict[str, Any]], 
         for kid in inst["children"]:
             step_ended = any(r["id"] == kid[len(iid) + 1:] and r["status"] != "started" for r in inst["history"])
             if kid not in summary and inst["status"] in ("timed_out", "cancelled") and not step_ended \
-                    and not log.by_iid_times[kid] and not any(k[0] == kid for k in log.events):
+                    and not log.by_iid_times[kid] and not any(k[0] == kid for k in log.events) \
+                    and killed_between(peeks, iid, kid):
                 # docs/fanout.md, "Links": "A parent that ended after an engine stopped between
                 # storing a child step's start and storing its child may list a child that was
                 # never stored" (killed there, then past its deadline or cancelled: not resumed
