@@ -201,6 +201,14 @@ class Children(Protocol):
         in memory here, holding its slot (see :meth:`Run.may_park`)."""
         ...
 
+    def lend_slot(self, run: Run) -> None:
+        """A lane of ``run`` starts to wait in memory (too briefly to leave it: a poll's short
+        timer), ``run`` holding its slot: the children it waits on that have been queued for
+        a slot of their own for a second or more (the time an instance rests before it leaves
+        memory) run in its slot now. With every slot held by parents whose polls keep them in
+        memory, those children would wait for ever."""
+        ...
+
     async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> bool:
         """Cancel the child instance (and so its own children), if it still runs, and wait for
         its end; compensate it as a unit if it completed all the same (the step that waited on

@@ -92,6 +92,8 @@ async def _wait_stored(run: Run, lane: Lane, key: str) -> None:
             _woke(run)
         _stop_if_parked(run)
     elif delay > 0:
+        if run.children is not None:
+            run.children.lend_slot(run)  # (it holds its slot meanwhile)
         await trio.sleep(delay)
     lane.waiting = None
 
@@ -184,11 +186,14 @@ async def signal_or_timeout(
             finally:
                 _woke(run)
             _stop_if_parked(run)
-        elif due is None:
-            await arrived.wait()  # (no cancel scope to make: a child's end notice has no timeout)
         else:
-            with trio.move_on_after(left):
-                await arrived.wait()
+            if run.children is not None:
+                run.children.lend_slot(run)  # (it holds its slot meanwhile)
+            if due is None:
+                await arrived.wait()  # (no cancel scope to make: a child's end notice has no timeout)
+            else:
+                with trio.move_on_after(left):
+                    await arrived.wait()
         taken = run.take_signal(name, by=due)
         if taken is None and not rests and len(run.state.lanes) > 1:
             # Woken with nothing for it: no failed branch holds the instance in memory any

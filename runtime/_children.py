@@ -17,6 +17,8 @@ from ._snapshot import RESUMABLE
 from ._storage_retry import retried
 
 if TYPE_CHECKING:
+    from trioflow.actors._run import Run
+
     from ._engine import Engine
 
 log = logging.getLogger("trioflow")
@@ -79,6 +81,18 @@ class EngineChildren:
         # A parent that cannot leave memory while it waits keeps its slot (``_start_child``
         # starts its children without one), and so does one that itself runs in its parent's.
         return parent is not None and not parent.may_park(math.inf)
+
+    def lend_slot(self, run: Run) -> None:
+        engine = self._engine
+        queue, lend_after = engine._waiting, engine._park_after
+        if not queue or lend_after is None:
+            return  # (no waker, no parking: children of a waiting parent never queue)
+        soon = trio.current_time() - lend_after
+        for lane in run.state.lanes.values():
+            waiting = lane.waiting
+            if waiting is not None and "child" in waiting and (child := engine._live.get(waiting["child"])) is not None \
+                    and (since := queue.queued_at(child)) is not None and since <= soon:
+                engine._adopt_child(child.state.instance_id)
 
     async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> bool:
         engine = self._engine

@@ -843,7 +843,7 @@ class Engine:
             if self._closed:
                 run.ended()  # (its callers of wait() learn the engine closed)
             else:
-                self._waiting.appendleft(run)
+                self._waiting.appendleft(run, trio.current_time())
                 self._free_slot(taken=False)
         for child_id in children if not self._closed else ():
             self._supervisor.start_soon(f"cancel child {child_id}", self._children.cancel, child_id,
@@ -1145,7 +1145,7 @@ class Engine:
     def _queue(self, run: Run) -> None:
         """Queue a run for a slot; one with a workflow timeout that has started is watched, to
         leave the queue at its deadline (see :meth:`_watch_queued_deadlines`)."""
-        self._waiting.append(run)
+        self._waiting.append(run, trio.current_time())
         self._children.slot_wanted()
         if not run.signals_fetched and any(lane.waiting is not None and "child" in lane.waiting
                                            for lane in run.state.lanes.values()):

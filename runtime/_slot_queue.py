@@ -1,6 +1,6 @@
 """The queue of runs waiting for a ``max_running`` slot: first in, first out, and asked "is this
-run queued?" at every cancel and at every child end notice to a queued parent, which must not
-cost a walk of thousands of queued runs."""
+run queued?" (and since when) at every cancel, at every child end notice to a queued parent and
+at every wait in memory of a parent, which must not cost a walk of thousands of queued runs."""
 
 from __future__ import annotations
 
@@ -12,31 +12,37 @@ T = TypeVar("T")
 
 
 class SlotQueue(Generic[T]):
-    """A deque of runs with a set beside it: membership in O(1). (Removing one from the middle,
-    a cancel's, still walks the deque: it is rare, and a queued run is found only once.)"""
+    """A deque of runs with a dict beside it (each run's time of queueing): membership in O(1).
+    (Removing one from the middle, a cancel's, still walks the deque: it is rare, and a queued
+    run is found only once.)"""
 
     __slots__ = ("_order", "_members")
 
     def __init__(self) -> None:
         self._order: collections.deque[T] = collections.deque()
-        self._members: set[T] = set()
+        self._members: dict[T, float] = {}
 
-    def append(self, run: T) -> None:
+    def append(self, run: T, at: float) -> None:
+        """Queue ``run`` last, at ``at`` (trio time)."""
         self._order.append(run)
-        self._members.add(run)
+        self._members[run] = at
 
-    def appendleft(self, run: T) -> None:
+    def appendleft(self, run: T, at: float) -> None:
         self._order.appendleft(run)
-        self._members.add(run)
+        self._members[run] = at
 
     def popleft(self) -> T:
         run = self._order.popleft()
-        self._members.discard(run)
+        del self._members[run]
         return run
 
     def remove(self, run: T) -> None:
         self._order.remove(run)
-        self._members.discard(run)
+        del self._members[run]
+
+    def queued_at(self, run: T) -> float | None:
+        """When ``run`` was queued (``None``: it is not)."""
+        return self._members.get(run)
 
     def __contains__(self, run: object) -> bool:
         return run in self._members

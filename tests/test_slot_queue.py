@@ -1,5 +1,6 @@
 """The queue of runs waiting for a slot keeps first-in-first-out order (a cancelled run put back
-goes first) and answers "is it queued?" as its order does, whatever was added and taken."""
+goes first) and answers "is it queued?" and "since when?" as its order does, whatever was added
+and taken."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ def test_the_queue_behaves_as_a_deque_and_knows_its_members(steps: list[tuple[st
     queue: SlotQueue[object] = SlotQueue()
     runs = [object() for _ in range(6)]
     model: list[object] = []
-    for op, i in steps:
+    since: dict[object, float] = {}
+    for t, (op, i) in enumerate(steps):
         run = runs[i]
         if op in ("append", "appendleft"):
             if run in model:
                 continue  # (a run is queued once at a time)
-            getattr(queue, op)(run)
+            getattr(queue, op)(run, float(t))
+            since[run] = float(t)
             if op == "append":
                 model.append(run)
             else:
@@ -35,3 +38,4 @@ def test_the_queue_behaves_as_a_deque_and_knows_its_members(steps: list[tuple[st
             model.remove(run)
         assert list(queue) == model and len(queue) == len(model) and bool(queue) == bool(model)
         assert all((r in queue) == (r in model) for r in runs)
+        assert all(queue.queued_at(r) == (since[r] if r in model else None) for r in runs)
