@@ -259,6 +259,7 @@ class Run:
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
         "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "unheld", "unpublished",
+        "lent",
     )
 
     def __init__(
@@ -360,6 +361,9 @@ class Run:
         self.doomed: BaseException | None = None
         #: Inside a transactional run's transaction: snapshots wait for its commit.
         self.deferred = False
+        #: Runs in the slot its parent lent it (see ``Children.lend_slot``): its own children
+        #: run in that slot too, and it stays in memory while it waits on them.
+        self.lent = False
         self.cancel_scope: trio.CancelScope | None = None
         #: Taken up ahead of its time by the engine's waker: it sleeps in this scope (its
         #: deadline the time), holding no ``max_running`` slot, until then or until a cancel or
@@ -488,6 +492,10 @@ class Run:
         it, may hold."""
         if self.park_after is None or seconds <= self.park_after or self.deferred or self.state.phase != "forward" \
                 or self.failed_in:
+            return False
+        if self.lent and any(lane.waiting is not None and "child" in lane.waiting for lane in self.state.lanes.values()):
+            # Run in a slot its parent lent it: its children run in that slot too (they would
+            # queue for slots its parent holds), and it stays while it waits on them.
             return False
         timeout, started = self.definition.timeout, self.state.started_at
         if timeout is not None and started is not None and started + timeout - self.clock() <= self.park_after:

@@ -92,6 +92,9 @@ class EngineChildren:
             waiting = lane.waiting
             if waiting is not None and "child" in waiting and (child := engine._live.get(waiting["child"])) is not None \
                     and (since := queue.queued_at(child)) is not None and since <= soon:
+                # Its own children run in its slot, and it stays while it waits on them (see
+                # ``Run.may_park``): parked, it would leave them queued for slots its parent holds.
+                child.lent = True
                 engine._adopt_child(child.state.instance_id)
 
     async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> bool:

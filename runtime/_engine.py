@@ -6,12 +6,10 @@ from __future__ import annotations
 import heapq
 import contextlib
 import functools
-import inspect
 import math
-import os
 import time
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any, Literal, NoReturn, ParamSpec, TypeVar
@@ -34,7 +32,6 @@ from trioflow._codec import (
     encode_payload,
     encode_start,
     remember_data,
-    same_value,
 )
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import (
@@ -51,7 +48,6 @@ from ._errors import (
     DefinitionError,
     DefinitionMismatchError,
     EngineClosedError,
-    InstanceIdConflictError,
     InstanceNotLiveError,
     InvalidArgumentError,
     SnapshotDecodeError,
@@ -64,6 +60,10 @@ from ._errors import (
     describe_error,
     safe_repr,
 )
+from ._engine_arguments import (
+    check_adapter, check_instance_id, check_listing, check_same_start, check_same_workflow, duration, not_the_child,
+)
+from ._ends_during_reads import EndsDuringReads
 from ._events import EventBus
 from ._jobs import JobRegistry
 from ._children import EngineChildren, ended_badly
@@ -73,7 +73,6 @@ from ._slot_queue import SlotQueue
 from ._storage_retry import retried
 from ._snapshot import (
     RESUMABLE,
-    STATUSES,
     TERMINAL,
     InstanceState,
     Status,
@@ -125,8 +124,8 @@ class Engine:
         #: Set when what the waker waits for may have changed (an instance parked, a workflow
         #: was registered); the waker replaces it each time it looks.
         self._wake_changed = trio.Event()
-        #: Runs that end while reads of storage are in flight (see :class:`_EndsDuringReads`).
-        self._ends = _EndsDuringReads()
+        #: Runs that end while reads of storage are in flight (see :class:`EndsDuringReads`).
+        self._ends = EndsDuringReads()
         #: Instances the waker resumed that storage may still say are due (they have not
         #: checkpointed since): it passes them over.
         self._waking: set[str] = set()
@@ -354,11 +353,11 @@ class Engine:
             raise InvalidArgumentError(f"instance_id must be a non-empty string of valid text, got {instance_id!r}")
         while (storing := self._storing.get(instance_id)) is not None:
             # Another ``start`` of this id is storing it: its outcome decides this one's.
-            _check_same_workflow(instance_id, storing.workflow_name, workflow_name)
+            check_same_workflow(instance_id, storing.workflow_name, workflow_name)
             await storing.wait()
         live = self._live.get(instance_id)
         if live is not None:
-            _check_same_start(instance_id, live.state, workflow_name, input, parent)
+            check_same_start(instance_id, live.state, workflow_name, input, parent)
             return instance_id
         if ended_maybe and parent is not None and await self._ended_before(instance_id, parent):
             return instance_id  # it ran, and ended: its parent's step takes the end notice
@@ -403,14 +402,14 @@ class Engine:
                 # or by a concurrent ``start``. Idempotent, unless it is another workflow's.
                 run = self._live.get(instance_id)
                 if run is not None:
-                    _check_same_start(instance_id, run.state, workflow_name, input, parent)
+                    check_same_start(instance_id, run.state, workflow_name, input, parent)
                     return instance_id
                 self._check_open()  # closed while it was stored: an idempotent start may be made again
                 existing = await self._load_fresh(instance_id)
                 if existing is not None:
-                    _check_same_workflow(instance_id, existing.workflow_name, workflow_name)
+                    check_same_workflow(instance_id, existing.workflow_name, workflow_name)
                     with contextlib.suppress(SnapshotDecodeError):  # unreadable: reported as such elsewhere
-                        _check_same_start(instance_id, _decoded(existing), workflow_name, input, parent)
+                        check_same_start(instance_id, _decoded(existing), workflow_name, input, parent)
                     if parent is not None and existing.status in TERMINAL:
                         await self._check_end_noticed(instance_id, parent)
                     if self._leftovers is not None and existing.status in RESUMABLE:
@@ -462,7 +461,7 @@ class Engine:
         if any(name == notice for _, name, _ in parent.signals):
             return
         if not any(name == notice for _, name, _ in await self.adapter.signals(parent.instance_id)):
-            raise _not_the_child(child_id, parent)
+            raise not_the_child(child_id, parent)
 
     def _start_time(self, delay: Seconds | None, start_at: datetime | float | None) -> float | None:
         """When a delayed start starts (Unix seconds on the engine's clock), or ``None``."""
@@ -491,7 +490,7 @@ class Engine:
         Raises :class:`UnknownInstanceError` for an unknown instance, and
         :class:`InstanceNotLiveError` for one that has ended (nothing is stored then)."""
         self._check_open()
-        _check_instance_id(instance_id)
+        check_instance_id(instance_id)
         if not is_signal_name(name):
             raise InvalidArgumentError(
                 f"a signal name must be a non-empty string of valid text not starting with"
@@ -639,7 +638,7 @@ class Engine:
     async def get_instance(self, instance_id: str) -> WorkflowInstance | None:
         """The instance as it stands (``None`` if unknown)."""
         self._check_open()
-        _check_instance_id(instance_id)
+        check_instance_id(instance_id)
         run = self._live.get(instance_id)
         if run is not None:
             return _live_view(run, run.stored_status)
@@ -663,7 +662,7 @@ class Engine:
 
     async def wait(self, instance_id: str) -> WorkflowInstance:
         """Wait until the instance has reached a terminal status (compensation included)."""
-        _check_instance_id(instance_id)
+        check_instance_id(instance_id)
         # A loop, not a recursion: an instance that waits out of memory many times over is
         # followed across each of its runs.
         while True:
@@ -761,7 +760,7 @@ class Engine:
         is not registered; auto-resume is off) has the cancel stored in it: whichever engine
         runs it next compensates it."""
         self._check_open()
-        _check_instance_id(instance_id)
+        check_instance_id(instance_id)
         if self._pending_resumes:
             await self._resumes_settled.wait()
         while (storing := self._storing.get(instance_id)) is not None:
@@ -886,7 +885,7 @@ class Engine:
         An instance whose snapshot this release cannot read is reported ``failed``; an unpaged
         ``status="failed"`` listing includes those stored with another status too."""
         self._check_open()
-        _check_listing(workflow_name, status, limit, after, order)
+        check_listing(workflow_name, status, limit, after, order)
         if isinstance(after, WorkflowInstance):
             await self._check_still_there(after)
             after = after.id
@@ -960,7 +959,7 @@ class Engine:
         children (and theirs) that the purge would take. Deletes in batches of :data:`PURGE_BATCH` (on SQLite, one transaction
         each), letting instances run and checkpoint between them."""
         self._check_open()
-        age = _duration(older_than, "older_than")
+        age = duration(older_than, "older_than")
         if status is not None and (not isinstance(status, str) or status not in TERMINAL):
             raise InvalidArgumentError(
                 f"status must be one of {', '.join(sorted(TERMINAL))} (only finished instances are purged),"
@@ -1251,7 +1250,8 @@ class Engine:
         """A parent resumed here waits in memory, holding its slot, for a child queued for a
         slot of its own (resumed before its parent was): it runs now, in its parent's slot."""
         run = self._live.get(child_id)
-        if run is not None and run in self._waiting:
+        if run is not None and run in self._waiting and not (self._closed or self._actors_stopped):
+            # (Stopping: a queued run stays as stored, for the next engine, as _free_slot leaves it.)
             self._waiting.remove(run)
             self._launch(run)
 
@@ -1837,10 +1837,10 @@ async def open_engine(
         now = clock()  # asked once now: a clock that gives no number fails here, not in a start
         if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
             raise InvalidArgumentError(f"clock must give Unix seconds as a number (as time.time does), it gave {safe_repr(now)}")
-    _check_adapter(adapter)
+    check_adapter(adapter)
     check_services(services)
-    retry_for = _duration(storage_retry_for, "storage_retry_for")
-    keep = None if retain_finished is None else _duration(retain_finished, "retain_finished")
+    retry_for = duration(storage_retry_for, "storage_retry_for")
+    keep = None if retain_finished is None else duration(retain_finished, "retain_finished")
     storage: Adapter = adapter if adapter is not None else MemoryAdapter()
     if keep is not None and not keeps_families(storage):
         log.warning(
@@ -1926,76 +1926,6 @@ async def _hold_nursery(closing: list[Callable[[], None]], ended: list[Callable[
             call()
 
 
-class _EndsDuringReads:
-    """Which runs end while reads of storage are in flight. A row read before a run's last
-    checkpoint is stale: resumed, it would run that instance again from an old snapshot."""
-
-    __slots__ = ("_all", "_one", "_ends")
-
-    def __init__(self) -> None:
-        #: Reads of many rows in flight: the ids of the runs that ended since each began.
-        self._all: list[set[str]] = []
-        #: Reads of one row in flight, by id: how many, and the runs of it that ended since the
-        #: oldest began (counted, not listed: one signal each, for a thousand senders at once).
-        self._one: dict[str, int] = {}
-        self._ends: dict[str, int] = {}
-
-    def ended(self, instance_id: str) -> None:
-        """A run of ``instance_id`` ended (or left memory) here."""
-        for ended in self._all:
-            ended.add(instance_id)
-        if instance_id in self._one:
-            self._ends[instance_id] = self._ends.get(instance_id, 0) + 1
-
-    @contextlib.contextmanager
-    def watching_all(self) -> Iterator[set[str]]:
-        """Around a read of many rows: yields the set of the ids whose runs end meanwhile."""
-        ended: set[str] = set()
-        self._all.append(ended)
-        try:
-            yield ended
-        finally:
-            # By identity: ``list.remove`` matches equal sets, and two reads in flight whose
-            # sets hold the same ids would then drop each other's.
-            for place, watched in enumerate(self._all):
-                if watched is ended:
-                    del self._all[place]
-                    break
-
-    def watching(self, instance_id: str) -> _Watching:
-        """Around a read of one row: gives a function saying whether a run of it ended since."""
-        return _Watching(self, instance_id)
-
-
-class _Watching:
-    """:meth:`_EndsDuringReads.watching`: a plain object, not a generator's context manager,
-    as every signal sent to a parked instance reads its row under one."""
-
-    __slots__ = ("_reads", "_instance_id", "_before")
-
-    def __init__(self, reads: _EndsDuringReads, instance_id: str) -> None:
-        self._reads, self._instance_id = reads, instance_id
-        self._before = 0
-
-    def __enter__(self) -> Callable[[], bool]:
-        reads, instance_id = self._reads, self._instance_id
-        reads._one[instance_id] = reads._one.get(instance_id, 0) + 1
-        self._before = reads._ends.get(instance_id, 0)
-        return self._ended
-
-    def _ended(self) -> bool:
-        return self._reads._ends.get(self._instance_id, 0) != self._before
-
-    def __exit__(self, *exc: object) -> None:
-        reads, instance_id = self._reads, self._instance_id
-        left = reads._one[instance_id] - 1
-        if left:
-            reads._one[instance_id] = left
-        else:  # nobody reads it now: forget it (asked inside the block, not after)
-            del reads._one[instance_id]
-            reads._ends.pop(instance_id, None)
-
-
 def _held_for_jobs(instance_id: str, missing: list[str]) -> InstanceNotLiveError:
     return InstanceNotLiveError(
         f"instance {instance_id!r} resumes once the jobs its workflow uses are registered (missing: {', '.join(missing)})")
@@ -2027,105 +1957,12 @@ class _Storing:
 CANCEL_STORE_WAIT = 10.0
 
 
-def _duration(value: Seconds, name: str) -> float:
-    """A duration argument in seconds, or :class:`InvalidArgumentError` naming it."""
-    number = seconds(value)
-    if not in_range(number):
-        raise InvalidArgumentError(f"{name} must be a finite number of seconds >= 0 (or a timedelta), got {value!r}")
-    return float(number)
-
-
-def _check_adapter(adapter: object) -> None:
-    """``open_engine``'s ``adapter``: an adapter object (made, not its class), or
-    :class:`InvalidArgumentError` saying what to pass."""
-    if adapter is None:
-        return
-    if isinstance(adapter, type):
-        raise InvalidArgumentError(
-            f"adapter must be an adapter object, got the class {adapter.__name__}: make one, as in"
-            f" {adapter.__name__}(...)")
-    missing = [name for name in ("open", "close", "create", "checkpoint", "load") if not callable(getattr(adapter, name, None))]
-    if missing:
-        hint = ": for a SQLite file, pass tf.adapters.SQLiteAdapter(path)" if isinstance(adapter, (str, os.PathLike)) else ""
-        raise InvalidArgumentError(
-            f"adapter must be a persistence adapter (it has no {', '.join(missing)}), got {safe_repr(adapter)}{hint}")
-
-
-def _check_instance_id(instance_id: object) -> None:
-    """An instance id as the engine's methods take it, or :class:`InvalidArgumentError` saying
-    what to pass instead."""
-    if isinstance(instance_id, str):
-        if valid_text(instance_id):
-            return
-        # (A lone surrogate, from a file name decoded with surrogateescape: no storage takes it.)
-        raise InvalidArgumentError(f"an instance id must be valid text, got {instance_id!r}")
-    if isinstance(instance_id, WorkflowInstance):
-        hint = f": pass its id, {instance_id.id!r}"
-    elif isinstance(instance_id, WorkflowDefinition):
-        hint = ": that is a workflow definition; pass the id start() returned"
-    elif inspect.iscoroutine(instance_id):
-        hint = f", got {safe_repr(instance_id)}: await it first (`await engine.start(...)` gives the id)"
-    else:
-        hint = f", got {safe_repr(instance_id)}"
-    raise InvalidArgumentError(f"an instance id must be a string{hint}")
-
-
-def _check_listing(workflow_name: object, status: object, limit: object, after: object, order: object) -> None:
-    """The arguments of ``get_instances``, or :class:`InvalidArgumentError` naming the one at fault."""
-    if isinstance(workflow_name, WorkflowDefinition):
-        raise InvalidArgumentError(f"get_instances() takes a workflow's name: pass {workflow_name.name!r}")
-    if workflow_name is not None and (not isinstance(workflow_name, str) or not valid_text(workflow_name)):
-        raise InvalidArgumentError(f"workflow_name must be a workflow name or None, got {safe_repr(workflow_name)}")
-    if status is not None and (not isinstance(status, str) or status not in STATUSES):
-        raise InvalidArgumentError(f"status must be one of {', '.join(sorted(STATUSES))} or None, got {status!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit < 1 << 63):
-        raise InvalidArgumentError(f"limit must be an int >= 1 (below 2**63) or None, got {limit!r}")
-    if after is not None and not isinstance(after, WorkflowInstance) and (
-            not isinstance(after, str) or not after or not valid_text(after)):
-        raise InvalidArgumentError(
-            f"after must be the last instance of the previous page, or its id, got {after!r}")
-    if order not in ("oldest", "newest"):
-        raise InvalidArgumentError(f"order must be 'oldest' or 'newest', got {order!r}")
-
-
-def _check_same_workflow(instance_id: str, stored: str, asked: str) -> None:
-    if stored != asked:
-        raise InstanceIdConflictError(f"instance id {instance_id!r} already belongs to workflow {stored!r}")
-
-
 #: How many entries of runs that ended the heap of queued parents' deadlines may keep beyond
 #: twice those it watches (see ``Engine._forget_queued_deadline``).
 _STALE_DEADLINES = 64
 #: How near its workflow deadline a parent counts as at it (see ``_must_cancel_children``): the
 #: engine's clock, read as the deadline comes, may be a float's rounding before it.
 _DEADLINE_SLACK = 0.001
-
-
-def _check_same_start(
-    instance_id: str, state: InstanceState, workflow_name: str, input: Any, parent: InstanceState | None = None,
-) -> None:
-    """A ``start`` with the id of an existing instance returns it only if it asks for the same
-    workflow with the same input (as Step Functions does for an execution name). A child step
-    (``parent``) finding its child takes it whatever its input (the child it started before a
-    restart, whose input a callable of ctx may now work out otherwise), but only if it is that
-    parent's child: not an instance a caller started under that id."""
-    _check_same_workflow(instance_id, state.workflow_name, workflow_name)
-    if parent is not None:
-        if state.parent_id != parent.instance_id:
-            raise _not_the_child(instance_id, parent)
-        return
-    if not same_value(state.input, input):
-        raise InstanceIdConflictError(
-            f"instance id {instance_id!r} already belongs to an instance of {workflow_name!r} with another input;"
-            " start with the same input to get that instance, or under another id"
-        )
-
-
-def _not_the_child(child_id: str, parent: InstanceState) -> InstanceIdConflictError:
-    return InstanceIdConflictError(
-        f"instance id {child_id!r}, which a child step of instance {parent.instance_id!r} gives its child, belongs"
-        " to an instance that is not that instance's child (one a caller started under that id, or the child of"
-        " an earlier instance with the same id, since deleted); delete it, or start the parent under another id")
 
 
 def _live_view(run: Run, stored: Status | None) -> WorkflowInstance:

@@ -1,0 +1,109 @@
+"""The engine's checks of what callers hand it (``open_engine``'s options, instance ids,
+listings, a start under an id already taken): each raises trioflow's own error naming what was
+wrong and what to pass instead, before anything is stored."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+from ._definition import WorkflowDefinition
+from ._durations import Seconds, in_range, seconds
+from ._errors import InstanceIdConflictError, InvalidArgumentError, safe_repr
+from ._codec import same_value
+from ._lanes import valid_text
+from ._snapshot import STATUSES, InstanceState, WorkflowInstance
+
+
+def duration(value: Seconds, name: str) -> float:
+    """A duration argument in seconds, or :class:`InvalidArgumentError` naming it."""
+    number = seconds(value)
+    if not in_range(number):
+        raise InvalidArgumentError(f"{name} must be a finite number of seconds >= 0 (or a timedelta), got {value!r}")
+    return float(number)
+
+
+def check_adapter(adapter: object) -> None:
+    """``open_engine``'s ``adapter``: an adapter object (made, not its class), or
+    :class:`InvalidArgumentError` saying what to pass."""
+    if adapter is None:
+        return
+    if isinstance(adapter, type):
+        raise InvalidArgumentError(
+            f"adapter must be an adapter object, got the class {adapter.__name__}: make one, as in"
+            f" {adapter.__name__}(...)")
+    missing = [name for name in ("open", "close", "create", "checkpoint", "load") if not callable(getattr(adapter, name, None))]
+    if missing:
+        hint = ": for a SQLite file, pass tf.adapters.SQLiteAdapter(path)" if isinstance(adapter, (str, os.PathLike)) else ""
+        raise InvalidArgumentError(
+            f"adapter must be a persistence adapter (it has no {', '.join(missing)}), got {safe_repr(adapter)}{hint}")
+
+
+def check_instance_id(instance_id: object) -> None:
+    """An instance id as the engine's methods take it, or :class:`InvalidArgumentError` saying
+    what to pass instead."""
+    if isinstance(instance_id, str):
+        if valid_text(instance_id):
+            return
+        # (A lone surrogate, from a file name decoded with surrogateescape: no storage takes it.)
+        raise InvalidArgumentError(f"an instance id must be valid text, got {instance_id!r}")
+    if isinstance(instance_id, WorkflowInstance):
+        hint = f": pass its id, {instance_id.id!r}"
+    elif isinstance(instance_id, WorkflowDefinition):
+        hint = ": that is a workflow definition; pass the id start() returned"
+    elif inspect.iscoroutine(instance_id):
+        hint = f", got {safe_repr(instance_id)}: await it first (`await engine.start(...)` gives the id)"
+    else:
+        hint = f", got {safe_repr(instance_id)}"
+    raise InvalidArgumentError(f"an instance id must be a string{hint}")
+
+
+def check_listing(workflow_name: object, status: object, limit: object, after: object, order: object) -> None:
+    """The arguments of ``get_instances``, or :class:`InvalidArgumentError` naming the one at fault."""
+    if isinstance(workflow_name, WorkflowDefinition):
+        raise InvalidArgumentError(f"get_instances() takes a workflow's name: pass {workflow_name.name!r}")
+    if workflow_name is not None and (not isinstance(workflow_name, str) or not valid_text(workflow_name)):
+        raise InvalidArgumentError(f"workflow_name must be a workflow name or None, got {safe_repr(workflow_name)}")
+    if status is not None and (not isinstance(status, str) or status not in STATUSES):
+        raise InvalidArgumentError(f"status must be one of {', '.join(sorted(STATUSES))} or None, got {status!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit < 1 << 63):
+        raise InvalidArgumentError(f"limit must be an int >= 1 (below 2**63) or None, got {limit!r}")
+    if after is not None and not isinstance(after, WorkflowInstance) and (
+            not isinstance(after, str) or not after or not valid_text(after)):
+        raise InvalidArgumentError(
+            f"after must be the last instance of the previous page, or its id, got {after!r}")
+    if order not in ("oldest", "newest"):
+        raise InvalidArgumentError(f"order must be 'oldest' or 'newest', got {order!r}")
+
+
+def check_same_workflow(instance_id: str, stored: str, asked: str) -> None:
+    if stored != asked:
+        raise InstanceIdConflictError(f"instance id {instance_id!r} already belongs to workflow {stored!r}")
+
+
+def check_same_start(
+    instance_id: str, state: InstanceState, workflow_name: str, input: Any, parent: InstanceState | None = None,
+) -> None:
+    """A ``start`` with the id of an existing instance returns it only if it asks for the same
+    workflow with the same input (as Step Functions does for an execution name). A child step
+    (``parent``) finding its child takes it whatever its input (the child it started before a
+    restart, whose input a callable of ctx may now work out otherwise), but only if it is that
+    parent's child: not an instance a caller started under that id."""
+    check_same_workflow(instance_id, state.workflow_name, workflow_name)
+    if parent is not None:
+        if state.parent_id != parent.instance_id:
+            raise not_the_child(instance_id, parent)
+        return
+    if not same_value(state.input, input):
+        raise InstanceIdConflictError(
+            f"instance id {instance_id!r} already belongs to an instance of {workflow_name!r} with another input;"
+            " start with the same input to get that instance, or under another id"
+        )
+
+
+def not_the_child(child_id: str, parent: InstanceState) -> InstanceIdConflictError:
+    return InstanceIdConflictError(
+        f"instance id {child_id!r}, which a child step of instance {parent.instance_id!r} gives its child, belongs"
+        " to an instance that is not that instance's child (one a caller started under that id, or the child of"
+        " an earlier instance with the same id, since deleted); delete it, or start the parent under another id")
