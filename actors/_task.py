@@ -213,11 +213,18 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
         cancelled = _as_cancellation(exc, step.name)
         if cancelled is None:
             raise
-        run.add_failure(new_execution(
+        record = new_execution(
             run.state, ctx.lane, step.name, "failed", error="cancelled", error_name="Cancelled",
             cause="cancelled while running", input=data, input_is_workflow_input=uses_input,
             attempts=ctx._attempt, started_at=started_at, now=run.clock(),
-        ), for_good=False)
+        )
+        run.add_failure(record, for_good=False)
+        if run.bus.active:
+            # Its end, as for any step that started: published once the checkpoint that stores
+            # the record (the cancel's, the timeout's, the fail-fast's end) has (an engine
+            # closing stores none: the step runs again with the next engine).
+            run.emit_once_stored("workflow.step.failed", ctx.lane, step_name=step.name, error=record.error,
+                                 error_name="Cancelled", cause=record.cause, attempts=record.attempts)
         raise cancelled from None
 
 

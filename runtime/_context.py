@@ -130,6 +130,11 @@ class StepOutputs(Mapping[str, Any]):
     def __repr__(self) -> str:
         return f"StepOutputs({dict(self)!r})"
 
+    def stored_value(self) -> dict[str, Any]:
+        """What storing the view stores (a step returning ``ctx.steps``, or a value holding
+        it): a dict of the outputs as they stand now, read back as a dict."""
+        return dict(self)
+
 
 def _enclosing_items(records: Sequence[StepResult], scope: str, since: int) -> list[tuple[str, int]]:
     """``(item key, since)`` of each map item the item ``scope`` runs in, innermost first:

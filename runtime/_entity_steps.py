@@ -22,7 +22,7 @@ from ._builder import catchers
 from ._codec import decode_payload, encode_payload
 from ._context import WorkflowContext
 from ._decide import next_execution_id
-from ._errors import safe_repr
+from ._errors import DefinitionError, safe_repr
 from ._definition import Catch, TaskStep
 from ._lanes import execution_id
 from ._retry import Retry
@@ -68,6 +68,16 @@ async def _once(ctx: WorkflowContext, step: str, write: Callable[[Driver], Await
     return output
 
 
+def _check_fns(step: str, **fns: object) -> None:
+    """The column functions of an entity step, or :class:`DefinitionError` when one is not
+    callable (a dict of fixed columns, say), raised as the step is made rather than as it runs."""
+    for what, fn in fns.items():
+        if not callable(fn):
+            raise DefinitionError(
+                f"entity step {step!r}: {what} must be a function of ctx giving a dict of columns, got"
+                f" {safe_repr(fn)}{' (for fixed columns: lambda ctx: {...})' if isinstance(fn, Mapping) else ''}")
+
+
 async def _columns(fn: Fn, ctx: WorkflowContext, step: str, what: str) -> dict[str, Any]:
     """``fn(ctx)`` (awaited if it is an ``async def``, as other mappers may be) as a dict of
     column names to values; anything else fails the step, named, before the driver sees it."""
@@ -102,6 +112,7 @@ def create_entity_step(
 ) -> TaskStep:
     """Create a row from ``data_fn(ctx)``; output: the row as stored. ``store_as`` also puts its
     key in ``ctx.data``. Compensation deletes the row."""
+    _check_fns(name, data_fn=data_fn)
 
     async def execute(ctx: WorkflowContext) -> dict[str, Any]:
         data = await _columns(data_fn, ctx, name, "data_fn")
@@ -133,6 +144,7 @@ def update_entity_step(
     """Set ``data_fn(ctx)`` on the rows matching ``where_fn(ctx)`` (at least one must match).
     Output: ``{"updated": rows after, "previous": key and old values of the changed columns}``.
     Compensation writes the old values back."""
+    _check_fns(name, where_fn=where_fn, data_fn=data_fn)
 
     async def execute(ctx: WorkflowContext) -> dict[str, Any]:
         where = await _columns(where_fn, ctx, name, "where_fn")
@@ -167,6 +179,7 @@ def delete_entity_step(
 ) -> TaskStep:
     """Delete the rows matching ``where_fn(ctx)`` (at least one must match). Output:
     ``{"deleted": the rows as they were}``. Compensation re-creates them with the same keys."""
+    _check_fns(name, where_fn=where_fn)
 
     async def execute(ctx: WorkflowContext) -> dict[str, Any]:
         where = await _columns(where_fn, ctx, name, "where_fn")

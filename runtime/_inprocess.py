@@ -16,7 +16,7 @@ from ._current import check_in_trio
 from ._decide import new_state
 from ._ids import new_instance_id
 from ._definition import TaskStep, WorkflowDefinition, unbuilt_hint
-from ._errors import DefinitionError, safe_repr
+from ._errors import DefinitionError, UnknownJobError, safe_repr
 from ._jobs import JobRegistry
 from ._snapshot import WorkflowResult
 
@@ -58,6 +58,12 @@ async def execute_workflow(
         services=services or {}, driver=driver, compensate_on_outer_cancel=True, cancellable=False,
         threads=ThreadSlots(), clock=clock,
     )
+    missing = [name for name in sorted(workflow.job_names) if name not in run.jobs]
+    if missing:
+        # Failed before any step runs, as an engine refuses to start it: a misspelt job name in
+        # a late step would otherwise run (and compensate) the steps before it.
+        run.doomed = UnknownJobError(
+            f"workflow {workflow.name!r} uses jobs that are not in jobs=: {', '.join(map(repr, missing))}; no step ran")
     await run_instance(run)
     return run.result()
 

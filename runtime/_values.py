@@ -44,6 +44,10 @@ def to_ext(value: Any) -> msgpack.ExtType:
         return msgpack.ExtType(_DECIMAL, str(value).encode())
     if kind is getattr(sys.modules.get("uuid"), "UUID", None):
         return msgpack.ExtType(_UUID, value.bytes)
+    # trioflow's own read-only views (``ctx.steps``), stored as the plain value they show.
+    stored_value = getattr(kind, "stored_value", None)
+    if stored_value is not None and kind.__module__.startswith("trioflow."):
+        return stored_value(value)
     raise TypeError(f"can not serialize {kind.__name__!r} object")
 
 
