@@ -70,8 +70,8 @@ async def execute_workflow(
 
 async def run_workflow(
     driver: Any,
-    name: str,
-    steps: Sequence[TaskStep],
+    name: str | Mapping[str, Any],
+    steps: Sequence[TaskStep] | None = None,
     input: Any = None,
     *,
     use_transaction: bool = False,
@@ -80,7 +80,16 @@ async def run_workflow(
     services: Mapping[str, Any] | None = None,
     hooks: Mapping[str, Callable[..., Any]] | None = None,
 ) -> WorkflowResult:
-    """Build a saga from ``steps`` and execute it at once (``runWorkflow`` in other saga libraries)."""
+    """Build a saga from ``steps`` and execute it at once (``runWorkflow`` in other saga libraries).
+
+    ``run_workflow(driver, {"name": ..., "steps": [...], ...})`` (the other form those take)
+    gives the name, the steps and any of the other arguments in one mapping."""
+    if isinstance(name, Mapping):
+        if steps is not None:
+            raise DefinitionError("run_workflow takes its steps in the mapping or as an argument, not both")
+        return await run_workflow(driver, **_run_options(name))
+    if steps is None:
+        raise DefinitionError(f"run_workflow({name!r}) needs its steps: a list of steps made by tf.step(name, execute, ...)")
     if isinstance(steps, (str, bytes)) or not isinstance(steps, Sequence) \
             or not all(isinstance(s, TaskStep) for s in steps):
         raise DefinitionError(
@@ -95,3 +104,20 @@ async def run_workflow(
     if hooks:
         builder.with_hooks(**hooks)
     return await execute_workflow(driver, builder.build(), input, services=services)
+
+
+#: What ``run_workflow``'s one-mapping form may hold (its other arguments, by name).
+_RUN_OPTIONS = ("name", "steps", "input", "use_transaction", "timeout", "initial_data", "services", "hooks")
+
+
+def _run_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments a ``run_workflow(driver, {...})`` mapping gives, or :class:`DefinitionError`
+    naming what it lacks or what is not one of them."""
+    unknown = [key for key in options if key not in _RUN_OPTIONS]
+    if unknown:
+        raise DefinitionError(
+            f"run_workflow's mapping takes {', '.join(_RUN_OPTIONS)}; not {', '.join(map(safe_repr, unknown))}")
+    missing = [key for key in ("name", "steps") if key not in options]
+    if missing:
+        raise DefinitionError(f"run_workflow's mapping needs {' and '.join(map(repr, missing))}")
+    return dict(options)
