@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from trioflow._values import PLAIN, detached
 from trioflow._codec import (
     check_data,
     copied,
@@ -429,7 +430,13 @@ class Run:
         :class:`UnencodableValueError` naming the value."""
         if self.adapter is not None:
             return stage(self.state, record, output_as_stored)
-        return record
+        # Nothing is stored: a live view in the output (a step returning ``ctx.steps``) is kept
+        # as it shows now, as an engine's read-back keeps it, not as it shows later (itself).
+        output = record.output
+        if type(output) in PLAIN:
+            return record  # (most outputs: nothing to look into)
+        output = detached(output)
+        return record if output is record.output else attrs.evolve(record, output=output)
 
     def lane_runs(self) -> None:
         """A lane's actor is started, or a lane is back from its parallel or map step: one lane

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._current import lane_of_caller
+from ._values import detached
 
 
 class SharedData(dict[str, Any]):
@@ -28,7 +29,9 @@ class SharedData(dict[str, Any]):
     writers: dict[str, tuple[Any, str | None]]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        super().__setitem__(key, value)
+        # A live view (``ctx.steps``) is kept as it shows now: stored at each checkpoint as it
+        # stood then, it would read back after a restart as less than a run without one saw.
+        super().__setitem__(key, detached(value))
         try:
             writers = self.writers
         except AttributeError:

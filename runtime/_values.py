@@ -45,10 +45,59 @@ def to_ext(value: Any) -> msgpack.ExtType:
     if kind is getattr(sys.modules.get("uuid"), "UUID", None):
         return msgpack.ExtType(_UUID, value.bytes)
     # trioflow's own read-only views (``ctx.steps``), stored as the plain value they show.
-    stored_value = getattr(kind, "stored_value", None)
-    if stored_value is not None and kind.__module__.startswith("trioflow."):
-        return stored_value(value)
+    if _is_view(kind):
+        return kind.stored_value(value)
     raise TypeError(f"can not serialize {kind.__name__!r} object")
+
+
+def _is_view(kind: type) -> bool:
+    """Whether values of ``kind`` are trioflow's own live views (``ctx.steps``)."""
+    return getattr(kind, "stored_value", None) is not None and kind.__module__.startswith("trioflow.")
+
+
+_CONTAINERS = frozenset({dict, list, tuple})
+#: What most outputs and data are: nothing to look into, nor a view.
+PLAIN = frozenset({type(None), bool, int, float, str, bytes})
+
+
+def detached(value: Any) -> Any:
+    """``value`` with each of trioflow's live views in it (``ctx.steps``, at any depth inside
+    dicts, lists and tuples) replaced by the plain value it shows now, so that what is kept
+    (in the shared data, or as a step's output in a run that stores nothing) no longer changes
+    as later steps end. ``value`` itself when it holds none (the common case: no copy)."""
+    kind = type(value)
+    if kind in PLAIN:
+        return value
+    if kind not in _CONTAINERS:
+        return _detached(value, set()) if _is_view(kind) else value
+    try:
+        return _detached(value, set())
+    except RecursionError:
+        return value  # (nested deeper than storage takes: left for its checks to refuse, named)
+
+
+def _detached(value: Any, seen: set[int]) -> Any:
+    kind = type(value)
+    if kind not in _CONTAINERS:
+        return _detached(kind.stored_value(value), seen) if _is_view(kind) else value
+    if id(value) in seen:
+        return value  # (a container holding itself: left as it is)
+    seen.add(id(value))
+    changed = False
+    if kind is dict:
+        items = {}
+        for key, item in value.items():
+            new = items[key] = _detached(item, seen)
+            changed = changed or new is not item
+        return items if changed else value
+    parts = []
+    for item in value:
+        new = _detached(item, seen)
+        parts.append(new)
+        changed = changed or new is not item
+    if not changed:
+        return value
+    return parts if kind is list else tuple(parts)
 
 
 def _datetime(data: bytes) -> _dt.datetime:
