@@ -214,8 +214,8 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
         if cancelled is None:
             raise
         record = new_execution(
-            run.state, ctx.lane, step.name, "failed", error="cancelled", error_name="Cancelled",
-            cause="cancelled while running", input=data, input_is_workflow_input=uses_input,
+            run.state, ctx.lane, step.name, "failed", error=f"Cancelled: {_CUT_SHORT}", error_name="Cancelled",
+            cause=_CUT_SHORT, input=data, input_is_workflow_input=uses_input,
             attempts=ctx._attempt, started_at=started_at, now=run.clock(),
         )
         run.add_failure(record, for_good=False)
@@ -226,6 +226,11 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
             run.emit_once_stored("workflow.step.failed", ctx.lane, step_name=step.name, error=record.error,
                                  error_name="Cancelled", cause=record.cause, attempts=record.attempts)
         raise cancelled from None
+
+
+#: The cause recorded for a step cut short (its ``error`` reads ``"Cancelled: "`` before it, as
+#: every failed execution's reads ``"Name: cause"``).
+_CUT_SHORT = "cancelled while running"
 
 
 async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: float, ctx: Any) -> None:

@@ -294,6 +294,7 @@ class WorkflowContext:
 
     @property
     def metadata(self) -> WorkflowMetadata:
+        """The run's identity: instance id, workflow name, start time."""
         return metadata_of(self._state)
 
     @property
