@@ -100,7 +100,9 @@ async def _wait_stored(run: Run, lane: Lane, key: str) -> None:
 
 async def run_receive(run: Run, step: ReceiveStep, key: str, lane: Lane, started_at: float) -> Any:
     """Take the next signal named ``step.signal``, waiting for it (until the timeout, if any);
-    returns its payload, or raises :class:`StepFailure` with :class:`SignalTimeoutError`."""
+    returns its payload, or raises :class:`StepFailure` with :class:`SignalTimeoutError`. Taken
+    up again, it waits for what it stored as it began (the signal's name, its deadline), as a
+    wait step keeps its due time, whatever a later release of the definition says."""
     if run.children is None and _never_ends(step.timeout) and _never_ends(run.definition.timeout):
         # No engine (``execute_workflow``): nothing can send it a signal, so without a timeout
         # (its own or the workflow's) it would wait for ever. It fails at once, as a child
@@ -108,25 +110,28 @@ async def run_receive(run: Run, step: ReceiveStep, key: str, lane: Lane, started
         raise StepFailure(step.name, InvalidArgumentError(
             f"step {step.name!r} waits for signal {step.signal!r} with no timeout, and execute_workflow has no"
             " engine to signal it; give it a timeout, or run it on an engine (open_engine)"), 1)
+    signal = step.signal
     if not lane.waits():
         timeout = step.timeout
         due = None if timeout is None or timeout == math.inf else run.clock() + timeout  # (inf: none)
-        lane.waiting = {"signal": step.signal, "timeout": due, "since": started_at}
-        taken = await take(run, step.signal, due)
+        lane.waiting = {"signal": signal, "timeout": due, "since": started_at}
+        taken = await take(run, signal, due)
         if taken is None:
             # Stored: a resume waits on, with the same timeout.
             await announce(run, step, key, lane, rests=_rests(run, due))
     else:
         assert lane.waiting is not None  # (it waits: lane.waits())
-        taken = await take(run, step.signal, lane.waiting["timeout"])
-    taken = await signal_or_timeout(run, lane, step.signal, taken)
+        signal, due = lane.waiting["signal"], lane.waiting["timeout"]
+        taken = await take(run, signal, due)
+    taken = await signal_or_timeout(run, lane, signal, taken)
     lane.waiting = None
     if taken is None:
-        assert step.timeout is not None
-        raise StepFailure(step.name, SignalTimeoutError(step.name, step.signal, step.timeout), 1)
+        assert due is not None  # (its deadline passed: it had one, whatever the definition says now)
+        timeout = step.timeout if step.timeout is not None else due - started_at
+        raise StepFailure(step.name, SignalTimeoutError(step.name, signal, timeout), 1)
     seq, payload = taken
     if run.bus.active and run.bus.wants("workflow.signal.received"):
-        run.emit("workflow.signal.received", key, step_name=step.name, signal=step.signal, seq=seq, payload=payload)
+        run.emit("workflow.signal.received", key, step_name=step.name, signal=signal, seq=seq, payload=payload)
     return payload
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from ._callables import plain_result
 from ._definition import (
-    CATCHING, Catch, ChildStep, ChoiceStep, FailStep, MapStep, ParallelStep, PassStep, Step, SucceedStep, TaskStep,
-    WorkflowDefinition,
+    CATCHING, Catch, ChildStep, ChoiceStep, FailStep, MapStep, ParallelStep, PassStep, ReceiveStep, Step, SucceedStep,
+    TaskStep, WaitStep, WorkflowDefinition,
 )
 from ._errors import (
     ChildWorkflowError, FailStepError, NoChoiceMatchedError, RecordedError, describe_error, error_cause, error_name,
@@ -380,9 +380,12 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
 
     Every lane position must exist where the snapshot says it is (checked whatever the
     fingerprint: a damaged row must fail alone, not crash its run). With another fingerprint,
-    every running parallel step's set of branches and every step that ran must still exist too.
-    Compensating, lanes stand nowhere (an instance that failed for not fitting keeps the ones
-    it had): only the steps that ran matter.
+    every running parallel step's set of branches and every step that ran must still exist too,
+    and each step a lane stands at must be of the kind whose execution the lane stored (a
+    wait's timer, a receive's signal, a child, a retry's attempts, a map's items): a release
+    that made a receive a wait would otherwise run it on what the receive left. (A parallel
+    step's branch lanes stand at its branches' steps, checked above.) Compensating, lanes stand nowhere (an instance that failed for not fitting keeps the
+    ones it had): only the steps that ran matter.
     """
     lookup = definition.lookup
     # (Compensating, the lanes stand nowhere: only the steps that ran must still be there.)
@@ -397,9 +400,14 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
     if state.fingerprint == definition.fingerprint:
         return None
     branches: dict[tuple[str, str], set[str]] = {}  # (scope, parallel step) -> its branch lanes stored
-    for key in state.lanes if state.phase == "forward" else ():
+    for key, lane in state.lanes.items() if state.phase == "forward" else ():
         if (parallel := parallel_of(key)) is not None:
             branches.setdefault((item_scope(key), parallel), set()).add(key)
+        if lane.step is not None and (stored_as := _stored_kind(lane)) is not None:
+            step = lookup[lane.step][0]
+            if not isinstance(step, stored_as):
+                return (f"step {lane.step!r} is now a {step.kind} step, and the instance stored it"
+                        f" {_STORED_AS[stored_as]} (lane {key or 'main'!r})")
     for (scope, name), stored in branches.items():
         found = lookup.get(name)
         if found is not None and isinstance(found[0], ParallelStep) and stored != set(branch_keys(found[0], scope)):
@@ -410,6 +418,33 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
         if name not in lookup:
             return f"step {name!r}, which the instance ran, is no longer in workflow {definition.name!r}"
     return None
+
+
+#: What a lane's stored execution says of its step's kind, by that kind, in words.
+_STORED_AS: dict[type[Step], str] = {
+    ChildStep: "waiting for a child workflow",
+    WaitStep: "waiting for a timer",
+    ReceiveStep: "waiting for a signal",
+    TaskStep: "between attempts of a task",
+    MapStep: "running a map's items",
+}
+
+
+def _stored_kind(lane: Lane) -> type[Step] | None:
+    """The kind of step whose execution ``lane`` stored as under way (``None``: nothing that
+    only one kind stores; a parallel step's branches are lanes of their own)."""
+    waiting = lane.waiting
+    if waiting is not None:
+        if "child" in waiting:  # (its "signal" names the child's end notice)
+            return ChildStep
+        if "timer" in waiting:
+            return WaitStep
+        if "signal" in waiting:
+            return ReceiveStep
+        if "attempt" in waiting:
+            return TaskStep
+    # A start record and no child waited on: a map step's, holding its items.
+    return MapStep if lane.begun is not None else None
 
 
 def take_up(state: InstanceState, definition: WorkflowDefinition) -> None:
