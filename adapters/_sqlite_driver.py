@@ -57,6 +57,11 @@ class SQLiteDriver:
         self._limiter = trio.CapacityLimiter(1)
         self._ownership = TransactionOwnership()
 
+    @property
+    def path(self) -> str | os.PathLike[str] | None:
+        """The database file it was given (``None``: it was handed a connection)."""
+        return None if isinstance(self._source, sqlite3.Connection) else self._source
+
     # -- the Driver protocol ------------------------------------------------------------------
 
     async def create(self, entity: str, data: Mapping[str, Any]) -> Row:

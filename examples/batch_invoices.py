@@ -46,9 +46,10 @@ class Ledger:
 async def reserve(ctx: tf.WorkflowContext) -> str:
     ledger: Ledger = ctx.resolve("ledger")
     invoice = ctx.input
-    ledger.reserved[invoice["id"]] = invoice["item"]
+    item: str = invoice["item"]
+    ledger.reserved[invoice["id"]] = item
     ledger.log.append(f"reserve {invoice['id']}")
-    return invoice["item"]
+    return item
 
 
 async def release(ctx: tf.WorkflowContext, item: str) -> None:

@@ -153,7 +153,7 @@ class _LaneBuilder:
         )
         return self
 
-    def choice(self, name: str, *, choices: Sequence[Choice], default: str | None = None) -> Self:
+    def choice(self, name: str, *, choices: Sequence[Choice] | Choice, default: str | None = None) -> Self:
         """Add a choice: the first rule whose condition holds wins, else ``default``."""
         self._steps.append(ChoiceStep(name=name, choices=_listed(name, "choices", choices, Choice, "tf.when(...) rules"),
                                       default=default))
@@ -163,7 +163,7 @@ class _LaneBuilder:
         self,
         name: str,
         *,
-        branches: Sequence[Branch],
+        branches: Sequence[Branch] | Branch,
         on_error: OnError = "fail-fast",
         catch: Sequence[Catch] | Catch | None = (),
         next: str | None = None,
@@ -405,7 +405,7 @@ class WorkflowBuilder(_LaneBuilder):
         lookup: dict[str, tuple[Step, str]] = {}
         index_steps(lookup, "", steps)
         if self._transactional:
-            _check_no_children(self._owner(), lookup)
+            _check_transactional(self._owner(), lookup)
         return WorkflowDefinition(
             name=self._name, steps=steps, index=index, lookup=lookup, data=dict(self._data),
             transactional=self._transactional, timeout=self._timeout,
@@ -418,11 +418,14 @@ class WorkflowBuilder(_LaneBuilder):
         )
 
 
-def _check_no_children(owner: str, lookup: Mapping[str, tuple[Step, str]]) -> None:
-    """A transactional workflow runs its forward part in one driver transaction; a child runs
-    as an instance of its own, in a task of its own, and cannot take part in it: its rows would
-    outlive a rollback, and its first driver write would wait for the transaction to end,
-    which waits for the child."""
+def _check_transactional(owner: str, lookup: Mapping[str, tuple[Step, str]]) -> None:
+    """A transactional workflow runs its forward part in one driver transaction, open from its
+    first step to its end, while every other user of the driver waits. A child runs as an
+    instance of its own, in a task of its own, and cannot take part in it: its rows would
+    outlive a rollback, and its first driver write would wait for the transaction to end, which
+    waits for the child. A wait or a receive would hold the transaction for as long as it
+    waits (a person's approval: days), and would not be durable either: the run's checkpoints
+    are written when it commits, and a crash runs it again from its start."""
     for step, _ in lookup.values():
         if isinstance(step, ChildStep):
             raise DefinitionError(
@@ -430,6 +433,12 @@ def _check_no_children(owner: str, lookup: Mapping[str, tuple[Step, str]]) -> No
                 " runs outside its driver transaction, and a child that writes through the driver would wait"
                 " for that transaction for ever); make the child's work steps of this workflow, or drop"
                 " transactional()")
+        if isinstance(step, (WaitStep, ReceiveStep)):
+            raise DefinitionError(
+                f"{owner}, step {step.name!r}: a transactional workflow cannot have {step.kind} steps (its driver transaction"
+                " would stay open, and every other user of the driver wait, for as long as it waits); wait in a"
+                " workflow that starts this one after it, or drop transactional() (a short pause can be a"
+                " trio.sleep in a step)")
 
 
 def index_steps(lookup: dict[str, tuple[Step, str]], lane: str, steps: Iterable[Step]) -> None:

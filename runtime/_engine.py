@@ -61,7 +61,7 @@ from ._errors import (
     safe_repr,
 )
 from ._engine_arguments import (
-    check_adapter, check_instance_id, check_listing, check_same_start, check_same_workflow, duration, not_the_child,
+    check_adapter, check_driver_apart, check_instance_id, check_listing, check_same_start, check_same_workflow, duration, not_the_child,
 )
 from ._ends_during_reads import EndsDuringReads
 from ._events import EventBus
@@ -239,6 +239,8 @@ class Engine:
             )
         check_encodable(dict(definition.data), f"the initial data of workflow {definition.name!r}: with_data")
         definition.check_driver(self._driver, "open_engine(driver=...)")
+        if definition.transactional:
+            check_driver_apart(self._driver, self.adapter, definition.name)
         self._definitions[definition.name] = definition
         self._registered()
         signalled = self._wake_on_register.pop(definition.name, None)

@@ -40,6 +40,27 @@ def check_adapter(adapter: object) -> None:
             f"adapter must be a persistence adapter (it has no {', '.join(missing)}), got {safe_repr(adapter)}{hint}")
 
 
+def check_driver_apart(driver: object, adapter: object, workflow_name: str) -> None:
+    """Refuse a transactional workflow whose driver works on the adapter's own SQLite file:
+    its run holds SQLite's one write lock from its first step to its end, and the engine could
+    store nothing meanwhile (every other ``start`` and checkpoint would fail, after the busy
+    timeout, with ``DatabaseUnavailableError``). Files are compared as ``path`` attributes
+    (``SQLiteDriver`` and ``SQLiteAdapter`` have one; a driver handed a connection has none)."""
+    theirs, mine = getattr(driver, "path", None), getattr(adapter, "path", None)
+    if not isinstance(theirs, (str, os.PathLike)) or not isinstance(mine, (str, os.PathLike)) \
+            or ":memory:" in (os.fspath(theirs), os.fspath(mine)):
+        return
+    try:
+        same = os.path.samefile(theirs, mine)
+    except OSError:  # (one not made yet)
+        same = os.path.realpath(theirs) == os.path.realpath(mine)
+    if same:
+        raise InvalidArgumentError(
+            f"workflow {workflow_name!r} is transactional, and the engine's driver works on its storage's own file"
+            f" {os.fspath(mine)!r}: the run would hold SQLite's write lock from its first step to its end, and the"
+            " engine could store nothing meanwhile; keep your tables in another file than the engine's")
+
+
 def check_instance_id(instance_id: object) -> None:
     """An instance id as the engine's methods take it, or :class:`InvalidArgumentError` saying
     what to pass instead."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import decimal
+import math
 import uuid
 from typing import Any
 
@@ -12,9 +13,13 @@ from typing import Any
 def json_ready(value: Any) -> Any:
     """``value`` with only what JSON holds: dicts with string keys, lists, strings, numbers,
     booleans and None. Dates and times become ISO 8601 text, a ``timedelta`` its seconds, a
-    ``Decimal`` or ``UUID`` its text, bytes base64 text, tuples lists."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    ``Decimal`` or ``UUID`` its text, bytes base64 text, tuples lists; NaN and the infinities,
+    which JSON has no words for (``json.dumps`` writes ``NaN``, which ``JSON.parse`` refuses),
+    None, as JavaScript's ``JSON.stringify`` writes them."""
+    if value is None or isinstance(value, (bool, int, str)):
         return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k if isinstance(k, str) else str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ForwardRef
 
 
 def lazy_exports(
@@ -39,4 +39,13 @@ def public_module(package: str, namespace: Mapping[str, Any]) -> None:
             continue
         module = getattr(value, "__module__", None)
         if isinstance(module, str) and module.startswith(f"{package}._"):
+            if isinstance(value, type) and (annotations := value.__dict__.get("__annotations__")):
+                # A class's annotations (text, ``from __future__ import annotations``) are read
+                # in the module it names (``typing.get_type_hints``, attrs, cattrs): the facade
+                # has none of the names they use. Each is read where it was written instead,
+                # and only when asked (importing stays as fast).
+                value.__annotations__ = {
+                    field: ForwardRef(hint, is_argument=False, is_class=True, module=module)
+                    if isinstance(hint, str) else hint for field, hint in annotations.items()
+                }
             value.__module__ = package

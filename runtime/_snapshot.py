@@ -583,8 +583,9 @@ class WorkflowInstance:
     def to_dict(self) -> dict[str, Any]:
         """The instance as JSON-ready values (``json.dumps`` takes it as it is): records as
         dicts with their ids, tuples as lists, dates and times as ISO 8601 text, a ``timedelta``
-        as seconds, ``Decimal`` and ``UUID`` as text, bytes as base64, dict keys as text (two
-        keys that read the same as text, ``1`` and ``"1"``, keep one value: the last)."""
+        as seconds, ``Decimal`` and ``UUID`` as text, bytes as base64, NaN and the infinities as
+        None (as ``JSON.stringify``), dict keys as text (two keys that read the same as text,
+        ``1`` and ``"1"``, keep one value: the last)."""
         return _instance_dict(self)
 
 

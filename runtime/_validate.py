@@ -117,6 +117,7 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
                 # count as true, and the first rule would always win.
                 raise DefinitionError(f"{label}: choice condition {choice.condition!r} is an async function;"
                                       " conditions are plain functions of ctx (fetch what they need in a step before)")
+            _check_arguments(label, "condition", choice.condition, ("ctx",))
             _check_target(label, "choice next", choice.next, names)
         if step.default is not None:
             _check_target(label, "default", step.default, names)
@@ -132,6 +133,7 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
                 f"{label}: workflow must be the name of a registered workflow, got {safe_repr(step.workflow)}")
         if step.input is not None and not callable(step.input):
             raise DefinitionError(f"{label}: input must be a callable of ctx, got {step.input!r}")
+        _check_arguments(label, "input", step.input, ("ctx",))
     elif isinstance(step, PassStep):
         if step.transform is not None and step.has_result:
             raise DefinitionError(f"{label}: give either 'transform' or 'result', not both")
@@ -141,6 +143,7 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
             # Decided in one go, as a choice is: its coroutine would be the step's output.
             raise DefinitionError(f"{label}: transform {step.transform!r} is an async function; a pass step's"
                                   " transform is a plain function of ctx (do async work in a task step)")
+        _check_arguments(label, "transform", step.transform, ("ctx",))
     elif isinstance(step, FailStep):
         if not isinstance(step.error, str) or not step.error or len(step.error) > MAX_ERROR_NAME \
                 or not valid_text(step.error):
@@ -151,6 +154,7 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
         if callable(step.cause) and is_async(step.cause):
             raise DefinitionError(f"{label}: cause {step.cause!r} is an async function; a fail step's cause is text"
                                   " or a plain function of ctx")
+        _check_arguments(label, "cause", step.cause, ("ctx",))
     elif isinstance(step, WaitStep):
         _check_wait(label, step)
     elif isinstance(step, ReceiveStep):
@@ -165,6 +169,8 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
             # Decided in one go, as a pass step's transform is: its coroutine would be the output.
             raise DefinitionError(f"{label}: output {step.output!r} is an async function; a succeed step's output"
                                   " is a value or a plain function of ctx (do async work in a task step)")
+        if step.has_output:
+            _check_arguments(label, "output", step.output, ("ctx",))
     else:
         raise DefinitionError(f"{owner}: {step!r} is not a step")
 
@@ -181,6 +187,7 @@ def _check_wait(label: str, step: WaitStep) -> None:
                 # its coroutine would be taken for the time.
                 raise DefinitionError(f"{label}: {field} {value!r} is an async function; a timer's {field} is a"
                                       " value or a plain function of ctx (fetch what it needs in a step before)")
+            _check_arguments(label, field, value, ("ctx",))
             continue
         if not in_range(value):
             allowed = ("a finite number of seconds >= 0, a timedelta, or a callable of ctx" if field == "seconds"
@@ -207,9 +214,10 @@ def _check_task(label: str, step: TaskStep) -> None:
                                   " output: collect what it yields and return that")
     _check_arguments(label, "execute" if saga else "job", step.run, ("ctx",) if saga else ("data",))
     _check_arguments(label, "compensate", step.compensate, ("ctx", "result") if saga else ("output",))
-    for field, fn in (("input", step.input), ("output", step.output)):
+    for field, fn, arguments in (("input", step.input, ("ctx",)), ("output", step.output, ("result", "ctx"))):
         if fn is not None and not callable(fn):
             raise DefinitionError(f"{label}: {field} must be callable, got {fn!r}")
+        _check_arguments(label, field, fn, arguments)
     if step.retry is not None and not isinstance(step.retry, Retry):
         raise DefinitionError(f"{label}: retry must be a trioflow.Retry, got {step.retry!r}")
     if step.timeout is not None:
@@ -249,6 +257,7 @@ def _check_map(label: str, step: MapStep) -> None:
     _check_on_error(label, step.on_error)
     if not callable(step.items):
         raise DefinitionError(f"{label}: items must be a callable of ctx giving the list of items, got {step.items!r}")
+    _check_arguments(label, "items", step.items, ("ctx",))
     if not isinstance(step.branch, Branch):
         raise DefinitionError(f"{label}: branch must be a branch (trioflow.branch(name)...build()), got {step.branch!r}")
     limit = step.max_concurrency

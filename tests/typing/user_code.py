@@ -1,0 +1,49 @@
+"""Code as a user writes it, checked by ``mypy --strict`` (scripts/typecheck) against the
+installed package's types, not run: what the README shows must type-check, not only work."""
+
+from __future__ import annotations
+
+import datetime
+
+import trioflow as tf
+from trioflow.testing import ScriptedJob, open_test_engine, returns
+
+
+async def reserve(ctx: tf.WorkflowContext) -> str:
+    return "r-1"
+
+
+async def release(ctx: tf.WorkflowContext, held: str) -> None:
+    return None
+
+
+async def charge(data: dict[str, int]) -> dict[str, str]:
+    return {"charge_id": "ch-1"}
+
+
+# One rule, one branch or one catcher alone, as the README says each option takes.
+order = (
+    tf.workflow("order")
+    .step("reserve", reserve, release)
+    .task("charge", job=charge, input=lambda ctx: {"total": ctx.input["total"]},
+          output=lambda result, ctx: result["charge_id"], retry=tf.Retry(max_attempts=3),
+          catch=tf.Catch(errors=[ConnectionError], next="notify"))
+    .choice("route", choices=tf.Choice(condition=lambda ctx: ctx.input["total"] > 100, next="approve"),
+            default="ship")
+    .receive("approve", signal="approved", timeout=datetime.timedelta(days=3), next="ship")
+    .parallel("ship", branches=tf.branch("parcel").step("send", reserve).build(), next="notify")
+    .wait("notify", seconds=60)
+    .build()
+)
+
+
+async def main() -> None:  # (run on trio's MockClock, as tests run it)
+    async with open_test_engine() as engine:
+        engine.register(order)
+        engine.jobs.register("charge", ScriptedJob(returns({"charge_id": "ch-1"})))
+        iid: str = await engine.start("order", {"total": 10})
+        await engine.signal(iid, "approved", payload={"by": "manager"})
+        done: tf.WorkflowInstance = await engine.wait(iid)
+        status: tf.Status = done.status
+        print(status, done.history, done.compensated_steps)
+
