@@ -3,7 +3,9 @@ recorded failed, and now says so to listeners too: ``workflow.step.failed`` with
 ``error_name`` ``"Cancelled"``, once, before the instance's end event. Before, a consumer of the
 event stream (a live dashboard) saw the step start and never end (the wave-1 spec audit of
 December 5th). An engine that closes mid-step publishes nothing for it: the step runs again
-with the next engine, and ends there.
+with the next engine, and ends there. Its ``error`` reads ``"Name: cause"`` as every failed
+execution's does, ``"Cancelled: cancelled while running"``, in the event, the history and read
+back after a restart (it read ``"cancelled"``: the docs audit of December 5th).
 
 On trio's MockClock (autojump), on the MemoryAdapter and SQLite."""
 
@@ -57,11 +59,17 @@ async def test_a_step_cut_short_publishes_its_failure_once_before_the_end(
     ends = [e for e in events if e["event"] == "workflow.step.failed" and e["step_name"] == step]
     assert len(ends) == 1, events
     assert ends[0]["error_name"] == "Cancelled" and ends[0]["attempts"] == 1
+    assert ends[0]["error"] == "Cancelled: cancelled while running"
     assert ends[0]["instance_id"] == iid
     names = [e["event"] for e in events]
     assert names.index("workflow.step.failed") < names.index(f"workflow.{status}")
     [record] = [r for r in done.history if r.step_name == step]
     assert record.status == "failed" and record.error_name == "Cancelled"
+    assert (record.error, record.cause) == ("Cancelled: cancelled while running", "cancelled while running")
+    async with engine_on(storage()) as engine:  # (read back as stored)
+        engine.register(WORKFLOWS[how])
+        again = await engine.get_instance(iid)
+    assert again is not None and again.history == done.history
 
 
 async def test_an_engine_closing_mid_step_publishes_no_failure_for_it(

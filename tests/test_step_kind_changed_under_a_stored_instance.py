@@ -40,7 +40,11 @@ async def _flaky(ctx: tf.WorkflowContext) -> None:
     raise ConnectionError("down")
 
 
-def _order(refunds: list[str], make: Callable[[tf.WorkflowBuilder], tf.WorkflowBuilder]) -> tf.WorkflowDefinition:
+#: The approval step of an order, as one release or another builds it.
+Shape = Callable[[tf.WorkflowBuilder], tf.WorkflowBuilder]
+
+
+def _order(refunds: list[str], make: Shape) -> tf.WorkflowDefinition:
     async def refund(ctx: tf.WorkflowContext, charged: str) -> None:
         refunds.append(charged)
 
@@ -83,11 +87,17 @@ CHANGES = {
 }
 
 
-@pytest.mark.parametrize("change", list(CHANGES))
-async def test_an_instance_whose_waiting_step_changed_kind_fails_as_a_misfit_and_compensates(
-        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], change: str) -> None:
-    before, after = CHANGES[change]
-    refunds: list[str] = []
+SAME_KIND = {
+    "wait-longer": (WAIT, lambda b: b.wait("approval", seconds=7200)),
+    "receive-with-a-timeout": (RECEIVE, lambda b: b.receive("approval", signal="approved", timeout=7200)),
+    "receive-signal-renamed": (RECEIVE, RENAMED),
+}
+
+
+async def _restarted_on(storage: Callable[[], Adapter], before: Shape, after: Shape,
+                        refunds: list[str], approve: bool = True) -> tf.WorkflowInstance:
+    """An order started on ``before``, left waiting at its approval step, then taken up by an
+    engine where ``after`` is registered (and signalled, as an approval would be, if ``approve``)."""
     async with engine_on(storage()) as engine:
         engine.register(_order(refunds, before))
         engine.register(_child_wf())
@@ -97,34 +107,27 @@ async def test_an_instance_whose_waiting_step_changed_kind_fails_as_a_misfit_and
         engine.register(_order(refunds, after))
         engine.register(_child_wf())
         with trio.move_on_after(60):
-            await engine.signal(iid, "approved")
-        done = await finish(engine, iid, limit=10_000)
+            if approve:
+                await engine.signal(iid, "approved")
+        return await finish(engine, iid, limit=10_000)
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+async def test_an_instance_whose_waiting_step_changed_kind_fails_as_a_misfit_and_compensates(
+        autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], change: str) -> None:
+    refunds: list[str] = []
+    done = await _restarted_on(storage, *CHANGES[change], refunds)
     assert (done.status, done.error_name) == ("failed", "DefinitionMismatchError"), (done.status, done.error)
     assert ("hang" if change == "parallel-made-task" else "approval") in (done.cause or ""), done.cause
     assert refunds == ["ch-1"]
     assert done.compensated_steps == ("charge",)
 
 
-SAME_KIND = {
-    "wait-longer": (WAIT, lambda b: b.wait("approval", seconds=7200)),
-    "receive-with-a-timeout": (RECEIVE, lambda b: b.receive("approval", signal="approved", timeout=7200)),
-    "receive-signal-renamed": (RECEIVE, RENAMED),
-}
-
-
 @pytest.mark.parametrize("change", list(SAME_KIND))
 async def test_a_change_that_keeps_the_waiting_steps_kind_still_resumes(
         autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter], change: str) -> None:
-    before, after = SAME_KIND[change]
     refunds: list[str] = []
-    async with engine_on(storage()) as engine:
-        engine.register(_order(refunds, before))
-        iid = await engine.start("order", None)
-        await trio.sleep(5)
-    async with engine_on(storage()) as engine:
-        engine.register(_order(refunds, after))
-        await engine.signal(iid, "approved")
-        done = await finish(engine, iid, limit=10_000)
+    done = await _restarted_on(storage, *SAME_KIND[change], refunds)
     assert done.status == "completed", done.error
     assert refunds == []
 
@@ -132,13 +135,8 @@ async def test_a_change_that_keeps_the_waiting_steps_kind_still_resumes(
 async def test_a_receive_whose_timeout_a_release_removed_still_times_out_at_its_stored_deadline(
         autojump_clock: trio.testing.MockClock, storage: Callable[[], Adapter]) -> None:
     refunds: list[str] = []
-    async with engine_on(storage()) as engine:
-        engine.register(_order(refunds, lambda b: b.receive("approval", signal="approved", timeout=600)))
-        iid = await engine.start("order", None)
-        await trio.sleep(5)
-    async with engine_on(storage()) as engine:
-        engine.register(_order(refunds, RECEIVE))
-        done = await finish(engine, iid, limit=10_000)
+    with_timeout: Shape = lambda b: b.receive("approval", signal="approved", timeout=600)  # noqa: E731
+    done = await _restarted_on(storage, with_timeout, RECEIVE, refunds, approve=False)
     assert (done.status, done.error_name) == ("failed", "SignalTimeoutError"), done.error
     assert "within 600 s" in (done.cause or ""), done.cause
     assert refunds == ["ch-1"]
