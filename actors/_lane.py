@@ -102,6 +102,10 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 output, data, uses_input, attempts = await run_task(run, step, ctx, started_at)
                 target = None if step.end else step.next  # (_decide.next_of, inline: every task step asks)
             elif isinstance(step, ParallelStep):
+                if waiting is None:
+                    # Stored with its branches: taken up again (woken for one of them, or
+                    # resumed), its execution began now, and has said so, once.
+                    lane.waiting = {"since": started_at}
                 with run.fanned_out():
                     output = await run_parallel(run, step, ctx)
                 target = next_of(step)

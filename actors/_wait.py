@@ -110,9 +110,8 @@ async def run_receive(run: Run, step: ReceiveStep, key: str, lane: Lane, started
         raise StepFailure(step.name, InvalidArgumentError(
             f"step {step.name!r} waits for signal {step.signal!r} with no timeout, and execute_workflow has no"
             " engine to signal it; give it a timeout, or run it on an engine (open_engine)"), 1)
-    signal = step.signal
+    signal, timeout = step.signal, step.timeout
     if not lane.waits():
-        timeout = step.timeout
         due = None if timeout is None or timeout == math.inf else run.clock() + timeout  # (inf: none)
         lane.waiting = {"signal": signal, "timeout": due, "since": started_at}
         taken = await take(run, signal, due)
@@ -122,12 +121,13 @@ async def run_receive(run: Run, step: ReceiveStep, key: str, lane: Lane, started
     else:
         assert lane.waiting is not None  # (it waits: lane.waits())
         signal, due = lane.waiting["signal"], lane.waiting["timeout"]
+        if due is not None:
+            timeout = due - started_at  # (the one it waits: a release may give another)
         taken = await take(run, signal, due)
     taken = await signal_or_timeout(run, lane, signal, taken)
     lane.waiting = None
     if taken is None:
-        assert due is not None  # (its deadline passed: it had one, whatever the definition says now)
-        timeout = step.timeout if step.timeout is not None else due - started_at
+        assert timeout is not None  # (its deadline passed: it had one)
         raise StepFailure(step.name, SignalTimeoutError(step.name, signal, timeout), 1)
     seq, payload = taken
     if run.bus.active and run.bus.wants("workflow.signal.received"):

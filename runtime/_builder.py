@@ -9,7 +9,9 @@ from typing import Any, Self
 
 import attrs
 
+from ._callables import check_arguments
 from ._definition import (
+    HOOK_ARGUMENTS,
     CATCHING,
     Branch,
     Catch,
@@ -389,13 +391,14 @@ class WorkflowBuilder(_LaneBuilder):
     def with_hooks(self, **hooks: Callable[..., Any]) -> Self:
         """Lifecycle hooks: on_start, on_step_complete, on_step_failed, on_compensate,
         on_complete, on_failed."""
-        for name, hook in hooks.items():
-            if hook is not None and not callable(hook):
-                raise DefinitionError(f"{self._owner()}: hook {name} must be a function, got {hook!r}")
         known = [f.name for f in attrs.fields(Hooks)]
         unknown = sorted(set(hooks) - set(known))
         if unknown:
             raise DefinitionError(f"{self._owner()}: unknown hook {', '.join(unknown)}; hooks are {', '.join(known)}")
+        for name, hook in hooks.items():
+            if hook is not None and not callable(hook):
+                raise DefinitionError(f"{self._owner()}: hook {name} must be a function, got {hook!r}")
+            check_arguments(self._owner(), name, hook, HOOK_ARGUMENTS[name])
         self._hooks = attrs.evolve(self._hooks, **hooks)
         return self
 

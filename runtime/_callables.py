@@ -11,6 +11,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from ._errors import DefinitionError, safe_repr
+
 
 def is_async(fn: object) -> bool:
     """Whether ``fn`` is awaited (``async def``, or an object whose ``__call__`` is one) rather
@@ -33,6 +35,27 @@ def generator_kind(fn: object) -> str | None:
         if inspect.isgeneratorfunction(candidate):
             return "a generator function"
     return None
+
+
+def check_arguments(label: str, what: str, fn: object, arguments: tuple[str, ...]) -> None:
+    """Refuse a callable that cannot take the arguments it will be called with: the mistake
+    would show only when it runs (a compensation, when a later step fails: the work it should
+    undo stays done). Callables without a signature to read (some builtins) pass."""
+    if not callable(fn):
+        return  # a job name: checked when it is registered and looked up
+    try:
+        # The callable as called: a decorator's wrapper (``functools.wraps``) may supply some
+        # of the arguments of the function it wraps itself.
+        signature = inspect.signature(fn, follow_wrapped=False)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*arguments)
+    except TypeError:
+        name = getattr(fn, "__qualname__", None) or safe_repr(fn)
+        raise DefinitionError(
+            f"{label}: {what} is called as {what}({', '.join(arguments)}), but {name}{signature} cannot take"
+            f" {len(arguments)} argument{'s' if len(arguments) > 1 else ''}") from None
 
 
 def plain_result(fn: Callable[..., Any], *args: Any) -> Any:

@@ -403,7 +403,7 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
     for key, lane in state.lanes.items() if state.phase == "forward" else ():
         if (parallel := parallel_of(key)) is not None:
             branches.setdefault((item_scope(key), parallel), set()).add(key)
-        if lane.step is not None and (stored_as := _stored_kind(lane)) is not None:
+        if lane.step is not None and (stored_as := _stored_kind(state, lane)) is not None:
             step = lookup[lane.step][0]
             if not isinstance(step, stored_as):
                 return (f"step {lane.step!r} is now a {step.kind} step, and the instance stored it"
@@ -430,9 +430,12 @@ _STORED_AS: dict[type[Step], str] = {
 }
 
 
-def _stored_kind(lane: Lane) -> type[Step] | None:
+def _stored_kind(state: InstanceState, lane: Lane) -> type[Step] | None:
     """The kind of step whose execution ``lane`` stored as under way (``None``: nothing that
-    only one kind stores; a parallel step's branches are lanes of their own)."""
+    only one kind stores, or it failed for good and runs no more, whatever its kind; a parallel
+    step's branches are lanes of their own)."""
+    if lane.failed is not None:
+        return None
     waiting = lane.waiting
     if waiting is not None:
         if "child" in waiting:  # (its "signal" names the child's end notice)
@@ -443,8 +446,10 @@ def _stored_kind(lane: Lane) -> type[Step] | None:
             return ReceiveStep
         if "attempt" in waiting:
             return TaskStep
-    # A start record and no child waited on: a map step's, holding its items.
-    return MapStep if lane.begun is not None else None
+    if lane.begun is None:
+        return None
+    begun = state.records[lane.begun]  # (a child step's holds its child's id; a map's, its items)
+    return ChildStep if begun.output == child_instance_id(state.instance_id, begun.id) else MapStep
 
 
 def take_up(state: InstanceState, definition: WorkflowDefinition) -> None:
@@ -455,6 +460,12 @@ def take_up(state: InstanceState, definition: WorkflowDefinition) -> None:
         return
     main = state.lanes.get(MAIN)
     waiting = None if main is None else main.waiting
+    if waiting and waiting.keys() - {"start"}:
+        # Its first step's execution is under way (a timer, a signal, a retry's attempts): it
+        # keeps what it stored as it began, as any step's does (and ``misfit`` checks that step
+        # still fits). Reset, it would begin again at every take-up, for ever: what says it was
+        # reset, the fingerprint, is stored only with the instance's start.
+        return
     state.lanes = {MAIN: Lane(step=definition.steps[0].name, waiting=waiting if waiting and "start" in waiting else None)}
     state.fingerprint = definition.fingerprint
 

@@ -297,6 +297,18 @@ class Hooks:
         return any(getattr(self, f.name) is not None for f in attrs.fields(Hooks))
 
 
+#: What each hook is called with (``build()`` refuses one that cannot take it: it would fail,
+#: logged, at every run).
+HOOK_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "on_start": ("ctx",),
+    "on_step_complete": ("step_name", "output", "ctx"),
+    "on_step_failed": ("step_name", "error", "ctx"),
+    "on_compensate": ("step_name", "ctx"),
+    "on_complete": ("result",),
+    "on_failed": ("result",),
+}
+
+
 @attrs.frozen(kw_only=True)
 class WorkflowDefinition:
     """A validated workflow: its main lane of steps and its options.

@@ -19,6 +19,7 @@ from typing import Any
 from trioflow.adapters._driver import Driver, DriverError, EntityNotFoundError, RunLedger
 
 from ._builder import catchers
+from ._callables import check_arguments
 from ._codec import decode_payload, encode_payload
 from ._context import WorkflowContext
 from ._decide import next_execution_id
@@ -76,6 +77,7 @@ def _check_fns(step: str, **fns: object) -> None:
             raise DefinitionError(
                 f"entity step {step!r}: {what} must be a function of ctx giving a dict of columns, got"
                 f" {safe_repr(fn)}{' (for fixed columns: lambda ctx: {...})' if isinstance(fn, Mapping) else ''}")
+        check_arguments(f"entity step {step!r}", what, fn, ("ctx",))
 
 
 async def _columns(fn: Fn, ctx: WorkflowContext, step: str, what: str) -> dict[str, Any]:

@@ -43,7 +43,8 @@ def public_module(package: str, namespace: Mapping[str, Any]) -> None:
                 # A class's annotations (text, ``from __future__ import annotations``) are read
                 # in the module it names (``typing.get_type_hints``, attrs, cattrs): the facade
                 # has none of the names they use. Each is read where it was written instead,
-                # and only when asked (importing stays as fast).
+                # when asked (a ``ForwardRef``: about a millisecond at import for them all; the
+                # text is compiled, not run).
                 value.__annotations__ = {
                     field: ForwardRef(hint, is_argument=False, is_class=True, module=module)
                     if isinstance(hint, str) else hint for field, hint in annotations.items()

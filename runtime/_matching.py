@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Union, final
 
-from ._callables import is_async, plain_result
+from ._callables import check_arguments, is_async, plain_result
 from ._errors import DefinitionError, RecordedError, StorageError, error_message, error_name, wrapped_errors
 
 
@@ -55,6 +55,8 @@ def matcher_tuple(value: object, label: str) -> tuple[ErrorMatcher, ...]:
         if callable(item) and not isinstance(item, (type, _All)) and is_async(item):
             # Called without being awaited, it would give a coroutine, which is true: a match.
             raise DefinitionError(f"{label} predicates must be plain functions, not async def: got {item!r}")
+        if callable(item) and not isinstance(item, (type, _All)):
+            check_arguments(label, "predicate", item, ("error",))
     return items
 
 

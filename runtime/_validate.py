@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Sequence
 from typing import get_args
 
@@ -24,7 +23,7 @@ from ._definition import (
     WaitStep,
     WorkflowDefinition,
 )
-from ._callables import generator_kind, is_async
+from ._callables import check_arguments, generator_kind, is_async
 from ._durations import in_range
 from ._errors import DefinitionError, safe_repr
 from ._lanes import RESERVED_SIGNALS, check_name, is_signal_name, valid_text
@@ -117,7 +116,7 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
                 # count as true, and the first rule would always win.
                 raise DefinitionError(f"{label}: choice condition {choice.condition!r} is an async function;"
                                       " conditions are plain functions of ctx (fetch what they need in a step before)")
-            _check_arguments(label, "condition", choice.condition, ("ctx",))
+            check_arguments(label, "condition", choice.condition, ("ctx",))
             _check_target(label, "choice next", choice.next, names)
         if step.default is not None:
             _check_target(label, "default", step.default, names)
@@ -133,7 +132,7 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
                 f"{label}: workflow must be the name of a registered workflow, got {safe_repr(step.workflow)}")
         if step.input is not None and not callable(step.input):
             raise DefinitionError(f"{label}: input must be a callable of ctx, got {step.input!r}")
-        _check_arguments(label, "input", step.input, ("ctx",))
+        check_arguments(label, "input", step.input, ("ctx",))
     elif isinstance(step, PassStep):
         if step.transform is not None and step.has_result:
             raise DefinitionError(f"{label}: give either 'transform' or 'result', not both")
@@ -143,7 +142,7 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
             # Decided in one go, as a choice is: its coroutine would be the step's output.
             raise DefinitionError(f"{label}: transform {step.transform!r} is an async function; a pass step's"
                                   " transform is a plain function of ctx (do async work in a task step)")
-        _check_arguments(label, "transform", step.transform, ("ctx",))
+        check_arguments(label, "transform", step.transform, ("ctx",))
     elif isinstance(step, FailStep):
         if not isinstance(step.error, str) or not step.error or len(step.error) > MAX_ERROR_NAME \
                 or not valid_text(step.error):
@@ -154,7 +153,7 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
         if callable(step.cause) and is_async(step.cause):
             raise DefinitionError(f"{label}: cause {step.cause!r} is an async function; a fail step's cause is text"
                                   " or a plain function of ctx")
-        _check_arguments(label, "cause", step.cause, ("ctx",))
+        check_arguments(label, "cause", step.cause, ("ctx",))
     elif isinstance(step, WaitStep):
         _check_wait(label, step)
     elif isinstance(step, ReceiveStep):
@@ -170,7 +169,7 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
             raise DefinitionError(f"{label}: output {step.output!r} is an async function; a succeed step's output"
                                   " is a value or a plain function of ctx (do async work in a task step)")
         if step.has_output:
-            _check_arguments(label, "output", step.output, ("ctx",))
+            check_arguments(label, "output", step.output, ("ctx",))
     else:
         raise DefinitionError(f"{owner}: {step!r} is not a step")
 
@@ -187,7 +186,7 @@ def _check_wait(label: str, step: WaitStep) -> None:
                 # its coroutine would be taken for the time.
                 raise DefinitionError(f"{label}: {field} {value!r} is an async function; a timer's {field} is a"
                                       " value or a plain function of ctx (fetch what it needs in a step before)")
-            _check_arguments(label, field, value, ("ctx",))
+            check_arguments(label, field, value, ("ctx",))
             continue
         if not in_range(value):
             allowed = ("a finite number of seconds >= 0, a timedelta, or a callable of ctx" if field == "seconds"
@@ -212,37 +211,16 @@ def _check_task(label: str, step: TaskStep) -> None:
         if kind is not None:
             raise DefinitionError(f"{label}: {what} {safe_repr(fn)} is {kind} (it yields); a step returns its"
                                   " output: collect what it yields and return that")
-    _check_arguments(label, "execute" if saga else "job", step.run, ("ctx",) if saga else ("data",))
-    _check_arguments(label, "compensate", step.compensate, ("ctx", "result") if saga else ("output",))
+    check_arguments(label, "execute" if saga else "job", step.run, ("ctx",) if saga else ("data",))
+    check_arguments(label, "compensate", step.compensate, ("ctx", "result") if saga else ("output",))
     for field, fn, arguments in (("input", step.input, ("ctx",)), ("output", step.output, ("result", "ctx"))):
         if fn is not None and not callable(fn):
             raise DefinitionError(f"{label}: {field} must be callable, got {fn!r}")
-        _check_arguments(label, field, fn, arguments)
+        check_arguments(label, field, fn, arguments)
     if step.retry is not None and not isinstance(step.retry, Retry):
         raise DefinitionError(f"{label}: retry must be a trioflow.Retry, got {step.retry!r}")
     if step.timeout is not None:
         check_timeout(label, step.timeout)
-
-
-def _check_arguments(label: str, what: str, fn: object, arguments: tuple[str, ...]) -> None:
-    """Refuse a callable that cannot take the arguments it will be called with: the mistake
-    would show only when it runs (a compensation, when a later step fails: the work it should
-    undo stays done). Callables without a signature to read (some builtins) pass."""
-    if not callable(fn):
-        return  # a job name: checked when it is registered and looked up
-    try:
-        # The callable as called: a decorator's wrapper (``functools.wraps``) may supply some
-        # of the arguments of the function it wraps itself.
-        signature = inspect.signature(fn, follow_wrapped=False)
-    except (TypeError, ValueError):
-        return
-    try:
-        signature.bind(*arguments)
-    except TypeError:
-        name = getattr(fn, "__qualname__", None) or safe_repr(fn)
-        raise DefinitionError(
-            f"{label}: {what} is called as {what}({', '.join(arguments)}), but {name}{signature} cannot take"
-            f" {len(arguments)} argument{'s' if len(arguments) > 1 else ''}") from None
 
 
 def _check_on_error(label: str, on_error: object) -> None:
@@ -257,7 +235,7 @@ def _check_map(label: str, step: MapStep) -> None:
     _check_on_error(label, step.on_error)
     if not callable(step.items):
         raise DefinitionError(f"{label}: items must be a callable of ctx giving the list of items, got {step.items!r}")
-    _check_arguments(label, "items", step.items, ("ctx",))
+    check_arguments(label, "items", step.items, ("ctx",))
     if not isinstance(step.branch, Branch):
         raise DefinitionError(f"{label}: branch must be a branch (trioflow.branch(name)...build()), got {step.branch!r}")
     limit = step.max_concurrency

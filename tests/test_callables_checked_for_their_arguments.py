@@ -68,3 +68,37 @@ GOOD: dict[str, Callable[[], tf.WorkflowBuilder]] = {
 @pytest.mark.parametrize("case", list(GOOD))
 def test_callables_that_take_their_arguments_still_build(case: str) -> None:
     GOOD[case]().build()
+
+
+async def _boom(ctx: tf.WorkflowContext) -> None:
+    raise ValueError("x")
+
+
+# From the adversarial review of the check (December 5th): a catch or retry predicate is called
+# predicate(error), an entity step's column function fn(ctx), each hook with what it is told.
+# A zero-argument predicate replaced the step's own error with a TypeError at run time, and the
+# catch was skipped; a hook that cannot take its arguments failed, logged, at every run.
+MORE_BAD: dict[str, tuple[Callable[[], Any], str]] = {
+    "catch predicate": (lambda: tf.workflow("w").step("s", _boom, catch=tf.Catch(errors=[lambda: True], next="h"))
+                        .step("h", _job).build(), "predicate(error)"),
+    "retry_on predicate": (lambda: tf.Retry(max_attempts=2, retry_on=[lambda: True]), "predicate(error)"),
+    "entity data_fn": (lambda: tf.create_entity_step("s", "users", lambda: {"a": 1}), "data_fn(ctx)"),
+    "entity where_fn": (lambda: tf.delete_entity_step("s", "users", _two), "where_fn(ctx)"),
+    "hook on_step_complete": (lambda: tf.workflow("w").step("s", _job).with_hooks(on_step_complete=_two),
+                              "on_step_complete(step_name, output, ctx)"),
+    "hook on_complete": (lambda: tf.workflow("w").step("s", _job).with_hooks(on_complete=_none), "on_complete(result)"),
+}
+
+
+@pytest.mark.parametrize("case", list(MORE_BAD))
+def test_predicates_column_functions_and_hooks_are_checked_as_they_are_given(case: str) -> None:
+    make, called = MORE_BAD[case]
+    with pytest.raises(tf.DefinitionError) as caught:
+        make()
+    assert called in str(caught.value), caught.value
+
+
+def test_predicates_and_hooks_that_take_their_arguments_still_build() -> None:
+    (tf.workflow("w").step("s", _boom, retry=tf.Retry(max_attempts=2, retry_on=[lambda error: True]),
+                           catch=tf.Catch(errors=[lambda e, *rest: True, ValueError, "x", tf.ALL], next="h"))
+     .step("h", _job).with_hooks(on_start=lambda ctx: None, on_step_failed=lambda *a: None, on_failed=print).build())
