@@ -68,7 +68,7 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
             # Not ended: it may not even be stored (the parent stopped between storing the
             # step's start and storing the child). Started again: one stored is taken as it is.
             begun = run.state.records[lane.begun]
-            await _store_child(run, step, lane, child_id, begun.input, begun.input_is_workflow_input, again=True)
+            await _store_child(run, step, lane, child_id, begun.input, begun.input_is_workflow_input)
             # Stored now: not to be looked at again, at this take-up nor at any later one (a
             # map of children woken for each one's end would start every open one again each
             # time); the wait stored next says so. (A wait with no ``check`` at all was stored
@@ -137,10 +137,9 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
 
 
 async def _store_child(
-    run: Run, step: ChildStep, lane: Lane, child_id: str, child_input: Any, uses_input: bool, again: bool = False,
+    run: Run, step: ChildStep, lane: Lane, child_id: str, child_input: Any, uses_input: bool,
 ) -> None:
-    """Store the child (or find it stored) and run it; once its start is stored in the parent
-    (``again``: the execution taken up again, its child perhaps stored already)."""
+    """Store the child (or find it stored) and run it; once its start is stored in the parent."""
     state = run.state
     assert run.children is not None
     if run.from_storage:
@@ -157,11 +156,6 @@ async def _store_child(
             await run.children.start(step.workflow, child_input, child_id, state.instance_id)
             return
         except (UnknownWorkflowError, UnknownJobError, InstanceIdConflictError) as exc:  # the step fails
-            if again and isinstance(exc, InstanceIdConflictError):
-                # Its id is this execution's alone: stored under another workflow, it is the
-                # child this execution started, on what the release before named. It is waited
-                # for as it is, as a step keeps what it stored as it began.
-                return
             lane.waiting = None
             raise StepFailure(step.name, exc, 1, child_input, uses_input) from exc
         except StorageUnavailableError as exc:

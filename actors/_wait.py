@@ -114,6 +114,8 @@ async def run_receive(run: Run, step: ReceiveStep, key: str, lane: Lane, started
     if not lane.waits():
         due = None if timeout is None or timeout == math.inf else run.clock() + timeout  # (inf: none)
         lane.waiting = {"signal": signal, "timeout": due, "since": started_at}
+        if due is not None:
+            lane.waiting["within"] = timeout  # (named by its error: a release may give another)
         taken = await take(run, signal, due)
         if taken is None:
             # Stored: a resume waits on, with the same timeout.
@@ -121,13 +123,14 @@ async def run_receive(run: Run, step: ReceiveStep, key: str, lane: Lane, started
     else:
         assert lane.waiting is not None  # (it waits: lane.waits())
         signal, due = lane.waiting["signal"], lane.waiting["timeout"]
-        if due is not None:
-            timeout = due - started_at  # (the one it waits: a release may give another)
+        timeout = lane.waiting.get("within", timeout)  # (stored by releases since December 5th 2026)
         taken = await take(run, signal, due)
     taken = await signal_or_timeout(run, lane, signal, taken)
     lane.waiting = None
     if taken is None:
-        assert timeout is not None  # (its deadline passed: it had one)
+        assert due is not None  # (its deadline passed: it had one)
+        if timeout is None:  # (stored without its timeout, which a release then dropped)
+            timeout = due - started_at
         raise StepFailure(step.name, SignalTimeoutError(step.name, signal, timeout), 1)
     seq, payload = taken
     if run.bus.active and run.bus.wants("workflow.signal.received"):

@@ -833,6 +833,7 @@ def _errors_as_records(state: InstanceState) -> None:
 _WAIT_FIELDS: dict[str, tuple[type, ...]] = {
     "timer": (int, float), "retry": (int, float), "start": (int, float), "since": (int, float),
     "timeout": (int, float, type(None)), "attempt": (int,), "signal": (str,), "child": (str,), "check": (int, float),
+    "within": (int, float),
 }
 
 

@@ -427,6 +427,7 @@ _STORED_AS: dict[type[Step], str] = {
     ReceiveStep: "waiting for a signal",
     TaskStep: "between attempts of a task",
     MapStep: "running a map's items",
+    ParallelStep: "running a parallel step's branches",
 }
 
 
@@ -446,6 +447,8 @@ def _stored_kind(state: InstanceState, lane: Lane) -> type[Step] | None:
             return ReceiveStep
         if "attempt" in waiting:
             return TaskStep
+        if "since" in waiting:  # (and nothing else: only a parallel step's lane keeps that alone)
+            return ParallelStep
     if lane.begun is None:
         return None
     begun = state.records[lane.begun]  # (a child step's holds its child's id; a map's, its items)

@@ -409,14 +409,23 @@ class Engine:
                 self._check_open()  # closed while it was stored: an idempotent start may be made again
                 existing = await self._load_fresh(instance_id)
                 if existing is not None:
-                    check_same_workflow(instance_id, existing.workflow_name, workflow_name)
-                    with contextlib.suppress(SnapshotDecodeError):  # unreadable: reported as such elsewhere
-                        check_same_start(instance_id, _decoded(existing), workflow_name, input, parent)
+                    try:
+                        found = _decoded(existing)
+                    except SnapshotDecodeError:  # unreadable: reported as such elsewhere
+                        check_same_workflow(instance_id, existing.workflow_name, workflow_name)
+                    else:
+                        check_same_start(instance_id, found, workflow_name, input, parent)
                     if parent is not None and existing.status in TERMINAL:
                         await self._check_end_noticed(instance_id, parent)
                     if self._leftovers is not None and existing.status in RESUMABLE:
                         # Unfinished and not running here (a resume may have passed it over while
                         # this call stored it): with auto-resume on, resuming is this call's job.
+                        # (On its own workflow: a parent's child step may now name another.)
+                        if existing.workflow_name != workflow_name:
+                            try:
+                                definition = self._runnable(existing.workflow_name)
+                            except (UnknownWorkflowError, UnknownJobError):
+                                return instance_id  # (resumed once they are registered, as stored ones are)
                         self._resume_one(definition, existing)
                 return instance_id
             run = self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)

@@ -108,14 +108,16 @@ def check_same_start(
 ) -> None:
     """A ``start`` with the id of an existing instance returns it only if it asks for the same
     workflow with the same input (as Step Functions does for an execution name). A child step
-    (``parent``) finding its child takes it whatever its input (the child it started before a
-    restart, whose input a callable of ctx may now work out otherwise), but only if it is that
-    parent's child: not an instance a caller started under that id."""
-    check_same_workflow(instance_id, state.workflow_name, workflow_name)
+    (``parent``) finding its child takes it whatever its input and workflow (the child it
+    started before a restart, whose input a callable of ctx may now work out otherwise, and
+    whose workflow a release may now name otherwise: the execution keeps the child it
+    started), but only if it is that parent's child: not an instance a caller started under
+    that id."""
     if parent is not None:
         if state.parent_id != parent.instance_id:
             raise not_the_child(instance_id, parent)
         return
+    check_same_workflow(instance_id, state.workflow_name, workflow_name)
     if not same_value(state.input, input):
         raise InstanceIdConflictError(
             f"instance id {instance_id!r} already belongs to an instance of {workflow_name!r} with another input;"

@@ -379,10 +379,10 @@ def waiting_view(waiting: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in waiting.items() if key not in _UNSEEN_WAIT_KEYS}
 
 
-#: What a lane's wait holds for the engine alone: when its execution started, and when a parent
+#: What a lane's wait holds for the engine alone: when its execution started, when a parent
 #: that stored a child step's start looks whether it stored the child too (see
-#: ``trioflow.actors._child``).
-_UNSEEN_WAIT_KEYS = frozenset({"since", "check"})
+#: ``trioflow.actors._child``), and the timeout a receive's deadline came from.
+_UNSEEN_WAIT_KEYS = frozenset({"since", "check", "within"})
 
 
 @attrs.define(kw_only=True, eq=False)
