@@ -14,6 +14,7 @@ from ._engine import NotOnMockClockError as NotOnMockClockError
 from ._engine import open_test_engine as open_test_engine
 from trioflow._virtual_time import virtual_wall_clock as virtual_wall_clock
 from ._engine import run as run
+from ._scripted import Behaviour as Behaviour
 from ._scripted import Call as Call
 from ._scripted import Hangs as Hangs
 from ._scripted import Raises as Raises

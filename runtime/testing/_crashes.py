@@ -57,6 +57,7 @@ from trioflow.adapters._protocol import (
     Adapter, SignalsAndLoads, StoredInstance, keeps_families, sends_and_loads, skips_workflows,
 )
 
+from ._engine import autojumping
 from ._scripted import ScriptedJob
 
 INSTANCE_ID = "explored-instance"
@@ -181,12 +182,14 @@ async def explore_crashes(
     for hook, what in ((before_run, "before_run"), (after_run, "after_run")):
         if hook is not None and not callable(hook):
             raise InvalidArgumentError(f"{what} must be a function or None, got {safe_repr(hook)}")
+    autojumping("explore_crashes", required=False)
     counter = _Counter()
     family = (workflow, *also)
     _check_also(family)
     registered = [_instrument(d, dict(jobs or {}), counter) for d in family]
     scripted = _scripted_jobs(family, jobs or {})
     shapes = {d.name: _Shape.of(d) for d in family}
+    _check_signals(signals, {name for shape in shapes.values() for name in shape.receives.values()})
     if driver_factory is None and any(d.transactional for d in family):
         driver_factory = MemoryDriver
 
@@ -346,6 +349,22 @@ class _Shape:
             receives={s.name: s.signal for s in steps if isinstance(s, ReceiveStep)},
             contested=any(len(lanes) > 1 or not lanes.isdisjoint(in_items) for lanes in lanes_of.values()),
         )
+
+
+def _check_signals(signals: object, received: Collection[str]) -> None:
+    """``signals`` as ``(name, payload)`` pairs whose names a receive step of the family takes;
+    anything else is an :class:`InvalidArgumentError` before any run (a misspelt name would be
+    explored as a receive that times out, and pass)."""
+    if not isinstance(signals, (list, tuple)):
+        raise InvalidArgumentError(f"signals must be a list of (name, payload) pairs, got {safe_repr(signals)}")
+    for entry in signals:
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise InvalidArgumentError(f"signals must be (name, payload) pairs, got {safe_repr(entry)}")
+        if entry[0] not in received:
+            known = ", ".join(repr(name) for name in sorted(received)) or "none"
+            raise InvalidArgumentError(
+                f"signals: no receive step of the workflow (or of those in also=) takes signal {entry[0]!r}"
+                f" (they take: {known})")
 
 
 def _check_also(family: Sequence[WorkflowDefinition]) -> None:

@@ -20,6 +20,22 @@ class NotOnMockClockError(TrioflowError, RuntimeError):
     """``open_test_engine`` was used in a trio run whose clock is not a ``MockClock``."""
 
 
+def autojumping(who: str, *, required: bool = True) -> None:
+    """Make the current trio run's ``MockClock`` jump to the next deadline as soon as every
+    task waits (one that never jumps would hang for ever); on any other clock,
+    :class:`NotOnMockClockError` naming ``who`` (``required``), or nothing: its waits then take
+    the real time they say."""
+    clock = trio.lowlevel.current_clock()
+    if not isinstance(clock, trio.testing.MockClock):
+        if not required:
+            return
+        raise NotOnMockClockError(
+            f"{who} needs trio's MockClock: run the test with trioflow.testing.run(), the "
+            "trioflow_engine fixture, or pytest-trio's autojump_clock fixture"
+        )
+    clock.autojump_threshold = 0
+
+
 @asynccontextmanager
 async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
     """An engine for tests: sleeps, retries and timeouts of hours take no real time.
@@ -30,13 +46,7 @@ async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
     virtual time jump ahead while they run), and a wall clock on virtual time (durable timers
     of days take no real time). Other options are ``open_engine``'s.
     """
-    clock = trio.lowlevel.current_clock()
-    if not isinstance(clock, trio.testing.MockClock):
-        raise NotOnMockClockError(
-            "open_test_engine needs trio's MockClock: run the test with trioflow.testing.run(), the "
-            "trioflow_engine fixture, or pytest-trio's autojump_clock fixture"
-        )
-    clock.autojump_threshold = 0
+    autojumping("open_test_engine")
     engine_options.setdefault("adapter", MemoryAdapter())
     engine_options.setdefault("threads", False)
 

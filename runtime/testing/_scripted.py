@@ -3,11 +3,37 @@ every call, for tests of workflows and of trioflow itself."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Union
 
 import attrs
 import trio
+
+from trioflow._errors import InvalidArgumentError, safe_repr
+
+
+def _plays(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    """A behaviour plays at least once: refused as it is made, not as the job runs."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(
+            f"{type(instance).__name__.lower()}(): a behaviour must play at least once, got times={safe_repr(value)}")
+
+
+def _an_error(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not (isinstance(value, BaseException) or isinstance(value, type) and issubclass(value, BaseException)):
+        hint = f" (a name: pass the class itself, {value})" if isinstance(value, str) else ""
+        raise InvalidArgumentError(f"raises(): error must be an exception class or instance, got {safe_repr(value)}{hint}")
+
+
+def _seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise InvalidArgumentError(f"sleeps(): seconds must be a finite number >= 0, got {safe_repr(value)}")
+
+
+def _then(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, (Returns, Raises)):
+        raise InvalidArgumentError(f"sleeps(): then must be made by returns() or raises(), got {safe_repr(value)}")
 
 
 @attrs.frozen(kw_only=True)
@@ -15,16 +41,16 @@ class Returns:
     """Return ``value``."""
 
     value: Any = None
-    times: int = 1
+    times: int = attrs.field(default=1, validator=_plays)
 
 
 @attrs.frozen(kw_only=True)
 class Raises:
     """Raise ``error`` (an exception instance, or a class instantiated with ``message``)."""
 
-    error: BaseException | type[BaseException]
+    error: BaseException | type[BaseException] = attrs.field(validator=_an_error)
     message: str = "scripted failure"
-    times: int = 1
+    times: int = attrs.field(default=1, validator=_plays)
 
     def exception(self) -> BaseException:
         if isinstance(self.error, BaseException):
@@ -36,16 +62,16 @@ class Raises:
 class Sleeps:
     """Sleep ``seconds`` on trio's clock, then behave as ``then``."""
 
-    seconds: float
-    then: Returns | Raises = Returns()
-    times: int = 1
+    seconds: float = attrs.field(validator=_seconds)
+    then: Returns | Raises = attrs.field(default=Returns(), validator=_then)
+    times: int = attrs.field(default=1, validator=_plays)
 
 
 @attrs.frozen(kw_only=True)
 class Hangs:
     """Never return (until cancelled)."""
 
-    times: int = 1
+    times: int = attrs.field(default=1, validator=_plays)
 
 
 Behaviour = Union[Returns, Raises, Sleeps, Hangs]
@@ -88,11 +114,9 @@ class ScriptedJob:
             behaviours = (Returns(),)
         for b in behaviours:
             if not isinstance(b, (Returns, Raises, Sleeps, Hangs)):
-                raise TypeError(
+                raise InvalidArgumentError(
                     f"{name}: each behaviour is made by returns(), raises(), sleeps() or hangs(), got {b!r}"
                     f" (for a job returning it: returns({b!r}))")
-            if b.times < 1:
-                raise ValueError(f"{name}: a behaviour must play at least once, got times={b.times}")
         self.behaviours: Sequence[Behaviour] = behaviours
         self.name = name
         self.calls: list[Call] = []

@@ -1,0 +1,69 @@
+"""The testing kit refuses what it cannot play, with trioflow's own error naming it, before
+anything runs (the property-testing user review of December 5th):
+
+- a scripted behaviour that cannot play (``sleeps(-1)``, ``raises("ConnectionError")``, a
+  name where the class goes, ``times=0``) was accepted, and then failed the step under test
+  with a bare ``ValueError`` / ``TypeError``, as if the workflow were wrong;
+- ``explore_crashes(signals=...)`` took a misspelt signal name and explored the receive
+  timing out (and passed), and a bare name (``["approve"]``) failed with ``ValueError: too
+  many values to unpack``;
+- ``explore_crashes`` on a ``MockClock`` that does not jump (pytest-trio's ``mock_clock``) hung
+  for ever: it now makes it jump, as ``open_test_engine`` does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trioflow as tf
+from trioflow.testing import ScriptedJob, explore_crashes, hangs, raises, returns, sleeps
+
+BAD_BEHAVIOURS: dict[str, tuple[Callable[[], Any], str]] = {
+    "negative sleep": (lambda: sleeps(-1), "seconds must be a finite number >= 0"),
+    "endless sleep": (lambda: sleeps(float("inf")), "seconds must be a finite number >= 0"),
+    "an error's name": (lambda: raises("ConnectionError"), "pass the class itself"),  # type: ignore[arg-type]
+    "not an error": (lambda: raises(int), "exception class or instance"),  # type: ignore[arg-type]
+    "plays never": (lambda: returns(1, times=0), "at least once"),
+    "hangs never": (lambda: hangs(times=0), "at least once"),
+    "then a hang": (lambda: sleeps(1, then=hangs()), "then must be made by returns() or raises()"),  # type: ignore[arg-type]
+    "not a behaviour": (lambda: ScriptedJob(1), "returns(1)"),  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BEHAVIOURS))
+def test_a_behaviour_that_cannot_play_is_refused_as_it_is_made(case: str) -> None:
+    make, says = BAD_BEHAVIOURS[case]
+    with pytest.raises(tf.InvalidArgumentError) as caught:
+        make()
+    assert says in str(caught.value), caught.value
+
+
+def _approval() -> tf.WorkflowDefinition:
+    async def charge(ctx: tf.WorkflowContext) -> str:
+        return "ch-1"
+
+    return (tf.workflow("approve").step("charge", charge)
+            .receive("approval", signal="approve", timeout=3600).build())
+
+
+@pytest.mark.parametrize("signals, says", [
+    ([("aprove", {"by": "ann"})], "takes signal 'aprove' (they take: 'approve')"),
+    (["approve"], "(name, payload) pairs, got 'approve'"),
+    ([("approve",)], "(name, payload) pairs"),
+    ("approve", "a list of (name, payload) pairs"),
+])
+async def test_explore_crashes_refuses_signals_it_cannot_send_as_meant(
+        autojump_clock: trio.testing.MockClock, signals: Any, says: str) -> None:
+    with pytest.raises(tf.InvalidArgumentError) as caught:
+        await explore_crashes(_approval(), signals=signals)
+    assert says in str(caught.value), caught.value
+
+
+async def test_explore_crashes_makes_a_mock_clock_jump(mock_clock: trio.testing.MockClock) -> None:
+    """pytest-trio's ``mock_clock`` never jumps by itself: the approval's hour-long timeout
+    would hang the test for ever."""
+    report = await explore_crashes(_approval())
+    assert report.baseline.status == "failed" and mock_clock.autojump_threshold == 0
