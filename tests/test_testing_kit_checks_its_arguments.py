@@ -67,3 +67,11 @@ async def test_explore_crashes_makes_a_mock_clock_jump(mock_clock: trio.testing.
     would hang the test for ever."""
     report = await explore_crashes(_approval())
     assert report.baseline.status == "failed" and mock_clock.autojump_threshold == 0
+
+
+async def test_a_run_that_never_ends_says_what_is_stuck(autojump_clock: trio.testing.MockClock) -> None:
+    """It said only that the run had not ended after 3.2e+09 seconds."""
+    workflow = tf.workflow("w").task("ship", job="ship").build()
+    with pytest.raises(tf.TrioflowError) as caught:
+        await explore_crashes(workflow, jobs={"ship": ScriptedJob(hangs())})
+    assert "at step 'ship', running (a step with no timeout= that never returns?)" in str(caught.value), caught.value

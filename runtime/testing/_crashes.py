@@ -405,7 +405,12 @@ async def _end_or_never(engine: Engine, signals: Sequence[tuple[str, Any]], *, f
             raise InvalidArgumentError(
                 f"instance {instance.id!r} waits for signal {name!r} with no timeout, and no signal of that name"
                 f" is left to send (signals= sends: {sent}): the run can never end")
-    raise TrioflowError(f"the explored run had not ended after {NEVER_ENDS_AFTER:g} seconds (signals= sends: {sent})")
+    stuck = "; ".join(
+        f"{instance.id!r} at step {instance.current_step!r}"
+        + (f", waiting for {instance.waiting}" if instance.waiting else ", running (a step with no timeout= that never returns?)")
+        for instance in await engine.get_instances() if instance.status in RESUMABLE)
+    raise TrioflowError(f"the explored run had not ended after {NEVER_ENDS_AFTER:g} seconds (signals= sends: {sent});"
+                        f" not ended: {stuck or 'none'}")
 
 
 async def _as_it_ends(engine: Engine, instance_id: str) -> WorkflowInstance:
