@@ -26,9 +26,12 @@ BAD_BEHAVIOURS: dict[str, tuple[Callable[[], Any], str]] = {
     "endless sleep": (lambda: sleeps(float("inf")), "seconds must be a finite number >= 0"),
     "an error's name": (lambda: raises("ConnectionError"), "pass the class itself"),  # type: ignore[arg-type]
     "not an error": (lambda: raises(int), "exception class or instance"),  # type: ignore[arg-type]
-    "plays never": (lambda: returns(1, times=0), "at least once"),
-    "hangs never": (lambda: hangs(times=0), "at least once"),
-    "then a hang": (lambda: sleeps(1, then=hangs()), "then must be made by returns() or raises()"),  # type: ignore[arg-type]
+    "plays never": (lambda: returns(1, times=0), "times must be a whole number >= 1"),
+    "hangs never": (lambda: hangs(times=0), "times must be a whole number >= 1"),
+    "then a value": (lambda: sleeps(1, then=5), "then must be made by returns(), raises(), sleeps() or hangs()"),  # type: ignore[arg-type]
+    "an endless int": (lambda: sleeps(10**400), "seconds must be a finite number >= 0"),
+    "times not whole": (lambda: returns(1, times=1.5), "times must be a whole number >= 1"),  # type: ignore[arg-type]
+    "an error that cannot be made": (lambda: raises(ExceptionGroup), "pass an instance of it"),
     "not a behaviour": (lambda: ScriptedJob(1), "returns(1)"),  # type: ignore[arg-type]
 }
 
@@ -74,4 +77,39 @@ async def test_a_run_that_never_ends_says_what_is_stuck(autojump_clock: trio.tes
     workflow = tf.workflow("w").task("ship", job="ship").build()
     with pytest.raises(tf.TrioflowError) as caught:
         await explore_crashes(workflow, jobs={"ship": ScriptedJob(hangs())})
-    assert "at step 'ship', running (a step with no timeout= that never returns?)" in str(caught.value), caught.value
+    assert "at step 'ship', running (it, or a step inside it, has no timeout= and never returns?)" in str(caught.value), caught.value
+
+
+# From the review of the checks above (December 5th): what trio can play is still accepted (a
+# numpy or Fraction number of seconds, a numpy count, a sleep then a hang or another sleep),
+# a signal only a child takes is refused with the reason, and a stuck map names its state.
+def test_what_can_play_is_still_accepted() -> None:
+    import fractions
+
+    sleeps(fractions.Fraction(1, 2))
+    sleeps(0)
+    returns(1, times=2**40)
+    sleeps(1, then=hangs())
+    sleeps(1, then=sleeps(2, returns(7)))
+    raises(ExceptionGroup("both", [ValueError("a")]))
+    raises(KeyboardInterrupt)
+
+    class Count:  # (as numpy's integers are: an int by __index__)
+        def __index__(self) -> int:
+            return 2
+
+    assert ScriptedJob(returns(1, times=Count()), returns(2)).behaviour(3) == returns(2)  # type: ignore[arg-type]
+
+
+async def test_a_signal_only_a_child_takes_is_refused_with_the_reason(autojump_clock: trio.testing.MockClock) -> None:
+    child = tf.workflow("kid").receive("approval", signal="approve", timeout=3600).build()
+    parent = tf.workflow("parent").child("c", workflow="kid").build()
+    with pytest.raises(tf.InvalidArgumentError, match="taken only by a workflow in also="):
+        await explore_crashes(parent, also=[child], signals=[("approve", 1)])
+
+
+async def test_a_stuck_map_item_is_reported_as_a_step_inside_the_map(autojump_clock: trio.testing.MockClock) -> None:
+    workflow = tf.workflow("w").map("mp", items=lambda ctx: [1, 2],
+                                    branch=tf.branch("it").task("ship", job="ship").build()).build()
+    with pytest.raises(tf.TrioflowError, match="at step 'mp', running \\(it, or a step inside it, has no timeout="):
+        await explore_crashes(workflow, jobs={"ship": ScriptedJob(hangs())})

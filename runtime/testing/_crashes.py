@@ -189,7 +189,8 @@ async def explore_crashes(
     registered = [_instrument(d, dict(jobs or {}), counter) for d in family]
     scripted = _scripted_jobs(family, jobs or {})
     shapes = {d.name: _Shape.of(d) for d in family}
-    _check_signals(signals, {name for shape in shapes.values() for name in shape.receives.values()})
+    _check_signals(signals, set(shapes[workflow.name].receives.values()),
+                   {name for shape in shapes.values() for name in shape.receives.values()})
     if driver_factory is None and any(d.transactional for d in family):
         driver_factory = MemoryDriver
 
@@ -351,16 +352,21 @@ class _Shape:
         )
 
 
-def _check_signals(signals: object, received: Collection[str]) -> None:
-    """``signals`` as ``(name, payload)`` pairs whose names a receive step of the family takes;
-    anything else is an :class:`InvalidArgumentError` before any run (a misspelt name would be
-    explored as a receive that times out, and pass)."""
+def _check_signals(signals: object, received: Collection[str], in_family: Collection[str]) -> None:
+    """``signals`` as ``(name, payload)`` pairs whose names a receive step of the explored
+    workflow takes (``received``; they are sent to its instance only, not to its children, whose
+    receives take ``in_family``); anything else is an :class:`InvalidArgumentError` before any
+    run (a misspelt name would be explored as a receive that times out, and pass)."""
     if not isinstance(signals, (list, tuple)):
         raise InvalidArgumentError(f"signals must be a list of (name, payload) pairs, got {safe_repr(signals)}")
     for entry in signals:
         if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)):
             raise InvalidArgumentError(f"signals must be (name, payload) pairs, got {safe_repr(entry)}")
         if entry[0] not in received:
+            if entry[0] in in_family:
+                raise InvalidArgumentError(
+                    f"signals: signal {entry[0]!r} is taken only by a workflow in also=, and signals= is sent to the"
+                    " explored instance only, not to its children")
             known = ", ".join(repr(name) for name in sorted(received)) or "none"
             raise InvalidArgumentError(
                 f"signals: no receive step of the workflow (or of those in also=) takes signal {entry[0]!r}"
@@ -406,11 +412,19 @@ async def _end_or_never(engine: Engine, signals: Sequence[tuple[str, Any]], *, f
                 f"instance {instance.id!r} waits for signal {name!r} with no timeout, and no signal of that name"
                 f" is left to send (signals= sends: {sent}): the run can never end")
     stuck = "; ".join(
-        f"{instance.id!r} at step {instance.current_step!r}"
-        + (f", waiting for {instance.waiting}" if instance.waiting else ", running (a step with no timeout= that never returns?)")
+        f"{instance.id!r} at step {instance.current_step!r}, {_stands(instance.waiting)}"
         for instance in await engine.get_instances() if instance.status in RESUMABLE)
     raise TrioflowError(f"the explored run had not ended after {NEVER_ENDS_AFTER:g} seconds (signals= sends: {sent});"
                         f" not ended: {stuck or 'none'}")
+
+
+def _stands(waiting: Mapping[str, Any] | None) -> str:
+    """What an instance that never ended stands at, in words."""
+    if not waiting:
+        return "running (it, or a step inside it, has no timeout= and never returns?)"
+    if "child" in waiting:
+        return f"waiting for its child {waiting['child']!r}"
+    return f"waiting for {dict(waiting)}"
 
 
 async def _as_it_ends(engine: Engine, instance_id: str) -> WorkflowInstance:

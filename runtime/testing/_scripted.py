@@ -4,6 +4,8 @@ every call, for tests of workflows and of trioflow itself."""
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -13,27 +15,56 @@ import trio
 from trioflow._errors import InvalidArgumentError, safe_repr
 
 
+# Each behaviour refuses, as it is made, what it could not play: the mistake would otherwise
+# fail the step under test with a bare error, as if the workflow were wrong.
+
+
+def _whole(value: Any) -> Any:
+    """A count as an ``int`` (numpy's integers too); anything else as it is, for :func:`_plays`."""
+    try:
+        return value if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        return value
+
+
 def _plays(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
-    """A behaviour plays at least once: refused as it is made, not as the job runs."""
+    """A behaviour plays a whole number of times, at least once."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidArgumentError(
-            f"{type(instance).__name__.lower()}(): a behaviour must play at least once, got times={safe_repr(value)}")
+            f"{type(instance).__name__.lower()}(): a behaviour must play at least once: times must be a whole number"
+            f" >= 1, got {safe_repr(value)}")
 
 
-def _an_error(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not (isinstance(value, BaseException) or isinstance(value, type) and issubclass(value, BaseException)):
+def _an_error(instance: Raises, attribute: attrs.Attribute[Any], value: object) -> None:
+    """An exception instance, or a class that can be made from the message (as it is played)."""
+    if isinstance(value, BaseException):
+        return
+    if not (isinstance(value, type) and issubclass(value, BaseException)):
         hint = f" (a name: pass the class itself, {value})" if isinstance(value, str) else ""
         raise InvalidArgumentError(f"raises(): error must be an exception class or instance, got {safe_repr(value)}{hint}")
+    try:
+        value(instance.message)
+    except Exception as exc:
+        raise InvalidArgumentError(
+            f"raises(): {value.__name__}({instance.message!r}) cannot be made ({type(exc).__name__}: {exc});"
+            " pass an instance of it") from None
 
 
 def _seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    """Any real number trio sleeps for: finite, not negative."""
+    try:
+        finite = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
+            and float(value) >= 0
+    except OverflowError:  # (an int too large for a float)
+        finite = False
+    if not finite:
         raise InvalidArgumentError(f"sleeps(): seconds must be a finite number >= 0, got {safe_repr(value)}")
 
 
 def _then(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, (Returns, Raises)):
-        raise InvalidArgumentError(f"sleeps(): then must be made by returns() or raises(), got {safe_repr(value)}")
+    if not isinstance(value, (Returns, Raises, Sleeps, Hangs)):
+        raise InvalidArgumentError(
+            f"sleeps(): then must be made by returns(), raises(), sleeps() or hangs(), got {safe_repr(value)}")
 
 
 @attrs.frozen(kw_only=True)
@@ -41,7 +72,7 @@ class Returns:
     """Return ``value``."""
 
     value: Any = None
-    times: int = attrs.field(default=1, validator=_plays)
+    times: int = attrs.field(default=1, converter=_whole, validator=_plays)
 
 
 @attrs.frozen(kw_only=True)
@@ -50,7 +81,7 @@ class Raises:
 
     error: BaseException | type[BaseException] = attrs.field(validator=_an_error)
     message: str = "scripted failure"
-    times: int = attrs.field(default=1, validator=_plays)
+    times: int = attrs.field(default=1, converter=_whole, validator=_plays)
 
     def exception(self) -> BaseException:
         if isinstance(self.error, BaseException):
@@ -63,15 +94,15 @@ class Sleeps:
     """Sleep ``seconds`` on trio's clock, then behave as ``then``."""
 
     seconds: float = attrs.field(validator=_seconds)
-    then: Returns | Raises = attrs.field(default=Returns(), validator=_then)
-    times: int = attrs.field(default=1, validator=_plays)
+    then: Behaviour = attrs.field(default=Returns(), validator=_then)
+    times: int = attrs.field(default=1, converter=_whole, validator=_plays)
 
 
 @attrs.frozen(kw_only=True)
 class Hangs:
     """Never return (until cancelled)."""
 
-    times: int = attrs.field(default=1, validator=_plays)
+    times: int = attrs.field(default=1, converter=_whole, validator=_plays)
 
 
 Behaviour = Union[Returns, Raises, Sleeps, Hangs]
@@ -85,7 +116,7 @@ def raises(error: BaseException | type[BaseException], message: str = "scripted 
     return Raises(error=error, message=message, times=times)
 
 
-def sleeps(seconds: float, then: Returns | Raises = Returns(), *, times: int = 1) -> Sleeps:
+def sleeps(seconds: float, then: Behaviour = Returns(), *, times: int = 1) -> Sleeps:
     return Sleeps(seconds=seconds, then=then, times=times)
 
 
