@@ -104,7 +104,7 @@ def test_what_can_play_is_still_accepted() -> None:
 async def test_a_signal_only_a_child_takes_is_refused_with_the_reason(autojump_clock: trio.testing.MockClock) -> None:
     child = tf.workflow("kid").receive("approval", signal="approve", timeout=3600).build()
     parent = tf.workflow("parent").child("c", workflow="kid").build()
-    with pytest.raises(tf.InvalidArgumentError, match="taken only by a workflow in also="):
+    with pytest.raises(tf.InvalidArgumentError, match="taken only by workflow 'kid', a child"):
         await explore_crashes(parent, also=[child], signals=[("approve", 1)])
 
 

@@ -190,7 +190,7 @@ async def explore_crashes(
     scripted = _scripted_jobs(family, jobs or {})
     shapes = {d.name: _Shape.of(d) for d in family}
     _check_signals(signals, set(shapes[workflow.name].receives.values()),
-                   {name for shape in shapes.values() for name in shape.receives.values()})
+                   {name: shape_name for shape_name, shape in shapes.items() for name in shape.receives.values()})
     if driver_factory is None and any(d.transactional for d in family):
         driver_factory = MemoryDriver
 
@@ -352,10 +352,10 @@ class _Shape:
         )
 
 
-def _check_signals(signals: object, received: Collection[str], in_family: Collection[str]) -> None:
+def _check_signals(signals: object, received: Collection[str], in_family: Mapping[str, str]) -> None:
     """``signals`` as ``(name, payload)`` pairs whose names a receive step of the explored
-    workflow takes (``received``; they are sent to its instance only, not to its children, whose
-    receives take ``in_family``); anything else is an :class:`InvalidArgumentError` before any
+    workflow takes (``received``; they are sent to its instance only, not to its children:
+    ``in_family`` names the workflow of ``also=`` that takes each signal); anything else is an :class:`InvalidArgumentError` before any
     run (a misspelt name would be explored as a receive that times out, and pass)."""
     if not isinstance(signals, (list, tuple)):
         raise InvalidArgumentError(f"signals must be a list of (name, payload) pairs, got {safe_repr(signals)}")
@@ -365,8 +365,8 @@ def _check_signals(signals: object, received: Collection[str], in_family: Collec
         if entry[0] not in received:
             if entry[0] in in_family:
                 raise InvalidArgumentError(
-                    f"signals: signal {entry[0]!r} is taken only by a workflow in also=, and signals= is sent to the"
-                    " explored instance only, not to its children")
+                    f"signals: signal {entry[0]!r} is taken only by workflow {in_family[entry[0]]!r}, a child (in"
+                    " also=), and signals= is sent to the explored instance only, not to its children")
             known = ", ".join(repr(name) for name in sorted(received)) or "none"
             raise InvalidArgumentError(
                 f"signals: no receive step of the workflow (or of those in also=) takes signal {entry[0]!r}"
