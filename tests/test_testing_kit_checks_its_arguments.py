@@ -113,3 +113,13 @@ async def test_a_stuck_map_item_is_reported_as_a_step_inside_the_map(autojump_cl
                                     branch=tf.branch("it").task("ship", job="ship").build()).build()
     with pytest.raises(tf.TrioflowError, match="at step 'mp', running \\(it, or a step inside it, has no timeout="):
         await explore_crashes(workflow, jobs={"ship": ScriptedJob(hangs())})
+
+
+async def test_open_test_engine_names_an_option_it_does_not_take(autojump_clock: trio.testing.MockClock) -> None:
+    """A misspelt option passed a type checker (``**engine_options: Any``) and failed in
+    open_engine with a bare ``TypeError`` (the property-testing user review)."""
+    from trioflow.testing import open_test_engine
+
+    with pytest.raises(tf.InvalidArgumentError, match="no option 'servces'; it takes open_engine's: adapter, "):
+        async with open_test_engine(servces={}):
+            pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -10,7 +11,7 @@ import trio
 import trio.testing
 
 from trioflow._engine import Engine, open_engine
-from trioflow._errors import TrioflowError
+from trioflow._errors import InvalidArgumentError, TrioflowError
 from trioflow.adapters._memory import MemoryAdapter
 
 T = TypeVar("T")
@@ -46,6 +47,14 @@ async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
     virtual time jump ahead while they run), and a wall clock on virtual time (durable timers
     of days take no real time). Other options are ``open_engine``'s.
     """
+    known = inspect.signature(open_engine).parameters
+    unknown = sorted(set(engine_options) - set(known))
+    if unknown:
+        # (Its options are open_engine's, passed on: a misspelt one would otherwise fail there
+        # with a bare TypeError, and a type checker cannot see it through ``**engine_options``.)
+        raise InvalidArgumentError(
+            f"open_test_engine: no option {', '.join(map(repr, unknown))}; it takes open_engine's:"
+            f" {', '.join(known)}")
     autojumping("open_test_engine")
     engine_options.setdefault("adapter", MemoryAdapter())
     engine_options.setdefault("threads", False)
