@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import trio
 import trio.testing
@@ -15,6 +15,16 @@ from trioflow._errors import InvalidArgumentError, TrioflowError
 from trioflow.adapters._memory import MemoryAdapter
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _typed_as_options_of(source: Callable[P, object]) -> Callable[[Callable[..., T]], Callable[P, T]]:
+    """Give the decorated function ``source``'s parameters, for type checkers only: it passes
+    its keyword options on to ``source``, and a misspelt one is then an error where it is
+    written rather than a ``**kwargs`` that takes anything."""
+    def typed(function: Callable[..., T]) -> Callable[P, T]:
+        return function
+    return typed
 
 
 class NotOnMockClockError(TrioflowError, RuntimeError):
@@ -37,6 +47,7 @@ def autojumping(who: str, *, required: bool = True) -> None:
     clock.autojump_threshold = 0
 
 
+@_typed_as_options_of(open_engine)
 @asynccontextmanager
 async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
     """An engine for tests: sleeps, retries and timeouts of hours take no real time.

@@ -47,3 +47,12 @@ async def main() -> None:  # (run on trio's MockClock, as tests run it)
         status: tf.Status = done.status
         print(status, done.history, done.compensated_steps)
 
+
+
+async def engine_options() -> None:
+    """open_test_engine takes open_engine's options, typed: a misspelt one is a type error (the
+    ignore below is itself an error under --strict if mypy stops seeing it)."""
+    async with open_test_engine(max_running=5, retain_finished=60):
+        pass
+    async with open_test_engine(max_runing=5):  # type: ignore[call-arg]
+        pass
