@@ -220,18 +220,23 @@ async def checkpoint_is_atomic(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "checkpoint_is_atomic") as a:
         await a.create("i1", "wf", "running", start=_START, header=b"h0")
         await a.checkpoint("i1", "running", b"h1", [b"r0"], first_seq=0)
+        seq = await a.send_signal("i1", "go", b"payload")
         before = await _stored(a, "i1")
         # A record that is not bytes-like (None: also what a NOT NULL column refuses), and records
-        # that fail while being read: either way the first new record could be written first.
+        # that fail while being read: either way the first new record, or the deletion of the
+        # consumed signal, could be written first.
         for what, records in (("a record that is None", [b"part-1", None]), ("a record that fails to read", _FailsPartWay())):
             await _refused(
-                a.checkpoint("i1", "completed", b"new-header", records, first_seq=1, start=b"new-start"),  # type: ignore[arg-type]
+                a.checkpoint("i1", "completed", b"new-header", records, first_seq=1, start=b"new-start",  # type: ignore[arg-type]
+                             consumed=[int(seq or 0)]),
                 Exception, f"a checkpoint with {what} must raise")
             after = await _stored(a, "i1")
             assert after == before, (
                 f"a checkpoint that failed part way ({what}) must write nothing, neither status, header, start"
                 f" nor records: was {before}, now {after}")
-        await a.checkpoint("i1", "running", b"h2", [b"r1"], first_seq=1)
+            assert [q for q, _, _ in await a.signals("i1")] == [seq], (
+                f"a checkpoint that failed part way ({what}) must consume no signal: the signal would be lost")
+        await a.checkpoint("i1", "running", b"h2", [b"r1"], first_seq=1, consumed=[int(seq or 0)])
         assert (await _stored(a, "i1"))[4:] == (b"h2", (b"r0", b"r1")), (
             "after a failed checkpoint, the next one at the same seq must be accepted")
 
@@ -384,9 +389,11 @@ async def signals_are_kept_in_order_and_consumed_once(open_adapter: OpenAdapter)
         await a.checkpoint("i1", "running", b"h1", [b"r0"], first_seq=0, consumed=[first])
         assert [q for q, _, _ in await a.signals("i1")] == [second, third], (
             "a checkpoint must delete the signals it consumes, and only those")
+        await _same_signals_loaded(a, "i1")
         await _refused(a.checkpoint("i1", "running", b"h2", [b"r1"], first_seq=1, consumed=[first]),
                        CheckpointConflictError, "a signal consumed once cannot be consumed again")
         await a.checkpoint("i1", "running", b"h1", [], first_seq=1, consumed=[third])
+        await _same_signals_loaded(a, "i1")
         fourth = await a.send_signal("i1", "go", b"four")
         assert isinstance(fourth, int) and fourth > third, (
             f"seqs only grow: a signal stored after the newest was consumed got {fourth}, after {third}")
@@ -403,6 +410,16 @@ async def signals_are_kept_in_order_and_consumed_once(open_adapter: OpenAdapter)
         later = await b.send_signal("i2", "go", b"after the reopen")
         assert isinstance(later, int) and later > fourth, (
             f"seqs only grow, across a reopen too: got {later}, after {fourth} before it")
+
+
+async def _same_signals_loaded(a: Adapter, instance_id: str) -> None:
+    """``load()`` must hand back the signals ``signals()`` lists, no consumed one among them."""
+    stored = await a.load(instance_id)
+    loaded = None if stored is None else [(q, n, bytes(p)) for q, n, p in stored.signals]
+    pending = [(q, n, bytes(p)) for q, n, p in await a.signals(instance_id)]
+    assert loaded == pending, (
+        f"load() must give exactly the pending signals signals() lists, in seq order, none consumed: got {loaded},"
+        f" pending {pending} (a signal consumed and loaded again is delivered twice)")
 
 
 async def checkpoint_notifies_in_the_same_write(open_adapter: OpenAdapter) -> None:
@@ -433,7 +450,7 @@ async def checkpoint_notifies_in_the_same_write(open_adapter: OpenAdapter) -> No
 async def waiting_instances_wake_when_due(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "waiting") as a:
         assert await a.next_wake() is None and await a.due(1e12, 10) == [], "nothing waits in a new store"
-        for i in ("soon", "later", "signal", "runs"):
+        for i in ("later", "soon", "signal", "runs"):  # created in another order than they are due
             await a.create(i, "wf", "running", start=b"s", header=b"h0")
         await a.checkpoint("later", "running", b"h1", [], first_seq=0, wake_at=2000.0)
         await a.checkpoint("soon", "running", b"h1", [b"r0"], first_seq=0, wake_at=1000.0)
@@ -560,6 +577,8 @@ async def purge_keeps_children_while_their_parent_is_stored(open_adapter: OpenAd
         await a.create("p/c#1/g#1", "grandkid", "running", start=b"s", header=b".", parent_id="p/c#1")
         await a.create("orphan", "kid", "running", start=b"s", header=b".", parent_id="never-stored")
         await a.create("plain", "order", "running", start=b"s", header=b".")
+        for iid in ("p/c#1", "p/c#1/g#1"):
+            await a.send_signal(iid, "left", b"unconsumed")
         for iid, at in (("p/c#1/g#1", 1000.0), ("p/c#1", 1100.0), ("orphan", 1200.0), ("plain", 1300.0)):
             clock.now = at
             await a.checkpoint(iid, "completed", b"h", [b"r0"], first_seq=0)
@@ -577,6 +596,11 @@ async def purge_keeps_children_while_their_parent_is_stored(open_adapter: OpenAd
         assert await b.purge(1e12, 1) == 3, (
             "a purge that deletes a parent deletes the children it kept, and theirs, in the same call (beyond limit)")
         assert [s.instance_id for s in await b.list_instances()] == [], "nothing of the family is left"
+        for iid in ("p/c#1", "p/c#1/g#1"):  # (as a parent started again under the id makes them)
+            await b.create(iid, "kid", "running", start=b"s2", header=b"h2", parent_id="p")
+            assert await _stored(b, iid) == (iid, "kid", "running", b"s2", b"h2", ()) and await b.signals(iid) == [], (
+                f"the purge that took {iid!r} along with its parent must delete its records and signals too")
+            await b.checkpoint(iid, "running", b"h3", [b"new"], first_seq=0)
 
 
 async def purge_lets_go_of_the_children_a_deleted_parent_kept(open_adapter: OpenAdapter) -> None:
@@ -756,6 +780,90 @@ async def filters_come_before_limits(open_adapter: OpenAdapter) -> None:
             "a clock given while the adapter is open must change nothing (late finished at 6000)")
 
 
+_CANCEL_PASSES = 12
+
+
+async def _cancelled_after(passes: int, write: Callable[[], Awaitable[object]]) -> tuple[bool, bool]:
+    """Run ``write()`` in a cancel scope that another task cancels after ``passes`` scheduler
+    passes of its own: whether the write returned, and whether the cancel came before it did."""
+    returned = cancelled_first = False
+    with trio.CancelScope() as scope:
+        async def cancel() -> None:
+            for _ in range(passes):
+                await trio.lowlevel.checkpoint()
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancel)
+            try:
+                await write()
+            except Exception:  # (raising having written nothing is allowed, as Cancelled is)
+                pass
+            else:
+                returned, cancelled_first = True, scope.cancel_called
+    return returned, cancelled_first
+
+
+async def _held(a: Adapter, instance_id: str) -> tuple[Any, ...]:
+    """An instance's row and its pending signals' names and payloads."""
+    return _view(await a.load(instance_id)), tuple((n, bytes(p)) for _, n, p in await a.signals(instance_id))
+
+
+async def writes_are_all_or_nothing_under_cancellation(open_adapter: OpenAdapter) -> None:
+    """Each kind of write, cancelled in turn at each of its first waits, either returns having
+    made all of it or raises having made none of it, after a reopen too: the engine cancels the
+    writes in flight when its block is left, and takes one that raised as not made. (An
+    adapter that cannot take a write back must keep its caller until it is acknowledged.)"""
+    held: dict[str, tuple[Any, ...]] = {}
+    async with _opened(open_adapter, "cancelled_writes", _Clock(1000.0)) as a:
+        await a.create("parent", "wf", "running", start=b"s", header=b"h0")
+        for passes in range(_CANCEL_PASSES):
+            c, d, g, n, k = (f"{what}{passes}" for what in ("c", "d", "g", "n", "k"))
+            for iid in (c, d, g, k):
+                await a.create(iid, "wf" if iid != g else g, "running", start=b"s", header=b"h0")
+                await a.checkpoint(iid, "running", b"h1", [b"r0"], first_seq=0)
+            for iid in (d, g):
+                await a.checkpoint(iid, "completed", b"h2", [], first_seq=1)
+            seq = int(await a.send_signal(c, "go", b"one") or 0)
+            notices = len(await a.signals("parent"))
+            made = {  # what each write stores, as _held shows it
+                n: ((n, "wf", "running", b"s", _BLOB, ()), ()),
+                k: ((k, "wf", "running", b"s", b"h1", (b"r0",)), (("go", b"one"), ("go", _BLOB))),
+                c: ((c, "wf", "completed", b"s", _BLOB, (b"r0", b"r1", _BLOB)), ()),
+                d: (None, ()),
+                g: (None, ()),
+            }
+            writes: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+                (n, lambda: a.create(n, "wf", "running", start=b"s", header=_BLOB)),
+                (k, lambda: a.send_signal(k, "go", _BLOB)),
+                (c, lambda: a.checkpoint(c, "completed", _BLOB, [b"r1", _BLOB], first_seq=1, consumed=[seq],
+                                         notify=("parent", "ended", b"n"))),
+                (d, lambda: a.delete(d)),
+                (g, lambda: a.purge(1e12, 10, workflow_name=g)),
+            ]
+            await a.send_signal(k, "go", b"one")
+            untouched = 0
+            for iid, write in writes:
+                before = await _held(a, iid)
+                returned, cancelled_first = await _cancelled_after(passes, write)
+                untouched += returned and not cancelled_first
+                held[iid] = await _held(a, iid)
+                want = made[iid] if returned else before
+                assert held[iid] == want, (
+                    f"a write to {iid!r} cancelled after {passes} scheduler passes must have been made whole if it"
+                    f" returned, or not at all if it raised: it {'returned' if returned else 'raised'}, and stored"
+                    f" {held[iid]}, not {want}")
+            notices += held[c][0] is not None and held[c][0][2] == "completed"
+            assert len(await a.signals("parent")) == notices, (
+                "a cancelled checkpoint must store its notice exactly when it stores the rest")
+            if untouched == len(writes):
+                break  # every write now ends before the cancel comes
+    async with _opened(open_adapter, "cancelled_writes") as b:
+        for iid, before in held.items():
+            after = await _held(b, iid)
+            assert after == before, f"what a cancelled write left must be what is there after a reopen: {before}, now {after}"
+
+
 _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     create_and_load, create_is_idempotent, checkpoint_appends, checkpoint_is_fenced,
     checkpoint_of_unknown_instance, checkpoint_is_atomic, start_set_once, list_by_name_and_status,
@@ -766,5 +874,5 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     lists_pages_in_creation_order, scans_hand_back_every_record_in_order, refused_writes_leave_everything,
     purge_goes_by_finish_order_not_creation_order, fences_hold_for_every_kind_of_checkpoint,
     filters_come_before_limits, purge_keeps_children_while_their_parent_is_stored,
-    purge_lets_go_of_the_children_a_deleted_parent_kept,
+    purge_lets_go_of_the_children_a_deleted_parent_kept, writes_are_all_or_nothing_under_cancellation,
 ]
