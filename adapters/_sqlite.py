@@ -375,6 +375,8 @@ class SQLiteAdapter:
                 raise
         except sqlite3.DatabaseError as exc:
             self._unlock()
+            if _may_pass(exc):  # (locked by another connection past busy_timeout, full, failing I/O)
+                raise DatabaseUnavailableError(f"cannot open {self.path} now: {exc}") from exc
             raise DatabaseError(f"cannot open {self.path} as a trioflow database: {exc}") from exc
         except BaseException:
             self._unlock()
@@ -545,7 +547,10 @@ class SQLiteAdapter:
     async def resumable(self) -> list[StoredInstance]:
         rows: list[StoredInstance] = await self._submit(
             ("select", ("i.status IN ('pending', 'running') AND (i.wake_at IS NULL OR EXISTS"
-                        " (SELECT 1 FROM trioflow_signals AS s WHERE s.instance_id = i.instance_id))", ())))
+                        " (SELECT 1 FROM trioflow_signals AS s WHERE s.instance_id = i.instance_id)"
+                        # (A wake time that is not a number, damaged by hand, is never due: the
+                        # instance is resumed instead, and its run stores its wait's time again.)
+                        " OR typeof(i.wake_at) NOT IN ('real', 'integer'))", ())))
         return rows
 
     async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:
@@ -1074,23 +1079,34 @@ def _select(
     # records: the kernel then finds the header's count unmet and reports that one instance
     # unreadable, and the others go on.
     records: dict[str, list[Any]] = {
-        row[0]: [None] * row[5] for row in rows if type(row[5]) is int and 0 < row[5] <= _MOST_RECORDS}
+        row[0]: [None] * row[5] for row in rows if type(row[5]) is int and 0 <= row[5] <= _MOST_RECORDS}
     if records:
+        beyond = set()
         # Each record goes to its place by seq: no ORDER BY, so SQLite never sorts the data.
+        # (Read in the same transaction as the rows: a checkpoint stores its records and its
+        # count together, so a record beyond the count is damage, not a write in between.)
         for instance_id, seq, data in conn.execute(
             "SELECT r.instance_id, r.seq, CAST(r.data AS BLOB) FROM trioflow_instances AS i"
             f" JOIN trioflow_records AS r ON r.instance_id = i.instance_id WHERE {where}",
             params,
         ):
             slots = records.get(instance_id)
-            if slots is not None and type(seq) is int and 0 <= seq < len(slots):
-                slots[seq] = data  # a row outside the stored count was never part of a checkpoint
+            if slots is None:
+                continue
+            if type(seq) is int and 0 <= seq < len(slots):
+                slots[seq] = data
+            else:
+                beyond.add(instance_id)
         for instance_id, found in records.items():
-            if None in found:
-                # A damaged instance (records missing, or a count too high) is handed back with
-                # an empty record in each gap: the kernel cannot read it (nor a count its
-                # header does not have) and reports that one instance unreadable; the others go on.
-                records[instance_id] = [b"" if data is None else data for data in found]
+            if None in found or instance_id in beyond:
+                # A damaged instance (records missing, a count too high, or records beyond its
+                # count: its row restored from an older backup than its records, or the count
+                # lowered by hand) is handed back with an empty record in each gap and one more
+                # for the records beyond: the kernel cannot read it (nor a count its header does
+                # not have) and reports that one instance unreadable, running nothing of it (the
+                # step those records hold would run again at every start); the others go on.
+                records[instance_id] = [b"" if data is None else data for data in found] + (
+                    [b""] if instance_id in beyond else [])
     return [
         StoredInstance(
             instance_id=instance_id, workflow_name=workflow_name, status=status, start=start, header=header,
@@ -1127,8 +1143,11 @@ def _next_wake(conn: sqlite3.Connection, skip: tuple[str, ...] = ()) -> float | 
     skipping, names = _skipping(conn, skip)
     # In wake_at's order, the first that passes: a scan stops there (min() would read them all
     # when workflows are left out).
+    # (Text sorts after every number: one not a number, damaged by hand, is never the next;
+    # resumable() hands its instance back instead.)
     row = conn.execute(
-        f"SELECT i.wake_at FROM {_WAITING_FROM} WHERE {_WAITING}{skipping} ORDER BY i.wake_at LIMIT 1",
+        f"SELECT i.wake_at FROM {_WAITING_FROM} WHERE {_WAITING}{skipping}"
+        " AND typeof(i.wake_at) IN ('real', 'integer') ORDER BY i.wake_at LIMIT 1",
         names).fetchone()
     return None if row is None or row[0] is None else float(row[0])
 

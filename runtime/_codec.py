@@ -30,6 +30,7 @@ from ._lanes import MAIN, item_lane, item_scope
 from ._shared_data import SharedData, held
 from ._snapshot import (
     PHASES,
+    RESUMABLE,
     STATUSES,
     STEP_STATUSES,
     InstanceState,
@@ -654,8 +655,17 @@ def decode(start: bytes | None, header: bytes, records: Sequence[bytes] = ()) ->
                 raise SnapshotDecodeError(f"data is not a trioflow instance (missing {tag!r} tag)")
             _version(raw[1], 2, FORMAT_VERSION)
         state = _fields_guarded(_state_v2, raw_start, raw_header, [_unpack(r, "step record") for r in records])
+    # (What every run reads, whatever the format: its times are compared and added to, and a
+    # live instance goes on from its main lane.)
+    _expect(_is_time(state.created_at) and (state.started_at is None or _is_time(state.started_at))
+            and (state.completed_at is None or _is_time(state.completed_at)), "the instance's times are not numbers")
+    _expect(MAIN in state.lanes or state.status not in RESUMABLE, "a %s instance has no main lane", state.status)
     remember_data(state)
     return state
+
+
+def _is_time(value: Any) -> bool:
+    return type(value) is float or type(value) is int
 
 
 def _unpack(data: bytes, what: str) -> Any:

@@ -1997,11 +1997,17 @@ def _copy(state: InstanceState) -> WorkflowInstance:
 def _decoded(record: StoredInstance) -> InstanceState:
     """The state a stored row holds, or :class:`SnapshotDecodeError`. It must be the row's own:
     a row holding another instance's data (a copied or tampered row) would otherwise run that
-    instance a second time."""
+    instance a second time; and its status must be the one the adapter lists it under (a row
+    marked finished by hand, its header still running, would be neither run nor reported)."""
     state = decode_stored(record)
     if state.instance_id != record.instance_id or state.workflow_name != record.workflow_name:
         raise SnapshotDecodeError(
             f"the row of instance {record.instance_id!r} ({record.workflow_name!r}) holds the snapshot of"
             f" instance {state.instance_id!r} ({state.workflow_name!r})"
+        )
+    if state.status != record.status:
+        raise SnapshotDecodeError(
+            f"the row of instance {record.instance_id!r} is stored as {safe_repr(record.status)}, and its snapshot"
+            f" says {state.status!r} (a status changed by hand?)"
         )
     return state
