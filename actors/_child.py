@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from trioflow._context import WorkflowContext
-from trioflow._decide import new_execution, next_execution_id
+from trioflow._decide import child_completed_late, new_execution, next_execution_id
 from trioflow._definition import ChildStep
 from trioflow._errors import (
     ChildWorkflowError,
@@ -177,13 +177,14 @@ def waited_on(lanes: Iterable[Lane]) -> list[str]:
     return [lane.waiting["child"] for lane in lanes if lane.waiting is not None and "child" in lane.waiting]
 
 
-async def cancel_children(run: Run, child_ids: Sequence[str]) -> None:
+async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps: bool = False) -> None:
     """Cancel the children ``child_ids`` and wait for their ends: those the lanes of a parent
     whose run ended badly (cancelled, timed out, failed) waited on, or fan-out siblings a
     fail-fast cancelled. A child that completed all the same is compensated as a unit (the step
-    that waited on it never completes, so nothing else would). Not when the engine is stopping:
-    parents and children then resume with the next engine (a parent taken up while compensating
-    cancels them then)."""
+    that waited on it never completes, so nothing else would), or, ``completes_steps`` (a
+    parent about to compensate), its step is recorded completed, to be staged and compensated
+    with the others, on the result. Not when the engine is stopping: parents and children then
+    resume with the next engine (a parent taken up while compensating cancels them then)."""
     children = run.children
     if children is None or children.closing or not child_ids:
         return
@@ -191,8 +192,16 @@ async def cancel_children(run: Run, child_ids: Sequence[str]) -> None:
     completed: list[str] = []
 
     async def cancel(child_id: str) -> None:
-        if await children.cancel(child_id, bound, undo=False):
-            completed.append(child_id)
+        ended = await children.cancel(child_id, bound, undo=False)
+        if ended is None:
+            return
+        if completes_steps:
+            record = child_completed_late(run.state, child_id, ended.output, run.clock())
+            entry = run.definition.lookup.get(record.step_name)
+            if entry is not None and isinstance(entry[0], ChildStep):  # (a release may have dropped it)
+                run.state.add(run.stage(record))
+                return
+        completed.append(child_id)
 
     with trio.CancelScope(shield=True):  # the parent's own cancellation must not stop this
         # Each is waited on to its end: together, not one cancellation after another. Those

@@ -285,8 +285,10 @@ async def _cancel_children_and_compensate(run: Run) -> None:
     """After the decision to go back is stored: cancel the children the instance waited on
     (found from its records: child steps that started and never ended), then compensate. An
     engine closing meanwhile, having cancelled not all of them, stops it as stored, so that
-    the next one cancels them still (ended, the instance would be taken up no more)."""
-    await cancel_children(run, unended_children(run.state))
+    the next one cancels them still (ended, the instance would be taken up no more). A child
+    that completed all the same has its step completed, to be compensated in the plan, unless
+    compensation has begun (a restart: a step completed now would fall past its cursor)."""
+    await cancel_children(run, unended_children(run.state), completes_steps=run.state.compensated_from is None)
     await trio.lowlevel.checkpoint_if_cancelled()
     await _compensate_and_finish(run)
 

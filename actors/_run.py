@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import contextvars
 import inspect
 import logging
 import operator
@@ -50,6 +51,7 @@ from trioflow._snapshot import (
     InstanceState,
     Status,
     StepResult,
+    WorkflowInstance,
     WorkflowResult,
     compensated_steps,
     compensation_errors,
@@ -210,12 +212,12 @@ class Children(Protocol):
         memory, those children would wait for ever."""
         ...
 
-    async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> bool:
+    async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> WorkflowInstance | None:
         """Cancel the child instance (and so its own children), if it still runs, and wait for
         its end; compensate it as a unit if it completed all the same (the step that waited on
         it never will), each of its compensations bounded by ``bound`` seconds too (the
-        parent's compensation timeout). ``undo=False``: not yet; whether it is to be (see
-        :meth:`compensate`)."""
+        parent's compensation timeout). ``undo=False``: not yet; the child as it completed, if
+        it did, to be compensated later (see :meth:`compensate`)."""
         ...
 
     def adopt(self, child_id: str, parent_id: str) -> None:
@@ -260,7 +262,7 @@ class Run:
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
         "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "unheld", "unpublished",
-        "lent",
+        "lent", "contextvars",
     )
 
     def __init__(
@@ -326,6 +328,9 @@ class Run:
         #: storage, which hands it to the run as it is stored (a storage read less for its
         #: first receive or child step, which every lane of a fan-out would wait on).
         self.signals_fetched = not resumed
+        #: The contextvars its task starts with (``None``: those of the task that launches it,
+        #: its caller's for a start launched at once): see ``Engine._launch``.
+        self.contextvars: contextvars.Context | None = None
         #: Set once the read of stored signals in flight is over (``None``: none in flight).
         self.fetching: Flag | None = None
         #: Waits longer than this many seconds let the instance leave memory (``None``: never,

@@ -1062,7 +1062,10 @@ def _record_rows(checkpoints: Sequence[tuple[Any, ...]]) -> list[tuple[str, int,
 
 #: The stored bytes are read as BLOBs whatever they hold: a value damaged into TEXT that is not
 #: UTF-8 would otherwise fail the whole query (every instance it reads), not its row alone.
-_COLUMNS = "i.instance_id, i.workflow_name, i.status, CAST(i.start AS BLOB), CAST(i.header AS BLOB), i.next_seq"
+_COLUMNS = ("i.instance_id, i.workflow_name, i.status, CAST(i.start AS BLOB), CAST(i.header AS BLOB), i.next_seq,"
+            # Whether records lie beyond the count (a probe of the records' key, in the same
+            # statement: a row with no records asks for none of them).
+            " EXISTS (SELECT 1 FROM trioflow_records AS b WHERE b.instance_id = i.instance_id AND b.seq >= i.next_seq)")
 #: More records than one instance writes (16.7 million: a step a second for half a year): a
 #: count above it is damage, not that many slots to make room for.
 _MOST_RECORDS = 1 << 24
@@ -1079,40 +1082,34 @@ def _select(
     # records: the kernel then finds the header's count unmet and reports that one instance
     # unreadable, and the others go on.
     records: dict[str, list[Any]] = {
-        row[0]: [None] * row[5] for row in rows if type(row[5]) is int and 0 <= row[5] <= _MOST_RECORDS}
+        row[0]: [None] * row[5] for row in rows if type(row[5]) is int and 0 < row[5] <= _MOST_RECORDS}
     if records:
-        beyond = set()
         # Each record goes to its place by seq: no ORDER BY, so SQLite never sorts the data.
-        # (Read in the same transaction as the rows: a checkpoint stores its records and its
-        # count together, so a record beyond the count is damage, not a write in between.)
         for instance_id, seq, data in conn.execute(
             "SELECT r.instance_id, r.seq, CAST(r.data AS BLOB) FROM trioflow_instances AS i"
             f" JOIN trioflow_records AS r ON r.instance_id = i.instance_id WHERE {where}",
             params,
         ):
             slots = records.get(instance_id)
-            if slots is None:
-                continue
-            if type(seq) is int and 0 <= seq < len(slots):
-                slots[seq] = data
-            else:
-                beyond.add(instance_id)
+            if slots is not None and type(seq) is int and 0 <= seq < len(slots):
+                slots[seq] = data  # (one beyond the count is told by the rows' last column)
         for instance_id, found in records.items():
-            if None in found or instance_id in beyond:
-                # A damaged instance (records missing, a count too high, or records beyond its
-                # count: its row restored from an older backup than its records, or the count
-                # lowered by hand) is handed back with an empty record in each gap and one more
-                # for the records beyond: the kernel cannot read it (nor a count its header does
-                # not have) and reports that one instance unreadable, running nothing of it (the
-                # step those records hold would run again at every start); the others go on.
-                records[instance_id] = [b"" if data is None else data for data in found] + (
-                    [b""] if instance_id in beyond else [])
+            if None in found:
+                # A damaged instance (records missing, or a count too high) is handed back with
+                # an empty record in each gap: the kernel cannot read it (nor a count its
+                # header does not have) and reports that one instance unreadable; the others go on.
+                records[instance_id] = [b"" if data is None else data for data in found]
     return [
         StoredInstance(
             instance_id=instance_id, workflow_name=workflow_name, status=status, start=start, header=header,
-            records=tuple(records.get(instance_id, ())), signals=signals,
+            # Records beyond the count (its row restored from an older backup than its records,
+            # or the count lowered by hand; read in the same transaction, so never a write in
+            # between): one empty record more, so that the kernel reports it unreadable and
+            # runs nothing of it (the step those records hold would run again at every start).
+            records=(*records.get(instance_id, ()), b"") if beyond else tuple(records.get(instance_id, ())),
+            signals=signals,
         )
-        for instance_id, workflow_name, status, start, header, next_seq in rows
+        for instance_id, workflow_name, status, start, header, next_seq, beyond in rows
     ]
 
 

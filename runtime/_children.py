@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._codec import decode_payload
+from ._codec import decode_payload, decode_stored, encode_payload
 from ._fanout_failures import completion_changes_nothing
-from ._errors import EngineClosedError, SnapshotDecodeError, TrioflowError, describe_error
-from ._snapshot import RESUMABLE
+from ._errors import EngineClosedError, SnapshotDecodeError, TrioflowError, describe_error, split_description
+from ._lanes import child_ended_signal
+from ._snapshot import RESUMABLE, WorkflowInstance
 from ._storage_retry import retried
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ class EngineChildren:
                 child.lent = True
                 engine._adopt_child(child.state.instance_id)
 
-    async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> bool:
+    async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> WorkflowInstance | None:
         engine = self._engine
         try:
             if child_id not in engine._live:
@@ -107,7 +108,7 @@ class EngineChildren:
                     # Not stored: its parent stored the step's start and stopped before it
                     # stored the child (see trioflow.actors._child), or it ended and was purged
                     # before its parent took its end. Nothing left to cancel.
-                    return False
+                    return None
                 # Its workflow (or a job of it) may be registered after its parent's, as an
                 # engine starts up: it is cancelled once it is, not left to run on; for as long
                 # as the parent's compensations may take, no longer.
@@ -120,7 +121,7 @@ class EngineChildren:
                         "child %s, whose step was cancelled, is stored cancelled: its workflow %r was not registered"
                         " with the jobs it uses within %s s; an engine that has them compensates it",
                         child_id, stored.workflow_name, bound, extra={"instance_id": child_id})
-                    return False
+                    return None
             await engine.cancel(child_id)
             # Its end, whatever it is. A cancel that reaches a child past its last checkpoint
             # does not stop it from completing; nor does one that comes after it completed,
@@ -128,19 +129,20 @@ class EngineChildren:
             # parent's own end, cancelled that step first). Either way the step never
             # completes, so the parent's compensation never reaches that child: it is
             # compensated as a unit now, as a child cancelled while running compensates itself.
-            if (await engine.wait(child_id)).status != "completed":
-                return False
+            ended = await engine.wait(child_id)
+            if ended.status != "completed":
+                return None
             if not undo:
-                return True
+                return ended
             problem = await engine._undo_child(child_id, bound)
         except EngineClosedError:
-            return False  # stopping meanwhile: the child resumes later
+            return None  # stopping meanwhile: the child resumes later
         except TrioflowError as exc:  # it cannot be waited on here (its jobs are missing, storage is down)
             problem = describe_error(exc)
         if problem is not None:
             log.warning("child %s, whose step was cancelled, could not be cancelled or compensated: %s", child_id,
                         problem, extra={"instance_id": child_id})
-        return False
+        return None
 
     def adopt(self, child_id: str, parent_id: str) -> None:
         """A parent taken up again here waits in memory, in its slot, for ``child_id``: the
@@ -202,6 +204,44 @@ class EngineChildren:
         # A parent parked on its child has no wake time: if this fails, nothing else wakes it.
         await retried(lambda: self._ended(parent_id, notice), retry_for=self._engine._storage_retry_for,
                       what=f"waking parent {parent_id} for its child's end", instance_id=parent_id)
+
+    def unreadable(self, parent_id: str, child_id: str, error: SnapshotDecodeError) -> None:
+        """``child_id`` cannot be read here: its parent, if it waits for that child's end, is
+        told it failed with ``error`` (once: not a parent that holds a notice of it already,
+        or has moved on)."""
+        self._engine._supervisor.start_soon(
+            f"tell parent {parent_id} of unreadable child {child_id}", self._tell_unreadable, parent_id, child_id, error)
+
+    async def _tell_unreadable(self, parent_id: str, child_id: str, error: SnapshotDecodeError) -> None:
+        engine = self._engine
+        notice = child_ended_signal(child_id)
+        description = describe_error(error)
+        name, cause = split_description(description)
+        outcome = {"status": "failed", "output": None, "error": description, "error_name": name, "cause": cause}
+
+        async def tell() -> bool:
+            stored = await engine.adapter.load(parent_id)
+            if stored is None or stored.status not in RESUMABLE or any(n == notice for _, n, _ in stored.signals):
+                return False
+            try:
+                parent = decode_stored(stored)
+            except SnapshotDecodeError:
+                return False  # (reported on its own when it is read to run)
+            if not any(lane.waiting is not None and lane.waiting.get("signal") == notice
+                       for lane in parent.lanes.values()):
+                return False
+            sent = await engine.adapter.send_signal(parent_id, notice, encode_payload(outcome, "the child's outcome"))
+            return sent is not None
+
+        try:
+            told = await retried(tell, retry_for=engine._storage_retry_for,
+                                 what=f"telling parent {parent_id} its child cannot be read", instance_id=parent_id)
+        except TrioflowError as exc:
+            log.warning("parent %s could not be told its child %s cannot be read: %s", parent_id, child_id,
+                        describe_error(exc), extra={"instance_id": parent_id})
+            return
+        if told:
+            await self._notify(parent_id, notice)
 
     async def _ended(self, parent_id: str, notice: str) -> None:
         engine = self._engine

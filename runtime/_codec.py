@@ -291,6 +291,18 @@ def decode_payload(data: bytes) -> Any:
     return _unpack(data, "signal payload")
 
 
+def parent_named_in(start: bytes | None) -> str | None:
+    """The parent a stored start record names, read on its own (``None``: none, or it cannot
+    be read): a child whose header cannot be read still has a parent that waits for its end."""
+    try:
+        raw = _unpack(start, "start record") if start is not None else None
+    except SnapshotDecodeError:
+        return None
+    if isinstance(raw, list) and len(raw) == 8 and raw[0] == START_TAG and isinstance(raw[7], str):
+        return raw[7]
+    return None
+
+
 def same_value(a: Any, b: Any) -> bool:
     """Whether ``a`` and ``b`` are the same value once stored: a tuple and a list with the same
     items are, and dicts whatever their keys' order; ``1``, ``1.0`` and ``True`` are not, as

@@ -308,6 +308,21 @@ def unended_children(state: InstanceState) -> list[str]:
             and (r.lane, r.step_name, r.execution) not in ended]
 
 
+def child_completed_late(state: InstanceState, child_id: str, output: Any, now: float) -> StepResult:
+    """The record that completes the child step execution that started ``child_id``, cut short
+    as its instance ended badly, its child having completed all the same: the compensation
+    that follows then undoes that child as a unit, the newest execution, as it undoes any
+    completed child step, and says so on the result."""
+    begun = next(r for r in state.records if r.status == "started" and r.output == child_id
+                 and child_instance_id(state.instance_id, r.id) == child_id)
+    return new_record(
+        step_name=begun.step_name, status="completed", input=begun.input, output=output, error=None,
+        started_at=begun.started_at, completed_at=now, attempts=1, lane=begun.lane, execution=begun.execution,
+        seq=len(state.records), passes=None, input_is_workflow_input=begun.input_is_workflow_input,
+        error_name=None, cause=None,
+    )
+
+
 def pending_compensations(state: InstanceState, definition: WorkflowDefinition) -> list[StepResult]:
     """Completed step executions with a compensation (and completed child steps, whose child is
     compensated as a unit), newest first, minus those already handled.

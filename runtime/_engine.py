@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import contextlib
+import contextvars
 import functools
 import math
 import time
@@ -28,6 +29,7 @@ from trioflow._codec import (
     copied_view,
     decode_payload,
     decode_stored,
+    parent_named_in,
     encode_header,
     encode_payload,
     encode_start,
@@ -200,6 +202,9 @@ class Engine:
         self._retain_wake: trio.Event | None = None
         self._finished_since_purge = 0
         self._children = EngineChildren(self)
+        #: The contextvars of the task that opened the engine: runs taken up from storage run
+        #: with these (see :meth:`_spawn`).
+        self._context = contextvars.copy_context()
         self._closed = False
         #: Set as the actors' nursery stops taking tasks: cancelled from outside the engine's
         #: block (a service shutting down), it stops before the block's body ends and closes the
@@ -855,9 +860,11 @@ class Engine:
             else:
                 self._waiting.appendleft(run, trio.current_time())
                 self._free_slot(taken=False)
+        # (One that completes all the same is left for the run's compensation, which completes
+        # its step and undoes it in its plan, on the result.)
         for child_id in children if not self._closed else ():
-            self._supervisor.start_soon(f"cancel child {child_id}", self._children.cancel, child_id,
-                                        run.definition.compensation_timeout)
+            self._supervisor.start_soon(f"cancel child {child_id}", functools.partial(
+                self._children.cancel, child_id, run.definition.compensation_timeout, undo=False))
 
     async def _cancel_not_running(self, instance_id: str) -> bool:
         """:meth:`cancel` of an instance no run here has: stored in it, if it is stored going
@@ -1072,11 +1079,11 @@ class Engine:
             take_up(state, definition)
             problem = misfit(state, definition)
         except SnapshotDecodeError as exc:
-            self._refuse_unreadable(record.instance_id, record.workflow_name, exc)
+            self._refuse_unreadable(record.instance_id, record.workflow_name, exc, parent_named_in(record.start))
             return None
         except Exception as exc:  # a decodable snapshot the kernel cannot make sense of
             self._refuse_unreadable(record.instance_id, record.workflow_name, SnapshotDecodeError(
-                f"snapshot fields are malformed: {describe_error(exc)}"))
+                f"snapshot fields are malformed: {describe_error(exc)}"), parent_named_in(record.start))
             return None
         # It cannot go on: its run fails before anything runs. Going forward, as a failed step
         # would fail it (the children it waits on are cancelled, the completed steps the new
@@ -1154,7 +1161,10 @@ class Engine:
 
     def _queue(self, run: Run) -> None:
         """Queue a run for a slot; one with a workflow timeout that has started is watched, to
-        leave the queue at its deadline (see :meth:`_watch_queued_deadlines`)."""
+        leave the queue at its deadline (see :meth:`_watch_queued_deadlines`). A run started
+        here keeps its caller's contextvars for its task, which another task launches."""
+        if run.contextvars is None:
+            run.contextvars = contextvars.copy_context()
         self._waiting.append(run, trio.current_time())
         self._children.slot_wanted()
         if not run.signals_fetched and any(lane.waiting is not None and "child" in lane.waiting
@@ -1217,17 +1227,22 @@ class Engine:
         try:
             _decoded(record)
         except SnapshotDecodeError as exc:
-            self._refuse_unreadable(record.instance_id, record.workflow_name, exc)
+            self._refuse_unreadable(record.instance_id, record.workflow_name, exc, parent_named_in(record.start))
             return False
         return True
 
-    def _refuse_unreadable(self, instance_id: str, workflow_name: str, exc: SnapshotDecodeError) -> None:
+    def _refuse_unreadable(
+        self, instance_id: str, workflow_name: str, exc: SnapshotDecodeError, parent_id: str | None,
+    ) -> None:
         """An unreadable snapshot (or a signal in its inbox) fails its instance for this
         engine's callers. Its stored bytes are left as they are: a newer release (after a
-        rolled-back deploy) may still read them."""
+        rolled-back deploy) may still read them. A child's parent is told it failed, as its
+        end would tell it: it would otherwise wait for that end for ever."""
         log.error("instance %s holds what this release cannot read, left untouched: %s", instance_id, exc,
                   extra={"instance_id": instance_id, "workflow_name": workflow_name})
         self._unreadable[instance_id] = unreadable_instance(instance_id, workflow_name, describe_error(exc))
+        if parent_id is not None and not self._closed:
+            self._children.unreadable(parent_id, instance_id, exc)
 
     def _spawn(
         self, definition: WorkflowDefinition, state: InstanceState, *, resumed: bool, slot: bool = True,
@@ -1237,6 +1252,12 @@ class Engine:
         one for it), else queued; or, ``hold_until`` (trio's clock) given, it sleeps until then
         holding no slot (see :meth:`_unhold`)."""
         run = self._run(definition, state, resumed=resumed)
+        if resumed:
+            # Taken up from storage (by the waker, a signal's sender, a restart): it runs with
+            # the contextvars the engine was opened with, not those of whoever took it up. A
+            # caller's are not kept while an instance waits out of memory: they may hold a
+            # whole request, for days.
+            run.contextvars = self._context
         run.stored_status = state.status  # as created, or as read back
         self._live[state.instance_id] = run
         next_run = self._next_run.pop(state.instance_id, None)
@@ -1416,9 +1437,16 @@ class Engine:
         return None
 
     def _launch(self, run: Run, *, reserved: bool = False) -> None:
+        """Start a run's task. Its contextvars are its caller's when ``start()`` launches it;
+        otherwise those ``run.contextvars`` holds (see :meth:`_spawn` and :meth:`_queue`), never
+        those of the task that happens to launch it (one that freed a slot, a signal's sender)."""
         if not reserved:
             self._running += 1
-        self._supervisor.start_contained_soon(run.state.instance_id, self._instance_actor, run)
+        context = run.contextvars
+        if context is None:
+            self._supervisor.start_contained_soon(run.state.instance_id, self._instance_actor, run)
+        else:
+            context.run(self._supervisor.start_contained_soon, run.state.instance_id, self._instance_actor, run)
 
     def _unhold(self, run: Run) -> bool:
         """The hold of a run taken up ahead of its time is over (its time came, or a cancel or
@@ -1474,7 +1502,7 @@ class Engine:
             # Storage holds something for it that this release cannot read (a signal a newer
             # release stored): it stays as stored, for that release, reported failed here as
             # an unreadable row is.
-            self._refuse_unreadable(state.instance_id, state.workflow_name, exc)
+            self._refuse_unreadable(state.instance_id, state.workflow_name, exc, state.parent_id)
         except StorageUnavailableError as exc:
             # Storage stayed unusable past the retries: leave the instance as last stored, to be
             # resumed, rather than claim an end that could not be recorded.

@@ -133,10 +133,10 @@ class _CancelsNothing(EngineChildren):
 
     __slots__ = ()
 
-    async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> bool:
+    async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> tf.WorkflowInstance | None:
         while not self.closing:  # (shielded: it returns once the engine closes)
             await trio.sleep(0.1)
-        return False
+        return None
 
 
 async def test_a_parent_taken_up_compensating_cancels_its_running_child_at_once(
