@@ -25,6 +25,7 @@ import trio
 from trioflow._context import WorkflowContext
 from trioflow._decide import child_completed_late, new_execution, next_execution_id
 from trioflow._definition import ChildStep
+from trioflow._escapes import failure_of
 from trioflow._errors import (
     ChildWorkflowError,
     EngineClosedError,
@@ -105,8 +106,8 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
         else:
             child_input = ctx.input if uses_input else ctx.item
         run.check_value(child_input, f"input of step {step.name!r}")
-    except Exception as exc:
-        raise StepFailure(step.name, exc, 1) from exc
+    except BaseException as exc:
+        raise StepFailure(step.name, failure_of(exc), 1) from exc
     if not run.from_storage:
         # Refused before anything is stored: a name nobody registers fails the step at once.
         try:

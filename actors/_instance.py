@@ -303,6 +303,7 @@ async def _fail_alone(run: Run, error: BaseException) -> None:
     fail_alone(run.state, describe_error(error), run.clock())
     # Stored as a run stores its end: a child's end notice to its parent goes with it.
     await run.persist()
+    await _publish_bad_end(run, "failed")
 
 
 async def undo(run: Run, bound: float | None) -> None:
@@ -374,6 +375,12 @@ async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:
         if run.bus.active:
             run.emit("workflow.compensated")
         return
+    await _publish_bad_end(run, outcome)
+
+
+async def _publish_bad_end(run: Run, outcome: Status) -> None:
+    """Log, publish and hook the end of a run that did not complete, once it is stored."""
+    state = run.state
     at = f" at step {state.failed_step!r}" if state.failed_step is not None else ""
     log.warning(
         "instance %s of workflow %r %s%s: %s", state.instance_id, state.workflow_name,

@@ -31,6 +31,7 @@ from trioflow._definition import (
     TaskStep,
     WaitStep,
 )
+from trioflow._escapes import failure_of
 from trioflow._errors import (
     BranchError,
     ParallelError,
@@ -41,7 +42,7 @@ from trioflow._lanes import MAIN, branch_lane, fanout_key, item_scope
 
 from ._run import Run, StepFailure, unwrapped
 from ._child import cancel_children, run_child, waited_on
-from ._task import run_task, step_failed
+from ._task import cut_short, run_task, step_failed
 from ._wait import run_receive, run_wait, settle
 
 # A module, not its function: the map actor runs its items' lanes through run_lane, here.
@@ -72,7 +73,12 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             # fail-fast sibling, a cancelled instance) starting new steps; this costs nothing
             # when not cancelled. (A retried step taken up checks in ``attempt``: a cancel then
             # records the execution its attempts made, as it does in memory.)
-            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except trio.Cancelled:
+                if waiting is not None or lane.begun is not None:  # taken up in a step begun before
+                    _cut_short(run, lane_key, name)
+                raise
         steps += 1
         if steps % YIELD_EVERY == 0:
             # Nor might they ever yield (no-op jobs, a pass/choice loop, a MemoryAdapter's
@@ -127,8 +133,8 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             else:
                 try:
                     output, passes, target = decide_flow_step(step, state, lane, ctx)
-                except Exception as exc:  # (a fail step's own, or what its callables raised)
-                    raise StepFailure(name, exc, 1) from exc
+                except BaseException as exc:  # (a fail step's own, or what its callables raised)
+                    raise StepFailure(name, failure_of(exc), 1) from exc
             record = new_execution(
                 state, lane_key, name, "completed", output=output, input=data, input_is_workflow_input=uses_input,
                 passes=passes, attempts=attempts, started_at=started_at, now=run.clock(),
@@ -144,6 +150,10 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         except StepFailure as failure:
             await step_failed(run, step, failure, started_at, ctx)  # raises unless caught
             continue
+        except trio.Cancelled:
+            if not isinstance(step, TaskStep):  # (a task step's records its cut-short execution)
+                _cut_short(run, lane_key, name)
+            raise
         complete_step(state, step, record, target)
         if run.adapter is not None and (target is not None or lane_key != MAIN or run.has_hooks):
             # (Nothing to write without storage: execute_workflow.)
@@ -170,6 +180,14 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         if run.has_hooks:
             await run.hook("on_step_complete", name, output, ctx)
     return state.output_of(lane.last)
+
+
+def _cut_short(run: Run, lane_key: str, step_name: str) -> None:
+    """A step cut short (a cancel, a timeout, a fail-fast sibling): its end, as a task step's
+    (see trioflow.actors._task), once the checkpoint that stores what cut it has; an engine
+    closing stores none, and the step goes on with the next engine."""
+    if run.bus.active and run.bus.wants("workflow.step.failed"):
+        run.emit_once_stored("workflow.step.failed", lane_key, **cut_short(step_name))
 
 
 def _fired_unstored(run: Run, step: Step, lane_key: str, target: str | None) -> bool:

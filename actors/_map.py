@@ -10,6 +10,7 @@ import trio
 from trioflow._context import WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._definition import MapStep
+from trioflow._escapes import failure_of
 from trioflow._errors import ItemError, UnencodableValueError
 from trioflow._decide import inner_lanes, recorded_failure
 from trioflow._lanes import item_scope
@@ -54,8 +55,8 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
                 items = await items
             items = items_list(step, items)
             run.check_value(items, f"items of map step {step.name!r}")
-        except Exception as exc:
-            raise StepFailure(step.name, exc, 1) from exc
+        except BaseException as exc:
+            raise StepFailure(step.name, failure_of(exc), 1) from exc
         start = start_record(state, lane_key, step, items, run.clock())
         try:
             start = run.stage(start)

@@ -42,6 +42,7 @@ from trioflow._errors import (
     error_cause,
     error_name,
 )
+from trioflow._escapes import goes_on
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
 from trioflow._lanes import MAIN, child_ended_signal, fanout_place, parallel_of
@@ -125,19 +126,16 @@ class StepFailure(Exception):
         self.uses_input = uses_input
 
 
-def stops_the_process(exc: BaseException) -> bool:
-    """Whether ``exc`` is (or a group holding) KeyboardInterrupt or SystemExit: what user code
-    raises that trioflow lets go on, rather than take for that code's failure."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split((KeyboardInterrupt, SystemExit))[0] is not None
-    return isinstance(exc, (KeyboardInterrupt, SystemExit))
-
-
-def cancels(exc: BaseException) -> bool:
-    """Whether ``exc`` is (or a group holding) a trio cancellation."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(trio.Cancelled)[0] is not None
-    return isinstance(exc, trio.Cancelled)
+def event_payload(state: InstanceState, lane: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` of an event about ``state``'s instance, with the fields every such event
+    has (``lane``: see :meth:`Run.emit`)."""
+    if lane:
+        payload["lane"] = lane
+    payload["instance_id"] = state.instance_id
+    payload["workflow_name"] = state.workflow_name
+    if state.parent_id is not None:  # a child workflow's: its parent, for following a family
+        payload["parent_id"] = state.parent_id
+    return payload
 
 
 def unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -880,14 +878,7 @@ class Run:
         sent at every step ``bus.wants(name)``, first). ``lane``: the key of the lane a step
         event is about, given as ``lane`` unless it is the main line's (a branch's, a map
         item's, one nested in an item: the same step runs in many of them at once)."""
-        state = self.state
-        if lane:
-            payload["lane"] = lane
-        payload["instance_id"] = state.instance_id
-        payload["workflow_name"] = state.workflow_name
-        if state.parent_id is not None:  # a child workflow's: its parent, for following a family
-            payload["parent_id"] = state.parent_id
-        self.bus.emit(name, payload)
+        self.bus.emit(name, event_payload(self.state, lane, payload))
 
     def emit_once_stored(self, name: str, lane: str = MAIN, **payload: Any) -> None:
         """Publish an event about a step whose completion is staged and not stored yet (the main
@@ -920,7 +911,7 @@ class Run:
             except BaseException as exc:
                 # (Cancelled goes on, as do KeyboardInterrupt and SystemExit; any other is the
                 # hook's own, as an Exception would be.)
-                if cancels(exc) or stops_the_process(exc):
+                if goes_on(exc):
                     raise
                 log.exception("hook %s of workflow %r raised; ignored", name, self.definition.name)
         if scope.cancelled_caught:

@@ -14,6 +14,7 @@ from trioflow._codec import as_stored
 from trioflow._current import call_plain, in_lane
 from trioflow._decide import catcher_for, new_execution
 from trioflow._definition import Step, TaskStep
+from trioflow._escapes import failure_of, stops_the_process
 from trioflow._errors import (
     StepTimeoutError,
     UnencodableValueError,
@@ -25,7 +26,7 @@ from trioflow._errors import (
 from trioflow._retry import NO_RETRY
 from trioflow._snapshot import StepResult
 
-from ._run import Parked, Run, StepFailure, stops_the_process, unwrapped
+from ._run import Parked, Run, StepFailure, unwrapped
 from ._wait import wait_for_retry
 
 _NO_TIMEOUT = contextlib.nullcontext()
@@ -212,10 +213,11 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
     except BaseException as exc:
         cancelled = _as_cancellation(exc, step.name)
         if cancelled is None:
-            raise
+            # (A mapper's BaseException of its own fails the step, as an Exception does.)
+            raise StepFailure(step.name, failure_of(exc), max(attempts, 1), data, uses_input) from exc
         record = new_execution(
-            run.state, ctx.lane, step.name, "failed", error=f"Cancelled: {_CUT_SHORT}", error_name="Cancelled",
-            cause=_CUT_SHORT, input=data, input_is_workflow_input=uses_input,
+            run.state, ctx.lane, step.name, "failed", error=f"Cancelled: {CUT_SHORT}", error_name="Cancelled",
+            cause=CUT_SHORT, input=data, input_is_workflow_input=uses_input,
             attempts=ctx._attempt, started_at=started_at, now=run.clock(),
         )
         run.add_failure(record, for_good=False)
@@ -223,14 +225,19 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
             # Its end, as for any step that started: published once the checkpoint that stores
             # the record (the cancel's, the timeout's, the fail-fast's end) has (an engine
             # closing stores none: the step runs again with the next engine).
-            run.emit_once_stored("workflow.step.failed", ctx.lane, step_name=step.name, error=record.error,
-                                 error_name="Cancelled", cause=record.cause, attempts=record.attempts)
+            run.emit_once_stored("workflow.step.failed", ctx.lane, **cut_short(step.name, record.attempts))
         raise cancelled from None
 
 
 #: The cause recorded for a step cut short (its ``error`` reads ``"Cancelled: "`` before it, as
 #: every failed execution's reads ``"Name: cause"``).
-_CUT_SHORT = "cancelled while running"
+CUT_SHORT = "cancelled while running"
+
+
+def cut_short(step_name: str, attempts: int = 1) -> dict[str, Any]:
+    """The ``workflow.step.failed`` fields of a step a cancel, a timeout or a fail-fast cut short."""
+    return {"step_name": step_name, "error": f"Cancelled: {CUT_SHORT}", "error_name": "Cancelled",
+            "cause": CUT_SHORT, "attempts": attempts}
 
 
 async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: float, ctx: Any) -> None:

@@ -21,6 +21,7 @@ from trioflow._context import WorkflowContext
 from trioflow._decide import not_before_creation, wake_at
 from trioflow._definition import ReceiveStep, Step, WaitStep
 from trioflow._durations import in_range, seconds, unix_seconds
+from trioflow._escapes import failure_of
 from trioflow._errors import InvalidArgumentError, SignalTimeoutError
 from trioflow._snapshot import Lane, waiting_view
 
@@ -33,8 +34,8 @@ async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext, s
     if not lane.waits():
         try:
             due = _due(run, step, ctx)
-        except Exception as exc:  # the step's callable raised, or gave no due time
-            raise StepFailure(step.name, exc, 1) from exc
+        except BaseException as exc:  # the step's callable raised, or gave no due time
+            raise StepFailure(step.name, failure_of(exc), 1) from exc
         lane.waiting = {"timer": due, "since": started_at}
         await announce(run, step, ctx.lane, lane, rests=_rests(run, due))
     await _wait_stored(run, lane, "timer")

@@ -298,6 +298,14 @@ def begin_compensation(state: InstanceState, outcome: Status, error: BaseExcepti
     state.failed_step = failed_step
 
 
+def steps_under_way(state: InstanceState) -> list[tuple[str, str]]:
+    """``(lane key, step name)`` of each lane standing in a step whose execution began and
+    has not ended: one that waits (a timer, a signal, a child, a retry's delay, its branches)
+    or that holds a start record (a map, a child step)."""
+    return [(key, lane.step) for key, lane in state.lanes.items()
+            if lane.step is not None and (lane.waiting is not None or lane.begun is not None)]
+
+
 def unended_children(state: InstanceState) -> list[str]:
     """The children whose child-step executions started and never ended (waited on when the
     instance stopped going forward), oldest first: from the records alone, so that an instance

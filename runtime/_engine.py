@@ -19,7 +19,8 @@ import attrs
 import trio
 
 from trioflow.actors._instance import run_instance, store_cancel, store_queued_cancel, undo
-from trioflow.actors._run import HOOK_TIMEOUT, STORAGE_RETRY_FOR, Run, cancels, stops_the_process
+from trioflow.actors._run import HOOK_TIMEOUT, STORAGE_RETRY_FOR, Run, event_payload
+from trioflow.actors._task import cut_short
 from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
 from trioflow._virtual_time import default_clock
@@ -42,7 +43,9 @@ from trioflow.adapters._protocol import (
 
 from ._context import check_services
 from ._current import check_in_trio, lane_of_caller
-from ._decide import admit, begin_compensation, fail_alone, misfit, new_state, take_up, unended_children, wake_at
+from ._decide import (
+    admit, begin_compensation, fail_alone, misfit, new_state, steps_under_way, take_up, unended_children, wake_at,
+)
 from ._ids import CreationTimes, new_instance_id
 from ._definition import WorkflowDefinition, unbuilt_hint
 from ._durations import Seconds, in_range, seconds, unix_seconds
@@ -66,6 +69,7 @@ from ._engine_arguments import (
     check_adapter, check_driver_apart, check_instance_id, check_listing, check_same_start, check_same_workflow, duration, not_the_child,
 )
 from ._ends_during_reads import EndsDuringReads
+from ._escapes import goes_on
 from ._events import EventBus
 from ._jobs import JobRegistry
 from ._children import EngineChildren, ended_badly
@@ -1325,6 +1329,7 @@ class Engine:
             state = _decoded(stored)
             if state.phase != "forward":
                 return True  # going back already: nothing left to cancel
+            under_way = steps_under_way(state)
             begin_compensation(state, "cancelled", WorkflowCancelledError.of(instance_id), None)
             try:
                 # Nothing appended: the records stay as they are, the header says what comes next.
@@ -1347,6 +1352,11 @@ class Engine:
                 guard.done()
         if fresh is not None:
             self._replace_old_row(fresh)
+        if self.events.active:
+            # The steps it stood in, started by a run before and cut short by this cancel: their
+            # end, as a run in memory publishes it (see trioflow.actors._lane).
+            for lane_key, step_name in under_way:
+                self.events.emit("workflow.step.failed", event_payload(state, lane_key, cut_short(step_name)))
         return True
 
     def _drop_old_row(self, instance_id: str, workflow_name: str) -> None:
@@ -1516,10 +1526,10 @@ class Engine:
                 extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name},
             )
         except BaseException as exc:
-            if cancels(exc) or stops_the_process(exc):  # (the engine closing; the process stopping)
+            if goes_on(exc):  # (the engine closing; the process stopping)
                 raise
-            # A bug, a failing adapter, or user code (a mapper, a condition) that raised a
-            # BaseException of its own: this instance fails alone, the others go on.
+            # A bug, or a failing adapter: this instance fails alone, the others go on. (User
+            # code's own BaseExceptions fail its step, as Exceptions do: see trioflow._escapes.)
             fail_alone(state, f"internal error: {describe_error(exc)}", self._clock())
             try:
                 await run.persist()
@@ -1533,6 +1543,10 @@ class Engine:
                 )
                 log.error("instance %s failed and its failure could not be stored: %s", state.instance_id, again,
                           extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
+            else:
+                if run.bus.active:  # (its end, stored, as any failure's is published)
+                    run.emit("workflow.failed", error=state.error, error_name=state.error_name, cause=state.cause,
+                             failed_step=state.failed_step)
             log.error("instance actor %s crashed", state.instance_id, exc_info=exc,
                       extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
         finally:

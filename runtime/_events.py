@@ -27,6 +27,7 @@ import trio
 
 from ._callables import is_async
 from ._errors import EngineClosedError, InvalidArgumentError, safe_repr
+from ._escapes import goes_on
 
 log = logging.getLogger("trioflow.events")
 
@@ -206,7 +207,11 @@ class EventBus:
             else:
                 try:
                     result = sub.callback(_copy_payload(payload))  # type: ignore[misc]
-                except Exception:
+                except BaseException as exc:
+                    # (Any the callback raises is its own failure, a BaseException of its own
+                    # too; a cancellation, KeyboardInterrupt and SystemExit go on.)
+                    if goes_on(exc):
+                        raise
                     log.exception("event callback for %r raised; ignored", name)
                     continue
                 if inspect.iscoroutine(result):
@@ -239,7 +244,9 @@ class EventBus:
                 async for event in receive:
                     try:
                         await callback(event)
-                    except Exception:
+                    except BaseException as exc:
+                        if goes_on(exc):
+                            raise
                         log.exception("async event callback for %r raised; ignored", event.get("event"))
 
 

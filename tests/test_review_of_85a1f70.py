@@ -40,11 +40,12 @@ def _cut_records(done: tf.WorkflowInstance) -> Counter[tuple[str, str]]:
 
 
 def _assert_one_event_per_cut_record(events: list[dict[str, Any]], done: tf.WorkflowInstance) -> None:
-    """Every step recorded cut short has exactly one event, and no event names a step that was
-    not recorded cut short."""
+    """Every step recorded cut short (a task step's execution) has exactly one event, and no
+    step has more than one. (Steps of other kinds cut short, a parallel or map step around
+    them, publish one too, with no record: README, Events.)"""
     events_seen = _cut_events(events)
     records = _cut_records(done)
-    assert events_seen == records, (events_seen, records)
+    assert all(events_seen[key] == n for key, n in records.items()), (events_seen, records)
     assert all(n == 1 for n in events_seen.values()), events_seen
 
 
