@@ -365,6 +365,13 @@ class WorkflowDefinition:
                 " trioflow.adapters.SQLiteDriver(path), has one)")
 
 
+def built(value: object, who: str) -> WorkflowDefinition:
+    """``value``, a built definition, or :class:`DefinitionError` saying ``who`` needs one."""
+    if not isinstance(value, WorkflowDefinition):
+        raise DefinitionError(f"{who} needs a built WorkflowDefinition, got {safe_repr(value)}{unbuilt_hint(value)}")
+    return value
+
+
 def unbuilt_hint(value: object) -> str:
     """What to add to an error about ``value``, given where a built definition goes: a builder
     whose ``.build()`` was left out is told so."""

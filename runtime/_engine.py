@@ -47,7 +47,7 @@ from ._decide import (
     admit, begin_compensation, fail_alone, misfit, new_state, steps_under_way, take_up, unended_children, wake_at,
 )
 from ._ids import CreationTimes, new_instance_id
-from ._definition import WorkflowDefinition, unbuilt_hint
+from ._definition import WorkflowDefinition, built
 from ._durations import Seconds, in_range, seconds, unix_seconds
 from ._errors import (
     DefinitionError,
@@ -235,9 +235,7 @@ class Engine:
         :class:`DefinitionMismatchError` and compensates what it can. Instances running in
         memory finish on the definition they run with."""
         self._check_open()
-        if not isinstance(definition, WorkflowDefinition):
-            raise DefinitionError(
-                f"register() needs a built WorkflowDefinition, got {safe_repr(definition)}{unbuilt_hint(definition)}")
+        built(definition, "register()")
         known = self._definitions.get(definition.name)
         if known is not None and not replace:
             if known == definition:

@@ -11,6 +11,19 @@ from ._errors import DefinitionError, UnknownJobError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def check_job(name: object, fn: object) -> None:
+    """:class:`DefinitionError` naming the job unless ``name`` is a job's name and ``fn`` can
+    be called as a job (not a generator function: a job returns its output)."""
+    if not isinstance(name, str) or not name:
+        raise DefinitionError(f"a job name must be a non-empty string, got {name!r}")
+    if not callable(fn):
+        raise DefinitionError(f"job {name!r}: {fn!r} is not callable")
+    kind = generator_kind(fn)
+    if kind is not None:
+        raise DefinitionError(f"job {name!r}: {fn!r} is {kind} (it yields); a job returns its output:"
+                              " collect what it yields and return that")
+
+
 class JobRegistry(Mapping[str, Callable[..., Any]]):
     """Name -> callable. Each engine has its own (no process-wide state)."""
 
@@ -34,14 +47,7 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
         raises :class:`DefinitionError` unless ``replace=True``."""
         if self._check_open is not None:
             self._check_open()
-        if not isinstance(name, str) or not name:
-            raise DefinitionError(f"a job name must be a non-empty string, got {name!r}")
-        if not callable(fn):
-            raise DefinitionError(f"job {name!r}: {fn!r} is not callable")
-        kind = generator_kind(fn)
-        if kind is not None:
-            raise DefinitionError(f"job {name!r}: {fn!r} is {kind} (it yields); a job returns its output:"
-                                  " collect what it yields and return that")
+        check_job(name, fn)
         known = self._jobs.get(name)
         if known is not None and not replace:
             if known == fn:

@@ -2,7 +2,7 @@
 
 # --- begin example ---
 import trioflow as tf
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from trioflow.testing import ScriptedJob, explore_crashes, raises, returns, run
 from trioflow.testing.strategies import GeneratedWorkflow, workflows
 
@@ -49,7 +49,7 @@ def test_checkout_survives_a_crash_at_every_write() -> None:
     run(main)
 
 
-@settings(max_examples=25)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workflows())
 def test_generated_workflows_end_as_their_faults_say(gen: GeneratedWorkflow) -> None:
     async def main() -> tf.WorkflowInstance:

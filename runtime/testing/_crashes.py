@@ -35,10 +35,11 @@ import trio
 from trioflow._builder import index_steps
 from trioflow._callables import is_async
 from trioflow._definition import (
-    ChildStep, MapStep, ParallelStep, ReceiveStep, Step, StepFn, TaskStep, WorkflowDefinition,
+    ChildStep, MapStep, ParallelStep, ReceiveStep, Step, StepFn, TaskStep, WorkflowDefinition, built,
 )
 from trioflow._engine import Engine, open_engine
 from trioflow._errors import InvalidArgumentError, TrioflowError, UnknownJobError, UnknownWorkflowError, safe_repr
+from trioflow._jobs import check_job
 from trioflow._lanes import child_instance_id, enclosing_scope, item_of, item_scope
 from trioflow._snapshot import (
     RESUMABLE,
@@ -58,7 +59,7 @@ from trioflow.adapters._protocol import (
 )
 
 from ._engine import autojumping
-from ._scripted import ScriptedJob
+from ._scripted import Hangs, Raises, Returns, ScriptedJob, Sleeps
 
 INSTANCE_ID = "explored-instance"
 
@@ -88,6 +89,9 @@ class Outcome:
     #: The step it failed at, and the name of the error it ended with (``None``: none).
     failed_step: str | None = None
     error_name: str | None = None
+    #: A transactional run's transaction rolled back: its entity steps' writes are undone, and
+    #: their compensations are not run.
+    rolled_back: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -184,7 +188,8 @@ async def explore_crashes(
             raise InvalidArgumentError(f"{what} must be a function or None, got {safe_repr(hook)}")
     autojumping("explore_crashes", required=False)
     counter = _Counter()
-    family = (workflow, *also)
+    family = _family(built(workflow, "explore_crashes()"), also)
+    _check_jobs(jobs)
     _check_also(family)
     registered = [_instrument(d, dict(jobs or {}), counter) for d in family]
     scripted = _scripted_jobs(family, jobs or {})
@@ -312,6 +317,8 @@ class _Shape:
     #: Steps whose completed executions its compensation undoes: task steps with a
     #: compensation, and child steps (their child is compensated as a unit).
     compensable: frozenset[str]
+    #: Of those, the entity steps: a rolled-back transaction undid them instead.
+    entity_steps: frozenset[str]
     #: Attempts each task step may make (its compensation has as many).
     attempts_of: Mapping[str, int]
     child_steps: frozenset[str]
@@ -342,6 +349,7 @@ class _Shape:
                 lanes_of[step.signal].add(lane)
         return cls(
             compensable=children | {s.name for s in steps if isinstance(s, TaskStep) and s.compensate is not None},
+            entity_steps=frozenset(s.name for s in steps if isinstance(s, TaskStep) and s.entity is not None),
             attempts_of={s.name: (s.retry.max_attempts if s.retry is not None else 1)
                          for s in steps if isinstance(s, TaskStep)},
             child_steps=children,
@@ -371,6 +379,37 @@ def _check_signals(signals: object, received: Collection[str], in_family: Mappin
             raise InvalidArgumentError(
                 f"signals: no receive step of the workflow (or of those in also=) takes signal {entry[0]!r}"
                 f" (they take: {known})")
+
+
+def _family(workflow: WorkflowDefinition, also: object) -> tuple[WorkflowDefinition, ...]:
+    """``workflow`` and the workflows of ``also``, each once (the explored one listed again
+    there, or one listed twice, is the same workflow); two definitions of one name are an
+    :class:`InvalidArgumentError`, as is ``also`` given one definition rather than a list."""
+    if not isinstance(also, (list, tuple)):
+        hint = f" (one workflow: also=[{also.name!r}'s definition])" if isinstance(also, WorkflowDefinition) else ""
+        raise InvalidArgumentError(f"also= takes a list of workflow definitions, got {safe_repr(also)}{hint}")
+    family = [workflow]
+    for definition in also:
+        built(definition, "also=")
+        known = next((d for d in family if d.name == definition.name), None)
+        if known is None:
+            family.append(definition)
+        elif known != definition:
+            raise InvalidArgumentError(f"also= holds another definition of workflow {definition.name!r}: give one")
+    return tuple(family)
+
+
+def _check_jobs(jobs: object) -> None:
+    """Jobs as ``engine.jobs.register`` takes them (a behaviour given where its ScriptedJob goes
+    is named as such): each run would otherwise fail the step with a bare error, and pass."""
+    if jobs is None:
+        return
+    if not isinstance(jobs, Mapping):
+        raise InvalidArgumentError(f"jobs= takes a mapping of job names to jobs, got {safe_repr(jobs)}")
+    for name, fn in jobs.items():
+        if isinstance(fn, (Returns, Raises, Sleeps, Hangs)):
+            raise InvalidArgumentError(f"jobs=: job {name!r} is a behaviour, not a job: give ScriptedJob({fn!r})")
+        check_job(name, fn)
 
 
 def _check_also(family: Sequence[WorkflowDefinition]) -> None:
@@ -485,12 +524,22 @@ def _outcome(
         compensation_errors=tuple(instance.compensation_errors),
         completion_order=tuple(r.step_name for r in instance.history if r.status in ("completed", "compensated")),
         calls=dict(calls), calls_after_resume=dict(after.get(instance.id, {})), children=children or {},
-        failed_step=instance.failed_step, error_name=instance.error_name,
+        failed_step=instance.failed_step, error_name=instance.error_name, rolled_back=instance.rolled_back,
     )
 
 
+def _same_output(a: Any, b: Any) -> bool:
+    """Equal outputs: by value, or stored alike (a NaN equals no value, itself included)."""
+    if a == b:
+        return True
+    try:
+        return encode_payload(a, "an output") == encode_payload(b, "an output")
+    except TrioflowError:
+        return False
+
+
 def _compare_uncrashed(base: Outcome, got: Outcome, shape: _Shape) -> str | None:
-    if got.status != base.status or (got.output != base.output and not _signals_swapped(base, got, shape)):
+    if got.status != base.status or (not _same_output(got.output, base.output) and not _signals_swapped(base, got, shape)):
         return f"a run without a crash ended {got.status!r} with {got.output!r}, another {base.status!r}"
     return None
 
@@ -500,7 +549,8 @@ def _signals_swapped(base: Outcome, got: Outcome, shape: _Shape) -> bool:
     signal alone: receive steps that wait at once for one name take them in either order
     (docs/waiting.md). Each signal must still be taken exactly once: the payloads taken, by
     signal name, are those the fault-free run took."""
-    return shape.contested and _taken(base, shape) == _taken(got, shape)
+    return (shape.contested and _taken(base, shape) == _taken(got, shape)
+            and collections.Counter(base.completion_order) == collections.Counter(got.completion_order))
 
 
 def _taken(outcome: Outcome, shape: _Shape) -> collections.Counter[tuple[str, bytes]]:
@@ -513,12 +563,9 @@ def _compare(
     base: Outcome, at_crash: Mapping[str, InstanceState], got: Outcome, shapes: Mapping[str, _Shape],
 ) -> str | None:
     assert got.workflow_name is not None
-    if got.status != base.status and not (
-            got.status == "timed_out" and _may_time_out(base, shapes[got.workflow_name])):
-        return f"final status {got.status!r}, the fault-free run ended {base.status!r}"
-    if got.status == base.status and got.output != base.output and not _signals_swapped(
-            base, got, shapes[got.workflow_name]):
-        return f"output {got.output!r}, the fault-free run gave {base.output!r}"
+    problem = _ends_as(base, got, shapes)
+    if problem is not None:
+        return problem
     # A compensation that worked in the fault-free run and fails after a crash was run twice
     # and is not idempotent (a refund refused as "already refunded"), whatever the timing.
     # (Counted: in a loop, one execution's compensation may fail in the fault-free run too.)
@@ -529,18 +576,13 @@ def _compare(
                 " again after the crash must be idempotent")
     if not any(shape.timing for shape in shapes.values()):
         # One step at a time and no workflow timeout, a run ends as the fault-free one did in
-        # every respect. (Otherwise which step fails first, or is reached by the timeout, may
-        # differ: the checks below hold whatever it was.)
-        if (got.failed_step, got.error_name) != (base.failed_step, base.error_name):
-            return (f"ended with {got.error_name} at step {got.failed_step!r}, the fault-free run with"
-                    f" {base.error_name} at step {base.failed_step!r}")
-        for what, mine, theirs in (("compensated", got.compensated_steps, base.compensated_steps),
-                                   ("failed to compensate", got.compensation_errors, base.compensation_errors),
-                                   ("took the path", got.completion_order, base.completion_order)):
-            if mine != theirs:
-                # (The path: a choice that decides otherwise when run again, a condition on
-                # something besides the run's own data, is not deterministic.)
-                return f"{what} {list(mine)}, the fault-free run {list(theirs)}"
+        # every respect, and so does each child. (Otherwise which step fails first, or is
+        # reached by the timeout, may differ: the checks below hold whatever it was.)
+        for child_id, mine in (("", got), *got.children.items()):
+            theirs = base if not child_id else base.children.get(child_id)
+            problem = None if theirs is None else _same_run(theirs, mine, shapes)
+            if problem is not None:
+                return f"child {child_id!r}: {problem}" if child_id else problem
     problem = _check_instance(at_crash.get(INSTANCE_ID), got, shapes[got.workflow_name])
     if problem is not None:
         return problem
@@ -550,6 +592,47 @@ def _compare(
         if problem is not None:
             return f"child {child_id!r}: {problem}"
     return _check_family(got, at_crash, shapes)
+
+
+def _ends_as(base: Outcome, got: Outcome, shapes: Mapping[str, _Shape]) -> str | None:
+    """Whether ``got`` ends with the fault-free run's status and output: a status other than
+    the fault-free one's only by a workflow timeout a re-run may reach, its own or a child's."""
+    assert got.workflow_name is not None
+    if got.status != base.status and not (
+            got.status == "timed_out" and _may_time_out(base, shapes[got.workflow_name])) and not (
+            got.status == "failed" and _a_child_may_time_out(base, got, shapes)):
+        return f"final status {got.status!r}, the fault-free run ended {base.status!r}"
+    if got.status == base.status and not _same_output(got.output, base.output) and not _signals_swapped(
+            base, got, shapes[got.workflow_name]):
+        return f"output {got.output!r}, the fault-free run gave {base.output!r}"
+    return None
+
+
+def _same_run(base: Outcome, got: Outcome, shapes: Mapping[str, _Shape]) -> str | None:
+    """Where a run of a deterministic family (one step at a time, no workflow timeout) differs
+    from the fault-free run of the same instance, in any respect."""
+    problem = _ends_as(base, got, shapes)
+    if problem is not None:
+        return problem
+    if (got.failed_step, got.error_name) != (base.failed_step, base.error_name):
+        return (f"ended with {got.error_name} at step {got.failed_step!r}, the fault-free run with"
+                f" {base.error_name} at step {base.failed_step!r}")
+    for what, mine, theirs in (("compensated", got.compensated_steps, base.compensated_steps),
+                               ("failed to compensate", got.compensation_errors, base.compensation_errors),
+                               ("took the path", got.completion_order, base.completion_order)):
+        if mine != theirs:
+            # (The path: a choice that decides otherwise when run again, a condition on
+            # something besides the run's own data, is not deterministic.)
+            return f"{what} {list(mine)}, the fault-free run {list(theirs)}"
+    return None
+
+
+def _a_child_may_time_out(base: Outcome, got: Outcome, shapes: Mapping[str, _Shape]) -> bool:
+    """Whether a child of ``got`` ended ``timed_out`` where a re-run may make it (see
+    :func:`_may_time_out`), and so fail its parent's child step."""
+    return any(child.status == "timed_out" and child_id in base.children and child.workflow_name is not None
+               and _may_time_out(base.children[child_id], shapes[child.workflow_name])
+               for child_id, child in got.children.items())
 
 
 def _may_time_out(base: Outcome, shape: _Shape) -> bool:
@@ -600,7 +683,7 @@ def _check_instance(at_crash: InstanceState | None, got: Outcome, shape: _Shape)
         expected = tuple(
             r.step_name for r in reversed(got.history)
             if r.status in ("completed", "compensated") and r.step_name in shape.compensable
-            and r.compensation_error is None
+            and r.compensation_error is None and not (got.rolled_back and r.step_name in shape.entity_steps)
         )
         if got.compensated_steps != expected:
             return (f"compensated steps {list(got.compensated_steps)}; its completed compensable steps,"

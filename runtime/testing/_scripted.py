@@ -3,6 +3,7 @@ every call, for tests of workflows and of trioflow itself."""
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import operator
@@ -38,10 +39,18 @@ def _plays(instance: object, attribute: attrs.Attribute[int], value: object) -> 
 def _an_error(instance: Raises, attribute: attrs.Attribute[Any], value: object) -> None:
     """An exception instance, or a class that can be made from the message (as it is played)."""
     if isinstance(value, BaseException):
-        return
+        value = type(value)
     if not (isinstance(value, type) and issubclass(value, BaseException)):
         hint = f" (a name: pass the class itself, {value})" if isinstance(value, str) else ""
         raise InvalidArgumentError(f"raises(): error must be an exception class or instance, got {safe_repr(value)}{hint}")
+    if issubclass(value, StopIteration):
+        # (Raised inside an ``async def``, Python turns it into a RuntimeError: the step would
+        # fail with that, not with what the script says.)
+        raise InvalidArgumentError(
+            f"raises(): {value.__name__} cannot be played: Python turns it into RuntimeError when a coroutine raises"
+            " it, as a real async job's would be")
+    if isinstance(instance.error, BaseException):
+        return
     try:
         value(instance.message)
     except Exception as exc:
@@ -145,9 +154,12 @@ class ScriptedJob:
             behaviours = (Returns(),)
         for b in behaviours:
             if not isinstance(b, (Returns, Raises, Sleeps, Hangs)):
+                if isinstance(b, (list, tuple)) and b and all(isinstance(e, (Returns, Raises, Sleeps, Hangs)) for e in b):
+                    hint = "unpack them: ScriptedJob(*behaviours)"  # (as job_behaviours() draws them)
+                else:
+                    hint = f"for a job returning it: returns({b!r})"
                 raise InvalidArgumentError(
-                    f"{name}: each behaviour is made by returns(), raises(), sleeps() or hangs(), got {b!r}"
-                    f" (for a job returning it: returns({b!r}))")
+                    f"{name}: each behaviour is made by returns(), raises(), sleeps() or hangs(), got {b!r} ({hint})")
         self.behaviours: Sequence[Behaviour] = behaviours
         self.name = name
         self.calls: list[Call] = []
@@ -187,4 +199,6 @@ async def _play(b: Behaviour) -> Any:
     if isinstance(b, Raises):
         raise b.exception()
     assert isinstance(b, Returns)
-    return b.value
+    # A fresh value each call, as a real service answers: a step that changes its result in
+    # place must not change the script (nor what a later call, or run, returns).
+    return copy.deepcopy(b.value)
