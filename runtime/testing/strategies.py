@@ -3,15 +3,16 @@
 ``workflows()`` draws a :class:`GeneratedWorkflow`: a definition (sagas and task chains, choice
 diamonds on generated flags, nested parallels with fail-fast and wait-all, retries and step
 timeouts; with ``catches=True`` also catchers, succeed and fail steps; with ``maps=True`` also
-map steps over generated items, and with ``nested=True`` fan-outs in their items), the scripted
-jobs its steps name, an input, and
-:meth:`GeneratedWorkflow.expected_status`, the status the faults it injected must lead to.
+map steps over generated items, and with ``nested=True`` fan-outs in their items; with
+``waits=True`` durable timers and receive steps), the scripted jobs its steps name, an input,
+the signals to send it, and :meth:`GeneratedWorkflow.expected_status`, the status the faults it
+injected must lead to.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Union
 
 import attrs
@@ -34,6 +35,7 @@ from trioflow._definition import (
     MapStep,
     OnError,
     ParallelStep,
+    ReceiveStep,
     Step,
     SucceedStep,
     TaskStep,
@@ -84,6 +86,14 @@ DECOY_MATCHERS: tuple[ErrorMatcher, ...] = (KeyError, "NoSuchError")
 #: What a generated map step's catcher may list besides :data:`CATCH_MATCHERS` (no predicate:
 #: after a restart an item's failure is known only as recorded).
 MAP_MATCHERS: tuple[ErrorMatcher, ...] = ("MapError",)
+
+#: How long a generated wait step waits: in memory, and out of it (a day).
+WAITS = (0.5, 3.0, 86_400.0)
+#: A generated receive step's timeout: apart from every sleep, step timeout and wait above, and
+#: from the others' sums, so that a signal's arrival never races it.
+RECEIVE_TIMEOUTS = (7.0, 3_600.0)
+#: What a generated receive step's catcher may list besides :data:`CATCH_MATCHERS`.
+RECEIVE_MATCHERS: tuple[ErrorMatcher, ...] = ("SignalTimeoutError",)
 
 #: How long a generated item sleeps in a step: items end in an order of their own, with ties.
 ITEM_SLEEPS = (0.0, 0.5, 1.0, 3.0)
@@ -248,10 +258,12 @@ class _Model:
     """Predicts a generated lane from its scripts and flags (see :meth:`lane`)."""
 
     def __init__(self, jobs: dict[str, ScriptedJob], flags: Sequence[bool],
-                 items: Mapping[str, Sequence[Any]] | None = None) -> None:
+                 items: Mapping[str, Sequence[Any]] | None = None, sent: Collection[str] = ()) -> None:
         self.jobs = jobs
         self.flags = flags
         self.items = items if items is not None else {}
+        #: The signal names sent to the instance (each taken by one receive step).
+        self.sent = sent
 
     def task_error(self, step: TaskStep) -> _Error | None:
         """``None`` if the task's script succeeds within its retry policy, else the error of
@@ -290,12 +302,14 @@ class _Model:
                 errors = self.parallel_errors(step)
             elif isinstance(step, MapStep):
                 errors = self.map_errors(step)
+            elif isinstance(step, ReceiveStep) and step.signal not in self.sent:
+                errors = frozenset({_Leaf(name="SignalTimeoutError", scripted=False, origin=step.name)})
             elif isinstance(step, FailStep):
                 return frozenset({_Leaf(name=step.error, scripted=False, origin=step.name)})
             elif isinstance(step, SucceedStep):
                 return frozenset()
             if errors:
-                assert isinstance(step, (TaskStep, ParallelStep, MapStep))
+                assert isinstance(step, (TaskStep, ParallelStep, MapStep, ReceiveStep))
                 catcher = self.catcher(step.catch, errors)
                 if catcher is None:
                     return errors
@@ -430,6 +444,10 @@ class GeneratedWorkflow:
     #: The jobs of the task steps in map branches, by step (``maps=True``): in the definition,
     #: not registered by name.
     item_scripts: dict[str, ItemScript] = attrs.field(factory=dict)
+    #: ``(name, payload)`` pairs to send the instance once it has started, in order
+    #: (``waits=True``; ``explore_crashes(..., signals=gen.signals)``): a receive step whose
+    #: signal is not among them times out.
+    signals: tuple[tuple[str, Any], ...] = ()
 
     def reset(self) -> None:
         """Start every job's script over (before running the workflow again)."""
@@ -439,7 +457,7 @@ class GeneratedWorkflow:
             script.reset()
 
     def _model(self) -> _Model:
-        return _Model(self.jobs, self.input["flags"], self.input.get("items"))
+        return _Model(self.jobs, self.input["flags"], self.input.get("items"), {name for name, _ in self.signals})
 
     def expected_map_output(self, name: str) -> list[Any] | None:
         """The output map step ``name`` gives when it runs (``None``: it fails): item by item,
@@ -492,6 +510,7 @@ class GeneratedWorkflow:
 def workflows(
     draw: st.DrawFn, *, max_steps: int = 4, max_depth: int = 2, timing: bool = True, parallel: bool = True,
     loops: bool = False, catches: bool = False, maps: bool = False, max_items: int = 4, nested: bool = False,
+    waits: bool = False,
 ) -> GeneratedWorkflow:
     """A valid random workflow with scripted jobs (see the module docstring).
 
@@ -527,15 +546,27 @@ def workflows(
     Use ``input["items"]`` for the maps to ask :meth:`GeneratedWorkflow.expected_map_output`
     about (an inner map's output is part of its items'); an item holds ``"inner"`` only when
     its branch has an ``im-N``.
+
+    ``waits=True`` (needs ``timing``) adds durable timers (``w-N``, of :data:`WAITS` seconds:
+    in memory, or a day out of it) and receive steps (``r-N``, each for a signal of its own,
+    ``sig-N``, with one of :data:`RECEIVE_TIMEOUTS`), in the main line and parallel branches
+    (not in map items); :attr:`GeneratedWorkflow.signals` sends some of those signals, and a
+    receive whose signal is not sent fails with ``SignalTimeoutError`` (with ``catches=True``
+    its catchers may list that name). Send them right after the start, as
+    ``explore_crashes(signals=...)`` does.
     """
     if nested and not maps:
         raise InvalidArgumentError("workflows(nested=True) generates fan-outs in map items: pass maps=True too")
+    if waits and not timing:
+        raise InvalidArgumentError("workflows(waits=True) generates timers and receive timeouts: it needs timing=True")
     ids = itertools.count()
     jobs: dict[str, ScriptedJob] = {}
     flags: list[bool] = []
     items: dict[str, list[Any]] = {}
     scripts: dict[str, ItemScript] = {}
-    model = _Model(jobs, flags, items)
+    signals: list[tuple[str, Any]] = []
+    sent: set[str] = set()
+    model = _Model(jobs, flags, items, sent)
 
     def catchers(name: str, targets: Sequence[str], *, predicates: bool = True,
                  extra: Sequence[ErrorMatcher] = ()) -> list[Catch]:
@@ -690,7 +721,7 @@ def workflows(
 
     def lane(builder: WorkflowBuilder | BranchBuilder, depth: int) -> None:
         kinds = ["task", "choice"] + (["parallel"] if parallel and depth < max_depth else []) + (
-            ["loop"] if loops else []) + (["map"] if maps else [])
+            ["loop"] if loops else []) + (["map"] if maps else []) + (["wait", "receive"] if waits else [])
         parts = draw(st.integers(1, max_steps))
         # Catch targets: a landing pass before a later part (added once something targets it),
         # or this lane's catch route after its normal end.
@@ -710,6 +741,16 @@ def workflows(
                 loop(builder, n)
             elif kind == "map":
                 map_step(builder, n, targets, targeted)
+            elif kind == "wait":
+                builder.wait(f"w-{n}", seconds=draw(st.sampled_from(WAITS)))
+            elif kind == "receive":
+                signal = f"sig-{n}"
+                if draw(st.booleans()):
+                    signals.append((signal, {"signal": n}))
+                    sent.add(signal)
+                catch = catchers(f"r-{n}", targets, extra=RECEIVE_MATCHERS) if catches else []
+                targeted.update(c.next for c in catch)
+                builder.receive(f"r-{n}", signal=signal, timeout=draw(st.sampled_from(RECEIVE_TIMEOUTS)), catch=catch)
             elif kind == "choice":
                 flag = len(flags)
                 flags.append(draw(st.booleans()))
@@ -745,7 +786,8 @@ def workflows(
     builder = workflow("generated")
     lane(builder, 0)
     given: dict[str, Any] = {"flags": flags, "items": items} if maps else {"flags": flags}
-    return GeneratedWorkflow(definition=builder.build(), jobs=jobs, input=given, item_scripts=scripts)
+    return GeneratedWorkflow(definition=builder.build(), jobs=jobs, input=given, item_scripts=scripts,
+                             signals=tuple(signals))
 
 
 def _flag(i: int) -> Any:
