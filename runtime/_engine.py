@@ -418,8 +418,12 @@ class Engine:
                 if existing is not None:
                     try:
                         found = _decoded(existing)
-                    except SnapshotDecodeError:  # unreadable: reported as such elsewhere
+                    except SnapshotDecodeError as exc:  # unreadable: reported as such elsewhere
                         check_same_workflow(instance_id, existing.workflow_name, workflow_name)
+                        if parent is not None:
+                            # Its parent, taking up its child step, knows it by now: told it
+                            # failed, whatever the row names (its start may be the damaged part).
+                            self._children.unreadable(parent.instance_id, instance_id, exc)
                     else:
                         check_same_start(instance_id, found, workflow_name, input, parent)
                     if parent is not None and existing.status in TERMINAL:
