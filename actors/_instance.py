@@ -31,6 +31,7 @@ from trioflow._decide import (
     unended_children,
 )
 from trioflow._definition import ChildStep, TaskStep
+from trioflow._escapes import failure_of
 from trioflow._errors import (
     ChildCompensationError,
     CompensationTimeoutError,
@@ -356,10 +357,11 @@ async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:
             run.add_compensation_failure(record, CompensationTimeoutError(name, bounded))
         except StepFailure as failure:
             run.add_compensation_failure(record, failure.error, failure.attempts)
-        except Exception as exc:
+        except BaseException as exc:
             # Whatever went wrong around the compensation (a ``retry_on`` predicate that raised,
-            # a broken callable) is that compensation's failure: the others still run.
-            run.add_compensation_failure(record, exc)
+            # a broken callable, a BaseException of its own) is that compensation's failure:
+            # the others still run.
+            run.add_compensation_failure(record, failure_of(exc))
         else:
             record_compensated(state, record)
             if run.bus.active:

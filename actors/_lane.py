@@ -11,6 +11,7 @@ from trioflow._context import ItemPlace, WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._decide import (
     branch_keys,
+    cut_short_execution,
     complete_step,
     decide_flow_step,
     inner_lanes,
@@ -20,6 +21,7 @@ from trioflow._decide import (
     parallel_output,
     progress,
     recorded_failure,
+    steps_under_way,
 )
 from trioflow._definition import (
     Branch,
@@ -78,6 +80,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             except trio.Cancelled:
                 if waiting is not None or lane.begun is not None:  # taken up in a step begun before
                     _cut_short(run, lane_key, name)
+                    _cut_short_inside(run, lookup[name][0], item_scope(lane_key))
                 raise
         steps += 1
         if steps % YIELD_EVERY == 0:
@@ -155,20 +158,13 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 _cut_short(run, lane_key, name)
             raise
         complete_step(state, step, record, target)
-        if run.adapter is not None and (target is not None or lane_key != MAIN or run.has_hooks):
-            # (Nothing to write without storage: execute_workflow.)
-            # The main line's last step needs no write of its own: the instance's terminal
-            # snapshot, written next with nothing in between that awaits, records it (and its
-            # events go out once it has). (An ``on_step_complete`` hook awaits: a restart during
-            # it must find the step stored.)
-            if run.woken and _fired_unstored(run, step, lane_key, target):
-                run.fired_at = trio.current_time()
-                run.fired_data = state.good_data if state.data else None  # (checked as the timer ended)
-            else:
-                await run.persist()
+        writes = run.adapter is not None and (target is not None or lane_key != MAIN or run.has_hooks)
+        fired_unstored = writes and run.woken and _fired_unstored(run, step, lane_key, target)
         if bus.active:
-            emit = run.emit if run.adapter is None or target is not None or lane_key != MAIN or run.has_hooks \
-                else run.emit_once_stored
+            # Its events go out once the checkpoint that stores it has (the one below, or,
+            # should a cancel interrupt it, the one that stores the cancel with it); a timer
+            # left for the next step's checkpoint publishes at once, before that step's own.
+            emit = run.emit if run.adapter is None or fired_unstored else run.emit_once_stored
             if bus.wants("workflow.step.completed"):
                 emit("workflow.step.completed", lane_key, step_name=name, output=record.output)
             if lane_key == MAIN and bus.wants("workflow.progress"):
@@ -177,17 +173,44 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                     "workflow.progress", progress=percent, current_step=lane.step,
                     completed_steps=done, total_steps=len(run.definition.steps),
                 )
+        if writes:
+            # (Nothing to write without storage: execute_workflow.)
+            # The main line's last step needs no write of its own: the instance's terminal
+            # snapshot, written next with nothing in between that awaits, records it (and its
+            # events go out once it has). (An ``on_step_complete`` hook awaits: a restart during
+            # it must find the step stored.)
+            if fired_unstored:
+                run.fired_at = trio.current_time()
+                run.fired_data = state.good_data if state.data else None  # (checked as the timer ended)
+            else:
+                await run.persist()
         if run.has_hooks:
             await run.hook("on_step_complete", name, output, ctx)
     return state.output_of(lane.last)
 
 
-def _cut_short(run: Run, lane_key: str, step_name: str) -> None:
+def _cut_short(run: Run, lane_key: str, step_name: str, attempts: int = 1) -> None:
     """A step cut short (a cancel, a timeout, a fail-fast sibling): its end, as a task step's
     (see trioflow.actors._task), once the checkpoint that stores what cut it has; an engine
     closing stores none, and the step goes on with the next engine."""
     if run.bus.active and run.bus.wants("workflow.step.failed"):
-        run.emit_once_stored("workflow.step.failed", lane_key, **cut_short(step_name))
+        run.emit_once_stored("workflow.step.failed", lane_key, **cut_short(step_name, attempts))
+
+
+def _cut_short_inside(run: Run, step: Step, scope: str) -> None:
+    """A parallel or map step taken up only to be cut short: the steps under way in its
+    branches or items, resting out of memory with it, are cut short too (a task step between
+    attempts recorded so, as in memory)."""
+    if not isinstance(step, (ParallelStep, MapStep)):
+        return
+    state = run.state
+    inside = set(inner_lanes(state, step, scope))
+    for key, step_name, attempts in steps_under_way(state):
+        if key in inside:
+            if attempts is not None:
+                run.add_failure(cut_short_execution(
+                    state, key, step_name, attempts=attempts, started_at=None, now=run.clock()), for_good=False)
+            _cut_short(run, key, step_name, attempts or 1)
 
 
 def _fired_unstored(run: Run, step: Step, lane_key: str, target: str | None) -> bool:

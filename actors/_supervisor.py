@@ -12,6 +12,8 @@ from typing import Any
 
 import trio
 
+from trioflow._escapes import goes_on
+
 log = logging.getLogger("trioflow")
 
 
@@ -34,5 +36,7 @@ class Supervisor:
     async def _supervise(self, name: str, actor: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         try:
             await actor(*args)
-        except Exception:
+        except BaseException as exc:
+            if goes_on(exc):  # (the engine closing; the process stopping)
+                raise
             log.exception("actor %s crashed", name)

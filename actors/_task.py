@@ -5,16 +5,15 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import math
 from typing import Any
 
 import trio
 
 from trioflow._codec import as_stored
 from trioflow._current import call_plain, in_lane
-from trioflow._decide import catcher_for, new_execution
+from trioflow._decide import CUT_SHORT, catcher_for, cut_short_execution, new_execution
 from trioflow._definition import Step, TaskStep
-from trioflow._escapes import failure_of, stops_the_process
+from trioflow._escapes import failure_of, stops_the_process, stray_cancel
 from trioflow._errors import (
     StepTimeoutError,
     UnencodableValueError,
@@ -93,8 +92,8 @@ async def attempt(
             # A value that cannot be stored (put into ctx.data) fails the same way on every attempt.
             try:
                 delay = None if isinstance(root_error(error), UnencodableValueError) else retry.next_delay(attempts, error)
-            except Exception as exc:  # a retry_on predicate that raised: the step fails with that
-                raise StepFailure(step.name, exc, attempts) from exc
+            except BaseException as exc:  # a retry_on predicate that raised: the step fails with that
+                raise StepFailure(step.name, failure_of(exc), attempts) from exc
             if delay is None:
                 raise StepFailure(step.name, error, attempts)
             if announce and run.bus.active:
@@ -144,20 +143,10 @@ def _interrupted(exc: BaseException, step_name: str) -> BaseException:
         if stops_the_process(exc):
             raise exc
         return exc
-    stray = _stray_cancel()
+    stray = stray_cancel()
     if stray is None:
         raise cancelled from None
     return stray
-
-
-def _stray_cancel() -> RuntimeError | None:
-    """The failure a ``trio.Cancelled`` out of a job is when nothing cancelled the step, its
-    instance or the engine (the job let one out of a cancel scope of its own); ``None`` when
-    something did. Taken for a cancel, it would stop the instance as an engine shutdown does,
-    leaving it running in storage with nothing running it."""
-    if trio.current_effective_deadline() == -math.inf:
-        return None
-    return RuntimeError("trio.Cancelled escaped the job, though nothing cancelled its step, instance or engine")
 
 
 async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tuple[Any, Any, bool, int]:
@@ -212,13 +201,13 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
         raise StepFailure(step.name, exc, max(attempts, 1), data, uses_input) from exc
     except BaseException as exc:
         cancelled = _as_cancellation(exc, step.name)
-        if cancelled is None:
-            # (A mapper's BaseException of its own fails the step, as an Exception does.)
+        if cancelled is None or stray_cancel() is not None:
+            # (A mapper's BaseException of its own fails the step, as an Exception does; so
+            # does a cancellation it let out of a scope of its own.)
             raise StepFailure(step.name, failure_of(exc), max(attempts, 1), data, uses_input) from exc
-        record = new_execution(
-            run.state, ctx.lane, step.name, "failed", error=f"Cancelled: {CUT_SHORT}", error_name="Cancelled",
-            cause=CUT_SHORT, input=data, input_is_workflow_input=uses_input,
-            attempts=ctx._attempt, started_at=started_at, now=run.clock(),
+        record = cut_short_execution(
+            run.state, ctx.lane, step.name, attempts=ctx._attempt, started_at=started_at, now=run.clock(),
+            input=data, input_is_workflow_input=uses_input,
         )
         run.add_failure(record, for_good=False)
         if run.bus.active:
@@ -227,11 +216,6 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
             # closing stores none: the step runs again with the next engine).
             run.emit_once_stored("workflow.step.failed", ctx.lane, **cut_short(step.name, record.attempts))
         raise cancelled from None
-
-
-#: The cause recorded for a step cut short (its ``error`` reads ``"Cancelled: "`` before it, as
-#: every failed execution's reads ``"Name: cause"``).
-CUT_SHORT = "cancelled while running"
 
 
 def cut_short(step_name: str, attempts: int = 1) -> dict[str, Any]:
@@ -248,10 +232,10 @@ async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: fl
     error = failure.error
     try:
         catcher = catcher_for(step, error)
-    except Exception as exc:
+    except BaseException as exc:
         # A predicate that raises: the step fails with that error, as with ``retry_on``.
-        catcher, error = None, exc
-        failure = StepFailure(failure.step_name, exc, failure.attempts, failure.input, failure.uses_input)
+        catcher, error = None, failure_of(exc)
+        failure = StepFailure(failure.step_name, error, failure.attempts, failure.input, failure.uses_input)
     name, cause = error_name(error), error_cause(error)
     record = new_execution(
         run.state, ctx.lane, step.name, "failed" if catcher is None else "caught", error=describe_error(error),

@@ -298,12 +298,36 @@ def begin_compensation(state: InstanceState, outcome: Status, error: BaseExcepti
     state.failed_step = failed_step
 
 
-def steps_under_way(state: InstanceState) -> list[tuple[str, str]]:
-    """``(lane key, step name)`` of each lane standing in a step whose execution began and
-    has not ended: one that waits (a timer, a signal, a child, a retry's delay, its branches)
-    or that holds a start record (a map, a child step)."""
-    return [(key, lane.step) for key, lane in state.lanes.items()
-            if lane.step is not None and (lane.waiting is not None or lane.begun is not None)]
+def steps_under_way(state: InstanceState) -> list[tuple[str, str, int | None]]:
+    """``(lane key, step name, attempts)`` of each lane standing in a step whose execution
+    began and has not ended: one that waits (a timer, a signal, a child, its branches; a retry's
+    delay, with the attempts it made: ``None`` for the others) or that holds a start record (a
+    map, a child step). Not a delayed start's: it has started nothing."""
+    under_way = []
+    for key, lane in state.lanes.items():
+        waiting = lane.waiting
+        if lane.step is None or (lane.begun is None and (waiting is None or "start" in waiting)):
+            continue
+        under_way.append((key, lane.step, None if waiting is None else waiting.get("attempt")))
+    return under_way
+
+
+#: The cause recorded for a step cut short (its ``error`` reads ``"Cancelled: "`` before it, as
+#: every failed execution's reads ``"Name: cause"``).
+CUT_SHORT = "cancelled while running"
+
+
+def cut_short_execution(
+    state: InstanceState, lane_key: str, step_name: str, *, attempts: int, started_at: float | None, now: float,
+    input: Any = None, input_is_workflow_input: bool = False,
+) -> StepResult:
+    """The record of a task step's execution a cancel, a timeout or a fail-fast cut short
+    (added with ``fail_step(..., for_good=False)``: a resume would run it again)."""
+    return new_execution(
+        state, lane_key, step_name, "failed", error=f"Cancelled: {CUT_SHORT}", error_name="Cancelled",
+        cause=CUT_SHORT, input=input, input_is_workflow_input=input_is_workflow_input, attempts=attempts,
+        started_at=started_at, now=now,
+    )
 
 
 def unended_children(state: InstanceState) -> list[str]:

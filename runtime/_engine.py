@@ -30,11 +30,13 @@ from trioflow._codec import (
     copied_view,
     decode_payload,
     decode_stored,
-    parent_named_in,
     encode_header,
     encode_payload,
     encode_start,
+    parent_named_in,
     remember_data,
+    stage,
+    take_changes,
 )
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import (
@@ -44,7 +46,8 @@ from trioflow.adapters._protocol import (
 from ._context import check_services
 from ._current import check_in_trio, lane_of_caller
 from ._decide import (
-    admit, begin_compensation, fail_alone, misfit, new_state, steps_under_way, take_up, unended_children, wake_at,
+    admit, begin_compensation, cut_short_execution, fail_alone, fail_step, misfit, new_state, steps_under_way, take_up,
+    unended_children, wake_at,
 )
 from ._ids import CreationTimes, new_instance_id
 from ._definition import WorkflowDefinition, built
@@ -1333,10 +1336,16 @@ class Engine:
                 return True  # going back already: nothing left to cancel
             under_way = steps_under_way(state)
             begin_compensation(state, "cancelled", WorkflowCancelledError.of(instance_id), None)
+            for lane_key, step_name, attempts in under_way:
+                if attempts is not None:  # a task step between attempts: recorded cut short, as in a run
+                    fail_step(state, stage(state, cut_short_execution(
+                        state, lane_key, step_name, attempts=attempts, started_at=None, now=self._clock())),
+                        for_good=False)
+            header, records, first_seq, start, _ = take_changes(state)
             try:
-                # Nothing appended: the records stay as they are, the header says what comes next.
-                await self.adapter.checkpoint(instance_id, state.status, encode_header(state), (),
-                                              first_seq=state.stored, wake_at=None)
+                # The records before stay as they are; the header says what comes next.
+                await self.adapter.checkpoint(instance_id, state.status, header, records, first_seq=first_seq,
+                                              start=start, wake_at=None)
                 fresh = await self.adapter.load(instance_id)
             except BaseException:
                 # Interrupted (the caller cancelled, storage failing) where the write may be
@@ -1357,8 +1366,8 @@ class Engine:
         if self.events.active:
             # The steps it stood in, started by a run before and cut short by this cancel: their
             # end, as a run in memory publishes it (see trioflow.actors._lane).
-            for lane_key, step_name in under_way:
-                self.events.emit("workflow.step.failed", event_payload(state, lane_key, cut_short(step_name)))
+            for lane_key, step_name, attempts in under_way:
+                self.events.emit("workflow.step.failed", event_payload(state, lane_key, cut_short(step_name, attempts or 1)))
         return True
 
     def _drop_old_row(self, instance_id: str, workflow_name: str) -> None:

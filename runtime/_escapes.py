@@ -1,8 +1,13 @@
-"""The exceptions that go on past trioflow's handling of user code: a trio cancellation (the
-code's own scope, the engine closing) and KeyboardInterrupt or SystemExit (the process
-stopping). Anything else user code raises, BaseExceptions included, is that code's failure."""
+"""The exceptions that go on past trioflow's handling of user code: a trio cancellation of a
+scope around it (its step's, its instance's, the engine closing) and KeyboardInterrupt or
+SystemExit (the process stopping). Anything else user code raises, BaseExceptions included, is
+that code's failure: a ``trio.Cancelled`` that nothing around it cancelled too (let out of a
+cancel scope of its own), which would otherwise stop the instance, or the engine, as a
+shutdown does."""
 
 from __future__ import annotations
+
+import math
 
 import trio
 
@@ -23,13 +28,23 @@ def cancels(exc: BaseException) -> bool:
 
 
 def goes_on(exc: BaseException) -> bool:
-    """Whether ``exc``, raised by user code, goes on rather than count as that code's failure."""
-    return cancels(exc) or stops_the_process(exc)
+    """Whether ``exc``, raised by user code, goes on rather than count as that code's failure
+    (in the task, and inside the scopes, that called that code)."""
+    return stops_the_process(exc) or (cancels(exc) and stray_cancel() is None)
+
+
+def stray_cancel() -> RuntimeError | None:
+    """The failure a ``trio.Cancelled`` out of user code is when nothing around it was
+    cancelled (it let one out of a cancel scope of its own); ``None`` when something was."""
+    if trio.current_effective_deadline() == -math.inf:
+        return None
+    return RuntimeError("trio.Cancelled escaped, though nothing cancelled its step, instance or engine")
 
 
 def failure_of(exc: BaseException) -> BaseException:
     """``exc``, raised by user code (a condition, a mapper), as that code's failure: returned,
-    to fail its step with; raised again if it goes on (see :func:`goes_on`)."""
+    to fail its step with (a stray cancellation as :func:`stray_cancel` says); raised again if
+    it goes on (see :func:`goes_on`)."""
     if goes_on(exc):
         raise exc
-    return exc
+    return (stray_cancel() or exc) if cancels(exc) else exc

@@ -40,7 +40,7 @@ from trioflow._definition import (
 from trioflow._engine import Engine, open_engine
 from trioflow._errors import InvalidArgumentError, TrioflowError, UnknownJobError, UnknownWorkflowError, safe_repr
 from trioflow._jobs import check_job
-from trioflow._lanes import child_instance_id, enclosing_scope, item_of, item_scope
+from trioflow._lanes import SEPARATOR, child_instance_id, enclosing_scope, item_of, item_scope
 from trioflow._snapshot import (
     RESUMABLE,
     InstanceState,
@@ -335,6 +335,9 @@ class _Shape:
     #: signals of one name: which of them takes which signal is not specified, so the run's
     #: output may differ by that alone.
     contested: bool
+    #: The steps outside the lanes of those receive steps (and the lanes inside them): what they
+    #: complete does not depend on which receive took which signal.
+    settled: frozenset[str]
 
     @classmethod
     def of(cls, definition: WorkflowDefinition) -> _Shape:
@@ -347,6 +350,8 @@ class _Shape:
         for step, lane in definition.lookup.values():
             if isinstance(step, ReceiveStep):
                 lanes_of[step.signal].add(lane)
+        contested = [lanes for lanes in lanes_of.values() if len(lanes) > 1 or not lanes.isdisjoint(in_items)]
+        contested_lanes = {lane for lanes in contested for lane in lanes}
         return cls(
             compensable=children | {s.name for s in steps if isinstance(s, TaskStep) and s.compensate is not None},
             entity_steps=frozenset(s.name for s in steps if isinstance(s, TaskStep) and s.entity is not None),
@@ -356,7 +361,9 @@ class _Shape:
             timing=definition.timeout is not None or any(isinstance(s, (ParallelStep, MapStep)) for s in steps),
             timeout=definition.timeout,
             receives={s.name: s.signal for s in steps if isinstance(s, ReceiveStep)},
-            contested=any(len(lanes) > 1 or not lanes.isdisjoint(in_items) for lanes in lanes_of.values()),
+            contested=bool(contested),
+            settled=frozenset(name for name, (_, lane) in definition.lookup.items()
+                              if not any(lane == c or lane.startswith(f"{c}{SEPARATOR}") for c in contested_lanes)),
         )
 
 
@@ -549,8 +556,13 @@ def _signals_swapped(base: Outcome, got: Outcome, shape: _Shape) -> bool:
     signal alone: receive steps that wait at once for one name take them in either order
     (docs/waiting.md). Each signal must still be taken exactly once: the payloads taken, by
     signal name, are those the fault-free run took."""
-    return (shape.contested and _taken(base, shape) == _taken(got, shape)
-            and collections.Counter(base.completion_order) == collections.Counter(got.completion_order))
+    return shape.contested and _taken(base, shape) == _taken(got, shape) and _settled(base, shape) == _settled(got, shape)
+
+
+def _settled(outcome: Outcome, shape: _Shape) -> collections.Counter[str]:
+    """The steps a run completed outside the lanes whose receives contest signals (inside
+    them, which took which signal may send a lane elsewhere)."""
+    return collections.Counter(name for name in outcome.completion_order if name in shape.settled)
 
 
 def _taken(outcome: Outcome, shape: _Shape) -> collections.Counter[tuple[str, bytes]]:
