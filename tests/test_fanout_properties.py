@@ -47,7 +47,8 @@ from trioflow.testing.strategies import GeneratedWorkflow, ScriptedFailure, task
 
 
 def run_generated(gen: GeneratedWorkflow) -> tf.WorkflowInstance:
-    """Run ``gen`` on a test engine (virtual time: the items' sleeps take none)."""
+    """Run ``gen`` on a test engine (virtual time: the items' sleeps take none), sending its
+    signals right after the start."""
     gen.reset()
 
     async def main() -> tf.WorkflowInstance:
@@ -55,7 +56,10 @@ def run_generated(gen: GeneratedWorkflow) -> tf.WorkflowInstance:
             for name, job in gen.jobs.items():
                 engine.jobs.register(name, job)
             engine.register(gen.definition)
-            return await engine.wait(await engine.start("generated", gen.input))
+            instance_id = await engine.start("generated", gen.input)
+            for name, payload in gen.signals:
+                await engine.signal(instance_id, name, payload)
+            return await engine.wait(instance_id)
 
     return tf.testing.run(main)
 

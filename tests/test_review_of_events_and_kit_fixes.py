@@ -16,21 +16,11 @@ import trio
 import trioflow as tf
 from trioflow.testing import CrashReport, explore_crashes, open_test_engine, run, virtual_wall_clock
 
-STEP_ENDS = ("workflow.step.completed", "workflow.step.failed", "workflow.step.caught")
-TERMINAL = ("workflow.completed", "workflow.failed", "workflow.cancelled", "workflow.timed_out")
+from test_review_of_service_monitoring import STEP_ENDS, TERMINAL, boom, ok, release, slow
+from test_review_of_service_monitoring import Recorder as MonitoringRecorder
 
-
-class Recorder:
+class Recorder(MonitoringRecorder):
     """What a monitoring service subscribed with ``on("workflow.*")`` sees."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-
-    def of(self, instance_id: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("instance_id") == instance_id]
 
     def brief(self, instance_id: str) -> list[tuple[Any, ...]]:
         return [(e["event"], e.get("lane", ""), e.get("step_name"), e.get("error_name")) for e in self.of(instance_id)]
@@ -51,23 +41,6 @@ class Recorder:
             elif e["event"] in TERMINAL:
                 problems += [f"{key} started and never ended" for key, n in open_.items() if n]
         return problems
-
-
-async def ok(ctx: Any) -> int:
-    return 1
-
-
-async def release(ctx: Any, result: Any) -> None:
-    return None
-
-
-async def boom(ctx: Any) -> None:
-    raise ValueError("boom")
-
-
-async def slow(ctx: Any) -> int:
-    await trio.sleep(1000)
-    return 2
 
 
 class _OddExit(BaseException):

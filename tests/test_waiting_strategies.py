@@ -14,31 +14,16 @@ from hypothesis import strategies as st
 
 import trioflow as tf
 from trioflow._definition import ReceiveStep, WaitStep
-from trioflow.testing import explore_crashes, open_test_engine, virtual_wall_clock
+from trioflow.testing import explore_crashes
 from trioflow.testing.strategies import GeneratedWorkflow, task_steps, workflows
 
-
-def run_with_signals(gen: GeneratedWorkflow) -> tf.WorkflowInstance:
-    """Run ``gen`` on a test engine, sending its signals right after the start."""
-    gen.reset()
-
-    async def main() -> tf.WorkflowInstance:
-        async with open_test_engine(clock=virtual_wall_clock()) as engine:
-            for name, job in gen.jobs.items():
-                engine.jobs.register(name, job)
-            engine.register(gen.definition)
-            instance_id = await engine.start("generated", gen.input)
-            for name, payload in gen.signals:
-                await engine.signal(instance_id, name, payload)
-            return await engine.wait(instance_id)
-
-    return tf.testing.run(main)
+from test_fanout_properties import run_generated
 
 
 @settings(max_examples=80)
 @given(workflows(waits=True, catches=True))
 def test_generated_waits_end_as_the_model_says(gen: GeneratedWorkflow) -> None:
-    instance = run_with_signals(gen)
+    instance = run_generated(gen)
     assert instance.status == gen.expected_status(), (instance.error, gen.expected_error_names())
     if instance.status == "failed":
         assert instance.error_name in gen.expected_error_names()
@@ -51,7 +36,7 @@ def test_generated_waits_end_as_the_model_says(gen: GeneratedWorkflow) -> None:
 @settings(max_examples=60)
 @given(workflows(waits=True))
 def test_generated_waits_compensate_every_completed_execution_once_newest_first(gen: GeneratedWorkflow) -> None:
-    instance = run_with_signals(gen)
+    instance = run_generated(gen)
     compensable = {s.name for s in task_steps(gen.definition) if s.compensate is not None}
     ran = [r for r in instance.history if r.status in ("completed", "compensated") and r.step_name in compensable]
     if instance.status == "completed":
