@@ -205,11 +205,11 @@ def _cut_short_inside(run: Run, step: Step, scope: str) -> None:
         return
     state = run.state
     inside = set(inner_lanes(state, step, scope))
-    for key, step_name, attempts in steps_under_way(state):
+    for key, step_name, attempts, since in steps_under_way(state):
         if key in inside:
             if attempts is not None:
                 run.add_failure(cut_short_execution(
-                    state, key, step_name, attempts=attempts, started_at=None, now=run.clock()), for_good=False)
+                    state, key, step_name, attempts=attempts, started_at=since, now=run.clock()), for_good=False)
             _cut_short(run, key, step_name, attempts or 1)
 
 

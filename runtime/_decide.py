@@ -298,17 +298,21 @@ def begin_compensation(state: InstanceState, outcome: Status, error: BaseExcepti
     state.failed_step = failed_step
 
 
-def steps_under_way(state: InstanceState) -> list[tuple[str, str, int | None]]:
-    """``(lane key, step name, attempts)`` of each lane standing in a step whose execution
-    began and has not ended: one that waits (a timer, a signal, a child, its branches; a retry's
-    delay, with the attempts it made: ``None`` for the others) or that holds a start record (a
-    map, a child step). Not a delayed start's: it has started nothing."""
-    under_way = []
+def steps_under_way(state: InstanceState) -> list[tuple[str, str, int | None, float | None]]:
+    """``(lane key, step name, attempts, since)`` of each lane standing in a step whose
+    execution began and has not ended: one that waits (a timer, a signal, a child, its branches;
+    a retry's delay, with the attempts it made: ``None`` for the others) or that holds a start
+    record (a map, a child step); ``since``: when its execution began, where stored. Not a
+    delayed start's: it has started nothing."""
+    under_way: list[tuple[str, str, int | None, float | None]] = []
     for key, lane in state.lanes.items():
         waiting = lane.waiting
         if lane.step is None or (lane.begun is None and (waiting is None or "start" in waiting)):
             continue
-        under_way.append((key, lane.step, None if waiting is None else waiting.get("attempt")))
+        if waiting is None:
+            under_way.append((key, lane.step, None, None))
+        else:
+            under_way.append((key, lane.step, waiting.get("attempt"), waiting.get("since")))
     return under_way
 
 

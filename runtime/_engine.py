@@ -1336,10 +1336,10 @@ class Engine:
                 return True  # going back already: nothing left to cancel
             under_way = steps_under_way(state)
             begin_compensation(state, "cancelled", WorkflowCancelledError.of(instance_id), None)
-            for lane_key, step_name, attempts in under_way:
+            for lane_key, step_name, attempts, since in under_way:
                 if attempts is not None:  # a task step between attempts: recorded cut short, as in a run
                     fail_step(state, stage(state, cut_short_execution(
-                        state, lane_key, step_name, attempts=attempts, started_at=None, now=self._clock())),
+                        state, lane_key, step_name, attempts=attempts, started_at=since, now=self._clock())),
                         for_good=False)
             header, records, first_seq, start, _ = take_changes(state)
             try:
@@ -1366,7 +1366,7 @@ class Engine:
         if self.events.active:
             # The steps it stood in, started by a run before and cut short by this cancel: their
             # end, as a run in memory publishes it (see trioflow.actors._lane).
-            for lane_key, step_name, attempts in under_way:
+            for lane_key, step_name, attempts, _ in under_way:
                 self.events.emit("workflow.step.failed", event_payload(state, lane_key, cut_short(step_name, attempts or 1)))
         return True
 

@@ -40,7 +40,7 @@ from trioflow._definition import (
 from trioflow._engine import Engine, open_engine
 from trioflow._errors import InvalidArgumentError, TrioflowError, UnknownJobError, UnknownWorkflowError, safe_repr
 from trioflow._jobs import check_job
-from trioflow._lanes import SEPARATOR, child_instance_id, enclosing_scope, item_of, item_scope
+from trioflow._lanes import MAIN, SEPARATOR, child_instance_id, enclosing_scope, item_of, item_scope
 from trioflow._snapshot import (
     RESUMABLE,
     InstanceState,
@@ -346,9 +346,10 @@ class _Shape:
         # (The lanes a map's branch steps live in, and those of fan-outs inside them: run per item.)
         in_items = {definition.lookup[inner.name][1] for s in steps if isinstance(s, MapStep)
                     for inner in _nested_steps(s.branch.steps)}
+        # Receives wait at once only in a fan-out's lanes: one on the main line waits alone.
         lanes_of: dict[str, set[str]] = collections.defaultdict(set)
         for step, lane in definition.lookup.values():
-            if isinstance(step, ReceiveStep):
+            if isinstance(step, ReceiveStep) and lane != MAIN:
                 lanes_of[step.signal].add(lane)
         contested = [lanes for lanes in lanes_of.values() if len(lanes) > 1 or not lanes.isdisjoint(in_items)]
         contested_lanes = {lane for lanes in contested for lane in lanes}
