@@ -6,7 +6,8 @@
   jobs that follow a script and record their calls;
 - :func:`explore_crashes`: crash at every snapshot write, resume, compare with the clean run;
 - :mod:`trioflow.testing.strategies`: hypothesis strategies for workflows and job behaviours;
-- :func:`check_persistence_adapter`: the conformance checks every adapter must pass.
+- :func:`check_persistence_adapter`: the conformance checks every adapter must pass;
+- :func:`engine_portal`: a test engine driven from synchronous code (hypothesis's stateful tests).
 """
 
 from ._conformance import check_persistence_adapter as check_persistence_adapter
@@ -30,6 +31,8 @@ from ._crashes import CrashPoint as CrashPoint
 from ._crashes import CrashReport as CrashReport
 from ._crashes import Outcome as Outcome
 from ._crashes import explore_crashes as explore_crashes
+from ._portal import EnginePortal as EnginePortal
+from ._portal import engine_portal as engine_portal
 
 from trioflow._lazy import public_module as _public_module
 
