@@ -9,6 +9,7 @@ the same outcome whatever the threads' timing.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import threading
@@ -20,56 +21,129 @@ import trio
 import trio.testing
 
 from trioflow._engine import Engine
-from trioflow._errors import InvalidArgumentError, safe_repr
+from trioflow._errors import InvalidArgumentError, TrioflowError, safe_repr
 
 from ._engine import open_test_engine
 
 T = TypeVar("T")
 
+#: How far past its end an ``advance`` still runs what falls due: a durable due time is kept
+#: on the wall clock (Unix seconds, a float of about 1e9), which rounds it by up to a few
+#: tenths of a microsecond.
+DUE_SLACK = 1e-6
+
+
+class PortalCallStuckError(TrioflowError):
+    """A function given to :meth:`EnginePortal.call` waits for what cannot happen while
+    virtual time stands still (a timer, a sleep, an instance's end that waits for one)."""
+
+
+class _Run:
+    """The engine's trio run in its background thread, as the caller's thread sees it."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.failed: BaseException | None = None
+        self.stop: trio.Event | None = None
+        self.token: trio.lowlevel.TrioToken | None = None
+
+    def ended_with(self) -> BaseException | None:
+        """Once the run has ended (waited for, briefly), what it raised."""
+        assert self.thread is not None
+        self.thread.join(10)
+        return self.failed
+
 
 class EnginePortal:
     """A test engine in a trio run of its own (see :func:`engine_portal`)."""
 
-    def __init__(self, token: trio.lowlevel.TrioToken, clock: trio.testing.MockClock, engine: Engine) -> None:
-        self._token = token
+    def __init__(self, run: _Run, clock: trio.testing.MockClock, engine: Engine) -> None:
+        self._run = run
         self._clock = clock
         self._engine = engine
 
-    def call(self, fn: Callable[[Engine], Awaitable[T]]) -> T:
-        """``await fn(engine)`` in the engine's trio run (``lambda e: e.start("order", data)``);
-        its result, or the exception it raised. Returns once the engine has nothing left to do
-        at this virtual instant (what the call started has run as far as it can without time
-        moving on)."""
-        return trio.from_thread.run(self._settled, fn, trio_token=self._token)
+    def call(self, fn: Callable[[Engine], Awaitable[T] | T]) -> T:
+        """``fn(engine)``, awaited if it is an ``async`` function, in the engine's trio run
+        (``lambda e: e.start("order", data)``); its result, or the exception it raised. Returns,
+        or raises, once the engine has done all it can at that virtual instant (what the call
+        started has run as far as it can without time moving on). A function that waits for
+        what needs time to move (an instance's end that waits for a timer) raises
+        :class:`PortalCallStuckError`: :meth:`advance` moves time."""
+        result: T = self._in_run(self._settled, fn)
+        return result
 
     def advance(self, seconds: float) -> None:
         """Move virtual time ``seconds`` on, from one deadline to the next, running all that
-        falls due on the way in order (timers, retry delays, timeouts), each at its own time."""
+        falls due on the way in order (timers, retry delays, timeouts), each at its own time
+        (to the microsecond: see :data:`DUE_SLACK`)."""
         if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not math.isfinite(seconds) \
                 or seconds < 0:
             raise InvalidArgumentError(f"advance(): seconds must be a finite number >= 0, got {safe_repr(seconds)}")
-        trio.from_thread.run(self._advance, float(seconds), trio_token=self._token)
+        self._in_run(self._advance, float(seconds))
 
     @property
     def now(self) -> float:
         """The engine's virtual time (trio's clock), in seconds."""
-        return trio.from_thread.run_sync(trio.current_time, trio_token=self._token)
+        return self._in_run(self._now)
 
-    async def _settled(self, fn: Callable[[Engine], Awaitable[T]]) -> T:
-        result = await fn(self._engine)
-        await trio.testing.wait_all_tasks_blocked()
-        return result
+    def _in_run(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        try:
+            return trio.from_thread.run(afn, *args, trio_token=self._run.token)
+        except (trio.RunFinishedError, trio.Cancelled):
+            # The run ended under the call (a step raised SystemExit, say): what it raised.
+            failed = self._run.ended_with()
+            if failed is not None:
+                raise failed from None
+            raise
+
+    async def _now(self) -> float:
+        return trio.current_time()
+
+    async def _settled(self, fn: Callable[[Engine], Awaitable[T] | T]) -> T:
+        stuck = False
+        error: BaseException | None = None
+        result: Any = None
+        try:
+            async with trio.open_nursery() as nursery:
+                async def watch() -> None:
+                    # Everything blocked while the call still waits: only time could move it.
+                    nonlocal stuck
+                    await trio.testing.wait_all_tasks_blocked()
+                    stuck = True
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                try:
+                    result = fn(self._engine)
+                    if inspect.isawaitable(result):
+                        result = await result
+                except BaseException as exc:  # (raised below, once the engine has settled)
+                    error = exc
+                nursery.cancel_scope.cancel()
+        finally:
+            await trio.testing.wait_all_tasks_blocked()
+        if stuck:
+            raise PortalCallStuckError(
+                f"EnginePortal.call({safe_repr(fn)}) waits for what cannot happen while virtual time stands"
+                " still (a timer, a sleep, an instance's end that waits for one): advance() moves time; call()"
+                " what can finish now (start, signal, get_instance, cancel)")
+        if error is not None:
+            raise error
+        return result  # type: ignore[no-any-return]
 
     async def _advance(self, seconds: float) -> None:
-        remaining = seconds
+        end = trio.current_time() + seconds
         while True:
             await trio.testing.wait_all_tasks_blocked()
-            if remaining <= 0:
-                return
             # (Settled: nothing is due now, so the next deadline lies ahead, or nowhere.)
-            step = min(trio.lowlevel.current_statistics().seconds_to_next_deadline, remaining)
-            self._clock.jump(step)
-            remaining -= step
+            now = trio.current_time()
+            to_next = trio.lowlevel.current_statistics().seconds_to_next_deadline
+            if now + to_next > end + DUE_SLACK:
+                self._clock.jump(max(0.0, end - now))
+                await trio.testing.wait_all_tasks_blocked()
+                return
+            self._clock.jump(to_next)
 
 
 @contextmanager
@@ -79,13 +153,20 @@ def engine_portal(**engine_options: Any) -> Iterator[EnginePortal]:
     driven through the :class:`EnginePortal` it gives; leaving the block closes the engine and
     ends the run (raising what the run raised). Virtual time stands still until
     :meth:`EnginePortal.advance` moves it. For synchronous test code: hypothesis's
-    ``RuleBasedStateMachine``, whose rules are plain functions. Work that leaves the trio
-    thread (a ``SQLiteAdapter``'s writes) is waited for by the calls that make it, not by the
-    settling that follows them: give such a test a ``MemoryAdapter`` for determinism."""
-    ready = threading.Event()
+    ``RuleBasedStateMachine``, whose rules are plain functions; in a trio run, use
+    ``open_test_engine``. Work in other threads (a ``SQLiteAdapter``'s writes, a step's own
+    ``trio.to_thread``) is not waited for, and moves virtual time at real speed while it runs:
+    keep the portal's engine in the trio thread (``threads=True`` is refused)."""
+    if trio.lowlevel.in_trio_run():
+        raise InvalidArgumentError(
+            "engine_portal() is for synchronous code (hypothesis's stateful tests): in a trio run, use"
+            " open_test_engine() or the trioflow_engine fixture")
+    if engine_options.get("threads"):
+        raise InvalidArgumentError(
+            "engine_portal(threads=True): jobs in worker threads are not waited for by the portal, and move"
+            " virtual time while they run; its engine runs plain def jobs inline")
+    run = _Run()
     handed: list[EnginePortal] = []
-    failed: list[BaseException] = []
-    stop: list[trio.Event] = []
 
     async def main() -> None:
         clock = trio.lowlevel.current_clock()
@@ -93,30 +174,38 @@ def engine_portal(**engine_options: Any) -> Iterator[EnginePortal]:
         try:
             async with open_test_engine(**engine_options) as engine:
                 clock.autojump_threshold = math.inf  # (open_test_engine makes it jump: time moves when told)
-                stop.append(trio.Event())
-                handed.append(EnginePortal(trio.lowlevel.current_trio_token(), clock, engine))
-                ready.set()
-                await stop[0].wait()
+                run.stop = trio.Event()
+                run.token = trio.lowlevel.current_trio_token()
+                handed.append(EnginePortal(run, clock, engine))
+                run.ready.set()
+                await run.stop.wait()
+                # Closing, the engine gives hooks and async callbacks time to finish: time moves.
+                clock.autojump_threshold = 0
         finally:
-            ready.set()  # (an engine that failed to open: the caller learns why below)
+            run.ready.set()  # (an engine that failed to open: the caller learns why below)
 
     def thread() -> None:
         try:
             trio.run(main, clock=trio.testing.MockClock())
         except BaseException as exc:  # handed to the caller's thread
-            failed.append(exc)
-            ready.set()
+            run.failed = exc
+            run.ready.set()
 
-    runner = threading.Thread(target=thread, name="trioflow engine portal", daemon=True)
-    runner.start()
-    ready.wait()
+    run.thread = threading.Thread(target=thread, name="trioflow engine portal", daemon=True)
+    run.thread.start()
+    run.ready.wait()
     if not handed:
-        runner.join()
-        raise failed[0] if failed else RuntimeError("engine_portal: the engine's trio run ended before it opened")
+        run.thread.join()
+        raise run.failed if run.failed is not None else RuntimeError(
+            "engine_portal: the engine's trio run ended before it opened")
     try:
         yield handed[0]
     finally:
-        trio.from_thread.run_sync(stop[0].set, trio_token=handed[0]._token)
-        runner.join()
-        if failed:
-            raise failed[0]
+        if run.thread.is_alive():
+            try:
+                trio.from_thread.run_sync(run.stop.set, trio_token=run.token)  # type: ignore[union-attr]
+            except trio.RunFinishedError:
+                pass  # (it ended meanwhile)
+        run.thread.join()
+        if run.failed is not None:
+            raise run.failed
