@@ -35,7 +35,8 @@ DUE_SLACK = 1e-6
 
 class PortalCallStuckError(TrioflowError):
     """A function given to :meth:`EnginePortal.call` waits for what cannot happen while
-    virtual time stands still (a timer, a sleep, an instance's end that waits for one)."""
+    virtual time stands still (a timer, a sleep, an instance's end that waits for one), or for
+    work in another thread, which the portal cannot tell from that."""
 
 
 class _Run:
@@ -127,7 +128,8 @@ class EnginePortal:
             raise PortalCallStuckError(
                 f"EnginePortal.call({safe_repr(fn)}) waits for what cannot happen while virtual time stands"
                 " still (a timer, a sleep, an instance's end that waits for one): advance() moves time; call()"
-                " what can finish now (start, signal, get_instance, cancel)")
+                " what can finish now (start, signal, get_instance, cancel). Or it waits for work in another"
+                " thread (a SQLiteAdapter's writes), which a portal cannot wait for: give it a MemoryAdapter")
         if error is not None:
             raise error
         return result  # type: ignore[no-any-return]
