@@ -37,6 +37,10 @@ def mock_clock() -> MockClock | None:
 
 #: For each MockClock: thread calls in flight, and the settings to restore when none are left.
 _paused: weakref.WeakKeyDictionary[MockClock, tuple[int, float, float]] = weakref.WeakKeyDictionary()
+#: Clocks whose time moves only when told (an engine portal's): thread calls leave them be.
+_held: weakref.WeakSet[MockClock] = weakref.WeakSet()
+#: For each MockClock with thread calls in flight that someone waits to see end: the event.
+_idle: weakref.WeakKeyDictionary[MockClock, trio.Event] = weakref.WeakKeyDictionary()
 
 
 def real_time_while_threads(clock: MockClock, change: int) -> None:
@@ -50,11 +54,51 @@ def real_time_while_threads(clock: MockClock, change: int) -> None:
     count += change
     if count == 0:
         del _paused[clock]
-        clock.rate, clock.autojump_threshold = rate, threshold
+        if clock not in _held:
+            clock.rate, clock.autojump_threshold = rate, threshold
+        idle = _idle.pop(clock, None)
+        if idle is not None:
+            idle.set()
         return
-    if count == 1 and change > 0:
+    if count == 1 and change > 0 and clock not in _held:
         clock.rate, clock.autojump_threshold = 1.0, math.inf
     _paused[clock] = (count, rate, threshold)
+
+
+def hold_still(clock: MockClock) -> None:
+    """From now on ``clock`` moves only when told (rate 0, no autojump), thread calls or not:
+    an engine portal's, whose virtual time stands still between its calls and while a call's
+    SQLite writes commit (nothing jumps on it, so nothing needs real time to stop it)."""
+    _held.add(clock)
+    clock.rate, clock.autojump_threshold = 0.0, math.inf
+    entry = _paused.get(clock)
+    if entry is not None:
+        _paused[clock] = (entry[0], 0.0, math.inf)
+
+
+def let_go(clock: MockClock, autojump_threshold: float) -> None:
+    """Undo :func:`hold_still`, setting ``clock``'s autojump threshold: at once if no thread
+    call is in flight, else once the last one ends (meanwhile time runs at real speed)."""
+    _held.discard(clock)
+    entry = _paused.get(clock)
+    if entry is None:
+        clock.autojump_threshold = autojump_threshold
+        return
+    count, rate, _ = entry
+    _paused[clock] = (count, rate, autojump_threshold)
+    clock.rate, clock.autojump_threshold = 1.0, math.inf
+
+
+async def threads_finished(clock: MockClock) -> bool:
+    """Wait until no thread call bracketed by :func:`threads_under` is in flight in ``clock``'s
+    run (a task parked on one looks blocked to trio: see ``engine_portal``); whether one was."""
+    if clock not in _paused:
+        return False
+    idle = _idle.get(clock)
+    if idle is None:
+        idle = _idle[clock] = trio.Event()
+    await idle.wait()
+    return True
 
 
 def waiting_on_a_thread() -> contextlib.AbstractContextManager[None]:

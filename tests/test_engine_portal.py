@@ -4,9 +4,13 @@ Time stands still between rules and moves only by ``advance``, deadline by deadl
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -89,11 +93,14 @@ class Orders(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self._portal_cm = engine_portal()
+        self._portal_cm = engine_portal(**self.engine_options())
         self.portal = self._portal_cm.__enter__()
         self.portal.call(lambda e: _register(e))
         self.orders: dict[str, dict[str, Any]] = {}  # id -> started, approved (virtual times)
         released.clear()
+
+    def engine_options(self) -> dict[str, Any]:
+        return {}
 
     def teardown(self) -> None:
         self._portal_cm.__exit__(None, None, None)
@@ -140,3 +147,49 @@ class Orders(RuleBasedStateMachine):
 
 Orders.TestCase.settings = settings(max_examples=15, stateful_step_count=12, deadline=None)
 TestOrders = Orders.TestCase
+
+
+class OrdersOnSQLite(Orders):
+    """The same orders on a SQLite file: the portal waits for the adapter's writer thread, and
+    time stands still while it commits."""
+
+    def engine_options(self) -> dict[str, Any]:
+        self.directory = tempfile.mkdtemp(prefix="trioflow-portal-")
+        return {"adapter": tf.adapters.SQLiteAdapter(Path(self.directory) / "orders.db")}
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+OrdersOnSQLite.TestCase.settings = settings(max_examples=5, stateful_step_count=12, deadline=None)
+TestOrdersOnSQLite = OrdersOnSQLite.TestCase
+
+
+def test_a_sqlite_engine_s_writes_are_waited_for_while_time_stands_still(tmp_path: Path) -> None:
+    """Each call returns once the adapter's writer thread has committed what the call started
+    (a call that only waited for that write used to raise PortalCallStuckError); virtual time
+    does not move while it commits; what the portal's engine stored is in the file."""
+    path = tmp_path / "orders.db"
+    with engine_portal(adapter=tf.adapters.SQLiteAdapter(path)) as portal:
+        portal.call(lambda e: _register(e))
+        start = portal.now
+        iid = portal.call(lambda e: e.start("order", {"order": 7}))
+        seen = portal.call(lambda e: e.get_instance(iid))
+        assert seen is not None and seen.waiting is not None and seen.waiting["signal"] == "approved"
+        for _ in range(20):
+            portal.call(lambda e: e.get_instances())
+        assert portal.now == start
+        portal.call(lambda e: e.signal(iid, "approved", {"by": "ann"}))
+        portal.advance(3_600)
+        done = portal.call(lambda e: e.wait(iid))
+        assert done.status == "completed" and portal.now == start + 3_600
+
+    async def reopened() -> tf.WorkflowInstance | None:
+        async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(path), resume=False) as engine:
+            return await engine.get_instance(iid)
+
+    stored = trio.run(reopened)
+    assert stored is not None and stored.status == "completed" and stored.output == "charged"

@@ -22,6 +22,7 @@ import trio.testing
 
 from trioflow._engine import Engine
 from trioflow._errors import InvalidArgumentError, TrioflowError, safe_repr
+from trioflow._virtual_time import hold_still, let_go, threads_finished
 
 from ._engine import open_test_engine
 
@@ -108,9 +109,9 @@ class EnginePortal:
         try:
             async with trio.open_nursery() as nursery:
                 async def watch() -> None:
-                    # Everything blocked while the call still waits: only time could move it.
+                    # Everything settled while the call still waits: only time could move it.
                     nonlocal stuck
-                    await trio.testing.wait_all_tasks_blocked()
+                    await self._settle()
                     stuck = True
                     nursery.cancel_scope.cancel()
 
@@ -123,27 +124,35 @@ class EnginePortal:
                     error = exc
                 nursery.cancel_scope.cancel()
         finally:
-            await trio.testing.wait_all_tasks_blocked()
+            await self._settle()
         if stuck:
             raise PortalCallStuckError(
                 f"EnginePortal.call({safe_repr(fn)}) waits for what cannot happen while virtual time stands"
                 " still (a timer, a sleep, an instance's end that waits for one): advance() moves time; call()"
-                " what can finish now (start, signal, get_instance, cancel). Or it waits for work in another"
-                " thread (a SQLiteAdapter's writes), which a portal cannot wait for: give it a MemoryAdapter")
+                " what can finish now (start, signal, get_instance, cancel). Or it waits for work in a thread"
+                " of its own (a step's trio.to_thread), which a portal cannot see")
         if error is not None:
             raise error
         return result  # type: ignore[no-any-return]
 
+    async def _settle(self) -> None:
+        """Return once every other task is blocked and no storage thread works for one: a task
+        parked on a SQLiteAdapter's writer looks blocked to trio, but its write will wake it."""
+        while True:
+            await trio.testing.wait_all_tasks_blocked()
+            if not await threads_finished(self._clock):
+                return
+
     async def _advance(self, seconds: float) -> None:
         end = trio.current_time() + seconds
         while True:
-            await trio.testing.wait_all_tasks_blocked()
+            await self._settle()
             # (Settled: nothing is due now, so the next deadline lies ahead, or nowhere.)
             now = trio.current_time()
             to_next = trio.lowlevel.current_statistics().seconds_to_next_deadline
             if now + to_next > end + DUE_SLACK:
                 self._clock.jump(max(0.0, end - now))
-                await trio.testing.wait_all_tasks_blocked()
+                await self._settle()
                 return
             self._clock.jump(to_next)
 
@@ -156,9 +165,10 @@ def engine_portal(**engine_options: Any) -> Iterator[EnginePortal]:
     ends the run (raising what the run raised). Virtual time stands still until
     :meth:`EnginePortal.advance` moves it. For synchronous test code: hypothesis's
     ``RuleBasedStateMachine``, whose rules are plain functions; in a trio run, use
-    ``open_test_engine``. Work in other threads (a ``SQLiteAdapter``'s writes, a step's own
-    ``trio.to_thread``) is not waited for, and moves virtual time at real speed while it runs:
-    keep the portal's engine in the trio thread (``threads=True`` is refused)."""
+    ``open_test_engine``. A ``SQLiteAdapter``'s writes (in its writer thread) are waited for,
+    and virtual time stands still while they commit. Work in threads of the steps' own
+    (``trio.to_thread``) is not waited for: keep the portal's jobs in the trio thread
+    (``threads=True`` is refused)."""
     if trio.lowlevel.in_trio_run():
         raise InvalidArgumentError(
             "engine_portal() is for synchronous code (hypothesis's stateful tests): in a trio run, use"
@@ -175,14 +185,14 @@ def engine_portal(**engine_options: Any) -> Iterator[EnginePortal]:
         assert isinstance(clock, trio.testing.MockClock)
         try:
             async with open_test_engine(**engine_options) as engine:
-                clock.autojump_threshold = math.inf  # (open_test_engine makes it jump: time moves when told)
+                hold_still(clock)  # (open_test_engine makes it jump: time moves when told)
                 run.stop = trio.Event()
                 run.token = trio.lowlevel.current_trio_token()
                 handed.append(EnginePortal(run, clock, engine))
                 run.ready.set()
                 await run.stop.wait()
                 # Closing, the engine gives hooks and async callbacks time to finish: time moves.
-                clock.autojump_threshold = 0
+                let_go(clock, autojump_threshold=0)
         finally:
             run.ready.set()  # (an engine that failed to open: the caller learns why below)
 
