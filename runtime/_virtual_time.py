@@ -37,8 +37,9 @@ def mock_clock() -> MockClock | None:
 
 #: For each MockClock: thread calls in flight, and the settings to restore when none are left.
 _paused: weakref.WeakKeyDictionary[MockClock, tuple[int, float, float]] = weakref.WeakKeyDictionary()
-#: Clocks whose time moves only when told (an engine portal's): thread calls leave them be.
-_held: weakref.WeakSet[MockClock] = weakref.WeakSet()
+#: Clocks whose virtual time never flows by itself (an engine portal's): a thread call stops
+#: their jumps, and leaves their rate at 0.
+_still: weakref.WeakSet[MockClock] = weakref.WeakSet()
 #: For each MockClock with thread calls in flight that someone waits to see end: the event.
 _idle: weakref.WeakKeyDictionary[MockClock, trio.Event] = weakref.WeakKeyDictionary()
 
@@ -49,44 +50,50 @@ def real_time_while_threads(clock: MockClock, change: int) -> None:
     while a job works for 0.5 s, or while the SQLite adapter's writer commits). While any thread
     call is in flight (``change=+1`` when one starts, ``-1`` when it is over), virtual time runs
     at real speed and does not jump; the clock's own settings come back when the last one ends.
-    Shared by every user of threads in the run, so that their settings are saved only once."""
+    Shared by every user of threads in the run, so that their settings are saved only once.
+    A clock held still (:func:`hold_still`) does not jump either, and stays still."""
     count, rate, threshold = _paused.get(clock, (0, clock.rate, clock.autojump_threshold))
     count += change
     if count == 0:
         del _paused[clock]
-        if clock not in _held:
-            clock.rate, clock.autojump_threshold = rate, threshold
+        clock.rate, clock.autojump_threshold = rate, threshold
         idle = _idle.pop(clock, None)
         if idle is not None:
             idle.set()
         return
-    if count == 1 and change > 0 and clock not in _held:
-        clock.rate, clock.autojump_threshold = 1.0, math.inf
+    if count == 1 and change > 0:
+        clock.rate, clock.autojump_threshold = (rate if clock in _still else 1.0), math.inf
     _paused[clock] = (count, rate, threshold)
+
+
+def _apply(clock: MockClock, rate: float, autojump_threshold: float) -> None:
+    """Set ``clock``'s settings; while thread calls are in flight, those they restore."""
+    entry = _paused.get(clock)
+    if entry is None:
+        clock.rate, clock.autojump_threshold = rate, autojump_threshold
+    else:
+        _paused[clock] = (entry[0], rate, autojump_threshold)
 
 
 def hold_still(clock: MockClock) -> None:
     """From now on ``clock`` moves only when told (rate 0, no autojump), thread calls or not:
     an engine portal's, whose virtual time stands still between its calls and while a call's
-    SQLite writes commit (nothing jumps on it, so nothing needs real time to stop it)."""
-    _held.add(clock)
-    clock.rate, clock.autojump_threshold = 0.0, math.inf
-    entry = _paused.get(clock)
-    if entry is not None:
-        _paused[clock] = (entry[0], 0.0, math.inf)
+    SQLite writes commit (the engine runs no jobs in threads, whose timeouts would need it)."""
+    _still.add(clock)
+    clock.rate = 0.0
+    _apply(clock, 0.0, math.inf)
 
 
-def let_go(clock: MockClock, autojump_threshold: float) -> None:
-    """Undo :func:`hold_still`, setting ``clock``'s autojump threshold: at once if no thread
-    call is in flight, else once the last one ends (meanwhile time runs at real speed)."""
-    _held.discard(clock)
-    entry = _paused.get(clock)
-    if entry is None:
-        clock.autojump_threshold = autojump_threshold
-        return
-    count, rate, _ = entry
-    _paused[clock] = (count, rate, autojump_threshold)
-    clock.rate, clock.autojump_threshold = 1.0, math.inf
+def held(clock: MockClock) -> bool:
+    """Whether ``clock`` is held still (:func:`hold_still`)."""
+    return clock in _still
+
+
+def let_jump(clock: MockClock) -> None:
+    """Let a clock held still jump to the next deadline as soon as every task waits (an engine
+    portal's engine closing: hooks and callbacks that sleep finish), once no thread call is in
+    flight; its time still does not flow while one is."""
+    _apply(clock, 0.0, 0.0)
 
 
 async def threads_finished(clock: MockClock) -> bool:

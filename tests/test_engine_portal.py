@@ -93,9 +93,8 @@ class Orders(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self._portal_cm = engine_portal(**self.engine_options())
+        self._portal_cm = engine_portal(setup=_register, **self.engine_options())
         self.portal = self._portal_cm.__enter__()
-        self.portal.call(lambda e: _register(e))
         self.orders: dict[str, dict[str, Any]] = {}  # id -> started, approved (virtual times)
         released.clear()
 
@@ -128,6 +127,12 @@ class Orders(RuleBasedStateMachine):
     @rule(hours=st.sampled_from([0.5, 1, 6, 23, 24, 25]))
     def wait(self, hours: float) -> None:
         self.portal.advance(hours * 3_600)
+
+    @rule(hours=st.sampled_from([0, 2, 25]))
+    def restart(self, hours: float) -> None:
+        """The process stops and starts again ``hours`` later: what fell due meanwhile fires
+        as the new engine takes it up."""
+        self.portal.restart(downtime=hours * 3_600)
 
     @invariant()
     def each_order_stands_where_its_times_say(self) -> None:
@@ -193,3 +198,63 @@ def test_a_sqlite_engine_s_writes_are_waited_for_while_time_stands_still(tmp_pat
 
     stored = trio.run(reopened)
     assert stored is not None and stored.status == "completed" and stored.output == "charged"
+
+
+async def slow(ctx: tf.WorkflowContext) -> int:
+    runs.append(ctx.metadata.id)
+    await trio.sleep(10)
+    return len(runs)
+
+
+runs: list[str] = []
+SLOW = tf.workflow("slow").step("slow", slow).build()
+
+
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+def test_restart_reopens_on_what_was_stored_and_time_moves_by_the_downtime(storage: str, tmp_path: Path) -> None:
+    """``restart``: the engine stops as a process does and another opens on the same adapter
+    (the portal's own MemoryAdapter, or the file), runs ``setup`` again and takes up what is
+    stored; a timer that fell due during the downtime fires as it is taken up; a step cut
+    short runs again; virtual time moves by the downtime exactly (a SQLite adapter's close takes
+    real time, and none of virtual time)."""
+    runs.clear()
+    options: dict[str, Any] = {} if storage == "memory" else {"adapter": tf.adapters.SQLiteAdapter(tmp_path / "r.db")}
+    setups: list[tf.Engine] = []
+
+    def setup(engine: tf.Engine) -> None:
+        setups.append(engine)
+        engine.register(ORDER)
+        engine.register(SLOW)
+
+    with engine_portal(setup=setup, **options) as portal:
+        start = portal.now
+        iid = portal.call(lambda e: e.start("order", {"order": 1}))
+        portal.call(lambda e: e.signal(iid, "approved", None))  # now in its hour's cool-off
+        slow_id = portal.call(lambda e: e.start("slow", {}))
+        assert runs == [slow_id]
+        portal.restart(downtime=7_200)
+        assert portal.now == start + 7_200 and len(setups) == 2
+        done = portal.call(lambda e: e.get_instance(iid))
+        assert done is not None and done.status == "completed"
+        assert runs == [slow_id, slow_id]  # cut short by the stop, it runs again
+        portal.advance(10)
+        finished = portal.call(lambda e: e.wait(slow_id))
+        assert finished.status == "completed" and finished.output == 2
+        portal.restart()
+        assert portal.now == start + 7_210 and len(setups) == 3
+        with pytest.raises(tf.InvalidArgumentError, match="restart"):
+            portal.restart(downtime=-1)
+
+
+def test_a_setup_that_raises_on_restart_reaches_the_caller() -> None:
+    opened: list[int] = []
+
+    def setup(engine: tf.Engine) -> None:
+        opened.append(1)
+        if len(opened) == 2:
+            raise LookupError("no such job registry")
+
+    with pytest.raises(LookupError, match="no such job registry"):
+        with engine_portal(setup=setup) as portal:
+            with pytest.raises(LookupError, match="no such job registry"):
+                portal.restart()

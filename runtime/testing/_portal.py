@@ -15,14 +15,16 @@ import numbers
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import trio
 import trio.testing
 
 from trioflow._engine import Engine
 from trioflow._errors import InvalidArgumentError, TrioflowError, safe_repr
-from trioflow._virtual_time import hold_still, let_go, threads_finished
+from trioflow._virtual_time import hold_still, let_jump, threads_finished
+
+from trioflow.adapters._memory import MemoryAdapter
 
 from ._engine import open_test_engine
 
@@ -49,6 +51,10 @@ class _Run:
         self.failed: BaseException | None = None
         self.stop: trio.Event | None = None
         self.token: trio.lowlevel.TrioToken | None = None
+        #: Set by :meth:`EnginePortal.restart`: the virtual time the next engine opens at, and
+        #: the event set once it has (``None``: the block is left, no engine follows).
+        self.reopens_at = 0.0
+        self.reopened: trio.Event | None = None
 
     def ended_with(self) -> BaseException | None:
         """Once the run has ended (waited for, briefly), what it raised."""
@@ -65,24 +71,35 @@ class EnginePortal:
         self._clock = clock
         self._engine = engine
 
-    def call(self, fn: Callable[[Engine], Awaitable[T] | T]) -> T:
+    @overload
+    def call(self, fn: Callable[[Engine], Awaitable[T]]) -> T: ...
+
+    @overload
+    def call(self, fn: Callable[[Engine], T]) -> T: ...
+
+    def call(self, fn: Callable[[Engine], Any]) -> Any:
         """``fn(engine)``, awaited if it is an ``async`` function, in the engine's trio run
         (``lambda e: e.start("order", data)``); its result, or the exception it raised. Returns,
         or raises, once the engine has done all it can at that virtual instant (what the call
         started has run as far as it can without time moving on). A function that waits for
         what needs time to move (an instance's end that waits for a timer) raises
         :class:`PortalCallStuckError`: :meth:`advance` moves time."""
-        result: T = self._in_run(self._settled, fn)
-        return result
+        return self._in_run(self._settled, fn)
 
     def advance(self, seconds: float) -> None:
         """Move virtual time ``seconds`` on, from one deadline to the next, running all that
         falls due on the way in order (timers, retry delays, timeouts), each at its own time
         (to the microsecond: see :data:`DUE_SLACK`)."""
-        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not math.isfinite(seconds) \
-                or seconds < 0:
-            raise InvalidArgumentError(f"advance(): seconds must be a finite number >= 0, got {safe_repr(seconds)}")
-        self._in_run(self._advance, float(seconds))
+        self._in_run(self._advance, _seconds("advance", seconds))
+
+    def restart(self, downtime: float = 0.0) -> None:
+        """Close the engine and open another with the same options on the same adapter, as a
+        process that stops and starts again: runs stop where they stand (a step cut short runs
+        again), the new engine runs ``setup`` (see :func:`engine_portal`) and resumes what is
+        stored. ``downtime``: seconds of virtual time that pass while no engine runs (a timer
+        that fell due meanwhile fires as the new engine takes it up). Returns once the new
+        engine has done all it can at that instant."""
+        self._in_run(self._restart, _seconds("restart", downtime))
 
     @property
     def now(self) -> float:
@@ -135,6 +152,15 @@ class EnginePortal:
             raise error
         return result  # type: ignore[no-any-return]
 
+    async def _restart(self, downtime: float) -> None:
+        run = self._run
+        assert run.stop is not None
+        reopened = run.reopened = trio.Event()
+        run.reopens_at = trio.current_time() + downtime
+        run.stop.set()
+        await reopened.wait()
+        await self._settle()
+
     async def _settle(self) -> None:
         """Return once every other task is blocked and no storage thread works for one: a task
         parked on a SQLiteAdapter's writer looks blocked to trio, but its write will wake it."""
@@ -157,12 +183,23 @@ class EnginePortal:
             self._clock.jump(to_next)
 
 
+def _seconds(method: str, seconds: float) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not math.isfinite(seconds) \
+            or seconds < 0:
+        raise InvalidArgumentError(f"{method}(): seconds must be a finite number >= 0, got {safe_repr(seconds)}")
+    return float(seconds)
+
+
 @contextmanager
-def engine_portal(**engine_options: Any) -> Iterator[EnginePortal]:
+def engine_portal(
+    setup: Callable[[Engine], Awaitable[None] | None] | None = None, **engine_options: Any,
+) -> Iterator[EnginePortal]:
     """A test engine (``open_test_engine(**engine_options)``: a fresh ``MemoryAdapter`` and
     plain ``def`` jobs inline unless given) in a trio run of its own, in a background thread,
     driven through the :class:`EnginePortal` it gives; leaving the block closes the engine and
-    ends the run (raising what the run raised). Virtual time stands still until
+    ends the run (raising what the run raised). ``setup(engine)`` (awaited if ``async``) runs
+    each time an engine opens, before any call, as a program's start-up code would: register
+    the workflows and jobs there, and :meth:`EnginePortal.restart` needs nothing more. Virtual time stands still until
     :meth:`EnginePortal.advance` moves it. For synchronous test code: hypothesis's
     ``RuleBasedStateMachine``, whose rules are plain functions; in a trio run, use
     ``open_test_engine``. A ``SQLiteAdapter``'s writes (in its writer thread) are waited for,
@@ -177,22 +214,39 @@ def engine_portal(**engine_options: Any) -> Iterator[EnginePortal]:
         raise InvalidArgumentError(
             "engine_portal(threads=True): jobs in worker threads are not waited for by the portal, and move"
             " virtual time while they run; its engine runs plain def jobs inline")
+    # One adapter for every engine of the block: a restart finds what the last one stored.
+    engine_options.setdefault("adapter", MemoryAdapter())
     run = _Run()
     handed: list[EnginePortal] = []
 
     async def main() -> None:
         clock = trio.lowlevel.current_clock()
         assert isinstance(clock, trio.testing.MockClock)
+        run.token = trio.lowlevel.current_trio_token()
         try:
-            async with open_test_engine(**engine_options) as engine:
-                hold_still(clock)  # (open_test_engine makes it jump: time moves when told)
-                run.stop = trio.Event()
-                run.token = trio.lowlevel.current_trio_token()
-                handed.append(EnginePortal(run, clock, engine))
-                run.ready.set()
-                await run.stop.wait()
-                # Closing, the engine gives hooks and async callbacks time to finish: time moves.
-                let_go(clock, autojump_threshold=0)
+            while True:
+                # Held before it opens: runs it resumes must not leap time on while it does.
+                hold_still(clock)
+                async with open_test_engine(**engine_options) as engine:
+                    if setup is not None:
+                        done = setup(engine)
+                        if inspect.isawaitable(done):
+                            await done
+                    run.stop = trio.Event()
+                    if handed:
+                        handed[0]._engine = engine
+                    else:
+                        handed.append(EnginePortal(run, clock, engine))
+                    if run.reopened is not None:
+                        run.reopened.set()
+                    run.ready.set()
+                    await run.stop.wait()
+                    # Closing, the engine gives hooks and async callbacks time to finish: time moves.
+                    let_jump(clock)
+                if run.reopened is None:
+                    return
+                # (Less if closing took virtual time: hooks or callbacks that slept.)
+                clock.jump(max(0.0, run.reopens_at - trio.current_time()))
         finally:
             run.ready.set()  # (an engine that failed to open: the caller learns why below)
 
@@ -214,6 +268,7 @@ def engine_portal(**engine_options: Any) -> Iterator[EnginePortal]:
         yield handed[0]
     finally:
         if run.thread.is_alive():
+            run.reopened = None  # (no engine follows)
             try:
                 trio.from_thread.run_sync(run.stop.set, trio_token=run.token)  # type: ignore[union-attr]
             except trio.RunFinishedError:

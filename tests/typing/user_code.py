@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 
 import trioflow as tf
-from trioflow.testing import ScriptedJob, open_test_engine, returns
+from trioflow.testing import ScriptedJob, open_test_engine, returns, engine_portal
 
 
 async def reserve(ctx: tf.WorkflowContext) -> str:
@@ -56,3 +56,13 @@ async def engine_options() -> None:
         pass
     async with open_test_engine(max_runing=5):  # type: ignore[call-arg]
         pass
+
+
+def portal_with_restarts() -> None:
+    """A synchronous test drives an engine through a portal; setup registers on every open."""
+    with engine_portal(setup=lambda engine: engine.register(order), max_running=5) as portal:
+        iid: str = portal.call(lambda engine: engine.start("order", {"total": 10}))
+        portal.advance(60.0)
+        portal.restart(downtime=3_600)
+        seen: tf.WorkflowInstance | None = portal.call(lambda engine: engine.get_instance(iid))
+        print(seen, portal.now)
