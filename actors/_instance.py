@@ -28,6 +28,7 @@ from trioflow._decide import (
     finish,
     pending_compensations,
     record_compensated,
+    steps_under_way,
     unended_children,
 )
 from trioflow._definition import ChildStep, TaskStep
@@ -45,7 +46,7 @@ from trioflow._map import ItemIndex
 from trioflow._snapshot import Status, StepResult
 
 from ._child import cancel_children
-from ._lane import run_lane
+from ._lane import cut_short_resting, run_lane
 from ._run import Parked, Run, StepFailure
 from ._task import compensate
 from ._transaction import Forward, committed_before_a_crash, forward_in_transaction
@@ -242,7 +243,11 @@ async def store_queued_cancel(run: Run) -> None:
     again while storage is unavailable, and as :func:`store_cancel` does if the engine closes
     meanwhile (or the next engine goes forward). A failure leaves it to the run's next
     checkpoint."""
+    under_way = steps_under_way(run.state)  # (before the decision, which ends their waits)
     begin_compensation(run.state, "cancelled", _cancelled(run), None)
+    # Taken up with steps under way (woken, or resumed), it runs none of them again: they end
+    # here, as they would in its lanes (it goes back once it has a slot, no lane running).
+    cut_short_resting(run, under_way)
     try:
         await run.persist()
     except trio.Cancelled:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import trio
@@ -199,18 +199,22 @@ def _cut_short(run: Run, lane_key: str, step_name: str, attempts: int = 1) -> No
 
 def _cut_short_inside(run: Run, step: Step, scope: str) -> None:
     """A parallel or map step taken up only to be cut short: the steps under way in its
-    branches or items, resting out of memory with it, are cut short too (a task step between
-    attempts recorded so, as in memory)."""
+    branches or items, resting out of memory with it, are cut short too."""
     if not isinstance(step, (ParallelStep, MapStep)):
         return
-    state = run.state
-    inside = set(inner_lanes(state, step, scope))
-    for key, step_name, attempts, since in steps_under_way(state):
-        if key in inside:
-            if attempts is not None:
-                run.add_failure(cut_short_execution(
-                    state, key, step_name, attempts=attempts, started_at=since, now=run.clock()), for_good=False)
-            _cut_short(run, key, step_name, attempts or 1)
+    inside = set(inner_lanes(run.state, step, scope))
+    cut_short_resting(run, [under_way for under_way in steps_under_way(run.state) if under_way[0] in inside])
+
+
+def cut_short_resting(run: Run, under_way: Iterable[tuple[str, str, int | None, float | None]]) -> None:
+    """Steps under way (as :func:`~trioflow._decide.steps_under_way` gives them) that rested
+    out of memory with the run, cut short now, no actor of theirs running: a task step between
+    attempts recorded so, as in memory; each one's end published once it is stored."""
+    for key, step_name, attempts, since in under_way:
+        if attempts is not None:
+            run.add_failure(cut_short_execution(
+                run.state, key, step_name, attempts=attempts, started_at=since, now=run.clock()), for_good=False)
+        _cut_short(run, key, step_name, attempts or 1)
 
 
 def _fired_unstored(run: Run, step: Step, lane_key: str, target: str | None) -> bool:

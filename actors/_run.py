@@ -202,12 +202,12 @@ class Children(Protocol):
         in memory here, holding its slot (see :meth:`Run.may_park`)."""
         ...
 
-    def lend_slot(self, run: Run) -> None:
+    def lend_slot(self, run: Run, *, at_once: bool = False) -> None:
         """A lane of ``run`` starts to wait in memory (too briefly to leave it: a poll's short
         timer), ``run`` holding its slot: the children it waits on that have been queued for
         a slot of their own for a second or more (the time an instance rests before it leaves
-        memory) run in its slot now. With every slot held by parents whose polls keep them in
-        memory, those children would wait for ever."""
+        memory; ``at_once``: however briefly) run in its slot now. With every slot held by
+        parents whose polls keep them in memory, those children would wait for ever."""
         ...
 
     async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> WorkflowInstance | None:
@@ -463,6 +463,11 @@ class Run:
         :meth:`parallel_ended`."""
         if self.failed_in is None:
             self.failed_in = set()
+            if self.children is not None:
+                # Held in memory, in its slot, from now on: the children its lanes wait on that
+                # queued for a slot of their own (it could leave memory when they started) run
+                # in its slot now, or they would wait for ever for one it holds.
+                self.children.lend_slot(self, at_once=True)
         self.failed_in.add(place)
 
     def parallel_ended(self, place: str) -> None:

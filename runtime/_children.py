@@ -83,12 +83,12 @@ class EngineChildren:
         # starts its children without one), and so does one that itself runs in its parent's.
         return parent is not None and not parent.may_park(math.inf)
 
-    def lend_slot(self, run: Run) -> None:
+    def lend_slot(self, run: Run, *, at_once: bool = False) -> None:
         engine = self._engine
         queue, lend_after = engine._waiting, engine._park_after
         if not queue or lend_after is None:
             return  # (no waker, no parking: children of a waiting parent never queue)
-        soon = trio.current_time() - lend_after
+        soon = math.inf if at_once else trio.current_time() - lend_after
         for lane in run.state.lanes.values():
             waiting = lane.waiting
             if waiting is not None and "child" in waiting and (child := engine._live.get(waiting["child"])) is not None \

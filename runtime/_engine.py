@@ -46,8 +46,8 @@ from trioflow.adapters._protocol import (
 from ._context import check_services
 from ._current import check_in_trio, lane_of_caller
 from ._decide import (
-    admit, begin_compensation, cut_short_execution, fail_alone, fail_step, misfit, new_state, steps_under_way, take_up,
-    unended_children, wake_at,
+    admit, begin_compensation, cut_short_execution, fail_alone, fail_step, misfit, new_state, pending_compensations,
+    steps_under_way, take_up, unended_children, wake_at,
 )
 from ._ids import CreationTimes, new_instance_id
 from ._definition import WorkflowDefinition, built
@@ -834,11 +834,14 @@ class Engine:
         return True
 
     def _starts_to_cancel(self, run: Run) -> bool:
-        """Whether a queued run that is cancelled starts now: if it never ran (it ends before
-        its first step, with nothing to compensate, holding the slot only for an instant), or
-        if it is the child of a parent here, which waits for its end holding a slot it would
-        wait for."""
-        return not run.state.records or run.state.parent_id in self._live
+        """Whether a queued run that is cancelled starts now: if it has nothing to undo (it
+        never ran, or no step it completed has a compensation and no child of it runs: it ends
+        before its next step, holding the slot only for an instant, rather than wait for one
+        to do nothing), or if it is the child of a parent here, which waits for its end holding
+        a slot it would wait for."""
+        state = run.state
+        return (not state.records or state.parent_id in self._live
+                or not (unended_children(state) or pending_compensations(state, run.definition)))
 
     def _cancel_queued(self, run: Run) -> None:
         """A run queued for a slot is cancelled: started now (see :meth:`_starts_to_cancel`),
