@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from trioflow._context import WorkflowContext
-from trioflow._decide import child_completed_late, new_execution, next_execution_id
+from trioflow._decide import child_completed_late, child_step_cut_short, new_execution, next_execution_id
 from trioflow._definition import ChildStep
 from trioflow._escapes import failure_of
 from trioflow._errors import (
@@ -43,6 +43,7 @@ from trioflow._snapshot import Lane, child_wait
 from trioflow._storage_retry import BACKOFF_MAX, FIRST_BACKOFF, back_off
 
 from ._run import Children, Run, StepFailure
+from ._task import publish_cut_short
 from ._wait import announce, signal_or_timeout, take
 
 log = logging.getLogger("trioflow")
@@ -181,11 +182,13 @@ def waited_on(lanes: Iterable[Lane]) -> list[str]:
 async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps: bool = False) -> None:
     """Cancel the children ``child_ids`` and wait for their ends: those the lanes of a parent
     whose run ended badly (cancelled, timed out, failed) waited on, or fan-out siblings a
-    fail-fast cancelled. A child that completed all the same is compensated as a unit (the step
-    that waited on it never completes, so nothing else would), or, ``completes_steps`` (a
-    parent about to compensate), its step is recorded completed, to be staged and compensated
-    with the others, on the result. Not when the engine is stopping: parents and children then
-    resume with the next engine (a parent taken up while compensating cancels them then)."""
+    fail-fast cancelled. The child step that started each is recorded cut short, and its end
+    published (see ``trioflow.actors._lane._cut_short``). A child that completed all the same
+    is compensated as a unit (the step that waited on it never completes, so nothing else
+    would), or, ``completes_steps`` (a parent about to compensate), its step is recorded
+    completed instead, to be staged and compensated with the others, on the result. Not when the
+    engine is stopping: parents and children then resume with the next engine (a parent taken
+    up while compensating cancels them then)."""
     children = run.children
     if children is None or children.closing or not child_ids:
         return
@@ -194,15 +197,24 @@ async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps
 
     async def cancel(child_id: str) -> None:
         ended = await children.cancel(child_id, bound, undo=False)
-        if ended is None:
-            return
-        if completes_steps:
-            record = child_completed_late(run.state, child_id, ended.output, run.clock())
+        state = run.state
+        if ended is not None and completes_steps:
+            record = child_completed_late(state, child_id, ended.output, run.clock())
             entry = run.definition.lookup.get(record.step_name)
             if entry is not None and isinstance(entry[0], ChildStep):  # (a release may have dropped it)
-                run.state.add(run.stage(record))
+                record = run.stage(record)
+                state.add(record)
+                if run.bus.active and run.bus.wants("workflow.step.completed"):
+                    run.emit_once_stored("workflow.step.completed", record.lane, step_name=record.step_name,
+                                         output=record.output)
                 return
-        completed.append(child_id)
+        if children.closing:
+            return  # (stopped, not ended: the next engine takes it up)
+        record = child_step_cut_short(state, child_id, run.clock())
+        run.add_failure(record, for_good=False)
+        publish_cut_short(run, record.lane, record.step_name)
+        if ended is not None:
+            completed.append(child_id)
 
     with trio.CancelScope(shield=True):  # the parent's own cancellation must not stop this
         # Each is waited on to its end: together, not one cancellation after another. Those
@@ -211,6 +223,10 @@ async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps
         async with trio.open_nursery() as nursery:
             for child_id in child_ids:
                 nursery.start_soon(cancel, child_id)
+        if not children.closing:
+            # Their steps' ends stored (and published) before what comes next: a compensation
+            # of the step just recorded completed must not be told first.
+            await run.persist()
         async with trio.open_nursery() as nursery:
             for child_id in completed:
                 nursery.start_soon(_undo_cancelled, children, child_id, bound)

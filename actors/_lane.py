@@ -41,10 +41,11 @@ from trioflow._errors import (
 )
 from trioflow._fanout_failures import failed_step_of
 from trioflow._lanes import MAIN, branch_lane, fanout_key, item_scope
+from trioflow._snapshot import Lane
 
 from ._run import Run, StepFailure, unwrapped
 from ._child import cancel_children, run_child, waited_on
-from ._task import cut_short, run_task, step_failed
+from ._task import publish_cut_short, run_task, step_failed
 from ._wait import run_receive, run_wait, settle
 
 # A module, not its function: the map actor runs its items' lanes through run_lane, here.
@@ -79,7 +80,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 await trio.lowlevel.checkpoint_if_cancelled()
             except trio.Cancelled:
                 if waiting is not None or lane.begun is not None:  # taken up in a step begun before
-                    _cut_short(run, lane_key, name)
+                    _cut_short(run, lane_key, lane, lookup[name][0])
                     _cut_short_inside(run, lookup[name][0], item_scope(lane_key))
                 raise
         steps += 1
@@ -155,7 +156,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             continue
         except trio.Cancelled:
             if not isinstance(step, TaskStep):  # (a task step's records its cut-short execution)
-                _cut_short(run, lane_key, name)
+                _cut_short(run, lane_key, lane, step)
             raise
         complete_step(state, step, record, target)
         writes = run.adapter is not None and (target is not None or lane_key != MAIN or run.has_hooks)
@@ -189,12 +190,13 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
     return state.output_of(lane.last)
 
 
-def _cut_short(run: Run, lane_key: str, step_name: str, attempts: int = 1) -> None:
-    """A step cut short (a cancel, a timeout, a fail-fast sibling): its end, as a task step's
-    (see trioflow.actors._task), once the checkpoint that stores what cut it has; an engine
-    closing stores none, and the step goes on with the next engine."""
-    if run.bus.active and run.bus.wants("workflow.step.failed"):
-        run.emit_once_stored("workflow.step.failed", lane_key, **cut_short(step_name, attempts))
+def _cut_short(run: Run, lane_key: str, lane: Lane, step: Step) -> None:
+    """A step other than a task step cut short in its lane: its end published (see
+    :func:`~trioflow.actors._task.publish_cut_short`). Not a child step's once its child has
+    started: the cancel of that child records and publishes its end, which knows whether the
+    child completed all the same (see :func:`~trioflow.actors._child.cancel_children`)."""
+    if not (isinstance(step, ChildStep) and lane.begun is not None):
+        publish_cut_short(run, lane_key, step.name)
 
 
 def _cut_short_inside(run: Run, step: Step, scope: str) -> None:
@@ -214,7 +216,7 @@ def cut_short_resting(run: Run, under_way: Iterable[tuple[str, str, int | None, 
         if attempts is not None:
             run.add_failure(cut_short_execution(
                 run.state, key, step_name, attempts=attempts, started_at=since, now=run.clock()), for_good=False)
-        _cut_short(run, key, step_name, attempts or 1)
+        publish_cut_short(run, key, step_name, attempts or 1)
 
 
 def _fired_unstored(run: Run, step: Step, lane_key: str, target: str | None) -> bool:

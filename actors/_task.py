@@ -224,6 +224,14 @@ def cut_short(step_name: str, attempts: int = 1) -> dict[str, Any]:
             "cause": CUT_SHORT, "attempts": attempts}
 
 
+def publish_cut_short(run: Run, lane_key: str, step_name: str, attempts: int = 1) -> None:
+    """A step cut short (a cancel, a timeout, a fail-fast sibling): its end, as a task step's,
+    once the checkpoint that stores what cut it has; an engine closing stores none, and the
+    step goes on with the next engine."""
+    if run.bus.active and run.bus.wants("workflow.step.failed"):
+        run.emit_once_stored("workflow.step.failed", lane_key, **cut_short(step_name, attempts))
+
+
 async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: float, ctx: Any) -> None:
     """A step failed for good (retries spent, or an error nothing retries). If one of its
     catchers matches the error, record the execution as caught, move the lane to the catcher's

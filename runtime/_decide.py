@@ -33,7 +33,7 @@ from ._lanes import (
 )
 from ._matching import matches
 from ._shared_data import SharedData
-from ._snapshot import InstanceState, Lane, Status, StepResult, drop_lane, new_lane, new_record, outer_lane
+from ._snapshot import InstanceState, Lane, Status, StepResult, StepStatus, drop_lane, new_lane, new_record, outer_lane
 
 
 def new_state(
@@ -303,11 +303,14 @@ def steps_under_way(state: InstanceState) -> list[tuple[str, str, int | None, fl
     execution began and has not ended: one that waits (a timer, a signal, a child, its branches;
     a retry's delay, with the attempts it made: ``None`` for the others) or that holds a start
     record (a map, a child step); ``since``: when its execution began, where stored. Not a
-    delayed start's: it has started nothing."""
+    delayed start's: it has started nothing. Nor a child step's: the cancel of its child records
+    its end, which knows whether that child completed all the same (see
+    ``trioflow.actors._child.cancel_children``)."""
     under_way: list[tuple[str, str, int | None, float | None]] = []
     for key, lane in state.lanes.items():
         waiting = lane.waiting
-        if lane.step is None or (lane.begun is None and (waiting is None or "start" in waiting)):
+        if lane.step is None or (lane.begun is None and (waiting is None or "start" in waiting)) \
+                or (waiting is not None and "child" in waiting):
             continue
         if waiting is None:
             under_way.append((key, lane.step, None, None))
@@ -349,13 +352,29 @@ def child_completed_late(state: InstanceState, child_id: str, output: Any, now: 
     as its instance ended badly, its child having completed all the same: the compensation
     that follows then undoes that child as a unit, the newest execution, as it undoes any
     completed child step, and says so on the result."""
+    return _child_step_end(state, child_id, "completed", output, None, None, None, now)
+
+
+def child_step_cut_short(state: InstanceState, child_id: str, now: float) -> StepResult:
+    """The record that ends, cut short, the child step execution that started ``child_id`` (a
+    cancel, a timeout, a fail-fast sibling), once its child was cancelled (or, completed all
+    the same, is to be undone as a unit): as a task step cut short is recorded."""
+    return _child_step_end(state, child_id, "failed", None, f"Cancelled: {CUT_SHORT}", "Cancelled", CUT_SHORT, now)
+
+
+def _child_step_end(
+    state: InstanceState, child_id: str, status: StepStatus, output: Any, error: str | None, name: str | None,
+    cause: str | None, now: float,
+) -> StepResult:
+    # The execution's own start record gives its counter, start time and input: its lane may be
+    # gone, or stand elsewhere, by now (a fan-out that ended; compensation).
     begun = next(r for r in state.records if r.status == "started" and r.output == child_id
                  and child_instance_id(state.instance_id, r.id) == child_id)
     return new_record(
-        step_name=begun.step_name, status="completed", input=begun.input, output=output, error=None,
+        step_name=begun.step_name, status=status, input=begun.input, output=output, error=error,
         started_at=begun.started_at, completed_at=now, attempts=1, lane=begun.lane, execution=begun.execution,
         seq=len(state.records), passes=None, input_is_workflow_input=begun.input_is_workflow_input,
-        error_name=None, cause=None,
+        error_name=name, cause=cause,
     )
 
 
