@@ -211,7 +211,10 @@ def _cut_short_inside(run: Run, step: Step, scope: str) -> None:
 def cut_short_resting(run: Run, under_way: Iterable[tuple[str, str, int | None, float | None]]) -> None:
     """Steps under way (as :func:`~trioflow._decide.steps_under_way` gives them) that rested
     out of memory with the run, cut short now, no actor of theirs running: a task step between
-    attempts recorded so, as in memory; each one's end published once it is stored."""
+    attempts recorded so, as in memory; each one's end published once it is stored. (None if
+    the engine stops: they go on with the next.)"""
+    if run.stopping:
+        return
     for key, step_name, attempts, since in under_way:
         if attempts is not None:
             run.add_failure(cut_short_execution(
@@ -248,7 +251,7 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
     failed = any(state.lanes[key].failed is not None for key in branch_keys(step, scope))
     decided = fail_fast and failed
     if failed:
-        run.note_failed_branch(place)  # (taken up after it failed: see Run.failed_in)
+        run.note_failed_branch(place, waits_for_all=not fail_fast)  # (taken up after it failed: see Run.failed_in)
     try:
         async with trio.open_nursery() as nursery:
             for branch in step.branches:

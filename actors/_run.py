@@ -31,7 +31,7 @@ from trioflow._codec import (
 )
 from trioflow._context import ItemPlace, WorkflowContext
 from trioflow._decide import catch_failure, fail_step, failure_named_by_workflow, record_compensation_failed, wake_at
-from trioflow._definition import Catch, Step, StepFn, WorkflowDefinition
+from trioflow._definition import Catch, ParallelStep, Step, StepFn, WorkflowDefinition
 from trioflow._errors import (
     CheckpointConflictError,
     RecordedError,
@@ -259,7 +259,7 @@ class Run:
         "cancel_requested", "error", "stored_status", "started", "end", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
-        "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "unheld", "unpublished",
+        "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "lends", "unheld", "unpublished",
         "lent", "contextvars",
     )
 
@@ -389,6 +389,8 @@ class Run:
         #: run on (``None``: none): it stays in memory until they end (``wake_at`` has nothing
         #: for a failed lane), so its lanes do not rest and their children run in its slot.
         self.failed_in: set[str] | None = None
+        #: A wait-all parallel step among those holds it: its children run in its slot.
+        self.lends = False
         #: Set (and dropped) once :attr:`failed_in` empties, for the timers that waited without
         #: resting while it held (see :meth:`held_by_failures`): they may rest now.
         self.unheld: trio.Event | None = None
@@ -457,18 +459,21 @@ class Run:
         finally:
             self.lane_runs()
 
-    def note_failed_branch(self, place: str) -> None:
+    def note_failed_branch(self, place: str, *, waits_for_all: bool) -> None:
         """A branch of the parallel step at ``place`` (see :func:`~trioflow._lanes.fanout_place`)
         failed for good (or was found so, taken up): see :attr:`failed_in`, until
-        :meth:`parallel_ended`."""
+        :meth:`parallel_ended`. ``waits_for_all``: the step is a wait-all one, whose siblings
+        run on (a fail-fast one cancels them, and the children they wait on, at once)."""
         if self.failed_in is None:
             self.failed_in = set()
-            if self.children is not None:
-                # Held in memory, in its slot, from now on: the children its lanes wait on that
-                # queued for a slot of their own (it could leave memory when they started) run
-                # in its slot now, or they would wait for ever for one it holds.
-                self.children.lend_slot(self, at_once=True)
         self.failed_in.add(place)
+        if waits_for_all and not self.lends and self.children is not None:
+            # Held in memory, in its slot, while the siblings run on: the children its lanes
+            # wait on that queued for a slot of their own (it could leave memory when they
+            # started) run in its slot now, and so do those stored from now on (see
+            # ``Children.stored_queued``), or they would wait for ever for one it holds.
+            self.lends = True
+            self.children.lend_slot(self, at_once=True)
 
     def parallel_ended(self, place: str) -> None:
         """The parallel step at ``place`` is over: its failed branches no longer hold the
@@ -482,6 +487,7 @@ class Run:
         if failed:
             return
         self.failed_in = None
+        self.lends = False
         if self.unheld is not None:
             self.unheld.set()
             self.unheld = None
@@ -498,6 +504,14 @@ class Run:
         if self.unheld is None:
             self.unheld = trio.Event()
         return self.unheld
+
+    @property
+    def stopping(self) -> bool:
+        """Whether what cuts the run's steps short now is its engine stopping, not an end of its
+        own (a cancel of it, its timeout, a fail-fast sibling): the steps then go on with the
+        next engine, and are neither recorded nor published as cut short (a sibling's checkpoint
+        in the same instant would store them so)."""
+        return self.children is not None and self.children.closing and not self.cancel_requested
 
     def may_park(self, seconds: float) -> bool:
         """Whether a wait of ``seconds`` lets the instance leave memory (once every lane of it
@@ -637,8 +651,10 @@ class Run:
         it cannot be stored, and what it left in the shared data that cannot be stored is put
         back: the step has failed already, and the record must still be written."""
         fail_step(self.state, self._stage_ended(record), for_good=for_good)
-        if for_good and parallel_of(record.lane) is not None:
-            self.note_failed_branch(fanout_place(record.lane))
+        if for_good and (parallel := parallel_of(record.lane)) is not None:
+            entry = self.definition.lookup.get(parallel)
+            self.note_failed_branch(fanout_place(record.lane), waits_for_all=entry is not None and isinstance(
+                entry[0], ParallelStep) and entry[0].on_error == "wait-all")
 
     def add_compensation_failure(self, record: StepResult, error: BaseException, attempts: int = 0) -> None:
         """``record``'s compensation failed for good with ``error`` (after ``attempts``, when

@@ -205,6 +205,8 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
             # (A mapper's BaseException of its own fails the step, as an Exception does; so
             # does a cancellation it let out of a scope of its own.)
             raise StepFailure(step.name, failure_of(exc), max(attempts, 1), data, uses_input) from exc
+        if run.stopping:
+            raise cancelled from None  # (it runs again with the next engine)
         record = cut_short_execution(
             run.state, ctx.lane, step.name, attempts=ctx._attempt, started_at=started_at, now=run.clock(),
             input=data, input_is_workflow_input=uses_input,
@@ -228,7 +230,7 @@ def publish_cut_short(run: Run, lane_key: str, step_name: str, attempts: int = 1
     """A step cut short (a cancel, a timeout, a fail-fast sibling): its end, as a task step's,
     once the checkpoint that stores what cut it has; an engine closing stores none, and the
     step goes on with the next engine."""
-    if run.bus.active and run.bus.wants("workflow.step.failed"):
+    if run.bus.active and run.bus.wants("workflow.step.failed") and not run.stopping:
         run.emit_once_stored("workflow.step.failed", lane_key, **cut_short(step_name, attempts))
 
 

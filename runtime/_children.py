@@ -41,7 +41,8 @@ class EngineChildren:
 
     @property
     def closing(self) -> bool:
-        return self._engine._closed
+        # (Stopped without being closed: a cancel of the scope around the engine's block.)
+        return self._engine._closed or self._engine._actors_stopped
 
     def start(self, workflow: str, input: Any, child_id: str, parent_id: str) -> Awaitable[str]:
         # The engine's coroutine itself, not one around it: a frame fewer per child starting.
@@ -97,6 +98,15 @@ class EngineChildren:
                 # ``Run.may_park``): parked, it would leave them queued for slots its parent holds.
                 child.lent = True
                 engine._adopt_child(child.state.instance_id)
+
+    def stored_queued(self, parent_id: str, child: Run) -> None:
+        """A child stored to wait for a slot of its own: if its parent can no longer leave
+        memory meanwhile (a wait-all branch of it failed as the child was stored: see
+        ``Run.lends``), it runs in the parent's slot now, as those queued before do."""
+        parent = self._engine._live.get(parent_id)
+        if parent is not None and parent.lends and child in self._engine._waiting:
+            child.lent = True
+            self._engine._adopt_child(child.state.instance_id)
 
     async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> WorkflowInstance | None:
         engine = self._engine

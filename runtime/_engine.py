@@ -443,6 +443,8 @@ class Engine:
                         self._resume_one(definition, existing)
                 return instance_id
             run = self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)
+            if parent is not None and not reserved and slot:
+                self._children.stored_queued(parent.instance_id, run)
             if storing.signalled:
                 # A signal for it may have been stored as it was: handed to the run only once
                 # that signal()'s write returns, it could be taken after later ones (sent to the
@@ -824,8 +826,9 @@ class Engine:
         elif run.hold is not None:
             run.hold.cancel()  # taken up ahead of its time: it takes its slot now (see _unhold)
         elif run in self._waiting:
-            if self._actors_stopped and not self._starts_to_cancel(run):
-                run.cancel_requested = False  # (nothing will store it: the next engine goes on)
+            if self._actors_stopped:
+                # Nothing will store it, nor start it: the next engine goes on.
+                run.cancel_requested = False
                 raise EngineClosedError(f"the engine is closing; instance {instance_id!r} was not cancelled")
             self._cancel_queued(run)
         if decided is not None:
