@@ -23,7 +23,9 @@ from typing import Any
 import trio
 
 from trioflow._context import WorkflowContext
-from trioflow._decide import child_completed_late, child_step_cut_short, new_execution, next_execution_id
+from trioflow._decide import (
+    child_completed_late, child_step_cut_short, new_execution, next_execution_id, unended_children,
+)
 from trioflow._definition import ChildStep
 from trioflow._escapes import failure_of
 from trioflow._errors import (
@@ -192,6 +194,10 @@ async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps
     children = run.children
     if children is None or children.closing or not child_ids:
         return
+    # Not those whose step has ended already (cut short by a fail-fast nested inside, say, or
+    # before a restart): a lane keeps naming the child it waited on.
+    unended = set(unended_children(run.state))
+    child_ids = [child_id for child_id in child_ids if child_id in unended]
     bound = run.definition.compensation_timeout
     completed: list[str] = []
 
@@ -223,9 +229,10 @@ async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps
         async with trio.open_nursery() as nursery:
             for child_id in child_ids:
                 nursery.start_soon(cancel, child_id)
-        if not children.closing:
-            # Their steps' ends stored (and published) before what comes next: a compensation
-            # of the step just recorded completed must not be told first.
+        if completes_steps and not children.closing:
+            # Their steps' ends stored (and published) before the compensation that follows: a
+            # compensation of a step just recorded completed must not be told first. (A fan-out
+            # stores them with its failure, in one write.)
             await run.persist()
         async with trio.open_nursery() as nursery:
             for child_id in completed:

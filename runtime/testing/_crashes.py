@@ -715,9 +715,11 @@ def _check_family(got: Outcome, at_crash: Mapping[str, InstanceState], shapes: M
     for instance_id, outcome in members.items():
         assert outcome.workflow_name is not None
         shape = shapes[outcome.workflow_name]
-        # (A step whose execution never ended may name a child never stored: its start is
-        # stored before the child is, and the parent ended before it took the step up again.)
-        ended = {r.id for r in outcome.history if r.status != "started"}
+        # (A step whose execution never ended, or was cut short, may name a child never stored:
+        # its start is stored before the child is, and the parent ended, or cut the step short,
+        # before it took the step up again.)
+        ended = {r.id for r in outcome.history if r.status != "started"
+                 and not (r.status == "failed" and r.error_name == "Cancelled")}
         started = set(children_started(outcome.history))  # (not those whose id was taken)
         for r in outcome.history:
             if r.status == "started" and r.step_name in shape.child_steps and r.output in started:
