@@ -37,9 +37,12 @@ from ._snapshot import InstanceState, Lane, Status, StepResult, StepStatus, drop
 
 
 def new_state(
-    definition: WorkflowDefinition, instance_id: str, input: Any, now: float, *, status: Status = "running"
+    definition: WorkflowDefinition, instance_id: str, input: Any, now: float, *, status: Status = "running",
+    created_at: float | None = None,
 ) -> InstanceState:
-    """A fresh instance positioned at its first step."""
+    """A fresh instance positioned at its first step. ``created_at``: its creation time, if not
+    ``now`` (nudged past the last one's, to list instances in creation order: not the time its
+    workflow timeout counts from)."""
     return InstanceState(
         instance_id=instance_id,
         workflow_name=definition.name,
@@ -49,7 +52,7 @@ def new_state(
         # Each instance its own: nested values of the definition's data are copied too.
         data=SharedData(fresh_copy(dict(definition.data)) if definition.data else ()),
         lanes={MAIN: Lane(step=definition.steps[0].name)},
-        created_at=now,
+        created_at=now if created_at is None else created_at,
         started_at=now if status == "running" else None,
     )
 

@@ -46,8 +46,8 @@ from trioflow.adapters._protocol import (
 from ._context import check_services
 from ._current import check_in_trio, lane_of_caller
 from ._decide import (
-    admit, begin_compensation, cut_short_execution, fail_alone, fail_step, misfit, new_state, pending_compensations,
-    steps_under_way, take_up, unended_children, wake_at,
+    admit, begin_compensation, cut_short_execution, fail_alone, fail_step, misfit, new_state,
+    pending_compensations, steps_under_way, take_up, unended_children, wake_at,
 )
 from ._ids import CreationTimes, new_instance_id
 from ._definition import WorkflowDefinition, built
@@ -380,7 +380,8 @@ class Engine:
         # a status they do not have.
         reserved = slot and self._running < self._max_running
         status: Status = "pending" if slot and not reserved else "running"
-        state = new_state(definition, instance_id, input, self._creation_times.stamp(self._clock()), status=status)
+        now = self._clock()
+        state = new_state(definition, instance_id, input, now, status=status, created_at=self._creation_times.stamp(now))
         state.parent_id = None if parent is None else parent.instance_id
         if starts_at is not None:
             state.lanes[MAIN].waiting = {"start": starts_at}
