@@ -40,7 +40,7 @@ from trioflow._errors import (
     UnencodableValueError,
 )
 from trioflow._fanout_failures import failed_step_of
-from trioflow._lanes import MAIN, branch_lane, item_scope
+from trioflow._lanes import MAIN, branch_lane, fanout_key, item_scope
 from trioflow._snapshot import Lane
 
 from ._run import Run, StepFailure, unwrapped
@@ -240,6 +240,7 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
     """
     state = run.state
     scope = item_scope(ctx.lane)  # (the branches of a parallel step in a map item are that item's)
+    place = fanout_key(step.name, scope)  # (this execution's, among those of other items: see Run.failed_in)
     open_branches(state, step, scope)
     failures: list[BranchError] = []
     fail_fast = step.on_error == "fail-fast"
@@ -247,7 +248,10 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
     # failed branches are taken up (each fails again at once). Another one could otherwise end
     # first from what storage holds (a child's end notice), as it never did before the restart.
     left = [0]  # (branches running: the last one to end goes on at once, see _branch_actor)
-    decided = fail_fast and any(state.lanes[key].failed is not None for key in branch_keys(step, scope))
+    failed = any(state.lanes[key].failed is not None for key in branch_keys(step, scope))
+    decided = fail_fast and failed
+    if failed:
+        run.note_failed_branch(place, waits_for_all=not fail_fast)  # (taken up after it failed: see Run.failed_in)
     try:
         async with trio.open_nursery() as nursery:
             for branch in step.branches:
@@ -262,6 +266,8 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
         # Branch failures are values (``failures``); what escapes (KeyboardInterrupt,
         # SystemExit, cancellation, storage gone) callers expect as itself, not wrapped.
         raise unwrapped(group) from None
+    finally:
+        run.parallel_ended(place)
     if not failures:
         return parallel_output(state, step, scope)
     # Branches a fail-fast cancelled may wait on children, or hold lanes that do (the items of
@@ -286,8 +292,7 @@ async def _branch_actor(
         failures.append(BranchError(branch.name, failure.step_name, failure.error))
         if cancel_siblings is not None:
             cancel_siblings.cancel()
-            return
-        # (Wait-all: the siblings run on, and the instance may leave memory while they wait.)
+        return
     finally:
         swap_lane(None)  # the task ends: leave no entry behind
         run.active -= 1

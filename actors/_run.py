@@ -31,7 +31,7 @@ from trioflow._codec import (
 )
 from trioflow._context import ItemPlace, WorkflowContext
 from trioflow._decide import catch_failure, fail_step, failure_named_by_workflow, record_compensation_failed, wake_at
-from trioflow._definition import Catch, Step, StepFn, WorkflowDefinition
+from trioflow._definition import Catch, ParallelStep, Step, StepFn, WorkflowDefinition
 from trioflow._errors import (
     CheckpointConflictError,
     RecordedError,
@@ -45,7 +45,7 @@ from trioflow._errors import (
 from trioflow._escapes import goes_on
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
-from trioflow._lanes import MAIN, child_ended_signal
+from trioflow._lanes import MAIN, child_ended_signal, fanout_place, parallel_of
 from trioflow._storage_retry import BACKOFF_MAX, FIRST_BACKOFF, back_off, retried
 from trioflow._snapshot import (
     TERMINAL,
@@ -202,12 +202,12 @@ class Children(Protocol):
         in memory here, holding its slot (see :meth:`Run.may_park`)."""
         ...
 
-    def lend_slot(self, run: Run) -> None:
+    def lend_slot(self, run: Run, *, at_once: bool = False) -> None:
         """A lane of ``run`` starts to wait in memory (too briefly to leave it: a poll's short
         timer), ``run`` holding its slot: the children it waits on that have been queued for
         a slot of their own for a second or more (the time an instance rests before it leaves
-        memory) run in its slot now. With every slot held by parents whose polls keep them in
-        memory, those children would wait for ever."""
+        memory; ``at_once``: however briefly) run in its slot now. With every slot held by
+        parents whose polls keep them in memory, those children would wait for ever."""
         ...
 
     async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> WorkflowInstance | None:
@@ -259,7 +259,7 @@ class Run:
         "cancel_requested", "error", "stored_status", "started", "end", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
-        "hold", "active", "resting", "announcing", "settling", "late", "unpublished",
+        "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "lends", "unheld", "unpublished",
         "lent", "contextvars",
     )
 
@@ -385,6 +385,15 @@ class Run:
         #: starts, a signal a lane waits for comes) while it waits to see every lane stay at
         #: rest (``None``: nothing waits to).
         self.settling: trio.Event | None = None
+        #: The parallel steps running with a branch that failed for good, while its siblings
+        #: run on (``None``: none): it stays in memory until they end (``wake_at`` has nothing
+        #: for a failed lane), so its lanes do not rest and their children run in its slot.
+        self.failed_in: set[str] | None = None
+        #: A wait-all parallel step among those holds it: its children run in its slot.
+        self.lends = False
+        #: Set (and dropped) once :attr:`failed_in` empties, for the timers that waited without
+        #: resting while it held (see :meth:`held_by_failures`): they may rest now.
+        self.unheld: trio.Event | None = None
         #: Names of the signals delivered after the run decided to leave memory, while it
         #: unwound (``None``: none): storage holds them, and the engine wakes it for them.
         self.late: set[str] | None = None
@@ -450,6 +459,52 @@ class Run:
         finally:
             self.lane_runs()
 
+    def note_failed_branch(self, place: str, *, waits_for_all: bool) -> None:
+        """A branch of the parallel step at ``place`` (see :func:`~trioflow._lanes.fanout_place`)
+        failed for good (or was found so, taken up): see :attr:`failed_in`, until
+        :meth:`parallel_ended`. ``waits_for_all``: the step is a wait-all one, whose siblings
+        run on (a fail-fast one cancels them, and the children they wait on, at once)."""
+        if self.failed_in is None:
+            self.failed_in = set()
+        self.failed_in.add(place)
+        if waits_for_all and not self.lends and self.children is not None:
+            # Held in memory, in its slot, while the siblings run on: the children its lanes
+            # wait on that queued for a slot of their own (it could leave memory when they
+            # started) run in its slot now, and so do those stored from now on (see
+            # ``Children.stored_queued``), or they would wait for ever for one it holds.
+            self.lends = True
+            self.children.lend_slot(self, at_once=True)
+
+    def parallel_ended(self, place: str) -> None:
+        """The parallel step at ``place`` is over: its failed branches no longer hold the
+        instance in memory. If none holds it now, the waits that did not rest while they did (a parallel step that
+        failed in one map item, or whose failure a catch took, while other lanes wait) look
+        again: timers through :attr:`unheld`, receive steps woken as a signal would wake them."""
+        failed = self.failed_in
+        if failed is None or place not in failed:
+            return  # (none of its branches failed: nothing held the instance for it)
+        failed.discard(place)
+        if failed:
+            return
+        self.failed_in = None
+        self.lends = False
+        if self.unheld is not None:
+            self.unheld.set()
+            self.unheld = None
+        if self.arrived:
+            for waiting in self.arrived.values():
+                waiting.set()
+            self.arrived.clear()
+
+    def held_by_failures(self) -> trio.Event | None:
+        """The event set once no failed branch holds the instance in memory (``None``: none
+        does): what a wait that may not rest for that reason alone waits on as well."""
+        if not self.failed_in:
+            return None
+        if self.unheld is None:
+            self.unheld = trio.Event()
+        return self.unheld
+
     @property
     def stopping(self) -> bool:
         """Whether what cuts the run's steps short now is its engine stopping, not an end of its
@@ -460,11 +515,12 @@ class Run:
 
     def may_park(self, seconds: float) -> bool:
         """Whether a wait of ``seconds`` lets the instance leave memory (once every lane of it
-        that runs rests so): an engine runs it, and the wait is long enough (a branch that failed
-        for good while its wait-all siblings wait does not keep it: see ``wake_at``). A child
-        that runs in its parent's slot stays: come back, it would need a slot of its own, which its parent, waiting on
+        that runs rests so): an engine runs it, the wait is long enough, and no parallel branch
+        of it failed for good while its siblings run on. A child that runs in its parent's
+        slot stays: come back, it would need a slot of its own, which its parent, waiting on
         it, may hold."""
-        if self.park_after is None or seconds <= self.park_after or self.deferred or self.state.phase != "forward":
+        if self.park_after is None or seconds <= self.park_after or self.deferred or self.state.phase != "forward" \
+                or self.failed_in:
             return False
         if self.lent and any(lane.waiting is not None and "child" in lane.waiting for lane in self.state.lanes.values()):
             # Run in a slot its parent lent it: its children run in that slot too (they would
@@ -595,6 +651,10 @@ class Run:
         it cannot be stored, and what it left in the shared data that cannot be stored is put
         back: the step has failed already, and the record must still be written."""
         fail_step(self.state, self._stage_ended(record), for_good=for_good)
+        if for_good and (parallel := parallel_of(record.lane)) is not None:
+            entry = self.definition.lookup.get(parallel)
+            self.note_failed_branch(fanout_place(record.lane), waits_for_all=entry is not None and isinstance(
+                entry[0], ParallelStep) and entry[0].on_error == "wait-all")
 
     def add_compensation_failure(self, record: StepResult, error: BaseException, attempts: int = 0) -> None:
         """``record``'s compensation failed for good with ``error`` (after ``attempts``, when

@@ -72,6 +72,12 @@ async def _wait_stored(run: Run, lane: Lane, key: str) -> None:
     assert lane.waiting is not None
     due = lane.waiting[key]
     delay = due - run.clock()
+    while not run.may_park(delay) and delay > 0 and (held := run.held_by_failures()) is not None:
+        # A branch that failed holds the instance in memory only until its parallel step ends
+        # (in a map item that failed, say, while this lane waits on): then this wait may rest.
+        with trio.move_on_after(delay):
+            await held.wait()
+        delay = due - run.clock()
     if run.may_park(delay):
         if len(run.state.lanes) == 1:
             await _store_wake(run)
@@ -199,8 +205,8 @@ async def signal_or_timeout(
                     await arrived.wait()
         taken = run.take_signal(name, by=due)
         if taken is None and not rests and len(run.state.lanes) > 1:
-            # Woken with nothing for it (another lane took the signal): what kept this wait from
-            # resting may be over, so it may rest now.
+            # Woken with nothing for it: no failed branch holds the instance in memory any
+            # longer (see ``Run.parallel_ended``), so this wait may rest now.
             rests = run.may_park(math.inf if due is None else due - run.clock())
     return taken
 

@@ -84,12 +84,12 @@ class EngineChildren:
         # starts its children without one), and so does one that itself runs in its parent's.
         return parent is not None and not parent.may_park(math.inf)
 
-    def lend_slot(self, run: Run) -> None:
+    def lend_slot(self, run: Run, *, at_once: bool = False) -> None:
         engine = self._engine
         queue, lend_after = engine._waiting, engine._park_after
         if not queue or lend_after is None:
             return  # (no waker, no parking: children of a waiting parent never queue)
-        soon = trio.current_time() - lend_after
+        soon = math.inf if at_once else trio.current_time() - lend_after
         for lane in run.state.lanes.values():
             waiting = lane.waiting
             if waiting is not None and "child" in waiting and (child := engine._live.get(waiting["child"])) is not None \
@@ -98,6 +98,15 @@ class EngineChildren:
                 # ``Run.may_park``): parked, it would leave them queued for slots its parent holds.
                 child.lent = True
                 engine._adopt_child(child.state.instance_id)
+
+    def stored_queued(self, parent_id: str, child: Run) -> None:
+        """A child stored to wait for a slot of its own: if its parent can no longer leave
+        memory meanwhile (a wait-all branch of it failed as the child was stored: see
+        ``Run.lends``), it runs in the parent's slot now, as those queued before do."""
+        parent = self._engine._live.get(parent_id)
+        if parent is not None and parent.lends and child in self._engine._waiting:
+            child.lent = True
+            self._engine._adopt_child(child.state.instance_id)
 
     async def cancel(self, child_id: str, bound: float | None, *, undo: bool = True) -> WorkflowInstance | None:
         engine = self._engine

@@ -556,13 +556,11 @@ def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | Non
         return None  # compensating or done: nothing left to wait for
     due = math.inf
     for key, lane in state.lanes.items():
-        if lane.step is None or lane.failed is not None:
-            # (A branch failed for good runs nothing: taken up, it fails again at once, and its
-            # wait-all siblings' waits say when to take it up.)
+        if lane.step is None:
             continue
         waiting = lane.waiting
         if waiting is None or not lane.waits():
-            if _fanned_out(state, key, lane, definition):
+            if lane.failed is None and _fanned_out(state, key, lane, definition):
                 continue
             return None
         due = min(due, waiting.get("timer", math.inf), waiting.get("start", math.inf), waiting.get("retry", math.inf),

@@ -444,6 +444,8 @@ class Engine:
                         self._resume_one(definition, existing)
                 return instance_id
             run = self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)
+            if parent is not None and not reserved and slot:
+                self._children.stored_queued(parent.instance_id, run)
             if storing.signalled:
                 # A signal for it may have been stored as it was: handed to the run only once
                 # that signal()'s write returns, it could be taken after later ones (sent to the

@@ -185,18 +185,8 @@ async def test_children_queued_before_a_wait_all_branch_fails_do_not_deadlock_wi
         kids = [await engine.get_instance(c) for c in inst.children]
     assert inst.status == "failed"
     assert inst.error_name == "ParallelError"
-    # (Since 3rd session of Dec 6th the parent leaves memory while its failed branch's siblings
-    # wait, rather than hold the slot and run its children in it: they run within max_running,
-    # one at a time.) With the parallel in the map's branch, the failure waits for both children,
-    # which complete and are undone as units; with a parallel in each item, the first item's
-    # failure fails the (fail-fast) map, which cancels the other item's child if it has not
-    # completed by then. No child is left running or pending.
-    statuses = [k.status for k in kids if k is not None]
-    assert len(statuses) == len(kids) == 2
-    if shape == "map in a wait-all parallel branch":
-        assert statuses == ["compensated", "compensated"], statuses
-    else:
-        assert statuses[0] == "compensated" and statuses[1] in ("compensated", "cancelled"), statuses
+    # Every child ran and completed; the failed parent then undid each as a unit.
+    assert [k.status for k in kids if k is not None] == ["compensated"] * len(kids) != []
 
 
 # -- pins --------------------------------------------------------------------------------------------
