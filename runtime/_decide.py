@@ -306,13 +306,14 @@ def steps_under_way(state: InstanceState) -> list[tuple[str, str, int | None, fl
     execution began and has not ended: one that waits (a timer, a signal, a child, its branches;
     a retry's delay, with the attempts it made: ``None`` for the others) or that holds a start
     record (a map, a child step); ``since``: when its execution began, where stored. Not a
-    delayed start's: it has started nothing. Nor a child step's: the cancel of its child records
+    delayed start's: it has started nothing. Nor one that failed for good (a wait-all branch's):
+    it has ended. Nor a child step's: the cancel of its child records
     its end, which knows whether that child completed all the same (see
     ``trioflow.actors._child.cancel_children``)."""
     under_way: list[tuple[str, str, int | None, float | None]] = []
     for key, lane in state.lanes.items():
         waiting = lane.waiting
-        if lane.step is None or (lane.begun is None and (waiting is None or "start" in waiting)) \
+        if lane.step is None or lane.failed is not None or (lane.begun is None and (waiting is None or "start" in waiting)) \
                 or (waiting is not None and "child" in waiting):
             continue
         if waiting is None:
