@@ -37,12 +37,9 @@ from ._snapshot import InstanceState, Lane, Status, StepResult, StepStatus, drop
 
 
 def new_state(
-    definition: WorkflowDefinition, instance_id: str, input: Any, now: float, *, status: Status = "running",
-    created_at: float | None = None,
+    definition: WorkflowDefinition, instance_id: str, input: Any, now: float, *, status: Status = "running"
 ) -> InstanceState:
-    """A fresh instance positioned at its first step. ``created_at``: its creation time, if not
-    ``now`` (nudged past the last one's, to list instances in creation order: not the time its
-    workflow timeout counts from)."""
+    """A fresh instance positioned at its first step."""
     return InstanceState(
         instance_id=instance_id,
         workflow_name=definition.name,
@@ -52,7 +49,7 @@ def new_state(
         # Each instance its own: nested values of the definition's data are copied too.
         data=SharedData(fresh_copy(dict(definition.data)) if definition.data else ()),
         lanes={MAIN: Lane(step=definition.steps[0].name)},
-        created_at=now if created_at is None else created_at,
+        created_at=now,
         started_at=now if status == "running" else None,
     )
 

@@ -380,8 +380,7 @@ class Engine:
         # a status they do not have.
         reserved = slot and self._running < self._max_running
         status: Status = "pending" if slot and not reserved else "running"
-        now = self._clock()
-        state = new_state(definition, instance_id, input, now, status=status, created_at=self._creation_times.stamp(now))
+        state = new_state(definition, instance_id, input, self._creation_times.stamp(self._clock()), status=status)
         state.parent_id = None if parent is None else parent.instance_id
         if starts_at is not None:
             state.lanes[MAIN].waiting = {"start": starts_at}
