@@ -211,10 +211,7 @@ def _cut_short_inside(run: Run, step: Step, scope: str) -> None:
 def cut_short_resting(run: Run, under_way: Iterable[tuple[str, str, int | None, float | None]]) -> None:
     """Steps under way (as :func:`~trioflow._decide.steps_under_way` gives them) that rested
     out of memory with the run, cut short now, no actor of theirs running: a task step between
-    attempts recorded so, as in memory; each one's end published once it is stored. (None if
-    the engine stops: they go on with the next.)"""
-    if run.stopping:
-        return
+    attempts recorded so, as in memory; each one's end published once it is stored."""
     for key, step_name, attempts, since in under_way:
         if attempts is not None:
             run.add_failure(cut_short_execution(

@@ -505,14 +505,6 @@ class Run:
             self.unheld = trio.Event()
         return self.unheld
 
-    @property
-    def stopping(self) -> bool:
-        """Whether what cuts the run's steps short now is its engine stopping, not an end of its
-        own (a cancel of it, its timeout, a fail-fast sibling): the steps then go on with the
-        next engine, and are neither recorded nor published as cut short (a sibling's checkpoint
-        in the same instant would store them so)."""
-        return self.children is not None and self.children.closing and not self.cancel_requested
-
     def may_park(self, seconds: float) -> bool:
         """Whether a wait of ``seconds`` lets the instance leave memory (once every lane of it
         that runs rests so): an engine runs it, the wait is long enough, and no parallel branch

@@ -11,7 +11,7 @@ import trio
 
 from trioflow._codec import as_stored
 from trioflow._current import call_plain, in_lane
-from trioflow._decide import CUT_SHORT, catcher_for, cut_short_execution, new_execution
+from trioflow._decide import catcher_for, cut_short_execution, cut_short_fields, new_execution
 from trioflow._definition import Step, TaskStep
 from trioflow._escapes import failure_of, stops_the_process, stray_cancel
 from trioflow._errors import (
@@ -205,8 +205,10 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
             # (A mapper's BaseException of its own fails the step, as an Exception does; so
             # does a cancellation it let out of a scope of its own.)
             raise StepFailure(step.name, failure_of(exc), max(attempts, 1), data, uses_input) from exc
-        if run.stopping:
-            raise cancelled from None  # (it runs again with the next engine)
+        # (Recorded whatever cut it, an engine closing too: a fail-fast failure stored in the
+        # same instant would otherwise leave it with no end at all, its next engine running it
+        # no more; an engine closing stores it only if a sibling's checkpoint comes in that
+        # instant, and the step then runs again as an execution of its own.)
         record = cut_short_execution(
             run.state, ctx.lane, step.name, attempts=ctx._attempt, started_at=started_at, now=run.clock(),
             input=data, input_is_workflow_input=uses_input,
@@ -216,22 +218,16 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
             # Its end, as for any step that started: published once the checkpoint that stores
             # the record (the cancel's, the timeout's, the fail-fast's end) has (an engine
             # closing stores none: the step runs again with the next engine).
-            run.emit_once_stored("workflow.step.failed", ctx.lane, **cut_short(step.name, record.attempts))
+            run.emit_once_stored("workflow.step.failed", ctx.lane, **cut_short_fields(step.name, record.attempts))
         raise cancelled from None
-
-
-def cut_short(step_name: str, attempts: int = 1) -> dict[str, Any]:
-    """The ``workflow.step.failed`` fields of a step a cancel, a timeout or a fail-fast cut short."""
-    return {"step_name": step_name, "error": f"Cancelled: {CUT_SHORT}", "error_name": "Cancelled",
-            "cause": CUT_SHORT, "attempts": attempts}
 
 
 def publish_cut_short(run: Run, lane_key: str, step_name: str, attempts: int = 1) -> None:
     """A step cut short (a cancel, a timeout, a fail-fast sibling): its end, as a task step's,
     once the checkpoint that stores what cut it has; an engine closing stores none, and the
     step goes on with the next engine."""
-    if run.bus.active and run.bus.wants("workflow.step.failed") and not run.stopping:
-        run.emit_once_stored("workflow.step.failed", lane_key, **cut_short(step_name, attempts))
+    if run.bus.active and run.bus.wants("workflow.step.failed"):
+        run.emit_once_stored("workflow.step.failed", lane_key, **cut_short_fields(step_name, attempts))
 
 
 async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: float, ctx: Any) -> None:

@@ -325,6 +325,12 @@ def steps_under_way(state: InstanceState) -> list[tuple[str, str, int | None, fl
 CUT_SHORT = "cancelled while running"
 
 
+def cut_short_fields(step_name: str, attempts: int = 1) -> dict[str, Any]:
+    """The ``workflow.step.failed`` fields of a step a cancel, a timeout or a fail-fast cut short."""
+    return {"step_name": step_name, "error": f"Cancelled: {CUT_SHORT}", "error_name": "Cancelled",
+            "cause": CUT_SHORT, "attempts": attempts}
+
+
 def cut_short_execution(
     state: InstanceState, lane_key: str, step_name: str, *, attempts: int, started_at: float | None, now: float,
     input: Any = None, input_is_workflow_input: bool = False,

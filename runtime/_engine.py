@@ -20,7 +20,6 @@ import trio
 
 from trioflow.actors._instance import run_instance, store_cancel, store_queued_cancel, undo
 from trioflow.actors._run import HOOK_TIMEOUT, STORAGE_RETRY_FOR, Run, event_payload
-from trioflow.actors._task import cut_short
 from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
 from trioflow._virtual_time import default_clock
@@ -46,7 +45,7 @@ from trioflow.adapters._protocol import (
 from ._context import check_services
 from ._current import check_in_trio, lane_of_caller
 from ._decide import (
-    admit, begin_compensation, cut_short_execution, fail_alone, fail_step, misfit, new_state,
+    admit, begin_compensation, cut_short_execution, cut_short_fields, fail_alone, fail_step, misfit, new_state,
     pending_compensations, steps_under_way, take_up, unended_children, wake_at,
 )
 from ._ids import CreationTimes, new_instance_id
@@ -1373,7 +1372,7 @@ class Engine:
             # The steps it stood in, started by a run before and cut short by this cancel: their
             # end, as a run in memory publishes it (see trioflow.actors._lane).
             for lane_key, step_name, attempts, _ in under_way:
-                self.events.emit("workflow.step.failed", event_payload(state, lane_key, cut_short(step_name, attempts or 1)))
+                self.events.emit("workflow.step.failed", event_payload(state, lane_key, cut_short_fields(step_name, attempts or 1)))
         return True
 
     def _drop_old_row(self, instance_id: str, workflow_name: str) -> None:
