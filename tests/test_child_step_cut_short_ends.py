@@ -51,20 +51,32 @@ def _story(events: list[dict[str, Any]], instance_id: str) -> dict[tuple[str, st
     return told
 
 
-@pytest.mark.parametrize("cancel_at", [4.999, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.001])
-async def test_a_parent_cancelled_as_its_child_completes_tells_one_story(
-        autojump_clock: trio.testing.MockClock, cancel_at: float) -> None:
+async def _run_family(
+    workflow: tf.WorkflowDefinition, input: Any, cancel_at: float | None = None,
+) -> tuple[tf.WorkflowInstance, tf.WorkflowInstance, list[dict[str, Any]], bool]:
+    """Run ``workflow`` (cancelled at ``cancel_at``, if given) to its end: the instance, its first
+    child, every event, and whether the cancel said yes."""
     events: list[dict[str, Any]] = []
+    cancelled = False
     async with open_test_engine() as engine:
         engine.events.on("*", events.append)
         engine.register(KID)
-        engine.register(PARENT)
-        iid = await engine.start("parent", None)
-        await trio.sleep(cancel_at)
-        cancelled = await engine.cancel(iid)
+        engine.register(workflow)
+        iid = await engine.start(workflow.name, input)
+        if cancel_at is not None:
+            await trio.sleep(cancel_at)
+            cancelled = await engine.cancel(iid)
         ended = await engine.wait(iid)
         kid = await engine.get_instance(ended.children[0])
     assert kid is not None
+    return ended, kid, events, cancelled
+
+
+@pytest.mark.parametrize("cancel_at", [4.999, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.001])
+async def test_a_parent_cancelled_as_its_child_completes_tells_one_story(
+        autojump_clock: trio.testing.MockClock, cancel_at: float) -> None:
+    ended, kid, events, cancelled = await _run_family(PARENT, None, cancel_at)
+    iid = ended.id
     told = _story(events, iid)[("", "run")]
     records = [(r.status, r.error_name) for r in ended.history if r.step_name == "run"]
     if not cancelled:  # (it completed before the cancel came)
@@ -89,15 +101,9 @@ async def test_a_child_step_a_fail_fast_sibling_cut_short_ends_once_in_events_an
     cut short (failed, Cancelled) in both events and history, or completed first (then undone
     with the failed parent); its child, if it completed all the same, is undone as a unit; the
     step ends once."""
-    events: list[dict[str, Any]] = []
-    async with open_test_engine() as engine:
-        engine.events.on("*", events.append)
-        engine.register(KID)
-        engine.register(FANOUT)
-        iid = await engine.start("fanout", fails_at)
-        ended = await engine.wait(iid)
-        kid = await engine.get_instance(ended.children[0])
-    assert ended.status == "failed" and kid is not None
+    ended, kid, events, _ = await _run_family(FANOUT, fails_at)
+    iid = ended.id
+    assert ended.status == "failed"
     told = _story(events, iid)
     ends = [e for e in told[("both/kid", "run")] if e != "started"]
     records = [(r.status, r.error_name) for r in ended.history if r.step_name == "run"]
