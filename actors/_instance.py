@@ -132,6 +132,11 @@ async def _forward(run: Run) -> Forward:
     if transactional:
         try:
             if await committed_before_a_crash(run):
+                if run.cancel_requested:
+                    # A cancel that said yes while the driver was asked is honoured after what
+                    # committed, as one that says yes while a transaction commits is: its steps,
+                    # its entity steps' among them, are compensated.
+                    return "cancelled", _cancelled(run), None
                 return _COMPLETED
         except Exception as exc:  # the driver could not be asked (its database locked, ...)
             if run.cancel_requested:

@@ -87,7 +87,8 @@ async def committed_before_a_crash(run: Run) -> bool:
     """Whether a resumed run's forward part committed before its engine stopped (the driver's
     ledger holds the state it ended in): that state is then taken, and nothing runs again.
     Asked before the run's cancel scope opens, so that what committed is its outcome whatever
-    its deadline or a cancel says (an engine that closes meanwhile still stops it, as stored).
+    its deadline says (a cancel that said yes meanwhile is honoured after it, compensating what
+    committed; an engine that closes meanwhile still stops it, as stored).
     Outside any transaction: no other run of the instance can commit meanwhile."""
     ledger = _ledger(run)
     if ledger is None or not run.resumed or run.state.phase != "forward":
