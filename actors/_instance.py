@@ -249,7 +249,10 @@ async def store_queued_cancel(run: Run) -> None:
     meanwhile (or the next engine goes forward). A failure leaves it to the run's next
     checkpoint."""
     under_way = steps_under_way(run.state)  # (before the decision, which ends their waits)
-    begin_compensation(run.state, "cancelled", _cancelled(run), None)
+    # Its end, when it comes, carries this error itself, as an instance cancelled in memory's
+    # does (not the stand-in a resumed instance's end gets).
+    run.error = _cancelled(run)
+    begin_compensation(run.state, "cancelled", run.error, None)
     # Taken up with steps under way (woken, or resumed), it runs none of them again: they end
     # here, as they would in its lanes (it goes back once it has a slot, no lane running).
     cut_short_resting(run, under_way)
