@@ -49,7 +49,7 @@ from ._child import cancel_children
 from ._lane import cut_short_resting, run_lane
 from ._run import Parked, Run, StepFailure
 from ._task import compensate
-from ._transaction import Forward, committed_before_a_crash, forward_in_transaction
+from ._transaction import Forward, committed_before_a_crash, committed_under_a_cancel, forward_in_transaction
 from ._wait import past_stored_wait, wait_for_start
 
 
@@ -81,6 +81,14 @@ async def run_instance(run: Run) -> None:
             if run.doomed is not None:
                 await _fail_alone(run, run.doomed)
             else:
+                try:
+                    await committed_under_a_cancel(run)
+                except Exception as exc:  # the driver could not be asked (its database locked, ...)
+                    # Whether it committed is not known: it stays as stored, for a later resume
+                    # to ask again (compensated now, writes that did commit would be left).
+                    raise StorageUnavailableError(
+                        f"the driver could not tell whether its transaction committed before the engine"
+                        f" stopped ({describe_error(exc)})") from exc
                 await _cancel_children_and_compensate(run)
             return
         if run.doomed is not None:
@@ -312,6 +320,7 @@ async def _fail_alone(run: Run, error: BaseException) -> None:
     gone) fails alone, compensating nothing more: once the children it waited on are
     cancelled. Stored failed before, it would never be taken up again to cancel them; an engine
     closing meanwhile leaves it compensating, and the next one does this again."""
+    run.error = error  # (not a cancel's, stored as it queued: the end is this error's)
     await cancel_children(run, unended_children(run.state))
     await trio.lowlevel.checkpoint_if_cancelled()
     fail_alone(run.state, describe_error(error), run.clock())

@@ -99,6 +99,29 @@ async def committed_before_a_crash(run: Run) -> bool:
     return await _recover(run, ledger)
 
 
+#: What a cancel decided, kept over the committed state taken up under it.
+_DECISION = ("status", "phase", "outcome", "error", "error_name", "cause", "failed_step")
+
+
+async def committed_under_a_cancel(run: Run) -> bool:
+    """Whether a transactional run taken up going back from a cancel, its compensation not
+    begun, had committed before that cancel was stored (its engine stopped after the commit,
+    and the cancel was stored by an engine its workflow was not registered in, or by one that
+    closed while the driver was asked): the committed state is then taken, the cancel's
+    decision kept, so that what committed is compensated, entity steps too."""
+    ledger = _ledger(run)
+    state = run.state
+    if ledger is None or not run.resumed or state.phase != "compensating" or state.outcome != "cancelled" \
+            or state.compensated_from is not None or not run.definition.transactional:
+        return False
+    decision = {name: getattr(state, name) for name in _DECISION}
+    if not await _recover(run, ledger):
+        return False
+    for name, value in decision.items():
+        setattr(state, name, value)
+    return True
+
+
 def _ledger(run: Run) -> RunLedger | None:
     """The driver as a run ledger, if it is one and the run can be resumed at all.
 
