@@ -508,7 +508,7 @@ def _waits(row: _Row) -> bool:
 def _stored(instance_id: str, row: _Row) -> StoredInstance:
     return StoredInstance(
         instance_id=instance_id, workflow_name=row.workflow_name, status=row.status, start=row.start,
-        header=row.header, records=tuple(row.records),
+        header=row.header, records=tuple(row.records), wake_at=row.wake_at,
     )
 
 

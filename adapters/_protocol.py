@@ -42,6 +42,10 @@ class StoredInstance:
     #: Pending signals ``(seq, name, payload)`` in seq order: given by :meth:`Adapter.load`
     #: (listings leave them out).
     signals: tuple[tuple[int, str, bytes], ...] = ()
+    #: When the engine is to wake the instance (the ``wake_at`` of its last checkpoint; ``inf``:
+    #: only a signal wakes it), or ``None``: it waits for nothing, or the adapter does not say.
+    #: What :meth:`Adapter.due` goes by: the engine leaves such a row to it rather than resume it.
+    wake_at: float | None = None
 
 
 @runtime_checkable

@@ -1065,7 +1065,8 @@ def _record_rows(checkpoints: Sequence[tuple[Any, ...]]) -> list[tuple[str, int,
 _COLUMNS = ("i.instance_id, i.workflow_name, i.status, CAST(i.start AS BLOB), CAST(i.header AS BLOB), i.next_seq,"
             # Whether records lie beyond the count (a probe of the records' key, in the same
             # statement: a row with no records asks for none of them).
-            " EXISTS (SELECT 1 FROM trioflow_records AS b WHERE b.instance_id = i.instance_id AND b.seq >= i.next_seq)")
+            " EXISTS (SELECT 1 FROM trioflow_records AS b WHERE b.instance_id = i.instance_id AND b.seq >= i.next_seq),"
+            " i.wake_at")
 #: More records than one instance writes (16.7 million: a step a second for half a year): a
 #: count above it is damage, not that many slots to make room for.
 _MOST_RECORDS = 1 << 24
@@ -1108,8 +1109,10 @@ def _select(
             # runs nothing of it (the step those records hold would run again at every start).
             records=(*records.get(instance_id, ()), b"") if beyond else tuple(records.get(instance_id, ())),
             signals=signals,
+            # (A wake time damaged by hand, not a number, is no time: see ``resumable``.)
+            wake_at=float(wake) if type(wake) in (float, int) else None,
         )
-        for instance_id, workflow_name, status, start, header, next_seq, beyond in rows
+        for instance_id, workflow_name, status, start, header, next_seq, beyond, wake in rows
     ]
 
 
