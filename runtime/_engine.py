@@ -1073,42 +1073,50 @@ class Engine:
             self._old_rows.discard(iid)
             try:
                 # Each record resumes or fails alone: one bad row never stops the others.
-                if await self._left_to_the_waker(definition, record):
+                leave, signals = await self._look_at_parked(definition, record)
+                if leave:
                     continue
-                if self._resume_one(definition, record):
+                run = self._resume_one(definition, record)
+                if run is not None:
+                    if signals is not None:
+                        run.deliver_stored(signals)  # (read just now: the run needs no look of its own)
                     resumed.append(record.instance_id)
             except StorageError as exc:
                 log.error("instance %s could not be resumed: %s", record.instance_id, exc,
                           extra={"instance_id": record.instance_id, "workflow_name": record.workflow_name})
         return resumed
 
-    async def _left_to_the_waker(self, definition: WorkflowDefinition, record: StoredInstance) -> bool:
-        """Whether a listed row is left to the waker: it waits out of memory (every lane waits)
-        for nothing storage holds. Adapters list a parked row that has pending signals (one a
-        crash left unwoken), but a signal none of its lanes waits for (kept for a later
-        receive, or come after its receive timed out) wakes nothing: taken up, it would only
-        park again, a checkpoint at every ``resume()``. Also left: a row a run of which ended
-        here while its signals were read (the row is out of date, see :meth:`_load_fresh`)."""
+    async def _look_at_parked(
+        self, definition: WorkflowDefinition, record: StoredInstance,
+    ) -> tuple[bool, list[tuple[int, str, bytes]] | None]:
+        """For a listed row that waits out of memory (every lane waits): whether to leave it
+        to the waker, and the signals storage holds for it, read now (``None``: not read, the
+        run reads them). Adapters list a parked row that has pending signals (one a crash left
+        unwoken), but a signal none of its lanes waits for (kept for a later receive, or come
+        after its receive timed out) wakes nothing: taken up, it would only park again, a
+        checkpoint at every ``resume()``. Also left: a row a run of which ended here while its
+        signals were read (the row is out of date, see :meth:`_load_fresh`)."""
         if record.wake_at is None:
-            return False  # storage holds no wake time for the waker to go by
+            return False, None  # storage holds no wake time for the waker to go by
         try:
             state = _decoded(record)
             take_up(state, definition)
             if misfit(state, definition) is not None or wake_at(state, definition) is None:
-                return False  # it has something to run (or to fail) now
+                return False, None  # it has something to run (or to fail) now
         except Exception:
-            return False  # unreadable: resuming it reports why
+            return False, None  # unreadable: resuming it reports why
         iid = record.instance_id
         try:
             with self._ends.watching(iid) as ended_since:
                 signals = await self.adapter.signals(iid)
         except StorageError:
-            return False  # resumed, as before storage was asked: its run reads them itself
+            return False, None  # resumed, as before storage was asked
         if ended_since():
-            return True
+            return True, None
         names = {name for _, name, _ in signals}
-        return not any(lane.waits() and lane.waiting is not None and lane.waiting.get("signal") in names
-                       for lane in state.lanes.values())
+        waited = any(lane.waits() and lane.waiting is not None and lane.waiting.get("signal") in names
+                     for lane in state.lanes.values())
+        return not waited, signals
 
     def _resume_one(
         self, definition: WorkflowDefinition, record: StoredInstance, state: InstanceState | None = None, *,
