@@ -38,6 +38,7 @@ from trioflow._errors import (
     SnapshotDecodeError,
     StorageUnavailableError,
     UnencodableValueError,
+    UnknownInstanceError,
     describe_error,
     error_cause,
     error_name,
@@ -810,7 +811,12 @@ class Run:
                     # Tried again after an error, and refused: the first try may have been stored
                     # and only its answer lost (a commit that failed late, a database behind a
                     # network). If storage holds exactly this checkpoint, it was.
-                    if deadline is None or not await self._stored_already(header, records, first_seq):
+                    if deadline is None or not await self._stored_already(header, records, first_seq, status):
+                        raise
+                    break
+                except UnknownInstanceError:
+                    # Tried again after an error, and the row is gone: see ``_purged_once_stored``.
+                    if deadline is None or not self._purged_once_stored(status):
                         raise
                     break
         except BaseException:
@@ -830,18 +836,27 @@ class Run:
             # Beside the run: waking the parent may read storage, and is not this run's work.
             self.children.ended_soon(notify[0], notify[1])
 
-    async def _stored_already(self, header: bytes, records: Sequence[bytes], first_seq: int) -> bool:
+    async def _stored_already(self, header: bytes, records: Sequence[bytes], first_seq: int, status: str) -> bool:
         """Whether storage holds this checkpoint's records at ``first_seq`` (records are never
-        rewritten), or, for one that appends none, its header: it was stored, though it raised."""
+        rewritten), or, for one that appends none, its header: it was stored, though it raised.
+        (``status``: the one it stores.)"""
         adapter, iid = self.adapter, self.state.instance_id
         assert adapter is not None
         stored = await retried(lambda: adapter.load(iid), retry_for=self.storage_retry_for,
                                what=f"reading instance {iid} back", instance_id=iid)
         if stored is None:
-            return False
+            return self._purged_once_stored(status)
         if records:
             return tuple(stored.records[first_seq:first_seq + len(records)]) == tuple(records)
         return stored.header == header and len(stored.records) == first_seq
+
+    def _purged_once_stored(self, status: str) -> bool:
+        """Whether a row found gone as a checkpoint storing ``status`` is tried again was stored
+        by its first try, then purged before the answer came (a commit that failed late, and
+        retention or ``purge()`` in the pause before the retry): adapters delete only finished
+        rows, and only this checkpoint can have finished it. Its end stands: the run ends as
+        stored, and ``wait()`` gives the outcome rather than an error."""
+        return status in TERMINAL and self.stored_status not in TERMINAL
 
     def _end_notice(self, status: str) -> tuple[str, str, bytes] | None:
         """The signal a child instance's end sends its parent, stored with the checkpoint that
