@@ -172,7 +172,7 @@ class EngineChildren:
         if engine._closed:
             return
         try:
-            await retried(lambda: engine._wake_if_waiting(child_id, lambda waiting: True),
+            await retried(lambda: engine._wake_if_waiting(child_id, lambda waiting: True, signalled=False),
                           retry_for=engine._storage_retry_for, what=f"resuming child {child_id}", instance_id=child_id)
         except EngineClosedError:
             return  # stopping meanwhile: the child resumes later

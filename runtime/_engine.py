@@ -10,7 +10,7 @@ import functools
 import math
 import time
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Generator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any, Literal, NoReturn, ParamSpec, TypeVar
@@ -127,6 +127,9 @@ class Engine:
         #: held for their jobs). A run of one of them here makes its row old: it is then passed
         #: over, not run again from the snapshot it holds.
         self._old_rows: set[str] = {record.instance_id for record in leftovers or ()}
+        #: Opened with ``resume=False`` and no :meth:`resume` since: what an earlier engine left
+        #: in flight (a lane mid-step) is held back, a signal for it or not.
+        self._holding_back = leftovers is None
         self._threads = ThreadSlots() if threads else None
         self._storage_retry_for = storage_retry_for
         #: Set when what the waker waits for may have changed (an instance parked, a workflow
@@ -526,24 +529,30 @@ class Engine:
         if running is None and (storing := self._storing.get(instance_id)) is not None:
             storing.signalled = True  # (its start reads what storage holds: see _start)
         row = None
-        if running is None and self._sends_and_loads:
-            # Not running here (parked, most likely): its row comes back with the write, for
-            # the wake, rather than in a read of its own. Unless a run of it ended meanwhile:
-            # the row may predate that run's last checkpoint, and is read again.
-            combined: SignalsAndLoads = self.adapter  # type: ignore[assignment]
-            with self._ends.watching(instance_id) as ended_since:
+        # The runs of it that end here from now on, until the signal is handed over.
+        with self._ends.watching(instance_id) as ended_since:
+            if running is None and self._sends_and_loads:
+                # Not running here (parked, most likely): its row comes back with the write, for
+                # the wake, rather than in a read of its own. Unless a run of it ended meanwhile:
+                # the row may predate that run's last checkpoint, and is read again.
+                combined: SignalsAndLoads = self.adapter  # type: ignore[assignment]
                 seq, row = await combined.send_signal_and_load(instance_id, name, data)
                 if ended_since():
                     row = None
-        else:
-            seq = await self.adapter.send_signal(instance_id, name, data)
-        stored_at = self._clock()  # a receive whose deadline came before now does not take it
-        if seq is None:
-            raise InstanceNotLiveError(f"instance {instance_id!r} has ended; signal {name!r} was not stored")
-        if self._closed:
-            return  # stored: the next engine delivers it (an error here would have it sent twice)
+            else:
+                seq = await self.adapter.send_signal(instance_id, name, data)
+            stored_at = self._clock()  # a receive whose deadline came before now does not take it
+            if seq is None:
+                raise InstanceNotLiveError(f"instance {instance_id!r} has ended; signal {name!r} was not stored")
+            if self._closed:
+                return  # stored: the next engine delivers it (an error here would have it sent twice)
+            await self._hand_over(instance_id, name, seq, data, running, stored_at, row, ended_since)
+
+    async def _hand_over(self, instance_id: str, name: str, seq: int, data: bytes, running: Run | None,
+                         stored_at: float, row: StoredInstance | None, ended_since: Callable[[], bool]) -> None:
+        """``signal()``'s :meth:`_deliver` of the signal it stored."""
         try:
-            await self._deliver(instance_id, name, seq, data, running, stored_at, row)
+            await self._deliver(instance_id, name, seq, data, running, stored_at, row, ended_since)
         except (trio.Cancelled, StorageError) as exc:
             # The signal is stored: an error now, or ``Cancelled`` (for trio: not done), would
             # have the caller send it again (taken twice), and a parked receive with no timeout
@@ -560,11 +569,13 @@ class Engine:
                             instance_id, describe_error(exc), extra={"instance_id": instance_id})
 
     async def _deliver(self, instance_id: str, name: str, seq: int, data: bytes, running: Run | None,
-                       stored_at: float, row: StoredInstance | None = None) -> None:
+                       stored_at: float, row: StoredInstance | None = None,
+                       ended_since: Callable[[], bool] | None = None) -> None:
         """Hand a stored signal to the instance's run here, or resume the instance if it is
         parked waiting for it. ``running``: the run that was live when the signal was sent;
         ``row``: the instance's row, read with the write that stored the signal (``None``: read
-        it if need be)."""
+        it if need be); ``ended_since``: whether a run of it has ended here since the signal
+        was sent (``None``: not known)."""
         while (storing := self._storing.get(instance_id)) is not None:
             # Being started here (stored just before the signal): handed to the run its start
             # makes (which reads storage first: see _start), or woken for it from a row read
@@ -572,10 +583,13 @@ class Engine:
             await storing.wait()
             row = None
         run = self._live.get(instance_id)
-        if run is not None and run is not running:
-            # Taken up from storage while the signal was stored (storage slow to answer): a run
-            # before it may have read the signal from storage and taken it. Handed over only if
-            # storage holds it still (one that run took, a later receive must not take again).
+        if run is not None and run is not running and (ended_since is None or ended_since()):
+            # Taken up from storage while the signal was stored (storage slow to answer), after
+            # a run of it ended here: that run may have read the signal from storage and taken
+            # it. Handed over only if storage holds it still (one that run took, a later receive
+            # must not take again). With no run ended since the send, the live one is the only
+            # one that can have read it, and it passes over what it took or holds: handed over
+            # at once, for a read here would let later signals of the name reach it first.
             if all(q != seq for q, _, _ in await self.adapter.signals(instance_id)):
                 return
             run = self._live.get(instance_id)
@@ -618,11 +632,13 @@ class Engine:
 
     async def _wake_if_waiting(
         self, instance_id: str, wakes: Callable[[dict[str, Any]], bool], *, pending: int | None = None,
-        row: StoredInstance | None = None,
+        row: StoredInstance | None = None, signalled: bool = True,
     ) -> tuple[Run | None, bool]:
         """Resume a parked instance here if what its lanes wait for passes ``wakes``: its run
         (``None``: not running here), and whether this call resumed it, from a row read now
         (or ``row``, read with the signal just stored, no run of it having ended since).
+        ``signalled``: for a signal (or a child's end notice), which leaves an instance held
+        back by ``resume=False`` where it is; a cancel does not.
         ``pending``: the seq of a signal just stored, for a run found running to be handed:
         ``None`` for the run if the row read holds it no more (a run that has ended since took
         it; the one running now, resumed after that, must not take it again)."""
@@ -641,7 +657,9 @@ class Engine:
             state = _decoded(stored)
         except SnapshotDecodeError:
             return None, False
-        if any(lane.waiting is not None and lane.waits() and wakes(lane.waiting) for lane in state.lanes.values()):
+        if any(lane.waiting is not None and lane.waits() and wakes(lane.waiting) for lane in state.lanes.values()) \
+                and not (signalled and self._holding_back and wake_at(state, definition) is None):
+            # (Held back, it waits for resume(), whose run takes what storage holds for it.)
             run = self._resume_one(definition, stored, state)
             if run is not None:
                 # Every signal storage held came with the load: the run needs no look of its own.
@@ -793,7 +811,7 @@ class Engine:
             await storing.wait()  # being started (or stored by another cancel): its outcome first
         run = self._live.get(instance_id)
         if run is None:
-            run, _ = await self._wake_if_waiting(instance_id, lambda waiting: True)  # parked
+            run, _ = await self._wake_if_waiting(instance_id, lambda waiting: True, signalled=False)  # parked
         if run is None:
             self._check_open()  # (closed while storage was read)
             return await self._cancel_not_running(instance_id)
@@ -1031,15 +1049,17 @@ class Engine:
         """Resume every stored ``pending``/``running`` instance of a registered workflow that is
         not already running here; returns their ids. Never starts an instance twice."""
         self._check_open()
+        self._holding_back = False
         with self._ends.watching_all() as ended:
             found = await self.adapter.resumable()
-        # An instance that stalled (its checkpoint failed) but is no longer resumable in
-        # storage (its end was stored after all, then purged; or deleted) stalls no more.
-        unfinished = {record.instance_id for record in found}
-        for iid in [iid for iid in self._stalled if iid not in unfinished and iid not in self._live]:
-            del self._stalled[iid]
-        # A run that ended while the rows were read may be in them as it stood before.
-        return await self._resume([record for record in found if record.instance_id not in ended])
+            # An instance that stalled (its checkpoint failed) but is no longer resumable in
+            # storage (its end was stored after all, then purged; or deleted) stalls no more.
+            unfinished = {record.instance_id for record in found}
+            for iid in [iid for iid in self._stalled if iid not in unfinished and iid not in self._live]:
+                del self._stalled[iid]
+            # A run that ended while the rows were read, or while those before it were looked
+            # at (see _look_at_parked), may be in them as it stood before.
+            return await self._resume(found, ended=ended)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -1053,13 +1073,16 @@ class Engine:
         finally:
             self._resume_ends()
 
-    async def _resume(self, records: list[StoredInstance], *, old: bool = False) -> list[str]:
-        """Resume ``records``; ``old``: read earlier (see ``_old_rows``), not just now."""
+    async def _resume(
+        self, records: list[StoredInstance], *, old: bool = False, ended: Collection[str] = (),
+    ) -> list[str]:
+        """Resume ``records``; ``old``: read earlier (see ``_old_rows``), not just now;
+        ``ended``: the instances whose runs ended here since they were read (kept up to date)."""
         resumed = []
         for record in records:
             definition = self._definitions.get(record.workflow_name)
             iid = record.instance_id
-            if old and iid not in self._old_rows:
+            if (old and iid not in self._old_rows) or iid in ended:
                 continue  # it ran here since the row was read: the row is out of date
             if iid in self._live or definition is None or self._closed:
                 continue
@@ -1076,10 +1099,12 @@ class Engine:
                 leave, signals = await self._look_at_parked(definition, record)
                 if leave:
                     continue
+                if signals is not None:  # (read just now: for the take-up, and the run needs no look of its own)
+                    record = attrs.evolve(record, signals=tuple(signals))
                 run = self._resume_one(definition, record)
                 if run is not None:
                     if signals is not None:
-                        run.deliver_stored(signals)  # (read just now: the run needs no look of its own)
+                        run.deliver_stored(record.signals)
                     resumed.append(record.instance_id)
             except StorageError as exc:
                 log.error("instance %s could not be resumed: %s", record.instance_id, exc,
@@ -1109,8 +1134,8 @@ class Engine:
         try:
             with self._ends.watching(iid) as ended_since:
                 signals = await self.adapter.signals(iid)
-        except StorageError:
-            return False, None  # resumed, as before storage was asked
+        except Exception:  # (storage failing, or an adapter's own error: this row alone)
+            return False, None  # resumed, as before storage was asked: its run reads them
         if ended_since():
             return True, None
         names = {name for _, name, _ in signals}
