@@ -23,7 +23,6 @@ import os
 import signal as os_signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
