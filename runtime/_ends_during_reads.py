@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 
 class EndsDuringReads:
     """Which runs end while reads of storage are in flight. A row read before a run's last
     checkpoint is stale: resumed, it would run that instance again from an old snapshot."""
 
-    __slots__ = ("_all", "_one", "_ends")
+    __slots__ = ("_all", "_one", "_ends", "_taken")
 
     def __init__(self) -> None:
         #: Reads of many rows in flight: the ids of the runs that ended since each began.
@@ -20,13 +20,24 @@ class EndsDuringReads:
         #: oldest began (counted, not listed: one signal each, for a thousand senders at once).
         self._one: dict[str, int] = {}
         self._ends: dict[str, int] = {}
+        #: The seqs of the signals those runs took, by id (see :meth:`took`).
+        self._taken: dict[str, set[int]] = {}
 
-    def ended(self, instance_id: str) -> None:
-        """A run of ``instance_id`` ended (or left memory) here."""
+    def ended(self, instance_id: str, taken: Collection[int] | None = None) -> None:
+        """A run of ``instance_id`` ended (or left memory) here, having taken the signals whose
+        seqs are ``taken``."""
         for ended in self._all:
             ended.add(instance_id)
         if instance_id in self._one:
             self._ends[instance_id] = self._ends.get(instance_id, 0) + 1
+            if taken:
+                self._taken.setdefault(instance_id, set()).update(taken)
+
+    def took(self, instance_id: str, seq: int) -> bool:
+        """Whether a run of ``instance_id`` that ended while one of its rows was watched (see
+        :meth:`watching`; asked inside that block) took the signal ``seq``. A signal stored
+        inside the block can be taken only by runs that ended inside it, if any."""
+        return seq in self._taken.get(instance_id, ())
 
     @contextlib.contextmanager
     def watching_all(self) -> Iterator[set[str]]:
@@ -75,3 +86,4 @@ class _Watching:
         else:  # nobody reads it now: forget it (asked inside the block, not after)
             del reads._one[instance_id]
             reads._ends.pop(instance_id, None)
+            reads._taken.pop(instance_id, None)

@@ -105,6 +105,7 @@ class Engine:
         services: Mapping[str, Any], driver: Any, threads: bool = True,
         leftovers: list[StoredInstance] | None = None, storage_retry_for: float = STORAGE_RETRY_FOR,
         clock: Callable[[], float] = time.time, beside: Supervisor | None = None,
+        parked: Iterable[StoredInstance] = (),
     ) -> None:
         self.jobs = JobRegistry(on_register=self._jobs_registered, check_open=self._check_open)
         self.events = EventBus()
@@ -143,8 +144,12 @@ class Engine:
         #: Waits longer than this let an instance leave memory (``None``: never).
         self._park_after: float | None = PARK_AFTER
         #: Instances signalled before their workflow (or a job it uses) was registered, by
-        #: workflow name.
+        #: workflow name. With auto-resume off, ``parked``: the rows listed as resumable that
+        #: wait out of memory (only for signals pending for them, which nothing else would
+        #: wake them for: one stored as the engine before closed, say).
         self._wake_on_register: dict[str, set[str]] = {}
+        for record in parked:
+            self._wake_on_register.setdefault(record.workflow_name, set()).add(record.instance_id)
         #: Due instances the waker cannot resume here, until something is registered: the
         #: workflows whose workflow, or a job it uses, is not registered (the adapter leaves
         #: them out of ``due()`` and ``next_wake()``), and the ids of unreadable rows, and of
@@ -583,19 +588,30 @@ class Engine:
             await storing.wait()
             row = None
         run = self._live.get(instance_id)
-        if run is not None and run is not running and (ended_since is None or ended_since()):
-            # Taken up from storage while the signal was stored (storage slow to answer), after
-            # a run of it ended here: that run may have read the signal from storage and taken
-            # it. Handed over only if storage holds it still (one that run took, a later receive
-            # must not take again). With no run ended since the send, the live one is the only
-            # one that can have read it, and it passes over what it took or holds: handed over
-            # at once, for a read here would let later signals of the name reach it first.
-            if all(q != seq for q, _, _ in await self.adapter.signals(instance_id)):
-                return
-            run = self._live.get(instance_id)
-            # That run may have ended during the read: the row read with the signal may then be
-            # older than its last checkpoint, and is read again rather than resumed from.
-            row = None
+        if run is not None and run is not running:
+            # Taken up from storage while the signal was stored (storage slow to answer): a run
+            # of it that ended here since may have read the signal from storage and taken it,
+            # and a later receive must not take it again. (The live one passes over what it took
+            # or holds.) Handed over at once otherwise: a look at storage first would let later
+            # signals of the name, handed over meanwhile, be taken before it.
+            if ended_since is not None:
+                # signal() has watched since before the send: only runs that ended since can
+                # have taken it, and they are known.
+                if self._ends.took(instance_id, seq):
+                    return
+            else:
+                # Beside signal() (see _deliver_later): storage says whether it is pending still,
+                # read until no run of it ended during the read (one that did may have taken it
+                # after the read began).
+                while True:
+                    with self._ends.watching(instance_id) as ended_during:
+                        pending = any(q == seq for q, _, _ in await self.adapter.signals(instance_id))
+                        if not ended_during():
+                            break
+                if not pending:
+                    return
+                run = self._live.get(instance_id)
+                row = None
         if run is None:  # parked (or stored, not running here): resumed if it waits for this
             run, fresh = await self._wake_if_waiting(
                 instance_id, lambda waiting: waiting.get("signal") == name, pending=seq, row=row)
@@ -625,20 +641,21 @@ class Engine:
 
     async def _wake_signalled(self, instance_ids: set[str]) -> None:
         """Instances signalled before their workflow was registered: resumed if they wait for a
-        signal (the run takes what storage holds for it)."""
+        signal storage holds for them (the run takes it)."""
         for instance_id in instance_ids:
             if instance_id not in self._live:
-                await self._wake_if_waiting(instance_id, lambda waiting: "signal" in waiting)
+                await self._wake_if_waiting(instance_id, None)
 
     async def _wake_if_waiting(
-        self, instance_id: str, wakes: Callable[[dict[str, Any]], bool], *, pending: int | None = None,
+        self, instance_id: str, wakes: Callable[[dict[str, Any]], bool] | None, *, pending: int | None = None,
         row: StoredInstance | None = None, signalled: bool = True,
     ) -> tuple[Run | None, bool]:
         """Resume a parked instance here if what its lanes wait for passes ``wakes``: its run
         (``None``: not running here), and whether this call resumed it, from a row read now
         (or ``row``, read with the signal just stored, no run of it having ended since).
-        ``signalled``: for a signal (or a child's end notice), which leaves an instance held
-        back by ``resume=False`` where it is; a cancel does not.
+        ``wakes`` ``None``: a wait for one of the signals the row holds. ``signalled``: for a
+        signal (or a child's end notice), which leaves an instance held back by
+        ``resume=False`` where it is; a cancel does not.
         ``pending``: the seq of a signal just stored, for a run found running to be handed:
         ``None`` for the run if the row read holds it no more (a run that has ended since took
         it; the one running now, resumed after that, must not take it again)."""
@@ -657,6 +674,9 @@ class Engine:
             state = _decoded(stored)
         except SnapshotDecodeError:
             return None, False
+        if wakes is None:
+            names = {name for _, name, _ in stored.signals}
+            wakes = lambda waiting: waiting.get("signal") in names  # noqa: E731
         if any(lane.waiting is not None and lane.waits() and wakes(lane.waiting) for lane in state.lanes.values()) \
                 and not (signalled and self._holding_back and wake_at(state, definition) is None):
             # (Held back, it waits for resume(), whose run takes what storage holds for it.)
@@ -1633,7 +1653,7 @@ class Engine:
             self._forget_queued_deadline(run)
             # Rows read before this run ended may hold it as it stood before: reads in flight
             # learn of it, and a row waiting to be resumed from is out of date.
-            self._ends.ended(state.instance_id)
+            self._ends.ended(state.instance_id, run.consumed_seqs)
             self._old_rows.discard(state.instance_id)
             if run.parked:
                 # It waits in storage now: a later wake resumes it, and the waker looks again.
@@ -1985,7 +2005,8 @@ async def open_engine(
     await storage.open()
     try:
         # Read before anything starts: what to resume is what a previous engine left.
-        leftovers = await storage.resumable() if resume else None
+        found = await storage.resumable()
+        leftovers = found if resume else None
         # Two nurseries: instance actors and the engine's own tasks in one, held by a task of
         # the other, which holds what must outlive them (end hooks of runs that ended, async
         # event callbacks): leaving the block stops the first, then lets the second finish
@@ -1999,6 +2020,7 @@ async def open_engine(
                     Supervisor(nursery), storage, max_running=max_running, services=services or {},
                     driver=driver, threads=threads, leftovers=leftovers, storage_retry_for=retry_for,
                     clock=wall_clock, beside=Supervisor(beside),
+                    parked=() if resume else [record for record in found if record.wake_at is not None],
                 )
                 engine.events.attach(beside)
                 closing.append(engine._stop_actors)
