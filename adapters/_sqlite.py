@@ -1078,19 +1078,39 @@ def _select(
     """Instances matching ``where``, oldest first, each with all its records: one query for the
     instances and one for the records of all of them, whatever their number. (``signals``: the
     pending signals of the one instance ``where`` matches, for :func:`_load`.)"""
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM trioflow_instances AS i WHERE {where} ORDER BY i.rowid", params).fetchall()
+    return _selected(conn, *_select_sql(where), params, signals)
+
+
+def _select_sql(where: str) -> tuple[str, str]:
+    """:func:`_select`'s two queries for ``where``: the instances', and their records'."""
+    return (f"SELECT {_COLUMNS} FROM trioflow_instances AS i WHERE {where} ORDER BY i.rowid",
+            "SELECT r.instance_id, r.seq, CAST(r.data AS BLOB) FROM trioflow_instances AS i"
+            f" JOIN trioflow_records AS r ON r.instance_id = i.instance_id WHERE {where}")
+
+
+#: :func:`_select`'s queries for one instance (:func:`_load`: every signal to a parked instance
+#: reads its row), made once rather than at each read.
+_LOAD_SQL, _LOAD_RECORDS_SQL = _select_sql("i.instance_id = ?")
+
+
+def _selected(
+    conn: sqlite3.Connection, rows_sql: str, records_sql: str, params: tuple[Any, ...],
+    signals: tuple[tuple[int, str, bytes], ...],
+) -> list[StoredInstance]:
+    """:func:`_select`, its queries made (loops rather than comprehensions: each of those makes
+    a function and a frame, and a parked instance's wake reads one row here)."""
+    rows = conn.execute(rows_sql, params).fetchall()
     # A damaged count (not an int, negative, or more records than any instance writes) gets no
     # records: the kernel then finds the header's count unmet and reports that one instance
     # unreadable, and the others go on.
-    records: dict[str, list[Any]] = {
-        row[0]: [None] * row[5] for row in rows if type(row[5]) is int and 0 < row[5] <= _MOST_RECORDS}
+    records: dict[str, list[Any]] = {}
+    for row in rows:
+        count = row[5]
+        if type(count) is int and 0 < count <= _MOST_RECORDS:
+            records[row[0]] = [None] * count
     if records:
         # Each record goes to its place by seq: no ORDER BY, so SQLite never sorts the data.
-        for instance_id, seq, data in conn.execute(
-            "SELECT r.instance_id, r.seq, CAST(r.data AS BLOB) FROM trioflow_instances AS i"
-            f" JOIN trioflow_records AS r ON r.instance_id = i.instance_id WHERE {where}",
-            params,
-        ):
+        for instance_id, seq, data in conn.execute(records_sql, params):
             slots = records.get(instance_id)
             if slots is not None and type(seq) is int and 0 <= seq < len(slots):
                 slots[seq] = data  # (one beyond the count is told by the rows' last column)
@@ -1100,20 +1120,21 @@ def _select(
                 # an empty record in each gap: the kernel cannot read it (nor a count its
                 # header does not have) and reports that one instance unreadable; the others go on.
                 records[instance_id] = [b"" if data is None else data for data in found]
-    return [
-        StoredInstance(
+    selected = []
+    for instance_id, workflow_name, status, start, header, _, beyond, wake in rows:
+        held = records.get(instance_id, ())
+        selected.append(StoredInstance(
             instance_id=instance_id, workflow_name=workflow_name, status=status, start=start, header=header,
             # Records beyond the count (its row restored from an older backup than its records,
             # or the count lowered by hand; read in the same transaction, so never a write in
             # between): one empty record more, so that the kernel reports it unreadable and
             # runs nothing of it (the step those records hold would run again at every start).
-            records=(*records.get(instance_id, ()), b"") if beyond else tuple(records.get(instance_id, ())),
+            records=(*held, b"") if beyond else tuple(held),
             signals=signals,
             # (A wake time damaged by hand, not a number, is no time: see ``resumable``.)
             wake_at=float(wake) if type(wake) in (float, int) else None,
-        )
-        for instance_id, workflow_name, status, start, header, next_seq, beyond, wake in rows
-    ]
+        ))
+    return selected
 
 
 #: Waiting instances, soonest first, read through the index on wake_at: forced, as the planner
@@ -1181,7 +1202,7 @@ def _names(workflows: Collection[str]) -> tuple[str, ...]:
 def _load(conn: sqlite3.Connection, iid: str) -> StoredInstance | None:
     """One instance, its records and its pending signals."""
     # Its signals first: the row is then built once, with them (a read transaction holds both).
-    rows = _select(conn, "i.instance_id = ?", (iid,), tuple(_signals(conn, iid)))
+    rows = _selected(conn, _LOAD_SQL, _LOAD_RECORDS_SQL, (iid,), tuple(_signals(conn, iid)))
     return rows[0] if rows else None
 
 
@@ -1211,8 +1232,11 @@ def _signal_load(
 
 
 def _signals(conn: sqlite3.Connection, iid: str) -> list[tuple[int, str, bytes]]:
-    return [(seq, name, payload) for seq, name, payload in conn.execute(
-        "SELECT seq, name, CAST(payload AS BLOB) FROM trioflow_signals WHERE instance_id = ? ORDER BY seq", (iid,))]
+    # (The rows as sqlite3 makes them: tuples of those three already.)
+    signals: list[tuple[int, str, bytes]] = conn.execute(
+        "SELECT seq, name, CAST(payload AS BLOB) FROM trioflow_signals WHERE instance_id = ? ORDER BY seq",
+        (iid,)).fetchall()
+    return signals
 
 
 #: What deleting an instance runs (one parameter each: its id): nothing of it is left behind.
