@@ -125,8 +125,11 @@ async def run_receive(run: Run, step: ReceiveStep, key: str, lane: Lane, started
         assert lane.waiting is not None  # (it waits: lane.waits())
         signal, due = lane.waiting["signal"], lane.waiting["timeout"]
         timeout = lane.waiting.get("within", timeout)  # (stored by releases since December 5th 2026)
-        taken = await take(run, signal, due)
-    taken = await signal_or_timeout(run, lane, signal, taken)
+        # (take() inline when the run has its stored signals already, as one woken by a signal
+        # has: a coroutine fewer for every wake.)
+        taken = run.take_signal(signal, by=due) if run.signals_fetched else await take(run, signal, due)
+    if taken is None:  # (signal_or_timeout hands a signal taken already back as it is)
+        taken = await signal_or_timeout(run, lane, signal, taken)
     lane.waiting = None
     if taken is None:
         assert due is not None  # (its deadline passed: it had one)
