@@ -532,7 +532,8 @@ class Run:
         """A signal stored for this instance while it runs here: keep it for a receive step
         (``stored_at``: when ``signal()`` had it stored, for one sent now)."""
         state = self.state
-        if (self.consumed_seqs is not None and seq in self.consumed_seqs) or any(q == seq for q, _, _ in state.signals):
+        if (self.consumed_seqs is not None and seq in self.consumed_seqs) or (
+                state.signals and any(q == seq for q, _, _ in state.signals)):
             return
         if self.parked:
             # Leaving memory: no lane takes it here now, and it may be what one waits for.
@@ -580,11 +581,12 @@ class Run:
     def deliver_stored(self, signals: Sequence[tuple[int, str, bytes]]) -> None:
         """Deliver every signal storage held (all of them, as read in one go); those delivered
         or taken already are passed over without decoding them again."""
-        known = {seq for seq, _, _ in self.state.signals}
+        # (A run just taken up holds none yet, and has taken none: no set made for it.)
+        known = {seq for seq, _, _ in self.state.signals} if self.state.signals else None
         if self.consumed_seqs is not None:
-            known |= self.consumed_seqs
+            known = self.consumed_seqs if known is None else known | self.consumed_seqs
         for seq, name, payload in signals:
-            if seq not in known:
+            if known is None or seq not in known:
                 try:
                     value: Any = decode_payload(payload)
                 except SnapshotDecodeError as exc:
@@ -595,10 +597,13 @@ class Run:
     def note_signal_time(self, seq: int, stored_at: float) -> None:
         """Note when ``signal()`` had a signal this run holds pending stored: a receive whose
         deadline came before then passes it over. (Nothing for one it no longer holds.)"""
-        if any(q == seq for q, _, _ in self.state.signals):
+        for q, _, _ in self.state.signals:  # (a loop, not any() over a generator: every wake asks)
+            if q != seq:
+                continue
             if self.signal_times is None:
                 self.signal_times = {}
             self.signal_times[seq] = stored_at
+            break
 
     def take_signal(self, name: str, *, by: float | None = None) -> tuple[int, Any] | None:
         """The oldest delivered signal named ``name``, consumed: ``(seq, payload)``, or ``None``.

@@ -497,9 +497,10 @@ class SQLiteAdapter:
         start_blob = None if start is None else _blob(start, "start")
         if consumed:
             consumed = tuple(consumed)
-            if any(type(seq) is not int for seq in consumed):
-                raise DatabaseError(f"consumed must be signal seqs, got {consumed!r}")
-            if len(set(consumed)) != len(consumed):
+            for seq in consumed:  # (a loop, not any() over a generator: every receive's checkpoint asks)
+                if type(seq) is not int:
+                    raise DatabaseError(f"consumed must be signal seqs, got {consumed!r}")
+            if len(consumed) > 1 and len(set(consumed)) != len(consumed):
                 raise CheckpointConflictError(f"instance {instance_id!r}: a signal cannot be consumed twice: {consumed!r}")
         if wake_at is not None and (isinstance(wake_at, bool) or not isinstance(wake_at, (int, float))
                                     or wake_at != wake_at):

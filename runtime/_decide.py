@@ -436,7 +436,8 @@ def finish(state: InstanceState, definition: WorkflowDefinition, status: Status,
         lane.waiting = None
     if status == "completed":
         ran = {r.step_name for r in state.records}
-        state.skipped = tuple(s.name for s in definition.steps if s.name not in ran)
+        # (A list comprehension: no generator for tuple() to step through.)
+        state.skipped = tuple([s.name for s in definition.steps if s.name not in ran])
     state.lanes[MAIN].step = None
 
 
@@ -569,8 +570,12 @@ def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | Non
             return None
         due = min(due, waiting.get("timer", math.inf), waiting.get("start", math.inf), waiting.get("retry", math.inf),
                   waiting.get("timeout") or math.inf, waiting.get("check", math.inf))
-    if due == math.inf and not any(lane.waits() for lane in state.lanes.values()):
-        return None
+    if due == math.inf:
+        for lane in state.lanes.values():  # (a loop, not any() over a generator: every wake asks)
+            if lane.waits():
+                break
+        else:
+            return None
     main = state.lanes.get(MAIN)
     delayed = main is not None and main.waiting is not None and "start" in main.waiting
     if definition.timeout is not None and state.started_at is not None and not delayed:

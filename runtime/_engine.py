@@ -1225,8 +1225,10 @@ class Engine:
             # do not say which it did): those running here, in slots it would wait for, it has.
             live = self._live
             return any(child in live for child in unended_children(state))
-        waited = {key: lane.waiting["child"] for key, lane in state.lanes.items()
-                  if lane.waiting is not None and "child" in lane.waiting}
+        waited: dict[str, str] = {}
+        for key, lane in state.lanes.items():  # (a loop: every wake asks, and most wait for no child)
+            if lane.waiting is not None and "child" in lane.waiting:
+                waited[key] = lane.waiting["child"]
         if not waited:
             return False
         if definition.timeout is not None and state.started_at is not None \
