@@ -666,12 +666,14 @@ def decode(start: bytes | None, header: bytes, records: Sequence[bytes] = ()) ->
             if not isinstance(raw, list) or len(raw) < 2 or raw[0] != tag:
                 raise SnapshotDecodeError(f"data is not a trioflow instance (missing {tag!r} tag)")
             _version(raw[1], 2, FORMAT_VERSION)
-        state = _fields_guarded(_state_v2, raw_start, raw_header, [_unpack(r, "step record") for r in records])
+        state = _fields_guarded(_state_v2, raw_start, raw_header,
+                                [_unpack(r, "step record") for r in records] if records else [])
     # (What every run reads, whatever the format: its times are compared and added to, and a
     # live instance goes on from its main lane.)
     _expect(_is_time(state.created_at) and (state.started_at is None or _is_time(state.started_at))
             and (state.completed_at is None or _is_time(state.completed_at)), "the instance's times are not numbers")
-    _expect(MAIN in state.lanes or state.status not in RESUMABLE, "a %s instance has no main lane", state.status)
+    if not (MAIN in state.lanes or state.status not in RESUMABLE):
+        _expect(False, "a %s instance has no main lane", state.status)
     remember_data(state)
     return state
 
@@ -713,8 +715,10 @@ _NO_NAME_NOR_CAUSE = (None, None)
 
 def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> InstanceState:
     (_, _, iid, name, fingerprint, input, created_at, parent_id) = start if len(start) == 8 else (*start, None)
-    _expect(parent_id is None or isinstance(parent_id, str), "the parent id must be a string")
-    _expect(isinstance(iid, str) and isinstance(name, str), "instance id and workflow name must be strings")
+    if not (parent_id is None or isinstance(parent_id, str)):
+        _expect(False, "the parent id must be a string")
+    if not (isinstance(iid, str) and isinstance(name, str)):
+        _expect(False, "instance id and workflow name must be strings")
     moved_on = None
     if header[1] == 2:
         # Format 2's header: no mark, and a list of the executions compensated.
@@ -735,10 +739,14 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             # (The message is built only here: every row read passes this check.)
             _expect(False, "the row of instance %r holds the header of %s (copied from its row?)", iid,
                     f"instance {safe_repr(mark)}" if isinstance(mark, str) else "another instance")
-    _expect(status in STATUSES and phase in PHASES, "unknown status %r or phase %r", status, phase)
-    _expect(outcome is None or outcome in STATUSES, "unknown outcome %r", outcome)
-    _expect(isinstance(data, dict) and isinstance(lanes, dict), "malformed maps")
-    _expect(count == len(records), "the header counts %r step records, %d are stored", count, len(records))
+    if not (status in STATUSES and phase in PHASES):
+        _expect(False, "unknown status %r or phase %r", status, phase)
+    if not (outcome is None or outcome in STATUSES):
+        _expect(False, "unknown outcome %r", outcome)
+    if not (isinstance(data, dict) and isinstance(lanes, dict)):
+        _expect(False, "malformed maps")
+    if not (count == len(records)):
+        _expect(False, "the header counts %r step records, %d are stored", count, len(records))
     state = InstanceState(
         instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=SharedData(data),
         lanes={}, phase=phase, outcome=outcome, rolled_back=bool(rolled_back), error=error,
@@ -753,12 +761,17 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
          r_name, r_cause) = fields if len(fields) == 15 else (*fields, *_NO_NAME_NOR_CAUSE)
         if s_err is not None and r_name is None:
             r_name, r_cause = split_description(s_err)
-        _expect(r_seq == seq, "step record %d says it is record %r", seq, r_seq)
-        _expect(isinstance(step, str) and isinstance(lane, str), "step record %d is malformed", seq)
-        _expect(isinstance(execution, int) and execution >= 1, "step record %d is malformed", seq)
-        _expect(st in STEP_STATUSES, "step record %d has unknown status %r", seq, st)
+        if not (r_seq == seq):
+            _expect(False, "step record %d says it is record %r", seq, r_seq)
+        if not (isinstance(step, str) and isinstance(lane, str)):
+            _expect(False, "step record %d is malformed", seq)
+        if not (isinstance(execution, int) and execution >= 1):
+            _expect(False, "step record %d is malformed", seq)
+        if not (st in STEP_STATUSES):
+            _expect(False, "step record %d has unknown status %r", seq, st)
         if passes is not None:
-            _expect(isinstance(passes, int) and 0 <= passes < seq, "step record %d passes on record %r", seq, passes)
+            if not (isinstance(passes, int) and 0 <= passes < seq):
+                _expect(False, "step record %d passes on record %r", seq, passes)
             s_out = state.records[passes].output
         record = new_record(
             step_name=step, status=st, input=input if uses_input else s_in, output=s_out, error=s_err,
@@ -774,16 +787,19 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         # step has a start record (a map, a child step), a fifth with its seq and a sixth saying
         # how far a map's items are.
         (step, last, failed, waiting, begun, fanout) = (*fields, None, None, None)[:6]
-        _expect(isinstance(key, str) and (step is None or isinstance(step, str)), "lane %r is malformed", key)
+        if not (isinstance(key, str) and (step is None or isinstance(step, str))):
+            _expect(False, "lane %r is malformed", key)
         count = len(records)
-        _expect(_is_seq(last, count) and _is_seq(failed, count) and _is_seq(begun, count), "lane %r is malformed", key)
+        if not (_is_seq(last, count) and _is_seq(failed, count) and _is_seq(begun, count)):
+            _expect(False, "lane %r is malformed", key)
         if type(waiting) is int and waiting in (ChildWait.UNCHECKED, ChildWait.STORED):
             started = state.records[begun] if begun is not None else None
             _expect(started is not None and isinstance(started.output, str) and started.started_at is not None,
                     "lane %r waits for a child its records do not name", key)
             assert started is not None
             waiting = child_wait(started.output, started.started_at if waiting == ChildWait.UNCHECKED else None)
-        _expect(waiting is None or _well_formed_wait(waiting), "lane %r waits for something malformed", key)
+        if not (waiting is None or _well_formed_wait(waiting)):
+            _expect(False, "lane %r waits for something malformed", key)
         state.lanes[key] = new_lane(state, key, step, last=last, failed=failed, waiting=waiting, begun=begun,
                                     fanout=None if fanout is None else _map_progress(key, fanout))
     if moved_on is not None:
@@ -794,7 +810,8 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     _expect(comp_errors is NO_ERRORS or isinstance(comp_errors, Mapping) and (
         not comp_errors or all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors)),
             "malformed compensation errors")
-    _expect(not (failures and comp_errors), "compensation errors both in the header and in records")
+    if not (not (failures and comp_errors)):
+        _expect(False, "compensation errors both in the header and in records")
     if failures:
         comp_errors = _compensations_failed(state, failures, compensated_names or ())
     _expect(isinstance(skipped, list) and (not skipped or all(isinstance(name, str) for name in skipped)),
@@ -811,7 +828,8 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             _expect(compensated_from is not None and _is_seq(compensated_from, len(records))
                     and all(q >= compensated_from for q in comp_errors), "malformed compensation cursor")
         else:
-            _expect(compensated_from is None and not comp_errors, "malformed compensation cursor")
+            if not (compensated_from is None and not comp_errors):
+                _expect(False, "malformed compensation cursor")
         state.compensated_from = compensated_from
         state.compensated_names = tuple(compensated_names)
         state.compensation_errors = comp_errors
