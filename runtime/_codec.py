@@ -670,8 +670,9 @@ def decode(start: bytes | None, header: bytes, records: Sequence[bytes] = ()) ->
                                 [_unpack(r, "step record") for r in records] if records else [])
     # (What every run reads, whatever the format: its times are compared and added to, and a
     # live instance goes on from its main lane.)
-    _expect(_is_time(state.created_at) and (state.started_at is None or _is_time(state.started_at))
-            and (state.completed_at is None or _is_time(state.completed_at)), "the instance's times are not numbers")
+    if not (_is_time(state.created_at) and (state.started_at is None or _is_time(state.started_at))
+            and (state.completed_at is None or _is_time(state.completed_at))):
+        _expect(False, "the instance's times are not numbers")
     if not (MAIN in state.lanes or state.status not in RESUMABLE):
         _expect(False, "a %s instance has no main lane", state.status)
     remember_data(state)
@@ -790,7 +791,9 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         if not (isinstance(key, str) and (step is None or isinstance(step, str))):
             _expect(False, "lane %r is malformed", key)
         count = len(records)
-        if not (_is_seq(last, count) and _is_seq(failed, count) and _is_seq(begun, count)):
+        # (None, most of them in a lane that waits: no call for it)
+        if not ((last is None or _is_seq(last, count)) and (failed is None or _is_seq(failed, count))
+                and (begun is None or _is_seq(begun, count))):
             _expect(False, "lane %r is malformed", key)
         if type(waiting) is int and waiting in (ChildWait.UNCHECKED, ChildWait.STORED):
             started = state.records[begun] if begun is not None else None
@@ -807,23 +810,24 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     _put_back_untouched_items(state)
     # (Most instances have compensated and skipped nothing: no generator is made for those.)
     # (Format 4's headers hold none: the constant, checked by identity rather than as a Mapping.)
-    _expect(comp_errors is NO_ERRORS or isinstance(comp_errors, Mapping) and (
-        not comp_errors or all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors)),
-            "malformed compensation errors")
-    if not (not (failures and comp_errors)):
+    if not (comp_errors is NO_ERRORS or isinstance(comp_errors, Mapping) and (
+            not comp_errors or all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors))):
+        _expect(False, "malformed compensation errors")
+    if failures and comp_errors:
         _expect(False, "compensation errors both in the header and in records")
     if failures:
         comp_errors = _compensations_failed(state, failures, compensated_names or ())
-    _expect(isinstance(skipped, list) and (not skipped or all(isinstance(name, str) for name in skipped)),
-            "malformed skipped steps")
+    if not (isinstance(skipped, list) and (not skipped or all(isinstance(name, str) for name in skipped))):
+        _expect(False, "malformed skipped steps")
     if compensated_names is None:
         _expect(isinstance(compensated, list) and (
             not compensated or all(isinstance(q, int) and 0 <= q < len(records) for q in compensated)),
                 "malformed compensation list")
         _listed_compensations(state, compensated, comp_errors)
     else:
-        _expect(isinstance(compensated_names, list) and (
-            not compensated_names or all(isinstance(n, str) for n in compensated_names)), "malformed compensation cursor")
+        if not (isinstance(compensated_names, list) and (
+                not compensated_names or all(isinstance(n, str) for n in compensated_names))):
+            _expect(False, "malformed compensation cursor")
         if compensated_names:
             _expect(compensated_from is not None and _is_seq(compensated_from, len(records))
                     and all(q >= compensated_from for q in comp_errors), "malformed compensation cursor")
@@ -882,7 +886,9 @@ def _well_formed_wait(waiting: Any) -> bool:
         return False
     for key, value in waiting.items():  # (a loop, not all() over a generator: every wake reads one)
         kinds = _WAIT_FIELDS.get(key)
-        if kinds is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+        # (A value of one of the kinds itself, as msgpack gives them back, passes at once: bool
+        # is none of them.)
+        if kinds is not None and type(value) not in kinds and (not isinstance(value, kinds) or isinstance(value, bool)):
             return False
     return True
 
