@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import msgpack
 
@@ -672,9 +672,9 @@ def decode(start: bytes | None, header: bytes, records: Sequence[bytes] = ()) ->
     # live instance goes on from its main lane.)
     if not (_is_time(state.created_at) and (state.started_at is None or _is_time(state.started_at))
             and (state.completed_at is None or _is_time(state.completed_at))):
-        _expect(False, "the instance's times are not numbers")
+        _malformed("the instance's times are not numbers")
     if not (MAIN in state.lanes or state.status not in RESUMABLE):
-        _expect(False, "a %s instance has no main lane", state.status)
+        _malformed("a %s instance has no main lane", state.status)
     remember_data(state)
     return state
 
@@ -717,9 +717,9 @@ _NO_NAME_NOR_CAUSE = (None, None)
 def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> InstanceState:
     (_, _, iid, name, fingerprint, input, created_at, parent_id) = start if len(start) == 8 else (*start, None)
     if not (parent_id is None or isinstance(parent_id, str)):
-        _expect(False, "the parent id must be a string")
+        _malformed("the parent id must be a string")
     if not (isinstance(iid, str) and isinstance(name, str)):
-        _expect(False, "instance id and workflow name must be strings")
+        _malformed("instance id and workflow name must be strings")
     moved_on = None
     if header[1] == 2:
         # Format 2's header: no mark, and a list of the executions compensated.
@@ -738,16 +738,16 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             comp_errors = NO_ERRORS
         if mark != iid and not (type(mark) is int and mark == instance_mark(iid)):
             # (The message is built only here: every row read passes this check.)
-            _expect(False, "the row of instance %r holds the header of %s (copied from its row?)", iid,
+            _malformed("the row of instance %r holds the header of %s (copied from its row?)", iid,
                     f"instance {safe_repr(mark)}" if isinstance(mark, str) else "another instance")
     if not (status in STATUSES and phase in PHASES):
-        _expect(False, "unknown status %r or phase %r", status, phase)
+        _malformed("unknown status %r or phase %r", status, phase)
     if not (outcome is None or outcome in STATUSES):
-        _expect(False, "unknown outcome %r", outcome)
+        _malformed("unknown outcome %r", outcome)
     if not (isinstance(data, dict) and isinstance(lanes, dict)):
-        _expect(False, "malformed maps")
+        _malformed("malformed maps")
     if not (count == len(records)):
-        _expect(False, "the header counts %r step records, %d are stored", count, len(records))
+        _malformed("the header counts %r step records, %d are stored", count, len(records))
     state = InstanceState(
         instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=SharedData(data),
         lanes={}, phase=phase, outcome=outcome, rolled_back=bool(rolled_back), error=error,
@@ -763,16 +763,16 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         if s_err is not None and r_name is None:
             r_name, r_cause = split_description(s_err)
         if not (r_seq == seq):
-            _expect(False, "step record %d says it is record %r", seq, r_seq)
+            _malformed("step record %d says it is record %r", seq, r_seq)
         if not (isinstance(step, str) and isinstance(lane, str)):
-            _expect(False, "step record %d is malformed", seq)
+            _malformed("step record %d is malformed", seq)
         if not (isinstance(execution, int) and execution >= 1):
-            _expect(False, "step record %d is malformed", seq)
+            _malformed("step record %d is malformed", seq)
         if not (st in STEP_STATUSES):
-            _expect(False, "step record %d has unknown status %r", seq, st)
+            _malformed("step record %d has unknown status %r", seq, st)
         if passes is not None:
             if not (isinstance(passes, int) and 0 <= passes < seq):
-                _expect(False, "step record %d passes on record %r", seq, passes)
+                _malformed("step record %d passes on record %r", seq, passes)
             s_out = state.records[passes].output
         record = new_record(
             step_name=step, status=st, input=input if uses_input else s_in, output=s_out, error=s_err,
@@ -789,12 +789,12 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         # how far a map's items are.
         (step, last, failed, waiting, begun, fanout) = (*fields, None, None, None)[:6]
         if not (isinstance(key, str) and (step is None or isinstance(step, str))):
-            _expect(False, "lane %r is malformed", key)
+            _malformed("lane %r is malformed", key)
         count = len(records)
         # (None, most of them in a lane that waits: no call for it)
         if not ((last is None or _is_seq(last, count)) and (failed is None or _is_seq(failed, count))
                 and (begun is None or _is_seq(begun, count))):
-            _expect(False, "lane %r is malformed", key)
+            _malformed("lane %r is malformed", key)
         if type(waiting) is int and waiting in (ChildWait.UNCHECKED, ChildWait.STORED):
             started = state.records[begun] if begun is not None else None
             _expect(started is not None and isinstance(started.output, str) and started.started_at is not None,
@@ -802,7 +802,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             assert started is not None
             waiting = child_wait(started.output, started.started_at if waiting == ChildWait.UNCHECKED else None)
         if not (waiting is None or _well_formed_wait(waiting)):
-            _expect(False, "lane %r waits for something malformed", key)
+            _malformed("lane %r waits for something malformed", key)
         state.lanes[key] = new_lane(state, key, step, last=last, failed=failed, waiting=waiting, begun=begun,
                                     fanout=None if fanout is None else _map_progress(key, fanout))
     if moved_on is not None:
@@ -812,13 +812,13 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     # (Format 4's headers hold none: the constant, checked by identity rather than as a Mapping.)
     if not (comp_errors is NO_ERRORS or isinstance(comp_errors, Mapping) and (
             not comp_errors or all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors))):
-        _expect(False, "malformed compensation errors")
+        _malformed("malformed compensation errors")
     if failures and comp_errors:
-        _expect(False, "compensation errors both in the header and in records")
+        _malformed("compensation errors both in the header and in records")
     if failures:
         comp_errors = _compensations_failed(state, failures, compensated_names or ())
     if not (isinstance(skipped, list) and (not skipped or all(isinstance(name, str) for name in skipped))):
-        _expect(False, "malformed skipped steps")
+        _malformed("malformed skipped steps")
     if compensated_names is None:
         _expect(isinstance(compensated, list) and (
             not compensated or all(isinstance(q, int) and 0 <= q < len(records) for q in compensated)),
@@ -827,13 +827,13 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     else:
         if not (isinstance(compensated_names, list) and (
                 not compensated_names or all(isinstance(n, str) for n in compensated_names))):
-            _expect(False, "malformed compensation cursor")
+            _malformed("malformed compensation cursor")
         if compensated_names:
             _expect(compensated_from is not None and _is_seq(compensated_from, len(records))
                     and all(q >= compensated_from for q in comp_errors), "malformed compensation cursor")
         else:
             if not (compensated_from is None and not comp_errors):
-                _expect(False, "malformed compensation cursor")
+                _malformed("malformed compensation cursor")
         state.compensated_from = compensated_from
         state.compensated_names = tuple(compensated_names)
         state.compensation_errors = comp_errors
@@ -1028,7 +1028,14 @@ def _expect(condition: bool, message: str, *args: Any) -> None:
     """Raise :class:`SnapshotDecodeError` unless ``condition``; ``message % args`` is formatted
     only then (decoding checks every field of every record it reads)."""
     if not condition:
-        raise SnapshotDecodeError(f"snapshot fields are malformed: {message % args if args else message}")
+        _malformed(message, *args)
+
+
+def _malformed(message: str, *args: Any) -> NoReturn:
+    """Raise :class:`SnapshotDecodeError` saying ``message % args``. (The checks every row read
+    passes call it only once one fails, rather than :func:`_expect` with each: no call, no tuple
+    of arguments, for a field that is well formed.)"""
+    raise SnapshotDecodeError(f"snapshot fields are malformed: {message % args if args else message}")
 
 
 def _locate(state: InstanceState, parts: tuple[tuple[str, Any], ...]) -> str:
