@@ -10,7 +10,7 @@ import functools
 import math
 import time
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Generator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any, Literal, NoReturn, ParamSpec, TypeVar
@@ -148,6 +148,8 @@ class Engine:
         #: wait out of memory (only for signals pending for them, which nothing else would
         #: wake them for: one stored as the engine before closed, say).
         self._wake_on_register: dict[str, set[str]] = {}
+        #: Signals stored and not yet handed over, by instance (see :meth:`_give_stored`).
+        self._handing_over: dict[str, int] = {}
         for record in parked:
             self._wake_on_register.setdefault(record.workflow_name, set()).add(record.instance_id)
         #: Due instances the waker cannot resume here, until something is registered: the
@@ -555,7 +557,10 @@ class Engine:
 
     async def _hand_over(self, instance_id: str, name: str, seq: int, data: bytes, running: Run | None,
                          stored_at: float, row: StoredInstance | None, ended_since: Callable[[], bool]) -> None:
-        """``signal()``'s :meth:`_deliver` of the signal it stored."""
+        """``signal()``'s :meth:`_deliver` of the signal it stored (counted on its way, with
+        :meth:`_deliver_later` if it comes to that)."""
+        self._handing_over[instance_id] = self._handing_over.get(instance_id, 0) + 1
+        later = False
         try:
             await self._deliver(instance_id, name, seq, data, running, stored_at, row, ended_since)
         except (trio.Cancelled, StorageError) as exc:
@@ -569,9 +574,30 @@ class Engine:
                 with contextlib.suppress(RuntimeError):  # (its nursery closed first)
                     self._supervisor.start_soon(f"deliver signal to {instance_id}", self._deliver_later,
                                                 instance_id, name, seq, data, stored_at)
+                    later = True  # (still on its way: that task counts it off)
             if isinstance(exc, StorageError):
                 log.warning("signal %r for instance %s is stored, and is delivered beside the caller: %s", name,
                             instance_id, describe_error(exc), extra={"instance_id": instance_id})
+        finally:
+            if not later:
+                self._handed_over(instance_id)
+
+    def _handed_over(self, instance_id: str) -> None:
+        left = self._handing_over[instance_id] - 1
+        if left:
+            self._handing_over[instance_id] = left
+        else:
+            del self._handing_over[instance_id]
+
+    def _give_stored(self, run: Run, signals: Sequence[tuple[int, str, bytes]], *, own: int = 0) -> None:
+        """Give a run taken up here the signals its row held (read with it, or just after), so
+        that it needs no read of its own; unless signals stored for it are on their way to it
+        (beyond ``own``: the caller's hand-over, which counts itself): they may have been stored
+        after its row was read, and one sent later and handed over first would be taken before
+        them. It then reads storage at its first receive."""
+        run.deliver_stored(signals)
+        if self._handing_over.get(run.state.instance_id, 0) > own:
+            run.signals_fetched = False
 
     async def _deliver(self, instance_id: str, name: str, seq: int, data: bytes, running: Run | None,
                        stored_at: float, row: StoredInstance | None = None,
@@ -627,10 +653,14 @@ class Engine:
 
     async def _deliver_later(self, instance_id: str, name: str, seq: int, data: bytes, stored_at: float) -> None:
         """:meth:`_deliver`, beside a ``signal()`` whose caller went (cancelled) or whose
-        delivery failed; storage that fails in a way that may pass is tried again."""
-        await retried(lambda: self._deliver(instance_id, name, seq, data, None, stored_at),
-                      retry_for=self._storage_retry_for, what=f"delivering signal {name!r} to instance {instance_id}",
-                      instance_id=instance_id)
+        delivery failed; storage that fails in a way that may pass is tried again. (Counted on
+        its way by :meth:`_hand_over`: counted off here.)"""
+        try:
+            await retried(lambda: self._deliver(instance_id, name, seq, data, None, stored_at),
+                          retry_for=self._storage_retry_for,
+                          what=f"delivering signal {name!r} to instance {instance_id}", instance_id=instance_id)
+        finally:
+            self._handed_over(instance_id)
 
     async def _wake_for(self, instance_id: str, names: set[str]) -> None:
         """Resume a parked instance if a lane of it waits for one of the signals ``names``,
@@ -644,7 +674,13 @@ class Engine:
         signal storage holds for them (the run takes it)."""
         for instance_id in instance_ids:
             if instance_id not in self._live:
-                await self._wake_if_waiting(instance_id, None)
+                try:
+                    await retried(lambda: self._wake_if_waiting(instance_id, None),  # noqa: B023 (awaited here)
+                                  retry_for=self._storage_retry_for, what=f"waking instance {instance_id} for its signals",
+                                  instance_id=instance_id)
+                except StorageError as exc:  # (each alone: one bad row never stops the others)
+                    log.error("instance %s could not be woken for its signals: %s", instance_id, exc,
+                              extra={"instance_id": instance_id})
 
     async def _wake_if_waiting(
         self, instance_id: str, wakes: Callable[[dict[str, Any]], bool] | None, *, pending: int | None = None,
@@ -683,7 +719,7 @@ class Engine:
             run = self._resume_one(definition, stored, state)
             if run is not None:
                 # Every signal storage held came with the load: the run needs no look of its own.
-                run.deliver_stored(stored.signals)
+                self._give_stored(run, stored.signals, own=pending is not None)
                 return run, True
         if pending is not None and all(seq != pending for seq, _, _ in stored.signals):
             return None, False
@@ -1124,7 +1160,7 @@ class Engine:
                 run = self._resume_one(definition, record)
                 if run is not None:
                     if signals is not None:
-                        run.deliver_stored(record.signals)
+                        self._give_stored(run, record.signals)
                     resumed.append(record.instance_id)
             except StorageError as exc:
                 log.error("instance %s could not be resumed: %s", record.instance_id, exc,
