@@ -148,8 +148,6 @@ class Engine:
         #: wait out of memory (only for signals pending for them, which nothing else would
         #: wake them for: one stored as the engine before closed, say).
         self._wake_on_register: dict[str, set[str]] = {}
-        #: Signals stored and not yet handed over, by instance (see :meth:`_give_stored`).
-        self._handing_over: dict[str, int] = {}
         for record in parked:
             self._wake_on_register.setdefault(record.workflow_name, set()).add(record.instance_id)
         #: Due instances the waker cannot resume here, until something is registered: the
@@ -537,17 +535,23 @@ class Engine:
             storing.signalled = True  # (its start reads what storage holds: see _start)
         row = None
         # The runs of it that end here from now on, until the signal is handed over.
-        with self._ends.watching(instance_id) as ended_since:
+        watch = self._ends.watching(instance_id)
+        with watch as ended_since:
             if running is None and self._sends_and_loads:
                 # Not running here (parked, most likely): its row comes back with the write, for
-                # the wake, rather than in a read of its own. Unless a run of it ended meanwhile:
-                # the row may predate that run's last checkpoint, and is read again.
+                # the wake, rather than in a read of its own. Unless a run of it ended meanwhile
+                # (the row may predate that run's last checkpoint), or another signal was stored
+                # (the row may not hold it): it is read again.
                 combined: SignalsAndLoads = self.adapter  # type: ignore[assignment]
                 seq, row = await combined.send_signal_and_load(instance_id, name, data)
-                if ended_since():
+                if seq is not None:
+                    self._ends.signal_stored(instance_id)
+                if ended_since() or watch.signals_stored() > 1:
                     row = None
             else:
                 seq = await self.adapter.send_signal(instance_id, name, data)
+                if seq is not None:
+                    self._ends.signal_stored(instance_id)
             stored_at = self._clock()  # a receive whose deadline came before now does not take it
             if seq is None:
                 raise InstanceNotLiveError(f"instance {instance_id!r} has ended; signal {name!r} was not stored")
@@ -557,10 +561,7 @@ class Engine:
 
     async def _hand_over(self, instance_id: str, name: str, seq: int, data: bytes, running: Run | None,
                          stored_at: float, row: StoredInstance | None, ended_since: Callable[[], bool]) -> None:
-        """``signal()``'s :meth:`_deliver` of the signal it stored (counted on its way, with
-        :meth:`_deliver_later` if it comes to that)."""
-        self._handing_over[instance_id] = self._handing_over.get(instance_id, 0) + 1
-        later = False
+        """``signal()``'s :meth:`_deliver` of the signal it stored."""
         try:
             await self._deliver(instance_id, name, seq, data, running, stored_at, row, ended_since)
         except (trio.Cancelled, StorageError) as exc:
@@ -574,29 +575,19 @@ class Engine:
                 with contextlib.suppress(RuntimeError):  # (its nursery closed first)
                     self._supervisor.start_soon(f"deliver signal to {instance_id}", self._deliver_later,
                                                 instance_id, name, seq, data, stored_at)
-                    later = True  # (still on its way: that task counts it off)
             if isinstance(exc, StorageError):
                 log.warning("signal %r for instance %s is stored, and is delivered beside the caller: %s", name,
                             instance_id, describe_error(exc), extra={"instance_id": instance_id})
-        finally:
-            if not later:
-                self._handed_over(instance_id)
 
-    def _handed_over(self, instance_id: str) -> None:
-        left = self._handing_over[instance_id] - 1
-        if left:
-            self._handing_over[instance_id] = left
-        else:
-            del self._handing_over[instance_id]
-
-    def _give_stored(self, run: Run, signals: Sequence[tuple[int, str, bytes]], *, own: int = 0) -> None:
-        """Give a run taken up here the signals its row held (read with it, or just after), so
-        that it needs no read of its own; unless signals stored for it are on their way to it
-        (beyond ``own``: the caller's hand-over, which counts itself): they may have been stored
-        after its row was read, and one sent later and handed over first would be taken before
-        them. It then reads storage at its first receive."""
+    @staticmethod
+    def _give_stored(run: Run, signals: Sequence[tuple[int, str, bytes]], *, complete: bool) -> None:
+        """Give a run taken up here the signals read with its row (or just after), so that it
+        needs no read of its own; unless another signal was stored for it while they were read
+        (not ``complete``): the read may not hold it, and its hand-over, over by now, found no
+        run to give it to. It then reads storage at its first receive (a signal sent later,
+        handed to it, would otherwise be taken first, or that one left for nobody)."""
         run.deliver_stored(signals)
-        if self._handing_over.get(run.state.instance_id, 0) > own:
+        if not complete:
             run.signals_fetched = False
 
     async def _deliver(self, instance_id: str, name: str, seq: int, data: bytes, running: Run | None,
@@ -653,14 +644,10 @@ class Engine:
 
     async def _deliver_later(self, instance_id: str, name: str, seq: int, data: bytes, stored_at: float) -> None:
         """:meth:`_deliver`, beside a ``signal()`` whose caller went (cancelled) or whose
-        delivery failed; storage that fails in a way that may pass is tried again. (Counted on
-        its way by :meth:`_hand_over`: counted off here.)"""
-        try:
-            await retried(lambda: self._deliver(instance_id, name, seq, data, None, stored_at),
-                          retry_for=self._storage_retry_for,
-                          what=f"delivering signal {name!r} to instance {instance_id}", instance_id=instance_id)
-        finally:
-            self._handed_over(instance_id)
+        delivery failed; storage that fails in a way that may pass is tried again."""
+        await retried(lambda: self._deliver(instance_id, name, seq, data, None, stored_at),
+                      retry_for=self._storage_retry_for, what=f"delivering signal {name!r} to instance {instance_id}",
+                      instance_id=instance_id)
 
     async def _wake_for(self, instance_id: str, names: set[str]) -> None:
         """Resume a parked instance if a lane of it waits for one of the signals ``names``,
@@ -695,7 +682,7 @@ class Engine:
         ``pending``: the seq of a signal just stored, for a run found running to be handed:
         ``None`` for the run if the row read holds it no more (a run that has ended since took
         it; the one running now, resumed after that, must not take it again)."""
-        stored = row if row is not None else await self._load_fresh(instance_id)
+        stored, complete = (row, True) if row is not None else await self._load_for_wake(instance_id)
         if stored is None or stored.status not in RESUMABLE or instance_id in self._live:
             if stored is not None and pending is not None and all(seq != pending for seq, _, _ in stored.signals):
                 return None, False
@@ -719,7 +706,7 @@ class Engine:
             run = self._resume_one(definition, stored, state)
             if run is not None:
                 # Every signal storage held came with the load: the run needs no look of its own.
-                self._give_stored(run, stored.signals, own=pending is not None)
+                self._give_stored(run, stored.signals, complete=complete)
                 return run, True
         if pending is not None and all(seq != pending for seq, _, _ in stored.signals):
             return None, False
@@ -729,11 +716,18 @@ class Engine:
         """The instance's stored row, read again if a run of it ended here while it was read:
         the row may then predate that run's last checkpoint, and resuming it would run the
         instance again from an old snapshot."""
+        stored, _ = await self._load_for_wake(instance_id)
+        return stored
+
+    async def _load_for_wake(self, instance_id: str) -> tuple[StoredInstance | None, bool]:
+        """:meth:`_load_fresh`, and whether no signal was stored for the instance while it was
+        read (the row then holds every signal stored before it: see :meth:`_give_stored`)."""
         while True:
-            with self._ends.watching(instance_id) as ended_since:
+            watch = self._ends.watching(instance_id)
+            with watch as ended_since:
                 stored = await self.adapter.load(instance_id)
                 if not ended_since():
-                    return stored
+                    return stored, watch.signals_stored() == 0
 
     async def get_instance(self, instance_id: str) -> WorkflowInstance | None:
         """The instance as it stands (``None`` if unknown)."""
@@ -1160,7 +1154,7 @@ class Engine:
                 run = self._resume_one(definition, record)
                 if run is not None:
                     if signals is not None:
-                        self._give_stored(run, record.signals)
+                        self._give_stored(run, record.signals, complete=True)
                     resumed.append(record.instance_id)
             except StorageError as exc:
                 log.error("instance %s could not be resumed: %s", record.instance_id, exc,
@@ -1187,13 +1181,18 @@ class Engine:
         except Exception:
             return False, None  # unreadable: resuming it reports why
         iid = record.instance_id
+        watch = self._ends.watching(iid)
         try:
-            with self._ends.watching(iid) as ended_since:
+            with watch as ended_since:
                 signals = await self.adapter.signals(iid)
+                if ended_since():
+                    return True, None
+                if watch.signals_stored():
+                    # Another signal was stored meanwhile: the read may not hold it. Taken up,
+                    # and its run reads them itself.
+                    return False, None
         except Exception:  # (storage failing, or an adapter's own error: this row alone)
             return False, None  # resumed, as before storage was asked: its run reads them
-        if ended_since():
-            return True, None
         names = {name for _, name, _ in signals}
         waited = any(lane.waits() and lane.waiting is not None and lane.waiting.get("signal") in names
                      for lane in state.lanes.values())
