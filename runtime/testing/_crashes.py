@@ -219,6 +219,11 @@ async def explore_crashes(
         try:
             with trio.CancelScope() as crashing.process:
                 async with open_engine(adapter=crashing, services=services, driver=driver, threads=False) as engine:
+                    if await storage.list_instances(limit=1):
+                        raise InvalidArgumentError(
+                            "explore_crashes: adapter_factory() gave storage that holds instances already (from"
+                            " an earlier run?): it must give fresh, empty storage each time it is called, e.g."
+                            " a SQLiteAdapter on a new file each call")
                     register(engine)
                     await engine.start(workflow.name, input, instance_id=INSTANCE_ID)
                     for name, payload in signals:

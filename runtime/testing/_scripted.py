@@ -152,6 +152,9 @@ class ScriptedJob:
     def __init__(self, *behaviours: Behaviour, name: str = "scripted") -> None:
         if not behaviours:
             behaviours = (Returns(),)
+        self.name = name  # (first: a traceback shows the object's repr even when it is refused)
+        self.behaviours: Sequence[Behaviour] = behaviours
+        self.calls: list[Call] = []
         for b in behaviours:
             if not isinstance(b, (Returns, Raises, Sleeps, Hangs)):
                 if isinstance(b, (list, tuple)) and b and all(isinstance(e, (Returns, Raises, Sleeps, Hangs)) for e in b):
@@ -159,10 +162,8 @@ class ScriptedJob:
                 else:
                     hint = f"for a job returning it: returns({b!r})"
                 raise InvalidArgumentError(
-                    f"{name}: each behaviour is made by returns(), raises(), sleeps() or hangs(), got {b!r} ({hint})")
-        self.behaviours: Sequence[Behaviour] = behaviours
-        self.name = name
-        self.calls: list[Call] = []
+                    f"ScriptedJob {name!r}: each behaviour is made by returns(), raises(), sleeps() or hangs(),"
+                    f" got {b!r} ({hint})")
 
     def reset(self) -> None:
         """Forget every call: the script starts over."""
