@@ -577,6 +577,6 @@ def inst_is_flaky(step: str) -> bool:
 
 
 RestartsOnSQLite.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None, derandomize=True, database=None,
+    max_examples=45, stateful_step_count=40, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestRestartsOnSQLite = RestartsOnSQLite.TestCase

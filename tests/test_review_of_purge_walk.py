@@ -195,7 +195,7 @@ async def run_against_model(ops: list[tuple[int, tuple[Any, ...]]], path: Path) 
         await sqlite.close()
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(ops=OPS)
 def test_both_adapters_agree_with_the_contract_on_random_sequences(ops: list[tuple[Any, ...]]) -> None:
     """Creates with and without stored parents, finishes with other statuses (a completed

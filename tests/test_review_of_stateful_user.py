@@ -537,7 +537,7 @@ class Waiting(RuleBasedStateMachine):
 
 
 Waiting.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=50, deadline=None, derandomize=True, database=None,
+    max_examples=70, stateful_step_count=50, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestWaitingMachine = Waiting.TestCase
 
