@@ -49,6 +49,17 @@ def autojumping(who: str, *, required: bool = True) -> None:
         clock.autojump_threshold = 0
 
 
+def refuse_unknown_options(options: dict[str, Any], who: str) -> None:
+    """:class:`InvalidArgumentError` naming ``who`` and every key of ``options`` that is not one
+    of ``open_engine``'s. (They are passed on to it: a misspelt one would otherwise fail there
+    with a bare ``TypeError``, and a type checker cannot see it through ``**options``.)"""
+    known = inspect.signature(open_engine).parameters
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise InvalidArgumentError(
+            f"{who}: no option {', '.join(map(repr, unknown))}; it takes open_engine's: {', '.join(known)}")
+
+
 @_typed_as_options_of(open_engine)
 @asynccontextmanager
 async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
@@ -60,14 +71,7 @@ async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
     virtual time jump ahead while they run), and a wall clock on virtual time (durable timers
     of days take no real time). Other options are ``open_engine``'s.
     """
-    known = inspect.signature(open_engine).parameters
-    unknown = sorted(set(engine_options) - set(known))
-    if unknown:
-        # (Its options are open_engine's, passed on: a misspelt one would otherwise fail there
-        # with a bare TypeError, and a type checker cannot see it through ``**engine_options``.)
-        raise InvalidArgumentError(
-            f"open_test_engine: no option {', '.join(map(repr, unknown))}; it takes open_engine's:"
-            f" {', '.join(known)}")
+    refuse_unknown_options(engine_options, "open_test_engine")
     autojumping("open_test_engine")
     engine_options.setdefault("adapter", MemoryAdapter())
     engine_options.setdefault("threads", False)

@@ -8,6 +8,7 @@ the plugin marks it ``trio(run=...)`` with a runner that supplies one (needs pyt
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -16,8 +17,9 @@ import trio
 import trio.testing
 
 from trioflow._engine import Engine
+from trioflow._errors import InvalidArgumentError
 
-from ._engine import open_test_engine
+from ._engine import open_test_engine, refuse_unknown_options
 
 FIXTURE = "trioflow_engine"
 
@@ -46,10 +48,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.trio(run=_run_on_mock_clock), append=False)
 
 
+@pytest.hookimpl(tryfirst=True)  # before fixtures are set up: the async one would fail first
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if FIXTURE in getattr(item, "fixturenames", ()) and not item.config.pluginmanager.hasplugin("trio"):
+    if FIXTURE not in getattr(item, "fixturenames", ()):
+        return
+    if not item.config.pluginmanager.hasplugin("trio"):
         # Without pytest-trio nothing runs the async fixture: say what to install.
         pytest.fail(MISSING_PYTEST_TRIO, pytrace=False)
+    test = getattr(item, "obj", None)
+    if hasattr(test, "hypothesis"):
+        # Hypothesis refuses a function-scoped fixture; told not to, its examples would share
+        # one engine, which pytest-trio runs on trio's own clock (it ignores this plugin's
+        # runner for hypothesis tests): NotOnMockClockError, naming this very fixture.
+        pytest.fail(f"{item.name} uses the {FIXTURE} fixture under hypothesis's @given: the fixture"
+                    " makes one engine per test, not per example; open one per example with"
+                    " trioflow.testing.open_test_engine inside trioflow.testing.run()", pytrace=False)
+    if test is not None and not inspect.iscoroutinefunction(test):
+        # pytest-trio would say only that the test "is marked trio but is not async": the
+        # marker is this plugin's, which the user never wrote.
+        pytest.fail(f"{item.name} uses the {FIXTURE} fixture, which is async: define it with"
+                    f" `async def` and await the engine's calls", pytrace=False)
 
 
 @pytest.fixture
@@ -61,8 +79,19 @@ def trioflow_engine_options() -> dict[str, Any]:
 
 
 @pytest.fixture
-async def trioflow_engine(trioflow_engine_options: dict[str, Any]) -> AsyncIterator[Engine]:
+def _trioflow_checked_options(trioflow_engine_options: dict[str, Any]) -> dict[str, Any]:
+    """``trioflow_engine_options``, its keys checked at set-up: a misspelt one fails the test's
+    set-up naming that fixture, rather than its run with an error group from the engine."""
+    try:
+        refuse_unknown_options(trioflow_engine_options, "the trioflow_engine_options fixture")
+    except InvalidArgumentError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return trioflow_engine_options
+
+
+@pytest.fixture
+async def trioflow_engine(_trioflow_checked_options: dict[str, Any]) -> AsyncIterator[Engine]:
     """A time-skipping test engine (see ``trioflow.testing.open_test_engine``), opened with
     ``trioflow_engine_options``."""
-    async with open_test_engine(**trioflow_engine_options) as engine:
+    async with open_test_engine(**_trioflow_checked_options) as engine:
         yield engine

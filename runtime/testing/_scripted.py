@@ -118,18 +118,22 @@ Behaviour = Union[Returns, Raises, Sleeps, Hangs]
 
 
 def returns(value: Any = None, *, times: int = 1) -> Returns:
+    """Return a fresh deep copy of ``value``, for ``times`` calls."""
     return Returns(value=value, times=times)
 
 
 def raises(error: BaseException | type[BaseException], message: str = "scripted failure", *, times: int = 1) -> Raises:
+    """Raise ``error`` (a class is raised with ``message``), for ``times`` calls."""
     return Raises(error=error, message=message, times=times)
 
 
 def sleeps(seconds: float, then: Behaviour = Returns(), *, times: int = 1) -> Sleeps:
+    """Sleep ``seconds`` (virtual ones, on the test clock), then play ``then``, for ``times`` calls."""
     return Sleeps(seconds=seconds, then=then, times=times)
 
 
 def hangs(*, times: int = 1) -> Hangs:
+    """Wait until cancelled (a step timeout, a cancel), for ``times`` calls."""
     return Hangs(times=times)
 
 

@@ -185,6 +185,8 @@ def job_behaviours(*, may_hang: bool = False, timing: bool = True) -> st.SearchS
 
 
 def retry_policies(*, timing: bool = True) -> st.SearchStrategy[Retry]:
+    """A retry policy: 1 to 4 attempts, intervals of 0.1, 1 or 3 s (0 with ``timing=False``, for
+    runs on a real clock), a backoff rate of 1 or 2, and a cap no lower than the largest interval."""
     return st.builds(
         Retry,
         max_attempts=st.integers(1, 4),
