@@ -20,6 +20,7 @@ from trioflow._errors import (
 )
 from trioflow._snapshot import RESUMABLE, TERMINAL, Status
 
+from ._arguments import checked_limit, checked_time
 from ._protocol import StoredInstance
 
 
@@ -243,6 +244,8 @@ class MemoryAdapter:
         self, workflow_name: str | None = None, status: Status | None = None, *,
         after: str | None = None, limit: int | None = None, newest_first: bool = False,
     ) -> list[StoredInstance]:
+        if limit is not None:
+            checked_limit(limit, "list_instances")
         rows = self._rows
         # Walk the smaller index that applies, look up in the other: every stored row is read
         # only when neither a workflow nor a status is given.
@@ -343,6 +346,8 @@ class MemoryAdapter:
     async def purge(
         self, finished_by: float, limit: int, *, status: Status | None = None, workflow_name: str | None = None,
     ) -> int:
+        finished_by = checked_time(finished_by, "purge's finished_by")
+        checked_limit(limit, "purge")
         order = self._order
         orphans: list[_Row] = []  # children whose parent this purge deletes, and it leaves
         purged = taken = 0  # (taken: the rows the limit counts, not the children they take along)

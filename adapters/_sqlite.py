@@ -55,6 +55,7 @@ from trioflow._errors import (
 from trioflow._snapshot import RESUMABLE, TERMINAL, Status
 from trioflow._virtual_time import mock_clock, threads_under
 
+from ._arguments import checked_limit, checked_time
 from ._protocol import StoredInstance
 
 if TYPE_CHECKING:
@@ -539,6 +540,8 @@ class SQLiteAdapter:
         self, workflow_name: str | None = None, status: Status | None = None, *,
         after: str | None = None, limit: int | None = None, newest_first: bool = False,
     ) -> list[StoredInstance]:
+        if limit is not None:
+            checked_limit(limit, "list_instances")
         rows: list[StoredInstance] | None = await self._submit(
             ("list", (workflow_name, status, after, limit, newest_first)))
         if rows is None:
@@ -574,7 +577,8 @@ class SQLiteAdapter:
     ) -> int:
         # One transaction per call: the engine purges in batches, so the writer commits other
         # instances' checkpoints between them.
-        purged: int = await self._submit(("purge", (float(finished_by), int(limit), status, workflow_name)))
+        purged: int = await self._submit(("purge", (checked_time(finished_by, "purge's finished_by"),
+                                                    checked_limit(limit, "purge"), status, workflow_name)))
         return purged
 
     # -- the trio side of the writer ------------------------------------------------------------

@@ -91,6 +91,8 @@ def _read(data: bytes) -> Any:
 # anything accepted then sits well inside the unpacker's limit, even inside a snapshot.
 _DEPTH_HEADROOM = 128
 _MAX_DEPTH = 890
+#: Packed bytes of those extra levels, each a list of one item, to read a value back inside them.
+_HEADROOM = b"\x91" * _DEPTH_HEADROOM
 _SCALARS = frozenset({bool, int, float})
 _PLAIN = frozenset({bool, int, float, str, bytes})
 
@@ -262,6 +264,13 @@ def check_data(state: InstanceState, ended: str | None = None) -> None:
             raise
         raise error from exc
     state.good_data = packed
+
+
+def _unwrapped(value: Any) -> Any:
+    """What :data:`_HEADROOM` wrapped, read back."""
+    for _ in range(_DEPTH_HEADROOM):
+        value = value[0]
+    return value
 
 
 def _check_depth(value: Any, size: int) -> None:
@@ -436,10 +445,16 @@ def _encode_record(r: StepResult, output_as_stored: bool = False) -> tuple[bytes
                     check_encodable(value, what)
             # Values that packed may still not read back (a dict key that is a tuple): one
             # unpack of the record finds out, and the per-value check below names the culprit.
-            fields: list[Any] = _read(packed)
-        except Exception:
+            # A record that can hold a value nested past the limit (each level takes a byte) is
+            # read back inside the headroom a snapshot needs: stored without it, it would read
+            # back here and fail every later step that reads it.
+            fields: list[Any] = _read(packed) if len(packed) <= _MAX_DEPTH else _unwrapped(_read(_HEADROOM + packed))
+        except Exception as exc:
             for what, value in values:
                 check_encodable(value, what)
+            if isinstance(exc, msgpack.StackError):  # (within the packer's limit, past the reader's)
+                raise UnencodableValueError(f"a value of step {r.step_name!r} is nested too deeply to be stored"
+                                            " (about 890 levels at most)") from exc
             raise
         return packed, fields
     return packed, None

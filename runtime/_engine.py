@@ -68,7 +68,8 @@ from ._errors import (
     safe_repr,
 )
 from ._engine_arguments import (
-    check_adapter, check_driver_apart, check_instance_id, check_listing, check_same_start, check_same_workflow, duration, not_the_child,
+    check_adapter, check_driver_apart, check_instance_id, check_listing, check_same_start, check_same_workflow, check_switch, duration,
+    not_the_child,
 )
 from ._ends_during_reads import EndsDuringReads
 from ._escapes import goes_on
@@ -246,6 +247,7 @@ class Engine:
         memory finish on the definition they run with."""
         self._check_open()
         built(definition, "register()")
+        check_switch(replace, "register()'s replace")
         known = self._definitions.get(definition.name)
         if known is not None and not replace:
             if known == definition:
@@ -513,7 +515,7 @@ class Engine:
                 raise InvalidArgumentError(f"start_at must be an aware datetime (with a tzinfo), got {start_at!r}")
             return unix_seconds(start_at)
         if not in_range(start_at):
-            raise InvalidArgumentError(f"start_at must be an aware datetime or Unix seconds, got {start_at!r}")
+            raise InvalidArgumentError(f"start_at must be an aware datetime or Unix seconds (a finite number >= 0), got {start_at!r}")
         return float(start_at)
 
     async def signal(self, instance_id: str, name: str, payload: Any = None) -> None:
@@ -2017,9 +2019,8 @@ async def open_engine(
     check_in_trio("open_engine()")
     if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
         raise InvalidArgumentError(f"max_running must be an int >= 1, got {max_running!r}")
-    for name, flag in (("resume", resume), ("threads", threads)):
-        if not isinstance(flag, bool):
-            raise InvalidArgumentError(f"{name} takes True or False, got {safe_repr(flag)}")
+    check_switch(resume, "resume")
+    check_switch(threads, "threads")
     if clock is not None:
         if not callable(clock):
             raise InvalidArgumentError(f"clock must be a function giving Unix seconds (time.time), got {clock!r}")

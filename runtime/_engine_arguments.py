@@ -11,7 +11,6 @@ from typing import Any
 from ._definition import WorkflowDefinition
 from ._durations import Seconds, in_range, seconds
 from ._errors import InstanceIdConflictError, InvalidArgumentError, safe_repr
-from ._codec import same_value
 from ._lanes import valid_text
 from ._snapshot import STATUSES, InstanceState, WorkflowInstance
 
@@ -22,6 +21,13 @@ def duration(value: Seconds, name: str) -> float:
     if not in_range(number):
         raise InvalidArgumentError(f"{name} must be a finite number of seconds >= 0 (or a timedelta), got {value!r}")
     return float(number)
+
+
+def check_switch(value: object, name: str) -> None:
+    """A switch argument (``resume``, ``replace``...): ``True`` or ``False``, nothing merely
+    truthy (``"no"`` from a configuration file is), or :class:`InvalidArgumentError` naming it."""
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} takes True or False, got {safe_repr(value)}")
 
 
 def check_adapter(adapter: object) -> None:
@@ -118,6 +124,7 @@ def check_same_start(
             raise not_the_child(instance_id, parent)
         return
     check_same_workflow(instance_id, state.workflow_name, workflow_name)
+    from ._codec import same_value  # (loaded on first use: the job registry's checks, here, import fast)
     if not same_value(state.input, input):
         raise InstanceIdConflictError(
             f"instance id {instance_id!r} already belongs to an instance of {workflow_name!r} with another input;"

@@ -101,6 +101,9 @@ async def run_workflow(
         builder.with_timeout(timeout)
     if initial_data is not None:
         builder.with_data(initial_data)
+    if hooks is not None and not isinstance(hooks, Mapping):
+        raise DefinitionError(f"run_workflow's hooks must be a mapping of hook names to callables (a dict), got"
+                              f" {safe_repr(hooks)}")
     if hooks:
         builder.with_hooks(**hooks)
     return await execute_workflow(driver, builder.build(), input, services=services)

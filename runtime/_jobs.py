@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from ._callables import generator_kind, is_async
-from ._errors import DefinitionError, UnknownJobError
+from ._engine_arguments import check_switch
+from ._errors import DefinitionError, UnknownJobError, safe_repr
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,6 +39,8 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
         self._jobs: dict[str, Callable[..., Any]] = {}
         #: Whether each job is awaited (``True``) or run in a thread, worked out at registration.
         self._async: dict[str, bool] = {}
+        if jobs is not None and not isinstance(jobs, Mapping):
+            raise DefinitionError(f"jobs must be a mapping of job names to callables (a dict), got {safe_repr(jobs)}")
         for name, fn in (jobs or {}).items():
             self.register(name, fn)
 
@@ -48,6 +51,7 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
         if self._check_open is not None:
             self._check_open()
         check_job(name, fn)
+        check_switch(replace, "jobs.register()'s replace")
         known = self._jobs.get(name)
         if known is not None and not replace:
             if known == fn:

@@ -190,7 +190,7 @@ def _check_wait(label: str, step: WaitStep) -> None:
             continue
         if not in_range(value):
             allowed = ("a finite number of seconds >= 0, a timedelta, or a callable of ctx" if field == "seconds"
-                       else "Unix seconds, an aware datetime, or a callable of ctx")
+                       else "Unix seconds (a finite number >= 0), an aware datetime, or a callable of ctx")
             raise DefinitionError(f"{label}: {field} must be {allowed}, got {value!r}")
 
 

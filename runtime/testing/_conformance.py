@@ -20,9 +20,11 @@ from trioflow._engine import open_engine
 from trioflow._errors import (
     CheckpointConflictError,
     InstanceStillRunningError,
+    InvalidArgumentError,
     StorageError,
     UnencodableValueError,
     UnknownInstanceError,
+    safe_repr,
 )
 from trioflow._snapshot import TERMINAL
 from trioflow.adapters._protocol import (
@@ -41,6 +43,12 @@ async def check_persistence_adapter(open_adapter: OpenAdapter) -> list[str]:
     the same key means the same storage (a reopen), a new key an empty one. Raises
     ``AssertionError`` naming the first check that fails.
     """
+    if not callable(open_adapter):
+        # (An adapter is the natural first try: it would fail as a bare TypeError from inside
+        # the first check.)
+        raise InvalidArgumentError(
+            "check_persistence_adapter takes a function open_adapter(key) giving a new, unopened adapter on"
+            f" the storage named key (e.g. lambda key: MyAdapter(tmp_path / key)), got {safe_repr(open_adapter)}")
     passed = []
     for check in _CHECKS:
         try:
