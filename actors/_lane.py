@@ -7,6 +7,7 @@ from typing import Any
 
 import trio
 
+from trioflow._codec import as_stored as read_back
 from trioflow._context import ItemPlace, WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._decide import (
@@ -186,6 +187,12 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             else:
                 await run.persist()
         if run.has_hooks:
+            if passes is not None and run.adapter is not None:
+                # Passed on, the output is the earlier record's own object: the hook gets a
+                # copy, so that its edits reach no later step, compensation or outcome, which a
+                # restart (reading the record back) would not see. (A step's own output is
+                # the one it returned, and its record keeps what storage gives back.)
+                output = read_back(output, f"output of step {name!r}")
             await run.hook("on_step_complete", name, output, ctx)
     return state.output_of(lane.last)
 
