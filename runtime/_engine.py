@@ -440,9 +440,10 @@ class Engine:
                         check_same_start(instance_id, found, workflow_name, input, parent)
                     if parent is not None and existing.status in TERMINAL:
                         await self._check_end_noticed(instance_id, parent)
-                    if self._leftovers is not None and existing.status in RESUMABLE:
+                    if (self._leftovers is not None or not self._holding_back) and existing.status in RESUMABLE:
                         # Unfinished and not running here (a resume may have passed it over while
-                        # this call stored it): with auto-resume on, resuming is this call's job.
+                        # this call stored it): with auto-resume on, or once resume() was called,
+                        # resuming is this call's job.
                         # (On its own workflow: a parent's child step may now name another.)
                         if existing.workflow_name != workflow_name:
                             try:
@@ -800,7 +801,7 @@ class Engine:
                 if self._missing_jobs(definition):
                     raise _held_for_jobs(instance_id, self._missing_jobs(definition))
                 if instance_id not in self._live:
-                    self._check_open()  # closed while storage was read: nobody would set it
+                    self._check_stopped(instance_id)  # stopped while storage was read: nobody would set it
                     event = self._next_run.setdefault(instance_id, trio.Event())
                     try:
                         await event.wait()
@@ -833,8 +834,9 @@ class Engine:
                      if any(r.instance_id == instance_id for r in records)), None)
 
     def _check_stopped(self, instance_id: str) -> None:
-        """A run that did not end while waited on: the engine is stopping."""
-        if self._closed:
+        """A run that did not end while waited on: the engine is stopping (closed, or its actors
+        stopped: the scope around it cancelled, and the caller in a cleanup of its own)."""
+        if self._closed or self._actors_stopped:
             raise EngineClosedError(
                 f"the engine stopped before instance {instance_id!r} ended; it stays in storage"
                 " for the next engine to resume"
@@ -1529,8 +1531,8 @@ class Engine:
             if rows is not None and any(row.instance_id == iid for row in rows):
                 rows[:] = [fresh if row.instance_id == iid else row for row in rows]
                 found = True
-        if found or self._leftovers is None or self._closed or iid in self._live:
-            return
+        if found or self._leftovers is None or self._closed or self._actors_stopped or iid in self._live:
+            return  # (stopping: the next engine resumes it, as stored)
         self._old_rows.add(iid)  # resumed from this row, unless it runs here meanwhile
         definition = self._definitions.get(name)
         if definition is None:
@@ -1884,6 +1886,16 @@ class Engine:
 
     def _stop_actors(self) -> None:
         self._actors_stopped = True
+        self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        """No run starts from now on: callers of ``wait()`` on parked instances, and on queued
+        runs, which have no actor to end them, learn that the engine stopped
+        (``EngineClosedError``) rather than wait for ever."""
+        for event in self._next_run.values():
+            event.set()
+        for run in self._waiting:
+            run.ended()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1892,12 +1904,7 @@ class Engine:
     def _close(self) -> None:
         self._closed = True
         self.events.attach(None)
-        # Callers of wait() on parked instances: they learn the engine closed.
-        for event in self._next_run.values():
-            event.set()
-        # Queued runs have no actor to end them: release their waiters (``EngineClosedError``).
-        for run in self._waiting:
-            run.ended()
+        self._release_waiters()
         self._registered_more.set()
 
 
