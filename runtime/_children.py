@@ -191,6 +191,9 @@ class EngineChildren:
             raise
 
     def deliver_notice(self, parent_id: str, notice: str, seq: int | None, payload: bytes) -> bool:
+        # Stored as a signal is: a read of the parent's row in flight (a wake for an earlier
+        # child's end) may not hold it, and the run taken up from that read must look again.
+        self._engine._ends.signal_stored(parent_id)
         run = self._engine._live.get(parent_id)
         if run is None or type(seq) is not int or self._engine._closed:
             # Closed: stored, the next engine's resume finds it pending. (Not an int: an adapter
