@@ -175,20 +175,27 @@ async def _wait_in_cleanup(instance_id: str) -> list[Any]:
             await trio.sleep(5)
             parked = await engine.get_instance("parked")
             assert parked is not None and parked.waiting is not None
-            try:
-                outer.cancel()  # SIGTERM cancels the service's root
-                await trio.sleep(1)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio.sleep(0.1)  # any await of the cleanup: the actors stop meanwhile
-                    with trio.move_on_after(50) as waited:
-                        try:
-                            seen.append(await engine.wait(instance_id))
-                        except Exception as exc:  # noqa: BLE001 (what it raises is what the test looks at)
-                            seen.append(exc)
-                    if waited.cancelled_caught:
-                        seen.append("no answer after 50 s")
+            await _in_the_cleanup_of_a_cancel(outer, lambda: engine.wait(instance_id), seen)
     return seen
+
+
+async def _in_the_cleanup_of_a_cancel(outer: trio.CancelScope, call: Any, seen: list[Any]) -> None:
+    """Cancel ``outer`` (SIGTERM cancels the service's root), then, in the block's shielded
+    cleanup, once the actors have stopped, note what ``call()`` gives or raises in ``seen``
+    (or that it gave no answer within 50 s)."""
+    try:
+        outer.cancel()
+        await trio.sleep(1)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(0.1)  # any await of the cleanup: the actors stop meanwhile
+            with trio.move_on_after(50) as waited:
+                try:
+                    seen.append(await call())
+                except Exception as exc:  # noqa: BLE001 (what it raises is what the test looks at)
+                    seen.append(exc)
+            if waited.cancelled_caught:
+                seen.append("no answer after 50 s")
 
 
 @pytest.mark.trio
@@ -339,15 +346,5 @@ async def test_cancel_in_the_cleanup_of_a_cancelled_engine_raises_no_trio_error(
             await engine.start("parks", instance_id="parked")
             await engine.start("parent", instance_id="parent")
             await trio.sleep(5)
-            try:
-                outer.cancel()  # SIGTERM cancels the service's root
-                await trio.sleep(1)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio.sleep(0.1)  # any await of the cleanup: the actors stop meanwhile
-                    with trio.move_on_after(50):
-                        try:
-                            seen.append(await engine.cancel(target))
-                        except Exception as exc:  # noqa: BLE001 (what it raises is what the test looks at)
-                            seen.append(exc)
+            await _in_the_cleanup_of_a_cancel(outer, lambda: engine.cancel(target), seen)
     assert len(seen) == 1 and (seen[0] is True or isinstance(seen[0], tf.EngineClosedError)), seen
