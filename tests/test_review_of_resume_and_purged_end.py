@@ -82,6 +82,19 @@ def two_receives(counted: list[int]) -> tf.WorkflowDefinition:
 # -- bugs ---------------------------------------------------------------------------------------
 
 
+async def _park_two_with_unwoken_signals(engine: tf.Engine, adapter: Any, counted: list[int]) -> None:
+    """a1 (approval) and b1 (two receives) parked, out of memory, each with a signal stored as
+    if a crash came between the signal's store and its wake; a1's ``signals()`` read slow."""
+    engine.register(APPROVAL)
+    engine.register(two_receives(counted))
+    await engine.start("approval", instance_id="a1")
+    await engine.start("two", instance_id="b1")
+    await trio.sleep(5)  # both parked, out of memory
+    await adapter.send_signal("a1", "x", encode_payload(1, "p"))
+    await adapter.send_signal("b1", "go", encode_payload("first", "p"))
+    adapter.slow_for = {"a1"}
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 async def test_bug_resume_runs_an_instance_again_from_a_row_that_went_out_of_date_during_an_earlier_rows_read(
         autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture, kind: str, tmp_path: Path) -> None:
@@ -102,19 +115,10 @@ async def test_bug_resume_runs_an_instance_again_from_a_row_that_went_out_of_dat
     counted: list[int] = []
     adapter = slow_signals(kind, tmp_path)
     async with open_test_engine(adapter=adapter, clock=virtual_wall_clock()) as engine:
-        engine.register(APPROVAL)
-        engine.register(two_receives(counted))
-        await engine.start("approval", instance_id="a1")
-        await engine.start("two", instance_id="b1")
-        await trio.sleep(5)  # both parked, out of memory
-        # As if a crash came between each signal's store and its wake:
-        await adapter.send_signal("a1", "x", encode_payload(1, "p"))
-        await adapter.send_signal("b1", "go", encode_payload("first", "p"))
-        adapter.slow_for = {"a1"}
-        resumed: list[list[str]] = []
+        await _park_two_with_unwoken_signals(engine, adapter, counted)
 
         async def resume() -> None:
-            resumed.append(await engine.resume())
+            await engine.resume()
 
         async with engine.events.subscribe("*") as stream:
             async with trio.open_nursery() as nursery:
@@ -147,18 +151,10 @@ async def test_bug_resume_runs_a_cancelled_instance_again_from_the_row_it_had_be
     counted: list[int] = []
     adapter = slow_signals(kind, tmp_path)
     async with open_test_engine(adapter=adapter, clock=virtual_wall_clock()) as engine:
-        engine.register(APPROVAL)
-        engine.register(two_receives(counted))
-        await engine.start("approval", instance_id="a1")
-        await engine.start("two", instance_id="b1")
-        await trio.sleep(5)
-        await adapter.send_signal("a1", "x", encode_payload(1, "p"))
-        await adapter.send_signal("b1", "go", encode_payload("first", "p"))
-        adapter.slow_for = {"a1"}
-        resumed: list[list[str]] = []
+        await _park_two_with_unwoken_signals(engine, adapter, counted)
 
         async def resume() -> None:
-            resumed.append(await engine.resume())
+            await engine.resume()
 
         async with engine.events.subscribe("workflow.*") as stream:
             async with trio.open_nursery() as nursery:

@@ -69,6 +69,13 @@ class Slow(MemoryAdapter):
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
         return await self._slowed_send(lambda: super(Slow, self).send_signal(instance_id, name, payload))
 
+    async def go_slowly(self, engine: tf.Engine, instance_id: str, payload: str) -> None:
+        """``engine.signal(instance_id, "go", payload)``, its write stored 6 s after the call,
+        the ``signals()`` read after it 3 s long."""
+        self.send_delay = 6.0
+        self.signals_delay_after_send = 3.0
+        await engine.signal(instance_id, "go", payload)
+
     async def send_signal_and_load(self, instance_id: str, name: str, payload: bytes) -> Any:
         return await self._slowed_send(lambda: super(Slow, self).send_signal_and_load(instance_id, name, payload))
 
@@ -150,13 +157,8 @@ async def test_fifo_holds_when_a_run_left_memory_while_the_first_signal_was_stor
         await trio.sleep(1.2)
         assert iid not in engine._live
 
-        async def send_first() -> None:
-            adapter.send_delay = 6.0
-            adapter.signals_delay_after_send = 3.0
-            await engine.signal(iid, "go", "first")
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_first)
+            nursery.start_soon(adapter.go_slowly, engine, iid, "first")
             await trio.sleep(5.0)  # t=6.2: r1 ran q and left memory on t2 (at 6.0)
             assert iid not in engine._live
             await trio.sleep(0.8)  # t=7.0: r2 is live (taken up for t2)
@@ -208,13 +210,7 @@ async def test_a_signal_stored_before_the_deadline_is_taken_when_a_run_left_memo
         iid = await engine.start("timeout-two-runs", {})
         await trio.sleep(1.2)
 
-        async def send() -> None:
-            adapter.send_delay = 6.0
-            adapter.signals_delay_after_send = 3.0
-            await engine.signal(iid, "go", "payload")
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send)
+        await adapter.go_slowly(engine, iid, "payload")
         with trio.fail_after(100):
             done = await engine.wait(iid)
     assert adapter.stored_at == [pytest.approx(7.2)]
@@ -424,13 +420,8 @@ async def test_pin_a_run_queued_for_a_slot_while_the_signal_was_stored_gets_it_o
         await trio.sleep(1.2)
         assert iid not in engine._live
 
-        async def send_first() -> None:
-            adapter.send_delay = 6.0
-            adapter.signals_delay_after_send = 3.0
-            await engine.signal(iid, "go", "first")
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_first)
+            nursery.start_soon(adapter.go_slowly, engine, iid, "first")
             await trio.sleep(1.8)
             hog = await engine.start("hog", {})
             await trio.sleep(4.0)  # t=7.0
