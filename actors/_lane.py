@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -187,12 +188,13 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             else:
                 await run.persist()
         if run.has_hooks:
-            if passes is not None and run.adapter is not None:
-                # Passed on, the output is the earlier record's own object: the hook gets a
-                # copy, so that its edits reach no later step, compensation or outcome, which a
-                # restart (reading the record back) would not see. (A step's own output is
-                # the one it returned, and its record keeps what storage gives back.)
-                output = read_back(output, f"output of step {name!r}")
+            if run.adapter is not None:
+                # The hook gets a copy of its own: the output may be an earlier record's object
+                # (passed on), hold the branches' or items' (a fan-out's), or be the shared data's
+                # (a task step returning ``ctx.get(...)``), and a hook's edits must reach no later
+                # step, compensation or outcome, which a restart (reading records back) would not see.
+                with contextlib.suppress(UnencodableValueError):  # (stored already: it reads back)
+                    output = read_back(output, f"output of step {name!r}")
             await run.hook("on_step_complete", name, output, ctx)
     return state.output_of(lane.last)
 

@@ -9,7 +9,7 @@ the plugin marks it ``trio(run=...)`` with a runner that supplies one (needs pyt
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -48,7 +48,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.trio(run=_run_on_mock_clock), append=False)
 
 
-@pytest.hookimpl(tryfirst=True)  # before fixtures are set up: the async one would fail first
+# (Not tryfirst: a test marked skip or xfail(run=False) is skipped before this looks at it.
+# Plugins' set-up hooks run before pytest's own, which sets the fixtures up.)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if FIXTURE not in getattr(item, "fixturenames", ()):
         return
@@ -82,8 +83,11 @@ def trioflow_engine_options() -> dict[str, Any]:
 def _trioflow_checked_options(trioflow_engine_options: dict[str, Any]) -> dict[str, Any]:
     """``trioflow_engine_options``, its keys checked at set-up: a misspelt one fails the test's
     set-up naming that fixture, rather than its run with an error group from the engine."""
+    if not isinstance(trioflow_engine_options, Mapping):
+        pytest.fail(f"the trioflow_engine_options fixture must return a dict of open_engine's options, got"
+                    f" {trioflow_engine_options!r}", pytrace=False)
     try:
-        refuse_unknown_options(trioflow_engine_options, "the trioflow_engine_options fixture")
+        refuse_unknown_options(dict(trioflow_engine_options), "the trioflow_engine_options fixture")
     except InvalidArgumentError as exc:
         pytest.fail(str(exc), pytrace=False)
     return trioflow_engine_options
