@@ -9,17 +9,27 @@ import math
 from trioflow._errors import StorageError, safe_repr
 
 
+#: Largest limit SQLite takes (a 64-bit signed integer); a larger one limits nothing more.
+_MOST = (1 << 63) - 1
+
+
 def checked_limit(limit: object, what: str) -> int:
-    """``limit`` as given, if it is an ``int`` >= 0 (not a ``bool``); :class:`StorageError`
-    naming ``what`` otherwise."""
+    """``limit`` (at most :data:`_MOST`), if it is an ``int`` >= 0 (not a ``bool``);
+    :class:`StorageError` naming ``what`` otherwise."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise StorageError(f"{what}'s limit must be an int >= 0, got {safe_repr(limit)}; nothing was done")
-    return limit
+    return min(limit, _MOST)
 
 
 def checked_time(value: object, what: str) -> float:
     """``value`` (Unix seconds) as a float, if it is a number that is not NaN;
     :class:`StorageError` naming ``what`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise StorageError(f"{what} must be Unix seconds (a number), got {safe_repr(value)}; nothing was done")
-    return float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # (an int past any float: as far off as infinity)
+        return math.inf if value > 0 else -math.inf
+    if math.isnan(seconds):
+        raise StorageError(f"{what} must be Unix seconds (a number), got nan; nothing was done")
+    return seconds

@@ -541,7 +541,7 @@ class SQLiteAdapter:
         after: str | None = None, limit: int | None = None, newest_first: bool = False,
     ) -> list[StoredInstance]:
         if limit is not None:
-            checked_limit(limit, "list_instances")
+            limit = checked_limit(limit, "list_instances")
         rows: list[StoredInstance] | None = await self._submit(
             ("list", (workflow_name, status, after, limit, newest_first)))
         if rows is None:

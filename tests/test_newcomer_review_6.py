@@ -255,3 +255,19 @@ async def test_run_workflow_checks_its_hooks_mapping(autojump_clock: trio.testin
     hook name is already refused well: "unknown hook on_complet; hooks are ...".)"""
     with pytest.raises((tf.InvalidArgumentError, tf.DefinitionError), match="hooks"):
         await tf.run_workflow(None, "w", [tf.step("a", ok)], hooks=hooks)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_adapter_purge_and_listing_take_numbers_past_64_bits(kind: str, tmp_path: Path) -> None:
+    """From a re-review of the adapters' argument checks: ``purge(10**400, ...)`` raised a bare
+    ``OverflowError``, and SQLite refused a limit of 2**63 or more with its own error
+    ("int too large") where the MemoryAdapter took it. A finishing time past any float is as
+    far off as infinity, and a limit past SQLite's limits nothing more."""
+    adapter = MemoryAdapter() if kind == "memory" else SQLiteAdapter(tmp_path / "a.db")
+    await _three_finished(adapter)
+    try:
+        assert len(await adapter.list_instances(limit=2**70)) == 3
+        assert await adapter.purge(10**400, 2**70) == 3
+        assert await adapter.list_instances() == []
+    finally:
+        await adapter.close()
