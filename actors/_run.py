@@ -76,6 +76,9 @@ HOOK_TIMEOUT = 30.0
 #: Default of ``open_engine(storage_retry_for=...)``: how long a checkpoint that fails for a
 #: reason that may pass (busy, locked, full) is retried before the instance is left resumable.
 STORAGE_RETRY_FOR = 60.0
+#: Longest a checkpoint cut short while it was retried asks storage whether an earlier try of it
+#: was stored (seconds): the cancel, or the engine's close, waits that long at most.
+LOOK_BACK_MOST = 10.0
 
 #: The bus of runs nobody can subscribe to (``execute_workflow``): always inactive.
 SILENT = EventBus()
@@ -824,12 +827,27 @@ class Run:
                     if deadline is None or not self._purged_once_stored(status):
                         raise
                     break
-        except BaseException:
+        except BaseException as exc:
+            if deadline is not None and not isinstance(exc, Exception) \
+                    and await self._stored_after_all(header, records, first_seq, status):
+                # Cut short (a cancel, the engine closing) while a try whose answer was lost was
+                # tried again or read back: that try stored it. Taken as stored, or the next
+                # checkpoint would write these records again, and be refused.
+                self._now_stored(status, wake, len(records), to_publish, notify, None)
+                raise
             not_taken(s, records, consumed)
             if to_publish is not None:  # (as its records: for the checkpoint that stores them)
                 self.unpublished = to_publish + (self.unpublished or [])
             raise
-        taken(s, len(records))
+        self._now_stored(status, wake, len(records), to_publish, notify, notice_seq)
+
+    def _now_stored(
+        self, status: Status, wake: float | None, count: int, to_publish: list[tuple[str, str, dict[str, Any]]] | None,
+        notify: tuple[str, str, bytes] | None, notice_seq: int | None,
+    ) -> None:
+        """A checkpoint of ``status`` and ``count`` records is stored: note it, publish the
+        events it stores, and hand its child's end notice (``notify``) to the parent."""
+        taken(self.state, count)
         self.stored_status = status
         self.stored_wake_at = wake
         self.woken = False  # (storage no longer holds the wake-up: later timers are stored as they fire)
@@ -840,6 +858,16 @@ class Run:
                 and not self.children.deliver_notice(*notify[:2], notice_seq, notify[2]):
             # Beside the run: waking the parent may read storage, and is not this run's work.
             self.children.ended_soon(notify[0], notify[1])
+
+    async def _stored_after_all(self, header: bytes, records: Sequence[bytes], first_seq: int, status: str) -> bool:
+        """:meth:`_stored_already`, asked as a cancel cuts a retried checkpoint short: shielded,
+        and for at most :data:`LOOK_BACK_MOST` seconds (``False`` if storage cannot tell)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(LOOK_BACK_MOST):
+            try:
+                return await self._stored_already(header, records, first_seq, status)
+            except Exception:  # (storage still unusable: not known, taken as not stored)
+                return False
+        return False
 
     async def _stored_already(self, header: bytes, records: Sequence[bytes], first_seq: int, status: str) -> bool:
         """Whether storage holds this checkpoint's records at ``first_seq`` (records are never

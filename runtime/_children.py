@@ -271,11 +271,17 @@ class EngineChildren:
                 # Before the read: a notice stored once it started needs a read of its own.
                 self._fetching.discard(parent_id)
             run.deliver_stored(await engine.adapter.signals(parent_id))
-            if any(name == notice and (run.definition.completions_may_fail or ended_badly(payload))
-                   for _, name, payload in run.state.signals):
-                engine._run_to_cancel_children(run)  # (queued behind its children: see there)
-        else:  # parked: resumed if it waits for this child
-            await engine._wake_if_waiting(parent_id, lambda waiting: waiting.get("signal") == notice)
+            if engine._live.get(parent_id) is run:
+                if any(name == notice and (run.definition.completions_may_fail or ended_badly(payload))
+                       for _, name, payload in run.state.signals):
+                    engine._run_to_cancel_children(run)  # (queued behind its children: see there)
+                return
+            if engine._closed:
+                return
+            # It left memory while its signals were read (what was handed to it went with it):
+            # parked, its row holds the notice, which wakes it as it would have had it left first.
+        # Parked: resumed if it waits for this child.
+        await engine._wake_if_waiting(parent_id, lambda waiting: waiting.get("signal") == notice)
 
 
 def ended_badly(payload: Any) -> bool:

@@ -262,6 +262,8 @@ class Engine:
             check_driver_apart(self._driver, self.adapter, definition.name)
         self._definitions[definition.name] = definition
         self._registered()
+        if self._actors_stopped:
+            return  # (what it would resume or wake is the next engine's)
         signalled = self._wake_on_register.pop(definition.name, None)
         if signalled:
             self._supervisor.start_soon(f"wake signalled {definition.name}", self._wake_signalled, signalled)
@@ -278,6 +280,8 @@ class Engine:
         if self._missing_jobs(definition):
             self._held.setdefault(definition.name, []).extend(r for r in records if self._readable(r))
             return
+        if self._actors_stopped:
+            return  # stopping (a cleanup's call): they stay as stored, for the next engine
         self._resume_begins()
         self._supervisor.start_soon(f"resume {definition.name}", self._resume_leftovers, records)
 
@@ -307,7 +311,7 @@ class Engine:
     def _jobs_registered(self) -> None:
         """A job was registered: resume the held instances whose jobs now all exist."""
         self._registered()
-        if self._closed:
+        if self._closed or self._actors_stopped:
             return
         for name in list(self._held):
             definition = self._definitions[name]
@@ -1138,7 +1142,7 @@ class Engine:
             iid = record.instance_id
             if (old and iid not in self._old_rows) or iid in ended:
                 continue  # it ran here since the row was read: the row is out of date
-            if iid in self._live or definition is None or self._closed:
+            if iid in self._live or definition is None or self._closed or self._actors_stopped:
                 continue
             if self._missing_jobs(definition):
                 held = self._held.setdefault(definition.name, [])
@@ -1379,7 +1383,7 @@ class Engine:
         log.error("instance %s holds what this release cannot read, left untouched: %s", instance_id, exc,
                   extra={"instance_id": instance_id, "workflow_name": workflow_name})
         self._unreadable[instance_id] = unreadable_instance(instance_id, workflow_name, describe_error(exc))
-        if parent_id is not None and not self._closed:
+        if parent_id is not None and not (self._closed or self._actors_stopped):
             self._children.unreadable(parent_id, instance_id, exc)
 
     def _spawn(
@@ -1524,21 +1528,25 @@ class Engine:
         registered) give way to ``fresh``. One not among them (it was parked: the resume at
         open leaves those out; or its resume passed it over while it was written) waits for
         the registration now, or resumes now if its workflow is registered. (Without
-        auto-resume, ``resume()`` takes it up.)"""
+        auto-resume, ``resume()`` takes it up; once it was called, this does, as auto-resume
+        would.)"""
         iid, name = fresh.instance_id, fresh.workflow_name
         found = False
         for rows in (self._leftovers or {}).get(name), self._held.get(name):
             if rows is not None and any(row.instance_id == iid for row in rows):
                 rows[:] = [fresh if row.instance_id == iid else row for row in rows]
                 found = True
-        if found or self._leftovers is None or self._closed or self._actors_stopped or iid in self._live:
+        if found or (self._leftovers is None and self._holding_back) or self._closed or self._actors_stopped \
+                or iid in self._live:
             return  # (stopping: the next engine resumes it, as stored)
-        self._old_rows.add(iid)  # resumed from this row, unless it runs here meanwhile
         definition = self._definitions.get(name)
         if definition is None:
-            self._leftovers.setdefault(name, []).append(fresh)
-        else:
-            self._resume_soon(definition, [fresh])  # (held until its jobs are registered)
+            if self._leftovers is not None:  # (else the next resume() reads it afresh)
+                self._old_rows.add(iid)
+                self._leftovers.setdefault(name, []).append(fresh)
+            return
+        self._old_rows.add(iid)  # resumed from this row, unless it runs here meanwhile
+        self._resume_soon(definition, [fresh])  # (held until its jobs are registered)
 
     async def _undo_child(self, child_id: str, bound: float | None = None) -> str | None:
         """Compensate a completed child instance as a unit, in its parent's compensation (an
