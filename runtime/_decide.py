@@ -457,8 +457,8 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
     """Why a stored instance can no longer run on ``definition`` (``None``: it still fits).
 
     Every lane position must exist where the snapshot says it is (checked whatever the
-    fingerprint: a damaged row must fail alone, not crash its run). With another fingerprint,
-    every running parallel step's set of branches and every step that ran must still exist too,
+    fingerprint: a damaged row must fail alone, not crash its run). Every running parallel
+    step's set of branches and every step that ran must still exist too,
     and each step a lane stands at must be of the kind whose execution the lane stored (a
     wait's timer, a receive's signal, a child, a retry's attempts, a map's items): a release
     that made a receive a wait would otherwise run it on what the receive left. (A parallel
@@ -475,8 +475,8 @@ def misfit(state: InstanceState, definition: WorkflowDefinition) -> str | None:
             return f"step {lane.step!r}, where the instance stands, is no longer in workflow {definition.name!r}"
         if entry[1] != lane_in_definition(key):
             return f"step {lane.step!r} is no longer in the same lane ({key or 'main'!r}) of workflow {definition.name!r}"
-    if state.fingerprint == definition.fingerprint:
-        return None
+    # (Whatever the fingerprint too: the one stored is the release the instance started on,
+    # and it may have run under another since, one that added a step a rollback removes.)
     branches: dict[tuple[str, str], set[str]] = {}  # (scope, parallel step) -> its branch lanes stored
     for key, lane in state.lanes.items() if state.phase == "forward" else ():
         if (parallel := parallel_of(key)) is not None:
@@ -549,6 +549,8 @@ def take_up(state: InstanceState, definition: WorkflowDefinition) -> None:
         return
     state.lanes = {MAIN: Lane(step=definition.steps[0].name, waiting=waiting if waiting and "start" in waiting else None)}
     state.fingerprint = definition.fingerprint
+    # Nothing ran to change it: it starts with this release's initial data, as a new one would.
+    state.data = SharedData(fresh_copy(dict(definition.data)) if definition.data else ())
 
 
 def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | None:
