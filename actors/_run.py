@@ -264,7 +264,7 @@ class Run:
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
         "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "lends", "unheld", "unpublished",
-        "lent", "contextvars",
+        "lent", "contextvars", "doubt",
     )
 
     def __init__(
@@ -349,6 +349,10 @@ class Run:
         #: Woken from storage by the engine's waker and not checkpointed here yet: the waker
         #: passes its row (due until then) over meanwhile.
         self.woken = False
+        #: A checkpoint cut short whose earlier try may have been stored (its answer lost, and
+        #: storage could not tell as the cancel came): its first seq, records and consumed
+        #: signals, for the next checkpoint to look up first (see :meth:`_settle_doubt`).
+        self.doubt: tuple[int, tuple[bytes, ...], tuple[int, ...]] | None = None
         #: When (trio's clock) the timer a woken run was woken for fired, with that not stored
         #: yet: the next checkpoint stores it (see :func:`run_lane`), or the waker has it stored
         #: (see :meth:`store_fired`). ``None``: nothing such unstored.
@@ -764,6 +768,8 @@ class Run:
     async def _write(self, as_fired: bool = False) -> None:
         assert self.adapter is not None
         s = self.state
+        if self.doubt is not None:
+            await self._settle_doubt()
         self.fired_at = None  # (stored by this checkpoint)
         try:
             header, records, first_seq, start, consumed = take_changes_with_data(s, self.fired_data) if as_fired \
@@ -835,6 +841,8 @@ class Run:
                 # checkpoint would write these records again, and be refused.
                 self._now_stored(status, wake, len(records), to_publish, notify, None)
                 raise
+            if deadline is not None and not isinstance(exc, Exception):
+                self.doubt = (first_seq, tuple(records), tuple(consumed))  # (storage could not tell)
             not_taken(s, records, consumed)
             if to_publish is not None:  # (as its records: for the checkpoint that stores them)
                 self.unpublished = to_publish + (self.unpublished or [])
@@ -858,6 +866,27 @@ class Run:
                 and not self.children.deliver_notice(*notify[:2], notice_seq, notify[2]):
             # Beside the run: waking the parent may read storage, and is not this run's work.
             self.children.ended_soon(notify[0], notify[1])
+
+    async def _settle_doubt(self) -> None:
+        """Before the next checkpoint after one in doubt (see :attr:`doubt`): if storage holds
+        that one's records, they are stored (taken out of the staged ones, its consumed signals
+        gone), or this checkpoint would write them again, and be refused. Storage unusable for
+        longer than ``storage_retry_for`` raises, as the checkpoint itself would."""
+        assert self.doubt is not None and self.adapter is not None
+        first_seq, records, consumed = self.doubt
+        adapter, s = self.adapter, self.state
+        iid = s.instance_id
+        stored = await retried(lambda: adapter.load(iid), retry_for=self.storage_retry_for,
+                               what=f"reading instance {iid} back", instance_id=iid)
+        self.doubt = None
+        if stored is None or tuple(stored.records[first_seq:first_seq + len(records)]) != records \
+                or s.stored != first_seq or tuple(s.staged[:len(records)]) != records:
+            return  # not stored (or written over since): written again with the rest
+        s.staged = list(s.staged[len(records):])
+        s.stored += len(records)
+        s.start_stored = True
+        if consumed:
+            s.consumed = [seq for seq in s.consumed if seq not in consumed]
 
     async def _stored_after_all(self, header: bytes, records: Sequence[bytes], first_seq: int, status: str) -> bool:
         """:meth:`_stored_already`, asked as a cancel cuts a retried checkpoint short: shielded,

@@ -536,8 +536,9 @@ def _stored_kind(state: InstanceState, lane: Lane) -> type[Step] | None:
 def take_up(state: InstanceState, definition: WorkflowDefinition) -> None:
     """An instance taken up from storage that has run nothing yet (queued for a slot, waiting
     for a delayed start, or its first step cut short) starts at the first step of the
-    definition registered now, whatever release stored it."""
-    if state.records or state.phase != "forward" or state.fingerprint == definition.fingerprint:
+    definition registered now, with its initial data, whatever release stored it; unless it
+    began under that very release (see below)."""
+    if state.records or state.phase != "forward":
         return
     main = state.lanes.get(MAIN)
     waiting = None if main is None else main.waiting
@@ -547,7 +548,14 @@ def take_up(state: InstanceState, definition: WorkflowDefinition) -> None:
         # still fits). Reset, it would begin again at every take-up, for ever: what says it was
         # reset, the fingerprint, is stored only with the instance's start.
         return
-    state.lanes = {MAIN: Lane(step=definition.steps[0].name, waiting=waiting if waiting and "start" in waiting else None)}
+    first = definition.steps[0].name
+    if state.started_at is not None and state.fingerprint == definition.fingerprint and main is not None \
+            and main.step == first:
+        # Begun under this very release (the fingerprint stored is the one it started on, and
+        # it stands at this release's first step): as stored, with what its on_start hook set.
+        # One begun under another (a rollback since) starts afresh, as one not begun does.
+        return
+    state.lanes = {MAIN: Lane(step=first, waiting=waiting if waiting and "start" in waiting else None)}
     state.fingerprint = definition.fingerprint
     # Nothing ran to change it: it starts with this release's initial data, as a new one would.
     state.data = SharedData(fresh_copy(dict(definition.data)) if definition.data else ())
