@@ -536,8 +536,8 @@ def _stored_kind(state: InstanceState, lane: Lane) -> type[Step] | None:
 def take_up(state: InstanceState, definition: WorkflowDefinition) -> None:
     """An instance taken up from storage that has run nothing yet (queued for a slot, waiting
     for a delayed start, or its first step cut short) starts at the first step of the
-    definition registered now, with its initial data, whatever release stored it; unless it
-    began under that very release (see below)."""
+    definition registered now, whatever release stored it (with that definition's initial data
+    if it had not begun); unless it began under that very release (see below)."""
     if state.records or state.phase != "forward":
         return
     main = state.lanes.get(MAIN)
@@ -557,8 +557,11 @@ def take_up(state: InstanceState, definition: WorkflowDefinition) -> None:
         return
     state.lanes = {MAIN: Lane(step=first, waiting=waiting if waiting and "start" in waiting else None)}
     state.fingerprint = definition.fingerprint
-    # Nothing ran to change it: it starts with this release's initial data, as a new one would.
-    state.data = SharedData(fresh_copy(dict(definition.data)) if definition.data else ())
+    if state.started_at is None:
+        # Not begun: nothing changed its data, and it starts with this release's, as a new one
+        # would. (One that began keeps what it stored: what its on_start hook set, which runs
+        # once.)
+        state.data = SharedData(fresh_copy(dict(definition.data)) if definition.data else ())
 
 
 def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | None:

@@ -244,7 +244,11 @@ def check_soak(seed: int, summary: dict[str, Any], peeks: list[dict[str, Any]], 
         if inst["parent_id"] is not None and iid not in summary.get(inst["parent_id"], {}).get("children", []):
             problem(f"{iid} names parent {inst['parent_id']}, which does not list it")
         for kid in inst["children"]:
-            step_ended = any(r["id"] == kid[len(iid) + 1:] and r["status"] != "started" for r in inst["history"])
+            # (An end recorded as cut short is the parent's cancel or timeout settling the step
+            # whose child was never stored: see 2b19ed1. Any other end means the step went on.)
+            step_ended = any(r["id"] == kid[len(iid) + 1:] and r["status"] != "started"
+                             and not (r["status"] == "failed" and r["error_name"] == "Cancelled")
+                             for r in inst["history"])
             if kid not in summary and inst["status"] in ("timed_out", "cancelled") and not step_ended \
                     and not log.by_iid_times[kid] and not any(k[0] == kid for k in log.events) \
                     and killed_between(peeks, iid, kid):
