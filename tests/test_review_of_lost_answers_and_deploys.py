@@ -15,54 +15,12 @@ import trio
 import trio.testing
 
 import trioflow as tf
-from trioflow.adapters import MemoryAdapter, SQLiteAdapter
 from trioflow.testing import open_test_engine
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
-def losing(base: type) -> type:
-    """``base`` whose checkpoint chosen by ``lose`` (a predicate on instance id, status,
-    records and keywords) is stored, then answered with ``StorageUnavailableError``; the
-    next checkpoint of that instance then waits ``delay`` seconds before it is tried (the
-    retry in flight as the test cuts it short). ``look_fails``: every load raises."""
-
-    class Losing(base):  # type: ignore[misc, valid-type]
-        lose: Callable[..., bool] | None = None
-        delay = 0.0
-        look_fails = False
-        _slow: str | None = None
-        calls: list[Any]
-
-        async def checkpoint(self, instance_id: str, status: Any, header: Any, records: Any, **kwargs: Any) -> Any:
-            if instance_id == self._slow:
-                self._slow = None
-                await trio.sleep(self.delay)
-            stored = await super().checkpoint(instance_id, status, header, records, **kwargs)
-            if self.lose is not None and self.lose(instance_id, status, records, kwargs):
-                self.lose = None
-                self._slow = instance_id
-                raise tf.StorageUnavailableError("the answer was lost (the checkpoint is stored)")
-            return stored
-
-        async def load(self, instance_id: str) -> Any:
-            if self.look_fails:
-                raise tf.StorageUnavailableError("storage still down")
-            return await super().load(instance_id)
-
-    return Losing
-
-
-LostMemory = losing(MemoryAdapter)
-LostSQLite = losing(SQLiteAdapter)
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def make_adapter(request: Any, tmp_path: Any) -> Callable[[], Any]:
-    if request.param == "memory":
-        one = LostMemory()
-        return lambda: one
-    return lambda: LostSQLite(tmp_path / "lost.db")
+from lost_answers import make_adapter  # noqa: F401  (a fixture)
 
 
 UNDONE: list[Any] = []

@@ -1,0 +1,63 @@
+"""A storage whose checkpoint's answer is lost after it stored (or did not store) it, and
+whose reads can fail: what the reviews of lost answers run on, on the MemoryAdapter and on
+SQLite (the ``make_adapter`` fixture)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+import trio
+
+import trioflow as tf
+from trioflow.adapters import MemoryAdapter, SQLiteAdapter
+
+
+def losing(base: type) -> type:
+    """``base`` whose checkpoint chosen by ``lose`` is stored (or, ``store_it`` False, not
+    stored), then answered with ``StorageUnavailableError``; the next checkpoint of that
+    instance waits ``delay`` seconds first. ``look_fails``: every load raises."""
+
+    class Losing(base):  # type: ignore[misc, valid-type]
+        lose: Callable[..., bool] | None = None
+        store_it = True
+        delay = 0.0
+        look_fails = False
+        _slow: str | None = None
+
+        def __init__(self, *a: Any, **k: Any) -> None:
+            super().__init__(*a, **k)
+            self.writes: list[Any] = []
+
+        async def checkpoint(self, instance_id: str, status: Any, header: Any, records: Any, **kwargs: Any) -> Any:
+            if instance_id == self._slow:
+                self._slow = None
+                await trio.sleep(self.delay)
+            if self.lose is not None and self.lose(instance_id, status, records, kwargs):
+                self.lose = None
+                self._slow = instance_id
+                if self.store_it:
+                    await super().checkpoint(instance_id, status, header, records, **kwargs)
+                raise tf.StorageUnavailableError("the answer was lost")
+            stored = await super().checkpoint(instance_id, status, header, records, **kwargs)
+            self.writes.append((instance_id, status, len(records), kwargs.get("first_seq")))
+            return stored
+
+        async def load(self, instance_id: str) -> Any:
+            if self.look_fails:
+                raise tf.StorageUnavailableError("storage still down")
+            return await super().load(instance_id)
+
+    return Losing
+
+
+LostMemory = losing(MemoryAdapter)
+LostSQLite = losing(SQLiteAdapter)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_adapter(request: Any, tmp_path: Any) -> Callable[[], Any]:
+    if request.param == "memory":
+        one = LostMemory()
+        return lambda: one
+    return lambda: LostSQLite(tmp_path / "lost.db")
