@@ -224,11 +224,12 @@ async def _announce_start(run: Run, ctx: WorkflowContext) -> None:
     if run.bus.wants("workflow.started"):
         run.emit("workflow.started", input=run.state.input)
     if run.has_hooks:
-        before = run.state.good_data
         await run.hook("on_start", ctx)
-        if run.state.good_data != before and run.adapter is not None:
-            # What it set in the shared data is stored before the first step: a restart during
-            # that step does not run the hook again, and would start it without that data.
+        if run.state.data and run.adapter is not None and run.definition.hooks.on_start is not None:
+            # What it may have set in the shared data is stored before the first step: a restart
+            # during that step does not run the hook again, and would start it without that data.
+            # (Whatever it set: the check after a hook drops what cannot be stored, and keeps
+            # the rest without noting it as checked.)
             await run.persist()
 
 
