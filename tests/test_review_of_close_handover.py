@@ -23,6 +23,8 @@ import trioflow as tf
 from trioflow.adapters import MemoryAdapter, SQLiteAdapter
 from trioflow.testing import open_test_engine
 
+from handover_setups import SlowCreate, resumed_while_the_child_is_stored_again
+
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
@@ -239,28 +241,6 @@ async def test_wait_for_a_running_instance_in_the_cleanup_of_a_cancelled_engine_
 # -- resume=False: resume() while a parent taken up again stores its child again ----------------
 
 
-class SlowCreate(MemoryAdapter):
-    """``create()`` of the instance ``slow_id`` takes ``delay`` seconds before it stores (or
-    finds the row there)."""
-
-    slow_id: str | None = None
-    delay = 0.0
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        if instance_id == self.slow_id and self.delay:
-            await trio.sleep(self.delay)
-        return await super().create(instance_id, *args, **kwargs)
-
-
-async def _kid_twenty_seconds(ctx: tf.WorkflowContext) -> str:
-    await trio.sleep(20)
-    return "kid done"
-
-
-LONG_KID = tf.workflow("kid").step("k", _kid_twenty_seconds).build()
-ONE_CHILD = tf.workflow("parent").child("c", workflow="kid").build()
-
-
 @pytest.mark.trio
 async def test_resume_while_a_parent_stores_its_held_back_child_again_resumes_that_child(
     autojump_clock: trio.testing.MockClock,
@@ -281,21 +261,7 @@ async def test_resume_while_a_parent_stores_its_held_back_child_again_resumes_th
     pending/running instance of a registered workflow"), and on a parent finishing once its
     child can run; instead the child stays ``running`` in storage and ``wait()`` never returns.
     (Called a second earlier or later, ``resume()`` resumes the child and the parent finishes.)"""
-    adapter = SlowCreate()
-    async with open_test_engine(adapter=adapter) as engine:
-        engine.register(LONG_KID)
-        engine.register(ONE_CHILD)
-        await engine.start("parent", instance_id="p")
-        await trio.sleep(3)  # the parent waits out of memory; its child's step runs
-        parent = await engine.get_instance("p")
-        assert parent is not None and parent.waiting is not None and len(parent.children) == 1
-        kid_id = parent.children[0]
-    adapter.slow_id, adapter.delay = kid_id, 2.0
-    async with open_test_engine(adapter=adapter, resume=False) as engine:
-        engine.register(LONG_KID)
-        engine.register(ONE_CHILD)
-        await trio.sleep(8)  # the parent, taken up at its child's check time, stores the child again
-        resumed = await engine.resume()
+    async with resumed_while_the_child_is_stored_again(SlowCreate()) as (engine, kid_id, resumed):
         done = None
         with trio.move_on_after(600):
             done = await engine.wait("p")

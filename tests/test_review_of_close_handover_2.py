@@ -23,6 +23,8 @@ import trioflow as tf
 from trioflow.adapters import MemoryAdapter
 from trioflow.testing import open_test_engine
 
+from handover_setups import SlowCreate, resumed_while_the_child_is_stored_again
+
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
@@ -44,7 +46,35 @@ MAP_OF_KIDS = tf.workflow("parent").map(
     "m", items=_items, branch=tf.branch("b").child("c", workflow="kid").build()).build()
 
 
-class LostEndAnswer(MemoryAdapter):
+async def _assert_the_parent_finishes(engine: tf.Engine, adapter: MemoryAdapter) -> None:
+    """Parent ``p`` of MAP_OF_KIDS completes within 600 s; else say where its row stands."""
+    done = None
+    with trio.move_on_after(600):
+        done = await engine.wait("p")
+    row = adapter._load("p")
+    assert row is not None
+    held = [name for _, name, _ in row.signals]
+    assert done is not None and (done.status, done.output) == ("completed", [10, 10.5]), (
+        f"the parent hangs: its row is {row.status}, wake_at={row.wake_at}, holding {held}")
+
+
+class _SlowSignalsOnceArmed(MemoryAdapter):
+    """Once armed, the next read of ``slow_signals``'s pending signals takes ``delay`` seconds
+    (answered with what storage held when asked)."""
+
+    slow_signals: str | None = None
+    delay = 0.0
+    _armed = False
+
+    async def signals(self, instance_id: str) -> Any:
+        found = await super().signals(instance_id)
+        if instance_id == self.slow_signals and self._armed:
+            self._armed = False
+            await trio.sleep(self.delay)
+        return found
+
+
+class LostEndAnswer(_SlowSignalsOnceArmed):
     """The checkpoint storing the end of instance ``lose_for`` is stored, but its answer is
     lost (``StorageUnavailableError``, as a commit whose reply never came back): the run
     tries it again, finds it stored (``CheckpointConflictError``, then a read back), and
@@ -53,9 +83,6 @@ class LostEndAnswer(MemoryAdapter):
     nothing."""
 
     lose_for: str | None = None
-    slow_signals: str | None = None
-    delay = 0.0
-    _armed = False
 
     async def checkpoint(self, instance_id: str, status: Any, *args: Any, **kwargs: Any) -> Any:
         stored = await super().checkpoint(instance_id, status, *args, **kwargs)
@@ -63,13 +90,6 @@ class LostEndAnswer(MemoryAdapter):
             self.lose_for, self._armed = None, True
             raise tf.StorageUnavailableError("the answer was lost (the checkpoint is stored)")
         return stored
-
-    async def signals(self, instance_id: str) -> Any:
-        found = await super().signals(instance_id)
-        if instance_id == self.slow_signals and self._armed:
-            self._armed = False
-            await trio.sleep(self.delay)
-        return found
 
 
 # -- a child's end whose checkpoint's answer was lost, its parent leaving memory ----------------
@@ -104,18 +124,10 @@ async def test_a_parent_leaving_memory_as_a_lost_answer_childs_end_is_read_for_i
         parent = await engine.get_instance("p")
         assert parent is not None and "p/m/#1/c#1" in parent.children  # the second item's child
         adapter.lose_for, adapter.slow_signals, adapter.delay = "p/m/#1/c#1", "p", 2.0
-        done = None
-        with trio.move_on_after(600):
-            done = await engine.wait("p")
-        row = adapter._load("p")
-        assert row is not None
-        held = [name for _, name, _ in row.signals]
-    assert done is not None and (done.status, done.output) == ("completed", [10, 10.5]), (
-        f"the parent hangs: its row is {row.status}, wake_at={row.wake_at}, holding {held}")
+        await _assert_the_parent_finishes(engine, adapter)
 
 
-
-class NoNoticeSeqs(MemoryAdapter):
+class NoNoticeSeqs(_SlowSignalsOnceArmed):
     """``checkpoint()`` returns ``None`` always, also when it stores a child's end notice
     (docs/adapters.md: "returning ``None`` always is allowed: the engine then reads the
     signals"). The first read of ``slow_signals``'s pending signals after the end of
@@ -123,22 +135,12 @@ class NoNoticeSeqs(MemoryAdapter):
     asked). Every write all or nothing."""
 
     slow_after: str | None = None
-    slow_signals: str | None = None
-    delay = 0.0
-    _armed = False
 
     async def checkpoint(self, instance_id: str, status: Any, *args: Any, **kwargs: Any) -> Any:
         await super().checkpoint(instance_id, status, *args, **kwargs)
         if instance_id == self.slow_after and kwargs.get("notify") is not None:
             self._armed = True
         return None
-
-    async def signals(self, instance_id: str) -> Any:
-        found = await super().signals(instance_id)
-        if instance_id == self.slow_signals and self._armed:
-            self._armed = False
-            await trio.sleep(self.delay)
-        return found
 
 
 @pytest.mark.trio
@@ -160,38 +162,10 @@ async def test_a_parent_leaving_memory_as_its_childs_end_is_read_for_it_finishes
         engine.register(KID)
         engine.register(MAP_OF_KIDS)
         await engine.start("parent", [10, 10.5], instance_id="p")
-        done = None
-        with trio.move_on_after(600):
-            done = await engine.wait("p")
-        row = adapter._load("p")
-        assert row is not None
-        held = [name for _, name, _ in row.signals]
-    assert done is not None and (done.status, done.output) == ("completed", [10, 10.5]), (
-        f"the parent hangs: its row is {row.status}, wake_at={row.wake_at}, holding {held}")
+        await _assert_the_parent_finishes(engine, adapter)
+
 
 # -- resume=False, then resume(): a parent cancelled while it stores its child again ------------
-
-
-class SlowCreate(MemoryAdapter):
-    """``create()`` of the instance ``slow_id`` takes ``delay`` seconds before it stores (or
-    finds the row there)."""
-
-    slow_id: str | None = None
-    delay = 0.0
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        if instance_id == self.slow_id and self.delay:
-            await trio.sleep(self.delay)
-        return await super().create(instance_id, *args, **kwargs)
-
-
-async def _kid_twenty_seconds(ctx: tf.WorkflowContext) -> str:
-    await trio.sleep(20)
-    return "kid done"
-
-
-LONG_KID = tf.workflow("kid").step("k", _kid_twenty_seconds).build()
-ONE_CHILD = tf.workflow("parent").child("c", workflow="kid").build()
 
 
 @pytest.mark.trio
@@ -220,21 +194,8 @@ async def test_cancelling_a_parent_that_stores_its_child_again_after_resume_canc
     ``wait()`` on it raises ``InstanceNotLiveError: ... call resume()`` (called already).
     (With resume() called at 3 s rather than 8 s, the child is resumed and ends cancelled.)"""
     adapter = SlowCreate()
-    async with open_test_engine(adapter=adapter) as engine:
-        engine.register(LONG_KID)
-        engine.register(ONE_CHILD)
-        await engine.start("parent", instance_id="p")
-        await trio.sleep(3)  # the parent waits out of memory; its child's step runs
-        parent = await engine.get_instance("p")
-        assert parent is not None and parent.waiting is not None and len(parent.children) == 1
-        kid_id = parent.children[0]
-    adapter.slow_id, adapter.delay = kid_id, 2.0
     seen: list[Any] = []
-    async with open_test_engine(adapter=adapter, resume=False) as engine:
-        engine.register(LONG_KID)
-        engine.register(ONE_CHILD)
-        await trio.sleep(8)  # the parent, taken up at its child's check time, stores the child again
-        resumed = await engine.resume()
+    async with resumed_while_the_child_is_stored_again(adapter) as (engine, kid_id, resumed):
         await trio.sleep(0.5)  # the create() still in flight
         assert await engine.cancel("p") is True
         with trio.move_on_after(600):

@@ -107,6 +107,27 @@ RELEASE_A = tf.workflow("d").with_data({"v": "A"}).step("a1", _record_data).buil
 RELEASE_B = tf.workflow("d").with_data({"v": "B"}).timeout(1000).step("b1", _b_long).step("a1", _record_data).build()
 
 
+async def _rolled_back_after_a_start_under(
+    storage: Callable[[], Any], newer: tf.WorkflowDefinition, ran_under_newer: list[Any],
+) -> tf.WorkflowInstance:
+    """Instance ``i`` started under RELEASE_A with a 10 s delay; ``newer`` deployed before it
+    starts, runs it for 12 s (``RAN`` then says ``ran_under_newer``); then rolled back to
+    RELEASE_A, which takes it up: what it ends as."""
+    RAN.clear()
+    async with open_test_engine(adapter=storage()) as engine:
+        engine.register(RELEASE_A)
+        await engine.start("d", instance_id="i", delay=10)
+    async with open_test_engine(adapter=storage()) as engine:
+        engine.register(newer)
+        await trio.sleep(12)
+    assert RAN == ran_under_newer, RAN
+    async with open_test_engine(adapter=storage()) as engine:
+        engine.register(RELEASE_A)
+        with trio.move_on_after(600):
+            return await engine.wait("i")
+    raise AssertionError("instance i never ended after the rollback")
+
+
 @pytest.mark.trio
 async def test_a_delayed_start_begun_under_a_new_release_then_rolled_back_starts_on_the_old_release(
     autojump_clock: trio.testing.MockClock, make_adapter: Callable[[], Any],
@@ -125,19 +146,7 @@ async def test_a_delayed_start_begun_under_a_new_release_then_rolled_back_starts
     keeps the shared data it stored, what its ``on_start`` hook set included (the hook runs
     once), whichever release it began under; only one that had not begun takes the release's
     ``with_data``. So A's a1 runs, on the data B's start stored."""
-    RAN.clear()
-    adapter = make_adapter()
-    async with open_test_engine(adapter=adapter) as engine:
-        engine.register(RELEASE_A)
-        await engine.start("d", instance_id="i", delay=10)
-    async with open_test_engine(adapter=make_adapter()) as engine:
-        engine.register(RELEASE_B)
-        await trio.sleep(12)
-    assert RAN == [("b1", "B")], RAN
-    async with open_test_engine(adapter=make_adapter()) as engine:
-        engine.register(RELEASE_A)
-        with trio.move_on_after(600):
-            inst = await engine.wait("i")
+    inst = await _rolled_back_after_a_start_under(make_adapter, RELEASE_B, [("b1", "B")])
     assert inst.status == "completed" and RAN[1:] == [("a1", "B")], (inst.status, inst.error, RAN)
 
 
@@ -158,19 +167,7 @@ async def test_a_delayed_start_begun_under_a_new_release_then_rolled_back_runs_w
     back to A as a1 runs under C, the instance has run nothing. The review expected A's
     with_data (v=A). Decided (see the test above): one that began keeps the data it stored,
     so A's a1 runs again on v=C; pinned here."""
-    RAN.clear()
-    adapter = make_adapter()
-    async with open_test_engine(adapter=adapter) as engine:
-        engine.register(RELEASE_A)
-        await engine.start("d", instance_id="i", delay=10)
-    async with open_test_engine(adapter=make_adapter()) as engine:
-        engine.register(RELEASE_C)
-        await trio.sleep(12)
-    assert RAN == [("a1-long", "C")], RAN
-    async with open_test_engine(adapter=make_adapter()) as engine:
-        engine.register(RELEASE_A)
-        with trio.move_on_after(600):
-            inst = await engine.wait("i")
+    inst = await _rolled_back_after_a_start_under(make_adapter, RELEASE_C, [("a1-long", "C")])
     assert inst.status == "completed" and RAN[1:] == [("a1", "C")], (inst.status, inst.error, RAN)
 
 
