@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import outcome
 import trio
 
-from trioflow._durations import Seconds, seconds
+from trioflow._durations import Seconds, in_range, seconds
 from trioflow._errors import (
     AdapterInUseError,
     CheckpointConflictError,
@@ -262,8 +262,8 @@ class SQLiteAdapter:
         if not isinstance(synchronous, str) or synchronous.upper() not in ("FULL", "NORMAL"):
             raise DatabaseError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
         synchronous = cast(Synchronous, synchronous.upper())
-        busy_timeout = seconds(busy_timeout)
-        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or not busy_timeout >= 0:
+        wait = seconds(busy_timeout)
+        if not in_range(wait, infinite=True):  # (inf: the longest SQLite waits)
             raise DatabaseError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
         if not isinstance(path, (str, os.PathLike)):
             raise DatabaseError(f"SQLiteAdapter needs the path of a database file (a str or a Path), got {path!r}")
@@ -273,10 +273,12 @@ class SQLiteAdapter:
             raise DatabaseError(
                 f"SQLiteAdapter needs the path of a database file, got {path!r} (for storage in memory,"
                 " use MemoryAdapter)")
+        if "\0" in os.fspath(path):
+            raise DatabaseError(f"SQLiteAdapter needs the path of a database file, got {path!r}: a path cannot hold a NUL")
         self.path = Path(path)
         self.synchronous = synchronous
         #: How long a write waits for another connection's lock before failing (and being retried).
-        self.busy_timeout = float(busy_timeout)
+        self.busy_timeout = float(wait)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending: list[tuple[Any, _Op]] = []
         #: A transaction is in flight (handed to the writer, which commits it and says so).

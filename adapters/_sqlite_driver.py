@@ -42,6 +42,9 @@ class SQLiteDriver:
         if not isinstance(path_or_connection, (str, os.PathLike, sqlite3.Connection)):
             raise DriverError(
                 f"SQLiteDriver takes the path of a database file or a sqlite3.Connection, got {path_or_connection!r}")
+        if not isinstance(path_or_connection, sqlite3.Connection) and "\0" in os.fspath(path_or_connection):
+            raise DriverError(f"SQLiteDriver needs the path of a database file, got {path_or_connection!r}: a path"
+                              " cannot hold a NUL")
         self._source = path_or_connection
         self._conn: sqlite3.Connection | None = None
         self._columns: dict[str, tuple[list[str], str]] = {}

@@ -9,7 +9,7 @@ from typing import Any, Self
 
 import attrs
 
-from ._callables import check_arguments
+from ._callables import check_arguments, generator_kind
 from ._definition import (
     HOOK_ARGUMENTS,
     CATCHING,
@@ -38,7 +38,7 @@ from ._definition import (
 from ._durations import Seconds, unix_seconds
 from ._durations import seconds as as_seconds
 from ._errors import DefinitionError
-from ._lanes import branch_lane, item_lanes
+from ._lanes import branch_lane, item_lanes, valid_text
 from ._retry import Retry
 from ._validate import check_lane, check_timeout, check_unique_names
 
@@ -398,11 +398,20 @@ class WorkflowBuilder(_LaneBuilder):
         for name, hook in hooks.items():
             if hook is not None and not callable(hook):
                 raise DefinitionError(f"{self._owner()}: hook {name} must be a function, got {hook!r}")
+            kind = generator_kind(hook)
+            if kind is not None:
+                # Called, it would hand back a generator that nothing runs: the hook would
+                # silently never do anything.
+                raise DefinitionError(f"{self._owner()}: hook {name} {hook!r} is {kind} (it yields); a hook is a"
+                                      " function or an async def")
             check_arguments(self._owner(), name, hook, HOOK_ARGUMENTS[name])
         self._hooks = attrs.evolve(self._hooks, **hooks)
         return self
 
     def build(self) -> WorkflowDefinition:
+        if not valid_text(self._name):  # (a branch's is checked where its step is)
+            raise DefinitionError(
+                f"workflow name {self._name!r} is not valid text (it holds a lone surrogate): it could not be stored")
         steps, index = self._resolved(self._default_retry)
         check_unique_names(self._owner(), steps)
         lookup: dict[str, tuple[Step, str]] = {}
@@ -455,19 +464,21 @@ def index_steps(lookup: dict[str, tuple[Step, str]], lane: str, steps: Iterable[
 
 
 def _fingerprint(steps: Iterable[Step]) -> str:
-    """A short hash of the definition's shape (names, kinds, flow), not of its callables."""
+    """A short hash of the definition's shape (names, kinds, flow), not of its callables.
+    Computed before the definition's checks run: a name that is not valid text must reach
+    them, which name it, rather than fail its encoding here."""
     digest = hashlib.sha256()
 
     def feed(lane: Iterable[Step]) -> None:
         for s in lane:
-            digest.update(f"{s.kind}:{s.name}>{s.next}|".encode())
+            digest.update(f"{s.kind}:{s.name}>{s.next}|".encode(errors="surrogatepass"))
             if isinstance(s, CATCHING) and s.catch:
                 digest.update(repr([c.next for c in s.catch]).encode())
             if isinstance(s, ChoiceStep):
                 digest.update(repr([c.next for c in s.choices] + [s.default]).encode())
             if isinstance(s, FANNING_OUT):
                 for b in s.branches if isinstance(s, ParallelStep) else (s.branch,):
-                    digest.update(f"[{b.name}".encode())
+                    digest.update(f"[{b.name}".encode(errors="surrogatepass"))
                     feed(b.steps)
                     digest.update(b"]")
 

@@ -37,6 +37,14 @@ def generator_kind(fn: object) -> str | None:
     return None
 
 
+def not_plain(fn: object) -> str | None:
+    """What keeps ``fn`` from being a plain function whose answer counts (``None``: nothing):
+    called and not awaited nor iterated, an ``async def`` gives a coroutine and a generator
+    function a generator, both true (a condition or predicate that always holds) and neither
+    the answer (a cause, an output, a time)."""
+    return "an async function" if is_async(fn) else generator_kind(fn)
+
+
 def check_arguments(label: str, what: str, fn: object, arguments: tuple[str, ...]) -> None:
     """Refuse a callable that cannot take the arguments it will be called with: the mistake
     would show only when it runs (a compensation, when a later step fails: the work it should

@@ -329,7 +329,10 @@ def _same(a: Any, b: Any) -> bool:
         return a.keys() == b.keys() and all(_same(value, b[key]) for key, value in a.items())
     if type(a) is list:
         return len(a) == len(b) and all(map(_same, a, b))
-    return bool(a == b) or (a != a and b != b)  # NaN is the same as NaN
+    try:
+        return bool(a == b) or (a != a and b != b)  # NaN is the same as NaN
+    except ArithmeticError:  # (a Decimal's signalling NaN refuses ==: the same only as itself)
+        return bool(a.compare_total(b) == 0)
 
 
 def remember_data(state: InstanceState) -> None:

@@ -14,6 +14,7 @@ import attrs
 from ._callables import is_async
 from ._durations import seconds
 from ._errors import DefinitionError, InvalidArgumentError, safe_repr
+from ._lanes import valid_text
 from ._matching import ErrorMatcher, matcher_tuple
 from ._retry import Retry
 
@@ -43,8 +44,9 @@ def _catch_target(_: object, attribute: attrs.Attribute[str], value: object) -> 
 
 
 def _result_key(_: object, attribute: attrs.Attribute[str | None], value: object) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise DefinitionError(f"Catch.result must be a key of the shared data (a non-empty string) or None, got {value!r}")
+    if value is not None and (not isinstance(value, str) or not value or not valid_text(value)):
+        raise DefinitionError(
+            f"Catch.result must be a key of the shared data (a non-empty string of valid text) or None, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)

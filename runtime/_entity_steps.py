@@ -25,7 +25,7 @@ from ._context import WorkflowContext
 from ._decide import next_execution_id
 from ._errors import DefinitionError, safe_repr
 from ._definition import Catch, TaskStep
-from ._lanes import execution_id
+from ._lanes import execution_id, valid_text
 from ._retry import Retry
 
 #: ``data_fn`` / ``where_fn``: the columns from the context, a plain or an ``async def``.
@@ -69,9 +69,17 @@ async def _once(ctx: WorkflowContext, step: str, write: Callable[[Driver], Await
     return output
 
 
-def _check_fns(step: str, **fns: object) -> None:
-    """The column functions of an entity step, or :class:`DefinitionError` when one is not
-    callable (a dict of fixed columns, say), raised as the step is made rather than as it runs."""
+def _check_step(step: str, entity: object, store_as: object = None, **fns: object) -> None:
+    """What an entity step is made of, or :class:`DefinitionError` raised as the step is made
+    rather than as it runs: the entity is a table's name; ``store_as`` a key of the shared data
+    (found bad only once the row is created, the step would fail without its compensation,
+    leaving the row); each column function callable (not a dict of fixed columns, say)."""
+    if not isinstance(entity, str) or not entity or not valid_text(entity):
+        raise DefinitionError(f"entity step {step!r}: entity must be a table's name (a non-empty string), got"
+                              f" {safe_repr(entity)}")
+    if store_as is not None and (not isinstance(store_as, str) or not store_as or not valid_text(store_as)):
+        raise DefinitionError(f"entity step {step!r}: store_as must be a key of the shared data (a non-empty string)"
+                              f" or None, got {safe_repr(store_as)}")
     for what, fn in fns.items():
         if not callable(fn):
             raise DefinitionError(
@@ -114,7 +122,7 @@ def create_entity_step(
 ) -> TaskStep:
     """Create a row from ``data_fn(ctx)``; output: the row as stored. ``store_as`` also puts its
     key in ``ctx.data``. Compensation deletes the row."""
-    _check_fns(name, data_fn=data_fn)
+    _check_step(name, entity, store_as, data_fn=data_fn)
 
     async def execute(ctx: WorkflowContext) -> dict[str, Any]:
         data = await _columns(data_fn, ctx, name, "data_fn")
@@ -146,7 +154,7 @@ def update_entity_step(
     """Set ``data_fn(ctx)`` on the rows matching ``where_fn(ctx)`` (at least one must match).
     Output: ``{"updated": rows after, "previous": key and old values of the changed columns}``.
     Compensation writes the old values back."""
-    _check_fns(name, where_fn=where_fn, data_fn=data_fn)
+    _check_step(name, entity, where_fn=where_fn, data_fn=data_fn)
 
     async def execute(ctx: WorkflowContext) -> dict[str, Any]:
         where = await _columns(where_fn, ctx, name, "where_fn")
@@ -181,7 +189,7 @@ def delete_entity_step(
 ) -> TaskStep:
     """Delete the rows matching ``where_fn(ctx)`` (at least one must match). Output:
     ``{"deleted": the rows as they were}``. Compensation re-creates them with the same keys."""
-    _check_fns(name, where_fn=where_fn)
+    _check_step(name, entity, where_fn=where_fn)
 
     async def execute(ctx: WorkflowContext) -> dict[str, Any]:
         where = await _columns(where_fn, ctx, name, "where_fn")

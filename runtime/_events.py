@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from ._callables import is_async
+from ._callables import generator_kind, is_async
 from ._errors import EngineClosedError, InvalidArgumentError, safe_repr
 from ._escapes import goes_on
 
@@ -126,6 +126,11 @@ class EventBus:
         self._check_open()
         if not callable(callback):
             raise InvalidArgumentError(f"on() calls callback(event) for each event: got {safe_repr(callback)}, not a function")
+        kind = generator_kind(callback)
+        if kind is not None:  # (its generator would never run: the callback would do nothing)
+            raise InvalidArgumentError(
+                f"on() calls callback(event) for each event: {safe_repr(callback)} is {kind} (it yields); give a"
+                " function or an async def")
         if not is_async(callback):
             return self._add(_Subscriber(pattern, callback, None))
         if self._nursery is None:

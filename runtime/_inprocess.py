@@ -105,6 +105,9 @@ async def run_workflow(
         raise DefinitionError(f"run_workflow's hooks must be a mapping of hook names to callables (a dict), got"
                               f" {safe_repr(hooks)}")
     if hooks:
+        strays = [safe_repr(name) for name in hooks if not isinstance(name, str)]
+        if strays:  # (not keywords: with_hooks could not even be called with them)
+            raise DefinitionError(f"run_workflow's hooks are named by strings: unknown hook {', '.join(strays)}")
         builder.with_hooks(**hooks)
     return await execute_workflow(driver, builder.build(), input, services=services)
 

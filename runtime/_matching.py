@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Union, final
 
-from ._callables import check_arguments, is_async, plain_result
+from ._callables import check_arguments, not_plain, plain_result
 from ._errors import DefinitionError, RecordedError, StorageError, error_message, error_name, wrapped_errors
 
 
@@ -52,9 +52,12 @@ def matcher_tuple(value: object, label: str) -> tuple[ErrorMatcher, ...]:
             # than ALL does (trioflow's own definition and storage errors included); and no
             # error is named "States.ALL" (Amazon States Language's), whose meaning is ALL's.
             raise DefinitionError(f"{label} items must not be {item!r} (use trioflow.ALL to match every error)")
-        if callable(item) and not isinstance(item, (type, _All)) and is_async(item):
-            # Called without being awaited, it would give a coroutine, which is true: a match.
-            raise DefinitionError(f"{label} predicates must be plain functions, not async def: got {item!r}")
+        kind = not_plain(item) if callable(item) and not isinstance(item, (type, _All)) else None
+        if kind is not None:
+            # Called without being awaited, it would give a coroutine (or, a generator function,
+            # a generator), which is true: a match.
+            raise DefinitionError(f"{label} predicates must be plain functions, not async def nor generators:"
+                                  f" got {item!r}, {kind}")
         if callable(item) and not isinstance(item, (type, _All)):
             check_arguments(label, "predicate", item, ("error",))
     return items

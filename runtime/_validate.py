@@ -23,7 +23,7 @@ from ._definition import (
     WaitStep,
     WorkflowDefinition,
 )
-from ._callables import check_arguments, generator_kind, is_async
+from ._callables import check_arguments, generator_kind, not_plain
 from ._durations import in_range
 from ._errors import DefinitionError, safe_repr
 from ._lanes import RESERVED_SIGNALS, check_name, is_signal_name, valid_text
@@ -111,10 +111,11 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
         for choice in step.choices:
             if not callable(choice.condition):
                 raise DefinitionError(f"{label}: choice condition {choice.condition!r} is not callable")
-            if is_async(choice.condition):
-                # A decision is made in one go, from what the run holds: a coroutine would
-                # count as true, and the first rule would always win.
-                raise DefinitionError(f"{label}: choice condition {choice.condition!r} is an async function;"
+            kind = not_plain(choice.condition)
+            if kind is not None:
+                # A decision is made in one go, from what the run holds: a coroutine (or a
+                # generator) would count as true, and the first rule would always win.
+                raise DefinitionError(f"{label}: choice condition {choice.condition!r} is {kind};"
                                       " conditions are plain functions of ctx (fetch what they need in a step before)")
             check_arguments(label, "condition", choice.condition, ("ctx",))
             _check_target(label, "choice next", choice.next, names)
@@ -138,9 +139,10 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
             raise DefinitionError(f"{label}: give either 'transform' or 'result', not both")
         if step.transform is not None and not callable(step.transform):
             raise DefinitionError(f"{label}: transform {step.transform!r} is not callable")
-        if step.transform is not None and is_async(step.transform):
+        kind = None if step.transform is None else not_plain(step.transform)
+        if kind is not None:
             # Decided in one go, as a choice is: its coroutine would be the step's output.
-            raise DefinitionError(f"{label}: transform {step.transform!r} is an async function; a pass step's"
+            raise DefinitionError(f"{label}: transform {step.transform!r} is {kind}; a pass step's"
                                   " transform is a plain function of ctx (do async work in a task step)")
         check_arguments(label, "transform", step.transform, ("ctx",))
     elif isinstance(step, FailStep):
@@ -150,8 +152,9 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
                 f"{label}: error must be an error name of 1 to {MAX_ERROR_NAME} characters, got {safe_repr(step.error)}")
         if not (isinstance(step.cause, str) or callable(step.cause)):
             raise DefinitionError(f"{label}: cause must be text or a callable of ctx, got {step.cause!r}")
-        if callable(step.cause) and is_async(step.cause):
-            raise DefinitionError(f"{label}: cause {step.cause!r} is an async function; a fail step's cause is text"
+        kind = not_plain(step.cause) if callable(step.cause) else None
+        if kind is not None:
+            raise DefinitionError(f"{label}: cause {step.cause!r} is {kind}; a fail step's cause is text"
                                   " or a plain function of ctx")
         check_arguments(label, "cause", step.cause, ("ctx",))
     elif isinstance(step, WaitStep):
@@ -164,9 +167,10 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
         if step.timeout is not None:
             check_timeout(label, step.timeout)
     elif isinstance(step, SucceedStep):
-        if step.has_output and callable(step.output) and is_async(step.output):
+        kind = not_plain(step.output) if step.has_output and callable(step.output) else None
+        if kind is not None:
             # Decided in one go, as a pass step's transform is: its coroutine would be the output.
-            raise DefinitionError(f"{label}: output {step.output!r} is an async function; a succeed step's output"
+            raise DefinitionError(f"{label}: output {step.output!r} is {kind}; a succeed step's output"
                                   " is a value or a plain function of ctx (do async work in a task step)")
         if step.has_output:
             check_arguments(label, "output", step.output, ("ctx",))
@@ -181,10 +185,11 @@ def _check_wait(label: str, step: WaitStep) -> None:
         if value is None:
             continue
         if callable(value):
-            if is_async(value):
+            kind = not_plain(value)
+            if kind is not None:
                 # Worked out in one go, as the step starts waiting, as a choice's condition is:
                 # its coroutine would be taken for the time.
-                raise DefinitionError(f"{label}: {field} {value!r} is an async function; a timer's {field} is a"
+                raise DefinitionError(f"{label}: {field} {value!r} is {kind}; a timer's {field} is a"
                                       " value or a plain function of ctx (fetch what it needs in a step before)")
             check_arguments(label, field, value, ("ctx",))
             continue
@@ -238,6 +243,8 @@ def _check_map(label: str, step: MapStep) -> None:
     check_arguments(label, "items", step.items, ("ctx",))
     if not isinstance(step.branch, Branch):
         raise DefinitionError(f"{label}: branch must be a branch (trioflow.branch(name)...build()), got {step.branch!r}")
+    if not valid_text(step.branch.name):  # (its items' lanes are named for the step, not the branch)
+        raise DefinitionError(f"{label}: branch name {step.branch.name!r} is not valid text (it holds a lone surrogate)")
     limit = step.max_concurrency
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DefinitionError(f"{label}: max_concurrency must be an int >= 1 or None, got {limit!r}")

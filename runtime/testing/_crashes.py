@@ -38,6 +38,7 @@ from trioflow._definition import (
     ChildStep, MapStep, ParallelStep, ReceiveStep, Step, StepFn, TaskStep, WorkflowDefinition, built,
 )
 from trioflow._engine import Engine, open_engine
+from trioflow._engine_arguments import check_adapter
 from trioflow._errors import InvalidArgumentError, TrioflowError, UnknownJobError, UnknownWorkflowError, safe_repr
 from trioflow._jobs import check_job
 from trioflow._lanes import MAIN, SEPARATOR, child_instance_id, enclosing_scope, item_of, item_scope
@@ -186,6 +187,12 @@ async def explore_crashes(
     for hook, what in ((before_run, "before_run"), (after_run, "after_run")):
         if hook is not None and not callable(hook):
             raise InvalidArgumentError(f"{what} must be a function or None, got {safe_repr(hook)}")
+    for factory, what in ((adapter_factory, "adapter_factory"), (driver_factory, "driver_factory")):
+        if factory is not None and not callable(factory):
+            # (Each run needs fresh storage: the object itself would be shared by all of them.)
+            raise InvalidArgumentError(
+                f"{what} must be a function giving a fresh one for each run, got {safe_repr(factory)}: pass"
+                f" lambda: {type(factory).__name__}(...)")
     autojumping("explore_crashes", required=False)
     counter = _Counter()
     family = _family(built(workflow, "explore_crashes()"), also)
@@ -213,6 +220,9 @@ async def explore_crashes(
         counter.numbers = {}
         counter.results, counter.changed = {}, []
         storage = adapter_factory()
+        check_adapter(storage)  # (None is no storage here: the runs crash and resume on it)
+        if storage is None:
+            raise InvalidArgumentError("adapter_factory() gave None: it must give fresh, empty storage each time")
         driver = None if driver_factory is None else driver_factory()
         crashing = _CrashingAdapter(storage, crash_after, lost)
         sent = 0

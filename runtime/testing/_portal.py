@@ -186,8 +186,12 @@ class EnginePortal:
 
 
 def _seconds(method: str, seconds: float) -> float:
-    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not math.isfinite(seconds) \
-            or seconds < 0:
+    try:
+        good = not isinstance(seconds, bool) and isinstance(seconds, numbers.Real) and math.isfinite(seconds) \
+            and seconds >= 0
+    except OverflowError:  # (an int no float holds)
+        good = False
+    if not good:
         raise InvalidArgumentError(f"{method}(): seconds must be a finite number >= 0, got {safe_repr(seconds)}")
     return float(seconds)
 
@@ -208,6 +212,8 @@ def engine_portal(
     and virtual time stands still while they commit. Work in threads of the steps' own
     (``trio.to_thread``) is not waited for: keep the portal's jobs in the trio thread
     (``threads=True`` is refused)."""
+    if setup is not None and not callable(setup):
+        raise InvalidArgumentError(f"engine_portal(): setup must be a function of the engine or None, got {safe_repr(setup)}")
     if trio.lowlevel.in_trio_run():
         raise InvalidArgumentError(
             "engine_portal() is for synchronous code (hypothesis's stateful tests): in a trio run, use"

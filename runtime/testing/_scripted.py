@@ -36,6 +36,17 @@ def _plays(instance: object, attribute: attrs.Attribute[int], value: object) -> 
             f" >= 1, got {safe_repr(value)}")
 
 
+def _copyable(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A value each call can get a fresh deep copy of (a lock cannot be copied: every call
+    would fail the step under test with a bare ``TypeError``)."""
+    try:
+        copy.deepcopy(value)
+    except Exception as exc:
+        raise InvalidArgumentError(
+            f"returns(): each call returns a fresh deep copy of the value, and {safe_repr(value)} cannot be copied"
+            f" ({type(exc).__name__}: {exc})") from None
+
+
 def _an_error(instance: Raises, attribute: attrs.Attribute[Any], value: object) -> None:
     """An exception instance, or a class that can be made from the message (as it is played)."""
     if isinstance(value, BaseException):
@@ -80,7 +91,7 @@ def _then(instance: object, attribute: attrs.Attribute[Any], value: object) -> N
 class Returns:
     """Return ``value``."""
 
-    value: Any = None
+    value: Any = attrs.field(default=None, validator=_copyable)
     times: int = attrs.field(default=1, converter=_whole, validator=_plays)
 
 
