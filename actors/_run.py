@@ -996,6 +996,11 @@ class Run:
                 result = fn(*args)
                 if inspect.isawaitable(result):
                     await result
+                elif result is not None and (inspect.isgenerator(result) or inspect.isasyncgen(result)):
+                    # (A generator function behind a wrapper build() cannot see through: its
+                    # body never runs, which must not pass unseen.)
+                    log.error("hook %s of workflow %r gave a generator, which nothing runs: a hook is a function or"
+                              " an async def", name, self.definition.name)
             except Exception:
                 log.exception("hook %s of workflow %r raised; ignored", name, self.definition.name)
             except BaseException as exc:

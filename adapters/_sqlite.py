@@ -265,15 +265,15 @@ class SQLiteAdapter:
         wait = seconds(busy_timeout)
         if not in_range(wait, infinite=True):  # (inf: the longest SQLite waits)
             raise DatabaseError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
-        if not isinstance(path, (str, os.PathLike)):
+        if not isinstance(path, (str, os.PathLike)) or not isinstance(where := os.fspath(path), str):
             raise DatabaseError(f"SQLiteAdapter needs the path of a database file (a str or a Path), got {path!r}")
-        if os.fspath(path) in ("", ":memory:"):
+        if where in ("", ":memory:"):
             # SQLite's names for a temporary or an in-memory database: nothing durable (nor a
             # file to lock) for an engine to resume from.
             raise DatabaseError(
                 f"SQLiteAdapter needs the path of a database file, got {path!r} (for storage in memory,"
                 " use MemoryAdapter)")
-        if "\0" in os.fspath(path):
+        if "\0" in where:
             raise DatabaseError(f"SQLiteAdapter needs the path of a database file, got {path!r}: a path cannot hold a NUL")
         self.path = Path(path)
         self.synchronous = synchronous

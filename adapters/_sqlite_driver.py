@@ -42,7 +42,8 @@ class SQLiteDriver:
         if not isinstance(path_or_connection, (str, os.PathLike, sqlite3.Connection)):
             raise DriverError(
                 f"SQLiteDriver takes the path of a database file or a sqlite3.Connection, got {path_or_connection!r}")
-        if not isinstance(path_or_connection, sqlite3.Connection) and "\0" in os.fspath(path_or_connection):
+        where = None if isinstance(path_or_connection, sqlite3.Connection) else os.fspath(path_or_connection)
+        if where is not None and ("\0" if isinstance(where, str) else b"\0") in where:
             raise DriverError(f"SQLiteDriver needs the path of a database file, got {path_or_connection!r}: a path"
                               " cannot hold a NUL")
         self._source = path_or_connection

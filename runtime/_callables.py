@@ -68,12 +68,13 @@ def check_arguments(label: str, what: str, fn: object, arguments: tuple[str, ...
 
 def plain_result(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` for a callable that must be a plain function: one that gives an awaitable
-    (an ``async def`` behind a wrapper the build-time check cannot see through) raises
-    ``TypeError`` rather than have its coroutine taken for the answer."""
+    or a generator (an ``async def`` or a generator function behind a wrapper the build-time
+    check cannot see through) raises ``TypeError`` rather than have it taken for the answer."""
     result = fn(*args)
-    if inspect.isawaitable(result):
-        close = getattr(result, "close", None)
+    if inspect.isawaitable(result) or inspect.isgenerator(result) or inspect.isasyncgen(result):
+        close = getattr(result, "close", None)  # (an async generator not started needs no closing)
         if close is not None:
             close()  # never awaited: closed, so that no "never awaited" warning follows
-        raise TypeError(f"{fn!r} gave an awaitable; it must be a plain function (not async def)")
+        what = "an awaitable" if inspect.isawaitable(result) else "a generator"
+        raise TypeError(f"{fn!r} gave {what}; it must be a plain function (not async def nor a generator)")
     return result

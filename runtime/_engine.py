@@ -2040,7 +2040,7 @@ async def open_engine(
         if not callable(clock):
             raise InvalidArgumentError(f"clock must be a function giving Unix seconds (time.time), got {clock!r}")
         now = clock()  # asked once now: a clock that gives no number fails here, not in a start
-        if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
+        if not in_range(now, -math.inf) or now == -math.inf:  # (a number, finite, that a float holds)
             raise InvalidArgumentError(f"clock must give Unix seconds as a number (as time.time does), it gave {safe_repr(now)}")
     check_adapter(adapter)
     check_services(services)

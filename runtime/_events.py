@@ -229,6 +229,10 @@ class EventBus:
                     result.close()
                     log.error("event callback for %r returned a coroutine, which was not run; subscribe an"
                               " async def (or an object with one as __call__) to have it awaited", name)
+                elif result is not None and (inspect.isgenerator(result) or inspect.isasyncgen(result)):
+                    # (A generator function behind a wrapper: nothing runs its body.)
+                    log.error("event callback for %r returned a generator, which was not run; subscribe a"
+                              " function or an async def", name)
 
     def _add(self, sub: _Subscriber) -> Callable[[], None]:
         self._subscribers.append(sub)

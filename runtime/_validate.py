@@ -133,6 +133,7 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
                 f"{label}: workflow must be the name of a registered workflow, got {safe_repr(step.workflow)}")
         if step.input is not None and not callable(step.input):
             raise DefinitionError(f"{label}: input must be a callable of ctx, got {step.input!r}")
+        _refuse_generator(label, "input", step.input)
         check_arguments(label, "input", step.input, ("ctx",))
     elif isinstance(step, PassStep):
         if step.transform is not None and step.has_result:
@@ -204,6 +205,16 @@ def _check_target(label: str, field: str, target: str, names: list[str]) -> None
         raise DefinitionError(f"{label}: {field} {target!r} is not a step of this lane")
 
 
+def _refuse_generator(label: str, field: str, fn: object) -> None:
+    """A mapper (a plain function or an ``async def``, whose answer is a value to store: an
+    input, an output, a map's items) that is a generator function would hand back a generator,
+    which fails its step only as it is stored (a task's output: after its job has acted)."""
+    kind = generator_kind(fn)
+    if kind is not None:
+        raise DefinitionError(f"{label}: {field} {safe_repr(fn)} is {kind} (it yields); it returns its value:"
+                              " collect what it yields and return that")
+
+
 def _check_task(label: str, step: TaskStep) -> None:
     if not (callable(step.run) or (isinstance(step.run, str) and step.run)):
         what = "execute" if step.style == "saga" else "job"
@@ -212,15 +223,13 @@ def _check_task(label: str, step: TaskStep) -> None:
         raise DefinitionError(f"{label}: compensate must be a callable or a job name, got {step.compensate!r}")
     saga = step.style == "saga"
     for what, fn in (("execute" if saga else "job", step.run), ("compensate", step.compensate)):
-        kind = generator_kind(fn)
-        if kind is not None:
-            raise DefinitionError(f"{label}: {what} {safe_repr(fn)} is {kind} (it yields); a step returns its"
-                                  " output: collect what it yields and return that")
+        _refuse_generator(label, what, fn)
     check_arguments(label, "execute" if saga else "job", step.run, ("ctx",) if saga else ("data",))
     check_arguments(label, "compensate", step.compensate, ("ctx", "result") if saga else ("output",))
     for field, fn, arguments in (("input", step.input, ("ctx",)), ("output", step.output, ("result", "ctx"))):
         if fn is not None and not callable(fn):
             raise DefinitionError(f"{label}: {field} must be callable, got {fn!r}")
+        _refuse_generator(label, field, fn)
         check_arguments(label, field, fn, arguments)
     if step.retry is not None and not isinstance(step.retry, Retry):
         raise DefinitionError(f"{label}: retry must be a trioflow.Retry, got {step.retry!r}")
@@ -240,6 +249,7 @@ def _check_map(label: str, step: MapStep) -> None:
     _check_on_error(label, step.on_error)
     if not callable(step.items):
         raise DefinitionError(f"{label}: items must be a callable of ctx giving the list of items, got {step.items!r}")
+    _refuse_generator(label, "items", step.items)
     check_arguments(label, "items", step.items, ("ctx",))
     if not isinstance(step.branch, Branch):
         raise DefinitionError(f"{label}: branch must be a branch (trioflow.branch(name)...build()), got {step.branch!r}")
