@@ -224,7 +224,9 @@ def catch_failure(state: InstanceState, step: Step, record: StepResult, catcher:
     Nothing is compensated: the lane goes on."""
     complete_step(state, step, record, catcher.next)
     if catcher.result is not None:
-        state.data[catcher.result] = record.output
+        # A copy (two strings: a dict's is whole): a step changing it in place must not
+        # rewrite the record, which storage keeps as it was.
+        state.data[catcher.result] = dict(record.output)
 
 
 def fail_step(state: InstanceState, record: StepResult, *, for_good: bool) -> None:

@@ -83,11 +83,19 @@ async def run_workflow(
     """Build a saga from ``steps`` and execute it at once (``runWorkflow`` in other saga libraries).
 
     ``run_workflow(driver, {"name": ..., "steps": [...], ...})`` (the other form those take)
-    gives the name, the steps and any of the other arguments in one mapping."""
+    gives the name, the steps and any of the other arguments in one mapping; the keywords
+    add to it (one given both ways is refused)."""
     if isinstance(name, Mapping):
-        if steps is not None:
-            raise DefinitionError("run_workflow takes its steps in the mapping or as an argument, not both")
-        return await run_workflow(driver, **_run_options(name))
+        options = _run_options(name)
+        given = {"steps": steps, "input": input, "use_transaction": use_transaction or None, "timeout": timeout,
+                 "initial_data": initial_data, "services": services, "hooks": hooks}
+        for key, value in given.items():
+            if value is None:
+                continue  # (not given: its default)
+            if key in options:
+                raise DefinitionError(f"run_workflow takes its {key} in the mapping or as an argument, not both")
+            options[key] = value
+        return await run_workflow(driver, **options)
     if steps is None:
         raise DefinitionError(f"run_workflow({name!r}) needs its steps: a list of steps made by tf.step(name, execute, ...)")
     if isinstance(steps, (str, bytes)) or not isinstance(steps, Sequence) \

@@ -56,48 +56,59 @@ def _is_view(kind: type) -> bool:
 
 
 _CONTAINERS = frozenset({dict, list, tuple})
+#: The same, subclasses included (an OrderedDict, a namedtuple): stored as their base types.
+_CONTAINER_BASES = (dict, list, tuple)
 #: What most outputs and data are: nothing to look into, nor a view.
 PLAIN = frozenset({type(None), bool, int, float, str, bytes})
 
 
 def detached(value: Any) -> Any:
     """``value`` with each of trioflow's live views in it (``ctx.steps``, at any depth inside
-    dicts, lists and tuples) replaced by the plain value it shows now, so that what is kept
-    (in the shared data, or as a step's output in a run that stores nothing) no longer changes
-    as later steps end. ``value`` itself when it holds none (the common case: no copy)."""
+    dicts, lists and tuples, their subclasses too) replaced by the plain value it shows now, so
+    that what is kept (in the shared data, or as a step's output in a run that stores nothing)
+    no longer changes as later steps end. ``value`` itself when it holds none (the common case:
+    no copy); a container that held one comes back as the plain type storage reads it back as."""
     kind = type(value)
     if kind in PLAIN:
         return value
-    if kind not in _CONTAINERS:
-        return _detached(value, set()) if _is_view(kind) else value
+    if kind not in _CONTAINERS and not _is_view(kind) and not isinstance(value, _CONTAINER_BASES):
+        return value
     try:
-        return _detached(value, set())
+        return _detached(value, {})
     except RecursionError:
         return value  # (nested deeper than storage takes: left for its checks to refuse, named)
 
 
-def _detached(value: Any, seen: set[int]) -> Any:
+def _detached(value: Any, done: dict[int, Any]) -> Any:
+    """See :func:`detached`; ``done`` maps each container met so far (by id: each is alive, held
+    by ``value``) to what it became, so that one met twice (a list shared by two keys) becomes
+    the same, detached, both times."""
     kind = type(value)
     if kind not in _CONTAINERS:
-        return _detached(kind.stored_value(value), seen) if _is_view(kind) else value
-    if id(value) in seen:
-        return value  # (a container holding itself: left as it is)
-    seen.add(id(value))
+        if _is_view(kind):
+            return _detached(kind.stored_value(value), done)
+        if not isinstance(value, _CONTAINER_BASES):
+            return value
+    became = done.get(id(value))
+    if became is not None:
+        return became
+    done[id(value)] = value  # (a container holding itself: left as it is)
     changed = False
-    if kind is dict:
+    if isinstance(value, dict):
         items = {}
         for key, item in value.items():
-            new = items[key] = _detached(item, seen)
+            new = items[key] = _detached(item, done)
             changed = changed or new is not item
-        return items if changed else value
-    parts = []
-    for item in value:
-        new = _detached(item, seen)
-        parts.append(new)
-        changed = changed or new is not item
-    if not changed:
-        return value
-    return parts if kind is list else tuple(parts)
+        result: Any = items if changed else value
+    else:
+        parts = []
+        for item in value:
+            new = _detached(item, done)
+            parts.append(new)
+            changed = changed or new is not item
+        result = value if not changed else parts if isinstance(value, list) else tuple(parts)
+    done[id(value)] = result
+    return result
 
 
 def _datetime(data: bytes) -> _dt.datetime:

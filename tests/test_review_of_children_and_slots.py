@@ -563,7 +563,14 @@ def _gen(ctx: tf.WorkflowContext) -> Any:
     yield 2
 
 
-@pytest.mark.parametrize("items", [_gen, lambda ctx: None, lambda ctx: "abc", lambda ctx: {1, 2},
+def test_a_generator_function_as_items_is_refused_at_build() -> None:
+    """Since f6f8291: a generator function is refused as it is given (it would hand back a
+    generator); one returned by a plain function is refused as it runs (below)."""
+    with pytest.raises(tf.DefinitionError, match="generator function"):
+        mapping(tf.branch("b").step("w", failing_on(set())).build(), items=_gen)
+
+
+@pytest.mark.parametrize("items", [lambda ctx: _gen(ctx), lambda ctx: None, lambda ctx: "abc", lambda ctx: {1, 2},
                                    lambda ctx: iter([1, 2]), lambda ctx: range(3), lambda ctx: b"xy"])
 async def test_items_that_are_not_a_list_or_tuple_fail_with_invalid_items_and_run_nothing(
         autojump_clock: trio.testing.MockClock, items: Any) -> None:
