@@ -1,6 +1,6 @@
 """Differential review: one workflow and input run by ``execute_workflow``, by engines on a
 MemoryAdapter and on a SQLite file, and by ``run_workflow``; each test here shows a disagreement
-the docs do not explain. Each failed on main at 05643f3..f6f8291, and is fixed by the commit
+the docs do not explain. Each failed on main at f6f8291, and is fixed by the commit
 that added this file."""
 
 from __future__ import annotations
