@@ -135,18 +135,28 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
     # this lane as it waited for that write would leave a child listed (and never cancelled)
     # that is never stored: the child is stored once its start is, cancelled or not, and the
     # cancel then stops the lane (and cancel_children the child) as for one started before it.
-    with trio.CancelScope(shield=True):
-        await announce(run, step, lane_key, lane)
-    await _store_child(run, step, lane, child_id, child_input, uses_input)
+    if run.from_storage:
+        # (Before its start is stored and it is held as being stored: see _store_child.)
+        await run.children.until_registered(step.workflow)
+    # Held as being stored from before the write that lists it in its parent: a signal(),
+    # cancel() or wait() of it meanwhile (a caller that read the parent's children) waits for
+    # its store rather than find no such instance (a cancel would say False, and it would run).
+    held = run.children.hold(child_id, step.workflow)
+    try:
+        with trio.CancelScope(shield=True):
+            await announce(run, step, lane_key, lane)
+        await _store_child(run, step, lane, child_id, child_input, uses_input, held)
+    finally:
+        run.children.release(held)
 
 
 async def _store_child(
-    run: Run, step: ChildStep, lane: Lane, child_id: str, child_input: Any, uses_input: bool,
+    run: Run, step: ChildStep, lane: Lane, child_id: str, child_input: Any, uses_input: bool, held: object = None,
 ) -> None:
     """Store the child (or find it stored) and run it; once its start is stored in the parent."""
     state = run.state
     assert run.children is not None
-    if run.from_storage:
+    if run.from_storage and held is None:
         # Taken up from storage (resumed as the engine starts, or woken from a wait): as a
         # service starts up, its modules may each register their workflows after an ``await``,
         # and this parent's resume may come first. It waits for the child's workflow rather than
@@ -157,7 +167,7 @@ async def _store_child(
     delay = FIRST_BACKOFF
     while True:  # (a loop, not a wrapper: no frame more for each of thousands of children starting)
         try:
-            await run.children.start(step.workflow, child_input, child_id, state.instance_id)
+            await run.children.start(step.workflow, child_input, child_id, state.instance_id, held)
             return
         except (UnknownWorkflowError, UnknownJobError, InstanceIdConflictError) as exc:  # the step fails
             lane.waiting = None

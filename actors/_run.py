@@ -175,9 +175,19 @@ class Children(Protocol):
         """Whether the engine is stopping (a run cancelled then leaves its children be)."""
         ...
 
-    def start(self, workflow: str, input: Any, child_id: str, parent_id: str) -> Awaitable[Any]:
+    def start(self, workflow: str, input: Any, child_id: str, parent_id: str, held: object = None) -> Awaitable[Any]:
         """Start (or find already started) the child instance ``child_id``: await what this
-        returns."""
+        returns. ``held``: what :meth:`hold` gave for it."""
+        ...
+
+    def hold(self, child_id: str, workflow: str) -> object:
+        """Hold ``child_id`` as being stored from now, before its parent's write that lists it:
+        ``signal()``, ``cancel()`` and ``wait()`` of it wait for its store rather than find no
+        such instance. Pass what this gives to :meth:`start`; :meth:`release` it in any case."""
+        ...
+
+    def release(self, held: object) -> None:
+        """Let go of what :meth:`hold` gave, if :meth:`start` has not (its store ended)."""
         ...
 
     def check_runnable(self, workflow: str) -> None:

@@ -351,7 +351,22 @@ class Engine:
         starts_at = None if delay is None and start_at is None else self._start_time(delay, start_at)
         return await self._start(workflow_name, input, instance_id, starts_at)
 
-    def _start_child(self, workflow_name: str, input: Any, child_id: str, parent_id: str) -> Awaitable[str]:
+    def _hold_start(self, instance_id: str, workflow_name: str) -> _Storing | None:
+        """Hold ``instance_id`` as being stored (see ``Children.hold``): ``None`` if it is
+        already (a start of the id in flight: the child step's start waits for it)."""
+        if instance_id in self._storing:
+            return None
+        held = self._storing[instance_id] = _Storing(workflow_name, instance_id)
+        return held
+
+    def _release_start(self, held: object) -> None:
+        if isinstance(held, _Storing) and self._storing.get(held.instance_id) is held:
+            del self._storing[held.instance_id]
+            held.done()
+
+    def _start_child(
+        self, workflow_name: str, input: Any, child_id: str, parent_id: str, held: object = None,
+    ) -> Awaitable[str]:
         """Start a child instance for a child step (``trioflow._children``). An existing child
         is the one a resumed parent started before: taken as it is, whatever its input (an
         ``input`` callable may give another value after a restart). A child of a parent that
@@ -361,11 +376,11 @@ class Engine:
         handing back ``_start``'s coroutine: no frame of its own while the child is stored.)"""
         parent = self._live[parent_id]  # it is the parent's run that asks
         return self._start(workflow_name, input, child_id, None, parent=parent.state, slot=parent.may_park(math.inf),
-                           ended_maybe=parent.resumed)
+                           ended_maybe=parent.resumed, held=held)
 
     async def _start(
         self, workflow_name: str, input: Any, instance_id: str | None, starts_at: float | None, *,
-        parent: InstanceState | None = None, slot: bool = True, ended_maybe: bool = False,
+        parent: InstanceState | None = None, slot: bool = True, ended_maybe: bool = False, held: object = None,
     ) -> str:
         if not isinstance(workflow_name, str):
             hint = f": pass its name, {workflow_name.name!r}" if isinstance(workflow_name, WorkflowDefinition) else ""
@@ -376,7 +391,7 @@ class Engine:
             instance_id = new_instance_id()
         elif not isinstance(instance_id, str) or not instance_id or not valid_text(instance_id):
             raise InvalidArgumentError(f"instance_id must be a non-empty string of valid text, got {instance_id!r}")
-        while (storing := self._storing.get(instance_id)) is not None:
+        while (storing := self._storing.get(instance_id)) is not None and storing is not held:
             # Another ``start`` of this id is storing it: its outcome decides this one's.
             check_same_workflow(instance_id, storing.workflow_name, workflow_name)
             await storing.wait()
@@ -406,7 +421,8 @@ class Engine:
         if reserved:
             self._running += 1
         try:
-            storing = self._storing[instance_id] = _Storing(workflow_name)
+            # (Held since before its parent's write that lists it, for a child: see _hold_start.)
+            storing = self._storing[instance_id] = storing or _Storing(workflow_name, instance_id)
             try:
                 if parent is not None and self._adapter_keeps_families:
                     # (Kept by purges while its parent is stored: the parent may compensate it.)
@@ -459,13 +475,6 @@ class Engine:
             run = self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)
             if parent is not None and not reserved and slot:
                 self._children.stored_queued(parent.instance_id, run)
-            if storing.signalled:
-                # A signal for it may have been stored as it was: handed to the run only once
-                # that signal()'s write returns, it could be taken after later ones (sent to the
-                # run as it runs). The run reads what storage holds first, in the order stored,
-                # as one taken up from storage does. (A signal() that began before the start
-                # stored it would have found no instance to signal.)
-                run.signals_fetched = False
             reserved = False  # the run has it
             return instance_id
         finally:
@@ -538,8 +547,14 @@ class Engine:
                 f" {RESERVED_SIGNALS!r} (trioflow's own), got {name!r}")
         data = encode_payload(payload, f"the payload of signal {name!r}")
         running = self._live.get(instance_id)
-        if running is None and (storing := self._storing.get(instance_id)) is not None:
-            storing.signalled = True  # (its start reads what storage holds: see _start)
+        if running is None and instance_id in self._storing:
+            # Its start (a child's from before its parent's write that lists it), or a cancel's
+            # write, is being stored: the signal waits for it, as there may be no row to take it
+            # yet; then it goes to the run that start made, as to any run.
+            while (storing := self._storing.get(instance_id)) is not None:
+                await storing.wait()
+            self._check_open()
+            running = self._live.get(instance_id)
         row = None
         # The runs of it that end here from now on, until the signal is handed over.
         watch = self._ends.watching(instance_id)
@@ -606,9 +621,9 @@ class Engine:
         it if need be); ``ended_since``: whether a run of it has ended here since the signal
         was sent (``None``: not known)."""
         while (storing := self._storing.get(instance_id)) is not None:
-            # Being started here (stored just before the signal): handed to the run its start
-            # makes (which reads storage first: see _start), or woken for it from a row read
-            # now (that run may have left memory meanwhile).
+            # Being stored here (a start that finds it stored, a cancel's write): handed to the
+            # run that makes, or woken for it from a row read now (that run may have left
+            # memory meanwhile).
             await storing.wait()
             row = None
         run = self._live.get(instance_id)
@@ -1458,7 +1473,7 @@ class Engine:
             return False
         # Held as being stored meanwhile: a resume passes it over rather than go on from the
         # row read before this write (it would then store ``forward`` over the cancel).
-        guard = self._storing[instance_id] = _Storing(workflow_name)
+        guard = self._storing[instance_id] = _Storing(workflow_name, instance_id)
         handed_over = False
         try:
             stored = await self._load_fresh(instance_id)
@@ -2142,13 +2157,12 @@ class _Storing:
     """An id ``start`` is storing: its workflow, and the tasks waiting for the store to end (the
     event is made only if someone waits: most starts are waited on by nobody)."""
 
-    __slots__ = ("workflow_name", "_over", "signalled")
+    __slots__ = ("workflow_name", "instance_id", "_over")
 
-    def __init__(self, workflow_name: str) -> None:
+    def __init__(self, workflow_name: str, instance_id: str) -> None:
         self.workflow_name = workflow_name
+        self.instance_id = instance_id
         self._over: trio.Event | None = None
-        #: Whether a ``signal()`` for the id began while it was stored (see :meth:`Engine._start`).
-        self.signalled = False
 
     async def wait(self) -> None:
         if self._over is None:
