@@ -49,6 +49,8 @@ from ._task import publish_cut_short
 from ._wait import announce, signal_or_timeout, take
 
 log = logging.getLogger("trioflow")
+#: Longest a child's store is shielded from a cancel of its parent's lane (seconds).
+STORE_CHILD_MOST = 10.0
 
 
 async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: WorkflowContext) -> Any:
@@ -67,18 +69,33 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
     else:  # taken up again (a resume)
         assert lane.waiting is not None
         child_id, notice = lane.waiting["child"], lane.waiting["signal"]
-        taken = await take(run, notice)
-        if taken is None and lane.waiting.get("check") != math.inf:
-            # Not ended: it may not even be stored (the parent stopped between storing the
-            # step's start and storing the child). Started again: one stored is taken as it is.
-            begun = run.state.records[lane.begun]
-            await _store_child(run, step, lane, child_id, begun.input, begun.input_is_workflow_input)
-            # Stored now: not to be looked at again, at this take-up nor at any later one (a
-            # map of children woken for each one's end would start every open one again each
-            # time); the wait stored next says so. (A wait with no ``check`` at all was stored
-            # by a release that had it only on the main line: its child is stored the first
-            # time too.)
-            lane.waiting = child_wait(child_id, None)
+        if lane.waiting.get("check") != math.inf:
+            # It may not even be stored (the parent stopped between storing the step's start,
+            # which lists it, and storing the child): held as being stored until it is (see
+            # _start), from before anything awaits.
+            held = children.hold(child_id, step.workflow)
+            try:
+                taken = await take(run, notice)
+                if taken is None:
+                    # Not ended: started again (one stored is taken as it is), once its workflow
+                    # is registered (see _start). (Not held while it waits for that: a cancel()
+                    # of it must not wait for a registration.)
+                    if not children.runnable(step.workflow):
+                        children.release(held)
+                        await children.until_registered(step.workflow)
+                        held = children.hold(child_id, step.workflow)
+                    begun = run.state.records[lane.begun]
+                    await _store_child(run, step, lane, child_id, begun.input, begun.input_is_workflow_input, held)
+                    # Stored now: not to be looked at again, at this take-up nor at any later one
+                    # (a map of children woken for each one's end would start every open one
+                    # again each time); the wait stored next says so. (A wait with no ``check``
+                    # at all was stored by a release that had it only on the main line: its
+                    # child is stored the first time too.)
+                    lane.waiting = child_wait(child_id, None)
+            finally:
+                children.release(held)
+        else:
+            taken = await take(run, notice)
         # It may be queued for a slot this parent holds. (Not by a parent taken up to be
         # cancelled, or to time out: the child is cancelled next, and must not run a step first.)
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -117,32 +134,38 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
             run.children.check_runnable(step.workflow)
         except (UnknownWorkflowError, UnknownJobError) as exc:
             raise StepFailure(step.name, exc, 1, child_input, uses_input) from exc
+    else:
+        # Taken up from storage (resumed as the engine starts, or woken from a wait): as a
+        # service starts up, its modules may each register their workflows after an ``await``,
+        # and this parent's resume may come first. It waits for the child's workflow rather than
+        # fail the step, and compensate the children it had run, for a workflow about to be
+        # registered. (A run that started here fails the step: a name nobody registers.) Before
+        # anything is staged: a sibling's checkpoint would list a child not yet held (below).
+        await run.children.until_registered(step.workflow)
     now = run.clock()
     child_id = child_instance_id(state.instance_id, next_execution_id(state, lane_key, step.name))
-    start = new_execution(
-        state, lane_key, step.name, "started", output=child_id, input=child_input, input_is_workflow_input=uses_input,
-        started_at=now, now=now)
-    start = run.stage(start)
-    state.add(start)
-    lane.begun = start.seq
-    # Stored as a wait that wakes the parent at ``check``, should it be out of memory by then
-    # with its child still running: so a parent that stopped before it stored its child (no end
-    # notice would ever wake it) is taken up again, and stores it then. A child that ends before
-    # then wakes it first, with no write more.
-    lane.waiting = child_wait(child_id, start.started_at)
-    # Shielded: the start is staged, and the next checkpoint stores it whoever makes it (a
-    # sibling lane's shared write, the cancel's or timeout's decision). A cancel that reached
-    # this lane as it waited for that write would leave a child listed (and never cancelled)
-    # that is never stored: the child is stored once its start is, cancelled or not, and the
-    # cancel then stops the lane (and cancel_children the child) as for one started before it.
-    if run.from_storage:
-        # (Before its start is stored and it is held as being stored: see _store_child.)
-        await run.children.until_registered(step.workflow)
-    # Held as being stored from before the write that lists it in its parent: a signal(),
-    # cancel() or wait() of it meanwhile (a caller that read the parent's children) waits for
-    # its store rather than find no such instance (a cancel would say False, and it would run).
+    # Held as being stored from before the write that lists it in its parent (its start, staged
+    # next, goes with whichever checkpoint comes first): a signal(), cancel() or wait() of it
+    # meanwhile (a caller that read the parent's children) waits for its store rather than find
+    # no such instance (a cancel would say False, and it would run uncancelled).
     held = run.children.hold(child_id, step.workflow)
     try:
+        start = new_execution(
+            state, lane_key, step.name, "started", output=child_id, input=child_input,
+            input_is_workflow_input=uses_input, started_at=now, now=now)
+        start = run.stage(start)
+        state.add(start)
+        lane.begun = start.seq
+        # Stored as a wait that wakes the parent at ``check``, should it be out of memory by then
+        # with its child still running: so a parent that stopped before it stored its child (no
+        # end notice would ever wake it) is taken up again, and stores it then. A child that ends
+        # before then wakes it first, with no write more.
+        lane.waiting = child_wait(child_id, start.started_at)
+        # Shielded: the start is staged, and the next checkpoint stores it whoever makes it (a
+        # sibling lane's shared write, the cancel's or timeout's decision). A cancel that reached
+        # this lane as it waited for that write would leave a child listed (and never cancelled)
+        # that is never stored: the child is stored once its start is, cancelled or not, and the
+        # cancel then stops the lane (and cancel_children the child) as for one started before it.
         with trio.CancelScope(shield=True):
             await announce(run, step, lane_key, lane)
         await _store_child(run, step, lane, child_id, child_input, uses_input, held)
@@ -151,23 +174,24 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
 
 
 async def _store_child(
-    run: Run, step: ChildStep, lane: Lane, child_id: str, child_input: Any, uses_input: bool, held: object = None,
+    run: Run, step: ChildStep, lane: Lane, child_id: str, child_input: Any, uses_input: bool, held: object,
 ) -> None:
-    """Store the child (or find it stored) and run it; once its start is stored in the parent."""
+    """Store the child (or find it stored) and run it, its workflow registered; once its start
+    is stored in the parent. ``held``: what ``Children.hold`` gave for it."""
     state = run.state
     assert run.children is not None
-    if run.from_storage and held is None:
-        # Taken up from storage (resumed as the engine starts, or woken from a wait): as a
-        # service starts up, its modules may each register their workflows after an ``await``,
-        # and this parent's resume may come first. It waits for the child's workflow rather than
-        # fail the step, and compensate the children it had run, for a workflow about to be
-        # registered. (A run that started here fails the step: a name nobody registers.)
-        await run.children.until_registered(step.workflow)
     deadline: float | None = None
     delay = FIRST_BACKOFF
     while True:  # (a loop, not a wrapper: no frame more for each of thousands of children starting)
         try:
-            await run.children.start(step.workflow, child_input, child_id, state.instance_id, held)
+            # Shielded, for a bounded time: its start is stored (it lists the child), so a
+            # cancel or timeout coming now must not leave the child unstored (an adapter whose
+            # create awaits before it writes), nor may storage that does not answer hold the
+            # cancel, or the engine's close, for ever: past that, it is tried again.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + STORE_CHILD_MOST) as bounded:
+                await run.children.start(step.workflow, child_input, child_id, state.instance_id, held)
+            if bounded.cancelled_caught:
+                raise StorageUnavailableError(f"storing child {child_id} took over {STORE_CHILD_MOST:g} s")
             return
         except (UnknownWorkflowError, UnknownJobError, InstanceIdConflictError) as exc:  # the step fails
             lane.waiting = None

@@ -195,6 +195,10 @@ class Children(Protocol):
         :class:`UnknownJobError`) if ``workflow`` cannot run here now."""
         ...
 
+    def runnable(self, workflow: str) -> bool:
+        """Whether ``workflow`` is registered with every job it uses."""
+        ...
+
     async def until_registered(self, workflow: str) -> None:
         """Return once ``workflow`` is registered with every job it uses (at once if it is)."""
         ...

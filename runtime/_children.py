@@ -57,9 +57,13 @@ class EngineChildren:
     def check_runnable(self, workflow: str) -> None:
         self._engine._runnable(workflow)
 
+    def runnable(self, workflow: str) -> bool:
+        definition = self._engine._definitions.get(workflow)
+        return definition is not None and not self._engine._missing_jobs(definition)
+
     async def until_registered(self, workflow: str) -> None:
         engine = self._engine
-        while (definition := engine._definitions.get(workflow)) is None or engine._missing_jobs(definition):
+        while not self.runnable(workflow):
             if engine._closed:
                 # Nothing registers it now: the engine cancels its runs right after it closes,
                 # and this one stops as stored, for the next engine.

@@ -354,7 +354,7 @@ class Engine:
     def _hold_start(self, instance_id: str, workflow_name: str) -> _Storing | None:
         """Hold ``instance_id`` as being stored (see ``Children.hold``): ``None`` if it is
         already (a start of the id in flight: the child step's start waits for it)."""
-        if instance_id in self._storing:
+        if instance_id in self._storing or instance_id in self._live:
             return None
         held = self._storing[instance_id] = _Storing(workflow_name, instance_id)
         return held
@@ -423,6 +423,7 @@ class Engine:
         try:
             # (Held since before its parent's write that lists it, for a child: see _hold_start.)
             storing = self._storing[instance_id] = storing or _Storing(workflow_name, instance_id)
+            answered = False
             try:
                 if parent is not None and self._adapter_keeps_families:
                     # (Kept by purges while its parent is stored: the parent may compensate it.)
@@ -430,9 +431,12 @@ class Engine:
                                                         parent_id=parent.instance_id)
                 else:
                     created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
+                answered = True
             finally:
-                del self._storing[instance_id]
-                storing.done()
+                # A child's hold outlasts a failed try: its step tries again, or lets go of it.
+                if answered or storing is not held:
+                    del self._storing[instance_id]
+                    storing.done()
             if created and (self._closed or self._actors_stopped):
                 raise EngineClosedError(
                     f"the engine closed while instance {instance_id!r} was being stored; it is stored {status}"
@@ -475,6 +479,12 @@ class Engine:
             run = self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)
             if parent is not None and not reserved and slot:
                 self._children.stored_queued(parent.instance_id, run)
+            if storing.signalled:
+                # A signal for it may have been stored as it was: handed to the run only once
+                # that signal()'s write returns, it could be taken after later ones (sent to the
+                # run as it runs). The run reads what storage holds first, in the order stored,
+                # as one taken up from storage does.
+                run.signals_fetched = False
             reserved = False  # the run has it
             return instance_id
         finally:
@@ -547,14 +557,28 @@ class Engine:
                 f" {RESERVED_SIGNALS!r} (trioflow's own), got {name!r}")
         data = encode_payload(payload, f"the payload of signal {name!r}")
         running = self._live.get(instance_id)
-        if running is None and instance_id in self._storing:
-            # Its start (a child's from before its parent's write that lists it), or a cancel's
-            # write, is being stored: the signal waits for it, as there may be no row to take it
-            # yet; then it goes to the run that start made, as to any run.
-            while (storing := self._storing.get(instance_id)) is not None:
-                await storing.wait()
-            self._check_open()
-            running = self._live.get(instance_id)
+        storing = None if running is not None else self._storing.get(instance_id)
+        if storing is None:
+            await self._send(instance_id, name, data, running)
+            return
+        # Its start is being stored (a child's, from before its parent's write that lists it),
+        # or a cancel's write. Sent now: the row may be there (stored, its answer not back), and
+        # the run that start makes then reads storage before it takes anything (see _start).
+        # Where no row is there yet, sent again once the store is over. One at a time, in the
+        # order called: a signal must not overtake one sent before it.
+        storing.signalled = True
+        async with storing.in_order():
+            try:
+                await self._send(instance_id, name, data, None)
+            except UnknownInstanceError:
+                while (storing := self._storing.get(instance_id)) is not None:
+                    await storing.wait()
+                self._check_open()
+                await self._send(instance_id, name, data, self._live.get(instance_id))
+
+    async def _send(self, instance_id: str, name: str, data: bytes, running: Run | None) -> None:
+        """Store signal ``name`` (its payload encoded: ``data``) and hand it over (see
+        :meth:`signal`); ``running``: the instance's run here when it was called."""
         row = None
         # The runs of it that end here from now on, until the signal is handed over.
         watch = self._ends.watching(instance_id)
@@ -2157,12 +2181,22 @@ class _Storing:
     """An id ``start`` is storing: its workflow, and the tasks waiting for the store to end (the
     event is made only if someone waits: most starts are waited on by nobody)."""
 
-    __slots__ = ("workflow_name", "instance_id", "_over")
+    __slots__ = ("workflow_name", "instance_id", "_over", "signalled", "_senders")
 
     def __init__(self, workflow_name: str, instance_id: str) -> None:
         self.workflow_name = workflow_name
         self.instance_id = instance_id
         self._over: trio.Event | None = None
+        #: Whether a ``signal()`` for the id began while it was stored (see :meth:`Engine._start`).
+        self.signalled = False
+        self._senders: trio.StrictFIFOLock | None = None
+
+    def in_order(self) -> trio.StrictFIFOLock:
+        """The lock that ``signal()`` calls for the id take while it is stored: they store their
+        signals one at a time, in the order they were called."""
+        if self._senders is None:
+            self._senders = trio.StrictFIFOLock()
+        return self._senders
 
     async def wait(self) -> None:
         if self._over is None:

@@ -95,6 +95,9 @@ async def run_workflow(
             if key in options:
                 raise DefinitionError(f"run_workflow takes its {key} in the mapping or as an argument, not both")
             options[key] = value
+        missing = [key for key in ("name", "steps") if key not in options]
+        if missing:
+            raise DefinitionError(f"run_workflow's mapping needs {' and '.join(map(repr, missing))}")
         return await run_workflow(driver, **options)
     if steps is None:
         raise DefinitionError(f"run_workflow({name!r}) needs its steps: a list of steps made by tf.step(name, execute, ...)")
@@ -126,12 +129,9 @@ _RUN_OPTIONS = ("name", "steps", "input", "use_transaction", "timeout", "initial
 
 def _run_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The arguments a ``run_workflow(driver, {...})`` mapping gives, or :class:`DefinitionError`
-    naming what it lacks or what is not one of them."""
+    naming what is not one of them."""
     unknown = [key for key in options if key not in _RUN_OPTIONS]
     if unknown:
         raise DefinitionError(
             f"run_workflow's mapping takes {', '.join(_RUN_OPTIONS)}; not {', '.join(map(safe_repr, unknown))}")
-    missing = [key for key in ("name", "steps") if key not in options]
-    if missing:
-        raise DefinitionError(f"run_workflow's mapping needs {' and '.join(map(repr, missing))}")
     return dict(options)

@@ -663,10 +663,11 @@ async def test_the_explorer_reports_a_child_started_twice(
     (here, under a second id beside the first) is caught at the crash point that shows it."""
     start_child = tf.Engine._start_child
 
-    async def twice(self: tf.Engine, workflow: str, input: Any, child_id: str, parent_id: str) -> None:
+    async def twice(self: tf.Engine, workflow: str, input: Any, child_id: str, parent_id: str,
+                    held: object = None) -> None:
         if await self.adapter.load(child_id) is not None:
             await start_child(self, workflow, input, f"{child_id}-again", parent_id)
-        await start_child(self, workflow, input, child_id, parent_id)
+        await start_child(self, workflow, input, child_id, parent_id, held)
 
     monkeypatch.setattr(tf.Engine, "_start_child", twice)
     with pytest.raises(tf.testing.CrashDivergenceError, match="no parent lists it") as info:
