@@ -168,16 +168,18 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
         # cancel then stops the lane (and cancel_children the child) as for one started before it.
         with trio.CancelScope(shield=True):
             await announce(run, step, lane_key, lane)
-        await _store_child(run, step, lane, child_id, child_input, uses_input, held)
+        await _store_child(run, step, lane, child_id, child_input, uses_input, held, ours=True)
     finally:
         run.children.release(held)
 
 
 async def _store_child(
-    run: Run, step: ChildStep, lane: Lane, child_id: str, child_input: Any, uses_input: bool, held: object,
+    run: Run, step: ChildStep, lane: Lane, child_id: str, child_input: Any, uses_input: bool, held: object, *,
+    ours: bool = False,
 ) -> None:
     """Store the child (or find it stored) and run it, its workflow registered; once its start
-    is stored in the parent. ``held``: what ``Children.hold`` gave for it."""
+    is stored in the parent. ``held``: what ``Children.hold`` gave for it; ``ours``: a new
+    child id (see ``Children.start``)."""
     state = run.state
     assert run.children is not None
     deadline: float | None = None
@@ -189,7 +191,7 @@ async def _store_child(
             # create awaits before it writes), nor may storage that does not answer hold the
             # cancel, or the engine's close, for ever: past that, it is tried again.
             with trio.CancelScope(shield=True, deadline=trio.current_time() + STORE_CHILD_MOST) as bounded:
-                await run.children.start(step.workflow, child_input, child_id, state.instance_id, held)
+                await run.children.start(step.workflow, child_input, child_id, state.instance_id, held, ours)
             if bounded.cancelled_caught:
                 raise StorageUnavailableError(f"storing child {child_id} took over {STORE_CHILD_MOST:g} s")
             return

@@ -175,9 +175,12 @@ class Children(Protocol):
         """Whether the engine is stopping (a run cancelled then leaves its children be)."""
         ...
 
-    def start(self, workflow: str, input: Any, child_id: str, parent_id: str, held: object = None) -> Awaitable[Any]:
+    def start(
+        self, workflow: str, input: Any, child_id: str, parent_id: str, held: object = None, ours: bool = False,
+    ) -> Awaitable[Any]:
         """Start (or find already started) the child instance ``child_id``: await what this
-        returns. ``held``: what :meth:`hold` gave for it."""
+        returns. ``held``: what :meth:`hold` gave for it; ``ours``: its id is new to this
+        engine (a row found under it is from an earlier try: it runs, whatever ``resume=``)."""
         ...
 
     def hold(self, child_id: str, workflow: str) -> object:

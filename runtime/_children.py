@@ -44,9 +44,11 @@ class EngineChildren:
         # (Stopped without being closed: a cancel of the scope around the engine's block.)
         return self._engine._closed or self._engine._actors_stopped
 
-    def start(self, workflow: str, input: Any, child_id: str, parent_id: str, held: object = None) -> Awaitable[str]:
+    def start(
+        self, workflow: str, input: Any, child_id: str, parent_id: str, held: object = None, ours: bool = False,
+    ) -> Awaitable[str]:
         # The engine's coroutine itself, not one around it: a frame fewer per child starting.
-        return self._engine._start_child(workflow, input, child_id, parent_id, held)
+        return self._engine._start_child(workflow, input, child_id, parent_id, held, ours)
 
     def hold(self, child_id: str, workflow: str) -> object:
         return self._engine._hold_start(child_id, workflow)

@@ -365,7 +365,7 @@ class Engine:
             held.done()
 
     def _start_child(
-        self, workflow_name: str, input: Any, child_id: str, parent_id: str, held: object = None,
+        self, workflow_name: str, input: Any, child_id: str, parent_id: str, held: object = None, ours: bool = False,
     ) -> Awaitable[str]:
         """Start a child instance for a child step (``trioflow._children``). An existing child
         is the one a resumed parent started before: taken as it is, whatever its input (an
@@ -376,11 +376,12 @@ class Engine:
         handing back ``_start``'s coroutine: no frame of its own while the child is stored.)"""
         parent = self._live[parent_id]  # it is the parent's run that asks
         return self._start(workflow_name, input, child_id, None, parent=parent.state, slot=parent.may_park(math.inf),
-                           ended_maybe=parent.resumed, held=held)
+                           ended_maybe=parent.resumed, held=held, ours=ours)
 
     async def _start(
         self, workflow_name: str, input: Any, instance_id: str | None, starts_at: float | None, *,
         parent: InstanceState | None = None, slot: bool = True, ended_maybe: bool = False, held: object = None,
+        ours: bool = False,
     ) -> str:
         if not isinstance(workflow_name, str):
             hint = f": pass its name, {workflow_name.name!r}" if isinstance(workflow_name, WorkflowDefinition) else ""
@@ -464,10 +465,13 @@ class Engine:
                         check_same_start(instance_id, found, workflow_name, input, parent)
                     if parent is not None and existing.status in TERMINAL:
                         await self._check_end_noticed(instance_id, parent)
-                    if (self._leftovers is not None or not self._holding_back) and existing.status in RESUMABLE:
+                    if (ours or self._leftovers is not None or not self._holding_back) \
+                            and existing.status in RESUMABLE:
                         # Unfinished and not running here (a resume may have passed it over while
                         # this call stored it): with auto-resume on, or once resume() was called,
-                        # resuming is this call's job.
+                        # resuming is this call's job; and whatever ``resume=`` says for a child
+                        # this engine started (``ours``: its id is new, the row is an earlier try's
+                        # whose answer was lost), not an earlier engine's to hold back.
                         # (On its own workflow: a parent's child step may now name another.)
                         if existing.workflow_name != workflow_name:
                             try:
@@ -564,8 +568,10 @@ class Engine:
         # Its start is being stored (a child's, from before its parent's write that lists it),
         # or a cancel's write. Sent now: the row may be there (stored, its answer not back), and
         # the run that start makes then reads storage before it takes anything (see _start).
-        # Where no row is there yet, sent again once the store is over. One at a time, in the
-        # order called: a signal must not overtake one sent before it.
+        # Where no row is there yet, sent again once the store is over. The calls made while it
+        # is stored go one at a time, in the order made: not stored, and taken, in the order
+        # their retries happen to wake in. (One made once the start returned, while such calls
+        # are still under way, may be stored before them: signals are taken in the order stored.)
         storing.signalled = True
         async with storing.in_order():
             try:

@@ -664,10 +664,10 @@ async def test_the_explorer_reports_a_child_started_twice(
     start_child = tf.Engine._start_child
 
     async def twice(self: tf.Engine, workflow: str, input: Any, child_id: str, parent_id: str,
-                    held: object = None) -> None:
+                    *rest: Any) -> None:
         if await self.adapter.load(child_id) is not None:
             await start_child(self, workflow, input, f"{child_id}-again", parent_id)
-        await start_child(self, workflow, input, child_id, parent_id, held)
+        await start_child(self, workflow, input, child_id, parent_id, *rest)
 
     monkeypatch.setattr(tf.Engine, "_start_child", twice)
     with pytest.raises(tf.testing.CrashDivergenceError, match="no parent lists it") as info:
