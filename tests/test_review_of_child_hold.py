@@ -14,6 +14,8 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import open_test_engine
 
+from test_review_of_signal_states import _listed_child
+
 
 kid = tf.workflow("kid").receive("approve", signal="go").build()
 dad = tf.workflow("dad").child("c", workflow="kid").build()
@@ -37,14 +39,9 @@ class FirstChildCreateFails(tf.adapters.MemoryAdapter):
 
 
 async def _child_listed_while_its_create_is_retried(engine: tf.Engine, adapter: FirstChildCreateFails) -> tuple[str, str]:
-    engine.register(kid)
-    engine.register(dad)
-    parent_id = await engine.start("dad")
-    await trio.sleep(0.5)
-    parent = await engine.get_instance(parent_id)
-    assert parent is not None and parent.status == "running" and len(parent.children) == 1
+    listed = await _listed_child(engine)
     await adapter.failed.wait()  # the first create failed; its retry comes 50 ms later
-    return parent_id, parent.children[0]
+    return listed
 
 
 async def test_a_signal_to_a_listed_child_whose_create_is_retried_is_stored(

@@ -23,36 +23,37 @@ done_kid = tf.workflow("done-kid").step("s", lambda ctx: "kid done").build()
 dad = tf.workflow("dad").child("c", workflow="done-kid").build()
 
 
-class ChildCreateAnswerLost(tf.adapters.MemoryAdapter):
-    """The first ``create()`` of a child (an id with a ``/``) stores the row, then fails with
-    ``StorageUnavailableError`` (the connection dropped before the answer came back)."""
+class FirstChildCreateAnswersBadly(tf.adapters.MemoryAdapter):
+    """The first ``create()`` of a child (an id with a ``/``) stores the row, then its answer
+    is lost (``late`` None: ``StorageUnavailableError``, the connection dropped before the
+    answer came back) or comes ``late`` seconds later."""
 
-    def __init__(self) -> None:
+    def __init__(self, late: float | None = None) -> None:
         super().__init__()
-        self.lost = False
+        self.late = late
+        self.answered_badly = False
 
     async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
         created = await super().create(instance_id, *args, **kwargs)
-        if "/" in instance_id and not self.lost:
-            self.lost = True
-            raise tf.StorageUnavailableError("connection dropped after the write")
+        if "/" in instance_id and not self.answered_badly:
+            self.answered_badly = True
+            if self.late is None:
+                raise tf.StorageUnavailableError("connection dropped after the write")
+            await trio.sleep(self.late)
         return created
 
 
-class ChildCreateAnswersLate(tf.adapters.MemoryAdapter):
-    """The first ``create()`` of a child stores the row, then takes 20 s to answer (past the
-    10 s ``_store_child`` shields a child's store for)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.late = False
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        created = await super().create(instance_id, *args, **kwargs)
-        if "/" in instance_id and not self.late:
-            self.late = True
-            await trio.sleep(20)
-        return created
+async def _parent_ends(adapter: tf.adapters.MemoryAdapter, within: float) -> None:
+    """``dad`` started on a ``resume=False`` engine over ``adapter`` ends, its child's output
+    its own, within ``within`` seconds."""
+    async with open_test_engine(adapter=adapter, resume=False) as engine:
+        engine.register(done_kid)
+        engine.register(dad)
+        parent_id = await engine.start("dad")
+        with trio.move_on_after(within) as scope:
+            ended = await engine.wait(parent_id)
+        assert not scope.cancelled_caught, "the parent still waits for a child nobody runs"
+        assert ended.output == "kid done"
 
 
 async def test_with_resume_false_a_child_whose_create_answer_was_lost_runs(
@@ -74,14 +75,7 @@ async def test_with_resume_false_a_child_whose_create_answer_was_lost_runs(
     by this very engine, a moment ago) stays ``running`` in storage with no run, and the parent
     waits for it for ever (still waiting after 60 s; with the default ``resume=True`` it
     completes at once)."""
-    async with open_test_engine(adapter=ChildCreateAnswerLost(), resume=False) as engine:
-        engine.register(done_kid)
-        engine.register(dad)
-        parent_id = await engine.start("dad")
-        with trio.move_on_after(60) as scope:
-            ended = await engine.wait(parent_id)
-        assert not scope.cancelled_caught, "the parent still waits for a child nobody runs"
-        assert ended.output == "kid done"
+    await _parent_ends(FirstChildCreateAnswersBadly(), within=60)
 
 
 async def test_with_resume_false_a_child_whose_create_answers_after_10_s_runs(
@@ -96,11 +90,4 @@ async def test_with_resume_false_a_child_whose_create_answers_after_10_s_runs(
 
     What happens instead: as above, the child found there is not run on a ``resume=False``
     engine, and the parent never ends (with ``resume=True`` it completes at ~10 s)."""
-    async with open_test_engine(adapter=ChildCreateAnswersLate(), resume=False) as engine:
-        engine.register(done_kid)
-        engine.register(dad)
-        parent_id = await engine.start("dad")
-        with trio.move_on_after(120) as scope:
-            ended = await engine.wait(parent_id)
-        assert not scope.cancelled_caught, "the parent still waits for a child nobody runs"
-        assert ended.output == "kid done"
+    await _parent_ends(FirstChildCreateAnswersBadly(late=20), within=120)
