@@ -424,7 +424,6 @@ class Engine:
         try:
             # (Held since before its parent's write that lists it, for a child: see _hold_start.)
             storing = self._storing[instance_id] = storing or _Storing(workflow_name, instance_id)
-            answered = False
             try:
                 if parent is not None and self._adapter_keeps_families:
                     # (Kept by purges while its parent is stored: the parent may compensate it.)
@@ -432,10 +431,12 @@ class Engine:
                                                         parent_id=parent.instance_id)
                 else:
                     created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
-                answered = True
             finally:
-                # A child's hold outlasts a failed try: its step tries again, or lets go of it.
-                if answered or storing is not held:
+                # A child's hold outlasts its store: its step lets go of it once this call is
+                # over (or tries again, after a failed try), or the resume below, which would
+                # pass over an instance being stored. Until then, a cancel(), signal() or wait()
+                # of the child waits: none finds it stored and not run here.
+                if storing is not held:
                     del self._storing[instance_id]
                     storing.done()
             if created and (self._closed or self._actors_stopped):
@@ -452,6 +453,7 @@ class Engine:
                     return instance_id
                 self._check_open()  # closed while it was stored: an idempotent start may be made again
                 existing = await self._load_fresh(instance_id)
+                own = None  # (this call's own row: an earlier try stored it, its answer lost)
                 if existing is not None:
                     try:
                         found = _decoded(existing)
@@ -463,9 +465,14 @@ class Engine:
                             self._children.unreadable(parent.instance_id, instance_id, exc)
                     else:
                         check_same_start(instance_id, found, workflow_name, input, parent)
-                    if parent is not None and existing.status in TERMINAL:
+                        if ours and existing.status == status and existing.workflow_name == workflow_name \
+                                and not found.records:
+                            # Nothing run: it starts as one just stored does (announced, its
+                            # on_start hook run), not as one resumed.
+                            own = found
+                    if own is None and parent is not None and existing.status in TERMINAL:
                         await self._check_end_noticed(instance_id, parent)
-                    if (ours or self._leftovers is not None or not self._holding_back) \
+                    if own is None and (ours or self._leftovers is not None or not self._holding_back) \
                             and existing.status in RESUMABLE:
                         # Unfinished and not running here (a resume may have passed it over while
                         # this call stored it): with auto-resume on, or once resume() was called,
@@ -478,11 +485,18 @@ class Engine:
                                 definition = self._runnable(existing.workflow_name)
                             except (UnknownWorkflowError, UnknownJobError):
                                 return instance_id  # (resumed once they are registered, as stored ones are)
-                        self._resume_one(definition, existing)
-                return instance_id
+                        self._release_start(held)  # (a resume passes over one being stored)
+                        run = self._resume_one(definition, existing)
+                        if run is not None and storing.cancel_wanted and run not in self._waiting:
+                            run.cancel_requested = True  # (a cancel() waits for this start: see cancel())
+                if own is None:
+                    return instance_id
+                state = own
             run = self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)
             if parent is not None and not reserved and slot:
                 self._children.stored_queued(parent.instance_id, run)
+            if storing.cancel_wanted and run not in self._waiting:
+                run.cancel_requested = True  # (a cancel() waits for this start: see cancel())
             if storing.signalled:
                 # A signal for it may have been stored as it was: handed to the run only once
                 # that signal()'s write returns, it could be taken after later ones (sent to the
@@ -911,7 +925,11 @@ class Engine:
         if self._pending_resumes:
             await self._resumes_settled.wait()
         while (storing := self._storing.get(instance_id)) is not None:
-            await storing.wait()  # being started (or stored by another cancel): its outcome first
+            # Being started (or stored by another cancel): its outcome first. The run its start
+            # makes is cancelled as it is made (see _start), before it can run a step: its whole
+            # run may otherwise come before this call looks again, and it would say no.
+            storing.cancel_wanted = True
+            await storing.wait()
         run = self._live.get(instance_id)
         if run is None:
             run, _ = await self._wake_if_waiting(instance_id, lambda waiting: True, signalled=False)  # parked
@@ -2187,7 +2205,7 @@ class _Storing:
     """An id ``start`` is storing: its workflow, and the tasks waiting for the store to end (the
     event is made only if someone waits: most starts are waited on by nobody)."""
 
-    __slots__ = ("workflow_name", "instance_id", "_over", "signalled", "_senders")
+    __slots__ = ("workflow_name", "instance_id", "_over", "signalled", "cancel_wanted", "_senders")
 
     def __init__(self, workflow_name: str, instance_id: str) -> None:
         self.workflow_name = workflow_name
@@ -2195,6 +2213,8 @@ class _Storing:
         self._over: trio.Event | None = None
         #: Whether a ``signal()`` for the id began while it was stored (see :meth:`Engine._start`).
         self.signalled = False
+        #: Whether a ``cancel()`` of the id waits for this store (see :meth:`Engine.cancel`).
+        self.cancel_wanted = False
         self._senders: trio.StrictFIFOLock | None = None
 
     def in_order(self) -> trio.StrictFIFOLock:
