@@ -191,6 +191,9 @@ class Engine:
         #: Ids ``start`` is storing now. A concurrent ``start`` or ``wait`` of the same id waits
         #: until the store is over; a resume leaves them be.
         self._storing: dict[str, _Storing] = {}
+        #: Ids whose create raised here (its answer lost, or cut short): a row found under one
+        #: later (a retried ``start()``, a child step's retry) is this engine's own.
+        self._unanswered: set[str] = set()
         #: Stored instances held back from a resume until their workflow's jobs are registered
         #: (a resume that ran them now would fail them for good), by workflow.
         self._held: dict[str, list[StoredInstance]] = {}
@@ -431,6 +434,9 @@ class Engine:
                                                         parent_id=parent.instance_id)
                 else:
                     created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
+            except BaseException:
+                self._unanswered.add(instance_id)  # (stored, perhaps: see not created, below)
+                raise
             finally:
                 # A child's hold outlasts its store: its step lets go of it once this call is
                 # over (or tries again, after a failed try), or the resume below, which would
@@ -444,6 +450,9 @@ class Engine:
                     f"the engine closed while instance {instance_id!r} was being stored; it is stored {status}"
                     " and the next engine resumes it"
                 )
+            if instance_id in self._unanswered:
+                self._unanswered.discard(instance_id)
+                ours = True  # (not created: the row is an earlier try's here)
             if not created:
                 # It exists: stored by an earlier engine (a resume may be running it here by now),
                 # or by a concurrent ``start``. Idempotent, unless it is another workflow's.
@@ -465,11 +474,14 @@ class Engine:
                             self._children.unreadable(parent.instance_id, instance_id, exc)
                     else:
                         check_same_start(instance_id, found, workflow_name, input, parent)
-                        if ours and existing.status == status and existing.workflow_name == workflow_name \
-                                and not found.records:
+                        if ours and existing.status in ("pending", "running") \
+                                and existing.workflow_name == workflow_name and not found.records:
                             # Nothing run: it starts as one just stored does (announced, its
-                            # on_start hook run), not as one resumed.
+                            # on_start hook run), not as one resumed; with or without a slot as
+                            # this call decided (its first checkpoint stores that).
                             own = found
+                            own.status = status
+                            storing.signalled = True  # (its row may hold signals: read first)
                     if own is None and parent is not None and existing.status in TERMINAL:
                         await self._check_end_noticed(instance_id, parent)
                     if own is None and (ours or self._leftovers is not None or not self._holding_back) \
@@ -487,7 +499,8 @@ class Engine:
                                 return instance_id  # (resumed once they are registered, as stored ones are)
                         self._release_start(held)  # (a resume passes over one being stored)
                         run = self._resume_one(definition, existing)
-                        if run is not None and storing.cancel_wanted and run not in self._waiting:
+                        if run is not None and storing.cancel_wanted and run not in self._waiting \
+                                and run.state.phase == "forward":
                             run.cancel_requested = True  # (a cancel() waits for this start: see cancel())
                 if own is None:
                     return instance_id
