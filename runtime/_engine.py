@@ -462,8 +462,8 @@ class Engine:
                     return instance_id
                 self._check_open()  # closed while it was stored: an idempotent start may be made again
                 existing = await self._load_fresh(instance_id)
-                own = None  # (this call's own row: an earlier try stored it, its answer lost)
                 if existing is not None:
+                    fresh = False  # (this call's own row, nothing run: see below)
                     try:
                         found = _decoded(existing)
                     except SnapshotDecodeError as exc:  # unreadable: reported as such elsewhere
@@ -474,23 +474,16 @@ class Engine:
                             self._children.unreadable(parent.instance_id, instance_id, exc)
                     else:
                         check_same_start(instance_id, found, workflow_name, input, parent)
-                        if ours and existing.status in ("pending", "running") \
-                                and existing.workflow_name == workflow_name and not found.records:
-                            # Nothing run: it starts as one just stored does (announced, its
-                            # on_start hook run), not as one resumed; with or without a slot as
-                            # this call decided (its first checkpoint stores that).
-                            own = found
-                            own.status = status
-                            storing.signalled = True  # (its row may hold signals: read first)
-                    if own is None and parent is not None and existing.status in TERMINAL:
+                        fresh = ours and existing.workflow_name == workflow_name and not found.records
+                    if parent is not None and existing.status in TERMINAL:
                         await self._check_end_noticed(instance_id, parent)
-                    if own is None and (ours or self._leftovers is not None or not self._holding_back) \
+                    if (ours or self._leftovers is not None or not self._holding_back) \
                             and existing.status in RESUMABLE:
                         # Unfinished and not running here (a resume may have passed it over while
                         # this call stored it): with auto-resume on, or once resume() was called,
-                        # resuming is this call's job; and whatever ``resume=`` says for a child
-                        # this engine started (``ours``: its id is new, the row is an earlier try's
-                        # whose answer was lost), not an earlier engine's to hold back.
+                        # resuming is this call's job; and whatever ``resume=`` says for a row
+                        # this engine stored (``ours``: an earlier try's whose answer was lost,
+                        # or a child's, whose id is new), not an earlier engine's to hold back.
                         # (On its own workflow: a parent's child step may now name another.)
                         if existing.workflow_name != workflow_name:
                             try:
@@ -499,12 +492,14 @@ class Engine:
                                 return instance_id  # (resumed once they are registered, as stored ones are)
                         self._release_start(held)  # (a resume passes over one being stored)
                         run = self._resume_one(definition, existing)
-                        if run is not None and storing.cancel_wanted and run not in self._waiting \
-                                and run.state.phase == "forward":
-                            run.cancel_requested = True  # (a cancel() waits for this start: see cancel())
-                if own is None:
-                    return instance_id
-                state = own
+                        if run is not None:
+                            if fresh:
+                                # Nothing run: it starts now, as one just stored does (announced,
+                                # its on_start hook run), its slot and status as a resume's.
+                                run.resumed = False
+                            if storing.cancel_wanted and run not in self._waiting and run.state.phase == "forward":
+                                run.cancel_requested = True  # (a cancel() waits for this start: see cancel())
+                return instance_id
             run = self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)
             if parent is not None and not reserved and slot:
                 self._children.stored_queued(parent.instance_id, run)
