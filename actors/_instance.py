@@ -170,7 +170,7 @@ async def _forward(run: Run) -> Forward:
     # the instance is parked in a step, and parked instances should be cheap.
     with scope if scope is not None else contextlib.nullcontext():
         try:
-            if not run.resumed and not delayed and not run.cancel_requested:
+            if (not run.resumed or run.unannounced) and not delayed and not run.cancel_requested:
                 # (One cancelled before its first step, while it was queued for a slot, never
                 # started: it ends without being announced, as a delayed one does.)
                 await _announce_start(run, ctx)

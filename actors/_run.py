@@ -275,7 +275,7 @@ class Run:
     """
 
     __slots__ = (
-        "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed", "from_storage",
+        "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed", "unannounced", "from_storage",
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "end", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
@@ -316,6 +316,9 @@ class Run:
         #: instance stored ``pending``, which starts now): its child steps wait for a child
         #: workflow not registered yet, as a service's modules may register it a moment later.
         self.from_storage = resumed
+        #: Resumed, though it never started: this engine stored it, and its start's answer was
+        #: lost (see ``Engine._start``). It is announced as it starts its first step.
+        self.unannounced = False
         #: ``execute_workflow`` has no resume, so its caller's cancellation compensates at once;
         #: an engine leaves instances interrupted by its shutdown to the next resume.
         self.compensate_on_outer_cancel = compensate_on_outer_cancel

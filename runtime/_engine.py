@@ -191,9 +191,12 @@ class Engine:
         #: Ids ``start`` is storing now. A concurrent ``start`` or ``wait`` of the same id waits
         #: until the store is over; a resume leaves them be.
         self._storing: dict[str, _Storing] = {}
-        #: Ids whose create raised here (its answer lost, or cut short): a row found under one
-        #: later (a retried ``start()``, a child step's retry) is this engine's own.
-        self._unanswered: set[str] = set()
+        #: Ids whose create raised here (its answer lost, or cut short), with the creation time
+        #: that try stored, if it stored: a row found under one later with that time (a retried
+        #: ``start()``) is this engine's own.
+        self._unanswered: dict[str, float] = {}
+        #: The ``signal()`` calls for an id that go one at a time (see :meth:`signal`).
+        self._in_order: dict[str, _InOrder] = {}
         #: Stored instances held back from a resume until their workflow's jobs are registered
         #: (a resume that ran them now would fail them for good), by workflow.
         self._held: dict[str, list[StoredInstance]] = {}
@@ -435,7 +438,7 @@ class Engine:
                 else:
                     created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
             except BaseException:
-                self._unanswered.add(instance_id)  # (stored, perhaps: see not created, below)
+                self._unanswered[instance_id] = state.created_at  # (stored, perhaps: see not created, below)
                 raise
             finally:
                 # A child's hold outlasts its store: its step lets go of it once this call is
@@ -450,9 +453,7 @@ class Engine:
                     f"the engine closed while instance {instance_id!r} was being stored; it is stored {status}"
                     " and the next engine resumes it"
                 )
-            if instance_id in self._unanswered:
-                self._unanswered.discard(instance_id)
-                ours = True  # (not created: the row is an earlier try's here)
+            tried_at = self._unanswered.pop(instance_id, None)
             if not created:
                 # It exists: stored by an earlier engine (a resume may be running it here by now),
                 # or by a concurrent ``start``. Idempotent, unless it is another workflow's.
@@ -474,7 +475,14 @@ class Engine:
                             self._children.unreadable(parent.instance_id, instance_id, exc)
                     else:
                         check_same_start(instance_id, found, workflow_name, input, parent)
-                        fresh = ours and existing.workflow_name == workflow_name and not found.records
+                        # This engine's own row: a child's (its id is new), or stored by an
+                        # earlier try of this start whose answer was lost (its creation time).
+                        ours = ours or found.created_at == tried_at
+                        # Not started yet (nothing run, not waiting in its first step, not
+                        # queued: a pending row is announced as it gets its slot, and a delayed
+                        # one once its start time comes, as a resumed one is).
+                        fresh = ours and existing.workflow_name == workflow_name and not found.records \
+                            and existing.status == "running" and found.lanes[MAIN].waiting is None
                     if parent is not None and existing.status in TERMINAL:
                         await self._check_end_noticed(instance_id, parent)
                     if (ours or self._leftovers is not None or not self._holding_back) \
@@ -494,9 +502,9 @@ class Engine:
                         run = self._resume_one(definition, existing)
                         if run is not None:
                             if fresh:
-                                # Nothing run: it starts now, as one just stored does (announced,
-                                # its on_start hook run), its slot and status as a resume's.
-                                run.resumed = False
+                                # It starts now, as one just stored does (announced, its on_start
+                                # hook run), its slot, status and start time as a resume's.
+                                run.unannounced = True
                             if storing.cancel_wanted and run not in self._waiting and run.state.phase == "forward":
                                 run.cancel_requested = True  # (a cancel() waits for this start: see cancel())
                 return instance_id
@@ -584,25 +592,38 @@ class Engine:
         data = encode_payload(payload, f"the payload of signal {name!r}")
         running = self._live.get(instance_id)
         storing = None if running is not None else self._storing.get(instance_id)
-        if storing is None:
+        queue = self._in_order.get(instance_id)
+        if storing is None and queue is None:
             await self._send(instance_id, name, data, running)
             return
         # Its start is being stored (a child's, from before its parent's write that lists it),
-        # or a cancel's write. Sent now: the row may be there (stored, its answer not back), and
-        # the run that start makes then reads storage before it takes anything (see _start).
-        # Where no row is there yet, sent again once the store is over. The calls made while it
-        # is stored go one at a time, in the order made: not stored, and taken, in the order
-        # their retries happen to wake in. (One made once the start returned, while such calls
-        # are still under way, may be stored before them: signals are taken in the order stored.)
-        storing.signalled = True
-        async with storing.in_order():
-            try:
-                await self._send(instance_id, name, data, None)
-            except UnknownInstanceError:
-                while (storing := self._storing.get(instance_id)) is not None:
-                    await storing.wait()
-                self._check_open()
-                await self._send(instance_id, name, data, self._live.get(instance_id))
+        # or a cancel's write; or calls made then are still under way. The calls go one at a
+        # time, in the order made, until none is left: none overtakes one made before it, as
+        # their retries, woken together, would. Each is sent at once: the row may be there
+        # (stored, its answer not back), and the run that start makes then reads storage before
+        # it takes anything (see _start); where no row is there yet, sent again once the store
+        # is over.
+        if storing is not None:
+            storing.signalled = True
+        if queue is None:
+            queue = self._in_order[instance_id] = _InOrder()
+        queue.calls += 1
+        try:
+            async with queue.lock:
+                if instance_id not in self._storing:
+                    await self._send(instance_id, name, data, self._live.get(instance_id))
+                    return
+                try:
+                    await self._send(instance_id, name, data, None)
+                except UnknownInstanceError:
+                    while (storing := self._storing.get(instance_id)) is not None:
+                        await storing.wait()
+                    self._check_open()
+                    await self._send(instance_id, name, data, self._live.get(instance_id))
+        finally:
+            queue.calls -= 1
+            if not queue.calls:
+                del self._in_order[instance_id]
 
     async def _send(self, instance_id: str, name: str, data: bytes, running: Run | None) -> None:
         """Store signal ``name`` (its payload encoded: ``data``) and hand it over (see
@@ -2213,7 +2234,7 @@ class _Storing:
     """An id ``start`` is storing: its workflow, and the tasks waiting for the store to end (the
     event is made only if someone waits: most starts are waited on by nobody)."""
 
-    __slots__ = ("workflow_name", "instance_id", "_over", "signalled", "cancel_wanted", "_senders")
+    __slots__ = ("workflow_name", "instance_id", "_over", "signalled", "cancel_wanted")
 
     def __init__(self, workflow_name: str, instance_id: str) -> None:
         self.workflow_name = workflow_name
@@ -2223,14 +2244,6 @@ class _Storing:
         self.signalled = False
         #: Whether a ``cancel()`` of the id waits for this store (see :meth:`Engine.cancel`).
         self.cancel_wanted = False
-        self._senders: trio.StrictFIFOLock | None = None
-
-    def in_order(self) -> trio.StrictFIFOLock:
-        """The lock that ``signal()`` calls for the id take while it is stored: they store their
-        signals one at a time, in the order they were called."""
-        if self._senders is None:
-            self._senders = trio.StrictFIFOLock()
-        return self._senders
 
     async def wait(self) -> None:
         if self._over is None:
@@ -2240,6 +2253,16 @@ class _Storing:
     def done(self) -> None:
         if self._over is not None:
             self._over.set()
+
+
+class _InOrder:
+    """The ``signal()`` calls for one id that go one at a time, in the order made."""
+
+    __slots__ = ("lock", "calls")
+
+    def __init__(self) -> None:
+        self.lock = trio.StrictFIFOLock()
+        self.calls = 0
 
 
 #: Longest ``cancel()`` waits for its decision to be stored before it returns (seconds).
