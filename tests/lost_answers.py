@@ -1,6 +1,6 @@
 """A storage whose checkpoint's answer is lost after it stored (or did not store) it, and
 whose reads can fail: what the reviews of lost answers run on, on the MemoryAdapter and on
-SQLite (the ``make_adapter`` fixture)."""
+SQLite (the ``make_adapter`` fixture); and one whose creates' answers are lost."""
 
 from __future__ import annotations
 
@@ -61,3 +61,19 @@ def make_adapter(request: Any, tmp_path: Any) -> Callable[[], Any]:
         one = LostMemory()
         return lambda: one
     return lambda: LostSQLite(tmp_path / "lost.db")
+
+
+class AnswerLostFor(MemoryAdapter):
+    """The first ``create()`` of each id in ``lose`` stores the row, then raises
+    ``StorageUnavailableError`` (its answer lost): a start that raises though it stored."""
+
+    def __init__(self, *lose: str) -> None:
+        super().__init__()
+        self.lose = set(lose)
+
+    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
+        created = await super().create(instance_id, *args, **kwargs)
+        if instance_id in self.lose:
+            self.lose.discard(instance_id)
+            raise tf.StorageUnavailableError("connection dropped after the write")
+        return created

@@ -13,6 +13,8 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import open_test_engine
 
+from lost_answers import AnswerLostFor
+
 
 class AnswerLostThenSlowLoad(tf.adapters.MemoryAdapter):
     """The first ``create()`` stores the row, then raises ``StorageUnavailableError`` (its
@@ -135,22 +137,6 @@ async def test_a_retried_delayed_start_racing_the_waker_runs_once(
         await trio.sleep(100)
         got = await engine.get_instance("x")
         assert (got.status, len(ran)) == ("completed", 1)
-
-
-class AnswerLostFor(tf.adapters.MemoryAdapter):
-    """The first ``create()`` of each id in ``lose`` stores the row, then raises
-    ``StorageUnavailableError`` (its answer lost)."""
-
-    def __init__(self, *lose: str) -> None:
-        super().__init__()
-        self.lose = set(lose)
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        created = await super().create(instance_id, *args, **kwargs)
-        if instance_id in self.lose:
-            self.lose.discard(instance_id)
-            raise tf.StorageUnavailableError("connection dropped after the write")
-        return created
 
 
 async def _sleepy(ctx: tf.WorkflowContext) -> int:

@@ -11,21 +11,7 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import open_test_engine
 
-
-class AnswerLostFor(tf.adapters.MemoryAdapter):
-    """The first ``create()`` of each id in ``lose`` stores the row, then raises
-    ``StorageUnavailableError`` (its answer lost)."""
-
-    def __init__(self, *lose: str) -> None:
-        super().__init__()
-        self.lose = set(lose)
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        created = await super().create(instance_id, *args, **kwargs)
-        if instance_id in self.lose:
-            self.lose.discard(instance_id)
-            raise tf.StorageUnavailableError("connection dropped after the write")
-        return created
+from lost_answers import AnswerLostFor
 
 
 class RefusedOnceFor(tf.adapters.MemoryAdapter):
