@@ -191,10 +191,10 @@ class Engine:
         #: Ids ``start`` is storing now. A concurrent ``start`` or ``wait`` of the same id waits
         #: until the store is over; a resume leaves them be.
         self._storing: dict[str, _Storing] = {}
-        #: Ids whose create raised here (its answer lost, or cut short), with the creation time
-        #: that try stored, if it stored: a row found under one later with that time (a retried
-        #: ``start()``) is this engine's own.
-        self._unanswered: dict[str, float] = {}
+        #: Ids whose create raised here (its answer lost, or cut short), with the creation times
+        #: those tries stored, if they stored: a row found under one later with one of them (a
+        #: retried ``start()``) is this engine's own.
+        self._unanswered: dict[str, list[float]] = {}
         #: The ``signal()`` calls for an id that go one at a time (see :meth:`signal`).
         self._in_order: dict[str, _InOrder] = {}
         #: Stored instances held back from a resume until their workflow's jobs are registered
@@ -438,7 +438,8 @@ class Engine:
                 else:
                     created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
             except BaseException:
-                self._unanswered[instance_id] = state.created_at  # (stored, perhaps: see not created, below)
+                # (Stored, perhaps: see not created, below.)
+                self._unanswered.setdefault(instance_id, []).append(state.created_at)
                 raise
             finally:
                 # A child's hold outlasts its store: its step lets go of it once this call is
@@ -453,7 +454,7 @@ class Engine:
                     f"the engine closed while instance {instance_id!r} was being stored; it is stored {status}"
                     " and the next engine resumes it"
                 )
-            tried_at = self._unanswered.pop(instance_id, None)
+            tried = self._unanswered.pop(instance_id, ())
             if not created:
                 # It exists: stored by an earlier engine (a resume may be running it here by now),
                 # or by a concurrent ``start``. Idempotent, unless it is another workflow's.
@@ -477,7 +478,7 @@ class Engine:
                         check_same_start(instance_id, found, workflow_name, input, parent)
                         # This engine's own row: a child's (its id is new), or stored by an
                         # earlier try of this start whose answer was lost (its creation time).
-                        ours = ours or found.created_at == tried_at
+                        ours = ours or found.created_at in tried
                         # Not started yet (nothing run, not waiting in its first step, not
                         # queued: a pending row is announced as it gets its slot, and a delayed
                         # one once its start time comes, as a resumed one is).
