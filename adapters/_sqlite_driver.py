@@ -248,6 +248,8 @@ class SQLiteDriver:
             raise DriverError(f"{what} failed: {exc}") from exc
         except sqlite3.Error as exc:
             raise DriverError(f"{what} failed: {exc}") from exc
+        except (OverflowError, UnicodeEncodeError) as exc:  # (a value no SQLite column takes)
+            raise DriverError(f"{what} failed: an int past 64 bits or text with a lone surrogate: {exc}") from exc
 
     async def _schema(self, entity: str) -> tuple[list[str], str]:
         if entity not in self._columns:

@@ -123,6 +123,7 @@ class EventBus:
         has closed (the callback would never be called).
         """
         _check_pattern(pattern)
+        _check_buffer(buffer)
         self._check_open()
         if not callable(callback):
             raise InvalidArgumentError(f"on() calls callback(event) for each event: got {safe_repr(callback)}, not a function")
@@ -168,9 +169,7 @@ class EventBus:
         the engine closes. Raises :class:`EngineClosedError` once it has. ``buffer``: how many
         events wait for the reader (an int >= 1, or ``math.inf``) before newer ones are dropped."""
         _check_pattern(pattern)
-        if not (buffer == math.inf or (isinstance(buffer, int) and not isinstance(buffer, bool) and buffer >= 1)):
-            # (0 would drop every event the reader is not parked for at the moment it is sent.)
-            raise InvalidArgumentError(f"buffer must be an int >= 1 or math.inf, got {safe_repr(buffer)}")
+        _check_buffer(buffer)
         self._check_open()
         send, receive = trio.open_memory_channel[Event](buffer)
         remove = self._add(_Subscriber(pattern, None, send))
@@ -270,6 +269,14 @@ EVENT_NAMES = frozenset({
     "workflow.step.failed", "workflow.step.retry", "workflow.step.caught", "workflow.step.compensated",
     "workflow.step.waiting", "workflow.signal.received", "workflow.map.progress",
 })
+
+
+def _check_buffer(buffer: object) -> None:
+    """``buffer`` (how many events wait for a subscriber, or an async callback, before newer
+    ones are dropped): an int >= 1 or ``math.inf``, or :class:`InvalidArgumentError`. (0 would
+    drop every event that comes while it is not parked waiting for one.)"""
+    if not (buffer == math.inf or (isinstance(buffer, int) and not isinstance(buffer, bool) and buffer >= 1)):
+        raise InvalidArgumentError(f"buffer must be an int >= 1 or math.inf, got {safe_repr(buffer)}")
 
 
 def _check_pattern(pattern: object) -> None:

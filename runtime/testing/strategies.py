@@ -27,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a venv without hyp
 
 from trioflow._builder import BranchBuilder, WorkflowBuilder, branch, when, workflow
 from trioflow._current import current_step
+from trioflow._engine_arguments import check_switch
 from trioflow._definition import (
     Branch,
     Catch,
@@ -171,6 +172,8 @@ def tolerated(step: MapStep, count: int) -> int:
 def job_behaviours(*, may_hang: bool = False, timing: bool = True) -> st.SearchStrategy[tuple[Behaviour, ...]]:
     """A job's script: up to two faulty behaviours (raise n times, sleep then raise or return,
     hang if ``may_hang``), then a final return. ``timing=False``: no sleeps or hangs."""
+    check_switch(may_hang, "job_behaviours(may_hang=)")
+    check_switch(timing, "job_behaviours(timing=)")
     failure: st.SearchStrategy[Behaviour] = st.builds(
         Raises, error=st.just(ScriptedFailure), message=st.just("scripted"), times=st.integers(1, 3))
     value = st.integers(-5, 100) | st.text("abc", max_size=3)
@@ -187,6 +190,7 @@ def job_behaviours(*, may_hang: bool = False, timing: bool = True) -> st.SearchS
 def retry_policies(*, timing: bool = True) -> st.SearchStrategy[Retry]:
     """A retry policy: 1 to 4 attempts, intervals of 0.1, 1 or 3 s (0 with ``timing=False``, for
     runs on a real clock), a backoff rate of 1 or 2, and a cap no lower than the largest interval."""
+    check_switch(timing, "retry_policies(timing=)")
     return st.builds(
         Retry,
         max_attempts=st.integers(1, 4),
@@ -557,6 +561,12 @@ def workflows(
     its catchers may list that name). Send them right after the start, as
     ``explore_crashes(signals=...)`` does.
     """
+    for name, value, lowest in (("max_steps", max_steps, 1), ("max_depth", max_depth, 0), ("max_items", max_items, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise InvalidArgumentError(f"workflows({name}=) takes an int >= {lowest}, got {value!r}")
+    for name, switch in (("timing", timing), ("parallel", parallel), ("loops", loops), ("catches", catches),
+                         ("maps", maps), ("nested", nested), ("waits", waits)):
+        check_switch(switch, f"workflows({name}=)")
     if nested and not maps:
         raise InvalidArgumentError("workflows(nested=True) generates fan-outs in map items: pass maps=True too")
     if waits and not timing:
