@@ -49,8 +49,27 @@ from ._task import publish_cut_short
 from ._wait import announce, signal_or_timeout, take
 
 log = logging.getLogger("trioflow")
-#: Longest a child's store is shielded from a cancel of its parent's lane (seconds).
+#: Longest a child's store is shielded from a cancel of its parent's lane (seconds), counted
+#: from the cancel (or the timeout) on.
 STORE_CHILD_MOST = 10.0
+
+
+def bound_child_stores(run: Run) -> None:
+    """``run`` is being cancelled (``engine.cancel()``, or the engine closing): the stores of
+    children its child steps are making may take :data:`STORE_CHILD_MOST` seconds more at
+    most, then the cancel goes on (storage that does not answer must not hold it for ever)."""
+    if run.child_stores:
+        most = trio.current_time() + STORE_CHILD_MOST
+        for scope in run.child_stores:
+            scope.deadline = min(scope.deadline, most)
+
+
+def _store_bound() -> float:
+    """Until when a child's store may take, as it begins: no bound, unless a timeout comes
+    (or has come: ``-inf``) first, and then that much past it. (A cancel coming later bounds
+    it then: see :func:`bound_child_stores`.)"""
+    timeout = trio.current_effective_deadline()
+    return math.inf if timeout == math.inf else max(timeout, trio.current_time()) + STORE_CHILD_MOST
 
 
 async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: WorkflowContext) -> Any:
@@ -186,12 +205,19 @@ async def _store_child(
     delay = FIRST_BACKOFF
     while True:  # (a loop, not a wrapper: no frame more for each of thousands of children starting)
         try:
-            # Shielded, for a bounded time: its start is stored (it lists the child), so a
-            # cancel or timeout coming now must not leave the child unstored (an adapter whose
-            # create awaits before it writes), nor may storage that does not answer hold the
-            # cancel, or the engine's close, for ever: past that, it is tried again.
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + STORE_CHILD_MOST) as bounded:
-                await run.children.start(step.workflow, child_input, child_id, state.instance_id, held, ours)
+            # Shielded: its start is stored (it lists the child), so a cancel or timeout coming
+            # now must not leave the child unstored (an adapter whose create awaits before it
+            # writes); for a bounded time once one comes: storage that does not answer must not
+            # hold the cancel, or the engine's close, for ever. Past that, it is tried again.
+            # (Storage that is merely slow, with nothing cancelling, takes the time it takes.)
+            with trio.CancelScope(shield=True, deadline=_store_bound()) as bounded:
+                if run.child_stores is None:
+                    run.child_stores = set()
+                run.child_stores.add(bounded)
+                try:
+                    await run.children.start(step.workflow, child_input, child_id, state.instance_id, held, ours)
+                finally:
+                    run.child_stores.discard(bounded)
             if bounded.cancelled_caught:
                 raise StorageUnavailableError(f"storing child {child_id} took over {STORE_CHILD_MOST:g} s")
             return

@@ -281,7 +281,7 @@ class Run:
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
         "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "lends", "unheld", "unpublished",
-        "lent", "contextvars", "doubt",
+        "lent", "contextvars", "doubt", "child_stores",
     )
 
     def __init__(
@@ -397,6 +397,9 @@ class Run:
         #: run in that slot too, and it stays in memory while it waits on them.
         self.lent = False
         self.cancel_scope: trio.CancelScope | None = None
+        #: The shielded scopes its child steps store their children in now (see
+        #: ``trioflow.actors._child``): a cancel bounds how long each may still take.
+        self.child_stores: set[trio.CancelScope] | None = None
         #: Taken up ahead of its time by the engine's waker: it sleeps in this scope (its
         #: deadline the time), holding no ``max_running`` slot, until then or until a cancel or
         #: a signal ends the hold sooner (``None``: not held).

@@ -54,7 +54,7 @@ class EngineChildren:
         return self._engine._hold_start(child_id, workflow)
 
     def release(self, held: object) -> None:
-        self._engine._release_start(held)
+        self._engine._release_start(held, step_over=True)
 
     def check_runnable(self, workflow: str) -> None:
         self._engine._runnable(workflow)

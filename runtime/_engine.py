@@ -18,6 +18,7 @@ from typing import Any, Literal, NoReturn, ParamSpec, TypeVar
 import attrs
 import trio
 
+from trioflow.actors._child import bound_child_stores
 from trioflow.actors._instance import run_instance, store_cancel, store_queued_cancel, undo
 from trioflow.actors._run import HOOK_TIMEOUT, STORAGE_RETRY_FOR, Run, event_payload
 from trioflow.actors._supervisor import Supervisor
@@ -365,10 +366,16 @@ class Engine:
         held = self._storing[instance_id] = _Storing(workflow_name, instance_id)
         return held
 
-    def _release_start(self, held: object) -> None:
-        if isinstance(held, _Storing) and self._storing.get(held.instance_id) is held:
-            del self._storing[held.instance_id]
-            held.done()
+    def _release_start(self, held: object, *, step_over: bool = False) -> None:
+        """Let go of what :meth:`_hold_start` held (or ``_start`` itself); ``step_over``: its
+        child step is done with it, stored or not (its parent cancelled while it was tried):
+        the failed tries' creation times (see ``_start``) are of no more use."""
+        if isinstance(held, _Storing):
+            if self._storing.get(held.instance_id) is held:
+                del self._storing[held.instance_id]
+                held.done()
+            if step_over:
+                self._unanswered.pop(held.instance_id, None)
 
     def _start_child(
         self, workflow_name: str, input: Any, child_id: str, parent_id: str, held: object = None, ours: bool = False,
@@ -394,6 +401,7 @@ class Engine:
             raise InvalidArgumentError(
                 f"start() takes a registered workflow's name, got {type(workflow_name).__name__}{hint}")
         definition = self._runnable(workflow_name)
+        given_id = instance_id is not None
         if instance_id is None:
             instance_id = new_instance_id()
         elif not isinstance(instance_id, str) or not instance_id or not valid_text(instance_id):
@@ -402,6 +410,7 @@ class Engine:
             # Another ``start`` of this id is storing it: its outcome decides this one's.
             check_same_workflow(instance_id, storing.workflow_name, workflow_name)
             await storing.wait()
+            self._check_open()  # (closed meanwhile: see _close)
         live = self._live.get(instance_id)
         if live is not None:
             check_same_start(instance_id, live.state, workflow_name, input, parent)
@@ -427,9 +436,9 @@ class Engine:
         # alive while it stores, and thousands of starts in flight are walked by the cyclic GC.
         if reserved:
             self._running += 1
+        # (Held since before its parent's write that lists it, for a child: see _hold_start.)
+        storing = self._storing[instance_id] = storing or _Storing(workflow_name, instance_id)
         try:
-            # (Held since before its parent's write that lists it, for a child: see _hold_start.)
-            storing = self._storing[instance_id] = storing or _Storing(workflow_name, instance_id)
             try:
                 if parent is not None and self._adapter_keeps_families:
                     # (Kept by purges while its parent is stored: the parent may compensate it.)
@@ -437,33 +446,32 @@ class Engine:
                                                         parent_id=parent.instance_id)
                 else:
                     created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
+            except trio.Cancelled:
+                raise  # (a create cancelled wrote nothing: docs/adapters.md, Cancellation)
             except BaseException:
-                # (Stored, perhaps: see not created, below.)
-                self._unanswered.setdefault(instance_id, []).append(state.created_at)
+                if given_id:
+                    # Stored, perhaps, its answer lost: a retry finds it (see not created, below).
+                    # (An id made here is known to nobody who could retry it.)
+                    self._unanswered.setdefault(instance_id, []).append(state.created_at)
                 raise
-            finally:
-                # A child's hold outlasts its store: its step lets go of it once this call is
-                # over (or tries again, after a failed try), or the resume below, which would
-                # pass over an instance being stored. Until then, a cancel(), signal() or wait()
-                # of the child waits: none finds it stored and not run here.
-                if storing is not held:
-                    del self._storing[instance_id]
-                    storing.done()
             if created and (self._closed or self._actors_stopped):
                 raise EngineClosedError(
                     f"the engine closed while instance {instance_id!r} was being stored; it is stored {status}"
                     " and the next engine resumes it"
                 )
-            tried = self._unanswered.pop(instance_id, ())
+            # (Read, not taken: a try that fails to read its row below keeps them for the next.)
+            tried = self._unanswered.get(instance_id, ())
             if not created:
                 # It exists: stored by an earlier engine (a resume may be running it here by now),
                 # or by a concurrent ``start``. Idempotent, unless it is another workflow's.
                 run = self._live.get(instance_id)
                 if run is not None:
                     check_same_start(instance_id, run.state, workflow_name, input, parent)
+                    self._unanswered.pop(instance_id, None)
                     return instance_id
                 self._check_open()  # closed while it was stored: an idempotent start may be made again
                 existing = await self._load_fresh(instance_id)
+                self._check_open()  # (as a first try closed on its store says: the next engine goes on)
                 if existing is not None:
                     fresh = False  # (this call's own row, nothing run: see below)
                     try:
@@ -484,6 +492,8 @@ class Engine:
                         # one once its start time comes, as a resumed one is).
                         fresh = ours and existing.workflow_name == workflow_name and not found.records \
                             and existing.status == "running" and found.lanes[MAIN].waiting is None
+                self._unanswered.pop(instance_id, None)  # (its row is found, and known for what it is)
+                if existing is not None:
                     if parent is not None and existing.status in TERMINAL:
                         await self._check_end_noticed(instance_id, parent)
                     if (ours or self._leftovers is not None or not self._holding_back) \
@@ -499,16 +509,20 @@ class Engine:
                                 definition = self._runnable(existing.workflow_name)
                             except (UnknownWorkflowError, UnknownJobError):
                                 return instance_id  # (resumed once they are registered, as stored ones are)
-                        self._release_start(held)  # (a resume passes over one being stored)
+                        self._release_start(storing)  # (a resume passes over one being stored)
                         run = self._resume_one(definition, existing)
                         if run is not None:
                             if fresh:
                                 # It starts now, as one just stored does (announced, its on_start
-                                # hook run), its slot, status and start time as a resume's.
+                                # hook run, a child step of an unregistered workflow failing), its
+                                # slot, status and start time as a resume's.
                                 run.unannounced = True
+                                run.from_storage = False
                             if storing.cancel_wanted and run not in self._waiting and run.state.phase == "forward":
                                 run.cancel_requested = True  # (a cancel() waits for this start: see cancel())
                 return instance_id
+            if tried:
+                del self._unanswered[instance_id]  # (nothing was stored under it: this one is new)
             run = self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)
             if parent is not None and not reserved and slot:
                 self._children.stored_queued(parent.instance_id, run)
@@ -523,6 +537,12 @@ class Engine:
             reserved = False  # the run has it
             return instance_id
         finally:
+            # A child's hold outlasts its store: its step lets go of it once this call is over
+            # (or tries again, after a failed try). Until then, and until this call is over
+            # (its run made, its row read and resumed), a cancel(), signal() or wait() of it
+            # waits: none finds it stored and not run here.
+            if storing is not held:
+                self._release_start(storing)
             if reserved:
                 self._free_slot()  # not run here in this slot after all: it goes to the queue
 
@@ -611,6 +631,7 @@ class Engine:
         queue.calls += 1
         try:
             async with queue.lock:
+                self._check_open()  # (closed while calls before it went: see _close)
                 if instance_id not in self._storing:
                     await self._send(instance_id, name, data, self._live.get(instance_id))
                     return
@@ -619,7 +640,7 @@ class Engine:
                 except UnknownInstanceError:
                     while (storing := self._storing.get(instance_id)) is not None:
                         await storing.wait()
-                    self._check_open()
+                        self._check_open()
                     await self._send(instance_id, name, data, self._live.get(instance_id))
         finally:
             queue.calls -= 1
@@ -672,8 +693,9 @@ class Engine:
                     self._supervisor.start_soon(f"deliver signal to {instance_id}", self._deliver_later,
                                                 instance_id, name, seq, data, stored_at)
             if isinstance(exc, StorageError):
-                log.warning("signal %r for instance %s is stored, and is delivered beside the caller: %s", name,
-                            instance_id, describe_error(exc), extra={"instance_id": instance_id})
+                log.warning("signal %r for instance %s is stored, and is delivered %s: %s", name, instance_id,
+                            "by the next engine" if self._closed else "beside the caller", describe_error(exc),
+                            extra={"instance_id": instance_id})
 
     @staticmethod
     def _give_stored(run: Run, signals: Sequence[tuple[int, str, bytes]], *, complete: bool) -> None:
@@ -699,6 +721,8 @@ class Engine:
             # run that makes, or woken for it from a row read now (that run may have left
             # memory meanwhile).
             await storing.wait()
+            if self._closed:
+                return  # stored: the next engine delivers it
             row = None
         run = self._live.get(instance_id)
         if run is not None and run is not running:
@@ -913,10 +937,11 @@ class Engine:
                 held = self._held_as(instance_id)
                 if held is not None:
                     raise _held_for_jobs(instance_id, self._missing_jobs(self._definitions[held]))
+                # (A start here whose answer was lost, not retried: its workflow is registered.)
+                hint = "start it again with the same instance_id, or call resume()" \
+                    if instance_id in self._unanswered else "register its workflow or call resume()"
                 raise InstanceNotLiveError(
-                    f"instance {instance_id!r} is {instance.status} in storage but not running in this engine;"
-                    " register its workflow or call resume()"
-                )
+                    f"instance {instance_id!r} is {instance.status} in storage but not running in this engine; {hint}")
             return instance
 
     def _held_as(self, instance_id: str) -> str | None:
@@ -960,6 +985,7 @@ class Engine:
             # run may otherwise come before this call looks again, and it would say no.
             storing.cancel_wanted = True
             await storing.wait()
+            self._check_open()  # (closed meanwhile: see _close)
         run = self._live.get(instance_id)
         if run is None:
             run, _ = await self._wake_if_waiting(instance_id, lambda waiting: True, signalled=False)  # parked
@@ -991,6 +1017,7 @@ class Engine:
         run.cancel_requested = True
         if run.cancel_scope is not None:
             run.cancel_scope.cancel()
+            bound_child_stores(run)
         elif run.hold is not None:
             run.hold.cancel()  # taken up ahead of its time: it takes its slot now (see _unhold)
         elif run in self._waiting:
@@ -1992,11 +2019,14 @@ class Engine:
     def _release_waiters(self) -> None:
         """No run starts from now on: callers of ``wait()`` on parked instances, and on queued
         runs, which have no actor to end them, learn that the engine stopped
-        (``EngineClosedError``) rather than wait for ever."""
+        (``EngineClosedError``) rather than wait for ever; and the runs storing a child stop
+        doing so within a bounded time (see ``bound_child_stores``)."""
         for event in self._next_run.values():
             event.set()
         for run in self._waiting:
             run.ended()
+        for run in self._live.values():
+            bound_child_stores(run)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -2007,6 +2037,10 @@ class Engine:
         self.events.attach(None)
         self._release_waiters()
         self._registered_more.set()
+        for storing in self._storing.values():
+            # Its waiters (a start, signal() or cancel() of an id being stored) raise
+            # EngineClosedError now rather than when the store ends, which may take long.
+            storing.done()
 
 
 #: Waits longer than this (seconds) let an instance leave memory: it is stored with what it
@@ -2233,25 +2267,32 @@ def _held_for_jobs(instance_id: str, missing: list[str]) -> InstanceNotLiveError
 
 class _Storing:
     """An id ``start`` is storing: its workflow, and the tasks waiting for the store to end (the
-    event is made only if someone waits: most starts are waited on by nobody)."""
+    event is made only if someone waits: most starts are waited on by nobody). Also over for
+    its waiters once the engine closes (see :meth:`Engine._close`): each then checks whether
+    the engine is open, rather than wait for a store whose outcome no longer matters to it."""
 
-    __slots__ = ("workflow_name", "instance_id", "_over", "signalled", "cancel_wanted")
+    __slots__ = ("workflow_name", "instance_id", "_over", "_ended", "signalled", "cancel_wanted")
 
     def __init__(self, workflow_name: str, instance_id: str) -> None:
         self.workflow_name = workflow_name
         self.instance_id = instance_id
         self._over: trio.Event | None = None
+        self._ended = False
         #: Whether a ``signal()`` for the id began while it was stored (see :meth:`Engine._start`).
         self.signalled = False
         #: Whether a ``cancel()`` of the id waits for this store (see :meth:`Engine.cancel`).
         self.cancel_wanted = False
 
     async def wait(self) -> None:
+        if self._ended:
+            await trio.lowlevel.checkpoint()
+            return
         if self._over is None:
             self._over = trio.Event()
         await self._over.wait()
 
     def done(self) -> None:
+        self._ended = True
         if self._over is not None:
             self._over.set()
 

@@ -89,7 +89,11 @@ async def test_a_retried_start_racing_resume_runs_the_instance_once(
             outcome = repr(exc)
         await trio.sleep(20)
         got = await engine.get_instance("x")
-        assert (resumed, outcome, got.status, len(ran)) == (["x"], "completed", "completed", 1)
+        # (The retry holds ``x`` as being started while it reads its row, as any start holds
+        # its id: resume() leaves it to the retry, which runs it. Before the commit that added
+        # tests/test_review_of_close_and_held_starts.py, resume() ran it and the retry found
+        # it running here.)
+        assert (resumed, outcome, got.status, len(ran)) == ([], "completed", "completed", 1)
 
 
 async def test_a_retried_delayed_start_racing_the_waker_runs_once(
