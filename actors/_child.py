@@ -34,6 +34,7 @@ from trioflow._errors import (
     InstanceIdConflictError,
     InvalidArgumentError,
     RecordedError,
+    SnapshotDecodeError,
     StorageUnavailableError,
     TrioflowError,
     UnknownJobError,
@@ -41,7 +42,7 @@ from trioflow._errors import (
     describe_error,
 )
 from trioflow._lanes import child_instance_id
-from trioflow._snapshot import Lane, child_wait
+from trioflow._snapshot import TERMINAL, Lane, child_wait
 from trioflow._storage_retry import BACKOFF_MAX, FIRST_BACKOFF, back_off
 
 from ._run import Children, Run, StepFailure
@@ -120,14 +121,30 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
         await trio.lowlevel.checkpoint_if_cancelled()
         children.adopt(child_id, run.state.instance_id)
     taken = await signal_or_timeout(run, lane, notice, taken)
-    lane.waiting = None
     assert taken is not None  # no timeout
-    outcome = taken[1]
+    outcome = _child_outcome(child_id, taken[1])
+    lane.waiting = None
     if outcome["status"] == "completed":
         return outcome["output"]
-    error = RecordedError(outcome["error"] or outcome["status"], outcome["error_name"], outcome["cause"],
+    error = RecordedError(outcome.get("error") or outcome["status"], outcome.get("error_name"), outcome.get("cause"),
                           named_by_workflow=bool(outcome.get("fail_step")))
     raise StepFailure(step.name, ChildWorkflowError(child_id, step.workflow, outcome["status"], error), 1)
+
+
+#: What a child's end notice says it ended as (see ``Run._end_notice``).
+_ENDS = frozenset(TERMINAL - {"compensated"})
+_TEXT_OR_NONE = (str, type(None))
+
+
+def _child_outcome(child_id: str, outcome: Any) -> dict[str, Any]:
+    """A child's end notice as its parent reads it, checked: one damaged in storage (it is
+    stored as a signal) is unreadable, reported so with its parent left as stored, rather than
+    failing the step (or the run) on a missing field."""
+    if not (isinstance(outcome, dict) and outcome.get("status") in _ENDS and "output" in outcome
+            and isinstance(outcome.get("error"), _TEXT_OR_NONE) and isinstance(outcome.get("error_name"), _TEXT_OR_NONE)
+            and isinstance(outcome.get("cause"), _TEXT_OR_NONE)):
+        raise SnapshotDecodeError(f"the end notice of child {child_id!r} is malformed")
+    return outcome
 
 
 async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: WorkflowContext) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import math
 import os
@@ -367,6 +368,11 @@ class SQLiteAdapter:
         try:
             conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000)
+            # Text that is not UTF-8 (a damaged row) is read with its bad bytes kept as lone
+            # surrogates, not refused by the whole query: ids, workflow names, statuses and
+            # signal names read so match nothing this release wrote, and the row they are in is
+            # reported as it is (held back, or unreadable), every other row read as it is.
+            conn.text_factory = _LENIENT_TEXT
             try:
                 # Checked before anything is changed: a file refused is left as it was.
                 self._check_version(conn.execute("PRAGMA user_version").fetchone()[0], conn)
@@ -1067,6 +1073,8 @@ def _record_rows(checkpoints: Sequence[tuple[Any, ...]]) -> list[tuple[str, int,
     ]
 
 
+_LENIENT_TEXT = functools.partial(str, encoding="utf-8", errors="surrogateescape")
+
 #: The stored bytes are read as BLOBs whatever they hold: a value damaged into TEXT that is not
 #: UTF-8 would otherwise fail the whole query (every instance it reads), not its row alone.
 _COLUMNS = ("i.instance_id, i.workflow_name, i.status, CAST(i.start AS BLOB), CAST(i.header AS BLOB), i.next_seq,"
@@ -1247,14 +1255,16 @@ def _signals(conn: sqlite3.Connection, iid: str) -> list[tuple[int, str, bytes]]
 
 
 #: What deleting an instance runs (one parameter each: its id): nothing of it is left behind.
+#: (The id as text or as the bytes stored: an id damaged into text that is not UTF-8 is found
+#: by its bytes.)
 _REMOVE_SQL = (
-    "DELETE FROM trioflow_signals WHERE instance_id = ?",
-    "DELETE FROM trioflow_records WHERE instance_id = ?",
-    "DELETE FROM trioflow_instances WHERE instance_id = ?",
+    "DELETE FROM trioflow_signals WHERE instance_id = CAST(? AS TEXT)",
+    "DELETE FROM trioflow_records WHERE instance_id = CAST(? AS TEXT)",
+    "DELETE FROM trioflow_instances WHERE instance_id = CAST(? AS TEXT)",
 )
 
 
-def _remove(conn: sqlite3.Connection, ids: list[tuple[str]]) -> None:
+def _remove(conn: sqlite3.Connection, ids: list[tuple[str]] | list[tuple[bytes]]) -> None:
     """Delete the instances ``ids`` (letting go of the children they kept: ``_LET_GO_TRIGGER``)."""
     for sql in _REMOVE_SQL:
         conn.executemany(sql, ids)
@@ -1302,7 +1312,7 @@ def _purge(conn: sqlite3.Connection, finished_by: float, limit: int, status: str
         " UNION SELECT child.instance_id FROM doomed"
         " JOIN trioflow_instances AS child INDEXED BY trioflow_instances_by_parent ON child.parent_id = doomed.instance_id"
         f" WHERE {' AND '.join(taken[:-1])} AND (finished_at <= ? OR finished_at IS NULL))"
-        " SELECT instance_id FROM doomed", (*params, limit, *params)).fetchall()
+        " SELECT CAST(instance_id AS BLOB) FROM doomed", (*params, limit, *params)).fetchall()
     _remove(conn, ids)
     return len(ids)
 

@@ -26,12 +26,13 @@ import msgpack
 from . import _header_lanes
 from ._header_lanes import written_lanes
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, safe_repr, split_description
-from ._lanes import MAIN, item_lane, item_scope
+from ._lanes import MAIN, index_under, item_lane, item_lanes, item_scope
 from ._shared_data import SharedData, held
 from ._snapshot import (
     PHASES,
     RESUMABLE,
     STATUSES,
+    TERMINAL,
     STEP_STATUSES,
     InstanceState,
     MapProgress,
@@ -698,7 +699,8 @@ def decode(start: bytes | None, header: bytes, records: Sequence[bytes] = ()) ->
 
 
 def _is_time(value: Any) -> bool:
-    return type(value) is float or type(value) is int
+    # (NaN, a float, compares false with every time: a wait due then would never fall due.)
+    return type(value) is int or type(value) is float and value == value
 
 
 def _unpack(data: bytes, what: str) -> Any:
@@ -762,6 +764,8 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         _malformed("unknown status %r or phase %r", status, phase)
     if not (outcome is None or outcome in STATUSES):
         _malformed("unknown outcome %r", outcome)
+    if phase == "compensating" and outcome not in _UNDOING:
+        _malformed("an instance compensating for outcome %r", outcome)
     if not (isinstance(data, dict) and isinstance(lanes, dict)):
         _malformed("malformed maps")
     if not (count == len(records)):
@@ -825,6 +829,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
                                     fanout=None if fanout is None else _map_progress(key, fanout))
     if moved_on is not None:
         _put_back_moved_on(state, moved_on)
+    _check_map_items(state)
     _put_back_untouched_items(state)
     # (Most instances have compensated and skipped nothing: no generator is made for those.)
     # (Format 4's headers hold none: the constant, checked by identity rather than as a Mapping.)
@@ -899,6 +904,10 @@ _WAIT_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
+#: The keys a wait of each kind needs beside the one that names it (the kernel reads them).
+_WAIT_NEEDS = (("retry", ("attempt",)), ("signal", ("timeout",)), ("child", ("signal", "timeout")))
+
+
 def _well_formed_wait(waiting: Any) -> bool:
     if not isinstance(waiting, dict):
         return False
@@ -908,6 +917,13 @@ def _well_formed_wait(waiting: Any) -> bool:
         # is none of them.)
         if kinds is not None and type(value) not in kinds and (not isinstance(value, kinds) or isinstance(value, bool)):
             return False
+        if type(value) is float and value != value:
+            return False  # NaN: a time it would never reach
+    for kind, needs in _WAIT_NEEDS:
+        if kind in waiting:
+            for need in needs:
+                if need not in waiting:
+                    return False
     return True
 
 
@@ -929,6 +945,28 @@ def _map_progress(key: str, fields: Any) -> MapProgress:
                        first=first)
 
 
+def _check_map_items(state: InstanceState) -> None:
+    """Each map position against the items its execution's start record stores (the run takes
+    its items from there, by index), and every item lane against that count: damage that said
+    more items would fail the run, fewer would drop items from its output, and a few bytes
+    claiming millions would make a lane for each at every read."""
+    lanes, records = state.lanes, state.records
+    for key, lane in lanes.items():
+        progress = lane.fanout
+        if progress is None:
+            continue
+        start = records[lane.begun] if lane.begun is not None else None
+        # (A lane whose map failed stands at no step, its position kept.)
+        _expect(start is not None and start.status == "started" and lane.step in (None, start.step_name)
+                and isinstance(start.input, list) and len(start.input) == progress.count,
+                "lane %r holds a map position its start record's items do not match", key)
+        assert start is not None
+        items = item_lanes(start.step_name, item_scope(key))
+        for other in lanes:
+            index = index_under(other, items)
+            _expect(index is None or index < progress.count, "lane %r is an item its map does not have", other)
+
+
 def _put_back_moved_on(state: InstanceState, moved_on: Any) -> None:
     """The lanes a header names by the seq of their last record, grouped by the step each
     stands at (see :func:`encode_header`): each in the lane its record names."""
@@ -946,6 +984,9 @@ def _put_back_moved_on(state: InstanceState, moved_on: Any) -> None:
             _expect(newest.get(key) == last, "lane %r is named by record %r, not by its newest", key, last)
             lanes[key] = new_lane(state, key, step, last=last)
 
+
+#: What an instance may be compensating for (``None``: a release that did not say).
+_UNDOING = frozenset({None, *TERMINAL} - {"completed"})
 
 #: The statuses of the records that move a lane on (see ``trioflow._decide.complete_step``) or
 #: begin an execution in it (a map's or a child step's start record).
@@ -977,6 +1018,7 @@ def _state_v1(raw: list[Any]) -> InstanceState:
     _expect(isinstance(iid, str) and isinstance(name, str), "instance id and workflow name must be strings")
     _expect(status in STATUSES and phase in PHASES, f"unknown status {status!r} or phase {phase!r}")
     _expect(outcome is None or outcome in STATUSES, f"unknown outcome {outcome!r}")
+    _expect(phase != "compensating" or outcome in _UNDOING, f"an instance compensating for outcome {outcome!r}")
     _expect(isinstance(data, dict) and isinstance(lanes, dict) and isinstance(results, dict), "malformed maps")
     _expect(isinstance(completed, list) and isinstance(compensated, list), "malformed step lists")
     _expect(isinstance(comp_errors, dict), "malformed compensation errors")
@@ -1005,6 +1047,7 @@ def _state_v1(raw: list[Any]) -> InstanceState:
             execution=1, seq=len(state.records), error_name=r_name, cause=r_cause,
         ))
     for key, (step, lane_output) in lanes.items():
+        _expect(isinstance(key, str) and (step is None or isinstance(step, str)), f"lane {key!r} is malformed")
         # Format 1 kept each lane's output itself and no lane per step: the lane's last step is
         # the newest completed record with that output (an output-less lane has none).
         last = None

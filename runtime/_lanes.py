@@ -45,6 +45,15 @@ def item_lanes(map_step: str, scope: str = MAIN) -> str:
     return _scoped(scope, f"{map_step}{SEPARATOR}{COUNTER_MARK}")
 
 
+def index_under(lane: str, items: str) -> int | None:
+    """The index of the item ``lane`` is, or runs in, of the map execution whose item lanes
+    start with ``items`` (see :func:`item_lanes`); ``None`` if it is none of its items'."""
+    if not lane.startswith(items):
+        return None
+    part = lane[len(items):].partition(SEPARATOR)[0]
+    return int(part) if part.isdigit() else None
+
+
 def _is_index(part: str) -> bool:
     return part[:1] == COUNTER_MARK and part[1:].isdigit()
 
