@@ -711,7 +711,8 @@ def _unpack(data: bytes, what: str) -> Any:
     try:
         return _read(data)
     except Exception as exc:
-        raise SnapshotDecodeError(f"{what} is not valid msgpack: {exc}") from exc
+        # (msgpack's own errors often say nothing: their type does.)
+        raise SnapshotDecodeError(f"{what} is not valid msgpack: {str(exc) or type(exc).__name__}") from exc
 
 
 def _version(version: Any, lowest: int, highest: int) -> None:
@@ -766,6 +767,9 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         _malformed("unknown outcome %r", outcome)
     if phase == "compensating" and outcome not in _UNDOING:
         _malformed("an instance compensating for outcome %r", outcome)
+    if not (isinstance(error, _TEXT_OR_NONE) and isinstance(error_name, _TEXT_OR_NONE)
+            and isinstance(cause, _TEXT_OR_NONE) and isinstance(failed_step, _TEXT_OR_NONE)):
+        _malformed("the instance's error or failed step is not text")
     if not (isinstance(data, dict) and isinstance(lanes, dict)):
         _malformed("malformed maps")
     if not (count == len(records)):
@@ -984,6 +988,8 @@ def _put_back_moved_on(state: InstanceState, moved_on: Any) -> None:
             _expect(newest.get(key) == last, "lane %r is named by record %r, not by its newest", key, last)
             lanes[key] = new_lane(state, key, step, last=last)
 
+
+_TEXT_OR_NONE = (str, type(None))
 
 #: What an instance may be compensating for (``None``: a release that did not say).
 _UNDOING = frozenset({None, *TERMINAL} - {"completed"})

@@ -511,6 +511,25 @@ def test_get_instance_of_a_live_format1_instance_with_a_non_text_lane_step_raise
     assert isinstance(viewed, tf.WorkflowInstance), viewed
 
 
+def test_a_finished_header_whose_error_name_is_not_text_is_reported_unreadable_not_handed_out(tmp_path: Path) -> None:
+    """(Added with the fixes, from the review's third question: ``WorkflowInstance.error_name``
+    came back as ``7``.) README: a malformed row "is reported ``failed`` ... with the reason";
+    ``WorkflowInstance.error_name`` is text. And an invalid msgpack blob's reason names
+    msgpack's error rather than ending in an empty explanation."""
+    db = tmp_path / "f.db"
+    _make(db, ("done", "d"), ("done", "e"))
+    H_ERROR_NAME = 17
+    _edit_header(db, "d", lambda h: h.__setitem__(H_ERROR_NAME, 7))
+    _sql(db, "UPDATE trioflow_instances SET header = X'c1' WHERE instance_id = 'e'")
+
+    async def body(engine: tf.Engine) -> Any:
+        return await engine.get_instance("d"), await engine.get_instance("e")
+
+    d, e = _run(_reopen, db, body)
+    assert _is_reported_unreadable(d) and "not text" in (d.cause or ""), _describe(d)
+    assert _is_reported_unreadable(e) and not (e.cause or "").endswith(": "), _describe(e)
+
+
 # ----------------------------------------------------------------------------------------------
 # Properties that hold today (kept as regression guards)
 # ----------------------------------------------------------------------------------------------
