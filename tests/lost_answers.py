@@ -77,3 +77,19 @@ class AnswerLostFor(MemoryAdapter):
             self.lose.discard(instance_id)
             raise tf.StorageUnavailableError("connection dropped after the write")
         return created
+
+
+class FirstAnswerLost(MemoryAdapter):
+    """The first ``create()``, whatever its id, stores the row, then raises
+    ``StorageUnavailableError`` (its answer lost on the way back)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = False
+
+    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
+        created = await super().create(instance_id, *args, **kwargs)
+        if not self.lost:
+            self.lost = True
+            raise tf.StorageUnavailableError("connection dropped after the write")
+        return created

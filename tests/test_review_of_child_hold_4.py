@@ -11,6 +11,8 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import open_test_engine
 
+from lost_answers import FirstAnswerLost
+
 
 class ChildCreateAnswerLostThenSlotTaken(tf.adapters.MemoryAdapter):
     """The first ``create()`` of a child (an id with a ``/``) stores the row, then raises
@@ -72,22 +74,6 @@ async def test_a_child_whose_lost_create_had_a_slot_and_whose_retry_has_none_is_
         assert (started.count(child_id), hooked) == (1, ["on_start"])
 
 
-class StartAnswerLost(tf.adapters.MemoryAdapter):
-    """The first ``create()`` stores the row, then raises ``StorageUnavailableError`` (the
-    answer was lost on the way back)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lost = False
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        created = await super().create(instance_id, *args, **kwargs)
-        if not self.lost:
-            self.lost = True
-            raise tf.StorageUnavailableError("connection dropped after the write")
-        return created
-
-
 async def test_a_start_retried_as_the_readme_says_after_its_answer_was_lost_is_never_announced(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -106,7 +92,7 @@ async def test_a_start_retried_as_the_readme_says_after_its_answer_was_lost_is_n
     runs (with a create that answers, both happen once)."""
     hooked: list[str] = []
     w = tf.workflow("w").step("s", lambda ctx: 1).with_hooks(on_start=lambda ctx: hooked.append("on_start")).build()
-    async with open_test_engine(adapter=StartAnswerLost()) as engine:
+    async with open_test_engine(adapter=FirstAnswerLost()) as engine:
         started: list[str] = []
         engine.events.on("workflow.started", lambda event: started.append(event["instance_id"]))
         engine.register(w)
@@ -138,7 +124,7 @@ async def test_with_resume_false_a_start_retried_after_its_answer_was_lost_never
     ("running in storage but not running in this engine; register its workflow or call
     resume()")."""
     w = tf.workflow("w").step("s", lambda ctx: 1).build()
-    async with open_test_engine(adapter=StartAnswerLost(), resume=False) as engine:
+    async with open_test_engine(adapter=FirstAnswerLost(), resume=False) as engine:
         engine.register(w)
         try:
             await engine.start("w", instance_id="x")

@@ -22,6 +22,7 @@ import trioflow as tf
 from trioflow.adapters import MemoryAdapter, SQLiteAdapter
 from trioflow.testing import open_test_engine
 
+from lost_answers import FirstAnswerLost
 from test_review_of_retried_starts import AnswerLostThenSlowLoad
 
 one_receive = tf.workflow("one").receive("r", signal="go").build()
@@ -168,22 +169,14 @@ async def test_with_resume_false_a_cancel_racing_a_retried_start_is_not_run_over
         assert (said, ended.status) == (True, "cancelled"), (said, ended.status)
 
 
-class AnswerLostThenOneReadFails(MemoryAdapter):
+class AnswerLostThenOneReadFails(FirstAnswerLost):
     """The first ``create()`` stores the row, then raises ``StorageUnavailableError`` (its
     answer lost); once ``fail_next_load`` is set, the next ``load()`` raises it (a dropped
     connection), and the ones after it read."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.lost = False
         self.fail_next_load = False
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        created = await super().create(instance_id, *args, **kwargs)
-        if not self.lost:
-            self.lost = True
-            raise tf.StorageUnavailableError("connection dropped after the write")
-        return created
 
     async def load(self, instance_id: str) -> Any:
         if self.fail_next_load:

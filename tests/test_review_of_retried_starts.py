@@ -13,27 +13,19 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import open_test_engine
 
-from lost_answers import AnswerLostFor
+from lost_answers import AnswerLostFor, FirstAnswerLost
 
 
-class AnswerLostThenSlowLoad(tf.adapters.MemoryAdapter):
+class AnswerLostThenSlowLoad(FirstAnswerLost):
     """The first ``create()`` stores the row, then raises ``StorageUnavailableError`` (its
     answer lost). Once ``slow_load`` is set, ``load()`` reads the row, then takes
     ``load_for`` s (1) to answer (``loading`` set as it begins)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.lost = False
         self.slow_load = False
         self.load_for = 1.0
         self.loading = trio.Event()
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        created = await super().create(instance_id, *args, **kwargs)
-        if not self.lost:
-            self.lost = True
-            raise tf.StorageUnavailableError("connection dropped after the write")
-        return created
 
     async def load(self, instance_id: str) -> Any:
         row = await super().load(instance_id)
