@@ -1656,9 +1656,13 @@ class Engine:
             if rows is not None and any(row.instance_id == iid for row in rows):
                 rows[:] = [fresh if row.instance_id == iid else row for row in rows]
                 found = True
-        if found or (self._leftovers is None and self._holding_back) or self._closed or self._actors_stopped \
-                or iid in self._live:
+        if found or self._closed or self._actors_stopped or iid in self._live:
             return  # (stopping: the next engine resumes it, as stored)
+        if self._leftovers is None and self._holding_back and parent_named_in(fresh.start) not in self._live:
+            # Held back for resume(), as an earlier engine's rows are; not a child of a parent
+            # running here, which this engine started (a cancel stored in it as its parent ends
+            # badly would otherwise wait there for a resume() nobody calls).
+            return
         definition = self._definitions.get(name)
         if definition is None:
             if self._leftovers is not None:  # (else the next resume() reads it afresh)

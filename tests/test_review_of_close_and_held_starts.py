@@ -298,3 +298,48 @@ async def test_a_child_store_slower_than_ten_seconds_with_no_cancel_around_it_is
         with trio.fail_after(300):
             ended = await engine.wait("p")  # raises StorageUnavailableError at 97 s
         assert (ended.status, ended.output) == ("completed", "kid done")
+
+
+class ChildStoreKeepsFailing(MemoryAdapter):
+    """The first ``create()`` of child ``p/kid#1`` stores it and loses its answer; every later
+    one raises ``StorageUnavailableError`` (the step keeps trying, backing off)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tries = 0
+
+    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
+        if instance_id == "p/kid#1":
+            self.tries += 1
+            if self.tries == 1:
+                await super().create(instance_id, *args, **kwargs)
+            raise tf.StorageUnavailableError("connection dropped")
+        return await super().create(instance_id, *args, **kwargs)
+
+
+async def test_with_resume_false_a_child_stored_before_its_parent_was_cancelled_ends_cancelled_here(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """(The review's second question, decided with the fixes.) docs/fanout.md: "Cancelling the
+    parent cancels its running children"; README, Storage failures: a row this engine stored
+    runs here "whatever ``resume=`` says". A child whose create stored it, its answer lost,
+    while its step kept trying until its parent was cancelled, had the cancel stored in it and
+    then waited, ``running``, for a ``resume()`` nobody calls (``wait()`` of it raised
+    ``InstanceNotLiveError``, and the parent's cancel logged that the child "could not be
+    cancelled or compensated"): its parent runs here, so it ends ``cancelled`` here."""
+
+    async def kid_step(ctx: Any) -> int:
+        return 1
+
+    adapter = ChildStoreKeepsFailing()
+    async with open_test_engine(adapter=adapter, resume=False) as engine:
+        engine.register(tf.workflow("kid").step("k", kid_step).build())
+        engine.register(tf.workflow("dad").child("kid", workflow="kid").build())
+        await engine.start("dad", instance_id="p")
+        await trio.sleep(3)
+        assert adapter.tries >= 2
+        assert await engine.cancel("p")
+        assert (await engine.wait("p")).status == "cancelled"
+        kid = await engine.wait("p/kid#1")
+        assert (kid.status, kid.history) == ("cancelled", ())
+
