@@ -36,6 +36,7 @@ from trioflow._escapes import failure_of
 from trioflow._errors import (
     ChildCompensationError,
     CompensationTimeoutError,
+    SnapshotDecodeError,
     StorageUnavailableError,
     WorkflowCancelledError,
     WorkflowTimeoutError,
@@ -146,6 +147,8 @@ async def _forward(run: Run) -> Forward:
                     # its entity steps' among them, are compensated.
                     return "cancelled", _cancelled(run), None
                 return _COMPLETED
+        except SnapshotDecodeError:
+            raise  # its ledger record is unreadable: reported so, the instance left as stored
         except Exception as exc:  # the driver could not be asked (its database locked, ...)
             if run.cancel_requested:
                 # A cancel that said yes meanwhile is honoured, with what is stored: the steps

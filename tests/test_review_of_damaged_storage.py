@@ -530,6 +530,29 @@ def test_a_finished_header_whose_error_name_is_not_text_is_reported_unreadable_n
     assert _is_reported_unreadable(e) and not (e.cause or "").endswith(": "), _describe(e)
 
 
+def test_a_damaged_run_ledger_record_reports_its_instance_unreadable_rather_than_storage_down() -> None:
+    """(Added with the fixes, from the review's seventh question.) README: a stored row this
+    release cannot read is reported ``failed`` "with the reason", its stored bytes left
+    untouched. A transactional run's ledger record (what the driver committed) damaged in the
+    driver was taken as the driver not answering: ``StorageUnavailableError`` after the
+    storage retries, the instance left ``running`` for every later engine to ask again."""
+    import test_transaction_once as once
+
+    async def main() -> tuple[Any, Any, Any]:
+        adapter, driver = once.HangOnTerminalSave(), tf.adapters.MemoryDriver()
+        wf = once.order_flow()
+        iid = await once.crash_after_commit(adapter, driver, wf)
+        driver.ledger[iid] = b"\xc1"  # (not msgpack)
+        stored = await adapter.load(iid)
+        with trio.fail_after(5):
+            instance = await once.resume_and_wait(adapter, driver, wf, iid)
+        return stored, instance, await adapter.load(iid)
+
+    before, instance, after = _run(main)
+    assert _is_reported_unreadable(instance), _describe(instance)
+    assert (after.status, after.header, after.records) == (before.status, before.header, before.records)
+
+
 # ----------------------------------------------------------------------------------------------
 # Properties that hold today (kept as regression guards)
 # ----------------------------------------------------------------------------------------------
