@@ -56,9 +56,11 @@ STORE_CHILD_MOST = 10.0
 
 
 def bound_child_stores(run: Run) -> None:
-    """``run`` is being cancelled (``engine.cancel()``, or the engine closing): the stores of
-    children its child steps are making may take :data:`STORE_CHILD_MOST` seconds more at
-    most, then the cancel goes on (storage that does not answer must not hold it for ever)."""
+    """``run``, or a fan-out of it, is being cancelled (``engine.cancel()``, the engine closing,
+    a fail-fast sibling's failure): the stores of children its child steps are making may take
+    :data:`STORE_CHILD_MOST` seconds more at most, then the cancel goes on (storage that does
+    not answer must not hold it for ever). (Those of lanes the cancel does not reach too: one
+    cut short is tried again, in a scope of its own.)"""
     if run.child_stores:
         most = trio.current_time() + STORE_CHILD_MOST
         for scope in run.child_stores:

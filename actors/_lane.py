@@ -46,7 +46,7 @@ from trioflow._lanes import MAIN, branch_lane, fanout_key, item_scope
 from trioflow._snapshot import Lane
 
 from ._run import Run, StepFailure, unwrapped
-from ._child import cancel_children, run_child, waited_on
+from ._child import bound_child_stores, cancel_children, run_child, waited_on
 from ._task import publish_cut_short, run_task, step_failed
 from ._wait import run_receive, run_wait, settle
 
@@ -298,6 +298,7 @@ async def _branch_actor(
         failures.append(BranchError(branch.name, failure.step_name, failure.error))
         if cancel_siblings is not None:
             cancel_siblings.cancel()
+            bound_child_stores(run)  # (a sibling storing a child: see trioflow.actors._child)
         return
     finally:
         swap_lane(None)  # the task ends: leave no entry behind

@@ -32,7 +32,7 @@ from trioflow._map import (
 from trioflow._snapshot import MapProgress
 
 from . import _lane
-from ._child import cancel_children, waited_on
+from ._child import bound_child_stores, cancel_children, waited_on
 from ._run import Run, StepFailure, unwrapped
 from ._wait import settle
 
@@ -80,6 +80,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
                 fanout.cancel = nursery.cancel_scope
                 if fanout.over():  # failed too often before the restart: what runs on is cancelled
                     nursery.cancel_scope.cancel()
+                    bound_child_stores(run)
             items = items_of(state, lane)
             for index, key in resumed:
                 run.lane_runs()  # (counted now, not as it starts: see trioflow.actors._wait.settle)
@@ -147,6 +148,7 @@ class _Items:
         if over:
             assert self.cancel is not None
             self.cancel.cancel()
+            bound_child_stores(run)  # (an item storing a child: see trioflow.actors._child)
         if run.bus.active:
             run.emit("workflow.map.progress", self.key, step_name=step.name, done=progress.ended_count, total=progress.count,
                      failed=progress.failed)

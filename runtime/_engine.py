@@ -192,9 +192,10 @@ class Engine:
         #: Ids ``start`` is storing now. A concurrent ``start`` or ``wait`` of the same id waits
         #: until the store is over; a resume leaves them be.
         self._storing: dict[str, _Storing] = {}
-        #: Ids whose create raised here (its answer lost, or cut short), with the creation times
-        #: those tries stored, if they stored: a row found under one later with one of them (a
-        #: retried ``start()``) is this engine's own.
+        #: Ids a caller gave whose create raised here (other than cancelled: its answer lost, say),
+        #: with the creation times those tries stored, if they stored: a row found under one later
+        #: with one of them (a retried ``start()``) is this engine's own. Dropped once such a
+        #: retry has read the row, or its child step is done with it.
         self._unanswered: dict[str, list[float]] = {}
         #: The ``signal()`` calls for an id that go one at a time (see :meth:`signal`).
         self._in_order: dict[str, _InOrder] = {}
@@ -473,7 +474,7 @@ class Engine:
                 existing = await self._load_fresh(instance_id)
                 self._check_open()  # (as a first try closed on its store says: the next engine goes on)
                 if existing is not None:
-                    fresh = False  # (this call's own row, nothing run: see below)
+                    never_ran = fresh = False  # (this call's own row, nothing run: see below)
                     try:
                         found = _decoded(existing)
                     except SnapshotDecodeError as exc:  # unreadable: reported as such elsewhere
@@ -487,11 +488,13 @@ class Engine:
                         # This engine's own row: a child's (its id is new), or stored by an
                         # earlier try of this start whose answer was lost (its creation time).
                         ours = ours or found.created_at in tried
-                        # Not started yet (nothing run, not waiting in its first step, not
-                        # queued: a pending row is announced as it gets its slot, and a delayed
-                        # one once its start time comes, as a resumed one is).
-                        fresh = ours and existing.workflow_name == workflow_name and not found.records \
-                            and existing.status == "running" and found.lanes[MAIN].waiting is None
+                        # Nothing run of it: it runs as a start made here does (a child step
+                        # of an unregistered workflow fails), not as one taken up from storage.
+                        never_ran = ours and existing.workflow_name == workflow_name and not found.records
+                        # Not started yet either (not waiting in its first step, not queued: a
+                        # pending row is announced as it gets its slot, and a delayed one once
+                        # its start time comes, as a resumed one is).
+                        fresh = never_ran and existing.status == "running" and found.lanes[MAIN].waiting is None
                 self._unanswered.pop(instance_id, None)  # (its row is found, and known for what it is)
                 if existing is not None:
                     if parent is not None and existing.status in TERMINAL:
@@ -512,12 +515,12 @@ class Engine:
                         self._release_start(storing)  # (a resume passes over one being stored)
                         run = self._resume_one(definition, existing)
                         if run is not None:
+                            if never_ran:
+                                run.from_storage = False
                             if fresh:
                                 # It starts now, as one just stored does (announced, its on_start
-                                # hook run, a child step of an unregistered workflow failing), its
-                                # slot, status and start time as a resume's.
+                                # hook run), its slot, status and start time as a resume's.
                                 run.unannounced = True
-                                run.from_storage = False
                             if storing.cancel_wanted and run not in self._waiting and run.state.phase == "forward":
                                 run.cancel_requested = True  # (a cancel() waits for this start: see cancel())
                 return instance_id
@@ -938,7 +941,7 @@ class Engine:
                 if held is not None:
                     raise _held_for_jobs(instance_id, self._missing_jobs(self._definitions[held]))
                 # (A start here whose answer was lost, not retried: its workflow is registered.)
-                hint = "start it again with the same instance_id, or call resume()" \
+                hint = "start it again with the same instance_id and input, or call resume()" \
                     if instance_id in self._unanswered else "register its workflow or call resume()"
                 raise InstanceNotLiveError(
                     f"instance {instance_id!r} is {instance.status} in storage but not running in this engine; {hint}")
@@ -982,10 +985,15 @@ class Engine:
         while (storing := self._storing.get(instance_id)) is not None:
             # Being started (or stored by another cancel): its outcome first. The run its start
             # makes is cancelled as it is made (see _start), before it can run a step: its whole
-            # run may otherwise come before this call looks again, and it would say no.
+            # run may otherwise come before this call looks again, and it would say no. For as
+            # long as a decision is waited for (storage that does not answer a child's store:
+            # the decision stands in this engine, for the run that store makes).
             storing.cancel_wanted = True
-            await storing.wait()
+            with trio.move_on_after(CANCEL_STORE_WAIT) as waited:
+                await storing.wait()
             self._check_open()  # (closed meanwhile: see _close)
+            if waited.cancelled_caught:
+                return True
         run = self._live.get(instance_id)
         if run is None:
             run, _ = await self._wake_if_waiting(instance_id, lambda waiting: True, signalled=False)  # parked
@@ -1225,7 +1233,8 @@ class Engine:
 
     async def resume(self) -> list[str]:
         """Resume every stored ``pending``/``running`` instance of a registered workflow that is
-        not already running here; returns their ids. Never starts an instance twice."""
+        not already running here; returns their ids (not those a start of the same id being
+        stored meanwhile takes up itself). Never starts an instance twice."""
         self._check_open()
         self._holding_back = False
         with self._ends.watching_all() as ended:
