@@ -55,16 +55,16 @@ log = logging.getLogger("trioflow")
 STORE_CHILD_MOST = 10.0
 
 
-def bound_child_stores(run: Run) -> None:
-    """``run``, or a fan-out of it, is being cancelled (``engine.cancel()``, the engine closing,
-    a fail-fast sibling's failure): the stores of children its child steps are making may take
-    :data:`STORE_CHILD_MOST` seconds more at most, then the cancel goes on (storage that does
-    not answer must not hold it for ever). (Those of lanes the cancel does not reach too: one
-    cut short is tried again, in a scope of its own.)"""
+def bound_child_stores(run: Run, within: object = None) -> None:
+    """``run`` is being cancelled (``engine.cancel()``, the engine closing), or, ``within``, the
+    fail-fast fan-out whose nursery scope that is: the stores of children its child steps (in
+    that fan-out's branches or items) are making may take :data:`STORE_CHILD_MOST` seconds more
+    at most, then the cancel goes on (storage that does not answer must not hold it for ever)."""
     if run.child_stores:
         most = trio.current_time() + STORE_CHILD_MOST
-        for scope in run.child_stores:
-            scope.deadline = min(scope.deadline, most)
+        for scope, fanouts in run.child_stores.items():
+            if within is None or within in fanouts:
+                scope.deadline = min(scope.deadline, most)
 
 
 def _store_bound() -> float:
@@ -107,7 +107,8 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
                         await children.until_registered(step.workflow)
                         held = children.hold(child_id, step.workflow)
                     begun = run.state.records[lane.begun]
-                    await _store_child(run, step, lane, child_id, begun.input, begun.input_is_workflow_input, held)
+                    await _store_child(run, step, lane, child_id, begun.input, begun.input_is_workflow_input, held,
+                                       ctx.fanouts)
                     # Stored now: not to be looked at again, at this take-up nor at any later one
                     # (a map of children woken for each one's end would start every open one
                     # again each time); the wait stored next says so. (A wait with no ``check``
@@ -206,18 +207,18 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
         # cancel then stops the lane (and cancel_children the child) as for one started before it.
         with trio.CancelScope(shield=True):
             await announce(run, step, lane_key, lane)
-        await _store_child(run, step, lane, child_id, child_input, uses_input, held, ours=True)
+        await _store_child(run, step, lane, child_id, child_input, uses_input, held, ctx.fanouts, ours=True)
     finally:
         run.children.release(held)
 
 
 async def _store_child(
-    run: Run, step: ChildStep, lane: Lane, child_id: str, child_input: Any, uses_input: bool, held: object, *,
-    ours: bool = False,
+    run: Run, step: ChildStep, lane: Lane, child_id: str, child_input: Any, uses_input: bool, held: object,
+    fanouts: tuple[object, ...], *, ours: bool = False,
 ) -> None:
     """Store the child (or find it stored) and run it, its workflow registered; once its start
-    is stored in the parent. ``held``: what ``Children.hold`` gave for it; ``ours``: a new
-    child id (see ``Children.start``)."""
+    is stored in the parent. ``held``: what ``Children.hold`` gave for it; ``fanouts``: its
+    lane's (see ``WorkflowContext.fanouts``); ``ours``: a new child id (see ``Children.start``)."""
     state = run.state
     assert run.children is not None
     deadline: float | None = None
@@ -231,12 +232,12 @@ async def _store_child(
             # (Storage that is merely slow, with nothing cancelling, takes the time it takes.)
             with trio.CancelScope(shield=True, deadline=_store_bound()) as bounded:
                 if run.child_stores is None:
-                    run.child_stores = set()
-                run.child_stores.add(bounded)
+                    run.child_stores = {}
+                run.child_stores[bounded] = fanouts  # (the fail-fast fan-outs whose cancel reaches it)
                 try:
                     await run.children.start(step.workflow, child_input, child_id, state.instance_id, held, ours)
                 finally:
-                    run.child_stores.discard(bounded)
+                    del run.child_stores[bounded]
             if bounded.cancelled_caught:
                 raise StorageUnavailableError(f"storing child {child_id} took over {STORE_CHILD_MOST:g} s")
             return

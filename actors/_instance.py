@@ -84,6 +84,8 @@ async def run_instance(run: Run) -> None:
             else:
                 try:
                     await committed_under_a_cancel(run)
+                except SnapshotDecodeError:
+                    raise  # its ledger record is unreadable: reported so, the instance left as stored
                 except Exception as exc:  # the driver could not be asked (its database locked, ...)
                     # Whether it committed is not known: it stays as stored, for a later resume
                     # to ask again (compensated now, writes that did commit would be left).

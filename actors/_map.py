@@ -64,7 +64,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
             raise StepFailure(step.name, exc, 1) from exc
         progress = open_items(state, step, lane, start)
         await run.persist()  # the items are stored before any item runs
-    fanout = _Items(run, step, lane_key, progress)
+    fanout = _Items(run, step, lane_key, progress, ctx.fanouts)
     resumed = []
     for index, key in running_items(state, step, scope):
         finished = item_finished(state.lanes[key])
@@ -78,9 +78,10 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
         async with trio.open_nursery() as nursery:
             if step.on_error == "fail-fast":
                 fanout.cancel = nursery.cancel_scope
+                fanout.fanouts = (*fanout.fanouts, nursery.cancel_scope)
                 if fanout.over():  # failed too often before the restart: what runs on is cancelled
                     nursery.cancel_scope.cancel()
-                    bound_child_stores(run)
+                    bound_child_stores(run, nursery.cancel_scope)
             items = items_of(state, lane)
             for index, key in resumed:
                 run.lane_runs()  # (counted now, not as it starts: see trioflow.actors._wait.settle)
@@ -106,9 +107,9 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
 class _Items:
     """What the item actors of one map execution share."""
 
-    __slots__ = ("run", "step", "key", "lane", "scope", "progress", "tolerated", "slots", "cancel", "live")
+    __slots__ = ("run", "step", "key", "lane", "scope", "progress", "tolerated", "slots", "cancel", "live", "fanouts")
 
-    def __init__(self, run: Run, step: MapStep, key: str, progress: MapProgress) -> None:
+    def __init__(self, run: Run, step: MapStep, key: str, progress: MapProgress, fanouts: tuple[object, ...]) -> None:
         self.run = run
         self.step = step
         #: The lane running the map, and its scope (its items' keys start with it).
@@ -122,6 +123,8 @@ class _Items:
         self.cancel: trio.CancelScope | None = None
         #: The errors this run saw items fail with, by index (others are known as recorded).
         self.live: dict[int, tuple[str, BaseException]] = {}
+        #: The fail-fast fan-outs the items run in (see ``WorkflowContext.fanouts``).
+        self.fanouts = fanouts
 
     def over(self) -> bool:
         """Whether a fail-fast map has had more failures than it tolerates."""
@@ -131,6 +134,7 @@ class _Items:
         run, step = self.run, self.step
         assert self.lane.begun is not None  # the map execution's start record
         ctx = run.context(key, len(step.branch.steps), (index, item, self.lane.begun))
+        ctx.fanouts = self.fanouts
         swap_lane(ctx)  # the item's steps report its lane
         failed = False
         try:
@@ -148,7 +152,7 @@ class _Items:
         if over:
             assert self.cancel is not None
             self.cancel.cancel()
-            bound_child_stores(run)  # (an item storing a child: see trioflow.actors._child)
+            bound_child_stores(run, self.cancel)  # (an item storing a child: see trioflow.actors._child)
         if run.bus.active:
             run.emit("workflow.map.progress", self.key, step_name=step.name, done=progress.ended_count, total=progress.count,
                      failed=progress.failed)

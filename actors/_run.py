@@ -399,7 +399,7 @@ class Run:
         self.cancel_scope: trio.CancelScope | None = None
         #: The shielded scopes its child steps store their children in now (see
         #: ``trioflow.actors._child``): a cancel bounds how long each may still take.
-        self.child_stores: set[trio.CancelScope] | None = None
+        self.child_stores: dict[trio.CancelScope, tuple[object, ...]] | None = None
         #: Taken up ahead of its time by the engine's waker: it sleeps in this scope (its
         #: deadline the time), holding no ``max_running`` slot, until then or until a cancel or
         #: a signal ends the hold sooner (``None``: not held).

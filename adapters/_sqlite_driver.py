@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from trioflow._errors import SnapshotDecodeError
 from trioflow._virtual_time import waiting_on_a_thread
 
 from ._driver import _KEY_CHANGE, DriverError, Row, TransactionOwnership, UnknownColumnError, UnknownEntityError
@@ -207,8 +208,15 @@ class SQLiteDriver:
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (LEDGER_TABLE,)).fetchone()
                 if exists is None:
                     return None
-                row = conn.execute(f"SELECT state FROM {LEDGER_TABLE} WHERE run_key = ?", (key,)).fetchone()
-                return None if row is None else bytes(row[0])
+                # (As a BLOB whatever it holds: a record damaged into text or a number is then
+                # unreadable, as a damaged blob is, rather than an error of the query.)
+                row = conn.execute(f"SELECT CAST(state AS BLOB) FROM {LEDGER_TABLE} WHERE run_key = ?",
+                                   (key,)).fetchone()
+                if row is None:
+                    return None
+                if row[0] is None:
+                    raise SnapshotDecodeError(f"the ledger record of run {key!r} is empty (NULL)")
+                return bytes(row[0])
 
             return await self._run(find, f"looking up run {key!r}")
 

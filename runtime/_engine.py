@@ -61,6 +61,7 @@ from ._errors import (
     SnapshotDecodeError,
     StorageError,
     StorageUnavailableError,
+    TrioflowError,
     UnknownInstanceError,
     UnknownJobError,
     UnknownWorkflowError,
@@ -375,6 +376,10 @@ class Engine:
             if self._storing.get(held.instance_id) is held:
                 del self._storing[held.instance_id]
                 held.done()
+                if held.cancel_owed and not (self._closed or self._actors_stopped):
+                    # A cancel() said yes as it waited for this store: whatever the store made
+                    # of it (a run, queued or not; a row, its answer lost), it is cancelled now.
+                    self._supervisor.start_soon(f"cancel {held.instance_id}", self._owed_cancel, held.instance_id)
             if step_over:
                 self._unanswered.pop(held.instance_id, None)
 
@@ -548,6 +553,14 @@ class Engine:
                 self._release_start(storing)
             if reserved:
                 self._free_slot()  # not run here in this slot after all: it goes to the queue
+
+    async def _owed_cancel(self, instance_id: str) -> None:
+        """The cancel a ``cancel()`` said yes to before its instance's store was over."""
+        try:
+            await self.cancel(instance_id)
+        except TrioflowError as exc:
+            log.warning("instance %s, cancelled while it was stored, could not be cancelled: %s", instance_id,
+                        describe_error(exc), extra={"instance_id": instance_id})
 
     def _runnable(self, workflow_name: str) -> WorkflowDefinition:
         """The definition an instance of ``workflow_name`` would run here now;
@@ -993,6 +1006,7 @@ class Engine:
                 await storing.wait()
             self._check_open()  # (closed meanwhile: see _close)
             if waited.cancelled_caught:
+                storing.cancel_owed = True
                 return True
         run = self._live.get(instance_id)
         if run is None:
@@ -1624,7 +1638,7 @@ class Engine:
                 del self._storing[instance_id]
                 guard.done()
         if fresh is not None:
-            self._replace_old_row(fresh)
+            self._replace_old_row(fresh, cancelled=True)
         if self.events.active:
             # The steps it stood in, started by a run before and cut short by this cancel: their
             # end, as a run in memory publishes it (see trioflow.actors._lane).
@@ -1651,7 +1665,7 @@ class Engine:
             del self._storing[instance_id]
             guard.done()
 
-    def _replace_old_row(self, fresh: StoredInstance) -> None:
+    def _replace_old_row(self, fresh: StoredInstance, *, cancelled: bool = False) -> None:
         """An instance not running here was stored anew, to be resumed (it no longer waits): the
         rows read before (those waiting for their workflow, or for the jobs it uses, to be
         registered) give way to ``fresh``. One not among them (it was parked: the resume at
@@ -1667,10 +1681,11 @@ class Engine:
                 found = True
         if found or self._closed or self._actors_stopped or iid in self._live:
             return  # (stopping: the next engine resumes it, as stored)
-        if self._leftovers is None and self._holding_back and parent_named_in(fresh.start) not in self._live:
-            # Held back for resume(), as an earlier engine's rows are; not a child of a parent
-            # running here, which this engine started (a cancel stored in it as its parent ends
-            # badly would otherwise wait there for a resume() nobody calls).
+        if self._leftovers is None and self._holding_back \
+                and not (cancelled and parent_named_in(fresh.start) in self._live):
+            # Held back for resume(), as an earlier engine's rows are; not a child whose cancel
+            # was just stored (``cancelled``) as its parent, running here, ends badly: it would
+            # otherwise wait there for a resume() nobody calls.
             return
         definition = self._definitions.get(name)
         if definition is None:
@@ -2284,7 +2299,7 @@ class _Storing:
     its waiters once the engine closes (see :meth:`Engine._close`): each then checks whether
     the engine is open, rather than wait for a store whose outcome no longer matters to it."""
 
-    __slots__ = ("workflow_name", "instance_id", "_over", "_ended", "signalled", "cancel_wanted")
+    __slots__ = ("workflow_name", "instance_id", "_over", "_ended", "signalled", "cancel_wanted", "cancel_owed")
 
     def __init__(self, workflow_name: str, instance_id: str) -> None:
         self.workflow_name = workflow_name
@@ -2295,6 +2310,9 @@ class _Storing:
         self.signalled = False
         #: Whether a ``cancel()`` of the id waits for this store (see :meth:`Engine.cancel`).
         self.cancel_wanted = False
+        #: Whether one gave up waiting and said yes: the instance is cancelled beside it once
+        #: the store is let go of (see :meth:`Engine._release_start`).
+        self.cancel_owed = False
 
     async def wait(self) -> None:
         if self._ended:
