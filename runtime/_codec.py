@@ -919,10 +919,9 @@ def _well_formed_wait(waiting: Any) -> bool:
         kinds = _WAIT_FIELDS.get(key)
         # (A value of one of the kinds itself, as msgpack gives them back, passes at once: bool
         # is none of them.)
-        if kinds is not None and type(value) not in kinds and (not isinstance(value, kinds) or isinstance(value, bool)):
+        if kinds is not None and (type(value) not in kinds and (not isinstance(value, kinds) or isinstance(value, bool))
+                                  or type(value) is float and value != value):  # (NaN: a time never reached)
             return False
-        if type(value) is float and value != value:
-            return False  # NaN: a time it would never reach
     for kind, needs in _WAIT_NEEDS:
         if kind in waiting:
             for need in needs:
