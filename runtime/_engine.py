@@ -376,10 +376,13 @@ class Engine:
             if self._storing.get(held.instance_id) is held:
                 del self._storing[held.instance_id]
                 held.done()
-                if held.cancel_owed and not (self._closed or self._actors_stopped):
+                if held.cancel_owed is not None and not self._closed:
                     # A cancel() said yes as it waited for this store: whatever the store made
                     # of it (a run, queued or not; a row, its answer lost), it is cancelled now.
-                    self._supervisor.start_soon(f"cancel {held.instance_id}", self._owed_cancel, held.instance_id)
+                    # (Beside the actors, as end hooks run: the actors' nursery may be stopping.)
+                    with contextlib.suppress(RuntimeError):  # (that nursery closed first)
+                        self._start_beside(f"cancel {held.instance_id}", self._owed_cancel, held.instance_id,
+                                           held.cancel_owed)
             if step_over:
                 self._unanswered.pop(held.instance_id, None)
 
@@ -554,13 +557,28 @@ class Engine:
             if reserved:
                 self._free_slot()  # not run here in this slot after all: it goes to the queue
 
-    async def _owed_cancel(self, instance_id: str) -> None:
-        """The cancel a ``cancel()`` said yes to before its instance's store was over."""
-        try:
-            await self.cancel(instance_id)
-        except TrioflowError as exc:
-            log.warning("instance %s, cancelled while it was stored, could not be cancelled: %s", instance_id,
-                        describe_error(exc), extra={"instance_id": instance_id})
+    async def _owed_cancel(self, instance_id: str, said_at: float) -> None:
+        """The cancel a ``cancel()`` said yes to (at ``said_at`` on the engine's clock) before
+        its instance's store was over: of that instance, not of one created under its id since.
+        Shielded, for a bounded time, as a decision stored as the engine stops is (see
+        ``trioflow.actors._instance``): the engine's shutdown may be what the store ended in."""
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CANCEL_STORE_WAIT):
+            try:
+                if self._pending_resumes:
+                    await self._resumes_settled.wait()
+                run = self._live.get(instance_id)
+                if run is None:
+                    stored = await self._load_fresh(instance_id)
+                    if stored is None or stored.status not in RESUMABLE:
+                        return
+                    created_at = _decoded(stored).created_at
+                else:
+                    created_at = run.state.created_at
+                if created_at <= said_at:
+                    await self.cancel(instance_id)
+            except TrioflowError as exc:
+                log.warning("instance %s, cancelled while it was stored, could not be cancelled: %s", instance_id,
+                            describe_error(exc), extra={"instance_id": instance_id})
 
     def _runnable(self, workflow_name: str) -> WorkflowDefinition:
         """The definition an instance of ``workflow_name`` would run here now;
@@ -1006,7 +1024,7 @@ class Engine:
                 await storing.wait()
             self._check_open()  # (closed meanwhile: see _close)
             if waited.cancelled_caught:
-                storing.cancel_owed = True
+                storing.cancel_owed = self._clock()
                 return True
         run = self._live.get(instance_id)
         if run is None:
@@ -1635,16 +1653,26 @@ class Engine:
                 raise
         finally:
             if not handed_over:
-                del self._storing[instance_id]
-                guard.done()
+                self._release_start(guard)
         if fresh is not None:
-            self._replace_old_row(fresh, cancelled=True)
+            self._replace_old_row(fresh)
         if self.events.active:
             # The steps it stood in, started by a run before and cut short by this cancel: their
             # end, as a run in memory publishes it (see trioflow.actors._lane).
             for lane_key, step_name, attempts, _ in under_way:
                 self.events.emit("workflow.step.failed", event_payload(state, lane_key, cut_short_fields(step_name, attempts or 1)))
         return True
+
+    def _undone_for_a_parent_here(self, fresh: StoredInstance) -> bool:
+        """Whether ``fresh`` is a child going back (its cancel stored, as its parent, running
+        here, ends badly): run here whatever ``resume=`` says, or it would wait for a resume()
+        nobody calls."""
+        if parent_named_in(fresh.start) not in self._live:
+            return False
+        try:
+            return _decoded(fresh).phase != "forward"
+        except SnapshotDecodeError:
+            return False
 
     def _drop_old_row(self, instance_id: str, workflow_name: str) -> None:
         """The rows read before of an instance not running here (waiting for their workflow,
@@ -1662,10 +1690,9 @@ class Engine:
             if fresh is not None and fresh.status in RESUMABLE and instance_id not in self._live:
                 self._replace_old_row(fresh)
         finally:
-            del self._storing[instance_id]
-            guard.done()
+            self._release_start(guard)
 
-    def _replace_old_row(self, fresh: StoredInstance, *, cancelled: bool = False) -> None:
+    def _replace_old_row(self, fresh: StoredInstance) -> None:
         """An instance not running here was stored anew, to be resumed (it no longer waits): the
         rows read before (those waiting for their workflow, or for the jobs it uses, to be
         registered) give way to ``fresh``. One not among them (it was parked: the resume at
@@ -1681,12 +1708,8 @@ class Engine:
                 found = True
         if found or self._closed or self._actors_stopped or iid in self._live:
             return  # (stopping: the next engine resumes it, as stored)
-        if self._leftovers is None and self._holding_back \
-                and not (cancelled and parent_named_in(fresh.start) in self._live):
-            # Held back for resume(), as an earlier engine's rows are; not a child whose cancel
-            # was just stored (``cancelled``) as its parent, running here, ends badly: it would
-            # otherwise wait there for a resume() nobody calls.
-            return
+        if self._leftovers is None and self._holding_back and not self._undone_for_a_parent_here(fresh):
+            return  # held back for resume(), as an earlier engine's rows are
         definition = self._definitions.get(name)
         if definition is None:
             if self._leftovers is not None:  # (else the next resume() reads it afresh)
@@ -2310,9 +2333,9 @@ class _Storing:
         self.signalled = False
         #: Whether a ``cancel()`` of the id waits for this store (see :meth:`Engine.cancel`).
         self.cancel_wanted = False
-        #: Whether one gave up waiting and said yes: the instance is cancelled beside it once
-        #: the store is let go of (see :meth:`Engine._release_start`).
-        self.cancel_owed = False
+        #: When one gave up waiting and said yes (``None``: none did): the instance is cancelled
+        #: beside it once the store is let go of (see :meth:`Engine._release_start`).
+        self.cancel_owed: float | None = None
 
     async def wait(self) -> None:
         if self._ended:
