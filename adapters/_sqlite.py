@@ -368,11 +368,6 @@ class SQLiteAdapter:
         try:
             conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000)
-            # Text that is not UTF-8 (a damaged row) is read with its bad bytes kept as lone
-            # surrogates, not refused by the whole query: ids, workflow names, statuses and
-            # signal names read so match nothing this release wrote, and the row they are in is
-            # reported as it is (held back, or unreadable), every other row read as it is.
-            conn.text_factory = _LENIENT_TEXT
             try:
                 # Checked before anything is changed: a file refused is left as it was.
                 self._check_version(conn.execute("PRAGMA user_version").fetchone()[0], conn)
@@ -1075,6 +1070,22 @@ def _record_rows(checkpoints: Sequence[tuple[Any, ...]]) -> list[tuple[str, int,
 
 _LENIENT_TEXT = functools.partial(str, encoding="utf-8", errors="surrogateescape")
 
+
+def _read(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """The rows of a query that reads text (ids, workflow names, statuses, signal names). Text
+    that is not UTF-8 (a damaged row) fails the whole query in ``sqlite3``: from then on the
+    connection reads such text with its bad bytes kept as lone surrogates, so that the row it
+    is in matches nothing this release wrote and is reported as it is (held back, or
+    unreadable), every other row read as it is. (Only then: ``sqlite3``'s own decoding is the
+    faster.)"""
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if conn.text_factory is _LENIENT_TEXT or "decode" not in str(exc):
+            raise
+        conn.text_factory = _LENIENT_TEXT
+        return conn.execute(sql, params).fetchall()
+
 #: The stored bytes are read as BLOBs whatever they hold: a value damaged into TEXT that is not
 #: UTF-8 would otherwise fail the whole query (every instance it reads), not its row alone.
 _COLUMNS = ("i.instance_id, i.workflow_name, i.status, CAST(i.start AS BLOB), CAST(i.header AS BLOB), i.next_seq,"
@@ -1114,7 +1125,7 @@ def _selected(
 ) -> list[StoredInstance]:
     """:func:`_select`, its queries made (loops rather than comprehensions: each of those makes
     a function and a frame, and a parked instance's wake reads one row here)."""
-    rows = conn.execute(rows_sql, params).fetchall()
+    rows = _read(conn, rows_sql, params)
     # A damaged count (not an int, negative, or more records than any instance writes) gets no
     # records: the kernel then finds the header's count unmet and reports that one instance
     # unreadable, and the others go on.
@@ -1125,7 +1136,7 @@ def _selected(
             records[row[0]] = [None] * count
     if records:
         # Each record goes to its place by seq: no ORDER BY, so SQLite never sorts the data.
-        for instance_id, seq, data in conn.execute(records_sql, params):
+        for instance_id, seq, data in _read(conn, records_sql, params):
             slots = records.get(instance_id)
             if slots is not None and type(seq) is int and 0 <= seq < len(slots):
                 slots[seq] = data  # (one beyond the count is told by the rows' last column)
@@ -1167,7 +1178,7 @@ def _due(conn: sqlite3.Connection, before: float, limit: int, skip: tuple[str, .
     soonest = f"SELECT i.instance_id FROM {_WAITING_FROM} WHERE {_WAITING} AND i.wake_at <= ?{skipping}" \
               " ORDER BY i.wake_at LIMIT ?"
     params = (before, *names, limit)
-    ids = [row[0] for row in conn.execute(soonest, params)]
+    ids = [row[0] for row in _read(conn, soonest, params)]
     if not ids:
         return []
     # The same question again, as a subquery: no parameter per id (SQLite caps their number).
@@ -1248,9 +1259,9 @@ def _signal_load(
 
 def _signals(conn: sqlite3.Connection, iid: str) -> list[tuple[int, str, bytes]]:
     # (The rows as sqlite3 makes them: tuples of those three already.)
-    signals: list[tuple[int, str, bytes]] = conn.execute(
-        "SELECT seq, name, CAST(payload AS BLOB) FROM trioflow_signals WHERE instance_id = ? ORDER BY seq",
-        (iid,)).fetchall()
+    signals: list[tuple[int, str, bytes]] = _read(
+        conn, "SELECT seq, name, CAST(payload AS BLOB) FROM trioflow_signals WHERE instance_id = ? ORDER BY seq",
+        (iid,))
     return signals
 
 
@@ -1273,7 +1284,8 @@ def _remove(conn: sqlite3.Connection, ids: list[tuple[str]] | list[tuple[bytes]]
 def _delete(conn: sqlite3.Connection, iid: str) -> str | None:
     """Remove a finished instance with its records and signals; the status it had (``None``: it
     was not stored). One that has not finished is left as it is."""
-    row = conn.execute("SELECT status FROM trioflow_instances WHERE instance_id = ?", (iid,)).fetchone()
+    found = _read(conn, "SELECT status FROM trioflow_instances WHERE instance_id = ?", (iid,))
+    row = found[0] if found else None
     if row is not None and row[0] not in RESUMABLE:
         _remove(conn, [(iid,)])
     return None if row is None else str(row[0])

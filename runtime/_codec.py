@@ -809,6 +809,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         state.add(record)
         if st == "compensation_failed":
             failures.append(record)
+    maps = False  # (whether a lane runs a map: most instances have none, and skip its checks)
     for key, fields in lanes.items():
         # A lane that waits (a timer, a signal) has a fourth field saying for what; one whose
         # step has a start record (a map, a child step), a fifth with its seq and a sixth saying
@@ -829,12 +830,16 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             waiting = child_wait(started.output, started.started_at if waiting == ChildWait.UNCHECKED else None)
         if not (waiting is None or _well_formed_wait(waiting)):
             _malformed("lane %r waits for something malformed", key)
+        if fanout is not None:
+            maps = True
+            fanout = _map_progress(key, fanout)
         state.lanes[key] = new_lane(state, key, step, last=last, failed=failed, waiting=waiting, begun=begun,
-                                    fanout=None if fanout is None else _map_progress(key, fanout))
+                                    fanout=fanout)
     if moved_on is not None:
         _put_back_moved_on(state, moved_on)
-    _check_map_items(state)
-    _put_back_untouched_items(state)
+    if maps:
+        _check_map_items(state)
+        _put_back_untouched_items(state)
     # (Most instances have compensated and skipped nothing: no generator is made for those.)
     # (Format 4's headers hold none: the constant, checked by identity rather than as a Mapping.)
     if not (comp_errors is NO_ERRORS or isinstance(comp_errors, Mapping) and (
@@ -908,10 +913,6 @@ _WAIT_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
-#: The keys a wait of each kind needs beside the one that names it (the kernel reads them).
-_WAIT_NEEDS = (("retry", ("attempt",)), ("signal", ("timeout",)), ("child", ("signal", "timeout")))
-
-
 def _well_formed_wait(waiting: Any) -> bool:
     if not isinstance(waiting, dict):
         return False
@@ -922,12 +923,9 @@ def _well_formed_wait(waiting: Any) -> bool:
         if kinds is not None and (type(value) not in kinds and (not isinstance(value, kinds) or isinstance(value, bool))
                                   or type(value) is float and value != value):  # (NaN: a time never reached)
             return False
-    for kind, needs in _WAIT_NEEDS:
-        if kind in waiting:
-            for need in needs:
-                if need not in waiting:
-                    return False
-    return True
+    # The keys a wait of each kind needs beside the one that names it (the kernel reads them).
+    return not ("signal" in waiting and "timeout" not in waiting or "retry" in waiting and "attempt" not in waiting
+                or "child" in waiting and "signal" not in waiting)
 
 
 def _is_seq(value: Any, count: int) -> bool:
