@@ -23,6 +23,8 @@ import trioflow as tf
 from trioflow.adapters import MemoryAdapter
 from trioflow.testing import open_test_engine
 
+from test_review_of_close_and_held_starts import ChildStoreKeepsFailing, dad_cancelled_while_its_kid_is_stored
+
 
 class SlowCreate(MemoryAdapter):
     """``create()`` of instance ``"x"`` takes 11 s (storage slow to answer, past
@@ -129,7 +131,7 @@ async def test_a_cancel_that_said_yes_after_10_s_is_lost_when_the_start_is_tried
         assert ended.status == "cancelled"
 
 
-class ChildStoreKeepsFailingAndCancelWriteLost(MemoryAdapter):
+class ChildStoreKeepsFailingAndCancelWriteLost(ChildStoreKeepsFailing):
     """The first ``create()`` of child ``p/kid#1`` stores it and loses its answer; every later
     one raises ``StorageUnavailableError`` (its step keeps trying). The first checkpoint of
     ``p/kid#1`` (the parent's cancel storing the decision in it) fails, storing nothing (a
@@ -137,16 +139,7 @@ class ChildStoreKeepsFailingAndCancelWriteLost(MemoryAdapter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.tries = 0
         self.checkpoint_failed = False
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        if instance_id == "p/kid#1":
-            self.tries += 1
-            if self.tries == 1:
-                await super().create(instance_id, *args, **kwargs)
-            raise tf.StorageUnavailableError("connection dropped")
-        return await super().create(instance_id, *args, **kwargs)
 
     async def checkpoint(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
         if instance_id == "p/kid#1" and not self.checkpoint_failed:
@@ -175,18 +168,8 @@ async def test_with_resume_false_a_child_whose_cancel_write_failed_once_runs_for
     step FORWARD and ends ``completed`` (uncompensated), while its parent ends ``cancelled``
     (on 66e152d^ it stayed unrun in storage)."""
 
-    async def kid_step(ctx: Any) -> int:
-        return 1
-
     adapter = ChildStoreKeepsFailingAndCancelWriteLost()
-    async with open_test_engine(adapter=adapter, resume=False) as engine:
-        engine.register(tf.workflow("kid").step("k", kid_step).build())
-        engine.register(tf.workflow("dad").child("kid", workflow="kid").build())
-        await engine.start("dad", instance_id="p")
-        await trio.sleep(3)
-        assert adapter.tries >= 2
-        assert await engine.cancel("p")
-        assert (await engine.wait("p")).status == "cancelled"
+    async with dad_cancelled_while_its_kid_is_stored(adapter) as engine:
         await trio.sleep(60)
         kid = await engine.get_instance("p/kid#1")
         assert kid is not None and adapter.checkpoint_failed

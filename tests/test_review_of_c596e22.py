@@ -31,6 +31,8 @@ import trioflow as tf
 from trioflow.adapters import MemoryAdapter
 from trioflow.testing import open_test_engine
 
+from test_review_of_close_and_held_starts import ChildStoreKeepsFailing, dad_cancelled_while_its_kid_is_stored
+
 
 async def _one_second(ctx: Any) -> str:
     await trio.sleep(1)
@@ -50,7 +52,7 @@ async def _thousand_seconds(ctx: Any) -> str:
 # -- 1. resume=False: a child whose cancel write committed, its answer lost ----------------------
 
 
-class ChildStoreKeepsFailingAndCancelAnswerLost(MemoryAdapter):
+class ChildStoreKeepsFailingAndCancelAnswerLost(ChildStoreKeepsFailing):
     """The first ``create()`` of child ``p/kid#1`` stores it and loses its answer; every later
     one raises ``StorageUnavailableError`` (its step keeps trying). The first checkpoint of
     ``p/kid#1`` (the parent's cancel storing the decision in it) IS stored, and then answered
@@ -58,16 +60,7 @@ class ChildStoreKeepsFailingAndCancelAnswerLost(MemoryAdapter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.tries = 0
         self.cancel_answer_lost = False
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        if instance_id == "p/kid#1":
-            self.tries += 1
-            if self.tries == 1:
-                await super().create(instance_id, *args, **kwargs)
-            raise tf.StorageUnavailableError("connection dropped")
-        return await super().create(instance_id, *args, **kwargs)
 
     async def checkpoint(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
         if instance_id == "p/kid#1" and not self.cancel_answer_lost:
@@ -95,18 +88,8 @@ async def test_with_resume_false_a_child_whose_cancel_was_stored_but_its_answer_
     for a ``resume()`` nobody calls. The child stays ``running`` in storage for ever, never
     compensated here (on c596e22^ it was taken up for its parent and ended ``cancelled``)."""
 
-    async def kid_step(ctx: Any) -> int:
-        return 1
-
     adapter = ChildStoreKeepsFailingAndCancelAnswerLost()
-    async with open_test_engine(adapter=adapter, resume=False) as engine:
-        engine.register(tf.workflow("kid").step("k", kid_step).build())
-        engine.register(tf.workflow("dad").child("kid", workflow="kid").build())
-        await engine.start("dad", instance_id="p")
-        await trio.sleep(3)
-        assert adapter.tries >= 2
-        assert await engine.cancel("p")
-        assert (await engine.wait("p")).status == "cancelled"
+    async with dad_cancelled_while_its_kid_is_stored(adapter) as engine:
         await trio.sleep(60)
         kid = await engine.get_instance("p/kid#1")
         assert kid is not None and adapter.cancel_answer_lost

@@ -12,6 +12,8 @@ or not. All run on a MockClock with adapter wrappers, no real sleeps."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -317,6 +319,26 @@ class ChildStoreKeepsFailing(MemoryAdapter):
         return await super().create(instance_id, *args, **kwargs)
 
 
+@asynccontextmanager
+async def dad_cancelled_while_its_kid_is_stored(adapter: ChildStoreKeepsFailing) -> AsyncIterator[tf.Engine]:
+    """An engine (resume=False) on ``adapter`` in which ``dad`` (instance ``p``), whose one step
+    starts child ``p/kid#1``, was cancelled while its step kept trying to store the child, and
+    has ended ``cancelled``."""
+
+    async def kid_step(ctx: Any) -> int:
+        return 1
+
+    async with open_test_engine(adapter=adapter, resume=False) as engine:
+        engine.register(tf.workflow("kid").step("k", kid_step).build())
+        engine.register(tf.workflow("dad").child("kid", workflow="kid").build())
+        await engine.start("dad", instance_id="p")
+        await trio.sleep(3)
+        assert adapter.tries >= 2
+        assert await engine.cancel("p")
+        assert (await engine.wait("p")).status == "cancelled"
+        yield engine
+
+
 async def test_with_resume_false_a_child_stored_before_its_parent_was_cancelled_ends_cancelled_here(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -328,18 +350,7 @@ async def test_with_resume_false_a_child_stored_before_its_parent_was_cancelled_
     ``InstanceNotLiveError``, and the parent's cancel logged that the child "could not be
     cancelled or compensated"): its parent runs here, so it ends ``cancelled`` here."""
 
-    async def kid_step(ctx: Any) -> int:
-        return 1
-
-    adapter = ChildStoreKeepsFailing()
-    async with open_test_engine(adapter=adapter, resume=False) as engine:
-        engine.register(tf.workflow("kid").step("k", kid_step).build())
-        engine.register(tf.workflow("dad").child("kid", workflow="kid").build())
-        await engine.start("dad", instance_id="p")
-        await trio.sleep(3)
-        assert adapter.tries >= 2
-        assert await engine.cancel("p")
-        assert (await engine.wait("p")).status == "cancelled"
+    async with dad_cancelled_while_its_kid_is_stored(ChildStoreKeepsFailing()) as engine:
         kid = await engine.wait("p/kid#1")
         assert (kid.status, kid.history) == ("cancelled", ())
 
