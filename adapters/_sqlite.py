@@ -1147,7 +1147,10 @@ def _selected(
                 # header does not have) and reports that one instance unreadable; the others go on.
                 records[instance_id] = [b"" if data is None else data for data in found]
     selected = []
-    for instance_id, workflow_name, status, start, header, _, beyond, wake in rows:
+    for instance_id, workflow_name, status, start, header, count, beyond, wake in rows:
+        # (A damaged count where no record is stored: the row is unreadable, as one with records
+        # beyond its count is.)
+        beyond = beyond or not (type(count) is int and 0 <= count <= _MOST_RECORDS)
         held = records.get(instance_id, ())
         selected.append(StoredInstance(
             instance_id=instance_id, workflow_name=workflow_name, status=status, start=start, header=header,
@@ -1345,7 +1348,9 @@ def _list(conn: sqlite3.Connection, workflow_name: str | None, status: str | Non
     """A page of instances in creation order (rowid); ``None`` if ``after`` is not stored."""
     terms, params = _matching(workflow_name, status)
     if after is not None:
-        place = conn.execute("SELECT rowid FROM trioflow_instances WHERE instance_id = ?", (after,)).fetchone()
+        # (By the id's bytes: an id damaged into text that is not UTF-8 is listed, and paged past.)
+        place = conn.execute("SELECT rowid FROM trioflow_instances WHERE instance_id = CAST(? AS TEXT)",
+                             (after.encode("utf-8", "surrogateescape"),)).fetchone()
         if place is None:
             return None
         terms.append("rowid < ?" if newest_first else "rowid > ?")

@@ -447,6 +447,7 @@ class Engine:
             self._running += 1
         # (Held since before its parent's write that lists it, for a child: see _hold_start.)
         storing = self._storing[instance_id] = storing or _Storing(workflow_name, instance_id)
+        storing.created_at = max(storing.created_at, state.created_at)
         try:
             try:
                 if parent is not None and self._adapter_keeps_families:
@@ -562,10 +563,10 @@ class Engine:
         its instance's store was over: of that instance, not of one created under its id since.
         Shielded, for a bounded time, as a decision stored as the engine stops is (see
         ``trioflow.actors._instance``): the engine's shutdown may be what the store ended in."""
+        if self._pending_resumes and instance_id not in self._live:
+            await self._resumes_settled.wait()  # (not bounded: the engine's close ends it, as it ends the resume)
         with trio.CancelScope(shield=True, deadline=trio.current_time() + CANCEL_STORE_WAIT):
             try:
-                if self._pending_resumes:
-                    await self._resumes_settled.wait()
                 run = self._live.get(instance_id)
                 if run is None:
                     stored = await self._load_fresh(instance_id)
@@ -575,7 +576,8 @@ class Engine:
                 else:
                     created_at = run.state.created_at
                 if created_at <= said_at:
-                    await self.cancel(instance_id)
+                    self._check_open()
+                    await self._cancel(instance_id)
             except TrioflowError as exc:
                 log.warning("instance %s, cancelled while it was stored, could not be cancelled: %s", instance_id,
                             describe_error(exc), extra={"instance_id": instance_id})
@@ -1013,6 +1015,10 @@ class Engine:
         check_instance_id(instance_id)
         if self._pending_resumes:
             await self._resumes_settled.wait()
+        return await self._cancel(instance_id)
+
+    async def _cancel(self, instance_id: str) -> bool:
+        """:meth:`cancel`, once the resumes under way have settled (or for a run live here)."""
         while (storing := self._storing.get(instance_id)) is not None:
             # Being started (or stored by another cancel): its outcome first. The run its start
             # makes is cancelled as it is made (see _start), before it can run a step: its whole
@@ -1024,7 +1030,9 @@ class Engine:
                 await storing.wait()
             self._check_open()  # (closed meanwhile: see _close)
             if waited.cancelled_caught:
-                storing.cancel_owed = self._clock()
+                # (A creation time of its own: an instance created under the id from now on is
+                # strictly later, the clock moving or not.)
+                storing.cancel_owed = max(self._creation_times.stamp(self._clock()), storing.created_at)
                 return True
         run = self._live.get(instance_id)
         if run is None:
@@ -2322,7 +2330,8 @@ class _Storing:
     its waiters once the engine closes (see :meth:`Engine._close`): each then checks whether
     the engine is open, rather than wait for a store whose outcome no longer matters to it."""
 
-    __slots__ = ("workflow_name", "instance_id", "_over", "_ended", "signalled", "cancel_wanted", "cancel_owed")
+    __slots__ = ("workflow_name", "instance_id", "_over", "_ended", "signalled", "cancel_wanted", "cancel_owed",
+                 "created_at")
 
     def __init__(self, workflow_name: str, instance_id: str) -> None:
         self.workflow_name = workflow_name
@@ -2336,6 +2345,8 @@ class _Storing:
         #: When one gave up waiting and said yes (``None``: none did): the instance is cancelled
         #: beside it once the store is let go of (see :meth:`Engine._release_start`).
         self.cancel_owed: float | None = None
+        #: The latest creation time a start storing it gave the instance (``-inf``: none).
+        self.created_at = -math.inf
 
     async def wait(self) -> None:
         if self._ended:
