@@ -381,8 +381,7 @@ class Engine:
                     # of it (a run, queued or not; a row, its answer lost), it is cancelled now.
                     # (Beside the actors, as end hooks run: the actors' nursery may be stopping.)
                     with contextlib.suppress(RuntimeError):  # (that nursery closed first)
-                        self._start_beside(f"cancel {held.instance_id}", self._owed_cancel, held.instance_id,
-                                           held.cancel_owed)
+                        self._start_beside(f"cancel {held.instance_id}", self._owed_cancel, held)
             if step_over:
                 self._unanswered.pop(held.instance_id, None)
 
@@ -447,7 +446,7 @@ class Engine:
             self._running += 1
         # (Held since before its parent's write that lists it, for a child: see _hold_start.)
         storing = self._storing[instance_id] = storing or _Storing(workflow_name, instance_id)
-        storing.created_at = max(storing.created_at, state.created_at)
+        storing.created_ats.append(state.created_at)
         try:
             try:
                 if parent is not None and self._adapter_keeps_families:
@@ -494,6 +493,7 @@ class Engine:
                             self._children.unreadable(parent.instance_id, instance_id, exc)
                     else:
                         check_same_start(instance_id, found, workflow_name, input, parent)
+                        storing.created_ats.append(found.created_at)  # (the instance this start stands for)
                         # This engine's own row: a child's (its id is new), or stored by an
                         # earlier try of this start whose answer was lost (its creation time).
                         ours = ours or found.created_at in tried
@@ -558,15 +558,25 @@ class Engine:
             if reserved:
                 self._free_slot()  # not run here in this slot after all: it goes to the queue
 
-    async def _owed_cancel(self, instance_id: str, said_at: float) -> None:
-        """The cancel a ``cancel()`` said yes to (at ``said_at`` on the engine's clock) before
-        its instance's store was over: of that instance, not of one created under its id since.
-        Shielded, for a bounded time, as a decision stored as the engine stops is (see
+    async def _owed_cancel(self, owed: _Storing) -> None:
+        """The cancel a ``cancel()`` said yes to before the store ``owed`` was over: of the
+        instance that store made or found (by its creation time: one of its tries', or one from
+        before the cancel was said), not of one created under its id since. Handed on to a store
+        of the id under way now (a retried start, a child step's next try). Shielded, for a
+        bounded time, as a decision stored as the engine stops is (see
         ``trioflow.actors._instance``): the engine's shutdown may be what the store ended in."""
-        if self._pending_resumes and instance_id not in self._live:
-            await self._resumes_settled.wait()  # (not bounded: the engine's close ends it, as it ends the resume)
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + CANCEL_STORE_WAIT):
+        instance_id = owed.instance_id
+        assert owed.cancel_owed is not None
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + 2 * CANCEL_STORE_WAIT) as bounded:
             try:
+                if self._pending_resumes and instance_id not in self._live and not self._actors_stopped:
+                    # (Not once the actors stopped: a resume then takes nothing up.)
+                    await self._resumes_settled.wait()
+                again = self._storing.get(instance_id)
+                if again is not None:
+                    again.cancel_owed = owed.cancel_owed if again.cancel_owed is None else again.cancel_owed
+                    again.created_ats.extend(owed.created_ats)
+                    return
                 run = self._live.get(instance_id)
                 if run is None:
                     stored = await self._load_fresh(instance_id)
@@ -575,12 +585,15 @@ class Engine:
                     created_at = _decoded(stored).created_at
                 else:
                     created_at = run.state.created_at
-                if created_at <= said_at:
+                if created_at in owed.created_ats if owed.created_ats else created_at <= owed.cancel_owed:
                     self._check_open()
                     await self._cancel(instance_id)
             except TrioflowError as exc:
                 log.warning("instance %s, cancelled while it was stored, could not be cancelled: %s", instance_id,
                             describe_error(exc), extra={"instance_id": instance_id})
+        if bounded.cancelled_caught:
+            log.warning("instance %s, cancelled while it was stored, could not be cancelled in %g s", instance_id,
+                        2 * CANCEL_STORE_WAIT, extra={"instance_id": instance_id})
 
     def _runnable(self, workflow_name: str) -> WorkflowDefinition:
         """The definition an instance of ``workflow_name`` would run here now;
@@ -1031,8 +1044,9 @@ class Engine:
             self._check_open()  # (closed meanwhile: see _close)
             if waited.cancelled_caught:
                 # (A creation time of its own: an instance created under the id from now on is
-                # strictly later, the clock moving or not.)
-                storing.cancel_owed = max(self._creation_times.stamp(self._clock()), storing.created_at)
+                # later, where the clock has not gone back; those of the store's own tries are
+                # known to it.)
+                storing.cancel_owed = self._creation_times.stamp(self._clock())
                 return True
         run = self._live.get(instance_id)
         if run is None:
@@ -1211,6 +1225,8 @@ class Engine:
     async def _check_still_there(self, instance: WorkflowInstance) -> None:
         """Raise :class:`UnknownInstanceError` unless the instance a page ended with is still
         stored: under its id, an instance created when it was."""
+        if not valid_text(instance.id):
+            return  # a damaged row's id (see docs/adapters.md): it is there, and storage pages past it
         run = self._live.get(instance.id)
         if run is not None:
             created_at: float | None = run.state.created_at
@@ -2331,7 +2347,7 @@ class _Storing:
     the engine is open, rather than wait for a store whose outcome no longer matters to it."""
 
     __slots__ = ("workflow_name", "instance_id", "_over", "_ended", "signalled", "cancel_wanted", "cancel_owed",
-                 "created_at")
+                 "created_ats")
 
     def __init__(self, workflow_name: str, instance_id: str) -> None:
         self.workflow_name = workflow_name
@@ -2345,8 +2361,8 @@ class _Storing:
         #: When one gave up waiting and said yes (``None``: none did): the instance is cancelled
         #: beside it once the store is let go of (see :meth:`Engine._release_start`).
         self.cancel_owed: float | None = None
-        #: The latest creation time a start storing it gave the instance (``-inf``: none).
-        self.created_at = -math.inf
+        #: The creation times the starts storing it gave the instance, or found it stored with.
+        self.created_ats: list[float] = []
 
     async def wait(self) -> None:
         if self._ended:
