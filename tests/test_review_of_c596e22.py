@@ -31,21 +31,13 @@ import trioflow as tf
 from trioflow.adapters import MemoryAdapter
 from trioflow.testing import open_test_engine
 
+from owed_cancels import PARKER, leave_parked, end_in_a_new_engine, start_beside, SlowCreateOfX, SlowCreateOfXAndSlowSignalsOfParked, one_second as _one_second, thousand_seconds as _thousand_seconds
+
 from test_review_of_close_and_held_starts import ChildStoreKeepsFailing, dad_cancelled_while_its_kid_is_stored
-
-
-async def _one_second(ctx: Any) -> str:
-    await trio.sleep(1)
-    return "done"
 
 
 async def _hundred_seconds(ctx: Any) -> str:
     await trio.sleep(100)
-    return "done"
-
-
-async def _thousand_seconds(ctx: Any) -> str:
-    await trio.sleep(1000)
     return "done"
 
 
@@ -99,15 +91,6 @@ async def test_with_resume_false_a_child_whose_cancel_was_stored_but_its_answer_
 # -- 2. the owed cancel dropped in the shutdown cleanup -----------------------------------------
 
 
-class SlowCreateOfX(MemoryAdapter):
-    """``create()`` of instance ``"x"`` takes 20 s (storage slow to answer)."""
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        if instance_id == "x":
-            await trio.sleep(20)
-        return await super().create(instance_id, *args, **kwargs)
-
-
 async def test_a_cancel_that_said_yes_while_the_start_was_stored_is_dropped_when_the_store_ends_in_the_shutdown_cleanup(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -128,21 +111,12 @@ async def test_a_cancel_that_said_yes_while_the_start_was_stored_is_dropped_when
     does: checked by hand). The next engine resumes "x" going forward: it ends ``completed``."""
     adapter = SlowCreateOfX()
     said: list[bool] = []
-    start_done = trio.Event()
     async with trio.open_nursery() as outer:
         with trio.CancelScope() as shutdown:
             async with open_test_engine(adapter=adapter) as engine:
                 engine.register(tf.workflow("w").step("s", _one_second).build())
 
-                async def start() -> None:
-                    try:
-                        await engine.start("w", instance_id="x")
-                    except tf.EngineClosedError:
-                        pass
-                    finally:
-                        start_done.set()
-
-                outer.start_soon(start)
+                start_done, _ = start_beside(outer, engine)
                 await trio.sleep(0.5)
                 said.append(await engine.cancel("x"))  # True at 10.5 s: storage is slow
                 await trio.sleep(1)
@@ -154,11 +128,7 @@ async def test_a_cancel_that_said_yes_while_the_start_was_stored_is_dropped_when
                         await start_done.wait()  # the store ends in the cleanup (at 20 s)
                         await trio.sleep(1)
     assert said == [True]
-    async with open_test_engine(adapter=adapter) as engine:
-        engine.register(tf.workflow("w").step("s", _one_second).build())
-        with trio.fail_after(600):
-            ended = await engine.wait("x")
-    assert ended.status == "cancelled"
+    assert await end_in_a_new_engine(adapter) == "cancelled"
 
 
 # -- 3. the owed cancel on the guard of _cancel_stored -------------------------------------------
@@ -225,25 +195,6 @@ async def test_a_cancel_that_said_yes_while_another_cancel_stored_the_decision_i
 # -- 4. the owed cancel reaches a later instance of the same id ----------------------------------
 
 
-class SlowCreateOfXAndSlowSignalsOfParked(MemoryAdapter):
-    """The first ``create()`` of ``"x"`` takes 11 s; once ``slow_signals``, reading the
-    signals of ``"parked"`` takes 200 s (a resume in the background looking at it)."""
-
-    slow_signals = False
-    x_created = False
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        if instance_id == "x" and not self.x_created:
-            self.x_created = True
-            await trio.sleep(11)
-        return await super().create(instance_id, *args, **kwargs)
-
-    async def signals(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
-        if instance_id == "parked" and self.slow_signals:
-            await trio.sleep(200)
-        return await super().signals(instance_id, *args, **kwargs)
-
-
 async def test_an_owed_cancel_held_back_by_a_resume_cancels_a_new_instance_started_under_the_same_id(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -264,13 +215,8 @@ async def test_an_owed_cancel_held_back_by_a_resume_cancels_a_new_instance_start
     instance is started under the id (workflow "w2", a 1000 s step). At ~210 s the owed cancel
     runs and cancels that new instance, which nobody cancelled."""
     adapter = SlowCreateOfXAndSlowSignalsOfParked()
-    parker = tf.workflow("parker").receive("go", signal="go", timeout=100_000).build()
-    async with open_test_engine(adapter=adapter) as engine:
-        engine.register(parker)
-        await engine.start("parker", instance_id="parked")
-        await trio.sleep(5)
-        await engine.signal("parked", "other")  # kept for a later receive: it stays parked
-        await trio.sleep(5)
+    parker = PARKER
+    await leave_parked(adapter)
     adapter.slow_signals = True
     async with open_test_engine(adapter=adapter) as engine:
         engine.register(tf.workflow("w").step("s", _hundred_seconds).build())

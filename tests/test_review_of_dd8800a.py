@@ -26,24 +26,16 @@ import trioflow as tf
 from trioflow.adapters import MemoryAdapter
 from trioflow.testing import open_test_engine
 
+from owed_cancels import PARKER, leave_parked, start_beside, SlowCreateOfX, SlowCreateOfXAndSlowSignalsOfParked, one_second as _one_second, thousand_seconds as _thousand_seconds
+
 sys.path.insert(0, str(Path(__file__).parent))
 from test_review_of_damaged_storage import _make, _reopen, _run, _sql  # noqa: E402
 
 T0 = 1_800_000_000.0
 
 
-async def _one_second(ctx: Any) -> str:
-    await trio.sleep(1)
-    return "done"
-
-
 async def _thirty_seconds(ctx: Any) -> str:
     await trio.sleep(30)
-    return "done"
-
-
-async def _thousand_seconds(ctx: Any) -> str:
-    await trio.sleep(1000)
     return "done"
 
 
@@ -89,25 +81,6 @@ def test_a_paged_listing_by_status_whose_read_ends_on_a_row_with_a_damaged_id_ra
 # -- 2. an owed cancel waiting for a resume() is dropped after 10 s, silently --------------------
 
 
-class SlowCreateOfXAndSlowSignalsOfParked(MemoryAdapter):
-    """The first ``create()`` of ``"x"`` takes 11 s; once ``slow_signals``, reading the
-    signals of ``"parked"`` takes 200 s (a resume in the background, storage slow to answer)."""
-
-    slow_signals = False
-    x_created = False
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        if instance_id == "x" and not self.x_created:
-            self.x_created = True
-            await trio.sleep(11)
-        return await super().create(instance_id, *args, **kwargs)
-
-    async def signals(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
-        if instance_id == "parked" and self.slow_signals:
-            await trio.sleep(200)
-        return await super().signals(instance_id, *args, **kwargs)
-
-
 async def test_an_owed_cancel_of_a_queued_start_that_waits_for_a_slow_resume_is_dropped_and_the_instance_completes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -130,13 +103,8 @@ async def test_an_owed_cancel_of_a_queued_start_that_waits_for_a_slow_resume_is_
     ``TrioflowError`` so nothing is even logged, and the cancel is gone. At 30 s "b" ends, "x"
     takes the slot and ends ``completed``."""
     adapter = SlowCreateOfXAndSlowSignalsOfParked()
-    parker = tf.workflow("parker").receive("go", signal="go", timeout=100_000).build()
-    async with open_test_engine(adapter=adapter) as engine:
-        engine.register(parker)
-        await engine.start("parker", instance_id="parked")
-        await trio.sleep(5)
-        await engine.signal("parked", "other")  # kept for a later receive: it stays parked
-        await trio.sleep(5)
+    parker = PARKER
+    await leave_parked(adapter)
     adapter.slow_signals = True
     async with open_test_engine(adapter=adapter, max_running=1) as engine:
         engine.register(tf.workflow("w").step("s", _one_second).build())
@@ -206,19 +174,8 @@ async def test_an_owed_cancel_cancels_a_new_instance_started_under_the_id_at_the
     async with open_test_engine(adapter=adapter) as engine:
         engine.register(tf.workflow("w").step("s", _one_second).build())
         engine.register(tf.workflow("w2").step("s", _thousand_seconds).build())
-        first_done = trio.Event()
-        first: list[Any] = []
-
-        async def start_first() -> None:
-            try:
-                first.append(await engine.start("w", instance_id="x"))
-            except tf.TrioflowError as exc:
-                first.append(exc)
-            finally:
-                first_done.set()
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(start_first)
+            first_done, first = start_beside(nursery, engine)
             await adapter.create_entered.wait()
             assert await engine.cancel("x")  # True after 10 s: the store has not answered
             said = trio.current_time()
@@ -238,15 +195,6 @@ async def test_an_owed_cancel_cancels_a_new_instance_started_under_the_id_at_the
 
 
 # -- 4. an owed cancel is dropped when the wall clock steps back ---------------------------------
-
-
-class SlowCreateOfX(MemoryAdapter):
-    """``create()`` of instance ``"x"`` takes 20 s (storage slow to answer)."""
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        if instance_id == "x":
-            await trio.sleep(20)
-        return await super().create(instance_id, *args, **kwargs)
 
 
 async def test_an_owed_cancel_is_dropped_when_the_wall_clock_steps_back_while_the_start_is_stored(

@@ -28,10 +28,7 @@ import trioflow as tf
 from trioflow.adapters import MemoryAdapter
 from trioflow.testing import open_test_engine
 
-
-async def _one_second(ctx: Any) -> str:
-    await trio.sleep(1)
-    return "done"
+from owed_cancels import PARKER, leave_parked, end_in_a_new_engine, start_beside, one_second as _one_second, thousand_seconds as _thousand_seconds
 
 
 # -- 1. an owed cancel of a child hold skips the child its step's next try stores ---------------
@@ -94,11 +91,6 @@ async def test_an_owed_cancel_of_a_held_child_is_skipped_when_the_childs_next_st
 T0 = 1_800_000_000.0
 
 
-async def _thousand_seconds(ctx: Any) -> str:
-    await trio.sleep(1000)
-    return "done"
-
-
 async def test_an_owed_cancel_cancels_a_new_instance_of_its_id_started_after_the_wall_clock_stepped_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -130,19 +122,8 @@ async def test_an_owed_cancel_cancels_a_new_instance_of_its_id_started_after_the
     async with open_test_engine(adapter=adapter, clock=clock) as engine:
         engine.register(tf.workflow("w").step("s", _one_second).build())
         engine.register(tf.workflow("w2").step("s", _thousand_seconds).build())
-        first_done = trio.Event()
-        first: list[Any] = []
-
-        async def start_first() -> None:
-            try:
-                first.append(await engine.start("w", instance_id="x"))
-            except tf.TrioflowError as exc:
-                first.append(exc)
-            finally:
-                first_done.set()
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(start_first)
+            first_done, first = start_beside(nursery, engine)
             await adapter.create_entered.wait()
             assert await engine.cancel("x")  # True after 10 s: the store has not answered
             release = adapter.load_gate = trio.Event()
@@ -251,30 +232,16 @@ async def test_an_owed_cancel_is_dropped_in_the_shutdown_cleanup_when_a_resume_i
     the actors stopped, so nothing was to be waited for.) Without the resume the cancel is
     stored; with it, the next engine resumes "x" going forward and it ends ``completed``."""
     adapter = SlowCreateOfXAndUncutSignalReadOfParked()
-    parker = tf.workflow("parker").receive("go", signal="go", timeout=100_000).build()
-    async with open_test_engine(adapter=adapter) as engine:
-        engine.register(parker)
-        await engine.start("parker", instance_id="parked")
-        await trio.sleep(5)
-        await engine.signal("parked", "other")  # kept for a later receive: it stays parked
-        await trio.sleep(5)
+    parker = PARKER
+    await leave_parked(adapter)
     adapter.slow_signals = True
     said: list[bool] = []
-    start_done = trio.Event()
     async with trio.open_nursery() as outer:
         with trio.CancelScope() as shutdown:
             async with open_test_engine(adapter=adapter) as engine:
                 engine.register(tf.workflow("w").step("s", _one_second).build())
 
-                async def start() -> None:
-                    try:
-                        await engine.start("w", instance_id="x")
-                    except tf.EngineClosedError:
-                        pass
-                    finally:
-                        start_done.set()
-
-                outer.start_soon(start)
+                start_done, _ = start_beside(outer, engine)
                 await trio.sleep(0.5)
                 said.append(await engine.cancel("x"))  # True at 20.5 s: storage is slow
                 engine.register(parker)  # a resume in the background, 200 s long
@@ -288,11 +255,7 @@ async def test_an_owed_cancel_is_dropped_in_the_shutdown_cleanup_when_a_resume_i
                         await trio.sleep(1)
     assert said == [True]
     adapter.slow_signals = False
-    async with open_test_engine(adapter=adapter) as engine:
-        engine.register(tf.workflow("w").step("s", _one_second).build())
-        with trio.fail_after(600):
-            ended = await engine.wait("x")
-    assert ended.status == "cancelled"
+    assert await end_in_a_new_engine(adapter) == "cancelled"
 
 
 # -- 5. an owed cancel that meets a retried start of its id ends at its own deadline, silently ---
