@@ -103,9 +103,9 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
                     # is registered (see _start). (Not held while it waits for that: a cancel()
                     # of it must not wait for a registration.)
                     if not children.runnable(step.workflow):
-                        children.release(held)
+                        before = children.release(held, for_now=True)
                         await children.until_registered(step.workflow)
-                        held = children.hold(child_id, step.workflow)
+                        held = children.hold(child_id, step.workflow, before)
                     begun = run.state.records[lane.begun]
                     await _store_child(run, step, lane, child_id, begun.input, begun.input_is_workflow_input, held,
                                        ctx.fanouts)

@@ -183,14 +183,16 @@ class Children(Protocol):
         engine (a row found under it is from an earlier try: it runs, whatever ``resume=``)."""
         ...
 
-    def hold(self, child_id: str, workflow: str) -> object:
+    def hold(self, child_id: str, workflow: str, before: object = None) -> object:
         """Hold ``child_id`` as being stored from now, before its parent's write that lists it:
         ``signal()``, ``cancel()`` and ``wait()`` of it wait for its store rather than find no
-        such instance. Pass what this gives to :meth:`start`; :meth:`release` it in any case."""
+        such instance. Pass what this gives to :meth:`start`; :meth:`release` it in any case.
+        ``before``: what :meth:`release` gave for a hold of it let go of for now."""
         ...
 
-    def release(self, held: object) -> None:
-        """Let go of what :meth:`hold` gave, if :meth:`start` has not (its store ended)."""
+    def release(self, held: object, *, for_now: bool = False) -> object:
+        """Let go of what :meth:`hold` gave, if :meth:`start` has not (its store ended);
+        ``for_now``: to hold it again (pass what this gives to that :meth:`hold`)."""
         ...
 
     def check_runnable(self, workflow: str) -> None:

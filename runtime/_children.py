@@ -50,11 +50,12 @@ class EngineChildren:
         # The engine's coroutine itself, not one around it: a frame fewer per child starting.
         return self._engine._start_child(workflow, input, child_id, parent_id, held, ours)
 
-    def hold(self, child_id: str, workflow: str) -> object:
-        return self._engine._hold_start(child_id, workflow)
+    def hold(self, child_id: str, workflow: str, before: object = None) -> object:
+        return self._engine._hold_start(child_id, workflow, before)
 
-    def release(self, held: object) -> None:
-        self._engine._release_start(held, step_over=True)
+    def release(self, held: object, *, for_now: bool = False) -> object:
+        self._engine._release_start(held, step_over=not for_now, for_now=for_now)
+        return held
 
     def check_runnable(self, workflow: str) -> None:
         self._engine._runnable(workflow)

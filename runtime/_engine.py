@@ -360,23 +360,27 @@ class Engine:
         starts_at = None if delay is None and start_at is None else self._start_time(delay, start_at)
         return await self._start(workflow_name, input, instance_id, starts_at)
 
-    def _hold_start(self, instance_id: str, workflow_name: str) -> _Storing | None:
+    def _hold_start(self, instance_id: str, workflow_name: str, before: object = None) -> _Storing | None:
         """Hold ``instance_id`` as being stored (see ``Children.hold``): ``None`` if it is
-        already (a start of the id in flight: the child step's start waits for it)."""
+        already (a start of the id in flight: the child step's start waits for it). ``before``:
+        a hold of it let go of for now, whose owed cancel (see :meth:`cancel`) this one takes on."""
         if instance_id in self._storing or instance_id in self._live:
             return None
         held = self._storing[instance_id] = _Storing(workflow_name, instance_id)
+        if isinstance(before, _Storing):
+            held.cancel_owed, held.created_ats = before.cancel_owed, before.created_ats
         return held
 
-    def _release_start(self, held: object, *, step_over: bool = False) -> None:
+    def _release_start(self, held: object, *, step_over: bool = False, for_now: bool = False) -> None:
         """Let go of what :meth:`_hold_start` held (or ``_start`` itself); ``step_over``: its
         child step is done with it, stored or not (its parent cancelled while it was tried):
-        the failed tries' creation times (see ``_start``) are of no more use."""
+        the failed tries' creation times (see ``_start``) are of no more use; ``for_now``: to be
+        held again, taking on its owed cancel."""
         if isinstance(held, _Storing):
             if self._storing.get(held.instance_id) is held:
                 del self._storing[held.instance_id]
                 held.done()
-                if held.cancel_owed is not None and not self._closed:
+                if held.cancel_owed is not None and not self._closed and not for_now:
                     # A cancel() said yes as it waited for this store: whatever the store made
                     # of it (a run, queued or not; a row, its answer lost), it is cancelled now.
                     # (Beside the actors, as end hooks run: the actors' nursery may be stopping.)
@@ -567,13 +571,15 @@ class Engine:
         ``trioflow.actors._instance``): the engine's shutdown may be what the store ended in."""
         instance_id = owed.instance_id
         assert owed.cancel_owed is not None
+        if self._pending_resumes and instance_id not in self._live and not self._actors_stopped:
+            # Unbounded (a resume may read storage slow to answer), and not once the actors
+            # stopped (a resume then takes nothing up): the engine's close ends it.
+            await self._resumes_settled.wait()
         with trio.CancelScope(shield=True, deadline=trio.current_time() + 2 * CANCEL_STORE_WAIT) as bounded:
             try:
-                if self._pending_resumes and instance_id not in self._live and not self._actors_stopped:
-                    # (Not once the actors stopped: a resume then takes nothing up.)
-                    await self._resumes_settled.wait()
                 again = self._storing.get(instance_id)
-                if again is not None:
+                # (One of another workflow being started is not a retry: not handed on to.)
+                if again is not None and again.workflow_name == owed.workflow_name:
                     again.cancel_owed = owed.cancel_owed if again.cancel_owed is None else again.cancel_owed
                     again.created_ats.extend(owed.created_ats)
                     return
