@@ -54,7 +54,7 @@ class EngineChildren:
         return self._engine._hold_start(child_id, workflow, before)
 
     def release(self, held: object, *, for_now: bool = False) -> object:
-        self._engine._release_start(held, step_over=not for_now, for_now=for_now)
+        self._engine._release_start(held, step_over=not for_now)
         return held
 
     def check_runnable(self, workflow: str) -> None:

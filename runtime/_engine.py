@@ -371,16 +371,19 @@ class Engine:
             held.cancel_owed, held.created_ats = before.cancel_owed, before.created_ats
         return held
 
-    def _release_start(self, held: object, *, step_over: bool = False, for_now: bool = False) -> None:
+    def _release_start(self, held: object, *, step_over: bool = False) -> None:
         """Let go of what :meth:`_hold_start` held (or ``_start`` itself); ``step_over``: its
         child step is done with it, stored or not (its parent cancelled while it was tried):
-        the failed tries' creation times (see ``_start``) are of no more use; ``for_now``: to be
-        held again, taking on its owed cancel."""
+        the failed tries' creation times (see ``_start``) are of no more use. (A child hold let
+        go of for now runs its owed cancel too, the next hold taking the debt on: see
+        :meth:`_hold_start`.)"""
         if isinstance(held, _Storing):
             if self._storing.get(held.instance_id) is held:
                 del self._storing[held.instance_id]
                 held.done()
-                if held.cancel_owed is not None and not self._closed and not for_now:
+                # (Also when let go of for now: the next hold takes the debt on, and may be
+                # refused, a resume having taken the child up; the row may be there meanwhile.)
+                if held.cancel_owed is not None and not self._closed:
                     # A cancel() said yes as it waited for this store: whatever the store made
                     # of it (a run, queued or not; a row, its answer lost), it is cancelled now.
                     # (Beside the actors, as end hooks run: the actors' nursery may be stopping.)
@@ -573,7 +576,8 @@ class Engine:
         assert owed.cancel_owed is not None
         if self._pending_resumes and instance_id not in self._live and not self._actors_stopped:
             # Unbounded (a resume may read storage slow to answer), and not once the actors
-            # stopped (a resume then takes nothing up): the engine's close ends it.
+            # stopped (a resume then takes nothing up). An engine that closes meanwhile leaves
+            # the instance as last stored (README), as it leaves any decision not yet stored.
             await self._resumes_settled.wait()
         with trio.CancelScope(shield=True, deadline=trio.current_time() + 2 * CANCEL_STORE_WAIT) as bounded:
             try:
