@@ -108,7 +108,7 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
                         held = children.hold(child_id, step.workflow, before)
                     begun = run.state.records[lane.begun]
                     await _store_child(run, step, lane, child_id, begun.input, begun.input_is_workflow_input, held,
-                                       ctx.fanouts)
+                                       ctx._fanouts)
                     # Stored now: not to be looked at again, at this take-up nor at any later one
                     # (a map of children woken for each one's end would start every open one
                     # again each time); the wait stored next says so. (A wait with no ``check``
@@ -207,7 +207,7 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
         # cancel then stops the lane (and cancel_children the child) as for one started before it.
         with trio.CancelScope(shield=True):
             await announce(run, step, lane_key, lane)
-        await _store_child(run, step, lane, child_id, child_input, uses_input, held, ctx.fanouts, ours=True)
+        await _store_child(run, step, lane, child_id, child_input, uses_input, held, ctx._fanouts, ours=True)
     finally:
         run.children.release(held)
 
@@ -218,7 +218,7 @@ async def _store_child(
 ) -> None:
     """Store the child (or find it stored) and run it, its workflow registered; once its start
     is stored in the parent. ``held``: what ``Children.hold`` gave for it; ``fanouts``: its
-    lane's (see ``WorkflowContext.fanouts``); ``ours``: a new child id (see ``Children.start``)."""
+    lane's (see ``WorkflowContext._fanouts``); ``ours``: a new child id (see ``Children.start``)."""
     state = run.state
     assert run.children is not None
     deadline: float | None = None

@@ -267,7 +267,7 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
                     run.lane_runs()  # (counted now, not as it starts: see trioflow.actors._wait.settle)
                     left[0] += 1
                     nursery.start_soon(_branch_actor, run, branch, key, failures,
-                                       nursery.cancel_scope if fail_fast else None, left, ctx._item, ctx.fanouts)
+                                       nursery.cancel_scope if fail_fast else None, left, ctx._item, ctx._fanouts)
     except BaseExceptionGroup as group:
         # Branch failures are values (``failures``); what escapes (KeyboardInterrupt,
         # SystemExit, cancellation, storage gone) callers expect as itself, not wrapped.
@@ -291,7 +291,7 @@ async def _branch_actor(
     left: list[int], item: ItemPlace | None, fanouts: tuple[object, ...],
 ) -> None:
     ctx = run.context(key, len(branch.steps), item)  # (in a map item, the branch's steps are the item's)
-    ctx.fanouts = fanouts if cancel_siblings is None else (*fanouts, cancel_siblings)
+    ctx._fanouts = fanouts if cancel_siblings is None else (*fanouts, cancel_siblings)
     swap_lane(ctx)  # the branch's steps report this lane
     try:
         await run_lane(run, key, branch.index, ctx)

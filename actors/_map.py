@@ -64,7 +64,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
             raise StepFailure(step.name, exc, 1) from exc
         progress = open_items(state, step, lane, start)
         await run.persist()  # the items are stored before any item runs
-    fanout = _Items(run, step, lane_key, progress, ctx.fanouts)
+    fanout = _Items(run, step, lane_key, progress, ctx._fanouts)
     resumed = []
     for index, key in running_items(state, step, scope):
         finished = item_finished(state.lanes[key])
@@ -123,7 +123,7 @@ class _Items:
         self.cancel: trio.CancelScope | None = None
         #: The errors this run saw items fail with, by index (others are known as recorded).
         self.live: dict[int, tuple[str, BaseException]] = {}
-        #: The fail-fast fan-outs the items run in (see ``WorkflowContext.fanouts``).
+        #: The fail-fast fan-outs the items run in (see ``WorkflowContext._fanouts``).
         self.fanouts = fanouts
 
     def over(self) -> bool:
@@ -134,7 +134,7 @@ class _Items:
         run, step = self.run, self.step
         assert self.lane.begun is not None  # the map execution's start record
         ctx = run.context(key, len(step.branch.steps), (index, item, self.lane.begun))
-        ctx.fanouts = self.fanouts
+        ctx._fanouts = self.fanouts
         swap_lane(ctx)  # the item's steps report its lane
         failed = False
         try:

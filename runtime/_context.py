@@ -161,7 +161,7 @@ class WorkflowContext:
 
     __slots__ = (
         "_state", "_services", "_encodable", "driver", "lane", "step_index", "total_steps",
-        "_calling", "_attempt", "_compensating", "_item", "_until", "copies", "fanouts",
+        "_calling", "_attempt", "_compensating", "_item", "_until", "copies", "_fanouts",
     )
 
     def __init__(
@@ -185,7 +185,7 @@ class WorkflowContext:
         self.lane = lane
         #: The cancel scopes of the fail-fast fan-outs whose branch or item this lane runs in
         #: (or runs inside), set by the actors: what a fail-fast's cancel reaches.
-        self.fanouts: tuple[object, ...] = ()
+        self._fanouts: tuple[object, ...] = ()
         self.step_index = 0
         self.total_steps = total_steps
         # What ``trioflow.current_step()`` reports: the step whose callable the lane is calling

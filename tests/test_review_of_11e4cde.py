@@ -4,7 +4,7 @@ Each test here failed on 11e4cde and is fixed by the commit that added this file
 that said yes after waiting 10 s for a store now has the instance cancelled beside it once the
 store is let go of, whatever it made (a queued run, a row whose answer was lost and that the
 caller's retry takes up); a fail-fast fan-out bounds only the child stores of the lanes it
-cancels (``WorkflowContext.fanouts``); only a child whose cancel was stored is taken up here
+cancels (``WorkflowContext._fanouts``); only a child whose cancel was stored is taken up here
 under resume=False; a ledger record damaged into text or NULL, or read for a run cancelled
 after its commit, is reported unreadable. The three on cancel() after 10 s and on bounded child stores
 pass on 11e4cde^ (regressions of 11e4cde); the resume=False one passes on 66e152d^ (a
