@@ -368,7 +368,7 @@ class Engine:
             return None
         held = self._storing[instance_id] = _Storing(workflow_name, instance_id)
         if isinstance(before, _Storing):
-            held.cancel_owed, held.created_ats = before.cancel_owed, before.created_ats
+            held.cancel_owed, held.created_ats = before.cancel_owed, list(before.created_ats)
         return held
 
     def _release_start(self, held: object, *, step_over: bool = False) -> None:
