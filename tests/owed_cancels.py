@@ -93,3 +93,24 @@ async def end_in_a_new_engine(adapter: Any) -> str:
         engine.register(tf.workflow("w").step("s", one_second).build())
         with trio.fail_after(600):
             return (await engine.wait("x")).status
+
+
+async def cancel_as_x_is_stored_and_a_resume_begins(engine: tf.Engine, parker: Any) -> list[bool]:
+    """In ``engine``: ``start("w", instance_id="x")`` beside (its caller gives up when the
+    store fails), ``cancel("x")`` 0.5 s later (storage slow: it says yes after 10 s), then
+    ``parker`` registered (a resume in the background). What ``cancel()`` said."""
+    said: list[bool] = []
+    engine.register(tf.workflow("w").step("s", one_second).build())
+
+    async def start() -> None:
+        try:
+            await engine.start("w", instance_id="x")
+        except tf.StorageUnavailableError:
+            pass  # its caller gives up
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(start)
+        await trio.sleep(0.5)
+        said.append(await engine.cancel("x"))  # True at 10.5 s: storage is slow
+        engine.register(parker)  # a resume in the background
+    return said

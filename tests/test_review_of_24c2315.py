@@ -29,7 +29,7 @@ import trioflow as tf
 from trioflow.adapters import MemoryAdapter
 from trioflow.testing import open_test_engine
 
-from owed_cancels import PARKER, leave_parked, end_in_a_new_engine, one_second as _one_second
+from owed_cancels import cancel_as_x_is_stored_and_a_resume_begins, PARKER, leave_parked, end_in_a_new_engine, one_second as _one_second
 from test_review_of_9a5f967 import SlowLostCreateOfXAndSlowSignalReadOfParked
 
 
@@ -63,21 +63,8 @@ async def test_an_owed_cancel_waiting_for_an_unrelated_resume_is_lost_when_the_e
     adapter = SlowLostCreateOfXAndSlowSignalReadOfParked()
     await leave_parked(adapter)
     adapter.slow_signals = True
-    said: list[bool] = []
     async with open_test_engine(adapter=adapter) as engine:
-        engine.register(tf.workflow("w").step("s", _one_second).build())
-
-        async def start() -> None:
-            try:
-                await engine.start("w", instance_id="x")
-            except tf.StorageUnavailableError:
-                pass  # its caller gives up
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(start)
-            await trio.sleep(0.5)
-            said.append(await engine.cancel("x"))  # True at 10.5 s: storage is slow
-            engine.register(PARKER)  # a resume in the background, 200 s long
+        said = await cancel_as_x_is_stored_and_a_resume_begins(engine, PARKER)  # (a 200 s resume)
         await trio.sleep(60)  # 80 s: "x" has been stored (and storage answering for it) for 60 s
     assert said == [True]
     adapter.slow_signals = False
@@ -102,6 +89,23 @@ class KidStoredThenSlowSignalReadOfP(MemoryAdapter):
         if instance_id == "p" and self.slow_signals:
             await trio.sleep(15)
         return await super().signals(instance_id, *args, **kwargs)
+
+async def _kid_stored_as_an_engine_closed() -> tuple[KidStoredThenSlowSignalReadOfP, Any, Any]:
+    """A first engine closes while child ``p/kid#1`` of ``dad`` is stored (the store finishes
+    first, ``running``); its adapter then reads ``p``'s signals slowly. (adapter, kid, dad)."""
+    adapter = KidStoredThenSlowSignalReadOfP()
+    kid = tf.workflow("kid").step("k", _one_second).build()
+    dad = tf.workflow("dad").child("kid", workflow="kid").build()
+    async with open_test_engine(adapter=adapter) as engine:
+        engine.register(kid)
+        engine.register(dad)
+        await engine.start("dad", instance_id="p")
+        await trio.sleep(3)
+    stored = await adapter.load("p/kid#1")
+    assert stored is not None and stored.status == "running"
+    adapter.slow_signals = True
+    return adapter, kid, dad
+
 
 
 async def test_an_owed_cancel_carried_across_a_registration_wait_is_dropped_when_a_resume_takes_the_child_first(
@@ -129,17 +133,7 @@ async def test_an_owed_cancel_carried_across_a_registration_wait_is_dropped_when
     # here to one it may choose, the newest task first (sorted by creation, never shuffled).
     monkeypatch.setattr(trio._core._run, "_ALLOW_DETERMINISTIC_SCHEDULING", True)
     monkeypatch.setattr(trio._core._run._r, "shuffle", lambda batch: None)
-    adapter = KidStoredThenSlowSignalReadOfP()
-    kid = tf.workflow("kid").step("k", _one_second).build()
-    dad = tf.workflow("dad").child("kid", workflow="kid").build()
-    async with open_test_engine(adapter=adapter) as engine:
-        engine.register(kid)
-        engine.register(dad)
-        await engine.start("dad", instance_id="p")
-        await trio.sleep(3)  # closes while p/kid#1 is stored (the store finishes first)
-    stored = await adapter.load("p/kid#1")
-    assert stored is not None and stored.status == "running"
-    adapter.slow_signals = True
+    adapter, kid, dad = await _kid_stored_as_an_engine_closed()
     async with open_test_engine(adapter=adapter) as engine:
         engine.register(dad)  # "kid" is not registered yet
         await trio.sleep(7.5)  # p is taken up to check that its child is stored
@@ -177,17 +171,7 @@ async def test_an_owed_cancel_parked_on_a_hold_let_go_of_for_now_is_never_stored
     step. The next engine (both workflows registered) runs ``p/kid#1`` to ``completed``. (A
     second ``cancel("p/kid#1")`` made at 50 s in the same engine says True and stores it: the
     next engine ends it ``cancelled``.)"""
-    adapter = KidStoredThenSlowSignalReadOfP()
-    kid = tf.workflow("kid").step("k", _one_second).build()
-    dad = tf.workflow("dad").child("kid", workflow="kid").build()
-    async with open_test_engine(adapter=adapter) as engine:
-        engine.register(kid)
-        engine.register(dad)
-        await engine.start("dad", instance_id="p")
-        await trio.sleep(3)  # closes while p/kid#1 is stored (the store finishes first)
-    stored = await adapter.load("p/kid#1")
-    assert stored is not None and stored.status == "running"
-    adapter.slow_signals = True
+    adapter, kid, dad = await _kid_stored_as_an_engine_closed()
     async with open_test_engine(adapter=adapter) as engine:
         engine.register(dad)  # "kid" is not registered in this engine
         await trio.sleep(7.5)  # p is taken up to check that its child is stored

@@ -27,6 +27,8 @@ import trioflow as tf
 from trioflow.adapters import MemoryAdapter
 from trioflow.testing import open_test_engine
 
+from owed_cancels import cancel_as_x_is_stored_and_a_resume_begins
+
 
 async def _one_second(ctx: Any) -> str:
     await trio.sleep(1)
@@ -85,21 +87,8 @@ async def test_an_owed_cancel_is_dropped_when_an_unrelated_resume_outlasts_its_2
         await engine.signal("parked", "other")  # kept for a later receive: it stays parked
         await trio.sleep(5)
     adapter.slow_signals = True
-    said: list[bool] = []
     async with open_test_engine(adapter=adapter) as engine:
-        engine.register(tf.workflow("w").step("s", _one_second).build())
-
-        async def start() -> None:
-            try:
-                await engine.start("w", instance_id="x")
-            except tf.StorageUnavailableError:
-                pass  # its caller gives up
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(start)
-            await trio.sleep(0.5)
-            said.append(await engine.cancel("x"))  # True at 10.5 s: storage is slow
-            engine.register(parker)  # a resume in the background, 200 s long
+        said = await cancel_as_x_is_stored_and_a_resume_begins(engine, parker)  # (a 200 s resume)
         await trio.sleep(300)  # the resume is over; the owed cancel has had every chance
     assert said == [True]
     adapter.slow_signals = False
