@@ -708,12 +708,16 @@ def compensated_steps(state: InstanceState) -> tuple[str, ...]:
 def compensation_errors(state: InstanceState) -> dict[str, str]:
     """Step name -> error, for each step whose compensation failed for good (a step run more
     than once: its newest failing execution's error; see :func:`compensation_errors_by_execution`)."""
+    if not state.compensation_errors:
+        return {}  # (most runs: every result and view asks)
     return {state.records[seq].step_name: error for seq, error in sorted(state.compensation_errors.items())}
 
 
 def compensation_errors_by_execution(state: InstanceState) -> dict[str, str]:
     """Execution id -> error, for each execution whose compensation failed for good, in the
     order the executions ended."""
+    if not state.compensation_errors:
+        return {}  # (most runs: every result and view asks)
     return {state.records[seq].id: error for seq, error in sorted(state.compensation_errors.items())}
 
 
