@@ -230,11 +230,13 @@ async def _announce_start(run: Run, ctx: WorkflowContext) -> None:
         run.emit("workflow.started", input=run.state.input)
     if run.has_hooks:
         await run.hook("on_start", ctx)
-        if run.state.data and run.adapter is not None and run.definition.hooks.on_start is not None:
+        if run.adapter is not None and run.definition.hooks.on_start is not None \
+                and (run.state.data or run.stored_status == "pending"):
             # What it may have set in the shared data is stored before the first step: a restart
             # during that step does not run the hook again, and would start it without that data.
             # (Whatever it set: the check after a hook drops what cannot be stored, and keeps
-            # the rest without noting it as checked.)
+            # the rest without noting it as checked.) Until then it is stored pending (see
+            # ``pending_until_announced``): a restart before this store announces it again.
             await run.persist()
 
 

@@ -110,6 +110,16 @@ def failure_named_by_workflow(state: InstanceState, definition: WorkflowDefiniti
     return failed is not None and recorded_failure(failed, found[0], state.instance_id).named_by_workflow
 
 
+def pending_until_announced(definition: WorkflowDefinition, state: InstanceState) -> bool:
+    """Whether an instance that is not started yet stays stored ``pending`` until its start is
+    announced: one whose ``on_start`` hook may set shared data, its start not delayed (a
+    delayed start stores its start once it has announced it already). The checkpoint right
+    after the hook stores it running, with what the hook set; a crash before then leaves it
+    pending, and its next run announces it (and runs the hook) again, rather than go on
+    without what the hook would have set."""
+    return definition.hooks.on_start is not None and state.lanes[MAIN].waiting is None
+
+
 def admit(state: InstanceState, now: float | None) -> None:
     """A pending instance got a running slot (``now=None``: to end at once, cancelled while it
     was queued: it never starts, as a delayed start cancelled before its time does not)."""

@@ -47,7 +47,7 @@ from ._context import check_services
 from ._current import check_in_trio, lane_of_caller
 from ._decide import (
     admit, begin_compensation, cut_short_execution, cut_short_fields, fail_alone, fail_step, misfit, new_state,
-    pending_compensations, steps_under_way, take_up, unended_children, wake_at,
+    pending_compensations, pending_until_announced, steps_under_way, take_up, unended_children, wake_at,
 )
 from ._ids import CreationTimes, new_instance_id
 from ._definition import WorkflowDefinition, built
@@ -444,6 +444,9 @@ class Engine:
         if starts_at is not None:
             state.lanes[MAIN].waiting = {"start": starts_at}
             state.started_at = None  # set when it starts: its timeout counts from then
+        elif status == "running" and pending_until_announced(definition, state):
+            state.status = status = "pending"  # (until its on_start hook has run: see there)
+            state.started_at = None  # (set as it is admitted)
         if state.data:
             remember_data(state)
         start, header = encode_start(state), encode_header(state)
@@ -1852,14 +1855,17 @@ class Engine:
             if state.status == "pending":
                 # Stored at once: listings by status agree with it, and a restart during the
                 # first step keeps the time its workflow timeout counts from. It never ran, even
-                # if resumed from storage: it starts now (workflow.started, on_start).
+                # if resumed from storage: it starts now (workflow.started, on_start). (Once its
+                # on_start hook has run, for one that stays pending until then: see
+                # ``pending_until_announced``.)
                 admit(state, None if run.cancel_requested else self._clock())
                 run.resumed = False
-                try:
-                    await run.persist()
-                except trio.Cancelled:
-                    await store_cancel(run)  # (a cancel() that launched it, and the engine closing)
-                    raise
+                if run.cancel_requested or not pending_until_announced(run.definition, state):
+                    try:
+                        await run.persist()
+                    except trio.Cancelled:
+                        await store_cancel(run)  # (a cancel() that launched it, and the engine closing)
+                        raise
             await run_instance(run)
         except SnapshotDecodeError as exc:
             # Storage holds something for it that this release cannot read (a signal a newer

@@ -80,22 +80,19 @@ async def _first(ctx: tf.WorkflowContext) -> Any:
     return ctx.get("tenant")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, left: what on_start sets is stored by a checkpoint right after the hook, and the hook runs once; a"
-    " crash between the instance's creation and that checkpoint loses it (a resumed run does not announce its"
-    " start again). Running the hook again there needs a stored mark that it ran: README says so"))
 @pytest.mark.trio
 @pytest.mark.parametrize("lost_writes", [False, True], ids=["crash-after-write", "lost-write"])
 async def test_every_crash_point_of_a_workflow_whose_on_start_sets_data_gives_the_crash_free_outcome(
     lost_writes: bool,
 ) -> None:
     """``explore_crashes`` over a one-step workflow whose ``on_start`` sets ``tenant`` and whose
-    step returns it: the crash-free run gives ``"acme"``. A crash after write 1 (the instance
+    step returns it: the crash-free run gives ``"acme"``, and so does a crash at every write.
+    A strict xfail until the commit that removed its mark: a crash after write 1 (the instance
     created: the hook has run, its new checkpoint not yet stored), or that checkpoint lost,
-    resumes an instance whose stored data lacks ``tenant``; the resumed run is ``resumed``, so
-    ``_forward`` (actors/_instance.py, ``not run.resumed``) does not announce it again and the
-    hook never runs again: the output is None. 445379e's checkpoint after the hook narrows the
-    window (a restart during the first step) but leaves this one: the crash-free outcome is not
-    given at every crash point (CrashDivergenceError)."""
+    resumed an instance whose stored data lacked ``tenant``; the resumed run was ``resumed``, so
+    ``_forward`` (actors/_instance.py, ``not run.resumed``) did not announce it again and the
+    hook never ran again: the output was None (CrashDivergenceError). Such an instance is now
+    stored pending until the checkpoint after its hook (``pending_until_announced``): a crash
+    before it leaves one that never started, whose next run announces it again."""
     definition = tf.workflow("h").step("first", _first).with_hooks(on_start=_set_tenant).build()
     await explore_crashes(definition, lost_writes=lost_writes)
