@@ -512,8 +512,10 @@ class Engine:
                         never_ran = ours and existing.workflow_name == workflow_name and not found.records
                         # Not started yet either (not waiting in its first step, not queued: a
                         # pending row is announced as it gets its slot, and a delayed one once
-                        # its start time comes, as a resumed one is).
-                        fresh = never_ran and existing.status == "running" and found.lanes[MAIN].waiting is None
+                        # its start time comes, as a resumed one is; nor one whose on_start hook
+                        # has run: stored running only once it has, see pending_until_announced).
+                        fresh = never_ran and existing.status == "running" and found.lanes[MAIN].waiting is None \
+                            and not pending_until_announced(definition, found)
                 self._unanswered.pop(instance_id, None)  # (its row is found, and known for what it is)
                 if existing is not None:
                     if parent is not None and existing.status in TERMINAL:
