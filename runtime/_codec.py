@@ -42,6 +42,7 @@ from ._snapshot import (
     StepResult,
     child_wait,
     failed_compensation,
+    new_instance_state,
     new_record,
     with_values,
 )
@@ -774,12 +775,10 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         _malformed("malformed maps")
     if not (count == len(records)):
         _malformed("the header counts %r step records, %d are stored", count, len(records))
-    state = InstanceState(
-        instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=SharedData(data),
-        lanes={}, phase=phase, outcome=outcome, rolled_back=bool(rolled_back), error=error,
-        failed_step=failed_step, created_at=created_at, started_at=started_at, completed_at=completed_at,
-        error_name=error_name, cause=cause, parent_id=parent_id,
-    )
+    state = new_instance_state(iid, name, str(fingerprint), status, input, SharedData(data), {}, created_at, started_at)
+    state.phase, state.outcome, state.rolled_back, state.error = phase, outcome, bool(rolled_back), error
+    state.failed_step, state.completed_at, state.error_name, state.cause = failed_step, completed_at, error_name, cause
+    state.parent_id = parent_id
     if error is not None and error_name is None:
         state.error_name, state.cause = split_description(error)
     failures = []
@@ -1025,12 +1024,9 @@ def _state_v1(raw: list[Any]) -> InstanceState:
     _expect(isinstance(data, dict) and isinstance(lanes, dict) and isinstance(results, dict), "malformed maps")
     _expect(isinstance(completed, list) and isinstance(compensated, list), "malformed step lists")
     _expect(isinstance(comp_errors, dict), "malformed compensation errors")
-    state = InstanceState(
-        instance_id=iid, workflow_name=name, fingerprint=str(fingerprint), status=status, input=input, data=SharedData(data),
-        lanes={}, phase=phase, outcome=outcome, rolled_back=bool(rolled_back), error=error,
-        failed_step=failed_step, created_at=created_at, started_at=started_at, completed_at=completed_at,
-        start_stored=False,
-    )
+    state = new_instance_state(iid, name, str(fingerprint), status, input, SharedData(data), {}, created_at, started_at)
+    state.phase, state.outcome, state.rolled_back, state.error = phase, outcome, bool(rolled_back), error
+    state.failed_step, state.completed_at, state.start_stored = failed_step, completed_at, False
     if error is not None:
         state.error_name, state.cause = split_description(error)
     # Completed steps in completion order, then the failed one(s); format 1 kept one result per

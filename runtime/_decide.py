@@ -33,24 +33,20 @@ from ._lanes import (
 )
 from ._matching import matches
 from ._shared_data import SharedData
-from ._snapshot import InstanceState, Lane, Status, StepResult, StepStatus, drop_lane, new_lane, new_record, outer_lane
+from ._snapshot import (
+    InstanceState, Lane, Status, StepResult, StepStatus, drop_lane, new_instance_state, new_lane, new_record, outer_lane,
+)
 
 
 def new_state(
     definition: WorkflowDefinition, instance_id: str, input: Any, now: float, *, status: Status = "running"
 ) -> InstanceState:
     """A fresh instance positioned at its first step."""
-    return InstanceState(
-        instance_id=instance_id,
-        workflow_name=definition.name,
-        fingerprint=definition.fingerprint,
-        status=status,
-        input=input,
+    return new_instance_state(
+        instance_id, definition.name, definition.fingerprint, status, input,
         # Each instance its own: nested values of the definition's data are copied too.
-        data=SharedData(fresh_copy(dict(definition.data)) if definition.data else ()),
-        lanes={MAIN: Lane(step=definition.steps[0].name)},
-        created_at=now,
-        started_at=now if status == "running" else None,
+        SharedData(fresh_copy(dict(definition.data)) if definition.data else ()),
+        {MAIN: Lane(step=definition.steps[0].name)}, now, now if status == "running" else None,
     )
 
 
