@@ -2427,7 +2427,8 @@ def _live_view(run: Run, stored: Status | None) -> WorkflowInstance:
         if view.status in TERMINAL and stored not in TERMINAL:
             # Its end is being stored: until it is, the view is of the instance before it ended.
             return attrs.evolve(view, status=stored, output=None, completed_at=None)
-        view = attrs.evolve(view, status=stored)
+        # (Admitted, its admission not stored yet: storage holds no start time for it either.)
+        view = attrs.evolve(view, status=stored, started_at=None if stored == "pending" else view.started_at)
     return view
 
 

@@ -42,7 +42,7 @@ async def test_an_engine_stopped_while_on_start_runs_runs_it_again_before_the_fi
         await engine.start("tenanted", instance_id="t")
         await trio.sleep(5)  # the hook is halfway through its lookup
         seen = await engine.get_instance("t")
-        assert seen is not None and seen.status == "pending"
+        assert seen is not None and (seen.status, seen.started_at) == ("pending", None)  # (as stored)
     stored = await _stored_status(storage(), "t")
     assert stored == "pending", "stopped before its hook had run: it never started"
     async with open_test_engine(adapter=storage()) as engine:
