@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Generator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Literal, NoReturn, ParamSpec, TypeVar
 
 import attrs
@@ -194,10 +195,11 @@ class Engine:
         #: until the store is over; a resume leaves them be.
         self._storing: dict[str, _Storing] = {}
         #: Ids a caller gave whose create raised here (other than cancelled: its answer lost, say),
-        #: with the creation times those tries stored, if they stored: a row found under one later
-        #: with one of them (a retried ``start()``) is this engine's own. Dropped once such a
-        #: retry has read the row, or its child step is done with it.
-        self._unanswered: dict[str, list[float]] = {}
+        #: with the creation times those tries stored, if they stored, and the status each stored
+        #: it with: a row found under one later with one of them (a retried ``start()``) is this
+        #: engine's own. Dropped once such a retry has read the row, or its child step is done
+        #: with it.
+        self._unanswered: dict[str, dict[float, Status]] = {}
         #: The ``signal()`` calls for an id that go one at a time (see :meth:`signal`).
         self._in_order: dict[str, _InOrder] = {}
         #: Stored instances held back from a resume until their workflow's jobs are registered
@@ -471,7 +473,7 @@ class Engine:
                 if given_id:
                     # Stored, perhaps, its answer lost: a retry finds it (see not created, below).
                     # (An id made here is known to nobody who could retry it.)
-                    self._unanswered.setdefault(instance_id, []).append(state.created_at)
+                    self._unanswered.setdefault(instance_id, {})[state.created_at] = status
                 raise
             if created and (self._closed or self._actors_stopped):
                 raise EngineClosedError(
@@ -479,7 +481,7 @@ class Engine:
                     " and the next engine resumes it"
                 )
             # (Read, not taken: a try that fails to read its row below keeps them for the next.)
-            tried = self._unanswered.get(instance_id, ())
+            tried = self._unanswered.get(instance_id, _NO_TRIES)
             if not created:
                 # It exists: stored by an earlier engine (a resume may be running it here by now),
                 # or by a concurrent ``start``. Idempotent, unless it is another workflow's.
@@ -510,12 +512,17 @@ class Engine:
                         # Nothing run of it: it runs as a start made here does (a child step
                         # of an unregistered workflow fails), not as one taken up from storage.
                         never_ran = ours and existing.workflow_name == workflow_name and not found.records
-                        # Not started yet either (not waiting in its first step, not queued: a
-                        # pending row is announced as it gets its slot, and a delayed one once
-                        # its start time comes, as a resumed one is; nor one whose on_start hook
-                        # has run: stored running only once it has, see pending_until_announced).
+                        # Not started yet either: stored running by the try that created it, and
+                        # not waiting in its first step. (A row created pending, queued or until
+                        # its on_start hook has run, is stored running once it has been announced,
+                        # or is announced as it gets its slot, as a resumed one is; a delayed one
+                        # once its start time comes. The status it was created with, not what the
+                        # definition registered now would give it: ``register(replace=True)`` may
+                        # have added or removed a hook since.)
+                        created_as = tried.get(found.created_at)
                         fresh = never_ran and existing.status == "running" and found.lanes[MAIN].waiting is None \
-                            and not pending_until_announced(definition, found)
+                            and (created_as == "running" if created_as is not None
+                                 else not pending_until_announced(definition, found))
                 self._unanswered.pop(instance_id, None)  # (its row is found, and known for what it is)
                 if existing is not None:
                     if parent is not None and existing.status in TERMINAL:
@@ -2356,6 +2363,10 @@ async def _hold_nursery(closing: list[Callable[[], None]], ended: list[Callable[
 def _held_for_jobs(instance_id: str, missing: list[str]) -> InstanceNotLiveError:
     return InstanceNotLiveError(
         f"instance {instance_id!r} resumes once the jobs its workflow uses are registered (missing: {', '.join(missing)})")
+
+
+#: No lost tries of an id (see ``Engine._unanswered``).
+_NO_TRIES: Mapping[float, Status] = MappingProxyType({})
 
 
 class _Storing:
