@@ -38,6 +38,22 @@ class LostAnswerThenStepStoresFail(AnswerLostFor):
         return await super().checkpoint(instance_id, status, header, records, **kwargs)
 
 
+async def announced_then_stalled(engine: Any, adapter: LostAnswerThenStepStoresFail, started: list[str],
+                                 hooks: list[str]) -> None:
+    """``start("w", instance_id="x")`` stores its row pending and loses its answer; ``resume()``
+    runs it: announced once, its hook's checkpoint stored, then its first step's store fails past
+    ``storage_retry_for``: it stops stored running with no records, storage back up."""
+    with pytest.raises(tf.StorageUnavailableError):
+        await engine.start("w", instance_id="x")  # stored pending, the answer lost
+    adapter.down = True
+    await engine.resume()  # x runs: announced, its hook's checkpoint stored, its step's not
+    await trio.sleep(30)
+    adapter.down = False
+    stored = await engine.adapter.load("x")
+    assert stored is not None and (stored.status, len(stored.records)) == ("running", 0)
+    assert (started, hooks) == (["x"], ["x"])
+
+
 @pytest.mark.parametrize("resume", [False, True], ids=["resume=False", "resume=True"])
 async def test_a_retried_start_does_not_announce_again_an_instance_whose_on_start_checkpoint_is_stored(
     autojump_clock: trio.testing.MockClock, resume: bool,
@@ -85,15 +101,7 @@ async def test_a_retried_start_does_not_announce_again_an_instance_whose_on_star
     async with open_test_engine(adapter=adapter, resume=resume, storage_retry_for=5) as engine:
         engine.register(definition)
         engine.events.on("workflow.started", lambda event: started.append(event["instance_id"]))
-        with pytest.raises(tf.StorageUnavailableError):
-            await engine.start("w", instance_id="x")  # stored pending, the answer lost
-        adapter.down = True
-        await engine.resume()  # x runs: announced, its hook's checkpoint stored, its step's not
-        await trio.sleep(30)
-        adapter.down = False
-        stored = await engine.adapter.load("x")
-        assert stored is not None and (stored.status, len(stored.records)) == ("running", 0)
-        assert (started, hooks) == (["x"], ["x"])
+        await announced_then_stalled(engine, adapter, started, hooks)
         assert await engine.start("w", instance_id="x") == "x"  # the caller's retry
         with trio.fail_after(600):
             done = await engine.wait("x")
