@@ -195,11 +195,11 @@ class Engine:
         #: until the store is over; a resume leaves them be.
         self._storing: dict[str, _Storing] = {}
         #: Ids a caller gave whose create raised here (other than cancelled: its answer lost, say),
-        #: with the creation times those tries stored, if they stored, and the status each stored
-        #: it with: a row found under one later with one of them (a retried ``start()``) is this
-        #: engine's own. Dropped once such a retry has read the row, or its child step is done
-        #: with it.
-        self._unanswered: dict[str, dict[float, Status]] = {}
+        #: with the creation times those tries stored, if they stored, each with whether that row
+        #: is stored running only once announced (see ``pending_until_announced``): a row found
+        #: under one later with one of them (a retried ``start()``) is this engine's own. Dropped
+        #: once such a retry has read the row, or its child step is done with it.
+        self._unanswered: dict[str, dict[float, bool]] = {}
         #: The ``signal()`` calls for an id that go one at a time (see :meth:`signal`).
         self._in_order: dict[str, _InOrder] = {}
         #: Stored instances held back from a resume until their workflow's jobs are registered
@@ -446,7 +446,10 @@ class Engine:
         if starts_at is not None:
             state.lanes[MAIN].waiting = {"start": starts_at}
             state.started_at = None  # set when it starts: its timeout counts from then
-        elif status == "running" and pending_until_announced(definition, state):
+        # Stored running only once it has been announced, slot or not (a lost try of it says
+        # so in _unanswered: a retry then knows a running row of it was announced).
+        until_announced = pending_until_announced(definition, state)
+        if until_announced and status == "running":
             state.status = status = "pending"  # (until its on_start hook has run: see there)
             state.started_at = None  # (set as it is admitted)
         if state.data:
@@ -473,7 +476,7 @@ class Engine:
                 if given_id:
                     # Stored, perhaps, its answer lost: a retry finds it (see not created, below).
                     # (An id made here is known to nobody who could retry it.)
-                    self._unanswered.setdefault(instance_id, {})[state.created_at] = status
+                    self._unanswered.setdefault(instance_id, {})[state.created_at] = until_announced
                 raise
             if created and (self._closed or self._actors_stopped):
                 raise EngineClosedError(
@@ -512,17 +515,17 @@ class Engine:
                         # Nothing run of it: it runs as a start made here does (a child step
                         # of an unregistered workflow fails), not as one taken up from storage.
                         never_ran = ours and existing.workflow_name == workflow_name and not found.records
-                        # Not started yet either: stored running by the try that created it, and
-                        # not waiting in its first step. (A row created pending, queued or until
-                        # its on_start hook has run, is stored running once it has been announced,
-                        # or is announced as it gets its slot, as a resumed one is; a delayed one
-                        # once its start time comes. The status it was created with, not what the
-                        # definition registered now would give it: ``register(replace=True)`` may
-                        # have added or removed a hook since.)
-                        created_as = tried.get(found.created_at)
+                        # Not started yet either (not waiting in its first step, not queued: a
+                        # pending row is announced as it gets its slot, and a delayed one once
+                        # its start time comes, as a resumed one is; nor one whose on_start hook
+                        # has run: stored running only once it has, see pending_until_announced).
+                        # As the try that created it stored it, not as the definition registered
+                        # now would: ``register(replace=True)`` may have added or removed a hook.
+                        announced = tried.get(found.created_at)
+                        if announced is None:
+                            announced = pending_until_announced(definition, found)
                         fresh = never_ran and existing.status == "running" and found.lanes[MAIN].waiting is None \
-                            and (created_as == "running" if created_as is not None
-                                 else not pending_until_announced(definition, found))
+                            and not announced
                 self._unanswered.pop(instance_id, None)  # (its row is found, and known for what it is)
                 if existing is not None:
                     if parent is not None and existing.status in TERMINAL:
@@ -2366,7 +2369,7 @@ def _held_for_jobs(instance_id: str, missing: list[str]) -> InstanceNotLiveError
 
 
 #: No lost tries of an id (see ``Engine._unanswered``).
-_NO_TRIES: Mapping[float, Status] = MappingProxyType({})
+_NO_TRIES: Mapping[float, bool] = MappingProxyType({})
 
 
 class _Storing:
