@@ -226,6 +226,7 @@ async def _announce_start(run: Run, ctx: WorkflowContext) -> None:
     """The instance starts its first step: ``workflow.started`` and the ``on_start`` hook (a
     delayed start's once its delay is over). Inside the run's scope: a cancel or the workflow
     timeout reaches a slow hook too."""
+    run.announced = True
     if run.bus.wants("workflow.started"):
         run.emit("workflow.started", input=run.state.input)
     if run.has_hooks:

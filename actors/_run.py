@@ -277,7 +277,7 @@ class Run:
     """
 
     __slots__ = (
-        "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed", "unannounced", "from_storage",
+        "definition", "state", "adapter", "jobs", "services", "driver", "bus", "resumed", "unannounced", "announced", "from_storage",
         "compensate_on_outer_cancel", "cancellable", "threads", "has_hooks", "deferred", "cancel_scope",
         "cancel_requested", "error", "stored_status", "started", "end", "spawn", "storage_retry_for",
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
@@ -321,6 +321,9 @@ class Run:
         #: Resumed, though it never started: this engine stored it, and its start's answer was
         #: lost (see ``Engine._start``). It is announced as it starts its first step.
         self.unannounced = False
+        #: Whether this run has announced the instance (``workflow.started``, ``on_start``): a
+        #: retried ``start()`` of it after a lost answer then knows not to (see ``Engine._start``).
+        self.announced = False
         #: ``execute_workflow`` has no resume, so its caller's cancellation compensates at once;
         #: an engine leaves instances interrupted by its shutdown to the next resume.
         self.compensate_on_outer_cancel = compensate_on_outer_cancel

@@ -195,10 +195,11 @@ class Engine:
         #: until the store is over; a resume leaves them be.
         self._storing: dict[str, _Storing] = {}
         #: Ids a caller gave whose create raised here (other than cancelled: its answer lost, say),
-        #: with the creation times those tries stored, if they stored, each with whether that row
-        #: is stored running only once announced (see ``pending_until_announced``): a row found
-        #: under one later with one of them (a retried ``start()``) is this engine's own. Dropped
-        #: once such a retry has read the row, or its child step is done with it.
+        #: with the creation times those tries stored, if they stored, each with whether a run
+        #: here has announced that row since (see ``_instance_actor``): a row found under one
+        #: later with one of them (a retried ``start()``) is this engine's own, and announced
+        #: already or not. Dropped once such a retry has read the row, or its child step is done
+        #: with it.
         self._unanswered: dict[str, dict[float, bool]] = {}
         #: The ``signal()`` calls for an id that go one at a time (see :meth:`signal`).
         self._in_order: dict[str, _InOrder] = {}
@@ -446,10 +447,7 @@ class Engine:
         if starts_at is not None:
             state.lanes[MAIN].waiting = {"start": starts_at}
             state.started_at = None  # set when it starts: its timeout counts from then
-        # Stored running only once it has been announced, slot or not (a lost try of it says
-        # so in _unanswered: a retry then knows a running row of it was announced).
-        until_announced = pending_until_announced(definition, state)
-        if until_announced and status == "running":
+        elif status == "running" and pending_until_announced(definition, state):
             state.status = status = "pending"  # (until its on_start hook has run: see there)
             state.started_at = None  # (set as it is admitted)
         if state.data:
@@ -476,7 +474,7 @@ class Engine:
                 if given_id:
                     # Stored, perhaps, its answer lost: a retry finds it (see not created, below).
                     # (An id made here is known to nobody who could retry it.)
-                    self._unanswered.setdefault(instance_id, {})[state.created_at] = until_announced
+                    self._unanswered.setdefault(instance_id, {})[state.created_at] = False
                 raise
             if created and (self._closed or self._actors_stopped):
                 raise EngineClosedError(
@@ -517,10 +515,11 @@ class Engine:
                         never_ran = ours and existing.workflow_name == workflow_name and not found.records
                         # Not started yet either (not waiting in its first step, not queued: a
                         # pending row is announced as it gets its slot, and a delayed one once
-                        # its start time comes, as a resumed one is; nor one whose on_start hook
-                        # has run: stored running only once it has, see pending_until_announced).
-                        # As the try that created it stored it, not as the definition registered
-                        # now would: ``register(replace=True)`` may have added or removed a hook.
+                        # its start time comes, as a resumed one is), nor announced by a run
+                        # here since its lost try (how the row came to be stored running depends
+                        # on the definitions registered since: register(replace=True) may have
+                        # added or removed an on_start hook). (A row of this engine's not among
+                        # its lost tries: see pending_until_announced.)
                         announced = tried.get(found.created_at)
                         if announced is None:
                             announced = pending_until_announced(definition, found)
@@ -1923,6 +1922,8 @@ class Engine:
         finally:
             self._live.pop(state.instance_id, None)
             self._forget_queued_deadline(run)
+            if run.announced and (tries := self._unanswered.get(state.instance_id)) and state.created_at in tries:
+                tries[state.created_at] = True  # (a retried start of it must not announce it again)
             # Rows read before this run ended may hold it as it stood before: reads in flight
             # learn of it, and a row waiting to be resumed from is out of date.
             self._ends.ended(state.instance_id, run.consumed_seqs)
