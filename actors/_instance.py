@@ -238,7 +238,11 @@ async def _announce_start(run: Run, ctx: WorkflowContext) -> None:
             # (Whatever it set: the check after a hook drops what cannot be stored, and keeps
             # the rest without noting it as checked.) Until then it is stored pending (see
             # ``pending_until_announced``): a restart before this store announces it again.
+            # So does a retried ``start()`` of a lost try's row (see ``Engine._unanswered``):
+            # announced, for it, once this store is made.
+            run.announced = False
             await run.persist()
+            run.announced = True
 
 
 _COMPLETED: Forward = ("completed", None, None)

@@ -525,7 +525,10 @@ class Engine:
                             announced = pending_until_announced(definition, found)
                         fresh = never_ran and existing.status == "running" and found.lanes[MAIN].waiting is None \
                             and not announced
-                self._unanswered.pop(instance_id, None)  # (its row is found, and known for what it is)
+                if not fresh:  # (its row is found, and known for what it is)
+                    # (A fresh one's run notes whether it announced it: a retry after that run
+                    # stopped before its on_start hook's store runs the hook again.)
+                    self._unanswered.pop(instance_id, None)
                 if existing is not None:
                     if parent is not None and existing.status in TERMINAL:
                         await self._check_end_noticed(instance_id, parent)
@@ -1453,6 +1456,13 @@ class Engine:
         run = self._spawn(definition, state, resumed=True, slot=not (in_parent_slot or urgent),
                           hold_until=trio.current_time() + ahead if 0 < ahead <= WAKE_AHEAD else None)
         run.doomed = doomed
+        tries = self._unanswered.get(iid)
+        if tries and tries.get(state.created_at) is False and not state.records and state.status == "running" \
+                and state.lanes[MAIN].waiting is None:
+            # This engine's own lost try, not announced by a run here and not started otherwise
+            # (see ``_start``): taken up before the caller's retry (a resume(), a signal), it
+            # starts now, as the retry would have it start.
+            run.unannounced = True
         # Storage holds a time to wake it at until its first checkpoint here (the waker passes
         # it over meanwhile), as computed by the definition that stored it: not known (NaN).
         run.stored_wake_at = None if due is None else math.nan
@@ -1922,8 +1932,11 @@ class Engine:
         finally:
             self._live.pop(state.instance_id, None)
             self._forget_queued_deadline(run)
-            if run.announced and (tries := self._unanswered.get(state.instance_id)) and state.created_at in tries:
-                tries[state.created_at] = True  # (a retried start of it must not announce it again)
+            if (tries := self._unanswered.get(state.instance_id)) and state.created_at in tries:
+                if run.stored_status in TERMINAL:
+                    del self._unanswered[state.instance_id]  # (a retry finds it ended: nothing to announce)
+                elif run.announced:
+                    tries[state.created_at] = True  # (a retried start of it must not announce it again)
             # Rows read before this run ended may hold it as it stood before: reads in flight
             # learn of it, and a row waiting to be resumed from is out of date.
             self._ends.ended(state.instance_id, run.consumed_seqs)
