@@ -63,20 +63,27 @@ def make_adapter(request: Any, tmp_path: Any) -> Callable[[], Any]:
     return lambda: LostSQLite(tmp_path / "lost.db")
 
 
-class AnswerLostFor(MemoryAdapter):
-    """The first ``create()`` of each id in ``lose`` stores the row, then raises
-    ``StorageUnavailableError`` (its answer lost): a start that raises though it stored."""
+class LosesCreateAnswers:
+    """For an adapter class (before it among the bases): the first ``create()`` of each id in
+    ``lose`` stores the row, then raises ``StorageUnavailableError`` (its answer lost): a start
+    that raises though it stored."""
 
-    def __init__(self, *lose: str) -> None:
-        super().__init__()
-        self.lose = set(lose)
+    lose: set[str]
 
     async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-        created = await super().create(instance_id, *args, **kwargs)
+        created: bool = await super().create(instance_id, *args, **kwargs)  # type: ignore[misc]
         if instance_id in self.lose:
             self.lose.discard(instance_id)
             raise tf.StorageUnavailableError("connection dropped after the write")
         return created
+
+
+class AnswerLostFor(LosesCreateAnswers, MemoryAdapter):
+    """A MemoryAdapter that loses the answers of the first creates of ``lose``."""
+
+    def __init__(self, *lose: str) -> None:
+        super().__init__()
+        self.lose = set(lose)
 
 
 class FirstAnswerLost(MemoryAdapter):

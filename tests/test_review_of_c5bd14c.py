@@ -30,24 +30,19 @@ import trioflow as tf
 from trioflow.adapters import MemoryAdapter, SQLiteAdapter
 from trioflow.testing import open_test_engine
 
+from lost_answers import LosesCreateAnswers
+
 
 def _lost_create(base: type) -> type:
-    class LostCreate(base):  # type: ignore[misc, valid-type]
-        """The first ``create()`` of each id in ``lose`` stores the row, then raises
-        ``StorageUnavailableError`` (its answer lost). While ``down`` holds an id, every
-        checkpoint of that id raises ``StorageUnavailableError`` having stored nothing."""
+    class LostCreate(LosesCreateAnswers, base):  # type: ignore[misc, valid-type]
+        """Loses the answers of the first creates of the ids in ``lose``. While ``down`` holds
+        an id, every checkpoint of that id raises ``StorageUnavailableError`` having stored
+        nothing."""
 
         def __init__(self, *a: Any, **k: Any) -> None:
             super().__init__(*a, **k)
-            self.lose: set[str] = set()
+            self.lose = set()
             self.down: set[str] = set()
-
-        async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> bool:
-            created = await super().create(instance_id, *args, **kwargs)
-            if instance_id in self.lose:
-                self.lose.discard(instance_id)
-                raise tf.StorageUnavailableError("connection dropped after the write")
-            return created
 
         async def checkpoint(self, instance_id: str, status: Any, header: Any, records: Any, **kwargs: Any) -> Any:
             if instance_id in self.down:
