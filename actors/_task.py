@@ -100,6 +100,7 @@ async def attempt(
                 run.emit(
                     "workflow.step.retry", ctx.lane, step_name=step.name, attempt=attempts + 1,
                     max_attempts=retry.max_attempts, delay=delay, error=describe_error(error),
+                    error_name=error_name(error), cause=error_cause(error),
                 )
             if lane is not None and run.adapter is not None:
                 lane.waiting = {"retry": run.clock() + delay, "attempt": attempts}
@@ -253,7 +254,10 @@ async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: fl
         run.add_caught(record, step, catcher)
         await run.persist()
         if run.bus.active:
-            run.emit("workflow.step.caught", ctx.lane, step_name=step.name, error=name, cause=cause, next=catcher.next)
+            # (``error`` is the name here, as it was before ``error_name`` came: both are kept,
+            # so that one handler reads ``error_name`` and ``cause`` off any step event.)
+            run.emit("workflow.step.caught", ctx.lane, step_name=step.name, error=name, error_name=name, cause=cause,
+                     next=catcher.next)
         return
     run.add_failure(record, for_good=True)
     # Stored now, before anything can await (the hook below, the siblings of a branch or map

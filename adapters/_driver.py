@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import trio
 
-from trioflow._errors import TrioflowError
+from trioflow._errors import TrioflowError, safe_repr
 
 Row = dict[str, Any]
 S = TypeVar("S")
@@ -42,6 +42,14 @@ class UnknownEntityError(DriverError, LookupError):
 
 class UnknownColumnError(DriverError, LookupError):
     """A column named in data or a where-clause does not exist in the entity."""
+
+
+def check_columns(value: object, what: str, entity: str) -> None:
+    """``where`` or ``data`` as a driver takes them: a mapping of column to value, or
+    :class:`DriverError` saying so (SQL text, a list of pairs and ``None`` are common slips)."""
+    if not isinstance(value, Mapping):
+        hint = " ({} matches every row)" if what == "where" else ""
+        raise DriverError(f"{entity!r}: {what} must be a mapping of column to value{hint}, got {safe_repr(value)}")
 
 
 @runtime_checkable

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ._driver import _KEY_CHANGE, DriverError, Row, TransactionOwnership, UnknownEntityError
+from ._driver import _KEY_CHANGE, DriverError, check_columns, Row, TransactionOwnership, UnknownEntityError
 
 #: What a rollback restores: the tables and id counters (deep-copied), and the run ledger.
 _Saved = tuple[tuple[dict[str, dict[Any, Row]], dict[str, int]], dict[str, bytes]]
@@ -23,6 +23,8 @@ class MemoryDriver:
     :class:`UnknownEntityError`); by default any entity name is accepted and created on use.
 
     ``ledger`` holds the run records of committed transactional runs (see :meth:`record_run`).
+    Rows go in and come out as copies, nested values too, as a database's would: changing a
+    list that ``create`` was handed, or that ``find_one`` returned, changes no stored row.
     """
 
     def __init__(self, entities: Mapping[str, list[Row]] | None = None, *, strict: bool | None = None) -> None:
@@ -32,7 +34,7 @@ class MemoryDriver:
         for entity, rows in (entities or {}).items():
             table = self.tables.setdefault(entity, {})
             for row in rows:
-                table[row["id"]] = dict(row)
+                table[row["id"]] = copy.deepcopy(dict(row))
             self._next_id[entity] = max((r for r in table if isinstance(r, int)), default=0) + 1
         #: Run records by key: payloads are immutable bytes, so a shallow copy snapshots it.
         self.ledger: dict[str, bytes] = {}
@@ -41,7 +43,8 @@ class MemoryDriver:
     async def create(self, entity: str, data: Mapping[str, Any]) -> Row:
         async with self._ownership.call():
             table = self._table(entity)
-            row = dict(data)
+            check_columns(data, "data", entity)
+            row = copy.deepcopy(dict(data))
             if row.get("id") is None:  # (as SQLite gives an INTEGER PRIMARY KEY left NULL the next one)
                 row["id"] = self._next_id.get(entity, 1)
             if row["id"] in table:
@@ -49,7 +52,7 @@ class MemoryDriver:
             if isinstance(row["id"], int):
                 self._next_id[entity] = max(self._next_id.get(entity, 1), row["id"] + 1)
             table[row["id"]] = row
-            return dict(row)
+            return copy.deepcopy(row)
 
     async def find_one(self, entity: str, where: Mapping[str, Any]) -> Row | None:
         rows = await self.find_many(entity, where)
@@ -57,16 +60,17 @@ class MemoryDriver:
 
     async def find_many(self, entity: str, where: Mapping[str, Any]) -> list[Row]:
         async with self._ownership.call():
-            return [dict(r) for r in self._matching(entity, where)]
+            return copy.deepcopy(self._matching(entity, where))
 
     async def update(self, entity: str, where: Mapping[str, Any], data: Mapping[str, Any]) -> list[Row]:
         async with self._ownership.call():
             rows = self._matching(entity, where)
+            check_columns(data, "data", entity)
             if "id" in data and any(row["id"] != data["id"] for row in rows):
                 raise DriverError(_KEY_CHANGE.format(entity=entity, key="id"))
             for row in rows:
-                row.update(data)
-            return [dict(r) for r in rows]
+                row.update(copy.deepcopy(dict(data)))  # (a copy each: no two rows share a value)
+            return copy.deepcopy(rows)
 
     async def delete(self, entity: str, where: Mapping[str, Any]) -> int:
         async with self._ownership.call():
@@ -118,6 +122,7 @@ class MemoryDriver:
         return self.tables[entity]
 
     def _matching(self, entity: str, where: Mapping[str, Any]) -> list[Row]:
+        check_columns(where, "where", entity)
         items = list(where.items())
         # A column never set matches None, as NULL does in SQL (``IS NULL``).
         return [r for _, r in sorted(self._table(entity).items(), key=_key_order)

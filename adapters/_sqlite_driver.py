@@ -22,7 +22,7 @@ import trio
 from trioflow._errors import SnapshotDecodeError
 from trioflow._virtual_time import waiting_on_a_thread
 
-from ._driver import _KEY_CHANGE, DriverError, Row, TransactionOwnership, UnknownColumnError, UnknownEntityError
+from ._driver import _KEY_CHANGE, DriverError, check_columns, Row, TransactionOwnership, UnknownColumnError, UnknownEntityError
 
 T = TypeVar("T")
 
@@ -319,7 +319,8 @@ class SQLiteDriver:
         return [c for c in names if c not in generated] if generated else names
 
     @staticmethod
-    def _checked(entity: str, columns: list[str], data: Mapping[str, Any]) -> list[str]:
+    def _checked(entity: str, columns: list[str], data: Mapping[str, Any], what: str = "data") -> list[str]:
+        check_columns(data, what, entity)
         unknown = [c for c in data if c not in columns]
         if unknown:
             raise UnknownColumnError(
@@ -327,7 +328,7 @@ class SQLiteDriver:
         return list(data)
 
     def _where(self, entity: str, columns: list[str], where: Mapping[str, Any]) -> tuple[str, list[Any]]:
-        names = self._checked(entity, columns, where)
+        names = self._checked(entity, columns, where, "where")
         if not names:
             return "", []
         return " WHERE " + " AND ".join(f"{_quote(c)} IS ?" for c in names), [where[c] for c in names]

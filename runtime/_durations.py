@@ -4,8 +4,11 @@ moments as Unix seconds, or an aware ``datetime``."""
 from __future__ import annotations
 
 import math
+import numbers
 from datetime import datetime, timedelta
 from typing import Any, Union
+
+from ._errors import InvalidArgumentError, safe_repr
 
 #: What a duration argument accepts (trio takes seconds; Temporal users write timedeltas).
 Seconds = Union[float, timedelta]
@@ -15,6 +18,21 @@ def seconds(value: Any) -> Any:
     """``value`` in seconds if it is a ``timedelta``; anything else as it is, for the caller's
     own check to accept or name."""
     return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+def virtual_seconds(value: Any, method: str) -> float:
+    """What the testing kit's ``method`` takes as a span of virtual time: a ``timedelta``, or any
+    real number trio sleeps for (finite, not negative), in seconds; else
+    :class:`InvalidArgumentError` naming ``method``."""
+    value = seconds(value)
+    try:
+        good = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
+            and float(value) >= 0
+    except OverflowError:  # (an int no float holds)
+        good = False
+    if not good:
+        raise InvalidArgumentError(f"{method}(): seconds must be a finite number >= 0, got {safe_repr(value)}")
+    return float(value)
 
 
 def unix_seconds(moment: datetime) -> float:

@@ -71,7 +71,7 @@ from ._errors import (
     safe_repr,
 )
 from ._engine_arguments import (
-    check_adapter, check_driver_apart, check_instance_id, check_listing, check_same_start, check_same_workflow, check_switch, duration,
+    check_adapter, check_driver_apart, check_given_instance_id, check_instance_id, check_listing, check_same_start, check_same_workflow, check_switch, duration,
     not_the_child,
 )
 from ._ends_during_reads import EndsDuringReads
@@ -422,8 +422,8 @@ class Engine:
         given_id = instance_id is not None
         if instance_id is None:
             instance_id = new_instance_id()
-        elif not isinstance(instance_id, str) or not instance_id or not valid_text(instance_id):
-            raise InvalidArgumentError(f"instance_id must be a non-empty string of valid text, got {instance_id!r}")
+        else:
+            check_given_instance_id(instance_id)
         while (storing := self._storing.get(instance_id)) is not None and storing is not held:
             # Another ``start`` of this id is storing it: its outcome decides this one's.
             check_same_workflow(instance_id, storing.workflow_name, workflow_name)

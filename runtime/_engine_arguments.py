@@ -86,6 +86,14 @@ def check_instance_id(instance_id: object) -> None:
     raise InvalidArgumentError(f"an instance id must be a string{hint}")
 
 
+def check_given_instance_id(instance_id: object) -> None:
+    """An instance id a caller gives a new instance (``start``, ``execute_workflow``), or
+    :class:`InvalidArgumentError`: a non-empty string of valid text."""
+    if not isinstance(instance_id, str) or not instance_id or not valid_text(instance_id):
+        raise InvalidArgumentError(
+            f"instance_id must be a non-empty string of valid text, got {safe_repr(instance_id)}")
+
+
 def check_listing(workflow_name: object, status: object, limit: object, after: object, order: object) -> None:
     """The arguments of ``get_instances``, or :class:`InvalidArgumentError` naming the one at fault."""
     if isinstance(workflow_name, WorkflowDefinition):

@@ -25,6 +25,7 @@ from ._context import WorkflowContext
 from ._decide import next_execution_id
 from ._errors import DefinitionError, safe_repr
 from ._definition import Catch, TaskStep
+from ._durations import Seconds
 from ._lanes import execution_id, valid_text
 from ._retry import Retry
 
@@ -117,7 +118,7 @@ def _keyed(rows: list[dict[str, Any]], key: str, step: str, entity: str, where: 
 
 def create_entity_step(
     name: str, entity: str, data_fn: Fn, *, store_as: str | None = None, compensate: bool = True,
-    retry: Retry | None = None, timeout: float | None = None, catch: Sequence[Catch] | Catch | None = (),
+    retry: Retry | None = None, timeout: Seconds | None = None, catch: Sequence[Catch] | Catch | None = (),
     next: str | None = None, end: bool = False,
 ) -> TaskStep:
     """Create a row from ``data_fn(ctx)``; output: the row as stored. ``store_as`` also puts its
@@ -148,7 +149,7 @@ def create_entity_step(
 
 def update_entity_step(
     name: str, entity: str, where_fn: Fn, data_fn: Fn, *, compensate: bool = True,
-    retry: Retry | None = None, timeout: float | None = None, catch: Sequence[Catch] | Catch | None = (),
+    retry: Retry | None = None, timeout: Seconds | None = None, catch: Sequence[Catch] | Catch | None = (),
     next: str | None = None, end: bool = False,
 ) -> TaskStep:
     """Set ``data_fn(ctx)`` on the rows matching ``where_fn(ctx)`` (at least one must match).
@@ -184,7 +185,7 @@ def update_entity_step(
 
 def delete_entity_step(
     name: str, entity: str, where_fn: Fn, *, compensate: bool = True,
-    retry: Retry | None = None, timeout: float | None = None, catch: Sequence[Catch] | Catch | None = (),
+    retry: Retry | None = None, timeout: Seconds | None = None, catch: Sequence[Catch] | Catch | None = (),
     next: str | None = None, end: bool = False,
 ) -> TaskStep:
     """Delete the rows matching ``where_fn(ctx)`` (at least one must match). Output:

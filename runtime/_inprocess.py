@@ -16,6 +16,8 @@ from ._current import check_in_trio
 from ._decide import new_state
 from ._ids import new_instance_id
 from ._definition import TaskStep, WorkflowDefinition, unbuilt_hint
+from ._durations import Seconds
+from ._engine_arguments import check_given_instance_id
 from ._errors import DefinitionError, UnknownJobError, safe_repr
 from ._jobs import JobRegistry
 from ._snapshot import WorkflowResult
@@ -49,9 +51,11 @@ async def execute_workflow(
                     f" (None for none): execute_workflow(None, {driver.name}, input)")
         raise DefinitionError(f"execute_workflow needs a built WorkflowDefinition, got {safe_repr(workflow)}{hint}")
     check_services(services)
+    if instance_id is not None:
+        check_given_instance_id(instance_id)
     workflow.check_driver(driver, "execute_workflow(driver, workflow, ...)")
     clock = default_clock()
-    state = new_state(workflow, instance_id or new_instance_id(), input, clock())
+    state = new_state(workflow, new_instance_id() if instance_id is None else instance_id, input, clock())
     run = Run(
         workflow, state, adapter=None,
         jobs=_NO_JOBS if jobs is None else jobs if isinstance(jobs, JobRegistry) else JobRegistry(jobs),
@@ -75,20 +79,22 @@ async def run_workflow(
     input: Any = None,
     *,
     use_transaction: bool = False,
-    timeout: float | None = None,
+    timeout: Seconds | None = None,
     initial_data: Mapping[str, Any] | None = None,
     services: Mapping[str, Any] | None = None,
     hooks: Mapping[str, Callable[..., Any]] | None = None,
+    jobs: Mapping[str, Callable[..., Any]] | None = None,
 ) -> WorkflowResult:
     """Build a saga from ``steps`` and execute it at once (``runWorkflow`` in other saga libraries).
 
     ``run_workflow(driver, {"name": ..., "steps": [...], ...})`` (the other form those take)
     gives the name, the steps and any of the other arguments in one mapping; the keywords
-    add to it (one given both ways is refused)."""
+    add to it (one given both ways is refused). ``jobs`` holds the callables of steps given a
+    job's name, as :func:`execute_workflow`'s does."""
     if isinstance(name, Mapping):
         options = _run_options(name)
         given = {"steps": steps, "input": input, "use_transaction": use_transaction or None, "timeout": timeout,
-                 "initial_data": initial_data, "services": services, "hooks": hooks}
+                 "initial_data": initial_data, "services": services, "hooks": hooks, "jobs": jobs}
         for key, value in given.items():
             if value is None:
                 continue  # (not given: its default)
@@ -120,11 +126,11 @@ async def run_workflow(
         if strays:  # (not keywords: with_hooks could not even be called with them)
             raise DefinitionError(f"run_workflow's hooks are named by strings: unknown hook {', '.join(strays)}")
         builder.with_hooks(**hooks)
-    return await execute_workflow(driver, builder.build(), input, services=services)
+    return await execute_workflow(driver, builder.build(), input, services=services, jobs=jobs)
 
 
 #: What ``run_workflow``'s one-mapping form may hold (its other arguments, by name).
-_RUN_OPTIONS = ("name", "steps", "input", "use_transaction", "timeout", "initial_data", "services", "hooks")
+_RUN_OPTIONS = ("name", "steps", "input", "use_transaction", "timeout", "initial_data", "services", "hooks", "jobs")
 
 
 def _run_options(options: Mapping[str, Any]) -> dict[str, Any]:

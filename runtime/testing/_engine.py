@@ -81,5 +81,11 @@ async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
 
 
 def run(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """``trio.run`` on a ``MockClock(autojump_threshold=0)``: virtual time, real semantics."""
+    """``trio.run`` on a ``MockClock(autojump_threshold=0)``: virtual time, real semantics. For
+    synchronous code: inside a trio run, await ``async_fn`` (a test under the ``autojump_clock``
+    fixture runs on such a clock already)."""
+    if trio.lowlevel.in_trio_run():
+        raise InvalidArgumentError(
+            "trioflow.testing.run() starts a trio run of its own, for synchronous code: in a trio run,"
+            " await the function instead (pytest-trio's autojump_clock fixture gives the same clock)")
     return trio.run(async_fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))

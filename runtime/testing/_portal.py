@@ -10,8 +10,6 @@ the same outcome whatever the threads' timing.
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +18,7 @@ from typing import Any, TypeVar, overload
 import trio
 import trio.testing
 
+from trioflow._durations import Seconds, virtual_seconds
 from trioflow._engine import Engine
 from trioflow._errors import InvalidArgumentError, TrioflowError, safe_repr
 from trioflow._virtual_time import hold_still, let_jump, threads_finished
@@ -88,20 +87,20 @@ class EnginePortal:
         :class:`PortalCallStuckError`: :meth:`advance` moves time."""
         return self._in_run(self._settled, fn)
 
-    def advance(self, seconds: float) -> None:
-        """Move virtual time ``seconds`` on, from one deadline to the next, running all that
+    def advance(self, seconds: Seconds) -> None:
+        """Move virtual time ``seconds`` (a number or a ``timedelta``) on, from one deadline to the next, running all that
         falls due on the way in order (timers, retry delays, timeouts), each at its own time
         (to a tenth of a millisecond: see :data:`DUE_SLACK`)."""
-        self._in_run(self._advance, _seconds("advance", seconds))
+        self._in_run(self._advance, virtual_seconds(seconds, "advance"))
 
-    def restart(self, downtime: float = 0.0) -> None:
+    def restart(self, downtime: Seconds = 0.0) -> None:
         """Close the engine and open another with the same options on the same adapter, as a
         process that stops and starts again: runs stop where they stand (a step cut short runs
         again), the new engine runs ``setup`` (see :func:`engine_portal`) and resumes what is
         stored. ``downtime``: seconds of virtual time that pass while no engine runs (a timer
         that fell due meanwhile fires as the new engine takes it up). Returns once the new
         engine has done all it can at that instant."""
-        self._in_run(self._restart, _seconds("restart", downtime))
+        self._in_run(self._restart, virtual_seconds(downtime, "restart"))
 
     @property
     def now(self) -> float:
@@ -183,17 +182,6 @@ class EnginePortal:
                 await self._settle()
                 return
             self._clock.jump(to_next)
-
-
-def _seconds(method: str, seconds: float) -> float:
-    try:
-        good = not isinstance(seconds, bool) and isinstance(seconds, numbers.Real) and math.isfinite(seconds) \
-            and seconds >= 0
-    except OverflowError:  # (an int no float holds)
-        good = False
-    if not good:
-        raise InvalidArgumentError(f"{method}(): seconds must be a finite number >= 0, got {safe_repr(seconds)}")
-    return float(seconds)
 
 
 @contextmanager

@@ -4,8 +4,6 @@ every call, for tests of workflows and of trioflow itself."""
 from __future__ import annotations
 
 import copy
-import math
-import numbers
 import operator
 from collections.abc import Sequence
 from typing import Any, Union
@@ -13,6 +11,7 @@ from typing import Any, Union
 import attrs
 import trio
 
+from trioflow._durations import Seconds, virtual_seconds
 from trioflow._errors import InvalidArgumentError, safe_repr
 
 
@@ -70,15 +69,8 @@ def _an_error(instance: Raises, attribute: attrs.Attribute[Any], value: object) 
             " pass an instance of it") from None
 
 
-def _seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    """Any real number trio sleeps for: finite, not negative."""
-    try:
-        finite = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
-            and float(value) >= 0
-    except OverflowError:  # (an int too large for a float)
-        finite = False
-    if not finite:
-        raise InvalidArgumentError(f"sleeps(): seconds must be a finite number >= 0, got {safe_repr(value)}")
+def _sleep_seconds(value: Seconds) -> float:
+    return virtual_seconds(value, "sleeps")
 
 
 def _then(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -113,7 +105,7 @@ class Raises:
 class Sleeps:
     """Sleep ``seconds`` on trio's clock, then behave as ``then``."""
 
-    seconds: float = attrs.field(validator=_seconds)
+    seconds: float = attrs.field(converter=_sleep_seconds)
     then: Behaviour = attrs.field(default=Returns(), validator=_then)
     times: int = attrs.field(default=1, converter=_whole, validator=_plays)
 
@@ -138,8 +130,9 @@ def raises(error: BaseException | type[BaseException], message: str = "scripted 
     return Raises(error=error, message=message, times=times)
 
 
-def sleeps(seconds: float, then: Behaviour = Returns(), *, times: int = 1) -> Sleeps:
-    """Sleep ``seconds`` (virtual ones, on the test clock), then play ``then``, for ``times`` calls."""
+def sleeps(seconds: Seconds, then: Behaviour = Returns(), *, times: int = 1) -> Sleeps:
+    """Sleep ``seconds`` (virtual ones, on the test clock; a number or a ``timedelta``), then
+    play ``then``, for ``times`` calls."""
     return Sleeps(seconds=seconds, then=then, times=times)
 
 

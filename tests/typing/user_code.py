@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 
 import trioflow as tf
-from trioflow.testing import ScriptedJob, open_test_engine, returns, engine_portal
+from trioflow.testing import ScriptedJob, open_test_engine, returns, engine_portal, sleeps
 
 
 async def reserve(ctx: tf.WorkflowContext) -> str:
@@ -63,6 +63,17 @@ def portal_with_restarts() -> None:
     with engine_portal(setup=lambda engine: engine.register(order), max_running=5) as portal:
         iid: str = portal.call(lambda engine: engine.start("order", {"total": 10}))
         portal.advance(60.0)
+        portal.advance(datetime.timedelta(days=1))  # durations take a timedelta everywhere
         portal.restart(downtime=3_600)
+        portal.restart(downtime=datetime.timedelta(hours=1))
         seen: tf.WorkflowInstance | None = portal.call(lambda engine: engine.get_instance(iid))
         print(seen, portal.now)
+
+
+async def saga_without_an_engine() -> None:
+    """run_workflow with a timedelta timeout and a job by name (its callable in jobs=)."""
+    result: tf.WorkflowResult = await tf.run_workflow(
+        None, "n", [tf.step("a", "charge-card")], timeout=datetime.timedelta(seconds=3), jobs={"charge-card": reserve})
+    print(result.status)
+    tf.create_entity_step("c", "orders", lambda ctx: {"id": 1}, timeout=datetime.timedelta(seconds=3))
+    ScriptedJob(sleeps(datetime.timedelta(minutes=5)))
