@@ -1879,7 +1879,9 @@ class Engine:
                 # if resumed from storage: it starts now (workflow.started, on_start). (Once its
                 # on_start hook has run, for one that stays pending until then: see
                 # ``pending_until_announced``.)
-                admit(state, None if run.cancel_requested else self._clock())
+                # (One whose cancel was stored while it was queued, going back already, never
+                # starts either: it ends with no start time, as one cancelled here as it queues.)
+                admit(state, None if run.cancel_requested or state.phase != "forward" else self._clock())
                 run.resumed = False
                 if run.cancel_requested or not pending_until_announced(run.definition, state):
                     try:
