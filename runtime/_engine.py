@@ -82,7 +82,7 @@ from ._children import EngineChildren, ended_badly
 from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, is_signal_name, valid_text
 from ._fanout_failures import fails_a_fail_fast_fanout, lane_ends
 from ._slot_queue import SlotQueue
-from ._storage_retry import retried
+from ._storage_retry import BACKOFF_MAX, FIRST_BACKOFF, retried
 from ._snapshot import (
     RESUMABLE,
     TERMINAL,
@@ -474,7 +474,12 @@ class Engine:
                 if given_id:
                     # Stored, perhaps, its answer lost: a retry finds it (see not created, below).
                     # (An id made here is known to nobody who could retry it.)
-                    self._unanswered.setdefault(instance_id, {})[state.created_at] = False
+                    tries = self._unanswered.setdefault(instance_id, {})
+                    tries[state.created_at] = False
+                    if len(tries) == 1 and not self._closed:  # (one look per id: later tries join it)
+                        with contextlib.suppress(RuntimeError):  # (the nursery beside closed first)
+                            self._start_beside(f"look for the row of lost start {instance_id}",
+                                               self._look_for_lost_start, instance_id)
                 raise
             if created and (self._closed or self._actors_stopped):
                 raise EngineClosedError(
@@ -581,6 +586,41 @@ class Engine:
                 self._release_start(storing)
             if reserved:
                 self._free_slot()  # not run here in this slot after all: it goes to the queue
+
+    async def _look_for_lost_start(self, instance_id: str) -> None:
+        """After a ``start()`` of a given id raised (its create may have stored the row, its
+        answer lost): once storage answers, look whether it holds a row one of the lost tries
+        stored. If not, their notes (see ``_unanswered``) go: nothing was stored under them,
+        and a caller that never tries again would leave them for the life of the engine. (A
+        row one of them stored keeps them, as the row is kept: a retry, a resume or the run's
+        end drops them.)"""
+        delay = FIRST_BACKOFF
+        while True:
+            await trio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+            tries = self._unanswered.get(instance_id)
+            if tries is None or instance_id in self._live:
+                return  # (a retry read the row, or a run of it here notes what it needs)
+            if instance_id in self._storing:
+                continue  # (a start of it in flight reads or creates the row itself)
+            looked_for = list(tries)
+            try:
+                stored = await self._load_fresh(instance_id)
+                ours = stored is not None and _decoded(stored).created_at in looked_for
+            except SnapshotDecodeError:
+                return  # (a row all the same: kept with it)
+            except StorageError:
+                continue  # (still unavailable: looked for again, later)
+            if ours:
+                return
+            tries = self._unanswered.get(instance_id)
+            if tries is None:
+                return
+            for created_at in looked_for:
+                tries.pop(created_at, None)  # (a try since, in flight during the read, stays)
+            if not tries:
+                del self._unanswered[instance_id]
+                return
 
     async def _owed_cancel(self, owed: _Storing) -> None:
         """The cancel a ``cancel()`` said yes to before the store ``owed`` was over: of the
