@@ -238,9 +238,12 @@ async def _announce_start(run: Run, ctx: WorkflowContext) -> None:
             # (Whatever it set: the check after a hook drops what cannot be stored, and keeps
             # the rest without noting it as checked.) Until then it is stored pending (see
             # ``pending_until_announced``): a restart before this store announces it again.
-            # So does a retried ``start()`` of a lost try's row (see ``Engine._unanswered``):
-            # announced, for it, once this store is made.
-            run.announced = False
+            # So does a retried ``start()`` of a lost try's row stored running already (its
+            # hook registered since: see ``Engine._unanswered``): announced, for it, once this
+            # store is made. (A pending row's status says whether it was.)
+            stored_running = run.stored_status != "pending"
+            if stored_running:
+                run.announced = False
             await run.persist()
             run.announced = True
 

@@ -392,7 +392,8 @@ class Engine:
                     # (Beside the actors, as end hooks run: the actors' nursery may be stopping.)
                     with contextlib.suppress(RuntimeError):  # (that nursery closed first)
                         self._start_beside(f"cancel {held.instance_id}", self._owed_cancel, held)
-            if step_over:
+            if step_over and held.instance_id not in self._live:
+                # (A run of it here notes whether it announced it, as it ends: see _instance_actor.)
                 self._unanswered.pop(held.instance_id, None)
 
     def _start_child(
@@ -499,8 +500,8 @@ class Engine:
                 self._check_open()  # closed while it was stored: an idempotent start may be made again
                 existing = await self._load_fresh(instance_id)
                 self._check_open()  # (as a first try closed on its store says: the next engine goes on)
+                never_ran = fresh = False  # (this call's own row, nothing run: see below)
                 if existing is not None:
-                    never_ran = fresh = False  # (this call's own row, nothing run: see below)
                     try:
                         found = _decoded(existing)
                     except SnapshotDecodeError as exc:  # unreadable: reported as such elsewhere
@@ -530,9 +531,11 @@ class Engine:
                             announced = pending_until_announced(definition, found)
                         fresh = never_ran and existing.status == "running" and found.lanes[MAIN].waiting is None \
                             and not announced
-                if not fresh:  # (its row is found, and known for what it is)
-                    # (A fresh one's run notes whether it announced it: a retry after that run
-                    # stopped before its on_start hook's store runs the hook again.)
+                if not (fresh or (never_ran and existing is not None and existing.status == "pending")):
+                    # Its row is found, and known for what it is. (Not one the run this call
+                    # takes up is yet to announce: a fresh one, or a pending one, announced as it
+                    # is admitted. The run notes whether it did: a retry after it stopped before
+                    # that, its admission's or its on_start hook's store lost, announces it.)
                     self._unanswered.pop(instance_id, None)
                 if existing is not None:
                     if parent is not None and existing.status in TERMINAL:

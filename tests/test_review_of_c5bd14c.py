@@ -81,8 +81,8 @@ async def _first(ctx: tf.WorkflowContext) -> Any:
     return ctx.get("n")  # what on_start set: 1 once it has run
 
 
-def _w(seen: _Seen, hooked: bool) -> tf.WorkflowDefinition:
-    b = tf.workflow("w").with_data({"n": 0}).step("first", _first)
+def _w(seen: _Seen, hooked: bool, name: str = "w") -> tf.WorkflowDefinition:
+    b = tf.workflow(name).with_data({"n": 0}).step("first", _first)
     return (b.with_hooks(on_start=seen.on_start) if hooked else b).build()
 
 
