@@ -15,6 +15,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from datetime import date, datetime
 from typing import Any, TypeVar
 
 import trio
@@ -87,15 +88,15 @@ class SQLiteDriver:
                     # gives it), read again as stored (after AFTER triggers).
                     given = data.get(key)
                     if _RETURNING:
-                        returned = _rows(conn.execute(f"{sql} RETURNING {_quote(key)}", [data[c] for c in names]))
+                        returned = _rows(conn.execute(f"{sql} RETURNING {_quote(key)}", _bound(data, names)))
                         given = returned[0][key] if returned else None
                     else:
-                        cur = conn.execute(sql, [data[c] for c in names])
+                        cur = conn.execute(sql, _bound(data, names))
                         if given is None and key_is_rowid:
                             given = cur.lastrowid  # (an INTEGER PRIMARY KEY left NULL is the rowid)
                     found = conn.execute(f"SELECT * FROM {table} WHERE {_quote(key)} = ?", (given,))
                 else:  # by the rowid SQLite gave it (the key may be an alias of it, given NULL)
-                    cur = conn.execute(sql, [data[c] for c in names])
+                    cur = conn.execute(sql, _bound(data, names))
                     found = conn.execute(f"SELECT {self._select(entity)} FROM {table} WHERE {alias} = ?",
                                          (cur.lastrowid,))
                 rows = _rows(found)
@@ -142,7 +143,7 @@ class SQLiteDriver:
                 if key in data and any(k != data[key] for k in keys):
                     raise DriverError(_KEY_CHANGE.format(entity=entity, key=key))
                 for k in keys:
-                    conn.execute(f"UPDATE {table} SET {sets} WHERE {key_col} = ?", [data[c] for c in names] + [k])
+                    conn.execute(f"UPDATE {table} SET {sets} WHERE {key_col} = ?", _bound(data, names) + [k])
                 return [_rows(conn.execute(f"SELECT {self._select(entity)} FROM {table} WHERE {key_col} = ?", (k,)))[0]
                         for k in keys]
 
@@ -331,7 +332,7 @@ class SQLiteDriver:
         names = self._checked(entity, columns, where, "where")
         if not names:
             return "", []
-        return " WHERE " + " AND ".join(f"{_quote(c)} IS ?" for c in names), [where[c] for c in names]
+        return " WHERE " + " AND ".join(f"{_quote(c)} IS ?" for c in names), _bound(where, names)
 
 
 #: Whether this SQLite has ``INSERT ... RETURNING`` (3.35 and later).
@@ -356,6 +357,21 @@ def _without_rowid(conn: sqlite3.Connection, entity: str, alias: str | None) -> 
     except sqlite3.OperationalError:
         return True
     return False
+
+
+def _bound(values: Mapping[str, Any], names: list[str]) -> list[Any]:
+    """The values of columns ``names`` as they are bound: dates and datetimes as the ISO text
+    sqlite3's default adapters made of them, made here (those adapters warn on every use since
+    Python 3.12, and are to go)."""
+    return [_as_sql(values[c]) for c in names]
+
+
+def _as_sql(value: Any) -> Any:
+    if isinstance(value, datetime):  # (a date too: first)
+        return value.isoformat(" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
 
 
 def _quote(name: str) -> str:

@@ -249,3 +249,29 @@ async def test_the_kits_run_inside_a_trio_run_says_what_to_do_instead() -> None:
 
     with pytest.raises(tf.InvalidArgumentError, match="await"):
         run(nothing)
+
+
+async def test_sqlite_driver_binds_dates_without_sqlite3s_default_adapters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``created``/``due`` column is the first thing an order table has. sqlite3's default
+    adapters for ``date`` and ``datetime`` warn on every use since Python 3.12 (which trioflow
+    lists) and are to go: the SQLiteDriver now makes the same ISO text itself. Here they are
+    taken out, as a Python without them would have it: before, ``create`` then raised
+    ``sqlite3.ProgrammingError`` (unsupported type); the text stored is the one they made."""
+    monkeypatch.delitem(sqlite3.adapters, (datetime.date, sqlite3.PrepareProtocol))
+    monkeypatch.delitem(sqlite3.adapters, (datetime.datetime, sqlite3.PrepareProtocol))
+    path = tmp_path / "app.db"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, placed TEXT, due TEXT)")
+    connection.close()
+    driver = tf.adapters.SQLiteDriver(path)
+    placed, due = datetime.datetime(2026, 12, 6, 13, 46, 30, 76047), datetime.date(2026, 12, 9)
+    try:
+        row = await driver.create("orders", {"placed": placed, "due": due})
+        assert (row["placed"], row["due"]) == ("2026-12-06 13:46:30.076047", "2026-12-09")
+        assert await driver.find_one("orders", {"placed": placed}) == row  # (bound in a where too)
+        updated = await driver.update("orders", {"due": due}, {"due": datetime.date(2027, 1, 1)})
+        assert updated[0]["due"] == "2027-01-01"
+    finally:
+        await driver.aclose()
