@@ -61,9 +61,11 @@ from trioflow._snapshot import (
     failed_compensation,
     metadata_of,
 )
+from trioflow.adapters._driver import ForgetsRuns
 from trioflow.adapters._protocol import Adapter
 
 from ._flag import Flag
+from ._ledger import forget_ended_runs
 from ._threads import ThreadSlots
 
 log = logging.getLogger("trioflow")
@@ -894,6 +896,11 @@ class Run:
                 and not self.children.deliver_notice(*notify[:2], notice_seq, notify[2]):
             # Beside the run: waking the parent may read storage, and is not this run's work.
             self.children.ended_soon(notify[0], notify[1])
+        if self.definition.records_runs and status in TERMINAL and self.spawn is not None \
+                and isinstance(self.driver, ForgetsRuns):
+            # Its end is stored: what its runs recorded in the driver's ledger is of no more use.
+            self.spawn(f"forget the ledger records of {self.state.instance_id}", forget_ended_runs, self.driver,
+                       self.state, self.definition)
 
     async def _settle_doubt(self) -> None:
         """Before the next checkpoint after one in doubt (see :attr:`doubt`): if storage holds

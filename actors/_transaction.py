@@ -21,9 +21,10 @@ import trio
 
 from trioflow._lanes import MAIN
 from trioflow._snapshot import InstanceState, Status
-from trioflow._codec import decode_whole, encode_record, encode_whole
+from trioflow._codec import encode_record, encode_whole
 from trioflow.adapters._driver import RunLedger
 
+from ._ledger import recorded_end
 from ._run import Run, StepFailure, log
 
 #: How a forward run ended: the outcome, the error (``None``: completed) and the failed step.
@@ -140,16 +141,9 @@ async def _recover(run: Run, ledger: RunLedger) -> bool:
     than replacing the object: the instance actor's callers hold on to that object.
     """
     state = run.state
-    payload = await ledger.find_run(state.instance_id)
-    if payload is None:
-        return False
-    recorded = decode_whole(payload)
-    identity = (state.instance_id, state.workflow_name, state.created_at)
-    if (recorded.instance_id, recorded.workflow_name, recorded.created_at) != identity:
-        # Another instance that had the same id (an engine on other storage, same database):
-        # not this run's record. This run's own commit will replace it.
-        log.warning("ignoring the ledger record of an earlier instance %r in the driver", state.instance_id)
-        return False
+    recorded = await recorded_end(ledger, state)
+    if recorded is None:
+        return False  # (none, or another instance's: this run's own commit will replace it)
     for name in _FIELDS:
         setattr(state, name, getattr(recorded, name))
     # What the run stored before the transaction stays stored; the rest is staged for the

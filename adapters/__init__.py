@@ -19,6 +19,7 @@ if _TYPE_CHECKING:
     from ._driver import Driver as Driver
     from ._driver import DriverError as DriverError
     from ._driver import EntityNotFoundError as EntityNotFoundError
+    from ._driver import ForgetsRuns as ForgetsRuns
     from ._driver import RunLedger as RunLedger
     from ._driver import UnknownColumnError as UnknownColumnError
     from ._driver import UnknownEntityError as UnknownEntityError
@@ -32,7 +33,8 @@ if _TYPE_CHECKING:
 _LAZY = {
     "SQLiteAdapter": "_sqlite", "DatabaseError": "_sqlite", "DatabaseLockedError": "_sqlite",
     "DatabaseUnavailableError": "_sqlite",
-    "Driver": "_driver", "DriverError": "_driver", "EntityNotFoundError": "_driver", "RunLedger": "_driver",
+    "Driver": "_driver", "DriverError": "_driver", "EntityNotFoundError": "_driver", "ForgetsRuns": "_driver",
+    "RunLedger": "_driver",
     "UnknownColumnError": "_driver", "UnknownEntityError": "_driver",
     "MemoryDriver": "_memory_driver", "SQLiteDriver": "_sqlite_driver",
 }

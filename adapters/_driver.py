@@ -15,7 +15,7 @@ and rolling one back discards exactly the writes made inside it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -105,6 +105,19 @@ class RunLedger(Protocol):
 
     async def find_run(self, key: str) -> bytes | None:
         """The payload committed under ``key``, or ``None``."""
+        ...
+
+
+@runtime_checkable
+class ForgetsRuns(Protocol):
+    """Optional capability of a :class:`RunLedger`: delete records once nothing can read them.
+    The engine calls it beside an instance that has ended (stored ``completed``, ``failed``,
+    ``cancelled``, ``timed_out`` or ``compensated``) with the keys of what its runs recorded:
+    nothing runs that instance again, and a service that runs entity steps for months would
+    otherwise keep a record per execution. A driver without it keeps them (as before)."""
+
+    async def forget_runs(self, keys: Sequence[str]) -> None:
+        """Delete the records under ``keys``, those there are, in a transaction of its own."""
         ...
 
 

@@ -7,7 +7,7 @@ that a rollback restores along with the tables.
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -108,6 +108,12 @@ class MemoryDriver:
         self._ownership.require_transaction("record_run")
         async with self._ownership.call():  # not while a sibling's nested block is open
             self.ledger[key] = bytes(payload)
+
+    async def forget_runs(self, keys: Sequence[str]) -> None:
+        """Delete the run records under ``keys`` (see :class:`~._driver.ForgetsRuns`)."""
+        async with self._ownership.call():  # (not inside another task's open transaction)
+            for key in keys:
+                self.ledger.pop(key, None)
 
     async def find_run(self, key: str) -> bytes | None:
         """The payload recorded under ``key`` by a transaction that did not roll back."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from typing import Any, TypeVar
@@ -200,6 +200,18 @@ class SQLiteDriver:
 
         async with self._ownership.call():  # not while a sibling's nested block is open
             await self._run(record, f"recording run {key!r}")
+
+    async def forget_runs(self, keys: Sequence[str]) -> None:
+        """Delete the run records under ``keys`` (see :class:`~._driver.ForgetsRuns`), if the
+        ledger table is there at all."""
+        wanted = [(key,) for key in keys]
+
+        def forget(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (LEDGER_TABLE,)).fetchone():
+                conn.executemany(f"DELETE FROM {LEDGER_TABLE} WHERE run_key = ?", wanted)
+
+        async with self._ownership.call():
+            await self._run(_atomic(forget), f"forgetting {len(wanted)} run records")
 
     async def find_run(self, key: str) -> bytes | None:
         """The payload committed under ``key`` (``None`` if there is none, or no ledger yet)."""

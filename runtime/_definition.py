@@ -343,6 +343,12 @@ class WorkflowDefinition:
     waits: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
         lambda self: any(isinstance(s, (WaitStep, ReceiveStep, ChildStep)) or isinstance(s, TaskStep)
                          and s.retry is not None for s, _ in self.lookup.values()), takes_self=True))
+    #: Whether its runs record in the driver's run ledger (a transactional run, an entity step),
+    #: worked out once: the records of an instance that ended are then deleted (see
+    #: ``trioflow.actors._ledger``).
+    records_runs: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
+        lambda self: self.transactional or any(isinstance(s, TaskStep) and s.entity is not None
+                                               for s, _ in self.lookup.values()), takes_self=True))
     #: Whether a child's completion may fail a fail-fast fan-out, worked out once: only where
     #: one holds, at any depth, a wait-all fan-out (ended by it, that fails) or a fail step (the
     #: child step leads to it). A fail-fast fan-out fails on a failure, never on a completion.

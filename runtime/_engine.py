@@ -478,9 +478,10 @@ class Engine:
                     tries = self._unanswered.setdefault(instance_id, {})
                     tries[state.created_at] = False
                     if len(tries) == 1 and not self._closed:  # (one look per id: later tries join it)
-                        with contextlib.suppress(RuntimeError):  # (the nursery beside closed first)
-                            self._start_beside(f"look for the row of lost start {instance_id}",
-                                               self._look_for_lost_start, instance_id)
+                        with contextlib.suppress(RuntimeError):  # (the actors' nursery closed first)
+                            # (With the actors: a look storage keeps waiting ends as the engine closes.)
+                            self._supervisor.start_soon(f"look for the row of lost start {instance_id}",
+                                                        self._look_for_lost_start, instance_id)
                 raise
             if created and (self._closed or self._actors_stopped):
                 raise EngineClosedError(

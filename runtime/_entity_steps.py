@@ -27,6 +27,7 @@ from ._errors import DefinitionError, safe_repr
 from ._definition import Catch, TaskStep
 from ._durations import Seconds
 from ._lanes import execution_id, valid_text
+from ._ledger_keys import entity_key
 from ._retry import Retry
 
 #: ``data_fn`` / ``where_fn``: the columns from the context, a plain or an ``async def``.
@@ -56,9 +57,7 @@ async def _once(ctx: WorkflowContext, step: str, write: Callable[[Driver], Await
         ledger, state = driver, ctx._state
         executed = execution_id(ctx.lane, step, ctx._compensating) if undo and ctx._compensating is not None \
             else next_execution_id(state, ctx.lane, step)
-        # The creation time tells this instance from an earlier one with its id (deleted, then
-        # started again), whose records must not be taken for its own.
-        key = f"trioflow.entity/{state.instance_id}/{state.created_at!r}/{executed}{'/undo' if undo else ''}"
+        key = entity_key(state, executed, undo)
     async with driver.transaction():
         if ledger is not None:
             done = await ledger.find_run(key)

@@ -8,8 +8,8 @@ The review's first finding (``Engine._unanswered``: an entry per ``start(instanc
 whose create failed having stored nothing, never retried) failed at c5bd14c; fixed by the commit
 that added this file: the engine looks for the row once storage answers, and drops the notes
 of tries that stored none. Its second (``MemoryDriver.ledger`` keeps the entries of purged
-instances) is documented (README, Data drivers: ledger entries are "not deleted yet") and left
-for a driver method that deletes them; it has no test here. The review also probed, and found
+instances, as README then said: "not deleted yet") was fixed by a driver method that deletes
+them once the instance's end is stored: tests/test_ledger_records_go_when_their_instance_ends.py. The review also probed, and found
 bounded: cancels, signals, waits given up, timeouts, retries, children compensated as units,
 maps with tolerated failures, delayed starts, event subscriptions, ``execute_workflow`` and
 driver transactions."""
