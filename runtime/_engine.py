@@ -603,10 +603,12 @@ class Engine:
             await trio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
             tries = self._unanswered.get(instance_id)
-            if tries is None or instance_id in self._live:
-                return  # (a retry read the row, or a run of it here notes what it needs)
-            if instance_id in self._storing:
-                continue  # (a start of it in flight reads or creates the row itself)
+            if tries is None:
+                return  # (a retry read the row, or a run of its row here ended)
+            if instance_id in self._live or instance_id in self._storing:
+                # A start of it in flight reads or creates the row itself; a run of it here
+                # may be of another row (stored before the failed tries): looked for once over.
+                continue
             looked_for = list(tries)
             try:
                 stored = await self._load_fresh(instance_id)
