@@ -11,7 +11,7 @@ from trioflow._definition import WorkflowDefinition
 from trioflow._errors import describe_error
 from trioflow._ledger_keys import ended_run_keys
 from trioflow._snapshot import InstanceState
-from trioflow.adapters._driver import ForgetsRuns, RunLedger
+from trioflow.adapters._driver import Driver, ForgetsRuns, RunLedger
 
 log = logging.getLogger("trioflow")
 
@@ -37,9 +37,15 @@ async def forget_ended_runs(driver: ForgetsRuns, state: InstanceState, definitio
     ends). Beside its run; a failure is logged and leaves them, which no run reads."""
     keys = ended_run_keys(state, definition)
     try:
-        if definition.transactional and isinstance(driver, RunLedger) and await recorded_end(driver, state):
-            keys.append(state.instance_id)
-        if keys:
+        if definition.transactional and isinstance(driver, RunLedger) and isinstance(driver, Driver):
+            # Its record is under its id alone: looked at and deleted in one transaction, so
+            # that another instance with the id cannot record in between (and lose its record).
+            async with driver.transaction():
+                if await recorded_end(driver, state):
+                    keys.append(state.instance_id)
+                if keys:
+                    await driver.forget_runs(keys)
+        elif keys:
             await driver.forget_runs(keys)
     except Exception as exc:  # (the driver's database down, a damaged record: they stay)
         log.warning("the run ledger records of instance %s could not be deleted (%s); they stay in the driver",
