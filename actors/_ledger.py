@@ -11,7 +11,7 @@ from trioflow._definition import WorkflowDefinition
 from trioflow._errors import describe_error
 from trioflow._ledger_keys import ended_run_keys
 from trioflow._snapshot import InstanceState
-from trioflow.adapters._driver import Driver, ForgetsRuns, RunLedger
+from trioflow.adapters._driver import ForgetsRuns, RunLedger
 
 log = logging.getLogger("trioflow")
 
@@ -36,11 +36,12 @@ async def forget_ended_runs(driver: ForgetsRuns, state: InstanceState, definitio
     (a parent that compensates it as a unit records its compensations anew, and they go as that
     ends). Beside its run; a failure is logged and leaves them, which no run reads."""
     keys = ended_run_keys(state, definition)
+    transaction = getattr(driver, "transaction", None)  # (all a transactional run needs of a driver)
     try:
-        if definition.transactional and isinstance(driver, RunLedger) and isinstance(driver, Driver):
+        if definition.transactional and isinstance(driver, RunLedger) and callable(transaction):
             # Its record is under its id alone: looked at and deleted in one transaction, so
             # that another instance with the id cannot record in between (and lose its record).
-            async with driver.transaction():
+            async with transaction():
                 if await recorded_end(driver, state):
                     keys.append(state.instance_id)
                 if keys:

@@ -896,12 +896,13 @@ class Run:
                 and not self.children.deliver_notice(*notify[:2], notice_seq, notify[2]):
             # Beside the run: waking the parent may read storage, and is not this run's work.
             self.children.ended_soon(notify[0], notify[1])
-        if self.definition.records_runs and status in TERMINAL and self.state.phase == "done" \
-                and self.spawn is not None and isinstance(self.driver, ForgetsRuns):
+        if (self.definition.records_runs or self.doomed is not None) and status in TERMINAL \
+                and self.state.phase == "done" and self.spawn is not None and isinstance(self.driver, ForgetsRuns):
             # Its end is stored: what its runs recorded in the driver's ledger is of no more use.
             # (Not a completed child's checkpoints as its parent compensates it as a unit: its
             # status stays completed until that ends, and its compensations' records are read
-            # by an undo taken up again after a restart.)
+            # by an undo taken up again after a restart. One ended for a definition changed since
+            # may have recorded under steps its definition no longer has: see ended_run_keys.)
             self.spawn(f"forget the ledger records of {self.state.instance_id}", forget_ended_runs, self.driver,
                        self.state, self.definition)
 

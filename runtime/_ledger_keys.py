@@ -18,7 +18,8 @@ def entity_key(state: InstanceState, execution: str, undo: bool) -> str:
 def ended_run_keys(state: InstanceState, definition: WorkflowDefinition) -> list[str]:
     """Every record an instance that has ended may have left: one per execution of its entity
     steps and per compensation of one (whether or not it ran: deleting a record that is not
-    there changes nothing). A transactional run's record, under the instance's id alone, is
+    there changes nothing), and of steps ``definition`` no longer has as plain steps (an
+    instance that ended for a definition changed since it ran them). A transactional run's record, under the instance's id alone, is
     not among them: another instance with that id may own it (see ``_transaction``)."""
     executions = dict.fromkeys(r.id for r in state.records if _is_entity_step(definition, r.step_name))
     return [entity_key(state, execution, undo) for execution in executions for undo in (False, True)]
@@ -26,4 +27,4 @@ def ended_run_keys(state: InstanceState, definition: WorkflowDefinition) -> list
 
 def _is_entity_step(definition: WorkflowDefinition, name: str) -> bool:
     found = definition.lookup.get(name)
-    return found is not None and isinstance(found[0], TaskStep) and found[0].entity is not None
+    return found is None or isinstance(found[0], TaskStep) and found[0].entity is not None
