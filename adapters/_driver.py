@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+import weakref
+
 import trio
 
 from trioflow._errors import TrioflowError, safe_repr
@@ -279,16 +281,30 @@ class TransactionOwnership:
         return not self._switching and _descends(task, self._holders[-1])
 
 
+#: Nurseries whose tasks, at any depth, take no part in the transactions of the tasks above them
+#: (see :func:`keep_apart`).
+_APART: weakref.WeakSet[trio.Nursery] = weakref.WeakSet()
+
+
+def keep_apart(nursery: trio.Nursery) -> None:
+    """Make the tasks of ``nursery`` (at any depth) no part of a transaction the task that
+    opened it, or any task above, holds: an engine's, whose instances are not their caller's
+    (a transaction that task held would take in, and roll back, the driver writes of instances
+    stored as done); they wait for it to end, as other tasks do."""
+    _APART.add(nursery)
+
+
 def _descends(task: trio.lowlevel.Task, ancestor: trio.lowlevel.Task) -> bool:
     """Whether ``task`` is ``ancestor`` or was spawned, at any depth, in a nursery that
-    ``ancestor`` (or one of its descendants) opened. A task spawned into a nursery opened
-    elsewhere (an engine's, for instance actors) is not, wherever it was spawned from."""
+    ``ancestor`` (or one of its descendants) opened, not through a nursery kept apart. A task
+    spawned into a nursery opened elsewhere (an engine's, for instance actors) is not, wherever
+    it was spawned from."""
     current: trio.lowlevel.Task | None = task
     while current is not None:
         if current is ancestor:
             return True
         nursery = current.parent_nursery
-        current = None if nursery is None else nursery.parent_task
+        current = None if nursery is None or nursery in _APART else nursery.parent_task
     return False
 
 

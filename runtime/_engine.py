@@ -39,6 +39,7 @@ from trioflow._codec import (
     stage,
     take_changes,
 )
+from trioflow.adapters._driver import keep_apart
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import (
     Adapter, SignalsAndLoads, StoredInstance, keeps_families, sends_and_loads, skips_workflows,
@@ -2358,6 +2359,7 @@ async def open_engine(
         # what it was given, for up to HOOK_TIMEOUT.
         with trio.CancelScope() as settling:
             async with trio.open_nursery() as beside:
+                keep_apart(beside)  # (its tasks, the actors' too, are not the caller's, in the driver)
                 closing: list[Callable[[], None]] = []
                 ended: list[Callable[[], None]] = []
                 nursery: trio.Nursery = await beside.start(_hold_nursery, closing, ended)

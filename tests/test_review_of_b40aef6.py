@@ -2,8 +2,10 @@
 run; a transactional run's record looked at and deleted in one driver transaction). Every test
 here failed at b40aef6. The first two were fixed by the commit that added this file (a ledger
 driver with ``transaction()`` but not the whole Driver protocol; an instance ended for a changed
-definition names the executions of steps its definition no longer has). The last two are strict
-xfails naming limits left as they are (docs/adapters.md; README, Data drivers). What the review found holding is in REPORT.md (no deadlock or stall of the new
+definition names the executions of steps its definition no longer has). The third is a strict
+xfail naming a limit left as it is (docs/adapters.md). The fourth was fixed by the commit after:
+an engine's tasks are kept apart from transactions of the task that opened it
+(``adapters._driver.keep_apart``). What the review found holding is in REPORT.md (no deadlock or stall of the new
 transaction with an instance's own transactional run, with other instances' entity steps, or on
 close; a failing forget's rollback on MemoryDriver restores only its own writes; ``phase ==
 "done"`` is true at every real end and at no undo checkpoint)."""
@@ -189,10 +191,6 @@ async def test_an_instance_timed_out_on_resume_after_a_lost_entity_checkpoint_le
             await driver.aclose()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, left (December 6th): transactions belong to the task tree, and the engine's tasks descend from"
-    " the task that opened it: a transaction that task holds takes in the engine's driver writes (README,"
-    " Data drivers, says so; the engine's tasks would need a boundary in TransactionOwnership)"))
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 async def test_an_application_transaction_in_the_engine_task_does_not_undo_the_ledger_delete(
     autojump_clock: trio.testing.MockClock, kind: str, tmp_path: Path,
