@@ -286,6 +286,13 @@ class TransactionOwnership:
 _APART: weakref.WeakSet[trio.Nursery] = weakref.WeakSet()
 
 
+def in_a_transaction_of(driver: object) -> bool:
+    """Whether the calling task takes part in an open transaction of ``driver`` (one of the
+    shipped drivers, or any that keeps its :class:`TransactionOwnership` as ``_ownership``)."""
+    ownership = getattr(driver, "_ownership", None)
+    return isinstance(ownership, TransactionOwnership) and ownership.inside()
+
+
 def keep_apart(nursery: trio.Nursery) -> None:
     """Make the tasks of ``nursery`` (at any depth) no part of a transaction the task that
     opened it, or any task above, holds: an engine's, whose instances are not their caller's

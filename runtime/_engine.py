@@ -39,7 +39,7 @@ from trioflow._codec import (
     stage,
     take_changes,
 )
-from trioflow.adapters._driver import keep_apart
+from trioflow.adapters._driver import in_a_transaction_of, keep_apart
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import (
     Adapter, SignalsAndLoads, StoredInstance, keeps_families, sends_and_loads, skips_workflows,
@@ -2337,6 +2337,13 @@ async def open_engine(
             raise InvalidArgumentError(f"clock must give Unix seconds as a number (as time.time does), it gave {safe_repr(now)}")
     check_adapter(adapter)
     check_services(services)
+    if driver is not None and in_a_transaction_of(driver):
+        # Its tasks are kept apart from this task's transactions (see keep_apart): their
+        # writes would wait for this one to end, and it for them (a wait(), the close).
+        raise InvalidArgumentError(
+            "open_engine(driver=...) inside a transaction of that driver: the engine's instances, hooks and"
+            " callbacks write through it outside your transaction, and would wait for it to end while it waits"
+            " for them; open the engine outside the transaction (and open transactions in tasks of their own)")
     retry_for = duration(storage_retry_for, "storage_retry_for")
     keep = None if retain_finished is None else duration(retain_finished, "retain_finished")
     storage: Adapter = adapter if adapter is not None else MemoryAdapter()
