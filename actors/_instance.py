@@ -187,7 +187,7 @@ async def _forward(run: Run) -> Forward:
                 # timeout, and before the start is stored, so that a restart in between
                 # announces it again rather than never. (One cancelled while it waited for its
                 # start never started: it ends without being announced.)
-                await _announce_start(run, ctx)
+                await _announce_start(run, ctx, start_stored_after=True)
                 if definition.timeout is not None or transactional:
                     # Stored at once: a restart during its first step then counts its timeout
                     # from here, and knows its transaction may have begun (and committed).
@@ -222,10 +222,11 @@ async def _forward(run: Run) -> Forward:
     return "timed_out", WorkflowTimeoutError(definition.name, definition.timeout), None
 
 
-async def _announce_start(run: Run, ctx: WorkflowContext) -> None:
+async def _announce_start(run: Run, ctx: WorkflowContext, *, start_stored_after: bool = False) -> None:
     """The instance starts its first step: ``workflow.started`` and the ``on_start`` hook (a
-    delayed start's once its delay is over). Inside the run's scope: a cancel or the workflow
-    timeout reaches a slow hook too."""
+    delayed start's once its delay is over: ``start_stored_after``, its stored row says whether
+    its start was stored, as a pending one's status does). Inside the run's scope: a cancel or
+    the workflow timeout reaches a slow hook too."""
     run.announced = True
     if run.bus.wants("workflow.started"):
         run.emit("workflow.started", input=run.state.input)
@@ -241,7 +242,7 @@ async def _announce_start(run: Run, ctx: WorkflowContext) -> None:
             # So does a retried ``start()`` of a lost try's row stored running already (its
             # hook registered since: see ``Engine._unanswered``): announced, for it, once this
             # store is made. (A pending row's status says whether it was.)
-            stored_running = run.stored_status != "pending"
+            stored_running = run.stored_status != "pending" and not start_stored_after
             if stored_running:
                 run.announced = False
             await run.persist()

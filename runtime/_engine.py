@@ -1367,6 +1367,10 @@ class Engine:
         stored meanwhile takes up itself). Never starts an instance twice."""
         self._check_open()
         self._holding_back = False
+        # Parked rows are the waker's (storage lists few of them here), and it looks again now:
+        # it may not know of one whose run here stopped as its wake time was stored (the
+        # answer lost), which parked no run to tell it.
+        self._wake_changed.set()
         with self._ends.watching_all() as ended:
             found = await self.adapter.resumable()
             # An instance that stalled (its checkpoint failed) but is no longer resumable in
