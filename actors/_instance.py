@@ -51,7 +51,7 @@ from ._lane import cut_short_resting, run_lane
 from ._run import Parked, Run, StepFailure
 from ._task import compensate
 from ._transaction import Forward, committed_before_a_crash, committed_under_a_cancel, forward_in_transaction
-from ._wait import past_stored_wait, wait_for_start
+from ._wait import wait_for_start
 
 
 _UNBOUNDED = contextlib.nullcontext()
@@ -188,12 +188,11 @@ async def _forward(run: Run) -> Forward:
                 # announces it again rather than never. (One cancelled while it waited for its
                 # start never started: it ends without being announced.)
                 await _announce_start(run, ctx, start_stored_after=True)
-                if definition.timeout is not None or transactional:
-                    # Stored at once: a restart during its first step then counts its timeout
-                    # from here, and knows its transaction may have begun (and committed).
-                    await run.persist()
-                else:
-                    await past_stored_wait(run)
+                # Its start stored at once, before its first step: a restart during that step
+                # does not announce it again, counts its timeout from here, and knows its
+                # transaction may have begun (and committed). (A short delay waited in memory:
+                # storage still says it waits for its start, with no wake time, until now.)
+                await run.persist()
             if transactional:
                 # Inside the scope: a cancel or the workflow timeout reaches a wait for the
                 # driver's lock too. (A partial, not a lambda: a closure would make ``run``,
