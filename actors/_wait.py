@@ -362,9 +362,10 @@ def _due(run: Run, step: WaitStep, ctx: WorkflowContext) -> float:
     assert step.until is not None
     value = plain_result(step.until, ctx) if callable(step.until) else step.until
     if isinstance(value, datetime):
-        if value.tzinfo is None:
+        moment = unix_seconds(value)
+        if moment is None:
             raise InvalidArgumentError(f"step {step.name!r}: until gave a naive datetime; give an aware one")
-        value = unix_seconds(value)
+        value = moment
     _check_number(step, "until", value, "Unix seconds (a finite number >= 0) or an aware datetime")
     return float(value)
 

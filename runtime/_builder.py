@@ -268,9 +268,11 @@ class _LaneBuilder:
         of ctx giving either). The due time is stored when the step starts; the lane's last
         output passes on."""
         if isinstance(until, datetime):
-            if until.tzinfo is None:
-                raise DefinitionError(f"{self._owner()}, step {name!r}: until must be an aware datetime (with a tzinfo)")
-            until = unix_seconds(until)
+            moment = unix_seconds(until)
+            if moment is None:
+                raise DefinitionError(f"{self._owner()}, step {name!r}: until must be an aware datetime (with a tzinfo"
+                                      " that gives a UTC offset)")
+            until = moment
         self._steps.append(WaitStep(name=name, seconds=as_seconds(seconds), until=until, next=next, end=end))
         return self
 

@@ -35,9 +35,13 @@ def virtual_seconds(value: Any, method: str) -> float:
     return float(value)
 
 
-def unix_seconds(moment: datetime) -> float:
+def unix_seconds(moment: datetime) -> float | None:
     """An aware ``datetime`` as Unix seconds; one before 1970 as 0: a moment long past, which
-    comes at once as any past one does (Unix seconds given as numbers must not be negative)."""
+    comes at once as any past one does (Unix seconds given as numbers must not be negative).
+    ``None`` for a naive one, for the caller to refuse: no tzinfo, or one that gives no UTC
+    offset (naive by Python's own definition, as the codec reads it too)."""
+    if moment.utcoffset() is None:
+        return None
     return max(0.0, moment.timestamp())
 
 

@@ -713,9 +713,11 @@ class Engine:
         if start_at is None:
             return None
         if isinstance(start_at, datetime):
-            if start_at.tzinfo is None:
-                raise InvalidArgumentError(f"start_at must be an aware datetime (with a tzinfo), got {start_at!r}")
-            return unix_seconds(start_at)
+            moment = unix_seconds(start_at)
+            if moment is None:
+                raise InvalidArgumentError(
+                    f"start_at must be an aware datetime (with a tzinfo that gives a UTC offset), got {start_at!r}")
+            return moment
         if not in_range(start_at):
             raise InvalidArgumentError(f"start_at must be an aware datetime or Unix seconds (a finite number >= 0), got {start_at!r}")
         return float(start_at)

@@ -223,10 +223,13 @@ class MapError(ExceptionGroup[ItemError], TrioflowError):
     did and it tolerates none): their errors, the first few named in the message."""
 
     step_name: str
+    #: How many items the map had, and how many failures it tolerated.
+    total: int
+    tolerated: int
 
     def __new__(cls, step_name: str, errors: Sequence[ItemError], total: int, tolerated: int) -> MapError:
         self = super().__new__(cls, _map_message(step_name, errors, total, tolerated), errors)
-        self.step_name = step_name
+        self.step_name, self.total, self.tolerated = step_name, total, tolerated
         return self
 
     def __init__(self, step_name: str, errors: Sequence[ItemError], total: int, tolerated: int) -> None:
@@ -236,7 +239,9 @@ class MapError(ExceptionGroup[ItemError], TrioflowError):
         return self.message
 
     def derive(self, excs: Sequence[ItemError]) -> MapError:  # type: ignore[override]
-        return MapError(self.step_name, excs, len(excs), 0)
+        # (What ``except*`` and ``split()`` build: a part of the same map's failures, out of
+        # as many items, as many tolerated.)
+        return MapError(self.step_name, excs, self.total, self.tolerated)
 
 
 def _map_message(step_name: str, errors: Sequence[ItemError], total: int, tolerated: int) -> str:
