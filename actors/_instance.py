@@ -181,6 +181,10 @@ async def _forward(run: Run) -> Forward:
                 await _announce_start(run, ctx)
             if delayed:
                 await wait_for_start(run, main)
+                # It starts on the release registered now (see Run.take_up_release).
+                definition = run.definition
+                transactional = definition.transactional and run.driver is not None
+                ctx.total_steps = len(definition.steps)
                 if scope is not None and definition.timeout is not None:
                     scope.deadline = trio.current_time() + definition.timeout
                 # It starts now (taken up from storage, most likely): announced now, under its

@@ -30,7 +30,9 @@ from trioflow._codec import (
     taken,
 )
 from trioflow._context import ItemPlace, WorkflowContext
-from trioflow._decide import catch_failure, fail_step, failure_named_by_workflow, record_compensation_failed, wake_at
+from trioflow._decide import (
+    catch_failure, fail_step, failure_named_by_workflow, record_compensation_failed, take_up, wake_at,
+)
 from trioflow._definition import Catch, ParallelStep, Step, StepFn, WorkflowDefinition
 from trioflow._errors import (
     CheckpointConflictError,
@@ -285,7 +287,7 @@ class Run:
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
         "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "lends", "unheld", "unpublished",
-        "lent", "contextvars", "doubt", "child_stores",
+        "lent", "contextvars", "doubt", "child_stores", "releases",
     )
 
     def __init__(
@@ -307,6 +309,7 @@ class Run:
         clock: Callable[[], float] = time.time,
         park_after: float | None = None,
         children: Children | None = None,
+        releases: Mapping[str, WorkflowDefinition] | None = None,
     ) -> None:
         self.definition = definition
         self.state = state
@@ -394,6 +397,10 @@ class Run:
         self.unpublished: list[tuple[str, str, dict[str, Any]]] | None = None
         #: The engine, for child steps (``None``: no engine, as in ``execute_workflow``).
         self.children = children
+        #: The definitions registered now, by name (the engine's; ``None``: no engine): a run
+        #: that has run nothing yet starts on the one registered as it starts (see
+        #: :meth:`take_up_release`).
+        self.releases = releases
         self.has_hooks = definition.has_hooks
         #: The error a resumed run fails with before it runs anything (its instance no longer
         #: fits the definition registered now); ``None``: none.
@@ -458,6 +465,19 @@ class Run:
             self.state, lane=lane, total_steps=total_steps, services=self.services, driver=self.driver,
             encodable=check_encodable if self.adapter is not None else None, item=item, until=until,
         )
+
+    def take_up_release(self) -> None:
+        """A run that has run nothing yet (queued for a slot, or waiting in memory for a delayed
+        start) starts on the definition registered as it starts, as one taken up from storage
+        does (see :func:`~trioflow._decide.take_up`): ``register(replace=True)`` meanwhile
+        reaches it whether or not it stayed in memory."""
+        current = None if self.releases is None else self.releases.get(self.definition.name)
+        if current is None or current is self.definition or self.state.records or self.state.phase != "forward":
+            return
+        take_up(self.state, current)
+        if self.state.fingerprint == current.fingerprint:  # (not if its first step is under way)
+            self.definition = current
+            self.has_hooks = current.has_hooks
 
     def callable(self, fn: StepFn | str, asynchronous: bool) -> tuple[Callable[..., Any], bool]:
         """A step's callable and whether it is awaited, looking registered job names up

@@ -48,6 +48,7 @@ async def wait_for_start(run: Run, lane: Lane) -> None:
     # A cancel that came before its time did (the wait may have been over already, awaiting
     # nothing): it never starts, and ends with no start time, unannounced.
     await trio.lowlevel.checkpoint_if_cancelled()
+    run.take_up_release()  # (replaced while it waited)
     run.state.started_at = not_before_creation(run.state, run.clock())
 
 

@@ -151,6 +151,11 @@ class MemoryAdapter:
                     f"instance {instance_id!r}: a checkpoint consuming signals {list(consumed)} is refused"
                     f" ({missing or 'repeated'} not pending)"
                 )
+        if wake_at is not None and (isinstance(wake_at, bool) or not isinstance(wake_at, (int, float))
+                                    or wake_at != wake_at):
+            # (As SQLiteAdapter refuses it: one that sorts with no number, or NaN, which is never
+            # due, would leave the instance neither resumable nor woken.)
+            raise StorageError(f"wake_at must be a number of Unix seconds or None, got {wake_at!r}; nothing was written")
         # Everything is converted before anything changes: all or nothing. (``bytes`` of a
         # bytes object is that object: the usual case copies nothing.)
         new = records

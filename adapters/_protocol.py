@@ -218,6 +218,13 @@ def sends_and_loads(adapter: object) -> bool:
 _REPLACED = ("send_signal", "load")
 
 
+def stores_signals(adapter: object) -> bool:
+    """Whether ``adapter`` stores signals (``send_signal`` and ``signals``): one written before
+    they existed does not, and runs no workflow that receives them or starts children (whose
+    ends reach their parents as signals)."""
+    return callable(getattr(adapter, "send_signal", None)) and callable(getattr(adapter, "signals", None))
+
+
 def skips_workflows(adapter: object) -> bool:
     """Whether ``adapter``'s ``due()`` and ``next_wake()`` take ``skip_workflows``."""
     return _takes(adapter, "due", "skip_workflows")

@@ -42,7 +42,7 @@ from trioflow._codec import (
 from trioflow.adapters._driver import in_a_transaction_of, keep_apart
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import (
-    Adapter, SignalsAndLoads, StoredInstance, keeps_families, sends_and_loads, skips_workflows,
+    Adapter, SignalsAndLoads, StoredInstance, keeps_families, sends_and_loads, skips_workflows, stores_signals,
 )
 
 from ._context import check_services
@@ -52,7 +52,7 @@ from ._decide import (
     pending_compensations, pending_until_announced, steps_under_way, take_up, unended_children, wake_at,
 )
 from ._ids import CreationTimes, new_instance_id
-from ._definition import WorkflowDefinition, built
+from ._definition import ChildStep, ReceiveStep, WorkflowDefinition, built
 from ._durations import Seconds, in_range, seconds, unix_seconds
 from ._errors import (
     DefinitionError,
@@ -169,6 +169,7 @@ class Engine:
         #: Whether a signal to an instance not running here is stored and its row read back in
         #: one call (see ``SignalsAndLoads``).
         self._sends_and_loads = sends_and_loads(adapter)
+        self._stores_signals = stores_signals(adapter)
         #: For callers of ``wait()`` on a parked instance: set when it runs here again.
         self._next_run: dict[str, trio.Event] = {}
         #: The wall clock timers are on (Unix seconds; ``open_engine(clock=...)``).
@@ -257,7 +258,9 @@ class Engine:
         instances started from now on use it, and so do instances taken up from storage (after
         a restart, or waking from a wait out of memory); one that no longer fits it fails with
         :class:`DefinitionMismatchError` and compensates what it can. Instances running in
-        memory finish on the definition they run with."""
+        memory finish on the definition they run with; one that has run nothing yet (queued
+        for a slot, or waiting in memory for its delayed start) starts on the one registered
+        as it starts, as one taken up from storage does."""
         self._check_open()
         built(definition, "register()")
         check_switch(replace, "register()'s replace")
@@ -271,6 +274,8 @@ class Engine:
             )
         check_encodable(dict(definition.data), f"the initial data of workflow {definition.name!r}: with_data")
         definition.check_driver(self._driver, "open_engine(driver=...)")
+        if not self._stores_signals:
+            self._check_without_signals(definition)
         if definition.transactional:
             check_driver_apart(self._driver, self.adapter, definition.name)
         self._definitions[definition.name] = definition
@@ -286,6 +291,18 @@ class Engine:
         elif definition.name in self._held and not self._missing_jobs(definition):
             # Held for jobs the definition it replaces needed, and this one does not.
             self._resume_soon(definition, self._held.pop(definition.name))
+
+    def _check_without_signals(self, definition: WorkflowDefinition) -> None:
+        """Refuse a workflow that needs signals stored, on an adapter that stores none: its
+        receive steps would wait for ever, and its child steps for their children's ends."""
+        needs = next((step for step, _ in definition.lookup.values() if isinstance(step, (ReceiveStep, ChildStep))), None)
+        if needs is not None:
+            what = "receives a signal" if isinstance(needs, ReceiveStep) else \
+                "starts a child workflow, whose end comes as a signal"
+            raise InvalidArgumentError(
+                f"workflow {definition.name!r}: step {needs.name!r} {what}, which needs an"
+                f" adapter that stores signals; {type(self.adapter).__name__} has no send_signal() and signals()"
+                " (docs/adapters.md)")
 
     def _resume_soon(self, definition: WorkflowDefinition, records: list[StoredInstance]) -> None:
         """Resume ``records`` in the background, or hold them until the jobs they need exist
@@ -735,6 +752,9 @@ class Engine:
             raise InvalidArgumentError(
                 f"a signal name must be a non-empty string of valid text not starting with"
                 f" {RESERVED_SIGNALS!r} (trioflow's own), got {name!r}")
+        if not self._stores_signals:
+            raise StorageError(f"signal {name!r} cannot be stored: {type(self.adapter).__name__} has no send_signal()"
+                               " and signals() (docs/adapters.md); nothing was stored")
         data = encode_payload(payload, f"the payload of signal {name!r}")
         running = self._live.get(instance_id)
         storing = None if running is not None else self._storing.get(instance_id)
@@ -1706,7 +1726,7 @@ class Engine:
             definition, state, adapter=self.adapter, jobs=self.jobs, services=self._services,
             driver=self._driver, bus=self.events, resumed=resumed, threads=self._threads,
             spawn=self._start_beside, storage_retry_for=self._storage_retry_for, clock=self._clock,
-            park_after=self._park_after, children=self._children,
+            park_after=self._park_after, children=self._children, releases=self._definitions,
         )
 
     async def until_runnable(self, workflow_name: str, bound: float | None) -> bool:
@@ -1925,6 +1945,8 @@ class Engine:
                 raise
             if not self._unhold(run):
                 return
+        if self._definitions.get(run.definition.name) is not run.definition:
+            run.take_up_release()  # (replaced while it was queued or held)
         try:
             if state.status == "pending":
                 # Stored at once: listings by status agree with it, and a restart during the

@@ -692,6 +692,8 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
     results = {r.step_name: r for r in history}
     for name in state.skipped:
         results.setdefault(name, StepResult(step_name=name, status="skipped"))
+    if state.status == "running" and state.phase == "forward":
+        _add_running(state, results)
     return WorkflowInstance(
         id=state.instance_id,
         workflow_name=state.workflow_name,
@@ -716,6 +718,24 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
         parent_id=state.parent_id,
         children=children_started(state.records),
     )
+
+
+def _add_running(state: InstanceState, results: dict[str, StepResult]) -> None:
+    """The step each lane of a running instance stands in, as a ``running`` execution (its next
+    one), in place of its newest ended one: records are written as executions end, so the one
+    under way has none. Not a map or child step's once it has begun (its ``started`` record
+    stands for it), a lane that failed for good, nor an instance waiting for its delayed start.
+    ``started_at`` where it is stored (a step that waits or waited: ``since``); ``attempts``, a
+    retried step's made so far."""
+    for key, lane in state.lanes.items():
+        name, waiting = lane.step, lane.waiting
+        if name is None or lane.failed is not None or lane.begun is not None or (waiting and "start" in waiting):
+            continue
+        results[name] = StepResult(
+            step_name=name, status="running", lane=key, execution=state.executions.get(step_key(key, name), 0) + 1,
+            started_at=None if waiting is None else waiting.get("since"),
+            attempts=0 if waiting is None else waiting.get("attempt", 0),
+        )
 
 
 def executions(records: Sequence[StepResult]) -> list[StepResult]:

@@ -469,6 +469,8 @@ async def waiting_instances_wake_when_due(open_adapter: OpenAdapter) -> None:
         due = await a.due(1500.0, 10)
         assert [(s.instance_id, s.records) for s in due] == [("soon", (b"r0",))], (
             f"due() must give the instances due by then, with their records; got {due}")
+        assert [s.instance_id for s in await a.due(1000.0, 10)] == ["soon"], (
+            "due(before) must give an instance whose wake_at is before itself (at most before, not only under it)")
         assert [s.instance_id for s in await a.due(1e12, 10)] == ["soon", "later"], "soonest first, never inf"
         assert [s.instance_id for s in await a.due(1e12, 1)] == ["soon"], "at most limit"
         await a.checkpoint("soon", "running", b"h2", [], first_seq=1)  # woke: no wake_at

@@ -38,7 +38,7 @@ from trioflow._definition import (
     ChildStep, MapStep, ParallelStep, ReceiveStep, Step, StepFn, TaskStep, WorkflowDefinition, built,
 )
 from trioflow._engine import Engine, open_engine
-from trioflow._engine_arguments import check_adapter
+from trioflow._engine_arguments import check_adapter, check_switch
 from trioflow._errors import InvalidArgumentError, TrioflowError, UnknownJobError, UnknownWorkflowError, safe_repr
 from trioflow._jobs import check_job
 from trioflow._lanes import MAIN, SEPARATOR, child_instance_id, enclosing_scope, item_of, item_scope
@@ -193,6 +193,8 @@ async def explore_crashes(
             raise InvalidArgumentError(
                 f"{what} must be a function giving a fresh one for each run, got {safe_repr(factory)}: pass"
                 f" lambda: {type(factory).__name__}(...)")
+    check_switch(check, "explore_crashes(): check")
+    check_switch(lost_writes, "explore_crashes(): lost_writes")
     autojumping("explore_crashes", required=False)
     counter = _Counter()
     family = _family(built(workflow, "explore_crashes()"), also)
