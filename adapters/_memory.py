@@ -112,13 +112,14 @@ class MemoryAdapter:
 
     async def create(
         self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes,
-        parent_id: str | None = None,
+        parent_id: str | None = None, wake_at: float | None = None,
     ) -> bool:
         if instance_id in self._rows:
             return False
         start, header = _blob(start, "start"), _blob(header, "header")
         if parent_id is not None and not isinstance(parent_id, str):
             raise StorageError(f"parent_id must be a str or None, got {type(parent_id).__name__}; nothing was written")
+        _check_wake_at(wake_at)
         if parent_id not in self._rows:
             parent_id = None  # nothing keeps it: it goes by its own finish time
         self._created += 1
@@ -128,6 +129,10 @@ class MemoryAdapter:
             self._children.setdefault(parent_id, set()).add(instance_id)
         self._by_status.setdefault(status, {})[instance_id] = None
         self._by_workflow.setdefault(workflow_name, {})[instance_id] = None
+        if wake_at is not None:
+            row.wake_at = wake_at
+            if status in RESUMABLE:
+                heapq.heappush(self._wakes.setdefault(workflow_name, []), (wake_at, row.order, instance_id))
         self._stamp(row)
         return True
 
@@ -151,11 +156,7 @@ class MemoryAdapter:
                     f"instance {instance_id!r}: a checkpoint consuming signals {list(consumed)} is refused"
                     f" ({missing or 'repeated'} not pending)"
                 )
-        if wake_at is not None and (isinstance(wake_at, bool) or not isinstance(wake_at, (int, float))
-                                    or wake_at != wake_at):
-            # (As SQLiteAdapter refuses it: one that sorts with no number, or NaN, which is never
-            # due, would leave the instance neither resumable nor woken.)
-            raise StorageError(f"wake_at must be a number of Unix seconds or None, got {wake_at!r}; nothing was written")
+        _check_wake_at(wake_at)
         # Everything is converted before anything changes: all or nothing. (``bytes`` of a
         # bytes object is that object: the usual case copies nothing.)
         new = records
@@ -520,6 +521,15 @@ def _stored(instance_id: str, row: _Row) -> StoredInstance:
         instance_id=instance_id, workflow_name=row.workflow_name, status=row.status, start=row.start,
         header=row.header, records=tuple(row.records), wake_at=row.wake_at,
     )
+
+
+def _check_wake_at(wake_at: object) -> None:
+    """Refuse a ``wake_at`` that is not Unix seconds (``inf`` allowed) or ``None``, as
+    SQLiteAdapter does: one that sorts with no number, or NaN, which is never due, would leave
+    its instance neither resumable nor woken."""
+    if wake_at is not None and (isinstance(wake_at, bool) or not isinstance(wake_at, (int, float))
+                                or wake_at != wake_at):
+        raise StorageError(f"wake_at must be a number of Unix seconds or None, got {wake_at!r}; nothing was written")
 
 
 def _blob(value: object, what: str) -> bytes:

@@ -64,12 +64,14 @@ class Adapter(Protocol):
 
     async def create(
         self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes,
-        parent_id: str | None = None,
+        parent_id: str | None = None, wake_at: float | None = None,
     ) -> bool:
         """Store a new instance with no records; ``False`` (and no write) when the id exists.
         ``parent_id``: the instance that started it as a child workflow, kept for :meth:`purge`.
-        (The engine passes it only to an adapter whose ``create`` takes it: one written before
-        it existed keeps working, without that protection.)"""
+        ``wake_at``: an instance that waits from the start (a delayed start), as
+        :meth:`checkpoint` stores it. (The engine passes each only to an adapter whose
+        ``create`` takes it: one written before it existed keeps working, without what it
+        brings.)"""
         ...
 
     async def checkpoint(
@@ -228,6 +230,12 @@ def stores_signals(adapter: object) -> bool:
 def skips_workflows(adapter: object) -> bool:
     """Whether ``adapter``'s ``due()`` and ``next_wake()`` take ``skip_workflows``."""
     return _takes(adapter, "due", "skip_workflows")
+
+
+def creates_waiting(adapter: object) -> bool:
+    """Whether ``adapter``'s ``create()`` takes ``wake_at`` (a delayed start's row then waits
+    from its creation on)."""
+    return _takes(adapter, "create", "wake_at")
 
 
 def keeps_families(adapter: object) -> bool:

@@ -475,13 +475,16 @@ class SQLiteAdapter:
 
     async def create(
         self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes,
-        parent_id: str | None = None,
+        parent_id: str | None = None, wake_at: float | None = None,
     ) -> bool:
         args: tuple[Any, ...] = (instance_id, workflow_name, status, _blob(start, "start"), _blob(header, "header"))
-        if parent_id is not None:
-            if not isinstance(parent_id, str):
-                raise DatabaseError(f"parent_id must be a str or None, got {type(parent_id).__name__}; nothing was written")
-            args += (self._wall_clock() if status in TERMINAL else None, parent_id)  # (see _create_sql)
+        if parent_id is not None and not isinstance(parent_id, str):
+            raise DatabaseError(f"parent_id must be a str or None, got {type(parent_id).__name__}; nothing was written")
+        _check_wake_at(wake_at)
+        if wake_at is not None:
+            args += (self._wall_clock() if status in TERMINAL else None, parent_id, wake_at)  # (see _create_sql)
+        elif parent_id is not None:
+            args += (self._wall_clock() if status in TERMINAL else None, parent_id)
         elif status in TERMINAL:
             args += (self._wall_clock(),)  # its finish time (see _create_sql)
         created: bool = await self._submit(("create", args))
@@ -506,9 +509,7 @@ class SQLiteAdapter:
                     raise DatabaseError(f"consumed must be signal seqs, got {consumed!r}")
             if len(consumed) > 1 and len(set(consumed)) != len(consumed):
                 raise CheckpointConflictError(f"instance {instance_id!r}: a signal cannot be consumed twice: {consumed!r}")
-        if wake_at is not None and (isinstance(wake_at, bool) or not isinstance(wake_at, (int, float))
-                                    or wake_at != wake_at):
-            raise DatabaseError(f"wake_at must be a number of Unix seconds or None, got {wake_at!r}")
+        _check_wake_at(wake_at)
         notice_args = None if notify is None else (notify[0], notify[1], _blob(notify[2], "notice payload"))
         finished_at = self._wall_clock() if status in TERMINAL else None
         notice: int | None = await self._submit(("checkpoint", (
@@ -912,6 +913,14 @@ _CREATE_CHILD_SQL = (
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT instance_id FROM trioflow_instances WHERE instance_id = ?7))"
     " ON CONFLICT (instance_id) DO NOTHING"
 )
+#: One that waits from the start (a delayed start): the same, with its ``wake_at``.
+_CREATE_WAITING_SQL = (
+    "INSERT INTO trioflow_instances (instance_id, workflow_name, status, start, header, finished_at, parent_id, wake_at)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT instance_id FROM trioflow_instances WHERE instance_id = ?7), ?8)"
+    " ON CONFLICT (instance_id) DO NOTHING"
+)
+#: The create statements by the number of their arguments (see :meth:`SQLiteAdapter.create`).
+_CREATES = {5: _CREATE_SQL, 6: _CREATE_FINISHED_SQL, 7: _CREATE_CHILD_SQL, 8: _CREATE_WAITING_SQL}
 #: Fenced: applies only where the instance has exactly ``first_seq`` records. Parameters:
 #: status, header, start, number of records, wake_at, instance id, first_seq, finished_at:
 #: numbered, as they are the checkpoint op's arguments, handed over as a slice of them.
@@ -953,7 +962,14 @@ def _update(args: tuple[Any, ...], same_status: bool) -> tuple[str, tuple[Any, .
 
 def _create_sql(args: tuple[Any, ...]) -> str:
     """The statement for a create op's arguments: by their number (see :meth:`SQLiteAdapter.create`)."""
-    return _CREATE_SQL if len(args) == 5 else _CREATE_FINISHED_SQL if len(args) == 6 else _CREATE_CHILD_SQL
+    return _CREATES[len(args)]
+
+
+def _check_wake_at(wake_at: object) -> None:
+    """Refuse a ``wake_at`` that is not Unix seconds (``inf`` allowed) or ``None``, writing nothing."""
+    if wake_at is not None and (isinstance(wake_at, bool) or not isinstance(wake_at, (int, float))
+                                or wake_at != wake_at):
+        raise DatabaseError(f"wake_at must be a number of Unix seconds or None, got {wake_at!r}")
 _RECORD_SQL = "INSERT INTO trioflow_records (instance_id, seq, data) VALUES (?, ?, ?)"
 _CONSUME_SQL = "DELETE FROM trioflow_signals WHERE seq = ? AND instance_id = ?"
 

@@ -42,7 +42,8 @@ from trioflow._codec import (
 from trioflow.adapters._driver import in_a_transaction_of, keep_apart
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import (
-    Adapter, SignalsAndLoads, StoredInstance, keeps_families, sends_and_loads, skips_workflows, stores_signals,
+    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, keeps_families, sends_and_loads, skips_workflows,
+    stores_signals,
 )
 
 from ._context import check_services
@@ -166,6 +167,8 @@ class Engine:
         self._look_again = WAKE_RETRY
         self._adapter_skips = skips_workflows(adapter)
         self._adapter_keeps_families = keeps_families(adapter)
+        #: Whether a delayed start's row waits from its creation on (see ``creates_waiting``).
+        self._adapter_creates_waiting = creates_waiting(adapter)
         #: Whether a signal to an instance not running here is stored and its row read back in
         #: one call (see ``SignalsAndLoads``).
         self._sends_and_loads = sends_and_loads(adapter)
@@ -485,6 +488,13 @@ class Engine:
                     # (Kept by purges while its parent is stored: the parent may compensate it.)
                     created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header,
                                                         parent_id=parent.instance_id)
+                elif starts_at is not None and self._adapter_creates_waiting:
+                    # Waiting from the start: a delay waited in memory, should the engine stop
+                    # during it, leaves a row the next engine's waker takes up when due (with
+                    # resume=False too), not one left in flight; one that leaves memory needs
+                    # no write more to store when to wake it.
+                    created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header,
+                                                        wake_at=starts_at)
                 else:
                     created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
             except trio.Cancelled:
@@ -587,6 +597,8 @@ class Engine:
             if tried:
                 del self._unanswered[instance_id]  # (nothing was stored under it: this one is new)
             run = self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)
+            if starts_at is not None and self._adapter_creates_waiting:
+                run.stored_wake_at = starts_at
             if parent is not None and not reserved and slot:
                 self._children.stored_queued(parent.instance_id, run)
             if storing.cancel_wanted and run not in self._waiting:
@@ -2113,6 +2125,11 @@ class Engine:
             iid = stored.instance_id
             if iid in waking or iid in ended or iid in passed or stored.workflow_name in skip:
                 all_on_their_way = all_on_their_way and iid in waking
+                continue
+            if iid in self._live:
+                # Running here, due in storage until its next checkpoint (a delayed start waiting
+                # in memory, one woken by a signal): on its way, as those this waker woke are.
+                waking.add(iid)
                 continue
             if woke == room:
                 break

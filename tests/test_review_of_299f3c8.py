@@ -25,8 +25,8 @@ rows left to the waker.
 
 Both tests failed at 299f3c8 (and before it). The first was fixed by the commit that added this
 file: a delayed start's start is stored once it is announced, whatever its delay (a short one,
-waited in memory, stored it only with a timeout or a transaction). The second is a strict xfail
-naming a limit left as it is (docs/waiting.md).
+waited in memory, stored it only with a timeout or a transaction). The second was a strict
+xfail until ``create(wake_at=)`` (a delayed start's row waits from its creation on).
 """
 
 from __future__ import annotations
@@ -126,10 +126,6 @@ async def test_a_short_delayed_start_restarted_during_its_first_step_is_announce
     assert abs(done.started_at - done.created_at - 0.5) < 0.1, done.started_at - done.created_at
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, left (December 6th): a delay under PARK_AFTER (1 s) waits in memory and its row has no wake time"
-    " (create stores none, an adapter protocol change); an engine stopped during it leaves it as one in flight,"
-    " which resume=False holds back until resume() (docs/waiting.md)"))
 async def test_a_short_delayed_start_never_starts_in_an_engine_opened_with_resume_false(
     autojump_clock: trio.testing.MockClock, adapter: Any,
 ) -> None:
@@ -146,7 +142,8 @@ async def test_a_short_delayed_start_never_starts_in_an_engine_opened_with_resum
     Expected: it starts at its start time, as it does with ``delay=10`` under the very same
     ``resume=False`` engine (the waker takes that one up at t=10).
 
-    What happens: it never starts (``wait()`` still blocks after 100 s): a delayed start shorter
+    A strict xfail until the commit that removed its mark (``create(wake_at=)``: a delayed
+    start's row waits from its creation on). What happened: it never started (``wait()`` still blocks after 100 s): a delayed start shorter
     than ``PARK_AFTER`` is created with no ``wake_at`` in its row (it waits in memory, see
     ``Run.persist``'s ``wake`` and ``_wait_stored``, actors/_wait.py:80-100), so the next engine
     treats it as an instance left mid-step, held back by ``resume=False``, not as a waiting one

@@ -28,7 +28,7 @@ from trioflow._errors import (
 )
 from trioflow._snapshot import TERMINAL
 from trioflow.adapters._protocol import (
-    Adapter, SignalsAndLoads, StoredInstance, keeps_families, sends_and_loads, skips_workflows,
+    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, keeps_families, sends_and_loads, skips_workflows,
 )
 
 OpenAdapter = Callable[[str], Adapter]
@@ -483,6 +483,29 @@ async def waiting_instances_wake_when_due(open_adapter: OpenAdapter) -> None:
             "wake_at must survive a reopen")
 
 
+async def created_waiting_instances_wait(open_adapter: OpenAdapter) -> None:
+    """An instance created with a ``wake_at`` (a delayed start) waits from then on, as one a
+    checkpoint gave it: left out of ``resumable()``, handed back by ``due()``, its wake time
+    kept across a reopen and cleared by a checkpoint without one. (An adapter whose ``create``
+    takes no ``wake_at`` passes: the engine gives it none.)"""
+    async with _opened(open_adapter, "created waiting") as a:
+        if not creates_waiting(a):
+            return
+        await a.create("later", "wf", "running", start=b"s", header=b"h0", wake_at=2000.0)
+        await a.create("now", "wf", "running", start=b"s", header=b"h0")
+        assert [s.instance_id for s in await a.resumable()] == ["now"], (
+            "resumable() must leave out an instance created with a wake_at")
+        assert await a.next_wake() == 2000.0 and [s.instance_id for s in await a.due(2000.0, 10)] == ["later"], (
+            "next_wake() and due() must see the wake_at an instance was created with")
+        assert await a.create("later", "wf", "running", start=b"x", header=b"x", wake_at=1.0) is False
+        assert await a.next_wake() == 2000.0, "a create refused (the id exists) must not change its wake_at"
+    async with _opened(open_adapter, "created waiting") as b:
+        assert await b.next_wake() == 2000.0, "a created wake_at must survive a reopen"
+        await b.checkpoint("later", "running", b"h1", [], first_seq=0)
+        assert await b.next_wake() is None and sorted(s.instance_id for s in await b.resumable()) == ["later", "now"], (
+            "a checkpoint without wake_at ends the wait an instance was created with")
+
+
 async def waiting_instances_of_skipped_workflows_are_left_out(open_adapter: OpenAdapter) -> None:
     """``due()`` and ``next_wake()`` leave out the workflows named in ``skip_workflows``. (An
     adapter written before the keyword existed passes: the engine passes over those itself.)"""
@@ -880,6 +903,7 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     resumable_lists_pending_and_running, delete_removes, survives_reopen,
     step_is_durable_before_the_next_starts, bad_data_is_never_stored, signals_are_kept_in_order_and_consumed_once,
     signal_and_load_is_one_call, checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due,
+    created_waiting_instances_wait,
     waiting_instances_of_skipped_workflows_are_left_out, delete_refuses_unfinished, purge_by_finish_time,
     lists_pages_in_creation_order, scans_hand_back_every_record_in_order, refused_writes_leave_everything,
     purge_goes_by_finish_order_not_creation_order, fences_hold_for_every_kind_of_checkpoint,

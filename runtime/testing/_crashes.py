@@ -56,7 +56,7 @@ from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._memory_driver import MemoryDriver
 from trioflow.adapters._protocol import (
-    Adapter, SignalsAndLoads, StoredInstance, keeps_families, sends_and_loads, skips_workflows,
+    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, keeps_families, sends_and_loads, skips_workflows,
 )
 
 from ._engine import autojumping
@@ -829,14 +829,20 @@ class _CrashingAdapter:
 
     async def create(
         self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes,
-        parent_id: str | None = None,
+        parent_id: str | None = None, wake_at: float | None = None,
     ) -> bool:
         await self._before_write()
-        if parent_id is not None and keeps_families(self.inner):
-            created = await self.inner.create(instance_id, workflow_name, status, start=start, header=header,
-                                              parent_id=parent_id)
-        else:
-            created = await self.inner.create(instance_id, workflow_name, status, start=start, header=header)
+        extra: dict[str, Any] = {"parent_id": parent_id} if parent_id is not None and keeps_families(self.inner) else {}
+        waits_apart = wake_at is not None and not creates_waiting(self.inner)
+        if wake_at is not None and not waits_apart:
+            extra["wake_at"] = wake_at
+        created = await self.inner.create(instance_id, workflow_name, status, start=start, header=header, **extra)
+        if created and waits_apart:
+            # (An adapter written before create() took it: its wake time in a write of its own,
+            # as the engine stored it before. A crash in between leaves a row with none.)
+            await self._after_write(instance_id)
+            await self._before_write()
+            await self.inner.checkpoint(instance_id, status, header, [], first_seq=0, wake_at=wake_at)
         await self._after_write(instance_id)
         return created
 
