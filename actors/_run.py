@@ -470,9 +470,11 @@ class Run:
         """A run that has run nothing yet (queued for a slot, or waiting in memory for a delayed
         start) starts on the definition registered as it starts, as one taken up from storage
         does (see :func:`~trioflow._decide.take_up`): ``register(replace=True)`` meanwhile
-        reaches it whether or not it stayed in memory."""
+        reaches it whether or not it stayed in memory. Not one whose jobs are not all
+        registered yet: it runs on the definition it was started with, which has them."""
         current = None if self.releases is None else self.releases.get(self.definition.name)
-        if current is None or current is self.definition or self.state.records or self.state.phase != "forward":
+        if current is None or current is self.definition or self.state.records or self.state.phase != "forward" \
+                or any(name not in self.jobs for name in current.job_names):
             return
         take_up(self.state, current)
         if self.state.fingerprint == current.fingerprint:  # (not if its first step is under way)

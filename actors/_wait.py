@@ -44,11 +44,15 @@ async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext, s
 async def wait_for_start(run: Run, lane: Lane) -> None:
     """A delayed start: wait (or leave memory) until the time stored under ``start``; the
     instance's workflow timeout counts from then (stored with the next checkpoint)."""
-    await _wait_stored(run, lane, "start")
-    # A cancel that came before its time did (the wait may have been over already, awaiting
-    # nothing): it never starts, and ends with no start time, unannounced.
-    await trio.lowlevel.checkpoint_if_cancelled()
-    run.take_up_release()  # (replaced while it waited)
+    try:
+        await _wait_stored(run, lane, "start")
+        # A cancel that came before its time did (the wait may have been over already, awaiting
+        # nothing): it never starts, and ends with no start time, unannounced.
+        await trio.lowlevel.checkpoint_if_cancelled()
+    finally:
+        # Replaced while it waited: it starts on the definition registered now, or, cancelled,
+        # ends on it (its hooks), as one taken up from storage does.
+        run.take_up_release()
     run.state.started_at = not_before_creation(run.state, run.clock())
 
 

@@ -227,6 +227,12 @@ def stores_signals(adapter: object) -> bool:
     return callable(getattr(adapter, "send_signal", None)) and callable(getattr(adapter, "signals", None))
 
 
+def waits_out_of_memory(adapter: object) -> bool:
+    """Whether ``adapter`` keeps waiting instances for the engine's waker (``due`` and
+    ``next_wake``): one written before they existed does not, and its instances wait in memory."""
+    return callable(getattr(adapter, "due", None)) and callable(getattr(adapter, "next_wake", None))
+
+
 def skips_workflows(adapter: object) -> bool:
     """Whether ``adapter``'s ``due()`` and ``next_wake()`` take ``skip_workflows``."""
     return _takes(adapter, "due", "skip_workflows")

@@ -43,7 +43,7 @@ from trioflow.adapters._driver import in_a_transaction_of, keep_apart
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import (
     Adapter, SignalsAndLoads, StoredInstance, creates_waiting, keeps_families, sends_and_loads, skips_workflows,
-    stores_signals,
+    stores_signals, waits_out_of_memory,
 )
 
 from ._context import check_services
@@ -263,7 +263,8 @@ class Engine:
         :class:`DefinitionMismatchError` and compensates what it can. Instances running in
         memory finish on the definition they run with; one that has run nothing yet (queued
         for a slot, or waiting in memory for its delayed start) starts on the one registered
-        as it starts, as one taken up from storage does."""
+        as it starts, as one taken up from storage does (once that one's jobs are registered:
+        until then on its own)."""
         self._check_open()
         built(definition, "register()")
         check_switch(replace, "register()'s replace")
@@ -282,6 +283,8 @@ class Engine:
         if definition.transactional:
             check_driver_apart(self._driver, self.adapter, definition.name)
         self._definitions[definition.name] = definition
+        if known is not None:
+            self._take_up_queued(definition)
         self._registered()
         if self._actors_stopped:
             return  # (what it would resume or wake is the next engine's)
@@ -306,6 +309,16 @@ class Engine:
                 f"workflow {definition.name!r}: step {needs.name!r} {what}, which needs an"
                 f" adapter that stores signals; {type(self.adapter).__name__} has no send_signal() and signals()"
                 " (docs/adapters.md)")
+
+    def _take_up_queued(self, definition: WorkflowDefinition) -> None:
+        """Runs queued for a slot here that have run nothing yet start on ``definition``, just
+        registered in place of theirs (see ``Run.take_up_release``): now, not as they launch,
+        so that the workflow timeout watched while they queue is the one they run with."""
+        for run in list(self._waiting):
+            if run.definition.name == definition.name and run.definition is not definition:
+                self._forget_queued_deadline(run)  # (the timeout of the definition it queued on)
+                run.take_up_release()
+                self._watch_queued_deadline(run)
 
     def _resume_soon(self, definition: WorkflowDefinition, records: list[StoredInstance]) -> None:
         """Resume ``records`` in the background, or hold them until the jobs they need exist
@@ -1619,6 +1632,10 @@ class Engine:
             # end notices pending for it may make it run at once (see _must_cancel_children).
             self._supervisor.start_soon(f"notices of queued parent {run.state.instance_id}",
                                         self._look_at_notices, run)
+        self._watch_queued_deadline(run)
+
+    def _watch_queued_deadline(self, run: Run) -> None:
+        """Watch the workflow deadline of a queued run that has started (see :meth:`_queue`)."""
         state, timeout = run.state, run.definition.timeout
         if timeout is None or state.started_at is None or self._closed or self._actors_stopped:
             return
@@ -2428,7 +2445,7 @@ async def open_engine(
                 ended.append(engine.events.close)
             # Asked before the caller gets the engine: the waker's reads then only follow
             # instances that wait, never run beside the caller's first calls.
-                if hasattr(storage, "next_wake") and hasattr(storage, "due"):
+                if waits_out_of_memory(storage):
                     engine._supervisor.start_soon("waker", engine._waker, await storage.next_wake())
                 else:
                     # An adapter from before waiting instances existed: they wait in memory.
@@ -2552,19 +2569,17 @@ def _live_view(run: Run, stored: Status | None) -> WorkflowInstance:
     """The view of an instance running here, with the status ``stored`` (``None``: as in
     memory): the status in memory runs ahead of storage while the checkpoint of a change is in
     flight (an admission, an end), and a view says what is stored, as ``wait()`` does."""
-    view = _copy(run.state)
-    if stored is not None and view.status != stored:
-        if view.status in TERMINAL and stored not in TERMINAL:
+    state = copied_view(run.state)  # (a copy: the view is never aliased to the running state)
+    if stored is not None and state.status != stored:
+        if state.status in TERMINAL and stored not in TERMINAL:
             # Its end is being stored: until it is, the view is of the instance before it ended.
-            return attrs.evolve(view, status=stored, output=None, completed_at=None)
-        # (Admitted, its admission not stored yet: storage holds no start time for it either.)
-        view = attrs.evolve(view, status=stored, started_at=None if stored == "pending" else view.started_at)
-    return view
-
-
-def _copy(state: InstanceState) -> WorkflowInstance:
-    """The view of a live instance as it stands now: a copy, never aliased to the running state."""
-    return to_instance(copied_view(state))
+            return attrs.evolve(to_instance(state), status=stored, output=None, completed_at=None)
+        # (Admitted, its admission not stored yet, or its on_start hook running: storage holds
+        # no start time for it either, and its first step has not begun.)
+        state.status = stored
+        if stored == "pending":
+            state.started_at = None
+    return to_instance(state)
 
 
 def _decoded(record: StoredInstance) -> InstanceState:

@@ -805,6 +805,10 @@ class _ProcessGone(Exception):
     """What a write gets from storage once the simulated process has died."""
 
 
+#: The adapter methods an engine does without (see ``stores_signals``, ``waits_out_of_memory``).
+_OPTIONAL_METHODS = ("send_signal", "signals", "send_signal_and_load", "due", "next_wake")
+
+
 class _CrashingAdapter:
     """Delegates to real storage, counts writes, and kills the engine after write ``crash_after``
     (``lost``: while making it, before it reaches storage)."""
@@ -820,6 +824,11 @@ class _CrashingAdapter:
         #: Every instance written so far, as stored when the engine died (``None``: it did not).
         self.crash_states: dict[str, InstanceState] | None = None
         self.process: trio.CancelScope | None = None
+        for name in _OPTIONAL_METHODS:
+            if not callable(getattr(inner, name, None)):
+                # The engine runs without what the storage it wraps has not (signals, waiting
+                # out of memory), as it would on that storage itself.
+                setattr(self, name, None)
 
     async def open(self) -> None:
         await self.inner.open()

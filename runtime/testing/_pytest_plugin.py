@@ -40,8 +40,15 @@ MISSING_PYTEST_TRIO = (
 )
 
 
+def _has_pytest_trio(config: pytest.Config) -> bool:
+    """Whether pytest-trio is loaded: by its entry point (named ``trio``), or by its module's
+    name (``-p pytest_trio.plugin``, ``pytest_plugins = ["pytest_trio.plugin"]``)."""
+    manager = config.pluginmanager
+    return manager.hasplugin("trio") or manager.hasplugin("pytest_trio.plugin")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.pluginmanager.hasplugin("trio"):
+    if not _has_pytest_trio(config):
         # Its marker is pytest-trio's: unknown without it (an error of the whole session under
         # --strict-markers). The set-up hook below fails each test that asks for the fixture.
         return
@@ -57,7 +64,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if FIXTURE not in getattr(item, "fixturenames", ()):
         return
-    if not item.config.pluginmanager.hasplugin("trio"):
+    if not _has_pytest_trio(item.config):
         # Without pytest-trio nothing runs the async fixture: say what to install.
         pytest.fail(MISSING_PYTEST_TRIO, pytrace=False)
     test = getattr(item, "obj", None)
