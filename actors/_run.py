@@ -471,10 +471,13 @@ class Run:
         start) starts on the definition registered as it starts, as one taken up from storage
         does (see :func:`~trioflow._decide.take_up`): ``register(replace=True)`` meanwhile
         reaches it whether or not it stayed in memory. Not one whose jobs are not all
-        registered yet: it runs on the definition it was started with, which has them."""
+        registered yet: it runs on the definition it has, which has them. Nor a transactional
+        one that has started: its transaction may have committed before a restart (its records
+        go with the end stored after it), which its run asks the driver, going on as it began."""
         current = None if self.releases is None else self.releases.get(self.definition.name)
         if current is None or current is self.definition or self.state.records or self.state.phase != "forward" \
-                or any(name not in self.jobs for name in current.job_names):
+                or any(name not in self.jobs for name in current.job_names) \
+                or (self.definition.transactional and self.state.started_at is not None):
             return
         take_up(self.state, current)
         if self.state.fingerprint == current.fingerprint:  # (not if its first step is under way)

@@ -119,7 +119,8 @@ class MemoryAdapter:
         start, header = _blob(start, "start"), _blob(header, "header")
         if parent_id is not None and not isinstance(parent_id, str):
             raise StorageError(f"parent_id must be a str or None, got {type(parent_id).__name__}; nothing was written")
-        _check_wake_at(wake_at)
+        if wake_at is not None:  # (checked only when given: most writes have none)
+            _check_wake_at(wake_at)
         if parent_id not in self._rows:
             parent_id = None  # nothing keeps it: it goes by its own finish time
         self._created += 1
@@ -156,7 +157,8 @@ class MemoryAdapter:
                     f"instance {instance_id!r}: a checkpoint consuming signals {list(consumed)} is refused"
                     f" ({missing or 'repeated'} not pending)"
                 )
-        _check_wake_at(wake_at)
+        if wake_at is not None:  # (checked only when given: most writes have none)
+            _check_wake_at(wake_at)
         # Everything is converted before anything changes: all or nothing. (``bytes`` of a
         # bytes object is that object: the usual case copies nothing.)
         new = records
@@ -524,11 +526,10 @@ def _stored(instance_id: str, row: _Row) -> StoredInstance:
 
 
 def _check_wake_at(wake_at: object) -> None:
-    """Refuse a ``wake_at`` that is not Unix seconds (``inf`` allowed) or ``None``, as
+    """Refuse a ``wake_at`` given that is not Unix seconds (``inf`` allowed), as
     SQLiteAdapter does: one that sorts with no number, or NaN, which is never due, would leave
     its instance neither resumable nor woken."""
-    if wake_at is not None and (isinstance(wake_at, bool) or not isinstance(wake_at, (int, float))
-                                or wake_at != wake_at):
+    if isinstance(wake_at, bool) or not isinstance(wake_at, (int, float)) or wake_at != wake_at:
         raise StorageError(f"wake_at must be a number of Unix seconds or None, got {wake_at!r}; nothing was written")
 
 

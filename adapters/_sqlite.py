@@ -480,7 +480,8 @@ class SQLiteAdapter:
         args: tuple[Any, ...] = (instance_id, workflow_name, status, _blob(start, "start"), _blob(header, "header"))
         if parent_id is not None and not isinstance(parent_id, str):
             raise DatabaseError(f"parent_id must be a str or None, got {type(parent_id).__name__}; nothing was written")
-        _check_wake_at(wake_at)
+        if wake_at is not None:  # (checked only when given: most writes have none)
+            _check_wake_at(wake_at)
         if wake_at is not None:
             args += (self._wall_clock() if status in TERMINAL else None, parent_id, wake_at)  # (see _create_sql)
         elif parent_id is not None:
@@ -509,7 +510,8 @@ class SQLiteAdapter:
                     raise DatabaseError(f"consumed must be signal seqs, got {consumed!r}")
             if len(consumed) > 1 and len(set(consumed)) != len(consumed):
                 raise CheckpointConflictError(f"instance {instance_id!r}: a signal cannot be consumed twice: {consumed!r}")
-        _check_wake_at(wake_at)
+        if wake_at is not None:  # (checked only when given: most writes have none)
+            _check_wake_at(wake_at)
         notice_args = None if notify is None else (notify[0], notify[1], _blob(notify[2], "notice payload"))
         finished_at = self._wall_clock() if status in TERMINAL else None
         notice: int | None = await self._submit(("checkpoint", (
@@ -966,10 +968,11 @@ def _create_sql(args: tuple[Any, ...]) -> str:
 
 
 def _check_wake_at(wake_at: object) -> None:
-    """Refuse a ``wake_at`` that is not Unix seconds (``inf`` allowed) or ``None``, writing nothing."""
-    if wake_at is not None and (isinstance(wake_at, bool) or not isinstance(wake_at, (int, float))
-                                or wake_at != wake_at):
+    """Refuse a ``wake_at`` given that is not Unix seconds (``inf`` allowed), writing nothing."""
+    if isinstance(wake_at, bool) or not isinstance(wake_at, (int, float)) or wake_at != wake_at:
         raise DatabaseError(f"wake_at must be a number of Unix seconds or None, got {wake_at!r}")
+
+
 _RECORD_SQL = "INSERT INTO trioflow_records (instance_id, seq, data) VALUES (?, ?, ?)"
 _CONSUME_SQL = "DELETE FROM trioflow_signals WHERE seq = ? AND instance_id = ?"
 

@@ -147,6 +147,8 @@ class Engine:
         #: Instances the waker resumed that storage may still say are due (they have not
         #: checkpointed since): it passes them over.
         self._waking: set[str] = set()
+        #: How many due rows the waker's last look found running here (see ``_wake_due``).
+        self._live_due = 0
         #: Waits longer than this let an instance leave memory (``None``: never).
         self._park_after: float | None = PARK_AFTER
         #: Instances signalled before their workflow (or a job it uses) was registered, by
@@ -284,7 +286,7 @@ class Engine:
             check_driver_apart(self._driver, self.adapter, definition.name)
         self._definitions[definition.name] = definition
         if known is not None:
-            self._take_up_queued(definition)
+            self._take_up_queued()
         self._registered()
         if self._actors_stopped:
             return  # (what it would resume or wake is the next engine's)
@@ -310,12 +312,13 @@ class Engine:
                 f" adapter that stores signals; {type(self.adapter).__name__} has no send_signal() and signals()"
                 " (docs/adapters.md)")
 
-    def _take_up_queued(self, definition: WorkflowDefinition) -> None:
-        """Runs queued for a slot here that have run nothing yet start on ``definition``, just
-        registered in place of theirs (see ``Run.take_up_release``): now, not as they launch,
-        so that the workflow timeout watched while they queue is the one they run with."""
+    def _take_up_queued(self) -> None:
+        """Runs queued for a slot here that have run nothing yet start on the definition
+        registered now in place of theirs, once its jobs are (see ``Run.take_up_release``): as
+        it is registered, or they are, not as they launch, so that the workflow timeout watched
+        while they queue is the one they run with."""
         for run in list(self._waiting):
-            if run.definition.name == definition.name and run.definition is not definition:
+            if self._definitions.get(run.definition.name) is not run.definition:
                 self._forget_queued_deadline(run)  # (the timeout of the definition it queued on)
                 run.take_up_release()
                 self._watch_queued_deadline(run)
@@ -355,8 +358,10 @@ class Engine:
             self._wake_changed.set()
 
     def _jobs_registered(self) -> None:
-        """A job was registered: resume the held instances whose jobs now all exist."""
+        """A job was registered: resume the held instances whose jobs now all exist, and switch
+        the queued runs whose replacement waited for it."""
         self._registered()
+        self._take_up_queued()
         if self._closed or self._actors_stopped:
             return
         for name in list(self._held):
@@ -488,6 +493,9 @@ class Engine:
         if state.data:
             remember_data(state)
         start, header = encode_start(state), encode_header(state)
+        # (Not on an adapter the waker cannot ask: its rows that wait are woken by nothing.)
+        wake = None if starts_at is None or not self._adapter_creates_waiting or self._park_after is None \
+            else _created_wake(starts_at, self._clock())
         # Written out rather than split into a helper: every waiting start's coroutine frame is
         # alive while it stores, and thousands of starts in flight are walked by the cyclic GC.
         if reserved:
@@ -501,13 +509,9 @@ class Engine:
                     # (Kept by purges while its parent is stored: the parent may compensate it.)
                     created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header,
                                                         parent_id=parent.instance_id)
-                elif starts_at is not None and self._adapter_creates_waiting:
-                    # Waiting from the start: a delay waited in memory, should the engine stop
-                    # during it, leaves a row the next engine's waker takes up when due (with
-                    # resume=False too), not one left in flight; one that leaves memory needs
-                    # no write more to store when to wake it.
+                elif wake is not None:
                     created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header,
-                                                        wake_at=starts_at)
+                                                        wake_at=wake)
                 else:
                     created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
             except trio.Cancelled:
@@ -610,8 +614,8 @@ class Engine:
             if tried:
                 del self._unanswered[instance_id]  # (nothing was stored under it: this one is new)
             run = self._spawn(definition, state, resumed=False, slot=slot, reserved=reserved)
-            if starts_at is not None and self._adapter_creates_waiting:
-                run.stored_wake_at = starts_at
+            if wake is not None:
+                run.stored_wake_at = wake
             if parent is not None and not reserved and slot:
                 self._children.stored_queued(parent.instance_id, run)
             if storing.cancel_wanted and run not in self._waiting:
@@ -2117,9 +2121,12 @@ class Engine:
         asked for."""
         woke = 0
         # Instances woken before stay due in storage until their first checkpoint: ask for as
-        # many more as are still in that state, and pass them over.
+        # many more as are still in that state, and pass them over. Not a delayed start past its
+        # wait, running its on_start hook before it stores its start: it runs as any run here
+        # (as one the waker did not wake), and a slow hook must not hold other timers back.
         waking = self._waking = {
-            i for i in self._waking if (run := self._live.get(i)) is not None and run.stored_wake_at is not None}
+            i for i in self._waking if (run := self._live.get(i)) is not None and run.stored_wake_at is not None
+            and not _starting(run)}
         self._store_fired(waking)
         room = WAKE_BATCH - len(waking)
         if room < WAKE_BATCH // 2:
@@ -2130,7 +2137,8 @@ class Engine:
             return False
         passed, skip = self._passed_over, self._skipped_workflows
         skipping = len(skip)
-        limit = room + len(waking) + len(passed)
+        limit = room + len(waking) + len(passed) + self._live_due
+        live = 0
         # A run that ends (or leaves memory) while the question is in flight may be read as it
         # stood before its last checkpoint: such an answer is stale, and is passed over.
         with self._ends.watching_all() as ended:
@@ -2144,9 +2152,11 @@ class Engine:
                 all_on_their_way = all_on_their_way and iid in waking
                 continue
             if iid in self._live:
-                # Running here, due in storage until its next checkpoint (a delayed start waiting
-                # in memory, one woken by a signal): on its way, as those this waker woke are.
-                waking.add(iid)
+                # Running here, due in storage until its next checkpoint (a delayed start running
+                # a slow on_start hook, one woken by a signal): nothing to wake, nor to count
+                # among those on their way (its memory is not the waker's doing); the next look
+                # asks for as many rows more, so that those due behind it are not missed.
+                live += 1
                 continue
             if woke == room:
                 break
@@ -2164,6 +2174,7 @@ class Engine:
                 woke += 1
             elif iid in self._unreadable:
                 passed.add(iid)
+        self._live_due = live
         if woke or len(skip) > skipping:
             # (Workflows left out from now on: ask again at once, what they hid may be due.)
             self._look_again = WAKE_RETRY
@@ -2501,6 +2512,24 @@ def _held_for_jobs(instance_id: str, missing: list[str]) -> InstanceNotLiveError
         f"instance {instance_id!r} resumes once the jobs its workflow uses are registered (missing: {', '.join(missing)})")
 
 
+def _starting(run: Run) -> bool:
+    """Whether ``run`` is a delayed start past its wait, its start not stored yet."""
+    main = run.state.lanes.get(MAIN)
+    return main is not None and main.waiting is None and run.state.started_at is not None and not run.state.records \
+        and run.fired_at is None and len(run.state.lanes) == 1 and run.state.phase == "forward"
+
+
+def _created_wake(starts_at: float, now: float) -> float:
+    """The wake time a delayed start's row is created with: it waits from its creation on, so
+    that a delay waited in memory, its engine stopped during it, is taken up by the next
+    engine's waker (with resume=False too), not left as an instance in flight; and one that
+    leaves memory needs no write more to store it. A delay waited in memory (under
+    ``PARK_AFTER``) is due ``WAKE_AHEAD`` after its start time: the waker, which reads the rows
+    due that much ahead, meets it only from its start time on, when its run stores its start,
+    rather than for all of its last ``WAKE_AHEAD``; after a restart it takes it up on time."""
+    return starts_at if starts_at - now >= PARK_AFTER else starts_at + WAKE_AHEAD
+
+
 #: No lost tries of an id (see ``Engine._unanswered``).
 _NO_TRIES: Mapping[float, bool] = MappingProxyType({})
 
@@ -2579,6 +2608,11 @@ def _live_view(run: Run, stored: Status | None) -> WorkflowInstance:
         state.status = stored
         if stored == "pending":
             state.started_at = None
+    elif run.stored_wake_at is not None and _starting(run):
+        # A delayed start past its wait, its on_start hook running: storage says it waits for
+        # its start (due now), which it stores once the hook is over, and no step has begun.
+        state.lanes[MAIN].waiting = {"start": state.started_at}
+        state.started_at = None
     return to_instance(state)
 
 
