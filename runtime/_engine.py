@@ -1636,7 +1636,8 @@ class Engine:
             # end notices pending for it may make it run at once (see _must_cancel_children).
             self._supervisor.start_soon(f"notices of queued parent {run.state.instance_id}",
                                         self._look_at_notices, run)
-        self._watch_queued_deadline(run)
+        if run.definition.timeout is not None:  # (most have none: no call)
+            self._watch_queued_deadline(run)
 
     def _watch_queued_deadline(self, run: Run) -> None:
         """Watch the workflow deadline of a queued run that has started (see :meth:`_queue`)."""
