@@ -287,7 +287,7 @@ class Run:
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
         "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "lends", "unheld", "unpublished",
-        "lent", "contextvars", "doubt", "child_stores", "releases",
+        "lent", "contextvars", "doubt", "child_stores", "releases", "start_due",
     )
 
     def __init__(
@@ -401,6 +401,9 @@ class Run:
         #: that has run nothing yet starts on the one registered as it starts (see
         #: :meth:`take_up_release`).
         self.releases = releases
+        #: A delayed start's start time, kept once its wait is over and until its start is
+        #: stored (views say what storage does: it waits for it).
+        self.start_due: float | None = None
         self.has_hooks = definition.has_hooks
         #: The error a resumed run fails with before it runs anything (its instance no longer
         #: fits the definition registered now); ``None``: none.

@@ -44,6 +44,8 @@ async def run_wait(run: Run, step: WaitStep, lane: Lane, ctx: WorkflowContext, s
 async def wait_for_start(run: Run, lane: Lane) -> None:
     """A delayed start: wait (or leave memory) until the time stored under ``start``; the
     instance's workflow timeout counts from then (stored with the next checkpoint)."""
+    assert lane.waiting is not None
+    run.start_due = lane.waiting["start"]
     try:
         await _wait_stored(run, lane, "start")
         # A cancel that came before its time did (the wait may have been over already, awaiting

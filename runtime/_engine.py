@@ -147,6 +147,9 @@ class Engine:
         #: Instances the waker resumed that storage may still say are due (they have not
         #: checkpointed since): it passes them over.
         self._waking: set[str] = set()
+        #: Workflows replaced (register(replace=True)) whose new definition the runs queued on
+        #: the one before switch to once its jobs are registered (see ``_take_up_queued``).
+        self._replaced: set[str] = set()
         #: How many due rows the waker's last look found running here (see ``_wake_due``).
         self._live_due = 0
         #: Waits longer than this let an instance leave memory (``None``: never).
@@ -286,6 +289,7 @@ class Engine:
             check_driver_apart(self._driver, self.adapter, definition.name)
         self._definitions[definition.name] = definition
         if known is not None:
+            self._replaced.add(definition.name)
             self._take_up_queued()
         self._registered()
         if self._actors_stopped:
@@ -316,12 +320,19 @@ class Engine:
         """Runs queued for a slot here that have run nothing yet start on the definition
         registered now in place of theirs, once its jobs are (see ``Run.take_up_release``): as
         it is registered, or they are, not as they launch, so that the workflow timeout watched
-        while they queue is the one they run with."""
+        while they queue is the one they run with. (Only workflows replaced while runs queued
+        are looked for, and only once their jobs are all there: a call per job registered.)"""
+        ready = {name for name in self._replaced if not self._missing_jobs(self._definitions[name])}
+        if not ready:
+            return
+        self._replaced -= ready
         for run in list(self._waiting):
-            if self._definitions.get(run.definition.name) is not run.definition:
-                self._forget_queued_deadline(run)  # (the timeout of the definition it queued on)
+            queued_on = run.definition
+            if queued_on.name in ready and self._definitions[queued_on.name] is not queued_on:
                 run.take_up_release()
-                self._watch_queued_deadline(run)
+                if run.definition is not queued_on:
+                    self._forget_queued_deadline(run, queued_on)
+                    self._watch_queued_deadline(run)
 
     def _resume_soon(self, definition: WorkflowDefinition, records: list[StoredInstance]) -> None:
         """Resume ``records`` in the background, or hold them until the jobs they need exist
@@ -1676,12 +1687,13 @@ class Engine:
                     self._waiting.remove(run)
                     self._launch(run)
 
-    def _forget_queued_deadline(self, run: Run) -> None:
+    def _forget_queued_deadline(self, run: Run, definition: WorkflowDefinition | None = None) -> None:
         """A run that was queued with a deadline to watch (see :meth:`_queue`) ends, or leaves
-        memory: its deadline is no longer watched here (a workflow timeout of days would
-        otherwise keep an entry for each such parent until then). The heap drops what it holds
-        of such runs as it pops them, and all of it once that is most of it."""
-        timeout, started_at = run.definition.timeout, run.state.started_at
+        memory, or switched from ``definition`` to another: that deadline is no longer watched
+        here (a workflow timeout of days would otherwise keep an entry for each such parent
+        until then). The heap drops what it holds of such runs as it pops them, and all of it
+        once that is most of it."""
+        timeout, started_at = (definition or run.definition).timeout, run.state.started_at  # (queued on)
         known = self._queued_deadlines_known
         if timeout is None or started_at is None or not known:
             return
@@ -2216,6 +2228,10 @@ class Engine:
                 due = None
             if due is None:
                 return WAKE_RETRY  # (one the next look passes over, or reports)
+            if stored.wake_at is not None:
+                # (No look finds it before the time stored: a delay waited in memory is stored
+                # due after its start time, see _created_wake.)
+                due = max(due, stored.wake_at)
             # Not due yet by the time stored in its row, though due by this definition's (another
             # release's workflow timeout), or due since the look: looked at again shortly, not
             # at once (the waker would ask storage over and over).
@@ -2612,7 +2628,7 @@ def _live_view(run: Run, stored: Status | None) -> WorkflowInstance:
     elif run.stored_wake_at is not None and _starting(run):
         # A delayed start past its wait, its on_start hook running: storage says it waits for
         # its start (due now), which it stores once the hook is over, and no step has begun.
-        state.lanes[MAIN].waiting = {"start": state.started_at}
+        state.lanes[MAIN].waiting = {"start": run.start_due}
         state.started_at = None
     return to_instance(state)
 
