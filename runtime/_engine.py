@@ -330,7 +330,7 @@ class Engine:
             queued_on = run.definition
             if queued_on.name in ready and self._definitions[queued_on.name] is not queued_on:
                 run.take_up_release()
-                if run.definition is not queued_on:
+                if run.definition.timeout != queued_on.timeout:  # (the same: watched as it is)
                     self._forget_queued_deadline(run, queued_on)
                     self._watch_queued_deadline(run)
 
