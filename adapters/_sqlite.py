@@ -548,6 +548,9 @@ class SQLiteAdapter:
     ) -> list[StoredInstance]:
         if limit is not None:
             limit = checked_limit(limit, "list_instances")
+        if after is not None and not isinstance(after, str):
+            # (As MemoryAdapter says: no instance has such an id, to list after.)
+            raise UnknownInstanceError(f"no stored instance {after!r} to list after (an instance id is a str)")
         rows: list[StoredInstance] | None = await self._submit(
             ("list", (workflow_name, status, after, limit, newest_first)))
         if rows is None:

@@ -18,10 +18,14 @@ ItemPlace = tuple[int, Any, int]
 
 
 def check_services(services: object) -> None:
-    """Refuse ``services=`` (of an engine or a run) that is not a mapping: ``ctx.resolve``
-    looks them up by name, and would only fail once a step asked."""
+    """Refuse ``services=`` (of an engine or a run) that is not a mapping of names (str):
+    ``ctx.resolve`` looks them up by name, and would only fail once a step asked."""
     if services is not None and not isinstance(services, Mapping):
         raise InvalidArgumentError(f"services must be a mapping of names to objects (a dict), got {safe_repr(services)}")
+    unnamed = [] if services is None else [key for key in services if not isinstance(key, str)]
+    if unnamed:
+        raise InvalidArgumentError(
+            f"services must be named by str (ctx.resolve takes a name), got the key {safe_repr(unnamed[0])}")
 
 
 #: Values handed out as they are: nothing can change them in place.
