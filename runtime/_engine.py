@@ -54,7 +54,7 @@ from ._decide import (
 )
 from ._ids import CreationTimes, new_instance_id
 from ._definition import ChildStep, ReceiveStep, WorkflowDefinition, built
-from ._durations import Seconds, in_range, seconds, unix_seconds
+from ._durations import DEADLINE_SLACK, Seconds, in_range, seconds, unix_seconds
 from ._errors import (
     DefinitionError,
     DefinitionMismatchError,
@@ -1607,7 +1607,7 @@ class Engine:
         if not waited:
             return False
         if definition.timeout is not None and state.started_at is not None \
-                and state.started_at + definition.timeout <= self._clock() + _DEADLINE_SLACK:
+                and state.started_at + definition.timeout <= self._clock() + DEADLINE_SLACK:
             return True
         ended = {name: ended_badly(payload) for _, name, payload in signals if name.startswith(RESERVED_SIGNALS)}
         # How each lane whose child ended goes: failed, completed, or on (a failure a catch of
@@ -1673,7 +1673,7 @@ class Engine:
             changed = self._queued_deadlines_changed = trio.Event()
             with trio.move_on_after(max(0.0, deadlines[0][0] - self._clock()) if deadlines else math.inf):
                 await changed.wait()
-            while deadlines and deadlines[0][0] <= self._clock() + _DEADLINE_SLACK:
+            while deadlines and deadlines[0][0] <= self._clock() + DEADLINE_SLACK:
                 entry = heapq.heappop(deadlines)
                 if entry not in self._queued_deadlines_known:
                     continue  # (its run ended, or left memory, before its deadline)
@@ -2606,9 +2606,6 @@ CANCEL_STORE_WAIT = 10.0
 #: How many entries of runs that ended the heap of queued parents' deadlines may keep beyond
 #: twice those it watches (see ``Engine._forget_queued_deadline``).
 _STALE_DEADLINES = 64
-#: How near its workflow deadline a parent counts as at it (see ``_must_cancel_children``): the
-#: engine's clock, read as the deadline comes, may be a float's rounding before it.
-_DEADLINE_SLACK = 0.001
 
 
 def _live_view(run: Run, stored: Status | None) -> WorkflowInstance:

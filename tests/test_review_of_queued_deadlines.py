@@ -3,7 +3,8 @@ workflows in ``_replaced``, their deadline watched again only if they switched),
 ``Run.start_due`` and ``_until_next_other``: replaces in a row, start times in views and the
 waker's waits held. Both tests failed at 8a93f53: the first passes since the commit that added
 this file (a switch that keeps the workflow timeout leaves the deadline watched as it is); the
-second, older than these commits, is a strict xfail naming a limit left."""
+second, older than these commits, was a strict xfail until the commit that removed its mark
+(a resumed run's workflow timeout within ``DEADLINE_SLACK`` of its deadline counts as over)."""
 
 from __future__ import annotations
 
@@ -113,10 +114,6 @@ async def test_each_replace_with_the_same_timeout_doubles_queued_deadlines_and_r
         f" register() rebuilt the heap {heapified[0]} times")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, left (December 6th, older than 8a93f53): queued runs whose workflow deadlines fall within"
-    " _DEADLINE_SLACK (1 ms) of the first are launched with it, taking no slot, and run their step until"
-    " their own deadline comes a fraction of a millisecond later"))
 async def test_queued_runs_launched_at_a_deadline_within_the_slack_run_their_step_beyond_max_running(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -139,8 +136,8 @@ async def test_queued_runs_launched_at_a_deadline_within_the_slack_run_their_ste
     max_running=1) and are cancelled a moment later ("failed: Cancelled" records).
     Not from 8a93f53: the same without any replace.
 
-    Cause (guess): ``_watch_queued_deadlines`` (runtime/_engine.py:1676) pops and launches
-    every entry due within ``_DEADLINE_SLACK`` (1 ms) of now, taking no slot; the run's own
+    Cause: ``_watch_queued_deadlines`` (runtime/_engine.py) pops and launches
+    every entry due within ``DEADLINE_SLACK`` (1 ms) of now, taking no slot; the run's own
     workflow-timeout scope (actors/_instance.py, deadline from ``started_at + timeout``) is
     not over yet for those whose deadline is a hair later, so they run their first step."""
     calls = {"n": 0, "now": 0, "most": 0}
