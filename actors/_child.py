@@ -294,13 +294,14 @@ async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps
                 state.add(record)
                 if run.bus.active and run.bus.wants("workflow.step.completed"):
                     run.emit_once_stored("workflow.step.completed", record.lane, step_name=record.step_name,
+                                         execution_id=record.id,
                                          output=record.output)
                 return
         if children.closing:
             return  # (stopped, not ended: the next engine takes it up)
         record = child_step_cut_short(state, child_id, run.clock())
         run.add_failure(record, for_good=False)
-        publish_cut_short(run, record.lane, record.step_name)
+        publish_cut_short(run, record.lane, record.step_name, record.id)
         if ended is not None:
             completed.append(child_id)
 

@@ -416,7 +416,7 @@ async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:
         else:
             record_compensated(state, record)
             if run.bus.active:
-                run.emit("workflow.step.compensated", record.lane, step_name=name)
+                run.emit("workflow.step.compensated", record.lane, step_name=name, execution_id=record.id)
         await run.persist()
     outcome = state.outcome or "failed"
     finish(state, run.definition, outcome, run.clock())

@@ -18,11 +18,13 @@ from trioflow._decide import (
     decide_flow_step,
     inner_lanes,
     new_execution,
+    next_execution_id,
     next_of,
     open_branches,
     parallel_output,
     progress,
     recorded_failure,
+    running_execution_id,
     steps_under_way,
 )
 from trioflow._definition import (
@@ -82,8 +84,10 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 await trio.lowlevel.checkpoint_if_cancelled()
             except trio.Cancelled:
                 if waiting is not None or lane.begun is not None:  # taken up in a step begun before
-                    _cut_short(run, lane_key, lane, lookup[name][0])
+                    # (The steps inside first, as the branches' and items' actors end in memory
+                    # before their fan-out step does.)
                     _cut_short_inside(run, lookup[name][0], item_scope(lane_key))
+                    _cut_short(run, lane_key, lane, lookup[name][0])
                 raise
         steps += 1
         if steps % YIELD_EVERY == 0:
@@ -103,7 +107,8 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         started_at = run.clock() if waiting is None or "since" not in waiting else waiting["since"]
         # (Not for a step taken up again: it started before.)
         if bus.active and lane.waiting is None and lane.begun is None and bus.wants("workflow.step.started"):
-            run.emit("workflow.step.started", lane_key, step_name=name, step_type=step.kind)
+            run.emit("workflow.step.started", lane_key, step_name=name, step_type=step.kind,
+                     execution_id=next_execution_id(state, lane_key, name))
         data = None
         uses_input = False
         as_stored = False  # (an output read from storage: a signal's payload)
@@ -169,7 +174,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             # left for the next step's checkpoint publishes at once, before that step's own.
             emit = run.emit if run.adapter is None or fired_unstored else run.emit_once_stored
             if bus.wants("workflow.step.completed"):
-                emit("workflow.step.completed", lane_key, step_name=name, output=record.output)
+                emit("workflow.step.completed", lane_key, step_name=name, execution_id=record.id, output=record.output)
             if lane_key == MAIN and bus.wants("workflow.progress"):
                 percent, done = progress(state, run.definition)
                 emit(
@@ -222,10 +227,11 @@ def cut_short_resting(run: Run, under_way: Iterable[tuple[str, str, int | None, 
     out of memory with the run, cut short now, no actor of theirs running: a task step between
     attempts recorded so, as in memory; each one's end published once it is stored."""
     for key, step_name, attempts, since in under_way:
+        execution = running_execution_id(run.state, key, step_name)  # (before its record counts it)
         if attempts is not None:
             run.add_failure(cut_short_execution(
                 run.state, key, step_name, attempts=attempts, started_at=since, now=run.clock()), for_good=False)
-        publish_cut_short(run, key, step_name, attempts or 1)
+        publish_cut_short(run, key, step_name, execution, attempts or 1)
 
 
 def _fired_unstored(run: Run, step: Step, lane_key: str, target: str | None) -> bool:

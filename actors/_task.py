@@ -11,7 +11,14 @@ import trio
 
 from trioflow._codec import as_stored
 from trioflow._current import call_plain, in_lane
-from trioflow._decide import catcher_for, cut_short_execution, cut_short_fields, new_execution
+from trioflow._decide import (
+    catcher_for,
+    cut_short_execution,
+    cut_short_fields,
+    new_execution,
+    next_execution_id,
+    running_execution_id,
+)
 from trioflow._definition import Step, TaskStep
 from trioflow._escapes import failure_of, stops_the_process, stray_cancel
 from trioflow._errors import (
@@ -98,7 +105,8 @@ async def attempt(
                 raise StepFailure(step.name, error, attempts)
             if announce and run.bus.active:
                 run.emit(
-                    "workflow.step.retry", ctx.lane, step_name=step.name, attempt=attempts + 1,
+                    "workflow.step.retry", ctx.lane, step_name=step.name,
+                    execution_id=next_execution_id(run.state, ctx.lane, step.name), attempt=attempts + 1,
                     max_attempts=retry.max_attempts, delay=delay, error=describe_error(error),
                     error_name=error_name(error), cause=error_cause(error),
                 )
@@ -219,16 +227,19 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
             # Its end, as for any step that started: published once the checkpoint that stores
             # the record (the cancel's, the timeout's, the fail-fast's end) has (an engine
             # closing stores none: the step runs again with the next engine).
-            run.emit_once_stored("workflow.step.failed", ctx.lane, **cut_short_fields(step.name, record.attempts))
+            run.emit_once_stored("workflow.step.failed", ctx.lane, **cut_short_fields(step.name, record.id, record.attempts))
         raise cancelled from None
 
 
-def publish_cut_short(run: Run, lane_key: str, step_name: str, attempts: int = 1) -> None:
+def publish_cut_short(run: Run, lane_key: str, step_name: str, execution: str | None = None, attempts: int = 1) -> None:
     """A step cut short (a cancel, a timeout, a fail-fast sibling): its end, as a task step's,
     once the checkpoint that stores what cut it has; an engine closing stores none, and the
-    step goes on with the next engine."""
+    step goes on with the next engine. ``execution``: its id, where a record of its end was
+    added already (else the one under way in the lane)."""
     if run.bus.active and run.bus.wants("workflow.step.failed"):
-        run.emit_once_stored("workflow.step.failed", lane_key, **cut_short_fields(step_name, attempts))
+        if execution is None:
+            execution = running_execution_id(run.state, lane_key, step_name)
+        run.emit_once_stored("workflow.step.failed", lane_key, **cut_short_fields(step_name, execution, attempts))
 
 
 async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: float, ctx: Any) -> None:
@@ -256,7 +267,7 @@ async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: fl
         if run.bus.active:
             # (``error`` is the name here, as it was before ``error_name`` came: both are kept,
             # so that one handler reads ``error_name`` and ``cause`` off any step event.)
-            run.emit("workflow.step.caught", ctx.lane, step_name=step.name, error=name, error_name=name, cause=cause,
+            run.emit("workflow.step.caught", ctx.lane, step_name=step.name, execution_id=record.id, error=name, error_name=name, cause=cause,
                      next=catcher.next)
         return
     run.add_failure(record, for_good=True)
@@ -265,7 +276,7 @@ async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: fl
     # instead of running the step again.
     await run.persist()
     if run.bus.active:
-        run.emit("workflow.step.failed", ctx.lane, step_name=step.name, error=record.error, error_name=name, cause=cause,
+        run.emit("workflow.step.failed", ctx.lane, step_name=step.name, execution_id=record.id, error=record.error, error_name=name, cause=cause,
                  attempts=failure.attempts)
     if run.has_hooks:
         await run.hook("on_step_failed", step.name, error, ctx)

@@ -18,7 +18,7 @@ import trio
 
 from trioflow._callables import plain_result
 from trioflow._context import WorkflowContext
-from trioflow._decide import not_before_creation, wake_at
+from trioflow._decide import not_before_creation, running_execution_id, wake_at
 from trioflow._definition import ReceiveStep, Step, WaitStep
 from trioflow._durations import in_range, seconds, unix_seconds
 from trioflow._escapes import failure_of
@@ -148,7 +148,8 @@ async def run_receive(run: Run, step: ReceiveStep, key: str, lane: Lane, started
         raise StepFailure(step.name, SignalTimeoutError(step.name, signal, timeout), 1)
     seq, payload = taken
     if run.bus.active and run.bus.wants("workflow.signal.received"):
-        run.emit("workflow.signal.received", key, step_name=step.name, signal=signal, seq=seq, payload=payload)
+        run.emit("workflow.signal.received", key, step_name=step.name,
+                 execution_id=running_execution_id(run.state, key, step.name), signal=signal, seq=seq, payload=payload)
     return payload
 
 
@@ -351,7 +352,8 @@ async def announce(run: Run, step: Step, key: str, lane: Lane, *, rests: bool = 
         if rests:
             run.announcing -= 1
     if run.bus.active:
-        run.emit("workflow.step.waiting", key, step_name=step.name, waiting=waiting_view(lane.waiting or {}))
+        run.emit("workflow.step.waiting", key, step_name=step.name,
+                 execution_id=running_execution_id(run.state, key, step.name), waiting=waiting_view(lane.waiting or {}))
 
 
 def _rests(run: Run, due: float | None) -> bool:

@@ -170,6 +170,16 @@ def next_execution_id(state: InstanceState, lane_key: str, step_name: str) -> st
     return execution_id(lane_key, step_name, state.executions.get(step_key(lane_key, step_name), 0) + 1)
 
 
+def running_execution_id(state: InstanceState, lane_key: str, step_name: str) -> str:
+    """The id of the execution of ``step_name`` under way in ``lane_key``, not recorded yet (the
+    one its end will be recorded under, as :func:`new_execution` numbers it): its start
+    record's, for a step that has one (a map, a child step), else the next."""
+    lane = state.lanes.get(lane_key)
+    if lane is not None and lane.begun is not None and lane.step == step_name:
+        return state.records[lane.begun].id
+    return next_execution_id(state, lane_key, step_name)
+
+
 def new_execution(
     state: InstanceState, lane_key: str, step_name: str, status: Any, *, output: Any = None, error: str | None = None,
     error_name: str | None = None, cause: str | None = None, input: Any = None, input_is_workflow_input: bool = False, passes: int | None = None, attempts: int = 1,
@@ -333,10 +343,11 @@ def steps_under_way(state: InstanceState) -> list[tuple[str, str, int | None, fl
 CUT_SHORT = "cancelled while running"
 
 
-def cut_short_fields(step_name: str, attempts: int = 1) -> dict[str, Any]:
-    """The ``workflow.step.failed`` fields of a step a cancel, a timeout or a fail-fast cut short."""
-    return {"step_name": step_name, "error": f"Cancelled: {CUT_SHORT}", "error_name": "Cancelled",
-            "cause": CUT_SHORT, "attempts": attempts}
+def cut_short_fields(step_name: str, execution: str, attempts: int = 1) -> dict[str, Any]:
+    """The ``workflow.step.failed`` fields of a step a cancel, a timeout or a fail-fast cut short
+    (``execution``: its execution's id)."""
+    return {"step_name": step_name, "execution_id": execution, "error": f"Cancelled: {CUT_SHORT}",
+            "error_name": "Cancelled", "cause": CUT_SHORT, "attempts": attempts}
 
 
 def cut_short_execution(

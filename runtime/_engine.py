@@ -50,7 +50,8 @@ from ._context import check_services
 from ._current import check_in_trio, lane_of_caller
 from ._decide import (
     admit, begin_compensation, cut_short_execution, cut_short_fields, fail_alone, fail_step, misfit, new_state,
-    pending_compensations, pending_until_announced, steps_under_way, take_up, unended_children, wake_at,
+    pending_compensations, pending_until_announced, running_execution_id, steps_under_way, take_up, unended_children,
+    wake_at,
 )
 from ._ids import CreationTimes, new_instance_id
 from ._definition import ChildStep, ReceiveStep, WorkflowDefinition, built
@@ -1806,6 +1807,8 @@ class Engine:
             if state.phase != "forward":
                 return True  # going back already: nothing left to cancel
             under_way = steps_under_way(state)
+            # (Their ids before the records below count them.)
+            executions = [running_execution_id(state, lane_key, step_name) for lane_key, step_name, _, _ in under_way]
             begin_compensation(state, "cancelled", WorkflowCancelledError.of(instance_id), None)
             for lane_key, step_name, attempts, since in under_way:
                 if attempts is not None:  # a task step between attempts: recorded cut short, as in a run
@@ -1835,9 +1838,11 @@ class Engine:
             self._replace_old_row(fresh)
         if self.events.active:
             # The steps it stood in, started by a run before and cut short by this cancel: their
-            # end, as a run in memory publishes it (see trioflow.actors._lane).
-            for lane_key, step_name, attempts, _ in under_way:
-                self.events.emit("workflow.step.failed", event_payload(state, lane_key, cut_short_fields(step_name, attempts or 1)))
+            # end, as a run in memory publishes it (see trioflow.actors._lane): innermost first,
+            # as a fan-out step's branches and items end before it.
+            for (lane_key, step_name, attempts, _), execution in reversed(list(zip(under_way, executions))):
+                self.events.emit("workflow.step.failed",
+                                 event_payload(state, lane_key, cut_short_fields(step_name, execution, attempts or 1)))
         return True
 
     def _undone_for_a_parent_here(self, fresh: StoredInstance) -> bool:

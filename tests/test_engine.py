@@ -256,10 +256,11 @@ async def test_retry_and_failure_events_carry_their_fields(autojump_clock: trio.
         inst = await engine.wait(await engine.start("w"))
     retry = next(e for e in events if e["event"] == "workflow.step.retry")
     assert retry == {"event": "workflow.step.retry", "instance_id": inst.id, "workflow_name": "w", "step_name": "b",
-                     "attempt": 2, "max_attempts": 2, "delay": 3.0, "error": "Boom: b failed", "error_name": "Boom",
+                     "execution_id": "b#1", "attempt": 2, "max_attempts": 2, "delay": 3.0, "error": "Boom: b failed", "error_name": "Boom",
                      "cause": "b failed"}
     failed = next(e for e in events if e["event"] == "workflow.step.failed")
     assert failed["step_name"] == "b" and failed["attempts"] == 2 and failed["error"] == "Boom: b failed"
+    assert failed["execution_id"] == "b#1"
     assert events[-1]["event"] == "workflow.failed" and events[-1]["error"] == "Boom: b failed"
 
 
