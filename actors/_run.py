@@ -722,11 +722,15 @@ class Run:
     def add_compensation_failure(self, record: StepResult, error: BaseException, attempts: int = 0) -> None:
         """``record``'s compensation failed for good with ``error`` (after ``attempts``, when
         known): its own record goes with the next checkpoint (see
-        :func:`record_compensation_failed`)."""
+        :func:`record_compensation_failed`), and listeners hear of it, as of one that ran."""
         state = self.state
         failure = failed_compensation(record, describe_error(error), len(state.records), self.clock(),
                                       name=error_name(error), cause=error_cause(error), attempts=attempts)
         record_compensation_failed(state, record, self.stage(failure))
+        if self.bus.active:
+            self.emit("workflow.step.compensation_failed", record.lane, step_name=record.step_name,
+                      execution_id=record.id, error=failure.error, error_name=failure.error_name, cause=failure.cause,
+                      attempts=attempts)
 
     def add_caught(self, record: StepResult, step: Step, catcher: Catch) -> None:
         """Add the record of a caught failure and route its lane (see :func:`catch_failure`)."""

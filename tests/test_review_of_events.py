@@ -147,3 +147,46 @@ async def test_every_step_event_names_its_execution_as_its_record_does(
         ("step.started", "last#1"), ("step.failed", "last#1"),
         ("step.compensated", "poll#2"), ("step.compensated", "poll#1"),
     ], seen
+
+
+async def test_a_compensation_that_fails_for_good_is_published(autojump_clock: trio.testing.MockClock) -> None:
+    """A monitor hears of every compensation, not only those that ran: one that raised (its
+    retries spent) and one out of time each publish ``workflow.step.compensation_failed`` with
+    the execution undone and the error (until this commit, nothing was published for them)."""
+    async def ok(_: Any) -> str:
+        return "ok"
+
+    async def boom(_: Any) -> None:
+        raise ValueError("no")
+
+    async def undo_raises(_: Any) -> None:
+        raise RuntimeError("cannot undo")
+
+    async def undo_hangs(_: Any) -> None:
+        await trio.sleep_forever()
+
+    async def undo_ok(_: Any) -> None:
+        return None
+
+    wf = (tf.workflow("w")
+          .task("a", job="ok", compensate="undo_ok")
+          .task("b", job="ok", compensate="undo_hangs")
+          .task("c", job="ok", compensate="undo_raises", retry=tf.Retry(max_attempts=2, interval=1))
+          .task("d", job="boom")
+          .with_compensation_timeout(30)
+          .build())
+    events: list[dict[str, Any]] = []
+    async with open_test_engine() as engine:
+        for name, job in (("ok", ok), ("boom", boom), ("undo_raises", undo_raises), ("undo_hangs", undo_hangs),
+                          ("undo_ok", undo_ok)):
+            engine.jobs.register(name, job)
+        engine.register(wf)
+        engine.events.on("workflow.step.compensat*", events.append)
+        done = await engine.wait(await engine.start("w"))
+    assert done.status == "failed"
+    seen = [(e["event"].removeprefix("workflow.step."), e["execution_id"], e.get("error_name"), e.get("attempts"))
+            for e in events]
+    assert seen == [("compensation_failed", "c#1", "RuntimeError", 2),
+                    ("compensation_failed", "b#1", "CompensationTimeoutError", 0),
+                    ("compensated", "a#1", None, None)], seen
+    assert events[0]["error"] == "RuntimeError: cannot undo" and events[0]["cause"] == "cannot undo"
