@@ -51,7 +51,13 @@ from ._child import cancel_children
 from ._lane import cut_short_resting, run_lane
 from ._run import Parked, Run, StepFailure
 from ._task import compensate
-from ._transaction import Forward, committed_before_a_crash, committed_under_a_cancel, forward_in_transaction
+from ._transaction import (
+    Forward,
+    committed_before_a_crash,
+    committed_under_a_cancel,
+    forward_in_transaction,
+    may_have_committed,
+)
 from ._wait import wait_for_start
 
 
@@ -144,7 +150,7 @@ async def _forward(run: Run) -> Forward:
     hold it while it waits); say how it ended."""
     definition = run.definition
     transactional = definition.transactional and run.driver is not None
-    if transactional:
+    if transactional or may_have_committed(run):
         try:
             if await committed_before_a_crash(run):
                 if run.cancel_requested:

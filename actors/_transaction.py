@@ -100,6 +100,19 @@ async def committed_before_a_crash(run: Run) -> bool:
     return await _recover(run, ledger)
 
 
+def may_have_committed(run: Run) -> bool:
+    """Whether a resumed run on a release that is not transactional may yet have committed a
+    transaction under the release it started on: it started, stored no record and waits for
+    nothing, as a transactional run stands until its end is stored (a release replaced since
+    takes it up as having run nothing: see :func:`~trioflow._decide.take_up`). Its driver's
+    ledger, if it keeps one, is asked then too: what committed is its outcome."""
+    state = run.state
+    if not run.resumed or state.started_at is None or state.records or _ledger(run) is None:
+        return False
+    main = state.lanes.get(MAIN)
+    return main is not None and main.waiting is None
+
+
 #: What a cancel decided, kept over the committed state taken up under it.
 _DECISION = ("status", "phase", "outcome", "error", "error_name", "cause", "failed_step")
 
