@@ -32,7 +32,6 @@ from trioflow._decide import (
     unended_children,
 )
 from trioflow._definition import ChildStep, TaskStep
-from trioflow._durations import DEADLINE_SLACK
 from trioflow._escapes import failure_of
 from trioflow._errors import (
     ChildCompensationError,
@@ -72,12 +71,11 @@ def _deadline(run: Run) -> float:
     timeout = run.definition.timeout
     if timeout is None:
         return math.inf
+    if run.at_deadline:
+        return trio.current_time()  # (launched from the queue as its deadline came)
     started = run.state.started_at
-    if not run.resumed or started is None:
-        return trio.current_time() + timeout
-    left = timeout - max(0.0, run.clock() - started)
-    # (Within the slack it is at it: see DEADLINE_SLACK.)
-    return trio.current_time() + (left if left > DEADLINE_SLACK else 0.0)
+    spent = max(0.0, run.clock() - started) if (run.resumed and started is not None) else 0.0
+    return trio.current_time() + max(0.0, timeout - spent)
 
 
 async def run_instance(run: Run) -> None:

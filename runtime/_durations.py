@@ -10,12 +10,6 @@ from typing import Any, Union
 
 from ._errors import InvalidArgumentError, safe_repr
 
-#: How near its workflow deadline a run counts as at it: the engine's clock, read as the deadline
-#: comes, may be a float's rounding before it, and runs started in one instant have deadlines a
-#: float step apart (the engine launches every queued run due within it, taking no slot: each
-#: must then time out at once, not run its step until its own deadline a hair later).
-DEADLINE_SLACK = 0.001
-
 #: What a duration argument accepts (trio takes seconds; Temporal users write timedeltas).
 Seconds = Union[float, timedelta]
 

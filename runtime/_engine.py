@@ -55,7 +55,7 @@ from ._decide import (
 )
 from ._ids import CreationTimes, new_instance_id
 from ._definition import ChildStep, ReceiveStep, WorkflowDefinition, built
-from ._durations import DEADLINE_SLACK, Seconds, in_range, seconds, unix_seconds
+from ._durations import Seconds, in_range, seconds, unix_seconds
 from ._errors import (
     DefinitionError,
     DefinitionMismatchError,
@@ -1608,7 +1608,7 @@ class Engine:
         if not waited:
             return False
         if definition.timeout is not None and state.started_at is not None \
-                and state.started_at + definition.timeout <= self._clock() + DEADLINE_SLACK:
+                and state.started_at + definition.timeout <= self._clock() + _DEADLINE_SLACK:
             return True
         ended = {name: ended_badly(payload) for _, name, payload in signals if name.startswith(RESERVED_SIGNALS)}
         # How each lane whose child ended goes: failed, completed, or on (a failure a catch of
@@ -1674,7 +1674,7 @@ class Engine:
             changed = self._queued_deadlines_changed = trio.Event()
             with trio.move_on_after(max(0.0, deadlines[0][0] - self._clock()) if deadlines else math.inf):
                 await changed.wait()
-            while deadlines and deadlines[0][0] <= self._clock() + DEADLINE_SLACK:
+            while deadlines and deadlines[0][0] <= self._clock() + _DEADLINE_SLACK:
                 entry = heapq.heappop(deadlines)
                 if entry not in self._queued_deadlines_known:
                     continue  # (its run ended, or left memory, before its deadline)
@@ -1684,7 +1684,9 @@ class Engine:
                     # Its workflow timeout came while it waited for a slot (resumed, or taken up
                     # from storage, behind others): it runs at once, taking no slot of its own,
                     # as a cancelled instance does, to end timed_out then (compensating what it
-                    # completed, cancelling its children), not once a slot frees.
+                    # completed, cancelling its children), not once a slot frees. At once: its own
+                    # deadline may be a hair later (within the slack), and it runs no step meanwhile.
+                    run.at_deadline = True
                     self._waiting.remove(run)
                     self._launch(run)
 
@@ -2611,6 +2613,11 @@ CANCEL_STORE_WAIT = 10.0
 #: How many entries of runs that ended the heap of queued parents' deadlines may keep beyond
 #: twice those it watches (see ``Engine._forget_queued_deadline``).
 _STALE_DEADLINES = 64
+#: How near its workflow deadline a parent counts as at it (see ``_must_cancel_children``), and
+#: a queued run is launched to time out (see ``_watch_queued_deadlines``): the engine's clock,
+#: read as the deadline comes, may be a float's rounding before it, and runs started in one
+#: instant have deadlines a float step apart.
+_DEADLINE_SLACK = 0.001
 
 
 def _live_view(run: Run, stored: Status | None) -> WorkflowInstance:

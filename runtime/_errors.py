@@ -15,20 +15,21 @@ class TrioflowError(Exception):
     """Root of every error trioflow raises on purpose."""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Rebuilt from its message and attributes, not by calling ``__init__`` with
-        # ``self.args`` (the message, where most of these take the step's name and more): so
-        # pickle (a process pool, a queue to another process) and copy.deepcopy work for all.
-        return _rebuilt, (type(self), self.args, dict(self.__dict__))
+        # Rebuilt from its message, its attributes set after (as BaseException's own reduce
+        # does: an attribute that refers back to the error is then the copy itself), not by
+        # calling ``__init__`` with ``self.args`` (the message, where most of these take the
+        # step's name and more): so pickle (a process pool, a queue to another process) and
+        # copy.deepcopy work for all.
+        return _rebuilt, (type(self), self.args), dict(self.__dict__)
 
 
-def _rebuilt(cls: type[TrioflowError], args: tuple[Any, ...], attributes: dict[str, Any]) -> TrioflowError:
-    """An error of ``cls`` with ``args`` and ``attributes``, its ``__init__`` not called (see
+def _rebuilt(cls: type[TrioflowError], args: tuple[Any, ...]) -> TrioflowError:
+    """An error of ``cls`` with ``args``, its ``__init__`` not called (see
     :meth:`TrioflowError.__reduce__`): made by its first builtin base (a group's keeps its
     message and errors; a ``TimeoutError``'s is ``OSError``'s), not by a ``__new__`` of ours."""
     builtin = next(base for base in cls.__mro__ if base.__module__ == "builtins")
     error: TrioflowError = builtin.__new__(cls, *args)
     error.args = args
-    error.__dict__.update(attributes)
     return error
 
 
