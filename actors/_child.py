@@ -274,18 +274,8 @@ async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps
     engine is stopping: parents and children then resume with the next engine (a parent taken
     up while compensating cancels them then)."""
     children = run.children
-    try:
-        if children is not None and not children.closing and child_ids:
-            await _cancel(run, children, child_ids, completes_steps)
-    finally:
-        # The fan-out steps that held them end now, after their steps (see
-        # trioflow.actors._lane.end_cut_short).
-        held, run.held_ends = run.held_ends, None
-        for lane_key, step_name, execution in held or ():
-            publish_cut_short(run, lane_key, step_name, execution)
-
-
-async def _cancel(run: Run, children: Children, child_ids: Sequence[str], completes_steps: bool) -> None:
+    if children is None or children.closing or not child_ids:
+        return
     # Not those whose step has ended already (cut short by a fail-fast nested inside, say, or
     # before a restart): a lane keeps naming the child it waited on.
     unended = set(unended_children(run.state))

@@ -206,29 +206,11 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
 
 def _cut_short(run: Run, lane_key: str, lane: Lane, step: Step) -> None:
     """A step other than a task step cut short in its lane: its end published (see
-    :func:`end_cut_short`). Not a child step's once its child has started: the cancel of that
-    child records and publishes its end, which knows whether the child completed all the same
-    (see :func:`~trioflow.actors._child.cancel_children`)."""
+    :func:`~trioflow.actors._task.publish_cut_short`). Not a child step's once its child has
+    started: the cancel of that child records and publishes its end, which knows whether the
+    child completed all the same (see :func:`~trioflow.actors._child.cancel_children`)."""
     if not (isinstance(step, ChildStep) and lane.begun is not None):
-        end_cut_short(run, lane_key, step.name)
-
-
-def end_cut_short(run: Run, lane_key: str, step_name: str, execution: str | None = None, attempts: int = 1) -> None:
-    """Publish the end of a step cut short (see :func:`~trioflow.actors._task.publish_cut_short`);
-    a fan-out step's whose branches or items wait on children once the cancel of those children
-    has ended their steps (see :func:`~trioflow.actors._child.cancel_children`): the steps a
-    fan-out step holds end before it does."""
-    step = run.definition.lookup[step_name][0]
-    if isinstance(step, (ParallelStep, MapStep)) and run.children is not None and run.bus.active:
-        state = run.state
-        if waited_on(state.lanes[key] for key in inner_lanes(state, step, item_scope(lane_key))):
-            if execution is None:
-                execution = running_execution_id(state, lane_key, step_name)
-            if run.held_ends is None:
-                run.held_ends = []
-            run.held_ends.append((lane_key, step_name, execution))
-            return
-    publish_cut_short(run, lane_key, step_name, execution, attempts)
+        publish_cut_short(run, lane_key, step.name)
 
 
 def _cut_short_inside(run: Run, step: Step, scope: str) -> None:
@@ -253,7 +235,7 @@ def cut_short_resting(run: Run, under_way: Iterable[tuple[str, str, int | None, 
                 run.state, key, step_name, attempts=attempts, started_at=since, now=run.clock()), for_good=False)
         ends.append((key, step_name, execution, attempts or 1))
     for key, step_name, execution, attempts in reversed(ends):  # (lanes are kept outer first)
-        end_cut_short(run, key, step_name, execution, attempts)
+        publish_cut_short(run, key, step_name, execution, attempts)
 
 
 def _fired_unstored(run: Run, step: Step, lane_key: str, target: str | None) -> bool:

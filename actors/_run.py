@@ -287,7 +287,7 @@ class Run:
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
         "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "lends", "unheld", "unpublished",
-        "lent", "contextvars", "doubt", "child_stores", "releases", "start_due", "at_deadline", "held_ends",
+        "lent", "contextvars", "doubt", "child_stores", "releases", "start_due", "at_deadline",
     )
 
     def __init__(
@@ -407,9 +407,6 @@ class Run:
         #: Launched from the queue as its workflow deadline came (see
         #: ``Engine._watch_queued_deadlines``): it times out at once.
         self.at_deadline = False
-        #: ``(lane key, step name, execution id)`` of fan-out steps cut short whose ends wait
-        #: for the children inside them to be cancelled (see ``trioflow.actors._lane.end_cut_short``).
-        self.held_ends: list[tuple[str, str, str]] | None = None
         self.has_hooks = definition.has_hooks
         #: The error a resumed run fails with before it runs anything (its instance no longer
         #: fits the definition registered now); ``None``: none.

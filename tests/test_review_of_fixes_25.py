@@ -1,10 +1,9 @@
 """Adversarial review of the commits e9366a6..fe27a06 (execution_id on step events, inner steps'
 ends before their fan-out step's, workflow.step.compensation_failed, TrioflowError.__reduce__,
 DEADLINE_SLACK for resumed runs). Every test failed at fe27a06 and passes since the commit that
-added this file: resting steps publish their ends innermost first, a fan-out step whose branches
-or items wait on children ends once their cancel has ended those steps
-(``trioflow.actors._lane.end_cut_short``), only a run launched from the queue as its deadline
-came times out at once (``Run.at_deadline``), and an error's attributes are its reduce state."""
+added this file (resting steps publish their ends innermost first, only a run launched from the
+queue as its deadline came times out at once: ``Run.at_deadline``, and an error's attributes
+are its reduce state), save the child steps' order, a strict xfail naming a limit left."""
 
 from __future__ import annotations
 
@@ -53,6 +52,11 @@ async def test_a_nested_parallel_step_ends_after_its_own_branch_steps(
     assert _ends(events, iid) == ["m/#0/pp/c/w#1", "m/#0/pp#1", "m#1"]
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "known, left (December 6th): a child step's end comes once the cancel of its child has ended it,"
+    " after the fan-out step holding it has ended (README, Events). Holding the fan-out's end back until"
+    " then (b3ef4d6, reverted in the commit after) lost it when the engine closed meanwhile, and let an"
+    " unrelated cancel publish it early"))
 @pytest.mark.parametrize("fanout", ["map", "parallel"])
 async def test_a_child_step_in_a_fanout_ends_before_the_fanout_step(
         autojump_clock: trio.testing.MockClock, fanout: str) -> None:
