@@ -83,9 +83,9 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             try:
                 await trio.lowlevel.checkpoint_if_cancelled()
             except trio.Cancelled:
-                if waiting is not None or lane.begun is not None:  # taken up in a step begun before
-                    # (The steps inside first, as the branches' and items' actors end in memory
-                    # before their fan-out step does.)
+                if (waiting is not None or lane.begun is not None) and not run.stopped_alone(ctx._fanouts):
+                    # Taken up in a step begun before: the steps inside first, as the branches'
+                    # and items' actors end in memory before their fan-out step does.
                     _cut_short_inside(run, lookup[name][0], item_scope(lane_key))
                     _cut_short(run, lane_key, lane, lookup[name][0])
                 raise
@@ -116,7 +116,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         passes = None
         try:
             if isinstance(step, TaskStep):
-                output, data, uses_input, attempts = await run_task(run, step, ctx, started_at)
+                output, data, uses_input, attempts = await run_task(run, step, ctx, started_at, waiting is not None)
                 target = None if step.end else step.next  # (_decide.next_of, inline: every task step asks)
             elif isinstance(step, ParallelStep):
                 if waiting is None:
@@ -162,7 +162,9 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             await step_failed(run, step, failure, started_at, ctx)  # raises unless caught
             continue
         except trio.Cancelled:
-            if not isinstance(step, TaskStep):  # (a task step's records its cut-short execution)
+            # (A task step's records its cut-short execution; a step the engine's stop alone cut
+            # goes on with the next engine: see Run.stopped_alone.)
+            if not isinstance(step, TaskStep) and not run.stopped_alone(ctx._fanouts):
                 _cut_short(run, lane_key, lane, step)
             raise
         complete_step(state, step, record, target)
@@ -284,6 +286,11 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
         raise unwrapped(group) from None
     finally:
         run.parallel_ended(place)
+    if decided:
+        # The branches not taken up may rest with steps under way (a wait, a task step whose
+        # start a checkpoint stored as its engine stopped): the fail-fast cut them short.
+        inside = set(inner_lanes(state, step, scope))
+        cut_short_resting(run, [under_way for under_way in steps_under_way(state) if under_way[0] in inside])
     if not failures:
         return parallel_output(state, step, scope)
     # Branches a fail-fast cancelled may wait on children, or hold lanes that do (the items of

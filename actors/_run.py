@@ -574,6 +574,25 @@ class Run:
             self.unheld = trio.Event()
         return self.unheld
 
+    def stopped_alone(self, fanouts: tuple[object, ...]) -> bool:
+        """Whether what cut a step short, in a lane inside the fail-fast fan-outs whose cancel
+        scopes are ``fanouts``, is its engine stopping alone: no cancel of the instance, no
+        workflow timeout, no fail-fast failure. The step then goes on with the next engine, so
+        it is neither recorded nor published as cut short (a sibling's checkpoint in the same
+        instant would store it so: the step would run again under another execution id). One a
+        decision cut in that instant is, or it would have no end at all: its next engine takes
+        that decision up without running it again."""
+        if self.children is None or not self.children.closing or self.cancel_requested:
+            return False
+        scope = self.cancel_scope
+        if scope is not None and scope.deadline <= trio.current_time():
+            return False  # (its workflow timeout came)
+        for fanout in fanouts:
+            assert isinstance(fanout, trio.CancelScope)
+            if fanout.cancel_called:
+                return False
+        return True
+
     def may_park(self, seconds: float) -> bool:
         """Whether a wait of ``seconds`` lets the instance leave memory (once every lane of it
         that runs rests so): an engine runs it, the wait is long enough, and no parallel branch

@@ -158,10 +158,13 @@ def _interrupted(exc: BaseException, step_name: str) -> BaseException:
     return stray
 
 
-async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tuple[Any, Any, bool, int]:
+async def run_task(
+    run: Run, step: TaskStep, ctx: Any, started_at: float, taken_up: bool = False,
+) -> tuple[Any, Any, bool, int]:
     """Run a task step; returns ``(output, input, input is the workflow input, attempts)`` or
     raises :class:`StepFailure` (not recorded yet: the lane decides whether a catch routes it).
-    A cancellation is recorded here, as an execution a resume runs again."""
+    A cancellation is recorded here, as an execution a resume runs again. ``taken_up``: its
+    execution began before (its lane keeps the attempts made: see :func:`attempt`)."""
     data = None
     uses_input = False
     attempts = 0
@@ -181,7 +184,7 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
             arg = data
         else:
             arg = ctx
-        if step.retry is None and step.timeout is None and asynchronous:
+        if step.retry is None and step.timeout is None and asynchronous and not taken_up:
             # The common case, written out: one attempt, no timeout scope, and one coroutine
             # frame fewer, both per step and for as long as an instance is parked in it.
             ctx._calling, ctx._attempt = step.name, 1
@@ -214,15 +217,23 @@ async def run_task(run: Run, step: TaskStep, ctx: Any, started_at: float) -> tup
             # (A mapper's BaseException of its own fails the step, as an Exception does; so
             # does a cancellation it let out of a scope of its own.)
             raise StepFailure(step.name, failure_of(exc), max(attempts, 1), data, uses_input) from exc
-        # (Recorded whatever cut it, an engine closing too: a fail-fast failure stored in the
-        # same instant would otherwise leave it with no end at all, its next engine running it
-        # no more; an engine closing stores it only if a sibling's checkpoint comes in that
-        # instant, and the step then runs again as an execution of its own.)
+        if run.stopped_alone(ctx._fanouts):
+            # It goes on with the next engine, as the same execution: a checkpoint that comes in
+            # this instant (a sibling's) stores that it began, with the attempts it made, so
+            # that a decision stored then (a fail-fast's) ends it as cut short, and a retry's
+            # delay keeps counting (see Run.stopped_alone).
+            lane = run.state.lanes[ctx.lane]
+            if lane.waiting is None or "attempt" not in lane.waiting:
+                lane.waiting = {"attempt": max(ctx._attempt, 1), "since": started_at}
+            raise cancelled from None
         record = cut_short_execution(
             run.state, ctx.lane, step.name, attempts=ctx._attempt, started_at=started_at, now=run.clock(),
             input=data, input_is_workflow_input=uses_input,
         )
         run.add_failure(record, for_good=False)
+        # Its execution ended: a retry's delay it was cut in is over (taken up later, the lane
+        # must not read as still under way, to be ended again).
+        run.state.lanes[ctx.lane].waiting = None
         if run.bus.active:
             # Its end, as for any step that started: published once the checkpoint that stores
             # the record (the cancel's, the timeout's, the fail-fast's end) has (an engine
