@@ -66,6 +66,11 @@ log = logging.getLogger("trioflow")
 _ENDED = {"failed": "failed", "cancelled": "was cancelled", "timed_out": "timed out"}
 
 
+#: How near its deadline a resumed run counts as at it: the wall clock's seconds (about 1.8e9)
+#: are floats a step of 2.4e-7 s apart, and the time spent is a difference of two of them.
+_ROUNDING = 1e-6
+
+
 def _deadline(run: Run) -> float:
     """The trio-clock deadline of the workflow timeout, counting time spent before a resume."""
     timeout = run.definition.timeout
@@ -75,7 +80,9 @@ def _deadline(run: Run) -> float:
         return trio.current_time()  # (launched from the queue as its deadline came)
     started = run.state.started_at
     spent = max(0.0, run.clock() - started) if (run.resumed and started is not None) else 0.0
-    return trio.current_time() + max(0.0, timeout - spent)
+    left = timeout - spent
+    # (Within a few float steps of a wall-clock time it is at it: see _ROUNDING.)
+    return trio.current_time() + (left if left > _ROUNDING else 0.0)
 
 
 async def run_instance(run: Run) -> None:
@@ -177,7 +184,9 @@ async def _forward(run: Run) -> Forward:
     scope = None
     if run.cancellable or definition.timeout is not None:
         scope = run.cancel_scope = trio.CancelScope(deadline=math.inf if delayed else _deadline(run))
-        if run.cancel_requested:
+        if run.cancel_requested or scope.deadline <= trio.current_time():
+            # (Taken up at or past its deadline: trio would see it only at the next pass of its
+            # scheduler, after the first step's job had begun.)
             scope.cancel()
     # Written out rather than split into a helper: every coroutine frame stays alive as long as
     # the instance is parked in a step, and parked instances should be cheap.

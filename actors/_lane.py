@@ -234,7 +234,7 @@ def cut_short_resting(run: Run, under_way: Iterable[tuple[str, str, int | None, 
         execution = running_execution_id(run.state, key, step_name)  # (before its record counts it)
         if attempts is not None:
             run.add_failure(cut_short_execution(
-                run.state, key, step_name, attempts=attempts, started_at=since, now=run.clock()), for_good=False)
+                run.state, key, step_name, attempts=max(attempts, 1), started_at=since, now=run.clock()), for_good=False)
         ends.append((key, step_name, execution, attempts or 1))
     for key, step_name, execution, attempts in reversed(ends):  # (lanes are kept outer first)
         publish_cut_short(run, key, step_name, execution, attempts)
@@ -315,7 +315,7 @@ async def _branch_actor(
     except StepFailure as failure:
         failures.append(BranchError(branch.name, failure.step_name, failure.error))
         if cancel_siblings is not None:
-            cancel_siblings.cancel()
+            run.fail_fast(cancel_siblings)
             bound_child_stores(run, cancel_siblings)  # (a sibling storing a child: see trioflow.actors._child)
         return
     finally:

@@ -80,7 +80,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
                 fanout.cancel = nursery.cancel_scope
                 fanout.fanouts = (*fanout.fanouts, nursery.cancel_scope)
                 if fanout.over():  # failed too often before the restart: what runs on is cancelled
-                    nursery.cancel_scope.cancel()
+                    run.fail_fast(nursery.cancel_scope)
                     bound_child_stores(run, nursery.cancel_scope)
             items = items_of(state, lane)
             for index, key in resumed:
@@ -151,7 +151,7 @@ class _Items:
         over = self.over()
         if over:
             assert self.cancel is not None
-            self.cancel.cancel()
+            run.fail_fast(self.cancel)
             bound_child_stores(run, self.cancel)  # (an item storing a child: see trioflow.actors._child)
         if run.bus.active:
             run.emit("workflow.map.progress", self.key, step_name=step.name, done=progress.ended_count, total=progress.count,

@@ -287,7 +287,7 @@ class Run:
         "clock", "arrived", "consumed_seqs", "signals_fetched", "fetching", "park_after", "parked", "stored_wake_at",
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
         "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "lends", "unheld", "unpublished",
-        "lent", "contextvars", "doubt", "child_stores", "releases", "start_due", "at_deadline",
+        "lent", "contextvars", "doubt", "child_stores", "releases", "start_due", "at_deadline", "failed_fast",
     )
 
     def __init__(
@@ -407,6 +407,9 @@ class Run:
         #: Launched from the queue as its workflow deadline came (see
         #: ``Engine._watch_queued_deadlines``): it times out at once.
         self.at_deadline = False
+        #: The nursery scopes of the fail-fast fan-outs whose failure was decided (see
+        #: :meth:`fail_fast`).
+        self.failed_fast: set[trio.CancelScope] | None = None
         self.has_hooks = definition.has_hooks
         #: The error a resumed run fails with before it runs anything (its instance no longer
         #: fits the definition registered now); ``None``: none.
@@ -587,11 +590,18 @@ class Run:
         scope = self.cancel_scope
         if scope is not None and scope.deadline <= trio.current_time():
             return False  # (its workflow timeout came)
-        for fanout in fanouts:
-            assert isinstance(fanout, trio.CancelScope)
-            if fanout.cancel_called:
-                return False
-        return True
+        # (Not a fan-out scope's ``cancel_called``: a nursery cancels itself as a branch's task
+        # ends with the engine's own cancel.)
+        failed_fast = self.failed_fast
+        return not failed_fast or not any(fanout in failed_fast for fanout in fanouts)
+
+    def fail_fast(self, scope: trio.CancelScope) -> None:
+        """Cancel the nursery ``scope`` of a fail-fast fan-out whose failure is decided: what it
+        cuts short is cut by that decision (see :meth:`stopped_alone`)."""
+        if self.failed_fast is None:
+            self.failed_fast = set()
+        self.failed_fast.add(scope)
+        scope.cancel()
 
     def may_park(self, seconds: float) -> bool:
         """Whether a wait of ``seconds`` lets the instance leave memory (once every lane of it

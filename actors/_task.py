@@ -219,12 +219,13 @@ async def run_task(
             raise StepFailure(step.name, failure_of(exc), max(attempts, 1), data, uses_input) from exc
         if run.stopped_alone(ctx._fanouts):
             # It goes on with the next engine, as the same execution: a checkpoint that comes in
-            # this instant (a sibling's) stores that it began, with the attempts it made, so
-            # that a decision stored then (a fail-fast's) ends it as cut short, and a retry's
-            # delay keeps counting (see Run.stopped_alone).
+            # this instant (a sibling's) stores that it began, with the attempts made before the
+            # one cut (that one runs again, counted as it was), so that a decision stored then
+            # (a fail-fast's) ends it as cut short, and a retry's delay keeps counting (see
+            # Run.stopped_alone).
             lane = run.state.lanes[ctx.lane]
             if lane.waiting is None or "attempt" not in lane.waiting:
-                lane.waiting = {"attempt": max(ctx._attempt, 1), "since": started_at}
+                lane.waiting = {"attempt": max(ctx._attempt - 1, 0), "since": started_at}
             raise cancelled from None
         record = cut_short_execution(
             run.state, ctx.lane, step.name, attempts=ctx._attempt, started_at=started_at, now=run.clock(),

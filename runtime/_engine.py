@@ -1815,7 +1815,7 @@ class Engine:
             for lane_key, step_name, attempts, since in under_way:
                 if attempts is not None:  # a task step between attempts: recorded cut short, as in a run
                     fail_step(state, stage(state, cut_short_execution(
-                        state, lane_key, step_name, attempts=attempts, started_at=since, now=self._clock())),
+                        state, lane_key, step_name, attempts=max(attempts, 1), started_at=since, now=self._clock())),
                         for_good=False)
             header, records, first_seq, start, _ = take_changes(state)
             try:

@@ -245,7 +245,16 @@ async def test_a_restarted_process_can_open_the_database_while_a_forked_helper_o
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
         adapter = tf.adapters.SQLiteAdapter(db)
-        await adapter.open()  # DatabaseLockedError while the helper lives
+        # DatabaseLockedError while the helper lives (20 s). The helper lets go of the lock as
+        # it starts (an at-fork hook), which a loaded machine may run some milliseconds after
+        # the pid file is written: tried again for up to 5 s, well short of the helper's life.
+        with trio.fail_after(5):
+            while True:
+                try:
+                    await adapter.open()
+                    break
+                except tf.adapters.DatabaseLockedError:
+                    await trio.sleep(0.05)
         stored = await adapter.load("i0")
         await adapter.close()
         assert stored is not None and stored.status == "running"
