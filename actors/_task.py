@@ -273,23 +273,27 @@ async def step_failed(run: Run, step: Step, failure: StepFailure, started_at: fl
         input=failure.input, input_is_workflow_input=failure.uses_input, attempts=failure.attempts,
         started_at=started_at, now=run.clock(),
     )
+    # Its event goes out once the checkpoint that stores its record has, whoever awaits that
+    # checkpoint: a sibling's may store it as the engine's close cuts this wait short (the next
+    # engine takes the stored end as it stands, and publishes nothing).
+    emit = run.emit if run.adapter is None else run.emit_once_stored
     if catcher is not None:
         run.add_caught(record, step, catcher)
-        await run.persist()
         if run.bus.active:
             # (``error`` is the name here, as it was before ``error_name`` came: both are kept,
             # so that one handler reads ``error_name`` and ``cause`` off any step event.)
-            run.emit("workflow.step.caught", ctx.lane, step_name=step.name, execution_id=record.id, error=name, error_name=name, cause=cause,
-                     next=catcher.next)
+            emit("workflow.step.caught", ctx.lane, step_name=step.name, execution_id=record.id, error=name,
+                 error_name=name, cause=cause, next=catcher.next)
+        await run.persist()
         return
     run.add_failure(record, for_good=True)
+    if run.bus.active:
+        emit("workflow.step.failed", ctx.lane, step_name=step.name, execution_id=record.id, error=record.error,
+             error_name=name, cause=cause, attempts=failure.attempts)
     # Stored now, before anything can await (the hook below, the siblings of a branch or map
     # item going on, children being cancelled): a restart then takes the failure as it stands
     # instead of running the step again.
     await run.persist()
-    if run.bus.active:
-        run.emit("workflow.step.failed", ctx.lane, step_name=step.name, execution_id=record.id, error=record.error, error_name=name, cause=cause,
-                 attempts=failure.attempts)
     if run.has_hooks:
         await run.hook("on_step_failed", step.name, error, ctx)
     raise failure
