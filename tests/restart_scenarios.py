@@ -14,19 +14,11 @@ from trio._core import _run as trio_run
 
 import trioflow as tf
 from trioflow.testing import open_test_engine
+from waiting_scenarios import ErrorLog
 
 TERMINAL = {"completed", "failed", "cancelled", "timed_out", "compensated"}
 N_ITEMS = 2
 JOB_SLEEP = 0.25
-
-
-class ErrorLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 times: list = []

@@ -17,24 +17,10 @@ from typing import Any
 
 import trio
 import trio.testing
-from trio._core import _run as trio_run
 
 import trioflow as tf
 from trioflow.testing import open_test_engine
-
-
-def _seeded_runs(fn: Any, *args: Any, seeds: range = range(8)) -> list[tuple[int, Any]]:
-    """``fn(*args)`` in a fresh trio run on an autojumping MockClock, once per seed of trio's
-    scheduler (trio's own state restored after)."""
-    saved = trio_run._r.getstate()
-    out: list[tuple[int, Any]] = []
-    try:
-        for seed in seeds:
-            trio_run._r.seed(seed)
-            out.append((seed, trio.run(fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))))
-    finally:
-        trio_run._r.setstate(saved)
-    return out
+from seeded_runs import seeded_runs
 
 
 # -- 1. a retry delay cut by a clean close: the retry continues under another execution id ---------
@@ -102,7 +88,7 @@ def test_a_retry_waiting_out_its_delay_keeps_its_execution_id_across_a_clean_res
     double charge at a real gateway), a "new execution" that nonetheless starts at attempt 2, and
     a failed record in a run that completed without any failure."""
     wrong: list[Any] = []
-    for seed, (instance, calls, failed) in _seeded_runs(_retry_across_a_restart):
+    for seed, (instance, calls, failed) in seeded_runs(_retry_across_a_restart, seeds=range(8)):
         charges = [(h.id, h.status, h.attempts, h.error) for h in instance.history if h.step_name == "charge"]
         keys = sorted({execution for execution, _ in calls})
         if (instance.status != "completed" or charges != [("fulfil/pay/charge#1", "completed", 2, None)]
@@ -169,7 +155,7 @@ def test_a_receive_waiting_as_the_engine_closes_beside_a_completing_sibling_publ
     task case in tests/test_review_of_slot_pressure.py, reached here by a receive step, which
     that test does not cover.)"""
     wrong: list[Any] = []
-    for seed, (instance, seen) in _seeded_runs(_receive_across_a_restart):
+    for seed, (instance, seen) in seeded_runs(_receive_across_a_restart, seeds=range(8)):
         ends = [(name, error) for name, execution, error in seen
                 if execution == "both/ok/approve#1" and name in ("workflow.step.failed", "workflow.step.completed")]
         if instance.status != "completed" or ends != [("workflow.step.completed", None)]:

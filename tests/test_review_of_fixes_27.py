@@ -18,25 +18,11 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from trio._core import _run as trio_run
 
 import trioflow as tf
 from trioflow.adapters import MemoryAdapter
 from trioflow.testing import open_test_engine, virtual_wall_clock
-
-
-def _seeded_runs(fn: Any, *args: Any, seeds: range = range(12)) -> list[tuple[int, Any]]:
-    """``fn(*args)`` in a fresh trio run on an autojumping MockClock, once per seed of trio's
-    scheduler (trio's own state restored after)."""
-    saved = trio_run._r.getstate()
-    out: list[tuple[int, Any]] = []
-    try:
-        for seed in seeds:
-            trio_run._r.seed(seed)
-            out.append((seed, trio.run(fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))))
-    finally:
-        trio_run._r.setstate(saved)
-    return out
+from seeded_runs import seeded_runs
 
 
 async def _restarted(definition: Any, close_at: float, **engine_options: Any) -> tuple[tf.WorkflowInstance, list[dict[str, Any]]]:
@@ -107,7 +93,7 @@ def test_a_step_a_clean_stop_cuts_mid_attempt_runs_again_counted_as_it_was(retry
     and the count a job sees depends on a scheduler tie."""
     expected = 1 if retry is None else 2
     wrong: list[Any] = []
-    for seed, (instance, calls) in _seeded_runs(_attempts_across_a_restart, retry):
+    for seed, (instance, calls) in seeded_runs(_attempts_across_a_restart, retry, seeds=range(12)):
         charges = [(r.id, r.status, r.attempts) for r in instance.history if r.step_name == "charge"]
         if (instance.status != "completed" or calls[-1] != ("fulfil/pay/charge#1", expected)
                 or charges != [("fulfil/pay/charge#1", "completed", expected)]):
@@ -175,7 +161,7 @@ def test_a_clean_stop_records_and_publishes_no_cancel_beside_another_cut_branch(
     published ``failed`` (Cancelled) by the closing engine and ``completed`` by the next: two ends
     for one execution, one a cancel that never happened."""
     wrong: list[Any] = []
-    for seed, (instance, events) in _seeded_runs(_fanout_across_a_restart, kind):
+    for seed, (instance, events) in seeded_runs(_fanout_across_a_restart, kind, seeds=range(12)):
         failed = [(r.id, r.error_name) for r in instance.history if r.status == "failed"]
         cancels = [e["execution_id"] for e in events if e["event"] == "workflow.step.failed"]
         ends: dict[str, int] = {}

@@ -14,22 +14,10 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from trio._core import _run as trio_run
 
 import trioflow as tf
 from trioflow.testing import open_test_engine
-
-
-def _seeded_runs(fn: Any, *args: Any, seeds: range = range(12)) -> list[tuple[int, Any]]:
-    saved = trio_run._r.getstate()
-    out: list[tuple[int, Any]] = []
-    try:
-        for seed in seeds:
-            trio_run._r.seed(seed)
-            out.append((seed, trio.run(fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))))
-    finally:
-        trio_run._r.setstate(saved)
-    return out
+from seeded_runs import seeded_runs
 
 
 async def _restarted(definition: Any, close_at: float) -> tuple[tf.WorkflowInstance, list[dict[str, Any]]]:
@@ -111,7 +99,7 @@ def test_a_failure_stored_as_the_engine_closes_is_published(kind: str) -> None:
     (the decision stands, the step is not run again) and publishes nothing for it either: a
     failed execution with a start and no end, on an instance that completed."""
     wrong: list[Any] = []
-    for seed, (instance, events) in _seeded_runs(_run_kind, kind):
+    for seed, (instance, events) in seeded_runs(_run_kind, kind, seeds=range(12)):
         failed = [r.id for r in instance.history if r.status == "failed" and r.error_name == "ValueError"]
         published = [e["execution_id"] for e in events
                      if e["event"] == "workflow.step.failed" and e.get("error_name") == "ValueError"]

@@ -23,25 +23,11 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from trio._core import _run as trio_run
 
 import trioflow as tf
 from restart_scenarios import run_scenario
 from trioflow.testing import open_test_engine
-
-
-def _seeded_runs(fn: Any, *args: Any, seeds: range = range(4)) -> list[tuple[int, Any]]:
-    """``fn(*args)`` in a fresh trio run on an autojumping MockClock, once per seed of trio's
-    scheduler (trio's own state restored after), so that ties in one instant are reproducible."""
-    saved = trio_run._r.getstate()
-    out: list[tuple[int, Any]] = []
-    try:
-        for seed in seeds:
-            trio_run._r.seed(seed)
-            out.append((seed, trio.run(fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))))
-    finally:
-        trio_run._r.setstate(saved)
-    return out
+from seeded_runs import seeded_runs
 
 
 # -- 1. a step under way in one of 3+ items/branches as the engine closes cleanly ------------------
@@ -115,7 +101,7 @@ def test_a_step_under_way_in_one_of_three_items_keeps_its_execution_across_a_cle
     """
     wrong: list[Any] = []
     for shape in ("map", "parallel"):
-        for seed, (instance, calls, failed) in _seeded_runs(_clean_restart, shape):
+        for seed, (instance, calls, failed) in seeded_runs(_clean_restart, shape, seeds=range(4)):
             bad_records = [(h.id, h.status, h.error_name) for h in instance.history if h.status == "failed"]
             new_keys = sorted({c for c in calls if not c.endswith("#1")})
             if instance.status != "completed" or bad_records or new_keys or failed:
