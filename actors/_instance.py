@@ -184,9 +184,9 @@ async def _forward(run: Run) -> Forward:
     scope = None
     if run.cancellable or definition.timeout is not None:
         scope = run.cancel_scope = trio.CancelScope(deadline=math.inf if delayed else _deadline(run))
-        if run.cancel_requested or scope.deadline <= trio.current_time():
+        if run.cancel_requested or (definition.timeout is not None and scope.deadline <= trio.current_time()):
             # (Taken up at or past its deadline: trio would see it only at the next pass of its
-            # scheduler, after the first step's job had begun.)
+            # scheduler, after the first step's job had begun. Most have no timeout: no call.)
             scope.cancel()
     # Written out rather than split into a helper: every coroutine frame stays alive as long as
     # the instance is parked in a step, and parked instances should be cheap.

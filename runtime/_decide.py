@@ -193,14 +193,19 @@ def new_execution(
     has a start record (``Lane.begun``: a map or child step's) ends with that record's counter
     and start time: it is one execution, begun before a restart perhaps."""
     lane = state.lanes.get(lane_key)
+    created = state.created_at
     if lane is not None and lane.begun is not None and lane.step == step_name:
         begun = state.records[lane.begun]
         execution, started_at = begun.execution, begun.started_at
     else:
         execution = state.executions.get(step_key(lane_key, step_name), 0) + 1
+        # Within its instance's run: never before its creation time, as the instance's own
+        # times are not (see not_before_creation, written out: every step asks).
+        if started_at is not None and started_at < created:
+            started_at = created
     return new_record(
         step_name=step_name, status=status, input=input, output=output, error=error, started_at=started_at,
-        completed_at=now, attempts=attempts, lane=lane_key,
+        completed_at=now if now >= created else created, attempts=attempts, lane=lane_key,
         execution=execution, seq=len(state.records), passes=passes, input_is_workflow_input=input_is_workflow_input,
         error_name=error_name, cause=cause,
     )
