@@ -39,9 +39,25 @@ from trioflow._definition import (
 )
 from trioflow._engine import Engine, open_engine
 from trioflow._engine_arguments import check_adapter, check_switch
-from trioflow._errors import InvalidArgumentError, TrioflowError, UnknownJobError, UnknownWorkflowError, safe_repr
+from trioflow._errors import (
+    InvalidArgumentError,
+    TrioflowError,
+    UnknownJobError,
+    UnknownWorkflowError,
+    describe_error,
+    safe_repr,
+)
 from trioflow._jobs import check_job
-from trioflow._lanes import MAIN, SEPARATOR, child_instance_id, enclosing_scope, item_of, item_scope
+from trioflow._lanes import (
+    MAIN,
+    SEPARATOR,
+    child_instance_id,
+    enclosing_scope,
+    execution_id,
+    item_of,
+    item_scope,
+    step_key,
+)
 from trioflow._snapshot import (
     RESUMABLE,
     InstanceState,
@@ -52,6 +68,7 @@ from trioflow._snapshot import (
     executions,
 )
 from trioflow._codec import decode_payload, decode_stored, encode_payload
+from trioflow._context import WorkflowContext
 from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._memory_driver import MemoryDriver
@@ -319,9 +336,10 @@ class _Counter:
         #: Calls per calling instance and step callable ("name", "name (compensate)").
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
         #: What each attempt of a step (instance, execution, attempt, compensating) returned
-        #: first in this run, encoded, and what the run found when one ran again and returned
-        #: something else.
-        self.results: dict[tuple[str, str, int, bool], bytes] = {}
+        #: first in this run, encoded: its job's result ("result") and the step's output made
+        #: of it ("output", with an ``output=`` mapper); and what the run found when one ran
+        #: again and returned something else, or raised.
+        self.results: dict[tuple[tuple[str, str, int, bool], str], bytes] = {}
         self.changed: list[str] = []
         #: For each scripted job (by id): the script position each attempt got, in this run.
         self.numbers: dict[int, dict[tuple[str, str, int, bool], int]] = {}
@@ -979,7 +997,8 @@ def _instrument(definition: WorkflowDefinition, jobs: dict[str, StepFn], counter
         compensate = step.compensate
         if compensate is not None:
             compensate = _counted(f"{step.name} (compensate)", resolve(compensate, step), counter)
-        return attrs.evolve(step, run=run, compensate=compensate)
+        output = step.output if step.output is None else _mapped(step.name, step.output, counter)
+        return attrs.evolve(step, run=run, compensate=compensate, output=output)
 
     def lane(steps: tuple[Step, ...]) -> tuple[Step, ...]:
         out: list[Step] = []
@@ -1006,13 +1025,50 @@ def _counted(key: str, fn: StepFn, counter: _Counter) -> StepFn:
     if is_async(fn):
         async def counted_async(*args: Any) -> Any:
             attempt = _attempt(counter, key)
-            return _returned(counter, key, attempt, await fn(*args))
+            try:
+                result = await fn(*args)
+            except trio.Cancelled:
+                raise  # (cut short: by the crash, a timeout, a sibling; not an answer)
+            except BaseException as exc:
+                _raised(counter, key, attempt, exc)
+                raise
+            return _returned(counter, key, attempt, "result", result)
         return counted_async
 
     def counted(*args: Any) -> Any:
         attempt = _attempt(counter, key)
-        return _returned(counter, key, attempt, fn(*args))
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            _raised(counter, key, attempt, exc)
+            raise
+        return _returned(counter, key, attempt, "result", result)
     return counted
+
+
+def _mapped(key: str, mapper: Callable[[Any, Any], Any], counter: _Counter) -> Callable[[Any, Any], Any]:
+    """A step's ``output=`` mapper that notes what it made of each attempt's result: a job
+    whose result cannot be stored as it is (an SDK's object, whose id the mapper keeps) is
+    compared by the output stored. (Called in the step, after its job: the attempt is the one
+    the job made, which the step's context still holds.)"""
+    def mapped(result: Any, ctx: Any) -> Any:
+        attempt = _attempt_of(ctx, key)
+        output = mapper(result, ctx)
+        if inspect.isawaitable(output):  # (an async def: the step awaits what it gives)
+            async def later() -> Any:
+                return _returned(counter, key, attempt, "output", await output)
+            return later()
+        return _returned(counter, key, attempt, "output", output)
+    return mapped
+
+
+def _attempt_of(ctx: Any, step_name: str) -> tuple[str, str, int, bool] | None:
+    """The attempt a step's context has just made (as :func:`_attempt` reads it during the call)."""
+    if not isinstance(ctx, WorkflowContext):  # pragma: no cover - the engine hands its own
+        return None
+    state, lane = ctx._state, ctx.lane
+    execution = state.executions.get(step_key(lane, step_name), 0) + 1
+    return state.instance_id, execution_id(lane, step_name, execution), ctx._attempt, False
 
 
 def _attempt(counter: _Counter, key: str) -> tuple[str, str, int, bool] | None:
@@ -1027,26 +1083,44 @@ def _attempt(counter: _Counter, key: str) -> tuple[str, str, int, bool] | None:
     return step.instance_id, step.execution_id, step.attempt, step.compensating
 
 
-def _returned(counter: _Counter, key: str, attempt: tuple[str, str, int, bool] | None, result: Any) -> Any:
-    """Note what an attempt of a step returned. The same attempt run again (its write lost in a
-    crash) must return the same: a step that is not idempotent (a charge that makes a new charge
-    id) would otherwise record another result than the one the world saw first. Compared as
-    stored (encoded at once: an ``output=`` mapper may change it after); a value that cannot be
-    stored as it is (an ``output=`` mapper makes it so), and what a compensation returns (it is
-    not kept), are given the benefit of the doubt."""
+def _returned(
+    counter: _Counter, key: str, attempt: tuple[str, str, int, bool] | None, what: str, value: Any,
+) -> Any:
+    """Note what an attempt of a step returned (``what``: its job's "result", or the "output"
+    its ``output=`` mapper made of it). The same attempt run again (its write lost in a crash)
+    must return the same: a step that is not idempotent (a charge that makes a new charge id)
+    would otherwise record another result than the one the world saw first. Compared as stored
+    (encoded at once: a mapper or the step may change it after); a result that cannot be stored
+    as it is is compared by the output its mapper makes of it (without one, its step fails), and
+    what a compensation returns (it is not kept) is not compared."""
     if attempt is None or attempt[3]:
-        return result
+        return value
     try:
-        packed = encode_payload(result, "a step's result")
+        packed = encode_payload(value, "a step's result")
     except Exception:
-        return result
-    first = counter.results.setdefault(attempt, packed)
+        return value
+    first = counter.results.setdefault((attempt, what), packed)
     if first != packed and not counter.changed:
         counter.changed.append(
             f"step {key!r} ({attempt[1]}, attempt {attempt[2]}) ran again after the crash and returned"
-            f" {safe_repr(result, 200)}, where its first run returned {safe_repr(decode_payload(first), 200)}:"
+            f" {safe_repr(value, 200)}{' as its output' if what == 'output' else ''}, where its first run"
+            f" returned {safe_repr(decode_payload(first), 200)}: it is not idempotent")
+    return value
+
+
+def _raised(counter: _Counter, key: str, attempt: tuple[str, str, int, bool] | None, exc: BaseException) -> None:
+    """Note that an attempt of a step raised: one that returned the first time and raises when
+    run again after the crash (a service that refuses a repeated request) is not idempotent, and
+    its run may take another path (a catch) than the world saw. (One that raised first and
+    returns when run again is a service that recovered: at-least-once, not reported.)"""
+    if attempt is None or attempt[3] or counter.changed:
+        return
+    first = counter.results.get((attempt, "result"))
+    if first is not None:
+        counter.changed.append(
+            f"step {key!r} ({attempt[1]}, attempt {attempt[2]}) ran again after the crash and raised"
+            f" {describe_error(exc)}, where its first run returned {safe_repr(decode_payload(first), 200)}:"
             " it is not idempotent")
-    return result
 
 
 def _replayed(key: str, job: ScriptedJob, counter: _Counter) -> StepFn:
