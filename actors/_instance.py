@@ -403,7 +403,9 @@ async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:
     for record in pending_compensations(state, run.definition):
         name = record.step_name
         step = lookup[name][0]
-        ctx = run.context(record.lane, 0, items.item(record), record.seq + 1)
+        index, total = run.definition.place_of(name)
+        ctx = run.context(record.lane, total, items.item(record), record.seq + 1)
+        ctx.step_index = index
         swap_lane(ctx)
         if run.has_hooks:
             await run.hook("on_compensate", name, ctx)

@@ -29,6 +29,7 @@ from trioflow._errors import (
     error_name,
     root_error,
 )
+from trioflow._lanes import MAIN
 from trioflow._retry import NO_RETRY
 from trioflow._snapshot import StepResult
 
@@ -41,21 +42,25 @@ log = logging.getLogger("trioflow")
 
 async def attempt(
     run: Run, step: TaskStep, fn: Any, asynchronous: bool, args: tuple[Any, ...], *, ctx: Any, announce: bool,
-    since: float | None = None,
+    since: float | None = None, undo: StepResult | None = None,
 ) -> tuple[Any, int]:
     """Call ``fn(*args)`` until it succeeds or the step's retry policy gives up.
 
     Each attempt is bounded by the step's timeout (a cancel scope); between attempts the actor
     sleeps on trio's clock. Raises :class:`StepFailure` with the last error. Each call is
-    marked on ``ctx`` (the lane's context) for ``current_step()``.
+    marked on ``ctx`` (the lane's context) for ``current_step()``. ``undo``: the execution
+    whose compensation this is.
     """
     retry = step.retry or NO_RETRY
     timeout = step.timeout
     attempts = 0
-    # A step's own attempts (not a compensation's) wait between them durably: the lane stores
-    # the attempt count and when the next is due, so a restart neither starts the count over
-    # nor waits the whole delay again; a long delay lets the instance leave memory.
+    # A step's own attempts wait between them durably: the lane stores the attempt count and
+    # when the next is due, so a restart neither starts the count over nor waits the whole delay
+    # again; a long delay lets the instance leave memory. A compensation's attempts are kept on
+    # the main lane (whose steps' waits are over once compensating), for the same reasons; their
+    # delays are slept in memory.
     lane = run.state.lanes.get(ctx.lane) if announce else None
+    undoing = run.state.lanes[MAIN] if undo is not None and run.adapter is not None else None
     try:
         if lane is not None and lane.waiting is not None and "attempt" in lane.waiting:
             attempts = ctx._attempt = lane.waiting["attempt"]  # made before a restart
@@ -64,6 +69,9 @@ async def attempt(
             await trio.lowlevel.checkpoint_if_cancelled()
             if "retry" in lane.waiting:
                 await wait_for_retry(run, lane)
+        elif undo is not None and (kept := _kept_compensation(run, undo)) is not None:
+            attempts = ctx._attempt = kept["undo_attempt"]  # made before a restart
+            await trio.sleep(max(0.0, kept["undo_at"] - run.clock()))
         # In an engine, each attempt of a step that may be tried again gets its own copies of
         # what it is given (its input, ctx.input, ctx.steps): one that changes them in place
         # must not hand the next attempt what a restart between the two would not.
@@ -116,11 +124,25 @@ async def attempt(
                     lane.waiting["since"] = since
                 await run.persist()
                 await wait_for_retry(run, lane)
+            elif undoing is not None:
+                assert undo is not None
+                undoing.waiting = {"undo": undo.seq, "undo_attempt": attempts, "undo_at": run.clock() + delay}
+                await run.persist()
+                await trio.sleep(delay)
             else:
                 await trio.sleep(delay)
     finally:
         if lane is not None and lane.waiting is not None and not lane.waits():
             lane.waiting = None  # the attempts are over: the count kept for a restart goes
+        if undoing is not None:
+            undoing.waiting = None  # (stored with the compensation's end)
+
+
+def _kept_compensation(run: Run, record: StepResult) -> dict[str, Any] | None:
+    """What storage kept of the compensation of ``record`` under way (the attempts it made and
+    when the next is due), or ``None``: none made, or not in an engine."""
+    kept = run.state.lanes[MAIN].waiting
+    return kept if kept is not None and kept.get("undo") == record.seq else None
 
 
 def _as_cancellation(exc: BaseException, step_name: str) -> trio.Cancelled | None:
@@ -311,4 +333,4 @@ async def compensate(run: Run, step: TaskStep, record: StepResult, ctx: Any) -> 
     output = record.output if run.adapter is None else as_stored(record.output, f"output of step {step.name!r}")
     args = (ctx, output) if step.style == "saga" else (output,)
     ctx._compensating = record.execution
-    await attempt(run, step, fn, asynchronous, args, ctx=ctx, announce=False)
+    await attempt(run, step, fn, asynchronous, args, ctx=ctx, announce=False, undo=record)

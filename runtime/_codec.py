@@ -908,7 +908,7 @@ def _errors_as_records(state: InstanceState) -> None:
 _WAIT_FIELDS: dict[str, tuple[type, ...]] = {
     "timer": (int, float), "retry": (int, float), "start": (int, float), "since": (int, float),
     "timeout": (int, float, type(None)), "attempt": (int,), "signal": (str,), "child": (str,), "check": (int, float),
-    "within": (int, float),
+    "within": (int, float), "undo": (int,), "undo_attempt": (int,), "undo_at": (int, float),
 }
 
 
@@ -924,7 +924,12 @@ def _well_formed_wait(waiting: Any) -> bool:
             return False
     # The keys a wait of each kind needs beside the one that names it (the kernel reads them).
     return not ("signal" in waiting and "timeout" not in waiting or "retry" in waiting and "attempt" not in waiting
-                or "child" in waiting and "signal" not in waiting)
+                or "child" in waiting and "signal" not in waiting
+                or "undo" in waiting and not _UNDO_KEPT <= waiting.keys())
+
+
+#: What the main lane keeps of a compensation under way (see ``actors._task.attempt``).
+_UNDO_KEPT = frozenset({"undo", "undo_attempt", "undo_at"})
 
 
 def _is_seq(value: Any, count: int) -> bool:

@@ -355,6 +355,25 @@ class WorkflowDefinition:
     completions_may_fail: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
         lambda self: _completion_may_fail(self.steps, False), takes_self=True))
 
+    def place_of(self, step_name: str) -> tuple[int, int]:
+        """Where a step stands in its lane (the main line, or its branch's): its index there and
+        the lane's step count, as ``ctx.step_index`` and ``ctx.total_steps`` tell its callables
+        (a compensation's context too, made long after the lane ran)."""
+        def find(steps: tuple[Step, ...], index: Mapping[str, int]) -> tuple[int, int] | None:
+            if step_name in index:
+                return index[step_name], len(steps)
+            for step in steps:
+                if isinstance(step, FANNING_OUT):
+                    for branch in step.branches if isinstance(step, ParallelStep) else (step.branch,):
+                        found = find(branch.steps, branch.index)
+                        if found is not None:
+                            return found
+            return None
+
+        found = find(self.steps, self.index)
+        assert found is not None, f"step {step_name!r} is not in workflow {self.name!r}"
+        return found
+
     def check_driver(self, driver: object, how_to_give_one: str) -> None:
         """Refuse to run a transactional workflow where there is no driver, or where what was
         given as one has no ``transaction()``: its forward run is one ``driver.transaction()``,

@@ -267,8 +267,9 @@ class Lane:
         return waiting is not None and not waiting.keys() <= _KEPT_ONLY
 
 
-#: Keys of ``Lane.waiting`` that say what a wait kept, not what the lane waits for.
-_KEPT_ONLY = frozenset({"attempt", "since"})
+#: Keys of ``Lane.waiting`` that say what a wait kept, not what the lane waits for (the
+#: ``undo`` ones: the main lane's, of a compensation under way, see ``actors._task.attempt``).
+_KEPT_ONLY = frozenset({"attempt", "since", "undo", "undo_attempt", "undo_at"})
 
 
 class TrackedLane(Lane):

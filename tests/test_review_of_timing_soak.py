@@ -547,9 +547,17 @@ def check_soak(seed: int, summary: dict[str, Any], peeks: list[dict[str, Any]], 
             if r["status"] == "compensated" and not any(how == "ok" for _, _, how, _ in log.undo_ends[(iid, r["id"])]):
                 problem(f"{iid} {r['id']} is compensated but its compensation never returned")
             if r["step"] == "r-sticky" and r["status"] == "compensated":
-                last_gen = max(g for g, _, how, _ in log.undo_ends[(iid, r["id"])] if how == "ok")
-                if sorted(a for g, a, _ in log.undos[(iid, r["id"])] if g == last_gen) != [1, 2]:
+                # Its attempt 1 fails, its attempt 2 returns; the count goes on across a restart
+                # (README: "a restart goes on with the count"): attempt 1 may have failed in an
+                # engine before the one in which attempt 2 returned.
+                ends = log.undo_ends[(iid, r["id"])]
+                last_gen, last_attempt = max((g, a) for g, a, how, _ in ends if how == "ok")
+                if last_attempt != 2 or not any(a == 1 and how == "fail" and g <= last_gen for g, a, how, _ in ends):
                     problem(f"{iid} {r['id']}: compensation attempts {log.undos[(iid, r['id'])]}")
+            limit = MAX_ATTEMPTS.get(r["step"], 2 if r["step"].startswith("r-") else 1)
+            for gen, a, _ in log.undos[(iid, r["id"])]:
+                if a > limit:
+                    problem(f"{iid} {r['id']}: compensation attempt {a} (gen {gen}), its policy allows {limit}")
         errors = {r["id"]: r["compensation_error"] for r in hist if r["compensation_error"]}
         if inst["compensation_errors_by_execution"] != errors:
             problem(f"{iid} compensation_errors_by_execution {inst['compensation_errors_by_execution']}, records"
