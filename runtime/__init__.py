@@ -71,6 +71,7 @@ from ._errors import UnknownServiceError as UnknownServiceError
 from ._errors import UnknownWorkflowError as UnknownWorkflowError
 from ._errors import WorkflowCancelledError as WorkflowCancelledError
 from ._errors import WorkflowTimeoutError as WorkflowTimeoutError
+from ._errors import WrongTrioRunError as WrongTrioRunError
 from ._events import EventBus as EventBus
 from ._jobs import JobRegistry as JobRegistry
 from ._matching import ALL as ALL

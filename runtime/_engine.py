@@ -8,6 +8,7 @@ import contextlib
 import contextvars
 import functools
 import math
+import threading
 import time
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Generator, Iterable, Mapping, Sequence
@@ -70,6 +71,7 @@ from ._errors import (
     UnknownJobError,
     UnknownWorkflowError,
     WorkflowCancelledError,
+    WrongTrioRunError,
     describe_error,
     safe_repr,
 )
@@ -114,6 +116,10 @@ class Engine:
         clock: Callable[[], float] = time.time, beside: Supervisor | None = None,
         parked: Iterable[StoredInstance] = (),
     ) -> None:
+        #: The trio run the engine runs in, and its thread: calls from any other thread (its own
+        #: trio run, or none) are refused (see _check_open).
+        self._trio_token = trio.lowlevel.current_trio_token()
+        self._thread = threading.get_ident()
         self.jobs = JobRegistry(on_register=self._jobs_registered, check_open=self._check_open)
         self.events = EventBus()
         self.adapter = adapter
@@ -2294,6 +2300,20 @@ class Engine:
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosedError("the engine is closed (its async with block has ended)")
+        if threading.get_ident() != self._thread:
+            # Its tasks, locks and storage belong to its own run: a call from another would
+            # store half an instance and leave it to nobody. (One thread runs one trio run at a
+            # time: the thread tells the run, and costs far less to ask than trio's token.)
+            raise WrongTrioRunError(
+                "the engine runs in another trio run than this call's (called from another thread, in a"
+                " trio.run of its own or none); call it from its own run, or from another thread through"
+                " trio.from_thread.run(engine.start, ..., trio_token=engine.trio_token)")
+
+    @property
+    def trio_token(self) -> trio.lowlevel.TrioToken:
+        """The trio run the engine runs in: what a thread of its own hands
+        ``trio.from_thread.run`` (or ``run_sync``) to call the engine."""
+        return self._trio_token
 
     def _close(self) -> None:
         self._closed = True

@@ -111,6 +111,12 @@ class EngineClosedError(TrioflowError, RuntimeError):
     """The engine was used after its ``async with`` block ended."""
 
 
+class WrongTrioRunError(TrioflowError, RuntimeError):
+    """The engine was called from another trio run (another thread's ``trio.run``) than the one
+    it runs in: refused before anything is done. From another thread, call it through
+    ``trio.from_thread.run(..., trio_token=engine.trio_token)``."""
+
+
 class InstanceNotLiveError(TrioflowError, RuntimeError):
     """``wait()`` on an instance that is running in storage but not in this engine."""
 

@@ -20,7 +20,7 @@ import trio.testing
 
 from trioflow._durations import Seconds, virtual_seconds
 from trioflow._engine import Engine
-from trioflow._errors import InvalidArgumentError, TrioflowError, safe_repr
+from trioflow._errors import EngineClosedError, InvalidArgumentError, TrioflowError, safe_repr
 from trioflow._virtual_time import hold_still, let_jump, threads_finished
 
 from trioflow.adapters._memory import MemoryAdapter
@@ -115,7 +115,8 @@ class EnginePortal:
             failed = self._run.ended_with()
             if failed is not None:
                 raise failed from None
-            raise
+            # (Ended as its block did: called after it, the engine is closed, as README says.)
+            raise EngineClosedError("the engine_portal's block has ended: its engine is closed") from None
 
     async def _now(self) -> float:
         return trio.current_time()
