@@ -48,7 +48,7 @@ from trioflow._snapshot import Status, StepResult
 
 from ._child import cancel_children
 from ._lane import cut_short_resting, run_lane
-from ._run import Parked, Run, StepFailure
+from ._run import Parked, Run, StepFailure, StoreFailed
 from ._task import compensate
 from ._transaction import (
     Forward,
@@ -423,6 +423,8 @@ async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:
             run.add_compensation_failure(record, CompensationTimeoutError(name, bounded))
         except StepFailure as failure:
             run.add_compensation_failure(record, failure.error, failure.attempts)
+        except StoreFailed as failed:
+            raise failed.error from None  # the run's, not the compensation's: it stops as last stored
         except BaseException as exc:
             # Whatever went wrong around the compensation (a ``retry_on`` predicate that raised,
             # a broken callable, a BaseException of its own) is that compensation's failure:

@@ -38,6 +38,7 @@ from trioflow._errors import (
     CheckpointConflictError,
     RecordedError,
     SnapshotDecodeError,
+    StorageError,
     StorageUnavailableError,
     UnencodableValueError,
     UnknownInstanceError,
@@ -117,6 +118,17 @@ class _Unreadable:
 class Parked(Exception):
     """Raised by a step that waits long: the instance's wait is stored, and its actor ends
     without finishing it, holding no task and no slot; the engine wakes it when it is due."""
+
+
+class StoreFailed(Exception):
+    """A checkpoint the run makes between a step's (or a compensation's) attempts failed: the
+    run's failure, not the step's. Carried past the handlers that make what a step raises its
+    failure, which raise ``error`` on, as a checkpoint's failure anywhere else goes: the
+    instance stops as last stored, for a resume."""
+
+    def __init__(self, error: StorageError) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class StepFailure(Exception):

@@ -22,6 +22,7 @@ from trioflow._decide import (
 from trioflow._definition import Step, TaskStep
 from trioflow._escapes import failure_of, stops_the_process, stray_cancel
 from trioflow._errors import (
+    StorageError,
     StepTimeoutError,
     UnencodableValueError,
     describe_error,
@@ -33,7 +34,7 @@ from trioflow._lanes import MAIN
 from trioflow._retry import NO_RETRY
 from trioflow._snapshot import StepResult
 
-from ._run import Parked, Run, StepFailure, unwrapped
+from ._run import Parked, Run, StepFailure, StoreFailed, unwrapped
 from ._wait import wait_for_retry
 
 _NO_TIMEOUT = contextlib.nullcontext()
@@ -68,7 +69,10 @@ async def attempt(
             # are recorded, as when the cancel reaches its delay in memory.
             await trio.lowlevel.checkpoint_if_cancelled()
             if "retry" in lane.waiting:
-                await wait_for_retry(run, lane)
+                try:
+                    await wait_for_retry(run, lane)
+                except StorageError as exc:
+                    raise StoreFailed(exc) from exc
         elif undo is not None and (kept := _kept_compensation(run, undo)) is not None:
             attempts = ctx._attempt = kept["undo_attempt"]  # made before a restart
             await trio.sleep(max(0.0, kept["undo_at"] - run.clock()))
@@ -118,19 +122,22 @@ async def attempt(
                     max_attempts=retry.max_attempts, delay=delay, error=describe_error(error),
                     error_name=error_name(error), cause=error_cause(error),
                 )
-            if lane is not None and run.adapter is not None:
-                lane.waiting = {"retry": run.clock() + delay, "attempt": attempts}
-                if since is not None:
-                    lane.waiting["since"] = since
-                await run.persist()
-                await wait_for_retry(run, lane)
-            elif undoing is not None:
-                assert undo is not None
-                undoing.waiting = {"undo": undo.seq, "undo_attempt": attempts, "undo_at": run.clock() + delay}
-                await run.persist()
-                await trio.sleep(delay)
-            else:
-                await trio.sleep(delay)
+            try:
+                if lane is not None and run.adapter is not None:
+                    lane.waiting = {"retry": run.clock() + delay, "attempt": attempts}
+                    if since is not None:
+                        lane.waiting["since"] = since
+                    await run.persist()
+                    await wait_for_retry(run, lane)
+                elif undoing is not None:
+                    assert undo is not None
+                    undoing.waiting = {"undo": undo.seq, "undo_attempt": attempts, "undo_at": run.clock() + delay}
+                    await run.persist()
+                    await trio.sleep(delay)
+                else:
+                    await trio.sleep(delay)
+            except StorageError as exc:
+                raise StoreFailed(exc) from exc
     finally:
         if lane is not None and lane.waiting is not None and not lane.waits():
             lane.waiting = None  # the attempts are over: the count kept for a restart goes
@@ -231,6 +238,8 @@ async def run_task(
         raise
     except Parked:
         raise  # between attempts, stored: the instance left memory
+    except StoreFailed as failed:
+        raise failed.error from None  # the run's, not the step's: it stops as last stored
     except Exception as exc:  # input/output mapping, unknown job: no retry
         raise StepFailure(step.name, exc, max(attempts, 1), data, uses_input) from exc
     except BaseException as exc:
