@@ -121,7 +121,7 @@ class Engine:
         self._trio_token = trio.lowlevel.current_trio_token()
         self._thread = threading.get_ident()
         self.jobs = JobRegistry(on_register=self._jobs_registered, check_open=self._check_open)
-        self.events = EventBus()
+        self.events = EventBus(check_caller=self._check_thread)
         self.adapter = adapter
         #: Instance actors and the engine's own tasks: stopped when the engine closes.
         self._supervisor = supervisor
@@ -2300,6 +2300,9 @@ class Engine:
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosedError("the engine is closed (its async with block has ended)")
+        self._check_thread()
+
+    def _check_thread(self) -> None:
         if threading.get_ident() != self._thread:
             # Its tasks, locks and storage belong to its own run: a call from another would
             # store half an instance and leave it to nobody. (One thread runs one trio run at a

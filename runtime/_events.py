@@ -99,7 +99,9 @@ class _Subscriber:
 class EventBus:
     """Per-engine publish/subscribe of workflow events (payloads are dicts with an ``event`` key)."""
 
-    def __init__(self) -> None:
+    def __init__(self, check_caller: Callable[[], None] | None = None) -> None:
+        #: Refuses a call from where the bus cannot be used (an engine's: another thread).
+        self._check_caller = check_caller
         self._subscribers: list[_Subscriber] = []
         self._routes: dict[str, list[_Subscriber]] = {}
         self._nursery: trio.Nursery | None = None
@@ -142,6 +144,8 @@ class EventBus:
         remove = self._add(_Subscriber(pattern, None, send))
 
         def unsubscribe() -> None:
+            if self._check_caller is not None:
+                self._check_caller()  # (it closes the channels the engine's task reads)
             remove()
             self._queues.discard(send)
             send.close()
@@ -152,6 +156,8 @@ class EventBus:
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosedError("the engine is closed: it sends no more events")
+        if self._check_caller is not None:
+            self._check_caller()
 
     def close(self) -> None:
         """The engine is closing: no more events. Each async callback's task delivers what its

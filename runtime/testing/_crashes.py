@@ -237,7 +237,7 @@ async def explore_crashes(
             await _call(before_run)
         counter.counts = collections.Counter()
         counter.numbers = {}
-        counter.results, counter.changed = {}, []
+        counter.results, counter.changed, counter.returned, counter.unstorable = {}, [], set(), set()
         storage = adapter_factory()
         check_adapter(storage)  # (None is no storage here: the runs crash and resume on it)
         if storage is None:
@@ -336,11 +336,16 @@ class _Counter:
         #: Calls per calling instance and step callable ("name", "name (compensate)").
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
         #: What each attempt of a step (instance, execution, attempt, compensating) returned
-        #: first in this run, encoded: its job's result ("result") and the step's output made
-        #: of it ("output", with an ``output=`` mapper); and what the run found when one ran
-        #: again and returned something else, or raised.
+        #: first in this run, encoded: its job's result ("result"), or, for a result that
+        #: cannot be stored as it is, the step's output its ``output=`` mapper made of it
+        #: ("output"); and what the run found when one ran again and returned something else,
+        #: or raised.
         self.results: dict[tuple[tuple[str, str, int, bool], str], bytes] = {}
         self.changed: list[str] = []
+        #: The attempts that returned in this run, and of those, the ones whose result cannot
+        #: be stored as it is (compared by their mapped output).
+        self.returned: set[tuple[str, str, int, bool]] = set()
+        self.unstorable: set[tuple[str, str, int, bool]] = set()
         #: For each scripted job (by id): the script position each attempt got, in this run.
         self.numbers: dict[int, dict[tuple[str, str, int, bool], int]] = {}
 
@@ -1027,8 +1032,6 @@ def _counted(key: str, fn: StepFn, counter: _Counter) -> StepFn:
             attempt = _attempt(counter, key)
             try:
                 result = await fn(*args)
-            except trio.Cancelled:
-                raise  # (cut short: by the crash, a timeout, a sibling; not an answer)
             except BaseException as exc:
                 _raised(counter, key, attempt, exc)
                 raise
@@ -1091,13 +1094,20 @@ def _returned(
     must return the same: a step that is not idempotent (a charge that makes a new charge id)
     would otherwise record another result than the one the world saw first. Compared as stored
     (encoded at once: a mapper or the step may change it after); a result that cannot be stored
-    as it is is compared by the output its mapper makes of it (without one, its step fails), and
-    what a compensation returns (it is not kept) is not compared."""
+    as it is is compared by the output its mapper makes of it (without one, its step fails; with
+    one, a storable result is compared as it is, and the mapper may add what it likes, a time),
+    and what a compensation returns (it is not kept) is not compared."""
     if attempt is None or attempt[3]:
+        return value
+    if what == "result":
+        counter.returned.add(attempt)
+    elif attempt not in counter.unstorable:
         return value
     try:
         packed = encode_payload(value, "a step's result")
     except Exception:
+        if what == "result":
+            counter.unstorable.add(attempt)
         return value
     first = counter.results.setdefault((attempt, what), packed)
     if first != packed and not counter.changed:
@@ -1112,15 +1122,23 @@ def _raised(counter: _Counter, key: str, attempt: tuple[str, str, int, bool] | N
     """Note that an attempt of a step raised: one that returned the first time and raises when
     run again after the crash (a service that refuses a repeated request) is not idempotent, and
     its run may take another path (a catch) than the world saw. (One that raised first and
-    returns when run again is a service that recovered: at-least-once, not reported.)"""
-    if attempt is None or attempt[3] or counter.changed:
+    returns when run again is a service that recovered: at-least-once, not reported. One cut
+    short, by the crash, a timeout or a sibling, gave no answer.)"""
+    if attempt is None or attempt[3] or counter.changed or attempt not in counter.returned or _cut_short(exc):
         return
-    first = counter.results.get((attempt, "result"))
-    if first is not None:
-        counter.changed.append(
-            f"step {key!r} ({attempt[1]}, attempt {attempt[2]}) ran again after the crash and raised"
-            f" {describe_error(exc)}, where its first run returned {safe_repr(decode_payload(first), 200)}:"
-            " it is not idempotent")
+    first = counter.results.get((attempt, "result"), counter.results.get((attempt, "output")))
+    returned = "a value that cannot be stored" if first is None else safe_repr(decode_payload(first), 200)
+    counter.changed.append(
+        f"step {key!r} ({attempt[1]}, attempt {attempt[2]}) ran again after the crash and raised"
+        f" {describe_error(exc)}, where its first run returned {returned}: it is not idempotent")
+
+
+def _cut_short(exc: BaseException) -> bool:
+    """Whether a job's exception is its cancellation: trio's, or a group of them (what a job
+    that runs a nursery of its own lets out when it is cancelled)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
 
 
 def _replayed(key: str, job: ScriptedJob, counter: _Counter) -> StepFn:

@@ -56,6 +56,8 @@ class _Run:
         #: the event set once it has (``None``: the block is left, no engine follows).
         self.reopens_at = 0.0
         self.reopened: trio.Event | None = None
+        #: Whether the caller has left the ``with`` block (which raised what the run raised).
+        self.left = False
 
     def ended_with(self) -> BaseException | None:
         """Once the run has ended (waited for, briefly), what it raised."""
@@ -111,9 +113,10 @@ class EnginePortal:
         try:
             return trio.from_thread.run(afn, *args, trio_token=self._run.token)
         except (trio.RunFinishedError, trio.Cancelled):
-            # The run ended under the call (a step raised SystemExit, say): what it raised.
+            # The run ended under the call (a step raised SystemExit, say): what it raised. (Not
+            # after the block, which raised it already: the engine is closed then.)
             failed = self._run.ended_with()
-            if failed is not None:
+            if failed is not None and not self._run.left:
                 raise failed from None
             # (Ended as its block did: called after it, the engine is closed, as README says.)
             raise EngineClosedError("the engine_portal's block has ended: its engine is closed") from None
@@ -264,6 +267,7 @@ def engine_portal(
     try:
         yield handed[0]
     finally:
+        run.left = True
         if run.thread.is_alive():
             run.reopened = None  # (no engine follows)
             try:
