@@ -52,6 +52,13 @@ def matcher_tuple(value: object, label: str) -> tuple[ErrorMatcher, ...]:
             # than ALL does (trioflow's own definition and storage errors included); and no
             # error is named "States.ALL" (Amazon States Language's), whose meaning is ALL's.
             raise DefinitionError(f"{label} items must not be {item!r} (use trioflow.ALL to match every error)")
+        if isinstance(item, str) and item.startswith("States."):
+            # Amazon States Language's other names: no Python error is named so, and a ported
+            # catcher or retry policy would silently never match.
+            raise DefinitionError(
+                f"{label} items must not be {item!r}, an Amazon States Language name that no Python error has:"
+                " use trioflow.StepTimeoutError (and trioflow.SignalTimeoutError) for States.Timeout,"
+                " trioflow.ALL for States.ALL or States.TaskFailed, or the error's own type or name")
         kind = not_plain(item) if callable(item) and not isinstance(item, (type, _All)) else None
         if kind is not None:
             # Called without being awaited, it would give a coroutine (or, a generator function,
@@ -61,6 +68,11 @@ def matcher_tuple(value: object, label: str) -> tuple[ErrorMatcher, ...]:
         if callable(item) and not isinstance(item, (type, _All)):
             check_arguments(label, "predicate", item, ("error",))
     return items
+
+
+def catches_all(items: tuple[ErrorMatcher, ...]) -> bool:
+    """Whether ``items`` hold :data:`ALL` (they then match every error a workflow may route)."""
+    return any(isinstance(i, _All) for i in items)
 
 
 def matches(items: tuple[ErrorMatcher, ...], error: BaseException) -> bool:

@@ -27,6 +27,7 @@ from ._callables import check_arguments, generator_kind, not_plain
 from ._durations import in_range
 from ._errors import DefinitionError, safe_repr
 from ._lanes import RESERVED_SIGNALS, check_name, is_signal_name, valid_text
+from ._matching import catches_all
 from ._retry import Retry
 
 #: Longest error name a fail step may give (as AWS Step Functions caps an error's name).
@@ -99,10 +100,16 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
     if step.next is not None:
         _check_target(label, "next", step.next, names)
     if isinstance(step, CATCHING):
-        for catcher in step.catch:
+        for number, catcher in enumerate(step.catch, 1):
             if not isinstance(catcher, Catch):
                 raise DefinitionError(f"{label}: catch items must be trioflow.Catch, got {catcher!r}")
             _check_target(label, "catch next", catcher.next, names)
+            if number < len(step.catch) and catches_all(catcher.errors):
+                # The first catcher that matches routes the lane: the ones after it could never
+                # (Amazon States Language refuses States.ALL anywhere but last, too).
+                raise DefinitionError(
+                    f"{label}: catch #{number} matches every error (trioflow.ALL), so the catchers after it could"
+                    " never run: put it last")
     if isinstance(step, TaskStep):
         _check_task(label, step)
     elif isinstance(step, ChoiceStep):

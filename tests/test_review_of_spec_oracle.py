@@ -95,8 +95,23 @@ class C:
     result: str | None = None
 
 
+class _CatchesAllLast:
+    """A catcher that matches every error (``ALL``) goes after the others, in the model as in
+    the workflow built from it: build() refuses a catcher after one (it could never run). Of
+    several, all but the last lose their ``ALL`` (keeping every target reachable)."""
+
+    catch: tuple[C, ...]
+
+    def __post_init__(self) -> None:
+        ordered = sorted(self.catch, key=lambda c: "ALL" in c.errors)  # (stable)
+        for i, c in enumerate(ordered[:-1]):
+            if "ALL" in c.errors:
+                ordered[i] = C(tuple(e for e in c.errors if e != "ALL") or ("NeverRaisedError",), c.next, c.result)
+        object.__setattr__(self, "catch", tuple(ordered))
+
+
 @dataclass(frozen=True)
-class T:
+class T(_CatchesAllLast):
     name: str
     comp: bool = False
     style: str = "step"  # "step": execute(ctx) / compensate(ctx, result); "task": job(data) / compensate(output)
@@ -138,7 +153,7 @@ class Fail:
 
 
 @dataclass(frozen=True)
-class Par:
+class Par(_CatchesAllLast):
     name: str
     branches: tuple[tuple[str, tuple[T, ...]], ...]
     on_error: str = "wait-all"
@@ -146,7 +161,7 @@ class Par:
 
 
 @dataclass(frozen=True)
-class MapS:
+class MapS(_CatchesAllLast):
     name: str
     items: tuple[Any, ...]
     branch: tuple[T, ...]
@@ -157,7 +172,7 @@ class MapS:
 
 
 @dataclass(frozen=True)
-class Child:
+class Child(_CatchesAllLast):
     name: str
     workflow: "WF"
     catch: tuple[C, ...] = ()
