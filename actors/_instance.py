@@ -425,6 +425,10 @@ async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:
             run.add_compensation_failure(record, failure.error, failure.attempts)
         except StoreFailed as failed:
             raise failed.error from None  # the run's, not the compensation's: it stops as last stored
+        except StorageUnavailableError:
+            # Storage unusable while a child compensated as a unit was read or stored (what
+            # the compensation callables raise comes wrapped): the run's too.
+            raise
         except BaseException as exc:
             # Whatever went wrong around the compensation (a ``retry_on`` predicate that raised,
             # a broken callable, a BaseException of its own) is that compensation's failure:

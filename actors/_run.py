@@ -38,7 +38,6 @@ from trioflow._errors import (
     CheckpointConflictError,
     RecordedError,
     SnapshotDecodeError,
-    StorageError,
     StorageUnavailableError,
     UnencodableValueError,
     UnknownInstanceError,
@@ -121,12 +120,14 @@ class Parked(Exception):
 
 
 class StoreFailed(Exception):
-    """A checkpoint the run makes between a step's (or a compensation's) attempts failed: the
-    run's failure, not the step's. Carried past the handlers that make what a step raises its
-    failure, which raise ``error`` on, as a checkpoint's failure anywhere else goes: the
-    instance stops as last stored, for a resume."""
+    """A checkpoint the run makes between a step's (or a compensation's) attempts found storage
+    unusable for longer than ``storage_retry_for``: the run's failure, not the step's. Carried
+    past the handlers that make what a step raises its failure, which raise ``error`` on, as a
+    checkpoint's failure anywhere else goes: the instance stops as last stored, for a resume.
+    (Storage's other refusals stay the step's failure: the engine would end the instance
+    without compensating it.)"""
 
-    def __init__(self, error: StorageError) -> None:
+    def __init__(self, error: StorageUnavailableError) -> None:
         super().__init__(error)
         self.error = error
 

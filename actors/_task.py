@@ -22,7 +22,7 @@ from trioflow._decide import (
 from trioflow._definition import Step, TaskStep
 from trioflow._escapes import failure_of, stops_the_process, stray_cancel
 from trioflow._errors import (
-    StorageError,
+    StorageUnavailableError,
     StepTimeoutError,
     UnencodableValueError,
     describe_error,
@@ -71,7 +71,7 @@ async def attempt(
             if "retry" in lane.waiting:
                 try:
                     await wait_for_retry(run, lane)
-                except StorageError as exc:
+                except StorageUnavailableError as exc:
                     raise StoreFailed(exc) from exc
         elif undo is not None and (kept := _kept_compensation(run, undo)) is not None:
             attempts = ctx._attempt = kept["undo_attempt"]  # made before a restart
@@ -136,7 +136,7 @@ async def attempt(
                     await trio.sleep(delay)
                 else:
                     await trio.sleep(delay)
-            except StorageError as exc:
+            except StorageUnavailableError as exc:
                 raise StoreFailed(exc) from exc
     finally:
         if lane is not None and lane.waiting is not None and not lane.waits():

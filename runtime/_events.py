@@ -135,7 +135,16 @@ class EventBus:
                 f"on() calls callback(event) for each event: {safe_repr(callback)} is {kind} (it yields); give a"
                 " function or an async def")
         if not is_async(callback):
-            return self._add(_Subscriber(pattern, callback, None))
+            remove_plain = self._add(_Subscriber(pattern, callback, None))
+            if self._check_caller is None:
+                return remove_plain
+
+            def unsubscribe_plain() -> None:
+                assert self._check_caller is not None
+                self._check_caller()  # (the engine's thread may be publishing)
+                remove_plain()
+
+            return unsubscribe_plain
         if self._nursery is None:
             raise EngineClosedError("async event callbacks need a running engine")
         send, receive = trio.open_memory_channel[Event](buffer)

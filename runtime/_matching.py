@@ -29,6 +29,10 @@ class _All:
 #: should route around (Amazon States Language's ``States.ALL``).
 ALL = _All()
 
+#: What Amazon States Language's own error names begin with (``States.Timeout``): refused as
+#: matchers and as a fail step's error, as ASL keeps it for its own.
+ASL_PREFIX = "States."
+
 ErrorMatcher = Union[type[BaseException], str, Callable[[BaseException], bool], _All]
 
 
@@ -52,13 +56,13 @@ def matcher_tuple(value: object, label: str) -> tuple[ErrorMatcher, ...]:
             # than ALL does (trioflow's own definition and storage errors included); and no
             # error is named "States.ALL" (Amazon States Language's), whose meaning is ALL's.
             raise DefinitionError(f"{label} items must not be {item!r} (use trioflow.ALL to match every error)")
-        if isinstance(item, str) and item.startswith("States."):
-            # Amazon States Language's other names: no Python error is named so, and a ported
-            # catcher or retry policy would silently never match.
+        if isinstance(item, str) and item.startswith(ASL_PREFIX):
+            # Amazon States Language's other names: no Python error is named so (nor may a fail
+            # step's error be), and a ported catcher or retry policy would silently never match.
             raise DefinitionError(
-                f"{label} items must not be {item!r}, an Amazon States Language name that no Python error has:"
-                " use trioflow.StepTimeoutError (and trioflow.SignalTimeoutError) for States.Timeout,"
-                " trioflow.ALL for States.ALL or States.TaskFailed, or the error's own type or name")
+                f"{label} items must not be {item!r}, an Amazon States Language name that no error here has:"
+                " use trioflow.StepTimeoutError (and trioflow.SignalTimeoutError) for States.Timeout, and the"
+                " errors' own types or names for States.TaskFailed (trioflow.ALL matches timeouts too)")
         kind = not_plain(item) if callable(item) and not isinstance(item, (type, _All)) else None
         if kind is not None:
             # Called without being awaited, it would give a coroutine (or, a generator function,

@@ -27,7 +27,7 @@ from ._callables import check_arguments, generator_kind, not_plain
 from ._durations import in_range
 from ._errors import DefinitionError, safe_repr
 from ._lanes import RESERVED_SIGNALS, check_name, is_signal_name, valid_text
-from ._matching import catches_all
+from ._matching import ASL_PREFIX, catches_all
 from ._retry import Retry
 
 #: Longest error name a fail step may give (as AWS Step Functions caps an error's name).
@@ -100,16 +100,19 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
     if step.next is not None:
         _check_target(label, "next", step.next, names)
     if isinstance(step, CATCHING):
-        for number, catcher in enumerate(step.catch, 1):
+        for catcher in step.catch:
             if not isinstance(catcher, Catch):
                 raise DefinitionError(f"{label}: catch items must be trioflow.Catch, got {catcher!r}")
             _check_target(label, "catch next", catcher.next, names)
-            if number < len(step.catch) and catches_all(catcher.errors):
-                # The first catcher that matches routes the lane: the ones after it could never
-                # (Amazon States Language refuses States.ALL anywhere but last, too).
+        for number, catcher in enumerate(step.catch[:-1], 1):
+            if catches_all(catcher.errors):
+                # The first catcher that matches routes the lane: after one with ALL, the others
+                # see only the errors ALL leaves, trioflow's own definition and storage errors,
+                # which a catcher before it sees the same (Amazon States Language refuses
+                # States.ALL anywhere but last, too).
                 raise DefinitionError(
-                    f"{label}: catch #{number} matches every error (trioflow.ALL), so the catchers after it could"
-                    " never run: put it last")
+                    f"{label}: catch #{number} holds trioflow.ALL, which matches every error but trioflow's own"
+                    " DefinitionError and StorageError: put it last (a catcher for those goes before it)")
     if isinstance(step, TaskStep):
         _check_task(label, step)
     elif isinstance(step, ChoiceStep):
@@ -158,6 +161,12 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
                 or not valid_text(step.error):
             raise DefinitionError(
                 f"{label}: error must be an error name of 1 to {MAX_ERROR_NAME} characters, got {safe_repr(step.error)}")
+        if step.error.startswith(ASL_PREFIX):
+            # Amazon States Language keeps the prefix for its own errors, and so does a catcher
+            # here (see trioflow._matching): a name no catcher could name is refused too.
+            raise DefinitionError(
+                f"{label}: error must not begin with {ASL_PREFIX!r} (Amazon States Language keeps that prefix for"
+                f" its own errors, and no catcher may name one), got {safe_repr(step.error)}")
         if not (isinstance(step.cause, str) or callable(step.cause)):
             raise DefinitionError(f"{label}: cause must be text or a callable of ctx, got {step.cause!r}")
         kind = not_plain(step.cause) if callable(step.cause) else None

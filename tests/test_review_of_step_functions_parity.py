@@ -101,5 +101,5 @@ def test_a_catcher_after_one_that_catches_every_error_is_refused() -> None:
                .succeed("ok")
                .pass_("any", end=True)
                .pass_("declined", end=True))
-    with pytest.raises(tf.DefinitionError, match=r"catch #1 matches every error .* put it last"):
+    with pytest.raises(tf.DefinitionError, match=r"catch #1 holds trioflow\.ALL.*put it last"):
         builder.build()
