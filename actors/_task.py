@@ -240,8 +240,9 @@ async def run_task(
         raise  # between attempts, stored: the instance left memory
     except StoreFailed as failed:
         raise failed.error from None  # the run's, not the step's: it stops as last stored
-    except Exception as exc:  # input/output mapping, unknown job: no retry
-        raise StepFailure(step.name, exc, max(attempts, 1), data, uses_input) from exc
+    except Exception as exc:  # input/output mapping, unknown job, storage refusing a retry's delay: no retry
+        # (The attempts made so far: attempt() did not return them if it raised.)
+        raise StepFailure(step.name, exc, max(attempts, ctx._attempt, 1), data, uses_input) from exc
     except BaseException as exc:
         cancelled = _as_cancellation(exc, step.name)
         if cancelled is None or stray_cancel() is not None:

@@ -2300,7 +2300,8 @@ class Engine:
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosedError("the engine is closed (its async with block has ended)")
-        self._check_thread()
+        if threading.get_ident() != self._thread:  # (inline: every call of every caller asks)
+            self._check_thread()
 
     def _check_thread(self) -> None:
         if threading.get_ident() != self._thread:

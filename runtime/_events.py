@@ -140,8 +140,9 @@ class EventBus:
                 return remove_plain
 
             def unsubscribe_plain() -> None:
-                assert self._check_caller is not None
-                self._check_caller()  # (the engine's thread may be publishing)
+                if not self._closed:  # (closed, it publishes nothing more: any thread may)
+                    assert self._check_caller is not None
+                    self._check_caller()  # (the engine's thread may be publishing)
                 remove_plain()
 
             return unsubscribe_plain
@@ -153,7 +154,7 @@ class EventBus:
         remove = self._add(_Subscriber(pattern, None, send))
 
         def unsubscribe() -> None:
-            if self._check_caller is not None:
+            if self._check_caller is not None and not self._closed:
                 self._check_caller()  # (it closes the channels the engine's task reads)
             remove()
             self._queues.discard(send)
