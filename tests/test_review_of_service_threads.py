@@ -8,6 +8,7 @@ raises ``EngineClosedError``). (Many interleavings held; only the failures are k
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import trio
 import trio.testing
@@ -95,3 +96,24 @@ async def test_a_thread_calls_the_engine_through_its_trio_token(autojump_clock: 
 
         done = await trio.to_thread.run_sync(handler_thread)
     assert (done.id, done.status, done.output) == ("order-2", "completed", 1)
+
+
+async def test_a_thread_subscribes_through_run_sync_and_unsubscribes(autojump_clock: trio.testing.MockClock) -> None:
+    """README, Hosting: the engine's plain methods go through ``trio.from_thread.run_sync``
+    (``trio.from_thread.run`` of ``events.on``, a plain function, raises TypeError after trio
+    has called it: the subscription made and its unsubscribe lost, from a review of the docs).
+    A thread subscribes, sees an instance complete, unsubscribes, and sees no more."""
+    async with tf.open_engine() as engine:
+        engine.register(_wf)
+        seen: list[str] = []
+
+        def subscribe() -> Any:
+            return trio.from_thread.run_sync(engine.events.on, "workflow.completed",
+                                             lambda event: seen.append(event["instance_id"]),
+                                             trio_token=engine.trio_token)
+
+        unsubscribe = await trio.to_thread.run_sync(subscribe)
+        await engine.wait(await engine.start("w", instance_id="one"))
+        await trio.to_thread.run_sync(lambda: trio.from_thread.run_sync(unsubscribe, trio_token=engine.trio_token))
+        await engine.wait(await engine.start("w", instance_id="two"))
+    assert seen == ["one"]
