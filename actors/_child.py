@@ -282,9 +282,16 @@ async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps
     child_ids = [child_id for child_id in child_ids if child_id in unended]
     bound = run.definition.compensation_timeout
     completed: list[str] = []
+    #: Storage down past storage_retry_for for a child: once the others are done, the parent
+    #: stops as stored (see Children.cancel).
+    stalled: list[StorageUnavailableError] = []
 
     async def cancel(child_id: str) -> None:
-        ended = await children.cancel(child_id, bound, undo=False)
+        try:
+            ended = await children.cancel(child_id, bound, undo=False)
+        except StorageUnavailableError as exc:
+            stalled.append(exc)  # (its step stays unended: taken up again, the parent cancels it again)
+            return
         state = run.state
         if ended is not None and completes_steps:
             record = child_completed_late(state, child_id, ended.output, run.clock())
@@ -312,6 +319,8 @@ async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps
         async with trio.open_nursery() as nursery:
             for child_id in child_ids:
                 nursery.start_soon(cancel, child_id)
+        if stalled:
+            raise stalled[0]
         if completes_steps and not children.closing:
             # Their steps' ends stored (and published) before the compensation that follows: a
             # compensation of a step just recorded completed must not be told first. (A fan-out
@@ -319,14 +328,22 @@ async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps
             await run.persist()
         async with trio.open_nursery() as nursery:
             for child_id in completed:
-                nursery.start_soon(_undo_cancelled, children, child_id, bound)
+                nursery.start_soon(_undo_cancelled, children, child_id, bound, stalled)
+        if stalled:
+            raise stalled[0]
 
 
-async def _undo_cancelled(children: Children, child_id: str, bound: float | None) -> None:
-    """Compensate, as a unit, a child whose step was cancelled after it completed."""
+async def _undo_cancelled(
+    children: Children, child_id: str, bound: float | None, stalled: list[StorageUnavailableError],
+) -> None:
+    """Compensate, as a unit, a child whose step was cancelled after it completed (storage down
+    past storage_retry_for: noted in ``stalled``, for the parent to stop as stored)."""
     try:
         problem = await children.compensate(child_id, bound)
-    except TrioflowError as exc:  # it cannot be read here (its jobs are missing, storage is down)
+    except StorageUnavailableError as exc:
+        stalled.append(exc)
+        return
+    except TrioflowError as exc:  # it cannot be read here (its jobs are missing)
         problem = describe_error(exc)
     if problem is not None:
         log.warning("child %s, whose step was cancelled, could not be compensated: %s", child_id, problem,

@@ -12,7 +12,14 @@ import trio
 
 from ._codec import decode_payload, decode_stored, encode_payload
 from ._fanout_failures import completion_changes_nothing
-from ._errors import EngineClosedError, SnapshotDecodeError, TrioflowError, describe_error, split_description
+from ._errors import (
+    EngineClosedError,
+    SnapshotDecodeError,
+    StorageUnavailableError,
+    TrioflowError,
+    describe_error,
+    split_description,
+)
 from ._lanes import child_ended_signal
 from ._snapshot import RESUMABLE, WorkflowInstance
 from ._storage_retry import retried
@@ -145,7 +152,10 @@ class EngineChildren:
                         " with the jobs it uses within %s s; an engine that has them compensates it",
                         child_id, stored.workflow_name, bound, extra={"instance_id": child_id})
                     return None
-            await engine.cancel(child_id)
+            # (Tried again while storage fails for a reason that may pass, as the instance's own
+            # storage calls are: engine.cancel() raises at once, as any call a user makes.)
+            await retried(lambda: engine.cancel(child_id), retry_for=engine._storage_retry_for,
+                          what=f"cancelling child {child_id}", instance_id=child_id)
             # Its end, whatever it is. A cancel that reaches a child past its last checkpoint
             # does not stop it from completing; nor does one that comes after it completed,
             # its end not yet taken by the step that waited on it (a fail-fast sibling, or the
@@ -160,7 +170,11 @@ class EngineChildren:
             problem = await engine._undo_child(child_id, bound)
         except EngineClosedError:
             return None  # stopping meanwhile: the child resumes later
-        except TrioflowError as exc:  # it cannot be waited on here (its jobs are missing, storage is down)
+        except StorageUnavailableError:
+            # Storage down past storage_retry_for: the parent stops as stored, its step on the
+            # child unended, and cancels it again once taken up (left, it would run on, alone).
+            raise
+        except TrioflowError as exc:  # it cannot be waited on here (its jobs are missing)
             problem = describe_error(exc)
         if problem is not None:
             log.warning("child %s, whose step was cancelled, could not be cancelled or compensated: %s", child_id,

@@ -4,14 +4,15 @@ calls that sit inside handlers turning exceptions into a step's / compensation's
 failed on 60e1aaa; three pass since the commit that added this file (a child compensated as a
 unit whose storage is down stops its parent as stored; only storage that may come back is taken
 for the run's failure between attempts, a refusal stays the step's, compensated; a plain
-callback's unsubscribe checks the thread); the orphaned child is a strict xfail naming a limit
-left (README, Storage failures). On trio's autojumping MockClock; MemoryAdapter subclasses."""
+callback's unsubscribe checks the thread); the orphaned child was a strict xfail until the commit
+that removed its mark (a parent's cancel of a child tries it again while storage may come back,
+then stops the parent as stored, to cancel the child again once taken up). On trio's autojumping
+MockClock; MemoryAdapter subclasses."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 
@@ -99,10 +100,6 @@ async def test_a_storage_blip_while_compensating_a_child_does_not_give_up_its_co
         assert unbooked == ["room-1"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, left (December 6th): a parent's cancel of a child that meets storage unusable past "
-    "storage_retry_for is logged and the parent ends without it (README, Storage failures); carrying "
-    "the error through cancel_children's nursery to stop the parent as stored is not done"))
 async def test_a_storage_blip_while_a_cancel_stops_a_child_does_not_orphan_the_child(
         autojump_clock: trio.testing.MockClock) -> None:
     """A parent waits on a child workflow that waits for a manager's approval (a receive with
@@ -113,7 +110,7 @@ async def test_a_storage_blip_while_a_cancel_stops_a_child_does_not_orphan_the_c
     engine.resume()"; Hosting/child docs: cancelling a parent cancels the children it waited on
     (Temporal: a parent's cancel reaches its children per their ParentClosePolicy). The user
     expects, once storage is back and ``engine.resume()`` has run, the child cancelled too.
-    Actual: ``Children.cancel`` takes the child's StorageUnavailableError (a TrioflowError) as
+    Was: ``Children.cancel`` takes the child's StorageUnavailableError (a TrioflowError) as
     "could not be cancelled", logs a warning and returns None; the parent records the child
     step cut short and ends ``cancelled``; the resumed child goes on waiting for its approval,
     forward, for ever: an orphan nobody will cancel or compensate."""
