@@ -319,8 +319,6 @@ async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps
         async with trio.open_nursery() as nursery:
             for child_id in child_ids:
                 nursery.start_soon(cancel, child_id)
-        if stalled:
-            raise stalled[0]
         if completes_steps and not children.closing:
             # Their steps' ends stored (and published) before the compensation that follows: a
             # compensation of a step just recorded completed must not be told first. (A fan-out
@@ -330,6 +328,9 @@ async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps
             for child_id in completed:
                 nursery.start_soon(_undo_cancelled, children, child_id, bound, stalled)
         if stalled:
+            # (Only now: a child that completed as it was cancelled, its step recorded cut short
+            # beside one that stalled, is undone first; stored by a sibling lane's checkpoint
+            # meanwhile, it would otherwise be left undone.)
             raise stalled[0]
 
 
