@@ -150,21 +150,9 @@ class _OneRefusal(tf.adapters.MemoryAdapter):
         return await super().checkpoint(*args, **kwargs)
 
 
-async def test_a_storage_error_at_a_retry_delays_checkpoint_is_not_a_failure_without_compensation(
-        autojump_clock: trio.testing.MockClock) -> None:
-    """A saga charges a card (with a ``refund`` compensation), then ships with
-    ``Retry(max_attempts=3, interval=10)``; shipping fails once, and the checkpoint that stores
-    its retry delay meets an adapter's StorageError (not StorageUnavailableError). fac48b3 says
-    such a checkpoint's failure, "StorageUnavailableError ... or another StorageError", is the
-    run's: "it stops as last stored, for a resume"; README, Storage failures: "It is never
-    marked failed without compensation." Before fac48b3 it was the ship step's failure, and the
-    charge was refunded. The user expects the charge refunded, or the instance left as stored
-    for a resume (and then completed).
-    Was: run_task raises the bare StorageError on; ``Engine._instance_actor`` handles only
-    StorageUnavailableError as "stopped", so this one is an "internal error": the instance is
-    stored ``failed`` (fail_alone) with no compensation: the card stays charged for good."""
-    adapter = _OneRefusal()
-    refunds: list[str] = []
+def refused_retry_saga(adapter: _OneRefusal, refunds: list[str]) -> tuple[Any, Any, Any]:
+    """A saga's jobs: ``charge`` (``refund`` appends to ``refunds``), then ``ship``, which fails
+    its first try and has ``adapter`` refuse the checkpoint storing its retry delay."""
     tries: list[int] = []
 
     async def charge(ctx: Any) -> str:
@@ -180,6 +168,25 @@ async def test_a_storage_error_at_a_retry_delays_checkpoint_is_not_a_failure_wit
             raise ConnectionError("carrier down")
         return "shipped"
 
+    return charge, refund, ship
+
+
+async def test_a_storage_error_at_a_retry_delays_checkpoint_is_not_a_failure_without_compensation(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A saga charges a card (with a ``refund`` compensation), then ships with
+    ``Retry(max_attempts=3, interval=10)``; shipping fails once, and the checkpoint that stores
+    its retry delay meets an adapter's StorageError (not StorageUnavailableError). fac48b3 says
+    such a checkpoint's failure, "StorageUnavailableError ... or another StorageError", is the
+    run's: "it stops as last stored, for a resume"; README, Storage failures: "It is never
+    marked failed without compensation." Before fac48b3 it was the ship step's failure, and the
+    charge was refunded. The user expects the charge refunded, or the instance left as stored
+    for a resume (and then completed).
+    Was: run_task raises the bare StorageError on; ``Engine._instance_actor`` handles only
+    StorageUnavailableError as "stopped", so this one is an "internal error": the instance is
+    stored ``failed`` (fail_alone) with no compensation: the card stays charged for good."""
+    adapter = _OneRefusal()
+    refunds: list[str] = []
+    charge, refund, ship = refused_retry_saga(adapter, refunds)
     wf = (tf.workflow("order").step("charge", charge, refund)
           .step("ship", ship, retry=tf.Retry(max_attempts=3, interval=10.0)).build())
     async with open_test_engine(adapter=adapter, storage_retry_for=1.0) as engine:

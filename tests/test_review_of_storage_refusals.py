@@ -17,18 +17,7 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import engine_portal, open_test_engine
 
-
-class _OneRefusal(tf.adapters.MemoryAdapter):
-    """A MemoryAdapter whose next checkpoint, once ``refuse`` is set, raises it (an adapter's
-    own StorageError: a write refused, not one that may pass)."""
-
-    refuse: BaseException | None = None
-
-    async def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        if self.refuse is not None:
-            error, self.refuse = self.refuse, None
-            raise error
-        return await super().checkpoint(*args, **kwargs)
+from test_review_of_storage_between_attempts import _OneRefusal, refused_retry_saga
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -55,20 +44,7 @@ async def test_a_refused_retry_checkpoint_in_a_parallel_branch_is_still_compensa
     is never refunded."""
     adapter = _OneRefusal()
     refunds: list[str] = []
-    tries: list[int] = []
-
-    async def charge(ctx: Any) -> str:
-        return "ch-1"
-
-    async def refund(ctx: Any, charge_id: str) -> None:
-        refunds.append(charge_id)
-
-    async def ship(ctx: Any) -> str:
-        tries.append(1)
-        if len(tries) == 1:
-            adapter.refuse = tf.StorageError("the write was refused")
-            raise ConnectionError("carrier down")
-        return "shipped"
+    charge, refund, ship = refused_retry_saga(adapter, refunds)
 
     async def notify(ctx: Any) -> str:
         return "sent"
