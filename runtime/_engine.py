@@ -1934,7 +1934,7 @@ class Engine:
         stored = await retried(lambda: self.adapter.load(child_id), retry_for=self._storage_retry_for,
                                what=f"loading child {child_id} to compensate it", instance_id=child_id)
         if stored is None:
-            return "it is no longer stored (purged before its parent compensated it?)"
+            return "it is no longer stored (purged, or deleted through the adapter, before its parent compensated it)"
         state = _decoded(stored)
         if state.status == "completed":
             if not await self.until_runnable(state.workflow_name, bound):
@@ -2550,6 +2550,14 @@ async def _hold_nursery(closing: list[Callable[[], None]], ended: list[Callable[
             finally:
                 for call in closing:
                     call()
+    except BaseExceptionGroup as group:
+        # Actors contain their steps' failures: what reaches here is one a step would not let
+        # the engine contain (a ``SystemExit``, a ``KeyboardInterrupt``). Alone, it goes on bare,
+        # so that the engine's block raises it as the step did, not wrapped twice.
+        if len(group.exceptions) == 1:
+            exc = group.exceptions[0]
+            raise exc from exc.__cause__
+        raise
     finally:
         for call in ended:
             call()
