@@ -24,7 +24,9 @@ typecheck: $(STAMP)
 	PYTHON=$(abspath $(PY)) scripts/typecheck
 
 test: $(STAMP) typecheck
-	$(PY) -m pytest -q
+	# (One worker a core, four at most: the suite is mostly CPU-bound trio runs and processes
+	# of its own; xdist's workers share nothing but the hypothesis database.)
+	$(PY) -m pytest -q -n auto --maxprocesses=4
 
 clean:
 	rm -rf $(VENV) build *.egg-info
