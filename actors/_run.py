@@ -1140,9 +1140,19 @@ class Run:
         when an engine runs it (waiters and the slot are not held by it), else inline."""
         if self.spawn is not None:
             # A copy: the hook runs beside callers that already hold the instance's values.
-            self.spawn(f"{name} {self.state.instance_id}", self.hook, name, self.result(copy=True))
+            self.spawn(f"{name} {self.state.instance_id}", self._end_hook_beside, name, self.result(copy=True))
         else:
             await self.hook(name, self.result())
+
+    async def _end_hook_beside(self, name: str, result: WorkflowResult) -> None:
+        try:
+            await self.hook(name, result)
+        except trio.Cancelled:
+            # The engine closed without waiting for it (its block raised or was cancelled, or
+            # HOOK_TIMEOUT passed as it closed): an end hook runs at most once, so say it was lost.
+            log.warning("hook %s of instance %r (workflow %r) cut short as the engine closed; it does not run again",
+                        name, self.state.instance_id, self.definition.name)
+            raise
 
     def _duration(self, s: InstanceState) -> float:
         """How long the run took: in an engine, from its start to its end as stored (a run that

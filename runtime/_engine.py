@@ -2427,7 +2427,8 @@ async def open_engine(
     not being in flight). Leaving the block stops every
     actor; running instances stay ``running`` in the adapter for the next engine to resume. The
     ``on_complete``/``on_failed`` hooks of runs that ended, and async event callbacks with the
-    events queued for them, are then given up to 30 s to finish (not when the block raised).
+    events queued for them, are then given up to 30 s to finish (not when the block raised or
+    was cancelled: they are cut at once, each cut logged as a WARNING).
     Plain ``def`` jobs run in worker threads; ``threads=False`` runs them inline in the trio
     thread (what ``trioflow.testing.open_test_engine`` does, to keep virtual time still); a job
     abandoned by its timeout or a cancel gives its thread slot back at once.

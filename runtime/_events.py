@@ -272,6 +272,12 @@ class EventBus:
                 async for event in receive:
                     try:
                         await callback(event)
+                    except trio.Cancelled:
+                        # The engine closed without waiting for it (see EventBus.close): what
+                        # it was given is lost, which must not pass unseen.
+                        log.warning("async event callback cut short on %r as the engine closed; %d queued events"
+                                    " dropped", event.get("event"), receive.statistics().current_buffer_used)
+                        raise
                     except BaseException as exc:
                         if goes_on(exc):
                             raise

@@ -1,9 +1,14 @@
 """From three reviews of the docs against the code, claim by claim (README.md; docs/waiting.md
 and docs/fanout.md; docs/adapters.md, docs/errors.md and docs/testing.md). The first test
 failed until the commit that added this file; the two after it held and are kept as guards of
-promises where the waker, parking and the signal path meet. On trio's autojumping MockClock."""
+promises where the waker, parking and the signal path meet; the last two failed until the
+commit after (an end hook or async callback cut as the engine closed left no trace). On trio's
+autojumping MockClock.""" 
 
 from __future__ import annotations
+
+import logging
+from typing import Any
 
 import pytest
 import trio
@@ -64,3 +69,62 @@ async def test_receive_timeout_in_a_branch_fires_while_parked(trioflow_engine: t
     assert instance.status == "failed"
     assert instance.error_name == "SignalTimeoutError"
     assert trio.current_time() - t0 < 1000
+
+
+class _AppBug(Exception):
+    pass
+
+
+@pytest.mark.parametrize("how", ["block raises", "a scope around it is cancelled"])
+async def test_an_end_hook_cut_as_the_engine_closes_abruptly_is_logged(
+        how: str, autojump_clock: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """README, Hooks: an engine lets ``on_complete`` hooks finish for up to 30 s when its block
+    is left normally; one that raises or is cancelled (a service's shutdown) cuts them at once.
+    An end hook runs at most once: a user whose notification hook was cut needs to know it.
+    Was: cut with nothing logged, the notification lost unseen."""
+    notified: list[str] = []
+
+    async def ok(ctx: tf.WorkflowContext) -> int:
+        return 1
+
+    async def on_complete(result: tf.WorkflowResult) -> None:
+        await trio.sleep(1)
+        notified.append(result.instance_id)
+
+    caplog.set_level(logging.WARNING, logger="trioflow")
+    with trio.CancelScope() as shutdown:
+        try:
+            async with tf.open_engine() as engine:
+                engine.register(tf.workflow("w").step("a", ok).with_hooks(on_complete=on_complete).build())
+                await engine.wait(await engine.start("w", {}, instance_id="i-1"))
+                if how == "block raises":
+                    raise _AppBug("a handler failed")
+                shutdown.cancel()
+                await trio.sleep(0)
+        except _AppBug:
+            pass
+    assert notified == []
+    cut = [r.getMessage() for r in caplog.records if "cut short" in r.getMessage()]
+    assert cut == ["hook on_complete of instance 'i-1' (workflow 'w') cut short as the engine closed;"
+                   " it does not run again"]
+
+
+async def test_an_async_event_callback_cut_as_the_engine_closes_abruptly_is_logged(
+        autojump_clock: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The same for an async event callback: cut with events still queued for it when the
+    engine's block raises, it is logged, naming the event it was on and how many were dropped."""
+    async def ok(ctx: tf.WorkflowContext) -> int:
+        return 1
+
+    async def slow(event: Any) -> None:
+        await trio.sleep(1)
+
+    caplog.set_level(logging.WARNING, logger="trioflow")
+    with pytest.raises(_AppBug):
+        async with tf.open_engine() as engine:
+            engine.register(tf.workflow("w").step("a", ok).build())
+            engine.events.on("workflow.*", slow)
+            await engine.wait(await engine.start("w", {}))
+            raise _AppBug("a handler failed")
+    cut = [r.getMessage() for r in caplog.records if "cut short" in r.getMessage()]
+    assert cut == ["async event callback cut short on 'workflow.started' as the engine closed; 4 queued events dropped"]
