@@ -2527,6 +2527,16 @@ async def open_engine(
             log.warning("the engine closed with end hooks or async event callbacks still running after %g s;"
                         " they were cancelled", HOOK_TIMEOUT)
     except BaseExceptionGroup as group:
+        stops = group.split((SystemExit, KeyboardInterrupt))[0]
+        if stops is not None:
+            # User code stopped the process (a step's sys.exit(), Ctrl+C in a step): that goes
+            # on bare, as it was raised, so that the process exits as it asked and a service's
+            # ``except SystemExit`` sees it. What rides with it came of the engine stopping
+            # under the block (a wait() released with EngineClosedError, say).
+            exc: BaseException = stops
+            while isinstance(exc, BaseExceptionGroup):
+                exc = exc.exceptions[0]
+            raise exc from exc.__cause__
         # The actors never raise into this nursery, so a group holds the block's own exception:
         # hand it back as the caller raised it rather than wrapped.
         if len(group.exceptions) == 1:
@@ -2551,14 +2561,6 @@ async def _hold_nursery(closing: list[Callable[[], None]], ended: list[Callable[
             finally:
                 for call in closing:
                     call()
-    except BaseExceptionGroup as group:
-        # Actors contain their steps' failures: what reaches here is one a step would not let
-        # the engine contain (a ``SystemExit``, a ``KeyboardInterrupt``). Alone, it goes on bare,
-        # so that the engine's block raises it as the step did, not wrapped twice.
-        if len(group.exceptions) == 1:
-            exc = group.exceptions[0]
-            raise exc from exc.__cause__
-        raise
     finally:
         for call in ended:
             call()
