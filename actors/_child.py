@@ -55,23 +55,27 @@ log = logging.getLogger("trioflow")
 STORE_CHILD_MOST = 10.0
 
 
-def bound_child_stores(run: Run, within: object = None) -> None:
-    """``run`` is being cancelled (``engine.cancel()``, the engine closing), or, ``within``, the
-    fail-fast fan-out whose nursery scope that is: the stores of children its child steps (in
-    that fan-out's branches or items) are making may take :data:`STORE_CHILD_MOST` seconds more
-    at most, then the cancel goes on (storage that does not answer must not hold it for ever)."""
+def bound_child_stores(run: Run, within: object = None, *, cut: bool = True) -> None:
+    """``run`` is being cancelled (``engine.cancel()``; ``cut=False``: the engine closing), or,
+    ``within``, the fail-fast fan-out whose nursery scope that is: the stores of children its
+    child steps (in that fan-out's branches or items) are making may take
+    :data:`STORE_CHILD_MOST` seconds more at most, then the cancel goes on (storage that does
+    not answer must not hold it for ever); ``cut``: those children are cancelled as they are
+    made (see ``Children.cancel_as_made``), while a closing engine leaves them to the next."""
     if run.child_stores:
+        assert run.children is not None
         most = trio.current_time() + STORE_CHILD_MOST
-        for scope, fanouts in run.child_stores.items():
+        for scope, (fanouts, held) in run.child_stores.items():
             if within is None or within in fanouts:
                 scope.deadline = min(scope.deadline, most)
+                if cut:
+                    run.children.cancel_as_made(held)
 
 
-def _store_bound() -> float:
-    """Until when a child's store may take, as it begins: no bound, unless a timeout comes
-    (or has come: ``-inf``) first, and then that much past it. (A cancel coming later bounds
-    it then: see :func:`bound_child_stores`.)"""
-    timeout = trio.current_effective_deadline()
+def _store_bound(timeout: float) -> float:
+    """Until when a child's store may take, as it begins, its step's effective deadline
+    ``timeout``: no bound, unless a timeout comes (or has come: ``-inf``) first, and then that
+    much past it. (A cancel coming later bounds it then: see :func:`bound_child_stores`.)"""
     return math.inf if timeout == math.inf else max(timeout, trio.current_time()) + STORE_CHILD_MOST
 
 
@@ -223,6 +227,10 @@ async def _store_child(
     assert run.children is not None
     deadline: float | None = None
     delay = FIRST_BACKOFF
+    timeout = trio.current_effective_deadline()
+    if timeout != math.inf:
+        # A child made once its step is cut (by a timeout, or cut already) starts nothing.
+        run.children.cancel_as_made(held, timeout)
     while True:  # (a loop, not a wrapper: no frame more for each of thousands of children starting)
         try:
             # Shielded: its start is stored (it lists the child), so a cancel or timeout coming
@@ -230,10 +238,11 @@ async def _store_child(
             # writes); for a bounded time once one comes: storage that does not answer must not
             # hold the cancel, or the engine's close, for ever. Past that, it is tried again.
             # (Storage that is merely slow, with nothing cancelling, takes the time it takes.)
-            with trio.CancelScope(shield=True, deadline=_store_bound()) as bounded:
+            with trio.CancelScope(shield=True, deadline=_store_bound(timeout)) as bounded:
                 if run.child_stores is None:
                     run.child_stores = {}
-                run.child_stores[bounded] = fanouts  # (the fail-fast fan-outs whose cancel reaches it)
+                # (The fail-fast fan-outs whose cancel reaches it, and its hold.)
+                run.child_stores[bounded] = (fanouts, held)
                 try:
                     await run.children.start(step.workflow, child_input, child_id, state.instance_id, held, ours)
                 finally:

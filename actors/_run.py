@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import math
 import operator
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
@@ -210,6 +211,13 @@ class Children(Protocol):
     def release(self, held: object, *, for_now: bool = False) -> object:
         """Let go of what :meth:`hold` gave, if :meth:`start` has not (its store ended);
         ``for_now``: to hold it again (pass what this gives to that :meth:`hold`)."""
+        ...
+
+    def cancel_as_made(self, held: object, at: float = -math.inf) -> None:
+        """The child being stored under ``held`` (what :meth:`hold` gave) is cancelled as its
+        run is made, before its first step, if that is at ``at`` (trio's clock) or later: its
+        parent's step is cut (the parent cancelled or timed out, a fail-fast sibling failed)
+        while the store is in flight, and a child must start nothing once its parent is cut."""
         ...
 
     def check_runnable(self, workflow: str) -> None:
@@ -434,8 +442,9 @@ class Run:
         self.lent = False
         self.cancel_scope: trio.CancelScope | None = None
         #: The shielded scopes its child steps store their children in now (see
-        #: ``trioflow.actors._child``): a cancel bounds how long each may still take.
-        self.child_stores: dict[trio.CancelScope, tuple[object, ...]] | None = None
+        #: ``trioflow.actors._child``), with the fail-fast fan-outs whose cancel reaches each and
+        #: its hold: a cancel bounds how long each may still take.
+        self.child_stores: dict[trio.CancelScope, tuple[tuple[object, ...], object]] | None = None
         #: Taken up ahead of its time by the engine's waker: it sleeps in this scope (its
         #: deadline the time), holding no ``max_running`` slot, until then or until a cancel or
         #: a signal ends the hold sooner (``None``: not held).

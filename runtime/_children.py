@@ -64,6 +64,9 @@ class EngineChildren:
         self._engine._release_start(held, step_over=not for_now)
         return held
 
+    def cancel_as_made(self, held: object, at: float = -math.inf) -> None:
+        self._engine._cancel_as_made(held, at)
+
     def check_runnable(self, workflow: str) -> None:
         self._engine._runnable(workflow)
 

@@ -429,7 +429,14 @@ class Engine:
         held = self._storing[instance_id] = _Storing(workflow_name, instance_id)
         if isinstance(before, _Storing):
             held.cancel_owed, held.created_ats = before.cancel_owed, list(before.created_ats)
+            held.cut_at = before.cut_at
         return held
+
+    @staticmethod
+    def _cancel_as_made(held: object, at: float) -> None:
+        """See ``Children.cancel_as_made``."""
+        if isinstance(held, _Storing):
+            held.cut_at = min(held.cut_at, at)
 
     def _release_start(self, held: object, *, step_over: bool = False) -> None:
         """Let go of what :meth:`_hold_start` held (or ``_start`` itself); ``step_over``: its
@@ -626,7 +633,8 @@ class Engine:
                                 # It starts now, as one just stored does (announced, its on_start
                                 # hook run), its slot, status and start time as a resume's.
                                 run.unannounced = True
-                            if storing.cancel_wanted and run not in self._waiting and run.state.phase == "forward":
+                            if (storing.cancel_wanted or trio.current_time() >= storing.cut_at) \
+                                    and run not in self._waiting and run.state.phase == "forward":
                                 run.cancel_requested = True  # (a cancel() waits for this start: see cancel())
                 return instance_id
             if tried:
@@ -636,8 +644,9 @@ class Engine:
                 run.stored_wake_at = wake
             if parent is not None and not reserved and slot:
                 self._children.stored_queued(parent.instance_id, run)
-            if storing.cancel_wanted and run not in self._waiting:
-                run.cancel_requested = True  # (a cancel() waits for this start: see cancel())
+            if (storing.cancel_wanted or trio.current_time() >= storing.cut_at) and run not in self._waiting:
+                # (A cancel() waits for this start: see cancel(); or its parent's step was cut.)
+                run.cancel_requested = True
             if storing.signalled:
                 # A signal for it may have been stored as it was: handed to the run only once
                 # that signal()'s write returns, it could be taken after later ones (sent to the
@@ -2295,7 +2304,7 @@ class Engine:
         for run in self._waiting:
             run.ended()
         for run in self._live.values():
-            bound_child_stores(run)
+            bound_child_stores(run, cut=False)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -2600,7 +2609,7 @@ class _Storing:
     the engine is open, rather than wait for a store whose outcome no longer matters to it."""
 
     __slots__ = ("workflow_name", "instance_id", "_over", "_ended", "signalled", "cancel_wanted", "cancel_owed",
-                 "created_ats")
+                 "created_ats", "cut_at")
 
     def __init__(self, workflow_name: str, instance_id: str) -> None:
         self.workflow_name = workflow_name
@@ -2616,6 +2625,9 @@ class _Storing:
         self.cancel_owed: float | None = None
         #: The creation times the starts storing it gave the instance, or found it stored with.
         self.created_ats: list[float] = []
+        #: From when (trio's clock) a child's run made by this store is cancelled as it is made:
+        #: its parent's step was cut meanwhile (see ``Children.cancel_as_made``).
+        self.cut_at = math.inf
 
     async def wait(self) -> None:
         if self._ended:
