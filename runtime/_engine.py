@@ -633,8 +633,7 @@ class Engine:
                                 # It starts now, as one just stored does (announced, its on_start
                                 # hook run), its slot, status and start time as a resume's.
                                 run.unannounced = True
-                            if (storing.cancel_wanted or trio.current_time() >= storing.cut_at) \
-                                    and run not in self._waiting and run.state.phase == "forward":
+                            if storing.cancels_its_run() and run not in self._waiting and run.state.phase == "forward":
                                 run.cancel_requested = True  # (a cancel() waits for this start: see cancel())
                 return instance_id
             if tried:
@@ -644,9 +643,8 @@ class Engine:
                 run.stored_wake_at = wake
             if parent is not None and not reserved and slot:
                 self._children.stored_queued(parent.instance_id, run)
-            if (storing.cancel_wanted or trio.current_time() >= storing.cut_at) and run not in self._waiting:
-                # (A cancel() waits for this start: see cancel(); or its parent's step was cut.)
-                run.cancel_requested = True
+            if storing.cancels_its_run() and run not in self._waiting:
+                run.cancel_requested = True  # (a cancel() waits for this start: see cancel())
             if storing.signalled:
                 # A signal for it may have been stored as it was: handed to the run only once
                 # that signal()'s write returns, it could be taken after later ones (sent to the
@@ -2628,6 +2626,11 @@ class _Storing:
         #: From when (trio's clock) a child's run made by this store is cancelled as it is made:
         #: its parent's step was cut meanwhile (see ``Children.cancel_as_made``).
         self.cut_at = math.inf
+
+    def cancels_its_run(self) -> bool:
+        """Whether the run this store makes is cancelled as it is made, before its first step:
+        a ``cancel()`` waits for the store, or a child's parent step was cut meanwhile."""
+        return self.cancel_wanted or (self.cut_at < math.inf and self.cut_at <= trio.current_time())
 
     async def wait(self) -> None:
         if self._ended:
