@@ -438,6 +438,18 @@ class Engine:
         if isinstance(held, _Storing):
             held.cut_at = min(held.cut_at, at)
 
+    def _cancel_as_made_run(self, storing: _Storing, run: Run) -> None:
+        """The run a start made, or took up, is cancelled before its first step (see
+        ``_Storing.cancels_its_run``). Queued for a slot, one a ``cancel()`` waits for is
+        cancelled by that call once the store is over; a child whose parent's step was cut
+        has no call to come, and is cancelled here as ``cancel()`` would (it would otherwise
+        run its first step as soon as a slot frees, before its parent's cancel reaches it)."""
+        if run not in self._waiting:
+            run.cancel_requested = True
+        elif not storing.cancel_wanted and not self._actors_stopped:
+            run.cancel_requested = True
+            self._cancel_queued(run)
+
     def _release_start(self, held: object, *, step_over: bool = False) -> None:
         """Let go of what :meth:`_hold_start` held (or ``_start`` itself); ``step_over``: its
         child step is done with it, stored or not (its parent cancelled while it was tried):
@@ -633,8 +645,8 @@ class Engine:
                                 # It starts now, as one just stored does (announced, its on_start
                                 # hook run), its slot, status and start time as a resume's.
                                 run.unannounced = True
-                            if storing.cancels_its_run() and run not in self._waiting and run.state.phase == "forward":
-                                run.cancel_requested = True  # (a cancel() waits for this start: see cancel())
+                            if run.state.phase == "forward" and storing.cancels_its_run():
+                                self._cancel_as_made_run(storing, run)
                 return instance_id
             if tried:
                 del self._unanswered[instance_id]  # (nothing was stored under it: this one is new)
@@ -643,8 +655,8 @@ class Engine:
                 run.stored_wake_at = wake
             if parent is not None and not reserved and slot:
                 self._children.stored_queued(parent.instance_id, run)
-            if storing.cancels_its_run() and run not in self._waiting:
-                run.cancel_requested = True  # (a cancel() waits for this start: see cancel())
+            if storing.cancels_its_run():
+                self._cancel_as_made_run(storing, run)
             if storing.signalled:
                 # A signal for it may have been stored as it was: handed to the run only once
                 # that signal()'s write returns, it could be taken after later ones (sent to the
@@ -2485,6 +2497,7 @@ async def open_engine(
     if hasattr(storage, "use_clock"):  # an adapter from before retention stamps no finish times
         storage.use_clock(wall_clock)
     await storage.open()
+    raised: BaseException | None = None  # what the caller's block raised
     try:
         # Read before anything starts: what to resume is what a previous engine left.
         found = await storage.resumable()
@@ -2522,7 +2535,8 @@ async def open_engine(
                     engine._supervisor.start_soon("retention", engine._retain, keep, engine._retain_wake)
                 try:
                     yield engine
-                except BaseException:
+                except BaseException as failure:
+                    raised = failure
                     engine._close()
                     engine.events.close()
                     beside.cancel_scope.cancel()  # the block failed: nothing is waited for
@@ -2534,16 +2548,16 @@ async def open_engine(
             log.warning("the engine closed with end hooks or async event callbacks still running after %g s;"
                         " they were cancelled", HOOK_TIMEOUT)
     except BaseExceptionGroup as group:
-        stops = group.split((SystemExit, KeyboardInterrupt))[0]
-        if stops is not None:
-            # User code stopped the process (a step's sys.exit(), Ctrl+C in a step): that goes
-            # on bare, as it was raised, so that the process exits as it asked and a service's
-            # ``except SystemExit`` sees it. What rides with it came of the engine stopping
-            # under the block (a wait() released with EngineClosedError, say).
-            exc: BaseException = stops
-            while isinstance(exc, BaseExceptionGroup):
-                exc = exc.exceptions[0]
-            raise exc from exc.__cause__
+        # (Told apart by their leaves: a cancel scope's exit may rebuild a group it passes on.)
+        own = {id(leaf) for leaf in _leaves(raised)}
+        stops = [leaf for leaf in _leaves(group) if isinstance(leaf, (SystemExit, KeyboardInterrupt)) and id(leaf) not in own]
+        if stops:
+            # User code the engine ran stopped the process (a step's sys.exit(), Ctrl+C in a
+            # step): that goes on bare, as it was raised, so that the process exits as it asked
+            # and a service's ``except SystemExit`` sees it. What the block raised came of the
+            # engine stopping under it (a wait() released with EngineClosedError, say). (The
+            # block's own exception, a group of its own included, goes on as raised, below.)
+            raise stops[0] from stops[0].__cause__
         # The actors never raise into this nursery, so a group holds the block's own exception:
         # hand it back as the caller raised it rather than wrapped.
         if len(group.exceptions) == 1:
@@ -2553,6 +2567,13 @@ async def open_engine(
     finally:
         with trio.CancelScope(shield=True):
             await storage.close()
+
+
+def _leaves(exc: BaseException | None) -> list[BaseException]:
+    """The exceptions ``exc`` holds, groups taken apart (none for ``None``)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [] if exc is None else [exc]
 
 
 async def _hold_nursery(closing: list[Callable[[], None]], ended: list[Callable[[], None]], *,

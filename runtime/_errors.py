@@ -390,18 +390,7 @@ def error_name(error: BaseException) -> str:
     error = root_error(error)
     if isinstance(error, (FailStepError, RecordedError)):
         return error.error_name
-    return class_name(error)
-
-
-#: Longest name a failure is recorded with: a fail step's ``error`` (as AWS Step Functions caps
-#: an error's name), an exception's class name.
-MAX_ERROR_NAME = 256
-
-
-def class_name(error: BaseException) -> str:
-    """``type(error).__name__``, cut to :data:`MAX_ERROR_NAME` characters (a class made with
-    ``type()`` may have a name thousands long)."""
-    return type(error).__name__[:MAX_ERROR_NAME]
+    return type(error).__name__
 
 
 def error_cause(error: BaseException) -> str:
@@ -437,7 +426,7 @@ def describe_error(error: BaseException) -> str:
         return str(error)
     while (alone := _alone_in_group(error)) is not None:
         error = alone  # as its name and cause are recorded (see wrapped_errors)
-    name = error.error_name if isinstance(error, FailStepError) else class_name(error)
+    name = error.error_name if isinstance(error, FailStepError) else type(error).__name__
     text = _capped(error.cause if isinstance(error, FailStepError) else _text(error))
     return f"{name}: {text}" if text else name
 

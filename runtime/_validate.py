@@ -25,10 +25,13 @@ from ._definition import (
 )
 from ._callables import check_arguments, generator_kind, not_plain
 from ._durations import in_range
-from ._errors import MAX_ERROR_NAME, DefinitionError, safe_repr
+from ._errors import DefinitionError, safe_repr
 from ._lanes import RESERVED_SIGNALS, check_name, is_signal_name, valid_text
 from ._matching import ASL_PREFIX, catches_all
 from ._retry import Retry
+
+#: Longest error name a fail step may give (as AWS Step Functions caps an error's name).
+MAX_ERROR_NAME = 256
 
 
 def check_lane(owner: str, steps: Sequence[Step]) -> None:

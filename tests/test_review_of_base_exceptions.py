@@ -153,33 +153,3 @@ async def test_guard_hosting_shape_exit_is_bare_and_the_file_resumes(
     assert instance.status == "completed" and instance.output == "charged"
     assert [(r.step_name, r.status) for r in instance.history] == [("reserve", "completed"), ("charge", "completed")]
 
-
-@pytest.mark.parametrize("name", ["Long" + "x" * 300_000, "Ошибка" + "я" * 300])
-async def test_an_error_class_of_a_long_name_is_recorded_cut(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path, name: str,
-) -> None:
-    """A class made with ``type()`` (a generated client's errors) may have a name of thousands
-    of characters. The step fails under that name cut to 256 characters, as a fail step's name
-    is, and compensates; a catcher of the class still matches.
-    Was: the name was stored whole (the cause is capped at 32,768 characters)."""
-    odd = type(name, (Exception,), {})
-    released: list[str] = []
-
-    async def release(ctx: tf.WorkflowContext, result: Any) -> None:
-        released.append("reserve")
-
-    async def charge(ctx: tf.WorkflowContext) -> None:
-        raise odd("declined")
-
-    flow = tf.workflow("checkout").step("reserve", _ok, release).step("charge", charge).build()
-    caught = (tf.workflow("caught").step("charge", charge, catch=[tf.Catch(errors=[odd], next="fallback")])
-              .step("fallback", _ok).build())
-    async with open_test_engine(adapter=tf.adapters.SQLiteAdapter(str(tmp_path / "flows.db"))) as engine:
-        engine.register(flow)
-        engine.register(caught)
-        instance = await engine.wait(await engine.start("checkout"))
-        handled = await engine.wait(await engine.start("caught"))
-    expected = name[:256]
-    assert (instance.status, instance.failed_step, instance.error_name) == ("failed", "charge", expected)
-    assert released == ["reserve"]
-    assert handled.status == "completed"
