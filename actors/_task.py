@@ -22,6 +22,7 @@ from trioflow._decide import (
 from trioflow._definition import Step, TaskStep
 from trioflow._escapes import failure_of, stops_the_process, stray_cancel
 from trioflow._errors import (
+    RecordedError,
     StorageUnavailableError,
     StepTimeoutError,
     UnencodableValueError,
@@ -69,6 +70,13 @@ async def attempt(
             # are recorded, as when the cancel reaches its delay in memory.
             await trio.lowlevel.checkpoint_if_cancelled()
             if "retry" in lane.waiting:
+                if attempts >= retry.max_attempts and "error_name" in lane.waiting:
+                    # Taken up by a release that allows no more attempts (its retry removed, or
+                    # its max_attempts lowered since): the step fails now with the last
+                    # attempt's error, as that release would have failed it then, rather than
+                    # make an attempt no release allows (a second charge). (retry_on is not
+                    # asked again: a predicate would see the error as recorded, not raised.)
+                    raise StepFailure(step.name, _last_error(lane.waiting), attempts)
                 try:
                     await wait_for_retry(run, lane)
                 except StorageUnavailableError as exc:
@@ -124,7 +132,8 @@ async def attempt(
                 )
             try:
                 if lane is not None and run.adapter is not None:
-                    lane.waiting = {"retry": run.clock() + delay, "attempt": attempts}
+                    lane.waiting = {"retry": run.clock() + delay, "attempt": attempts,
+                                    "error_name": error_name(error), "cause": error_cause(error)}
                     if since is not None:
                         lane.waiting["since"] = since
                     await run.persist()
@@ -143,6 +152,12 @@ async def attempt(
             lane.waiting = None  # the attempts are over: the count kept for a restart goes
         if undoing is not None:
             undoing.waiting = None  # (stored with the compensation's end)
+
+
+def _last_error(waiting: dict[str, Any]) -> RecordedError:
+    """The error of the attempt before a retry delay, as its wait keeps it."""
+    name, cause = waiting["error_name"], waiting["cause"]
+    return RecordedError(f"{name}: {cause}" if cause else name, name, cause)
 
 
 def _kept_compensation(run: Run, record: StepResult) -> dict[str, Any] | None:

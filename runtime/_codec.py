@@ -909,6 +909,7 @@ _WAIT_FIELDS: dict[str, tuple[type, ...]] = {
     "timer": (int, float), "retry": (int, float), "start": (int, float), "since": (int, float),
     "timeout": (int, float, type(None)), "attempt": (int,), "signal": (str,), "child": (str,), "check": (int, float),
     "within": (int, float), "undo": (int,), "undo_attempt": (int,), "undo_at": (int, float),
+    "error_name": (str,), "cause": (str,),
 }
 
 

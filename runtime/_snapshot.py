@@ -382,8 +382,9 @@ def waiting_view(waiting: dict[str, Any]) -> dict[str, Any]:
 
 #: What a lane's wait holds for the engine alone: when its execution started, when a parent
 #: that stored a child step's start looks whether it stored the child too (see
-#: ``trioflow.actors._child``), and the timeout a receive's deadline came from.
-_UNSEEN_WAIT_KEYS = frozenset({"since", "check", "within"})
+#: ``trioflow.actors._child``), the timeout a receive's deadline came from, and the error of
+#: the attempt before a retry delay (see ``trioflow.actors._task``).
+_UNSEEN_WAIT_KEYS = frozenset({"since", "check", "within", "error_name", "cause"})
 
 
 @attrs.define(kw_only=True, eq=False)
