@@ -26,6 +26,7 @@ from trioflow._errors import (
     StorageUnavailableError,
     StepTimeoutError,
     UnencodableValueError,
+    capped,
     describe_error,
     error_cause,
     error_name,
@@ -83,6 +84,8 @@ async def attempt(
                     raise StoreFailed(exc) from exc
         elif undo is not None and (kept := _kept_compensation(run, undo)) is not None:
             attempts = ctx._attempt = kept["undo_attempt"]  # made before a restart
+            if attempts >= retry.max_attempts and "error_name" in kept:
+                raise StepFailure(step.name, _last_error(kept), attempts)  # (as a step's, above)
             await trio.sleep(max(0.0, kept["undo_at"] - run.clock()))
         # In an engine, each attempt of a step that may be tried again gets its own copies of
         # what it is given (its input, ctx.input, ctx.steps): one that changes them in place
@@ -132,15 +135,15 @@ async def attempt(
                 )
             try:
                 if lane is not None and run.adapter is not None:
-                    lane.waiting = {"retry": run.clock() + delay, "attempt": attempts,
-                                    "error_name": error_name(error), "cause": error_cause(error)}
+                    lane.waiting = {"retry": run.clock() + delay, "attempt": attempts, **_kept_error(error)}
                     if since is not None:
                         lane.waiting["since"] = since
                     await run.persist()
                     await wait_for_retry(run, lane)
                 elif undoing is not None:
                     assert undo is not None
-                    undoing.waiting = {"undo": undo.seq, "undo_attempt": attempts, "undo_at": run.clock() + delay}
+                    undoing.waiting = {"undo": undo.seq, "undo_attempt": attempts, "undo_at": run.clock() + delay,
+                                       **_kept_error(error)}
                     await run.persist()
                     await trio.sleep(delay)
                 else:
@@ -154,8 +157,19 @@ async def attempt(
             undoing.waiting = None  # (stored with the compensation's end)
 
 
+#: Longest name and cause of the error before a retry delay that its wait keeps: a wait is in
+#: the header, which every checkpoint rewrites (a map's items in retry delays each keep one).
+KEPT_ERROR_TEXT = 256
+
+
+def _kept_error(error: BaseException) -> dict[str, str]:
+    """What a retry delay's wait keeps of the error before it (see :func:`_last_error`)."""
+    return {"error_name": capped(error_name(error), KEPT_ERROR_TEXT), "cause": capped(error_cause(error), KEPT_ERROR_TEXT)}
+
+
 def _last_error(waiting: dict[str, Any]) -> RecordedError:
-    """The error of the attempt before a retry delay, as its wait keeps it."""
+    """The error of the attempt before a retry delay, as its wait keeps it: what the step (or
+    compensation) fails with when a release taking it up allows no more attempts."""
     name, cause = waiting["error_name"], waiting["cause"]
     return RecordedError(f"{name}: {cause}" if cause else name, name, cause)
 

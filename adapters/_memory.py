@@ -134,6 +134,7 @@ class MemoryAdapter:
             row.wake_at = wake_at
             if status in RESUMABLE:
                 heapq.heappush(self._wakes.setdefault(workflow_name, []), (wake_at, row.order, instance_id))
+                self._count_waiting(row, 1)  # (as a checkpoint's wait: its end counts it out)
         self._stamp(row)
         return True
 

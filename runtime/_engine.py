@@ -440,13 +440,13 @@ class Engine:
 
     def _cancel_as_made_run(self, storing: _Storing, run: Run) -> None:
         """The run a start made, or took up, is cancelled before its first step (see
-        ``_Storing.cancels_its_run``). Queued for a slot, one a ``cancel()`` waits for is
-        cancelled by that call once the store is over; a child whose parent's step was cut
-        has no call to come, and is cancelled here as ``cancel()`` would (it would otherwise
-        run its first step as soon as a slot frees, before its parent's cancel reaches it)."""
+        ``_Storing.cancels_its_run``); queued for a slot, as ``cancel()`` cancels a queued run
+        (a ``cancel()`` that waited for the store then finds it cancelled; one that gave up
+        meanwhile does not undo it, and a child whose parent's step was cut has no call to
+        come: queued, it would run its first step as soon as a slot frees)."""
         if run not in self._waiting:
             run.cancel_requested = True
-        elif not storing.cancel_wanted and not self._actors_stopped:
+        elif not self._actors_stopped:
             run.cancel_requested = True
             self._cancel_queued(run)
 
@@ -2498,6 +2498,7 @@ async def open_engine(
         storage.use_clock(wall_clock)
     await storage.open()
     raised: BaseException | None = None  # what the caller's block raised
+    handed_on: BaseException | None = None
     try:
         # Read before anything starts: what to resume is what a previous engine left.
         found = await storage.resumable()
@@ -2548,25 +2549,34 @@ async def open_engine(
             log.warning("the engine closed with end hooks or async event callbacks still running after %g s;"
                         " they were cancelled", HOOK_TIMEOUT)
     except BaseExceptionGroup as group:
-        # (Told apart by their leaves: a cancel scope's exit may rebuild a group it passes on.)
-        own = {id(leaf) for leaf in _leaves(raised)}
-        stops = [leaf for leaf in _leaves(group) if isinstance(leaf, (SystemExit, KeyboardInterrupt)) and id(leaf) not in own]
-        if stops:
-            # User code the engine ran stopped the process (a step's sys.exit(), Ctrl+C in a
-            # step): that goes on bare, as it was raised, so that the process exits as it asked
-            # and a service's ``except SystemExit`` sees it. What the block raised came of the
-            # engine stopping under it (a wait() released with EngineClosedError, say). (The
-            # block's own exception, a group of its own included, goes on as raised, below.)
-            raise stops[0] from stops[0].__cause__
-        # The actors never raise into this nursery, so a group holds the block's own exception:
-        # hand it back as the caller raised it rather than wrapped.
-        if len(group.exceptions) == 1:
-            exc = group.exceptions[0]
-            raise exc from exc.__cause__  # the caller's own chain, not the group
-        raise
+        handed_on = _handed_on(group, raised)
+        if handed_on is None:
+            raise
     finally:
         with trio.CancelScope(shield=True):
             await storage.close()
+    if handed_on is not None:
+        # Raised out here, not in the handler: there, Python would make the group this
+        # exception's context, hiding the one the caller raised it while handling.
+        raise handed_on
+
+
+def _handed_on(group: BaseExceptionGroup[BaseException], raised: BaseException | None) -> BaseException | None:
+    """What leaves the engine's block, bare, for the group its nursery raised (``None``: the
+    group itself); ``raised``: what the block raised."""
+    # (Told apart by their leaves: a cancel scope's exit may rebuild a group it passes on.)
+    own = {id(leaf) for leaf in _leaves(raised)}
+    stops = [leaf for leaf in _leaves(group) if isinstance(leaf, (SystemExit, KeyboardInterrupt)) and id(leaf) not in own]
+    if stops:
+        # User code the engine ran stopped the process (a step's sys.exit(), Ctrl+C in a step):
+        # that goes on bare, as it was raised, so that the process exits as it asked and a
+        # service's ``except SystemExit`` sees it. What the block raised came of the engine
+        # stopping under it (a wait() released with EngineClosedError, say). (The block's own
+        # exception, a group of its own included, goes on as raised, below.)
+        return stops[0]
+    # The actors never raise into this nursery, so a group holds the block's own exception:
+    # handed back as the caller raised it rather than wrapped.
+    return group.exceptions[0] if len(group.exceptions) == 1 else None
 
 
 def _leaves(exc: BaseException | None) -> list[BaseException]:

@@ -396,7 +396,7 @@ def error_name(error: BaseException) -> str:
 def error_cause(error: BaseException) -> str:
     """The message of a failure as it is recorded (for a fail-fast parallel step, its first
     branch's): cut to :data:`MAX_ERROR_TEXT`."""
-    return _capped(error_message(error))
+    return capped(error_message(error))
 
 
 def error_message(error: BaseException) -> str:
@@ -427,7 +427,7 @@ def describe_error(error: BaseException) -> str:
     while (alone := _alone_in_group(error)) is not None:
         error = alone  # as its name and cause are recorded (see wrapped_errors)
     name = error.error_name if isinstance(error, FailStepError) else type(error).__name__
-    text = _capped(error.cause if isinstance(error, FailStepError) else _text(error))
+    text = capped(error.cause if isinstance(error, FailStepError) else _text(error))
     return f"{name}: {text}" if text else name
 
 
@@ -437,20 +437,20 @@ def describe_error(error: BaseException) -> str:
 MAX_ERROR_TEXT = 32_768
 
 
-def _capped(text: str) -> str:
-    """``text``, or as much of it as fits in MAX_ERROR_TEXT characters with a note of how many
-    more there were (the note included); lone surrogates (a file name that is not UTF-8, as
-    ``os`` decodes it) written as escapes, as storage holds UTF-8 only."""
+def capped(text: str, most: int = MAX_ERROR_TEXT) -> str:
+    """``text``, or as much of it as fits in ``most`` characters with a note of how many more
+    there were (the note included); lone surrogates (a file name that is not UTF-8, as ``os``
+    decodes it) written as escapes, as storage holds UTF-8 only."""
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
             text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(text) <= MAX_ERROR_TEXT:
+    if len(text) <= most:
         return text
     note = "... ({} more characters cut)"
     # The count's digits are part of the length: a kept part a few characters shorter counts them.
-    kept = MAX_ERROR_TEXT - len(note.format(len(text)))
+    kept = most - len(note.format(len(text)))
     return text[:kept] + note.format(len(text) - kept)
 
 

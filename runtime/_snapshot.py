@@ -269,7 +269,7 @@ class Lane:
 
 #: Keys of ``Lane.waiting`` that say what a wait kept, not what the lane waits for (the
 #: ``undo`` ones: the main lane's, of a compensation under way, see ``actors._task.attempt``).
-_KEPT_ONLY = frozenset({"attempt", "since", "undo", "undo_attempt", "undo_at"})
+_KEPT_ONLY = frozenset({"attempt", "since", "undo", "undo_attempt", "undo_at", "error_name", "cause"})
 
 
 class TrackedLane(Lane):
