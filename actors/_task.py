@@ -157,14 +157,15 @@ async def attempt(
             undoing.waiting = None  # (stored with the compensation's end)
 
 
-#: Longest name and cause of the error before a retry delay that its wait keeps: a wait is in
-#: the header, which every checkpoint rewrites (a map's items in retry delays each keep one).
+#: Longest cause of the error before a retry delay that its wait keeps: a wait is in the
+#: header, which every checkpoint rewrites (a map's items in retry delays each keep one).
 KEPT_ERROR_TEXT = 256
 
 
 def _kept_error(error: BaseException) -> dict[str, str]:
     """What a retry delay's wait keeps of the error before it (see :func:`_last_error`)."""
-    return {"error_name": capped(error_name(error), KEPT_ERROR_TEXT), "cause": capped(error_cause(error), KEPT_ERROR_TEXT)}
+    # (The name whole: a catch by class matches the name a class has.)
+    return {"error_name": error_name(error), "cause": capped(error_cause(error), KEPT_ERROR_TEXT)}
 
 
 def _last_error(waiting: dict[str, Any]) -> RecordedError:
