@@ -120,7 +120,7 @@ class MemoryAdapter:
         if parent_id is not None and not isinstance(parent_id, str):
             raise StorageError(f"parent_id must be a str or None, got {type(parent_id).__name__}; nothing was written")
         if wake_at is not None:  # (checked only when given: most writes have none)
-            _check_wake_at(wake_at)
+            wake_at = checked_time(wake_at, "wake_at")
         if parent_id not in self._rows:
             parent_id = None  # nothing keeps it: it goes by its own finish time
         self._created += 1
@@ -159,7 +159,7 @@ class MemoryAdapter:
                     f" ({missing or 'repeated'} not pending)"
                 )
         if wake_at is not None:  # (checked only when given: most writes have none)
-            _check_wake_at(wake_at)
+            wake_at = checked_time(wake_at, "wake_at")
         # Everything is converted before anything changes: all or nothing. (``bytes`` of a
         # bytes object is that object: the usual case copies nothing.)
         new = records
@@ -196,7 +196,9 @@ class MemoryAdapter:
         row_wake, row.wake_at = row.wake_at, wake_at
         waits = wake_at is not None and status in RESUMABLE
         pushed = False
-        if wake_at is not None and wake_at != row_wake:  # (unchanged: its entry is there)
+        # (Unchanged, and waiting before: its entry is there. Not waiting before, as a row
+        # stored finished was, its entry may have gone by.)
+        if wake_at is not None and (wake_at != row_wake or waits and not waited):
             heapq.heappush(self._wakes.setdefault(row.workflow_name, []), (wake_at, row.order, instance_id))
             pushed = True
         if pushed or waits != waited:
@@ -282,7 +284,8 @@ class MemoryAdapter:
         return self._oldest_first(ids)
 
     async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:
-        return [_stored(instance_id, row) for instance_id, row in self._waiting(before, limit, skip_workflows)]
+        return [_stored(instance_id, row)
+                for instance_id, row in self._waiting(before, checked_limit(limit, "due"), skip_workflows)]
 
     async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:
         found = self._waiting(math.inf, 1, skip_workflows)
@@ -524,14 +527,6 @@ def _stored(instance_id: str, row: _Row) -> StoredInstance:
         instance_id=instance_id, workflow_name=row.workflow_name, status=row.status, start=row.start,
         header=row.header, records=tuple(row.records), wake_at=row.wake_at,
     )
-
-
-def _check_wake_at(wake_at: object) -> None:
-    """Refuse a ``wake_at`` given that is not Unix seconds (``inf`` allowed), as
-    SQLiteAdapter does: one that sorts with no number, or NaN, which is never due, would leave
-    its instance neither resumable nor woken."""
-    if isinstance(wake_at, bool) or not isinstance(wake_at, (int, float)) or wake_at != wake_at:
-        raise StorageError(f"wake_at must be a number of Unix seconds or None, got {wake_at!r}; nothing was written")
 
 
 def _blob(value: object, what: str) -> bytes:

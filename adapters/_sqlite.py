@@ -481,8 +481,7 @@ class SQLiteAdapter:
         if parent_id is not None and not isinstance(parent_id, str):
             raise DatabaseError(f"parent_id must be a str or None, got {type(parent_id).__name__}; nothing was written")
         if wake_at is not None:  # (checked only when given: most writes have none)
-            _check_wake_at(wake_at)
-        if wake_at is not None:
+            wake_at = checked_time(wake_at, "wake_at")
             args += (self._wall_clock() if status in TERMINAL else None, parent_id, wake_at)  # (see _create_sql)
         elif parent_id is not None:
             args += (self._wall_clock() if status in TERMINAL else None, parent_id)
@@ -511,7 +510,7 @@ class SQLiteAdapter:
             if len(consumed) > 1 and len(set(consumed)) != len(consumed):
                 raise CheckpointConflictError(f"instance {instance_id!r}: a signal cannot be consumed twice: {consumed!r}")
         if wake_at is not None:  # (checked only when given: most writes have none)
-            _check_wake_at(wake_at)
+            wake_at = checked_time(wake_at, "wake_at")
         notice_args = None if notify is None else (notify[0], notify[1], _blob(notify[2], "notice payload"))
         finished_at = self._wall_clock() if status in TERMINAL else None
         notice: int | None = await self._submit(("checkpoint", (
@@ -568,7 +567,7 @@ class SQLiteAdapter:
 
     async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:
         rows: list[StoredInstance] = await self._submit(
-            ("due", (float(before), int(limit), _names(skip_workflows))))
+            ("due", (float(before), checked_limit(limit, "due"), _names(skip_workflows))))
         return rows
 
     async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:
@@ -970,12 +969,6 @@ def _create_sql(args: tuple[Any, ...]) -> str:
     return _CREATES[len(args)]
 
 
-def _check_wake_at(wake_at: object) -> None:
-    """Refuse a ``wake_at`` given that is not Unix seconds (``inf`` allowed), writing nothing."""
-    if isinstance(wake_at, bool) or not isinstance(wake_at, (int, float)) or wake_at != wake_at:
-        raise DatabaseError(f"wake_at must be a number of Unix seconds or None, got {wake_at!r}")
-
-
 _RECORD_SQL = "INSERT INTO trioflow_records (instance_id, seq, data) VALUES (?, ?, ?)"
 _CONSUME_SQL = "DELETE FROM trioflow_signals WHERE seq = ? AND instance_id = ?"
 
@@ -1060,6 +1053,8 @@ def _checkpoint_one(
             f"SELECT count(*) FROM trioflow_signals WHERE instance_id = ? AND seq IN ({', '.join('?' * len(consumed))})",
             (instance_id, *consumed)).fetchone()[0]
         if pending != len(consumed):
+            if conn.execute("SELECT 1 FROM trioflow_instances WHERE instance_id = ?", (instance_id,)).fetchone() is None:
+                return outcome.Error(UnknownInstanceError(f"no stored instance {instance_id!r} to checkpoint"))
             return outcome.Error(CheckpointConflictError(
                 f"instance {instance_id!r}: a checkpoint consuming signals {list(consumed)} is refused"
                 " (not all of them are pending)"))

@@ -146,11 +146,11 @@ class _Model:
             return "value", True
         if kind == "checkpoint":
             status, header, _start, _count, wake_at, iid, first_seq, _finished, records, consumed, _notice = args
+            row = self.rows.get(iid)
+            if row is None:  # (before its signals: docs/adapters.md, tests/test_review_of_adapter_wakes.py)
+                return "error", tf.UnknownInstanceError
             if consumed and not all(seq in self.signals and self.signals[seq][0] == iid for seq in consumed):
                 return "error", tf.CheckpointConflictError
-            row = self.rows.get(iid)
-            if row is None:
-                return "error", tf.UnknownInstanceError
             if len(row["records"]) != first_seq:
                 return "error", tf.CheckpointConflictError
             row.update(status=status, header=bytes(header), wake_at=wake_at)
