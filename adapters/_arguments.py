@@ -22,15 +22,15 @@ def checked_limit(limit: object, what: str) -> int:
     return min(limit, _MOST)
 
 
-def checked_time(value: object, what: str) -> float:
-    """``value`` (Unix seconds) as a float, if it is a number that is not NaN;
-    :class:`StorageError` naming ``what`` otherwise."""
+def checked_time(value: object, what: str, error: type[StorageError] = StorageError) -> float:
+    """``value`` (Unix seconds) as a float, if it is a number that is not NaN; ``error`` (a
+    :class:`StorageError`: the adapter's own kind) naming ``what`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise StorageError(f"{what} must be Unix seconds (a number), got {safe_repr(value)}; nothing was done")
+        raise error(f"{what} must be Unix seconds (a number), got {safe_repr(value)}; nothing was done")
     try:
         seconds = float(value)
     except OverflowError:  # (an int past any float: as far off as infinity)
         return math.inf if value > 0 else -math.inf
     if math.isnan(seconds):
-        raise StorageError(f"{what} must be Unix seconds (a number), got nan; nothing was done")
+        raise error(f"{what} must be Unix seconds (a number), got nan; nothing was done")
     return seconds

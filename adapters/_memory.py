@@ -284,8 +284,8 @@ class MemoryAdapter:
         return self._oldest_first(ids)
 
     async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:
-        return [_stored(instance_id, row)
-                for instance_id, row in self._waiting(before, checked_limit(limit, "due"), skip_workflows)]
+        return [_stored(instance_id, row) for instance_id, row
+                in self._waiting(checked_time(before, "due's before"), checked_limit(limit, "due"), skip_workflows)]
 
     async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:
         found = self._waiting(math.inf, 1, skip_workflows)
@@ -326,7 +326,8 @@ class MemoryAdapter:
         waiting = self._waiting_rows[name] = self._waiting_rows.get(name, 0) + change
         heap = self._wakes.get(name)
         if heap is not None and len(heap) > 2 * waiting + _COMPACT_AT:
-            live = {(w, o, i) for w, o, i in heap if (r := self._rows.get(i)) is not None and r.wake_at == w and _waits(r)}
+            live = {(w, o, i) for w, o, i in heap
+                    if (r := self._rows.get(i)) is not None and r.order == o and r.wake_at == w and _waits(r)}
             heap[:] = live
             heapq.heapify(heap)
 
@@ -336,9 +337,12 @@ class MemoryAdapter:
         entry twice, from a wake time set back to an earlier one); whether an entry is left."""
         heap = self._wakes[name]
         while heap:
-            wake_at, _, instance_id = heap[0]
+            wake_at, order, instance_id = heap[0]
             row = self._rows.get(instance_id)
-            if row is not None and row.wake_at == wake_at and row.status in RESUMABLE and instance_id not in listed:
+            # (The row stored under the id now: one deleted and made again, perhaps of another
+            # workflow, is another row.)
+            if row is not None and row.order == order and row.wake_at == wake_at and row.status in RESUMABLE \
+                    and instance_id not in listed:
                 return True
             heapq.heappop(heap)
         del self._wakes[name]

@@ -481,7 +481,7 @@ class SQLiteAdapter:
         if parent_id is not None and not isinstance(parent_id, str):
             raise DatabaseError(f"parent_id must be a str or None, got {type(parent_id).__name__}; nothing was written")
         if wake_at is not None:  # (checked only when given: most writes have none)
-            wake_at = checked_time(wake_at, "wake_at")
+            wake_at = checked_time(wake_at, "wake_at", DatabaseError)
             args += (self._wall_clock() if status in TERMINAL else None, parent_id, wake_at)  # (see _create_sql)
         elif parent_id is not None:
             args += (self._wall_clock() if status in TERMINAL else None, parent_id)
@@ -510,7 +510,7 @@ class SQLiteAdapter:
             if len(consumed) > 1 and len(set(consumed)) != len(consumed):
                 raise CheckpointConflictError(f"instance {instance_id!r}: a signal cannot be consumed twice: {consumed!r}")
         if wake_at is not None:  # (checked only when given: most writes have none)
-            wake_at = checked_time(wake_at, "wake_at")
+            wake_at = checked_time(wake_at, "wake_at", DatabaseError)
         notice_args = None if notify is None else (notify[0], notify[1], _blob(notify[2], "notice payload"))
         finished_at = self._wall_clock() if status in TERMINAL else None
         notice: int | None = await self._submit(("checkpoint", (
@@ -567,7 +567,7 @@ class SQLiteAdapter:
 
     async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:
         rows: list[StoredInstance] = await self._submit(
-            ("due", (float(before), checked_limit(limit, "due"), _names(skip_workflows))))
+            ("due", (checked_time(before, "due's before"), checked_limit(limit, "due"), _names(skip_workflows))))
         return rows
 
     async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:

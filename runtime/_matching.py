@@ -84,7 +84,11 @@ def matches(items: tuple[ErrorMatcher, ...], error: BaseException) -> bool:
     chain = wrapped_errors(error)
     root = chain[-1]
     types = tuple(i for i in items if isinstance(i, type))
-    if types and any(isinstance(e, types) for e in chain):
+    # (A failure known from its record is matched by the class it names, below, not as the
+    # RecordedError, a TrioflowError, that carries it: a catch of TrioflowError, or Exception,
+    # must not take a recorded ConnectionError, or GeneratorExit, that it would not take live.)
+    live = chain if not isinstance(root, RecordedError) else chain[:-1]
+    if types and any(isinstance(e, types) for e in live):
         return True
     raised_as = root.raised_as if isinstance(root, RecordedError) else None
     if types and isinstance(root, RecordedError) and (
@@ -94,7 +98,7 @@ def matches(items: tuple[ErrorMatcher, ...], error: BaseException) -> bool:
     if strings:
         # The wrappers' own names match too (a child's failure: "ChildWorkflowError" as well
         # as the child's own error; a map item's: "ItemError" too), as their types do.
-        names = (error_name(error), *(type(e).__name__ for e in chain), *((raised_as.__name__,) if raised_as else ()))
+        names = (error_name(error), *(type(e).__name__ for e in live), *((raised_as.__name__,) if raised_as else ()))
         cause = error_message(error)
         if any(i in names or i in cause for i in strings):
             return True
