@@ -98,8 +98,9 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
         if lane.failed is not None:
             # Resumed after this step failed for good: that decision stands.
             failed = state.records[lane.failed]
-            first = failed_step_of(state, lookup, lookup[name][0], lane_key, lane)
-            raise StepFailure(first, recorded_failure(failed, lookup[first][0], state.instance_id), failed.attempts)
+            first, inner = failed_step_of(state, lookup, lookup[name][0], lane_key, lane)
+            raise StepFailure(first, recorded_failure(failed, lookup[first][0], state.instance_id, raised_by=inner),
+                              failed.attempts)
         step = lookup[name][0]
         ctx.step_index = index[name]
         # Taken up after it left memory mid-step (a timer, a signal, a retry's delay), the step's

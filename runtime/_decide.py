@@ -78,17 +78,21 @@ def passed_on(state: InstanceState, lane: Lane, key: str, item: Any) -> tuple[An
     return passed_on(state, outer[1], outer[0], item)[0], None
 
 
-def recorded_failure(record: StepResult, step: Step, instance_id: str) -> RecordedError:
+def recorded_failure(record: StepResult, step: Step, instance_id: str, *,
+                     raised_by: StepResult | None = None) -> RecordedError:
     """The failure of ``step``'s execution (of instance ``instance_id``) as its record tells it
     (the exception itself went with a restart), raised as what the step's kind raises: a catch
     for ``FailStepError`` or ``ChildWorkflowError`` then matches it as before the restart, and
-    ``ALL`` judges its name as it did (a fail step's name is the workflow's own text)."""
+    ``ALL`` judges its name as it did (a fail step's name is the workflow's own text).
+    ``raised_by``: ``step``'s own failed record, where ``record`` is a fan-out's that failed as
+    ``step`` did (see ``failed_step_of``): a child's failure is read back from it."""
     raised_as: type[BaseException] | None = None
     named = False
+    own = raised_by or record
     if isinstance(step, FailStep) and record.error_name == step.error:
         raised_as, named = FailStepError, True  # (not when working out its cause raised)
     elif isinstance(step, ChildStep):
-        child_ended, named = ChildWorkflowError.read_back(record.error or "", child_instance_id(instance_id, record.id),
+        child_ended, named = ChildWorkflowError.read_back(own.error or "", child_instance_id(instance_id, own.id),
                                                           step.workflow)
         if child_ended:
             raised_as = ChildWorkflowError

@@ -22,16 +22,17 @@ from ._definition import (ChildStep, FailStep, MapStep, ParallelStep, PassStep, 
                           WorkflowDefinition)
 from ._lanes import child_lane, enclosing_scope, ended_child, item_of, item_scope, parallel_of
 from ._map import failed_items, tolerated
-from ._snapshot import InstanceState, Lane
+from ._snapshot import InstanceState, Lane, StepResult
 
 
 def failed_step_of(
     state: InstanceState, lookup: Mapping[str, tuple[Step, str]], step: Step, key: str, lane: Lane,
-) -> str:
+) -> tuple[str, StepResult | None]:
     """The step a failure of ``step`` (in lane ``key``) recorded before a restart names, as the
     live failure did: a fail-fast parallel step (or a fail-fast map that tolerates no failure)
     fails as its branch (or item) that failed first did, at the step that branch failed at, and
-    so on inward."""
+    so on inward; with that step's failed record, found inward (``None``: ``step``'s own)."""
+    found: StepResult | None = None
     while isinstance(step, (ParallelStep, MapStep)) and step.on_error == "fail-fast":
         scope = item_scope(key)
         if isinstance(step, ParallelStep):
@@ -43,13 +44,13 @@ def failed_step_of(
             firsts = [record.seq for _, record in failed_items(state, step, lane, scope)]
         if not firsts:
             break
-        first = state.records[min(firsts)]
+        first = found = state.records[min(firsts)]
         inner = state.lanes.get(first.lane)
         step = lookup[first.step_name][0]
         if inner is None:
             break
         key, lane = first.lane, inner
-    return step.name
+    return step.name, found
 
 
 def lane_ends(definition: WorkflowDefinition, lane: Lane, badly: bool) -> bool | None:
