@@ -271,6 +271,7 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
     decided = fail_fast and failed
     if failed:
         run.note_failed_branch(place, waits_for_all=not fail_fast)  # (taken up after it failed: see Run.failed_in)
+    escaped: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             for branch in step.branches:
@@ -284,9 +285,11 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
     except BaseExceptionGroup as group:
         # Branch failures are values (``failures``); what escapes (KeyboardInterrupt,
         # SystemExit, cancellation, storage gone) callers expect as itself, not wrapped.
-        raise unwrapped(group) from None
+        escaped = unwrapped(group)
     finally:
         run.parallel_ended(place)
+    if escaped is not None:
+        raise escaped  # (out here, not in the handler: the context it was raised in is kept)
     if decided:
         # The branches not taken up may rest with steps under way (a wait, a task step whose
         # start a checkpoint stored as its engine stopped): the fail-fast cut them short.

@@ -74,6 +74,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
             item_ended(state, step, progress, index, key, failed=finished)
     limit = step.max_concurrency or max(progress.count, 1)
     fanout.slots = trio.Semaphore(max(0, limit - len(resumed)))
+    escaped: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             if step.on_error == "fail-fast":
@@ -96,7 +97,9 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
                 run.lane_runs()
                 nursery.start_soon(fanout.item_actor, index, key, items[index])
     except BaseExceptionGroup as group:
-        raise unwrapped(group) from None
+        escaped = unwrapped(group)
+    if escaped is not None:
+        raise escaped  # (out here, not in the handler: the context it was raised in is kept)
     if progress.failed > fanout.tolerated:
         # Items a fail-fast cancelled may wait on children: those go too.
         await cancel_children(run, waited_on(state.lanes[k] for k in inner_lanes(state, step, scope)))

@@ -80,7 +80,7 @@ from ._engine_arguments import (
     not_the_child,
 )
 from ._ends_during_reads import EndsDuringReads
-from ._escapes import goes_on
+from ._escapes import goes_on, stops_the_process
 from ._events import EventBus
 from ._jobs import JobRegistry
 from ._children import EngineChildren, ended_badly
@@ -2062,6 +2062,11 @@ class Engine:
             )
         except BaseException as exc:
             if goes_on(exc):  # (the engine closing; the process stopping)
+                if stops_the_process(exc) and not self._actors_stopped:
+                    # User code stopped the process: the engine stops under its callers, whose
+                    # wait() of this run (woken as it ends, below) must say so, not take it for
+                    # a run of another engine's.
+                    self._stop_actors()
                 raise
             # A bug, or a failing adapter: this instance fails alone, the others go on. (User
             # code's own BaseExceptions fail its step, as Exceptions do: see trioflow._escapes.)

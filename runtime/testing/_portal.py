@@ -116,10 +116,12 @@ class EnginePortal:
             # The run ended under the call (a step raised SystemExit, say): what it raised. (Not
             # after the block, which raised it already: the engine is closed then.)
             failed = self._run.ended_with()
-            if failed is not None and not self._run.left:
-                raise failed from None
-            # (Ended as its block did: called after it, the engine is closed, as README says.)
-            raise EngineClosedError("the engine_portal's block has ended: its engine is closed") from None
+            if failed is None or self._run.left:
+                # (Ended as its block did: called after it, the engine is closed, as README says.)
+                raise EngineClosedError("the engine_portal's block has ended: its engine is closed") from None
+        # Raised out here, not in the handler: the context it was raised in is kept (Python
+        # would make trio's RunFinishedError its context, hiding the one its step handled).
+        raise failed
 
     async def _now(self) -> float:
         return trio.current_time()
