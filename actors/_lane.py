@@ -37,7 +37,7 @@ from trioflow._definition import (
     TaskStep,
     WaitStep,
 )
-from trioflow._escapes import failure_of
+from trioflow._escapes import failure_of, raise_keeping_context
 from trioflow._errors import (
     BranchError,
     ParallelError,
@@ -289,7 +289,7 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
     finally:
         run.parallel_ended(place)
     if escaped is not None:
-        raise escaped  # (out here, not in the handler: the context it was raised in is kept)
+        raise_keeping_context(escaped)  # (out here, not in the handler, and as it was raised)
     if decided:
         # The branches not taken up may rest with steps under way (a wait, a task step whose
         # start a checkpoint stored as its engine stopped): the fail-fast cut them short.

@@ -10,7 +10,7 @@ import trio
 from trioflow._context import WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._definition import MapStep
-from trioflow._escapes import failure_of
+from trioflow._escapes import failure_of, raise_keeping_context
 from trioflow._errors import ItemError, UnencodableValueError
 from trioflow._decide import inner_lanes, recorded_failure
 from trioflow._lanes import item_scope
@@ -99,7 +99,7 @@ async def run_map(run: Run, step: MapStep, lane_key: str, ctx: WorkflowContext) 
     except BaseExceptionGroup as group:
         escaped = unwrapped(group)
     if escaped is not None:
-        raise escaped  # (out here, not in the handler: the context it was raised in is kept)
+        raise_keeping_context(escaped)  # (out here, not in the handler, and as it was raised)
     if progress.failed > fanout.tolerated:
         # Items a fail-fast cancelled may wait on children: those go too.
         await cancel_children(run, waited_on(state.lanes[k] for k in inner_lanes(state, step, scope)))

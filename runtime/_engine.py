@@ -80,7 +80,7 @@ from ._engine_arguments import (
     not_the_child,
 )
 from ._ends_during_reads import EndsDuringReads
-from ._escapes import goes_on, stops_the_process
+from ._escapes import goes_on, raise_keeping_context, stops_the_process
 from ._events import EventBus
 from ._jobs import JobRegistry
 from ._children import EngineChildren, ended_badly
@@ -2561,9 +2561,10 @@ async def open_engine(
         with trio.CancelScope(shield=True):
             await storage.close()
     if handed_on is not None:
-        # Raised out here, not in the handler: there, Python would make the group this
-        # exception's context, hiding the one the caller raised it while handling.
-        raise handed_on
+        # Raised out here, not in the handler, and keeping its context: Python would make the
+        # group, or the block's exception being handled as the block exits, its context, hiding
+        # the one user code raised it while handling.
+        raise_keeping_context(handed_on)
 
 
 def _handed_on(group: BaseExceptionGroup[BaseException], raised: BaseException | None) -> BaseException | None:

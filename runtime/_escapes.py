@@ -8,6 +8,7 @@ shutdown does."""
 from __future__ import annotations
 
 import math
+from typing import NoReturn
 
 import trio
 
@@ -48,3 +49,16 @@ def failure_of(exc: BaseException) -> BaseException:
     if goes_on(exc):
         raise exc
     return (stray_cancel() or exc) if cancels(exc) else exc
+
+
+def raise_keeping_context(exc: BaseException) -> NoReturn:
+    """Raise ``exc`` with the ``__context__`` it has. Raised where another exception is being
+    handled (inside an ``async with`` block's exit, say), Python would make that one its context:
+    a step's ``except KeyError: sys.exit()`` would read as raised while handling a trio
+    cancellation, its KeyError gone from the traceback."""
+    context = exc.__context__
+    try:
+        raise exc
+    except BaseException:
+        exc.__context__ = context
+        raise  # (a bare raise sets no context)

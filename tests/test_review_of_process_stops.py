@@ -1,8 +1,8 @@
 """From a review of how a process stop (SystemExit, KeyboardInterrupt) raised by user code the
 engine runs leaves ``async with open_engine()`` (``_handed_on`` and the end of ``open_engine``),
 the testing kit's portal and ``execute_workflow``. Each failed on 0b20f16; the first and the
-last pass since the commit that added this file; the two between are strict xfails naming a
-limit left (the stop's context in a traceback)."""
+last pass since the commit that added this file; the two between since the commit that raised
+the stop keeping its context (``raise_keeping_context``)."""
 
 from __future__ import annotations
 
@@ -55,20 +55,16 @@ def test_wait_released_by_a_steps_system_exit_raises_engine_closed_error() -> No
     assert set(seen) == {"EngineClosedError"}, seen
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, left (December 6th): open_engine hands a process stop on from its generator's end, inside the"
-    " block's __aexit__, and Python makes the exception the block was handling its context; keeping the"
-    " step's own would take a context manager of trioflow's own around the generator"))
 def test_a_steps_system_exit_keeps_the_exception_it_was_raised_while_handling() -> None:
     """A step's helper catches a ``KeyError`` (missing config) and calls ``sys.exit("no database
     configured")``. README: the engine's block raises "the one user code raised, bare"; the user
     expects Python's usual traceback for it: "During handling of the above exception (KeyError
     'db_url') another exception occurred", as without trioflow (``execute_workflow`` keeps it for
-    a plain step). Actual: ``open_engine`` raises it at its end inside the block's ``__aexit__``,
+    a plain step). Was: ``open_engine`` raises it at its end inside the block's ``__aexit__``,
     while the block's own exception (the ``trio.Cancelled`` the stop cut the block with, or the
     ``wait()``'s ``EngineClosedError``) is being handled: Python sets that as ``__context__``,
-    so the traceback says the exit happened while handling a trio cancellation and the KeyError
-    is gone. (It is intact when ``_handed_on`` picks it.)"""
+    so the traceback said the exit happened while handling a trio cancellation and the KeyError
+    is gone. (It is intact when ``_handed_on`` picks it.) Now raised keeping its context."""
 
     async def main() -> None:
         async with open_test_engine() as engine:
@@ -86,14 +82,10 @@ def test_a_steps_system_exit_keeps_the_exception_it_was_raised_while_handling() 
     assert not raised.__suppress_context__
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, left (December 6th): open_engine hands a process stop on from its generator's end, inside the"
-    " block's __aexit__, and Python makes the exception the block was handling its context; keeping the"
-    " step's own would take a context manager of trioflow's own around the generator"))
 def test_an_engine_portals_call_keeps_a_steps_system_exits_context() -> None:
     """docs/testing.md: ``portal.call`` "raises its exception", and leaving the block "raises
     what its run raised (a step's SystemExit, say)". A stateful test's step exits while
-    handling a KeyError, as above; the test's author reads the traceback to find why. Actual:
+    handling a KeyError, as above; the test's author reads the traceback to find why. Was:
     ``EnginePortal._in_run`` re-raises the run's exception with ``raise failed from None`` inside
     its ``except (trio.RunFinishedError, trio.Cancelled)``: ``__context__`` is overwritten with
     trio's shutdown ``Cancelled`` (or ``RunFinishedError`` on later calls) and suppressed, the

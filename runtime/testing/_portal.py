@@ -21,6 +21,7 @@ import trio.testing
 from trioflow._durations import Seconds, virtual_seconds
 from trioflow._engine import Engine
 from trioflow._errors import EngineClosedError, InvalidArgumentError, TrioflowError, safe_repr
+from trioflow._escapes import raise_keeping_context
 from trioflow._virtual_time import hold_still, let_jump, threads_finished
 
 from trioflow.adapters._memory import MemoryAdapter
@@ -119,9 +120,10 @@ class EnginePortal:
             if failed is None or self._run.left:
                 # (Ended as its block did: called after it, the engine is closed, as README says.)
                 raise EngineClosedError("the engine_portal's block has ended: its engine is closed") from None
-        # Raised out here, not in the handler: the context it was raised in is kept (Python
-        # would make trio's RunFinishedError its context, hiding the one its step handled).
-        raise failed
+        # Raised out here, not in the handler, keeping the context it was raised in (Python would
+        # make trio's RunFinishedError, or what the caller handles, its context, hiding the one
+        # its step handled).
+        raise_keeping_context(failed)
 
     async def _now(self) -> float:
         return trio.current_time()
