@@ -91,9 +91,13 @@ def matches(items: tuple[ErrorMatcher, ...], error: BaseException) -> bool:
     if types and any(isinstance(e, types) for e in live):
         return True
     raised_as = root.raised_as if isinstance(root, RecordedError) else None
+    # A failure known from its record (before a restart, or a child's) is matched by the class it
+    # names; not a fail step's, whose name is the workflow's own text ("KeyError" there names no
+    # class), and which is matched, live as recorded, by the class the step raised.
     if types and isinstance(root, RecordedError) and (
-            any(_names_a_subclass(t, root.error_name) for t in types) or (raised_as and issubclass(raised_as, types))):
-        return True  # a failure known from its record (before a restart): matched by class name
+            (not root.named_by_workflow and any(_names_a_subclass(t, root.error_name) for t in types))
+            or (raised_as and issubclass(raised_as, types))):
+        return True
     strings = [i for i in items if isinstance(i, str)]
     if strings:
         # The wrappers' own names match too (a child's failure: "ChildWorkflowError" as well

@@ -5,9 +5,9 @@ record" as it was matched live (types by the recorded class name, or for a fail 
 child step's failure by the class the step raises), and explore_crashes checks every crash
 point ends as the crash-free run did. Each test failed on 6ae58b5; the first passes since the
 commit that added this file (a child's failure read back from its own record, found inward);
-the other two are strict xfails naming limits left (the class a failure was raised as is not
-in its record: a map item's lanes are gone once it ends, and a fail step's name reads as a
-class's name)."""
+the last since a fail step's recorded name is no longer matched as a class's; the second is a
+strict xfail naming a limit left (the class a failure was raised as is not in its record: a map
+item's lanes are gone once it ends)."""
 
 from __future__ import annotations
 
@@ -100,10 +100,6 @@ async def test_a_fail_step_in_a_parallel_inside_a_map_item_is_caught_as_fail_ste
     assert _divergences(report) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, left (December 6th): a recorded failure is matched by the class its name names, and a fail step's"
-    " error named like a class (\"KeyError\") reads as one after a restart; matching it through raised_as alone"
-    " would also change how a parent catches a child that ended at such a fail step, live as after a restart"))
 @pytest.mark.parametrize("fanout", ["parallel", "map"])
 async def test_a_fail_steps_name_is_not_matched_as_a_python_class_after_a_restart(
         autojump_clock: trio.testing.MockClock, fanout: str) -> None:
@@ -130,3 +126,23 @@ async def test_a_fail_steps_name_is_not_matched_as_a_python_class_after_a_restar
     report = await explore_crashes(wf, {}, check=False)
     assert (report.baseline.status, report.baseline.error_name) == ("failed", "KeyError")
     assert _divergences(report) == []
+
+
+async def test_a_parents_catch_by_class_does_not_take_a_childs_fail_step_named_like_it(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The same rule for a child: a child workflow ends at ``.fail("lookup", error="KeyError")``.
+    Its parent's child step catches Python's ``KeyError`` (a type) on one route and the name
+    ``"KeyError"`` (a string, as Step Functions' ErrorEquals matches names) on another. The type
+    does not take it, live as after any restart (the name is the workflow's own text); the
+    string does, and so does ``tf.ChildWorkflowError``, the class the child step raises."""
+    kid = tf.workflow("kid").fail("lookup", error="KeyError", cause="no such sku").build()
+    for matcher, status in ((KeyError, "failed"), ("KeyError", "completed"), (tf.ChildWorkflowError, "completed")):
+        wf = (tf.workflow("w")
+              .child("run", workflow="kid", catch=[tf.Catch(errors=[matcher], next="handle")])
+              .succeed("done")
+              .step("handle", _handled)
+              .build())
+        report = await explore_crashes(wf, {}, also=[kid], check=False)
+        assert report.baseline.status == status, (matcher, report.baseline.status)
+        assert _divergences(report) == [], matcher
+
