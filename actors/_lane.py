@@ -322,6 +322,9 @@ async def _branch_actor(
             run.fail_fast(cancel_siblings)
             bound_child_stores(run, cancel_siblings)  # (a sibling storing a child: see trioflow.actors._child)
         return
+    except BaseException as exc:
+        run.note_escaping(exc)
+        raise
     finally:
         swap_lane(None)  # the task ends: leave no entry behind
         run.active -= 1

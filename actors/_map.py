@@ -145,6 +145,9 @@ class _Items:
         except StepFailure as failure:
             failed = True
             self.live[index] = (failure.step_name, failure.error)
+        except BaseException as exc:
+            run.note_escaping(exc)
+            raise
         finally:
             swap_lane(None)
             self.slots.release()

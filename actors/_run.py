@@ -46,7 +46,7 @@ from trioflow._errors import (
     error_cause,
     error_name,
 )
-from trioflow._escapes import goes_on
+from trioflow._escapes import first_stop, goes_on, stops_the_process
 from trioflow._events import EventBus
 from trioflow._jobs import JobRegistry
 from trioflow._lanes import MAIN, child_ended_signal, fanout_place, parallel_of
@@ -173,9 +173,9 @@ def unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
             pending[:0] = exc.exceptions
         else:
             leaves.append(exc)
-    for exc in leaves:
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            return exc
+    stop = first_stop(leaves)
+    if stop is not None:
+        return stop
     if all(isinstance(exc, (trio.Cancelled, Parked)) for exc in leaves):
         # Leaving memory as a cancel came from outside (the engine closing): the cancel goes on.
         return next((exc for exc in leaves if isinstance(exc, trio.Cancelled)), leaves[0])
@@ -309,6 +309,7 @@ class Run:
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
         "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "lends", "unheld", "unpublished",
         "lent", "contextvars", "doubt", "child_stores", "releases", "start_due", "at_deadline", "failed_fast",
+        "stops_process",
     )
 
     def __init__(
@@ -431,6 +432,11 @@ class Run:
         #: The nursery scopes of the fail-fast fan-outs whose failure was decided (see
         #: :meth:`fail_fast`).
         self.failed_fast: set[trio.CancelScope] | None = None
+        #: Whether user code in this run stopped the process (a branch's or an item's
+        #: ``sys.exit()``): set before its fan-out's nursery cuts the siblings, which are then
+        #: cut by the engine stopping alone (see :meth:`stopped_alone`), as they are once the
+        #: stop leaves the run and the engine is marked stopping.
+        self.stops_process = False
         self.has_hooks = definition.has_hooks
         #: The error a resumed run fails with before it runs anything (its instance no longer
         #: fits the definition registered now); ``None``: none.
@@ -607,7 +613,7 @@ class Run:
         instant would store it so: the step would run again under another execution id). One a
         decision cut in that instant is, or it would have no end at all: its next engine takes
         that decision up without running it again."""
-        if self.children is None or not self.children.closing or self.cancel_requested:
+        if self.children is None or not (self.children.closing or self.stops_process) or self.cancel_requested:
             return False
         scope = self.cancel_scope
         if scope is not None and scope.deadline <= trio.current_time():
@@ -616,6 +622,12 @@ class Run:
         # ends with the engine's own cancel.)
         failed_fast = self.failed_fast
         return not failed_fast or not any(fanout in failed_fast for fanout in fanouts)
+
+    def note_escaping(self, exc: BaseException) -> None:
+        """``exc`` leaves a fan-out's branch or item, and is about to cut its siblings: a
+        process stop marks the run stopping first (see :attr:`stops_process`)."""
+        if stops_the_process(exc):
+            self.stops_process = True
 
     def fail_fast(self, scope: trio.CancelScope) -> None:
         """Cancel the nursery ``scope`` of a fail-fast fan-out whose failure is decided: what it

@@ -80,7 +80,7 @@ from ._engine_arguments import (
     not_the_child,
 )
 from ._ends_during_reads import EndsDuringReads
-from ._escapes import goes_on, raise_keeping_context, stops_the_process
+from ._escapes import first_stop, goes_on, raise_keeping_context, stops_the_process
 from ._events import EventBus
 from ._jobs import JobRegistry
 from ._children import EngineChildren, ended_badly
@@ -2572,14 +2572,14 @@ def _handed_on(group: BaseExceptionGroup[BaseException], raised: BaseException |
     group itself); ``raised``: what the block raised."""
     # (Told apart by their leaves: a cancel scope's exit may rebuild a group it passes on.)
     own = {id(leaf) for leaf in _leaves(raised)}
-    stops = [leaf for leaf in _leaves(group) if isinstance(leaf, (SystemExit, KeyboardInterrupt)) and id(leaf) not in own]
-    if stops:
+    stop = first_stop(leaf for leaf in _leaves(group) if id(leaf) not in own)
+    if stop is not None:
         # User code the engine ran stopped the process (a step's sys.exit(), Ctrl+C in a step):
         # that goes on bare, as it was raised, so that the process exits as it asked and a
         # service's ``except SystemExit`` sees it. What the block raised came of the engine
         # stopping under it (a wait() released with EngineClosedError, say). (The block's own
         # exception, a group of its own included, goes on as raised, below.)
-        return stops[0]
+        return stop
     # The actors never raise into this nursery, so a group holds the block's own exception:
     # handed back as the caller raised it rather than wrapped.
     return group.exceptions[0] if len(group.exceptions) == 1 else None

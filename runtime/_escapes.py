@@ -7,10 +7,14 @@ shutdown does."""
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterable
 from typing import NoReturn
 
 import trio
+
+log = logging.getLogger("trioflow")
 
 
 def stops_the_process(exc: BaseException) -> bool:
@@ -19,6 +23,17 @@ def stops_the_process(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.split((KeyboardInterrupt, SystemExit))[0] is not None
     return isinstance(exc, (KeyboardInterrupt, SystemExit))
+
+
+def first_stop(leaves: Iterable[BaseException]) -> BaseException | None:
+    """The first process stop among ``leaves`` (exceptions, not groups), or ``None``. Only one
+    can go on, and it decides the process's exit status: any other (two branches' ``sys.exit()``
+    and Ctrl+C in the same instant) is logged, rather than dropped without a trace."""
+    stops = [exc for exc in leaves if isinstance(exc, (KeyboardInterrupt, SystemExit))]
+    for other in stops[1:]:
+        log.warning("%r stopped the process in the same instant as %r, which goes on; this one is dropped",
+                    other, stops[0])
+    return stops[0] if stops else None
 
 
 def cancels(exc: BaseException) -> bool:
