@@ -566,6 +566,8 @@ class Engine:
                                                         self._look_for_lost_start, instance_id)
                 raise
             if created and (self._closed or self._actors_stopped):
+                if storing.cancels_its_run():
+                    await self._store_cancel_as_made(state)
                 raise EngineClosedError(
                     f"the engine closed while instance {instance_id!r} was being stored; it is stored {status}"
                     " and the next engine resumes it"
@@ -1813,6 +1815,23 @@ class Engine:
                 await self._registered_more.wait()
             return True
         return False
+
+    async def _store_cancel_as_made(self, state: InstanceState) -> None:
+        """An instance just stored, whose run was to be cancelled as it was made (see
+        ``_Storing.cancels_its_run``: a child whose parent's step was cut, one a ``cancel()``
+        waited for), as the engine closes: no run is made here, so the cancel is stored in it,
+        and the next engine ends it cancelled rather than run its first step (its parent, taken
+        up compensating, would only cancel it once that step had run)."""
+        begin_compensation(state, "cancelled", WorkflowCancelledError.of(state.instance_id), None)
+        header, records, first_seq, start, _ = take_changes(state)
+        try:
+            with trio.CancelScope(shield=True):  # (the engine is closing: its own write, as the store before it)
+                await self.adapter.checkpoint(state.instance_id, state.status, header, records, first_seq=first_seq,
+                                              start=start)
+        except StorageError as exc:
+            log.warning("instance %s: the cancel it was stored under could not be stored in it (%s); the next"
+                        " engine runs it", state.instance_id, describe_error(exc),
+                        extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
 
     async def _cancel_stored(self, instance_id: str, workflow_name: str) -> bool:
         """Store a cancel in an instance that no engine runs here (its workflow is not
