@@ -32,7 +32,7 @@ from trioflow._decide import (
     unended_children,
 )
 from trioflow._definition import ChildStep, TaskStep
-from trioflow._escapes import failure_of
+from trioflow._escapes import failure_of, stops_the_process
 from trioflow._errors import (
     ChildCompensationError,
     CompensationTimeoutError,
@@ -127,6 +127,12 @@ async def run_instance(run: Run) -> None:
                 raise  # engine shutdown: leave the instance as last persisted, for resume
             with trio.CancelScope(shield=True):
                 await _end_badly(run, "cancelled", WorkflowCancelledError("the caller was cancelled"), None)
+            raise
+        except BaseException as exc:
+            if stops_the_process(exc):
+                # User code stopped the process (a branch's sys.exit()): a cancel() that said
+                # yes in that instant is stored first, as the engine's close stores one.
+                await store_cancel(run)
             raise
         # The forward part's scope is over (a cancel now cancels nothing in it): not kept, and
         # walked by the cyclic collector, while the end is stored.
