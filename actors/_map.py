@@ -12,16 +12,15 @@ from trioflow._current import swap_lane
 from trioflow._definition import MapStep
 from trioflow._escapes import failure_of, raise_keeping_context
 from trioflow._errors import ItemError, UnencodableValueError
-from trioflow._decide import inner_lanes, recorded_failure
+from trioflow._decide import inner_lanes
+from trioflow._fanout_failures import item_failure, map_failure
 from trioflow._lanes import item_scope
 from trioflow._map import (
-    branch_step,
     failed_items,
     item_ended,
     item_finished,
     items_list,
     items_of,
-    map_failure,
     map_output,
     open_items,
     running_items,
@@ -175,9 +174,8 @@ class _Items:
                 index = next(iter(self.live))  # the first to fail (others may have in the same pass)
                 step_name, error = self.live[index]
             else:  # it failed before a restart
-                failed = min(failed_items(state, step, lane, self.scope), key=lambda r: r[1].seq)
-                index, step_name = failed[0], failed[1].step_name
-                error = recorded_failure(failed[1], branch_step(step, step_name), state.instance_id)
+                index, record = min(failed_items(state, step, lane, self.scope), key=lambda r: r[1].seq)
+                step_name, error = item_failure(state, self.run.definition.lookup, step, record)
             return StepFailure(step_name, ItemError(step.name, index, step_name, error), 1)
-        live = {index: error for index, (_, error) in self.live.items()}
-        return StepFailure(step.name, map_failure(state, step, lane, self.scope, live), 1)
+        return StepFailure(step.name, map_failure(state, self.run.definition.lookup, step, lane, self.scope,
+                                                  self.live), 1)

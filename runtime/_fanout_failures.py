@@ -17,40 +17,102 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ._decide import branch_keys, next_of
+from ._decide import branch_keys, next_of, recorded_failure
 from ._definition import (ChildStep, FailStep, MapStep, ParallelStep, PassStep, Step, SucceedStep,
                           WorkflowDefinition)
-from ._lanes import child_lane, enclosing_scope, ended_child, item_of, item_scope, parallel_of
-from ._map import failed_items, tolerated
+from ._lanes import (SEPARATOR, child_lane, enclosing_scope, ended_child, index_under, item_lanes, item_of,
+                     item_scope, parallel_of)
+from ._errors import ItemError, MapError, RecordedError
+from ._map import branch_step, failed_items, tolerated
 from ._snapshot import InstanceState, Lane, StepResult
 
 
 def failed_step_of(
-    state: InstanceState, lookup: Mapping[str, tuple[Step, str]], step: Step, key: str, lane: Lane,
+    state: InstanceState, lookup: Mapping[str, tuple[Step, str]], step: Step, key: str, lane: Lane | None,
+    failed: StepResult | None = None,
 ) -> tuple[str, StepResult | None]:
     """The step a failure of ``step`` (in lane ``key``) recorded before a restart names, as the
     live failure did: a fail-fast parallel step (or a fail-fast map that tolerates no failure)
     fails as its branch (or item) that failed first did, at the step that branch failed at, and
-    so on inward; with that step's failed record, found inward (``None``: ``step``'s own)."""
+    so on inward; with that step's failed record, found inward (``None``: ``step``'s own).
+    ``lane``: ``None`` once it went (a map item's goes as the item ends, and the lanes inside it
+    with it), ``step``'s own failed record then given as ``failed``."""
     found: StepResult | None = None
     while isinstance(step, (ParallelStep, MapStep)) and step.on_error == "fail-fast":
         scope = item_scope(key)
-        if isinstance(step, ParallelStep):
-            lanes = [state.lanes[k] for k in branch_keys(step, scope) if k in state.lanes]
-            firsts = [branch.failed for branch in lanes if branch.failed is not None]
-        elif lane.fanout is None or tolerated(step, lane.fanout.count) > 0:
-            break
-        else:  # (an item's lane goes once the item ends: its records tell)
-            firsts = [record.seq for _, record in failed_items(state, step, lane, scope)]
-        if not firsts:
-            break
-        first = found = state.records[min(firsts)]
-        inner = state.lanes.get(first.lane)
+        if lane is None:
+            first = None if failed is None else _first_failed_inside(state, step, scope, failed)
+            if first is None:
+                break
+        else:
+            if isinstance(step, ParallelStep):
+                lanes = [state.lanes[k] for k in branch_keys(step, scope) if k in state.lanes]
+                firsts = [branch.failed for branch in lanes if branch.failed is not None]
+            elif lane.fanout is None or tolerated(step, lane.fanout.count) > 0:
+                break
+            else:  # (an item's lane goes once the item ends: its records tell)
+                firsts = [record.seq for _, record in failed_items(state, step, lane, scope)]
+            if not firsts:
+                break
+            first = state.records[min(firsts)]
+        found = failed = first
         step = lookup[first.step_name][0]
-        if inner is None:
-            break
-        key, lane = first.lane, inner
+        key, lane = first.lane, state.lanes.get(first.lane)
     return step.name, found
+
+
+def item_failure(
+    state: InstanceState, lookup: Mapping[str, tuple[Step, str]], step: MapStep, record: StepResult,
+) -> tuple[str, RecordedError]:
+    """A failed map item's failure as its records tell it after a restart (``record``: of the
+    step of the map's branch it failed at): the step it names and its error, found inward as
+    :func:`failed_step_of` finds a fan-out's (the item's lanes went as it ended)."""
+    first, inner = failed_step_of(state, lookup, branch_step(step, record.step_name), record.lane,
+                                  state.lanes.get(record.lane), record)
+    return first, recorded_failure(record, lookup[first][0], state.instance_id, raised_by=inner)
+
+
+def map_failure(
+    state: InstanceState, lookup: Mapping[str, tuple[Step, str]], step: MapStep, lane: Lane, scope: str,
+    live: dict[int, tuple[str, BaseException]],
+) -> MapError:
+    """The error of a map execution whose items failed beyond what it tolerates: each failed
+    item's step and error, the exception itself where this run saw it (``live``), else as
+    recorded."""
+    errors = []
+    for index, record in failed_items(state, step, lane, scope):
+        step_name, error = live.get(index) or item_failure(state, lookup, step, record)
+        errors.append(ItemError(step.name, index, step_name, error))
+    assert lane.fanout is not None
+    count = lane.fanout.count
+    return MapError(step.name, errors, count, tolerated(step, count))
+
+
+def _first_failed_inside(state: InstanceState, step: ParallelStep | MapStep, scope: str,
+                         failed: StepResult) -> StepResult | None:
+    """For a fail-fast fan-out whose lanes went (with the map item it ran in), whose execution's
+    failed record is ``failed``: the record of its branch's (item's) step it failed as, the
+    newest failed one before ``failed``, in one of its lanes, of the same error (siblings the
+    fail-fast cut are recorded failed too, with another); ``None`` if none is found (nor for a
+    map that tolerates failures: it fails with a MapError of its own)."""
+    if isinstance(step, ParallelStep):
+        lanes = set(branch_keys(step, scope))
+
+        def inside(lane: str) -> bool:
+            return lane in lanes
+    elif step.tolerated_failures:
+        return None
+    else:
+        items = item_lanes(step.name, scope)
+
+        def inside(lane: str) -> bool:
+            return index_under(lane, items) is not None and SEPARATOR not in lane[len(items):]
+    for seq in range(failed.seq - 1, -1, -1):
+        record = state.records[seq]
+        if record.status == "failed" and inside(record.lane) and record.error_name == failed.error_name \
+                and record.cause == failed.cause:
+            return record
+    return None
 
 
 def lane_ends(definition: WorkflowDefinition, lane: Lane, badly: bool) -> bool | None:

@@ -14,9 +14,9 @@ import bisect
 from collections.abc import Sequence
 from typing import Any
 
-from ._decide import new_execution, recorded_failure
+from ._decide import new_execution
 from ._definition import MapStep, ParallelStep, Step
-from ._errors import InvalidItemsError, ItemError, MapError
+from ._errors import InvalidItemsError
 from ._context import ItemPlace
 from ._lanes import enclosing_scope, item_lane, item_lanes, item_of, item_scope, within
 from ._snapshot import InstanceState, Lane, MapProgress, StepResult, drop_lane, new_lane
@@ -166,20 +166,6 @@ def tolerated(step: MapStep, count: int) -> int:
 def branch_step(step: MapStep, name: str) -> Step:
     """The step of a map's branch named ``name`` (what each item runs)."""
     return step.branch.steps[step.branch.index[name]]
-
-
-def map_failure(
-    state: InstanceState, step: MapStep, lane: Lane, scope: str, live: dict[int, BaseException],
-) -> MapError:
-    """The error of a map execution whose items failed beyond what it tolerates: each failed
-    item's error, the exception itself where this run saw it (``live``), else as recorded."""
-    errors = []
-    for index, record in failed_items(state, step, lane, scope):
-        error = live.get(index) or recorded_failure(record, branch_step(step, record.step_name), state.instance_id)
-        errors.append(ItemError(step.name, index, record.step_name, error))
-    assert lane.fanout is not None
-    count = lane.fanout.count
-    return MapError(step.name, errors, count, tolerated(step, count))
 
 
 class ItemIndex:

@@ -5,9 +5,8 @@ record" as it was matched live (types by the recorded class name, or for a fail 
 child step's failure by the class the step raises), and explore_crashes checks every crash
 point ends as the crash-free run did. Each test failed on 6ae58b5; the first passes since the
 commit that added this file (a child's failure read back from its own record, found inward);
-the last since a fail step's recorded name is no longer matched as a class's; the second is a
-strict xfail naming a limit left (the class a failure was raised as is not in its record: a map
-item's lanes are gone once it ends)."""
+the last since a fail step's recorded name is no longer matched as a class's; the second since a
+map item's failure is read back inward from the records its lanes left."""
 
 from __future__ import annotations
 
@@ -68,10 +67,6 @@ async def test_a_child_failure_in_a_nested_parallel_is_caught_as_child_workflow_
     assert _divergences(report) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, left (December 6th): a map item that failed at a fail-fast parallel is read back after a restart from"
-    " the item's record alone (its lanes went as it ended), not the inner step's: the class it was raised as is"
-    " not in the record"))
 async def test_a_fail_step_in_a_parallel_inside_a_map_item_is_caught_as_fail_step_error_after_a_restart(
         autojump_clock: trio.testing.MockClock) -> None:
     """A user's map ``orders`` (fail-fast, nothing tolerated) runs, per item, a fail-fast parallel
@@ -80,7 +75,7 @@ async def test_a_fail_step_in_a_parallel_inside_a_map_item_is_caught_as_fail_ste
     fails its lane with a ``tf.FailStepError``; recorded, it is matched "by the class the step
     raises"). Crash-free the map's catch routes to ``handle``. They expect the same at every
     crash point.
-    Actual: resumed after the item's parallel failure was stored, the map rebuilds the item's
+    Was: resumed after the item's parallel failure was stored, the map rebuilds the item's
     error with ``recorded_failure`` on the *parallel* step's record (runtime/_map.py /
     actors/_map.py use ``branch_step(step, record.step_name)``, not the fail step that failed
     inside it), so ``raised_as`` is ``None`` and ``OrderCancelled`` names no class: the catch
@@ -111,7 +106,7 @@ async def test_a_fail_steps_name_is_not_matched_as_a_python_class_after_a_restar
     recorded failure is matched "types by the recorded class name ... or, for a fail step's ...
     failure, by the class the step raises (tf.FailStepError)", and a fail step's name "is the
     workflow's own text", naming no class. They expect the instance to fail at every crash point.
-    Actual: resumed after the branch's (item's) failure was stored, the recorded error, named
+    Was: resumed after the branch's (item's) failure was stored, the recorded error, named
     ``KeyError`` with ``named_by_workflow=True``, is matched by ``_names_a_subclass(KeyError,
     "KeyError")`` (runtime/_matching.py, the ``types`` check on a RecordedError ignores
     ``named_by_workflow``): the instance is caught and completes through ``handle``."""

@@ -4,8 +4,8 @@ autojumping MockClock. Each test failed on 5bfc778, except
 ``test_a_child_cut_by_a_fail_fast_sibling_as_it_is_stored_runs_no_step_after_a_restart``, kept
 as a guard of 5bfc778's fail-fast path (not covered by its own tests). The cancel in a stop's
 instant passes since the commit that added this file (a cancel() that said yes is stored as
-the stop leaves the run); the first is a strict xfail, the limit docs/errors.md names (a map
-item's failure at a fan-out inside it is read back from the item's record)."""
+the stop leaves the run); the first since a map item's failure is read back inward from the
+records its lanes left (it was read back from the item's record alone)."""
 
 from __future__ import annotations
 
@@ -32,10 +32,6 @@ def _divergences(report: Any) -> list[tuple[str, str, Any]]:
     return [(p.after, p.outcome.status, p.outcome.output) for p in report.divergent]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, left (December 7th): a map item that failed at a fan-out inside it is read back after a restart from"
-    " the item's record alone (its lanes went as it ended), which does not say a fail step named the error"
-    " (docs/errors.md, the limit named there)"))
 @pytest.mark.parametrize("inner", ["parallel", "map"])
 async def test_a_fail_step_named_like_a_class_inside_a_map_items_fanout_is_not_caught_by_that_class_after_a_restart(
         autojump_clock: trio.testing.MockClock, inner: str) -> None:
@@ -45,7 +41,7 @@ async def test_a_fail_step_named_like_a_class_inside_a_map_items_fanout_is_not_c
     meant for jobs raising it). docs/errors.md (since 32f5045): "nor does a catch of KeyError take
     a fail step's error named "KeyError", the workflow's own text, live or recorded". Crash-free
     the catch misses and the instance fails with ``KeyError``; they expect that at every crash
-    point. Actual: resumed after the item's failure was stored, the map reads the item's error
+    point. Was: resumed after the item's failure was stored, the map reads the item's error
     back from the item's record with the *inner fan-out* step (not the fail step), so
     ``recorded_failure`` sets ``named_by_workflow=False`` and ``_names_a_subclass(KeyError,
     "KeyError")`` matches: the instance is caught and completes through ``handle``."""
@@ -205,3 +201,27 @@ def test_a_cancel_in_the_instant_of_a_branchs_stop_ends_as_its_answer_said_after
 
     tf.testing.run(main)
     assert bad == [], bad
+
+
+@pytest.mark.parametrize("matcher", [tf.FailStepError, KeyError, "lookup"])
+async def test_a_wait_all_maps_item_failed_inside_a_fanout_reads_back_as_it_was_live(
+        autojump_clock: trio.testing.MockClock, matcher: Any) -> None:
+    """The same read-back for a wait-all map (it fails with a MapError naming each failed item,
+    at the step the item failed at): an item whose inner parallel failed at a fail step named
+    like a class is named, matched and routed after a restart as it was live (the map's catch
+    of ``tf.FailStepError``, of ``KeyError``, of the step's name in the message)."""
+    lookup = tf.branch("l").fail("lookup", error="KeyError", cause="no such sku").build()
+    item = tf.branch("item").parallel("check", branches=[lookup, tf.branch("slow").step("s", _slow).build()]).build()
+    wf = (tf.workflow("w")
+          .map("orders", items=lambda ctx: [1, 2], branch=item, on_error="wait-all",
+               catch=[tf.Catch(errors=[matcher], next="handle")])
+          .succeed("done")
+          .step("handle", _handled)
+          .build())
+    report = await explore_crashes(wf, {}, check=False)
+    assert _divergences(report) == []
+
+    def map_error(outcome: Any) -> list[Any]:
+        return [r.error for r in outcome.history if r.step_name == "orders" and r.status in ("failed", "caught")]
+
+    assert {str(map_error(p.outcome)) for p in report.points} == {str(map_error(report.baseline))}
