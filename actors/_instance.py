@@ -131,8 +131,14 @@ async def run_instance(run: Run) -> None:
         except BaseException as exc:
             if stops_the_process(exc):
                 # User code stopped the process (a branch's sys.exit()): a cancel() that said
-                # yes in that instant is stored first, as the engine's close stores one.
-                await store_cancel(run)
+                # yes in that instant is stored first, as the engine's close stores one, if
+                # storage takes it (the stop goes on whatever it answers).
+                try:
+                    await store_cancel(run)
+                except Exception as failure:
+                    log.warning("instance %s: the cancel it was given as the process stopped could not be stored"
+                                " (%s); the next engine goes on with it", run.state.instance_id, describe_error(failure),
+                                extra={"instance_id": run.state.instance_id, "workflow_name": run.state.workflow_name})
             raise
         # The forward part's scope is over (a cancel now cancels nothing in it): not kept, and
         # walked by the cyclic collector, while the end is stored.

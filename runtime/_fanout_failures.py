@@ -92,22 +92,27 @@ def _first_failed_inside(state: InstanceState, step: ParallelStep | MapStep, sco
                          failed: StepResult) -> StepResult | None:
     """For a fail-fast fan-out whose lanes went (with the map item it ran in), whose execution's
     failed record is ``failed``: the record of its branch's (item's) step it failed as, the
-    newest failed one before ``failed``, in one of its lanes, of the same error (siblings the
+    first failed one of this execution, in one of its lanes, of the same error (siblings the
     fail-fast cut are recorded failed too, with another); ``None`` if none is found (nor for a
     map that tolerates failures: it fails with a MapError of its own)."""
+    # This execution's records come after the record before it in the fan-out's own lane (the
+    # step before it, a catch of an earlier execution's failure, a map's start record).
+    begun = next((seq for seq in range(failed.seq - 1, -1, -1) if state.records[seq].lane == failed.lane), -1)
     if isinstance(step, ParallelStep):
         lanes = set(branch_keys(step, scope))
 
         def inside(lane: str) -> bool:
             return lane in lanes
-    elif step.tolerated_failures:
-        return None
     else:
+        start = state.records[begun] if begun >= 0 else None
+        if start is None or start.status != "started" or not isinstance(start.input, list) \
+                or tolerated(step, len(start.input)) > 0:
+            return None
         items = item_lanes(step.name, scope)
 
         def inside(lane: str) -> bool:
             return index_under(lane, items) is not None and SEPARATOR not in lane[len(items):]
-    for seq in range(failed.seq - 1, -1, -1):
+    for seq in range(begun + 1, failed.seq):
         record = state.records[seq]
         if record.status == "failed" and inside(record.lane) and record.error_name == failed.error_name \
                 and record.cause == failed.cause:
