@@ -10,7 +10,7 @@ import trio
 class Flag:
     """``trio.Event``'s ``set``, ``is_set`` and ``wait``, for what many tasks in flight each wait
     on (a run's end, a lane's signal or child's end notice, a checkpoint shared by lanes): the
-    first waiter parks in a slot of its own, aborted by a bound method, where ``Event.wait``
+    first waiter parks in a slot of its own, aborted by the flag itself, where ``Event.wait``
     makes a coroutine, a closure and two cells for each waiter and the event holds a set, all
     walked by the cyclic collector for as long as the task waits."""
 
@@ -45,7 +45,9 @@ class Flag:
         task = trio.lowlevel.current_task()
         if self._first is None:
             self._first = task
-            return trio.lowlevel.wait_task_rescheduled(self._abort_first)
+            # The flag is the abort function: a bound method would be one more object per
+            # waiting task for the cyclic collector to walk.
+            return trio.lowlevel.wait_task_rescheduled(self)
         if self._more is None:
             self._more = []
         waiters = self._more
@@ -57,6 +59,7 @@ class Flag:
 
         return trio.lowlevel.wait_task_rescheduled(abort)
 
-    def _abort_first(self, _: object) -> trio.lowlevel.Abort:
+    def __call__(self, _: object) -> trio.lowlevel.Abort:
+        """Abort the first waiter's wait (trio calls this as it is cancelled)."""
         self._first = None
         return trio.lowlevel.Abort.SUCCEEDED

@@ -202,7 +202,11 @@ async def _forward(run: Run) -> Forward:
             scope.cancel()
     # Written out rather than split into a helper: every coroutine frame stays alive as long as
     # the instance is parked in a step, and parked instances should be cheap.
-    with scope if scope is not None else contextlib.nullcontext():
+    # Entered and left by hand, not in a ``with``: that keeps the scope's bound ``__exit__`` on
+    # this frame's stack, one more object per instance in flight for the cyclic collector.
+    if scope is not None:
+        scope.__enter__()
+    try:
         try:
             if (not run.resumed or run.unannounced) and not delayed and not run.cancel_requested:
                 # (One cancelled before its first step, while it was queued for a slot, never
@@ -237,6 +241,13 @@ async def _forward(run: Run) -> Forward:
                 ended = _COMPLETED
         except StepFailure as failure:
             ended = "failed", failure.error, failure.step_name
+    except BaseException as exc:
+        if scope is None or not scope.__exit__(type(exc), exc, exc.__traceback__):
+            raise
+        # (Cut short by its scope: a cancel, or the workflow timeout.)
+    else:
+        if scope is not None:
+            scope.__exit__(None, None, None)
         if run.cancel_requested and ended[0] == "failed" and ended[2] is not None:
             # A cancel() that said yes while a step's failure was being stored (or its
             # transaction rolled back) is honoured, as one that did while the last step's

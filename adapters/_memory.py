@@ -418,7 +418,8 @@ class MemoryAdapter:
 
     def _stamp(self, row: _Row) -> None:
         """A row that has just taken a status: note when it finished, if it did."""
-        self._order.leave(row)  # (it finished before: that place is stale)
+        if row.place is not None:  # (it finished before: that place is stale; most rows have none)
+            self._order.leave(row)
         if row.status in TERMINAL:
             row.finished_at = self._clock()
             if row.parent_id is None:

@@ -168,7 +168,8 @@ def encode_header(state: InstanceState) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
         raise UnencodableValueError(_locate(state, (("shared data", state.data),))) from exc
-    return _within_limit(state, packed)
+    # (The size check is all _within_limit does when the header is within it: not called.)
+    return packed if len(packed) <= MAX_SNAPSHOT_BYTES else _within_limit(state, packed)
 
 
 def _encode_wide_header(state: InstanceState) -> bytes:
