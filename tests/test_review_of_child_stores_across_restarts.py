@@ -37,7 +37,7 @@ def _adapters(kind: str, tmp_path):
     return lambda: _slow_child_create(tf.adapters.SQLiteAdapter)(str(tmp_path / "cut.db"))
 
 
-def _definitions(log: list, timeout: float | None = None):
+def _definitions(log: list, timeout: float | None = None, on_start: bool = False):
     async def charge(ctx):
         log.append(("charge", trio.current_time()))
         return "charged"
@@ -51,11 +51,26 @@ def _definitions(log: list, timeout: float | None = None):
     async def release(ctx, result):
         log.append(("release", trio.current_time()))
 
-    card = tf.workflow("card").step("charge", charge, refund).build()
+    async def started(ctx):
+        log.append(("on_start", trio.current_time()))
+
+    card = tf.workflow("card").step("charge", charge, refund)
+    card = (card.with_hooks(on_start=started) if on_start else card).build()
     parent = tf.workflow("parent").step("hold", hold, release)
     if timeout is not None:
         parent = parent.with_timeout(timeout)
     return card, parent.child("pay", workflow="card").build()
+
+
+async def _after_a_restart(adapter, card, parent):
+    """The next engine on the same storage: the parent's end, and its child's view a minute on."""
+    async with open_test_engine(adapter=adapter) as engine:
+        engine.register(card)
+        engine.register(parent)
+        with trio.fail_after(1000):
+            done = await engine.wait("p")
+        await trio.sleep(60)
+        return done, await engine.get_instance("p/pay#1")
 
 
 def _run(fn):
@@ -63,7 +78,8 @@ def _run(fn):
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_child_stored_across_a_restart_after_its_parent_was_cancelled_runs_no_step(kind, tmp_path):
+@pytest.mark.parametrize("on_start", [False, True])
+def test_child_stored_across_a_restart_after_its_parent_was_cancelled_runs_no_step(kind, on_start, tmp_path):
     """A user's order saga starts a child that charges a card; storing the child is slow (5 s).
     At 0.1 s the user calls `engine.cancel(order)`; at 1 s the service shuts down (the engine's
     block is left) and starts again on the same store. `cancel()` answers True.
@@ -77,7 +93,7 @@ def test_child_stored_across_a_restart_after_its_parent_was_cancelled_runs_no_st
     returned True), and the parent then undoes it as a unit (`refund`); the parent ends
     `cancelled` with `compensated_steps == ('pay', 'hold')` and the child `compensated`."""
     log: list = []
-    card, parent = _definitions(log)
+    card, parent = _definitions(log, on_start=on_start)  # (with a hook: stored pending until it ran)
     adapter = _adapters(kind, tmp_path)
     said: list = []
 
@@ -93,19 +109,13 @@ def test_child_stored_across_a_restart_after_its_parent_was_cancelled_runs_no_st
                     said.append(await engine.cancel("p"))
                 nursery.start_soon(cancel)
                 await trio.sleep(0.9)               # the service shuts down at 1 s
-        async with open_test_engine(adapter=adapter()) as engine:
-            engine.register(card)
-            engine.register(parent)
-            with trio.fail_after(1000):
-                done = await engine.wait("p")
-            await trio.sleep(60)
-            return done, await engine.get_instance("p/pay#1")
+        return await _after_a_restart(adapter(), card, parent)
 
     done, child = _run(main)
     assert said == [True]
     assert done.status == "cancelled"
-    assert [entry for entry in log if entry[0] == "charge"] == [], \
-        f"the child ran its first step after its parent's cancel() said True: {log}"
+    assert [entry for entry in log if entry[0] in ("charge", "on_start")] == [], \
+        f"the child ran its first step (or its on_start hook) after its parent's cancel() said True: {log}"
     assert child is None or child.status == "cancelled"
     assert done.compensated_steps == ("hold",)
 
@@ -133,13 +143,7 @@ def test_child_stored_across_a_restart_after_its_parent_timed_out_runs_no_step(k
             engine.register(parent)
             await engine.start("parent", "x", instance_id="p")
             await trio.sleep(3)                     # timed out at 2 s; the service shuts down at 3 s
-        async with open_test_engine(adapter=adapter()) as engine:
-            engine.register(card)
-            engine.register(parent)
-            with trio.fail_after(1000):
-                done = await engine.wait("p")
-            await trio.sleep(60)
-            return done, await engine.get_instance("p/pay#1")
+        return await _after_a_restart(adapter(), card, parent)
 
     done, child = _run(main)
     assert done.status == "timed_out"
@@ -147,47 +151,6 @@ def test_child_stored_across_a_restart_after_its_parent_timed_out_runs_no_step(k
         f"the child ran its first step after its parent timed out: {log}"
     assert child is None or child.status == "cancelled"
     assert done.compensated_steps == ("hold",)
-
-
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_a_child_with_an_on_start_hook_cut_as_it_is_stored_runs_no_step_after_a_restart(kind, tmp_path):
-    """The first test's cancel, for a child whose workflow has an ``on_start`` hook (stored
-    ``pending`` until the hook has run): after the restart neither its hook's work nor its first
-    step runs, and the parent ends cancelled."""
-    log: list = []
-    card, parent = _definitions(log)
-
-    async def on_start(ctx):
-        log.append(("on_start", trio.current_time()))
-
-    async def charge(ctx):
-        log.append(("charge", trio.current_time()))
-        return "charged"
-
-    card = tf.workflow("card").step("charge", charge).with_hooks(on_start=on_start).build()
-    adapter = _adapters(kind, tmp_path)
-
-    async def main():
-        async with trio.open_nursery() as nursery:
-            async with open_test_engine(adapter=adapter()) as engine:
-                engine.register(card)
-                engine.register(parent)
-                await engine.start("parent", "x", instance_id="p")
-                await trio.sleep(0.1)
-                nursery.start_soon(engine.cancel, "p")
-                await trio.sleep(0.9)
-        async with open_test_engine(adapter=adapter()) as engine:
-            engine.register(card)
-            engine.register(parent)
-            with trio.fail_after(1000):
-                done = await engine.wait("p")
-            await trio.sleep(60)
-            return done, await engine.get_instance("p/pay#1")
-
-    done, child = _run(main)
-    assert done.status == "cancelled"
-    assert [entry for entry in log if entry[0] == "charge"] == [], log
-    assert child is None or child.status == "cancelled"
 
 
 @pytest.mark.parametrize("kind", ["memory"])  # (SQLite's file closes with the engine, the store unmade)

@@ -16,10 +16,16 @@ import trioflow as tf
 from trioflow.testing import open_test_engine
 
 
-def _three_branches(ev: trio.Event) -> tf.WorkflowDefinition:
-    async def bx(ctx: Any) -> None:
-        await ev.wait()
-        raise SystemExit(3)  # a helper that sys.exit()s once the sibling's step is done
+def _three_branches(exits: bool) -> tf.WorkflowDefinition:
+    """The workflow; as the next process registers it (``exits=False``), its helper no longer
+    exits."""
+    ev = trio.Event()
+
+    async def bx(ctx: Any) -> str:
+        if exits:
+            await ev.wait()
+            raise SystemExit(3)  # a helper that sys.exit()s once the sibling's step is done
+        return "ok"
 
     async def by(ctx: Any) -> str:
         await trio.sleep(10)  # a long call, under way as the process stops
@@ -57,11 +63,11 @@ def test_a_branchs_system_exit_stores_no_failure_for_a_sibling_step_it_cut() -> 
             storage = tf.adapters.MemoryAdapter()
             with pytest.raises(SystemExit):
                 async with open_test_engine(adapter=storage) as engine:
-                    engine.register(_three_branches(trio.Event()))
+                    engine.register(_three_branches(True))
                     await engine.wait(await engine.start("w", instance_id="order-1"))
             async with open_test_engine(adapter=storage) as engine:
                 stored.append([(r.id, r.status) for r in (await engine.get_instance("order-1")).history])
-                engine.register(_resumed_workflow())
+                engine.register(_three_branches(False))
                 done = await engine.wait("order-1")
                 finals.append([(r.id, r.status) for r in done.history])
 
@@ -112,26 +118,6 @@ def test_a_map_items_system_exit_stores_no_failure_for_a_sibling_item_it_cut() -
     tf.testing.run(main)
     assert not [h for h in stored if any(status == "failed" for _, status in h)], stored
     assert not [h for h in finals if any(status == "failed" for _, status in h)], finals
-
-
-def _resumed_workflow() -> tf.WorkflowDefinition:
-    """The same workflow as the next process registers it: the helper no longer exits."""
-    async def bx(ctx: Any) -> str:
-        return "ok"
-
-    async def by(ctx: Any) -> str:
-        await trio.sleep(10)
-        return "shipped"
-
-    async def bz(ctx: Any) -> str:
-        await trio.sleep(1)
-        return "mailed"
-
-    return tf.workflow("w").parallel("p", branches=[
-        tf.branch("x").step("bx", bx).build(),
-        tf.branch("y").step("by", by).build(),
-        tf.branch("z").step("bz", bz).build(),
-    ]).build()
 
 
 def test_two_stops_at_once_the_one_not_raised_is_logged(caplog: pytest.LogCaptureFixture) -> None:
