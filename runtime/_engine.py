@@ -21,7 +21,7 @@ import attrs
 import trio
 
 from trioflow.actors._child import bound_child_stores
-from trioflow.actors._instance import run_instance, store_cancel, store_queued_cancel, undo
+from trioflow.actors._instance import DECISION_TIMEOUT, run_instance, store_cancel, store_queued_cancel, undo
 from trioflow.actors._run import HOOK_TIMEOUT, STORAGE_RETRY_FOR, Run, event_payload
 from trioflow.actors._supervisor import Supervisor
 from trioflow.actors._threads import ThreadSlots
@@ -566,8 +566,10 @@ class Engine:
                                                         self._look_for_lost_start, instance_id)
                 raise
             if created and (self._closed or self._actors_stopped):
-                if storing.cancels_its_run():
-                    await self._store_cancel_as_made(state)
+                if storing.cancels_its_run() and await self._store_cancel_as_made(state):
+                    raise EngineClosedError(
+                        f"the engine closed while instance {instance_id!r} was being stored, cancelled; the next"
+                        " engine ends it cancelled without running a step")
                 raise EngineClosedError(
                     f"the engine closed while instance {instance_id!r} was being stored; it is stored {status}"
                     " and the next engine resumes it"
@@ -1816,22 +1818,31 @@ class Engine:
             return True
         return False
 
-    async def _store_cancel_as_made(self, state: InstanceState) -> None:
+    async def _store_cancel_as_made(self, state: InstanceState) -> bool:
         """An instance just stored, whose run was to be cancelled as it was made (see
         ``_Storing.cancels_its_run``: a child whose parent's step was cut, one a ``cancel()``
         waited for), as the engine closes: no run is made here, so the cancel is stored in it,
         and the next engine ends it cancelled rather than run its first step (its parent, taken
-        up compensating, would only cancel it once that step had run)."""
+        up compensating, would only cancel it once that step had run). Whether it was stored."""
         begin_compensation(state, "cancelled", WorkflowCancelledError.of(state.instance_id), None)
         header, records, first_seq, start, _ = take_changes(state)
+        failure: str | None = None
         try:
-            with trio.CancelScope(shield=True):  # (the engine is closing: its own write, as the store before it)
+            # The engine is closing: shielded, as the store before it, for a bounded time (storage
+            # that does not answer must not hold the close for ever), as any decision stored then.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + DECISION_TIMEOUT) as bounded:
                 await self.adapter.checkpoint(state.instance_id, state.status, header, records, first_seq=first_seq,
                                               start=start)
+            if bounded.cancelled_caught:
+                failure = f"storage did not answer in {DECISION_TIMEOUT:g} s"
         except StorageError as exc:
-            log.warning("instance %s: the cancel it was stored under could not be stored in it (%s); the next"
-                        " engine runs it", state.instance_id, describe_error(exc),
-                        extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
+            failure = describe_error(exc)
+        if failure is None:
+            return True
+        log.warning("instance %s: the cancel it was stored under could not be stored in it (%s); the next"
+                    " engine runs it", state.instance_id, failure,
+                    extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
+        return False
 
     async def _cancel_stored(self, instance_id: str, workflow_name: str) -> bool:
         """Store a cancel in an instance that no engine runs here (its workflow is not
