@@ -11,7 +11,7 @@ from trioflow._definition import WorkflowDefinition
 from trioflow._errors import describe_error
 from trioflow._ledger_keys import ended_run_keys
 from trioflow._snapshot import InstanceState
-from trioflow.adapters._driver import ForgetsRuns, RunLedger
+from trioflow.adapters._driver import ForgetsRuns, RunLedger, is_run_ledger
 
 log = logging.getLogger("trioflow")
 
@@ -38,11 +38,12 @@ async def forget_ended_runs(driver: ForgetsRuns, state: InstanceState, definitio
     keys = ended_run_keys(state, definition)
     transaction = getattr(driver, "transaction", None)  # (all a transactional run needs of a driver)
     try:
-        if definition.transactional and isinstance(driver, RunLedger) and callable(transaction):
+        ledger: object = driver  # (a driver that forgets runs may keep its own records too)
+        if definition.transactional and is_run_ledger(ledger) and callable(transaction):
             # Its record is under its id alone: looked at and deleted in one transaction, so
             # that another instance with the id cannot record in between (and lose its record).
             async with transaction():
-                if await recorded_end(driver, state):
+                if await recorded_end(ledger, state):
                     keys.append(state.instance_id)
                 if keys:
                     await driver.forget_runs(keys)

@@ -64,7 +64,7 @@ from trioflow._snapshot import (
     failed_compensation,
     metadata_of,
 )
-from trioflow.adapters._driver import ForgetsRuns
+from trioflow.adapters._driver import forgets_runs
 from trioflow.adapters._protocol import Adapter
 
 from ._flag import Flag
@@ -995,7 +995,7 @@ class Run:
             # Beside the run: waking the parent may read storage, and is not this run's work.
             self.children.ended_soon(notify[0], notify[1])
         if (self.definition.records_runs or self.doomed is not None) and status in TERMINAL \
-                and self.state.phase == "done" and self.spawn is not None and isinstance(self.driver, ForgetsRuns):
+                and self.state.phase == "done" and self.spawn is not None and forgets_runs(self.driver):
             # Its end is stored: what its runs recorded in the driver's ledger is of no more use.
             # (Not a completed child's checkpoints as its parent compensates it as a unit: its
             # status stays completed until that ends, and its compensations' records are read

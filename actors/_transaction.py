@@ -22,7 +22,7 @@ import trio
 from trioflow._lanes import MAIN
 from trioflow._snapshot import InstanceState, Status
 from trioflow._codec import encode_record, encode_whole
-from trioflow.adapters._driver import RunLedger
+from trioflow.adapters._driver import RunLedger, is_run_ledger
 
 from ._ledger import recorded_end
 from ._run import Run, StepFailure, log
@@ -142,7 +142,7 @@ def _ledger(run: Run) -> RunLedger | None:
     ``execute_workflow`` runs (no adapter) are never resumed, so a record would only take room
     in the user's database.
     """
-    if run.adapter is None or not isinstance(run.driver, RunLedger):
+    if run.adapter is None or not is_run_ledger(run.driver):
         return None
     return run.driver
 

@@ -16,7 +16,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from trioflow.adapters._driver import Driver, DriverError, EntityNotFoundError, RunLedger
+from trioflow.adapters._driver import Driver, DriverError, EntityNotFoundError, RunLedger, is_run_ledger
 
 from ._builder import catchers
 from ._callables import check_arguments
@@ -53,7 +53,7 @@ async def _once(ctx: WorkflowContext, step: str, write: Callable[[Driver], Await
     driver = _driver(ctx, step)
     ledger: RunLedger | None = None
     key = ""
-    if isinstance(driver, RunLedger) and ctx._encodable is not None:  # (values are stored: a durable run)
+    if is_run_ledger(driver) and ctx._encodable is not None:  # (values are stored: a durable run)
         ledger, state = driver, ctx._state
         executed = execution_id(ctx.lane, step, ctx._compensating) if undo and ctx._compensating is not None \
             else next_execution_id(state, ctx.lane, step)
