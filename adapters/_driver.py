@@ -133,7 +133,7 @@ _FORGET_METHODS = _methods(ForgetsRuns)
 
 
 def _has_methods(driver: object, names: tuple[str, ...]) -> bool:
-    # What typing's isinstance() of a protocol of methods checks: each is there and not None.
+    # (What typing's isinstance() of a protocol of methods checks on 3.11: each is there, not None.)
     for name in names:
         if getattr(driver, name, None) is None:
             return False
@@ -141,13 +141,15 @@ def _has_methods(driver: object, names: tuple[str, ...]) -> bool:
 
 
 def is_run_ledger(driver: object) -> TypeGuard[RunLedger]:
-    """``isinstance(driver, RunLedger)``, asked of the object as that is, without typing's walk
-    over the protocol's members on every call (some 7 us): every resumed run asks it."""
+    """Whether ``driver`` keeps a run ledger: it has :class:`RunLedger`'s methods (found as any
+    attribute is, a ``__getattr__`` that hands calls to another driver included), not ``None``.
+    What ``isinstance(driver, RunLedger)`` said on Python 3.11, without typing's walk over the
+    protocol's members on every call (some 7 us): every resumed run asks it."""
     return _has_methods(driver, _LEDGER_METHODS)
 
 
 def forgets_runs(driver: object) -> TypeGuard[ForgetsRuns]:
-    """``isinstance(driver, ForgetsRuns)``, as :func:`is_run_ledger` asks it."""
+    """Whether ``driver`` has :class:`ForgetsRuns`'s method, as :func:`is_run_ledger` asks."""
     return _has_methods(driver, _FORGET_METHODS)
 
 

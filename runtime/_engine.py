@@ -564,6 +564,10 @@ class Engine:
                             # (With the actors: a look storage keeps waiting ends as the engine closes.)
                             self._supervisor.start_soon(f"look for the row of lost start {instance_id}",
                                                         self._look_for_lost_start, instance_id)
+                if (self._closed or self._actors_stopped) and storing.cancels_its_run():
+                    # Stored, perhaps: no owed cancel runs once the engine is closed (see
+                    # _release_start), so the cancel goes into its row now, if it is there.
+                    await self._store_cancel_in_its_row(storing)
                 raise
             if created and (self._closed or self._actors_stopped):
                 if storing.cancels_its_run() and await self._store_cancel_as_made(state):
@@ -584,6 +588,11 @@ class Engine:
                     check_same_start(instance_id, run.state, workflow_name, input, parent)
                     self._unanswered.pop(instance_id, None)
                     return instance_id
+                if (self._closed or self._actors_stopped) and storing.cancels_its_run() \
+                        and await self._store_cancel_in_its_row(storing):
+                    raise EngineClosedError(
+                        f"the engine closed while instance {instance_id!r} was being stored, cancelled; the next"
+                        " engine ends it cancelled without running a step")
                 self._check_open()  # closed while it was stored: an idempotent start may be made again
                 existing = await self._load_fresh(instance_id)
                 self._check_open()  # (as a first try closed on its store says: the next engine goes on)
@@ -1843,6 +1852,32 @@ class Engine:
                     " engine runs it", state.instance_id, failure,
                     extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
         return False
+
+    async def _store_cancel_in_its_row(self, storing: _Storing) -> bool:
+        """:meth:`_store_cancel_as_made` for a start whose answer was lost, or that found a row
+        an earlier try of it stored, as the engine closes: its row, read again, if one of its tries
+        made it (by its creation time) and it has run nothing. Whether the cancel was stored."""
+        instance_id = storing.instance_id
+        tried = self._unanswered.get(instance_id, _NO_TRIES)
+        failure: str | None = None
+        stored = None
+        try:
+            # (Bounded and shielded as the write after it: see there.)
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + DECISION_TIMEOUT) as bounded:
+                stored = await self._load_fresh(instance_id)
+            if bounded.cancelled_caught:
+                failure = f"storage did not answer in {DECISION_TIMEOUT:g} s"
+            state = None if stored is None or stored.status not in RESUMABLE else _decoded(stored)
+        except TrioflowError as exc:  # (storage failing, or a row it cannot read)
+            failure = describe_error(exc)
+        if failure is not None:
+            log.warning("instance %s: the cancel it was stored under could not be stored in it (%s); the next"
+                        " engine runs it, if it was stored", instance_id, failure, extra={"instance_id": instance_id})
+            return False
+        if state is None or not (state.created_at in storing.created_ats or state.created_at in tried) \
+                or state.records or state.phase != "forward":
+            return False  # not there, or not this start's, or it ran
+        return await self._store_cancel_as_made(state)
 
     async def _cancel_stored(self, instance_id: str, workflow_name: str) -> bool:
         """Store a cancel in an instance that no engine runs here (its workflow is not

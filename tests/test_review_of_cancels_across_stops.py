@@ -1,0 +1,149 @@
+"""From an adversarial re-review of 5bfc778 / 5f20bc0 / 7161a98 / 6ba575c / 393bfda (cancels and
+process stops across an engine's close and restart): the test marked [12.0] failed until the
+commit that added this file; [30.0] guards the engine-open case beside it. Real adapters (a
+MemoryAdapter reused across two engines), trio's autojumping MockClock: every time is virtual."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trioflow as tf
+from trioflow.testing import open_test_engine
+
+STORE = 15.0  # storing the instance takes longer than cancel()'s CANCEL_STORE_WAIT (10 s)
+
+
+def _run(fn: Any) -> Any:
+    return trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class _SlowCreateAnswerLost(tf.adapters.MemoryAdapter):
+    """Storing a start takes 15 s; the row is written, then the answer is lost (the driver
+    raises after the commit: a dropped connection on the reply)."""
+
+    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
+        await trio.sleep(STORE)
+        await super().create(instance_id, *args, **kwargs)
+        raise tf.StorageUnavailableError("connection lost before the answer")
+
+
+@pytest.mark.parametrize("close_at", [12.0, 30.0])
+def test_cancel_that_said_true_while_a_start_was_stored_is_honoured_when_the_store_ends_after_the_close(
+        close_at: float) -> None:
+    """A user starts a card-charging instance ``c``; storage is slow (15 s) and loses the
+    answer after writing the row. At 0.1 s the user calls ``engine.cancel("c")``: it waits
+    for the store, gives up after CANCEL_STORE_WAIT and returns True at 10.1 s. README
+    (The engine, cancel): "an instance whose start was still being stored is cancelled once
+    that store is over ... even when the engine closes before that store is over: the cancel
+    is then stored in it, and the next engine ends it cancelled without running a step";
+    cancel(): "a process killed then still compensates the instance, with the next engine".
+    A Temporal user expects an acknowledged cancel to be honoured: the card never charged.
+
+    With the engine still open when the store ends (close_at=30) this holds: the owed cancel
+    (Engine._owed_cancel) finds the row and cancels it. Was, with the service shut down
+    at 12 s (before the store ends at 15 s): the lost-answer store goes through
+    ``except BaseException: ... raise`` in Engine._start, ``_release_start`` skips the owed
+    cancel because the engine is closed, and ``_store_cancel_as_made`` is only reached on
+    ``created``: nothing stores the cancel. The next engine resumes ``c`` as stored running,
+    charges the card and completes it."""
+    log: list[str] = []
+
+    async def charge(ctx: Any) -> str:
+        log.append("charge")
+        return "charged"
+
+    async def refund(ctx: Any, result: Any) -> None:
+        log.append("refund")
+
+    card = tf.workflow("card").step("charge", charge, refund).build()
+    one = _SlowCreateAnswerLost()
+    said: list[Any] = []
+
+    async def call(fn: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            said.append(await fn(*args, **kwargs))
+        except tf.TrioflowError as exc:
+            said.append(type(exc).__name__)
+
+    async def main() -> Any:
+        async with trio.open_nursery() as nursery:
+            async with open_test_engine(adapter=one) as engine:
+                engine.register(card)
+                nursery.start_soon(functools.partial(call, engine.start, "card", "x", instance_id="c"))
+                await trio.sleep(0.1)
+                nursery.start_soon(call, engine.cancel, "c")
+                await trio.sleep(close_at - 0.1)
+        async with open_test_engine(adapter=one) as engine:
+            engine.register(card)
+            with trio.fail_after(1000):
+                return await engine.wait("c")
+
+    done = _run(main)
+    assert True in said, said  # cancel() acknowledged it
+    assert "charge" not in log, f"the card was charged after cancel() said True: {log}"
+    assert done.status == "cancelled"
+
+
+class _AnswerLostThenSlow(tf.adapters.MemoryAdapter):
+    """The first store of a start writes its row and loses the answer at once; the next (the
+    caller's retry) takes 15 s and finds that row (``created`` False)."""
+
+    tries = 0
+
+    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
+        self.tries += 1
+        if self.tries == 1:
+            await super().create(instance_id, *args, **kwargs)
+            raise tf.StorageUnavailableError("connection lost before the answer")
+        await trio.sleep(STORE)
+        return await super().create(instance_id, *args, **kwargs)
+
+
+def test_a_cancel_said_while_a_retried_start_finds_its_earlier_row_is_honoured_after_the_close() -> None:
+    """A start's answer is lost (its row written); the caller retries it at once, and that store
+    is slow (15 s), then finds the row of the first try. ``cancel()`` at 0.1 s waits for it and
+    says True at 10.1 s; the service shuts down at 12 s, before the retry's store ends. The
+    cancel is stored in that row: the next engine ends it cancelled, its step never run."""
+    log: list[str] = []
+
+    async def charge(ctx: Any) -> str:
+        log.append("charge")
+        return "charged"
+
+    card = tf.workflow("card").step("charge", charge).build()
+    one = _AnswerLostThenSlow()
+    said: list[Any] = []
+
+    async def start_twice(engine: tf.Engine) -> None:
+        try:
+            await engine.start("card", "x", instance_id="c")
+        except tf.StorageUnavailableError:
+            try:
+                await engine.start("card", "x", instance_id="c")
+            except tf.EngineClosedError as exc:
+                said.append(str(exc))
+
+    async def cancel(engine: tf.Engine) -> None:
+        said.append(await engine.cancel("c"))
+
+    async def main() -> Any:
+        async with trio.open_nursery() as nursery:
+            async with open_test_engine(adapter=one) as engine:
+                engine.register(card)
+                nursery.start_soon(start_twice, engine)
+                await trio.sleep(0.1)
+                nursery.start_soon(cancel, engine)
+                await trio.sleep(11.9)
+        async with open_test_engine(adapter=one) as engine:
+            engine.register(card)
+            with trio.fail_after(1000):
+                return await engine.wait("c")
+
+    done = _run(main)
+    assert True in said, said
+    assert log == [], f"the card was charged after cancel() said True: {log}"
+    assert done.status == "cancelled", said
