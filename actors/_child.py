@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from trioflow._context import WorkflowContext
+from trioflow._current import swap_lane
 from trioflow._decide import (
     child_completed_late, child_step_cut_short, new_execution, next_execution_id, unended_children,
 )
@@ -42,7 +43,8 @@ from trioflow._errors import (
     describe_error,
 )
 from trioflow._lanes import child_instance_id
-from trioflow._snapshot import TERMINAL, Lane, child_wait
+from trioflow._map import ItemIndex
+from trioflow._snapshot import TERMINAL, Lane, StepResult, child_wait
 from trioflow._storage_retry import BACKOFF_MAX, FIRST_BACKOFF, back_off
 
 from ._run import Children, Run, StepFailure
@@ -267,6 +269,22 @@ async def _store_child(
             raise
 
 
+async def _late_completion_hooks(run: Run, records: list[StepResult]) -> None:
+    """``on_step_complete`` for child steps recorded completed as their parent went back (see
+    :func:`cancel_children`), once stored, as their lanes would have run it: every completed
+    execution has its hook, before ``on_compensate`` for it."""
+    items = ItemIndex(run.state.records)
+    for record in records:
+        index, total = run.definition.place_of(record.step_name)
+        ctx = run.context(record.lane, total, items.item(record))
+        ctx.step_index = index
+        previous = swap_lane(ctx)
+        try:
+            await run.step_completed_hook(record.step_name, record.output, ctx)
+        finally:
+            swap_lane(previous)
+
+
 def waited_on(lanes: Iterable[Lane]) -> list[str]:
     """The children ``lanes`` wait on."""
     return [lane.waiting["child"] for lane in lanes if lane.waiting is not None and "child" in lane.waiting]
@@ -291,6 +309,8 @@ async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps
     child_ids = [child_id for child_id in child_ids if child_id in unended]
     bound = run.definition.compensation_timeout
     completed: list[str] = []
+    #: The child steps recorded completed all the same (``completes_steps``).
+    late: list[StepResult] = []
     #: Storage down past storage_retry_for for a child: once the others are done, the parent
     #: stops as stored (see Children.cancel).
     stalled: list[StorageUnavailableError] = []
@@ -308,6 +328,7 @@ async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps
             if entry is not None and isinstance(entry[0], ChildStep):  # (a release may have dropped it)
                 record = run.stage(record)
                 state.add(record)
+                late.append(record)
                 if run.bus.active and run.bus.wants("workflow.step.completed"):
                     run.emit_once_stored("workflow.step.completed", record.lane, step_name=record.step_name,
                                          execution_id=record.id,
@@ -333,6 +354,8 @@ async def cancel_children(run: Run, child_ids: Sequence[str], *, completes_steps
             # compensation of a step just recorded completed must not be told first. (A fan-out
             # stores them with its failure, in one write.)
             await run.persist()
+            if late and run.has_hooks:
+                await _late_completion_hooks(run, late)
         async with trio.open_nursery() as nursery:
             for child_id in completed:
                 nursery.start_soon(_undo_cancelled, children, child_id, bound, stalled)

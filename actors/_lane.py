@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import trio
 
-from trioflow._codec import as_stored as read_back
 from trioflow._context import ItemPlace, WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._decide import (
@@ -196,14 +194,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             else:
                 await run.persist()
         if run.has_hooks:
-            if run.adapter is not None:
-                # The hook gets a copy of its own: the output may be an earlier record's object
-                # (passed on), hold the branches' or items' (a fan-out's), or be the shared data's
-                # (a task step returning ``ctx.get(...)``), and a hook's edits must reach no later
-                # step, compensation or outcome, which a restart (reading records back) would not see.
-                with contextlib.suppress(UnencodableValueError):  # (stored already: it reads back)
-                    output = read_back(output, f"output of step {name!r}")
-            await run.hook("on_step_complete", name, output, ctx)
+            await run.step_completed_hook(name, output, ctx)
     return state.output_of(lane.last)
 
 

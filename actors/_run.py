@@ -18,6 +18,7 @@ import trio
 
 from trioflow._values import PLAIN, detached
 from trioflow._codec import (
+    as_stored,
     check_data,
     copied,
     decode_payload,
@@ -1118,6 +1119,17 @@ class Run:
             self.unpublished = [(name, lane, payload)]
         else:
             self.unpublished.append((name, lane, payload))
+
+    async def step_completed_hook(self, name: str, output: Any, ctx: WorkflowContext) -> None:
+        """``on_step_complete`` for an execution whose completion is stored. The hook gets a
+        copy of its own: the output may be an earlier record's object (passed on), hold the
+        branches' or items' (a fan-out's), or be the shared data's (a task step returning
+        ``ctx.get(...)``), and a hook's edits must reach no later step, compensation or outcome,
+        which a restart (reading records back) would not see."""
+        if self.adapter is not None:
+            with contextlib.suppress(UnencodableValueError):  # (stored already: it reads back)
+                output = as_stored(output, f"output of step {name!r}")
+        await self.hook("on_step_complete", name, output, ctx)
 
     async def hook(self, name: str, *args: Any) -> None:
         """Call a lifecycle hook, bounded by :data:`HOOK_TIMEOUT`; one that raises or overruns
