@@ -218,6 +218,9 @@ class Engine:
         #: already or not. Dropped once such a retry has read the row, or its child step is done
         #: with it.
         self._unanswered: dict[str, dict[float, bool]] = {}
+        #: The owed cancels (see :meth:`_owed_cancel`) under way, by id: a start of the id made
+        #: meanwhile notes its creation time in them, as an instance not theirs to cancel.
+        self._owing: dict[str, list[_Storing]] = {}
         #: The ``signal()`` calls for an id that go one at a time (see :meth:`signal`).
         self._in_order: dict[str, _InOrder] = {}
         #: Stored instances held back from a resume until their workflow's jobs are registered
@@ -468,6 +471,7 @@ class Engine:
                     # (Beside the actors, as end hooks run: the actors' nursery may be stopping.)
                     with contextlib.suppress(RuntimeError):  # (that nursery closed first)
                         self._start_beside(f"cancel {held.instance_id}", self._owed_cancel, held)
+                        self._owing.setdefault(held.instance_id, []).append(held)
             if step_over and held.instance_id not in self._live:
                 # (A run of it here notes whether it announced it, as it ends: see _instance_actor.)
                 self._unanswered.pop(held.instance_id, None)
@@ -540,6 +544,8 @@ class Engine:
         # (Held since before its parent's write that lists it, for a child: see _hold_start.)
         storing = self._storing[instance_id] = storing or _Storing(workflow_name, instance_id)
         storing.created_ats.append(state.created_at)
+        for owed in self._owing.get(instance_id, ()):
+            owed.newer.append(state.created_at)
         try:
             try:
                 if parent is not None and self._adapter_keeps_families:
@@ -732,6 +738,15 @@ class Engine:
         of the id under way now (a retried start, a child step's next try). Shielded, for a
         bounded time, as a decision stored as the engine stops is (see
         ``trioflow.actors._instance``): the engine's shutdown may be what the store ended in."""
+        try:
+            await self._owed_cancel_of(owed)
+        finally:
+            owing = self._owing.get(owed.instance_id, [])
+            owing.remove(owed)
+            if not owing:
+                self._owing.pop(owed.instance_id, None)
+
+    async def _owed_cancel_of(self, owed: _Storing) -> None:
         instance_id = owed.instance_id
         assert owed.cancel_owed is not None
         if self._pending_resumes and instance_id not in self._live and not self._actors_stopped:
@@ -755,7 +770,10 @@ class Engine:
                     created_at = _decoded(stored).created_at
                 else:
                     created_at = run.state.created_at
-                if created_at in owed.created_ats if owed.created_ats else created_at <= owed.cancel_owed:
+                # (One stored before the cancel was said, that the store found or lost the
+                # answer of; not one a start made since, whatever the clock says: it stepped
+                # back, say.)
+                if created_at in owed.created_ats or created_at <= owed.cancel_owed and created_at not in owed.newer:
                     self._check_open()
                     await self._cancel(instance_id)
             except TrioflowError as exc:
@@ -1828,12 +1846,13 @@ class Engine:
         return False
 
     async def _store_cancel_as_made(self, state: InstanceState) -> bool:
-        """An instance just stored, whose run was to be cancelled as it was made (see
-        ``_Storing.cancels_its_run``: a child whose parent's step was cut, one a ``cancel()``
-        waited for), as the engine closes: no run is made here, so the cancel is stored in it,
-        and the next engine ends it cancelled rather than run its first step (its parent, taken
-        up compensating, would only cancel it once that step had run). Whether it was stored."""
-        begin_compensation(state, "cancelled", WorkflowCancelledError.of(state.instance_id), None)
+        """An instance just stored (or its row read back), whose run was to be cancelled as it
+        was made (see ``_Storing.cancels_its_run``: a child whose parent's step was cut, one a
+        ``cancel()`` waited for), as the engine closes: no run is made here, so the cancel is
+        stored in it, and the next engine ends it cancelled rather than run its next step (its
+        parent, taken up compensating, would only cancel it once that step had run). Whether it
+        was stored."""
+        _decide_cancel(state, self._clock())
         header, records, first_seq, start, _ = take_changes(state)
         failure: str | None = None
         try:
@@ -1841,7 +1860,7 @@ class Engine:
             # that does not answer must not hold the close for ever), as any decision stored then.
             with trio.CancelScope(shield=True, deadline=trio.current_time() + DECISION_TIMEOUT) as bounded:
                 await self.adapter.checkpoint(state.instance_id, state.status, header, records, first_seq=first_seq,
-                                              start=start)
+                                              start=start, wake_at=None)
             if bounded.cancelled_caught:
                 failure = f"storage did not answer in {DECISION_TIMEOUT:g} s"
         except StorageError as exc:
@@ -1855,8 +1874,9 @@ class Engine:
 
     async def _store_cancel_in_its_row(self, storing: _Storing) -> bool:
         """:meth:`_store_cancel_as_made` for a start whose answer was lost, or that found a row
-        an earlier try of it stored, as the engine closes: its row, read again, if one of its tries
-        made it (by its creation time) and it has run nothing. Whether the cancel was stored."""
+        stored before, as the engine closes: its row, read again, if one of its tries made it (by
+        its creation time), or it was there when a ``cancel()`` that waited for the store said
+        yes. Whether the cancel was stored."""
         instance_id = storing.instance_id
         tried = self._unanswered.get(instance_id, _NO_TRIES)
         failure: str | None = None
@@ -1874,9 +1894,11 @@ class Engine:
             log.warning("instance %s: the cancel it was stored under could not be stored in it (%s); the next"
                         " engine runs it, if it was stored", instance_id, failure, extra={"instance_id": instance_id})
             return False
-        if state is None or not (state.created_at in storing.created_ats or state.created_at in tried) \
-                or state.records or state.phase != "forward":
-            return False  # not there, or not this start's, or it ran
+        if state is None or state.phase != "forward":
+            return False  # not there, or going back already
+        if not (state.created_at in storing.created_ats or state.created_at in tried
+                or storing.cancel_owed is not None and state.created_at <= storing.cancel_owed):
+            return False  # not this start's, nor there when a cancel() said yes (see _owed_cancel)
         return await self._store_cancel_as_made(state)
 
     async def _cancel_stored(self, instance_id: str, workflow_name: str) -> bool:
@@ -1898,15 +1920,7 @@ class Engine:
             state = _decoded(stored)
             if state.phase != "forward":
                 return True  # going back already: nothing left to cancel
-            under_way = steps_under_way(state)
-            # (Their ids before the records below count them.)
-            executions = [running_execution_id(state, lane_key, step_name) for lane_key, step_name, _, _ in under_way]
-            begin_compensation(state, "cancelled", WorkflowCancelledError.of(instance_id), None)
-            for lane_key, step_name, attempts, since in under_way:
-                if attempts is not None:  # a task step between attempts: recorded cut short, as in a run
-                    fail_step(state, stage(state, cut_short_execution(
-                        state, lane_key, step_name, attempts=max(attempts, 1), started_at=since, now=self._clock())),
-                        for_good=False)
+            cut = _decide_cancel(state, self._clock())
             header, records, first_seq, start, _ = take_changes(state)
             try:
                 # The records before stay as they are; the header says what comes next.
@@ -1932,7 +1946,7 @@ class Engine:
             # The steps it stood in, started by a run before and cut short by this cancel: their
             # end, as a run in memory publishes it (see trioflow.actors._lane): innermost first,
             # as a fan-out step's branches and items end before it.
-            for (lane_key, step_name, attempts, _), execution in reversed(list(zip(under_way, executions))):
+            for (lane_key, step_name, attempts, _), execution in reversed(cut):
                 self.events.emit("workflow.step.failed",
                                  event_payload(state, lane_key, cut_short_fields(step_name, execution, attempts or 1)))
         return True
@@ -2708,7 +2722,7 @@ class _Storing:
     its waiters once the engine closes (see :meth:`Engine._close`): each then checks whether
     the engine is open, rather than wait for a store whose outcome no longer matters to it."""
 
-    __slots__ = ("workflow_name", "instance_id", "_over", "_ended", "signalled", "cancel_wanted", "cancel_owed",
+    __slots__ = ("workflow_name", "instance_id", "_over", "_ended", "signalled", "cancel_wanted", "cancel_owed", "newer",
                  "created_ats", "cut_at")
 
     def __init__(self, workflow_name: str, instance_id: str) -> None:
@@ -2725,6 +2739,8 @@ class _Storing:
         self.cancel_owed: float | None = None
         #: The creation times the starts storing it gave the instance, or found it stored with.
         self.created_ats: list[float] = []
+        #: Those of starts of the id made since its cancel was owed (see ``Engine._owing``).
+        self.newer: list[float] = []
         #: From when (trio's clock) a child's run made by this store is cancelled as it is made:
         #: its parent's step was cut meanwhile (see ``Children.cancel_as_made``).
         self.cut_at = math.inf
@@ -2792,6 +2808,21 @@ def _live_view(run: Run, stored: Status | None) -> WorkflowInstance:
         state.lanes[MAIN].waiting = {"start": run.start_due}
         state.started_at = None
     return to_instance(state)
+
+
+def _decide_cancel(state: InstanceState, now: float) -> list[tuple[tuple[str, str, int | None, float | None], str]]:
+    """A cancel decided in a stored instance going forward that no run holds here: it goes back
+    compensating, a task step it stood in between attempts recorded cut short, as in a run. The
+    steps it stood in, with their execution ids, for their events."""
+    under_way = steps_under_way(state)
+    # (Their ids before the records below count them.)
+    executions = [running_execution_id(state, lane_key, step_name) for lane_key, step_name, _, _ in under_way]
+    begin_compensation(state, "cancelled", WorkflowCancelledError.of(state.instance_id), None)
+    for lane_key, step_name, attempts, since in under_way:
+        if attempts is not None:
+            fail_step(state, stage(state, cut_short_execution(
+                state, lane_key, step_name, attempts=max(attempts, 1), started_at=since, now=now)), for_good=False)
+    return list(zip(under_way, executions))
 
 
 def _decoded(record: StoredInstance) -> InstanceState:

@@ -1,7 +1,9 @@
 """From an adversarial re-review of 5bfc778 / 5f20bc0 / 7161a98 / 6ba575c / 393bfda (cancels and
 process stops across an engine's close and restart): the test marked [12.0] failed until the
-commit that added this file; [30.0] guards the engine-open case beside it. Real adapters (a
-MemoryAdapter reused across two engines), trio's autojumping MockClock: every time is virtual."""
+commit that added this file; [30.0] guards the engine-open case beside it. The tests of a start
+that finds an older row (from a re-review of that commit) failed until the commit that added them. Real
+adapters (a MemoryAdapter reused across two engines), trio's autojumping MockClock: every time is
+virtual."""
 from __future__ import annotations
 
 import functools
@@ -147,3 +149,162 @@ def test_a_cancel_said_while_a_retried_start_finds_its_earlier_row_is_honoured_a
     assert True in said, said
     assert log == [], f"the card was charged after cancel() said True: {log}"
     assert done.status == "cancelled", said
+
+
+
+
+class _SlowSecondStore(tf.adapters.MemoryAdapter):
+    """Once ``slow`` is set, storing a start takes 15 s; with ``lose``, the driver then raises
+    after the write (the connection dropped on the reply)."""
+
+    slow = False
+    lose = False
+
+    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
+        if self.slow:
+            await trio.sleep(STORE)
+        created = await super().create(instance_id, *args, **kwargs)
+        if self.lose:
+            raise tf.StorageUnavailableError("connection lost before the answer")
+        return created
+
+
+def _card(log: list[str]) -> tf.WorkflowDefinition:
+    async def charge(ctx: Any) -> str:
+        log.append("charge")
+        return "charged"
+
+    return tf.workflow("card").step("charge", charge).build()
+
+
+def _cancel_while_an_idempotent_start_is_stored(close_at: float, lose: bool) -> tuple[list[Any], list[str], Any]:
+    log: list[str] = []
+    card = _card(log)
+    one = _SlowSecondStore()
+    said: list[Any] = []
+
+    async def call(fn: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            said.append(await fn(*args, **kwargs))
+        except tf.TrioflowError as exc:
+            said.append(type(exc).__name__)
+
+    async def main() -> Any:
+        # A service stored card "c" to charge later (a delayed start), then stopped.
+        async with open_test_engine(adapter=one) as engine:
+            engine.register(card)
+            await engine.start("card", "x", instance_id="c", delay=1000)
+        one.slow, one.lose = True, lose
+        async with trio.open_nursery() as nursery:
+            # Its next process holds stored instances back (resume=False); a client's retry
+            # starts "c" again (idempotent: the same workflow and input), storage is slow,
+            # and the customer cancels "c" meanwhile.
+            async with open_test_engine(adapter=one, resume=False) as engine:
+                engine.register(card)
+                nursery.start_soon(functools.partial(call, engine.start, "card", "x", instance_id="c"))
+                await trio.sleep(0.1)
+                nursery.start_soon(call, engine.cancel, "c")
+                await trio.sleep(close_at - 0.1)
+        one.slow = one.lose = False
+        async with open_test_engine(adapter=one) as engine:
+            engine.register(card)
+            with trio.fail_after(5000):
+                return await engine.wait("c")
+
+    done = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return said, log, done
+
+
+@pytest.mark.parametrize("lose", [False, True], ids=["found-the-row", "answer-lost"])
+def test_cancel_said_true_while_an_idempotent_start_is_stored_cancels_the_stored_row_after_the_close(
+        lose: bool) -> None:
+    """A user's service stored card instance ``c`` (a delayed charge), then restarted with
+    ``resume=False``. A client's retry calls ``start("card", "x", instance_id="c")`` again
+    (idempotent); storage is slow (15 s). At 0.1 s the customer calls ``cancel("c")``: it waits
+    for the store, gives up after 10 s and says True. The service shuts down at 12 s, before the
+    store ends (which finds the existing row: ``created`` False, or loses its answer). README
+    (cancel): "an instance whose start was still being stored is cancelled once that store is
+    over ... even when the engine closes before that store is over: the cancel is then stored in
+    it, and the next engine ends it cancelled without running a step". With the engine still open
+    when the store ends, the same row is cancelled (``_owed_cancel`` through ``created_ats``,
+    which the found row joins). A Temporal user: an acknowledged cancel of workflow id ``c`` is
+    honoured; the card is never charged.
+
+    Was: ``Engine._store_cancel_in_its_row`` only cancelled a row whose creation time is one
+    of this start's tries (``storing.created_ats`` / ``_unanswered``); the row it finds is older
+    (stored before the cancel was asked), so nothing was stored; the next engine charged the card
+    and completed ``c``."""
+    said, log, done = _cancel_while_an_idempotent_start_is_stored(12.0, lose)
+    assert True in said, said  # cancel() acknowledged it
+    assert log == [], f"the card was charged after cancel() said True: {log}"
+    assert done.status == "cancelled"
+
+
+def test_cancel_said_true_while_a_start_finds_the_stored_row_and_loses_its_answer_cancels_it() -> None:
+    """As above, the engine open throughout (no close before the store ends): the start's store
+    finds the row stored earlier and the driver raises after it (a dropped reply to an
+    ``INSERT ... ON CONFLICT DO NOTHING``). ``cancel("c")`` said True at 10.1 s. The user expects
+    ``c`` cancelled, as it is when the same store answers ``created`` False.
+
+    Was: ``Engine._owed_cancel`` cancelled only a row whose creation time is in
+    ``owed.created_ats`` when that list is non-empty; it holds only this try's own creation time
+    (the found row's is appended only on an answered ``created`` False), so the older row is
+    passed over (its docstring's "or one from before the cancel was said" was never reached for a
+    start). The instance completed and the card was charged."""
+    said, log, done = _cancel_while_an_idempotent_start_is_stored(30.0, True)
+    assert True in said, said
+    assert log == [], f"the card was charged after cancel() said True: {log}"
+    assert done.status == "cancelled"
+
+
+def test_cancel_said_true_while_a_start_finds_a_row_past_its_first_step_compensates_it_after_the_close() -> None:
+    """As above, the row stored earlier having run its first step (``reserve``; its engine
+    stopped in ``charge``). The cancel is stored in it as the engine closes: the next engine
+    compensates ``reserve`` and never completes ``charge``."""
+    log: list[str] = []
+
+    async def reserve(ctx: Any) -> str:
+        log.append("reserve")
+        return "r"
+
+    async def release(ctx: Any, result: Any) -> None:
+        log.append("release")
+
+    async def charge(ctx: Any) -> str:
+        await trio.sleep(100)
+        log.append("charge")
+        return "charged"
+
+    wf = tf.workflow("card").step("reserve", reserve, release).step("charge", charge).build()
+    one = _SlowSecondStore()
+    said: list[Any] = []
+
+    async def call(fn: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            said.append(await fn(*args, **kwargs))
+        except tf.TrioflowError as exc:
+            said.append(type(exc).__name__)
+
+    async def main() -> Any:
+        async with open_test_engine(adapter=one) as engine:
+            engine.register(wf)
+            await engine.start("card", "x", instance_id="c")
+            await trio.sleep(10)  # reserve done, charge under way as the engine stops
+        one.slow = True
+        async with trio.open_nursery() as nursery:
+            async with open_test_engine(adapter=one, resume=False) as engine:
+                engine.register(wf)
+                nursery.start_soon(functools.partial(call, engine.start, "card", "x", instance_id="c"))
+                await trio.sleep(0.1)
+                nursery.start_soon(call, engine.cancel, "c")
+                await trio.sleep(11.9)
+        one.slow = False
+        async with open_test_engine(adapter=one) as engine:
+            engine.register(wf)
+            with trio.fail_after(5000):
+                return await engine.wait("c")
+
+    done = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert True in said, said
+    assert done.status == "cancelled"
+    assert log == ["reserve", "release"], log
