@@ -33,7 +33,6 @@ from trioflow._errors import (
     ChildWorkflowError,
     EngineClosedError,
     InstanceIdConflictError,
-    InvalidArgumentError,
     RecordedError,
     SnapshotDecodeError,
     StorageUnavailableError,
@@ -85,10 +84,7 @@ async def run_child(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: W
     """Start the child (unless this execution did already) and wait for it to end; its output,
     or :class:`StepFailure` with :class:`ChildWorkflowError` if it did not complete."""
     children = run.children
-    if children is None:
-        raise StepFailure(step.name, InvalidArgumentError(
-            f"step {step.name!r} starts a child workflow, which needs an engine (open_engine); execute_workflow"
-            " runs no child instances"), 1)
+    assert children is not None  # (execute_workflow refuses child steps before any step runs)
     if lane.begun is None:
         await _start(run, step, lane_key, lane, ctx)
         assert lane.waiting is not None

@@ -20,6 +20,7 @@ from trioflow._decide import (
     next_of,
     open_branches,
     parallel_output,
+    passed_on,
     progress,
     recorded_failure,
     running_execution_id,
@@ -131,7 +132,8 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 target = next_of(step)
             elif isinstance(step, WaitStep):
                 await run_wait(run, step, lane, ctx, started_at)
-                output, passes, target = state.output_of(lane.last), lane.last, next_of(step)
+                # (First in its lane, the lane's input, as a pass step's: ASL's Wait passes its input on.)
+                (output, passes), target = passed_on(state, lane, lane_key, ctx.item), next_of(step)
             elif isinstance(step, ReceiveStep):
                 output, target = await run_receive(run, step, lane_key, lane, started_at), next_of(step)
                 # Its output, a payload just read from storage, reads back as it is: the record

@@ -15,10 +15,10 @@ from ._context import check_services
 from ._current import check_in_trio
 from ._decide import new_state
 from ._ids import new_instance_id
-from ._definition import TaskStep, WorkflowDefinition, unbuilt_hint
+from ._definition import ChildStep, TaskStep, WorkflowDefinition, unbuilt_hint
 from ._durations import Seconds
 from ._engine_arguments import check_given_instance_id
-from ._errors import DefinitionError, UnknownJobError, safe_repr
+from ._errors import DefinitionError, InvalidArgumentError, UnknownJobError, safe_repr
 from ._jobs import JobRegistry
 from ._snapshot import WorkflowResult
 
@@ -63,11 +63,18 @@ async def execute_workflow(
         threads=ThreadSlots(), clock=clock,
     )
     missing = [name for name in sorted(workflow.job_names) if name not in run.jobs]
+    children = [name for name, (step, _) in workflow.lookup.items() if isinstance(step, ChildStep)]
+    # Failed before any step runs, as an engine refuses to start it: a misspelt job name, or a
+    # child step (a child is an instance of its own, which only an engine runs), in a late step
+    # would otherwise run (and compensate) the steps before it; and a child step's failure
+    # could be caught, or tolerated in a map, as if its child had failed.
     if missing:
-        # Failed before any step runs, as an engine refuses to start it: a misspelt job name in
-        # a late step would otherwise run (and compensate) the steps before it.
         run.doomed = UnknownJobError(
             f"workflow {workflow.name!r} uses jobs that are not in jobs=: {', '.join(map(repr, missing))}; no step ran")
+    elif children:
+        run.doomed = InvalidArgumentError(
+            f"workflow {workflow.name!r} has child steps ({', '.join(map(repr, children))}): a child step needs an"
+            " engine (open_engine), as execute_workflow runs no child instances; no step ran")
     await run_instance(run)
     return run.result()
 

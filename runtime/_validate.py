@@ -46,6 +46,7 @@ def check_lane(owner: str, steps: Sequence[Step]) -> None:
     for step in steps:
         _check_step(owner, step, names)
     _check_reachable(owner, steps)
+    _check_can_leave(owner, steps)
 
 
 def check_unique_names(owner: str, steps: Sequence[Step]) -> None:
@@ -297,6 +298,21 @@ def _check_parallel(label: str, step: ParallelStep) -> None:
         seen.add(branch.name)
 
 
+def _targets(steps: Sequence[Step], i: int) -> list[str]:
+    """The steps the ``i``-th of a lane may go to next (caught errors included)."""
+    step = steps[i]
+    targets: list[str] = []
+    if isinstance(step, ChoiceStep):
+        targets = [c.next for c in step.choices] + ([step.default] if step.default else [])
+    elif step.next is not None:
+        targets = [step.next]
+    elif not step.end and i + 1 < len(steps):
+        targets = [steps[i + 1].name]
+    if isinstance(step, CATCHING):
+        targets += [c.next for c in step.catch]
+    return targets
+
+
 def _check_reachable(owner: str, steps: Sequence[Step]) -> None:
     reached: set[str] = set()
     todo = [0]
@@ -307,16 +323,41 @@ def _check_reachable(owner: str, steps: Sequence[Step]) -> None:
         if step.name in reached:
             continue
         reached.add(step.name)
-        targets: list[str] = []
-        if isinstance(step, ChoiceStep):
-            targets = [c.next for c in step.choices] + ([step.default] if step.default else [])
-        elif step.next is not None:
-            targets = [step.next]
-        elif not step.end and i + 1 < len(steps):
-            targets = [steps[i + 1].name]
-        if isinstance(step, CATCHING):
-            targets += [c.next for c in step.catch]
-        todo.extend(position[t] for t in targets)
+        todo.extend(position[t] for t in _targets(steps, i))
     for step in steps:
         if step.name not in reached:
             raise DefinitionError(f"{owner}, step {step.name!r}: can never be reached")
+
+
+def _check_can_leave(owner: str, steps: Sequence[Step]) -> None:
+    """Refuse a loop of pass steps (without a ``transform``) and choice steps that nothing can
+    leave: each of its steps goes on to another of it whatever its conditions say, and none can
+    end the lane or fail (a choice without a ``default`` can: ``NoChoiceMatchedError``; only a
+    condition that raises would end it). It would store a record per step for ever (until a
+    workflow timeout, if any; never, on a virtual clock, which does not move), as Step Functions
+    refuses a machine with no way to an end. A loop with any other step (a task, a wait, a
+    receive) is left be: it does something, and a cancel or a timeout may be its end."""
+    def stuck(i: int) -> bool:
+        step = steps[i]
+        if isinstance(step, ChoiceStep):
+            return step.default is not None
+        return isinstance(step, PassStep) and step.transform is None and bool(_targets(steps, i))
+
+    leaves = {i for i in range(len(steps)) if not stuck(i)}
+    position = {s.name: i for i, s in enumerate(steps)}
+    before: dict[int, list[int]] = {}
+    for i in range(len(steps)):
+        for target in _targets(steps, i):
+            before.setdefault(position[target], []).append(i)
+    todo = list(leaves)
+    while todo:  # (back from every step that may leave: what can reach one)
+        for i in before.get(todo.pop(), ()):
+            if i not in leaves:
+                leaves.add(i)
+                todo.append(i)
+    for i, step in enumerate(steps):
+        if i not in leaves:
+            raise DefinitionError(
+                f"{owner}, step {step.name!r}: a loop of pass and choice steps that nothing can leave (each goes on"
+                " to another of it, whatever its conditions say, and none ends, fails, waits or does work): it would"
+                " run for ever")

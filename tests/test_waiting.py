@@ -148,11 +148,13 @@ async def test_a_timer_waits_its_seconds_and_passes_the_previous_output_on(
     assert [r.step_name for r in done.history] == ["a", "w", "b"]
 
 
-async def test_a_timer_as_the_first_step_passes_nothing_on(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_timer_as_the_first_step_passes_the_workflow_input_on(autojump_clock: trio.testing.MockClock) -> None:
+    # (As a pass step does, and ASL's Wait; it passed None until December 7th: see
+    # test_review_of_step_functions_user.py.)
     async with engine_on(MemoryAdapter()) as engine:
         engine.register(tf.workflow("t").wait("w", seconds=10).build())
         done = await finish(engine, await engine.start("t", {"in": 1}))
-    assert done.status == "completed" and done.output is None
+    assert done.status == "completed" and done.output == {"in": 1}
 
 
 def _until(kind: str, clock: Clock, delay: float) -> dict[str, Any]:
