@@ -74,6 +74,7 @@ class EnginePortal:
         self._run = run
         self._clock = clock
         self._engine = engine
+        self._restarting = trio.Lock()
 
     @overload
     def call(self, fn: Callable[[Engine], Awaitable[T]]) -> T: ...
@@ -129,7 +130,7 @@ class EnginePortal:
         return trio.current_time()
 
     async def _settled(self, fn: Callable[[Engine], Awaitable[T] | T]) -> T:
-        stuck = False
+        stuck = finished = False
         error: BaseException | None = None
         result: Any = None
         try:
@@ -149,8 +150,16 @@ class EnginePortal:
                 except BaseException as exc:  # (raised below, once the engine has settled)
                     error = exc
                 nursery.cancel_scope.cancel()
+            finished = True
         finally:
-            await self._settle()
+            try:
+                await self._settle()
+            except trio.Cancelled:
+                # The run ends under the call, its block left meanwhile (from another thread):
+                # what the function did is done, and its outcome stands. (Not "closed": a
+                # caller told so would do it again, a signal sent twice.)
+                if not finished or stuck:
+                    raise
         if stuck:
             raise PortalCallStuckError(
                 f"EnginePortal.call({safe_repr(fn)}) waits for what cannot happen while virtual time stands"
@@ -162,13 +171,14 @@ class EnginePortal:
         return result  # type: ignore[no-any-return]
 
     async def _restart(self, downtime: float) -> None:
-        run = self._run
-        assert run.stop is not None
-        reopened = run.reopened = trio.Event()
-        run.reopens_at = trio.current_time() + downtime
-        run.stop.set()
-        await reopened.wait()
-        await self._settle()
+        async with self._restarting:  # (two threads' restarts: one after the other, both return)
+            run = self._run
+            assert run.stop is not None
+            reopened = run.reopened = trio.Event()
+            run.reopens_at = trio.current_time() + downtime
+            run.stop.set()
+            await reopened.wait()
+            await self._settle()
 
     async def _settle(self) -> None:
         """Return once every other task is blocked and no storage thread works for one: a task
@@ -241,6 +251,9 @@ def engine_portal(
                         handed[0]._engine = engine
                     else:
                         handed.append(EnginePortal(run, clock, engine))
+                        # Opened on storage with work in it (a file from a run before), it has
+                        # done all it can at this instant before the first call, as a restart has.
+                        await handed[0]._settle()
                     if run.reopened is not None:
                         run.reopened.set()
                     run.ready.set()
