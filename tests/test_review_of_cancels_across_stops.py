@@ -7,6 +7,7 @@ virtual."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -31,6 +32,21 @@ class _SlowCreateAnswerLost(tf.adapters.MemoryAdapter):
         await trio.sleep(STORE)
         await super().create(instance_id, *args, **kwargs)
         raise tf.StorageUnavailableError("connection lost before the answer")
+
+
+async def _start_then_cancel(engine: tf.Engine, nursery: trio.Nursery, said: list[Any], close_at: float) -> None:
+    """``start("card", "x", instance_id="c")`` in ``nursery``, ``cancel("c")`` 0.1 s later,
+    each noting in ``said`` what it returned (or its error's name); returns at ``close_at``."""
+    async def call(fn: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            said.append(await fn(*args, **kwargs))
+        except tf.TrioflowError as exc:
+            said.append(type(exc).__name__)
+
+    nursery.start_soon(functools.partial(call, engine.start, "card", "x", instance_id="c"))
+    await trio.sleep(0.1)
+    nursery.start_soon(call, engine.cancel, "c")
+    await trio.sleep(close_at - 0.1)
 
 
 @pytest.mark.parametrize("close_at", [12.0, 30.0])
@@ -65,20 +81,11 @@ def test_cancel_that_said_true_while_a_start_was_stored_is_honoured_when_the_sto
     one = _SlowCreateAnswerLost()
     said: list[Any] = []
 
-    async def call(fn: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            said.append(await fn(*args, **kwargs))
-        except tf.TrioflowError as exc:
-            said.append(type(exc).__name__)
-
     async def main() -> Any:
         async with trio.open_nursery() as nursery:
             async with open_test_engine(adapter=one) as engine:
                 engine.register(card)
-                nursery.start_soon(functools.partial(call, engine.start, "card", "x", instance_id="c"))
-                await trio.sleep(0.1)
-                nursery.start_soon(call, engine.cancel, "c")
-                await trio.sleep(close_at - 0.1)
+                await _start_then_cancel(engine, nursery, said, close_at)
         async with open_test_engine(adapter=one) as engine:
             engine.register(card)
             with trio.fail_after(1000):
@@ -177,23 +184,27 @@ def _card(log: list[str]) -> tf.WorkflowDefinition:
     return tf.workflow("card").step("charge", charge).build()
 
 
-def _cancel_while_an_idempotent_start_is_stored(close_at: float, lose: bool) -> tuple[list[Any], list[str], Any]:
+async def _delayed(engine: tf.Engine) -> None:
+    """A service stored card "c" to charge later (a delayed start), then stopped."""
+    await engine.start("card", "x", instance_id="c", delay=1000)
+
+
+def _cancel_while_an_idempotent_start_is_stored(
+        close_at: float, lose: bool, wf: tf.WorkflowDefinition | None = None,
+        stored: Callable[[tf.Engine], Awaitable[None]] = _delayed) -> tuple[list[Any], list[str], Any]:
+    """What cancel() said, what ran and how ``c`` ended: ``c`` ``stored`` by a first engine,
+    then started again (idempotent) in a second, opened with ``resume=False``, whose store
+    takes 15 s (``lose``: its answer lost), cancelled at 0.1 s, closed at ``close_at``; a
+    third engine resumes it. ``wf`` (the card workflow if not given) logs into the list."""
     log: list[str] = []
-    card = _card(log)
+    card = _card(log) if wf is None else wf
     one = _SlowSecondStore()
     said: list[Any] = []
 
-    async def call(fn: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            said.append(await fn(*args, **kwargs))
-        except tf.TrioflowError as exc:
-            said.append(type(exc).__name__)
-
     async def main() -> Any:
-        # A service stored card "c" to charge later (a delayed start), then stopped.
         async with open_test_engine(adapter=one) as engine:
             engine.register(card)
-            await engine.start("card", "x", instance_id="c", delay=1000)
+            await stored(engine)
         one.slow, one.lose = True, lose
         async with trio.open_nursery() as nursery:
             # Its next process holds stored instances back (resume=False); a client's retry
@@ -201,10 +212,7 @@ def _cancel_while_an_idempotent_start_is_stored(close_at: float, lose: bool) -> 
             # and the customer cancels "c" meanwhile.
             async with open_test_engine(adapter=one, resume=False) as engine:
                 engine.register(card)
-                nursery.start_soon(functools.partial(call, engine.start, "card", "x", instance_id="c"))
-                await trio.sleep(0.1)
-                nursery.start_soon(call, engine.cancel, "c")
-                await trio.sleep(close_at - 0.1)
+                await _start_then_cancel(engine, nursery, said, close_at)
         one.slow = one.lose = False
         async with open_test_engine(adapter=one) as engine:
             engine.register(card)
@@ -275,36 +283,12 @@ def test_cancel_said_true_while_a_start_finds_a_row_past_its_first_step_compensa
         log.append("charge")
         return "charged"
 
+    async def in_charge(engine: tf.Engine) -> None:
+        await engine.start("card", "x", instance_id="c")
+        await trio.sleep(10)  # reserve done, charge under way as the engine stops
+
     wf = tf.workflow("card").step("reserve", reserve, release).step("charge", charge).build()
-    one = _SlowSecondStore()
-    said: list[Any] = []
-
-    async def call(fn: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            said.append(await fn(*args, **kwargs))
-        except tf.TrioflowError as exc:
-            said.append(type(exc).__name__)
-
-    async def main() -> Any:
-        async with open_test_engine(adapter=one) as engine:
-            engine.register(wf)
-            await engine.start("card", "x", instance_id="c")
-            await trio.sleep(10)  # reserve done, charge under way as the engine stops
-        one.slow = True
-        async with trio.open_nursery() as nursery:
-            async with open_test_engine(adapter=one, resume=False) as engine:
-                engine.register(wf)
-                nursery.start_soon(functools.partial(call, engine.start, "card", "x", instance_id="c"))
-                await trio.sleep(0.1)
-                nursery.start_soon(call, engine.cancel, "c")
-                await trio.sleep(11.9)
-        one.slow = False
-        async with open_test_engine(adapter=one) as engine:
-            engine.register(wf)
-            with trio.fail_after(5000):
-                return await engine.wait("c")
-
-    done = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    said, _, done = _cancel_while_an_idempotent_start_is_stored(12.0, False, wf, in_charge)
     assert True in said, said
     assert done.status == "cancelled"
     assert log == ["reserve", "release"], log
