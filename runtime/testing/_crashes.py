@@ -88,6 +88,8 @@ class Outcome:
 
     status: Status
     output: Any
+    #: The shared data it ended with (``ctx.set``): a step may keep its result there alone.
+    data: Mapping[str, Any] = attrs.field(factory=dict)
     compensated_steps: tuple[str, ...]
     compensation_errors: tuple[str, ...]
     #: Steps in the order their completion was recorded (compensated ones included).
@@ -260,6 +262,7 @@ async def explore_crashes(
                         sent += 1
                     instance = await _end_or_never(engine, signals, fault_free=crash_after is None)
                     children = await _children(engine, instance, bool(also))
+                    data = await _shared_data(engine, INSTANCE_ID)
         except Exception:
             # What a process that has died raised on its way down (a wait() that saw its
             # instance stop, an adapter call the crash cut short) is nobody's outcome.
@@ -277,9 +280,10 @@ async def explore_crashes(
                     await engine.signal(INSTANCE_ID, name, payload)
                 instance = await _end_or_never(engine, signals, fault_free=False)
                 children = await _children(engine, instance, bool(also))
+                data = await _shared_data(engine, INSTANCE_ID)
         before, after = _by_instance(before_crash), _by_instance(counter.counts)
         outcome = _outcome(instance, before, after, {
-            child_id: _outcome(child, before, after) for child_id, child in children.items()})
+            child_id: _outcome(child, before, after) for child_id, child in children.items()}, data)
         failed_check = None
         if after_run is not None:
             try:
@@ -560,15 +564,21 @@ def _by_instance(counts: collections.Counter[tuple[str, str]]) -> dict[str, dict
     return out
 
 
+async def _shared_data(engine: Engine, instance_id: str) -> dict[str, Any]:
+    """The shared data the instance's row holds (an instance's view does not show it)."""
+    stored = await engine.adapter.load(instance_id)
+    return {} if stored is None else dict(decode_stored(stored).data)
+
+
 def _outcome(
     instance: WorkflowInstance, before: Mapping[str, Mapping[str, int]], after: Mapping[str, Mapping[str, int]],
-    children: Mapping[str, Outcome] | None = None,
+    children: Mapping[str, Outcome] | None = None, data: Mapping[str, Any] | None = None,
 ) -> Outcome:
     calls = collections.Counter(before.get(instance.id, {}))
     calls.update(after.get(instance.id, {}))
     return Outcome(
         history=instance.history, workflow_name=instance.workflow_name,
-        status=instance.status, output=instance.output, compensated_steps=instance.compensated_steps,
+        status=instance.status, output=instance.output, data=data or {}, compensated_steps=instance.compensated_steps,
         compensation_errors=tuple(instance.compensation_errors),
         completion_order=tuple(r.step_name for r in instance.history if r.status in ("completed", "compensated")),
         calls=dict(calls), calls_after_resume=dict(after.get(instance.id, {})), children=children or {},
@@ -670,6 +680,14 @@ def _same_run(base: Outcome, got: Outcome, shapes: Mapping[str, _Shape]) -> str 
     if (got.failed_step, got.error_name) != (base.failed_step, base.error_name):
         return (f"ended with {got.error_name} at step {got.failed_step!r}, the fault-free run with"
                 f" {base.error_name} at step {base.failed_step!r}")
+    differ = sorted(key for key in {*got.data, *base.data}
+                    if key not in got.data or key not in base.data or not _same_output(got.data[key], base.data[key]))
+    if differ:
+        # (A step that keeps its result with ctx.set, returning nothing, and ran again.)
+        again = sorted(step for step in got.calls_after_resume if not step.endswith(" (compensate)"))
+        return (f"shared data {differ} ended {[got.data.get(k) for k in differ]!r}, the fault-free run"
+                f" {[base.data.get(k) for k in differ]!r}; steps run after the resume: {again} (one that"
+                " sets it is not idempotent)")
     for what, mine, theirs in (("compensated", got.compensated_steps, base.compensated_steps),
                                ("failed to compensate", got.compensation_errors, base.compensation_errors),
                                ("took the path", got.completion_order, base.completion_order)):
