@@ -754,28 +754,31 @@ class Engine:
             # stopped (a resume then takes nothing up). An engine that closes meanwhile leaves
             # the instance as last stored (README), as it leaves any decision not yet stored.
             await self._resumes_settled.wait()
+        async def attempt() -> None:
+            again = self._storing.get(instance_id)
+            # (One of another workflow being started is not a retry: not handed on to.)
+            if again is not None and again.workflow_name == owed.workflow_name:
+                again.cancel_owed = owed.cancel_owed if again.cancel_owed is None else again.cancel_owed
+                again.created_ats.extend(owed.created_ats)
+                again.newer.extend(owed.newer)
+                return
+            run = self._live.get(instance_id)
+            if run is None:
+                stored = await self._load_fresh(instance_id)
+                if stored is None or stored.status not in RESUMABLE:
+                    return
+                created_at = _decoded(stored).created_at
+            else:
+                created_at = run.state.created_at
+            if owed.made_it(created_at):
+                self._check_open()
+                await self._cancel(instance_id)
+
         with trio.CancelScope(shield=True, deadline=trio.current_time() + 2 * CANCEL_STORE_WAIT) as bounded:
             try:
-                again = self._storing.get(instance_id)
-                # (One of another workflow being started is not a retry: not handed on to.)
-                if again is not None and again.workflow_name == owed.workflow_name:
-                    again.cancel_owed = owed.cancel_owed if again.cancel_owed is None else again.cancel_owed
-                    again.created_ats.extend(owed.created_ats)
-                    return
-                run = self._live.get(instance_id)
-                if run is None:
-                    stored = await self._load_fresh(instance_id)
-                    if stored is None or stored.status not in RESUMABLE:
-                        return
-                    created_at = _decoded(stored).created_at
-                else:
-                    created_at = run.state.created_at
-                # (One stored before the cancel was said, that the store found or lost the
-                # answer of; not one a start made since, whatever the clock says: it stepped
-                # back, say.)
-                if created_at in owed.created_ats or created_at <= owed.cancel_owed and created_at not in owed.newer:
-                    self._check_open()
-                    await self._cancel(instance_id)
+                # (Storage that fails a moment must not drop a cancel a caller was told is made.)
+                await retried(attempt, retry_for=self._storage_retry_for, what=f"cancelling {instance_id}",
+                              instance_id=instance_id)
             except TrioflowError as exc:
                 log.warning("instance %s, cancelled while it was stored, could not be cancelled: %s", instance_id,
                             describe_error(exc), extra={"instance_id": instance_id})
@@ -1236,10 +1239,9 @@ class Engine:
                 await storing.wait()
             self._check_open()  # (closed meanwhile: see _close)
             if waited.cancelled_caught:
-                # (A creation time of its own: an instance created under the id from now on is
-                # later, where the clock has not gone back; those of the store's own tries are
-                # known to it.)
-                storing.cancel_owed = self._creation_times.stamp(self._clock())
+                # (When it said yes. Which row it cancels is told by what this engine stored
+                # since, not by comparing times: see _Storing.made_it.)
+                storing.cancel_owed = self._clock()
                 return True
         run = self._live.get(instance_id)
         if run is None:
@@ -1896,9 +1898,8 @@ class Engine:
             return False
         if state is None or state.phase != "forward":
             return False  # not there, or going back already
-        if not (state.created_at in storing.created_ats or state.created_at in tried
-                or storing.cancel_owed is not None and state.created_at <= storing.cancel_owed):
-            return False  # not this start's, nor there when a cancel() said yes (see _owed_cancel)
+        if not (state.created_at in tried or storing.made_it(state.created_at)):
+            return False  # not this start's, nor there when a cancel() said yes
         return await self._store_cancel_as_made(state)
 
     async def _cancel_stored(self, instance_id: str, workflow_name: str) -> bool:
@@ -2744,6 +2745,14 @@ class _Storing:
         #: From when (trio's clock) a child's run made by this store is cancelled as it is made:
         #: its parent's step was cut meanwhile (see ``Children.cancel_as_made``).
         self.cut_at = math.inf
+
+    def made_it(self, created_at: float) -> bool:
+        """Whether the row created at ``created_at`` is the instance this store stands for: one
+        of its tries made it, or, once a ``cancel()`` said yes as it waited, it was there before
+        (found, or its answer lost), as no start of the id made since in this engine made it.
+        (Known by what this engine did, not by comparing times: another process's clock, or
+        this one stepped back, would say otherwise.)"""
+        return created_at in self.created_ats or self.cancel_owed is not None and created_at not in self.newer
 
     def cancels_its_run(self) -> bool:
         """Whether the run this store makes is cancelled as it is made, before its first step:

@@ -74,7 +74,8 @@ class EnginePortal:
         self._run = run
         self._clock = clock
         self._engine = engine
-        self._restarting = trio.Lock()
+        #: Held by a restart and by the block's exit, each done in turn; a call waits for them.
+        self._turns = trio.Lock()
 
     @overload
     def call(self, fn: Callable[[Engine], Awaitable[T]]) -> T: ...
@@ -133,6 +134,8 @@ class EnginePortal:
         stuck = finished = False
         error: BaseException | None = None
         result: Any = None
+        async with self._turns:  # (a restart under way from another thread: its engine, once open)
+            engine = self._engine
         try:
             async with trio.open_nursery() as nursery:
                 async def watch() -> None:
@@ -144,7 +147,7 @@ class EnginePortal:
 
                 nursery.start_soon(watch)
                 try:
-                    result = fn(self._engine)
+                    result = fn(engine)
                     if inspect.isawaitable(result):
                         result = await result
                 except BaseException as exc:  # (raised below, once the engine has settled)
@@ -171,14 +174,26 @@ class EnginePortal:
         return result  # type: ignore[no-any-return]
 
     async def _restart(self, downtime: float) -> None:
-        async with self._restarting:  # (two threads' restarts: one after the other, both return)
+        async with self._turns:  # (two threads' restarts: one after the other, both return)
             run = self._run
+            if run.left:
+                raise EngineClosedError("the engine_portal's block has ended: its engine is closed")
             assert run.stop is not None
             reopened = run.reopened = trio.Event()
             run.reopens_at = trio.current_time() + downtime
             run.stop.set()
             await reopened.wait()
             await self._settle()
+
+    async def _leave(self) -> None:
+        """The block is left: the engine closes, and no other opens (a restart under way from
+        another thread first ends; one asked after this is refused)."""
+        async with self._turns:
+            run = self._run
+            run.left = True
+            run.reopened = None
+            assert run.stop is not None
+            run.stop.set()
 
     async def _settle(self) -> None:
         """Return once every other task is blocked and no storage thread works for one: a task
@@ -284,13 +299,13 @@ def engine_portal(
     try:
         yield handed[0]
     finally:
-        run.left = True
         if run.thread.is_alive():
-            run.reopened = None  # (no engine follows)
             try:
-                trio.from_thread.run_sync(run.stop.set, trio_token=run.token)  # type: ignore[union-attr]
-            except trio.RunFinishedError:
+                # In the run's own thread, in turn with restarts (no engine follows).
+                trio.from_thread.run(handed[0]._leave, trio_token=run.token)
+            except (trio.RunFinishedError, trio.Cancelled):
                 pass  # (it ended meanwhile)
+        run.left = True
         run.thread.join()
         if run.failed is not None:
             raise run.failed
