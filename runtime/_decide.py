@@ -65,7 +65,8 @@ def passed_on(state: InstanceState, lane: Lane, key: str, item: Any) -> tuple[An
     own) passes on: ``(output, seq of the record holding it)``. Its lane's last output; first
     in its lane, the lane's input, as Amazon States Language has it: the workflow input on the
     main line, the item in a map item, and in a parallel step's branch what the lane running
-    the parallel step had (``None`` for the seq: the value is stored with the record)."""
+    the parallel step had: the seq of its record, or ``None`` where the value has no record
+    to refer to (the workflow input, a map item's item: stored again with the record)."""
     if lane.last is not None:
         return state.records[lane.last].output, lane.last
     if key == MAIN:
@@ -75,7 +76,7 @@ def passed_on(state: InstanceState, lane: Lane, key: str, item: Any) -> tuple[An
     outer = outer_lane(state, key)
     if outer is None:
         return None, None
-    return passed_on(state, outer[1], outer[0], item)[0], None
+    return passed_on(state, outer[1], outer[0], item)
 
 
 def recorded_failure(record: StepResult, step: Step, instance_id: str, *,
