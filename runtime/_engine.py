@@ -505,10 +505,12 @@ class Engine:
             instance_id = new_instance_id()
         else:
             check_given_instance_id(instance_id)
+        waited: _Storing | None = None
         while (storing := self._storing.get(instance_id)) is not None and storing is not held:
             # Another ``start`` of this id is storing it: its outcome decides this one's.
             check_same_workflow(instance_id, storing.workflow_name, workflow_name)
             await storing.wait()
+            waited = storing
             self._check_open()  # (closed meanwhile: see _close)
         live = self._live.get(instance_id)
         if live is not None:
@@ -542,10 +544,19 @@ class Engine:
         if reserved:
             self._running += 1
         # (Held since before its parent's write that lists it, for a child: see _hold_start.)
-        storing = self._storing[instance_id] = storing or _Storing(workflow_name, instance_id)
+        if storing is None:
+            storing = self._storing[instance_id] = _Storing(workflow_name, instance_id)
+            if waited is not None and waited.cancel_owed is not None:
+                # A retry of a start that a cancel() said yes to as it waited, made while that
+                # start stored: what it stores is cancelled too (README), whatever the order in
+                # which the owed cancel and this retry run now.
+                storing.cancel_owed, storing.created_ats = waited.cancel_owed, list(waited.created_ats)
+        else:
+            self._storing[instance_id] = storing
         storing.created_ats.append(state.created_at)
         for owed in self._owing.get(instance_id, ()):
-            owed.newer.append(state.created_at)
+            if owed is not waited:  # (not the one it retries: see above)
+                owed.newer.append(state.created_at)
         try:
             try:
                 if parent is not None and self._adapter_keeps_families:
@@ -756,8 +767,10 @@ class Engine:
             await self._resumes_settled.wait()
         async def attempt() -> None:
             again = self._storing.get(instance_id)
-            # (One of another workflow being started is not a retry: not handed on to.)
-            if again is not None and again.workflow_name == owed.workflow_name:
+            # Handed on to a retry made while the store was under way, or a child step's next
+            # try, which carry it already; not to a start of the id made since (nor one of
+            # another workflow).
+            if again is not None and again.workflow_name == owed.workflow_name and again.cancel_owed is not None:
                 again.cancel_owed = owed.cancel_owed if again.cancel_owed is None else again.cancel_owed
                 again.created_ats.extend(owed.created_ats)
                 again.newer.extend(owed.newer)
@@ -2756,8 +2769,10 @@ class _Storing:
 
     def cancels_its_run(self) -> bool:
         """Whether the run this store makes is cancelled as it is made, before its first step:
-        a ``cancel()`` waits for the store, or a child's parent step was cut meanwhile."""
-        return self.cancel_wanted or (self.cut_at < math.inf and self.cut_at <= trio.current_time())
+        a ``cancel()`` waits for the store (or said yes as it waited, for it or the start it
+        retries), or a child's parent step was cut meanwhile."""
+        return self.cancel_wanted or self.cancel_owed is not None or (
+            self.cut_at < math.inf and self.cut_at <= trio.current_time())
 
     async def wait(self) -> None:
         if self._ended:

@@ -1,10 +1,12 @@
 """From an adversarial re-review of 53c927f (a wait first in its lane passes the lane's input
 on; execute_workflow refuses child steps; build() refuses pass/choice loops nothing can leave).
 The branch case failed until the commit that added this file; the main line's is a strict xfail
-naming the limit left; the last test guards the loop check against refusing loops with a way out."""
+naming the limit left; then a guard of the loop check against refusing loops with a way out,
+and one of references across lanes in a loop, across crashes."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 import trio
 
 import trioflow as tf
-from trioflow.testing import open_test_engine
+from trioflow.testing import explore_crashes, open_test_engine
 
 BIG = "x" * 1_000_000  # (1 MB of text: a document, a batch, an image as base64)
 
@@ -97,3 +99,36 @@ def test_build_accepts_loops_of_pass_and_choice_steps_with_a_way_out() -> None:
         "bc", choices=[tf.when(yes, next="bp"), tf.when(yes, next="be")], default="bp").pass_("be", end=True).build()]).build()
     tf.workflow("catch-out").step("t", lambda ctx: 1, catch=[tf.Catch(errors=[tf.ALL], next="gone")]).pass_(
         "p", next="t").succeed("gone").build()
+
+
+async def test_guard_a_loop_that_runs_the_parallel_step_again_refers_to_each_executions_own_output(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """(A guard, from a re-review of the commit that refers across lanes: what such a reference
+    makes fragile.) A loop
+    runs a parallel step three times, each after a task with a different output; the pass and
+    wait steps first in its branches must pass on that execution's output, with a crash at any
+    write (SQLite, a fresh engine resuming), as execute_workflow (no storage) does."""
+    def branch(b: str, first: str) -> tf.Branch:
+        start = tf.branch(b)
+        start = start.pass_(f"{b}-first") if first == "pass" else start.wait(f"{b}-first", seconds=5)
+        return start.step(f"{b}-s", lambda ctx, b=b: ctx.steps[f"{b}-first"]).build()
+
+    wf = (tf.workflow("loop-fan").step("load", lambda ctx: {"n": ctx.get("i", 0)})
+          .parallel("fan", branches=[branch("x", "pass"), branch("y", "wait")])
+          .step("inc", lambda ctx: ctx.set("i", ctx.get("i", 0) + 1))
+          .choice("again", choices=[tf.when(lambda ctx: ctx.get("i") < 3, next="load")], default="done")
+          .succeed("done").build())
+    plain = await tf.execute_workflow(None, wf, None)
+    assert plain.success
+    files = itertools.count()
+    report = await explore_crashes(
+        wf, None, adapter_factory=lambda: tf.adapters.SQLiteAdapter(str(tmp_path / f"{next(files)}.db")))
+    assert report.baseline.status == "completed"
+    async with open_test_engine() as engine:
+        engine.register(wf)
+        done = await engine.wait(await engine.start(wf.name, None))
+    fans = [r.output for r in done.history if r.step_name == "fan"]
+    assert fans == [{"x": {"n": n}, "y": {"n": n}} for n in range(3)]
+    firsts = [(r.step_name, r.output) for r in done.history if r.step_name.endswith("-first")]
+    assert sorted(firsts, key=lambda f: (f[1]["n"], f[0])) == [
+        (name, {"n": n}) for n in range(3) for name in ("x-first", "y-first")]

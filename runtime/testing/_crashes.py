@@ -262,7 +262,7 @@ async def explore_crashes(
                         sent += 1
                     instance = await _end_or_never(engine, signals, fault_free=crash_after is None)
                     children = await _children(engine, instance, bool(also))
-                    data = await _shared_data(engine, INSTANCE_ID)
+                    data = await _shared_data(engine, [INSTANCE_ID, *children])
         except Exception:
             # What a process that has died raised on its way down (a wait() that saw its
             # instance stop, an adapter call the crash cut short) is nobody's outcome.
@@ -280,10 +280,11 @@ async def explore_crashes(
                     await engine.signal(INSTANCE_ID, name, payload)
                 instance = await _end_or_never(engine, signals, fault_free=False)
                 children = await _children(engine, instance, bool(also))
-                data = await _shared_data(engine, INSTANCE_ID)
+                data = await _shared_data(engine, [INSTANCE_ID, *children])
         before, after = _by_instance(before_crash), _by_instance(counter.counts)
         outcome = _outcome(instance, before, after, {
-            child_id: _outcome(child, before, after) for child_id, child in children.items()}, data)
+            child_id: _outcome(child, before, after, data=data[child_id]) for child_id, child in children.items()},
+            data[INSTANCE_ID])
         failed_check = None
         if after_run is not None:
             try:
@@ -564,10 +565,13 @@ def _by_instance(counts: collections.Counter[tuple[str, str]]) -> dict[str, dict
     return out
 
 
-async def _shared_data(engine: Engine, instance_id: str) -> dict[str, Any]:
-    """The shared data the instance's row holds (an instance's view does not show it)."""
-    stored = await engine.adapter.load(instance_id)
-    return {} if stored is None else dict(decode_stored(stored).data)
+async def _shared_data(engine: Engine, instance_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The shared data each instance's row holds (an instance's view does not show it)."""
+    data = {}
+    for instance_id in instance_ids:
+        stored = await engine.adapter.load(instance_id)
+        data[instance_id] = {} if stored is None else dict(decode_stored(stored).data)
+    return data
 
 
 def _outcome(
