@@ -355,9 +355,11 @@ def _check_can_leave(owner: str, steps: Sequence[Step]) -> None:
             if i not in leaves:
                 leaves.add(i)
                 todo.append(i)
-    for i, step in enumerate(steps):
-        if i not in leaves:
-            raise DefinitionError(
-                f"{owner}, step {step.name!r}: a loop of pass and choice steps that nothing can leave (each goes on"
-                " to another of it, whatever its conditions say, and none ends, fails, waits or does work): it would"
-                " run for ever")
+    stuck_in = [step.name for i, step in enumerate(steps) if i not in leaves]
+    if stuck_in:
+        raise DefinitionError(
+            f"{owner}, step {stuck_in[0]!r}: "
+            + (f"with {', '.join(map(repr, stuck_in[1:]))}, never reaches" if stuck_in[1:] else "never reaches")
+            + " an end: a loop of pass and choice steps that nothing can leave (each goes on to another,"
+            " whatever its conditions say, and none ends, fails, waits or does work), which would run for ever;"
+            " give a choice a rule or a default that leads out, or put a task, wait or end step in it")
