@@ -510,7 +510,8 @@ class Engine:
             # Another ``start`` of this id is storing it: its outcome decides this one's.
             check_same_workflow(instance_id, storing.workflow_name, workflow_name)
             await storing.wait()
-            waited = storing
+            if storing.cancel_owed is not None or waited is None:
+                waited = storing  # (one owed a cancel is kept: another start may store between)
             self._check_open()  # (closed meanwhile: see _close)
         live = self._live.get(instance_id)
         if live is not None:
@@ -626,6 +627,11 @@ class Engine:
                     else:
                         check_same_start(instance_id, found, workflow_name, input, parent)
                         storing.created_ats.append(found.created_at)  # (the instance this start stands for)
+                        for owed in self._owing.get(instance_id, ()):
+                            if owed is not storing and owed.made_it(found.created_at):
+                                # The instance a cancel() said yes to, its owed cancel under
+                                # way: cancelled as it is taken up, not once its run has begun.
+                                storing.cancel_owed = owed.cancel_owed
                         # This engine's own row: a child's (its id is new), or stored by an
                         # earlier try of this start whose answer was lost (its creation time).
                         ours = ours or found.created_at in tried
@@ -784,6 +790,10 @@ class Engine:
             else:
                 created_at = run.state.created_at
             if owed.made_it(created_at):
+                if run is None and (self._closed or self._actors_stopped):
+                    # Closed as it read the row: the cancel goes into the row, for the next engine.
+                    await self._store_cancel_in_its_row(owed)
+                    return
                 self._check_open()
                 await self._cancel(instance_id)
 

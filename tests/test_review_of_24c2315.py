@@ -5,7 +5,8 @@ hold's owed cancel to the next hold).
 
 Each test failed on 24c2315, one per distinct bug. The second and third are fixed by the
 commit that added this file (a hold let go of for now runs its owed cancel then too, and the
-next hold still takes the debt on); the first is a strict xfail naming a limit left as it is.
+next hold still takes the debt on); the first was a strict xfail naming a limit, until December
+7th (see its docstring).
 All run on trio's MockClock with adapter wrappers, no real sleeps.
 
 1. an owed cancel waiting (unbounded, before its bound) for a resume that has nothing to do
@@ -36,10 +37,6 @@ from test_review_of_9a5f967 import SlowLostCreateOfXAndSlowSignalReadOfParked
 # -- 1. an owed cancel that waits for an unrelated resume is lost when the engine closes -----------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, left (December 6th): an owed cancel waits for the resumes under way (one could take "
-    "the instance up going forward over it), all of them; an engine that closes first leaves the "
-    "instance as last stored, as README says of a decision not stored by then"))
 async def test_an_owed_cancel_waiting_for_an_unrelated_resume_is_lost_when_the_engine_closes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -58,8 +55,10 @@ async def test_an_owed_cancel_waiting_for_an_unrelated_resume_is_lost_when_the_e
     resume under way, the unrelated 200 s one included. The engine closes normally at 80 s:
     the resume is cancelled, the owed cancel goes on, meets ``_check_open()`` and only logs
     "could not be cancelled: the engine is closed". "x" was never cancelled in storage though
-    storage could take the decision for 60 s: the next engine runs it to ``completed``. (The
-    same test without ``engine.register(PARKER)``, no resume under way, ends ``cancelled``.)"""
+    storage could take the decision for 60 s: the next engine ran it to ``completed``. (The
+    same test without ``engine.register(PARKER)``, no resume under way, ends ``cancelled``.)
+    A strict xfail until December 7th: an owed cancel that meets the close now stores the
+    cancel in the row, for the next engine (tests/test_review_of_owed_cancels_in_any_order.py)."""
     adapter = SlowLostCreateOfXAndSlowSignalReadOfParked()
     await leave_parked(adapter)
     adapter.slow_signals = True

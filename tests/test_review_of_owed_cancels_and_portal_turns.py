@@ -210,10 +210,12 @@ def test_portal_restart_from_another_thread_as_the_block_is_left_does_not_hang_t
         except tf.EngineClosedError:
             outcome["restart"] = "EngineClosedError"
 
+    restarting = threading.Thread(target=restarter, daemon=True)
+
     def block() -> None:
         with engine_portal(setup=setup) as portal:
             holder.append(portal)
-            threading.Thread(target=restarter, daemon=True).start()
+            restarting.start()
             in_second.wait(20)
             leaving.set()
         outcome["block"] = "left"
@@ -222,6 +224,7 @@ def test_portal_restart_from_another_thread_as_the_block_is_left_does_not_hang_t
     thread.start()
     thread.join(20)
     assert outcome.get("block") == "left", f"leaving the portal's block hangs: {outcome}"
+    restarting.join(20)  # (it returns as the block's exit does: its thread notes it just after)
     assert outcome.get("restart") in ("returned", "EngineClosedError"), outcome
 
 
