@@ -17,6 +17,8 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import open_test_engine
 
+from slow_starts import SlowStarts, card, noting
+
 STORE = 15.0  # storing the instance takes longer than cancel()'s CANCEL_STORE_WAIT (10 s)
 
 
@@ -37,12 +39,7 @@ class _SlowCreateAnswerLost(tf.adapters.MemoryAdapter):
 async def _start_then_cancel(engine: tf.Engine, nursery: trio.Nursery, said: list[Any], close_at: float) -> None:
     """``start("card", "x", instance_id="c")`` in ``nursery``, ``cancel("c")`` 0.1 s later,
     each noting in ``said`` what it returned (or its error's name); returns at ``close_at``."""
-    async def call(fn: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            said.append(await fn(*args, **kwargs))
-        except tf.TrioflowError as exc:
-            said.append(type(exc).__name__)
-
+    call = noting(said)
     nursery.start_soon(functools.partial(call, engine.start, "card", "x", instance_id="c"))
     await trio.sleep(0.1)
     nursery.start_soon(call, engine.cancel, "c")
@@ -160,30 +157,6 @@ def test_a_cancel_said_while_a_retried_start_finds_its_earlier_row_is_honoured_a
 
 
 
-class _SlowSecondStore(tf.adapters.MemoryAdapter):
-    """Once ``slow`` is set, storing a start takes 15 s; with ``lose``, the driver then raises
-    after the write (the connection dropped on the reply)."""
-
-    slow = False
-    lose = False
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
-        if self.slow:
-            await trio.sleep(STORE)
-        created = await super().create(instance_id, *args, **kwargs)
-        if self.lose:
-            raise tf.StorageUnavailableError("connection lost before the answer")
-        return created
-
-
-def _card(log: list[str]) -> tf.WorkflowDefinition:
-    async def charge(ctx: Any) -> str:
-        log.append("charge")
-        return "charged"
-
-    return tf.workflow("card").step("charge", charge).build()
-
-
 async def _delayed(engine: tf.Engine) -> None:
     """A service stored card "c" to charge later (a delayed start), then stopped."""
     await engine.start("card", "x", instance_id="c", delay=1000)
@@ -197,13 +170,13 @@ def _cancel_while_an_idempotent_start_is_stored(
     takes 15 s (``lose``: its answer lost), cancelled at 0.1 s, closed at ``close_at``; a
     third engine resumes it. ``wf`` (the card workflow if not given) logs into the list."""
     log: list[str] = []
-    card = _card(log) if wf is None else wf
-    one = _SlowSecondStore()
+    workflow = card(log) if wf is None else wf
+    one = SlowStarts()
     said: list[Any] = []
 
     async def main() -> Any:
         async with open_test_engine(adapter=one) as engine:
-            engine.register(card)
+            engine.register(workflow)
             await stored(engine)
         one.slow, one.lose = True, lose
         async with trio.open_nursery() as nursery:
@@ -211,11 +184,11 @@ def _cancel_while_an_idempotent_start_is_stored(
             # starts "c" again (idempotent: the same workflow and input), storage is slow,
             # and the customer cancels "c" meanwhile.
             async with open_test_engine(adapter=one, resume=False) as engine:
-                engine.register(card)
+                engine.register(workflow)
                 await _start_then_cancel(engine, nursery, said, close_at)
         one.slow = one.lose = False
         async with open_test_engine(adapter=one) as engine:
-            engine.register(card)
+            engine.register(workflow)
             with trio.fail_after(5000):
                 return await engine.wait("c")
 

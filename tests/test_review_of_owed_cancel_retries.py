@@ -14,6 +14,8 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import CrashDivergenceError, explore_crashes, open_test_engine, run
 
+from slow_starts import noting
+
 STORE = 15.0  # storing a start takes longer than cancel()'s 10 s wait
 
 
@@ -66,12 +68,7 @@ def test_start_made_after_the_store_was_over_is_not_cancelled_whatever_the_sched
     card = tf.workflow("card").step("charge", charge).build()
     storage = _Storage()
     said: list[Any] = []
-
-    async def call(fn: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            said.append(await fn(*args, **kwargs))
-        except tf.TrioflowError as exc:
-            said.append(type(exc).__name__)
+    call = noting(said)
 
     async def main() -> Any:
         storage.slow_create = storage.fail_create = True

@@ -15,32 +15,9 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import engine_portal, open_test_engine
 
+from slow_starts import SlowStarts, card, noting
+
 T0 = 1_800_000_000.0
-STORE = 15.0  # storing the start takes longer than cancel()'s CANCEL_STORE_WAIT (10 s)
-
-
-class _SlowStore(tf.adapters.MemoryAdapter):
-    """Once ``slow`` is set, storing a start takes 15 s; with ``lose``, the driver then raises
-    after the write (the connection dropped on the reply)."""
-
-    slow = False
-    lose = False
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
-        if self.slow:
-            await trio.sleep(STORE)
-        created = await super().create(instance_id, *args, **kwargs)
-        if self.lose:
-            raise tf.StorageUnavailableError("connection lost before the answer")
-        return created
-
-
-def _card(log: list[str]) -> tf.WorkflowDefinition:
-    async def charge(ctx: Any) -> str:
-        log.append("charge")
-        return "charged"
-
-    return tf.workflow("card").step("charge", charge).build()
 
 
 @pytest.mark.parametrize("close_at", [12.0, 30.0], ids=["closed-before-the-store-ends", "open-throughout"])
@@ -59,36 +36,32 @@ def test_owed_cancel_of_a_row_from_before_is_honoured_when_the_next_process_cloc
     ``_store_cancel_in_its_row``); the old row's creation time was later than this process's
     clock at the cancel, so nothing was cancelled and the next engine charged the card."""
     log: list[str] = []
-    card = _card(log)
-    one = _SlowStore()
+    wf = card(log)
+    one = SlowStarts()
     said: list[Any] = []
     back = {"by": 0.0}
 
     def clock() -> float:
         return T0 + trio.current_time() - back["by"]
 
-    async def call(fn: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            said.append(await fn(*args, **kwargs))
-        except tf.TrioflowError as exc:
-            said.append(type(exc).__name__)
+    call = noting(said)
 
     async def main() -> Any:
         async with open_test_engine(adapter=one, clock=clock) as engine:
-            engine.register(card)
+            engine.register(wf)
             await engine.start("card", "x", instance_id="c", delay=1000)
         back["by"] = 60.0  # the next process's wall clock is a minute behind
         one.slow = one.lose = True
         async with trio.open_nursery() as nursery:
             async with open_test_engine(adapter=one, resume=False, clock=clock) as engine:
-                engine.register(card)
+                engine.register(wf)
                 nursery.start_soon(functools.partial(call, engine.start, "card", "x", instance_id="c"))
                 await trio.sleep(0.1)
                 nursery.start_soon(call, engine.cancel, "c")
                 await trio.sleep(close_at - 0.1)
         one.slow = one.lose = False
         async with open_test_engine(adapter=one, clock=clock) as engine:
-            engine.register(card)
+            engine.register(wf)
             with trio.fail_after(5000):
                 return await engine.wait("c")
 
@@ -98,7 +71,7 @@ def test_owed_cancel_of_a_row_from_before_is_honoured_when_the_next_process_cloc
     assert done.status == "cancelled"
 
 
-class _FailsTheOwedCancelsRead(_SlowStore):
+class _FailsTheOwedCancelsRead(SlowStarts):
     """Once ``fail_loads`` is set, the next read of ``c`` fails (a transient storage error)."""
 
     fail_loads = 0
@@ -124,24 +97,19 @@ def test_owed_cancel_is_not_dropped_for_good_by_one_failed_read_while_the_engine
     and the cancel dropped, nothing retried nor kept: the next engine charged the card and
     completed ``c``."""
     log: list[str] = []
-    card = _card(log)
+    wf = card(log)
     one = _FailsTheOwedCancelsRead()
     said: list[Any] = []
-
-    async def call(fn: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            said.append(await fn(*args, **kwargs))
-        except tf.TrioflowError as exc:
-            said.append(type(exc).__name__)
+    call = noting(said)
 
     async def main() -> Any:
         async with open_test_engine(adapter=one) as engine:
-            engine.register(card)
+            engine.register(wf)
             await engine.start("card", "x", instance_id="c", delay=1000)
         one.slow = one.lose = True
         async with trio.open_nursery() as nursery:
             async with open_test_engine(adapter=one, resume=False) as engine:
-                engine.register(card)
+                engine.register(wf)
                 nursery.start_soon(functools.partial(call, engine.start, "card", "x", instance_id="c"))
                 await trio.sleep(0.1)
                 nursery.start_soon(call, engine.cancel, "c")
@@ -151,7 +119,7 @@ def test_owed_cancel_is_not_dropped_for_good_by_one_failed_read_while_the_engine
         one.slow = one.lose = False
         one.fail_loads = 0
         async with open_test_engine(adapter=one) as engine:
-            engine.register(card)
+            engine.register(wf)
             with trio.fail_after(5000):
                 return await engine.wait("c")
 
