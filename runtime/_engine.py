@@ -431,7 +431,7 @@ class Engine:
             return None
         held = self._storing[instance_id] = _Storing(workflow_name, instance_id)
         if isinstance(before, _Storing):
-            held.cancel_owed, held.created_ats = before.cancel_owed, list(before.created_ats)
+            held.cancel_owed, held.created_ats, held.newer = before.cancel_owed, list(before.created_ats), list(before.newer)
             held.cut_at = before.cut_at
         return held
 
@@ -790,18 +790,19 @@ class Engine:
             else:
                 created_at = run.state.created_at
             if owed.made_it(created_at):
-                if run is None and (self._closed or self._actors_stopped):
-                    # Closed as it read the row: the cancel goes into the row, for the next engine.
-                    await self._store_cancel_in_its_row(owed)
-                    return
                 self._check_open()
                 await self._cancel(instance_id)
 
         with trio.CancelScope(shield=True, deadline=trio.current_time() + 2 * CANCEL_STORE_WAIT) as bounded:
             try:
                 # (Storage that fails a moment must not drop a cancel a caller was told is made.)
-                await retried(attempt, retry_for=self._storage_retry_for, what=f"cancelling {instance_id}",
-                              instance_id=instance_id)
+                try:
+                    await retried(attempt, retry_for=self._storage_retry_for, what=f"cancelling {instance_id}",
+                                  instance_id=instance_id)
+                except EngineClosedError:
+                    # Closed as it read, waited or wrote: the cancel goes into the row, for the
+                    # next engine, as a decision stored as the engine closes.
+                    await self._store_cancel_in_its_row(owed)
             except TrioflowError as exc:
                 log.warning("instance %s, cancelled while it was stored, could not be cancelled: %s", instance_id,
                             describe_error(exc), extra={"instance_id": instance_id})
