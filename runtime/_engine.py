@@ -801,8 +801,8 @@ class Engine:
                                   instance_id=instance_id)
                 except EngineClosedError:
                     # Closed as it read, waited or wrote: the cancel goes into the row, for the
-                    # next engine, as a decision stored as the engine closes.
-                    await self._store_cancel_in_its_row(owed)
+                    # next engine, as a decision stored as the engine closes (within this bound).
+                    await self._store_cancel_in_its_row(owed, bounded.deadline)
             except TrioflowError as exc:
                 log.warning("instance %s, cancelled while it was stored, could not be cancelled: %s", instance_id,
                             describe_error(exc), extra={"instance_id": instance_id})
@@ -1871,24 +1871,24 @@ class Engine:
             return True
         return False
 
-    async def _store_cancel_as_made(self, state: InstanceState) -> bool:
+    async def _store_cancel_as_made(self, state: InstanceState, until: float = math.inf) -> bool:
         """An instance just stored (or its row read back), whose run was to be cancelled as it
         was made (see ``_Storing.cancels_its_run``: a child whose parent's step was cut, one a
         ``cancel()`` waited for), as the engine closes: no run is made here, so the cancel is
         stored in it, and the next engine ends it cancelled rather than run its next step (its
         parent, taken up compensating, would only cancel it once that step had run). Whether it
-        was stored."""
+        was stored. ``until``: when a caller's own bound ends, if before this one's."""
         _decide_cancel(state, self._clock())
         header, records, first_seq, start, _ = take_changes(state)
         failure: str | None = None
         try:
             # The engine is closing: shielded, as the store before it, for a bounded time (storage
             # that does not answer must not hold the close for ever), as any decision stored then.
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + DECISION_TIMEOUT) as bounded:
+            with trio.CancelScope(shield=True, deadline=min(trio.current_time() + DECISION_TIMEOUT, until)) as bounded:
                 await self.adapter.checkpoint(state.instance_id, state.status, header, records, first_seq=first_seq,
                                               start=start, wake_at=None)
             if bounded.cancelled_caught:
-                failure = f"storage did not answer in {DECISION_TIMEOUT:g} s"
+                failure = "storage did not answer in time"
         except StorageError as exc:
             failure = describe_error(exc)
         if failure is None:
@@ -1898,21 +1898,23 @@ class Engine:
                     extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
         return False
 
-    async def _store_cancel_in_its_row(self, storing: _Storing) -> bool:
+    async def _store_cancel_in_its_row(self, storing: _Storing, until: float = math.inf) -> bool:
         """:meth:`_store_cancel_as_made` for a start whose answer was lost, or that found a row
         stored before, as the engine closes: its row, read again, if one of its tries made it (by
         its creation time), or it was there when a ``cancel()`` that waited for the store said
-        yes. Whether the cancel was stored."""
+        yes. Whether the cancel was stored. The read and the write share one bound, ``until`` if
+        that comes first (a caller's own)."""
         instance_id = storing.instance_id
         tried = self._unanswered.get(instance_id, _NO_TRIES)
         failure: str | None = None
         stored = None
+        until = min(trio.current_time() + DECISION_TIMEOUT, until)
         try:
-            # (Bounded and shielded as the write after it: see there.)
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + DECISION_TIMEOUT) as bounded:
+            # (Shielded as the write after it: see there.)
+            with trio.CancelScope(shield=True, deadline=until) as bounded:
                 stored = await self._load_fresh(instance_id)
             if bounded.cancelled_caught:
-                failure = f"storage did not answer in {DECISION_TIMEOUT:g} s"
+                failure = "storage did not answer in time"
             state = None if stored is None or stored.status not in RESUMABLE else _decoded(stored)
         except TrioflowError as exc:  # (storage failing, or a row it cannot read)
             failure = describe_error(exc)
@@ -1924,7 +1926,7 @@ class Engine:
             return False  # not there, or going back already
         if not (state.created_at in tried or storing.made_it(state.created_at)):
             return False  # not this start's, nor there when a cancel() said yes
-        return await self._store_cancel_as_made(state)
+        return await self._store_cancel_as_made(state, until)
 
     async def _cancel_stored(self, instance_id: str, workflow_name: str) -> bool:
         """Store a cancel in an instance that no engine runs here (its workflow is not
