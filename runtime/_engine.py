@@ -465,9 +465,10 @@ class Engine:
                 held.done()
                 # (Also when let go of for now: the next hold takes the debt on, and may be
                 # refused, a resume having taken the child up; the row may be there meanwhile.)
-                if held.cancel_owed is not None and not self._closed:
+                if held.cancel_owed is not None:
                     # A cancel() said yes as it waited for this store: whatever the store made
-                    # of it (a run, queued or not; a row, its answer lost), it is cancelled now.
+                    # of it (a run, queued or not; a row, its answer lost), it is cancelled now;
+                    # the engine closed, stored in its row for the next (see _owed_cancel_of).
                     # (Beside the actors, as end hooks run: the actors' nursery may be stopping.)
                     with contextlib.suppress(RuntimeError):  # (that nursery closed first)
                         self._start_beside(f"cancel {held.instance_id}", self._owed_cancel, held)
