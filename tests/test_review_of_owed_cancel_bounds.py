@@ -14,57 +14,10 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import open_test_engine
 
-paid: list[float] = []
+from slow_starts import CARD, LostThenSlow, in_scheduling_order, paid
 
 
-async def pay(ctx: Any) -> str:
-    paid.append(trio.current_time())  # (the side effect: a card charged)
-    return "paid"
-
-
-CARD = tf.workflow("card").step("pay", pay).build()
-
-
-class Slow(tf.adapters.MemoryAdapter):
-    """Instance ``"c"``: its first create takes 15 s, writes the row and loses the answer; each
-    read of it takes ``read`` s, each checkpoint of it ``write`` s (both under the engine's
-    10 s DECISION_TIMEOUT). ``fast()`` makes storage quick again (the next service's)."""
-
-    def __init__(self, read: float, write: float) -> None:
-        super().__init__()
-        self.read, self.write, self.lost = read, write, False
-
-    def fast(self) -> None:
-        self.read = self.write = 0.0
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
-        if instance_id != "c" or self.lost:
-            return await super().create(instance_id, *args, **kwargs)
-        self.lost = True
-        await trio.sleep(15)
-        await super().create(instance_id, *args, **kwargs)
-        raise tf.StorageUnavailableError("connection dropped after the write")
-
-    async def load(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
-        if instance_id == "c":
-            await trio.sleep(self.read)
-        return await super().load(instance_id, *args, **kwargs)
-
-    async def checkpoint(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
-        if instance_id == "c":
-            await trio.sleep(self.write)
-        return await super().checkpoint(instance_id, *args, **kwargs)
-
-
-def _seeded(seed: int) -> None:
-    import trio._core._run as trio_run
-
-    if not hasattr(trio_run, "_r"):
-        pytest.skip("trio's scheduler keeps its random order elsewhere in this release")
-    trio_run._r.seed(seed)
-
-
-async def _service(storage: Slow, close_at: float, said: list[Any]) -> float:
+async def _service(storage: LostThenSlow, close_at: float, said: list[Any]) -> float:
     """A client starts ``c`` (answer lost at 15 s), an operator's ``cancel("c")`` at 0.1 s says
     True at 10.1 s, the service shuts down at ``close_at``. When its engine block was over."""
     async with trio.open_nursery() as callers:
@@ -102,10 +55,10 @@ def test_the_owed_cancels_fallback_holds_the_close_past_its_own_20_s_bound(seed:
     owed cancel's own deadline: fa13ec7's fallback ``_store_cancel_in_its_row`` ran its read
     and its write each in a *shielded* scope of its own (DECISION_TIMEOUT each), which the
     outer 20 s scope could not cut."""
-    _seeded(seed)
+    in_scheduling_order(seed)
 
     async def main(said: list[Any]) -> float:
-        storage = Slow(read=9, write=9)
+        storage = LostThenSlow(read=9, write=9)
         return await _service(storage, 15.5, said)
 
     said: list[Any] = []
@@ -132,10 +85,10 @@ def test_an_owed_cancel_on_storage_within_its_bounds_is_not_dropped(close_at: fl
     ``_reread_old_row``, which finds it still going forward and resumes it: ``pay`` runs at 38 s
     in the very engine whose ``cancel()`` said True (and, closed at 40 s before its end is stored,
     again in the next one); ``c`` ends completed."""
-    _seeded(0)
+    in_scheduling_order(0)
 
     async def main(said: list[Any]) -> str:
-        storage = Slow(read=3, write=8)
+        storage = LostThenSlow(read=3, write=8)
         await _service(storage, close_at, said)
         storage.fast()
         async with open_test_engine(adapter=storage) as engine:  # the service starts again

@@ -14,7 +14,8 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import CrashDivergenceError, explore_crashes, open_test_engine, run
 
-from slow_starts import noting
+from slow_starts import in_scheduling_order, noting
+
 
 STORE = 15.0  # storing a start takes longer than cancel()'s 10 s wait
 
@@ -91,13 +92,9 @@ def test_start_made_after_the_store_was_over_is_not_cancelled_whatever_the_sched
             with trio.fail_after(5000):
                 return await engine.wait("c")
 
-    import trio._core._run as trio_run
-
-    if not hasattr(trio_run, "_r"):
-        pytest.skip("trio's scheduler keeps its random order elsewhere in this release")
     outcomes = {}
     for seed in range(16):
-        trio_run._r.seed(seed)  # (trio's scheduling order, made repeatable)
+        in_scheduling_order(seed)  # (trio's scheduling order, made repeatable)
         log.clear()
         said.clear()
         storage = _Storage()
@@ -246,12 +243,8 @@ def test_a_retry_made_while_the_first_store_was_under_way_is_cancelled_whatever_
             with trio.fail_after(5000):
                 return await engine.wait("c")
 
-    import trio._core._run as trio_run
-
-    if not hasattr(trio_run, "_r"):
-        pytest.skip("trio's scheduler keeps its random order elsewhere in this release")
     for seed in range(8):
-        trio_run._r.seed(seed)  # (trio's scheduling order, made repeatable)
+        in_scheduling_order(seed)  # (trio's scheduling order, made repeatable)
         log.clear()
         said.clear()
         done = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -19,16 +19,9 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import open_test_engine
 
+from slow_starts import CARD, LostThenSlow, in_scheduling_order, paid
+
 SEEDS = range(16)
-paid: list[float] = []
-
-
-async def pay(ctx: Any) -> str:
-    paid.append(trio.current_time())  # (the side effect: a card charged)
-    return "paid"
-
-
-CARD = tf.workflow("card").step("pay", pay).build()
 
 
 class Scripted(tf.adapters.MemoryAdapter):
@@ -66,13 +59,9 @@ async def _call(said: list[Any], label: str, fn: Callable[..., Awaitable[Any]], 
 def _each_seed(main: Callable[[list[Any]], Awaitable[str]]) -> dict[int, Any]:
     """``main(said)`` once per seed: the seeds whose instance did not end ``cancelled`` with
     nothing paid, with what they ended as, paid and were told."""
-    import trio._core._run as trio_run
-
-    if not hasattr(trio_run, "_r"):
-        pytest.skip("trio's scheduler keeps its random order elsewhere in this release")
     wrong = {}
     for seed in SEEDS:
-        trio_run._r.seed(seed)
+        in_scheduling_order(seed)
         paid.clear()
         said: list[Any] = []
         status = trio.run(main, said, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -180,41 +169,14 @@ def test_a_retry_made_meanwhile_stays_cancelled_when_another_start_stored_in_bet
 # -- the engine closing while an owed cancel is under way (a further re-review, of 4981ae1) -----
 
 
-class SlowAndLost(tf.adapters.MemoryAdapter):
-    """Instance ``"c"``: its first create takes 15 s, stores the row and loses the answer;
-    each read of it takes ``read`` seconds."""
-
-    def __init__(self, read: float) -> None:
-        super().__init__()
-        self.read = read
-        self.lost = False
-
-    async def create(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
-        if instance_id != "c" or self.lost:
-            return await super().create(instance_id, *args, **kwargs)
-        self.lost = True
-        await trio.sleep(15)
-        await super().create(instance_id, *args, **kwargs)
-        raise tf.StorageUnavailableError("connection dropped after the write")
-
-    async def load(self, instance_id: str, *args: Any, **kwargs: Any) -> Any:
-        if instance_id == "c":
-            await trio.sleep(self.read)
-        return await super().load(instance_id, *args, **kwargs)
-
-
 def _play(close_at: float, retry: bool, seeds: range) -> dict[int, Any]:
     """The service: a client starts ``c`` (answer lost at 15 s; ``retry``: it starts it again
     at once), an operator's ``cancel("c")`` at 0.1 s says True at 10.1 s, and the service shuts
     down (its engine block ends) at ``close_at``. Then it starts again and waits for ``c``. The
     seeds whose ``c`` did not end cancelled with nothing paid."""
-    import trio._core._run as trio_run
-
-    if not hasattr(trio_run, "_r"):
-        pytest.skip("trio's scheduler keeps its random order elsewhere in this release")
 
     async def main(said: list[Any]) -> str:
-        storage = SlowAndLost(read=0.5)
+        storage = LostThenSlow(read=0.5)
         async with trio.open_nursery() as callers:  # (the callers outlive the engine block)
             async with open_test_engine(adapter=storage) as engine:
                 engine.register(CARD)
@@ -239,7 +201,7 @@ def _play(close_at: float, retry: bool, seeds: range) -> dict[int, Any]:
 
     wrong = {}
     for seed in seeds:
-        trio_run._r.seed(seed)
+        in_scheduling_order(seed)
         paid.clear()
         said: list[Any] = []
         status = trio.run(main, said, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -18,6 +18,8 @@ import trio.testing
 import trioflow as tf
 from trioflow.testing import open_test_engine
 
+from slow_starts import in_scheduling_order
+
 SEEDS = range(8)
 KID = "p1/c#1"
 log: list[tuple[str, float]] = []
@@ -82,13 +84,9 @@ def _each_seed(plan: tuple[tuple[float, str], ...], close_at: float) -> dict[int
     child at 0.1 s, close the engine at ``close_at`` and run a second engine on the same storage.
     The seeds where the cancel said True but the child did not end cancelled, or a child step
     ran after the cancel said True."""
-    import trio._core._run as trio_run
-
-    if not hasattr(trio_run, "_r"):
-        pytest.skip("trio's scheduler keeps its random order elsewhere in this release")
     wrong = {}
     for seed in SEEDS:
-        trio_run._r.seed(seed)
+        in_scheduling_order(seed)
         log.clear()
         said: list[Any] = []
 
