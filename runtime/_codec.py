@@ -29,6 +29,7 @@ from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeEr
 from ._lanes import MAIN, index_under, item_lane, item_lanes, item_scope
 from ._shared_data import SharedData, held
 from ._snapshot import (
+    PASSES_WORKFLOW_INPUT,
     PHASES,
     RESUMABLE,
     STATUSES,
@@ -797,9 +798,12 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         if not (st in STEP_STATUSES):
             _malformed("step record %d has unknown status %r", seq, st)
         if passes is not None:
-            if not (isinstance(passes, int) and 0 <= passes < seq):
+            if passes == PASSES_WORKFLOW_INPUT and type(passes) is int:
+                s_out = input
+            elif not (isinstance(passes, int) and 0 <= passes < seq):
                 _malformed("step record %d passes on record %r", seq, passes)
-            s_out = state.records[passes].output
+            else:
+                s_out = state.records[passes].output
         record = new_record(
             step_name=step, status=st, input=input if uses_input else s_in, output=s_out, error=s_err,
             started_at=s_start, completed_at=s_end, attempts=attempts,

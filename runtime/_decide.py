@@ -34,7 +34,8 @@ from ._lanes import (
 from ._matching import matches
 from ._shared_data import SharedData
 from ._snapshot import (
-    InstanceState, Lane, Status, StepResult, StepStatus, drop_lane, new_instance_state, new_lane, new_record, outer_lane,
+    PASSES_WORKFLOW_INPUT, InstanceState, Lane, Status, StepResult, StepStatus, drop_lane, new_instance_state, new_lane,
+    new_record, outer_lane,
 )
 
 
@@ -64,13 +65,14 @@ def passed_on(state: InstanceState, lane: Lane, key: str, item: Any) -> tuple[An
     """What a step that passes its input on (a choice, a pass or succeed step without their
     own) passes on: ``(output, seq of the record holding it)``. Its lane's last output; first
     in its lane, the lane's input, as Amazon States Language has it: the workflow input on the
-    main line, the item in a map item, and in a parallel step's branch what the lane running
-    the parallel step had: the seq of its record, or ``None`` where the value has no record
-    to refer to (the workflow input, a map item's item: stored again with the record)."""
+    main line (:data:`PASSES_WORKFLOW_INPUT`), the item in a map item, and in a parallel step's
+    branch what the lane running the parallel step had: the seq of its record, or ``None``
+    where the value has no record to refer to (a map item's item: stored again with the
+    record)."""
     if lane.last is not None:
         return state.records[lane.last].output, lane.last
     if key == MAIN:
-        return state.input, None
+        return state.input, PASSES_WORKFLOW_INPUT
     if item_of(key) is not None:
         return item, None
     outer = outer_lane(state, key)

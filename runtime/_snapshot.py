@@ -38,6 +38,11 @@ RESUMABLE: frozenset[str] = frozenset({"pending", "running"})
 #: for one: a child instance that completed becomes ``compensated`` when its parent compensates it.
 TERMINAL: frozenset[str] = STATUSES - RESUMABLE
 
+#: A record's ``passes`` when what it passes on is the workflow input (a choice, pass or wait
+#: step first on the main line): stored as this reference, not a second copy. Releases before
+#: it refuse such a record as malformed (its row left as stored) rather than misread it.
+PASSES_WORKFLOW_INPUT = -1
+
 #: The compensation errors of an instance with none (shared: see ``InstanceState``).
 NO_ERRORS: Mapping[int, str] = MappingProxyType({})
 
@@ -59,8 +64,9 @@ class StepResult:
     compensation that failed for good, with the same id as that execution and the
     compensation's error (views show it as that execution's ``compensation_error`` instead).
     ``passes`` (the seq of the record whose output this one passed on unchanged: a choice, a
-    pass step) and ``input_is_workflow_input`` say how the record is stored, as a reference
-    rather than a second copy; ``output`` and ``input`` hold the values either way.
+    pass step; :data:`PASSES_WORKFLOW_INPUT` for the workflow input) and
+    ``input_is_workflow_input`` say how the record is stored, as a reference rather than a
+    second copy; ``output`` and ``input`` hold the values either way.
     """
 
     step_name: str
@@ -75,7 +81,8 @@ class StepResult:
     execution: int = 0
     seq: int = -1
     #: The record whose output this one passes on unchanged (a choice, or a pass step without
-    #: transform/result): stored as a reference, not a second copy.
+    #: transform/result), or :data:`PASSES_WORKFLOW_INPUT`: stored as a reference, not a
+    #: second copy.
     passes: int | None = None
     #: Whether ``input`` is the workflow input itself (a task without an ``input=`` mapper):
     #: stored as a flag, not a second copy.

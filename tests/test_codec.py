@@ -38,7 +38,7 @@ from trioflow._decide import (
     record_compensation_failed,
 )
 from trioflow._snapshot import (
-    InstanceState, StepResult, failed_compensation, new_instance_state, new_record, to_instance,
+    PASSES_WORKFLOW_INPUT, InstanceState, StepResult, failed_compensation, new_instance_state, new_record, to_instance,
 )
 
 values = st.recursive(
@@ -96,6 +96,22 @@ def test_pass_through_outputs_and_the_workflow_input_are_stored_by_reference() -
     assert all(len(r) < 200 for r in records[1:]) and len(records[0]) < 10_200
     again = round_trip(state)
     assert again.records[0].input == big and again.records[1].output == {"payload": big}
+
+
+def test_a_record_passing_the_workflow_input_on_refers_to_it() -> None:
+    """A choice, pass or wait step first on the main line passes the workflow input on: its
+    record holds ``PASSES_WORKFLOW_INPUT``, not a copy, and reads back as that input; a
+    reference to no record (below -1, or -1 as another type) is refused, not misread."""
+    big = {"doc": "z" * 10_000}
+    state = new_state(WF, "i", big, 0.0)
+    ran(state, "a", big, "b", passes=PASSES_WORKFLOW_INPUT)
+    assert len(encode_record(state.records[0])) < 200
+    assert round_trip(state).records[0].output == big
+    for wrong in (-2, -1.0):
+        fields = msgpack.unpackb(encode_record(state.records[0]))
+        fields[8] = wrong
+        with pytest.raises(tf.SnapshotDecodeError, match=f"passes on record {wrong!r}"):
+            decode(encode_start(state), encode_header(state), [msgpack.packb(fields)])
 
 
 def test_checkpoint_changes_hold_only_what_is_not_stored() -> None:

@@ -1,7 +1,7 @@
 """From an adversarial re-review of 53c927f (a wait first in its lane passes the lane's input
 on; execute_workflow refuses child steps; build() refuses pass/choice loops nothing can leave).
-The branch case failed until the commit that added this file; the main line's is a strict xfail
-naming the limit left; then a guard of the loop check against refusing loops with a way out,
+The branch case failed until the commit that added this file; the main line's was a strict xfail
+until the commit that stores a reference to the workflow input; then a guard of the loop check against refusing loops with a way out,
 and one of references across lanes in a loop, across crashes."""
 
 from __future__ import annotations
@@ -30,9 +30,6 @@ async def _record_sizes(wf: tf.WorkflowDefinition, input: Any, path: Path) -> tu
     return done, {r.step_name: sizes[r.seq] for r in done.history}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, left (December 7th): a choice, pass or wait step first on the main line (or in a map item)"
-    " stores the workflow input (or its item) again: a record has no reference for it (README, Storage)"))
 @pytest.mark.parametrize("first", ["wait", "pass", "choice"])
 async def test_a_step_first_on_the_main_line_does_not_store_the_workflow_input_again(
         autojump_clock: trio.testing.MockClock, tmp_path: Path, first: str) -> None:
@@ -42,9 +39,10 @@ async def test_a_step_first_on_the_main_line_does_not_store_the_workflow_input_a
     reference, a task without an ``input=`` mapper a flag for 'the workflow input')". They
     expect the first step's record to hold a reference to the stored input, a few dozen bytes.
 
-    Actual: ``passed_on`` (runtime/_decide.py) has no record to refer to for the workflow input,
-    so the record stores a full copy: the input is stored twice (the record of ``w`` is
-    1,000,052 bytes). Since 53c927f a wait first in its lane does so too (before, it stored
+    Was (a strict xfail until the commit that made ``PASSES_WORKFLOW_INPUT``):
+    ``passed_on`` (runtime/_decide.py) had no record to refer to for the workflow input, so
+    the record stored a full copy: the input was stored twice (the record of ``w`` was
+    1,000,052 bytes). Since 53c927f a wait first in its lane did so too (before, it stored
     ``None``)."""
     builder = tf.workflow(f"big-{first}")
     if first == "wait":
@@ -79,6 +77,41 @@ async def test_a_step_first_in_a_branch_refers_to_what_its_parallel_step_started
     assert done.status == "completed"
     assert done.step_results["x-first"].output == {"doc": BIG}
     assert sizes["x-first"] < 10_000 and sizes["y-first"] < 10_000, sizes
+
+
+@pytest.mark.parametrize("first", ["wait", "pass", "choice"])
+async def test_a_reference_to_the_workflow_input_reads_back_after_a_restart_and_at_every_crash(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, first: str) -> None:
+    """(A guard of the reference above.) A step first on the main line that passes the
+    workflow input on, read back from a SQLite file by a new engine: the instance parked in
+    a wait after it resumes, and the next step sees
+    the input as that step's output, its record's output the input; a crash at every write
+    gives the crash-free outcome."""
+    builder = tf.workflow(f"ref-{first}")
+    if first == "wait":
+        builder = builder.wait("w", seconds=1)
+    elif first == "pass":
+        builder = builder.pass_("w")
+    else:
+        builder = builder.choice("w", choices=[tf.when(lambda ctx: True, next="later")])
+    wf = builder.wait("later", seconds=60).step("s", lambda ctx: ctx.steps["w"]["doc"][:3]).build()
+    path = tmp_path / "ref.db"
+    async with open_test_engine(adapter=tf.adapters.SQLiteAdapter(str(path))) as engine:
+        engine.register(wf)
+        iid = await engine.start(wf.name, {"doc": "abc" + "x" * 100})
+        await trio.sleep(5)
+        assert (await engine.get_instance(iid)).waiting is not None
+    async with open_test_engine(adapter=tf.adapters.SQLiteAdapter(str(path))) as engine:
+        engine.register(wf)
+        stored = await engine.get_instance(iid)
+        assert stored.history[0].output == {"doc": "abc" + "x" * 100}
+        done = await engine.wait(iid)
+    assert done.status == "completed" and done.output == "abc", done
+    assert done.history[0].output == done.input
+    files = itertools.count()
+    report = await explore_crashes(
+        wf, {"doc": "abc"}, adapter_factory=lambda: tf.adapters.SQLiteAdapter(str(tmp_path / f"{next(files)}.db")))
+    assert report.baseline.status == "completed" and report.baseline.output == "abc"
 
 
 def test_build_accepts_loops_of_pass_and_choice_steps_with_a_way_out() -> None:
