@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
@@ -22,17 +22,18 @@ from ._definition import (
     FailStep,
     FANNING_OUT,
     Hooks,
+    JobFn,
     MapStep,
     OnError,
     ParallelStep,
     PassStep,
+    OfContext,
     ReceiveStep,
+    SagaCompensation,
     Step,
-    StepFn,
     SucceedStep,
     TaskStep,
     WaitStep,
-    When,
     WorkflowDefinition,
 )
 from ._durations import Seconds, unix_seconds
@@ -42,13 +43,17 @@ from ._lanes import branch_lane, item_lanes, valid_text
 from ._retry import Retry
 from ._validate import check_lane, check_timeout, check_unique_names
 
+if TYPE_CHECKING:
+    from ._context import WorkflowContext
+    from ._snapshot import WorkflowResult
+
 _UNSET: Any = object()
 
 
 def step(
     name: str,
-    execute: StepFn | str,
-    compensate: StepFn | str | None = None,
+    execute: OfContext | str,
+    compensate: SagaCompensation | str | None = None,
     *,
     retry: Retry | None = None,
     timeout: Seconds | None = None,
@@ -85,7 +90,7 @@ def _listed(step_name: str, field: str, value: Any, kind: type[Any], what: str) 
     return tuple(value)
 
 
-def when(condition: Callable[[Any], Any], *, next: str) -> Choice:
+def when(condition: OfContext, *, next: str) -> Choice:
     """A choice rule: go to ``next`` when ``condition(ctx)`` is true."""
     return Choice(condition=condition, next=next)
 
@@ -102,8 +107,8 @@ class _LaneBuilder:
     def step(
         self,
         name: str | TaskStep,
-        execute: StepFn | str | None = None,
-        compensate: StepFn | str | None = None,
+        execute: OfContext | str | None = None,
+        compensate: SagaCompensation | str | None = None,
         *,
         retry: Retry | None = None,
         timeout: Seconds | None = None,
@@ -136,12 +141,12 @@ class _LaneBuilder:
         self,
         name: str,
         *,
-        job: StepFn | str,
-        input: Callable[[Any], Any] | None = None,
-        output: Callable[[Any, Any], Any] | None = None,
+        job: JobFn | str,
+        input: OfContext | None = None,
+        output: Callable[[Any, WorkflowContext], Any] | None = None,
         retry: Retry | None = None,
         timeout: Seconds | None = None,
-        compensate: StepFn | str | None = None,
+        compensate: JobFn | str | None = None,
         catch: Sequence[Catch] | Catch | None = (),
         next: str | None = None,
         end: bool = False,
@@ -185,7 +190,7 @@ class _LaneBuilder:
         self,
         name: str,
         *,
-        items: Callable[[Any], Any],
+        items: OfContext,
         branch: Branch,
         max_concurrency: int | None = None,
         on_error: OnError = "fail-fast",
@@ -211,7 +216,7 @@ class _LaneBuilder:
         name: str,
         *,
         workflow: str,
-        input: Callable[[Any], Any] | None = None,
+        input: OfContext | None = None,
         catch: Sequence[Catch] | Catch | None = (),
         next: str | None = None,
         end: bool = False,
@@ -230,7 +235,7 @@ class _LaneBuilder:
         self,
         name: str,
         *,
-        transform: Callable[[Any], Any] | None = None,
+        transform: OfContext | None = None,
         result: Any = _UNSET,
         next: str | None = None,
         end: bool = False,
@@ -252,7 +257,7 @@ class _LaneBuilder:
         self._steps.append(SucceedStep(name=name, output=output if has_output else None, has_output=has_output))
         return self
 
-    def fail(self, name: str, *, error: str, cause: str | Callable[[Any], Any] = "") -> Self:
+    def fail(self, name: str, *, error: str, cause: str | OfContext = "") -> Self:
         """Add a step that fails its lane with the error name ``error`` and ``cause`` (text, or
         ``cause(ctx)``): the workflow fails and compensates, unless a catch on an enclosing
         parallel step routes the failure."""
@@ -260,8 +265,9 @@ class _LaneBuilder:
         return self
 
     def wait(
-        self, name: str, *, seconds: Seconds | Callable[[Any], Any] | None = None,
-        until: When | datetime | None = None, next: str | None = None, end: bool = False,
+        self, name: str, *, seconds: Seconds | Callable[[WorkflowContext], Seconds] | None = None,
+        until: float | datetime | Callable[[WorkflowContext], float | datetime] | None = None, next: str | None = None,
+        end: bool = False,
     ) -> Self:
         """Add a durable timer: wait ``seconds`` (a number, a ``timedelta``, or a callable of
         ctx giving one) or until ``until`` (Unix seconds, an aware ``datetime``, or a callable
@@ -390,9 +396,26 @@ class WorkflowBuilder(_LaneBuilder):
         self._default_retry = retry
         return self
 
-    def with_hooks(self, **hooks: Callable[..., Any]) -> Self:
-        """Lifecycle hooks: on_start, on_step_complete, on_step_failed, on_compensate,
-        on_complete, on_failed."""
+    if TYPE_CHECKING:
+        # What checkers see: each hook by name, with what it is called with (README, Hooks).
+        def with_hooks(
+            self, *,
+            on_start: Callable[[WorkflowContext], Any] | None = None,
+            on_step_complete: Callable[[str, Any, WorkflowContext], Any] | None = None,
+            on_step_failed: Callable[[str, BaseException, WorkflowContext], Any] | None = None,
+            on_compensate: Callable[[str, WorkflowContext], Any] | None = None,
+            on_complete: Callable[[WorkflowResult], Any] | None = None,
+            on_failed: Callable[[WorkflowResult], Any] | None = None,
+        ) -> Self: ...
+    else:
+        def with_hooks(self, **hooks):
+            """Lifecycle hooks: on_start, on_step_complete, on_step_failed, on_compensate,
+            on_complete, on_failed."""
+            return self._with_hooks(**hooks)
+
+    def _with_hooks(self, **hooks: Callable[..., Any]) -> Self:
+        """:meth:`with_hooks`, taking any name: an unknown one is refused with
+        ``DefinitionError`` (a dict of hooks passed on with ``**`` is checked as it runs)."""
         known = [f.name for f in attrs.fields(Hooks)]
         unknown = sorted(set(hooks) - set(known))
         if unknown:

@@ -7,7 +7,7 @@ of the step that follows it in ``next``, so the runtime never has to work out fa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union
 
 import attrs
 
@@ -18,8 +18,19 @@ from ._lanes import valid_text
 from ._matching import ErrorMatcher, matcher_tuple
 from ._retry import Retry
 
+if TYPE_CHECKING:
+    from ._context import WorkflowContext
+
 #: A step callable: ``async def`` or plain ``def`` (plain ones run in a worker thread).
 StepFn = Callable[..., Any]
+#: What the builder calls with a step's context (a saga step's ``execute``, a condition, a
+#: mapper, a cause, a computed duration): typed so that what user code reads off ``ctx`` is
+#: checked where it is written.
+OfContext: TypeAlias = Callable[["WorkflowContext"], Any]
+#: A saga step's compensation: ``compensate(ctx, result)``.
+SagaCompensation: TypeAlias = Callable[["WorkflowContext", Any], Any]
+#: A task's job, ``job(data)``, and its compensation, ``compensate(output)``.
+JobFn = Callable[[Any], Any]
 OnError = Literal["fail-fast", "wait-all"]
 StepKind = Literal["task", "choice", "parallel", "pass", "succeed", "fail", "wait", "receive", "map", "child"]
 #: Seconds a compensation may take, all attempts together, unless the workflow says otherwise.
@@ -31,7 +42,7 @@ def _callable_is_async(fn: object) -> bool:
     return fn is not None and not isinstance(fn, str) and is_async(fn)
 
 
-def _errors_tuple(value: object) -> tuple[ErrorMatcher, ...]:
+def _errors_tuple(value: ErrorMatcher | tuple[ErrorMatcher, ...] | list[ErrorMatcher]) -> tuple[ErrorMatcher, ...]:
     items = matcher_tuple(value, "Catch.errors")
     if not items:
         raise DefinitionError("Catch.errors must name at least one error (trioflow.ALL catches them all)")

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Gene
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Literal, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar
 
 import attrs
 import trio
@@ -2509,17 +2509,21 @@ class _Opening(AbstractAsyncContextManager[Engine]):
     async def __aexit__(self, *exc: Any) -> bool | None:
         return await self._block.__aexit__(*exc)
 
-    def __await__(self) -> Generator[Any, None, NoReturn]:
-        raise TypeError(_USE_OPEN_ENGINE)
+    if not TYPE_CHECKING:
+        # Here only to say how to use it, as it runs: a checker must not take the block for
+        # something awaitable, a plain context manager, or the engine with its attributes.
+        def __await__(self) -> Generator[Any, None, NoReturn]:
+            raise TypeError(_USE_OPEN_ENGINE)
 
-    def __enter__(self) -> NoReturn:
-        raise TypeError(f"open_engine() needs async with, not with: {_USE_OPEN_ENGINE}")
+        def __enter__(self) -> NoReturn:
+            raise TypeError(f"open_engine() needs async with, not with: {_USE_OPEN_ENGINE}")
 
-    def __exit__(self, *exc: Any) -> None:
-        """(Never reached: ``__enter__`` refuses.)"""
+        def __exit__(self, *exc: Any) -> None:
+            """(Never reached: ``__enter__`` refuses.)"""
 
-    def __getattr__(self, name: str) -> NoReturn:
-        raise AttributeError(f"open_engine() gives the engine's block, not the engine (no {name!r}): {_USE_OPEN_ENGINE}")
+        def __getattr__(self, name: str) -> NoReturn:
+            raise AttributeError(
+                f"open_engine() gives the engine's block, not the engine (no {name!r}): {_USE_OPEN_ENGINE}")
 
 
 _USE_OPEN_ENGINE = "use it as `async with tf.open_engine(...) as engine:` and call engine methods inside the block"

@@ -8,7 +8,7 @@ catch "anything the orchestrator said" in one place, while the builtin mix-ins k
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 class TrioflowError(Exception):
@@ -210,6 +210,11 @@ class ParallelError(ExceptionGroup[BranchError], TrioflowError):
 
     step_name: str
 
+    if TYPE_CHECKING:
+        # Built flat only (``__new__``, ``derive``): its branches' errors, no nested group.
+        @property
+        def exceptions(self) -> tuple[BranchError, ...]: ...
+
     def __new__(cls, step_name: str, errors: Sequence[BranchError]) -> ParallelError:
         self = super().__new__(cls, _parallel_message(step_name, errors), errors)
         self.step_name = step_name
@@ -250,6 +255,11 @@ class MapError(ExceptionGroup[ItemError], TrioflowError):
     #: How many items the map had, and how many failures it tolerated.
     total: int
     tolerated: int
+
+    if TYPE_CHECKING:
+        # Built flat only (``__new__``, ``derive``): its items' errors, no nested group.
+        @property
+        def exceptions(self) -> tuple[ItemError, ...]: ...
 
     def __new__(cls, step_name: str, errors: Sequence[ItemError], total: int, tolerated: int) -> MapError:
         self = super().__new__(cls, _map_message(step_name, errors, total, tolerated), errors)

@@ -58,7 +58,7 @@ def _retry_on_tuple(value: object) -> tuple[ErrorMatcher, ...] | None:
     return items
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, init=False)  # (its own __init__ takes positional arguments too)
 class Retry:
     """How a step is retried. Defaults follow the seeds: 3 attempts, 1 s, doubling, capped at 30 s.
 
@@ -95,7 +95,7 @@ class Retry:
         jitter: float = 0.0,
     ) -> None:
         # Positional arguments are allowed here (``Retry(5)``) because it reads naturally.
-        self.__attrs_init__(  # type: ignore[attr-defined]
+        self.__attrs_init__(
             max_attempts=max_attempts,
             interval=interval,
             backoff_rate=backoff_rate,

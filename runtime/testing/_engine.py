@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, TypeVarTuple, Unpack
 
 import trio
 import trio.testing
@@ -17,6 +17,7 @@ from trioflow.adapters._memory import MemoryAdapter
 
 T = TypeVar("T")
 P = ParamSpec("P")
+Ts = TypeVarTuple("Ts")
 
 
 def _typed_as_options_of(source: Callable[P, object]) -> Callable[[Callable[..., T]], Callable[P, T]]:
@@ -80,7 +81,7 @@ async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
         yield engine
 
 
-def run(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+def run(async_fn: Callable[[Unpack[Ts]], Awaitable[T]], *args: Unpack[Ts]) -> T:
     """``trio.run`` on a ``MockClock(autojump_threshold=0)``: virtual time, real semantics. For
     synchronous code: inside a trio run, await ``async_fn`` (a test under the ``autojump_clock``
     fixture runs on such a clock already)."""

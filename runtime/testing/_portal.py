@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, overload
 
@@ -77,8 +77,10 @@ class EnginePortal:
         #: Held by a restart and by the block's exit, each done in turn; a call waits for them.
         self._turns = trio.Lock()
 
+    # (Coroutine, not Awaitable: with it a checker gives a lambda's call its result's type;
+    # with Awaitable both overloads fit a lambda and it gives up, with Any.)
     @overload
-    def call(self, fn: Callable[[Engine], Awaitable[T]]) -> T: ...
+    def call(self, fn: Callable[[Engine], Coroutine[Any, Any, T]]) -> T: ...
 
     @overload
     def call(self, fn: Callable[[Engine], T]) -> T: ...
