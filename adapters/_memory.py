@@ -283,18 +283,22 @@ class MemoryAdapter:
                if rows[i].wake_at is None or rows[i].signals]
         return self._oldest_first(ids)
 
-    async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:
-        return [_stored(instance_id, row) for instance_id, row
-                in self._waiting(checked_time(before, "due's before"), checked_limit(limit, "due"), skip_workflows)]
+    async def due(
+        self, before: float, limit: int, *, skip_workflows: Collection[str] = (), exclude: Collection[str] = (),
+    ) -> list[StoredInstance]:
+        return [_stored(instance_id, row) for instance_id, row in self._waiting(
+            checked_time(before, "due's before"), checked_limit(limit, "due"), skip_workflows, frozenset(exclude))]
 
     async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:
         found = self._waiting(math.inf, 1, skip_workflows)
         return found[0][1].wake_at if found else None
 
-    def _waiting(self, before: float, limit: int, skip_workflows: Collection[str]) -> list[tuple[str, _Row]]:
+    def _waiting(
+        self, before: float, limit: int, skip_workflows: Collection[str], exclude: frozenset[str] = frozenset(),
+    ) -> list[tuple[str, _Row]]:
         """Up to ``limit`` waiting rows due by ``before`` (``inf`` included), soonest first,
-        none of the workflows ``skip_workflows`` names: the heads of the other workflows' heaps
-        merged, so that what is left out costs nothing."""
+        none of the workflows ``skip_workflows`` names (the heads of the other workflows' heaps
+        merged, so that what is left out costs nothing) nor of the ids in ``exclude``."""
         skipped = frozenset(skip_workflows)
         listed: set[str] = set()
         heads: list[tuple[tuple[float, int, str], str]] = []
@@ -307,7 +311,8 @@ class MemoryAdapter:
         while heads and heads[0][0][0] <= before and len(out) < limit:
             entry, name = heads[0]
             heapq.heappop(self._wakes[name])
-            out.append((entry[2], self._rows[entry[2]]))
+            if entry[2] not in exclude:
+                out.append((entry[2], self._rows[entry[2]]))
             listed.add(entry[2])
             taken.append((name, entry))
             if self._live_head(name, listed):

@@ -105,7 +105,12 @@ class Adapter(Protocol):
         """Waiting ``pending``/``running`` instances whose ``wake_at`` is at most ``before``,
         soonest first, at most ``limit`` of them, leaving out those of the workflows named in
         ``skip_workflows`` (the engine cannot run them now). An adapter written before
-        ``skip_workflows`` existed is still used: the engine then passes it over itself."""
+        ``skip_workflows`` existed is still used: the engine then passes it over itself.
+
+        An adapter may also take ``exclude: Collection[str] = ()`` (the bundled ones do): the
+        ids of instances to leave out, not counted in ``limit`` (woken already and due until
+        their next checkpoint: not read again, records and all, at every look of the waker).
+        Without it, the engine asks for that many rows more and passes them over itself."""
         ...
 
     async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:
@@ -236,6 +241,11 @@ def waits_out_of_memory(adapter: object) -> bool:
 def skips_workflows(adapter: object) -> bool:
     """Whether ``adapter``'s ``due()`` and ``next_wake()`` take ``skip_workflows``."""
     return _takes(adapter, "due", "skip_workflows")
+
+
+def excludes_instances(adapter: object) -> bool:
+    """Whether ``adapter``'s ``due()`` takes ``exclude``."""
+    return _takes(adapter, "due", "exclude")
 
 
 def creates_waiting(adapter: object) -> bool:

@@ -565,13 +565,18 @@ class SQLiteAdapter:
                         " OR typeof(i.wake_at) NOT IN ('real', 'integer'))", ())))
         return rows
 
-    async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:
+    async def due(
+        self, before: float, limit: int, *, skip_workflows: Collection[str] = (), exclude: Collection[str] = (),
+    ) -> list[StoredInstance]:
         rows: list[StoredInstance] = await self._submit(
-            ("due", (checked_time(before, "due's before"), checked_limit(limit, "due"), _names(skip_workflows))))
+            ("due", (checked_time(before, "due's before"), checked_limit(limit, "due"),
+                     _texts(skip_workflows, "skip_workflows must be workflow names"),
+                     _texts(exclude, "exclude must be instance ids"))))
         return rows
 
     async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:
-        wake: float | None = await self._submit(("next_wake", (_names(skip_workflows),)))
+        wake: float | None = await self._submit(
+            ("next_wake", (_texts(skip_workflows, "skip_workflows must be workflow names"),)))
         return wake
 
     async def delete(self, instance_id: str) -> bool:
@@ -1191,13 +1196,16 @@ _WAITING_FROM = "trioflow_instances AS i INDEXED BY trioflow_instances_by_wake"
 _WAITING = "i.status IN ('pending', 'running') AND i.wake_at IS NOT NULL"
 
 
-def _due(conn: sqlite3.Connection, before: float, limit: int, skip: tuple[str, ...] = ()) -> list[StoredInstance]:
+def _due(
+    conn: sqlite3.Connection, before: float, limit: int, skip: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+) -> list[StoredInstance]:
     """Waiting instances due by ``before``, soonest first (the index on wake_at finds them),
-    none of the workflows ``skip`` names."""
+    none of the workflows ``skip`` names nor of the ids ``exclude`` holds."""
     skipping, names = _skipping(conn, skip)
-    soonest = f"SELECT i.instance_id FROM {_WAITING_FROM} WHERE {_WAITING} AND i.wake_at <= ?{skipping}" \
+    excluding, excluded = _leaving_out(conn, "i.instance_id", "trioflow_excluded", exclude)
+    soonest = f"SELECT i.instance_id FROM {_WAITING_FROM} WHERE {_WAITING} AND i.wake_at <= ?{skipping}{excluding}" \
               " ORDER BY i.wake_at LIMIT ?"
-    params = (before, *names, limit)
+    params = (before, *names, *excluded, limit)
     ids = [row[0] for row in _read(conn, soonest, params)]
     if not ids:
         return []
@@ -1219,30 +1227,36 @@ def _next_wake(conn: sqlite3.Connection, skip: tuple[str, ...] = ()) -> float | 
     return None if row is None or row[0] is None else float(row[0])
 
 
-#: Most workflow names left out by parameters; more go through a temporary table, since SQLite
-#: caps the number of parameters (999 before 3.32).
-_SKIP_PARAMETERS = 32
+#: Most values left out by parameters; more go through a temporary table, since SQLite caps
+#: the number of parameters (999 before 3.32).
+_LEFT_OUT_PARAMETERS = 32
 
 
 def _skipping(conn: sqlite3.Connection, names: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
     """The condition leaving out the workflows ``names``, and its parameters."""
-    if not names:
+    return _leaving_out(conn, "i.workflow_name", "trioflow_skipped", names)
+
+
+def _leaving_out(conn: sqlite3.Connection, column: str, table: str, values: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """The condition leaving out the rows whose ``column`` is one of ``values`` (through the
+    temporary ``table`` when they are many), and its parameters."""
+    if not values:
         return "", ()
-    if len(names) <= _SKIP_PARAMETERS:
-        return f" AND i.workflow_name NOT IN ({', '.join('?' * len(names))})", names
+    if len(values) <= _LEFT_OUT_PARAMETERS:
+        return f" AND {column} NOT IN ({', '.join('?' * len(values))})", values
     # In the connection's temporary database: nothing of it reaches the file.
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS trioflow_skipped (name TEXT PRIMARY KEY)")
-    conn.execute("DELETE FROM temp.trioflow_skipped")
-    conn.executemany("INSERT OR IGNORE INTO temp.trioflow_skipped (name) VALUES (?)", [(name,) for name in names])
-    return " AND i.workflow_name NOT IN (SELECT name FROM temp.trioflow_skipped)", ()
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (value TEXT PRIMARY KEY)")
+    conn.execute(f"DELETE FROM temp.{table}")
+    conn.executemany(f"INSERT OR IGNORE INTO temp.{table} (value) VALUES (?)", [(value,) for value in values])
+    return f" AND {column} NOT IN (SELECT value FROM temp.{table})", ()
 
 
-def _names(workflows: Collection[str]) -> tuple[str, ...]:
-    """Workflow names handed to SQLite, or :class:`DatabaseError` for anything else."""
-    names = tuple(workflows)
-    if any(type(name) is not str for name in names):
-        raise DatabaseError(f"skip_workflows must be workflow names, got {names!r}")
-    return names
+def _texts(values: Collection[str], refusal: str) -> tuple[str, ...]:
+    """``values`` handed to SQLite, or :class:`DatabaseError` (``refusal``) for anything else."""
+    texts = tuple(values)
+    if any(type(value) is not str for value in texts):
+        raise DatabaseError(f"{refusal}, got {texts!r}")
+    return texts
 
 
 def _load(conn: sqlite3.Connection, iid: str) -> StoredInstance | None:

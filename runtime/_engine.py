@@ -43,7 +43,8 @@ from trioflow._codec import (
 from trioflow.adapters._driver import in_a_transaction_of, keep_apart
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import (
-    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, keeps_families, sends_and_loads, skips_workflows,
+    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families, sends_and_loads,
+    skips_workflows,
     stores_signals, waits_out_of_memory,
 )
 
@@ -178,6 +179,7 @@ class Engine:
         self._passed_over: set[str] = set()
         self._look_again = WAKE_RETRY
         self._adapter_skips = skips_workflows(adapter)
+        self._adapter_excludes = excludes_instances(adapter)
         self._adapter_keeps_families = keeps_families(adapter)
         #: Whether a delayed start's row waits from its creation on (see ``creates_waiting``).
         self._adapter_creates_waiting = creates_waiting(adapter)
@@ -2294,15 +2296,19 @@ class Engine:
             return False
         passed, skip = self._passed_over, self._skipped_workflows
         skipping = len(skip)
-        limit = room + len(waking) + len(passed) + self._live_due
+        # Those on their way and those passed over are left out by an adapter that can (not
+        # read again, records and all, at every look), or asked for and passed over here.
+        known = waking | passed if self._adapter_excludes else ()
+        limit = room + (0 if known else len(waking) + len(passed)) + self._live_due
         live = 0
         # A run that ends (or leaves memory) while the question is in flight may be read as it
         # stood before its last checkpoint: such an answer is stale, and is passed over.
         with self._ends.watching_all() as ended:
             by = self._clock() + WAKE_AHEAD
-            found = await (self.adapter.due(by, limit, skip_workflows=tuple(skip)) if skip
-                           else self.adapter.due(by, limit))
-        all_on_their_way = True
+            found = await self._due(by, limit, known)
+        # (Rows passed over stay due: left out, they would have been found, and the waker looks
+        # less often while they are, as when it reads them.)
+        all_on_their_way = not (known and passed)
         for stored in found:
             iid = stored.instance_id
             if iid in waking or iid in ended or iid in passed or stored.workflow_name in skip:
@@ -2342,8 +2348,8 @@ class Engine:
         # (a timer's step after it running, or queued for a slot), storage says the soonest is
         # due until their checkpoints: look again when the next other one is due (a timer due
         # just after them must be taken up on time), not every WAKE_RETRY meanwhile.
-        if all_on_their_way and found:
-            wait = min(self._until_fired_stored(waking), await self._until_next_other(found))
+        if all_on_their_way and (found or known and waking):
+            wait = min(self._until_fired_stored(waking), await self._until_next_other(found, known))
         else:
             wait = self._look_again
         with trio.move_on_after(wait):
@@ -2352,16 +2358,22 @@ class Engine:
             self._look_again = min(self._look_again * 2, WAKE_LOOK_MAX)
         return False
 
-    async def _until_next_other(self, found: list[StoredInstance]) -> float:
+    def _due(self, before: float, limit: int, known: Collection[str]) -> Awaitable[list[StoredInstance]]:
+        """``adapter.due``, leaving out the workflows the engine cannot run now and the
+        instances ``known`` (given only to an adapter that takes ``exclude``)."""
+        options: dict[str, tuple[str, ...]] = {"exclude": tuple(known)} if known else {}
+        if self._skipped_workflows:
+            options["skip_workflows"] = tuple(self._skipped_workflows)
+        return self.adapter.due(before, limit, **options)
+
+    async def _until_next_other(self, found: list[StoredInstance], known: Collection[str]) -> float:
         """Seconds until the waker must look again for the soonest waiting instance that is
-        not among ``found`` (the due ones, all on their way): until ``WAKE_AHEAD`` before its
-        wake time, at most ``WAKE_LOOK_MAX``. Its wake time is read from its row, with the
-        definition registered here: a row another release stored with a sooner one is taken up
-        ``WAKE_LOOK_MAX`` late at most."""
-        skip = self._skipped_workflows
+        not among ``found`` nor ``known`` (the due ones, all on their way, and those the last
+        look left out): until ``WAKE_AHEAD`` before its wake time, at most ``WAKE_LOOK_MAX``.
+        Its wake time is read from its row, with the definition registered here: a row another
+        release stored with a sooner one is taken up ``WAKE_LOOK_MAX`` late at most."""
         on_their_way = {stored.instance_id for stored in found}
-        rows = await (self.adapter.due(math.inf, len(found) + 1, skip_workflows=tuple(skip)) if skip
-                      else self.adapter.due(math.inf, len(found) + 1))
+        rows = await self._due(math.inf, len(found) + 1, known)
         for stored in rows:
             if stored.instance_id in on_their_way:
                 continue

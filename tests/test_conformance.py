@@ -180,6 +180,16 @@ async def test_the_kit_fails_an_adapter_that_takes_skip_workflows_and_ignores_it
     assert "check 'waiting_instances_of_skipped_workflows_are_left_out' failed" in message
 
 
+async def test_the_kit_fails_an_adapter_that_takes_exclude_and_ignores_it() -> None:
+    class IgnoringAdapter(tf.adapters.MemoryAdapter):
+        async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = (),
+                      exclude: Collection[str] = ()) -> list[StoredInstance]:
+            return await super().due(before, limit, skip_workflows=skip_workflows)
+
+    message = await _kit_failure(IgnoringAdapter)
+    assert "check 'waiting_instances_excluded_are_left_out' failed" in message
+
+
 async def test_the_kit_passes_an_adapter_written_before_skip_workflows() -> None:
     """The engine passes over the workflows it cannot run itself with such an adapter."""
     class OlderAdapter(tf.adapters.MemoryAdapter):

@@ -28,7 +28,8 @@ from trioflow._errors import (
 )
 from trioflow._snapshot import TERMINAL
 from trioflow.adapters._protocol import (
-    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, keeps_families, sends_and_loads, skips_workflows,
+    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families, sends_and_loads,
+    skips_workflows,
 )
 
 OpenAdapter = Callable[[str], Adapter]
@@ -528,6 +529,30 @@ async def waiting_instances_of_skipped_workflows_are_left_out(open_adapter: Open
             "without skip_workflows, nothing is left out")
 
 
+async def waiting_instances_excluded_are_left_out(open_adapter: OpenAdapter) -> None:
+    """``due(exclude=...)`` leaves out the instances whose ids it names, not counted in its
+    limit, and leaves them due. (An adapter without the keyword passes: the engine passes over
+    those itself.)"""
+    async with _opened(open_adapter, "excluding") as a:
+        if not excludes_instances(a):
+            return
+        due: Any = a.due  # (the keyword is an adapter's option, not in the protocol's signature)
+        ids = [f"w-{n}" for n in range(40)]  # (more than fit in one statement's parameters, too)
+        for n, i in enumerate(ids):
+            await a.create(i, "old" if n % 2 else "new", "running", start=b"s", header=b"h0")
+            await a.checkpoint(i, "running", b"h1", [b"r0"], first_seq=0, wake_at=float(n))
+        for exclude in (ids[:3], set(ids[:38])):
+            wanted = [i for i in ids if i not in exclude]
+            assert [s.instance_id for s in await due(100.0, 1, exclude=exclude)] == wanted[:1], (
+                "due(exclude=, limit=1) must give the soonest instance it does not leave out")
+            got = await due(100.0, 10, exclude=exclude)
+            assert [s.instance_id for s in got] == wanted[:10] and all(s.records == (b"r0",) for s in got), (
+                "due() must leave out the instances exclude names, counting only the others in its limit")
+        assert [s.instance_id for s in await due(100.0, 2, skip_workflows=["new"], exclude=["w-1"])] == [
+            "w-3", "w-5"], "due() must leave out what skip_workflows and exclude name, both"
+        assert [s.instance_id for s in await due(100.0, 3)] == ids[:3], "what exclude left out stays due"
+
+
 async def delete_refuses_unfinished(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "delete_unfinished") as a:
         for iid, status in (("p", "pending"), ("r", "running")):
@@ -904,7 +929,8 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     step_is_durable_before_the_next_starts, bad_data_is_never_stored, signals_are_kept_in_order_and_consumed_once,
     signal_and_load_is_one_call, checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due,
     created_waiting_instances_wait,
-    waiting_instances_of_skipped_workflows_are_left_out, delete_refuses_unfinished, purge_by_finish_time,
+    waiting_instances_of_skipped_workflows_are_left_out, waiting_instances_excluded_are_left_out,
+    delete_refuses_unfinished, purge_by_finish_time,
     lists_pages_in_creation_order, scans_hand_back_every_record_in_order, refused_writes_leave_everything,
     purge_goes_by_finish_order_not_creation_order, fences_hold_for_every_kind_of_checkpoint,
     filters_come_before_limits, purge_keeps_children_while_their_parent_is_stored,

@@ -73,7 +73,8 @@ from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._memory_driver import MemoryDriver
 from trioflow.adapters._protocol import (
-    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, keeps_families, sends_and_loads, skips_workflows,
+    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families, sends_and_loads,
+    skips_workflows,
 )
 
 from ._engine import autojumping
@@ -945,12 +946,19 @@ class _CrashingAdapter:
     async def resumable(self) -> list[StoredInstance]:
         return await self.inner.resumable()
 
-    async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:
+    async def due(
+        self, before: float, limit: int, *, skip_workflows: Collection[str] = (), exclude: Collection[str] = (),
+    ) -> list[StoredInstance]:
+        if exclude and not excludes_instances(self.inner):
+            # (As the engine does with such an adapter: that many more, passed over here.)
+            rows = await self.due(before, limit + len(exclude), skip_workflows=skip_workflows)
+            return [s for s in rows if s.instance_id not in exclude][:limit]
+        options: dict[str, Collection[str]] = {"exclude": exclude} if exclude else {}
         if not skip_workflows:
-            return await self.inner.due(before, limit)
+            return await self.inner.due(before, limit, **options)
         if skips_workflows(self.inner):
-            return await self.inner.due(before, limit, skip_workflows=skip_workflows)
-        return [s for s in await self.inner.due(before, limit) if s.workflow_name not in skip_workflows]
+            return await self.inner.due(before, limit, skip_workflows=skip_workflows, **options)
+        return [s for s in await self.inner.due(before, limit, **options) if s.workflow_name not in skip_workflows]
 
     async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:
         if skip_workflows and skips_workflows(self.inner):
