@@ -30,6 +30,17 @@ async def _record_sizes(wf: tf.WorkflowDefinition, input: Any, path: Path) -> tu
     return done, {r.step_name: sizes[r.seq] for r in done.history}
 
 
+def _first(name: str, first: str, *, then: str, wait: float = 60) -> tf.WorkflowBuilder:
+    """A workflow whose first step ``w`` is a wait (of ``wait`` seconds), a pass or a choice
+    (going to ``then``): each passes the workflow input on."""
+    builder = tf.workflow(name)
+    if first == "wait":
+        return builder.wait("w", seconds=wait)
+    if first == "pass":
+        return builder.pass_("w")
+    return builder.choice("w", choices=[tf.when(lambda ctx: True, next=then)])
+
+
 @pytest.mark.parametrize("first", ["wait", "pass", "choice"])
 async def test_a_step_first_on_the_main_line_does_not_store_the_workflow_input_again(
         autojump_clock: trio.testing.MockClock, tmp_path: Path, first: str) -> None:
@@ -44,14 +55,7 @@ async def test_a_step_first_on_the_main_line_does_not_store_the_workflow_input_a
     the record stored a full copy: the input was stored twice (the record of ``w`` was
     1,000,052 bytes). Since 53c927f a wait first in its lane did so too (before, it stored
     ``None``)."""
-    builder = tf.workflow(f"big-{first}")
-    if first == "wait":
-        builder = builder.wait("w", seconds=60)
-    elif first == "pass":
-        builder = builder.pass_("w")
-    else:
-        builder = builder.choice("w", choices=[tf.when(lambda ctx: True, next="s")])
-    wf = builder.step("s", lambda ctx: "small").build()
+    wf = _first(f"big-{first}", first, then="s").step("s", lambda ctx: "small").build()
     done, sizes = await _record_sizes(wf, {"doc": BIG}, tmp_path / "main.db")
     assert done.status == "completed" and done.history[0].output == {"doc": BIG}
     assert sizes["w"] < 10_000, sizes
@@ -87,14 +91,8 @@ async def test_a_reference_to_the_workflow_input_reads_back_after_a_restart_and_
     a wait after it resumes, and the next step sees
     the input as that step's output, its record's output the input; a crash at every write
     gives the crash-free outcome."""
-    builder = tf.workflow(f"ref-{first}")
-    if first == "wait":
-        builder = builder.wait("w", seconds=1)
-    elif first == "pass":
-        builder = builder.pass_("w")
-    else:
-        builder = builder.choice("w", choices=[tf.when(lambda ctx: True, next="later")])
-    wf = builder.wait("later", seconds=60).step("s", lambda ctx: ctx.steps["w"]["doc"][:3]).build()
+    wf = _first(f"ref-{first}", first, then="later", wait=1).wait("later", seconds=60).step(
+        "s", lambda ctx: ctx.steps["w"]["doc"][:3]).build()
     path = tmp_path / "ref.db"
     async with open_test_engine(adapter=tf.adapters.SQLiteAdapter(str(path))) as engine:
         engine.register(wf)
