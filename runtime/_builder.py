@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Self
 import attrs
 
 from ._callables import check_arguments, generator_kind
+from ._context import WorkflowContext  # (at run time too: the functions' type hints, resolved, name it)
 from ._definition import (
     HOOK_ARGUMENTS,
     CATCHING,
@@ -44,7 +45,6 @@ from ._retry import Retry
 from ._validate import check_lane, check_timeout, check_unique_names
 
 if TYPE_CHECKING:
-    from ._context import WorkflowContext
     from ._snapshot import WorkflowResult
 
 _UNSET: Any = object()

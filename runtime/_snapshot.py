@@ -653,6 +653,10 @@ class WorkflowInstance:
     #: order the executions ended: ``compensation_errors`` keeps a step's newest only, as
     #: ``step_results`` does, and a loop or a map's items run a step many times.
     compensation_errors_by_execution: dict[str, str] = attrs.field(factory=dict)
+    #: The instance's shared data (``with_data``, ``ctx.set``): as stored, or while it runs
+    #: here as it stands now (a copy of the mapping; its values are the instance's: do not
+    #: mutate them). What a dashboard shows of a running instance without a step of its own.
+    data: dict[str, Any] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The instance as JSON-ready values (``json.dumps`` takes it as it is): records as
@@ -726,6 +730,7 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
         waiting=_waiting(state),
         parent_id=state.parent_id,
         children=children_started(state.records),
+        data=dict(state.data),
     )
 
 
