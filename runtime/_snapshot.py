@@ -730,7 +730,7 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
         waiting=_waiting(state),
         parent_id=state.parent_id,
         children=children_started(state.records),
-        data=dict(state.data),
+        data=dict(state.data) if state.data else {},
     )
 
 
