@@ -108,7 +108,14 @@ async def attempt(
                     if asynchronous:
                         return await fn(*call), attempts
                     if run.threads is not None:
-                        return await run.threads.run(in_lane(ctx, fn), *call), attempts
+                        # (Its own context: a thread given up runs on, and must not reach
+                        # the lane's next step or attempt through it.)
+                        thread_ctx = ctx.for_thread_call()
+                        try:
+                            return await run.threads.run(
+                                in_lane(thread_ctx, fn), *(thread_ctx if a is ctx else a for a in call)), attempts
+                        finally:
+                            thread_ctx.end_thread_call()
                     # Refused as in a worker thread: a test engine must fail where production does.
                     return call_plain(fn, *call), attempts
                 assert timeout is not None

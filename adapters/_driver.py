@@ -23,6 +23,7 @@ import weakref
 
 import trio
 
+from trioflow._current import calling_task
 from trioflow._errors import TrioflowError, safe_repr
 
 Row = dict[str, Any]
@@ -184,7 +185,7 @@ class TransactionOwnership:
     def inside(self) -> bool:
         """Whether the calling task takes part in an open transaction (it opened it, or it
         descends from the task that did)."""
-        return self._inside(trio.lowlevel.current_task())
+        return self._inside(calling_task())
 
     def require_transaction(self, what: str) -> None:
         """Refuse ``what`` outside a transaction: its write must commit or roll back with one."""
@@ -195,7 +196,7 @@ class TransactionOwnership:
     async def call(self) -> AsyncIterator[None]:
         """Around one driver call: outside the owner tree, waits for an open transaction to end;
         inside it, waits while a block that the calling task is not part of is open."""
-        task = trio.lowlevel.current_task()
+        task = calling_task()
         # Checked again after every wait: the transaction may have ended meanwhile.
         while self._inside(task):
             if self._admits(task) and self._draining is None:
@@ -226,7 +227,7 @@ class TransactionOwnership:
         leave the driver and this stack disagreeing. ``rollback`` runs when the body raises,
         and also when ``commit`` fails (the block must not stay open).
         """
-        task = trio.lowlevel.current_task()
+        task = calling_task()
         while self._inside(task):  # a nested block: wait for the tree to let this task switch
             if self._admits(task) and self._draining in (None, task):
                 if not self._calls:

@@ -165,7 +165,7 @@ class WorkflowContext:
 
     __slots__ = (
         "_state", "_services", "_encodable", "driver", "lane", "step_index", "total_steps",
-        "_calling", "_attempt", "_compensating", "_item", "_until", "copies", "_fanouts",
+        "_calling", "_attempt", "_compensating", "_item", "_until", "copies", "_fanouts", "_call_over",
     )
 
     def __init__(
@@ -202,6 +202,32 @@ class WorkflowContext:
         self.copies: dict[object, Any] | None = None
         self._compensating: int | None = None
         self._item = item
+        #: A worker thread's call context whose call is over (see :meth:`for_thread_call`).
+        self._call_over = False
+
+    def for_thread_call(self) -> WorkflowContext:
+        """This lane's context as a plain job's call in a worker thread gets it: the step and
+        attempt as they are now, its own copies from here on; :meth:`end_thread_call` once the
+        step is done with the call (it returned, or its timeout or a cancel gave its thread
+        up). A thread given up runs on, and what it does then is not the step's: it must not
+        write the lane's data, nor see its next step's or attempt's copies and step."""
+        call = object.__new__(WorkflowContext)
+        for name in WorkflowContext.__slots__:
+            object.__setattr__(call, name, getattr(self, name))
+        return call
+
+    def end_thread_call(self) -> None:
+        """The step is done with this worker thread's call (see :meth:`for_thread_call`)."""
+        self._calling = None
+        self._call_over = True
+
+    def _refuse_if_over(self, what: str) -> None:
+        if self._call_over:
+            from ._current import NotInStepError
+
+            raise NotInStepError(
+                f"{what} in a worker thread whose step is done with it (its timeout or a cancel gave the thread"
+                " up): what the thread does now is not the step's")
 
     @property
     def item(self) -> Any:
@@ -248,11 +274,13 @@ class WorkflowContext:
     @property
     def data(self) -> dict[str, Any]:
         """Shared data between steps (starts as ``with_data``); prefer :meth:`set` to write."""
+        self._refuse_if_over("ctx.data")
         return self._state.data
 
     def set(self, key: str, value: Any) -> None:
         """Store ``value`` in the shared data. In a durable engine the value must be
         msgpack-encodable; an unencodable one is refused here, naming the key."""
+        self._refuse_if_over(f"ctx.set({key!r})")
         if self._encodable is not None:
             self._encodable(value, f"ctx.set({key!r})")
         self._state.data[key] = value

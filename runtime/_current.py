@@ -6,14 +6,16 @@ it runs (the main line in the instance actor, each branch in its own actor, comp
 instance actor), and marks on it which step it is calling and which attempt: nothing is
 allocated per step, and a :class:`StepInfo` is built only when asked for. A task a job spawns
 finds its lane through its parent tasks; a plain ``def`` job in a worker thread through a
-thread-local set for the call. (Not a context variable: setting one in every instance's task
-would keep three more objects alive per instance for the garbage collector to walk.)
+context variable set for the call in the thread's own context, which trio also hands to the
+tasks it runs for that thread's calls back into trio (``trio.from_thread``). (Not set in the
+instances' tasks: one there would keep three more objects alive per instance for the garbage
+collector to walk.)
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +50,12 @@ class StepInfo:
 
 #: The lane each running lane actor's task runs (tasks are unique, whatever the engine).
 _lanes: dict[trio.lowlevel.Task, WorkflowContext] = {}
-#: The lane of the step whose plain ``def`` job this worker thread runs.
-_in_thread = threading.local()
+#: In a worker thread running a step's plain ``def`` job, and in the tasks trio runs for that
+#: thread's calls back into trio: the call's own context (see ``WorkflowContext.for_thread_call``)
+#: and the task running the step. (trio runs those calls in system tasks of their own, outside
+#: the step's task tree, since the thread may be abandoned; they carry the thread's context.)
+_thread_call: contextvars.ContextVar[tuple[WorkflowContext, trio.lowlevel.Task] | None] = contextvars.ContextVar(
+    "trioflow_thread_call", default=None)
 
 
 def swap_lane(ctx: WorkflowContext | None) -> WorkflowContext | None:
@@ -64,14 +70,25 @@ def swap_lane(ctx: WorkflowContext | None) -> WorkflowContext | None:
 
 
 def in_lane(ctx: WorkflowContext, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` for a worker thread, seeing ``ctx`` as its lane."""
+    """``fn`` for a worker thread, seeing ``ctx`` (its call's own context) as its lane, and
+    the calling task as the one its calls back into trio are made for."""
+    host = trio.lowlevel.current_task()
+
     def call(*args: Any) -> Any:
-        _in_thread.ctx = ctx
-        try:
-            return call_plain(fn, *args)
-        finally:
-            _in_thread.ctx = None
+        # (In the thread's own copy of the context, for this call only: trio makes one per call.)
+        _thread_call.set((ctx, host))
+        return call_plain(fn, *args)
     return call
+
+
+def calling_task() -> trio.lowlevel.Task:
+    """The calling task; for one trio runs for a worker thread's call back into trio while
+    the step's call that thread makes is on, the task running that step (a data driver then
+    takes the call for the step's own, inside its transaction)."""
+    call = _thread_call.get()
+    if call is not None and call[0]._calling is not None:
+        return call[1]
+    return trio.lowlevel.current_task()
 
 
 def check_in_trio(what: str) -> None:
@@ -98,11 +115,13 @@ def call_plain(fn: Callable[..., Any], *args: Any) -> Any:
 def lane_of_caller() -> WorkflowContext | None:
     """The lane context the calling code runs in (``None``: none): its task's, a parent
     task's (a task a job spawned), or a worker thread's."""
+    call = _thread_call.get()
+    if call is not None:  # a worker thread, or a task trio runs for its call back into trio
+        return call[0]
     try:
         task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
-    except RuntimeError:  # not in the trio thread: a worker thread
-        ctx: WorkflowContext | None = getattr(_in_thread, "ctx", None)
-        return ctx
+    except RuntimeError:  # not in the trio thread: a thread of the job's own
+        return None
     while task is not None:
         found = _lanes.get(task)
         if found is not None:
