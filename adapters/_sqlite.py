@@ -74,8 +74,10 @@ MAX_BATCH = 256
 #: checkpoint's ``notify`` its parent's signals; ``next_wake`` reads one index entry). Listings, purges, the resume scan and ``due`` (a thousand instances with all
 #: their records) go to the writer.
 _INLINE = frozenset({"create", "checkpoint", "signal", "signal_load", "signals", "load", "delete", "next_wake"})
-#: Those of them that write nothing: a transaction of these alone ends in the trio thread too.
-_READS = frozenset({"signals", "load", "next_wake"})
+#: Operations that write nothing: a transaction of these alone begins deferred (``BEGIN``: in
+#: WAL mode a reader waits for no other connection's write), and, of those inline, ends in the
+#: trio thread too. (``due`` and ``next_wake`` may fill a temporary table: not the file.)
+_READS = frozenset({"signals", "load", "next_wake", "list", "select", "due"})
 
 Synchronous = Literal["FULL", "NORMAL"]
 

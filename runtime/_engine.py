@@ -95,6 +95,7 @@ from ._snapshot import (
     InstanceState,
     Status,
     WorkflowInstance,
+    before_its_end,
     compensation_errors_by_execution,
     to_instance,
     unreadable_instance,
@@ -2850,7 +2851,7 @@ def _live_view(run: Run, stored: Status | None) -> WorkflowInstance:
     if stored is not None and state.status != stored:
         if state.status in TERMINAL and stored not in TERMINAL:
             # Its end is being stored: until it is, the view is of the instance before it ended.
-            return attrs.evolve(to_instance(state), status=stored, output=None, completed_at=None)
+            return before_its_end(to_instance(state), stored, run.state.stored)
         # (Admitted, its admission not stored yet, or its on_start hook running: storage holds
         # no start time for it either, and its first step has not begun.)
         state.status = stored

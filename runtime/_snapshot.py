@@ -734,6 +734,24 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
     )
 
 
+def before_its_end(view: WorkflowInstance, status: Status, stored: int) -> WorkflowInstance:
+    """``view`` of an instance whose end is being stored, as storage holds it until then: with
+    ``status``, the step executions whose records are stored (seqs before ``stored``), the step
+    the main line stood in (that of the first of its records being stored) running, and no
+    output, error nor end time. (Its shared data stays as it stands, as in any live view.)"""
+    kept = tuple(r for r in view.history if r.seq < stored)
+    ending = next((r for r in view.history if r.seq >= stored and r.lane == MAIN), None)
+    results = {name: r for name, r in view.step_results.items() if r.status == "skipped"}
+    results.update((r.step_name, r) for r in kept)
+    if ending is not None:
+        results[ending.step_name] = StepResult(
+            step_name=ending.step_name, status="running", lane=MAIN, execution=ending.execution)
+    return attrs.evolve(
+        view, status=status, output=None, completed_at=None, error=None, failed_step=None, error_name=None,
+        cause=None, history=kept, step_results=results, current_step=None if ending is None else ending.step_name,
+        started_at=None if status == "pending" else view.started_at)
+
+
 def _add_running(state: InstanceState, results: dict[str, StepResult]) -> None:
     """The step each lane of a running instance stands in, as a ``running`` execution (its next
     one), in place of its newest ended one: records are written as executions end, so the one
