@@ -274,7 +274,6 @@ class WorkflowContext:
     @property
     def data(self) -> dict[str, Any]:
         """Shared data between steps (starts as ``with_data``); prefer :meth:`set` to write."""
-        self._refuse_if_over("ctx.data")
         return self._state.data
 
     def set(self, key: str, value: Any) -> None:

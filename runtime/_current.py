@@ -50,12 +50,28 @@ class StepInfo:
 
 #: The lane each running lane actor's task runs (tasks are unique, whatever the engine).
 _lanes: dict[trio.lowlevel.Task, WorkflowContext] = {}
+class _ThreadCall:
+    """A step's call of a plain ``def`` job in a worker thread, as the thread and the tasks trio
+    runs for its calls back into trio (``trio.from_thread``) see it."""
+
+    __slots__ = ("ctx", "host", "begun")
+
+    def __init__(self, ctx: WorkflowContext, host: trio.lowlevel.Task) -> None:
+        #: The call's own context (see ``WorkflowContext.for_thread_call``).
+        self.ctx = ctx
+        #: The task running the step.
+        self.host = host
+        #: Each task trio ran for the thread's calls back into trio, by whether it began while
+        #: the step's call was on (then it is the step's to its end: a driver block it opened
+        #: for the step is closed by it, not left waiting behind the step's own transaction).
+        self.begun: dict[trio.lowlevel.Task, bool] = {}
+
+
 #: In a worker thread running a step's plain ``def`` job, and in the tasks trio runs for that
-#: thread's calls back into trio: the call's own context (see ``WorkflowContext.for_thread_call``)
-#: and the task running the step. (trio runs those calls in system tasks of their own, outside
-#: the step's task tree, since the thread may be abandoned; they carry the thread's context.)
-_thread_call: contextvars.ContextVar[tuple[WorkflowContext, trio.lowlevel.Task] | None] = contextvars.ContextVar(
-    "trioflow_thread_call", default=None)
+#: thread's calls back into trio: the call. (trio runs those calls in system tasks of their own,
+#: outside the step's task tree, since the thread may be abandoned; they carry the thread's
+#: context, and so do the runs and tasks they start, which go by their own lanes first.)
+_thread_call: contextvars.ContextVar[_ThreadCall | None] = contextvars.ContextVar("trioflow_thread_call", default=None)
 
 
 def swap_lane(ctx: WorkflowContext | None) -> WorkflowContext | None:
@@ -72,23 +88,45 @@ def swap_lane(ctx: WorkflowContext | None) -> WorkflowContext | None:
 def in_lane(ctx: WorkflowContext, fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` for a worker thread, seeing ``ctx`` (its call's own context) as its lane, and
     the calling task as the one its calls back into trio are made for."""
-    host = trio.lowlevel.current_task()
+    thread_call = _ThreadCall(ctx, trio.lowlevel.current_task())
 
     def call(*args: Any) -> Any:
         # (In the thread's own copy of the context, for this call only: trio makes one per call.)
-        _thread_call.set((ctx, host))
+        _thread_call.set(thread_call)
         return call_plain(fn, *args)
     return call
 
 
 def calling_task() -> trio.lowlevel.Task:
-    """The calling task; for one trio runs for a worker thread's call back into trio while
-    the step's call that thread makes is on, the task running that step (a data driver then
-    takes the call for the step's own, inside its transaction)."""
+    """The calling task; for one trio runs for a worker thread's call back into trio, begun
+    while the step's call that thread makes was on (and the tasks it spawned), the task
+    running that step: a data driver then takes its calls for the step's own, inside its
+    transaction."""
+    task = trio.lowlevel.current_task()
     call = _thread_call.get()
-    if call is not None and call[0]._calling is not None:
-        return call[1]
-    return trio.lowlevel.current_task()
+    if call is None:
+        return task
+    top = _outside_lanes(task)
+    if top is None:
+        return task
+    begun = call.begun.get(top)
+    if begun is None:
+        begun = call.begun[top] = call.ctx._calling is not None
+    return call.host if begun else task
+
+
+def _outside_lanes(task: trio.lowlevel.Task) -> trio.lowlevel.Task | None:
+    """For a task trio runs for a worker thread's call back into trio, or one it spawned: that
+    first task. ``None`` for any other: one of a lane (a run the call started, in the engine or
+    with ``execute_workflow``, goes by its own lane), or of the program's own tree."""
+    while True:
+        if task in _lanes:
+            return None
+        nursery = task.parent_nursery
+        parent = None if nursery is None else nursery.parent_task
+        if parent is None or parent.parent_nursery is None:  # (``task`` is one of trio's init task)
+            return None if task is trio.lowlevel.current_root_task() else task
+        task = parent
 
 
 def check_in_trio(what: str) -> None:
@@ -114,20 +152,23 @@ def call_plain(fn: Callable[..., Any], *args: Any) -> Any:
 
 def lane_of_caller() -> WorkflowContext | None:
     """The lane context the calling code runs in (``None``: none): its task's, a parent
-    task's (a task a job spawned), or a worker thread's."""
-    call = _thread_call.get()
-    if call is not None:  # a worker thread, or a task trio runs for its call back into trio
-        return call[0]
+    task's (a task a job spawned), or a worker thread's (its call's, see ``in_lane``)."""
     try:
         task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
-    except RuntimeError:  # not in the trio thread: a thread of the job's own
-        return None
+    except RuntimeError:  # a worker thread: the job's own call's, if the engine runs it
+        call = _thread_call.get()
+        return None if call is None else call.ctx
     while task is not None:
         found = _lanes.get(task)
         if found is not None:
             return found
         nursery = task.parent_nursery
         task = nursery.parent_task if nursery is not None else None
+    # A task trio runs for a worker thread's call back into trio (not one of a run it started,
+    # in the program's own tree: its context carries the call too).
+    call = _thread_call.get()
+    if call is not None and _outside_lanes(trio.lowlevel.current_task()) is not None:
+        return call.ctx
     return None
 
 

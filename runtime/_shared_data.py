@@ -29,6 +29,11 @@ class SharedData(dict[str, Any]):
     writers: dict[str, tuple[Any, str | None]]
 
     def __setitem__(self, key: str, value: Any) -> None:
+        ctx = lane_of_caller()
+        if ctx is not None and ctx._call_over:
+            # A worker thread its step gave up (see WorkflowContext.for_thread_call), writing
+            # through the mapping ``ctx.data`` gave it: not the step's any more.
+            ctx._refuse_if_over(f"setting {key!r} in ctx.data")
         # A live view (``ctx.steps``) is kept as it shows now: stored at each checkpoint as it
         # stood then, it would read back after a restart as less than a run without one saw.
         super().__setitem__(key, detached(value))
@@ -36,7 +41,6 @@ class SharedData(dict[str, Any]):
             writers = self.writers
         except AttributeError:
             writers = self.writers = {}
-        ctx = lane_of_caller()
         writers[key] = (ctx, None if ctx is None else ctx._calling)
 
     def setdefault(self, key: str, default: Any = None) -> Any:
