@@ -2,8 +2,9 @@
 its own"): plain ``def`` jobs run by the engine in worker threads, and what they run in trio
 through ``trio.from_thread.run``. Every test failed until the commit that added this file (a
 run or task started from the thread's call goes by its own lane; a task trio runs for the
-thread's call is the step's to its end if it began while the call was on; writes through the
-mapping ``ctx.data`` gave a thread its step gave up are refused).
+thread's call is the step's to its end if it began while the call was on). Its fifth finding,
+a write through the mapping ``ctx.data`` gave a thread its step gave up, is a case of
+tests/test_review_of_thread_jobs.py's test of late writes.
 
 Threads block on ``threading.Event`` and are released by the test; under the autojump
 ``MockClock`` virtual time runs at real speed while a thread job is in flight (docs/testing.md),
@@ -19,19 +20,6 @@ import trio
 import trio.testing
 
 import trioflow as tf
-
-#: A thread never waits longer than this for its event (a guard: no test can hang on a thread).
-RELEASE_WAIT = 10
-
-
-async def until(predicate: Any) -> None:
-    """Let time move until ``predicate()`` holds (thread work takes real time)."""
-    for _ in range(10_000):
-        if predicate():
-            return
-        await trio.sleep(0.001)
-    raise AssertionError("condition never held")
-
 
 async def test_an_instance_started_from_a_plain_job_through_from_thread_sees_its_own_step(
         autojump_clock: trio.testing.MockClock) -> None:
@@ -189,54 +177,3 @@ async def test_an_abandoned_threads_open_driver_block_does_not_deadlock_the_runs
         ended = await engine.wait(iid)
     assert ended.status == "completed"
     assert second_write_waited == [False], "the abandoned thread's write waited for the run's own transaction"
-
-
-async def test_a_ctx_data_reference_kept_by_an_abandoned_attempt_does_not_overwrite_the_completed_attempt(
-        autojump_clock: trio.testing.MockClock) -> None:
-    """README: once the step is done with a thread's call, its ``ctx.set`` and ``ctx.data``
-    raise ``NotInStepError`` ("nothing it does then reaches the lane's data"). A plain saga
-    step ``charge`` does what dict users do: ``data = ctx.data`` at the top, then
-    ``data["charge_id"] = ...`` once the payment API answers (``timeout=0.5``,
-    ``retry=Retry(2)``). Attempt 1 is abandoned by its timeout; attempt 2 sets ``ch-2`` and
-    completes; attempt 1's thread then writes ``ch-1`` through the dict it took during its
-    call. Expected: the run keeps ``ch-2`` (the refund reads it). Was: ``ch-1``: the guard
-    is on the ``ctx.data`` property only, and the dict it handed out is the lane's live
-    shared data (so is a value ``ctx.get`` hands out, which an abandoned thread may change in
-    place)."""
-    attempt_1_returns = threading.Event()
-    attempt_1_done = threading.Event()
-    ship_running = threading.Event()
-    ship_returns = threading.Event()
-
-    def charge(ctx: tf.WorkflowContext) -> str:
-        data = ctx.data
-        if tf.current_step().attempt == 1:
-            attempt_1_returns.wait(RELEASE_WAIT)  # a slow payment API
-            try:
-                data["charge_id"] = "ch-1"
-            finally:
-                attempt_1_done.set()
-            return "ch-1"
-        data["charge_id"] = "ch-2"
-        return "ch-2"
-
-    def ship(ctx: tf.WorkflowContext) -> Any:
-        ship_running.set()
-        ship_returns.wait(RELEASE_WAIT)
-        return ctx.get("charge_id")
-
-    wf = (tf.workflow("w")
-          .step("charge", charge, timeout=0.5, retry=tf.Retry(max_attempts=2, interval=0.01))
-          .step("ship", ship)
-          .build())
-    async with tf.open_engine() as engine:
-        engine.register(wf)
-        iid = await engine.start("w", {})
-        await until(ship_running.is_set)
-        attempt_1_returns.set()
-        await until(attempt_1_done.is_set)
-        ship_returns.set()
-        done = await engine.wait(iid)
-    assert done.status == "completed"
-    assert done.output == "ch-2"
-    assert done.data["charge_id"] == "ch-2"
