@@ -111,11 +111,12 @@ async def attempt(
                         # (Its own context: a thread given up runs on, and must not reach
                         # the lane's next step or attempt through it.)
                         thread_ctx = ctx.for_thread_call()
+                        in_thread, thread_call = in_lane(thread_ctx, fn)
                         try:
                             return await run.threads.run(
-                                in_lane(thread_ctx, fn), *(thread_ctx if a is ctx else a for a in call)), attempts
+                                in_thread, *(thread_ctx if a is ctx else a for a in call)), attempts
                         finally:
-                            thread_ctx.end_thread_call()
+                            thread_call.end()
                     # Refused as in a worker thread: a test engine must fail where production does.
                     return call_plain(fn, *call), attempts
                 assert timeout is not None

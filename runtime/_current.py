@@ -50,28 +50,47 @@ class StepInfo:
 
 #: The lane each running lane actor's task runs (tasks are unique, whatever the engine).
 _lanes: dict[trio.lowlevel.Task, WorkflowContext] = {}
-class _ThreadCall:
-    """A step's call of a plain ``def`` job in a worker thread, as the thread and the tasks trio
-    runs for its calls back into trio (``trio.from_thread``) see it."""
 
-    __slots__ = ("ctx", "host", "begun")
+
+class ThreadCall:
+    """A step's call of a plain ``def`` job in a worker thread, as the thread and the tasks trio
+    runs for its calls back into trio (``trio.from_thread``) see it (see :func:`in_lane`)."""
+
+    __slots__ = ("ctx", "host", "home", "begun")
 
     def __init__(self, ctx: WorkflowContext, host: trio.lowlevel.Task) -> None:
         #: The call's own context (see ``WorkflowContext.for_thread_call``).
         self.ctx = ctx
-        #: The task running the step.
+        #: The task running the step, and the task of trio's init task it descends from (the
+        #: program's main task, most often): the tasks trio runs for the thread's calls back
+        #: into trio are others (runs and tasks the call starts in the program's tree carry the
+        #: call in their context too, and are not the step's).
         self.host = host
+        self.home = _top(host, lanes=False)
         #: Each task trio ran for the thread's calls back into trio, by whether it began while
-        #: the step's call was on (then it is the step's to its end: a driver block it opened
-        #: for the step is closed by it, not left waiting behind the step's own transaction).
+        #: the step's call was on (then it stays in the step's driver transaction to its end:
+        #: a driver block it opened for the step is closed by it, not left waiting behind the
+        #: step's own transaction): marked as the call ends, or as a later one first asks.
         self.begun: dict[trio.lowlevel.Task, bool] = {}
+
+    def end(self) -> None:
+        """The step is done with the call (it returned, or its thread was given up): the
+        tasks trio runs for the thread's calls back into trio from now on are not the step's.
+        (trio gives no word as it starts one: those alive now are found among its system
+        tasks, by the context they run in.)"""
+        self.ctx.end_thread_call()
+        root = trio.lowlevel.current_root_task()
+        for nursery in () if root is None else root.child_nurseries:
+            for task in nursery.child_tasks:
+                if task.context.get(_thread_call) is self:
+                    self.begun.setdefault(task, True)
 
 
 #: In a worker thread running a step's plain ``def`` job, and in the tasks trio runs for that
 #: thread's calls back into trio: the call. (trio runs those calls in system tasks of their own,
 #: outside the step's task tree, since the thread may be abandoned; they carry the thread's
 #: context, and so do the runs and tasks they start, which go by their own lanes first.)
-_thread_call: contextvars.ContextVar[_ThreadCall | None] = contextvars.ContextVar("trioflow_thread_call", default=None)
+_thread_call: contextvars.ContextVar[ThreadCall | None] = contextvars.ContextVar("trioflow_thread_call", default=None)
 
 
 def swap_lane(ctx: WorkflowContext | None) -> WorkflowContext | None:
@@ -85,16 +104,17 @@ def swap_lane(ctx: WorkflowContext | None) -> WorkflowContext | None:
     return previous
 
 
-def in_lane(ctx: WorkflowContext, fn: Callable[..., Any]) -> Callable[..., Any]:
+def in_lane(ctx: WorkflowContext, fn: Callable[..., Any]) -> tuple[Callable[..., Any], ThreadCall]:
     """``fn`` for a worker thread, seeing ``ctx`` (its call's own context) as its lane, and
-    the calling task as the one its calls back into trio are made for."""
-    thread_call = _ThreadCall(ctx, trio.lowlevel.current_task())
+    the calling task as the one its calls back into trio are made for; and the call, to
+    :meth:`~ThreadCall.end` once the step is done with it."""
+    thread_call = ThreadCall(ctx, trio.lowlevel.current_task())
 
     def call(*args: Any) -> Any:
         # (In the thread's own copy of the context, for this call only: trio makes one per call.)
         _thread_call.set(thread_call)
         return call_plain(fn, *args)
-    return call
+    return call, thread_call
 
 
 def calling_task() -> trio.lowlevel.Task:
@@ -106,26 +126,34 @@ def calling_task() -> trio.lowlevel.Task:
     call = _thread_call.get()
     if call is None:
         return task
-    top = _outside_lanes(task)
+    top = _outside_lanes(task, call)
     if top is None:
         return task
     begun = call.begun.get(top)
-    if begun is None:
-        begun = call.begun[top] = call.ctx._calling is not None
+    if begun is None:  # (one begun after the call ended is not among those it marked)
+        begun = call.begun[top] = not call.ctx._call_over
     return call.host if begun else task
 
 
-def _outside_lanes(task: trio.lowlevel.Task) -> trio.lowlevel.Task | None:
-    """For a task trio runs for a worker thread's call back into trio, or one it spawned: that
-    first task. ``None`` for any other: one of a lane (a run the call started, in the engine or
-    with ``execute_workflow``, goes by its own lane), or of the program's own tree."""
+def _outside_lanes(task: trio.lowlevel.Task, call: ThreadCall) -> trio.lowlevel.Task | None:
+    """For a task trio runs for ``call``'s thread's calls back into trio, or one it spawned:
+    that first task. ``None`` for any other: one of a lane (a run the call started, in the
+    engine or with ``execute_workflow``, goes by its own lane), or of the tree the step runs in
+    (the engine's own tasks, a hook's)."""
+    top = _top(task)
+    return None if top is None or top is call.home else top
+
+
+def _top(task: trio.lowlevel.Task, *, lanes: bool = True) -> trio.lowlevel.Task | None:
+    """The task of trio's init task that ``task`` descends from (the program's main task, or a
+    system task); ``None`` if one on the way runs a lane (``lanes``: looked for)."""
     while True:
-        if task in _lanes:
+        if lanes and task in _lanes:
             return None
         nursery = task.parent_nursery
         parent = None if nursery is None else nursery.parent_task
-        if parent is None or parent.parent_nursery is None:  # (``task`` is one of trio's init task)
-            return None if task is trio.lowlevel.current_root_task() else task
+        if parent is None or parent.parent_nursery is None:  # (``parent`` is trio's init task)
+            return task
         task = parent
 
 
@@ -167,7 +195,7 @@ def lane_of_caller() -> WorkflowContext | None:
     # A task trio runs for a worker thread's call back into trio (not one of a run it started,
     # in the program's own tree: its context carries the call too).
     call = _thread_call.get()
-    if call is not None and _outside_lanes(trio.lowlevel.current_task()) is not None:
+    if call is not None and _outside_lanes(trio.lowlevel.current_task(), call) is not None:
         return call.ctx
     return None
 
