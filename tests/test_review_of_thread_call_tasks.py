@@ -17,19 +17,7 @@ import trio
 import trio.testing
 
 import trioflow as tf
-
-#: A thread never waits longer than this for its event (a guard: no test can hang on a thread).
-RELEASE_WAIT = 10
-
-
-async def until(predicate: Any) -> None:
-    """Let time move until ``predicate()`` holds (thread work takes real time)."""
-    for _ in range(10_000):
-        if predicate():
-            return
-        await trio.sleep(0.001)
-    raise AssertionError("condition never held")
-
+from thread_jobs import RELEASE_WAIT, until
 
 async def test_end_hook_of_a_run_started_from_a_plain_job_is_not_the_starters_step(
         autojump_clock: trio.testing.MockClock) -> None:
