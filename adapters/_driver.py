@@ -19,11 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeGuard, TypeVar, runtime_checkable
 
-import weakref
 
 import trio
 
-from trioflow._current import calling_task
+from trioflow._current import calling_task, descends
 from trioflow._errors import TrioflowError, safe_repr
 
 Row = dict[str, Any]
@@ -304,17 +303,12 @@ class TransactionOwnership:
                 self._changed.unpark_all()
 
     def _inside(self, task: trio.lowlevel.Task) -> bool:
-        return bool(self._holders) and _descends(task, self._holders[0])
+        return bool(self._holders) and descends(task, self._holders[0])
 
     def _admits(self, task: trio.lowlevel.Task) -> bool:
         """Whether ``task`` may use the driver now, as far as the blocks go: it is part of the
         innermost open block and no block is being opened or closed."""
-        return not self._switching and _descends(task, self._holders[-1])
-
-
-#: Nurseries whose tasks, at any depth, take no part in the transactions of the tasks above them
-#: (see :func:`keep_apart`).
-_APART: weakref.WeakSet[trio.Nursery] = weakref.WeakSet()
+        return not self._switching and descends(task, self._holders[-1])
 
 
 def in_a_transaction_of(driver: object) -> bool:
@@ -322,28 +316,6 @@ def in_a_transaction_of(driver: object) -> bool:
     shipped drivers, or any that keeps its :class:`TransactionOwnership` as ``_ownership``)."""
     ownership = getattr(driver, "_ownership", None)
     return isinstance(ownership, TransactionOwnership) and ownership.inside()
-
-
-def keep_apart(nursery: trio.Nursery) -> None:
-    """Make the tasks of ``nursery`` (at any depth) no part of a transaction the task that
-    opened it, or any task above, holds: an engine's, whose instances are not their caller's
-    (a transaction that task held would take in, and roll back, the driver writes of instances
-    stored as done); they wait for it to end, as other tasks do."""
-    _APART.add(nursery)
-
-
-def _descends(task: trio.lowlevel.Task, ancestor: trio.lowlevel.Task) -> bool:
-    """Whether ``task`` is ``ancestor`` or was spawned, at any depth, in a nursery that
-    ``ancestor`` (or one of its descendants) opened, not through a nursery kept apart. A task
-    spawned into a nursery opened elsewhere (an engine's, for instance actors) is not, wherever
-    it was spawned from."""
-    current: trio.lowlevel.Task | None = task
-    while current is not None:
-        if current is ancestor:
-            return True
-        nursery = current.parent_nursery
-        current = None if nursery is None or nursery in _APART else nursery.parent_task
-    return False
 
 
 class EntityNotFoundError(DriverError, LookupError):

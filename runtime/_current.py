@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -56,22 +57,33 @@ class ThreadCall:
     """A step's call of a plain ``def`` job in a worker thread, as the thread and the tasks trio
     runs for its calls back into trio (``trio.from_thread``) see it (see :func:`in_lane`)."""
 
-    __slots__ = ("ctx", "host", "home", "begun")
+    __slots__ = ("ctx", "host", "home", "root", "begun")
 
     def __init__(self, ctx: WorkflowContext, host: trio.lowlevel.Task) -> None:
         #: The call's own context (see ``WorkflowContext.for_thread_call``).
         self.ctx = ctx
         #: The task running the step, and the task of trio's init task it descends from (the
-        #: program's main task, most often): the tasks trio runs for the thread's calls back
-        #: into trio are others (runs and tasks the call starts in the program's tree carry the
-        #: call in their context too, and are not the step's).
+        #: program's main task, most often), and that init task (its trio run's): the tasks
+        #: trio runs for the thread's calls back into trio are others of the same run (runs and
+        #: tasks the call starts elsewhere carry the call in their context too, and are not
+        #: the step's).
         self.host = host
         self.home = _top(host, lanes=False)
+        self.root = trio.lowlevel.current_root_task()
         #: Each task trio ran for the thread's calls back into trio, by whether it began while
-        #: the step's call was on (then it stays in the step's driver transaction to its end:
-        #: a driver block it opened for the step is closed by it, not left waiting behind the
-        #: step's own transaction): marked as the call ends, or as a later one first asks.
-        self.begun: dict[trio.lowlevel.Task, bool] = {}
+        #: the step's call was on (then it descends from the step's task, in a driver's
+        #: transactions, to its end: a driver block it opened for the step is closed by it, not
+        #: left waiting behind the step's own transaction): marked as the call ends, or as a
+        #: later one first asks. (Weak: a task's context holds the call.)
+        self.begun: weakref.WeakKeyDictionary[trio.lowlevel.Task, bool] = weakref.WeakKeyDictionary()
+
+    def began(self, task: trio.lowlevel.Task) -> bool:
+        """Whether ``task``, one trio runs for the thread's calls back into trio, began while
+        the step's call was on (asked first after the call ended and not marked then: no)."""
+        begun = self.begun.get(task)
+        if begun is None:
+            begun = self.begun[task] = not self.ctx._call_over
+        return begun
 
     def end(self) -> None:
         """The step is done with the call (it returned, or its thread was given up): the
@@ -118,39 +130,75 @@ def in_lane(ctx: WorkflowContext, fn: Callable[..., Any]) -> tuple[Callable[...,
 
 
 def calling_task() -> trio.lowlevel.Task:
-    """The calling task; for one trio runs for a worker thread's call back into trio, begun
-    while the step's call that thread makes was on (and the tasks it spawned), the task
-    running that step: a data driver then takes its calls for the step's own, inside its
-    transaction."""
+    """The calling task, for a data driver's question of which transaction it takes part in
+    (see :func:`descends`); for one trio runs for a worker thread's call back into trio, first
+    noted as begun while the step's call is on, or not (one begun after is not the step's)."""
     task = trio.lowlevel.current_task()
     call = _thread_call.get()
-    if call is None:
-        return task
-    top = _outside_lanes(task, call)
-    if top is None:
-        return task
-    begun = call.begun.get(top)
-    if begun is None:  # (one begun after the call ended is not among those it marked)
-        begun = call.begun[top] = not call.ctx._call_over
-    return call.host if begun else task
+    if call is not None:
+        top = _outside_lanes(task, call)
+        if top is not None:
+            call.began(top)
+    return task
+
+
+def keep_apart(nursery: trio.Nursery) -> None:
+    """Make the tasks of ``nursery`` (at any depth) no part of a transaction the task that
+    opened it, or any task above, holds: an engine's, whose instances are not their caller's
+    (a transaction that task held would take in, and roll back, the driver writes of instances
+    stored as done); they wait for it to end, as other tasks do. Nor are they a worker thread's
+    call's, whatever context they were started with."""
+    _APART.add(nursery)
+
+
+#: Nurseries whose tasks, at any depth, take no part in the transactions of the tasks above them
+#: (see :func:`keep_apart`).
+_APART: weakref.WeakSet[trio.Nursery] = weakref.WeakSet()
+
+
+def descends(task: trio.lowlevel.Task, ancestor: trio.lowlevel.Task) -> bool:
+    """Whether ``task`` is ``ancestor`` or was spawned, at any depth, in a nursery that
+    ``ancestor`` (or one of its descendants) opened, not through a nursery kept apart; a task
+    trio runs for a worker thread's call back into trio, begun while the step's call was on,
+    counting as spawned by the task running the step. A task spawned into a nursery opened
+    elsewhere (an engine's, for instance actors) is not, wherever it was spawned from."""
+    current: trio.lowlevel.Task | None = task
+    while current is not None:
+        if current is ancestor:
+            return True
+        nursery = current.parent_nursery
+        if nursery is None or nursery in _APART:
+            return False
+        parent = nursery.parent_task
+        if parent.parent_nursery is None:  # (``current`` is one of trio's init task's)
+            call = current.context.get(_thread_call)
+            current = call.host if call is not None and call.began(current) else None
+        else:
+            current = parent
+    return False
 
 
 def _outside_lanes(task: trio.lowlevel.Task, call: ThreadCall) -> trio.lowlevel.Task | None:
     """For a task trio runs for ``call``'s thread's calls back into trio, or one it spawned:
     that first task. ``None`` for any other: one of a lane (a run the call started, in the
-    engine or with ``execute_workflow``, goes by its own lane), or of the tree the step runs in
-    (the engine's own tasks, a hook's)."""
+    engine or with ``execute_workflow``, goes by its own lane), of a nursery kept apart (an
+    engine's), of the tree the step runs in, or of another trio run."""
+    if trio.lowlevel.current_root_task() is not call.root:
+        return None
     top = _top(task)
     return None if top is None or top is call.home else top
 
 
 def _top(task: trio.lowlevel.Task, *, lanes: bool = True) -> trio.lowlevel.Task | None:
     """The task of trio's init task that ``task`` descends from (the program's main task, or a
-    system task); ``None`` if one on the way runs a lane (``lanes``: looked for)."""
+    system task); ``None`` if one on the way runs a lane or is in a nursery kept apart
+    (``lanes``: those looked for)."""
     while True:
         if lanes and task in _lanes:
             return None
         nursery = task.parent_nursery
+        if lanes and nursery in _APART:
+            return None
         parent = None if nursery is None else nursery.parent_task
         if parent is None or parent.parent_nursery is None:  # (``parent`` is trio's init task)
             return task

@@ -40,7 +40,7 @@ from trioflow._codec import (
     stage,
     take_changes,
 )
-from trioflow.adapters._driver import in_a_transaction_of, keep_apart
+from trioflow.adapters._driver import in_a_transaction_of
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import (
     Adapter, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families, sends_and_loads,
@@ -49,7 +49,7 @@ from trioflow.adapters._protocol import (
 )
 
 from ._context import check_services
-from ._current import check_in_trio, lane_of_caller
+from ._current import check_in_trio, keep_apart, lane_of_caller
 from ._decide import (
     admit, begin_compensation, cut_short_execution, cut_short_fields, fail_alone, fail_step, misfit, new_state,
     pending_compensations, pending_until_announced, running_execution_id, steps_under_way, take_up, unended_children,
