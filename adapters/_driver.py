@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeGuard, TypeVar, runtime_checkable
 
 import trio
 
-from trioflow._current import calling_task, descends
+from trioflow._current import descends
 from trioflow._errors import TrioflowError, safe_repr
 
 Row = dict[str, Any]
@@ -184,7 +184,7 @@ class TransactionOwnership:
     def inside(self) -> bool:
         """Whether the calling task takes part in an open transaction (it opened it, or it
         descends from the task that did)."""
-        return self._inside(calling_task())
+        return self._inside(trio.lowlevel.current_task())
 
     def require_transaction(self, what: str) -> None:
         """Refuse ``what`` outside a transaction: its write must commit or roll back with one."""
@@ -195,7 +195,7 @@ class TransactionOwnership:
     async def call(self) -> AsyncIterator[None]:
         """Around one driver call: outside the owner tree, waits for an open transaction to end;
         inside it, waits while a block that the calling task is not part of is open."""
-        task = calling_task()
+        task = trio.lowlevel.current_task()
         # Checked again after every wait: the transaction may have ended meanwhile.
         while self._inside(task):
             if self._admits(task) and self._draining is None:
@@ -226,7 +226,7 @@ class TransactionOwnership:
         leave the driver and this stack disagreeing. ``rollback`` runs when the body raises,
         and also when ``commit`` fails (the block must not stay open).
         """
-        task = calling_task()
+        task = trio.lowlevel.current_task()
         while self._inside(task):  # a nested block: wait for the tree to let this task switch
             if self._admits(task) and self._draining in (None, task):
                 if not self._calls:
@@ -303,7 +303,9 @@ class TransactionOwnership:
                 self._changed.unpark_all()
 
     def _inside(self, task: trio.lowlevel.Task) -> bool:
-        return bool(self._holders) and descends(task, self._holders[0])
+        # (Or of a block inside: a task trio ran for a worker thread's call opened it while the
+        # step's call was on, and, the thread given up since, goes on inside it to its end.)
+        return any(descends(task, holder) for holder in self._holders)
 
     def _admits(self, task: trio.lowlevel.Task) -> bool:
         """Whether ``task`` may use the driver now, as far as the blocks go: it is part of the

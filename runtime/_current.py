@@ -57,7 +57,7 @@ class ThreadCall:
     """A step's call of a plain ``def`` job in a worker thread, as the thread and the tasks trio
     runs for its calls back into trio (``trio.from_thread``) see it (see :func:`in_lane`)."""
 
-    __slots__ = ("ctx", "host", "home", "root", "begun")
+    __slots__ = ("ctx", "host", "home", "root")
 
     def __init__(self, ctx: WorkflowContext, host: trio.lowlevel.Task) -> None:
         #: The call's own context (see ``WorkflowContext.for_thread_call``).
@@ -70,32 +70,11 @@ class ThreadCall:
         self.host = host
         self.home = _top(host, lanes=False)
         self.root = trio.lowlevel.current_root_task()
-        #: Each task trio ran for the thread's calls back into trio, by whether it began while
-        #: the step's call was on (then it descends from the step's task, in a driver's
-        #: transactions, to its end: a driver block it opened for the step is closed by it, not
-        #: left waiting behind the step's own transaction): marked as the call ends, or as a
-        #: later one first asks. (Weak: a task's context holds the call.)
-        self.begun: weakref.WeakKeyDictionary[trio.lowlevel.Task, bool] = weakref.WeakKeyDictionary()
-
-    def began(self, task: trio.lowlevel.Task) -> bool:
-        """Whether ``task``, one trio runs for the thread's calls back into trio, began while
-        the step's call was on (asked first after the call ended and not marked then: no)."""
-        begun = self.begun.get(task)
-        if begun is None:
-            begun = self.begun[task] = not self.ctx._call_over
-        return begun
 
     def end(self) -> None:
-        """The step is done with the call (it returned, or its thread was given up): the
-        tasks trio runs for the thread's calls back into trio from now on are not the step's.
-        (trio gives no word as it starts one: those alive now are found among its system
-        tasks, by the context they run in.)"""
+        """The step is done with the call (it returned, or its thread was given up): what the
+        thread does from now on is not the step's."""
         self.ctx.end_thread_call()
-        root = trio.lowlevel.current_root_task()
-        for nursery in () if root is None else root.child_nurseries:
-            for task in nursery.child_tasks:
-                if task.context.get(_thread_call) is self:
-                    self.begun.setdefault(task, True)
 
 
 #: In a worker thread running a step's plain ``def`` job, and in the tasks trio runs for that
@@ -129,19 +108,6 @@ def in_lane(ctx: WorkflowContext, fn: Callable[..., Any]) -> tuple[Callable[...,
     return call, thread_call
 
 
-def calling_task() -> trio.lowlevel.Task:
-    """The calling task, for a data driver's question of which transaction it takes part in
-    (see :func:`descends`); for one trio runs for a worker thread's call back into trio, first
-    noted as begun while the step's call is on, or not (one begun after is not the step's)."""
-    task = trio.lowlevel.current_task()
-    call = _thread_call.get()
-    if call is not None:
-        top = _outside_lanes(task, call)
-        if top is not None:
-            call.began(top)
-    return task
-
-
 def keep_apart(nursery: trio.Nursery) -> None:
     """Make the tasks of ``nursery`` (at any depth) no part of a transaction the task that
     opened it, or any task above, holds: an engine's, whose instances are not their caller's
@@ -159,9 +125,10 @@ _APART: weakref.WeakSet[trio.Nursery] = weakref.WeakSet()
 def descends(task: trio.lowlevel.Task, ancestor: trio.lowlevel.Task) -> bool:
     """Whether ``task`` is ``ancestor`` or was spawned, at any depth, in a nursery that
     ``ancestor`` (or one of its descendants) opened, not through a nursery kept apart; a task
-    trio runs for a worker thread's call back into trio, begun while the step's call was on,
-    counting as spawned by the task running the step. A task spawned into a nursery opened
-    elsewhere (an engine's, for instance actors) is not, wherever it was spawned from."""
+    trio runs for a worker thread's call back into trio counting, while the step's call is on,
+    as spawned by the task running the step (once the step is done with the call, what its
+    thread does is not the step's). A task spawned into a nursery opened elsewhere (an
+    engine's, for instance actors) is not, wherever it was spawned from."""
     current: trio.lowlevel.Task | None = task
     while current is not None:
         if current is ancestor:
@@ -172,7 +139,7 @@ def descends(task: trio.lowlevel.Task, ancestor: trio.lowlevel.Task) -> bool:
         parent = nursery.parent_task
         if parent.parent_nursery is None:  # (``current`` is one of trio's init task's)
             call = current.context.get(_thread_call)
-            current = call.host if call is not None and call.began(current) else None
+            current = call.host if call is not None and not call.ctx._call_over else None
         else:
             current = parent
     return False

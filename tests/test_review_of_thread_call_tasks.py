@@ -1,8 +1,7 @@
 """From an adversarial re-review of f540672/f405ad8 (plain ``def`` jobs in worker threads, the
-thread call's context, ``calling_task()``) and 5d79b75 (deferred SQLite reads,
-``before_its_end``). Both tests failed until the commit that added this file (the tasks of the
-tree the step runs in are never the thread call's; those trio runs for the call and that are
-alive as it ends are marked begun while it was on).
+thread call's context) and 5d79b75 (deferred SQLite reads, ``before_its_end``). The first test
+failed until the commit that added this file (the tasks of the tree the step runs in are never
+the thread call's); the second holds what was decided after later reviews.
 
 Threads block on ``threading.Event`` with a guard; under the autojump ``MockClock`` virtual time
 runs at real speed while a thread job is in flight, so step timeouts that must fire are short.
@@ -69,20 +68,18 @@ async def test_end_hook_of_a_run_started_from_a_plain_job_is_not_the_starters_st
     assert ([row["what"] for row in rows], seen) == (["order seen"], ["not in a step"])
 
 
-async def test_a_from_thread_task_begun_during_the_call_writes_inside_the_runs_transaction(
+async def test_a_from_thread_write_made_after_the_thread_was_given_up_is_not_the_steps(
         autojump_clock: trio.testing.MockClock) -> None:
-    """README: what the thread runs through ``trio.from_thread.run``, begun while the call is
-    on, counts as the step's in a data driver's transaction to its end (a transactional run's,
-    which it joins, and whose rollback undoes its writes). A ``.transactional()`` workflow's plain job ``write`` runs ``body`` through
+    """A ``.transactional()`` workflow's plain job ``write`` runs ``body`` through
     ``trio.from_thread.run``; ``body`` awaits a slow call, then creates an order row. The
     step's ``timeout=0.2`` gives the thread up during the slow call (a catch routes the lane
     to ``check``), ``body`` goes on and writes while ``check`` runs, and ``check`` fails, so
-    the run's transaction rolls back. Expected: the order row is rolled back with the run (it
-    was the step's write). Was: the row stays, though the run is ``failed`` and
-    ``rolled_back``: ``calling_task()`` decides whether the task is the step's at its first
-    ask (``call.begun`` memo, runtime/_current.py), not when it began; its first ask comes
-    after the call is over, so the write is a stranger's, waits for the run's transaction to
-    end, and commits on its own after the rollback."""
+    the run's transaction rolls back. Decided (README, The engine): once the step is done
+    with the call, what its thread does is not the step's: the write waits for the run's
+    transaction to end and then commits on its own (as at 21f7eb7). The re-review that wrote
+    this test expected it rolled back with the run (a task begun while the call was on being
+    the step's to its end); that let a given-up thread's late write into a later step's own
+    block, to be rolled back with it (tests/test_review_of_given_up_thread_writes.py)."""
     driver = tf.adapters.MemoryDriver()
     began = trio.Event()
     released = trio.Event()
@@ -116,4 +113,4 @@ async def test_a_from_thread_task_begun_during_the_call_writes_inside_the_runs_t
         ended = await engine.wait(iid)
         await until(lambda: bool(wrote))
     assert ended.status == "failed" and ended.rolled_back
-    assert await driver.find_many("orders", {}) == []
+    assert wrote == [True] and [row["n"] for row in await driver.find_many("orders", {})] == [1]
