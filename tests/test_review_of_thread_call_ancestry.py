@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 import trioflow as tf
-from thread_jobs import until
+from thread_jobs import note_current_step, until
 from trioflow.testing import engine_portal
 
 
@@ -181,10 +181,7 @@ async def test_the_end_hook_of_an_engine_opened_in_a_from_thread_task_is_not_in_
     seen: list[Any] = []
 
     async def on_complete(result: Any) -> None:
-        try:
-            seen.append(tf.current_step().step_name)
-        except tf.NotInStepError:
-            seen.append("not in a step")
+        note_current_step(seen)
 
     audit = tf.workflow("audit").step("look", lambda ctx: "x").with_hooks(on_complete=on_complete).build()
 
@@ -216,10 +213,7 @@ def test_the_end_hook_of_another_trio_runs_engine_started_from_a_plain_job_is_no
     seen: list[Any] = []
 
     async def on_complete(result: Any) -> None:
-        try:
-            seen.append(tf.current_step().step_name)
-        except tf.NotInStepError:
-            seen.append("not in a step")
+        note_current_step(seen)
 
     audit = tf.workflow("audit").step("look", lambda ctx: "x").with_hooks(on_complete=on_complete).build()
     ended: list[Any] = []

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 import trioflow as tf
-from thread_jobs import RELEASE_WAIT, until
+from thread_jobs import RELEASE_WAIT, note_current_step, until
 
 async def test_end_hook_of_a_run_started_from_a_plain_job_is_not_the_starters_step(
         autojump_clock: trio.testing.MockClock) -> None:
@@ -40,10 +40,7 @@ async def test_end_hook_of_a_run_started_from_a_plain_job_is_not_the_starters_st
     seen: list[Any] = []
 
     async def on_complete(result: Any) -> None:
-        try:
-            seen.append(tf.current_step().step_name)
-        except tf.NotInStepError:
-            seen.append("not in a step")
+        note_current_step(seen)
         hook_started.set()
         await driver.create("audit", {"what": "order seen"})
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import trio
 
+import trioflow as tf
+
 #: A thread never waits longer than this for its event (a guard: no test can hang on a thread).
 RELEASE_WAIT = 10
 
@@ -20,3 +22,11 @@ async def until(predicate: Any) -> None:
             return
         await trio.sleep(0.001)
     raise AssertionError("condition never held")
+
+
+def note_current_step(seen: list[Any]) -> None:
+    """Append the step ``tf.current_step()`` names, or ``"not in a step"``."""
+    try:
+        seen.append(tf.current_step().step_name)
+    except tf.NotInStepError:
+        seen.append("not in a step")
