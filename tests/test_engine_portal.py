@@ -82,6 +82,13 @@ def test_an_engine_that_cannot_open_raises_in_the_caller() -> None:
             pass
 
 
+def test_a_misspelt_option_is_named_as_engine_portals() -> None:
+    """The error names the call the user wrote (``engine_portal``), and the options it takes."""
+    with pytest.raises(tf.InvalidArgumentError, match=r"engine_portal\(\): no option 'max_runing'.*max_running"):
+        with engine_portal(max_runing=1):  # type: ignore[call-arg]
+            pass
+
+
 async def _register(engine: tf.Engine, *definitions: tf.WorkflowDefinition) -> None:
     for definition in definitions or (ORDER,):
         engine.register(definition)

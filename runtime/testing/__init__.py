@@ -33,6 +33,7 @@ from ._crashes import Outcome as Outcome
 from ._crashes import explore_crashes as explore_crashes
 from ._portal import EnginePortal as EnginePortal
 from ._portal import PortalCallStuckError as PortalCallStuckError
+from ._portal import PortalOptions as PortalOptions
 from ._portal import engine_portal as engine_portal
 
 from trioflow._lazy import public_module as _public_module

@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypedDict, TypeVar, Unpack, overload
 
 import trio
 import trio.testing
 
 from trioflow._durations import Seconds, virtual_seconds
-from trioflow._engine import Engine
+from trioflow._engine import Engine, open_engine
 from trioflow._errors import EngineClosedError, InvalidArgumentError, TrioflowError, safe_repr
 from trioflow._escapes import raise_keeping_context
 from trioflow._virtual_time import hold_still, let_jump, threads_finished
+from trioflow.adapters._protocol import Adapter
 
 from trioflow.adapters._memory import MemoryAdapter
 
-from ._engine import open_test_engine
+from ._engine import open_test_engine, refuse_unknown_options
 
 T = TypeVar("T")
 
@@ -36,6 +37,26 @@ T = TypeVar("T")
 #: start) times a float step (about 2.4e-7 s) apart each, to keep them in creation order: their
 #: workflow timeouts with them. A tenth of a millisecond covers some 400 of those.
 DUE_SLACK = 1e-4
+
+
+class PortalOptions(TypedDict, total=False):
+    """``open_engine``'s options, as :func:`engine_portal` takes them (for type checkers: a
+    misspelt one is an error where it is written). ``threads`` only ``False``: the portal
+    runs plain ``def`` jobs inline."""
+
+    adapter: Adapter | None
+    max_running: int
+    services: Mapping[str, Any] | None
+    driver: Any
+    resume: bool
+    threads: Literal[False]
+    storage_retry_for: Seconds
+    clock: Callable[[], float] | None
+    retain_finished: Seconds | None
+
+
+if set(PortalOptions.__annotations__) != set(inspect.signature(open_engine).parameters):  # pragma: no cover
+    raise ImportError("open_engine's options changed: update PortalOptions to match")
 
 
 class PortalCallStuckError(TrioflowError):
@@ -221,7 +242,7 @@ class EnginePortal:
 
 @contextmanager
 def engine_portal(
-    setup: Callable[[Engine], Awaitable[None] | None] | None = None, **engine_options: Any,
+    setup: Callable[[Engine], Awaitable[None] | None] | None = None, **engine_options: Unpack[PortalOptions],
 ) -> Iterator[EnginePortal]:
     """A test engine (``open_test_engine(**engine_options)``: a fresh ``MemoryAdapter`` and
     plain ``def`` jobs inline unless given) in a trio run of its own, in a background thread,
@@ -241,6 +262,7 @@ def engine_portal(
         raise InvalidArgumentError(
             "engine_portal() is for synchronous code (hypothesis's stateful tests): in a trio run, use"
             " open_test_engine() or the trioflow_engine fixture")
+    refuse_unknown_options(dict(engine_options), "engine_portal()")
     if engine_options.get("threads"):
         raise InvalidArgumentError(
             "engine_portal(threads=True): jobs in worker threads are not waited for by the portal, and move"

@@ -70,6 +70,19 @@ def portal_with_restarts() -> None:
         print(seen, portal.now)
 
 
+def portal_options() -> None:
+    """engine_portal takes open_engine's options, typed as open_test_engine's are: a misspelt
+    one, or threads=True (which it refuses), is a type error."""
+    with engine_portal(retain_finished=datetime.timedelta(minutes=1), storage_retry_for=5, threads=False):
+        pass
+    with engine_portal(max_runing=5):  # type: ignore[call-arg]
+        pass
+    with engine_portal(max_running="5"):  # type: ignore[arg-type]
+        pass
+    with engine_portal(threads=True):  # type: ignore[arg-type]
+        pass
+
+
 async def saga_without_an_engine() -> None:
     """run_workflow with a timedelta timeout and a job by name (its callable in jobs=)."""
     result: tf.WorkflowResult = await tf.run_workflow(
