@@ -1,11 +1,12 @@
 """The bundled adapters' checks of the numbers their listings, purges, looks for due instances
-and wake times take. Users call these methods by hand too (``engine.adapter.purge(...)``), and
+and wake times take, and of the names they leave out. Users call these methods by hand too (``engine.adapter.purge(...)``), and
 a limit of ``-1`` means "no limit" to SQLite and "none" to a slice: refused alike here, before
 anything is read, written or deleted."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 from trioflow._errors import StorageError, safe_repr
 
@@ -34,3 +35,13 @@ def checked_time(value: object, what: str, error: type[StorageError] = StorageEr
     if math.isnan(seconds):
         raise error(f"{what} must be Unix seconds (a number), got nan; nothing was done")
     return seconds
+
+
+def checked_names(values: Collection[str], what: str, error: type[StorageError] = StorageError) -> Collection[str]:
+    """``values``, unless it is one ``str`` (or ``bytes``) where a collection of them is asked:
+    taken as one, it would be its characters, and leave out or skip what no one named.
+    ``error`` (the adapter's own kind) naming ``what`` then."""
+    if isinstance(values, (str, bytes)):
+        raise error(f"{what} must be a collection of names, got the single {safe_repr(values)}"
+                    f" (pass [{safe_repr(values)}]); nothing was done")
+    return values

@@ -20,7 +20,7 @@ from trioflow._errors import (
 )
 from trioflow._snapshot import RESUMABLE, TERMINAL, Status
 
-from ._arguments import checked_limit, checked_time
+from ._arguments import checked_limit, checked_names, checked_time
 from ._protocol import StoredInstance
 
 
@@ -287,10 +287,11 @@ class MemoryAdapter:
         self, before: float, limit: int, *, skip_workflows: Collection[str] = (), exclude: Collection[str] = (),
     ) -> list[StoredInstance]:
         return [_stored(instance_id, row) for instance_id, row in self._waiting(
-            checked_time(before, "due's before"), checked_limit(limit, "due"), skip_workflows, frozenset(exclude))]
+            checked_time(before, "due's before"), checked_limit(limit, "due"),
+            checked_names(skip_workflows, "due's skip_workflows"), frozenset(checked_names(exclude, "due's exclude")))]
 
     async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:
-        found = self._waiting(math.inf, 1, skip_workflows)
+        found = self._waiting(math.inf, 1, checked_names(skip_workflows, "next_wake's skip_workflows"))
         return found[0][1].wake_at if found else None
 
     def _waiting(

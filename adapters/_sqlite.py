@@ -56,7 +56,7 @@ from trioflow._errors import (
 from trioflow._snapshot import RESUMABLE, TERMINAL, Status
 from trioflow._virtual_time import mock_clock, threads_under
 
-from ._arguments import checked_limit, checked_time
+from ._arguments import checked_limit, checked_names, checked_time
 from ._protocol import StoredInstance
 
 if TYPE_CHECKING:
@@ -572,13 +572,13 @@ class SQLiteAdapter:
     ) -> list[StoredInstance]:
         rows: list[StoredInstance] = await self._submit(
             ("due", (checked_time(before, "due's before"), checked_limit(limit, "due"),
-                     _texts(skip_workflows, "skip_workflows must be workflow names"),
-                     _texts(exclude, "exclude must be instance ids"))))
+                     _texts(skip_workflows, "due's skip_workflows", "skip_workflows must be workflow names"),
+                     _texts(exclude, "due's exclude", "exclude must be instance ids"))))
         return rows
 
     async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:
         wake: float | None = await self._submit(
-            ("next_wake", (_texts(skip_workflows, "skip_workflows must be workflow names"),)))
+            ("next_wake", (_texts(skip_workflows, "next_wake's skip_workflows", "skip_workflows must be workflow names"),)))
         return wake
 
     async def delete(self, instance_id: str) -> bool:
@@ -1253,9 +1253,10 @@ def _leaving_out(conn: sqlite3.Connection, column: str, table: str, values: tupl
     return f" AND {column} NOT IN (SELECT value FROM temp.{table})", ()
 
 
-def _texts(values: Collection[str], refusal: str) -> tuple[str, ...]:
-    """``values`` handed to SQLite, or :class:`DatabaseError` (``refusal``) for anything else."""
-    texts = tuple(values)
+def _texts(values: Collection[str], what: str, refusal: str) -> tuple[str, ...]:
+    """``values`` handed to SQLite, or :class:`DatabaseError` (``refusal``, or naming ``what``
+    given one ``str``) for anything else."""
+    texts = tuple(checked_names(values, what, DatabaseError))
     if any(type(value) is not str for value in texts):
         raise DatabaseError(f"{refusal}, got {texts!r}")
     return texts
