@@ -366,6 +366,31 @@ def copied_view(state: InstanceState) -> InstanceState:
             state.data = held
 
 
+def detached(state: InstanceState) -> InstanceState:
+    """``state`` to build a view from that shares with it, and with any other view of it, no
+    value a caller may change: ``state`` itself when its values (input, output, shared data,
+    each record's input and output) are all ``None``, numbers, text or bytes, as in most
+    instances; else :func:`copied_view` of it. For an ended run's state, whose view each
+    ``wait()`` caller gets (one that redacts its own must not redact another's)."""
+    # (Inline type checks, no call per value: wait() asks this once per instance.)
+    unchanging = _UNCHANGING
+    if type(state.input) not in unchanging or type(state.output) not in unchanging:
+        return copied_view(state)
+    if state.data:
+        for value in state.data.values():
+            if type(value) not in unchanging:
+                return copied_view(state)
+    for r in state.records:
+        if type(r.input) not in unchanging or type(r.output) not in unchanging:
+            return copied_view(state)
+    return state
+
+
+#: The types of the values a view may share with the state it is of: none can be changed in
+#: place (a tuple, a date, ... are not listed, to keep the check a set lookup: copied too).
+_UNCHANGING = frozenset({type(None), *_PLAIN})
+
+
 def unstorable_keys(data: dict[str, Any]) -> list[str]:
     """The keys of the shared data whose values (or the keys themselves) cannot be stored."""
     return [key for key, value in data.items() if not _storable(key, value)]

@@ -32,6 +32,7 @@ from trioflow._codec import (
     copied_view,
     decode_payload,
     decode_stored,
+    detached,
     encode_header,
     encode_payload,
     encode_start,
@@ -95,7 +96,6 @@ from ._snapshot import (
     InstanceState,
     Status,
     WorkflowInstance,
-    before_its_end,
     compensation_errors_by_execution,
     to_instance,
     unreadable_instance,
@@ -1127,25 +1127,22 @@ class Engine:
         self._check_open()
         check_instance_id(instance_id)
         run = self._live.get(instance_id)
-        if run is not None:
+        if run is not None and not _end_in_flight(run):
             return _live_view(run, run.stored_status)
+        # (One whose end is being stored is viewed as its row holds it: read it too.)
         record = await self.adapter.load(instance_id)
         run = self._live.get(instance_id)
         if run is not None:
             # Resumed here while storage was read: its row may hold a write the run has not
             # seen acknowledged yet; the run's view is the one every later call gives, until it ends.
-            return _live_view(run, run.stored_status)
+            return _live_view(run, run.stored_status, record)
         if record is not None and instance_id in self._unreadable:
             return self._unreadable[instance_id]  # its row reads, but not all it holds
         return None if record is None else self._view(record)
 
     def _view(self, record: StoredInstance) -> WorkflowInstance:
         """The public view of a stored record; an unreadable one is reported failed, with why."""
-        try:
-            state = _decoded(record)
-        except SnapshotDecodeError as exc:
-            return unreadable_instance(record.instance_id, record.workflow_name, describe_error(exc))
-        return to_instance(state)
+        return _stored_view(record)
 
     async def wait(self, instance_id: str) -> WorkflowInstance:
         """Wait until the instance has reached a terminal status (compensation included)."""
@@ -1165,8 +1162,9 @@ class Engine:
             if run is not None:
                 await run.wait_ended()
                 if run.stored_status in TERMINAL:
-                    # Its end is stored, and a finished run's state is never touched again.
-                    return to_instance(run.state)
+                    # Its end is stored, and a finished run's state is never touched again;
+                    # each caller's view is its own (not sharing a container with another's).
+                    return to_instance(detached(run.state))
                 self._check_stopped(instance_id)
             stalled = self._stalled.get(instance_id)
             if stalled is not None:
@@ -1433,7 +1431,7 @@ class Engine:
                     # Under the status the adapter read and listed it by (a checkpoint may have
                     # changed it since): a listing by status holds only instances of that status.
                     if status is None or record.status == status:
-                        out.append(_live_view(run, record.status))
+                        out.append(_live_view(run, record.status, record))
                     continue
                 # An unreadable row is reported failed, whatever status it is stored with (as is
                 # one whose run found a signal it cannot read).
@@ -2843,15 +2841,40 @@ _STALE_DEADLINES = 64
 _DEADLINE_SLACK = 0.001
 
 
-def _live_view(run: Run, stored: Status | None) -> WorkflowInstance:
+def _stored_view(record: StoredInstance, data: dict[str, Any] | None = None) -> WorkflowInstance:
+    """The public view of a stored record (with the shared data ``data``, if given); an
+    unreadable one is reported failed, with why."""
+    try:
+        state = _decoded(record)
+    except SnapshotDecodeError as exc:
+        return unreadable_instance(record.instance_id, record.workflow_name, describe_error(exc))
+    if data is not None:
+        state.data = data
+    return to_instance(state)
+
+
+def _end_in_flight(run: Run) -> bool:
+    """Whether the run has ended and the checkpoint storing its end is not acknowledged yet."""
+    stored = run.stored_status
+    return stored is not None and stored not in TERMINAL and run.state.status in TERMINAL
+
+
+def _live_view(run: Run, stored: Status | None, row: StoredInstance | None = None) -> WorkflowInstance:
     """The view of an instance running here, with the status ``stored`` (``None``: as in
     memory): the status in memory runs ahead of storage while the checkpoint of a change is in
-    flight (an admission, an end), and a view says what is stored, as ``wait()`` does."""
+    flight (an admission, an end), and a view says what is stored, as ``wait()`` does. ``row``:
+    its row, read since it ended (needed only while its end is being stored)."""
     state = copied_view(run.state)  # (a copy: the view is never aliased to the running state)
     if stored is not None and state.status != stored:
         if state.status in TERMINAL and stored not in TERMINAL:
-            # Its end is being stored: until it is, the view is of the instance before it ended.
-            return before_its_end(to_instance(state), stored, run.state.stored)
+            # Its end is being stored: until it is, the view is of the instance as its row holds
+            # it (the records stored, the step the main line stood in and what it waited for
+            # there, as a restart would take it up), its shared data as it stands, as in any
+            # live view. A row that holds the end already, or is gone (purged once it did):
+            # the end stands.
+            if row is not None and row.status not in TERMINAL:
+                return _stored_view(row, state.data)
+            return to_instance(state)
         # (Admitted, its admission not stored yet, or its on_start hook running: storage holds
         # no start time for it either, and its first step has not begun.)
         state.status = stored

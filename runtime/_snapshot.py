@@ -654,8 +654,9 @@ class WorkflowInstance:
     #: ``step_results`` does, and a loop or a map's items run a step many times.
     compensation_errors_by_execution: dict[str, str] = attrs.field(factory=dict)
     #: The instance's shared data (``with_data``, ``ctx.set``): as stored, or while it runs
-    #: here as it stands now (a copy of the mapping; its values are the instance's: do not
-    #: mutate them). What a dashboard shows of a running instance without a step of its own.
+    #: here as it stands now. What a dashboard shows of a running instance without a step of
+    #: its own. The view's own copy, as its other values are (an engine's views: ``ctx.instance``
+    #: in a step holds the run's values, not to be changed).
     data: dict[str, Any] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -732,24 +733,6 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
         children=children_started(state.records),
         data=dict(state.data) if state.data else {},
     )
-
-
-def before_its_end(view: WorkflowInstance, status: Status, stored: int) -> WorkflowInstance:
-    """``view`` of an instance whose end is being stored, as storage holds it until then: with
-    ``status``, the step executions whose records are stored (seqs before ``stored``), the step
-    the main line stood in (that of the first of its records being stored) running, and no
-    output, error nor end time. (Its shared data stays as it stands, as in any live view.)"""
-    kept = tuple(r for r in view.history if r.seq < stored)
-    ending = next((r for r in view.history if r.seq >= stored and r.lane == MAIN), None)
-    results = {name: r for name, r in view.step_results.items() if r.status == "skipped"}
-    results.update((r.step_name, r) for r in kept)
-    if ending is not None:
-        results[ending.step_name] = StepResult(
-            step_name=ending.step_name, status="running", lane=MAIN, execution=ending.execution)
-    return attrs.evolve(
-        view, status=status, output=None, completed_at=None, error=None, failed_step=None, error_name=None,
-        cause=None, history=kept, step_results=results, current_step=None if ending is None else ending.step_name,
-        started_at=None if status == "pending" else view.started_at)
 
 
 def _add_running(state: InstanceState, results: dict[str, StepResult]) -> None:
