@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Gene
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Never, NoReturn, ParamSpec, TypeVar
 
 import attrs
 import trio
@@ -410,7 +410,7 @@ class Engine:
 
     async def start(
         self, workflow_name: str, input: Any = None, *, instance_id: str | None = None,
-        delay: Seconds | None = None, start_at: datetime | float | None = None,
+        delay: Seconds | None = None, start_at: datetime | float | None = None, **unknown: Never,
     ) -> str:
         """Start an instance and return its id once it is stored.
 
@@ -420,8 +420,16 @@ class Engine:
         input raises before anything is stored. ``delay`` (seconds or a ``timedelta``) or
         ``start_at`` (an aware ``datetime`` or Unix seconds) holds the first step back until
         then, durably: the instance is stored now, waits without a task, and starts on time
-        even after a restart.
+        even after a restart. A keyword it does not take raises :class:`InvalidArgumentError`
+        naming it.
         """
+        if unknown:
+            # (``**unknown`` so that a misspelt keyword, say ``instanceid=``, is refused with
+            # trioflow's own error like every other bad argument, not Python's TypeError; typed
+            # ``Never``, a type checker still flags one where it is written. Its cost, an empty
+            # dict per call, is tens of nanoseconds against a start's tens of microseconds.)
+            raise InvalidArgumentError(
+                f"start(): no keyword {', '.join(map(repr, sorted(unknown)))}; it takes instance_id, delay, start_at")
         self._check_open()
         starts_at = None if delay is None and start_at is None else self._start_time(delay, start_at)
         return await self._start(workflow_name, input, instance_id, starts_at)

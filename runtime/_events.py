@@ -182,8 +182,10 @@ class EventBus:
     @asynccontextmanager
     async def subscribe(self, pattern: str, *, buffer: int | float = DEFAULT_BUFFER) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
         """An async iterator of matching events for the duration of the block; it ends when
-        the engine closes. Raises :class:`EngineClosedError` once it has. ``buffer``: how many
-        events wait for the reader (an int >= 1, or ``math.inf``) before newer ones are dropped."""
+        the engine closes or the block is left (either way a reader, in any task, gets what is
+        already queued, then its ``async for`` ends). Raises :class:`EngineClosedError` once the
+        engine has closed. ``buffer``: how many events wait for the reader (an int >= 1, or
+        ``math.inf``) before newer ones are dropped."""
         _check_pattern(pattern)
         _check_buffer(buffer)
         self._check_open()
@@ -191,11 +193,14 @@ class EventBus:
         remove = self._add(_Subscriber(pattern, None, send))
         self._streams.add(send)
         try:
-            async with receive:
-                yield receive
+            yield receive
         finally:
             remove()
             self._streams.discard(send)
+            # Only the send side is closed, as at the engine's close: a reader waiting in another
+            # task gets EndOfChannel (its ``async for`` ends) once it has read what is queued.
+            # Closing the receive side would raise trio.ClosedResourceError in that reader
+            # instead; left open, it holds nothing but the queue, which goes with the reader.
             send.close()
 
     def wants(self, name: str) -> bool:
