@@ -6,6 +6,7 @@ import random
 from collections.abc import Callable
 
 import attrs
+import trio
 
 from ._durations import Seconds, in_range, seconds
 from ._errors import DefinitionError
@@ -46,6 +47,30 @@ def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> Non
 #: Draws each jittered delay: a generator of its own, so that neither a program's seeding of
 #: ``random`` nor hypothesis's management of it makes every instance's delays the same.
 _jitter_source = random.Random()
+
+#: The generator of a trio run whose test engine seeded one (see :func:`seed_jitter`).
+_seeded_jitter: trio.lowlevel.RunVar[random.Random] = trio.lowlevel.RunVar("trioflow_seeded_jitter")
+
+#: The seed of the testing kit's engines: every one draws the same jitter, run after run.
+TEST_JITTER_SEED = 0
+
+
+def seed_jitter(seed: int = TEST_JITTER_SEED) -> None:
+    """Draw the jitter of the current trio run's retries from a generator seeded with ``seed``,
+    from its first draw: two identical runs then retry at the same (virtual) times. For the
+    testing kit, whose runs promise that; an engine's own stays unseeded, so that instances of
+    programs started alike still spread their retries. (Seeding by instance id instead would
+    not do: ids are random, so a test's two runs would still draw apart.)"""
+    _seeded_jitter.set(random.Random(seed))
+
+
+def _jitter_draw() -> float:
+    """A share from 0 to 1, from the run's seeded generator if it has one."""
+    try:
+        source = _seeded_jitter.get()
+    except (LookupError, RuntimeError):  # (none seeded, or outside a trio run: a policy asked directly)
+        source = _jitter_source
+    return source.random()
 
 
 def _retry_on_tuple(value: object) -> tuple[ErrorMatcher, ...] | None:
@@ -138,7 +163,7 @@ class Retry:
         if self.jitter:
             # Drawn once, as the attempt fails: an engine stores the next attempt's time, so a
             # restart keeps it rather than draw again.
-            delay -= delay * self.jitter * _jitter_source.random()
+            delay -= delay * self.jitter * _jitter_draw()
         return delay
 
 

@@ -3,6 +3,8 @@
 The engine "dies" right after write k: its whole nursery is cancelled at once (instance actors
 do not compensate on an engine shutdown) and every later write is swallowed before it reaches
 storage, as if the process had been killed. A fresh engine then resumes from that storage.
+Write k is the fault-free run's, found in each crash run by what it records: the scheduler's
+order moves it, and writes that only other runs make are crashed at too.
 
 What is checked is what holds whatever the scheduler does. trio randomizes the order of tasks
 that are ready at the same instant, so in a fail-fast parallel step a sibling's step may or may
@@ -58,6 +60,7 @@ from trioflow._lanes import (
     item_scope,
     step_key,
 )
+from trioflow._retry import seed_jitter
 from trioflow._snapshot import (
     RESUMABLE,
     InstanceState,
@@ -67,7 +70,7 @@ from trioflow._snapshot import (
     children_started,
     executions,
 )
-from trioflow._codec import decode_payload, decode_stored, encode_payload
+from trioflow._codec import decode, decode_payload, decode_stored, encode_payload
 from trioflow._context import WorkflowContext
 from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
@@ -119,6 +122,8 @@ class Outcome:
 class CrashPoint:
     """One explored crash: after which write, what that write recorded, what followed."""
 
+    #: The write's number in the run that crashed, which may differ from the fault-free run's
+    #: (for a "no crash" point: the number of the fault-free run's write it was to crash at).
     write: int
     after: str
     outcome: Outcome
@@ -134,11 +139,16 @@ class CrashReport:
 
     baseline: Outcome
     writes: int
+    #: Two per write of the fault-free run (after it, and while making it, unless
+    #: ``lost_writes=False``), in its order.
     points: tuple[CrashPoint, ...]
+    #: One per write that only other runs made (steps side by side that ended in another order
+    #: store their records in other writes), and each kind (after it, and while making it).
+    extra_points: tuple[CrashPoint, ...] = ()
 
     @property
     def divergent(self) -> tuple[CrashPoint, ...]:
-        return tuple(p for p in self.points if p.divergence is not None)
+        return tuple(p for p in (*self.points, *self.extra_points) if p.divergence is not None)
 
 
 class CrashDivergenceError(AssertionError):
@@ -164,11 +174,17 @@ async def explore_crashes(
     before_run: Callable[[], Any] | None = None,
     after_run: Callable[[Outcome], Any] | None = None,
 ) -> CrashReport:
-    """Run ``workflow`` once without faults, then once per snapshot write k, dying after write k
-    and resuming in a fresh engine over the same storage; and (``lost_writes``) once more per
-    write k, dying while making it: write k never reaches storage, but what it would have
-    recorded has run, and runs again after the resume, as at-least-once execution has it (a
-    step that is not idempotent then shows as a divergent output).
+    """Run ``workflow`` once without faults, then once per snapshot write k of that run, dying
+    after the write that records what write k did and resuming in a fresh engine over the same
+    storage; and (``lost_writes``) once more per write k, dying while making it: it never
+    reaches storage, but what it would have recorded has run, and runs again after the resume,
+    as at-least-once execution has it (a step that is not idempotent then shows as a divergent
+    output). A write is found by what it records, not by its number: steps side by side that
+    end in one scheduler pass share a write, so the order and number of a run's writes can
+    vary (a run that makes no such write is a "no crash" point). Each write that those crash
+    runs made, up to their crash, and the fault-free run did not is a crash point too, both
+    ways (:attr:`CrashReport.extra_points`). Retry jitter is drawn from a generator seeded
+    afresh for each run.
 
     Each crash run must end with the fault-free run's status and output; no step recorded as
     completed at the crash point may run again after the resume (the step in flight may), nor a
@@ -233,7 +249,7 @@ async def explore_crashes(
         for definition in registered:
             engine.register(definition)
 
-    async def one_run(crash_after: int | None, lost: bool = False) -> tuple[Outcome, _CrashingAdapter, str | None]:
+    async def one_run(target: _Target | None, lost: bool = False) -> tuple[Outcome, _CrashingAdapter, str | None]:
         for job in scripted:
             job.reset()
         if before_run is not None:
@@ -246,7 +262,8 @@ async def explore_crashes(
         if storage is None:
             raise InvalidArgumentError("adapter_factory() gave None: it must give fresh, empty storage each time")
         driver = None if driver_factory is None else driver_factory()
-        crashing = _CrashingAdapter(storage, crash_after, lost)
+        crashing = _CrashingAdapter(storage, target, lost)
+        seed_jitter()  # (each run retries at the fault-free run's times, until its crash)
         sent = 0
         try:
             with trio.CancelScope() as crashing.process:
@@ -261,7 +278,7 @@ async def explore_crashes(
                     for name, payload in signals:
                         await engine.signal(INSTANCE_ID, name, payload)
                         sent += 1
-                    instance = await _end_or_never(engine, signals, fault_free=crash_after is None)
+                    instance = await _end_or_never(engine, signals, fault_free=target is None)
                     children = await _children(engine, instance, bool(also))
                     data = await _shared_data(engine, [INSTANCE_ID, *children])
         except Exception:
@@ -291,40 +308,67 @@ async def explore_crashes(
             try:
                 await _call(after_run, outcome)
             except AssertionError as exc:
-                if crash_after is None:
+                if target is None:
                     raise  # (the fault-free run: no crash to blame)
                 failed_check = f"after_run: {str(exc) or 'an assertion failed'}"
         return outcome, crashing, failed_check
 
     baseline, clean, _ = await one_run(None)
-    points = []
-    for k in range(1, clean.writes + 1):
-        for lost in (False, True) if lost_writes else (False,):
-            outcome, crashed, failed_check = await one_run(k, lost)
+    points: list[CrashPoint] = []
+    extra: list[CrashPoint] = []
+    variants = (False, True) if lost_writes else (False,)
+    # Every write the fault-free run and the crash runs below made (up to the crash), as what
+    # it recorded (see _write_key), in the order first seen.
+    seen = dict.fromkeys(clean.keys)
+
+    def crash_point(outcome: Outcome, crashed: _CrashingAdapter, failed_check: str | None, lost: bool) -> CrashPoint:
+        assert crashed.crash_states is not None
+        # Named by the crash run's own write: another run may make its writes in another order.
+        if lost:
+            assert crashed.lost_write is not None
+            # What it would have stored, and what was stored before it ("after" alone read as
+            # the step that ran again).
+            after = (f"write lost ({_describe_write([*crashed.states, crashed.lost_write], crashed.writes)}), after "
+                     + (_describe_write(crashed.states, crashed.writes - 1) if crashed.writes > 1 else "nothing stored"))
+        else:
+            after = _describe_write(crashed.states, crashed.writes)
+        divergence = counter.changed[0] if counter.changed else _compare(
+            baseline, crashed.crash_states, outcome, shapes)
+        return CrashPoint(write=crashed.writes, after=after, outcome=outcome, divergence=divergence or failed_check,
+                          lost=lost)
+
+    # Each write of the fault-free run, found in each crash run by what it records rather than
+    # by its number: steps side by side that end in one scheduler pass share a write, so which
+    # write comes when, and how many a run makes, can vary from run to run.
+    for k, target in enumerate(clean.keys, 1):
+        for lost in variants:
+            outcome, crashed, failed_check = await one_run(target, lost)
+            seen.update(dict.fromkeys(crashed.keys))
             if crashed.crash_states is None:
-                # Branches that end in one scheduler pass share a checkpoint, so how many writes
-                # a run makes can vary with scheduling (real threads): this run ended before write k.
-                after = f"no crash: this run made {crashed.writes} writes"
-                divergence = _compare_uncrashed(baseline, outcome, shapes[workflow.name])
-            elif lost:
-                # Named by what it would have stored (as the run without a crash wrote it), and
-                # what was stored before it: "after" alone read as the step that ran again.
-                after = (f"write lost ({_describe_write(clean.states, k)}), after "
-                         + (_describe_write(crashed.states, k - 1) if k > 1 else "nothing stored"))
-                divergence = counter.changed[0] if counter.changed else _compare(
-                    baseline, crashed.crash_states, outcome, shapes)
+                # This run did not make that write (its steps' completions shared writes otherwise).
+                points.append(CrashPoint(
+                    write=k, outcome=outcome, lost=lost,
+                    after=(f"no crash: this run made {crashed.writes} writes, none storing what the fault-free run's"
+                           f" write {k} did ({_describe_write(clean.states, k)})"),
+                    divergence=_compare_uncrashed(baseline, outcome, shapes[workflow.name]) or failed_check))
             else:
-                after = _describe_write(crashed.states, k)
-                divergence = counter.changed[0] if counter.changed else _compare(
-                    baseline, crashed.crash_states, outcome, shapes)
-            points.append(CrashPoint(write=k, after=after, outcome=outcome, divergence=divergence or failed_check,
-                                     lost=lost))
-    report = CrashReport(baseline=baseline, writes=clean.writes, points=tuple(points))
+                points.append(crash_point(outcome, crashed, failed_check, lost))
+    # Then each write those crash runs made that the fault-free run did not (its steps side by
+    # side ended otherwise, or together): one run more for each, and each kind. (Not those
+    # these runs make: with many steps side by side, which end together can vary without end.)
+    made = set(clean.keys)
+    for target in [t for t in seen if t not in made]:
+        for lost in variants:
+            outcome, crashed, failed_check = await one_run(target, lost)
+            if crashed.crash_states is not None:
+                extra.append(crash_point(outcome, crashed, failed_check, lost))
+    report = CrashReport(baseline=baseline, writes=clean.writes, points=tuple(points), extra_points=tuple(extra))
     if check and report.divergent:
         first = report.divergent[0]
         when = "while making" if first.lost else "after"
+        of = f"of {clean.writes}" if first.write <= clean.writes else f"(the fault-free run made {clean.writes})"
         raise CrashDivergenceError(
-            f"workflow {workflow.name!r}: crash {when} snapshot write {first.write} of {clean.writes}"
+            f"workflow {workflow.name!r}: crash {when} snapshot write {first.write} {of}"
             f" ({first.after}), then resume: {first.divergence}", report,
         )
     return report
@@ -810,20 +854,43 @@ def _check_family(got: Outcome, at_crash: Mapping[str, InstanceState], shapes: M
 
 
 def _describe_write(states: Sequence[tuple[str, InstanceState]], k: int) -> str:
+    """What write k (of ``states``, a run's writes in order) stored, in words."""
     instance_id, state = states[k - 1]
     who = "" if instance_id == INSTANCE_ID else f"child {instance_id!r}: "
     before = next((s for i, s in reversed(states[:k - 1]) if i == instance_id), None)
+    done, rest = _write_parts(state, before)
+    return f"{who}{', '.join(done)}{rest}"
+
+
+#: What a write recorded (see :func:`_write_key`).
+_WriteKey = tuple[str, tuple[str, ...], str]
+#: A write of a run: what it recorded, and how many of the run's writes had recorded that by then
+#: (it included).
+_Target = tuple[_WriteKey, int]
+
+
+def _write_key(instance_id: str, state: InstanceState, before: InstanceState | None) -> _WriteKey:
+    """What a write of ``instance_id`` that turned ``before`` into ``state`` recorded, as the
+    same in any run that records it: the records of steps that ended together in one scheduler
+    pass are stored by one write, in the order they ended, which varies."""
+    done, rest = _write_parts(state, before)
+    return instance_id, tuple(sorted(done)), rest
+
+
+def _write_parts(state: InstanceState, before: InstanceState | None) -> tuple[tuple[str, ...], str]:
+    """What a write that turned ``before`` (``None``: nothing stored) into ``state`` recorded:
+    each record it added or compensated, in words, and what else it says of the instance."""
     if before is None:
-        return f"{who}instance created"
+        return (), "instance created"
     if len(state.records) > len(before.records):
-        done = ", ".join(_described(r) for r in state.records[len(before.records):])
+        done = tuple(_described(r) for r in state.records[len(before.records):])
         # The main line's last step is recorded by the instance's terminal checkpoint.
-        return f"{who}{done}; instance {state.status}" if state.phase == "done" else f"{who}{done}"
+        return done, f"; instance {state.status}" if state.phase == "done" else ""
     if len(state.compensated) > len(before.compensated):
-        return who + _described(state.records[state.compensated[-1]], "compensated")
+        return (_described(state.records[state.compensated[-1]], "compensated"),), ""
     if state.phase == "compensating" and before.phase != "compensating":
-        return f"{who}failure recorded ({state.error}); compensation starts"
-    return f"{who}instance {state.status}"
+        return (), f"failure recorded ({state.error}); compensation starts"
+    return (), f"instance {state.status}"
 
 
 def _nested_steps(steps: Sequence[Step]) -> Iterator[Step]:
@@ -855,21 +922,42 @@ class _ProcessGone(Exception):
 _OPTIONAL_METHODS = ("send_signal", "signals", "send_signal_and_load", "due", "next_wake")
 
 
-class _CrashingAdapter:
-    """Delegates to real storage, counts writes, and kills the engine after write ``crash_after``
-    (``lost``: while making it, before it reaches storage)."""
+@attrs.frozen
+class _Pending:
+    """A write about to be made: what its row will hold, and what it records."""
 
-    def __init__(self, inner: Adapter, crash_after: int | None, lost: bool = False) -> None:
+    instance_id: str
+    start: bytes | None
+    records: list[bytes]
+    state: InstanceState
+    target: _Target
+
+
+class _CrashingAdapter:
+    """Delegates to real storage, counts writes, and kills the engine after the write ``target``
+    (``lost``: while making it, before it reaches storage; ``None``: never)."""
+
+    def __init__(self, inner: Adapter, target: _Target | None, lost: bool = False) -> None:
         self.inner = inner
-        self.crash_after = crash_after
+        self.target = target
         self.lost = lost
         self.writes = 0
         self.crashed = False
         #: The instance each write was for, and what it stored, in write order.
         self.states: list[tuple[str, InstanceState]] = []
+        #: What each write recorded, in write order (the lost one included).
+        self.keys: list[_Target] = []
+        #: The write the crash cut short (``lost``): its instance, and what it would have stored.
+        self.lost_write: tuple[str, InstanceState] | None = None
         #: Every instance written so far, as stored when the engine died (``None``: it did not).
         self.crash_states: dict[str, InstanceState] | None = None
         self.process: trio.CancelScope | None = None
+        #: Each instance's row as this run wrote it (its start, its records), and the state it
+        #: holds: what a write is about to record is known before it reaches storage, to crash
+        #: at it with no other task's write in between, or to lose it.
+        self._rows: dict[str, tuple[bytes | None, list[bytes]]] = {}
+        self._last: dict[str, InstanceState] = {}
+        self._recorded: collections.Counter[_WriteKey] = collections.Counter()
         for name in _OPTIONAL_METHODS:
             if not callable(getattr(inner, name, None)):
                 # The engine runs without what the storage it wraps has not (signals, waiting
@@ -886,7 +974,7 @@ class _CrashingAdapter:
         self, instance_id: str, workflow_name: str, status: Status, *, start: bytes, header: bytes,
         parent_id: str | None = None, wake_at: float | None = None,
     ) -> bool:
-        await self._before_write()
+        write = await self._before_write(instance_id, header, (), first_seq=0, start=start)
         extra: dict[str, Any] = {"parent_id": parent_id} if parent_id is not None and keeps_families(self.inner) else {}
         waits_apart = wake_at is not None and not creates_waiting(self.inner)
         if wake_at is not None and not waits_apart:
@@ -895,10 +983,10 @@ class _CrashingAdapter:
         if created and waits_apart:
             # (An adapter written before create() took it: its wake time in a write of its own,
             # as the engine stored it before. A crash in between leaves a row with none.)
-            await self._after_write(instance_id)
-            await self._before_write()
+            await self._after_write(write)
+            write = await self._before_write(instance_id, header, (), first_seq=0)
             await self.inner.checkpoint(instance_id, status, header, [], first_seq=0, wake_at=wake_at)
-        await self._after_write(instance_id)
+        await self._after_write(write, stored=created)
         return created
 
     async def checkpoint(
@@ -906,7 +994,7 @@ class _CrashingAdapter:
         first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
         notify: tuple[str, str, bytes] | None = None,
     ) -> int | None:
-        await self._before_write()
+        write = await self._before_write(instance_id, header, records, first_seq=first_seq, start=start)
         extra: dict[str, Any] = {"consumed": consumed} if consumed else {}
         if wake_at is not None:
             extra["wake_at"] = wake_at
@@ -914,7 +1002,7 @@ class _CrashingAdapter:
             extra["notify"] = notify
         notice = await self.inner.checkpoint(instance_id, status, header, records, first_seq=first_seq, start=start,
                                              **extra)
-        await self._after_write(instance_id)
+        await self._after_write(write)
         return notice
 
     async def send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
@@ -977,27 +1065,55 @@ class _CrashingAdapter:
     ) -> int:
         return await self.inner.purge(finished_by, limit, status=status, workflow_name=workflow_name)
 
-    async def _before_write(self) -> None:
-        if not self.crashed and self.lost and self.writes + 1 == self.crash_after:
-            self.writes += 1  # this write is the one the crash cuts short: it stores nothing
-            self._die()
-            await self._keep_crash_states()
-        if self.crashed:
-            # A dead process writes nothing more: what the crash cancelled stops here; what it
-            # cannot cancel (shielded: a decision being stored, children being cancelled) is
-            # refused, or it would wait for ever and the crashed engine never close.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            raise _ProcessGone("the process died: nothing more is written")
+    async def _before_write(
+        self, instance_id: str, header: bytes, records: Sequence[bytes], *, first_seq: int, start: bytes | None = None,
+    ) -> _Pending:
+        """What the write is about to store; or, once the process has died (or dies now, this
+        being the write to lose), :class:`_ProcessGone`."""
+        if not self.crashed:
+            write = await self._pending(instance_id, header, records, first_seq, start)
+            if not self.crashed and not (self.lost and write.target == self.target):
+                return write
+            if not self.crashed:
+                self.writes += 1  # this write is the one the crash cuts short: it stores nothing
+                self.keys.append(write.target)
+                self.lost_write = (instance_id, write.state)
+                self._die()
+                await self._keep_crash_states()
+        # A dead process writes nothing more: what the crash cancelled stops here; what it
+        # cannot cancel (shielded: a decision being stored, children being cancelled) is
+        # refused, or it would wait for ever and the crashed engine never close.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        raise _ProcessGone("the process died: nothing more is written")
 
-    async def _after_write(self, instance_id: str) -> None:
+    async def _pending(
+        self, instance_id: str, header: bytes, records: Sequence[bytes], first_seq: int, start: bytes | None,
+    ) -> _Pending:
+        row = self._rows.get(instance_id)
+        if row is None and start is None:  # (a row this run did not create: as storage holds it)
+            stored = await self.inner.load(instance_id)
+            row = (None, []) if stored is None else (stored.start, list(stored.records))
+        kept_start, kept = row if row is not None else (None, [])
+        start = kept_start if start is None else start
+        rows = [*kept[:first_seq], *(bytes(r) for r in records)]
+        state = decode(start, header, rows)
+        key = _write_key(instance_id, state, self._last.get(instance_id))
+        return _Pending(instance_id, start, rows, state, (key, self._recorded[key] + 1))
+
+    async def _after_write(self, write: _Pending, *, stored: bool = True) -> None:
         self.writes += 1
-        crash = self.writes == self.crash_after
+        self.keys.append(write.target)
+        self._recorded[write.target[0]] += 1
+        if stored:  # (a create that found the instance stored already changed nothing)
+            self._rows[write.instance_id] = (write.start, write.records)
+            self._last[write.instance_id] = write.state
+        crash = write.target == self.target
         if crash:
             self._die()  # before anything else can write: this write is the last
         with trio.CancelScope(shield=True):
-            stored = await self.inner.load(instance_id)
-            assert stored is not None
-            self.states.append((instance_id, decode_stored(stored)))
+            stored_now = await self.inner.load(write.instance_id)
+            assert stored_now is not None
+            self.states.append((write.instance_id, decode_stored(stored_now)))
         if crash:
             await self._keep_crash_states()
 

@@ -12,6 +12,7 @@ import trio.testing
 
 from trioflow._engine import Engine, open_engine
 from trioflow._errors import InvalidArgumentError, TrioflowError
+from trioflow._retry import seed_jitter
 from trioflow._virtual_time import held
 from trioflow.adapters._memory import MemoryAdapter
 
@@ -70,10 +71,13 @@ async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
     or pytest-trio's ``autojump_clock``); its autojump threshold is set to 0. Defaults: a fresh
     ``MemoryAdapter``, plain ``def`` jobs called inline (in a worker thread they would let
     virtual time jump ahead while they run), and a wall clock on virtual time (durable timers
-    of days take no real time). Other options are ``open_engine``'s.
+    of days take no real time), and retry jitter drawn from a generator seeded the same way each
+    time one opens (two identical runs retry at the same virtual times). Other options are
+    ``open_engine``'s.
     """
     refuse_unknown_options(engine_options, "open_test_engine")
     autojumping("open_test_engine")
+    seed_jitter()
     engine_options.setdefault("adapter", MemoryAdapter())
     engine_options.setdefault("threads", False)
 
