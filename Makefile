@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(PY) examples/checkout_catch.py
 	$(PY) examples/approval.py
 	$(PY) examples/batch_invoices.py
+	$(PY) examples/subscription.py
 
 typecheck: $(STAMP)
 	PYTHON=$(abspath $(PY)) scripts/typecheck

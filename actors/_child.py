@@ -184,7 +184,7 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
         # anything is staged: a sibling's checkpoint would list a child not yet held (below).
         await run.children.until_registered(step.workflow)
     now = run.clock()
-    child_id = child_instance_id(state.instance_id, next_execution_id(state, lane_key, step.name))
+    child_id = child_instance_id(state.instance_id, next_execution_id(state, lane_key, step.name), state.runs)
     # Held as being stored from before the write that lists it in its parent (its start, staged
     # next, goes with whichever checkpoint comes first): a signal(), cancel() or wait() of it
     # meanwhile (a caller that read the parent's children) waits for its store rather than find

@@ -501,7 +501,7 @@ async def _undo_child(run: Run, record: StepResult, bound: float | None) -> None
     """Compensate the child that a child step's execution started, as a unit (each of its
     compensations bounded by ``bound`` seconds too)."""
     assert run.children is not None  # a child step completed: an engine ran it
-    child_id = child_instance_id(run.state.instance_id, record.id)
+    child_id = child_instance_id(run.state.instance_id, record.id, run.state.runs)
     problem = await run.children.compensate(child_id, bound)
     if problem is not None:
         raise ChildCompensationError(child_id, problem)

@@ -29,6 +29,7 @@ from trioflow._decide import (
 from trioflow._definition import (
     Branch,
     ChildStep,
+    ContinueAsNewStep,
     MapStep,
     ParallelStep,
     ReceiveStep,
@@ -48,6 +49,7 @@ from trioflow._snapshot import Lane
 
 from ._run import Run, StepFailure, unwrapped
 from ._child import bound_child_stores, cancel_children, run_child, waited_on
+from ._continue import run_continue
 from ._task import publish_cut_short, run_task, step_failed
 from ._wait import run_receive, run_wait, settle
 
@@ -98,7 +100,7 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             # Resumed after this step failed for good: that decision stands.
             failed = state.records[lane.failed]
             first, inner = failed_step_of(state, lookup, lookup[name][0], lane_key, lane)
-            raise StepFailure(first, recorded_failure(failed, lookup[first][0], state.instance_id, raised_by=inner),
+            raise StepFailure(first, recorded_failure(failed, lookup[first][0], state, raised_by=inner),
                               failed.attempts)
         step = lookup[name][0]
         ctx.step_index = index[name]
@@ -142,6 +144,10 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
                 as_stored = not run.has_hooks
             elif isinstance(step, ChildStep):
                 output, target = await run_child(run, step, lane_key, lane, ctx), next_of(step)
+            elif isinstance(step, ContinueAsNewStep):
+                await run_continue(run, step, lane, ctx)
+                lane = state.lanes[lane_key]  # the next run's main line, at its first step
+                continue
             else:
                 try:
                     output, passes, target = decide_flow_step(step, state, lane, ctx)

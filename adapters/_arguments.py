@@ -1,7 +1,7 @@
 """The bundled adapters' checks of the numbers their listings, purges, looks for due instances
-and wake times take, and of the names they leave out. Users call these methods by hand too (``engine.adapter.purge(...)``), and
-a limit of ``-1`` means "no limit" to SQLite and "none" to a slice: refused alike here, before
-anything is read, written or deleted."""
+and wake times take, and of the names they leave out. Users call these methods by hand too
+(``engine.adapter.purge(...)``), and a limit of ``-1`` means "no limit" to SQLite and "none" to
+a slice: refused alike here, before anything is read, written or deleted."""
 
 from __future__ import annotations
 

@@ -141,11 +141,14 @@ class MemoryAdapter:
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
         first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
-        notify: tuple[str, str, bytes] | None = None,
+        notify: tuple[str, str, bytes] | None = None, restart: bool = False,
     ) -> int | None:
         row = self._rows.get(instance_id)
         if row is None:
             raise UnknownInstanceError(f"no stored instance {instance_id!r} to checkpoint")
+        if restart and (start is None or status in TERMINAL or notify is not None):
+            raise StorageError(f"instance {instance_id!r}: a checkpoint that restarts its history stores new start"
+                               f" bytes and a status it runs in, and notifies no one; nothing was done")
         if first_seq != len(row.records):
             raise CheckpointConflictError(
                 f"instance {instance_id!r} has {len(row.records)} records stored; a checkpoint"
@@ -181,7 +184,9 @@ class MemoryAdapter:
             row.status = status
             self._stamp(row)
         row.header = header
-        if new:
+        if restart:
+            row.records = list(new)
+        elif new:
             if isinstance(row.records, list):
                 row.records.extend(new)
             else:

@@ -2,11 +2,13 @@
 
 An instance is stored as three kinds of bytes (SPEC §10):
 
-- ``start``: written once, by :meth:`Adapter.create` (input, creation time, definition
-  fingerprint): what never changes;
+- ``start``: written by :meth:`Adapter.create` (input, creation time, definition
+  fingerprint): what never changes, but for an instance that continues as new (a checkpoint
+  that restarts its history gives it new ones);
 - ``header``: small, replaced by every checkpoint (status, lane positions, shared data, errors);
 - ``records``: one per step execution, appended by the checkpoint that follows the execution's
-  end and never rewritten. Record ``n`` (its *seq*) is the instance's ``n``-th record, from 0.
+  end and never rewritten (a checkpoint that restarts the history deletes them all). Record
+  ``n`` (its *seq*) is the instance's ``n``-th record, from 0.
 
 So the bytes a checkpoint writes do not grow with the number of steps already run.
 
@@ -98,7 +100,14 @@ class Adapter(Protocol):
 
         Returns the seq of the notice it stored, or ``None`` (no ``notify``, or nothing stored).
         An adapter may return ``None`` always: the engine then reads the parent's signals to
-        find the notice, a read more per child."""
+        find the notice, a read more per child.
+
+        ``restart`` (an option: an adapter without it runs no workflow that continues as new,
+        see :func:`restarts_history`): the instance starts its history afresh, in the same
+        atomic write: every stored record is deleted and ``records`` stored as seq 0, 1, ...
+        (``first_seq`` is still the number stored before, the fence), and ``start`` (always
+        given then) replaces the start bytes; its pending signals stay. The engine passes it
+        with a status an instance runs in, and no ``notify``."""
         ...
 
     async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:
@@ -246,6 +255,12 @@ def skips_workflows(adapter: object) -> bool:
 def excludes_instances(adapter: object) -> bool:
     """Whether ``adapter``'s ``due()`` takes ``exclude``."""
     return _takes(adapter, "due", "exclude")
+
+
+def restarts_history(adapter: object) -> bool:
+    """Whether ``adapter``'s ``checkpoint()`` takes ``restart`` (a workflow that continues as
+    new needs it)."""
+    return _takes(adapter, "checkpoint", "restart")
 
 
 def creates_waiting(adapter: object) -> bool:

@@ -495,10 +495,13 @@ class SQLiteAdapter:
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
         first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
-        notify: tuple[str, str, bytes] | None = None,
+        notify: tuple[str, str, bytes] | None = None, restart: bool = False,
     ) -> int | None:
         # Everything is checked and copied here, before anything is handed to the writer: a
         # value that cannot be stored fails the call and nothing is written.
+        if restart and (start is None or status in TERMINAL or notify is not None):
+            raise DatabaseError(f"instance {instance_id!r}: a checkpoint that restarts its history stores new start"
+                                f" bytes and a status it runs in, and notifies no one; nothing was done")
         if type(first_seq) is not int or first_seq < 0:
             raise DatabaseError(f"first_seq must be an int >= 0, got {first_seq!r}")
         stored = _record_blobs(records, first_seq)
@@ -513,6 +516,12 @@ class SQLiteAdapter:
                 raise CheckpointConflictError(f"instance {instance_id!r}: a signal cannot be consumed twice: {consumed!r}")
         if wake_at is not None:  # (checked only when given: most writes have none)
             wake_at = checked_time(wake_at, "wake_at", DatabaseError)
+        if restart:
+            refused: Exception | None = await self._submit(("restart", (
+                status, header_blob, start_blob, wake_at, instance_id, first_seq, stored, tuple(consumed))))
+            if refused is not None:
+                raise refused
+            return None
         notice_args = None if notify is None else (notify[0], notify[1], _blob(notify[2], "notice payload"))
         finished_at = self._wall_clock() if status in TERMINAL else None
         notice: int | None = await self._submit(("checkpoint", (
@@ -578,7 +587,8 @@ class SQLiteAdapter:
 
     async def next_wake(self, *, skip_workflows: Collection[str] = ()) -> float | None:
         wake: float | None = await self._submit(
-            ("next_wake", (_texts(skip_workflows, "next_wake's skip_workflows", "skip_workflows must be workflow names"),)))
+            ("next_wake", (_texts(skip_workflows, "next_wake's skip_workflows",
+                                  "skip_workflows must be workflow names"),)))
         return wake
 
     async def delete(self, instance_id: str) -> bool:
@@ -861,6 +871,8 @@ def _run_all(
         if kind != "create" and kind != "checkpoint":
             if kind == "delete":
                 changes[ops[i][1][0]] = None
+            elif kind == "restart":
+                changes[ops[i][1][4]] = None  # (its status as stored: not known here)
             result = _OPS[kind](conn, *ops[i][1])
             if kind == "due" and ops[i][1][0] != math.inf:
                 # Woken next: their first checkpoint keeps the status read here, and need not
@@ -1082,6 +1094,39 @@ def _checkpoint_one(
     notice = None if args[10] is None else _signal(conn, *args[10])[1]
     changes[instance_id] = status if args[4] is None else None  # a waiting instance is forgotten
     return outcome.Value(notice)
+
+
+def _restart(
+    conn: sqlite3.Connection, status: str, header: bytes, start: bytes, wake_at: float | None, instance_id: str,
+    first_seq: int, records: Sequence[bytes], consumed: tuple[int, ...],
+) -> Exception | None:
+    """A checkpoint that restarts the instance's history (see ``Adapter.checkpoint``): fenced
+    as any, its records all replaced by ``records`` from seq 0. The refusal, if refused (nothing
+    written then)."""
+    if consumed:
+        pending = conn.execute(
+            f"SELECT count(*) FROM trioflow_signals WHERE instance_id = ? AND seq IN ({', '.join('?' * len(consumed))})",
+            (instance_id, *consumed)).fetchone()[0]
+        if pending != len(consumed):
+            return CheckpointConflictError(
+                f"instance {instance_id!r}: a checkpoint consuming signals {list(consumed)} is refused"
+                " (not all of them are pending)")
+    updated = conn.execute(
+        "UPDATE trioflow_instances SET status = ?, header = ?, start = ?, next_seq = ?, wake_at = ?"
+        " WHERE instance_id = ? AND next_seq = ?",
+        (status, header, start, len(records), wake_at, instance_id, first_seq)).rowcount
+    if updated != 1:
+        row = conn.execute("SELECT next_seq FROM trioflow_instances WHERE instance_id = ?", (instance_id,)).fetchone()
+        if row is None:
+            return UnknownInstanceError(f"no stored instance {instance_id!r} to checkpoint")
+        return CheckpointConflictError(
+            f"instance {instance_id!r} has {row[0]} records stored; a checkpoint restarting its history at"
+            f" {first_seq} is refused")
+    conn.execute("DELETE FROM trioflow_records WHERE instance_id = ?", (instance_id,))
+    conn.executemany(_RECORD_SQL, [(instance_id, seq, data) for seq, data in enumerate(records)])
+    if consumed:
+        conn.executemany(_CONSUME_SQL, [(seq, instance_id) for seq in consumed])
+    return None
 
 
 def _record_rows(checkpoints: Sequence[tuple[Any, ...]]) -> list[tuple[str, int, bytes]]:
@@ -1400,7 +1445,7 @@ def _list(conn: sqlite3.Connection, workflow_name: str | None, status: str | Non
 #: Ops applied one at a time (creates and checkpoints go in runs: see :func:`_run_all`).
 _OPS: dict[str, Callable[..., Any]] = {
     "select": _select, "list": _list, "load": _load, "delete": _delete, "purge": _purge, "signal": _signal,
-    "signals": _signals, "signal_load": _signal_load, "due": _due, "next_wake": _next_wake,
+    "signals": _signals, "signal_load": _signal_load, "due": _due, "next_wake": _next_wake, "restart": _restart,
 }
 
 

@@ -27,6 +27,7 @@ from ._definition import Catch as Catch
 from ._definition import ChildStep as ChildStep
 from ._definition import Choice as Choice
 from ._definition import ChoiceStep as ChoiceStep
+from ._definition import ContinueAsNewStep as ContinueAsNewStep
 from ._definition import FailStep as FailStep
 from ._definition import Hooks as Hooks
 from ._definition import MapStep as MapStep

@@ -20,6 +20,7 @@ from ._definition import (
     Choice,
     DEFAULT_COMPENSATION_TIMEOUT,
     ChoiceStep,
+    ContinueAsNewStep,
     FailStep,
     FANNING_OUT,
     Hooks,
@@ -354,6 +355,17 @@ class WorkflowBuilder(_LaneBuilder):
     def _owner(self) -> str:
         return f"workflow {self._name!r}"
 
+    def continue_as_new(self, name: str, *, input: Any = _UNSET) -> Self:
+        """Add a step that ends this run of the instance and starts its next one, from the first
+        step, with ``input(ctx)`` if ``input`` is callable, else ``input``, else (not given) the
+        main line's last output as its input. The instance keeps its id, its pending signals and
+        its workflow timeout; its history, shared data and compensations start afresh (what ran
+        before is never compensated), so a loop that runs for ever (a monthly renewal) stores
+        and reads no more as it ages. On the main line only: a branch's builder has no such step."""
+        has_input = input is not _UNSET
+        self._steps.append(ContinueAsNewStep(name=name, input=input if has_input else None, has_input=has_input))
+        return self
+
     def with_data(self, data: Mapping[str, Any]) -> Self:
         """Initial shared data (``ctx.data``)."""
         if not isinstance(data, Mapping):
@@ -443,6 +455,7 @@ class WorkflowBuilder(_LaneBuilder):
         index_steps(lookup, "", steps)
         if self._transactional:
             _check_transactional(self._owner(), lookup)
+        _check_continues(self._owner(), lookup)
         return WorkflowDefinition(
             name=self._name, steps=steps, index=index, lookup=lookup, data=dict(self._data),
             transactional=self._transactional, timeout=self._timeout,
@@ -470,12 +483,33 @@ def _check_transactional(owner: str, lookup: Mapping[str, tuple[Step, str]]) -> 
                 " runs outside its driver transaction, and a child that writes through the driver would wait"
                 " for that transaction for ever); make the child's work steps of this workflow, or drop"
                 " transactional()")
+        if isinstance(step, ContinueAsNewStep):
+            raise DefinitionError(
+                f"{owner}, step {step.name!r}: a transactional workflow cannot continue as new (its whole forward"
+                " run is one driver transaction, and its runs' records in the driver are named by step execution);"
+                " start the next run as a new instance, or drop transactional()")
         if isinstance(step, (WaitStep, ReceiveStep)):
             raise DefinitionError(
                 f"{owner}, step {step.name!r}: a transactional workflow cannot have {step.kind} steps (its driver transaction"
                 " would stay open, and every other user of the driver wait, for as long as it waits); wait in a"
                 " workflow that starts this one after it, or drop transactional() (a short pause can be a"
                 " trio.sleep in a step)")
+
+
+def _check_continues(owner: str, lookup: Mapping[str, tuple[Step, str]]) -> None:
+    """A run that records in the driver's run ledger (a transactional one, one with entity
+    steps) names its records by step execution, whose counters start again in the next run
+    of an instance that continues as new: that run would take the first one's records for its
+    own, and skip work it never did."""
+    continuing = next((step for step, _ in lookup.values() if isinstance(step, ContinueAsNewStep)), None)
+    if continuing is None:
+        return
+    for step, _ in lookup.values():
+        if isinstance(step, TaskStep) and step.entity is not None:
+            raise DefinitionError(
+                f"{owner}, step {continuing.name!r}: a workflow with entity steps ({step.name!r}) cannot continue as"
+                " new (their records in the driver are named by step execution, counted afresh in each run); start"
+                " the entity work as a child workflow")
 
 
 def index_steps(lookup: dict[str, tuple[Step, str]], lane: str, steps: Iterable[Step]) -> None:

@@ -112,12 +112,19 @@ class Stored(Protocol):
 
 
 def encode_start(state: InstanceState) -> bytes:
-    """What never changes: written once, when the instance is created."""
+    """What never changes: written once, when the instance is created (and again when it
+    continues as new, with its new input and run number)."""
     try:
-        start = (START_TAG, FORMAT_VERSION, state.instance_id, state.workflow_name, state.fingerprint, state.input,
-                 state.created_at)
-        # A child instance's start also names its parent (one started by a caller: 7 fields).
-        packed: bytes = _packer.pack(start if state.parent_id is None else (*start, state.parent_id))
+        start: tuple[Any, ...] = (START_TAG, FORMAT_VERSION, state.instance_id, state.workflow_name,
+                                  state.fingerprint, state.input, state.created_at)
+        # A child instance's start also names its parent (one started by a caller: 7 fields),
+        # and one that continued as new its run (9 fields: releases before it refuse the row, as
+        # malformed, rather than run it from its first run's children's ids).
+        if state.runs:
+            start = (*start, state.parent_id, state.runs)
+        elif state.parent_id is not None:
+            start = (*start, state.parent_id)
+        packed: bytes = _packer.pack(start)
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
         raise UnencodableValueError(_locate(state, (("workflow input", state.input),))) from exc
@@ -311,7 +318,7 @@ def parent_named_in(start: bytes | None) -> str | None:
         raw = _unpack(start, "start record") if start is not None else None
     except SnapshotDecodeError:
         return None
-    if isinstance(raw, list) and len(raw) == 8 and raw[0] == START_TAG and isinstance(raw[7], str):
+    if isinstance(raw, list) and len(raw) in (8, 9) and raw[0] == START_TAG and isinstance(raw[7], str):
         return raw[7]
     return None
 
@@ -764,9 +771,12 @@ _NO_NAME_NOR_CAUSE = (None, None)
 
 
 def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> InstanceState:
-    (_, _, iid, name, fingerprint, input, created_at, parent_id) = start if len(start) == 8 else (*start, None)
+    (_, _, iid, name, fingerprint, input, created_at, parent_id, runs) = (
+        start if len(start) == 9 else (*start, 0) if len(start) == 8 else (*start, None, 0))
     if not (parent_id is None or isinstance(parent_id, str)):
         _malformed("the parent id must be a string")
+    if not (type(runs) is int and runs >= 0):
+        _malformed("the run number must be an int >= 0")
     if not (isinstance(iid, str) and isinstance(name, str)):
         _malformed("instance id and workflow name must be strings")
     moved_on = None
@@ -805,7 +815,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     state = new_instance_state(iid, name, str(fingerprint), status, input, SharedData(data), {}, created_at, started_at)
     state.phase, state.outcome, state.rolled_back, state.error = phase, outcome, bool(rolled_back), error
     state.failed_step, state.completed_at, state.error_name, state.cause = failed_step, completed_at, error_name, cause
-    state.parent_id = parent_id
+    state.parent_id, state.runs = parent_id, runs
     if error is not None and error_name is None:
         state.error_name, state.cause = split_description(error)
     failures = []

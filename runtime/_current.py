@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from ._errors import TrioflowError
-from ._lanes import execution_id, step_key
+from ._lanes import execution_id, in_run, step_key
 
 if TYPE_CHECKING:
     from ._context import WorkflowContext
@@ -230,6 +230,6 @@ def current_step() -> StepInfo:
         execution = state.executions.get(step_key(lane, step), 0) + 1
     return StepInfo(
         instance_id=state.instance_id, workflow_name=state.workflow_name, step_name=step,
-        execution_id=execution_id(lane, step, execution), attempt=ctx._attempt,
+        execution_id=in_run(execution_id(lane, step, execution), state.runs), attempt=ctx._attempt,
         compensating=ctx._compensating is not None,
     )

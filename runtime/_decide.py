@@ -51,6 +51,19 @@ def new_state(
     )
 
 
+def next_run(state: InstanceState, definition: WorkflowDefinition, input: Any) -> InstanceState:
+    """The state an instance's next run starts from, as a ``continue_as_new`` step ends its
+    run: at its first step with ``input``, the definition's shared data, no history; what the
+    instance keeps across its runs is its id, its parent, its creation and start times (its
+    workflow timeout counts from the first run's start) and its pending signals."""
+    following = new_state(definition, state.instance_id, input, state.created_at)
+    following.started_at = state.started_at
+    following.parent_id = state.parent_id
+    following.runs = state.runs + 1
+    following.signals = state.signals
+    return following
+
+
 def fresh_copy(value: Any) -> Any:
     """A value given with a definition (initial shared data, a pass step's result), copied for
     one run: deeply, so that a run changing it in place changes no other run's. One that
@@ -81,9 +94,9 @@ def passed_on(state: InstanceState, lane: Lane, key: str, item: Any) -> tuple[An
     return passed_on(state, outer[1], outer[0], item)
 
 
-def recorded_failure(record: StepResult, step: Step, instance_id: str, *,
+def recorded_failure(record: StepResult, step: Step, state: InstanceState, *,
                      raised_by: StepResult | None = None) -> RecordedError:
-    """The failure of ``step``'s execution (of instance ``instance_id``) as its record tells it
+    """The failure of ``step``'s execution (of the instance ``state`` is) as its record tells it
     (the exception itself went with a restart), raised as what the step's kind raises: a catch
     for ``FailStepError`` or ``ChildWorkflowError`` then matches it as before the restart, and
     ``ALL`` judges its name as it did (a fail step's name is the workflow's own text).
@@ -95,7 +108,8 @@ def recorded_failure(record: StepResult, step: Step, instance_id: str, *,
     if isinstance(step, FailStep) and record.error_name == step.error:
         raised_as, named = FailStepError, True  # (not when working out its cause raised)
     elif isinstance(step, ChildStep):
-        child_ended, named = ChildWorkflowError.read_back(own.error or "", child_instance_id(instance_id, own.id),
+        child_ended, named = ChildWorkflowError.read_back(own.error or "",
+                                                          child_instance_id(state.instance_id, own.id, state.runs),
                                                           step.workflow)
         if child_ended:
             raised_as = ChildWorkflowError
@@ -110,7 +124,7 @@ def failure_named_by_workflow(state: InstanceState, definition: WorkflowDefiniti
     if found is None:
         return False
     failed = next((r for r in reversed(state.records) if r.step_name == state.failed_step and r.status == "failed"), None)
-    return failed is not None and recorded_failure(failed, found[0], state.instance_id).named_by_workflow
+    return failed is not None and recorded_failure(failed, found[0], state).named_by_workflow
 
 
 def pending_until_announced(definition: WorkflowDefinition, state: InstanceState) -> bool:
@@ -381,7 +395,7 @@ def unended_children(state: InstanceState) -> list[str]:
     taken up while compensating still knows them (its lanes' waits are gone)."""
     ended = {(r.lane, r.step_name, r.execution) for r in state.records if r.status != "started"}
     return [r.output for r in state.records
-            if r.status == "started" and r.output == child_instance_id(state.instance_id, r.id)
+            if r.status == "started" and r.output == child_instance_id(state.instance_id, r.id, state.runs)
             and (r.lane, r.step_name, r.execution) not in ended]
 
 
@@ -407,7 +421,7 @@ def _child_step_end(
     # The execution's own start record gives its counter, start time and input: its lane may be
     # gone, or stand elsewhere, by now (a fan-out that ended; compensation).
     begun = next(r for r in state.records if r.status == "started" and r.output == child_id
-                 and child_instance_id(state.instance_id, r.id) == child_id)
+                 and child_instance_id(state.instance_id, r.id, state.runs) == child_id)
     return new_record(
         step_name=begun.step_name, status=status, input=begun.input, output=output, error=error,
         started_at=begun.started_at, completed_at=now, attempts=1, lane=begun.lane, execution=begun.execution,
@@ -561,7 +575,7 @@ def _stored_kind(state: InstanceState, lane: Lane) -> type[Step] | None:
     if lane.begun is None:
         return None
     begun = state.records[lane.begun]  # (a child step's holds its child's id; a map's, its items)
-    return ChildStep if begun.output == child_instance_id(state.instance_id, begun.id) else MapStep
+    return ChildStep if begun.output == child_instance_id(state.instance_id, begun.id, state.runs) else MapStep
 
 
 def take_up(state: InstanceState, definition: WorkflowDefinition) -> None:

@@ -32,7 +32,8 @@ SagaCompensation: TypeAlias = Callable[["WorkflowContext", Any], Any]
 #: A task's job, ``job(data)``, and its compensation, ``compensate(output)``.
 JobFn = Callable[[Any], Any]
 OnError = Literal["fail-fast", "wait-all"]
-StepKind = Literal["task", "choice", "parallel", "pass", "succeed", "fail", "wait", "receive", "map", "child"]
+StepKind = Literal[
+    "task", "choice", "parallel", "pass", "succeed", "fail", "wait", "receive", "map", "child", "continue_as_new"]
 #: Seconds a compensation may take, all attempts together, unless the workflow says otherwise.
 DEFAULT_COMPENSATION_TIMEOUT = 300.0
 
@@ -216,7 +217,7 @@ class ChildStep:
 
 
 class _EndsItsLane:
-    """Succeed and fail steps: nothing follows them in their lane."""
+    """Succeed, fail and continue-as-new steps: nothing follows them in their lane."""
 
     __slots__ = ()
 
@@ -250,6 +251,19 @@ class FailStep(_EndsItsLane):
     error: str
     cause: str | Callable[[Any], Any] = ""
     kind: StepKind = attrs.field(default="fail", init=False)
+
+
+@attrs.frozen(kw_only=True)
+class ContinueAsNewStep(_EndsItsLane):
+    """Ends the instance's run, and starts its next one from the first step with ``input(ctx)``,
+    ``input``, or (neither given) the main line's last output as its input (Temporal's
+    continue-as-new): its history is then that run's alone, so an instance that loops for ever
+    stores and reads no more as it ages. Only on the main line."""
+
+    name: str
+    input: Any = None
+    has_input: bool = False
+    kind: StepKind = attrs.field(default="continue_as_new", init=False)
 
 
 #: A due time for a timer: Unix seconds, or worked out from the context when the step starts.
@@ -287,7 +301,8 @@ class ReceiveStep:
 
 
 Step = Union[
-    TaskStep, ChoiceStep, PassStep, ParallelStep, MapStep, ChildStep, SucceedStep, FailStep, WaitStep, ReceiveStep]
+    TaskStep, ChoiceStep, PassStep, ParallelStep, MapStep, ChildStep, SucceedStep, FailStep, WaitStep, ReceiveStep,
+    ContinueAsNewStep]
 #: The step kinds a catch can sit on (the others cannot fail, or end their lane themselves).
 CATCHING = (TaskStep, ParallelStep, MapStep, ChildStep, ReceiveStep)
 #: The step kinds that run lanes of their own (branches, items) inside their lane.

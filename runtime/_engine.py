@@ -44,9 +44,8 @@ from trioflow._codec import (
 from trioflow.adapters._driver import in_a_transaction_of
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import (
-    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families, sends_and_loads,
-    skips_workflows,
-    stores_signals, waits_out_of_memory,
+    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families, restarts_history,
+    sends_and_loads, skips_workflows, stores_signals, waits_out_of_memory,
 )
 
 from ._context import check_services
@@ -57,7 +56,7 @@ from ._decide import (
     wake_at,
 )
 from ._ids import CreationTimes, new_instance_id
-from ._definition import ChildStep, ReceiveStep, WorkflowDefinition, built
+from ._definition import ChildStep, ContinueAsNewStep, ReceiveStep, WorkflowDefinition, built
 from ._durations import Seconds, in_range, seconds, unix_seconds
 from ._errors import (
     DefinitionError,
@@ -298,6 +297,11 @@ class Engine:
         definition.check_driver(self._driver, "open_engine(driver=...)")
         if not self._stores_signals:
             self._check_without_signals(definition)
+        continuing = next((step for step in definition.steps if isinstance(step, ContinueAsNewStep)), None)
+        if continuing is not None and not restarts_history(self.adapter):
+            raise InvalidArgumentError(
+                f"workflow {definition.name!r}: step {continuing.name!r} continues as new, which needs an adapter"
+                f" whose checkpoint() takes restart; {type(self.adapter).__name__}'s does not (docs/adapters.md)")
         if definition.transactional:
             check_driver_apart(self._driver, self.adapter, definition.name)
         self._definitions[definition.name] = definition

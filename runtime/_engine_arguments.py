@@ -126,12 +126,15 @@ def check_same_start(
     started before a restart, whose input a callable of ctx may now work out otherwise, and
     whose workflow a release may now name otherwise: the execution keeps the child it
     started), but only if it is that parent's child: not an instance a caller started under
-    that id."""
+    that id. One that continued as new keeps no more its first run's input to compare: the same
+    workflow is enough (a start retried after its answer was lost gets it, as it would have)."""
     if parent is not None:
         if state.parent_id != parent.instance_id:
             raise not_the_child(instance_id, parent)
         return
     check_same_workflow(instance_id, state.workflow_name, workflow_name)
+    if state.runs:
+        return
     from ._codec import same_value  # (loaded on first use: the job registry's checks, here, import fast)
     if not same_value(state.input, input):
         raise InstanceIdConflictError(

@@ -295,6 +295,7 @@ EVENT_NAMES = frozenset({
     "workflow.timed_out", "workflow.compensated", "workflow.step.started", "workflow.step.completed",
     "workflow.step.failed", "workflow.step.retry", "workflow.step.caught", "workflow.step.compensated",
     "workflow.step.compensation_failed", "workflow.step.waiting", "workflow.signal.received", "workflow.map.progress",
+    "workflow.continued",
 })
 
 

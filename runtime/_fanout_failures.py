@@ -69,7 +69,7 @@ def item_failure(
     :func:`failed_step_of` finds a fan-out's (the item's lanes went as it ended)."""
     first, inner = failed_step_of(state, lookup, branch_step(step, record.step_name), record.lane,
                                   state.lanes.get(record.lane), record)
-    return first, recorded_failure(record, lookup[first][0], state.instance_id, raised_by=inner)
+    return first, recorded_failure(record, lookup[first][0], state, raised_by=inner)
 
 
 def map_failure(
@@ -160,7 +160,7 @@ def completion_changes_nothing(definition: WorkflowDefinition, state: InstanceSt
     end notices pending (the map cannot end yet). A cheap look (no walk of every lane's key)
     for a queued parent of thousands of children, asked at each of their completions."""
     child = ended_child(notice)
-    key = None if child is None else child_lane(state.instance_id, child)
+    key = None if child is None else child_lane(state.instance_id, child, state.runs)
     lane = None if key is None else state.lanes.get(key)
     if key is None or lane is None:
         return False

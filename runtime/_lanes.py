@@ -128,17 +128,26 @@ def lane_in_definition(lane: str) -> str:
 RESERVED_SIGNALS = "trioflow."
 
 
-def child_instance_id(parent_id: str, execution: str) -> str:
-    """The id of the child instance a child step's execution starts: the same after a restart,
-    so a resume never starts it twice (``"0190ab.../charge-all/#3/invoice#1"``)."""
-    return f"{parent_id}{SEPARATOR}{execution}"
+def in_run(execution: str, run: int) -> str:
+    """An execution's id among every run of its instance: in a run after the first (the
+    instance continued as new) the counters start again, and the run's number, after the
+    counter mark where no lane key starts, keeps it apart (``"#2/invoice#1"``)."""
+    return f"{COUNTER_MARK}{run}{SEPARATOR}{execution}" if run else execution
 
 
-def child_lane(parent_id: str, child_id: str) -> str | None:
-    """The key of the lane of ``parent_id`` whose child step started ``child_id`` (see
-    :func:`child_instance_id`); ``None`` if that id is not one of its children's."""
-    prefix = f"{parent_id}{SEPARATOR}"
-    if not child_id.startswith(prefix):
+def child_instance_id(parent_id: str, execution: str, run: int = 0) -> str:
+    """The id of the child instance a child step's execution (in the parent's run ``run``)
+    starts: the same after a restart, so a resume never starts it twice
+    (``"0190ab.../charge-all/#3/invoice#1"``; ``"0190ab.../#2/invoice#1"`` in its third run)."""
+    return f"{parent_id}{SEPARATOR}{in_run(execution, run)}"
+
+
+def child_lane(parent_id: str, child_id: str, run: int = 0) -> str | None:
+    """The key of the lane of ``parent_id`` (in its run ``run``) whose child step started
+    ``child_id`` (see :func:`child_instance_id`); ``None`` if that id is not one of its
+    children's in that run."""
+    prefix = f"{parent_id}{SEPARATOR}{COUNTER_MARK}{run}{SEPARATOR}" if run else f"{parent_id}{SEPARATOR}"
+    if not child_id.startswith(prefix) or not run and child_id[len(prefix):len(prefix) + 1] == COUNTER_MARK:
         return None
     return child_id[len(prefix):].rpartition(SEPARATOR)[0]  # (a step name holds no separator)
 

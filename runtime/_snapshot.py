@@ -475,6 +475,9 @@ class InstanceState:
     #: What ``trioflow._codec`` kept of the lanes in the header it last encoded, to encode only
     #: the noted ones again next time (an instance with many lanes; ``None`` otherwise).
     header_lanes: Any = None
+    #: How many times the instance continued as new (a ``continue_as_new`` step): its history
+    #: is that of its latest run, which ``runs`` numbers from 0.
+    runs: int = 0
 
     @property
     def latest(self) -> dict[str, StepResult]:
@@ -581,6 +584,7 @@ def new_instance_state(
     state.completed_at = None
     state.lane_notes = None
     state.header_lanes = None
+    state.runs = 0
     return state
 
 
@@ -658,6 +662,9 @@ class WorkflowInstance:
     #: its own. The view's own copy, as its other values are (an engine's views: ``ctx.instance``
     #: in a step holds the run's values, not to be changed).
     data: dict[str, Any] = attrs.field(factory=dict)
+    #: How many times the instance continued as new (a ``continue_as_new`` step); ``input``,
+    #: ``history``, ``data`` and the rest are its latest run's (numbered from 0).
+    runs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The instance as JSON-ready values (``json.dumps`` takes it as it is): records as
@@ -732,6 +739,7 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
         parent_id=state.parent_id,
         children=children_started(state.records),
         data=dict(state.data) if state.data else {},
+        runs=state.runs,
     )
 
 

@@ -11,6 +11,7 @@ from ._definition import (
     Catch,
     ChildStep,
     ChoiceStep,
+    ContinueAsNewStep,
     FailStep,
     MapStep,
     OnError,
@@ -192,6 +193,13 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
                                   " is a value or a plain function of ctx (do async work in a task step)")
         if step.has_output:
             check_arguments(label, "output", step.output, ("ctx",))
+    elif isinstance(step, ContinueAsNewStep):
+        kind = not_plain(step.input) if step.has_input and callable(step.input) else None
+        if kind is not None:
+            raise DefinitionError(f"{label}: input {step.input!r} is {kind}; a continue_as_new step's input"
+                                  " is a value or a plain function of ctx (do async work in a task step)")
+        if step.has_input:
+            check_arguments(label, "input", step.input, ("ctx",))
     else:
         raise DefinitionError(f"{owner}: {step!r} is not a step")
 

@@ -85,6 +85,13 @@ EXPECTED = {
         "success=False rolled_back=True failed_step='charge-payment' error=card 4000-0000-0000-0002 declined",
         "charges: {'ch_1': 5000}",
     ],
+    "subscription.py": [
+        "month 8: run 7, waiting ['signal', 'timeout'], 1 record(s) stored",
+        "a year later: 1 record(s) stored",
+        "sub-ada: completed, output {'months': 20, 'reason': 'moved abroad'}, after 19 renewals",
+        "  its last run: ['bill#1', 'cancelled#1', 'ended#1']",
+        "invoices: 20, months 1 to 20; billed as 'bill#1', '#1/bill#1', ..., '#19/bill#1'",
+    ],
     "onboarding.py": [
         "Ada (enterprise): completed -> {'user_id': 'user-ada', 'plan': 'enterprise', 'setup_complete': True}",
         "skipped: ['standard-setup']; send-welcome-email attempts: 2",

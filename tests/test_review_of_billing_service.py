@@ -85,8 +85,8 @@ async def test_each_renewal_reads_the_subscriptions_records_once(
 
 @pytest.mark.xfail(strict=True, reason=(
     "known, left (December 7th): a wake reads the instance's whole history (a resume rebuilds its state"
-    " from every record), so a looping instance's wakes cost more as it ages; trioflow has no"
-    " continue-as-new to start a long-lived instance's history afresh"))
+    " from every record), so a looping instance's wakes cost more as it ages; a loop that renews with a"
+    " continue_as_new step stays flat (tests/test_continue_as_new.py), this one, a choice back-edge, does not"))
 async def test_the_storage_work_of_a_renewal_stays_flat_as_a_subscription_ages(
         autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
     """A user expects the storage work of one renewal to stay flat as the subscription ages,

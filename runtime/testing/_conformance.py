@@ -28,8 +28,8 @@ from trioflow._errors import (
 )
 from trioflow._snapshot import TERMINAL
 from trioflow.adapters._protocol import (
-    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families, sends_and_loads,
-    skips_workflows,
+    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families, restarts_history,
+    sends_and_loads, skips_workflows,
 )
 
 OpenAdapter = Callable[[str], Adapter]
@@ -553,6 +553,40 @@ async def waiting_instances_excluded_are_left_out(open_adapter: OpenAdapter) -> 
         assert [s.instance_id for s in await due(100.0, 3)] == ids[:3], "what exclude left out stays due"
 
 
+async def restart_replaces_the_history(open_adapter: OpenAdapter) -> None:
+    """``checkpoint(..., restart=True)`` (an adapter's option: one without it passes, and runs
+    no workflow that continues as new) deletes every record and stores its own from seq 0, with
+    its start bytes, in one write fenced as any; the pending signals stay, but those it consumes."""
+    async with _opened(open_adapter, "restart") as a:
+        if not restarts_history(a):
+            return
+        checkpoint: Any = a.checkpoint  # (the keyword is an adapter's option, not in the protocol's signature)
+        await a.create("i1", "wf", "running", start=_START, header=b"h0")
+        await a.create("i2", "wf", "running", start=b"other", header=b"x0")
+        await a.checkpoint("i1", "running", b"h1", [b"r0", b"r1", b"r2"], first_seq=0, wake_at=5.0)
+        await a.checkpoint("i2", "running", b"x1", [b"x-r0"], first_seq=0)
+        kept, taken = await a.send_signal("i1", "go", b"p1"), await a.send_signal("i1", "go", b"p2")
+        assert kept is not None and taken is not None, "send_signal to a running instance must store it"
+        before = await _stored(a, "i1")
+        await _refused(checkpoint("i1", "running", b"bad", [], first_seq=2, start=b"bad", restart=True),
+                       CheckpointConflictError, "a restart at first_seq=2 of an instance with 3 records must raise"
+                       " CheckpointConflictError")
+        assert await _stored(a, "i1") == before, "a refused restart must write nothing"
+        await checkpoint("i1", "running", b"h2", [b"n0"], first_seq=3, start=b"start-2", consumed=[taken],
+                         restart=True)
+        stored = await _stored(a, "i1")
+        assert stored == ("i1", "wf", "running", b"start-2", b"h2", (b"n0",)), (
+            f"a restart must replace the start, header and every record, its own from seq 0; got {stored}")
+        assert [seq for seq, _, _ in await a.signals("i1")] == [kept], (
+            "a restart must keep the pending signals but those it consumes")
+        assert await a.due(100.0, 10) == [], "a restart with no wake_at leaves the instance waiting for nothing"
+        await a.checkpoint("i1", "running", b"h3", [b"n1"], first_seq=1)
+        assert (await _stored(a, "i1"))[4:] == (b"h3", (b"n0", b"n1")), (
+            "after a restart, checkpoints append after its records")
+        assert await _stored(a, "i2") == ("i2", "wf", "running", b"other", b"x1", (b"x-r0",)), (
+            "a restart must touch only its own instance")
+
+
 async def delete_refuses_unfinished(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "delete_unfinished") as a:
         for iid, status in (("p", "pending"), ("r", "running")):
@@ -930,7 +964,7 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     signal_and_load_is_one_call, checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due,
     created_waiting_instances_wait,
     waiting_instances_of_skipped_workflows_are_left_out, waiting_instances_excluded_are_left_out,
-    delete_refuses_unfinished, purge_by_finish_time,
+    restart_replaces_the_history, delete_refuses_unfinished, purge_by_finish_time,
     lists_pages_in_creation_order, scans_hand_back_every_record_in_order, refused_writes_leave_everything,
     purge_goes_by_finish_order_not_creation_order, fences_hold_for_every_kind_of_checkpoint,
     filters_come_before_limits, purge_keeps_children_while_their_parent_is_stored,

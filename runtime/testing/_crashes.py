@@ -43,6 +43,7 @@ from trioflow._engine import Engine, open_engine
 from trioflow._engine_arguments import check_adapter, check_switch
 from trioflow._errors import (
     InvalidArgumentError,
+    StorageError,
     TrioflowError,
     UnknownJobError,
     UnknownWorkflowError,
@@ -56,6 +57,7 @@ from trioflow._lanes import (
     child_instance_id,
     enclosing_scope,
     execution_id,
+    in_run,
     item_of,
     item_scope,
     step_key,
@@ -76,8 +78,8 @@ from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._memory_driver import MemoryDriver
 from trioflow.adapters._protocol import (
-    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families, sends_and_loads,
-    skips_workflows,
+    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families, restarts_history,
+    sends_and_loads, skips_workflows,
 )
 
 from ._engine import autojumping
@@ -116,6 +118,8 @@ class Outcome:
     #: A transactional run's transaction rolled back: its entity steps' writes are undone, and
     #: their compensations are not run.
     rolled_back: bool = False
+    #: How many times it continued as new (``history`` is its latest run's).
+    runs: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -632,6 +636,7 @@ def _outcome(
         completion_order=tuple(r.step_name for r in instance.history if r.status in ("completed", "compensated")),
         calls=dict(calls), calls_after_resume=dict(after.get(instance.id, {})), children=children or {},
         failed_step=instance.failed_step, error_name=instance.error_name, rolled_back=instance.rolled_back,
+        runs=instance.runs,
     )
 
 
@@ -770,6 +775,11 @@ def _may_time_out(base: Outcome, shape: _Shape) -> bool:
 def _check_instance(at_crash: InstanceState | None, got: Outcome, shape: _Shape) -> str | None:
     """What must hold of one instance of the run, given what was stored of it at the crash
     (``None``: nothing, it did not exist yet)."""
+    if got.runs != (0 if at_crash is None else at_crash.runs):
+        # It continued as new since: its history is a later run's, which holds nothing of what
+        # was stored at the crash, nor counts the calls of the runs between. (A step that ran
+        # again and returned otherwise is still found, by the attempt it made: see _returned.)
+        return None
     records = at_crash.records if at_crash is not None else ()
     stored = executions(records)
     if [r.id for r in got.history[:len(stored)]] != [r.id for r in stored]:
@@ -838,7 +848,7 @@ def _check_family(got: Outcome, at_crash: Mapping[str, InstanceState], shapes: M
                     return f"instance {instance_id!r} started child {child_id!r}, which is not stored"
             elif r.step_name in shape.child_steps and r.status in ("completed", "compensated") \
                     and r.compensation_error is None:
-                child_id = child_instance_id(instance_id, r.id)
+                child_id = child_instance_id(instance_id, r.id, outcome.runs)
                 child = members.get(child_id)
                 wanted = "compensated" if r.status == "compensated" else "completed"
                 if child is None or child.status != wanted:
@@ -882,6 +892,8 @@ def _write_parts(state: InstanceState, before: InstanceState | None) -> tuple[tu
     each record it added or compensated, in words, and what else it says of the instance."""
     if before is None:
         return (), "instance created"
+    if state.runs != before.runs:
+        return (), f"run {state.runs} started (continued as new)"
     if len(state.records) > len(before.records):
         done = tuple(_described(r) for r in state.records[len(before.records):])
         # The main line's last step is recorded by the instance's terminal checkpoint.
@@ -992,14 +1004,20 @@ class _CrashingAdapter:
     async def checkpoint(
         self, instance_id: str, status: Status, header: bytes, records: Sequence[bytes], *,
         first_seq: int, start: bytes | None = None, consumed: Sequence[int] = (), wake_at: float | None = None,
-        notify: tuple[str, str, bytes] | None = None,
+        notify: tuple[str, str, bytes] | None = None, restart: bool = False,
     ) -> int | None:
-        write = await self._before_write(instance_id, header, records, first_seq=first_seq, start=start)
+        if restart and not restarts_history(self.inner):
+            raise StorageError(f"{type(self.inner).__name__}.checkpoint() takes no restart: a workflow that continues as"
+                               " new cannot be run on it")
+        write = await self._before_write(instance_id, header, records, first_seq=first_seq, start=start,
+                                         restart=restart)
         extra: dict[str, Any] = {"consumed": consumed} if consumed else {}
         if wake_at is not None:
             extra["wake_at"] = wake_at
         if notify is not None:
             extra["notify"] = notify
+        if restart:
+            extra["restart"] = True
         notice = await self.inner.checkpoint(instance_id, status, header, records, first_seq=first_seq, start=start,
                                              **extra)
         await self._after_write(write)
@@ -1067,11 +1085,13 @@ class _CrashingAdapter:
 
     async def _before_write(
         self, instance_id: str, header: bytes, records: Sequence[bytes], *, first_seq: int, start: bytes | None = None,
+        restart: bool = False,
     ) -> _Pending:
         """What the write is about to store; or, once the process has died (or dies now, this
         being the write to lose), :class:`_ProcessGone`."""
         if not self.crashed:
-            write = await self._pending(instance_id, header, records, first_seq, start)
+            # (A restart's records replace every stored one: they start at seq 0.)
+            write = await self._pending(instance_id, header, records, 0 if restart else first_seq, start)
             if not self.crashed and not (self.lost and write.target == self.target):
                 return write
             if not self.crashed:
@@ -1217,7 +1237,7 @@ def _attempt_of(ctx: Any, step_name: str) -> tuple[str, str, int, bool] | None:
         return None
     state, lane = ctx._state, ctx.lane
     execution = state.executions.get(step_key(lane, step_name), 0) + 1
-    return state.instance_id, execution_id(lane, step_name, execution), ctx._attempt, False
+    return state.instance_id, in_run(execution_id(lane, step_name, execution), state.runs), ctx._attempt, False
 
 
 def _attempt(counter: _Counter, key: str) -> tuple[str, str, int, bool] | None:

@@ -90,3 +90,12 @@ async def saga_without_an_engine() -> None:
     print(result.status)
     tf.create_entity_step("c", "orders", lambda ctx: {"id": 1}, timeout=datetime.timedelta(seconds=3))
     ScriptedJob(sleeps(datetime.timedelta(minutes=5)))
+
+
+async def renewals(engine: tf.Engine) -> int:
+    """A loop kept small with continue_as_new: input a value or a callable of ctx."""
+    monthly = (tf.workflow("monthly").wait("month", seconds=datetime.timedelta(days=30))
+               .continue_as_new("renew", input=lambda ctx: ctx.input + 1).build())
+    engine.register(monthly)
+    view: tf.WorkflowInstance | None = await engine.get_instance(await engine.start("monthly", 1))
+    return 0 if view is None else view.runs

@@ -1,0 +1,97 @@
+"""Continue-as-new: a ``continue_as_new`` step ends an instance's run and starts its next one.
+
+The next run's start, header and empty history replace the instance's whole history in one
+atomic checkpoint (an adapter's ``checkpoint(..., restart=True)``): a crash leaves either the
+run that reached the step (which a resume takes up at that step, deciding it again) or the next
+one at its first step, never a mix. Only then does the state the actors hold become the next
+run's, in place (the context, the lane actor and the engine all hold that object).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+
+from trioflow._callables import plain_result
+from trioflow._codec import as_stored, encode_header, encode_start
+from trioflow._context import WorkflowContext
+from trioflow._decide import fresh_copy, next_execution_id, next_run, passed_on
+from trioflow._definition import ContinueAsNewStep
+from trioflow._errors import CheckpointConflictError
+from trioflow._escapes import failure_of
+from trioflow._lanes import MAIN
+from trioflow._snapshot import InstanceState, Lane
+from trioflow._storage_retry import retried
+
+from ._run import Run, StepFailure
+
+_STATE_FIELDS = tuple(field.name for field in attrs.fields(InstanceState))
+
+
+async def run_continue(run: Run, step: ContinueAsNewStep, lane: Lane, ctx: WorkflowContext) -> None:
+    """Run a ``continue_as_new`` step on the main line: work out the next run's input, store
+    the next run in place of this one, and leave ``run.state`` at its first step. What the
+    step's callable raises, or an input that cannot be stored, fails the step (before anything
+    is written)."""
+    state = run.state
+    try:
+        if not step.has_input:
+            value = passed_on(state, lane, MAIN, None)[0]
+        elif callable(step.input):
+            value = plain_result(step.input, ctx)
+        else:
+            value = fresh_copy(step.input)  # (each instance its own, as a pass step's result)
+        # As the next run reads it back (a tuple as a list), and refused now if it cannot be.
+        following = next_run(state, run.definition, as_stored(value, f"the input step {step.name!r} continues with"))
+        start, header = encode_start(following), encode_header(following)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            raise
+        raise StepFailure(step.name, failure_of(exc), 1) from exc
+    if run.adapter is not None:
+        if run.storing is not None:
+            # The waker's checkpoint of the timer before this step is in flight: one at a time.
+            with trio.CancelScope(shield=True):
+                await run.storing.wait()
+        run.fired_at = None  # (what it had to store goes with this run's history)
+        with trio.CancelScope(shield=True):
+            # Handed to storage as a whole, cancelled or not: a cancel that cut it short could
+            # not tell which run storage holds.
+            await _store(run, start, header)
+        run.stored_status, run.stored_wake_at, run.woken = "running", None, False
+    bus = run.bus
+    if bus.active and bus.wants("workflow.step.completed"):
+        # (It ends this run: its execution, which has no record, is named within it.)
+        run.emit("workflow.step.completed", step_name=step.name,
+                 execution_id=next_execution_id(state, MAIN, step.name), output=following.input)
+    for name in _STATE_FIELDS:
+        setattr(state, name, getattr(following, name))
+    if bus.active and bus.wants("workflow.continued"):
+        run.emit("workflow.continued", step_name=step.name, run=state.runs)
+
+
+async def _store(run: Run, start: bytes, header: bytes) -> None:
+    """Store the next run in place of this one (``Adapter.checkpoint(..., restart=True)``),
+    tried again while storage is unavailable; a retry refused as a conflict was stored by the
+    try before it if storage holds exactly this start and header, and no record."""
+    adapter, state = run.adapter, run.state
+    assert adapter is not None
+    checkpoint: Any = adapter.checkpoint  # (the keyword is an adapter's option: see restarts_history)
+    iid, first_seq, consumed = state.instance_id, state.stored, tuple(state.consumed)
+    tries = 0
+
+    async def once() -> None:
+        nonlocal tries
+        tries += 1
+        try:
+            await checkpoint(iid, "running", header, [], first_seq=first_seq, start=start, consumed=consumed,
+                             restart=True)
+        except CheckpointConflictError:
+            stored = None if tries == 1 else await adapter.load(iid)
+            if stored is None or bytes(stored.start or b"") != start or bytes(stored.header) != header \
+                    or stored.records:
+                raise
+
+    await retried(once, retry_for=run.storage_retry_for, what=f"continuing instance {iid} as new", instance_id=iid)
