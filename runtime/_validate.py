@@ -186,22 +186,25 @@ def _check_step(owner: str, step: Step, names: list[str]) -> None:
         if step.timeout is not None:
             check_timeout(label, step.timeout)
     elif isinstance(step, SucceedStep):
-        kind = not_plain(step.output) if step.has_output and callable(step.output) else None
-        if kind is not None:
-            # Decided in one go, as a pass step's transform is: its coroutine would be the output.
-            raise DefinitionError(f"{label}: output {step.output!r} is {kind}; a succeed step's output"
-                                  " is a value or a plain function of ctx (do async work in a task step)")
         if step.has_output:
-            check_arguments(label, "output", step.output, ("ctx",))
+            _check_value_or_plain_function(label, "succeed step's output", step.output)
     elif isinstance(step, ContinueAsNewStep):
-        kind = not_plain(step.input) if step.has_input and callable(step.input) else None
-        if kind is not None:
-            raise DefinitionError(f"{label}: input {step.input!r} is {kind}; a continue_as_new step's input"
-                                  " is a value or a plain function of ctx (do async work in a task step)")
         if step.has_input:
-            check_arguments(label, "input", step.input, ("ctx",))
+            _check_value_or_plain_function(label, "continue_as_new step's input", step.input)
     else:
         raise DefinitionError(f"{owner}: {step!r} is not a step")
+
+
+def _check_value_or_plain_function(label: str, what: str, value: object) -> None:
+    """A value, or a plain function of ctx: decided in one go, as a pass step's transform is,
+    an ``async def``'s coroutine would be the value."""
+    kind = not_plain(value) if callable(value) else None
+    if kind is not None:
+        name = what.rpartition(" ")[2]
+        raise DefinitionError(f"{label}: {name} {value!r} is {kind}; a {what} is a value or a plain function of"
+                              " ctx (do async work in a task step)")
+    if callable(value):
+        check_arguments(label, what.rpartition(" ")[2], value, ("ctx",))
 
 
 def _check_wait(label: str, step: WaitStep) -> None:
