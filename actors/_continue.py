@@ -66,6 +66,8 @@ async def run_continue(run: Run, step: ContinueAsNewStep, lane: Lane, ctx: Workf
         # (It ends this run: its execution, which has no record, is named within it.)
         run.emit("workflow.step.completed", step_name=step.name,
                  execution_id=next_execution_id(state, MAIN, step.name), output=following.input)
+    # (Signals delivered to the run while the write was in flight are the next run's too.)
+    following.signals = state.signals
     for name in _STATE_FIELDS:
         setattr(state, name, getattr(following, name))
     if bus.active and bus.wants("workflow.continued"):
