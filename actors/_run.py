@@ -156,6 +156,8 @@ def event_payload(state: InstanceState, lane: str, payload: dict[str, Any]) -> d
         payload["lane"] = lane
     payload["instance_id"] = state.instance_id
     payload["workflow_name"] = state.workflow_name
+    if state.runs:  # one that continued as new: its run, which its execution ids are counted in
+        payload["run"] = state.runs
     if state.parent_id is not None:  # a child workflow's: its parent, for following a family
         payload["parent_id"] = state.parent_id
     return payload

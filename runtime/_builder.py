@@ -32,6 +32,7 @@ from ._definition import (
     OfContext,
     ReceiveStep,
     SagaCompensation,
+    StorableValue,
     Step,
     SucceedStep,
     TaskStep,
@@ -251,7 +252,7 @@ class _LaneBuilder:
         )
         return self
 
-    def succeed(self, name: str, *, output: Any = _UNSET) -> Self:
+    def succeed(self, name: str, *, output: OfContext | StorableValue = _UNSET) -> Self:
         """Add a step that ends its lane successfully: with ``output(ctx)`` if ``output`` is
         callable, else ``output``, else (not given) the lane's last output."""
         has_output = output is not _UNSET
@@ -355,7 +356,7 @@ class WorkflowBuilder(_LaneBuilder):
     def _owner(self) -> str:
         return f"workflow {self._name!r}"
 
-    def continue_as_new(self, name: str, *, input: Any = _UNSET) -> Self:
+    def continue_as_new(self, name: str, *, input: OfContext | StorableValue = _UNSET) -> Self:
         """Add a step that ends this run of the instance and starts its next one, from the first
         step, with ``input(ctx)`` if ``input`` is callable, else ``input``, else (not given) the
         main line's last output as its input. The instance keeps its id, its pending signals and

@@ -6,7 +6,7 @@ of the step that follows it in ``next``, so the runtime never has to work out fa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union
 
 import attrs
@@ -27,6 +27,10 @@ StepFn = Callable[..., Any]
 #: mapper, a cause, a computed duration): typed so that what user code reads off ``ctx`` is
 #: checked where it is written.
 OfContext: TypeAlias = Callable[["WorkflowContext"], Any]
+#: A value a definition gives for a step to store as it is (a succeed step's output, the next
+#: run's input): what storage keeps. (Not ``object``: beside :data:`OfContext` in a builder
+#: method's union, a checker would read a lambda given there as untyped.)
+StorableValue: TypeAlias = Union[None, bool, int, float, str, bytes, Sequence[Any], Mapping[Any, Any]]
 #: A saga step's compensation: ``compensate(ctx, result)``.
 SagaCompensation: TypeAlias = Callable[["WorkflowContext", Any], Any]
 #: A task's job, ``job(data)``, and its compensation, ``compensate(output)``.

@@ -347,18 +347,26 @@ def _check_can_leave(owner: str, steps: Sequence[Step]) -> None:
     condition that raises would end it). It would store a record per step for ever (until a
     workflow timeout, if any; never, on a virtual clock, which does not move), as Step Functions
     refuses a machine with no way to an end. A loop with any other step (a task, a wait, a
-    receive) is left be: it does something, and a cancel or a timeout may be its end."""
+    receive) is left be: it does something, and a cancel or a timeout may be its end. A
+    continue_as_new step goes on to the first step (in the next run), and is stuck as such a
+    pass step is, unless its input is worked out by a function."""
+    def targets(i: int) -> list[str]:
+        step = steps[i]
+        return [steps[0].name] if isinstance(step, ContinueAsNewStep) else _targets(steps, i)
+
     def stuck(i: int) -> bool:
         step = steps[i]
         if isinstance(step, ChoiceStep):
             return step.default is not None
+        if isinstance(step, ContinueAsNewStep):
+            return not (step.has_input and callable(step.input))
         return isinstance(step, PassStep) and step.transform is None and bool(_targets(steps, i))
 
     leaves = {i for i in range(len(steps)) if not stuck(i)}
     position = {s.name: i for i, s in enumerate(steps)}
     before: dict[int, list[int]] = {}
     for i in range(len(steps)):
-        for target in _targets(steps, i):
+        for target in targets(i):
             before.setdefault(position[target], []).append(i)
     todo = list(leaves)
     while todo:  # (back from every step that may leave: what can reach one)
@@ -371,6 +379,6 @@ def _check_can_leave(owner: str, steps: Sequence[Step]) -> None:
         raise DefinitionError(
             f"{owner}, step {stuck_in[0]!r}: "
             + (f"with {', '.join(map(repr, stuck_in[1:]))}, never reaches" if stuck_in[1:] else "never reaches")
-            + " an end: a loop of pass and choice steps that nothing can leave (each goes on to another,"
+            + " an end: a loop of pass, choice and continue_as_new steps that nothing can leave (each goes on to another,"
             " whatever its conditions say, and none ends, fails, waits or does work), which would run for ever;"
             " give a choice a rule or a default that leads out, or put a task, wait or end step in it")

@@ -200,6 +200,15 @@ typo = (tf.workflow("typo")
         .end("e")
         .build())
 
+# Was: succeed's output= and continue_as_new's input= (a value, or a function of ctx) were typed
+# Any: a lambda's ctx was Any too.
+typo_ends = (tf.workflow("typo-ends")
+             .choice("c", choices=tf.when(lambda ctx: bool(ctx.input), next="again"), default="done")
+             .continue_as_new("again", input=lambda ctx: ctx.inptu + 1)  # type: ignore[attr-defined]
+             .succeed("done", output=lambda ctx: ctx.inptu)  # type: ignore[attr-defined]
+             .build())
+values_too = tf.workflow("values").continue_as_new("again", input={"n": 1}).succeed("done", output=3)
+
 
 # Was: EnginePortal.call with a lambda, as docs/testing.md and tests/typing/user_code.py write
 # it, gives Any (its two overloads both match a lambda): the id, the instance (possibly None) a
