@@ -18,10 +18,10 @@ from trioflow._callables import plain_result
 from trioflow._codec import as_stored, encode_header, encode_start
 from trioflow._context import WorkflowContext
 from trioflow._decide import fresh_copy, next_execution_id, next_run, passed_on
-from trioflow._definition import ContinueAsNewStep
+from trioflow._definition import ChildStep, ContinueAsNewStep
 from trioflow._errors import CheckpointConflictError
 from trioflow._escapes import failure_of
-from trioflow._lanes import MAIN
+from trioflow._lanes import MAIN, ended_child
 from trioflow._snapshot import InstanceState, Lane
 from trioflow._storage_retry import retried
 
@@ -59,29 +59,51 @@ async def run_continue(run: Run, step: ContinueAsNewStep, lane: Lane, ctx: Workf
         with trio.CancelScope(shield=True):
             # Handed to storage as a whole, cancelled or not: a cancel that cut it short could
             # not tell which run storage holds.
-            await _store(run, start, header)
+            notices = await _stale_notices(run)
+            await _store(run, start, header, notices)
         run.stored_status, run.stored_wake_at, run.woken = "running", None, False
+        if notices:
+            if run.consumed_seqs is None:
+                run.consumed_seqs = set()
+            run.consumed_seqs.update(notices)
     bus = run.bus
     if bus.active and bus.wants("workflow.step.completed"):
         # (It ends this run: its execution, which has no record, is named within it.)
         run.emit("workflow.step.completed", step_name=step.name,
                  execution_id=next_execution_id(state, MAIN, step.name), output=following.input)
-    # (Signals delivered to the run while the write was in flight are the next run's too.)
-    following.signals = state.signals
+    # (Signals delivered to the run while the write was in flight are the next run's too; not
+    # the end notices of children, which no step of it waits for.)
+    following.signals = [s for s in state.signals if ended_child(s[1]) is None] if state.signals else ()
     for name in _STATE_FIELDS:
         setattr(state, name, getattr(following, name))
     if bus.active and bus.wants("workflow.continued"):
         run.emit("workflow.continued", step_name=step.name, run=state.runs)
 
 
-async def _store(run: Run, start: bytes, header: bytes) -> None:
+async def _stale_notices(run: Run) -> tuple[int, ...]:
+    """The seqs of the end notices of children stored for the instance and not taken: a child
+    cut short (a fail-fast sibling, a timeout) ends after its step has, and no step of the next
+    run waits for it. The write that starts the next run consumes them, or every run after
+    would carry them (and every wake read them) for ever."""
+    adapter, iid = run.adapter, run.state.instance_id
+    if adapter is None or not callable(getattr(adapter, "signals", None)) \
+            or not any(isinstance(step, ChildStep) for step, _ in run.definition.lookup.values()):
+        return ()  # (no child, no notice: no read)
+    pending = await retried(lambda: adapter.signals(iid), retry_for=run.storage_retry_for,
+                            what=f"reading the signals of instance {iid}", instance_id=iid)
+    taken = set(run.state.consumed)
+    return tuple(seq for seq, name, _ in pending if ended_child(name) is not None and seq not in taken)
+
+
+async def _store(run: Run, start: bytes, header: bytes, notices: tuple[int, ...]) -> None:
     """Store the next run in place of this one (``Adapter.checkpoint(..., restart=True)``),
-    tried again while storage is unavailable; a retry refused as a conflict was stored by the
-    try before it if storage holds exactly this start and header, and no record."""
+    consuming the stale end notices ``notices`` too, tried again while storage is unavailable;
+    a retry refused as a conflict was stored by the try before it if storage holds exactly this
+    start and header, and no record."""
     adapter, state = run.adapter, run.state
     assert adapter is not None
     checkpoint: Any = adapter.checkpoint  # (the keyword is an adapter's option: see restarts_history)
-    iid, first_seq, consumed = state.instance_id, state.stored, tuple(state.consumed)
+    iid, first_seq, consumed = state.instance_id, state.stored, (*state.consumed, *notices)
     tries = 0
 
     async def once() -> None:

@@ -186,6 +186,7 @@ class MemoryAdapter:
         row.header = header
         if restart:
             row.records = list(new)
+            self._let_go_finished_children(instance_id)
         elif new:
             if isinstance(row.records, list):
                 row.records.extend(new)
@@ -419,6 +420,20 @@ class MemoryAdapter:
                     row.parent_id = None
                     orphans.append(row)
         return purged
+
+    def _let_go_finished_children(self, parent_id: str) -> None:
+        """A parent's history started afresh: the children of its runs before that have finished
+        go by their own finish times (those that still run stay kept)."""
+        kept = self._children.get(parent_id)
+        if not kept:
+            return
+        done = [row for child_id in kept if (row := self._rows.get(child_id)) and row.status in TERMINAL]
+        for row in done:
+            kept.discard(row.instance_id)
+            row.parent_id = None
+        if not kept:
+            del self._children[parent_id]
+        self._order.release(done)
 
     def _release_children(self, parent_id: str) -> None:
         """The children ``parent_id`` kept, itself deleted: nothing keeps them any more."""

@@ -106,8 +106,10 @@ class Adapter(Protocol):
         see :func:`restarts_history`): the instance starts its history afresh, in the same
         atomic write: every stored record is deleted and ``records`` stored as seq 0, 1, ...
         (``first_seq`` is still the number stored before, the fence), and ``start`` (always
-        given then) replaces the start bytes; its pending signals stay. The engine passes it
-        with a status an instance runs in, and no ``notify``."""
+        given then) replaces the start bytes; its pending signals stay, but those it consumes;
+        and its finished children are kept no more (:meth:`purge` takes them by their own
+        finish times, as the children of a deleted parent). The engine passes it with a status
+        an instance runs in, and no ``notify``."""
         ...
 
     async def due(self, before: float, limit: int, *, skip_workflows: Collection[str] = ()) -> list[StoredInstance]:

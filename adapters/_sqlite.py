@@ -1123,6 +1123,9 @@ def _restart(
             f"instance {instance_id!r} has {row[0]} records stored; a checkpoint restarting its history at"
             f" {first_seq} is refused")
     conn.execute("DELETE FROM trioflow_records WHERE instance_id = ?", (instance_id,))
+    # The finished children of the runs before are kept no more: they go by their own finish
+    # times (those that still run stay kept, until their parent is deleted).
+    conn.execute(f"UPDATE trioflow_instances SET parent_id = NULL WHERE parent_id = ? AND {_FINISHED}", (instance_id,))
     conn.executemany(_RECORD_SQL, [(instance_id, seq, data) for seq, data in enumerate(records)])
     if consumed:
         conn.executemany(_CONSUME_SQL, [(seq, instance_id) for seq in consumed])

@@ -8,6 +8,7 @@ Third-party adapters run it in their own test suite (see docs/adapters.md)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, overload
@@ -587,6 +588,27 @@ async def restart_replaces_the_history(open_adapter: OpenAdapter) -> None:
             "a restart must touch only its own instance")
 
 
+async def restart_lets_go_of_finished_children(open_adapter: OpenAdapter) -> None:
+    """A restart (see :func:`restart_replaces_the_history`) of an adapter that keeps families
+    lets go of the instance's finished children: purge takes them by their own finish times."""
+    async with _opened(open_adapter, "restart_children") as a:
+        if not (restarts_history(a) and keeps_families(a)):
+            return
+        checkpoint: Any = a.checkpoint
+        create: Any = a.create
+        await a.create("p", "wf", "running", start=_START, header=b"h0")
+        await create("p/done", "wf", "running", start=b"s", header=b"h", parent_id="p")
+        await create("p/runs", "wf", "running", start=b"s", header=b"h", parent_id="p")
+        await a.checkpoint("p/done", "completed", b"h-end", [], first_seq=0)
+        assert await a.purge(math.inf, 10) == 0, "a finished child must be kept while its parent is stored"
+        await checkpoint("p", "running", b"h1", [], first_seq=0, start=b"start-2", restart=True)
+        await a.checkpoint("p/runs", "completed", b"h-end", [], first_seq=0)
+        assert await a.purge(math.inf, 10) == 1 and await a.load("p/done") is None, (
+            "a restart must let go of its instance's finished children (purge takes them then), and only them")
+        assert await a.load("p/runs") is not None and await a.load("p") is not None, (
+            "a child still running at a restart stays kept by its parent")
+
+
 async def delete_refuses_unfinished(open_adapter: OpenAdapter) -> None:
     async with _opened(open_adapter, "delete_unfinished") as a:
         for iid, status in (("p", "pending"), ("r", "running")):
@@ -969,4 +991,5 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     purge_goes_by_finish_order_not_creation_order, fences_hold_for_every_kind_of_checkpoint,
     filters_come_before_limits, purge_keeps_children_while_their_parent_is_stored,
     purge_lets_go_of_the_children_a_deleted_parent_kept, writes_are_all_or_nothing_under_cancellation,
+    restart_lets_go_of_finished_children,
 ]
