@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Gene
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, Never, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar
 
 import attrs
 import trio
@@ -78,7 +78,7 @@ from ._errors import (
 )
 from ._engine_arguments import (
     check_adapter, check_driver_apart, check_given_instance_id, check_instance_id, check_listing, check_same_start, check_same_workflow, check_switch, duration,
-    not_the_child,
+    not_the_child, refuses_unbound_arguments,
 )
 from ._ends_during_reads import EndsDuringReads
 from ._escapes import first_stop, goes_on, raise_keeping_context, stops_the_process
@@ -412,9 +412,10 @@ class Engine:
 
     # -- instances ----------------------------------------------------------------------------
 
+    @refuses_unbound_arguments
     async def start(
         self, workflow_name: str, input: Any = None, *, instance_id: str | None = None,
-        delay: Seconds | None = None, start_at: datetime | float | None = None, **unknown: Never,
+        delay: Seconds | None = None, start_at: datetime | float | None = None,
     ) -> str:
         """Start an instance and return its id once it is stored.
 
@@ -424,16 +425,10 @@ class Engine:
         input raises before anything is stored. ``delay`` (seconds or a ``timedelta``) or
         ``start_at`` (an aware ``datetime`` or Unix seconds) holds the first step back until
         then, durably: the instance is stored now, waits without a task, and starts on time
-        even after a restart. A keyword it does not take raises :class:`InvalidArgumentError`
-        naming it.
+        even after a restart. Arguments that do not fit (a keyword it does not take, the
+        workflow's name left out, the instance id given positionally) raise
+        :class:`InvalidArgumentError` naming them, and the nearest keyword it takes.
         """
-        if unknown:
-            # (``**unknown`` so that a misspelt keyword, say ``instanceid=``, is refused with
-            # trioflow's own error like every other bad argument, not Python's TypeError; typed
-            # ``Never``, a type checker still flags one where it is written. Its cost, an empty
-            # dict per call, is tens of nanoseconds against a start's tens of microseconds.)
-            raise InvalidArgumentError(
-                f"start(): no keyword {', '.join(map(repr, sorted(unknown)))}; it takes instance_id, delay, start_at")
         self._check_open()
         starts_at = None if delay is None and start_at is None else self._start_time(delay, start_at)
         return await self._start(workflow_name, input, instance_id, starts_at)

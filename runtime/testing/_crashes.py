@@ -3,8 +3,9 @@
 The engine "dies" right after write k: its whole nursery is cancelled at once (instance actors
 do not compensate on an engine shutdown) and every later write is swallowed before it reaches
 storage, as if the process had been killed. A fresh engine then resumes from that storage.
-Write k is the fault-free run's, found in each crash run by what it records: the scheduler's
-order moves it, and writes that only other runs make are crashed at too.
+Write k is the fault-free run's, found in each crash run by a record it holds: the scheduler's
+order moves it and groups records otherwise, so every record any run stores is crashed at
+(after the write that holds it, and with that write lost), whatever else its write holds.
 
 What is checked is what holds whatever the scheduler does. trio randomizes the order of tasks
 that are ready at the same instant, so in a fail-fast parallel step a sibling's step may or may
@@ -87,6 +88,9 @@ from ._engine import autojumping
 from ._scripted import Hangs, Raises, Returns, ScriptedJob, Sleeps
 
 INSTANCE_ID = "explored-instance"
+#: Runs made to crash at a record before it is reported as a "no crash" point: a record that a
+#: step side by side stores may be missing from a run (a fail-fast sibling cancelled it first).
+_TRIES = 3
 
 
 @attrs.frozen(kw_only=True)
@@ -128,7 +132,8 @@ class CrashPoint:
     """One explored crash: after which write, what that write recorded, what followed."""
 
     #: The write's number in the run that crashed, which may differ from the fault-free run's
-    #: (for a "no crash" point: the number of the fault-free run's write it was to crash at).
+    #: (for a "no crash" point: the number of the fault-free run's write it was to crash at, 0
+    #: for a record only crash runs stored).
     write: int
     after: str
     outcome: Outcome
@@ -145,10 +150,12 @@ class CrashReport:
     baseline: Outcome
     writes: int
     #: Two per write of the fault-free run (after it, and while making it, unless
-    #: ``lost_writes=False``), in its order.
+    #: ``lost_writes=False``), in its order: each run crashes at the write that stores a record
+    #: of it (the first not yet crashed at that way), whatever else that write holds.
     points: tuple[CrashPoint, ...]
-    #: One per write that only other runs made (steps side by side that ended in another order
-    #: store their records in other writes), and each kind (after it, and while making it).
+    #: One per record, stored by any run up to its crash, that no point had crashed at yet (the
+    #: records of steps side by side share writes otherwise from run to run), and each kind
+    #: (after the write that stores it, and while making that write).
     extra_points: tuple[CrashPoint, ...] = ()
 
     @property
@@ -184,12 +191,14 @@ async def explore_crashes(
     storage; and (``lost_writes``) once more per write k, dying while making it: it never
     reaches storage, but what it would have recorded has run, and runs again after the resume,
     as at-least-once execution has it (a step that is not idempotent then shows as a divergent
-    output). A write is found by what it records, not by its number: steps side by side that
-    end in one scheduler pass share a write, so the order and number of a run's writes can
-    vary (a run that makes no such write is a "no crash" point). Each write that those crash
-    runs made, up to their crash, and the fault-free run did not is a crash point too, both
-    ways (:attr:`CrashReport.extra_points`). Retry jitter is drawn from a generator seeded
-    afresh for each run.
+    output). A write is found by a record it stores (a step's completion, say), not by its
+    number nor by all it holds: steps side by side that end in one scheduler pass share a
+    write, so the order, number and grouping of a run's writes can vary. Every record that any
+    run stored up to its crash is crashed at, both ways, in some run: those the points for
+    write k did not reach are :attr:`CrashReport.extra_points`. A run that never stores its
+    record (a step a fail-fast sibling cancelled first) is made again, up to three runs in all,
+    and is then a "no crash" point. Retry jitter is drawn from a generator seeded afresh for
+    each run.
 
     Each crash run must end with the fault-free run's status and output; no step recorded as
     completed at the crash point may run again after the resume (the step in flight may), nor a
@@ -322,9 +331,27 @@ async def explore_crashes(
     points: list[CrashPoint] = []
     extra: list[CrashPoint] = []
     variants = (False, True) if lost_writes else (False,)
-    # Every write the fault-free run and the crash runs below made (up to the crash), as what
-    # it recorded (see _write_key), in the order first seen.
-    seen = dict.fromkeys(clean.keys)
+    # Every record the fault-free run and the crash runs below stored (up to the crash, the
+    # lost write included), in the order first seen; and, for each kind of crash, the records
+    # some run died right after storing (False) or while storing (True). Targets are records,
+    # not writes: which records share a write varies from run to run, but a run that stores a
+    # record can always be crashed at it, so every record seen is crashed at both ways.
+    seen = dict.fromkeys(t for held in clean.keys for t in held)
+    covered: dict[bool, set[_Target]] = {lost: set() for lost in variants}
+
+    async def crash_at(target: _Target, lost: bool) -> tuple[Outcome, _CrashingAdapter, str | None, int]:
+        """A run that crashes at ``target``: tried again (up to _TRIES runs in all) while the
+        runs never store it (a step side by side that a fail-fast sibling cancelled first) and
+        end as the fault-free run did."""
+        for tries in range(1, _TRIES + 1):
+            outcome, crashed, failed_check = await one_run(target, lost)
+            seen.update(dict.fromkeys(t for held in crashed.keys for t in held))
+            if crashed.crash_write is not None:
+                covered[lost].update(crashed.crash_write)
+                break
+            if failed_check or _compare_uncrashed(baseline, outcome, shapes[workflow.name]):
+                break  # (reported as it is: another run would hide it)
+        return outcome, crashed, failed_check, tries
 
     def crash_point(outcome: Outcome, crashed: _CrashingAdapter, failed_check: str | None, lost: bool) -> CrashPoint:
         assert crashed.crash_states is not None
@@ -342,39 +369,43 @@ async def explore_crashes(
         return CrashPoint(write=crashed.writes, after=after, outcome=outcome, divergence=divergence or failed_check,
                           lost=lost)
 
-    # Each write of the fault-free run, found in each crash run by what it records rather than
-    # by its number: steps side by side that end in one scheduler pass share a write, so which
-    # write comes when, and how many a run makes, can vary from run to run.
-    for k, target in enumerate(clean.keys, 1):
+    def point(target: _Target, lost: bool, ran: tuple[Outcome, _CrashingAdapter, str | None, int], k: int) -> CrashPoint:
+        outcome, crashed, failed_check, tries = ran
+        if crashed.crash_states is not None:
+            return crash_point(outcome, crashed, failed_check, lost)
+        # No run stored that record (which steps run can depend on the scheduler): only the
+        # outcome is compared.
+        runs = "this run" if tries == 1 else f"{tries} runs, each"
+        of = f" (of the fault-free run's write {k}: {_describe_write(clean.states, k)})" if k else ""
+        return CrashPoint(
+            write=k, outcome=outcome, lost=lost,
+            after=f"no crash: {runs} made {crashed.writes} writes, none storing {_describe_record(target)}{of}",
+            divergence=_compare_uncrashed(baseline, outcome, shapes[workflow.name]) or failed_check)
+
+    # Each write of the fault-free run, both ways: the crash runs crash at the write that stores
+    # one of its records (the first not yet crashed at that way), whatever else that write holds.
+    for k, held in enumerate(clean.keys, 1):
         for lost in variants:
-            outcome, crashed, failed_check = await one_run(target, lost)
-            seen.update(dict.fromkeys(crashed.keys))
-            if crashed.crash_states is None:
-                # This run did not make that write (its steps' completions shared writes otherwise).
-                points.append(CrashPoint(
-                    write=k, outcome=outcome, lost=lost,
-                    after=(f"no crash: this run made {crashed.writes} writes, none storing what the fault-free run's"
-                           f" write {k} did ({_describe_write(clean.states, k)})"),
-                    divergence=_compare_uncrashed(baseline, outcome, shapes[workflow.name]) or failed_check))
-            else:
-                points.append(crash_point(outcome, crashed, failed_check, lost))
-    # Then each write those crash runs made that the fault-free run did not (its steps side by
-    # side ended otherwise, or together): one run more for each, and each kind. (Not those
-    # these runs make: with many steps side by side, which end together can vary without end.)
-    made = set(clean.keys)
-    for target in [t for t in seen if t not in made]:
-        for lost in variants:
-            outcome, crashed, failed_check = await one_run(target, lost)
-            if crashed.crash_states is not None:
-                extra.append(crash_point(outcome, crashed, failed_check, lost))
+            target = next((t for t in held if t not in covered[lost]), held[0])
+            points.append(point(target, lost, await crash_at(target, lost), k))
+    # Then each record, stored by any of those runs up to its crash (or by the runs here), that
+    # no run has crashed at yet that way: one more run for each (it may store others).
+    first_write = {t: k for k, held in enumerate(clean.keys, 1) for t in held}
+    tried: set[tuple[_Target, bool]] = set()
+    while todo := next(((t, lost) for t in seen for lost in variants
+                        if t not in covered[lost] and (t, lost) not in tried), None):
+        tried.add(todo)
+        extra.append(point(*todo, await crash_at(*todo), first_write.get(todo[0], 0)))
     report = CrashReport(baseline=baseline, writes=clean.writes, points=tuple(points), extra_points=tuple(extra))
     if check and report.divergent:
         first = report.divergent[0]
         when = "while making" if first.lost else "after"
         of = f"of {clean.writes}" if first.write <= clean.writes else f"(the fault-free run made {clean.writes})"
+        # (0: a "no crash" point for a record only crash runs stored.)
+        write = f"snapshot write {first.write} {of}" if first.write else "a write only crash runs made"
         raise CrashDivergenceError(
-            f"workflow {workflow.name!r}: crash {when} snapshot write {first.write} {of}"
-            f" ({first.after}), then resume: {first.divergence}", report,
+            f"workflow {workflow.name!r}: crash {when} {write} ({first.after}), then resume: {first.divergence}",
+            report,
         )
     return report
 
@@ -878,19 +909,28 @@ def _describe_write(states: Sequence[tuple[str, InstanceState]], k: int) -> str:
     return f"{who}{', '.join(done)}{rest}"
 
 
-#: What a write recorded (see :func:`_write_key`).
-_WriteKey = tuple[str, tuple[str, ...], str]
-#: A write of a run: what it recorded, and how many of the run's writes had recorded that by then
-#: (it included).
-_Target = tuple[_WriteKey, int]
+#: One thing a write recorded (see :func:`_write_records`): its instance, and the thing in words.
+_Record = tuple[str, str]
+#: A record as a run stored it: the record, and how many of the run's writes had stored it by
+#: then (it included).
+_Target = tuple[_Record, int]
 
 
-def _write_key(instance_id: str, state: InstanceState, before: InstanceState | None) -> _WriteKey:
-    """What a write of ``instance_id`` that turned ``before`` into ``state`` recorded, as the
-    same in any run that records it: the records of steps that ended together in one scheduler
-    pass are stored by one write, in the order they ended, which varies."""
+def _write_records(instance_id: str, state: InstanceState, before: InstanceState | None) -> tuple[_Record, ...]:
+    """What a write of ``instance_id`` that turned ``before`` into ``state`` recorded, one by
+    one, as the same in any run that stores them: each step record it added (or compensated),
+    or else what it says of the instance. The records of steps that end together in one
+    scheduler pass share a write, and which do varies from run to run, so a write is crashed
+    at by each record it holds, not by the set (a set the next run may never store together)."""
     done, rest = _write_parts(state, before)
-    return instance_id, tuple(sorted(done)), rest
+    return tuple((instance_id, what) for what in done) or ((instance_id, rest),)
+
+
+def _describe_record(target: _Target) -> str:
+    """A record a run stored (see :data:`_Target`), in words."""
+    (instance_id, what), n = target
+    who = "" if instance_id == INSTANCE_ID else f"child {instance_id!r}: "
+    return f"{who}{what}" + (f" (again: write {n} of those storing it)" if n > 1 else "")
 
 
 def _write_parts(state: InstanceState, before: InstanceState | None) -> tuple[tuple[str, ...], str]:
@@ -948,12 +988,14 @@ class _Pending:
     start: bytes | None
     records: list[bytes]
     state: InstanceState
-    target: _Target
+    #: What it records (see :func:`_write_records`), each with its count in the run.
+    held: tuple[_Target, ...]
 
 
 class _CrashingAdapter:
-    """Delegates to real storage, counts writes, and kills the engine after the write ``target``
-    (``lost``: while making it, before it reaches storage; ``None``: never)."""
+    """Delegates to real storage, counts writes, and kills the engine after the write that
+    stores the record ``target``, whatever else it stores (``lost``: while making it, before it
+    reaches storage; ``None``: never)."""
 
     def __init__(self, inner: Adapter, target: _Target | None, lost: bool = False) -> None:
         self.inner = inner
@@ -964,7 +1006,9 @@ class _CrashingAdapter:
         #: The instance each write was for, and what it stored, in write order.
         self.states: list[tuple[str, InstanceState]] = []
         #: What each write recorded, in write order (the lost one included).
-        self.keys: list[_Target] = []
+        self.keys: list[tuple[_Target, ...]] = []
+        #: What the write the crash came right after (or the lost one) recorded (``None``: no crash).
+        self.crash_write: tuple[_Target, ...] | None = None
         #: The write the crash cut short (``lost``): its instance, and what it would have stored.
         self.lost_write: tuple[str, InstanceState] | None = None
         #: Every instance written so far, as stored when the engine died (``None``: it did not).
@@ -975,7 +1019,7 @@ class _CrashingAdapter:
         #: at it with no other task's write in between, or to lose it.
         self._rows: dict[str, tuple[bytes | None, list[bytes]]] = {}
         self._last: dict[str, InstanceState] = {}
-        self._recorded: collections.Counter[_WriteKey] = collections.Counter()
+        self._recorded: collections.Counter[_Record] = collections.Counter()
         for name in _OPTIONAL_METHODS:
             if not callable(getattr(inner, name, None)):
                 # The engine runs without what the storage it wraps has not (signals, waiting
@@ -1098,11 +1142,12 @@ class _CrashingAdapter:
         if not self.crashed:
             # (A restart's records replace every stored one: they start at seq 0.)
             write = await self._pending(instance_id, header, records, 0 if restart else first_seq, start)
-            if not self.crashed and not (self.lost and write.target == self.target):
+            if not self.crashed and not (self.lost and self.target in write.held):
                 return write
             if not self.crashed:
                 self.writes += 1  # this write is the one the crash cuts short: it stores nothing
-                self.keys.append(write.target)
+                self.keys.append(write.held)
+                self.crash_write = write.held
                 self.lost_write = (instance_id, write.state)
                 self._die()
                 await self._keep_crash_states()
@@ -1123,23 +1168,31 @@ class _CrashingAdapter:
         start = kept_start if start is None else start
         rows = [*kept[:first_seq], *(bytes(r) for r in records)]
         state = decode(start, header, rows)
-        key = _write_key(instance_id, state, self._last.get(instance_id))
-        return _Pending(instance_id, start, rows, state, (key, self._recorded[key] + 1))
+        in_write: collections.Counter[_Record] = collections.Counter()
+        held = []
+        for record in _write_records(instance_id, state, self._last.get(instance_id)):
+            in_write[record] += 1
+            held.append((record, self._recorded[record] + in_write[record]))
+        return _Pending(instance_id, start, rows, state, tuple(held))
 
     async def _after_write(self, write: _Pending, *, stored: bool = True) -> None:
         self.writes += 1
-        self.keys.append(write.target)
-        self._recorded[write.target[0]] += 1
+        self.keys.append(write.held)
+        self._recorded.update(record for record, _ in write.held)
         if stored:  # (a create that found the instance stored already changed nothing)
             self._rows[write.instance_id] = (write.start, write.records)
             self._last[write.instance_id] = write.state
-        crash = write.target == self.target
+        crash = not self.crashed and self.target in write.held
         if crash:
+            self.crash_write = write.held
             self._die()  # before anything else can write: this write is the last
-        with trio.CancelScope(shield=True):
-            stored_now = await self.inner.load(write.instance_id)
-            assert stored_now is not None
-            self.states.append((write.instance_id, decode_stored(stored_now)))
+        if stored:  # (the row as stored is the mirror's: decoding it again from storage doubled the cost)
+            self.states.append((write.instance_id, write.state))
+        else:
+            with trio.CancelScope(shield=True):
+                stored_now = await self.inner.load(write.instance_id)
+                assert stored_now is not None
+                self.states.append((write.instance_id, decode_stored(stored_now)))
         if crash:
             await self._keep_crash_states()
 

@@ -109,9 +109,10 @@ async def service() -> None:
         iid = await engine.start("order", {"total": 10}, instance_id="o-1", delay=datetime.timedelta(hours=1))
         assert_type(iid, str)
         await engine.start("order", {"total": 10}, start_at=datetime.datetime(2030, 1, 1, tzinfo=UTC))
-        # A misspelt keyword is flagged where it is written (start() takes **unknown: Never, to
-        # refuse one at run time with InvalidArgumentError).
-        await engine.start("order", {"total": 10}, instanceid="o-2")  # type: ignore[arg-type]
+        # A misspelt keyword is flagged where it is written (and refused at run time with
+        # InvalidArgumentError: start()'s wrapper keeps its signature), as is a missing name.
+        await engine.start("order", {"total": 10}, instanceid="o-2")  # type: ignore[call-arg]
+        await engine.start(workflow="order", input={"total": 10})  # type: ignore[call-arg]
         await engine.signal(iid, "approved", {"by": "kim"})
         await engine.signal(iid, "approved", payload=None)
         assert_type(await engine.cancel(iid), bool)
