@@ -15,20 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import trioflow as tf
+from storages import storage  # noqa: F401  (a fixture: the tests taking it run on both adapters)
 from trioflow.testing import explore_crashes, open_test_engine
 
 DAY = 86_400.0
-
-
-def _memory(_: Path) -> Any:
-    return tf.adapters.MemoryAdapter()
-
-
-def _sqlite(tmp_path: Path) -> Any:
-    return tf.adapters.SQLiteAdapter(tmp_path / "runs.db")
-
-
-ADAPTERS = pytest.mark.parametrize("make", [_memory, _sqlite], ids=["memory", "sqlite"])
 
 
 async def _bill(ctx: Any) -> int:
@@ -49,11 +39,10 @@ def _renewals(last: int = 5, *, wait: float | None = None) -> tf.WorkflowDefinit
             .build())
 
 
-@ADAPTERS
 async def test_an_instance_that_continues_keeps_only_its_latest_runs_history(
-    make: Callable[[Path], Any], tmp_path: Path, autojump_clock: trio.testing.MockClock,
+    storage: Callable[[], Any], autojump_clock: trio.testing.MockClock,
 ) -> None:
-    adapter = make(tmp_path)
+    adapter = storage()
     async with open_test_engine(adapter=adapter) as engine:
         engine.register(_renewals(5))
         iid = await engine.start("renewals", {"n": 0})
@@ -67,13 +56,12 @@ async def test_an_instance_that_continues_keeps_only_its_latest_runs_history(
         assert stored is not None and len(stored.records) == 3
 
 
-@ADAPTERS
 async def test_the_storage_work_of_a_renewal_stays_flat_as_a_subscription_ages(
-    make: Callable[[Path], Any], tmp_path: Path, autojump_clock: trio.testing.MockClock,
+    storage: Callable[[], Any], autojump_clock: trio.testing.MockClock,
 ) -> None:
     """The billing service of tests/test_review_of_billing_service.py, renewing with
     continue_as_new: each wake reads the one run's records, however many periods went by."""
-    adapter = make(tmp_path)
+    adapter = storage()
     read: list[int] = []
 
     class Counting(type(adapter)):  # type: ignore[misc]
@@ -91,9 +79,8 @@ async def test_the_storage_work_of_a_renewal_stays_flat_as_a_subscription_ages(
     assert len(read) >= 40 and set(read) == {1}, read  # bill#1, read as each period ends
 
 
-@ADAPTERS
 async def test_signals_sent_to_one_run_are_received_by_the_next_in_order(
-    make: Callable[[Path], Any], tmp_path: Path, autojump_clock: trio.testing.MockClock,
+    storage: Callable[[], Any], autojump_clock: trio.testing.MockClock,
 ) -> None:
     definition = (
         tf.workflow("inbox")
@@ -103,7 +90,7 @@ async def test_signals_sent_to_one_run_are_received_by_the_next_in_order(
         .continue_as_new("again", input=lambda ctx: [*ctx.input, ctx.steps["take"]])
         .succeed("done", output=lambda ctx: ctx.input)
         .build())
-    async with open_test_engine(adapter=make(tmp_path)) as engine:
+    async with open_test_engine(adapter=storage()) as engine:
         engine.register(definition)
         iid = await engine.start("inbox", [])
         for payload in ("a", "b", "c", "stop"):
@@ -116,9 +103,8 @@ async def _charge(ctx: Any) -> str:
     return f"charged {ctx.input}"
 
 
-@ADAPTERS
 async def test_each_run_starts_children_of_its_own(
-    make: Callable[[Path], Any], tmp_path: Path, autojump_clock: trio.testing.MockClock,
+    storage: Callable[[], Any], autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A child step counts its executions afresh in each run: the run's number keeps the ids of
     its children apart from the runs' before (one would otherwise be taken for the first run's
@@ -131,7 +117,7 @@ async def test_each_run_starts_children_of_its_own(
         .continue_as_new("renew", input=lambda ctx: ctx.input + 1)
         .succeed("done", output=lambda ctx: ctx.steps["pay"])
         .build())
-    async with open_test_engine(adapter=make(tmp_path)) as engine:
+    async with open_test_engine(adapter=storage()) as engine:
         engine.register(charge)
         engine.register(parent)
         iid = await engine.start("monthly", 1, instance_id="m-1")

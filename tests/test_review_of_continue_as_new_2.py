@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 
 import trioflow as tf
+from storages import storage  # noqa: F401  (a fixture: the tests taking it run on both adapters)
 from trioflow.testing import open_test_engine
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -23,24 +23,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 DAY = 86_400.0
 
 
-def _memory(_: Path) -> Any:
-    return tf.adapters.MemoryAdapter()
-
-
-def _sqlite(tmp_path: Path) -> Any:
-    return tf.adapters.SQLiteAdapter(tmp_path / "runs.db")
-
-
-ADAPTERS = pytest.mark.parametrize("make", [_memory, _sqlite], ids=["memory", "sqlite"])
-
-
 async def _echo(ctx: Any) -> Any:
     return ctx.input
 
 
-@ADAPTERS
 async def test_children_of_earlier_runs_are_purged_while_a_continuing_parent_lives(
-    make: Callable[[Path], Any], tmp_path: Path, autojump_clock: trio.testing.MockClock,
+    storage: Callable[[], Any], autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A user's monthly subscription starts an invoice child workflow each month, waits a month
     and continues as new; the engine runs with retention (or the user calls purge()). README:
@@ -52,7 +40,7 @@ async def test_children_of_earlier_runs_are_purged_while_a_continuing_parent_liv
     it), whichever run started it: after six months purge deletes nothing and storage holds the
     parent plus all six completed invoices of earlier runs; a subscription that lives for years
     keeps every invoice instance for ever, growing by one row (and its records) a month."""
-    adapter = make(tmp_path)
+    adapter = storage()
     definition = (tf.workflow("monthly")
                   .child("invoice", workflow="invoice", input=lambda ctx: ctx.input)
                   .wait("month", seconds=30 * DAY)
@@ -76,9 +64,8 @@ async def _declined(ctx: Any) -> Any:
     raise ValueError("card declined")
 
 
-@ADAPTERS
 async def test_end_notices_of_an_earlier_runs_cancelled_children_are_not_carried_into_every_run(
-    make: Callable[[Path], Any], tmp_path: Path, autojump_clock: trio.testing.MockClock,
+    storage: Callable[[], Any], autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A user's loop runs a fail-fast parallel step each run: one branch starts a child workflow,
     the other charges a card; a decline cancels the child, a catch routes to continue_as_new,
@@ -90,7 +77,7 @@ async def test_end_notices_of_an_earlier_runs_cancelled_children_are_not_carried
     every later run as a pending signal: after five runs five notices of children of earlier
     runs are pending, one more per run, for ever (read by every wake of the instance). Nothing
     can take them: no step of a later run waits for a child of an earlier one."""
-    adapter = make(tmp_path)
+    adapter = storage()
     definition = (tf.workflow("retry-loop")
                   .choice("first", choices=[tf.Choice(condition=lambda ctx: ctx.input >= 5, next="listen")],
                           default="both")
