@@ -874,6 +874,7 @@ class Engine:
             raise InvalidArgumentError(f"start_at must be an aware datetime or Unix seconds (a finite number >= 0), got {start_at!r}")
         return float(start_at)
 
+    @refuses_unbound_arguments
     async def signal(self, instance_id: str, name: str, payload: Any = None) -> None:
         """Send the signal ``name`` to an instance; returns once it is stored. The instance's
         next receive step for that name takes it (first in, first out), now or later, even
@@ -1129,6 +1130,7 @@ class Engine:
                 if not ended_since():
                     return stored, watch.signals_stored() == 0
 
+    @refuses_unbound_arguments
     async def get_instance(self, instance_id: str) -> WorkflowInstance | None:
         """The instance as it stands (``None`` if unknown)."""
         self._check_open()
@@ -1151,6 +1153,7 @@ class Engine:
         """The public view of a stored record; an unreadable one is reported failed, with why."""
         return _stored_view(record)
 
+    @refuses_unbound_arguments
     async def wait(self, instance_id: str) -> WorkflowInstance:
         """Wait until the instance has reached a terminal status (compensation included)."""
         check_instance_id(instance_id)
@@ -1238,6 +1241,7 @@ class Engine:
                 " for the next engine to resume"
             )
 
+    @refuses_unbound_arguments
     async def cancel(self, instance_id: str) -> bool:
         """Cancel an unfinished instance: its running step is cancelled, then its completed
         steps are compensated. ``True`` if it is now being cancelled (by this call or an earlier
@@ -1383,6 +1387,7 @@ class Engine:
             return True
         return await self.cancel(instance_id)  # it runs here after all
 
+    @refuses_unbound_arguments
     async def get_instances(
         self, workflow_name: str | None = None, status: Status | None = None, *,
         limit: int | None = None, after: str | WorkflowInstance | None = None, order: Order = "oldest",
@@ -1469,6 +1474,7 @@ class Engine:
                 f"instance {instance.id!r}, the cursor, was deleted or purged since"
                 f"{'' if created_at is None else ' (its id was started again)'}; list again from the first page")
 
+    @refuses_unbound_arguments
     async def purge(self, *, older_than: Seconds, status: Status | None = None, workflow: str | None = None) -> int:
         """Delete the finished instances (every status but pending and running) that finished
         at least ``older_than`` seconds (or a ``timedelta``) ago on the engine's clock, with
