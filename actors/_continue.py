@@ -9,6 +9,7 @@ run's, in place (the context, the lane actor and the engine all hold that object
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -18,7 +19,7 @@ from trioflow._callables import plain_result
 from trioflow._codec import as_stored, encode_header, encode_start
 from trioflow._context import WorkflowContext
 from trioflow._decide import fresh_copy, next_execution_id, next_run, passed_on
-from trioflow._definition import ChildStep, ContinueAsNewStep
+from trioflow._definition import ChildStep, ContinueAsNewStep, WorkflowDefinition
 from trioflow._errors import CheckpointConflictError
 from trioflow._escapes import failure_of
 from trioflow._lanes import MAIN, ended_child
@@ -43,8 +44,9 @@ async def run_continue(run: Run, step: ContinueAsNewStep, lane: Lane, ctx: Workf
             value = plain_result(step.input, ctx)
         else:
             value = fresh_copy(step.input)  # (each instance its own, as a pass step's result)
+        definition = run.release_for_next_run()
         # As the next run reads it back (a tuple as a list), and refused now if it cannot be.
-        following = next_run(state, run.definition, as_stored(value, f"the input step {step.name!r} continues with"))
+        following = next_run(state, definition, as_stored(value, f"the input step {step.name!r} continues with"))
         start, header = encode_start(following), encode_header(following)
     except BaseException as exc:
         if not isinstance(exc, Exception):
@@ -76,8 +78,22 @@ async def run_continue(run: Run, step: ContinueAsNewStep, lane: Lane, ctx: Workf
     following.signals = [s for s in state.signals if ended_child(s[1]) is None] if state.signals else ()
     for name in _STATE_FIELDS:
         setattr(state, name, getattr(following, name))
+    if definition is not run.definition:
+        _take_up(run, definition)
     if bus.active and bus.wants("workflow.continued"):
         run.emit("workflow.continued", step_name=step.name, run=state.runs)
+
+
+def _take_up(run: Run, definition: WorkflowDefinition) -> None:
+    """The next run goes on with ``definition``, registered in place of the run's: its hooks,
+    and its workflow timeout, which counts from the instance's first start as it does across
+    runs (and as a resume under it would count it)."""
+    before, run.definition, run.has_hooks = run.definition.timeout, definition, definition.has_hooks
+    scope, timeout = run.cancel_scope, definition.timeout
+    if scope is not None and timeout != before:
+        started = run.state.started_at
+        spent = 0.0 if started is None else max(0.0, run.clock() - started)
+        scope.deadline = math.inf if timeout is None else trio.current_time() + max(0.0, timeout - spent)
 
 
 async def _stale_notices(run: Run) -> tuple[int, ...]:

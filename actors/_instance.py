@@ -261,6 +261,7 @@ async def _forward(run: Run) -> Forward:
         # steps are compensated).
     if run.cancel_requested:
         return "cancelled", _cancelled(run), None
+    definition = run.definition  # (a continue_as_new step's next run may have taken up another)
     assert definition.timeout is not None
     return "timed_out", WorkflowTimeoutError(definition.name, definition.timeout), None
 

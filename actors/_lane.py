@@ -147,6 +147,9 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
             elif isinstance(step, ContinueAsNewStep):
                 await run_continue(run, step, lane, ctx)
                 lane = state.lanes[lane_key]  # the next run's main line, at its first step
+                # (On the definition registered now, if another replaced the run's.)
+                lookup, index = run.definition.lookup, run.definition.index
+                ctx.total_steps = len(run.definition.steps)
                 continue
             else:
                 try:

@@ -514,15 +514,30 @@ class Run:
         registered yet: it runs on the definition it has, which has them. Nor a transactional
         one that has started: its transaction may have committed before a restart (its records
         go with the end stored after it), which its run asks the driver, going on as it began."""
-        current = None if self.releases is None else self.releases.get(self.definition.name)
-        if current is None or current is self.definition or self.state.records or self.state.phase != "forward" \
-                or any(name not in self.jobs for name in current.job_names) \
+        current = self._replacement()
+        if current is None or self.state.records or self.state.phase != "forward" \
                 or (self.definition.transactional and self.state.started_at is not None):
             return
         take_up(self.state, current)
         if self.state.fingerprint == current.fingerprint:  # (not if its first step is under way)
             self.definition = current
             self.has_hooks = current.has_hooks
+
+    def release_for_next_run(self) -> WorkflowDefinition:
+        """The definition a ``continue_as_new`` step's next run starts on: the one registered
+        now (``register(replace=True)`` reaches a looping instance at its next run, as a
+        Temporal workflow's continue-as-new runs the latest code), once its jobs are all
+        registered. Not a transactional one: its run would need the driver's transaction from
+        its first step, which a run under way does not open; the next resume takes it up."""
+        current = self._replacement()
+        return self.definition if current is None or current.transactional else current
+
+    def _replacement(self) -> WorkflowDefinition | None:
+        """The definition registered now in place of the run's, if its jobs are all registered."""
+        current = None if self.releases is None else self.releases.get(self.definition.name)
+        if current is None or current is self.definition or any(name not in self.jobs for name in current.job_names):
+            return None
+        return current
 
     def callable(self, fn: StepFn | str, asynchronous: bool) -> tuple[Callable[..., Any], bool]:
         """A step's callable and whether it is awaited, looking registered job names up

@@ -278,7 +278,8 @@ class Engine:
         instances started from now on use it, and so do instances taken up from storage (after
         a restart, or waking from a wait out of memory); one that no longer fits it fails with
         :class:`DefinitionMismatchError` and compensates what it can. Instances running in
-        memory finish on the definition they run with; one that has run nothing yet (queued
+        memory finish on the definition they run with (a ``continue_as_new`` step's next run
+        starts on the one registered then); one that has run nothing yet (queued
         for a slot, or waiting in memory for its delayed start) starts on the one registered
         as it starts, as one taken up from storage does (once that one's jobs are registered:
         until then on its own)."""
