@@ -4,7 +4,8 @@
 diamonds on generated flags, nested parallels with fail-fast and wait-all, retries and step
 timeouts; with ``catches=True`` also catchers, succeed and fail steps; with ``maps=True`` also
 map steps over generated items, and with ``nested=True`` fan-outs in their items; with
-``waits=True`` durable timers and receive steps), the scripted jobs its steps name, an input,
+``waits=True`` durable timers and receive steps; with ``continues=True`` runs before the last
+that continue as new), the scripted jobs its steps name, an input,
 the signals to send it, and :meth:`GeneratedWorkflow.expected_status`, the status the faults it
 injected must lead to.
 """
@@ -322,8 +323,10 @@ class _Model:
                 if caught is not None:
                     caught.append(step.name)
                 name = catcher.next
-            elif isinstance(step, ChoiceStep) and step.name.startswith("again-"):
-                name = step.default  # a loop's body always succeeds: only where it ends matters
+            elif isinstance(step, ChoiceStep) and (step.name.startswith("again-") or step.name == "runs-left"):
+                # A loop's body always succeeds: only where it ends matters. (So do the runs
+                # before the last, which only tick and continue: the model is the last run's.)
+                name = step.default
             elif isinstance(step, ChoiceStep):
                 flag = self.flags[int(step.name.split("-")[1])]
                 name = step.choices[0].next if flag else step.default
@@ -489,6 +492,11 @@ class GeneratedWorkflow:
                 " output (each of its items' outputs holds this map's when it is the last step of its branch)")
         return self._model().map_output(step, self.input["items"][name])
 
+    def expected_runs(self) -> int:
+        """How many times the instance continues as new (``continues=True``; else 0): its
+        ``runs`` at the end."""
+        return int(self.input.get("runs_left", 0))
+
     def step_succeeds(self, step: TaskStep) -> bool:
         """Whether a task step's script yields a success within its retry policy."""
         return self._model().task_error(step) is None
@@ -516,7 +524,7 @@ class GeneratedWorkflow:
 def workflows(
     draw: st.DrawFn, *, max_steps: int = 4, max_depth: int = 2, timing: bool = True, parallel: bool = True,
     loops: bool = False, catches: bool = False, maps: bool = False, max_items: int = 4, nested: bool = False,
-    waits: bool = False,
+    waits: bool = False, continues: bool = False,
 ) -> GeneratedWorkflow:
     """A valid random workflow with scripted jobs (see the module docstring).
 
@@ -560,12 +568,21 @@ def workflows(
     receive whose signal is not sent fails with ``SignalTimeoutError`` (with ``catches=True``
     its catchers may list that name). Send them right after the start, as
     ``explore_crashes(signals=...)`` does.
+
+    ``continues=True`` makes the instance continue as new one or two times before its last run
+    (``input["runs_left"]``; :meth:`GeneratedWorkflow.expected_runs`): its first step, the
+    choice ``runs-left``, sends a run with runs left to ``tick`` (a task with a compensation,
+    ``job-tick`` and ``undo-tick``, that always succeed) and the ``continue_as_new`` step
+    ``again``, whose input is the run's with one run fewer left; the last run takes the pass
+    step ``body`` to the generated steps. What the model predicts is the last run's; ``tick``
+    is never in its history, and ``undo-tick`` is never called (a run before is never
+    compensated). Signals sent after the start are kept for the run that receives them.
     """
     for name, value, lowest in (("max_steps", max_steps, 1), ("max_depth", max_depth, 0), ("max_items", max_items, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
             raise InvalidArgumentError(f"workflows({name}=) takes an int >= {lowest}, got {value!r}")
     for name, switch in (("timing", timing), ("parallel", parallel), ("loops", loops), ("catches", catches),
-                         ("maps", maps), ("nested", nested), ("waits", waits)):
+                         ("maps", maps), ("nested", nested), ("waits", waits), ("continues", continues)):
         check_switch(switch, f"workflows({name}=)")
     if nested and not maps:
         raise InvalidArgumentError("workflows(nested=True) generates fan-outs in map items: pass maps=True too")
@@ -796,10 +813,29 @@ def workflows(
                 terminal(builder, end, f"{'fail' if end == 'fail' else 'win'}-{lane_id}")
 
     builder = workflow("generated")
+    runs = 0
+    if continues:
+        runs = draw(st.integers(1, 2))
+        jobs["job-tick"], jobs["undo-tick"] = ScriptedJob(name="job-tick"), ScriptedJob(name="undo-tick")
+        builder.choice("runs-left", choices=[when(_runs_left, next="tick")], default="body")
+        builder.task("tick", job="job-tick", compensate="undo-tick")
+        builder.continue_as_new("again", input=_one_run_fewer)
+        builder.pass_("body")
     lane(builder, 0)
     given: dict[str, Any] = {"flags": flags, "items": items} if maps else {"flags": flags}
+    if continues:
+        given["runs_left"] = runs
     return GeneratedWorkflow(definition=builder.build(), jobs=jobs, input=given, item_scripts=scripts,
                              signals=tuple(signals))
+
+
+def _runs_left(ctx: Any) -> bool:
+    return bool(ctx.input["runs_left"] > 0)
+
+
+def _one_run_fewer(ctx: Any) -> dict[str, Any]:
+    """The next run's input (``continues=True``): the run's, with one run fewer left."""
+    return {**ctx.input, "runs_left": ctx.input["runs_left"] - 1}
 
 
 def _flag(i: int) -> Any:
