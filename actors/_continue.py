@@ -26,7 +26,7 @@ from trioflow._lanes import MAIN, ended_child
 from trioflow._snapshot import InstanceState, Lane
 from trioflow._storage_retry import retried
 
-from ._run import Run, StepFailure
+from ._run import Run, StepFailure, timeout_left
 
 _STATE_FIELDS = tuple(field.name for field in attrs.fields(InstanceState))
 
@@ -87,13 +87,26 @@ async def run_continue(run: Run, step: ContinueAsNewStep, lane: Lane, ctx: Workf
 def _take_up(run: Run, definition: WorkflowDefinition) -> None:
     """The next run goes on with ``definition``, registered in place of the run's: its hooks,
     and its workflow timeout, which counts from the instance's first start as it does across
-    runs (and as a resume under it would count it)."""
+    runs (and as a resume under it would count it). Not once the run's own timeout has come,
+    or a cancel() said yes, while the next run was stored: the instance ends so, on the
+    release it ran under (whose timeout is the one that came)."""
+    scope = run.cancel_scope
+    if scope is not None and (scope.cancel_called or scope.deadline <= trio.current_time()):
+        return
     before, run.definition, run.has_hooks = run.definition.timeout, definition, definition.has_hooks
-    scope, timeout = run.cancel_scope, definition.timeout
-    if scope is not None and timeout != before:
-        started = run.state.started_at
-        spent = 0.0 if started is None else max(0.0, run.clock() - started)
-        scope.deadline = math.inf if timeout is None else trio.current_time() + max(0.0, timeout - spent)
+    timeout = definition.timeout
+    if scope is None or timeout == before:
+        return
+    if timeout is None:
+        scope.deadline = math.inf
+        return
+    started = run.state.started_at
+    left = timeout_left(timeout, 0.0 if started is None else max(0.0, run.clock() - started))
+    scope.deadline = trio.current_time() + left
+    if not left:
+        # Past it already: trio would see that only at its next pass, after the first step's
+        # job had begun (as for a run taken up at its deadline: see _forward).
+        scope.cancel()
 
 
 async def _stale_notices(run: Run) -> tuple[int, ...]:
@@ -101,13 +114,18 @@ async def _stale_notices(run: Run) -> tuple[int, ...]:
     cut short (a fail-fast sibling, a timeout) ends after its step has, and no step of the next
     run waits for it. The write that starts the next run consumes them, or every run after
     would carry them (and every wake read them) for ever."""
-    adapter, iid = run.adapter, run.state.instance_id
-    if adapter is None or not callable(getattr(adapter, "signals", None)) \
-            or not any(isinstance(step, ChildStep) for step, _ in run.definition.lookup.values()):
-        return ()  # (no child, no notice: no read)
+    adapter, state = run.adapter, run.state
+    iid = state.instance_id
+    if adapter is None or not callable(getattr(adapter, "signals", None)):
+        return ()
+    if not any(isinstance(step, ChildStep) for step, _ in run.definition.lookup.values()) \
+            and not any(ended_child(signal[1]) is not None for signal in state.signals):
+        # (No child step, and no notice from a child an earlier release's run started among
+        # the signals it holds: no read.)
+        return ()
     pending = await retried(lambda: adapter.signals(iid), retry_for=run.storage_retry_for,
                             what=f"reading the signals of instance {iid}", instance_id=iid)
-    taken = set(run.state.consumed)
+    taken = set(state.consumed)
     return tuple(seq for seq, name, _ in pending if ended_child(name) is not None and seq not in taken)
 
 

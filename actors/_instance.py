@@ -48,7 +48,7 @@ from trioflow._snapshot import Status, StepResult
 
 from ._child import cancel_children
 from ._lane import cut_short_resting, run_lane
-from ._run import Parked, Run, StepFailure, StoreFailed
+from ._run import Parked, Run, StepFailure, StoreFailed, timeout_left
 from ._task import compensate
 from ._transaction import (
     Forward,
@@ -66,11 +66,6 @@ log = logging.getLogger("trioflow")
 _ENDED = {"failed": "failed", "cancelled": "was cancelled", "timed_out": "timed out"}
 
 
-#: How near its deadline a resumed run counts as at it: the wall clock's seconds (about 1.8e9)
-#: are floats a step of 2.4e-7 s apart, and the time spent is a difference of two of them.
-_ROUNDING = 1e-6
-
-
 def _deadline(run: Run) -> float:
     """The trio-clock deadline of the workflow timeout, counting time spent before a resume."""
     timeout = run.definition.timeout
@@ -80,9 +75,7 @@ def _deadline(run: Run) -> float:
         return trio.current_time()  # (launched from the queue as its deadline came)
     started = run.state.started_at
     spent = max(0.0, run.clock() - started) if (run.resumed and started is not None) else 0.0
-    left = timeout - spent
-    # (Within a few float steps of a wall-clock time it is at it: see _ROUNDING.)
-    return trio.current_time() + (left if left > _ROUNDING else 0.0)
+    return trio.current_time() + timeout_left(timeout, spent)
 
 
 async def run_instance(run: Run) -> None:

@@ -149,6 +149,18 @@ class StepFailure(Exception):
         self.uses_input = uses_input
 
 
+#: How near its deadline a run counts as at it: the wall clock's seconds (about 1.8e9) are
+#: floats a step of 2.4e-7 s apart, and the time spent is a difference of two of them.
+_ROUNDING = 1e-6
+
+
+def timeout_left(timeout: float, spent: float) -> float:
+    """What is left of a workflow timeout of ``timeout`` seconds once ``spent`` are: 0 within a
+    few float steps of it (see ``_ROUNDING``)."""
+    left = timeout - spent
+    return left if left > _ROUNDING else 0.0
+
+
 def event_payload(state: InstanceState, lane: str, payload: dict[str, Any]) -> dict[str, Any]:
     """``payload`` of an event about ``state``'s instance, with the fields every such event
     has (``lane``: see :meth:`Run.emit`)."""

@@ -602,10 +602,11 @@ def take_up(state: InstanceState, definition: WorkflowDefinition) -> None:
         return
     state.lanes = {MAIN: Lane(step=first, waiting=waiting if waiting and "start" in waiting else None)}
     state.fingerprint = definition.fingerprint
-    if state.started_at is None:
+    if state.started_at is None or state.runs:
         # Not begun: nothing changed its data, and it starts with this release's, as a new one
-        # would. (One that began keeps what it stored: what its on_start hook set, which runs
-        # once.)
+        # would; so does a run after the first, which begins with its release's data (a
+        # continue_as_new step's next run, stored on the release before). (A first run that
+        # began keeps what it stored: what its on_start hook set, which runs once.)
         state.data = SharedData(fresh_copy(dict(definition.data)) if definition.data else ())
 
 
