@@ -143,7 +143,7 @@ async def run_instance(run: Run) -> None:
             await run.persist()
             if run.bus.active:
                 # The main line's last step reported progress 100 already.
-                run.emit("workflow.completed", output=state.output)
+                run.emit_end("workflow.completed", output=state.output)
             if run.has_hooks:
                 await run.end_hook("on_complete")
         else:
@@ -464,7 +464,7 @@ async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:
                  state.workflow_name, state.parent_id,
                  extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name, "status": outcome})
         if run.bus.active:
-            run.emit("workflow.compensated")
+            run.emit_end("workflow.compensated")
         return
     await _publish_bad_end(run, outcome)
 
@@ -481,11 +481,11 @@ async def _publish_bad_end(run: Run, outcome: Status) -> None:
     )
     if run.bus.active:
         if outcome == "cancelled":
-            run.emit("workflow.cancelled")
+            run.emit_end("workflow.cancelled")
         elif outcome == "timed_out":
-            run.emit("workflow.timed_out", error=state.error, error_name=state.error_name, cause=state.cause)
+            run.emit_end("workflow.timed_out", error=state.error, error_name=state.error_name, cause=state.cause)
         else:
-            run.emit("workflow.failed", error=state.error, error_name=state.error_name, cause=state.cause,
+            run.emit_end("workflow.failed", error=state.error, error_name=state.error_name, cause=state.cause,
                      failed_step=state.failed_step)
     if run.has_hooks:
         await run.end_hook("on_failed")

@@ -1137,6 +1137,13 @@ class Run:
         item's, one nested in an item: the same step runs in many of them at once)."""
         self.bus.emit(name, event_payload(self.state, lane, payload))
 
+    def emit_end(self, name: str, **payload: Any) -> None:
+        """Publish the instance's terminal event (stored already), with when it started (``None``:
+        it never did, cancelled while queued or delayed) and ended, Unix seconds: what a metric
+        of durations needs without reading the instance back."""
+        state = self.state
+        self.emit(name, started_at=state.started_at, completed_at=state.completed_at, **payload)
+
     def emit_once_stored(self, name: str, lane: str = MAIN, **payload: Any) -> None:
         """Publish an event about a step whose completion is staged and not stored yet (the main
         line's last, stored by the instance's terminal checkpoint) once the next checkpoint has

@@ -2207,7 +2207,7 @@ class Engine:
                           extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
             else:
                 if run.bus.active:  # (its end, stored, as any failure's is published)
-                    run.emit("workflow.failed", error=state.error, error_name=state.error_name, cause=state.cause,
+                    run.emit_end("workflow.failed", error=state.error, error_name=state.error_name, cause=state.cause,
                              failed_step=state.failed_step)
             log.error("instance actor %s crashed", state.instance_id, exc_info=exc,
                       extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
