@@ -571,46 +571,49 @@ class Engine:
             if owed is not waited:  # (not the one it retries: see above)
                 owed.newer.append(state.created_at)
         try:
-            try:
-                if parent is not None and self._adapter_keeps_families:
-                    # (Kept by purges while its parent is stored: the parent may compensate it.)
-                    created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header,
-                                                        parent_id=parent.instance_id)
-                elif wake is not None:
-                    created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header,
-                                                        wake_at=wake)
-                else:
-                    created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
-            except trio.Cancelled:
-                raise  # (a create cancelled wrote nothing: docs/adapters.md, Cancellation)
-            except BaseException:
-                if given_id:
-                    # Stored, perhaps, its answer lost: a retry finds it (see not created, below).
-                    # (An id made here is known to nobody who could retry it.)
-                    tries = self._unanswered.setdefault(instance_id, {})
-                    tries[state.created_at] = False
-                    if len(tries) == 1 and not self._closed:  # (one look per id: later tries join it)
-                        with contextlib.suppress(RuntimeError):  # (the actors' nursery closed first)
-                            # (With the actors: a look storage keeps waiting ends as the engine closes.)
-                            self._supervisor.start_soon(f"look for the row of lost start {instance_id}",
-                                                        self._look_for_lost_start, instance_id)
-                if (self._closed or self._actors_stopped) and storing.cancels_its_run():
-                    # Stored, perhaps: no owed cancel runs once the engine is closed (see
-                    # _release_start), so the cancel goes into its row now, if it is there.
-                    await self._store_cancel_in_its_row(storing)
-                raise
-            if created and (self._closed or self._actors_stopped):
-                if storing.cancels_its_run() and await self._store_cancel_as_made(state):
+            freed = 0  # refused creates whose row was gone as it was read (see below)
+            while True:
+                try:
+                    if parent is not None and self._adapter_keeps_families:
+                        # (Kept by purges while its parent is stored: the parent may compensate it.)
+                        created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header,
+                                                            parent_id=parent.instance_id)
+                    elif wake is not None:
+                        created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header,
+                                                            wake_at=wake)
+                    else:
+                        created = await self.adapter.create(instance_id, workflow_name, status, start=start, header=header)
+                except trio.Cancelled:
+                    raise  # (a create cancelled wrote nothing: docs/adapters.md, Cancellation)
+                except BaseException:
+                    if given_id:
+                        # Stored, perhaps, its answer lost: a retry finds it (see not created, below).
+                        # (An id made here is known to nobody who could retry it.)
+                        tries = self._unanswered.setdefault(instance_id, {})
+                        tries[state.created_at] = False
+                        if len(tries) == 1 and not self._closed:  # (one look per id: later tries join it)
+                            with contextlib.suppress(RuntimeError):  # (the actors' nursery closed first)
+                                # (With the actors: a look storage keeps waiting ends as the engine closes.)
+                                self._supervisor.start_soon(f"look for the row of lost start {instance_id}",
+                                                            self._look_for_lost_start, instance_id)
+                    if (self._closed or self._actors_stopped) and storing.cancels_its_run():
+                        # Stored, perhaps: no owed cancel runs once the engine is closed (see
+                        # _release_start), so the cancel goes into its row now, if it is there.
+                        await self._store_cancel_in_its_row(storing)
+                    raise
+                if created and (self._closed or self._actors_stopped):
+                    if storing.cancels_its_run() and await self._store_cancel_as_made(state):
+                        raise EngineClosedError(
+                            f"the engine closed while instance {instance_id!r} was being stored, cancelled; the next"
+                            " engine ends it cancelled without running a step")
                     raise EngineClosedError(
-                        f"the engine closed while instance {instance_id!r} was being stored, cancelled; the next"
-                        " engine ends it cancelled without running a step")
-                raise EngineClosedError(
-                    f"the engine closed while instance {instance_id!r} was being stored; it is stored {status}"
-                    " and the next engine resumes it"
-                )
-            # (Read, not taken: a try that fails to read its row below keeps them for the next.)
-            tried = self._unanswered.get(instance_id, _NO_TRIES)
-            if not created:
+                        f"the engine closed while instance {instance_id!r} was being stored; it is stored {status}"
+                        " and the next engine resumes it"
+                    )
+                # (Read, not taken: a try that fails to read its row below keeps them for the next.)
+                tried = self._unanswered.get(instance_id, _NO_TRIES)
+                if created:
+                    break
                 # It exists: stored by an earlier engine (a resume may be running it here by now),
                 # or by a concurrent ``start``. Idempotent, unless it is another workflow's.
                 run = self._live.get(instance_id)
@@ -626,75 +629,90 @@ class Engine:
                 self._check_open()  # closed while it was stored: an idempotent start may be made again
                 existing = await self._load_fresh(instance_id)
                 self._check_open()  # (as a first try closed on its store says: the next engine goes on)
+                if existing is None:
+                    # Deleted between the refused create and this read (a purge, or retention,
+                    # of the finished instance that refused it): the id is free again. This call
+                    # returns only once an instance is stored under it, so it is created again,
+                    # as the same start: its hold, its slot and its creation time (noted above,
+                    # for owed cancels) are kept. A child that ended and was purged meanwhile
+                    # does not run again: its parent holds its end notice, as checked above.
+                    if parent is not None and await self._ended_before(instance_id, parent):
+                        return instance_id
+                    freed += 1
+                    if freed >= START_FREED_TRIES:
+                        # Not a race any more (each pass needs a finished row deleted between
+                        # two calls), but storage whose create and load disagree.
+                        raise StorageError(
+                            f"instance {instance_id!r} could not be started: {type(self.adapter).__name__}.create()"
+                            f" refused it {freed} times as stored, and load() found no row under it after each")
+                    continue
                 never_ran = fresh = False  # (this call's own row, nothing run: see below)
-                if existing is not None:
-                    try:
-                        found = _decoded(existing)
-                    except SnapshotDecodeError as exc:  # unreadable: reported as such elsewhere
-                        check_same_workflow(instance_id, existing.workflow_name, workflow_name)
-                        if parent is not None:
-                            # Its parent, taking up its child step, knows it by now: told it
-                            # failed, whatever the row names (its start may be the damaged part).
-                            self._children.unreadable(parent.instance_id, instance_id, exc)
-                    else:
-                        check_same_start(instance_id, found, workflow_name, input, parent)
-                        storing.created_ats.append(found.created_at)  # (the instance this start stands for)
-                        for owed in self._owing.get(instance_id, ()):
-                            if owed is not storing and owed.made_it(found.created_at):
-                                # The instance a cancel() said yes to, its owed cancel under
-                                # way: cancelled as it is taken up, not once its run has begun.
-                                storing.cancel_owed = owed.cancel_owed
-                        # This engine's own row: a child's (its id is new), or stored by an
-                        # earlier try of this start whose answer was lost (its creation time).
-                        ours = ours or found.created_at in tried
-                        # Nothing run of it: it runs as a start made here does (a child step
-                        # of an unregistered workflow fails), not as one taken up from storage.
-                        never_ran = ours and existing.workflow_name == workflow_name and not found.records
-                        # Not started yet either (not waiting in its first step, not queued: a
-                        # pending row is announced as it gets its slot, and a delayed one once
-                        # its start time comes, as a resumed one is), nor announced by a run
-                        # here since its lost try (how the row came to be stored running depends
-                        # on the definitions registered since: register(replace=True) may have
-                        # added or removed an on_start hook). (A row of this engine's not among
-                        # its lost tries: see pending_until_announced.)
-                        announced = tried.get(found.created_at)
-                        if announced is None:
-                            announced = pending_until_announced(definition, found)
-                        fresh = never_ran and existing.status == "running" and found.lanes[MAIN].waiting is None \
-                            and not announced
-                if not (fresh or (never_ran and existing is not None and existing.status == "pending")):
+                try:
+                    found = _decoded(existing)
+                except SnapshotDecodeError as exc:  # unreadable: reported as such elsewhere
+                    check_same_workflow(instance_id, existing.workflow_name, workflow_name)
+                    if parent is not None:
+                        # Its parent, taking up its child step, knows it by now: told it
+                        # failed, whatever the row names (its start may be the damaged part).
+                        self._children.unreadable(parent.instance_id, instance_id, exc)
+                else:
+                    check_same_start(instance_id, found, workflow_name, input, parent)
+                    storing.created_ats.append(found.created_at)  # (the instance this start stands for)
+                    for owed in self._owing.get(instance_id, ()):
+                        if owed is not storing and owed.made_it(found.created_at):
+                            # The instance a cancel() said yes to, its owed cancel under
+                            # way: cancelled as it is taken up, not once its run has begun.
+                            storing.cancel_owed = owed.cancel_owed
+                    # This engine's own row: a child's (its id is new), or stored by an
+                    # earlier try of this start whose answer was lost (its creation time).
+                    ours = ours or found.created_at in tried
+                    # Nothing run of it: it runs as a start made here does (a child step
+                    # of an unregistered workflow fails), not as one taken up from storage.
+                    never_ran = ours and existing.workflow_name == workflow_name and not found.records
+                    # Not started yet either (not waiting in its first step, not queued: a
+                    # pending row is announced as it gets its slot, and a delayed one once
+                    # its start time comes, as a resumed one is), nor announced by a run
+                    # here since its lost try (how the row came to be stored running depends
+                    # on the definitions registered since: register(replace=True) may have
+                    # added or removed an on_start hook). (A row of this engine's not among
+                    # its lost tries: see pending_until_announced.)
+                    announced = tried.get(found.created_at)
+                    if announced is None:
+                        announced = pending_until_announced(definition, found)
+                    fresh = never_ran and existing.status == "running" and found.lanes[MAIN].waiting is None \
+                        and not announced
+                if not (fresh or (never_ran and existing.status == "pending")):
                     # Its row is found, and known for what it is. (Not one the run this call
                     # takes up is yet to announce: a fresh one, or a pending one, announced as it
                     # is admitted. The run notes whether it did: a retry after it stopped before
                     # that, its admission's or its on_start hook's store lost, announces it.)
                     self._unanswered.pop(instance_id, None)
-                if existing is not None:
-                    if parent is not None and existing.status in TERMINAL:
-                        await self._check_end_noticed(instance_id, parent)
-                    if (ours or self._leftovers is not None or not self._holding_back) \
-                            and existing.status in RESUMABLE:
-                        # Unfinished and not running here (a resume may have passed it over while
-                        # this call stored it): with auto-resume on, or once resume() was called,
-                        # resuming is this call's job; and whatever ``resume=`` says for a row
-                        # this engine stored (``ours``: an earlier try's whose answer was lost,
-                        # or a child's, whose id is new), not an earlier engine's to hold back.
-                        # (On its own workflow: a parent's child step may now name another.)
-                        if existing.workflow_name != workflow_name:
-                            try:
-                                definition = self._runnable(existing.workflow_name)
-                            except (UnknownWorkflowError, UnknownJobError):
-                                return instance_id  # (resumed once they are registered, as stored ones are)
-                        self._release_start(storing)  # (a resume passes over one being stored)
-                        run = self._resume_one(definition, existing)
-                        if run is not None:
-                            if never_ran:
-                                run.from_storage = False
-                            if fresh:
-                                # It starts now, as one just stored does (announced, its on_start
-                                # hook run), its slot, status and start time as a resume's.
-                                run.unannounced = True
-                            if run.state.phase == "forward" and storing.cancels_its_run():
-                                self._cancel_as_made_run(storing, run)
+                if parent is not None and existing.status in TERMINAL:
+                    await self._check_end_noticed(instance_id, parent)
+                if (ours or self._leftovers is not None or not self._holding_back) \
+                        and existing.status in RESUMABLE:
+                    # Unfinished and not running here (a resume may have passed it over while
+                    # this call stored it): with auto-resume on, or once resume() was called,
+                    # resuming is this call's job; and whatever ``resume=`` says for a row
+                    # this engine stored (``ours``: an earlier try's whose answer was lost,
+                    # or a child's, whose id is new), not an earlier engine's to hold back.
+                    # (On its own workflow: a parent's child step may now name another.)
+                    if existing.workflow_name != workflow_name:
+                        try:
+                            definition = self._runnable(existing.workflow_name)
+                        except (UnknownWorkflowError, UnknownJobError):
+                            return instance_id  # (resumed once they are registered, as stored ones are)
+                    self._release_start(storing)  # (a resume passes over one being stored)
+                    run = self._resume_one(definition, existing)
+                    if run is not None:
+                        if never_ran:
+                            run.from_storage = False
+                        if fresh:
+                            # It starts now, as one just stored does (announced, its on_start
+                            # hook run), its slot, status and start time as a resume's.
+                            run.unannounced = True
+                        if run.state.phase == "forward" and storing.cancels_its_run():
+                            self._cancel_as_made_run(storing, run)
                 return instance_id
             if tried:
                 del self._unanswered[instance_id]  # (nothing was stored under it: this one is new)
@@ -2512,6 +2530,9 @@ SKIP_MOST = 100
 WAKE_LOOK_MAX = 1.0
 #: Most instances one adapter call of a purge deletes (on SQLite, one transaction).
 PURGE_BATCH = 1000
+#: Most times a ``start()`` creates again an id whose refused create's row was gone when read
+#: (purged in between): more means storage whose create and load disagree.
+START_FREED_TRIES = 8
 #: The bounds of how often the retention task purges (seconds), and after how many instances
 #: finished it purges sooner.
 RETAIN_PERIOD_MIN = 1.0
