@@ -19,6 +19,7 @@ from trioflow._errors import (
     UnknownInstanceError,
 )
 from trioflow._snapshot import RESUMABLE, TERMINAL, Status
+from trioflow._engine_arguments import refuses_unbound_arguments
 
 from ._arguments import checked_limit, checked_names, checked_time
 from ._protocol import StoredInstance
@@ -72,6 +73,7 @@ class MemoryAdapter:
     finished, so a purge walks only those it may delete.
     """
 
+    @refuses_unbound_arguments
     def __init__(self) -> None:
         self._rows: dict[str, _Row] = {}
         self._created = 0

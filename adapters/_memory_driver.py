@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from trioflow._engine_arguments import refuses_unbound_arguments
+
 from ._driver import _KEY_CHANGE, DriverError, check_columns, Row, TransactionOwnership, UnknownEntityError
 
 #: What a rollback restores: the tables and id counters (deep-copied), and the run ledger.
@@ -27,6 +29,7 @@ class MemoryDriver:
     list that ``create`` was handed, or that ``find_one`` returned, changes no stored row.
     """
 
+    @refuses_unbound_arguments
     def __init__(self, entities: Mapping[str, list[Row]] | None = None, *, strict: bool | None = None) -> None:
         self.tables: dict[str, dict[Any, Row]] = {}
         self._next_id: dict[str, int] = {}

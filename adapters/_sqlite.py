@@ -45,6 +45,7 @@ import outcome
 import trio
 
 from trioflow._durations import Seconds, in_range, seconds
+from trioflow._engine_arguments import refuses_unbound_arguments
 from trioflow._errors import (
     AdapterInUseError,
     CheckpointConflictError,
@@ -258,6 +259,7 @@ class SQLiteAdapter:
     """Instances in a SQLite file. ``synchronous="FULL"`` (default) survives power loss;
     ``"NORMAL"`` survives a process crash but may lose the last commits on power loss."""
 
+    @refuses_unbound_arguments
     def __init__(
         self, path: str | os.PathLike[str], *, synchronous: Synchronous = "FULL", busy_timeout: Seconds = 5.0
     ) -> None:

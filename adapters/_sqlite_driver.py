@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import trio
 
 from trioflow._errors import SnapshotDecodeError
+from trioflow._engine_arguments import refuses_unbound_arguments
 from trioflow._virtual_time import waiting_on_a_thread
 
 from ._driver import _KEY_CHANGE, DriverError, check_columns, Row, TransactionOwnership, UnknownColumnError, UnknownEntityError
@@ -40,6 +41,7 @@ class SQLiteDriver:
     Every call runs in a worker thread, one at a time, never blocking the event loop.
     """
 
+    @refuses_unbound_arguments
     def __init__(self, path_or_connection: str | os.PathLike[str] | sqlite3.Connection) -> None:
         if not isinstance(path_or_connection, (str, os.PathLike, sqlite3.Connection)):
             raise DriverError(

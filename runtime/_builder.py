@@ -40,6 +40,7 @@ from ._definition import (
     WorkflowDefinition,
 )
 from ._durations import Seconds, unix_seconds
+from ._engine_arguments import refuses_unbound_arguments
 from ._durations import seconds as as_seconds
 from ._errors import DefinitionError
 from ._lanes import branch_lane, item_lanes, valid_text
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 _UNSET: Any = object()
 
 
+@refuses_unbound_arguments
 def step(
     name: str,
     execute: OfContext | str,
@@ -92,6 +94,7 @@ def _listed(step_name: str, field: str, value: Any, kind: type[Any], what: str) 
     return tuple(value)
 
 
+@refuses_unbound_arguments
 def when(condition: OfContext, *, next: str) -> Choice:
     """A choice rule: go to ``next`` when ``condition(ctx)`` is true."""
     return Choice(condition=condition, next=next)
@@ -100,12 +103,14 @@ def when(condition: OfContext, *, next: str) -> Choice:
 class _LaneBuilder:
     """The step-adding methods shared by workflows and branches."""
 
+    @refuses_unbound_arguments
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name:
             raise DefinitionError(f"a workflow or branch name must be a non-empty string, got {name!r}")
         self._name = name
         self._steps: list[Step] = []
 
+    @refuses_unbound_arguments
     def step(
         self,
         name: str | TaskStep,
@@ -139,6 +144,7 @@ class _LaneBuilder:
 
     add_step = step
 
+    @refuses_unbound_arguments
     def task(
         self,
         name: str,
@@ -162,12 +168,14 @@ class _LaneBuilder:
         )
         return self
 
+    @refuses_unbound_arguments
     def choice(self, name: str, *, choices: Sequence[Choice] | Choice, default: str | None = None) -> Self:
         """Add a choice: the first rule whose condition holds wins, else ``default``."""
         self._steps.append(ChoiceStep(name=name, choices=_listed(name, "choices", choices, Choice, "tf.when(...) rules"),
                                       default=default))
         return self
 
+    @refuses_unbound_arguments
     def parallel(
         self,
         name: str,
@@ -188,6 +196,7 @@ class _LaneBuilder:
         )
         return self
 
+    @refuses_unbound_arguments
     def map(
         self,
         name: str,
@@ -213,6 +222,7 @@ class _LaneBuilder:
         ))
         return self
 
+    @refuses_unbound_arguments
     def child(
         self,
         name: str,
@@ -233,6 +243,7 @@ class _LaneBuilder:
                                      next=next, end=end))
         return self
 
+    @refuses_unbound_arguments
     def pass_(
         self,
         name: str,
@@ -252,6 +263,7 @@ class _LaneBuilder:
         )
         return self
 
+    @refuses_unbound_arguments
     def succeed(self, name: str, *, output: OfContext | StorableValue = _UNSET) -> Self:
         """Add a step that ends its lane successfully: with ``output(ctx)`` if ``output`` is
         callable, else ``output``, else (not given) the lane's last output."""
@@ -259,6 +271,7 @@ class _LaneBuilder:
         self._steps.append(SucceedStep(name=name, output=output if has_output else None, has_output=has_output))
         return self
 
+    @refuses_unbound_arguments
     def fail(self, name: str, *, error: str, cause: str | OfContext = "") -> Self:
         """Add a step that fails its lane with the error name ``error`` and ``cause`` (text, or
         ``cause(ctx)``): the workflow fails and compensates, unless a catch on an enclosing
@@ -266,6 +279,7 @@ class _LaneBuilder:
         self._steps.append(FailStep(name=name, error=error, cause=cause))
         return self
 
+    @refuses_unbound_arguments
     def wait(
         self, name: str, *, seconds: Seconds | Callable[[WorkflowContext], Seconds] | None = None,
         until: float | datetime | Callable[[WorkflowContext], float | datetime] | None = None, next: str | None = None,
@@ -284,6 +298,7 @@ class _LaneBuilder:
         self._steps.append(WaitStep(name=name, seconds=as_seconds(seconds), until=until, next=next, end=end))
         return self
 
+    @refuses_unbound_arguments
     def receive(
         self, name: str, *, signal: str, timeout: Seconds | None = None, catch: Sequence[Catch] | Catch | None = (),
         next: str | None = None, end: bool = False,
@@ -295,6 +310,7 @@ class _LaneBuilder:
             name=name, signal=signal, timeout=timeout, catch=catchers(name, catch), next=next, end=end))
         return self
 
+    @refuses_unbound_arguments
     def end(self, name: str) -> Self:
         """Add a pass step that ends the lane (shorthand for ``pass_(name, end=True)``)."""
         return self.pass_(name, end=True)
@@ -333,9 +349,14 @@ def _with_default_retry(branch: Branch, default_retry: Retry) -> Branch:
 class BranchBuilder(_LaneBuilder):
     """Builds a :class:`Branch` for a parallel step."""
 
+    @refuses_unbound_arguments  # (its own: messages name BranchBuilder, not the base class)
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+
     def _owner(self) -> str:
         return f"branch {self._name!r}"
 
+    @refuses_unbound_arguments
     def build(self) -> Branch:
         steps, index = self._resolved(None)
         return Branch(name=self._name, steps=steps, index=index)
@@ -344,6 +365,7 @@ class BranchBuilder(_LaneBuilder):
 class WorkflowBuilder(_LaneBuilder):
     """Builds a validated, frozen :class:`WorkflowDefinition`."""
 
+    @refuses_unbound_arguments
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self._data: dict[str, Any] = {}
@@ -356,6 +378,7 @@ class WorkflowBuilder(_LaneBuilder):
     def _owner(self) -> str:
         return f"workflow {self._name!r}"
 
+    @refuses_unbound_arguments
     def continue_as_new(self, name: str, *, input: OfContext | StorableValue = _UNSET) -> Self:
         """Add a step that ends this run of the instance and starts its next one, from the first
         step, with ``input(ctx)`` if ``input`` is callable, else ``input``, else (not given) the
@@ -367,6 +390,7 @@ class WorkflowBuilder(_LaneBuilder):
         self._steps.append(ContinueAsNewStep(name=name, input=input if has_input else None, has_input=has_input))
         return self
 
+    @refuses_unbound_arguments
     def with_data(self, data: Mapping[str, Any]) -> Self:
         """Initial shared data (``ctx.data``)."""
         if not isinstance(data, Mapping):
@@ -374,6 +398,7 @@ class WorkflowBuilder(_LaneBuilder):
         self._data = dict(data)
         return self
 
+    @refuses_unbound_arguments
     def transactional(self, enabled: bool = True) -> Self:
         """Run the workflow's driver calls inside one ``driver.transaction()``."""
         if not isinstance(enabled, bool):
@@ -381,6 +406,7 @@ class WorkflowBuilder(_LaneBuilder):
         self._transactional = enabled
         return self
 
+    @refuses_unbound_arguments
     def with_timeout(self, seconds: Seconds) -> Self:
         """Bound the whole run; an instance past it ends ``timed_out`` and is compensated."""
         value = as_seconds(seconds)
@@ -390,6 +416,7 @@ class WorkflowBuilder(_LaneBuilder):
 
     timeout = with_timeout
 
+    @refuses_unbound_arguments
     def with_compensation_timeout(self, seconds: Seconds | None) -> Self:
         """Bound each compensation, all its attempts together (default 300 s; ``None``:
         unbounded). One that overruns is recorded in ``compensation_errors`` as a
@@ -402,6 +429,7 @@ class WorkflowBuilder(_LaneBuilder):
         self._compensation_timeout = value
         return self
 
+    @refuses_unbound_arguments
     def default_retry(self, retry: Retry) -> Self:
         """The retry policy of every task that sets none of its own, branches included."""
         if not isinstance(retry, Retry):
@@ -421,6 +449,7 @@ class WorkflowBuilder(_LaneBuilder):
             on_failed: Callable[[WorkflowResult], Any] | None = None,
         ) -> Self: ...
     else:
+        @refuses_unbound_arguments
         def with_hooks(self, **hooks):
             """Lifecycle hooks: on_start, on_step_complete, on_step_failed, on_compensate,
             on_complete, on_failed."""
@@ -446,6 +475,7 @@ class WorkflowBuilder(_LaneBuilder):
         self._hooks = attrs.evolve(self._hooks, **hooks)
         return self
 
+    @refuses_unbound_arguments
     def build(self) -> WorkflowDefinition:
         if not valid_text(self._name):  # (a branch's is checked where its step is)
             raise DefinitionError(
@@ -546,6 +576,7 @@ def _fingerprint(steps: Iterable[Step]) -> str:
     return digest.hexdigest()[:16]
 
 
+@refuses_unbound_arguments
 def branch(name: str) -> BranchBuilder:
     """Start a branch for a parallel step, or the branch each item of a map step runs."""
     return BranchBuilder(name)
@@ -556,6 +587,7 @@ class _WorkflowFactory:
 
     branch = staticmethod(branch)
 
+    @refuses_unbound_arguments(called="workflow")
     def __call__(self, name: str) -> WorkflowBuilder:
         return WorkflowBuilder(name)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from ._engine_arguments import refuses_unbound_arguments
 from ._errors import InvalidArgumentError, UnknownServiceError, safe_repr
 from ._lanes import enclosing_scope, item_of, item_scope, parallel_of
 from ._snapshot import (
@@ -276,6 +277,7 @@ class WorkflowContext:
         """Shared data between steps (starts as ``with_data``); prefer :meth:`set` to write."""
         return self._state.data
 
+    @refuses_unbound_arguments
     def set(self, key: str, value: Any) -> None:
         """Store ``value`` in the shared data. In a durable engine the value must be
         msgpack-encodable; an unencodable one is refused here, naming the key."""
@@ -318,10 +320,12 @@ class WorkflowContext:
             lane = None if outer is None else outer[0]
         return frozenset(names)
 
+    @refuses_unbound_arguments
     def get(self, key: str, default: Any = None) -> Any:
         """Read the shared data (``default`` when unset)."""
         return self._state.data.get(key, default)
 
+    @refuses_unbound_arguments
     def get_step_result(self, name: str) -> Any:
         """The output of a completed step, or ``None``."""
         return self.steps.get(name)
@@ -336,6 +340,7 @@ class WorkflowContext:
         """The instance as it stands now (a view; do not mutate)."""
         return to_instance(self._state)
 
+    @refuses_unbound_arguments
     def resolve(self, name: str) -> Any:
         """A service given to the engine or to ``execute_workflow(services=...)``."""
         try:

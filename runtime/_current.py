@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from ._engine_arguments import refuses_unbound_arguments
 from ._errors import TrioflowError
 from ._lanes import execution_id, in_run, step_key
 
@@ -215,6 +216,7 @@ def lane_of_caller() -> WorkflowContext | None:
     return None
 
 
+@refuses_unbound_arguments
 def current_step() -> StepInfo:
     """The step execution the calling code runs in; :class:`NotInStepError` outside of one."""
     ctx = lane_of_caller()

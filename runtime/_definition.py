@@ -13,6 +13,7 @@ import attrs
 
 from ._callables import is_async
 from ._durations import seconds
+from ._engine_arguments import refuses_unbound_arguments
 from ._errors import DefinitionError, InvalidArgumentError, safe_repr
 from ._lanes import valid_text
 from ._matching import ErrorMatcher, matcher_tuple
@@ -80,6 +81,11 @@ class Catch:
     errors: tuple[ErrorMatcher, ...] = attrs.field(converter=_errors_tuple)
     next: str = attrs.field(validator=_catch_target)
     result: str | None = attrs.field(default=None, validator=_result_key)
+
+
+# (attrs writes its __init__: wrapped once it is there, as a written one is decorated. Users make
+# their catches with it: tf.Catch(erors=...) is refused naming errors=.)
+setattr(Catch, "__init__", refuses_unbound_arguments(Catch.__init__))
 
 
 @attrs.frozen(kw_only=True)

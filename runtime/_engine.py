@@ -263,11 +263,13 @@ class Engine:
 
     # -- registration -------------------------------------------------------------------------
 
+    @refuses_unbound_arguments
     def job(self, name: str) -> Callable[[F], F]:
         """Decorator: ``@engine.job("name")`` registers a job."""
         self._check_open()
         return self.jobs.job(name)
 
+    @refuses_unbound_arguments
     def register(self, definition: WorkflowDefinition, *, replace: bool = False) -> None:
         """Make a workflow startable. With auto-resume on (the default), this also resumes the
         instances of that workflow that were left unfinished on the adapter when this engine
@@ -1540,6 +1542,7 @@ class Engine:
             else:
                 log.debug("retention: purged %d finished instance(s)", purged, extra={"purged": purged})
 
+    @refuses_unbound_arguments
     async def resume(self) -> list[str]:
         """Resume every stored ``pending``/``running`` instance of a registered workflow that is
         not already running here; returns their ids (not those a start of the same id being
@@ -2584,6 +2587,7 @@ def _as_block(opener: Callable[P_, AbstractAsyncContextManager[Engine]]) -> Call
     return open
 
 
+@refuses_unbound_arguments
 @_as_block
 @asynccontextmanager
 async def open_engine(

@@ -1,6 +1,7 @@
-"""The engine's checks of what callers hand it (``open_engine``'s options, instance ids,
-listings, a start under an id already taken): each raises trioflow's own error naming what was
-wrong and what to pass instead, before anything is stored."""
+"""The checks of what callers hand trioflow (arguments that do not bind to a public call,
+``open_engine``'s options, instance ids, listings, a start under an id already taken): each
+raises trioflow's own error naming what was wrong and what to pass instead, before anything is
+stored."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ import difflib
 import functools
 import inspect
 import os
-from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
-from ._definition import WorkflowDefinition
 from ._durations import Seconds, in_range, seconds
 from ._errors import InstanceIdConflictError, InvalidArgumentError, safe_repr
 from ._lanes import valid_text
@@ -22,52 +22,125 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def refuses_unbound_arguments(method: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
-    """``method`` (an ``async def``) whose arguments that do not bind (a misspelt keyword, a
-    required one left out, one too many) raise :class:`InvalidArgumentError` naming them and
-    the nearest name it takes, rather than Python's ``TypeError``: trioflow's own error, as for
-    every other bad argument, raised as the call is awaited as those are. Calling an ``async
-    def`` only binds its arguments (its body runs when the coroutine is awaited), so a
-    ``TypeError`` from the call is that binding's. The wrapper costs about 0.2 µs a call, against
-    a start's tens of µs; the message is worked out only once binding has failed. Its signature
-    stays the method's, for type checkers (which flag such a call where it is written) and for
-    ``inspect``, and it is still a coroutine function."""
-    signature = inspect.signature(method)
+@overload
+def refuses_unbound_arguments(function: Callable[_P, _R], /) -> Callable[_P, _R]: ...
+@overload
+def refuses_unbound_arguments(*, called: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]: ...
 
-    @functools.wraps(method)
-    async def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+
+def refuses_unbound_arguments(
+    function: Callable[_P, _R] | None = None, /, *, called: str | None = None,
+) -> Callable[_P, _R] | Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """``function`` (a function, a method, an ``async def``, a context-manager factory made by
+    ``(async)contextmanager``) whose arguments that do not bind (a misspelt keyword, a required
+    one left out, one too many) raise :class:`InvalidArgumentError` naming them and the nearest
+    name it takes, rather than Python's ``TypeError``: trioflow's own error, as for every other
+    bad argument. The message calls it by its name (a class's for ``__init__``), or ``called``
+    (``@refuses_unbound_arguments(called="workflow")``, for a ``__call__``).
+
+    Nothing is checked before the call: Python binds the arguments before the body runs, so
+    when a call raises ``TypeError`` and they do not bind, the body never ran (nothing half
+    done, nothing stored), and that ``TypeError`` was the binding's; one the body raised (its
+    arguments bound) goes on as it was. The wrapper costs a call's frame (about 0.25 µs); the
+    message is worked out only once a call has failed. An ``async def`` stays a coroutine
+    function, refusing as the call is awaited, as its other bad arguments are; a context-manager
+    factory refuses as it is called (it binds its generator's arguments then). Its signature
+    stays the function's, for type checkers (which flag such a call where it is written) and
+    for ``inspect``."""
+    if function is None:
+        assert called is not None
+        name = called
+
+        def decorate(function: Callable[_P, _R]) -> Callable[_P, _R]:
+            return _refusing(function, name)
+
+        return decorate
+    return _refusing(function, _called_as(function))
+
+
+def _refusing(function: Callable[_P, _R], name: str) -> Callable[_P, _R]:
+    """:func:`refuses_unbound_arguments`, calling ``function`` ``name`` in its messages."""
+    signature = inspect.signature(function)
+    # A method's ``self`` is given, not the caller's to name: left out of what the message counts.
+    skip = 1 if next(iter(signature.parameters), None) == "self" else 0
+
+    def refusal(args: tuple[Any, ...], kwargs: dict[str, Any]) -> InvalidArgumentError | None:
         try:
-            called = method(*args, **kwargs)
-        except TypeError as exc:
-            raise InvalidArgumentError(_unbound(method.__name__, signature, args, kwargs) or str(exc)) from None
-        return await called
+            signature.bind(*args, **kwargs)
+        except TypeError as unbound:
+            return InvalidArgumentError(_unbound(name, signature, args[skip:], kwargs, skip) or f"{name}(): {unbound}")
+        return None
+
+    if inspect.iscoroutinefunction(function):
+        coroutine_function = function
+
+        @functools.wraps(function)
+        async def checked_when_awaited(*args: Any, **kwargs: Any) -> Any:
+            try:
+                coroutine = coroutine_function(*args, **kwargs)
+            except TypeError:
+                refused = refusal(args, kwargs)
+                if refused is None:
+                    raise
+                raise refused from None
+            return await coroutine
+
+        return cast(Callable[_P, _R], checked_when_awaited)
+
+    @functools.wraps(function)
+    def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return function(*args, **kwargs)
+        except TypeError:
+            refused = refusal(args, kwargs)
+            if refused is None:
+                raise  # (the body's own: its arguments bound)
+            raise refused from None
 
     return checked
 
 
-def _unbound(name: str, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """What is wrong with ``args`` and ``kwargs`` for a method of ``signature`` (its first
-    parameter, ``self``, given first): each keyword it does not take (with the nearest it
-    does), a required argument missing, one given twice, positional ones too many."""
-    params = list(signature.parameters.values())[1:]
-    args = args[1:]
+def _called_as(function: Callable[..., Any]) -> str:
+    """What a message calls ``function``: its name, its class's for an ``__init__``."""
+    name: str = getattr(function, "__name__", "call")
+    if name == "__init__":
+        return getattr(function, "__qualname__", name).split(".")[-2]
+    return name
+
+
+def nearest(key: str, names: Sequence[str]) -> str | None:
+    """The one of ``names`` that a misspelt ``key`` most likely meant, if one is near."""
+    near = difflib.get_close_matches(key, names, n=1)
+    return near[0] if near else None
+
+
+def _no_keyword(key: str, names: Sequence[str]) -> str:
+    near = nearest(key, names)
+    return f"no keyword {key!r}" + (f" (did you mean {near}=?)" if near else "")
+
+
+def _unbound(name: str, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any], skip: int) -> str:
+    """What is wrong with ``args`` and ``kwargs`` for a function of ``signature`` (less its first
+    ``skip`` parameters, given already: a method's ``self``): each keyword it does not take (with
+    the nearest it does), a required argument missing, one given twice, positional ones too
+    many. Empty if none of these is it (a keyword given for a positional-only parameter)."""
+    params = list(signature.parameters.values())[skip:]
     names = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    wrong = []
-    for key in kwargs:
-        if key not in names:
-            near = difflib.get_close_matches(key, names, n=1)
-            wrong.append(f"no keyword {key!r}" + (f" (did you mean {near[0]}=?)" if near else ""))
+    any_keyword = any(p.kind is p.VAR_KEYWORD for p in params)
+    any_positional = any(p.kind is p.VAR_POSITIONAL for p in params)
+    wrong = [] if any_keyword else [_no_keyword(key, names) for key in kwargs if key not in names]
     given = {*positional[:len(args)], *kwargs}
     wrong += [f"{p.name} is missing" for p in params
               if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in given]
     wrong += [f"{key} is given twice (positionally and as {key}=)" for key in positional[:len(args)] if key in kwargs]
-    takes = f"; it takes {', '.join(names)}" if wrong else ""
-    if len(args) > len(positional):
+    takes = f"; it takes {', '.join(names)}" if wrong and names else ""
+    if len(args) > len(positional) and not any_positional:
         by_keyword = [n for n in names if n not in positional]
-        wrong.append(f"{len(args)} arguments given positionally, where it takes {len(positional)}"
-                     f" ({', '.join(positional)})" + (f": pass {', '.join(f'{n}=' for n in by_keyword)} by keyword"
-                                                       if by_keyword else ""))
+        wrong.append(f"{len(args)} argument{'s' if len(args) > 1 else ''} given positionally, where it takes"
+                     + (f" {len(positional)} ({', '.join(positional)})" if positional else " none")
+                     + (f": pass {', '.join(f'{n}=' for n in by_keyword)} by keyword" if by_keyword
+                        else ": pass them by keyword" if any_keyword else ""))
     return f"{name}(): {'; '.join(wrong)}{takes}" if wrong else ""
 
 
@@ -131,6 +204,7 @@ def check_instance_id(instance_id: object) -> None:
             return
         # (A lone surrogate, from a file name decoded with surrogateescape: no storage takes it.)
         raise InvalidArgumentError(f"an instance id must be valid text, got {instance_id!r}")
+    from ._definition import WorkflowDefinition  # (see check_listing)
     if isinstance(instance_id, WorkflowInstance):
         hint = f": pass its id, {instance_id.id!r}"
     elif isinstance(instance_id, WorkflowDefinition):
@@ -152,8 +226,12 @@ def check_given_instance_id(instance_id: object) -> None:
 
 def check_listing(workflow_name: object, status: object, limit: object, after: object, order: object) -> None:
     """The arguments of ``get_instances``, or :class:`InvalidArgumentError` naming the one at fault."""
-    if isinstance(workflow_name, WorkflowDefinition):
-        raise InvalidArgumentError(f"get_instances() takes a workflow's name: pass {workflow_name.name!r}")
+    if workflow_name is not None and not isinstance(workflow_name, str):
+        # (Imported here: Retry, the builders and the definitions' own classes take
+        # refuses_unbound_arguments from this module as _definition is being imported.)
+        from ._definition import WorkflowDefinition
+        if isinstance(workflow_name, WorkflowDefinition):
+            raise InvalidArgumentError(f"get_instances() takes a workflow's name: pass {workflow_name.name!r}")
     if workflow_name is not None and (not isinstance(workflow_name, str) or not valid_text(workflow_name)):
         raise InvalidArgumentError(f"workflow_name must be a workflow name or None, got {safe_repr(workflow_name)}")
     if status is not None and (not isinstance(status, str) or status not in STATUSES):

@@ -26,6 +26,7 @@ from ._decide import next_execution_id
 from ._errors import DefinitionError, safe_repr
 from ._definition import Catch, TaskStep
 from ._durations import Seconds
+from ._engine_arguments import refuses_unbound_arguments
 from ._lanes import execution_id, valid_text
 from ._ledger_keys import entity_key
 from ._retry import Retry
@@ -115,6 +116,7 @@ def _keyed(rows: list[dict[str, Any]], key: str, step: str, entity: str, where: 
     return rows
 
 
+@refuses_unbound_arguments
 def create_entity_step(
     name: str, entity: str, data_fn: Fn, *, store_as: str | None = None, compensate: bool = True,
     retry: Retry | None = None, timeout: Seconds | None = None, catch: Sequence[Catch] | Catch | None = (),
@@ -146,6 +148,7 @@ def create_entity_step(
                     timeout=timeout, catch=catchers(name, catch), next=next, end=end, entity=entity)
 
 
+@refuses_unbound_arguments
 def update_entity_step(
     name: str, entity: str, where_fn: Fn, data_fn: Fn, *, compensate: bool = True,
     retry: Retry | None = None, timeout: Seconds | None = None, catch: Sequence[Catch] | Catch | None = (),
@@ -182,6 +185,7 @@ def update_entity_step(
                     timeout=timeout, catch=catchers(name, catch), next=next, end=end, entity=entity)
 
 
+@refuses_unbound_arguments
 def delete_entity_step(
     name: str, entity: str, where_fn: Fn, *, compensate: bool = True,
     retry: Retry | None = None, timeout: Seconds | None = None, catch: Sequence[Catch] | Catch | None = (),

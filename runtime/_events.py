@@ -26,6 +26,7 @@ from typing import Any
 import trio
 
 from ._callables import generator_kind, is_async
+from ._engine_arguments import refuses_unbound_arguments
 from ._errors import EngineClosedError, InvalidArgumentError, safe_repr
 from ._escapes import goes_on
 
@@ -118,6 +119,7 @@ class EventBus:
         """Give the bus the nursery its async dispatch tasks live in (``None``: closed)."""
         self._nursery = nursery
 
+    @refuses_unbound_arguments
     def on(self, pattern: str, callback: Callback, *, buffer: int = DEFAULT_BUFFER) -> Callable[[], None]:
         """Call ``callback(event)`` for every event whose name matches ``pattern`` (``*`` globs).
 
@@ -179,6 +181,7 @@ class EventBus:
         self._queues.clear()
         self._streams.clear()
 
+    @refuses_unbound_arguments
     @asynccontextmanager
     async def subscribe(self, pattern: str, *, buffer: int | float = DEFAULT_BUFFER) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
         """An async iterator of matching events for the duration of the block; it ends when

@@ -17,7 +17,7 @@ from ._decide import new_state
 from ._ids import new_instance_id
 from ._definition import ChildStep, TaskStep, WorkflowDefinition, unbuilt_hint
 from ._durations import Seconds
-from ._engine_arguments import check_given_instance_id
+from ._engine_arguments import check_given_instance_id, refuses_unbound_arguments
 from ._errors import DefinitionError, InvalidArgumentError, UnknownJobError, safe_repr
 from ._jobs import JobRegistry
 from ._snapshot import WorkflowResult
@@ -28,6 +28,7 @@ from ._snapshot import WorkflowResult
 _NO_JOBS = JobRegistry()
 
 
+@refuses_unbound_arguments
 async def execute_workflow(
     driver: Any,
     workflow: WorkflowDefinition,
@@ -79,6 +80,7 @@ async def execute_workflow(
     return run.result()
 
 
+@refuses_unbound_arguments
 async def run_workflow(
     driver: Any,
     name: str | Mapping[str, Any],

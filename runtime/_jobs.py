@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from ._callables import generator_kind, is_async
-from ._engine_arguments import check_switch
+from ._engine_arguments import check_switch, refuses_unbound_arguments
 from ._errors import DefinitionError, UnknownJobError, safe_repr
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -28,6 +28,7 @@ def check_job(name: object, fn: object) -> None:
 class JobRegistry(Mapping[str, Callable[..., Any]]):
     """Name -> callable. Each engine has its own (no process-wide state)."""
 
+    @refuses_unbound_arguments
     def __init__(
         self, jobs: Mapping[str, Callable[..., Any]] | None = None, *, on_register: Callable[[], None] | None = None,
         check_open: Callable[[], None] | None = None,
@@ -44,6 +45,7 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
         for name, fn in (jobs or {}).items():
             self.register(name, fn)
 
+    @refuses_unbound_arguments
     def register(self, name: str, fn: Callable[..., Any], *, replace: bool = False) -> None:
         """Register ``fn`` (``async def`` or plain ``def``, called as ``fn(data)``) as ``name``.
         The same callable again does nothing; another one under a name already registered
@@ -62,6 +64,7 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
         if self._on_register is not None:
             self._on_register()
 
+    @refuses_unbound_arguments
     def job(self, name: str) -> Callable[[F], F]:
         """Decorator form of :meth:`register`: ``@jobs.job("name")``."""
         if not isinstance(name, str):

@@ -9,6 +9,7 @@ import attrs
 import trio
 
 from ._durations import Seconds, in_range, seconds
+from ._engine_arguments import refuses_unbound_arguments
 from ._errors import DefinitionError
 from ._matching import ErrorMatcher, matcher_tuple, matches
 
@@ -109,6 +110,7 @@ class Retry:
     retry_on: tuple[RetryOn, ...] | None = attrs.field(default=None, converter=_retry_on_tuple)
     jitter: float = attrs.field(default=0.0, validator=_fraction)
 
+    @refuses_unbound_arguments
     def __init__(
         self,
         max_attempts: int = 3,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ._engine_arguments import refuses_unbound_arguments
 from ._errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ def threads_under(clock: MockClock | None) -> Iterator[None]:
         real_time_while_threads(clock, -1)
 
 
+@refuses_unbound_arguments
 def virtual_wall_clock() -> Callable[[], float]:
     """A wall clock (Unix seconds) that moves with the trio run's clock: under a ``MockClock``,
     durable timers of days fall due as soon as virtual time gets there. Starts at the real time

@@ -18,6 +18,7 @@ import trio
 from trioflow._builder import workflow
 from trioflow._codec import decode_stored
 from trioflow._engine import open_engine
+from trioflow._engine_arguments import refuses_unbound_arguments
 from trioflow._errors import (
     CheckpointConflictError,
     InstanceStillRunningError,
@@ -38,6 +39,7 @@ _BLOB = bytes(range(256)) * 3
 _START = b"start:" + bytes(range(255, -1, -1))
 
 
+@refuses_unbound_arguments
 async def check_persistence_adapter(open_adapter: OpenAdapter) -> list[str]:
     """Run every conformance check; returns the names of the checks, all passed.
 

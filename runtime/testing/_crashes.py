@@ -41,7 +41,7 @@ from trioflow._definition import (
     ChildStep, MapStep, ParallelStep, ReceiveStep, Step, StepFn, TaskStep, WorkflowDefinition, built,
 )
 from trioflow._engine import Engine, open_engine
-from trioflow._engine_arguments import check_adapter, check_switch
+from trioflow._engine_arguments import check_adapter, check_switch, refuses_unbound_arguments
 from trioflow._errors import (
     InvalidArgumentError,
     StorageError,
@@ -171,6 +171,7 @@ class CrashDivergenceError(AssertionError):
         self.report = report
 
 
+@refuses_unbound_arguments
 async def explore_crashes(
     workflow: WorkflowDefinition,
     input: Any = None,

@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from trioflow._engine import Engine, open_engine
+from trioflow._engine_arguments import nearest, refuses_unbound_arguments
 from trioflow._errors import InvalidArgumentError, TrioflowError
 from trioflow._retry import seed_jitter
 from trioflow._virtual_time import held
@@ -55,13 +56,15 @@ def refuse_unknown_options(options: dict[str, Any], who: str) -> None:
     """:class:`InvalidArgumentError` naming ``who`` and every key of ``options`` that is not one
     of ``open_engine``'s. (They are passed on to it: a misspelt one would otherwise fail there
     with a bare ``TypeError``, and a type checker cannot see it through ``**options``.)"""
-    known = inspect.signature(open_engine).parameters
+    known = list(inspect.signature(open_engine).parameters)
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise InvalidArgumentError(
-            f"{who}: no option {', '.join(map(repr, unknown))}; it takes open_engine's: {', '.join(known)}")
+            f"{who}: no option {', '.join(map(repr, unknown))}; it takes open_engine's: {', '.join(known)}"
+            + "".join(f"; did you mean {near}= for {key!r}?" for key in unknown if (near := nearest(key, known))))
 
 
+@refuses_unbound_arguments
 @_typed_as_options_of(open_engine)
 @asynccontextmanager
 async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
@@ -85,6 +88,7 @@ async def open_test_engine(**engine_options: Any) -> AsyncIterator[Engine]:
         yield engine
 
 
+@refuses_unbound_arguments
 def run(async_fn: Callable[[Unpack[Ts]], Awaitable[T]], *args: Unpack[Ts]) -> T:
     """``trio.run`` on a ``MockClock(autojump_threshold=0)``: virtual time, real semantics. For
     synchronous code: inside a trio run, await ``async_fn`` (a test under the ``autojump_clock``

@@ -20,6 +20,7 @@ import trio.testing
 
 from trioflow._durations import Seconds, virtual_seconds
 from trioflow._engine import Engine, open_engine
+from trioflow._engine_arguments import refuses_unbound_arguments
 from trioflow._errors import EngineClosedError, InvalidArgumentError, TrioflowError, safe_repr
 from trioflow._escapes import raise_keeping_context
 from trioflow._virtual_time import hold_still, let_jump, threads_finished
@@ -106,6 +107,7 @@ class EnginePortal:
     @overload
     def call(self, fn: Callable[[Engine], T]) -> T: ...
 
+    @refuses_unbound_arguments
     def call(self, fn: Callable[[Engine], Any]) -> Any:
         """``fn(engine)``, awaited if it is an ``async`` function, in the engine's trio run
         (``lambda e: e.start("order", data)``); its result, or the exception it raised. Returns,
@@ -115,12 +117,14 @@ class EnginePortal:
         :class:`PortalCallStuckError`: :meth:`advance` moves time."""
         return self._in_run(self._settled, fn)
 
+    @refuses_unbound_arguments
     def advance(self, seconds: Seconds) -> None:
         """Move virtual time ``seconds`` (a number or a ``timedelta``) on, from one deadline to the next, running all that
         falls due on the way in order (timers, retry delays, timeouts), each at its own time
         (to a tenth of a millisecond: see :data:`DUE_SLACK`)."""
         self._in_run(self._advance, virtual_seconds(seconds, "advance"))
 
+    @refuses_unbound_arguments
     def restart(self, downtime: Seconds = 0.0) -> None:
         """Close the engine and open another with the same options on the same adapter, as a
         process that stops and starts again: runs stop where they stand (a step cut short runs
@@ -240,6 +244,7 @@ class EnginePortal:
             self._clock.jump(to_next)
 
 
+@refuses_unbound_arguments
 @contextmanager
 def engine_portal(
     setup: Callable[[Engine], Awaitable[None] | None] | None = None, **engine_options: Unpack[PortalOptions],

@@ -12,6 +12,7 @@ import attrs
 import trio
 
 from trioflow._durations import Seconds, virtual_seconds
+from trioflow._engine_arguments import refuses_unbound_arguments
 from trioflow._errors import InvalidArgumentError, safe_repr
 
 
@@ -120,22 +121,26 @@ class Hangs:
 Behaviour = Union[Returns, Raises, Sleeps, Hangs]
 
 
+@refuses_unbound_arguments
 def returns(value: Any = None, *, times: int = 1) -> Returns:
     """Return a fresh deep copy of ``value``, for ``times`` calls."""
     return Returns(value=value, times=times)
 
 
+@refuses_unbound_arguments
 def raises(error: BaseException | type[BaseException], message: str = "scripted failure", *, times: int = 1) -> Raises:
     """Raise ``error`` (a class is raised with ``message``), for ``times`` calls."""
     return Raises(error=error, message=message, times=times)
 
 
+@refuses_unbound_arguments
 def sleeps(seconds: Seconds, then: Behaviour = Returns(), *, times: int = 1) -> Sleeps:
     """Sleep ``seconds`` (virtual ones, on the test clock; a number or a ``timedelta``), then
     play ``then``, for ``times`` calls."""
     return Sleeps(seconds=seconds, then=then, times=times)
 
 
+@refuses_unbound_arguments
 def hangs(*, times: int = 1) -> Hangs:
     """Wait until cancelled (a step timeout, a cancel), for ``times`` calls."""
     return Hangs(times=times)
@@ -157,6 +162,7 @@ class ScriptedJob:
     >>> flaky = ScriptedJob(raises(ConnectionError, times=2), returns({"ok": True}))
     """
 
+    @refuses_unbound_arguments
     def __init__(self, *behaviours: Behaviour, name: str = "scripted") -> None:
         if not behaviours:
             behaviours = (Returns(),)
