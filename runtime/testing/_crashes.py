@@ -125,6 +125,8 @@ class Outcome:
     rolled_back: bool = False
     #: How many times it continued as new (``history`` is its latest run's).
     runs: int = 0
+    #: The input its latest run started with (the workflow input, unless it continued as new).
+    input: Any = None
 
 
 @attrs.frozen(kw_only=True)
@@ -669,7 +671,7 @@ def _outcome(
         completion_order=tuple(r.step_name for r in instance.history if r.status in ("completed", "compensated")),
         calls=dict(calls), calls_after_resume=dict(after.get(instance.id, {})), children=children or {},
         failed_step=instance.failed_step, error_name=instance.error_name, rolled_back=instance.rolled_back,
-        runs=instance.runs,
+        runs=instance.runs, input=instance.input,
     )
 
 
@@ -686,7 +688,19 @@ def _same_output(a: Any, b: Any) -> bool:
 def _compare_uncrashed(base: Outcome, got: Outcome, shape: _Shape) -> str | None:
     if got.status != base.status or (not _same_output(got.output, base.output) and not _signals_swapped(base, got, shape)):
         return f"a run without a crash ended {got.status!r} with {got.output!r}, another {base.status!r}"
-    return None
+    return _same_runs(base, got)
+
+
+def _same_runs(base: Outcome, got: Outcome) -> str | None:
+    """Whether ``got``, ending as the fault-free run did, continued as new as often, its last
+    run started with the same input: what a run hands its next (its ``continue_as_new``
+    step's input, a choice before it) must not depend on the calls it makes. (Not when both
+    timed out: a re-run's time may reach the timeout a run sooner.)"""
+    if got.status == "timed_out" or (got.runs == base.runs and (not base.runs or _same_output(got.input, base.input))):
+        return None
+    return (f"continued as new {got.runs} times, its last run with input {got.input!r}; the fault-free run"
+            f" {base.runs} times, with {base.input!r}: what a continue_as_new step hands on must not depend on"
+            " the calls its run makes")
 
 
 def _signals_swapped(base: Outcome, got: Outcome, shape: _Shape) -> bool:
@@ -755,7 +769,7 @@ def _ends_as(base: Outcome, got: Outcome, shapes: Mapping[str, _Shape]) -> str |
     if got.status == base.status and not _same_output(got.output, base.output) and not _signals_swapped(
             base, got, shapes[got.workflow_name]):
         return f"output {got.output!r}, the fault-free run gave {base.output!r}"
-    return None
+    return _same_runs(base, got) if got.status == base.status else None
 
 
 def _same_run(base: Outcome, got: Outcome, shapes: Mapping[str, _Shape]) -> str | None:
