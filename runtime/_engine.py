@@ -255,6 +255,14 @@ class Engine:
         #: with these (see :meth:`_spawn`).
         self._context = contextvars.copy_context()
         self._closed = False
+        #: ``_start`` calls past their hold whose store is under way (a caller's task outside the
+        #: engine's block may still be in one as the block ends): the close lets them finish, and
+        #: store the cancel a ``cancel()`` said yes to meanwhile, before it closes storage (see
+        #: :meth:`_let_starts_store`), which sets ``_starts_stored`` once none is left and the
+        #: bound those stores then have, ``_starts_store_by`` (for ever until then).
+        self._starts_storing = 0
+        self._starts_stored: trio.Event | None = None
+        self._starts_store_by = math.inf
         #: Set as the actors' nursery stops taking tasks: cancelled from outside the engine's
         #: block (a service shutting down), it stops before the block's body ends and closes the
         #: engine. Nothing may start a run then (a ``start()`` whose write cannot be cancelled
@@ -572,6 +580,7 @@ class Engine:
         for owed in self._owing.get(instance_id, ()):
             if owed is not waited:  # (not the one it retries: see above)
                 owed.newer.append(state.created_at)
+        self._starts_storing += 1  # (the engine's close waits for it: see _let_starts_store)
         try:
             freed = 0  # refused creates whose row was gone as it was read (see below)
             while True:
@@ -600,11 +609,12 @@ class Engine:
                                                             self._look_for_lost_start, instance_id)
                     if (self._closed or self._actors_stopped) and storing.cancels_its_run():
                         # Stored, perhaps: no owed cancel runs once the engine is closed (see
-                        # _release_start), so the cancel goes into its row now, if it is there.
-                        await self._store_cancel_in_its_row(storing)
+                        # _release_start), so the cancel goes into its row now, if it is there
+                        # (before storage closes, within the close's bound: see _let_starts_store).
+                        await self._store_cancel_in_its_row(storing, self._starts_store_by)
                     raise
                 if created and (self._closed or self._actors_stopped):
-                    if storing.cancels_its_run() and await self._store_cancel_as_made(state):
+                    if storing.cancels_its_run() and await self._store_cancel_as_made(state, self._starts_store_by):
                         raise EngineClosedError(
                             f"the engine closed while instance {instance_id!r} was being stored, cancelled; the next"
                             " engine ends it cancelled without running a step")
@@ -624,7 +634,7 @@ class Engine:
                     self._unanswered.pop(instance_id, None)
                     return instance_id
                 if (self._closed or self._actors_stopped) and storing.cancels_its_run() \
-                        and await self._store_cancel_in_its_row(storing):
+                        and await self._store_cancel_in_its_row(storing, self._starts_store_by):
                     raise EngineClosedError(
                         f"the engine closed while instance {instance_id!r} was being stored, cancelled; the next"
                         " engine ends it cancelled without running a step")
@@ -734,6 +744,11 @@ class Engine:
             reserved = False  # the run has it
             return instance_id
         finally:
+            # (Counted off first, so that what follows raising cannot keep the close waiting: it
+            # stores nothing, and has no checkpoint at which the close could go on before it ends.)
+            self._starts_storing -= 1
+            if not self._starts_storing and self._starts_stored is not None:
+                self._starts_stored.set()
             # A child's hold outlasts its store: its step lets go of it once this call is over
             # (or tries again, after a failed try). Until then, and until this call is over
             # (its run made, its row read and resumed), a cancel(), signal() or wait() of it
@@ -2496,6 +2511,25 @@ class Engine:
         ``trio.from_thread.run`` (or ``run_sync``) to call the engine."""
         return self._trio_token
 
+    async def _let_starts_store(self) -> None:
+        """As the engine closes, before storage does: wait for the ``start()`` calls still
+        storing (from tasks outside the engine's block: those of its actors have ended by now)
+        to finish, so that the cancel a ``cancel()`` said yes to as one was stored goes into its
+        row (see ``_start``) rather than to storage closed under it. Bounded, as a decision
+        stored as the engine stops is (storage that does not answer must not hold the close for
+        ever): a store still under way then is left to what it finds, its cancel lost (logged),
+        and the instance to the next engine as stored. No time at all with none under way."""
+        if not self._starts_storing:
+            return
+        self._starts_store_by = trio.current_time() + DECISION_TIMEOUT
+        self._starts_stored = trio.Event()
+        with trio.move_on_at(self._starts_store_by):
+            await self._starts_stored.wait()
+        if self._starts_storing:
+            log.warning("the engine closed with %d start() calls still storing after %g s; a cancel said to any"
+                        " of them may be lost, the next engine going on with what they stored",
+                        self._starts_storing, DECISION_TIMEOUT)
+
     def _close(self) -> None:
         self._closed = True
         self.events.attach(None)
@@ -2610,7 +2644,9 @@ async def open_engine(
     workflow is registered; ``resume=False`` holds them back until :meth:`Engine.resume` (those
     waiting out of memory for a timer or a signal are woken when due either way: waiting is
     not being in flight). Leaving the block stops every
-    actor; running instances stay ``running`` in the adapter for the next engine to resume. The
+    actor; running instances stay ``running`` in the adapter for the next engine to resume
+    (a ``start()`` from a task outside the block still storing its instance is waited for, up
+    to 10 s, before the adapter closes, so that a cancel said to it meanwhile is stored in it). The
     ``on_complete``/``on_failed`` hooks of runs that ended, and async event callbacks with the
     events queued for them, are then given up to 30 s to finish (not when the block raised or
     was cancelled: they are cut at once, each cut logged as a WARNING).
@@ -2665,6 +2701,7 @@ async def open_engine(
     await storage.open()
     raised: BaseException | None = None  # what the caller's block raised
     handed_on: BaseException | None = None
+    engine: Engine | None = None
     try:
         # Read before anything starts: what to resume is what a previous engine left.
         found = await storage.resumable()
@@ -2720,6 +2757,8 @@ async def open_engine(
             raise
     finally:
         with trio.CancelScope(shield=True):
+            if engine is not None:
+                await engine._let_starts_store()
             await storage.close()
     if handed_on is not None:
         # Raised out here, not in the handler, and keeping its context: Python would make the
