@@ -63,12 +63,17 @@ def _refusing(function: Callable[_P, _R], name: str) -> Callable[_P, _R]:
     signature = inspect.signature(function)
     # A method's ``self`` is given, not the caller's to name: left out of what the message counts.
     skip = 1 if next(iter(signature.parameters), None) == "self" else 0
+    # A constructor is named by the class it was called on (a user's subclass), not its own.
+    constructor = skip and getattr(function, "__name__", "") == "__init__"
 
     def refusal(args: tuple[Any, ...], kwargs: dict[str, Any]) -> InvalidArgumentError | None:
         try:
             signature.bind(*args, **kwargs)
         except TypeError as unbound:
-            return InvalidArgumentError(_unbound(name, signature, args[skip:], kwargs, skip) or f"{name}(): {unbound}")
+            called = type(args[0]).__name__ if constructor and args else name
+            if skip and not args and "self" in kwargs:  # (a method called unbound, ``self=`` by keyword)
+                kwargs = {key: value for key, value in kwargs.items() if key != "self"}
+            return InvalidArgumentError(_unbound(called, signature, args[skip:], kwargs, skip) or f"{called}(): {unbound}")
         return None
 
     if inspect.iscoroutinefunction(function):
@@ -114,7 +119,9 @@ def nearest(key: str, names: Sequence[str]) -> str | None:
     return near[0] if near else None
 
 
-def _no_keyword(key: str, names: Sequence[str]) -> str:
+def _no_keyword(key: str, names: Sequence[str], star: str | None) -> str:
+    if key == star:
+        return f"no keyword {key!r} (*{star} are given positionally)"
     near = nearest(key, names)
     return f"no keyword {key!r}" + (f" (did you mean {near}=?)" if near else "")
 
@@ -128,13 +135,15 @@ def _unbound(name: str, signature: inspect.Signature, args: tuple[Any, ...], kwa
     names = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     any_keyword = any(p.kind is p.VAR_KEYWORD for p in params)
-    any_positional = any(p.kind is p.VAR_POSITIONAL for p in params)
-    wrong = [] if any_keyword else [_no_keyword(key, names) for key in kwargs if key not in names]
+    star = next((p.name for p in params if p.kind is p.VAR_POSITIONAL), None)
+    any_positional = star is not None
+    wrong = [] if any_keyword else [_no_keyword(key, names, star) for key in kwargs if key not in names]
     given = {*positional[:len(args)], *kwargs}
     wrong += [f"{p.name} is missing" for p in params
               if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in given]
     wrong += [f"{key} is given twice (positionally and as {key}=)" for key in positional[:len(args)] if key in kwargs]
-    takes = f"; it takes {', '.join(names)}" if wrong and names else ""
+    shown = [f"*{p.name}" if p.kind is p.VAR_POSITIONAL else p.name for p in params if p.kind is not p.VAR_KEYWORD]
+    takes = f"; it takes {', '.join(shown)}" if wrong and shown else ""
     if len(args) > len(positional) and not any_positional:
         by_keyword = [n for n in names if n not in positional]
         wrong.append(f"{len(args)} argument{'s' if len(args) > 1 else ''} given positionally, where it takes"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar, TypeVarTuple, Unpack
 
@@ -52,16 +52,19 @@ def autojumping(who: str, *, required: bool = True) -> None:
         clock.autojump_threshold = 0
 
 
-def refuse_unknown_options(options: dict[str, Any], who: str) -> None:
+def refuse_unknown_options(options: dict[str, Any], who: str, own: Sequence[str] = ()) -> None:
     """:class:`InvalidArgumentError` naming ``who`` and every key of ``options`` that is not one
-    of ``open_engine``'s. (They are passed on to it: a misspelt one would otherwise fail there
-    with a bare ``TypeError``, and a type checker cannot see it through ``**options``.)"""
+    of ``open_engine``'s (nor of ``own``, the caller's own keywords, which a misspelt key may
+    be nearest). (They are passed on to it: a misspelt one would otherwise fail there with a
+    bare ``TypeError``, and a type checker cannot see it through ``**options``.)"""
     known = list(inspect.signature(open_engine).parameters)
     unknown = sorted(set(options) - set(known))
     if unknown:
+        takes = f"{', '.join(own)} and open_engine's" if own else "open_engine's"
         raise InvalidArgumentError(
-            f"{who}: no option {', '.join(map(repr, unknown))}; it takes open_engine's: {', '.join(known)}"
-            + "".join(f"; did you mean {near}= for {key!r}?" for key in unknown if (near := nearest(key, known))))
+            f"{who}: no option {', '.join(map(repr, unknown))}; it takes {takes}: {', '.join(known)}"
+            + "".join(f"; did you mean {near}= for {key!r}?" for key in unknown
+                      if (near := nearest(key, [*own, *known]))))
 
 
 @refuses_unbound_arguments

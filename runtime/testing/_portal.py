@@ -267,7 +267,7 @@ def engine_portal(
         raise InvalidArgumentError(
             "engine_portal() is for synchronous code (hypothesis's stateful tests): in a trio run, use"
             " open_test_engine() or the trioflow_engine fixture")
-    refuse_unknown_options(dict(engine_options), "engine_portal()")
+    refuse_unknown_options(dict(engine_options), "engine_portal()", own=("setup",))
     if engine_options.get("threads"):
         raise InvalidArgumentError(
             "engine_portal(threads=True): jobs in worker threads are not waited for by the portal, and move"
