@@ -13,26 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trioflow as tf
-from trioflow.testing import explore_crashes, open_test_engine, virtual_wall_clock
+from trioflow.testing import explore_crashes
 from trioflow.testing.strategies import GeneratedWorkflow, workflows
 
-
-def run_generated(gen: GeneratedWorkflow) -> tf.WorkflowInstance:
-    """Run ``gen`` on a test engine, sending its signals right after the start (kept, as
-    pending signals are, for the run whose receive steps take them)."""
-    gen.reset()
-
-    async def main() -> tf.WorkflowInstance:
-        async with open_test_engine(clock=virtual_wall_clock()) as engine:
-            for name, job in gen.jobs.items():
-                engine.jobs.register(name, job)
-            engine.register(gen.definition)
-            instance_id = await engine.start("generated", gen.input)
-            for name, payload in gen.signals:
-                await engine.signal(instance_id, name, payload)
-            return await engine.wait(instance_id)
-
-    return tf.testing.run(main)
+# (Signals sent right after the start: kept, as pending signals are, for the run whose receive
+# steps take them.)
+from test_fanout_properties import run_generated
 
 
 @given(workflows(continues=True, catches=True, maps=True, waits=True, loops=True))

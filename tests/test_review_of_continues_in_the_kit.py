@@ -4,7 +4,6 @@ the guard (the strategy's promises with continues=True and every other option he
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -12,8 +11,10 @@ from hypothesis import HealthCheck, given, settings
 import trioflow as tf
 from trioflow import when, workflow
 from trioflow._definition import MapStep, ReceiveStep
-from trioflow.testing import CrashDivergenceError, ScriptedJob, explore_crashes, open_test_engine, virtual_wall_clock
+from trioflow.testing import CrashDivergenceError, ScriptedJob, explore_crashes
 from trioflow.testing.strategies import GeneratedWorkflow, workflows
+
+from test_fanout_properties import run_generated  # (signals sent right after the start)
 
 
 def _looping_workflow(next_input: Any) -> tf.WorkflowDefinition:
@@ -75,22 +76,6 @@ async def test_explorer_reports_a_crash_run_that_continued_a_different_number_of
 # -- a guard (passes): the strategy's promises with continues=True and every other option ----------
 
 
-def _run(gen: GeneratedWorkflow) -> tf.WorkflowInstance:
-    gen.reset()
-
-    async def main() -> tf.WorkflowInstance:
-        async with open_test_engine(clock=virtual_wall_clock()) as engine:
-            for name, job in gen.jobs.items():
-                engine.jobs.register(name, job)
-            engine.register(gen.definition)
-            instance_id = await engine.start("generated", gen.input)
-            for name, payload in gen.signals:
-                await engine.signal(instance_id, name, payload)
-            return await engine.wait(instance_id)
-
-    return tf.testing.run(main)
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workflows(continues=True, catches=True, maps=True, nested=True, loops=True, waits=True))
 def test_guard_continues_composes_with_every_option(gen: GeneratedWorkflow) -> None:
@@ -98,7 +83,7 @@ def test_guard_continues_composes_with_every_option(gen: GeneratedWorkflow) -> N
     says (status, error name, caught steps, map outputs), the signals sent right after the start
     reach the last run's receive steps, the input (items included) survives the continues, and a
     reset and rerun ends the same way. (Held over some 1,000 examples in this review.)"""
-    instance = _run(gen)
+    instance = run_generated(gen)
     assert instance.status == gen.expected_status()
     if instance.status == "failed":
         assert instance.error_name in gen.expected_error_names()
@@ -115,5 +100,5 @@ def test_guard_continues_composes_with_every_option(gen: GeneratedWorkflow) -> N
         if isinstance(step, MapStep) and r.step_name in gen.input.get("items", {}):
             assert r.output == gen.expected_map_output(r.step_name)
     assert "tick" not in {r.step_name for r in instance.history} and gen.jobs["undo-tick"].calls == []
-    again = _run(gen)
+    again = run_generated(gen)
     assert (again.status, again.runs) == (instance.status, instance.runs)
