@@ -250,6 +250,11 @@ class Engine:
         #: the last purge, so a busy engine purges before its finished instances pile up.
         self._retain_wake: trio.Event | None = None
         self._finished_since_purge = 0
+        #: With ``retain_finished``: when an instance last finished here (the engine's clock;
+        #: its opening, for rows an earlier engine finished), and whether the retention task
+        #: waits for the next to finish (``wake`` is set then too).
+        self._last_finish = -math.inf
+        self._retain_idle = False
         self._children = EngineChildren(self)
         #: The contextvars of the task that opened the engine: runs taken up from storage run
         #: with these (see :meth:`_spawn`).
@@ -1541,20 +1546,35 @@ class Engine:
         """The retention task (``open_engine(retain_finished=keep)``): purges what finished
         ``keep`` seconds ago every ``keep`` seconds (at least once a minute, at most once a
         second), and as soon as :data:`RETAIN_EVERY` instances finished here since the last
-        purge (``wake`` is set then). A purge that fails is logged and tried again next time."""
+        purge (``wake`` is set then). A purge that fails is logged and tried again next time.
+        Once a purge has taken everything finished here (and, kept ``keep`` past the engine's
+        opening, what an earlier engine finished), it waits for the next instance to finish
+        rather than look every second (looking at least every :data:`RETAIN_IDLE_MAX`, for an
+        end stored some other way): an idle engine makes no purges, and virtual time under the
+        testing kit moves through days without a purge a second."""
         period = min(max(keep, RETAIN_PERIOD_MIN), RETAIN_PERIOD_MAX)
+        self._last_finish = self._clock()
+        purged_at = -math.inf
         while True:
+            if self._last_finish < purged_at - keep:
+                self._retain_idle = True
+                with trio.move_on_after(RETAIN_IDLE_MAX):
+                    await wake.wait()
+                self._retain_idle = False
+                wake = self._retain_wake = trio.Event()
             with trio.move_on_after(period):
                 await wake.wait()
             # Counted afresh before the purge: what finishes while it runs counts toward the next.
             wake = self._retain_wake = trio.Event()
             self._finished_since_purge = 0
+            began = self._clock()
             try:
                 purged = await self.purge(older_than=keep)
             except Exception as exc:
                 log.warning("retention: purging finished instances failed (%s); trying again in %g s", exc, period,
                             exc_info=True)
             else:
+                purged_at = began
                 log.debug("retention: purged %d finished instance(s)", purged, extra={"purged": purged})
 
     @refuses_unbound_arguments
@@ -2271,7 +2291,8 @@ class Engine:
                 self._wake_changed.set()  # one woken fewer on its way: the waker may wake more
             if self._retain_wake is not None and run.stored_status in TERMINAL:
                 self._finished_since_purge += 1
-                if self._finished_since_purge == RETAIN_EVERY:
+                self._last_finish = self._clock()
+                if self._finished_since_purge == RETAIN_EVERY or self._retain_idle:
                     self._retain_wake.set()
             run.ended()
             self._free_slot()
@@ -2575,6 +2596,9 @@ START_FREED_TRIES = 8
 RETAIN_PERIOD_MIN = 1.0
 RETAIN_PERIOD_MAX = 60.0
 RETAIN_EVERY = 1000
+#: Longest the retention task waits, once it has purged everything finished here, before it
+#: looks again all the same (seconds).
+RETAIN_IDLE_MAX = 3600.0
 
 
 class _Opening(AbstractAsyncContextManager[Engine]):

@@ -410,3 +410,38 @@ def _index_as_an_older_release_made_it(db: Path, condition: str) -> None:
     with sqlite3.connect(db) as conn:
         conn.execute("DROP INDEX trioflow_instances_by_finish")
         conn.execute(f"CREATE INDEX trioflow_instances_by_finish ON trioflow_instances (finished_at) WHERE {condition}")
+
+
+class _CountsPurges(MemoryAdapter):
+    """Counts the purges storage is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.purges = 0
+
+    async def purge(self, *args: Any, **kwargs: Any) -> int:
+        self.purges += 1
+        return await super().purge(*args, **kwargs)
+
+
+@pytest.mark.parametrize("keep", [0, 30])
+async def test_an_idle_engine_waits_for_the_next_finish_rather_than_purge_every_second(
+    autojump_clock: trio.testing.MockClock, keep: float,
+) -> None:
+    """Once a purge has taken everything finished here, retention waits for the next instance
+    to finish (looking again at least once an hour): an idle service makes no purges, and a
+    test on virtual time moves through a day without 86,400 of them (a review, soakcan, found
+    advancing an engine portal with retain_finished=0 took about 3 s of real time per virtual
+    day). What finishes later is still purged once due."""
+    adapter = _CountsPurges()
+    async with open_test_engine(adapter=adapter, retain_finished=keep) as engine:
+        register(engine)
+        await run(engine, "ok", "early")
+        await trio.sleep(keep + 2 * trioflow._engine.RETAIN_PERIOD_MAX)
+        assert await ids(engine) == [], "purged once due"
+        before = adapter.purges
+        await trio.sleep(86_400)
+        assert adapter.purges - before <= 24 + 1, f"{adapter.purges - before} purges in an idle day"
+        await run(engine, "ok", "late")
+        await trio.sleep(keep + 2 * trioflow._engine.RETAIN_PERIOD_MAX)
+        assert await ids(engine) == [], "a finish wakes it: purged once due"
