@@ -103,7 +103,15 @@ async def run_instance(run: Run) -> None:
                 await _cancel_children_and_compensate(run)
             return
         if run.doomed is not None:
-            await _end_badly(run, "failed", run.doomed, None)
+            if run.cancel_requested:
+                # Taken up by a cancel() that said yes: the caller asked for its end, which
+                # compensates what the definition can as the mismatch's would; it ends so.
+                log.warning("instance %s of workflow %r, cancelled, no longer fits its definition: %s",
+                            state.instance_id, state.workflow_name, run.doomed,
+                            extra={"instance_id": state.instance_id, "workflow_name": state.workflow_name})
+                await _end_badly(run, "cancelled", _cancelled(run), None)
+            else:
+                await _end_badly(run, "failed", run.doomed, None)
             return
         try:
             outcome, error, failed_step = await _forward(run)
