@@ -1194,7 +1194,7 @@ class Engine:
         """The public view of a stored record; an unreadable one is reported failed, with why."""
         return _stored_view(record)
 
-    @refuses_unbound_arguments
+    @refuses_unbound_arguments(frameless=True)  # (its callers wait in it: see there)
     async def wait(self, instance_id: str) -> WorkflowInstance:
         """Wait until the instance has reached a terminal status (compensation included)."""
         check_instance_id(instance_id)
