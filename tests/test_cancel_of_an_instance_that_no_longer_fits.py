@@ -28,15 +28,21 @@ def _release(wait_name: str, refunds: list[Any]) -> tf.WorkflowDefinition:
     return tf.workflow("sub").step("bill", bill, refund).wait(wait_name, seconds=30 * DAY).build()
 
 
+async def _parked_then_replaced(engine: tf.Engine, refunds: list[Any]) -> str:
+    """An instance billed and parked out of memory in "month", whose release then renames it."""
+    engine.register(_release("month", refunds))
+    iid = await engine.start("sub")
+    await trio.sleep(DAY)
+    engine.register(_release("cycle", refunds), replace=True)
+    return iid
+
+
 async def test_a_cancelled_instance_that_no_longer_fits_ends_cancelled(
     storage: Callable[[], Any], autojump_clock: trio.testing.MockClock,
 ) -> None:
     refunds: list[Any] = []
     async with open_test_engine(adapter=storage()) as engine:
-        engine.register(_release("month", refunds))
-        iid = await engine.start("sub")
-        await trio.sleep(DAY)  # (parked out of memory in "month")
-        engine.register(_release("cycle", refunds), replace=True)
+        iid = await _parked_then_replaced(engine, refunds)
         assert await engine.cancel(iid)
         done = await engine.wait(iid)
     assert (done.status, done.error_name, done.compensated_steps, refunds) == (
@@ -48,10 +54,7 @@ async def test_without_a_cancel_it_fails_with_the_mismatch(
 ) -> None:
     refunds: list[Any] = []
     async with open_test_engine(adapter=storage()) as engine:
-        engine.register(_release("month", refunds))
-        iid = await engine.start("sub")
-        await trio.sleep(DAY)
-        engine.register(_release("cycle", refunds), replace=True)
+        iid = await _parked_then_replaced(engine, refunds)
         await trio.sleep(30 * DAY)  # (woken on the new release)
         done = await engine.wait(iid)
     assert (done.status, done.error_name, refunds) == ("failed", "DefinitionMismatchError", [1])
