@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Gene
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar, get_args
 
 import attrs
 import trio
@@ -251,8 +251,8 @@ class Engine:
         self._retain_wake: trio.Event | None = None
         self._finished_since_purge = 0
         #: With ``retain_finished``: when an instance last finished here (the engine's clock;
-        #: its opening, for rows an earlier engine finished), and whether the retention task
-        #: waits for the next to finish (``wake`` is set then too).
+        #: its opening, if storage held rows an earlier engine finished), and whether the
+        #: retention task waits for the next to finish (``wake`` is set then too).
         self._last_finish = -math.inf
         self._retain_idle = False
         self._children = EngineChildren(self)
@@ -1553,7 +1553,10 @@ class Engine:
         end stored some other way): an idle engine makes no purges, and virtual time under the
         testing kit moves through days without a purge a second."""
         period = min(max(keep, RETAIN_PERIOD_MIN), RETAIN_PERIOD_MAX)
-        self._last_finish = self._clock()
+        opened = self._clock()
+        if await self._finished_stored():
+            # An earlier engine's, finished up to now: each falls due within ``keep`` of now.
+            self._last_finish = max(self._last_finish, opened)
         purged_at = -math.inf
         while True:
             if self._last_finish < purged_at - keep:
@@ -1576,6 +1579,17 @@ class Engine:
             else:
                 purged_at = began
                 log.debug("retention: purged %d finished instance(s)", purged, extra={"purged": purged})
+
+    async def _finished_stored(self) -> bool:
+        """Whether storage holds a finished instance (one read per finished status, of one row;
+        storage that cannot say is taken to hold one)."""
+        try:
+            for status in get_args(Status):
+                if status in TERMINAL and await self.adapter.list_instances(status=status, limit=1):
+                    return True
+        except Exception:
+            return True
+        return False
 
     @refuses_unbound_arguments
     async def resume(self) -> list[str]:

@@ -9,6 +9,7 @@ import difflib
 import functools
 import inspect
 import os
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
@@ -94,7 +95,10 @@ def _refusing(function: Callable[_P, _R], name: str, frameless: bool = False) ->
                     refused = refusal(args, kwargs)
                     if refused is None:
                         raise
-                    return _raising(refused)
+                    raising = cast("types.CoroutineType[Any, Any, Any]", _raising(refused))
+                    # (Named as the call's: "coroutine 'Engine.wait' was never awaited".)
+                    raising.__name__, raising.__qualname__ = coroutine_function.__name__, coroutine_function.__qualname__
+                    return raising
 
             mark = getattr(inspect, "markcoroutinefunction", None)  # (Python 3.12 on)
             return cast(Callable[_P, _R], handed_back if mark is None else mark(handed_back))
