@@ -2795,9 +2795,14 @@ async def open_engine(
             raise
     finally:
         with trio.CancelScope(shield=True):
-            if engine is not None:
-                await engine._let_starts_store()
-            await storage.close()
+            try:
+                if engine is not None:
+                    await engine._let_starts_store()
+            finally:
+                # (Closed whatever the wait ends with: a KeyboardInterrupt reaches it through
+                # the shield, and storage left open would hold its file, or its adapter, for
+                # the rest of the process.)
+                await storage.close()
     if handed_on is not None:
         # Raised out here, not in the handler, and keeping its context: Python would make the
         # group, or the block's exception being handled as the block exits, its context, hiding
