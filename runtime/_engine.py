@@ -1565,8 +1565,9 @@ class Engine:
                     await wake.wait()
                 self._retain_idle = False
                 wake = self._retain_wake = trio.Event()
-            with trio.move_on_after(period):
-                await wake.wait()
+            if self._finished_since_purge < RETAIN_EVERY:  # (a burst may have passed it meanwhile)
+                with trio.move_on_after(period):
+                    await wake.wait()
             # Counted afresh before the purge: what finishes while it runs counts toward the next.
             wake = self._retain_wake = trio.Event()
             self._finished_since_purge = 0
@@ -2306,7 +2307,9 @@ class Engine:
             if self._retain_wake is not None and run.stored_status in TERMINAL:
                 self._finished_since_purge += 1
                 self._last_finish = self._clock()
-                if self._finished_since_purge == RETAIN_EVERY or self._retain_idle:
+                # (At or past the count: finishes counted while the task left its idle wait, and
+                # before it waits again, must not leave it to its period.)
+                if self._finished_since_purge >= RETAIN_EVERY or self._retain_idle:
                     self._retain_wake.set()
             run.ended()
             self._free_slot()
