@@ -67,14 +67,16 @@ def refuses_unbound_arguments(
 
 
 def _refusing(function: Callable[_P, _R], name: str, frameless: bool = False) -> Callable[_P, _R]:
-    """:func:`refuses_unbound_arguments`, calling ``function`` ``name`` in its messages."""
-    signature = inspect.signature(function)
-    # A method's ``self`` is given, not the caller's to name: left out of what the message counts.
-    skip = 1 if next(iter(signature.parameters), None) == "self" else 0
-    # A constructor is named by the class it was called on (a user's subclass), not its own.
-    constructor = skip and getattr(function, "__name__", "") == "__init__"
+    """:func:`refuses_unbound_arguments`, calling ``function`` ``name`` in its messages. (Its
+    signature is worked out once a call has failed, not as the module defining it is imported:
+    some seventy functions are wrapped, and ``import trioflow`` would take a tenth longer.)"""
 
     def refusal(args: tuple[Any, ...], kwargs: dict[str, Any]) -> InvalidArgumentError | None:
+        signature = inspect.signature(function)
+        # A method's ``self`` is given, not the caller's to name: left out of what the message counts.
+        skip = 1 if next(iter(signature.parameters), None) == "self" else 0
+        # A constructor is named by the class it was called on (a user's subclass), not its own.
+        constructor = skip and getattr(function, "__name__", "") == "__init__"
         try:
             signature.bind(*args, **kwargs)
         except TypeError as unbound:
