@@ -1550,7 +1550,7 @@ class Engine:
         Once a purge has taken everything finished here (and, kept ``keep`` past the engine's
         opening, what an earlier engine finished), it waits for the next instance to finish
         rather than look every second (looking at least every :data:`RETAIN_IDLE_MAX`, for an
-        end stored some other way): an idle engine makes no purges, and virtual time under the
+        end stored some other way): an idle engine purges once an hour, and virtual time under the
         testing kit moves through days without a purge a second."""
         period = min(max(keep, RETAIN_PERIOD_MIN), RETAIN_PERIOD_MAX)
         opened = self._clock()
