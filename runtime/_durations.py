@@ -4,7 +4,6 @@ moments as Unix seconds, or an aware ``datetime``."""
 from __future__ import annotations
 
 import math
-import numbers
 from datetime import datetime, timedelta
 from typing import Any, Union
 
@@ -24,6 +23,8 @@ def virtual_seconds(value: Any, method: str) -> float:
     """What the testing kit's ``method`` takes as a span of virtual time: a ``timedelta``, or any
     real number trio sleeps for (finite, not negative), in seconds; else
     :class:`InvalidArgumentError` naming ``method``."""
+    import numbers  # (here: only the testing kit's clock takes any real number)
+
     value = seconds(value)
     try:
         good = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \

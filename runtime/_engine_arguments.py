@@ -5,7 +5,6 @@ stored."""
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import os
@@ -146,6 +145,8 @@ def _called_as(function: Callable[..., Any]) -> str:
 
 def nearest(key: str, names: Sequence[str]) -> str | None:
     """The one of ``names`` that a misspelt ``key`` most likely meant, if one is near."""
+    import difflib  # (here, not at the top: only a refused call needs it, and it costs import trioflow 3 %)
+
     near = difflib.get_close_matches(key, names, n=1)
     return near[0] if near else None
 

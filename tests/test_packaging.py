@@ -57,9 +57,11 @@ def test_strategies_without_hypothesis_name_the_extra_to_install() -> None:
 
 def test_import_loads_no_module_only_some_values_need() -> None:
     # ``import trioflow`` is timed against ``import trio`` (bench/): the modules of value types
-    # a workflow may never store load when it does, not with trioflow.
+    # a workflow may never store load when it does, not with trioflow; nor those of a refused
+    # call's message (difflib) or the testing kit's clock (numbers).
     code = ("import sys, trio; before = set(sys.modules); import trioflow\n"
-            "print(sorted({'decimal', 'uuid', 'sqlite3', 'hypothesis', 'zoneinfo'} & (set(sys.modules) - before)))")
+            "print(sorted({'decimal', 'uuid', 'sqlite3', 'hypothesis', 'zoneinfo', 'difflib', 'numbers'}"
+            " & (set(sys.modules) - before)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
