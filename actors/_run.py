@@ -76,6 +76,14 @@ log = logging.getLogger("trioflow")
 #: A pending signal's seq (``(seq, name, payload)``): the order they are kept in.
 _seq_of = operator.itemgetter(0)
 
+
+def _holds(signals: Sequence[tuple[int, str, Any]], seq: int) -> bool:
+    """Whether the signal ``seq`` is among ``signals`` (a run's pending ones, kept in seq
+    order): a search, not a walk, as a run taken up with thousands pending (a parent whose
+    children ended while it was parked) delivers each of them through here."""
+    i = bisect.bisect_left(signals, seq, key=_seq_of)
+    return i < len(signals) and signals[i][0] == seq
+
 #: Longest a lifecycle hook may run; one that takes longer is cancelled and logged, so a hook
 #: never holds an instance, its waiters or its slot.
 HOOK_TIMEOUT = 30.0
@@ -694,7 +702,7 @@ class Run:
         (``stored_at``: when ``signal()`` had it stored, for one sent now)."""
         state = self.state
         if (self.consumed_seqs is not None and seq in self.consumed_seqs) or (
-                state.signals and any(q == seq for q, _, _ in state.signals)):
+                state.signals and _holds(state.signals, seq)):
             return
         if self.parked:
             # Leaving memory: no lane takes it here now, and it may be what one waits for.
@@ -758,13 +766,10 @@ class Run:
     def note_signal_time(self, seq: int, stored_at: float) -> None:
         """Note when ``signal()`` had a signal this run holds pending stored: a receive whose
         deadline came before then passes it over. (Nothing for one it no longer holds.)"""
-        for q, _, _ in self.state.signals:  # (a loop, not any() over a generator: every wake asks)
-            if q != seq:
-                continue
+        if self.state.signals and _holds(self.state.signals, seq):
             if self.signal_times is None:
                 self.signal_times = {}
             self.signal_times[seq] = stored_at
-            break
 
     def take_signal(self, name: str, *, by: float | None = None) -> tuple[int, Any] | None:
         """The oldest delivered signal named ``name``, consumed: ``(seq, payload)``, or ``None``.
