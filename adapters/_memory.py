@@ -18,7 +18,7 @@ from trioflow._errors import (
     StorageError,
     UnknownInstanceError,
 )
-from trioflow._snapshot import RESUMABLE, TERMINAL, Status
+from trioflow._snapshot import RESUMABLE, TERMINAL, FinishedStatus, Status
 from trioflow._engine_arguments import refuses_unbound_arguments
 
 from ._arguments import checked_limit, checked_names, checked_time
@@ -374,7 +374,7 @@ class MemoryAdapter:
         return True
 
     async def purge(
-        self, finished_by: float, limit: int, *, status: Status | None = None, workflow_name: str | None = None,
+        self, finished_by: float, limit: int, *, status: FinishedStatus | None = None, workflow_name: str | None = None,
     ) -> int:
         finished_by = checked_time(finished_by, "purge's finished_by")
         checked_limit(limit, "purge")

@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from trioflow._snapshot import Status
+from trioflow._snapshot import FinishedStatus, Status
 
 
 @attrs.frozen(kw_only=True)
@@ -179,7 +179,7 @@ class Adapter(Protocol):
         ...
 
     async def purge(
-        self, finished_by: float, limit: int, *, status: Status | None = None, workflow_name: str | None = None,
+        self, finished_by: float, limit: int, *, status: FinishedStatus | None = None, workflow_name: str | None = None,
     ) -> int:
         """Delete up to ``limit`` finished instances (status in ``TERMINAL``) that finished at or
         before ``finished_by``, earliest finish first, optionally only those of one status or

@@ -54,7 +54,7 @@ from trioflow._errors import (
     StorageUnavailableError,
     UnknownInstanceError,
 )
-from trioflow._snapshot import RESUMABLE, TERMINAL, Status
+from trioflow._snapshot import RESUMABLE, TERMINAL, FinishedStatus, Status
 from trioflow._virtual_time import mock_clock, threads_under
 
 from ._arguments import checked_limit, checked_names, checked_time
@@ -600,7 +600,7 @@ class SQLiteAdapter:
         return status is not None
 
     async def purge(
-        self, finished_by: float, limit: int, *, status: Status | None = None, workflow_name: str | None = None,
+        self, finished_by: float, limit: int, *, status: FinishedStatus | None = None, workflow_name: str | None = None,
     ) -> int:
         # One transaction per call: the engine purges in batches, so the writer commits other
         # instances' checkpoints between them.

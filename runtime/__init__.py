@@ -13,6 +13,7 @@ __version__ = "0.2.0.dev0"
 
 from . import adapters as adapters
 from ._builder import BranchBuilder as BranchBuilder
+from ._builder import HookFunctions as HookFunctions
 from ._builder import WorkflowBuilder as WorkflowBuilder
 from ._builder import branch as branch
 from ._builder import step as step
@@ -77,6 +78,7 @@ from ._events import EventBus as EventBus
 from ._jobs import JobRegistry as JobRegistry
 from ._matching import ALL as ALL
 from ._retry import Retry as Retry
+from ._snapshot import FinishedStatus as FinishedStatus
 from ._snapshot import Status as Status
 from ._snapshot import StepResult as StepResult
 from ._snapshot import StepStatus as StepStatus

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self, TypedDict, Unpack, overload
 
 import attrs
 
@@ -45,10 +45,23 @@ from ._durations import seconds as as_seconds
 from ._errors import DefinitionError
 from ._lanes import branch_lane, item_lanes, valid_text
 from ._retry import Retry
+from ._snapshot import WorkflowResult
 from ._validate import check_lane, check_timeout, check_unique_names
 
-if TYPE_CHECKING:
-    from ._snapshot import WorkflowResult
+
+class HookFunctions(TypedDict, total=False):
+    """The lifecycle hooks by name, each with what it is called with (README, Hooks), as
+    :meth:`WorkflowBuilder.with_hooks` and :func:`trioflow.run_workflow` take them: a checker
+    sees a misspelt hook, or one that reads what its call does not have, where it is written.
+    Sync or async; one that raises is logged and ignored."""
+
+    on_start: Callable[[WorkflowContext], Any] | None
+    on_step_complete: Callable[[str, Any, WorkflowContext], Any] | None
+    on_step_failed: Callable[[str, BaseException, WorkflowContext], Any] | None
+    on_compensate: Callable[[str, WorkflowContext], Any] | None
+    on_complete: Callable[[WorkflowResult], Any] | None
+    on_failed: Callable[[WorkflowResult], Any] | None
+
 
 _UNSET: Any = object()
 
@@ -109,6 +122,24 @@ class _LaneBuilder:
             raise DefinitionError(f"a workflow or branch name must be a non-empty string, got {name!r}")
         self._name = name
         self._steps: list[Step] = []
+
+    # Two forms, for checkers: a step built here needs its ``execute``; a prebuilt one takes
+    # nothing more (``build()`` refuses either mistake, but only once it runs).
+    @overload
+    def step(self, name: TaskStep, /) -> Self: ...
+    @overload
+    def step(
+        self,
+        name: str,
+        execute: OfContext | str,
+        compensate: SagaCompensation | str | None = None,
+        *,
+        retry: Retry | None = None,
+        timeout: Seconds | None = None,
+        catch: Sequence[Catch] | Catch | None = (),
+        next: str | None = None,
+        end: bool = False,
+    ) -> Self: ...
 
     @refuses_unbound_arguments
     def step(
@@ -437,25 +468,13 @@ class WorkflowBuilder(_LaneBuilder):
         self._default_retry = retry
         return self
 
-    if TYPE_CHECKING:
-        # What checkers see: each hook by name, with what it is called with (README, Hooks).
-        def with_hooks(
-            self, *,
-            on_start: Callable[[WorkflowContext], Any] | None = None,
-            on_step_complete: Callable[[str, Any, WorkflowContext], Any] | None = None,
-            on_step_failed: Callable[[str, BaseException, WorkflowContext], Any] | None = None,
-            on_compensate: Callable[[str, WorkflowContext], Any] | None = None,
-            on_complete: Callable[[WorkflowResult], Any] | None = None,
-            on_failed: Callable[[WorkflowResult], Any] | None = None,
-        ) -> Self: ...
-    else:
-        @refuses_unbound_arguments
-        def with_hooks(self, **hooks):
-            """Lifecycle hooks: on_start, on_step_complete, on_step_failed, on_compensate,
-            on_complete, on_failed."""
-            return self._with_hooks(**hooks)
+    @refuses_unbound_arguments
+    def with_hooks(self, **hooks: Unpack[HookFunctions]) -> Self:
+        """Lifecycle hooks: on_start, on_step_complete, on_step_failed, on_compensate,
+        on_complete, on_failed (see :class:`HookFunctions` for what each is called with)."""
+        return self._with_hooks(**hooks)
 
-    def _with_hooks(self, **hooks: Callable[..., Any]) -> Self:
+    def _with_hooks(self, **hooks: Callable[..., Any] | None) -> Self:
         """:meth:`with_hooks`, taking any name: an unknown one is refused with
         ``DefinitionError`` (a dict of hooks passed on with ``**`` is checked as it runs)."""
         known = [f.name for f in attrs.fields(Hooks)]

@@ -6,6 +6,7 @@ of the step that follows it in ``next``, so the runtime never has to work out fa
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union
 
@@ -20,6 +21,9 @@ from ._matching import ErrorMatcher, matcher_tuple
 from ._retry import Retry
 
 if TYPE_CHECKING:
+    import decimal
+    import uuid
+
     from ._context import WorkflowContext
 
 #: A step callable: ``async def`` or plain ``def`` (plain ones run in a worker thread).
@@ -29,9 +33,18 @@ StepFn = Callable[..., Any]
 #: checked where it is written.
 OfContext: TypeAlias = Callable[["WorkflowContext"], Any]
 #: A value a definition gives for a step to store as it is (a succeed step's output, the next
-#: run's input): what storage keeps. (Not ``object``: beside :data:`OfContext` in a builder
-#: method's union, a checker would read a lambda given there as untyped.)
-StorableValue: TypeAlias = Union[None, bool, int, float, str, bytes, Sequence[Any], Mapping[Any, Any]]
+#: run's input): what storage keeps (docs/errors.md lists it). (Not ``object``: beside
+#: :data:`OfContext` in a builder method's union, a checker would read a lambda given there as
+#: untyped.)
+if TYPE_CHECKING:
+    StorableValue: TypeAlias = Union[None, bool, int, float, str, bytes, Sequence[Any], Mapping[Any, Any],
+                                     datetime.datetime, datetime.date, datetime.time, datetime.timedelta,
+                                     decimal.Decimal, uuid.UUID]
+else:
+    # (At run time, for ``typing.get_type_hints``, without the modules ``import trioflow``
+    # does not load: a workflow that never stores a Decimal or a UUID need not pay for them.)
+    StorableValue = Union[None, bool, int, float, str, bytes, Sequence[Any], Mapping[Any, Any], datetime.datetime,
+                          datetime.date, datetime.time, datetime.timedelta]
 #: A saga step's compensation: ``compensate(ctx, result)``.
 SagaCompensation: TypeAlias = Callable[["WorkflowContext", Any], Any]
 #: A task's job, ``job(data)``, and its compensation, ``compensate(output)``.
@@ -48,7 +61,7 @@ def _callable_is_async(fn: object) -> bool:
     return fn is not None and not isinstance(fn, str) and is_async(fn)
 
 
-def _errors_tuple(value: ErrorMatcher | tuple[ErrorMatcher, ...] | list[ErrorMatcher]) -> tuple[ErrorMatcher, ...]:
+def _errors_tuple(value: ErrorMatcher | Sequence[ErrorMatcher]) -> tuple[ErrorMatcher, ...]:
     items = matcher_tuple(value, "Catch.errors")
     if not items:
         raise DefinitionError("Catch.errors must name at least one error (trioflow.ALL catches them all)")

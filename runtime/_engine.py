@@ -93,6 +93,7 @@ from ._snapshot import (
     RESUMABLE,
     TERMINAL,
     InstanceState,
+    FinishedStatus,
     Status,
     WorkflowInstance,
     compensation_errors_by_execution,
@@ -1516,7 +1517,7 @@ class Engine:
                 f"{'' if created_at is None else ' (its id was started again)'}; list again from the first page")
 
     @refuses_unbound_arguments
-    async def purge(self, *, older_than: Seconds, status: Status | None = None, workflow: str | None = None) -> int:
+    async def purge(self, *, older_than: Seconds, status: FinishedStatus | None = None, workflow: str | None = None) -> int:
         """Delete the finished instances (every status but pending and running) that finished
         at least ``older_than`` seconds (or a ``timedelta``) ago on the engine's clock, with
         their records and pending signals; optionally only those of one finished ``status`` or

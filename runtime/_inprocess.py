@@ -10,7 +10,7 @@ from trioflow.actors._run import Run
 from trioflow._virtual_time import default_clock
 from trioflow.actors._threads import ThreadSlots
 
-from ._builder import WorkflowBuilder
+from ._builder import HookFunctions, WorkflowBuilder
 from ._context import check_services
 from ._current import check_in_trio
 from ._decide import new_state
@@ -91,7 +91,7 @@ async def run_workflow(
     timeout: Seconds | None = None,
     initial_data: Mapping[str, Any] | None = None,
     services: Mapping[str, Any] | None = None,
-    hooks: Mapping[str, Callable[..., Any]] | None = None,
+    hooks: HookFunctions | None = None,
     jobs: Mapping[str, Callable[..., Any]] | None = None,
 ) -> WorkflowResult:
     """Build a saga from ``steps`` and execute it at once (``runWorkflow`` in other saga libraries).

@@ -4,7 +4,7 @@ names that report the facade as their module."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, ForwardRef
 
 
@@ -27,7 +27,16 @@ def lazy_exports(
     def __dir__() -> list[str]:
         return sorted([*namespace, *names])
 
+    # (Not a lazy subpackage, the testing kit: a star import would load it, with what it needs.)
+    declare_all(namespace, [name for name, module in names.items() if module != name])
     return __getattr__, __dir__
+
+
+def declare_all(namespace: dict[str, Any], lazy: Collection[str] = ()) -> None:
+    """Give a facade its ``__all__``: its public names, ``lazy`` ones included. A checker takes
+    every ``X as X`` import (those under ``TYPE_CHECKING`` too) as exported, but without
+    ``__all__`` a star import copies only what is loaded, not ``open_engine``."""
+    namespace["__all__"] = sorted({*(name for name in namespace if not name.startswith("_")), *lazy})
 
 
 def public_module(package: str, namespace: Mapping[str, Any]) -> None:

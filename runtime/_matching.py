@@ -8,7 +8,7 @@ or a name matched already.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Union, final
 
 from ._callables import check_arguments, not_plain, plain_result
@@ -41,7 +41,9 @@ def matcher_tuple(value: object, label: str) -> tuple[ErrorMatcher, ...]:
     :class:`DefinitionError` naming ``label``."""
     if isinstance(value, (str, type, _All)) or callable(value):
         value = (value,)
-    if not isinstance(value, (tuple, list)):
+    # (Any sequence: a module's shared list or tuple, typed as a sequence for checkers, which
+    # take a ``list[type[OSError]]`` for no ``list[ErrorMatcher]``.)
+    if not isinstance(value, Sequence) or isinstance(value, (bytes, bytearray)):
         raise DefinitionError(f"{label} must be a type, string, predicate or a list of them, got {value!r}")
     items: tuple[ErrorMatcher, ...] = tuple(value)
     for item in items:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 import trio
@@ -117,7 +117,7 @@ class Retry:
         interval: Seconds = 1.0,
         backoff_rate: float = 2.0,
         max_interval: Seconds = 30.0,
-        retry_on: RetryOn | tuple[RetryOn, ...] | list[RetryOn] | None = None,
+        retry_on: RetryOn | Sequence[RetryOn] | None = None,
         *,
         jitter: float = 0.0,
     ) -> None:

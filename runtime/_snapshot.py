@@ -19,7 +19,11 @@ import attrs
 from ._errors import split_description
 from ._lanes import MAIN, child_ended_signal, execution_id, item_scope, parallel_of, step_key
 
-Status = Literal["pending", "running", "completed", "failed", "cancelled", "timed_out", "compensated"]
+#: The statuses of an instance whose run has not ended: a resume picks it up.
+ResumableStatus = Literal["pending", "running"]
+#: The statuses of an instance whose run has ended (what ``purge`` takes).
+FinishedStatus = Literal["completed", "failed", "cancelled", "timed_out", "compensated"]
+Status = Literal[ResumableStatus, FinishedStatus]
 StepStatus = Literal[
     "pending", "running", "started", "completed", "failed", "caught", "skipped", "compensated", "compensation_failed"]
 Phase = Literal["forward", "compensating", "done"]
@@ -33,10 +37,10 @@ PHASES: frozenset[str] = frozenset(get_args(Phase))
 HAS_OUTPUT: frozenset[str] = frozenset({"completed", "caught"})
 
 #: Statuses of instances a resume picks up.
-RESUMABLE: frozenset[str] = frozenset({"pending", "running"})
+RESUMABLE: frozenset[str] = frozenset(get_args(ResumableStatus))
 #: Statuses an instance has once its run has ended (every other one). It never leaves them, but
 #: for one: a child instance that completed becomes ``compensated`` when its parent compensates it.
-TERMINAL: frozenset[str] = STATUSES - RESUMABLE
+TERMINAL: frozenset[str] = frozenset(get_args(FinishedStatus))
 
 #: A record's ``passes`` when what it passes on is the workflow input (a choice, pass or wait
 #: step first on the main line): stored as this reference, not a second copy. Releases before

@@ -66,8 +66,9 @@ class Approvals(RuleBasedStateMachine):
         waiting = self.waiting()
         for iid in self.due:
             got = self.portal.call(lambda engine: engine.get_instance(iid))
+            assert got is not None  # (None: no such instance)
             if iid in waiting:
-                assert got.status == "running" and got.waiting["signal"] == "approved"
+                assert got.status == "running" and got.waiting is not None and got.waiting["signal"] == "approved"
             else:
                 assert got.status == "completed"
                 assert got.output == ({"by": "ann"} if iid in self.approved else "expired")

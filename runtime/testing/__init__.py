@@ -36,6 +36,8 @@ from ._portal import PortalCallStuckError as PortalCallStuckError
 from ._portal import PortalOptions as PortalOptions
 from ._portal import engine_portal as engine_portal
 
+from trioflow._lazy import declare_all as _declare_all
 from trioflow._lazy import public_module as _public_module
 
 _public_module(__name__, globals())
+_declare_all(globals())

@@ -67,6 +67,7 @@ from trioflow._lanes import (
 from trioflow._retry import seed_jitter
 from trioflow._snapshot import (
     RESUMABLE,
+    FinishedStatus,
     InstanceState,
     Status,
     StepResult,
@@ -1144,7 +1145,7 @@ class _CrashingAdapter:
             self.inner.use_clock(clock)
 
     async def purge(
-        self, finished_by: float, limit: int, *, status: Status | None = None, workflow_name: str | None = None,
+        self, finished_by: float, limit: int, *, status: FinishedStatus | None = None, workflow_name: str | None = None,
     ) -> int:
         return await self.inner.purge(finished_by, limit, status=status, workflow_name=workflow_name)
 

@@ -247,7 +247,7 @@ class EnginePortal:
 @refuses_unbound_arguments
 @contextmanager
 def engine_portal(
-    setup: Callable[[Engine], Awaitable[None] | None] | None = None, **engine_options: Unpack[PortalOptions],
+    setup: Callable[[Engine], object] | None = None, **engine_options: Unpack[PortalOptions],
 ) -> Iterator[EnginePortal]:
     """A test engine (``open_test_engine(**engine_options)``: a fresh ``MemoryAdapter`` and
     plain ``def`` jobs inline unless given) in a trio run of its own, in a background thread,
