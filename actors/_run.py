@@ -77,6 +77,25 @@ log = logging.getLogger("trioflow")
 _seq_of = operator.itemgetter(0)
 
 
+#: From this many pending signals, a run takes one by name through an index of them by name
+#: (built once, then kept as signals come and go) rather than a walk over them all: the end
+#: notices of a map's children that end in one burst would cost a walk per item.
+INDEX_FROM = 16
+
+
+class _SignalIndex:
+    """The seqs of a run's pending signals by name, in seq order, for the list ``of`` (the
+    state's ``signals``; another list, a next run's, is indexed anew)."""
+
+    __slots__ = ("of", "seqs")
+
+    def __init__(self, signals: list[tuple[int, str, Any]]) -> None:
+        self.of = signals
+        self.seqs: dict[str, list[int]] = {}
+        for seq, name, _ in signals:
+            self.seqs.setdefault(name, []).append(seq)
+
+
 def _holds(signals: Sequence[tuple[int, str, Any]], seq: int) -> bool:
     """Whether the signal ``seq`` is among ``signals`` (a run's pending ones, kept in seq
     order): a search, not a walk, as a run taken up with thousands pending (a parent whose
@@ -332,7 +351,7 @@ class Run:
         "gathering", "writing", "children", "doomed", "signal_times", "decided", "woken", "fired_at", "fired_data", "storing",
         "hold", "active", "resting", "announcing", "settling", "late", "failed_in", "lends", "unheld", "unpublished",
         "lent", "contextvars", "doubt", "child_stores", "releases", "start_due", "at_deadline", "failed_fast",
-        "stops_process",
+        "stops_process", "signal_index",
     )
 
     def __init__(
@@ -395,6 +414,8 @@ class Run:
         #: Seqs of the signals this run's receive steps took (never taken twice, even while the
         #: checkpoint deleting them is in flight).
         self.consumed_seqs: set[int] | None = None
+        #: The pending signals' seqs by name, once a run holds many (see :meth:`take_signal`).
+        self.signal_index: _SignalIndex | None = None
         #: When (on :attr:`clock`) ``signal()`` had each signal it handed this run stored (its
         #: adapter call returned), by seq: a receive with a timeout takes only those stored by
         #: its deadline (``None``: none noted).
@@ -716,6 +737,8 @@ class Run:
         else:
             signals.append((seq, name, payload))
         state.signals = signals
+        if (index := self.signal_index) is not None and index.of is signals:
+            bisect.insort(index.seqs.setdefault(name, []), seq)
         if stored_at is not None:
             self.note_signal_time(seq, stored_at)
         if self.hold is not None and any(
@@ -776,26 +799,55 @@ class Run:
         With ``by`` (a receive's deadline), those known to have been stored after it are passed
         over (they stay, for the next receive). The next checkpoint deletes it from storage,
         with the record of the step that took it."""
-        state = self.state
-        for i, (seq, signal, payload) in enumerate(state.signals):
-            if signal == name:
-                # (A signal with no time noted, read from storage, counts as in time.)
-                if by is not None and self.signal_times is not None and self.signal_times.get(seq, by) > by:
-                    continue
-                if self.signal_times is not None:
-                    self.signal_times.pop(seq, None)
-                if isinstance(payload, _Unreadable):
-                    # Left stored, as the newer release that wrote it stored it: the run stops
-                    # here, and its instance is reported failed as an unreadable row is.
-                    raise payload.error
-                assert isinstance(state.signals, list)
-                del state.signals[i]
-                state.consumed = [*state.consumed, seq]
-                if self.consumed_seqs is None:
-                    self.consumed_seqs = set()
-                self.consumed_seqs.add(seq)
-                return seq, payload
+        signals = self.state.signals
+        index = self.signal_index
+        if index is None or index.of is not signals:
+            if len(signals) < INDEX_FROM:
+                # (Most runs hold a signal or two: a walk costs less than an index.)
+                for i, (seq, signal, payload) in enumerate(signals):
+                    if signal == name and self._in_time(seq, by):
+                        return self._consume(i, seq, payload)
+                return None
+            assert isinstance(signals, list)
+            index = self.signal_index = _SignalIndex(signals)
+        seqs = index.seqs.get(name)
+        for j, seq in enumerate(seqs or ()):
+            if self._in_time(seq, by):
+                i = bisect.bisect_left(signals, seq, key=_seq_of)
+                taken = self._consume(i, seq, signals[i][2])
+                assert seqs is not None
+                del seqs[j]
+                if not seqs:
+                    del index.seqs[name]  # (a child's end notice has a name of its own)
+                return taken
         return None
+
+    def _in_time(self, seq: int, by: float | None) -> bool:
+        """Whether the signal ``seq`` counts for a receive whose deadline is ``by`` (one with no
+        time noted, read from storage, counts as in time)."""
+        return by is None or self.signal_times is None or self.signal_times.get(seq, by) <= by
+
+    def _consume(self, i: int, seq: int, payload: Any) -> tuple[int, Any]:
+        """Take the ``i``-th pending signal (``seq``, holding ``payload``): see :meth:`take_signal`."""
+        if self.signal_times is not None:
+            self.signal_times.pop(seq, None)
+        if isinstance(payload, _Unreadable):
+            # Left stored, as the newer release that wrote it stored it: the run stops
+            # here, and its instance is reported failed as an unreadable row is.
+            raise payload.error
+        state = self.state
+        assert isinstance(state.signals, list)
+        del state.signals[i]
+        # (Appended in place: a checkpoint takes the list away whole, and a failed one puts
+        # its seqs back in a new one.)
+        if isinstance(state.consumed, list):
+            state.consumed.append(seq)
+        else:
+            state.consumed = [seq]
+        if self.consumed_seqs is None:
+            self.consumed_seqs = set()
+        self.consumed_seqs.add(seq)
+        return seq, payload
 
     def check_value(self, value: Any, what: str) -> None:
         """Raise :class:`UnencodableValueError` naming ``what`` if ``value`` cannot be stored
