@@ -11,7 +11,6 @@ from ._lazy import public_module as _public_module
 
 __version__ = "0.2.0.dev0"
 
-from . import adapters as adapters
 from ._builder import BranchBuilder as BranchBuilder
 from ._builder import HookFunctions as HookFunctions
 from ._builder import WorkflowBuilder as WorkflowBuilder
@@ -96,14 +95,17 @@ if _TYPE_CHECKING:
     from ._entity_steps import update_entity_step as update_entity_step
     from ._inprocess import execute_workflow as execute_workflow
     from ._inprocess import run_workflow as run_workflow
+    from . import adapters as adapters
     from . import testing as testing
 
-# What runs workflows (engine, actors, codec, msgpack) and the entity steps (data drivers) load
-# on first use (PEP 562): a module that only defines workflows should import fast.
+# What runs workflows (engine, actors, codec, msgpack), the storage adapters and the entity
+# steps (data drivers) load on first use (PEP 562): a module that only defines workflows should
+# import fast.
 _LAZY = {
     "Engine": "_engine", "open_engine": "_engine", "execute_workflow": "_inprocess",
     "run_workflow": "_inprocess", "create_entity_step": "_entity_steps",
-    "update_entity_step": "_entity_steps", "delete_entity_step": "_entity_steps", "testing": "testing",
+    "update_entity_step": "_entity_steps", "delete_entity_step": "_entity_steps", "adapters": "adapters",
+    "testing": "testing",
 }
 
 

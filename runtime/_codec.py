@@ -149,7 +149,7 @@ def encode_header(state: InstanceState) -> bytes:
         # Most checkpoints': the main line alone, between steps, listed in full as
         # ``written_lanes`` lists it (inline: this runs at every step of every instance). (Not
         # the first after a fan-out: it lets go of what was kept of the fan-out's lanes.)
-        lanes, moved_on = {MAIN: (main.step, main.last, main.failed)}, None
+        lanes, moved_on, derived = {MAIN: (main.step, main.last, main.failed)}, None, None
     else:
         if len(state.lanes) > 1 or state.lane_notes:
             if compact and len(state.lanes) >= _header_lanes.WIDE \
@@ -160,7 +160,8 @@ def encode_header(state: InstanceState) -> bytes:
             if state.lane_notes:
                 state.lane_notes.clear()
         # (A map's lane comes before its items' in the state's lanes: they are added after it.)
-        lanes, moved_on = written_lanes(state.lanes.items(), state.records, compact)
+        lanes, moved_on, derived = written_lanes(state.lanes.items(), state.records, compact,
+                                                 item_next=state.item_next)
     # Packed inline, not through a helper: this runs at every checkpoint.
     fields = (
         # (Empty shared data, most runs', as a plain dict: msgpack packs a dict subclass
@@ -172,7 +173,8 @@ def encode_header(state: InstanceState) -> bytes:
         len(state.records), state.error_name, state.cause,
     )
     try:
-        packed: bytes = _packer.pack(fields if moved_on is None else (*fields, moved_on))
+        packed: bytes = _packer.pack(fields if moved_on is None and derived is None
+                                     else (*fields, *_header_tail(state, moved_on, bool(derived))))
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
         raise UnencodableValueError(_locate(state, (("shared data", state.data),))) from exc
@@ -184,7 +186,8 @@ def _encode_wide_header(state: InstanceState) -> bytes:
     """:func:`encode_header` of an instance with many lanes: the same fields, with its lanes as
     kept since its last checkpoint (see ``trioflow._header_lanes``), spliced in packed."""
     kept = _header_lanes.kept_lanes(state)
-    lanes, moved_on = kept.written()
+    lanes, moved_on, derived = kept.written()
+    tail = _header_tail(state, moved_on, derived)
     try:
         # The array's header, then its fields before the lanes and after them, each packed as
         # an array of its own without that array's one-byte header.
@@ -192,19 +195,32 @@ def _encode_wide_header(state: InstanceState) -> bytes:
                                state.outcome, state.rolled_back, state.data if state.data else _NO_MAP))
         after = (state.error, state.failed_step, state.compensated_from, state.compensated_names, state.skipped,
                  state.started_at, state.completed_at, len(state.records), state.error_name, state.cause)
-        after_packed = _packer.pack(after if moved_on is None else (*after, moved_on))
+        after_packed = _packer.pack((*after, *tail))
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
         raise UnencodableValueError(_locate(state, (("shared data", state.data),))) from exc
-    packed = b"".join((_WIDE_ARRAY[moved_on is not None], before[1:], lanes, after_packed[1:]))
+    packed = b"".join((_WIDE_ARRAY[len(tail)], before[1:], lanes, after_packed[1:]))
     if _header_lanes.CHECK_KEPT:
         raw = _read(packed)
         _header_lanes.check_kept(state, raw[8], raw[19] if len(raw) > 19 else None)
     return _within_limit(state, packed)
 
 
-#: A header's array header: nineteen fields, or twenty with lanes named by seq.
-_WIDE_ARRAY = (b"\xdc\x00\x13", b"\xdc\x00\x14")
+def _header_tail(
+    state: InstanceState, moved_on: dict[str | None, list[int]] | None, derived: bool,
+) -> tuple[Any, ...]:
+    """What a header holds after its nineteen fields: the lanes named by seq, if any; and,
+    where item lanes are left out as standing where their last record sends them, the steps
+    that say where (the definition's ``item_next``: releases before it refuse such a header,
+    rather than run those items from their first step again)."""
+    if derived:
+        return moved_on, state.item_next
+    return () if moved_on is None else (moved_on,)
+
+
+#: A header's array header: nineteen fields, twenty with lanes named by seq, twenty-one with
+#: item lanes left out as standing where their last record sends them.
+_WIDE_ARRAY = (b"\xdc\x00\x13", b"\xdc\x00\x14", b"\xdc\x00\x15")
 
 
 def _within_limit(state: InstanceState, packed: bytes) -> bytes:
@@ -779,7 +795,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         _malformed("the run number must be an int >= 0")
     if not (isinstance(iid, str) and isinstance(name, str)):
         _malformed("instance id and workflow name must be strings")
-    moved_on = None
+    moved_on = item_next = None
     if header[1] == 2:
         # Format 2's header: no mark, and a list of the executions compensated.
         (_, _, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated, comp_errors,
@@ -793,7 +809,8 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         else:  # in records
             (_, _, mark, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated_from,
              compensated_names, skipped, started_at, completed_at, count, error_name, cause,
-             moved_on) = header if len(header) == 20 else (*header, None)
+             moved_on, item_next) = header if len(header) == 21 else (*header, None) if len(header) == 20 else (
+                *header, None, None)
             comp_errors = NO_ERRORS
         if mark != iid and not (type(mark) is int and mark == instance_mark(iid)):
             # (The message is built only here: every row read passes this check.)
@@ -876,9 +893,13 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
                                     fanout=fanout)
     if moved_on is not None:
         _put_back_moved_on(state, moved_on)
+    if item_next is not None:
+        _expect(isinstance(item_next, dict) and all(isinstance(k, str) and (v is None or isinstance(v, str))
+                                                    for k, v in item_next.items()), "malformed item steps")
+        state.item_next = item_next
     if maps:
         _check_map_items(state)
-        _put_back_untouched_items(state)
+        _put_back_items(state, item_next)
     # (Most instances have compensated and skipped nothing: no generator is made for those.)
     # (Format 4's headers hold none: the constant, checked by identity rather than as a Mapping.)
     if not (comp_errors is NO_ERRORS or isinstance(comp_errors, Mapping) and (
@@ -1041,19 +1062,32 @@ _UNDOING = frozenset({None, *TERMINAL} - {"completed"})
 _MOVES_A_LANE = frozenset({"completed", "caught", "started"})
 
 
-def _put_back_untouched_items(state: InstanceState) -> None:
-    """The lanes a header that names a map's first branch step left out: each of its items
-    started and not ended that has no lane stands untouched at that step (see
-    :func:`encode_header`)."""
-    lanes = state.lanes
+def _put_back_items(state: InstanceState, item_next: dict[str, str | None] | None) -> None:
+    """The lanes of a map's items that a header naming its first branch step left out (see
+    ``trioflow._header_lanes.written_lanes``): each item started and not ended that has no lane
+    stands untouched at that step; unless, in a header that holds ``item_next``, it has a
+    record since its map began: it then stands where the completed execution its newest
+    record holds sent it."""
+    lanes, records = state.lanes, state.records
+    newest = None if item_next is None else {r.lane: r.seq for r in records if r.status in _MOVES_A_LANE}
     for key, lane in list(lanes.items()):
         progress = lane.fanout
         if progress is not None and progress.first is not None and lane.step is not None:
             scope = item_scope(key)
+            assert lane.begun is not None  # (see _check_map_items)
             for index in progress.running():
                 item = item_lane(lane.step, index, scope)
-                if item not in lanes:
+                if item in lanes:
+                    continue
+                last = None if newest is None else newest.get(item)
+                if last is None or last < lane.begun:
                     lanes[item] = new_lane(state, item, progress.first)
+                    continue
+                assert item_next is not None
+                record = records[last]
+                _expect(record.status == "completed" and record.step_name in item_next,
+                        "item lane %r is left out, but its newest record says nothing of where it stands", item)
+                lanes[item] = new_lane(state, item, item_next[record.step_name], last=last)
 
 
 def _state_v1(raw: list[Any]) -> InstanceState:

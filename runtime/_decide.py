@@ -43,12 +43,15 @@ def new_state(
     definition: WorkflowDefinition, instance_id: str, input: Any, now: float, *, status: Status = "running"
 ) -> InstanceState:
     """A fresh instance positioned at its first step."""
-    return new_instance_state(
+    state = new_instance_state(
         instance_id, definition.name, definition.fingerprint, status, input,
         # Each instance its own: nested values of the definition's data are copied too.
         SharedData(fresh_copy(dict(definition.data)) if definition.data else ()),
         {MAIN: Lane(step=definition.steps[0].name)}, now, now if status == "running" else None,
     )
+    if definition.item_next:
+        state.item_next = definition.item_next
+    return state
 
 
 def next_run(state: InstanceState, definition: WorkflowDefinition, input: Any) -> InstanceState:
@@ -583,6 +586,8 @@ def take_up(state: InstanceState, definition: WorkflowDefinition) -> None:
     for a delayed start, or its first step cut short) starts at the first step of the
     definition registered now, whatever release stored it (with that definition's initial data
     if it had not begun); unless it began under that very release (see below)."""
+    # (Whatever it stands at: its next header goes by this release's item steps.)
+    state.item_next = definition.item_next or None
     if state.records or state.phase != "forward":
         return
     main = state.lanes.get(MAIN)

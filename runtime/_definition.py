@@ -16,7 +16,7 @@ from ._callables import is_async
 from ._durations import seconds
 from ._engine_arguments import refuses_unbound_arguments
 from ._errors import DefinitionError, InvalidArgumentError, safe_repr
-from ._lanes import valid_text
+from ._lanes import holds_items, valid_text
 from ._matching import ErrorMatcher, matcher_tuple
 from ._retry import Retry
 
@@ -403,6 +403,12 @@ class WorkflowDefinition:
     #: child step leads to it). A fail-fast fan-out fails on a failure, never on a completion.
     completions_may_fail: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
         lambda self: _completion_may_fail(self.steps, False), takes_self=True))
+    #: Where a completed execution of each step of a map's branch that goes one way (not a
+    #: choice) moves its item's lane (``None``: the item ends), worked out once: a header leaves
+    #: out an item lane that stands just after such an execution, and holds these instead
+    #: (see ``trioflow._header_lanes``). Empty without a map.
+    item_next: Mapping[str, str | None] = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
+        lambda self: _item_next(self.lookup), takes_self=True))
 
     def place_of(self, step_name: str) -> tuple[int, int]:
         """Where a step stands in its lane (the main line, or its branch's): its index there and
@@ -454,6 +460,12 @@ def unbuilt_hint(value: object) -> str:
     if callable(getattr(value, "build", None)):
         return ": it is a builder, call its .build() (tf.workflow(name).step(...).build())"
     return ""
+
+
+def _item_next(lookup: Mapping[str, tuple[Step, str]]) -> dict[str, str | None]:
+    """See :attr:`WorkflowDefinition.item_next`."""
+    return {name: None if step.end else step.next for name, (step, lane) in lookup.items()
+            if holds_items(lane) and not isinstance(step, (ChoiceStep, FailStep, ContinueAsNewStep))}
 
 
 def _completion_may_fail(steps: tuple[Step, ...], in_fail_fast: bool) -> bool:

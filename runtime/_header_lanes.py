@@ -14,12 +14,12 @@ lanes changed (see :data:`BUSY`) is written out anew instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgpack
 
-from ._lanes import MAIN, item_lanes, item_prefix, item_scope
+from ._lanes import MAIN, item_lanes, item_of, item_prefix, item_scope
 from ._snapshot import ChildWait, InstanceState, Lane, StepResult
 from ._values import to_ext
 
@@ -41,28 +41,33 @@ _map_header = msgpack.Packer(use_bin_type=True).pack_map_header
 
 #: A step -> what the item lane keys of each running map whose branch starts there begin with.
 Firsts = dict[str | None, set[str]]
-#: The lanes listed in full (key -> entry), and those named by their last record's seq,
-#: grouped by the step they stand at (``None`` if there are none).
-Written = tuple[dict[str, tuple[Any, ...]], dict[str | None, list[int]] | None]
+#: The lanes listed in full (key -> entry); those named by their last record's seq, grouped by
+#: the step they stand at (``None`` if there are none); and the keys of the item lanes left out
+#: as standing where their last record sends them (``None`` if there are none).
+Written = tuple[dict[str, tuple[Any, ...]], dict[str | None, list[int]] | None, set[str] | None]
 
 
 def written_lanes(
     lanes: Iterable[tuple[str, Lane]], records: list[StepResult] | tuple[()], compact: bool,
-    firsts: Firsts | None = None,
+    firsts: Firsts | None = None, item_next: Mapping[str, str | None] | None = None,
 ) -> Written:
     """How the header holds ``lanes`` (key and lane, a running map's lane before its items';
     or, ``firsts`` given, the running maps' first steps, from wherever their lanes are).
 
     A map's items that stand untouched at its branch's first step are left out: the decoder
-    puts them back from the map's position (``MapProgress.first``). A branch's or item's lane
+    puts them back from the map's position (``MapProgress.first``). So are those that stand
+    where the completed execution their last record holds sends them, by ``item_next`` (the
+    definition's :attr:`~trioflow.WorkflowDefinition.item_next`, which the header then holds):
+    the decoder puts each back after its newest record, and a map with thousands of items in
+    flight keeps a header that does not grow with them. Any other branch's or item's lane
     standing just after its last record (a plain move on, no wait, no failure) is named by that
-    record's seq, grouped by the step it stands at: thousands in a wide fan-out would otherwise
-    be written out in full with each one's end (see ``trioflow._codec._put_back_moved_on``).
+    record's seq, grouped by the step it stands at (see ``trioflow._codec._put_back_moved_on``).
     Not in a header that is not ``compact`` (an ended instance's: its last header lists every
     lane, so that the release before that field, which refuses a header holding it, still shows
     a finished instance after a rollback). Every other lane is listed in full."""
     listed: dict[str, tuple[Any, ...]] = {}
     moved_on: dict[str | None, list[int]] | None = None
+    derived: set[str] | None = None
     walked = firsts is None
     # (One loop with the rules inline: it runs at every checkpoint, over every lane of most.)
     for key, lane in lanes:
@@ -82,7 +87,13 @@ def written_lanes(
                     and (items := firsts.get(lane.step)) is not None and item_prefix(key) in items):
                 continue
             listed[key] = (lane.step, None, lane.failed)
-        elif compact and key and lane.failed is None and records[lane.last].lane == key:
+        elif compact and key and lane.failed is None and (last := records[lane.last]).lane == key:
+            if item_next is not None and firsts is not None and last.status == "completed" \
+                    and item_next.get(last.step_name, _NOWHERE) == lane.step and _in_running_map(key, firsts):
+                if derived is None:
+                    derived = set()
+                derived.add(key)
+                continue
             if moved_on is None:
                 moved_on = {lane.step: [lane.last]}
             elif (group := moved_on.get(lane.step)) is None:
@@ -91,7 +102,15 @@ def written_lanes(
                 group.append(lane.last)
         else:
             listed[key] = (lane.step, lane.last, lane.failed)
-    return listed, moved_on
+    return listed, moved_on, derived
+
+
+def _in_running_map(key: str, firsts: Firsts) -> bool:
+    """Whether ``key`` is the lane of an item of a running map (one ``firsts`` holds)."""
+    if item_of(key) is None:
+        return False
+    prefix = item_prefix(key)
+    return any(prefix in prefixes for prefixes in firsts.values())
 
 
 def _add_first(firsts: Firsts | None, key: str, lane: Lane) -> Firsts:
@@ -117,16 +136,20 @@ class KeptLanes:
     is listed in full, else nothing; the lanes named by seq, grouped by step; those left out;
     and the running maps' first steps (which of their items are left out follows from them)."""
 
-    __slots__ = ("of", "slots", "listed", "moved", "moved_step", "left_out", "firsts", "first_of")
+    __slots__ = ("of", "slots", "listed", "moved", "moved_step", "left_out", "derived", "firsts", "first_of",
+                 "item_next")
 
     def __init__(self, state: InstanceState) -> None:
         lanes = state.lanes
         self.of = lanes  # (a state given new lanes wholesale builds anew)
+        self.item_next = state.item_next  # (as is the state of another release's steps)
         self.slots: dict[str, bytes] = dict.fromkeys(lanes, b"")
         self.listed = 0
         self.moved: dict[str | None, dict[str, int]] = {}
         self.moved_step: dict[str, str | None] = {}
         self.left_out: set[str] = set()
+        #: The item lanes left out as standing where their last record sends them.
+        self.derived: set[str] = set()
         self.firsts: Firsts = {}
         self.first_of: dict[str, tuple[str | None, str]] = {}
         for key, lane in lanes.items():
@@ -176,7 +199,7 @@ class KeptLanes:
 
     def _take(self, batch: list[tuple[str, Lane]], records: list[StepResult] | tuple[()]) -> None:
         """Keep the entries of the lanes in ``batch``."""
-        listed, _ = written_lanes(batch, records, True, self.firsts)
+        listed, _, derived = written_lanes(batch, records, True, self.firsts, self.item_next)
         slots, moved, moved_step = self.slots, self.moved, self.moved_step
         for key, lane in batch:
             entry = listed.get(key)
@@ -194,6 +217,9 @@ class KeptLanes:
             if lane.last is None:  # (left out: an untouched item)
                 self._unfile(key)
                 self.left_out.add(key)
+            elif derived is not None and key in derived:  # (left out: where its last record sends it)
+                self._unfile(key)
+                self.derived.add(key)
             else:  # (named by its last record)
                 step = lane.step
                 if moved_step.get(key, _NOWHERE) != step:
@@ -207,6 +233,7 @@ class KeptLanes:
     def _unfile(self, key: str) -> None:
         """Take lane ``key`` out of the lanes named by seq and those left out."""
         self.left_out.discard(key)
+        self.derived.discard(key)
         if key in self.moved_step:
             step = self.moved_step.pop(key)
             group = self.moved[step]
@@ -219,10 +246,11 @@ class KeptLanes:
             self.listed -= 1
         self._unfile(key)
 
-    def written(self) -> tuple[bytes, dict[str | None, list[int]] | None]:
-        """The lanes listed in full as a packed map, and those named by seq."""
+    def written(self) -> tuple[bytes, dict[str | None, list[int]] | None, bool]:
+        """The lanes listed in full as a packed map, those named by seq, and whether any are
+        left out as standing where their last record sends them."""
         lanes = b"".join((_map_header(self.listed), *self.slots.values()))
-        return lanes, {step: list(group.values()) for step, group in self.moved.items()} or None
+        return lanes, {step: list(group.values()) for step, group in self.moved.items()} or None, bool(self.derived)
 
 
 #: Not a step name (``None`` is one: a lane that ended).
@@ -232,7 +260,8 @@ _NOWHERE = object()
 def kept_lanes(state: InstanceState) -> KeptLanes:
     """``state``'s kept header lane entries, brought up to date (built on first use)."""
     kept = state.header_lanes
-    if not (isinstance(kept, KeptLanes) and kept.of is state.lanes and kept.update(state)):
+    if not (isinstance(kept, KeptLanes) and kept.of is state.lanes and kept.item_next is state.item_next
+            and kept.update(state)):
         kept = state.header_lanes = KeptLanes(state)
     return kept
 
@@ -240,7 +269,7 @@ def kept_lanes(state: InstanceState) -> KeptLanes:
 def check_kept(state: InstanceState, lanes: dict[str, Any], moved_on: dict[Any, list[int]] | None) -> None:
     """Fail unless ``lanes`` and ``moved_on`` (read back from a header written from kept entries)
     are what a walk over every lane writes (:data:`CHECK_KEPT`)."""
-    walked, walked_moved = written_lanes(state.lanes.items(), state.records, True)
+    walked, walked_moved, _ = written_lanes(state.lanes.items(), state.records, True, item_next=state.item_next)
     expected = msgpack.unpackb(_pack(walked), strict_map_key=False)
     same_moved = ({step: sorted(seqs) for step, seqs in (moved_on or {}).items()}
                   == {step: sorted(seqs) for step, seqs in (walked_moved or {}).items()})

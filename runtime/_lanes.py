@@ -45,6 +45,12 @@ def item_lanes(map_step: str, scope: str = MAIN) -> str:
     return _scoped(scope, f"{map_step}{SEPARATOR}{COUNTER_MARK}")
 
 
+def holds_items(lane: str) -> bool:
+    """Whether ``lane``, a lane of a definition's lookup, is where a map's branch steps live
+    (see :func:`item_lanes`)."""
+    return lane.endswith(f"{SEPARATOR}{COUNTER_MARK}")
+
+
 def index_under(lane: str, items: str) -> int | None:
     """The index of the item ``lane`` is, or runs in, of the map execution whose item lanes
     start with ``items`` (see :func:`item_lanes`); ``None`` if it is none of its items'."""

@@ -27,8 +27,8 @@ def lazy_exports(
     def __dir__() -> list[str]:
         return sorted([*namespace, *names])
 
-    # (Not a lazy subpackage, the testing kit: a star import would load it, with what it needs.)
-    declare_all(namespace, [name for name, module in names.items() if module != name])
+    # (Not the testing kit: a star import would load it, with the test tools it needs.)
+    declare_all(namespace, [name for name in names if name != "testing"])
     return __getattr__, __dir__
 
 

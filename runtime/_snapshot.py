@@ -482,6 +482,10 @@ class InstanceState:
     #: How many times the instance continued as new (a ``continue_as_new`` step): its history
     #: is that of its latest run, which ``runs`` numbers from 0.
     runs: int = 0
+    #: Its definition's :attr:`~trioflow.WorkflowDefinition.item_next` (``None``: not known,
+    #: or no map), which lets its header leave out the item lanes that stand just after an
+    #: execution of such a step (read back from a header that did).
+    item_next: Mapping[str, str | None] | None = None
 
     @property
     def latest(self) -> dict[str, StepResult]:
@@ -589,6 +593,7 @@ def new_instance_state(
     state.lane_notes = None
     state.header_lanes = None
     state.runs = 0
+    state.item_next = None
     return state
 
 

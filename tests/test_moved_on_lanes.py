@@ -69,7 +69,8 @@ def _run_first(state: Any, key: str, definition: tf.WorkflowDefinition, first: s
 
 def _listed(header: bytes) -> tuple[set[str], list[int]]:
     raw = msgpack.unpackb(header, strict_map_key=False)
-    moved = raw[MOVED_ON] if len(raw) > MOVED_ON else {}
+    # (None there, in a header that holds only what sends item lanes where they stand.)
+    moved = (raw[MOVED_ON] if len(raw) > MOVED_ON else None) or {}
     return set(raw[LANES]), sorted(seq for seqs in moved.values() for seq in seqs)
 
 

@@ -70,7 +70,8 @@ def test_import_loads_neither_the_codec_nor_the_engine() -> None:
     # What runs workflows loads on first use (runtime/__init__.py): a module that only defines
     # workflows imports fast. (The context once imported the codec for one function.)
     code = ("import sys; import trioflow\n"
-            "print(sorted({'msgpack', 'trioflow._codec', 'trioflow._engine', 'trioflow.actors'} & set(sys.modules)))")
+            "print(sorted({'msgpack', 'trioflow._codec', 'trioflow._engine', 'trioflow.actors', 'trioflow.adapters'}"
+            " & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 

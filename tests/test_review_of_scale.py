@@ -3,8 +3,9 @@ not grow with the square of the work", SPEC §10-14, README's Storage and Perfor
 sections). Everything is COUNTED, never timed: bytes handed to a real MemoryAdapter (a
 subclass that counts what ``checkpoint`` is given), and the lines of Python the engine runs
 (``sys.settrace``), compared as ratios between a small and a large N; the measured figures
-are in each docstring. The last test failed until the commit that added this file; the first
-two are strict xfails naming a limit left: a header lists every lane in flight."""
+are in each docstring. The last test failed until the commit that added this file, the second
+until the commit after; the first is a strict xfail naming a limit left: a header lists every
+branch of a parallel step in flight."""
 
 from __future__ import annotations
 
@@ -93,10 +94,10 @@ async def _parallel_bytes(n: int) -> CountingMemoryAdapter:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "known, left (December 7th): a header names every lane of a fan-out in flight (a branch at its first"
-    " step in full, one that moved on by its last record's seq), so a wide fan-out whose lanes end one by"
-    " one writes header bytes per lane that grow with its width; leaving them out needs records that name"
-    " the step their lane moved to (a new snapshot format)"))
+    "known, left (December 7th): a header names every branch of a parallel step in flight (one at its first"
+    " step in full, one that moved on by its last record's seq), so a wide parallel step whose branches end"
+    " one by one writes header bytes per branch that grow with its width (a map's items are left out, from"
+    " the map's start record and the steps' next: a parallel step has no start record to name its branches)"))
 async def test_a_parallel_step_writes_header_bytes_per_branch_that_grow_with_its_branches(
         autojump_clock: trio.testing.MockClock) -> None:
     """A user fans out a parallel step over many branches whose steps end one by one (each
@@ -141,11 +142,6 @@ async def _map_bytes(n: int) -> CountingMemoryAdapter:
     return adapter
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, left (December 7th): a header names every lane of a fan-out in flight (a branch at its first"
-    " step in full, one that moved on by its last record's seq), so a wide fan-out whose lanes end one by"
-    " one writes header bytes per lane that grow with its width; leaving them out needs records that name"
-    " the step their lane moved to (a new snapshot format)"))
 async def test_a_map_of_two_step_items_writes_header_bytes_per_item_that_grow_with_its_items(
         autojump_clock: trio.testing.MockClock) -> None:
     """A user maps a two-step branch (fetch, then store) over a batch of items, with the default
@@ -153,7 +149,7 @@ async def test_a_map_of_two_step_items_writes_header_bytes_per_item_that_grow_wi
     checkpointed on their own (cost per item independent of the number of items)"; README:
     "what a step costs to store does not grow with the steps run ... before it".
 
-    Actual: every checkpoint's header names each item standing between its two steps (its
+    Was: every checkpoint's header names each item standing between its two steps (its
     lane "moved on", by its record's seq, grouped by step), so a header holds a number per item
     in flight and the header bytes per item grow with the batch: 209 per item with 20 items,
     343 with 200, 2,529 with 2,000 (12x; the largest header 3,136 bytes), while the records
