@@ -70,7 +70,8 @@ class MemoryAdapter:
 
     Indexed by workflow and status, so listing the running instances of a workflow, or what a
     resume must pick up, never scans the finished ones; and finished rows in the order they
-    finished, so a purge walks only those it may delete.
+    finished, all of them and by status, by workflow and by both, so a purge walks only those
+    it may delete, whatever it is filtered by.
     """
 
     @refuses_unbound_arguments
@@ -88,8 +89,17 @@ class MemoryAdapter:
         self._waiting_rows: dict[str, int] = {}
         self._by_status: dict[str, dict[str, None]] = {}
         self._by_workflow: dict[str, dict[str, None]] = {}
-        #: The finished rows nothing keeps, by finish time: what purges walk.
+        #: The finished rows nothing keeps, by finish time: what unfiltered purges walk.
         self._order = _FinishOrder()
+        #: The same places by ``(status, None)``, ``(None, workflow_name)`` and ``(status,
+        #: workflow_name)``, the filters a purge may be given: a purge by status or workflow
+        #: walks the rows it may delete only, not every finished row of another status or
+        #: workflow it keeps. (Each place is one tuple shared by its four orders.) Kept once
+        #: made, empty or not, as the indexes by workflow and status keep theirs.
+        self._filtered: dict[tuple[str | None, str | None], _FinishOrder] = {}
+        #: The three of those a finished row of each (status, workflow) has its place in: one
+        #: look for them all (every row a purge takes comes here).
+        self._filed: dict[tuple[str, str], tuple[_FinishOrder, ...]] = {}
         #: The ids of the child instances each stored parent keeps (a purge that deletes a
         #: parent takes them along; those it leaves, and a deleted parent's, are let go). A
         #: row's ``parent_id`` is a stored parent's, or ``None``.
@@ -183,8 +193,17 @@ class MemoryAdapter:
         if status != row.status:
             del self._by_status[row.status][instance_id]
             self._by_status.setdefault(status, {})[instance_id] = None
-            row.status = status
-            self._stamp(row)
+            was = row.status
+            if row.place is not None:
+                # It finished before (a completed child later compensated; most rows have
+                # none): its place, filed under the status it had, goes stale there.
+                self._leave(row)
+                row.status = status
+                self._stamp(row)
+                self._tidy(((was, row.workflow_name),), trim=False)
+            else:
+                row.status = status
+                self._stamp(row)
         row.header = header
         if restart:
             row.records = list(new)
@@ -370,7 +389,7 @@ class MemoryAdapter:
             raise InstanceStillRunningError(instance_id, row.status)
         self._remove(row)
         self._release_children(instance_id)
-        self._order.compact(self._current)
+        self._tidy(((row.status, row.workflow_name),), trim=False)
         return True
 
     async def purge(
@@ -378,8 +397,14 @@ class MemoryAdapter:
     ) -> int:
         finished_by = checked_time(finished_by, "purge's finished_by")
         checked_limit(limit, "purge")
-        order = self._order
+        # The order of the rows of that status and workflow alone (none: no row of them has
+        # finished with nothing keeping it: there is nothing this purge may take).
+        order = self._order if status is None and workflow_name is None else self._filtered.get((status, workflow_name))
+        if order is None:
+            return 0
         orphans: list[_Row] = []  # children whose parent this purge deletes, and it leaves
+        # (status, workflow) of the rows it deletes: their orders hold stale places now.
+        touched: set[tuple[Status, str]] = set()
         purged = taken = 0  # (taken: the rows the limit counts, not the children they take along)
         for place in order.walk():  # rows leave the dicts here, never the order: walking it is safe
             if not self._current(place):
@@ -389,13 +414,18 @@ class MemoryAdapter:
                 # Finish order: the rows after this one finished later (a wall clock stepped
                 # back only delays them until this one is due).
                 break
-            if (status is None or row.status == status) and (workflow_name is None or row.workflow_name == workflow_name):
-                self._remove(row)
-                taken += 1
-                purged += 1 + self._purge_children(row.instance_id, finished_by, status, workflow_name, orphans)
-        order.trim(self._current)
-        order.release(orphans)
-        order.compact(self._current)
+            # (Of that status and workflow: a current place in a filtered order is of its
+            # row's status, a row whose status changes after it finished takes a new place.)
+            touched.add((row.status, row.workflow_name))
+            self._remove(row)
+            taken += 1
+            purged += 1 + self._purge_children(row.instance_id, finished_by, status, workflow_name, orphans)
+        self._release(orphans)
+        # (A purge by status or workflow also drops the stale places at the fronts of the
+        # filtered orders it left places in, looking at each: those of the rows it deleted stand
+        # there, and the next purge of its kind would pass over them again. An unfiltered one,
+        # the engine's retention, looks at what it took and no more: see _trim.)
+        self._tidy(touched, trim=True, trim_filtered=order is not self._order)
         return purged
 
     def _purge_children(self, parent_id: str, finished_by: float, status: Status | None,
@@ -435,28 +465,109 @@ class MemoryAdapter:
             row.parent_id = None
         if not kept:
             del self._children[parent_id]
-        self._order.release(done)
+        self._release(done)
 
     def _release_children(self, parent_id: str) -> None:
         """The children ``parent_id`` kept, itself deleted: nothing keeps them any more."""
         orphans = [row for child_id in self._children.pop(parent_id, ()) if (row := self._rows.get(child_id))]
         for row in orphans:
             row.parent_id = None
-        self._order.release(orphans)
+        self._release(orphans)
 
     def _stamp(self, row: _Row) -> None:
-        """A row that has just taken a status: note when it finished, if it did."""
-        if row.place is not None:  # (it finished before: that place is stale; most rows have none)
-            self._order.leave(row)
+        """A row that has just taken a status (and left the place it had, if any): note when it
+        finished, if it did."""
         if row.status in TERMINAL:
             row.finished_at = self._clock()
             if row.parent_id is None:
                 # A child its parent keeps is not: purges never walk past the children of the
                 # parents stored (a map's thousands), which go with their parent or, once it is
-                # deleted, join the order then (``_FinishOrder.release``).
-                self._order.add(row)
+                # deleted, join the order then (``_release``).
+                place = row.place = (row.finished_at, row)
+                self._order.finished.append(place)
+                for order in self._orders_of(row.status, row.workflow_name):
+                    order.finished.append(place)
         else:
             row.finished_at = None
+
+    def _orders_of(self, status: Status, workflow_name: str) -> tuple[_FinishOrder, ...]:
+        """The filtered orders of a row of that status and workflow (made as it first needs them)."""
+        orders = self._filed.get((status, workflow_name))
+        if orders is None:
+            orders = self._filed[status, workflow_name] = tuple(
+                self._filtered.setdefault(key, _FinishOrder()) for key in _filters(status, workflow_name))
+        return orders
+
+    def _release(self, rows: list[_Row]) -> None:
+        """Children let go: those that have finished take their place by their finish time in
+        each of their orders (one that has not joins them as it finishes)."""
+        for row in rows:
+            if row.finished_at is not None:
+                place = row.place = (row.finished_at, row)
+                self._order.insert(place)
+                for order in self._orders_of(row.status, row.workflow_name):
+                    order.insert(place)
+
+    def _leave(self, row: _Row) -> None:
+        """``row`` gives up its place, if it has one (deleted, or finishing again): stale in
+        each of its orders, those of the status it has (call this before it changes)."""
+        if row.place is not None:
+            row.place = None
+            self._order.stale += 1
+            for order in self._filed[row.status, row.workflow_name]:
+                order.stale += 1
+
+    def _tidy(self, left: Iterable[tuple[Status, str]], *, trim: bool, trim_filtered: bool = False) -> None:
+        """After places were left in the orders of these (status, workflow) pairs, and in the
+        order of all: with ``trim``, drop the stale places at the front of the order of all
+        (see :meth:`_trim`), with ``trim_filtered`` those at the fronts of the filtered ones
+        too; then all the stale places of an order once they outnumber the current ones."""
+        current = self._current
+        if trim:
+            self._trim()
+        self._order.compact(current)
+        for order in {order for pair in left for order in self._filed.get(pair, ())}:
+            if trim_filtered:
+                order.trim(current)
+            order.compact(current)
+
+    def _trim(self) -> None:
+        """Drop the stale places at the fronts of the order of all, and each from the front of
+        its filtered orders where it stands first there too: a filtered order holds its places
+        in the order of all (they join both at once), so a place comes first in them once the
+        places before it have gone, and goes then, found by what it is, not by a look at
+        whether it is current (an unfiltered purge looks at what it takes and no more, however
+        many orders hold it). What this misses (a place behind one the order of all swept out
+        first, or of a row that finished again under another status) goes with its own order's
+        trim or sweep."""
+        order, current, filed = self._order, self._current, self._filed
+        finished = order.finished
+        while finished and not current(finished[0]):
+            place = finished.popleft()
+            order.stale -= 1
+            row = place[1]
+            # (A row finished again is filed under its new status now: its old orders keep the
+            # place until their own trim or sweep.)
+            for other in filed.get((row.status, row.workflow_name), ()):
+                if other.finished and other.finished[0] is place:
+                    other.finished.popleft()
+                    other.stale -= 1
+        released = order.released
+        gone = 0
+        firsts: dict[_FinishOrder, int] = {}  # (places are dropped from a list all at once)
+        while gone < len(released) and not current(released[gone]):
+            place = released[gone]
+            row = place[1]
+            for other in filed.get((row.status, row.workflow_name), ()):
+                at = firsts.get(other, 0)
+                if at < len(other.released) and other.released[at] is place:
+                    firsts[other] = at + 1
+            gone += 1
+        del released[:gone]
+        order.stale -= gone
+        for other, at in firsts.items():
+            del other.released[:at]
+            other.stale -= at
 
     def _current(self, place: tuple[float, _Row]) -> bool:
         """Whether a place in the finish order is its row's. (The order keeps the places of
@@ -466,7 +577,7 @@ class MemoryAdapter:
         return place[1].place is place
 
     def _remove(self, row: _Row) -> None:
-        self._order.leave(row)
+        self._leave(row)
         waited = _waits(row)
         del self._rows[row.instance_id]
         if row.parent_id is not None and (siblings := self._children.get(row.parent_id)) is not None:
@@ -484,10 +595,12 @@ class MemoryAdapter:
 
 
 class _FinishOrder:
-    """The finished rows no stored parent keeps, by finish time (the clock permitting), for
+    """The finished rows no stored parent keeps (all of them, or those of one status, workflow
+    or both), by finish time (the clock permitting), for
     purges: a deque that rows join at its end as they finish, and a sorted list of the children
     let go since by their parent's deletion, whose finish times may lie anywhere before; a purge
-    walks the two merged. A row holds its current place (``_Row.place``); a row deleted or
+    walks the two merged. A row holds its current place (``_Row.place``), the same tuple in
+    each of its orders; a row deleted or
     finished again leaves a stale one behind (a dict would keep the holes: places are dropped
     from the front as purges pass them, and all at once when they outnumber the current ones),
     so that every change costs the same amortized, whatever is stored. (A child let go takes
@@ -500,24 +613,9 @@ class _FinishOrder:
         self.released: list[tuple[float, _Row]] = []
         self.stale = 0
 
-    def add(self, row: _Row) -> None:
-        assert row.finished_at is not None and row.place is None
-        place = row.place = (row.finished_at, row)
-        self.finished.append(place)
-
-    def release(self, rows: list[_Row]) -> None:
-        """Children let go: those that have finished take their place by their finish time
-        (one that has not joins the order as it finishes)."""
-        for row in rows:
-            if row.finished_at is not None:
-                place = row.place = (row.finished_at, row)
-                bisect.insort(self.released, place, key=_finish_time)
-
-    def leave(self, row: _Row) -> None:
-        """``row`` gives up its place, if it has one (deleted, or finishing again): stale."""
-        if row.place is not None:
-            row.place = None
-            self.stale += 1
+    def insert(self, place: tuple[float, _Row]) -> None:
+        """A child let go takes its place by its finish time."""
+        bisect.insort(self.released, place, key=_finish_time)
 
     def walk(self) -> Iterator[tuple[float, _Row]]:
         if not self.released:
@@ -548,6 +646,12 @@ class _FinishOrder:
 
 def _finish_time(place: tuple[float, _Row]) -> float:
     return place[0]
+
+
+def _filters(status: str, workflow_name: str) -> tuple[tuple[str | None, str | None], ...]:
+    """The filtered finish orders a row of that status and workflow has its place in: keyed as
+    a purge is filtered, ``(status, workflow_name)`` with ``None`` for either left out."""
+    return (status, None), (None, workflow_name), (status, workflow_name)
 
 
 def _waits(row: _Row) -> bool:

@@ -185,7 +185,10 @@ class Adapter(Protocol):
         before ``finished_by``, earliest finish first, optionally only those of one status or
         one workflow, with their records and pending signals; returns how many. Atomic, and
         found through an index on finish time that leaves out the children stored parents
-        keep: its cost follows what it deletes, not what is stored nor what it keeps. An instance's finish time is stamped when a
+        keep (for a call given a status, a workflow or both, one on finish time within that
+        status, workflow or both: the bundled adapters keep one of each): its cost follows what
+        it deletes, not what is stored nor what it keeps, finished rows of another status or
+        workflow included. An instance's finish time is stamped when a
         create or checkpoint gives it a finished status, and survives a reopen.
 
         A child instance (one created with a ``parent_id``) is kept, whatever its finish time,

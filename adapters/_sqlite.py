@@ -162,6 +162,26 @@ _FINISHED = "(" + " OR ".join(f"status = {status!r}" for status in sorted(TERMIN
 #: release) has it made again.
 _FINISH_INDEX = (f"CREATE INDEX trioflow_instances_by_finish ON trioflow_instances (finished_at)"
                  f" WHERE {_FINISHED} AND parent_id IS NULL")
+#: The index a purge reads finished rows through, earliest first, by (whether a workflow is
+#: given, whether a status is): the one on finish times alone for an unfiltered purge (the
+#: engine's retention), and for a filtered one the same rows by status, workflow or both, so
+#: that it never reads past the finished rows of another status or workflow it keeps. Partial
+#: as that one is (same WHERE: a query uses such an index only if it holds that very term),
+#: so a running instance's checkpoints never touch them: a row enters them as it finishes.
+_PURGE_INDEXES = {
+    (False, False): "trioflow_instances_by_finish",
+    (False, True): "trioflow_instances_by_status_finish",
+    (True, False): "trioflow_instances_by_workflow_finish",
+    (True, True): "trioflow_instances_by_workflow_status_finish",
+}
+#: The filtered purges' indexes, as SQLite keeps them in ``sqlite_master`` (made again, as
+#: :data:`_FINISH_INDEX` is, in a file whose index was made otherwise). Added within schema
+#: version 2: a file without them gets them when it opens; a release before them keeps
+#: them up to date without knowing of them (SQLite does, on every write).
+_FILTERED_FINISH_INDEXES = tuple(
+    (name, f"CREATE INDEX {name} ON trioflow_instances ({columns}, finished_at) WHERE {_FINISHED} AND parent_id IS NULL")
+    for name, columns in ((_PURGE_INDEXES[False, True], "status"), (_PURGE_INDEXES[True, False], "workflow_name"),
+                          (_PURGE_INDEXES[True, True], "workflow_name, status")))
 
 #: Deleting a row lets go of the children it kept that stay (a purge takes those it may along):
 #: they enter the index on finish times. A trigger, so that every delete does it, in its own
@@ -441,6 +461,11 @@ class SQLiteAdapter:
                 conn.execute(f"UPDATE trioflow_instances SET parent_id = NULL WHERE parent_id IS NOT NULL"
                              f" AND NOT EXISTS ({_PARENT_STORED})")
                 conn.execute(_FINISH_INDEX)
+            for name, sql in _FILTERED_FINISH_INDEXES:
+                made = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+                if made is None or made[0] != sql:
+                    conn.execute(f"DROP INDEX IF EXISTS {name}")
+                    conn.execute(sql)
             # Through the index's NULL end: costs nothing once every finished row is stamped.
             # (Not the children stored parents keep, out of that index: one a release from
             # before retention finished goes with its parent all the same, see _purge, or is
@@ -1401,11 +1426,13 @@ def _purge(conn: sqlite3.Connection, finished_by: float, limit: int, status: str
     # from before retention finished: it finished before the parent went); those it leaves are
     # let go (see _LET_GO_TRIGGER).
     # INDEXED BY: with a status or workflow to match, the planner could take their index and
-    # sort every finished row of it by time; this way it reads finished rows by time, from the
-    # earliest, and stops at ``limit``.
+    # sort every finished row of it by time, or the index on finish times alone and read past
+    # every finished row of another status or workflow; this way it reads the finished rows of
+    # that status and workflow by time, from the earliest, and stops at ``limit``.
+    index = _PURGE_INDEXES[workflow_name is not None, status is not None]
     ids = conn.execute(
         "WITH RECURSIVE doomed(instance_id) AS ("
-        " SELECT * FROM (SELECT instance_id FROM trioflow_instances INDEXED BY trioflow_instances_by_finish"
+        f" SELECT * FROM (SELECT instance_id FROM trioflow_instances INDEXED BY {index}"
         f" WHERE {' AND '.join(taken)} AND parent_id IS NULL"
         " ORDER BY finished_at LIMIT ?)"
         " UNION SELECT child.instance_id FROM doomed"

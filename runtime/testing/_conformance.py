@@ -896,6 +896,27 @@ async def filters_come_before_limits(open_adapter: OpenAdapter) -> None:
             "a clock given while the adapter is open must change nothing (late finished at 6000)")
 
 
+async def purge_by_status_goes_by_the_status_now(open_adapter: OpenAdapter) -> None:
+    """A finished instance whose status changes later (a completed child its parent then
+    compensates) is purged by the status it has now, never by the one it had: an adapter that
+    keeps finished rows by status (an index on status and finish time) must move it."""
+    clock = _Clock(1000.0)
+    async with _opened(open_adapter, "status_now", clock) as a:
+        for iid in ("undone", "done"):
+            await a.create(iid, "kid", "running", start=b"s", header=b".")
+            await a.checkpoint(iid, "completed", b"h", [b"r0"], first_seq=0)
+        clock.now = 2000.0
+        await a.checkpoint("undone", "compensated", b"h2", [b"r1"], first_seq=1)
+    async with _opened(open_adapter, "status_now", _Clock(3000.0)) as b:
+        assert await b.purge(1e12, 1, status="completed") == 1 and await b.load("done") is None \
+            and await b.load("undone") is not None, (
+                "purge(status=) must go by the status an instance has now (undone was completed, then compensated)")
+        assert await b.purge(1e12, 10, status="completed", workflow_name="kid") == 0, (
+            "purge(status=, workflow_name=) must go by the status an instance has now")
+        assert await b.purge(1e12, 10, status="compensated", workflow_name="kid") == 1 \
+            and await b.load("undone") is None, "an instance whose status changed is purged by its new one"
+
+
 _CANCEL_PASSES = 12
 
 
@@ -993,5 +1014,5 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     purge_goes_by_finish_order_not_creation_order, fences_hold_for_every_kind_of_checkpoint,
     filters_come_before_limits, purge_keeps_children_while_their_parent_is_stored,
     purge_lets_go_of_the_children_a_deleted_parent_kept, writes_are_all_or_nothing_under_cancellation,
-    restart_lets_go_of_finished_children,
+    restart_lets_go_of_finished_children, purge_by_status_goes_by_the_status_now,
 ]
