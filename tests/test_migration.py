@@ -153,17 +153,22 @@ async def test_an_instance_stopped_while_compensating_under_an_older_format_fini
 
 
 MAP_LANES = Path(__file__).with_name("fixtures") / "v4_map_lanes.db"
+#: The same instance, written by the first release to leave out of its headers a map's items
+#: that stand where their last record's step sends them (commit d51bda3).
+MAP_ITEMS_LEFT_OUT = Path(__file__).with_name("fixtures") / "map_items_left_out.db"
 from make_map_lanes import fan  # noqa: E402  (the fixture's workflow)
 
 
+@pytest.mark.parametrize("fixture", [MAP_LANES, MAP_ITEMS_LEFT_OUT], ids=["every-lane", "items-left-out"])
 async def test_a_map_stopped_under_headers_that_list_every_item_lane_resumes_where_each_item_stood(
-        tmp_path: Path) -> None:
+        tmp_path: Path, fixture: Path) -> None:
     """Headers written before a map's position named its branch's first step list every running
     item's lane (five fields of map position). A database written then (commit cdf788a), with a
     map stopped mid-way, resumes: the items that ended are not run again, item 2 goes on from
-    its "finish", items 3 to 5 run from their "work"; the map's output is in item order."""
+    its "finish", items 3 to 5 run from their "work"; the map's output is in item order. So does
+    one whose header leaves every item out (d51bda3: item 2 stands where "work" sends it)."""
     db = tmp_path / "flows.db"
-    shutil.copy(MAP_LANES, db)
+    shutil.copy(fixture, db)
     ran: list[tuple[str, int]] = []
     async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db)) as engine:
         engine.register(fan(ran))
