@@ -99,3 +99,14 @@ async def renewals(engine: tf.Engine) -> int:
     engine.register(monthly)
     view: tf.WorkflowInstance | None = await engine.get_instance(await engine.start("monthly", 1))
     return 0 if view is None else view.runs
+
+
+async def hooks_shared_and_purged(engine: tf.Engine) -> int:
+    """Hooks given to run_workflow by name (a dict annotated as the hooks it holds), a retry
+    policy's errors from a module's shared list, and a purge of one finished status."""
+    transient: list[type[Exception]] = [ConnectionError, TimeoutError]
+    hooks: tf.HookFunctions = {"on_complete": lambda result: print(result.status)}
+    await tf.run_workflow(None, "n", [tf.step("a", reserve, retry=tf.Retry(3, retry_on=transient))], hooks=hooks)
+    tf.run_workflow(None, "n", [], hooks={"on_complte": print})  # type: ignore[arg-type,unused-coroutine]
+    await engine.purge(older_than=datetime.timedelta(days=30), status="running")  # type: ignore[arg-type]
+    return await engine.purge(older_than=datetime.timedelta(days=30), status="failed")
