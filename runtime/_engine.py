@@ -189,7 +189,7 @@ class Engine:
         self._sends_and_loads = sends_and_loads(adapter)
         self._stores_signals = stores_signals(adapter)
         #: For callers of ``wait()`` on a parked instance: set when it runs here again.
-        self._next_run: dict[str, trio.Event] = {}
+        self._next_run: dict[str, _NextRun] = {}
         #: The wall clock timers are on (Unix seconds; ``open_engine(clock=...)``).
         self._clock = clock
         #: (Shared by the engines of one trio run: see CreationTimes.)
@@ -1201,6 +1201,7 @@ class Engine:
         check_instance_id(instance_id)
         # A loop, not a recursion: an instance that waits out of memory many times over is
         # followed across each of its runs.
+        handed: Run | None = None  # (its next run, handed over as it started: see _next_run_of)
         while True:
             self._check_open()
             if self._pending_resumes:
@@ -1210,7 +1211,7 @@ class Engine:
                 # look again, at the resume that may have come of it too.
                 await storing.wait()
                 continue
-            run = self._live.get(instance_id)
+            run, handed = handed or self._live.get(instance_id), None
             if run is not None:
                 await run.wait_ended()
                 if run.stored_status in TERMINAL:
@@ -1218,12 +1219,22 @@ class Engine:
                     # each caller's view is its own (not sharing a container with another's).
                     return to_instance(detached(run.state))
                 self._check_stopped(instance_id)
+                if run.parked and (parked := self._next_run.get(instance_id)) is not None:
+                    # It left memory to wait, and its next run here sets this (made as it
+                    # parked, for its callers): no read of its row to learn that it waits.
+                    handed = await self._next_run_of(instance_id, parked)
+                    continue
             stalled = self._stalled.get(instance_id)
             if stalled is not None:
                 raise stalled
             unreadable = self._unreadable.get(instance_id)
             if unreadable is not None:
                 return unreadable
+            if run is None and (parked := self._next_run.get(instance_id)) is not None:
+                # Parked, others waiting for its next run already (its start takes this entry
+                # away): no read of its row.
+                handed = await self._next_run_of(instance_id, parked)
+                continue
             with self._ends.watching(instance_id) as ended_since:
                 instance = await self.get_instance(instance_id)
                 stale = ended_since()
@@ -1242,16 +1253,7 @@ class Engine:
                     raise _held_for_jobs(instance_id, self._missing_jobs(definition))
                 if instance_id not in self._live:
                     self._check_stopped(instance_id)  # stopped while storage was read: nobody would set it
-                    event = self._next_run.setdefault(instance_id, trio.Event())
-                    try:
-                        await event.wait()
-                    finally:
-                        if not event.is_set() and not event.statistics().tasks_waiting \
-                                and self._next_run.get(instance_id) is event:
-                            # Its last caller gave up (an HTTP handler's timeout, say): nothing is
-                            # kept for an instance that may wait for days.
-                            del self._next_run[instance_id]
-                    self._check_stopped(instance_id)
+                    handed = await self._next_run_of(instance_id, self._next_run.setdefault(instance_id, _NextRun()))
                 continue
             if instance.status not in TERMINAL:
                 self._check_stopped(instance_id)
@@ -1266,6 +1268,22 @@ class Engine:
                 raise InstanceNotLiveError(
                     f"instance {instance_id!r} is {instance.status} in storage but not running in this engine; {hint}")
             return instance
+
+    async def _next_run_of(self, instance_id: str, next_run: _NextRun) -> Run | None:
+        """Wait (in ``wait()``) for the next run of a parked instance here, its entry in
+        ``_next_run``, which that run's start sets (as does the engine stopping); the run,
+        to wait on even if it ends before this caller gets to look (no read of its row then)."""
+        event = next_run.event
+        try:
+            await event.wait()
+        finally:
+            if not event.is_set() and not event.statistics().tasks_waiting \
+                    and self._next_run.get(instance_id) is next_run:
+                # Its last caller gave up (an HTTP handler's timeout, say): nothing is kept for
+                # an instance that may wait for days.
+                del self._next_run[instance_id]
+        self._check_stopped(instance_id)
+        return next_run.run
 
     def _held_as(self, instance_id: str) -> str | None:
         """The workflow an instance is held for until its jobs exist, if it is. (Not inline in
@@ -1915,7 +1933,8 @@ class Engine:
         self._live[state.instance_id] = run
         next_run = self._next_run.pop(state.instance_id, None)
         if next_run is not None:
-            next_run.set()  # callers of wait() on a parked instance: it runs again
+            next_run.run = run  # callers of wait() on a parked instance: it runs again
+            next_run.event.set()
         self._stalled.pop(state.instance_id, None)
         self._unreadable.pop(state.instance_id, None)  # it runs: what it ends with is stored
         if hold_until is not None:
@@ -2298,6 +2317,11 @@ class Engine:
             if run.parked:
                 # It waits in storage now: a later wake resumes it, and the waker looks again.
                 self._wake_changed.set()
+                if run.end is not None and not run.end.is_set():
+                    # Its callers of wait() wait for its next run here (made now, before any
+                    # can start: that run's start sets it), rather than each read its row to
+                    # learn that it waits.
+                    self._next_run.setdefault(state.instance_id, _NextRun())
                 if run.late is not None and not self._closed:
                     # Signals delivered as its lanes unwound to leave memory: one may be what a
                     # lane waits for, which nothing else would wake it for now.
@@ -2521,8 +2545,8 @@ class Engine:
         runs, which have no actor to end them, learn that the engine stopped
         (``EngineClosedError``) rather than wait for ever; and the runs storing a child stop
         doing so within a bounded time (see ``bound_child_stores``)."""
-        for event in self._next_run.values():
-            event.set()
+        for next_run in self._next_run.values():
+            next_run.event.set()
         for run in self._waiting:
             run.ended()
         for run in self._live.values():
@@ -2940,6 +2964,17 @@ class _Storing:
         self._ended = True
         if self._over is not None:
             self._over.set()
+
+
+class _NextRun:
+    """The next run here of a parked instance that callers of ``wait()`` wait for: set as it
+    starts (or as the engine stops), and handed to them."""
+
+    __slots__ = ("event", "run")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.run: Run | None = None
 
 
 class _InOrder:
