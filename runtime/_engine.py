@@ -325,6 +325,9 @@ class Engine:
         if known is not None:
             self._replaced.add(definition.name)
             self._take_up_queued()
+            # Callers of wait() on its parked instances look again: held for jobs this one
+            # misses, they must be told so, not wait for a run that will not come.
+            self._let_waiters_look(lambda next_run: next_run.workflow == definition.name)
         self._registered()
         if self._actors_stopped:
             return  # (what it would resume or wake is the next engine's)
@@ -1232,7 +1235,10 @@ class Engine:
                 return unreadable
             if run is None and (parked := self._next_run.get(instance_id)) is not None:
                 # Parked, others waiting for its next run already (its start takes this entry
-                # away): no read of its row.
+                # away): no read of its row. (Not if its jobs are missing now: said at once.)
+                waited = self._definitions.get(parked.workflow)
+                if waited is not None and self._missing_jobs(waited):
+                    raise _held_for_jobs(instance_id, self._missing_jobs(waited))
                 handed = await self._next_run_of(instance_id, parked)
                 continue
             with self._ends.watching(instance_id) as ended_since:
@@ -1253,7 +1259,8 @@ class Engine:
                     raise _held_for_jobs(instance_id, self._missing_jobs(definition))
                 if instance_id not in self._live:
                     self._check_stopped(instance_id)  # stopped while storage was read: nobody would set it
-                    handed = await self._next_run_of(instance_id, self._next_run.setdefault(instance_id, _NextRun()))
+                    handed = await self._next_run_of(
+                        instance_id, self._next_run.setdefault(instance_id, _NextRun(instance.workflow_name)))
                 continue
             if instance.status not in TERMINAL:
                 self._check_stopped(instance_id)
@@ -1284,6 +1291,16 @@ class Engine:
                 del self._next_run[instance_id]
         self._check_stopped(instance_id)
         return next_run.run
+
+    def _let_waiters_look(self, which: Callable[[_NextRun], bool]) -> None:
+        """Set the entries of ``_next_run`` that ``which`` picks, with no run: their callers
+        of ``wait()`` look again (and the entries go, but the engine's when it stops: a
+        ``wait()`` after that finds the engine closed first)."""
+        for instance_id, next_run in list(self._next_run.items()):
+            if which(next_run):
+                next_run.event.set()
+                if not (self._closed or self._actors_stopped):
+                    del self._next_run[instance_id]
 
     def _held_as(self, instance_id: str) -> str | None:
         """The workflow an instance is held for until its jobs exist, if it is. (Not inline in
@@ -1912,6 +1929,8 @@ class Engine:
         log.error("instance %s holds what this release cannot read, left untouched: %s", instance_id, exc,
                   extra={"instance_id": instance_id, "workflow_name": workflow_name})
         self._unreadable[instance_id] = unreadable_instance(instance_id, workflow_name, describe_error(exc))
+        # (Its callers of wait() waiting for its next run get this instead.)
+        self._let_waiters_look(lambda next_run: next_run is self._next_run.get(instance_id))
         if parent_id is not None and not (self._closed or self._actors_stopped):
             self._children.unreadable(parent_id, instance_id, exc)
 
@@ -2321,7 +2340,7 @@ class Engine:
                     # Its callers of wait() wait for its next run here (made now, before any
                     # can start: that run's start sets it), rather than each read its row to
                     # learn that it waits.
-                    self._next_run.setdefault(state.instance_id, _NextRun())
+                    self._next_run.setdefault(state.instance_id, _NextRun(run.definition.name))
                 if run.late is not None and not self._closed:
                     # Signals delivered as its lanes unwound to leave memory: one may be what a
                     # lane waits for, which nothing else would wake it for now.
@@ -2545,8 +2564,7 @@ class Engine:
         runs, which have no actor to end them, learn that the engine stopped
         (``EngineClosedError``) rather than wait for ever; and the runs storing a child stop
         doing so within a bounded time (see ``bound_child_stores``)."""
-        for next_run in self._next_run.values():
-            next_run.event.set()
+        self._let_waiters_look(lambda next_run: True)
         for run in self._waiting:
             run.ended()
         for run in self._live.values():
@@ -2967,14 +2985,16 @@ class _Storing:
 
 
 class _NextRun:
-    """The next run here of a parked instance that callers of ``wait()`` wait for: set as it
-    starts (or as the engine stops), and handed to them."""
+    """The next run here of a parked instance of ``workflow`` that callers of ``wait()`` wait
+    for: set as it starts, and handed to them (or set without one: the engine stopping, a
+    registration of its workflow, its row found unreadable; they look again)."""
 
-    __slots__ = ("event", "run")
+    __slots__ = ("event", "run", "workflow")
 
-    def __init__(self) -> None:
+    def __init__(self, workflow: str) -> None:
         self.event = trio.Event()
         self.run: Run | None = None
+        self.workflow = workflow
 
 
 class _InOrder:
