@@ -19,6 +19,8 @@ from trioflow._decide import (
     next_execution_id,
     next_of,
     open_branches,
+    open_wide,
+    parallel_start,
     parallel_output,
     passed_on,
     progress,
@@ -262,7 +264,9 @@ async def run_parallel(run: Run, step: ParallelStep, ctx: WorkflowContext) -> di
     state = run.state
     scope = item_scope(ctx.lane)  # (the branches of a parallel step in a map item are that item's)
     place = fanout_key(step.name, scope)  # (this execution's, among those of other items: see Run.failed_in)
-    open_branches(state, step, scope)
+    own = state.lanes[ctx.lane]
+    if open_branches(state, step, scope) and (start := parallel_start(state, step, own, ctx.lane, run.clock())):
+        open_wide(state, own, run.stage(start))  # (its branches may now be left out of the header)
     failures: list[BranchError] = []
     fail_fast = step.on_error == "fail-fast"
     # Resumed after a branch failed for good, a fail-fast step's outcome is decided: only the

@@ -26,9 +26,11 @@ import msgpack
 from . import _header_lanes
 from ._header_lanes import written_lanes
 from ._errors import SnapshotDecodeError, UnencodableValueError, ValueTooLargeError, safe_repr, split_description
-from ._lanes import MAIN, index_under, item_lane, item_lanes, item_scope
+from ._lanes import MAIN, branch_lane, index_under, item_lane, item_lanes, item_scope
+from ._parallel import layout
 from ._shared_data import SharedData, held
 from ._snapshot import (
+    HAS_OUTPUT,
     PASSES_WORKFLOW_INPUT,
     PHASES,
     RESUMABLE,
@@ -149,7 +151,7 @@ def encode_header(state: InstanceState) -> bytes:
         # Most checkpoints': the main line alone, between steps, listed in full as
         # ``written_lanes`` lists it (inline: this runs at every step of every instance). (Not
         # the first after a fan-out: it lets go of what was kept of the fan-out's lanes.)
-        lanes, moved_on, derived = {MAIN: (main.step, main.last, main.failed)}, None, None
+        lanes, moved_on, derived, branches_out = {MAIN: (main.step, main.last, main.failed)}, None, None, None
     else:
         if len(state.lanes) > 1 or state.lane_notes:
             if compact and len(state.lanes) >= _header_lanes.WIDE \
@@ -160,8 +162,8 @@ def encode_header(state: InstanceState) -> bytes:
             if state.lane_notes:
                 state.lane_notes.clear()
         # (A map's lane comes before its items' in the state's lanes: they are added after it.)
-        lanes, moved_on, derived = written_lanes(state.lanes.items(), state.records, compact,
-                                                 item_next=state.item_next)
+        lanes, moved_on, derived, branches_out = written_lanes(state.lanes.items(), state.records, compact,
+                                                               item_next=state.item_next)
     # Packed inline, not through a helper: this runs at every checkpoint.
     fields = (
         # (Empty shared data, most runs', as a plain dict: msgpack packs a dict subclass
@@ -173,8 +175,9 @@ def encode_header(state: InstanceState) -> bytes:
         len(state.records), state.error_name, state.cause,
     )
     try:
-        packed: bytes = _packer.pack(fields if moved_on is None and derived is None
-                                     else (*fields, *_header_tail(state, moved_on, bool(derived))))
+        packed: bytes = _packer.pack(fields if moved_on is None and derived is None and branches_out is None
+                                     else (*fields, *_header_tail(state, moved_on, bool(derived),
+                                                                  _starts(state, branches_out))))
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
         raise UnencodableValueError(_locate(state, (("shared data", state.data),))) from exc
@@ -186,8 +189,8 @@ def _encode_wide_header(state: InstanceState) -> bytes:
     """:func:`encode_header` of an instance with many lanes: the same fields, with its lanes as
     kept since its last checkpoint (see ``trioflow._header_lanes``), spliced in packed."""
     kept = _header_lanes.kept_lanes(state)
-    lanes, moved_on, derived = kept.written()
-    tail = _header_tail(state, moved_on, derived)
+    lanes, moved_on, derived, starts = kept.written()
+    tail = _header_tail(state, moved_on, derived, starts)
     try:
         # The array's header, then its fields before the lanes and after them, each packed as
         # an array of its own without that array's one-byte header.
@@ -207,20 +210,34 @@ def _encode_wide_header(state: InstanceState) -> bytes:
 
 
 def _header_tail(
-    state: InstanceState, moved_on: dict[str | None, list[int]] | None, derived: bool,
+    state: InstanceState, moved_on: dict[str | None, list[int]] | None, derived: bool, starts: list[int] | None,
 ) -> tuple[Any, ...]:
-    """What a header holds after its nineteen fields: the lanes named by seq, if any; and,
-    where item lanes are left out as standing where their last record sends them, the steps
-    that say where (the definition's ``item_next``: releases before it refuse such a header,
-    rather than run those items from their first step again)."""
+    """What a header holds after its nineteen fields: the lanes named by seq, if any; where
+    item lanes are left out as standing where their last record sends them, the steps that say
+    where (the definition's ``item_next``: releases before it refuse such a header, rather than
+    run those items from their first step again); and where branch lanes of a parallel step are
+    left out, the seqs of the start records that say where they stand (releases before it refuse
+    such a header, rather than run those branches again: see ``trioflow._parallel``)."""
+    if starts is not None:
+        return moved_on, state.item_next if derived else None, starts
     if derived:
         return moved_on, state.item_next
     return () if moved_on is None else (moved_on,)
 
 
+def _starts(state: InstanceState, branches_out: set[str] | None) -> list[int] | None:
+    """The seqs of the start records of the running parallel steps, if any branch lane is left
+    out (see :func:`_header_tail`); found in the state's lanes."""
+    if not branches_out:
+        return None
+    return _header_lanes.starts_of(dict(found for lane in state.lanes.values()
+                                        if (found := _header_lanes.parallel_of(lane, state.records)) is not None))
+
+
 #: A header's array header: nineteen fields, twenty with lanes named by seq, twenty-one with
-#: item lanes left out as standing where their last record sends them.
-_WIDE_ARRAY = (b"\xdc\x00\x13", b"\xdc\x00\x14", b"\xdc\x00\x15")
+#: item lanes left out as standing where their last record sends them, twenty-two with branch
+#: lanes left out.
+_WIDE_ARRAY = (b"\xdc\x00\x13", b"\xdc\x00\x14", b"\xdc\x00\x15", b"\xdc\x00\x16")
 
 
 def _within_limit(state: InstanceState, packed: bytes) -> bytes:
@@ -795,7 +812,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         _malformed("the run number must be an int >= 0")
     if not (isinstance(iid, str) and isinstance(name, str)):
         _malformed("instance id and workflow name must be strings")
-    moved_on = item_next = None
+    moved_on = item_next = starts = None
     if header[1] == 2:
         # Format 2's header: no mark, and a list of the executions compensated.
         (_, _, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated, comp_errors,
@@ -809,8 +826,8 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         else:  # in records
             (_, _, mark, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated_from,
              compensated_names, skipped, started_at, completed_at, count, error_name, cause,
-             moved_on, item_next) = header if len(header) == 21 else (*header, None) if len(header) == 20 else (
-                *header, None, None)
+             moved_on, item_next, starts) = header if len(header) == 22 else (*header, None) if len(header) == 21 \
+                else (*header, None, None) if len(header) == 20 else (*header, None, None, None)
             comp_errors = NO_ERRORS
         if mark != iid and not (type(mark) is int and mark == instance_mark(iid)):
             # (The message is built only here: every row read passes this check.)
@@ -900,6 +917,8 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     if maps:
         _check_map_items(state)
         _put_back_items(state, item_next)
+    if starts is not None:
+        _put_back_branches(state, starts)
     # (Most instances have compensated and skipped nothing: no generator is made for those.)
     # (Format 4's headers hold none: the constant, checked by identity rather than as a Mapping.)
     if not (comp_errors is NO_ERRORS or isinstance(comp_errors, Mapping) and (
@@ -1088,6 +1107,38 @@ def _put_back_items(state: InstanceState, item_next: dict[str, str | None] | Non
                 _expect(record.status == "completed" and record.step_name in item_next,
                         "item lane %r is left out, but its newest record says nothing of where it stands", item)
                 lanes[item] = new_lane(state, item, item_next[record.step_name], last=last)
+
+
+def _put_back_branches(state: InstanceState, starts: Any) -> None:
+    """The branch lanes of the running parallel steps whose start records ``starts`` names
+    that the header left out (see ``trioflow._header_lanes.written_lanes``): each stands after
+    its newest completed record since its step began, where that record's step sends it, or,
+    with none, untouched at its first step."""
+    lanes, records = state.lanes, state.records
+    _expect(isinstance(starts, list) and bool(starts) and all(_is_seq(seq, len(records)) and seq is not None
+                                                        for seq in starts), "malformed parallel starts")
+    newest = {r.lane: r.seq for r in records if r.status in HAS_OUTPUT}
+    for seq in starts:
+        start = records[seq]
+        found = layout(start)
+        lane = lanes.get(start.lane)
+        _expect(found is not None and lane is not None and lane.begun == seq and lane.step == start.step_name
+                and lane.fanout is None, "record %d is not the start of a parallel step its lane runs", seq)
+        assert found is not None
+        branches, moves = found
+        scope = item_scope(start.lane)
+        for branch, first in branches:
+            key = branch_lane(start.step_name, branch, scope)
+            if key in lanes:
+                continue
+            last = newest.get(key)
+            if last is None or last < seq:
+                lanes[key] = new_lane(state, key, first)
+                continue
+            record = records[last]
+            _expect(record.status == "completed" and record.step_name in moves,
+                    "branch lane %r is left out, but its newest record says nothing of where it stands", key)
+            lanes[key] = new_lane(state, key, moves[record.step_name], last=last)
 
 
 def _state_v1(raw: list[Any]) -> InstanceState:

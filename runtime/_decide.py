@@ -32,6 +32,7 @@ from ._lanes import (
     step_key,
 )
 from ._matching import matches
+from ._parallel import layout, start_input
 from ._shared_data import SharedData
 from ._snapshot import (
     PASSES_WORKFLOW_INPUT, InstanceState, Lane, Status, StepResult, StepStatus, drop_lane, new_instance_state, new_lane,
@@ -325,6 +326,24 @@ def open_branches(state: InstanceState, step: ParallelStep, scope: str) -> bool:
     return True
 
 
+def parallel_start(state: InstanceState, step: ParallelStep, lane: Lane, lane_key: str, now: float) -> StepResult | None:
+    """The start record of the execution of ``step`` whose branches ``lane`` just opened, for a
+    step wide enough to store one (see ``trioflow._parallel``); not added yet: the actor first
+    encodes it. ``None`` for a narrower step."""
+    held = start_input(step)
+    if held is None:
+        return None
+    since = now if lane.waiting is None else lane.waiting.get("since", now)
+    return new_execution(state, lane_key, step.name, "started", input=held, started_at=since, now=now)
+
+
+def open_wide(state: InstanceState, lane: Lane, start: StepResult) -> None:
+    """Add a parallel step's start record and point its lane at it: its branches may now be
+    left out of the header."""
+    state.add(start)
+    lane.begun = start.seq
+
+
 def parallel_output(state: InstanceState, step: ParallelStep, scope: str) -> dict[str, Any]:
     """``{branch_name: branch_output}`` in the order the branches are defined."""
     return {b.name: state.lane_output(key) for key, b in zip(branch_keys(step, scope), step.branches)}
@@ -578,7 +597,11 @@ def _stored_kind(state: InstanceState, lane: Lane) -> type[Step] | None:
     if lane.begun is None:
         return None
     begun = state.records[lane.begun]  # (a child step's holds its child's id; a map's, its items)
-    return ChildStep if begun.output == child_instance_id(state.instance_id, begun.id, state.runs) else MapStep
+    if begun.output == child_instance_id(state.instance_id, begun.id, state.runs):
+        return ChildStep
+    # (A wide parallel step's names its branches: its lane waits for them no more once it
+    # compensates.)
+    return ParallelStep if layout(begun) is not None else MapStep
 
 
 def take_up(state: InstanceState, definition: WorkflowDefinition) -> None:

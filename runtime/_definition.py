@@ -465,7 +465,13 @@ def unbuilt_hint(value: object) -> str:
 def _item_next(lookup: Mapping[str, tuple[Step, str]]) -> dict[str, str | None]:
     """See :attr:`WorkflowDefinition.item_next`."""
     return {name: None if step.end else step.next for name, (step, lane) in lookup.items()
-            if holds_items(lane) and not isinstance(step, (ChoiceStep, FailStep, ContinueAsNewStep))}
+            if holds_items(lane) and has_fixed_next(step)}
+
+
+def has_fixed_next(step: Step) -> bool:
+    """Whether a completed execution of ``step`` always moves its lane to the same place (its
+    ``next``, or the lane's end): not a choice, which decides, nor a step that never completes."""
+    return not isinstance(step, (ChoiceStep, FailStep, ContinueAsNewStep))
 
 
 def _completion_may_fail(steps: tuple[Step, ...], in_fail_fast: bool) -> bool:

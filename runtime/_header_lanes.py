@@ -19,7 +19,8 @@ from typing import Any
 
 import msgpack
 
-from ._lanes import MAIN, item_lanes, item_of, item_prefix, item_scope
+from ._lanes import MAIN, SEPARATOR, fanout_place, item_lanes, item_of, item_prefix, item_scope
+from ._parallel import branch_place, layout
 from ._snapshot import ChildWait, InstanceState, Lane, StepResult
 from ._values import to_ext
 
@@ -41,15 +42,22 @@ _map_header = msgpack.Packer(use_bin_type=True).pack_map_header
 
 #: A step -> what the item lane keys of each running map whose branch starts there begin with.
 Firsts = dict[str | None, set[str]]
+#: The running parallel steps that stored a start record (see ``trioflow._parallel``), by the
+#: place their branch lanes' keys give: the record's seq, each branch's first step by name, and
+#: where each branch step that goes one way sends its lane.
+Running = tuple[int, dict[str, str], Mapping[str, str | None]]
+Parallels = dict[str, Running]
 #: The lanes listed in full (key -> entry); those named by their last record's seq, grouped by
-#: the step they stand at (``None`` if there are none); and the keys of the item lanes left out
-#: as standing where their last record sends them (``None`` if there are none).
-Written = tuple[dict[str, tuple[Any, ...]], dict[str | None, list[int]] | None, set[str] | None]
+#: the step they stand at (``None`` if there are none); the keys of the item lanes left out as
+#: standing where their last record sends them, and of the branch lanes left out (each ``None``
+#: if there are none).
+Written = tuple[dict[str, tuple[Any, ...]], dict[str | None, list[int]] | None, set[str] | None, set[str] | None]
 
 
 def written_lanes(
     lanes: Iterable[tuple[str, Lane]], records: list[StepResult] | tuple[()], compact: bool,
     firsts: Firsts | None = None, item_next: Mapping[str, str | None] | None = None,
+    parallels: Parallels | None = None,
 ) -> Written:
     """How the header holds ``lanes`` (key and lane, a running map's lane before its items';
     or, ``firsts`` given, the running maps' first steps, from wherever their lanes are).
@@ -62,19 +70,28 @@ def written_lanes(
     flight keeps a header that does not grow with them. Any other branch's or item's lane
     standing just after its last record (a plain move on, no wait, no failure) is named by that
     record's seq, grouped by the step it stands at (see ``trioflow._codec._put_back_moved_on``).
-    Not in a header that is not ``compact`` (an ended instance's: its last header lists every
+    A parallel step that stored a start record (``parallels``, or found in ``lanes`` when not
+    given) has its branches left out where they stand untouched at their first step or where
+    their newest record sends them: the decoder puts them back from that record (see
+    ``trioflow._codec._put_back_branches``). Not in a header that is not ``compact`` (an ended instance's: its last header lists every
     lane, so that the release before that field, which refuses a header holding it, still shows
     a finished instance after a rollback). Every other lane is listed in full."""
     listed: dict[str, tuple[Any, ...]] = {}
     moved_on: dict[str | None, list[int]] | None = None
     derived: set[str] | None = None
+    branches_out: set[str] | None = None
     walked = firsts is None
+    walked_parallels = parallels is None
     # (One loop with the rules inline: it runs at every checkpoint, over every lane of most.)
     for key, lane in lanes:
         if lane.begun is not None:
             f = lane.fanout
             if walked and f is not None and f.first is not None and lane.step is not None:
                 firsts = _add_first(firsts, key, lane)
+            elif walked_parallels and compact and f is None and (found := parallel_of(lane, records)) is not None:
+                if parallels is None:
+                    parallels = {}
+                parallels[found[0]] = found[1]
             waiting: dict[str, Any] | int | None = lane.waiting
             if type(waiting) is ChildWait:
                 waiting = waiting.word  # (the start record, at ``begun``, holds the rest)
@@ -86,6 +103,13 @@ def written_lanes(
             if (firsts is not None and lane.failed is None
                     and (items := firsts.get(lane.step)) is not None and item_prefix(key) in items):
                 continue
+            if parallels is not None and compact and lane.failed is None \
+                    and (p := parallels.get(fanout_place(key))) is not None \
+                    and p[1].get(key.rpartition(SEPARATOR)[2], _NOWHERE) == lane.step:
+                if branches_out is None:
+                    branches_out = set()
+                branches_out.add(key)
+                continue
             listed[key] = (lane.step, None, lane.failed)
         elif compact and key and lane.failed is None and (last := records[lane.last]).lane == key:
             if item_next is not None and firsts is not None and last.status == "completed" \
@@ -93,6 +117,13 @@ def written_lanes(
                 if derived is None:
                     derived = set()
                 derived.add(key)
+                continue
+            if parallels is not None and last.status == "completed" \
+                    and (p := parallels.get(fanout_place(key))) is not None and last.seq > p[0] \
+                    and p[2].get(last.step_name, _NOWHERE) == lane.step:
+                if branches_out is None:
+                    branches_out = set()
+                branches_out.add(key)
                 continue
             if moved_on is None:
                 moved_on = {lane.step: [lane.last]}
@@ -102,7 +133,19 @@ def written_lanes(
                 group.append(lane.last)
         else:
             listed[key] = (lane.step, lane.last, lane.failed)
-    return listed, moved_on, derived
+    return listed, moved_on, derived, branches_out
+
+
+def parallel_of(lane: Lane, records: list[StepResult] | tuple[()]) -> tuple[str, Running] | None:
+    """The place and layout (see :data:`Parallels`) of the parallel step ``lane`` runs, if it
+    stored a start record; else ``None`` (a lane at a map or child step, or at none)."""
+    if lane.begun is None or lane.step is None or lane.fanout is not None:
+        return None
+    start = records[lane.begun]
+    found = layout(start) if start.step_name == lane.step else None
+    if found is None:
+        return None
+    return branch_place(start), (start.seq, dict(found[0]), found[1])
 
 
 def _in_running_map(key: str, firsts: Firsts) -> bool:
@@ -137,7 +180,7 @@ class KeptLanes:
     and the running maps' first steps (which of their items are left out follows from them)."""
 
     __slots__ = ("of", "slots", "listed", "moved", "moved_step", "left_out", "derived", "firsts", "first_of",
-                 "item_next")
+                 "item_next", "branches_out", "parallels", "place_of")
 
     def __init__(self, state: InstanceState) -> None:
         lanes = state.lanes
@@ -152,8 +195,14 @@ class KeptLanes:
         self.derived: set[str] = set()
         self.firsts: Firsts = {}
         self.first_of: dict[str, tuple[str | None, str]] = {}
+        #: The branch lanes left out, and the running parallel steps whose branches may be (by
+        #: place, and the place of each lane that runs one).
+        self.branches_out: set[str] = set()
+        self.parallels: Parallels = {}
+        self.place_of: dict[str, str] = {}
         for key, lane in lanes.items():
             self._refile_first(key, lane)
+            self._refile_parallel(key, lane, state.records)
         self._take(list(lanes.items()), state.records)
         if state.lane_notes:
             state.lane_notes.clear()
@@ -166,10 +215,12 @@ class KeptLanes:
         main = lanes.get(MAIN)
         if main is not None:  # (a plain lane: it notes nothing)
             self._refile_first(MAIN, main)
+            self._refile_parallel(MAIN, main, state.records)
             batch.append((MAIN, main))
         for key in notes:  # (in the order first noted: new lanes in the state's order)
             lane = lanes.get(key)
             self._refile_first(key, lane)
+            self._refile_parallel(key, lane, state.records)
             if lane is None:
                 self._forget(key)
                 continue
@@ -197,9 +248,19 @@ class KeptLanes:
             self.firsts.setdefault(now[0], set()).add(now[1])
             self.first_of[key] = now
 
+    def _refile_parallel(self, key: str, lane: Lane | None, records: list[StepResult] | tuple[()]) -> None:
+        was = self.place_of.get(key)
+        now = None if lane is None else parallel_of(lane, records)
+        if was is not None and (now is None or now[0] != was or now[1][0] != self.parallels[was][0]):
+            del self.parallels[was], self.place_of[key]
+        if now is not None:
+            self.parallels[now[0]] = now[1]
+            self.place_of[key] = now[0]
+
     def _take(self, batch: list[tuple[str, Lane]], records: list[StepResult] | tuple[()]) -> None:
         """Keep the entries of the lanes in ``batch``."""
-        listed, _, derived = written_lanes(batch, records, True, self.firsts, self.item_next)
+        listed, _, derived, branches_out = written_lanes(batch, records, True, self.firsts, self.item_next,
+                                                         self.parallels)
         slots, moved, moved_step = self.slots, self.moved, self.moved_step
         for key, lane in batch:
             entry = listed.get(key)
@@ -214,7 +275,10 @@ class KeptLanes:
             if was_listed:
                 self.listed -= 1
             slots[key] = b""
-            if lane.last is None:  # (left out: an untouched item)
+            if branches_out is not None and key in branches_out:  # (left out: a parallel's start record says)
+                self._unfile(key)
+                self.branches_out.add(key)
+            elif lane.last is None:  # (left out: an untouched item)
                 self._unfile(key)
                 self.left_out.add(key)
             elif derived is not None and key in derived:  # (left out: where its last record sends it)
@@ -234,6 +298,7 @@ class KeptLanes:
         """Take lane ``key`` out of the lanes named by seq and those left out."""
         self.left_out.discard(key)
         self.derived.discard(key)
+        self.branches_out.discard(key)
         if key in self.moved_step:
             step = self.moved_step.pop(key)
             group = self.moved[step]
@@ -246,11 +311,13 @@ class KeptLanes:
             self.listed -= 1
         self._unfile(key)
 
-    def written(self) -> tuple[bytes, dict[str | None, list[int]] | None, bool]:
-        """The lanes listed in full as a packed map, those named by seq, and whether any are
-        left out as standing where their last record sends them."""
+    def written(self) -> tuple[bytes, dict[str | None, list[int]] | None, bool, list[int] | None]:
+        """The lanes listed in full as a packed map, those named by seq, whether any item lanes
+        are left out as standing where their last record sends them, and, if any branch lanes
+        are left out, the seqs of the start records that say where those stand."""
         lanes = b"".join((_map_header(self.listed), *self.slots.values()))
-        return lanes, {step: list(group.values()) for step, group in self.moved.items()} or None, bool(self.derived)
+        return (lanes, {step: list(group.values()) for step, group in self.moved.items()} or None, bool(self.derived),
+                starts_of(self.parallels) if self.branches_out else None)
 
 
 #: Not a step name (``None`` is one: a lane that ended).
@@ -266,10 +333,16 @@ def kept_lanes(state: InstanceState) -> KeptLanes:
     return kept
 
 
+def starts_of(parallels: Parallels) -> list[int]:
+    """The seqs of the start records of ``parallels``, as a header holds them (see
+    ``trioflow._codec._header_tail``)."""
+    return sorted(seq for seq, _, _ in parallels.values())
+
+
 def check_kept(state: InstanceState, lanes: dict[str, Any], moved_on: dict[Any, list[int]] | None) -> None:
     """Fail unless ``lanes`` and ``moved_on`` (read back from a header written from kept entries)
     are what a walk over every lane writes (:data:`CHECK_KEPT`)."""
-    walked, walked_moved, _ = written_lanes(state.lanes.items(), state.records, True, item_next=state.item_next)
+    walked, walked_moved, _, _ = written_lanes(state.lanes.items(), state.records, True, item_next=state.item_next)
     expected = msgpack.unpackb(_pack(walked), strict_map_key=False)
     same_moved = ({step: sorted(seqs) for step, seqs in (moved_on or {}).items()}
                   == {step: sorted(seqs) for step, seqs in (walked_moved or {}).items()})

@@ -177,3 +177,31 @@ async def test_a_map_stopped_under_headers_that_list_every_item_lane_resumes_whe
     assert sorted(ran) == [("finish", 2), ("finish", 3), ("finish", 4), ("finish", 5),
                            ("work", 3), ("work", 4), ("work", 5)], ran
     assert sorted(r.id for r in done.history if r.step_name == "work") == [f"each/#{i}/work#1" for i in range(6)]
+
+
+#: An instance stopped in a parallel step of 33 branches, written by the last release whose
+#: headers list every branch in flight (commit 8b88a09), and by the first whose wide parallel
+#: steps store a start record and whose headers leave their branches out.
+WIDE_EVERY_BRANCH = Path(__file__).with_name("fixtures") / "wide_parallel_every_branch.db"
+WIDE_BRANCHES_LEFT_OUT = Path(__file__).with_name("fixtures") / "wide_parallel_branches_left_out.db"
+from make_parallel_lanes import BRANCHES, wide  # noqa: E402  (the fixtures' workflow)
+
+
+@pytest.mark.parametrize("fixture", [WIDE_EVERY_BRANCH, WIDE_BRANCHES_LEFT_OUT],
+                         ids=["every-branch", "branches-left-out"])
+async def test_a_wide_parallel_step_stopped_mid_way_resumes_where_each_branch_stood(
+        tmp_path: Path, fixture: Path) -> None:
+    """A database written with a parallel step of 33 branches stopped mid-way resumes, whether
+    its header lists every branch (8b88a09) or names none (the branches left out, their places
+    in the step's start record): the branches that ended are not run again, branch 2 goes on
+    from its ``f2``, branches 3 to 32 from their ``w``; the output holds every branch's."""
+    db = tmp_path / "flows.db"
+    shutil.copy(fixture, db)
+    ran: list[str] = []
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db)) as engine:
+        engine.register(wide(ran))
+        done = await engine.wait("wide-1")
+    assert done.status == "completed", done.error
+    assert done.output == {f"b{i}": i * 10 + 1 for i in range(BRANCHES)}
+    assert sorted(ran) == sorted(["f2", *(f"{step}{i}" for i in range(3, BRANCHES) for step in "wf")]), ran
+    assert sorted(r.id for r in done.history if r.step_name == "w5") == ["p/b5/w5#1"]

@@ -93,11 +93,6 @@ async def _parallel_bytes(n: int) -> CountingMemoryAdapter:
     return adapter
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, left (December 7th): a header names every branch of a parallel step in flight (one at its first"
-    " step in full, one that moved on by its last record's seq), so a wide parallel step whose branches end"
-    " one by one writes header bytes per branch that grow with its width (a map's items are left out, from"
-    " the map's start record and the steps' next: a parallel step has no start record to name its branches)"))
 async def test_a_parallel_step_writes_header_bytes_per_branch_that_grow_with_its_branches(
         autojump_clock: trio.testing.MockClock) -> None:
     """A user fans out a parallel step over many branches whose steps end one by one (each
@@ -107,9 +102,9 @@ async def test_a_parallel_step_writes_header_bytes_per_branch_that_grow_with_its
     Functions user pays one history event / state transition per branch step, whatever the
     width.
 
-    Actual: every checkpoint's header lists every branch still in flight (a branch still in
+    Was: every checkpoint's header listed every branch still in flight (a branch still in
     its first step in full, ``["s11", nil, nil]`` under its lane key, one that moved on by its
-    record's seq), so the header bytes per branch grow linearly with the width and the total
+    record's seq), so the header bytes per branch grew linearly with the width and the total
     with its square. Counted (MemoryAdapter, one step per branch): 212 header bytes per branch
     at 10 branches, 1,880 at 200, 9,765 at 1,000 (46x), while the records stay at 57 bytes per
     branch: a 1,000-branch step writes 9.8 MB of headers for 60 KB of records. (This test, 10
