@@ -233,3 +233,51 @@ async def test_a_wide_parallel_step_resumed_mid_way_then_failing_compensates_eac
     assert done.status == "failed" and done.failed_step == "charge", done.error
     assert sorted(_undone) == sorted(f"r{i}" for i in range(width)), _undone
     assert len(done.compensated_steps) == width
+
+
+async def _one(ctx: tf.WorkflowContext) -> int:
+    return 1
+
+
+def _mixed(width: int) -> tf.WorkflowDefinition:
+    """Branches of every kind a header may leave out or must list: two steps in a row, a
+    choice, a timer, a step that fails and is caught."""
+    def branch(i: int) -> tf.Branch:
+        kind = i % 4
+        builder = tf.branch(f"b{i}")
+        if kind == 0:
+            return builder.step(f"a{i}", _one).step(f"z{i}", _one).build()
+        if kind == 1:
+            return (builder.choice(f"c{i}", choices=[tf.when(lambda ctx: True, next=f"y{i}")], default=f"n{i}")
+                    .step(f"y{i}", _one, end=True).step(f"n{i}", _one).build())
+        if kind == 2:
+            return builder.wait(f"w{i}", seconds=5 + i).step(f"after{i}", _one).build()
+        return (builder.step(f"f{i}", _declined, catch=[tf.Catch(errors=[KeyError], next=f"h{i}")])
+                .step(f"h{i}", _one).build())
+
+    return tf.workflow("mixed").parallel("p", branches=[branch(i) for i in range(width)]).step("end", _one).build()
+
+
+async def _declined(ctx: tf.WorkflowContext) -> None:
+    raise KeyError("declined")
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_crash_at_every_write_of_a_wide_parallel_step_gives_the_crash_free_outcome(
+        tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock) -> None:
+    """The testing kit's crash explorer, over a parallel step whose lanes the header leaves out
+    or lists (moved on, after a choice, waiting on a timer, caught): dying after every write and
+    while making it, each resumed run ends as the crash-free one, and no step recorded
+    completed runs again. (Eight branches stand for a wide step here: the threshold is lowered,
+    so that each of the explorer's hundred-odd runs stays short.)"""
+    from trioflow import _parallel
+    from trioflow.testing import explore_crashes
+
+    monkeypatch.setattr(_parallel, "START_RECORD_FROM", 4)
+    files = iter(range(10**6))
+    factory = tf.adapters.MemoryAdapter if kind == "memory" \
+        else (lambda: tf.adapters.SQLiteAdapter(tmp_path / f"{next(files)}.db"))
+    report = await explore_crashes(_mixed(8), 1, adapter_factory=factory)
+    assert report.baseline.status == "completed"
+    assert report.baseline.history[0].status == "started"  # (the step stored its start record)
+    assert len(report.points) > 8

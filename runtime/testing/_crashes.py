@@ -963,7 +963,10 @@ def _write_parts(state: InstanceState, before: InstanceState | None) -> tuple[tu
     if len(state.compensated) > len(before.compensated):
         return (_described(state.records[state.compensated[-1]], "compensated"),), ""
     if state.phase == "compensating" and before.phase != "compensating":
-        return (), f"failure recorded ({state.error}); compensation starts"
+        # By the error's name, not its message: a message may differ from run to run (an
+        # object's address, a time, an id), and a write named anew in every run would be a
+        # new record to crash at in each, for ever.
+        return (), f"failure recorded ({state.error_name} at step {state.failed_step!r}); compensation starts"
     return (), f"instance {state.status}"
 
 
