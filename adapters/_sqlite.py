@@ -300,6 +300,17 @@ class SQLiteAdapter:
                 " use MemoryAdapter)")
         if "\0" in where:
             raise DatabaseError(f"SQLiteAdapter needs the path of a database file, got {path!r}: a path cannot hold a NUL")
+        if os.fspath(Path(where)).startswith("file:"):
+            # A SQLite built to read URI filenames (many are) reads such a name as a URI: it opens
+            # the file it names ("file:orders.db": orders.db) or one in memory ("file::memory:"),
+            # while the one-engine lock is taken on a file literally so named: a second engine
+            # would open a live database. Refused rather than parsed as SQLite would, as its
+            # options (mode=memory, nolock, immutable, vfs) may undo durability or the lock. (As
+            # stored: Path drops a leading "./", so "./file:x" is refused too.)
+            raise DatabaseError(
+                f"SQLiteAdapter needs the path of a database file, got {path!r}: SQLite may read a name beginning"
+                " with 'file:' as a URI, and open another file than the one locked against a second engine; give"
+                " the file's path (for storage in memory, use MemoryAdapter)")
         self.path = Path(path)
         self.synchronous = synchronous
         #: How long a write waits for another connection's lock before failing (and being retried).

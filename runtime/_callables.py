@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from ._errors import DefinitionError, safe_repr
+from ._errors import DefinitionError, TrioflowError, safe_repr
 
 
 def is_async(fn: object) -> bool:
@@ -45,25 +45,36 @@ def not_plain(fn: object) -> str | None:
     return "an async function" if is_async(fn) else generator_kind(fn)
 
 
-def check_arguments(label: str, what: str, fn: object, arguments: tuple[str, ...]) -> None:
-    """Refuse a callable that cannot take the arguments it will be called with: the mistake
-    would show only when it runs (a compensation, when a later step fails: the work it should
-    undo stays done). Callables without a signature to read (some builtins) pass."""
-    if not callable(fn):
-        return  # a job name: checked when it is registered and looked up
+def refusal(fn: Callable[..., Any], arguments: tuple[str, ...]) -> str | None:
+    """``fn`` as it reads (its name and signature) if it cannot be called with ``arguments``
+    (``None``: it can, or it has no signature to read, as some builtins)."""
     try:
         # The callable as called: a decorator's wrapper (``functools.wraps``) may supply some
         # of the arguments of the function it wraps itself.
         signature = inspect.signature(fn, follow_wrapped=False)
     except (TypeError, ValueError):
-        return
+        return None
     try:
         signature.bind(*arguments)
     except TypeError:
-        name = getattr(fn, "__qualname__", None) or safe_repr(fn)
-        raise DefinitionError(
-            f"{label}: {what} is called as {what}({', '.join(arguments)}), but {name}{signature} cannot take"
-            f" {len(arguments)} argument{'s' if len(arguments) > 1 else ''}") from None
+        return f"{getattr(fn, '__qualname__', None) or safe_repr(fn)}{signature}"
+    return None
+
+
+def check_arguments(
+    label: str, what: str, fn: object, arguments: tuple[str, ...], error: type[TrioflowError] = DefinitionError,
+) -> None:
+    """Refuse a callable that cannot take the arguments it will be called with: the mistake
+    would show only when it runs (a compensation, when a later step fails: the work it should
+    undo stays done). Callables without a signature to read (some builtins) pass. ``error``:
+    what is raised (a definition's callables: :class:`DefinitionError`)."""
+    if not callable(fn):
+        return  # a job name: checked where it meets its job (_jobs.check_job_calls)
+    refused = refusal(fn, arguments)
+    if refused is not None:
+        raise error(
+            f"{label}: {what} is called as {what}({', '.join(arguments)}), but {refused} cannot take"
+            f" {len(arguments)} argument{'s' if len(arguments) > 1 else ''}")
 
 
 def plain_result(fn: Callable[..., Any], *args: Any) -> Any:

@@ -133,6 +133,13 @@ class TaskStep:
         init=False, eq=False, repr=False,
         default=attrs.Factory(lambda s: _callable_is_async(s.compensate), takes_self=True))
 
+    def calls(self) -> tuple[tuple[str, StepFn | str | None, tuple[str, ...]], ...]:
+        """What each of its callables (or jobs named) is, it, and the arguments it is called
+        with: checked against a callable at ``build()``, against a job named when both meet."""
+        saga = self.style == "saga"
+        return (("execute" if saga else "job", self.run, ("ctx",) if saga else ("data",)),
+                ("compensate", self.compensate, ("ctx", "result") if saga else ("output",)))
+
 
 @attrs.frozen(kw_only=True)
 class Choice:

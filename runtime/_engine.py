@@ -83,7 +83,7 @@ from ._engine_arguments import (
 from ._ends_during_reads import EndsDuringReads
 from ._escapes import first_stop, goes_on, raise_keeping_context, stops_the_process
 from ._events import EventBus
-from ._jobs import JobRegistry
+from ._jobs import JobRegistry, check_job_calls
 from ._children import EngineChildren, ended_badly
 from ._lanes import MAIN, RESERVED_SIGNALS, child_ended_signal, is_signal_name, valid_text
 from ._fanout_failures import fails_a_fail_fast_fanout, lane_ends
@@ -122,7 +122,8 @@ class Engine:
         #: trio run, or none) are refused (see _check_open).
         self._trio_token = trio.lowlevel.current_trio_token()
         self._thread = threading.get_ident()
-        self.jobs = JobRegistry(on_register=self._jobs_registered, check_open=self._check_open)
+        self.jobs = JobRegistry(on_register=self._jobs_registered, check_open=self._check_open,
+                                check_fits=self._check_job_fits)
         self.events = EventBus(check_caller=self._check_thread)
         self.adapter = adapter
         #: Instance actors and the engine's own tasks: stopped when the engine closes.
@@ -312,6 +313,9 @@ class Engine:
             )
         check_encodable(dict(definition.data), f"the initial data of workflow {definition.name!r}: with_data")
         definition.check_driver(self._driver, "open_engine(driver=...)")
+        # Its named jobs registered so far take the calls its steps make (those registered later
+        # are checked as they are: _check_job_fits), as build() checks the callables it is given.
+        check_job_calls(definition, self.jobs)
         if not self._stores_signals:
             self._check_without_signals(definition)
         continuing = next((step for step in definition.steps if isinstance(step, ContinueAsNewStep)), None)
@@ -421,6 +425,13 @@ class Engine:
             if known is not None and not self._missing_jobs(known):
                 self._supervisor.start_soon(f"wake signalled {name}", self._wake_signalled,
                                             self._wake_on_register.pop(name))
+
+    def _check_job_fits(self, name: str, fn: Callable[..., Any]) -> None:
+        """A job about to be registered as ``name``: :class:`DefinitionError` if a workflow
+        registered names it for a call it cannot take (checked the other way at register())."""
+        for definition in self._definitions.values():
+            if name in definition.job_names:
+                check_job_calls(definition, {name: fn})
 
     def _missing_jobs(self, definition: WorkflowDefinition) -> list[str]:
         if self._jobs_found.get(definition.name) is definition:

@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from ._callables import generator_kind, is_async
+from ._callables import check_arguments, generator_kind, is_async
 from ._engine_arguments import refuses_unbound_arguments
 from ._errors import EngineClosedError, InvalidArgumentError, safe_repr
 from ._escapes import goes_on
@@ -136,6 +136,9 @@ class EventBus:
             raise InvalidArgumentError(
                 f"on() calls callback(event) for each event: {safe_repr(callback)} is {kind} (it yields); give a"
                 " function or an async def")
+        # Checked here, not left to each event's call: its TypeError would only be logged, on a
+        # logger that prints nothing unless the application configures logging.
+        check_arguments("on()", "callback", callback, ("event",), InvalidArgumentError)
         if not is_async(callback):
             remove_plain = self._add(_Subscriber(pattern, callback, None))
             if self._check_caller is None:

@@ -19,7 +19,7 @@ from ._definition import ChildStep, TaskStep, WorkflowDefinition, unbuilt_hint
 from ._durations import Seconds
 from ._engine_arguments import check_given_instance_id, refuses_unbound_arguments
 from ._errors import DefinitionError, InvalidArgumentError, UnknownJobError, safe_repr
-from ._jobs import JobRegistry
+from ._jobs import JobRegistry, check_job_calls
 from ._snapshot import WorkflowResult
 
 
@@ -57,9 +57,10 @@ async def execute_workflow(
     workflow.check_driver(driver, "execute_workflow(driver, workflow, ...)")
     clock = default_clock()
     state = new_state(workflow, new_instance_id() if instance_id is None else instance_id, input, clock())
+    registry = _NO_JOBS if jobs is None else jobs if isinstance(jobs, JobRegistry) else JobRegistry(jobs)
+    check_job_calls(workflow, registry)  # (as an engine's register() checks them)
     run = Run(
-        workflow, state, adapter=None,
-        jobs=_NO_JOBS if jobs is None else jobs if isinstance(jobs, JobRegistry) else JobRegistry(jobs),
+        workflow, state, adapter=None, jobs=registry,
         services=services or {}, driver=driver, compensate_on_outer_cancel=True, cancellable=False,
         threads=ThreadSlots(), clock=clock,
     )

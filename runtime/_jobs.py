@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from ._callables import generator_kind, is_async
+from ._callables import check_arguments, generator_kind, is_async, refusal
+from ._definition import TaskStep, WorkflowDefinition
 from ._engine_arguments import check_switch, refuses_unbound_arguments
 from ._errors import DefinitionError, UnknownJobError, safe_repr
 
@@ -23,6 +24,26 @@ def check_job(name: object, fn: object) -> None:
     if kind is not None:
         raise DefinitionError(f"job {name!r}: {fn!r} is {kind} (it yields); a job returns its output:"
                               " collect what it yields and return that")
+    # Every call of a job passes one argument or two (TaskStep.calls): one that takes neither
+    # would fail at each call, after its retries. Which of them it gets is known only where a
+    # workflow naming it meets it (check_job_calls).
+    refused = refusal(fn, ("data",))
+    if refused is not None and refusal(fn, ("ctx", "result")) is not None:
+        raise DefinitionError(
+            f"job {name!r}: a job is called with one argument (job(data), execute(ctx), compensate(output)) or two"
+            f" (a saga's compensate(ctx, result)), but {refused} cannot take 1 or 2 arguments")
+
+
+def check_job_calls(definition: WorkflowDefinition, jobs: Mapping[str, Callable[..., Any]]) -> None:
+    """:class:`DefinitionError` naming the step unless each job of ``jobs`` that a step of
+    ``definition`` names can take the call it gets there, as ``build()`` checks a callable
+    given directly (a compensation that cannot would fail only once a later step has)."""
+    for step, _ in definition.lookup.values():
+        if isinstance(step, TaskStep):
+            for what, ref, arguments in step.calls():
+                if isinstance(ref, str) and ref in jobs:
+                    check_arguments(f"workflow {definition.name!r}, step {step.name!r}, job {ref!r}", what,
+                                    jobs[ref], arguments)
 
 
 class JobRegistry(Mapping[str, Callable[..., Any]]):
@@ -32,11 +53,15 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
     def __init__(
         self, jobs: Mapping[str, Callable[..., Any]] | None = None, *, on_register: Callable[[], None] | None = None,
         check_open: Callable[[], None] | None = None,
+        check_fits: Callable[[str, Callable[..., Any]], None] | None = None,
     ) -> None:
         #: Told after each registration (the engine resumes instances that waited for a job).
         self._on_register = on_register
         #: Asked before each registration (an engine's: raises once it has closed).
         self._check_open = check_open
+        #: Asked with each job about to be registered (an engine's: refuses one that a workflow
+        #: registered calls in a way it cannot take).
+        self._check_fits = check_fits
         self._jobs: dict[str, Callable[..., Any]] = {}
         #: Whether each job is awaited (``True``) or run in a thread, worked out at registration.
         self._async: dict[str, bool] = {}
@@ -47,9 +72,11 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
 
     @refuses_unbound_arguments
     def register(self, name: str, fn: Callable[..., Any], *, replace: bool = False) -> None:
-        """Register ``fn`` (``async def`` or plain ``def``, called as ``fn(data)``) as ``name``.
-        The same callable again does nothing; another one under a name already registered
-        raises :class:`DefinitionError` unless ``replace=True``."""
+        """Register ``fn`` (``async def`` or plain ``def``, called as ``fn(data)``, or as a
+        step's callable given directly is: ``TaskStep.calls``) as ``name``. The same callable
+        again does nothing; another one under a name already registered raises
+        :class:`DefinitionError` unless ``replace=True``, and so does one no call can bind, or
+        (on an engine) that a workflow registered calls in a way it cannot take."""
         if self._check_open is not None:
             self._check_open()
         check_job(name, fn)
@@ -59,6 +86,8 @@ class JobRegistry(Mapping[str, Callable[..., Any]]):
             if known == fn:
                 return
             raise DefinitionError(f"job {name!r} is registered already as {known!r}; pass replace=True to replace it")
+        if self._check_fits is not None:
+            self._check_fits(name, fn)
         self._jobs[name] = fn
         self._async[name] = is_async(fn)
         if self._on_register is not None:

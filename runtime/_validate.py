@@ -249,11 +249,9 @@ def _check_task(label: str, step: TaskStep) -> None:
         raise DefinitionError(f"{label}: {what} must be a callable or a job name, got {step.run!r}")
     if step.compensate is not None and not (callable(step.compensate) or (isinstance(step.compensate, str) and step.compensate)):
         raise DefinitionError(f"{label}: compensate must be a callable or a job name, got {step.compensate!r}")
-    saga = step.style == "saga"
-    for what, fn in (("execute" if saga else "job", step.run), ("compensate", step.compensate)):
+    for what, fn, arguments in step.calls():
         _refuse_generator(label, what, fn)
-    check_arguments(label, "execute" if saga else "job", step.run, ("ctx",) if saga else ("data",))
-    check_arguments(label, "compensate", step.compensate, ("ctx", "result") if saga else ("output",))
+        check_arguments(label, what, fn, arguments)
     for field, fn, arguments in (("input", step.input, ("ctx",)), ("output", step.output, ("result", "ctx"))):
         if fn is not None and not callable(fn):
             raise DefinitionError(f"{label}: {field} must be callable, got {fn!r}")
