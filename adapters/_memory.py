@@ -268,6 +268,10 @@ class MemoryAdapter:
     async def load(self, instance_id: str) -> StoredInstance | None:
         return self._load(instance_id)
 
+    async def load_head(self, instance_id: str) -> StoredInstance | None:
+        row = self._rows.get(instance_id)
+        return None if row is None else _stored(instance_id, row, records=())
+
     def _load(self, instance_id: str) -> StoredInstance | None:
         row = self._rows.get(instance_id)
         if row is None:
@@ -659,10 +663,11 @@ def _waits(row: _Row) -> bool:
     return row.wake_at is not None and row.status in RESUMABLE
 
 
-def _stored(instance_id: str, row: _Row) -> StoredInstance:
+def _stored(instance_id: str, row: _Row, records: tuple[bytes, ...] | None = None) -> StoredInstance:
+    """The row as stored, with ``records`` (``None``: all of them)."""
     return StoredInstance(
         instance_id=instance_id, workflow_name=row.workflow_name, status=row.status, start=row.start,
-        header=row.header, records=tuple(row.records), wake_at=row.wake_at,
+        header=row.header, records=tuple(row.records) if records is None else records, wake_at=row.wake_at,
     )
 
 

@@ -219,24 +219,46 @@ class SignalsAndLoads(Protocol):
         ...
 
 
+class HeadLoads(Protocol):
+    """What an adapter may also have (not part of :class:`Adapter`: adapters written without it
+    keep working, the engine then reading the whole row where the head alone would do)."""
+
+    async def load_head(self, instance_id: str) -> StoredInstance | None:
+        """The instance's row as :meth:`Adapter.load` gives it, but without its records and its
+        pending signals (``records`` and ``signals`` empty), or ``None``: what it costs must not
+        grow with the records stored. The engine uses it where the start, the status and the
+        header will do (an idempotent ``start`` or a ``cancel`` of an instance that has ended):
+        the header counts the records, which such a row does not hold."""
+        ...
+
+
 def sends_and_loads(adapter: object) -> bool:
     """Whether the engine may store ``adapter``'s signals with ``send_signal_and_load`` (see
     :class:`SignalsAndLoads`) in place of ``send_signal`` then ``load``: only if neither of
     those two is overridden below the class that defines it, so that a subclass which changes
     one of them alone (to add a delay, to count, to refuse) keeps seeing every call. An adapter
     that hands all three over from another one (``__getattr__``) is judged by that one."""
-    combined = getattr(adapter, "send_signal_and_load", None)
+    return _stands_in_for(adapter, "send_signal_and_load", ("send_signal", "load"))
+
+
+def loads_heads(adapter: object) -> bool:
+    """Whether the engine may read ``adapter``'s rows with ``load_head`` (see :class:`HeadLoads`)
+    where it needs no records: only if ``load`` is not overridden below the class that defines
+    ``load_head``, so that a subclass which changes ``load`` alone keeps seeing every read."""
+    return _stands_in_for(adapter, "load_head", ("load",))
+
+
+def _stands_in_for(adapter: object, method: str, replaced: tuple[str, ...]) -> bool:
+    """Whether ``adapter``'s ``method`` may be called in place of the methods ``replaced``: it
+    has all of them, bound to one object, and none is defined below the class defining it."""
+    combined = getattr(adapter, method, None)
     owner = getattr(combined, "__self__", None)
     if owner is None or any(getattr(getattr(adapter, name, None), "__self__", None) is not owner
-                            for name in _REPLACED):
+                            for name in replaced):
         return False
     depths = [next((depth for depth, cls in enumerate(type(owner).__mro__) if name in vars(cls)), None)
-              for name in ("send_signal_and_load", *_REPLACED)]
+              for name in (method, *replaced)]
     return None not in depths and all(depth >= depths[0] for depth in depths[1:])  # type: ignore[operator]
-
-
-#: What ``send_signal_and_load`` does in one call.
-_REPLACED = ("send_signal", "load")
 
 
 def stores_signals(adapter: object) -> bool:

@@ -74,11 +74,12 @@ MAX_BATCH = 256
 #: Operations whose statements may run in the trio thread: each touches one instance (and a
 #: checkpoint's ``notify`` its parent's signals; ``next_wake`` reads one index entry). Listings, purges, the resume scan and ``due`` (a thousand instances with all
 #: their records) go to the writer.
-_INLINE = frozenset({"create", "checkpoint", "signal", "signal_load", "signals", "load", "delete", "next_wake"})
+_INLINE = frozenset({"create", "checkpoint", "signal", "signal_load", "signals", "load", "load_head", "delete",
+                     "next_wake"})
 #: Operations that write nothing: a transaction of these alone begins deferred (``BEGIN``: in
 #: WAL mode a reader waits for no other connection's write), and, of those inline, ends in the
 #: trio thread too. (``due`` and ``next_wake`` may fill a temporary table: not the file.)
-_READS = frozenset({"signals", "load", "next_wake", "list", "select", "due"})
+_READS = frozenset({"signals", "load", "load_head", "next_wake", "list", "select", "due"})
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -588,6 +589,10 @@ class SQLiteAdapter:
 
     async def load(self, instance_id: str) -> StoredInstance | None:
         stored: StoredInstance | None = await self._submit(("load", (instance_id,)))
+        return stored
+
+    async def load_head(self, instance_id: str) -> StoredInstance | None:
+        stored: StoredInstance | None = await self._submit(("load_head", (instance_id,)))
         return stored
 
     async def list_instances(
@@ -1270,10 +1275,15 @@ def _selected(
             # runs nothing of it (the step those records hold would run again at every start).
             records=(*held, b"") if beyond else tuple(held),
             signals=signals,
-            # (A wake time damaged by hand, not a number, is no time: see ``resumable``.)
-            wake_at=float(wake) if type(wake) in (float, int) else None,
+            wake_at=_wake_time(wake),
         ))
     return selected
+
+
+def _wake_time(wake: Any) -> float | None:
+    """A row's ``wake_at`` as stored. (A wake time damaged by hand, not a number, is no time:
+    see ``resumable``.)"""
+    return float(wake) if type(wake) in (float, int) else None
 
 
 #: Waiting instances, soonest first, read through the index on wake_at: forced, as the planner
@@ -1353,6 +1363,19 @@ def _load(conn: sqlite3.Connection, iid: str) -> StoredInstance | None:
     # Its signals first: the row is then built once, with them (a read transaction holds both).
     rows = _selected(conn, _LOAD_SQL, _LOAD_RECORDS_SQL, (iid,), tuple(_signals(conn, iid)))
     return rows[0] if rows else None
+
+
+#: :func:`_load_head`'s query: the instance's row alone, none of its records.
+_LOAD_HEAD_SQL = ("SELECT i.instance_id, i.workflow_name, i.status, CAST(i.start AS BLOB), CAST(i.header AS BLOB),"
+                  " i.wake_at FROM trioflow_instances AS i WHERE i.instance_id = ?")
+
+
+def _load_head(conn: sqlite3.Connection, iid: str) -> StoredInstance | None:
+    """One instance's row without its records and its signals (see ``HeadLoads``)."""
+    for instance_id, workflow_name, status, start, header, wake in _read(conn, _LOAD_HEAD_SQL, (iid,)):
+        return StoredInstance(instance_id=instance_id, workflow_name=workflow_name, status=status, start=start,
+                              header=header, wake_at=_wake_time(wake))
+    return None
 
 
 #: A signal stored only if its instance has not ended: parameters instance id, name, payload.
@@ -1487,7 +1510,7 @@ def _list(conn: sqlite3.Connection, workflow_name: str | None, status: str | Non
 
 #: Ops applied one at a time (creates and checkpoints go in runs: see :func:`_run_all`).
 _OPS: dict[str, Callable[..., Any]] = {
-    "select": _select, "list": _list, "load": _load, "delete": _delete, "purge": _purge, "signal": _signal,
+    "select": _select, "list": _list, "load": _load, "load_head": _load_head, "delete": _delete, "purge": _purge, "signal": _signal,
     "signals": _signals, "signal_load": _signal_load, "due": _due, "next_wake": _next_wake, "restart": _restart,
 }
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import inspect
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
+import attrs
 import msgpack
 
 from . import _header_lanes
@@ -42,6 +43,7 @@ from ._snapshot import (
     new_lane,
     NO_ERRORS,
     ChildWait,
+    Status,
     StepResult,
     child_wait,
     failed_compensation,
@@ -746,24 +748,93 @@ def decode(start: bytes | None, header: bytes, records: Sequence[bytes] = ()) ->
         _version(raw_header[1], 1, 1)
         state = _fields_guarded(_state_v1, raw_header)
     else:
-        if start is None:
-            raise SnapshotDecodeError("data is not a trioflow instance (no start record, and no format-1 snapshot)")
-        raw_start = _unpack(start, "start record")
-        for raw, tag in ((raw_start, START_TAG), (raw_header, HEADER_TAG)):
-            if not isinstance(raw, list) or len(raw) < 2 or raw[0] != tag:
-                raise SnapshotDecodeError(f"data is not a trioflow instance (missing {tag!r} tag)")
-            _version(raw[1], 2, FORMAT_VERSION)
-        state = _fields_guarded(_state_v2, raw_start, raw_header,
+        state = _fields_guarded(_state_v2, _unpack_start(start, raw_header), raw_header,
                                 [_unpack(r, "step record") for r in records] if records else [])
-    # (What every run reads, whatever the format: its times are compared and added to, and a
-    # live instance goes on from its main lane.)
-    if not (_is_time(state.created_at) and (state.started_at is None or _is_time(state.started_at))
-            and (state.completed_at is None or _is_time(state.completed_at))):
-        _malformed("the instance's times are not numbers")
-    if not (MAIN in state.lanes or state.status not in RESUMABLE):
-        _malformed("a %s instance has no main lane", state.status)
+    _check_times_and_main(state.created_at, state.started_at, state.completed_at, state.status, state.lanes)
     remember_data(state)
     return state
+
+
+@attrs.frozen(kw_only=True)
+class StoredHead:
+    """What a row's start and header say, its records left unread (:func:`decode_head`): the
+    instance's start, its status, how many records it has and what its lanes wait for. Enough
+    for a look that must not cost what the instance ran: an idempotent start of an instance
+    that has ended, a signal to a parked instance that waits for another."""
+
+    instance_id: str
+    workflow_name: str
+    status: Status
+    input: Any
+    created_at: float
+    parent_id: str | None
+    runs: int
+    #: How many records the header counts (its row's records are not read).
+    records: int
+    #: What each lane that waits waits for (a header lists every such lane in full: see
+    #: ``trioflow._header_lanes.written_lanes``); ``None`` when only the records tell it all (a
+    #: wait for a child named by its start record, or a format-1 row).
+    waits: tuple[dict[str, Any], ...] | None
+
+
+def decode_head(stored: Stored) -> StoredHead:
+    """The :class:`StoredHead` of a stored row, validated as :func:`decode` validates its start
+    and header (or :class:`SnapshotDecodeError`); its records are neither read nor checked,
+    so a row read without them (``load_head``) will do."""
+    raw_header = _unpack(stored.header, "header")
+    if isinstance(raw_header, list) and len(raw_header) >= 2 and raw_header[0] == TAG:
+        # Format 1: one snapshot holds it all, records included (rows of long ago: decoded whole).
+        state = decode(stored.start, stored.header, stored.records)
+        return StoredHead(instance_id=state.instance_id, workflow_name=state.workflow_name, status=state.status,
+                          input=state.input, created_at=state.created_at, parent_id=state.parent_id, runs=state.runs,
+                          records=len(state.records), waits=None)
+    return _fields_guarded(_head_v2, _unpack_start(stored.start, raw_header), raw_header)
+
+
+def _unpack_start(start: bytes | None, raw_header: Any) -> Any:
+    """The start of a row in format 2 or later, unpacked, its tag and its header's checked."""
+    if start is None:
+        raise SnapshotDecodeError("data is not a trioflow instance (no start record, and no format-1 snapshot)")
+    raw_start = _unpack(start, "start record")
+    for raw, tag in ((raw_start, START_TAG), (raw_header, HEADER_TAG)):
+        if not isinstance(raw, list) or len(raw) < 2 or raw[0] != tag:
+            raise SnapshotDecodeError(f"data is not a trioflow instance (missing {tag!r} tag)")
+        _version(raw[1], 2, FORMAT_VERSION)
+    return raw_start
+
+
+def _check_times_and_main(
+    created_at: Any, started_at: Any, completed_at: Any, status: str, lanes: Mapping[str, Any],
+) -> None:
+    """What every run reads, whatever the format: its times are compared and added to, and a
+    live instance goes on from its main lane."""
+    if not (_is_time(created_at) and (started_at is None or _is_time(started_at))
+            and (completed_at is None or _is_time(completed_at))):
+        _malformed("the instance's times are not numbers")
+    if not (MAIN in lanes or status not in RESUMABLE):
+        _malformed("a %s instance has no main lane", status)
+
+
+def _head_v2(start: list[Any], header: list[Any]) -> StoredHead:
+    iid, name, _, input, created_at, parent_id, runs = _start_fields(start)
+    (status, _, _, _, _, lanes, _, _, _, _, _, _, _, started_at, completed_at, count, *_) = _header_fields(header, iid)
+    if not (type(count) is int and count >= 0):
+        _malformed("the header counts %r step records", count)
+    _check_times_and_main(created_at, started_at, completed_at, status, lanes)
+    waits: list[dict[str, Any]] = []
+    told = True  # (not if a lane's wait is named by its start record: its child's ids are there)
+    for key, fields in lanes.items():
+        if not (isinstance(key, str) and isinstance(fields, list) and len(fields) >= 3):
+            _malformed("lane %r is malformed", key)
+        waiting = fields[3] if len(fields) > 3 else None
+        if type(waiting) is int and waiting in (ChildWait.UNCHECKED, ChildWait.STORED):
+            told = False
+        elif waiting is not None:
+            if not _well_formed_wait(waiting):
+                _malformed("lane %r waits for something malformed", key)
+            waits.append(waiting)
+    return StoredHead(instance_id=iid, workflow_name=name, status=status, input=input, created_at=created_at,
+                      parent_id=parent_id, runs=runs, records=count, waits=tuple(waits) if told else None)
 
 
 def _is_time(value: Any) -> bool:
@@ -790,7 +861,10 @@ def _version(version: Any, lowest: int, highest: int) -> None:
         )
 
 
-def _fields_guarded(build: Callable[..., InstanceState], *fields: Any) -> InstanceState:
+_Built = TypeVar("_Built", InstanceState, "StoredHead")
+
+
+def _fields_guarded(build: Callable[..., _Built], *fields: Any) -> _Built:
     try:
         return build(*fields)
     except SnapshotDecodeError:
@@ -803,7 +877,9 @@ def _fields_guarded(build: Callable[..., InstanceState], *fields: Any) -> Instan
 _NO_NAME_NOR_CAUSE = (None, None)
 
 
-def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> InstanceState:
+def _start_fields(start: list[Any]) -> tuple[str, str, Any, Any, Any, str | None, int]:
+    """A start's fields, checked: instance id, workflow name, fingerprint, input, creation
+    time, parent id and run number."""
     (_, _, iid, name, fingerprint, input, created_at, parent_id, runs) = (
         start if len(start) == 9 else (*start, 0) if len(start) == 8 else (*start, None, 0))
     if not (parent_id is None or isinstance(parent_id, str)):
@@ -812,6 +888,15 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         _malformed("the run number must be an int >= 0")
     if not (isinstance(iid, str) and isinstance(name, str)):
         _malformed("instance id and workflow name must be strings")
+    return iid, name, fingerprint, input, created_at, parent_id, runs
+
+
+def _header_fields(header: list[Any], iid: str) -> tuple[Any, ...]:
+    """A header's fields in every format from 2 on, those a look at its instance reads checked
+    (that it is the row's, its status, errors and maps): status, phase, outcome, rolled back,
+    data, lanes, error, failed step, compensated (format 2's list), compensated from,
+    compensated names, compensation errors, skipped, started at, completed at, record count,
+    error name, cause, and the lanes left out (moved on, item steps, branch starts)."""
     moved_on = item_next = starts = None
     if header[1] == 2:
         # Format 2's header: no mark, and a list of the executions compensated.
@@ -820,6 +905,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             *header, *_NO_NAME_NOR_CAUSE)
         compensated_from = compensated_names = None
     else:
+        compensated = None  # (format 2's list: a cursor since)
         if header[1] == 3:  # the compensations that failed, in the header
             (_, _, mark, status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated_from,
              compensated_names, comp_errors, skipped, started_at, completed_at, count, error_name, cause) = header
@@ -844,6 +930,16 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
         _malformed("the instance's error or failed step is not text")
     if not (isinstance(data, dict) and isinstance(lanes, dict)):
         _malformed("malformed maps")
+    return (status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated, compensated_from,
+            compensated_names, comp_errors, skipped, started_at, completed_at, count, error_name, cause, moved_on,
+            item_next, starts)
+
+
+def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> InstanceState:
+    iid, name, fingerprint, input, created_at, parent_id, runs = _start_fields(start)
+    (status, phase, outcome, rolled_back, data, lanes, error, failed_step, compensated, compensated_from,
+     compensated_names, comp_errors, skipped, started_at, completed_at, count, error_name, cause, moved_on, item_next,
+     starts) = _header_fields(header, iid)
     if not (count == len(records)):
         _malformed("the header counts %r step records, %d are stored", count, len(records))
     state = new_instance_state(iid, name, str(fingerprint), status, input, SharedData(data), {}, created_at, started_at)

@@ -30,6 +30,8 @@ from trioflow._codec import (
     as_stored,
     check_encodable,
     copied_view,
+    StoredHead,
+    decode_head,
     decode_payload,
     decode_stored,
     detached,
@@ -44,8 +46,8 @@ from trioflow._codec import (
 from trioflow.adapters._driver import in_a_transaction_of
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import (
-    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families, restarts_history,
-    sends_and_loads, skips_workflows, stores_signals, waits_out_of_memory,
+    Adapter, HeadLoads, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families,
+    loads_heads, restarts_history, sends_and_loads, skips_workflows, stores_signals, waits_out_of_memory,
 )
 
 from ._context import check_services
@@ -97,11 +99,17 @@ from ._snapshot import (
     Status,
     WorkflowInstance,
     compensation_errors_by_execution,
+    waits_for,
     to_instance,
     unreadable_instance,
 )
 
 log = logging.getLogger("trioflow")
+
+#: Records from which a parked instance's row is decoded header first, to tell whether a lane
+#: waits for what would wake it (see ``Engine._wake_if_waiting``): below it, decoding the whole
+#: row at once costs less than the header twice.
+HEAD_FIRST_FROM = 8
 F = TypeVar("F", bound=Callable[..., Any])
 #: The order ``get_instances`` lists in: by creation, oldest or newest first.
 Order = Literal["oldest", "newest"]
@@ -188,6 +196,9 @@ class Engine:
         #: Whether a signal to an instance not running here is stored and its row read back in
         #: one call (see ``SignalsAndLoads``).
         self._sends_and_loads = sends_and_loads(adapter)
+        #: Whether a row is read without its records where its start and header will do (see
+        #: ``HeadLoads``).
+        self._loads_heads = loads_heads(adapter)
         self._stores_signals = stores_signals(adapter)
         #: For callers of ``wait()`` on a parked instance: set when it runs here again.
         self._next_run: dict[str, _NextRun] = {}
@@ -659,7 +670,11 @@ class Engine:
                         f"the engine closed while instance {instance_id!r} was being stored, cancelled; the next"
                         " engine ends it cancelled without running a step")
                 self._check_open()  # closed while it was stored: an idempotent start may be made again
-                existing = await self._load_fresh(instance_id)
+                # (A caller's start of an instance that has ended needs only its start and status:
+                # read without its records where the adapter can. A child step's reads it whole,
+                # told of a child whose records are unreadable.)
+                existing = await self._load_fresh(instance_id) if parent is not None \
+                    else await self._load_unless_ended(instance_id)
                 self._check_open()  # (as a first try closed on its store says: the next engine goes on)
                 if existing is None:
                     # Deleted between the refused create and this read (a purge, or retention,
@@ -680,7 +695,8 @@ class Engine:
                     continue
                 never_ran = fresh = False  # (this call's own row, nothing run: see below)
                 try:
-                    found = _decoded(existing)
+                    found = _decoded(existing) if parent is not None or existing.status in RESUMABLE \
+                        else _decoded_head(existing)
                 except SnapshotDecodeError as exc:  # unreadable: reported as such elsewhere
                     check_same_workflow(instance_id, existing.workflow_name, workflow_name)
                     if parent is not None:
@@ -698,21 +714,22 @@ class Engine:
                     # This engine's own row: a child's (its id is new), or stored by an
                     # earlier try of this start whose answer was lost (its creation time).
                     ours = ours or found.created_at in tried
-                    # Nothing run of it: it runs as a start made here does (a child step
-                    # of an unregistered workflow fails), not as one taken up from storage.
-                    never_ran = ours and existing.workflow_name == workflow_name and not found.records
-                    # Not started yet either (not waiting in its first step, not queued: a
-                    # pending row is announced as it gets its slot, and a delayed one once
-                    # its start time comes, as a resumed one is), nor announced by a run
-                    # here since its lost try (how the row came to be stored running depends
-                    # on the definitions registered since: register(replace=True) may have
-                    # added or removed an on_start hook). (A row of this engine's not among
-                    # its lost tries: see pending_until_announced.)
-                    announced = tried.get(found.created_at)
-                    if announced is None:
-                        announced = pending_until_announced(definition, found)
-                    fresh = never_ran and existing.status == "running" and found.lanes[MAIN].waiting is None \
-                        and not announced
+                    if isinstance(found, InstanceState):  # (not a head: one of a row that has ended runs no more)
+                        # Nothing run of it: it runs as a start made here does (a child step
+                        # of an unregistered workflow fails), not as one taken up from storage.
+                        never_ran = ours and existing.workflow_name == workflow_name and not found.records
+                        # Not started yet either (not waiting in its first step, not queued: a
+                        # pending row is announced as it gets its slot, and a delayed one once
+                        # its start time comes, as a resumed one is), nor announced by a run
+                        # here since its lost try (how the row came to be stored running depends
+                        # on the definitions registered since: register(replace=True) may have
+                        # added or removed an on_start hook). (A row of this engine's not among
+                        # its lost tries: see pending_until_announced.)
+                        announced = tried.get(found.created_at)
+                        if announced is None:
+                            announced = pending_until_announced(definition, found)
+                        fresh = never_ran and existing.status == "running" and found.lanes[MAIN].waiting is None \
+                            and not announced
                 if not (fresh or (never_ran and existing.status == "pending")):
                     # Its row is found, and known for what it is. (Not one the run this call
                     # takes up is yet to announce: a fresh one, or a pending one, announced as it
@@ -1128,7 +1145,7 @@ class Engine:
 
     async def _wake_if_waiting(
         self, instance_id: str, wakes: Callable[[dict[str, Any]], bool] | None, *, pending: int | None = None,
-        row: StoredInstance | None = None, signalled: bool = True,
+        row: StoredInstance | None = None, complete: bool = True, signalled: bool = True,
     ) -> tuple[Run | None, bool]:
         """Resume a parked instance here if what its lanes wait for passes ``wakes``: its run
         (``None``: not running here), and whether this call resumed it, from a row read now
@@ -1138,8 +1155,9 @@ class Engine:
         ``resume=False`` where it is; a cancel does not.
         ``pending``: the seq of a signal just stored, for a run found running to be handed:
         ``None`` for the run if the row read holds it no more (a run that has ended since took
-        it; the one running now, resumed after that, must not take it again)."""
-        stored, complete = (row, True) if row is not None else await self._load_for_wake(instance_id)
+        it; the one running now, resumed after that, must not take it again). ``complete``:
+        whether ``row`` holds every signal stored before it was read (see :meth:`_give_stored`)."""
+        stored, complete = (row, complete) if row is not None else await self._load_for_wake(instance_id)
         if stored is None or stored.status not in RESUMABLE or instance_id in self._live:
             if stored is not None and pending is not None and all(seq != pending for seq, _, _ in stored.signals):
                 return None, False
@@ -1150,14 +1168,21 @@ class Engine:
             # this very signal); until then it is held, as a resume holds it.
             self._wake_on_register.setdefault(stored.workflow_name, set()).add(instance_id)
             return None, False
-        try:
-            state = _decoded(stored)
-        except SnapshotDecodeError:
-            return None, False
         if wakes is None:
             names = {name for _, name, _ in stored.signals}
             wakes = lambda waiting: waiting.get("signal") in names  # noqa: E731
-        if any(lane.waiting is not None and lane.waits() and wakes(lane.waiting) for lane in state.lanes.values()) \
+        try:
+            # Its header first, if it has records enough for that to pay (decoding it twice, for
+            # a wake, costs about what two records do): it lists every lane that waits (see
+            # written_lanes), so a signal no lane waits for (kept for a later receive) is told so
+            # without decoding the records, which grow with all the instance ran.
+            waits = _decoded_head(stored).waits if len(stored.records) >= HEAD_FIRST_FROM else None
+            state = None if waits is not None and not any(waits_for(w) and wakes(w) for w in waits) \
+                else _decoded(stored)
+        except SnapshotDecodeError:
+            return None, False
+        if state is not None \
+                and any(lane.waiting is not None and lane.waits() and wakes(lane.waiting) for lane in state.lanes.values()) \
                 and not (signalled and self._holding_back and wake_at(state, definition) is None):
             # (Held back, it waits for resume(), whose run takes what storage holds for it.)
             run = self._resume_one(definition, stored, state)
@@ -1179,10 +1204,33 @@ class Engine:
     async def _load_for_wake(self, instance_id: str) -> tuple[StoredInstance | None, bool]:
         """:meth:`_load_fresh`, and whether no signal was stored for the instance while it was
         read (the row then holds every signal stored before it: see :meth:`_give_stored`)."""
+        return await self._read_fresh(instance_id, self.adapter.load)
+
+    async def _load_unless_ended(self, instance_id: str) -> StoredInstance | None:
+        """:meth:`_load_fresh`, its records left out if the instance has ended and the adapter
+        reads rows so (see ``HeadLoads``): one that may run is read whole, to be taken up."""
+        stored, _ = await self._load_head_for_wake(instance_id)
+        if self._loads_heads and stored is not None and stored.status in RESUMABLE:
+            return await self._load_fresh(instance_id)
+        return stored
+
+    async def _load_head_for_wake(self, instance_id: str) -> tuple[StoredInstance | None, bool]:
+        """:meth:`_load_for_wake`, its records (and signals) left out if the adapter reads rows
+        so (see ``HeadLoads``): for a look at its start, status and header alone."""
+        if not self._loads_heads:
+            return await self._load_for_wake(instance_id)
+        heads: HeadLoads = self.adapter  # type: ignore[assignment]
+        return await self._read_fresh(instance_id, heads.load_head)
+
+    async def _read_fresh(
+        self, instance_id: str, read: Callable[[str], Awaitable[StoredInstance | None]],
+    ) -> tuple[StoredInstance | None, bool]:
+        """The row ``read`` gives, read again while a run of it ended here during the read (see
+        :meth:`_load_fresh`), and whether no signal was stored for it meanwhile."""
         while True:
             watch = self._ends.watching(instance_id)
             with watch as ended_since:
-                stored = await self.adapter.load(instance_id)
+                stored = await read(instance_id)
                 if not ended_since():
                     return stored, watch.signals_stored() == 0
 
@@ -1369,10 +1417,22 @@ class Engine:
                 storing.cancel_owed = self._clock()
                 return True
         run = self._live.get(instance_id)
+        stored = None
         if run is None:
-            run, _ = await self._wake_if_waiting(instance_id, lambda waiting: True, signalled=False)  # parked
+            # Its status first, read without its records where the adapter can: an instance
+            # that has ended (most of those a support tool asks about) needs no more.
+            stored, complete = await self._load_head_for_wake(instance_id)
+            if stored is not None and stored.status in RESUMABLE:
+                # Parked (or stored, not running here): woken from its whole row (this one, if
+                # the adapter read it whole).
+                run, _ = await self._wake_if_waiting(instance_id, lambda waiting: True, signalled=False,
+                                                     row=None if self._loads_heads else stored, complete=complete)
+            else:
+                run = self._live.get(instance_id)  # (taken up here as it was read)
         if run is None:
             self._check_open()  # (closed while storage was read)
+            if stored is None or stored.status not in RESUMABLE:
+                return False  # unknown, or over
             return await self._cancel_not_running(instance_id)
         self._check_open()  # (closed while it waited for a resume, a start or storage)
         # Code of a step (this instance's, whose cancellation comes first, or another's, which
@@ -3099,7 +3159,20 @@ def _decoded(record: StoredInstance) -> InstanceState:
     a row holding another instance's data (a copied or tampered row) would otherwise run that
     instance a second time; and its status must be the one the adapter lists it under (a row
     marked finished by hand, its header still running, would be neither run nor reported)."""
-    state = decode_stored(record)
+    return _its_own(record, decode_stored(record))
+
+
+def _decoded_head(record: StoredInstance) -> StoredHead:
+    """What a stored row's start and header say (its records neither read nor checked), checked
+    as :func:`_decoded` checks the state."""
+    return _its_own(record, decode_head(record))
+
+
+_Decoded = TypeVar("_Decoded", InstanceState, StoredHead)
+
+
+def _its_own(record: StoredInstance, state: _Decoded) -> _Decoded:
+    """``state``, decoded from ``record``, if it is the row's own (see :func:`_decoded`)."""
     if state.instance_id != record.instance_id or state.workflow_name != record.workflow_name:
         raise SnapshotDecodeError(
             f"the row of instance {record.instance_id!r} ({record.workflow_name!r}) holds the snapshot of"

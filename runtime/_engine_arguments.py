@@ -10,12 +10,15 @@ import inspect
 import os
 import types
 from collections.abc import Callable, Sequence
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from ._durations import Seconds, in_range, seconds
 from ._errors import InstanceIdConflictError, InvalidArgumentError, safe_repr
 from ._lanes import valid_text
 from ._snapshot import STATUSES, InstanceState, WorkflowInstance
+
+if TYPE_CHECKING:
+    from ._codec import StoredHead
 
 
 _P = ParamSpec("_P")
@@ -293,7 +296,8 @@ def check_same_workflow(instance_id: str, stored: str, asked: str) -> None:
 
 
 def check_same_start(
-    instance_id: str, state: InstanceState, workflow_name: str, input: Any, parent: InstanceState | None = None,
+    instance_id: str, state: InstanceState | StoredHead, workflow_name: str, input: Any,
+    parent: InstanceState | None = None,
 ) -> None:
     """A ``start`` with the id of an existing instance returns it only if it asks for the same
     workflow with the same input (as Step Functions does for an execution name). A child step
@@ -302,7 +306,8 @@ def check_same_start(
     whose workflow a release may now name otherwise: the execution keeps the child it
     started), but only if it is that parent's child: not an instance a caller started under
     that id. One that continued as new keeps no more its first run's input to compare: the same
-    workflow is enough (a start retried after its answer was lost gets it, as it would have)."""
+    workflow is enough (a start retried after its answer was lost gets it, as it would have).
+    (``state``: the stored instance's state, or the head of its row, which says as much.)"""
     if parent is not None:
         if state.parent_id != parent.instance_id:
             raise not_the_child(instance_id, parent)

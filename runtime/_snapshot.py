@@ -274,8 +274,13 @@ class Lane:
     def waits(self) -> bool:
         """Whether the lane waits for something (a timer, a signal, a child, its start, a
         retry's delay), rather than run its step (or only keep the attempts made before it)."""
-        waiting = self.waiting
-        return waiting is not None and not waiting.keys() <= _KEPT_ONLY
+        return waits_for(self.waiting)
+
+
+def waits_for(waiting: Mapping[str, Any] | None) -> bool:
+    """Whether a lane whose ``waiting`` this is waits for something (see :meth:`Lane.waits`):
+    also asked of a wait as a header holds it, its lane not built."""
+    return waiting is not None and not waiting.keys() <= _KEPT_ONLY
 
 
 #: Keys of ``Lane.waiting`` that say what a wait kept, not what the lane waits for (the

@@ -30,8 +30,8 @@ from trioflow._errors import (
 )
 from trioflow._snapshot import TERMINAL
 from trioflow.adapters._protocol import (
-    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families, restarts_history,
-    sends_and_loads, skips_workflows,
+    Adapter, HeadLoads, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families,
+    loads_heads, restarts_history, sends_and_loads, skips_workflows,
 )
 
 OpenAdapter = Callable[[str], Adapter]
@@ -113,6 +113,32 @@ async def signal_and_load_is_one_call(open_adapter: OpenAdapter) -> None:
         assert await combined.send_signal_and_load("i", "go", b"late") == (None, None), (
             "send_signal_and_load to a finished instance must store nothing and return (None, None)")
         assert await a.signals("i") == [], "nothing is stored for a finished instance"
+
+
+async def load_head_leaves_out_the_records(open_adapter: OpenAdapter) -> None:
+    """(Only for an adapter the engine would call ``load_head`` on.)"""
+    async with _opened(open_adapter, "load_head") as a:
+        if not loads_heads(a):
+            return
+        heads: HeadLoads = a  # type: ignore[assignment]
+        assert await heads.load_head("nobody") is None, "load_head of an instance never created must return None"
+        await a.create("i", "wf", "running", start=b"s", header=b"h0")
+        await a.checkpoint("i", "running", _BLOB, [b"r0", b"r1"], first_seq=0, wake_at=float("inf"))
+        seq = await a.send_signal("i", "go", b"one")
+        await _same_head(a, heads)
+        await a.checkpoint("i", "completed", b"h2", [b"r2"], first_seq=2, consumed=[] if seq is None else [seq])
+        await _same_head(a, heads)
+
+
+async def _same_head(a: Adapter, heads: HeadLoads) -> None:
+    whole, head = await a.load("i"), await heads.load_head("i")
+    assert whole is not None and head is not None
+    view, whole_view = _view(head), _view(whole)
+    assert view is not None and whole_view is not None and view == (*whole_view[:5], ()), (
+        f"load_head must return the row as load() gives it, without its records, got {view}")
+    assert head.signals == () and head.wake_at == whole.wake_at, (
+        f"load_head must leave out the pending signals and give wake_at as load() does, got {head.signals},"
+        f" {head.wake_at}")
 
 
 def _view(stored: StoredInstance | None) -> tuple[Any, ...] | None:
@@ -1006,7 +1032,7 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     checkpoint_of_unknown_instance, checkpoint_is_atomic, start_set_once, list_by_name_and_status,
     resumable_lists_pending_and_running, delete_removes, survives_reopen,
     step_is_durable_before_the_next_starts, bad_data_is_never_stored, signals_are_kept_in_order_and_consumed_once,
-    signal_and_load_is_one_call, checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due,
+    signal_and_load_is_one_call, load_head_leaves_out_the_records, checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due,
     created_waiting_instances_wait,
     waiting_instances_of_skipped_workflows_are_left_out, waiting_instances_excluded_are_left_out,
     restart_replaces_the_history, delete_refuses_unfinished, purge_by_finish_time,
