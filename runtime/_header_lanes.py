@@ -250,6 +250,8 @@ class KeptLanes:
 
     def _refile_parallel(self, key: str, lane: Lane | None, records: list[StepResult] | tuple[()]) -> None:
         was = self.place_of.get(key)
+        if was is not None and lane is not None and lane.begun == self.parallels[was][0] and lane.step is not None:
+            return  # (the same execution, at every checkpoint of its lane: its layout is read once)
         now = None if lane is None else parallel_of(lane, records)
         if was is not None and (now is None or now[0] != was or now[1][0] != self.parallels[was][0]):
             del self.parallels[was], self.place_of[key]
