@@ -34,7 +34,7 @@ class _Row:
     """One stored instance. Slotted and mutable: checkpoints are the hot path."""
 
     __slots__ = ("instance_id", "order", "workflow_name", "status", "start", "header", "records", "signals", "wake_at",
-                 "finished_at", "parent_id", "place")
+                 "finished_at", "parent_id", "place", "signal_keys")
 
     def __init__(
         self, instance_id: str, order: int, workflow_name: str, status: Status, start: bytes | None, header: bytes,
@@ -53,6 +53,8 @@ class _Row:
         self.records: list[bytes] | tuple[bytes, ...] = ()
         #: Pending signals by seq (``None`` until the first one).
         self.signals: dict[int, tuple[str, bytes]] | None = None
+        #: The keys of the signals sent with one (``None`` until the first): see ``KeyedSignals``.
+        self.signal_keys: set[str] | None = None
         #: When a waiting instance is due (``None``: it does not wait).
         self.wake_at: float | None = None
         #: When it finished (``None``: it has not), on the adapter's clock.
@@ -242,6 +244,21 @@ class MemoryAdapter:
     ) -> tuple[int | None, StoredInstance | None]:
         seq = self._send_signal(instance_id, name, payload)
         return seq, None if seq is None else self._load(instance_id)
+
+    async def send_keyed_signal(
+        self, instance_id: str, name: str, payload: bytes, key: str,
+    ) -> tuple[int | None, bool]:
+        row = self._rows.get(instance_id)
+        if row is not None and row.signal_keys is not None and key in row.signal_keys:
+            return None, True
+        seq = self._send_signal(instance_id, name, payload)  # (an unknown instance raises)
+        if seq is not None:
+            stored = self._rows[instance_id]
+            if stored.signal_keys is None:
+                stored.signal_keys = {key}
+            else:
+                stored.signal_keys.add(key)
+        return seq, False
 
     def _send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:
         if instance_id not in self._rows:

@@ -165,7 +165,8 @@ class Adapter(Protocol):
         ...
 
     async def delete(self, instance_id: str) -> bool:
-        """Remove a finished instance, its records and its signals; whether it existed. An
+        """Remove a finished instance, its records and its signals (and the keys of those sent
+        with one, see :class:`KeyedSignals`); whether it existed. An
         instance that is ``pending`` or ``running`` is refused with
         :class:`InstanceStillRunningError`, nothing deleted (its run would store it again)."""
         ...
@@ -183,7 +184,7 @@ class Adapter(Protocol):
     ) -> int:
         """Delete up to ``limit`` finished instances (status in ``TERMINAL``) that finished at or
         before ``finished_by``, earliest finish first, optionally only those of one status or
-        one workflow, with their records and pending signals; returns how many. Atomic, and
+        one workflow, with their records, pending signals and signal keys; returns how many. Atomic, and
         found through an index on finish time that leaves out the children stored parents
         keep (for a call given a status, a workflow or both, one on finish time within that
         status, workflow or both: the bundled adapters keep one of each): its cost follows what
@@ -219,6 +220,24 @@ class SignalsAndLoads(Protocol):
         ...
 
 
+class KeyedSignals(Protocol):
+    """What an adapter may also have (not part of :class:`Adapter`: adapters written without it
+    keep working, but ``engine.signal(..., idempotency_key=)`` is refused on them)."""
+
+    async def send_keyed_signal(
+        self, instance_id: str, name: str, payload: bytes, key: str,
+    ) -> tuple[int | None, bool]:
+        """:meth:`Adapter.send_signal`, once per instance and ``key``, in one atomic operation:
+        ``(seq, False)`` when the signal is stored now; ``(None, True)``, storing nothing, when
+        a signal with that key was stored for the instance before (pending or consumed since:
+        keys are kept as long as the instance is, and go with it on ``delete`` and ``purge``);
+        ``(None, False)``, storing nothing, when the instance has ended and knows no such key.
+        An unknown instance raises :class:`UnknownInstanceError`. The engine uses it for a
+        signal sent with an idempotency key: a webhook delivered twice, or a caller that lost
+        ``signal()``'s answer and sends again, stores it once."""
+        ...
+
+
 class HeadLoads(Protocol):
     """What an adapter may also have (not part of :class:`Adapter`: adapters written without it
     keep working, the engine then reading the whole row where the head alone would do)."""
@@ -239,6 +258,14 @@ def sends_and_loads(adapter: object) -> bool:
     one of them alone (to add a delay, to count, to refuse) keeps seeing every call. An adapter
     that hands all three over from another one (``__getattr__``) is judged by that one."""
     return _stands_in_for(adapter, "send_signal_and_load", ("send_signal", "load"))
+
+
+def sends_keyed(adapter: object) -> bool:
+    """Whether the engine may store ``adapter``'s keyed signals with ``send_keyed_signal`` (see
+    :class:`KeyedSignals`): only if ``send_signal`` is not overridden below the class that
+    defines it, so that a subclass which changes ``send_signal`` (to refuse, to count) keeps
+    seeing every signal; keyed ones are then refused."""
+    return _stands_in_for(adapter, "send_keyed_signal", ("send_signal",))
 
 
 def loads_heads(adapter: object) -> bool:

@@ -74,7 +74,7 @@ MAX_BATCH = 256
 #: Operations whose statements may run in the trio thread: each touches one instance (and a
 #: checkpoint's ``notify`` its parent's signals; ``next_wake`` reads one index entry). Listings, purges, the resume scan and ``due`` (a thousand instances with all
 #: their records) go to the writer.
-_INLINE = frozenset({"create", "checkpoint", "signal", "signal_load", "signals", "load", "load_head", "delete",
+_INLINE = frozenset({"create", "checkpoint", "signal", "signal_load", "signal_keyed", "signals", "load", "load_head", "delete",
                      "next_wake"})
 #: Operations that write nothing: a transaction of these alone begins deferred (``BEGIN``: in
 #: WAL mode a reader waits for no other connection's write), and, of those inline, ends in the
@@ -131,6 +131,14 @@ _SCHEMA = (
         payload     BLOB NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS trioflow_signals_by_instance ON trioflow_signals (instance_id, seq)",
+    # The keys of the signals sent with one, kept as long as their instance is (see
+    # ``KeyedSignals`` and ``_FORGET_KEYS_TRIGGER``). (Added within schema version 2: a file
+    # without the table gets it when it opens; a release from before it leaves it alone.)
+    """CREATE TABLE IF NOT EXISTS trioflow_signal_keys (
+        instance_id TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        PRIMARY KEY (instance_id, key)
+    ) WITHOUT ROWID""",
 )
 
 #: From schema version 1 (``trioflow_instances(instance_id, workflow_name, status, snapshot)``):
@@ -191,6 +199,13 @@ _FILTERED_FINISH_INDEXES = tuple(
 _LET_GO_TRIGGER = (
     "CREATE TRIGGER IF NOT EXISTS trioflow_let_go AFTER DELETE ON trioflow_instances"
     " BEGIN UPDATE trioflow_instances SET parent_id = NULL WHERE parent_id = OLD.instance_id; END"
+)
+#: Deleting a row forgets the keys of the signals sent to it (see ``KeyedSignals``): a new
+#: instance given its id must take a signal whatever key it comes with. A trigger, as the one
+#: above, so that a release from before keys, run on the file, deletes them too.
+_FORGET_KEYS_TRIGGER = (
+    "CREATE TRIGGER IF NOT EXISTS trioflow_forget_signal_keys AFTER DELETE ON trioflow_instances"
+    " BEGIN DELETE FROM trioflow_signal_keys WHERE instance_id = OLD.instance_id; END"
 )
 #: A row's parent is stored (in a WHERE clause, of the row it reads).
 _PARENT_STORED = ("SELECT 1 FROM trioflow_instances AS parent"
@@ -465,6 +480,7 @@ class SQLiteAdapter:
                 "CREATE INDEX IF NOT EXISTS trioflow_instances_by_parent ON trioflow_instances (parent_id)"
                 " WHERE parent_id IS NOT NULL")
             conn.execute(_LET_GO_TRIGGER)
+            conn.execute(_FORGET_KEYS_TRIGGER)
             made = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'trioflow_instances_by_finish'").fetchone()
             if made is None or made[0] != _FINISH_INDEX:
                 conn.execute("DROP INDEX IF EXISTS trioflow_instances_by_finish")
@@ -582,6 +598,15 @@ class SQLiteAdapter:
         if not known:
             raise UnknownInstanceError(f"no stored instance {instance_id!r} to signal")
         return seq, stored
+
+    async def send_keyed_signal(
+        self, instance_id: str, name: str, payload: bytes, key: str,
+    ) -> tuple[int | None, bool]:
+        known, seq, seen = await self._submit(("signal_keyed", (
+            instance_id, name, _blob(payload, "signal payload"), key)))
+        if not known:
+            raise UnknownInstanceError(f"no stored instance {instance_id!r} to signal")
+        return seq, seen
 
     async def signals(self, instance_id: str) -> list[tuple[int, str, bytes]]:
         rows: list[tuple[int, str, bytes]] = await self._submit(("signals", (instance_id,)))
@@ -1394,6 +1419,19 @@ def _signal(conn: sqlite3.Connection, iid: str, name: str, payload: bytes) -> tu
     return conn.execute("SELECT 1 FROM trioflow_instances WHERE instance_id = ?", (iid,)).fetchone() is not None, None
 
 
+def _signal_keyed(
+    conn: sqlite3.Connection, iid: str, name: str, payload: bytes, key: str,
+) -> tuple[bool, int | None, bool]:
+    """:func:`_signal`, unless a signal with ``key`` was stored for the instance before: (whether
+    the instance exists, the seq, whether the key was known)."""
+    if conn.execute("SELECT 1 FROM trioflow_signal_keys WHERE instance_id = ? AND key = ?", (iid, key)).fetchone():
+        return True, None, True
+    known, seq = _signal(conn, iid, name, payload)
+    if seq is not None:
+        conn.execute("INSERT INTO trioflow_signal_keys (instance_id, key) VALUES (?, ?)", (iid, key))
+    return known, seq, False
+
+
 def _signal_load(
     conn: sqlite3.Connection, iid: str, name: str, payload: bytes,
 ) -> tuple[bool, int | None, StoredInstance | None]:
@@ -1511,7 +1549,7 @@ def _list(conn: sqlite3.Connection, workflow_name: str | None, status: str | Non
 #: Ops applied one at a time (creates and checkpoints go in runs: see :func:`_run_all`).
 _OPS: dict[str, Callable[..., Any]] = {
     "select": _select, "list": _list, "load": _load, "load_head": _load_head, "delete": _delete, "purge": _purge, "signal": _signal,
-    "signals": _signals, "signal_load": _signal_load, "due": _due, "next_wake": _next_wake, "restart": _restart,
+    "signals": _signals, "signal_load": _signal_load, "signal_keyed": _signal_keyed, "due": _due, "next_wake": _next_wake, "restart": _restart,
 }
 
 

@@ -46,8 +46,9 @@ from trioflow._codec import (
 from trioflow.adapters._driver import in_a_transaction_of
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import (
-    Adapter, HeadLoads, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families,
-    loads_heads, restarts_history, sends_and_loads, skips_workflows, stores_signals, waits_out_of_memory,
+    Adapter, HeadLoads, KeyedSignals, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances,
+    keeps_families, loads_heads, restarts_history, sends_and_loads, sends_keyed, skips_workflows, stores_signals,
+    waits_out_of_memory,
 )
 
 from ._context import check_services
@@ -196,6 +197,8 @@ class Engine:
         #: Whether a signal to an instance not running here is stored and its row read back in
         #: one call (see ``SignalsAndLoads``).
         self._sends_and_loads = sends_and_loads(adapter)
+        #: Whether ``signal(..., idempotency_key=)`` can be stored (see ``KeyedSignals``).
+        self._sends_keyed = sends_keyed(adapter)
         #: Whether a row is read without its records where its start and header will do (see
         #: ``HeadLoads``).
         self._loads_heads = loads_heads(adapter)
@@ -948,10 +951,15 @@ class Engine:
         return float(start_at)
 
     @refuses_unbound_arguments
-    async def signal(self, instance_id: str, name: str, payload: Any = None) -> None:
+    async def signal(
+        self, instance_id: str, name: str, payload: Any = None, *, idempotency_key: str | None = None,
+    ) -> None:
         """Send the signal ``name`` to an instance; returns once it is stored. The instance's
         next receive step for that name takes it (first in, first out), now or later, even
-        after a restart; each signal is taken once.
+        after a restart; each signal is taken once. With ``idempotency_key``, it is stored once
+        per instance and key: a call with a key stored before for the instance (a webhook
+        delivered again, a retry after a lost answer) returns, storing nothing, even once the
+        instance has ended.
 
         Raises :class:`UnknownInstanceError` for an unknown instance, and
         :class:`InstanceNotLiveError` for one that has ended (nothing is stored then)."""
@@ -961,15 +969,23 @@ class Engine:
             raise InvalidArgumentError(
                 f"a signal name must be a non-empty string of valid text not starting with"
                 f" {RESERVED_SIGNALS!r} (trioflow's own), got {name!r}")
+        if idempotency_key is not None and not (
+                isinstance(idempotency_key, str) and idempotency_key and valid_text(idempotency_key)):
+            raise InvalidArgumentError(
+                f"idempotency_key must be a non-empty string of valid text (or None), got {safe_repr(idempotency_key)}")
         if not self._stores_signals:
             raise StorageError(f"signal {name!r} cannot be stored: {type(self.adapter).__name__} has no send_signal()"
                                " and signals() (docs/adapters.md); nothing was stored")
+        if idempotency_key is not None and not self._sends_keyed:
+            raise StorageError(
+                f"signal {name!r} cannot be stored with an idempotency key: {type(self.adapter).__name__} has no"
+                " send_keyed_signal() (tf.adapters.KeyedSignals, docs/adapters.md); nothing was stored")
         data = encode_payload(payload, f"the payload of signal {name!r}")
         running = self._live.get(instance_id)
         storing = None if running is not None else self._storing.get(instance_id)
         queue = self._in_order.get(instance_id)
         if storing is None and queue is None:
-            await self._send(instance_id, name, data, running)
+            await self._send(instance_id, name, data, running, idempotency_key)
             return
         # Its start is being stored (a child's, from before its parent's write that lists it),
         # or a cancel's write; or calls made then are still under way. The calls go one at a
@@ -987,28 +1003,36 @@ class Engine:
             async with queue.lock:
                 self._check_open()  # (closed while calls before it went: see _close)
                 if instance_id not in self._storing:
-                    await self._send(instance_id, name, data, self._live.get(instance_id))
+                    await self._send(instance_id, name, data, self._live.get(instance_id), idempotency_key)
                     return
                 try:
-                    await self._send(instance_id, name, data, None)
+                    await self._send(instance_id, name, data, None, idempotency_key)
                 except UnknownInstanceError:
                     while (storing := self._storing.get(instance_id)) is not None:
                         await storing.wait()
                         self._check_open()
-                    await self._send(instance_id, name, data, self._live.get(instance_id))
+                    await self._send(instance_id, name, data, self._live.get(instance_id), idempotency_key)
         finally:
             queue.calls -= 1
             if not queue.calls:
                 del self._in_order[instance_id]
 
-    async def _send(self, instance_id: str, name: str, data: bytes, running: Run | None) -> None:
+    async def _send(self, instance_id: str, name: str, data: bytes, running: Run | None, key: str | None) -> None:
         """Store signal ``name`` (its payload encoded: ``data``) and hand it over (see
-        :meth:`signal`); ``running``: the instance's run here when it was called."""
+        :meth:`signal`); ``running``: the instance's run here when it was called; ``key``: its
+        idempotency key."""
         row = None
         # The runs of it that end here from now on, until the signal is handed over.
         watch = self._ends.watching(instance_id)
         with watch as ended_since:
-            if running is None and self._sends_and_loads:
+            if key is not None:
+                keyed: KeyedSignals = self.adapter  # type: ignore[assignment]
+                seq, seen = await keyed.send_keyed_signal(instance_id, name, data, key)
+                if seen:
+                    return  # stored before, by a call that handed it over (or a restart takes it up)
+                if seq is not None:
+                    self._ends.signal_stored(instance_id)
+            elif running is None and self._sends_and_loads:
                 # Not running here (parked, most likely): its row comes back with the write, for
                 # the wake, rather than in a read of its own. Unless a run of it ended meanwhile
                 # (the row may predate that run's last checkpoint), or another signal was stored

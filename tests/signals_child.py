@@ -5,7 +5,8 @@ not collected).
         "go" twice, then sends the signals read from stdin ("ID PAYLOAD" lines), logging
         "ack ID PAYLOAD" once each engine.signal() has returned (SHAPE=branches in the
         environment: each receives it once in each of two parallel branches, and all have left
-        memory before the first signal is sent)
+        memory before the first signal is sent; KEYED=1: each sent with its payload as its
+        idempotency key, and sent again by the resume in place of the top-up)
     python signals_child.py DB LOG signals-resume N ACKED  # resumes them; prints a JSON summary
         (ACKED: a JSON file {id: [acknowledged payloads]}, to know who needs no top-up)
     python signals_child.py DB LOG timers-run N      # starts N instances that wait (timers and
@@ -39,6 +40,8 @@ def log(line: str) -> None:
 # -- signals --------------------------------------------------------------------------------------
 
 BRANCHES = os.environ.get("SHAPE") == "branches"
+#: Each signal sent with its payload as its idempotency key; the resume sends them all again.
+KEYED = os.environ.get("KEYED") == "1"
 #: The receive steps of an instance.
 RECEIVES = ("rx", "ry") if BRANCHES else ("r1", "r2")
 
@@ -69,7 +72,7 @@ async def signals_run() -> None:
 
         async def sender(iid: str, receive: trio.MemoryReceiveChannel[str]) -> None:
             async for payload in receive:
-                await engine.signal(iid, "go", payload)
+                await engine.signal(iid, "go", payload, idempotency_key=payload if KEYED else None)
                 log(f"ack {iid} {payload}")
 
         async with trio.open_nursery() as nursery:
@@ -108,8 +111,13 @@ async def signals_resume(acked_path: str) -> None:
                 await trio.sleep(0.05)
         summary["unwoken"] = sorted(behind)
         # Phase 2: a top-up of two more signals each (after any stored ones: first in, first out).
+        # KEYED: the first process's two signals sent again, with their keys, as a webhook's
+        # sender does that had no answer (an instance that has ended knows both keys).
         for iid in IDS:
             for k in range(2):
+                if KEYED:
+                    await engine.signal(iid, "go", f"{iid}:{k}", idempotency_key=f"{iid}:{k}")
+                    continue
                 try:
                     await engine.signal(iid, "go", f"{iid}:top{k}")
                 except tf.InstanceNotLiveError:

@@ -108,7 +108,7 @@ def test_guard_sqlite_mixed_workload_purged_leaves_no_rows_and_reuses_pages(tmp_
                     await engine.start("saga_fail", {})
                     r = await engine.start("recv", {})
                     await engine.signal(r, "go", 1)
-                    await engine.signal(r, "go", 2)  # never consumed
+                    await engine.signal(r, "go", 2, idempotency_key="evt")  # never consumed; its key purged too
                     await engine.start("timer", {})
                     await engine.start("par", {})
                     c = await engine.start("recv", {})
@@ -122,7 +122,7 @@ def test_guard_sqlite_mixed_workload_purged_leaves_no_rows_and_reuses_pages(tmp_
     _run(main)
     for counts, _ in seen:
         assert {k: v for k, v in counts.items() if k != "page_count"} == {
-            "trioflow_instances": 0, "trioflow_records": 0, "trioflow_signals": 0}
+            "trioflow_instances": 0, "trioflow_records": 0, "trioflow_signals": 0, "trioflow_signal_keys": 0}
     pages = [counts["page_count"] for counts, _ in seen]
     assert max(pages[1:]) <= pages[1] * 1.1, pages
     objects = [n for _, n in seen]

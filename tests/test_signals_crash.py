@@ -46,18 +46,14 @@ def resume(db: Path, log: Path, mode: str, count: int, *extra: str, shape: str =
 # -- signals --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", ["line", "branches"])
-def test_sigkill_while_signals_are_sent_then_every_acknowledged_signal_is_delivered_once(
-    tmp_path: Path, shape: str,
-) -> None:
-    """``line``: two receive steps one after the other; ``branches``: one in each of two
-    parallel branches, the instance out of memory (both branches at rest) when signals come, so
-    each signal wakes it, one branch takes it, and it leaves again once the other has rested."""
+def _kill_while_signals_are_sent(tmp_path: Path, shape: str, keyed: bool = False) -> dict[str, list[str]]:
+    """Start the signals child on ``tmp_path``/flows.db, send every instance its two signals,
+    SIGKILL it mid-way; the payloads acknowledged to each instance."""
     db, log = tmp_path / "flows.db", tmp_path / "signals.log"
     ids = [f"i{i}" for i in range(N_SIGNALS)]
-    receives = ("rx", "ry") if shape == "branches" else ("r1", "r2")
     child = subprocess.Popen([sys.executable, CHILD, str(db), str(log), "signals-run", str(N_SIGNALS)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "SHAPE": shape})
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             env={**os.environ, "SHAPE": shape, "KEYED": "1" if keyed else ""})
     assert child.stdin is not None and child.stdout is not None
     try:
         assert child.stdout.readline().strip() == b"started"
@@ -88,6 +84,20 @@ def test_sigkill_while_signals_are_sent_then_every_acknowledged_signal_is_delive
     with sqlite3.connect(db) as conn:
         running = conn.execute("SELECT count(*) FROM trioflow_instances WHERE status = 'running'").fetchone()[0]
     assert running > 0, "some instances must still wait when the process dies"
+    return acked
+
+
+@pytest.mark.parametrize("shape", ["line", "branches"])
+def test_sigkill_while_signals_are_sent_then_every_acknowledged_signal_is_delivered_once(
+    tmp_path: Path, shape: str,
+) -> None:
+    """``line``: two receive steps one after the other; ``branches``: one in each of two
+    parallel branches, the instance out of memory (both branches at rest) when signals come, so
+    each signal wakes it, one branch takes it, and it leaves again once the other has rested."""
+    db, log = tmp_path / "flows.db", tmp_path / "signals.log"
+    ids = [f"i{i}" for i in range(N_SIGNALS)]
+    receives = ("rx", "ry") if shape == "branches" else ("r1", "r2")
+    acked = _kill_while_signals_are_sent(tmp_path, shape)
 
     acked_path = tmp_path / "acked.json"
     acked_path.write_text(json.dumps(acked))
@@ -121,6 +131,30 @@ def test_sigkill_while_signals_are_sent_then_every_acknowledged_signal_is_delive
         stored = {row[0] for row in conn.execute("SELECT DISTINCT instance_id FROM trioflow_signals")}
     # Left over: only top-ups (or unacknowledged second signals) an instance did not need.
     assert stored <= set(ids)
+
+
+def test_sigkill_while_keyed_signals_are_sent_then_sending_them_all_again_delivers_each_once(
+    tmp_path: Path,
+) -> None:
+    """A webhook's sender that had no answer from the killed process (stored and acknowledged,
+    stored and not acknowledged, not stored) sends every signal again, with its key, to the
+    next process: each instance takes its two signals once each, in the order sent, and nothing
+    is left pending (README, docs/waiting.md: idempotency keys)."""
+    db, log = tmp_path / "flows.db", tmp_path / "signals.log"
+    acked = _kill_while_signals_are_sent(tmp_path, "line", keyed=True)
+    acked_path = tmp_path / "acked.json"
+    acked_path.write_text(json.dumps(acked))
+    env_keyed = {**os.environ, "KEYED": "1"}
+    done = subprocess.run([sys.executable, CHILD, str(db), str(log), "signals-resume", str(N_SIGNALS),
+                           str(acked_path)], capture_output=True, text=True, timeout=120, env=env_keyed)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    wrong = {iid: final for iid, final in summary["final"].items()
+             if final != {"status": "completed",
+                          "receives": [["r1", "completed", f"{iid}:0"], ["r2", "completed", f"{iid}:1"]]}}
+    assert not wrong, f"{len(wrong)} instances did not take their two signals once each: {list(wrong.items())[:5]}"
+    assert not summary["unwoken"]
+    assert not any(summary["pending"].values()), "a copy of a keyed signal was kept"
 
 
 # -- timers ---------------------------------------------------------------------------------------

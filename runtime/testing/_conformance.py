@@ -30,8 +30,8 @@ from trioflow._errors import (
 )
 from trioflow._snapshot import TERMINAL
 from trioflow.adapters._protocol import (
-    Adapter, HeadLoads, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families,
-    loads_heads, restarts_history, sends_and_loads, skips_workflows,
+    Adapter, HeadLoads, KeyedSignals, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances,
+    keeps_families, loads_heads, restarts_history, sends_and_loads, sends_keyed, skips_workflows,
 )
 
 OpenAdapter = Callable[[str], Adapter]
@@ -128,6 +128,46 @@ async def load_head_leaves_out_the_records(open_adapter: OpenAdapter) -> None:
         await _same_head(a, heads)
         await a.checkpoint("i", "completed", b"h2", [b"r2"], first_seq=2, consumed=[] if seq is None else [seq])
         await _same_head(a, heads)
+
+
+async def keyed_signals_are_stored_once(open_adapter: OpenAdapter) -> None:
+    """(Only for an adapter the engine would call ``send_keyed_signal`` on.)"""
+    async with _opened(open_adapter, "keyed_signals") as a:
+        if not sends_keyed(a):
+            return
+        keyed: KeyedSignals = a  # type: ignore[assignment]
+        await _refused(keyed.send_keyed_signal("nobody", "go", b"x", "k1"), UnknownInstanceError,
+                       "send_keyed_signal to an instance never created must raise UnknownInstanceError")
+        for iid in ("i", "j"):
+            await a.create(iid, "wf", "running", start=b"s", header=b"h0")
+        seq, seen = await keyed.send_keyed_signal("i", "go", _BLOB, "k1")
+        assert isinstance(seq, int) and seen is False, (
+            f"send_keyed_signal with a new key must store the signal and return (seq, False), got {(seq, seen)}")
+        assert await keyed.send_keyed_signal("i", "go", b"again", "k1") == (None, True), (
+            "send_keyed_signal with a key stored before for the instance must store nothing and return (None, True)")
+        other, _ = await keyed.send_keyed_signal("j", "go", b"j", "k1")
+        assert isinstance(other, int), "a key is the instance's own: another instance takes a signal with it"
+        plain = await a.send_signal("i", "go", b"plain")
+        later, _ = await keyed.send_keyed_signal("i", "go", b"k2", "k2")
+        pending = [(q, n, bytes(p)) for q, n, p in await a.signals("i")]
+        assert pending == [(seq, "go", _BLOB), (plain, "go", b"plain"), (later, "go", b"k2")], (
+            f"keyed signals must be stored as send_signal stores them, in seq order, once each, got {pending}")
+        await a.checkpoint("i", "running", b"h1", [b"r0"], first_seq=0, consumed=[seq])
+        assert await keyed.send_keyed_signal("i", "go", b"again", "k1") == (None, True), (
+            "a key must be kept once its signal is consumed: a retry then stores nothing")
+    async with _opened(open_adapter, "keyed_signals") as a:
+        keyed = a  # type: ignore[assignment]
+        assert await keyed.send_keyed_signal("i", "go", b"again", "k2") == (None, True), "keys must survive a reopen"
+        await a.checkpoint("i", "completed", b"h2", [b"r1"], first_seq=1)
+        assert await keyed.send_keyed_signal("i", "go", b"late", "k1") == (None, True), (
+            "a key stored before the instance ended must still be known: a retry of that signal is not an error")
+        assert await keyed.send_keyed_signal("i", "go", b"late", "k3") == (None, False), (
+            "send_keyed_signal with a new key to a finished instance must store nothing and return (None, False)")
+        assert await a.delete("i")
+        await a.create("i", "wf", "running", start=b"s", header=b"h0")
+        seq, seen = await keyed.send_keyed_signal("i", "go", b"new", "k1")
+        assert isinstance(seq, int) and seen is False, (
+            "delete must forget the instance's keys: a new instance under its id takes a signal whatever its key")
 
 
 async def _same_head(a: Adapter, heads: HeadLoads) -> None:
@@ -1032,7 +1072,7 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     checkpoint_of_unknown_instance, checkpoint_is_atomic, start_set_once, list_by_name_and_status,
     resumable_lists_pending_and_running, delete_removes, survives_reopen,
     step_is_durable_before_the_next_starts, bad_data_is_never_stored, signals_are_kept_in_order_and_consumed_once,
-    signal_and_load_is_one_call, load_head_leaves_out_the_records, checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due,
+    signal_and_load_is_one_call, keyed_signals_are_stored_once, load_head_leaves_out_the_records, checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due,
     created_waiting_instances_wait,
     waiting_instances_of_skipped_workflows_are_left_out, waiting_instances_excluded_are_left_out,
     restart_replaces_the_history, delete_refuses_unfinished, purge_by_finish_time,
