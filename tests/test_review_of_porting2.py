@@ -345,17 +345,21 @@ def test_cancels_of_orders_waiting_on_children_survive_a_sigkill(tmp_path: Path,
     " signalled before the SIGKILL, was still running 60 s after two concurrent resume() calls beside its late"
     " 'paid' signal; passed in the helper's ~40 runs and 12 runs since, alone and three at once. Suspected: a"
     " race between a signal stored for a held-back instance and resume() (see the session's closing note);"
-    " skipped, not deleted, until it is found"))
+    " nineteenth session: not reproduced in 184 more runs (110 of this test, up to 7 at once beside CPU"
+    " burners, load average up to 17; 74 of variants putting o7 mid-step at the kill, its payment deadline due"
+    " as the engine opens, or its map's children ending as it parks); skipped, not deleted, until it is found"))
 def test_explicit_resume_twice_beside_signals_after_a_sigkill(tmp_path: Path) -> None:
     """What a user relies on: README Durability (open_engine(resume=False) to opt out,
     engine.resume() "Never starts an instance twice"), docs/waiting.md (a signal sent to a
     held-back instance "is stored, and taken once it is resumed"). After a SIGKILL with steps in
     flight, the service opens with resume=False, registers its two workflows 0.2 s apart, and
     calls resume() twice at once while its webhook endpoint already signals. Actual: held:
-    one resume() returned the held-back ids, the other none; nothing ran twice in one process."""
+    no id was resumed by both calls, nothing ran twice in one process."""
     summary, sent = _run_with_kills(tmp_path, n=10, seed=9, rounds=1, cancels=[],
                                     env={"BUSY": "1"}, finish="finish-late")
     assert _violations(tmp_path, summary, sent) == []
+    # Nothing resumed twice, and every order ended (checked by _violations above). Which of the
+    # two calls resumed the held-back orders, or whether either did, is not promised: a late
+    # signal to one waiting with a wake time takes it up itself (see _wake_if_waiting).
     first, second = summary["resumed"]
     assert not (set(first) & set(second))
-    assert first or second
