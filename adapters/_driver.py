@@ -181,6 +181,13 @@ class TransactionOwnership:
         #: Woken (all at once; each waiter checks again) whenever any of the above changes.
         self._changed = trio.lowlevel.ParkingLot()
 
+    @property
+    def depth(self) -> int:
+        """How many blocks are open (0: no transaction), the one being opened or closed
+        included: a driver that keeps a record of each block's writes (MemoryDriver's undo
+        logs) writes to the innermost one's, and to none outside a transaction."""
+        return len(self._holders)
+
     def inside(self) -> bool:
         """Whether the calling task takes part in an open transaction (it opened it, or it
         descends from the task that did)."""
