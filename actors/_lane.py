@@ -11,7 +11,7 @@ from trioflow._context import ItemPlace, WorkflowContext
 from trioflow._current import swap_lane
 from trioflow._decide import (
     branch_keys,
-    cut_short_execution,
+    cut_short_record,
     complete_step,
     decide_flow_step,
     inner_lanes,
@@ -213,11 +213,17 @@ async def run_lane(run: Run, lane_key: str, index: Mapping[str, int], ctx: Workf
 
 def _cut_short(run: Run, lane_key: str, lane: Lane, step: Step) -> None:
     """A step other than a task step cut short in its lane: its end published (see
-    :func:`~trioflow.actors._task.publish_cut_short`). Not a child step's once its child has
-    started: the cancel of that child records and publishes its end, which knows whether the
-    child completed all the same (see :func:`~trioflow.actors._child.cancel_children`)."""
-    if not (isinstance(step, ChildStep) and lane.begun is not None):
-        publish_cut_short(run, lane_key, step.name)
+    :func:`~trioflow.actors._task.publish_cut_short`), and recorded for a map or a wide parallel
+    step, whose start record it ends (see :func:`~trioflow._decide.cut_short_record`). Not a
+    child step's once its child has started: the cancel of that child records and publishes its
+    end, which knows whether the child completed all the same (see
+    :func:`~trioflow.actors._child.cancel_children`)."""
+    if isinstance(step, ChildStep) and lane.begun is not None:
+        return
+    execution = running_execution_id(run.state, lane_key, step.name)  # (before its record counts it)
+    if (record := cut_short_record(run.state, lane_key, step.name, None, None, run.clock())) is not None:
+        run.add_failure(record, for_good=False)
+    publish_cut_short(run, lane_key, step.name, execution)
 
 
 def _cut_short_inside(run: Run, step: Step, scope: str) -> None:
@@ -231,18 +237,15 @@ def _cut_short_inside(run: Run, step: Step, scope: str) -> None:
 
 def cut_short_resting(run: Run, under_way: Iterable[tuple[str, str, int | None, float | None]]) -> None:
     """Steps under way (as :func:`~trioflow._decide.steps_under_way` gives them) that rested
-    out of memory with the run, cut short now, no actor of theirs running: a task step between
-    attempts recorded so, as in memory; each one's end published once it is stored, innermost
-    first (a fan-out step's branches and items before it, as they end in memory)."""
-    ends: list[tuple[str, str, str, int]] = []
-    for key, step_name, attempts, since in under_way:
+    out of memory with the run, cut short now, no actor of theirs running: recorded so, as in
+    memory, where a record ends them (see :func:`~trioflow._decide.cut_short_record`), and each
+    one's end published once it is stored; innermost first (a fan-out step's branches and items
+    before it, as they end in memory)."""
+    for key, step_name, attempts, since in reversed(list(under_way)):  # (lanes are kept outer first)
         execution = running_execution_id(run.state, key, step_name)  # (before its record counts it)
-        if attempts is not None:
-            run.add_failure(cut_short_execution(
-                run.state, key, step_name, attempts=max(attempts, 1), started_at=since, now=run.clock()), for_good=False)
-        ends.append((key, step_name, execution, attempts or 1))
-    for key, step_name, execution, attempts in reversed(ends):  # (lanes are kept outer first)
-        publish_cut_short(run, key, step_name, execution, attempts)
+        if (record := cut_short_record(run.state, key, step_name, attempts, since, run.clock())) is not None:
+            run.add_failure(record, for_good=False)
+        publish_cut_short(run, key, step_name, execution, attempts or 1)
 
 
 def _fired_unstored(run: Run, step: Step, lane_key: str, target: str | None) -> bool:

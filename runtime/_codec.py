@@ -962,6 +962,10 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             _malformed("step record %d is malformed", seq)
         if not (st in STEP_STATUSES):
             _malformed("step record %d has unknown status %r", seq, st)
+        if st == "started":
+            # A start record says when an execution began, nothing more: earlier releases
+            # stored its start time as its completion too, and an attempt (see new_execution).
+            s_end, attempts = None, 0
         if passes is not None:
             if passes == PASSES_WORKFLOW_INPUT and type(passes) is int:
                 s_out = input

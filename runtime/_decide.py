@@ -228,9 +228,16 @@ def new_execution(
         # times are not (see not_before_creation, written out: every step asks).
         if started_at is not None and started_at < created:
             started_at = created
+    if status == "started":
+        # The start of an execution under way (a map's, a child step's, a wide parallel
+        # step's): nothing has completed, and no attempt has ended, as a narrower step's view
+        # under way says (``to_instance``).
+        completed_at, attempts = None, 0
+    else:
+        completed_at = now if now >= created else created
     return new_record(
         step_name=step_name, status=status, input=input, output=output, error=error, started_at=started_at,
-        completed_at=now if now >= created else created, attempts=attempts, lane=lane_key,
+        completed_at=completed_at, attempts=attempts, lane=lane_key,
         execution=execution, seq=len(state.records), passes=passes, input_is_workflow_input=input_is_workflow_input,
         error_name=error_name, cause=cause,
     )
@@ -409,6 +416,28 @@ def cut_short_execution(
         cause=CUT_SHORT, input=input, input_is_workflow_input=input_is_workflow_input, attempts=attempts,
         started_at=started_at, now=now,
     )
+
+
+def cut_short_record(
+    state: InstanceState, lane_key: str, step_name: str, attempts: int | None, since: float | None, now: float,
+) -> StepResult | None:
+    """The record that ends the execution of ``step_name`` under way in ``lane_key``, cut short
+    by a cancel, a timeout or a fail-fast sibling (``attempts`` and ``since`` as
+    :func:`steps_under_way` gives them), not added yet: a task step's between attempts, and a
+    map's or a wide parallel step's, whose ``started`` record would otherwise stand in the
+    ended instance's views as an execution under way for ever (added with
+    ``fail_step(..., for_good=False)``, as a task step's). ``None`` for a step that records
+    none (a wait, a receive, a narrower parallel step: their execution has no record until it
+    ends) and for a child step's, whose end its child's cancel records, knowing whether that
+    child completed all the same (see :func:`child_step_cut_short`)."""
+    if attempts is not None:
+        return cut_short_execution(state, lane_key, step_name, attempts=max(attempts, 1), started_at=since, now=now)
+    lane = state.lanes.get(lane_key)
+    # (A child step's start record names its child in its output; a map's or a parallel
+    # step's holds none.)
+    if lane is None or lane.begun is None or lane.step != step_name or state.records[lane.begun].output is not None:
+        return None
+    return cut_short_execution(state, lane_key, step_name, attempts=1, started_at=since, now=now)
 
 
 def unended_children(state: InstanceState) -> list[str]:

@@ -54,7 +54,7 @@ from trioflow.adapters._protocol import (
 from ._context import check_services
 from ._current import check_in_trio, keep_apart, lane_of_caller
 from ._decide import (
-    admit, begin_compensation, cut_short_execution, cut_short_fields, fail_alone, fail_step, misfit, new_state,
+    admit, begin_compensation, cut_short_fields, cut_short_record, fail_alone, fail_step, misfit, new_state,
     pending_compensations, pending_until_announced, running_execution_id, steps_under_way, take_up, unended_children,
     wake_at,
 )
@@ -3165,16 +3165,16 @@ def _live_view(run: Run, stored: Status | None, row: StoredInstance | None = Non
 
 def _decide_cancel(state: InstanceState, now: float) -> list[tuple[tuple[str, str, int | None, float | None], str]]:
     """A cancel decided in a stored instance going forward that no run holds here: it goes back
-    compensating, a task step it stood in between attempts recorded cut short, as in a run. The
+    compensating, the steps it stood in recorded cut short where a record ends them (a task step
+    between attempts, a map or a wide parallel step: see ``cut_short_record``), as in a run. The
     steps it stood in, with their execution ids, for their events."""
     under_way = steps_under_way(state)
     # (Their ids before the records below count them.)
     executions = [running_execution_id(state, lane_key, step_name) for lane_key, step_name, _, _ in under_way]
     begin_compensation(state, "cancelled", WorkflowCancelledError.of(state.instance_id), None)
-    for lane_key, step_name, attempts, since in under_way:
-        if attempts is not None:
-            fail_step(state, stage(state, cut_short_execution(
-                state, lane_key, step_name, attempts=max(attempts, 1), started_at=since, now=now)), for_good=False)
+    for lane_key, step_name, attempts, since in reversed(under_way):  # (innermost first, as in a run)
+        if (record := cut_short_record(state, lane_key, step_name, attempts, since, now)) is not None:
+            fail_step(state, stage(state, record), for_good=False)
     return list(zip(under_way, executions))
 
 

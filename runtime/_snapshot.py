@@ -63,9 +63,12 @@ class StepResult:
     message); ``error`` is the two as one line. ``"caught"``: it failed and a catch routed its
     lane on; its output is ``{"error": error_name, "cause": cause}``. ``"started"``: the start of
     an execution that a later record with the same id ends: a map step's (its input is the
-    list of items) or a child step's (its input is the child's input, its output the child's
-    instance id). ``"compensation_failed"``: in storage only, the record of an execution's
-    compensation that failed for good, with the same id as that execution and the
+    list of items), a child step's (its input is the child's input, its output the child's
+    instance id) or a wide parallel step's (see ``trioflow._parallel``); it has a
+    ``started_at``, no ``completed_at`` and ``attempts`` 0, as a view of an execution under way
+    (a cancel, a timeout or a fail-fast sibling that cuts it short records its end too).
+    ``"compensation_failed"``: in storage only, the record of an execution's compensation that
+    failed for good, with the same id as that execution and the
     compensation's error (views show it as that execution's ``compensation_error`` instead).
     ``passes`` (the seq of the record whose output this one passed on unchanged: a choice, a
     pass step; :data:`PASSES_WORKFLOW_INPUT` for the workflow input) and
@@ -760,9 +763,9 @@ def to_instance(state: InstanceState) -> WorkflowInstance:
 def _add_running(state: InstanceState, results: dict[str, StepResult]) -> None:
     """The step each lane of a running instance stands in, as a ``running`` execution (its next
     one), in place of its newest ended one: records are written as executions end, so the one
-    under way has none. Not a map or child step's once it has begun (its ``started`` record
-    stands for it), a lane that failed for good, nor an instance waiting for its delayed start.
-    ``started_at`` where it is stored (a step that waits or waited: ``since``); ``attempts``, a
+    under way has none. Not a map, child or wide parallel step's once it has begun (its
+    ``started`` record stands for it, as one under way: no ``completed_at``), a lane that
+    failed for good, nor an instance waiting for its delayed start. ``started_at`` where it is stored (a step that waits or waited: ``since``); ``attempts``, a
     retried step's made so far."""
     for key, lane in state.lanes.items():
         name, waiting = lane.step, lane.waiting
