@@ -460,7 +460,7 @@ async def _compensate_and_finish(run: Run, bound: float | None = None) -> None:
             # the others still run.
             run.add_compensation_failure(record, failure_of(exc))
         else:
-            record_compensated(state, record)
+            run.stage(record_compensated(state, record, run.clock()))
             if run.bus.active:
                 run.emit("workflow.step.compensated", record.lane, step_name=name, execution_id=record.id)
         await run.persist()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import attrs
@@ -32,6 +32,7 @@ from ._parallel import layout
 from ._shared_data import SharedData, held
 from ._snapshot import (
     HAS_OUTPUT,
+    OF_COMPENSATIONS,
     PASSES_WORKFLOW_INPUT,
     PHASES,
     RESUMABLE,
@@ -46,9 +47,11 @@ from ._snapshot import (
     Status,
     StepResult,
     child_wait,
+    completed_compensation,
     failed_compensation,
     new_instance_state,
     new_record,
+    note_compensation,
     with_values,
 )
 from ._values import SUPPORTED, from_ext, to_ext
@@ -73,7 +76,11 @@ HEADER_TAG = "trioflow.header"
 #: are read). A header may also end with a twentieth field that names the branch and item lanes
 #: standing just after their last record by that record's seq (see :func:`encode_header`): a
 #: header written before lists them all, and is read as it is; an older release refuses a
-#: header with it, which only a fan-out's branches or items moving on give.
+#: header with it, which only a fan-out's branches or items moving on give. And each compensation
+#: that ran has a record of its own (status ``"compensation_completed"``), the header keeping
+#: only the cursor, with no step names beside it: a header written before names the steps
+#: compensated, and is read (see :func:`_compensations`); an older release refuses the record's
+#: status and a cursor without names, which only an instance that compensated has.
 FORMAT_VERSION = 4
 #: Largest encoded input, output or shared-data value: larger ones are refused, naming them.
 MAX_VALUE_BYTES = 16 * 1024 * 1024
@@ -137,9 +144,10 @@ def encode_start(state: InstanceState) -> bytes:
 
 def encode_header(state: InstanceState) -> bytes:
     """Where the instance stands now: rewritten by every checkpoint, small, and no bigger for
-    the steps run or compensated already (it holds no step outputs, a compensation cursor
-    rather than a list, and no compensation's error). It names its instance: a header copied
-    from another instance's row is refused on reading, not run as this one.
+    the steps run or compensated already (it holds no step outputs, and of a compensation only
+    a cursor: the records of the compensations say which executions were handled). It names
+    its instance: a header copied from another instance's row is refused on reading, not run
+    as this one.
 
     Its lanes (see ``trioflow._header_lanes``) leave out a map's items that stand untouched at
     its branch's first step, which the decoder puts back (see ``MapProgress.first``), and name
@@ -172,7 +180,7 @@ def encode_header(state: InstanceState) -> bytes:
         # through its Python-level ``items()``.)
         HEADER_TAG, FORMAT_VERSION, state.instance_id, state.status, state.phase,
         state.outcome, state.rolled_back, state.data if state.data else _NO_MAP, lanes, state.error,
-        state.failed_step, state.compensated_from, state.compensated_names, state.skipped,
+        state.failed_step, state.compensated_from, _NO_NAMES, state.skipped,
         state.started_at, state.completed_at,
         len(state.records), state.error_name, state.cause,
     )
@@ -198,7 +206,7 @@ def _encode_wide_header(state: InstanceState) -> bytes:
         # an array of its own without that array's one-byte header.
         before = _packer.pack((HEADER_TAG, FORMAT_VERSION, state.instance_id, state.status, state.phase,
                                state.outcome, state.rolled_back, state.data if state.data else _NO_MAP))
-        after = (state.error, state.failed_step, state.compensated_from, state.compensated_names, state.skipped,
+        after = (state.error, state.failed_step, state.compensated_from, _NO_NAMES, state.skipped,
                  state.started_at, state.completed_at, len(state.records), state.error_name, state.cause)
         after_packed = _packer.pack((*after, *tail))
     except (TypeError, ValueError, OverflowError) as exc:
@@ -260,6 +268,9 @@ def instance_mark(instance_id: str) -> int:
 
 #: Packed in place of empty shared data (a dict subclass, which msgpack packs slowly).
 _NO_MAP: dict[Any, Any] = {}
+#: Packed where headers written before the records of the compensations that ran named the
+#: steps compensated (see :func:`_compensations`): a cursor without names says records tell.
+_NO_NAMES = ()
 
 
 #: Largest encoded shared data: what the header holds besides it is small.
@@ -948,7 +959,7 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     state.parent_id, state.runs = parent_id, runs
     if error is not None and error_name is None:
         state.error_name, state.cause = split_description(error)
-    failures = []
+    handled = []
     for seq, fields in enumerate(records):
         (r_seq, lane, step, execution, st, uses_input, s_in, s_out, passes, s_err, s_start, s_end, attempts,
          r_name, r_cause) = fields if len(fields) == 15 else (*fields, *_NO_NAME_NOR_CAUSE)
@@ -980,8 +991,8 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
             error_name=r_name, cause=r_cause,
         )
         state.add(record)
-        if st == "compensation_failed":
-            failures.append(record)
+        if st in OF_COMPENSATIONS:
+            handled.append(record)
     maps = False  # (whether a lane runs a map: most instances have none, and skip its checks)
     for key, fields in lanes.items():
         # A lane that waits (a timer, a signal) has a fourth field saying for what; one whose
@@ -1024,62 +1035,97 @@ def _state_v2(start: list[Any], header: list[Any], records: list[Any]) -> Instan
     if not (comp_errors is NO_ERRORS or isinstance(comp_errors, Mapping) and (
             not comp_errors or all(isinstance(q, int) and 0 <= q < len(records) for q in comp_errors))):
         _malformed("malformed compensation errors")
-    if failures and comp_errors:
-        _malformed("compensation errors both in the header and in records")
-    if failures:
-        comp_errors = _compensations_failed(state, failures, compensated_names or ())
     if not (isinstance(skipped, list) and (not skipped or all(isinstance(name, str) for name in skipped))):
         _malformed("malformed skipped steps")
-    if compensated_names is None:
-        _expect(isinstance(compensated, list) and (
-            not compensated or all(isinstance(q, int) and 0 <= q < len(records) for q in compensated)),
-                "malformed compensation list")
-        _listed_compensations(state, compensated, comp_errors)
-    else:
-        if not (isinstance(compensated_names, list) and (
-                not compensated_names or all(isinstance(n, str) for n in compensated_names))):
-            _malformed("malformed compensation cursor")
-        if compensated_names:
-            _expect(compensated_from is not None and _is_seq(compensated_from, len(records))
-                    and all(q >= compensated_from for q in comp_errors), "malformed compensation cursor")
-        else:
-            if not (compensated_from is None and not comp_errors):
-                _malformed("malformed compensation cursor")
-        state.compensated_from = compensated_from
-        state.compensated_names = tuple(compensated_names)
-        state.compensation_errors = comp_errors
     state.skipped = tuple(skipped)
     state.stored = len(records)
-    if comp_errors and not failures:
-        _errors_as_records(state)
+    _compensations(state, handled, compensated, compensated_from, compensated_names, comp_errors)
     return state
 
 
-def _compensations_failed(state: InstanceState, failures: list[StepResult], names: Sequence[str]) -> dict[int, str]:
-    """The index of compensation errors (see ``InstanceState.compensation_errors``) over the
-    ``"compensation_failed"`` records: each must follow the completed execution whose id it
-    carries, of a step the header names compensated (``names``)."""
+def _compensations(
+    state: InstanceState, handled: list[StepResult], listed: Any, cursor: Any, names: Any, errors: Mapping[int, str],
+) -> None:
+    """What was compensated, checked, into ``state`` (see ``InstanceState.compensated_from``):
+    from the records of the compensations (``handled``) and the header's cursor alone; or, in
+    a header written before the records of those that ran, from the cursor and the names of
+    the steps compensated (formats 3 and 4) or format 2's list of the executions compensated
+    (``listed``), and the errors of those that failed (formats 2 and 3: ``errors``; format 4:
+    their records). What such a header says becomes records (see :func:`_as_records`)."""
+    _index_compensations(state, handled)
+    if errors and handled:
+        _malformed("compensation errors both in the header and in records")
+    if names is None:  # format 2's list
+        _expect(not handled and isinstance(listed, list) and (
+            not listed or all(isinstance(q, int) and 0 <= q < len(state.records) for q in listed)),
+                "malformed compensation list")
+        _listed_compensations(state, listed, dict(errors))
+        return
+    if not (isinstance(names, list) and (not names or all(isinstance(n, str) for n in names))):
+        _malformed("malformed compensation cursor")
+    if not names:  # the cursor alone: at the oldest execution the records of compensations name
+        _expect(not errors and cursor == state.compensated_from, "malformed compensation cursor")
+        return
+    for done in handled:
+        _expect(done.step_name in names, "step record %d records a %s of a step the header does not name",
+                done.seq, _what(done))
+    failed = dict(errors or state.compensation_errors)
+    _expect(not state.compensations and cursor is not None and _is_seq(cursor, len(state.records))
+            and all(q >= cursor for q in failed), "malformed compensation cursor")
+    _as_records(state, _from_cursor(state, cursor, names, failed), {} if handled else failed)
+    state.compensated_from = cursor
+
+
+def _from_cursor(state: InstanceState, cursor: int, names: Collection[str], failed: Mapping[int, str]) -> list[int]:
+    """The executions a cursor and names (see :func:`_compensations`) say were compensated,
+    newest first: every completed one from the cursor on of a step named was handled, since
+    compensation goes newest first, one execution at a time; those that did not fail."""
+    return [r.seq for r in reversed(state.records[cursor:])
+            if r.status == "completed" and r.step_name in names and r.seq not in failed]
+
+
+def _index_compensations(state: InstanceState, handled: list[StepResult]) -> None:
+    """The records of compensations (see ``InstanceState.compensations``), each checked: it
+    follows the completed execution whose id it carries, the only one for that execution; and
+    one written as its compensation ended (it has a time) names an execution older than every
+    one named before it, as compensation goes newest first. (Those made from an older header's
+    cursor and names, or errors, have no time: they follow the ones stored before, and may
+    name newer executions.) The cursor is left at the oldest execution named."""
+    if not handled:
+        return
     completed = {(r.lane, r.step_name, r.execution): r.seq for r in state.records if r.status == "completed"}
-    errors: dict[int, str] = {}
-    for failure in failures:
-        seq = completed.get((failure.lane, failure.step_name, failure.execution))
-        _expect(seq is not None and seq < failure.seq and seq not in errors and isinstance(failure.error, str)
-                and failure.step_name in names,
-                "step record %d records a failed compensation of no completed execution", failure.seq)
-        assert seq is not None and failure.error is not None
-        errors[seq] = failure.error
-    return errors
+    oldest = None
+    for done in handled:
+        seq = completed.pop((done.lane, done.step_name, done.execution), None)
+        _expect(seq is not None and seq < done.seq and (
+            done.status == "compensation_completed" or isinstance(done.error, str)),
+                "step record %d records a %s of no completed execution", done.seq, _what(done))
+        assert seq is not None
+        _expect(oldest is None or seq < oldest or done.completed_at is None,
+                "step record %d records a %s of an execution newer than one handled before it", done.seq, _what(done))
+        note_compensation(state, seq, done)
+        oldest = seq if oldest is None else min(oldest, seq)
+    state.compensated_from = oldest
 
 
-def _errors_as_records(state: InstanceState) -> None:
-    """An earlier format's header kept the compensations that failed: they become records,
-    newest first as they failed, staged for the instance's next checkpoint (a finished row is
-    only read)."""
-    records = [failed_compensation(state.records[seq], error, len(state.records) + k, None)
-               for k, (seq, error) in enumerate(sorted(state.compensation_errors.items(), reverse=True))]
-    for record in records:
+def _what(done: StepResult) -> str:
+    """A record of a compensation, in words (for the messages of the checks above)."""
+    return "failed compensation" if done.status == "compensation_failed" else "compensation that ran"
+
+
+def _as_records(state: InstanceState, compensated: list[int], errors: Mapping[int, str]) -> None:
+    """What an earlier format's header said was compensated (``compensated``), or failed to be
+    (``errors``), as records of those compensations, newest first as they ran, staged for the
+    instance's next checkpoint (a finished row is only read)."""
+    records = []
+    for seq in sorted({*compensated, *errors}, reverse=True):
+        done = state.records[seq]
+        record = (failed_compensation(done, errors[seq], len(state.records), None) if seq in errors
+                  else completed_compensation(done, len(state.records), None))
         state.add(record)
-    state.staged = [*state.staged, *(encode_record(r) for r in records)]
+        note_compensation(state, seq, record)
+        records.append(encode_record(record))
+    state.staged = [*state.staged, *records]
 
 
 #: What each key of a lane's wait holds (see ``Lane.waiting``): the kernel computes with them,
@@ -1296,23 +1342,20 @@ def _state_v1(raw: list[Any]) -> InstanceState:
     _expect(all(n in newest for n in compensated) and all(n in newest for n in comp_errors),
             "a compensated step has no result")
     _listed_compensations(state, [newest[n] for n in compensated], {newest[n]: e for n, e in comp_errors.items()})
-    if comp_errors:
-        _errors_as_records(state)
     state.skipped = tuple(skipped)
     return state
 
 
 def _listed_compensations(state: InstanceState, compensated: list[int], errors: dict[int, str]) -> None:
     """What an earlier format's header listed (the executions compensated, and those whose
-    compensation failed) as format 3's cursor and names: the same executions, since each
-    compensation pass goes newest first, one at a time (see ``InstanceState.compensated_from``)."""
-    state.compensation_errors = errors
+    compensation failed), checked to be what a compensation pass handles, newest first, one
+    at a time (see :func:`_from_cursor`), as records (see :func:`_as_records`)."""
     handled = sorted({*compensated, *errors}, reverse=True)
-    if not handled:
-        return
-    state.compensated_from = handled[-1]
-    state.compensated_names = tuple(dict.fromkeys(state.records[q].step_name for q in handled))
-    _expect(set(state.compensated) == set(compensated), "the executions listed compensated are not the newest ones")
+    if handled:
+        names = {state.records[q].step_name for q in handled}
+        _expect(set(_from_cursor(state, handled[-1], names, errors)) == set(compensated),
+                "the executions listed compensated are not the newest ones")
+    _as_records(state, compensated, errors)
 
 
 def _expect(condition: bool, message: str, *args: Any) -> None:

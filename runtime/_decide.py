@@ -35,8 +35,8 @@ from ._matching import matches
 from ._parallel import layout, start_input
 from ._shared_data import SharedData
 from ._snapshot import (
-    PASSES_WORKFLOW_INPUT, InstanceState, Lane, Status, StepResult, StepStatus, drop_lane, new_instance_state, new_lane,
-    new_record, outer_lane,
+    PASSES_WORKFLOW_INPUT, InstanceState, Lane, Status, StepResult, StepStatus, completed_compensation, drop_lane,
+    new_instance_state, new_lane, new_record, note_compensation, outer_lane,
 )
 
 
@@ -505,22 +505,20 @@ def pending_compensations(state: InstanceState, definition: WorkflowDefinition) 
     return plan
 
 
-def record_compensated(state: InstanceState, record: StepResult) -> None:
-    """``record``'s compensation ran: the cursor moves to it (see ``InstanceState.compensated``)."""
-    state.compensated_from = record.seq
-    if record.step_name not in state.compensated_names:
-        state.compensated_names += (record.step_name,)
+def record_compensated(state: InstanceState, record: StepResult, now: float | None = None) -> StepResult:
+    """``record``'s compensation ran at ``now``: returns the record that says so (see
+    :func:`~trioflow._snapshot.completed_compensation`), added, for a durable run to stage."""
+    done = completed_compensation(record, len(state.records), now)
+    state.add(done)
+    note_compensation(state, record.seq, done)
+    return done
 
 
 def record_compensation_failed(state: InstanceState, record: StepResult, failure: StepResult) -> None:
     """``record``'s compensation failed for good: handled all the same, and ``failure`` (see
     :func:`~trioflow._snapshot.failed_compensation`) joins the history with its error."""
     state.add(failure)
-    errors = state.compensation_errors
-    if not isinstance(errors, dict):  # (the shared empty default)
-        errors = state.compensation_errors = {}
-    errors[record.seq] = failure.error or ""
-    record_compensated(state, record)
+    note_compensation(state, record.seq, failure)
 
 
 def finish(state: InstanceState, definition: WorkflowDefinition, status: Status, now: float) -> None:

@@ -25,7 +25,8 @@ ResumableStatus = Literal["pending", "running"]
 FinishedStatus = Literal["completed", "failed", "cancelled", "timed_out", "compensated"]
 Status = Literal[ResumableStatus, FinishedStatus]
 StepStatus = Literal[
-    "pending", "running", "started", "completed", "failed", "caught", "skipped", "compensated", "compensation_failed"]
+    "pending", "running", "started", "completed", "failed", "caught", "skipped", "compensated", "compensation_failed",
+    "compensation_completed"]
 Phase = Literal["forward", "compensating", "done"]
 
 #: Every status, step status and phase (what a stored snapshot may say).
@@ -35,6 +36,8 @@ PHASES: frozenset[str] = frozenset(get_args(Phase))
 #: Step executions whose output later steps see (``ctx.steps``): a caught failure's output is
 #: its error, ``{"error": name, "cause": message}``.
 HAS_OUTPUT: frozenset[str] = frozenset({"completed", "caught"})
+#: The records of compensations (in storage only: each carries the id of the execution it undid).
+OF_COMPENSATIONS: frozenset[str] = frozenset({"compensation_completed", "compensation_failed"})
 
 #: Statuses of instances a resume picks up.
 RESUMABLE: frozenset[str] = frozenset(get_args(ResumableStatus))
@@ -58,7 +61,7 @@ class StepResult:
     ``id`` names the execution: its lane, its step and a counter (``"charge#2"``: the second
     run of ``charge``); ``seq`` is its place in the instance's history, from 0. ``status`` is
     ``"compensated"`` once this execution's compensation ran (views only: records are never
-    rewritten; the header lists what was compensated). A failed execution says why in
+    rewritten; a record of its own says so). A failed execution says why in
     ``error_name`` (the exception's class name, or a ``fail`` step's error) and ``cause`` (its
     message); ``error`` is the two as one line. ``"caught"``: it failed and a catch routed its
     lane on; its output is ``{"error": error_name, "cause": cause}``. ``"started"``: the start of
@@ -67,9 +70,10 @@ class StepResult:
     instance id) or a wide parallel step's (see ``trioflow._parallel``); it has a
     ``started_at``, no ``completed_at`` and ``attempts`` 0, as a view of an execution under way
     (a cancel, a timeout or a fail-fast sibling that cuts it short records its end too).
-    ``"compensation_failed"``: in storage only, the record of an execution's compensation that
-    failed for good, with the same id as that execution and the
-    compensation's error (views show it as that execution's ``compensation_error`` instead).
+    ``"compensation_completed"`` and ``"compensation_failed"``: in storage only, the record of an
+    execution's compensation that ran, or failed for good, with the same id as that execution
+    (and the compensation's error: views show the execution as ``"compensated"``, or with that
+    ``compensation_error``, instead).
     ``passes`` (the seq of the record whose output this one passed on unchanged: a choice, a
     pass step; :data:`PASSES_WORKFLOW_INPUT` for the workflow input) and
     ``input_is_workflow_input`` say how the record is stored, as a reference rather than a
@@ -157,6 +161,14 @@ def new_record(
     return record
 
 
+def completed_compensation(compensated: StepResult, seq: int, now: float | None) -> StepResult:
+    """The record of ``compensated``'s compensation having run, at ``seq``: appended like an
+    execution's, so that the header does not grow with the executions compensated (it holds
+    a cursor); it carries the id of the execution it was for."""
+    return new_record(step_name=compensated.step_name, status="compensation_completed", completed_at=now,
+                      lane=compensated.lane, execution=compensated.execution, seq=seq)
+
+
 def failed_compensation(
     compensated: StepResult, error: str, seq: int, now: float | None, *, name: str | None = None,
     cause: str | None = None, attempts: int = 0,
@@ -171,6 +183,22 @@ def failed_compensation(
         step_name=compensated.step_name, status="compensation_failed", error=error, error_name=name, cause=cause,
         completed_at=now, attempts=attempts, lane=compensated.lane, execution=compensated.execution, seq=seq,
     )
+
+
+def note_compensation(state: InstanceState, seq: int, done: StepResult) -> None:
+    """``done``, among ``state``'s records, says that the compensation of the execution at
+    ``seq`` ran or failed for good (see :func:`completed_compensation`,
+    :func:`failed_compensation`): indexed, and the cursor moves to that execution."""
+    if done.status == "compensation_failed":
+        errors = state.compensation_errors
+        if not isinstance(errors, dict):  # (the shared empty default)
+            errors = state.compensation_errors = {}
+        errors[seq] = done.error or ""
+    elif isinstance(state.compensations, list):
+        state.compensations.append(seq)
+    else:
+        state.compensations = [seq]
+    state.compensated_from = seq
 
 
 def with_values(record: StepResult, *, input: Any, output: Any) -> StepResult:
@@ -462,16 +490,17 @@ class InstanceState:
     error_name: str | None = None
     cause: str | None = None
     failed_step: str | None = None
-    # The four below start as shared empty values (replaced, not mutated, until the instance
+    # The five below start as shared empty values (replaced, not mutated, until the instance
     # has its own): most instances never compensate nor skip a step, and fewer containers per
     # instance means less work for the cyclic garbage collector.
-    #: Compensating: every completed execution from this seq on whose step is one of
-    #: ``compensated_names`` has been handled (compensated, or its compensation failed for
-    #: good). Compensation runs newest first, one execution at a time, so this cursor and the
-    #: names say what a list of seqs would, in a header that does not grow with the executions
-    #: undone (see :attr:`compensated`).
+    #: Compensating: the seq of the execution handled last (compensated, or its compensation
+    #: failed for good). Compensation runs newest first, one execution at a time, so every
+    #: execution it still has to handle comes before it; the header holds this cursor alone,
+    #: the records of the compensations say which were handled (see :func:`note_compensation`).
     compensated_from: int | None = None
-    compensated_names: tuple[str, ...] = ()
+    #: Seqs of the executions compensated, in the order they were (newest first): an index
+    #: over the ``"compensation_completed"`` records (see :attr:`compensated`).
+    compensations: list[int] | tuple[()] = ()
     #: Seq of each execution whose compensation failed for good -> its error: an index over
     #: the ``"compensation_failed"`` records (see :func:`failed_compensation`).
     compensation_errors: Mapping[int, str] = NO_ERRORS
@@ -528,18 +557,13 @@ class InstanceState:
                     self._latest[record.step_name] = record
             elif self._item_latest is not None:
                 self._item_latest[step_key(scope, record.step_name)] = record
-        if record.execution and record.status != "compensation_failed":  # (an earlier execution's)
+        if record.execution and record.status not in OF_COMPENSATIONS:  # (an earlier execution's)
             self.executions[step_key(record.lane, record.step_name)] = record.execution
 
     @property
     def compensated(self) -> tuple[int, ...]:
         """Seqs of the executions compensated, in the order they were (newest first)."""
-        start = self.compensated_from
-        if start is None:
-            return ()
-        names, errors = self.compensated_names, self.compensation_errors
-        return tuple(r.seq for r in reversed(self.records[start:])
-                     if r.status == "completed" and r.step_name in names and r.seq not in errors)
+        return tuple(self.compensations)
 
     def output_of(self, seq: int | None) -> Any:
         """The output of the record at ``seq`` (``None``: no record, no output)."""
@@ -592,7 +616,7 @@ def new_instance_state(
     state.cause = None
     state.failed_step = None
     state.compensated_from = None
-    state.compensated_names = ()
+    state.compensations = ()
     state.compensation_errors = NO_ERRORS
     state.skipped = ()
     state.created_at = created_at
@@ -779,9 +803,9 @@ def _add_running(state: InstanceState, results: dict[str, StepResult]) -> None:
 
 
 def executions(records: Sequence[StepResult]) -> list[StepResult]:
-    """The step executions among ``records``, in order: what ``history`` lists (a failed
-    compensation's own record shows as its execution's ``compensation_error`` instead)."""
-    return [r for r in records if r.status != "compensation_failed"]
+    """The step executions among ``records``, in order: what ``history`` lists (a compensation's
+    own record shows as its execution's status, or ``compensation_error``, instead)."""
+    return [r for r in records if r.status not in OF_COMPENSATIONS]
 
 
 def children_started(records: Sequence[StepResult]) -> tuple[str, ...]:

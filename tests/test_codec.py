@@ -292,15 +292,18 @@ def fail_compensation(state: InstanceState, record: StepResult, error: str) -> N
 
 
 def executions(state: InstanceState) -> list[StepResult]:
-    """``state``'s records without those of failed compensations (which come after them all)."""
-    return [r for r in state.records if r.status != "compensation_failed"]
+    """``state``'s records without those of compensations (which come after them all)."""
+    return [r for r in state.records if r.status not in ("compensation_failed", "compensation_completed")]
 
 
 def as_format_3(state: InstanceState) -> list[Any]:
-    """``state``'s header as format 3 wrote it (unpacked): the compensations that failed in
-    it, by seq, rather than in records of their own."""
+    """``state``'s header as format 3 wrote it (unpacked): the names of the steps compensated
+    beside the cursor, in the order first handled, and the compensations that failed in it, by
+    seq, rather than records of the compensations."""
     raw: list[Any] = msgpack.unpackb(encode_header(state), strict_map_key=False)
     raw[1] = 3
+    raw[12] = list(dict.fromkeys(state.records[q].step_name for q in sorted(
+        {*state.compensated, *state.compensation_errors}, reverse=True)))
     raw[13:13] = [dict(state.compensation_errors)]
     raw[17] = len(executions(state))  # the records counted
     return raw
@@ -411,14 +414,17 @@ def test_a_malformed_compensation_cursor_is_refused(cursor: Any, names: Any, err
 def test_a_failed_compensation_of_no_completed_execution_is_refused(
         lane: str, step: str, execution: int, error: str | None) -> None:
     state = looped([True, True])
-    state.compensated_from, state.compensated_names = 0, ("a",)
+    state.compensated_from = 0
     bad = new_record(step_name=step, status="compensation_failed", lane=lane, execution=execution, error=error,
                      seq=len(state.records))
     records = [*(encode_record(r) for r in state.records), encode_record(bad)]
     raw = msgpack.unpackb(encode_header(state), strict_map_key=False)
     raw[16] = len(records)
-    with pytest.raises(tf.SnapshotDecodeError, match="failed compensation of no completed execution"):
-        decode(encode_start(state), msgpack.packb(raw), records)
+    # The cursor with the names of the steps compensated (as format 4 wrote it before the
+    # records of the compensations that ran), and alone.
+    for raw[12] in (["a"], []):
+        with pytest.raises(tf.SnapshotDecodeError, match="failed compensation of no completed execution"):
+            decode(encode_start(state), msgpack.packb(raw), records)
 
 
 def test_the_same_compensation_failing_twice_is_refused() -> None:

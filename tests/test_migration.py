@@ -1,7 +1,7 @@
 """Databases written by earlier releases open with this one, and their unfinished instances
 resume and finish: SQLite schema 1 with snapshot format 1 (issue 12), schema 2 before durable
-waiting, and snapshot formats 2 and 3's headers (each fixture made by the script beside it in
-tests/fixtures/ with that release's own code)."""
+waiting, snapshot formats 2 and 3's headers, and format 4's that named the steps compensated
+(each fixture made by the script beside it in tests/fixtures/ with that release's own code)."""
 
 from __future__ import annotations
 
@@ -147,9 +147,71 @@ async def test_an_instance_stopped_while_compensating_under_an_older_format_fini
     conn.close()
     assert msgpack.unpackb(header["mid-1"], strict_map_key=False)[1] == FORMAT_VERSION, (
         "the resumed instance's header is rewritten in the current format")
-    assert [(r[2], r[3], r[4], r[9]) for r in records[9:]] == [("reserve", 3, "compensation_failed", "Failed: cannot release 3")], (
-        "the header's error is stored as a record of its own")
+    assert [(r[2], r[3], r[4], r[9]) for r in records[9:]] == [
+        ("reserve", 4, "compensation_completed", None),
+        ("reserve", 3, "compensation_failed", "Failed: cannot release 3"),
+        ("reserve", 2, "compensation_completed", None), ("reserve", 1, "compensation_completed", None)], (
+        "the header's error, and each compensation, is stored as a record of its own, newest first")
     assert msgpack.unpackb(header["failed-1"], strict_map_key=False)[1] == version, "a finished row is read as it is"
+
+
+V4_SAGA = Path(__file__).with_name("fixtures") / "v4_saga.db"
+from make_v4_saga import saga  # noqa: E402  (the fixture's workflow)
+
+
+async def test_a_saga_stopped_while_compensating_under_headers_that_name_the_steps_compensated_finishes(
+        tmp_path: Path) -> None:
+    """Format 4's headers named the steps compensated beside the cursor (rewritten at each
+    compensation: a saga of distinct steps grew them), before each compensation that ran had a
+    record of its own. A database written by that release (commit 0651b9e) with a saga stopped
+    while releasing r1 (r4 released, r3's release failed for good, in a record, r2 released)
+    resumes: only r1 and r0 are released; what the header said becomes records, after those
+    stored; the row reads back the same from each later open; finished rows are read as they are."""
+    db = tmp_path / "flows.db"
+    shutil.copy(V4_SAGA, db)
+
+    def rows() -> tuple[dict[str, bytes], list[list[Any]]]:
+        with sqlite3.connect(db) as conn:
+            headers = dict(conn.execute("SELECT instance_id, header FROM trioflow_instances"))
+            records = [msgpack.unpackb(r) for (r,) in conn.execute(
+                "SELECT data FROM trioflow_records WHERE instance_id = 'mid-1' ORDER BY seq")]
+        conn.close()
+        return headers, records
+
+    before, stored = rows()
+    released: list[str] = []
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db), resume=False) as engine:
+        engine.register(saga(released))
+        parked = await engine.get_instance("mid-1")
+    assert parked is not None and parked.compensated_steps == ("s4", "s2")
+    assert parked.compensation_errors == {"s3": "Failed: cannot release r3"}
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db)) as engine:
+        engine.register(saga(released))
+        mid = await engine.wait("mid-1")
+    assert released == ["r1", "r0"], "r4 and r2 were released before the stop, r3's release failed"
+    async with tf.open_engine(adapter=tf.adapters.SQLiteAdapter(db), resume=False) as engine:
+        engine.register(saga(released))
+        views = [mid, await engine.get_instance("mid-1"), await engine.get_instance("failed-1")]
+        done = await engine.get_instance("done-1")
+    for inst in views:
+        assert inst is not None
+        assert (inst.status, inst.error_name, inst.cause) == ("failed", "Failed", "activation refused")
+        assert inst.compensated_steps == ("s4", "s2", "s1", "s0")
+        assert inst.compensation_errors == {"s3": "Failed: cannot release r3"}
+        assert [(r.id, r.status, r.compensation_error) for r in inst.history] == [
+            ("s0#1", "compensated", None), ("s1#1", "compensated", None), ("s2#1", "compensated", None),
+            ("s3#1", "completed", "Failed: cannot release r3"), ("s4#1", "compensated", None),
+            ("activate#1", "failed", None)]
+    assert done is not None and (done.status, done.output, done.compensated_steps) == ("completed", "active", ())
+    after, records = rows()
+    assert records[:7] == stored, "the records the older release wrote are never rewritten"
+    assert [(r[2], r[4], r[11] is None) for r in records[7:]] == [
+        ("s4", "compensation_completed", True), ("s2", "compensation_completed", True),  # (from the header)
+        ("s1", "compensation_completed", False), ("s0", "compensation_completed", False)]
+    header = msgpack.unpackb(after["mid-1"], strict_map_key=False)
+    assert (header[1], header[11], header[12]) == (FORMAT_VERSION, 0, []), "the cursor alone"
+    assert after["failed-1"] == before["failed-1"] and after["done-1"] == before["done-1"], (
+        "a finished row is read as it is")
 
 
 MAP_LANES = Path(__file__).with_name("fixtures") / "v4_map_lanes.db"

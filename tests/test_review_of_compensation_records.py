@@ -48,6 +48,8 @@ from make_v2_compensating import loop as fixture_loop  # noqa: E402
 #: A record's fields: [seq, lane, step_name, execution, status, uses_input, input, output, passes,
 #: error, started_at, completed_at, attempts, error_name, cause].
 SEQ, LANE, STEP, EXECUTION, STATUS, ERROR, ERROR_NAME, CAUSE = 0, 1, 2, 3, 4, 9, 13, 14
+#: The statuses of the records of compensations (those that ran have had records since count6).
+OF_COMPENSATIONS = ("compensation_failed", "compensation_completed")
 #: Format 4's header: the number of records it counts.
 COUNT_V4 = 16
 
@@ -234,9 +236,12 @@ def test_generated_loops_store_each_failed_compensation_once_newest_first_across
         compensated = by_id[execution_id(f)]
         assert f[ERROR] == compensated.compensation_error
         assert f"{f[ERROR_NAME]}: {f[CAUSE]}" == f[ERROR]
-    executions = [unpack(r) for r in records if unpack(r)[STATUS] != "compensation_failed"]
-    assert len(executions) == len(inst.history), "one record per execution, plus one per failure"
+    executions = [unpack(r) for r in records if unpack(r)[STATUS] not in OF_COMPENSATIONS]
+    assert len(executions) == len(inst.history), "one record per execution, plus one per compensation"
     assert all(f[SEQ] > max(e[SEQ] for e in executions) for f in stored)
+    # (Since count6: each compensation that ran has a record too, newest first, interleaved.)
+    handled = [execution_id(f) for f in map(unpack, records) if f[STATUS] in OF_COMPENSATIONS]
+    assert handled == [r.id for r in reversed(done)], "one record per compensation, newest first"
     assert unpack(header)[COUNT_V4] == len(records)
     # Each child undone as a unit keeps its own failure, once.
     for child_id, child in got["children"].items():
@@ -276,7 +281,7 @@ async def test_events_json_listings_and_purge_of_an_instance_whose_compensations
     _, _, records = await load(storage, iid)
     assert [(execution_id(f), f[ERROR]) for f in failure_records(records)] == [
         ("reserve#3", "RuntimeError: cannot release 3"), ("reserve#1", "RuntimeError: cannot release 1")]
-    assert len(records) == 7 + 2
+    assert len(records) == 7 + 3, "and reserve#2's, whose release ran (since count6)"
 
     async with restarts.engine(wf, resume=False) as engine:
         stored = await engine.get_instance(iid)
@@ -507,9 +512,11 @@ APPENDED = [of_no_execution, twice, non_string_error, also_in_a_format_3_header]
 REWRITTEN = [before_its_execution]
 #: Why each is refused.
 REFUSED = {
-    "of_no_execution": "step record 10 records a failed compensation of no completed execution",
-    "twice": "step record 10 records a failed compensation of no completed execution",
-    "non_string_error": "step record 10 records a failed compensation of no completed execution",
+    # ({last}: the appended record's seq, since count6 after the records of the compensations
+    # that ran too.)
+    "of_no_execution": "step record {last} records a failed compensation of no completed execution",
+    "twice": "step record {last} records a failed compensation of no completed execution",
+    "non_string_error": "step record {last} records a failed compensation of no completed execution",
     "also_in_a_format_3_header": "compensation errors both in the header and in records",
     "before_its_execution": "step record 3 records a failed compensation of no completed execution",
 }
@@ -594,7 +601,8 @@ async def damaged_rows_are_refused(kind: str, tmp_path: Path, damage: Damage) ->
         for inst in (seen[iid], got[iid], listed[iid]):
             assert inst is not None and (inst.status, inst.error_name) == ("failed", "SnapshotDecodeError"), (
                 iid, inst.error_name, inst.compensation_errors)
-            assert inst.cause and REFUSED[damage.__name__] in inst.cause, inst.cause
+            refused = REFUSED[damage.__name__].format(last=len(before[iid][2]) - 1)
+            assert inst.cause and refused in inst.cause, inst.cause
         assert await load(storage, iid) == before[iid], "an unreadable row's bytes are left untouched"
     assert healthy.status == "failed" and healthy.compensation_errors == {"reserve": "RuntimeError: cannot release 3"}
     assert [result for _, result in ledger.undone()] == [4, 3, 2, 1], "only the healthy instance compensated"
@@ -675,11 +683,16 @@ async def test_an_older_header_s_error_is_stored_once_however_often_the_database
         no_failure_rows_in_views(inst)
 
     header, _, records = final["mid-1"]
-    assert len(middle[2]) == 10 and middle[2] == records, "stored by the checkpoint after the conversion, once"
+    # (Since count6 the compensations that ran have records too: reserve#4's, converted from the
+    # header with the error, reserve#2's with that checkpoint, reserve#1's at the end.)
+    assert len(middle[2]) == 12 and middle[2] == records[:12], "stored by the checkpoint after the conversion, once"
     assert [(execution_id(f), f[SEQ], f[ERROR], f[ERROR_NAME], f[CAUSE]) for f in failure_records(records)] == [
-        ("reserve#3", 9, FIXTURE_ERROR, "Failed", "cannot release 3")]
+        ("reserve#3", 10, FIXTURE_ERROR, "Failed", "cannot release 3")]
+    assert [(execution_id(f), f[STATUS]) for f in map(unpack, records[9:])] == [
+        ("reserve#4", "compensation_completed"), ("reserve#3", "compensation_failed"),
+        ("reserve#2", "compensation_completed"), ("reserve#1", "compensation_completed")]
     assert records[:9] == original["mid-1"][2], "the records the older release wrote are never rewritten"
-    assert unpack(header)[1] == 4 and unpack(header)[COUNT_V4] == 10
+    assert unpack(header)[1] == 4 and unpack(header)[COUNT_V4] == 13
     assert unpack(middle[0])[1] == 4
     for iid in ("failed-1", "done-1"):
         assert final[iid] == original[iid], "a finished row is read as it is, never rewritten"
@@ -963,20 +976,27 @@ async def test_a_format_1_snapshot_s_failed_compensation_becomes_one_record(
         ("a#1", "compensated", None), ("b#1", "completed", "RuntimeError: nope"), ("c#1", "compensated", None),
         ("d#1", "failed", None)]
     header, _, records = rows
-    assert [(f[SEQ], execution_id(f), f[ERROR]) for f in failure_records(records)] == [(4, "b#1", "RuntimeError: nope")]
-    assert len(records) == 5 and unpack(header)[1] == 4
+    # (Since count6 the compensations that ran have records too: c's, converted with b's error
+    # and before it, newest first, and a's.)
+    assert [(f[SEQ], execution_id(f), f[ERROR]) for f in failure_records(records)] == [(5, "b#1", "RuntimeError: nope")]
+    assert [(execution_id(f), f[STATUS]) for f in map(unpack, records[4:])] == [
+        ("c#1", "compensation_completed"), ("b#1", "compensation_failed"), ("a#1", "compensation_completed")]
+    assert len(records) == 7 and unpack(header)[1] == 4
     assert read_rows(db, "v1-mid") == rows, "a finished row is not rewritten by reading it"
 
 
 def as_format_3(db: Path, iid: str) -> None:
     """Rewrite ``iid``'s row as the last release of format 3 would have stored it: the failed
-    compensations in the header (by the seq of the execution each was for), not in records."""
+    compensations in the header (by the seq of the execution each was for), not in records, and
+    the names of the steps handled beside the cursor (no record of a compensation that ran)."""
     header_bytes, _, records = read_rows(db, iid)
     header, fields = unpack(header_bytes), [unpack(r) for r in records]
-    executions = [f for f in fields if f[STATUS] != "compensation_failed"]
-    failures = fields[len(executions):]
-    assert all(f[STATUS] == "compensation_failed" for f in failures), "failures come after every execution"
+    executions = [f for f in fields if f[STATUS] not in OF_COMPENSATIONS]
+    handled = fields[len(executions):]
+    assert all(f[STATUS] in OF_COMPENSATIONS for f in handled), "compensations come after every execution"
+    failures = [f for f in handled if f[STATUS] == "compensation_failed"]
     seq_of = {execution_id(f): f[SEQ] for f in executions if f[STATUS] == "completed"}
+    header[12] = list(dict.fromkeys(f[STEP] for f in handled))
     old = [*header[:13], {seq_of[execution_id(f)]: f[ERROR] for f in failures}, *header[13:]]
     old[1], old[COUNT_V4 + 1] = 3, len(executions)
     with sqlite3.connect(db) as conn:

@@ -960,8 +960,6 @@ def _write_parts(state: InstanceState, before: InstanceState | None) -> tuple[tu
         done = tuple(_described(r) for r in state.records[len(before.records):])
         # The main line's last step is recorded by the instance's terminal checkpoint.
         return done, f"; instance {state.status}" if state.phase == "done" else ""
-    if len(state.compensated) > len(before.compensated):
-        return (_described(state.records[state.compensated[-1]], "compensated"),), ""
     if state.phase == "compensating" and before.phase != "compensating":
         # By the error's name, not its message: a message may differ from run to run (an
         # object's address, a time, an id), and a write named anew in every run would be a
@@ -981,14 +979,17 @@ def _nested_steps(steps: Sequence[Step]) -> Iterator[Step]:
             yield from _nested_steps(step.branch.steps)
 
 
-def _described(record: StepResult, status: str | None = None) -> str:
+def _described(record: StepResult) -> str:
     run = f" (execution {record.execution})" if record.execution > 1 else ""
     scope = item_scope(record.lane)  # (a record of a branch in a map item is the item's too)
     item, outer = item_of(scope), enclosing_scope(scope)
     of_item = "" if item is None else f" of item {item[1]} of {item[0]!r}" + (f" in {outer!r}" if outer else "")
-    if status is None and record.status == "compensation_failed":
+    if record.status == "compensation_failed":
         return f"the compensation of step {record.step_name!r}{of_item}{run} failed for good"
-    return f"step {record.step_name!r}{of_item}{run} {status or record.status}"
+    # (The record of a compensation that ran carries its execution's id: described as it was
+    # when the header said it, so that crash points keep their names.)
+    status = "compensated" if record.status == "compensation_completed" else record.status
+    return f"step {record.step_name!r}{of_item}{run} {status}"
 
 
 class _ProcessGone(Exception):
