@@ -82,8 +82,11 @@ def test_instances_an_earlier_release_stopped_in_awkward_places_resume_as_it_wou
                 for field in ("status", "current_step", "waiting", "created_at", "started_at", "parent_id",
                               "children", "error", "failed_step"):
                     assert now[field] == was[field], (instance.id, field)
+                # (A start record shows no attempt since the twentieth session of December 7th, as
+                # a step under way does: review newcomer7. The old release showed 1.)
                 assert ([(h["step_name"], h["status"], h["attempts"], h["lane"]) for h in now["history"]]
-                        == [(h["step_name"], h["status"], h["attempts"], h["lane"]) for h in was["history"]])
+                        == [(h["step_name"], h["status"], 0 if h["status"] == "started" else h["attempts"], h["lane"])
+                            for h in was["history"]])
             for definition in w.definitions():
                 engine.register(definition)
             await trio.sleep(1)

@@ -68,7 +68,11 @@ def test_instances_stopped_mid_flight_by_an_earlier_release_resume_as_it_would(n
         now = views[iid]
         assert {f: now[f] for f in VIEW_FIELDS} == {f: was[f] for f in VIEW_FIELDS}, iid
         assert now.get("runs", 0) == (was["runs"] or 0), iid
-        assert [[h["step_name"], h["status"], h["attempts"], h["lane"]] for h in now["history"]] == was["history"], iid
+        # (A start record shows no attempt since the twentieth session of December 7th, as a step
+        # under way does: review newcomer7. The old releases showed 1.)
+        assert [[h["step_name"], h["status"], h["attempts"], h["lane"]] for h in now["history"]] == [
+            [step, status, 0 if status == "started" else attempts, lane] for step, status, attempts, lane in was["history"]
+        ], iid
     continues = name.startswith("fd148ba")
     got = json.loads(json.dumps(trio.run(w.check, str(db), continues,
                                          clock=trio.testing.MockClock(autojump_threshold=0)), default=repr))
