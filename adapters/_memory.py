@@ -53,8 +53,9 @@ class _Row:
         self.records: list[bytes] | tuple[bytes, ...] = ()
         #: Pending signals by seq (``None`` until the first one).
         self.signals: dict[int, tuple[str, bytes]] | None = None
-        #: The keys of the signals sent with one (``None`` until the first): see ``KeyedSignals``.
-        self.signal_keys: set[str] | None = None
+        #: The seqs of the signals sent with a key, by key (``None`` until the first): see
+        #: ``KeyedSignals``.
+        self.signal_keys: dict[str, int] | None = None
         #: When a waiting instance is due (``None``: it does not wait).
         self.wake_at: float | None = None
         #: When it finished (``None``: it has not), on the adapter's clock.
@@ -250,14 +251,15 @@ class MemoryAdapter:
     ) -> tuple[int | None, bool]:
         row = self._rows.get(instance_id)
         if row is not None and row.signal_keys is not None and key in row.signal_keys:
-            return None, True
+            stored_seq = row.signal_keys[key]
+            return (stored_seq if row.signals and stored_seq in row.signals else None), True
         seq = self._send_signal(instance_id, name, payload)  # (an unknown instance raises)
         if seq is not None:
             stored = self._rows[instance_id]
             if stored.signal_keys is None:
-                stored.signal_keys = {key}
+                stored.signal_keys = {key: seq}
             else:
-                stored.signal_keys.add(key)
+                stored.signal_keys[key] = seq
         return seq, False
 
     def _send_signal(self, instance_id: str, name: str, payload: bytes) -> int | None:

@@ -228,10 +228,13 @@ class KeyedSignals(Protocol):
         self, instance_id: str, name: str, payload: bytes, key: str,
     ) -> tuple[int | None, bool]:
         """:meth:`Adapter.send_signal`, once per instance and ``key``, in one atomic operation:
-        ``(seq, False)`` when the signal is stored now; ``(None, True)``, storing nothing, when
-        a signal with that key was stored for the instance before (pending or consumed since:
-        keys are kept as long as the instance is, and go with it on ``delete`` and ``purge``);
-        ``(None, False)``, storing nothing, when the instance has ended and knows no such key.
+        ``(seq, False)`` when the signal is stored now; ``(seq, True)``, storing nothing, when
+        a signal with that key was stored for the instance before and is pending still (its
+        seq: the call that stored it may have lost its answer before the engine handed it
+        over); ``(None, True)``, storing nothing, when it was stored and has been consumed
+        since (keys are kept as long as the instance is, and go with it on ``delete`` and
+        ``purge``); ``(None, False)``, storing nothing, when the instance has ended and knows
+        no such key.
         An unknown instance raises :class:`UnknownInstanceError`. The engine uses it for a
         signal sent with an idempotency key: a webhook delivered twice, or a caller that lost
         ``signal()``'s answer and sends again, stores it once."""

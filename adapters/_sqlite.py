@@ -137,6 +137,7 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS trioflow_signal_keys (
         instance_id TEXT NOT NULL,
         key         TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
         PRIMARY KEY (instance_id, key)
     ) WITHOUT ROWID""",
 )
@@ -1443,16 +1444,25 @@ def _signal(conn: sqlite3.Connection, iid: str, name: str, payload: bytes) -> tu
     return conn.execute("SELECT 1 FROM trioflow_instances WHERE instance_id = ?", (iid,)).fetchone() is not None, None
 
 
+#: The signal stored before under a key, if any: its seq if it is pending still, else NULL.
+_KEYED_SQL = (
+    "SELECT s.seq FROM trioflow_signal_keys AS k LEFT JOIN trioflow_signals AS s"
+    " ON s.seq = k.seq AND s.instance_id = k.instance_id WHERE k.instance_id = ? AND k.key = ?"
+)
+
+
 def _signal_keyed(
     conn: sqlite3.Connection, iid: str, name: str, payload: bytes, key: str,
 ) -> tuple[bool, int | None, bool]:
     """:func:`_signal`, unless a signal with ``key`` was stored for the instance before: (whether
-    the instance exists, the seq, whether the key was known)."""
-    if conn.execute("SELECT 1 FROM trioflow_signal_keys WHERE instance_id = ? AND key = ?", (iid, key)).fetchone():
-        return True, None, True
+    the instance exists, the seq: of the one stored now, or of the one stored before if it is
+    pending still; whether the key was known)."""
+    before = conn.execute(_KEYED_SQL, (iid, key)).fetchone()
+    if before is not None:
+        return True, before[0], True
     known, seq = _signal(conn, iid, name, payload)
     if seq is not None:
-        conn.execute("INSERT INTO trioflow_signal_keys (instance_id, key) VALUES (?, ?)", (iid, key))
+        conn.execute("INSERT INTO trioflow_signal_keys (instance_id, key, seq) VALUES (?, ?, ?)", (iid, key, seq))
     return known, seq, False
 
 

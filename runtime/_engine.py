@@ -977,9 +977,13 @@ class Engine:
             raise StorageError(f"signal {name!r} cannot be stored: {type(self.adapter).__name__} has no send_signal()"
                                " and signals() (docs/adapters.md); nothing was stored")
         if idempotency_key is not None and not self._sends_keyed:
+            adapter = type(self.adapter).__name__
+            why = f"{adapter} has no send_keyed_signal()" if not hasattr(self.adapter, "send_keyed_signal") else (
+                f"{adapter} overrides send_signal() below the class that defines its send_keyed_signal(), which would"
+                " store keyed signals past it (override send_keyed_signal() too)")
             raise StorageError(
-                f"signal {name!r} cannot be stored with an idempotency key: {type(self.adapter).__name__} has no"
-                " send_keyed_signal() (tf.adapters.KeyedSignals, docs/adapters.md); nothing was stored")
+                f"signal {name!r} cannot be stored with an idempotency key: {why} (tf.adapters.KeyedSignals,"
+                " docs/adapters.md); nothing was stored")
         data = encode_payload(payload, f"the payload of signal {name!r}")
         running = self._live.get(instance_id)
         storing = None if running is not None else self._storing.get(instance_id)
@@ -1029,7 +1033,9 @@ class Engine:
                 keyed: KeyedSignals = self.adapter  # type: ignore[assignment]
                 seq, seen = await keyed.send_keyed_signal(instance_id, name, data, key)
                 if seen:
-                    return  # stored before, by a call that handed it over (or a restart takes it up)
+                    if seq is not None:
+                        await self._hand_over_stored(instance_id, seq)
+                    return
                 if seq is not None:
                     self._ends.signal_stored(instance_id)
             elif running is None and self._sends_and_loads:
@@ -1054,8 +1060,19 @@ class Engine:
                 return  # stored: the next engine delivers it (an error here would have it sent twice)
             await self._hand_over(instance_id, name, seq, data, running, stored_at, row, ended_since)
 
+    async def _hand_over_stored(self, instance_id: str, seq: int) -> None:
+        """``signal()``'s :meth:`_deliver` of the keyed signal ``seq`` an earlier call stored and
+        is pending still: that call may have raised after the write (its answer lost, or it was
+        cancelled, or its engine closed), its hand-over never made, and the retry the docs
+        prescribe must not leave it for a restart. (Handed over twice, if that call's went
+        through: a run passes over a signal it holds or took.) As stored: its name and payload
+        are the first call's."""
+        stored = next(((name, data) for q, name, data in await self.adapter.signals(instance_id) if q == seq), None)
+        if stored is not None and not self._closed:
+            await self._hand_over(instance_id, stored[0], seq, stored[1], None, self._clock(), None, None)
+
     async def _hand_over(self, instance_id: str, name: str, seq: int, data: bytes, running: Run | None,
-                         stored_at: float, row: StoredInstance | None, ended_since: Callable[[], bool]) -> None:
+                         stored_at: float, row: StoredInstance | None, ended_since: Callable[[], bool] | None) -> None:
         """``signal()``'s :meth:`_deliver` of the signal it stored."""
         try:
             await self._deliver(instance_id, name, seq, data, running, stored_at, row, ended_since)

@@ -143,8 +143,9 @@ async def keyed_signals_are_stored_once(open_adapter: OpenAdapter) -> None:
         seq, seen = await keyed.send_keyed_signal("i", "go", _BLOB, "k1")
         assert isinstance(seq, int) and seen is False, (
             f"send_keyed_signal with a new key must store the signal and return (seq, False), got {(seq, seen)}")
-        assert await keyed.send_keyed_signal("i", "go", b"again", "k1") == (None, True), (
-            "send_keyed_signal with a key stored before for the instance must store nothing and return (None, True)")
+        assert await keyed.send_keyed_signal("i", "go", b"again", "k1") == (seq, True), (
+            "send_keyed_signal with a key stored before for the instance, its signal pending still, must store nothing"
+            " and return (that signal's seq, True)")
         other, _ = await keyed.send_keyed_signal("j", "go", b"j", "k1")
         assert isinstance(other, int), "a key is the instance's own: another instance takes a signal with it"
         plain = await a.send_signal("i", "go", b"plain")
@@ -154,10 +155,11 @@ async def keyed_signals_are_stored_once(open_adapter: OpenAdapter) -> None:
             f"keyed signals must be stored as send_signal stores them, in seq order, once each, got {pending}")
         await a.checkpoint("i", "running", b"h1", [b"r0"], first_seq=0, consumed=[seq])
         assert await keyed.send_keyed_signal("i", "go", b"again", "k1") == (None, True), (
-            "a key must be kept once its signal is consumed: a retry then stores nothing")
+            "a key must be kept once its signal is consumed: a retry then stores nothing and returns (None, True)")
     async with _opened(open_adapter, "keyed_signals") as a:
         keyed = a  # type: ignore[assignment]
-        assert await keyed.send_keyed_signal("i", "go", b"again", "k2") == (None, True), "keys must survive a reopen"
+        assert await keyed.send_keyed_signal("i", "go", b"again", "k2") == (later, True), "keys must survive a reopen"
+        assert await keyed.send_keyed_signal("i", "go", b"again", "k1") == (None, True), "keys must survive a reopen"
         await a.checkpoint("i", "completed", b"h2", [b"r1"], first_seq=1)
         assert await keyed.send_keyed_signal("i", "go", b"late", "k1") == (None, True), (
             "a key stored before the instance ended must still be known: a retry of that signal is not an error")
