@@ -160,6 +160,39 @@ def view(inst: tf.WorkflowInstance) -> dict[str, Any]:
     }
 
 
+async def stands_on(engine: Any, one: tf.WorkflowInstance) -> dict[str, Any]:
+    """What an instance still unfinished after the wait stands on: its stored row (status,
+    wake_at: ``inf`` waits for a signal alone, the waker never takes it up), whether a run of
+    it is in memory here (and what that run holds), the signals storage keeps for it, and its
+    children's statuses: enough to tell a lost wake from a run stuck in memory."""
+    iid = one.id
+    out: dict[str, Any] = {"view_status": one.status, "current_step": one.current_step, "waiting": one.waiting}
+    try:
+        row = await engine.adapter.load(iid)
+        out["row"] = None if row is None else {"status": row.status, "wake_at": repr(row.wake_at),
+                                              "signals": [(seq, name) for seq, name, _ in row.signals]}
+        out["signals"] = [(seq, name) for seq, name, _ in await engine.adapter.signals(iid)]
+    except Exception as exc:  # (a diagnostic: never the reason the summary is missing)
+        out["storage_error"] = repr(exc)
+    run = engine._live.get(iid)
+    out["live"] = run is not None
+    out["storing"] = iid in engine._storing
+    out["waking"] = iid in engine._waking
+    if run is not None:
+        out["run"] = {
+            "parked": run.parked, "late": sorted(run.late or ()), "resting": run.resting, "active": run.active,
+            "hold": run.hold is not None, "signals_fetched": run.signals_fetched,
+            "held_signals": [(seq, name) for seq, name, _ in run.state.signals],
+            "lanes": {key: repr(lane.waiting) for key, lane in run.state.lanes.items()},
+        }
+    children = {}
+    for child in one.children:
+        got = await engine.get_instance(child)
+        children[child] = None if got is None else got.status
+    out["children"] = children
+    return out
+
+
 async def finish() -> None:
     summary: dict[str, Any] = {"instances": {}, "listing": {}, "unfinished": [], "resumed": []}
     late = mode == "finish-late"
@@ -207,6 +240,7 @@ async def finish() -> None:
             summary["instances"][inst.id] = view(one)
             if one.status in ("running", "pending"):
                 summary["unfinished"].append(inst.id)
+                summary.setdefault("stands_on", {})[inst.id] = await stands_on(engine, one)
         # paging and filtered listings agree with the full listing
         for order_ in ("oldest", "newest"):
             paged: list[str] = []
