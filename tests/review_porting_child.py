@@ -220,6 +220,13 @@ async def finish() -> None:
         else:
             for wf in workflows():
                 engine.register(wf)
+        # Cancels sent before the SIGKILL whose call never returned: the caller sends them again
+        # (an unacknowledged cancel may not be stored, and its order waits on for ever).
+        for iid in os.environ.get("CANCEL_AGAIN", "").split():
+            try:
+                await engine.cancel(iid)
+            except tf.UnknownInstanceError:
+                pass
         if HOLD:  # returns window over: cancel every order still open; kept children are undone
             for iid in IDS:
                 try:

@@ -338,11 +338,20 @@ def test_cancels_of_orders_waiting_on_children_survive_a_sigkill(tmp_path: Path,
         child.stdin.write(f"cancel {who}\n".encode())
     child.stdin.flush()
     deadline = time.monotonic() + 10
-    while not any(line[0] == "cancelled" for line in _log(tmp_path)) and time.monotonic() < deadline:
+    # The first cancel stored (True), not the first answered: a child of an unpaid order is
+    # never made, and its cancel says False at once, before any other is stored.
+    while not any(line[0] == "cancelled" and line[2] == "True" for line in _log(tmp_path)) \
+            and time.monotonic() < deadline:
         time.sleep(0.002)
     time.sleep(random.Random(n).uniform(0, 0.03))
     _kill(child)
-    summary = _finish(tmp_path, n, env)
+    # A cancel whose call had not returned by the kill may not be stored (under load none of
+    # the others may be: December 7th, race2): its order rightly waits on for the carrier, for
+    # ever. Sent again by the restarted service, as a caller whose cancel() never returned does.
+    answered = {line[1] for line in _log(tmp_path) if line[0] == "cancelled"}
+    again = [who for i in range(n) if (who := f"o{i}" if target == "parent" else f"o{i}/ship/#{i % 3}/ship_line#1")
+             not in answered]
+    summary = _finish(tmp_path, n, {**env, "CANCEL_AGAIN": " ".join(again)})
     _check(_violations(tmp_path, summary, {}))
     acked = [line[1] for line in _log(tmp_path) if line[0] == "cancelled" and line[2] == "True"]
     for iid in acked:
