@@ -309,7 +309,13 @@ class EngineChildren:
             if engine._closed:
                 return
             # It left memory while its signals were read (what was handed to it went with it):
-            # parked, its row holds the notice, which wakes it as it would have had it left first.
+            # parked, its row holds the notices read, which wake it as they would have had it
+            # left first. Any of them, not this one alone: the read was shared with the
+            # children that ended in the same pass (their calls left it to this one), and the
+            # parent may have taken this notice already (taken up from a row that held it),
+            # and left waiting for one of theirs, which nothing else would wake it for.
+            await engine._wake_if_waiting(parent_id, None)
+            return
         # Parked: resumed if it waits for this child.
         await engine._wake_if_waiting(parent_id, lambda waiting: waiting.get("signal") == notice)
 
