@@ -287,3 +287,32 @@ async def test_the_conformance_kit_fails_an_adapter_that_forgets_keys(forgets: s
 
     with pytest.raises(AssertionError, match="check 'keyed_signals_are_stored_once' failed"):
         await check_persistence_adapter(open_adapter)
+
+
+async def test_the_crash_explorer_sends_keyed_signals_again_after_every_crash(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """``explore_crashes(signals=[(name, payload, key), ...])``: after each crash every keyed
+    signal is sent again, acknowledged or not, as a webhook's sender does; each crash run must
+    take each once, as the fault-free run does (a copy of "evt_1" among them is taken once)."""
+    from trioflow.testing import explore_crashes
+
+    async def charge(ctx: tf.WorkflowContext) -> list[Any]:
+        return [ctx.steps["r0"], ctx.steps["r1"]]
+
+    wf = (tf.workflow("payments").receive("r0", signal="paid").receive("r1", signal="paid")
+          .step("charge", charge).build())
+    files = iter(range(1000))
+    report = await explore_crashes(
+        wf, signals=[("paid", "a", "evt_1"), ("paid", "a", "evt_1"), ("paid", "b", "evt_2")],
+        adapter_factory=lambda: tf.adapters.SQLiteAdapter(tmp_path / f"run{next(files)}.db"))
+    assert report.baseline.status == "completed" and report.baseline.output == ["a", "b"]
+    assert len(report.points) >= 4
+
+
+async def test_the_crash_explorer_refuses_a_keyed_signal_with_a_bad_key(autojump_clock: trio.testing.MockClock) -> None:
+    from trioflow.testing import explore_crashes
+
+    wf = tf.workflow("payments").receive("r0", signal="paid").build()
+    for entry in [("paid", 1, ""), ("paid", 1, 5), ("paid", 1, "k", "extra")]:
+        with pytest.raises(tf.InvalidArgumentError, match="idempotency_key"):
+            await explore_crashes(wf, signals=[entry])  # type: ignore[list-item]

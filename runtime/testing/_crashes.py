@@ -81,8 +81,8 @@ from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._memory_driver import MemoryDriver
 from trioflow.adapters._protocol import (
-    Adapter, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families, restarts_history,
-    sends_and_loads, skips_workflows,
+    Adapter, KeyedSignals, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families,
+    restarts_history, sends_and_loads, sends_keyed, skips_workflows,
 )
 
 from ._engine import autojumping
@@ -183,7 +183,7 @@ async def explore_crashes(
     services: Mapping[str, Any] | None = None,
     adapter_factory: Callable[[], Adapter] = MemoryAdapter,
     check: bool = True,
-    signals: Sequence[tuple[str, Any]] = (),
+    signals: Sequence[tuple[str, Any] | tuple[str, Any, str]] = (),
     also: Sequence[WorkflowDefinition] = (),
     lost_writes: bool = True,
     driver_factory: Callable[[], Any] | None = None,
@@ -215,7 +215,10 @@ async def explore_crashes(
     fresh :class:`~trioflow.adapters.MemoryDriver` when a workflow is transactional, which
     needs one). ``signals`` (``(name, payload)`` pairs) are sent to the instance right after it starts, in
     order (a receive step keeps them until it runs): timers and signals are explored like any
-    step, every crash run must receive each signal exactly once.
+    step, every crash run must receive each signal exactly once. After a crash the signals
+    never acknowledged are sent again; a ``(name, payload, idempotency_key)`` triple is sent with
+    that key, and again after a crash whether it was acknowledged or not, as a webhook's sender
+    does that had no answer.
 
     ``also``: the workflows that ``workflow``'s child steps start (and theirs), registered on
     every engine. The writes of child instances are crash points too; every child instance is
@@ -293,8 +296,8 @@ async def explore_crashes(
                             " a SQLiteAdapter on a new file each call")
                     register(engine)
                     await engine.start(workflow.name, input, instance_id=INSTANCE_ID)
-                    for name, payload in signals:
-                        await engine.signal(INSTANCE_ID, name, payload)
+                    for entry in signals:
+                        await _send(engine, entry)
                         sent += 1
                     instance = await _end_or_never(engine, signals, fault_free=target is None)
                     children = await _children(engine, instance, bool(also))
@@ -312,8 +315,11 @@ async def explore_crashes(
                 # A start the dead process never acknowledged (its create was lost) is made
                 # again, as its caller would; one that was is found and taken as it is.
                 await engine.start(workflow.name, input, instance_id=INSTANCE_ID)
-                for name, payload in signals[sent:]:  # never acknowledged: the sender sends again
-                    await engine.signal(INSTANCE_ID, name, payload)
+                for index, entry in enumerate(signals):
+                    # Never acknowledged: the sender sends it again; and every keyed one, as a
+                    # sender that keys its signals may (the key keeps it from being taken twice).
+                    if index >= sent or len(entry) == 3:
+                        await _send(engine, entry)
                 instance = await _end_or_never(engine, signals, fault_free=False)
                 children = await _children(engine, instance, bool(also))
                 data = await _shared_data(engine, [INSTANCE_ID, *children])
@@ -498,16 +504,25 @@ class _Shape:
         )
 
 
+async def _send(engine: Engine, entry: tuple[str, Any] | tuple[str, Any, str]) -> None:
+    """Send one entry of ``signals=`` to the explored instance (with its key, if it has one)."""
+    await engine.signal(INSTANCE_ID, entry[0], entry[1], idempotency_key=entry[2] if len(entry) == 3 else None)
+
+
 def _check_signals(signals: object, received: Collection[str], in_family: Mapping[str, str]) -> None:
-    """``signals`` as ``(name, payload)`` pairs whose names a receive step of the explored
-    workflow takes (``received``; they are sent to its instance only, not to its children:
-    ``in_family`` names the workflow of ``also=`` that takes each signal); anything else is an :class:`InvalidArgumentError` before any
-    run (a misspelt name would be explored as a receive that times out, and pass)."""
+    """``signals`` as ``(name, payload)`` pairs or ``(name, payload, idempotency_key)`` triples
+    whose names a receive step of the explored workflow takes (``received``; they are sent to
+    its instance only, not to its children: ``in_family`` names the workflow of ``also=`` that
+    takes each signal); anything else is an :class:`InvalidArgumentError` before any run (a
+    misspelt name would be explored as a receive that times out, and pass)."""
     if not isinstance(signals, (list, tuple)):
         raise InvalidArgumentError(f"signals must be a list of (name, payload) pairs, got {safe_repr(signals)}")
     for entry in signals:
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)):
-            raise InvalidArgumentError(f"signals must be (name, payload) pairs, got {safe_repr(entry)}")
+        if not (isinstance(entry, (list, tuple)) and len(entry) in (2, 3) and isinstance(entry[0], str)
+                and (len(entry) == 2 or (isinstance(entry[2], str) and entry[2]))):
+            raise InvalidArgumentError(
+                f"signals must be (name, payload) pairs or (name, payload, idempotency_key) triples (a key a"
+                f" non-empty string), got {safe_repr(entry)}")
         if entry[0] not in received:
             if entry[0] in in_family:
                 raise InvalidArgumentError(
@@ -562,7 +577,9 @@ def _check_also(family: Sequence[WorkflowDefinition]) -> None:
                     " which is not in also=")
 
 
-async def _end_or_never(engine: Engine, signals: Sequence[tuple[str, Any]], *, fault_free: bool) -> WorkflowInstance:
+async def _end_or_never(
+    engine: Engine, signals: Sequence[tuple[str, Any] | tuple[str, Any, str]], *, fault_free: bool,
+) -> WorkflowInstance:
     """``engine.wait`` for the explored instance, bounded: on a ``MockClock`` that autojumps, a
     run where nothing is left to happen (a receive step, without a timeout, for a signal
     ``signals=`` does not send) jumps to this deadline at once, rather than hang the test for
@@ -574,7 +591,7 @@ async def _end_or_never(engine: Engine, signals: Sequence[tuple[str, Any]], *, f
         return await _as_it_ends(engine, INSTANCE_ID)
     with trio.move_on_after(NEVER_ENDS_AFTER):
         return await engine.wait(INSTANCE_ID)
-    sent = ", ".join(repr(name) for name, _ in signals) or "none"
+    sent = ", ".join(repr(entry[0]) for entry in signals) or "none"
     for instance in await engine.get_instances():
         waiting = instance.waiting or {}
         name = waiting.get("signal")
@@ -1045,6 +1062,8 @@ class _CrashingAdapter:
                 # The engine runs without what the storage it wraps has not (signals, waiting
                 # out of memory), as it would on that storage itself.
                 setattr(self, name, None)
+        if not sends_keyed(inner):
+            setattr(self, "send_keyed_signal", None)  # (keyed signals refused, as the engine refuses them there)
 
     async def open(self) -> None:
         await self.inner.open()
@@ -1105,6 +1124,12 @@ class _CrashingAdapter:
             return await inner.send_signal_and_load(instance_id, name, payload)
         seq = await self.inner.send_signal(instance_id, name, payload)
         return seq, None if seq is None else await self.inner.load(instance_id)
+
+    async def send_keyed_signal(
+        self, instance_id: str, name: str, payload: bytes, key: str,
+    ) -> tuple[int | None, bool]:
+        keyed: KeyedSignals = self.inner  # type: ignore[assignment]
+        return await keyed.send_keyed_signal(instance_id, name, payload, key)
 
     async def signals(self, instance_id: str) -> list[tuple[int, str, bytes]]:
         return await self.inner.signals(instance_id)
