@@ -521,8 +521,8 @@ def _check_signals(signals: object, received: Collection[str], in_family: Mappin
         if not (isinstance(entry, (list, tuple)) and len(entry) in (2, 3) and isinstance(entry[0], str)
                 and (len(entry) == 2 or (isinstance(entry[2], str) and entry[2]))):
             raise InvalidArgumentError(
-                f"signals must be (name, payload) pairs or (name, payload, idempotency_key) triples (a key a"
-                f" non-empty string), got {safe_repr(entry)}")
+                f"signals must be (name, payload, idempotency_key) triples (the key a non-empty string) or"
+                f" (name, payload) pairs, got {safe_repr(entry)}")
         if entry[0] not in received:
             if entry[0] in in_family:
                 raise InvalidArgumentError(
