@@ -352,6 +352,7 @@ CASES = {
     "timers_among_waiting": lambda q: _module("waiting").timers_firing(
         2_000 if q else 10_000, among=5_000 if q else 100_000),
     "signals": lambda q: _module("waiting").signals_delivered(2_000 if q else 20_000),
+    "signals_keyed": lambda q: _module("waiting").signals_delivered(2_000 if q else 20_000, keyed=True),
     "floor_signals": lambda q: _module("model_floor").signals_on_sqlite(2_000 if q else 20_000, LIMIT),
     "retention": lambda q: _module("retention").memory_with_retention(5_000 if q else 200_000),
     "retention_kept_memory": lambda q: _module("retention").beside_kept_children(

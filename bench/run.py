@@ -31,7 +31,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ORDER = ["bare_trio", "execute_workflow", "engine_memory", "floor_memory", "durable_sqlite", "floor_sqlite",
          "parked_bare", "parked_engine", "recovery", "finished_reads", "import_time", "long_workflows", "wide_parallel",
-         "wide_parallel_staggered", "big_outputs", "waiting_memory", "waiting_memory_signal", "waiting_memory_branches", "timers_firing", "floor_timers", "timers_among_waiting", "signals", "floor_signals",
+         "wide_parallel_staggered", "big_outputs", "waiting_memory", "waiting_memory_signal", "waiting_memory_branches", "timers_firing", "floor_timers", "timers_among_waiting", "signals", "signals_keyed", "floor_signals",
          "retention", "retention_kept_memory", "retention_kept_sqlite", "map_items", "map_staggered", "children", "floor_children"]
 
 
@@ -165,6 +165,9 @@ def figures(results: dict[str, list[dict[str, float]]], peer: dict[str, float] |
                ratio("timers_among_waiting", "timers_per_s", "timers_firing", "timers_per_s")),
         Figure("signals to waiting instances, 1,000 senders", "signals/s", series("signals", "signals_per_s"),
                ">= 10,000", lambda v: v >= 10_000),
+        Figure("  the same, each with an idempotency key", "signals/s", series("signals_keyed", "signals_per_s")),
+        Figure("  signals with a key / without", "ratio", ratio("signals_keyed", "signals_per_s", "signals",
+                                                            "signals_per_s")),
         Figure("  the model alone, signals", "signals/s", series("floor_signals", "signals_per_s")),
         Figure("  signals: engine / the model alone", "ratio",
                ratio("signals", "signals_per_s", "floor_signals", "signals_per_s")),

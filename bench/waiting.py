@@ -124,9 +124,10 @@ def timers_firing(n: int, lead: float | None = None, among: int = 0) -> dict[str
     return {"timers_per_s": rate, "latest_s": latest}
 
 
-def signals_delivered(n: int, senders: int = 1000) -> dict[str, float]:
+def signals_delivered(n: int, senders: int = 1000, keyed: bool = False) -> dict[str, float]:
     """``n`` instances wait in a receive step (no task each); ``senders`` concurrent tasks send
-    one signal to each; signals per second until every receive step is checkpointed."""
+    one signal to each (``keyed``: each with an idempotency key, as a webhook's are); signals
+    per second until every receive step is checkpointed."""
     wf = tf.workflow("w").receive("approval", signal="approved").build()
 
     async def main() -> float:
@@ -151,7 +152,7 @@ def signals_delivered(n: int, senders: int = 1000) -> dict[str, float]:
 
                 async def sender() -> None:
                     for iid in queue:
-                        await engine.signal(iid, "approved", {"by": "manager"})
+                        await engine.signal(iid, "approved", {"by": "manager"}, idempotency_key=f"evt-{iid}" if keyed else None)
 
                 async with trio.open_nursery() as nursery:
                     for _ in range(senders):
