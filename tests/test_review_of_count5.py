@@ -12,7 +12,6 @@ and which would itself grow with the lanes)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,36 +22,7 @@ import trio.testing
 import trioflow as tf
 from trioflow import _header_lanes
 
-_ROOT = Path(tf.__file__).resolve().parent.parent
-_OURS = tuple(str(_ROOT / d) + "/" for d in ("runtime", "actors", "adapters"))
-
-
-class _Lines:
-    """Counts the lines of trioflow's own Python run while entered (this thread: the engine's)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._seen: dict[str, bool] = {}
-
-    def _local(self, frame: Any, event: str, arg: Any) -> Any:
-        if event == "line":
-            self.count += 1
-        return self._local
-
-    def _global(self, frame: Any, event: str, arg: Any) -> Any:
-        name = frame.f_code.co_filename
-        ours = self._seen.get(name)
-        if ours is None:
-            ours = self._seen[name] = name.startswith(_OURS)
-        return self._local if ours else None
-
-    def __enter__(self) -> _Lines:
-        self.count = 0
-        sys.settrace(self._global)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        sys.settrace(None)
+from counting import Lines, VMSteps
 
 
 class _CountingMemory(tf.adapters.MemoryAdapter):
@@ -95,15 +65,6 @@ class _CountingMemory(tf.adapters.MemoryAdapter):
         return seq, row
 
 
-class _VMSteps:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self) -> int:
-        self.count += 1
-        return 0
-
-
 @pytest.fixture
 def shipped_header_lanes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_header_lanes, "CHECK_KEPT", False)
@@ -142,7 +103,7 @@ async def _per_signal_memory(history: int) -> tuple[float, float]:
         iid = await engine.start("onboarding", {})
         await trio.sleep(60)  # parked out of memory on its day-long timer
         adapter.reset()
-        with _Lines() as lines:
+        with Lines() as lines:
             for k in range(20):
                 await engine.signal(iid, "document", {"page": k})
         view = await engine.get_instance(iid)
@@ -199,7 +160,7 @@ async def _per_signal_sqlite(history: int, path: Path) -> float:
         engine.register(_onboarding(history))
         iid = await engine.start("onboarding", {})
         await trio.sleep(60)
-        steps = _VMSteps()
+        steps = VMSteps()
         conn = adapter._conn
         assert conn is not None
         conn.set_progress_handler(steps, 1)
@@ -245,7 +206,7 @@ async def _per_item_timers(n: int) -> tuple[float, float]:
         iid = await engine.start("reminders", {"n": n})
         await trio.sleep(50)  # every item waits on its timer; the instance has left memory
         adapter.reset()
-        with _Lines() as lines:
+        with Lines() as lines:
             done = await engine.wait(iid)
         assert done.status == "completed"
         return lines.count / n, adapter.records / n
@@ -292,7 +253,7 @@ async def _per_item_signals(n: int) -> tuple[float, float]:
         iid = await engine.start("approvals", {"n": n})
         await trio.sleep(50)  # every item waits for an answer; the instance has left memory
         adapter.reset()
-        with _Lines() as lines:
+        with Lines() as lines:
             for k in range(n):
                 await engine.signal(iid, "answer", {"k": k})
                 await trio.sleep(100)  # answers come one at a time, minutes apart
@@ -345,7 +306,7 @@ async def _per_child(n: int) -> tuple[float, float]:
         iid = await engine.start("shipments", {"n": n})
         await trio.sleep(50)  # every child in transit; the parent has left memory
         adapter.reset()
-        with _Lines() as lines:
+        with Lines() as lines:
             done = await engine.wait(iid)
         assert done.status == "completed"
         assert len(done.children) == n
@@ -394,7 +355,7 @@ async def _per_idempotent_start(steps: int) -> tuple[float, float]:
         iid = await engine.start("order", {"order": 1}, instance_id="ORD-123")
         assert (await engine.wait(iid)).status == "completed"
         adapter.reset()
-        with _Lines() as lines:
+        with Lines() as lines:
             for _ in range(20):  # the shop's webhook, delivered again and again
                 assert await engine.start("order", {"order": 1}, instance_id="ORD-123") == "ORD-123"
         return lines.count / 20, adapter.records / 20
@@ -406,7 +367,7 @@ async def _per_idempotent_start_sqlite(steps: int, path: Path) -> float:
         engine.register(_order(steps))
         iid = await engine.start("order", {"order": 1}, instance_id="ORD-123")
         assert (await engine.wait(iid)).status == "completed"
-        vm = _VMSteps()
+        vm = VMSteps()
         conn = adapter._conn
         assert conn is not None
         conn.set_progress_handler(vm, 1)
@@ -449,12 +410,12 @@ async def _per_cancel_of_finished_sqlite(steps: int, path: Path) -> tuple[float,
         engine.register(_order(steps))
         iid = await engine.start("order", {"order": 1})
         assert (await engine.wait(iid)).status == "completed"
-        vm = _VMSteps()
+        vm = VMSteps()
         conn = adapter._conn
         assert conn is not None
         conn.set_progress_handler(vm, 1)
         try:
-            with _Lines() as lines:
+            with Lines() as lines:
                 for _ in range(20):  # a customer pressing "cancel" on an order already done
                     assert await engine.cancel(iid) is False
         finally:

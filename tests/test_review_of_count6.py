@@ -17,6 +17,8 @@ import trio.testing
 
 import trioflow as tf
 
+from counting import VMSteps
+
 
 class _Calls:
     """Counts Python function calls (any module) made while entered."""
@@ -37,15 +39,6 @@ class _Calls:
         sys.setprofile(None)
 
 
-class _VMSteps:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self) -> int:
-        self.count += 1
-        return 0
-
-
 async def _noop(ctx: tf.WorkflowContext) -> int:
     return 1
 
@@ -60,12 +53,12 @@ _order = tf.workflow("order").step("take", _noop).build()
 class _CountingSQLite(tf.adapters.SQLiteAdapter):
     """The real SQLiteAdapter, counting virtual-machine steps from the moment it is open."""
 
-    steps: _VMSteps | None = None
+    steps: VMSteps | None = None
 
     async def open(self) -> None:
         await super().open()
         assert self._conn is not None
-        self.steps = _VMSteps()
+        self.steps = VMSteps()
         self._conn.set_progress_handler(self.steps, 1)
 
 

@@ -10,7 +10,6 @@ between a small and a large number of signals kept. Time is trio's MockClock."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,45 +19,7 @@ import trio.testing
 
 import trioflow as tf
 
-_ROOT = Path(tf.__file__).resolve().parent.parent
-_OURS = tuple(str(_ROOT / d) + "/" for d in ("runtime", "actors", "adapters"))
-
-
-class _Lines:
-    """Counts the lines of trioflow's own Python run while entered (this thread: the engine's)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._seen: dict[str, bool] = {}
-
-    def _local(self, frame: Any, event: str, arg: Any) -> Any:
-        if event == "line":
-            self.count += 1
-        return self._local
-
-    def _global(self, frame: Any, event: str, arg: Any) -> Any:
-        name = frame.f_code.co_filename
-        ours = self._seen.get(name)
-        if ours is None:
-            ours = self._seen[name] = name.startswith(_OURS)
-        return self._local if ours else None
-
-    def __enter__(self) -> _Lines:
-        self.count = 0
-        sys.settrace(self._global)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        sys.settrace(None)
-
-
-class _VMSteps:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self) -> int:
-        self.count += 1
-        return 0
+from counting import Lines, VMSteps
 
 
 class _CountingMemory(tf.adapters.MemoryAdapter):
@@ -119,7 +80,7 @@ async def _per_signal_memory(kept: int) -> tuple[float, float]:
         for k in range(kept):
             await engine.signal(iid, "reading", {"k": k})
         adapter.reset()
-        with _Lines() as lines:
+        with Lines() as lines:
             for k in range(20):
                 await engine.signal(iid, "reading", {"k": k})
         view = await engine.get_instance(iid)
@@ -162,7 +123,7 @@ async def _per_signal_sqlite(kept: int, path: Path) -> float:
         await trio.sleep(60)
         for k in range(kept):
             await engine.signal(iid, "reading", {"k": k})
-        steps = _VMSteps()
+        steps = VMSteps()
         conn = adapter._conn
         assert conn is not None
         conn.set_progress_handler(steps, 1)
@@ -220,7 +181,7 @@ async def _per_wake(kept: int) -> tuple[float, float]:
             await engine.signal(iid, "reading", {"k": k})
         await trio.sleep(10)
         adapter.reset()
-        with _Lines() as lines:
+        with Lines() as lines:
             for k in range(5):  # five ticks, a minute apart: each wakes it, and it parks again
                 await engine.signal(iid, "tick", {"k": k})
                 await trio.sleep(60)
