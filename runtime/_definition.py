@@ -399,6 +399,10 @@ class WorkflowDefinition:
     waits: bool = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
         lambda self: any(isinstance(s, (WaitStep, ReceiveStep, ChildStep)) or isinstance(s, TaskStep)
                          and s.retry is not None for s, _ in self.lookup.values()), takes_self=True))
+    #: The names of its child steps (branches included), worked out once: ``execute_workflow``,
+    #: which runs no child instance, refuses a workflow that has any, at every call.
+    child_steps: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
+        lambda self: tuple(name for name, (s, _) in self.lookup.items() if isinstance(s, ChildStep)), takes_self=True))
     #: Whether its runs record in the driver's run ledger (a transactional run, an entity step),
     #: worked out once: the records of an instance that ended are then deleted (see
     #: ``trioflow.actors._ledger``).

@@ -15,7 +15,7 @@ from ._context import check_services
 from ._current import check_in_trio
 from ._decide import new_state
 from ._ids import new_instance_id
-from ._definition import ChildStep, TaskStep, WorkflowDefinition, unbuilt_hint
+from ._definition import TaskStep, WorkflowDefinition, unbuilt_hint
 from ._durations import Seconds
 from ._engine_arguments import check_given_instance_id, refuses_unbound_arguments
 from ._errors import DefinitionError, InvalidArgumentError, UnknownJobError, safe_repr
@@ -58,14 +58,15 @@ async def execute_workflow(
     clock = default_clock()
     state = new_state(workflow, new_instance_id() if instance_id is None else instance_id, input, clock())
     registry = _NO_JOBS if jobs is None else jobs if isinstance(jobs, JobRegistry) else JobRegistry(jobs)
-    check_job_calls(workflow, registry)  # (as an engine's register() checks them)
+    if jobs is not None:  # (none given: no job of them for a step to call)
+        check_job_calls(workflow, registry)  # (as an engine's register() checks them)
     run = Run(
         workflow, state, adapter=None, jobs=registry,
         services=services or {}, driver=driver, compensate_on_outer_cancel=True, cancellable=False,
         threads=ThreadSlots(), clock=clock,
     )
     missing = [name for name in sorted(workflow.job_names) if name not in run.jobs]
-    children = [name for name, (step, _) in workflow.lookup.items() if isinstance(step, ChildStep)]
+    children = workflow.child_steps
     # Failed before any step runs, as an engine refuses to start it: a misspelt job name, or a
     # child step (a child is an instance of its own, which only an engine runs), in a late step
     # would otherwise run (and compensate) the steps before it; and a child step's failure
