@@ -14,6 +14,7 @@ from ._memory import MemoryAdapter as MemoryAdapter
 from ._protocol import Adapter as Adapter
 from ._protocol import HeadLoads as HeadLoads
 from ._protocol import KeyedSignals as KeyedSignals
+from ._protocol import KeyedSignalsAndLoads as KeyedSignalsAndLoads
 from ._protocol import SignalsAndLoads as SignalsAndLoads
 from ._protocol import StoredInstance as StoredInstance
 

@@ -249,6 +249,15 @@ class MemoryAdapter:
     async def send_keyed_signal(
         self, instance_id: str, name: str, payload: bytes, key: str,
     ) -> tuple[int | None, bool]:
+        return self._send_keyed_signal(instance_id, name, payload, key)
+
+    async def send_keyed_signal_and_load(
+        self, instance_id: str, name: str, payload: bytes, key: str,
+    ) -> tuple[int | None, bool, StoredInstance | None]:
+        seq, seen = self._send_keyed_signal(instance_id, name, payload, key)
+        return seq, seen, None if seq is None or seen else self._load(instance_id)
+
+    def _send_keyed_signal(self, instance_id: str, name: str, payload: bytes, key: str) -> tuple[int | None, bool]:
         row = self._rows.get(instance_id)
         if row is not None and row.signal_keys is not None and key in row.signal_keys:
             stored_seq = row.signal_keys[key]

@@ -241,6 +241,24 @@ class KeyedSignals(Protocol):
         ...
 
 
+class KeyedSignalsAndLoads(Protocol):
+    """What an adapter with :class:`KeyedSignals` may also have (not part of :class:`Adapter`:
+    adapters written without it keep working, a storage round trip more per keyed signal)."""
+
+    async def send_keyed_signal_and_load(
+        self, instance_id: str, name: str, payload: bytes, key: str,
+    ) -> tuple[int | None, bool, StoredInstance | None]:
+        """In one atomic operation, what :meth:`KeyedSignals.send_keyed_signal` does and, when it
+        stores the signal now, what :meth:`Adapter.load` does: ``(seq, False, the instance's
+        row)``, the row holding the new signal among its pending ones; otherwise what
+        ``send_keyed_signal`` returns, storing nothing, and ``None`` (``(seq, True, None)``,
+        ``(None, True, None)``, ``(None, False, None)``). Keys are the ones ``send_keyed_signal``
+        knows. An unknown instance raises :class:`UnknownInstanceError`. The engine uses it, as
+        :meth:`SignalsAndLoads.send_signal_and_load`, for a keyed signal to an instance that is
+        not running in its process."""
+        ...
+
+
 class HeadLoads(Protocol):
     """What an adapter may also have (not part of :class:`Adapter`: adapters written without it
     keep working, the engine then reading the whole row where the head alone would do)."""
@@ -269,6 +287,14 @@ def sends_keyed(adapter: object) -> bool:
     defines it, so that a subclass which changes ``send_signal`` (to refuse, to count) keeps
     seeing every signal; keyed ones are then refused."""
     return _stands_in_for(adapter, "send_keyed_signal", ("send_signal",))
+
+
+def sends_keyed_and_loads(adapter: object) -> bool:
+    """Whether the engine may store ``adapter``'s keyed signals with ``send_keyed_signal_and_load``
+    (see :class:`KeyedSignalsAndLoads`) in place of ``send_keyed_signal`` then ``load``: only if
+    none of those two and ``send_signal`` is overridden below the class that defines it, as for
+    :func:`sends_and_loads` (a subclass that counts or refuses keyed signals keeps seeing every one)."""
+    return _stands_in_for(adapter, "send_keyed_signal_and_load", ("send_keyed_signal", "send_signal", "load"))
 
 
 def loads_heads(adapter: object) -> bool:

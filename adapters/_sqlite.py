@@ -74,8 +74,8 @@ MAX_BATCH = 256
 #: Operations whose statements may run in the trio thread: each touches one instance (and a
 #: checkpoint's ``notify`` its parent's signals; ``next_wake`` reads one index entry). Listings, purges, the resume scan and ``due`` (a thousand instances with all
 #: their records) go to the writer.
-_INLINE = frozenset({"create", "checkpoint", "signal", "signal_load", "signal_keyed", "signals", "load", "load_head", "delete",
-                     "next_wake"})
+_INLINE = frozenset({"create", "checkpoint", "signal", "signal_load", "signal_keyed", "signal_keyed_load", "signals",
+                     "load", "load_head", "delete", "next_wake"})
 #: Operations that write nothing: a transaction of these alone begins deferred (``BEGIN``: in
 #: WAL mode a reader waits for no other connection's write), and, of those inline, ends in the
 #: trio thread too. (``due`` and ``next_wake`` may fill a temporary table: not the file.)
@@ -618,6 +618,15 @@ class SQLiteAdapter:
         if not known:
             raise UnknownInstanceError(f"no stored instance {instance_id!r} to signal")
         return seq, seen
+
+    async def send_keyed_signal_and_load(
+        self, instance_id: str, name: str, payload: bytes, key: str,
+    ) -> tuple[int | None, bool, StoredInstance | None]:
+        known, seq, seen, stored = await self._submit(("signal_keyed_load", (
+            instance_id, name, _blob(payload, "signal payload"), key)))
+        if not known:
+            raise UnknownInstanceError(f"no stored instance {instance_id!r} to signal")
+        return seq, seen, stored
 
     async def signals(self, instance_id: str) -> list[tuple[int, str, bytes]]:
         rows: list[tuple[int, str, bytes]] = await self._submit(("signals", (instance_id,)))
@@ -1475,6 +1484,16 @@ def _signal_load(
     return known, seq, None if seq is None else _load(conn, iid)
 
 
+def _signal_keyed_load(
+    conn: sqlite3.Connection, iid: str, name: str, payload: bytes, key: str,
+) -> tuple[bool, int | None, bool, StoredInstance | None]:
+    """:func:`_signal_keyed`, then, if it stored the signal now, the instance's row read back in
+    the same transaction: (whether the instance exists, the seq, whether the key was known, the
+    row or ``None``)."""
+    known, seq, seen = _signal_keyed(conn, iid, name, payload, key)
+    return known, seq, seen, None if seq is None or seen else _load(conn, iid)
+
+
 def _signals(conn: sqlite3.Connection, iid: str) -> list[tuple[int, str, bytes]]:
     # (The rows as sqlite3 makes them: tuples of those three already.)
     signals: list[tuple[int, str, bytes]] = _read(
@@ -1583,7 +1602,8 @@ def _list(conn: sqlite3.Connection, workflow_name: str | None, status: str | Non
 #: Ops applied one at a time (creates and checkpoints go in runs: see :func:`_run_all`).
 _OPS: dict[str, Callable[..., Any]] = {
     "select": _select, "list": _list, "load": _load, "load_head": _load_head, "delete": _delete, "purge": _purge, "signal": _signal,
-    "signals": _signals, "signal_load": _signal_load, "signal_keyed": _signal_keyed, "due": _due, "next_wake": _next_wake, "restart": _restart,
+    "signals": _signals, "signal_load": _signal_load, "signal_keyed": _signal_keyed,
+    "signal_keyed_load": _signal_keyed_load, "due": _due, "next_wake": _next_wake, "restart": _restart,
 }
 
 

@@ -46,9 +46,9 @@ from trioflow._codec import (
 from trioflow.adapters._driver import in_a_transaction_of
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._protocol import (
-    Adapter, HeadLoads, KeyedSignals, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances,
-    keeps_families, loads_heads, restarts_history, sends_and_loads, sends_keyed, skips_workflows, stores_signals,
-    waits_out_of_memory,
+    Adapter, HeadLoads, KeyedSignals, KeyedSignalsAndLoads, SignalsAndLoads, StoredInstance, creates_waiting,
+    excludes_instances, keeps_families, loads_heads, restarts_history, sends_and_loads, sends_keyed,
+    sends_keyed_and_loads, skips_workflows, stores_signals, waits_out_of_memory,
 )
 
 from ._context import check_services
@@ -199,6 +199,9 @@ class Engine:
         self._sends_and_loads = sends_and_loads(adapter)
         #: Whether ``signal(..., idempotency_key=)`` can be stored (see ``KeyedSignals``).
         self._sends_keyed = sends_keyed(adapter)
+        #: Whether a keyed one to an instance not running here comes back with its row too (see
+        #: ``KeyedSignalsAndLoads``).
+        self._sends_keyed_and_loads = sends_keyed_and_loads(adapter)
         #: Whether a row is read without its records where its start and header will do (see
         #: ``HeadLoads``).
         self._loads_heads = loads_heads(adapter)
@@ -1029,30 +1032,30 @@ class Engine:
         # The runs of it that end here from now on, until the signal is handed over.
         watch = self._ends.watching(instance_id)
         with watch as ended_since:
+            # Not running here (parked, most likely), and the adapter can: its row comes back with
+            # the write, for the wake, rather than in a read of its own. Unless a run of it ended
+            # meanwhile (the row may predate that run's last checkpoint), or another signal was
+            # stored (the row may not hold it): it is read again.
             if key is not None:
-                keyed: KeyedSignals = self.adapter  # type: ignore[assignment]
-                seq, seen = await keyed.send_keyed_signal(instance_id, name, data, key)
+                if running is None and self._sends_keyed_and_loads:
+                    keyed_combined: KeyedSignalsAndLoads = self.adapter  # type: ignore[assignment]
+                    seq, seen, row = await keyed_combined.send_keyed_signal_and_load(instance_id, name, data, key)
+                else:
+                    keyed: KeyedSignals = self.adapter  # type: ignore[assignment]
+                    seq, seen = await keyed.send_keyed_signal(instance_id, name, data, key)
                 if seen:
                     if seq is not None:
                         await self._hand_over_stored(instance_id, seq)
                     return
-                if seq is not None:
-                    self._ends.signal_stored(instance_id)
             elif running is None and self._sends_and_loads:
-                # Not running here (parked, most likely): its row comes back with the write, for
-                # the wake, rather than in a read of its own. Unless a run of it ended meanwhile
-                # (the row may predate that run's last checkpoint), or another signal was stored
-                # (the row may not hold it): it is read again.
                 combined: SignalsAndLoads = self.adapter  # type: ignore[assignment]
                 seq, row = await combined.send_signal_and_load(instance_id, name, data)
-                if seq is not None:
-                    self._ends.signal_stored(instance_id)
-                if ended_since() or watch.signals_stored() > 1:
-                    row = None
             else:
                 seq = await self.adapter.send_signal(instance_id, name, data)
-                if seq is not None:
-                    self._ends.signal_stored(instance_id)
+            if seq is not None:
+                self._ends.signal_stored(instance_id)
+            if row is not None and (ended_since() or watch.signals_stored() > 1):
+                row = None
             stored_at = self._clock()  # a receive whose deadline came before now does not take it
             if seq is None:
                 raise InstanceNotLiveError(f"instance {instance_id!r} has ended; signal {name!r} was not stored")

@@ -7,7 +7,7 @@ A row that a run's end may have made stale is read again, and an adapter subclas
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -17,6 +17,8 @@ import trioflow as tf
 from trioflow.adapters import MemoryAdapter, StoredInstance
 from trioflow.adapters._protocol import sends_and_loads
 from trioflow.testing import open_test_engine, virtual_wall_clock
+
+_T = TypeVar("_T")
 
 
 class Counted(MemoryAdapter):
@@ -68,24 +70,31 @@ async def test_a_signal_to_a_parked_instance_stores_and_reads_its_row_in_one_cal
 
 
 async def test_a_signal_to_a_running_instance_reads_no_row(autojump_clock: trio.testing.MockClock) -> None:
+    calls = await calls_of_a_signal_to_a_running_instance(Counted(), key=None)
+    assert calls == {"send_signal": 1}, f"a signal to a run in memory needs no row: {calls}"
+
+
+async def calls_of_a_signal_to_a_running_instance(adapter: Any, *, key: str | None) -> dict[str, int]:
+    """The calls (as ``adapter.calls`` counts them) that storing a signal sent with ``key`` to an
+    instance running here makes; its run then takes it (tests/test_keyed_signal_and_load.py)."""
     wf = tf.workflow("w").task("slow", job=_slow).receive("r", signal="go").build()
-    adapter = Counted()
     async with open_test_engine(adapter=adapter, clock=virtual_wall_clock()) as engine:
         engine.register(wf)
         iid = await engine.start("w")
         await trio.sleep(1)
         assert iid in engine._live
         adapter.calls.clear()
-        await engine.signal(iid, "go", "early")  # kept for the receive, which has not started
+        await engine.signal(iid, "go", "early", idempotency_key=key)  # kept for the receive, which has not started
         calls = dict(adapter.calls)
         done = await engine.wait(iid)
     assert (done.status, done.output) == ("completed", "early")
-    assert calls == {"send_signal": 1}, f"a signal to a run in memory needs no row: {calls}"
+    return calls
 
 
 class SlowFirstAnswer(MemoryAdapter):
-    """``send_signal_and_load`` stores the signal and reads the row at once, and its answer
-    comes ``slow_next`` (virtual) seconds later, once it is set: a busy database, a network."""
+    """``send_signal_and_load`` (and ``send_keyed_signal_and_load``) stores the signal and reads
+    the row at once, and its answer comes ``slow_next`` (virtual) seconds later, once it is set:
+    a busy database, a network."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -94,7 +103,14 @@ class SlowFirstAnswer(MemoryAdapter):
     async def send_signal_and_load(
         self, instance_id: str, name: str, payload: bytes,
     ) -> tuple[int | None, StoredInstance | None]:
-        answer = await super().send_signal_and_load(instance_id, name, payload)
+        return await self._late(await super().send_signal_and_load(instance_id, name, payload))
+
+    async def send_keyed_signal_and_load(
+        self, instance_id: str, name: str, payload: bytes, key: str,
+    ) -> tuple[int | None, bool, StoredInstance | None]:
+        return await self._late(await super().send_keyed_signal_and_load(instance_id, name, payload, key))
+
+    async def _late(self, answer: _T) -> _T:
         delay, self.slow_next = self.slow_next, 0.0
         if delay:
             with trio.CancelScope(shield=True):
@@ -109,6 +125,14 @@ async def test_a_row_read_with_a_signal_that_runs_have_since_moved_past_is_not_r
     is slow to come back, "b" resumes the instance (r1 takes "a", r2 "b", r3 parks), and "c"
     resumes it again (r3 takes "c", r4 parks). Resumed from the row read with "a", the instance
     would run r1 again and take "a" a second time; the engine reads the row again instead."""
+    adapter = SlowFirstAnswer()
+    assert sends_and_loads(adapter)
+    await resumed_past_a_slow_answer(adapter, keyed=False)
+
+
+async def resumed_past_a_slow_answer(adapter: Any, *, keyed: bool) -> None:
+    """The test above on ``adapter``, whose combined call answers ``adapter.slow_next`` seconds
+    late once that is set; ``keyed``: each signal sent with a key (tests/test_keyed_signal_and_load.py)."""
     wf = (tf.workflow("w")
           .receive("r1", signal="x")
           .receive("r2", signal="x")
@@ -116,20 +140,22 @@ async def test_a_row_read_with_a_signal_that_runs_have_since_moved_past_is_not_r
           .receive("r4", signal="x", timeout=100, catch=[tf.Catch(errors=[tf.SignalTimeoutError], next="done")])
           .end("done")
           .build())
-    adapter = SlowFirstAnswer()
-    assert sends_and_loads(adapter)
     async with open_test_engine(adapter=adapter, clock=virtual_wall_clock()) as engine:
         engine.register(wf)
+
+        async def send(name: str, value: str) -> None:
+            await engine.signal(iid, name, value, idempotency_key=value if keyed else None)
+
         iid = await engine.start("w")
         await trio.sleep(10)  # r1 waits out of memory
         with trio.fail_after(10**5):
             async with trio.open_nursery() as nursery:
                 adapter.slow_next = 10.0
-                nursery.start_soon(engine.signal, iid, "x", "a")
+                nursery.start_soon(send, "x", "a")
                 await trio.sleep(1)
-                await engine.signal(iid, "x", "b")
+                await send("x", "b")
                 await trio.sleep(2)
-                await engine.signal(iid, "y", "c")
+                await send("y", "c")
                 await trio.sleep(1)
                 assert iid not in engine._live  # r4 waits out of memory when "a"'s answer comes
             try:

@@ -30,8 +30,9 @@ from trioflow._errors import (
 )
 from trioflow._snapshot import TERMINAL
 from trioflow.adapters._protocol import (
-    Adapter, HeadLoads, KeyedSignals, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances,
-    keeps_families, loads_heads, restarts_history, sends_and_loads, sends_keyed, skips_workflows,
+    Adapter, HeadLoads, KeyedSignals, KeyedSignalsAndLoads, SignalsAndLoads, StoredInstance, creates_waiting,
+    excludes_instances, keeps_families, loads_heads, restarts_history, sends_and_loads, sends_keyed,
+    sends_keyed_and_loads, skips_workflows,
 )
 
 OpenAdapter = Callable[[str], Adapter]
@@ -97,22 +98,36 @@ async def signal_and_load_is_one_call(open_adapter: OpenAdapter) -> None:
         combined: SignalsAndLoads = a  # type: ignore[assignment]
         await _refused(combined.send_signal_and_load("nobody", "go", b"x"), UnknownInstanceError,
                        "send_signal_and_load to an instance never created must raise UnknownInstanceError")
-        await a.create("i", "wf", "running", start=b"s", header=b"h0")
-        await a.checkpoint("i", "running", b"h1", [b"r0"], first_seq=0, wake_at=float("inf"))
-        first = await a.send_signal("i", "go", b"one")
+        first = await _parked_with_a_signal(a)
         seq, row = await combined.send_signal_and_load("i", "go", _BLOB)
-        assert isinstance(seq, int) and isinstance(first, int) and seq > first, (
+        assert isinstance(seq, int) and seq > first, (
             f"send_signal_and_load must store the signal as send_signal does and return its seq, got {seq}"
             f" after {first}")
-        assert row is not None and _view(row) == await _stored(a, "i"), (
-            f"send_signal_and_load must return the instance's row as load() gives it, got {_view(row)}")
-        held = [(q, n, bytes(p)) for q, n, p in row.signals]
-        assert held == [(first, "go", b"one"), (seq, "go", _BLOB)], (
-            f"the row send_signal_and_load returns must hold every pending signal, the new one included, got {held}")
+        await _is_the_row(a, row, [(first, "go", b"one"), (seq, "go", _BLOB)], "send_signal_and_load")
         await a.checkpoint("i", "completed", b"h2", [b"r1"], first_seq=1, consumed=[first, seq])
         assert await combined.send_signal_and_load("i", "go", b"late") == (None, None), (
             "send_signal_and_load to a finished instance must store nothing and return (None, None)")
         assert await a.signals("i") == [], "nothing is stored for a finished instance"
+
+
+async def _parked_with_a_signal(a: Adapter) -> int:
+    """Store the instance ``"i"`` waiting, with one signal pending (``"go"``, ``b"one"``): its seq."""
+    await a.create("i", "wf", "running", start=b"s", header=b"h0")
+    await a.checkpoint("i", "running", b"h1", [b"r0"], first_seq=0, wake_at=float("inf"))
+    first = await a.send_signal("i", "go", b"one")
+    assert isinstance(first, int), f"send_signal to a running instance must return its seq, got {first}"
+    return first
+
+
+async def _is_the_row(a: Adapter, row: StoredInstance | None, pending: list[tuple[int, str, bytes]],
+                      method: str) -> None:
+    """``row``, as ``method`` returned it with the signal it stored, must be ``"i"``'s as
+    ``load()`` gives it, holding the signals ``pending``."""
+    assert row is not None and _view(row) == await _stored(a, "i"), (
+        f"{method} must return the instance's row as load() gives it, got {_view(row)}")
+    held = [(q, n, bytes(p)) for q, n, p in row.signals]
+    assert held == pending, (
+        f"the row {method} returns must hold every pending signal, the new one included, got {held}")
 
 
 async def load_head_leaves_out_the_records(open_adapter: OpenAdapter) -> None:
@@ -170,6 +185,44 @@ async def keyed_signals_are_stored_once(open_adapter: OpenAdapter) -> None:
         seq, seen = await keyed.send_keyed_signal("i", "go", b"new", "k1")
         assert isinstance(seq, int) and seen is False, (
             "delete must forget the instance's keys: a new instance under its id takes a signal whatever its key")
+
+
+async def keyed_signal_and_load_is_one_call(open_adapter: OpenAdapter) -> None:
+    """(Only for an adapter the engine would call ``send_keyed_signal_and_load`` on.)"""
+    async with _opened(open_adapter, "keyed_signal_and_load") as a:
+        if not sends_keyed_and_loads(a):
+            return
+        combined: KeyedSignalsAndLoads = a  # type: ignore[assignment]
+        keyed: KeyedSignals = a  # type: ignore[assignment]
+        await _refused(combined.send_keyed_signal_and_load("nobody", "go", b"x", "k1"), UnknownInstanceError,
+                       "send_keyed_signal_and_load to an instance never created must raise UnknownInstanceError")
+        first = await _parked_with_a_signal(a)
+        seq, seen, row = await combined.send_keyed_signal_and_load("i", "go", _BLOB, "k1")
+        assert isinstance(seq, int) and seq > first and seen is False, (
+            f"send_keyed_signal_and_load with a new key must store the signal as send_signal does and return"
+            f" (seq, False, row), got {(seq, seen)} after {first}")
+        await _is_the_row(a, row, [(first, "go", b"one"), (seq, "go", _BLOB)], "send_keyed_signal_and_load")
+        # A key is one whichever of the two methods stored it (the engine calls either).
+        assert await combined.send_keyed_signal_and_load("i", "go", b"again", "k1") == (seq, True, None), (
+            "send_keyed_signal_and_load with a key stored before, its signal pending still, must store nothing and"
+            " return (that signal's seq, True, None)")
+        assert await keyed.send_keyed_signal("i", "go", b"again", "k1") == (seq, True), (
+            "a key stored by send_keyed_signal_and_load must be known to send_keyed_signal")
+        other, _ = await keyed.send_keyed_signal("i", "go", b"k2", "k2")
+        assert isinstance(other, int), f"send_keyed_signal with a new key must store the signal, got {other}"
+        assert await combined.send_keyed_signal_and_load("i", "go", b"again", "k2") == (other, True, None), (
+            "a key stored by send_keyed_signal must be known to send_keyed_signal_and_load")
+        await a.checkpoint("i", "running", b"h2", [b"r1"], first_seq=1, consumed=[seq])
+        assert await combined.send_keyed_signal_and_load("i", "go", b"again", "k1") == (None, True, None), (
+            "send_keyed_signal_and_load with a key whose signal was consumed must store nothing and return"
+            " (None, True, None)")
+        await a.checkpoint("i", "completed", b"h3", [b"r2"], first_seq=2, consumed=[first, other])
+        assert await combined.send_keyed_signal_and_load("i", "go", b"late", "k2") == (None, True, None), (
+            "a key stored before the instance ended must still be known to send_keyed_signal_and_load")
+        assert await combined.send_keyed_signal_and_load("i", "go", b"late", "k3") == (None, False, None), (
+            "send_keyed_signal_and_load with a new key to a finished instance must store nothing and return"
+            " (None, False, None)")
+        assert await a.signals("i") == [], "nothing is stored for a finished instance"
 
 
 async def _same_head(a: Adapter, heads: HeadLoads) -> None:
@@ -1074,7 +1127,8 @@ _CHECKS: list[Callable[[OpenAdapter], Awaitable[None]]] = [
     checkpoint_of_unknown_instance, checkpoint_is_atomic, start_set_once, list_by_name_and_status,
     resumable_lists_pending_and_running, delete_removes, survives_reopen,
     step_is_durable_before_the_next_starts, bad_data_is_never_stored, signals_are_kept_in_order_and_consumed_once,
-    signal_and_load_is_one_call, keyed_signals_are_stored_once, load_head_leaves_out_the_records, checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due,
+    signal_and_load_is_one_call, keyed_signals_are_stored_once, keyed_signal_and_load_is_one_call,
+    load_head_leaves_out_the_records, checkpoint_notifies_in_the_same_write, waiting_instances_wake_when_due,
     created_waiting_instances_wait,
     waiting_instances_of_skipped_workflows_are_left_out, waiting_instances_excluded_are_left_out,
     restart_replaces_the_history, delete_refuses_unfinished, purge_by_finish_time,

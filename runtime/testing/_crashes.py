@@ -81,8 +81,8 @@ from trioflow._current import NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._memory_driver import MemoryDriver
 from trioflow.adapters._protocol import (
-    Adapter, KeyedSignals, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances, keeps_families,
-    restarts_history, sends_and_loads, sends_keyed, skips_workflows,
+    Adapter, KeyedSignals, KeyedSignalsAndLoads, SignalsAndLoads, StoredInstance, creates_waiting, excludes_instances,
+    keeps_families, restarts_history, sends_and_loads, sends_keyed, sends_keyed_and_loads, skips_workflows,
 )
 
 from ._engine import autojumping
@@ -1014,7 +1014,8 @@ class _ProcessGone(Exception):
 
 
 #: The adapter methods an engine does without (see ``stores_signals``, ``waits_out_of_memory``).
-_OPTIONAL_METHODS = ("send_signal", "signals", "send_signal_and_load", "due", "next_wake")
+_OPTIONAL_METHODS = ("send_signal", "signals", "send_signal_and_load", "send_keyed_signal_and_load", "due",
+                     "next_wake")
 
 
 @attrs.frozen
@@ -1130,6 +1131,16 @@ class _CrashingAdapter:
     ) -> tuple[int | None, bool]:
         keyed: KeyedSignals = self.inner  # type: ignore[assignment]
         return await keyed.send_keyed_signal(instance_id, name, payload, key)
+
+    async def send_keyed_signal_and_load(
+        self, instance_id: str, name: str, payload: bytes, key: str,
+    ) -> tuple[int | None, bool, StoredInstance | None]:
+        # (As send_signal_and_load: the engine's path for a keyed signal to a parked instance.)
+        if sends_keyed_and_loads(self.inner):
+            inner: KeyedSignalsAndLoads = self.inner  # type: ignore[assignment]
+            return await inner.send_keyed_signal_and_load(instance_id, name, payload, key)
+        seq, seen = await self.send_keyed_signal(instance_id, name, payload, key)
+        return seq, seen, None if seq is None or seen else await self.inner.load(instance_id)
 
     async def signals(self, instance_id: str) -> list[tuple[int, str, bytes]]:
         return await self.inner.signals(instance_id)
