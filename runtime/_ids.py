@@ -12,6 +12,10 @@ import trio
 #: rather than one per id, which showed in the cost of a start.
 _BLOCK = 256
 _random_parts: list[str] = []
+#: A random byte with its high half made the version's (7), and with its two high bits made
+#: the variant's (``10``): tables for ``bytes.translate``.
+_VERSION_7 = bytes(0x70 | (b & 0x0F) for b in range(256))
+_VARIANT = bytes(0x80 | (b & 0x3F) for b in range(256))
 
 
 def _forget_random_parts() -> None:
@@ -30,9 +34,10 @@ def new_instance_id() -> str:
     if not _random_parts:
         block = bytearray(os.urandom(10 * _BLOCK))
         # In each id's 10 random bytes: version 7 in the first one's high half, and the
-        # variant's two high bits (``10``) in the third one's.
-        block[0::10] = bytes(0x70 | (b & 0x0F) for b in block[0::10])
-        block[2::10] = bytes(0x80 | (b & 0x3F) for b in block[2::10])
+        # variant's two high bits (``10``) in the third one's (byte by byte through a table, in
+        # C: a generator over the block cost three Python calls per id).
+        block[0::10] = block[0::10].translate(_VERSION_7)
+        block[2::10] = block[2::10].translate(_VARIANT)
         digits = block.hex()
         _random_parts.extend(digits[i:i + 20] for i in range(0, len(digits), 20))
     return f"{int(time.time() * 1000) & 0xFFFF_FFFF_FFFF:012x}{_random_parts.pop()}"

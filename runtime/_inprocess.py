@@ -51,7 +51,8 @@ async def execute_workflow(
             hint = (": the definition came first; the first argument is the driver steps get as ctx.driver"
                     f" (None for none): execute_workflow(None, {driver.name}, input)")
         raise DefinitionError(f"execute_workflow needs a built WorkflowDefinition, got {safe_repr(workflow)}{hint}")
-    check_services(services)
+    if services is not None:  # (none: nothing to check)
+        check_services(services)
     if instance_id is not None:
         check_given_instance_id(instance_id)
     workflow.check_driver(driver, "execute_workflow(driver, workflow, ...)")
@@ -65,7 +66,8 @@ async def execute_workflow(
         services=services or {}, driver=driver, compensate_on_outer_cancel=True, cancellable=False,
         threads=ThreadSlots(), clock=clock,
     )
-    missing = [name for name in sorted(workflow.job_names) if name not in run.jobs]
+    # (Most definitions name no job: no list sorted for them.)
+    missing = [name for name in sorted(workflow.job_names) if name not in run.jobs] if workflow.job_names else ()
     children = workflow.child_steps
     # Failed before any step runs, as an engine refuses to start it: a misspelt job name, or a
     # child step (a child is an instance of its own, which only an engine runs), in a late step
