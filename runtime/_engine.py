@@ -489,7 +489,7 @@ class Engine:
             return None
         held = self._storing[instance_id] = _Storing(workflow_name, instance_id)
         if isinstance(before, _Storing):
-            held.cancel_owed, held.created_ats, held.newer = before.cancel_owed, list(before.created_ats), list(before.newer)
+            held.cancel_owed, held.created_ats, held.newer = before.cancel_owed, before.created_ats, before.newer
             held.cut_at = before.cut_at
         return held
 
@@ -610,13 +610,13 @@ class Engine:
                 # A retry of a start that a cancel() said yes to as it waited, made while that
                 # start stored: what it stores is cancelled too (README), whatever the order in
                 # which the owed cancel and this retry run now.
-                storing.cancel_owed, storing.created_ats = waited.cancel_owed, list(waited.created_ats)
+                storing.cancel_owed, storing.created_ats = waited.cancel_owed, waited.created_ats
         else:
             self._storing[instance_id] = storing
-        storing.created_ats.append(state.created_at)
+        storing.created_ats += (state.created_at,)
         for owed in self._owing.get(instance_id, ()):
             if owed is not waited:  # (not the one it retries: see above)
-                owed.newer.append(state.created_at)
+                owed.newer += (state.created_at,)
         self._starts_storing += 1  # (the engine's close waits for it: see _let_starts_store)
         try:
             freed = 0  # refused creates whose row was gone as it was read (see below)
@@ -711,7 +711,7 @@ class Engine:
                         self._children.unreadable(parent.instance_id, instance_id, exc)
                 else:
                     check_same_start(instance_id, found, workflow_name, input, parent)
-                    storing.created_ats.append(found.created_at)  # (the instance this start stands for)
+                    storing.created_ats += (found.created_at,)  # (the instance this start stands for)
                     for owed in self._owing.get(instance_id, ()):
                         if owed is not storing and owed.made_it(found.created_at):
                             # The instance a cancel() said yes to, its owed cancel under
@@ -868,8 +868,8 @@ class Engine:
             # another workflow).
             if again is not None and again.workflow_name == owed.workflow_name and again.cancel_owed is not None:
                 again.cancel_owed = owed.cancel_owed if again.cancel_owed is None else again.cancel_owed
-                again.created_ats.extend(owed.created_ats)
-                again.newer.extend(owed.newer)
+                again.created_ats += owed.created_ats
+                again.newer += owed.newer
                 return
             run = self._live.get(instance_id)
             if run is None:
@@ -3063,9 +3063,11 @@ class _Storing:
         #: beside it once the store is let go of (see :meth:`Engine._release_start`).
         self.cancel_owed: float | None = None
         #: The creation times the starts storing it gave the instance, or found it stored with.
-        self.created_ats: list[float] = []
+        #: (Tuples, not lists: the collector stops tracking a tuple of floats, and every child
+        #: being stored has a ``_Storing``; ``newer`` is nearly always empty, the shared ``()``.)
+        self.created_ats: tuple[float, ...] = ()
         #: Those of starts of the id made since its cancel was owed (see ``Engine._owing``).
-        self.newer: list[float] = []
+        self.newer: tuple[float, ...] = ()
         #: From when (trio's clock) a child's run made by this store is cancelled as it is made:
         #: its parent's step was cut meanwhile (see ``Children.cancel_as_made``).
         self.cut_at = math.inf
