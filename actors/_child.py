@@ -207,8 +207,7 @@ async def _start(run: Run, step: ChildStep, lane_key: str, lane: Lane, ctx: Work
         # this lane as it waited for that write would leave a child listed (and never cancelled)
         # that is never stored: the child is stored once its start is, cancelled or not, and the
         # cancel then stops the lane (and cancel_children the child) as for one started before it.
-        with trio.CancelScope(shield=True):
-            await announce(run, step, lane_key, lane)
+        await announce(run, step, lane_key, lane, shielded=True)
         await _store_child(run, step, lane, child_id, child_input, uses_input, held, ctx._fanouts, ours=True)
     finally:
         run.children.release(held)

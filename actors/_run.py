@@ -918,6 +918,20 @@ class Run:
             return self._persist_together()
         return self._write()
 
+    async def persist_shielded(self) -> None:
+        """:meth:`persist` inside a cancel scope that shields it (a cancel that comes meanwhile
+        is delivered at the caller's next checkpoint), with no scope made for a lane that joins
+        a checkpoint another lane gathers: it waits for that one shielded (a child step's start,
+        which every item of a map of children stores, mostly together with its siblings')."""
+        if self.adapter is not None and not self.deferred and self.storing is None and len(self.state.lanes) > 1:
+            # The joining loop of _persist_together, its waits shielded; with nothing awaited
+            # between its end and the call below, that call leads the next gathering.
+            while (gathering := self.gathering) is not None:
+                if await gathering.joined(shielded=True):
+                    return
+        with trio.CancelScope(shield=True):
+            await self.persist()
+
     async def _after_storing(self, storing: trio.Event) -> None:
         # One checkpoint of an instance in flight at a time (each is fenced on the records
         # stored before it). Shielded: a checkpoint the run makes as it is cancelled (its
@@ -1318,11 +1332,11 @@ class _Gathering:
     def failed(self, error: BaseException) -> None:
         self.error = error
 
-    async def joined(self) -> bool:
+    async def joined(self, shielded: bool = False) -> bool:
         """Wait until the shared checkpoint is over: ``True`` if it was stored, ``False`` if its
         leader was cancelled first (the caller must checkpoint itself); raises what made the
-        write fail."""
-        await self.done.wait()
+        write fail. ``shielded``: a cancel does not end the wait (see ``Flag.wait_shielded``)."""
+        await (self.done.wait_shielded() if shielded else self.done.wait())
         if isinstance(self.error, Exception):
             raise self.error
         return self.error is None

@@ -338,16 +338,17 @@ def _leave(run: Run) -> NoReturn:
     raise Parked()
 
 
-async def announce(run: Run, step: Step, key: str, lane: Lane, *, rests: bool = False) -> None:
+async def announce(run: Run, step: Step, key: str, lane: Lane, *, rests: bool = False, shielded: bool = False) -> None:
     """Store what the lane ``key`` waits for, then tell listeners. ``rests``: a lane of several
     that rests once its wait is stored (see :func:`_rests`) counts as resting for this
     checkpoint: when every other lane rests already (or announces its rest in the same
     checkpoint: branches that start waiting together), it stores when to wake the instance,
-    and the instance leaves memory after its rest with no write of its own."""
+    and the instance leaves memory after its rest with no write of its own. ``shielded``: the
+    store is shielded from a cancel (see ``Run.persist_shielded``)."""
     if rests:
         run.announcing += 1
     try:
-        await run.persist()
+        await (run.persist_shielded() if shielded else run.persist())
     finally:
         if rests:
             run.announcing -= 1
