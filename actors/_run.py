@@ -976,11 +976,18 @@ class Run:
             await trio.lowlevel.cancel_shielded_checkpoint()
             if self.writing is None:
                 self.writing = trio.Lock()
-            with trio.CancelScope(shield=True):
-                # Handed to storage as a lone lane's checkpoint is, cancelled or not: the engine
-                # stopping as a compensation ends must not drop its record while the write
-                # before it is in flight (the next engine would run that compensation again).
-                await self.writing.acquire()
+            # Handed to storage as a lone lane's checkpoint is, cancelled or not: the engine
+            # stopping as a compensation ends must not drop its record while the write before
+            # it is in flight (the next engine would run that compensation again). A free lock
+            # is taken as a shielded acquire() takes it (its checkpoint shielded), with no
+            # cancel scope to enter and leave (some fifty Python calls).
+            try:
+                self.writing.acquire_nowait()
+            except trio.WouldBlock:
+                with trio.CancelScope(shield=True):
+                    await self.writing.acquire()
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
             try:
                 self.gathering = None
                 await self._write()
