@@ -924,11 +924,15 @@ class Run:
         a checkpoint another lane gathers: it waits for that one shielded (a child step's start,
         which every item of a map of children stores, mostly together with its siblings')."""
         if self.adapter is not None and not self.deferred and self.storing is None and len(self.state.lanes) > 1:
-            # The joining loop of _persist_together, its waits shielded; with nothing awaited
-            # between its end and the call below, that call leads the next gathering.
+            # Where persist() goes: the joining loop of _persist_together, its waits shielded;
+            # with nothing awaited between its end and the call below, that call leads the next
+            # gathering, shielded.
             while (gathering := self.gathering) is not None:
                 if await gathering.joined(shielded=True):
                     return
+            with trio.CancelScope(shield=True):
+                await self._persist_together()
+            return
         with trio.CancelScope(shield=True):
             await self.persist()
 
