@@ -178,8 +178,10 @@ async def keyed_signals_are_stored_once(open_adapter: OpenAdapter) -> None:
         await a.checkpoint("i", "completed", b"h2", [b"r1"], first_seq=1)
         assert await keyed.send_keyed_signal("i", "go", b"late", "k1") == (None, True), (
             "a key stored before the instance ended must still be known: a retry of that signal is not an error")
-        assert await keyed.send_keyed_signal("i", "go", b"late", "k3") == (None, False), (
-            "send_keyed_signal with a new key to a finished instance must store nothing and return (None, False)")
+        for _ in range(2):  # (twice: a key that stored no signal must not be kept as seen)
+            assert await keyed.send_keyed_signal("i", "go", b"late", "k3") == (None, False), (
+                "send_keyed_signal with a new key to a finished instance must store nothing, its key included, and"
+                " return (None, False), a retry of it too")
         assert await a.delete("i")
         await a.create("i", "wf", "running", start=b"s", header=b"h0")
         seq, seen = await keyed.send_keyed_signal("i", "go", b"new", "k1")
@@ -188,7 +190,9 @@ async def keyed_signals_are_stored_once(open_adapter: OpenAdapter) -> None:
 
 
 async def keyed_signal_and_load_is_one_call(open_adapter: OpenAdapter) -> None:
-    """(Only for an adapter the engine would call ``send_keyed_signal_and_load`` on.)"""
+    """(Only for an adapter the engine would call ``send_keyed_signal_and_load`` on.) What
+    :func:`keyed_signals_are_stored_once` asks of keys, asked of the keys this method stores: the
+    engine stores a keyed signal to a parked instance (most of them) through it."""
     async with _opened(open_adapter, "keyed_signal_and_load") as a:
         if not sends_keyed_and_loads(a):
             return
@@ -202,6 +206,11 @@ async def keyed_signal_and_load_is_one_call(open_adapter: OpenAdapter) -> None:
             f"send_keyed_signal_and_load with a new key must store the signal as send_signal does and return"
             f" (seq, False, row), got {(seq, seen)} after {first}")
         await _is_the_row(a, row, [(first, "go", b"one"), (seq, "go", _BLOB)], "send_keyed_signal_and_load")
+        await a.create("j", "wf", "running", start=b"s", header=b"h0")
+        other_seq, other_seen, other_row = await combined.send_keyed_signal_and_load("j", "go", b"j", "k1")
+        assert isinstance(other_seq, int) and other_seen is False and other_row is not None, (
+            "a key is the instance's own: send_keyed_signal_and_load must store another instance's signal with it,"
+            f" got {(other_seq, other_seen)}")
         # A key is one whichever of the two methods stored it (the engine calls either).
         assert await combined.send_keyed_signal_and_load("i", "go", b"again", "k1") == (seq, True, None), (
             "send_keyed_signal_and_load with a key stored before, its signal pending still, must store nothing and"
@@ -213,16 +222,27 @@ async def keyed_signal_and_load_is_one_call(open_adapter: OpenAdapter) -> None:
         assert await combined.send_keyed_signal_and_load("i", "go", b"again", "k2") == (other, True, None), (
             "a key stored by send_keyed_signal must be known to send_keyed_signal_and_load")
         await a.checkpoint("i", "running", b"h2", [b"r1"], first_seq=1, consumed=[seq])
+    async with _opened(open_adapter, "keyed_signal_and_load") as a:
+        combined = a  # type: ignore[assignment]
         assert await combined.send_keyed_signal_and_load("i", "go", b"again", "k1") == (None, True, None), (
             "send_keyed_signal_and_load with a key whose signal was consumed must store nothing and return"
-            " (None, True, None)")
+            " (None, True, None), after a reopen too: keys must survive one")
+        assert await combined.send_keyed_signal_and_load("i", "go", b"again", "k2") == (other, True, None), (
+            "a key stored before a reopen must be known after it, its signal pending still")
         await a.checkpoint("i", "completed", b"h3", [b"r2"], first_seq=2, consumed=[first, other])
         assert await combined.send_keyed_signal_and_load("i", "go", b"late", "k2") == (None, True, None), (
             "a key stored before the instance ended must still be known to send_keyed_signal_and_load")
-        assert await combined.send_keyed_signal_and_load("i", "go", b"late", "k3") == (None, False, None), (
-            "send_keyed_signal_and_load with a new key to a finished instance must store nothing and return"
-            " (None, False, None)")
+        for _ in range(2):  # (twice: a key that stored no signal must not be kept as seen)
+            assert await combined.send_keyed_signal_and_load("i", "go", b"late", "k3") == (None, False, None), (
+                "send_keyed_signal_and_load with a new key to a finished instance must store nothing, its key"
+                " included, and return (None, False, None), a retry of it too")
         assert await a.signals("i") == [], "nothing is stored for a finished instance"
+        assert await a.delete("i")
+        await _parked_with_a_signal(a)
+        seq, seen, row = await combined.send_keyed_signal_and_load("i", "go", b"new", "k1")
+        assert isinstance(seq, int) and seen is False and row is not None, (
+            "delete must forget the keys send_keyed_signal_and_load stored: a new instance under the id takes a"
+            f" signal whatever its key, got {(seq, seen)}")
 
 
 async def _same_head(a: Adapter, heads: HeadLoads) -> None:
@@ -1041,24 +1061,42 @@ async def purge_by_status_goes_by_the_status_now(open_adapter: OpenAdapter) -> N
 _CANCEL_PASSES = 12
 
 
+class _CancelAtStep(trio.abc.Instrument):
+    """Cancels ``scope`` as ``task`` is about to take its ``step``-th step since this was added
+    (as it resumes from its ``step``-th wait), so that the cancel is delivered at its next wait:
+    at a chosen wait of the write, whatever order trio's scheduler runs a pass's tasks in (a
+    task of its own counting passes beside the write let a write that waits once end before
+    the cancel, or not, by the draw)."""
+
+    def __init__(self, task: trio.lowlevel.Task, step: int, scope: trio.CancelScope) -> None:
+        self.task, self.step, self.scope, self.steps = task, step, scope, 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+            if self.steps == self.step:
+                self.scope.cancel()
+
+
 async def _cancelled_after(passes: int, write: Callable[[], Awaitable[object]]) -> tuple[bool, bool]:
-    """Run ``write()`` in a cancel scope that another task cancels after ``passes`` scheduler
-    passes of its own: whether the write returned, and whether the cancel came before it did."""
+    """Run ``write()`` cancelled at its wait number ``passes + 1`` (its first: ``passes`` 0): whether
+    it returned, and whether the cancel came before it did."""
     returned = cancelled_first = False
     with trio.CancelScope() as scope:
-        async def cancel() -> None:
-            for _ in range(passes):
-                await trio.lowlevel.checkpoint()
+        at = _CancelAtStep(trio.lowlevel.current_task(), passes, scope)
+        if passes == 0:
             scope.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(cancel)
-            try:
-                await write()
-            except Exception:  # (raising having written nothing is allowed, as Cancelled is)
-                pass
-            else:
-                returned, cancelled_first = True, scope.cancel_called
+        else:
+            trio.lowlevel.add_instrument(at)
+        try:
+            await write()
+        except Exception:  # (raising having written nothing is allowed, as Cancelled is)
+            pass
+        else:
+            returned, cancelled_first = True, scope.cancel_called
+        finally:
+            if passes:
+                trio.lowlevel.remove_instrument(at)
     return returned, cancelled_first
 
 
@@ -1074,10 +1112,13 @@ async def writes_are_all_or_nothing_under_cancellation(open_adapter: OpenAdapter
     adapter that cannot take a write back must keep its caller until it is acknowledged.)"""
     held: dict[str, tuple[Any, ...]] = {}
     async with _opened(open_adapter, "cancelled_writes", _Clock(1000.0)) as a:
+        # (Each called only where sends_keyed, or sends_keyed_and_loads, says the engine would.)
+        keyed: KeyedSignals = a  # type: ignore[assignment]
+        combined: KeyedSignalsAndLoads = a  # type: ignore[assignment]
         await a.create("parent", "wf", "running", start=b"s", header=b"h0")
         for passes in range(_CANCEL_PASSES):
-            c, d, g, n, k = (f"{what}{passes}" for what in ("c", "d", "g", "n", "k"))
-            for iid in (c, d, g, k):
+            c, d, g, n, k, ks, kl = (f"{what}{passes}" for what in ("c", "d", "g", "n", "k", "ks", "kl"))
+            for iid in (c, d, g, k, ks, kl):
                 await a.create(iid, "wf" if iid != g else g, "running", start=b"s", header=b"h0")
                 await a.checkpoint(iid, "running", b"h1", [b"r0"], first_seq=0)
             for iid in (d, g):
@@ -1086,7 +1127,8 @@ async def writes_are_all_or_nothing_under_cancellation(open_adapter: OpenAdapter
             notices = len(await a.signals("parent"))
             made = {  # what each write stores, as _held shows it
                 n: ((n, "wf", "running", b"s", _BLOB, ()), ()),
-                k: ((k, "wf", "running", b"s", b"h1", (b"r0",)), (("go", b"one"), ("go", _BLOB))),
+                **{iid: ((iid, "wf", "running", b"s", b"h1", (b"r0",)), (("go", b"one"), ("go", _BLOB)))
+                   for iid in (k, ks, kl)},
                 c: ((c, "wf", "completed", b"s", _BLOB, (b"r0", b"r1", _BLOB)), ()),
                 d: (None, ()),
                 g: (None, ()),
@@ -1099,7 +1141,13 @@ async def writes_are_all_or_nothing_under_cancellation(open_adapter: OpenAdapter
                 (d, lambda: a.delete(d)),
                 (g, lambda: a.purge(1e12, 10, workflow_name=g)),
             ]
-            await a.send_signal(k, "go", b"one")
+            # A keyed signal's key is written with it: cancelled, both or neither (see _key_kept).
+            if sends_keyed(a):
+                writes.append((ks, lambda: keyed.send_keyed_signal(ks, "go", _BLOB, "key")))
+            if sends_keyed_and_loads(a):
+                writes.append((kl, lambda: combined.send_keyed_signal_and_load(kl, "go", _BLOB, "key")))
+            for iid in (k, ks, kl):
+                await a.send_signal(iid, "go", b"one")
             untouched = 0
             for iid, write in writes:
                 before = await _held(a, iid)
@@ -1108,9 +1156,16 @@ async def writes_are_all_or_nothing_under_cancellation(open_adapter: OpenAdapter
                 held[iid] = await _held(a, iid)
                 want = made[iid] if returned else before
                 assert held[iid] == want, (
-                    f"a write to {iid!r} cancelled after {passes} scheduler passes must have been made whole if it"
+                    f"a write to {iid!r} cancelled at its wait number {passes + 1} must have been made whole if it"
                     f" returned, or not at all if it raised: it {'returned' if returned else 'raised'}, and stored"
                     f" {held[iid]}, not {want}")
+                if iid in (ks, kl):
+                    # Sent again: its key was kept (nothing stored now) exactly when the write returned.
+                    seen = (await write())[1]  # type: ignore[index]
+                    assert seen == returned, (
+                        f"a keyed signal to {iid!r} cancelled at its wait number {passes + 1} must have its key stored"
+                        f" exactly when its signal is: it {'returned' if returned else 'raised'}")
+                    held[iid] = await _held(a, iid)
             notices += held[c][0] is not None and held[c][0][2] == "completed"
             assert len(await a.signals("parent")) == notices, (
                 "a cancelled checkpoint must store its notice exactly when it stores the rest")
