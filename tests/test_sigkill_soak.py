@@ -33,7 +33,6 @@ import tempfile
 import time
 from typing import Any
 
-import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
