@@ -344,7 +344,7 @@ async def announce(run: Run, step: Step, key: str, lane: Lane, *, rests: bool = 
     checkpoint: when every other lane rests already (or announces its rest in the same
     checkpoint: branches that start waiting together), it stores when to wake the instance,
     and the instance leaves memory after its rest with no write of its own. ``shielded``: the
-    store is shielded from a cancel (see ``Run.persist_shielded``)."""
+    store, and the event after it, are shielded from a cancel (see ``Run.persist_shielded``)."""
     if rests:
         run.announcing += 1
     try:
@@ -352,9 +352,21 @@ async def announce(run: Run, step: Step, key: str, lane: Lane, *, rests: bool = 
     finally:
         if rests:
             run.announcing -= 1
-    if run.bus.active:
-        run.emit("workflow.step.waiting", key, step_name=step.name,
-                 execution_id=running_execution_id(run.state, key, step.name), waiting=waiting_view(lane.waiting or {}))
+    if not run.bus.active:
+        return
+    if shielded:
+        # A cancel that came during the shielded store waits for the lane's next checkpoint: a
+        # sync callback of the event, run inline here, must not see it either (a scope made only
+        # when someone listens: the store's own wait needs none, see Flag.wait_shielded).
+        with trio.CancelScope(shield=True):
+            _publish_waiting(run, step, key, lane)
+    else:
+        _publish_waiting(run, step, key, lane)
+
+
+def _publish_waiting(run: Run, step: Step, key: str, lane: Lane) -> None:
+    run.emit("workflow.step.waiting", key, step_name=step.name,
+             execution_id=running_execution_id(run.state, key, step.name), waiting=waiting_view(lane.waiting or {}))
 
 
 def _rests(run: Run, due: float | None) -> bool:
