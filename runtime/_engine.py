@@ -1954,13 +1954,14 @@ class Engine:
             return  # (it reads them itself once it runs)
         self._run_to_cancel_children(run)
 
-    def _queue(self, run: Run) -> None:
+    def _queue(self, run: Run, at: float | None = None) -> None:
         """Queue a run for a slot; one with a workflow timeout that has started is watched, to
         leave the queue at its deadline (see :meth:`_watch_queued_deadlines`). A run started
-        here keeps its caller's contextvars for its task, which another task launches."""
+        here keeps its caller's contextvars for its task, which another task launches. ``at``:
+        now on trio's clock, if the caller has it (a run made in this scheduler pass)."""
         if run.contextvars is None:
             run.contextvars = contextvars.copy_context()
-        self._waiting.append(run, trio.current_time())
+        self._waiting.append(run, trio.current_time() if at is None else at)
         self._children.slot_wanted()
         if not run.signals_fetched and any(lane.waiting is not None and "child" in lane.waiting
                                            for lane in run.state.lanes.values()):
@@ -2081,7 +2082,8 @@ class Engine:
         else:
             # Queued with the status it is stored with: a new instance is stored pending, and
             # one resumed from storage says what it said before the restart until it runs.
-            self._queue(run)
+            # (Queued as its run was made, nothing awaited since: the time that run noted.)
+            self._queue(run, run.started)
         return run
 
     def _adopt_child(self, child_id: str) -> None:
