@@ -2480,7 +2480,8 @@ class Engine:
         is stopping (a queued run stays stored as it is, for the next engine to resume)."""
         if taken:
             self._running -= 1
-        while self._waiting and self._running < self._max_running and not (self._closed or self._actors_stopped):
+        # (The count first: once the slot is taken, the queue's own test is a Python call saved.)
+        while self._running < self._max_running and self._waiting and not (self._closed or self._actors_stopped):
             self._launch(self._waiting.popleft())
 
     async def _waker(self, soonest: float | None) -> None:
