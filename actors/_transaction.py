@@ -107,10 +107,12 @@ def may_have_committed(run: Run) -> bool:
     takes it up as having run nothing: see :func:`~trioflow._decide.take_up`). Its driver's
     ledger, if it keeps one, is asked then too: what committed is its outcome."""
     state = run.state
-    if not run.resumed or state.started_at is None or state.records or _ledger(run) is None:
+    if not run.resumed or state.started_at is None or state.records:
         return False
+    # The lane first: a run taken up from a wait (most, a signal's or a timer's) is told so
+    # without a look at the driver.
     main = state.lanes.get(MAIN)
-    return main is not None and main.waiting is None
+    return main is not None and main.waiting is None and _ledger(run) is not None
 
 
 #: What a cancel decided, kept over the committed state taken up under it.
