@@ -212,12 +212,15 @@ class EventBus:
     def wants(self, name: str) -> bool:
         """Whether anyone listens to events named ``name``: publishers of events sent at every
         step skip building them otherwise (``active`` says whether anyone listens at all)."""
-        return self.active and bool(self._route(name))
+        if not self.active:
+            return False
+        # (Its route made by _route only the first time: every step asks, for several names.)
+        subscribers = self._routes.get(name)
+        return bool(self._route(name) if subscribers is None else subscribers)
 
     def _route(self, name: str) -> list[_Subscriber]:
-        subscribers = self._routes.get(name)
-        if subscribers is None:
-            subscribers = self._routes[name] = [s for s in self._subscribers if s.match(name)]
+        """Make the route of events named ``name`` (asked where ``_routes`` has none)."""
+        subscribers = self._routes[name] = [s for s in self._subscribers if s.match(name)]
         return subscribers
 
     def emit(self, name: str, payload: Event) -> None:
@@ -225,7 +228,9 @@ class EventBus:
 
         Each subscriber gets its own copy of ``payload``, so the caller may pass live state.
         """
-        subscribers = self._route(name)
+        subscribers = self._routes.get(name)  # (as wants() looks it up)
+        if subscribers is None:
+            subscribers = self._route(name)
         if not subscribers:
             return
         payload["event"] = name
