@@ -674,6 +674,7 @@ def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | Non
     if state.phase != "forward":
         return None  # compensating or done: nothing left to wait for
     due = math.inf
+    waits = False  # (whether a lane above waits: then none need be looked at again below)
     for key, lane in state.lanes.items():
         if lane.step is None:
             continue
@@ -682,9 +683,10 @@ def wake_at(state: InstanceState, definition: WorkflowDefinition) -> float | Non
             if lane.failed is None and _fanned_out(state, key, lane, definition):
                 continue
             return None
+        waits = True
         due = min(due, waiting.get("timer", math.inf), waiting.get("start", math.inf), waiting.get("retry", math.inf),
                   waiting.get("timeout") or math.inf, waiting.get("check", math.inf))
-    if due == math.inf:
+    if due == math.inf and not waits:
         for lane in state.lanes.values():  # (a loop, not any() over a generator: every wake asks)
             if lane.waits():
                 break
