@@ -1225,8 +1225,7 @@ class Engine:
                 else _decoded(stored)
         except SnapshotDecodeError:
             return None, False
-        if state is not None \
-                and any(lane.waiting is not None and lane.waits() and wakes(lane.waiting) for lane in state.lanes.values()) \
+        if state is not None and _woken_by(state, wakes) \
                 and not (signalled and self._holding_back and wake_at(state, definition) is None):
             # (Held back, it waits for resume(), whose run takes what storage holds for it.)
             run = self._resume_one(definition, stored, state)
@@ -3201,6 +3200,15 @@ def _decide_cancel(state: InstanceState, now: float) -> list[tuple[tuple[str, st
         if (record := cut_short_record(state, lane_key, step_name, attempts, since, now)) is not None:
             fail_step(state, stage(state, record), for_good=False)
     return list(zip(under_way, executions))
+
+
+def _woken_by(state: InstanceState, wakes: Callable[[dict[str, Any]], bool]) -> bool:
+    """Whether a lane of ``state`` waits for what passes ``wakes``. (A loop, not any() over a
+    generator: every wake asks.)"""
+    for lane in state.lanes.values():
+        if lane.waiting is not None and lane.waits() and wakes(lane.waiting):
+            return True
+    return False
 
 
 def _decoded(record: StoredInstance) -> InstanceState:
