@@ -123,6 +123,8 @@ def item_of(lane: str) -> tuple[str, int] | None:
 def lane_in_definition(lane: str) -> str:
     """The lane a definition's lookup places the steps of ``lane`` in: its own key without its
     scope, and item lanes of one map share their map's (see :func:`item_lanes`)."""
+    if lane == MAIN:  # (the main line's, which most instances run alone: every resume asks)
+        return MAIN
     item = item_of(lane)
     if item is not None:
         return item_lanes(item[0])
