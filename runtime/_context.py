@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ._engine_arguments import refuses_unbound_arguments
@@ -31,6 +31,19 @@ def check_services(services: object) -> None:
 
 #: Values handed out as they are: nothing can change them in place.
 _IMMUTABLE = frozenset({bool, int, float, str, bytes})
+
+#: ``trioflow._codec.as_stored``, once a step first asks for a copy (see :func:`_load_as_stored`).
+_as_stored: Callable[[Any, str], Any] | None = None
+
+
+def _load_as_stored() -> Callable[[Any, str], Any]:
+    """Load the codec on first use (a module that only defines workflows imports fast), and
+    keep its copier: an import statement run at every copy costs a timer's step a microsecond."""
+    global _as_stored
+    from ._codec import as_stored
+
+    _as_stored = as_stored
+    return as_stored
 
 
 class _MissingStep(KeyError):
@@ -267,9 +280,7 @@ class WorkflowContext:
             copies = self.copies = {}
         elif key in copies:
             return copies[key]
-        from ._codec import as_stored  # (loaded on first use: a module that only defines workflows imports fast)
-
-        copied = copies[key] = as_stored(value, what)
+        copied = copies[key] = (_as_stored or _load_as_stored())(value, what)
         return copied
 
     @property
