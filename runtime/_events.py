@@ -254,9 +254,10 @@ class EventBus:
                         raise
                     log.exception("event callback for %r raised; ignored", name)
                     continue
-                if inspect.iscoroutine(result):
+                if result is not None and inspect.iscoroutine(result):
                     # A callback that only returns a coroutine (a lambda around an async
                     # function) cannot be told apart when it subscribes: said, not left unawaited.
+                    # (Most return None: no call for those.)
                     result.close()
                     log.error("event callback for %r returned a coroutine, which was not run; subscribe an"
                               " async def (or an object with one as __call__) to have it awaited", name)
