@@ -403,6 +403,11 @@ class WorkflowDefinition:
     #: which runs no child instance, refuses a workflow that has any, at every call.
     child_steps: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
         lambda self: tuple(name for name, (s, _) in self.lookup.items() if isinstance(s, ChildStep)), takes_self=True))
+    #: The signal names its receive steps take (branches included), worked out once:
+    #: ``signal()`` warns of a signal that no step of the workflow can take (a misspelt name).
+    signals: frozenset[str] = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
+        lambda self: frozenset(s.signal for s, _ in self.lookup.values() if isinstance(s, ReceiveStep)),
+        takes_self=True))
     #: Whether its runs record in the driver's run ledger (a transactional run, an entity step),
     #: worked out once: the records of an instance that ended are then deleted (see
     #: ``trioflow.actors._ledger``).

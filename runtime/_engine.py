@@ -1054,6 +1054,7 @@ class Engine:
                 seq = await self.adapter.send_signal(instance_id, name, data)
             if seq is not None:
                 self._ends.signal_stored(instance_id)
+                self._warn_if_untaken(instance_id, name, running, row)
             if row is not None and (ended_since() or watch.signals_stored() > 1):
                 row = None
             stored_at = self._clock()  # a receive whose deadline came before now does not take it
@@ -1062,6 +1063,20 @@ class Engine:
             if self._closed:
                 return  # stored: the next engine delivers it (an error here would have it sent twice)
             await self._hand_over(instance_id, name, seq, data, running, stored_at, row, ended_since)
+
+    def _warn_if_untaken(self, instance_id: str, name: str, run: Run | None, row: StoredInstance | None) -> None:
+        """Warn of a signal just stored that no receive step of the instance's workflow takes
+        (a misspelt name, most likely: nothing would ever take it). It stays stored all the same,
+        for a later release of the workflow may take it. Said when the workflow is known here
+        without a read: its run here, or its row read back with the signal (the bundled adapters)."""
+        run = run or self._live.get(instance_id)
+        definition = run.definition if run is not None else (
+            None if row is None else self._definitions.get(row.workflow_name))
+        if definition is not None and name not in definition.signals:
+            log.warning("signal %r for instance %s is stored, but no receive step of workflow %r takes it%s",
+                        name, instance_id, definition.name,
+                        f" (it takes {sorted(definition.signals)!r})" if definition.signals else " (it has none)",
+                        extra={"instance_id": instance_id, "workflow_name": definition.name})
 
     async def _hand_over_stored(self, instance_id: str, seq: int) -> None:
         """``signal()``'s :meth:`_deliver` of the keyed signal ``seq`` an earlier call stored and
