@@ -88,13 +88,34 @@ def _copy_value(value: Any) -> Any:
 
 
 class _Subscriber:
-    __slots__ = ("match", "callback", "send", "dropped")
+    __slots__ = ("match", "callback", "send", "dropped", "dropping", "name")
 
-    def __init__(self, pattern: str, callback: Callback | None, send: trio.MemorySendChannel[Event] | None) -> None:
+    def __init__(self, pattern: str, callback: Callback | None, send: trio.MemorySendChannel[Event] | None,
+                 name: str = "") -> None:
         self.match = re.compile(fnmatch.translate(pattern)).match
         self.callback = callback
         self.send = send
+        #: Events dropped for it in all (its queue full), and whether the last one was: each
+        #: run of drops is logged as it begins and as it ends, with its count, so that an
+        #: operator learns of every gap in what it was given, not only of the first.
         self.dropped = 0
+        self.dropping = 0
+        #: How the logs name it: its pattern, and its callback (an async one's) if any.
+        self.name = name or f"subscriber of {pattern!r}"
+
+    def dropped_one(self) -> None:
+        """Its queue was full: the event is dropped, and a run of drops that begins is logged."""
+        self.dropped += 1
+        self.dropping += 1
+        if self.dropping == 1:
+            assert self.send is not None
+            log.warning("event %s is too slow (its queue holds %s); dropping events for it (%d dropped in all)",
+                        self.name, self.send.statistics().max_buffer_size, self.dropped)
+
+    def caught_up(self) -> None:
+        """An event was queued again after a run of drops: the run's count is logged."""
+        log.warning("event %s takes events again, after %d dropped", self.name, self.dropping)
+        self.dropping = 0
 
 
 class EventBus:
@@ -156,7 +177,7 @@ class EventBus:
         send, receive = trio.open_memory_channel[Event](buffer)
         self._nursery.start_soon(self._drain, receive, callback)
         self._queues.add(send)
-        remove = self._add(_Subscriber(pattern, None, send))
+        remove = self._add(_Subscriber(pattern, None, send, f"callback {getattr(callback, '__qualname__', None) or safe_repr(callback)} of {pattern!r}"))
 
         def unsubscribe() -> None:
             if self._check_caller is not None and not self._closed:
@@ -196,7 +217,7 @@ class EventBus:
         _check_buffer(buffer)
         self._check_open()
         send, receive = trio.open_memory_channel[Event](buffer)
-        remove = self._add(_Subscriber(pattern, None, send))
+        remove = self._add(_Subscriber(pattern, None, send, f"stream of {pattern!r}"))
         self._streams.add(send)
         try:
             yield receive
@@ -239,11 +260,12 @@ class EventBus:
                 try:
                     sub.send.send_nowait(_copy_payload(payload))
                 except trio.WouldBlock:
-                    if not sub.dropped:
-                        log.warning("event subscriber is too slow; dropping events for it")
-                    sub.dropped += 1
+                    sub.dropped_one()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
+                else:
+                    if sub.dropping:
+                        sub.caught_up()
             else:
                 try:
                     result = sub.callback(_copy_payload(payload))  # type: ignore[misc]
