@@ -788,7 +788,7 @@ class SQLiteAdapter:
                     return
                 pending, applied = item
                 if applied is not None:  # its statements ran in the trio thread: commit it
-                    results = _apply(conn, pending, known, applied)
+                    results = _apply(conn, pending, known, self.path, applied)
                     self.transactions += 1
                     self.operations += len(pending)
                     pending = []
@@ -799,7 +799,7 @@ class SQLiteAdapter:
                 # closed, so ``_committed`` starts no transaction on the connection meanwhile.)
                 while pending:
                     batch = pending[:MAX_BATCH]
-                    results = _apply(conn, batch, known)
+                    results = _apply(conn, batch, known, self.path)
                     pending = pending[MAX_BATCH:]  # only now: a bug in _apply refuses this slice too
                     self.transactions += 1
                     self.operations += len(batch)
@@ -850,7 +850,7 @@ def _run_inline(
 
 
 def _apply(
-    conn: sqlite3.Connection, batch: list[tuple[Any, _Op]], known: dict[str, str],
+    conn: sqlite3.Connection, batch: list[tuple[Any, _Op]], known: dict[str, str], database: Path,
     applied: tuple[list[outcome.Outcome[Any]], dict[str, str | None]] | None = None,
 ) -> list[tuple[Any, outcome.Outcome[Any]]]:
     """Apply a batch in one transaction (``applied``: its statements ran already, in the open
@@ -881,7 +881,7 @@ def _apply(
         _roll_back(conn)
         known.clear()
         if _may_pass(exc):
-            return [(task, outcome.Error(_failure(op[0], exc))) for task, op in batch]
+            return [(task, outcome.Error(_failure(op[0], exc, database))) for task, op in batch]
     results: list[tuple[Any, outcome.Outcome[Any]]] = []
     for task, op in batch:
         changes = {}
@@ -893,7 +893,7 @@ def _apply(
         except Exception as exc:
             _roll_back(conn)
             known.clear()
-            result = outcome.Error(_failure(op[0], exc))
+            result = outcome.Error(_failure(op[0], exc, database))
         results.append((task, result))
     return results
 
@@ -926,12 +926,12 @@ def _may_pass(exc: Exception) -> bool:
     return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _PASSING_CODES
 
 
-def _failure(kind: str, exc: Exception) -> DatabaseError:
+def _failure(kind: str, exc: Exception, database: Path) -> DatabaseError:
     """The error a caller gets for a failed operation, :class:`DatabaseUnavailableError` when it
-    may pass."""
+    may pass; it names the database (a process may hold engines on several)."""
     if _may_pass(exc):
-        return DatabaseUnavailableError(f"SQLite {kind} failed: {exc}")
-    return DatabaseError(f"SQLite {kind} failed: {exc}")
+        return DatabaseUnavailableError(f"SQLite {kind} failed on {database}: {exc}")
+    return DatabaseError(f"SQLite {kind} failed on {database}: {exc}")
 
 
 def _run_all(
