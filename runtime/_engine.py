@@ -1333,6 +1333,8 @@ class Engine:
                 continue
             run, handed = handed or self._live.get(instance_id), None
             if run is not None:
+                if run in self._waiting:
+                    self._lend_to_waited(run)
                 await run.wait_ended()
                 if run.stored_status in TERMINAL:
                     # Its end is stored, and a finished run's state is never touched again;
@@ -2099,6 +2101,20 @@ class Engine:
             # (Queued as its run was made, nothing awaited since: the time that run noted.)
             self._queue(run, run.started)
         return run
+
+    def _lend_to_waited(self, run: Run) -> None:
+        """A step's job here waits for ``run``, queued for a slot: it runs now, in the slot the
+        job's instance holds, as a child step's instance runs in its parent's. The job keeps
+        that slot until ``run`` ends, so ``run`` waiting for one of its own would deadlock once
+        every slot is held by such a job (``max_running`` of them). (Not for one that leaves
+        memory to wait later on: woken, it takes a slot of its own; a child step's does not.)"""
+        ctx = lane_of_caller()
+        if ctx is None or ctx._calling is None:
+            return  # (a caller outside any step: it holds no slot)
+        caller = self._live.get(ctx._state.instance_id)
+        if caller is not None and caller.state is ctx._state and caller not in self._waiting:
+            run.lent = True
+            self._adopt_child(run.state.instance_id)
 
     def _adopt_child(self, child_id: str) -> None:
         """A parent resumed here waits in memory, holding its slot, for a child queued for a
