@@ -10,7 +10,7 @@ from typing import Any
 import trio
 
 from trioflow._codec import as_stored
-from trioflow._current import call_plain, in_lane
+from trioflow._current import call_inline, in_lane
 from trioflow._decide import (
     catcher_for,
     cut_short_execution,
@@ -118,7 +118,7 @@ async def attempt(
                         finally:
                             thread_call.end()
                     # Refused as in a worker thread: a test engine must fail where production does.
-                    return call_plain(fn, *call), attempts
+                    return call_inline(fn, *call), attempts
                 assert timeout is not None
                 error: BaseException = StepTimeoutError(step.name, timeout)
             except Exception as exc:

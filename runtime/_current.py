@@ -184,6 +184,27 @@ def check_in_trio(what: str) -> None:
             " its trio worker); asyncio is not supported") from None
 
 
+#: What a plain ``def`` job run inline (``threads=False``: the test engine, the crash explorer)
+#: is told when it calls back into trio (``trio.from_thread``), which only a worker thread can.
+INLINE_CALL_BACK = "a plain def job run inline (threads=False) cannot call back into trio"
+
+
+def call_inline(fn: Callable[..., Any], *args: Any) -> Any:
+    """:func:`call_plain` in trio's own thread, for an engine that runs plain jobs inline: trio's
+    refusal of a call back into trio (its message tells of tokens and threads, not of the engine)
+    says why it was refused and what to do instead."""
+    try:
+        return call_plain(fn, *args)
+    except RuntimeError as exc:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None or tb.tb_frame.f_globals.get("__name__") != "trio._threads":
+            raise
+        raise RuntimeError(f"{INLINE_CALL_BACK} ({exc}): test it on open_test_engine(threads=True), or make"
+                           " it an async def") from exc
+
+
 def call_plain(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` for a plain function; one that hands back a coroutine (a lambda calling an
     async def) is refused with a :class:`TypeError` saying so, the coroutine closed unrun."""

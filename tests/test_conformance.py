@@ -200,4 +200,7 @@ async def test_the_kit_passes_an_adapter_written_before_skip_workflows() -> None
             return await super().next_wake()
 
     stores: dict[str, tf.adapters.MemoryAdapter] = {}
-    assert await check_persistence_adapter(lambda key: stores.setdefault(key, OlderAdapter())) == CHECK_NAMES
+    # (The checks of what it does not have are not made, nor listed as passed.)
+    not_made = {"waiting_instances_of_skipped_workflows_are_left_out", "waiting_instances_excluded_are_left_out"}
+    assert await check_persistence_adapter(lambda key: stores.setdefault(key, OlderAdapter())) == [
+        name for name in CHECK_NAMES if name not in not_made]

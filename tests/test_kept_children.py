@@ -104,8 +104,12 @@ async def test_an_adapter_written_before_parent_id_passes_the_kit_and_runs_child
     """The engine gives it no parent: it runs families as before, children purged by their own
     finish times."""
     stores: dict[str, MemoryAdapter] = {}
+    # (The checks of what its create does not take, parents and wake times, are not made, nor
+    # listed as passed.)
+    not_made = {"created_waiting_instances_wait", "restart_lets_go_of_finished_children", "purge_keeps_children_while_their_parent_is_stored",
+                "purge_lets_go_of_the_children_a_deleted_parent_kept"}
     assert await check_persistence_adapter(lambda key: stores.setdefault(key, WrittenBeforeParents())) == [
-        check.__name__ for check in _CHECKS]
+        check.__name__ for check in _CHECKS if check.__name__ not in not_made]
     log: list[str] = []
     parent, kid = family(log, items=2)
     async with open_test_engine(adapter=WrittenBeforeParents(), clock=virtual_wall_clock()) as engine:

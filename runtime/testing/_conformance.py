@@ -42,7 +42,8 @@ _START = b"start:" + bytes(range(255, -1, -1))
 
 @refuses_unbound_arguments
 async def check_persistence_adapter(open_adapter: OpenAdapter) -> list[str]:
-    """Run every conformance check; returns the names of the checks, all passed.
+    """Run every conformance check; returns the names of the checks made, all passed (a check
+    of an optional method the adapter does not have is not made, and not listed).
 
     ``open_adapter(key)`` must return a new, unopened adapter on the storage named ``key``:
     the same key means the same storage (a reopen), a new key an empty one. Raises
@@ -54,14 +55,25 @@ async def check_persistence_adapter(open_adapter: OpenAdapter) -> list[str]:
         raise InvalidArgumentError(
             "check_persistence_adapter takes a function open_adapter(key) giving a new, unopened adapter on"
             f" the storage named key (e.g. lambda key: MyAdapter(tmp_path / key)), got {safe_repr(open_adapter)}")
+    if open_adapter("distinct-1") is open_adapter("distinct-2"):
+        raise InvalidArgumentError(
+            "check_persistence_adapter: open_adapter gave the same adapter for two keys; a new key must mean"
+            " new, empty storage (e.g. lambda key: MyAdapter(tmp_path / key), or a dict of stores by key)")
     passed = []
     for check in _CHECKS:
         try:
             await check(open_adapter)
+        except _NotMade:
+            continue
         except AssertionError as exc:
             raise AssertionError(f"adapter conformance check {check.__name__!r} failed: {exc}") from exc
         passed.append(check.__name__)
     return passed
+
+
+class _NotMade(Exception):
+    """A check of an optional method (see ``adapters._protocol``) the adapter does not have:
+    not made, so not listed as passed."""
 
 
 @asynccontextmanager
@@ -94,7 +106,7 @@ async def signal_and_load_is_one_call(open_adapter: OpenAdapter) -> None:
     """(Only for an adapter the engine would call ``send_signal_and_load`` on.)"""
     async with _opened(open_adapter, "signal_and_load") as a:
         if not sends_and_loads(a):
-            return
+            raise _NotMade
         combined: SignalsAndLoads = a  # type: ignore[assignment]
         await _refused(combined.send_signal_and_load("nobody", "go", b"x"), UnknownInstanceError,
                        "send_signal_and_load to an instance never created must raise UnknownInstanceError")
@@ -134,7 +146,7 @@ async def load_head_leaves_out_the_records(open_adapter: OpenAdapter) -> None:
     """(Only for an adapter the engine would call ``load_head`` on.)"""
     async with _opened(open_adapter, "load_head") as a:
         if not loads_heads(a):
-            return
+            raise _NotMade
         heads: HeadLoads = a  # type: ignore[assignment]
         assert await heads.load_head("nobody") is None, "load_head of an instance never created must return None"
         await a.create("i", "wf", "running", start=b"s", header=b"h0")
@@ -149,7 +161,7 @@ async def keyed_signals_are_stored_once(open_adapter: OpenAdapter) -> None:
     """(Only for an adapter the engine would call ``send_keyed_signal`` on.)"""
     async with _opened(open_adapter, "keyed_signals") as a:
         if not sends_keyed(a):
-            return
+            raise _NotMade
         keyed: KeyedSignals = a  # type: ignore[assignment]
         await _refused(keyed.send_keyed_signal("nobody", "go", b"x", "k1"), UnknownInstanceError,
                        "send_keyed_signal to an instance never created must raise UnknownInstanceError")
@@ -195,7 +207,7 @@ async def keyed_signal_and_load_is_one_call(open_adapter: OpenAdapter) -> None:
     engine stores a keyed signal to a parked instance (most of them) through it."""
     async with _opened(open_adapter, "keyed_signal_and_load") as a:
         if not sends_keyed_and_loads(a):
-            return
+            raise _NotMade
         combined: KeyedSignalsAndLoads = a  # type: ignore[assignment]
         keyed: KeyedSignals = a  # type: ignore[assignment]
         await _refused(combined.send_keyed_signal_and_load("nobody", "go", b"x", "k1"), UnknownInstanceError,
@@ -469,6 +481,9 @@ async def survives_reopen(open_adapter: OpenAdapter) -> None:
         before = await _stored(a, "i1")
     async with _opened(open_adapter, "reopen") as b:
         after = _view(await b.load("i1"))
+        assert after is not None, (
+            "what was stored must be there after a reopen: the instance created is gone (does open_adapter(key)"
+            " give the same storage for the same key?)")
         assert after == before, f"what was stored must be there after a reopen: was {before}, now {after}"
         ids = [s.instance_id for s in await b.list_instances("wf")]
         assert ids == ["i1", "z9", "a0"], f"listings must keep the creation order across a reopen, got {ids}"
@@ -635,7 +650,7 @@ async def created_waiting_instances_wait(open_adapter: OpenAdapter) -> None:
     takes no ``wake_at`` passes: the engine gives it none.)"""
     async with _opened(open_adapter, "created waiting") as a:
         if not creates_waiting(a):
-            return
+            raise _NotMade
         await a.create("later", "wf", "running", start=b"s", header=b"h0", wake_at=2000.0)
         await a.create("now", "wf", "running", start=b"s", header=b"h0")
         assert [s.instance_id for s in await a.resumable()] == ["now"], (
@@ -656,7 +671,7 @@ async def waiting_instances_of_skipped_workflows_are_left_out(open_adapter: Open
     adapter written before the keyword existed passes: the engine passes over those itself.)"""
     async with _opened(open_adapter, "skipping") as a:
         if not skips_workflows(a):
-            return
+            raise _NotMade
         for i, workflow_name, wake in (("old-1", "old", 10.0), ("old-2", "old", 20.0), ("new", "new", 30.0),
                                        ("gone", "gone", 5.0)):
             await a.create(i, workflow_name, "running", start=b"s", header=b"h0")
@@ -679,7 +694,7 @@ async def waiting_instances_excluded_are_left_out(open_adapter: OpenAdapter) -> 
     those itself.)"""
     async with _opened(open_adapter, "excluding") as a:
         if not excludes_instances(a):
-            return
+            raise _NotMade
         due: Any = a.due  # (the keyword is an adapter's option, not in the protocol's signature)
         ids = [f"w-{n}" for n in range(40)]  # (more than fit in one statement's parameters, too)
         for n, i in enumerate(ids):
@@ -703,7 +718,7 @@ async def restart_replaces_the_history(open_adapter: OpenAdapter) -> None:
     its start bytes, in one write fenced as any; the pending signals stay, but those it consumes."""
     async with _opened(open_adapter, "restart") as a:
         if not restarts_history(a):
-            return
+            raise _NotMade
         checkpoint: Any = a.checkpoint  # (the keyword is an adapter's option, not in the protocol's signature)
         await a.create("i1", "wf", "running", start=_START, header=b"h0")
         await a.create("i2", "wf", "running", start=b"other", header=b"x0")
@@ -736,7 +751,7 @@ async def restart_lets_go_of_finished_children(open_adapter: OpenAdapter) -> Non
     lets go of the instance's finished children: purge takes them by their own finish times."""
     async with _opened(open_adapter, "restart_children") as a:
         if not (restarts_history(a) and keeps_families(a)):
-            return
+            raise _NotMade
         checkpoint: Any = a.checkpoint
         create: Any = a.create
         await a.create("p", "wf", "running", start=_START, header=b"h0")
@@ -828,7 +843,7 @@ async def purge_keeps_children_while_their_parent_is_stored(open_adapter: OpenAd
     clock = _Clock(1000.0)
     async with _opened(open_adapter, "families", clock) as a:
         if not keeps_families(a):
-            return
+            raise _NotMade
         await a.create("p", "order", "running", start=b"s", header=b".")
         await a.create("p/c#1", "kid", "running", start=b"s", header=b".", parent_id="p")
         await a.create("p/c#1/g#1", "grandkid", "running", start=b"s", header=b".", parent_id="p/c#1")
@@ -868,7 +883,7 @@ async def purge_lets_go_of_the_children_a_deleted_parent_kept(open_adapter: Open
     clock = _Clock(1000.0)
     async with _opened(open_adapter, "released", clock) as a:
         if not keeps_families(a):
-            return
+            raise _NotMade
         await a.create("p", "order", "running", start=b"s", header=b".")
         await a.create("q", "order", "running", start=b"s", header=b".")
         for iid, name, parent in (("p/k#1", "kid", "p"), ("p/k#1/g#1", "grandkid", "p/k#1"), ("q/k#1", "kid", "q"),

@@ -77,7 +77,7 @@ from trioflow._snapshot import (
 )
 from trioflow._codec import decode, decode_payload, decode_stored, encode_payload
 from trioflow._context import WorkflowContext
-from trioflow._current import NotInStepError, current_step
+from trioflow._current import INLINE_CALL_BACK, NotInStepError, current_step
 from trioflow.adapters._memory import MemoryAdapter
 from trioflow.adapters._memory_driver import MemoryDriver
 from trioflow.adapters._protocol import (
@@ -338,6 +338,7 @@ async def explore_crashes(
         return outcome, crashing, failed_check
 
     baseline, clean, _ = await one_run(None)
+    _refuse_inline_call_backs(baseline)
     points: list[CrashPoint] = []
     extra: list[CrashPoint] = []
     variants = (False, True) if lost_writes else (False,)
@@ -658,6 +659,21 @@ async def _children(engine: Engine, root: WorkflowInstance, family: bool) -> dic
         todo = [i.id for i in await engine.get_instances() if i.parent_id in members and i.id not in found]
         if not todo:
             return found
+
+
+
+def _refuse_inline_call_backs(baseline: Outcome) -> None:
+    """The explorer runs plain ``def`` jobs inline, as the test engine does (a worker thread
+    would let the autojump clock race ahead of it): one that calls back into trio fails in every
+    run alike, which no crash point would tell from the fault-free run. Refused instead."""
+    for outcome in (baseline, *baseline.children.values()):
+        for record in outcome.history:
+            if INLINE_CALL_BACK in (record.cause or ""):
+                raise InvalidArgumentError(
+                    f"explore_crashes: the job of step {record.step_name!r} of workflow {outcome.workflow_name!r}"
+                    " is a plain def that calls back into trio (trio.from_thread), which it can only do from the"
+                    " worker thread an engine runs it in; the explorer runs plain jobs inline, in trio's"
+                    " thread: make it an async def to explore it")
 
 
 def _by_instance(counts: collections.Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
@@ -982,7 +998,25 @@ def _write_parts(state: InstanceState, before: InstanceState | None) -> tuple[tu
         # object's address, a time, an id), and a write named anew in every run would be a
         # new record to crash at in each, for ever.
         return (), f"failure recorded ({state.error_name} at step {state.failed_step!r}); compensation starts"
-    return (), f"instance {state.status}"
+    # A wait stored (a timer's due time, a signal's or a child's wait, a retry's delay): named by
+    # its step and what it waits for, never by its times, which differ from run to run.
+    waits = [f"step {lane.step!r} waits for {_waited_for(lane.waiting)}" for key, lane in state.lanes.items()
+             if lane.waiting is not None and lane.step is not None
+             and ((was := before.lanes.get(key)) is None or was.waiting is None or was.step != lane.step)]
+    return (), "; ".join(waits) if waits else f"instance {state.status}"
+
+
+def _waited_for(waiting: Mapping[str, Any]) -> str:
+    """What a lane's stored wait is for, in words (see ``Lane.waiting``)."""
+    if "signal" in waiting:
+        return f"signal {waiting['signal']!r}"
+    if "child" in waiting:
+        return "its child"
+    if "attempt" in waiting:
+        return "its next attempt"
+    if "start" in waiting:
+        return "its start"
+    return "its timer" if "timer" in waiting else "its branches or items"
 
 
 def _nested_steps(steps: Sequence[Step]) -> Iterator[Step]:

@@ -46,7 +46,8 @@ def autojumping(who: str, *, required: bool = True) -> None:
             return
         raise NotOnMockClockError(
             f"{who} needs trio's MockClock: run the test with trioflow.testing.run(), the "
-            "trioflow_engine fixture, or pytest-trio's autojump_clock fixture"
+            "trioflow_engine fixture, or pytest-trio's autojump_clock fixture (under hypothesis's "
+            "@given, which refuses both fixtures, a plain def test that calls trioflow.testing.run())"
         )
     if not held(clock):  # (an engine portal's moves only when told)
         clock.autojump_threshold = 0
