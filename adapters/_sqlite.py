@@ -788,7 +788,7 @@ class SQLiteAdapter:
                     return
                 pending, applied = item
                 if applied is not None:  # its statements ran in the trio thread: commit it
-                    results = _apply(conn, pending, known, self.path, applied)
+                    results = _apply(conn, pending, known, applied, self.path)
                     self.transactions += 1
                     self.operations += len(pending)
                     pending = []
@@ -799,7 +799,7 @@ class SQLiteAdapter:
                 # closed, so ``_committed`` starts no transaction on the connection meanwhile.)
                 while pending:
                     batch = pending[:MAX_BATCH]
-                    results = _apply(conn, batch, known, self.path)
+                    results = _apply(conn, batch, known, None, self.path)
                     pending = pending[MAX_BATCH:]  # only now: a bug in _apply refuses this slice too
                     self.transactions += 1
                     self.operations += len(batch)
@@ -850,8 +850,8 @@ def _run_inline(
 
 
 def _apply(
-    conn: sqlite3.Connection, batch: list[tuple[Any, _Op]], known: dict[str, str], database: Path,
-    applied: tuple[list[outcome.Outcome[Any]], dict[str, str | None]] | None = None,
+    conn: sqlite3.Connection, batch: list[tuple[Any, _Op]], known: dict[str, str],
+    applied: tuple[list[outcome.Outcome[Any]], dict[str, str | None]] | None = None, database: Path | None = None,
 ) -> list[tuple[Any, outcome.Outcome[Any]]]:
     """Apply a batch in one transaction (``applied``: its statements ran already, in the open
     transaction, see :func:`_run_inline`; only the ``COMMIT`` is left). If one op fails, apply
@@ -926,12 +926,13 @@ def _may_pass(exc: Exception) -> bool:
     return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _PASSING_CODES
 
 
-def _failure(kind: str, exc: Exception, database: Path) -> DatabaseError:
+def _failure(kind: str, exc: Exception, database: Path | None) -> DatabaseError:
     """The error a caller gets for a failed operation, :class:`DatabaseUnavailableError` when it
     may pass; it names the database (a process may hold engines on several)."""
+    where = "" if database is None else f" on {database}"
     if _may_pass(exc):
-        return DatabaseUnavailableError(f"SQLite {kind} failed on {database}: {exc}")
-    return DatabaseError(f"SQLite {kind} failed on {database}: {exc}")
+        return DatabaseUnavailableError(f"SQLite {kind} failed{where}: {exc}")
+    return DatabaseError(f"SQLite {kind} failed{where}: {exc}")
 
 
 def _run_all(
